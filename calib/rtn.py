@@ -1,0 +1,21 @@
+"""Round-to-nearest weight quantization: every weight onto its quantizer's grid, no data."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from quant_layers import QuantLinear
+
+
+@torch.no_grad()
+def quantize_weights_rtn(model: nn.Module) -> int:
+    """Fake-quantize, in place, the weight of every ``QuantLinear`` that has a weight quantizer.
+
+    Returns how many layers were quantized.
+    """
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear) and m.weight_quantizer is not None]
+    for module in tqdm(layers, desc="RTN weights", leave=False):
+        module.weight.data = module.weight_quantizer(module.weight.data)
+    return len(layers)

@@ -1,0 +1,134 @@
+"""The recipe: everything a run does, as plain data both drivers build.
+
+``QuantRecipe`` says how the model is quantized; ``RunConfig`` adds the model, the
+evaluation and the bookkeeping. Both validate themselves on construction (cheap checks)
+and against the model's config (``check_model``) before any weight is loaded. Their
+``to_dict`` form is saved beside every result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from quant_layers import QuantSpec
+
+METHODS = ("rtn",)
+TRANSFORMS = ("identity",)
+
+
+@dataclass
+class QuantRecipe:
+    """Which tensors are quantized, how, and by which algorithm. ``None`` = full precision."""
+
+    weight: QuantSpec | None = None
+    activation: QuantSpec | None = None
+    key: QuantSpec | None = None
+    value: QuantSpec | None = None
+    method: str = "rtn"
+    transform: str = "identity"
+    quantize_lm_head: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"unknown transform {self.transform!r}: choose one of {', '.join(TRANSFORMS)}")
+        if self.weight is not None and self.weight.granularity in ("token", "head"):
+            raise ValueError(f"weights are quantized per tensor, channel or group, not per {self.weight.granularity}")
+        if self.activation is not None and self.activation.granularity in ("channel", "head"):
+            raise ValueError(
+                f"activations are quantized per tensor, token or group, not per {self.activation.granularity}"
+            )
+
+    @property
+    def is_quantized(self) -> bool:
+        return any(s is not None for s in (self.weight, self.activation, self.key, self.value))
+
+    @property
+    def label(self) -> str:
+        """e.g. ``W[int4-ch]A[int4-tok]K[int4-head]V[int4-head]-rtn``; ``fp`` when nothing is quantized."""
+        if not self.is_quantized:
+            return "fp"
+        parts = [
+            f"{tag}[{spec.label}]"
+            for tag, spec in (("W", self.weight), ("A", self.activation), ("K", self.key), ("V", self.value))
+            if spec is not None
+        ]
+        suffix = [self.method] if self.weight is not None else []
+        if self.transform != "identity":
+            suffix.insert(0, self.transform)
+        return "".join(parts) + "".join(f"-{s}" for s in suffix)
+
+    def check_model(self, config, adapter) -> None:
+        """Raise before loading weights if a group size does not tile the model's dimensions."""
+        head_dim = adapter.head_dim(config)
+        for name, width in adapter.linear_in_features(config).items():
+            for spec, what in ((self.weight, "weight"), (self.activation, "activation")):
+                if spec is not None:
+                    spec.check_dimension(width, f"{what} input of {name} (in_features)")
+        if self.quantize_lm_head:
+            for spec in (self.weight, self.activation):
+                if spec is not None:
+                    spec.check_dimension(config.hidden_size, "lm_head input")
+        for spec, what in ((self.key, "key head"), (self.value, "value head")):
+            if spec is not None:
+                spec.check_dimension(head_dim, what, head_dim)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QuantRecipe":
+        specs = {k: QuantSpec(**data[k]) if data.get(k) else None for k in ("weight", "activation", "key", "value")}
+        rest = {k: v for k, v in data.items() if k not in specs}
+        return cls(**specs, **rest)
+
+
+@dataclass
+class RunConfig:
+    """A whole run: model, recipe, evaluation, calibration data and output."""
+
+    model: str | None
+    quant: QuantRecipe = field(default_factory=QuantRecipe)
+    gguf_file: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    ppl_datasets: tuple[str, ...] = ("wikitext2",)
+    seqlen: int = 2048
+    eval_limit: int | None = None
+    eval_batch_size: int = 1
+    data_dir: str | None = None
+    calib_dataset: str = "c4"
+    nsamples: int = 128
+    seed: int = 0
+    output_dir: str = "results"
+    run_name: str | None = None
+    log_wandb: bool = False
+    wandb_project: str = "ptq-harness"
+    wandb_group: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.seqlen < 2:
+            raise ValueError(f"--seqlen must be at least 2, got {self.seqlen}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ValueError(f"--eval_limit must be at least 1, got {self.eval_limit}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"--eval_batch_size must be at least 1, got {self.eval_batch_size}")
+        if self.nsamples < 1:
+            raise ValueError(f"--nsamples must be at least 1, got {self.nsamples}")
+        self.ppl_datasets = tuple(self.ppl_datasets)
+
+    def check_model(self, config, adapter) -> None:
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit is not None and self.seqlen > limit:
+            raise ValueError(
+                f"--seqlen {self.seqlen} exceeds the model's max_position_embeddings {limit}: "
+                f"pass --seqlen {limit} or less"
+            )
+        self.quant.check_model(config, adapter)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["quant"] = self.quant.to_dict()
+        data["ppl_datasets"] = list(self.ppl_datasets)
+        return data

@@ -1,0 +1,85 @@
+"""FP-Quant-style driver: ``--format --w_bits --a_bits --w_group_size ...``.
+
+Builds a recipe from the flags and hands it to the pipeline; no algorithm lives here.
+Bits 16 leave a tensor in full precision. Group sizes: -1 = per channel (weights) /
+per token (activations) / per head (K, V); 0 = per tensor; N > 0 = groups of N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from configs import METHODS, TRANSFORMS, QuantRecipe, RunConfig
+from pipeline.cli import add_common_args, common_config_kwargs, run_driver
+from quant_layers import FORMATS, QuantSpec
+
+
+def spec_from_flags(fmt: str, bits: int, exp_bits: int | None, group_size: int, row_granularity: str,
+                    asym: bool = False, observer: str = "minmax", clip_ratio: float = 1.0) -> QuantSpec | None:
+    if bits == 16:
+        return None
+    if group_size > 0:
+        granularity = "group"
+    else:
+        granularity = "tensor" if group_size == 0 else row_granularity
+    return QuantSpec(fmt, bits, exp_bits=exp_bits, granularity=granularity,
+                     group_size=group_size if group_size > 0 else None, symmetric=not asym,
+                     observer=observer, clip_ratio=clip_ratio)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    q = p.add_argument_group("quantization")
+    q.add_argument("--format", default="int", help=f"element format: {', '.join(FORMATS)}")
+    q.add_argument("--w_bits", type=int, default=16)
+    q.add_argument("--a_bits", type=int, default=16)
+    q.add_argument("--k_bits", type=int, default=16)
+    q.add_argument("--v_bits", type=int, default=16)
+    q.add_argument("--w_exp_bits", type=int, help="FP/MXFP exponent bits of weights (default by width)")
+    q.add_argument("--a_exp_bits", type=int, help="FP/MXFP exponent bits of activations")
+    q.add_argument("--kv_exp_bits", type=int, help="FP/MXFP exponent bits of K and V")
+    q.add_argument("--kv_format", help="K/V element format (default: --format)")
+    q.add_argument("--w_group_size", type=int, default=-1)
+    q.add_argument("--a_group_size", type=int, default=-1)
+    q.add_argument("--k_groupsize", type=int, default=-1)
+    q.add_argument("--v_groupsize", type=int, default=-1)
+    q.add_argument("--w_asym", action="store_true")
+    q.add_argument("--a_asym", action="store_true")
+    q.add_argument("--k_asym", action="store_true")
+    q.add_argument("--v_asym", action="store_true")
+    q.add_argument("--w_observer", default="minmax", help="minmax or mse")
+    q.add_argument("--a_clip_ratio", type=float, default=1.0)
+    q.add_argument("--k_clip_ratio", type=float, default=1.0)
+    q.add_argument("--v_clip_ratio", type=float, default=1.0)
+    q.add_argument("--quantize_lm_head", action="store_true", help="also quantize lm_head (kept FP by default)")
+    q.add_argument("--method", default="rtn", choices=METHODS, help="weight quantization algorithm")
+    q.add_argument("--transform_class", default="identity", choices=TRANSFORMS)
+    return p
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    kv_format = args.kv_format or args.format
+    recipe = QuantRecipe(
+        weight=spec_from_flags(args.format, args.w_bits, args.w_exp_bits, args.w_group_size, "channel",
+                               args.w_asym, args.w_observer),
+        activation=spec_from_flags(args.format, args.a_bits, args.a_exp_bits, args.a_group_size, "token",
+                                   args.a_asym, clip_ratio=args.a_clip_ratio),
+        key=spec_from_flags(kv_format, args.k_bits, args.kv_exp_bits, args.k_groupsize, "head",
+                            args.k_asym, clip_ratio=args.k_clip_ratio),
+        value=spec_from_flags(kv_format, args.v_bits, args.kv_exp_bits, args.v_groupsize, "head",
+                              args.v_asym, clip_ratio=args.v_clip_ratio),
+        method=args.method,
+        transform=args.transform_class,
+        quantize_lm_head=args.quantize_lm_head,
+    )
+    return RunConfig(quant=recipe, **common_config_kwargs(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_driver(build_parser(), build_config, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Flags both drivers share: model, evaluation, calibration data, output, logging."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from models.loading import DEVICE_CHOICES, DTYPE_CHOICES
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    m = parser.add_argument_group("model")
+    m.add_argument("--model", "--model_name_or_path", dest="model",
+                   help="Hugging Face hub id, local model directory, or a .gguf file")
+    m.add_argument("--gguf_file", help="GGUF file (a path, or a name inside --model's directory); dequantized on load")
+    m.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="compute dtype; auto = checkpoint half precision on GPU, float32 on CPU")
+    m.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (or cuda:N)")
+
+    e = parser.add_argument_group("evaluation")
+    e.add_argument("--ppl_datasets", default="wikitext2",
+                   help="comma list of wikitext2, c4, tinystories or text files; 'none' to skip")
+    e.add_argument("--seqlen", "--sequence_length", dest="seqlen", type=int, default=2048,
+                   help="window length for perplexity and calibration")
+    e.add_argument("--eval_limit", type=int, help="score at most this many perplexity windows")
+    e.add_argument("--eval_batch_size", type=int, default=1)
+    e.add_argument("--data_dir", default=os.environ.get("PTQ_DATA_DIR"),
+                   help="local data folder (layout of ../shared/assets/data; default $PTQ_DATA_DIR); "
+                        "unset = Hugging Face hub")
+
+    c = parser.add_argument_group("calibration data")
+    c.add_argument("--calib_dataset", "--dataset_name_or_path", dest="calib_dataset", default="c4",
+                   help="wikitext2, c4, tinystories or a text/jsonl file")
+    c.add_argument("--nsamples", type=int, default=128, help="calibration windows")
+    c.add_argument("--seed", type=int, default=0)
+
+    o = parser.add_argument_group("output")
+    o.add_argument("--output_dir", default="results", help="where the run's JSON goes")
+    o.add_argument("--run_name", help="file name of the results JSON (default: model and recipe)")
+    o.add_argument("--log_wandb", action="store_true", help="log to wandb (WANDB_MODE=offline works)")
+    o.add_argument("--wandb_project", default=os.environ.get("WANDB_PROJECT", "ptq-harness"))
+    o.add_argument("--wandb_group", default=os.environ.get("WANDB_RUN_GROUP"))
+
+
+def common_config_kwargs(args: argparse.Namespace) -> dict:
+    datasets = [] if args.ppl_datasets.strip().lower() == "none" else [
+        d.strip() for d in args.ppl_datasets.split(",") if d.strip()
+    ]
+    return dict(
+        model=args.model, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device,
+        ppl_datasets=tuple(datasets), seqlen=args.seqlen, eval_limit=args.eval_limit,
+        eval_batch_size=args.eval_batch_size, data_dir=args.data_dir, calib_dataset=args.calib_dataset,
+        nsamples=args.nsamples, seed=args.seed, output_dir=args.output_dir, run_name=args.run_name,
+        log_wandb=args.log_wandb, wandb_project=args.wandb_project, wandb_group=args.wandb_group,
+    )
+
+
+def run_driver(parser: argparse.ArgumentParser, build_config, argv: list[str] | None = None) -> int:
+    """Parse, build the RunConfig, run the pipeline, print the Markdown line.
+
+    Bad input (ValueError, missing files, unreachable models) ends with exit code 2 and one
+    line on stderr naming the problem, before any heavy work.
+    """
+    from pipeline import run
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parser.parse_args(argv)
+    try:
+        cfg = build_config(args)
+        result = run(cfg)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(result.markdown())
+    return 0

@@ -1,0 +1,44 @@
+"""Turn a loaded model into its fake-quantized twin, as a recipe says."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from configs import QuantRecipe
+from models import ArchAdapter
+from quant_layers import QuantLinear, Quantizer, install_kv_quantization
+
+
+def _replace(parent: nn.Module, path: str, new: nn.Module) -> None:
+    owner_path, _, attr = path.rpartition(".")
+    owner = parent.get_submodule(owner_path) if owner_path else parent
+    setattr(owner, attr, new)
+
+
+def attach_quantizers(model: nn.Module, adapter: ArchAdapter, recipe: QuantRecipe) -> list[QuantLinear]:
+    """Wrap every decoder linear (and lm_head if asked) in ``QuantLinear`` and quantize K/V.
+
+    Weights are not touched here: the calibration algorithm quantizes them. Returns the
+    wrapped layers. Embeddings and (by default) lm_head stay in high precision.
+    """
+    wq = Quantizer(recipe.weight) if recipe.weight is not None else None
+    aq = Quantizer(recipe.activation) if recipe.activation is not None else None
+    wrapped = []
+    if wq is not None or aq is not None:
+        for layer in adapter.decoder_layers(model):
+            for name, linear in adapter.linears(layer).items():
+                qlinear = QuantLinear(linear, wq, aq)
+                _replace(layer, name, qlinear)
+                wrapped.append(qlinear)
+        if recipe.quantize_lm_head:
+            qhead = QuantLinear(adapter.lm_head(model), wq, aq)
+            model.lm_head = qhead
+            wrapped.append(qhead)
+    head_dim = adapter.head_dim(model.config)
+    install_kv_quantization(
+        model,
+        [adapter.attention(layer) for layer in adapter.decoder_layers(model)],
+        Quantizer(recipe.key, head_dim) if recipe.key is not None else None,
+        Quantizer(recipe.value, head_dim) if recipe.value is not None else None,
+    )
+    return wrapped

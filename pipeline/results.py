@@ -1,0 +1,77 @@
+"""What a run leaves behind: a JSON per run, a Markdown line, optional wandb logging."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import tempfile
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("transformers", "accelerate", "datasets", "triton", "lm_eval"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            continue
+    return versions
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+@dataclass
+class RunResult:
+    """One run: recipe, model, metrics (e.g. ``{"ppl": {"wikitext2": 5.47}}``), timings."""
+
+    run_name: str
+    model: str
+    recipe: dict
+    config: dict
+    metrics: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    device: str = ""
+    date: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    versions: dict = field(default_factory=library_versions)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def write_json(self, output_dir: str) -> str:
+        """Write ``<output_dir>/<run_name>.json`` atomically; returns the path."""
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, f"{self.run_name}.json")
+        fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=2)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return path
+
+    def markdown(self) -> str:
+        """A header and one table row: model, recipe, each perplexity, total time."""
+        ppl = self.metrics.get("ppl", {})
+        cols = ["model", "recipe", *[f"ppl {k}" for k in ppl], "time (s)"]
+        row = [self.model, self.config["quant_label"], *[f"{v:.2f}" for v in ppl.values()],
+               f"{self.timings.get('total_s', 0):.1f}"]
+        return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), "| " + " | ".join(row) + " |"])
+
+    def log_wandb(self, project: str, group: str | None) -> None:
+        import wandb
+
+        run = wandb.init(project=project, name=self.run_name, group=group, config={**self.config, "recipe": self.recipe},
+                         reinit="finish_previous")
+        flat = {f"{kind}/{name}": value for kind, values in self.metrics.items() for name, value in values.items()}
+        run.log({**flat, **{f"time/{k}": v for k, v in self.timings.items()}})
+        run.finish()

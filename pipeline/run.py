@@ -1,0 +1,82 @@
+"""The one pipeline both drivers hand their recipe to.
+
+load -> adapt -> transform -> calibrate -> evaluate -> record. Every check that can fail
+(recipe, data files, model family, dimensions) runs before the weights are loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+
+import corpora
+from calib import quantize_weights_rtn
+from configs import RunConfig
+from evaluation import MAX_WINDOWS, evaluation_tokens, perplexity
+from models import adapter_for, load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
+from models.loading import locate
+
+from .fake_quant import attach_quantizers
+from .results import RunResult, device_name
+
+log = logging.getLogger(__name__)
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    base = os.path.basename((cfg.gguf_file or cfg.model or "model").rstrip("/")).removesuffix(".gguf")
+    return f"{base}_{cfg.quant.label}".replace("/", "_")
+
+
+def run(cfg: RunConfig) -> RunResult:
+    t_start = time.perf_counter()
+    loc = locate(cfg.model, cfg.gguf_file)
+    ppl_sources = [corpora.resolve(name, corpora.EVAL_SPLIT.get(name, "test"), cfg.data_dir) for name in cfg.ppl_datasets]
+    device = resolve_device(cfg.device)
+    config = load_config(loc)
+    adapter = adapter_for(config)
+    cfg.check_model(config, adapter)
+    dtype = resolve_dtype(cfg.dtype, config, device)
+
+    timings = {}
+    t = time.perf_counter()
+    tokenizer = load_tokenizer(loc)
+    model = load_model(loc, dtype, device)
+    timings["load_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    attach_quantizers(model, adapter, cfg.quant)
+    if cfg.quant.weight is not None:
+        quantize_weights_rtn(model)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    timings["quantize_s"] = time.perf_counter() - t
+
+    metrics: dict[str, dict[str, float]] = {}
+    t = time.perf_counter()
+    for source in ppl_sources:
+        ids = evaluation_tokens(source, tokenizer)
+        caps = [x for x in (cfg.eval_limit, MAX_WINDOWS.get(source.name)) if x is not None]
+        limit = min(caps) if caps else None
+        metrics.setdefault("ppl", {})[source.name] = perplexity(
+            model, ids, cfg.seqlen, limit=limit, batch_size=cfg.eval_batch_size, desc=f"ppl {source.name}"
+        )
+    timings["eval_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_start
+
+    result = RunResult(
+        run_name=cfg.run_name or default_run_name(cfg),
+        model=loc.gguf_file or os.path.basename(loc.path.rstrip("/")),
+        recipe=cfg.quant.to_dict(),
+        config={**cfg.to_dict(), "quant_label": cfg.quant.label, "dtype_resolved": str(dtype).replace("torch.", "")},
+        metrics=metrics,
+        timings={k: round(v, 3) for k, v in timings.items()},
+        device=device_name(device),
+    )
+    path = result.write_json(cfg.output_dir)
+    log.info("wrote %s", path)
+    if cfg.log_wandb:
+        result.log_wandb(cfg.wandb_project, cfg.wandb_group)
+    return result

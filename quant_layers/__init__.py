@@ -1,0 +1,21 @@
+"""Number formats, quantizers and fake-quantized modules."""
+
+from .formats import E2M1, E4M3, FPFormat, IntFormat, NumberFormat, fp_format
+from .kv_cache import install_kv_quantization
+from .linear import QuantLinear
+from .quantizer import FORMATS, GRANULARITIES, QuantSpec, Quantizer
+
+__all__ = [
+    "E2M1",
+    "E4M3",
+    "FORMATS",
+    "FPFormat",
+    "GRANULARITIES",
+    "IntFormat",
+    "NumberFormat",
+    "QuantLinear",
+    "QuantSpec",
+    "Quantizer",
+    "fp_format",
+    "install_kv_quantization",
+]

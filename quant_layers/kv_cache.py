@@ -1,0 +1,67 @@
+"""KV-cache fake quantization through Hugging Face's attention-function registry.
+
+Keys and values are quantized where attention reads them: after RoPE (and after
+Qwen3's k_norm), per KV head, before any GQA repetition, which is exactly the tensor a
+KV cache stores. We register wrapped versions of the model's attention function and
+point the model at them; each attention module carries its own quantizers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import eager_attention_forward
+
+from .quantizer import Quantizer
+
+PREFIX = "kvquant_"
+
+
+def _wrap(base: Callable) -> Callable:
+    def attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+        kq: Quantizer | None = getattr(module, "key_quantizer", None)
+        vq: Quantizer | None = getattr(module, "value_quantizer", None)
+        if kq is not None:
+            key = kq(key)
+        if vq is not None:
+            value = vq(value)
+        return base(module, query, key, value, attention_mask, **kwargs)
+
+    return attention
+
+
+def _base_attention(name: str) -> Callable:
+    if name == "eager":
+        return eager_attention_forward
+    if name in ALL_ATTENTION_FUNCTIONS:
+        return ALL_ATTENTION_FUNCTIONS[name]
+    raise ValueError(f"KV-cache quantization cannot wrap attention implementation {name!r}")
+
+
+def install_kv_quantization(
+    model: nn.Module,
+    attention_modules: list[nn.Module],
+    key_quantizer: Quantizer | None,
+    value_quantizer: Quantizer | None,
+) -> None:
+    """Quantize K and V in every given attention module from now on."""
+    if key_quantizer is None and value_quantizer is None:
+        return
+    for attn in attention_modules:
+        attn.key_quantizer = key_quantizer
+        attn.value_quantizer = value_quantizer
+    current = model.config._attn_implementation or "eager"
+    if current.startswith(PREFIX):
+        return
+    name = PREFIX + current
+    AttentionInterface.register(name, _wrap(_base_attention(current)))
+    model.set_attn_implementation(name)
+
+
+def quantize_kv_tensor(quantizer: Quantizer | None, x: torch.Tensor) -> torch.Tensor:
+    """K or V (batch, kv_heads, seq, head_dim) through a quantizer, or unchanged."""
+    return x if quantizer is None else quantizer(x)

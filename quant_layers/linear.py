@@ -1,0 +1,43 @@
+"""Fake-quantized linear layer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantizer import Quantizer
+
+
+class QuantLinear(nn.Module):
+    """An ``nn.Linear`` whose input is fake-quantized on every call.
+
+    It shares the wrapped layer's parameters. The weight is quantized once, in place, by a
+    calibration algorithm (RTN, GPTQ, ...) through ``weight_quantizer``; the forward pass
+    only quantizes the activation.
+    """
+
+    def __init__(
+        self,
+        linear: nn.Linear,
+        weight_quantizer: Quantizer | None,
+        act_quantizer: Quantizer | None,
+    ) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.weight_quantizer = weight_quantizer
+        self.act_quantizer = act_quantizer
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, w={self.weight_quantizer}, a={self.act_quantizer}"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_quantizer is not None:
+            x = self.act_quantizer(x)
+        return F.linear(x, self.weight, self.bias)

@@ -1,0 +1,1 @@
+"""Transforms applied to a model before quantization (rotations, FlatQuant)."""
