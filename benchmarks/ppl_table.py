@@ -41,13 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", required=True, help="file of 'name | model_quant.py flags' lines")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
-    p.add_argument("--common", default="", help="flags added to every recipe (model, data, dtype, ...)")
+    # Every other flag (model, data, dtype, device, ...) is passed to each recipe.
+    p.add_argument("--runs_dir", help="where each run's JSON goes (default: PREFIX_runs)")
     args, rest = p.parse_known_args(argv)
-    common = shlex.split(args.common) + rest
+    common = rest
     parser = model_quant.build_parser()
     rows, results = [], []
     for name, flags in read_recipes(args.recipes):
-        ns = parser.parse_args(common + shlex.split(flags) + ["--run_name", name, "--output_dir", args.out + "_runs"])
+        ns = parser.parse_args(common + shlex.split(flags) + ["--run_name", name, "--output_dir", args.runs_dir or args.out + "_runs"])
         cfg = model_quant.build_config(ns)
         t = time.perf_counter()
         result = run(cfg)

@@ -88,7 +88,7 @@ class QuantSpec:
                 raise ValueError(f"MXFP{self.bits} elements take exponent bits {allowed}, got {self.exp_bits}")
         if self.format in BLOCK_GROUP_SIZE:
             block = BLOCK_GROUP_SIZE[self.format]
-            if self.granularity not in ("group", "channel", "token") or self.group_size not in (None, block):
+            if self.granularity == "tensor" or self.group_size not in (None, block):
                 raise ValueError(
                     f"{self.format.upper()} scales groups of {block} elements: use group size {block}"
                 )

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Quantize and evaluate a model with model_quant.py; every knob is an environment variable.
+# e.g.  MODEL=models_local/SmolLM2-135M-Instruct FORMAT=nvfp W_BITS=4 A_BITS=4 KV_BITS=4 bash scripts/quantize.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${MODEL:-"../shared/assets/models/tinystories-656k"}
+PYTHON=${PYTHON:-python}
+# Quantization params (16 = full precision; group -1 = per channel / token / head)
+FORMAT=${FORMAT:-"int"}
+W_BITS=${W_BITS:-4}
+A_BITS=${A_BITS:-4}
+KV_BITS=${KV_BITS:-16}
+W_GROUP_SIZE=${W_GROUP_SIZE:--1}
+A_GROUP_SIZE=${A_GROUP_SIZE:--1}
+KV_GROUP_SIZE=${KV_GROUP_SIZE:--1}
+KV_ASYM=${KV_ASYM:-0}
+W_OBSERVER=${W_OBSERVER:-"minmax"}
+TRANSFORM_CLASS=${TRANSFORM_CLASS:-"identity"}
+# Evaluation params
+PPL_DATASETS=${PPL_DATASETS:-"wikitext2"}
+SEQLEN=${SEQLEN:-2048}
+EVAL_LIMIT=${EVAL_LIMIT:-0}
+DATA_DIR=${DATA_DIR:-"../shared/assets/data"}
+# Misc params
+DTYPE=${DTYPE:-"auto"}
+DEVICE=${DEVICE:-"auto"}
+LOG_WANDB=${LOG_WANDB:-0}
+OUTPUT_DIR=${OUTPUT_DIR:-"results"}
+
+SCRIPT_ARGS=""
+if [[ $LOG_WANDB == 1 ]]; then
+    SCRIPT_ARGS="${SCRIPT_ARGS} --log_wandb"
+fi
+if [[ $KV_ASYM == 1 ]]; then
+    SCRIPT_ARGS="${SCRIPT_ARGS} --k_asym --v_asym"
+fi
+if [[ $EVAL_LIMIT != 0 ]]; then
+    SCRIPT_ARGS="${SCRIPT_ARGS} --eval_limit ${EVAL_LIMIT}"
+fi
+if [[ -n $DATA_DIR ]]; then
+    SCRIPT_ARGS="${SCRIPT_ARGS} --data_dir ${DATA_DIR}"
+fi
+
+export WANDB_RUN_GROUP=${WANDB_RUN_GROUP:-"$(basename "${MODEL}")-${FORMAT}"}
+
+$PYTHON model_quant.py \
+    --model="${MODEL}" \
+    --format="${FORMAT}" \
+    --w_bits="${W_BITS}" \
+    --a_bits="${A_BITS}" \
+    --k_bits="${KV_BITS}" \
+    --v_bits="${KV_BITS}" \
+    --w_group_size="${W_GROUP_SIZE}" \
+    --a_group_size="${A_GROUP_SIZE}" \
+    --k_groupsize="${KV_GROUP_SIZE}" \
+    --v_groupsize="${KV_GROUP_SIZE}" \
+    --w_observer="${W_OBSERVER}" \
+    --transform_class="${TRANSFORM_CLASS}" \
+    --ppl_datasets="${PPL_DATASETS}" \
+    --seqlen="${SEQLEN}" \
+    --dtype="${DTYPE}" \
+    --device="${DEVICE}" \
+    --output_dir="${OUTPUT_DIR}" \
+    $SCRIPT_ARGS "$@"
