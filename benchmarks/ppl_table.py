@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
     # Every other flag (model, data, dtype, device, ...) is passed to each recipe.
     p.add_argument("--runs_dir", help="where each run's JSON goes (default: PREFIX_runs)")
-    args, rest = p.parse_known_args(argv)
-    common = rest
+    args, common = p.parse_known_args(argv)
     parser = model_quant.build_parser()
     rows, results = [], []
     for name, flags in read_recipes(args.recipes):

@@ -188,3 +188,11 @@ def test_group_that_does_not_divide_is_an_error():
     spec = QuantSpec("int", 4, granularity="group", group_size=100)
     with pytest.raises(ValueError, match="group size 100 does not divide the weight dimension 576"):
         spec.check_dimension(576, "weight")
+
+
+@pytest.mark.parametrize("fmt, block", [("nvfp", 16), ("mxfp", 32)])
+def test_block_formats_take_per_head_kv_flags_as_their_blocks(fmt, block):
+    spec = QuantSpec(fmt, 4, granularity="head")
+    assert (spec.granularity, spec.group_size) == ("group", block)
+    with pytest.raises(ValueError, match=f"groups of {block}"):
+        QuantSpec(fmt, 4, granularity="tensor")
