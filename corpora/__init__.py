@@ -26,7 +26,6 @@ LOCAL_FILES = {
     },
 }
 EVAL_SPLIT = {"wikitext2": "test", "c4": "validation", "tinystories": "validation"}
-CALIB_SPLIT = {"wikitext2": "train", "c4": "train", "tinystories": "train"}
 # How many documents the standard C4 perplexity protocol (GPTQ) joins.
 C4_EVAL_DOCS = 1100
 # What joins documents into the one evaluation string (WikiText-2 rows: blank lines).

@@ -49,7 +49,8 @@ def locate(model: str | None, gguf_file: str | None = None) -> ModelLocation:
         return ModelLocation(os.path.dirname(os.path.abspath(gguf_file)), os.path.basename(gguf_file))
     if not model:
         raise ValueError("no model given: pass --model (hub id or directory) or --gguf_file")
-    looks_like_path = model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1]
+    # A hub id is "name" or "org/name"; anything else is meant as a directory.
+    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1
     if looks_like_path and not os.path.isdir(os.path.expanduser(model)):
         raise FileNotFoundError(f"model directory not found: {model}")
     if gguf_file is not None and os.path.isdir(model) and not os.path.isfile(os.path.join(model, gguf_file)):

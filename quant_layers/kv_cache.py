@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -61,7 +60,3 @@ def install_kv_quantization(
     AttentionInterface.register(name, _wrap(_base_attention(current)))
     model.set_attn_implementation(name)
 
-
-def quantize_kv_tensor(quantizer: Quantizer | None, x: torch.Tensor) -> torch.Tensor:
-    """K or V (batch, kv_heads, seq, head_dim) through a quantizer, or unchanged."""
-    return x if quantizer is None else quantizer(x)
