@@ -1,0 +1,50 @@
+"""Every validation error in recipes, presets, devices and model locations names the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from configs import QuantRecipe, RunConfig, qbits_recipe
+from models.loading import locate, resolve_device, resolve_dtype
+from quant_layers import QuantSpec
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: QuantRecipe(method="awq"), "unknown method 'awq'"),
+    (lambda: QuantRecipe(transform="spin"), "unknown transform 'spin'"),
+    (lambda: QuantRecipe(weight=QuantSpec("int", 4, granularity="token")), "not per token"),
+    (lambda: QuantRecipe(activation=QuantSpec("int", 4, granularity="channel")), "not per channel"),
+    (lambda: RunConfig(model="m", seqlen=1), "--seqlen must be at least 2"),
+    (lambda: RunConfig(model="m", eval_limit=0), "--eval_limit must be at least 1"),
+    (lambda: RunConfig(model="m", eval_batch_size=0), "--eval_batch_size must be at least 1"),
+    (lambda: RunConfig(model="m", nsamples=0), "--nsamples must be at least 1"),
+    (lambda: qbits_recipe("FPQ_nonexistent", [4, 4, 4]), "unknown --quant_config 'FPQ_nonexistent'"),
+    (lambda: qbits_recipe("RTN_config_llama", [4, 4]), "--qbits takes 3 numbers"),
+    (lambda: qbits_recipe("RTN_config_llama", [4, 4, 4, 5, 2, 2]), "between 1 and 3 exponent bits"),
+    (lambda: resolve_device("tpu"), "unknown device 'tpu'"),
+    (lambda: resolve_dtype("int8", None, torch.device("cpu")), "unknown dtype 'int8'"),
+    (lambda: locate(None), "no model given"),
+])
+def test_validation_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu_says_use_cpu():
+    with pytest.raises(RuntimeError, match="use --device cpu"):
+        resolve_device("cuda")
+
+
+def test_gguf_name_missing_in_model_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="GGUF file m.gguf not found in"):
+        locate(str(tmp_path), "m.gguf")
+
+
+def test_qbits_mix_int_and_fp():
+    recipe = qbits_recipe("RTN_config_llama", [4, 8, 16, 2, 0, 0])
+    assert recipe.weight.format == "fp" and recipe.weight.exp_bits == 2
+    assert recipe.activation.format == "int" and recipe.activation.bits == 8
+    assert recipe.key is None and recipe.value is None
+    assert QuantRecipe.from_dict(recipe.to_dict()) == recipe
