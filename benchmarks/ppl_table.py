@@ -21,8 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import model_quant  # noqa: E402
 from pipeline import run  # noqa: E402
-from pipeline.results import device_name, library_versions  # noqa: E402
-from models import resolve_device  # noqa: E402
 
 
 def read_recipes(path: str) -> list[tuple[str, str]]:
@@ -41,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", required=True, help="file of 'name | model_quant.py flags' lines")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
-    # Every other flag (model, data, dtype, device, ...) is passed to each recipe.
     p.add_argument("--runs_dir", help="where each run's JSON goes (default: PREFIX_runs)")
+    # Every other flag (model, data, dtype, device, ...) is passed to each recipe.
     args, common = p.parse_known_args(argv)
     parser = model_quant.build_parser()
     rows, results = [], []
@@ -57,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((name, cfg.quant.label, ppl, wall))
         print(f"{name}: {ppl} ({wall:.1f} s)", flush=True)
     datasets = sorted({k for _, _, ppl, _ in rows for k in ppl})
-    device = device_name(resolve_device(parse_device(common)))
+    # Every run records its device and library versions; the table quotes the first run's.
+    first = results[0] if results else {"device": "", "versions": {}}
     header = ["run", "recipe", *[f"{d} PPL" for d in datasets], "wall (s)"]
     lines = [
-        f"Device: {device}. Date: {time.strftime('%Y-%m-%d')}. Versions: {library_versions()}.",
+        f"Device: {first['device']}. Date: {time.strftime('%Y-%m-%d')}. Versions: {first['versions']}.",
         f"Command: `python benchmarks/ppl_table.py --recipes {args.recipes} --out {args.out} {' '.join(common)}`",
         "",
         "| " + " | ".join(header) + " |",
@@ -76,10 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(results, f, indent=2)
     print("\n".join(lines))
     return 0
-
-
-def parse_device(flags: list[str]) -> str:
-    return flags[flags.index("--device") + 1] if "--device" in flags else "auto"
 
 
 if __name__ == "__main__":

@@ -27,18 +27,18 @@ DEVICE=${DEVICE:-"auto"}
 LOG_WANDB=${LOG_WANDB:-0}
 OUTPUT_DIR=${OUTPUT_DIR:-"results"}
 
-SCRIPT_ARGS=""
+SCRIPT_ARGS=()
 if [[ $LOG_WANDB == 1 ]]; then
-    SCRIPT_ARGS="${SCRIPT_ARGS} --log_wandb"
+    SCRIPT_ARGS+=("--log_wandb")
 fi
 if [[ $KV_ASYM == 1 ]]; then
-    SCRIPT_ARGS="${SCRIPT_ARGS} --k_asym --v_asym"
+    SCRIPT_ARGS+=("--k_asym" "--v_asym")
 fi
 if [[ $EVAL_LIMIT != 0 ]]; then
-    SCRIPT_ARGS="${SCRIPT_ARGS} --eval_limit ${EVAL_LIMIT}"
+    SCRIPT_ARGS+=("--eval_limit" "${EVAL_LIMIT}")
 fi
 if [[ -n $DATA_DIR ]]; then
-    SCRIPT_ARGS="${SCRIPT_ARGS} --data_dir ${DATA_DIR}"
+    SCRIPT_ARGS+=("--data_dir" "${DATA_DIR}")
 fi
 
 export WANDB_RUN_GROUP=${WANDB_RUN_GROUP:-"$(basename "${MODEL}")-${FORMAT}"}
@@ -61,4 +61,4 @@ $PYTHON model_quant.py \
     --dtype="${DTYPE}" \
     --device="${DEVICE}" \
     --output_dir="${OUTPUT_DIR}" \
-    $SCRIPT_ARGS "$@"
+    "${SCRIPT_ARGS[@]}" "$@"
