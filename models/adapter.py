@@ -53,6 +53,13 @@ class ArchAdapter:
     def linear_names(self) -> tuple[str, ...]:
         return self.attention_linears + self.mlp_linears
 
+    def sequential_groups(self) -> tuple[tuple[str, ...], ...]:
+        """Linears grouped by shared input, in execution order (GPTQ's true-sequential order).
+
+        Linears in one group read the same tensor, so they can share one Hessian.
+        """
+        return (self.attention_linears[:3], self.attention_linears[3:], self.mlp_linears[:2], self.mlp_linears[2:])
+
     def linears(self, layer: nn.Module) -> dict[str, nn.Module]:
         """Every linear of a decoder layer, in execution order."""
         return {name: layer.get_submodule(name) for name in self.linear_names()}

@@ -10,9 +10,11 @@ from .quantizer import Quantizer
 
 
 class QuantLinear(nn.Module):
-    """An ``nn.Linear`` whose input is fake-quantized on every call.
+    """An ``nn.Linear`` whose input is (optionally rotated, then) fake-quantized on every call.
 
-    It shares the wrapped layer's parameters. The weight is quantized once, in place, by a
+    It shares the wrapped layer's parameters. ``input_transform`` is an online rotation
+    (e.g. the Hadamard on down_proj's input) whose inverse is already folded into the
+    weight; it runs before the activation quantizer. The weight is quantized once, in place, by a
     calibration algorithm (RTN, GPTQ, ...) through ``weight_quantizer``; the forward pass
     only quantizes the activation.
     """
@@ -30,6 +32,7 @@ class QuantLinear(nn.Module):
         self.bias = linear.bias
         self.weight_quantizer = weight_quantizer
         self.act_quantizer = act_quantizer
+        self.input_transform: nn.Module | None = None
 
     def extra_repr(self) -> str:
         return (
@@ -37,7 +40,12 @@ class QuantLinear(nn.Module):
             f"bias={self.bias is not None}, w={self.weight_quantizer}, a={self.act_quantizer}"
         )
 
+    def transformed_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the weight sees it (rotated, not yet quantized): what GPTQ's Hessian needs."""
+        return x if self.input_transform is None else self.input_transform(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.transformed_input(x)
         if self.act_quantizer is not None:
             x = self.act_quantizer(x)
         return F.linear(x, self.weight, self.bias)
