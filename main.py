@@ -8,6 +8,7 @@ precision. Builds a recipe and hands it to the pipeline; no algorithm lives here
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from configs import QBITS_CONFIGS, RunConfig, qbits_recipe
@@ -22,11 +23,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="W A KV bits, optionally followed by W A KV exponent bits")
     q.add_argument("--quant_config", default="RTN_config_llama",
                    help=f"named quantization config: {', '.join(QBITS_CONFIGS)}")
+    r = p.add_argument_group("rotation (QuaRot)")
+    r.add_argument("--rotate", action="store_true", help="fuse a rotation into the model (QuaRot)")
+    r.add_argument("--rotate_mode", default="hadamard", choices=("hadamard", "random", "block_hadamard"),
+                   help="randomized Hadamard, random orthogonal, or block-diagonal Hadamard")
+    r.add_argument("--hadamard_group_size", type=int, help="block size for block_hadamard (default 128)")
+    r.add_argument("--rotation_seed", type=int, default=0)
     return p
 
 
+ROTATE_MODES = {"hadamard": "hadamard", "random": "random_orthogonal", "block_hadamard": "block_hadamard"}
+
+
 def build_config(args: argparse.Namespace) -> RunConfig:
-    return RunConfig(quant=qbits_recipe(args.quant_config, args.qbits), **common_config_kwargs(args))
+    recipe = qbits_recipe(args.quant_config, args.qbits)
+    if args.rotate:
+        recipe = dataclasses.replace(recipe, transform=ROTATE_MODES[args.rotate_mode],
+                                     hadamard_group_size=args.hadamard_group_size, rotation_seed=args.rotation_seed)
+    elif args.hadamard_group_size is not None:
+        raise ValueError("--hadamard_group_size needs --rotate")
+    return RunConfig(quant=recipe, **common_config_kwargs(args))
 
 
 def main(argv: list[str] | None = None) -> int:

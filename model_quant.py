@@ -55,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--v_clip_ratio", type=float, default=1.0)
     q.add_argument("--quantize_lm_head", action="store_true", help="also quantize lm_head (kept FP by default)")
     q.add_argument("--method", default="rtn", choices=METHODS, help="weight quantization algorithm")
-    q.add_argument("--transform_class", default="identity", choices=TRANSFORMS)
+    t = p.add_argument_group("transform")
+    t.add_argument("--transform_class", default="identity", choices=TRANSFORMS,
+                   help="rotation fused into the model before quantization")
+    t.add_argument("--hadamard_group_size", type=int,
+                   help="block size of block_hadamard (default 128); for hadamard, the block used "
+                        "where no full Hadamard exists (default: largest power of two)")
+    t.add_argument("--rotation_seed", type=int, default=0, help="seed of random signs / random orthogonal")
     return p
 
 
@@ -72,6 +78,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
                               args.v_asym, clip_ratio=args.v_clip_ratio),
         method=args.method,
         transform=args.transform_class,
+        hadamard_group_size=args.hadamard_group_size,
+        rotation_seed=args.rotation_seed,
         quantize_lm_head=args.quantize_lm_head,
     )
     return RunConfig(quant=recipe, **common_config_kwargs(args))

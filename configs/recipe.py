@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from quant_layers import QuantSpec
+from transforms import TRANSFORM_CLASSES as TRANSFORMS
+from transforms import check_transform
+from transforms.rotation import DEFAULT_BLOCK_SIZE
 
 METHODS = ("rtn",)
-TRANSFORMS = ("identity",)
 
 
 @dataclass
@@ -26,6 +28,8 @@ class QuantRecipe:
     value: QuantSpec | None = None
     method: str = "rtn"
     transform: str = "identity"
+    hadamard_group_size: int | None = None
+    rotation_seed: int = 0
     quantize_lm_head: bool = False
 
     def __post_init__(self) -> None:
@@ -33,6 +37,14 @@ class QuantRecipe:
             raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.transform not in TRANSFORMS:
             raise ValueError(f"unknown transform {self.transform!r}: choose one of {', '.join(TRANSFORMS)}")
+        if self.hadamard_group_size is not None:
+            if self.transform not in ("hadamard", "block_hadamard"):
+                raise ValueError(
+                    f"--hadamard_group_size applies to --transform_class hadamard or block_hadamard, "
+                    f"not {self.transform}"
+                )
+            if self.hadamard_group_size < 2:
+                raise ValueError(f"--hadamard_group_size must be at least 2, got {self.hadamard_group_size}")
         if self.weight is not None and self.weight.granularity in ("token", "head"):
             raise ValueError(f"weights are quantized per tensor, channel or group, not per {self.weight.granularity}")
         if self.activation is not None and self.activation.granularity in ("channel", "head"):
@@ -46,9 +58,9 @@ class QuantRecipe:
 
     @property
     def label(self) -> str:
-        """e.g. ``W[int4-ch]A[int4-tok]K[int4-head]V[int4-head]-rtn``; ``fp`` when nothing is quantized."""
+        """e.g. ``W[int4-ch]A[int4-tok]K[int4-head]V[int4-head]-hadamard-rtn``; ``fp`` when nothing is quantized."""
         if not self.is_quantized:
-            return "fp"
+            return "fp" if self.transform == "identity" else f"fp-{self.transform_label}"
         parts = [
             f"{tag}[{spec.label}]"
             for tag, spec in (("W", self.weight), ("A", self.activation), ("K", self.key), ("V", self.value))
@@ -56,11 +68,19 @@ class QuantRecipe:
         ]
         suffix = [self.method] if self.weight is not None else []
         if self.transform != "identity":
-            suffix.insert(0, self.transform)
+            suffix.insert(0, self.transform_label)
         return "".join(parts) + "".join(f"-{s}" for s in suffix)
 
+    @property
+    def transform_label(self) -> str:
+        """e.g. ``hadamard``, ``block_hadamard64``, ``random_orthogonal``."""
+        if self.transform == "block_hadamard" or self.hadamard_group_size is not None:
+            return f"{self.transform}{self.hadamard_group_size or DEFAULT_BLOCK_SIZE}"
+        return self.transform
+
     def check_model(self, config, adapter) -> None:
-        """Raise before loading weights if a group size does not tile the model's dimensions."""
+        """Raise before loading weights if a group size or rotation does not fit the model's dimensions."""
+        check_transform(self.transform, config, adapter, self.hadamard_group_size)
         head_dim = adapter.head_dim(config)
         for name, width in adapter.linear_in_features(config).items():
             for spec, what in ((self.weight, "weight"), (self.activation, "activation")):

@@ -18,6 +18,7 @@ def _replace(parent: nn.Module, path: str, new: nn.Module) -> None:
 def attach_quantizers(model: nn.Module, adapter: ArchAdapter, recipe: QuantRecipe) -> list[QuantLinear]:
     """Wrap every decoder linear (and lm_head if asked) in ``QuantLinear`` and quantize K/V.
 
+    Linears a transform already wrapped (for an online rotation) get their quantizers set.
     Weights are not touched here: the calibration algorithm quantizes them. Returns the
     wrapped layers. Embeddings and (by default) lm_head stay in high precision.
     """
@@ -27,8 +28,12 @@ def attach_quantizers(model: nn.Module, adapter: ArchAdapter, recipe: QuantRecip
     if wq is not None or aq is not None:
         for layer in adapter.decoder_layers(model):
             for name, linear in adapter.linears(layer).items():
-                qlinear = QuantLinear(linear, wq, aq)
-                _replace(layer, name, qlinear)
+                if isinstance(linear, QuantLinear):
+                    linear.weight_quantizer, linear.act_quantizer = wq, aq
+                    qlinear = linear
+                else:
+                    qlinear = QuantLinear(linear, wq, aq)
+                    _replace(layer, name, qlinear)
                 wrapped.append(qlinear)
         if recipe.quantize_lm_head:
             qhead = QuantLinear(adapter.lm_head(model), wq, aq)

@@ -18,6 +18,7 @@ from configs import RunConfig
 from evaluation import MAX_WINDOWS, evaluation_tokens, perplexity
 from models import adapter_for, load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
 from models.loading import locate
+from transforms import apply_transform
 
 from .fake_quant import attach_quantizers
 from .results import RunResult, device_name
@@ -45,6 +46,11 @@ def run(cfg: RunConfig) -> RunResult:
     tokenizer = load_tokenizer(loc)
     model = load_model(loc, dtype, device)
     timings["load_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    recipe = cfg.quant
+    apply_transform(model, adapter, recipe.transform, seed=recipe.rotation_seed, group_size=recipe.hadamard_group_size)
+    timings["transform_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     attach_quantizers(model, adapter, cfg.quant)

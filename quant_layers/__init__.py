@@ -1,7 +1,7 @@
 """Number formats, quantizers and fake-quantized modules."""
 
 from .formats import E2M1, E4M3, FPFormat, IntFormat, NumberFormat, fp_format
-from .kv_cache import install_kv_quantization
+from .kv_cache import install_attention_wrapper, install_kv_quantization
 from .linear import QuantLinear
 from .quantizer import FORMATS, GRANULARITIES, QuantSpec, Quantizer
 
@@ -17,5 +17,6 @@ __all__ = [
     "QuantSpec",
     "Quantizer",
     "fp_format",
+    "install_attention_wrapper",
     "install_kv_quantization",
 ]

@@ -1,9 +1,11 @@
-"""KV-cache fake quantization through Hugging Face's attention-function registry.
+"""KV-cache fake quantization (and the online Q/K rotation) through HF's attention registry.
 
 Keys and values are quantized where attention reads them: after RoPE (and after
 Qwen3's k_norm), per KV head, before any GQA repetition, which is exactly the tensor a
 KV cache stores. We register wrapped versions of the model's attention function and
-point the model at them; each attention module carries its own quantizers.
+point the model at them; each attention module carries its own quantizers and, when a
+rotation transform is fused, a ``qk_transform`` applied to Q and K first (Q K^T is
+unchanged by an orthogonal rotation, so K is cached and quantized in the rotated basis).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ PREFIX = "kvquant_"
 
 def _wrap(base: Callable) -> Callable:
     def attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+        qk_transform = getattr(module, "qk_transform", None)
+        if qk_transform is not None:
+            query, key = qk_transform(query), qk_transform(key)
         kq: Quantizer | None = getattr(module, "key_quantizer", None)
         vq: Quantizer | None = getattr(module, "value_quantizer", None)
         if kq is not None:
@@ -53,6 +58,11 @@ def install_kv_quantization(
     for attn in attention_modules:
         attn.key_quantizer = key_quantizer
         attn.value_quantizer = value_quantizer
+    install_attention_wrapper(model)
+
+
+def install_attention_wrapper(model: nn.Module) -> None:
+    """Point the model at the wrapped attention function (idempotent)."""
     current = model.config._attn_implementation or "eager"
     if current.startswith(PREFIX):
         return

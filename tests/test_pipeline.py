@@ -125,6 +125,21 @@ def test_main_qbits_fp4_matches_model_quant_flags(tinystories_dir, data_dir, tmp
     assert ra["recipe"] == rb["recipe"] and ra["metrics"] == rb["metrics"]
 
 
+def test_rotation_rescues_w4a4kv4_through_both_drivers(tinystories_dir, data_dir, tmp_path):
+    common = ["--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "tinystories",
+              "--seqlen", "256", "--eval_limit", "8", "--output_dir", str(tmp_path)]
+    plain = _cli("main.py", *common, "--qbits", "4", "4", "4", "--run_name", "plain")
+    rotated = _cli("main.py", *common, "--qbits", "4", "4", "4", "--rotate", "--run_name", "rotated")
+    flags = _cli("model_quant.py", *common, "--w_bits", "4", "--a_bits", "4", "--k_bits", "4", "--v_bits", "4",
+                 "--transform_class", "hadamard", "--run_name", "flags")
+    assert plain.returncode == rotated.returncode == flags.returncode == 0, plain.stderr + rotated.stderr + flags.stderr
+    ppl = {n: json.loads((tmp_path / f"{n}.json").read_text())["metrics"]["ppl"]["tinystories"]
+           for n in ("plain", "rotated", "flags")}
+    assert ppl["rotated"] < 0.9 * ppl["plain"]
+    assert ppl["rotated"] == ppl["flags"]
+    assert "-hadamard-rtn" in rotated.stdout
+
+
 def test_wandb_offline_logging(tinystories_dir, data_dir, tmp_path):
     out = _cli("main.py", "--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "tinystories",
                "--seqlen", "128", "--eval_limit", "1", "--qbits", "8", "8", "16", "--output_dir", str(tmp_path),
@@ -140,6 +155,10 @@ def test_wandb_offline_logging(tinystories_dir, data_dir, tmp_path):
     (["--format", "int", "--k_bits", "4", "--k_groupsize", "24"], "group size 24 does not divide the key head dimension 16"),
     (["--ppl_datasets", "c4"], "c4 (validation split) not found"),
     (["--seqlen", "4096"], "exceeds the model's max_position_embeddings 512"),
+    (["--transform_class", "block_hadamard", "--hadamard_group_size", "48"],
+     "--hadamard_group_size 48 cannot rotate the hidden dimension 128"),
+    (["--transform_class", "identity", "--hadamard_group_size", "16"], "applies to --transform_class hadamard"),
+    (["--transform_class", "spin"], "invalid choice: 'spin'"),
 ])
 def test_bad_input_fails_before_loading(args, message, tinystories_dir, tmp_path):
     empty = tmp_path / "data"
