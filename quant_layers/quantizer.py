@@ -154,8 +154,29 @@ class QuantSpec:
             )
 
 
+@dataclass(frozen=True, eq=False)
+class QuantParams:
+    """Fitted quantization parameters, one per scale group (shaped ``(..., 1)``).
+
+    ``scale`` is the dequantization scale in the spec's own encoding (E8M0 powers of two
+    for MXFP, E4M3 block scale times the fp32 tensor scale for NVFP4, plain float
+    otherwise); ``zero`` is the integer zero point of asymmetric INT, ``None`` when
+    symmetric. They broadcast against the values they quantize: a grouped tensor
+    ``(groups, g)``, or one column ``(rows, 1)`` as GPTQ quantizes it.
+    """
+
+    scale: torch.Tensor
+    zero: torch.Tensor | None = None
+
+
 class Quantizer:
-    """Fake quantization (quantize then dequantize) for one ``QuantSpec``."""
+    """Fake quantization (quantize then dequantize) for one ``QuantSpec``.
+
+    Two steps, usable apart: ``fit`` picks the scales of grouped rows (observer, clip
+    ratio, scale encoding), ``quantize_with`` maps values onto the grid with given scales.
+    ``fake_quantize`` is the two in a row; GPTQ fits a group once and then quantizes its
+    columns one at a time.
+    """
 
     def __init__(self, spec: QuantSpec, head_dim: int | None = None) -> None:
         self.spec = spec
@@ -177,23 +198,40 @@ class Quantizer:
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         xg = self.grouped(x)
+        return self.quantize_with(xg, self.fit(xg)).reshape(x.shape).to(x.dtype)
+
+    def fit(self, xg: torch.Tensor, tensor_amax: torch.Tensor | None = None) -> QuantParams:
+        """Scales (and zero points) for grouped rows ``xg``: one per row, along the last dim.
+
+        ``tensor_amax`` is the absolute maximum of the whole tensor the rows belong to,
+        which sets NVFP4's fp32 tensor scale; by default the maximum of ``xg`` itself.
+        """
         if self.spec.symmetric:
             amax = xg.abs().amax(dim=-1, keepdim=True)
-            tensor_amax = xg.abs().amax()
+            if tensor_amax is None:
+                tensor_amax = xg.abs().amax()
             if self.spec.observer == "mse":
                 ratio = mse_shrink_search(
-                    xg, lambda r: self._quantize_symmetric(xg, amax * r, tensor_amax)
+                    xg, lambda r: self.quantize_with(xg, self._symmetric_params(amax * r, tensor_amax))
                 )
                 amax = amax * ratio
-            out = self._quantize_symmetric(xg, amax * self.spec.clip_ratio, tensor_amax)
-        else:
-            lo = xg.amin(dim=-1, keepdim=True).clamp(max=0)
-            hi = xg.amax(dim=-1, keepdim=True).clamp(min=0)
-            if self.spec.observer == "mse":
-                ratio = mse_shrink_search(xg, lambda r: self._quantize_asymmetric(xg, lo * r, hi * r))
-                lo, hi = lo * ratio, hi * ratio
-            out = self._quantize_asymmetric(xg, lo * self.spec.clip_ratio, hi * self.spec.clip_ratio)
-        return out.reshape(x.shape).to(x.dtype)
+            return self._symmetric_params(amax * self.spec.clip_ratio, tensor_amax)
+        lo = xg.amin(dim=-1, keepdim=True).clamp(max=0)
+        hi = xg.amax(dim=-1, keepdim=True).clamp(min=0)
+        if self.spec.observer == "mse":
+            ratio = mse_shrink_search(xg, lambda r: self.quantize_with(xg, self._asymmetric_params(lo * r, hi * r)))
+            lo, hi = lo * ratio, hi * ratio
+        return self._asymmetric_params(lo * self.spec.clip_ratio, hi * self.spec.clip_ratio)
+
+    def quantize_with(self, x: torch.Tensor, params: QuantParams) -> torch.Tensor:
+        """Fake-quantize ``x`` onto the grid with fixed ``params`` (elementwise, broadcasting)."""
+        scale = params.scale
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        if params.zero is None:
+            return self.element.round(x / safe) * scale
+        fmt = self.element
+        q = torch.clamp(torch.round(x / safe) + params.zero, fmt.min_level, fmt.max_level)
+        return (q - params.zero) * scale
 
     def scales(self, amax: torch.Tensor, tensor_amax: torch.Tensor) -> torch.Tensor:
         """Dequantization scale per group, in the spec's own scale encoding."""
@@ -205,17 +243,10 @@ class Quantizer:
             return e4m3_scale(amax / E2M1.max_value / global_scale) * global_scale
         return amax / self.element.max_value
 
-    def _quantize_symmetric(
-        self, xg: torch.Tensor, amax: torch.Tensor, tensor_amax: torch.Tensor
-    ) -> torch.Tensor:
-        scale = self.scales(amax, tensor_amax)
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        return self.element.round(xg / safe) * scale
+    def _symmetric_params(self, amax: torch.Tensor, tensor_amax: torch.Tensor) -> QuantParams:
+        return QuantParams(self.scales(amax, tensor_amax))
 
-    def _quantize_asymmetric(self, xg: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        fmt = self.element
-        scale = (hi - lo) / fmt.max_level
+    def _asymmetric_params(self, lo: torch.Tensor, hi: torch.Tensor) -> QuantParams:
+        scale = (hi - lo) / self.element.max_level
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        zero = torch.round(-lo / safe)
-        q = torch.clamp(torch.round(xg / safe) + zero, fmt.min_level, fmt.max_level)
-        return (q - zero) * scale
+        return QuantParams(scale, torch.round(-lo / safe))
