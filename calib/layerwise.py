@@ -1,0 +1,469 @@
+"""Layer-by-layer calibration: one decoder block on the device at a time, resumable.
+
+The model stays where it was loaded (normally CPU). The runner
+
+1. captures the inputs of every decoder block for all calibration windows in one cheap
+   pass: only the embeddings and the rotary embedding go to the device, and every decoder
+   block's ``forward`` is swapped for a stub that records what the model hands it (block
+   0's hidden states, and each block's keyword arguments: position embeddings, attention
+   mask, ...) and passes the hidden states through unchanged; the last stub aborts the
+   pass, so neither the blocks, the final norm nor lm_head ever run. Keyword arguments are
+   kept once per block and micro-batch size (they do not depend on the tokens), so
+   per-layer masks (Qwen2's sliding-window layers) come out right; no KV cache is kept;
+2. for each block: moves it to the device, switches activation and K/V quantization off
+   inside it (weights are calibrated against full-precision activations, the QuaRot
+   convention; online rotations stay on), and for each sequential group of linears
+   (q/k/v, o, gate/up, down) collects one Hessian from the group's shared input, with the
+   forward aborted as soon as every linear of the group has received its input, then
+   quantizes each linear with GPTQ (or RTN, which needs no data). A final forward of the
+   quantized block turns its inputs into the next block's inputs, in place, one
+   micro-batch at a time. The block then goes back to where it was;
+3. after each block, if a progress directory is given, writes the block's parameters and
+   a manifest atomically (``calib.progress``). A resumed run loads the finished blocks,
+   replays the captured inputs through them with the same micro-batches (bit-identical
+   activations) and continues with the next block.
+
+Quantized linears outside the decoder blocks (lm_head with ``quantize_lm_head``) are
+rounded to nearest at the end, as ``calib.rtn`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from calib.gptq import GPTQConfig, HessianAccumulator, gptq_quantize
+from calib.progress import ProgressStore, ResumeState
+from quant_layers.linear import QuantLinear
+
+log = logging.getLogger(__name__)
+
+METHODS = ("gptq", "rtn")
+
+
+@dataclass
+class LayerwiseConfig:
+    """How the layer-by-layer runner calibrates (see the module docstring)."""
+
+    method: str = "gptq"  # "gptq" or "rtn"
+    gptq: GPTQConfig = field(default_factory=GPTQConfig)
+    offload_activations: bool = False  # keep block inputs/outputs on CPU, move per micro-batch
+    batch_size: int = 1  # calibration windows per forward pass
+    progress_dir: str | None = None  # where per-block progress goes (None = no checkpoints)
+    resume: bool = False
+    # recipe + calibration settings + model identity; a resume dir with a different one is refused
+    fingerprint: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown calibration method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.batch_size < 1:
+            raise ValueError(f"calibration batch size must be at least 1, got {self.batch_size}")
+        if self.resume and not self.progress_dir:
+            raise ValueError("--resume needs a progress directory: pass the --output_dir of the run to resume")
+
+
+@dataclass
+class CalibrationReport:
+    """What a layer-by-layer calibration did, for the results JSON."""
+
+    blocks: int
+    resumed_blocks: int
+    seconds: float
+    peak_gpu_bytes: int | None
+    peak_cpu_rss_bytes: int
+    per_linear: dict[str, dict]  # "layers.3.self_attn.q_proj": {"damp", "escalations", "loss", "seconds"}
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once it has seen what it needed."""
+
+
+# ---------------------------------------------------------------------------------------
+# Small context managers: device residency, weights-only quantization, forward stubs.
+
+
+def _module_device(module: nn.Module) -> torch.device | None:
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return None
+
+
+@contextmanager
+def _resident(modules: list[nn.Module], device: torch.device) -> Iterator[None]:
+    """Move ``modules`` to ``device`` for the duration, then back to where each was."""
+    homes = [(m, _module_device(m)) for m in modules]
+    try:
+        for m, home in homes:
+            if home is not None:
+                m.to(device)
+        yield
+    finally:
+        for m, home in homes:
+            if home is not None:
+                m.to(home)
+
+
+@contextmanager
+def _weights_only(block: nn.Module) -> Iterator[None]:
+    """Switch activation and K/V quantization off inside ``block`` (online rotations stay)."""
+    saved = []
+    for m in block.modules():
+        if isinstance(m, QuantLinear) and m.act_quantizer is not None:
+            saved.append((m, "act_quantizer", m.act_quantizer))
+        for attr in ("key_quantizer", "value_quantizer"):
+            if getattr(m, attr, None) is not None:
+                saved.append((m, attr, getattr(m, attr)))
+    try:
+        for m, attr, _ in saved:
+            setattr(m, attr, None)
+        yield
+    finally:
+        for m, attr, value in saved:
+            setattr(m, attr, value)
+
+
+@contextmanager
+def _forward_replaced(modules: list[nn.Module], make: Callable[[int], Callable]) -> Iterator[None]:
+    """Give each module an instance-level ``forward`` (``make(index)``), restored afterwards."""
+    saved = [(m, m.__dict__.get("forward")) for m in modules]
+    try:
+        for i, m in enumerate(modules):
+            m.forward = make(i)
+        yield
+    finally:
+        for m, old in saved:
+            if old is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = old
+
+
+# ---------------------------------------------------------------------------------------
+# Captured activations.
+
+
+class _Activations:
+    """Hidden states of all windows at the current block boundary, and each block's kwargs."""
+
+    def __init__(self, nsamples: int, batch_size: int) -> None:
+        self.nsamples = nsamples
+        self.batch_size = batch_size
+        self.hidden: torch.Tensor | None = None  # (nsamples, seqlen, hidden)
+        self.block_inputs: dict[tuple[int, int], tuple[tuple, dict]] = {}  # (block, micro-batch) -> args, kwargs
+
+    def spans(self) -> Iterator[tuple[int, int]]:
+        for start in range(0, self.nsamples, self.batch_size):
+            yield start, min(start + self.batch_size, self.nsamples)
+
+    def run_block(self, block: nn.Module, index: int, start: int, end: int, device: torch.device) -> torch.Tensor:
+        x = self.hidden[start:end].to(device)
+        args, kwargs = self.block_inputs[(index, end - start)]
+        out = block(x, *args, **kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def propagate(self, block: nn.Module, index: int, device: torch.device) -> None:
+        """Replace the stored inputs of ``block`` by its outputs, micro-batch by micro-batch."""
+        for start, end in self.spans():
+            out = self.run_block(block, index, start, end, device)
+            self.hidden[start:end] = out.to(self.hidden.device)
+
+
+def _stem_modules(model: nn.Module, adapter) -> list[nn.Module]:
+    """What the model runs before block 0: the embeddings and the rotary embedding."""
+    modules = [adapter.embeddings(model)]
+    rotary_of = getattr(adapter, "rotary_embedding", None)
+    rotary = rotary_of(model) if rotary_of is not None else getattr(getattr(model, "model", None), "rotary_emb", None)
+    if rotary is not None:
+        modules.append(rotary)
+    return modules
+
+
+def _capture(
+    model: nn.Module,
+    adapter,
+    layers: nn.ModuleList,
+    calib_ids: torch.Tensor,
+    device: torch.device,
+    config: LayerwiseConfig,
+) -> _Activations:
+    """Block 0's hidden states for every window, and every block's keyword arguments."""
+    acts = _Activations(calib_ids.shape[0], config.batch_size)
+    store = torch.device("cpu") if config.offload_activations else device
+    last = len(layers) - 1
+    seen: dict[str, torch.Tensor] = {}
+
+    def make_stub(index: int) -> Callable:
+        def stub(*args, **kwargs):
+            if args:
+                hidden, rest = args[0], tuple(args[1:])
+            else:
+                hidden, rest = kwargs.pop("hidden_states"), ()
+            kwargs.pop("past_key_values", None)
+            kwargs.pop("past_key_value", None)
+            if "use_cache" in kwargs:
+                kwargs["use_cache"] = False
+            acts.block_inputs.setdefault((index, hidden.shape[0]), (rest, kwargs))
+            if index == 0:
+                seen["hidden"] = hidden
+            if index == last:
+                raise _StopForward
+            return hidden
+
+        return stub
+
+    with _resident(_stem_modules(model, adapter), device), _forward_replaced(list(layers), make_stub):
+        for start, end in tqdm(list(acts.spans()), desc="capture block inputs", leave=False):
+            try:
+                model(input_ids=calib_ids[start:end].to(device), use_cache=False)
+            except _StopForward:
+                pass
+            else:
+                raise RuntimeError("the model's forward never reached its last decoder block while capturing inputs")
+            hidden = seen.pop("hidden")
+            if acts.hidden is None:
+                acts.hidden = torch.empty((acts.nsamples, *hidden.shape[1:]), dtype=hidden.dtype, device=store)
+            acts.hidden[start:end] = hidden.to(store)
+    return acts
+
+
+# ---------------------------------------------------------------------------------------
+# Quantizing one block.
+
+
+def _stats_dict(stats) -> dict:
+    if dataclasses.is_dataclass(stats):
+        return dataclasses.asdict(stats)
+    return dict(stats)
+
+
+def _weight_targets(named: list[tuple[str, nn.Module]]) -> list[tuple[str, QuantLinear]]:
+    return [(n, m) for n, m in named if isinstance(m, QuantLinear) and m.weight_quantizer is not None]
+
+
+def _rtn_linears(named: list[tuple[str, nn.Module]], prefix: str, per_linear: dict) -> None:
+    for name, module in _weight_targets(named):
+        t = time.perf_counter()
+        module.weight.data.copy_(module.weight_quantizer(module.weight.data))
+        per_linear[f"{prefix}{name}"] = {"method": "rtn", "seconds": time.perf_counter() - t}
+
+
+def _gptq_group(
+    block: nn.Module,
+    index: int,
+    group: tuple[str, ...],
+    acts: _Activations,
+    device: torch.device,
+    config: LayerwiseConfig,
+    per_linear: dict,
+) -> None:
+    """Hessian of the group's shared input over all windows, then GPTQ on each of its linears."""
+    members = [(name, block.get_submodule(name)) for name in group]
+    targets = _weight_targets(members)
+    if not targets:
+        return
+    hessian_dtype = getattr(torch, config.gptq.hessian_dtype)
+    # Linears of a group read the same tensor; one Hessian per distinct online transform (normally one).
+    accumulators: dict[int, tuple[HessianAccumulator, QuantLinear]] = {}
+    key_of: dict[str, int] = {}
+    for name, module in targets:
+        key = id(module.input_transform)
+        key_of[name] = key
+        if key not in accumulators:
+            accumulators[key] = (HessianAccumulator(module.in_features, device=device, dtype=hessian_dtype), module)
+
+    state: dict = {"x": None, "seen": set()}
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        x = args[0]
+        if state["x"] is None:
+            state["x"] = x
+            for acc, representative in accumulators.values():
+                acc.add_batch(representative.transformed_input(x))
+        elif x is not state["x"] and not (x.shape == state["x"].shape and torch.equal(x, state["x"])):
+            raise RuntimeError(
+                f"linears {', '.join(group)} of block {index} do not read the same input: "
+                f"the architecture adapter's sequential_groups() is wrong for this model"
+            )
+        state["seen"].add(id(module))
+        if len(state["seen"]) == len(members):
+            raise _StopForward
+
+    handles = [module.register_forward_pre_hook(hook) for _, module in members]
+    try:
+        for start, end in acts.spans():
+            state["x"], state["seen"] = None, set()
+            try:
+                acts.run_block(block, index, start, end, device)
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+        state.clear()
+
+    for name, module in targets:
+        acc = accumulators[key_of[name]][0]
+        if acc.nsamples == 0:
+            raise RuntimeError(f"{name} of block {index} received no calibration input")
+        t = time.perf_counter()
+        # gptq_quantize leaves its inputs alone, so the linears of a group share one Hessian.
+        weight, stats = gptq_quantize(module.weight.data, acc.hessian, module.weight_quantizer, config.gptq)
+        module.weight.data.copy_(weight)
+        del weight
+        record = _stats_dict(stats)
+        record.setdefault("seconds", time.perf_counter() - t)
+        record["method"] = "gptq"
+        record["nsamples"] = acc.nsamples
+        per_linear[f"layers.{index}.{name}"] = record
+    accumulators.clear()
+
+
+def _calibrate_block(
+    block: nn.Module, index: int, adapter, acts: _Activations | None, device: torch.device,
+    config: LayerwiseConfig, per_linear: dict,
+) -> None:
+    if config.method == "rtn":
+        _rtn_linears(list(adapter.linears(block).items()), f"layers.{index}.", per_linear)
+        return
+    for group in adapter.sequential_groups():
+        _gptq_group(block, index, group, acts, device, config, per_linear)
+
+
+# ---------------------------------------------------------------------------------------
+# The runner.
+
+
+def _check_inputs(model: nn.Module, calib_ids: torch.Tensor | None, config: LayerwiseConfig) -> None:
+    LayerwiseConfig.__post_init__(config)  # fields may have been changed after construction
+    if calib_ids is None:
+        if config.method == "rtn":
+            return
+        raise ValueError(f"{config.method} calibration needs calibration windows: pass token ids (--nsamples >= 1)")
+    if calib_ids.numel() == 0:
+        raise ValueError(
+            f"the calibration set is empty (shape {tuple(calib_ids.shape)}): --nsamples and --seqlen must be at least 1"
+        )
+    if calib_ids.dim() != 2:
+        raise ValueError(f"calibration ids must be (nsamples, seqlen), got shape {tuple(calib_ids.shape)}")
+    if calib_ids.dtype.is_floating_point or calib_ids.dtype == torch.bool:
+        raise ValueError(f"calibration ids must be integer token ids, got {calib_ids.dtype}")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and calib_ids.shape[1] > limit:
+        raise ValueError(
+            f"calibration sequence length {calib_ids.shape[1]} exceeds the model's limit of {limit} positions "
+            f"(max_position_embeddings): lower --seqlen to at most {limit}"
+        )
+
+
+def run_fingerprint(config: LayerwiseConfig, calib_ids: torch.Tensor | None, num_blocks: int) -> dict:
+    """The caller's fingerprint plus what the runner itself knows: method, GPTQ settings, data."""
+    data = None
+    if calib_ids is not None and config.method != "rtn":  # RTN does not read the data
+        ids = calib_ids.detach().to("cpu", torch.int64).contiguous()
+        data = {"shape": list(ids.shape), "sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest()}
+    return {
+        **config.fingerprint,
+        "layerwise": {
+            "method": config.method,
+            "gptq": dataclasses.asdict(config.gptq) if config.method == "gptq" else None,
+            "blocks": num_blocks,
+            "calibration_ids": data,
+        },
+    }
+
+
+def _peak_cpu_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
+
+
+def calibrate_layerwise(
+    model: nn.Module, adapter, calib_ids: torch.Tensor | None, device: torch.device | str, config: LayerwiseConfig
+) -> CalibrationReport:
+    """Calibrate every decoder block's quantized weights in place, one block on ``device`` at a time.
+
+    ``calib_ids`` is ``(nsamples, seqlen)`` token ids (may be ``None`` for RTN, which
+    reads no data). Returns what happened; see the module docstring for how.
+    """
+    t_start = time.perf_counter()
+    device = torch.device(device)
+    _check_inputs(model, calib_ids, config)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    layers = adapter.decoder_layers(model)
+    num_blocks = len(layers)
+
+    store = None
+    state = ResumeState()
+    if config.progress_dir:
+        store = ProgressStore(config.progress_dir, run_fingerprint(config, calib_ids, num_blocks), num_blocks)
+        state = store.begin(config.resume)  # raises, touching nothing, on a mismatch
+    per_linear: dict[str, dict] = dict(state.per_linear)
+    done = state.finished
+    execution = {"batch_size": config.batch_size, "offload_activations": config.offload_activations}
+    if done and store.saved("execution", execution) != execution:
+        log.warning(
+            "resuming with %s where the earlier run used %s: the result may differ in rounding from an "
+            "uninterrupted run", execution, store.saved("execution", execution),
+        )
+    # GPTQ needs block inputs, RTN none; nothing at all when no block linear has a weight quantizer.
+    needs_data = config.method != "rtn" and any(
+        _weight_targets(list(adapter.linears(layer).items())) for layer in layers
+    )
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(done):
+                store.load_block(i, layers[i])
+            acts = None
+            if done < num_blocks and needs_data:
+                acts = _capture(model, adapter, layers, calib_ids.long(), device, config)
+                for i in tqdm(range(done), desc="replay finished blocks", leave=False):
+                    with _resident([layers[i]], device), _weights_only(layers[i]):
+                        acts.propagate(layers[i], i, device)
+            bar = tqdm(range(done, num_blocks), total=num_blocks, initial=done, desc=f"{config.method} blocks")
+            for i in bar:
+                block = layers[i]
+                block_stats: dict[str, dict] = {}
+                with _resident([block], device), _weights_only(block):
+                    _calibrate_block(block, i, adapter, acts, device, config, block_stats)
+                    if acts is not None and i + 1 < num_blocks:
+                        acts.propagate(block, i, device)
+                per_linear.update(block_stats)
+                if store is not None:
+                    store.save_block(i, block, block_stats, extra={"execution": execution})
+            del acts
+            # Quantized linears outside the blocks (lm_head): round to nearest, as calib.rtn does.
+            block_modules = {id(m) for layer in layers for m in layer.modules()}
+            outside = [(n, m) for n, m in model.named_modules() if id(m) not in block_modules]
+            _rtn_linears(outside, "", per_linear)
+    finally:
+        model.train(was_training)
+
+    return CalibrationReport(
+        blocks=num_blocks,
+        resumed_blocks=done,
+        seconds=time.perf_counter() - t_start,
+        peak_gpu_bytes=int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
+        peak_cpu_rss_bytes=_peak_cpu_rss_bytes(),
+        per_linear=per_linear,
+    )
