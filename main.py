@@ -12,7 +12,7 @@ import dataclasses
 import sys
 
 from configs import QBITS_CONFIGS, RunConfig, qbits_recipe
-from pipeline.cli import add_common_args, common_config_kwargs, run_driver
+from pipeline.cli import add_common_args, common_config_kwargs, gptq_recipe_kwargs, run_driver
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +37,8 @@ ROTATE_MODES = {"hadamard": "hadamard", "random": "random_orthogonal", "block_ha
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     recipe = qbits_recipe(args.quant_config, args.qbits)
+    if recipe.weight is not None or args.gptq:
+        recipe = dataclasses.replace(recipe, **gptq_recipe_kwargs(args))
     if args.rotate:
         recipe = dataclasses.replace(recipe, transform=ROTATE_MODES[args.rotate_mode],
                                      hadamard_group_size=args.hadamard_group_size, rotation_seed=args.rotation_seed)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from configs import METHODS, TRANSFORMS, QuantRecipe, RunConfig
-from pipeline.cli import add_common_args, common_config_kwargs, run_driver
+from configs import TRANSFORMS, QuantRecipe, RunConfig
+from pipeline.cli import add_common_args, common_config_kwargs, gptq_recipe_kwargs, run_driver
 from quant_layers import FORMATS, QuantSpec
 
 
@@ -54,7 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--k_clip_ratio", type=float, default=1.0)
     q.add_argument("--v_clip_ratio", type=float, default=1.0)
     q.add_argument("--quantize_lm_head", action="store_true", help="also quantize lm_head (kept FP by default)")
-    q.add_argument("--method", default="rtn", choices=METHODS, help="weight quantization algorithm")
     t = p.add_argument_group("transform")
     t.add_argument("--transform_class", default="identity", choices=TRANSFORMS,
                    help="rotation fused into the model before quantization")
@@ -76,7 +75,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
                             args.k_asym, clip_ratio=args.k_clip_ratio),
         value=spec_from_flags(kv_format, args.v_bits, args.kv_exp_bits, args.v_groupsize, "head",
                               args.v_asym, clip_ratio=args.v_clip_ratio),
-        method=args.method,
+        **gptq_recipe_kwargs(args),
         transform=args.transform_class,
         hadamard_group_size=args.hadamard_group_size,
         rotation_seed=args.rotation_seed,

@@ -92,15 +92,22 @@ class GPTQStats:
 
 
 def gptq_quantize(
-    weight: torch.Tensor, hessian: torch.Tensor, quantizer: Quantizer, config: GPTQConfig
+    weight: torch.Tensor, hessian: torch.Tensor, quantizer: Quantizer, config: GPTQConfig,
+    tensor_amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GPTQStats]:
-    """Return the fake-quantized weight (same shape, dtype and device as ``weight``); does not modify its inputs."""
-    q, stats, _ = gptq_quantize_with_params(weight, hessian, quantizer, config)
+    """Return the fake-quantized weight (same shape, dtype and device as ``weight``); does not modify its inputs.
+
+    ``tensor_amax`` (NVFP4's tensor scale source) defaults to the whole weight's absolute
+    maximum; a ``(rows, 1)`` column gives each row its own, which lets linears that share
+    a Hessian be stacked into one call with the result each would get alone.
+    """
+    q, stats, _ = gptq_quantize_with_params(weight, hessian, quantizer, config, tensor_amax)
     return q, stats
 
 
 def gptq_quantize_with_params(
-    weight: torch.Tensor, hessian: torch.Tensor, quantizer: Quantizer, config: GPTQConfig
+    weight: torch.Tensor, hessian: torch.Tensor, quantizer: Quantizer, config: GPTQConfig,
+    tensor_amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, GPTQStats, QuantParams]:
     """``gptq_quantize`` that also returns the scales it used, in ``quantizer.grouped(weight)`` order.
 
@@ -131,7 +138,10 @@ def gptq_quantize_with_params(
     W[:, dead] = 0
 
     # NVFP4's fp32 tensor scale comes from the whole weight, once.
-    tensor_amax = W.abs().amax()
+    if tensor_amax is None:
+        tensor_amax = W.abs().amax()
+    else:
+        tensor_amax = tensor_amax.to(device=device, dtype=torch.float32)
     ngroups = 1 if group == 0 else cols // group
     params: list[QuantParams | None] = [None] * ngroups
     if group == 0:

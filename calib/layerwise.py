@@ -318,21 +318,43 @@ def _gptq_group(
             h.remove()
         state.clear()
 
-    for name, module in targets:
-        acc = accumulators[key_of[name]][0]
+    for names, modules in _stackable(targets, key_of):
+        acc = accumulators[key_of[names[0]]][0]
         if acc.nsamples == 0:
-            raise RuntimeError(f"{name} of block {index} received no calibration input")
+            raise RuntimeError(f"{', '.join(names)} of block {index} received no calibration input")
         t = time.perf_counter()
-        # gptq_quantize leaves its inputs alone, so the linears of a group share one Hessian.
-        weight, stats = gptq_quantize(module.weight.data, acc.hessian, module.weight_quantizer, config.gptq)
-        module.weight.data.copy_(weight)
-        del weight
+        # Linears sharing a Hessian and a per-row quantizer are one GPTQ problem stacked by rows
+        # (rows are independent given H): one column loop instead of several.
+        weights = [m.weight.data for m in modules]
+        row_amax = torch.cat([w.abs().amax().float().expand(w.shape[0], 1) for w in weights])
+        stacked, stats = gptq_quantize(torch.cat(weights), acc.hessian, modules[0].weight_quantizer, config.gptq,
+                                       tensor_amax=row_amax if len(modules) > 1 else None)
+        for module, part in zip(modules, stacked.split([w.shape[0] for w in weights])):
+            module.weight.data.copy_(part)
+        del stacked
         record = _stats_dict(stats)
         record.setdefault("seconds", time.perf_counter() - t)
-        record["method"] = "gptq"
-        record["nsamples"] = acc.nsamples
-        per_linear[f"layers.{index}.{name}"] = record
+        record.update(method="gptq", nsamples=acc.nsamples)
+        if len(names) > 1:
+            record["stacked_with"] = list(names)
+        for name in names:
+            per_linear[f"layers.{index}.{name}"] = dict(record)
     accumulators.clear()
+
+
+def _stackable(targets: list[tuple[str, QuantLinear]], key_of: dict[str, int]) -> list[tuple[list[str], list]]:
+    """Targets grouped into GPTQ problems: same input (Hessian) and same per-row quantizer spec.
+
+    Per-tensor scales span the whole weight, so those linears stay alone.
+    """
+    problems: dict[tuple, tuple[list[str], list]] = {}
+    for name, module in targets:
+        spec = module.weight_quantizer.spec
+        key = (key_of[name], spec) if spec.granularity != "tensor" else (name,)
+        names, modules = problems.setdefault(key, ([], []))
+        names.append(name)
+        modules.append(module)
+    return list(problems.values())
 
 
 def _calibrate_block(

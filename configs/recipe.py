@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from calib.gptq import GPTQConfig
 from quant_layers import QuantSpec
 from transforms import TRANSFORM_CLASSES as TRANSFORMS
 from transforms import check_transform
 from transforms.rotation import DEFAULT_BLOCK_SIZE
 
-METHODS = ("rtn",)
+METHODS = ("rtn", "gptq")
 
 
 @dataclass
@@ -31,10 +32,13 @@ class QuantRecipe:
     hadamard_group_size: int | None = None
     rotation_seed: int = 0
     quantize_lm_head: bool = False
+    gptq: GPTQConfig = field(default_factory=GPTQConfig)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.method == "gptq" and self.weight is None:
+            raise ValueError("GPTQ quantizes weights: set the weight bits below 16 (e.g. --w_bits 4) or drop --gptq")
         if self.transform not in TRANSFORMS:
             raise ValueError(f"unknown transform {self.transform!r}: choose one of {', '.join(TRANSFORMS)}")
         if self.hadamard_group_size is not None:
@@ -101,6 +105,8 @@ class QuantRecipe:
     def from_dict(cls, data: dict) -> "QuantRecipe":
         specs = {k: QuantSpec(**data[k]) if data.get(k) else None for k in ("weight", "activation", "key", "value")}
         rest = {k: v for k, v in data.items() if k not in specs}
+        if isinstance(rest.get("gptq"), dict):
+            rest["gptq"] = GPTQConfig(**rest["gptq"])
         return cls(**specs, **rest)
 
 
@@ -120,6 +126,9 @@ class RunConfig:
     data_dir: str | None = None
     calib_dataset: str = "c4"
     nsamples: int = 128
+    calib_batch_size: int = 1
+    offload_activations: bool = False
+    resume: bool = False
     seed: int = 0
     output_dir: str = "results"
     run_name: str | None = None
@@ -136,6 +145,10 @@ class RunConfig:
             raise ValueError(f"--eval_batch_size must be at least 1, got {self.eval_batch_size}")
         if self.nsamples < 1:
             raise ValueError(f"--nsamples must be at least 1, got {self.nsamples}")
+        if self.calib_batch_size < 1:
+            raise ValueError(f"--calib_batch_size must be at least 1, got {self.calib_batch_size}")
+        if self.resume and self.quant.method != "gptq":
+            raise ValueError("--resume continues a layer-by-layer GPTQ calibration: add --gptq (RTN needs no resume)")
         self.ppl_datasets = tuple(self.ppl_datasets)
 
     def check_model(self, config, adapter) -> None:

@@ -36,6 +36,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--nsamples", type=int, default=128, help="calibration windows")
     c.add_argument("--seed", type=int, default=0)
 
+    g = parser.add_argument_group("GPTQ (layer-by-layer calibration)")
+    g.add_argument("--gptq", action="store_true", help="quantize weights with GPTQ instead of round-to-nearest")
+    g.add_argument("--percdamp", type=float, default=0.01, help="Hessian damping, fraction of its mean diagonal")
+    g.add_argument("--gptq_block_size", type=int, default=128, help="GPTQ lazy-batch block width")
+    g.add_argument("--act_order", action="store_true", help="quantize columns by decreasing Hessian diagonal")
+    g.add_argument("--static_groups", action="store_true", help="fit group scales before GPTQ updates the weight")
+    g.add_argument("--hessian_dtype", default="float32", choices=("float32", "float64"))
+    g.add_argument("--calib_batch_size", type=int, default=1, help="calibration windows per forward pass")
+    g.add_argument("--offload_activations", action="store_true",
+                   help="keep calibration activations on CPU (only the current block on the GPU)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted GPTQ run from its progress under --output_dir")
+
     o = parser.add_argument_group("output")
     o.add_argument("--output_dir", default="results", help="where the run's JSON goes")
     o.add_argument("--run_name", help="file name of the results JSON (default: model and recipe)")
@@ -52,9 +65,19 @@ def common_config_kwargs(args: argparse.Namespace) -> dict:
         model=args.model, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device,
         ppl_datasets=tuple(datasets), seqlen=args.seqlen, eval_limit=args.eval_limit,
         eval_batch_size=args.eval_batch_size, data_dir=args.data_dir, calib_dataset=args.calib_dataset,
-        nsamples=args.nsamples, seed=args.seed, output_dir=args.output_dir, run_name=args.run_name,
+        nsamples=args.nsamples, calib_batch_size=args.calib_batch_size,
+        offload_activations=args.offload_activations, resume=args.resume, seed=args.seed, output_dir=args.output_dir, run_name=args.run_name,
         log_wandb=args.log_wandb, wandb_project=args.wandb_project, wandb_group=args.wandb_group,
     )
+
+
+def gptq_recipe_kwargs(args: argparse.Namespace) -> dict:
+    """The recipe fields the GPTQ flags set (``method`` and ``gptq``)."""
+    from calib import GPTQConfig
+
+    return dict(method="gptq" if args.gptq else "rtn",
+                gptq=GPTQConfig(block_size=args.gptq_block_size, percdamp=args.percdamp, act_order=args.act_order,
+                                static_groups=args.static_groups, hessian_dtype=args.hessian_dtype))
 
 
 def run_driver(parser: argparse.ArgumentParser, build_config, argv: list[str] | None = None) -> int:

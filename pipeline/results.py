@@ -39,6 +39,7 @@ class RunResult:
     metrics: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     device: str = ""
+    calibration: dict | None = None  # the layer-by-layer runner's report (GPTQ runs)
     date: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     versions: dict = field(default_factory=library_versions)
 

@@ -13,7 +13,7 @@ import time
 import torch
 
 import corpora
-from calib import quantize_weights_rtn
+from calib import LayerwiseConfig, calibrate_layerwise, calibration_windows, quantize_weights_rtn
 from configs import RunConfig
 from evaluation import MAX_WINDOWS, evaluation_tokens, perplexity
 from models import adapter_for, load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
@@ -31,10 +31,47 @@ def default_run_name(cfg: RunConfig) -> str:
     return f"{base}_{cfg.quant.label}".replace("/", "_")
 
 
+def progress_dir(cfg: RunConfig) -> str:
+    """Where a GPTQ run keeps its per-block progress (what ``--resume`` continues from)."""
+    return os.path.join(cfg.output_dir, "progress", cfg.run_name or default_run_name(cfg))
+
+
+def calibration_fingerprint(cfg: RunConfig, loc, dtype: torch.dtype) -> dict:
+    """What must match for a resumed calibration to continue an earlier one."""
+    source = loc.gguf_file or loc.path
+    return {
+        "model": os.path.abspath(source) if os.path.exists(source) else source,
+        "dtype": str(dtype).replace("torch.", ""),
+        "recipe": cfg.quant.to_dict(),
+        "calib_dataset": cfg.calib_dataset,
+        "nsamples": cfg.nsamples,
+        "seqlen": cfg.seqlen,
+        "seed": cfg.seed,
+    }
+
+
+def _calibrate_gptq(cfg: RunConfig, model, adapter, tokenizer, calib_source, device, fingerprint: dict) -> dict:
+    """GPTQ through the layer-by-layer runner; returns its report as a dict."""
+    windows = calibration_windows(calib_source, tokenizer, cfg.nsamples, cfg.seqlen, cfg.seed)
+    report = calibrate_layerwise(model, adapter, windows, device, LayerwiseConfig(
+        method="gptq", gptq=cfg.quant.gptq, offload_activations=cfg.offload_activations,
+        batch_size=cfg.calib_batch_size, progress_dir=progress_dir(cfg), resume=cfg.resume, fingerprint=fingerprint,
+    ))
+    escalated = {k: v["escalations"] for k, v in report.per_linear.items() if v.get("escalations")}
+    if escalated:
+        log.warning("GPTQ raised the damping for %d linears: %s", len(escalated), escalated)
+    summary = report.to_dict()
+    summary["per_linear"] = {k: {m: v[m] for m in ("loss", "damp", "escalations", "seconds") if m in v}
+                             for k, v in report.per_linear.items()}
+    return summary
+
+
 def run(cfg: RunConfig) -> RunResult:
     t_start = time.perf_counter()
     loc = locate(cfg.model, cfg.gguf_file)
     ppl_sources = [corpora.resolve(name, corpora.EVAL_SPLIT.get(name, "test"), cfg.data_dir) for name in cfg.ppl_datasets]
+    gptq = cfg.quant.method == "gptq"
+    calib_source = corpora.resolve(cfg.calib_dataset, "train", cfg.data_dir) if gptq else None
     device = resolve_device(cfg.device)
     config = load_config(loc)
     adapter = adapter_for(config)
@@ -44,7 +81,8 @@ def run(cfg: RunConfig) -> RunResult:
     timings = {}
     t = time.perf_counter()
     tokenizer = load_tokenizer(loc)
-    model = load_model(loc, dtype, device)
+    # GPTQ keeps the model on the CPU and brings one block at a time to the device.
+    model = load_model(loc, dtype, torch.device("cpu") if gptq else device)
     timings["load_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -54,7 +92,12 @@ def run(cfg: RunConfig) -> RunResult:
 
     t = time.perf_counter()
     attach_quantizers(model, adapter, cfg.quant)
-    if cfg.quant.weight is not None:
+    calibration = None
+    if gptq:
+        calibration = _calibrate_gptq(cfg, model, adapter, tokenizer, calib_source, device,
+                                      calibration_fingerprint(cfg, loc, dtype))
+        model.to(device)
+    elif cfg.quant.weight is not None:
         quantize_weights_rtn(model)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -80,6 +123,7 @@ def run(cfg: RunConfig) -> RunResult:
         metrics=metrics,
         timings={k: round(v, 3) for k, v in timings.items()},
         device=device_name(device),
+        calibration=calibration,
     )
     path = result.write_json(cfg.output_dir)
     log.info("wrote %s", path)

@@ -266,3 +266,18 @@ def test_fit_then_quantize_with_is_fake_quantize(spec):
     if spec.format == "nvfp":
         wide = q.fit(xg, tensor_amax=xg.abs().amax() * 3)
         assert not torch.equal(wide.scale, params.scale)
+
+
+@pytest.mark.parametrize("name", ["int4-g32", "nvfp4", "e2m1-ch"])
+def test_stacked_rows_equal_separate_calls(name):
+    """Linears sharing a Hessian can be stacked by rows, each row keeping its own tensor amax."""
+    w, _, h = layer()
+    w = w.clone()
+    w2 = torch.randn(OUT // 2, IN, generator=torch.Generator().manual_seed(1)) * 0.3
+    w[:, 5] = 0  # keep the dead input's column out of the tensor amax of either weight
+    w2[:, 5] = 0
+    quantizer = Quantizer(SPECS[name])
+    alone = torch.cat([gptq_quantize(x, h, quantizer, GPTQConfig())[0] for x in (w, w2)])
+    row_amax = torch.cat([x.abs().amax().expand(x.shape[0], 1) for x in (w, w2)])
+    stacked, _ = gptq_quantize(torch.cat([w, w2]), h, quantizer, GPTQConfig(), tensor_amax=row_amax)
+    assert torch.allclose(stacked, alone, atol=1e-6)
