@@ -38,6 +38,14 @@ class ArchAdapter:
     def lm_head(self, model: nn.Module) -> nn.Linear:
         return model.lm_head
 
+    def untie_lm_head(self, model: nn.Module) -> None:
+        """Give lm_head its own weight when it shares the embeddings' (to rotate or quantize it alone)."""
+        head, emb = self.lm_head(model), self.embeddings(model)
+        if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
+            head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=False)
+            for cfg in (model.config, model.config.get_text_config()):
+                cfg.tie_word_embeddings = False
+
     def attention(self, layer: nn.Module) -> nn.Module:
         return layer.self_attn
 

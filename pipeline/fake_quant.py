@@ -36,6 +36,7 @@ def attach_quantizers(model: nn.Module, adapter: ArchAdapter, recipe: QuantRecip
                     _replace(layer, name, qlinear)
                 wrapped.append(qlinear)
         if recipe.quantize_lm_head:
+            adapter.untie_lm_head(model)  # quantizing a tied lm_head must not quantize the embeddings
             qhead = QuantLinear(adapter.lm_head(model), wq, aq)
             model.lm_head = qhead
             wrapped.append(qhead)

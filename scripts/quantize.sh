@@ -15,7 +15,17 @@ A_GROUP_SIZE=${A_GROUP_SIZE:--1}
 KV_GROUP_SIZE=${KV_GROUP_SIZE:--1}
 KV_ASYM=${KV_ASYM:-0}
 W_OBSERVER=${W_OBSERVER:-"minmax"}
-TRANSFORM_CLASS=${TRANSFORM_CLASS:-"identity"}
+TRANSFORM_CLASS=${TRANSFORM_CLASS:-"identity"}   # identity | hadamard | random_orthogonal | block_hadamard
+HADAMARD_GROUP_SIZE=${HADAMARD_GROUP_SIZE:-0}     # block_hadamard block (0 = default 128)
+ROTATION_SEED=${ROTATION_SEED:-0}
+# Weight algorithm: GPTQ=1 for layer-by-layer GPTQ on NSAMPLES windows of CALIB_DATASET
+GPTQ=${GPTQ:-0}
+ACT_ORDER=${ACT_ORDER:-0}
+PERCDAMP=${PERCDAMP:-0.01}
+NSAMPLES=${NSAMPLES:-128}
+CALIB_DATASET=${CALIB_DATASET:-"c4"}
+CALIB_BATCH_SIZE=${CALIB_BATCH_SIZE:-1}
+RESUME=${RESUME:-0}
 # Evaluation params
 PPL_DATASETS=${PPL_DATASETS:-"wikitext2"}
 SEQLEN=${SEQLEN:-2048}
@@ -37,6 +47,19 @@ fi
 if [[ $EVAL_LIMIT != 0 ]]; then
     SCRIPT_ARGS+=("--eval_limit" "${EVAL_LIMIT}")
 fi
+if [[ $HADAMARD_GROUP_SIZE != 0 ]]; then
+    SCRIPT_ARGS+=("--hadamard_group_size" "${HADAMARD_GROUP_SIZE}")
+fi
+if [[ $GPTQ == 1 ]]; then
+    SCRIPT_ARGS+=("--gptq" "--percdamp" "${PERCDAMP}" "--nsamples" "${NSAMPLES}"
+                  "--calib_dataset" "${CALIB_DATASET}" "--calib_batch_size" "${CALIB_BATCH_SIZE}")
+fi
+if [[ $ACT_ORDER == 1 ]]; then
+    SCRIPT_ARGS+=("--act_order")
+fi
+if [[ $RESUME == 1 ]]; then
+    SCRIPT_ARGS+=("--resume")
+fi
 if [[ -n $DATA_DIR ]]; then
     SCRIPT_ARGS+=("--data_dir" "${DATA_DIR}")
 fi
@@ -56,6 +79,7 @@ $PYTHON model_quant.py \
     --v_groupsize="${KV_GROUP_SIZE}" \
     --w_observer="${W_OBSERVER}" \
     --transform_class="${TRANSFORM_CLASS}" \
+    --rotation_seed="${ROTATION_SEED}" \
     --ppl_datasets="${PPL_DATASETS}" \
     --seqlen="${SEQLEN}" \
     --dtype="${DTYPE}" \

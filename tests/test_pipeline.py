@@ -74,6 +74,17 @@ def test_fake_quant_wraps_every_linear_and_quantizes_kv(family, tiny_models):
     assert not isinstance(model.lm_head, QuantLinear)
 
 
+def test_quantized_tied_lm_head_leaves_embeddings_alone(tiny_models):
+    from calib import quantize_weights_rtn
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32).eval()
+    emb = model.model.embed_tokens.weight.detach().clone()
+    attach_quantizers(model, adapter_for(model.config), QuantRecipe(weight=W4A4KV4["weight"], quantize_lm_head=True))
+    quantize_weights_rtn(model)
+    assert torch.equal(model.model.embed_tokens.weight, emb)
+    assert not torch.equal(model.lm_head.weight, emb)
+
+
 def test_kv_quantization_sees_post_rope_keys_per_head(tiny_models):
     model = AutoModelForCausalLM.from_pretrained(tiny_models["qwen3"], dtype=torch.float32).eval()
     adapter = adapter_for(model.config)

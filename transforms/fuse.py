@@ -64,15 +64,6 @@ def fold_norm(norm: nn.Module, readers: list[nn.Module]) -> None:
     norm.weight.data.fill_(1.0)
 
 
-def untie_lm_head(model: nn.Module, adapter: ArchAdapter) -> None:
-    """Give lm_head its own weight when it shares the embeddings' (they are rotated differently)."""
-    head, emb = adapter.lm_head(model), adapter.embeddings(model)
-    if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
-        head.weight = nn.Parameter(emb.weight.detach().clone(), requires_grad=False)
-        for cfg in (model.config, model.config.get_text_config()):
-            cfg.tie_word_embeddings = False
-
-
 def _with_online_rotation(layer: nn.Module, path: str, rotation: Rotation) -> None:
     """Set ``rotation`` as the input transform of the linear at ``path`` (wrapping it if plain)."""
     linear = layer.get_submodule(path)
@@ -109,7 +100,7 @@ def apply_transform(
     hidden, head_dim = config.hidden_size, adapter.head_dim(config)
     layers = adapter.decoder_layers(model)
 
-    untie_lm_head(model, adapter)
+    adapter.untie_lm_head(model)
     for layer in layers:
         fold_norm(adapter.input_norm(layer), adapter.residual_readers(layer)[:3])
         fold_norm(adapter.post_attention_norm(layer), adapter.residual_readers(layer)[3:])
