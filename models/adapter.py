@@ -72,9 +72,16 @@ class ArchAdapter:
         """Every linear of a decoder layer, in execution order."""
         return {name: layer.get_submodule(name) for name in self.linear_names()}
 
+    def norm_readers(self, layer: nn.Module) -> list[tuple[nn.Module, list[nn.Module]]]:
+        """Each RMSNorm of a layer with the linears that read its output."""
+        return [
+            (self.input_norm(layer), [layer.get_submodule(n) for n in self.attention_linears[:3]]),
+            (self.post_attention_norm(layer), [layer.get_submodule(n) for n in self.mlp_linears[:2]]),
+        ]
+
     def residual_readers(self, layer: nn.Module) -> list[nn.Module]:
         """Linears whose input is the (normed) residual stream."""
-        return [layer.get_submodule(n) for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj")]
+        return [linear for _, readers in self.norm_readers(layer) for linear in readers]
 
     def residual_writers(self, layer: nn.Module) -> list[nn.Module]:
         """Linears whose output is added to the residual stream."""

@@ -16,6 +16,7 @@ rotation is placed, so they stay exact untouched.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 from torch import nn
@@ -30,22 +31,22 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def _update(param: torch.Tensor, fn) -> None:
-    param.data = fn(param.data.to(torch.float64)).to(param.dtype)
+    param.data = fn(param.data.to(torch.float64)).to(param.dtype).contiguous()
 
 
-def _rotate_input(linear: nn.Module, rotation: Rotation) -> None:
+def _rotate_input(linear: nn.Module, rotation: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """``W <- W M``: the linear now reads ``x M``."""
     _update(linear.weight, rotation)
 
 
-def _rotate_output(linear: nn.Module, rotation: Rotation) -> None:
+def _rotate_output(linear: nn.Module, rotation: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """``W <- M^T W``, ``b <- b M``: the linear now writes ``y M``."""
     _update(linear.weight, lambda w: rotation(w.T).T)
     if linear.bias is not None:
         _update(linear.bias, rotation)
 
 
-def _per_head(rotation: Rotation, width: int):
+def _per_head(rotation: Rotation, width: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """Apply a head_dim rotation to every head of a ``(..., heads * head_dim)`` tensor."""
     hd = rotation.size
 
@@ -102,8 +103,8 @@ def apply_transform(
 
     adapter.untie_lm_head(model)
     for layer in layers:
-        fold_norm(adapter.input_norm(layer), adapter.residual_readers(layer)[:3])
-        fold_norm(adapter.post_attention_norm(layer), adapter.residual_readers(layer)[3:])
+        for norm, readers in adapter.norm_readers(layer):
+            fold_norm(norm, readers)
     fold_norm(adapter.final_norm(model), [adapter.lm_head(model)])
 
     r1 = make_rotation(transform, hidden, "hidden", seed=seed, group_size=group_size)
@@ -116,13 +117,9 @@ def apply_transform(
             _rotate_output(linear, r1)
 
         r2 = make_rotation(transform, head_dim, "head_dim", seed=seed + 1 + i, group_size=group_size)
-        attn = adapter.attention(layer)
-        v_proj, o_proj = attn.v_proj, attn.o_proj
-        rotate_v = _per_head(r2, v_proj.out_features)
-        _update(v_proj.weight, lambda w: rotate_v(w.T).T)
-        if v_proj.bias is not None:
-            _update(v_proj.bias, rotate_v)
-        _update(o_proj.weight, _per_head(r2, o_proj.in_features))
+        v_proj, o_proj = (layer.get_submodule(path) for path in adapter.attention_linears[2:4])
+        _rotate_output(v_proj, _per_head(r2, v_proj.out_features))
+        _rotate_input(o_proj, _per_head(r2, o_proj.in_features))
 
         down_path = adapter.mlp_linears[-1]
         r4 = make_rotation(transform, layer.get_submodule(down_path).in_features, "intermediate",
@@ -130,7 +127,7 @@ def apply_transform(
         _rotate_input(layer.get_submodule(down_path), r4)
         _with_online_rotation(layer, down_path, r4)
 
-        attn.qk_transform = make_rotation(transform, head_dim, "head_dim", seed=seed, group_size=group_size,
+        adapter.attention(layer).qk_transform = make_rotation(transform, head_dim, "head_dim", seed=seed, group_size=group_size,
                                           online=True)
     install_attention_wrapper(model)
     log.info("fused %s rotation into %d layers (hidden %d: %s)", transform, len(layers), hidden, r1.extra_repr())
