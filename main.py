@@ -3,6 +3,10 @@
 Exponent bits 0 (or omitted) mean INT for that tensor; e.g. ``--qbits 4 4 4 2 2 2`` is
 FP4 E2M1 everywhere and ``--qbits 4 4 4`` INT4. Bits 16 leave a tensor in full
 precision. Builds a recipe and hands it to the pipeline; no algorithm lives here.
+
+LLM-FP4 search: ``--quant_config FPQ_config_llama --qbits 4 4 4 2 2 2 --calib_size 32
+--search_round 3 --search_intervals 0.01 1.2 100`` searches and saves its parameters under
+``--output_dir/search_result/``; ``--only_eval --ptq_param_path PATH`` evaluates them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="W A KV bits, optionally followed by W A KV exponent bits")
     q.add_argument("--quant_config", default="RTN_config_llama",
                    help=f"named quantization config: {', '.join(QBITS_CONFIGS)}")
+    f = p.add_argument_group("LLM-FP4 search (FPQ_config_llama, FPQ_baseline_config_llama, MinMax_config_llama)")
+    f.add_argument("--search_round", type=int, default=3, help="alternations of weight and activation searches")
+    f.add_argument("--search_intervals", type=float, nargs=3, default=[0.01, 1.2, 100], metavar=("G1", "G2", "N"),
+                   help="candidate max values: N values of γ from G1 to G2, times the min-max value")
+    f.add_argument("--calib_size", type=int, default=32, help="calibration windows of --seqlen tokens")
+    f.add_argument("--only_eval", action="store_true", help="evaluate saved search parameters (--ptq_param_path)")
+    f.add_argument("--ptq_param_path", help="a .safetensors file written by an earlier search")
     r = p.add_argument_group("rotation (QuaRot)")
     r.add_argument("--rotate", action="store_true", help="fuse a rotation into the model (QuaRot)")
     r.add_argument("--rotate_mode", default="hadamard", choices=("hadamard", "random", "block_hadamard"),
@@ -37,14 +48,22 @@ ROTATE_MODES = {"hadamard": "hadamard", "random": "random_orthogonal", "block_ha
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     recipe = qbits_recipe(args.quant_config, args.qbits)
-    if recipe.weight is not None or args.gptq:
+    if recipe.method == "fpq":
+        if args.gptq:
+            raise ValueError(f"--gptq and --quant_config {args.quant_config} both set the weights: use one "
+                             f"(GPTQ with --quant_config RTN_config_llama)")
+        fpq = dataclasses.replace(recipe.fpq, search_round=args.search_round,
+                                  search_intervals=tuple(args.search_intervals), calib_size=args.calib_size)
+        recipe = dataclasses.replace(recipe, fpq=fpq)
+    elif recipe.weight is not None or args.gptq:
         recipe = dataclasses.replace(recipe, **gptq_recipe_kwargs(args))
     if args.rotate:
         recipe = dataclasses.replace(recipe, transform=ROTATE_MODES[args.rotate_mode],
                                      hadamard_group_size=args.hadamard_group_size, rotation_seed=args.rotation_seed)
     elif args.hadamard_group_size is not None:
         raise ValueError("--hadamard_group_size needs --rotate")
-    return RunConfig(quant=recipe, **common_config_kwargs(args))
+    return RunConfig(quant=recipe, only_eval=args.only_eval, ptq_param_path=args.ptq_param_path,
+                     **common_config_kwargs(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,7 +89,7 @@ class CalibrationReport:
         return dataclasses.asdict(self)
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     """Raised by a hook to end a forward pass once it has seen what it needed."""
 
 
@@ -106,7 +106,7 @@ def _module_device(module: nn.Module) -> torch.device | None:
 
 
 @contextmanager
-def _resident(modules: list[nn.Module], device: torch.device) -> Iterator[None]:
+def resident(modules: list[nn.Module], device: torch.device) -> Iterator[None]:
     """Move ``modules`` to ``device`` for the duration, then back to where each was."""
     homes = [(m, _module_device(m)) for m in modules]
     try:
@@ -159,7 +159,7 @@ def _forward_replaced(modules: list[nn.Module], make: Callable[[int], Callable])
 # Captured activations.
 
 
-class _Activations:
+class BlockActivations:
     """Hidden states of all windows at the current block boundary, and each block's kwargs."""
 
     def __init__(self, nsamples: int, batch_size: int) -> None:
@@ -195,16 +195,16 @@ def _stem_modules(model: nn.Module, adapter) -> list[nn.Module]:
     return modules
 
 
-def _capture(
+def capture_block_inputs(
     model: nn.Module,
     adapter,
     layers: nn.ModuleList,
     calib_ids: torch.Tensor,
     device: torch.device,
     config: LayerwiseConfig,
-) -> _Activations:
+) -> BlockActivations:
     """Block 0's hidden states for every window, and every block's keyword arguments."""
-    acts = _Activations(calib_ids.shape[0], config.batch_size)
+    acts = BlockActivations(calib_ids.shape[0], config.batch_size)
     store = torch.device("cpu") if config.offload_activations else device
     last = len(layers) - 1
     seen: dict[str, torch.Tensor] = {}
@@ -223,16 +223,16 @@ def _capture(
             if index == 0:
                 seen["hidden"] = hidden
             if index == last:
-                raise _StopForward
+                raise StopForward
             return hidden
 
         return stub
 
-    with _resident(_stem_modules(model, adapter), device), _forward_replaced(list(layers), make_stub):
+    with resident(_stem_modules(model, adapter), device), _forward_replaced(list(layers), make_stub):
         for start, end in tqdm(list(acts.spans()), desc="capture block inputs", leave=False):
             try:
                 model(input_ids=calib_ids[start:end].to(device), use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
             else:
                 raise RuntimeError("the model's forward never reached its last decoder block while capturing inputs")
@@ -268,7 +268,7 @@ def _gptq_group(
     block: nn.Module,
     index: int,
     group: tuple[str, ...],
-    acts: _Activations,
+    acts: BlockActivations,
     device: torch.device,
     config: LayerwiseConfig,
     per_linear: dict,
@@ -303,7 +303,7 @@ def _gptq_group(
             )
         state["seen"].add(id(module))
         if len(state["seen"]) == len(members):
-            raise _StopForward
+            raise StopForward
 
     handles = [module.register_forward_pre_hook(hook) for _, module in members]
     try:
@@ -311,7 +311,7 @@ def _gptq_group(
             state["x"], state["seen"] = None, set()
             try:
                 acts.run_block(block, index, start, end, device)
-            except _StopForward:
+            except StopForward:
                 pass
     finally:
         for h in handles:
@@ -358,7 +358,7 @@ def _stackable(targets: list[tuple[str, QuantLinear]], key_of: dict[str, int]) -
 
 
 def _calibrate_block(
-    block: nn.Module, index: int, adapter, acts: _Activations | None, device: torch.device,
+    block: nn.Module, index: int, adapter, acts: BlockActivations | None, device: torch.device,
     config: LayerwiseConfig, per_linear: dict,
 ) -> None:
     if config.method == "rtn":
@@ -458,15 +458,15 @@ def calibrate_layerwise(
                 store.load_block(i, layers[i])
             acts = None
             if done < num_blocks and needs_data:
-                acts = _capture(model, adapter, layers, calib_ids.long(), device, config)
+                acts = capture_block_inputs(model, adapter, layers, calib_ids.long(), device, config)
                 for i in tqdm(range(done), desc="replay finished blocks", leave=False):
-                    with _resident([layers[i]], device), _weights_only(layers[i]):
+                    with resident([layers[i]], device), _weights_only(layers[i]):
                         acts.propagate(layers[i], i, device)
             bar = tqdm(range(done, num_blocks), total=num_blocks, initial=done, desc=f"{config.method} blocks")
             for i in bar:
                 block = layers[i]
                 block_stats: dict[str, dict] = {}
-                with _resident([block], device), _weights_only(block):
+                with resident([block], device), _weights_only(block):
                     _calibrate_block(block, i, adapter, acts, device, config, block_stats)
                     if acts is not None and i + 1 < num_blocks:
                         acts.propagate(block, i, device)

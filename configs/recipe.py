@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from calib.fpq_search import FPQConfig, check_search_recipe
 from calib.gptq import GPTQConfig
 from quant_layers import QuantSpec
 from transforms import TRANSFORM_CLASSES as TRANSFORMS
 from transforms import check_transform
 from transforms.rotation import DEFAULT_BLOCK_SIZE
 
-METHODS = ("rtn", "gptq")
+METHODS = ("rtn", "gptq", "fpq")  # fpq: LLM-FP4 search (or static MinMax), settings in ``fpq``
 
 
 @dataclass
@@ -33,10 +34,15 @@ class QuantRecipe:
     rotation_seed: int = 0
     quantize_lm_head: bool = False
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
+    fpq: FPQConfig = field(default_factory=FPQConfig)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.method == "fpq":
+            check_search_recipe(self.weight, self.activation, self.key, self.value, self.fpq)
+            if self.quantize_lm_head:
+                raise ValueError("the LLM-FP4 search calibrates decoder linears only: drop --quantize_lm_head")
         if self.method == "gptq" and self.weight is None:
             raise ValueError("GPTQ quantizes weights: set the weight bits below 16 (e.g. --w_bits 4) or drop --gptq")
         if self.transform not in TRANSFORMS:
@@ -70,7 +76,10 @@ class QuantRecipe:
             for tag, spec in (("W", self.weight), ("A", self.activation), ("K", self.key), ("V", self.value))
             if spec is not None
         ]
-        suffix = [self.method] if self.weight is not None else []
+        if self.method == "fpq":
+            suffix = [self.fpq.label]
+        else:
+            suffix = [self.method] if self.weight is not None else []
         if self.transform != "identity":
             suffix.insert(0, self.transform_label)
         return "".join(parts) + "".join(f"-{s}" for s in suffix)
@@ -107,6 +116,8 @@ class QuantRecipe:
         rest = {k: v for k, v in data.items() if k not in specs}
         if isinstance(rest.get("gptq"), dict):
             rest["gptq"] = GPTQConfig(**rest["gptq"])
+        if isinstance(rest.get("fpq"), dict):
+            rest["fpq"] = FPQConfig(**rest["fpq"])
         return cls(**specs, **rest)
 
 
@@ -129,6 +140,8 @@ class RunConfig:
     calib_batch_size: int = 1
     offload_activations: bool = False
     resume: bool = False
+    only_eval: bool = False  # evaluate saved LLM-FP4 search parameters instead of searching
+    ptq_param_path: str | None = None  # the .safetensors an earlier search wrote
     seed: int = 0
     output_dir: str = "results"
     run_name: str | None = None
@@ -149,6 +162,19 @@ class RunConfig:
             raise ValueError(f"--calib_batch_size must be at least 1, got {self.calib_batch_size}")
         if self.resume and self.quant.method != "gptq":
             raise ValueError("--resume continues a layer-by-layer GPTQ calibration: add --gptq (RTN needs no resume)")
+        if self.only_eval:
+            if not self.ptq_param_path:
+                raise ValueError(
+                    "--only_eval needs --ptq_param_path PATH: the .safetensors an earlier search wrote "
+                    "(under --output_dir/search_result/)"
+                )
+            if self.quant.method != "fpq":
+                raise ValueError(
+                    "--only_eval evaluates saved LLM-FP4 search parameters: use --quant_config FPQ_config_llama, "
+                    "FPQ_baseline_config_llama or MinMax_config_llama"
+                )
+        elif self.ptq_param_path:
+            raise ValueError("--ptq_param_path is read with --only_eval: add --only_eval, or drop it to search again")
         self.ppl_datasets = tuple(self.ppl_datasets)
 
     def check_model(self, config, adapter) -> None:

@@ -6,13 +6,7 @@ from torch import nn
 
 from configs import QuantRecipe
 from models import ArchAdapter
-from quant_layers import QuantLinear, Quantizer, install_kv_quantization
-
-
-def _replace(parent: nn.Module, path: str, new: nn.Module) -> None:
-    owner_path, _, attr = path.rpartition(".")
-    owner = parent.get_submodule(owner_path) if owner_path else parent
-    setattr(owner, attr, new)
+from quant_layers import QuantLinear, Quantizer, ensure_quant_linear, install_kv_quantization
 
 
 def attach_quantizers(model: nn.Module, adapter: ArchAdapter, recipe: QuantRecipe) -> list[QuantLinear]:
@@ -27,13 +21,9 @@ def attach_quantizers(model: nn.Module, adapter: ArchAdapter, recipe: QuantRecip
     wrapped = []
     if wq is not None or aq is not None:
         for layer in adapter.decoder_layers(model):
-            for name, linear in adapter.linears(layer).items():
-                if isinstance(linear, QuantLinear):
-                    linear.weight_quantizer, linear.act_quantizer = wq, aq
-                    qlinear = linear
-                else:
-                    qlinear = QuantLinear(linear, wq, aq)
-                    _replace(layer, name, qlinear)
+            for name in adapter.linear_names():
+                qlinear = ensure_quant_linear(layer, name)
+                qlinear.weight_quantizer, qlinear.act_quantizer = wq, aq
                 wrapped.append(qlinear)
         if recipe.quantize_lm_head:
             adapter.untie_lm_head(model)  # quantizing a tied lm_head must not quantize the embeddings

@@ -6,6 +6,7 @@ load -> adapt -> transform -> calibrate -> evaluate -> record. Every check that 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -14,21 +15,23 @@ import torch
 
 import corpora
 from calib import LayerwiseConfig, calibrate_layerwise, calibration_windows, quantize_weights_rtn
-from configs import RunConfig
+from calib import fpq_search
+from configs import QuantRecipe, RunConfig
 from evaluation import MAX_WINDOWS, evaluation_tokens, perplexity
 from models import adapter_for, load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
 from models.loading import locate
 from transforms import apply_transform
 
 from .fake_quant import attach_quantizers
+from .fpq import calibrate_fpq, fpq_metadata, model_base
 from .results import RunResult, device_name
 
 log = logging.getLogger(__name__)
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    base = os.path.basename((cfg.gguf_file or cfg.model or "model").rstrip("/")).removesuffix(".gguf")
-    return f"{base}_{cfg.quant.label}".replace("/", "_")
+    suffix = "_only_eval" if cfg.only_eval else ""
+    return f"{model_base(cfg)}_{cfg.quant.label}{suffix}".replace("/", "_")
 
 
 def progress_dir(cfg: RunConfig) -> str:
@@ -71,19 +74,43 @@ def run(cfg: RunConfig) -> RunResult:
     loc = locate(cfg.model, cfg.gguf_file)
     ppl_sources = [corpora.resolve(name, corpora.EVAL_SPLIT.get(name, "test"), cfg.data_dir) for name in cfg.ppl_datasets]
     gptq = cfg.quant.method == "gptq"
-    calib_source = corpora.resolve(cfg.calib_dataset, "train", cfg.data_dir) if gptq else None
+    fpq = cfg.quant.method == "fpq"
+    calibrates = gptq or (fpq and not cfg.only_eval)
+    calib_source = corpora.resolve(cfg.calib_dataset, "train", cfg.data_dir) if calibrates else None
     device = resolve_device(cfg.device)
     config = load_config(loc)
     adapter = adapter_for(config)
     cfg.check_model(config, adapter)
     dtype = resolve_dtype(cfg.dtype, config, device)
+    saved_meta = None
+    if cfg.only_eval:
+        # Refuse parameters of another model or recipe before loading anything heavy.
+        saved_meta = fpq_search.read_meta(cfg.ptq_param_path)
+        fpq_search.check_param_meta(saved_meta, cfg.quant.to_dict(), fpq_search.model_identity(config, adapter),
+                                    cfg.ptq_param_path)
+        saved = QuantRecipe.from_dict(saved_meta["recipe"])  # report the search settings actually used
+        cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, fpq=saved.fpq))
+        if saved_meta.get("dtype") != str(dtype).replace("torch.", ""):
+            log.warning("the parameters were searched in %s, evaluated now in %s: results will not be bit-identical",
+                        saved_meta.get("dtype"), dtype)
 
     timings = {}
     t = time.perf_counter()
     tokenizer = load_tokenizer(loc)
-    # GPTQ keeps the model on the CPU and brings one block at a time to the device.
-    model = load_model(loc, dtype, torch.device("cpu") if gptq else device)
+    # GPTQ and the LLM-FP4 search keep the model on the CPU and bring one block at a time to the device.
+    model = load_model(loc, dtype, torch.device("cpu") if gptq or fpq else device)
     timings["load_s"] = time.perf_counter() - t
+    fpq_meta = None
+    if fpq:
+        identity = {**fpq_search.model_identity(config, adapter),
+                    "embedding_sha256": fpq_search.embedding_sha256(model, adapter)}
+        if saved_meta is not None and saved_meta["model"].get("embedding_sha256") != identity["embedding_sha256"]:
+            raise ValueError(
+                f"--ptq_param_path {cfg.ptq_param_path} was searched on different weights "
+                f"({saved_meta['model'].get('name')}, same architecture; or another --dtype): pass the --model "
+                f"and --dtype of the search run, or search again"
+            )
+        fpq_meta = fpq_metadata(cfg, loc, identity, dtype)
 
     t = time.perf_counter()
     recipe = cfg.quant
@@ -97,6 +124,16 @@ def run(cfg: RunConfig) -> RunResult:
         calibration = _calibrate_gptq(cfg, model, adapter, tokenizer, calib_source, device,
                                       calibration_fingerprint(cfg, loc, dtype))
         model.to(device)
+    elif fpq:
+        q = cfg.quant
+        fpq_search.configure_quantizers(model, adapter, q.weight, q.activation, q.key, q.value, q.fpq)
+        if cfg.only_eval:
+            model.to(device)  # parameters are applied where the search applied them
+            fpq_search.apply_fpq_params(model, adapter, fpq_search.load_params(cfg.ptq_param_path))
+            calibration = {"variant": q.fpq.variant, "ptq_param_path": cfg.ptq_param_path, "loaded": True}
+        else:
+            calibration = calibrate_fpq(cfg, model, adapter, tokenizer, calib_source, device, fpq_meta)
+            model.to(device)
     elif cfg.quant.weight is not None:
         quantize_weights_rtn(model)
     if device.type == "cuda":

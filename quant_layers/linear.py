@@ -49,3 +49,14 @@ class QuantLinear(nn.Module):
         if self.act_quantizer is not None:
             x = self.act_quantizer(x)
         return F.linear(x, self.weight, self.bias)
+
+
+def ensure_quant_linear(parent: nn.Module, path: str) -> QuantLinear:
+    """The ``QuantLinear`` at ``path`` inside ``parent``, wrapping a plain linear there first."""
+    module = parent.get_submodule(path)
+    if isinstance(module, QuantLinear):
+        return module
+    owner_path, _, attr = path.rpartition(".")
+    wrapped = QuantLinear(module, None, None)
+    setattr(parent.get_submodule(owner_path) if owner_path else parent, attr, wrapped)
+    return wrapped

@@ -102,7 +102,7 @@ def test_captured_block_inputs_match_the_hf_forward(tiny_models):
         expected = model(ids, output_hidden_states=True, use_cache=False).hidden_states
         config = LayerwiseConfig(batch_size=2, offload_activations=True)
         layers = adapter.decoder_layers(model)
-        acts = layerwise._capture(model, adapter, layers, ids, torch.device("cpu"), config)
+        acts = layerwise.capture_block_inputs(model, adapter, layers, ids, torch.device("cpu"), config)
         assert {k[1] for k in acts.block_inputs} == {2, 1}  # kwargs per micro-batch size
         assert not any("past_key_values" in kw for _, kw in acts.block_inputs.values())
         torch.testing.assert_close(acts.hidden, expected[0], rtol=0, atol=0)

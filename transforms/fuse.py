@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from models import ArchAdapter
-from quant_layers import QuantLinear, install_attention_wrapper
+from quant_layers import ensure_quant_linear, install_attention_wrapper
 
 from .rotation import Rotation, check_rotation, make_rotation
 
@@ -63,16 +63,6 @@ def fold_norm(norm: nn.Module, readers: list[nn.Module]) -> None:
     for linear in readers:
         _update(linear.weight, lambda w: w * scale)
     norm.weight.data.fill_(1.0)
-
-
-def _with_online_rotation(layer: nn.Module, path: str, rotation: Rotation) -> None:
-    """Set ``rotation`` as the input transform of the linear at ``path`` (wrapping it if plain)."""
-    linear = layer.get_submodule(path)
-    if not isinstance(linear, QuantLinear):
-        owner_path, _, attr = path.rpartition(".")
-        linear = QuantLinear(linear, None, None)
-        setattr(layer.get_submodule(owner_path), attr, linear)
-    linear.input_transform = rotation
 
 
 def _rotated_dims(config, adapter: ArchAdapter) -> list[tuple[int, str, bool]]:
@@ -125,7 +115,7 @@ def apply_transform(
         r4 = make_rotation(transform, layer.get_submodule(down_path).in_features, "intermediate",
                            seed=seed, group_size=group_size, online=True)
         _rotate_input(layer.get_submodule(down_path), r4)
-        _with_online_rotation(layer, down_path, r4)
+        ensure_quant_linear(layer, down_path).input_transform = r4
 
         adapter.attention(layer).qk_transform = make_rotation(transform, head_dim, "head_dim", seed=seed, group_size=group_size,
                                           online=True)
