@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import corpora  # noqa: E402
 from evaluation import evaluation_tokens  # noqa: E402
 from models import adapter_for, load_model, load_tokenizer  # noqa: E402
-from models.loading import locate  # noqa: E402
+from models.loading import dtype_name, locate  # noqa: E402
 from transforms import apply_transform  # noqa: E402
 
 CASES = [("hadamard", None), ("random_orthogonal", None), ("block_hadamard", 16), ("block_hadamard", 32),
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 out = model(batch).logits
             err = float((out - ref).abs().max() / ref.abs().max())
-            rows.append({"dtype": str(dtype).replace("torch.", ""), "transform": transform, "block": group,
+            rows.append({"dtype": dtype_name(dtype), "transform": transform, "block": group,
                          "max_rel_logit_error": err})
             print(rows[-1], flush=True)
     lines = [

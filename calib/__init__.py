@@ -3,7 +3,7 @@
 from .data import calibration_windows
 from .gptq import GPTQConfig, GPTQStats, HessianAccumulator, gptq_quantize
 from .layerwise import CalibrationReport, LayerwiseConfig, calibrate_layerwise
-from .rtn import quantize_weights_rtn
+from .rtn import quantize_linear_rtn, quantize_weights_rtn
 
 __all__ = [
     "CalibrationReport",
@@ -14,5 +14,6 @@ __all__ = [
     "calibrate_layerwise",
     "calibration_windows",
     "gptq_quantize",
+    "quantize_linear_rtn",
     "quantize_weights_rtn",
 ]

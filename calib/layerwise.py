@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from calib.gptq import GPTQConfig, HessianAccumulator, gptq_quantize
 from calib.progress import ProgressStore, ResumeState
+from calib.rtn import quantize_linear_rtn
 from quant_layers.linear import QuantLinear
 
 log = logging.getLogger(__name__)
@@ -260,7 +261,7 @@ def _weight_targets(named: list[tuple[str, nn.Module]]) -> list[tuple[str, Quant
 def _rtn_linears(named: list[tuple[str, nn.Module]], prefix: str, per_linear: dict) -> None:
     for name, module in _weight_targets(named):
         t = time.perf_counter()
-        module.weight.data.copy_(module.weight_quantizer(module.weight.data))
+        quantize_linear_rtn(module)
         per_linear[f"{prefix}{name}"] = {"method": "rtn", "seconds": time.perf_counter() - t}
 
 
@@ -278,7 +279,6 @@ def _gptq_group(
     targets = _weight_targets(members)
     if not targets:
         return
-    hessian_dtype = getattr(torch, config.gptq.hessian_dtype)
     # Linears of a group read the same tensor; one Hessian per distinct online transform (normally one).
     accumulators: dict[int, tuple[HessianAccumulator, QuantLinear]] = {}
     key_of: dict[str, int] = {}
@@ -286,7 +286,7 @@ def _gptq_group(
         key = id(module.input_transform)
         key_of[name] = key
         if key not in accumulators:
-            accumulators[key] = (HessianAccumulator(module.in_features, device=device, dtype=hessian_dtype), module)
+            accumulators[key] = (HessianAccumulator(module.in_features, device=device, dtype=config.gptq.torch_hessian_dtype), module)
 
     state: dict = {"x": None, "seen": set()}
 

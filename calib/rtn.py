@@ -10,6 +10,12 @@ from quant_layers import QuantLinear
 
 
 @torch.no_grad()
+def quantize_linear_rtn(module: QuantLinear) -> None:
+    """Round one linear's weight onto its quantizer's grid, in place."""
+    module.weight.data.copy_(module.weight_quantizer(module.weight.data))
+
+
+@torch.no_grad()
 def quantize_weights_rtn(model: nn.Module) -> int:
     """Fake-quantize, in place, the weight of every ``QuantLinear`` that has a weight quantizer.
 
@@ -17,5 +23,5 @@ def quantize_weights_rtn(model: nn.Module) -> int:
     """
     layers = [m for m in model.modules() if isinstance(m, QuantLinear) and m.weight_quantizer is not None]
     for module in tqdm(layers, desc="RTN weights", leave=False):
-        module.weight.data = module.weight_quantizer(module.weight.data)
+        quantize_linear_rtn(module)
     return len(layers)

@@ -112,13 +112,18 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"`` (the spelling of ``--dtype`` and of saved results)."""
+    return str(dtype).replace("torch.", "")
+
+
 def resolve_dtype(dtype: str, config: PretrainedConfig, device: torch.device) -> torch.dtype:
     """``auto``: the checkpoint's half-precision dtype on GPU (bf16 if it is fp32), float32 on CPU."""
     if dtype == "auto":
         if device.type == "cpu":
             return torch.float32
         stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-        stored = DTYPES.get(str(stored).replace("torch.", ""), stored)
+        stored = DTYPES.get(dtype_name(stored), stored)
         return stored if stored in (torch.float16, torch.bfloat16) else torch.bfloat16
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")

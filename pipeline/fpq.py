@@ -9,6 +9,7 @@ import torch
 
 from calib import calibration_windows, fpq_search
 from configs import RunConfig
+from models.loading import dtype_name
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def fpq_metadata(cfg: RunConfig, loc, identity: dict, dtype: torch.dtype) -> dic
         "format": fpq_search.PARAM_FILE_FORMAT,
         "version": fpq_search.PARAM_FILE_VERSION,
         "model": {"name": os.path.basename(source.rstrip("/")), **identity},
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": dtype_name(dtype),
         "recipe": cfg.quant.to_dict(),
         "calibration": {"dataset": cfg.calib_dataset, "calib_size": cfg.quant.fpq.calib_size, "seqlen": cfg.seqlen,
                         "seed": cfg.seed},

@@ -19,7 +19,7 @@ from calib import fpq_search
 from configs import QuantRecipe, RunConfig
 from evaluation import MAX_WINDOWS, evaluation_tokens, perplexity
 from models import adapter_for, load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
-from models.loading import locate
+from models.loading import dtype_name, locate
 from transforms import apply_transform
 
 from .fake_quant import attach_quantizers
@@ -44,7 +44,7 @@ def calibration_fingerprint(cfg: RunConfig, loc, dtype: torch.dtype) -> dict:
     source = loc.gguf_file or loc.path
     return {
         "model": os.path.abspath(source) if os.path.exists(source) else source,
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": dtype_name(dtype),
         "recipe": cfg.quant.to_dict(),
         "calib_dataset": cfg.calib_dataset,
         "nsamples": cfg.nsamples,
@@ -90,7 +90,7 @@ def run(cfg: RunConfig) -> RunResult:
                                     cfg.ptq_param_path)
         saved = QuantRecipe.from_dict(saved_meta["recipe"])  # report the search settings actually used
         cfg = dataclasses.replace(cfg, quant=dataclasses.replace(cfg.quant, fpq=saved.fpq))
-        if saved_meta.get("dtype") != str(dtype).replace("torch.", ""):
+        if saved_meta.get("dtype") != dtype_name(dtype):
             log.warning("the parameters were searched in %s, evaluated now in %s: results will not be bit-identical",
                         saved_meta.get("dtype"), dtype)
 
@@ -156,7 +156,7 @@ def run(cfg: RunConfig) -> RunResult:
         run_name=cfg.run_name or default_run_name(cfg),
         model=loc.gguf_file or os.path.basename(loc.path.rstrip("/")),
         recipe=cfg.quant.to_dict(),
-        config={**cfg.to_dict(), "quant_label": cfg.quant.label, "dtype_resolved": str(dtype).replace("torch.", "")},
+        config={**cfg.to_dict(), "quant_label": cfg.quant.label, "dtype_resolved": dtype_name(dtype)},
         metrics=metrics,
         timings={k: round(v, 3) for k, v in timings.items()},
         device=device_name(device),

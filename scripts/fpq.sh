@@ -6,28 +6,16 @@
 #       ONLY_EVAL=1 PTQ_PARAM_PATH="results/search_result/.../W4A4KV4_E2E2E2_....safetensors" bash scripts/fpq.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL=${MODEL:-"../shared/assets/models/tinystories-656k"}
-PYTHON=${PYTHON:-python}
+source scripts/common.sh
 QBITS=${QBITS:-"4 4 4 2 2 2"}
 QUANT_CONFIG=${QUANT_CONFIG:-"FPQ_config_llama"}
 # Search params (FPQ / MinMax configs)
 SEARCH_ROUND=${SEARCH_ROUND:-3}
 SEARCH_INTERVALS=${SEARCH_INTERVALS:-"0.01 1.2 100"}
 CALIB_SIZE=${CALIB_SIZE:-32}
-CALIB_DATASET=${CALIB_DATASET:-"c4"}
-CALIB_BATCH_SIZE=${CALIB_BATCH_SIZE:-1}
 ONLY_EVAL=${ONLY_EVAL:-0}
 PTQ_PARAM_PATH=${PTQ_PARAM_PATH:-""}
 ROTATE=${ROTATE:-0}
-# Evaluation params
-PPL_DATASETS=${PPL_DATASETS:-"wikitext2"}
-SEQLEN=${SEQLEN:-2048}
-EVAL_LIMIT=${EVAL_LIMIT:-0}
-DATA_DIR=${DATA_DIR:-"../shared/assets/data"}
-# Misc params
-DTYPE=${DTYPE:-"auto"}
-DEVICE=${DEVICE:-"auto"}
-OUTPUT_DIR=${OUTPUT_DIR:-"results"}
 
 SCRIPT_ARGS=()
 if [[ $ONLY_EVAL == 1 ]]; then
@@ -36,16 +24,9 @@ fi
 if [[ $ROTATE == 1 ]]; then
     SCRIPT_ARGS+=("--rotate")
 fi
-if [[ $EVAL_LIMIT != 0 ]]; then
-    SCRIPT_ARGS+=("--eval_limit" "${EVAL_LIMIT}")
-fi
-if [[ -n $DATA_DIR ]]; then
-    SCRIPT_ARGS+=("--data_dir" "${DATA_DIR}")
-fi
 
 # shellcheck disable=SC2086  # QBITS and SEARCH_INTERVALS are lists of numbers
-$PYTHON main.py --model "${MODEL}" --quant_config "${QUANT_CONFIG}" --qbits ${QBITS} \
+$PYTHON main.py "${COMMON_ARGS[@]}" --quant_config "${QUANT_CONFIG}" --qbits ${QBITS} \
     --search_round "${SEARCH_ROUND}" --search_intervals ${SEARCH_INTERVALS} --calib_size "${CALIB_SIZE}" \
     --calib_dataset "${CALIB_DATASET}" --calib_batch_size "${CALIB_BATCH_SIZE}" \
-    --ppl_datasets "${PPL_DATASETS}" --seqlen "${SEQLEN}" --dtype "${DTYPE}" \
-    --device "${DEVICE}" --output_dir "${OUTPUT_DIR}" "${SCRIPT_ARGS[@]}" "$@"
+    "${SCRIPT_ARGS[@]}" "$@"

@@ -3,8 +3,7 @@
 # e.g.  MODEL=models_local/SmolLM2-135M-Instruct FORMAT=nvfp W_BITS=4 A_BITS=4 KV_BITS=4 bash scripts/quantize.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL=${MODEL:-"../shared/assets/models/tinystories-656k"}
-PYTHON=${PYTHON:-python}
+source scripts/common.sh
 # Quantization params (16 = full precision; group -1 = per channel / token / head)
 FORMAT=${FORMAT:-"int"}
 W_BITS=${W_BITS:-4}
@@ -23,29 +22,11 @@ GPTQ=${GPTQ:-0}
 ACT_ORDER=${ACT_ORDER:-0}
 PERCDAMP=${PERCDAMP:-0.01}
 NSAMPLES=${NSAMPLES:-128}
-CALIB_DATASET=${CALIB_DATASET:-"c4"}
-CALIB_BATCH_SIZE=${CALIB_BATCH_SIZE:-1}
 RESUME=${RESUME:-0}
-# Evaluation params
-PPL_DATASETS=${PPL_DATASETS:-"wikitext2"}
-SEQLEN=${SEQLEN:-2048}
-EVAL_LIMIT=${EVAL_LIMIT:-0}
-DATA_DIR=${DATA_DIR:-"../shared/assets/data"}
-# Misc params
-DTYPE=${DTYPE:-"auto"}
-DEVICE=${DEVICE:-"auto"}
-LOG_WANDB=${LOG_WANDB:-0}
-OUTPUT_DIR=${OUTPUT_DIR:-"results"}
 
 SCRIPT_ARGS=()
-if [[ $LOG_WANDB == 1 ]]; then
-    SCRIPT_ARGS+=("--log_wandb")
-fi
 if [[ $KV_ASYM == 1 ]]; then
     SCRIPT_ARGS+=("--k_asym" "--v_asym")
-fi
-if [[ $EVAL_LIMIT != 0 ]]; then
-    SCRIPT_ARGS+=("--eval_limit" "${EVAL_LIMIT}")
 fi
 if [[ $HADAMARD_GROUP_SIZE != 0 ]]; then
     SCRIPT_ARGS+=("--hadamard_group_size" "${HADAMARD_GROUP_SIZE}")
@@ -60,14 +41,10 @@ fi
 if [[ $RESUME == 1 ]]; then
     SCRIPT_ARGS+=("--resume")
 fi
-if [[ -n $DATA_DIR ]]; then
-    SCRIPT_ARGS+=("--data_dir" "${DATA_DIR}")
-fi
 
 export WANDB_RUN_GROUP=${WANDB_RUN_GROUP:-"$(basename "${MODEL}")-${FORMAT}"}
 
-$PYTHON model_quant.py \
-    --model="${MODEL}" \
+$PYTHON model_quant.py "${COMMON_ARGS[@]}" \
     --format="${FORMAT}" \
     --w_bits="${W_BITS}" \
     --a_bits="${A_BITS}" \
@@ -80,9 +57,4 @@ $PYTHON model_quant.py \
     --w_observer="${W_OBSERVER}" \
     --transform_class="${TRANSFORM_CLASS}" \
     --rotation_seed="${ROTATION_SEED}" \
-    --ppl_datasets="${PPL_DATASETS}" \
-    --seqlen="${SEQLEN}" \
-    --dtype="${DTYPE}" \
-    --device="${DEVICE}" \
-    --output_dir="${OUTPUT_DIR}" \
     "${SCRIPT_ARGS[@]}" "$@"
