@@ -10,6 +10,12 @@ from models.loading import locate, resolve_device, resolve_dtype
 from quant_layers import QuantSpec
 
 
+def _main_config(*argv: str) -> RunConfig:
+    import main
+
+    return main.build_config(main.build_parser().parse_args(["--model", "m", *argv]))
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: QuantRecipe(method="awq"), "unknown method 'awq'"),
     (lambda: QuantRecipe(transform="spin"), "unknown transform 'spin'"),
@@ -19,6 +25,8 @@ from quant_layers import QuantSpec
     (lambda: RunConfig(model="m", eval_limit=0), "--eval_limit must be at least 1"),
     (lambda: RunConfig(model="m", eval_batch_size=0), "--eval_batch_size must be at least 1"),
     (lambda: RunConfig(model="m", nsamples=0), "--nsamples must be at least 1"),
+    (lambda: RunConfig(model="m", calib_batch_size=0), "--calib_batch_size must be at least 1"),
+    (lambda: _main_config("--hadamard_group_size", "16"), "--hadamard_group_size needs --rotate"),
     (lambda: qbits_recipe("FPQ_nonexistent", [4, 4, 4]), "unknown --quant_config 'FPQ_nonexistent'"),
     (lambda: qbits_recipe("RTN_config_llama", [4, 4]), "--qbits takes 3 numbers"),
     (lambda: qbits_recipe("RTN_config_llama", [4, 4, 4, 5, 2, 2]), "between 1 and 3 exponent bits"),
