@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--search_intervals", type=float, nargs=3, default=[0.01, 1.2, 100], metavar=("G1", "G2", "N"),
                    help="candidate max values: N values of γ from G1 to G2, times the min-max value")
     f.add_argument("--calib_size", type=int, default=32, help="calibration windows of --seqlen tokens")
+    f.add_argument("--search_tokens", type=int, default=256,
+                   help="calibration tokens each candidate is scored on (the largest quarter plus a weighted "
+                        "random sample; K/V: a quarter as many query rows); 0 = every token (slow on CPU)")
     f.add_argument("--only_eval", action="store_true", help="evaluate saved search parameters (--ptq_param_path)")
     f.add_argument("--ptq_param_path", help="a .safetensors file written by an earlier search")
     r = p.add_argument_group("rotation (QuaRot)")
@@ -53,7 +56,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
             raise ValueError(f"--gptq and --quant_config {args.quant_config} both set the weights: use one "
                              f"(GPTQ with --quant_config RTN_config_llama)")
         fpq = dataclasses.replace(recipe.fpq, search_round=args.search_round,
-                                  search_intervals=tuple(args.search_intervals), calib_size=args.calib_size)
+                                  search_intervals=tuple(args.search_intervals), calib_size=args.calib_size,
+                                  search_tokens=args.search_tokens)
         recipe = dataclasses.replace(recipe, fpq=fpq)
     elif recipe.weight is not None or args.gptq:
         recipe = dataclasses.replace(recipe, **gptq_recipe_kwargs(args))

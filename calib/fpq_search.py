@@ -26,9 +26,16 @@ Written from the paper. Two ideas:
 
 The KV cache (K and V after RoPE, per layer) gets one static scale each. Our attention
 quantizes K and V, not Q or the softmax scores, so the search minimises the error of
-the attention output (softmax(Q Kᵀ) V, i.e. o_proj's input) over the calibration tokens
-against the output with unquantized K and V, alternating K and V for ``search_round``
-rounds; it runs after q/k/v are calibrated and before o_proj, whose input it shapes.
+the attention output (softmax(Q Kᵀ) V, i.e. o_proj's input) against the output with
+unquantized K and V, alternating K and V for ``search_round`` rounds; it runs after
+q/k/v are calibrated and before o_proj, whose input it shapes.
+
+**Scoring on a sample.** Ranges (min-max, pre-shift exponents) come from every
+calibration token, but each candidate is scored on ``--search_tokens`` tokens (default
+256 of the 32 x 2048): the quarter with the largest magnitudes plus a weighted uniform
+sample of the rest (``sample_tokens``), and for K/V a quarter as many query rows of two
+windows. Scoring 100 candidates x 3 rounds on every token is hours per model on a
+2-core CPU; ``--search_tokens 0`` does exactly that.
 
 Calibration runs block by block like GPTQ (the layer-by-layer runner's capture: one
 block on the device at a time): each sequential group's input is collected over all
@@ -90,6 +97,8 @@ class FPQConfig:
     search_round: int = 3  # --search_round: alternations of weight and input searches
     search_intervals: tuple[float, float, int] = (0.01, 1.2, 100)  # --search_intervals γ1 γ2 n
     calib_size: int = 32  # --calib_size: calibration windows
+    # --search_tokens: calibration tokens on which candidates are scored (0 = every token); see sample_tokens.
+    search_tokens: int = 256
     # (pattern, bits, exp_bits): tensors whose name matches get that width (exp_bits 0 = INT,
     # bits 16 = full precision); later entries win. See TENSOR_KINDS for the names.
     module_bits: tuple[tuple[str, int, int], ...] = ()
@@ -111,6 +120,8 @@ class FPQConfig:
             )
         if isinstance(self.calib_size, bool) or not isinstance(self.calib_size, int) or self.calib_size < 1:
             raise ValueError(f"--calib_size must be at least 1, got {self.calib_size!r}")
+        if isinstance(self.search_tokens, bool) or not isinstance(self.search_tokens, int) or self.search_tokens < 0:
+            raise ValueError(f"--search_tokens must be 0 (every token) or a positive count, got {self.search_tokens!r}")
         for entry in self.module_bits:
             if len(entry) != 3 or not isinstance(entry[0], str):
                 raise ValueError(f"module_bits entries are (pattern, bits, exp_bits), got {entry!r}")
@@ -137,6 +148,8 @@ class FPQConfig:
             if self.search_intervals != FPQConfig.search_intervals:
                 g1, g2, n = self.search_intervals
                 label += f"-g{g1:g}_{g2:g}_{n}"
+            if self.search_tokens != FPQConfig.search_tokens:
+                label += f"-t{self.search_tokens}"
         if self.module_bits:
             label += f"-mb{short_hash(self.module_bits)}"
         return label
@@ -149,7 +162,7 @@ class FPQConfig:
     def eval_identity(self) -> dict:
         """What must match to evaluate saved parameters (search settings do not)."""
         data = asdict(self)
-        for key in ("search_round", "search_intervals", "calib_size"):
+        for key in ("search_round", "search_intervals", "calib_size", "search_tokens"):
             data.pop(key)
         data["module_bits"] = [list(m) for m in self.module_bits]
         return data
@@ -252,19 +265,6 @@ class StaticQuantizer(nn.Module):
         return y.to(x.dtype)
 
 
-class _Recorder(nn.Module):
-    """Passes a tensor through and keeps its absolute maximum (stands in for a K/V quantizer)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.amax = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.detach().abs().amax().float()
-        self.amax = m if self.amax is None else torch.maximum(self.amax, m)
-        return x
-
-
 # ---------------------------------------------------------------------------------------
 # The search, on one linear layer's calibration input.
 
@@ -284,23 +284,53 @@ def _pow2(k: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.exp2(k.to(device=like.device, dtype=like.dtype))
 
 
+def sample_tokens(
+    x: torch.Tensor, count: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A stratified sample of ``count`` rows of ``x`` (tokens, features) for scoring candidates.
+
+    Scoring every candidate scale on every calibration token costs (candidates x rounds)
+    passes over all of them, which is hours per model on a CPU. The sample keeps the
+    error estimate faithful where it matters: the ``count // 4`` tokens with the largest
+    absolute value (where clipping errors live) are always in it, and the rest is drawn
+    uniformly from the other tokens, each weighted by how many tokens it stands for, so the
+    weighted squared error is an unbiased estimate of the error over all tokens.
+    Returns ``(index, weight)``, or ``(None, None)`` for every token (``count`` 0 or >= tokens).
+    """
+    n = x.shape[0]
+    if count <= 0 or count >= n:
+        return None, None
+    top = count // 4
+    peak = x.abs().amax(dim=1).float().cpu()
+    order = torch.argsort(peak, descending=True, stable=True)
+    rest = order[top:]
+    drawn = rest[torch.randperm(rest.numel(), generator=generator)[: count - top]]
+    index = torch.cat([order[:top], drawn]).to(x.device)
+    weight = torch.ones(count, dtype=torch.float64, device=x.device)
+    weight[top:] = (n - top) / (count - top)
+    return index, weight
+
+
 @torch.no_grad()
 def output_error(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
+    token_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per output channel, sum over tokens of (x Wᵀ + b - target)^2, in float64; chunked over tokens."""
+    """Per output channel, sum over tokens of (x Wᵀ + b - target)^2 (times ``token_weight``), in float64."""
     rows = max(1, CHUNK_ELEMENTS // max(weight.shape[0], x.shape[-1]))
     total = torch.zeros(weight.shape[0], dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], rows):
-        d = F.linear(x[start : start + rows], weight, bias) - target[start : start + rows]
-        total += d.pow(2).sum(dim=0, dtype=torch.float64)
+        d = (F.linear(x[start : start + rows], weight, bias) - target[start : start + rows]).double().pow(2)
+        if token_weight is not None:
+            d = d * token_weight[start : start + rows, None]
+        total += d.sum(dim=0)
     return total
 
 
 @torch.no_grad()
 def search_weight_scale(
     weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
-    quantizer: Quantizer, gammas: list[float],
+    quantizer: Quantizer, gammas: list[float], token_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per output channel, the scale among ``quantizer.scales(γ · row absmax)`` with the least output error.
 
@@ -312,7 +342,7 @@ def search_weight_scale(
     best_gamma = torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
     for g in gammas:
         scale = quantizer.scales(amax * g, amax.max() * g)
-        err = output_error(x, quantizer.quantize_with(weight, QuantParams(scale)), bias, target)
+        err = output_error(x, quantizer.quantize_with(weight, QuantParams(scale)), bias, target, token_weight)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_scale = torch.where(better.unsqueeze(1), scale, best_scale)
@@ -324,6 +354,7 @@ def search_weight_scale(
 def search_input_scale(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
     quantizer: Quantizer, gammas: list[float], amax: torch.Tensor | None = None,
+    token_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """The per-tensor input scale among ``quantizer.scales(γ · absmax)`` with the least output error.
 
@@ -333,7 +364,8 @@ def search_input_scale(
     best = (math.inf, None, None)
     for g in gammas:
         scale = quantizer.scales(amax * g, amax * g)
-        err = output_error(quantizer.quantize_with(x, QuantParams(scale)), weight, bias, target).sum().item()
+        err = output_error(quantizer.quantize_with(x, QuantParams(scale)), weight, bias, target,
+                           token_weight).sum().item()
         if err < best[0]:
             best = (err, scale, g)
     return best[1], best[2]
@@ -357,41 +389,59 @@ class LinearParams:
 def search_linear(
     weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor,
     weight_quantizer: Quantizer | None, input_quantizer: Quantizer | None, config: FPQConfig,
+    generator: torch.Generator | None = None,
 ) -> LinearParams:
-    """Pre-shift, then alternate weight and input scale searches on calibration input ``x`` (tokens, in)."""
-    x = x.float()
+    """Pre-shift, then alternate weight and input scale searches on calibration input ``x`` (tokens, in).
+
+    Pre-shift exponents and min-max ranges come from every token; candidates are scored on
+    ``config.search_tokens`` of them (``sample_tokens``). The stats' errors are over that sample.
+    """
     w = weight.float()
     b = None if bias is None else bias.float()
-    target = F.linear(x, w, b)
     shift = None
     if config.preshift and input_quantizer is not None:
         shift = preshift_exponents(x, input_quantizer.spec)
-        x = x * _pow2(shift, x)
-        w = w * _pow2(-shift.to(torch.int16), w)
-    a_amax = x.abs().amax().reshape(1, 1)
+        w_shifted = w * _pow2(-shift.to(torch.int16), w)
+    a_amax = None
+    if input_quantizer is not None:
+        a_amax = x.abs().amax(dim=0).float()
+        if shift is not None:
+            a_amax = a_amax * _pow2(shift, a_amax)
+        a_amax = a_amax.max().reshape(1, 1)
+    index, token_weight = sample_tokens(x, config.search_tokens, generator)
+    xs = (x if index is None else x[index]).float()
+    target = F.linear(xs, w, b)
+    if shift is not None:
+        xs = xs * _pow2(shift, xs)
+        w = w_shifted
     w_scale = weight_quantizer.scales(w.abs().amax(1, keepdim=True), w.abs().amax()) if weight_quantizer else None
     a_scale = input_quantizer.scales(a_amax, a_amax) if input_quantizer else None
 
     def quantized(scale_w, scale_a):
-        xq = input_quantizer.quantize_with(x, QuantParams(scale_a)) if input_quantizer else x
+        xq = input_quantizer.quantize_with(xs, QuantParams(scale_a)) if input_quantizer else xs
         wq = weight_quantizer.quantize_with(w, QuantParams(scale_w)) if weight_quantizer else w
         return xq, wq
 
-    norm = max(target.pow(2).sum(dtype=torch.float64).item(), 1e-30)
-    stats = {"rel_err_minmax": output_error(*quantized(w_scale, a_scale), b, target).sum().item() / norm}
+    def error(scale_w, scale_a) -> float:
+        return output_error(*quantized(scale_w, scale_a), b, target, token_weight).sum().item()
+
+    norm = target.double().pow(2)
+    norm = max((norm if token_weight is None else norm * token_weight[:, None]).sum().item(), 1e-30)
+    stats = {"rel_err_minmax": error(w_scale, a_scale) / norm, "search_tokens": xs.shape[0]}
     if config.search:
         gammas = config.gammas()
         for _ in range(config.search_round):
             if weight_quantizer is not None:
                 xq, _ = quantized(w_scale, a_scale)
-                w_scale, w_gamma = search_weight_scale(w, xq, b, target, weight_quantizer, gammas)
+                w_scale, w_gamma = search_weight_scale(w, xq, b, target, weight_quantizer, gammas, token_weight)
                 stats["weight_gamma_mean"] = w_gamma.mean().item()
             if input_quantizer is not None:
                 _, wq = quantized(w_scale, a_scale)
-                a_scale, stats["input_gamma"] = search_input_scale(x, wq, b, target, input_quantizer, gammas, a_amax)
+                a_scale, stats["input_gamma"] = search_input_scale(xs, wq, b, target, input_quantizer, gammas,
+                                                                   a_amax, token_weight)
             if weight_quantizer is None or input_quantizer is None:
                 break  # nothing to alternate with
-    stats["rel_err"] = output_error(*quantized(w_scale, a_scale), b, target).sum().item() / norm
+    stats["rel_err"] = error(w_scale, a_scale) / norm
     if shift is not None:
         stats["shift_mean"] = shift.float().mean().item()
     return LinearParams(w_scale, a_scale, shift, stats)
@@ -483,84 +533,110 @@ def _group_input(block: nn.Module, index: int, first: nn.Module, acts: BlockActi
     return torch.cat([s.reshape(-1, s.shape[-1]) for s in seen])
 
 
+# K/V candidates are scored on the query rows of at most this many windows (every window
+# still sets the min-max range): quantizing the keys of every window once per candidate
+# would dominate the search.
+KV_SEARCH_WINDOWS = 2
+
+
+def rows_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, positions: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """Causal softmax attention for the query rows at ``positions`` (GQA: heads grouped as HF does).
+
+    ``query`` (batch, q_heads, rows, dim) holds those rows, ``key``/``value`` (batch, kv_heads,
+    seq, dim) every position; returns (batch, q_heads, rows, dim) in float32.
+    """
+    b, hq, r, d = query.shape
+    hkv = key.shape[1]
+    q = query.float().reshape(b, hkv, (hq // hkv) * r, d)
+    scores = torch.matmul(q, key.float().transpose(-1, -2)) * scaling
+    future = torch.arange(key.shape[2], device=key.device)[None, :] > positions.to(key.device)[:, None]
+    scores = scores.masked_fill(future.repeat(hq // hkv, 1), float("-inf"))
+    out = torch.matmul(torch.softmax(scores, dim=-1), value.float())
+    return out.reshape(b, hq, r, value.shape[-1])
+
+
 @torch.no_grad()
 def search_kv(
-    block: nn.Module, index: int, attn: nn.Module, o_proj: nn.Module, acts: BlockActivations, device, config: FPQConfig,
+    block: nn.Module, index: int, attn: nn.Module, acts: BlockActivations, device, config: FPQConfig,
+    generator: torch.Generator | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """Static per-tensor K and V scales minimising the attention output's error (o_proj's input).
+    """Static per-tensor K and V scales minimising the error of the attention output (o_proj's input).
 
-    Installs the static quantizers on ``attn``; returns ``({"key": scale, "value": scale}, stats)``
-    for the quantized ones, or None when neither is quantized.
+    K and V are read where the cache holds them (after RoPE and any Q/K rotation), with
+    q/k/v_proj already quantized. The min-max range comes from every calibration window;
+    candidates are scored on ``config.search_tokens // 4`` query rows (all rows with 0) of
+    the first ``KV_SEARCH_WINDOWS`` windows (all windows with 0), attending causally to
+    every key of their window. Installs the static quantizers on ``attn``; returns
+    ``({"key": scale, "value": scale}, stats)`` for the quantized ones, or None.
     """
     quantizers = {k: getattr(attn, f"{k}_quantizer", None) for k in ("key", "value")}
     quantizers = {k: q for k, q in quantizers.items() if q is not None}
     if not quantizers:
         return None
-    calls: list[tuple[tuple, dict]] = []
-    refs: list[torch.Tensor] = []
+    exact = config.search_tokens == 0
+    kept: dict[str, list[torch.Tensor]] = {"query": [], "key": [], "value": []}
+    amax = {k: torch.zeros((), device=device) for k in quantizers}
     state: dict = {}
 
-    def attn_hook(module, args, kwargs):
-        calls.append((args, dict(kwargs)))
-
-    def o_hook(module, args):
-        state["out"] = args[0].detach()
+    def probe(module, query, key, value, attention_mask, kwargs):
+        tensors = {"key": key, "value": value}
+        for k in quantizers:
+            amax[k] = torch.maximum(amax[k], tensors[k].detach().abs().amax().float())
+        if exact or sum(t.shape[0] for t in kept["query"]) < KV_SEARCH_WINDOWS:
+            for name, t in (("query", query), *tensors.items()):
+                kept[name].append(t.detach().float())
+        state["scaling"] = kwargs.get("scaling") or module.scaling
         raise StopForward
 
-    def run(fn) -> torch.Tensor:
-        try:
-            fn()
-        except StopForward:
-            pass
-        return state.pop("out")
-
-    def install(current: dict[str, torch.Tensor]) -> None:
-        for k, q in quantizers.items():
-            setattr(attn, f"{k}_quantizer", StaticQuantizer(q, current[k]).to(device))
+    attn.attention_probe = probe
+    try:
+        for start, end in acts.spans():
+            try:
+                acts.run_block(block, index, start, end, device)
+            except StopForward:
+                pass
+    finally:
+        del attn.attention_probe
+    if not kept["query"]:
+        raise RuntimeError(f"block {index}: the attention never reached the KV-cache wrapper (install_attention_wrapper)")
+    windows = None if exact else KV_SEARCH_WINDOWS
+    query, key, value = (torch.cat(kept[n])[:windows] for n in ("query", "key", "value"))
+    seq = query.shape[2]
+    rows = seq if exact else max(1, min(seq, config.search_tokens // 4 // query.shape[0]))
+    positions = torch.sort(torch.randperm(seq, generator=generator)[:rows]).values.to(device)
+    query_rows = query[:, :, positions]
+    scaling = float(state["scaling"])
+    ref = rows_attention(query_rows, key, value, positions, scaling)
+    full = {"key": key, "value": value}
+    amax = {k: m.reshape(1, 1) for k, m in amax.items()}
 
     def error(current: dict[str, torch.Tensor]) -> float:
-        install(current)
-        total = 0.0
-        for (args, kwargs), ref in zip(calls, refs):
-            out = run(lambda: attn(*args, **kwargs))
-            total += (out.float() - ref.float()).pow(2).sum(dtype=torch.float64).item()
-        return total
+        kv = {k: quantizers[k].quantize_with(t, QuantParams(current[k])) if k in current else t for k, t in full.items()}
+        out = rows_attention(query_rows, kv["key"], kv["value"], positions, scaling)
+        return (out - ref).double().pow(2).sum().item()
 
-    o_handle = o_proj.register_forward_pre_hook(o_hook)
-    try:
-        # Reference: K and V in full precision, everything upstream quantized as calibrated.
-        recorders = {k: _Recorder() for k in quantizers}
-        for k, r in recorders.items():
-            setattr(attn, f"{k}_quantizer", r)
-        attn_handle = attn.register_forward_pre_hook(attn_hook, with_kwargs=True)
-        try:
-            for start, end in acts.spans():
-                refs.append(run(lambda: acts.run_block(block, index, start, end, device)))
-        finally:
-            attn_handle.remove()
-        amax = {k: r.amax.reshape(1, 1) for k, r in recorders.items()}
-        scales = {k: quantizers[k].scales(amax[k], amax[k]) for k in quantizers}
-        norm = max(sum(r.float().pow(2).sum(dtype=torch.float64).item() for r in refs), 1e-30)
-        stats = {"rel_err_minmax": error(scales) / norm}
-        if config.search:
-            gammas = config.gammas()
-            for _ in range(config.search_round):
-                for k in quantizers:
-                    best = (math.inf, None, None)
-                    for g in gammas:
-                        err = error({**scales, k: quantizers[k].scales(amax[k] * g, amax[k] * g)})
-                        if err < best[0]:
-                            best = (err, quantizers[k].scales(amax[k] * g, amax[k] * g), g)
-                    scales[k] = best[1]
-                    stats[f"{k}_gamma"] = best[2]
-                if len(quantizers) == 1:
-                    break  # nothing to alternate with
-            stats["rel_err"] = error(scales) / norm
-        else:
-            stats["rel_err"] = stats["rel_err_minmax"]
-    finally:
-        o_handle.remove()
-    install(scales)
+    scales = {k: quantizers[k].scales(amax[k], amax[k]) for k in quantizers}
+    norm = max(ref.double().pow(2).sum().item(), 1e-30)
+    stats = {"rel_err_minmax": error(scales) / norm, "search_rows": int(rows * query.shape[0])}
+    if config.search:
+        gammas = config.gammas()
+        for _ in range(config.search_round):
+            for k in quantizers:
+                best = (math.inf, None, None)
+                for g in gammas:
+                    candidate = quantizers[k].scales(amax[k] * g, amax[k] * g)
+                    err = error({**scales, k: candidate})
+                    if err < best[0]:
+                        best = (err, candidate, g)
+                scales[k] = best[1]
+                stats[f"{k}_gamma"] = best[2]
+            if len(quantizers) == 1:
+                break  # nothing to alternate with
+    stats["rel_err"] = error(scales) / norm
+    for k, q in quantizers.items():
+        setattr(attn, f"{k}_quantizer", StaticQuantizer(q, scales[k]).to(device))
     return scales, stats
 
 
@@ -604,13 +680,15 @@ def fpq_calibrate(
                         LayerwiseConfig(batch_size=batch_size, offload_activations=offload_activations))
         for i in tqdm(range(len(layers)), desc=f"{config.variant} blocks"):
             block = layers[i]
+            # Each block samples its scoring tokens from its own seed: runs are reproducible.
+            generator = torch.Generator().manual_seed(i)
             attn = adapter.attention(block)
             attn_path = _path_in(block, attn)
             with resident([block], device):
                 targets = _searched_linears(block, adapter)
                 for group in adapter.sequential_groups():
                     if o_path in group:
-                        result = search_kv(block, i, attn, block.get_submodule(o_path), acts, device, config)
+                        result = search_kv(block, i, attn, acts, device, config, generator)
                         if result:
                             scales, stats = result
                             for k, s in scales.items():
@@ -624,7 +702,7 @@ def fpq_calibrate(
                         module = targets[name]
                         t = time.perf_counter()
                         found = search_linear(module.weight, module.bias, module.transformed_input(x_group),
-                                              module.weight_quantizer, module.act_quantizer, config)
+                                              module.weight_quantizer, module.act_quantizer, config, generator)
                         apply_linear_params(module, found)
                         params.update(found.tensors(f"layers.{i}.{name}"))
                         per_linear[f"layers.{i}.{name}"] = {**found.stats, "seconds": time.perf_counter() - t}

@@ -22,7 +22,8 @@ def model_base(cfg: RunConfig) -> str:
 def fpq_param_path(cfg: RunConfig) -> str:
     """Where a search saves its parameters, named from the recipe (LLM-FP4 style), e.g.
     ``<output_dir>/search_result/<model>/fpq/`` +
-    ``W4A4KV4_E2E2E2_search_round3_search_intervals(0.01,1.2,100)_calib(c4,32x2048,seed0).safetensors``.
+    ``W4A4KV4_E2E2E2_search_round3_search_intervals(0.01,1.2,100)_search_tokens256_calib(c4,32x2048,seed0)``
+    ``.safetensors``.
     """
     q, f = cfg.quant, cfg.quant.fpq
     specs = (q.weight, q.activation, q.key)
@@ -33,7 +34,7 @@ def fpq_param_path(cfg: RunConfig) -> str:
     parts = [f"{bits}_{exps}"]
     if f.search:
         g1, g2, n = f.search_intervals
-        parts.append(f"search_round{f.search_round}_search_intervals({g1:g},{g2:g},{n})")
+        parts.append(f"search_round{f.search_round}_search_intervals({g1:g},{g2:g},{n})_search_tokens{f.search_tokens}")
     parts.append(f"calib({cfg.calib_dataset},{f.calib_size}x{cfg.seqlen},seed{cfg.seed})")
     if q.transform != "identity":
         parts.append(f"{q.transform_label}_seed{q.rotation_seed}")

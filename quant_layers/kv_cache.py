@@ -27,6 +27,9 @@ def _wrap(base: Callable) -> Callable:
         qk_transform = getattr(module, "qk_transform", None)
         if qk_transform is not None:
             query, key = qk_transform(query), qk_transform(key)
+        probe = getattr(module, "attention_probe", None)
+        if probe is not None:  # calibration reads Q, K, V as the cache would hold them (may stop the forward)
+            probe(module, query, key, value, attention_mask, kwargs)
         kq: Quantizer | None = getattr(module, "key_quantizer", None)
         vq: Quantizer | None = getattr(module, "value_quantizer", None)
         if kq is not None:

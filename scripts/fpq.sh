@@ -13,6 +13,7 @@ QUANT_CONFIG=${QUANT_CONFIG:-"FPQ_config_llama"}
 SEARCH_ROUND=${SEARCH_ROUND:-3}
 SEARCH_INTERVALS=${SEARCH_INTERVALS:-"0.01 1.2 100"}
 CALIB_SIZE=${CALIB_SIZE:-32}
+SEARCH_TOKENS=${SEARCH_TOKENS:-256}   # tokens each candidate is scored on; 0 = all (slow on CPU)
 ONLY_EVAL=${ONLY_EVAL:-0}
 PTQ_PARAM_PATH=${PTQ_PARAM_PATH:-""}
 ROTATE=${ROTATE:-0}
@@ -28,5 +29,6 @@ fi
 # shellcheck disable=SC2086  # QBITS and SEARCH_INTERVALS are lists of numbers
 $PYTHON main.py "${COMMON_ARGS[@]}" --quant_config "${QUANT_CONFIG}" --qbits ${QBITS} \
     --search_round "${SEARCH_ROUND}" --search_intervals ${SEARCH_INTERVALS} --calib_size "${CALIB_SIZE}" \
+    --search_tokens "${SEARCH_TOKENS}" \
     --calib_dataset "${CALIB_DATASET}" --calib_batch_size "${CALIB_BATCH_SIZE}" \
     "${SCRIPT_ARGS[@]}" "$@"

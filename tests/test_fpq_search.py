@@ -7,7 +7,6 @@ import json
 import math
 import os
 import shutil
-import time
 
 import pytest
 import torch
@@ -23,6 +22,8 @@ from calib.fpq_search import (
     load_params,
     preshift_exponents,
     read_meta,
+    rows_attention,
+    sample_tokens,
     save_params,
     scale_to_exponent_bias,
     search_input_scale,
@@ -32,7 +33,7 @@ from calib.fpq_search import (
 from configs import QuantRecipe, RunConfig, qbits_recipe
 from models import adapter_for
 from pipeline import run
-from quant_layers import QuantLinear, QuantSpec, Quantizer
+from quant_layers import QuantLinear, QuantSpec, Quantizer, install_attention_wrapper
 from quant_layers.formats import FPFormat
 from quant_layers.quantizer import QuantParams
 from transforms import apply_transform
@@ -123,6 +124,62 @@ def test_search_linear_alternates_and_beats_minmax():
 
 # ---------------------------------------------------------------------------------------
 # Pre-shift.
+
+
+def test_sample_tokens_keeps_the_peaks_and_estimates_the_error_without_bias():
+    x = torch.randn(4000, 8)
+    x[[7, 123, 2500], 3] = 50.0  # outlier tokens
+    index, weight = sample_tokens(x, 400, torch.Generator().manual_seed(0))
+    assert index.numel() == 400 == index.unique().numel()
+    assert {7, 123, 2500} <= set(index[:100].tolist())  # the largest quarter is always in
+    assert torch.all(weight[:100] == 1) and torch.allclose(weight[100:], torch.full((300,), 3900 / 300, dtype=weight.dtype))
+    # The weighted sample estimates a sum over every token (here of x^2) within a few percent.
+    total = x.double().pow(2).sum().item()
+    estimate = (x[index].double().pow(2).sum(1) * weight).sum().item()
+    assert abs(estimate - total) < 0.05 * total
+    assert sample_tokens(x, 0) == (None, None) and sample_tokens(x, 4000) == (None, None)
+
+
+def test_exact_search_scores_every_token_and_the_sample_agrees():
+    torch.manual_seed(0)
+    x = torch.randn(3000, 32) * torch.linspace(0.1, 4, 32)
+    w = torch.randn(16, 32)
+    exact = search_linear(w, None, x, Quantizer(E2M1_CH), Quantizer(E2M1_T),
+                          FPQConfig(search_round=1, search_intervals=(0.5, 1.2, 8), search_tokens=0))
+    sampled = search_linear(w, None, x, Quantizer(E2M1_CH), Quantizer(E2M1_T),
+                            FPQConfig(search_round=1, search_intervals=(0.5, 1.2, 8), search_tokens=1024),
+                            torch.Generator().manual_seed(0))
+    assert exact.stats["search_tokens"] == 3000 and sampled.stats["search_tokens"] == 1024
+    assert torch.equal(exact.input_shift, sampled.input_shift)  # from every token either way
+    # Scored on a third of the tokens, the sample picks (nearly) the same scales.
+    assert (exact.weight_scale == sampled.weight_scale).float().mean() >= 0.75
+    assert sampled.stats["rel_err"] == pytest.approx(exact.stats["rel_err"], rel=0.2)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_rows_attention_equals_the_models_attention(tiny_models, family):
+    """The K/V search's attention on sampled rows reproduces the model's own (causal, GQA)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[family], dtype=torch.float64)
+    adapter = adapter_for(model.config)
+    install_attention_wrapper(model)
+    attn = adapter.attention(adapter.decoder_layers(model)[0])
+    seen = {}
+
+    def probe(module, query, key, value, attention_mask, kwargs):
+        seen.update(query=query, key=key, value=value, scaling=kwargs.get("scaling") or module.scaling)
+
+    captured = {}
+    attn.attention_probe = probe
+    o_proj = attn.o_proj
+    handle = o_proj.register_forward_pre_hook(lambda m, args: captured.setdefault("out", args[0]))
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+    model(ids)
+    handle.remove()
+    positions = torch.tensor([0, 5, 11, 23])
+    out = rows_attention(seen["query"][:, :, positions], seen["key"], seen["value"], positions, seen["scaling"])
+    expected = captured["out"].reshape(2, 24, -1, out.shape[-1])[:, positions].transpose(1, 2)
+    assert seen["query"].shape[1] > seen["key"].shape[1]  # GQA is exercised
+    torch.testing.assert_close(out.double(), expected.double(), rtol=1e-5, atol=1e-5)
 
 
 def test_preshift_exponents_keep_channels_within_the_tensor_range():
@@ -245,23 +302,20 @@ def _main_args(tinystories_dir, data_dir, out, *extra) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fpq_search_run(tinystories_dir, data_dir, tmp_path_factory):
-    """One FPQ search through main.py (--calib_size 4 --search_round 1): its output dir, result and time."""
+    """One FPQ search through main.py (--calib_size 4 --search_round 1): its output dir and result."""
     out = tmp_path_factory.mktemp("fpq")
-    start = time.perf_counter()
     rc = main.main(_main_args(tinystories_dir, data_dir, out, "--quant_config", "FPQ_config_llama",
                               "--qbits", "4", "4", "4", "2", "2", "2", "--calib_size", "4", "--search_round", "1",
                               "--run_name", "fpq"))
-    elapsed = time.perf_counter() - start
     assert rc == 0
-    return out, json.loads((out / "fpq.json").read_text()), elapsed
+    return out, json.loads((out / "fpq.json").read_text())
 
 
 def test_main_fpq_end_to_end_beats_minmax_and_reloads(fpq_search_run, tinystories_dir, data_dir):
-    out, result, elapsed = fpq_search_run
-    assert elapsed < 60
+    out, result = fpq_search_run
     path = result["calibration"]["ptq_param_path"]
     assert os.path.basename(path) == ("W4A4KV4_E2E2E2_search_round1_search_intervals(0.01,1.2,100)"
-                                      "_calib(tinystories,4x128,seed0).safetensors")
+                                      "_search_tokens256_calib(tinystories,4x128,seed0).safetensors")
     assert os.path.dirname(path) == str(out / "search_result" / "tinystories-656k" / "fpq")
     meta = read_meta(path)
     assert meta["model"]["hidden_size"] == 128 and meta["recipe"]["fpq"]["search_round"] == 1
@@ -292,7 +346,7 @@ def test_main_fpq_end_to_end_beats_minmax_and_reloads(fpq_search_run, tinystorie
 
 def test_only_eval_refuses_other_qbits_and_models(fpq_search_run, tinystories_dir, data_dir, tiny_models, tmp_path,
                                                   capsys):
-    out, result, _ = fpq_search_run
+    out, result = fpq_search_run
     path = result["calibration"]["ptq_param_path"]
     fpq = ["--quant_config", "FPQ_config_llama", "--only_eval", "--ptq_param_path", path]
     cases = [
@@ -310,12 +364,10 @@ def test_only_eval_refuses_other_qbits_and_models(fpq_search_run, tinystories_di
     model.save_pretrained(twin)
     cases.append((str(twin), ["--qbits", "4", "4", "4", "2", "2", "2"], "searched on different weights"))
     for model_dir, args, message in cases:
-        start = time.perf_counter()
         rc = main.main(_main_args(model_dir, data_dir, tmp_path / "o", *fpq, *args))
         err = capsys.readouterr().err
         assert rc == 2 and message in err, err
         assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.json"))
-        assert time.perf_counter() - start < 20
 
 
 @pytest.mark.parametrize("args, message", [
@@ -325,6 +377,7 @@ def test_only_eval_refuses_other_qbits_and_models(fpq_search_run, tinystories_di
     (["--search_intervals", "0.01", "1.2", "10.5"], "integer n >= 2"),
     (["--search_round", "0"], "--search_round must be an integer of at least 1, got 0"),
     (["--calib_size", "0"], "--calib_size must be at least 1"),
+    (["--search_tokens", "-1"], "--search_tokens must be 0 (every token) or a positive count, got -1"),
     (["--only_eval"], "--only_eval needs --ptq_param_path PATH"),
     (["--ptq_param_path", "x.safetensors"], "--ptq_param_path is read with --only_eval"),
     (["--only_eval", "--ptq_param_path", "nowhere.safetensors"], "nowhere.safetensors not found"),
