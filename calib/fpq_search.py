@@ -327,22 +327,47 @@ def output_error(
     return total
 
 
+# Quantized candidates kept across search rounds, per tensor, at most this many bytes.
+CANDIDATE_CACHE_BYTES = 1 << 30
+
+
+def candidate_cache(t: torch.Tensor, config: FPQConfig) -> dict | None:
+    """An empty cache for ``t``'s quantized candidates, or None when they would not fit."""
+    fits = t.numel() * 4 * config.search_intervals[2] <= CANDIDATE_CACHE_BYTES
+    return {} if fits and config.search_round > 1 else None
+
+
+def _quantized(quantizer: Quantizer, t: torch.Tensor, amax: torch.Tensor, tensor_amax: torch.Tensor):
+    scale = quantizer.scales(amax, tensor_amax)
+    return scale, quantizer.quantize_with(t, QuantParams(scale))
+
+
+def _candidate(cache: dict | None, g: float, make):
+    if cache is None:
+        return make(g)
+    if g not in cache:
+        cache[g] = make(g)
+    return cache[g]
+
+
 @torch.no_grad()
 def search_weight_scale(
     weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
     quantizer: Quantizer, gammas: list[float], token_weight: torch.Tensor | None = None,
+    cache: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per output channel, the scale among ``quantizer.scales(γ · row absmax)`` with the least output error.
 
-    ``x`` is the (already quantized) input; returns ``(scale (out, 1), γ (out,))``.
+    ``x`` is the (already quantized) input; returns ``(scale (out, 1), γ (out,))``. ``cache``
+    keeps each candidate's quantized weight for the next round (only the input changes).
     """
     amax = weight.abs().amax(dim=1, keepdim=True)
     best_err = torch.full((weight.shape[0],), math.inf, dtype=torch.float64, device=weight.device)
     best_scale = torch.zeros_like(amax)
     best_gamma = torch.zeros(weight.shape[0], dtype=torch.float64, device=weight.device)
     for g in gammas:
-        scale = quantizer.scales(amax * g, amax.max() * g)
-        err = output_error(x, quantizer.quantize_with(weight, QuantParams(scale)), bias, target, token_weight)
+        scale, wq = _candidate(cache, g, lambda g: _quantized(quantizer, weight, amax * g, amax.max() * g))
+        err = output_error(x, wq, bias, target, token_weight)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_scale = torch.where(better.unsqueeze(1), scale, best_scale)
@@ -354,18 +379,18 @@ def search_weight_scale(
 def search_input_scale(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
     quantizer: Quantizer, gammas: list[float], amax: torch.Tensor | None = None,
-    token_weight: torch.Tensor | None = None,
+    token_weight: torch.Tensor | None = None, cache: dict | None = None,
 ) -> tuple[torch.Tensor, float]:
     """The per-tensor input scale among ``quantizer.scales(γ · absmax)`` with the least output error.
 
-    ``weight`` is the (already quantized) weight; returns ``(scale (1, 1), γ)``.
+    ``weight`` is the (already quantized) weight; returns ``(scale (1, 1), γ)``. ``cache``
+    keeps each candidate's quantized input for the next round (only the weight changes).
     """
     amax = (x.abs().amax() if amax is None else amax).reshape(1, 1).float()
     best = (math.inf, None, None)
     for g in gammas:
-        scale = quantizer.scales(amax * g, amax * g)
-        err = output_error(quantizer.quantize_with(x, QuantParams(scale)), weight, bias, target,
-                           token_weight).sum().item()
+        scale, xq = _candidate(cache, g, lambda g: _quantized(quantizer, x, amax * g, amax * g))
+        err = output_error(xq, weight, bias, target, token_weight).sum().item()
         if err < best[0]:
             best = (err, scale, g)
     return best[1], best[2]
@@ -430,15 +455,20 @@ def search_linear(
     stats = {"rel_err_minmax": error(w_scale, a_scale) / norm, "search_tokens": xs.shape[0]}
     if config.search:
         gammas = config.gammas()
+        w_cache, x_cache = candidate_cache(w, config), candidate_cache(xs, config)
+        stats["round_seconds"] = []
         for _ in range(config.search_round):
+            t = time.perf_counter()
             if weight_quantizer is not None:
                 xq, _ = quantized(w_scale, a_scale)
-                w_scale, w_gamma = search_weight_scale(w, xq, b, target, weight_quantizer, gammas, token_weight)
+                w_scale, w_gamma = search_weight_scale(w, xq, b, target, weight_quantizer, gammas, token_weight,
+                                                       w_cache)
                 stats["weight_gamma_mean"] = w_gamma.mean().item()
             if input_quantizer is not None:
                 _, wq = quantized(w_scale, a_scale)
                 a_scale, stats["input_gamma"] = search_input_scale(xs, wq, b, target, input_quantizer, gammas,
-                                                                   a_amax, token_weight)
+                                                                   a_amax, token_weight, x_cache)
+            stats["round_seconds"].append(time.perf_counter() - t)
             if weight_quantizer is None or input_quantizer is None:
                 break  # nothing to alternate with
     stats["rel_err"] = error(w_scale, a_scale) / norm
@@ -622,7 +652,9 @@ def search_kv(
     stats = {"rel_err_minmax": error(scales) / norm, "search_rows": int(rows * query.shape[0])}
     if config.search:
         gammas = config.gammas()
+        stats["round_seconds"] = []
         for _ in range(config.search_round):
+            t = time.perf_counter()
             for k in quantizers:
                 best = (math.inf, None, None)
                 for g in gammas:
@@ -632,6 +664,7 @@ def search_kv(
                         best = (err, candidate, g)
                 scales[k] = best[1]
                 stats[f"{k}_gamma"] = best[2]
+            stats["round_seconds"].append(time.perf_counter() - t)
             if len(quantizers) == 1:
                 break  # nothing to alternate with
     stats["rel_err"] = error(scales) / norm
@@ -650,8 +683,19 @@ class FPQReport:
     per_linear: dict[str, dict]
     kv: dict[str, dict]
 
+    @property
+    def round_seconds(self) -> list[float]:
+        """Search time of each round, summed over every linear and K/V search (the rest: forwards, ranges)."""
+        totals: list[float] = []
+        for stats in (*self.per_linear.values(), *self.kv.values()):
+            for r, sec in enumerate(stats.get("round_seconds", [])):
+                if r == len(totals):
+                    totals.append(0.0)
+                totals[r] += sec
+        return totals
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "round_seconds": self.round_seconds}
 
 
 @torch.no_grad()
@@ -715,8 +759,9 @@ def fpq_calibrate(
     report = FPQReport(config.variant, len(layers), time.perf_counter() - t_start, per_linear, kv)
     if per_linear:
         mean = {k: sum(v[k] for v in per_linear.values()) / len(per_linear) for k in ("rel_err_minmax", "rel_err")}
-        log.info("%s: mean relative output error of %d linears %.4g (min-max scales %.4g), %.1f s", config.variant,
-                 len(per_linear), mean["rel_err"], mean["rel_err_minmax"], report.seconds)
+        log.info("%s: mean relative output error of %d linears %.4g (min-max scales %.4g), %.1f s (search rounds: %s)",
+                 config.variant, len(per_linear), mean["rel_err"], mean["rel_err_minmax"], report.seconds,
+                 ", ".join(f"{sec:.1f} s" for sec in report.round_seconds) or "none")
     return params, report
 
 

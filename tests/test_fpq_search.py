@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import main
+from calib import fpq_search
 from calib.fpq_search import (
     FPQConfig,
     StaticQuantizer,
@@ -154,6 +155,18 @@ def test_exact_search_scores_every_token_and_the_sample_agrees():
     # Scored on a third of the tokens, the sample picks (nearly) the same scales.
     assert (exact.weight_scale == sampled.weight_scale).float().mean() >= 0.75
     assert sampled.stats["rel_err"] == pytest.approx(exact.stats["rel_err"], rel=0.2)
+
+
+def test_candidate_cache_changes_nothing(monkeypatch):
+    """Rounds reuse each candidate's quantized tensor; without the cache the result is bit-identical."""
+    torch.manual_seed(0)
+    x, w = torch.randn(600, 32) * torch.linspace(0.1, 4, 32), torch.randn(16, 32)
+    cfg = FPQConfig(search_round=3, search_intervals=(0.3, 1.2, 10))
+    cached = search_linear(w, None, x, Quantizer(E2M1_CH), Quantizer(E2M1_T), cfg, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(fpq_search, "CANDIDATE_CACHE_BYTES", 0)
+    plain = search_linear(w, None, x, Quantizer(E2M1_CH), Quantizer(E2M1_T), cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(cached.weight_scale, plain.weight_scale) and torch.equal(cached.input_scale, plain.input_scale)
+    assert len(cached.stats["round_seconds"]) == 3
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
