@@ -8,6 +8,7 @@ and against the model's config (``check_model``) before any weight is loaded. Th
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 from calib.fpq_search import FPQConfig, check_search_recipe
@@ -135,6 +136,11 @@ class RunConfig:
     eval_limit: int | None = None
     eval_batch_size: int = 1
     data_dir: str | None = None
+    tasks: tuple[str, ...] = ()  # lm-eval tasks, scored after perplexity; empty = none
+    num_fewshot: int = 0
+    lm_eval_batch_size: int | str = 1  # or "auto" / "auto:N" (lm-eval finds the largest that fits)
+    lm_eval_limit: int | float | None = None  # documents per task; a float below 1 is a fraction
+    tasks_data_dir: str | None = None  # local task files (layout of ../shared/assets/data/tasks); None = hub
     calib_dataset: str = "c4"
     nsamples: int = 128
     calib_batch_size: int = 1
@@ -176,6 +182,25 @@ class RunConfig:
         elif self.ptq_param_path:
             raise ValueError("--ptq_param_path is read with --only_eval: add --only_eval, or drop it to search again")
         self.ppl_datasets = tuple(self.ppl_datasets)
+        self.tasks = tuple(self.tasks)
+        self._check_lm_eval()
+
+    def _check_lm_eval(self) -> None:
+        if self.num_fewshot < 0:
+            raise ValueError(f"--num_fewshot must be 0 or more, got {self.num_fewshot}")
+        batch = self.lm_eval_batch_size
+        batch_ok = batch >= 1 if isinstance(batch, int) else bool(re.fullmatch(r"auto(:\d+)?", str(batch)))
+        if not batch_ok:
+            raise ValueError(f"--lm_eval_batch_size must be a positive integer, auto or auto:N, got {batch!r}")
+        limit = self.lm_eval_limit
+        limit_ok = limit is None or (limit >= 1 if isinstance(limit, int) else 0 < limit < 1)
+        if not limit_ok:
+            raise ValueError(
+                f"--lm_eval_limit must be a document count (1 or more) or a fraction between 0 and 1, got {limit}"
+            )
+        if not self.tasks and (self.num_fewshot or limit is not None):
+            raise ValueError("--num_fewshot and --lm_eval_limit apply to lm-eval tasks: add --tasks "
+                             "(e.g. --tasks piqa)")
 
     def check_model(self, config, adapter) -> None:
         limit = getattr(config, "max_position_embeddings", None)
@@ -190,4 +215,5 @@ class RunConfig:
         data = asdict(self)
         data["quant"] = self.quant.to_dict()
         data["ppl_datasets"] = list(self.ppl_datasets)
+        data["tasks"] = list(self.tasks)
         return data

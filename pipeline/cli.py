@@ -30,6 +30,18 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                    help="local data folder (layout of ../shared/assets/data; default $PTQ_DATA_DIR); "
                         "unset = Hugging Face hub")
 
+    z = parser.add_argument_group("zero-shot tasks (lm-evaluation-harness)")
+    z.add_argument("--tasks", help="comma list of lm-eval tasks scored after perplexity, e.g. "
+                                   "piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,lambada_openai,openbookqa")
+    z.add_argument("--num_fewshot", type=int, default=0, help="examples in each prompt (0 = zero-shot)")
+    z.add_argument("--lm_eval_batch_size", type=_int_or_text, default=1,
+                   help="documents per forward pass: N, auto or auto:N (lm-eval finds the largest that fits)")
+    z.add_argument("--lm_eval_limit", type=_count_or_fraction,
+                   help="score at most this many documents per task (a value below 1: that fraction)")
+    z.add_argument("--tasks_data_dir", default=os.environ.get("PTQ_TASKS_DIR"),
+                   help="local task files (layout of ../shared/assets/data/tasks; default $PTQ_TASKS_DIR, else "
+                        "--data_dir/tasks when it exists); unset = the stock tasks from the Hugging Face hub")
+
     c = parser.add_argument_group("calibration data")
     c.add_argument("--calib_dataset", "--dataset_name_or_path", dest="calib_dataset", default="c4",
                    help="wikitext2, c4, tinystories or a text/jsonl file")
@@ -57,14 +69,39 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--wandb_group", default=os.environ.get("WANDB_RUN_GROUP"))
 
 
+def _int_or_text(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
+def _count_or_fraction(text: str) -> int | float:
+    try:
+        return int(text) if text.isdigit() else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a document count or a fraction, got {text!r}") from None
+
+
+def _comma_list(text: str | None) -> tuple[str, ...]:
+    if text is None or text.strip().lower() == "none":
+        return ()
+    return tuple(d.strip() for d in text.split(",") if d.strip())
+
+
+def _tasks_data_dir(args: argparse.Namespace) -> str | None:
+    """``--tasks_data_dir``, else the ``tasks`` folder of ``--data_dir`` where it has one."""
+    if args.tasks_data_dir:
+        return args.tasks_data_dir
+    if args.data_dir and os.path.isdir(os.path.join(args.data_dir, "tasks")):
+        return os.path.join(args.data_dir, "tasks")
+    return None
+
+
 def common_config_kwargs(args: argparse.Namespace) -> dict:
-    datasets = [] if args.ppl_datasets.strip().lower() == "none" else [
-        d.strip() for d in args.ppl_datasets.split(",") if d.strip()
-    ]
     return dict(
         model=args.model, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device,
-        ppl_datasets=tuple(datasets), seqlen=args.seqlen, eval_limit=args.eval_limit,
-        eval_batch_size=args.eval_batch_size, data_dir=args.data_dir, calib_dataset=args.calib_dataset,
+        ppl_datasets=_comma_list(args.ppl_datasets), seqlen=args.seqlen, eval_limit=args.eval_limit,
+        eval_batch_size=args.eval_batch_size, data_dir=args.data_dir, tasks=_comma_list(args.tasks),
+        num_fewshot=args.num_fewshot, lm_eval_batch_size=args.lm_eval_batch_size, lm_eval_limit=args.lm_eval_limit,
+        tasks_data_dir=_tasks_data_dir(args), calib_dataset=args.calib_dataset,
         nsamples=args.nsamples, calib_batch_size=args.calib_batch_size,
         offload_activations=args.offload_activations, resume=args.resume, seed=args.seed, output_dir=args.output_dir, run_name=args.run_name,
         log_wandb=args.log_wandb, wandb_project=args.wandb_project, wandb_group=args.wandb_group,

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from evaluation.zeroshot import markdown_table
+
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "torch": torch.__version__}
@@ -26,6 +28,17 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _numbers(tree: dict, prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of nested metrics, keyed by their path (``lm_eval/tasks/piqa/acc``)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_numbers(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 @dataclass
@@ -61,18 +74,22 @@ class RunResult:
         return path
 
     def markdown(self) -> str:
-        """A header and one table row: model, recipe, each perplexity, total time."""
+        """A header and one table row: model, recipe, each perplexity, the zero-shot average,
+        total time; then the per-task lm-eval table when the run scored tasks."""
         ppl = self.metrics.get("ppl", {})
-        cols = ["model", "recipe", *[f"ppl {k}" for k in ppl], "time (s)"]
+        lm_eval = self.metrics.get("lm_eval")
+        average = lm_eval["average"]["value"] if lm_eval else None
+        avg_col = ["zero-shot avg (%)"] if average is not None else []
+        cols = ["model", "recipe", *[f"ppl {k}" for k in ppl], *avg_col, "time (s)"]
         row = [self.model, self.config["quant_label"], *[f"{v:.2f}" for v in ppl.values()],
-               f"{self.timings.get('total_s', 0):.1f}"]
-        return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), "| " + " | ".join(row) + " |"])
+               *([f"{average * 100:.2f}"] if average is not None else []), f"{self.timings.get('total_s', 0):.1f}"]
+        text = "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), "| " + " | ".join(row) + " |"])
+        return f"{text}\n\n{markdown_table(lm_eval)}" if lm_eval else text
 
     def log_wandb(self, project: str, group: str | None) -> None:
         import wandb
 
         run = wandb.init(project=project, name=self.run_name, group=group, config={**self.config, "recipe": self.recipe},
                          reinit="finish_previous")
-        flat = {f"{kind}/{name}": value for kind, values in self.metrics.items() for name, value in values.items()}
-        run.log({**flat, **{f"time/{k}": v for k, v in self.timings.items()}})
+        run.log({**_numbers(self.metrics), **{f"time/{k}": v for k, v in self.timings.items()}})
         run.finish()

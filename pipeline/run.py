@@ -17,7 +17,7 @@ import corpora
 from calib import LayerwiseConfig, calibrate_layerwise, calibration_windows, quantize_weights_rtn
 from calib import fpq_search
 from configs import QuantRecipe, RunConfig
-from evaluation import MAX_WINDOWS, evaluation_tokens, perplexity
+from evaluation import MAX_WINDOWS, evaluate_tasks, evaluation_tokens, perplexity, prepare_tasks
 from models import adapter_for, load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
 from models.loading import dtype_name, locate
 from transforms import apply_transform
@@ -94,6 +94,9 @@ def run(cfg: RunConfig) -> RunResult:
             log.warning("the parameters were searched in %s, evaluated now in %s: results will not be bit-identical",
                         saved_meta.get("dtype"), dtype)
 
+    # Task names, files and few-shot splits are checked, and the documents read, before the weights load.
+    lm_eval_tasks = prepare_tasks(cfg.tasks, cfg.tasks_data_dir, cfg.num_fewshot) if cfg.tasks else None
+
     timings = {}
     t = time.perf_counter()
     tokenizer = load_tokenizer(loc)
@@ -140,7 +143,7 @@ def run(cfg: RunConfig) -> RunResult:
         torch.cuda.synchronize()
     timings["quantize_s"] = time.perf_counter() - t
 
-    metrics: dict[str, dict[str, float]] = {}
+    metrics: dict[str, dict] = {}
     t = time.perf_counter()
     for source in ppl_sources:
         ids = evaluation_tokens(source, tokenizer)
@@ -150,6 +153,11 @@ def run(cfg: RunConfig) -> RunResult:
             model, ids, cfg.seqlen, limit=limit, batch_size=cfg.eval_batch_size, desc=f"ppl {source.name}"
         )
     timings["eval_s"] = time.perf_counter() - t
+    if lm_eval_tasks is not None:
+        t = time.perf_counter()
+        metrics["lm_eval"] = evaluate_tasks(model, tokenizer, lm_eval_tasks, num_fewshot=cfg.num_fewshot,
+                                            batch_size=cfg.lm_eval_batch_size, limit=cfg.lm_eval_limit)
+        timings["lm_eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
     result = RunResult(
