@@ -9,6 +9,11 @@ With a tasks data folder (``--tasks_data_dir``, the layout of ``../shared/assets
 the stock names (``piqa``, ``arc_easy``, ...) run our task YAMLs in ``lm_eval_tasks/``, named
 ``<stock>_local``: the stock prompts, choices and metrics over the local files. Without it,
 any lm-eval task name runs the stock task from the hub.
+
+``wikitext`` is a perplexity, not an accuracy: lm-eval's rolling log-likelihood of each whole
+article, per word and per byte of the original text (``word_perplexity``, ...). It is reported
+apart, as "lm-eval wikitext word perplexity", and never averaged; it is not the pipeline's
+``ppl wikitext2`` (token-level, over fixed ``--seqlen`` windows of the joined test split).
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ LOCAL_SUFFIX = "_local"
 # Columns of the table, in order; the average takes acc_norm where a task has it, else acc.
 METRICS = ("acc", "acc_norm", "perplexity")
 AVERAGED = ("acc_norm", "acc")
+# lm-eval's rolling log-likelihood metrics (wikitext) and how they are named to a reader.
+ROLLING_METRICS = {"word_perplexity": "word perplexity", "byte_perplexity": "byte perplexity",
+                   "bits_per_byte": "bits per byte"}
 
 
 @dataclass
@@ -56,10 +64,12 @@ def _check_local_task(stock: str, cfg: dict, tasks_data_dir: str, num_fewshot: i
 
     files = cfg["dataset_kwargs"]["files"]
     for relative in files.values():
-        path = os.path.join(tasks_data_dir, relative)
+        path = os.path.normpath(os.path.join(tasks_data_dir, relative))
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"task file for {stock} not found: {path}; --tasks_data_dir must have the layout "
-                                    f"of ../shared/assets/data/tasks")
+            beside = " (this file lies beside the tasks folder, as in ../shared/assets/data)" \
+                if relative.startswith("..") else ""
+            raise FileNotFoundError(f"task file for {stock} not found: {path}{beside}; --tasks_data_dir must have the "
+                                    f"layout of ../shared/assets/data/tasks")
     if num_fewshot > 0:
         import lm_eval.tasks
 
@@ -132,15 +142,21 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def rolling_label(task: str, metric: str) -> str:
+    """How a rolling metric is shown, e.g. "lm-eval wikitext word perplexity"."""
+    return f"lm-eval {task} {ROLLING_METRICS[metric]}"
+
+
 def summarize(out: dict, names: dict[str, str]) -> dict:
-    """Per task: acc, acc_norm and perplexity with their stderr (those the task has), the
-    samples scored and lm-eval's task name; and the average over tasks of acc_norm where a
-    task has it, else acc (``average.metric`` says which, per task)."""
+    """Per task: acc, acc_norm and perplexity (LAMBADA) or the rolling metrics (wikitext),
+    with their stderr (those the task has), the samples scored and lm-eval's task name; and
+    the average over tasks of acc_norm where a task has it, else acc (``average.metric`` says
+    which, per task). Tasks without an accuracy, such as wikitext, are not averaged."""
     tasks, used = {}, {}
     for name, lm_name in names.items():
         raw = out["results"][lm_name]
         row: dict[str, Any] = {"task": lm_name, "samples": out.get("n-samples", {}).get(lm_name, {}).get("effective")}
-        for metric in METRICS:
+        for metric in (*METRICS, *ROLLING_METRICS):
             if f"{metric},none" in raw:
                 row[metric] = _number(raw[f"{metric},none"])
                 row[f"{metric}_stderr"] = _number(raw.get(f"{metric}_stderr,none"))
@@ -166,20 +182,41 @@ def _cell(row: dict, metric: str, percent: bool) -> str:
     return text if stderr is None else f"{text} ± {_fmt(stderr * scale)}"
 
 
+def _rolling_line(name: str, row: dict) -> str:
+    """e.g. "lm-eval wikitext word perplexity: 41.20 (byte perplexity 1.98, bits per byte 0.98, 62 documents)"."""
+    first, *rest = [m for m in ROLLING_METRICS if row.get(m) is not None]
+    details = [f"{ROLLING_METRICS[m]} {_cell(row, m, False)}" for m in rest]
+    if row.get("samples"):
+        details.append(f"{row['samples']} documents")
+    return f"{rolling_label(name, first)}: {_cell(row, first, False)}" + (f" ({', '.join(details)})" if details else "")
+
+
 def markdown_table(summary: dict) -> str:
     """Accuracies in percent (± stderr); the last row is the average, and the last column
-    says which metric of each task it takes."""
+    says which metric of each task it takes. Rolling perplexities (wikitext) follow on lines
+    of their own, labelled so they are not read as the pipeline's token-level ``ppl``."""
     tasks = summary["tasks"]
-    shown = [m for m in METRICS if any(m in row for row in tasks.values())]
-    heads = [f"{m} (%)" if m != "perplexity" else m for m in shown]
-    lines = ["| task | n | " + " | ".join(heads) + " | averaged |", "|---|---|" + "---|" * len(shown) + "---|"]
-    used = summary["average"]["metric"]
-    for name, row in tasks.items():
-        cells = [_cell(row, m, m != "perplexity") for m in shown]
-        lines.append(f"| {name} | {row.get('samples') or ''} | " + " | ".join(cells) + f" | {used.get(name, '')} |")
-    average = summary["average"]["value"]
-    if average is not None:
-        lines.append("| average | | " + " | ".join("" for _ in shown) + f" | {average * 100:.2f} |")
+    scored = {name: row for name, row in tasks.items() if any(m in row for m in METRICS)}
+    rolling = {name: row for name, row in tasks.items() if any(row.get(m) is not None for m in ROLLING_METRICS)}
+    lines = []
+    if scored:
+        shown = [m for m in METRICS if any(m in row for row in scored.values())]
+        heads = [f"{m} (%)" if m != "perplexity" else m for m in shown]
+        lines += ["| task | n | " + " | ".join(heads) + " | averaged |", "|---|---|" + "---|" * len(shown) + "---|"]
+        used = summary["average"]["metric"]
+        for name, row in scored.items():
+            cells = [_cell(row, m, m != "perplexity") for m in shown]
+            lines.append(f"| {name} | {row.get('samples') or ''} | " + " | ".join(cells)
+                         + f" | {used.get(name, '')} |")
+        average = summary["average"]["value"]
+        if average is not None:
+            lines.append("| average | | " + " | ".join("" for _ in shown) + f" | {average * 100:.2f} |")
+    if rolling:
+        if lines:
+            lines.append("")
+        lines += [_rolling_line(name, row) for name, row in rolling.items()]
+        lines.append("(whole documents, lm-eval's rolling log-likelihood; not `ppl wikitext2`, our token-level "
+                     "perplexity over --seqlen windows)")
     shots = summary.get("num_fewshot")
     if shots is not None:
         lines.append("")

@@ -20,7 +20,7 @@ STOCK_YAML = {
     "piqa": "piqa/piqa.yaml", "arc_easy": "arc/arc_easy.yaml", "arc_challenge": "arc/arc_challenge.yaml",
     "hellaswag": "hellaswag/hellaswag.yaml", "winogrande": "winogrande/default.yaml",
     "boolq": "super_glue/boolq/default.yaml", "lambada_openai": "lambada/lambada_openai.yaml",
-    "openbookqa": "openbookqa/openbookqa.yaml",
+    "openbookqa": "openbookqa/openbookqa.yaml", "wikitext": "wikitext/wikitext.yaml",
 }
 
 
@@ -277,3 +277,82 @@ def test_run_config_lm_eval_options():
         RunConfig(model="m", tasks=("piqa",), num_fewshot=-1)
     with pytest.raises(ValueError, match="fraction between 0 and 1"):
         RunConfig(model="m", tasks=("piqa",), lm_eval_limit=1.5)
+
+
+# --- wikitext: lm-eval's document-level word perplexity -----------------------------------------
+
+WIKITEXT_RAW = os.path.join("wikitext2", "wiki.test.raw")
+
+
+def _wikitext_text(data_dir) -> str:
+    with open(os.path.join(data_dir, WIKITEXT_RAW), encoding="utf-8") as f:
+        return f.read()
+
+
+def test_wikitext_documents_are_the_articles(data_dir):
+    from evaluation.lm_eval_tasks.utils import wikitext_documents
+
+    text = _wikitext_text(data_dir)
+    docs = wikitext_documents(text)
+    # 62 articles (the hub's EleutherAI/wikitext_document_level test split has 62 rows).
+    assert len(docs) == 62
+    assert docs[0].startswith(" = Robert Boulter = \n") and docs[1].startswith(" = Du Fu = \n")
+    assert docs[-1].startswith(" = The Hustler ( film ) = \n")
+    assert "\n".join([" ", *docs]) == text  # only the blank line before the first title is not in a document
+    assert not any(d.startswith(" = = ") for d in docs)  # sections stay inside their article
+    # Table legends start like a title but do not end like one.
+    assert sum(" = National record \n" in d for d in docs) == 1
+    assert wikitext_documents(" = A = \n x \n = = B = = \n y \n = C = \n z ") == [
+        " = A = \n x \n = = B = = \n y ", " = C = \n z "]
+
+
+def test_wikitext_local_task_equals_stock_task(tasks_dir):
+    local = prepare_tasks(("wikitext",), tasks_dir).tasks["wikitext_local"]
+    assert len(local.eval_docs) == 62
+    hand_built = {"page": " = Ise @-@ class battleship = \n \n The ships ' 12 @,@ 000 ( long ) tons , \" built \" "
+                          "in 1 @.@ 5 years ; they 's N = = Design = = \n"}
+    stock = _stock_task("wikitext", [hand_built, local.eval_docs[0]])
+    for doc in (hand_built, local.eval_docs[0]):
+        assert local.doc_to_target(doc) == stock.doc_to_target(doc)
+        assert _view(local, doc) == _view(stock, doc)
+        assert local.process_results(doc, [-123.0]) == stock.process_results(doc, [-123.0])
+    # The stock detokenizer, quirks included (the quote pairing eats the space after "ships").
+    assert local.doc_to_target(hand_built) == (' = Ise-class battleship =\n\nThe ships\'12,000 (long) tons, "built" in '
+                                               '1.5 years; they\'s 1 == Design ==\n')
+    assert [m["metric"] for m in local.config.metric_list] == ["word_perplexity", "byte_perplexity", "bits_per_byte"]
+    assert local.OUTPUT_TYPE == stock.OUTPUT_TYPE == "loglikelihood_rolling"
+
+
+def test_wikitext_is_reported_apart_and_not_averaged():
+    out = {"results": {"piqa_local": {"acc,none": 0.6, "acc_norm,none": 0.7},
+                       "wikitext_local": {"word_perplexity,none": 41.2, "word_perplexity_stderr,none": "N/A",
+                                          "byte_perplexity,none": 1.98, "bits_per_byte,none": 0.985}},
+           "n-samples": {"piqa_local": {"effective": 10}, "wikitext_local": {"effective": 62}}}
+    summary = summarize(out, {"piqa": "piqa_local", "wikitext": "wikitext_local"})
+    assert summary["average"] == {"value": pytest.approx(0.7), "metric": {"piqa": "acc_norm"}}
+    assert summary["tasks"]["wikitext"]["word_perplexity"] == 41.2
+    table = markdown_table(summary)
+    assert "| wikitext |" not in table
+    assert ("lm-eval wikitext word perplexity: 41.20 (byte perplexity 1.98, bits per byte 0.98, 62 documents)"
+            in table)
+    assert "not `ppl wikitext2`" in table
+
+
+def test_wikitext_missing_file_names_the_folder_beside_tasks(tmp_path):
+    (tmp_path / "tasks").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"wikitext2/wiki.test.raw \(this file lies beside the tasks folder"):
+        prepare_tasks(("wikitext",), str(tmp_path / "tasks"))
+
+
+def test_wikitext_end_to_end_on_tinystories(tinystories_dir, data_dir, tmp_path):
+    out = _cli("main.py", "--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "wikitext2",
+               "--seqlen", "256", "--eval_limit", "2", "--qbits", "8", "8", "16", "--tasks", "wikitext",
+               "--lm_eval_limit", "2", "--output_dir", str(tmp_path), "--run_name", "wt")
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "wt.json").read_text())["metrics"]
+    row = metrics["lm_eval"]["tasks"]["wikitext"]
+    assert row["task"] == "wikitext_local" and row["samples"] == 2
+    assert row["word_perplexity"] > 1 and row["byte_perplexity"] > 1 and row["bits_per_byte"] > 0
+    assert metrics["lm_eval"]["average"] == {"value": None, "metric": {}}
+    assert metrics["ppl"]["wikitext2"] > 1  # our token-level perplexity, reported beside it
+    assert "lm-eval wikitext word perplexity: " in out.stdout and "| ppl wikitext2 |" in out.stdout

@@ -16,9 +16,12 @@ import re
 
 import datasets
 from lm_eval.tasks.hellaswag.utils import process_docs as hellaswag_process_docs
+from lm_eval.tasks.wikitext.preprocess_wikitext import process_results as wikitext_process_results
+from lm_eval.tasks.wikitext.preprocess_wikitext import wikitext_detokenizer
 
 __all__ = ["arc", "boolq", "hellaswag", "hellaswag_process_docs", "lambada_openai", "openbookqa", "piqa",
-           "winogrande", "winogrande_gold"]
+           "wikitext", "wikitext_detokenizer", "wikitext_documents", "wikitext_process_results", "winogrande",
+           "winogrande_gold"]
 
 
 def _path(tasks_data_dir: str | None, relative: str) -> str:
@@ -137,3 +140,40 @@ def openbookqa(files: dict[str, str], tasks_data_dir: str | None = None, **_) ->
             rows.append({"id": row["ID"], "question_stem": row["Question Stem"], "answerKey": row["Answer Key"],
                          "choices": {"text": list(match.groups()), "label": ["A", "B", "C", "D"]}})
     return _dataset("test", rows)
+
+
+def _is_article_title(line: str) -> bool:
+    """`` = Title = `` but not `` = = Section = = `` nor a table legend such as `` = National record ``.
+
+    The rule of the hub's ``EleutherAI/wikitext_document_level`` builder: with the spaced
+    section markers closed up (``= =`` -> ``==``), a title starts with ``= `` and ends with `` =``.
+    """
+    closed = line.replace("= = =", "===").replace("= =", "==").strip()
+    return closed.startswith("= ") and closed.endswith(" =")
+
+
+def wikitext_documents(text: str) -> list[str]:
+    """Cut a raw WikiText file into articles, as ``EleutherAI/wikitext_document_level`` does.
+
+    Each document runs from its title line up to the next title, lines joined with ``"\n"``
+    (the blank line before the next title stays in the document). Text before the first
+    title is dropped when it is blank; the last document is kept as it is.
+    ``"\n".join([preamble, *documents])`` gives back ``text``.
+    """
+    documents, lines = [], []
+    for line in text.split("\n"):
+        if _is_article_title(line):
+            page = "\n".join(lines)
+            if page.strip():
+                documents.append(page)
+            lines = []
+        lines.append(line)
+    documents.append("\n".join(lines))
+    return documents
+
+
+def wikitext(files: dict[str, str], tasks_data_dir: str | None = None, **_) -> datasets.DatasetDict:
+    """``wiki.test.raw`` (the wikitext2 folder beside the tasks folder) as one ``page`` per article."""
+    with open(_path(tasks_data_dir, files["test"]), encoding="utf-8") as f:
+        text = f.read()
+    return _dataset("test", [{"page": page} for page in wikitext_documents(text)])
