@@ -442,13 +442,14 @@ def search_linear(
     w_scale = weight_quantizer.scales(w.abs().amax(1, keepdim=True), w.abs().amax()) if weight_quantizer else None
     a_scale = input_quantizer.scales(a_amax, a_amax) if input_quantizer else None
 
-    def quantized(scale_w, scale_a):
-        xq = input_quantizer.quantize_with(xs, QuantParams(scale_a)) if input_quantizer else xs
-        wq = weight_quantizer.quantize_with(w, QuantParams(scale_w)) if weight_quantizer else w
-        return xq, wq
+    def quantized_input(scale_a):
+        return input_quantizer.quantize_with(xs, QuantParams(scale_a)) if input_quantizer else xs
+
+    def quantized_weight(scale_w):
+        return weight_quantizer.quantize_with(w, QuantParams(scale_w)) if weight_quantizer else w
 
     def error(scale_w, scale_a) -> float:
-        return output_error(*quantized(scale_w, scale_a), b, target, token_weight).sum().item()
+        return output_error(quantized_input(scale_a), quantized_weight(scale_w), b, target, token_weight).sum().item()
 
     norm = target.double().pow(2)
     norm = max((norm if token_weight is None else norm * token_weight[:, None]).sum().item(), 1e-30)
@@ -460,14 +461,13 @@ def search_linear(
         for _ in range(config.search_round):
             t = time.perf_counter()
             if weight_quantizer is not None:
-                xq, _ = quantized(w_scale, a_scale)
-                w_scale, w_gamma = search_weight_scale(w, xq, b, target, weight_quantizer, gammas, token_weight,
-                                                       w_cache)
+                w_scale, w_gamma = search_weight_scale(w, quantized_input(a_scale), b, target, weight_quantizer, gammas,
+                                                       token_weight, w_cache)
                 stats["weight_gamma_mean"] = w_gamma.mean().item()
             if input_quantizer is not None:
-                _, wq = quantized(w_scale, a_scale)
-                a_scale, stats["input_gamma"] = search_input_scale(xs, wq, b, target, input_quantizer, gammas,
-                                                                   a_amax, token_weight, x_cache)
+                a_scale, stats["input_gamma"] = search_input_scale(xs, quantized_weight(w_scale), b, target,
+                                                                   input_quantizer, gammas, a_amax, token_weight,
+                                                                   x_cache)
             stats["round_seconds"].append(time.perf_counter() - t)
             if weight_quantizer is None or input_quantizer is None:
                 break  # nothing to alternate with
@@ -642,32 +642,34 @@ def search_kv(
     full = {"key": key, "value": value}
     amax = {k: m.reshape(1, 1) for k, m in amax.items()}
 
-    def error(current: dict[str, torch.Tensor]) -> float:
-        kv = {k: quantizers[k].quantize_with(t, QuantParams(current[k])) if k in current else t for k, t in full.items()}
+    def error(kv: dict[str, torch.Tensor]) -> float:
         out = rows_attention(query_rows, kv["key"], kv["value"], positions, scaling)
         return (out - ref).double().pow(2).sum().item()
 
     scales = {k: quantizers[k].scales(amax[k], amax[k]) for k in quantizers}
+    # K and V as the attention reads them: quantized with the current scales (or not at all).
+    current = {**full, **{k: quantizers[k].quantize_with(full[k], QuantParams(s)) for k, s in scales.items()}}
     norm = max(ref.double().pow(2).sum().item(), 1e-30)
-    stats = {"rel_err_minmax": error(scales) / norm, "search_rows": int(rows * query.shape[0])}
+    stats = {"rel_err_minmax": error(current) / norm, "search_rows": int(rows * query.shape[0])}
     if config.search:
         gammas = config.gammas()
+        caches = {k: candidate_cache(full[k], config) for k in quantizers}
         stats["round_seconds"] = []
         for _ in range(config.search_round):
             t = time.perf_counter()
             for k in quantizers:
-                best = (math.inf, None, None)
+                best = (math.inf, None, None, None)
                 for g in gammas:
-                    candidate = quantizers[k].scales(amax[k] * g, amax[k] * g)
-                    err = error({**scales, k: candidate})
+                    scale, quantized = _candidate(caches[k], g,
+                                                  lambda g: _quantized(quantizers[k], full[k], amax[k] * g, amax[k] * g))
+                    err = error({**current, k: quantized})
                     if err < best[0]:
-                        best = (err, candidate, g)
-                scales[k] = best[1]
-                stats[f"{k}_gamma"] = best[2]
+                        best = (err, scale, quantized, g)
+                _, scales[k], current[k], stats[f"{k}_gamma"] = best
             stats["round_seconds"].append(time.perf_counter() - t)
             if len(quantizers) == 1:
                 break  # nothing to alternate with
-    stats["rel_err"] = error(scales) / norm
+    stats["rel_err"] = error(current) / norm
     for k, q in quantizers.items():
         setattr(attn, f"{k}_quantizer", StaticQuantizer(q, scales[k]).to(device))
     return scales, stats
