@@ -429,3 +429,15 @@ def test_search_after_hadamard_rotation(tinystories_dir, data_dir, tmp_path):
     assert "layers.1.mlp.down_proj.input_shift" in params  # pre-shift after the online R4 rotation
     reloaded = run(dataclasses.replace(cfg, only_eval=True, ptq_param_path=path))
     assert reloaded.metrics == searched.metrics
+
+
+def test_kv_search_needs_the_attention_wrapper(tiny_models):
+    """K/V quantizers on an attention the KV-cache wrapper never reaches: a clear error, not a silent skip."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32)
+    adapter = adapter_for(model.config)
+    recipe = qbits_recipe("FPQ_config_llama", [4, 4, 4, 2, 2, 2])
+    configure_quantizers(model, adapter, recipe.weight, recipe.activation, recipe.key, recipe.value, recipe.fpq)
+    model.config._attn_implementation = "sdpa"  # point the model back at the plain attention function
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    with pytest.raises(RuntimeError, match="the attention never reached the KV-cache wrapper"):
+        fpq_calibrate(model, adapter, ids, "cpu", recipe.fpq)

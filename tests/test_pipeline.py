@@ -201,3 +201,20 @@ def test_missing_model_directory_and_gguf(tmp_path):
     assert out.returncode == 2 and "model directory not found" in out.stderr
     out = _cli("main.py", "--gguf_file", str(tmp_path / "m.gguf"), "--ppl_datasets", "none")
     assert out.returncode == 2 and "GGUF file not found" in out.stderr
+
+
+def test_ppl_table_select_and_main_driver(tinystories_dir, data_dir, tmp_path):
+    """benchmarks/ppl_table.py: --select picks recipes (a pattern matching none is an error), --driver main."""
+    recipes = tmp_path / "recipes.txt"
+    recipes.write_text("int4 | --qbits 4 16 16\nfp4 | --qbits 4 16 16 2 0 0\n")
+    common = [sys.executable, os.path.join(ROOT, "benchmarks", "ppl_table.py"), "--driver", "main",
+              "--recipes", str(recipes), "--model", tinystories_dir, "--data_dir", data_dir,
+              "--ppl_datasets", "tinystories", "--seqlen", "128", "--eval_limit", "2", "--device", "cpu"]
+    bad = subprocess.run([*common, "--select", "nvfp*", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no recipe of" in bad.stderr and "matches --select 'nvfp*'" in bad.stderr
+    assert not (tmp_path / "bad.md").exists()
+    ok = subprocess.run([*common, "--select", "fp*", "--out", str(tmp_path / "t")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    table = (tmp_path / "t.md").read_text()
+    assert "| fp4 | `W[e2m1-ch]-rtn` |" in table and "int4" not in table
+    assert len(json.loads((tmp_path / "t.json").read_text())) == 1
