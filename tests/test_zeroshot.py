@@ -356,3 +356,18 @@ def test_wikitext_end_to_end_on_tinystories(tinystories_dir, data_dir, tmp_path)
     assert metrics["lm_eval"]["average"] == {"value": None, "metric": {}}
     assert metrics["ppl"]["wikitext2"] > 1  # our token-level perplexity, reported beside it
     assert "lm-eval wikitext word perplexity: " in out.stdout and "| ppl wikitext2 |" in out.stdout
+
+
+def test_local_split_matches_from_list_without_hashing_the_table(monkeypatch):
+    utils = importlib.import_module("evaluation.lm_eval_tasks.utils")
+    rows = [{"question": "q1", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "B"},
+            {"question": "q2", "choices": {"text": ["c", "d"], "label": ["A", "B"]}, "answerKey": "A"}]
+    reference = datasets.Dataset.from_list(rows)
+    monkeypatch.setattr(datasets.arrow_dataset, "generate_fingerprint",
+                        lambda _: pytest.fail("the table was hashed"))
+    split = utils._dataset("test", rows)["test"]
+    assert list(split) == list(reference)
+    assert split.features == reference.features
+    assert split.split == "test"
+    assert split._fingerprint == utils._dataset("test", [dict(r) for r in rows])["test"]._fingerprint
+    assert split._fingerprint != utils._dataset("test", rows[:1])["test"]._fingerprint

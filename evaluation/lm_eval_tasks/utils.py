@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import hashlib
 import json
 import os
 import re
@@ -46,7 +47,14 @@ def _labels(path: str) -> list[int]:
 
 
 def _dataset(split: str, rows: list[dict]) -> datasets.DatasetDict:
-    return datasets.DatasetDict({split: datasets.Dataset.from_list(rows)})
+    """One split built from ``rows``, fingerprinted by their content.
+
+    The explicit fingerprint skips ``datasets``' pickling hash of the Arrow table, which
+    fails on Python 3.12 with pyarrow 26 ("Can't pickle <class 'MonthDayNano'>").
+    """
+    fingerprint = hashlib.sha256(json.dumps(rows, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    table = datasets.table.InMemoryTable.from_pylist(rows)
+    return datasets.DatasetDict({split: datasets.Dataset(table, split=split, fingerprint=fingerprint)})
 
 
 def piqa(files: dict[str, str], tasks_data_dir: str | None = None, **_) -> datasets.DatasetDict:
