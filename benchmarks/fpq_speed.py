@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -28,6 +27,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.result_files import write_result_files  # noqa: E402
 
 import corpora  # noqa: E402
 from calib import LayerwiseConfig, calibrate_layerwise, calibration_windows  # noqa: E402
@@ -109,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|",
         *rows,
     ]) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    with open(args.out + ".md", "w") as f:
-        f.write(md)
+    write_result_files(args.out, result, md)
     print(md)
     return 0
 

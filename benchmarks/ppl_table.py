@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import os
 import shlex
 import sys
@@ -23,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import main as fpq_driver  # noqa: E402
 import model_quant  # noqa: E402
-from calib.progress import atomic_write_text  # noqa: E402
+from benchmarks.result_files import write_result_files  # noqa: E402
 from pipeline import run  # noqa: E402
 
 
@@ -60,9 +59,7 @@ def write_table(args: argparse.Namespace, common: list[str], rows: list, results
     for name, label, ppl, wall in rows:
         lines.append("| " + " | ".join([name, f"`{label}`", *[f"{ppl.get(d, float('nan')):.2f}" for d in datasets],
                                         f"{wall:.1f}"]) + " |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    atomic_write_text(args.out + ".md", "\n".join(lines) + "\n")
-    atomic_write_text(args.out + ".json", json.dumps(results, indent=2))
+    write_result_files(args.out, results, "\n".join(lines) + "\n")
     return lines
 
 

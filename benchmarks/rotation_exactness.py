@@ -10,7 +10,6 @@ compares the logits on a few windows of WikiText-2 with the unrotated model's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,6 +18,8 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.result_files import write_result_files  # noqa: E402
 
 import corpora  # noqa: E402
 from evaluation import evaluation_tokens  # noqa: E402
@@ -69,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|",
         *[f"| {r['dtype']} | {r['transform']} | {r['block'] or 'full'} | {r['max_rel_logit_error']:.2e} |" for r in rows],
     ]
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(args.out + ".json", "w") as f:
-        json.dump(rows, f, indent=2)
+    write_result_files(args.out, rows, "\n".join(lines) + "\n")
     return 0
 
 

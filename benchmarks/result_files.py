@@ -1,0 +1,15 @@
+"""Where every benchmark writes its figures: ``PREFIX.json`` beside ``PREFIX.md``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from calib.progress import atomic_write_text
+
+
+def write_result_files(prefix: str, data, markdown: str) -> None:
+    """Write the JSON and the Markdown table, each atomically (a cut run leaves no half file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    atomic_write_text(prefix + ".json", json.dumps(data, indent=2) + "\n")
+    atomic_write_text(prefix + ".md", markdown)
