@@ -488,8 +488,11 @@ def apply_linear_params(module: QuantLinear, params: LinearParams) -> None:
     if params.input_shift is not None:
         w = w * _pow2(-params.input_shift.to(torch.int16), w)
     if module.weight_quantizer is not None:
-        w = module.weight_quantizer.quantize_with(w, QuantParams(params.weight_scale.to(w.device)))
-    module.weight.data.copy_(w.to(module.weight.dtype))
+        weight_params = QuantParams(params.weight_scale.to(w.device))
+        module.set_quantized_weight(module.weight_quantizer.quantize_with(w, weight_params).to(module.weight.dtype),
+                                    weight_params)
+    else:
+        module.weight.data.copy_(w.to(module.weight.dtype))
     if module.act_quantizer is not None:
         aq = module.act_quantizer
         if isinstance(aq, StaticQuantizer):

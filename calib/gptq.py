@@ -240,4 +240,17 @@ def _grouped_params(params: list[QuantParams | None]) -> QuantParams:
     zero = None
     if params[0].zero is not None:
         zero = torch.cat([p.zero for p in params], dim=1).reshape(-1, 1)
-    return QuantParams(scale, zero)
+    tensor_scale = params[0].tensor_scale
+    if tensor_scale is not None and tensor_scale.numel() > 1:  # one per row: lay it out like the scales
+        tensor_scale = torch.cat([p.tensor_scale.expand_as(p.scale) for p in params], dim=1).reshape(-1, 1)
+    return QuantParams(scale, zero, tensor_scale)
+
+
+def split_params(params: QuantParams, rows: list[int]) -> list[QuantParams]:
+    """Grouped-row params of stacked weights, split back into each weight's share."""
+    def parts(t: torch.Tensor | None) -> list[torch.Tensor | None]:
+        if t is None:
+            return [None] * len(rows)
+        return list(t.split(rows)) if t.numel() > 1 else [t] * len(rows)
+
+    return [QuantParams(s, z, g) for s, z, g in zip(parts(params.scale), parts(params.zero), parts(params.tensor_scale))]

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from calib.gptq import GPTQConfig, HessianAccumulator, gptq_quantize
+from calib.gptq import GPTQConfig, HessianAccumulator, gptq_quantize_with_params, split_params
 from calib.progress import ProgressStore, ResumeState
 from calib.rtn import quantize_linear_rtn
 from quant_layers.linear import QuantLinear
@@ -327,10 +327,14 @@ def _gptq_group(
         # (rows are independent given H): one column loop instead of several.
         weights = [m.weight.data for m in modules]
         row_amax = torch.cat([w.abs().amax().float().expand(w.shape[0], 1) for w in weights])
-        stacked, stats = gptq_quantize(torch.cat(weights), acc.hessian, modules[0].weight_quantizer, config.gptq,
-                                       tensor_amax=row_amax if len(modules) > 1 else None)
-        for module, part in zip(modules, stacked.split([w.shape[0] for w in weights])):
-            module.weight.data.copy_(part)
+        quantizer = modules[0].weight_quantizer
+        stacked, stats, params = gptq_quantize_with_params(torch.cat(weights), acc.hessian, quantizer, config.gptq,
+                                                           tensor_amax=row_amax if len(modules) > 1 else None)
+        groups_per_row = quantizer.grouped(weights[0][:1]).shape[0]
+        parts = zip(stacked.split([w.shape[0] for w in weights]),
+                    split_params(params, [w.shape[0] * groups_per_row for w in weights]))
+        for module, (part, part_params) in zip(modules, parts):
+            module.set_quantized_weight(part, part_params)
         del stacked
         record = _stats_dict(stats)
         record.setdefault("seconds", time.perf_counter() - t)

@@ -25,6 +25,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from quant_layers import QuantLinear
+from quant_layers.quantizer import QuantParams
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -223,6 +226,7 @@ class ProgressStore:
                 f"or delete {self.directory} to start over"
             ) from e
         params = dict(block.named_parameters())
+        restore_weight_params(block, {k: tensors.pop(k) for k in list(tensors) if WEIGHT_PARAMS_MARK in k})
         if set(tensors) != set(params):
             missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
             raise ValueError(
@@ -270,6 +274,7 @@ class ProgressStore:
         os.makedirs(self.directory, exist_ok=True)
         name = block_file_name(index)
         tensors = {k: p.detach().to("cpu").contiguous() for k, p in block.named_parameters()}
+        tensors.update(weight_params_tensors(block))
         atomic_save_tensors(os.path.join(self.directory, name), tensors, {"format": FORMAT, "block": str(index)})
         del tensors
         manifest["files"] = manifest["files"][:index] + [name]
@@ -288,3 +293,32 @@ class ProgressStore:
     def complete(self) -> bool:
         return bool(self._manifest and self._manifest.get("complete"))
 
+
+
+WEIGHT_PARAMS_MARK = ".weight_params."
+_PARAM_FIELDS = ("scale", "zero", "tensor_scale")
+
+
+def weight_params_tensors(block: nn.Module) -> dict[str, torch.Tensor]:
+    """The recorded weight scales of a block's quantized linears, as flat named tensors."""
+    out = {}
+    for name, module in block.named_modules():
+        params = getattr(module, "weight_params", None)
+        if isinstance(module, QuantLinear) and params is not None:
+            for field in _PARAM_FIELDS:
+                value = getattr(params, field)
+                if value is not None:
+                    out[f"{name}{WEIGHT_PARAMS_MARK}{field}"] = value.detach().to("cpu").contiguous()
+    return out
+
+
+def restore_weight_params(block: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put ``weight_params_tensors`` back onto the block's linears."""
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        name, _, field = key.partition(WEIGHT_PARAMS_MARK)
+        by_module.setdefault(name, {})[field] = value
+    for name, fields in by_module.items():
+        module = block.get_submodule(name)
+        device = module.weight.device
+        module.weight_params = QuantParams(**{f: (fields[f].to(device) if f in fields else None) for f in _PARAM_FIELDS})

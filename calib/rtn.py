@@ -12,7 +12,11 @@ from quant_layers import QuantLinear
 @torch.no_grad()
 def quantize_linear_rtn(module: QuantLinear) -> None:
     """Round one linear's weight onto its quantizer's grid, in place."""
-    module.weight.data.copy_(module.weight_quantizer(module.weight.data))
+    quantizer = module.weight_quantizer
+    grouped = quantizer.grouped(module.weight.data)
+    params = quantizer.fit(grouped)
+    q = quantizer.quantize_with(grouped, params).reshape(module.weight.shape)
+    module.set_quantized_weight(q.to(module.weight.dtype), params)
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantizer import Quantizer
+from .quantizer import QuantParams, Quantizer
 
 
 class QuantLinear(nn.Module):
@@ -33,12 +33,21 @@ class QuantLinear(nn.Module):
         self.weight_quantizer = weight_quantizer
         self.act_quantizer = act_quantizer
         self.input_transform: nn.Module | None = None
+        # The scales the weight was rounded with, in ``weight_quantizer.grouped`` order (what an
+        # exporter turns into codes); set by whichever algorithm quantized the weight.
+        self.weight_params: QuantParams | None = None
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, w={self.weight_quantizer}, a={self.act_quantizer}"
         )
+
+    @torch.no_grad()
+    def set_quantized_weight(self, weight: torch.Tensor, params: QuantParams) -> None:
+        """Install a weight already on the quantizer's grid and the scales it was rounded with."""
+        self.weight.data.copy_(weight)
+        self.weight_params = params
 
     def transformed_input(self, x: torch.Tensor) -> torch.Tensor:
         """The input as the weight sees it (rotated, not yet quantized): what GPTQ's Hessian needs."""

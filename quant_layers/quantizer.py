@@ -161,12 +161,19 @@ class QuantParams:
     ``scale`` is the dequantization scale in the spec's own encoding (E8M0 powers of two
     for MXFP, E4M3 block scale times the fp32 tensor scale for NVFP4, plain float
     otherwise); ``zero`` is the integer zero point of asymmetric INT, ``None`` when
-    symmetric. They broadcast against the values they quantize: a grouped tensor
+    symmetric; ``tensor_scale`` is NVFP4's fp32 tensor scale (what an exporter needs to
+    split ``scale`` back into its E4M3 part). They broadcast against the values they quantize: a grouped tensor
     ``(groups, g)``, or one column ``(rows, 1)`` as GPTQ quantizes it.
     """
 
     scale: torch.Tensor
     zero: torch.Tensor | None = None
+    tensor_scale: torch.Tensor | None = None  # NVFP4's fp32 second-level scale (a scalar, or one per row)
+
+
+def nvfp_tensor_scale(tensor_amax: torch.Tensor) -> torch.Tensor:
+    """NVFP4's fp32 tensor scale: it puts the largest block scale at E4M3's max (448)."""
+    return (tensor_amax / (E4M3.max_value * E2M1.max_value)).clamp(min=1e-30)
 
 
 class Quantizer:
@@ -238,13 +245,13 @@ class Quantizer:
         if self.spec.format == "mxfp":
             return e8m0_scale(amax, self.element)
         if self.spec.format == "nvfp":
-            # Two levels: one fp32 tensor scale puts the largest block scale at E4M3's max.
-            global_scale = (tensor_amax / (E4M3.max_value * E2M1.max_value)).clamp(min=1e-30)
+            global_scale = nvfp_tensor_scale(tensor_amax)
             return e4m3_scale(amax / E2M1.max_value / global_scale) * global_scale
         return amax / self.element.max_value
 
     def _symmetric_params(self, amax: torch.Tensor, tensor_amax: torch.Tensor) -> QuantParams:
-        return QuantParams(self.scales(amax, tensor_amax))
+        tensor_scale = nvfp_tensor_scale(tensor_amax) if self.spec.format == "nvfp" else None
+        return QuantParams(self.scales(amax, tensor_amax), tensor_scale=tensor_scale)
 
     def _asymmetric_params(self, lo: torch.Tensor, hi: torch.Tensor) -> QuantParams:
         scale = (hi - lo) / self.element.max_level

@@ -162,7 +162,12 @@ def test_quantizers_and_devices_are_restored(tiny_models):
 
 def test_group_passes_stop_after_the_group(tiny_models, monkeypatch):
     """A group's Hessian pass ends once the group has its input: later linears never run."""
-    monkeypatch.setattr(layerwise, "gptq_quantize", lambda w, h, q, c, **kw: (q(w), {"seconds": 0.0}))
+    def rtn_instead(w, h, q, c, **kw):
+        grouped = q.grouped(w)
+        params = q.fit(grouped)
+        return q.quantize_with(grouped, params).reshape(w.shape), {"seconds": 0.0}, params
+
+    monkeypatch.setattr(layerwise, "gptq_quantize_with_params", rtn_instead)
     model, adapter = load(tiny_models["llama"])
     calls = {"o_proj": 0, "down_proj": 0}
     layer0 = adapter.decoder_layers(model)[0]
@@ -182,7 +187,7 @@ def test_resume_after_a_crash_is_bit_identical(gptq_reference, tiny_models, tmp_
 
     progress = str(tmp_path / "progress")
     config = LayerwiseConfig(batch_size=2, progress_dir=progress, fingerprint=FINGERPRINT)
-    real = layerwise.gptq_quantize
+    real = layerwise.gptq_quantize_with_params
     calls = []
 
     def crash_in_second_block(*args, **kwargs):
@@ -191,11 +196,11 @@ def test_resume_after_a_crash_is_bit_identical(gptq_reference, tiny_models, tmp_
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(layerwise, "gptq_quantize", crash_in_second_block)
+    monkeypatch.setattr(layerwise, "gptq_quantize_with_params", crash_in_second_block)
     model, adapter = load(tiny_models["llama"])
     with pytest.raises(RuntimeError, match="simulated crash"):
         calibrate_layerwise(model, adapter, calib_ids(), "cpu", config)
-    monkeypatch.setattr(layerwise, "gptq_quantize", real)
+    monkeypatch.setattr(layerwise, "gptq_quantize_with_params", real)
     assert all(m.act_quantizer is not None for m in model.modules() if isinstance(m, QuantLinear))
     saved = json.loads(open(os.path.join(progress, MANIFEST)).read())
     assert saved["finished_blocks"] == 1 and not saved["complete"]
@@ -213,6 +218,18 @@ def test_resume_after_a_crash_is_bit_identical(gptq_reference, tiny_models, tmp_
     again = calibrate_layerwise(model, adapter, calib_ids(), "cpu", dataclasses.replace(config, resume=True))
     assert again.resumed_blocks == 2
     assert_same_params(reference, model)
+    assert_weights_reproduced_by_their_scales(model)
+
+
+def assert_weights_reproduced_by_their_scales(model) -> None:
+    """Every quantized linear carries the scales its weight was rounded with (what the exporter needs)."""
+    linears = [m for m in model.modules() if isinstance(m, QuantLinear) and m.weight_quantizer is not None]
+    assert linears
+    for m in linears:
+        q = m.weight_quantizer
+        assert m.weight_params is not None
+        rebuilt = q.quantize_with(q.grouped(m.weight.data), m.weight_params).reshape(m.weight.shape)
+        assert torch.equal(rebuilt, m.weight.data.float())
 
 
 def test_offloaded_activations_give_identical_weights(gptq_reference, tiny_models):
@@ -297,7 +314,7 @@ def test_cuda_calibration_keeps_the_model_on_cpu_and_resumes_exactly(tiny_models
     assert_same_params(reference, model)
 
     crashed = dataclasses.replace(config, progress_dir=str(tmp_path / "b"))
-    real = layerwise.gptq_quantize
+    real = layerwise.gptq_quantize_with_params
     calls = []
 
     def crash(*args, **kwargs):
@@ -306,12 +323,12 @@ def test_cuda_calibration_keeps_the_model_on_cpu_and_resumes_exactly(tiny_models
             raise RuntimeError("simulated crash")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(layerwise, "gptq_quantize", crash)
+    monkeypatch.setattr(layerwise, "gptq_quantize_with_params", crash)
     model, adapter = load(tiny_models["llama"])
     with pytest.raises(RuntimeError, match="simulated crash"):
         calibrate_layerwise(model, adapter, calib_ids(), cuda, crashed)
     assert all(p.device.type == "cpu" for p in model.parameters())
-    monkeypatch.setattr(layerwise, "gptq_quantize", real)
+    monkeypatch.setattr(layerwise, "gptq_quantize_with_params", real)
     model, adapter = load(tiny_models["llama"])
     resumed = calibrate_layerwise(model, adapter, calib_ids(), cuda, dataclasses.replace(crashed, resume=True))
     assert resumed.resumed_blocks == 1
