@@ -1,1 +1,120 @@
-"""Triton kernels for real-quantized inference, each beside its pure-torch reference twin."""
+"""Triton kernels for real-quantized inference, each beside its pure-torch reference twin.
+
+Two entry points for W4A4 linear layers and one for weight-only FPx layers, all
+dispatching on the tensors' device:
+
+- ``quantize_activations``: (M, K) activations -> packed 4-bit codes + fp32 scales
+  (INT4 / E2M1 per token or per group, NVFP4, MXFP4), optionally after a fused block
+  Hadamard rotation.
+- ``w4a4_matmul``: packed activations x packed ``nn.Linear`` weights -> (M, N).
+- ``fpx_matmul``: float activations x FP4 / FP5 / FP6 weights in bit planes (FP6-LLM
+  style, per-channel scales) -> (..., N).
+
+``backend=None`` picks Triton for CUDA tensors and the torch twin otherwise;
+``backend="triton"`` also runs the kernels on CPU tensors when ``TRITON_INTERPRET=1``
+was set before the kernels were imported (that is how the tests check them). The twins
+live in ``kernels.reference`` (``quantize_activations_ref``, ``w4a4_matmul_ref``,
+``dequantize``, ``fpx_matmul_ref``).
+
+Importing this package imports nothing of the project's and no triton: the backends are
+imported on first use. transformers probes for the Hugging Face ``kernels`` package by
+importing a top-level ``kernels``, which finds this one when the repository root is on
+the path, possibly while ``quant_layers`` is still initialising; importing the twins
+(``quant_layers``, ``transforms``) at that moment would be a circular import. Importing
+the kernels late also lets ``TRITON_INTERPRET`` be set after ``import kernels``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["BACKENDS", "fpx_matmul", "quantize_activations", "w4a4_matmul"]
+
+BACKENDS = ("triton", "torch")
+
+
+def _use_triton(tensor: torch.Tensor, backend: str | None) -> bool:
+    if backend is None:
+        return tensor.is_cuda
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)} (or None for auto)")
+    if backend == "triton" and not tensor.is_cuda:
+        from .act_quant import INTERPRET
+
+        if not INTERPRET:
+            raise ValueError("the Triton backend needs CUDA tensors (or TRITON_INTERPRET=1 set before the kernels "
+                             "are imported, to run them on CPU)")
+    return backend == "triton"
+
+
+def quantize_activations(
+    x: torch.Tensor, element: str, group_size: int = 0, scale_kind: str = "float",
+    clip_ratio: float = 1.0, hadamard_block: int = 0, *, backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) float16/bfloat16/float32 -> (packed uint8 (M, K//2), fp32 scales (M, K//group_size) or (M, 1)).
+
+    ``element``: ``int4`` or ``e2m1``. ``scale_kind``: ``float`` (amax * clip_ratio /
+    element max, per token when ``group_size`` is 0, else per group of a power of two
+    >= 16), ``e4m3`` (NVFP4: e2m1, group 16, E4M3 block scales under an fp32 scale set by
+    the whole tensor's amax) or ``e8m0`` (MXFP4: e2m1, group 32, power-of-two scales).
+    The scales are the decoded fp32 dequantization scales: ``decode(codes) * scale`` is
+    the fake-quantized activation. ``hadamard_block`` b (16..256) first rotates
+    consecutive blocks of b along K by the normalised Sylvester H_b, rounding the
+    rotated values to x's dtype (as the model's rotation would).
+    """
+    if _use_triton(x, backend):
+        from .act_quant import quantize_activations_triton
+
+        return quantize_activations_triton(x, element, group_size, scale_kind, clip_ratio, hadamard_block)
+    from .reference import quantize_activations_ref
+
+    return quantize_activations_ref(x, element, group_size, scale_kind, clip_ratio, hadamard_block)
+
+
+def w4a4_matmul(
+    a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
+    a_element: str, w_element: str, a_group: int = 0, w_group: int = 0,
+    bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16, backend: str | None = None,
+) -> torch.Tensor:
+    """out (M, N) = (decode(a) * a_scale) @ (decode(w) * w_scale).T (+ bias), fp32 accumulation.
+
+    ``a_packed`` (M, K//2) and ``w_packed`` (N, K//2) are uint8 (``nn.Linear`` layout);
+    ``a_scale`` is (M, 1) for ``a_group`` 0 or (M, K//a_group), likewise ``w_scale``.
+    Groups are 0 (one scale per row) or multiples of 16 dividing K.
+    """
+    if _use_triton(a_packed, backend):
+        from .w4a4_gemm import w4a4_matmul_triton
+
+        return w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
+                                  a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype)
+    from .reference import w4a4_matmul_ref
+
+    return w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
+                           a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype)
+
+
+def fpx_matmul(
+    x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
+    element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """out (..., N) = x @ (decode(w) * w_scale[:, None]).T (+ bias), fp32 accumulation; weight-only.
+
+    ``x`` (..., K) float16/bfloat16/float32 is not quantized. ``planes`` are
+    ``quant_layers.packing.pack_planes(codes, bits)`` of the (N, K) weight codes (one
+    uint8 (N, K//2) plane for 4 bits, plus (N, K//8) for 5 or (N, K//4) for 6 bits);
+    ``element`` is an FP element of ``bits`` bits (``e2m1``, ``e3m0``, ``e2m2``, ``e3m1``,
+    ``e2m3``, ``e3m2``, ...); ``w_scale`` is (N,) or (N, 1). ``out_dtype`` defaults to x's.
+    """
+    if x.dim() == 0:
+        raise ValueError("activations must be (..., K), got a scalar")
+    x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+    if _use_triton(x, backend):
+        from .fpx_gemm import fpx_matmul_triton
+
+        out = fpx_matmul_triton(x2, planes, w_scale, element=element, bits=bits, bias=bias, out_dtype=out_dtype)
+    else:
+        from .reference import fpx_matmul_ref
+
+        out = fpx_matmul_ref(x2, planes, w_scale, element=element, bits=bits, bias=bias, out_dtype=out_dtype)
+    return out.reshape(*x.shape[:-1], out.shape[-1])

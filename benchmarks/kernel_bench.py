@@ -1,0 +1,326 @@
+"""W4A4 and FPx weight-only Triton kernels against bf16 and FP8 cuBLAS on LLM linear shapes.
+
+For each weight shape N x K (``--shapes``) and token count M (``--ms``) it times, with
+CUDA events (median of ``--reps`` after ``--warmup``; ``--flush_l2`` clears the L2 cache
+before every repetition):
+
+* ``bf16``: ``torch.matmul(x, w.T)``;
+* ``fp8``: ``torch._scaled_mm`` on E4M3 with row-wise scales (the activation cast is not
+  timed; M is padded to a multiple of 16, as the row-wise kernels need);
+* ``int4``, ``e2m1`` (per-token activations x per-channel weights), ``nvfp4`` and
+  ``mxfp4`` (16 / 32-element groups on both sides): our W4A4 GEMM alone (``gemm``) and
+  after the activation-quantization kernel (``quant+gemm``);
+
+the activation-quantization kernel alone, in GB/s, next to a device copy
+(``x.clone()``) of the same activations; and, for M in ``--weight_only_ms``, the FPx
+weight-only GEMM (bf16 activations, FP6 E3M2 / E2M3, FP5 E2M2 / E3M1, FP4 E2M1 weights
+in bit planes with per-channel scales) against bf16 ``torch.matmul``. Every kernel is
+first checked against its torch twin on the same data (codes and scales exactly; GEMM
+within 1e-5 of the output's magnitude); the result of the check is in the tables.
+``--shapes`` takes N x K pairs or a preset: ``llama3-8b`` (default), ``qwen2.5-7b``,
+``smollm2-1.7b``.
+
+    python benchmarks/kernel_bench.py --out benchmarks/results/kernel_bench_h100 --flush_l2 --cuda_graph
+
+Without a GPU, ``--cpu_dry_run`` runs the kernels under the Triton interpreter on tiny
+shapes (timings meaningless, the check and the report are real):
+
+    python benchmarks/kernel_bench.py --cpu_dry_run --reps 2 --out /tmp/kernel_bench_dry
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.result_files import write_result_files  # noqa: E402
+import kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
+from kernels import reference  # noqa: E402
+from pipeline.results import device_name, library_versions  # noqa: E402
+from quant_layers import QuantSpec, Quantizer  # noqa: E402
+from quant_layers.packing import element_named, encode, pack_planes  # noqa: E402
+
+LLAMA3_8B_SHAPES = "4096x4096,14336x4096,4096x14336,6144x4096"  # N x K: o_proj, gate/up, down, qkv
+SHAPE_PRESETS = {
+    "llama3-8b": LLAMA3_8B_SHAPES,
+    "qwen2.5-7b": "3584x3584,18944x3584,3584x18944,4608x3584",
+    "smollm2-1.7b": "2048x2048,8192x2048,2048x8192,6144x2048",
+}
+LLAMA3_8B_MS = "1,16,128,512,2048,8192"
+WEIGHT_ONLY_MS = "1,16,128"
+DRY_RUN_SHAPES, DRY_RUN_MS = "48x128", "1,5"
+# name -> (element, group, scale kind); weights use the same format, per output channel or per group.
+W4A4_FORMATS = {
+    "int4": ("int4", 0, "float"),
+    "e2m1": ("e2m1", 0, "float"),
+    "nvfp4": ("e2m1", 16, "e4m3"),
+    "mxfp4": ("e2m1", 32, "e8m0"),
+}
+FPX_FORMATS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1")  # weight-only elements
+CHECK_ROWS = 64  # rows of the activations checked against the twin
+L2_FLUSH_BYTES = 256 * 2**20
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """'NxK,NxK' (or a preset name) -> [(N, K), ...]."""
+    text = SHAPE_PRESETS.get(text, text)
+    try:
+        return [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",")]  # type: ignore[misc]
+    except ValueError:
+        raise SystemExit(f"--shapes takes N x K pairs like 4096x4096,14336x4096 or one of "
+                         f"{', '.join(SHAPE_PRESETS)}, got {text!r}")
+
+
+def make_timer(
+    device: torch.device, warmup: int, reps: int, flush_l2: bool, cuda_graph: bool
+) -> Callable[[Callable[[], object]], float]:
+    """A function timing a callable: median milliseconds (CUDA events on GPU, wall clock on CPU).
+
+    With ``cuda_graph`` the call is captured once (after the warmup, which autotunes) and
+    replayed, so host-side launch overhead drops out of the small-M timings.
+    """
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if flush_l2 and device.type == "cuda" else None
+
+    def time_ms(fn: Callable[[], object]) -> float:
+        for _ in range(warmup):
+            fn()
+        if device.type != "cuda":
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - start) * 1e3)
+            return statistics.median(times)
+        torch.cuda.synchronize(device)
+        if cuda_graph:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+            fn = graph.replay
+        events = []
+        for _ in range(reps):
+            if flush is not None:
+                flush.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            events.append((start, end))
+        torch.cuda.synchronize(device)
+        return statistics.median(s.elapsed_time(e) for s, e in events)
+
+    return time_ms
+
+
+def rowwise_fp8(t: torch.Tensor, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """E4M3 rows and their fp32 scales (rows padded with zeros to a multiple of ``multiple``)."""
+    pad = (-t.shape[0]) % multiple
+    t = torch.cat([t, t.new_zeros(pad, t.shape[1])]) if pad else t
+    scale = (t.abs().amax(dim=1, keepdim=True).float() / 448.0).clamp(min=1e-12)
+    return (t.float() / scale).to(torch.float8_e4m3fn), scale
+
+
+def check_quantization(x: torch.Tensor, element: str, group: int, kind: str) -> str:
+    got = kernels.quantize_activations(x, element, group, kind, backend="triton")
+    want = reference.quantize_activations_ref(x, element, group, kind)
+    same = torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    return "ok" if same else f"MISMATCH codes {(got[0] != want[0]).float().mean().item():.2e}"
+
+
+def check_gemm(a: tuple, w: tuple, spec: dict) -> str:
+    """Triton GEMM against the twin on the first CHECK_ROWS rows."""
+    a_rows = (a[0][:CHECK_ROWS], a[1][:CHECK_ROWS])
+    got = kernels.w4a4_matmul(*a_rows, *w, out_dtype=torch.float32, backend="triton", **spec).float()
+    want = reference.w4a4_matmul_ref(*a_rows, *w, out_dtype=torch.float32, **spec)
+    err = ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
+    return "ok" if err <= 1e-5 else f"MISMATCH rel err {err:.1e}"
+
+
+def row(n: int, m: int, k: int, method: str, ms: float | None, weight_bytes: int, note: str = "") -> dict:
+    flops = 2 * m * n * k
+    return {
+        "N": n, "K": k, "M": m, "method": method, "ms": ms,
+        "tflops": flops / ms / 1e9 if ms else None,
+        "weight_gbs": weight_bytes / ms / 1e6 if ms else None,
+        "check": note,
+    }
+
+
+def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms) -> list[dict]:
+    """Every GEMM of one (N, K, M): the bf16 and fp8 baselines first, then the W4A4 formats."""
+    x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
+    rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
+    try:
+        (x8, xs), (w8, ws) = rowwise_fp8(x, 16), rowwise_fp8(w)
+        ws = ws.t().contiguous()
+        ms = time_ms(lambda: torch._scaled_mm(x8, w8.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16))
+        rows.append(row(n, m, k, "fp8", ms, n * k + 4 * n, "M padded to 16" if m % 16 else ""))
+    except (RuntimeError, NotImplementedError) as e:  # no FP8 row-wise kernel here (CPU, pre-Hopper GPUs)
+        rows.append(row(n, m, k, "fp8", None, n * k, f"unavailable: {str(e).splitlines()[0][:80]}"))
+    for name, (element, group, kind) in W4A4_FORMATS.items():
+        wq = kernels.quantize_activations(w, element, group, kind, backend="triton")
+        aq = kernels.quantize_activations(x, element, group, kind, backend="triton")
+        spec = dict(a_element=element, w_element=element, a_group=group, w_group=group)
+        check = ", ".join([check_quantization(x[:CHECK_ROWS], element, group, kind),
+                           check_gemm(aq, wq, spec)])
+        weight_bytes = wq[0].numel() + 4 * wq[1].numel()
+        gemm = functools.partial(kernels.w4a4_matmul, out_dtype=torch.bfloat16, backend="triton", **spec)
+        quantize = functools.partial(kernels.quantize_activations, x, element, group, kind, backend="triton")
+        rows.append(row(n, m, k, f"{name} gemm", time_ms(lambda: gemm(*aq, *wq)), weight_bytes, check))
+        rows.append(row(n, m, k, f"{name} quant+gemm", time_ms(lambda: gemm(*quantize(), *wq)), weight_bytes, check))
+    for r in rows:
+        r["x_bf16"] = rows[0]["ms"] / r["ms"] if r["ms"] else None
+        r["x_fp8"] = rows[1]["ms"] / r["ms"] if r["ms"] and rows[1]["ms"] else None
+    return rows
+
+
+def bench_act_quant(m: int, k: int, device: torch.device, time_ms) -> list[dict]:
+    """The quantization kernel alone (read bf16, write codes + scales) against x.clone()."""
+    x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+    copy_ms = time_ms(lambda: x.clone())
+    out = [{"M": m, "K": k, "kernel": "x.clone()", "ms": copy_ms, "gbs": 2 * x.numel() * 2 / copy_ms / 1e6, "check": ""}]
+    for name, (element, group, kind) in W4A4_FORMATS.items():
+        ms = time_ms(lambda: kernels.quantize_activations(x, element, group, kind, backend="triton"))
+        moved = x.numel() * 2 + x.numel() // 2 + 4 * m * (k // group if group else 1)
+        out.append({"M": m, "K": k, "kernel": name, "ms": ms, "gbs": moved / ms / 1e6,
+                    "check": check_quantization(x[:CHECK_ROWS], element, group, kind)})
+    return out
+
+
+def fpx_weight(w: torch.Tensor, element: str) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Bit planes and (N, 1) fp32 scales of ``w`` quantized per output channel (RTN)."""
+    fmt = element_named(element)
+    quantizer = Quantizer(QuantSpec("fp", fmt.bits, exp_bits=fmt.exp_bits, granularity="channel"))
+    wg = quantizer.grouped(w)
+    scale = quantizer.fit(wg).scale
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return pack_planes(encode(fmt.round(wg / safe), fmt), fmt.bits), scale
+
+
+def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Tensor, element: str) -> str:
+    """Triton weight-only GEMM against the twin on the first CHECK_ROWS rows."""
+    spec = dict(element=element, bits=element_named(element).bits, out_dtype=torch.float32)
+    got = kernels.fpx_matmul(x[:CHECK_ROWS], planes, scale, backend="triton", **spec)
+    want = reference.fpx_matmul_ref(x[:CHECK_ROWS], planes, scale, **spec)
+    err = ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
+    return "ok" if err <= 1e-5 else f"MISMATCH rel err {err:.1e}"
+
+
+def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms) -> list[dict]:
+    """bf16 activations x FPx weights (per-channel scales) against bf16 torch.matmul."""
+    x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
+    rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
+    for element in FPX_FORMATS:
+        planes, scale = fpx_weight(w, element)
+        gemm = functools.partial(kernels.fpx_matmul, x, planes, scale, element=element,
+                                 bits=element_named(element).bits, backend="triton")
+        weight_bytes = sum(p.numel() for p in planes) + 4 * n
+        check = check_fpx(x, planes, scale, element)
+        rows.append(row(n, m, k, f"{element} w-only", time_ms(gemm), weight_bytes, check))
+    for r in rows:
+        r["x_bf16"] = rows[0]["ms"] / r["ms"]
+    return rows
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"W4A4 kernels vs bf16 / FP8 row-wise GEMM. Device: {result['device']}. Date: {result['date']}.",
+        f"Versions: {result['versions']}. Timing: {result['timing']}.",
+        f"Command: `{result['command']}`",
+        "",
+        "| N x K | M | method | ms | TFLOP/s | weight GB/s | x bf16 | x fp8 | check |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["gemm"]:
+        lines.append(f"| {r['N']}x{r['K']} | {r['M']} | {r['method']} | {fmt(r['ms'], '.4f')} | "
+                     f"{fmt(r['tflops'], '.1f')} | {fmt(r['weight_gbs'], '.0f')} | {fmt(r['x_bf16'], '.2f')} | "
+                     f"{fmt(r['x_fp8'], '.2f')} | {r['check']} |")
+    lines += ["", "Activation quantization alone (bf16 in; GB/s counts activations read, codes and scales written):",
+              "",
+              "| M | K | kernel | ms | GB/s | check |", "|---|---|---|---|---|---|"]
+    for r in result["act_quant"]:
+        lines.append(f"| {r['M']} | {r['K']} | {r['kernel']} | {r['ms']:.4f} | {r['gbs']:.0f} | {r['check']} |")
+    if result["weight_only"]:
+        lines += ["", "FPx weight-only GEMM (bf16 activations, per-channel scales; weight GB/s counts planes and "
+                      "scales) vs bf16 torch.matmul:", "",
+                  "| N x K | M | method | ms | TFLOP/s | weight GB/s | x bf16 | check |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in result["weight_only"]:
+            lines.append(f"| {r['N']}x{r['K']} | {r['M']} | {r['method']} | {fmt(r['ms'], '.4f')} | "
+                         f"{fmt(r['tflops'], '.1f')} | {fmt(r['weight_gbs'], '.0f')} | {fmt(r['x_bf16'], '.2f')} | "
+                         f"{r['check']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=None, help=f"N x K weight shapes or a preset ({', '.join(SHAPE_PRESETS)}; "
+                                                      f"default: Llama-3-8B, {LLAMA3_8B_SHAPES})")
+    p.add_argument("--ms", default=None, help=f"token counts M (default: {LLAMA3_8B_MS})")
+    p.add_argument("--weight_only_ms", default=None,
+                   help=f"token counts M of the FPx weight-only GEMM, '' to skip it (default: {WEIGHT_ONLY_MS})")
+    p.add_argument("--reps", type=int, default=50, help="timed repetitions (the median is reported)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed calls first (the first ones autotune)")
+    p.add_argument("--flush_l2", action="store_true", help="clear the L2 cache before every timed repetition")
+    p.add_argument("--cuda_graph", action="store_true", help="time CUDA-graph replays (no host launch overhead)")
+    p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: Triton interpreter on CPU, tiny default shapes")
+    p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
+    args = p.parse_args(argv)
+
+    if args.cpu_dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"  # read when the Triton kernels are first used
+    elif not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run on a GPU, or pass --cpu_dry_run to exercise the script on CPU")
+    device = torch.device("cpu" if args.cpu_dry_run else "cuda")
+    shapes = parse_shapes(args.shapes or (DRY_RUN_SHAPES if args.cpu_dry_run else LLAMA3_8B_SHAPES))
+    ms = [int(v) for v in (args.ms or (DRY_RUN_MS if args.cpu_dry_run else LLAMA3_8B_MS)).split(",")]
+    wo_text = args.weight_only_ms if args.weight_only_ms is not None else (
+        DRY_RUN_MS if args.cpu_dry_run else WEIGHT_ONLY_MS)
+    weight_only_ms = [int(v) for v in wo_text.split(",") if v]
+    time_ms = make_timer(device, args.warmup, args.reps, args.flush_l2, args.cuda_graph and not args.cpu_dry_run)
+    torch.manual_seed(0)
+    gemm_rows, act_rows, act_done = [], [], set()
+    for n, k in shapes:
+        for m in ms:
+            gemm_rows += bench_shape(n, k, m, device, time_ms)
+            if (m, k) not in act_done:
+                act_done.add((m, k))
+                act_rows += bench_act_quant(m, k, device, time_ms)
+            print(f"done N={n} K={k} M={m}", flush=True)
+    wo_rows = []
+    for n, k in shapes:
+        for m in weight_only_ms:
+            wo_rows += bench_weight_only(n, k, m, device, time_ms)
+            print(f"done weight-only N={n} K={k} M={m}", flush=True)
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device), "versions": library_versions(),
+        "timing": f"median of {args.reps} after {args.warmup} warmup calls"
+                  f"{', L2 flushed before each' if args.flush_l2 else ''}"
+                  f"{', CUDA graph replays' if args.cuda_graph else ''}"
+                  f"{' (CPU, Triton interpreter: not a speed measurement)' if args.cpu_dry_run else ''}",
+        "command": "python benchmarks/kernel_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "gemm": gemm_rows, "act_quant": act_rows, "weight_only": wo_rows,
+    }
+    md = markdown(result)
+    write_result_files(args.out, result, md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Triton kernel: dynamic 4-bit activation quantization (optional fused block Hadamard).
+
+One program quantizes one (BLOCK_M, BLOCK_K) tile of the activations in a single read:
+rotate (optional), absmax per scale group, scale, round, encode, pack two codes per
+byte, write the codes and the fp32 scales. Per-token scales make the tile a whole
+(padded) row. NVFP4's fp32 tensor scale needs the absolute maximum of the whole
+(rotated) tensor first: the same kernel computes it in an earlier launch
+(``AMAX_ONLY``), with an atomic max.
+
+Rounding is done by hand, with fp32 adds and bit operations that behave the same
+compiled and under ``TRITON_INTERPRET=1`` (the interpreter's fp8 and bf16 casts do
+not round to nearest even), so the CPU tests check the very code that runs on a GPU.
+Divisions use ``div_rn``: the twin divides with IEEE rounding.
+
+The kernels here and in ``w4a4_gemm`` call only Triton builtins and their own
+``triton.jit`` helpers, never the ``triton.jit`` functions of Triton's standard library
+(``tl.max``, ``tl.sum``, ``tl.zeros``, ``tl.cdiv``): those are built when triton is
+first imported, and if that happened before ``TRITON_INTERPRET=1`` was set (transformers
+imports triton), the interpreter cannot call them. Maxima are ``tl.reduce`` with the
+standard library's own combine function, which is what ``tl.max`` compiles to and which
+the interpreter recognises and runs with numpy instead of calling it element by element.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.standard import _elementwise_max
+
+from quant_layers.formats import E2M1, E4M3
+from quant_layers.packing import element_named
+from transforms.hadamard import sylvester_hadamard
+
+from .reference import check_activation_args
+
+# Whether the kernels below were built for the interpreter (decided when triton.jit ran).
+INTERPRET = triton.knobs.runtime.interpret
+
+SCALE_KIND_IDS = {"float": 0, "e4m3": 1, "e8m0": 2}
+E4M3_MAX = tl.constexpr(E4M3.max_value)
+NVFP_TENSOR_RANGE = tl.constexpr(E4M3.max_value * E2M1.max_value)  # as Quantizer.scales
+# Elements per program: enough work per program, registers to spare for a fused rotation.
+TILE_ELEMENTS = 4096
+# Hadamard blocks above this are applied as H_16 (x) H_{b/16}: a b x b matrix in shared
+# memory (256 x 256 fp32 = 256 KiB) would not fit.
+MAX_DENSE_HADAMARD = 128
+# 1.5 * 2**23: adding then subtracting it rounds |y| < 2**22 to an integer, ties to even.
+ROUND_MAGIC = tl.constexpr(12582912.0)
+
+
+@triton.jit
+def _rint(y):
+    """Round to the nearest integer, ties to even, for |y| < 2**22."""
+    return (y + ROUND_MAGIC) - ROUND_MAGIC
+
+
+@triton.jit
+def _bits_to_float(bits):
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _round_to_bf16(y):
+    """fp32 -> nearest bfloat16 (ties to even), kept in fp32."""
+    bits = y.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _hadamard_dot(y, h, R: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr):
+    """(R * HB) elements as R rows of HB, each times H_HB; fp32 out.
+
+    Half-precision inputs times +-1 are exact products, so a half dot with fp32
+    accumulation is as accurate as an fp32 one (and runs on tensor cores).
+    """
+    rows = y.reshape(R, HB)
+    if DOT_F32:
+        return tl.dot(rows.to(tl.float32), h.to(tl.float32), input_precision="ieee")
+    return tl.dot(rows, h.to(rows.dtype))
+
+
+@triton.jit
+def _rotate(x, h_ptr, inv_sqrt_b, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, HAD_BLOCK: tl.constexpr,
+            HB: tl.constexpr, DOT_F32: tl.constexpr):
+    """x (BLOCK_M, BLOCK_K) @ blockdiag(H_b) / sqrt(b), fp32 out (Sylvester H_b, symmetric)."""
+    h = tl.load(h_ptr + tl.arange(0, HB)[:, None] * HB + tl.arange(0, HB)[None, :])
+    blocks: tl.constexpr = BLOCK_M * BLOCK_K // HAD_BLOCK
+    if HAD_BLOCK == HB:
+        y = _hadamard_dot(x, h, blocks, HB, DOT_F32)
+    else:
+        # b = P * HB with index p * HB + q: H_b = H_P (x) H_HB acts on q, then on p.
+        P: tl.constexpr = HAD_BLOCK // HB
+        y = _hadamard_dot(x, h, blocks * P, HB, DOT_F32).reshape(blocks, P, HB)
+        y = tl.permute(y, (0, 2, 1))  # the partial sums are no longer exact in half: fp32 from here
+        y = tl.dot(y.reshape(blocks * HB, P), h, input_precision="ieee").reshape(blocks, HB, P)
+        y = tl.permute(y, (0, 2, 1))
+    return y.reshape(BLOCK_M, BLOCK_K) * inv_sqrt_b
+
+
+@triton.jit
+def _round_e4m3(s):
+    """Nearest FP8 E4M3 value of s >= 0 (ties to even, subnormals, saturating at 448), as e4m3_scale."""
+    e = tl.maximum(((s.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)
+    step_exp = e - 3  # three mantissa bits
+    q = _rint(s * _bits_to_float((127 - step_exp) << 23)) * _bits_to_float((127 + step_exp) << 23)
+    return tl.minimum(q, E4M3_MAX)
+
+
+@triton.jit
+def _e8m0_scale(amax):
+    """2^(floor(log2 amax) - 2), clamped to [2^-127, 2^127], as e8m0_scale for E2M1 (frexp(0) = 0)."""
+    field = (amax.to(tl.int32, bitcast=True) >> 23) & 0xFF
+    frexp_exp = tl.where(amax == 0, 0, tl.where(field == 0, -126, field - 126))
+    exponent = tl.minimum(tl.maximum(frexp_exp - 3, -127), 127)
+    normal = _bits_to_float((tl.maximum(exponent, -126) + 127) << 23)
+    return tl.where(exponent >= -126, normal, _bits_to_float(tl.full(exponent.shape, 1 << 22, tl.int32)))
+
+
+@triton.jit
+def _scales(amax, tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND: tl.constexpr):
+    """Dequantization scale of each group from its absmax, as Quantizer.fit / Quantizer.scales."""
+    amax = amax * clip_ratio
+    if SCALE_KIND == 0:
+        return tl.math.div_rn(amax, tl.full(amax.shape, max_value, tl.float32))
+    if SCALE_KIND == 1:
+        tensor_amax = _bits_to_float(tl.load(tensor_amax_ptr))
+        g = tl.maximum(tl.math.div_rn(tensor_amax, NVFP_TENSOR_RANGE), 1e-30)
+        per_element = tl.math.div_rn(amax, tl.full(amax.shape, max_value, tl.float32))
+        s = tl.math.div_rn(per_element, tl.full(amax.shape, g, tl.float32))
+        return _round_e4m3(s) * g
+    return _e8m0_scale(amax)
+
+
+@triton.jit
+def _encode(v, ELEMENT_INT4: tl.constexpr):
+    """4-bit codes (int32 0..15) of v = x / scale, rounded as IntFormat(4) / E2M1 round (ties to even)."""
+    if ELEMENT_INT4:
+        return _rint(tl.minimum(tl.maximum(v, -8.0), 7.0)).to(tl.int32) & 0xF
+    a = tl.abs(v)
+    # Magnitude index of 0, 0.5, 1, 1.5, 2, 3, 4, 6: one step past each midpoint, a tie
+    # goes to the even neighbour (strict > where the lower one is even, >= otherwise).
+    index = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
+             + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32) + (a > 5.0).to(tl.int32))
+    return index | (((v < 0) & (index > 0)).to(tl.int32) << 3)
+
+
+@triton.jit
+def _act_quant_kernel(
+    x_ptr, h_ptr, packed_ptr, scale_ptr, tensor_amax_ptr,
+    M, K, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b,
+    ELEMENT_INT4: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
+    HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
+    ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_ok = rows < M
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
+    if HAD_BLOCK > 0:
+        y = _rotate(x, h_ptr, inv_sqrt_b, BLOCK_M, BLOCK_K, HAD_BLOCK, HB, DOT_F32)
+        # The model's rotation hands the quantizer activations in their own dtype.
+        if ROUND_BF16:
+            y = _round_to_bf16(y)
+        if ROUND_F16:
+            y = y.to(tl.float16).to(tl.float32)
+    else:
+        y = x.to(tl.float32)
+    if AMAX_ONLY:
+        tile_amax = tl.reduce(tl.abs(y).reshape(BLOCK_M * BLOCK_K), 0, _elementwise_max)
+        tl.atomic_max(tensor_amax_ptr, tile_amax.to(tl.int32, bitcast=True))
+    else:
+        groups: tl.constexpr = BLOCK_K // GROUP
+        yg = y.reshape(BLOCK_M, groups, GROUP)
+        scale = _scales(tl.reduce(tl.abs(yg), 2, _elementwise_max), tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND)
+        safe = tl.where(scale > 0, scale, 1.0)
+        codes = _encode(tl.math.div_rn(yg, safe[:, :, None]), ELEMENT_INT4).reshape(BLOCK_M, BLOCK_K)
+        low, high = tl.split(codes.reshape(BLOCK_M, BLOCK_K // 2, 2))
+        byte_cols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        tl.store(packed_ptr + rows[:, None] * stride_pm + byte_cols[None, :], (low | (high << 4)).to(tl.uint8),
+                 mask=row_ok[:, None] & (byte_cols < K // 2)[None, :])
+        scale_cols = pid_k * groups + tl.arange(0, groups)
+        tl.store(scale_ptr + rows[:, None] * stride_sm + scale_cols[None, :], scale,
+                 mask=row_ok[:, None] & (scale_cols < n_scales)[None, :])
+
+
+@lru_cache(maxsize=None)
+def _hadamard_matrix(order: int, device: torch.device) -> torch.Tensor:
+    return sylvester_hadamard(order, torch.float32).to(device)
+
+
+def _tile(k: int, group_size: int, hadamard_block: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_K): a whole padded row for per-token scales, else a few groups."""
+    block_k = triton.next_power_of_2(k) if group_size == 0 else max(group_size, hadamard_block, 128)
+    return max(1, TILE_ELEMENTS // block_k), block_k
+
+
+def quantize_activations_triton(
+    x: torch.Tensor, element: str, group_size: int = 0, scale_kind: str = "float",
+    clip_ratio: float = 1.0, hadamard_block: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton twin of ``reference.quantize_activations_ref`` (same arguments, same results)."""
+    check_activation_args(x, element, group_size, scale_kind, clip_ratio, hadamard_block)
+    x = x if x.stride(1) == 1 else x.contiguous()
+    m, k = x.shape
+    packed = torch.empty((m, k // 2), dtype=torch.uint8, device=x.device)
+    scales = torch.empty((m, k // group_size if group_size else 1), dtype=torch.float32, device=x.device)
+    block_m, block_k = _tile(k, group_size, hadamard_block)
+    hb = hadamard_block if hadamard_block <= MAX_DENSE_HADAMARD else 16
+    h = _hadamard_matrix(max(hb, 1), x.device)
+    tensor_amax = torch.zeros(1, dtype=torch.int32, device=x.device)  # fp32 bits: |x| >= 0 orders as int
+    grid = (triton.cdiv(m, block_m), triton.cdiv(k, block_k))
+    # The rotation dots in x's half dtype (exact products, fp32 sums), except under the
+    # interpreter, whose bfloat16 dot is wrong.
+    dot_f32 = x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16)
+    launch = dict(
+        clip_ratio=clip_ratio, max_value=element_named(element).max_value,
+        inv_sqrt_b=hadamard_block ** -0.5 if hadamard_block else 1.0,
+        ELEMENT_INT4=element == "int4", SCALE_KIND=SCALE_KIND_IDS[scale_kind], GROUP=group_size or block_k,
+        HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
+        ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16,
+        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=min(16, max(4, block_m * block_k // 1024)),
+    )
+    args = (x, h, packed, scales, tensor_amax, m, k, scales.shape[1], x.stride(0), packed.stride(0), scales.stride(0))
+    if scale_kind == "e4m3":  # NVFP4's tensor scale: the amax of the whole (rotated) x first
+        _act_quant_kernel[grid](*args, AMAX_ONLY=True, **launch)
+    _act_quant_kernel[grid](*args, AMAX_ONLY=False, **launch)
+    return packed, scales

@@ -1,0 +1,180 @@
+"""Triton kernel: FPx weight-only GEMM (FP6-LLM style) on bit-plane packed weights.
+
+out (M, N) = x @ (decode(w) * w_scale[:, None]).T (+ bias), with x in float16, bfloat16 or
+float32 and the weight as 4-, 5- or 6-bit FP codes (``quant_layers.packing.pack_planes``):
+a 4-bit plane with the low four bits of every code, plus a 1-bit (FP5) or 2-bit (FP6)
+plane with the rest. Every load is of whole bytes, rows of the planes are contiguous
+along K.
+
+Per (BLOCK_N, BLOCK_K) weight tile the kernel loads the planes, spreads the bit fields
+to one code per element with shifts and masks, rebuilds the codes and decodes them
+arithmetically in fp32 (significand times a power of two; subnormal when the exponent
+field is 0). Every value of these formats is exact in float16 and bfloat16, so the
+tile is cast to x's dtype and fed to ``tl.dot`` with fp32 accumulation; the per-channel
+scale multiplies the accumulator once, in the epilogue. Under the interpreter and for
+float32 activations the dot is an IEEE fp32 one (the interpreter's bf16 dot is wrong,
+and TF32 would not match the twin); products of half-precision x and these weights are
+exact in fp32 either way.
+
+Like ``act_quant`` and ``w4a4_gemm`` it calls only Triton builtins and its own
+``triton.jit`` helpers (no ``tl.zeros`` / ``tl.cdiv``), so that it runs under the
+interpreter even when triton was imported in compiled mode first.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import check_fpx_args, fpx_element
+
+# Whether the kernels below were built for the interpreter (decided when triton.jit ran).
+INTERPRET = triton.knobs.runtime.interpret
+# One small config under the interpreter: tests run many shapes on a CPU.
+INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32)
+# Width of the high plane's fields by code width: FP4 has none.
+HIGH_PLANE_WIDTH = {4: 0, 5: 1, 6: 2}
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for Hopper. Decode (M <= 16) is
+# bound by reading the weight: narrow N tiles give enough programs for N = 576 (SmolLM2)
+# .. 18944 (Qwen2.5-7B), wide K tiles keep loads in flight; M up to 128 takes taller tiles.
+GPU_CONFIGS = [
+    (16, 32, 128, 4, 4), (16, 32, 256, 4, 3), (16, 64, 128, 4, 4), (16, 64, 256, 4, 3), (16, 128, 128, 4, 4),
+    (32, 64, 128, 4, 4), (32, 128, 128, 4, 3), (64, 64, 128, 4, 3), (64, 128, 64, 4, 4), (64, 128, 128, 8, 3),
+    (128, 128, 64, 8, 3), (128, 256, 64, 8, 3),
+]
+
+
+@triton.jit
+def _spread(packed, ROWS: tl.constexpr, BYTES: tl.constexpr, WIDTH: tl.constexpr):
+    """(ROWS, BYTES) bytes of WIDTH-bit fields -> (ROWS, BYTES * 8 // WIDTH) int32 fields, in packing order.
+
+    Each split halves the fields, low half first (byte -> nibbles -> 2-bit -> 1-bit), so
+    a field's position along K is its bit offset in the byte divided by WIDTH.
+    """
+    fields = packed.to(tl.int32)
+    fields = tl.join(fields & 0xF, fields >> 4).reshape(ROWS, BYTES * 2)
+    if WIDTH <= 2:
+        fields = tl.join(fields & 3, fields >> 2).reshape(ROWS, BYTES * 4)
+    if WIDTH == 1:
+        fields = tl.join(fields & 1, fields >> 1).reshape(ROWS, BYTES * 8)
+    return fields
+
+
+@triton.jit
+def _decode(codes, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr):
+    """fp32 values of sign | exponent | mantissa codes (int32), as ``packing.code_values``."""
+    exponent = (codes >> MAN_BITS) & ((1 << EXP_BITS) - 1)
+    mantissa = codes & ((1 << MAN_BITS) - 1)
+    significand = tl.where(exponent > 0, mantissa + (1 << MAN_BITS), mantissa)  # implicit 1 when normal
+    power = tl.maximum(exponent, 1) - (EXP_BIAS + MAN_BITS)
+    magnitude = significand.to(tl.float32) * ((power + 127) << 23).to(tl.float32, bitcast=True)
+    return tl.where(((codes >> (EXP_BITS + MAN_BITS)) & 1) != 0, -magnitude, magnitude)
+
+
+@triton.jit
+def _fpx_kernel(
+    x_ptr, low_ptr, high_ptr, scale_ptr, bias_ptr, out_ptr,
+    M, N, K, M_BUCKET, stride_xm, stride_low, stride_high, stride_om,
+    EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
+    HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # Axis 0 runs fastest: the row tiles that share a weight tile are launched together.
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    HIGH_PER_BYTE: tl.constexpr = 8 // HIGH_WIDTH if HIGH_WIDTH > 0 else 8
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_low = tl.arange(0, BLOCK_K // 2)
+    offs_high = tl.arange(0, BLOCK_K // HIGH_PER_BYTE)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
+    low_ptrs = low_ptr + offs_n[:, None] * stride_low + offs_low[None, :]
+    high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rest = K - k0
+        x = tl.load(x_ptrs, mask=m_ok[:, None] & (offs_k[None, :] < rest), other=0.0)
+        low = tl.load(low_ptrs, mask=n_ok[:, None] & (offs_low[None, :] < rest // 2), other=0)
+        codes = _spread(low, BLOCK_N, BLOCK_K // 2, 4)
+        if HIGH_WIDTH > 0:
+            high = tl.load(high_ptrs, mask=n_ok[:, None] & (offs_high[None, :] < rest // HIGH_PER_BYTE), other=0)
+            codes = codes | (_spread(high, BLOCK_N, BLOCK_K // HIGH_PER_BYTE, HIGH_WIDTH) << 4)
+        w = _decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS)
+        if DOT_F32:
+            acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w.to(x_ptr.dtype.element_ty)), acc)
+        x_ptrs += BLOCK_K
+        low_ptrs += BLOCK_K // 2
+        high_ptrs += BLOCK_K // HIGH_PER_BYTE
+
+    out = acc * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Drop row tiles taller than the M bucket (decode batches take BLOCK_M = 16)."""
+    m_bucket = {**named_args, **kwargs}["M_BUCKET"]
+    return [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, m_bucket)]
+
+
+_fpx_autotuned = triton.autotune(
+    configs=[
+        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in GPU_CONFIGS
+    ],
+    key=["M_BUCKET", "N", "K", "EXP_BITS", "MAN_BITS", "DOT_F32"],
+    prune_configs_by=dict(early_config_prune=_prune_configs),
+)(_fpx_kernel)
+
+
+def _m_bucket(m: int) -> int:
+    """Autotuning key for M: powers of two from 16 to 4096 (decode batches share one)."""
+    return min(max(triton.next_power_of_2(m), 16), 4096)
+
+
+def fpx_matmul_triton(
+    x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
+    element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The Triton twin of ``reference.fpx_matmul_ref`` (x 2-D); writes into ``out`` (M, N) when given."""
+    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype)
+    fmt = fpx_element(element, bits)
+    m, k = x.shape
+    n = planes[0].shape[0]
+    out_dtype = out_dtype or x.dtype
+    if out is None:
+        out = torch.empty((m, n), dtype=out_dtype, device=x.device)
+    elif out.shape != (m, n) or out.dtype != out_dtype or out.stride(1) != 1:
+        raise ValueError(f"out must be a ({m}, {n}) {out_dtype} tensor with unit column stride, "
+                         f"got {out.dtype} with shape {tuple(out.shape)} and strides {out.stride()}")
+    if out.numel() == 0:
+        return out
+    x = x.contiguous()
+    low = planes[0].contiguous()
+    high = planes[1].contiguous() if len(planes) > 1 else low
+    scale = w_scale.float().reshape(n).contiguous()
+    args = (
+        x, low, high, scale, bias.contiguous() if bias is not None else out, out,  # (no bias: never read)
+        m, n, k, _m_bucket(m), x.stride(0), low.stride(0), high.stride(0), out.stride(0),
+    )
+    flags = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias,
+                 HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
+                 DOT_F32=INTERPRET or x.dtype == torch.float32)
+    if INTERPRET:
+        grid = (triton.cdiv(m, INTERPRET_CONFIG["BLOCK_M"]), triton.cdiv(n, INTERPRET_CONFIG["BLOCK_N"]))
+        _fpx_kernel[grid](*args, **flags, **INTERPRET_CONFIG)
+    else:
+        def grid(meta: dict) -> tuple[int, int]:
+            return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))
+
+        _fpx_autotuned[grid](*args, **flags)
+    return out

@@ -1,0 +1,233 @@
+"""Pure-torch twins of the W4A4 and FPx weight-only kernels, and the argument checks both backends share.
+
+The twins define what the Triton kernels compute. They are built from the fake
+quantization code (``Quantizer.fit`` picks the scales, ``element.round`` rounds,
+``packing`` encodes and packs), so a real-quantized model and its fake-quantized
+simulation agree by construction. The checks run before any work and raise ValueError
+naming the offending argument.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from quant_layers import packing
+from quant_layers.formats import FPFormat, NumberFormat
+from quant_layers.quantizer import QuantSpec, Quantizer
+from transforms.hadamard import block_hadamard_transform
+
+ELEMENTS = ("int4", "e2m1")  # the W4A4 kernels' 4-bit elements
+FPX_BITS = (4, 5, 6)
+SCALE_KINDS = ("float", "e4m3", "e8m0")
+# Block-scaled formats fix their element and group: NVFP4 (E4M3 scales) and MXFP4 (E8M0).
+BLOCK_SCALED = {"e4m3": ("nvfp", 16), "e8m0": ("mxfp", 32)}
+ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+HADAMARD_BLOCKS = (16, 32, 64, 128, 256)
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def w4a4_element(element: str) -> NumberFormat:
+    """The format of a W4A4 element name, or a ValueError naming the choices."""
+    if element not in ELEMENTS:
+        raise ValueError(f"unknown 4-bit element {element!r}: choose one of {', '.join(ELEMENTS)}")
+    return packing.element_named(element)
+
+
+def check_activation_args(
+    x: torch.Tensor, element: str, group_size: int, scale_kind: str, clip_ratio: float, hadamard_block: int
+) -> None:
+    """Raise ValueError unless ``quantize_activations`` can take these arguments."""
+    if x.dim() != 2:
+        raise ValueError(f"activations must be 2-D (tokens, features), got shape {tuple(x.shape)}")
+    if x.dtype not in ACTIVATION_DTYPES:
+        raise ValueError(f"activations must be float16, bfloat16 or float32, got {x.dtype}")
+    w4a4_element(element)
+    if scale_kind not in SCALE_KINDS:
+        raise ValueError(f"unknown scale kind {scale_kind!r}: choose one of {', '.join(SCALE_KINDS)}")
+    k = x.shape[1]
+    if k == 0 or k % 2:
+        raise ValueError(f"packing two 4-bit codes per byte needs a positive even K, got K={k}")
+    if scale_kind in BLOCK_SCALED:
+        fmt, block = BLOCK_SCALED[scale_kind]
+        if element != "e2m1" or group_size != block:
+            raise ValueError(
+                f"{scale_kind} scales are {fmt.upper()}4: use element 'e2m1' with group_size={block}, "
+                f"got element {element!r} with group_size={group_size}"
+            )
+    if group_size and (group_size < 16 or not _is_power_of_two(group_size)):
+        raise ValueError(f"activation group size must be 0 (per token) or a power of two >= 16, got {group_size}")
+    if group_size and k % group_size:
+        raise ValueError(f"group size {group_size} does not divide K={k}")
+    if not 0.0 < clip_ratio <= 1.0:
+        raise ValueError(f"clip ratio must be in (0, 1], got {clip_ratio}")
+    if hadamard_block and hadamard_block not in HADAMARD_BLOCKS:
+        raise ValueError(f"hadamard block must be 0 (off) or one of {HADAMARD_BLOCKS}, got {hadamard_block}")
+    if hadamard_block and k % hadamard_block:
+        raise ValueError(f"hadamard block {hadamard_block} does not divide K={k}")
+
+
+def _check_operand(
+    name: str, packed: torch.Tensor, scale: torch.Tensor, element: str, group: int, k: int | None
+) -> int:
+    """Check one packed operand and its scales; return its K (two codes per byte)."""
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise ValueError(f"{name}_packed must be a 2-D uint8 tensor of packed 4-bit codes, "
+                         f"got {packed.dtype} with shape {tuple(packed.shape)}")
+    w4a4_element(element)
+    k_here = 2 * packed.shape[1]
+    if k is not None and k_here != k:
+        raise ValueError(f"a and w disagree on K: a_packed holds K={k}, w_packed holds K={k_here}")
+    if group and (group % 16 or k_here % group):
+        raise ValueError(f"{name}_group must be 0 (one scale per row) or a multiple of 16 dividing K={k_here}, "
+                         f"got {group}")
+    expected = (packed.shape[0], k_here // group if group else 1)
+    if tuple(scale.shape) != expected or not scale.is_floating_point():
+        raise ValueError(f"{name}_scale must be a float tensor of shape {expected} for {name}_group={group}, "
+                         f"got {scale.dtype} with shape {tuple(scale.shape)}")
+    return k_here
+
+
+def check_matmul_args(
+    a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
+    a_element: str, w_element: str, a_group: int, w_group: int, bias: torch.Tensor | None, out_dtype: torch.dtype,
+) -> None:
+    """Raise ValueError unless ``w4a4_matmul`` can take these arguments."""
+    k = _check_operand("a", a_packed, a_scale, a_element, a_group, None)
+    _check_operand("w", w_packed, w_scale, w_element, w_group, k)
+    n = w_packed.shape[0]
+    if bias is not None and (tuple(bias.shape) != (n,) or not bias.is_floating_point()):
+        raise ValueError(f"bias must be a float tensor of shape ({n},), got {bias.dtype} with shape {tuple(bias.shape)}")
+    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be float16, bfloat16 or float32, got {out_dtype}")
+
+
+def activation_spec(element: str, group_size: int, scale_kind: str, clip_ratio: float) -> QuantSpec:
+    """The fake-quantization spec that ``quantize_activations`` realises."""
+    if scale_kind in BLOCK_SCALED:
+        return QuantSpec(format=BLOCK_SCALED[scale_kind][0], bits=4, clip_ratio=clip_ratio)
+    fmt = {"int4": dict(format="int"), "e2m1": dict(format="fp", exp_bits=2)}[element]
+    granularity = dict(granularity="group", group_size=group_size) if group_size else dict(granularity="token")
+    return QuantSpec(bits=4, clip_ratio=clip_ratio, **fmt, **granularity)
+
+
+def quantize_activations_ref(
+    x: torch.Tensor, element: str, group_size: int = 0, scale_kind: str = "float",
+    clip_ratio: float = 1.0, hadamard_block: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed codes (M, K//2) uint8 and fp32 scales (M, K//group or 1) of ``x`` (M, K).
+
+    ``decode(unpack(packed)) * scale`` equals ``Quantizer(activation_spec(...)).fake_quantize``
+    of the (block-Hadamard rotated, in x's dtype) activations, bit for bit in fp32.
+    """
+    check_activation_args(x, element, group_size, scale_kind, clip_ratio, hadamard_block)
+    m, k = x.shape
+    if m == 0:  # no tokens: nothing to take Quantizer.fit's whole-tensor maximum of
+        return (torch.empty(0, k // 2, dtype=torch.uint8, device=x.device),
+                torch.empty(0, k // group_size if group_size else 1, device=x.device))
+    if hadamard_block:
+        x = block_hadamard_transform(x, hadamard_block)
+    quantizer = Quantizer(activation_spec(element, group_size, scale_kind, clip_ratio))
+    xg = quantizer.grouped(x)
+    scale = quantizer.fit(xg).scale
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = packing.encode(quantizer.element.round(xg / safe), quantizer.element)
+    return packing.pack(codes.reshape(m, k)), scale.reshape(m, -1)
+
+
+def dequantize(packed: torch.Tensor, scale: torch.Tensor, element: str, group: int = 0) -> torch.Tensor:
+    """fp32 values (rows, K) of packed codes times their per-row or per-group scales."""
+    values = packing.decode(packing.unpack(packed), w4a4_element(element))
+    s = scale.float()
+    return values * (s.repeat_interleave(group, dim=1) if group else s)
+
+
+def w4a4_matmul_ref(
+    a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
+    a_element: str, w_element: str, a_group: int = 0, w_group: int = 0,
+    bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
+    """``dequantize(a) @ dequantize(w).T (+ bias)`` in fp32, cast to ``out_dtype``."""
+    check_matmul_args(a_packed, a_scale, w_packed, w_scale, a_element, w_element, a_group, w_group, bias, out_dtype)
+    out = dequantize(a_packed, a_scale, a_element, a_group) @ dequantize(w_packed, w_scale, w_element, w_group).T
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+def fpx_element(element: str, bits: int) -> FPFormat:
+    """The FP format of a weight-only element name, checked against ``bits``.
+
+    The kernel decodes into the activations' dtype, so every value must be exact in
+    float16: that excludes E5M0 (2^16).
+    """
+    fmt = packing.element_named(element)
+    if (not isinstance(fmt, FPFormat) or fmt.bits not in FPX_BITS
+            or fmt.max_value > torch.finfo(torch.float16).max):
+        raise ValueError(f"fpx_matmul takes FP elements of 4, 5 or 6 bits whose values fit float16 (e2m1, e3m0, "
+                         f"e2m2, e3m1, e2m3, e3m2, ...), got {element!r}")
+    if bits != fmt.bits:
+        raise ValueError(f"element {element} has {fmt.bits}-bit codes, got bits={bits}")
+    return fmt
+
+
+def check_fpx_args(
+    x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, element: str,
+    bits: int, bias: torch.Tensor | None, out_dtype: torch.dtype | None,
+) -> None:
+    """Raise ValueError unless ``fpx_matmul`` can take these arguments (x 2-D here)."""
+    if x.dim() != 2:
+        raise ValueError(f"activations must be 2-D (tokens, features), got shape {tuple(x.shape)}")
+    if x.dtype not in ACTIVATION_DTYPES:
+        raise ValueError(f"activations must be float16, bfloat16 or float32, got {x.dtype}")
+    fpx_element(element, bits)
+    widths = packing.plane_bits(bits)
+    count = len(planes) if isinstance(planes, (tuple, list)) else None
+    if count != len(widths):
+        raise ValueError(f"{bits}-bit weights come as a tuple of {len(widths)} bit plane(s) (packing.pack_planes), "
+                         f"got {type(planes).__name__ if count is None else count}")
+    k = x.shape[1]
+    multiple = packing.plane_multiple(bits)
+    if k == 0 or k % multiple:
+        raise ValueError(f"{bits}-bit bit planes need K to be a positive multiple of {multiple}, got K={k}")
+    if any(plane.dim() != 2 for plane in planes):
+        raise ValueError(f"planes must be 2-D (N, bytes along K), got shapes {[tuple(p.shape) for p in planes]}")
+    n = planes[0].shape[0]
+    for i, (plane, width) in enumerate(zip(planes, widths)):
+        expected = (n, k * width // 8)
+        if plane.dtype != torch.uint8 or tuple(plane.shape) != expected:
+            raise ValueError(f"planes[{i}] must be the uint8 {width}-bit plane of shape (N, K*{width}/8) = {expected} "
+                             f"for K={k} (the activations' K), got {plane.dtype} with shape {tuple(plane.shape)}")
+    if tuple(w_scale.shape) not in ((n,), (n, 1)) or not w_scale.is_floating_point():
+        raise ValueError(f"w_scale must be a float tensor of shape ({n},) or ({n}, 1), one scale per output channel, "
+                         f"got {w_scale.dtype} with shape {tuple(w_scale.shape)}")
+    if bias is not None and (tuple(bias.shape) != (n,) or not bias.is_floating_point()):
+        raise ValueError(f"bias must be a float tensor of shape ({n},), got {bias.dtype} "
+                         f"with shape {tuple(bias.shape)}")
+    if out_dtype is not None and out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be float16, bfloat16 or float32, got {out_dtype}")
+
+
+def fpx_weight(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, element: str,
+               bits: int, k: int) -> torch.Tensor:
+    """fp32 weight (N, K): decoded codes times the per-channel scales."""
+    codes = packing.unpack_planes(planes, bits, k)
+    return packing.decode(codes, fpx_element(element, bits)) * w_scale.float().reshape(-1, 1)
+
+
+def fpx_matmul_ref(
+    x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
+    element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``x.float() @ (decode(w) * w_scale).T (+ bias)`` in fp32, cast to ``out_dtype`` (default x's dtype).
+
+    ``planes``: ``packing.pack_planes`` of the (N, K) weight codes; ``w_scale``: (N,) or (N, 1).
+    """
+    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype)
+    out = x.float() @ fpx_weight(planes, w_scale, element, bits, x.shape[1]).T
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype or x.dtype)

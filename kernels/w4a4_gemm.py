@@ -1,0 +1,204 @@
+"""Triton kernel: W4A4 GEMM on packed 4-bit codes, fp32 (or exact int32) accumulation.
+
+out (M, N) = (decode(a) * a_scale) @ (decode(w) * w_scale).T (+ bias). Both operands
+arrive packed two codes per byte along K (``quant_layers.packing``); a tile is unpacked in
+registers and fed to the tensor cores in a format that holds every 4-bit value exactly
+(like ``act_quant``, it calls no ``triton.jit`` function of Triton's standard library):
+
+- int4 x int4: int8 x int8 -> int32 (exact).
+- e2m1 on either side: FP8 E4M3 x E4M3 -> fp32. Products are multiples of 1/4 of at
+  most 48 in magnitude, so the sums are exact while they stay below 2**22.
+- K steps of 16 (16-element scale groups: NVFP4, int4 g16): tensor-core int8/fp8 dots
+  need K >= 32, so the codes go through fp16 (exact) and each step is one fp16 dot.
+
+Per-row scales (groups 0) multiply the accumulator once, in the epilogue. Group scales
+change along K: the K loop then steps through at most one group of either operand at a
+time, scales each step's partial product and adds it to an fp32 accumulator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .reference import check_matmul_args
+
+# Whether the kernels below were built for the interpreter (decided when triton.jit ran).
+INTERPRET = triton.knobs.runtime.interpret
+# One small config under the interpreter: tests run many shapes on a CPU.
+INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=2)
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for Hopper: small-M (decode) tiles
+# that stream wide K, and square-ish prefill tiles, for K, N in 576..18944.
+GPU_CONFIGS = [
+    (16, 32, 256, 4, 4), (16, 64, 256, 4, 4), (16, 128, 128, 4, 4), (32, 64, 256, 4, 4), (32, 128, 128, 4, 4),
+    (64, 64, 256, 4, 4), (64, 128, 128, 4, 4), (64, 256, 128, 8, 3), (128, 128, 128, 8, 3),
+    (128, 256, 128, 8, 3), (128, 128, 256, 8, 3),
+]
+
+
+@triton.jit
+def _unpack(packed, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(ROWS, BLOCK_K // 2) bytes -> (ROWS, BLOCK_K) codes: element 2i low nibble, 2i+1 high."""
+    return tl.join(packed & 0xF, packed >> 4).reshape(ROWS, BLOCK_K)
+
+
+@triton.jit
+def _operand(packed, IS_INT4: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr):
+    """A tile of packed codes as an exact dot operand: int8 (DOT 0), fp8 e4m3 (DOT 1) or fp16 (DOT 2)."""
+    codes = _unpack(packed, ROWS, BLOCK_K).to(tl.int32)
+    # One return: compiled Triton wants a single type out of a function.
+    if IS_INT4:
+        levels = (codes ^ 8) - 8  # sign-extend the two's complement nibble
+        if DOT == 0:
+            operand = levels.to(tl.int8)
+        else:
+            operand = levels.to(tl.float16)
+            if DOT == 1:
+                operand = operand.to(tl.float8e4nv)
+    else:
+        # E2M1 -> E4M3 bits: magnitude 0 -> 0x00, 1 (0.5) -> 0x30, c >= 2 -> 4c + 48; sign -> bit 7.
+        magnitude = codes & 7
+        bits = tl.where(magnitude < 2, magnitude * 48, magnitude * 4 + 48) | ((codes & 8) << 4)
+        operand = bits.to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+        if DOT == 2:
+            operand = operand.to(tl.float16)
+    return operand
+
+
+@triton.jit
+def _dot(a, b, acc, DOT: tl.constexpr):
+    """acc + a @ b. Hopper's FP8 wgmma adds into its accumulator with reduced precision:
+    promoting to fp32 every 32 products keeps the sums of 4-bit values exact."""
+    if DOT == 1:
+        return tl.dot(a, b, acc, max_num_imprecise_acc=32)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _w4a4_kernel(
+    a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr,
+    M, N, K, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om,
+    A_INT4: tl.constexpr, W_INT4: tl.constexpr, A_GROUP: tl.constexpr, W_GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    # Grouped ordering: GROUP_M row tiles sweep the columns together, so their weight
+    # tiles are reused from L2.
+    pid = tl.program_id(0)
+    num_pid_m = (M + BLOCK_M - 1) // BLOCK_M
+    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
+    pids_per_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // pids_per_group) * GROUP_M
+    group_rows = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
+    pid_n = (pid % pids_per_group) // group_rows
+
+    DOT: tl.constexpr = 2 if BLOCK_K < 32 else (0 if A_INT4 and W_INT4 else 1)
+    GROUPED: tl.constexpr = A_GROUP > 0 or W_GROUP > 0
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_b = tl.arange(0, BLOCK_K // 2)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_b[None, :]
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_b[None, :]
+    k_bytes = K // 2
+    ACC_DTYPE: tl.constexpr = tl.int32 if DOT == 0 else tl.float32
+    acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.float32 if GROUPED else ACC_DTYPE)
+    for step in range(0, (K + BLOCK_K - 1) // BLOCK_K):
+        b_ok = offs_b < k_bytes - step * (BLOCK_K // 2)
+        a_tile = _operand(tl.load(a_ptrs, mask=m_ok[:, None] & b_ok[None, :], other=0), A_INT4, BLOCK_M, BLOCK_K, DOT)
+        w_tile = _operand(tl.load(w_ptrs, mask=n_ok[:, None] & b_ok[None, :], other=0), W_INT4, BLOCK_N, BLOCK_K, DOT)
+        if GROUPED:
+            part = _dot(a_tile, tl.trans(w_tile), tl.full((BLOCK_M, BLOCK_N), 0, ACC_DTYPE), DOT).to(tl.float32)
+            k0 = step * BLOCK_K
+            if A_GROUP > 0:
+                part *= tl.load(a_scale_ptr + offs_m * stride_asm + k0 // A_GROUP, mask=m_ok, other=0.0)[:, None]
+            if W_GROUP > 0:
+                part *= tl.load(w_scale_ptr + offs_n * stride_wsn + k0 // W_GROUP, mask=n_ok, other=0.0)[None, :]
+            acc += part
+        else:
+            acc = _dot(a_tile, tl.trans(w_tile), acc, DOT)
+        a_ptrs += BLOCK_K // 2
+        w_ptrs += BLOCK_K // 2
+
+    out = acc.to(tl.float32)
+    if A_GROUP == 0:
+        out *= tl.load(a_scale_ptr + offs_m * stride_asm, mask=m_ok, other=0.0)[:, None]
+    if W_GROUP == 0:
+        out *= tl.load(w_scale_ptr + offs_n * stride_wsn, mask=n_ok, other=0.0)[None, :]
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _k_step(block_k: int, a_group: int, w_group: int) -> int:
+    """BLOCK_K capped so that a K step never crosses a scale group of either operand."""
+    period = math.gcd(a_group, w_group)  # 0 when neither side has groups
+    return min(block_k, period & -period) if period else block_k
+
+
+def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Cap BLOCK_K at the scale period and BLOCK_M at the M bucket; drop duplicates."""
+    args = {**named_args, **kwargs}  # the flags arrive as keyword arguments
+    kept: dict[tuple, triton.Config] = {}
+    for config in configs:
+        kw = dict(config.kwargs, BLOCK_K=_k_step(config.kwargs["BLOCK_K"], args["A_GROUP"], args["W_GROUP"]))
+        if kw["BLOCK_M"] > max(16, args["M_BUCKET"]):
+            continue
+        key = (tuple(sorted(kw.items())), config.num_warps, config.num_stages)
+        kept.setdefault(key, triton.Config(kw, num_warps=config.num_warps, num_stages=config.num_stages))
+    return list(kept.values())
+
+
+_w4a4_autotuned = triton.autotune(
+    configs=[
+        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8), num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in GPU_CONFIGS
+    ],
+    key=["M_BUCKET", "N", "K", "A_INT4", "W_INT4", "A_GROUP", "W_GROUP"],
+    prune_configs_by=dict(early_config_prune=_prune_configs),
+)(_w4a4_kernel)
+
+
+def _m_bucket(m: int) -> int:
+    """Autotuning key for M: powers of two from 16 to 4096 (decode batches share one)."""
+    return min(max(triton.next_power_of_2(m), 16), 4096)
+
+
+def w4a4_matmul_triton(
+    a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
+    a_element: str, w_element: str, a_group: int = 0, w_group: int = 0,
+    bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16, out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The Triton twin of ``reference.w4a4_matmul_ref``; writes into ``out`` (M, N) when given."""
+    check_matmul_args(a_packed, a_scale, w_packed, w_scale, a_element, w_element, a_group, w_group, bias, out_dtype)
+    m, n, k = a_packed.shape[0], w_packed.shape[0], 2 * a_packed.shape[1]
+    if out is None:
+        out = torch.empty((m, n), dtype=out_dtype, device=a_packed.device)
+    elif out.shape != (m, n) or out.dtype != out_dtype or out.stride(1) != 1:
+        raise ValueError(f"out must be a ({m}, {n}) {out_dtype} tensor with unit column stride, "
+                         f"got {out.dtype} with shape {tuple(out.shape)} and strides {out.stride()}")
+    a_packed, w_packed = a_packed.contiguous(), w_packed.contiguous()
+    a_scale, w_scale = a_scale.float().contiguous(), w_scale.float().contiguous()
+    args = (
+        a_packed, a_scale, w_packed, w_scale, bias if bias is not None else out, out,  # (no bias: never read)
+        m, n, k, _m_bucket(m), a_packed.stride(0), w_packed.stride(0), a_scale.stride(0), w_scale.stride(0),
+        out.stride(0),
+    )
+    flags = dict(A_INT4=a_element == "int4", W_INT4=w_element == "int4", A_GROUP=a_group, W_GROUP=w_group,
+                 HAS_BIAS=bias is not None)
+    if INTERPRET:
+        config = dict(INTERPRET_CONFIG, BLOCK_K=_k_step(INTERPRET_CONFIG["BLOCK_K"], a_group, w_group))
+        grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
+        _w4a4_kernel[grid](*args, **flags, **config)
+    else:
+        def grid(meta: dict) -> tuple[int]:
+            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+
+        _w4a4_autotuned[grid](*args, **flags)
+    return out

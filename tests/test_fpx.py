@@ -1,0 +1,294 @@
+"""FPx weight-only formats: codes, bit-plane packing, the torch twin and the Triton GEMM.
+
+As in ``test_kernels``, ``TRITON_INTERPRET=1`` is set before the kernels are imported so
+that the Triton kernel runs on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import fpx_gemm  # noqa: E402
+from kernels.reference import fpx_matmul_ref, fpx_weight  # noqa: E402
+from quant_layers import FPFormat, QuantSpec, Quantizer, fp_format  # noqa: E402
+from quant_layers.packing import (  # noqa: E402
+    ELEMENT_OF, code_values, decode, element_named, encode, pack, pack_planes, unpack_planes,
+)
+
+FPX = ["e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0"]
+# Every finite FP element of 4 to 6 bits the kernel takes (E5M0's 2^16 is not a float16).
+KERNEL_ELEMENTS = [name for name, fmt in ELEMENT_OF.items()
+                   if isinstance(fmt, FPFormat) and fmt.bits in (4, 5, 6) and name != "e5m0"]
+
+
+def test_kernel_is_built_for_the_interpreter():
+    assert fpx_gemm.INTERPRET, "kernels were imported before TRITON_INTERPRET=1 was set"
+
+
+# ---------------------------------------------------------------------------
+# Codes
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n in ELEMENT_OF if n != "int4"])
+def test_code_values_are_the_grid(name):
+    fmt = element_named(name)
+    values = code_values(fmt)
+    assert fmt == fp_format(fmt.exp_bits, fmt.man_bits) and values.shape == (2**fmt.bits,)
+    assert torch.equal(values.unique().double(), fmt.grid())
+    half = 2 ** (fmt.bits - 1)
+    assert torch.equal(values[half:], -values[:half]) and (values[1:half] > values[: half - 1]).all()
+
+
+def test_hand_checked_codes():
+    e3m2, e2m3 = code_values(element_named("e3m2")), code_values(element_named("e2m3"))
+    # E3M2, bias 3: s eee mm.
+    assert e3m2[0b0_000_01] == 0.0625  # subnormal: 2^(1-3) * 1/4
+    assert e3m2[0b0_001_00] == 0.25  # 2^(1-3) * 1
+    assert e3m2[0b0_100_01] == 2.5  # 2^(4-3) * 1.25
+    assert e3m2[0b0_111_11] == 28.0  # 2^(7-3) * 1.75, the largest
+    assert e3m2[0b1_011_10] == -1.5  # -(2^0 * 1.5)
+    # E2M3, bias 1: s ee mmm.
+    assert e2m3[0b0_00_001] == 0.125  # subnormal: 2^0 * 1/8
+    assert e2m3[0b0_00_111] == 0.875  # subnormal: 7/8
+    assert e2m3[0b0_01_000] == 1.0
+    assert e2m3[0b0_11_111] == 7.5  # 2^2 * 1.875, the largest
+    assert e2m3[0b1_10_100] == -3.0  # -(2^1 * 1.5)
+    # E3M1 (bias 3): 0 111 1 = 2^4 * 1.5; E2M2 (bias 1): 0 11 11 = 2^2 * 1.75; E3M0: 0 001 = 2^-2.
+    assert code_values(element_named("e3m1"))[0b01111] == 24.0
+    assert code_values(element_named("e2m2"))[0b01111] == 7.0
+    assert code_values(element_named("e3m0")).tolist()[:8] == [0, 0.25, 0.5, 1, 2, 4, 8, 16]
+
+
+@pytest.mark.parametrize("name", list(ELEMENT_OF))
+def test_encode_decode_round_trip_every_code(name):
+    fmt = element_named(name)
+    codes = torch.arange(2**fmt.bits, dtype=torch.uint8)
+    values = decode(codes, fmt)
+    positive_zero = codes.clone()
+    if name != "int4":
+        positive_zero[2 ** (fmt.bits - 1)] = 0  # negative zero encodes as code 0
+    assert torch.equal(encode(values, fmt), positive_zero)
+    assert torch.equal(encode(values.bfloat16(), fmt), positive_zero)  # every value is exact in bfloat16
+
+
+def test_encode_refuses_values_off_the_grid_and_formats_without_codes():
+    with pytest.raises(ValueError, match="quantize the tensor first"):
+        encode(torch.tensor([0.1]), element_named("e3m2"))
+    with pytest.raises(ValueError, match="quantize the tensor first"):
+        encode(torch.tensor([32.0]), element_named("e3m2"))
+    for fmt in [fp_format(4, 3), fp_format(5, 2), FPFormat(3, 2, bias=2.5)]:
+        with pytest.raises(ValueError, match="codes exist for int4 and for FP elements"):
+            code_values(fmt)
+    with pytest.raises(ValueError, match="unknown element 'e4m3'"):
+        element_named("e4m3")
+
+
+# ---------------------------------------------------------------------------
+# Bit planes
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [4, 5, 6])
+def test_planes_round_trip_every_code(bits):
+    gen = torch.Generator().manual_seed(bits)
+    for _ in range(5):
+        length = 8 * int(torch.randint(8, 40, (1,), generator=gen))
+        codes = torch.randint(0, 2**bits, (3, length), generator=gen, dtype=torch.uint8)
+        codes[0, : 2**bits] = torch.arange(2**bits)
+        planes = pack_planes(codes, bits)
+        assert all(p.dtype == torch.uint8 for p in planes)
+        assert sum(p.numel() for p in planes) * 8 == codes.numel() * bits  # exactly n bits per weight
+        assert torch.equal(planes[0], pack(codes & 0xF))
+        assert torch.equal(unpack_planes(planes, bits, length), codes)
+
+
+def test_plane_layout():
+    codes = torch.tensor([[0b100000, 0b010000, 0b110000, 0b000001, 0, 0, 0, 0b111111]], dtype=torch.uint8)
+    low, high = pack_planes(codes, 6)
+    assert low.tolist() == [[0x00, 0x10, 0x00, 0xF0]] and high.tolist() == [[0b00_11_01_10, 0b11_00_00_00]]
+    low, high = pack_planes(torch.tensor([[16, 0, 16, 0, 0, 0, 0, 31]], dtype=torch.uint8), 5)
+    assert low.tolist() == [[0, 0, 0, 0xF0]] and high.tolist() == [[0b1000_0101]]
+    (plane,) = pack_planes(torch.tensor([[1, 2, 15, 0]]), 4)
+    assert plane.tolist() == [[0x21, 0x0F]]
+
+
+@pytest.mark.parametrize("bits, length, multiple", [(5, 12, 8), (6, 6, 4), (4, 3, 2)])
+def test_planes_need_whole_bytes(bits, length, multiple):
+    with pytest.raises(ValueError, match=f"multiple of {multiple}, got {length}"):
+        pack_planes(torch.zeros(2, length, dtype=torch.uint8), bits)
+    with pytest.raises(ValueError, match=f"multiple of {multiple}, got {length}"):
+        unpack_planes(pack_planes(torch.zeros(2, 8, dtype=torch.uint8), bits), bits, length)
+
+
+def test_plane_errors():
+    with pytest.raises(ValueError, match="4-, 5- or 6-bit codes, got bits=7"):
+        pack_planes(torch.zeros(8, dtype=torch.uint8), 7)
+    with pytest.raises(ValueError, match=r"5-bit codes lie in \[0, 31\]"):
+        pack_planes(torch.full((8,), 32, dtype=torch.uint8), 5)
+    low, high = pack_planes(torch.zeros(2, 16, dtype=torch.uint8), 6)
+    with pytest.raises(ValueError, match="have 2 plane"):
+        unpack_planes((low,), 6, 16)
+    with pytest.raises(ValueError, match="2-bit plane of 16 6-bit codes is uint8 with last dimension 4"):
+        unpack_planes((low, high[:, :2]), 6, 16)
+
+
+# ---------------------------------------------------------------------------
+# The twin against fake quantization
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", FPX)
+def test_twin_is_fake_quantized_linear(name):
+    fmt = element_named(name)
+    gen = torch.Generator().manual_seed(fmt.bits)
+    weight, x, bias = torch.randn(24, 64, generator=gen) * 0.05, torch.randn(5, 64, generator=gen), torch.randn(24)
+    weight[3] = 0  # a zero row: scale 0
+    quantizer = Quantizer(QuantSpec("fp", fmt.bits, exp_bits=fmt.exp_bits, granularity="channel"))
+    scale = quantizer.fit(quantizer.grouped(weight)).scale
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    planes = pack_planes(encode(fmt.round(weight / safe), fmt), fmt.bits)
+    w_fq = quantizer.fake_quantize(weight)
+    assert torch.equal(fpx_weight(planes, scale, name, fmt.bits, 64), w_fq)
+    out = fpx_matmul_ref(x, planes, scale, element=name, bits=fmt.bits, bias=bias)
+    want = F.linear(x, w_fq, bias)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-6 * want.abs().max().item())
+
+
+def test_auto_backend_on_cpu_is_the_twin_and_keeps_leading_dimensions():
+    x, planes, scale, bias = operands("e3m2", 6, 40, 64, torch.bfloat16)
+    out = kernels.fpx_matmul(x.reshape(2, 3, 64), planes, scale, element="e3m2", bits=6, bias=bias)
+    assert out.shape == (2, 3, 40) and out.dtype == torch.bfloat16
+    assert torch.equal(out.reshape(6, 40), fpx_matmul_ref(x, planes, scale, element="e3m2", bits=6, bias=bias))
+
+
+# ---------------------------------------------------------------------------
+# Triton against the twin
+# ---------------------------------------------------------------------------
+
+
+@triton.jit
+def _decode_kernel(codes_ptr, out_ptr, n, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    codes = tl.load(codes_ptr + offs, mask=offs < n, other=0)
+    tl.store(out_ptr + offs, fpx_gemm._decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS), mask=offs < n)
+
+
+@pytest.mark.parametrize("name", KERNEL_ELEMENTS)
+def test_kernel_decodes_every_code(name):
+    fmt = element_named(name)
+    codes = torch.arange(2**fmt.bits, dtype=torch.int32)
+    out = torch.empty(codes.shape)
+    _decode_kernel[(1,)](codes, out, codes.numel(), EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits,
+                         EXP_BIAS=fmt.default_bias, BLOCK=64)
+    assert torch.equal(out, code_values(fmt))
+    assert torch.equal(out.half().float(), out)  # exact in float16 (and bfloat16: at most 6 significant bits)
+
+
+def operands(name: str, m: int, n: int, k: int, dtype: torch.dtype, seed: int = 0) -> tuple:
+    """x, planes of uniformly random codes (every value, subnormals, -0), scales, bias."""
+    bits = element_named(name).bits
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 2**bits, (n, k), generator=gen, dtype=torch.uint8)
+    x = torch.randn(m, k, generator=gen).to(dtype)
+    scale = (torch.rand(n, 1, generator=gen) + 0.5) * 0.02
+    return x, pack_planes(codes, bits), scale, torch.randn(n, generator=gen)
+
+
+def assert_matches_twin(out: torch.Tensor, want: torch.Tensor) -> None:
+    """fp32 accumulation in another order, scale applied after the sum: 1e-5 of the output's
+    magnitude, plus one ulp of a half out dtype."""
+    rtol = {torch.float32: 0.0, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}[out.dtype]
+    torch.testing.assert_close(out.float(), want.float(), rtol=rtol, atol=1e-5 * want.float().abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("k", [64, 192])
+@pytest.mark.parametrize("name", FPX)
+def test_triton_equals_twin(name, k, dtype):
+    bits = element_named(name).bits
+    for m in (1, 3, 17):
+        x, planes, scale, bias = operands(name, m, 40, k, dtype, seed=m * k)
+        want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=bias)
+        poisoned = torch.full((m, 40), float("nan"), dtype=dtype)
+        out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=bias, out=poisoned)
+        assert out is poisoned and not out.isnan().any()  # every entry written
+        assert_matches_twin(out, want)
+
+
+@pytest.mark.parametrize("name, k", [("e3m2", 36), ("e2m2", 40), ("e2m1", 34)])
+def test_triton_ragged_k_bfloat16_public_api(name, k):
+    """K not a multiple of the 32-wide K step; bf16 x, fp32 out, no bias, (N, 1) scales."""
+    bits = element_named(name).bits
+    x, planes, scale, _ = operands(name, 5, 24, k, torch.bfloat16, seed=k)
+    out = kernels.fpx_matmul(x, planes, scale, element=name, bits=bits, out_dtype=torch.float32, backend="triton")
+    assert out.dtype == torch.float32 and out.shape == (5, 24)
+    assert_matches_twin(out, fpx_matmul_ref(x, planes, scale, element=name, bits=bits, out_dtype=torch.float32))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_no_tokens(backend):
+    x, planes, scale, _ = operands("e2m3", 0, 8, 32, torch.float16)
+    assert kernels.fpx_matmul(x, planes, scale, element="e2m3", bits=6, backend=backend).shape == (0, 8)
+
+
+def test_autotune_configs_fit_the_m_bucket():
+    configs = fpx_gemm._fpx_autotuned.configs
+    decode = fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(1)))
+    assert decode and {c.kwargs["BLOCK_M"] for c in decode} == {16}
+    assert len(fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(128)))) == len(configs)
+    assert all(c.kwargs["BLOCK_K"] % 8 == 0 for c in configs)  # whole bytes of the 1-bit plane
+
+
+# ---------------------------------------------------------------------------
+# Argument errors (both backends check before any work)
+# ---------------------------------------------------------------------------
+
+
+def _fpx_args(**changes) -> dict:
+    x, planes, scale, _ = operands("e3m2", 3, 8, 64, torch.float16)
+    args = dict(x=x, planes=planes, w_scale=scale, element="e3m2", bits=6)
+    args.update(changes)
+    return args
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(x=torch.zeros(3, 64, dtype=torch.int32)), "float16, bfloat16 or float32"),
+        (dict(element="int4", bits=4), "FP elements of 4, 5 or 6 bits"),
+        (dict(element="e5m0", bits=6), "FP elements of 4, 5 or 6 bits whose values fit float16"),
+        (dict(element="e4m3", bits=8), "unknown element 'e4m3'"),
+        (dict(bits=5), "element e3m2 has 6-bit codes, got bits=5"),
+        (dict(planes=pack_planes(torch.zeros(8, 64, dtype=torch.uint8), 6)[:1]), r"2 bit plane\(s\)"),
+        (dict(planes=(torch.zeros(8, 32, dtype=torch.int8), torch.zeros(8, 16, dtype=torch.uint8))),
+         r"planes\[0\] must be the uint8 4-bit plane"),
+        (dict(planes=pack_planes(torch.zeros(8, 128, dtype=torch.uint8), 6)), r"shape \(N, K\*4/8\) = \(8, 32\)"),
+        (dict(planes=(torch.zeros(8, 32, dtype=torch.uint8), torch.zeros(7, 16, dtype=torch.uint8))),
+         r"planes\[1\] must be the uint8 2-bit plane of shape \(N, K\*2/8\) = \(8, 16\)"),
+        (dict(x=torch.zeros(3, 60, dtype=torch.float16), element="e2m2", bits=5), "positive multiple of 8, got K=60"),
+        (dict(w_scale=torch.ones(8, 2)), r"w_scale must be a float tensor of shape \(8,\) or \(8, 1\)"),
+        (dict(bias=torch.zeros(4)), r"bias must be a float tensor of shape \(8,\)"),
+        (dict(out_dtype=torch.int32), "out_dtype"),
+    ],
+)
+def test_fpx_matmul_errors(backend, changes, message):
+    with pytest.raises(ValueError, match=message):
+        kernels.fpx_matmul(**_fpx_args(**changes), backend=backend)
+
+
+def test_w4a4_kernels_still_take_only_int4_and_e2m1():
+    with pytest.raises(ValueError, match="unknown 4-bit element 'e3m2'"):
+        kernels.quantize_activations(torch.zeros(2, 16), "e3m2")

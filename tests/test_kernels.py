@@ -1,0 +1,364 @@
+"""W4A4 kernels: torch twins against fake quantization, Triton kernels against the twins.
+
+The Triton kernels run on CPU under ``TRITON_INTERPRET=1``, which must be set before
+``kernels.act_quant`` / ``kernels.w4a4_gemm`` are imported (``triton.jit`` reads it when
+it builds a kernel): hence the assignment above the imports. Triton itself may already
+be imported by then (transformers imports it when other test modules import
+``quant_layers``); the kernels are written to run under the interpreter all the same.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import act_quant, w4a4_gemm  # noqa: E402
+from kernels.reference import dequantize, quantize_activations_ref, w4a4_matmul_ref  # noqa: E402
+from quant_layers import E2M1, E4M3, QuantSpec, Quantizer  # noqa: E402
+from quant_layers.formats import e4m3_scale, e8m0_scale  # noqa: E402
+from quant_layers.packing import code_values, element_named, unpack  # noqa: E402
+from transforms.hadamard import block_hadamard_transform  # noqa: E402
+
+# (element, group_size, scale_kind, clip_ratio) and the spec the twin must realise.
+ACT_CASES = {
+    "int4-tok-clip0.9": (("int4", 0, "float", 0.9), QuantSpec(format="int", bits=4, granularity="token", clip_ratio=0.9)),
+    "e2m1-tok": (("e2m1", 0, "float", 1.0), QuantSpec(format="fp", bits=4, exp_bits=2, granularity="token")),
+    "nvfp4": (("e2m1", 16, "e4m3", 1.0), QuantSpec(format="nvfp", bits=4)),
+    "mxfp4": (("e2m1", 32, "e8m0", 1.0), QuantSpec(format="mxfp", bits=4)),
+    "int4-g64": (("int4", 64, "float", 1.0), QuantSpec(format="int", bits=4, granularity="group", group_size=64)),
+}
+# (a_element, a_group, a_scale_kind, w_element, w_group, w_scale_kind)
+GEMM_CASES = {
+    "int4xint4": ("int4", 0, "float", "int4", 0, "float"),
+    "e2m1xe2m1": ("e2m1", 0, "float", "e2m1", 0, "float"),
+    "int4xe2m1": ("int4", 0, "float", "e2m1", 0, "float"),
+    "nvfp4": ("e2m1", 16, "e4m3", "e2m1", 16, "e4m3"),
+    "mxfp4": ("e2m1", 32, "e8m0", "e2m1", 32, "e8m0"),
+    "int4-tok x int4-g128": ("int4", 0, "float", "int4", 128, "float"),
+}
+# (M, N, K, bias, out_dtype): ragged M, N = 40 is not a multiple of the 16-wide tiles.
+GEMM_SHAPES = [(1, 40, 128, True, torch.float16), (5, 40, 256, False, torch.float32), (33, 40, 128, True, torch.float32)]
+TIES = {"int4": torch.arange(-7.5, 7.0, 1.0), "e2m1": torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])}
+
+
+def test_kernels_are_built_for_the_interpreter():
+    assert act_quant.INTERPRET and w4a4_gemm.INTERPRET, "kernels were imported before TRITON_INTERPRET=1 was set"
+
+
+def activations(m: int, k: int, element: str, group_size: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """Random rows, rows whose values sit on rounding ties (and the grid), an all-zero row.
+
+    Tie rows: each scale group has its amax at max_value * 2^s (its first element) and
+    values that are multiples of 2^s / 4. With float scales (no clipping) and MXFP4's
+    power-of-two scales the scale is 2^s, so x / scale lands exactly on the ties of INT4
+    (half-integers) and E2M1 (0.25, 0.75, ..., 5); under NVFP4 or clipping, near them.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=gen) * 2
+    x[:, :: max(k // 3, 1)] *= 8  # outliers
+    group = group_size or k
+    exps = torch.randint(-3, 4, (m, k // group, 1), generator=gen).float()
+    quarters = torch.randint(-24, 25, (m, k // group, group), generator=gen).float() * 0.25
+    quarters[..., 0] = 7.0 if element == "int4" else 6.0
+    ties = (quarters * torch.exp2(exps)).reshape(m, k)
+    x[1::2] = ties[1::2]
+    if m > 2:
+        x[2] = 0
+    return x.to(dtype)
+
+
+def tie_fraction(x: torch.Tensor, scale: torch.Tensor, element: str) -> float:
+    v = (x.float().reshape(scale.numel(), -1) / scale.reshape(-1, 1)).abs()
+    return torch.isin(v, TIES[element].abs()).float().mean().item()
+
+
+def grid_index(codes: torch.Tensor, element: str) -> torch.Tensor:
+    """Rank of each code's value on the sorted grid (adjacent values differ by 1)."""
+    values = code_values(element_named(element))
+    return torch.bucketize(values[codes.long()], values.unique())
+
+
+# ---------------------------------------------------------------------------
+# The twin against fake quantization
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", ACT_CASES)
+def test_reference_is_fake_quantization(case, dtype):
+    (element, group, kind, clip), spec = ACT_CASES[case]
+    x = activations(9, 256, element, group, dtype)
+    packed, scale = quantize_activations_ref(x, element, group, kind, clip)
+    assert packed.dtype == torch.uint8 and packed.shape == (9, 128)
+    assert scale.dtype == torch.float32 and scale.shape == (9, 256 // group if group else 1)
+    expected = Quantizer(spec).fake_quantize(x.float())
+    assert torch.equal(dequantize(packed, scale, element, group), expected)
+
+
+def test_reference_rotates_before_quantizing():
+    x = activations(6, 128, "e2m1", 16, torch.float16)
+    packed, scale = quantize_activations_ref(x, "e2m1", 16, "e4m3", hadamard_block=32)
+    expected = Quantizer(QuantSpec(format="nvfp", bits=4)).fake_quantize(block_hadamard_transform(x, 32).float())
+    assert torch.equal(dequantize(packed, scale, "e2m1", 16), expected)
+
+
+def test_auto_backend_on_cpu_is_the_twin():
+    x = activations(4, 64, "int4", 0, torch.float32)
+    for got, want in zip(kernels.quantize_activations(x, "int4"), quantize_activations_ref(x, "int4")):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_no_tokens(backend):
+    packed, scale = kernels.quantize_activations(torch.zeros(0, 64), "e2m1", 16, "e4m3", backend=backend)
+    assert packed.shape == (0, 32) and scale.shape == (0, 4)
+    out = kernels.w4a4_matmul(packed, scale, torch.zeros(5, 32, dtype=torch.uint8), torch.ones(5, 4), a_element="e2m1",
+                              w_element="e2m1", a_group=16, w_group=16, backend=backend)
+    assert out.shape == (0, 5)
+
+
+# ---------------------------------------------------------------------------
+# Rounding helpers of the activation kernel, exhaustively
+# ---------------------------------------------------------------------------
+
+
+@triton.jit
+def _helper_kernel(x_ptr, y_ptr, n, WHICH: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n, other=0.0)
+    if WHICH == 0:
+        y = act_quant._round_e4m3(x)
+    elif WHICH == 1:
+        y = act_quant._e8m0_scale(x)
+    else:
+        y = act_quant._encode(x, WHICH == 2).to(tl.float32)
+    tl.store(y_ptr + offs, y, mask=offs < n)
+
+
+def run_helper(x: torch.Tensor, which: int) -> torch.Tensor:
+    y = torch.empty_like(x)
+    _helper_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), WHICH=which, BLOCK=1024)
+    return y
+
+
+def neighbourhood(values: torch.Tensor) -> torch.Tensor:
+    """The values, their midpoints, and the floats one ulp either side of each."""
+    v = values.float().unique()
+    mids = (v[1:] + v[:-1]) / 2
+    pts = torch.cat([v, mids])
+    return torch.cat([pts, torch.nextafter(pts, pts + 1), torch.nextafter(pts, pts - 1)]).unique()
+
+
+def test_e4m3_block_scale_rounding_matches_e4m3_scale():
+    s = neighbourhood(E4M3.grid().clamp(min=0))
+    s = torch.cat([s, torch.tensor([0.0, 1e-30, 2.0**-12, 460.0, 464.0, 500.0, 1e4])])
+    assert torch.equal(run_helper(s, 0), e4m3_scale(s))
+
+
+def test_e8m0_scale_matches():
+    amax = torch.cat([neighbourhood(torch.exp2(torch.arange(-130.0, 128.0))), torch.tensor([0.0, 3.0, 6.0, 1e-40])])
+    amax = amax[torch.isfinite(amax) & (amax >= 0)]
+    assert torch.equal(run_helper(amax, 1), e8m0_scale(amax, E2M1))
+
+
+@pytest.mark.parametrize("element", ["int4", "e2m1"])
+def test_element_rounding_and_codes_match_the_format(element):
+    fmt = element_named(element)
+    v = neighbourhood(torch.cat([fmt.grid(), -fmt.grid(), torch.tensor([-9.0, 9.0, 100.0, -100.0])]))
+    codes = run_helper(v, 2 if element == "int4" else 3).to(torch.uint8)
+    expected = fmt.round(v)
+    assert torch.equal(code_values(fmt)[codes.long()], expected)
+    assert torch.equal(codes[expected == 0], torch.zeros_like(codes[expected == 0]))  # no negative zero code
+
+
+# ---------------------------------------------------------------------------
+# Triton activation quantization against the twin
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [64, 128, 192])
+@pytest.mark.parametrize("m", [1, 3, 17, 33])
+@pytest.mark.parametrize("case", ACT_CASES)
+def test_triton_quantize_equals_twin(case, m, k):
+    (element, group, kind, clip), _ = ACT_CASES[case]
+    x = activations(m, k, element, group, torch.bfloat16, seed=m * k)
+    want = quantize_activations_ref(x, element, group, kind, clip)
+    got = kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    if m > 1 and kind == "float" and clip == 1.0:
+        assert tie_fraction(x[1::2], want[1][1::2], element) > 0.05  # the data does exercise the ties
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_triton_quantize_other_dtypes_equal_twin(dtype):
+    for case in ACT_CASES.values():
+        element, group, kind, clip = case[0]
+        x = activations(17, 192, element, group, dtype)
+        want = quantize_activations_ref(x, element, group, kind, clip)
+        got = kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block", [16, 32, 256])
+@pytest.mark.parametrize("case", ["int4-tok-clip0.9", "nvfp4", "mxfp4"])
+def test_triton_fused_hadamard_matches_twin(case, block, dtype):
+    """The kernel rotates with a dot, the twin with butterflies: sums differ in the last bit.
+
+    Asserted: scales equal within 2 fp32 ulps; codes equal except on under 1% of the
+    elements, where they are neighbours on the grid (a value that sat on a rounding tie).
+    """
+    (element, group, kind, clip), _ = ACT_CASES[case]
+    x = activations(17, 256, element, group, dtype)
+    want_packed, want_scale = quantize_activations_ref(x, element, group, kind, clip, block)
+    packed, scale = kernels.quantize_activations(x, element, group, kind, clip, block, backend="triton")
+    torch.testing.assert_close(scale, want_scale, rtol=2.5e-7, atol=0)
+    got, want = grid_index(unpack(packed), element), grid_index(unpack(want_packed), element)
+    assert (got != want).float().mean() < 0.01
+    assert (got - want).abs().max() <= 1
+
+
+# ---------------------------------------------------------------------------
+# Triton W4A4 GEMM against the twin
+# ---------------------------------------------------------------------------
+
+
+def quantized_operands(case: str, m: int, n: int, k: int) -> tuple:
+    a_el, a_group, a_kind, w_el, w_group, w_kind = GEMM_CASES[case]
+    gen = torch.Generator().manual_seed(m * n + k)
+    a = quantize_activations_ref(torch.randn(m, k, generator=gen) * 3, a_el, a_group, a_kind)
+    w = quantize_activations_ref(torch.randn(n, k, generator=gen) * 0.05, w_el, w_group, w_kind)
+    return a, w, dict(a_element=a_el, w_element=w_el, a_group=a_group, w_group=w_group)
+
+
+def assert_matches_twin(out: torch.Tensor, want: torch.Tensor) -> None:
+    """fp32 accumulation in another order: 1e-5 of the output's magnitude, plus one ulp of a half out dtype."""
+    rtol = {torch.float32: 0.0, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}[out.dtype]
+    torch.testing.assert_close(out.float(), want.float(), rtol=rtol, atol=1e-5 * want.float().abs().max().item())
+
+
+def shape_id(shape: tuple) -> str:
+    m, n, k, with_bias, out_dtype = shape
+    return f"M{m}-N{n}-K{k}-{'bias' if with_bias else 'nobias'}-{str(out_dtype).removeprefix('torch.')}"
+
+
+@pytest.mark.parametrize("shape", GEMM_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("case", GEMM_CASES)
+def test_triton_gemm_equals_twin(case, shape):
+    m, n, k, with_bias, out_dtype = shape
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands(case, m, n, k)
+    bias = torch.randn(n) if with_bias else None
+    want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, bias=bias, out_dtype=out_dtype, **kw)
+    poisoned = torch.full((m, n), float("nan"), dtype=out_dtype)
+    out = w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, bias=bias, out_dtype=out_dtype,
+                                       out=poisoned, **kw)
+    assert out is poisoned and not out.isnan().any()  # every entry written
+    assert_matches_twin(out, want)
+
+
+def test_triton_gemm_public_api_bfloat16_out():
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 17, 24, 64)
+    out = kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.bfloat16, backend="triton", **kw)
+    assert out.dtype == torch.bfloat16 and out.shape == (17, 24)
+    assert_matches_twin(out, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.bfloat16, **kw))
+
+
+def test_triton_gemm_groups_that_are_not_powers_of_two():
+    """Random codes and scales, a in groups of 48 and w in groups of 96: K steps of 16."""
+    gen = torch.Generator().manual_seed(2)
+    a_packed, w_packed = (torch.randint(0, 256, (rows, 96), generator=gen, dtype=torch.uint8) for rows in (9, 20))
+    a_scale, w_scale = torch.rand(9, 4, generator=gen) + 0.1, torch.rand(20, 2, generator=gen) + 0.1
+    kw = dict(a_element="int4", w_element="e2m1", a_group=48, w_group=96, out_dtype=torch.float32)
+    out = kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, backend="triton", **kw)
+    assert_matches_twin(out, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, **kw))
+
+
+def test_autotune_configs_never_cross_a_scale_group():
+    configs = w4a4_gemm._w4a4_autotuned.configs
+    nvfp4_decode = w4a4_gemm._prune_configs(configs, dict(M_BUCKET=16), A_GROUP=16, W_GROUP=16)
+    assert nvfp4_decode and {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_K"]) for c in nvfp4_decode} == {(16, 16)}
+    g128_prefill = w4a4_gemm._prune_configs(configs, dict(M_BUCKET=4096), A_GROUP=0, W_GROUP=128)
+    assert all(c.kwargs["BLOCK_K"] <= 128 for c in g128_prefill)
+    assert len({tuple(sorted(c.all_kwargs().items())) for c in g128_prefill}) == len(g128_prefill) > 4
+    assert [w4a4_gemm._k_step(128, *groups) for groups in [(0, 0), (48, 0), (32, 64), (0, 256)]] == [128, 16, 32, 128]
+
+
+@pytest.mark.parametrize("case", ["int4-tok-clip0.9", "nvfp4"])
+def test_real_quant_linear_equals_fake_quant_linear(case):
+    """quantize_activations + w4a4_matmul (Triton) = F.linear of the fake-quantized input and weight."""
+    (element, group, kind, clip), spec = ACT_CASES[case]
+    gen = torch.Generator().manual_seed(1)
+    x, bias = torch.randn(7, 64, generator=gen), torch.randn(24, generator=gen)
+    weight = torch.randn(24, 64, generator=gen) * 0.1
+    a_packed, a_scale = kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
+    w_packed, w_scale = quantize_activations_ref(weight, element, group, kind)
+    w_spec = spec if group else QuantSpec(format=spec.format, bits=4, exp_bits=spec.exp_bits, granularity="channel")
+    out = kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, a_element=element, w_element=element,
+                              a_group=group, w_group=group, bias=bias, out_dtype=torch.float32, backend="triton")
+    want = F.linear(Quantizer(spec).fake_quantize(x), Quantizer(w_spec).fake_quantize(weight), bias)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-5 * want.abs().max().item())
+
+
+# ---------------------------------------------------------------------------
+# Argument errors (both backends check before any work)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize(
+    "shape, dtype, kwargs, message",
+    [
+        ((4, 33), torch.float32, dict(element="int4"), "even K"),
+        ((4, 48), torch.float32, dict(element="int4", group_size=32), "does not divide K=48"),
+        ((4, 64), torch.float32, dict(element="int4", group_size=24), "power of two"),
+        ((4, 48), torch.float32, dict(element="int4", hadamard_block=32), "hadamard block 32 does not divide"),
+        ((4, 64), torch.float32, dict(element="e2m1", group_size=32, scale_kind="e4m3"), "group_size=16"),
+        ((4, 64), torch.float32, dict(element="int4", group_size=32, scale_kind="e8m0"), "element 'e2m1'"),
+        ((4, 64), torch.float32, dict(element="int8"), "unknown 4-bit element"),
+        ((4, 64), torch.int32, dict(element="int4"), "float16, bfloat16 or float32"),
+        ((2, 4, 64), torch.float32, dict(element="int4"), "2-D"),
+    ],
+)
+def test_quantize_activations_errors(backend, shape, dtype, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kernels.quantize_activations(torch.zeros(shape, dtype=dtype), backend=backend, **kwargs)
+
+
+def _gemm_args(**changes) -> dict:
+    args = dict(a_packed=torch.zeros(3, 32, dtype=torch.uint8), a_scale=torch.ones(3, 1),
+                w_packed=torch.zeros(5, 32, dtype=torch.uint8), w_scale=torch.ones(5, 1),
+                a_element="int4", w_element="int4")
+    args.update(changes)
+    return args
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(a_packed=torch.zeros(3, 32, dtype=torch.int8)), "a_packed must be a 2-D uint8"),
+        (dict(w_packed=torch.zeros(5, 16, dtype=torch.uint8)), "disagree on K: a_packed holds K=64, w_packed holds K=32"),
+        (dict(w_group=48, w_scale=torch.ones(5, 1)), "w_group must be 0 .* multiple of 16 dividing K=64"),
+        (dict(a_group=20, a_scale=torch.ones(3, 3)), "a_group must be 0 .* multiple of 16 dividing K=64"),
+        (dict(w_group=32), r"w_scale must be a float tensor of shape \(5, 2\)"),
+        (dict(bias=torch.zeros(4)), r"bias must be a float tensor of shape \(5,\)"),
+        (dict(out_dtype=torch.int32), "out_dtype"),
+        (dict(w_element="fp4"), "unknown 4-bit element"),
+    ],
+)
+def test_w4a4_matmul_errors(backend, changes, message):
+    with pytest.raises(ValueError, match=message):
+        kernels.w4a4_matmul(**_gemm_args(**changes), backend=backend)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown backend"):
+        kernels.quantize_activations(torch.zeros(2, 16), "int4", backend="cuda")
