@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from configs import QBITS_CONFIGS, RunConfig, qbits_recipe
@@ -43,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="randomized Hadamard, random orthogonal, or block-diagonal Hadamard")
     r.add_argument("--hadamard_group_size", type=int, help="block size for block_hadamard (default 128)")
     r.add_argument("--rotation_seed", type=int, default=0)
+    x = p.add_argument_group("real quantization")
+    x.add_argument("--quantized_save", action="store_true",
+                   help="save a real-quantized checkpoint (packed 4-bit) to --save_path "
+                        "(default --output_dir/quantized/RUN_NAME)")
     return p
 
 
@@ -66,8 +71,16 @@ def build_config(args: argparse.Namespace) -> RunConfig:
                                      hadamard_group_size=args.hadamard_group_size, rotation_seed=args.rotation_seed)
     elif args.hadamard_group_size is not None:
         raise ValueError("--hadamard_group_size needs --rotate")
-    return RunConfig(quant=recipe, only_eval=args.only_eval, ptq_param_path=args.ptq_param_path,
-                     **common_config_kwargs(args))
+    cfg = RunConfig(quant=recipe, only_eval=args.only_eval, ptq_param_path=args.ptq_param_path,
+                    **common_config_kwargs(args))
+    if args.quantized_save and not args.save_path:
+        from pipeline.run import default_run_name
+
+        path = os.path.join(args.output_dir, "quantized", args.run_name or default_run_name(cfg))
+        cfg = dataclasses.replace(cfg, save_path=path)
+    elif args.save_path and not args.quantized_save:
+        raise ValueError("--save_path is where --quantized_save writes: add --quantized_save")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block size of block_hadamard (default 128); for hadamard, the block used "
                         "where no full Hadamard exists (default: largest power of two)")
     t.add_argument("--rotation_seed", type=int, default=0, help="seed of random signs / random orthogonal")
+    x = p.add_argument_group("real quantization")
+    x.add_argument("--real_quant", action="store_true",
+                   help="after quantizing, save a real-quantized checkpoint (packed 4-bit) to --save_path")
     return p
 
 
@@ -81,6 +84,9 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         rotation_seed=args.rotation_seed,
         quantize_lm_head=args.quantize_lm_head,
     )
+    if args.real_quant != bool(args.save_path):
+        raise ValueError("--real_quant and --save_path go together: --real_quant --save_path DIR writes the "
+                         "real-quantized checkpoint")
     return RunConfig(quant=recipe, **common_config_kwargs(args))
 
 

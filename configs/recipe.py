@@ -151,6 +151,8 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "results"
     run_name: str | None = None
+    save_path: str | None = None  # write a real-quantized checkpoint here after quantizing
+    load_quantized: str | None = None  # evaluate this real-quantized checkpoint (its recipe) instead
     log_wandb: bool = False
     wandb_project: str = "ptq-harness"
     wandb_group: str | None = None
@@ -184,6 +186,18 @@ class RunConfig:
         self.ppl_datasets = tuple(self.ppl_datasets)
         self.tasks = tuple(self.tasks)
         self._check_lm_eval()
+        self._check_real_quant()
+
+    def _check_real_quant(self) -> None:
+        if self.load_quantized:
+            if self.save_path or self.resume or self.only_eval:
+                raise ValueError("--load_quantized evaluates a saved real-quantized checkpoint: drop --save_path, "
+                                 "--resume and --only_eval")
+            return
+        if self.save_path:
+            from quant_layers.real_linear import check_real_quant_recipe
+
+            check_real_quant_recipe(self.quant)
 
     def _check_lm_eval(self) -> None:
         if self.num_fewshot < 0:
@@ -203,13 +217,16 @@ class RunConfig:
                              "(e.g. --tasks piqa)")
 
     def check_model(self, config, adapter) -> None:
+        self.check_seqlen(config)
+        self.quant.check_model(config, adapter)
+
+    def check_seqlen(self, config) -> None:
         limit = getattr(config, "max_position_embeddings", None)
         if limit is not None and self.seqlen > limit:
             raise ValueError(
                 f"--seqlen {self.seqlen} exceeds the model's max_position_embeddings {limit}: "
                 f"pass --seqlen {limit} or less"
             )
-        self.quant.check_model(config, adapter)
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -64,6 +64,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     o = parser.add_argument_group("output")
     o.add_argument("--output_dir", default="results", help="where the run's JSON goes")
     o.add_argument("--run_name", help="file name of the results JSON (default: model and recipe)")
+    o.add_argument("--save_path", help="directory for the real-quantized checkpoint (packed 4-bit weights, "
+                                       "scales, online transforms, tokenizer); must not exist")
+    o.add_argument("--load_quantized", metavar="DIR",
+                   help="evaluate a real-quantized checkpoint on the kernels (its own recipe; quantization "
+                        "flags are ignored)")
     o.add_argument("--log_wandb", action="store_true", help="log to wandb (WANDB_MODE=offline works)")
     o.add_argument("--wandb_project", default=os.environ.get("WANDB_PROJECT", "ptq-harness"))
     o.add_argument("--wandb_group", default=os.environ.get("WANDB_RUN_GROUP"))
@@ -104,6 +109,7 @@ def common_config_kwargs(args: argparse.Namespace) -> dict:
         tasks_data_dir=_tasks_data_dir(args), calib_dataset=args.calib_dataset,
         nsamples=args.nsamples, calib_batch_size=args.calib_batch_size,
         offload_activations=args.offload_activations, resume=args.resume, seed=args.seed, output_dir=args.output_dir, run_name=args.run_name,
+        save_path=args.save_path, load_quantized=args.load_quantized,
         log_wandb=args.log_wandb, wandb_project=args.wandb_project, wandb_group=args.wandb_group,
     )
 

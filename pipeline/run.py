@@ -12,12 +12,14 @@ import os
 import time
 
 import torch
+from transformers import AutoConfig
 
 import corpora
 from calib import LayerwiseConfig, calibrate_layerwise, calibration_windows, quantize_weights_rtn
 from calib import fpq_search
 from configs import QuantRecipe, RunConfig
 from evaluation import MAX_WINDOWS, evaluate_tasks, evaluation_tokens, perplexity, prepare_tasks
+from export import checkpoint_bytes, export_quantized, load_quantized, read_quantization_config
 from models import adapter_for, load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
 from models.loading import dtype_name, locate
 from transforms import apply_transform
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def default_run_name(cfg: RunConfig) -> str:
+    if cfg.load_quantized:
+        return f"{os.path.basename(os.path.abspath(cfg.load_quantized))}_real_quant"
     suffix = "_only_eval" if cfg.only_eval else ""
     return f"{model_base(cfg)}_{cfg.quant.label}{suffix}".replace("/", "_")
 
@@ -70,6 +74,8 @@ def _calibrate_gptq(cfg: RunConfig, model, adapter, tokenizer, calib_source, dev
 
 
 def run(cfg: RunConfig) -> RunResult:
+    if cfg.load_quantized:
+        return run_loaded(cfg)
     t_start = time.perf_counter()
     loc = locate(cfg.model, cfg.gguf_file)
     ppl_sources = [corpora.resolve(name, corpora.EVAL_SPLIT.get(name, "test"), cfg.data_dir) for name in cfg.ppl_datasets]
@@ -143,6 +149,25 @@ def run(cfg: RunConfig) -> RunResult:
         torch.cuda.synchronize()
     timings["quantize_s"] = time.perf_counter() - t
 
+    checkpoint = None
+    if cfg.save_path:
+        t = time.perf_counter()
+        checkpoint = export_quantized(model, tokenizer, cfg.quant, cfg.save_path)
+        timings["export_s"] = time.perf_counter() - t
+        log.info("wrote the real-quantized checkpoint %s (%.1f MiB)", checkpoint, checkpoint_bytes(checkpoint) / 2**20)
+        if calibration is None:
+            calibration = {}
+        calibration = {**calibration, "checkpoint": checkpoint, "checkpoint_bytes": checkpoint_bytes(checkpoint)}
+
+    metrics = _evaluate(cfg, model, tokenizer, ppl_sources, lm_eval_tasks, timings)
+    timings["total_s"] = time.perf_counter() - t_start
+    return _record(cfg, loc.gguf_file or os.path.basename(loc.path.rstrip("/")), cfg.quant.to_dict(),
+                   {**cfg.to_dict(), "quant_label": cfg.quant.label, "dtype_resolved": dtype_name(dtype)},
+                   metrics, timings, device, calibration)
+
+
+def _evaluate(cfg: RunConfig, model, tokenizer, ppl_sources, lm_eval_tasks, timings: dict) -> dict[str, dict]:
+    """Perplexity on each source, then the lm-eval tasks; adds their times to ``timings``."""
     metrics: dict[str, dict] = {}
     t = time.perf_counter()
     for source in ppl_sources:
@@ -158,13 +183,16 @@ def run(cfg: RunConfig) -> RunResult:
         metrics["lm_eval"] = evaluate_tasks(model, tokenizer, lm_eval_tasks, num_fewshot=cfg.num_fewshot,
                                             batch_size=cfg.lm_eval_batch_size, limit=cfg.lm_eval_limit)
         timings["lm_eval_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t_start
+    return metrics
 
+
+def _record(cfg: RunConfig, model_name: str, recipe: dict, config: dict, metrics: dict, timings: dict,
+            device: torch.device, calibration: dict | None) -> RunResult:
     result = RunResult(
         run_name=cfg.run_name or default_run_name(cfg),
-        model=loc.gguf_file or os.path.basename(loc.path.rstrip("/")),
-        recipe=cfg.quant.to_dict(),
-        config={**cfg.to_dict(), "quant_label": cfg.quant.label, "dtype_resolved": dtype_name(dtype)},
+        model=model_name,
+        recipe=recipe,
+        config=config,
         metrics=metrics,
         timings={k: round(v, 3) for k, v in timings.items()},
         device=device_name(device),
@@ -175,3 +203,27 @@ def run(cfg: RunConfig) -> RunResult:
     if cfg.log_wandb:
         result.log_wandb(cfg.wandb_project, cfg.wandb_group)
     return result
+
+
+def run_loaded(cfg: RunConfig) -> RunResult:
+    """Evaluate a real-quantized checkpoint (``--load_quantized``) on the kernels."""
+    t_start = time.perf_counter()
+    qc = read_quantization_config(cfg.load_quantized)  # refuse a wrong or newer checkpoint before anything heavy
+    cfg.check_seqlen(AutoConfig.from_pretrained(cfg.load_quantized))
+    ppl_sources = [corpora.resolve(name, corpora.EVAL_SPLIT.get(name, "test"), cfg.data_dir) for name in cfg.ppl_datasets]
+    lm_eval_tasks = prepare_tasks(cfg.tasks, cfg.tasks_data_dir, cfg.num_fewshot) if cfg.tasks else None
+    device = resolve_device(cfg.device)
+    timings = {}
+    t = time.perf_counter()
+    model, tokenizer, qc = load_quantized(cfg.load_quantized, device)
+    if tokenizer is None:
+        raise ValueError(f"{cfg.load_quantized} has no tokenizer files: export it again with its tokenizer")
+    timings["load_s"] = time.perf_counter() - t
+    metrics = _evaluate(cfg, model, tokenizer, ppl_sources, lm_eval_tasks, timings)
+    timings["total_s"] = time.perf_counter() - t_start
+    recipe = QuantRecipe.from_dict(qc["recipe"])
+    name = os.path.basename(os.path.abspath(cfg.load_quantized))
+    return _record(cfg, name, qc["recipe"], {**cfg.to_dict(), "quant_label": recipe.label, "real_quant": True,
+                                             "dtype_resolved": qc["dtype"]},
+                   metrics, timings, device, {"checkpoint": cfg.load_quantized,
+                                              "checkpoint_bytes": checkpoint_bytes(cfg.load_quantized)})

@@ -1,0 +1,15 @@
+"""Real-quantized checkpoints: export from the fake-quantized model, load onto the kernels."""
+
+from .checkpoint import (
+    FORMAT,
+    FORMAT_VERSION,
+    checkpoint_bytes,
+    decode_weight_scale,
+    export_quantized,
+    load_quantized,
+    packed_weight,
+    read_quantization_config,
+)
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "checkpoint_bytes", "decode_weight_scale", "export_quantized",
+           "load_quantized", "packed_weight", "read_quantization_config"]

@@ -1,0 +1,159 @@
+"""A linear layer that holds packed 4-bit weights and runs on the W4A4 kernels.
+
+``RealQuantLinear`` is what a loaded real-quantized checkpoint is made of: packed codes
+(two per byte, ``quant_layers.packing``) and decoded fp32 scales for the weight, and a
+description of how its input is quantized on the fly. The same module runs everywhere:
+``kernels`` dispatches to Triton on CUDA and to the pure-torch reference twins on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+
+from .quantizer import BLOCK_GROUP_SIZE, QuantSpec
+
+SCALE_KINDS = {"nvfp": "e4m3", "mxfp": "e8m0"}
+
+
+FPX_BITS = (4, 5, 6)  # weight-only FP elements the FPx kernel takes (FP6-LLM's formats and their FP5/FP4 kin)
+
+
+@dataclass(frozen=True)
+class RealQuantScheme:
+    """How one tensor of a real-quantized linear is stored or quantized (JSON-able).
+
+    ``element``: ``int4`` or an FP element name (``e2m1``; weight-only also ``e3m2``,
+    ``e2m3``, ``e2m2``, ``e3m1``, ``e3m0``); ``bits``: code width (5 and 6 are stored as a
+    4-bit plus a 1- or 2-bit plane); ``group``: elements per scale along the input
+    dimension, 0 = one scale per row (output channel / token); ``scale_kind``: ``float``
+    (fp32), ``e4m3`` (NVFP4 block scales times an fp32 tensor scale) or ``e8m0`` (MXFP4);
+    ``clip_ratio``: activations only.
+    """
+
+    element: str
+    group: int = 0
+    scale_kind: str = "float"
+    clip_ratio: float = 1.0
+    bits: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def fpx(self) -> bool:
+        """Weight-only FP per channel: runs on the FPx kernel rather than being dequantized."""
+        return self.element != "int4" and self.group == 0 and self.scale_kind == "float"
+
+    @classmethod
+    def from_spec(cls, spec: QuantSpec, what: str, in_features: int, weight_only: bool = False) -> "RealQuantScheme":
+        """The scheme of a recipe's ``QuantSpec``, or a ValueError saying why it has no kernel.
+
+        ``weight_only``: the linear's input is not quantized, so FP weights of 4 to 6 bits
+        per channel run on the FPx kernel.
+        """
+        fpx = weight_only and what == "weight" and spec.format == "fp" and spec.granularity == "channel"
+        problems = []
+        if spec.bits not in (FPX_BITS if fpx else (4,)):
+            problems.append(f"{spec.bits}-bit")
+        if spec.format in ("fp", "mxfp") and spec.exp_bits != 2 and not fpx:
+            problems.append(f"E{spec.exp_bits}M{spec.bits - 1 - spec.exp_bits} elements")
+        if not spec.symmetric:
+            problems.append("asymmetric (zero-point)")
+        if spec.observer != "minmax" and what == "activation":
+            problems.append(f"the {spec.observer} observer on activations")
+        if what == "activation" and spec.granularity == "tensor":
+            problems.append("per-tensor activation scales")
+        if spec.granularity == "head":
+            problems.append("per-head scales")
+        if problems:
+            raise ValueError(
+                f"real quantization has no kernel for {what}s quantized as {spec.label} ({', '.join(problems)}): "
+                f"the kernels take 4-bit symmetric INT4 / FP4 E2M1 per channel, per token or in groups, NVFP4 and "
+                f"MXFP4, and weight-only FP4/FP5/FP6 per channel (e.g. --format fp --w_bits 6 --w_exp_bits 3)"
+            )
+        if spec.format == "int":
+            element = "int4"
+        else:
+            element = f"e{spec.exp_bits}m{spec.bits - 1 - spec.exp_bits}"
+        if spec.format in BLOCK_GROUP_SIZE:
+            group = BLOCK_GROUP_SIZE[spec.format]
+        elif spec.granularity == "group":
+            group = spec.group_size
+        else:
+            group = 0
+        if group and (group % 16 or (in_features and in_features % group)):
+            raise ValueError(f"real quantization needs {what} groups that are a multiple of 16 and divide "
+                             f"{in_features}, got {group}")
+        if what == "activation" and group & (group - 1):
+            raise ValueError(f"the activation-quantization kernel takes power-of-two groups (16, 32, 64, 128, ...), "
+                             f"got {group}")
+        clip = spec.clip_ratio if what == "activation" else 1.0
+        return cls(element, group, SCALE_KINDS.get(spec.format, "float"), clip, spec.bits)
+
+
+def check_real_quant_recipe(recipe) -> None:
+    """Raise (before any model loads) if a recipe's linears cannot be packed and run on the kernels."""
+    if recipe.weight is None:
+        raise ValueError("real quantization packs 4-bit weights: set --w_bits 4 (or --qbits 4 ...)")
+    RealQuantScheme.from_spec(recipe.weight, "weight", 0, weight_only=recipe.activation is None)
+    if recipe.activation is not None:
+        RealQuantScheme.from_spec(recipe.activation, "activation", 0)
+
+
+class RealQuantLinear(nn.Module):
+    """``y = Q(T(x)) @ dequant(W).T + b`` with W stored packed; Q is skipped when ``act`` is None.
+
+    ``T`` is an optional online rotation (``input_transform``) applied before the
+    activation quantizer, as in ``QuantLinear``. Without activation quantization (W4A16)
+    the weight is dequantized on the fly and multiplied densely.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, weight: RealQuantScheme,
+                 act: RealQuantScheme | None, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if in_features % 2:
+            raise ValueError(f"packed 4-bit weights need an even input dimension, got {in_features}")
+        self.in_features, self.out_features = in_features, out_features
+        self.weight_scheme, self.act_scheme = weight, act
+        groups = in_features // weight.group if weight.group else 1
+        self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        if weight.bits > 4:  # the high bits of 5/6-bit codes: a 1- or 2-bit plane
+            high = weight.bits - 4
+            self.register_buffer("qweight_high", torch.zeros(out_features, in_features * high // 8, dtype=torch.uint8))
+        self.register_buffer("weight_scale", torch.zeros(out_features, groups, dtype=torch.float32))
+        self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
+        self.input_transform: nn.Module | None = None
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"w={self.weight_scheme}, a={self.act_scheme}")
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The 4-bit weight as float32 values (codes times scales)."""
+        from kernels.reference import dequantize  # late: kernels.reference imports quant_layers
+
+        return dequantize(self.qweight, self.weight_scale, self.weight_scheme.element, self.weight_scheme.group)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_transform is not None:
+            x = self.input_transform(x)
+        if self.act_scheme is None:
+            w = self.weight_scheme
+            if w.fpx:
+                planes = (self.qweight, self.qweight_high) if w.bits > 4 else (self.qweight,)
+                return kernels.fpx_matmul(x, planes, self.weight_scale, element=w.element, bits=w.bits,
+                                          bias=self.bias, out_dtype=x.dtype)
+            return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
+        rows = x.reshape(-1, self.in_features)
+        a = self.act_scheme
+        packed, scale = kernels.quantize_activations(rows, a.element, a.group, a.scale_kind, a.clip_ratio)
+        out = kernels.w4a4_matmul(packed, scale, self.qweight, self.weight_scale, a_element=a.element,
+                                  w_element=self.weight_scheme.element, a_group=a.group,
+                                  w_group=self.weight_scheme.group, bias=self.bias, out_dtype=x.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)

@@ -1,0 +1,281 @@
+"""Real-quantized checkpoints: packing, export -> load round trips, refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import export.checkpoint as checkpoint
+import main
+import model_quant
+from calib.gptq import GPTQConfig
+from calib.layerwise import LayerwiseConfig, calibrate_layerwise
+from calib.rtn import quantize_weights_rtn
+from configs import RunConfig
+from configs.recipe import QuantRecipe
+from export import export_quantized, load_quantized
+from models.adapter import adapter_for
+from pipeline.fake_quant import attach_quantizers
+from quant_layers.formats import E2M1
+from quant_layers.packing import INT4, code_values, decode, encode, pack, unpack
+from quant_layers.quantizer import QuantSpec
+from quant_layers.real_linear import RealQuantLinear
+from transforms import apply_transform
+
+
+def test_codes_are_the_formats_bit_patterns():
+    assert encode(torch.tensor([0.0, 1.0, 7.0, -1.0, -8.0]), INT4).tolist() == [0, 1, 7, 15, 8]
+    assert encode(torch.tensor([0.0, 0.5, 1.5, 6.0, -0.5, -6.0, -0.0]), E2M1).tolist() == [0, 1, 3, 7, 9, 15, 0]
+    assert pack(torch.tensor([[1, 2, 15, 0]], dtype=torch.uint8)).tolist() == [[0x21, 0x0F]]
+
+
+@pytest.mark.parametrize("element", [INT4, E2M1])
+def test_pack_round_trip(element):
+    values = code_values(element)[torch.randint(0, 16, (3, 10), generator=torch.Generator().manual_seed(0))]
+    codes = encode(values, element)
+    assert torch.equal(unpack(pack(codes)), codes)
+    assert torch.equal(decode(codes, element), values)
+
+
+def test_encoding_refuses_values_off_the_grid():
+    with pytest.raises(ValueError, match="quantize the tensor first"):
+        encode(torch.tensor([0.7]), E2M1)
+    with pytest.raises(ValueError, match="quantize the tensor first"):
+        encode(torch.tensor([9.0]), INT4)
+    with pytest.raises(ValueError, match="even last dimension"):
+        pack(torch.zeros(3, dtype=torch.uint8))
+
+
+def spec(fmt: str, granularity: str, **kw) -> QuantSpec:
+    return QuantSpec(fmt, 4, exp_bits=2 if fmt == "fp" else None, granularity=granularity, **kw)
+
+
+RECIPES = {
+    "int4-w4a4": QuantRecipe(weight=spec("int", "channel"), activation=spec("int", "token", clip_ratio=0.9)),
+    "int4-g64-w4a16": QuantRecipe(weight=spec("int", "group", group_size=64)),
+    "e2m1-w4a4kv4-hadamard": QuantRecipe(weight=spec("fp", "channel"), activation=spec("fp", "token"),
+                                         key=QuantSpec("int", 4, granularity="head"),
+                                         value=QuantSpec("int", 4, granularity="head", symmetric=False),
+                                         transform="hadamard"),
+    "nvfp4-w4a4-gptq": QuantRecipe(weight=QuantSpec("nvfp", 4), activation=QuantSpec("nvfp", 4), method="gptq",
+                                   gptq=GPTQConfig()),
+    "mxfp4-w4a4": QuantRecipe(weight=QuantSpec("mxfp", 4), activation=QuantSpec("mxfp", 4)),
+    "fp6-e3m2-weight-only": QuantRecipe(weight=QuantSpec("fp", 6, exp_bits=3, granularity="channel")),
+    "fp5-e2m2-weight-only": QuantRecipe(weight=QuantSpec("fp", 5, exp_bits=2, granularity="channel")),
+    "fp4-e2m1-weight-only": QuantRecipe(weight=spec("fp", "channel")),
+}
+
+
+def fake_quantized(path: str, recipe: QuantRecipe):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    adapter = adapter_for(model.config)
+    apply_transform(model, adapter, recipe.transform, seed=0)
+    attach_quantizers(model, adapter, recipe)
+    if recipe.method == "gptq":
+        ids = torch.randint(0, 2048, (4, 32), generator=torch.Generator().manual_seed(0))
+        calibrate_layerwise(model, adapter, ids, "cpu", LayerwiseConfig(method="gptq", gptq=recipe.gptq))
+    else:
+        quantize_weights_rtn(model)
+    return model
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+def assert_same_logits(reference: torch.Tensor, loaded: torch.Tensor) -> None:
+    """Equal to fp16 rounding: the kernels sum exact products, the fake model rounds each one."""
+    error = (loaded - reference).abs().max() / reference.abs().max()
+    assert error < 1e-3, f"relative logit error {error:.2e}"
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_round_trip_reproduces_fake_quantized_logits(name, tiny_models, tmp_path):
+    recipe = RECIPES[name]
+    model = fake_quantized(tiny_models["llama"], recipe)
+    ids = torch.randint(0, 2048, (2, 24), generator=torch.Generator().manual_seed(1))
+    reference = logits(model, ids)
+    path = export_quantized(model, None, recipe, str(tmp_path / "ckpt"))
+    loaded, _, qc = load_quantized(path)
+    assert qc["recipe"] == json.loads(json.dumps(recipe.to_dict()))
+    packed = [m for m in loaded.modules() if isinstance(m, RealQuantLinear)]
+    assert len(packed) == 14 and all(m.qweight.dtype == torch.uint8 for m in packed)
+    assert_same_logits(reference, logits(loaded, ids))
+
+
+def test_qwen2_biases_and_stored_scale_encodings(tiny_models, tmp_path):
+    recipe = RECIPES["nvfp4-w4a4-gptq"]
+    model = fake_quantized(tiny_models["qwen2"], recipe)
+    ids = torch.randint(0, 2048, (1, 20), generator=torch.Generator().manual_seed(2))
+    reference = logits(model, ids)
+    path = export_quantized(model, None, recipe, str(tmp_path / "ckpt"))
+    stored = load_file(os.path.join(path, "model.safetensors"))
+    q = "model.layers.0.self_attn.q_proj"
+    assert stored[f"{q}.weight_scale"].dtype == torch.float8_e4m3fn
+    assert stored[f"{q}.weight_scale"].shape == (128, 128 // 16)
+    assert stored[f"{q}.weight_global_scale"].numel() == 1
+    assert stored[f"{q}.qweight"].shape == (128, 64) and f"{q}.bias" in stored
+    assert_same_logits(reference, logits(load_quantized(path)[0], ids))
+
+
+def test_mxfp4_scales_are_e8m0_bytes(tiny_models, tmp_path):
+    recipe = RECIPES["mxfp4-w4a4"]
+    path = export_quantized(fake_quantized(tiny_models["llama"], recipe), None, recipe, str(tmp_path / "ckpt"))
+    scale = load_file(os.path.join(path, "model.safetensors"))["model.layers.0.mlp.down_proj.weight_scale"]
+    assert scale.dtype == torch.uint8 and scale.shape == (128, 384 // 32)
+
+
+def test_sharded_checkpoint_loads_the_same(tiny_models, tmp_path):
+    recipe = RECIPES["int4-w4a4"]
+    model = fake_quantized(tiny_models["llama"], recipe)
+    path = export_quantized(model, None, recipe, str(tmp_path / "ckpt"), shard_bytes=200_000)
+    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    assert len(files) > 1 and os.path.isfile(os.path.join(path, checkpoint.INDEX))
+    ids = torch.randint(0, 2048, (1, 16), generator=torch.Generator().manual_seed(3))
+    assert_same_logits(logits(model, ids), logits(load_quantized(path)[0], ids))
+
+
+@pytest.fixture
+def saved(tiny_models, tmp_path) -> str:
+    recipe = RECIPES["int4-w4a4"]
+    return export_quantized(fake_quantized(tiny_models["llama"], recipe), None, recipe, str(tmp_path / "ckpt"))
+
+
+def test_truncated_file_is_refused(saved):
+    file = os.path.join(saved, "model.safetensors")
+    data = open(file, "rb").read()
+    open(file, "wb").write(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="damaged or truncated"):
+        load_quantized(saved)
+
+
+def test_missing_tensor_is_refused(saved):
+    file = os.path.join(saved, "model.safetensors")
+    tensors = load_file(file)
+    del tensors["model.layers.1.mlp.up_proj.qweight"]
+    save_file(tensors, file)
+    with pytest.raises(ValueError, match="lacks model.layers.1.mlp.up_proj.qweight"):
+        load_quantized(saved)
+
+
+def test_newer_format_version_is_refused(saved):
+    file = os.path.join(saved, "config.json")
+    config = json.load(open(file))
+    config["quantization_config"]["format_version"] = checkpoint.FORMAT_VERSION + 1
+    json.dump(config, open(file, "w"))
+    with pytest.raises(ValueError, match="update the harness"):
+        load_quantized(saved)
+
+
+def test_export_refuses_an_existing_directory_and_leaves_nothing_when_it_fails(tiny_models, tmp_path, monkeypatch):
+    recipe = RECIPES["int4-w4a4"]
+    model = fake_quantized(tiny_models["llama"], recipe)
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError, match="nothing was overwritten"):
+        export_quantized(model, None, recipe, str(tmp_path / "taken"))
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        export_quantized(model, None, recipe, str(tmp_path / "new"))
+    assert sorted(os.listdir(tmp_path)) == ["taken"]  # no checkpoint, no temporary directory
+
+
+@pytest.mark.parametrize("recipe, message", [
+    (QuantRecipe(weight=spec("int", "channel", symmetric=False)), "asymmetric"),
+    (QuantRecipe(weight=spec("int", "channel"), activation=spec("int", "tensor")), "per-tensor activation"),
+    (QuantRecipe(weight=QuantSpec("int", 8, granularity="channel")), "8-bit"),
+    (QuantRecipe(weight=QuantSpec("fp", 6, exp_bits=3, granularity="channel"), activation=spec("fp", "token")),
+     "6-bit"),
+    (QuantRecipe(weight=spec("int", "channel"), activation=spec("int", "group", group_size=48)), "power-of-two"),
+    (QuantRecipe(activation=spec("int", "token")), "4-bit weights"),
+])
+def test_unsupported_recipes_fail_before_loading(recipe, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(model="unused", quant=recipe, save_path="/nonexistent/ckpt")
+
+
+def test_weights_without_recorded_scales_are_refused(tiny_models, tmp_path):
+    recipe = RECIPES["int4-w4a4"]
+    model = fake_quantized(tiny_models["llama"], recipe)
+    model.model.layers[0].mlp.up_proj.weight_params = None
+    with pytest.raises(ValueError, match="no recorded weight scales"):
+        export_quantized(model, None, recipe, str(tmp_path / "ckpt"))
+    assert not os.path.exists(tmp_path / "ckpt")
+
+
+def _ppl(capsys) -> float:
+    table = capsys.readouterr().out.strip().splitlines()[-1]
+    return float(table.split("|")[3])
+
+
+def test_cli_save_then_load_on_tinystories(tinystories_dir, data_dir, tmp_path, capsys):
+    common = ["--data_dir", data_dir, "--seqlen", "128", "--eval_limit", "2", "--output_dir", str(tmp_path / "runs")]
+    path = str(tmp_path / "ckpt")
+    assert model_quant.main(["--model", tinystories_dir, "--format", "nvfp", "--w_bits", "4", "--a_bits", "4",
+                             "--real_quant", "--save_path", path, *common]) == 0
+    fake = _ppl(capsys)
+    assert AutoTokenizer.from_pretrained(path) is not None
+    assert model_quant.main(["--load_quantized", path, *common]) == 0
+    real = _ppl(capsys)
+    assert abs(real - fake) / fake < 1e-3
+    run = json.load(open(tmp_path / "runs" / "ckpt_real_quant.json"))
+    assert run["config"]["real_quant"] and run["calibration"]["checkpoint"] == path
+
+
+def test_main_quantized_save_default_path(tinystories_dir, data_dir, tmp_path):
+    out = str(tmp_path / "runs")
+    assert main.main(["--model", tinystories_dir, "--data_dir", data_dir, "--seqlen", "128", "--eval_limit", "1",
+                      "--qbits", "4", "4", "16", "--quantized_save", "--output_dir", out, "--run_name", "w4a4"]) == 0
+    assert os.path.isfile(os.path.join(out, "quantized", "w4a4", "config.json"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--real_quant"], "--real_quant and --save_path go together"),
+    (["--load_quantized", "DIR", "--save_path", "x", "--real_quant"], "drop --save_path"),
+])
+def test_cli_flag_errors(argv, message, tinystories_dir, capsys):
+    assert model_quant.main(["--model", tinystories_dir, "--w_bits", "4", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["int4-w4a4", "nvfp4-w4a4-rtn", "mxfp4-w4a4"])
+def test_round_trip_on_the_tinystories_model(name, tinystories_dir, tmp_path):
+    recipe = RECIPES.get(name) or QuantRecipe(weight=QuantSpec("nvfp", 4), activation=QuantSpec("nvfp", 4))
+    model = fake_quantized(tinystories_dir, recipe)
+    ids = torch.randint(0, model.config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(4))
+    reference = logits(model, ids)
+    path = export_quantized(model, AutoTokenizer.from_pretrained(tinystories_dir), recipe, str(tmp_path / "ckpt"))
+    assert_same_logits(reference, logits(load_quantized(path)[0], ids))
+
+
+def test_generate_script(tinystories_dir, tmp_path, capsys):
+    import scripts.generate as generate
+
+    recipe = RECIPES["int4-w4a4"]
+    path = export_quantized(fake_quantized(tinystories_dir, recipe), AutoTokenizer.from_pretrained(tinystories_dir),
+                            recipe, str(tmp_path / "ckpt"))
+    assert generate.main(["--load_quantized", path, "--prompt", "Once upon a time", "--max_new_tokens", "8",
+                          "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("Once upon a time") and "8 tokens" in captured.err
+    assert generate.main(["--load_quantized", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_fp6_weights_are_stored_in_six_bits(tiny_models, tmp_path):
+    recipe = RECIPES["fp6-e3m2-weight-only"]
+    path = export_quantized(fake_quantized(tiny_models["llama"], recipe), None, recipe, str(tmp_path / "ckpt"))
+    stored = load_file(os.path.join(path, "model.safetensors"))
+    up = "model.layers.0.mlp.up_proj"
+    assert stored[f"{up}.qweight"].shape == (384, 64) and stored[f"{up}.qweight_high"].shape == (384, 32)
+    loaded = load_quantized(path)[0]
+    assert loaded.get_submodule(up).weight_scheme.fpx and loaded.get_submodule(up).weight_scheme.element == "e3m2"
