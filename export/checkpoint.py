@@ -33,6 +33,7 @@ from models import adapter_for
 from quant_layers import QuantLinear, Quantizer, install_attention_wrapper, install_kv_quantization
 from quant_layers.formats import E4M3
 from quant_layers.packing import encode, pack_planes
+from quant_layers.quantizer import QuantParams
 from quant_layers.real_linear import RealQuantLinear, RealQuantScheme
 from transforms.rotation import DenseRotation, HadamardRotation
 
@@ -71,9 +72,8 @@ def packed_weight(module: QuantLinear, name: str) -> dict[str, torch.Tensor]:
     grouped = quantizer.grouped(module.weight.data)
     scale = params.scale.float().to(grouped.device).expand(grouped.shape[0], 1) if params.scale.numel() == 1 \
         else params.scale.float().to(grouped.device)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    values = quantizer.element.round(grouped / safe)
-    rebuilt = values * scale
+    values = quantizer.levels(grouped, QuantParams(scale))
+    rebuilt = quantizer.dequantize(values, QuantParams(scale))
     if not torch.allclose(rebuilt, grouped, rtol=2**-6, atol=0):
         raise ValueError(f"{name}: the weight is not on the grid of its recorded scales; was it changed after "
                          f"quantization? quantize again to export it")

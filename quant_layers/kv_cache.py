@@ -22,19 +22,31 @@ from .quantizer import Quantizer
 PREFIX = "kvquant_"
 
 
+# Set on K and V that a packed KV4 cache returns: already rotated and quantized when stored.
+PACKED_MARK = "from_packed_kv_cache"
+
+
+def is_packed(tensor) -> bool:
+    """Whether attention got this K or V from a ``PackedKVCache``."""
+    return getattr(tensor, PACKED_MARK, False)
+
+
 def _wrap(base: Callable) -> Callable:
     def attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+        packed = is_packed(key)
         qk_transform = getattr(module, "qk_transform", None)
         if qk_transform is not None:
-            query, key = qk_transform(query), qk_transform(key)
+            query = qk_transform(query)
+            if not packed:
+                key = qk_transform(key)
         probe = getattr(module, "attention_probe", None)
         if probe is not None:  # calibration reads Q, K, V as the cache would hold them (may stop the forward)
             probe(module, query, key, value, attention_mask, kwargs)
         kq: Quantizer | None = getattr(module, "key_quantizer", None)
         vq: Quantizer | None = getattr(module, "value_quantizer", None)
-        if kq is not None:
+        if kq is not None and not packed:
             key = kq(key)
-        if vq is not None:
+        if vq is not None and not packed:
             value = vq(value)
         return base(module, query, key, value, attention_mask, **kwargs)
 

@@ -3,6 +3,7 @@
 A code is the bit pattern of one element, as it sits in a real-quantized tensor:
 
 - INT4 (signed, symmetric): two's complement, levels -8..7 -> codes 8..15, 0..7.
+- UINT4 (asymmetric INT4, with a zero point): the level 0..15 itself.
 - FP ExMy of 3 to 8 bits with the default bias and every code finite (FP4 E2M1 / E3M0,
   FP5 E2M2 / E3M1, FP6 E3M2 / E2M3, ...): the format's own bit pattern, the sign at bit
   E+M, then the E exponent bits, then the M mantissa bits. For E2M1 (OCP layout) bits
@@ -27,6 +28,7 @@ import torch
 from .formats import FPFormat, IntFormat, NumberFormat, fp_format
 
 INT4 = IntFormat(4)
+UINT4 = IntFormat(4, signed=False)
 CODE_BITS = range(3, 9)  # FP elements with codes: 3 to 8 bits
 # Bits of a code held by each plane, by code width: the low 4 bits first.
 PLANE_BITS = {4: (4,), 5: (4, 1), 6: (4, 2)}
@@ -42,6 +44,8 @@ def code_values(element: NumberFormat) -> torch.Tensor:
     if element == INT4:
         codes = torch.arange(16)
         return torch.where(codes < 8, codes, codes - 16).float()
+    if element == UINT4:  # asymmetric INT4: the code is the level
+        return torch.arange(16).float()
     if not _has_fp_codes(element):
         raise ValueError(f"codes exist for int4 and for FP elements of 3 to 8 bits with the default bias and no "
                          f"NaN/inf codes (e2m1, e3m2, e2m3, ...), not {element.name}")
@@ -62,6 +66,10 @@ def encode(values: torch.Tensor, element: NumberFormat) -> torch.Tensor:
         if not torch.equal(v, v.round()) or v.min() < -8 or v.max() > 7:
             raise ValueError("int4 encoding takes integers in [-8, 7]: quantize the tensor first")
         return (v.to(torch.int16) & 0xF).to(torch.uint8)
+    if element == UINT4:
+        if not torch.equal(v, v.round()) or v.min() < 0 or v.max() > 15:
+            raise ValueError("uint4 encoding takes integers in [0, 15]: quantize the tensor first")
+        return v.to(torch.uint8)
     half = 2 ** (element.bits - 1)
     table = code_values(element)[:half]  # the magnitudes, increasing with the code
     magnitude = v.abs()

@@ -232,13 +232,25 @@ class Quantizer:
 
     def quantize_with(self, x: torch.Tensor, params: QuantParams) -> torch.Tensor:
         """Fake-quantize ``x`` onto the grid with fixed ``params`` (elementwise, broadcasting)."""
+        return self.dequantize(self.levels(x, params), params)
+
+    def levels(self, x: torch.Tensor, params: QuantParams) -> torch.Tensor:
+        """The grid values ``x`` rounds to (what a real-quantized tensor stores as codes).
+
+        Symmetric: ``element.round(x / scale)``; asymmetric INT: the unsigned level
+        ``round(x / scale) + zero``, clamped.
+        """
         scale = params.scale
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         if params.zero is None:
-            return self.element.round(x / safe) * scale
+            return self.element.round(x / safe)
         fmt = self.element
-        q = torch.clamp(torch.round(x / safe) + params.zero, fmt.min_level, fmt.max_level)
-        return (q - params.zero) * scale
+        return torch.clamp(torch.round(x / safe) + params.zero, fmt.min_level, fmt.max_level)
+
+    @staticmethod
+    def dequantize(levels: torch.Tensor, params: QuantParams) -> torch.Tensor:
+        """Values of ``levels`` under ``params``: ``(levels - zero) * scale``."""
+        return levels * params.scale if params.zero is None else (levels - params.zero) * params.scale
 
     def scales(self, amax: torch.Tensor, tensor_amax: torch.Tensor) -> torch.Tensor:
         """Dequantization scale per group, in the spec's own scale encoding."""

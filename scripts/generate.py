@@ -3,7 +3,8 @@
     python scripts/generate.py --load_quantized DIR --prompt "Once upon a time" --max_new_tokens 64
 
 Greedy by default; ``--temperature`` > 0 samples. On CUDA the linears run the Triton W4A4
-kernels, on the CPU their torch reference twins.
+kernels, on the CPU their torch reference twins. A checkpoint whose recipe quantizes K and V
+to 4 bits decodes from a packed KV4 cache (``quant_layers.packed_kv_cache``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from configs.recipe import QuantRecipe  # noqa: E402
 from export import load_quantized  # noqa: E402
 from models import resolve_device  # noqa: E402
+from quant_layers.packed_kv_cache import PackedKVCache  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --max_new_tokens must be at least 1, got {args.max_new_tokens}", file=sys.stderr)
         return 2
     try:
-        model, tokenizer, _ = load_quantized(args.load_quantized, resolve_device(args.device))
+        model, tokenizer, quantization_config = load_quantized(args.load_quantized, resolve_device(args.device))
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -49,14 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     device = next(model.parameters()).device
     inputs = tokenizer(args.prompt, return_tensors="pt").to(device)
     sampling = dict(do_sample=True, temperature=args.temperature) if args.temperature > 0 else dict(do_sample=False)
+    recipe = QuantRecipe.from_dict(quantization_config["recipe"])
+    kv4 = all(spec is not None and spec.bits == 4 for spec in (recipe.key, recipe.value))
+    cache = PackedKVCache(model) if kv4 else None
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.eos_token_id,
-                             **sampling)
+                             past_key_values=cache, **sampling)
     seconds = time.perf_counter() - start
     new = out.shape[1] - inputs["input_ids"].shape[1]
     print(tokenizer.decode(out[0], skip_special_tokens=True))
-    print(f"\n[{new} tokens in {seconds:.2f} s, {new / seconds:.1f} tokens/s on {device}]", file=sys.stderr)
+    kv = f", packed KV4 cache {cache.nbytes / 2**10:.0f} KiB" if cache is not None else ""
+    print(f"\n[{new} tokens in {seconds:.2f} s, {new / seconds:.1f} tokens/s on {device}{kv}]", file=sys.stderr)
     return 0
 
 

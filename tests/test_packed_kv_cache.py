@@ -1,0 +1,61 @@
+"""The packed KV4 cache: decoding from packed codes equals decoding the fake-quantized model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from calib.rtn import quantize_weights_rtn
+from configs.recipe import QuantRecipe
+from models.adapter import adapter_for
+from pipeline.fake_quant import attach_quantizers
+from quant_layers.packed_kv_cache import PackedKVCache
+from quant_layers.quantizer import QuantSpec
+from transforms import apply_transform
+
+KV4 = dict(key=QuantSpec("int", 4, granularity="head"), value=QuantSpec("int", 4, granularity="head", symmetric=False))
+
+
+def quantized(path: str, recipe: QuantRecipe):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    adapter = adapter_for(model.config)
+    apply_transform(model, adapter, recipe.transform, seed=0)
+    attach_quantizers(model, adapter, recipe)
+    quantize_weights_rtn(model)
+    return model
+
+
+def greedy(model, ids, cache=None):
+    out = model.generate(ids, max_new_tokens=20, do_sample=False, past_key_values=cache, output_scores=True,
+                         return_dict_in_generate=True, pad_token_id=0)
+    return out.sequences, torch.stack(out.scores)
+
+
+@pytest.mark.parametrize("transform", ["identity", "hadamard"])
+def test_decode_from_packed_codes_equals_fake_quantized_decode(transform, tinystories_dir):
+    recipe = QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"),
+                         activation=QuantSpec("int", 4, granularity="token"), transform=transform, **KV4)
+    model = quantized(tinystories_dir, recipe)
+    ids = AutoTokenizer.from_pretrained(tinystories_dir)("Once upon a time there was", return_tensors="pt").input_ids
+    fake_tokens, fake_scores = greedy(model, ids)
+    cache = PackedKVCache(model)
+    packed_tokens, packed_scores = greedy(model, ids, cache)
+    assert torch.equal(packed_tokens, fake_tokens)  # token by token
+    assert (packed_scores - fake_scores).abs().max() <= 1e-4 * fake_scores.abs().max()
+    # What the cache holds: uint8 codes (half a byte per element) and one fp32 scale (and zero) per head and token.
+    layer = cache.layers[0]
+    tokens = ids.shape[1] + 19
+    assert layer.packed_keys.codes.dtype == torch.uint8 and layer.get_seq_length() == tokens
+    config = model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    fp32_bytes = 2 * config.num_key_value_heads * tokens * head_dim * 4
+    assert layer.nbytes < fp32_bytes / 4
+
+
+def test_packed_cache_needs_a_kv4_recipe(tinystories_dir):
+    with pytest.raises(ValueError, match="K and V are quantized"):
+        PackedKVCache(quantized(tinystories_dir, QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"))))
+    eight = QuantRecipe(key=QuantSpec("int", 8, granularity="head"), value=QuantSpec("int", 8, granularity="head"))
+    with pytest.raises(ValueError, match="4-bit codes"):
+        PackedKVCache(quantized(tinystories_dir, eight))
