@@ -33,16 +33,15 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
 import sys
 import time
-from typing import Callable
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.timing import make_timer  # noqa: E402
 import kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
 from kernels import reference  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
@@ -67,7 +66,6 @@ W4A4_FORMATS = {
 }
 FPX_FORMATS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1")  # weight-only elements
 CHECK_ROWS = 64  # rows of the activations checked against the twin
-L2_FLUSH_BYTES = 256 * 2**20
 
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
@@ -78,47 +76,6 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     except ValueError:
         raise SystemExit(f"--shapes takes N x K pairs like 4096x4096,14336x4096 or one of "
                          f"{', '.join(SHAPE_PRESETS)}, got {text!r}")
-
-
-def make_timer(
-    device: torch.device, warmup: int, reps: int, flush_l2: bool, cuda_graph: bool
-) -> Callable[[Callable[[], object]], float]:
-    """A function timing a callable: median milliseconds (CUDA events on GPU, wall clock on CPU).
-
-    With ``cuda_graph`` the call is captured once (after the warmup, which autotunes) and
-    replayed, so host-side launch overhead drops out of the small-M timings.
-    """
-    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if flush_l2 and device.type == "cuda" else None
-
-    def time_ms(fn: Callable[[], object]) -> float:
-        for _ in range(warmup):
-            fn()
-        if device.type != "cuda":
-            times = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - start) * 1e3)
-            return statistics.median(times)
-        torch.cuda.synchronize(device)
-        if cuda_graph:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                fn()
-            fn = graph.replay
-        events = []
-        for _ in range(reps):
-            if flush is not None:
-                flush.zero_()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            events.append((start, end))
-        torch.cuda.synchronize(device)
-        return statistics.median(s.elapsed_time(e) for s, e in events)
-
-    return time_ms
 
 
 def rowwise_fp8(t: torch.Tensor, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

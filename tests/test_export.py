@@ -260,13 +260,14 @@ def test_round_trip_on_the_tinystories_model(name, tinystories_dir, tmp_path):
 def test_generate_script(tinystories_dir, tmp_path, capsys):
     import scripts.generate as generate
 
-    recipe = RECIPES["int4-w4a4"]
+    recipe = RECIPES["e2m1-w4a4kv4-hadamard"]
     path = export_quantized(fake_quantized(tinystories_dir, recipe), AutoTokenizer.from_pretrained(tinystories_dir),
                             recipe, str(tmp_path / "ckpt"))
     assert generate.main(["--load_quantized", path, "--prompt", "Once upon a time", "--max_new_tokens", "8",
                           "--device", "cpu"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("Once upon a time") and "8 tokens" in captured.err
+    assert "packed KV4 cache" in captured.err
     assert generate.main(["--load_quantized", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
 
@@ -279,3 +280,35 @@ def test_fp6_weights_are_stored_in_six_bits(tiny_models, tmp_path):
     assert stored[f"{up}.qweight"].shape == (384, 64) and stored[f"{up}.qweight_high"].shape == (384, 32)
     loaded = load_quantized(path)[0]
     assert loaded.get_submodule(up).weight_scheme.fpx and loaded.get_submodule(up).weight_scheme.element == "e3m2"
+
+
+def test_uint4_codes_are_the_levels():
+    from quant_layers.packing import UINT4
+
+    levels = torch.arange(16).float()
+    assert torch.equal(encode(levels, UINT4), torch.arange(16, dtype=torch.uint8))
+    assert torch.equal(decode(encode(levels, UINT4), UINT4), levels)
+    with pytest.raises(ValueError, match="uint4 encoding takes integers in"):
+        encode(torch.tensor([16.0]), UINT4)
+
+
+def test_qwen3_with_a_quantized_lm_head(tiny_models, tmp_path):
+    recipe = QuantRecipe(weight=spec("int", "channel"), activation=spec("int", "token"), quantize_lm_head=True)
+    model = fake_quantized(tiny_models["qwen3"], recipe)
+    ids = torch.randint(0, 2048, (1, 16), generator=torch.Generator().manual_seed(5))
+    reference = logits(model, ids)
+    loaded = load_quantized(export_quantized(model, None, recipe, str(tmp_path / "ckpt")))[0]
+    assert isinstance(loaded.lm_head, RealQuantLinear)
+    assert loaded.lm_head.qweight.data_ptr() != loaded.model.embed_tokens.weight.data_ptr()
+    assert_same_logits(reference, logits(loaded, ids))
+
+
+def test_lm_eval_on_a_loaded_checkpoint(tinystories_dir, data_dir, tmp_path, capsys):
+    path = str(tmp_path / "ckpt")
+    common = ["--data_dir", data_dir, "--seqlen", "128", "--output_dir", str(tmp_path / "runs")]
+    assert model_quant.main(["--model", tinystories_dir, "--w_bits", "4", "--a_bits", "4", "--ppl_datasets", "none",
+                             "--real_quant", "--save_path", path, *common]) == 0
+    assert model_quant.main(["--load_quantized", path, "--ppl_datasets", "none", "--tasks", "piqa",
+                             "--lm_eval_limit", "4", *common]) == 0
+    run = json.load(open(tmp_path / "runs" / "ckpt_real_quant.json"))
+    assert run["metrics"]["lm_eval"]["tasks"]["piqa"]["samples"] == 4

@@ -1,0 +1,251 @@
+"""Whole-model speed: prefill latency, decode tokens/s, peak memory and size, per quantization mode.
+
+``--random_mode`` builds the model from a real config's shapes with random weights (no
+download); quantized modes replace every decoder linear by a ``RealQuantLinear`` holding
+random packed codes and scales, which is what the kernels' speed depends on. Modes:
+
+* ``bf16``: the dense model (HF SDPA attention);
+* ``w4a16``: FP4 E2M1 weights per channel on the FPx weight-only kernel, bf16 activations;
+* ``w4a4``: INT4 weights per channel, INT4 activations per token (W4A4 GEMM);
+* ``w4a4kv4``: ``w4a4`` with K/V quantized to INT4 per head (V asymmetric), decoding from
+  the packed KV4 cache (dequantize-then-SDPA);
+* ``fp6`` / ``fp5``: E3M2 / E2M2 weight-only on the FPx kernel.
+
+Prefill: one forward over ``batch x seqlen`` tokens without a cache. Decode: a prefill of
+``seqlen`` tokens into a cache, then ``--decode_tokens`` greedy steps in an eager Python
+loop (one forward per token; no CUDA graphs yet: a launch-bound baseline, labelled so).
+``--hf_generate`` also times HF ``generate`` for bf16 at batch 1, labelled.
+
+    python benchmarks/bench_model.py --random_mode --config llama-3-8b --out benchmarks/results/bench_model_llama3_8b
+    python benchmarks/bench_model.py --random_mode --config smollm2-135m --cpu_dry_run --out /tmp/bench_model_dry
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.timing import make_timer  # noqa: E402
+from models import adapter_for, resolve_device  # noqa: E402
+from pipeline.results import device_name, library_versions  # noqa: E402
+from quant_layers import Quantizer, QuantSpec, install_kv_quantization  # noqa: E402
+from quant_layers.packed_kv_cache import PackedKVCache  # noqa: E402
+from quant_layers.packing import code_values, element_named, encode, pack_planes  # noqa: E402
+from quant_layers.real_linear import RealQuantLinear, RealQuantScheme  # noqa: E402
+
+# Shapes of the real models (hidden, intermediate, layers, heads, KV heads, vocab, RoPE theta).
+CONFIGS = {
+    "llama-3-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
+    "llama-2-7b": dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, rope_theta=10000.0),
+    "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, rope_theta=1000000.0),
+    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0,
+                         tie_word_embeddings=True),
+}
+# mode -> (weight scheme, activation scheme or None, KV4)
+MODES = {
+    "bf16": (None, None, False),
+    "w4a16": (RealQuantScheme("e2m1"), None, False),
+    "w4a4": (RealQuantScheme("int4"), RealQuantScheme("int4"), False),
+    "w4a4kv4": (RealQuantScheme("int4"), RealQuantScheme("int4"), True),
+    "fp6": (RealQuantScheme("e3m2", bits=6), None, False),
+    "fp5": (RealQuantScheme("e2m2", bits=5), None, False),
+}
+KV4 = (QuantSpec("int", 4, granularity="head"), QuantSpec("int", 4, granularity="head", symmetric=False))
+
+
+def build_config(name: str, layers: int | None, seqlen: int):
+    kwargs = dict(CONFIGS[name])
+    model_type = kwargs.pop("model_type")
+    if layers:
+        kwargs["num_hidden_layers"] = layers
+    return AutoConfig.for_model(model_type, max_position_embeddings=max(8192, seqlen * 2), **kwargs)
+
+
+def random_real_linear(linear: nn.Linear, weight: RealQuantScheme, act: RealQuantScheme | None,
+                       generator: torch.Generator) -> RealQuantLinear:
+    """A ``RealQuantLinear`` of ``linear``'s shape with random codes (of finite values) and small scales."""
+    module = RealQuantLinear(linear.in_features, linear.out_features, linear.bias is not None, weight, act,
+                             linear.weight.dtype)
+    element = element_named(weight.element)
+    values = code_values(element)[torch.randint(0, 2**weight.bits, (linear.out_features, linear.in_features),
+                                                generator=generator)]
+    planes = pack_planes(encode(values, element), weight.bits)
+    module.qweight.copy_(planes[0])
+    if weight.bits > 4:
+        module.qweight_high.copy_(planes[1])
+    module.weight_scale.fill_(0.02 / element.max_value)
+    if linear.bias is not None:
+        module.bias.data.copy_(linear.bias.data)
+    return module
+
+
+def build_model(config, mode: str, device: torch.device, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+    weight, act, kv4 = MODES[mode]
+    adapter = adapter_for(config)
+    generator = torch.Generator().manual_seed(seed)
+    if weight is not None:
+        for layer in adapter.decoder_layers(model):
+            for name in adapter.linear_names():
+                owner, _, attr = name.rpartition(".")
+                parent = layer.get_submodule(owner)
+                setattr(parent, attr, random_real_linear(getattr(parent, attr), weight, act, generator))
+    if kv4:
+        head_dim = adapter.head_dim(config)
+        install_kv_quantization(model, [adapter.attention(layer) for layer in adapter.decoder_layers(model)],
+                                Quantizer(KV4[0], head_dim), Quantizer(KV4[1], head_dim))
+    return model.to(device)
+
+
+def model_bytes(model: nn.Module) -> int:
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def new_cache(model: nn.Module, mode: str):
+    return PackedKVCache(model) if MODES[mode][2] else DynamicCache(config=model.config)
+
+
+@torch.no_grad()
+def decode_tokens_per_s(model, mode: str, batch: int, seqlen: int, steps: int, device: torch.device) -> float:
+    """Greedy decode after a ``seqlen`` prefill: generated tokens per second over ``steps`` (eager loop)."""
+    ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), device=device)
+    cache = new_cache(model, mode)
+    logits = model(ids, past_key_values=cache, use_cache=True).logits[:, -1:]
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        logits = model(logits.argmax(-1), past_key_values=cache, use_cache=True).logits[:, -1:]
+    _sync(device)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def hf_generate_tokens_per_s(model, seqlen: int, steps: int, device: torch.device) -> float:
+    ids = torch.randint(0, model.config.vocab_size, (1, seqlen), device=device)
+    _sync(device)
+    start = time.perf_counter()
+    model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=0)
+    _sync(device)
+    return steps / (time.perf_counter() - start)
+
+
+def bench_mode(config, mode: str, args, device: torch.device, time_ms) -> dict:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    model = build_model(config, mode, device)
+    row = {"mode": mode, "model_bytes": model_bytes(model), "prefill_ms": {}, "decode_tok_s": {}}
+    with torch.no_grad():
+        for batch in args.prefill_batches:
+            ids = torch.randint(0, config.vocab_size, (batch, args.seqlen), device=device)
+            row["prefill_ms"][batch] = time_ms(lambda: model(ids, use_cache=False))
+        for batch in args.decode_batches:
+            row["decode_tok_s"][batch] = decode_tokens_per_s(model, mode, batch, args.seqlen, args.decode_tokens,
+                                                             device)
+        if args.hf_generate and mode == "bf16":
+            row["hf_generate_tok_s"] = hf_generate_tokens_per_s(model, args.seqlen, args.decode_tokens, device)
+    if device.type == "cuda":
+        row["peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    del model
+    return row
+
+
+def markdown(result: dict) -> str:
+    rows = result["rows"]
+    prefill = [str(b) for b in rows[0]["prefill_ms"]]
+    decode = [str(b) for b in rows[0]["decode_tok_s"]]
+    base = rows[0] if rows[0]["mode"] == "bf16" else None
+    header = (["mode", "weights+buffers (GiB)"] + [f"prefill b{b} (ms)" for b in prefill]
+              + [f"decode b{b} (tok/s)" for b in decode] + ["peak (GiB)"])
+    lines = [f"# Model speed: {result['config']} ({result['layers']} layers), random weights",
+             "", f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
+             f"Prefill: {result['seqlen']} tokens, no cache. Decode: {result['decode_tokens']} greedy steps after a "
+             f"{result['seqlen']}-token prefill, eager Python loop (no CUDA graphs).",
+             f"Command: `{result['command']}`", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["mode"], f"{r['model_bytes'] / 2**30:.2f}"]
+        for b in prefill:
+            ratio = f" ({base['prefill_ms'][int(b)] / r['prefill_ms'][int(b)]:.2f}×)" if base else ""
+            cells.append(f"{r['prefill_ms'][int(b)]:.1f}{ratio}")
+        for b in decode:
+            ratio = f" ({r['decode_tok_s'][int(b)] / base['decode_tok_s'][int(b)]:.2f}×)" if base else ""
+            cells.append(f"{r['decode_tok_s'][int(b)]:.1f}{ratio}")
+        cells.append(f"{r['peak_bytes'] / 2**30:.2f}" if "peak_bytes" in r else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    hf = [r for r in rows if "hf_generate_tok_s" in r]
+    if hf:
+        lines += ["", f"HF `generate` (bf16, batch 1, dynamic cache): {hf[0]['hf_generate_tok_s']:.1f} tok/s."]
+    lines += ["", "Ratios in parentheses are against bf16 (prefill: bf16 time / mode time)."]
+    return "\n".join(lines) + "\n"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--random_mode", action="store_true", help="random weights with the config's shapes")
+    p.add_argument("--config", default="llama-3-8b", choices=sorted(CONFIGS))
+    p.add_argument("--layers", type=int, help="decoder layers to build (default: the config's)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--prefill_batches", type=_ints, default=[1, 4, 16])
+    p.add_argument("--decode_batches", type=_ints, default=[1, 8, 64])
+    p.add_argument("--decode_tokens", type=int, default=256)
+    p.add_argument("--hf_generate", action="store_true", help="also time HF generate for bf16 at batch 1")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cpu_dry_run", action="store_true",
+                   help="tiny run on the CPU (2 layers, 32 tokens, 4 steps): checks the paths, times mean nothing")
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
+    args = p.parse_args(argv)
+    if not args.random_mode:
+        p.error("only --random_mode is implemented: pass --random_mode")
+    modes = args.modes.split(",")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        p.error(f"unknown modes {unknown}: choose from {', '.join(MODES)}")
+    if args.cpu_dry_run:
+        args.device, args.layers, args.seqlen, args.decode_tokens, args.reps = "cpu", 2, 32, 4, 1
+        args.prefill_batches, args.decode_batches = [1, 2], [1, 2]
+    device = resolve_device(args.device)
+    config = build_config(args.config, args.layers, args.seqlen)
+    time_ms = make_timer(device, warmup=1, reps=args.reps, flush_l2=False, cuda_graph=False)
+    rows = []
+    for mode in modes:
+        rows.append(bench_mode(config, mode, args, device, time_ms))
+        print(rows[-1], flush=True)
+    result = {"config": args.config, "layers": config.num_hidden_layers, "seqlen": args.seqlen,
+              "decode_tokens": args.decode_tokens, "device": device_name(device),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
+              "command": "python benchmarks/bench_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "rows": rows}
+    md = markdown(result)
+    write_result_files(args.out, result, md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
