@@ -7,7 +7,9 @@ once, per KV head, with the attention module's own quantizers, and kept as codes
 byte) with their scales and zero points. Attention reads them dequantized
 (dequantize-then-SDPA). The dequantized tensors carry a mark that tells the attention
 wrapper not to rotate or quantize them again, so the logits equal the fake-quantized
-model's.
+model's. One exception: NVFP4 K/V take their fp32 tensor scale from each appended chunk
+(the prompt, then each token), where the fake-quantized model recomputes it over the
+whole cache at every step; per-token and per-group scales are the same either way.
 
     cache = PackedKVCache(model)
     model.generate(**inputs, past_key_values=cache)
