@@ -23,6 +23,8 @@ ACT_ORDER=${ACT_ORDER:-0}
 PERCDAMP=${PERCDAMP:-0.01}
 NSAMPLES=${NSAMPLES:-128}
 RESUME=${RESUME:-0}
+# Real quantization: SAVE_PATH=dir writes the packed checkpoint (--real_quant --save_path)
+SAVE_PATH=${SAVE_PATH:-""}
 
 SCRIPT_ARGS=()
 if [[ $KV_ASYM == 1 ]]; then
@@ -40,6 +42,9 @@ if [[ $ACT_ORDER == 1 ]]; then
 fi
 if [[ $RESUME == 1 ]]; then
     SCRIPT_ARGS+=("--resume")
+fi
+if [[ -n $SAVE_PATH ]]; then
+    SCRIPT_ARGS+=("--real_quant" "--save_path" "${SAVE_PATH}")
 fi
 
 export WANDB_RUN_GROUP=${WANDB_RUN_GROUP:-"$(basename "${MODEL}")-${FORMAT}"}

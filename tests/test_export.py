@@ -312,3 +312,16 @@ def test_lm_eval_on_a_loaded_checkpoint(tinystories_dir, data_dir, tmp_path, cap
                              "--lm_eval_limit", "4", *common]) == 0
     run = json.load(open(tmp_path / "runs" / "ckpt_real_quant.json"))
     assert run["metrics"]["lm_eval"]["tasks"]["piqa"]["samples"] == 4
+
+
+def test_quantize_script_save_path_knob(tinystories_dir, data_dir, tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = str(tmp_path / "ckpt")
+    env = {**os.environ, "MODEL": tinystories_dir, "DATA_DIR": data_dir, "SEQLEN": "128", "EVAL_LIMIT": "1",
+           "W_BITS": "4", "A_BITS": "4", "SAVE_PATH": path, "OUTPUT_DIR": str(tmp_path / "runs"),
+           "PYTHON": sys.executable}
+    subprocess.run(["bash", os.path.join(root, "scripts", "quantize.sh")], env=env, check=True, capture_output=True)
+    assert load_quantized(path)[2]["recipe"]["weight"]["bits"] == 4
