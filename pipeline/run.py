@@ -149,15 +149,13 @@ def run(cfg: RunConfig) -> RunResult:
         torch.cuda.synchronize()
     timings["quantize_s"] = time.perf_counter() - t
 
-    checkpoint = None
     if cfg.save_path:
         t = time.perf_counter()
         checkpoint = export_quantized(model, tokenizer, cfg.quant, cfg.save_path)
         timings["export_s"] = time.perf_counter() - t
-        log.info("wrote the real-quantized checkpoint %s (%.1f MiB)", checkpoint, checkpoint_bytes(checkpoint) / 2**20)
-        if calibration is None:
-            calibration = {}
-        calibration = {**calibration, "checkpoint": checkpoint, "checkpoint_bytes": checkpoint_bytes(checkpoint)}
+        size = checkpoint_bytes(checkpoint)
+        log.info("wrote the real-quantized checkpoint %s (%.1f MiB)", checkpoint, size / 2**20)
+        calibration = {**(calibration or {}), "checkpoint": checkpoint, "checkpoint_bytes": size}
 
     metrics = _evaluate(cfg, model, tokenizer, ppl_sources, lm_eval_tasks, timings)
     timings["total_s"] = time.perf_counter() - t_start
@@ -210,14 +208,14 @@ def run_loaded(cfg: RunConfig) -> RunResult:
     t_start = time.perf_counter()
     qc = read_quantization_config(cfg.load_quantized)  # refuse a wrong or newer checkpoint before anything heavy
     cfg.check_seqlen(AutoConfig.from_pretrained(cfg.load_quantized))
+    if not os.path.isfile(os.path.join(cfg.load_quantized, "tokenizer_config.json")):
+        raise ValueError(f"{cfg.load_quantized} has no tokenizer files: export it again with its tokenizer")
     ppl_sources = [corpora.resolve(name, corpora.EVAL_SPLIT.get(name, "test"), cfg.data_dir) for name in cfg.ppl_datasets]
     lm_eval_tasks = prepare_tasks(cfg.tasks, cfg.tasks_data_dir, cfg.num_fewshot) if cfg.tasks else None
     device = resolve_device(cfg.device)
     timings = {}
     t = time.perf_counter()
     model, tokenizer, qc = load_quantized(cfg.load_quantized, device)
-    if tokenizer is None:
-        raise ValueError(f"{cfg.load_quantized} has no tokenizer files: export it again with its tokenizer")
     timings["load_s"] = time.perf_counter() - t
     metrics = _evaluate(cfg, model, tokenizer, ppl_sources, lm_eval_tasks, timings)
     timings["total_s"] = time.perf_counter() - t_start

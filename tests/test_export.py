@@ -325,3 +325,8 @@ def test_quantize_script_save_path_knob(tinystories_dir, data_dir, tmp_path):
            "PYTHON": sys.executable}
     subprocess.run(["bash", os.path.join(root, "scripts", "quantize.sh")], env=env, check=True, capture_output=True)
     assert load_quantized(path)[2]["recipe"]["weight"]["bits"] == 4
+
+
+def test_loading_a_checkpoint_without_tokenizer_fails_before_the_model_loads(saved, tmp_path, capsys):
+    assert model_quant.main(["--load_quantized", saved, "--ppl_datasets", "none", "--seqlen", "128"]) == 2
+    assert "no tokenizer files" in capsys.readouterr().err
