@@ -1,0 +1,85 @@
+"""FlatQuant's learnable affine transforms: a Kronecker product of two small invertible matrices
+with a per-channel scaling, applied online to a linear's input and folded inversely into its weight.
+
+For an input dimension ``n = a * b`` (the most balanced factorisation, e.g. 576 = 24 x 24,
+1536 = 32 x 48) the transform is ``x -> (x / s) (P1 ⊗ P2)``: viewing each token's ``x / s``
+as an ``a x b`` matrix ``X``, that is ``P1^T X P2``, two small matmuls instead of one
+``n x n``. The weight ``W`` of every linear reading ``x`` becomes
+``(W * s) (P1 ⊗ P2)^-T``, i.e. per output row ``P1^-1 W_r P2^-T``, so ``x W^T`` is unchanged
+while the transformed activations and weights are flatter and quantize better once the
+factors are trained (``calib``: block by block, MSE to the full-precision block).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def balanced_factors(n: int) -> tuple[int, int]:
+    """``(a, b)`` with ``a * b = n``, ``a <= b`` and ``a`` the largest divisor of ``n`` not above ``sqrt(n)``."""
+    if n < 1:
+        raise ValueError(f"a Kronecker transform needs a positive dimension, got {n}")
+    a = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+    return a, n // a
+
+
+class KroneckerAffine(nn.Module):
+    """``x -> (x / s) (P1 ⊗ P2)``, learnable; identity at initialisation.
+
+    ``diag=False`` drops the per-channel scaling ``s``. Parameters are kept in float32
+    (float64 if asked) whatever the model's dtype; inputs are transformed in at least float32.
+    """
+
+    def __init__(self, size: int, diag: bool = True, factors: tuple[int, int] | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        a, b = factors or balanced_factors(size)
+        if a * b != size:
+            raise ValueError(f"factors {a} x {b} do not multiply to the dimension {size}")
+        self.size, self.factors = size, (a, b)
+        self.left = nn.Parameter(torch.eye(a, dtype=dtype))
+        self.right = nn.Parameter(torch.eye(b, dtype=dtype))
+        self.diag = nn.Parameter(torch.ones(size, dtype=dtype)) if diag else None
+
+    def extra_repr(self) -> str:
+        a, b = self.factors
+        return f"size={self.size}, factors={a}x{b}, diag={self.diag is not None}"
+
+    def _work_dtype(self, x: torch.Tensor) -> torch.dtype:
+        return torch.promote_types(torch.promote_types(x.dtype, torch.float32), self.left.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        work = self._work_dtype(x)
+        y = x.to(work)
+        if self.diag is not None:
+            y = y / self.diag.to(work)
+        a, b = self.factors
+        y = self.left.to(work).T @ y.reshape(*y.shape[:-1], a, b) @ self.right.to(work)
+        return y.reshape(x.shape).to(x.dtype)
+
+    def fold_into_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """``(W * s) (P1 ⊗ P2)^-T`` for a weight ``(out, size)`` that reads this transform's input."""
+        if weight.shape[-1] != self.size:
+            raise ValueError(f"weight with {weight.shape[-1]} inputs cannot take a transform of size {self.size}")
+        work = self._work_dtype(weight)
+        w = weight.to(work)
+        if self.diag is not None:
+            w = w * self.diag.to(work)
+        a, b = self.factors
+        left_inv = torch.linalg.inv(self.left.to(work))
+        right_inv = torch.linalg.inv(self.right.to(work))
+        w = left_inv @ w.reshape(-1, a, b) @ right_inv.T
+        return w.reshape(weight.shape).to(weight.dtype)
+
+    @torch.no_grad()
+    def init_diag_smoothquant(self, act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alpha: float) -> None:
+        """SmoothQuant's scaling ``s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)`` (per input channel)."""
+        if self.diag is None:
+            raise ValueError("this transform has no per-channel scaling (diag=False)")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"--diag_alpha must be in [0, 1], got {alpha}")
+        s = act_absmax.float().clamp(min=1e-5).pow(alpha) / weight_absmax.float().clamp(min=1e-5).pow(1 - alpha)
+        self.diag.copy_(s.to(self.diag.dtype))
