@@ -293,6 +293,15 @@ def _take(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
     return {k[len(prefix):]: tensors.pop(k) for k in keys}
 
 
+def _skip_weight_init():
+    """transformers' ``no_init_weights`` context (its module moved in 5.x)."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights
+    return no_init_weights()
+
+
 def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
     """``(model, tokenizer, quantization_config)`` of a real-quantized checkpoint directory."""
     qc = read_quantization_config(path)
@@ -300,7 +309,8 @@ def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.d
     tensors = _read_tensors(path)
     config = AutoConfig.from_pretrained(path)
     config.quantization_config = None
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=qc["attn_implementation"])
+    with _skip_weight_init():  # every weight comes from the checkpoint (checked below)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=qc["attn_implementation"])
     model.eval()
     for name, entry in qc["modules"].items():
         parts = _take(tensors, f"{name}.")
