@@ -19,9 +19,10 @@ from .quantizer import QuantParams, Quantizer
 
 
 def _logit(ratio: float) -> float:
-    if not 0.0 < ratio < 1.0:
-        raise ValueError(f"an initial clip ratio must be in (0, 1) (sigmoid's range), got {ratio}")
-    return math.log(ratio / (1 - ratio))
+    """sigmoid's inverse; 1.0 (no clipping, for a frozen clip) maps to +inf."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"an initial clip ratio must be in (0, 1], got {ratio}")
+    return math.inf if ratio == 1.0 else math.log(ratio / (1 - ratio))
 
 
 def round_ste(values: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,10 @@ def test_one_ratio_per_tensor_for_activations():
     assert torch.allclose(lac(x), reference, rtol=1e-5, atol=1e-5)
 
 
-def test_initial_ratio_must_be_inside_sigmoids_range():
-    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
-        LearnableClipQuantizer(Quantizer(SPECS[0]), init_ratio=1.0)
+def test_initial_ratio_must_be_a_clip_ratio():
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="in \\(0, 1\\]"):
+            LearnableClipQuantizer(Quantizer(SPECS[0]), init_ratio=bad)
+    w = heavy_tailed()
+    frozen = LearnableClipQuantizer(Quantizer(SPECS[0]), rows=w.shape[0], init_ratio=1.0)
+    assert torch.equal(frozen(w), Quantizer(SPECS[0]).fake_quantize(w))

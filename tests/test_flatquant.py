@@ -80,3 +80,51 @@ def test_smoothquant_initialisation():
     assert torch.allclose(t.diag, torch.tensor([2.0, 0.5, 3.0, 4.0]))
     with pytest.raises(ValueError, match="diag_alpha"):
         t.init_diag_smoothquant(torch.ones(4), torch.ones(4), alpha=1.5)
+
+
+def _block_setup(tiny_models, recipe):
+    """Block 0 of the tiny Llama, its full-precision outputs on random inputs, and a runner."""
+    from pipeline.fake_quant import attach_quantizers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32).eval()
+    adapter = adapter_for(model.config)
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(8, 16, model.config.hidden_size, generator=g)
+    position_embeddings = model.model.rotary_emb(hidden, torch.arange(16)[None])
+    block = adapter.decoder_layers(model)[0]
+
+    def run(start: int, end: int) -> torch.Tensor:
+        out = block(hidden[start:end], position_embeddings=position_embeddings, attention_mask=None)
+        return out[0] if isinstance(out, tuple) else out
+
+    with torch.no_grad():
+        targets = run(0, 8)
+    attach_quantizers(model, adapter, recipe)
+    return block, adapter, run, targets
+
+
+
+def test_training_lowers_the_block_output_error_below_rtn(tiny_models):
+    from calib.flatquant import FlatQuantConfig, train_block
+    from calib.rtn import quantize_linear_rtn
+    from configs.recipe import QuantRecipe
+    from quant_layers.quantizer import QuantSpec
+
+    recipe = QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"),
+                         activation=QuantSpec("int", 4, granularity="token"))
+    block, adapter, run, targets = _block_setup(tiny_models, recipe)
+    rtn_block, _, rtn_run, _ = _block_setup(tiny_models, recipe)
+    for name in adapter.linear_names():
+        quantize_linear_rtn(rtn_block.get_submodule(name))
+    with torch.no_grad():
+        rtn_error = torch.nn.functional.mse_loss(rtn_run(0, 8), targets).item()
+
+    report = train_block(block, adapter.sequential_groups(), run, targets,
+                         FlatQuantConfig(epochs=20, cali_bsz=4))
+    assert report["last_epoch_loss"] < report["first_epoch_loss"]
+    with torch.no_grad():
+        flat_error = torch.nn.functional.mse_loss(run(0, 8), targets).item()
+    assert flat_error < rtn_error, (flat_error, rtn_error)
+    down = block.get_submodule("mlp.down_proj")
+    assert isinstance(down.input_transform, KroneckerAffine) and down.weight_params is not None
+    assert not any(p.requires_grad for p in down.input_transform.parameters())
