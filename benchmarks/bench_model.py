@@ -101,9 +101,7 @@ def build_model(config, mode: str, device: torch.device, seed: int = 0) -> nn.Mo
     if weight is not None:
         for layer in adapter.decoder_layers(model):
             for name in adapter.linear_names():
-                owner, _, attr = name.rpartition(".")
-                parent = layer.get_submodule(owner)
-                setattr(parent, attr, random_real_linear(getattr(parent, attr), weight, act, generator))
+                layer.set_submodule(name, random_real_linear(layer.get_submodule(name), weight, act, generator))
     if kv4:
         head_dim = adapter.head_dim(config)
         install_kv_quantization(model, [adapter.attention(layer) for layer in adapter.decoder_layers(model)],

@@ -181,5 +181,4 @@ def train_block(block: nn.Module, groups: tuple[tuple[str, ...], ...], run: Call
 
 def _swap(block: nn.Module, modules: dict[str, nn.Module]) -> None:
     for name, module in modules.items():
-        owner, _, attr = name.rpartition(".")
-        setattr(block.get_submodule(owner) if owner else block, attr, module)
+        block.set_submodule(name, module)

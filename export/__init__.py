@@ -6,10 +6,11 @@ from .checkpoint import (
     checkpoint_bytes,
     decode_weight_scale,
     export_quantized,
+    has_tokenizer,
     load_quantized,
     packed_weight,
     read_quantization_config,
 )
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "checkpoint_bytes", "decode_weight_scale", "export_quantized",
-           "load_quantized", "packed_weight", "read_quantization_config"]
+           "has_tokenizer", "load_quantized", "packed_weight", "read_quantization_config"]

@@ -335,8 +335,7 @@ def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.d
         if entry["bias"]:
             module.bias.data.copy_(parts["bias"])
         module.input_transform = _build_transform(entry["input_transform"], _take(parts, "input_transform."))
-        owner, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(owner) if owner else model, attr, module)
+        model.set_submodule(name, module)
     for name, entry in qc["attention_transforms"].items():
         model.get_submodule(name).qk_transform = _build_transform(entry, _take(tensors, f"{name}.qk_transform."))
     state = model.state_dict()
@@ -364,9 +363,13 @@ def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.d
     if qc["attention_transforms"]:
         install_attention_wrapper(model)
     model.to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path) if os.path.isfile(os.path.join(path, "tokenizer_config.json")) \
-        else None
+    tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer(path) else None
     return model, tokenizer, qc
+
+
+def has_tokenizer(path: str) -> bool:
+    """Whether the checkpoint directory holds tokenizer files (export writes them when given a tokenizer)."""
+    return os.path.isfile(os.path.join(path, "tokenizer_config.json"))
 
 
 def _is_packed_buffer(model: nn.Module, key: str) -> bool:
@@ -384,4 +387,4 @@ def checkpoint_bytes(path: str) -> int:
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "checkpoint_bytes", "decode_weight_scale", "export_quantized",
-           "load_quantized", "packed_weight", "read_quantization_config"]
+           "has_tokenizer", "load_quantized", "packed_weight", "read_quantization_config"]

@@ -19,7 +19,7 @@ from calib import LayerwiseConfig, calibrate_layerwise, calibration_windows, qua
 from calib import fpq_search
 from configs import QuantRecipe, RunConfig
 from evaluation import MAX_WINDOWS, evaluate_tasks, evaluation_tokens, perplexity, prepare_tasks
-from export import checkpoint_bytes, export_quantized, load_quantized, read_quantization_config
+from export import checkpoint_bytes, export_quantized, has_tokenizer, load_quantized, read_quantization_config
 from models import adapter_for, load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
 from models.loading import dtype_name, locate
 from transforms import apply_transform
@@ -73,12 +73,17 @@ def _calibrate_gptq(cfg: RunConfig, model, adapter, tokenizer, calib_source, dev
     return summary
 
 
+def _ppl_sources(cfg: RunConfig) -> list:
+    """The perplexity corpora, resolved (their files checked) before any model loads."""
+    return [corpora.resolve(name, corpora.EVAL_SPLIT.get(name, "test"), cfg.data_dir) for name in cfg.ppl_datasets]
+
+
 def run(cfg: RunConfig) -> RunResult:
     if cfg.load_quantized:
         return run_loaded(cfg)
     t_start = time.perf_counter()
     loc = locate(cfg.model, cfg.gguf_file)
-    ppl_sources = [corpora.resolve(name, corpora.EVAL_SPLIT.get(name, "test"), cfg.data_dir) for name in cfg.ppl_datasets]
+    ppl_sources = _ppl_sources(cfg)
     gptq = cfg.quant.method == "gptq"
     fpq = cfg.quant.method == "fpq"
     calibrates = gptq or (fpq and not cfg.only_eval)
@@ -206,11 +211,11 @@ def _record(cfg: RunConfig, model_name: str, recipe: dict, config: dict, metrics
 def run_loaded(cfg: RunConfig) -> RunResult:
     """Evaluate a real-quantized checkpoint (``--load_quantized``) on the kernels."""
     t_start = time.perf_counter()
-    qc = read_quantization_config(cfg.load_quantized)  # refuse a wrong or newer checkpoint before anything heavy
+    read_quantization_config(cfg.load_quantized)  # refuse a wrong or newer checkpoint before anything heavy
     cfg.check_seqlen(AutoConfig.from_pretrained(cfg.load_quantized))
-    if not os.path.isfile(os.path.join(cfg.load_quantized, "tokenizer_config.json")):
+    if not has_tokenizer(cfg.load_quantized):
         raise ValueError(f"{cfg.load_quantized} has no tokenizer files: export it again with its tokenizer")
-    ppl_sources = [corpora.resolve(name, corpora.EVAL_SPLIT.get(name, "test"), cfg.data_dir) for name in cfg.ppl_datasets]
+    ppl_sources = _ppl_sources(cfg)
     lm_eval_tasks = prepare_tasks(cfg.tasks, cfg.tasks_data_dir, cfg.num_fewshot) if cfg.tasks else None
     device = resolve_device(cfg.device)
     timings = {}

@@ -65,7 +65,6 @@ def ensure_quant_linear(parent: nn.Module, path: str) -> QuantLinear:
     module = parent.get_submodule(path)
     if isinstance(module, QuantLinear):
         return module
-    owner_path, _, attr = path.rpartition(".")
     wrapped = QuantLinear(module, None, None)
-    setattr(parent.get_submodule(owner_path) if owner_path else parent, attr, wrapped)
+    parent.set_submodule(path, wrapped)
     return wrapped

@@ -34,7 +34,7 @@ from calib.fpq_search import (
 from configs import QuantRecipe, RunConfig, qbits_recipe
 from models import adapter_for
 from pipeline import run
-from quant_layers import QuantLinear, QuantSpec, Quantizer, install_attention_wrapper
+from quant_layers import QuantLinear, QuantSpec, Quantizer, ensure_quant_linear, install_attention_wrapper
 from quant_layers.formats import FPFormat
 from quant_layers.quantizer import QuantParams
 from transforms import apply_transform
@@ -220,11 +220,7 @@ def test_preshift_is_exact_without_quantization(tiny_models, transform):
     gen = torch.Generator().manual_seed(1)
     for layer in adapter.decoder_layers(model):
         for name in adapter.linear_names():
-            linear = layer.get_submodule(name)
-            if not isinstance(linear, QuantLinear):
-                owner, _, attr = name.rpartition(".")
-                linear = QuantLinear(linear, None, None)
-                setattr(layer.get_submodule(owner), attr, linear)
+            linear = ensure_quant_linear(layer, name)
             k = torch.randint(0, 8, (linear.in_features,), generator=gen, dtype=torch.int8)
             linear.weight.data *= torch.exp2(-k.float())  # the fold, as apply_linear_params does it
             linear.act_quantizer = StaticQuantizer(None, None, k)  # shift only, no rounding
