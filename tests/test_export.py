@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import export.checkpoint as checkpoint
 import main
 import model_quant
+from calib.fpq_search import StaticQuantizer
 from calib.gptq import GPTQConfig
 from calib.layerwise import LayerwiseConfig, calibrate_layerwise
 from calib.rtn import quantize_weights_rtn
@@ -330,3 +331,90 @@ def test_quantize_script_save_path_knob(tinystories_dir, data_dir, tmp_path):
 def test_loading_a_checkpoint_without_tokenizer_fails_before_the_model_loads(saved, tmp_path, capsys):
     assert model_quant.main(["--load_quantized", saved, "--ppl_datasets", "none", "--seqlen", "128"]) == 2
     assert "no tokenizer files" in capsys.readouterr().err
+
+
+def _one_linear_changed(tiny_models, change):
+    recipe = RECIPES["int4-w4a4"]
+    model = fake_quantized(tiny_models["llama"], recipe)
+    change(model.model.layers[0].mlp.up_proj)
+    return model, recipe
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.weight.data.mul_(1.37), "not on the grid of its recorded scales"),
+    (lambda m: setattr(m, "weight_quantizer", None), "quantizes its input but not its weight"),
+    (lambda m: setattr(m, "act_quantizer", StaticQuantizer(m.act_quantizer, torch.ones(1))),
+     "static per-tensor input scales"),
+    (lambda m: setattr(m, "input_transform", torch.nn.Identity()), "cannot be exported"),
+])
+def test_export_refuses_linears_it_cannot_pack(change, message, tiny_models, tmp_path):
+    model, recipe = _one_linear_changed(tiny_models, change)
+    with pytest.raises(ValueError, match=message):
+        export_quantized(model, None, recipe, str(tmp_path / "ckpt"))
+    assert not os.path.exists(tmp_path / "ckpt")
+
+
+def _edit_config(path: str, edit) -> None:
+    file = os.path.join(path, "config.json")
+    config = json.load(open(file))
+    edit(config)
+    json.dump(config, open(file, "w"))
+
+
+def test_load_refusals(saved, tmp_path):
+    file = os.path.join(saved, "model.safetensors")
+    tensors = load_file(file)
+    tensors["model.layers.0.mlp.up_proj.qweight"] = tensors["model.layers.0.mlp.up_proj.qweight"][:, :8].contiguous()
+    save_file(tensors, file)
+    with pytest.raises(ValueError, match="does not match its config"):
+        load_quantized(saved)
+    tensors = load_file(file)
+    tensors["model.layers.0.mlp.up_proj.qweight"] = torch.zeros(384, 64, dtype=torch.uint8)
+    tensors["extra.weight"] = torch.zeros(2)
+    save_file(tensors, file)
+    with pytest.raises(ValueError, match="has tensors this model does not"):
+        load_quantized(saved)
+    _edit_config(saved, lambda c: c.pop("quantization_config"))
+    with pytest.raises(ValueError, match="is not a real-quantized checkpoint"):
+        load_quantized(saved)
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        load_quantized(str(tmp_path))
+
+
+def test_missing_shard_is_refused(tiny_models, tmp_path):
+    recipe = RECIPES["int4-w4a4"]
+    path = export_quantized(fake_quantized(tiny_models["llama"], recipe), None, recipe, str(tmp_path / "ckpt"),
+                            shard_bytes=200_000)
+    os.remove(os.path.join(path, sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))[-1]))
+    with pytest.raises(FileNotFoundError, match="copy the whole checkpoint directory"):
+        load_quantized(path)
+
+
+def test_fp6_checkpoint_without_its_high_plane_is_refused(tiny_models, tmp_path):
+    recipe = RECIPES["fp6-e3m2-weight-only"]
+    path = export_quantized(fake_quantized(tiny_models["llama"], recipe), None, recipe, str(tmp_path / "ckpt"))
+    file = os.path.join(path, "model.safetensors")
+    tensors = load_file(file)
+    del tensors["model.layers.0.mlp.up_proj.qweight_high"]
+    save_file(tensors, file)
+    with pytest.raises(ValueError, match="qweight_high is missing or misshapen"):
+        load_quantized(path)
+
+
+def test_odd_input_dimension_cannot_be_packed():
+    from quant_layers.real_linear import RealQuantScheme
+
+    with pytest.raises(ValueError, match="even input dimension"):
+        RealQuantLinear(7, 4, False, RealQuantScheme("int4"), None)
+
+
+def test_main_save_path_needs_quantized_save(tinystories_dir, capsys):
+    assert main.main(["--model", tinystories_dir, "--qbits", "4", "4", "16", "--save_path", "x"]) == 2
+    assert "add --quantized_save" in capsys.readouterr().err
+
+
+def test_generate_needs_new_tokens(saved, capsys):
+    import scripts.generate as generate
+
+    assert generate.main(["--load_quantized", saved, "--max_new_tokens", "0"]) == 2
+    assert "--max_new_tokens must be at least 1" in capsys.readouterr().err

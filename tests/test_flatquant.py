@@ -128,3 +128,20 @@ def test_training_lowers_the_block_output_error_below_rtn(tiny_models):
     down = block.get_submodule("mlp.down_proj")
     assert isinstance(down.input_transform, KroneckerAffine) and down.weight_params is not None
     assert not any(p.requires_grad for p in down.input_transform.parameters())
+
+
+def test_flatquant_config_and_block_refusals(tiny_models):
+    from calib.flatquant import FlatQuantConfig, train_block
+    from configs.recipe import QuantRecipe
+    from quant_layers.quantizer import QuantSpec
+    from transforms.rotation import HadamardRotation
+
+    with pytest.raises(ValueError, match="--epochs and --cali_bsz"):
+        FlatQuantConfig(epochs=0)
+    with pytest.raises(ValueError, match="--diag_alpha"):
+        FlatQuantConfig(diag_alpha=2.0)
+    recipe = QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"))
+    block, adapter, run, targets = _block_setup(tiny_models, recipe)
+    block.get_submodule("mlp.down_proj").input_transform = HadamardRotation(384, block=128)
+    with pytest.raises(ValueError, match="already has an online transform"):
+        train_block(block, adapter.sequential_groups(), run, targets, FlatQuantConfig(epochs=1))
