@@ -112,7 +112,7 @@ def row(n: int, m: int, k: int, method: str, ms: float | None, weight_bytes: int
     }
 
 
-def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms) -> list[dict]:
+def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: list[str]) -> list[dict]:
     """Every GEMM of one (N, K, M): the bf16 and fp8 baselines first, then the W4A4 formats."""
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
@@ -124,7 +124,8 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms) -> list[d
         rows.append(row(n, m, k, "fp8", ms, n * k + 4 * n, "M padded to 16" if m % 16 else ""))
     except (RuntimeError, NotImplementedError) as e:  # no FP8 row-wise kernel here (CPU, pre-Hopper GPUs)
         rows.append(row(n, m, k, "fp8", None, n * k, f"unavailable: {str(e).splitlines()[0][:80]}"))
-    for name, (element, group, kind) in W4A4_FORMATS.items():
+    for name in formats:
+        element, group, kind = W4A4_FORMATS[name]
         wq = kernels.quantize_activations(w, element, group, kind, backend="triton")
         aq = kernels.quantize_activations(x, element, group, kind, backend="triton")
         spec = dict(a_element=element, w_element=element, a_group=group, w_group=group)
@@ -141,12 +142,13 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms) -> list[d
     return rows
 
 
-def bench_act_quant(m: int, k: int, device: torch.device, time_ms) -> list[dict]:
+def bench_act_quant(m: int, k: int, device: torch.device, time_ms, formats: list[str]) -> list[dict]:
     """The quantization kernel alone (read bf16, write codes + scales) against x.clone()."""
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     copy_ms = time_ms(lambda: x.clone())
     out = [{"M": m, "K": k, "kernel": "x.clone()", "ms": copy_ms, "gbs": 2 * x.numel() * 2 / copy_ms / 1e6, "check": ""}]
-    for name, (element, group, kind) in W4A4_FORMATS.items():
+    for name in formats:
+        element, group, kind = W4A4_FORMATS[name]
         ms = time_ms(lambda: kernels.quantize_activations(x, element, group, kind, backend="triton"))
         moved = x.numel() * 2 + x.numel() // 2 + 4 * m * (k // group if group else 1)
         out.append({"M": m, "K": k, "kernel": name, "ms": ms, "gbs": moved / ms / 1e6,
@@ -231,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ms", default=None, help=f"token counts M (default: {LLAMA3_8B_MS})")
     p.add_argument("--weight_only_ms", default=None,
                    help=f"token counts M of the FPx weight-only GEMM, '' to skip it (default: {WEIGHT_ONLY_MS})")
+    p.add_argument("--formats", default=",".join(W4A4_FORMATS),
+                   help=f"W4A4 formats to time, a comma list of {', '.join(W4A4_FORMATS)} (default: all)")
     p.add_argument("--reps", type=int, default=50, help="timed repetitions (the median is reported)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls first (the first ones autotune)")
     p.add_argument("--flush_l2", action="store_true", help="clear the L2 cache before every timed repetition")
@@ -249,21 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     wo_text = args.weight_only_ms if args.weight_only_ms is not None else (
         DRY_RUN_MS if args.cpu_dry_run else WEIGHT_ONLY_MS)
     weight_only_ms = [int(v) for v in wo_text.split(",") if v]
+    formats = [f for f in args.formats.split(",") if f]
+    if not formats or any(f not in W4A4_FORMATS for f in formats):
+        raise SystemExit(f"--formats takes a comma list of {', '.join(W4A4_FORMATS)}, got {args.formats!r}")
     time_ms = make_timer(device, args.warmup, args.reps, args.flush_l2, args.cuda_graph and not args.cpu_dry_run)
     torch.manual_seed(0)
-    gemm_rows, act_rows, act_done = [], [], set()
-    for n, k in shapes:
-        for m in ms:
-            gemm_rows += bench_shape(n, k, m, device, time_ms)
-            if (m, k) not in act_done:
-                act_done.add((m, k))
-                act_rows += bench_act_quant(m, k, device, time_ms)
-            print(f"done N={n} K={k} M={m}", flush=True)
-    wo_rows = []
-    for n, k in shapes:
-        for m in weight_only_ms:
-            wo_rows += bench_weight_only(n, k, m, device, time_ms)
-            print(f"done weight-only N={n} K={k} M={m}", flush=True)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device), "versions": library_versions(),
         "timing": f"median of {args.reps} after {args.warmup} warmup calls"
@@ -271,8 +265,22 @@ def main(argv: list[str] | None = None) -> int:
                   f"{', CUDA graph replays' if args.cuda_graph else ''}"
                   f"{' (CPU, Triton interpreter: not a speed measurement)' if args.cpu_dry_run else ''}",
         "command": "python benchmarks/kernel_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "gemm": gemm_rows, "act_quant": act_rows, "weight_only": wo_rows,
+        "gemm": [], "act_quant": [], "weight_only": [],
     }
+    act_done = set()
+    for n, k in shapes:
+        for m in ms:
+            result["gemm"] += bench_shape(n, k, m, device, time_ms, formats)
+            if (m, k) not in act_done:
+                act_done.add((m, k))
+                result["act_quant"] += bench_act_quant(m, k, device, time_ms, formats)
+            write_result_files(args.out, result, markdown(result))  # partial results survive a time limit
+            print(f"done N={n} K={k} M={m}", flush=True)
+    for n, k in shapes:
+        for m in weight_only_ms:
+            result["weight_only"] += bench_weight_only(n, k, m, device, time_ms)
+            write_result_files(args.out, result, markdown(result))
+            print(f"done weight-only N={n} K={k} M={m}", flush=True)
     md = markdown(result)
     write_result_files(args.out, result, md)
     print(md)

@@ -78,9 +78,12 @@ def _hadamard_dot(y, h, R: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr
     accumulation is as accurate as an fp32 one (and runs on tensor cores).
     """
     rows = y.reshape(R, HB)
+    # One return per helper: compiled Triton does not stop at a return inside an if.
     if DOT_F32:
-        return tl.dot(rows.to(tl.float32), h.to(tl.float32), input_precision="ieee")
-    return tl.dot(rows, h.to(rows.dtype))
+        out = tl.dot(rows.to(tl.float32), h.to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot(rows, h.to(rows.dtype))
+    return out
 
 
 @triton.jit
@@ -125,27 +128,32 @@ def _scales(amax, tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND: tl.constex
     """Dequantization scale of each group from its absmax, as Quantizer.fit / Quantizer.scales."""
     amax = amax * clip_ratio
     if SCALE_KIND == 0:
-        return tl.math.div_rn(amax, tl.full(amax.shape, max_value, tl.float32))
-    if SCALE_KIND == 1:
+        scale = tl.math.div_rn(amax, tl.full(amax.shape, max_value, tl.float32))
+    elif SCALE_KIND == 1:
         tensor_amax = _bits_to_float(tl.load(tensor_amax_ptr))
         g = tl.maximum(tl.math.div_rn(tensor_amax, NVFP_TENSOR_RANGE), 1e-30)
         per_element = tl.math.div_rn(amax, tl.full(amax.shape, max_value, tl.float32))
         s = tl.math.div_rn(per_element, tl.full(amax.shape, g, tl.float32))
-        return _round_e4m3(s) * g
-    return _e8m0_scale(amax)
+        scale = _round_e4m3(s) * g
+    else:
+        scale = _e8m0_scale(amax)
+    return scale
 
 
 @triton.jit
 def _encode(v, ELEMENT_INT4: tl.constexpr):
     """4-bit codes (int32 0..15) of v = x / scale, rounded as IntFormat(4) / E2M1 round (ties to even)."""
     if ELEMENT_INT4:
-        return _rint(tl.minimum(tl.maximum(v, -8.0), 7.0)).to(tl.int32) & 0xF
-    a = tl.abs(v)
-    # Magnitude index of 0, 0.5, 1, 1.5, 2, 3, 4, 6: one step past each midpoint, a tie
-    # goes to the even neighbour (strict > where the lower one is even, >= otherwise).
-    index = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
-             + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32) + (a > 5.0).to(tl.int32))
-    return index | (((v < 0) & (index > 0)).to(tl.int32) << 3)
+        codes = _rint(tl.minimum(tl.maximum(v, -8.0), 7.0)).to(tl.int32) & 0xF
+    else:
+        a = tl.abs(v)
+        # Magnitude index of 0, 0.5, 1, 1.5, 2, 3, 4, 6: one step past each midpoint, a tie
+        # goes to the even neighbour (strict > where the lower one is even, >= otherwise).
+        index = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
+                 + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
+                 + (a > 5.0).to(tl.int32))
+        codes = index | (((v < 0) & (index > 0)).to(tl.int32) << 3)
+    return codes
 
 
 @triton.jit

@@ -11,9 +11,11 @@ registers and fed to the tensor cores in a format that holds every 4-bit value e
 - K steps of 16 (16-element scale groups: NVFP4, int4 g16): tensor-core int8/fp8 dots
   need K >= 32, so the codes go through fp16 (exact) and each step is one fp16 dot.
 
-Per-row scales (groups 0) multiply the accumulator once, in the epilogue. Group scales
-change along K: the K loop then steps through at most one group of either operand at a
-time, scales each step's partial product and adds it to an fp32 accumulator.
+Per-row scales (groups 0) multiply the accumulator once, in the epilogue, and each K step
+is two dots, low nibbles times low nibbles and high times high (no register shuffle to
+interleave them). Group scales change along K: the K loop then steps through at most one
+group of either operand at a time, unpacks in order, scales each step's partial product
+and adds it to an fp32 accumulator.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .reference import check_matmul_args
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
 # One small config under the interpreter: tests run many shapes on a CPU.
-INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, GROUP_M=2)
+INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, GROUP_M=2)
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for Hopper: small-M (decode) tiles
 # that stream wide K, and square-ish prefill tiles, for K, N in 576..18944.
 GPU_CONFIGS = [
@@ -46,14 +48,13 @@ def _unpack(packed, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _operand(packed, IS_INT4: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr):
-    """A tile of packed codes as an exact dot operand: int8 (DOT 0), fp8 e4m3 (DOT 1) or fp16 (DOT 2)."""
-    codes = _unpack(packed, ROWS, BLOCK_K).to(tl.int32)
-    # One return: compiled Triton wants a single type out of a function.
+def _code_operand(codes, IS_INT4: tl.constexpr, DOT: tl.constexpr):
+    """4-bit codes (uint8 0..15) as an exact dot operand: int8 (DOT 0), fp8 e4m3 (DOT 1) or fp16 (DOT 2)."""
+    # One return: compiled Triton does not stop at a return inside an if.
     if IS_INT4:
-        levels = (codes ^ 8) - 8  # sign-extend the two's complement nibble
+        levels = (codes ^ 8).to(tl.int8) - 8  # sign-extend the two's complement nibble
         if DOT == 0:
-            operand = levels.to(tl.int8)
+            operand = levels
         else:
             operand = levels.to(tl.float16)
             if DOT == 1:
@@ -69,12 +70,34 @@ def _operand(packed, IS_INT4: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.cons
 
 
 @triton.jit
+def _operand(packed, IS_INT4: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr):
+    """A tile of packed codes, unpacked along K, as one exact dot operand (ROWS, BLOCK_K)."""
+    return _code_operand(_unpack(packed, ROWS, BLOCK_K), IS_INT4, DOT)
+
+
+@triton.jit
+def _nibble_operands(packed, IS_INT4: tl.constexpr, DOT: tl.constexpr):
+    """The low and the high nibbles of a (ROWS, BYTES) tile as two exact dot operands.
+
+    A dot over K is a sum over K, so pairing the even elements of A with the even ones of
+    W and the odd with the odd gives the same result as unpacking in order, without the
+    register shuffle that interleaving the nibbles costs.
+    """
+    return _code_operand(packed & 0xF, IS_INT4, DOT), _code_operand(packed >> 4, IS_INT4, DOT)
+
+
+@triton.jit
 def _dot(a, b, acc, DOT: tl.constexpr):
     """acc + a @ b. Hopper's FP8 wgmma adds into its accumulator with reduced precision:
     promoting to fp32 every 32 products keeps the sums of 4-bit values exact."""
-    if DOT == 1:
-        return tl.dot(a, b, acc, max_num_imprecise_acc=32)
-    return tl.dot(a, b, acc)
+    # One return: compiled Triton does not stop at a return inside an if.
+    if DOT == 0:
+        out = tl.dot(a, b, acc, out_dtype=tl.int32)
+    elif DOT == 1:
+        out = tl.dot(a, b, acc, max_num_imprecise_acc=32)
+    else:
+        out = tl.dot(a, b, acc)
+    return out
 
 
 @triton.jit
@@ -96,8 +119,9 @@ def _w4a4_kernel(
     pid_m = first_pid_m + (pid % pids_per_group) % group_rows
     pid_n = (pid % pids_per_group) // group_rows
 
-    DOT: tl.constexpr = 2 if BLOCK_K < 32 else (0 if A_INT4 and W_INT4 else 1)
     GROUPED: tl.constexpr = A_GROUP > 0 or W_GROUP > 0
+    DOT_K: tl.constexpr = BLOCK_K if GROUPED else BLOCK_K // 2  # K of one tl.dot
+    DOT: tl.constexpr = 2 if DOT_K < 32 else (0 if A_INT4 and W_INT4 else 1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_b = tl.arange(0, BLOCK_K // 2)
@@ -110,9 +134,11 @@ def _w4a4_kernel(
     acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.float32 if GROUPED else ACC_DTYPE)
     for step in range(0, (K + BLOCK_K - 1) // BLOCK_K):
         b_ok = offs_b < k_bytes - step * (BLOCK_K // 2)
-        a_tile = _operand(tl.load(a_ptrs, mask=m_ok[:, None] & b_ok[None, :], other=0), A_INT4, BLOCK_M, BLOCK_K, DOT)
-        w_tile = _operand(tl.load(w_ptrs, mask=n_ok[:, None] & b_ok[None, :], other=0), W_INT4, BLOCK_N, BLOCK_K, DOT)
+        a_bytes = tl.load(a_ptrs, mask=m_ok[:, None] & b_ok[None, :], other=0)
+        w_bytes = tl.load(w_ptrs, mask=n_ok[:, None] & b_ok[None, :], other=0)
         if GROUPED:
+            a_tile = _operand(a_bytes, A_INT4, BLOCK_M, BLOCK_K, DOT)
+            w_tile = _operand(w_bytes, W_INT4, BLOCK_N, BLOCK_K, DOT)
             part = _dot(a_tile, tl.trans(w_tile), tl.full((BLOCK_M, BLOCK_N), 0, ACC_DTYPE), DOT).to(tl.float32)
             k0 = step * BLOCK_K
             if A_GROUP > 0:
@@ -121,7 +147,10 @@ def _w4a4_kernel(
                 part *= tl.load(w_scale_ptr + offs_n * stride_wsn + k0 // W_GROUP, mask=n_ok, other=0.0)[None, :]
             acc += part
         else:
-            acc = _dot(a_tile, tl.trans(w_tile), acc, DOT)
+            a_low, a_high = _nibble_operands(a_bytes, A_INT4, DOT)
+            w_low, w_high = _nibble_operands(w_bytes, W_INT4, DOT)
+            acc = _dot(a_low, tl.trans(w_low), acc, DOT)
+            acc = _dot(a_high, tl.trans(w_high), acc, DOT)
         a_ptrs += BLOCK_K // 2
         w_ptrs += BLOCK_K // 2
 

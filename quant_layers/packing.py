@@ -71,7 +71,7 @@ def encode(values: torch.Tensor, element: NumberFormat) -> torch.Tensor:
             raise ValueError("uint4 encoding takes integers in [0, 15]: quantize the tensor first")
         return v.to(torch.uint8)
     half = 2 ** (element.bits - 1)
-    table = code_values(element)[:half]  # the magnitudes, increasing with the code
+    table = code_values(element)[:half].to(v.device)  # the magnitudes, increasing with the code
     magnitude = v.abs()
     index = torch.bucketize(magnitude, table).clamp(max=half - 1)
     if not torch.equal(table[index], magnitude):

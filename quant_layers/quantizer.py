@@ -171,9 +171,20 @@ class QuantParams:
     tensor_scale: torch.Tensor | None = None  # NVFP4's fp32 second-level scale (a scalar, or one per row)
 
 
+def true_divide(t: torch.Tensor, value: float) -> torch.Tensor:
+    """``t / value`` correctly rounded on every device.
+
+    CUDA turns a division by a Python number into a multiplication by its rounded
+    reciprocal, which can differ in the last bit from the division (and from the Triton
+    kernels, which divide): scales would then differ by one ulp between CPU and GPU and
+    values on a rounding tie would round differently.
+    """
+    return t / torch.full((), value, dtype=t.dtype, device=t.device)
+
+
 def nvfp_tensor_scale(tensor_amax: torch.Tensor) -> torch.Tensor:
     """NVFP4's fp32 tensor scale: it puts the largest block scale at E4M3's max (448)."""
-    return (tensor_amax / (E4M3.max_value * E2M1.max_value)).clamp(min=1e-30)
+    return true_divide(tensor_amax, E4M3.max_value * E2M1.max_value).clamp(min=1e-30)
 
 
 class Quantizer:
@@ -258,14 +269,14 @@ class Quantizer:
             return e8m0_scale(amax, self.element)
         if self.spec.format == "nvfp":
             global_scale = nvfp_tensor_scale(tensor_amax)
-            return e4m3_scale(amax / E2M1.max_value / global_scale) * global_scale
-        return amax / self.element.max_value
+            return e4m3_scale(true_divide(amax, E2M1.max_value) / global_scale) * global_scale
+        return true_divide(amax, self.element.max_value)
 
     def _symmetric_params(self, amax: torch.Tensor, tensor_amax: torch.Tensor) -> QuantParams:
         tensor_scale = nvfp_tensor_scale(tensor_amax) if self.spec.format == "nvfp" else None
         return QuantParams(self.scales(amax, tensor_amax), tensor_scale=tensor_scale)
 
     def _asymmetric_params(self, lo: torch.Tensor, hi: torch.Tensor) -> QuantParams:
-        scale = (hi - lo) / self.element.max_level
+        scale = true_divide(hi - lo, self.element.max_level)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         return QuantParams(scale, torch.round(-lo / safe))

@@ -196,3 +196,17 @@ def test_block_formats_take_per_head_kv_flags_as_their_blocks(fmt, block):
     assert (spec.granularity, spec.group_size) == ("group", block)
     with pytest.raises(ValueError, match=f"groups of {block}"):
         QuantSpec(fmt, 4, granularity="tensor")
+
+
+def test_scales_are_correctly_rounded_divisions():
+    """Scales divide by the element's max (CUDA would multiply by a rounded reciprocal: an ulp off)."""
+    from quant_layers.quantizer import true_divide
+
+    amax = torch.rand(4096) * 100
+    for divisor in (6.0, 7.0, 15.0, 2688.0):
+        exact = (amax.double() / divisor).float()  # float64 quotient rounded once: the correctly rounded one
+        assert torch.equal(true_divide(amax, divisor), exact)
+    spec = QuantSpec(format="int", bits=4, granularity="token")
+    x = torch.randn(64, 32)
+    scale = Quantizer(spec).fit(Quantizer(spec).grouped(x)).scale
+    assert torch.equal(scale.flatten(), (x.abs().amax(dim=1).double() / 7.0).float())

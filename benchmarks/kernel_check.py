@@ -1,0 +1,194 @@
+"""Correctness of the Triton kernels on a GPU: each one against its torch twin on the same device.
+
+CI checks the kernels under ``TRITON_INTERPRET=1`` on the CPU; this script checks the
+compiled kernels (autotuned tiles, the int8 / fp8 tensor-core dots, the real rounding
+of the GPU) on random data (outliers, ragged M, real LLM widths):
+
+* activation quantization (INT4, E2M1 per token, NVFP4, MXFP4, INT4 groups of 16 and 64;
+  with and without the fused block Hadamard): the fractions of codes and of scales that
+  differ from the twin's (both 0 without the Hadamard; with it the twin rotates in another
+  summation order, so an amax may move by an ulp, an NVFP4 block scale then by one E4M3
+  step, and a value on a rounding tie may go either way: at most 1e-3 of the codes, and
+  1e-2 of the scales off by more than 1e-5 relative);
+* the W4A4 GEMM, for every pair of formats the real-quantized linear uses, and the FPx
+  weight-only GEMM: into an output filled with NaN first (every entry must be written),
+  against the fp32 twin within 1e-5 of the output's magnitude plus one ulp of a half
+  output dtype.
+
+    python benchmarks/kernel_check.py --out benchmarks/results/kernel_check_h200
+
+Exit status 1 when any check fails. ``--cpu_dry_run`` runs tiny shapes under the
+interpreter (to exercise the script without a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.result_files import write_result_files  # noqa: E402
+import kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
+from kernels import reference  # noqa: E402
+from pipeline.results import device_name, library_versions  # noqa: E402
+from quant_layers.packing import element_named, encode, pack_planes  # noqa: E402
+
+# name -> (element, group, scale kind, clip ratio)
+ACT_FORMATS = {
+    "int4-tok-clip0.9": ("int4", 0, "float", 0.9),
+    "e2m1-tok": ("e2m1", 0, "float", 1.0),
+    "nvfp4": ("e2m1", 16, "e4m3", 1.0),
+    "mxfp4": ("e2m1", 32, "e8m0", 1.0),
+    "int4-g64": ("int4", 64, "float", 1.0),
+    "int4-g16": ("int4", 16, "float", 1.0),
+}
+# (activation format, weight format) of the W4A4 GEMMs the real-quantized linear runs.
+GEMM_PAIRS = [("int4-tok-clip0.9", "int4-tok-clip0.9"), ("e2m1-tok", "e2m1-tok"), ("int4-tok-clip0.9", "e2m1-tok"),
+              ("nvfp4", "nvfp4"), ("mxfp4", "mxfp4"), ("int4-tok-clip0.9", "int4-g64"),
+              ("int4-g16", "int4-g16")]  # K steps of 16: the fp16 dot path, as NVFP4's
+FPX_ELEMENTS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")
+GPU_ACT_SHAPES = [(7, 4096), (257, 14336)]
+# Every new (M bucket, N, K) autotunes: a few shapes keep the check to minutes.
+GPU_GEMM_SHAPES = [(1, 40, 128), (33, 4096, 4096), (257, 6144, 4096)]
+DRY_ACT_SHAPES = [(1, 128), (5, 256)]
+DRY_GEMM_SHAPES = [(1, 40, 128), (5, 40, 256)]
+OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def random_activations(m: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Gaussian rows with a few outlier channels (x 8), as LLM activations have."""
+    x = torch.randn(m, k, device=device) * 2
+    x[:, :: max(k // 3, 1)] *= 8
+    return x.to(dtype)
+
+
+def check_act(x: torch.Tensor, name: str, hadamard_block: int) -> dict:
+    element, group, kind, clip = ACT_FORMATS[name]
+    got = kernels.quantize_activations(x, element, group, kind, clip, hadamard_block, backend="triton")
+    want = reference.quantize_activations_ref(x, element, group, kind, clip, hadamard_block)
+    codes = (got[0] != want[0]).float().mean().item()
+    if hadamard_block:  # the fraction of scales off by more than a few ulps
+        scales = ((got[1] - want[1]).abs() > 1e-5 * want[1].abs()).float().mean().item()
+    else:
+        scales = (got[1] != want[1]).float().mean().item()
+    ok = codes == 0 and scales == 0 if not hadamard_block else codes <= 1e-3 and scales <= 1e-2
+    return {"kernel": "act_quant", "case": name + (f" + H{hadamard_block}" if hadamard_block else ""),
+            "shape": f"{x.shape[0]}x{x.shape[1]} {str(x.dtype).removeprefix('torch.')}",
+            "codes_differ": codes, "scales_differ": scales, "ok": ok}
+
+
+def close(out: torch.Tensor, want: torch.Tensor) -> tuple[bool, float]:
+    """Within fp32-accumulation rounding: 1e-5 of max |want| plus one ulp of a half out dtype."""
+    rtol = {torch.float32: 0.0, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}[out.dtype]
+    err = (out.float() - want.float()).abs()
+    bound = 1e-5 * want.float().abs().max() + rtol * want.float().abs()
+    excess = (err / bound.clamp(min=1e-30)).max().item()
+    return bool((err <= bound).all()) and not out.isnan().any().item(), excess
+
+
+def check_gemm(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torch.dtype,
+               device: torch.device) -> dict:
+    from kernels.w4a4_gemm import w4a4_matmul_triton
+
+    a_el, a_group, a_kind, a_clip = ACT_FORMATS[a_name]
+    w_el, w_group, w_kind, w_clip = ACT_FORMATS[w_name]
+    a = kernels.quantize_activations(random_activations(m, k, torch.bfloat16, device), a_el, a_group, a_kind, a_clip,
+                                     backend="triton")
+    w = kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, w_group,
+                                     w_kind, w_clip, backend="triton")
+    spec = dict(a_element=a_el, w_element=w_el, a_group=a_group, w_group=w_group)
+    bias = torch.randn(n, device=device)
+    out = torch.full((m, n), float("nan"), dtype=out_dtype, device=device)
+    w4a4_matmul_triton(*a, *w, bias=bias, out_dtype=out_dtype, out=out, **spec)
+    want = reference.w4a4_matmul_ref(*a, *w, bias=bias, out_dtype=torch.float32, **spec)
+    ok, excess = close(out, want)
+    return {"kernel": "w4a4_gemm", "case": f"{a_name} x {w_name}",
+            "shape": f"M{m} N{n} K{k} -> {str(out_dtype).removeprefix('torch.')}",
+            "error_over_bound": excess, "ok": ok}
+
+
+def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device) -> dict:
+    from kernels.fpx_gemm import fpx_matmul_triton
+
+    fmt = element_named(element)
+    w = torch.randn(n, k, device=device) * 0.02
+    scale = w.abs().amax(dim=1, keepdim=True) / fmt.max_value
+    planes = pack_planes(encode(fmt.round(w / scale), fmt), fmt.bits)
+    x = random_activations(m, k, x_dtype, device)
+    out = torch.full((m, n), float("nan"), dtype=x_dtype, device=device)
+    fpx_matmul_triton(x, planes, scale, element=element, bits=fmt.bits, out=out)
+    want = reference.fpx_matmul_ref(x, planes, scale, element=element, bits=fmt.bits, out_dtype=torch.float32)
+    ok, excess = close(out, want)
+    return {"kernel": "fpx_gemm", "case": element, "shape": f"M{m} N{n} K{k} {str(x_dtype).removeprefix('torch.')}",
+            "error_over_bound": excess, "ok": ok}
+
+
+def markdown(result: dict) -> str:
+    failed = [r for r in result["checks"] if not r["ok"]]
+    lines = [f"Triton kernels vs their torch twins on the same device. Device: {result['device']}. "
+             f"Date: {result['date']}.", f"Versions: {result['versions']}.", f"Command: `{result['command']}`", "",
+             f"{len(result['checks'])} checks, {len(failed)} failed.", "",
+             "| kernel | case | shape | codes differ | scales differ | error / bound | ok |", "|---|---|---|---|---|---|---|"]
+    for r in result["checks"]:
+        lines.append(f"| {r['kernel']} | {r['case']} | {r['shape']} | {r.get('codes_differ', '')} | "
+                     f"{r.get('scales_differ', '')} | "
+                     f"{'' if 'error_over_bound' not in r else format(r['error_over_bound'], '.3f')} | "
+                     f"{'ok' if r['ok'] else 'FAIL ' + r.get('error', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: Triton interpreter on CPU, tiny shapes")
+    p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
+    args = p.parse_args(argv)
+    if args.cpu_dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"
+    elif not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run on a GPU, or pass --cpu_dry_run to exercise the script on CPU")
+    torch.backends.cuda.matmul.allow_tf32 = False  # the twin's fp32 matmul must be fp32
+    device = torch.device("cpu" if args.cpu_dry_run else "cuda")
+    act_shapes = DRY_ACT_SHAPES if args.cpu_dry_run else GPU_ACT_SHAPES
+    gemm_shapes = DRY_GEMM_SHAPES if args.cpu_dry_run else GPU_GEMM_SHAPES
+    torch.manual_seed(0)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
+              "versions": library_versions(),
+              "command": "python benchmarks/kernel_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "checks": []}
+    checks = result["checks"]
+
+    def record(run, *run_args) -> None:
+        try:
+            check = run(*run_args)
+        except Exception as err:  # a kernel that fails to build or launch is a failed check, not the end
+            check = {"kernel": run.__name__.removeprefix("check_"), "shape": "", "ok": False,
+                     "case": " ".join(str(a) for a in run_args if isinstance(a, (int, str, torch.dtype))),
+                     "error": f"{type(err).__name__}: {err}"[:300].replace("\n", " ")}
+        checks.append(check)
+        print(check, flush=True)
+        write_result_files(args.out, result, markdown(result))  # partial results survive a time limit
+
+    for m, k in act_shapes:
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            x = random_activations(m, k, dtype, device)
+            for name in ACT_FORMATS:
+                for hadamard_block in (0, 128):
+                    record(check_act, x, name, hadamard_block)
+    for i, (m, n, k) in enumerate(gemm_shapes):
+        for a_name, w_name in GEMM_PAIRS:
+            record(check_gemm, m, n, k, a_name, w_name, OUT_DTYPES[i % len(OUT_DTYPES)], device)
+        for element in FPX_ELEMENTS:
+            record(check_fpx, m, n, k, element, OUT_DTYPES[i % len(OUT_DTYPES)], device)
+    md = markdown(result)
+    write_result_files(args.out, result, md)
+    print(md)
+    return 0 if all(r["ok"] for r in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
