@@ -56,15 +56,16 @@ ROTATE_MODES = {"hadamard": "hadamard", "random": "random_orthogonal", "block_ha
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     recipe = qbits_recipe(args.quant_config, args.qbits)
+    flat = args.cali_trans or args.add_diag or args.lwc or args.lac
     if recipe.method == "fpq":
-        if args.gptq:
-            raise ValueError(f"--gptq and --quant_config {args.quant_config} both set the weights: use one "
-                             f"(GPTQ with --quant_config RTN_config_llama)")
+        if args.gptq or flat:
+            raise ValueError(f"--gptq / the FlatQuant flags and --quant_config {args.quant_config} both set the "
+                             f"weights: use one (GPTQ or FlatQuant with --quant_config RTN_config_llama)")
         fpq = dataclasses.replace(recipe.fpq, search_round=args.search_round,
                                   search_intervals=tuple(args.search_intervals), calib_size=args.calib_size,
                                   search_tokens=args.search_tokens)
         recipe = dataclasses.replace(recipe, fpq=fpq)
-    elif recipe.weight is not None or args.gptq:
+    elif recipe.weight is not None or args.gptq or flat:
         recipe = dataclasses.replace(recipe, **gptq_recipe_kwargs(args))
     if args.rotate:
         recipe = dataclasses.replace(recipe, transform=ROTATE_MODES[args.rotate_mode],

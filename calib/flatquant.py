@@ -7,7 +7,9 @@ learnable activation clip (LAC, per tensor). They are trained with AdamW and a c
 schedule to minimise the MSE between the full-precision block's output and the
 transformed, fake-quantized block's output; then the transforms are folded into the
 weights (their activation side stays online as ``input_transform``) and the weights are
-quantized with their trained clip ranges. Not wired to the layer-by-layer runner yet.
+quantized with their trained clip ranges (or left for GPTQ). ``calib.layerwise`` runs it
+block by block (method ``flatquant``); K and V are fake-quantized during training with a
+straight-through gradient, so the q/k/v transform also learns from the KV-cache error.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,11 +42,15 @@ class FlatQuantConfig:
     lac: bool = True  # learnable activation clipping
     diag_alpha: float = 0.3  # SmoothQuant exponent of the scaling's initial value
     clip_init: float = 0.98  # initial clip ratio of LWC / LAC (sigmoid of the parameter)
+    weight_method: str = "rtn"  # after training: "rtn" (at the learned clip) or "gptq"
+    amp: bool = True  # bfloat16 autocast for the training forward on CUDA (--deactive_amp turns it off)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.cali_bsz < 1 or self.flat_lr <= 0:
             raise ValueError(f"--epochs and --cali_bsz must be at least 1 and --flat_lr positive, got "
                              f"{self.epochs}, {self.cali_bsz}, {self.flat_lr}")
+        if self.weight_method not in ("rtn", "gptq"):
+            raise ValueError(f"FlatQuant quantizes weights with rtn or gptq after training, got {self.weight_method!r}")
         if not 0.0 <= self.diag_alpha <= 1.0:
             raise ValueError(f"--diag_alpha must be in [0, 1], got {self.diag_alpha}")
 
@@ -69,29 +76,37 @@ class TrainableLinear(nn.Module):
         return clip
 
     def folded_weight(self) -> torch.Tensor:
-        w = self.linear.weight.float()
+        """The weight with the transform folded in, in float32 (float64 for a float64 model)."""
+        w = self.linear.weight
+        w = w.to(torch.promote_types(w.dtype, torch.float32))
         return w if self.transform is None else self.transform.fold_into_weight(w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """In float32 or wider; the output in the input's dtype, as the linear's would be."""
+        y = x.to(torch.promote_types(x.dtype, torch.float32))
         if self.transform is not None:
-            x = self.transform(x.float())
+            y = self.transform(y)
         if self.act_clip is not None:
-            x = self.act_clip(x)
+            y = self.act_clip(y)
         w = self.folded_weight()
         if self.weight_clip is not None:
             w = self.weight_clip(w)
-        bias = None if self.linear.bias is None else self.linear.bias.float()
-        return F.linear(x.float(), w, bias)
+        w = w.to(y.dtype)
+        bias = None if self.linear.bias is None else self.linear.bias.to(y.dtype)
+        return F.linear(y, w, bias).to(x.dtype)
 
     @torch.no_grad()
-    def finalize(self) -> QuantLinear:
-        """Fold the trained transform and clips into the ``QuantLinear`` and return it."""
+    def finalize(self, quantize_weight: bool = True) -> QuantLinear:
+        """Fold the trained transform and clips into the ``QuantLinear`` and return it.
+
+        ``quantize_weight=False`` leaves the folded weight in full precision (for GPTQ).
+        """
         linear = self.linear
         w = self.folded_weight()
         if self.transform is not None:
             self.transform.requires_grad_(False)
             linear.input_transform = self.transform
-        if self.weight_clip is not None:
+        if self.weight_clip is not None and quantize_weight:
             quantizer = linear.weight_quantizer
             grouped = quantizer.grouped(w)
             params = self.weight_clip.params(grouped)
@@ -100,9 +115,7 @@ class TrainableLinear(nn.Module):
         else:
             linear.weight.copy_(w.to(linear.weight.dtype))
         if self.act_clip is not None:
-            ratio = float(self.act_clip.ratios()[0].item())
-            spec = dataclasses.replace(linear.act_quantizer.spec, clip_ratio=min(ratio, 1.0))
-            linear.act_quantizer = Quantizer(spec, linear.act_quantizer.head_dim)
+            set_act_clip(linear, float(self.act_clip.ratios()[0].item()))
         return linear
 
 
@@ -128,20 +141,15 @@ def _input_absmax(block: nn.Module, names: list[str], run: Callable[[int, int], 
     return maxima
 
 
-def train_block(block: nn.Module, groups: tuple[tuple[str, ...], ...], run: Callable[[int, int], torch.Tensor],
-                targets: torch.Tensor, config: FlatQuantConfig) -> dict:
-    """Train and fold FlatQuant's transforms and clips for one block, in place.
+def _build_trainables(block: nn.Module, groups: tuple[tuple[str, ...], ...], config: FlatQuantConfig,
+                      absmax: dict[str, torch.Tensor] | None, seed: int = 0) -> dict[str, TrainableLinear]:
+    """One transform per group, clips per linear.
 
-    ``groups``: linears that share an input (the adapter's ``sequential_groups()``);
-    ``run(start, end)``: the block's output for calibration samples ``start:end`` (its
-    inputs are the full-precision ones); ``targets``: the full-precision block's outputs.
-    Returns the mean loss of the first and of the last epoch.
+    With ``absmax`` (a fresh start) the factors start random orthogonal (seeded) and the
+    scaling at SmoothQuant's; without (a restore) they start at identity, to be overwritten.
     """
-    samples = targets.shape[0]
-    names = [n for group in groups for n in group]
-    absmax = _input_absmax(block, names, run, samples, config.cali_bsz)
     trainables: dict[str, TrainableLinear] = {}
-    for group in groups:
+    for index, group in enumerate(groups):
         first: QuantLinear = block.get_submodule(group[0])
         if first.input_transform is not None:
             raise ValueError(f"{group[0]} already has an online transform: FlatQuant learns its own (use "
@@ -151,32 +159,144 @@ def train_block(block: nn.Module, groups: tuple[tuple[str, ...], ...], run: Call
             transform = KroneckerAffine(first.in_features, diag=config.add_diag).to(first.weight.device)
             transform.left.requires_grad_(config.cali_trans)
             transform.right.requires_grad_(config.cali_trans)
-            if config.add_diag:
+            if config.cali_trans and absmax is not None:
+                transform.init_random_orthogonal(seed * len(groups) + index)
+            if config.add_diag and absmax is not None:
                 weight_max = torch.stack([block.get_submodule(n).weight.detach().abs().amax(0).float() for n in group])
                 transform.init_diag_smoothquant(absmax[group[0]], weight_max.amax(0), config.diag_alpha)
         for name in group:
             trainables[name] = TrainableLinear(block.get_submodule(name), transform, config)
-    _swap(block, trainables)
+    return trainables
+
+
+def trainable_state(trainables: dict[str, TrainableLinear]) -> dict[str, torch.Tensor]:
+    """What training learned, by linear: transform factors and scaling, clip parameters (CPU copies)."""
+    return {f"{name}.{key}": value.detach().to("cpu").clone()
+            for name, t in trainables.items() for key, value in t.state_dict().items()
+            if not key.startswith("linear.")}
+
+
+def _load_trainable_state(trainables: dict[str, TrainableLinear], state: dict[str, torch.Tensor]) -> None:
+    expected = set(trainable_state(trainables))
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"saved FlatQuant matrices do not match this block and recipe (missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}): train again without --reload_matrix, or pass the "
+                         f"--matrix_path of a run with the same model and flags")
+    with torch.no_grad():
+        for name, t in trainables.items():
+            for key, param in t.state_dict(keep_vars=True).items():
+                if not key.startswith("linear."):
+                    param.copy_(state[f"{name}.{key}"].to(param.device, param.dtype))
+
+
+@contextmanager
+def straight_through_kv(block: nn.Module) -> Iterator[None]:
+    """K/V fake quantization with an identity gradient inside ``block`` (rounding has none)."""
+    saved = []
+    for m in block.modules():
+        for attr in ("key_quantizer", "value_quantizer"):
+            q = getattr(m, attr, None)
+            if q is not None:
+                saved.append((m, attr, q))
     try:
-        params = {id(p): p for t in trainables.values() for p in t.parameters() if p.requires_grad}
-        optimizer = torch.optim.AdamW(list(params.values()), lr=config.flat_lr, weight_decay=0.0)
-        steps = config.epochs * math.ceil(samples / config.cali_bsz)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=config.flat_lr * 1e-3)
-        epoch_losses = []
-        for _ in range(config.epochs):
-            total = 0.0
-            for start in range(0, samples, config.cali_bsz):
-                end = min(start + config.cali_bsz, samples)
-                loss = F.mse_loss(run(start, end).float(), targets[start:end].float())
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                schedule.step()
-                total += loss.item() * (end - start)
-            epoch_losses.append(total / samples)
+        for m, attr, q in saved:
+            setattr(m, attr, _StraightThrough(q))
+        yield
     finally:
-        _swap(block, {name: t.finalize() for name, t in trainables.items()})
-    return {"first_epoch_loss": epoch_losses[0], "last_epoch_loss": epoch_losses[-1]}
+        for m, attr, q in saved:
+            setattr(m, attr, q)
+
+
+class _StraightThrough:
+    def __init__(self, quantizer: Quantizer) -> None:
+        self.quantizer = quantizer
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (self.quantizer(x) - x).detach()
+
+
+def train_block(block: nn.Module, groups: tuple[tuple[str, ...], ...], run: Callable[[int, int], torch.Tensor],
+                targets: torch.Tensor, config: FlatQuantConfig, saved: dict[str, torch.Tensor] | None = None,
+                seed: int = 0) -> dict:
+    """Train (or, given ``saved``, restore) and fold FlatQuant's transforms and clips for one block, in place.
+
+    ``groups``: linears that share an input (the adapter's ``sequential_groups()``);
+    ``run(start, end)``: the block's output for calibration samples ``start:end`` (its
+    inputs are the full-precision ones); ``targets``: the full-precision block's outputs.
+    Weights are quantized at the learned clip unless ``config.weight_method`` is ``gptq``.
+    ``seed`` draws the factors' random orthogonal start.
+    Returns the mean loss of the first and the last epoch (None when restored) and
+    ``state``, what was learned (``trainable_state``), for ``saved`` next time.
+    """
+    samples = targets.shape[0]
+    names = [n for group in groups for n in group]
+    absmax = None if saved is not None else _input_absmax(block, names, run, samples, config.cali_bsz)
+    trainables = _build_trainables(block, groups, config, absmax, seed)
+    _swap(block, trainables)
+    epoch_losses: list[float] = [math.nan]
+    try:
+        if saved is not None:
+            _load_trainable_state(trainables, saved)
+        else:
+            epoch_losses = _train(trainables, run, targets, config)
+        state = trainable_state(trainables)
+    finally:
+        _swap(block, {name: t.finalize(config.weight_method == "rtn") for name, t in trainables.items()})
+    restored = saved is not None
+    return {"first_epoch_loss": None if restored else epoch_losses[0],
+            "last_epoch_loss": None if restored else epoch_losses[-1], "state": state}
+
+
+def _train(trainables: dict[str, TrainableLinear], run: Callable[[int, int], torch.Tensor], targets: torch.Tensor,
+           config: FlatQuantConfig) -> list[float]:
+    """AdamW + cosine on the MSE to ``targets``; the mean loss of every epoch."""
+    samples = targets.shape[0]
+    params = {id(p): p for t in trainables.values() for p in t.parameters() if p.requires_grad}
+    if not params:
+        return [math.nan]
+    optimizer = torch.optim.AdamW(list(params.values()), lr=config.flat_lr, weight_decay=0.0)
+    steps = config.epochs * math.ceil(samples / config.cali_bsz)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=config.flat_lr * 1e-3)
+    amp = config.amp and targets.device.type == "cuda"
+    epoch_losses = []
+    for _ in range(config.epochs):
+        total = 0.0
+        for start in range(0, samples, config.cali_bsz):
+            end = min(start + config.cali_bsz, samples)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                out = run(start, end)
+            loss = F.mse_loss(out.float(), targets[start:end].float())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * (end - start)
+        epoch_losses.append(total / samples)
+    return epoch_losses
+
+
+def attach_transforms(block: nn.Module, groups: tuple[tuple[str, ...], ...], config: FlatQuantConfig) -> None:
+    """Give a fresh block the online transforms a FlatQuant-calibrated one has (identity values).
+
+    Resuming loads a finished block's saved parameters into the model's block, which must
+    first have the same modules.
+    """
+    if not (config.cali_trans or config.add_diag):
+        return
+    for group in groups:
+        first: QuantLinear = block.get_submodule(group[0])
+        transform = KroneckerAffine(first.in_features, diag=config.add_diag).to(first.weight.device)
+        transform.requires_grad_(False)
+        for name in group:
+            block.get_submodule(name).input_transform = transform
+
+
+def set_act_clip(linear: QuantLinear, ratio: float) -> None:
+    """Fix a linear's activation clip ratio (LAC's learned one) in its quantizer's spec."""
+    if linear.act_quantizer is not None:
+        spec = dataclasses.replace(linear.act_quantizer.spec, clip_ratio=min(ratio, 1.0))
+        linear.act_quantizer = Quantizer(spec, linear.act_quantizer.head_dim)
 
 
 def _swap(block: nn.Module, modules: dict[str, nn.Module]) -> None:

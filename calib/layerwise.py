@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import resource
 import sys
 import time
@@ -40,25 +41,33 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from calib import flatquant
+from calib.flatquant import FlatQuantConfig
 from calib.gptq import GPTQConfig, HessianAccumulator, gptq_quantize_with_params, split_params
-from calib.progress import ProgressStore, ResumeState
+from calib.progress import ProgressStore, ResumeState, atomic_save_tensors
 from calib.rtn import quantize_linear_rtn
 from quant_layers.linear import QuantLinear
 
 log = logging.getLogger(__name__)
 
-METHODS = ("gptq", "rtn")
+METHODS = ("gptq", "rtn", "flatquant")
 
 
 @dataclass
 class LayerwiseConfig:
     """How the layer-by-layer runner calibrates (see the module docstring)."""
 
-    method: str = "gptq"  # "gptq" or "rtn"
+    method: str = "gptq"  # "gptq", "rtn" or "flatquant" (then weights by flatquant.weight_method)
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
+    flatquant: FlatQuantConfig = field(default_factory=FlatQuantConfig)
+    # FlatQuant: where each block's learned transforms and clips go (--save_matrix) or come from
+    # (--reload_matrix, which skips training): one safetensors file per block.
+    matrix_dir: str | None = None
+    reload_matrix: bool = False
     offload_activations: bool = False  # keep block inputs/outputs on CPU, move per micro-batch
     batch_size: int = 1  # calibration windows per forward pass
     progress_dir: str | None = None  # where per-block progress goes (None = no checkpoints)
@@ -73,6 +82,8 @@ class LayerwiseConfig:
             raise ValueError(f"calibration batch size must be at least 1, got {self.batch_size}")
         if self.resume and not self.progress_dir:
             raise ValueError("--resume needs a progress directory: pass the --output_dir of the run to resume")
+        if self.reload_matrix and not self.matrix_dir:
+            raise ValueError("--reload_matrix needs the folder of saved matrices: pass --matrix_path")
 
 
 @dataclass
@@ -173,9 +184,30 @@ class BlockActivations:
         for start in range(0, self.nsamples, self.batch_size):
             yield start, min(start + self.batch_size, self.nsamples)
 
+    def _inputs(self, index: int, size: int) -> tuple[tuple, dict]:
+        """The block's captured arguments for ``size`` windows.
+
+        A size that was never captured (FlatQuant's --cali_bsz differs from
+        --calib_batch_size) reuses another's: they do not depend on the tokens, so every
+        batch-sized tensor is its first row broadcast to ``size``.
+        """
+        key = (index, size)
+        if key not in self.block_inputs:
+            (_, captured), (args, kwargs) = next((k, v) for k, v in self.block_inputs.items() if k[0] == index)
+
+            def resize(value):
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == captured:
+                    return value[:1].expand(size, *value.shape[1:])
+                if isinstance(value, tuple):
+                    return tuple(resize(v) for v in value)
+                return value
+
+            self.block_inputs[key] = (resize(args), {k: resize(v) for k, v in kwargs.items()})
+        return self.block_inputs[key]
+
     def run_block(self, block: nn.Module, index: int, start: int, end: int, device: torch.device) -> torch.Tensor:
         x = self.hidden[start:end].to(device)
-        args, kwargs = self.block_inputs[(index, end - start)]
+        args, kwargs = self._inputs(index, end - start)
         out = block(x, *args, **kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -342,7 +374,8 @@ def _gptq_group(
         if len(names) > 1:
             record["stacked_with"] = list(names)
         for name in names:
-            per_linear[f"layers.{index}.{name}"] = dict(record)
+            key = f"layers.{index}.{name}"
+            per_linear[key] = {**per_linear.get(key, {}), **record}  # keeps FlatQuant's entries
     accumulators.clear()
 
 
@@ -365,11 +398,77 @@ def _calibrate_block(
     block: nn.Module, index: int, adapter, acts: BlockActivations | None, device: torch.device,
     config: LayerwiseConfig, per_linear: dict,
 ) -> None:
-    if config.method == "rtn":
-        _rtn_linears(list(adapter.linears(block).items()), f"layers.{index}.", per_linear)
+    """Quantize one block's weights (activation and K/V quantization are off in here)."""
+    if config.method == "rtn" or (config.method == "flatquant" and config.flatquant.weight_method == "rtn"):
+        if config.method == "rtn":
+            _rtn_linears(list(adapter.linears(block).items()), f"layers.{index}.", per_linear)
         return
     for group in adapter.sequential_groups():
         _gptq_group(block, index, group, acts, device, config, per_linear)
+
+
+def matrix_file(matrix_dir: str, index: int) -> str:
+    return os.path.join(matrix_dir, f"flat_matrices_{index:05d}.safetensors")
+
+
+def _flatquant_block(block: nn.Module, index: int, adapter, acts: BlockActivations, device: torch.device,
+                     config: LayerwiseConfig, per_linear: dict) -> None:
+    """Train FlatQuant's transforms and clips on the block (or load them), fold them in, record them.
+
+    The targets are the full-precision block's outputs on the current inputs; training runs
+    the block with activations and K/V quantized (straight-through) and its weights through
+    the learnable clips.
+    """
+    t = time.perf_counter()
+    groups = adapter.sequential_groups()
+    with _weights_only(block):
+        targets = torch.cat([acts.run_block(block, index, s, e, device).to(acts.hidden.device)
+                             for s, e in acts.spans()])
+    saved = None
+    if config.reload_matrix:
+        path = matrix_file(config.matrix_dir, index)
+        if not os.path.exists(path):
+            raise ValueError(f"--reload_matrix: {path} is missing (block {index}): pass the --matrix_path of a run "
+                             f"that saved every block with --save_matrix, or drop --reload_matrix to train")
+        saved = load_file(path)
+    block.requires_grad_(False)
+
+    def run(start: int, end: int) -> torch.Tensor:
+        return acts.run_block(block, index, start, end, device)
+
+    with torch.enable_grad(), flatquant.straight_through_kv(block):
+        result = flatquant.train_block(block, groups, run, targets, config.flatquant, saved=saved, seed=index)
+    del targets
+    if config.matrix_dir and not config.reload_matrix:
+        os.makedirs(config.matrix_dir, exist_ok=True)
+        atomic_save_tensors(matrix_file(config.matrix_dir, index), result["state"], {"block": str(index)})
+    seconds = time.perf_counter() - t
+    for group in groups:
+        for name in group:
+            module = block.get_submodule(name)
+            ratio = module.act_quantizer.spec.clip_ratio if module.act_quantizer is not None else None
+            per_linear[f"layers.{index}.{name}"] = {
+                "method": "flatquant", "first_epoch_loss": result["first_epoch_loss"],
+                "last_epoch_loss": result["last_epoch_loss"], "act_clip_ratio": ratio, "seconds": seconds,
+                "reloaded": saved is not None}
+
+
+def _prepare_resumed_block(block: nn.Module, adapter, config: LayerwiseConfig) -> None:
+    """Give a fresh block FlatQuant's transforms before a finished block's parameters load into it."""
+    if config.method != "flatquant":
+        return
+    flatquant.attach_transforms(block, adapter.sequential_groups(), config.flatquant)
+
+
+def _restore_act_clips(block: nn.Module, index: int, adapter, config: LayerwiseConfig, per_linear: dict) -> None:
+    """After a finished FlatQuant block's parameters loaded: its learned activation clip ratios."""
+    if config.method != "flatquant":
+        return
+    for group in adapter.sequential_groups():
+        for name in group:
+            ratio = per_linear.get(f"layers.{index}.{name}", {}).get("act_clip_ratio")
+            if ratio is not None:
+                flatquant.set_act_clip(block.get_submodule(name), ratio)
 
 
 # ---------------------------------------------------------------------------------------
@@ -408,7 +507,9 @@ def run_fingerprint(config: LayerwiseConfig, calib_ids: torch.Tensor | None, num
         **config.fingerprint,
         "layerwise": {
             "method": config.method,
-            "gptq": dataclasses.asdict(config.gptq) if config.method == "gptq" else None,
+            "gptq": dataclasses.asdict(config.gptq) if config.method == "gptq" or (
+                config.method == "flatquant" and config.flatquant.weight_method == "gptq") else None,
+            "flatquant": dataclasses.asdict(config.flatquant) if config.method == "flatquant" else None,
             "blocks": num_blocks,
             "calibration_ids": data,
         },
@@ -450,8 +551,11 @@ def calibrate_layerwise(
             "uninterrupted run", execution, store.saved("execution", execution),
         )
     # GPTQ needs block inputs, RTN none; nothing at all when no block linear has a weight quantizer.
+    # FlatQuant trains transforms for every wrapped linear, quantized or not.
     needs_data = config.method != "rtn" and any(
-        _weight_targets(list(adapter.linears(layer).items())) for layer in layers
+        _weight_targets(list(adapter.linears(layer).items())) if config.method == "gptq" else
+        any(isinstance(m, QuantLinear) for m in adapter.linears(layer).values())
+        for layer in layers
     )
 
     was_training = model.training
@@ -459,7 +563,9 @@ def calibrate_layerwise(
     try:
         with torch.no_grad():
             for i in range(done):
+                _prepare_resumed_block(layers[i], adapter, config)
                 store.load_block(i, layers[i])
+                _restore_act_clips(layers[i], i, adapter, config, per_linear)
             acts = None
             if done < num_blocks and needs_data:
                 acts = capture_block_inputs(model, adapter, layers, calib_ids.long(), device, config)
@@ -470,10 +576,13 @@ def calibrate_layerwise(
             for i in bar:
                 block = layers[i]
                 block_stats: dict[str, dict] = {}
-                with resident([block], device), _weights_only(block):
-                    _calibrate_block(block, i, adapter, acts, device, config, block_stats)
-                    if acts is not None and i + 1 < num_blocks:
-                        acts.propagate(block, i, device)
+                with resident([block], device):
+                    if config.method == "flatquant":
+                        _flatquant_block(block, i, adapter, acts, device, config, block_stats)
+                    with _weights_only(block):
+                        _calibrate_block(block, i, adapter, acts, device, config, block_stats)
+                        if acts is not None and i + 1 < num_blocks:
+                            acts.propagate(block, i, device)
                 per_linear.update(block_stats)
                 if store is not None:
                     store.save_block(i, block, block_stats, extra={"execution": execution})

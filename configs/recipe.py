@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from calib.flatquant import FlatQuantConfig
 from calib.fpq_search import FPQConfig, check_search_recipe
 from calib.gptq import GPTQConfig
 from quant_layers import QuantSpec
@@ -18,7 +19,9 @@ from transforms import TRANSFORM_CLASSES as TRANSFORMS
 from transforms import check_transform
 from transforms.rotation import DEFAULT_BLOCK_SIZE
 
-METHODS = ("rtn", "gptq", "fpq")  # fpq: LLM-FP4 search (or static MinMax), settings in ``fpq``
+# fpq: LLM-FP4 search (or static MinMax), settings in ``fpq``; flatquant: FlatQuant's trained
+# transforms and clips, then weights by ``flatquant.weight_method`` (rtn or gptq)
+METHODS = ("rtn", "gptq", "fpq", "flatquant")
 
 
 @dataclass
@@ -36,6 +39,7 @@ class QuantRecipe:
     quantize_lm_head: bool = False
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
     fpq: FPQConfig = field(default_factory=FPQConfig)
+    flatquant: FlatQuantConfig = field(default_factory=FlatQuantConfig)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -44,6 +48,15 @@ class QuantRecipe:
             check_search_recipe(self.weight, self.activation, self.key, self.value, self.fpq)
             if self.quantize_lm_head:
                 raise ValueError("the LLM-FP4 search calibrates decoder linears only: drop --quantize_lm_head")
+        if self.method == "flatquant":
+            if self.transform != "identity":
+                raise ValueError(f"FlatQuant learns its own transforms: drop --transform_class {self.transform} "
+                                 f"(or use identity)")
+            if self.weight is None and self.activation is None:
+                raise ValueError("FlatQuant trains against weight and activation quantization: set --w_bits and/or "
+                                 "--a_bits below 16")
+            if self.flatquant.weight_method == "gptq" and self.weight is None:
+                raise ValueError("--gptq after FlatQuant quantizes weights: set --w_bits below 16 or drop --gptq")
         if self.method == "gptq" and self.weight is None:
             raise ValueError("GPTQ quantizes weights: set the weight bits below 16 (e.g. --w_bits 4) or drop --gptq")
         if self.transform not in TRANSFORMS:
@@ -79,6 +92,8 @@ class QuantRecipe:
         ]
         if self.method == "fpq":
             suffix = [self.fpq.label]
+        elif self.method == "flatquant":
+            suffix = [f"flatquant-{self.flatquant.weight_method}"]
         else:
             suffix = [self.method] if self.weight is not None else []
         if self.transform != "identity":
@@ -119,6 +134,8 @@ class QuantRecipe:
             rest["gptq"] = GPTQConfig(**rest["gptq"])
         if isinstance(rest.get("fpq"), dict):
             rest["fpq"] = FPQConfig(**rest["fpq"])
+        if isinstance(rest.get("flatquant"), dict):
+            rest["flatquant"] = FlatQuantConfig(**rest["flatquant"])
         return cls(**specs, **rest)
 
 
@@ -146,6 +163,9 @@ class RunConfig:
     calib_batch_size: int = 1
     offload_activations: bool = False
     resume: bool = False
+    save_matrix: bool = False  # FlatQuant: keep each block's learned transforms and clips
+    reload_matrix: bool = False  # FlatQuant: load them instead of training
+    matrix_path: str | None = None  # their folder (default: OUTPUT_DIR/flat_matrices/RUN_NAME)
     only_eval: bool = False  # evaluate saved LLM-FP4 search parameters instead of searching
     ptq_param_path: str | None = None  # the .safetensors an earlier search wrote
     seed: int = 0
@@ -168,8 +188,14 @@ class RunConfig:
             raise ValueError(f"--nsamples must be at least 1, got {self.nsamples}")
         if self.calib_batch_size < 1:
             raise ValueError(f"--calib_batch_size must be at least 1, got {self.calib_batch_size}")
-        if self.resume and self.quant.method != "gptq":
-            raise ValueError("--resume continues a layer-by-layer GPTQ calibration: add --gptq (RTN needs no resume)")
+        if self.resume and self.quant.method not in ("gptq", "flatquant"):
+            raise ValueError("--resume continues a layer-by-layer GPTQ or FlatQuant calibration: add --gptq or the "
+                             "FlatQuant flags (RTN needs no resume)")
+        if (self.save_matrix or self.reload_matrix or self.matrix_path) and self.quant.method != "flatquant":
+            raise ValueError("--save_matrix, --reload_matrix and --matrix_path keep FlatQuant's transforms: add "
+                             "--cali_trans / --add_diag / --lwc / --lac")
+        if self.save_matrix and self.reload_matrix:
+            raise ValueError("--reload_matrix loads saved matrices and --save_matrix writes new ones: pass one")
         if self.only_eval:
             if not self.ptq_param_path:
                 raise ValueError(

@@ -35,6 +35,7 @@ from quant_layers.formats import E4M3
 from quant_layers.packing import encode, pack_planes
 from quant_layers.quantizer import QuantParams
 from quant_layers.real_linear import RealQuantLinear, RealQuantScheme
+from transforms.flatquant import KroneckerAffine
 from transforms.rotation import DenseRotation, HadamardRotation
 
 FORMAT = "ptq-harness-real-quant"
@@ -120,6 +121,10 @@ def _transform_entry(transform: nn.Module | None, name: str) -> tuple[dict | Non
         return entry, ({} if transform.signs is None else {"signs": transform.signs.detach().cpu()})
     if isinstance(transform, DenseRotation):
         return {"type": "dense", "size": transform.size}, {"weight": transform.weight.detach().cpu()}
+    if isinstance(transform, KroneckerAffine):
+        entry = {"type": "kronecker", "size": transform.size, "factors": list(transform.factors),
+                 "diag": transform.diag is not None}
+        return entry, {k: v.detach().cpu().clone() for k, v in transform.state_dict().items()}  # shared by a group
     raise ValueError(f"{name}: online transform {type(transform).__name__} cannot be exported")
 
 
@@ -130,6 +135,11 @@ def _build_transform(entry: dict | None, tensors: dict[str, torch.Tensor]) -> nn
         return HadamardRotation(entry["size"], entry["block"], tensors.get("signs"))
     if entry["type"] == "dense":
         return DenseRotation(tensors["weight"])
+    if entry["type"] == "kronecker":
+        transform = KroneckerAffine(entry["size"], diag=entry["diag"], factors=tuple(entry["factors"]),
+                                    dtype=tensors["left"].dtype)
+        transform.load_state_dict(tensors)  # strict: a missing or extra factor is refused
+        return transform.requires_grad_(False)
     raise ValueError(f"unknown online transform type {entry['type']!r} in the checkpoint")
 
 

@@ -61,6 +61,20 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted GPTQ run from its progress under --output_dir")
 
+    f = parser.add_argument_group("FlatQuant (learned Kronecker transforms and clipping, block by block)")
+    f.add_argument("--cali_trans", action="store_true", help="learn the Kronecker affine transforms")
+    f.add_argument("--add_diag", action="store_true", help="learn a per-channel scaling (SmoothQuant-initialised)")
+    f.add_argument("--lwc", action="store_true", help="learnable weight clipping (per output channel)")
+    f.add_argument("--lac", action="store_true", help="learnable activation clipping (per tensor)")
+    f.add_argument("--epochs", type=int, default=15, help="training epochs per block")
+    f.add_argument("--flat_lr", type=float, default=5e-3, help="AdamW learning rate (cosine schedule)")
+    f.add_argument("--cali_bsz", type=int, default=4, help="calibration windows per training step")
+    f.add_argument("--diag_alpha", type=float, default=0.3, help="SmoothQuant exponent of the initial scaling")
+    f.add_argument("--deactive_amp", action="store_true", help="train in float32 on CUDA (default: bf16 autocast)")
+    f.add_argument("--save_matrix", action="store_true", help="save each block's learned transforms and clips")
+    f.add_argument("--reload_matrix", action="store_true", help="load saved transforms and clips, skip training")
+    f.add_argument("--matrix_path", help="their folder (default: OUTPUT_DIR/flat_matrices/RUN_NAME)")
+
     o = parser.add_argument_group("output")
     o.add_argument("--output_dir", default="results", help="where the run's JSON goes")
     o.add_argument("--run_name", help="file name of the results JSON (default: model and recipe)")
@@ -108,19 +122,32 @@ def common_config_kwargs(args: argparse.Namespace) -> dict:
         num_fewshot=args.num_fewshot, lm_eval_batch_size=args.lm_eval_batch_size, lm_eval_limit=args.lm_eval_limit,
         tasks_data_dir=_tasks_data_dir(args), calib_dataset=args.calib_dataset,
         nsamples=args.nsamples, calib_batch_size=args.calib_batch_size,
-        offload_activations=args.offload_activations, resume=args.resume, seed=args.seed, output_dir=args.output_dir, run_name=args.run_name,
+        offload_activations=args.offload_activations, resume=args.resume, save_matrix=args.save_matrix,
+        reload_matrix=args.reload_matrix, matrix_path=args.matrix_path, seed=args.seed, output_dir=args.output_dir,
+        run_name=args.run_name,
         save_path=args.save_path, load_quantized=args.load_quantized,
         log_wandb=args.log_wandb, wandb_project=args.wandb_project, wandb_group=args.wandb_group,
     )
 
 
 def gptq_recipe_kwargs(args: argparse.Namespace) -> dict:
-    """The recipe fields the GPTQ flags set (``method`` and ``gptq``)."""
-    from calib import GPTQConfig
+    """The recipe fields the GPTQ and FlatQuant flags set (``method``, ``gptq``, ``flatquant``).
 
-    return dict(method="gptq" if args.gptq else "rtn",
-                gptq=GPTQConfig(block_size=args.gptq_block_size, percdamp=args.percdamp, act_order=args.act_order,
-                                static_groups=args.static_groups, hessian_dtype=args.hessian_dtype))
+    Any of --cali_trans / --add_diag / --lwc / --lac makes the method FlatQuant, whose
+    weights are then quantized by GPTQ with --gptq, else at the learned clip (RTN).
+    """
+    from calib import GPTQConfig
+    from calib.flatquant import FlatQuantConfig
+
+    flat = args.cali_trans or args.add_diag or args.lwc or args.lac
+    gptq = GPTQConfig(block_size=args.gptq_block_size, percdamp=args.percdamp, act_order=args.act_order,
+                      static_groups=args.static_groups, hessian_dtype=args.hessian_dtype)
+    if not flat:
+        return dict(method="gptq" if args.gptq else "rtn", gptq=gptq)
+    return dict(method="flatquant", gptq=gptq, flatquant=FlatQuantConfig(
+        epochs=args.epochs, flat_lr=args.flat_lr, cali_bsz=args.cali_bsz, cali_trans=args.cali_trans,
+        add_diag=args.add_diag, lwc=args.lwc, lac=args.lac, diag_alpha=args.diag_alpha,
+        weight_method="gptq" if args.gptq else "rtn", amp=not args.deactive_amp))
 
 
 def run_driver(parser: argparse.ArgumentParser, build_config, argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ def default_run_name(cfg: RunConfig) -> str:
 
 
 def progress_dir(cfg: RunConfig) -> str:
-    """Where a GPTQ run keeps its per-block progress (what ``--resume`` continues from)."""
+    """Where a GPTQ or FlatQuant run keeps its per-block progress (what ``--resume`` continues from)."""
     return os.path.join(cfg.output_dir, "progress", cfg.run_name or default_run_name(cfg))
 
 
@@ -57,19 +57,28 @@ def calibration_fingerprint(cfg: RunConfig, loc, dtype: torch.dtype) -> dict:
     }
 
 
-def _calibrate_gptq(cfg: RunConfig, model, adapter, tokenizer, calib_source, device, fingerprint: dict) -> dict:
-    """GPTQ through the layer-by-layer runner; returns its report as a dict."""
+def matrix_dir(cfg: RunConfig) -> str | None:
+    """Where FlatQuant's per-block matrices go (--save_matrix) or come from (--reload_matrix)."""
+    if not (cfg.save_matrix or cfg.reload_matrix):
+        return None
+    return cfg.matrix_path or os.path.join(cfg.output_dir, "flat_matrices", cfg.run_name or default_run_name(cfg))
+
+
+def _calibrate_layerwise(cfg: RunConfig, model, adapter, tokenizer, calib_source, device, fingerprint: dict) -> dict:
+    """GPTQ or FlatQuant through the layer-by-layer runner; returns its report as a dict."""
     windows = calibration_windows(calib_source, tokenizer, cfg.nsamples, cfg.seqlen, cfg.seed)
     report = calibrate_layerwise(model, adapter, windows, device, LayerwiseConfig(
-        method="gptq", gptq=cfg.quant.gptq, offload_activations=cfg.offload_activations,
-        batch_size=cfg.calib_batch_size, progress_dir=progress_dir(cfg), resume=cfg.resume, fingerprint=fingerprint,
+        method=cfg.quant.method, gptq=cfg.quant.gptq, flatquant=cfg.quant.flatquant,
+        offload_activations=cfg.offload_activations, batch_size=cfg.calib_batch_size,
+        progress_dir=progress_dir(cfg), resume=cfg.resume, fingerprint=fingerprint,
+        matrix_dir=matrix_dir(cfg), reload_matrix=cfg.reload_matrix,
     ))
     escalated = {k: v["escalations"] for k, v in report.per_linear.items() if v.get("escalations")}
     if escalated:
         log.warning("GPTQ raised the damping for %d linears: %s", len(escalated), escalated)
     summary = report.to_dict()
-    summary["per_linear"] = {k: {m: v[m] for m in ("loss", "damp", "escalations", "seconds") if m in v}
-                             for k, v in report.per_linear.items()}
+    kept = ("loss", "damp", "escalations", "seconds", "first_epoch_loss", "last_epoch_loss", "act_clip_ratio")
+    summary["per_linear"] = {k: {m: v[m] for m in kept if m in v} for k, v in report.per_linear.items()}
     return summary
 
 
@@ -84,7 +93,7 @@ def run(cfg: RunConfig) -> RunResult:
     t_start = time.perf_counter()
     loc = locate(cfg.model, cfg.gguf_file)
     ppl_sources = _ppl_sources(cfg)
-    gptq = cfg.quant.method == "gptq"
+    gptq = cfg.quant.method in ("gptq", "flatquant")  # the layer-by-layer runner
     fpq = cfg.quant.method == "fpq"
     calibrates = gptq or (fpq and not cfg.only_eval)
     calib_source = corpora.resolve(cfg.calib_dataset, "train", cfg.data_dir) if calibrates else None
@@ -135,8 +144,8 @@ def run(cfg: RunConfig) -> RunResult:
     attach_quantizers(model, adapter, cfg.quant)
     calibration = None
     if gptq:
-        calibration = _calibrate_gptq(cfg, model, adapter, tokenizer, calib_source, device,
-                                      calibration_fingerprint(cfg, loc, dtype))
+        calibration = _calibrate_layerwise(cfg, model, adapter, tokenizer, calib_source, device,
+                                           calibration_fingerprint(cfg, loc, dtype))
         model.to(device)
     elif fpq:
         q = cfg.quant

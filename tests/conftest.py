@@ -59,3 +59,12 @@ def make_tiny_model(root: str, family: str, seed: int = 0) -> str:
 def tiny_models(tmp_path_factory) -> dict[str, str]:
     root = str(tmp_path_factory.mktemp("tiny-models"))
     return {family: make_tiny_model(root, family) for family in TINY_CONFIGS}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one thread is fastest, and robust on a busy shared CPU (``usefixtures``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

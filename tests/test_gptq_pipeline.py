@@ -79,7 +79,7 @@ def test_resume_from_a_different_recipe_is_refused_and_touches_nothing(tinystori
     (["--w_bits", "4", "--gptq", "--nsamples", "0"], "--nsamples must be at least 1, got 0"),
     (["--w_bits", "4", "--gptq", "--seqlen", "4096"], "exceeds the model's max_position_embeddings 512"),
     (["--a_bits", "4", "--gptq"], "GPTQ quantizes weights: set the weight bits below 16"),
-    (["--w_bits", "4", "--resume"], "--resume continues a layer-by-layer GPTQ calibration: add --gptq"),
+    (["--w_bits", "4", "--resume"], "--resume continues a layer-by-layer GPTQ or FlatQuant calibration: add --gptq"),
     (["--w_bits", "4", "--gptq", "--percdamp", "-1"], "damping (percdamp) must be a finite number >= 0"),
     (["--w_bits", "4", "--gptq", "--calib_dataset", "nowhere.txt"], "unknown dataset 'nowhere.txt'"),
 ])

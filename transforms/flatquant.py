@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from .rotation import random_orthogonal_matrix
+
 
 def balanced_factors(n: int) -> tuple[int, int]:
     """``(a, b)`` with ``a * b = n``, ``a <= b`` and ``a`` the largest divisor of ``n`` not above ``sqrt(n)``."""
@@ -73,6 +75,16 @@ class KroneckerAffine(nn.Module):
         right_inv = torch.linalg.inv(self.right.to(work))
         w = left_inv @ w.reshape(-1, a, b) @ right_inv.T
         return w.reshape(weight.shape).to(weight.dtype)
+
+    @torch.no_grad()
+    def init_random_orthogonal(self, seed: int) -> None:
+        """Both factors Haar-random orthogonal (seeds ``2 * seed`` and ``2 * seed + 1``).
+
+        Their Kronecker product is orthogonal too, so the start is a random rotation that
+        already spreads outlier channels, as FlatQuant starts; training then departs from it.
+        """
+        self.left.copy_(random_orthogonal_matrix(self.factors[0], 2 * seed).to(self.left.dtype))
+        self.right.copy_(random_orthogonal_matrix(self.factors[1], 2 * seed + 1).to(self.right.dtype))
 
     @torch.no_grad()
     def init_diag_smoothquant(self, act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alpha: float) -> None:

@@ -1,0 +1,216 @@
+"""FlatQuant through the layer-by-layer runner and the CLI: exactness, resume, saved matrices, flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import calib.flatquant as flatquant
+from calib.flatquant import FlatQuantConfig
+from calib.layerwise import LayerwiseConfig, calibrate_layerwise, matrix_file
+from configs.recipe import QuantRecipe
+from models.adapter import adapter_for
+from pipeline.fake_quant import attach_quantizers
+from quant_layers import ensure_quant_linear
+from quant_layers.linear import QuantLinear
+from quant_layers.quantizer import QuantSpec
+from transforms.flatquant import KroneckerAffine
+
+W4A4KV4 = QuantRecipe(
+    weight=QuantSpec("int", 4, granularity="channel"),
+    activation=QuantSpec("int", 4, granularity="token"),
+    key=QuantSpec("int", 4, granularity="head", symmetric=False),
+    value=QuantSpec("int", 4, granularity="head", symmetric=False),
+    method="flatquant",
+)
+FLAT = FlatQuantConfig(epochs=2, cali_bsz=2)
+FINGERPRINT = {"recipe": "w4a4kv4-flatquant", "model": "tiny-llama"}
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def load(path: str, recipe: QuantRecipe | None = W4A4KV4, dtype=torch.float32):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    adapter = adapter_for(model.config)
+    if recipe is not None:
+        attach_quantizers(model, adapter, recipe)
+    return model, adapter
+
+
+def calib_ids(nsamples: int = 4, seqlen: int = 16) -> torch.Tensor:
+    return torch.randint(0, 2048, (nsamples, seqlen), generator=torch.Generator().manual_seed(0))
+
+
+def state(model) -> dict[str, torch.Tensor]:
+    """Parameters (transforms included) and each linear's activation clip ratio."""
+    out = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for name, m in model.named_modules():
+        if isinstance(m, QuantLinear) and m.act_quantizer is not None:
+            out[f"{name}.act_clip_ratio"] = torch.tensor(m.act_quantizer.spec.clip_ratio)
+    return out
+
+
+def assert_same_state(a: dict[str, torch.Tensor], model) -> None:
+    b = state(model)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"differ: {different[:5]}"
+
+
+@pytest.fixture(scope="module")
+def flat_reference(tiny_models, tmp_path_factory):
+    """An uninterrupted W4A4KV4 FlatQuant run (RTN at the learned clip) that saves its matrices."""
+    root = tmp_path_factory.mktemp("flat")
+    model, adapter = load(tiny_models["llama"])
+    config = LayerwiseConfig(method="flatquant", flatquant=FLAT, batch_size=2, progress_dir=str(root / "progress"),
+                             fingerprint=FINGERPRINT, matrix_dir=str(root / "matrices"))
+    report = calibrate_layerwise(model, adapter, calib_ids(), "cpu", config)
+    return state(model), report, config
+
+
+def test_runner_trains_every_block_and_records_it(flat_reference):
+    reference, report, config = flat_reference
+    assert report.blocks == 2 and len(report.per_linear) == 14
+    for stats in report.per_linear.values():
+        assert stats["method"] == "flatquant" and stats["last_epoch_loss"] < stats["first_epoch_loss"]
+        assert 0.5 < stats["act_clip_ratio"] < 1.0
+    assert sorted(os.listdir(config.matrix_dir)) == [os.path.basename(matrix_file(config.matrix_dir, i))
+                                                     for i in range(2)]
+    assert any(k.endswith("input_transform.left") for k in reference)
+
+
+def test_without_quantization_the_transformed_model_equals_the_original(tiny_models):
+    """Every decoder linear wrapped without quantizers: training learns nothing, the transforms stay exact."""
+    model, adapter = load(tiny_models["llama"], recipe=None, dtype=torch.float64)
+    for layer in adapter.decoder_layers(model):
+        for name in adapter.linear_names():
+            ensure_quant_linear(layer, name)
+    ids = torch.randint(0, 2048, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(ids).logits
+    calibrate_layerwise(model, adapter, calib_ids(), "cpu", LayerwiseConfig(method="flatquant", flatquant=FLAT))
+    transforms = {id(m.input_transform) for m in model.modules() if isinstance(m, QuantLinear)}
+    assert len(transforms) == 8  # q/k/v, o, gate/up, down in each of two blocks
+    left = next(m.input_transform.left for m in model.modules() if isinstance(m, QuantLinear))
+    assert not torch.allclose(left, torch.eye(left.shape[0]), atol=0.1)  # a random orthogonal start
+    with torch.no_grad():
+        transformed = model(ids).logits
+    error = (transformed - reference).abs().max() / reference.abs().max()
+    assert error <= 1e-4, error
+
+
+def test_resume_after_a_kill_gives_identical_parameters(flat_reference, tiny_models, tmp_path, monkeypatch):
+    reference, _, reference_config = flat_reference
+    config = dataclasses.replace(reference_config, progress_dir=str(tmp_path / "progress"), matrix_dir=None)
+    real = flatquant.train_block
+    calls = []
+
+    def killed_in_second_block(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a kill looks like to Python
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(flatquant, "train_block", killed_in_second_block)
+    model, adapter = load(tiny_models["llama"])
+    with pytest.raises(KeyboardInterrupt):
+        calibrate_layerwise(model, adapter, calib_ids(), "cpu", config)
+    monkeypatch.setattr(flatquant, "train_block", real)
+    manifest = json.loads((tmp_path / "progress" / "manifest.json").read_text())
+    assert manifest["finished_blocks"] == 1
+
+    model, adapter = load(tiny_models["llama"])  # a fresh process
+    resumed = calibrate_layerwise(model, adapter, calib_ids(), "cpu", dataclasses.replace(config, resume=True))
+    assert resumed.resumed_blocks == 1
+    assert_same_state(reference, model)
+
+
+def test_reloaded_matrices_skip_training_and_give_the_same_model(flat_reference, tiny_models, tmp_path, monkeypatch):
+    reference, _, reference_config = flat_reference
+    monkeypatch.setattr(flatquant, "_train", lambda *a, **k: pytest.fail("--reload_matrix must not train"))
+    model, adapter = load(tiny_models["llama"])
+    report = calibrate_layerwise(model, adapter, calib_ids(), "cpu", LayerwiseConfig(
+        method="flatquant", flatquant=FLAT, batch_size=2, matrix_dir=reference_config.matrix_dir,
+        reload_matrix=True))
+    assert all(s["reloaded"] for s in report.per_linear.values())
+    assert_same_state(reference, model)
+
+    os.makedirs(tmp_path / "partial")
+    os.link(matrix_file(reference_config.matrix_dir, 0), matrix_file(str(tmp_path / "partial"), 0))
+    model, adapter = load(tiny_models["llama"])
+    with pytest.raises(ValueError, match=r"flat_matrices_00001.*missing.*--save_matrix"):
+        calibrate_layerwise(model, adapter, calib_ids(), "cpu", LayerwiseConfig(
+            method="flatquant", flatquant=FLAT, matrix_dir=str(tmp_path / "partial"), reload_matrix=True))
+    other = dataclasses.replace(FLAT, add_diag=False)  # matrices of another recipe
+    model, adapter = load(tiny_models["llama"])
+    with pytest.raises(ValueError, match="do not match this block and recipe"):
+        calibrate_layerwise(model, adapter, calib_ids(), "cpu", LayerwiseConfig(
+            method="flatquant", flatquant=other, matrix_dir=reference_config.matrix_dir, reload_matrix=True))
+
+
+def test_gptq_after_training_keeps_transforms_and_records_scales(tiny_models):
+    model, adapter = load(tiny_models["llama"])
+    config = LayerwiseConfig(method="flatquant", flatquant=dataclasses.replace(FLAT, weight_method="gptq"),
+                             batch_size=2)
+    report = calibrate_layerwise(model, adapter, calib_ids(), "cpu", config)
+    stats = report.per_linear["layers.1.mlp.down_proj"]
+    assert stats["method"] == "gptq" and "act_clip_ratio" in stats and "last_epoch_loss" in stats
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            assert isinstance(m.input_transform, KroneckerAffine) and m.weight_params is not None
+            q = m.weight_quantizer
+            assert torch.equal(q.quantize_with(q.grouped(m.weight.data), m.weight_params).reshape(m.weight.shape),
+                               m.weight.data)
+
+
+def _cli(*argv: str):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_cli_flatquant_on_tinystories(tinystories_dir, data_dir, tmp_path):
+    common = ["--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "tinystories",
+              "--eval_limit", "2", "--seqlen", "64", "--calib_dataset", "tinystories", "--nsamples", "4",
+              "--format", "int", "--w_bits", "4", "--a_bits", "4", "--k_bits", "4", "--v_bits", "4",
+              "--k_asym", "--v_asym", "--output_dir", str(tmp_path)]
+    flat = ["--cali_trans", "--add_diag", "--lwc", "--lac", "--epochs", "1", "--cali_bsz", "2"]
+    out = _cli("model_quant.py", *common, *flat, "--save_matrix", "--run_name", "flat",
+               "--real_quant", "--save_path", str(tmp_path / "ckpt"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "-flatquant-rtn |" in out.stdout
+    result = json.loads((tmp_path / "flat.json").read_text())
+    assert result["recipe"]["flatquant"]["epochs"] == 1 and result["recipe"]["method"] == "flatquant"
+    assert os.path.exists(tmp_path / "flat_matrices" / "flat" / "flat_matrices_00001.safetensors")
+    again = _cli("model_quant.py", *common, *flat, "--reload_matrix", "--matrix_path",
+                 str(tmp_path / "flat_matrices" / "flat"), "--run_name", "reloaded")
+    assert again.returncode == 0, again.stderr[-2000:]
+    reloaded = json.loads((tmp_path / "reloaded.json").read_text())
+    assert reloaded["metrics"]["ppl"] == result["metrics"]["ppl"]
+    # The exported checkpoint (packed weights, Kronecker transforms, learned clips) scores the same.
+    loaded = _cli("model_quant.py", *common, "--load_quantized", str(tmp_path / "ckpt"), "--run_name", "loaded")
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    ppl = json.loads((tmp_path / "loaded.json").read_text())["metrics"]["ppl"]["tinystories"]
+    assert ppl == pytest.approx(result["metrics"]["ppl"]["tinystories"], rel=1e-4)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--save_matrix"], "keep FlatQuant's transforms"),
+    (["--cali_trans", "--transform_class", "hadamard"], "learns its own transforms"),
+    (["--lwc", "--save_matrix", "--reload_matrix"], "pass one"),
+    (["--lwc", "--epochs", "0"], "--epochs and --cali_bsz"),
+])
+def test_cli_flatquant_refusals(tinystories_dir, data_dir, tmp_path, extra, message):
+    out = _cli("model_quant.py", "--model", tinystories_dir, "--data_dir", data_dir, "--w_bits", "4",
+               "--a_bits", "4", "--output_dir", str(tmp_path), *extra)
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-1000:]
+    assert not os.listdir(tmp_path)
