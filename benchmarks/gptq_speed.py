@@ -1,10 +1,16 @@
-"""GPTQ speed and memory on real model shapes with random weights.
+"""GPTQ (and FlatQuant) calibration speed and memory on real model shapes with random weights.
 
 Builds a Llama of a real architecture's exact shapes on the CPU (random bf16 weights,
 no checkpoint needed), wraps every linear for W4 (default INT4 g128, weights only) and
 calibrates it with the layer-by-layer runner the pipeline uses: one block on the GPU at
 a time, ``--nsamples`` x ``--seqlen`` random-token calibration windows. Reports wall
 time, per-block time, peak GPU memory and peak CPU RSS.
+
+``--method flatquant`` times FlatQuant instead: W4A4KV4 INT (weights per channel,
+activations per token, K/V asymmetric per head), ``--epochs`` over the windows,
+``--cali_bsz`` windows a step, then RTN at the learned clips (``--flat_gptq``: GPTQ):
+
+    python benchmarks/gptq_speed.py --method flatquant --shape llama3-8b --layers 2 --out PREFIX
 
 ``--layers N`` builds only the first N blocks (for shapes whose full model does not fit
 in host memory, e.g. Llama-3-70B): the per-block time is measured on those and the
@@ -17,6 +23,7 @@ does not depend on depth.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -27,6 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from calib import GPTQConfig, LayerwiseConfig, calibrate_layerwise  # noqa: E402
+from calib.flatquant import FlatQuantConfig  # noqa: E402
 from configs import QuantRecipe  # noqa: E402
 from models import adapter_for  # noqa: E402
 from pipeline import attach_quantizers  # noqa: E402
@@ -38,6 +46,8 @@ SHAPES = {
                       num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
     "llama3-70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
                        num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0),
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, rope_theta=100000.0),
     "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=1000, max_position_embeddings=512),
 }
@@ -77,6 +87,10 @@ def random_model(shape: str, layers: int | None, dtype: torch.dtype, init_device
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="gptq", choices=("gptq", "flatquant"))
+    p.add_argument("--epochs", type=int, default=15, help="FlatQuant epochs per block")
+    p.add_argument("--cali_bsz", type=int, default=4, help="FlatQuant windows per training step")
+    p.add_argument("--flat_gptq", action="store_true", help="FlatQuant: GPTQ after training (default RTN)")
     p.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
     p.add_argument("--layers", type=int, help="build only this many blocks and extrapolate to full depth")
     p.add_argument("--nsamples", type=int, default=128)
@@ -101,17 +115,30 @@ def main(argv: list[str] | None = None) -> int:
     granularity = "group" if args.w_group_size > 0 else "channel"
     spec = QuantSpec(args.format, args.w_bits, granularity=granularity,
                      group_size=args.w_group_size if args.w_group_size > 0 else None)
-    attach_quantizers(model, adapter, QuantRecipe(weight=spec, method="gptq"))
+    flat = None
+    if args.method == "flatquant":
+        flat = FlatQuantConfig(epochs=args.epochs, cali_bsz=args.cali_bsz,
+                               weight_method="gptq" if args.flat_gptq else "rtn")
+        spec = QuantSpec(args.format, args.w_bits, granularity="channel")
+        attach_quantizers(model, adapter, QuantRecipe(
+            weight=spec, activation=QuantSpec(args.format, 4, granularity="token"),
+            key=QuantSpec("int", 4, granularity="head", symmetric=False),
+            value=QuantSpec("int", 4, granularity="head", symmetric=False), method="flatquant", flatquant=flat))
+    else:
+        attach_quantizers(model, adapter, QuantRecipe(weight=spec, method="gptq"))
     ids = torch.randint(0, model.config.vocab_size, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
-    config = LayerwiseConfig(method="gptq", gptq=GPTQConfig(act_order=args.act_order), batch_size=args.calib_batch_size,
+    config = LayerwiseConfig(method=args.method, gptq=GPTQConfig(act_order=args.act_order),
+                             flatquant=flat or FlatQuantConfig(), batch_size=args.calib_batch_size,
                              offload_activations=args.offload_activations)
     report = calibrate_layerwise(model, adapter, ids, device, config)
 
     layers = model.config.num_hidden_layers
     # Stacked linears share one record; count its time once.
-    gptq_s = sum(v["seconds"] / len(v.get("stacked_with", [k])) for k, v in report.per_linear.items())
+    gptq_s = sum(v["seconds"] / len(v.get("stacked_with", [k])) for k, v in report.per_linear.items()
+                 if v.get("method", "gptq") == "gptq")
     per_block = report.seconds / layers
     result = {
+        "method": args.method, "flatquant": None if flat is None else dataclasses.asdict(flat),
         "shape": args.shape, "layers_built": layers, "full_depth": full_depth, "format": spec.label,
         "nsamples": args.nsamples, "seqlen": args.seqlen, "calib_batch_size": args.calib_batch_size,
         "act_order": args.act_order, "offload_activations": args.offload_activations, "dtype": args.dtype,

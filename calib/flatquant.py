@@ -27,6 +27,7 @@ from torch import nn
 from quant_layers import QuantLinear, Quantizer
 from quant_layers.clipping import LearnableClipQuantizer
 from transforms.flatquant import KroneckerAffine
+from transforms.rotation import random_orthogonal_matrix
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,46 @@ class FlatQuantConfig:
             raise ValueError(f"--diag_alpha must be in [0, 1], got {self.diag_alpha}")
 
 
-class TrainableLinear(nn.Module):
-    """A ``QuantLinear`` during training: ``Q_a(T(x)) @ Q_w(fold_T(W)).T``, differentiable in T and the clips."""
+class ValueTransform(nn.Module):
+    """FlatQuant's per-head transform of V: ``v -> v P`` in every head (one ``P``, head_dim square).
 
-    def __init__(self, linear: QuantLinear, transform: KroneckerAffine | None, config: FlatQuantConfig) -> None:
+    Folded offline on both sides: into v_proj's rows (``W_h -> P^T W_h``, ``b_h -> P^T b_h``)
+    and into o_proj's columns of every query head (``W_o[:, h] -> W_o[:, h] P^-T``), so the
+    V cache holds (and quantizes) ``v P`` while the block's output is unchanged.
+    """
+
+    def __init__(self, head_dim: int, seed: int | None = None) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        start = torch.eye(head_dim, dtype=torch.float64) if seed is None else random_orthogonal_matrix(head_dim, seed)
+        self.matrix = nn.Parameter(start.float().contiguous())
+
+    def fold_rows(self, w: torch.Tensor) -> torch.Tensor:
+        """v_proj's weight ``(heads * d, in)`` or bias ``(heads * d,)``: each head's rows times ``P^T``."""
+        p = self.matrix.to(w.dtype)
+        shape = w.shape
+        heads = w.reshape(-1, self.head_dim, *shape[1:])
+        return torch.einsum("ji,hj...->hi...", p, heads).reshape(shape)
+
+    def fold_columns(self, w: torch.Tensor) -> torch.Tensor:
+        """o_proj's weight ``(out, heads * d)``: each head's columns times ``P^-T``."""
+        p_inv = torch.linalg.inv(self.matrix.to(torch.float64)).to(w.dtype)
+        return (w.reshape(w.shape[0], -1, self.head_dim) @ p_inv.T).reshape(w.shape)
+
+
+class TrainableLinear(nn.Module):
+    """A ``QuantLinear`` during training: ``Q_a(T(x)) @ Q_w(fold_T(W)).T``, differentiable in T and the clips.
+
+    ``value``/``value_side``: v_proj (``"rows"``) or o_proj (``"columns"``) also folds the
+    block's ``ValueTransform``.
+    """
+
+    def __init__(self, linear: QuantLinear, transform: KroneckerAffine | None, config: FlatQuantConfig,
+                 value: ValueTransform | None = None, value_side: str | None = None) -> None:
         super().__init__()
         self.linear = linear
         self.transform = transform
+        self.value, self.value_side = value, value_side
         self.weight_clip = self._clip(linear.weight_quantizer, linear.weight, config.lwc, config.clip_init)
         self.act_clip = self._clip(linear.act_quantizer, None, config.lac, config.clip_init)
 
@@ -79,7 +113,15 @@ class TrainableLinear(nn.Module):
         """The weight with the transform folded in, in float32 (float64 for a float64 model)."""
         w = self.linear.weight
         w = w.to(torch.promote_types(w.dtype, torch.float32))
+        if self.value is not None:
+            w = self.value.fold_rows(w) if self.value_side == "rows" else self.value.fold_columns(w)
         return w if self.transform is None else self.transform.fold_into_weight(w)
+
+    def folded_bias(self) -> torch.Tensor | None:
+        b = self.linear.bias
+        if b is None or self.value is None or self.value_side != "rows":
+            return b
+        return self.value.fold_rows(b.to(torch.promote_types(b.dtype, torch.float32)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """In float32 or wider; the output in the input's dtype, as the linear's would be."""
@@ -92,8 +134,8 @@ class TrainableLinear(nn.Module):
         if self.weight_clip is not None:
             w = self.weight_clip(w)
         w = w.to(y.dtype)
-        bias = None if self.linear.bias is None else self.linear.bias.to(y.dtype)
-        return F.linear(y, w, bias).to(x.dtype)
+        bias = self.folded_bias()
+        return F.linear(y, w, None if bias is None else bias.to(y.dtype)).to(x.dtype)
 
     @torch.no_grad()
     def finalize(self, quantize_weight: bool = True) -> QuantLinear:
@@ -103,6 +145,9 @@ class TrainableLinear(nn.Module):
         """
         linear = self.linear
         w = self.folded_weight()
+        bias = self.folded_bias()
+        if bias is not None and bias is not linear.bias:
+            linear.bias.copy_(bias.to(linear.bias.dtype))
         if self.transform is not None:
             self.transform.requires_grad_(False)
             linear.input_transform = self.transform
@@ -142,13 +187,20 @@ def _input_absmax(block: nn.Module, names: list[str], run: Callable[[int, int], 
 
 
 def _build_trainables(block: nn.Module, groups: tuple[tuple[str, ...], ...], config: FlatQuantConfig,
-                      absmax: dict[str, torch.Tensor] | None, seed: int = 0) -> dict[str, TrainableLinear]:
-    """One transform per group, clips per linear.
+                      absmax: dict[str, torch.Tensor] | None, seed: int = 0,
+                      value_path: tuple[str, str, int] | None = None) -> dict[str, TrainableLinear]:
+    """One transform per group, clips per linear, and (``value_path``, with --cali_trans) V's per-head transform.
 
     With ``absmax`` (a fresh start) the factors start random orthogonal (seeded) and the
     scaling at SmoothQuant's; without (a restore) they start at identity, to be overwritten.
     """
     trainables: dict[str, TrainableLinear] = {}
+    value, sides = None, {}
+    if value_path is not None and config.cali_trans:
+        v_name, o_name, head_dim = value_path
+        value = ValueTransform(head_dim, None if absmax is None else seed * (len(groups) + 1) + len(groups))
+        value.to(block.get_submodule(v_name).weight.device)
+        sides = {v_name: "rows", o_name: "columns"}
     for index, group in enumerate(groups):
         first: QuantLinear = block.get_submodule(group[0])
         if first.input_transform is not None:
@@ -160,18 +212,20 @@ def _build_trainables(block: nn.Module, groups: tuple[tuple[str, ...], ...], con
             transform.left.requires_grad_(config.cali_trans)
             transform.right.requires_grad_(config.cali_trans)
             if config.cali_trans and absmax is not None:
-                transform.init_random_orthogonal(seed * len(groups) + index)
+                transform.init_random_orthogonal(seed * (len(groups) + 1) + index)
             if config.add_diag and absmax is not None:
                 weight_max = torch.stack([block.get_submodule(n).weight.detach().abs().amax(0).float() for n in group])
                 transform.init_diag_smoothquant(absmax[group[0]], weight_max.amax(0), config.diag_alpha)
         for name in group:
-            trainables[name] = TrainableLinear(block.get_submodule(name), transform, config)
+            side = sides.get(name)
+            trainables[name] = TrainableLinear(block.get_submodule(name), transform, config,
+                                               value if side else None, side)
     return trainables
 
 
 def trainable_state(trainables: dict[str, TrainableLinear]) -> dict[str, torch.Tensor]:
     """What training learned, by linear: transform factors and scaling, clip parameters (CPU copies)."""
-    return {f"{name}.{key}": value.detach().to("cpu").clone()
+    return {f"{name}.{key}": value.detach().to("cpu").clone().contiguous()
             for name, t in trainables.items() for key, value in t.state_dict().items()
             if not key.startswith("linear.")}
 
@@ -218,21 +272,22 @@ class _StraightThrough:
 
 def train_block(block: nn.Module, groups: tuple[tuple[str, ...], ...], run: Callable[[int, int], torch.Tensor],
                 targets: torch.Tensor, config: FlatQuantConfig, saved: dict[str, torch.Tensor] | None = None,
-                seed: int = 0) -> dict:
+                seed: int = 0, value_path: tuple[str, str, int] | None = None) -> dict:
     """Train (or, given ``saved``, restore) and fold FlatQuant's transforms and clips for one block, in place.
 
     ``groups``: linears that share an input (the adapter's ``sequential_groups()``);
     ``run(start, end)``: the block's output for calibration samples ``start:end`` (its
     inputs are the full-precision ones); ``targets``: the full-precision block's outputs.
     Weights are quantized at the learned clip unless ``config.weight_method`` is ``gptq``.
-    ``seed`` draws the factors' random orthogonal start.
+    ``seed`` draws the factors' random orthogonal start. ``value_path`` = (v_proj, o_proj,
+    head_dim) adds V's per-head transform (with ``cali_trans``), folded into both weights.
     Returns the mean loss of the first and the last epoch (None when restored) and
     ``state``, what was learned (``trainable_state``), for ``saved`` next time.
     """
     samples = targets.shape[0]
     names = [n for group in groups for n in group]
     absmax = None if saved is not None else _input_absmax(block, names, run, samples, config.cali_bsz)
-    trainables = _build_trainables(block, groups, config, absmax, seed)
+    trainables = _build_trainables(block, groups, config, absmax, seed, value_path)
     _swap(block, trainables)
     epoch_losses: list[float] = [math.nan]
     try:

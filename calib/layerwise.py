@@ -436,8 +436,10 @@ def _flatquant_block(block: nn.Module, index: int, adapter, acts: BlockActivatio
     def run(start: int, end: int) -> torch.Tensor:
         return acts.run_block(block, index, start, end, device)
 
+    value_path = (adapter.attention_linears[2], adapter.attention_linears[3], adapter.attention(block).head_dim)
     with torch.enable_grad(), flatquant.straight_through_kv(block):
-        result = flatquant.train_block(block, groups, run, targets, config.flatquant, saved=saved, seed=index)
+        result = flatquant.train_block(block, groups, run, targets, config.flatquant, saved=saved, seed=index,
+                                       value_path=value_path)
     del targets
     if config.matrix_dir and not config.reload_matrix:
         os.makedirs(config.matrix_dir, exist_ok=True)

@@ -85,9 +85,14 @@ def test_runner_trains_every_block_and_records_it(flat_reference):
     assert any(k.endswith("input_transform.left") for k in reference)
 
 
-def test_without_quantization_the_transformed_model_equals_the_original(tiny_models):
-    """Every decoder linear wrapped without quantizers: training learns nothing, the transforms stay exact."""
-    model, adapter = load(tiny_models["llama"], recipe=None, dtype=torch.float64)
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # qwen2: q/k/v biases, folded too
+def test_without_quantization_the_transformed_model_equals_the_original(tiny_models, family):
+    """Every decoder linear wrapped without quantizers: training learns nothing, the transforms stay exact.
+
+    That covers the Kronecker transforms and V's per-head transform folded into v_proj and o_proj.
+    """
+    model, adapter = load(tiny_models[family], recipe=None, dtype=torch.float64)
+    v_before = model.model.layers[0].self_attn.v_proj.weight.detach().clone()
     for layer in adapter.decoder_layers(model):
         for name in adapter.linear_names():
             ensure_quant_linear(layer, name)
@@ -103,6 +108,9 @@ def test_without_quantization_the_transformed_model_equals_the_original(tiny_mod
         transformed = model(ids).logits
     error = (transformed - reference).abs().max() / reference.abs().max()
     assert error <= 1e-4, error
+    v_proj = model.model.layers[0].self_attn.v_proj
+    rows_only = v_proj.input_transform.fold_into_weight(v_before)  # what the Kronecker transform alone gives
+    assert not torch.allclose(v_proj.weight, rows_only, atol=1e-3)  # V's per-head transform is folded in too
 
 
 def test_resume_after_a_kill_gives_identical_parameters(flat_reference, tiny_models, tmp_path, monkeypatch):
@@ -214,3 +222,9 @@ def test_cli_flatquant_refusals(tinystories_dir, data_dir, tmp_path, extra, mess
                "--a_bits", "4", "--output_dir", str(tmp_path), *extra)
     assert out.returncode == 2 and message in out.stderr, out.stderr[-1000:]
     assert not os.listdir(tmp_path)
+
+
+def test_main_refuses_flatquant_with_the_fpq_search(tinystories_dir, data_dir, tmp_path):
+    out = _cli("main.py", "--model", tinystories_dir, "--data_dir", data_dir, "--qbits", "4", "4", "4", "2", "2", "2",
+               "--quant_config", "FPQ_config_llama", "--lac", "--output_dir", str(tmp_path))
+    assert out.returncode == 2 and "FlatQuant flags and --quant_config FPQ_config_llama" in out.stderr
