@@ -26,7 +26,7 @@ from torch import nn
 
 from quant_layers import QuantLinear, Quantizer
 from quant_layers.clipping import LearnableClipQuantizer
-from transforms.flatquant import KroneckerAffine
+from transforms.flatquant import KeyTransform, KroneckerAffine
 from transforms.rotation import random_orthogonal_matrix
 
 
@@ -186,21 +186,43 @@ def _input_absmax(block: nn.Module, names: list[str], run: Callable[[int, int], 
     return maxima
 
 
+@dataclass(frozen=True)
+class AttentionPath:
+    """Where a block's attention parts are: the module (for K's transform), v_proj and o_proj (for V's)."""
+
+    attention: str
+    v_proj: str
+    o_proj: str
+    head_dim: int
+
+
+def _seed(block_seed: int, slot: int) -> int:
+    """Seed of one random start in a block: slots 0..3 the groups, 8 V's transform, 9 K's."""
+    return 16 * block_seed + slot
+
+
 def _build_trainables(block: nn.Module, groups: tuple[tuple[str, ...], ...], config: FlatQuantConfig,
                       absmax: dict[str, torch.Tensor] | None, seed: int = 0,
-                      value_path: tuple[str, str, int] | None = None) -> dict[str, TrainableLinear]:
-    """One transform per group, clips per linear, and (``value_path``, with --cali_trans) V's per-head transform.
+                      attention: AttentionPath | None = None) -> dict[str, nn.Module]:
+    """One transform per group, clips per linear; with ``attention`` and --cali_trans, V's and K's transforms.
 
     With ``absmax`` (a fresh start) the factors start random orthogonal (seeded) and the
     scaling at SmoothQuant's; without (a restore) they start at identity, to be overwritten.
+    K's transform is keyed ``<attention>.qk_transform``; the rest by linear name.
     """
-    trainables: dict[str, TrainableLinear] = {}
+    trainables: dict[str, nn.Module] = {}
     value, sides = None, {}
-    if value_path is not None and config.cali_trans:
-        v_name, o_name, head_dim = value_path
-        value = ValueTransform(head_dim, None if absmax is None else seed * (len(groups) + 1) + len(groups))
-        value.to(block.get_submodule(v_name).weight.device)
-        sides = {v_name: "rows", o_name: "columns"}
+    if attention is not None and config.cali_trans:
+        attn = block.get_submodule(attention.attention)
+        if getattr(attn, "qk_transform", None) is not None:
+            raise ValueError(f"{attention.attention} already has an online Q/K transform: FlatQuant learns its own "
+                             f"(use --transform_class identity)")
+        device = block.get_submodule(attention.v_proj).weight.device
+        fresh = absmax is not None
+        value = ValueTransform(attention.head_dim, _seed(seed, 8) if fresh else None).to(device)
+        sides = {attention.v_proj: "rows", attention.o_proj: "columns"}
+        trainables[f"{attention.attention}.qk_transform"] = KeyTransform(
+            attention.head_dim, _seed(seed, 9) if fresh else None).to(device)
     for index, group in enumerate(groups):
         first: QuantLinear = block.get_submodule(group[0])
         if first.input_transform is not None:
@@ -212,7 +234,7 @@ def _build_trainables(block: nn.Module, groups: tuple[tuple[str, ...], ...], con
             transform.left.requires_grad_(config.cali_trans)
             transform.right.requires_grad_(config.cali_trans)
             if config.cali_trans and absmax is not None:
-                transform.init_random_orthogonal(seed * (len(groups) + 1) + index)
+                transform.init_random_orthogonal(_seed(seed, index))
             if config.add_diag and absmax is not None:
                 weight_max = torch.stack([block.get_submodule(n).weight.detach().abs().amax(0).float() for n in group])
                 transform.init_diag_smoothquant(absmax[group[0]], weight_max.amax(0), config.diag_alpha)
@@ -223,14 +245,14 @@ def _build_trainables(block: nn.Module, groups: tuple[tuple[str, ...], ...], con
     return trainables
 
 
-def trainable_state(trainables: dict[str, TrainableLinear]) -> dict[str, torch.Tensor]:
+def trainable_state(trainables: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """What training learned, by linear: transform factors and scaling, clip parameters (CPU copies)."""
     return {f"{name}.{key}": value.detach().to("cpu").clone().contiguous()
             for name, t in trainables.items() for key, value in t.state_dict().items()
             if not key.startswith("linear.")}
 
 
-def _load_trainable_state(trainables: dict[str, TrainableLinear], state: dict[str, torch.Tensor]) -> None:
+def _load_trainable_state(trainables: dict[str, nn.Module], state: dict[str, torch.Tensor]) -> None:
     expected = set(trainable_state(trainables))
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -272,23 +294,25 @@ class _StraightThrough:
 
 def train_block(block: nn.Module, groups: tuple[tuple[str, ...], ...], run: Callable[[int, int], torch.Tensor],
                 targets: torch.Tensor, config: FlatQuantConfig, saved: dict[str, torch.Tensor] | None = None,
-                seed: int = 0, value_path: tuple[str, str, int] | None = None) -> dict:
+                seed: int = 0, attention: AttentionPath | None = None) -> dict:
     """Train (or, given ``saved``, restore) and fold FlatQuant's transforms and clips for one block, in place.
 
     ``groups``: linears that share an input (the adapter's ``sequential_groups()``);
     ``run(start, end)``: the block's output for calibration samples ``start:end`` (its
     inputs are the full-precision ones); ``targets``: the full-precision block's outputs.
     Weights are quantized at the learned clip unless ``config.weight_method`` is ``gptq``.
-    ``seed`` draws the factors' random orthogonal start. ``value_path`` = (v_proj, o_proj,
-    head_dim) adds V's per-head transform (with ``cali_trans``), folded into both weights.
+    ``seed`` draws the factors' random orthogonal start. ``attention`` adds, with
+    ``cali_trans``, V's per-head transform (folded into v_proj and o_proj) and K's (online,
+    the attention's ``qk_transform``).
     Returns the mean loss of the first and the last epoch (None when restored) and
     ``state``, what was learned (``trainable_state``), for ``saved`` next time.
     """
     samples = targets.shape[0]
     names = [n for group in groups for n in group]
     absmax = None if saved is not None else _input_absmax(block, names, run, samples, config.cali_bsz)
-    trainables = _build_trainables(block, groups, config, absmax, seed, value_path)
-    _swap(block, trainables)
+    trainables = _build_trainables(block, groups, config, absmax, seed, attention)
+    linears = {name: t for name, t in trainables.items() if isinstance(t, TrainableLinear)}
+    _swap(block, trainables)  # the linears, and K's transform as the attention's qk_transform
     epoch_losses: list[float] = [math.nan]
     try:
         if saved is not None:
@@ -297,13 +321,16 @@ def train_block(block: nn.Module, groups: tuple[tuple[str, ...], ...], run: Call
             epoch_losses = _train(trainables, run, targets, config)
         state = trainable_state(trainables)
     finally:
-        _swap(block, {name: t.finalize(config.weight_method == "rtn") for name, t in trainables.items()})
+        _swap(block, {name: t.finalize(config.weight_method == "rtn") for name, t in linears.items()})
+        for name, t in trainables.items():
+            if name not in linears:
+                t.requires_grad_(False)
     restored = saved is not None
     return {"first_epoch_loss": None if restored else epoch_losses[0],
             "last_epoch_loss": None if restored else epoch_losses[-1], "state": state}
 
 
-def _train(trainables: dict[str, TrainableLinear], run: Callable[[int, int], torch.Tensor], targets: torch.Tensor,
+def _train(trainables: dict[str, nn.Module], run: Callable[[int, int], torch.Tensor], targets: torch.Tensor,
            config: FlatQuantConfig) -> list[float]:
     """AdamW + cosine on the MSE to ``targets``; the mean loss of every epoch."""
     samples = targets.shape[0]
@@ -331,12 +358,16 @@ def _train(trainables: dict[str, TrainableLinear], run: Callable[[int, int], tor
     return epoch_losses
 
 
-def attach_transforms(block: nn.Module, groups: tuple[tuple[str, ...], ...], config: FlatQuantConfig) -> None:
+def attach_transforms(block: nn.Module, groups: tuple[tuple[str, ...], ...], config: FlatQuantConfig,
+                      attention: AttentionPath | None = None) -> None:
     """Give a fresh block the online transforms a FlatQuant-calibrated one has (identity values).
 
     Resuming loads a finished block's saved parameters into the model's block, which must
-    first have the same modules.
+    first have the same modules. (V's transform is folded into weights: nothing to attach.)
     """
+    if attention is not None and config.cali_trans:
+        key = KeyTransform(attention.head_dim).requires_grad_(False)
+        block.get_submodule(attention.attention).qk_transform = key.to(block.get_submodule(attention.v_proj).weight.device)
     if not (config.cali_trans or config.add_diag):
         return
     for group in groups:

@@ -436,10 +436,9 @@ def _flatquant_block(block: nn.Module, index: int, adapter, acts: BlockActivatio
     def run(start: int, end: int) -> torch.Tensor:
         return acts.run_block(block, index, start, end, device)
 
-    value_path = (adapter.attention_linears[2], adapter.attention_linears[3], adapter.attention(block).head_dim)
     with torch.enable_grad(), flatquant.straight_through_kv(block):
         result = flatquant.train_block(block, groups, run, targets, config.flatquant, saved=saved, seed=index,
-                                       value_path=value_path)
+                                       attention=_attention_path(block, adapter))
     del targets
     if config.matrix_dir and not config.reload_matrix:
         os.makedirs(config.matrix_dir, exist_ok=True)
@@ -455,11 +454,16 @@ def _flatquant_block(block: nn.Module, index: int, adapter, acts: BlockActivatio
                 "reloaded": saved is not None}
 
 
+def _attention_path(block: nn.Module, adapter) -> flatquant.AttentionPath:
+    v_proj, o_proj = adapter.attention_linears[2], adapter.attention_linears[3]
+    return flatquant.AttentionPath(v_proj.rpartition(".")[0], v_proj, o_proj, adapter.attention(block).head_dim)
+
+
 def _prepare_resumed_block(block: nn.Module, adapter, config: LayerwiseConfig) -> None:
     """Give a fresh block FlatQuant's transforms before a finished block's parameters load into it."""
     if config.method != "flatquant":
         return
-    flatquant.attach_transforms(block, adapter.sequential_groups(), config.flatquant)
+    flatquant.attach_transforms(block, adapter.sequential_groups(), config.flatquant, _attention_path(block, adapter))
 
 
 def _restore_act_clips(block: nn.Module, index: int, adapter, config: LayerwiseConfig, per_linear: dict) -> None:

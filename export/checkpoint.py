@@ -35,7 +35,7 @@ from quant_layers.formats import E4M3
 from quant_layers.packing import encode, pack_planes
 from quant_layers.quantizer import QuantParams
 from quant_layers.real_linear import RealQuantLinear, RealQuantScheme
-from transforms.flatquant import KroneckerAffine
+from transforms.flatquant import KeyTransform, KroneckerAffine
 from transforms.rotation import DenseRotation, HadamardRotation
 
 FORMAT = "ptq-harness-real-quant"
@@ -121,6 +121,8 @@ def _transform_entry(transform: nn.Module | None, name: str) -> tuple[dict | Non
         return entry, ({} if transform.signs is None else {"signs": transform.signs.detach().cpu()})
     if isinstance(transform, DenseRotation):
         return {"type": "dense", "size": transform.size}, {"weight": transform.weight.detach().cpu()}
+    if isinstance(transform, KeyTransform):
+        return {"type": "key_affine", "size": transform.size}, {"weight": transform.weight.detach().cpu().clone()}
     if isinstance(transform, KroneckerAffine):
         entry = {"type": "kronecker", "size": transform.size, "factors": list(transform.factors),
                  "diag": transform.diag is not None}
@@ -135,6 +137,10 @@ def _build_transform(entry: dict | None, tensors: dict[str, torch.Tensor]) -> nn
         return HadamardRotation(entry["size"], entry["block"], tensors.get("signs"))
     if entry["type"] == "dense":
         return DenseRotation(tensors["weight"])
+    if entry["type"] == "key_affine":
+        transform = KeyTransform(entry["size"])
+        transform.load_state_dict(tensors)
+        return transform.requires_grad_(False)
     if entry["type"] == "kronecker":
         transform = KroneckerAffine(entry["size"], diag=entry["diag"], factors=tuple(entry["factors"]),
                                     dtype=tensors["left"].dtype)

@@ -4,8 +4,9 @@ Keys and values are quantized where attention reads them: after RoPE (and after
 Qwen3's k_norm), per KV head, before any GQA repetition, which is exactly the tensor a
 KV cache stores. We register wrapped versions of the model's attention function and
 point the model at them; each attention module carries its own quantizers and, when a
-rotation transform is fused, a ``qk_transform`` applied to Q and K first (Q K^T is
-unchanged by an orthogonal rotation, so K is cached and quantized in the rotated basis).
+rotation transform is fused, a ``qk_transform`` applied to Q and K first: ``K -> K M``
+and ``Q -> qk_transform.query(Q) = Q M^-T`` (``M`` itself for a rotation), so Q K^T is
+unchanged and K is cached and quantized in the transformed basis.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _wrap(base: Callable) -> Callable:
         packed = is_packed(key)
         qk_transform = getattr(module, "qk_transform", None)
         if qk_transform is not None:
-            query = qk_transform(query)
+            query = qk_transform.query(query)
             if not packed:
                 key = qk_transform(key)
         probe = getattr(module, "attention_probe", None)

@@ -19,7 +19,7 @@ from pipeline.fake_quant import attach_quantizers
 from quant_layers import ensure_quant_linear
 from quant_layers.linear import QuantLinear
 from quant_layers.quantizer import QuantSpec
-from transforms.flatquant import KroneckerAffine
+from transforms.flatquant import KeyTransform, KroneckerAffine
 
 W4A4KV4 = QuantRecipe(
     weight=QuantSpec("int", 4, granularity="channel"),
@@ -111,6 +111,8 @@ def test_without_quantization_the_transformed_model_equals_the_original(tiny_mod
     v_proj = model.model.layers[0].self_attn.v_proj
     rows_only = v_proj.input_transform.fold_into_weight(v_before)  # what the Kronecker transform alone gives
     assert not torch.allclose(v_proj.weight, rows_only, atol=1e-3)  # V's per-head transform is folded in too
+    key = model.model.layers[0].self_attn.qk_transform  # K's: online, keys times P, queries times P^-T
+    assert isinstance(key, KeyTransform) and not torch.allclose(key.weight, torch.eye(key.size), atol=0.1)
 
 
 def test_resume_after_a_kill_gives_identical_parameters(flat_reference, tiny_models, tmp_path, monkeypatch):

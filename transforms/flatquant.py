@@ -95,3 +95,28 @@ class KroneckerAffine(nn.Module):
             raise ValueError(f"--diag_alpha must be in [0, 1], got {alpha}")
         s = act_absmax.float().clamp(min=1e-5).pow(alpha) / weight_absmax.float().clamp(min=1e-5).pow(1 - alpha)
         self.diag.copy_(s.to(self.diag.dtype))
+
+
+class KeyTransform(nn.Module):
+    """FlatQuant's K transform, one learnable invertible ``head_dim x head_dim`` matrix ``P`` per layer.
+
+    Applied online after RoPE as an attention ``qk_transform``: keys ``k -> k P`` (what the
+    cache stores and quantizes), queries ``q -> q P^-T``, so ``q k^T`` is unchanged.
+    """
+
+    def __init__(self, head_dim: int, seed: int | None = None) -> None:
+        super().__init__()
+        self.size = head_dim
+        start = torch.eye(head_dim, dtype=torch.float64) if seed is None else random_orthogonal_matrix(head_dim, seed)
+        self.weight = nn.Parameter(start.float().contiguous())
+
+    def _times(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        work = torch.promote_types(x.dtype, torch.float32)
+        return (x.to(work) @ m.to(device=x.device, dtype=work)).to(x.dtype)
+
+    def forward(self, keys: torch.Tensor) -> torch.Tensor:
+        return self._times(keys, self.weight)
+
+    def query(self, queries: torch.Tensor) -> torch.Tensor:
+        return self._times(queries, torch.linalg.inv(self.weight.to(torch.float64)).T)
+

@@ -30,6 +30,10 @@ class Rotation(nn.Module):
         """``M`` itself (for tests and small sizes)."""
         return self(torch.eye(self.size, dtype=dtype))
 
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        """The queries' side of a Q/K transform: for an orthogonal ``M``, ``M`` itself."""
+        return self(x)
+
 
 class HadamardRotation(Rotation):
     """``M = diag(s) H^T / sqrt(b)``, with ``H`` a full (``block=None``) or block-diagonal Hadamard.
