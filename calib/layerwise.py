@@ -399,10 +399,11 @@ def _calibrate_block(
     config: LayerwiseConfig, per_linear: dict,
 ) -> None:
     """Quantize one block's weights (activation and K/V quantization are off in here)."""
-    if config.method == "rtn" or (config.method == "flatquant" and config.flatquant.weight_method == "rtn"):
-        if config.method == "rtn":
-            _rtn_linears(list(adapter.linears(block).items()), f"layers.{index}.", per_linear)
+    if config.method == "rtn":
+        _rtn_linears(list(adapter.linears(block).items()), f"layers.{index}.", per_linear)
         return
+    if config.method == "flatquant" and config.flatquant.weight_method == "rtn":
+        return  # FlatQuant rounded them at their learned clips
     for group in adapter.sequential_groups():
         _gptq_group(block, index, group, acts, device, config, per_linear)
 

@@ -390,7 +390,7 @@ def test_only_eval_refuses_other_qbits_and_models(fpq_search_run, tinystories_di
     (["--only_eval"], "--only_eval needs --ptq_param_path PATH"),
     (["--ptq_param_path", "x.safetensors"], "--ptq_param_path is read with --only_eval"),
     (["--only_eval", "--ptq_param_path", "nowhere.safetensors"], "nowhere.safetensors not found"),
-    (["--gptq"], "--gptq and --quant_config FPQ_config_llama both set the weights"),
+    (["--gptq"], "--gptq / the FlatQuant flags and --quant_config FPQ_config_llama both set the weights"),
 ])
 def test_bad_fpq_input_fails_before_loading(args, message, tinystories_dir, data_dir, tmp_path, capsys):
     rc = main.main(_main_args(tinystories_dir, data_dir, tmp_path, "--quant_config", "FPQ_config_llama",
