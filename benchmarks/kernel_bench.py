@@ -281,9 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             result["weight_only"] += bench_weight_only(n, k, m, device, time_ms)
             write_result_files(args.out, result, markdown(result))
             print(f"done weight-only N={n} K={k} M={m}", flush=True)
-    md = markdown(result)
-    write_result_files(args.out, result, md)
-    print(md)
+    print(markdown(result))  # the files were written after the last step
     return 0
 
 

@@ -26,8 +26,7 @@ from torch import nn
 
 from quant_layers import QuantLinear, Quantizer
 from quant_layers.clipping import LearnableClipQuantizer
-from transforms.flatquant import KeyTransform, KroneckerAffine
-from transforms.rotation import random_orthogonal_matrix
+from transforms.flatquant import KeyTransform, KroneckerAffine, ValueTransform
 
 
 @dataclass(frozen=True)
@@ -54,33 +53,6 @@ class FlatQuantConfig:
             raise ValueError(f"FlatQuant quantizes weights with rtn or gptq after training, got {self.weight_method!r}")
         if not 0.0 <= self.diag_alpha <= 1.0:
             raise ValueError(f"--diag_alpha must be in [0, 1], got {self.diag_alpha}")
-
-
-class ValueTransform(nn.Module):
-    """FlatQuant's per-head transform of V: ``v -> v P`` in every head (one ``P``, head_dim square).
-
-    Folded offline on both sides: into v_proj's rows (``W_h -> P^T W_h``, ``b_h -> P^T b_h``)
-    and into o_proj's columns of every query head (``W_o[:, h] -> W_o[:, h] P^-T``), so the
-    V cache holds (and quantizes) ``v P`` while the block's output is unchanged.
-    """
-
-    def __init__(self, head_dim: int, seed: int | None = None) -> None:
-        super().__init__()
-        self.head_dim = head_dim
-        start = torch.eye(head_dim, dtype=torch.float64) if seed is None else random_orthogonal_matrix(head_dim, seed)
-        self.matrix = nn.Parameter(start.float().contiguous())
-
-    def fold_rows(self, w: torch.Tensor) -> torch.Tensor:
-        """v_proj's weight ``(heads * d, in)`` or bias ``(heads * d,)``: each head's rows times ``P^T``."""
-        p = self.matrix.to(w.dtype)
-        shape = w.shape
-        heads = w.reshape(-1, self.head_dim, *shape[1:])
-        return torch.einsum("ji,hj...->hi...", p, heads).reshape(shape)
-
-    def fold_columns(self, w: torch.Tensor) -> torch.Tensor:
-        """o_proj's weight ``(out, heads * d)``: each head's columns times ``P^-T``."""
-        p_inv = torch.linalg.inv(self.matrix.to(torch.float64)).to(w.dtype)
-        return (w.reshape(w.shape[0], -1, self.head_dim) @ p_inv.T).reshape(w.shape)
 
 
 class TrainableLinear(nn.Module):
@@ -245,25 +217,28 @@ def _build_trainables(block: nn.Module, groups: tuple[tuple[str, ...], ...], con
     return trainables
 
 
+def _learned(trainables: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """The learned tensors themselves, by ``<linear or module>.<parameter>`` (not the wrapped weights)."""
+    return {f"{name}.{key}": value for name, t in trainables.items()
+            for key, value in t.state_dict(keep_vars=True).items() if not key.startswith("linear.")}
+
+
 def trainable_state(trainables: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
     """What training learned, by linear: transform factors and scaling, clip parameters (CPU copies)."""
-    return {f"{name}.{key}": value.detach().to("cpu").clone().contiguous()
-            for name, t in trainables.items() for key, value in t.state_dict().items()
-            if not key.startswith("linear.")}
+    return {key: value.detach().to("cpu").clone().contiguous() for key, value in _learned(trainables).items()}
 
 
 def _load_trainable_state(trainables: dict[str, nn.Module], state: dict[str, torch.Tensor]) -> None:
-    expected = set(trainable_state(trainables))
+    learned = _learned(trainables)
+    expected = set(learned)
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
         raise ValueError(f"saved FlatQuant matrices do not match this block and recipe (missing {missing[:3]}, "
                          f"unexpected {extra[:3]}): train again without --reload_matrix, or pass the "
                          f"--matrix_path of a run with the same model and flags")
     with torch.no_grad():
-        for name, t in trainables.items():
-            for key, param in t.state_dict(keep_vars=True).items():
-                if not key.startswith("linear."):
-                    param.copy_(state[f"{name}.{key}"].to(param.device, param.dtype))
+        for key, param in learned.items():
+            param.copy_(state[key].to(param.device, param.dtype))
 
 
 @contextmanager

@@ -156,11 +156,16 @@ def test_truncated_file_is_refused(saved):
         load_quantized(saved)
 
 
-def test_missing_tensor_is_refused(saved):
-    file = os.path.join(saved, "model.safetensors")
+def drop_tensor(checkpoint: str, key: str) -> None:
+    """Rewrite a one-shard checkpoint without ``key``."""
+    file = os.path.join(checkpoint, "model.safetensors")
     tensors = load_file(file)
-    del tensors["model.layers.1.mlp.up_proj.qweight"]
+    del tensors[key]
     save_file(tensors, file)
+
+
+def test_missing_tensor_is_refused(saved):
+    drop_tensor(saved, "model.layers.1.mlp.up_proj.qweight")
     with pytest.raises(ValueError, match="lacks model.layers.1.mlp.up_proj.qweight"):
         load_quantized(saved)
 
@@ -393,10 +398,7 @@ def test_missing_shard_is_refused(tiny_models, tmp_path):
 def test_fp6_checkpoint_without_its_high_plane_is_refused(tiny_models, tmp_path):
     recipe = RECIPES["fp6-e3m2-weight-only"]
     path = export_quantized(fake_quantized(tiny_models["llama"], recipe), None, recipe, str(tmp_path / "ckpt"))
-    file = os.path.join(path, "model.safetensors")
-    tensors = load_file(file)
-    del tensors["model.layers.0.mlp.up_proj.qweight_high"]
-    save_file(tensors, file)
+    drop_tensor(path, "model.layers.0.mlp.up_proj.qweight_high")
     with pytest.raises(ValueError, match="qweight_high is missing or misshapen"):
         load_quantized(path)
 

@@ -97,6 +97,13 @@ class KroneckerAffine(nn.Module):
         self.diag.copy_(s.to(self.diag.dtype))
 
 
+def head_matrix_start(size: int, seed: int | None) -> torch.Tensor:
+    """A per-head transform's starting matrix: identity (``seed`` None: a restore overwrites
+    it) or Haar-random orthogonal; float32, contiguous (safetensors saves it)."""
+    start = torch.eye(size, dtype=torch.float64) if seed is None else random_orthogonal_matrix(size, seed)
+    return start.float().contiguous()
+
+
 class KeyTransform(nn.Module):
     """FlatQuant's K transform, one learnable invertible ``head_dim x head_dim`` matrix ``P`` per layer.
 
@@ -107,8 +114,7 @@ class KeyTransform(nn.Module):
     def __init__(self, head_dim: int, seed: int | None = None) -> None:
         super().__init__()
         self.size = head_dim
-        start = torch.eye(head_dim, dtype=torch.float64) if seed is None else random_orthogonal_matrix(head_dim, seed)
-        self.weight = nn.Parameter(start.float().contiguous())
+        self.weight = nn.Parameter(head_matrix_start(head_dim, seed))
 
     def _times(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         work = torch.promote_types(x.dtype, torch.float32)
@@ -120,3 +126,28 @@ class KeyTransform(nn.Module):
     def query(self, queries: torch.Tensor) -> torch.Tensor:
         return self._times(queries, torch.linalg.inv(self.weight.to(torch.float64)).T)
 
+
+class ValueTransform(nn.Module):
+    """FlatQuant's per-head transform of V: ``v -> v P`` in every head (one ``P``, head_dim square).
+
+    Folded offline on both sides: into v_proj's rows (``W_h -> P^T W_h``, ``b_h -> P^T b_h``)
+    and into o_proj's columns of every query head (``W_o[:, h] -> W_o[:, h] P^-T``), so the
+    V cache holds (and quantizes) ``v P`` while the block's output is unchanged.
+    """
+
+    def __init__(self, head_dim: int, seed: int | None = None) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.matrix = nn.Parameter(head_matrix_start(head_dim, seed))
+
+    def fold_rows(self, w: torch.Tensor) -> torch.Tensor:
+        """v_proj's weight ``(heads * d, in)`` or bias ``(heads * d,)``: each head's rows times ``P^T``."""
+        p = self.matrix.to(w.dtype)
+        shape = w.shape
+        heads = w.reshape(-1, self.head_dim, *shape[1:])
+        return torch.einsum("ji,hj...->hi...", p, heads).reshape(shape)
+
+    def fold_columns(self, w: torch.Tensor) -> torch.Tensor:
+        """o_proj's weight ``(out, heads * d)``: each head's columns times ``P^-T``."""
+        p_inv = torch.linalg.inv(self.matrix.to(torch.float64)).to(w.dtype)
+        return (w.reshape(w.shape[0], -1, self.head_dim) @ p_inv.T).reshape(w.shape)
