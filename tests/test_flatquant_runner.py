@@ -218,6 +218,8 @@ def test_cli_flatquant_on_tinystories(tinystories_dir, data_dir, tmp_path):
     (["--cali_trans", "--transform_class", "hadamard"], "learns its own transforms"),
     (["--lwc", "--save_matrix", "--reload_matrix"], "pass one"),
     (["--lwc", "--epochs", "0"], "--epochs and --cali_bsz"),
+    (["--lwc", "--w_bits", "16", "--a_bits", "16"], "set --w_bits and/or --a_bits below 16"),
+    (["--lwc", "--gptq", "--w_bits", "16"], "--gptq after FlatQuant quantizes weights"),
 ])
 def test_cli_flatquant_refusals(tinystories_dir, data_dir, tmp_path, extra, message):
     out = _cli("model_quant.py", "--model", tinystories_dir, "--data_dir", data_dir, "--w_bits", "4",
@@ -230,3 +232,20 @@ def test_main_refuses_flatquant_with_the_fpq_search(tinystories_dir, data_dir, t
     out = _cli("main.py", "--model", tinystories_dir, "--data_dir", data_dir, "--qbits", "4", "4", "4", "2", "2", "2",
                "--quant_config", "FPQ_config_llama", "--lac", "--output_dir", str(tmp_path))
     assert out.returncode == 2 and "FlatQuant flags and --quant_config FPQ_config_llama" in out.stderr
+
+
+def test_runner_level_refusals(tiny_models):
+    with pytest.raises(ValueError, match="rtn or gptq after training"):
+        FlatQuantConfig(weight_method="awq")
+    with pytest.raises(ValueError, match="--reload_matrix needs the folder of saved matrices"):
+        LayerwiseConfig(method="flatquant", reload_matrix=True)
+    model, adapter = load(tiny_models["llama"])
+    model.model.layers[0].self_attn.qk_transform = KeyTransform(adapter.head_dim(model.config))  # any earlier Q/K transform
+    with pytest.raises(ValueError, match="already has an online Q/K transform"):
+        calibrate_layerwise(model, adapter, calib_ids(), "cpu", LayerwiseConfig(method="flatquant", flatquant=FLAT))
+
+
+def test_kernel_bench_refuses_unknown_formats():
+    out = _cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--formats", "int4,fp3", "--out", "/dev/null/x")
+    assert out.returncode != 0 and "--formats takes a comma list of int4, e2m1, nvfp4, mxfp4" in out.stderr
+
