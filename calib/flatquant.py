@@ -68,17 +68,18 @@ class TrainableLinear(nn.Module):
         self.linear = linear
         self.transform = transform
         self.value, self.value_side = value, value_side
-        self.weight_clip = self._clip(linear.weight_quantizer, linear.weight, config.lwc, config.clip_init)
-        self.act_clip = self._clip(linear.act_quantizer, None, config.lac, config.clip_init)
+        device = linear.weight.device
+        self.weight_clip = self._clip(linear.weight_quantizer, linear.weight, config.lwc, config.clip_init, device)
+        self.act_clip = self._clip(linear.act_quantizer, None, config.lac, config.clip_init, device)
 
     @staticmethod
-    def _clip(quantizer: Quantizer | None, weight: torch.Tensor | None, learn: bool,
-              init: float) -> LearnableClipQuantizer | None:
+    def _clip(quantizer: Quantizer | None, weight: torch.Tensor | None, learn: bool, init: float,
+              linear_device: torch.device) -> LearnableClipQuantizer | None:
         if quantizer is None:
             return None
         rows = quantizer.grouped(weight).shape[0] if weight is not None else 1
         clip = LearnableClipQuantizer(quantizer, rows=rows, init_ratio=init if learn else 1.0)
-        clip.requires_grad_(learn)
+        clip.to(linear_device).requires_grad_(learn)
         return clip
 
     def folded_weight(self) -> torch.Tensor:

@@ -145,3 +145,19 @@ def test_flatquant_config_and_block_refusals(tiny_models):
     block.get_submodule("mlp.down_proj").input_transform = HadamardRotation(384, block=128)
     with pytest.raises(ValueError, match="already has an online transform"):
         train_block(block, adapter.sequential_groups(), run, targets, FlatQuantConfig(epochs=1))
+
+
+def test_every_learned_tensor_lives_on_the_blocks_device(tiny_models):
+    """The meta device stands in for CUDA: nothing FlatQuant learns may be built on the CPU beside it."""
+    from calib.flatquant import AttentionPath, FlatQuantConfig, _build_trainables
+    from configs.recipe import QuantRecipe
+    from quant_layers.quantizer import QuantSpec
+
+    spec = QuantSpec("int", 4, granularity="channel")
+    recipe = QuantRecipe(weight=spec, activation=QuantSpec("int", 4, granularity="token"))
+    block, adapter, _, _ = _block_setup(tiny_models, recipe)
+    block.to("meta")
+    attention = AttentionPath("self_attn", "self_attn.v_proj", "self_attn.o_proj", block.self_attn.head_dim)
+    trainables = _build_trainables(block, adapter.sequential_groups(), FlatQuantConfig(), None, 0, attention)
+    devices = {name: p.device.type for t in trainables.values() for name, p in t.named_parameters()}
+    assert devices and set(devices.values()) == {"meta"}, {n: d for n, d in devices.items() if d != "meta"}
