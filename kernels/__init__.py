@@ -1,12 +1,17 @@
 """Triton kernels for real-quantized inference, each beside its pure-torch reference twin.
 
-Two entry points for W4A4 linear layers and one for weight-only FPx layers, all
+Entry points for W4A4 linear layers and one for weight-only FPx layers, all
 dispatching on the tensors' device:
 
+- ``w4a4_linear``: (M, K) activations x packed ``nn.Linear`` weights, quantizing the
+  activations on the fly; picks the path below that suits M, the scales and the device.
 - ``quantize_activations``: (M, K) activations -> packed 4-bit codes + fp32 scales
   (INT4 / E2M1 per token or per group, NVFP4, MXFP4), optionally after a fused block
-  Hadamard rotation.
-- ``w4a4_matmul``: packed activations x packed ``nn.Linear`` weights -> (M, N).
+  Hadamard rotation; or one FP8 E4M3 byte per code, for the FP8 path.
+- ``w4a4_matmul``: packed activations x packed weights -> (M, N) (Triton; split-K for
+  decode-sized M on a GPU).
+- ``unpack_fp8`` and ``fp8_gemm.w4a4_matmul_fp8``: the prefill path for per-row scales,
+  codes widened to FP8 and cuBLAS's row-wise scaled FP8 GEMM.
 - ``fpx_matmul``: float activations x FP4 / FP5 / FP6 weights in bit planes (FP6-LLM
   style, per-channel scales) -> (..., N).
 
@@ -28,9 +33,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BACKENDS", "fpx_matmul", "quantize_activations", "w4a4_matmul"]
+__all__ = ["BACKENDS", "PATHS", "fpx_matmul", "quantize_activations", "unpack_fp8", "w4a4_linear", "w4a4_matmul"]
 
 BACKENDS = ("triton", "torch")
+PATHS = ("packed", "fp8")
+# From this many rows on, per-row-scaled bfloat16 products on a GPU take the FP8 path.
+FP8_MIN_ROWS = 256
 
 
 def _use_triton(tensor: torch.Tensor, backend: str | None) -> bool:
@@ -49,7 +57,7 @@ def _use_triton(tensor: torch.Tensor, backend: str | None) -> bool:
 
 def quantize_activations(
     x: torch.Tensor, element: str, group_size: int = 0, scale_kind: str = "float",
-    clip_ratio: float = 1.0, hadamard_block: int = 0, *, backend: str | None = None,
+    clip_ratio: float = 1.0, hadamard_block: int = 0, *, fp8_codes: bool = False, backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (M, K) float16/bfloat16/float32 -> (packed uint8 (M, K//2), fp32 scales (M, K//group_size) or (M, 1)).
 
@@ -60,15 +68,66 @@ def quantize_activations(
     The scales are the decoded fp32 dequantization scales: ``decode(codes) * scale`` is
     the fake-quantized activation. ``hadamard_block`` b (16..256) first rotates
     consecutive blocks of b along K by the normalised Sylvester H_b, rounding the
-    rotated values to x's dtype (as the model's rotation would).
+    rotated values to x's dtype (as the model's rotation would). ``fp8_codes``: the codes
+    come unpacked, (M, K) float8_e4m3fn holding each code's value.
     """
     if _use_triton(x, backend):
         from .act_quant import quantize_activations_triton
 
-        return quantize_activations_triton(x, element, group_size, scale_kind, clip_ratio, hadamard_block)
+        return quantize_activations_triton(x, element, group_size, scale_kind, clip_ratio, hadamard_block, fp8_codes)
     from .reference import quantize_activations_ref
 
-    return quantize_activations_ref(x, element, group_size, scale_kind, clip_ratio, hadamard_block)
+    packed, scales = quantize_activations_ref(x, element, group_size, scale_kind, clip_ratio, hadamard_block)
+    if fp8_codes:
+        from .fp8_gemm import unpack_fp8_ref
+
+        return unpack_fp8_ref(packed, element), scales
+    return packed, scales
+
+
+def unpack_fp8(packed: torch.Tensor, element: str, *, backend: str | None = None) -> torch.Tensor:
+    """(rows, K // 2) packed 4-bit codes -> (rows, K) float8_e4m3fn holding their values (exact)."""
+    if _use_triton(packed, backend):
+        from .fp8_gemm import unpack_fp8_triton
+
+        return unpack_fp8_triton(packed, element)
+    from .fp8_gemm import unpack_fp8_ref
+
+    return unpack_fp8_ref(packed, element)
+
+
+def w4a4_linear(
+    x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *, a_element: str, w_element: str,
+    a_group: int = 0, w_group: int = 0, scale_kind: str = "float", clip_ratio: float = 1.0,
+    bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16, backend: str | None = None,
+    path: str | None = None,
+) -> torch.Tensor:
+    """(M, N) = Q(x) @ (decode(w) * w_scale).T (+ bias): quantize x's rows, then multiply.
+
+    ``path``: ``packed`` (4-bit activation codes, ``w4a4_matmul``) or ``fp8`` (codes as
+    E4M3 bytes, weight widened by ``unpack_fp8``, cuBLAS's FP8 GEMM; per-row scales,
+    K and N multiples of 16, bfloat16 out). None picks ``fp8`` for bfloat16 products of
+    at least ``FP8_MIN_ROWS`` rows on the Triton backend where it fits, else ``packed``.
+    """
+    from .fp8_gemm import fp8_path_fits, w4a4_matmul_fp8
+
+    if path is not None and path not in PATHS:
+        raise ValueError(f"unknown path {path!r}: choose one of {', '.join(PATHS)} (or None for auto)")
+    m, k = x.shape
+    fits = fp8_path_fits(m, w_packed.shape[0], k, a_group, w_group) and scale_kind == "float"
+    if path == "fp8" and not (fits and out_dtype == torch.bfloat16):
+        raise ValueError(f"the fp8 path takes per-row scales (groups 0, float scales), K and N multiples of 16 and "
+                         f"bfloat16 output, got groups {a_group}/{w_group}, {scale_kind} scales, K={k}, "
+                         f"N={w_packed.shape[0]}, {out_dtype}: use path='packed'")
+    if path is None:
+        auto = _use_triton(x, backend) and m >= FP8_MIN_ROWS and out_dtype == torch.bfloat16 and fits
+        path = "fp8" if auto else "packed"
+    if path == "fp8":
+        codes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, fp8_codes=True, backend=backend)
+        return w4a4_matmul_fp8(codes, a_scale, unpack_fp8(w_packed, w_element, backend=backend), w_scale, bias)
+    packed, a_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, backend=backend)
+    return w4a4_matmul(packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
+                       a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend)
 
 
 def w4a4_matmul(

@@ -35,6 +35,7 @@ from quant_layers.packing import element_named
 from transforms.hadamard import sylvester_hadamard
 
 from .reference import check_activation_args
+from .w4a4_gemm import code_operand
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
@@ -162,7 +163,8 @@ def _act_quant_kernel(
     M, K, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b,
     ELEMENT_INT4: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
     HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
-    ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -188,10 +190,15 @@ def _act_quant_kernel(
         scale = _scales(tl.reduce(tl.abs(yg), 2, _elementwise_max), tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND)
         safe = tl.where(scale > 0, scale, 1.0)
         codes = _encode(tl.math.div_rn(yg, safe[:, :, None]), ELEMENT_INT4).reshape(BLOCK_M, BLOCK_K)
-        low, high = tl.split(codes.reshape(BLOCK_M, BLOCK_K // 2, 2))
-        byte_cols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-        tl.store(packed_ptr + rows[:, None] * stride_pm + byte_cols[None, :], (low | (high << 4)).to(tl.uint8),
-                 mask=row_ok[:, None] & (byte_cols < K // 2)[None, :])
+        if OUT_FP8:  # one E4M3 byte per element, for the FP8 GEMM
+            tl.store(packed_ptr + rows[:, None] * stride_pm + cols[None, :],
+                     code_operand(codes, ELEMENT_INT4, 1).to(tl.uint8, bitcast=True),
+                     mask=row_ok[:, None] & (cols < K)[None, :])
+        else:
+            low, high = tl.split(codes.reshape(BLOCK_M, BLOCK_K // 2, 2))
+            byte_cols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+            tl.store(packed_ptr + rows[:, None] * stride_pm + byte_cols[None, :], (low | (high << 4)).to(tl.uint8),
+                     mask=row_ok[:, None] & (byte_cols < K // 2)[None, :])
         scale_cols = pid_k * groups + tl.arange(0, groups)
         tl.store(scale_ptr + rows[:, None] * stride_sm + scale_cols[None, :], scale,
                  mask=row_ok[:, None] & (scale_cols < n_scales)[None, :])
@@ -210,13 +217,16 @@ def _tile(k: int, group_size: int, hadamard_block: int) -> tuple[int, int]:
 
 def quantize_activations_triton(
     x: torch.Tensor, element: str, group_size: int = 0, scale_kind: str = "float",
-    clip_ratio: float = 1.0, hadamard_block: int = 0,
+    clip_ratio: float = 1.0, hadamard_block: int = 0, fp8_codes: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Triton twin of ``reference.quantize_activations_ref`` (same arguments, same results)."""
+    """The Triton twin of ``reference.quantize_activations_ref`` (same arguments, same results).
+
+    ``fp8_codes``: the codes come as (M, K) float8_e4m3fn values instead of packed bytes.
+    """
     check_activation_args(x, element, group_size, scale_kind, clip_ratio, hadamard_block)
     x = x if x.stride(1) == 1 else x.contiguous()
     m, k = x.shape
-    packed = torch.empty((m, k // 2), dtype=torch.uint8, device=x.device)
+    packed = torch.empty((m, k if fp8_codes else k // 2), dtype=torch.uint8, device=x.device)
     scales = torch.empty((m, k // group_size if group_size else 1), dtype=torch.float32, device=x.device)
     block_m, block_k = _tile(k, group_size, hadamard_block)
     hb = hadamard_block if hadamard_block <= MAX_DENSE_HADAMARD else 16
@@ -231,11 +241,11 @@ def quantize_activations_triton(
         inv_sqrt_b=hadamard_block ** -0.5 if hadamard_block else 1.0,
         ELEMENT_INT4=element == "int4", SCALE_KIND=SCALE_KIND_IDS[scale_kind], GROUP=group_size or block_k,
         HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
-        ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16,
+        ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes,
         BLOCK_M=block_m, BLOCK_K=block_k, num_warps=min(16, max(4, block_m * block_k // 1024)),
     )
     args = (x, h, packed, scales, tensor_amax, m, k, scales.shape[1], x.stride(0), packed.stride(0), scales.stride(0))
     if scale_kind == "e4m3":  # NVFP4's tensor scale: the amax of the whole (rotated) x first
         _act_quant_kernel[grid](*args, AMAX_ONLY=True, **launch)
     _act_quant_kernel[grid](*args, AMAX_ONLY=False, **launch)
-    return packed, scales
+    return (packed.view(torch.float8_e4m3fn) if fp8_codes else packed), scales

@@ -39,6 +39,10 @@ GPU_CONFIGS = [
     (64, 64, 256, 4, 4), (64, 128, 128, 4, 4), (64, 256, 128, 8, 3), (128, 128, 128, 8, 3),
     (128, 256, 128, 8, 3), (128, 128, 256, 8, 3),
 ]
+# (BLOCK_N, BLOCK_K, SPLIT_K) for decode (M <= DECODE_MAX_M, BLOCK_M 16).
+DECODE_CONFIGS = [(32, 256, 2), (32, 256, 4), (32, 256, 8), (64, 256, 2), (64, 256, 4), (64, 256, 8),
+                  (64, 128, 4), (64, 128, 8), (128, 128, 2), (128, 128, 4)]
+DECODE_MAX_M = 16
 
 
 @triton.jit
@@ -48,7 +52,7 @@ def _unpack(packed, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _code_operand(codes, IS_INT4: tl.constexpr, DOT: tl.constexpr):
+def code_operand(codes, IS_INT4: tl.constexpr, DOT: tl.constexpr):
     """4-bit codes (uint8 0..15) as an exact dot operand: int8 (DOT 0), fp8 e4m3 (DOT 1) or fp16 (DOT 2)."""
     # One return: compiled Triton does not stop at a return inside an if.
     if IS_INT4:
@@ -72,7 +76,7 @@ def _code_operand(codes, IS_INT4: tl.constexpr, DOT: tl.constexpr):
 @triton.jit
 def _operand(packed, IS_INT4: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, DOT: tl.constexpr):
     """A tile of packed codes, unpacked along K, as one exact dot operand (ROWS, BLOCK_K)."""
-    return _code_operand(_unpack(packed, ROWS, BLOCK_K), IS_INT4, DOT)
+    return code_operand(_unpack(packed, ROWS, BLOCK_K), IS_INT4, DOT)
 
 
 @triton.jit
@@ -83,7 +87,7 @@ def _nibble_operands(packed, IS_INT4: tl.constexpr, DOT: tl.constexpr):
     W and the odd with the odd gives the same result as unpacking in order, without the
     register shuffle that interleaving the nibbles costs.
     """
-    return _code_operand(packed & 0xF, IS_INT4, DOT), _code_operand(packed >> 4, IS_INT4, DOT)
+    return code_operand(packed & 0xF, IS_INT4, DOT), code_operand(packed >> 4, IS_INT4, DOT)
 
 
 @triton.jit
@@ -106,7 +110,7 @@ def _w4a4_kernel(
     M, N, K, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om,
     A_INT4: tl.constexpr, W_INT4: tl.constexpr, A_GROUP: tl.constexpr, W_GROUP: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     # Grouped ordering: GROUP_M row tiles sweep the columns together, so their weight
     # tiles are reused from L2.
@@ -124,7 +128,14 @@ def _w4a4_kernel(
     DOT: tl.constexpr = 2 if DOT_K < 32 else (0 if A_INT4 and W_INT4 else 1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_b = tl.arange(0, BLOCK_K // 2)
+    # Split-K (decode): program pid_k takes its share of the K steps and adds its scaled
+    # partial product into an fp32 output that starts at zero.
+    pid_k = tl.program_id(1)
+    k_steps = (K + BLOCK_K - 1) // BLOCK_K
+    steps_per_split = (k_steps + SPLIT_K - 1) // SPLIT_K
+    first_step = pid_k * steps_per_split
+    last_step = min(first_step + steps_per_split, k_steps)
+    offs_b = first_step * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
     m_ok = offs_m < M
     n_ok = offs_n < N
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_b[None, :]
@@ -132,8 +143,8 @@ def _w4a4_kernel(
     k_bytes = K // 2
     ACC_DTYPE: tl.constexpr = tl.int32 if DOT == 0 else tl.float32
     acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.float32 if GROUPED else ACC_DTYPE)
-    for step in range(0, (K + BLOCK_K - 1) // BLOCK_K):
-        b_ok = offs_b < k_bytes - step * (BLOCK_K // 2)
+    for step in range(first_step, last_step):
+        b_ok = offs_b < k_bytes - (step - first_step) * (BLOCK_K // 2)
         a_bytes = tl.load(a_ptrs, mask=m_ok[:, None] & b_ok[None, :], other=0)
         w_bytes = tl.load(w_ptrs, mask=n_ok[:, None] & b_ok[None, :], other=0)
         if GROUPED:
@@ -160,9 +171,13 @@ def _w4a4_kernel(
     if W_GROUP == 0:
         out *= tl.load(w_scale_ptr + offs_n * stride_wsn, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
-        out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+        first_split = (pid_k == 0).to(tl.float32)  # the other K splits add no bias
+        out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :] * first_split
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+    if SPLIT_K == 1:
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    else:
+        tl.atomic_add(out_ptrs, out, mask=m_ok[:, None] & n_ok[None, :], sem="relaxed")
 
 
 def _k_step(block_k: int, a_group: int, w_group: int) -> int:
@@ -184,14 +199,22 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
     return list(kept.values())
 
 
-_w4a4_autotuned = triton.autotune(
-    configs=[
-        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8), num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in GPU_CONFIGS
-    ],
-    key=["M_BUCKET", "N", "K", "A_INT4", "W_INT4", "A_GROUP", "W_GROUP"],
-    prune_configs_by=dict(early_config_prune=_prune_configs),
-)(_w4a4_kernel)
+def _autotuned(configs: list[triton.Config], **kwargs) -> triton.runtime.Autotuner:
+    return triton.autotune(configs=configs, key=["M_BUCKET", "N", "K", "A_INT4", "W_INT4", "A_GROUP", "W_GROUP"],
+                           prune_configs_by=dict(early_config_prune=_prune_configs), **kwargs)(_w4a4_kernel)
+
+
+_w4a4_autotuned = _autotuned([
+    triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, SPLIT_K=1), num_warps=w, num_stages=s)
+    for bm, bn, bk, w, s in GPU_CONFIGS
+])
+# Decode: a few rows against the whole weight. Without a split, N / BLOCK_N programs (32 to
+# 224 for Llama-3-8B) cannot keep enough weight bytes in flight; the K splits add into a
+# zeroed fp32 output, which the autotuner zeroes again after its trial runs.
+_w4a4_decode_autotuned = _autotuned([
+    triton.Config(dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=1, SPLIT_K=split), num_warps=4, num_stages=4)
+    for bn, bk, split in DECODE_CONFIGS
+], reset_to_zero=["out_ptr"])
 
 
 def _m_bucket(m: int) -> int:
@@ -203,31 +226,45 @@ def w4a4_matmul_triton(
     a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, a_group: int = 0, w_group: int = 0,
     bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16, out: torch.Tensor | None = None,
+    split_k: int = 1,
 ) -> torch.Tensor:
-    """The Triton twin of ``reference.w4a4_matmul_ref``; writes into ``out`` (M, N) when given."""
+    """The Triton twin of ``reference.w4a4_matmul_ref``; writes into ``out`` (M, N) when given.
+
+    On a GPU, M <= DECODE_MAX_M runs the split-K decode configs (the autotuner picks the
+    split); ``split_k`` sets the split under the interpreter, where the tests run.
+    """
     check_matmul_args(a_packed, a_scale, w_packed, w_scale, a_element, w_element, a_group, w_group, bias, out_dtype)
+    if split_k < 1:
+        raise ValueError(f"split_k must be a positive number of K splits, got {split_k}")
     m, n, k = a_packed.shape[0], w_packed.shape[0], 2 * a_packed.shape[1]
-    if out is None:
-        out = torch.empty((m, n), dtype=out_dtype, device=a_packed.device)
-    elif out.shape != (m, n) or out.dtype != out_dtype or out.stride(1) != 1:
+    if out is not None and (out.shape != (m, n) or out.dtype != out_dtype or out.stride(1) != 1):
         raise ValueError(f"out must be a ({m}, {n}) {out_dtype} tensor with unit column stride, "
                          f"got {out.dtype} with shape {tuple(out.shape)} and strides {out.stride()}")
+    split = split_k > 1 if INTERPRET else m <= DECODE_MAX_M
+    # Split-K partial products add up in a zeroed fp32 tensor, cast to out_dtype at the end.
+    target = torch.zeros((m, n), dtype=torch.float32, device=a_packed.device) if split else (
+        out if out is not None else torch.empty((m, n), dtype=out_dtype, device=a_packed.device))
     a_packed, w_packed = a_packed.contiguous(), w_packed.contiguous()
     a_scale, w_scale = a_scale.float().contiguous(), w_scale.float().contiguous()
     args = (
-        a_packed, a_scale, w_packed, w_scale, bias if bias is not None else out, out,  # (no bias: never read)
+        a_packed, a_scale, w_packed, w_scale, bias if bias is not None else target, target,  # (no bias: never read)
         m, n, k, _m_bucket(m), a_packed.stride(0), w_packed.stride(0), a_scale.stride(0), w_scale.stride(0),
-        out.stride(0),
+        target.stride(0),
     )
     flags = dict(A_INT4=a_element == "int4", W_INT4=w_element == "int4", A_GROUP=a_group, W_GROUP=w_group,
                  HAS_BIAS=bias is not None)
     if INTERPRET:
-        config = dict(INTERPRET_CONFIG, BLOCK_K=_k_step(INTERPRET_CONFIG["BLOCK_K"], a_group, w_group))
-        grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
+        config = dict(INTERPRET_CONFIG, BLOCK_K=_k_step(INTERPRET_CONFIG["BLOCK_K"], a_group, w_group),
+                      SPLIT_K=split_k)
+        grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), split_k)
         _w4a4_kernel[grid](*args, **flags, **config)
     else:
-        def grid(meta: dict) -> tuple[int]:
-            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        def grid(meta: dict) -> tuple[int, int]:
+            return triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"]
 
-        _w4a4_autotuned[grid](*args, **flags)
-    return out
+        (_w4a4_decode_autotuned if split else _w4a4_autotuned)[grid](*args, **flags)
+    if not split:
+        return target
+    if out is None:
+        return target.to(out_dtype)
+    return out.copy_(target)

@@ -152,8 +152,8 @@ class RealQuantLinear(nn.Module):
             return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
         rows = x.reshape(-1, self.in_features)
         a = self.act_scheme
-        packed, scale = kernels.quantize_activations(rows, a.element, a.group, a.scale_kind, a.clip_ratio)
-        out = kernels.w4a4_matmul(packed, scale, self.qweight, self.weight_scale, a_element=a.element,
+        out = kernels.w4a4_linear(rows, self.qweight, self.weight_scale, a_element=a.element,
                                   w_element=self.weight_scheme.element, a_group=a.group,
-                                  w_group=self.weight_scheme.group, bias=self.bias, out_dtype=x.dtype)
+                                  w_group=self.weight_scheme.group, scale_kind=a.scale_kind, clip_ratio=a.clip_ratio,
+                                  bias=self.bias, out_dtype=x.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)

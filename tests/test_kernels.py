@@ -264,6 +264,107 @@ def test_triton_gemm_equals_twin(case, shape):
     assert_matches_twin(out, want)
 
 
+@pytest.mark.parametrize("split_k", [2, 3, 8])
+@pytest.mark.parametrize("case", ["int4xint4", "e2m1xe2m1", "nvfp4", "int4-tok x int4-g128"])
+def test_triton_split_k_gemm_equals_twin(case, split_k):
+    """The decode path: K splits (some of them empty: 8 splits of 4 K steps) add into one output."""
+    m, n, k = 3, 40, 256
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands(case, m, n, k)
+    bias = torch.randn(n)
+    for out_dtype in (torch.float32, torch.bfloat16):
+        want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, bias=bias, out_dtype=out_dtype, **kw)
+        poisoned = torch.full((m, n), float("nan"), dtype=out_dtype)
+        out = w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, bias=bias, out_dtype=out_dtype,
+                                           out=poisoned, split_k=split_k, **kw)
+        assert out is poisoned and not out.isnan().any()
+        assert_matches_twin(out, want)
+    fresh = w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.float16,
+                                         split_k=split_k, **kw)
+    assert fresh.dtype == torch.float16
+    assert_matches_twin(fresh, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.float16, **kw))
+
+
+def test_decode_configs_split_k_and_reset_their_output():
+    decode = w4a4_gemm._w4a4_decode_autotuned
+    assert decode.reset_to_zero == ["out_ptr"]
+    assert {c.kwargs["BLOCK_M"] for c in decode.configs} == {16} and min(c.kwargs["SPLIT_K"] for c in decode.configs) > 1
+    assert {c.kwargs["SPLIT_K"] for c in w4a4_gemm._w4a4_autotuned.configs} == {1}
+    with pytest.raises(ValueError, match="split_k"):
+        (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("int4xint4", 2, 16, 64)
+        w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, split_k=0, **kw)
+
+
+# ---------------------------------------------------------------------------
+# The FP8 path: codes as E4M3 bytes, a row-wise scaled FP8 GEMM
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("element", ["int4", "e2m1"])
+def test_unpack_fp8_holds_every_code_value(element):
+    packed = torch.arange(256, dtype=torch.uint8).reshape(8, 32)  # every pair of codes
+    want = code_values(element_named(element))[unpack(packed).long()]
+    ref = kernels.unpack_fp8(packed, element, backend="torch")
+    assert ref.dtype == torch.float8_e4m3fn and torch.equal(ref.float(), want.float())
+    got = kernels.unpack_fp8(packed[:, 1:31], element, backend="triton")  # ragged: 30 bytes, 60 codes
+    assert torch.equal(got.view(torch.uint8), ref[:, 2:62].view(torch.uint8))
+
+
+@pytest.mark.parametrize("case", ["int4-tok-clip0.9", "e2m1-tok"])
+def test_triton_fp8_codes_equal_twin(case):
+    (element, group, kind, clip), _ = ACT_CASES[case]
+    x = activations(17, 192, element, group, torch.bfloat16)
+    want_codes, want_scale = kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True,
+                                                          backend="torch")
+    packed, _ = quantize_activations_ref(x, element, group, kind, clip)
+    assert torch.equal(want_codes.float(), dequantize(packed, torch.ones(17, 1), element))
+    codes, scale = kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="triton")
+    assert codes.dtype == torch.float8_e4m3fn and codes.shape == (17, 192)
+    assert torch.equal(codes.view(torch.uint8), want_codes.view(torch.uint8)) and torch.equal(scale, want_scale)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("case", ["int4xint4", "int4xe2m1", "e2m1xe2m1"])
+def test_fp8_path_equals_the_packed_path(case, backend):
+    """Same quantized product in bfloat16 (the row-wise FP8 GEMM's output and bias dtype; a bfloat16
+    model's bias is bfloat16 already): within two roundings, the product's and the bias sum's."""
+    a_el, _, _, w_el, _, _ = GEMM_CASES[case]
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(33, 128, generator=gen, dtype=torch.bfloat16)
+    bias = torch.randn(48, generator=gen).to(torch.bfloat16).float()
+    w_packed, w_scale = quantize_activations_ref(torch.randn(48, 128, generator=gen) * 0.05, w_el, 0, "float")
+    kw = dict(a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.bfloat16, backend=backend)
+    out = kernels.w4a4_linear(x, w_packed, w_scale, path="fp8", **kw)
+    a_packed, a_scale = quantize_activations_ref(x, a_el, 0, "float")
+    want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_el, w_element=w_el, bias=bias,
+                           out_dtype=torch.float32)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), want, rtol=2.0**-7, atol=1e-5 * want.abs().max().item())
+    packed_path = kernels.w4a4_linear(x, w_packed, w_scale, path="packed", **kw)
+    torch.testing.assert_close(out.float(), packed_path.float(), rtol=2.0**-7, atol=1e-5 * want.abs().max().item())
+
+
+def test_w4a4_linear_path_choice_and_refusals():
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 4, 32, 64)
+    x = torch.randn(300, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="unknown path"):
+        kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", path="int8")
+    with pytest.raises(ValueError, match="fp8 path takes per-row scales"):
+        kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", a_group=16, w_group=16,
+                            scale_kind="e4m3", out_dtype=torch.bfloat16, path="fp8")
+    w4, s4 = quantize_activations_ref(torch.randn(32, 64), "int4", 0, "float")
+    with pytest.raises(ValueError, match="bfloat16 output"):
+        kernels.w4a4_linear(x, w4, s4, a_element="int4", w_element="int4", out_dtype=torch.float16, path="fp8")
+    with pytest.raises(ValueError, match="float8_e4m3fn"):
+        from kernels.fp8_gemm import w4a4_matmul_fp8
+
+        w4a4_matmul_fp8(x, s4, w4, s4)
+    # Auto on the CPU twin: the packed path, which gives the exact fp32 product.
+    out = kernels.w4a4_linear(x, w4, s4, a_element="int4", w_element="int4", out_dtype=torch.float32)
+    a4, as4 = quantize_activations_ref(x, "int4", 0, "float")
+    assert torch.equal(out, w4a4_matmul_ref(a4, as4, w4, s4, a_element="int4", w_element="int4",
+                                            out_dtype=torch.float32))
+
+
 def test_triton_gemm_public_api_bfloat16_out():
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 17, 24, 64)
     out = kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.bfloat16, backend="triton", **kw)

@@ -1,0 +1,89 @@
+"""The prefill path for per-row-scaled W4A4: 4-bit codes as FP8 E4M3 bytes, cuBLAS's FP8 GEMM.
+
+Every INT4 level (-8..7) and every E2M1 value is exact in FP8 E4M3, and a row-wise scaled
+FP8 GEMM (``torch._scaled_mm``, out = diag(a_scale) (A @ W.T) diag(w_scale)) is exactly
+the W4A4 product with per-token and per-channel scales. On Hopper it runs on the FP8 tensor
+cores from pipelined shared memory, which our register-unpacking Triton GEMM cannot feed
+(``benchmarks/results/kernels_h200.md``). The activations arrive as 1-byte codes from the
+activation kernel (``quantize_activations(..., codes="fp8")``); the packed weight is
+widened to FP8 by ``unpack_fp8``, one bandwidth-bound pass of 1.5 bytes per weight.
+
+Products of 4-bit values are exact and sums are fp32; the result is rounded once to
+bfloat16, the only output dtype of the row-wise FP8 GEMM.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from quant_layers import packing
+
+from .reference import w4a4_element
+from .w4a4_gemm import code_operand
+
+INTERPRET = triton.knobs.runtime.interpret
+FP8 = torch.float8_e4m3fn
+# cuBLAS FP8 GEMMs need K and N multiples of 16 (16-byte aligned rows).
+FP8_ALIGNMENT = 16
+
+
+@triton.jit
+def _unpack_fp8_kernel(packed_ptr, out_ptr, N, BYTES, stride_pn, stride_on, IS_INT4: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
+    """(BLOCK_N, BLOCK_B) packed bytes -> (BLOCK_N, 2 * BLOCK_B) E4M3 bytes, element 2i from the low nibble."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    ok = (rows < N)[:, None] & (cols < BYTES)[None, :]
+    packed = tl.load(packed_ptr + rows[:, None] * stride_pn + cols[None, :], mask=ok, other=0)
+    low = code_operand(packed & 0xF, IS_INT4, 1).to(tl.uint8, bitcast=True)
+    high = code_operand(packed >> 4, IS_INT4, 1).to(tl.uint8, bitcast=True)
+    out_cols = 2 * tl.program_id(1) * BLOCK_B + tl.arange(0, 2 * BLOCK_B)
+    out_ok = (rows < N)[:, None] & (out_cols < 2 * BYTES)[None, :]
+    tl.store(out_ptr + rows[:, None] * stride_on + out_cols[None, :],
+             tl.join(low, high).reshape(BLOCK_N, 2 * BLOCK_B), mask=out_ok)
+
+
+def unpack_fp8_ref(packed: torch.Tensor, element: str) -> torch.Tensor:
+    """(rows, K // 2) packed codes -> (rows, K) their values as FP8 E4M3 (exact)."""
+    return packing.decode(packing.unpack(packed), w4a4_element(element)).to(FP8)
+
+
+def unpack_fp8_triton(packed: torch.Tensor, element: str) -> torch.Tensor:
+    """The Triton twin of ``unpack_fp8_ref``."""
+    w4a4_element(element)
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise ValueError(f"packed codes must be a 2-D uint8 tensor, got {packed.dtype} with shape {tuple(packed.shape)}")
+    packed = packed if packed.stride(1) == 1 else packed.contiguous()
+    n, nbytes = packed.shape
+    out = torch.empty((n, 2 * nbytes), dtype=torch.uint8, device=packed.device)
+    block_n, block_b = (16, 32) if INTERPRET else (32, 256)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(nbytes, block_b))
+    _unpack_fp8_kernel[grid](packed, out, n, nbytes, packed.stride(0), out.stride(0), IS_INT4=element == "int4",
+                             BLOCK_N=block_n, BLOCK_B=block_b, num_warps=4)
+    return out.view(FP8)
+
+
+def fp8_path_fits(m: int, n: int, k: int, a_group: int, w_group: int) -> bool:
+    """Whether ``w4a4_matmul_fp8`` takes this product: per-row scales and aligned K, N."""
+    return a_group == 0 and w_group == 0 and k % FP8_ALIGNMENT == 0 and n % FP8_ALIGNMENT == 0 and m > 0
+
+
+def w4a4_matmul_fp8(a_fp8: torch.Tensor, a_scale: torch.Tensor, w_fp8: torch.Tensor, w_scale: torch.Tensor,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
+    """bfloat16 (M, N) = diag(a_scale) (a_fp8 @ w_fp8.T) diag(w_scale) (+ bias), fp32 sums.
+
+    ``a_fp8`` (M, K) and ``w_fp8`` (N, K) hold 4-bit values as E4M3; ``a_scale`` (M, 1) and
+    ``w_scale`` (N, 1) are their fp32 per-row scales.
+    """
+    m, k = a_fp8.shape
+    n = w_fp8.shape[0]
+    if a_fp8.dtype != FP8 or w_fp8.dtype != FP8 or w_fp8.shape[1] != k:
+        raise ValueError(f"the FP8 path takes (M, K) and (N, K) float8_e4m3fn codes, got {a_fp8.dtype} "
+                         f"{tuple(a_fp8.shape)} and {w_fp8.dtype} {tuple(w_fp8.shape)}")
+    if not fp8_path_fits(m, n, k, 0, 0):
+        raise ValueError(f"the FP8 GEMM needs K and N multiples of {FP8_ALIGNMENT}, got K={k}, N={n}")
+    return torch._scaled_mm(a_fp8, w_fp8.t(), scale_a=a_scale.float().reshape(m, 1),
+                             scale_b=w_scale.float().reshape(1, n),
+                             bias=None if bias is None else bias.to(torch.bfloat16), out_dtype=torch.bfloat16)
