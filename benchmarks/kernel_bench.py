@@ -8,8 +8,12 @@ before every repetition):
 * ``fp8``: ``torch._scaled_mm`` on E4M3 with row-wise scales (the activation cast is not
   timed; M is padded to a multiple of 16, as the row-wise kernels need);
 * ``int4``, ``e2m1`` (per-token activations x per-channel weights), ``nvfp4`` and
-  ``mxfp4`` (16 / 32-element groups on both sides): our W4A4 GEMM alone (``gemm``) and
-  after the activation-quantization kernel (``quant+gemm``);
+  ``mxfp4`` (16 / 32-element groups on both sides): our W4A4 GEMM alone (``gemm``; split-K
+  at M <= 16) and after the activation-quantization kernel (``quant+gemm``);
+* for ``int4`` and ``e2m1``, the FP8 path (``kernels.fp8_gemm``): cuBLAS's FP8 GEMM on
+  codes widened to E4M3 alone (``fp8 gemm``, weight widened beforehand), with the weight
+  widened in the timed call (``fp8 unpack+gemm``), and the whole linear
+  (``fp8 quant+unpack+gemm``: activation codes, widening, GEMM);
 
 the activation-quantization kernel alone, in GB/s, next to a device copy
 (``x.clone()``) of the same activations; and, for M in ``--weight_only_ms``, the FPx
@@ -102,6 +106,36 @@ def check_gemm(a: tuple, w: tuple, spec: dict) -> str:
     return "ok" if err <= 1e-5 else f"MISMATCH rel err {err:.1e}"
 
 
+def check_fp8_path(x: torch.Tensor, wq: tuple, element: str) -> str:
+    """The FP8 path's linear against the fp32 twin on the first CHECK_ROWS rows: bfloat16 rounding."""
+    rows = x[:CHECK_ROWS]
+    got = kernels.w4a4_linear(rows, *wq, a_element=element, w_element=element, out_dtype=torch.bfloat16,
+                              backend="triton", path="fp8").float()
+    aq = reference.quantize_activations_ref(rows, element, 0, "float")
+    want = reference.w4a4_matmul_ref(*aq, *wq, a_element=element, w_element=element, out_dtype=torch.float32)
+    err = ((got - want).abs() / (want.abs() + 1e-5 * want.abs().max())).max().item()
+    return "ok" if err <= 2.0**-7 else f"MISMATCH rel err {err:.1e}"
+
+
+def fp8_path_rows(n: int, m: int, k: int, x: torch.Tensor, wq: tuple, name: str, element: str, time_ms) -> list[dict]:
+    """The FP8 path of a per-row format: GEMM alone, with the weight widening, with everything."""
+    from kernels.fp8_gemm import w4a4_matmul_fp8  # late: builds Triton kernels (TRITON_INTERPRET is set in main)
+
+    check = check_fp8_path(x, wq, element)
+    codes, a_scale = kernels.quantize_activations(x, element, fp8_codes=True, backend="triton")
+    w8 = kernels.unpack_fp8(wq[0], element, backend="triton")
+    weight_bytes = wq[0].numel() + 4 * wq[1].numel()
+    linear = functools.partial(kernels.w4a4_linear, x, *wq, a_element=element, w_element=element,
+                               out_dtype=torch.bfloat16, backend="triton", path="fp8")
+    return [
+        row(n, m, k, f"{name} fp8 gemm", time_ms(lambda: w4a4_matmul_fp8(codes, a_scale, w8, wq[1])), n * k, check),
+        row(n, m, k, f"{name} fp8 unpack+gemm", time_ms(
+            lambda: w4a4_matmul_fp8(codes, a_scale, kernels.unpack_fp8(wq[0], element, backend="triton"), wq[1])),
+            weight_bytes, check),
+        row(n, m, k, f"{name} fp8 quant+unpack+gemm", time_ms(linear), weight_bytes, check),
+    ]
+
+
 def row(n: int, m: int, k: int, method: str, ms: float | None, weight_bytes: int, note: str = "") -> dict:
     flops = 2 * m * n * k
     return {
@@ -117,12 +151,14 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
     rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
+    fp8_ok = True
     try:
         (x8, xs), (w8, ws) = rowwise_fp8(x, 16), rowwise_fp8(w)
         ws = ws.t().contiguous()
         ms = time_ms(lambda: torch._scaled_mm(x8, w8.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16))
         rows.append(row(n, m, k, "fp8", ms, n * k + 4 * n, "M padded to 16" if m % 16 else ""))
-    except (RuntimeError, NotImplementedError) as e:  # no FP8 row-wise kernel here (CPU, pre-Hopper GPUs)
+    except (RuntimeError, NotImplementedError) as e:  # no FP8 row-wise kernel here (pre-Hopper GPUs)
+        fp8_ok = False
         rows.append(row(n, m, k, "fp8", None, n * k, f"unavailable: {str(e).splitlines()[0][:80]}"))
     for name in formats:
         element, group, kind = W4A4_FORMATS[name]
@@ -136,6 +172,8 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
         quantize = functools.partial(kernels.quantize_activations, x, element, group, kind, backend="triton")
         rows.append(row(n, m, k, f"{name} gemm", time_ms(lambda: gemm(*aq, *wq)), weight_bytes, check))
         rows.append(row(n, m, k, f"{name} quant+gemm", time_ms(lambda: gemm(*quantize(), *wq)), weight_bytes, check))
+        if fp8_ok and group == 0 and k % 16 == 0 and n % 16 == 0:
+            rows += fp8_path_rows(n, m, k, x, wq, name, element, time_ms)
     for r in rows:
         r["x_bf16"] = rows[0]["ms"] / r["ms"] if r["ms"] else None
         r["x_fp8"] = rows[1]["ms"] / r["ms"] if r["ms"] and rows[1]["ms"] else None

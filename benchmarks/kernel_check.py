@@ -10,10 +10,13 @@ of the GPU) on random data (outliers, ragged M, real LLM widths):
   summation order, so an amax may move by an ulp, an NVFP4 block scale then by one E4M3
   step, and a value on a rounding tie may go either way: at most 1e-3 of the codes, and
   1e-2 of the scales off by more than 1e-5 relative);
-* the W4A4 GEMM, for every pair of formats the real-quantized linear uses, and the FPx
-  weight-only GEMM: into an output filled with NaN first (every entry must be written),
-  against the fp32 twin within 1e-5 of the output's magnitude plus one ulp of a half
-  output dtype.
+* the W4A4 GEMM, for every pair of formats the real-quantized linear uses (M = 1 runs the
+  split-K decode configs), and the FPx weight-only GEMM: into an output filled with NaN
+  first (every entry must be written), against the fp32 twin within 1e-5 of the output's
+  magnitude plus one ulp of a half output dtype;
+* the FP8 path: activation codes as E4M3 bytes and the weight widened to E4M3 (both equal
+  to the twins' bytes), and the whole FP8-path linear (cuBLAS's row-wise FP8 GEMM) against
+  the fp32 twin within two bfloat16 roundings (the product's and the bias sum's).
 
     python benchmarks/kernel_check.py --out benchmarks/results/kernel_check_h200
 
@@ -51,12 +54,13 @@ ACT_FORMATS = {
 GEMM_PAIRS = [("int4-tok-clip0.9", "int4-tok-clip0.9"), ("e2m1-tok", "e2m1-tok"), ("int4-tok-clip0.9", "e2m1-tok"),
               ("nvfp4", "nvfp4"), ("mxfp4", "mxfp4"), ("int4-tok-clip0.9", "int4-g64"),
               ("int4-g16", "int4-g16")]  # K steps of 16: the fp16 dot path, as NVFP4's
+FP8_PAIRS = [("int4-tok-clip0.9", "int4-tok-clip0.9"), ("e2m1-tok", "e2m1-tok"), ("int4-tok-clip0.9", "e2m1-tok")]
 FPX_ELEMENTS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")
 GPU_ACT_SHAPES = [(7, 4096), (257, 14336)]
 # Every new (M bucket, N, K) autotunes: a few shapes keep the check to minutes.
 GPU_GEMM_SHAPES = [(1, 40, 128), (33, 4096, 4096), (257, 6144, 4096)]
 DRY_ACT_SHAPES = [(1, 128), (5, 256)]
-DRY_GEMM_SHAPES = [(1, 40, 128), (5, 40, 256)]
+DRY_GEMM_SHAPES = [(1, 40, 128), (5, 48, 256)]
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -110,6 +114,39 @@ def check_gemm(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torc
     return {"kernel": "w4a4_gemm", "case": f"{a_name} x {w_name}",
             "shape": f"M{m} N{n} K{k} -> {str(out_dtype).removeprefix('torch.')}",
             "error_over_bound": excess, "ok": ok}
+
+
+def check_fp8_codes(x: torch.Tensor, name: str) -> dict:
+    element, group, kind, clip = ACT_FORMATS[name]
+    got, got_scale = kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="triton")
+    want, want_scale = kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="torch")
+    codes = (got.view(torch.uint8) != want.view(torch.uint8)).float().mean().item()
+    scales = (got_scale != want_scale).float().mean().item()
+    return {"kernel": "act_quant fp8 codes", "case": name,
+            "shape": f"{x.shape[0]}x{x.shape[1]} {str(x.dtype).removeprefix('torch.')}",
+            "codes_differ": codes, "scales_differ": scales, "ok": codes == 0 and scales == 0}
+
+
+def check_fp8_linear(m: int, n: int, k: int, a_name: str, w_name: str, device: torch.device) -> dict:
+    """Weight widening (bytes equal to the twin's) and the FP8-path linear against the fp32 twin."""
+    a_el, _, _, a_clip = ACT_FORMATS[a_name]
+    w_el, _, _, w_clip = ACT_FORMATS[w_name]
+    x = random_activations(m, k, torch.bfloat16, device)
+    w = kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, 0, "float",
+                                     w_clip, backend="triton")
+    widened = kernels.unpack_fp8(w[0], w_el, backend="triton").view(torch.uint8)
+    unpack_differ = (widened != kernels.unpack_fp8(w[0], w_el, backend="torch").view(torch.uint8)).float().mean()
+    bias = torch.randn(n, device=device).to(torch.bfloat16)
+    out = kernels.w4a4_linear(x, *w, a_element=a_el, w_element=w_el, clip_ratio=a_clip, bias=bias,
+                              out_dtype=torch.bfloat16, backend="triton", path="fp8")
+    a = reference.quantize_activations_ref(x, a_el, 0, "float", a_clip)
+    want = reference.w4a4_matmul_ref(*a, *w, a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.float32)
+    err = (out.float() - want).abs()
+    bound = 1e-5 * want.abs().max() + 2.0**-7 * want.abs()
+    excess = (err / bound.clamp(min=1e-30)).max().item()
+    ok = bool((err <= bound).all()) and not out.isnan().any().item() and unpack_differ.item() == 0
+    return {"kernel": "fp8 path", "case": f"{a_name} x {w_name}", "shape": f"M{m} N{n} K{k} -> bfloat16",
+            "codes_differ": unpack_differ.item(), "error_over_bound": excess, "ok": ok}
 
 
 def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device) -> dict:
@@ -179,11 +216,16 @@ def main(argv: list[str] | None = None) -> int:
             for name in ACT_FORMATS:
                 for hadamard_block in (0, 128):
                     record(check_act, x, name, hadamard_block)
+            for name in ("int4-tok-clip0.9", "e2m1-tok"):
+                record(check_fp8_codes, x, name)
     for i, (m, n, k) in enumerate(gemm_shapes):
         for a_name, w_name in GEMM_PAIRS:
             record(check_gemm, m, n, k, a_name, w_name, OUT_DTYPES[i % len(OUT_DTYPES)], device)
         for element in FPX_ELEMENTS:
             record(check_fpx, m, n, k, element, OUT_DTYPES[i % len(OUT_DTYPES)], device)
+        if n % 16 == 0 and k % 16 == 0:
+            for a_name, w_name in FP8_PAIRS:
+                record(check_fp8_linear, m, n, k, a_name, w_name, device)
     print(markdown(result))  # the files were written after the last step
     return 0 if all(r["ok"] for r in checks) else 1
 

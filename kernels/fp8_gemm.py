@@ -75,7 +75,8 @@ def w4a4_matmul_fp8(a_fp8: torch.Tensor, a_scale: torch.Tensor, w_fp8: torch.Ten
     """bfloat16 (M, N) = diag(a_scale) (a_fp8 @ w_fp8.T) diag(w_scale) (+ bias), fp32 sums.
 
     ``a_fp8`` (M, K) and ``w_fp8`` (N, K) hold 4-bit values as E4M3; ``a_scale`` (M, 1) and
-    ``w_scale`` (N, 1) are their fp32 per-row scales.
+    ``w_scale`` (N, 1) are their fp32 per-row scales. A ragged M is padded to a multiple
+    of 16 with zero rows (a copy of the codes).
     """
     m, k = a_fp8.shape
     n = w_fp8.shape[0]
@@ -84,6 +85,11 @@ def w4a4_matmul_fp8(a_fp8: torch.Tensor, a_scale: torch.Tensor, w_fp8: torch.Ten
                          f"{tuple(a_fp8.shape)} and {w_fp8.dtype} {tuple(w_fp8.shape)}")
     if not fp8_path_fits(m, n, k, 0, 0):
         raise ValueError(f"the FP8 GEMM needs K and N multiples of {FP8_ALIGNMENT}, got K={k}, N={n}")
-    return torch._scaled_mm(a_fp8, w_fp8.t(), scale_a=a_scale.float().reshape(m, 1),
-                             scale_b=w_scale.float().reshape(1, n),
-                             bias=None if bias is None else bias.to(torch.bfloat16), out_dtype=torch.bfloat16)
+    a_scale = a_scale.float().reshape(m, 1)
+    pad = (-m) % FP8_ALIGNMENT  # the row-wise kernels take M in multiples of 16: zero rows, sliced off
+    if pad:
+        a_fp8 = torch.cat([a_fp8, a_fp8.new_zeros(pad, k)])
+        a_scale = torch.cat([a_scale, a_scale.new_zeros(pad, 1)])
+    out = torch._scaled_mm(a_fp8, w_fp8.t(), scale_a=a_scale, scale_b=w_scale.float().reshape(1, n),
+                           bias=None if bias is None else bias.to(torch.bfloat16), out_dtype=torch.bfloat16)
+    return out[:m] if pad else out
