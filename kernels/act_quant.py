@@ -160,7 +160,7 @@ def _encode(v, ELEMENT_INT4: tl.constexpr):
 @triton.jit
 def _act_quant_kernel(
     x_ptr, h_ptr, packed_ptr, scale_ptr, tensor_amax_ptr,
-    M, K, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b,
+    M, K, M_BUCKET, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b,
     ELEMENT_INT4: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
     HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -215,6 +215,24 @@ def _tile(k: int, group_size: int, hadamard_block: int) -> tuple[int, int]:
     return max(1, TILE_ELEMENTS // block_k), block_k
 
 
+def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Tiles of 2K to 32K elements (8K with a fused rotation, whose dots need registers), at most M rows."""
+    args = {**named_args, **kwargs}
+    most = 8192 if args["HAD_BLOCK"] else 32768
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= args["M_BUCKET"]
+            and 2048 <= c.kwargs["BLOCK_M"] * args["BLOCK_K"] <= most]
+    return kept or [c for c in configs if c.kwargs["BLOCK_M"] == 1]
+
+
+# Rows per program and warps, tuned per width and M bucket on a GPU (the interpreter takes _tile's).
+_act_quant_autotuned = triton.autotune(
+    configs=[triton.Config(dict(BLOCK_M=bm), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64) for w in (4, 8, 16)],
+    key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "SCALE_KIND", "GROUP", "HAD_BLOCK", "ROUND_BF16", "ROUND_F16",
+         "AMAX_ONLY", "OUT_FP8"],
+    prune_configs_by=dict(early_config_prune=_prune_tiles),
+)(_act_quant_kernel)
+
+
 def quantize_activations_triton(
     x: torch.Tensor, element: str, group_size: int = 0, scale_kind: str = "float",
     clip_ratio: float = 1.0, hadamard_block: int = 0, fp8_codes: bool = False,
@@ -232,7 +250,6 @@ def quantize_activations_triton(
     hb = hadamard_block if hadamard_block <= MAX_DENSE_HADAMARD else 16
     h = _hadamard_matrix(max(hb, 1), x.device)
     tensor_amax = torch.zeros(1, dtype=torch.int32, device=x.device)  # fp32 bits: |x| >= 0 orders as int
-    grid = (triton.cdiv(m, block_m), triton.cdiv(k, block_k))
     # The rotation dots in x's half dtype (exact products, fp32 sums), except under the
     # interpreter, whose bfloat16 dot is wrong.
     dot_f32 = x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16)
@@ -241,11 +258,17 @@ def quantize_activations_triton(
         inv_sqrt_b=hadamard_block ** -0.5 if hadamard_block else 1.0,
         ELEMENT_INT4=element == "int4", SCALE_KIND=SCALE_KIND_IDS[scale_kind], GROUP=group_size or block_k,
         HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
-        ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes,
-        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=min(16, max(4, block_m * block_k // 1024)),
+        ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes, BLOCK_K=block_k,
     )
-    args = (x, h, packed, scales, tensor_amax, m, k, scales.shape[1], x.stride(0), packed.stride(0), scales.stride(0))
+    m_bucket = min(triton.next_power_of_2(max(m, 1)), 4096)
+    args = (x, h, packed, scales, tensor_amax, m, k, m_bucket, scales.shape[1], x.stride(0), packed.stride(0),
+            scales.stride(0))
+    if INTERPRET:
+        kernel = _act_quant_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))]
+        launch.update(BLOCK_M=block_m, num_warps=4)
+    else:
+        kernel = _act_quant_autotuned[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(k, block_k))]
     if scale_kind == "e4m3":  # NVFP4's tensor scale: the amax of the whole (rotated) x first
-        _act_quant_kernel[grid](*args, AMAX_ONLY=True, **launch)
-    _act_quant_kernel[grid](*args, AMAX_ONLY=False, **launch)
+        kernel(*args, AMAX_ONLY=True, **launch)
+    kernel(*args, AMAX_ONLY=False, **launch)
     return (packed.view(torch.float8_e4m3fn) if fp8_codes else packed), scales

@@ -382,6 +382,18 @@ def test_triton_gemm_groups_that_are_not_powers_of_two():
     assert_matches_twin(out, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, **kw))
 
 
+def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
+    configs = act_quant._act_quant_autotuned.configs
+    per_token = act_quant._prune_tiles(configs, dict(M_BUCKET=4096), HAD_BLOCK=0, BLOCK_K=4096)
+    assert {c.kwargs["BLOCK_M"] for c in per_token} == {1, 2, 4, 8}
+    rotated_wide = act_quant._prune_tiles(configs, dict(M_BUCKET=4096), HAD_BLOCK=128, BLOCK_K=16384)
+    assert {c.kwargs["BLOCK_M"] for c in rotated_wide} == {1} and {c.num_warps for c in rotated_wide} == {4, 8, 16}
+    nvfp4_decode = act_quant._prune_tiles(configs, dict(M_BUCKET=2), HAD_BLOCK=0, BLOCK_K=128)
+    assert {c.kwargs["BLOCK_M"] for c in nvfp4_decode} == {1}
+    nvfp4_prefill = act_quant._prune_tiles(configs, dict(M_BUCKET=4096), HAD_BLOCK=0, BLOCK_K=128)
+    assert {c.kwargs["BLOCK_M"] for c in nvfp4_prefill} == {16, 32, 64}
+
+
 def test_autotune_configs_never_cross_a_scale_group():
     configs = w4a4_gemm._w4a4_autotuned.configs
     nvfp4_decode = w4a4_gemm._prune_configs(configs, dict(M_BUCKET=16), A_GROUP=16, W_GROUP=16)
