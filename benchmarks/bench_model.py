@@ -83,11 +83,13 @@ def build_config(name: str, layers: int | None, seqlen: int):
 def random_real_linear(linear: nn.Linear, weight: RealQuantScheme, act: RealQuantScheme | None,
                        generator: torch.Generator) -> RealQuantLinear:
     """A ``RealQuantLinear`` of ``linear``'s shape with random codes (of finite values) and small scales."""
+    device = linear.weight.device
     module = RealQuantLinear(linear.in_features, linear.out_features, linear.bias is not None, weight, act,
-                             linear.weight.dtype)
+                             linear.weight.dtype).to(device)
     element = element_named(weight.element)
-    values = code_values(element)[torch.randint(0, 2**weight.bits, (linear.out_features, linear.in_features),
-                                                generator=generator)]
+    codes = torch.randint(0, 2**weight.bits, (linear.out_features, linear.in_features), generator=generator,
+                          device=device)
+    values = code_values(element).to(device)[codes]
     planes = pack_planes(encode(values, element), weight.bits)
     module.qweight.copy_(planes[0])
     if weight.bits > 4:
@@ -99,11 +101,13 @@ def random_real_linear(linear: nn.Linear, weight: RealQuantScheme, act: RealQuan
 
 
 def build_model(config, mode: str, device: torch.device, seed: int = 0) -> nn.Module:
+    """The model built on ``device`` directly (random initialisation of 8B weights on a CPU takes minutes)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+    with device:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
     weight, act, kv4 = MODES[mode]
     adapter = adapter_for(config)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
     if weight is not None:
         for layer in adapter.decoder_layers(model):
             for name in adapter.linear_names():

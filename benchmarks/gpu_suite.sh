@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU measurements behind benchmarks/results/*_h200.*, one section per call of at most ten minutes.
+# usage: OUT=DIR [SMOLLM2=DIR DATA=DIR] bash benchmarks/gpu_suite.sh SECTION...
+#   kernels    kernel_check (compiled kernels against their twins), then kernel_bench (Llama-3-8B shapes)
+#   calib      FlatQuant calibration speed on Llama-3-8B- and SmolLM2-shaped random blocks (issue 6)
+#   model      bench_model on a random Llama-3-8B: prefill, CUDA-graph and eager decode (issue 10)
+#   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
+# Each step has its own time limit (LIMIT_<SECTION>, seconds) so that one slow step leaves the others their
+# turn; every script writes its files as it goes, so a step that runs out still leaves its partial tables.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:?set OUT to the folder for the result files}
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0
+step() {  # step LIMIT NAME COMMAND...
+  local limit=$1 name=$2; shift 2
+  echo "== $name (limit ${limit}s)"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "== $name exit $? after ${SECONDS}s"
+  tail -n 4 "$OUT/$name.log"
+}
+for section in "$@"; do
+  case $section in
+    kernels)
+      step "${LIMIT_CHECK:-200}" kernel_check python benchmarks/kernel_check.py --out "$OUT/kernel_check_h200"
+      step "${LIMIT_BENCH:-360}" kernel_bench python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
+        --formats int4,e2m1 --ms 1,16,2048,8192 --weight_only_ms 1 --out "$OUT/kernel_bench_h200" ;;
+    calib)
+      step "${LIMIT_CALIB8B:-330}" flatquant_speed_llama3_8b python benchmarks/gptq_speed.py --method flatquant \
+        --shape llama3-8b --layers 2 --out "$OUT/flatquant_speed_llama3_8b_h200"
+      step "${LIMIT_CALIBSMOL:-150}" flatquant_speed_smollm2 python benchmarks/gptq_speed.py --method flatquant \
+        --shape smollm2-135m --layers 4 --out "$OUT/flatquant_speed_smollm2_h200" ;;
+    model)
+      step "${LIMIT_MODEL:-560}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
+        --modes "${MODES:-bf16,w4a4,w4a16,fp6,w4a4kv4}" --prefill_batches 1,4 --decode_batches 1,8,64 \
+        --decode_tokens 128 --out "$OUT/bench_model_llama3_8b_h200" ;;
+    roundtrip)
+      step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
+        --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
+        --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
+    *) echo "unknown section $section: choose kernels, calib, model, roundtrip" >&2; exit 2 ;;
+  esac
+done
