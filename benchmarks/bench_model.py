@@ -2,7 +2,8 @@
 
 ``--random_mode`` builds the model from a real config's shapes with random weights (no
 download); quantized modes replace every decoder linear by a ``RealQuantLinear`` holding
-random packed codes and scales, which is what the kernels' speed depends on. Modes:
+random packed codes and scales, which is what the kernels' speed depends on, and run q/k/v
+and gate/up fused, as a loaded checkpoint does. Modes:
 
 * ``bf16``: the dense model (HF SDPA attention);
 * ``w4a16``: FP4 E2M1 weights per channel on the FPx weight-only kernel, bf16 activations;
@@ -44,6 +45,7 @@ from benchmarks.timing import make_timer  # noqa: E402
 from models import adapter_for, resolve_device  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 from quant_layers import Quantizer, QuantSpec, install_kv_quantization  # noqa: E402
+from quant_layers.fused_linear import fuse_shared_input_linears  # noqa: E402
 from quant_layers.packed_kv_cache import PackedKVCache  # noqa: E402
 from quant_layers.packing import code_values, element_named, encode, pack_planes  # noqa: E402
 from quant_layers.real_linear import RealQuantLinear, RealQuantScheme  # noqa: E402
@@ -112,6 +114,7 @@ def build_model(config, mode: str, device: torch.device, seed: int = 0) -> nn.Mo
         for layer in adapter.decoder_layers(model):
             for name in adapter.linear_names():
                 layer.set_submodule(name, random_real_linear(layer.get_submodule(name), weight, act, generator))
+        fuse_shared_input_linears(model)  # as load_quantized does: q/k/v and gate/up run as one
     if kv4:
         head_dim = adapter.head_dim(config)
         install_kv_quantization(model, [adapter.attention(layer) for layer in adapter.decoder_layers(model)],

@@ -32,6 +32,7 @@ from configs import QuantRecipe
 from models import adapter_for
 from quant_layers import QuantLinear, Quantizer, install_attention_wrapper, install_kv_quantization
 from quant_layers.formats import E4M3
+from quant_layers.fused_linear import fuse_shared_input_linears
 from quant_layers.packing import encode, pack_planes
 from quant_layers.quantizer import QuantParams
 from quant_layers.real_linear import RealQuantLinear, RealQuantScheme
@@ -318,8 +319,13 @@ def _skip_weight_init():
     return no_init_weights()
 
 
-def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
-    """``(model, tokenizer, quantization_config)`` of a real-quantized checkpoint directory."""
+def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+                   fuse: bool = True):
+    """``(model, tokenizer, quantization_config)`` of a real-quantized checkpoint directory.
+
+    ``fuse``: run the linears that share an input (q/k/v, gate/up) as one
+    (``quant_layers.fused_linear``); the outputs are the same.
+    """
     qc = read_quantization_config(path)
     dtype = dtype or getattr(torch, qc["dtype"])
     tensors = _read_tensors(path)
@@ -378,6 +384,8 @@ def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.d
     )
     if qc["attention_transforms"]:
         install_attention_wrapper(model)
+    if fuse:
+        fuse_shared_input_linears(model)
     model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer(path) else None
     return model, tokenizer, qc

@@ -25,7 +25,7 @@ from pipeline.fake_quant import attach_quantizers
 from quant_layers.formats import E2M1
 from quant_layers.packing import INT4, code_values, decode, encode, pack, unpack
 from quant_layers.quantizer import QuantSpec
-from quant_layers.real_linear import RealQuantLinear
+from quant_layers.real_linear import RealQuantLinear, RealQuantScheme
 from transforms import apply_transform
 
 
@@ -106,8 +106,12 @@ def test_round_trip_reproduces_fake_quantized_logits(name, tiny_models, tmp_path
     loaded, _, qc = load_quantized(path)
     assert qc["recipe"] == json.loads(json.dumps(recipe.to_dict()))
     packed = [m for m in loaded.modules() if isinstance(m, RealQuantLinear)]
-    assert len(packed) == 14 and all(m.qweight.dtype == torch.uint8 for m in packed)
+    # Per layer: q/k/v fused, o, gate/up fused, down.
+    assert len(packed) == 8 and all(m.qweight.dtype == torch.uint8 for m in packed)
     assert_same_logits(reference, logits(loaded, ids))
+    unfused = load_quantized(path, fuse=False)[0]
+    assert len([m for m in unfused.modules() if isinstance(m, RealQuantLinear)]) == 14
+    torch.testing.assert_close(logits(unfused, ids), logits(loaded, ids), rtol=1e-5, atol=1e-5)
 
 
 def test_qwen2_biases_and_stored_scale_encodings(tiny_models, tmp_path):
@@ -404,8 +408,6 @@ def test_fp6_checkpoint_without_its_high_plane_is_refused(tiny_models, tmp_path)
 
 
 def test_odd_input_dimension_cannot_be_packed():
-    from quant_layers.real_linear import RealQuantScheme
-
     with pytest.raises(ValueError, match="even input dimension"):
         RealQuantLinear(7, 4, False, RealQuantScheme("int4"), None)
 
@@ -420,3 +422,30 @@ def test_generate_needs_new_tokens(saved, capsys):
 
     assert generate.main(["--load_quantized", saved, "--max_new_tokens", "0"]) == 2
     assert "--max_new_tokens must be at least 1" in capsys.readouterr().err
+
+
+def test_fused_linears_serve_each_part_once_per_input():
+    """The fused product is computed once per input, dropped after the last part, recomputed for a new input."""
+    from quant_layers.fused_linear import FusedGroup
+
+    gen = torch.Generator().manual_seed(3)
+    parts = []
+    for rows, bias in ((32, True), (16, False)):
+        part = RealQuantLinear(64, rows, bias, RealQuantScheme("int4"), RealQuantScheme("int4"))
+        part.qweight.copy_(torch.randint(0, 256, part.qweight.shape, generator=gen, dtype=torch.uint8))
+        part.weight_scale.copy_(torch.rand(rows, 1, generator=gen) * 0.01)
+        if bias:
+            part.bias.data.copy_(torch.randn(rows, generator=gen))
+        parts.append(part)
+    group = FusedGroup(parts)
+    calls = []
+    group.linear.register_forward_hook(lambda *_: calls.append(1))
+    x, y = torch.randn(3, 64, generator=gen), torch.randn(3, 64, generator=gen)
+    for inputs in (x, y):
+        outs = [group.output(1, inputs), group.output(0, inputs)]
+        for out, part in zip(outs, parts[::-1]):
+            torch.testing.assert_close(out, part(inputs), rtol=1e-6, atol=1e-6)
+    assert len(calls) == 2 and group._input is None
+    group.output(0, x)
+    group.output(0, x)  # the same part twice for one input: a new product, not a stale one
+    assert len(calls) == 4
