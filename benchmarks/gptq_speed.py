@@ -18,6 +18,11 @@ full-depth time extrapolated from it, and the peak GPU memory of a block-residen
 does not depend on depth.
 
     python benchmarks/gptq_speed.py --shape llama3-8b --out benchmarks/results/gptq_speed_llama3_8b
+
+Under torchrun the calibration windows are split over the ranks (one GPU each), as
+``model_quant.py`` splits them; rank 0 reports, with ``world_size`` in the JSON:
+
+    torchrun --standalone --nproc_per_node 2 benchmarks/gptq_speed.py --shape llama3-70b --layers 4 --out PREFIX
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from calib import GPTQConfig, LayerwiseConfig, calibrate_layerwise  # noqa: E402
+from calib import GPTQConfig, LayerwiseConfig, calibrate_layerwise, distributed  # noqa: E402
 from calib.flatquant import FlatQuantConfig  # noqa: E402
 from configs import QuantRecipe  # noqa: E402
 from models import adapter_for  # noqa: E402
@@ -108,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
 
     dtype = getattr(torch, args.dtype)
     device = torch.device(args.device)
+    distributed.init(use_cuda=device.type == "cuda")
+    try:
+        return _run(args, argv, dtype, distributed.rank_device(device))
+    finally:
+        distributed.destroy()
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, dtype: torch.dtype, device: torch.device) -> int:
     t = time.perf_counter()
     model, full_depth = random_model(args.shape, args.layers, dtype, device, seed=0)
     build_s = time.perf_counter() - t
@@ -140,15 +153,22 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "method": args.method, "flatquant": None if flat is None else dataclasses.asdict(flat),
         "shape": args.shape, "layers_built": layers, "full_depth": full_depth, "format": spec.label,
+        "world_size": distributed.world_size(),
         "nsamples": args.nsamples, "seqlen": args.seqlen, "calib_batch_size": args.calib_batch_size,
         "act_order": args.act_order, "offload_activations": args.offload_activations, "dtype": args.dtype,
         "build_s": round(build_s, 1), "calibration_s": round(report.seconds, 1), "gptq_column_loops_s": round(gptq_s, 1),
+        # what the ranks split (forward passes, Hessians); every rank runs the column loops of every GPTQ problem
+        "outside_column_loops_s": round(report.seconds - gptq_s, 1),
         "per_block_s": round(per_block, 2), "full_depth_estimate_s": round(per_block * full_depth, 1),
         "peak_gpu_gib": round(report.peak_gpu_bytes / 2**30, 2) if report.peak_gpu_bytes else None,
         "peak_cpu_rss_gib": round(report.peak_cpu_rss_bytes / 2**30, 2),
         "device": device_name(device), "versions": library_versions(), "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/gptq_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": ("python" if distributed.world_size() == 1 else
+                    f"torchrun --nproc_per_node {distributed.world_size()}")
+                   + " benchmarks/gptq_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
+    if not distributed.is_main():
+        return 0
     print(json.dumps(result, indent=2))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

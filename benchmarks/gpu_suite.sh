@@ -24,7 +24,7 @@ for section in "$@"; do
     kernels)
       step "${LIMIT_CHECK:-200}" kernel_check python benchmarks/kernel_check.py --out "$OUT/kernel_check_h200"
       step "${LIMIT_BENCH:-360}" kernel_bench python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
-        --formats int4,e2m1 --ms 1,16,2048,8192 --weight_only_ms 1 --out "$OUT/kernel_bench_h200" ;;
+        --formats int4,e2m1 --ms 1,16,2048,8192 --weight_only_ms 1,16,128 --out "$OUT/kernel_bench_h200" ;;
     calib)
       step "${LIMIT_CALIB8B:-330}" flatquant_speed_llama3_8b python benchmarks/gptq_speed.py --method flatquant \
         --shape llama3-8b --layers 2 --out "$OUT/flatquant_speed_llama3_8b_h200"

@@ -10,6 +10,11 @@ weights (their activation side stays online as ``input_transform``) and the weig
 quantized with their trained clip ranges (or left for GPTQ). ``calib.layerwise`` runs it
 block by block (method ``flatquant``); K and V are fake-quantized during training with a
 straight-through gradient, so the q/k/v transform also learns from the KV-cache error.
+
+Under torchrun each rank holds a ``Shard`` of the windows; a training step covers the same
+``cali_bsz`` consecutive windows as in a single process, each rank runs the ones it holds,
+and the gradients (weighted by each rank's share of the step) and the loss are summed over
+ranks, so every rank takes the same optimizer step a single process would.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from calib import distributed
 from quant_layers import QuantLinear, Quantizer
 from quant_layers.clipping import LearnableClipQuantizer
 from transforms.flatquant import KeyTransform, KroneckerAffine, ValueTransform
@@ -156,6 +162,8 @@ def _input_absmax(block: nn.Module, names: list[str], run: Callable[[int, int], 
     finally:
         for h in handles:
             h.remove()
+    for name in names:  # over every rank's windows
+        distributed.all_reduce_(maxima[name], "max")
     return maxima
 
 
@@ -270,7 +278,8 @@ class _StraightThrough:
 
 def train_block(block: nn.Module, groups: tuple[tuple[str, ...], ...], run: Callable[[int, int], torch.Tensor],
                 targets: torch.Tensor, config: FlatQuantConfig, saved: dict[str, torch.Tensor] | None = None,
-                seed: int = 0, attention: AttentionPath | None = None) -> dict:
+                seed: int = 0, attention: AttentionPath | None = None,
+                shard: distributed.Shard | None = None) -> dict:
     """Train (or, given ``saved``, restore) and fold FlatQuant's transforms and clips for one block, in place.
 
     ``groups``: linears that share an input (the adapter's ``sequential_groups()``);
@@ -279,11 +288,13 @@ def train_block(block: nn.Module, groups: tuple[tuple[str, ...], ...], run: Call
     Weights are quantized at the learned clip unless ``config.weight_method`` is ``gptq``.
     ``seed`` draws the factors' random orthogonal start. ``attention`` adds, with
     ``cali_trans``, V's per-head transform (folded into v_proj and o_proj) and K's (online,
-    the attention's ``qk_transform``).
+    the attention's ``qk_transform``). ``shard``: which of all the windows ``targets`` (and
+    ``run``'s local indices) are, under torchrun; default all of them.
     Returns the mean loss of the first and the last epoch (None when restored) and
     ``state``, what was learned (``trainable_state``), for ``saved`` next time.
     """
     samples = targets.shape[0]
+    shard = shard or distributed.Shard(samples)
     names = [n for group in groups for n in group]
     absmax = None if saved is not None else _input_absmax(block, names, run, samples, config.cali_bsz)
     trainables = _build_trainables(block, groups, config, absmax, seed, attention)
@@ -294,7 +305,7 @@ def train_block(block: nn.Module, groups: tuple[tuple[str, ...], ...], run: Call
         if saved is not None:
             _load_trainable_state(trainables, saved)
         else:
-            epoch_losses = _train(trainables, run, targets, config)
+            epoch_losses = _train(trainables, run, targets, config, shard)
         state = trainable_state(trainables)
     finally:
         _swap(block, {name: t.finalize(config.weight_method == "rtn") for name, t in linears.items()})
@@ -307,31 +318,60 @@ def train_block(block: nn.Module, groups: tuple[tuple[str, ...], ...], run: Call
 
 
 def _train(trainables: dict[str, nn.Module], run: Callable[[int, int], torch.Tensor], targets: torch.Tensor,
-           config: FlatQuantConfig) -> list[float]:
-    """AdamW + cosine on the MSE to ``targets``; the mean loss of every epoch."""
-    samples = targets.shape[0]
-    params = {id(p): p for t in trainables.values() for p in t.parameters() if p.requires_grad}
+           config: FlatQuantConfig, shard: distributed.Shard) -> list[float]:
+    """AdamW + cosine on the MSE to the targets of all ranks' windows; the mean loss of every epoch.
+
+    A step covers global windows ``start:end``; this rank runs those it holds (maybe none)
+    and scales its batch-mean loss by its share of the step, so the summed gradient is the
+    gradient of the step's mean over all its windows.
+    """
+    params = list({id(p): p for t in trainables.values() for p in t.parameters() if p.requires_grad}.values())
     if not params:
         return [math.nan]
-    optimizer = torch.optim.AdamW(list(params.values()), lr=config.flat_lr, weight_decay=0.0)
-    steps = config.epochs * math.ceil(samples / config.cali_bsz)
+    optimizer = torch.optim.AdamW(params, lr=config.flat_lr, weight_decay=0.0)
+    steps = config.epochs * math.ceil(shard.total / config.cali_bsz)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=config.flat_lr * 1e-3)
     amp = config.amp and targets.device.type == "cuda"
     epoch_losses = []
     for _ in range(config.epochs):
         total = 0.0
-        for start in range(0, samples, config.cali_bsz):
-            end = min(start + config.cali_bsz, samples)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                out = run(start, end)
-            loss = F.mse_loss(out.float(), targets[start:end].float())
+        for start in range(0, shard.total, config.cali_bsz):
+            end = min(start + config.cali_bsz, shard.total)
+            lo, hi = shard.local(start, end)
             optimizer.zero_grad()
-            loss.backward()
+            loss = torch.zeros((), device=params[0].device)
+            if hi > lo:
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    out = run(lo, hi)
+                loss = F.mse_loss(out.float(), targets[lo:hi].float()) * ((hi - lo) / (end - start))
+                loss.backward()
+            loss = _sum_over_ranks(params, loss.detach())
             optimizer.step()
             schedule.step()
             total += loss.item() * (end - start)
-        epoch_losses.append(total / samples)
+        epoch_losses.append(total / shard.total)
     return epoch_losses
+
+
+def _sum_over_ranks(params: list[nn.Parameter], loss: torch.Tensor) -> torch.Tensor:
+    """Sum every parameter's gradient and the loss over ranks, in one all-reduce; returns the loss.
+
+    A rank that ran no window this step contributes zeros; a parameter no rank has a
+    gradient for keeps none (AdamW then skips it, as in a single process).
+    """
+    if distributed.world_size() == 1:
+        return loss
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    device = params[0].device
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+    flat = distributed.all_reduce_(torch.cat([g.reshape(-1).float().to(device) for g in grads]
+                                             + [present, loss.reshape(1).float().to(device)]))
+    offset = 0
+    for p, g, seen in zip(params, grads, flat[-len(params) - 1 : -1].tolist()):
+        size = g.numel()
+        p.grad = flat[offset : offset + size].view_as(g).to(g.dtype).clone() if seen else None
+        offset += size
+    return flat[-1]
 
 
 def attach_transforms(block: nn.Module, groups: tuple[tuple[str, ...], ...], config: FlatQuantConfig,

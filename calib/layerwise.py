@@ -23,6 +23,13 @@ The model stays where it was loaded (normally CPU). The runner
    replays the captured inputs through them with the same micro-batches (bit-identical
    activations) and continues with the next block.
 
+Under torchrun (``calib.distributed``) each rank captures and propagates only its share of
+the windows (every N-th). A group's Hessian is each rank's average over its own rows,
+combined into the average over all rows before GPTQ runs; every rank then solves the same
+problem and takes rank 0's result, so all ranks hold identical weights. FlatQuant sums its
+gradients the same way. Only rank 0 writes progress and matrices; the result equals a
+single process's up to the order of float additions.
+
 Quantized linears outside the decoder blocks (lm_head with ``quantize_lm_head``) are
 rounded to nearest at the end, as ``calib.rtn`` does.
 """
@@ -45,12 +52,13 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from calib import flatquant
+from calib import distributed, flatquant
 from calib.flatquant import FlatQuantConfig
 from calib.gptq import GPTQConfig, HessianAccumulator, gptq_quantize_with_params, split_params
 from calib.progress import ProgressStore, ResumeState, atomic_save_tensors
 from calib.rtn import quantize_linear_rtn
 from quant_layers.linear import QuantLinear
+from quant_layers.quantizer import QuantParams
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +180,11 @@ def _forward_replaced(modules: list[nn.Module], make: Callable[[int], Callable])
 
 
 class BlockActivations:
-    """Hidden states of all windows at the current block boundary, and each block's kwargs."""
+    """Hidden states of this rank's windows at the current block boundary, and each block's kwargs."""
 
-    def __init__(self, nsamples: int, batch_size: int) -> None:
-        self.nsamples = nsamples
+    def __init__(self, shard: distributed.Shard, batch_size: int) -> None:
+        self.shard = shard  # which of all the calibration windows this rank holds
+        self.nsamples = shard.size
         self.batch_size = batch_size
         self.hidden: torch.Tensor | None = None  # (nsamples, seqlen, hidden)
         self.block_inputs: dict[tuple[int, int], tuple[tuple, dict]] = {}  # (block, micro-batch) -> args, kwargs
@@ -235,9 +244,12 @@ def capture_block_inputs(
     calib_ids: torch.Tensor,
     device: torch.device,
     config: LayerwiseConfig,
+    shard: distributed.Shard | None = None,
 ) -> BlockActivations:
-    """Block 0's hidden states for every window, and every block's keyword arguments."""
-    acts = BlockActivations(calib_ids.shape[0], config.batch_size)
+    """Block 0's hidden states for every window of ``shard`` (default: all), and every block's keyword arguments."""
+    shard = shard or distributed.Shard(calib_ids.shape[0])
+    calib_ids = shard.take(calib_ids)
+    acts = BlockActivations(shard, config.batch_size)
     store = torch.device("cpu") if config.offload_activations else device
     last = len(layers) - 1
     seen: dict[str, torch.Tensor] = {}
@@ -262,7 +274,8 @@ def capture_block_inputs(
         return stub
 
     with resident(_stem_modules(model, adapter), device), _forward_replaced(list(layers), make_stub):
-        for start, end in tqdm(list(acts.spans()), desc="capture block inputs", leave=False):
+        for start, end in tqdm(list(acts.spans()), desc="capture block inputs", leave=False,
+                               disable=not distributed.is_main()):
             try:
                 model(input_ids=calib_ids[start:end].to(device), use_cache=False)
             except StopForward:
@@ -350,6 +363,8 @@ def _gptq_group(
             h.remove()
         state.clear()
 
+    for acc, _ in accumulators.values():
+        acc.nsamples = distributed.weighted_mean_(acc.hessian, acc.nsamples)
     for names, modules in _stackable(targets, key_of):
         acc = accumulators[key_of[names[0]]][0]
         if acc.nsamples == 0:
@@ -362,6 +377,7 @@ def _gptq_group(
         quantizer = modules[0].weight_quantizer
         stacked, stats, params = gptq_quantize_with_params(torch.cat(weights), acc.hessian, quantizer, config.gptq,
                                                            tensor_amax=row_amax if len(modules) > 1 else None)
+        stacked, params = _rank0_result(stacked, params)
         groups_per_row = quantizer.grouped(weights[0][:1]).shape[0]
         parts = zip(stacked.split([w.shape[0] for w in weights]),
                     split_params(params, [w.shape[0] * groups_per_row for w in weights]))
@@ -377,6 +393,16 @@ def _gptq_group(
             key = f"layers.{index}.{name}"
             per_linear[key] = {**per_linear.get(key, {}), **record}  # keeps FlatQuant's entries
     accumulators.clear()
+
+
+def _rank0_result(weight: torch.Tensor, params: QuantParams) -> tuple[torch.Tensor, QuantParams]:
+    """Rank 0's GPTQ result on every rank. All ranks solved the same problem, so this only
+    guards against GPUs that round differently; a single process keeps its own."""
+    if distributed.world_size() == 1:
+        return weight, params
+    same = [None if t is None else distributed.broadcast_(t.contiguous())
+            for t in (params.scale, params.zero, params.tensor_scale)]
+    return distributed.broadcast_(weight.contiguous()), QuantParams(*same)
 
 
 def _stackable(targets: list[tuple[str, QuantLinear]], key_of: dict[str, int]) -> list[tuple[list[str], list]]:
@@ -439,9 +465,9 @@ def _flatquant_block(block: nn.Module, index: int, adapter, acts: BlockActivatio
 
     with torch.enable_grad(), flatquant.straight_through_kv(block):
         result = flatquant.train_block(block, groups, run, targets, config.flatquant, saved=saved, seed=index,
-                                       attention=_attention_path(block, adapter))
+                                       attention=_attention_path(block, adapter), shard=acts.shard)
     del targets
-    if config.matrix_dir and not config.reload_matrix:
+    if config.matrix_dir and not config.reload_matrix and distributed.is_main():
         os.makedirs(config.matrix_dir, exist_ok=True)
         atomic_save_tensors(matrix_file(config.matrix_dir, index), result["state"], {"block": str(index)})
     seconds = time.perf_counter() - t
@@ -534,7 +560,8 @@ def calibrate_layerwise(
     """Calibrate every decoder block's quantized weights in place, one block on ``device`` at a time.
 
     ``calib_ids`` is ``(nsamples, seqlen)`` token ids (may be ``None`` for RTN, which
-    reads no data). Returns what happened; see the module docstring for how.
+    reads no data), all of them on every rank. Returns what happened; see the module
+    docstring for how.
     """
     t_start = time.perf_counter()
     device = torch.device(device)
@@ -544,14 +571,18 @@ def calibrate_layerwise(
     layers = adapter.decoder_layers(model)
     num_blocks = len(layers)
 
+    shard = distributed.shard(calib_ids.shape[0]) if calib_ids is not None else None
     store = None
     state = ResumeState()
     if config.progress_dir:
         store = ProgressStore(config.progress_dir, run_fingerprint(config, calib_ids, num_blocks), num_blocks)
         state = store.begin(config.resume)  # raises, touching nothing, on a mismatch
+        distributed.barrier()  # every rank has read the progress before rank 0 writes any
     per_linear: dict[str, dict] = dict(state.per_linear)
     done = state.finished
     execution = {"batch_size": config.batch_size, "offload_activations": config.offload_activations}
+    if distributed.world_size() > 1:
+        execution["world_size"] = distributed.world_size()
     if done and store.saved("execution", execution) != execution:
         log.warning(
             "resuming with %s where the earlier run used %s: the result may differ in rounding from an "
@@ -575,11 +606,13 @@ def calibrate_layerwise(
                 _restore_act_clips(layers[i], i, adapter, config, per_linear)
             acts = None
             if done < num_blocks and needs_data:
-                acts = capture_block_inputs(model, adapter, layers, calib_ids.long(), device, config)
-                for i in tqdm(range(done), desc="replay finished blocks", leave=False):
+                acts = capture_block_inputs(model, adapter, layers, calib_ids.long(), device, config, shard)
+                for i in tqdm(range(done), desc="replay finished blocks", leave=False,
+                              disable=not distributed.is_main()):
                     with resident([layers[i]], device), _weights_only(layers[i]):
                         acts.propagate(layers[i], i, device)
-            bar = tqdm(range(done, num_blocks), total=num_blocks, initial=done, desc=f"{config.method} blocks")
+            bar = tqdm(range(done, num_blocks), total=num_blocks, initial=done, desc=f"{config.method} blocks",
+                       disable=not distributed.is_main())
             for i in bar:
                 block = layers[i]
                 block_stats: dict[str, dict] = {}
@@ -591,13 +624,14 @@ def calibrate_layerwise(
                         if acts is not None and i + 1 < num_blocks:
                             acts.propagate(block, i, device)
                 per_linear.update(block_stats)
-                if store is not None:
+                if store is not None and distributed.is_main():
                     store.save_block(i, block, block_stats, extra={"execution": execution})
             del acts
             # Quantized linears outside the blocks (lm_head): round to nearest, as calib.rtn does.
             block_modules = {id(m) for layer in layers for m in layer.modules()}
             outside = [(n, m) for n, m in model.named_modules() if id(m) not in block_modules]
             _rtn_linears(outside, "", per_linear)
+        distributed.barrier()  # rank 0's files are complete when any rank returns
     finally:
         model.train(was_training)
 

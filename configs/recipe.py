@@ -173,6 +173,8 @@ class RunConfig:
     run_name: str | None = None
     save_path: str | None = None  # write a real-quantized checkpoint here after quantizing
     load_quantized: str | None = None  # evaluate this real-quantized checkpoint (its recipe) instead
+    distribute: bool = False  # evaluate with the model placed across the visible GPUs (accelerate)
+    max_memory: str | None = None  # --distribute's limits, e.g. "0=70GiB,1=70GiB,cpu=200GiB" or "70GiB"
     log_wandb: bool = False
     wandb_project: str = "ptq-harness"
     wandb_group: str | None = None
@@ -213,6 +215,17 @@ class RunConfig:
         self.tasks = tuple(self.tasks)
         self._check_lm_eval()
         self._check_real_quant()
+        self._check_distribute()
+
+    def _check_distribute(self) -> None:
+        if self.max_memory is not None:
+            if not self.distribute:
+                raise ValueError("--max_memory sets the limits of --distribute: add --distribute")
+            from models.placement import MemoryLimits
+
+            MemoryLimits.parse(self.max_memory)
+        if self.distribute and self.device == "cpu":
+            raise ValueError("--distribute places the model across GPUs, --device cpu keeps it on the CPU: drop one")
 
     def _check_real_quant(self) -> None:
         if self.load_quantized:

@@ -41,12 +41,13 @@ def perplexity(
     if nwindows < 1:
         raise ValueError(f"the evaluation text has {token_ids.numel()} tokens, fewer than one window of {seqlen}")
     windows = token_ids[: nwindows * seqlen].view(nwindows, seqlen)
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device  # the first device of a model placed across GPUs
     nll_sum, count = 0.0, 0
     for start in tqdm(range(0, nwindows, batch_size), desc=desc, leave=False):
         batch = windows[start : start + batch_size].to(device)
         logits = model(batch, use_cache=False).logits[:, :-1, :].float()
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
+        labels = batch[:, 1:].reshape(-1).to(logits.device)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, reduction="sum")
         nll_sum += nll.item()
         count += batch[:, 1:].numel()
     return math.exp(nll_sum / count)

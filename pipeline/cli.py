@@ -26,6 +26,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                    help="window length for perplexity and calibration")
     e.add_argument("--eval_limit", type=int, help="score at most this many perplexity windows")
     e.add_argument("--eval_batch_size", type=int, default=1)
+    e.add_argument("--distribute", action="store_true",
+                   help="evaluate with the model placed across all visible GPUs, whole decoder layers per GPU "
+                        "(accelerate's balanced device map); needs CUDA")
+    e.add_argument("--max_memory", help="--distribute's memory limits: one size for every GPU (70GiB) or per device "
+                                        "(0=70GiB,1=70GiB,cpu=200GiB); default: what is free")
     e.add_argument("--data_dir", default=os.environ.get("PTQ_DATA_DIR"),
                    help="local data folder (layout of ../shared/assets/data; default $PTQ_DATA_DIR); "
                         "unset = Hugging Face hub")
@@ -126,6 +131,7 @@ def common_config_kwargs(args: argparse.Namespace) -> dict:
         reload_matrix=args.reload_matrix, matrix_path=args.matrix_path, seed=args.seed, output_dir=args.output_dir,
         run_name=args.run_name,
         save_path=args.save_path, load_quantized=args.load_quantized,
+        distribute=args.distribute, max_memory=args.max_memory,
         log_wandb=args.log_wandb, wandb_project=args.wandb_project, wandb_group=args.wandb_group,
     )
 
@@ -154,17 +160,27 @@ def run_driver(parser: argparse.ArgumentParser, build_config, argv: list[str] | 
     """Parse, build the RunConfig, run the pipeline, print the Markdown line.
 
     Bad input (ValueError, missing files, unreachable models) ends with exit code 2 and one
-    line on stderr naming the problem, before any heavy work.
+    line on stderr naming the problem, before any heavy work. Under torchrun every rank
+    runs this; ranks other than 0 log only warnings and print nothing (rank 0 reports).
     """
+    from calib import distributed
+    from models import resolve_device
     from pipeline import run
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s" if rank == 0 else
+                        f"[rank {rank}] %(levelname)s %(name)s: %(message)s")
     args = parser.parse_args(argv)
     try:
         cfg = build_config(args)
+        distributed.init(use_cuda=resolve_device(cfg.device).type == "cuda")
         result = run(cfg)
     except (ValueError, FileNotFoundError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}" if rank == 0 else f"error (rank {rank}): {err}", file=sys.stderr)
         return 2
-    print(result.markdown())
+    finally:
+        distributed.destroy()
+    if result is not None:
+        print(result.markdown())
     return 0

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoConfig
 
 import corpora
+from calib import distributed
 from calib import LayerwiseConfig, calibrate_layerwise, calibration_windows, quantize_weights_rtn
 from calib import fpq_search
 from configs import QuantRecipe, RunConfig
@@ -22,6 +23,7 @@ from evaluation import MAX_WINDOWS, evaluate_tasks, evaluation_tokens, perplexit
 from export import checkpoint_bytes, export_quantized, has_tokenizer, load_quantized, read_quantization_config
 from models import adapter_for, load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
 from models.loading import dtype_name, locate
+from models.placement import MemoryLimits, distribute, require_cuda
 from transforms import apply_transform
 
 from .fake_quant import attach_quantizers
@@ -82,12 +84,48 @@ def _calibrate_layerwise(cfg: RunConfig, model, adapter, tokenizer, calib_source
     return summary
 
 
+def _check_processes(cfg: RunConfig, splits_calibration: bool) -> None:
+    """Several torchrun processes only make sense for the layer-by-layer calibration; --distribute needs CUDA."""
+    world = distributed.world_size()
+    if world > 1 and not splits_calibration:
+        what = "a real-quantized checkpoint's evaluation" if cfg.load_quantized else f"this {cfg.quant.method} run"
+        raise ValueError(f"{world} processes under torchrun split the calibration windows of GPTQ and FlatQuant; "
+                         f"{what} has nothing to split: run it as one process (NPROC=1), and add --distribute to "
+                         f"evaluate across GPUs")
+    if cfg.distribute:
+        require_cuda()
+
+
+def _hand_over_to_main(device: torch.device) -> bool:
+    """After a calibration over several ranks only rank 0 goes on (export, evaluation, results).
+
+    The others free their GPU memory first (rank 0 may place the model there with
+    --distribute) and return False.
+    """
+    if not distributed.is_main() and device.type == "cuda":
+        torch.cuda.empty_cache()
+    distributed.barrier()
+    return distributed.is_main()
+
+
+def _distribute(cfg: RunConfig, model, adapter):
+    """--distribute: the model across the visible GPUs, within --max_memory."""
+    return distribute(model, adapter, MemoryLimits.parse(cfg.max_memory) if cfg.max_memory else None)
+
+
+def _device_label(cfg: RunConfig, device: torch.device) -> str:
+    if cfg.distribute:
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)} (--distribute)"
+    return device_name(device)
+
+
 def _ppl_sources(cfg: RunConfig) -> list:
     """The perplexity corpora, resolved (their files checked) before any model loads."""
     return [corpora.resolve(name, corpora.EVAL_SPLIT.get(name, "test"), cfg.data_dir) for name in cfg.ppl_datasets]
 
 
-def run(cfg: RunConfig) -> RunResult:
+def run(cfg: RunConfig) -> RunResult | None:
+    """Load, quantize, evaluate and record one run; ``None`` on the ranks other than 0 of a torchrun calibration."""
     if cfg.load_quantized:
         return run_loaded(cfg)
     t_start = time.perf_counter()
@@ -97,7 +135,8 @@ def run(cfg: RunConfig) -> RunResult:
     fpq = cfg.quant.method == "fpq"
     calibrates = gptq or (fpq and not cfg.only_eval)
     calib_source = corpora.resolve(cfg.calib_dataset, "train", cfg.data_dir) if calibrates else None
-    device = resolve_device(cfg.device)
+    _check_processes(cfg, splits_calibration=gptq)
+    device = distributed.rank_device(resolve_device(cfg.device))
     config = load_config(loc)
     adapter = adapter_for(config)
     cfg.check_model(config, adapter)
@@ -120,8 +159,9 @@ def run(cfg: RunConfig) -> RunResult:
     timings = {}
     t = time.perf_counter()
     tokenizer = load_tokenizer(loc)
-    # GPTQ and the LLM-FP4 search keep the model on the CPU and bring one block at a time to the device.
-    model = load_model(loc, dtype, torch.device("cpu") if gptq or fpq else device)
+    # GPTQ and the LLM-FP4 search keep the model on the CPU and bring one block at a time to the device;
+    # --distribute places it across the GPUs once it is quantized.
+    model = load_model(loc, dtype, torch.device("cpu") if gptq or fpq or cfg.distribute else device)
     timings["load_s"] = time.perf_counter() - t
     fpq_meta = None
     if fpq:
@@ -146,7 +186,10 @@ def run(cfg: RunConfig) -> RunResult:
     if gptq:
         calibration = _calibrate_layerwise(cfg, model, adapter, tokenizer, calib_source, device,
                                            calibration_fingerprint(cfg, loc, dtype))
-        model.to(device)
+        if not _hand_over_to_main(device):
+            return None
+        if not cfg.distribute:
+            model.to(device)
     elif fpq:
         q = cfg.quant
         fpq_search.configure_quantizers(model, adapter, q.weight, q.activation, q.key, q.value, q.fpq)
@@ -156,7 +199,8 @@ def run(cfg: RunConfig) -> RunResult:
             calibration = {"variant": q.fpq.variant, "ptq_param_path": cfg.ptq_param_path, "loaded": True}
         else:
             calibration = calibrate_fpq(cfg, model, adapter, tokenizer, calib_source, device, fpq_meta)
-            model.to(device)
+            if not cfg.distribute:
+                model.to(device)
     elif cfg.quant.weight is not None:
         quantize_weights_rtn(model)
     if device.type == "cuda":
@@ -171,11 +215,13 @@ def run(cfg: RunConfig) -> RunResult:
         log.info("wrote the real-quantized checkpoint %s (%.1f MiB)", checkpoint, size / 2**20)
         calibration = {**(calibration or {}), "checkpoint": checkpoint, "checkpoint_bytes": size}
 
+    if cfg.distribute:
+        model = _distribute(cfg, model, adapter)
     metrics = _evaluate(cfg, model, tokenizer, ppl_sources, lm_eval_tasks, timings)
     timings["total_s"] = time.perf_counter() - t_start
     return _record(cfg, loc.gguf_file or os.path.basename(loc.path.rstrip("/")), cfg.quant.to_dict(),
                    {**cfg.to_dict(), "quant_label": cfg.quant.label, "dtype_resolved": dtype_name(dtype)},
-                   metrics, timings, device, calibration)
+                   metrics, timings, _device_label(cfg, device), calibration)
 
 
 def _evaluate(cfg: RunConfig, model, tokenizer, ppl_sources, lm_eval_tasks, timings: dict) -> dict[str, dict]:
@@ -199,7 +245,7 @@ def _evaluate(cfg: RunConfig, model, tokenizer, ppl_sources, lm_eval_tasks, timi
 
 
 def _record(cfg: RunConfig, model_name: str, recipe: dict, config: dict, metrics: dict, timings: dict,
-            device: torch.device, calibration: dict | None) -> RunResult:
+            device: str, calibration: dict | None) -> RunResult:
     result = RunResult(
         run_name=cfg.run_name or default_run_name(cfg),
         model=model_name,
@@ -207,7 +253,7 @@ def _record(cfg: RunConfig, model_name: str, recipe: dict, config: dict, metrics
         config=config,
         metrics=metrics,
         timings={k: round(v, 3) for k, v in timings.items()},
-        device=device_name(device),
+        device=device,
         calibration=calibration,
     )
     path = result.write_json(cfg.output_dir)
@@ -226,10 +272,13 @@ def run_loaded(cfg: RunConfig) -> RunResult:
         raise ValueError(f"{cfg.load_quantized} has no tokenizer files: export it again with its tokenizer")
     ppl_sources = _ppl_sources(cfg)
     lm_eval_tasks = prepare_tasks(cfg.tasks, cfg.tasks_data_dir, cfg.num_fewshot) if cfg.tasks else None
+    _check_processes(cfg, splits_calibration=False)
     device = resolve_device(cfg.device)
     timings = {}
     t = time.perf_counter()
-    model, tokenizer, qc = load_quantized(cfg.load_quantized, device)
+    model, tokenizer, qc = load_quantized(cfg.load_quantized, torch.device("cpu") if cfg.distribute else device)
+    if cfg.distribute:
+        model = _distribute(cfg, model, adapter_for(model.config))
     timings["load_s"] = time.perf_counter() - t
     metrics = _evaluate(cfg, model, tokenizer, ppl_sources, lm_eval_tasks, timings)
     timings["total_s"] = time.perf_counter() - t_start
@@ -237,5 +286,5 @@ def run_loaded(cfg: RunConfig) -> RunResult:
     name = os.path.basename(os.path.abspath(cfg.load_quantized))
     return _record(cfg, name, qc["recipe"], {**cfg.to_dict(), "quant_label": recipe.label, "real_quant": True,
                                              "dtype_resolved": qc["dtype"]},
-                   metrics, timings, device, {"checkpoint": cfg.load_quantized,
+                   metrics, timings, _device_label(cfg, device), {"checkpoint": cfg.load_quantized,
                                               "checkpoint_bytes": checkpoint_bytes(cfg.load_quantized)})

@@ -15,6 +15,12 @@ DTYPE=${DTYPE:-"auto"}
 DEVICE=${DEVICE:-"auto"}
 LOG_WANDB=${LOG_WANDB:-0}
 OUTPUT_DIR=${OUTPUT_DIR:-"results"}
+# Several GPUs: NPROC>1 splits GPTQ/FlatQuant calibration windows over NPROC torchrun ranks (quantize.sh);
+# DISTRIBUTE=1 evaluates with the model placed across all GPUs, within MAX_MEMORY (e.g. "0=70GiB,1=70GiB,cpu=200GiB")
+NPROC=${NPROC:-1}
+DISTRIBUTE=${DISTRIBUTE:-0}
+MAX_MEMORY=${MAX_MEMORY:-""}
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}   # NVLink multicast stays off
 
 COMMON_ARGS=(--model "${MODEL}" --ppl_datasets "${PPL_DATASETS}" --seqlen "${SEQLEN}" --dtype "${DTYPE}"
              --device "${DEVICE}" --output_dir "${OUTPUT_DIR}")
@@ -26,4 +32,15 @@ if [[ -n $DATA_DIR ]]; then
 fi
 if [[ $LOG_WANDB == 1 ]]; then
     COMMON_ARGS+=(--log_wandb)
+fi
+if [[ $DISTRIBUTE == 1 ]]; then
+    COMMON_ARGS+=(--distribute)
+fi
+if [[ -n $MAX_MEMORY ]]; then
+    COMMON_ARGS+=(--max_memory "${MAX_MEMORY}")
+fi
+# How a driver is started: one process, or NPROC ranks under torchrun (one per GPU).
+LAUNCH=("$PYTHON")
+if [[ $NPROC -gt 1 ]]; then
+    LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "${NPROC}")
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quantize and evaluate a model with model_quant.py; every knob is an environment variable.
 # e.g.  MODEL=models_local/SmolLM2-135M-Instruct FORMAT=nvfp W_BITS=4 A_BITS=4 KV_BITS=4 bash scripts/quantize.sh
+#       NPROC=2 GPTQ=1 DISTRIBUTE=1 MODEL=... bash scripts/quantize.sh   (GPTQ over 2 GPUs, evaluation across both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/common.sh
@@ -49,7 +50,7 @@ fi
 
 export WANDB_RUN_GROUP=${WANDB_RUN_GROUP:-"$(basename "${MODEL}")-${FORMAT}"}
 
-$PYTHON model_quant.py "${COMMON_ARGS[@]}" \
+"${LAUNCH[@]}" model_quant.py "${COMMON_ARGS[@]}" \
     --format="${FORMAT}" \
     --w_bits="${W_BITS}" \
     --a_bits="${A_BITS}" \

@@ -18,16 +18,10 @@ from models.adapter import adapter_for
 from pipeline.fake_quant import attach_quantizers
 from quant_layers import ensure_quant_linear
 from quant_layers.linear import QuantLinear
-from quant_layers.quantizer import QuantSpec
+from calibration_helpers import FLATQUANT_W4A4KV4, learned_state
 from transforms.flatquant import KeyTransform, KroneckerAffine
 
-W4A4KV4 = QuantRecipe(
-    weight=QuantSpec("int", 4, granularity="channel"),
-    activation=QuantSpec("int", 4, granularity="token"),
-    key=QuantSpec("int", 4, granularity="head", symmetric=False),
-    value=QuantSpec("int", 4, granularity="head", symmetric=False),
-    method="flatquant",
-)
+W4A4KV4 = FLATQUANT_W4A4KV4
 FLAT = FlatQuantConfig(epochs=2, cali_bsz=2)
 FINGERPRINT = {"recipe": "w4a4kv4-flatquant", "model": "tiny-llama"}
 
@@ -47,17 +41,8 @@ def calib_ids(nsamples: int = 4, seqlen: int = 16) -> torch.Tensor:
     return torch.randint(0, 2048, (nsamples, seqlen), generator=torch.Generator().manual_seed(0))
 
 
-def state(model) -> dict[str, torch.Tensor]:
-    """Parameters (transforms included) and each linear's activation clip ratio."""
-    out = {k: v.detach().clone() for k, v in model.named_parameters()}
-    for name, m in model.named_modules():
-        if isinstance(m, QuantLinear) and m.act_quantizer is not None:
-            out[f"{name}.act_clip_ratio"] = torch.tensor(m.act_quantizer.spec.clip_ratio)
-    return out
-
-
 def assert_same_state(a: dict[str, torch.Tensor], model) -> None:
-    b = state(model)
+    b = learned_state(model)
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"differ: {different[:5]}"
@@ -71,7 +56,7 @@ def flat_reference(tiny_models, tmp_path_factory):
     config = LayerwiseConfig(method="flatquant", flatquant=FLAT, batch_size=2, progress_dir=str(root / "progress"),
                              fingerprint=FINGERPRINT, matrix_dir=str(root / "matrices"))
     report = calibrate_layerwise(model, adapter, calib_ids(), "cpu", config)
-    return state(model), report, config
+    return learned_state(model), report, config
 
 
 def test_runner_trains_every_block_and_records_it(flat_reference):
