@@ -33,9 +33,9 @@ from models import adapter_for
 from quant_layers import QuantLinear, Quantizer, install_attention_wrapper, install_kv_quantization
 from quant_layers.formats import E4M3
 from quant_layers.fused_linear import fuse_shared_input_linears
-from quant_layers.packing import encode, pack_planes
+from quant_layers.packing import encode, pack_planes, plane_bits
 from quant_layers.quantizer import QuantParams
-from quant_layers.real_linear import RealQuantLinear, RealQuantScheme
+from quant_layers.real_linear import RealQuantLinear, RealQuantScheme, check_scheme_pair
 from transforms.flatquant import KeyTransform, KroneckerAffine
 from transforms.rotation import DenseRotation, HadamardRotation
 
@@ -60,6 +60,7 @@ def _scheme_of(module: QuantLinear, name: str) -> tuple[RealQuantScheme, RealQua
     act = None
     if module.act_quantizer is not None:
         act = RealQuantScheme.from_spec(module.act_quantizer.spec, "activation", module.in_features)
+    check_scheme_pair(weight, act)
     return weight, act
 
 
@@ -348,7 +349,7 @@ def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.d
             raise ValueError(f"{name}.qweight is {tuple(parts['qweight'].shape)}, the model needs "
                              f"{tuple(module.qweight.shape)}: the checkpoint does not match its config")
         module.qweight.copy_(parts["qweight"])
-        if weight.bits > 4:
+        if len(plane_bits(weight.bits)) > 1:
             if "qweight_high" not in parts or parts["qweight_high"].shape != module.qweight_high.shape:
                 raise ValueError(f"checkpoint {path}: {name}.qweight_high is missing or misshapen for "
                                  f"{weight.bits}-bit codes: export it again")

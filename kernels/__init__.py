@@ -12,6 +12,7 @@ dispatching on the tensors' device:
   decode-sized M on a GPU).
 - ``unpack_fp8`` and ``fp8_gemm.w4a4_matmul_fp8``: the prefill path for per-row scales,
   codes widened to FP8 and cuBLAS's row-wise scaled FP8 GEMM.
+- ``w8a8_linear``: INT8 per-token activations x INT8 per-channel weights (``int8_gemm``).
 - ``fpx_matmul``: float activations x FP4 / FP5 / FP6 weights in bit planes (FP6-LLM
   style, per-channel scales) -> (..., N).
 
@@ -33,7 +34,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BACKENDS", "PATHS", "fpx_matmul", "quantize_activations", "unpack_fp8", "w4a4_linear", "w4a4_matmul"]
+__all__ = ["BACKENDS", "PATHS", "fpx_matmul", "quantize_activations", "unpack_fp8", "w4a4_linear", "w4a4_matmul",
+           "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
 PATHS = ("packed", "fp8")
@@ -150,6 +152,15 @@ def w4a4_matmul(
 
     return w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                            a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype)
+
+
+def w8a8_linear(x: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, *, clip_ratio: float = 1.0,
+                bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(M, N) = Q8(x) @ (w * w_scale).T (+ bias): x's rows quantized to INT8 per token, then the int8 product."""
+    from .int8_gemm import quantize_rows_int8, w8a8_matmul
+
+    a, a_scale = quantize_rows_int8(x, clip_ratio)
+    return w8a8_matmul(a, a_scale, w_codes, w_scale, bias, out_dtype)
 
 
 def fpx_matmul(

@@ -2,7 +2,8 @@
 
 A code is the bit pattern of one element, as it sits in a real-quantized tensor:
 
-- INT4 (signed, symmetric): two's complement, levels -8..7 -> codes 8..15, 0..7.
+- INT4 (signed, symmetric): two's complement, levels -8..7 -> codes 8..15, 0..7; INT8
+  likewise, levels -128..127 -> one byte each.
 - UINT4 (asymmetric INT4, with a zero point): the level 0..15 itself.
 - FP ExMy of 3 to 8 bits with the default bias and every code finite (FP4 E2M1 / E3M0,
   FP5 E2M2 / E3M1, FP6 E3M2 / E2M3, ...): the format's own bit pattern, the sign at bit
@@ -15,7 +16,7 @@ FP6-LLM stores FP6 weights, so that a kernel reads whole, aligned bytes and stor
 exactly n bits per element (``pack_planes``): a 4-bit plane holding bits 0-3 of every
 code (packed as ``pack`` does), then bit 4 eight codes per byte (5 bits, element ``8i + j``
 in bit ``j`` of byte ``i``) or bits 4-5 four codes per byte (6 bits, element ``4i + j``
-in bits ``2j``, ``2j + 1`` of byte ``i``).
+in bits ``2j``, ``2j + 1`` of byte ``i``). 8-bit codes are one plane, one code per byte.
 
 Values must already lie on the grid (quantize first): encoding a value that is not on
 it is an error, not a rounding.
@@ -28,10 +29,12 @@ import torch
 from .formats import FPFormat, IntFormat, NumberFormat, fp_format
 
 INT4 = IntFormat(4)
+INT8 = IntFormat(8)
 UINT4 = IntFormat(4, signed=False)
+SIGNED_INTS = (INT4, INT8)  # two's complement codes
 CODE_BITS = range(3, 9)  # FP elements with codes: 3 to 8 bits
 # Bits of a code held by each plane, by code width: the low 4 bits first.
-PLANE_BITS = {4: (4,), 5: (4, 1), 6: (4, 2)}
+PLANE_BITS = {4: (4,), 5: (4, 1), 6: (4, 2), 8: (8,)}
 
 
 def _has_fp_codes(element: NumberFormat) -> bool:
@@ -41,13 +44,13 @@ def _has_fp_codes(element: NumberFormat) -> bool:
 
 def code_values(element: NumberFormat) -> torch.Tensor:
     """The value of each of the 2^bits codes, float32, indexed by code (code 2^(bits-1) is -0.0)."""
-    if element == INT4:
-        codes = torch.arange(16)
-        return torch.where(codes < 8, codes, codes - 16).float()
+    if element in SIGNED_INTS:
+        codes = torch.arange(2**element.bits)
+        return torch.where(codes < 2 ** (element.bits - 1), codes, codes - 2**element.bits).float()
     if element == UINT4:  # asymmetric INT4: the code is the level
         return torch.arange(16).float()
     if not _has_fp_codes(element):
-        raise ValueError(f"codes exist for int4 and for FP elements of 3 to 8 bits with the default bias and no "
+        raise ValueError(f"codes exist for int4, int8 and for FP elements of 3 to 8 bits with the default bias and no "
                          f"NaN/inf codes (e2m1, e3m2, e2m3, ...), not {element.name}")
     man_bits = element.man_bits
     codes = torch.arange(2**element.bits)
@@ -62,10 +65,11 @@ def code_values(element: NumberFormat) -> torch.Tensor:
 def encode(values: torch.Tensor, element: NumberFormat) -> torch.Tensor:
     """Codes (uint8, 0..2^bits-1) of values that lie on ``element``'s grid (any float dtype)."""
     v = values.float()
-    if element == INT4:
-        if not torch.equal(v, v.round()) or v.min() < -8 or v.max() > 7:
-            raise ValueError("int4 encoding takes integers in [-8, 7]: quantize the tensor first")
-        return (v.to(torch.int16) & 0xF).to(torch.uint8)
+    if element in SIGNED_INTS:
+        low, high = element.min_level, element.max_level
+        if not torch.equal(v, v.round()) or v.min() < low or v.max() > high:
+            raise ValueError(f"{element.name} encoding takes integers in [{low}, {high}]: quantize the tensor first")
+        return (v.to(torch.int16) & (2**element.bits - 1)).to(torch.uint8)
     if element == UINT4:
         if not torch.equal(v, v.round()) or v.min() < 0 or v.max() > 15:
             raise ValueError("uint4 encoding takes integers in [0, 15]: quantize the tensor first")
@@ -102,9 +106,9 @@ def unpack(packed: torch.Tensor) -> torch.Tensor:
 
 
 def plane_bits(bits: int) -> tuple[int, ...]:
-    """Bits per code held by each plane of ``bits``-bit codes (4, 5 or 6)."""
+    """Bits per code held by each plane of ``bits``-bit codes (4, 5, 6 or 8)."""
     if bits not in PLANE_BITS:
-        raise ValueError(f"bit planes hold 4-, 5- or 6-bit codes, got bits={bits}")
+        raise ValueError(f"bit planes hold 4-, 5-, 6- or 8-bit codes, got bits={bits}")
     return PLANE_BITS[bits]
 
 
@@ -130,7 +134,7 @@ def _unpack_fields(plane: torch.Tensor, width: int) -> torch.Tensor:
 def pack_planes(codes: torch.Tensor, bits: int) -> tuple[torch.Tensor, ...]:
     """uint8 bit planes of ``bits``-bit codes along the last dimension (see the module docstring).
 
-    4 bits gives one plane, equal to ``pack(codes)``; 5 and 6 bits give two.
+    4 bits gives one plane, equal to ``pack(codes)``; 5 and 6 bits give two; 8 bits one, the codes.
     """
     widths, multiple = plane_bits(bits), plane_multiple(bits)
     length = codes.shape[-1]
@@ -168,8 +172,8 @@ def unpack_planes(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], bits: i
 
 
 def _element_names() -> dict[str, NumberFormat]:
-    """int4 and every FP ExMy with codes, e.g. e2m1, e3m2, e2m3 (not OCP FP8 E4M3 / E5M2: they have NaN codes)."""
-    names: dict[str, NumberFormat] = {"int4": INT4}
+    """int4, int8 and every FP ExMy with codes, e.g. e2m1, e3m2, e2m3 (not OCP FP8 E4M3 / E5M2: they have NaN codes)."""
+    names: dict[str, NumberFormat] = {"int4": INT4, "int8": INT8}
     for bits in CODE_BITS:
         for exp_bits in range(1, bits):
             fmt = fp_format(exp_bits, bits - 1 - exp_bits)

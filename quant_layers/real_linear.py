@@ -16,6 +16,7 @@ from torch import nn
 
 import kernels
 
+from .packing import plane_bits
 from .quantizer import BLOCK_GROUP_SIZE, QuantSpec
 
 SCALE_KINDS = {"nvfp": "e4m3", "mxfp": "e8m0"}
@@ -58,8 +59,10 @@ class RealQuantScheme:
         per channel run on the FPx kernel.
         """
         fpx = weight_only and what == "weight" and spec.format == "fp" and spec.granularity == "channel"
+        int8 = (not weight_only and spec.format == "int" and spec.bits == 8
+                and spec.granularity == ("channel" if what == "weight" else "token"))
         problems = []
-        if spec.bits not in (FPX_BITS if fpx else (4,)):
+        if spec.bits not in (FPX_BITS if fpx else (8,) if int8 else (4,)):
             problems.append(f"{spec.bits}-bit")
         if spec.format in ("fp", "mxfp") and spec.exp_bits != 2 and not fpx:
             problems.append(f"E{spec.exp_bits}M{spec.bits - 1 - spec.exp_bits} elements")
@@ -75,10 +78,11 @@ class RealQuantScheme:
             raise ValueError(
                 f"real quantization has no kernel for {what}s quantized as {spec.label} ({', '.join(problems)}): "
                 f"the kernels take 4-bit symmetric INT4 / FP4 E2M1 per channel, per token or in groups, NVFP4 and "
-                f"MXFP4, and weight-only FP4/FP5/FP6 per channel (e.g. --format fp --w_bits 6 --w_exp_bits 3)"
+                f"MXFP4, weight-only FP4/FP5/FP6 per channel (e.g. --format fp --w_bits 6 --w_exp_bits 3), and W8A8: "
+                f"INT8 weights per channel with INT8 activations per token"
             )
         if spec.format == "int":
-            element = "int4"
+            element = f"int{spec.bits}"
         else:
             element = f"e{spec.exp_bits}m{spec.bits - 1 - spec.exp_bits}"
         if spec.format in BLOCK_GROUP_SIZE:
@@ -97,13 +101,22 @@ class RealQuantScheme:
         return cls(element, group, SCALE_KINDS.get(spec.format, "float"), clip, spec.bits)
 
 
+def check_scheme_pair(weight: RealQuantScheme, act: RealQuantScheme | None) -> None:
+    """INT8 goes only with INT8: the W8A8 product takes 8-bit weights and 8-bit activations together."""
+    if (weight.element == "int8") != (act is not None and act.element == "int8"):
+        raise ValueError(f"real quantization runs INT8 as W8A8 only (INT8 weights per channel with INT8 activations "
+                         f"per token), got {weight.element} weights with "
+                         f"{'unquantized' if act is None else act.element} activations: use --w_bits 8 --a_bits 8 "
+                         f"with --format int, or 4-bit formats")
+
+
 def check_real_quant_recipe(recipe) -> None:
     """Raise (before any model loads) if a recipe's linears cannot be packed and run on the kernels."""
     if recipe.weight is None:
         raise ValueError("real quantization packs 4-bit weights: set --w_bits 4 (or --qbits 4 ...)")
-    RealQuantScheme.from_spec(recipe.weight, "weight", 0, weight_only=recipe.activation is None)
-    if recipe.activation is not None:
-        RealQuantScheme.from_spec(recipe.activation, "activation", 0)
+    weight = RealQuantScheme.from_spec(recipe.weight, "weight", 0, weight_only=recipe.activation is None)
+    act = None if recipe.activation is None else RealQuantScheme.from_spec(recipe.activation, "activation", 0)
+    check_scheme_pair(weight, act)
 
 
 class RealQuantLinear(nn.Module):
@@ -119,13 +132,17 @@ class RealQuantLinear(nn.Module):
         super().__init__()
         if in_features % 2:
             raise ValueError(f"packed 4-bit weights need an even input dimension, got {in_features}")
+        check_scheme_pair(weight, act)
         self.in_features, self.out_features = in_features, out_features
         self.weight_scheme, self.act_scheme = weight, act
         groups = in_features // weight.group if weight.group else 1
-        self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
-        if weight.bits > 4:  # the high bits of 5/6-bit codes: a 1- or 2-bit plane
-            high = weight.bits - 4
-            self.register_buffer("qweight_high", torch.zeros(out_features, in_features * high // 8, dtype=torch.uint8))
+        # Bit planes (packing.plane_bits): 4 bits per code, plus a 1- or 2-bit plane for 5/6-bit codes; 8-bit
+        # codes are one byte each.
+        low, *high = plane_bits(weight.bits)
+        self.register_buffer("qweight", torch.zeros(out_features, in_features * low // 8, dtype=torch.uint8))
+        if high:
+            self.register_buffer("qweight_high", torch.zeros(out_features, in_features * high[0] // 8,
+                                                             dtype=torch.uint8))
         self.register_buffer("weight_scale", torch.zeros(out_features, groups, dtype=torch.float32))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
         self.input_transform: nn.Module | None = None
@@ -152,6 +169,10 @@ class RealQuantLinear(nn.Module):
             return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
         rows = x.reshape(-1, self.in_features)
         a = self.act_scheme
+        if a.element == "int8":
+            out = kernels.w8a8_linear(rows, self.qweight, self.weight_scale, clip_ratio=a.clip_ratio, bias=self.bias,
+                                      out_dtype=x.dtype)
+            return out.reshape(*x.shape[:-1], self.out_features)
         out = kernels.w4a4_linear(rows, self.qweight, self.weight_scale, a_element=a.element,
                                   w_element=self.weight_scheme.element, a_group=a.group,
                                   w_group=self.weight_scheme.group, scale_kind=a.scale_kind, clip_ratio=a.clip_ratio,

@@ -69,6 +69,8 @@ RECIPES = {
     "fp6-e3m2-weight-only": QuantRecipe(weight=QuantSpec("fp", 6, exp_bits=3, granularity="channel")),
     "fp5-e2m2-weight-only": QuantRecipe(weight=QuantSpec("fp", 5, exp_bits=2, granularity="channel")),
     "fp4-e2m1-weight-only": QuantRecipe(weight=spec("fp", "channel")),
+    "int8-w8a8": QuantRecipe(weight=QuantSpec("int", 8, granularity="channel"),
+                             activation=QuantSpec("int", 8, granularity="token")),
 }
 
 
@@ -449,3 +451,38 @@ def test_fused_linears_serve_each_part_once_per_input():
     group.output(0, x)
     group.output(0, x)  # the same part twice for one input: a new product, not a stale one
     assert len(calls) == 4
+
+
+def test_int8_codes_are_two_s_complement_bytes():
+    from quant_layers.packing import INT8, code_values, pack_planes
+
+    levels = torch.arange(-128, 128).float()
+    codes = encode(levels, INT8)
+    assert torch.equal(codes.view(torch.int8).float(), levels) and torch.equal(decode(codes, INT8), levels)
+    assert torch.equal(code_values(INT8)[codes.long()], levels)
+    assert torch.equal(pack_planes(codes.reshape(2, 128), 8)[0], codes.reshape(2, 128))
+    with pytest.raises(ValueError, match=r"int8 encoding takes integers in \[-128, 127\]"):
+        encode(torch.tensor([128.0]), INT8)
+
+
+@pytest.mark.parametrize("weight_bits, act_bits", [(8, None), (8, 4), (4, 8)])
+def test_int8_runs_only_as_w8a8(weight_bits, act_bits):
+    from quant_layers.real_linear import check_real_quant_recipe
+
+    act = None if act_bits is None else QuantSpec("int", act_bits, granularity="token")
+    recipe = QuantRecipe(weight=QuantSpec("int", weight_bits, granularity="channel"), activation=act)
+    with pytest.raises(ValueError, match="INT8" if weight_bits == 8 and act_bits is None else "W8A8"):
+        check_real_quant_recipe(recipe)
+
+
+def test_w8a8_export_decodes_greedily_like_the_float_model(tiny_models, tmp_path):
+    """INT8 weights and activations barely move the logits: greedy decoding keeps the float model's tokens."""
+    recipe = RECIPES["int8-w8a8"]
+    float_model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32).eval()
+    path = export_quantized(fake_quantized(tiny_models["llama"], recipe), None, recipe, str(tmp_path / "ckpt"))
+    loaded = load_quantized(path)[0]
+    ids = torch.randint(0, 2048, (1, 8), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = float_model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=0)
+        got = loaded.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert torch.equal(got, want)
