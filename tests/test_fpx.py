@@ -39,7 +39,7 @@ def test_kernel_is_built_for_the_interpreter():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [n for n in ELEMENT_OF if n != "int4"])
+@pytest.mark.parametrize("name", [n for n in ELEMENT_OF if not n.startswith("int")])
 def test_code_values_are_the_grid(name):
     fmt = element_named(name)
     values = code_values(fmt)
@@ -75,7 +75,7 @@ def test_encode_decode_round_trip_every_code(name):
     codes = torch.arange(2**fmt.bits, dtype=torch.uint8)
     values = decode(codes, fmt)
     positive_zero = codes.clone()
-    if name != "int4":
+    if not name.startswith("int"):
         positive_zero[2 ** (fmt.bits - 1)] = 0  # negative zero encodes as code 0
     assert torch.equal(encode(values, fmt), positive_zero)
     assert torch.equal(encode(values.bfloat16(), fmt), positive_zero)  # every value is exact in bfloat16
@@ -87,7 +87,7 @@ def test_encode_refuses_values_off_the_grid_and_formats_without_codes():
     with pytest.raises(ValueError, match="quantize the tensor first"):
         encode(torch.tensor([32.0]), element_named("e3m2"))
     for fmt in [fp_format(4, 3), fp_format(5, 2), FPFormat(3, 2, bias=2.5)]:
-        with pytest.raises(ValueError, match="codes exist for int4 and for FP elements"):
+        with pytest.raises(ValueError, match="codes exist for int4, int8 and for FP elements"):
             code_values(fmt)
     with pytest.raises(ValueError, match="unknown element 'e4m3'"):
         element_named("e4m3")
@@ -131,7 +131,7 @@ def test_planes_need_whole_bytes(bits, length, multiple):
 
 
 def test_plane_errors():
-    with pytest.raises(ValueError, match="4-, 5- or 6-bit codes, got bits=7"):
+    with pytest.raises(ValueError, match="4-, 5-, 6- or 8-bit codes, got bits=7"):
         pack_planes(torch.zeros(8, dtype=torch.uint8), 7)
     with pytest.raises(ValueError, match=r"5-bit codes lie in \[0, 31\]"):
         pack_planes(torch.full((8,), 32, dtype=torch.uint8), 5)
