@@ -11,6 +11,9 @@ registers and fed to the tensor cores in a format that holds every 4-bit value e
 - K steps of 16 (16-element scale groups: NVFP4, int4 g16): tensor-core int8/fp8 dots
   need K >= 32, so the codes go through fp16 (exact) and each step is one fp16 dot.
 
+For decode-sized M a second grid axis splits the K steps: each split scales its partial
+product and adds it atomically into a zeroed fp32 output (cast to the output dtype after).
+
 Per-row scales (groups 0) multiply the accumulator once, in the epilogue, and each K step
 is two dots, low nibbles times low nibbles and high times high (no register shuffle to
 interleave them). Group scales change along K: the K loop then steps through at most one
