@@ -145,33 +145,72 @@ def decode_tokens_per_s(model, mode: str, batch: int, seqlen: int, steps: int, d
     return batch * steps / (time.perf_counter() - start)
 
 
-@torch.no_grad()
+class StaticDecoder:
+    """Greedy decoding from a static cache, one token per ``step()``: eagerly, or after ``capture()`` as
+    replays of one captured CUDA graph (the token and its position are updated in place between steps)."""
+
+    @torch.no_grad()
+    def __init__(self, model, ids: torch.Tensor, steps: int) -> None:
+        seqlen = ids.shape[1]
+        self.model = model
+        self.cache = StaticCache(config=model.config, max_cache_len=seqlen + steps + 2)
+        logits = model(ids, past_key_values=self.cache, cache_position=torch.arange(seqlen, device=ids.device)).logits
+        self.token = logits[:, -1:].argmax(-1)
+        self.position = torch.tensor([seqlen], device=ids.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.following: torch.Tensor | None = None
+
+    def _forward(self) -> torch.Tensor:
+        return self.model(self.token, past_key_values=self.cache, cache_position=self.position).logits[:, -1:].argmax(-1)
+
+    @torch.no_grad()
+    def warm_up(self, times: int = 2) -> None:
+        """Run the step's forward ``times`` without decoding (the Triton kernels autotune here).
+
+        The forwards write the cache slot of the current position, which the next step writes
+        again; a cache that counts its own length (transformers >= 5.2x) gets its count back.
+        """
+        counters = [(layer.cumulative_length, layer.cumulative_length.clone()) for layer in self.cache.layers
+                    if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor)]
+        for _ in range(times):
+            self._forward()
+        for counter, saved in counters:
+            counter.copy_(saved)
+
+    @torch.no_grad()
+    def capture(self) -> None:
+        """Warm up on a side stream, then capture one step (capturing runs nothing)."""
+        device = self.token.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            self.warm_up()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.following = self._forward()
+
+    @torch.no_grad()
+    def step(self) -> torch.Tensor:
+        """Decode one token; returns it, (batch, 1)."""
+        if self.graph is None:
+            following = self._forward()
+        else:
+            self.graph.replay()
+            following = self.following
+        self.token.copy_(following)
+        self.position.add_(1)
+        return self.token
+
+
 def graph_decode_tokens_per_s(model, batch: int, seqlen: int, steps: int, device: torch.device) -> float:
     """Greedy decode with a static cache, each step one replay of a captured CUDA graph."""
-    cache = StaticCache(config=model.config, max_cache_len=seqlen + steps + 2)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), device=device)
-    logits = model(ids, past_key_values=cache, cache_position=torch.arange(seqlen, device=device)).logits
-    token = logits[:, -1:].argmax(-1)
-    position = torch.tensor([seqlen], device=device)
-
-    def step() -> torch.Tensor:
-        return model(token, past_key_values=cache, cache_position=position).logits[:, -1:].argmax(-1)
-
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):  # warm-up (and autotuning) outside the capture; writes slot `seqlen`, rewritten
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        following = step()
+    decoder = StaticDecoder(model, torch.randint(0, model.config.vocab_size, (batch, seqlen), device=device), steps)
+    decoder.capture()
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        graph.replay()
-        token.copy_(following)
-        position.add_(1)
+        decoder.step()
     _sync(device)
     return batch * steps / (time.perf_counter() - start)
 
