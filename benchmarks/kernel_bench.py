@@ -172,7 +172,7 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
         quantize = functools.partial(kernels.quantize_activations, x, element, group, kind, backend="triton")
         rows.append(row(n, m, k, f"{name} gemm", time_ms(lambda: gemm(*aq, *wq)), weight_bytes, check))
         rows.append(row(n, m, k, f"{name} quant+gemm", time_ms(lambda: gemm(*quantize(), *wq)), weight_bytes, check))
-        if fp8_ok and group == 0 and k % 16 == 0 and n % 16 == 0:
+        if fp8_ok and reference.fp8_path_fits(m, n, k, group, group):
             rows += fp8_path_rows(n, m, k, x, wq, name, element, time_ms)
     for r in rows:
         r["x_bf16"] = rows[0]["ms"] / r["ms"] if r["ms"] else None

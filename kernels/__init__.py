@@ -111,7 +111,8 @@ def w4a4_linear(
     K and N multiples of 16, bfloat16 out). None picks ``fp8`` for bfloat16 products of
     at least ``FP8_MIN_ROWS`` rows on the Triton backend where it fits, else ``packed``.
     """
-    from .fp8_gemm import fp8_path_fits, w4a4_matmul_fp8
+    from .fp8_gemm import w4a4_matmul_fp8
+    from .reference import fp8_path_fits
 
     if path is not None and path not in PATHS:
         raise ValueError(f"unknown path {path!r}: choose one of {', '.join(PATHS)} (or None for auto)")

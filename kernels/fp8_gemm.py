@@ -5,7 +5,7 @@ FP8 GEMM (``torch._scaled_mm``, out = diag(a_scale) (A @ W.T) diag(w_scale)) is 
 the W4A4 product with per-token and per-channel scales. On Hopper it runs on the FP8 tensor
 cores from pipelined shared memory, which our register-unpacking Triton GEMM cannot feed
 (``benchmarks/results/kernels_h200.md``). The activations arrive as 1-byte codes from the
-activation kernel (``quantize_activations(..., codes="fp8")``); the packed weight is
+activation kernel (``quantize_activations(..., fp8_codes=True)``); the packed weight is
 widened to FP8 by ``unpack_fp8``, one bandwidth-bound pass of 1.5 bytes per weight.
 
 Products of 4-bit values are exact and sums are fp32; the result is rounded once to
@@ -20,13 +20,11 @@ import triton.language as tl
 
 from quant_layers import packing
 
-from .reference import w4a4_element
+from .reference import FP8_ALIGNMENT, fp8_path_fits, w4a4_element
 from .w4a4_gemm import code_operand
 
 INTERPRET = triton.knobs.runtime.interpret
 FP8 = torch.float8_e4m3fn
-# cuBLAS FP8 GEMMs need K and N multiples of 16 (16-byte aligned rows).
-FP8_ALIGNMENT = 16
 
 
 @triton.jit
@@ -63,11 +61,6 @@ def unpack_fp8_triton(packed: torch.Tensor, element: str) -> torch.Tensor:
     _unpack_fp8_kernel[grid](packed, out, n, nbytes, packed.stride(0), out.stride(0), IS_INT4=element == "int4",
                              BLOCK_N=block_n, BLOCK_B=block_b, num_warps=4)
     return out.view(FP8)
-
-
-def fp8_path_fits(m: int, n: int, k: int, a_group: int, w_group: int) -> bool:
-    """Whether ``w4a4_matmul_fp8`` takes this product: per-row scales and aligned K, N."""
-    return a_group == 0 and w_group == 0 and k % FP8_ALIGNMENT == 0 and n % FP8_ALIGNMENT == 0 and m > 0
 
 
 def w4a4_matmul_fp8(a_fp8: torch.Tensor, a_scale: torch.Tensor, w_fp8: torch.Tensor, w_scale: torch.Tensor,

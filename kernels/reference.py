@@ -26,6 +26,15 @@ OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HADAMARD_BLOCKS = (16, 32, 64, 128, 256)
 
 
+# cuBLAS FP8 GEMMs need K and N multiples of 16 (16-byte aligned rows); the row-wise ones M too (padded).
+FP8_ALIGNMENT = 16
+
+
+def fp8_path_fits(m: int, n: int, k: int, a_group: int, w_group: int) -> bool:
+    """Whether the FP8 path (``fp8_gemm.w4a4_matmul_fp8``) takes this product: per-row scales and aligned K, N."""
+    return a_group == 0 and w_group == 0 and k % FP8_ALIGNMENT == 0 and n % FP8_ALIGNMENT == 0 and m > 0
+
+
 def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 

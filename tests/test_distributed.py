@@ -173,6 +173,41 @@ def test_windows_are_split_strided_and_steps_map_to_local_windows():
         distributed.Shard(1, 0, 2)
 
 
+def test_shard_refusals():
+    with pytest.raises(ValueError, match="rank 2 outside a world of 2"):
+        distributed.Shard(4, 2, 2)
+    with pytest.raises(ValueError, match="expected 4 windows, got 3"):
+        distributed.Shard(4, 0, 2).take(torch.zeros(3, 1))
+
+
+TORCHRUN = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+
+
+def test_joining_refuses_a_launch_that_is_not_torchrun(monkeypatch):
+    for key, value in TORCHRUN.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MASTER_PORT")
+    with pytest.raises(ValueError, match="WORLD_SIZE=2 is set but MASTER_PORT are not: start the processes with "
+                                         "torchrun"):
+        distributed.init(use_cuda=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs more local ranks than GPUs: a machine without CUDA")
+def test_joining_refuses_more_local_ranks_than_gpus(monkeypatch):
+    for key, value in TORCHRUN.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match="local rank 0 needs cuda:0, but 0 GPUs are visible"):
+        distributed.init(use_cuda=True)
+
+
+def test_a_rank_refuses_another_ranks_gpu(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ValueError, match=r"--device cuda:1 under torchrun: each rank uses cuda:LOCAL_RANK \(here cuda:0\)"):
+        distributed.rank_device(torch.device("cuda", 1))
+    assert distributed.rank_device(torch.device("cuda")) == torch.device("cuda", 0)
+
+
 def test_single_process_helpers_are_the_identity():
     t = torch.ones(3)
     assert distributed.world_size() == 1 and distributed.is_main()

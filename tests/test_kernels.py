@@ -343,6 +343,25 @@ def test_fp8_path_equals_the_packed_path(case, backend):
     torch.testing.assert_close(out.float(), packed_path.float(), rtol=2.0**-7, atol=1e-5 * want.abs().max().item())
 
 
+def test_fp8_path_refusals():
+    from kernels.fp8_gemm import w4a4_matmul_fp8
+
+    codes = torch.zeros(4, 24, dtype=torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="the FP8 GEMM needs K and N multiples of 16, got K=24, N=4"):
+        w4a4_matmul_fp8(codes, torch.ones(4, 1), codes, torch.ones(4, 1))
+    with pytest.raises(ValueError, match="packed codes must be a 2-D uint8 tensor, got torch.int32"):
+        kernels.unpack_fp8(torch.zeros(4, 8, dtype=torch.int32), "int4", backend="triton")
+    with pytest.raises(ValueError, match="unknown 4-bit element 'int8'"):
+        kernels.unpack_fp8(torch.zeros(4, 8, dtype=torch.uint8), "int8", backend="triton")
+
+
+def test_w8a8_matmul_refuses_unquantized_activations():
+    from kernels.int8_gemm import w8a8_matmul
+
+    with pytest.raises(ValueError, match="w8a8_matmul takes int8 activations .* got torch.float32"):
+        w8a8_matmul(torch.zeros(2, 16), torch.ones(2, 1), torch.zeros(4, 16, dtype=torch.uint8), torch.ones(4, 1))
+
+
 def test_w4a4_linear_path_choice_and_refusals():
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 4, 32, 64)
     x = torch.randn(300, 64, dtype=torch.bfloat16)
