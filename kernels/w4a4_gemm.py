@@ -11,8 +11,10 @@ registers and fed to the tensor cores in a format that holds every 4-bit value e
 - K steps of 16 (16-element scale groups: NVFP4, int4 g16): tensor-core int8/fp8 dots
   need K >= 32, so the codes go through fp16 (exact) and each step is one fp16 dot.
 
-For decode-sized M a second grid axis splits the K steps: each split scales its partial
-product and adds it atomically into a zeroed fp32 output (cast to the output dtype after).
+For decode-sized M with per-row scales, ``w4a4_gemv`` (CUDA cores, no tensor-core tiles)
+takes the product on a GPU. Otherwise a second grid axis splits the K steps at decode-sized
+M: each split scales its partial product and adds it atomically into a zeroed fp32 output
+(cast to the output dtype after).
 
 Per-row scales (groups 0) multiply the accumulator once, in the epilogue, and each K step
 is two dots, low nibbles times low nibbles and high times high (no register shuffle to
@@ -30,6 +32,7 @@ import triton
 import triton.language as tl
 
 from .reference import check_matmul_args
+from .w4a4_gemv import gemv_fits, w4a4_gemv_triton
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
@@ -229,17 +232,23 @@ def w4a4_matmul_triton(
     a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, a_group: int = 0, w_group: int = 0,
     bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16, out: torch.Tensor | None = None,
-    split_k: int = 1,
+    split_k: int = 1, gemv: bool | None = None,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.w4a4_matmul_ref``; writes into ``out`` (M, N) when given.
 
-    On a GPU, M <= DECODE_MAX_M runs the split-K decode configs (the autotuner picks the
-    split); ``split_k`` sets the split under the interpreter, where the tests run.
+    ``gemv``: whether ``w4a4_gemv`` takes the product (True where it cannot is an error);
+    None lets it take the products it fits on a GPU (up to ``GEMV_MAX_M`` rows, per-row
+    scales). Otherwise, on a GPU, M <= DECODE_MAX_M runs the split-K decode configs (the
+    autotuner picks the split); ``split_k`` sets the split under the interpreter, where the
+    tests run.
     """
     check_matmul_args(a_packed, a_scale, w_packed, w_scale, a_element, w_element, a_group, w_group, bias, out_dtype)
     if split_k < 1:
         raise ValueError(f"split_k must be a positive number of K splits, got {split_k}")
     m, n, k = a_packed.shape[0], w_packed.shape[0], 2 * a_packed.shape[1]
+    if gemv or (gemv is None and not INTERPRET and gemv_fits(m, k, a_group, w_group)):
+        return w4a4_gemv_triton(a_packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
+                                a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, out=out)
     if out is not None and (out.shape != (m, n) or out.dtype != out_dtype or out.stride(1) != 1):
         raise ValueError(f"out must be a ({m}, {n}) {out_dtype} tensor with unit column stride, "
                          f"got {out.dtype} with shape {tuple(out.shape)} and strides {out.stride()}")

@@ -294,6 +294,60 @@ def test_decode_configs_split_k_and_reset_their_output():
         w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, split_k=0, **kw)
 
 
+@pytest.mark.parametrize("shape", [(1, 40, 200, True, torch.bfloat16), (3, 40, 128, False, torch.float32),
+                                   (4, 24, 264, True, torch.float16)], ids=shape_id)
+@pytest.mark.parametrize("case", ["int4xint4", "e2m1xe2m1", "int4xe2m1"])
+def test_triton_gemv_equals_twin(case, shape):
+    """The decode kernel: ragged K (25 and 33 words against 4-word steps), ragged N, every entry written."""
+    m, n, k, with_bias, out_dtype = shape
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands(case, m, n, k)
+    bias = torch.randn(n) if with_bias else None
+    want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, bias=bias, out_dtype=out_dtype, **kw)
+    poisoned = torch.full((m, n), float("nan"), dtype=out_dtype)
+    out = w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, bias=bias, out_dtype=out_dtype,
+                                       out=poisoned, gemv=True, **kw)
+    assert out is poisoned and not out.isnan().any()
+    assert_matches_twin(out, want)
+
+
+def test_gemv_decodes_every_code_pair():
+    """All 16 x 16 code pairs of each element pairing, on the grid, sum to the twin's values."""
+    codes = torch.arange(16, dtype=torch.uint8)
+    a_codes, w_codes = codes.repeat_interleave(16), codes.repeat(16)  # K = 256: every (a, w) pair once
+    pack = lambda c: (c[0::2] | (c[1::2] << 4)).reshape(1, -1)  # noqa: E731
+    for a_el in ("int4", "e2m1"):
+        for w_el in ("int4", "e2m1"):
+            one = torch.ones(1, 1)
+            for a_packed, w_packed in ((pack(a_codes), pack(w_codes)), (pack(a_codes), pack(a_codes))):
+                got = w4a4_gemm.w4a4_matmul_triton(a_packed, one, w_packed, one, a_element=a_el, w_element=w_el,
+                                                   out_dtype=torch.float32, gemv=True)
+                want = w4a4_matmul_ref(a_packed, one, w_packed, one, a_element=a_el, w_element=w_el,
+                                       out_dtype=torch.float32)
+                assert torch.equal(got, want), (a_el, w_el)
+
+
+def test_gemv_refuses_what_it_cannot_take():
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("int4xint4", 5, 16, 64)
+    with pytest.raises(ValueError, match="1 to 4 rows"):
+        w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, gemv=True, **kw)
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 2, 16, 64)
+    with pytest.raises(ValueError, match="per-row scales"):
+        w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, gemv=True, **kw)
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("int4xint4", 2, 16, 36)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, gemv=True, **kw)
+
+
+def test_gemv_configs_fit_their_registers_at_every_row_count():
+    from kernels import w4a4_gemv
+
+    configs = w4a4_gemv._gemv_autotuned.configs
+    for block_m in (1, 2, 4):
+        kept = w4a4_gemv._prune_configs(configs, {"BLOCK_M": block_m})
+        assert kept and all(block_m * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_KW"] / (32 * c.num_warps)
+                            <= w4a4_gemv.MAX_ACC_PER_THREAD for c in kept)
+
+
 # ---------------------------------------------------------------------------
 # The FP8 path: codes as E4M3 bytes, a row-wise scaled FP8 GEMM
 # ---------------------------------------------------------------------------
@@ -406,7 +460,9 @@ def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
     per_token = act_quant._prune_tiles(configs, dict(M_BUCKET=4096), HAD_BLOCK=0, BLOCK_K=4096)
     assert {c.kwargs["BLOCK_M"] for c in per_token} == {1, 2, 4, 8}
     rotated_wide = act_quant._prune_tiles(configs, dict(M_BUCKET=4096), HAD_BLOCK=128, BLOCK_K=16384)
-    assert {c.kwargs["BLOCK_M"] for c in rotated_wide} == {1} and {c.num_warps for c in rotated_wide} == {4, 8, 16}
+    assert [(c.kwargs["BLOCK_M"], c.num_warps) for c in rotated_wide] == [(1, 4)]  # a fused rotation: the fixed tile
+    rotated_groups = act_quant._prune_tiles(configs, dict(M_BUCKET=2), HAD_BLOCK=128, BLOCK_K=128)
+    assert [(c.kwargs["BLOCK_M"], c.num_warps) for c in rotated_groups] == [(act_quant._tile(4096, 64, 128)[0], 4)]
     nvfp4_decode = act_quant._prune_tiles(configs, dict(M_BUCKET=2), HAD_BLOCK=0, BLOCK_K=128)
     assert {c.kwargs["BLOCK_M"] for c in nvfp4_decode} == {1}
     nvfp4_prefill = act_quant._prune_tiles(configs, dict(M_BUCKET=4096), HAD_BLOCK=0, BLOCK_K=128)
