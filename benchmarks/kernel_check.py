@@ -10,13 +10,18 @@ of the GPU) on random data (outliers, ragged M, real LLM widths):
   summation order, so an amax may move by an ulp, an NVFP4 block scale then by one E4M3
   step, and a value on a rounding tie may go either way: at most 1e-3 of the codes, and
   1e-2 of the scales off by more than 1e-5 relative);
-* the W4A4 GEMM, for every pair of formats the real-quantized linear uses (M = 1 runs the
-  split-K decode configs), and the FPx weight-only GEMM: into an output filled with NaN
+* the W4A4 GEMM, for every pair of formats the real-quantized linear uses (M <= 4 with
+  per-row scales runs the decode kernel ``w4a4_gemv``, grouped M = 1 the split-K configs),
+  and the FPx weight-only GEMM: into an output filled with NaN
   first (every entry must be written), against the fp32 twin within 1e-5 of the output's
   magnitude plus one ulp of a half output dtype;
 * the FP8 path: activation codes as E4M3 bytes and the weight widened to E4M3 (both equal
   to the twins' bytes), and the whole FP8-path linear (cuBLAS's row-wise FP8 GEMM) against
-  the fp32 twin within two bfloat16 roundings (the product's and the bias sum's).
+  the fp32 twin within two bfloat16 roundings (the product's and the bias sum's) plus
+  2^-8 of the largest output (FP8 accumulation on Hopper).
+
+The GEMM checks run first: the activation checks autotune a kernel per case, and a time
+limit should cut those rather than the GEMMs.
 
     python benchmarks/kernel_check.py --out benchmarks/results/kernel_check_h200
 
@@ -58,7 +63,7 @@ FP8_PAIRS = [("int4-tok-clip0.9", "int4-tok-clip0.9"), ("e2m1-tok", "e2m1-tok"),
 FPX_ELEMENTS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")
 GPU_ACT_SHAPES = [(7, 4096), (257, 14336)]
 # Every new (M bucket, N, K) autotunes: a few shapes keep the check to minutes.
-GPU_GEMM_SHAPES = [(1, 40, 128), (33, 4096, 4096), (257, 6144, 4096)]
+GPU_GEMM_SHAPES = [(1, 40, 128), (4, 4096, 4096), (33, 4096, 4096), (257, 6144, 4096)]
 DRY_ACT_SHAPES = [(1, 128), (5, 256)]
 DRY_GEMM_SHAPES = [(1, 40, 128), (5, 48, 256)]
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -86,11 +91,17 @@ def check_act(x: torch.Tensor, name: str, hadamard_block: int) -> dict:
             "codes_differ": codes, "scales_differ": scales, "ok": ok}
 
 
-def close(out: torch.Tensor, want: torch.Tensor) -> tuple[bool, float]:
-    """Within fp32-accumulation rounding: 1e-5 of max |want| plus one ulp of a half out dtype."""
+# Hopper's FP8 tensor cores add into their accumulator with fewer bits than fp32 between
+# promotions: cuBLAS's FP8 GEMM was off by up to 2.8e-3 of the largest output on the H200
+# (benchmarks/results/kernels_h200.md), so the FP8 path is held to 2^-8 of it.
+FP8_ACCUMULATION_OF_MAX = 2.0**-8
+
+
+def close(out: torch.Tensor, want: torch.Tensor, of_max: float = 1e-5) -> tuple[bool, float]:
+    """Within fp32-accumulation rounding: ``of_max`` of max |want| plus one ulp of a half out dtype."""
     rtol = {torch.float32: 0.0, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}[out.dtype]
     err = (out.float() - want.float()).abs()
-    bound = 1e-5 * want.float().abs().max() + rtol * want.float().abs()
+    bound = of_max * want.float().abs().max() + rtol * want.float().abs()
     excess = (err / bound.clamp(min=1e-30)).max().item()
     return bool((err <= bound).all()) and not out.isnan().any().item(), excess
 
@@ -141,7 +152,7 @@ def check_fp8_linear(m: int, n: int, k: int, a_name: str, w_name: str, device: t
                               out_dtype=torch.bfloat16, backend="triton", path="fp8")
     a = reference.quantize_activations_ref(x, a_el, 0, "float", a_clip)
     want = reference.w4a4_matmul_ref(*a, *w, a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.float32)
-    ok, excess = close(out, want)  # out is bfloat16: one bfloat16 ulp
+    ok, excess = close(out, want, FP8_ACCUMULATION_OF_MAX)  # out is bfloat16: one bfloat16 ulp
     ok = ok and unpack_differ.item() == 0
     return {"kernel": "fp8 path", "case": f"{a_name} x {w_name}", "shape": f"M{m} N{n} K{k} -> bfloat16",
             "codes_differ": unpack_differ.item(), "error_over_bound": excess, "ok": ok}
@@ -208,14 +219,6 @@ def main(argv: list[str] | None = None) -> int:
         print(check, flush=True)
         write_result_files(args.out, result, markdown(result))  # partial results survive a time limit
 
-    for m, k in act_shapes:
-        for dtype in (torch.bfloat16, torch.float16, torch.float32):
-            x = random_activations(m, k, dtype, device)
-            for name in ACT_FORMATS:
-                for hadamard_block in (0, 128):
-                    record(check_act, x, name, hadamard_block)
-            for name in ("int4-tok-clip0.9", "e2m1-tok"):
-                record(check_fp8_codes, x, name)
     for i, (m, n, k) in enumerate(gemm_shapes):
         for a_name, w_name in GEMM_PAIRS:
             record(check_gemm, m, n, k, a_name, w_name, OUT_DTYPES[i % len(OUT_DTYPES)], device)
@@ -224,6 +227,14 @@ def main(argv: list[str] | None = None) -> int:
         if n % 16 == 0 and k % 16 == 0:
             for a_name, w_name in FP8_PAIRS:
                 record(check_fp8_linear, m, n, k, a_name, w_name, device)
+    for m, k in act_shapes:
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            x = random_activations(m, k, dtype, device)
+            for name in ACT_FORMATS:
+                for hadamard_block in (0, 128):
+                    record(check_act, x, name, hadamard_block)
+            for name in ("int4-tok-clip0.9", "e2m1-tok"):
+                record(check_fp8_codes, x, name)
     print(markdown(result))  # the files were written after the last step
     return 0 if all(r["ok"] for r in checks) else 1
 

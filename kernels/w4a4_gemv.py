@@ -33,9 +33,12 @@ E2M1_DOUBLED_TABLE = tl.constexpr(0xC8643210 - (1 << 32))
 # batch-8 decode and lost at M = 16, where the multiply-adds per weight code pile up.
 GEMV_MAX_M = 4
 # (BLOCK_N, BLOCK_KW, num_warps, num_stages); BLOCK_KW counts 32-bit words (8 codes each).
+# In the H200 run of 2026-12-01 (0.6-1.1 TB/s) a step held at most 8 KiB of weight; the wide
+# steps after them (16-32 KiB) are there to keep more loads in flight.
 GEMV_CONFIGS = [
     (2, 128, 2, 3), (2, 256, 4, 2), (4, 64, 2, 3), (4, 128, 4, 3), (8, 64, 4, 3), (8, 128, 4, 2), (8, 128, 8, 2),
     (16, 64, 4, 2), (16, 64, 8, 3), (16, 128, 8, 2), (32, 32, 4, 3), (32, 64, 8, 2),
+    (16, 256, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (8, 512, 8, 2), (32, 256, 8, 2),
 ]
 INTERPRET_CONFIG = dict(BLOCK_N=8, BLOCK_KW=4)
 # Accumulator registers per thread a config may use (BLOCK_M * BLOCK_N * BLOCK_KW int32 over its threads).
@@ -68,18 +71,32 @@ def _w4a4_gemv_kernel(
     offs_w = tl.arange(0, BLOCK_KW)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_w[None, :]
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_w[None, :]
-    acc = tl.full((BLOCK_M, BLOCK_N, BLOCK_KW), 0, tl.int32)
-    for start in range(0, KW, BLOCK_KW):
-        w_ok = offs_w < KW - start
-        a_words = tl.load(a_ptrs, mask=m_ok[:, None] & w_ok[None, :], other=0)
-        w_words = tl.load(w_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0)
-        for j in tl.static_range(8):
-            acc += _code_values(a_words, j, A_INT4)[:, None, :] * _code_values(w_words, j, W_INT4)[None, :, :]
-        a_ptrs += BLOCK_KW
-        w_ptrs += BLOCK_KW
-    out = tl.reduce(acc, 2, _sum_combine).to(tl.float32) * unit
+    if BLOCK_M == 1:  # one row: a 2-D accumulator in the weight tile's own layout
+        a_ptrs = a_ptr + offs_w
+        acc = tl.full((BLOCK_N, BLOCK_KW), 0, tl.int32)
+        for start in range(0, KW, BLOCK_KW):
+            w_ok = offs_w < KW - start
+            a_words = tl.load(a_ptrs, mask=w_ok, other=0)
+            w_words = tl.load(w_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0)
+            for j in tl.static_range(8):
+                acc += _code_values(w_words, j, W_INT4) * _code_values(a_words, j, A_INT4)[None, :]
+            a_ptrs += BLOCK_KW
+            w_ptrs += BLOCK_KW
+        total = tl.reduce(acc, 1, _sum_combine)[None, :]
+    else:
+        a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_w[None, :]
+        acc3 = tl.full((BLOCK_M, BLOCK_N, BLOCK_KW), 0, tl.int32)
+        for start in range(0, KW, BLOCK_KW):
+            w_ok = offs_w < KW - start
+            a_words = tl.load(a_ptrs, mask=m_ok[:, None] & w_ok[None, :], other=0)
+            w_words = tl.load(w_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0)
+            for j in tl.static_range(8):
+                acc3 += _code_values(a_words, j, A_INT4)[:, None, :] * _code_values(w_words, j, W_INT4)[None, :, :]
+            a_ptrs += BLOCK_KW
+            w_ptrs += BLOCK_KW
+        total = tl.reduce(acc3, 2, _sum_combine)
+    out = total.to(tl.float32) * unit
     out *= tl.load(a_scale_ptr + offs_m * stride_asm, mask=m_ok, other=0.0)[:, None]
     out *= tl.load(w_scale_ptr + offs_n * stride_wsn, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
