@@ -16,6 +16,12 @@ float32 activations the dot is an IEEE fp32 one (the interpreter's bf16 dot is w
 and TF32 would not match the twin); products of half-precision x and these weights are
 exact in fp32 either way.
 
+One activation row (batch-1 decode) takes ``_fpx_row_kernel`` on a GPU instead: the same
+decode, fp32 multiply-adds on the CUDA cores and one reduction per program, because the
+tensor-core kernel's 16-row tile is 1/16 used there and stages every decoded tile
+through shared memory (FP6 decoded at 0.68x bf16 in the model benchmark,
+``benchmarks/results/end_to_end_h200.md``).
+
 Like ``act_quant`` and ``w4a4_gemm`` it calls only Triton builtins and its own
 ``triton.jit`` helpers (no ``tl.zeros`` / ``tl.cdiv``), so that it runs under the
 interpreter even when triton was imported in compiled mode first.
@@ -26,6 +32,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.standard import _sum_combine
 
 from .reference import check_fpx_args, fpx_element
 
@@ -42,6 +49,13 @@ GPU_CONFIGS = [
     (16, 32, 128, 4, 4), (16, 32, 256, 4, 3), (16, 64, 128, 4, 4), (16, 64, 256, 4, 3), (16, 128, 128, 4, 4),
     (32, 64, 128, 4, 4), (32, 128, 128, 4, 3), (64, 64, 128, 4, 3), (64, 128, 64, 4, 4), (64, 128, 128, 8, 3),
     (128, 128, 64, 8, 3), (128, 256, 64, 8, 3),
+]
+
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) of the one-row kernel: BLOCK_N x BLOCK_K fp32
+# accumulators over the program's threads, 8 to 64 registers each.
+ROW_CONFIGS = [
+    (4, 256, 2, 3), (4, 512, 4, 3), (8, 256, 4, 3), (8, 512, 4, 2), (16, 256, 4, 2), (16, 256, 8, 3),
+    (16, 512, 8, 2), (32, 128, 4, 3), (32, 256, 8, 2), (64, 128, 8, 2),
 ]
 
 
@@ -119,6 +133,47 @@ def _fpx_kernel(
              mask=m_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def _fpx_row_kernel(
+    x_ptr, low_ptr, high_ptr, scale_ptr, bias_ptr, out_ptr,
+    N, K, stride_low, stride_high,
+    EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One activation row (decode at batch 1) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
+
+    A 16-row tensor-core tile would be 1/16 used and would stage every decoded weight tile
+    through shared memory; here the decoded tile stays in registers. Products of a half
+    activation and these weights are exact in fp32, as in the dot.
+    """
+    HIGH_PER_BYTE: tl.constexpr = 8 // HIGH_WIDTH if HIGH_WIDTH > 0 else 8
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_low = tl.arange(0, BLOCK_K // 2)
+    offs_high = tl.arange(0, BLOCK_K // HIGH_PER_BYTE)
+    n_ok = offs_n < N
+    x_ptrs = x_ptr + offs_k
+    low_ptrs = low_ptr + offs_n[:, None] * stride_low + offs_low[None, :]
+    high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
+    acc = tl.full((BLOCK_N, BLOCK_K), 0.0, tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rest = K - k0
+        x = tl.load(x_ptrs, mask=offs_k < rest, other=0.0).to(tl.float32)
+        low = tl.load(low_ptrs, mask=n_ok[:, None] & (offs_low[None, :] < rest // 2), other=0)
+        codes = _spread(low, BLOCK_N, BLOCK_K // 2, 4)
+        if HIGH_WIDTH > 0:
+            high = tl.load(high_ptrs, mask=n_ok[:, None] & (offs_high[None, :] < rest // HIGH_PER_BYTE), other=0)
+            codes = codes | (_spread(high, BLOCK_N, BLOCK_K // HIGH_PER_BYTE, HIGH_WIDTH) << 4)
+        acc += _decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS) * x[None, :]
+        x_ptrs += BLOCK_K
+        low_ptrs += BLOCK_K // 2
+        high_ptrs += BLOCK_K // HIGH_PER_BYTE
+    out = tl.reduce(acc, 1, _sum_combine) * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=n_ok)
+
+
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Drop row tiles taller than the M bucket (decode batches take BLOCK_M = 16)."""
     m_bucket = {**named_args, **kwargs}["M_BUCKET"]
@@ -135,6 +190,12 @@ _fpx_autotuned = triton.autotune(
 )(_fpx_kernel)
 
 
+_fpx_row_autotuned = triton.autotune(
+    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_K=bk), num_warps=w, num_stages=st) for bn, bk, w, st in ROW_CONFIGS],
+    key=["N", "K", "EXP_BITS", "MAN_BITS"],
+)(_fpx_row_kernel)
+
+
 def _m_bucket(m: int) -> int:
     """Autotuning key for M: powers of two from 16 to 4096 (decode batches share one)."""
     return min(max(triton.next_power_of_2(m), 16), 4096)
@@ -143,10 +204,17 @@ def _m_bucket(m: int) -> int:
 def fpx_matmul_triton(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, row_kernel: bool | None = None,
 ) -> torch.Tensor:
-    """The Triton twin of ``reference.fpx_matmul_ref`` (x 2-D); writes into ``out`` (M, N) when given."""
+    """The Triton twin of ``reference.fpx_matmul_ref`` (x 2-D); writes into ``out`` (M, N) when given.
+
+    ``row_kernel``: whether one activation row runs on ``_fpx_row_kernel`` (CUDA cores)
+    rather than the tensor-core kernel; None takes it for M = 1 on a GPU. True with more
+    rows is an error.
+    """
     check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype)
+    if row_kernel and x.shape[0] != 1:
+        raise ValueError(f"the row kernel takes one activation row, got {x.shape[0]}")
     fmt = fpx_element(element, bits)
     m, k = x.shape
     n = planes[0].shape[0]
@@ -169,7 +237,15 @@ def fpx_matmul_triton(
     flags = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias,
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                  DOT_F32=INTERPRET or x.dtype == torch.float32)
-    if INTERPRET:
+    if row_kernel or (row_kernel is None and m == 1 and not INTERPRET):
+        row_args = (x, low, high, scale, args[4], out, n, k, low.stride(0), high.stride(0))
+        row_flags = {key: flags[key] for key in ("EXP_BITS", "MAN_BITS", "EXP_BIAS", "HIGH_WIDTH", "HAS_BIAS")}
+        if INTERPRET:
+            _fpx_row_kernel[(triton.cdiv(n, INTERPRET_CONFIG["BLOCK_N"]),)](
+                *row_args, **row_flags, BLOCK_N=INTERPRET_CONFIG["BLOCK_N"], BLOCK_K=INTERPRET_CONFIG["BLOCK_K"])
+        else:
+            _fpx_row_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*row_args, **row_flags)
+    elif INTERPRET:
         grid = (triton.cdiv(m, INTERPRET_CONFIG["BLOCK_M"]), triton.cdiv(n, INTERPRET_CONFIG["BLOCK_N"]))
         _fpx_kernel[grid](*args, **flags, **INTERPRET_CONFIG)
     else:

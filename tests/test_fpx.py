@@ -227,6 +227,27 @@ def test_triton_equals_twin(name, k, dtype):
         assert_matches_twin(out, want)
 
 
+@pytest.mark.parametrize("k", [64, 200])
+@pytest.mark.parametrize("name", FPX)
+def test_row_kernel_equals_twin(name, k):
+    """The batch-1 decode kernel (CUDA cores): every code, ragged K (200 against 32-wide steps), bf16 x."""
+    bits = element_named(name).bits
+    x, planes, scale, bias = operands(name, 1, 40, k, torch.bfloat16, seed=k)
+    for out_dtype, b in ((torch.bfloat16, bias), (torch.float32, None)):
+        want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=b, out_dtype=out_dtype)
+        poisoned = torch.full((1, 40), float("nan"), dtype=out_dtype)
+        out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=b, out_dtype=out_dtype,
+                                         out=poisoned, row_kernel=True)
+        assert out is poisoned and not out.isnan().any()
+        assert_matches_twin(out, want)
+
+
+def test_row_kernel_takes_one_row_only():
+    x, planes, scale, _ = operands("e3m2", 2, 16, 64, torch.bfloat16)
+    with pytest.raises(ValueError, match="one activation row, got 2"):
+        fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, row_kernel=True)
+
+
 @pytest.mark.parametrize("name, k", [("e3m2", 36), ("e2m2", 40), ("e2m1", 34)])
 def test_triton_ragged_k_bfloat16_public_api(name, k):
     """K not a multiple of the 32-wide K step; bf16 x, fp32 out, no bias, (N, 1) scales."""
