@@ -250,18 +250,23 @@ def shape_id(shape: tuple) -> str:
     return f"M{m}-N{n}-K{k}-{'bias' if with_bias else 'nobias'}-{str(out_dtype).removeprefix('torch.')}"
 
 
-@pytest.mark.parametrize("shape", GEMM_SHAPES, ids=shape_id)
-@pytest.mark.parametrize("case", GEMM_CASES)
-def test_triton_gemm_equals_twin(case, shape):
+def check_gemm_against_twin(case: str, shape: tuple, **options) -> None:
+    """w4a4_matmul_triton (with ``options``) into a NaN-filled output against the twin."""
     m, n, k, with_bias, out_dtype = shape
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands(case, m, n, k)
     bias = torch.randn(n) if with_bias else None
     want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, bias=bias, out_dtype=out_dtype, **kw)
     poisoned = torch.full((m, n), float("nan"), dtype=out_dtype)
     out = w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, bias=bias, out_dtype=out_dtype,
-                                       out=poisoned, **kw)
+                                       out=poisoned, **options, **kw)
     assert out is poisoned and not out.isnan().any()  # every entry written
     assert_matches_twin(out, want)
+
+
+@pytest.mark.parametrize("shape", GEMM_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("case", GEMM_CASES)
+def test_triton_gemm_equals_twin(case, shape):
+    check_gemm_against_twin(case, shape)
 
 
 @pytest.mark.parametrize("split_k", [2, 3, 8])
@@ -299,15 +304,7 @@ def test_decode_configs_split_k_and_reset_their_output():
 @pytest.mark.parametrize("case", ["int4xint4", "e2m1xe2m1", "int4xe2m1"])
 def test_triton_gemv_equals_twin(case, shape):
     """The decode kernel: ragged K (25 and 33 words against 4-word steps), ragged N, every entry written."""
-    m, n, k, with_bias, out_dtype = shape
-    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands(case, m, n, k)
-    bias = torch.randn(n) if with_bias else None
-    want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, bias=bias, out_dtype=out_dtype, **kw)
-    poisoned = torch.full((m, n), float("nan"), dtype=out_dtype)
-    out = w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, bias=bias, out_dtype=out_dtype,
-                                       out=poisoned, gemv=True, **kw)
-    assert out is poisoned and not out.isnan().any()
-    assert_matches_twin(out, want)
+    check_gemm_against_twin(case, shape, gemv=True)
 
 
 def test_gemv_decodes_every_code_pair():
