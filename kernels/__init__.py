@@ -8,13 +8,14 @@ dispatching on the tensors' device:
 - ``quantize_activations``: (M, K) activations -> packed 4-bit codes + fp32 scales
   (INT4 / E2M1 per token or per group, NVFP4, MXFP4), optionally after a fused block
   Hadamard rotation; or one FP8 E4M3 byte per code, for the FP8 path.
-- ``w4a4_matmul``: packed activations x packed weights -> (M, N) (Triton; split-K for
-  decode-sized M on a GPU).
+- ``w4a4_matmul``: packed activations x packed weights -> (M, N) (Triton; on a GPU, up
+  to 4 rows with per-row scales take the CUDA-core decode kernel ``w4a4_gemv``, other
+  decode-sized M split K).
 - ``unpack_fp8`` and ``fp8_gemm.w4a4_matmul_fp8``: the prefill path for per-row scales,
   codes widened to FP8 and cuBLAS's row-wise scaled FP8 GEMM.
 - ``w8a8_linear``: INT8 per-token activations x INT8 per-channel weights (``int8_gemm``).
 - ``fpx_matmul``: float activations x FP4 / FP5 / FP6 weights in bit planes (FP6-LLM
-  style, per-channel scales) -> (..., N).
+  style, per-channel scales) -> (..., N); one row runs on the CUDA cores on a GPU.
 
 ``backend=None`` picks Triton for CUDA tensors and the torch twin otherwise;
 ``backend="triton"`` also runs the kernels on CPU tensors when ``TRITON_INTERPRET=1``
