@@ -145,6 +145,26 @@ def fp8_path_rows(n: int, m: int, k: int, x: torch.Tensor, wq: tuple, name: str,
     ]
 
 
+def gemm_autotuner(m: int, k: int, group: int, gemv: bool | None = None):
+    """The autotuned kernel ``w4a4_matmul_triton`` ran for these rows (None under the interpreter)."""
+    from kernels import w4a4_gemm, w4a4_gemv
+
+    if w4a4_gemv.INTERPRET:
+        return None
+    if gemv is not False and w4a4_gemv.gemv_fits(m, k, group, group):
+        return w4a4_gemv._gemv_autotuned
+    return w4a4_gemm._w4a4_decode_autotuned if m <= w4a4_gemm.DECODE_MAX_M else w4a4_gemm._w4a4_autotuned
+
+
+def tuned_config(autotuner) -> str:
+    """The config the autotuner picked on its last run: tile sizes, warps, stages."""
+    config = getattr(autotuner, "best_config", None)
+    if config is None:
+        return ""
+    tiles = " ".join(f"{key}={value}" for key, value in config.kwargs.items())
+    return f"{tiles} warps={config.num_warps} stages={config.num_stages}"
+
+
 def row(n: int, m: int, k: int, method: str, ms: float | None, weight_bytes: int, note: str = "") -> dict:
     flops = 2 * m * n * k
     return {
@@ -182,10 +202,12 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
         gemm = functools.partial(kernels.w4a4_matmul, out_dtype=torch.bfloat16, backend="triton", **spec)
         quantize = functools.partial(kernels.quantize_activations, x, element, group, kind, backend="triton")
         rows.append(row(n, m, k, f"{name} gemm", time_ms(lambda: gemm(*aq, *wq)), weight_bytes, check))
+        rows[-1]["config"] = tuned_config(gemm_autotuner(m, k, group))
         rows.append(row(n, m, k, f"{name} quant+gemm", time_ms(lambda: gemm(*quantize(), *wq)), weight_bytes, check))
         if not INTERPRET and gemv_fits(m, k, group, group):  # the decode kernel took `gemm`
             dot = functools.partial(w4a4_matmul_triton, out_dtype=torch.bfloat16, gemv=False, **spec)
             rows.append(row(n, m, k, f"{name} dot gemm", time_ms(lambda: dot(*aq, *wq)), weight_bytes))
+            rows[-1]["config"] = tuned_config(gemm_autotuner(m, k, group, gemv=False))
         if fp8_ok and reference.fp8_path_fits(m, n, k, group, group):
             rows += fp8_path_rows(n, m, k, x, wq, name, element, time_ms)
     for r in rows:
@@ -254,13 +276,13 @@ def markdown(result: dict) -> str:
         f"Versions: {result['versions']}. Timing: {result['timing']}.",
         f"Command: `{result['command']}`",
         "",
-        "| N x K | M | method | ms | TFLOP/s | weight GB/s | x bf16 | x fp8 | check |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| N x K | M | method | ms | TFLOP/s | weight GB/s | x bf16 | x fp8 | check | tuned config |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["gemm"]:
         lines.append(f"| {r['N']}x{r['K']} | {r['M']} | {r['method']} | {fmt(r['ms'], '.4f')} | "
                      f"{fmt(r['tflops'], '.1f')} | {fmt(r['weight_gbs'], '.0f')} | {fmt(r['x_bf16'], '.2f')} | "
-                     f"{fmt(r['x_fp8'], '.2f')} | {r['check']} |")
+                     f"{fmt(r['x_fp8'], '.2f')} | {r['check']} | {r.get('config', '')} |")
     lines += ["", "Activation quantization alone (bf16 in; GB/s counts activations read, codes and scales written):",
               "",
               "| M | K | kernel | ms | GB/s | check |", "|---|---|---|---|---|---|"]
