@@ -11,7 +11,8 @@ of the GPU) on random data (outliers, ragged M, real LLM widths):
   step, and a value on a rounding tie may go either way: at most 1e-3 of the codes, and
   1e-2 of the scales off by more than 1e-5 relative);
 * the W4A4 GEMM, for every pair of formats the real-quantized linear uses (M <= 4 with
-  per-row scales runs the decode kernel ``w4a4_gemv``, grouped M = 1 the split-K configs),
+  per-row scales runs the decode kernel ``w4a4_gemv``, M = 16 and grouped M = 1 the split-K
+  configs, swapped or not),
   and the FPx weight-only GEMM: into an output filled with NaN
   first (every entry must be written), against the fp32 twin within 1e-5 of the output's
   magnitude plus one ulp of a half output dtype;
@@ -63,7 +64,7 @@ FP8_PAIRS = [("int4-tok-clip0.9", "int4-tok-clip0.9"), ("e2m1-tok", "e2m1-tok"),
 FPX_ELEMENTS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")
 GPU_ACT_SHAPES = [(7, 4096), (257, 14336)]
 # Every new (M bucket, N, K) autotunes: a few shapes keep the check to minutes.
-GPU_GEMM_SHAPES = [(1, 40, 128), (4, 4096, 4096), (33, 4096, 4096), (257, 6144, 4096)]
+GPU_GEMM_SHAPES = [(1, 40, 128), (4, 4096, 4096), (16, 4096, 4096), (33, 4096, 4096), (257, 6144, 4096)]
 DRY_ACT_SHAPES = [(1, 128), (5, 256)]
 DRY_GEMM_SHAPES = [(1, 40, 128), (5, 48, 256)]
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)

@@ -11,10 +11,11 @@ registers and fed to the tensor cores in a format that holds every 4-bit value e
 - K steps of 16 (16-element scale groups: NVFP4, int4 g16): tensor-core int8/fp8 dots
   need K >= 32, so the codes go through fp16 (exact) and each step is one fp16 dot.
 
-For decode-sized M with per-row scales, ``w4a4_gemv`` (CUDA cores, no tensor-core tiles)
+For up to 4 rows with per-row scales, ``w4a4_gemv`` (CUDA cores, no tensor-core tiles)
 takes the product on a GPU. Otherwise a second grid axis splits the K steps at decode-sized
 M: each split scales its partial product and adds it atomically into a zeroed fp32 output
-(cast to the output dtype after).
+(cast to the output dtype after). With per-row scales the decode configs may also swap the
+operands (``SWAP_AB``: acc^T = W A^T), so that the unpacked weight is the dot's wide side.
 
 Per-row scales (groups 0) multiply the accumulator once, in the epilogue, and each K step
 is two dots, low nibbles times low nibbles and high times high (no register shuffle to
@@ -48,6 +49,10 @@ GPU_CONFIGS = [
 # (BLOCK_N, BLOCK_K, SPLIT_K) for decode (M <= DECODE_MAX_M, BLOCK_M 16).
 DECODE_CONFIGS = [(32, 256, 2), (32, 256, 4), (32, 256, 8), (64, 256, 2), (64, 256, 4), (64, 256, 8),
                   (64, 128, 4), (64, 128, 8), (128, 128, 2), (128, 128, 4)]
+# The same with the operands swapped (per-row scales only): the weight tile is the dot's
+# 64/128-row side, which Hopper's wgmma can take from registers, and the 16 activation rows
+# the narrow side; the unswapped dot stages every unpacked weight tile through shared memory.
+DECODE_SWAP_CONFIGS = [(64, 256, 2), (64, 256, 4), (64, 256, 8), (64, 128, 4), (128, 128, 2), (128, 256, 2)]
 DECODE_MAX_M = 16
 
 
@@ -116,7 +121,7 @@ def _w4a4_kernel(
     M, N, K, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om,
     A_INT4: tl.constexpr, W_INT4: tl.constexpr, A_GROUP: tl.constexpr, W_GROUP: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, SWAP_AB: tl.constexpr,
 ):
     # Grouped ordering: GROUP_M row tiles sweep the columns together, so their weight
     # tiles are reused from L2.
@@ -148,7 +153,11 @@ def _w4a4_kernel(
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_b[None, :]
     k_bytes = K // 2
     ACC_DTYPE: tl.constexpr = tl.int32 if DOT == 0 else tl.float32
-    acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.float32 if GROUPED else ACC_DTYPE)
+    tl.static_assert(not (SWAP_AB and GROUPED), "swapped operands take per-row scales only")
+    if SWAP_AB:  # acc^T = W A^T
+        acc = tl.full((BLOCK_N, BLOCK_M), 0, ACC_DTYPE)
+    else:
+        acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.float32 if GROUPED else ACC_DTYPE)
     for step in range(first_step, last_step):
         b_ok = offs_b < k_bytes - (step - first_step) * (BLOCK_K // 2)
         a_bytes = tl.load(a_ptrs, mask=m_ok[:, None] & b_ok[None, :], other=0)
@@ -166,12 +175,18 @@ def _w4a4_kernel(
         else:
             a_low, a_high = _nibble_operands(a_bytes, A_INT4, DOT)
             w_low, w_high = _nibble_operands(w_bytes, W_INT4, DOT)
-            acc = _dot(a_low, tl.trans(w_low), acc, DOT)
-            acc = _dot(a_high, tl.trans(w_high), acc, DOT)
+            if SWAP_AB:
+                acc = _dot(w_low, tl.trans(a_low), acc, DOT)
+                acc = _dot(w_high, tl.trans(a_high), acc, DOT)
+            else:
+                acc = _dot(a_low, tl.trans(w_low), acc, DOT)
+                acc = _dot(a_high, tl.trans(w_high), acc, DOT)
         a_ptrs += BLOCK_K // 2
         w_ptrs += BLOCK_K // 2
 
     out = acc.to(tl.float32)
+    if SWAP_AB:
+        out = tl.trans(out)
     if A_GROUP == 0:
         out *= tl.load(a_scale_ptr + offs_m * stride_asm, mask=m_ok, other=0.0)[:, None]
     if W_GROUP == 0:
@@ -198,7 +213,7 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
     kept: dict[tuple, triton.Config] = {}
     for config in configs:
         kw = dict(config.kwargs, BLOCK_K=_k_step(config.kwargs["BLOCK_K"], args["A_GROUP"], args["W_GROUP"]))
-        if kw["BLOCK_M"] > max(16, args["M_BUCKET"]):
+        if kw["BLOCK_M"] > max(16, args["M_BUCKET"]) or (kw["SWAP_AB"] and (args["A_GROUP"] or args["W_GROUP"])):
             continue
         key = (tuple(sorted(kw.items())), config.num_warps, config.num_stages)
         kept.setdefault(key, triton.Config(kw, num_warps=config.num_warps, num_stages=config.num_stages))
@@ -211,15 +226,17 @@ def _autotuned(configs: list[triton.Config], **kwargs) -> triton.runtime.Autotun
 
 
 _w4a4_autotuned = _autotuned([
-    triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, SPLIT_K=1), num_warps=w, num_stages=s)
+    triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, SPLIT_K=1, SWAP_AB=False), num_warps=w,
+                  num_stages=s)
     for bm, bn, bk, w, s in GPU_CONFIGS
 ])
 # Decode: a few rows against the whole weight. Without a split, N / BLOCK_N programs (32 to
 # 224 for Llama-3-8B) cannot keep enough weight bytes in flight; the K splits add into a
 # zeroed fp32 output, which the autotuner zeroes again after its trial runs.
 _w4a4_decode_autotuned = _autotuned([
-    triton.Config(dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=1, SPLIT_K=split), num_warps=4, num_stages=4)
-    for bn, bk, split in DECODE_CONFIGS
+    triton.Config(dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=1, SPLIT_K=split, SWAP_AB=swap), num_warps=4,
+                  num_stages=4)
+    for swap, configs in ((False, DECODE_CONFIGS), (True, DECODE_SWAP_CONFIGS)) for bn, bk, split in configs
 ], reset_to_zero=["out_ptr"])
 
 
@@ -232,19 +249,21 @@ def w4a4_matmul_triton(
     a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, a_group: int = 0, w_group: int = 0,
     bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16, out: torch.Tensor | None = None,
-    split_k: int = 1, gemv: bool | None = None,
+    split_k: int = 1, swap_ab: bool = False, gemv: bool | None = None,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.w4a4_matmul_ref``; writes into ``out`` (M, N) when given.
 
     ``gemv``: whether ``w4a4_gemv`` takes the product (True where it cannot is an error);
     None lets it take the products it fits on a GPU (up to ``GEMV_MAX_M`` rows, per-row
     scales). Otherwise, on a GPU, M <= DECODE_MAX_M runs the split-K decode configs (the
-    autotuner picks the split); ``split_k`` sets the split under the interpreter, where the
-    tests run.
+    autotuner picks the split and whether the operands swap); ``split_k`` and ``swap_ab``
+    (per-row scales only) set them under the interpreter, where the tests run.
     """
     check_matmul_args(a_packed, a_scale, w_packed, w_scale, a_element, w_element, a_group, w_group, bias, out_dtype)
     if split_k < 1:
         raise ValueError(f"split_k must be a positive number of K splits, got {split_k}")
+    if swap_ab and (a_group or w_group):
+        raise ValueError(f"swapped operands take per-row scales only, got groups {a_group} and {w_group}")
     m, n, k = a_packed.shape[0], w_packed.shape[0], 2 * a_packed.shape[1]
     if gemv or (gemv is None and not INTERPRET and gemv_fits(m, k, a_group, w_group)):
         return w4a4_gemv_triton(a_packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
@@ -267,7 +286,7 @@ def w4a4_matmul_triton(
                  HAS_BIAS=bias is not None)
     if INTERPRET:
         config = dict(INTERPRET_CONFIG, BLOCK_K=_k_step(INTERPRET_CONFIG["BLOCK_K"], a_group, w_group),
-                      SPLIT_K=split_k)
+                      SPLIT_K=split_k, SWAP_AB=swap_ab)
         grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]), split_k)
         _w4a4_kernel[grid](*args, **flags, **config)
     else:

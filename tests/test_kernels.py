@@ -289,6 +289,25 @@ def test_triton_split_k_gemm_equals_twin(case, split_k):
     assert_matches_twin(fresh, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.float16, **kw))
 
 
+@pytest.mark.parametrize("split_k", [1, 3])
+@pytest.mark.parametrize("case", ["int4xint4", "e2m1xe2m1", "int4xe2m1"])
+def test_triton_swapped_operands_equal_twin(case, split_k):
+    """acc^T = W A^T (the decode configs' swap), transposed back in the epilogue: ragged M and N."""
+    for shape in ((5, 40, 256, True, torch.bfloat16), (16, 24, 128, False, torch.float32)):
+        check_gemm_against_twin(case, shape, swap_ab=True, split_k=split_k)
+
+
+def test_swapped_operands_take_per_row_scales_only():
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 3, 16, 64)
+    with pytest.raises(ValueError, match="per-row scales only"):
+        w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, swap_ab=True, **kw)
+    decode = w4a4_gemm._w4a4_decode_autotuned.configs
+    grouped = w4a4_gemm._prune_configs(decode, dict(M_BUCKET=16), A_GROUP=16, W_GROUP=16)
+    per_row = w4a4_gemm._prune_configs(decode, dict(M_BUCKET=16), A_GROUP=0, W_GROUP=0)
+    assert grouped and not any(c.kwargs["SWAP_AB"] for c in grouped)
+    assert {c.kwargs["SWAP_AB"] for c in per_row} == {False, True}
+
+
 def test_decode_configs_split_k_and_reset_their_output():
     decode = w4a4_gemm._w4a4_decode_autotuned
     assert decode.reset_to_zero == ["out_ptr"]
