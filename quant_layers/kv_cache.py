@@ -15,6 +15,7 @@ from typing import Callable
 
 from torch import nn
 from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
@@ -84,5 +85,10 @@ def install_attention_wrapper(model: nn.Module) -> None:
         return
     name = PREFIX + current
     AttentionInterface.register(name, _wrap(_base_attention(current)))
+    # The wrapped name needs the base's mask function too: transformers builds no mask at all
+    # for a name it has none for, which made eager attention attend to later tokens and a
+    # static cache's decode attend to its unwritten slots.
+    if current in ALL_MASK_ATTENTION_FUNCTIONS:
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[current])
     model.set_attn_implementation(name)
 

@@ -13,13 +13,18 @@ whole cache at every step; per-token and per-group scales are the same either wa
 
     cache = PackedKVCache(model)
     model.generate(**inputs, past_key_values=cache)
+
+``StaticPackedKVCache(model, max_cache_len)`` is its static twin (HF's ``StaticLayer``
+bookkeeping): packed buffers of ``max_cache_len`` tokens allocated at the first update and
+written in place, so that a decode step can be captured in a CUDA graph. Attention then
+reads all ``max_cache_len`` positions dequantized; the mask hides the unwritten ones.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
 from .kv_cache import PACKED_MARK
 from .packing import decode, encode, pack, unpack
@@ -38,14 +43,17 @@ class _PackedTensor:
         self.scale: torch.Tensor | None = None
         self.zero: torch.Tensor | None = None
 
-    def append(self, x: torch.Tensor) -> None:
+    def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x (batch, heads, tokens, head_dim) -> its packed codes, scales and zero points along the tokens."""
         q = self.quantizer
         grouped = q.grouped(x)
         params = q.fit(grouped)
         codes = pack(encode(q.levels(grouped, params), q.element).reshape(*x.shape[:-1], -1))
         shape = (*x.shape[:-1], -1)
-        scale = params.scale.reshape(shape)
-        zero = None if params.zero is None else params.zero.reshape(shape)
+        return codes, params.scale.reshape(shape), None if params.zero is None else params.zero.reshape(shape)
+
+    def append(self, x: torch.Tensor) -> None:
+        codes, scale, zero = self._quantize(x)
         if self.codes is None:
             self.codes, self.scale, self.zero = codes, scale, zero
             return
@@ -53,6 +61,20 @@ class _PackedTensor:
         self.scale = torch.cat([self.scale, scale], dim=-2)
         if zero is not None:
             self.zero = torch.cat([self.zero, zero], dim=-2)
+
+    def write(self, positions: torch.Tensor, x: torch.Tensor, length: int) -> None:
+        """Quantize x into token slots ``positions`` of buffers ``length`` tokens long (zeros at first)."""
+        codes, scale, zero = self._quantize(x)
+        if self.codes is None:
+            def buffer(part: torch.Tensor) -> torch.Tensor:
+                return part.new_zeros((*part.shape[:-2], length, part.shape[-1]))
+
+            self.codes, self.scale = buffer(codes), buffer(scale)
+            self.zero = None if zero is None else buffer(zero)
+        self.codes.index_copy_(-2, positions, codes)
+        self.scale.index_copy_(-2, positions, scale)
+        if zero is not None:
+            self.zero.index_copy_(-2, positions, zero)
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
         levels = decode(unpack(self.codes), self.quantizer.element)
@@ -67,19 +89,30 @@ class _PackedTensor:
         return sum(t.numel() * t.element_size() for t in parts)
 
 
+def _packed_pair(attention: nn.Module) -> tuple[_PackedTensor, _PackedTensor]:
+    """Empty packed K and V for an attention module whose K and V are quantized."""
+    key_quantizer = getattr(attention, "key_quantizer", None)
+    value_quantizer = getattr(attention, "value_quantizer", None)
+    if key_quantizer is None or value_quantizer is None:
+        raise ValueError("the packed KV cache needs a model whose K and V are quantized (a KV4 recipe, e.g. "
+                         "--k_bits 4 --v_bits 4)")
+    return _PackedTensor(key_quantizer), _PackedTensor(value_quantizer)
+
+
+def _marked(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tell the attention wrapper that K and V come rotated and quantized already."""
+    setattr(keys, PACKED_MARK, True)
+    setattr(values, PACKED_MARK, True)
+    return keys, values
+
+
 class PackedKVLayer(DynamicLayer):
     """One attention layer's packed K and V."""
 
     def __init__(self, attention: nn.Module) -> None:
         super().__init__()
-        key_quantizer = getattr(attention, "key_quantizer", None)
-        value_quantizer = getattr(attention, "value_quantizer", None)
-        if key_quantizer is None or value_quantizer is None:
-            raise ValueError("the packed KV cache needs a model whose K and V are quantized (a KV4 recipe, e.g. "
-                             "--k_bits 4 --v_bits 4)")
         self.qk_transform = getattr(attention, "qk_transform", None)
-        self.packed_keys = _PackedTensor(key_quantizer)
-        self.packed_values = _PackedTensor(value_quantizer)
+        self.packed_keys, self.packed_values = _packed_pair(attention)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
@@ -93,11 +126,7 @@ class PackedKVLayer(DynamicLayer):
             key_states = self.qk_transform(key_states)
         self.packed_keys.append(key_states)
         self.packed_values.append(value_states)
-        keys = self.packed_keys.dequantized(self.dtype)
-        values = self.packed_values.dequantized(self.dtype)
-        setattr(keys, PACKED_MARK, True)
-        setattr(values, PACKED_MARK, True)
-        return keys, values
+        return _marked(self.packed_keys.dequantized(self.dtype), self.packed_values.dequantized(self.dtype))
 
     def get_seq_length(self) -> int:
         codes = self.packed_keys.codes
@@ -120,4 +149,58 @@ class PackedKVCache(Cache):
     @property
     def nbytes(self) -> int:
         """Bytes held by the codes, scales and zero points of every layer."""
+        return sum(layer.nbytes for layer in self.layers)
+
+
+class StaticPackedKVLayer(StaticLayer):
+    """One attention layer's packed K and V in buffers of ``max_cache_len`` tokens, written in place."""
+
+    def __init__(self, attention: nn.Module, max_cache_len: int) -> None:
+        super().__init__(max_cache_len)
+        self.qk_transform = getattr(attention, "qk_transform", None)
+        self.packed_keys, self.packed_values = _packed_pair(attention)
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.batch_size, self.num_heads = key_states.shape[:2]
+        self.k_head_dim, self.v_head_dim = key_states.shape[-1], value_states.shape[-1]
+        self.cumulative_length = self.cumulative_length.to(self.device)
+        self.is_initialized = True  # the packed buffers are allocated by the first write
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self.qk_transform is not None:
+            key_states = self.qk_transform(key_states)
+        tokens = key_states.shape[-2]
+        capturing = key_states.is_cuda and torch.cuda.is_current_stream_capturing()
+        if not capturing:  # reading the count syncs, which a captured step cannot
+            cached = int(self.cumulative_length)
+            if cached + tokens > self.max_cache_len:
+                raise ValueError(f"the static packed KV cache holds {self.max_cache_len} tokens: {cached} cached "
+                                 f"plus {tokens} new do not fit; build it with a larger max_cache_len")
+        positions = torch.arange(tokens, device=self.device) + self.cumulative_length
+        self.cumulative_length.add_(tokens)
+        self.packed_keys.write(positions, key_states, self.max_cache_len)
+        self.packed_values.write(positions, value_states, self.max_cache_len)
+        return _marked(self.packed_keys.dequantized(self.dtype), self.packed_values.dequantized(self.dtype))
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed_keys.nbytes + self.packed_values.nbytes
+
+
+class StaticPackedKVCache(Cache):
+    """``PackedKVCache`` with static buffers of ``max_cache_len`` tokens (CUDA-graph decode)."""
+
+    def __init__(self, model: nn.Module, max_cache_len: int) -> None:
+        from models import adapter_for  # late: models imports quant_layers
+
+        adapter = adapter_for(model.config)
+        super().__init__(layers=[StaticPackedKVLayer(adapter.attention(layer), max_cache_len)
+                                 for layer in adapter.decoder_layers(model)])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the codes, scales and zero points of every layer's buffers."""
         return sum(layer.nbytes for layer in self.layers)

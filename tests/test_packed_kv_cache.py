@@ -10,7 +10,7 @@ from calib.rtn import quantize_weights_rtn
 from configs.recipe import QuantRecipe
 from models.adapter import adapter_for
 from pipeline.fake_quant import attach_quantizers
-from quant_layers.packed_kv_cache import PackedKVCache
+from quant_layers.packed_kv_cache import PackedKVCache, StaticPackedKVCache
 from quant_layers.quantizer import QuantSpec
 from transforms import apply_transform
 
@@ -59,3 +59,40 @@ def test_packed_cache_needs_a_kv4_recipe(tinystories_dir):
     eight = QuantRecipe(key=QuantSpec("int", 8, granularity="head"), value=QuantSpec("int", 8, granularity="head"))
     with pytest.raises(ValueError, match="4-bit codes"):
         PackedKVCache(quantized(tinystories_dir, eight))
+
+
+@pytest.mark.parametrize("transform", ["identity", "hadamard"])
+def test_static_packed_cache_decodes_like_the_growing_one(transform, tinystories_dir):
+    """The CUDA-graph-ready cache: fixed buffers written in place, the same tokens and logits."""
+    recipe = QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"),
+                         activation=QuantSpec("int", 4, granularity="token"), transform=transform, **KV4)
+    model = quantized(tinystories_dir, recipe)
+    ids = AutoTokenizer.from_pretrained(tinystories_dir)("Once upon a time there was", return_tensors="pt").input_ids
+    packed_tokens, packed_scores = greedy(model, ids, PackedKVCache(model))
+    length = ids.shape[1] + 24
+    cache = StaticPackedKVCache(model, max_cache_len=length)
+    static_tokens, static_scores = greedy(model, ids, cache)
+    assert torch.equal(static_tokens, packed_tokens)
+    assert (static_scores - packed_scores).abs().max() <= 1e-4 * packed_scores.abs().max()
+    layer = cache.layers[0]
+    assert layer.packed_keys.codes.shape[-2] == length and layer.get_seq_length() == ids.shape[1] + 19
+    with pytest.raises(ValueError, match="do not fit; build it with a larger max_cache_len"):
+        greedy(model, ids, StaticPackedKVCache(model, max_cache_len=ids.shape[1] + 5))
+
+
+def test_kv_quantized_attention_stays_causal_with_eager_attention(tinystories_dir):
+    """The wrapped attention keeps the base's mask: eager attention with K/V quantized equals SDPA's,
+    and a token's logits do not depend on later tokens."""
+    ids = torch.tensor([[1, 80, 147, 201, 282, 81, 248, 197, 402, 402]])
+    changed = ids.clone()
+    changed[0, -1] = 7
+    logits = {}
+    for impl in ("sdpa", "eager"):
+        model = AutoModelForCausalLM.from_pretrained(tinystories_dir, dtype=torch.float32,
+                                                     attn_implementation=impl).eval()
+        attach_quantizers(model, adapter_for(model.config), QuantRecipe(**KV4))
+        with torch.no_grad():
+            logits[impl] = model(ids).logits
+            prefix = model(changed).logits[:, :-1]
+        torch.testing.assert_close(prefix, logits[impl][:, :-1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits["eager"], logits["sdpa"], rtol=0, atol=1e-4)
