@@ -6,6 +6,10 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from benchmarks.bench_model import StaticDecoder
+from configs.recipe import QuantRecipe
+from quant_layers.packed_kv_cache import PackedKVCache, StaticPackedKVCache
+from quant_layers.quantizer import QuantSpec
+from test_packed_kv_cache import KV4, quantized
 
 
 def test_static_decoder_decodes_like_the_dynamic_cache(tinystories_dir):
@@ -25,3 +29,23 @@ def test_static_decoder_decodes_like_the_dynamic_cache(tinystories_dir):
     want = torch.cat(want, dim=1)
     assert len(set(want.flatten().tolist())) > 4  # a real continuation, not one repeated token
     assert torch.equal(got, want)
+
+
+def test_static_decoder_with_a_packed_kv4_cache_decodes_like_the_growing_one(tinystories_dir):
+    """The KV4 graph decode's cache: static packed buffers give the growing packed cache's greedy tokens."""
+    recipe = QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"),
+                         activation=QuantSpec("int", 4, granularity="token"), **KV4)
+    model = quantized(tinystories_dir, recipe)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    decoder = StaticDecoder(model, ids, steps=8, kv4=True)
+    assert isinstance(decoder.cache, StaticPackedKVCache)
+    decoder.warm_up()
+    got = torch.cat([decoder.step().clone() for _ in range(8)], dim=1)
+    with torch.no_grad():
+        cache = PackedKVCache(model)
+        token = model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        want = []
+        for _ in range(8):
+            token = model(token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            want.append(token)
+    assert torch.equal(got, torch.cat(want, dim=1))
