@@ -131,7 +131,10 @@ def gemv_fits(m: int, k: int, a_group: int, w_group: int) -> bool:
 
 def _words(packed: torch.Tensor) -> torch.Tensor:
     """(rows, K // 2) packed bytes as (rows, K // 8) int32 words (little-endian: code 8i + j in nibble j)."""
-    return packed.contiguous().view(torch.int32)
+    packed = packed.contiguous()
+    if packed.storage_offset() % 4:  # a view that starts mid-word: copy it to a word-aligned tensor
+        packed = packed.clone()
+    return packed.view(torch.int32)
 
 
 def w4a4_gemv_triton(

@@ -342,6 +342,15 @@ def test_gemv_decodes_every_code_pair():
                 assert torch.equal(got, want), (a_el, w_el)
 
 
+def test_gemv_takes_operands_that_start_mid_word():
+    """Packed rows sliced out of a larger buffer (storage offsets not a multiple of 4 bytes)."""
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("int4xint4", 3, 16, 64)
+    a_view = torch.cat([torch.zeros(1, dtype=torch.uint8), a_packed.flatten()])[1:].view(3, 32)
+    assert a_view.storage_offset() == 1 and torch.equal(a_view, a_packed)
+    got = w4a4_gemm.w4a4_matmul_triton(a_view, a_scale, w_packed, w_scale, out_dtype=torch.float32, gemv=True, **kw)
+    assert_matches_twin(got, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.float32, **kw))
+
+
 def test_gemv_refuses_what_it_cannot_take():
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("int4xint4", 5, 16, 64)
     with pytest.raises(ValueError, match="1 to 4 rows"):
