@@ -32,17 +32,25 @@ def greedy(model, ids, cache=None):
     return out.sequences, torch.stack(out.scores)
 
 
-@pytest.mark.parametrize("transform", ["identity", "hadamard"])
-def test_decode_from_packed_codes_equals_fake_quantized_decode(transform, tinystories_dir):
+def w4a4kv4_and_prompt(path: str, transform: str) -> tuple:
+    """The TinyStories model at W4A4KV4 (INT4, V asymmetric) and a tokenized prompt."""
     recipe = QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"),
                          activation=QuantSpec("int", 4, granularity="token"), transform=transform, **KV4)
-    model = quantized(tinystories_dir, recipe)
-    ids = AutoTokenizer.from_pretrained(tinystories_dir)("Once upon a time there was", return_tensors="pt").input_ids
-    fake_tokens, fake_scores = greedy(model, ids)
+    ids = AutoTokenizer.from_pretrained(path)("Once upon a time there was", return_tensors="pt").input_ids
+    return quantized(path, recipe), ids
+
+
+def assert_same_decode(got: tuple, want: tuple) -> None:
+    """Greedy (tokens, scores): the same tokens, scores within 1e-4 of their magnitude."""
+    assert torch.equal(got[0], want[0])  # token by token
+    assert (got[1] - want[1]).abs().max() <= 1e-4 * want[1].abs().max()
+
+
+@pytest.mark.parametrize("transform", ["identity", "hadamard"])
+def test_decode_from_packed_codes_equals_fake_quantized_decode(transform, tinystories_dir):
+    model, ids = w4a4kv4_and_prompt(tinystories_dir, transform)
     cache = PackedKVCache(model)
-    packed_tokens, packed_scores = greedy(model, ids, cache)
-    assert torch.equal(packed_tokens, fake_tokens)  # token by token
-    assert (packed_scores - fake_scores).abs().max() <= 1e-4 * fake_scores.abs().max()
+    assert_same_decode(greedy(model, ids, cache), greedy(model, ids))
     # What the cache holds: uint8 codes (half a byte per element) and one fp32 scale (and zero) per head and token.
     layer = cache.layers[0]
     tokens = ids.shape[1] + 19
@@ -64,16 +72,10 @@ def test_packed_cache_needs_a_kv4_recipe(tinystories_dir):
 @pytest.mark.parametrize("transform", ["identity", "hadamard"])
 def test_static_packed_cache_decodes_like_the_growing_one(transform, tinystories_dir):
     """The CUDA-graph-ready cache: fixed buffers written in place, the same tokens and logits."""
-    recipe = QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"),
-                         activation=QuantSpec("int", 4, granularity="token"), transform=transform, **KV4)
-    model = quantized(tinystories_dir, recipe)
-    ids = AutoTokenizer.from_pretrained(tinystories_dir)("Once upon a time there was", return_tensors="pt").input_ids
-    packed_tokens, packed_scores = greedy(model, ids, PackedKVCache(model))
+    model, ids = w4a4kv4_and_prompt(tinystories_dir, transform)
     length = ids.shape[1] + 24
     cache = StaticPackedKVCache(model, max_cache_len=length)
-    static_tokens, static_scores = greedy(model, ids, cache)
-    assert torch.equal(static_tokens, packed_tokens)
-    assert (static_scores - packed_scores).abs().max() <= 1e-4 * packed_scores.abs().max()
+    assert_same_decode(greedy(model, ids, cache), greedy(model, ids, PackedKVCache(model)))
     layer = cache.layers[0]
     assert layer.packed_keys.codes.shape[-2] == length and layer.get_seq_length() == ids.shape[1] + 19
     with pytest.raises(ValueError, match="do not fit; build it with a larger max_cache_len"):
