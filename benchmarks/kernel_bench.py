@@ -9,7 +9,7 @@ before every repetition):
   timed; M is padded to a multiple of 16, as the row-wise kernels need);
 * ``int4``, ``e2m1`` (per-token activations x per-channel weights), ``nvfp4`` and
   ``mxfp4`` (16 / 32-element groups on both sides): our W4A4 GEMM alone (``gemm``: the
-  CUDA-core decode kernel ``w4a4_gemv`` at M <= 16 with per-row scales, else the
+  CUDA-core decode kernel ``w4a4_gemv`` at M <= 4 with per-row scales, else the
   tensor-core kernel, split-K at M <= 16) and after the activation-quantization kernel
   (``quant+gemm``); where the decode kernel ran, also the tensor-core kernel
   (``dot gemm``), for comparison;
@@ -47,6 +47,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.kernel_check import FP8_ACCUMULATION_OF_MAX  # noqa: E402
 from benchmarks.result_files import write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 import kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
@@ -120,9 +121,9 @@ def check_fp8_path(x: torch.Tensor, wq: tuple, element: str) -> str:
     of_max = ((got - want).abs().max() / want.abs().max()).item()
     if err <= 2.0**-7:
         return "ok"
-    # Hopper's FP8 tensor cores add into their accumulator with fewer bits than fp32 between
-    # promotions: outputs near zero then miss bfloat16 rounding while the largest do not.
-    return (f"{'close' if of_max <= 2.0**-8 else 'MISMATCH'}: max err {of_max:.1e} of max |out|, "
+    # Hopper's FP8 accumulation (see FP8_ACCUMULATION_OF_MAX): outputs near zero then miss
+    # bfloat16 rounding while the largest do not.
+    return (f"{'close' if of_max <= FP8_ACCUMULATION_OF_MAX else 'MISMATCH'}: max err {of_max:.1e} of max |out|, "
             f"elementwise rel err {err:.1e}")
 
 
@@ -145,20 +146,13 @@ def fp8_path_rows(n: int, m: int, k: int, x: torch.Tensor, wq: tuple, name: str,
     ]
 
 
-def gemm_autotuner(m: int, k: int, group: int, gemv: bool | None = None):
-    """The autotuned kernel ``w4a4_matmul_triton`` ran for these rows (None under the interpreter)."""
-    from kernels import w4a4_gemm, w4a4_gemv
+def tuned_config(m: int, k: int, group: int, gemv: bool | None = None) -> str:
+    """The config the autotuner of this GEMM picked on its last run: tile sizes, warps, stages."""
+    from kernels import w4a4_gemm
 
-    if w4a4_gemv.INTERPRET:
-        return None
-    if gemv is not False and w4a4_gemv.gemv_fits(m, k, group, group):
-        return w4a4_gemv._gemv_autotuned
-    return w4a4_gemm._w4a4_decode_autotuned if m <= w4a4_gemm.DECODE_MAX_M else w4a4_gemm._w4a4_autotuned
-
-
-def tuned_config(autotuner) -> str:
-    """The config the autotuner picked on its last run: tile sizes, warps, stages."""
-    config = getattr(autotuner, "best_config", None)
+    if w4a4_gemm.INTERPRET:  # one fixed config, no autotuner
+        return ""
+    config = getattr(w4a4_gemm.autotuner_for(m, k, group, group, gemv), "best_config", None)
     if config is None:
         return ""
     tiles = " ".join(f"{key}={value}" for key, value in config.kwargs.items())
@@ -177,8 +171,7 @@ def row(n: int, m: int, k: int, method: str, ms: float | None, weight_bytes: int
 
 def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: list[str]) -> list[dict]:
     """Every GEMM of one (N, K, M): the bf16 and fp8 baselines first, then the W4A4 formats."""
-    from kernels.w4a4_gemm import w4a4_matmul_triton  # late: builds Triton kernels (TRITON_INTERPRET is set in main)
-    from kernels.w4a4_gemv import INTERPRET, gemv_fits
+    from kernels.w4a4_gemm import takes_gemv, w4a4_matmul_triton  # late: builds Triton kernels (see main)
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
     rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
@@ -202,12 +195,12 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
         gemm = functools.partial(kernels.w4a4_matmul, out_dtype=torch.bfloat16, backend="triton", **spec)
         quantize = functools.partial(kernels.quantize_activations, x, element, group, kind, backend="triton")
         rows.append(row(n, m, k, f"{name} gemm", time_ms(lambda: gemm(*aq, *wq)), weight_bytes, check))
-        rows[-1]["config"] = tuned_config(gemm_autotuner(m, k, group))
+        rows[-1]["config"] = tuned_config(m, k, group)
         rows.append(row(n, m, k, f"{name} quant+gemm", time_ms(lambda: gemm(*quantize(), *wq)), weight_bytes, check))
-        if not INTERPRET and gemv_fits(m, k, group, group):  # the decode kernel took `gemm`
+        if takes_gemv(m, k, group, group):  # the decode kernel took `gemm`
             dot = functools.partial(w4a4_matmul_triton, out_dtype=torch.bfloat16, gemv=False, **spec)
             rows.append(row(n, m, k, f"{name} dot gemm", time_ms(lambda: dot(*aq, *wq)), weight_bytes))
-            rows[-1]["config"] = tuned_config(gemm_autotuner(m, k, group, gemv=False))
+            rows[-1]["config"] = tuned_config(m, k, group, gemv=False)
         if fp8_ok and reference.fp8_path_fits(m, n, k, group, group):
             rows += fp8_path_rows(n, m, k, x, wq, name, element, time_ms)
     for r in rows:

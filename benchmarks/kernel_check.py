@@ -11,9 +11,9 @@ of the GPU) on random data (outliers, ragged M, real LLM widths):
   step, and a value on a rounding tie may go either way: at most 1e-3 of the codes, and
   1e-2 of the scales off by more than 1e-5 relative);
 * the W4A4 GEMM, for every pair of formats the real-quantized linear uses (M <= 4 with
-  per-row scales runs the decode kernel ``w4a4_gemv``, M = 16 and grouped M = 1 the split-K
-  configs, swapped or not),
-  and the FPx weight-only GEMM: into an output filled with NaN
+  per-row scales runs the decode kernel ``w4a4_gemv``; M = 16 and grouped M = 1 the split-K
+  configs, operands swapped or not), and the FPx weight-only GEMM (M = 1 its one-row
+  kernel): into an output filled with NaN
   first (every entry must be written), against the fp32 twin within 1e-5 of the output's
   magnitude plus one ulp of a half output dtype;
 * the FP8 path: activation codes as E4M3 bytes and the weight widened to E4M3 (both equal

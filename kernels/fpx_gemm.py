@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from triton.language.standard import _sum_combine
 
-from .reference import check_fpx_args, fpx_element
+from .reference import check_fpx_args, check_out, fpx_element
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
@@ -219,26 +219,25 @@ def fpx_matmul_triton(
     m, k = x.shape
     n = planes[0].shape[0]
     out_dtype = out_dtype or x.dtype
+    check_out(out, m, n, out_dtype)
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=x.device)
-    elif out.shape != (m, n) or out.dtype != out_dtype or out.stride(1) != 1:
-        raise ValueError(f"out must be a ({m}, {n}) {out_dtype} tensor with unit column stride, "
-                         f"got {out.dtype} with shape {tuple(out.shape)} and strides {out.stride()}")
     if out.numel() == 0:
         return out
     x = x.contiguous()
     low = planes[0].contiguous()
     high = planes[1].contiguous() if len(planes) > 1 else low
     scale = w_scale.float().reshape(n).contiguous()
+    bias_arg = bias.contiguous() if bias is not None else out  # (no bias: never read)
     args = (
-        x, low, high, scale, bias.contiguous() if bias is not None else out, out,  # (no bias: never read)
+        x, low, high, scale, bias_arg, out,
         m, n, k, _m_bucket(m), x.stride(0), low.stride(0), high.stride(0), out.stride(0),
     )
     flags = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias,
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                  DOT_F32=INTERPRET or x.dtype == torch.float32)
     if row_kernel or (row_kernel is None and m == 1 and not INTERPRET):
-        row_args = (x, low, high, scale, args[4], out, n, k, low.stride(0), high.stride(0))
+        row_args = (x, low, high, scale, bias_arg, out, n, k, low.stride(0), high.stride(0))
         row_flags = {key: flags[key] for key in ("EXP_BITS", "MAN_BITS", "EXP_BIAS", "HIGH_WIDTH", "HAS_BIAS")}
         if INTERPRET:
             _fpx_row_kernel[(triton.cdiv(n, INTERPRET_CONFIG["BLOCK_N"]),)](

@@ -100,6 +100,13 @@ def _check_operand(
     return k_here
 
 
+def check_out(out: torch.Tensor | None, m: int, n: int, out_dtype: torch.dtype) -> None:
+    """Raise ValueError unless ``out`` is None or an (m, n) ``out_dtype`` tensor a kernel can write rows of."""
+    if out is not None and (out.shape != (m, n) or out.dtype != out_dtype or out.stride(1) != 1):
+        raise ValueError(f"out must be a ({m}, {n}) {out_dtype} tensor with unit column stride, "
+                         f"got {out.dtype} with shape {tuple(out.shape)} and strides {out.stride()}")
+
+
 def check_matmul_args(
     a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
     a_element: str, w_element: str, a_group: int, w_group: int, bias: torch.Tensor | None, out_dtype: torch.dtype,

@@ -32,8 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import check_matmul_args
-from .w4a4_gemv import gemv_fits, w4a4_gemv_triton
+from .reference import check_matmul_args, check_out
+from .w4a4_gemv import _gemv_autotuned, gemv_fits, w4a4_gemv_triton
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
@@ -245,6 +245,18 @@ def _m_bucket(m: int) -> int:
     return min(max(triton.next_power_of_2(m), 16), 4096)
 
 
+def takes_gemv(m: int, k: int, a_group: int, w_group: int, gemv: bool | None = None) -> bool:
+    """Whether ``w4a4_matmul_triton(..., gemv=gemv)`` hands the product to ``w4a4_gemv``."""
+    return bool(gemv) or (gemv is None and not INTERPRET and gemv_fits(m, k, a_group, w_group))
+
+
+def autotuner_for(m: int, k: int, a_group: int, w_group: int, gemv: bool | None = None) -> triton.runtime.Autotuner:
+    """The autotuned kernel a GPU call of ``w4a4_matmul_triton`` with these arguments runs."""
+    if takes_gemv(m, k, a_group, w_group, gemv):
+        return _gemv_autotuned
+    return _w4a4_decode_autotuned if m <= DECODE_MAX_M else _w4a4_autotuned
+
+
 def w4a4_matmul_triton(
     a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, a_group: int = 0, w_group: int = 0,
@@ -265,12 +277,10 @@ def w4a4_matmul_triton(
     if swap_ab and (a_group or w_group):
         raise ValueError(f"swapped operands take per-row scales only, got groups {a_group} and {w_group}")
     m, n, k = a_packed.shape[0], w_packed.shape[0], 2 * a_packed.shape[1]
-    if gemv or (gemv is None and not INTERPRET and gemv_fits(m, k, a_group, w_group)):
+    if takes_gemv(m, k, a_group, w_group, gemv):
         return w4a4_gemv_triton(a_packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                                 a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, out=out)
-    if out is not None and (out.shape != (m, n) or out.dtype != out_dtype or out.stride(1) != 1):
-        raise ValueError(f"out must be a ({m}, {n}) {out_dtype} tensor with unit column stride, "
-                         f"got {out.dtype} with shape {tuple(out.shape)} and strides {out.stride()}")
+    check_out(out, m, n, out_dtype)
     split = split_k > 1 if INTERPRET else m <= DECODE_MAX_M
     # Split-K partial products add up in a zeroed fp32 tensor, cast to out_dtype at the end.
     target = torch.zeros((m, n), dtype=torch.float32, device=a_packed.device) if split else (

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from triton.language.standard import _sum_combine
 
-from .reference import check_matmul_args
+from .reference import check_matmul_args, check_out
 
 INTERPRET = triton.knobs.runtime.interpret
 # Twice the E2M1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 (magnitude code c in nibble c), as int32.
@@ -148,11 +148,9 @@ def w4a4_gemv_triton(
     if not gemv_fits(m, k, a_group, w_group):
         raise ValueError(f"the decode kernel takes 1 to {GEMV_MAX_M} rows, per-row scales (groups 0) and K a "
                          f"multiple of 8, got M={m}, K={k}, groups {a_group} and {w_group}")
+    check_out(out, m, n, out_dtype)
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=a_packed.device)
-    elif out.shape != (m, n) or out.dtype != out_dtype or out.stride(1) != 1:
-        raise ValueError(f"out must be a ({m}, {n}) {out_dtype} tensor with unit column stride, "
-                         f"got {out.dtype} with shape {tuple(out.shape)} and strides {out.stride()}")
     a_words, w_words = _words(a_packed), _words(w_packed)
     a_scale, w_scale = a_scale.float().contiguous(), w_scale.float().contiguous()
     block_m = triton.next_power_of_2(m)

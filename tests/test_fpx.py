@@ -313,3 +313,9 @@ def test_fpx_matmul_errors(backend, changes, message):
 def test_w4a4_kernels_still_take_only_int4_and_e2m1():
     with pytest.raises(ValueError, match="unknown 4-bit element 'e3m2'"):
         kernels.quantize_activations(torch.zeros(2, 16), "e3m2")
+
+
+def test_fpx_refuses_an_output_it_cannot_write():
+    x, planes, scale, _ = operands("e3m2", 2, 16, 64, torch.float32)
+    with pytest.raises(ValueError, match=r"out must be a \(2, 16\) torch.float32 tensor with unit column stride"):
+        fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, out=torch.empty(16, 2).t())

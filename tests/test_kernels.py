@@ -351,6 +351,15 @@ def test_gemv_takes_operands_that_start_mid_word():
     assert_matches_twin(got, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.float32, **kw))
 
 
+@pytest.mark.parametrize("gemv", [False, True], ids=["tensor-core", "decode"])
+def test_gemm_refuses_an_output_it_cannot_write(gemv):
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("int4xint4", 2, 16, 64)
+    for out in (torch.empty(2, 8), torch.empty(2, 16, dtype=torch.float16), torch.empty(16, 2).t()):
+        with pytest.raises(ValueError, match=r"out must be a \(2, 16\) torch.float32 tensor with unit column stride"):
+            w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.float32, out=out,
+                                         gemv=gemv, **kw)
+
+
 def test_gemv_refuses_what_it_cannot_take():
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("int4xint4", 5, 16, 64)
     with pytest.raises(ValueError, match="1 to 4 rows"):
