@@ -5,7 +5,8 @@ download); quantized modes replace every decoder linear by a ``RealQuantLinear``
 random packed codes and scales, which is what the kernels' speed depends on, and run q/k/v
 and gate/up fused, as a loaded checkpoint does. Modes:
 
-* ``bf16``: the dense model (HF SDPA attention);
+* ``bf16``: the dense model (HF SDPA attention, single-token queries grouped per K/V head as in
+  ``models.attention``, like every mode);
 * ``w4a16``: FP4 E2M1 weights per channel on the FPx weight-only kernel, bf16 activations;
 * ``w4a4``: INT4 weights per channel, INT4 activations per token (W4A4 GEMM);
 * ``w4a4kv4``: ``w4a4`` with K/V quantized to INT4 per head (V asymmetric), decoding from
@@ -44,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.result_files import write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from models import adapter_for, resolve_device  # noqa: E402
+from models.attention import use_grouped_decode_attention  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 from quant_layers import Quantizer, QuantSpec, install_kv_quantization  # noqa: E402
 from quant_layers.fused_linear import fuse_shared_input_linears  # noqa: E402
@@ -108,6 +110,7 @@ def build_model(config, mode: str, device: torch.device, seed: int = 0) -> nn.Mo
     torch.manual_seed(seed)
     with device:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
+    use_grouped_decode_attention(model)  # every mode, bf16 included: no K/V copies per query head
     weight, act, kv4 = MODES[mode]
     adapter = adapter_for(config)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -148,10 +151,14 @@ def decode_tokens_per_s(model, mode: str, batch: int, seqlen: int, steps: int, d
 
 class StaticDecoder:
     """Greedy decoding from a static cache, one token per ``step()``: eagerly, or after ``capture()`` as
-    replays of one captured CUDA graph (the token and its position are updated in place between steps)."""
+    replays of one captured CUDA graph (the token and its position are updated in place between steps).
+
+    ``compile``: the step's forward goes through ``torch.compile`` (the glue between the linears
+    fuses; the real-quantized linears stay one opaque custom op each) before any capture.
+    """
 
     @torch.no_grad()
-    def __init__(self, model, ids: torch.Tensor, steps: int, kv4: bool = False) -> None:
+    def __init__(self, model, ids: torch.Tensor, steps: int, kv4: bool = False, compile: bool = False) -> None:
         seqlen = ids.shape[1]
         self.model = model
         length = seqlen + steps + 2
@@ -162,8 +169,9 @@ class StaticDecoder:
         self.position = torch.tensor([seqlen], device=ids.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.following: torch.Tensor | None = None
+        self._forward = torch.compile(self._eager_forward) if compile else self._eager_forward
 
-    def _forward(self) -> torch.Tensor:
+    def _eager_forward(self) -> torch.Tensor:
         return self.model(self.token, past_key_values=self.cache, cache_position=self.position).logits[:, -1:].argmax(-1)
 
     @torch.no_grad()
@@ -206,10 +214,12 @@ class StaticDecoder:
         return self.token
 
 
-def graph_decode_tokens_per_s(model, mode: str, batch: int, seqlen: int, steps: int, device: torch.device) -> float:
-    """Greedy decode with a static cache (packed for KV4), each step one replay of a captured CUDA graph."""
+def graph_decode_tokens_per_s(model, mode: str, batch: int, seqlen: int, steps: int, device: torch.device,
+                              compile: bool = False) -> float:
+    """Greedy decode with a static cache (packed for KV4), each step one replay of a captured CUDA graph
+    (of the ``torch.compile``d step with ``compile``)."""
     ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), device=device)
-    decoder = StaticDecoder(model, ids, steps, kv4=MODES[mode][2])
+    decoder = StaticDecoder(model, ids, steps, kv4=MODES[mode][2], compile=compile)
     decoder.capture()
     _sync(device)
     start = time.perf_counter()
@@ -239,6 +249,7 @@ def bench_mode(config, mode: str, args, device: torch.device, time_ms) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(config, mode, device)
+    torch._dynamo.reset()  # each mode compiles its own steps (one per batch size), not against the last mode's limit
     row = {"mode": mode, "model_bytes": model_bytes(model), "prefill_ms": {}, "decode_tok_s": {},
            "graph_decode_tok_s": {}}
     with torch.no_grad():
@@ -246,12 +257,13 @@ def bench_mode(config, mode: str, args, device: torch.device, time_ms) -> dict:
             ids = torch.randint(0, config.vocab_size, (batch, args.seqlen), device=device)
             row["prefill_ms"][batch] = time_ms(lambda: model(ids, use_cache=False))
         for batch in args.decode_batches:
-            row["decode_tok_s"][batch] = decode_tokens_per_s(model, mode, batch, args.seqlen, args.decode_tokens,
-                                                             device)
+            if not args.no_eager:
+                row["decode_tok_s"][batch] = decode_tokens_per_s(model, mode, batch, args.seqlen,
+                                                                 args.decode_tokens, device)
             if device.type == "cuda":
                 try:  # a capture that fails (a host sync in the step, e.g.) leaves the eager figure
-                    row["graph_decode_tok_s"][batch] = graph_decode_tokens_per_s(model, mode, batch, args.seqlen,
-                                                                                 args.decode_tokens, device)
+                    row["graph_decode_tok_s"][batch] = graph_decode_tokens_per_s(
+                        model, mode, batch, args.seqlen, args.decode_tokens, device, compile=args.compile)
                 except RuntimeError as err:  # recorded, not fatal: the eager figure stands
                     row.setdefault("graph_errors", {})[batch] = str(err).splitlines()[0][:200]
         if args.hf_generate and mode == "bf16":
@@ -265,17 +277,20 @@ def bench_mode(config, mode: str, args, device: torch.device, time_ms) -> dict:
 def markdown(result: dict) -> str:
     rows = result["rows"]
     prefill = [str(b) for b in rows[0]["prefill_ms"]]
-    decode = [str(b) for b in rows[0]["decode_tok_s"]]
+    decode = [str(b) for b in {**rows[0]["graph_decode_tok_s"], **rows[0]["decode_tok_s"]}]
+    eager = any(r["decode_tok_s"] for r in rows)
     base = rows[0] if rows[0]["mode"] == "bf16" else None
     graphs = any(r.get("graph_decode_tok_s") for r in rows)
+    graph = "graph+compile" if result.get("compile") else "graph"
     header = (["mode", "weights+buffers (GiB)"] + [f"prefill b{b} (ms)" for b in prefill]
-              + ([f"decode b{b} graph (tok/s)" for b in decode] if graphs else [])
-              + [f"decode b{b} eager (tok/s)" for b in decode] + ["peak (GiB)"])
+              + ([f"decode b{b} {graph} (tok/s)" for b in decode] if graphs else [])
+              + ([f"decode b{b} eager (tok/s)" for b in decode] if eager else []) + ["peak (GiB)"])
     lines = [f"# Model speed: {result['config']} ({result['layers']} layers), random weights",
              "", f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
              f"Prefill: {result['seqlen']} tokens, no cache. Decode: {result['decode_tokens']} greedy steps after a "
              f"{result['seqlen']}-token prefill: 'graph' replays one captured CUDA-graph step per token (static "
-             f"cache), 'eager' runs one Python forward per token (dynamic cache, launch-bound).",
+             f"cache{'; the step torch.compile-d for every mode, each real-quantized linear one opaque op' if result.get('compile') else ''}), "
+             f"'eager' runs one Python forward per token (dynamic cache, launch-bound).",
              f"Command: `{result['command']}`", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["mode"], f"{r['model_bytes'] / 2**30:.2f}"]
@@ -287,7 +302,7 @@ def markdown(result: dict) -> str:
                 tok_s, base_tok_s = r["graph_decode_tok_s"].get(int(b)), base and base["graph_decode_tok_s"].get(int(b))
                 ratio = f" ({tok_s / base_tok_s:.2f}×)" if tok_s and base_tok_s else ""
                 cells.append(f"{tok_s:.1f}{ratio}" if tok_s else "–")
-        for b in decode:
+        for b in decode if eager else []:
             ratio = f" ({r['decode_tok_s'][int(b)] / base['decode_tok_s'][int(b)]:.2f}×)" if base else ""
             cells.append(f"{r['decode_tok_s'][int(b)]:.1f}{ratio}")
         cells.append(f"{r['peak_bytes'] / 2**30:.2f}" if "peak_bytes" in r else "–")
@@ -317,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefill_batches", type=_ints, default=[1, 4, 16])
     p.add_argument("--decode_batches", type=_ints, default=[1, 8, 64])
     p.add_argument("--decode_tokens", type=int, default=256)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the graph decode step of every mode (bf16 included) before capturing it")
+    p.add_argument("--no_eager", action="store_true", help="skip the eager (launch-bound) decode timing")
     p.add_argument("--hf_generate", action="store_true", help="also time HF generate for bf16 at batch 1")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--device", default="auto")
@@ -336,18 +354,16 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     config = build_config(args.config, args.layers, args.seqlen)
     time_ms = make_timer(device, warmup=1, reps=args.reps, flush_l2=False, cuda_graph=False)
-    rows = []
-    for mode in modes:
-        rows.append(bench_mode(config, mode, args, device, time_ms))
-        print(rows[-1], flush=True)
     result = {"config": args.config, "layers": config.num_hidden_layers, "seqlen": args.seqlen,
-              "decode_tokens": args.decode_tokens, "device": device_name(device),
+              "decode_tokens": args.decode_tokens, "compile": args.compile, "device": device_name(device),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
               "command": "python benchmarks/bench_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "rows": rows}
-    md = markdown(result)
-    write_result_files(args.out, result, md)
-    print(md)
+              "rows": []}
+    for mode in modes:  # the files are rewritten after each mode: a run cut short keeps the modes it finished
+        result["rows"].append(bench_mode(config, mode, args, device, time_ms))
+        print(result["rows"][-1], flush=True)
+        write_result_files(args.out, result, markdown(result))
+    print(markdown(result))
     return 0
 
 

@@ -175,6 +175,24 @@ def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device
             "error_over_bound": excess, "ok": ok}
 
 
+# (batch, K/V heads, query heads per K/V head, head dim, cache length, tokens written per row)
+GPU_DECODE_ATTENTION = [(1, 8, 4, 128, 2100, [2049]), (8, 8, 4, 128, 2100, [2049] * 8), (3, 4, 7, 64, 333, [1, 200, 333])]
+DRY_DECODE_ATTENTION = [(1, 2, 4, 64, 200, [130])]
+
+
+def check_decode_attention(batch: int, heads_kv: int, groups: int, dim: int, length: int, written: list[int],
+                           dtype: torch.dtype, device: torch.device) -> dict:
+    q, key, value = (torch.randn(batch, heads_kv, rows, dim, device=device).to(dtype) for rows in (groups, length, length))
+    mask = (torch.arange(length, device=device)[None, :] < torch.tensor(written, device=device)[:, None])[:, None, None]
+    out = kernels.decode_attention(q, key, value, mask, backend="triton")
+    want = reference.decode_attention_ref(q.float(), key.float(), value.float(), mask, dim**-0.5)
+    # Half operands: the probabilities enter the second product in q's dtype (as in flash attention).
+    ok, excess = close(out, want, of_max=1e-5 if dtype == torch.float32 else 2.0**-7)
+    return {"kernel": "decode_attention", "case": f"{groups} query heads per K/V head, {written[0]} of {length} keys",
+            "shape": f"B{batch} Hkv{heads_kv} D{dim} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess,
+            "ok": ok}
+
+
 def markdown(result: dict) -> str:
     failed = [r for r in result["checks"] if not r["ok"]]
     lines = [f"Triton kernels vs their torch twins on the same device. Device: {result['device']}. "
@@ -192,8 +210,10 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: Triton interpreter on CPU, tiny shapes")
+    p.add_argument("--only", help="comma list of kernels to check (decode_attention, w4a4_gemm, fpx_gemm, ...)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
+    only = set(args.only.split(",")) if args.only else None
     if args.cpu_dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
     elif not torch.cuda.is_available():
@@ -208,8 +228,11 @@ def main(argv: list[str] | None = None) -> int:
               "command": "python benchmarks/kernel_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "checks": []}
     checks = result["checks"]
+    decode_attention_cases = DRY_DECODE_ATTENTION if args.cpu_dry_run else GPU_DECODE_ATTENTION
 
     def record(run, *run_args) -> None:
+        if only and run.__name__.removeprefix("check_") not in only:
+            return
         try:
             check = run(*run_args)
         except Exception as err:  # a kernel that fails to build or launch is a failed check, not the end
@@ -220,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         print(check, flush=True)
         write_result_files(args.out, result, markdown(result))  # partial results survive a time limit
 
+    for case in decode_attention_cases:
+        for dtype in OUT_DTYPES:
+            record(check_decode_attention, *case, dtype, device)
     for i, (m, n, k) in enumerate(gemm_shapes):
         for a_name, w_name in GEMM_PAIRS:
             record(check_gemm, m, n, k, a_name, w_name, OUT_DTYPES[i % len(OUT_DTYPES)], device)

@@ -30,6 +30,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from configs import QuantRecipe
 from models import adapter_for
+from models.attention import NAME as GROUPED_SDPA
+from models.attention import use_grouped_decode_attention
 from quant_layers import QuantLinear, Quantizer, install_attention_wrapper, install_kv_quantization
 from quant_layers.formats import E4M3
 from quant_layers.fused_linear import fuse_shared_input_linears
@@ -220,6 +222,7 @@ def export_quantized(model: nn.Module, tokenizer, recipe: QuantRecipe, path: str
 
     config = model.config
     base_attn = (config._attn_implementation or "eager").removeprefix("kvquant_")
+    base_attn = "sdpa" if base_attn == GROUPED_SDPA else base_attn
     quant_config = {
         "quant_method": FORMAT, "format_version": FORMAT_VERSION, "recipe": recipe.to_dict(),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "attn_implementation": base_attn,
@@ -335,6 +338,7 @@ def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.d
     with _skip_weight_init():  # every weight comes from the checkpoint (checked below)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=qc["attn_implementation"])
     model.eval()
+    use_grouped_decode_attention(model)
     for name, entry in qc["modules"].items():
         parts = _take(tensors, f"{name}.")
         missing = {"qweight", "weight_scale"} - set(parts)

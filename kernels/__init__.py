@@ -14,6 +14,8 @@ dispatching on the tensors' device:
 - ``unpack_fp8`` and ``fp8_gemm.w4a4_matmul_fp8``: the prefill path for per-row scales,
   codes widened to FP8 and cuBLAS's row-wise scaled FP8 GEMM.
 - ``w8a8_linear``: INT8 per-token activations x INT8 per-channel weights (``int8_gemm``).
+- ``decode_attention``: single-token queries (grouped per K/V head) over a KV cache, split
+  along the keys (flash-decoding); the twin is SDPA.
 - ``fpx_matmul``: float activations x FP4 / FP5 / FP6 weights in bit planes (FP6-LLM
   style, per-channel scales) -> (..., N); one row runs on the CUDA cores on a GPU.
 
@@ -21,7 +23,7 @@ dispatching on the tensors' device:
 ``backend="triton"`` also runs the kernels on CPU tensors when ``TRITON_INTERPRET=1``
 was set before the kernels were imported (that is how the tests check them). The twins
 live in ``kernels.reference`` (``quantize_activations_ref``, ``w4a4_matmul_ref``,
-``dequantize``, ``fpx_matmul_ref``).
+``dequantize``, ``fpx_matmul_ref``, ``decode_attention_ref``).
 
 Importing this package imports nothing of the project's and no triton: the backends are
 imported on first use. transformers probes for the Hugging Face ``kernels`` package by
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BACKENDS", "PATHS", "fpx_matmul", "quantize_activations", "unpack_fp8", "w4a4_linear", "w4a4_matmul",
+__all__ = ["BACKENDS", "PATHS", "decode_attention", "fpx_matmul", "quantize_activations", "unpack_fp8", "w4a4_linear", "w4a4_matmul",
            "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
@@ -190,3 +192,24 @@ def fpx_matmul(
 
         out = fpx_matmul_ref(x2, planes, w_scale, element=element, bits=bits, bias=bias, out_dtype=out_dtype)
     return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None,
+                     scale: float | None = None, *, backend: str | None = None) -> torch.Tensor:
+    """Attention of one token per sequence: q (B, Hkv, G, D) holds the G query heads that share each of the
+    Hkv K/V heads; key and value (B, Hkv, L, D); mask None or boolean, (B or 1, 1, 1, L), True where a key
+    is seen. Returns (B, Hkv, G, D) in q's dtype; ``scale`` defaults to D ** -0.5.
+    """
+    from .reference import decode_attention_problem
+
+    problem = decode_attention_problem(q, key, value, mask)
+    if problem:
+        raise ValueError(problem)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if _use_triton(q, backend):
+        from .flash_decode import decode_attention_triton
+
+        return decode_attention_triton(q, key, value, mask, scale)
+    from .reference import decode_attention_ref
+
+    return decode_attention_ref(q, key, value, mask, scale)

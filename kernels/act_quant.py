@@ -256,7 +256,9 @@ def quantize_activations_triton(
     block_m, block_k = _tile(k, group_size, hadamard_block)
     hb = hadamard_block if hadamard_block <= MAX_DENSE_HADAMARD else 16
     h = _hadamard_matrix(max(hb, 1), x.device)
-    tensor_amax = torch.zeros(1, dtype=torch.int32, device=x.device)  # fp32 bits: |x| >= 0 orders as int
+    # NVFP4's tensor amax, as fp32 bits (|x| >= 0 orders as int); the other scale kinds never read it, and
+    # allocating it anyway cost a fill kernel per call (a tenth of the activation quantization at decode).
+    tensor_amax = torch.zeros(1, dtype=torch.int32, device=x.device) if scale_kind == "e4m3" else scales
     # The rotation dots in x's half dtype (exact products, fp32 sums), except under the
     # interpreter, whose bfloat16 dot is wrong.
     dot_f32 = x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16)

@@ -247,3 +247,29 @@ def fpx_matmul_ref(
     if bias is not None:
         out = out + bias.float()
     return out.to(out_dtype or x.dtype)
+
+
+def decode_attention_problem(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             mask: torch.Tensor | None) -> str | None:
+    """Why ``kernels.decode_attention`` cannot take these operands, or None when it can."""
+    if q.dim() != 4 or key.dim() != 4 or key.shape != value.shape:
+        return (f"decode attention takes q (B, Hkv, G, D) and key, value (B, Hkv, L, D) of one shape, got "
+                f"{tuple(q.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
+    batch, heads_kv, _, dim = q.shape
+    if key.shape[0] != batch or key.shape[1] != heads_kv or key.shape[3] != dim:
+        return f"q {tuple(q.shape)} and key {tuple(key.shape)} disagree on batch, K/V heads or head dim"
+    if not _is_power_of_two(dim) or dim < 16:
+        return f"decode attention takes a power-of-two head dim of at least 16, got {dim}"
+    if q.dtype != key.dtype or key.dtype != value.dtype:
+        return f"q, key and value must share a dtype, got {q.dtype}, {key.dtype}, {value.dtype}"
+    if mask is not None and (mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1)
+                             or mask.shape[0] not in (1, batch) or mask.shape[3] != key.shape[2]):
+        return (f"decode attention takes a boolean mask of shape (B or 1, 1, 1, {key.shape[2]}), got {mask.dtype} "
+                f"{tuple(mask.shape)}")
+    return None
+
+
+def decode_attention_ref(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                         scale: float) -> torch.Tensor:
+    """SDPA of the (B, Hkv, G, D) query rows over their K/V head: ``kernels.decode_attention``'s twin."""
+    return torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scale)

@@ -27,7 +27,7 @@ from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
 from .kv_cache import PACKED_MARK
-from .packing import decode, encode, pack, unpack
+from .packing import code_values, decode, encode, pack, unpack
 from .quantizer import QuantParams, Quantizer
 
 
@@ -39,6 +39,7 @@ class _PackedTensor:
             raise ValueError(f"the packed KV cache stores 4-bit codes, got {quantizer.spec.label}: quantize K/V to "
                              f"4 bits (e.g. --k_bits 4 --v_bits 4) or use the fake-quantized cache")
         self.quantizer = quantizer
+        self.values = code_values(quantizer.element)  # the codes' values, moved to the cache's device once
         self.codes: torch.Tensor | None = None
         self.scale: torch.Tensor | None = None
         self.zero: torch.Tensor | None = None
@@ -48,11 +49,13 @@ class _PackedTensor:
         q = self.quantizer
         grouped = q.grouped(x)
         params = q.fit(grouped)
-        codes = pack(encode(q.levels(grouped, params), q.element).reshape(*x.shape[:-1], -1))
+        levels = q.levels(grouped, params)  # on the grid by construction: no check (it would sync the host)
+        codes = pack(encode(levels, q.element, check=False).reshape(*x.shape[:-1], -1))
         shape = (*x.shape[:-1], -1)
         return codes, params.scale.reshape(shape), None if params.zero is None else params.zero.reshape(shape)
 
     def append(self, x: torch.Tensor) -> None:
+        self.values = self.values.to(x.device)
         codes, scale, zero = self._quantize(x)
         if self.codes is None:
             self.codes, self.scale, self.zero = codes, scale, zero
@@ -66,6 +69,8 @@ class _PackedTensor:
         """Quantize x into token slots ``positions`` of buffers ``length`` tokens long (zeros at first)."""
         codes, scale, zero = self._quantize(x)
         if self.codes is None:
+            self.values = self.values.to(x.device)
+
             def buffer(part: torch.Tensor) -> torch.Tensor:
                 return part.new_zeros((*part.shape[:-2], length, part.shape[-1]))
 
@@ -77,7 +82,7 @@ class _PackedTensor:
             self.zero.index_copy_(-2, positions, zero)
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
-        levels = decode(unpack(self.codes), self.quantizer.element)
+        levels = decode(unpack(self.codes), self.quantizer.element, self.values)
         group = self.quantizer.spec.group_length(levels.shape[-1], self.quantizer.head_dim)
         grouped = levels.reshape(*self.scale.shape, group)
         params = QuantParams(self.scale[..., None], None if self.zero is None else self.zero[..., None])
@@ -173,8 +178,8 @@ class StaticPackedKVLayer(StaticLayer):
         if self.qk_transform is not None:
             key_states = self.qk_transform(key_states)
         tokens = key_states.shape[-2]
-        capturing = key_states.is_cuda and torch.cuda.is_current_stream_capturing()
-        if not capturing:  # reading the count syncs, which a captured step cannot
+        capturing = torch.compiler.is_compiling() or (key_states.is_cuda and torch.cuda.is_current_stream_capturing())
+        if not capturing:  # reading the count syncs, which a captured or compiled step cannot
             cached = int(self.cumulative_length)
             if cached + tokens > self.max_cache_len:
                 raise ValueError(f"the static packed KV cache holds {self.max_cache_len} tokens: {cached} cached "

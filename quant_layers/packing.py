@@ -62,32 +62,41 @@ def code_values(element: NumberFormat) -> torch.Tensor:
     return torch.where(codes >> (element.bits - 1) == 1, -magnitude, magnitude).float()
 
 
-def encode(values: torch.Tensor, element: NumberFormat) -> torch.Tensor:
-    """Codes (uint8, 0..2^bits-1) of values that lie on ``element``'s grid (any float dtype)."""
+def encode(values: torch.Tensor, element: NumberFormat, check: bool = True) -> torch.Tensor:
+    """Codes (uint8, 0..2^bits-1) of values that lie on ``element``'s grid (any float dtype).
+
+    ``check=False`` skips the test that they do, a host sync that a CUDA-graph capture or
+    ``torch.compile`` cannot take: for values on the grid by construction (a quantizer's levels).
+    """
     v = values.float()
     if element in SIGNED_INTS:
         low, high = element.min_level, element.max_level
-        if not torch.equal(v, v.round()) or v.min() < low or v.max() > high:
+        if check and (not torch.equal(v, v.round()) or v.min() < low or v.max() > high):
             raise ValueError(f"{element.name} encoding takes integers in [{low}, {high}]: quantize the tensor first")
         return (v.to(torch.int16) & (2**element.bits - 1)).to(torch.uint8)
     if element == UINT4:
-        if not torch.equal(v, v.round()) or v.min() < 0 or v.max() > 15:
+        if check and (not torch.equal(v, v.round()) or v.min() < 0 or v.max() > 15):
             raise ValueError("uint4 encoding takes integers in [0, 15]: quantize the tensor first")
         return v.to(torch.uint8)
     half = 2 ** (element.bits - 1)
     table = code_values(element)[:half].to(v.device)  # the magnitudes, increasing with the code
     magnitude = v.abs()
     index = torch.bucketize(magnitude, table).clamp(max=half - 1)
-    if not torch.equal(table[index], magnitude):
+    if check and not torch.equal(table[index], magnitude):
         raise ValueError(f"{element.name} encoding takes values on its grid {table.tolist()} (times a sign): "
                          f"quantize the tensor first")
     sign = torch.signbit(v) & (magnitude > 0)
     return (index | (sign.to(torch.int64) << (element.bits - 1))).to(torch.uint8)
 
 
-def decode(codes: torch.Tensor, element: NumberFormat) -> torch.Tensor:
-    """Float32 values of uint8 codes."""
-    return code_values(element).to(codes.device)[codes.long()]
+def decode(codes: torch.Tensor, element: NumberFormat, values: torch.Tensor | None = None) -> torch.Tensor:
+    """Float32 values of uint8 codes.
+
+    ``values``: ``code_values(element)`` kept on the codes' device by a caller that decodes
+    often, sparing the host-to-device copy of the table (which a CUDA-graph capture cannot take).
+    """
+    table = code_values(element).to(codes.device) if values is None else values
+    return table[codes.long()]
 
 
 def pack(codes: torch.Tensor) -> torch.Tensor:

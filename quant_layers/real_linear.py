@@ -8,7 +8,10 @@ description of how its input is quantized on the fly. The same module runs every
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +138,7 @@ class RealQuantLinear(nn.Module):
         check_scheme_pair(weight, act)
         self.in_features, self.out_features = in_features, out_features
         self.weight_scheme, self.act_scheme = weight, act
+        self.schemes = schemes_key(weight, act)  # the custom op's description of both (a str, set once)
         groups = in_features // weight.group if weight.group else 1
         # Bit planes (packing.plane_bits): 4 bits per code, plus a 1- or 2-bit plane for 5/6-bit codes; 8-bit
         # codes are one byte each.
@@ -153,28 +157,61 @@ class RealQuantLinear(nn.Module):
 
     def dequantized_weight(self) -> torch.Tensor:
         """The 4-bit weight as float32 values (codes times scales)."""
-        from kernels.reference import dequantize  # late: kernels.reference imports quant_layers
-
-        return dequantize(self.qweight, self.weight_scale, self.weight_scheme.element, self.weight_scheme.group)
+        return dequantized_weight(self.qweight, self.weight_scale, self.weight_scheme)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_transform is not None:
             x = self.input_transform(x)
-        if self.act_scheme is None:
-            w = self.weight_scheme
-            if w.fpx:
-                planes = (self.qweight, self.qweight_high) if w.bits > 4 else (self.qweight,)
-                return kernels.fpx_matmul(x, planes, self.weight_scale, element=w.element, bits=w.bits,
-                                          bias=self.bias, out_dtype=x.dtype)
-            return F.linear(x, self.dequantized_weight().to(x.dtype), self.bias)
-        rows = x.reshape(-1, self.in_features)
-        a = self.act_scheme
-        if a.element == "int8":
-            out = kernels.w8a8_linear(rows, self.qweight, self.weight_scale, clip_ratio=a.clip_ratio, bias=self.bias,
+        high = getattr(self, "qweight_high", None)  # the 1- or 2-bit plane of 5- and 6-bit codes
+        return torch.ops.ptq.real_quant_matmul(x, self.qweight, high, self.weight_scale, self.bias, self.schemes)
+
+
+def dequantized_weight(qweight: torch.Tensor, weight_scale: torch.Tensor, weight: RealQuantScheme) -> torch.Tensor:
+    """Packed 4-bit weight codes times their scales, float32."""
+    from kernels.reference import dequantize  # late: kernels.reference imports quant_layers
+
+    return dequantize(qweight, weight_scale, weight.element, weight.group)
+
+
+def schemes_key(weight: RealQuantScheme, act: RealQuantScheme | None) -> str:
+    """The weight and activation schemes as one string, the form a custom op's argument can take."""
+    return json.dumps([weight.to_dict(), act.to_dict() if act else None])
+
+
+@lru_cache(maxsize=None)
+def parse_schemes(key: str) -> tuple[RealQuantScheme, RealQuantScheme | None]:
+    weight, act = json.loads(key)
+    return RealQuantScheme(**weight), RealQuantScheme(**act) if act else None
+
+
+@torch.library.custom_op("ptq::real_quant_matmul", mutates_args=())
+def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tensor],
+                      weight_scale: torch.Tensor, bias: Optional[torch.Tensor], schemes: str) -> torch.Tensor:
+    """``RealQuantLinear``'s product, (..., K) -> (..., N) in x's dtype.
+
+    A custom op so that ``torch.compile`` treats it as one opaque call: the kernels choose
+    their path and autotune in Python, which is not for tracing, while everything around
+    the linears (norms, RoPE, residuals) compiles and fuses.
+    """
+    weight, act = parse_schemes(schemes)
+    if act is None:
+        if weight.fpx:
+            planes = (qweight, qweight_high) if qweight_high is not None else (qweight,)
+            return kernels.fpx_matmul(x, planes, weight_scale, element=weight.element, bits=weight.bits, bias=bias,
                                       out_dtype=x.dtype)
-            return out.reshape(*x.shape[:-1], self.out_features)
-        out = kernels.w4a4_linear(rows, self.qweight, self.weight_scale, a_element=a.element,
-                                  w_element=self.weight_scheme.element, a_group=a.group,
-                                  w_group=self.weight_scheme.group, scale_kind=a.scale_kind, clip_ratio=a.clip_ratio,
-                                  bias=self.bias, out_dtype=x.dtype)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return F.linear(x, dequantized_weight(qweight, weight_scale, weight).to(x.dtype), bias)
+    rows = x.reshape(-1, x.shape[-1])
+    if act.element == "int8":
+        out = kernels.w8a8_linear(rows, qweight, weight_scale, clip_ratio=act.clip_ratio, bias=bias,
+                                  out_dtype=x.dtype)
+    else:
+        out = kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,
+                                  a_group=act.group, w_group=weight.group, scale_kind=act.scale_kind,
+                                  clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+@real_quant_matmul.register_fake
+def _(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tensor], weight_scale: torch.Tensor,
+      bias: Optional[torch.Tensor], schemes: str) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight_scale.shape[0])

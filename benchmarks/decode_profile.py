@@ -1,0 +1,121 @@
+"""Where a decode step's time goes: GPU time per kernel of one CUDA-graph decode step, per mode.
+
+Builds the ``bench_model`` model (random weights, real shapes), prefills ``--seqlen`` tokens
+into a static cache, captures one decode step as a CUDA graph, then profiles ``--steps``
+replays with ``torch.profiler``. Reports, per mode: the step's wall time, the sum of its kernels'
+GPU time (the rest is the gaps between kernels), and the kernels grouped by name with their
+count and GPU time per step, largest first.
+
+    python benchmarks/decode_profile.py --config llama-3-8b --modes bf16,w4a4 --out benchmarks/results/decode_profile_h200
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.bench_model import CONFIGS, MODES, StaticDecoder, build_config, build_model  # noqa: E402
+from benchmarks.result_files import write_result_files  # noqa: E402
+from pipeline.results import device_name, library_versions  # noqa: E402
+
+
+def kernel_times(profile, steps: int) -> dict[str, dict[str, float]]:
+    """GPU microseconds and launches per step, by kernel name."""
+    table: dict[str, dict[str, float]] = defaultdict(lambda: {"us": 0.0, "count": 0.0})
+    for event in profile.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            row = table[event.name]
+            row["us"] += event.device_time / steps
+            row["count"] += 1 / steps
+    return dict(table)
+
+
+@torch.no_grad()
+def profile_mode(config, mode: str, batch: int, seqlen: int, steps: int, device: torch.device,
+                 compile: bool = False) -> dict:
+    model = build_model(config, mode, device)
+    torch._dynamo.reset()
+    ids = torch.randint(0, config.vocab_size, (batch, seqlen), device=device)
+    decoder = StaticDecoder(model, ids, steps * 2 + 4, kv4=MODES[mode][2], compile=compile)
+    started = time.perf_counter()
+    decoder.capture()
+    capture_s = time.perf_counter() - started
+    for _ in range(3):
+        decoder.step()
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        decoder.step()
+    torch.cuda.synchronize(device)
+    step_us = (time.perf_counter() - start) / steps * 1e6
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        for _ in range(steps):
+            decoder.step()
+        torch.cuda.synchronize(device)
+    kernels = kernel_times(profile, steps)
+    del model, decoder
+    torch.cuda.empty_cache()
+    return {"mode": mode, "batch": batch, "compile": compile, "capture_s": capture_s, "step_us": step_us, "kernel_us": sum(k["us"] for k in kernels.values()),
+            "kernels": kernels}
+
+
+def markdown(result: dict, top: int) -> str:
+    lines = [f"# Decode step profile: {result['config']}, batch {result['batch']}, after {result['seqlen']} tokens",
+             "", f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
+             f"Command: `{result['command']}`", "",
+             "One CUDA-graph decode step, replayed; kernel GPU time from torch.profiler, per step.", ""]
+    for row in result["rows"]:
+        gap = row["step_us"] - row["kernel_us"]
+        count = sum(k["count"] for k in row["kernels"].values())
+        lines += [f"## {row['mode']}{' (compiled)' if row.get('compile') else ''}: step {row['step_us']:.0f} us ({1e6 / row['step_us'] * row['batch']:.1f} tok/s), "
+                  f"kernels {row['kernel_us']:.0f} us in {count:.0f} launches, gaps {gap:.0f} us; warm-up "
+                  f"(compile, autotune) and capture {row.get('capture_s', 0):.0f} s", "",
+                  "| kernel | launches/step | us/step | share |", "|---|---|---|---|"]
+        ranked = sorted(row["kernels"].items(), key=lambda item: -item[1]["us"])
+        for name, k in ranked[:top]:
+            lines.append(f"| `{name[:90]}` | {k['count']:.0f} | {k['us']:.1f} | {k['us'] / row['step_us']:.1%} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="llama-3-8b", choices=sorted(CONFIGS))
+    p.add_argument("--layers", type=int, help="decoder layers to build (default: the config's)")
+    p.add_argument("--modes", default="bf16,w4a4", help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--compile", action="store_true", help="torch.compile the step before capturing it")
+    p.add_argument("--top", type=int, default=25, help="kernels listed per mode")
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("decode_profile needs a CUDA device (it profiles CUDA-graph replays)")
+    modes = args.modes.split(",")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        p.error(f"unknown mode(s) {unknown}: choose from {sorted(MODES)}")
+    device = torch.device("cuda")
+    config = build_config(args.config, args.layers, args.seqlen)
+    result = {"config": args.config, "batch": args.batch, "seqlen": args.seqlen, "device": device_name(device),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
+              "command": "python benchmarks/decode_profile.py " + " ".join(argv or sys.argv[1:]), "rows": []}
+    for mode in modes:
+        result["rows"].append(profile_mode(config, mode, args.batch, args.seqlen, args.steps, device,
+                                          compile=args.compile))
+        write_result_files(args.out, result, markdown(result, args.top))
+        print(f"done {mode}", flush=True)
+    print(markdown(result, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""Triton kernel: attention of single-token queries over a (static) KV cache, split along the keys.
+
+A decode step's attention reads every cached K and V once and does little arithmetic per
+byte. SDPA's kernels tile the queries: with one token per sequence (the ``g`` query heads
+of a K/V head as ``g`` rows, ``models.attention``) cuDNN ran 8 programs per layer for
+Llama-3-8B at batch 1 and took 47 us a layer after 2048 tokens on the H200, a third of
+the step (``benchmarks/results/decode_profile_llama3_8b_h200.md``). Here (flash-decoding)
+each program takes one K/V head of one sequence and one slice of the keys, keeps a running
+max and sum (online softmax) over its slice, and writes its unnormalised partial output; a
+second kernel weighs the slices' partials into the output. Keys the boolean mask hides
+(the static cache's unwritten slots, padding) are neither read nor counted. Like the other
+kernels it calls no ``triton.jit`` function of Triton's standard library (``tl.max``,
+``tl.sum``, ``tl.zeros``), which the interpreter cannot run (``act_quant``'s docstring).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.standard import _elementwise_max, _sum_combine
+
+INTERPRET = triton.knobs.runtime.interpret
+BLOCK_N = 64  # keys per inner step
+# Below this score a key is hidden (finite, so that a slice with no visible key gives exp(...) = 0, not NaN).
+HIDDEN = -1e30
+
+
+@triton.jit
+def _partial_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, acc_ptr, ml_ptr,
+    L, H_KV, G, scale, split_len, n_splits,
+    stride_qb, stride_qh, stride_qg, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl, stride_mb,
+    D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid_bh // H_KV
+    h = pid_bh % H_KV
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, D)
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + g[:, None] * stride_qg + d[None, :], mask=(g < G)[:, None],
+                other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
+    m_i = tl.full((BLOCK_G,), HIDDEN, tl.float32)
+    l_i = tl.full((BLOCK_G,), 0, tl.float32)
+    acc = tl.full((BLOCK_G, D), 0, tl.float32)
+    start = split * split_len
+    end = tl.minimum(start + split_len, L)
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        visible = n < end
+        if HAS_MASK:
+            visible = visible & (tl.load(mask_ptr + b * stride_mb + n, mask=visible, other=0) != 0)
+        k = tl.load(k_ptr + b * stride_kb + h * stride_kh + n[:, None] * stride_kl + d[None, :],
+                    mask=visible[:, None], other=0.0)
+        v = tl.load(v_ptr + b * stride_vb + h * stride_vh + n[:, None] * stride_vl + d[None, :],
+                    mask=visible[:, None], other=0.0)
+        if DOT_F32:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        if DOT_F32:  # fp32 operands: full fp32 products (a GPU's default for them is TF32)
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        else:
+            s = tl.dot(q, tl.trans(k)) * scale
+        s = tl.where(visible[None, :], s, HIDDEN)
+        m_new = tl.maximum(m_i, tl.reduce(s, 1, _elementwise_max))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.where(visible[None, :], tl.exp(s - m_new[:, None]), 0.0)
+        l_i = l_i * alpha + tl.reduce(p, 1, _sum_combine)
+        if DOT_F32:
+            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    row = (pid_bh * n_splits + split) * BLOCK_G + g
+    tl.store(acc_ptr + row[:, None] * D + d[None, :], acc)
+    tl.store(ml_ptr + row * 2, m_i)
+    tl.store(ml_ptr + row * 2 + 1, l_i)
+
+
+@triton.jit
+def _combine_kernel(acc_ptr, ml_ptr, out_ptr, G, n_splits, D: tl.constexpr, BLOCK_G: tl.constexpr,
+                    BLOCK_S: tl.constexpr):
+    pid_bh = tl.program_id(0)
+    g = tl.arange(0, BLOCK_G)
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, D)
+    rows = (pid_bh * n_splits + s[:, None]) * BLOCK_G + g[None, :]  # (BLOCK_S, BLOCK_G)
+    present = (s < n_splits)[:, None]
+    m = tl.load(ml_ptr + rows * 2, mask=present, other=HIDDEN)
+    l_s = tl.load(ml_ptr + rows * 2 + 1, mask=present, other=0.0)
+    m_max = tl.reduce(m, 0, _elementwise_max)
+    w = tl.exp(m - m_max[None, :])
+    denominator = tl.reduce(w * l_s, 0, _sum_combine)
+    out = tl.full((BLOCK_G, D), 0, tl.float32)
+    for i in range(0, n_splits):
+        w_i = tl.exp(tl.load(ml_ptr + ((pid_bh * n_splits + i) * BLOCK_G + g) * 2) - m_max)
+        part = tl.load(acc_ptr + ((pid_bh * n_splits + i) * BLOCK_G + g)[:, None] * D + d[None, :])
+        out += w_i[:, None] * part
+    out = out / denominator[:, None]
+    tl.store(out_ptr + (pid_bh * G + g)[:, None] * D + d[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=(g < G)[:, None])
+
+
+def _splits(length: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
+    """(split_len, n_splits): about two programs per SM, each slice a whole number of BLOCK_N keys."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    wanted = max(1, min(triton.cdiv(2 * sms, programs_per_split), triton.cdiv(length, BLOCK_N)))
+    split_len = triton.cdiv(triton.cdiv(length, wanted), BLOCK_N) * BLOCK_N
+    return split_len, triton.cdiv(length, split_len)
+
+
+def decode_attention_triton(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                            scale: float) -> torch.Tensor:
+    """The Triton twin of ``reference.decode_attention_ref`` (same arguments, same result)."""
+    batch, heads_kv, groups, dim = q.shape
+    length = key.shape[2]
+    q, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, key, value))
+    if mask is not None:
+        mask = mask.reshape(mask.shape[0], length)
+        mask = (mask if mask.stride(-1) == 1 else mask.contiguous()).view(torch.uint8)
+    block_g = max(16, triton.next_power_of_2(groups))
+    split_len, n_splits = _splits(length, batch * heads_kv, q.device)
+    acc = torch.empty((batch * heads_kv * n_splits * block_g, dim), dtype=torch.float32, device=q.device)
+    ml = torch.empty((batch * heads_kv * n_splits * block_g, 2), dtype=torch.float32, device=q.device)
+    out = torch.empty((batch, heads_kv, groups, dim), dtype=q.dtype, device=q.device)
+    dot_f32 = q.dtype == torch.float32 or INTERPRET
+    _partial_kernel[(batch * heads_kv, n_splits)](
+        q, key, value, mask if mask is not None else q, acc, ml, length, heads_kv, groups, scale, split_len, n_splits,
+        q.stride(0), q.stride(1), q.stride(2), key.stride(0), key.stride(1), key.stride(2),
+        value.stride(0), value.stride(1), value.stride(2), 0 if mask is None or mask.shape[0] == 1 else mask.stride(0),
+        D=dim, BLOCK_G=block_g, BLOCK_N=BLOCK_N, HAS_MASK=mask is not None, DOT_F32=dot_f32, num_warps=4,
+    )
+    _combine_kernel[(batch * heads_kv,)](acc, ml, out, groups, n_splits, D=dim, BLOCK_G=block_g,
+                                         BLOCK_S=triton.next_power_of_2(n_splits), num_warps=4)
+    return out

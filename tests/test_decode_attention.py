@@ -1,0 +1,68 @@
+"""The decode-attention kernel (split along the keys) against its SDPA twin, under ``TRITON_INTERPRET=1``."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before the kernel module is imported (see tests/test_kernels.py)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import flash_decode  # noqa: E402
+
+
+def operands(batch: int, heads_kv: int, groups: int, dim: int, length: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads_kv, groups, dim, generator=g).to(dtype)
+    key = torch.randn(batch, heads_kv, length, dim, generator=g).to(dtype)
+    value = torch.randn(batch, heads_kv, length, dim, generator=g).to(dtype)
+    return q, key, value
+
+
+def static_cache_mask(batch: int, length: int, written: list[int]) -> torch.Tensor:
+    """(B, 1, 1, L): row b sees its first written[b] slots (the rest unwritten, as in a static cache)."""
+    return (torch.arange(length)[None, :] < torch.tensor(written)[:, None])[:, None, None, :]
+
+
+@pytest.mark.parametrize("batch,heads_kv,groups,dim,length,written", [
+    (1, 2, 4, 64, 300, [200]),       # several slices, the last ones wholly hidden
+    (3, 2, 1, 32, 70, [70, 5, 33]),  # one query head per K/V head, rows of different lengths
+    (2, 1, 5, 16, 1, None),          # one key, no mask
+    (2, 3, 7, 64, 129, [1, 129]),    # a group count that is no power of two
+])
+def test_kernel_equals_sdpa(batch, heads_kv, groups, dim, length, written):
+    q, key, value = operands(batch, heads_kv, groups, dim, length, torch.float32)
+    mask = None if written is None else static_cache_mask(batch, length, written)
+    got = kernels.decode_attention(q, key, value, mask, backend="triton")
+    want = kernels.decode_attention(q, key, value, mask, backend="torch")
+    assert got.shape == want.shape == q.shape
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_several_slices_are_combined():
+    assert flash_decode._splits(300, 2, torch.device("cpu"))[1] > 1
+
+
+def test_bfloat16_and_a_mask_shared_by_the_batch():
+    q, key, value = operands(2, 2, 4, 64, 150, torch.bfloat16, seed=1)
+    mask = static_cache_mask(1, 150, [97])
+    got = kernels.decode_attention(q, key, value, mask, scale=0.1, backend="triton")
+    want = kernels.decode_attention(q.float(), key.float(), value.float(), mask, scale=0.1, backend="torch")
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=2e-2)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(dim=48), "power-of-two head dim"),
+    (dict(mask=torch.zeros(1, 1, 1, 10)), "boolean mask"),
+    (dict(mask=torch.ones(1, 1, 2, 10, dtype=torch.bool)), "boolean mask"),
+    (dict(heads=3), "disagree"),
+])
+def test_bad_operands_are_refused(change, message):
+    q, key, value = operands(1, 2, 2, change.get("dim", 32), 10, torch.float32)
+    if "heads" in change:
+        q = q.new_zeros(1, change["heads"], 2, q.shape[-1])
+    with pytest.raises(ValueError, match=message):
+        kernels.decode_attention(q, key, value, change.get("mask"), backend="triton")
