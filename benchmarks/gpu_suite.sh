@@ -3,8 +3,12 @@
 # usage: OUT=DIR [SMOLLM2=DIR DATA=DIR] bash benchmarks/gpu_suite.sh SECTION...
 #   kernels    kernel_check (compiled kernels against their twins), then kernel_bench (Llama-3-8B shapes)
 #   calib      FlatQuant calibration speed on Llama-3-8B- and SmolLM2-shaped random blocks (issue 6)
-#   model      bench_model on a random Llama-3-8B: prefill, CUDA-graph and eager decode (issue 10)
-#   decode     decode-sized kernels (M = 1, 4, 16) and bf16 / W4A4 CUDA-graph decode at batch 1 and 8 (issues 9, 10)
+#   model      bench_model on a random Llama-3-8B: prefill, compiled CUDA-graph decode (issue 10); each mode and
+#              batch compiles its step (about a minute), so the modes take two calls: MODES=bf16,w4a4,w4a4kv4
+#              (the default), then MODES=bf16,w4a16,fp6 OUT=another folder
+#   decode     decode-sized kernels (M = 1, 4, 16) and bf16 / W4A4 compiled CUDA-graph decode at batch 1 and 8,
+#              and the decode attention checked against its twin (issues 9, 10)
+#   profile    the GPU time of each kernel of one compiled decode step, bf16 / W4A4 / W4A4KV4 (issue 10)
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
 # Each step has its own time limit (LIMIT_<SECTION>, seconds) so that one slow step leaves the others their
 # turn; every script writes its files as it goes, so a step that runs out still leaves its partial tables.
@@ -33,18 +37,23 @@ for section in "$@"; do
         --shape smollm2-135m --layers 4 --out "$OUT/flatquant_speed_smollm2_h200" ;;
     model)
       step "${LIMIT_MODEL:-560}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
-        --modes "${MODES:-bf16,w4a4,w4a16,fp6,w4a4kv4}" --prefill_batches 1,4 --decode_batches 1,8,64 \
-        --decode_tokens 128 --out "$OUT/bench_model_llama3_8b_h200" ;;
+        --modes "${MODES:-bf16,w4a4,w4a4kv4}" --prefill_batches 1,4 --decode_batches 1,8,64 \
+        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_llama3_8b_h200" ;;
     decode)
-      step "${LIMIT_DECODE_KERNELS:-240}" kernel_bench_decode python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
+      step "${LIMIT_DECODE_CHECK:-50}" kernel_check_decode_attention python benchmarks/kernel_check.py \
+        --only decode_attention --out "$OUT/kernel_check_decode_attention_h200"
+      step "${LIMIT_DECODE_KERNELS:-220}" kernel_bench_decode python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
         --formats int4,e2m1 --ms 1,4,16 --weight_only_ms "" --out "$OUT/kernel_bench_decode_h200"
       step "${LIMIT_DECODE_MODEL:-300}" bench_model_decode python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes bf16,w4a4 --prefill_batches "" --decode_batches 1,8 --decode_tokens 128 \
-        --hf_generate --out "$OUT/bench_model_decode_llama3_8b_h200" ;;
+        --compile --no_eager --out "$OUT/bench_model_decode_compiled_llama3_8b_h200" ;;
+    profile)
+      step "${LIMIT_PROFILE:-400}" decode_profile python benchmarks/decode_profile.py --compile \
+        --modes w4a4,bf16,w4a4kv4 --out "$OUT/decode_profile_compiled_llama3_8b_h200" ;;
     roundtrip)
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, decode, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, decode, profile, roundtrip" >&2; exit 2 ;;
   esac
 done

@@ -3,7 +3,7 @@
 A decode step's attention reads every cached K and V once and does little arithmetic per
 byte. SDPA's kernels tile the queries: with one token per sequence (the ``g`` query heads
 of a K/V head as ``g`` rows, ``models.attention``) cuDNN ran 8 programs per layer for
-Llama-3-8B at batch 1 and took 47 us a layer after 2048 tokens on the H200, a third of
+Llama-3-8B at batch 1 and took 47 us a layer after 2048 tokens on the H200, a quarter of
 the step (``benchmarks/results/decode_profile_llama3_8b_h200.md``). Here (flash-decoding)
 each program takes one K/V head of one sequence and one slice of the keys, keeps a running
 max and sum (online softmax) over its slice, and writes its unnormalised partial output; a
@@ -22,8 +22,9 @@ from triton.language.standard import _elementwise_max, _sum_combine
 
 INTERPRET = triton.knobs.runtime.interpret
 BLOCK_N = 64  # keys per inner step
+MAX_SPLITS = 64  # the combining program holds (splits, head dim) partials in registers
 # Below this score a key is hidden (finite, so that a slice with no visible key gives exp(...) = 0, not NaN).
-HIDDEN = -1e30
+HIDDEN = tl.constexpr(-1e30)
 
 
 @triton.jit
@@ -83,31 +84,25 @@ def _partial_kernel(
 @triton.jit
 def _combine_kernel(acc_ptr, ml_ptr, out_ptr, G, n_splits, D: tl.constexpr, BLOCK_G: tl.constexpr,
                     BLOCK_S: tl.constexpr):
-    pid_bh = tl.program_id(0)
-    g = tl.arange(0, BLOCK_G)
+    """One program per query row: all its slices' partials loaded at once and weighed in one pass."""
+    pid = tl.program_id(0)  # (sequence, K/V head) * G + query row: also the row of the (B, Hkv, G, D) output
+    g = pid % G
     s = tl.arange(0, BLOCK_S)
     d = tl.arange(0, D)
-    rows = (pid_bh * n_splits + s[:, None]) * BLOCK_G + g[None, :]  # (BLOCK_S, BLOCK_G)
-    present = (s < n_splits)[:, None]
+    present = s < n_splits
+    rows = ((pid // G) * n_splits + s) * BLOCK_G + g
     m = tl.load(ml_ptr + rows * 2, mask=present, other=HIDDEN)
     l_s = tl.load(ml_ptr + rows * 2 + 1, mask=present, other=0.0)
-    m_max = tl.reduce(m, 0, _elementwise_max)
-    w = tl.exp(m - m_max[None, :])
-    denominator = tl.reduce(w * l_s, 0, _sum_combine)
-    out = tl.full((BLOCK_G, D), 0, tl.float32)
-    for i in range(0, n_splits):
-        w_i = tl.exp(tl.load(ml_ptr + ((pid_bh * n_splits + i) * BLOCK_G + g) * 2) - m_max)
-        part = tl.load(acc_ptr + ((pid_bh * n_splits + i) * BLOCK_G + g)[:, None] * D + d[None, :])
-        out += w_i[:, None] * part
-    out = out / denominator[:, None]
-    tl.store(out_ptr + (pid_bh * G + g)[:, None] * D + d[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=(g < G)[:, None])
+    w = tl.where(present, tl.exp(m - tl.reduce(m, 0, _elementwise_max)), 0.0)
+    parts = tl.load(acc_ptr + rows[:, None] * D + d[None, :], mask=present[:, None], other=0.0)
+    out = tl.reduce(parts * w[:, None], 0, _sum_combine) / tl.reduce(w * l_s, 0, _sum_combine)
+    tl.store(out_ptr + pid * D + d, out.to(out_ptr.dtype.element_ty))
 
 
 def _splits(length: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
     """(split_len, n_splits): about two programs per SM, each slice a whole number of BLOCK_N keys."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    wanted = max(1, min(triton.cdiv(2 * sms, programs_per_split), triton.cdiv(length, BLOCK_N)))
+    wanted = max(1, min(triton.cdiv(2 * sms, programs_per_split), triton.cdiv(length, BLOCK_N), MAX_SPLITS))
     split_len = triton.cdiv(triton.cdiv(length, wanted), BLOCK_N) * BLOCK_N
     return split_len, triton.cdiv(length, split_len)
 
@@ -133,6 +128,6 @@ def decode_attention_triton(q: torch.Tensor, key: torch.Tensor, value: torch.Ten
         value.stride(0), value.stride(1), value.stride(2), 0 if mask is None or mask.shape[0] == 1 else mask.stride(0),
         D=dim, BLOCK_G=block_g, BLOCK_N=BLOCK_N, HAS_MASK=mask is not None, DOT_F32=dot_f32, num_warps=4,
     )
-    _combine_kernel[(batch * heads_kv,)](acc, ml, out, groups, n_splits, D=dim, BLOCK_G=block_g,
-                                         BLOCK_S=triton.next_power_of_2(n_splits), num_warps=4)
+    _combine_kernel[(batch * heads_kv * groups,)](acc, ml, out, groups, n_splits, D=dim, BLOCK_G=block_g,
+                                                  BLOCK_S=triton.next_power_of_2(n_splits), num_warps=4)
     return out

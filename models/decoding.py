@@ -1,0 +1,101 @@
+"""Greedy decoding from a static cache, one token per step: the fast decode path of a model.
+
+``StaticDecoder`` prefills a static cache (``StaticPackedKVCache`` for a KV4 recipe: packed
+codes written in place), then decodes one token per ``step()``: eagerly, or after
+``capture()`` as replays of one captured CUDA graph, optionally of the ``torch.compile``d
+step (real-quantized linears and the decode attention stay opaque custom ops; the rest
+fuses). ``greedy_generate`` wraps it for ``scripts/generate.py``; ``benchmarks/bench_model.py``
+times it.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import StaticCache
+
+from quant_layers.packed_kv_cache import StaticPackedKVCache
+
+
+class StaticDecoder:
+    """Greedy decoding from a static cache, one token per ``step()``: eagerly, or after ``capture()`` as
+    replays of one captured CUDA graph (the token and its position are updated in place between steps).
+
+    ``compile``: the step's forward goes through ``torch.compile`` (the glue between the linears
+    fuses; the real-quantized linears stay one opaque custom op each) before any capture.
+    """
+
+    @torch.no_grad()
+    def __init__(self, model, ids: torch.Tensor, steps: int, kv4: bool = False, compile: bool = False) -> None:
+        seqlen = ids.shape[1]
+        self.model = model
+        length = seqlen + steps + 2
+        self.cache = (StaticPackedKVCache(model, max_cache_len=length) if kv4
+                      else StaticCache(config=model.config, max_cache_len=length))
+        logits = model(ids, past_key_values=self.cache, cache_position=torch.arange(seqlen, device=ids.device)).logits
+        self.token = logits[:, -1:].argmax(-1)
+        self.position = torch.tensor([seqlen], device=ids.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.following: torch.Tensor | None = None
+        self._forward = torch.compile(self._eager_forward) if compile else self._eager_forward
+
+    def _eager_forward(self) -> torch.Tensor:
+        return self.model(self.token, past_key_values=self.cache, cache_position=self.position).logits[:, -1:].argmax(-1)
+
+    @torch.no_grad()
+    def warm_up(self, times: int = 2) -> None:
+        """Run the step's forward ``times`` without decoding (the Triton kernels autotune here).
+
+        The forwards write the cache slot of the current position, which the next step writes
+        again; a cache that counts its own length (transformers >= 5.2x) gets its count back.
+        """
+        counters = [(layer.cumulative_length, layer.cumulative_length.clone()) for layer in self.cache.layers
+                    if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor)]
+        for _ in range(times):
+            self._forward()
+        for counter, saved in counters:
+            counter.copy_(saved)
+
+    @torch.no_grad()
+    def capture(self) -> None:
+        """Warm up on a side stream, then capture one step (capturing runs nothing)."""
+        device = self.token.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            self.warm_up()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.following = self._forward()
+
+    @torch.no_grad()
+    def step(self) -> torch.Tensor:
+        """Decode one token; returns it, (batch, 1)."""
+        if self.graph is None:
+            following = self._forward()
+        else:
+            self.graph.replay()
+            following = self.following
+        self.token.copy_(following)
+        self.position.add_(1)
+        return self.token
+
+
+@torch.no_grad()
+def greedy_generate(model, ids: torch.Tensor, max_new_tokens: int, kv4: bool = False, cuda_graph: bool = True,
+                    compile: bool = False) -> torch.Tensor:
+    """``ids`` (batch, prompt) followed by ``max_new_tokens`` greedy tokens, decoded from a static cache.
+
+    ``cuda_graph``: on a CUDA device, each step replays one captured CUDA graph (ignored on the
+    CPU); ``compile``: the step goes through ``torch.compile`` first. ``kv4``: the cache holds
+    packed 4-bit K/V (the model's K/V quantizers must be installed, as a KV4 checkpoint loads).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    decoder = StaticDecoder(model, ids, max_new_tokens, kv4=kv4, compile=compile)
+    if cuda_graph and ids.is_cuda:
+        decoder.capture()
+    tokens = [decoder.token.clone()]  # the prefill's prediction
+    for _ in range(max_new_tokens - 1):
+        tokens.append(decoder.step().clone())
+    return torch.cat([ids, *tokens], dim=1)
