@@ -38,7 +38,7 @@ import time
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, StaticCache
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,10 +46,11 @@ from benchmarks.result_files import write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from models import adapter_for, resolve_device  # noqa: E402
 from models.attention import use_grouped_decode_attention  # noqa: E402
+from models.decoding import StaticDecoder  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 from quant_layers import Quantizer, QuantSpec, install_kv_quantization  # noqa: E402
 from quant_layers.fused_linear import fuse_shared_input_linears  # noqa: E402
-from quant_layers.packed_kv_cache import PackedKVCache, StaticPackedKVCache  # noqa: E402
+from quant_layers.packed_kv_cache import PackedKVCache  # noqa: E402
 from quant_layers.packing import code_values, element_named, encode, pack_planes  # noqa: E402
 from quant_layers.real_linear import RealQuantLinear, RealQuantScheme  # noqa: E402
 
@@ -147,71 +148,6 @@ def decode_tokens_per_s(model, mode: str, batch: int, seqlen: int, steps: int, d
         logits = model(logits.argmax(-1), past_key_values=cache, use_cache=True).logits[:, -1:]
     _sync(device)
     return batch * steps / (time.perf_counter() - start)
-
-
-class StaticDecoder:
-    """Greedy decoding from a static cache, one token per ``step()``: eagerly, or after ``capture()`` as
-    replays of one captured CUDA graph (the token and its position are updated in place between steps).
-
-    ``compile``: the step's forward goes through ``torch.compile`` (the glue between the linears
-    fuses; the real-quantized linears stay one opaque custom op each) before any capture.
-    """
-
-    @torch.no_grad()
-    def __init__(self, model, ids: torch.Tensor, steps: int, kv4: bool = False, compile: bool = False) -> None:
-        seqlen = ids.shape[1]
-        self.model = model
-        length = seqlen + steps + 2
-        self.cache = (StaticPackedKVCache(model, max_cache_len=length) if kv4
-                      else StaticCache(config=model.config, max_cache_len=length))
-        logits = model(ids, past_key_values=self.cache, cache_position=torch.arange(seqlen, device=ids.device)).logits
-        self.token = logits[:, -1:].argmax(-1)
-        self.position = torch.tensor([seqlen], device=ids.device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.following: torch.Tensor | None = None
-        self._forward = torch.compile(self._eager_forward) if compile else self._eager_forward
-
-    def _eager_forward(self) -> torch.Tensor:
-        return self.model(self.token, past_key_values=self.cache, cache_position=self.position).logits[:, -1:].argmax(-1)
-
-    @torch.no_grad()
-    def warm_up(self, times: int = 2) -> None:
-        """Run the step's forward ``times`` without decoding (the Triton kernels autotune here).
-
-        The forwards write the cache slot of the current position, which the next step writes
-        again; a cache that counts its own length (transformers >= 5.2x) gets its count back.
-        """
-        counters = [(layer.cumulative_length, layer.cumulative_length.clone()) for layer in self.cache.layers
-                    if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor)]
-        for _ in range(times):
-            self._forward()
-        for counter, saved in counters:
-            counter.copy_(saved)
-
-    @torch.no_grad()
-    def capture(self) -> None:
-        """Warm up on a side stream, then capture one step (capturing runs nothing)."""
-        device = self.token.device
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            self.warm_up()
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.following = self._forward()
-
-    @torch.no_grad()
-    def step(self) -> torch.Tensor:
-        """Decode one token; returns it, (batch, 1)."""
-        if self.graph is None:
-            following = self._forward()
-        else:
-            self.graph.replay()
-            following = self.following
-        self.token.copy_(following)
-        self.position.add_(1)
-        return self.token
 
 
 def graph_decode_tokens_per_s(model, mode: str, batch: int, seqlen: int, steps: int, device: torch.device,

@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_model import CONFIGS, MODES, StaticDecoder, build_config, build_model  # noqa: E402
+from benchmarks.bench_model import CONFIGS, MODES, build_config, build_model  # noqa: E402
+from models.decoding import StaticDecoder  # noqa: E402
 from benchmarks.result_files import write_result_files  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 

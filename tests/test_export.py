@@ -284,6 +284,33 @@ def test_generate_script(tinystories_dir, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_generate_from_a_static_cache_prints_the_same_text(tinystories_dir, tmp_path, capsys):
+    """--static_cache (the CUDA-graph decode path; eager on the CPU) prints HF generate's greedy text."""
+    import scripts.generate as generate
+
+    recipe = RECIPES["e2m1-w4a4kv4-hadamard"]
+    path = export_quantized(fake_quantized(tinystories_dir, recipe), AutoTokenizer.from_pretrained(tinystories_dir),
+                            recipe, str(tmp_path / "ckpt"))
+    texts = {}
+    for flags in ([], ["--static_cache"]):
+        assert generate.main(["--load_quantized", path, "--max_new_tokens", "12", "--device", "cpu", *flags]) == 0
+        captured = capsys.readouterr()
+        texts[tuple(flags)] = captured.out
+    assert "static packed KV4 cache" in captured.err
+    assert texts[("--static_cache",)] == texts[()] and len(texts[()].split()) > 8
+    assert generate.main(["--load_quantized", path, "--compile", "--temperature", "0.7"]) == 2
+    assert "decode greedily" in capsys.readouterr().err
+
+
+def test_until_eos_cuts_after_the_first_generated_end():
+    from scripts.generate import until_eos
+
+    tokens = torch.tensor([[5, 2, 7, 2, 9]])
+    assert until_eos(tokens, 2, eos=2).tolist() == [[5, 2, 7, 2]]  # the prompt's 2 does not count
+    assert until_eos(tokens, 2, eos=4).tolist() == tokens.tolist()
+    assert until_eos(tokens, 2, eos=None).tolist() == tokens.tolist()
+
+
 def test_fp6_weights_are_stored_in_six_bits(tiny_models, tmp_path):
     recipe = RECIPES["fp6-e3m2-weight-only"]
     path = export_quantized(fake_quantized(tiny_models["llama"], recipe), None, recipe, str(tmp_path / "ckpt"))

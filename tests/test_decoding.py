@@ -1,11 +1,11 @@
-"""benchmarks/bench_model.py: the static-cache decoder its CUDA-graph timing replays."""
+"""models.decoding: the static-cache decoder (CUDA-graph and compiled decode) that bench_model times."""
 
 from __future__ import annotations
 
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from benchmarks.bench_model import StaticDecoder
+from models.decoding import StaticDecoder
 from configs.recipe import QuantRecipe
 from quant_layers.packed_kv_cache import PackedKVCache, StaticPackedKVCache
 from quant_layers.quantizer import QuantSpec
