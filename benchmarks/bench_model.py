@@ -218,6 +218,8 @@ def markdown(result: dict) -> str:
     base = rows[0] if rows[0]["mode"] == "bf16" else None
     graphs = any(r.get("graph_decode_tok_s") for r in rows)
     graph = "graph+compile" if result.get("compile") else "graph"
+    compiled = "; the step torch.compile-d for every mode, each real-quantized linear one opaque op" \
+        if result.get("compile") else ""
     header = (["mode", "weights+buffers (GiB)"] + [f"prefill b{b} (ms)" for b in prefill]
               + ([f"decode b{b} {graph} (tok/s)" for b in decode] if graphs else [])
               + ([f"decode b{b} eager (tok/s)" for b in decode] if eager else []) + ["peak (GiB)"])
@@ -225,7 +227,7 @@ def markdown(result: dict) -> str:
              "", f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
              f"Prefill: {result['seqlen']} tokens, no cache. Decode: {result['decode_tokens']} greedy steps after a "
              f"{result['seqlen']}-token prefill: 'graph' replays one captured CUDA-graph step per token (static "
-             f"cache{'; the step torch.compile-d for every mode, each real-quantized linear one opaque op' if result.get('compile') else ''}), "
+             f"cache{compiled}), "
              f"'eager' runs one Python forward per token (dynamic cache, launch-bound).",
              f"Command: `{result['command']}`", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:

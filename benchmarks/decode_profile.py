@@ -6,7 +6,7 @@ replays with ``torch.profiler``. Reports, per mode: the step's wall time, the su
 GPU time (the rest is the gaps between kernels), and the kernels grouped by name with their
 count and GPU time per step, largest first.
 
-    python benchmarks/decode_profile.py --config llama-3-8b --modes bf16,w4a4 --out benchmarks/results/decode_profile_h200
+    python benchmarks/decode_profile.py --compile --modes bf16,w4a4 --out benchmarks/results/decode_profile_h200
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def markdown(result: dict, top: int) -> str:
     for row in result["rows"]:
         gap = row["step_us"] - row["kernel_us"]
         count = sum(k["count"] for k in row["kernels"].values())
-        lines += [f"## {row['mode']}{' (compiled)' if row.get('compile') else ''}: step {row['step_us']:.0f} us ({1e6 / row['step_us'] * row['batch']:.1f} tok/s), "
+        compiled = " (compiled)" if row.get("compile") else ""
+        lines += [f"## {row['mode']}{compiled}: step {row['step_us']:.0f} us "
+                  f"({1e6 / row['step_us'] * row['batch']:.1f} tok/s), "
                   f"kernels {row['kernel_us']:.0f} us in {count:.0f} launches, gaps {gap:.0f} us; warm-up "
                   f"(compile, autotune) and capture {row.get('capture_s', 0):.0f} s", "",
                   "| kernel | launches/step | us/step | share |", "|---|---|---|---|"]

@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BACKENDS", "PATHS", "decode_attention", "fpx_matmul", "quantize_activations", "unpack_fp8", "w4a4_linear", "w4a4_matmul",
-           "w8a8_linear"]
+__all__ = ["BACKENDS", "PATHS", "decode_attention", "fpx_matmul", "quantize_activations", "unpack_fp8", "w4a4_linear",
+           "w4a4_matmul", "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
 PATHS = ("packed", "fp8")

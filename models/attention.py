@@ -5,10 +5,11 @@ single query token with a mask (a static cache always has one), transformers bef
 repeats K and V ``g`` times before calling SDPA: on Llama-3-8B after 2048 tokens those
 copies were a fifth of a CUDA-graph decode step on an H200
 (``benchmarks/results/decode_profile_ungrouped_llama3_8b_h200.md``), and SDPA's own kernel,
-which tiles queries, a quarter once they were gone (``decode_profile_llama3_8b_h200.md``). Here the ``g`` query heads of a
-group become ``g`` query rows of its K/V head, (b, H, 1, d) -> (b, H/g, g, d) (the mask of
-the one token, (b, 1, 1, L), holds for every row), and ``kernels.decode_attention`` splits
-the keys across programs (Triton on CUDA, SDPA on the CPU). Everything else (prefill,
+which tiles queries, a quarter once they were gone (``decode_profile_llama3_8b_h200.md``).
+Here the ``g`` query heads of a group become ``g`` query rows of its K/V head,
+(b, H, 1, d) -> (b, H/g, g, d) (the mask of the one token, (b, 1, 1, L), holds for every
+row), and ``kernels.decode_attention`` splits the keys across programs (Triton on CUDA,
+SDPA on the CPU). Everything else (prefill,
 per-head or additive masks, options SDPA lacks) goes to transformers' own SDPA function.
 """
 

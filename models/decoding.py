@@ -39,7 +39,8 @@ class StaticDecoder:
         self._forward = torch.compile(self._eager_forward) if compile else self._eager_forward
 
     def _eager_forward(self) -> torch.Tensor:
-        return self.model(self.token, past_key_values=self.cache, cache_position=self.position).logits[:, -1:].argmax(-1)
+        logits = self.model(self.token, past_key_values=self.cache, cache_position=self.position).logits
+        return logits[:, -1:].argmax(-1)
 
     @torch.no_grad()
     def warm_up(self, times: int = 2) -> None:

@@ -66,3 +66,11 @@ def test_bad_operands_are_refused(change, message):
         q = q.new_zeros(1, change["heads"], 2, q.shape[-1])
     with pytest.raises(ValueError, match=message):
         kernels.decode_attention(q, key, value, change.get("mask"), backend="triton")
+
+
+def test_kernel_check_runs_only_the_decode_attention(tmp_path):
+    from benchmarks.kernel_check import main
+
+    prefix = str(tmp_path / "check")
+    assert main(["--cpu_dry_run", "--only", "decode_attention", "--out", prefix]) == 0
+    assert "3 checks, 0 failed." in open(prefix + ".md").read()

@@ -74,3 +74,13 @@ def test_compiled_static_decoder_decodes_like_the_eager_one(tinystories_dir, tmp
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert len(set(want.flatten().tolist())) > 4  # a real continuation
     assert torch.equal(got, want)
+
+
+def test_bench_model_dry_run_writes_its_tables(tmp_path):
+    from benchmarks.bench_model import main
+
+    prefix = str(tmp_path / "bench")
+    assert main(["--random_mode", "--config", "smollm2-135m", "--cpu_dry_run", "--modes", "bf16,w4a4kv4",
+                 "--out", prefix]) == 0
+    table = open(prefix + ".md").read()
+    assert "| w4a4kv4 |" in table and "decode b2 eager (tok/s)" in table
