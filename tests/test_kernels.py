@@ -584,3 +584,10 @@ def test_w4a4_matmul_errors(backend, changes, message):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown backend"):
         kernels.quantize_activations(torch.zeros(2, 16), "int4", backend="cuda")
+
+
+def test_gpu_dispatch_trusts_the_kernel_only_for_verified_groups():
+    """Groups of 16 (K steps of 16 on fp16 dots) were wrong on the H200: a GPU sends them to the twin."""
+    assert w4a4_gemm.verified_on_gpu(0, 0) and w4a4_gemm.verified_on_gpu(32, 32) and w4a4_gemm.verified_on_gpu(0, 64)
+    assert not w4a4_gemm.verified_on_gpu(16, 16) and not w4a4_gemm.verified_on_gpu(0, 16)
+    assert not w4a4_gemm.verified_on_gpu(48, 0)  # a 48 group puts step boundaries every 16
