@@ -8,8 +8,9 @@ to 4 bits decodes from a packed KV4 cache (``quant_layers.packed_kv_cache``).
 
 ``--static_cache`` decodes greedily from a static cache instead of HF ``generate``, each step
 one replay of a captured CUDA graph on a GPU (``models.decoding``); ``--compile`` also puts
-the step through ``torch.compile`` (implies ``--static_cache``). Same tokens, far fewer
-launches per token: this is the decode path ``benchmarks/bench_model.py`` times.
+the step through ``torch.compile`` (implies ``--static_cache``). The same tokens up to
+rounding (the static cache's attention sums over padded, masked buffers), far fewer launches
+per token: this is the decode path ``benchmarks/bench_model.py`` times.
 """
 
 from __future__ import annotations
