@@ -39,7 +39,7 @@ class _PackedTensor:
             raise ValueError(f"the packed KV cache stores 4-bit codes, got {quantizer.spec.label}: quantize K/V to "
                              f"4 bits (e.g. --k_bits 4 --v_bits 4) or use the fake-quantized cache")
         self.quantizer = quantizer
-        self.values = code_values(quantizer.element)  # the codes' values, moved to the cache's device once
+        self.table = code_values(quantizer.element)  # the codes' values, moved to the cache's device once
         self.codes: torch.Tensor | None = None
         self.scale: torch.Tensor | None = None
         self.zero: torch.Tensor | None = None
@@ -50,12 +50,12 @@ class _PackedTensor:
         grouped = q.grouped(x)
         params = q.fit(grouped)
         levels = q.levels(grouped, params)  # on the grid by construction: no check (it would sync the host)
-        codes = pack(encode(levels, q.element, check=False).reshape(*x.shape[:-1], -1))
+        codes = pack(encode(levels, q.element, check=False, table=self.table).reshape(*x.shape[:-1], -1))
         shape = (*x.shape[:-1], -1)
         return codes, params.scale.reshape(shape), None if params.zero is None else params.zero.reshape(shape)
 
     def append(self, x: torch.Tensor) -> None:
-        self.values = self.values.to(x.device)
+        self.table = self.table.to(x.device)
         codes, scale, zero = self._quantize(x)
         if self.codes is None:
             self.codes, self.scale, self.zero = codes, scale, zero
@@ -67,10 +67,10 @@ class _PackedTensor:
 
     def write(self, positions: torch.Tensor, x: torch.Tensor, length: int) -> None:
         """Quantize x into token slots ``positions`` of buffers ``length`` tokens long (zeros at first)."""
+        if self.codes is None:
+            self.table = self.table.to(x.device)
         codes, scale, zero = self._quantize(x)
         if self.codes is None:
-            self.values = self.values.to(x.device)
-
             def buffer(part: torch.Tensor) -> torch.Tensor:
                 return part.new_zeros((*part.shape[:-2], length, part.shape[-1]))
 
@@ -82,7 +82,7 @@ class _PackedTensor:
             self.zero.index_copy_(-2, positions, zero)
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
-        levels = decode(unpack(self.codes), self.quantizer.element, self.values)
+        levels = decode(unpack(self.codes), self.quantizer.element, self.table)
         group = self.quantizer.spec.group_length(levels.shape[-1], self.quantizer.head_dim)
         grouped = levels.reshape(*self.scale.shape, group)
         params = QuantParams(self.scale[..., None], None if self.zero is None else self.zero[..., None])

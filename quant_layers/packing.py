@@ -62,11 +62,13 @@ def code_values(element: NumberFormat) -> torch.Tensor:
     return torch.where(codes >> (element.bits - 1) == 1, -magnitude, magnitude).float()
 
 
-def encode(values: torch.Tensor, element: NumberFormat, check: bool = True) -> torch.Tensor:
+def encode(values: torch.Tensor, element: NumberFormat, check: bool = True,
+           table: torch.Tensor | None = None) -> torch.Tensor:
     """Codes (uint8, 0..2^bits-1) of values that lie on ``element``'s grid (any float dtype).
 
     ``check=False`` skips the test that they do, a host sync that a CUDA-graph capture or
     ``torch.compile`` cannot take: for values on the grid by construction (a quantizer's levels).
+    ``table``: ``code_values(element)`` already on the values' device (as for ``decode``).
     """
     v = values.float()
     if element in SIGNED_INTS:
@@ -79,23 +81,23 @@ def encode(values: torch.Tensor, element: NumberFormat, check: bool = True) -> t
             raise ValueError("uint4 encoding takes integers in [0, 15]: quantize the tensor first")
         return v.to(torch.uint8)
     half = 2 ** (element.bits - 1)
-    table = code_values(element)[:half].to(v.device)  # the magnitudes, increasing with the code
+    magnitudes = (code_values(element).to(v.device) if table is None else table)[:half]  # increasing with the code
     magnitude = v.abs()
-    index = torch.bucketize(magnitude, table).clamp(max=half - 1)
-    if check and not torch.equal(table[index], magnitude):
-        raise ValueError(f"{element.name} encoding takes values on its grid {table.tolist()} (times a sign): "
+    index = torch.bucketize(magnitude, magnitudes).clamp(max=half - 1)
+    if check and not torch.equal(magnitudes[index], magnitude):
+        raise ValueError(f"{element.name} encoding takes values on its grid {magnitudes.tolist()} (times a sign): "
                          f"quantize the tensor first")
     sign = torch.signbit(v) & (magnitude > 0)
     return (index | (sign.to(torch.int64) << (element.bits - 1))).to(torch.uint8)
 
 
-def decode(codes: torch.Tensor, element: NumberFormat, values: torch.Tensor | None = None) -> torch.Tensor:
+def decode(codes: torch.Tensor, element: NumberFormat, table: torch.Tensor | None = None) -> torch.Tensor:
     """Float32 values of uint8 codes.
 
-    ``values``: ``code_values(element)`` kept on the codes' device by a caller that decodes
+    ``table``: ``code_values(element)`` kept on the codes' device by a caller that decodes
     often, sparing the host-to-device copy of the table (which a CUDA-graph capture cannot take).
     """
-    table = code_values(element).to(codes.device) if values is None else values
+    table = code_values(element).to(codes.device) if table is None else table
     return table[codes.long()]
 
 

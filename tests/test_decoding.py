@@ -84,3 +84,25 @@ def test_bench_model_dry_run_writes_its_tables(tmp_path):
                  "--out", prefix]) == 0
     table = open(prefix + ".md").read()
     assert "| w4a4kv4 |" in table and "decode b2 eager (tok/s)" in table
+
+
+def test_packed_kv4_decode_steps_build_no_code_tables(tinystories_dir, monkeypatch):
+    """After the prefill, a decode step into the static packed cache (FP4 E2M1 K/V here) reuses the code
+    tables it moved to the device: building one is a host-to-device copy, which a CUDA-graph capture refuses."""
+    import quant_layers.packed_kv_cache as packed_kv_cache
+    import quant_layers.packing as packing
+
+    fp4 = QuantSpec("fp", 4, exp_bits=2, granularity="head")
+    recipe = QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"),
+                         activation=QuantSpec("int", 4, granularity="token"), key=fp4, value=fp4)
+    model = quantized(tinystories_dir, recipe)
+    ids = torch.randint(0, model.config.vocab_size, (1, 6), generator=torch.Generator().manual_seed(3))
+    decoder = StaticDecoder(model, ids, steps=4, kv4=True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a decode step built a code table")
+
+    monkeypatch.setattr(packing, "code_values", refuse)
+    monkeypatch.setattr(packed_kv_cache, "code_values", refuse)
+    for _ in range(3):
+        decoder.step()
