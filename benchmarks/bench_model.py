@@ -21,6 +21,8 @@ Prefill: one forward over ``batch x seqlen`` tokens without a cache. Decode: a p
   kernels), replayed once per token. KV4 decodes from a static packed cache
   (``StaticPackedKVCache``: codes and scales written in place, the whole cache dequantized
   for attention each step).
+  With ``--compile`` the step goes through ``torch.compile`` first, for every mode alike
+  (``models.decoding.StaticDecoder``).
 * ``eager``: one Python forward per token with a dynamic cache (launch-bound, labelled).
 
 ``--hf_generate`` also times HF ``generate`` for bf16 at batch 1, labelled.
