@@ -58,10 +58,9 @@ def _partial_kernel(
                     mask=visible[:, None], other=0.0)
         v = tl.load(v_ptr + b * stride_vb + h * stride_vh + n[:, None] * stride_vl + d[None, :],
                     mask=visible[:, None], other=0.0)
-        if DOT_F32:
+        if DOT_F32:  # fp32 operands: full fp32 products (a GPU's default for them is TF32)
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        if DOT_F32:  # fp32 operands: full fp32 products (a GPU's default for them is TF32)
             s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
         else:
             s = tl.dot(q, tl.trans(k)) * scale

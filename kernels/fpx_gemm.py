@@ -19,8 +19,8 @@ exact in fp32 either way.
 One activation row (batch-1 decode) takes ``_fpx_row_kernel`` on a GPU instead: the same
 decode, fp32 multiply-adds on the CUDA cores and one reduction per program, because the
 tensor-core kernel's 16-row tile is 1/16 used there and stages every decoded tile
-through shared memory (FP6 decoded at 0.68x bf16 in the model benchmark,
-``benchmarks/results/end_to_end_h200.md``).
+through shared memory (FP6 decoded at 0.68x bf16 in the model benchmark; with this kernel,
+both compiled, 0.63x: ``benchmarks/results/end_to_end_h200.md``).
 
 Like ``act_quant`` and ``w4a4_gemm`` it calls only Triton builtins and its own
 ``triton.jit`` helpers (no ``tl.zeros`` / ``tl.cdiv``), so that it runs under the

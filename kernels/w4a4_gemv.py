@@ -12,8 +12,9 @@ per-row scales in the epilogue, and no atomics or zeroed buffer (each program ow
 outputs).
 
 The grid has one program per BLOCK_N weight rows; rows per program, words per step, warps
-and stages are autotuned per shape on a GPU. Measured at M = 1 on the H200: 0.6-1.1 TB/s of
-weight traffic, 1.2-1.6x cuBLAS bf16 (``benchmarks/results/kernels_h200.md``).
+and stages are autotuned per shape on a GPU. Measured at M = 1 on the H200 (third run, with
+the 2-D one-row path): 0.85-1.63 TB/s of weight traffic, 1.88-2.29x cuBLAS bf16 for INT4
+(``benchmarks/results/kernels_h200.md``).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ class _PackedTensor:
             raise ValueError(f"the packed KV cache stores 4-bit codes, got {quantizer.spec.label}: quantize K/V to "
                              f"4 bits (e.g. --k_bits 4 --v_bits 4) or use the fake-quantized cache")
         self.quantizer = quantizer
-        self.table = code_values(quantizer.element)  # the codes' values, moved to the cache's device once
+        self.table = code_values(quantizer.element)  # the codes' values (encode and decode look them up)
         self.codes: torch.Tensor | None = None
         self.scale: torch.Tensor | None = None
         self.zero: torch.Tensor | None = None
@@ -47,6 +47,7 @@ class _PackedTensor:
     def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """x (batch, heads, tokens, head_dim) -> its packed codes, scales and zero points along the tokens."""
         q = self.quantizer
+        self.table = self.table.to(x.device)  # moved once: later calls find it there (no copy)
         grouped = q.grouped(x)
         params = q.fit(grouped)
         levels = q.levels(grouped, params)  # on the grid by construction: no check (it would sync the host)
@@ -55,7 +56,6 @@ class _PackedTensor:
         return codes, params.scale.reshape(shape), None if params.zero is None else params.zero.reshape(shape)
 
     def append(self, x: torch.Tensor) -> None:
-        self.table = self.table.to(x.device)
         codes, scale, zero = self._quantize(x)
         if self.codes is None:
             self.codes, self.scale, self.zero = codes, scale, zero
@@ -67,8 +67,6 @@ class _PackedTensor:
 
     def write(self, positions: torch.Tensor, x: torch.Tensor, length: int) -> None:
         """Quantize x into token slots ``positions`` of buffers ``length`` tokens long (zeros at first)."""
-        if self.codes is None:
-            self.table = self.table.to(x.device)
         codes, scale, zero = self._quantize(x)
         if self.codes is None:
             def buffer(part: torch.Tensor) -> torch.Tensor:
