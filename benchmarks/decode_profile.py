@@ -100,12 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=25, help="kernels listed per mode")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        p.error("decode_profile needs a CUDA device (it profiles CUDA-graph replays)")
     modes = args.modes.split(",")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         p.error(f"unknown mode(s) {unknown}: choose from {sorted(MODES)}")
+    if not torch.cuda.is_available():
+        p.error("decode_profile needs a CUDA device (it profiles CUDA-graph replays)")
     device = torch.device("cuda")
     config = build_config(args.config, args.layers, args.seqlen)
     result = {"config": args.config, "batch": args.batch, "seqlen": args.seqlen, "device": device_name(device),

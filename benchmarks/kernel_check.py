@@ -193,6 +193,14 @@ def check_decode_attention(batch: int, heads_kv: int, groups: int, dim: int, len
             "ok": ok}
 
 
+CHECKS = (check_act, check_gemm, check_fp8_codes, check_fp8_linear, check_fpx, check_decode_attention)
+
+
+def check_name(check) -> str:
+    """What ``--only`` calls a check: its function's name without ``check_``."""
+    return check.__name__.removeprefix("check_")
+
+
 def markdown(result: dict) -> str:
     failed = [r for r in result["checks"] if not r["ok"]]
     lines = [f"Triton kernels vs their torch twins on the same device. Device: {result['device']}. "
@@ -210,10 +218,13 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: Triton interpreter on CPU, tiny shapes")
-    p.add_argument("--only", help="comma list of kernels to check (decode_attention, w4a4_gemm, fpx_gemm, ...)")
+    p.add_argument("--only", help=f"comma list of checks to run, of {', '.join(map(check_name, CHECKS))} (default: all)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
+    unknown = sorted((only or set()) - {check_name(c) for c in CHECKS})
+    if unknown:
+        p.error(f"unknown checks {unknown} in --only: choose from {', '.join(map(check_name, CHECKS))}")
     if args.cpu_dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
     elif not torch.cuda.is_available():
@@ -231,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     decode_attention_cases = DRY_DECODE_ATTENTION if args.cpu_dry_run else GPU_DECODE_ATTENTION
 
     def record(run, *run_args) -> None:
-        if only and run.__name__.removeprefix("check_") not in only:
+        if only and check_name(run) not in only:
             return
         try:
             check = run(*run_args)
         except Exception as err:  # a kernel that fails to build or launch is a failed check, not the end
-            check = {"kernel": run.__name__.removeprefix("check_"), "shape": "", "ok": False,
+            check = {"kernel": check_name(run), "shape": "", "ok": False,
                      "case": " ".join(str(a) for a in run_args if isinstance(a, (int, str, torch.dtype))),
                      "error": f"{type(err).__name__}: {err}"[:300].replace("\n", " ")}
         checks.append(check)

@@ -74,3 +74,11 @@ def test_kernel_check_runs_only_the_decode_attention(tmp_path):
     prefix = str(tmp_path / "check")
     assert main(["--cpu_dry_run", "--only", "decode_attention", "--out", prefix]) == 0
     assert "3 checks, 0 failed." in open(prefix + ".md").read()
+
+
+def test_kernel_check_refuses_an_unknown_check(tmp_path, capsys):
+    from benchmarks.kernel_check import main
+
+    with pytest.raises(SystemExit):
+        main(["--cpu_dry_run", "--only", "w4a4_gemm", "--out", str(tmp_path / "check")])
+    assert "unknown checks ['w4a4_gemm'] in --only: choose from act, gemm" in capsys.readouterr().err

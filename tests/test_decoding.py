@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
@@ -106,3 +107,25 @@ def test_packed_kv4_decode_steps_build_no_code_tables(tinystories_dir, monkeypat
     monkeypatch.setattr(packed_kv_cache, "code_values", refuse)
     for _ in range(3):
         decoder.step()
+
+
+def test_greedy_generate_needs_a_new_token(tinystories_dir):
+    from models.decoding import greedy_generate
+
+    model = AutoModelForCausalLM.from_pretrained(tinystories_dir, dtype=torch.float32).eval()
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1, got 0"):
+        greedy_generate(model, torch.tensor([[1, 2, 3]]), 0)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--modes", "bf16,w3a3"], "unknown mode(s) ['w3a3']"),
+    (["--modes", "bf16"], "needs a CUDA device"),
+])
+def test_decode_profile_refusals(argv, message, tmp_path, capsys):
+    from benchmarks.decode_profile import main
+
+    if torch.cuda.is_available() and "CUDA" in message:
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(SystemExit):
+        main([*argv, "--out", str(tmp_path / "profile")])
+    assert message in capsys.readouterr().err
