@@ -258,6 +258,15 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mode_list(text: str) -> list[str]:
+    """``--modes``: a comma list of ``MODES`` names (argparse type; an unknown name is a usage error)."""
+    modes = text.split(",")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown modes {unknown}: choose from {', '.join(MODES)}")
+    return modes
+
+
 def _ints(text: str) -> list[int]:
     return [int(t) for t in text.split(",") if t]
 
@@ -267,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random_mode", action="store_true", help="random weights with the config's shapes")
     p.add_argument("--config", default="llama-3-8b", choices=sorted(CONFIGS))
     p.add_argument("--layers", type=int, help="decoder layers to build (default: the config's)")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--modes", type=mode_list, default=list(MODES), help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument("--prefill_batches", type=_ints, default=[1, 4, 16])
     p.add_argument("--decode_batches", type=_ints, default=[1, 8, 64])
@@ -284,10 +293,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.random_mode:
         p.error("only --random_mode is implemented: pass --random_mode")
-    modes = args.modes.split(",")
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        p.error(f"unknown modes {unknown}: choose from {', '.join(MODES)}")
     if args.cpu_dry_run:
         args.device, args.layers, args.seqlen, args.decode_tokens, args.reps = "cpu", 2, 32, 4, 1
         args.prefill_batches, args.decode_batches = [1, 2], [1, 2]
@@ -299,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
               "command": "python benchmarks/bench_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "rows": []}
-    for mode in modes:  # the files are rewritten after each mode: a run cut short keeps the modes it finished
+    for mode in args.modes:  # the files are rewritten after each mode: a run cut short keeps the modes it finished
         result["rows"].append(bench_mode(config, mode, args, device, time_ms))
         print(result["rows"][-1], flush=True)
         write_result_files(args.out, result, markdown(result))

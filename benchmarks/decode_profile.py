@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_model import CONFIGS, MODES, build_config, build_model  # noqa: E402
+from benchmarks.bench_model import CONFIGS, MODES, build_config, build_model, mode_list  # noqa: E402
 from models.decoding import StaticDecoder  # noqa: E402
 from benchmarks.result_files import write_result_files  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="llama-3-8b", choices=sorted(CONFIGS))
     p.add_argument("--layers", type=int, help="decoder layers to build (default: the config's)")
-    p.add_argument("--modes", default="bf16,w4a4", help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--modes", type=mode_list, default=["bf16", "w4a4"], help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument("--steps", type=int, default=20)
@@ -100,10 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=25, help="kernels listed per mode")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
-    modes = args.modes.split(",")
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        p.error(f"unknown mode(s) {unknown}: choose from {sorted(MODES)}")
     if not torch.cuda.is_available():
         p.error("decode_profile needs a CUDA device (it profiles CUDA-graph replays)")
     device = torch.device("cuda")
@@ -111,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"config": args.config, "batch": args.batch, "seqlen": args.seqlen, "device": device_name(device),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
               "command": "python benchmarks/decode_profile.py " + " ".join(argv or sys.argv[1:]), "rows": []}
-    for mode in modes:
+    for mode in args.modes:
         result["rows"].append(profile_mode(config, mode, args.batch, args.seqlen, args.steps, device,
                                           compile=args.compile))
         write_result_files(args.out, result, markdown(result, args.top))

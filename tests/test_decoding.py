@@ -118,7 +118,7 @@ def test_greedy_generate_needs_a_new_token(tinystories_dir):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--modes", "bf16,w3a3"], "unknown mode(s) ['w3a3']"),
+    (["--modes", "bf16,w3a3"], "unknown modes ['w3a3']: choose from bf16, w4a16"),
     (["--modes", "bf16"], "needs a CUDA device"),
 ])
 def test_decode_profile_refusals(argv, message, tmp_path, capsys):
