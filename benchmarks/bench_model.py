@@ -10,7 +10,7 @@ and gate/up fused, as a loaded checkpoint does. Modes:
 * ``w4a16``: FP4 E2M1 weights per channel on the FPx weight-only kernel, bf16 activations;
 * ``w4a4``: INT4 weights per channel, INT4 activations per token (W4A4 GEMM);
 * ``w4a4kv4``: ``w4a4`` with K/V quantized to INT4 per head (V asymmetric), decoding from
-  the packed KV4 cache (dequantize-then-SDPA);
+  the packed KV4 cache (decode steps read its codes in the attention kernel);
 * ``fp6`` / ``fp5``: E3M2 / E2M2 weight-only on the FPx kernel.
 
 Prefill: one forward over ``batch x seqlen`` tokens without a cache. Decode: a prefill of
@@ -19,8 +19,8 @@ Prefill: one forward over ``batch x seqlen`` tokens without a cache. Decode: a p
 * ``graph`` (CUDA only; the strong baseline the ratios use): a static cache and one decode
   step captured as a CUDA graph after two warm-up steps (which also autotune the Triton
   kernels), replayed once per token. KV4 decodes from a static packed cache
-  (``StaticPackedKVCache``: codes and scales written in place, the whole cache dequantized
-  for attention each step).
+  (``StaticPackedKVCache``: codes and scales written in place, read packed by the
+  decode-attention kernel, ``kernels.decode_attention_packed``).
   With ``--compile`` the step goes through ``torch.compile`` first, for every mode alike
   (``models.decoding.StaticDecoder``).
 * ``eager``: one Python forward per token with a dynamic cache (launch-bound, labelled).
@@ -254,7 +254,7 @@ def markdown(result: dict) -> str:
     if errors:
         lines += ["", "CUDA-graph capture failed (eager figure only): " + "; ".join(errors) + "."]
     lines += ["", "Ratios in parentheses are against bf16 in the same column (prefill: bf16 time / mode time). "
-                  "KV4 graph decode reads a static packed cache, all of it dequantized each step."]
+                  "KV4 graph decode reads a static packed cache, its codes dequantized inside the attention kernel."]
     return "\n".join(lines) + "\n"
 
 

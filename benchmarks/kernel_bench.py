@@ -9,7 +9,7 @@ before every repetition):
   timed; M is padded to a multiple of 16, as the row-wise kernels need);
 * ``int4``, ``e2m1`` (per-token activations x per-channel weights), ``nvfp4`` and
   ``mxfp4`` (16 / 32-element groups on both sides): our W4A4 GEMM alone (``gemm``: the
-  CUDA-core decode kernel ``w4a4_gemv`` at M <= 4 with per-row scales, else the
+  CUDA-core decode kernel ``w4a4_gemv`` at M <= 8 with per-row scales, else the
   tensor-core kernel, split-K at M <= 16) and after the activation-quantization kernel
   (``quant+gemm``); where the decode kernel ran, also the tensor-core kernel
   (``dot gemm``), for comparison;

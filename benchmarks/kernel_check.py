@@ -10,10 +10,11 @@ of the GPU) on random data (outliers, ragged M, real LLM widths):
   summation order, so an amax may move by an ulp, an NVFP4 block scale then by one E4M3
   step, and a value on a rounding tie may go either way: at most 1e-3 of the codes, and
   1e-2 of the scales off by more than 1e-5 relative);
-* the W4A4 GEMM, for every pair of formats the real-quantized linear uses (M <= 4 with
+* the W4A4 GEMM, for every pair of formats the real-quantized linear uses (M <= 8 with
   per-row scales runs the decode kernel ``w4a4_gemv``; M = 16 and grouped M = 1 the split-K
-  configs, operands swapped or not), and the FPx weight-only GEMM (M = 1 its one-row
-  kernel): into an output filled with NaN
+  configs, operands swapped or not), the whole linear from bf16 rows at M <= 8
+  (``w4a4_linear``), and the FPx weight-only GEMM (M = 1 its one-row kernel): into an
+  output filled with NaN (``w4a4_linear`` allocates its own)
   first (every entry must be written), against the fp32 twin within 1e-5 of the output's
   magnitude plus one ulp of a half output dtype;
 * the FP8 path: activation codes as E4M3 bytes and the weight widened to E4M3 (both equal
@@ -60,11 +61,11 @@ ACT_FORMATS = {
 GEMM_PAIRS = [("int4-tok-clip0.9", "int4-tok-clip0.9"), ("e2m1-tok", "e2m1-tok"), ("int4-tok-clip0.9", "e2m1-tok"),
               ("nvfp4", "nvfp4"), ("mxfp4", "mxfp4"), ("int4-tok-clip0.9", "int4-g64"),
               ("int4-g16", "int4-g16")]  # K steps of 16: the fp16 dot path, as NVFP4's
-FP8_PAIRS = [("int4-tok-clip0.9", "int4-tok-clip0.9"), ("e2m1-tok", "e2m1-tok"), ("int4-tok-clip0.9", "e2m1-tok")]
+PER_ROW_PAIRS = [("int4-tok-clip0.9", "int4-tok-clip0.9"), ("e2m1-tok", "e2m1-tok"), ("int4-tok-clip0.9", "e2m1-tok")]
 FPX_ELEMENTS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")
 GPU_ACT_SHAPES = [(7, 4096), (257, 14336)]
 # Every new (M bucket, N, K) autotunes: a few shapes keep the check to minutes.
-GPU_GEMM_SHAPES = [(1, 40, 128), (4, 4096, 4096), (16, 4096, 4096), (33, 4096, 4096), (257, 6144, 4096)]
+GPU_GEMM_SHAPES = [(1, 40, 128), (4, 4096, 4096), (8, 4096, 4096), (16, 4096, 4096), (33, 4096, 4096), (257, 6144, 4096)]
 DRY_ACT_SHAPES = [(1, 128), (5, 256)]
 DRY_GEMM_SHAPES = [(1, 40, 128), (5, 48, 256)]
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -124,6 +125,26 @@ def check_gemm(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torc
     want = reference.w4a4_matmul_ref(*a, *w, bias=bias, out_dtype=torch.float32, **spec)
     ok, excess = close(out, want)
     return {"kernel": "w4a4_gemm", "case": f"{a_name} x {w_name}",
+            "shape": f"M{m} N{n} K{k} -> {str(out_dtype).removeprefix('torch.')}",
+            "error_over_bound": excess, "ok": ok}
+
+
+def check_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torch.dtype,
+                 device: torch.device) -> dict:
+    """``kernels.w4a4_linear`` from bf16 rows (activation kernel, then the GEMM it picks for M) against
+    quantize-then-multiply with the twins."""
+    a_el, _, _, a_clip = ACT_FORMATS[a_name]
+    w_el, _, _, w_clip = ACT_FORMATS[w_name]
+    x = random_activations(m, k, torch.bfloat16, device)
+    w = kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, 0, "float",
+                                     w_clip, backend="triton")
+    bias = torch.randn(n, device=device)
+    out = kernels.w4a4_linear(x, *w, a_element=a_el, w_element=w_el, clip_ratio=a_clip, bias=bias,
+                              out_dtype=out_dtype, backend="triton")
+    a = reference.quantize_activations_ref(x, a_el, 0, "float", a_clip)
+    want = reference.w4a4_matmul_ref(*a, *w, a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.float32)
+    ok, excess = close(out, want)
+    return {"kernel": "w4a4_linear", "case": f"{a_name} x {w_name}",
             "shape": f"M{m} N{n} K{k} -> {str(out_dtype).removeprefix('torch.')}",
             "error_over_bound": excess, "ok": ok}
 
@@ -193,7 +214,33 @@ def check_decode_attention(batch: int, heads_kv: int, groups: int, dim: int, len
             "ok": ok}
 
 
-CHECKS = (check_act, check_gemm, check_fp8_codes, check_fp8_linear, check_fpx, check_decode_attention)
+def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: int, length: int, written: list[int],
+                                  dtype: torch.dtype, device: torch.device) -> dict:
+    """The KV4 benchmark's cache (INT4 K, asymmetric INT4 V, a scale per token and head) read as packed codes,
+    against attention over the same K and V dequantized the cache's way."""
+    from kernels.flash_decode import decode_attention_packed_triton
+    from quant_layers.packed_kv_cache import _PackedTensor
+    from quant_layers.quantizer import QuantSpec, Quantizer
+
+    specs = (QuantSpec("int", 4, granularity="head"), QuantSpec("int", 4, granularity="head", symmetric=False))
+    key, value = (_PackedTensor(Quantizer(spec, dim)) for spec in specs)
+    for packed in (key, value):
+        packed.append(torch.randn(batch, heads_kv, length, dim, device=device).to(dtype))
+    q = torch.randn(batch, heads_kv, groups, dim, device=device).to(dtype)
+    mask = (torch.arange(length, device=device)[None, :] < torch.tensor(written, device=device)[:, None])[:, None, None]
+    out = decode_attention_packed_triton(q, key.operand, value.operand, mask, dim**-0.5, key.kernel_element,
+                                         value.kernel_element)
+    want = reference.decode_attention_ref(q.float(), key.dequantized(dtype).float(), value.dequantized(dtype).float(),
+                                          mask, dim**-0.5)
+    ok, excess = close(out, want, of_max=1e-5 if dtype == torch.float32 else 2.0**-7)
+    return {"kernel": "decode_attention_packed",
+            "case": f"KV4 int4 K, uint4 V, {groups} query heads per K/V head, {written[0]} of {length} keys",
+            "shape": f"B{batch} Hkv{heads_kv} D{dim} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess,
+            "ok": ok}
+
+
+CHECKS = (check_act, check_gemm, check_linear, check_fp8_codes, check_fp8_linear, check_fpx, check_decode_attention,
+          check_decode_attention_packed)
 
 
 def check_name(check) -> str:
@@ -257,13 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     for case in decode_attention_cases:
         for dtype in OUT_DTYPES:
             record(check_decode_attention, *case, dtype, device)
+            record(check_decode_attention_packed, *case, dtype, device)
     for i, (m, n, k) in enumerate(gemm_shapes):
         for a_name, w_name in GEMM_PAIRS:
             record(check_gemm, m, n, k, a_name, w_name, OUT_DTYPES[i % len(OUT_DTYPES)], device)
+        if m <= 8:
+            for a_name, w_name in PER_ROW_PAIRS:
+                record(check_linear, m, n, k, a_name, w_name, OUT_DTYPES[i % len(OUT_DTYPES)], device)
         for element in FPX_ELEMENTS:
             record(check_fpx, m, n, k, element, OUT_DTYPES[i % len(OUT_DTYPES)], device)
         if n % 16 == 0 and k % 16 == 0:
-            for a_name, w_name in FP8_PAIRS:
+            for a_name, w_name in PER_ROW_PAIRS:
                 record(check_fp8_linear, m, n, k, a_name, w_name, device)
     for m, k in act_shapes:
         for dtype in (torch.bfloat16, torch.float16, torch.float32):

@@ -9,14 +9,15 @@ dispatching on the tensors' device:
   (INT4 / E2M1 per token or per group, NVFP4, MXFP4), optionally after a fused block
   Hadamard rotation; or one FP8 E4M3 byte per code, for the FP8 path.
 - ``w4a4_matmul``: packed activations x packed weights -> (M, N) (Triton; on a GPU, up
-  to 4 rows with per-row scales take the CUDA-core decode kernel ``w4a4_gemv``, other
+  to 8 rows with per-row scales take the CUDA-core decode kernel ``w4a4_gemv``, other
   decode-sized M split K; scale groups of 16, NVFP4's, take the twin on a GPU until the
   compiled kernel's 16-wide K steps are fixed: ``w4a4_gemm.verified_on_gpu``).
 - ``unpack_fp8`` and ``fp8_gemm.w4a4_matmul_fp8``: the prefill path for per-row scales,
   codes widened to FP8 and cuBLAS's row-wise scaled FP8 GEMM.
 - ``w8a8_linear``: INT8 per-token activations x INT8 per-channel weights (``int8_gemm``).
 - ``decode_attention``: single-token queries (grouped per K/V head) over a KV cache, split
-  along the keys (flash-decoding); the twin is SDPA.
+  along the keys (flash-decoding); the twin is SDPA. ``decode_attention_packed``: the same
+  over a packed KV4 cache, its codes dequantized in the kernel.
 - ``fpx_matmul``: float activations x FP4 / FP5 / FP6 weights in bit planes (FP6-LLM
   style, per-channel scales) -> (..., N); one row runs on the CUDA cores on a GPU.
 
@@ -40,7 +41,7 @@ import warnings
 
 import torch
 
-__all__ = ["BACKENDS", "PATHS", "decode_attention", "fpx_matmul", "quantize_activations", "unpack_fp8", "w4a4_linear",
+__all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "fpx_matmul", "quantize_activations", "unpack_fp8", "w4a4_linear",
            "w4a4_matmul", "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
@@ -221,3 +222,26 @@ def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, ma
     from .reference import decode_attention_ref
 
     return decode_attention_ref(q, key, value, mask, scale)
+
+
+def decode_attention_packed(q: torch.Tensor, key: tuple, value: tuple, mask: torch.Tensor | None = None,
+                            scale: float | None = None, *, key_element: str, value_element: str,
+                            backend: str | None = None) -> torch.Tensor:
+    """``decode_attention`` over K and V held packed, as the KV4 cache stores them: key and value are (uint8
+    codes (B, Hkv, L, D // 2), float scales (B, Hkv, L, D // group), zero points shaped as the scales or None);
+    elements ``int4``, ``uint4`` (the code is the level, under zero points) or ``e2m1``. Each value is
+    dequantized as the cache does it (fp32 ``(level - zero) * scale``, rounded to q's dtype) inside the kernel.
+    """
+    from .reference import decode_attention_packed_problem
+
+    problem = decode_attention_packed_problem(q, key, value, mask, key_element, value_element)
+    if problem:
+        raise ValueError(problem)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if _use_triton(q, backend):
+        from .flash_decode import decode_attention_packed_triton
+
+        return decode_attention_packed_triton(q, key, value, mask, scale, key_element, value_element)
+    from .reference import decode_attention_packed_ref
+
+    return decode_attention_packed_ref(q, key, value, mask, scale, key_element, value_element)

@@ -13,7 +13,7 @@ import torch
 
 from quant_layers import packing
 from quant_layers.formats import FPFormat, NumberFormat
-from quant_layers.quantizer import QuantSpec, Quantizer
+from quant_layers.quantizer import QuantParams, QuantSpec, Quantizer
 from transforms.hadamard import block_hadamard_transform
 
 ELEMENTS = ("int4", "e2m1")  # the W4A4 kernels' 4-bit elements
@@ -150,7 +150,7 @@ def quantize_activations_ref(
     xg = quantizer.grouped(x)
     scale = quantizer.fit(xg).scale
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = packing.encode(quantizer.element.round(xg / safe), quantizer.element)
+    codes = packing.encode(quantizer.element.round(xg / safe), quantizer.element, check=False)  # on the grid
     return packing.pack(codes.reshape(m, k)), scale.reshape(m, -1)
 
 
@@ -273,3 +273,65 @@ def decode_attention_ref(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor
                          scale: float) -> torch.Tensor:
     """SDPA of the (B, Hkv, G, D) query rows over their K/V head: ``kernels.decode_attention``'s twin."""
     return torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scale)
+
+
+# The 4-bit K/V elements the decode attention reads packed (``quant_layers.packed_kv_cache``): int4 two's
+# complement codes (symmetric), uint4 codes that are the levels (asymmetric, under a zero point), e2m1.
+PACKED_KV_ELEMENTS = ("int4", "uint4", "e2m1")
+# A packed K or V: uint8 codes (B, Hkv, L, D // 2), float scales (B, Hkv, L, D // group) and zero points (same
+# shape) or None.
+PackedOperand = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+def packed_kv_element(name: str) -> NumberFormat:
+    """The element format of a packed K/V element name, or a ValueError naming the choices."""
+    if name not in PACKED_KV_ELEMENTS:
+        raise ValueError(f"unknown packed K/V element {name!r}: choose one of {', '.join(PACKED_KV_ELEMENTS)}")
+    return packing.UINT4 if name == "uint4" else packing.element_named(name)
+
+
+def decode_attention_packed_problem(q: torch.Tensor, key: PackedOperand, value: PackedOperand,
+                                    mask: torch.Tensor | None, key_element: str, value_element: str) -> str | None:
+    """Why ``decode_attention_packed`` cannot take these operands, or None when it can (shapes and dtypes only:
+    it runs inside compiled decode steps)."""
+    if q.dim() != 4 or q.dtype not in ACTIVATION_DTYPES:
+        return f"q must be a (B, Hkv, G, D) float16, bfloat16 or float32 tensor, got {q.dtype} {tuple(q.shape)}"
+    batch, heads_kv, _, dim = q.shape
+    if not _is_power_of_two(dim) or dim < 16:
+        return f"decode attention takes a power-of-two head dim of at least 16, got {dim}"
+    length = key[0].shape[2] if key[0].dim() == 4 else -1
+    for name, (codes, scale, zero), element in (("key", key, key_element), ("value", value, value_element)):
+        if element not in PACKED_KV_ELEMENTS:
+            return f"unknown packed {name} element {element!r}: choose one of {', '.join(PACKED_KV_ELEMENTS)}"
+        if codes.dtype != torch.uint8 or tuple(codes.shape) != (batch, heads_kv, length, dim // 2):
+            return (f"packed {name} codes must be uint8 (B, Hkv, L, D // 2) = {(batch, heads_kv, length, dim // 2)}, "
+                    f"got {codes.dtype} {tuple(codes.shape)}")
+        if (not scale.is_floating_point() or scale.dim() != 4 or tuple(scale.shape[:3]) != (batch, heads_kv, length)
+                or dim % scale.shape[3]):
+            return (f"packed {name} scales must be float (B, Hkv, L, D // group) with a group dividing D={dim}, got "
+                    f"{scale.dtype} {tuple(scale.shape)}")
+        if zero is not None and (zero.shape != scale.shape or not zero.is_floating_point()):
+            return (f"packed {name} zero points must be float and shaped as the scales, got {zero.dtype} "
+                    f"{tuple(zero.shape)}")
+    if mask is not None and (mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1)
+                             or mask.shape[0] not in (1, batch) or mask.shape[3] != length):
+        return (f"decode attention takes a boolean mask of shape (B or 1, 1, 1, {length}), got {mask.dtype} "
+                f"{tuple(mask.shape)}")
+    return None
+
+
+def dequantize_kv(operand: PackedOperand, element: str, dtype: torch.dtype) -> torch.Tensor:
+    """(B, Hkv, L, D) values of a packed K or V: ``(level - zero) * scale`` in fp32 per group, then ``dtype``
+    (``Quantizer.dequantize``, as the packed KV cache dequantizes)."""
+    codes, scale, zero = operand
+    levels = packing.decode(packing.unpack(codes), packed_kv_element(element))
+    params = QuantParams(scale.float()[..., None], None if zero is None else zero.float()[..., None])
+    return Quantizer.dequantize(levels.reshape(*scale.shape, -1), params).reshape(levels.shape).to(dtype)
+
+
+def decode_attention_packed_ref(q: torch.Tensor, key: PackedOperand, value: PackedOperand, mask: torch.Tensor | None,
+                                scale: float, key_element: str, value_element: str) -> torch.Tensor:
+    """``decode_attention_ref`` of the K and V that packed codes hold, dequantized to q's dtype first: the twin of
+    the decode attention that reads a packed KV4 cache (``flash_decode.decode_attention_packed_triton``)."""
+    key_values = dequantize_kv(key, key_element, q.dtype)
+    return decode_attention_ref(q, key_values, dequantize_kv(value, value_element, q.dtype), mask, scale)

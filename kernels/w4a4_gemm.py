@@ -11,7 +11,7 @@ registers and fed to the tensor cores in a format that holds every 4-bit value e
 - K steps of 16 (16-element scale groups: NVFP4, int4 g16): tensor-core int8/fp8 dots
   need K >= 32, so the codes go through fp16 (exact) and each step is one fp16 dot.
 
-For up to 4 rows with per-row scales, ``w4a4_gemv`` (CUDA cores, no tensor-core tiles)
+For up to 8 rows with per-row scales, ``w4a4_gemv`` (CUDA cores, no tensor-core tiles)
 takes the product on a GPU. Otherwise a second grid axis splits the K steps at decode-sized
 M: each split scales its partial product and adds it atomically into a zeroed fp32 output
 (cast to the output dtype after). With per-row scales the decode configs may also swap the

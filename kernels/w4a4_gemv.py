@@ -39,9 +39,11 @@ E2M1_NEG_LOW, E2M1_NEG_HIGH = tl.constexpr(0xFDFEFF00 - (1 << 32)), tl.constexpr
 NIBBLE_TOP_BITS = tl.constexpr(0x88888888 - (1 << 32))
 LOW_NIBBLES = tl.constexpr(0x0F0F0F0F)
 # Up to this many rows, a per-row-scaled product on a GPU takes this kernel. On the H200
-# (Llama-3-8B shapes) it beat the tensor-core kernel 1.6-3.0x at M = 1, tied it in
-# batch-8 decode and lost at M = 16, where the multiply-adds per weight code pile up.
-GEMV_MAX_M = 4
+# (Llama-3-8B shapes), before dp4a, it beat the tensor-core kernel 1.6-3.0x at M = 1, tied it
+# in batch-8 decode and lost at M = 16, where the multiply-adds per weight code piled up;
+# with dp4a it beat it 1.6-2.1x at M = 4 (kernel_bench_decode_dp4a_h200.md), so batch-8
+# decode comes here too.
+GEMV_MAX_M = 8
 # (BLOCK_N, BLOCK_KW, num_warps, num_stages); BLOCK_KW counts 32-bit words (8 codes each).
 # In the H200 run of 2026-12-01 (0.6-1.1 TB/s) a step held at most 8 KiB of weight; the wide
 # steps after them (16-32 KiB) are there to keep more loads in flight, and on 2026-12-02 the

@@ -11,6 +11,11 @@ Here the ``g`` query heads of a group become ``g`` query rows of its K/V head,
 row), and ``kernels.decode_attention`` splits the keys across programs (Triton on CUDA,
 SDPA on the CPU). Everything else (prefill,
 per-head or additive masks, options SDPA lacks) goes to transformers' own SDPA function.
+
+A packed KV4 cache hands a decode step its K and V still packed
+(``quant_layers.packed_kv_cache``); the same kernel then reads the 4-bit codes, scales and
+zero points directly (``ptq::decode_attention_packed``) instead of the whole cache
+dequantized to bf16 first.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 import kernels
-from kernels.reference import decode_attention_problem
+from kernels.reference import decode_attention_packed_problem, decode_attention_problem
+from quant_layers.kv_cache import READS_PACKED
 
 NAME = "sdpa_grouped"
 
@@ -42,21 +48,52 @@ def _(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[to
     return torch.empty_like(q)
 
 
-def grouped_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-                           **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers' attention-function signature; query (b, H, q, d), key and value (b, H/g, L, d)."""
+@torch.library.custom_op("ptq::decode_attention_packed", mutates_args=())
+def decode_attention_packed(q: torch.Tensor, key_codes: torch.Tensor, key_scale: torch.Tensor,
+                            key_zero: Optional[torch.Tensor], value_codes: torch.Tensor, value_scale: torch.Tensor,
+                            value_zero: Optional[torch.Tensor], mask: Optional[torch.Tensor], scale: float,
+                            key_element: str, value_element: str) -> torch.Tensor:
+    """Decode attention over packed 4-bit K and V (``reference.decode_attention_packed_ref``) as one opaque op."""
+    return kernels.decode_attention_packed(q, (key_codes, key_scale, key_zero), (value_codes, value_scale, value_zero),
+                                           mask, scale, key_element=key_element, value_element=value_element)
+
+
+@decode_attention_packed.register_fake
+def _(q: torch.Tensor, key_codes: torch.Tensor, key_scale: torch.Tensor, key_zero: Optional[torch.Tensor],
+      value_codes: torch.Tensor, value_scale: torch.Tensor, value_zero: Optional[torch.Tensor],
+      mask: Optional[torch.Tensor], scale: float, key_element: str, value_element: str) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
+def grouped_sdpa_attention(module: nn.Module, query: torch.Tensor, key, value, attention_mask: torch.Tensor | None,
+                           dropout: float = 0.0, scaling: float | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature; query (b, H, q, d), key and value (b, H/g, L, d), or on a
+    decode step from a packed KV4 cache its packed K and V (``packed_kv_cache._PackedTensor``)."""
     groups = getattr(module, "num_key_value_groups", 1)
     batch, heads, q_length, dim = query.shape
     rows = query.reshape(batch, heads // groups, groups, dim) if q_length == 1 else query
+    packed = not isinstance(key, torch.Tensor)
+    problem = (decode_attention_packed_problem(rows, key.operand, value.operand, attention_mask, key.kernel_element,
+                                               value.kernel_element) if packed
+               else decode_attention_problem(rows, key, value, attention_mask))
     plain = (q_length != 1 or dropout or kwargs.get("softcap") is not None
              or kwargs.get("position_bias") is not None or kwargs.get("output_attentions", False)
-             or decode_attention_problem(rows, key, value, attention_mask) is not None)
+             or problem is not None)
     if plain:
+        if packed:
+            key, value = key.dequantized(query.dtype), value.dequantized(query.dtype)
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    out = torch.ops.ptq.decode_attention(rows, key, value, attention_mask, dim ** -0.5 if scaling is None else scaling)
-    return out.reshape(batch, 1, heads, value.shape[-1]), None
+    scale = dim ** -0.5 if scaling is None else scaling
+    if packed:
+        out = torch.ops.ptq.decode_attention_packed(rows, *key.operand, *value.operand, attention_mask, scale,
+                                                    key.kernel_element, value.kernel_element)
+    else:
+        out = torch.ops.ptq.decode_attention(rows, key, value, attention_mask, scale)
+    return out.reshape(batch, 1, heads, dim), None
+
+
+setattr(grouped_sdpa_attention, READS_PACKED, True)
 
 
 def use_grouped_decode_attention(model: nn.Module) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
@@ -26,14 +27,19 @@ PREFIX = "kvquant_"
 
 # Set on K and V that a packed KV4 cache returns: already rotated and quantized when stored.
 PACKED_MARK = "from_packed_kv_cache"
+# Set (True) on an attention function that reads a decode step's K and V packed (``models.attention``).
+READS_PACKED = "reads_packed_kv"
 
 
-def is_packed(tensor) -> bool:
-    """Whether attention got this K or V from a ``PackedKVCache``."""
-    return getattr(tensor, PACKED_MARK, False)
+def is_packed(kv) -> bool:
+    """Whether attention got this K or V from a ``PackedKVCache``: dequantized and marked, or on a decode
+    step still packed (not a tensor: ``packed_kv_cache._PackedTensor``)."""
+    return not isinstance(kv, torch.Tensor) or getattr(kv, PACKED_MARK, False)
 
 
 def _wrap(base: Callable) -> Callable:
+    reads_packed = getattr(base, READS_PACKED, False)
+
     def attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
         packed = is_packed(key)
         qk_transform = getattr(module, "qk_transform", None)
@@ -42,6 +48,8 @@ def _wrap(base: Callable) -> Callable:
             if not packed:
                 key = qk_transform(key)
         probe = getattr(module, "attention_probe", None)
+        if not isinstance(key, torch.Tensor) and (probe is not None or not reads_packed):
+            key, value = key.dequantized(query.dtype), value.dequantized(query.dtype)
         if probe is not None:  # calibration reads Q, K, V as the cache would hold them (may stop the forward)
             probe(module, query, key, value, attention_mask, kwargs)
         kq: Quantizer | None = getattr(module, "key_quantizer", None)

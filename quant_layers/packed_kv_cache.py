@@ -5,9 +5,9 @@ cached key and value again at each step. ``PackedKVCache`` stores what a real KV
 stores: each new token's K (after the attention's online rotation) and V are quantized
 once, per KV head, with the attention module's own quantizers, and kept as codes (two per
 byte) with their scales and zero points. Attention reads them dequantized
-(dequantize-then-SDPA). The dequantized tensors carry a mark that tells the attention
-wrapper not to rotate or quantize them again, so the logits equal the fake-quantized
-model's. One exception: NVFP4 K/V take their fp32 tensor scale from each appended chunk
+(dequantize-then-SDPA), or on decode steps packed (below). The dequantized tensors carry
+a mark that tells the attention wrapper not to rotate or quantize them again, so the
+logits equal the fake-quantized model's. One exception: NVFP4 K/V take their fp32 tensor scale from each appended chunk
 (the prompt, then each token), where the fake-quantized model recomputes it over the
 whole cache at every step; per-token and per-group scales are the same either way.
 
@@ -17,7 +17,15 @@ whole cache at every step; per-token and per-group scales are the same either wa
 ``StaticPackedKVCache(model, max_cache_len)`` is its static twin (HF's ``StaticLayer``
 bookkeeping): packed buffers of ``max_cache_len`` tokens allocated at the first update and
 written in place, so that a decode step can be captured in a CUDA graph. Attention then
-reads all ``max_cache_len`` positions dequantized; the mask hides the unwritten ones.
+reads all ``max_cache_len`` positions; the mask hides the unwritten ones.
+
+On a decode step (one new token) both caches hand attention their K and V as they are
+stored (the ``_PackedTensor`` objects, not tensors) when the decode-attention kernel reads
+their elements: INT4, INT4 under zero points, E2M1, with any scale group (the scales are
+stored decoded, in fp32, so NVFP4 and MXFP4 read the same way). The grouped decode
+attention (``models.attention``) then runs that kernel on the codes: dequantizing the whole
+static cache before every step cost a tenth of a Llama-3-8B W4A4KV4 step. Any other
+attention gets them dequantized by the wrapper (``kv_cache``); a prefill always does.
 """
 
 from __future__ import annotations
@@ -40,6 +48,11 @@ class _PackedTensor:
                              f"4 bits (e.g. --k_bits 4 --v_bits 4) or use the fake-quantized cache")
         self.quantizer = quantizer
         self.table = code_values(quantizer.element)  # the codes' values (encode and decode look them up)
+        from kernels.reference import PACKED_KV_ELEMENTS, packed_kv_element  # late: it imports quant_layers
+
+        # The decode-attention kernel's name for the element, None when it cannot read it packed.
+        self.kernel_element = next((name for name in PACKED_KV_ELEMENTS
+                                    if packed_kv_element(name) == quantizer.element), None)
         self.codes: torch.Tensor | None = None
         self.scale: torch.Tensor | None = None
         self.zero: torch.Tensor | None = None
@@ -87,6 +100,11 @@ class _PackedTensor:
         return self.quantizer.dequantize(grouped, params).reshape(levels.shape).to(dtype)
 
     @property
+    def operand(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(codes, scales, zero points), as the decode-attention kernel reads them (``reference.PackedOperand``)."""
+        return self.codes, self.scale, self.zero
+
+    @property
     def nbytes(self) -> int:
         parts = [t for t in (self.codes, self.scale, self.zero) if t is not None]
         return sum(t.numel() * t.element_size() for t in parts)
@@ -102,11 +120,16 @@ def _packed_pair(attention: nn.Module) -> tuple[_PackedTensor, _PackedTensor]:
     return _PackedTensor(key_quantizer), _PackedTensor(value_quantizer)
 
 
-def _marked(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tell the attention wrapper that K and V come rotated and quantized already."""
-    setattr(keys, PACKED_MARK, True)
-    setattr(values, PACKED_MARK, True)
-    return keys, values
+def _for_attention(keys: _PackedTensor, values: _PackedTensor, tokens: int, dtype: torch.dtype) -> tuple:
+    """What attention reads after ``tokens`` new ones: on a decode step K and V packed, when the kernel reads
+    both (``is_packed`` tells the attention wrapper); else dequantized and marked, so that the wrapper neither
+    rotates nor quantizes them again."""
+    if tokens == 1 and keys.kernel_element and values.kernel_element:
+        return keys, values
+    keys_dequantized, values_dequantized = keys.dequantized(dtype), values.dequantized(dtype)
+    setattr(keys_dequantized, PACKED_MARK, True)
+    setattr(values_dequantized, PACKED_MARK, True)
+    return keys_dequantized, values_dequantized
 
 
 class PackedKVLayer(DynamicLayer):
@@ -129,7 +152,7 @@ class PackedKVLayer(DynamicLayer):
             key_states = self.qk_transform(key_states)
         self.packed_keys.append(key_states)
         self.packed_values.append(value_states)
-        return _marked(self.packed_keys.dequantized(self.dtype), self.packed_values.dequantized(self.dtype))
+        return _for_attention(self.packed_keys, self.packed_values, key_states.shape[-2], self.dtype)
 
     def get_seq_length(self) -> int:
         codes = self.packed_keys.codes
@@ -186,7 +209,7 @@ class StaticPackedKVLayer(StaticLayer):
         self.cumulative_length.add_(tokens)
         self.packed_keys.write(positions, key_states, self.max_cache_len)
         self.packed_values.write(positions, value_states, self.max_cache_len)
-        return _marked(self.packed_keys.dequantized(self.dtype), self.packed_values.dequantized(self.dtype))
+        return _for_attention(self.packed_keys, self.packed_values, tokens, self.dtype)
 
     @property
     def nbytes(self) -> int:

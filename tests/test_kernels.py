@@ -319,7 +319,8 @@ def test_decode_configs_split_k_and_reset_their_output():
 
 
 @pytest.mark.parametrize("shape", [(1, 40, 200, True, torch.bfloat16), (3, 40, 128, False, torch.float32),
-                                   (4, 24, 264, True, torch.float16)], ids=shape_id)
+                                   (4, 24, 264, True, torch.float16), (7, 16, 136, False, torch.bfloat16)],
+                         ids=shape_id)
 @pytest.mark.parametrize("case", ["int4xint4", "e2m1xe2m1", "int4xe2m1"])
 def test_triton_gemv_equals_twin(case, shape):
     """The decode kernel: ragged K (25 and 33 words against 4-word steps), ragged N, every entry written."""
@@ -361,8 +362,8 @@ def test_gemm_refuses_an_output_it_cannot_write(gemv):
 
 
 def test_gemv_refuses_what_it_cannot_take():
-    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("int4xint4", 5, 16, 64)
-    with pytest.raises(ValueError, match="1 to 4 rows"):
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("int4xint4", 9, 16, 64)
+    with pytest.raises(ValueError, match="1 to 8 rows"):
         w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, gemv=True, **kw)
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 2, 16, 64)
     with pytest.raises(ValueError, match="per-row scales"):
@@ -376,7 +377,7 @@ def test_gemv_configs_fit_their_registers_at_every_row_count():
     from kernels import w4a4_gemv
 
     configs = w4a4_gemv._gemv_autotuned.configs
-    for block_m in (1, 2, 4):
+    for block_m in (1, 2, 4, 8):
         kept = w4a4_gemv._prune_configs(configs, {"BLOCK_M": block_m})
         assert kept and all(block_m * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_KW"] / (32 * c.num_warps)
                             <= w4a4_gemv.MAX_ACC_PER_THREAD for c in kept)

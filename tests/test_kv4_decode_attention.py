@@ -1,0 +1,241 @@
+"""Decode attention that reads a packed KV4 cache's codes: the kernel against its twin (under
+``TRITON_INTERPRET=1``), and decode steps of the packed caches routed to it without dequantizing the cache."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"  # before the kernel module is imported (see tests/test_kernels.py)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, DynamicCache, StaticCache  # noqa: E402
+
+import kernels.reference as reference  # noqa: E402
+from calib.rtn import quantize_weights_rtn  # noqa: E402
+from configs.recipe import QuantRecipe  # noqa: E402
+from kernels import flash_decode  # noqa: E402
+from models.adapter import adapter_for  # noqa: E402
+from models.attention import use_grouped_decode_attention  # noqa: E402
+from models.decoding import StaticDecoder  # noqa: E402
+from pipeline.fake_quant import attach_quantizers  # noqa: E402
+from quant_layers.packed_kv_cache import PackedKVCache, StaticPackedKVCache, _PackedTensor  # noqa: E402
+from quant_layers.quantizer import QuantSpec  # noqa: E402
+from transforms import apply_transform  # noqa: E402
+
+INT4_HEAD = QuantSpec("int", 4, granularity="head")
+UINT4_HEAD = QuantSpec("int", 4, granularity="head", symmetric=False)
+
+
+def packed_operand(batch: int, heads_kv: int, length: int, dim: int, element: str, group: int,
+                   generator: torch.Generator) -> tuple:
+    """Random codes (every byte), positive scales per group, integer zero points for uint4."""
+    codes = torch.randint(0, 256, (batch, heads_kv, length, dim // 2), generator=generator, dtype=torch.uint8)
+    shape = (batch, heads_kv, length, dim // group)
+    scale = torch.rand(shape, generator=generator) * 0.3 + 0.01
+    zero = torch.randint(0, 16, shape, generator=generator).float() if element == "uint4" else None
+    return codes, scale, zero
+
+
+def poisoned(operand: tuple, seen: torch.Tensor) -> tuple:
+    """The operand with NaN scales in the slots the mask hides: a kernel that read them would return NaN."""
+    codes, scale, zero = operand
+    return codes, scale.masked_fill(~seen.reshape(seen.shape[0], 1, -1, 1), float("nan")), zero
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("batch,heads_kv,groups,dim,length,written,elements,key_group,value_group", [
+    (1, 2, 4, 64, 300, [200], ("int4", "uint4"), 64, 64),  # the KV4 benchmark's: per head, V asymmetric; slices
+    (3, 2, 1, 32, 70, [70, 5, 33], ("int4", "uint4"), 16, 8),  # per-group scales, rows of different lengths
+    (2, 1, 4, 16, 1, None, ("uint4", "int4"), 16, 16),  # one key, no mask
+    (2, 3, 4, 64, 129, [1, 129], ("e2m1", "e2m1"), 16, 32),  # FP4 E2M1 (NVFP4's and MXFP4's groups)
+])
+def test_packed_kernel_equals_dequantize_then_attention(batch, heads_kv, groups, dim, length, written, elements,
+                                                        key_group, value_group, dtype):
+    g = torch.Generator().manual_seed(length)
+    q = torch.randn(batch, heads_kv, groups, dim, generator=g).to(dtype)
+    key = packed_operand(batch, heads_kv, length, dim, elements[0], key_group, g)
+    value = packed_operand(batch, heads_kv, length, dim, elements[1], value_group, g)
+    mask = None
+    if written is not None:
+        mask = (torch.arange(length)[None, :] < torch.tensor(written)[:, None])[:, None, None, :]
+    assert reference.decode_attention_packed_problem(q, key, value, mask, *elements) is None
+    got_key, got_value = (key, value) if mask is None else (poisoned(key, mask), poisoned(value, mask))
+    got = flash_decode.decode_attention_packed_triton(q, got_key, got_value, mask, dim ** -0.5, *elements)
+    assert got.shape == q.shape and got.dtype == dtype and torch.isfinite(got).all()
+    if dtype == torch.float32:
+        want = reference.decode_attention_packed_ref(q, key, value, mask, dim ** -0.5, *elements)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        return
+    # Half queries: K and V rounded to q's dtype as the twin does, then fp32 products (the kernel accumulates in
+    # fp32): one rounding of the output apart.
+    key_values, value_values = (reference.dequantize_kv(t, e, dtype) for t, e in zip((key, value), elements))
+    want = reference.decode_attention_ref(q.float(), key_values.float(), value_values.float(), mask, dim ** -0.5)
+    torch.testing.assert_close(got.float(), want, rtol=torch.finfo(dtype).eps, atol=1e-6)
+    twin = reference.decode_attention_packed_ref(q, key, value, mask, dim ** -0.5, *elements)
+    torch.testing.assert_close(got.float(), twin.float(), rtol=4 * torch.finfo(dtype).eps, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("element,group", [("int4", 16), ("uint4", 32), ("e2m1", 8)])
+def test_one_visible_key_gives_its_value_dequantized_bit_for_bit(element, group, dtype):
+    """Softmax over one key is 1: the output is that key's value exactly as the cache dequantizes it."""
+    g = torch.Generator().manual_seed(group)
+    q = torch.randn(1, 2, 3, 32, generator=g).to(dtype)
+    key, value = (packed_operand(1, 2, 80, 32, element, group, g) for _ in range(2))
+    mask = torch.zeros(1, 1, 1, 80, dtype=torch.bool)
+    mask[..., 70] = True
+    got = flash_decode.decode_attention_packed_triton(q, key, value, mask, 0.1, element, element)
+    want = reference.dequantize_kv(value, element, dtype)[:, :, 70:71].expand_as(got)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(key_element="int8"), "unknown packed key element"),
+    (dict(key_scale=torch.ones(1, 2, 10, 3)), "group dividing D=32"),
+    (dict(value_codes=torch.zeros(1, 2, 9, 16, dtype=torch.uint8)), "packed value codes must be uint8"),
+    (dict(value_zero=torch.zeros(1, 2, 10, 2)), "zero points must be float and shaped as the scales"),
+    (dict(mask=torch.ones(1, 1, 1, 9, dtype=torch.bool)), "boolean mask"),
+])
+def test_bad_packed_operands_are_named(change, message):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 4, 32, generator=g)
+    key_codes, key_scale, _ = packed_operand(1, 2, 10, 32, "int4", 32, g)
+    value_codes, value_scale, value_zero = packed_operand(1, 2, 10, 32, "uint4", 32, g)
+    key = (key_codes, change.get("key_scale", key_scale), None)
+    value = (change.get("value_codes", value_codes), value_scale, change.get("value_zero", value_zero))
+    problem = reference.decode_attention_packed_problem(q, key, value, change.get("mask"),
+                                                        change.get("key_element", "int4"), "uint4")
+    assert problem is not None and message in problem
+
+
+def kv4_model(path: str, key: QuantSpec, value: QuantSpec, transform: str = "identity"):
+    """The TinyStories model at W4A4 with K/V quantized, on the grouped decode attention (as a loaded checkpoint)."""
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    assert use_grouped_decode_attention(model)
+    adapter = adapter_for(model.config)
+    recipe = QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"),
+                         activation=QuantSpec("int", 4, granularity="token"), key=key, value=value, transform=transform)
+    apply_transform(model, adapter, recipe.transform, seed=0)
+    attach_quantizers(model, adapter, recipe)
+    quantize_weights_rtn(model)
+    return model
+
+
+@torch.no_grad()
+def greedy_logits(model, ids: torch.Tensor, cache, steps: int) -> torch.Tensor:
+    """(batch, 1 + steps, vocab): the prefill's last logits, then those of ``steps`` greedy single-token steps."""
+    logits = [model(ids, past_key_values=cache, cache_position=torch.arange(ids.shape[1])).logits[:, -1]]
+    for step in range(steps):
+        token = logits[-1].argmax(-1, keepdim=True)
+        position = torch.tensor([ids.shape[1] + step])
+        logits.append(model(token, past_key_values=cache, cache_position=position).logits[:, -1])
+    return torch.stack(logits, 1)
+
+
+def assert_same_decode(got: torch.Tensor, want: torch.Tensor) -> None:
+    assert torch.equal(got.argmax(-1), want.argmax(-1))  # token by token
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+def count_dequantizations(monkeypatch) -> list:
+    """Record every ``_PackedTensor.dequantized`` call (the full-cache dequantization)."""
+    calls = []
+    dequantized = _PackedTensor.dequantized
+    monkeypatch.setattr(_PackedTensor, "dequantized", lambda self, dtype: calls.append(1) or dequantized(self, dtype))
+    return calls
+
+
+def run_the_kernel(monkeypatch) -> list:
+    """Make the CPU decode op run the Triton kernel (interpreted) instead of its SDPA twin; record its calls."""
+    calls = []
+
+    def kernel(*args):
+        calls.append(1)
+        return flash_decode.decode_attention_packed_triton(*args)
+
+    monkeypatch.setattr(reference, "decode_attention_packed_ref", kernel)
+    return calls
+
+
+@pytest.mark.parametrize("key,value,transform", [
+    (INT4_HEAD, UINT4_HEAD, "identity"),  # the KV4 benchmark's
+    (INT4_HEAD, UINT4_HEAD, "hadamard"),  # Q rotated online, K cached rotated
+    (QuantSpec("fp", 4, exp_bits=2, granularity="head"), QuantSpec("int", 4, granularity="group", group_size=8,
+                                                                   symmetric=False), "identity"),
+], ids=["int4-head", "int4-head-hadamard", "e2m1-head-uint4-g8"])
+def test_static_packed_decode_reads_codes_and_equals_fake_quantized_decode(key, value, transform, tinystories_dir,
+                                                                           monkeypatch):
+    model = kv4_model(tinystories_dir, key, value, transform)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(4))
+    steps, length = 4, ids.shape[1] + 7
+    want = greedy_logits(model, ids, StaticCache(config=model.config, max_cache_len=length), steps)
+    dequantizations, kernel_calls = count_dequantizations(monkeypatch), run_the_kernel(monkeypatch)
+    got = greedy_logits(model, ids, StaticPackedKVCache(model, max_cache_len=length), steps)
+    assert_same_decode(got, want)
+    layers = model.config.num_hidden_layers
+    assert len(dequantizations) == 2 * layers  # K and V of the prefill only
+    assert len(kernel_calls) == steps * layers
+
+
+def test_growing_packed_cache_decode_reads_codes_too(tinystories_dir, monkeypatch):
+    model = kv4_model(tinystories_dir, INT4_HEAD, UINT4_HEAD)
+    ids = torch.randint(0, model.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(5))
+    want = greedy_logits(model, ids, DynamicCache(config=model.config), 5)
+    dequantizations, kernel_calls = count_dequantizations(monkeypatch), run_the_kernel(monkeypatch)
+    got = greedy_logits(model, ids, PackedKVCache(model), 5)
+    assert_same_decode(got, want)
+    assert len(dequantizations) == 2 * model.config.num_hidden_layers and kernel_calls
+
+
+def test_nvfp4_kv_decodes_as_through_the_dequantized_cache(tinystories_dir, monkeypatch):
+    """NVFP4 K/V: the cache stores each block's scale decoded (E4M3 times the chunk's fp32 tensor scale), so the
+    kernel reads them as E2M1 in groups of 16; the logits are those of the same cache dequantized."""
+    nvfp4 = QuantSpec("nvfp", 4)
+    model = kv4_model(tinystories_dir, nvfp4, nvfp4)
+    ids = torch.randint(0, model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(8))
+    dequantized_cache = StaticPackedKVCache(model, max_cache_len=16)
+    for layer in dequantized_cache.layers:
+        layer.packed_keys.kernel_element = None  # as if the kernel could not read it: the path before
+    want = greedy_logits(model, ids, dequantized_cache, 4)
+    kernel_calls = run_the_kernel(monkeypatch)
+    got = greedy_logits(model, ids, StaticPackedKVCache(model, max_cache_len=16), 4)
+    assert_same_decode(got, want)
+    assert len(kernel_calls) == 4 * model.config.num_hidden_layers
+
+
+def test_elements_the_kernel_cannot_read_keep_the_dequantized_path(tinystories_dir, monkeypatch):
+    """FP4 E3M0 K/V: the cache hands attention dequantized K/V on every step, as before."""
+    e3m0 = QuantSpec("fp", 4, exp_bits=3, granularity="head")
+    model = kv4_model(tinystories_dir, e3m0, e3m0)
+    ids = torch.randint(0, model.config.vocab_size, (1, 7), generator=torch.Generator().manual_seed(6))
+    want = greedy_logits(model, ids, StaticCache(config=model.config, max_cache_len=12), 3)
+    dequantizations, kernel_calls = count_dequantizations(monkeypatch), run_the_kernel(monkeypatch)
+    got = greedy_logits(model, ids, StaticPackedKVCache(model, max_cache_len=12), 3)
+    assert_same_decode(got, want)
+    assert len(dequantizations) == 2 * model.config.num_hidden_layers * 4 and not kernel_calls
+
+
+def test_a_compiled_decode_step_is_one_graph_on_the_packed_op(tinystories_dir):
+    """Under ``torch.compile`` the decode step traces to one graph holding one packed decode-attention op per
+    layer (the cache is not dequantized in it), with the eager step's logits."""
+    model = kv4_model(tinystories_dir, INT4_HEAD, UINT4_HEAD)
+    ids = torch.randint(0, model.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(7))
+    eager, compiled = StaticDecoder(model, ids, steps=3, kv4=True), StaticDecoder(model, ids, steps=3, kv4=True)
+    graphs = []
+
+    def record(graph_module, example_inputs):
+        graphs.append(graph_module.code)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    step = torch.compile(lambda decoder: decoder.model(decoder.token, past_key_values=decoder.cache,
+                                                        cache_position=decoder.position).logits,
+                         backend=record, fullgraph=True)
+    with torch.no_grad():
+        got = step(compiled)
+        want = eager.model(eager.token, past_key_values=eager.cache, cache_position=eager.position).logits
+    assert len(graphs) == 1
+    assert graphs[0].count("ptq.decode_attention_packed") == model.config.num_hidden_layers
+    assert "ptq.decode_attention.default" not in graphs[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
