@@ -7,7 +7,8 @@ Llama-3-8B at batch 1 and took 47 us a layer after 2048 tokens on the H200, a qu
 the step (``benchmarks/results/decode_profile_llama3_8b_h200.md``). Here (flash-decoding)
 each program takes one K/V head of one sequence and one slice of the keys, keeps a running
 max and sum (online softmax) over its slice, and writes its unnormalised partial output; a
-second kernel weighs the slices' partials into the output. Keys the boolean mask hides
+second kernel weighs the slices' partials into the output (one program per query row, all
+its slices at once: 3.3 us a layer on the H200, ``end_to_end_h200.md`` run 4). Keys the boolean mask hides
 (the static cache's unwritten slots, padding) are neither read nor counted. Like the other
 kernels it calls no ``triton.jit`` function of Triton's standard library (``tl.max``,
 ``tl.sum``, ``tl.zeros``), which the interpreter cannot run (``act_quant``'s docstring).
@@ -18,7 +19,8 @@ dim. Dequantizing the whole static cache to bf16 before every step cost a tenth 
 Llama-3-8B W4A4KV4 decode step on the H200 (0.37 ms); here each key tile is unpacked,
 decoded and scaled in registers, exactly as ``_PackedTensor.dequantized`` does it (fp32
 ``(level - zero) * scale``, then rounded to the query's dtype), so the result is that of
-dequantize-then-attention and only the loop's loads differ.
+dequantize-then-attention and only the loop's loads differ. On the H200 the packed kernel
+took the bf16 one's time (194 us a step) and the dequantization is gone (``end_to_end_h200.md`` run 4).
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ def quantize_activations_ref(
     xg = quantizer.grouped(x)
     scale = quantizer.fit(xg).scale
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = packing.encode(quantizer.element.round(xg / safe), quantizer.element, check=False)  # on the grid
+    codes = packing.encode(quantizer.element.round(xg / safe), quantizer.element)
     return packing.pack(codes.reshape(m, k)), scale.reshape(m, -1)
 
 
