@@ -4,7 +4,8 @@ Builds the ``bench_model`` model (random weights, real shapes), prefills ``--seq
 into a static cache, captures one decode step as a CUDA graph, then profiles ``--steps``
 replays with ``torch.profiler``. Reports, per mode: the step's wall time, the sum of its kernels'
 GPU time (the rest is the gaps between kernels), and the kernels grouped by name with their
-count and GPU time per step, largest first.
+count and GPU time per step, largest first; and the configs the W4A4 decode GEMV's and the
+activation kernel's autotuners picked in the process.
 
     python benchmarks/decode_profile.py --compile --modes bf16,w4a4 --out benchmarks/results/decode_profile_h200
 """
@@ -67,6 +68,19 @@ def profile_mode(config, mode: str, batch: int, seqlen: int, steps: int, device:
             "kernels": kernels}
 
 
+def tuned_configs() -> dict[str, list[str]]:
+    """What the decode GEMV's and the activation kernel's autotuners picked so far in this process, per key.
+
+    Each process tunes anew, and the same decode step's GEMVs took 1258 to 1881 us in three
+    processes on the H200 (``benchmarks/results/end_to_end_h200.md``, run 4): the picks go
+    into the profile so that runs can be compared config by config.
+    """
+    from kernels import act_quant, w4a4_gemv  # late: builds Triton kernels
+
+    tuners = {"w4a4_gemv": w4a4_gemv._gemv_autotuned, "act_quant": act_quant._act_quant_autotuned}
+    return {name: [f"{key}: {config}" for key, config in tuner.cache.items()] for name, tuner in tuners.items()}
+
+
 def markdown(result: dict, top: int) -> str:
     lines = [f"# Decode step profile: {result['config']}, batch {result['batch']}, after {result['seqlen']} tokens",
              "", f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
@@ -85,6 +99,10 @@ def markdown(result: dict, top: int) -> str:
         for name, k in ranked[:top]:
             lines.append(f"| `{name[:90]}` | {k['count']:.0f} | {k['us']:.1f} | {k['us'] / row['step_us']:.1%} |")
         lines.append("")
+        for name, picks in row.get("tuned_configs", {}).items():
+            lines += [f"Autotuned `{name}` configs in this process (key: config):", ""]
+            lines += [f"- `{pick}`" for pick in picks] or ["- none"]
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -110,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in args.modes:
         result["rows"].append(profile_mode(config, mode, args.batch, args.seqlen, args.steps, device,
                                           compile=args.compile))
+        result["rows"][-1]["tuned_configs"] = tuned_configs()
         write_result_files(args.out, result, markdown(result, args.top))
         print(f"done {mode}", flush=True)
     print(markdown(result, args.top))
