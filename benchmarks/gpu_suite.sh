@@ -6,9 +6,11 @@
 #   model      bench_model on a random Llama-3-8B: prefill, compiled CUDA-graph decode (issue 10); each mode and
 #              batch compiles its step (about a minute), so the modes take two calls: MODES=bf16,w4a4,w4a4kv4
 #              (the default), then MODES=bf16,w4a16,fp6 OUT=another folder
-#   decode     decode-sized kernels (M = 1, 4, 16) and bf16 / W4A4 compiled CUDA-graph decode at batch 1 and 8,
-#              and the decode attention checked against its twin (issues 9, 10)
-#   profile    the GPU time of each kernel of one compiled decode step, bf16 / W4A4 / W4A4KV4 (issue 10)
+#   decode     decode-sized kernels (M = 1, 8, 16) and bf16 / W4A4 compiled CUDA-graph decode at batch 1 and 8;
+#              first the decode attention (bf16 and packed KV4) and w4a4_linear checked against their twins
+#              (issues 9, 10)
+#   profile    the GPU time of each kernel of one compiled decode step, bf16 / W4A4 / W4A4KV4, and the
+#              autotuned configs (issue 10); BATCH=8 for batch-8 decode
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
 # Each step has its own time limit (LIMIT_<SECTION>, seconds) so that one slow step leaves the others their
 # turn; every script writes its files as it goes, so a step that runs out still leaves its partial tables.
@@ -40,16 +42,16 @@ for section in "$@"; do
         --modes "${MODES:-bf16,w4a4,w4a4kv4}" --prefill_batches 1,4 --decode_batches 1,8,64 \
         --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_llama3_8b_h200" ;;
     decode)
-      step "${LIMIT_DECODE_CHECK:-50}" kernel_check_decode_attention python benchmarks/kernel_check.py \
-        --only decode_attention --out "$OUT/kernel_check_decode_attention_h200"
+      step "${LIMIT_DECODE_CHECK:-150}" kernel_check_decode python benchmarks/kernel_check.py \
+        --only decode_attention,decode_attention_packed,linear --out "$OUT/kernel_check_decode_h200"
       step "${LIMIT_DECODE_KERNELS:-220}" kernel_bench_decode python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
-        --formats int4,e2m1 --ms 1,4,16 --weight_only_ms "" --out "$OUT/kernel_bench_decode_h200"
+        --formats int4,e2m1 --ms 1,8,16 --weight_only_ms "" --out "$OUT/kernel_bench_decode_h200"
       step "${LIMIT_DECODE_MODEL:-300}" bench_model_decode python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes bf16,w4a4 --prefill_batches "" --decode_batches 1,8 --decode_tokens 128 \
         --compile --no_eager --out "$OUT/bench_model_decode_compiled_llama3_8b_h200" ;;
     profile)
       step "${LIMIT_PROFILE:-400}" decode_profile python benchmarks/decode_profile.py --compile \
-        --modes w4a4,bf16,w4a4kv4 --out "$OUT/decode_profile_compiled_llama3_8b_h200" ;;
+        --modes w4a4,bf16,w4a4kv4 --batch "${BATCH:-1}" --out "$OUT/decode_profile_compiled_b${BATCH:-1}_llama3_8b_h200" ;;
     roundtrip)
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
