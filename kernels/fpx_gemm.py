@@ -16,11 +16,13 @@ float32 activations the dot is an IEEE fp32 one (the interpreter's bf16 dot is w
 and TF32 would not match the twin); products of half-precision x and these weights are
 exact in fp32 either way.
 
-One activation row (batch-1 decode) takes ``_fpx_row_kernel`` on a GPU instead: the same
-decode, fp32 multiply-adds on the CUDA cores and one reduction per program, because the
+One activation row (batch-1 decode, K a multiple of 8) takes ``_fpx_row_kernel`` on a GPU
+instead: fp32 multiply-adds on the CUDA cores and one reduction per program, because the
 tensor-core kernel's 16-row tile is 1/16 used there and stages every decoded tile
-through shared memory (FP6 decoded at 0.68x bf16 in the model benchmark; with this kernel,
-both compiled, 0.63x: ``benchmarks/results/end_to_end_h200.md``).
+through shared memory. Its first form decoded like the tile kernel (fields spread into a
+wider tile by joins, arithmetic decode) and ran FP6 at 0.63x bf16 in the compiled model
+(``benchmarks/results/end_to_end_h200.md``); it now streams 32-bit words and places each
+code's fields into a float16 with shifts and masks (not yet timed on a GPU).
 
 Like ``act_quant`` and ``w4a4_gemm`` it calls only Triton builtins and its own
 ``triton.jit`` helpers (no ``tl.zeros`` / ``tl.cdiv``), so that it runs under the
@@ -35,11 +37,13 @@ import triton.language as tl
 from triton.language.standard import _sum_combine
 
 from .reference import check_fpx_args, check_out, fpx_element
+from .w4a4_gemv import _words
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
 # One small config under the interpreter: tests run many shapes on a CPU.
 INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32)
+INTERPRET_ROW_CONFIG = dict(BLOCK_N=16, BLOCK_KW=4)
 # Width of the high plane's fields by code width: FP4 has none.
 HIGH_PLANE_WIDTH = {4: 0, 5: 1, 6: 2}
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for Hopper. Decode (M <= 16) is
@@ -51,12 +55,14 @@ GPU_CONFIGS = [
     (128, 128, 64, 8, 3), (128, 256, 64, 8, 3),
 ]
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages) of the one-row kernel: BLOCK_N x BLOCK_K fp32
-# accumulators over the program's threads, 8 to 64 registers each.
+# (BLOCK_N, BLOCK_KW, num_warps, num_stages) of the one-row kernel; BLOCK_KW counts low-plane words (8 codes
+# each): BLOCK_N x BLOCK_KW fp32 accumulators over the program's threads, 8 to 64 registers each.
 ROW_CONFIGS = [
-    (4, 256, 2, 3), (4, 512, 4, 3), (8, 256, 4, 3), (8, 512, 4, 2), (16, 256, 4, 2), (16, 256, 8, 3),
-    (16, 512, 8, 2), (32, 128, 4, 3), (32, 256, 8, 2), (64, 128, 8, 2),
+    (4, 64, 2, 3), (4, 128, 4, 3), (8, 64, 4, 3), (8, 128, 4, 2), (16, 64, 4, 2), (16, 64, 8, 3),
+    (16, 128, 8, 2), (32, 32, 4, 3), (32, 64, 8, 2), (64, 32, 8, 2), (16, 256, 8, 2), (32, 128, 8, 2),
 ]
+# The high plane's word per low word (8 codes): 8 2-bit fields (FP6) or 8 1-bit fields (FP5).
+HIGH_WORD_DTYPES = {2: torch.int16, 1: torch.uint8}
 
 
 @triton.jit
@@ -134,41 +140,54 @@ def _fpx_kernel(
 
 
 @triton.jit
+def _half_scaled_values(codes, BITS: tl.constexpr, MAN_BITS: tl.constexpr):
+    """fp32 values of sign | exponent | mantissa codes, times 2^-(15 - bias): the code's fields placed into a
+    float16's (every exponent of these formats fits fp16's, subnormals included), then widened."""
+    sign = (codes >> (BITS - 1)) & 1
+    magnitude = codes & ((1 << (BITS - 1)) - 1)
+    bits = (sign << 15) | (magnitude << (10 - MAN_BITS))
+    return bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
 def _fpx_row_kernel(
     x_ptr, low_ptr, high_ptr, scale_ptr, bias_ptr, out_ptr,
-    N, K, stride_low, stride_high,
-    EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
-    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    N, KW, stride_low, stride_high, unit,
+    BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
 ):
     """One activation row (decode at batch 1) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
-    A 16-row tensor-core tile would be 1/16 used and would stage every decoded weight tile
-    through shared memory; here the decoded tile stays in registers. Products of a half
+    The low plane streams as int32 words of 8 codes and the high plane as one 8- or 16-bit
+    word per low word (the high bits of the same 8 codes), so every field is a shift and a
+    mask in registers: no unpacking into a wider tile, no byte loads. Each code's fields
+    are placed into a float16 (``_half_scaled_values``) and the power of two that this
+    leaves out (``unit``) multiplies the sum. A 16-row tensor-core tile would be 1/16 used
+    here and would stage every decoded tile through shared memory. Products of a half
     activation and these weights are exact in fp32, as in the dot.
     """
-    HIGH_PER_BYTE: tl.constexpr = 8 // HIGH_WIDTH if HIGH_WIDTH > 0 else 8
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_low = tl.arange(0, BLOCK_K // 2)
-    offs_high = tl.arange(0, BLOCK_K // HIGH_PER_BYTE)
+    offs_w = tl.arange(0, BLOCK_KW)
     n_ok = offs_n < N
-    x_ptrs = x_ptr + offs_k
-    low_ptrs = low_ptr + offs_n[:, None] * stride_low + offs_low[None, :]
-    high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
-    acc = tl.full((BLOCK_N, BLOCK_K), 0.0, tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        rest = K - k0
-        x = tl.load(x_ptrs, mask=offs_k < rest, other=0.0).to(tl.float32)
-        low = tl.load(low_ptrs, mask=n_ok[:, None] & (offs_low[None, :] < rest // 2), other=0)
-        codes = _spread(low, BLOCK_N, BLOCK_K // 2, 4)
+    x_ptrs = x_ptr + offs_w * 8
+    low_ptrs = low_ptr + offs_n[:, None] * stride_low + offs_w[None, :]
+    high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_w[None, :]  # (FP4: never read)
+    acc = tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32)
+    for w0 in range(0, KW, BLOCK_KW):
+        w_ok = offs_w < KW - w0
+        low = tl.load(low_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0)
         if HIGH_WIDTH > 0:
-            high = tl.load(high_ptrs, mask=n_ok[:, None] & (offs_high[None, :] < rest // HIGH_PER_BYTE), other=0)
-            codes = codes | (_spread(high, BLOCK_N, BLOCK_K // HIGH_PER_BYTE, HIGH_WIDTH) << 4)
-        acc += _decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS) * x[None, :]
-        x_ptrs += BLOCK_K
-        low_ptrs += BLOCK_K // 2
-        high_ptrs += BLOCK_K // HIGH_PER_BYTE
-    out = tl.reduce(acc, 1, _sum_combine) * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
+            high = tl.load(high_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0).to(tl.int32)
+        for j in tl.static_range(8):
+            codes = (low >> (4 * j)) & 0xF
+            if HIGH_WIDTH > 0:
+                codes |= ((high >> (HIGH_WIDTH * j)) & ((1 << HIGH_WIDTH) - 1)) << 4
+            x = tl.load(x_ptrs + j, mask=w_ok, other=0.0).to(tl.float32)
+            acc += _half_scaled_values(codes, BITS, MAN_BITS) * x[None, :]
+        x_ptrs += 8 * BLOCK_KW
+        low_ptrs += BLOCK_KW
+        high_ptrs += BLOCK_KW
+    out = tl.reduce(acc, 1, _sum_combine) * unit * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=n_ok)
@@ -191,8 +210,9 @@ _fpx_autotuned = triton.autotune(
 
 
 _fpx_row_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_K=bk), num_warps=w, num_stages=st) for bn, bk, w, st in ROW_CONFIGS],
-    key=["N", "K", "EXP_BITS", "MAN_BITS"],
+    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw), num_warps=w, num_stages=st)
+             for bn, bkw, w, st in ROW_CONFIGS],
+    key=["N", "KW", "BITS", "MAN_BITS"],
 )(_fpx_row_kernel)
 
 
@@ -213,8 +233,9 @@ def fpx_matmul_triton(
     rows is an error.
     """
     check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype)
-    if row_kernel and x.shape[0] != 1:
-        raise ValueError(f"the row kernel takes one activation row, got {x.shape[0]}")
+    if row_kernel and (x.shape[0] != 1 or x.shape[1] % 8):
+        raise ValueError(f"the row kernel takes one activation row and K a multiple of 8, got {x.shape[0]} rows "
+                         f"and K={x.shape[1]}")
     fmt = fpx_element(element, bits)
     m, k = x.shape
     n = planes[0].shape[0]
@@ -236,12 +257,15 @@ def fpx_matmul_triton(
     flags = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias,
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                  DOT_F32=INTERPRET or x.dtype == torch.float32)
-    if row_kernel or (row_kernel is None and m == 1 and not INTERPRET):
-        row_args = (x, low, high, scale, bias_arg, out, n, k, low.stride(0), high.stride(0))
-        row_flags = {key: flags[key] for key in ("EXP_BITS", "MAN_BITS", "EXP_BIAS", "HIGH_WIDTH", "HAS_BIAS")}
+    if row_kernel or (row_kernel is None and m == 1 and k % 8 == 0 and not INTERPRET):
+        low_words = _words(low)
+        high_words = _words(high, HIGH_WORD_DTYPES[HIGH_PLANE_WIDTH[bits]]) if len(planes) > 1 else low_words
+        row_args = (x, low_words, high_words, scale, bias_arg, out, n, k // 8, low_words.stride(0),
+                    high_words.stride(0), 2.0 ** (15 - fmt.default_bias))
+        row_flags = dict(BITS=bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None)
         if INTERPRET:
-            _fpx_row_kernel[(triton.cdiv(n, INTERPRET_CONFIG["BLOCK_N"]),)](
-                *row_args, **row_flags, BLOCK_N=INTERPRET_CONFIG["BLOCK_N"], BLOCK_K=INTERPRET_CONFIG["BLOCK_K"])
+            _fpx_row_kernel[(triton.cdiv(n, INTERPRET_ROW_CONFIG["BLOCK_N"]),)](*row_args, **row_flags,
+                                                                               **INTERPRET_ROW_CONFIG)
         else:
             _fpx_row_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*row_args, **row_flags)
     elif INTERPRET:

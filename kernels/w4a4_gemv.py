@@ -243,12 +243,14 @@ def gemv_fits(m: int, k: int, a_group: int, w_group: int) -> bool:
     return 1 <= m <= GEMV_MAX_M and a_group == 0 and w_group == 0 and k % 8 == 0
 
 
-def _words(packed: torch.Tensor) -> torch.Tensor:
-    """(rows, K // 2) packed bytes as (rows, K // 8) int32 words (little-endian: code 8i + j in nibble j)."""
+def _words(packed: torch.Tensor, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """(rows, bytes) packed bytes as (rows, bytes // size) words of ``dtype`` (little-endian: for 4-bit codes in
+    int32, code 8i + j is nibble j of word i); the bytes per row must be a multiple of the word size."""
     packed = packed.contiguous()
-    if packed.storage_offset() % 4:  # a view that starts mid-word: copy it to a word-aligned tensor
+    size = torch.empty(0, dtype=dtype).element_size()
+    if packed.storage_offset() % size:  # a view that starts mid-word: copy it to a word-aligned tensor
         packed = packed.clone()
-    return packed.view(torch.int32)
+    return packed.view(dtype)
 
 
 def w4a4_gemv_triton(

@@ -242,9 +242,12 @@ def test_row_kernel_equals_twin(name, k):
         assert_matches_twin(out, want)
 
 
-def test_row_kernel_takes_one_row_only():
+def test_row_kernel_takes_one_row_and_whole_words_only():
     x, planes, scale, _ = operands("e3m2", 2, 16, 64, torch.bfloat16)
-    with pytest.raises(ValueError, match="one activation row, got 2"):
+    with pytest.raises(ValueError, match="one activation row and K a multiple of 8, got 2 rows"):
+        fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, row_kernel=True)
+    x, planes, scale, _ = operands("e3m2", 1, 16, 36, torch.bfloat16)  # the planes take K = 36, 32-bit words do not
+    with pytest.raises(ValueError, match="K a multiple of 8, got 1 rows and K=36"):
         fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, row_kernel=True)
 
 
