@@ -64,8 +64,8 @@ def profile_mode(config, mode: str, batch: int, seqlen: int, steps: int, device:
     kernels = kernel_times(profile, steps)
     del model, decoder
     torch.cuda.empty_cache()
-    return {"mode": mode, "batch": batch, "compile": compile, "capture_s": capture_s, "step_us": step_us, "kernel_us": sum(k["us"] for k in kernels.values()),
-            "kernels": kernels}
+    return {"mode": mode, "batch": batch, "compile": compile, "capture_s": capture_s, "step_us": step_us,
+            "kernel_us": sum(k["us"] for k in kernels.values()), "kernels": kernels}
 
 
 def tuned_configs() -> dict[str, list[str]]:

@@ -41,8 +41,8 @@ import warnings
 
 import torch
 
-__all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "fpx_matmul", "quantize_activations", "unpack_fp8", "w4a4_linear",
-           "w4a4_matmul", "w8a8_linear"]
+__all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "fpx_matmul", "quantize_activations",
+           "unpack_fp8", "w4a4_linear", "w4a4_matmul", "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
 PATHS = ("packed", "fp8")

@@ -8,8 +8,8 @@ the step (``benchmarks/results/decode_profile_llama3_8b_h200.md``). Here (flash-
 each program takes one K/V head of one sequence and one slice of the keys, keeps a running
 max and sum (online softmax) over its slice, and writes its unnormalised partial output; a
 second kernel weighs the slices' partials into the output (one program per query row, all
-its slices at once: 3.3 us a layer on the H200, ``end_to_end_h200.md`` run 4). Keys the boolean mask hides
-(the static cache's unwritten slots, padding) are neither read nor counted. Like the other
+its slices at once: 3.3 us a layer on the H200, ``end_to_end_h200.md`` run 4). Keys the
+boolean mask hides (the static cache's unwritten slots, padding) are neither read nor counted. Like the other
 kernels it calls no ``triton.jit`` function of Triton's standard library (``tl.max``,
 ``tl.sum``, ``tl.zeros``), which the interpreter cannot run (``act_quant``'s docstring).
 
@@ -20,7 +20,8 @@ Llama-3-8B W4A4KV4 decode step on the H200 (0.37 ms); here each key tile is unpa
 decoded and scaled in registers, exactly as ``_PackedTensor.dequantized`` does it (fp32
 ``(level - zero) * scale``, then rounded to the query's dtype), so the result is that of
 dequantize-then-attention and only the loop's loads differ. On the H200 the packed kernel
-took the bf16 one's time (194 us a step) and the dequantization is gone (``end_to_end_h200.md`` run 4).
+took the bf16 one's time (194 us a step) and the dequantization is gone
+(``end_to_end_h200.md`` run 4).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from triton.language.standard import _elementwise_max, _sum_combine
 from .act_quant import _round_to_bf16
 from .fpx_gemm import _decode
 from .reference import PACKED_KV_ELEMENTS, PackedOperand
-from .w4a4_gemm import _unpack
+from .w4a4_gemm import _unpack, code_operand
 
 INTERPRET = triton.knobs.runtime.interpret
 BLOCK_N = 64  # keys per inner step
@@ -66,8 +67,8 @@ def _tile(ptr, scale_ptr, zero_ptr, n, visible, stride_l, first_row, PACKED: tl.
     if PACKED:
         packed = tl.load(ptr + n[:, None] * stride_l + tl.arange(0, D // 2)[None, :], mask=visible[:, None], other=0)
         codes = _unpack(packed, BLOCK_N, D)
-        if ELEMENT == 0:  # int4: sign-extend the two's complement nibble
-            levels = ((codes ^ 8).to(tl.int8) - 8).to(tl.float32)
+        if ELEMENT == 0:  # int4: the two's complement nibble sign-extended
+            levels = code_operand(codes, True, 0).to(tl.float32)
         elif ELEMENT == 1:  # uint4
             levels = codes.to(tl.float32)
         else:  # e2m1

@@ -13,7 +13,7 @@ import torch
 
 from quant_layers import packing
 from quant_layers.formats import FPFormat, NumberFormat
-from quant_layers.quantizer import QuantParams, QuantSpec, Quantizer
+from quant_layers.quantizer import QuantSpec, Quantizer
 from transforms.hadamard import block_hadamard_transform
 
 ELEMENTS = ("int4", "e2m1")  # the W4A4 kernels' 4-bit elements
@@ -258,13 +258,18 @@ def decode_attention_problem(q: torch.Tensor, key: torch.Tensor, value: torch.Te
     batch, heads_kv, _, dim = q.shape
     if key.shape[0] != batch or key.shape[1] != heads_kv or key.shape[3] != dim:
         return f"q {tuple(q.shape)} and key {tuple(key.shape)} disagree on batch, K/V heads or head dim"
-    if not _is_power_of_two(dim) or dim < 16:
-        return f"decode attention takes a power-of-two head dim of at least 16, got {dim}"
     if q.dtype != key.dtype or key.dtype != value.dtype:
         return f"q, key and value must share a dtype, got {q.dtype}, {key.dtype}, {value.dtype}"
+    return _head_dim_and_mask_problem(dim, mask, batch, key.shape[2])
+
+
+def _head_dim_and_mask_problem(dim: int, mask: torch.Tensor | None, batch: int, length: int) -> str | None:
+    """What both decode attentions refuse in the head dim and the mask, or None."""
+    if not _is_power_of_two(dim) or dim < 16:
+        return f"decode attention takes a power-of-two head dim of at least 16, got {dim}"
     if mask is not None and (mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1)
-                             or mask.shape[0] not in (1, batch) or mask.shape[3] != key.shape[2]):
-        return (f"decode attention takes a boolean mask of shape (B or 1, 1, 1, {key.shape[2]}), got {mask.dtype} "
+                             or mask.shape[0] not in (1, batch) or mask.shape[3] != length):
+        return (f"decode attention takes a boolean mask of shape (B or 1, 1, 1, {length}), got {mask.dtype} "
                 f"{tuple(mask.shape)}")
     return None
 
@@ -297,8 +302,6 @@ def decode_attention_packed_problem(q: torch.Tensor, key: PackedOperand, value: 
     if q.dim() != 4 or q.dtype not in ACTIVATION_DTYPES:
         return f"q must be a (B, Hkv, G, D) float16, bfloat16 or float32 tensor, got {q.dtype} {tuple(q.shape)}"
     batch, heads_kv, _, dim = q.shape
-    if not _is_power_of_two(dim) or dim < 16:
-        return f"decode attention takes a power-of-two head dim of at least 16, got {dim}"
     length = key[0].shape[2] if key[0].dim() == 4 else -1
     for name, (codes, scale, zero), element in (("key", key, key_element), ("value", value, value_element)):
         if element not in PACKED_KV_ELEMENTS:
@@ -313,20 +316,15 @@ def decode_attention_packed_problem(q: torch.Tensor, key: PackedOperand, value: 
         if zero is not None and (zero.shape != scale.shape or not zero.is_floating_point()):
             return (f"packed {name} zero points must be float and shaped as the scales, got {zero.dtype} "
                     f"{tuple(zero.shape)}")
-    if mask is not None and (mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1:3] != (1, 1)
-                             or mask.shape[0] not in (1, batch) or mask.shape[3] != length):
-        return (f"decode attention takes a boolean mask of shape (B or 1, 1, 1, {length}), got {mask.dtype} "
-                f"{tuple(mask.shape)}")
-    return None
+    return _head_dim_and_mask_problem(dim, mask, batch, length)
 
 
 def dequantize_kv(operand: PackedOperand, element: str, dtype: torch.dtype) -> torch.Tensor:
     """(B, Hkv, L, D) values of a packed K or V: ``(level - zero) * scale`` in fp32 per group, then ``dtype``
     (``Quantizer.dequantize``, as the packed KV cache dequantizes)."""
-    codes, scale, zero = operand
-    levels = packing.decode(packing.unpack(codes), packed_kv_element(element))
-    params = QuantParams(scale.float()[..., None], None if zero is None else zero.float()[..., None])
-    return Quantizer.dequantize(levels.reshape(*scale.shape, -1), params).reshape(levels.shape).to(dtype)
+    from quant_layers.packed_kv_cache import dequantize_codes  # late: it imports transformers' caches
+
+    return dequantize_codes(*operand, packed_kv_element(element), dtype)
 
 
 def decode_attention_packed_ref(q: torch.Tensor, key: PackedOperand, value: PackedOperand, mask: torch.Tensor | None,

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
+from .formats import NumberFormat
 from .kv_cache import PACKED_MARK
 from .packing import code_values, decode, encode, pack, unpack
 from .quantizer import QuantParams, Quantizer
@@ -93,11 +94,7 @@ class _PackedTensor:
             self.zero.index_copy_(-2, positions, zero)
 
     def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
-        levels = decode(unpack(self.codes), self.quantizer.element, self.table)
-        group = self.quantizer.spec.group_length(levels.shape[-1], self.quantizer.head_dim)
-        grouped = levels.reshape(*self.scale.shape, group)
-        params = QuantParams(self.scale[..., None], None if self.zero is None else self.zero[..., None])
-        return self.quantizer.dequantize(grouped, params).reshape(levels.shape).to(dtype)
+        return dequantize_codes(self.codes, self.scale, self.zero, self.quantizer.element, dtype, self.table)
 
     @property
     def operand(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -108,6 +105,16 @@ class _PackedTensor:
     def nbytes(self) -> int:
         parts = [t for t in (self.codes, self.scale, self.zero) if t is not None]
         return sum(t.numel() * t.element_size() for t in parts)
+
+
+def dequantize_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, element: NumberFormat,
+                     dtype: torch.dtype, table: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., D) values of packed codes (..., D // 2) under scales and zero points (..., D // group):
+    ``Quantizer.dequantize`` per group in fp32, then ``dtype``; what the packed cache hands attention.
+    ``table``: ``code_values(element)`` on the codes' device (``packing.decode``)."""
+    levels = decode(unpack(codes), element, table)
+    params = QuantParams(scale.float()[..., None], None if zero is None else zero.float()[..., None])
+    return Quantizer.dequantize(levels.reshape(*scale.shape, -1), params).reshape(levels.shape).to(dtype)
 
 
 def _packed_pair(attention: nn.Module) -> tuple[_PackedTensor, _PackedTensor]:

@@ -109,6 +109,31 @@ def test_bad_packed_operands_are_named(change, message):
     assert problem is not None and message in problem
 
 
+def test_packed_attention_refuses_a_bad_query():
+    g = torch.Generator().manual_seed(0)
+    key = packed_operand(1, 2, 10, 24, "int4", 24, g)
+    problem = reference.decode_attention_packed_problem(torch.randn(1, 2, 4, 24), key, key, None, "int4", "int4")
+    assert problem is not None and "power-of-two head dim of at least 16, got 24" in problem
+    key = packed_operand(1, 2, 10, 32, "int4", 32, g)
+    problem = reference.decode_attention_packed_problem(torch.ones(1, 2, 4, 32, dtype=torch.int32), key, key, None,
+                                                        "int4", "int4")
+    assert problem is not None and "q must be a (B, Hkv, G, D) float16, bfloat16 or float32 tensor" in problem
+
+
+def test_public_packed_attention_checks_then_dispatches():
+    import kernels
+
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 2, 4, 32, generator=g)
+    key = packed_operand(1, 2, 10, 32, "int4", 32, g)
+    value = packed_operand(1, 2, 10, 32, "uint4", 16, g)
+    with pytest.raises(ValueError, match="unknown packed value element 'int8'"):
+        kernels.decode_attention_packed(q, key, value, key_element="int4", value_element="int8")
+    got = kernels.decode_attention_packed(q, key, value, key_element="int4", value_element="uint4", backend="torch")
+    want = reference.decode_attention_packed_ref(q, key, value, None, 32 ** -0.5, "int4", "uint4")
+    assert torch.equal(got, want)
+
+
 def kv4_model(path: str, key: QuantSpec, value: QuantSpec, transform: str = "identity"):
     """The TinyStories model at W4A4 with K/V quantized, on the grouped decode attention (as a loaded checkpoint)."""
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
