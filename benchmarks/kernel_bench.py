@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no CUDA device: run on a GPU, or pass --cpu_dry_run to exercise the script on CPU")
     device = torch.device("cpu" if args.cpu_dry_run else "cuda")
     shapes = parse_shapes(args.shapes or (DRY_RUN_SHAPES if args.cpu_dry_run else LLAMA3_8B_SHAPES))
-    ms = [int(v) for v in (args.ms or (DRY_RUN_MS if args.cpu_dry_run else LLAMA3_8B_MS)).split(",")]
+    ms_text = args.ms if args.ms is not None else (DRY_RUN_MS if args.cpu_dry_run else LLAMA3_8B_MS)
+    ms = [int(v) for v in ms_text.split(",") if v]
     wo_text = args.weight_only_ms if args.weight_only_ms is not None else (
         DRY_RUN_MS if args.cpu_dry_run else WEIGHT_ONLY_MS)
     weight_only_ms = [int(v) for v in wo_text.split(",") if v]

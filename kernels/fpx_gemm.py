@@ -61,6 +61,9 @@ ROW_CONFIGS = [
     (4, 64, 2, 3), (4, 128, 4, 3), (8, 64, 4, 3), (8, 128, 4, 2), (16, 64, 4, 2), (16, 64, 8, 3),
     (16, 128, 8, 2), (32, 32, 4, 3), (32, 64, 8, 2), (64, 32, 8, 2), (16, 256, 8, 2), (32, 128, 8, 2),
 ]
+# The one-row kernel multiplies the activations by 2^ROW_X_SCALE_EXP: a product of a subnormal placement
+# (>= 2^-130) and an activation is then normal, so exact, for |x| >= 2^-28, and x overflows only past 2^96.
+ROW_X_SCALE_EXP = 32
 # The high plane's word per low word (8 codes): 8 2-bit fields (FP6) or 8 1-bit fields (FP5).
 HIGH_WORD_DTYPES = {2: torch.int16, 1: torch.uint8}
 
@@ -140,13 +143,36 @@ def _fpx_kernel(
 
 
 @triton.jit
-def _half_scaled_values(codes, BITS: tl.constexpr, MAN_BITS: tl.constexpr):
-    """fp32 values of sign | exponent | mantissa codes, times 2^-(15 - bias): the code's fields placed into a
-    float16's (every exponent of these formats fits fp16's, subnormals included), then widened."""
-    sign = (codes >> (BITS - 1)) & 1
-    magnitude = codes & ((1 << (BITS - 1)) - 1)
-    bits = (sign << 15) | (magnitude << (10 - MAN_BITS))
-    return bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+def _shifted(v, by: tl.constexpr):
+    """v shifted left by the constexpr ``by`` bits (right when negative)."""
+    if by >= 0:
+        return v << by
+    else:
+        return v >> -by
+
+
+@triton.jit
+def _placed_values(low, high, J: tl.constexpr, BITS: tl.constexpr, MAN_BITS: tl.constexpr,
+                   HIGH_WIDTH: tl.constexpr):
+    """fp32 values times 2^(bias - 127) of the J-th codes (0..7) of low-plane words and their high-plane words.
+
+    Each field is shifted straight from its word to its place in a float32 (magnitude with
+    the mantissa's top at bit 22, sign at bit 31): read as float32 the bits are the code's
+    value with fp32's exponent bias instead of the format's, subnormal codes included
+    (they become fp32 subnormals, which the caller's power of two makes normal again in
+    the product). No conversion instruction, a few shifts and masks per code.
+    """
+    MAG_LOW: tl.constexpr = 4 if BITS > 4 else 3  # magnitude bits in the low nibble
+    TOP: tl.constexpr = 23 - MAN_BITS  # where the magnitude's bit 0 goes
+    SIGN: tl.constexpr = -2147483648  # bit 31
+    bits = _shifted(low, TOP - 4 * J) & (((1 << MAG_LOW) - 1) << TOP)
+    if BITS == 4:
+        bits |= _shifted(low, 31 - (4 * J + 3)) & SIGN
+    elif HIGH_WIDTH == 1:
+        bits |= _shifted(high, 31 - J) & SIGN
+    else:
+        bits |= (_shifted(high, TOP + 4 - 2 * J) & (1 << (TOP + 4))) | (_shifted(high, 31 - (2 * J + 1)) & SIGN)
+    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -154,17 +180,19 @@ def _fpx_row_kernel(
     x_ptr, low_ptr, high_ptr, scale_ptr, bias_ptr, out_ptr,
     N, KW, stride_low, stride_high, unit,
     BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
+    X_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
 ):
     """One activation row (decode at batch 1) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
     The low plane streams as int32 words of 8 codes and the high plane as one 8- or 16-bit
     word per low word (the high bits of the same 8 codes), so every field is a shift and a
-    mask in registers: no unpacking into a wider tile, no byte loads. Each code's fields
-    are placed into a float16 (``_half_scaled_values``) and the power of two that this
-    leaves out (``unit``) multiplies the sum. A 16-row tensor-core tile would be 1/16 used
-    here and would stage every decoded tile through shared memory. Products of a half
-    activation and these weights are exact in fp32, as in the dot.
+    mask in registers: no unpacking into a wider tile, no byte loads. ``_placed_values``
+    turns each code into a float32 with three to five integer instructions and no
+    conversion; the activations are scaled by ``X_SCALE`` (a power of two) so that the
+    products of subnormal placements stay normal, and ``unit`` undoes both powers of two
+    on the sum. Products of a half-precision activation and these weights are exact in
+    fp32, as in the dot. A 16-row tensor-core tile would be 1/16 used here and would stage
+    every decoded tile through shared memory.
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -176,14 +204,12 @@ def _fpx_row_kernel(
     for w0 in range(0, KW, BLOCK_KW):
         w_ok = offs_w < KW - w0
         low = tl.load(low_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0)
+        high = low
         if HIGH_WIDTH > 0:
             high = tl.load(high_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0).to(tl.int32)
         for j in tl.static_range(8):
-            codes = (low >> (4 * j)) & 0xF
-            if HIGH_WIDTH > 0:
-                codes |= ((high >> (HIGH_WIDTH * j)) & ((1 << HIGH_WIDTH) - 1)) << 4
-            x = tl.load(x_ptrs + j, mask=w_ok, other=0.0).to(tl.float32)
-            acc += _half_scaled_values(codes, BITS, MAN_BITS) * x[None, :]
+            x = tl.load(x_ptrs + j, mask=w_ok, other=0.0).to(tl.float32) * X_SCALE
+            acc += _placed_values(low, high, j, BITS, MAN_BITS, HIGH_WIDTH) * x[None, :]
         x_ptrs += 8 * BLOCK_KW
         low_ptrs += BLOCK_KW
         high_ptrs += BLOCK_KW
@@ -261,8 +287,9 @@ def fpx_matmul_triton(
         low_words = _words(low)
         high_words = _words(high, HIGH_WORD_DTYPES[HIGH_PLANE_WIDTH[bits]]) if len(planes) > 1 else low_words
         row_args = (x, low_words, high_words, scale, bias_arg, out, n, k // 8, low_words.stride(0),
-                    high_words.stride(0), 2.0 ** (15 - fmt.default_bias))
-        row_flags = dict(BITS=bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None)
+                    high_words.stride(0), 2.0 ** (127 - fmt.default_bias - ROW_X_SCALE_EXP))
+        row_flags = dict(BITS=bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
+                         X_SCALE=2.0 ** ROW_X_SCALE_EXP)
         if INTERPRET:
             _fpx_row_kernel[(triton.cdiv(n, INTERPRET_ROW_CONFIG["BLOCK_N"]),)](*row_args, **row_flags,
                                                                                **INTERPRET_ROW_CONFIG)

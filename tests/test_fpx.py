@@ -242,6 +242,22 @@ def test_row_kernel_equals_twin(name, k):
         assert_matches_twin(out, want)
 
 
+@pytest.mark.parametrize("magnitude", [1e-6, 1e4])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("name", ["e3m2", "e2m3", "e2m1"])
+def test_row_kernel_keeps_small_and_large_activations(name, dtype, magnitude):
+    """The row kernel scales x by a power of two so that subnormal codes' products stay exact: tiny and
+    large activations (fp16's range, and fp32) must still match the twin."""
+    bits = element_named(name).bits
+    x, planes, scale, _ = operands(name, 1, 24, 128, torch.float32, seed=7)
+    x = (x * magnitude).to(dtype)
+    want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, out_dtype=torch.float32)
+    out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, out_dtype=torch.float32,
+                                     row_kernel=True)
+    assert want.abs().max() > 0
+    assert_matches_twin(out, want)
+
+
 def test_row_kernel_takes_one_row_and_whole_words_only():
     x, planes, scale, _ = operands("e3m2", 2, 16, 64, torch.bfloat16)
     with pytest.raises(ValueError, match="one activation row and K a multiple of 8, got 2 rows"):
