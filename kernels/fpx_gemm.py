@@ -19,10 +19,12 @@ exact in fp32 either way.
 One activation row (batch-1 decode, K a multiple of 8) takes ``_fpx_row_kernel`` on a GPU
 instead: fp32 multiply-adds on the CUDA cores and one reduction per program, because the
 tensor-core kernel's 16-row tile is 1/16 used there and stages every decoded tile
-through shared memory. Its first form decoded like the tile kernel (fields spread into a
-wider tile by joins, arithmetic decode) and ran FP6 at 0.63x bf16 in the compiled model
-(``benchmarks/results/end_to_end_h200.md``); it now streams 32-bit words and places each
-code's fields into a float16 with shifts and masks (not yet timed on a GPU).
+through shared memory. Its first form decoded like the tile kernel and ran FP6 at 0.63x
+bf16 in the compiled model; streaming 32-bit words with fields placed into a float16
+took that to about 1.13x (a profiled step), and placing them into a float32 (no
+conversion instruction) gave 1.14x, while E2M1 went from 1.40-1.44x to 1.45-1.66x in isolation
+(``benchmarks/results/end_to_end_h200.md``, run 5). At 0.9-1.3 TB/s whatever the format,
+it is bound by neither instruction issue nor tile width.
 
 Like ``act_quant`` and ``w4a4_gemm`` it calls only Triton builtins and its own
 ``triton.jit`` helpers (no ``tl.zeros`` / ``tl.cdiv``), so that it runs under the
