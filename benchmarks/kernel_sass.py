@@ -1,0 +1,155 @@
+"""The machine code of the decode kernels for a GPU architecture, compiled on any machine (no GPU needed).
+
+For each autotuning config of the FPx one-row kernel (``kernels.fpx_gemm._fpx_row_kernel``)
+or the W4A4 decode kernel (``kernels.w4a4_gemv._w4a4_gemv_kernel``, one row) it compiles
+the kernel with Triton for ``--arch`` (default sm_90, Hopper) as the JIT would on an aligned
+call (pointers, sizes and strides divisible by 16), disassembles the cubin with Triton's
+bundled ``nvdisasm`` and reports the SASS instruction mix: how many integer (LOP3, IMAD,
+SHF, IADD3), float (FFMA), dp4a (IDP), load and shared-memory instructions and barriers
+the kernel holds, and how many layout conversions Triton put in (``convert_layout``; inside
+the K loop they go through shared memory with a barrier each). These are static counts of
+the whole kernel, not a speed measurement: they show where the instructions go and which
+configs shuffle their tiles, which ``kernel_bench.py`` then times on a GPU.
+
+    python benchmarks/kernel_sass.py --kernel fpx_row --element e3m2 --out benchmarks/results/kernel_sass_fpx_row
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.result_files import write_result_files  # noqa: E402
+from pipeline.results import library_versions  # noqa: E402
+
+KERNELS = ("fpx_row", "w4a4_gemv")
+# SASS opcodes reported in their own column; the rest are counted in the total only.
+COLUMNS = ("LOP3", "IMAD", "SHF", "IADD3", "FFMA", "IDP", "LDG", "LDS", "STS", "BAR")
+ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or size argument
+
+
+def fpx_row_source(element: str, config: tuple[int, ...]):
+    """The FPx row kernel's ASTSource for bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps, stages)."""
+    from triton.compiler import ASTSource
+
+    from kernels.fpx_gemm import HIGH_PLANE_WIDTH, ROW_X_SCALE_EXP, _fpx_row_kernel
+    from quant_layers.packing import element_named
+
+    fmt = element_named(element)
+    high = HIGH_PLANE_WIDTH[fmt.bits]
+    pointers = ["*bf16", "*i32", "*i16" if high == 2 else "*u8", "*fp32", "*bf16", "*bf16"]
+    names = ["x_ptr", "low_ptr", "high_ptr", "scale_ptr", "bias_ptr", "out_ptr", "N", "KW", "stride_low",
+             "stride_high", "unit"]
+    signature = dict(zip(names, pointers + ["i32"] * 4 + ["fp32"]))
+    constants = dict(BITS=fmt.bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=high, HAS_BIAS=False,
+                     X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_N=config[0], BLOCK_KW=config[1])
+    signature.update({name: "constexpr" for name in constants})
+    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(10)}
+    return ASTSource(_fpx_row_kernel, signature, constants, aligned)
+
+
+def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
+    """The W4A4 decode kernel's ASTSource for one activation row, ``pair`` = 'A_ELEMENTxW_ELEMENT'."""
+    from triton.compiler import ASTSource
+
+    from kernels.w4a4_gemv import _w4a4_gemv_kernel
+
+    a_element, w_element = pair.split("x")
+    names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "out_ptr", "M", "N", "KW", "M_BUCKET",
+             "stride_am", "stride_wn", "stride_asm", "stride_wsn", "stride_om", "unit"]
+    types = ["*i32", "*fp32", "*i32", "*fp32", "*bf16", "*bf16"] + ["i32"] * 9 + ["fp32"]
+    signature = dict(zip(names, types))
+    constants = dict(A_INT4=a_element == "int4", W_INT4=w_element == "int4", HAS_BIAS=False, USE_ASM=True,
+                     BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1])
+    signature.update({name: "constexpr" for name in constants})
+    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] not in ("M", "M_BUCKET")}
+    return ASTSource(_w4a4_gemv_kernel, signature, constants, aligned)
+
+
+def sass_counts(source, config: tuple[int, ...], arch: int) -> dict:
+    """Compile ``source`` for sm_``arch`` with the config's warps and stages; count its SASS and conversions."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                            options=dict(num_warps=config[2], num_stages=config[3]))
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "kernel.cubin")
+        with open(cubin, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        sass = subprocess.run([nvdisasm, "-c", cubin], capture_output=True, text=True, check=True).stdout
+    opcodes = collections.Counter()
+    for line in sass.splitlines():
+        found = re.match(r"\s+/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        if found:
+            opcodes[found.group(1)] += 1
+    return {"config": "x".join(map(str, config[:2])) + f" w{config[2]} s{config[3]}",
+            "instructions": sum(opcodes.values()), **{op: opcodes.get(op, 0) for op in COLUMNS},
+            "convert_layout": kernel.asm["ttgir"].count("ttg.convert_layout"),
+            "shared_bytes": kernel.metadata.shared}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# SASS of `{result['kernel']}` ({result['case']}) for sm_{result['arch']}, compiled without a GPU", "",
+             f"Date: {result['date']}. Versions: {result['versions']}.", f"Command: `{result['command']}`", "",
+             "Static counts over the whole kernel (one K step's body plus prologue and epilogue), per autotuning "
+             "config; `convert_layout` counts Triton's layout conversions (through shared memory).", "",
+             "| config | SASS | " + " | ".join(COLUMNS) + " | convert_layout | shared bytes |",
+             "|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
+    for r in result["configs"]:
+        lines.append(f"| {r['config']} | {r['instructions']} | " + " | ".join(str(r[c]) for c in COLUMNS)
+                     + f" | {r['convert_layout']} | {r['shared_bytes']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernel", choices=KERNELS, default="fpx_row")
+    p.add_argument("--element", default="e3m2",
+                   help="fpx_row: the weight element (e3m2, e2m3, e2m2, e3m1, e2m1, e3m0); w4a4_gemv: "
+                        "A_ELEMENTxW_ELEMENT of int4 and e2m1, e.g. int4xint4")
+    p.add_argument("--arch", type=int, default=90, help="compute capability times ten (90: Hopper)")
+    p.add_argument("--limit", type=int, help="only the first LIMIT configs (default: all)")
+    p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
+    args = p.parse_args(argv)
+    if "TRITON_INTERPRET" in os.environ and os.environ["TRITON_INTERPRET"] not in ("", "0"):
+        p.error("TRITON_INTERPRET is set: unset it, the kernels must be compiled, not interpreted")
+    if args.kernel == "fpx_row":
+        from kernels.fpx_gemm import ROW_CONFIGS as configs
+        from kernels.reference import fpx_element
+        from quant_layers.packing import element_named
+
+        try:
+            fpx_element(args.element, element_named(args.element).bits)
+        except (KeyError, ValueError) as err:
+            p.error(f"--element {args.element!r}: {err}")
+        build = fpx_row_source
+    else:
+        from kernels.w4a4_gemv import GEMV_CONFIGS as configs
+
+        parts = args.element.split("x")
+        if len(parts) != 2 or any(e not in ("int4", "e2m1") for e in parts):
+            p.error(f"--element for w4a4_gemv is A_ELEMENTxW_ELEMENT of int4 and e2m1, got {args.element!r}")
+        build = w4a4_gemv_source
+    result = {"kernel": args.kernel, "case": args.element, "arch": args.arch,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
+              "command": "python benchmarks/kernel_sass.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "configs": []}
+    for config in configs[:args.limit]:
+        result["configs"].append(sass_counts(build(args.element, config), config, args.arch))
+        write_result_files(args.out, result, markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

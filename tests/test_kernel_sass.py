@@ -1,0 +1,36 @@
+"""benchmarks/kernel_sass.py: the decode kernels compiled for Hopper on a machine without a GPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_sass(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # other test modules set it
+    return subprocess.run([sys.executable, "benchmarks/kernel_sass.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("kernel, element, multiply", [("fpx_row", "e3m2", "FFMA"), ("w4a4_gemv", "int4xe2m1", "IDP")])
+def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply):
+    done = run_sass("--kernel", kernel, "--element", element, "--limit", "1", "--out", str(tmp_path / "sass"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "sass.json").read_text())
+    (row,) = result["configs"]
+    assert row["instructions"] > 100 and row[multiply] > 0 and row["LDG"] > 0
+    assert (tmp_path / "sass.md").read_text().count("\n| ") == 2  # header and one config
+
+
+@pytest.mark.parametrize("kernel, element, message", [("fpx_row", "e5m2", "--element 'e5m2'"),
+                                                      ("w4a4_gemv", "int4", "A_ELEMENTxW_ELEMENT")])
+def test_kernel_sass_refuses_an_element_its_kernel_lacks(tmp_path, kernel, element, message):
+    done = run_sass("--kernel", kernel, "--element", element, "--out", str(tmp_path / "sass"))
+    assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "sass.json").exists()
