@@ -59,15 +59,14 @@ GPU_CONFIGS = [
 ]
 
 # (BLOCK_N, BLOCK_KW, num_warps, num_stages) of the one-row kernel; BLOCK_KW counts low-plane words (8 codes
-# each): BLOCK_N x BLOCK_KW fp32 accumulators over the program's threads, 8 to 64 registers each.
-# Configs of four words a thread (8 x 64 on 4 warps, 16 x 64 on 8, and the last five) compile for sm_90 with no
-# layout conversion in the loop: the accumulator keeps the 16-byte loads' layout. With more words a thread,
-# Triton 3.9 moves the decoded tile to another layout through shared memory, with barriers, for every code
-# pair (FP6 SASS of 16 x 256 on 8 warps: 34 BAR.SYNC). Which wins on a GPU is the autotuner's to find.
+# each): BLOCK_N x BLOCK_KW fp32 accumulators over the program's threads, 4 to 16 a thread. Every one compiles
+# for sm_90 with its layout conversion outside the loop (benchmarks/kernel_sass.py, Triton 3.9); the ones
+# dropped (4 x 64 / 2 warps, 4 x 128 / 4, 8 x 128 / 4, 16 x 256 / 8) moved tiles through shared memory with
+# barriers for every code pair. The W4A4 decode kernel won with 16 rows x 256 words on the H200.
 ROW_CONFIGS = [
-    (4, 64, 2, 3), (4, 128, 4, 3), (8, 64, 4, 3), (8, 128, 4, 2), (16, 64, 4, 2), (16, 64, 8, 3),
-    (16, 128, 8, 2), (32, 32, 4, 3), (32, 64, 8, 2), (64, 32, 8, 2), (16, 256, 8, 2), (32, 128, 8, 2),
-    (8, 128, 8, 3), (32, 32, 8, 3), (32, 64, 16, 3), (16, 128, 16, 3), (64, 32, 16, 3),
+    (8, 64, 4, 3), (16, 64, 4, 2), (16, 64, 8, 3), (16, 128, 8, 2), (32, 32, 4, 3), (32, 64, 8, 2),
+    (64, 32, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (8, 128, 8, 3), (32, 32, 8, 3), (32, 64, 16, 3),
+    (16, 128, 16, 3), (64, 32, 16, 3), (32, 128, 16, 2), (16, 256, 16, 2), (32, 256, 16, 2),
 ]
 # The one-row kernel multiplies the activations by 2^ROW_X_SCALE_EXP: a product of a subnormal placement
 # (>= 2^-130) and an activation is then normal, so exact, for |x| >= 2^-28, and x overflows only past 2^96.
@@ -221,7 +220,10 @@ def _fpx_row_kernel(
     n_ok = offs_n < N
     x_ptrs = x_ptr + offs_w * 8
     low_ptrs = low_ptr + offs_n[:, None] * stride_low + offs_w[None, :]
-    high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_w[None, :]  # (FP4: never read)
+    # Loaded four words a thread like the low plane (its 16-byte vectors), not eight or sixteen: one layout for
+    # both tiles and the accumulator, so no tile goes through shared memory to change layout.
+    offs_high = tl.max_contiguous(offs_w, 4)
+    high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
     acc = tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32)
     for w0 in range(0, KW, BLOCK_KW):
         w_ok = offs_w < KW - w0
