@@ -152,7 +152,20 @@ def tuned_config(m: int, k: int, group: int, gemv: bool | None = None) -> str:
 
     if w4a4_gemm.INTERPRET:  # one fixed config, no autotuner
         return ""
-    config = getattr(w4a4_gemm.autotuner_for(m, k, group, group, gemv), "best_config", None)
+    return described(getattr(w4a4_gemm.autotuner_for(m, k, group, group, gemv), "best_config", None))
+
+
+def fpx_tuned_config(m: int) -> str:
+    """The config the FPx kernel's autotuner (the one-row kernel's at M = 1) picked on its last run."""
+    from kernels import fpx_gemm
+
+    if fpx_gemm.INTERPRET:
+        return ""
+    tuner = fpx_gemm._fpx_row_autotuned if m == 1 else fpx_gemm._fpx_autotuned
+    return described(getattr(tuner, "best_config", None))
+
+
+def described(config) -> str:
     if config is None:
         return ""
     tiles = " ".join(f"{key}={value}" for key, value in config.kwargs.items())
@@ -254,6 +267,7 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms) -> 
         weight_bytes = sum(p.numel() for p in planes) + 4 * n
         check = check_fpx(x, planes, scale, element)
         rows.append(row(n, m, k, f"{element} w-only", time_ms(gemm), weight_bytes, check))
+        rows[-1]["config"] = fpx_tuned_config(m)
     for r in rows:
         r["x_bf16"] = rows[0]["ms"] / r["ms"]
     return rows
@@ -284,12 +298,12 @@ def markdown(result: dict) -> str:
     if result["weight_only"]:
         lines += ["", "FPx weight-only GEMM (bf16 activations, per-channel scales; weight GB/s counts planes and "
                       "scales) vs bf16 torch.matmul:", "",
-                  "| N x K | M | method | ms | TFLOP/s | weight GB/s | x bf16 | check |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| N x K | M | method | ms | TFLOP/s | weight GB/s | x bf16 | check | tuned config |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in result["weight_only"]:
             lines.append(f"| {r['N']}x{r['K']} | {r['M']} | {r['method']} | {fmt(r['ms'], '.4f')} | "
                          f"{fmt(r['tflops'], '.1f')} | {fmt(r['weight_gbs'], '.0f')} | {fmt(r['x_bf16'], '.2f')} | "
-                         f"{r['check']} |")
+                         f"{r['check']} | {r.get('config', '')} |")
     return "\n".join(lines) + "\n"
 
 

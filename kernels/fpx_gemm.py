@@ -24,8 +24,9 @@ bf16 in the compiled model; streaming 32-bit words with fields placed into a flo
 took that to about 1.13x (a profiled step), and placing them into a float32 (no
 conversion instruction) gave 1.14x, while E2M1 went from 1.40-1.44x to 1.45-1.66x in isolation
 (``benchmarks/results/end_to_end_h200.md``, run 5). It now places two codes at a time
-(30 % fewer integer instructions for FP6 in sm_90 SASS; ``benchmarks/kernel_sass.py``),
-not yet timed on a GPU.
+(30 % fewer integer instructions for FP6 in sm_90 SASS; ``benchmarks/kernel_sass.py``) and
+loads both planes in one layout, so that no config moves tiles through shared memory
+inside its loop; neither is timed on a GPU yet.
 
 Like ``act_quant`` and ``w4a4_gemm`` it calls only Triton builtins and its own
 ``triton.jit`` helpers (no ``tl.zeros`` / ``tl.cdiv``), so that it runs under the

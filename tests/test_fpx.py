@@ -338,3 +338,13 @@ def test_fpx_refuses_an_output_it_cannot_write():
     x, planes, scale, _ = operands("e3m2", 2, 16, 64, torch.float32)
     with pytest.raises(ValueError, match=r"out must be a \(2, 16\) torch.float32 tensor with unit column stride"):
         fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, out=torch.empty(16, 2).t())
+
+
+def test_kernel_bench_names_a_tuned_config():
+    import triton
+
+    from benchmarks.kernel_bench import described
+
+    assert described(None) == ""
+    config = triton.Config(dict(BLOCK_N=32, BLOCK_KW=128), num_warps=8, num_stages=2)
+    assert described(config) == "BLOCK_N=32 BLOCK_KW=128 warps=8 stages=2"
