@@ -65,7 +65,8 @@ PER_ROW_PAIRS = [("int4-tok-clip0.9", "int4-tok-clip0.9"), ("e2m1-tok", "e2m1-to
 FPX_ELEMENTS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")
 GPU_ACT_SHAPES = [(7, 4096), (257, 14336)]
 # Every new (M bucket, N, K) autotunes: a few shapes keep the check to minutes.
-GPU_GEMM_SHAPES = [(1, 40, 128), (1, 4096, 4096), (4, 4096, 4096), (8, 4096, 4096), (16, 4096, 4096), (33, 4096, 4096), (257, 6144, 4096)]
+GPU_GEMM_SHAPES = [(1, 40, 128), (1, 4096, 4096), (4, 4096, 4096), (8, 4096, 4096), (16, 4096, 4096),
+                   (33, 4096, 4096), (257, 6144, 4096)]
 DRY_ACT_SHAPES = [(1, 128), (5, 256)]
 DRY_GEMM_SHAPES = [(1, 40, 128), (5, 48, 256)]
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
