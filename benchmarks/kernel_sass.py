@@ -37,7 +37,8 @@ ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or s
 
 
 def fpx_row_source(element: str, config: tuple[int, ...]):
-    """The FPx row kernel's ASTSource for bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps, stages)."""
+    """The FPx row kernel's ASTSource for bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps, stages,
+    PREFETCH)."""
     from triton.compiler import ASTSource
 
     from kernels.fpx_gemm import HIGH_PLANE_WIDTH, ROW_X_SCALE_EXP, _fpx_row_kernel
@@ -50,7 +51,7 @@ def fpx_row_source(element: str, config: tuple[int, ...]):
              "stride_high", "unit"]
     signature = dict(zip(names, pointers + ["i32"] * 4 + ["fp32"]))
     constants = dict(BITS=fmt.bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=high, HAS_BIAS=False,
-                     X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_N=config[0], BLOCK_KW=config[1])
+                     X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4])
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(10)}
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)
@@ -92,7 +93,8 @@ def sass_counts(source, config: tuple[int, ...], arch: int) -> dict:
         found = re.match(r"\s+/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
         if found:
             opcodes[found.group(1)] += 1
-    return {"config": "x".join(map(str, config[:2])) + f" w{config[2]} s{config[3]}",
+    return {"config": "x".join(map(str, config[:2])) + f" w{config[2]} s{config[3]}"
+                      + (" prefetch" if config[4:] and config[4] else ""),
             "instructions": sum(opcodes.values()), **{op: opcodes.get(op, 0) for op in COLUMNS},
             "convert_layout": kernel.asm["ttgir"].count("ttg.convert_layout"),
             "shared_bytes": kernel.metadata.shared}

@@ -47,7 +47,7 @@ from .w4a4_gemv import _words
 INTERPRET = triton.knobs.runtime.interpret
 # One small config under the interpreter: tests run many shapes on a CPU.
 INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32)
-INTERPRET_ROW_CONFIG = dict(BLOCK_N=16, BLOCK_KW=4)
+INTERPRET_ROW_CONFIG = dict(BLOCK_N=16, BLOCK_KW=4, PREFETCH=True)
 # Width of the high plane's fields by code width: FP4 has none.
 HIGH_PLANE_WIDTH = {4: 0, 5: 1, 6: 2}
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for Hopper. Decode (M <= 16) is
@@ -59,15 +59,20 @@ GPU_CONFIGS = [
     (128, 128, 64, 8, 3), (128, 256, 64, 8, 3),
 ]
 
-# (BLOCK_N, BLOCK_KW, num_warps, num_stages) of the one-row kernel; BLOCK_KW counts low-plane words (8 codes
-# each): BLOCK_N x BLOCK_KW fp32 accumulators over the program's threads, 4 to 16 a thread. Every one compiles
-# for sm_90 with its layout conversion outside the loop (benchmarks/kernel_sass.py, Triton 3.9); the ones
-# dropped (4 x 64 / 2 warps, 4 x 128 / 4, 8 x 128 / 4, 16 x 256 / 8) moved tiles through shared memory with
-# barriers for every code pair. The W4A4 decode kernel won with 16 rows x 256 words on the H200.
+# (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH) of the one-row kernel; BLOCK_KW counts low-plane words
+# (8 codes each): BLOCK_N x BLOCK_KW fp32 accumulators over the program's threads, 4 to 16 a thread. Every one
+# compiles for sm_90 with its layout conversion outside the loop (benchmarks/kernel_sass.py, Triton 3.9); the
+# ones dropped (4 x 64 / 2 warps, 4 x 128 / 4, 8 x 128 / 4, 16 x 256 / 8) moved tiles through shared memory
+# with barriers for every code pair. The W4A4 decode kernel won with 16 rows x 256 words on the H200. The
+# prefetching configs hold two steps' words a thread.
 ROW_CONFIGS = [
-    (8, 64, 4, 3), (16, 64, 4, 2), (16, 64, 8, 3), (16, 128, 8, 2), (32, 32, 4, 3), (32, 64, 8, 2),
-    (64, 32, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (8, 128, 8, 3), (32, 32, 8, 3), (32, 64, 16, 3),
-    (16, 128, 16, 3), (64, 32, 16, 3), (32, 128, 16, 2), (16, 256, 16, 2), (32, 256, 16, 2),
+    (8, 64, 4, 3, False), (16, 64, 4, 2, False), (16, 64, 8, 3, False), (16, 128, 8, 2, False),
+    (32, 32, 4, 3, False), (32, 64, 8, 2, False), (64, 32, 8, 2, False), (32, 128, 8, 2, False),
+    (64, 64, 8, 2, False), (8, 128, 8, 3, False), (32, 32, 8, 3, False), (32, 64, 16, 3, False),
+    (16, 128, 16, 3, False), (64, 32, 16, 3, False), (32, 128, 16, 2, False), (16, 256, 16, 2, False),
+    (32, 256, 16, 2, False),
+    (16, 128, 8, 2, True), (32, 128, 8, 2, True), (32, 64, 16, 2, True), (32, 128, 16, 2, True),
+    (16, 256, 16, 2, True), (64, 64, 8, 2, True),
 ]
 # The one-row kernel multiplies the activations by 2^ROW_X_SCALE_EXP: a product of a subnormal placement
 # (>= 2^-130) and an activation is then normal, so exact, for |x| >= 2^-28, and x overflows only past 2^96.
@@ -198,11 +203,21 @@ def _placed_pair(low, high, J: tl.constexpr, BITS: tl.constexpr, MAN_BITS: tl.co
 
 
 @triton.jit
+def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr):
+    """One step's low-plane words and their ``_spread_high`` high-plane words (the low words again for FP4)."""
+    low = tl.load(low_ptrs, mask=mask, other=0)
+    high = low
+    if HIGH_WIDTH > 0:
+        high = _spread_high(tl.load(high_ptrs, mask=mask, other=0).to(tl.int32), HIGH_WIDTH)
+    return low, high
+
+
+@triton.jit
 def _fpx_row_kernel(
     x_ptr, low_ptr, high_ptr, scale_ptr, bias_ptr, out_ptr,
     N, KW, stride_low, stride_high, unit,
     BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr,
-    X_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
+    X_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """One activation row (decode at batch 1) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
@@ -214,7 +229,10 @@ def _fpx_row_kernel(
     products of subnormal placements stay normal, and ``unit`` undoes both powers of two
     on the sum. Products of a half-precision activation and these weights are exact in
     fp32, as in the dot. A 16-row tensor-core tile would be 1/16 used here and would stage
-    every decoded tile through shared memory.
+    every decoded tile through shared memory. ``PREFETCH`` loads each step's words one step
+    ahead, before the arithmetic of the step before (Triton does not pipeline loads that
+    feed no dot; neither kernel here has an asynchronous copy); without it a step loads its
+    own words first.
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -226,19 +244,23 @@ def _fpx_row_kernel(
     offs_high = tl.max_contiguous(offs_w, 4)
     high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
     acc = tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32)
+    if PREFETCH:
+        low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & (offs_w < KW)[None, :], HIGH_WIDTH)
     for w0 in range(0, KW, BLOCK_KW):
         w_ok = offs_w < KW - w0
-        low = tl.load(low_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0)
-        high = low
-        if HIGH_WIDTH > 0:
-            high = _spread_high(tl.load(high_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0).to(tl.int32),
-                                HIGH_WIDTH)
+        if PREFETCH:  # the next step's words are in flight during this step's arithmetic
+            next_ok = n_ok[:, None] & (offs_w < KW - w0 - BLOCK_KW)[None, :]
+            low_next, high_next = _plane_words(low_ptrs + BLOCK_KW, high_ptrs + BLOCK_KW, next_ok, HIGH_WIDTH)
+        else:
+            low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH)
         for j in tl.static_range(4):
             first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
             x_first = tl.load(x_ptrs + j, mask=w_ok, other=0.0).to(tl.float32) * X_SCALE
             x_second = tl.load(x_ptrs + j + 4, mask=w_ok, other=0.0).to(tl.float32) * X_SCALE
             acc += first * x_first[None, :]
             acc += second * x_second[None, :]
+        if PREFETCH:
+            low, high = low_next, high_next
         x_ptrs += 8 * BLOCK_KW
         low_ptrs += BLOCK_KW
         high_ptrs += BLOCK_KW
@@ -265,8 +287,8 @@ _fpx_autotuned = triton.autotune(
 
 
 _fpx_row_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw), num_warps=w, num_stages=st)
-             for bn, bkw, w, st in ROW_CONFIGS],
+    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch), num_warps=w, num_stages=st)
+             for bn, bkw, w, st, prefetch in ROW_CONFIGS],
     key=["N", "KW", "BITS", "MAN_BITS"],
 )(_fpx_row_kernel)
 

@@ -227,10 +227,13 @@ def test_triton_equals_twin(name, k, dtype):
         assert_matches_twin(out, want)
 
 
+@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
 @pytest.mark.parametrize("k", [64, 200])
 @pytest.mark.parametrize("name", FPX)
-def test_row_kernel_equals_twin(name, k):
-    """The batch-1 decode kernel (CUDA cores): every code, ragged K (200 against 32-wide steps), bf16 x."""
+def test_row_kernel_equals_twin(name, k, prefetch, monkeypatch):
+    """The batch-1 decode kernel (CUDA cores): every code, ragged K (200 against 32-wide steps), bf16 x, the
+    next step's words loaded before or after a step's arithmetic."""
+    monkeypatch.setitem(fpx_gemm.INTERPRET_ROW_CONFIG, "PREFETCH", prefetch)
     bits = element_named(name).bits
     x, planes, scale, bias = operands(name, 1, 40, k, torch.bfloat16, seed=k)
     for out_dtype, b in ((torch.bfloat16, bias), (torch.float32, None)):
