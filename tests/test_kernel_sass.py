@@ -12,8 +12,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_sass(*args: str) -> subprocess.CompletedProcess:
+def run_sass(*args: str, interpret: bool = False) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # other test modules set it
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
     return subprocess.run([sys.executable, "benchmarks/kernel_sass.py", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -33,4 +35,10 @@ def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply
 def test_kernel_sass_refuses_an_element_its_kernel_lacks(tmp_path, kernel, element, message):
     done = run_sass("--kernel", kernel, "--element", element, "--out", str(tmp_path / "sass"))
     assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "sass.json").exists()
+
+
+def test_kernel_sass_refuses_the_interpreter(tmp_path):
+    done = run_sass("--out", str(tmp_path / "sass"), interpret=True)
+    assert done.returncode == 2 and "TRITON_INTERPRET is set: unset it" in done.stderr
     assert not (tmp_path / "sass.json").exists()
