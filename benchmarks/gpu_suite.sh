@@ -11,6 +11,10 @@
 #              (issues 9, 10)
 #   fpx        the FPx weight-only kernels: checked against their twins, timed at M = 1 and 8 (autotuned picks
 #              named), and a compiled FP6 decode step profiled (issue 10)
+#   gemv       the W4A4 decode kernel on dp4a activation bytes: w4a4_linear checked against its twin, the
+#              decode-sized kernels timed at M = 1 and 8 (INT4, E2M1), a compiled W4A4KV4 decode step profiled
+#              (issues 9, 10)
+#   decode_b1  bf16 against W4A4KV4 (MODES) compiled CUDA-graph decode at batch 1 (issue 10)
 #   profile    the GPU time of each kernel of one compiled decode step, bf16 / W4A4 / W4A4KV4, and the
 #              autotuned configs (issue 10); BATCH=8 for batch-8 decode
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
@@ -52,12 +56,23 @@ for section in "$@"; do
         --config llama-3-8b --modes bf16,w4a4 --prefill_batches "" --decode_batches 1,8 --decode_tokens 128 \
         --compile --no_eager --out "$OUT/bench_model_decode_compiled_llama3_8b_h200" ;;
     fpx)
-      step "${LIMIT_FPX_CHECK:-90}" kernel_check_fpx python benchmarks/kernel_check.py --only fpx \
+      step "${LIMIT_FPX_CHECK:-150}" kernel_check_fpx python benchmarks/kernel_check.py --only fpx \
         --out "$OUT/kernel_check_fpx_row_h200"
       step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fpx python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
         --ms "" --weight_only_ms 1,8 --out "$OUT/kernel_bench_fpx_row_h200"
       step "${LIMIT_FPX_PROFILE:-250}" decode_profile_fp6 python benchmarks/decode_profile.py --compile --modes fp6 \
         --out "$OUT/decode_profile_compiled_fp6_llama3_8b_h200" ;;
+    gemv)
+      step "${LIMIT_GEMV_CHECK:-90}" kernel_check_linear python benchmarks/kernel_check.py --only linear \
+        --out "$OUT/kernel_check_linear_dp4a_words_h200"
+      step "${LIMIT_GEMV_BENCH:-220}" kernel_bench_gemv python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
+        --formats int4,e2m1 --ms 1,8 --weight_only_ms "" --out "$OUT/kernel_bench_decode_dp4a_bytes_h200"
+      step "${LIMIT_GEMV_PROFILE:-130}" decode_profile_w4a4kv4 python benchmarks/decode_profile.py --compile \
+        --modes w4a4kv4 --out "$OUT/decode_profile_compiled_dp4a_words_llama3_8b_h200" ;;
+    decode_b1)
+      step "${LIMIT_DECODE_B1:-230}" bench_model_decode_b1 python benchmarks/bench_model.py --random_mode \
+        --config llama-3-8b --modes "${MODES:-bf16,w4a4kv4}" --prefill_batches "" --decode_batches 1 \
+        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_compiled_dp4a_words_llama3_8b_h200" ;;
     profile)
       step "${LIMIT_PROFILE:-400}" decode_profile python benchmarks/decode_profile.py --compile \
         --modes w4a4,bf16,w4a4kv4 --batch "${BATCH:-1}" --out "$OUT/decode_profile_compiled_b${BATCH:-1}_llama3_8b_h200" ;;
@@ -65,6 +80,6 @@ for section in "$@"; do
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, profile, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, profile, roundtrip" >&2; exit 2 ;;
   esac
 done

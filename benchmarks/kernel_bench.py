@@ -185,6 +185,7 @@ def row(n: int, m: int, k: int, method: str, ms: float | None, weight_bytes: int
 def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: list[str]) -> list[dict]:
     """Every GEMM of one (N, K, M): the bf16 and fp8 baselines first, then the W4A4 formats."""
     from kernels.w4a4_gemm import takes_gemv, w4a4_matmul_triton  # late: builds Triton kernels (see main)
+    from kernels.w4a4_gemv import w4a4_gemv_triton
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
     rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
@@ -205,12 +206,20 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
         check = ", ".join([check_quantization(x[:CHECK_ROWS], element, group, kind),
                            check_gemm(aq, wq, spec)])
         weight_bytes = wq[0].numel() + 4 * wq[1].numel()
-        gemm = functools.partial(kernels.w4a4_matmul, out_dtype=torch.bfloat16, backend="triton", **spec)
-        quantize = functools.partial(kernels.quantize_activations, x, element, group, kind, backend="triton")
-        rows.append(row(n, m, k, f"{name} gemm", time_ms(lambda: gemm(*aq, *wq)), weight_bytes, check))
+        if takes_gemv(m, k, group, group):  # the decode kernel, on the activation kernel's dp4a bytes
+            a_bytes = kernels.quantize_activations(x, element, dp4a_for=element, backend="triton")
+            gemm = functools.partial(w4a4_gemv_triton, *a_bytes, *wq, a_element=element, w_element=element,
+                                     out_dtype=torch.bfloat16)
+        else:
+            gemm = functools.partial(kernels.w4a4_matmul, *aq, *wq, out_dtype=torch.bfloat16, backend="triton",
+                                     **spec)
+        linear = functools.partial(kernels.w4a4_linear, x, *wq, a_element=element, w_element=element, a_group=group,
+                                   w_group=group, scale_kind=kind, out_dtype=torch.bfloat16, backend="triton",
+                                   path="packed")
+        rows.append(row(n, m, k, f"{name} gemm", time_ms(gemm), weight_bytes, check))
         rows[-1]["config"] = tuned_config(m, k, group)
-        rows.append(row(n, m, k, f"{name} quant+gemm", time_ms(lambda: gemm(*quantize(), *wq)), weight_bytes, check))
-        if takes_gemv(m, k, group, group):  # the decode kernel took `gemm`
+        rows.append(row(n, m, k, f"{name} quant+gemm", time_ms(linear), weight_bytes, check))
+        if takes_gemv(m, k, group, group):
             dot = functools.partial(w4a4_matmul_triton, out_dtype=torch.bfloat16, gemv=False, **spec)
             rows.append(row(n, m, k, f"{name} dot gemm", time_ms(lambda: dot(*aq, *wq)), weight_bytes))
             rows[-1]["config"] = tuned_config(m, k, group, gemv=False)

@@ -58,7 +58,8 @@ def fpx_row_source(element: str, config: tuple[int, ...]):
 
 
 def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
-    """The W4A4 decode kernel's ASTSource for one activation row, ``pair`` = 'A_ELEMENTxW_ELEMENT'."""
+    """The W4A4 decode kernel's ASTSource for one activation row, ``pair`` = 'A_ELEMENTxW_ELEMENT' (the
+    activation element changes only the host's unit), and one (BLOCK_N, BLOCK_KW, warps, stages, PREFETCH)."""
     from triton.compiler import ASTSource
 
     from kernels.w4a4_gemv import _w4a4_gemv_kernel
@@ -68,8 +69,8 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
              "stride_am", "stride_wn", "stride_asm", "stride_wsn", "stride_om", "unit"]
     types = ["*i32", "*fp32", "*i32", "*fp32", "*bf16", "*bf16"] + ["i32"] * 9 + ["fp32"]
     signature = dict(zip(names, types))
-    constants = dict(A_INT4=a_element == "int4", W_INT4=w_element == "int4", HAS_BIAS=False, USE_ASM=True,
-                     BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1])
+    constants = dict(W_INT4=w_element == "int4", HAS_BIAS=False, USE_ASM=True,
+                     BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4])
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_gemv_kernel, signature, constants, aligned)
@@ -136,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--element {args.element!r}: {err}")
         build = fpx_row_source
     else:
-        from kernels.w4a4_gemv import GEMV_CONFIGS as configs
+        from kernels.w4a4_gemv import GEMV_CONFIGS, GEMV_PREFETCH_CONFIGS
 
+        configs = [(*c, False) for c in GEMV_CONFIGS] + [(*c, True) for c in GEMV_PREFETCH_CONFIGS]
         parts = args.element.split("x")
         if len(parts) != 2 or any(e not in ("int4", "e2m1") for e in parts):
             p.error(f"--element for w4a4_gemv is A_ELEMENTxW_ELEMENT of int4 and e2m1, got {args.element!r}")

@@ -66,7 +66,8 @@ def _use_triton(tensor: torch.Tensor, backend: str | None) -> bool:
 
 def quantize_activations(
     x: torch.Tensor, element: str, group_size: int = 0, scale_kind: str = "float",
-    clip_ratio: float = 1.0, hadamard_block: int = 0, *, fp8_codes: bool = False, backend: str | None = None,
+    clip_ratio: float = 1.0, hadamard_block: int = 0, *, fp8_codes: bool = False, dp4a_for: str | None = None,
+    backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (M, K) float16/bfloat16/float32 -> (packed uint8 (M, K//2), fp32 scales (M, K//group_size) or (M, 1)).
 
@@ -78,15 +79,21 @@ def quantize_activations(
     the fake-quantized activation. ``hadamard_block`` b (16..256) first rotates
     consecutive blocks of b along K by the normalised Sylvester H_b, rounding the
     rotated values to x's dtype (as the model's rotation would). ``fp8_codes``: the codes
-    come unpacked, (M, K) float8_e4m3fn holding each code's value.
+    come unpacked, (M, K) float8_e4m3fn holding each code's value. ``dp4a_for`` (a weight element; per-token
+    float scales): the codes come as (M, K) int8 bytes in the order the decode kernel pairs them with that
+    element's weights (``reference.dp4a_bytes``).
     """
+    if fp8_codes and dp4a_for:
+        raise ValueError("choose one code layout: fp8_codes or dp4a_for")
     if _use_triton(x, backend):
         from .act_quant import quantize_activations_triton
 
-        return quantize_activations_triton(x, element, group_size, scale_kind, clip_ratio, hadamard_block, fp8_codes)
+        return quantize_activations_triton(x, element, group_size, scale_kind, clip_ratio, hadamard_block, fp8_codes,
+                                           dp4a_for)
     from .reference import quantize_activations_ref
 
-    packed, scales = quantize_activations_ref(x, element, group_size, scale_kind, clip_ratio, hadamard_block)
+    packed, scales = quantize_activations_ref(x, element, group_size, scale_kind, clip_ratio, hadamard_block,
+                                              dp4a_for)
     if fp8_codes:
         from .fp8_gemm import unpack_fp8_ref
 
@@ -135,6 +142,15 @@ def w4a4_linear(
     if path == "fp8":
         codes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, fp8_codes=True, backend=backend)
         return w4a4_matmul_fp8(codes, a_scale, unpack_fp8(w_packed, w_element, backend=backend), w_scale, bias)
+    if _use_triton(x, backend) and x.is_cuda:
+        from .w4a4_gemm import takes_gemv
+        from .w4a4_gemv import w4a4_gemv_triton
+
+        if takes_gemv(m, k, a_group, w_group) and scale_kind == "float":  # the decode kernel, on dp4a bytes
+            a_bytes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, dp4a_for=w_element,
+                                                    backend=backend)
+            return w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
+                                    bias=bias, out_dtype=out_dtype)
     packed, a_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, backend=backend)
     return w4a4_matmul(packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                        a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend)

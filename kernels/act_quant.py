@@ -28,7 +28,7 @@ from functools import lru_cache
 import torch
 import triton
 import triton.language as tl
-from triton.language.standard import _elementwise_max
+from triton.language.standard import _elementwise_max, _sum_combine
 
 from quant_layers.formats import E2M1, E4M3
 from quant_layers.packing import element_named
@@ -36,6 +36,7 @@ from transforms.hadamard import sylvester_hadamard
 
 from .reference import check_activation_args
 from .w4a4_gemm import code_operand
+from .w4a4_gemv import _code_values
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
@@ -158,14 +159,31 @@ def _encode(v, ELEMENT_INT4: tl.constexpr):
 
 
 @triton.jit
+def _dp4a_words(values, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, W_INT4: tl.constexpr):
+    """(BLOCK_M, BLOCK_K) code values -> the two (BLOCK_M, BLOCK_K // 8) int32 words of signed bytes that meet
+    each weight word's two dp4a operands in ``w4a4_gemv``: byte b of the first (second) word holds code 2b
+    (2b + 1) of the 8 for INT4 weights, code b (4 + b) for E2M1 weights (``reference.dp4a_bytes``)."""
+    if W_INT4:
+        pairs = values.reshape(BLOCK_M, BLOCK_K // 8, 4, 2)
+    else:
+        pairs = tl.permute(values.reshape(BLOCK_M, BLOCK_K // 8, 2, 4), (0, 1, 3, 2))
+    first, second = tl.split(pairs)
+    shifts = (8 * tl.arange(0, 4))[None, None, :]
+    return (tl.reduce((first & 0xFF) << shifts, 2, _sum_combine),
+            tl.reduce((second & 0xFF) << shifts, 2, _sum_combine))
+
+
+@triton.jit
 def _act_quant_kernel(
     x_ptr, h_ptr, packed_ptr, scale_ptr, tensor_amax_ptr,
     M, K, M_BUCKET, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b,
     ELEMENT_INT4: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
     HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
-    ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """DP4A_FOR: 0 packs two codes a byte; 1 (2) writes each code's value as a signed byte in the decode
+    kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``."""
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -194,6 +212,13 @@ def _act_quant_kernel(
             tl.store(packed_ptr + rows[:, None] * stride_pm + cols[None, :],
                      code_operand(codes, ELEMENT_INT4, 1).to(tl.uint8, bitcast=True),
                      mask=row_ok[:, None] & (cols < K)[None, :])
+        elif DP4A_FOR > 0:  # signed bytes for the decode kernel's dp4a, written as int32 words (see _dp4a_words)
+            first, second = _dp4a_words(_code_values(codes, 0, ELEMENT_INT4), BLOCK_M, BLOCK_K, DP4A_FOR == 1)
+            word_cols = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
+            ptrs = packed_ptr + rows[:, None] * stride_pm + word_cols[None, :]
+            word_mask = row_ok[:, None] & (word_cols < K // 8)[None, :]
+            tl.store(ptrs, first, mask=word_mask)
+            tl.store(ptrs + K // 8, second, mask=word_mask)
         else:
             low, high = tl.split(codes.reshape(BLOCK_M, BLOCK_K // 2, 2))
             byte_cols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
@@ -235,23 +260,26 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
 _act_quant_autotuned = triton.autotune(
     configs=[triton.Config(dict(BLOCK_M=bm), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64) for w in (4, 8, 16)],
     key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "SCALE_KIND", "GROUP", "HAD_BLOCK", "ROUND_BF16", "ROUND_F16",
-         "AMAX_ONLY", "OUT_FP8"],
+         "AMAX_ONLY", "OUT_FP8", "DP4A_FOR"],
     prune_configs_by=dict(early_config_prune=_prune_tiles),
 )(_act_quant_kernel)
 
 
 def quantize_activations_triton(
     x: torch.Tensor, element: str, group_size: int = 0, scale_kind: str = "float",
-    clip_ratio: float = 1.0, hadamard_block: int = 0, fp8_codes: bool = False,
+    clip_ratio: float = 1.0, hadamard_block: int = 0, fp8_codes: bool = False, dp4a_for: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton twin of ``reference.quantize_activations_ref`` (same arguments, same results).
 
     ``fp8_codes``: the codes come as (M, K) float8_e4m3fn values instead of packed bytes.
+    ``dp4a_for``: as (M, K) int8 bytes for the decode kernel (``reference.dp4a_bytes``).
     """
-    check_activation_args(x, element, group_size, scale_kind, clip_ratio, hadamard_block)
+    check_activation_args(x, element, group_size, scale_kind, clip_ratio, hadamard_block, dp4a_for)
     x = x if x.stride(1) == 1 else x.contiguous()
     m, k = x.shape
-    packed = torch.empty((m, k if fp8_codes else k // 2), dtype=torch.uint8, device=x.device)
+    packed = torch.empty((m, k if fp8_codes or dp4a_for else k // 2), dtype=torch.int8 if dp4a_for else torch.uint8,
+                         device=x.device)
+    codes_out = packed.view(torch.int32) if dp4a_for else packed  # dp4a bytes are written four at a time
     scales = torch.empty((m, k // group_size if group_size else 1), dtype=torch.float32, device=x.device)
     block_m, block_k = _tile(k, group_size, hadamard_block)
     hb = hadamard_block if hadamard_block <= MAX_DENSE_HADAMARD else 16
@@ -267,10 +295,11 @@ def quantize_activations_triton(
         inv_sqrt_b=hadamard_block ** -0.5 if hadamard_block else 1.0,
         ELEMENT_INT4=element == "int4", SCALE_KIND=SCALE_KIND_IDS[scale_kind], GROUP=group_size or block_k,
         HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
-        ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes, BLOCK_K=block_k,
+        ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes,
+        DP4A_FOR={None: 0, "int4": 1, "e2m1": 2}[dp4a_for], BLOCK_K=block_k,
     )
     m_bucket = min(triton.next_power_of_2(max(m, 1)), 4096)
-    args = (x, h, packed, scales, tensor_amax, m, k, m_bucket, scales.shape[1], x.stride(0), packed.stride(0),
+    args = (x, h, codes_out, scales, tensor_amax, m, k, m_bucket, scales.shape[1], x.stride(0), codes_out.stride(0),
             scales.stride(0))
     if INTERPRET:
         kernel = _act_quant_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))]

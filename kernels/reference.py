@@ -17,6 +17,8 @@ from quant_layers.quantizer import QuantSpec, Quantizer
 from transforms.hadamard import block_hadamard_transform
 
 ELEMENTS = ("int4", "e2m1")  # the W4A4 kernels' 4-bit elements
+# The decode kernel's activation bytes count INT4 levels and halves of E2M1 values (exact integers).
+DP4A_BYTES_PER_UNIT = {"int4": 1, "e2m1": 2}
 FPX_BITS = (4, 5, 6)
 SCALE_KINDS = ("float", "e4m3", "e8m0")
 # Block-scaled formats fix their element and group: NVFP4 (E4M3 scales) and MXFP4 (E8M0).
@@ -47,7 +49,8 @@ def w4a4_element(element: str) -> NumberFormat:
 
 
 def check_activation_args(
-    x: torch.Tensor, element: str, group_size: int, scale_kind: str, clip_ratio: float, hadamard_block: int
+    x: torch.Tensor, element: str, group_size: int, scale_kind: str, clip_ratio: float, hadamard_block: int,
+    dp4a_for: str | None = None,
 ) -> None:
     """Raise ValueError unless ``quantize_activations`` can take these arguments."""
     if x.dim() != 2:
@@ -77,6 +80,11 @@ def check_activation_args(
         raise ValueError(f"hadamard block must be 0 (off) or one of {HADAMARD_BLOCKS}, got {hadamard_block}")
     if hadamard_block and k % hadamard_block:
         raise ValueError(f"hadamard block {hadamard_block} does not divide K={k}")
+    if dp4a_for is not None:
+        w4a4_element(dp4a_for)
+        if group_size or scale_kind != "float" or k % 8:
+            raise ValueError(f"dp4a bytes are for the decode kernel: per-token float scales and K a multiple of 8, "
+                             f"got group_size={group_size}, {scale_kind} scales, K={k}")
 
 
 def _check_operand(
@@ -132,26 +140,59 @@ def activation_spec(element: str, group_size: int, scale_kind: str, clip_ratio: 
 
 def quantize_activations_ref(
     x: torch.Tensor, element: str, group_size: int = 0, scale_kind: str = "float",
-    clip_ratio: float = 1.0, hadamard_block: int = 0,
+    clip_ratio: float = 1.0, hadamard_block: int = 0, dp4a_for: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed codes (M, K//2) uint8 and fp32 scales (M, K//group or 1) of ``x`` (M, K).
 
     ``decode(unpack(packed)) * scale`` equals ``Quantizer(activation_spec(...)).fake_quantize``
     of the (block-Hadamard rotated, in x's dtype) activations, bit for bit in fp32.
+    ``dp4a_for`` (a weight element, per-token scales only): the codes come as
+    ``dp4a_bytes(packed, element, dp4a_for)`` instead, for the decode kernel.
     """
-    check_activation_args(x, element, group_size, scale_kind, clip_ratio, hadamard_block)
+    check_activation_args(x, element, group_size, scale_kind, clip_ratio, hadamard_block, dp4a_for)
     m, k = x.shape
     if m == 0:  # no tokens: nothing to take Quantizer.fit's whole-tensor maximum of
-        return (torch.empty(0, k // 2, dtype=torch.uint8, device=x.device),
-                torch.empty(0, k // group_size if group_size else 1, device=x.device))
+        codes = (torch.empty(0, k, dtype=torch.int8, device=x.device) if dp4a_for
+                 else torch.empty(0, k // 2, dtype=torch.uint8, device=x.device))
+        return codes, torch.empty(0, k // group_size if group_size else 1, device=x.device)
     if hadamard_block:
         x = block_hadamard_transform(x, hadamard_block)
     quantizer = Quantizer(activation_spec(element, group_size, scale_kind, clip_ratio))
     xg = quantizer.grouped(x)
     scale = quantizer.fit(xg).scale
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = packing.encode(quantizer.element.round(xg / safe), quantizer.element)
-    return packing.pack(codes.reshape(m, k)), scale.reshape(m, -1)
+    packed = packing.pack(packing.encode(quantizer.element.round(xg / safe), quantizer.element).reshape(m, k))
+    return (dp4a_bytes(packed, element, dp4a_for) if dp4a_for else packed), scale.reshape(m, -1)
+
+
+def dp4a_bytes(packed: torch.Tensor, element: str, w_element: str) -> torch.Tensor:
+    """Packed activation codes (M, K//2) -> (M, K) int8 in the order the decode kernel (``w4a4_gemv``) pairs
+    them with ``w_element`` weights: each byte is the code's INT4 level or twice its E2M1 value; the first
+    K/2 bytes of a row hold, for each weight word i (codes 8i..8i+7), the codes that meet its first dp4a
+    operand (8i + 0, 2, 4, 6 for INT4 weights; 8i + 0..3 for E2M1), the last K/2 the others.
+    """
+    w4a4_element(w_element)
+    m, k = packed.shape[0], 2 * packed.shape[1]
+    if k % 8:
+        raise ValueError(f"dp4a bytes pair codes in words of 8: K must be a multiple of 8, got K={k}")
+    values = packing.decode(packing.unpack(packed), w4a4_element(element)) * DP4A_BYTES_PER_UNIT[element]
+    words = values.to(torch.int8).reshape(m, k // 8, 4, 2) if w_element == "int4" else (
+        values.to(torch.int8).reshape(m, k // 8, 2, 4).transpose(2, 3))
+    return words.permute(0, 3, 1, 2).reshape(m, k).contiguous()
+
+
+def check_dp4a_args(
+    a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
+    a_element: str, w_element: str, bias: torch.Tensor | None, out_dtype: torch.dtype,
+) -> None:
+    """Raise ValueError unless the decode kernel can take these dp4a activation bytes and packed weights."""
+    if a_bytes.dtype != torch.int8 or a_bytes.dim() != 2:
+        raise ValueError(f"a_bytes must be a 2-D int8 tensor of dp4a activation bytes (reference.dp4a_bytes), "
+                         f"got {a_bytes.dtype} with shape {tuple(a_bytes.shape)}")
+    if a_bytes.shape[1] % 2:
+        raise ValueError(f"a_bytes holds one byte per code: K must be even, got K={a_bytes.shape[1]}")
+    a_packed = torch.empty(a_bytes.shape[0], a_bytes.shape[1] // 2, dtype=torch.uint8)  # shapes only
+    check_matmul_args(a_packed, a_scale, w_packed, w_scale, a_element, w_element, 0, 0, bias, out_dtype)
 
 
 def dequantize(packed: torch.Tensor, scale: torch.Tensor, element: str, group: int = 0) -> torch.Tensor:

@@ -6,17 +6,25 @@ weight tile through shared memory; at M <= 16 it reached only a fifth of HBM ban
 the H200 (``benchmarks/results/kernels_h200.md``). Here each program streams BLOCK_N weight
 rows as 32-bit words (eight codes each) and multiplies them with PTX ``dp4a`` (four int8
 products summed into an int32 per instruction): each word becomes two words of four
-bytes (INT4 by masking, E2M1 by byte-table lookups with ``prmt``), the activation codes
-the same way once per program. Codes are integers in units of 1 (INT4) or 1/2 (E2M1), so
-the sums are exact; one reduction per program at the end, the per-row scales in the
-epilogue, and no atomics or zeroed buffer (each program owns its outputs). Under the
-interpreter the two instructions are computed byte by byte, so the CPU tests check the
-byte arithmetic around them.
+bytes (INT4 by two masks, E2M1 by byte-table lookups with ``prmt``). The activation
+codes arrive as those bytes already, in the matching order (``reference.dp4a_bytes``,
+written by the activation kernel with ``dp4a_for``), and one-row programs load them as a
+tile of the weight tile's own layout: until 2026-12-02 the kernel built them from packed
+codes in every program and moved them to the weight tile's layout through shared memory,
+with a barrier, twice per K step (``benchmarks/kernel_sass.py``). Codes are integers in
+units of 1 (INT4 activations), 1/2 (E2M1) or 1/16 (INT4 weights, nibbles at the top of
+their bytes), so the sums are exact; one reduction per program at the end, the per-row
+scales in the epilogue, and no atomics or zeroed buffer (each program owns its
+outputs). Under the interpreter the two instructions are computed byte by byte, so the
+CPU tests check the byte arithmetic around them.
 
 Decoding each code with shifts and an int32 multiply-add kept the integer units busy
 at 1.6 TB/s; with dp4a the H200 run of 2026-12-02 reached 2.13-2.56x cuBLAS bf16 for INT4
 and 1.77-2.15x for E2M1 at M = 1 (0.97-1.78 TB/s of weight traffic;
-``benchmarks/results/kernel_bench_decode_dp4a_h200.md``). The grid has one program per
+``benchmarks/results/kernel_bench_decode_dp4a_h200.md``); on dp4a bytes, 2.16x / 2.59x
+(INT4) and 1.92x / 2.33x (E2M1) at 4096x4096 / 14336x4096, and the GEMVs of a compiled
+W4A4KV4 decode step 1.14-1.19 ms instead of 1.25 ms
+(``benchmarks/results/kernel_bench_decode_dp4a_bytes_h200.md``). The grid has one program per
 BLOCK_N weight rows; rows per program, words per step, warps and stages are autotuned per
 shape on a GPU.
 """
@@ -28,7 +36,7 @@ import triton
 import triton.language as tl
 from triton.language.standard import _sum_combine
 
-from .reference import check_matmul_args, check_out
+from .reference import check_dp4a_args, check_out
 
 INTERPRET = triton.knobs.runtime.interpret
 # Twice the E2M1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 (magnitude code c in nibble c), as int32.
@@ -36,8 +44,7 @@ E2M1_DOUBLED_TABLE = tl.constexpr(0xC8643210 - (1 << 32))
 # Byte tables for prmt (as int32): twice the E2M1 magnitudes 0, 1, 2, 3 | 4, 6, 8, 12, then their negatives.
 E2M1_POS_LOW, E2M1_POS_HIGH = tl.constexpr(0x03020100), tl.constexpr(0x0C080604)
 E2M1_NEG_LOW, E2M1_NEG_HIGH = tl.constexpr(0xFDFEFF00 - (1 << 32)), tl.constexpr(0xF4F8FAFC - (1 << 32))
-NIBBLE_TOP_BITS = tl.constexpr(0x88888888 - (1 << 32))
-LOW_NIBBLES = tl.constexpr(0x0F0F0F0F)
+HIGH_NIBBLES = tl.constexpr(0xF0F0F0F0 - (1 << 32))
 # Up to this many rows, a per-row-scaled product on a GPU takes this kernel. On the H200
 # (Llama-3-8B shapes), before dp4a, it beat the tensor-core kernel 1.6-3.0x at M = 1, tied it
 # in batch-8 decode and lost at M = 16, where the multiply-adds per weight code piled up;
@@ -54,7 +61,10 @@ GEMV_CONFIGS = [
     (16, 256, 8, 2), (32, 128, 8, 2), (64, 64, 8, 2), (8, 512, 8, 2), (32, 256, 8, 2),
     (16, 256, 8, 3), (32, 256, 8, 3), (16, 512, 8, 2), (32, 512, 16, 2), (8, 1024, 8, 2),
 ]
-INTERPRET_CONFIG = dict(BLOCK_N=8, BLOCK_KW=4)
+# One-row configs that load the next K step's words before this step's arithmetic (Triton pipelines no
+# load that feeds no dot): (BLOCK_N, BLOCK_KW, num_warps, num_stages), twice the words in registers.
+GEMV_PREFETCH_CONFIGS = [(8, 128, 4, 2), (16, 128, 8, 2), (16, 256, 8, 2), (32, 128, 8, 2), (8, 512, 8, 2)]
+INTERPRET_CONFIG = dict(BLOCK_N=8, BLOCK_KW=4, PREFETCH=False)
 # Accumulator registers per thread a config may use (BLOCK_M * BLOCK_N * BLOCK_KW int32 over its threads).
 MAX_ACC_PER_THREAD = 64
 
@@ -74,23 +84,15 @@ def _code_values(words, j: tl.constexpr, IS_INT4: tl.constexpr):
 
 
 @triton.jit
-def _dp4a(a, b, acc, A_UNSIGNED: tl.constexpr, USE_ASM: tl.constexpr):
-    """acc + the sum over bytes i of a_i * b_i (b's bytes signed, a's unsigned or signed): PTX dp4a."""
+def _dp4a(a, b, acc, USE_ASM: tl.constexpr):
+    """acc + the sum over bytes i of a_i * b_i (signed bytes): PTX dp4a."""
     if USE_ASM:
-        if A_UNSIGNED:
-            out = tl.inline_asm_elementwise("dp4a.u32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, acc],
-                                            dtype=tl.int32, is_pure=True, pack=1)
-        else:
-            out = tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, acc],
-                                            dtype=tl.int32, is_pure=True, pack=1)
+        out = tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, $3;", "=r,r,r,r", [a, b, acc],
+                                        dtype=tl.int32, is_pure=True, pack=1)
     else:  # the interpreter runs no PTX: the same sum byte by byte
         out = acc
         for i in tl.static_range(4):
-            if A_UNSIGNED:
-                a_i = (a >> (8 * i)) & 0xFF
-            else:
-                a_i = (a << (24 - 8 * i)) >> 24
-            out += a_i * ((b << (24 - 8 * i)) >> 24)
+            out += ((a << (24 - 8 * i)) >> 24) * ((b << (24 - 8 * i)) >> 24)
     return out
 
 
@@ -111,17 +113,17 @@ def _prmt(lo, hi, selector, USE_ASM: tl.constexpr):
 
 @triton.jit
 def _weight_bytes(words, W_INT4: tl.constexpr, USE_ASM: tl.constexpr):
-    """A word's 8 codes as two words of 4 bytes each, the operands of dp4a.
+    """A word's 8 codes as two words of 4 signed bytes each, the weight operands of dp4a.
 
-    INT4: codes 0, 2, 4, 6 and 1, 3, 5, 7 as unsigned level + 8 (flipping a nibble's top
-    bit offsets it; the kernel subtracts 8 * sum(a) once). E2M1: codes 0..3 and 4..7 as
-    signed twice-values, from byte tables: prmt looks up the magnitude among the positive
-    and the negative values, and a third prmt picks one of the two by the sign bit.
+    INT4: codes 0, 2, 4, 6 and 1, 3, 5, 7, each nibble moved to the top of its byte, so 16
+    times the level (two instructions a word; the kernel's ``unit`` divides by 16). E2M1:
+    codes 0..3 and 4..7 as twice their values, from byte tables: prmt looks up the
+    magnitude among the positive and the negative values, and a third prmt picks one of the
+    two by the sign bit.
     """
     if W_INT4:
-        offset = words ^ NIBBLE_TOP_BITS
-        first = offset & LOW_NIBBLES
-        second = (offset >> 4) & LOW_NIBBLES
+        first = (words << 4) & HIGH_NIBBLES
+        second = words & HIGH_NIBBLES
     else:
         first = _e2m1_bytes(words, USE_ASM)
         second = _e2m1_bytes(words >> 16, USE_ASM)
@@ -140,76 +142,66 @@ def _e2m1_bytes(words, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _activation_bytes(words, A_INT4: tl.constexpr, W_INT4: tl.constexpr):
-    """A word's 8 activation codes as two words of signed bytes, paired as _weight_bytes pairs the
-    weight codes, and the sum of the 8 values (for the INT4 weight offset)."""
-    first = tl.full(words.shape, 0, tl.int32)
-    second = tl.full(words.shape, 0, tl.int32)
-    total = tl.full(words.shape, 0, tl.int32)
-    for j in tl.static_range(8):
-        values = _code_values(words, j, A_INT4)
-        total += values
-        if W_INT4:  # interleaved: codes 2i and 2i + 1 go to byte i
-            if j % 2 == 0:
-                first |= (values & 0xFF) << (8 * (j // 2))
-            else:
-                second |= (values & 0xFF) << (8 * (j // 2))
-        else:  # in halves: codes i and 4 + i go to byte i
-            if j < 4:
-                first |= (values & 0xFF) << (8 * j)
-            else:
-                second |= (values & 0xFF) << (8 * (j - 4))
-    return first, second, total
+def _products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, USE_ASM: tl.constexpr):
+    """acc plus the products of weight words (8 codes each) and their activation words, summed per word."""
+    w_first, w_second = _weight_bytes(w_words, W_INT4, USE_ASM)
+    return _dp4a(w_second, a_second, _dp4a(w_first, a_first, acc, USE_ASM), USE_ASM)
 
 
 @triton.jit
 def _w4a4_gemv_kernel(
     a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr,
     M, N, KW, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, unit,
-    A_INT4: tl.constexpr, W_INT4: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
+    W_INT4: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, PREFETCH: tl.constexpr,
 ):
+    """a: the activation rows' dp4a bytes as int32 words (row r: KW words of the first plane, then KW of the
+    second); w: the packed weight rows as int32 words (8 codes each)."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
     m_ok = offs_m < M
     n_ok = offs_n < N
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_w[None, :]
-    if BLOCK_M == 1:  # one row: a 2-D accumulator in the weight tile's own layout
-        a_ptrs = a_ptr + offs_w
+    if BLOCK_M == 1:
+        # The activation words are loaded as a whole (BLOCK_N, BLOCK_KW) tile of repeated addresses, so that
+        # they arrive in the weight tile's own layout (a (BLOCK_KW,) vector would go through shared memory,
+        # with a barrier, every step); the repeats are L1 hits. The accumulator is 2-D in that layout too.
+        a_ptrs = a_ptr + offs_w[None, :] + 0 * offs_n[:, None]
         acc = tl.full((BLOCK_N, BLOCK_KW), 0, tl.int32)
-        a_sum = tl.full((BLOCK_KW,), 0, tl.int32)
+        if PREFETCH:  # the next step's words are in flight during this step's arithmetic
+            all_ok = (offs_w < KW)[None, :]
+            w_words = tl.load(w_ptrs, mask=n_ok[:, None] & all_ok, other=0)
+            a_first = tl.load(a_ptrs, mask=all_ok, other=0)
+            a_second = tl.load(a_ptrs + KW, mask=all_ok, other=0)
         for start in range(0, KW, BLOCK_KW):
-            w_ok = offs_w < KW - start
-            a_first, a_second, a_total = _activation_bytes(tl.load(a_ptrs, mask=w_ok, other=0), A_INT4, W_INT4)
-            w_first, w_second = _weight_bytes(tl.load(w_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0),
-                                              W_INT4, USE_ASM)
-            acc = _dp4a(w_first, a_first[None, :], acc, W_INT4, USE_ASM)
-            acc = _dp4a(w_second, a_second[None, :], acc, W_INT4, USE_ASM)
-            a_sum += a_total
+            if PREFETCH:
+                next_ok = (offs_w < KW - start - BLOCK_KW)[None, :]
+                w_next = tl.load(w_ptrs + BLOCK_KW, mask=n_ok[:, None] & next_ok, other=0)
+                a_first_next = tl.load(a_ptrs + BLOCK_KW, mask=next_ok, other=0)
+                a_second_next = tl.load(a_ptrs + BLOCK_KW + KW, mask=next_ok, other=0)
+                acc = _products(acc, w_words, a_first, a_second, W_INT4, USE_ASM)
+                w_words, a_first, a_second = w_next, a_first_next, a_second_next
+            else:
+                w_ok = (offs_w < KW - start)[None, :]
+                acc = _products(acc, tl.load(w_ptrs, mask=n_ok[:, None] & w_ok, other=0),
+                                tl.load(a_ptrs, mask=w_ok, other=0), tl.load(a_ptrs + KW, mask=w_ok, other=0),
+                                W_INT4, USE_ASM)
             a_ptrs += BLOCK_KW
             w_ptrs += BLOCK_KW
         total = tl.reduce(acc, 1, _sum_combine)[None, :]
-        if W_INT4:
-            total -= 8 * tl.reduce(a_sum, 0, _sum_combine)
     else:
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_w[None, :]
         acc3 = tl.full((BLOCK_M, BLOCK_N, BLOCK_KW), 0, tl.int32)
-        a_sum2 = tl.full((BLOCK_M, BLOCK_KW), 0, tl.int32)
         for start in range(0, KW, BLOCK_KW):
             w_ok = offs_w < KW - start
-            a_first, a_second, a_total = _activation_bytes(
-                tl.load(a_ptrs, mask=m_ok[:, None] & w_ok[None, :], other=0), A_INT4, W_INT4)
-            w_first, w_second = _weight_bytes(tl.load(w_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0),
-                                              W_INT4, USE_ASM)
-            acc3 = _dp4a(w_first[None, :, :], a_first[:, None, :], acc3, W_INT4, USE_ASM)
-            acc3 = _dp4a(w_second[None, :, :], a_second[:, None, :], acc3, W_INT4, USE_ASM)
-            a_sum2 += a_total
+            a_mask = m_ok[:, None] & w_ok[None, :]
+            w_words = tl.load(w_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0)
+            acc3 = _products(acc3, w_words[None, :, :], tl.load(a_ptrs, mask=a_mask, other=0)[:, None, :],
+                             tl.load(a_ptrs + KW, mask=a_mask, other=0)[:, None, :], W_INT4, USE_ASM)
             a_ptrs += BLOCK_KW
             w_ptrs += BLOCK_KW
         total = tl.reduce(acc3, 2, _sum_combine)
-        if W_INT4:
-            total -= 8 * tl.reduce(a_sum2, 1, _sum_combine)[:, None]
     out = total.to(tl.float32) * unit
     out *= tl.load(a_scale_ptr + offs_m * stride_asm, mask=m_ok, other=0.0)[:, None]
     out *= tl.load(w_scale_ptr + offs_n * stride_wsn, mask=n_ok, other=0.0)[None, :]
@@ -220,20 +212,23 @@ def _w4a4_gemv_kernel(
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Configs whose accumulator fits MAX_ACC_PER_THREAD registers a thread (at least the smallest)."""
+    """Configs whose accumulator fits MAX_ACC_PER_THREAD registers a thread (at least the smallest); the
+    prefetching ones for one row only."""
     block_m = {**named_args, **kwargs}["BLOCK_M"]
 
     def acc_per_thread(c: triton.Config) -> float:
         return block_m * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_KW"] / (32 * c.num_warps)
 
+    configs = [c for c in configs if block_m == 1 or not c.kwargs["PREFETCH"]]
     kept = [c for c in configs if acc_per_thread(c) <= MAX_ACC_PER_THREAD]
     return kept or [min(configs, key=acc_per_thread)]
 
 
 _gemv_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw), num_warps=w, num_stages=s)
-             for bn, bkw, w, s in GEMV_CONFIGS],
-    key=["M_BUCKET", "N", "KW", "A_INT4", "W_INT4", "BLOCK_M"],
+    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch), num_warps=w, num_stages=s)
+             for prefetch, configs in ((False, GEMV_CONFIGS), (True, GEMV_PREFETCH_CONFIGS))
+             for bn, bkw, w, s in configs],
+    key=["M_BUCKET", "N", "KW", "W_INT4", "BLOCK_M"],
     prune_configs_by=dict(early_config_prune=_prune_configs),
 )(_w4a4_gemv_kernel)
 
@@ -254,27 +249,30 @@ def _words(packed: torch.Tensor, dtype: torch.dtype = torch.int32) -> torch.Tens
 
 
 def w4a4_gemv_triton(
-    a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
-    a_element: str, w_element: str, a_group: int = 0, w_group: int = 0,
-    bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16, out: torch.Tensor | None = None,
+    a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
+    a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows with per-row scales; writes into ``out`` when given."""
-    check_matmul_args(a_packed, a_scale, w_packed, w_scale, a_element, w_element, a_group, w_group, bias, out_dtype)
-    m, n, k = a_packed.shape[0], w_packed.shape[0], 2 * a_packed.shape[1]
-    if not gemv_fits(m, k, a_group, w_group):
-        raise ValueError(f"the decode kernel takes 1 to {GEMV_MAX_M} rows, per-row scales (groups 0) and K a "
-                         f"multiple of 8, got M={m}, K={k}, groups {a_group} and {w_group}")
+    """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows with per-row scales, the activation codes given as
+    their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or ``quantize_activations`` with
+    ``dp4a_for``); writes into ``out`` when given."""
+    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype)
+    m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
+    if not gemv_fits(m, k, 0, 0):
+        raise ValueError(f"the decode kernel takes 1 to {GEMV_MAX_M} rows and K a multiple of 8, got M={m}, K={k}")
     check_out(out, m, n, out_dtype)
     if out is None:
-        out = torch.empty((m, n), dtype=out_dtype, device=a_packed.device)
-    a_words, w_words = _words(a_packed), _words(w_packed)
+        out = torch.empty((m, n), dtype=out_dtype, device=a_bytes.device)
+    a_words, w_words = _words(a_bytes), _words(w_packed)
     a_scale, w_scale = a_scale.float().contiguous(), w_scale.float().contiguous()
     block_m = triton.next_power_of_2(m)
+    # Activation bytes count units of 1 (INT4) or 1/2 (E2M1); weight bytes 1/16 (INT4 nibbles at a byte's top)
+    # or 1/2 (E2M1).
+    unit = (1.0 if a_element == "int4" else 0.5) * (1 / 16 if w_element == "int4" else 0.5)
     args = (a_words, a_scale, w_words, w_scale, bias if bias is not None else out, out,  # (no bias: never read)
             m, n, k // 8, block_m, a_words.stride(0), w_words.stride(0), a_scale.stride(0), w_scale.stride(0),
-            out.stride(0), (1.0 if a_element == "int4" else 0.5) * (1.0 if w_element == "int4" else 0.5))
-    flags = dict(A_INT4=a_element == "int4", W_INT4=w_element == "int4", HAS_BIAS=bias is not None,
-                 USE_ASM=not INTERPRET, BLOCK_M=block_m)
+            out.stride(0), unit)
+    flags = dict(W_INT4=w_element == "int4", HAS_BIAS=bias is not None, USE_ASM=not INTERPRET, BLOCK_M=block_m)
     if INTERPRET:
         _w4a4_gemv_kernel[(triton.cdiv(n, INTERPRET_CONFIG["BLOCK_N"]),)](*args, **flags, **INTERPRET_CONFIG)
     else:

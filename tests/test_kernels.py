@@ -373,6 +373,64 @@ def test_gemv_refuses_what_it_cannot_take():
         w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, gemv=True, **kw)
 
 
+def test_dp4a_bytes_pair_each_code_with_its_weight_operand():
+    """Hand-written orders: INT4 weights take codes 0, 2, 4, 6 | 1, 3, 5, 7 of a word; E2M1 weights 0..3 | 4..7."""
+    from kernels.reference import dp4a_bytes
+
+    codes = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 15, 9, 8, 14, 10, 11, 12, 13]], dtype=torch.uint8)
+    packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    levels = [0, 1, 2, 3, 4, 5, 6, 7, -1, -7, -8, -2, -6, -5, -4, -3]  # INT4 codes are two's complement nibbles
+    doubled = [0, 1, 2, 3, 4, 6, 8, 12, -12, -1, 0, -8, -2, -3, -4, -6]  # twice the E2M1 values
+    for element, v in (("int4", levels), ("e2m1", doubled)):
+        interleaved = dp4a_bytes(packed, element, "int4").tolist()[0]
+        assert interleaved == [v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14],
+                               v[1], v[3], v[5], v[7], v[9], v[11], v[13], v[15]]
+        assert dp4a_bytes(packed, element, "e2m1").tolist()[0] == v[0:4] + v[8:12] + v[4:8] + v[12:16]
+
+
+@pytest.mark.parametrize("hadamard_block, dtype", [(0, torch.float32), (0, torch.bfloat16), (64, torch.bfloat16)])
+@pytest.mark.parametrize("element", ["int4", "e2m1"])
+def test_activation_kernel_writes_dp4a_bytes(element, hadamard_block, dtype):
+    """The activation kernel's dp4a bytes equal the twin's for both weight orders: ragged M, ties, a zero row
+    (a fused rotation with bfloat16 rounding: fp32 rotations differ from the twin's in the last bit, see
+    test_triton_fused_hadamard_matches_twin)."""
+    x = activations(5, 192, element, 0, dtype)
+    for w_element in ("int4", "e2m1"):
+        got = kernels.quantize_activations(x, element, clip_ratio=0.9, hadamard_block=hadamard_block,
+                                           dp4a_for=w_element, backend="triton")
+        want = quantize_activations_ref(x, element, 0, "float", 0.9, hadamard_block, dp4a_for=w_element)
+        assert got[0].dtype == torch.int8 and got[0].shape == (5, 192)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("case", ["int4xint4", "e2m1xe2m1", "int4xe2m1", "e2m1xint4"])
+def test_gemv_prefetching_equals_twin(case, monkeypatch):
+    """The one-row configs that load the next K step's words first: ragged K (25 words against 4-word steps)."""
+    from kernels import w4a4_gemv
+    from kernels.reference import dp4a_bytes
+
+    monkeypatch.setattr(w4a4_gemv, "INTERPRET_CONFIG", dict(w4a4_gemv.INTERPRET_CONFIG, PREFETCH=True))
+    a_el, w_el = case.split("x")
+    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 1, 40, 200)
+    bias = torch.randn(40)
+    want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_el, w_element=w_el, bias=bias,
+                           out_dtype=torch.float32)
+    got = w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, a_el, w_el), a_scale, w_packed, w_scale, a_element=a_el,
+                                     w_element=w_el, bias=bias, out_dtype=torch.float32)
+    assert_matches_twin(got, want)
+
+
+def test_gemv_refuses_packed_codes_for_bytes():
+    from kernels import w4a4_gemv
+
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("int4xint4", 1, 16, 64)
+    with pytest.raises(ValueError, match="a_bytes must be a 2-D int8 tensor of dp4a activation bytes"):
+        w4a4_gemv.w4a4_gemv_triton(a_packed, a_scale, w_packed, w_scale, a_element="int4", w_element="int4")
+    with pytest.raises(ValueError, match="a and w disagree on K"):
+        w4a4_gemv.w4a4_gemv_triton(torch.zeros(1, 32, dtype=torch.int8), a_scale, w_packed, w_scale,
+                                   a_element="int4", w_element="int4")
+
+
 def test_gemv_configs_fit_their_registers_at_every_row_count():
     from kernels import w4a4_gemv
 
@@ -548,6 +606,10 @@ def test_real_quant_linear_equals_fake_quant_linear(case):
         ((4, 64), torch.float32, dict(element="int8"), "unknown 4-bit element"),
         ((4, 64), torch.int32, dict(element="int4"), "float16, bfloat16 or float32"),
         ((2, 4, 64), torch.float32, dict(element="int4"), "2-D"),
+        ((4, 64), torch.float32, dict(element="int4", group_size=16, dp4a_for="int4"), "per-token float scales"),
+        ((4, 36), torch.float32, dict(element="int4", dp4a_for="int4"), "K a multiple of 8"),
+        ((4, 64), torch.float32, dict(element="int4", dp4a_for="int8"), "unknown 4-bit element 'int8'"),
+        ((4, 64), torch.float32, dict(element="int4", dp4a_for="int4", fp8_codes=True), "one code layout"),
     ],
 )
 def test_quantize_activations_errors(backend, shape, dtype, kwargs, message):
