@@ -267,12 +267,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: Triton interpreter on CPU, tiny shapes")
     p.add_argument("--only", help=f"comma list of checks to run, of {', '.join(map(check_name, CHECKS))} (default: all)")
+    p.add_argument("--gemm_pairs", help="comma list of the activation formats whose GEMM pairs to check, of "
+                                        f"{', '.join(dict.fromkeys(a for a, _ in GEMM_PAIRS))} (default: all)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
     unknown = sorted((only or set()) - {check_name(c) for c in CHECKS})
     if unknown:
         p.error(f"unknown checks {unknown} in --only: choose from {', '.join(map(check_name, CHECKS))}")
+    pair_names = set(args.gemm_pairs.split(",")) if args.gemm_pairs else {a for a, _ in GEMM_PAIRS}
+    if pair_names - {a for a, _ in GEMM_PAIRS}:
+        p.error(f"unknown activation formats {sorted(pair_names - {a for a, _ in GEMM_PAIRS})} in --gemm_pairs: "
+                f"choose from {', '.join(dict.fromkeys(a for a, _ in GEMM_PAIRS))}")
+    gemm_pairs = [(a, w) for a, w in GEMM_PAIRS if a in pair_names]
     if args.cpu_dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
     elif not torch.cuda.is_available():
@@ -307,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             record(check_decode_attention, *case, dtype, device)
             record(check_decode_attention_packed, *case, dtype, device)
     for i, (m, n, k) in enumerate(gemm_shapes):
-        for a_name, w_name in GEMM_PAIRS:
+        for a_name, w_name in gemm_pairs:
             record(check_gemm, m, n, k, a_name, w_name, OUT_DTYPES[i % len(OUT_DTYPES)], device)
         if m <= 8:
             for a_name, w_name in PER_ROW_PAIRS:

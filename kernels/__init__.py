@@ -10,8 +10,7 @@ dispatching on the tensors' device:
   Hadamard rotation; or one FP8 E4M3 byte per code, for the FP8 path.
 - ``w4a4_matmul``: packed activations x packed weights -> (M, N) (Triton; on a GPU, up
   to 8 rows with per-row scales take the CUDA-core decode kernel ``w4a4_gemv``, other
-  decode-sized M split K; scale groups of 16, NVFP4's, take the twin on a GPU until the
-  compiled kernel's 16-wide K steps are fixed: ``w4a4_gemm.verified_on_gpu``).
+  decode-sized M split K).
 - ``unpack_fp8`` and ``fp8_gemm.w4a4_matmul_fp8``: the prefill path for per-row scales,
   codes widened to FP8 and cuBLAS's row-wise scaled FP8 GEMM.
 - ``w8a8_linear``: INT8 per-token activations x INT8 per-channel weights (``int8_gemm``).
@@ -36,8 +35,6 @@ the kernels late also lets ``TRITON_INTERPRET`` be set after ``import kernels``.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 
@@ -168,15 +165,10 @@ def w4a4_matmul(
     Groups are 0 (one scale per row) or multiples of 16 dividing K.
     """
     if _use_triton(a_packed, backend):
-        from .w4a4_gemm import verified_on_gpu, w4a4_matmul_triton
+        from .w4a4_gemm import w4a4_matmul_triton
 
-        if not a_packed.is_cuda or verified_on_gpu(a_group, w_group):
-            return w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, a_element=a_element,
-                                      w_element=w_element, a_group=a_group, w_group=w_group, bias=bias,
-                                      out_dtype=out_dtype)
-        warnings.warn(f"W4A4 products with scale groups {a_group} x {w_group} run on the torch twin on a GPU "
-                      f"(dequantize, fp32 matmul): the compiled kernel's 16-wide K steps were wrong on the H200 "
-                      f"(benchmarks/results/kernels_h200.md)", stacklevel=2)
+        return w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
+                                  a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype)
     from .reference import w4a4_matmul_ref
 
     return w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,

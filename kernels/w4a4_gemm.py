@@ -8,8 +8,9 @@ registers and fed to the tensor cores in a format that holds every 4-bit value e
 - int4 x int4: int8 x int8 -> int32 (exact).
 - e2m1 on either side: FP8 E4M3 x E4M3 -> fp32. Products are multiples of 1/4 of at
   most 48 in magnitude, so the sums are exact while they stay below 2**22.
-- K steps of 16 (16-element scale groups: NVFP4, int4 g16): tensor-core int8/fp8 dots
-  need K >= 32, so the codes go through fp16 (exact) and each step is one fp16 dot.
+- Scale groups of 16 (NVFP4, int4 g16): tensor-core int8/fp8 dots need K >= 32, so a K
+  step is 32 wide and takes two dots, each with the other half's codes set to 0 and its
+  own scales. One fp16 dot per 16-wide step, the first form, was wrong on the H200.
 
 For up to 8 rows with per-row scales, ``w4a4_gemv`` (CUDA cores, no tensor-core tiles)
 takes the product on a GPU. Otherwise a second grid axis splits the K steps at decode-sized
@@ -20,8 +21,8 @@ operands (``SWAP_AB``: acc^T = W A^T), so that the unpacked weight is the dot's 
 Per-row scales (groups 0) multiply the accumulator once, in the epilogue, and each K step
 is two dots, low nibbles times low nibbles and high times high (no register shuffle to
 interleave them). Group scales change along K: the K loop then steps through at most one
-group of either operand at a time, unpacks in order, scales each step's partial product
-and adds it to an fp32 accumulator.
+group of either operand at a time (or two halves of 16, above), unpacks in order, scales
+each partial product and adds it to an fp32 accumulator.
 """
 
 from __future__ import annotations
@@ -64,23 +65,19 @@ def _unpack(packed, ROWS: tl.constexpr, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def code_operand(codes, IS_INT4: tl.constexpr, DOT: tl.constexpr):
-    """4-bit codes (uint8 0..15) as an exact dot operand: int8 (DOT 0), fp8 e4m3 (DOT 1) or fp16 (DOT 2)."""
+    """4-bit codes (uint8 0..15) as an exact dot operand: int8 (DOT 0, INT4 only) or fp8 e4m3 (DOT 1)."""
     # One return: compiled Triton does not stop at a return inside an if.
     if IS_INT4:
         levels = (codes ^ 8).to(tl.int8) - 8  # sign-extend the two's complement nibble
         if DOT == 0:
             operand = levels
         else:
-            operand = levels.to(tl.float16)
-            if DOT == 1:
-                operand = operand.to(tl.float8e4nv)
+            operand = levels.to(tl.float16).to(tl.float8e4nv)
     else:
         # E2M1 -> E4M3 bits: magnitude 0 -> 0x00, 1 (0.5) -> 0x30, c >= 2 -> 4c + 48; sign -> bit 7.
         magnitude = codes & 7
         bits = tl.where(magnitude < 2, magnitude * 48, magnitude * 4 + 48) | ((codes & 8) << 4)
         operand = bits.to(tl.uint8).to(tl.float8e4nv, bitcast=True)
-        if DOT == 2:
-            operand = operand.to(tl.float16)
     return operand
 
 
@@ -135,8 +132,10 @@ def _w4a4_kernel(
     pid_n = (pid % pids_per_group) // group_rows
 
     GROUPED: tl.constexpr = A_GROUP > 0 or W_GROUP > 0
-    DOT_K: tl.constexpr = BLOCK_K if GROUPED else BLOCK_K // 2  # K of one tl.dot
-    DOT: tl.constexpr = 2 if DOT_K < 32 else (0 if A_INT4 and W_INT4 else 1)
+    # Scales are constant over SUB_K of K: a whole K step (at least 32), or 16 when a group is an odd multiple
+    # of 16 (NVFP4's 16, or 48), and the step then takes one dot per 16 with the rest of its codes zeroed.
+    SUB_K: tl.constexpr = 16 if A_GROUP % 32 == 16 or W_GROUP % 32 == 16 else BLOCK_K
+    DOT: tl.constexpr = 0 if A_INT4 and W_INT4 else 1  # every dot is at least 32 wide in K
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     # Split-K (decode): program pid_k takes its share of the K steps and adds its scaled
@@ -163,15 +162,23 @@ def _w4a4_kernel(
         a_bytes = tl.load(a_ptrs, mask=m_ok[:, None] & b_ok[None, :], other=0)
         w_bytes = tl.load(w_ptrs, mask=n_ok[:, None] & b_ok[None, :], other=0)
         if GROUPED:
-            a_tile = _operand(a_bytes, A_INT4, BLOCK_M, BLOCK_K, DOT)
+            a_codes = _unpack(a_bytes, BLOCK_M, BLOCK_K)
             w_tile = _operand(w_bytes, W_INT4, BLOCK_N, BLOCK_K, DOT)
-            part = _dot(a_tile, tl.trans(w_tile), tl.full((BLOCK_M, BLOCK_N), 0, ACC_DTYPE), DOT).to(tl.float32)
-            k0 = step * BLOCK_K
-            if A_GROUP > 0:
-                part *= tl.load(a_scale_ptr + offs_m * stride_asm + k0 // A_GROUP, mask=m_ok, other=0.0)[:, None]
-            if W_GROUP > 0:
-                part *= tl.load(w_scale_ptr + offs_n * stride_wsn + k0 // W_GROUP, mask=n_ok, other=0.0)[None, :]
-            acc += part
+            for sub in tl.static_range(BLOCK_K // SUB_K):
+                if SUB_K < BLOCK_K:  # the step crosses a scale group: the other part's codes as 0 (value 0)
+                    in_sub = (tl.arange(0, BLOCK_K) // SUB_K == sub)[None, :]
+                    a_tile = code_operand(tl.where(in_sub, a_codes, 0).to(tl.uint8), A_INT4, DOT)
+                else:
+                    a_tile = code_operand(a_codes, A_INT4, DOT)
+                part = _dot(a_tile, tl.trans(w_tile), tl.full((BLOCK_M, BLOCK_N), 0, ACC_DTYPE), DOT).to(tl.float32)
+                k0 = step * BLOCK_K + sub * SUB_K
+                if A_GROUP > 0:
+                    part *= tl.load(a_scale_ptr + offs_m * stride_asm + k0 // A_GROUP,
+                                    mask=m_ok & (offs_m * 0 + k0 < K), other=0.0)[:, None]
+                if W_GROUP > 0:
+                    part *= tl.load(w_scale_ptr + offs_n * stride_wsn + k0 // W_GROUP,
+                                    mask=n_ok & (offs_n * 0 + k0 < K), other=0.0)[None, :]
+                acc += part
         else:
             a_low, a_high = _nibble_operands(a_bytes, A_INT4, DOT)
             w_low, w_high = _nibble_operands(w_bytes, W_INT4, DOT)
@@ -202,20 +209,15 @@ def _w4a4_kernel(
 
 
 def _k_step(block_k: int, a_group: int, w_group: int) -> int:
-    """BLOCK_K capped so that a K step never crosses a scale group of either operand."""
-    period = math.gcd(a_group, w_group)  # 0 when neither side has groups
-    return min(block_k, period & -period) if period else block_k
+    """BLOCK_K capped so that a K step crosses no scale group of either operand, or (groups that are odd
+    multiples of 16) is 32 wide and crosses one boundary, at its middle, which the kernel splits at.
 
-
-def verified_on_gpu(a_group: int, w_group: int) -> bool:
-    """Whether the compiled kernel is trusted for these scale groups.
-
-    Groups of 16 (NVFP4, INT4 g16) make every K step 16 wide, which runs fp16 dots: on the
-    H200 those products were wrong by 500 to 86,000 times the rounding bound
-    (``benchmarks/results/kernels_h200.md``), while the interpreter computes them exactly.
-    Until the compiled path is found and fixed, such products take the twin on a GPU.
+    Steps of 16, and with them fp16 dots of K = 16, were wrong on the H200 by 500 to 86,000 times
+    the rounding bound (``benchmarks/results/kernels_h200.md``), while the interpreter computed
+    them exactly: every dot is now at least 32 wide, as in the per-row and MXFP4 paths.
     """
-    return _k_step(256, a_group, w_group) >= 32
+    period = math.gcd(a_group, w_group)  # 0 when neither side has groups
+    return min(block_k, max(period & -period, 32)) if period else block_k
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:

@@ -82,3 +82,15 @@ def test_kernel_check_refuses_an_unknown_check(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--cpu_dry_run", "--only", "w4a4_gemm", "--out", str(tmp_path / "check")])
     assert "unknown checks ['w4a4_gemm'] in --only: choose from act, gemm" in capsys.readouterr().err
+
+
+def test_kernel_check_runs_only_the_chosen_gemm_pairs(tmp_path, capsys):
+    from benchmarks.kernel_check import main
+
+    prefix = str(tmp_path / "check")
+    assert main(["--cpu_dry_run", "--only", "gemm", "--gemm_pairs", "nvfp4,int4-g16", "--out", prefix]) == 0
+    text = open(prefix + ".md").read()
+    assert "4 checks, 0 failed." in text and "nvfp4 x nvfp4" in text and "int4-g16 x int4-g16" in text
+    with pytest.raises(SystemExit):
+        main(["--cpu_dry_run", "--gemm_pairs", "nvfp5", "--out", str(tmp_path / "other")])
+    assert "unknown activation formats ['nvfp5'] in --gemm_pairs" in capsys.readouterr().err

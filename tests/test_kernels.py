@@ -562,14 +562,32 @@ def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
     assert {c.kwargs["BLOCK_M"] for c in nvfp4_prefill} == {16, 32, 64}
 
 
-def test_autotune_configs_never_cross_a_scale_group():
+def test_autotune_k_steps_fit_the_scale_groups():
+    """K steps cross no scale group, except 32-wide steps for odd multiples of 16, which split at 16."""
     configs = w4a4_gemm._w4a4_autotuned.configs
     nvfp4_decode = w4a4_gemm._prune_configs(configs, dict(M_BUCKET=16), A_GROUP=16, W_GROUP=16)
-    assert nvfp4_decode and {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_K"]) for c in nvfp4_decode} == {(16, 16)}
+    assert nvfp4_decode and {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_K"]) for c in nvfp4_decode} == {(16, 32)}
     g128_prefill = w4a4_gemm._prune_configs(configs, dict(M_BUCKET=4096), A_GROUP=0, W_GROUP=128)
     assert all(c.kwargs["BLOCK_K"] <= 128 for c in g128_prefill)
     assert len({tuple(sorted(c.all_kwargs().items())) for c in g128_prefill}) == len(g128_prefill) > 4
-    assert [w4a4_gemm._k_step(128, *groups) for groups in [(0, 0), (48, 0), (32, 64), (0, 256)]] == [128, 16, 32, 128]
+    groups = [(0, 0), (48, 0), (32, 64), (0, 256), (16, 16), (16, 0)]
+    assert [w4a4_gemm._k_step(128, *g) for g in groups] == [128, 32, 32, 128, 32, 32]
+
+
+@pytest.mark.parametrize("a_group, w_group, k", [(16, 16, 48), (48, 0, 144), (0, 16, 80), (48, 32, 96)])
+def test_k_steps_split_at_a_group_boundary(a_group, w_group, k):
+    """Groups that are odd multiples of 16: 32-wide K steps split at 16, the last one past K (its scales unread)."""
+    gen = torch.Generator().manual_seed(k)
+
+    def operand(rows: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:  # random codes and scales
+        codes = torch.randint(0, 256, (rows, k // 2), generator=gen, dtype=torch.uint8)
+        return codes, torch.rand(rows, k // group if group else 1, generator=gen) + 0.5
+
+    a, w = operand(5, a_group), operand(24, w_group)
+    kw = dict(a_element="int4", w_element="e2m1", a_group=a_group, w_group=w_group, out_dtype=torch.float32)
+    want = w4a4_matmul_ref(*a, *w, **kw)
+    for split_k in (1, 2):
+        assert_matches_twin(w4a4_gemm.w4a4_matmul_triton(*a, *w, split_k=split_k, **kw), want)
 
 
 @pytest.mark.parametrize("case", ["int4-tok-clip0.9", "nvfp4"])
@@ -647,10 +665,3 @@ def test_w4a4_matmul_errors(backend, changes, message):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown backend"):
         kernels.quantize_activations(torch.zeros(2, 16), "int4", backend="cuda")
-
-
-def test_gpu_dispatch_trusts_the_kernel_only_for_verified_groups():
-    """Groups of 16 (K steps of 16 on fp16 dots) were wrong on the H200: a GPU sends them to the twin."""
-    assert w4a4_gemm.verified_on_gpu(0, 0) and w4a4_gemm.verified_on_gpu(32, 32) and w4a4_gemm.verified_on_gpu(0, 64)
-    assert not w4a4_gemm.verified_on_gpu(16, 16) and not w4a4_gemm.verified_on_gpu(0, 16)
-    assert not w4a4_gemm.verified_on_gpu(48, 0)  # a 48 group puts step boundaries every 16
