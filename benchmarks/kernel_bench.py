@@ -155,13 +155,14 @@ def tuned_config(m: int, k: int, group: int, gemv: bool | None = None) -> str:
     return described(getattr(w4a4_gemm.autotuner_for(m, k, group, group, gemv), "best_config", None))
 
 
-def fpx_tuned_config(m: int) -> str:
-    """The config the FPx kernel's autotuner (the one-row kernel's at M = 1) picked on its last run."""
+def fpx_tuned_config(row_kernel: bool) -> str:
+    """The config the FPx kernel's autotuner (the CUDA-core row kernel's or the tensor-core one's) picked on its
+    last run."""
     from kernels import fpx_gemm
 
     if fpx_gemm.INTERPRET:
         return ""
-    tuner = fpx_gemm._fpx_row_autotuned if m == 1 else fpx_gemm._fpx_autotuned
+    tuner = fpx_gemm._fpx_row_autotuned if row_kernel else fpx_gemm._fpx_autotuned
     return described(getattr(tuner, "best_config", None))
 
 
@@ -255,17 +256,24 @@ def fpx_weight(w: torch.Tensor, element: str) -> tuple[tuple[torch.Tensor, ...],
     return pack_planes(encode(fmt.round(wg / safe), fmt), fmt.bits), scale
 
 
-def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Tensor, element: str) -> str:
-    """Triton weight-only GEMM against the twin on the first CHECK_ROWS rows."""
+def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Tensor, element: str,
+              row_kernel: bool | None = None) -> str:
+    """Triton weight-only GEMM (``row_kernel`` as ``fpx_matmul_triton`` takes it) against the twin on the first
+    CHECK_ROWS rows."""
+    from kernels.fpx_gemm import fpx_matmul_triton  # late: builds Triton kernels (see main)
+
     spec = dict(element=element, bits=element_named(element).bits, out_dtype=torch.float32)
-    got = kernels.fpx_matmul(x[:CHECK_ROWS], planes, scale, backend="triton", **spec)
+    got = fpx_matmul_triton(x[:CHECK_ROWS], planes, scale, row_kernel=row_kernel, **spec)
     want = reference.fpx_matmul_ref(x[:CHECK_ROWS], planes, scale, **spec)
     err = ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
     return "ok" if err <= 1e-5 else f"MISMATCH rel err {err:.1e}"
 
 
 def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms) -> list[dict]:
-    """bf16 activations x FPx weights (per-channel scales) against bf16 torch.matmul."""
+    """bf16 activations x FPx weights (per-channel scales) against bf16 torch.matmul; for 2..ROW_MAX_M rows the
+    CUDA-core row kernel beside the tensor-core kernel that takes them by default."""
+    from kernels import fpx_gemm  # late: builds Triton kernels (see main)
+
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
     rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
@@ -276,7 +284,13 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms) -> 
         weight_bytes = sum(p.numel() for p in planes) + 4 * n
         check = check_fpx(x, planes, scale, element)
         rows.append(row(n, m, k, f"{element} w-only", time_ms(gemm), weight_bytes, check))
-        rows[-1]["config"] = fpx_tuned_config(m)
+        rows[-1]["config"] = fpx_tuned_config(m == 1)  # one row takes the row kernel
+        if 1 < m <= fpx_gemm.ROW_MAX_M and k % 8 == 0:  # the CUDA-core row kernel, which takes one row by default
+            row_gemm = functools.partial(fpx_gemm.fpx_matmul_triton, x, planes, scale, element=element,
+                                         bits=element_named(element).bits, row_kernel=True)
+            rows.append(row(n, m, k, f"{element} w-only row kernel", time_ms(row_gemm), weight_bytes,
+                            check_fpx(x, planes, scale, element, row_kernel=True)))
+            rows[-1]["config"] = fpx_tuned_config(True)
     for r in rows:
         r["x_bf16"] = rows[0]["ms"] / r["ms"]
     return rows

@@ -37,8 +37,8 @@ ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or s
 
 
 def fpx_row_source(element: str, config: tuple[int, ...]):
-    """The FPx row kernel's ASTSource for bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps, stages,
-    PREFETCH)."""
+    """The FPx row kernel's ASTSource for one row of bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps,
+    stages, PREFETCH)."""
     from triton.compiler import ASTSource
 
     from kernels.fpx_gemm import HIGH_PLANE_WIDTH, ROW_X_SCALE_EXP, _fpx_row_kernel
@@ -47,13 +47,13 @@ def fpx_row_source(element: str, config: tuple[int, ...]):
     fmt = element_named(element)
     high = HIGH_PLANE_WIDTH[fmt.bits]
     pointers = ["*bf16", "*i32", "*i16" if high == 2 else "*u8", "*fp32", "*bf16", "*bf16"]
-    names = ["x_ptr", "low_ptr", "high_ptr", "scale_ptr", "bias_ptr", "out_ptr", "N", "KW", "stride_low",
-             "stride_high", "unit"]
-    signature = dict(zip(names, pointers + ["i32"] * 4 + ["fp32"]))
+    names = ["x_ptr", "low_ptr", "high_ptr", "scale_ptr", "bias_ptr", "out_ptr", "M", "N", "KW", "stride_xm",
+             "stride_om", "stride_low", "stride_high", "unit"]
+    signature = dict(zip(names, pointers + ["i32"] * 7 + ["fp32"]))
     constants = dict(BITS=fmt.bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=high, HAS_BIAS=False,
-                     X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4])
+                     X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4])
     signature.update({name: "constexpr" for name in constants})
-    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(10)}
+    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(13) if names[i] != "M"}
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)
 
 

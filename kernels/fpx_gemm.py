@@ -30,6 +30,9 @@ inside its loop: on the H200 FP6 E3M2 went from 1.28x / 1.21x bf16 to 1.21x / 1.
 4096x4096 / 14336x4096 and a profiled compiled FP6 decode step took 4519 us (221 tok/s,
 against 211 tok/s before; ``benchmarks/results/kernels_h200.md``, sixth run). The
 tuner picked 32 x 128 and 64 x 64 words on 8 warps, with and without prefetching.
+``row_kernel=True`` also runs 2 to ``ROW_MAX_M`` rows there, each decoded pair multiplying
+every row; not yet timed, so by default those rows keep the tensor-core kernel (0.44-0.72x
+bf16 at M = 8 on the H200).
 
 Like ``act_quant`` and ``w4a4_gemm`` it calls only Triton builtins and its own
 ``triton.jit`` helpers (no ``tl.zeros`` / ``tl.cdiv``), so that it runs under the
@@ -44,7 +47,7 @@ import triton.language as tl
 from triton.language.standard import _sum_combine
 
 from .reference import check_fpx_args, check_out, fpx_element
-from .w4a4_gemv import _words
+from .w4a4_gemv import _words, prune_decode_configs
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
@@ -76,6 +79,9 @@ ROW_CONFIGS = [
     (16, 128, 8, 2, True), (32, 128, 8, 2, True), (32, 64, 16, 2, True), (32, 128, 16, 2, True),
     (64, 64, 8, 2, True),
 ]
+# The row kernel takes up to this many activation rows (``row_kernel=True``); by default a GPU gives it one
+# (batch-1 decode), and more rows take the tensor-core kernel until the row kernel is timed at them.
+ROW_MAX_M = 8
 # The one-row kernel multiplies the activations by 2^ROW_X_SCALE_EXP: a product of a subnormal placement
 # (>= 2^-130) and an activation is then normal, so exact, for |x| >= 2^-28, and x overflows only past 2^96.
 ROW_X_SCALE_EXP = 32
@@ -217,59 +223,89 @@ def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr):
 @triton.jit
 def _fpx_row_kernel(
     x_ptr, low_ptr, high_ptr, scale_ptr, bias_ptr, out_ptr,
-    N, KW, stride_low, stride_high, unit,
+    M, N, KW, stride_xm, stride_om, stride_low, stride_high, unit,
     BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr,
-    X_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, PREFETCH: tl.constexpr,
+    X_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
-    """One activation row (decode at batch 1) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
+    """Up to ROW_MAX_M activation rows (decode) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
     The low plane streams as int32 words of 8 codes and the high plane as one 8- or 16-bit
     word per low word (the high bits of the same 8 codes), so every field is a shift and a
     mask in registers: no unpacking into a wider tile, no byte loads. ``_placed_pair``
-    turns two codes at a time into float32s with shifts and masks and no conversion; the
-    activations are scaled by ``X_SCALE`` (a power of two) so that the
-    products of subnormal placements stay normal, and ``unit`` undoes both powers of two
-    on the sum. Products of a half-precision activation and these weights are exact in
-    fp32, as in the dot. A 16-row tensor-core tile would be 1/16 used here and would stage
-    every decoded tile through shared memory. ``PREFETCH`` loads each step's words one step
-    ahead, before the arithmetic of the step before (Triton does not pipeline loads that
-    feed no dot; neither kernel here has an asynchronous copy); without it a step loads its
-    own words first.
+    turns two codes at a time into float32s with shifts and masks and no conversion, once
+    per program for all its rows; the activations are scaled by ``X_SCALE`` (a power of
+    two) so that the products of subnormal placements stay normal, and ``unit`` undoes both
+    powers of two on the sum. Products of a half-precision activation and these weights are
+    exact in fp32, as in the dot. A 16-row tensor-core tile would be mostly empty here and
+    would stage every decoded tile through shared memory. One row keeps a 2-D accumulator in
+    the weight tile's own layout; ``PREFETCH`` (one row only) loads each step's words one
+    step ahead, before the arithmetic of the step before (Triton does not pipeline loads
+    that feed no dot); without it a step loads its own words first.
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
     n_ok = offs_n < N
-    x_ptrs = x_ptr + offs_w * 8
     low_ptrs = low_ptr + offs_n[:, None] * stride_low + offs_w[None, :]
     # Loaded four words a thread like the low plane (its 16-byte vectors), not eight or sixteen: one layout for
     # both tiles and the accumulator, so no tile goes through shared memory to change layout.
     offs_high = tl.max_contiguous(offs_w, 4)
     high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
-    acc = tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32)
-    if PREFETCH:
-        low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & (offs_w < KW)[None, :], HIGH_WIDTH)
-    for w0 in range(0, KW, BLOCK_KW):
-        w_ok = offs_w < KW - w0
-        if PREFETCH:  # the next step's words are in flight during this step's arithmetic
-            next_ok = n_ok[:, None] & (offs_w < KW - w0 - BLOCK_KW)[None, :]
-            low_next, high_next = _plane_words(low_ptrs + BLOCK_KW, high_ptrs + BLOCK_KW, next_ok, HIGH_WIDTH)
-        else:
-            low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH)
-        for j in tl.static_range(4):
-            first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
-            x_first = tl.load(x_ptrs + j, mask=w_ok, other=0.0).to(tl.float32) * X_SCALE
-            x_second = tl.load(x_ptrs + j + 4, mask=w_ok, other=0.0).to(tl.float32) * X_SCALE
-            acc += first * x_first[None, :]
-            acc += second * x_second[None, :]
+    if BLOCK_M == 1:
+        x_ptrs = x_ptr + offs_w * 8
+        acc = tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32)
         if PREFETCH:
-            low, high = low_next, high_next
-        x_ptrs += 8 * BLOCK_KW
-        low_ptrs += BLOCK_KW
-        high_ptrs += BLOCK_KW
-    out = tl.reduce(acc, 1, _sum_combine) * unit * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
+            low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & (offs_w < KW)[None, :], HIGH_WIDTH)
+        for w0 in range(0, KW, BLOCK_KW):
+            w_ok = offs_w < KW - w0
+            if PREFETCH:  # the next step's words are in flight during this step's arithmetic
+                next_ok = n_ok[:, None] & (offs_w < KW - w0 - BLOCK_KW)[None, :]
+                low_next, high_next = _plane_words(low_ptrs + BLOCK_KW, high_ptrs + BLOCK_KW, next_ok, HIGH_WIDTH)
+            else:
+                low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH)
+            for j in tl.static_range(4):
+                first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
+                x_first = tl.load(x_ptrs + j, mask=w_ok, other=0.0).to(tl.float32) * X_SCALE
+                x_second = tl.load(x_ptrs + j + 4, mask=w_ok, other=0.0).to(tl.float32) * X_SCALE
+                acc += first * x_first[None, :]
+                acc += second * x_second[None, :]
+            if PREFETCH:
+                low, high = low_next, high_next
+            x_ptrs += 8 * BLOCK_KW
+            low_ptrs += BLOCK_KW
+            high_ptrs += BLOCK_KW
+        out = (tl.reduce(acc, 1, _sum_combine) * unit)[None, :]
+    else:  # every decoded pair multiplies BLOCK_M rows: (BLOCK_M, BLOCK_N, BLOCK_KW) accumulators
+        # The words are loaded as (1, BLOCK_N, BLOCK_KW) tiles, in the accumulator's layout; the activations as 2-D
+        # tiles, which go to it through shared memory. In sm_90 SASS at 8 rows and 16 x 64 words that is 872
+        # instructions and 34 barriers a kernel; expanding the decoded 2-D weight tiles instead took 1,160 and 50,
+        # and activations loaded as 3-D tiles 1,208 and 22 (benchmarks/kernel_sass.py's compiler, Triton 3.9).
+        offs_m = tl.arange(0, BLOCK_M)
+        m_ok = offs_m < M
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_w[None, :] * 8
+        low_ptrs3 = low_ptr + offs_n[None, :, None] * stride_low + offs_w[None, None, :]
+        high_ptrs3 = high_ptr + offs_n[None, :, None] * stride_high + offs_high[None, None, :]
+        acc3 = tl.full((BLOCK_M, BLOCK_N, BLOCK_KW), 0.0, tl.float32)
+        for w0 in range(0, KW, BLOCK_KW):
+            w_ok = (offs_w < KW - w0)[None, None, :]
+            x_ok = m_ok[:, None] & (offs_w < KW - w0)[None, :]
+            low, high = _plane_words(low_ptrs3, high_ptrs3, n_ok[None, :, None] & w_ok, HIGH_WIDTH)
+            for j in tl.static_range(4):
+                first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
+                x_first = tl.load(x_ptrs + j, mask=x_ok, other=0.0).to(tl.float32) * X_SCALE
+                x_second = tl.load(x_ptrs + j + 4, mask=x_ok, other=0.0).to(tl.float32) * X_SCALE
+                acc3 += first * x_first[:, None, :]
+                acc3 += second * x_second[:, None, :]
+            x_ptrs += 8 * BLOCK_KW
+            low_ptrs3 += BLOCK_KW
+            high_ptrs3 += BLOCK_KW
+        out = tl.reduce(acc3, 2, _sum_combine) * unit
+    out *= tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
-        out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs_n, out.to(out_ptr.dtype.element_ty), mask=n_ok)
+        out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    rows = tl.arange(0, BLOCK_M)
+    tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=(rows < M)[:, None] & n_ok[None, :])
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -291,7 +327,8 @@ _fpx_autotuned = triton.autotune(
 _fpx_row_autotuned = triton.autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch), num_warps=w, num_stages=st)
              for bn, bkw, w, st, prefetch in ROW_CONFIGS],
-    key=["N", "KW", "BITS", "MAN_BITS"],
+    key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M"],
+    prune_configs_by=dict(early_config_prune=prune_decode_configs),
 )(_fpx_row_kernel)
 
 
@@ -307,14 +344,14 @@ def fpx_matmul_triton(
 ) -> torch.Tensor:
     """The Triton twin of ``reference.fpx_matmul_ref`` (x 2-D); writes into ``out`` (M, N) when given.
 
-    ``row_kernel``: whether one activation row runs on ``_fpx_row_kernel`` (CUDA cores)
-    rather than the tensor-core kernel; None takes it for M = 1 on a GPU. True with more
+    ``row_kernel``: whether the rows run on ``_fpx_row_kernel`` (CUDA cores) rather than the
+    tensor-core kernel; None takes it for M = 1 on a GPU. True with more than ROW_MAX_M
     rows is an error.
     """
     check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype)
-    if row_kernel and (x.shape[0] != 1 or x.shape[1] % 8):
-        raise ValueError(f"the row kernel takes one activation row and K a multiple of 8, got {x.shape[0]} rows "
-                         f"and K={x.shape[1]}")
+    if row_kernel and not (1 <= x.shape[0] <= ROW_MAX_M and x.shape[1] % 8 == 0):
+        raise ValueError(f"the row kernel takes 1 to {ROW_MAX_M} activation rows and K a multiple of 8, got "
+                         f"{x.shape[0]} rows and K={x.shape[1]}")
     fmt = fpx_element(element, bits)
     m, k = x.shape
     n = planes[0].shape[0]
@@ -339,10 +376,10 @@ def fpx_matmul_triton(
     if row_kernel or (row_kernel is None and m == 1 and k % 8 == 0 and not INTERPRET):
         low_words = _words(low)
         high_words = _words(high, HIGH_WORD_DTYPES[HIGH_PLANE_WIDTH[bits]]) if len(planes) > 1 else low_words
-        row_args = (x, low_words, high_words, scale, bias_arg, out, n, k // 8, low_words.stride(0),
-                    high_words.stride(0), 2.0 ** (127 - fmt.default_bias - ROW_X_SCALE_EXP))
+        row_args = (x, low_words, high_words, scale, bias_arg, out, m, n, k // 8, x.stride(0), out.stride(0),
+                    low_words.stride(0), high_words.stride(0), 2.0 ** (127 - fmt.default_bias - ROW_X_SCALE_EXP))
         row_flags = dict(BITS=bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
-                         X_SCALE=2.0 ** ROW_X_SCALE_EXP)
+                         X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m))
         if INTERPRET:
             _fpx_row_kernel[(triton.cdiv(n, INTERPRET_ROW_CONFIG["BLOCK_N"]),)](*row_args, **row_flags,
                                                                                **INTERPRET_ROW_CONFIG)

@@ -65,7 +65,7 @@ GEMV_CONFIGS = [
 # load that feeds no dot): (BLOCK_N, BLOCK_KW, num_warps, num_stages), twice the words in registers.
 GEMV_PREFETCH_CONFIGS = [(8, 128, 4, 2), (16, 128, 8, 2), (16, 256, 8, 2), (32, 128, 8, 2), (8, 512, 8, 2)]
 INTERPRET_CONFIG = dict(BLOCK_N=8, BLOCK_KW=4, PREFETCH=False)
-# Accumulator registers per thread a config may use (BLOCK_M * BLOCK_N * BLOCK_KW int32 over its threads).
+# Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW over its threads).
 MAX_ACC_PER_THREAD = 64
 
 
@@ -211,8 +211,9 @@ def _w4a4_gemv_kernel(
              mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Configs whose accumulator fits MAX_ACC_PER_THREAD registers a thread (at least the smallest); the
+def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Decode configs (BLOCK_N, BLOCK_KW, PREFETCH; this kernel's and the FPx row kernel's) whose BLOCK_M x
+    BLOCK_N x BLOCK_KW accumulators fit MAX_ACC_PER_THREAD registers a thread (at least the smallest); the
     prefetching ones for one row only."""
     block_m = {**named_args, **kwargs}["BLOCK_M"]
 
@@ -229,7 +230,7 @@ _gemv_autotuned = triton.autotune(
              for prefetch, configs in ((False, GEMV_CONFIGS), (True, GEMV_PREFETCH_CONFIGS))
              for bn, bkw, w, s in configs],
     key=["M_BUCKET", "N", "KW", "W_INT4", "BLOCK_M"],
-    prune_configs_by=dict(early_config_prune=_prune_configs),
+    prune_configs_by=dict(early_config_prune=prune_decode_configs),
 )(_w4a4_gemv_kernel)
 
 

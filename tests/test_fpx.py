@@ -231,18 +231,19 @@ def test_triton_equals_twin(name, k, dtype):
 @pytest.mark.parametrize("k", [64, 200])
 @pytest.mark.parametrize("name", FPX)
 def test_row_kernel_equals_twin(name, k, prefetch, monkeypatch):
-    """The batch-1 decode kernel (CUDA cores): every code, ragged K (200 against 32-wide steps), bf16 x, the
-    next step's words loaded before or after a step's arithmetic."""
+    """The decode kernel (CUDA cores): every code, ragged K (200 against 32-wide steps), bf16 x, one row with
+    the next step's words loaded before or after a step's arithmetic, and 3 and 8 rows."""
     monkeypatch.setitem(fpx_gemm.INTERPRET_ROW_CONFIG, "PREFETCH", prefetch)
     bits = element_named(name).bits
-    x, planes, scale, bias = operands(name, 1, 40, k, torch.bfloat16, seed=k)
-    for out_dtype, b in ((torch.bfloat16, bias), (torch.float32, None)):
-        want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=b, out_dtype=out_dtype)
-        poisoned = torch.full((1, 40), float("nan"), dtype=out_dtype)
-        out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=b, out_dtype=out_dtype,
-                                         out=poisoned, row_kernel=True)
-        assert out is poisoned and not out.isnan().any()
-        assert_matches_twin(out, want)
+    for m in (1, 3, 8) if prefetch else (1,):
+        x, planes, scale, bias = operands(name, m, 40, k, torch.bfloat16, seed=k + m)
+        for out_dtype, b in ((torch.bfloat16, bias), (torch.float32, None)):
+            want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=b, out_dtype=out_dtype)
+            poisoned = torch.full((m, 40), float("nan"), dtype=out_dtype)
+            out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=b,
+                                             out_dtype=out_dtype, out=poisoned, row_kernel=True)
+            assert out is poisoned and not out.isnan().any()
+            assert_matches_twin(out, want)
 
 
 @pytest.mark.parametrize("magnitude", [1e-6, 1e4])
@@ -261,13 +262,14 @@ def test_row_kernel_keeps_small_and_large_activations(name, dtype, magnitude):
     assert_matches_twin(out, want)
 
 
-def test_row_kernel_takes_one_row_and_whole_words_only():
-    x, planes, scale, _ = operands("e3m2", 2, 16, 64, torch.bfloat16)
-    with pytest.raises(ValueError, match="one activation row and K a multiple of 8, got 2 rows"):
+def test_row_kernel_takes_up_to_eight_rows_and_whole_words_only():
+    x, planes, scale, _ = operands("e3m2", 9, 16, 64, torch.bfloat16)
+    with pytest.raises(ValueError, match="1 to 8 activation rows and K a multiple of 8, got 9 rows"):
         fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, row_kernel=True)
     x, planes, scale, _ = operands("e3m2", 1, 16, 36, torch.bfloat16)  # the planes take K = 36, 32-bit words do not
     with pytest.raises(ValueError, match="K a multiple of 8, got 1 rows and K=36"):
         fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, row_kernel=True)
+
 
 
 @pytest.mark.parametrize("name, k", [("e3m2", 36), ("e2m2", 40), ("e2m1", 34)])

@@ -431,14 +431,17 @@ def test_gemv_refuses_packed_codes_for_bytes():
                                    a_element="int4", w_element="int4")
 
 
-def test_gemv_configs_fit_their_registers_at_every_row_count():
-    from kernels import w4a4_gemv
+@pytest.mark.parametrize("kernel", ["w4a4_gemv", "fpx_row"])
+def test_decode_configs_fit_their_registers_at_every_row_count(kernel):
+    """The W4A4 decode kernel's and the FPx row kernel's configs, pruned per row count; prefetching at one row."""
+    from kernels import fpx_gemm, w4a4_gemv
 
-    configs = w4a4_gemv._gemv_autotuned.configs
+    configs = {"w4a4_gemv": w4a4_gemv._gemv_autotuned, "fpx_row": fpx_gemm._fpx_row_autotuned}[kernel].configs
     for block_m in (1, 2, 4, 8):
-        kept = w4a4_gemv._prune_configs(configs, {"BLOCK_M": block_m})
+        kept = w4a4_gemv.prune_decode_configs(configs, {"BLOCK_M": block_m})
         assert kept and all(block_m * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_KW"] / (32 * c.num_warps)
                             <= w4a4_gemv.MAX_ACC_PER_THREAD for c in kept)
+        assert any(c.kwargs["PREFETCH"] for c in kept) == (block_m == 1)
 
 
 # ---------------------------------------------------------------------------
