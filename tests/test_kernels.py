@@ -123,6 +123,8 @@ def test_no_tokens(backend):
     out = kernels.w4a4_matmul(packed, scale, torch.zeros(5, 32, dtype=torch.uint8), torch.ones(5, 4), a_element="e2m1",
                               w_element="e2m1", a_group=16, w_group=16, backend=backend)
     assert out.shape == (0, 5)
+    codes, scale = kernels.quantize_activations(torch.zeros(0, 64), "int4", dp4a_for="e2m1", backend=backend)
+    assert codes.dtype == torch.int8 and codes.shape == (0, 64) and scale.shape == (0, 1)
 
 
 # ---------------------------------------------------------------------------
