@@ -143,7 +143,7 @@ def w4a4_linear(
         from .w4a4_gemm import takes_gemv
         from .w4a4_gemv import w4a4_gemv_triton
 
-        if takes_gemv(m, k, a_group, w_group) and scale_kind == "float":  # the decode kernel, on dp4a bytes
+        if takes_gemv(m, k, a_group, w_group):  # the decode kernel (per-row scales), on dp4a bytes
             a_bytes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, dp4a_for=w_element,
                                                     backend=backend)
             return w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,

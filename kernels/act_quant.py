@@ -4,7 +4,8 @@ One program quantizes one (BLOCK_M, BLOCK_K) tile of the activations in a single
 rotate (optional), absmax per scale group, scale, round, encode, pack two codes per
 byte, write the codes and the fp32 scales. Per-token scales make the tile a whole
 (padded) row. The codes can instead be written one byte each: as FP8 E4M3 (``fp8_codes``,
-the FP8 prefill path) or as signed bytes in the decode kernel's dp4a order (``dp4a_for``). NVFP4's fp32 tensor scale needs the absolute maximum of the whole
+the FP8 prefill path) or as signed bytes in the decode kernel's dp4a order
+(``dp4a_for``). NVFP4's fp32 tensor scale needs the absolute maximum of the whole
 (rotated) tensor first: the same kernel computes it in an earlier launch
 (``AMAX_ONLY``), with an atomic max.
 

@@ -287,9 +287,9 @@ def _fpx_row_kernel(
         high_ptrs3 = high_ptr + offs_n[None, :, None] * stride_high + offs_high[None, None, :]
         acc3 = tl.full((BLOCK_M, BLOCK_N, BLOCK_KW), 0.0, tl.float32)
         for w0 in range(0, KW, BLOCK_KW):
-            w_ok = (offs_w < KW - w0)[None, None, :]
-            x_ok = m_ok[:, None] & (offs_w < KW - w0)[None, :]
-            low, high = _plane_words(low_ptrs3, high_ptrs3, n_ok[None, :, None] & w_ok, HIGH_WIDTH)
+            w_ok = offs_w < KW - w0
+            x_ok = m_ok[:, None] & w_ok[None, :]
+            low, high = _plane_words(low_ptrs3, high_ptrs3, n_ok[None, :, None] & w_ok[None, None, :], HIGH_WIDTH)
             for j in tl.static_range(4):
                 first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
                 x_first = tl.load(x_ptrs + j, mask=x_ok, other=0.0).to(tl.float32) * X_SCALE

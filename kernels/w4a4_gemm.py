@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .reference import check_matmul_args, check_out, dp4a_bytes
-from .w4a4_gemv import GEMV_MAX_M, _gemv_autotuned, gemv_fits, w4a4_gemv_triton
+from .w4a4_gemv import _gemv_autotuned, check_gemv_fits, gemv_fits, w4a4_gemv_triton
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
@@ -291,9 +291,7 @@ def w4a4_matmul_triton(
         raise ValueError(f"swapped operands take per-row scales only, got groups {a_group} and {w_group}")
     m, n, k = a_packed.shape[0], w_packed.shape[0], 2 * a_packed.shape[1]
     if takes_gemv(m, k, a_group, w_group, gemv):
-        if not gemv_fits(m, k, a_group, w_group):
-            raise ValueError(f"the decode kernel takes 1 to {GEMV_MAX_M} rows, per-row scales (groups 0) and K a "
-                             f"multiple of 8, got M={m}, K={k}, groups {a_group} and {w_group}")
+        check_gemv_fits(m, k, a_group, w_group)
         # Packed codes as the decode kernel's bytes (torch operations; w4a4_linear has the activation kernel
         # write them directly).
         return w4a4_gemv_triton(dp4a_bytes(a_packed, a_element, w_element), a_scale, w_packed, w_scale,

@@ -239,6 +239,13 @@ def gemv_fits(m: int, k: int, a_group: int, w_group: int) -> bool:
     return 1 <= m <= GEMV_MAX_M and a_group == 0 and w_group == 0 and k % 8 == 0
 
 
+def check_gemv_fits(m: int, k: int, a_group: int, w_group: int) -> None:
+    """Raise ValueError unless ``gemv_fits``."""
+    if not gemv_fits(m, k, a_group, w_group):
+        raise ValueError(f"the decode kernel takes 1 to {GEMV_MAX_M} rows, per-row scales (groups 0) and K a "
+                         f"multiple of 8, got M={m}, K={k}, groups {a_group} and {w_group}")
+
+
 def _words(packed: torch.Tensor, dtype: torch.dtype = torch.int32) -> torch.Tensor:
     """(rows, bytes) packed bytes as (rows, bytes // size) words of ``dtype`` (little-endian: for 4-bit codes in
     int32, code 8i + j is nibble j of word i); the bytes per row must be a multiple of the word size."""
@@ -259,8 +266,7 @@ def w4a4_gemv_triton(
     ``dp4a_for``); writes into ``out`` when given."""
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
-    if not gemv_fits(m, k, 0, 0):
-        raise ValueError(f"the decode kernel takes 1 to {GEMV_MAX_M} rows and K a multiple of 8, got M={m}, K={k}")
+    check_gemv_fits(m, k, 0, 0)
     check_out(out, m, n, out_dtype)
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=a_bytes.device)
