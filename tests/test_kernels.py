@@ -431,6 +431,18 @@ def test_gemv_refuses_packed_codes_for_bytes():
     with pytest.raises(ValueError, match="a and w disagree on K"):
         w4a4_gemv.w4a4_gemv_triton(torch.zeros(1, 32, dtype=torch.int8), a_scale, w_packed, w_scale,
                                    a_element="int4", w_element="int4")
+    with pytest.raises(ValueError, match="one byte per code: K must be even, got K=63"):
+        w4a4_gemv.w4a4_gemv_triton(torch.zeros(1, 63, dtype=torch.int8), a_scale, w_packed, w_scale,
+                                   a_element="int4", w_element="int4")
+
+
+def test_dp4a_bytes_refuse_what_the_decode_kernel_cannot_pair():
+    from kernels.reference import dp4a_bytes
+
+    with pytest.raises(ValueError, match="words of 8: K must be a multiple of 8, got K=36"):
+        dp4a_bytes(torch.zeros(2, 18, dtype=torch.uint8), "int4", "int4")
+    with pytest.raises(ValueError, match="unknown 4-bit element 'e3m2'"):
+        dp4a_bytes(torch.zeros(2, 32, dtype=torch.uint8), "int4", "e3m2")
 
 
 @pytest.mark.parametrize("kernel", ["w4a4_gemv", "fpx_row"])
