@@ -11,6 +11,8 @@ dispatching on the tensors' device:
 - ``w4a4_matmul``: packed activations x packed weights -> (M, N) (Triton; on a GPU, up
   to 8 rows with per-row scales take the CUDA-core decode kernel ``w4a4_gemv``, other
   decode-sized M split K).
+- ``w4a4_matmul_dp4a``: the decode kernel alone, on activation codes already quantized to its dp4a
+  bytes (``quantize_activations(..., dp4a_for=...)``), 1..8 rows with per-row scales.
 - ``unpack_fp8`` and ``fp8_gemm.w4a4_matmul_fp8``: the prefill path for per-row scales,
   codes widened to FP8 and cuBLAS's row-wise scaled FP8 GEMM.
 - ``w8a8_linear``: INT8 per-token activations x INT8 per-channel weights (``int8_gemm``).
@@ -39,7 +41,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "fpx_matmul", "quantize_activations",
-           "unpack_fp8", "w4a4_linear", "w4a4_matmul", "w8a8_linear"]
+           "unpack_fp8", "w4a4_linear", "w4a4_matmul", "w4a4_matmul_dp4a", "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
 PATHS = ("packed", "fp8")
@@ -141,16 +143,36 @@ def w4a4_linear(
         return w4a4_matmul_fp8(codes, a_scale, unpack_fp8(w_packed, w_element, backend=backend), w_scale, bias)
     if _use_triton(x, backend) and x.is_cuda:
         from .w4a4_gemm import takes_gemv
-        from .w4a4_gemv import w4a4_gemv_triton
 
         if takes_gemv(m, k, a_group, w_group):  # the decode kernel (per-row scales), on dp4a bytes
             a_bytes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, dp4a_for=w_element,
                                                     backend=backend)
-            return w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
-                                    bias=bias, out_dtype=out_dtype)
+            return w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
+                             bias=bias, out_dtype=out_dtype, backend=backend)
     packed, a_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, backend=backend)
     return w4a4_matmul(packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                        a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend)
+
+
+def w4a4_matmul_dp4a(
+    a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
+    a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """(M, N) = (values(a_bytes) * a_scale) @ (decode(w) * w_scale).T (+ bias) for 1..8 rows, per-row scales.
+
+    ``a_bytes`` (M, K) int8 are the activation codes in the decode kernel's dp4a order for
+    ``w_element`` weights (``quantize_activations(..., dp4a_for=w_element)``).
+    """
+    if _use_triton(a_bytes, backend):
+        from .w4a4_gemv import w4a4_gemv_triton
+
+        return w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
+                                bias=bias, out_dtype=out_dtype)
+    from .reference import w4a4_gemv_ref
+
+    return w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element, bias=bias,
+                         out_dtype=out_dtype)
 
 
 def w4a4_matmul(

@@ -161,8 +161,10 @@ def quantize_activations_ref(
     xg = quantizer.grouped(x)
     scale = quantizer.fit(xg).scale
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    packed = packing.pack(packing.encode(quantizer.element.round(xg / safe), quantizer.element).reshape(m, k))
-    return (dp4a_bytes(packed, element, dp4a_for) if dp4a_for else packed), scale.reshape(m, -1)
+    levels = quantizer.element.round(xg / safe).reshape(m, k)
+    if dp4a_for:
+        return _dp4a_order(levels * DP4A_BYTES_PER_UNIT[element], dp4a_for), scale.reshape(m, -1)
+    return packing.pack(packing.encode(levels, quantizer.element)), scale.reshape(m, -1)
 
 
 def dp4a_bytes(packed: torch.Tensor, element: str, w_element: str) -> torch.Tensor:
@@ -172,13 +174,39 @@ def dp4a_bytes(packed: torch.Tensor, element: str, w_element: str) -> torch.Tens
     operand (8i + 0, 2, 4, 6 for INT4 weights; 8i + 0..3 for E2M1), the last K/2 the others.
     """
     w4a4_element(w_element)
-    m, k = packed.shape[0], 2 * packed.shape[1]
+    k = 2 * packed.shape[1]
     if k % 8:
         raise ValueError(f"dp4a bytes pair codes in words of 8: K must be a multiple of 8, got K={k}")
     values = packing.decode(packing.unpack(packed), w4a4_element(element)) * DP4A_BYTES_PER_UNIT[element]
+    return _dp4a_order(values, w_element)
+
+
+def _dp4a_order(values: torch.Tensor, w_element: str) -> torch.Tensor:
+    """(M, K) integer-valued floats -> int8 bytes in ``dp4a_bytes``' order for ``w_element`` weights."""
+    m, k = values.shape
     words = values.to(torch.int8).reshape(m, k // 8, 4, 2) if w_element == "int4" else (
         values.to(torch.int8).reshape(m, k // 8, 2, 4).transpose(2, 3))
     return words.permute(0, 3, 1, 2).reshape(m, k).contiguous()
+
+
+def dp4a_values(a_bytes: torch.Tensor, element: str, w_element: str) -> torch.Tensor:
+    """The inverse of ``dp4a_bytes`` up to packing: (M, K) dp4a bytes -> the codes' fp32 values in K order."""
+    m, k = a_bytes.shape
+    words = a_bytes.reshape(m, 2, k // 8, 4).permute(0, 2, 3, 1)  # (M, word, byte, operand)
+    values = words.reshape(m, k) if w_element == "int4" else words.transpose(2, 3).reshape(m, k)
+    return values.float() / DP4A_BYTES_PER_UNIT[element]
+
+
+def w4a4_gemv_ref(
+    a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
+    a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
+) -> torch.Tensor:
+    """``w4a4_matmul_ref`` with the activation codes given as dp4a bytes (per-row scales): the decode
+    kernel's twin."""
+    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype)
+    codes = packing.encode(dp4a_values(a_bytes, a_element, w_element), w4a4_element(a_element))
+    return w4a4_matmul_ref(packing.pack(codes), a_scale, w_packed, w_scale, a_element=a_element,
+                           w_element=w_element, bias=bias, out_dtype=out_dtype)
 
 
 def check_dp4a_args(

@@ -24,7 +24,7 @@ from kernels import act_quant, w4a4_gemm  # noqa: E402
 from kernels.reference import dequantize, quantize_activations_ref, w4a4_matmul_ref  # noqa: E402
 from quant_layers import E2M1, E4M3, QuantSpec, Quantizer  # noqa: E402
 from quant_layers.formats import e4m3_scale, e8m0_scale  # noqa: E402
-from quant_layers.packing import code_values, element_named, unpack  # noqa: E402
+from quant_layers.packing import code_values, decode, element_named, unpack  # noqa: E402
 from transforms.hadamard import block_hadamard_transform  # noqa: E402
 
 # (element, group_size, scale_kind, clip_ratio) and the spec the twin must realise.
@@ -388,6 +388,36 @@ def test_dp4a_bytes_pair_each_code_with_its_weight_operand():
         assert interleaved == [v[0], v[2], v[4], v[6], v[8], v[10], v[12], v[14],
                                v[1], v[3], v[5], v[7], v[9], v[11], v[13], v[15]]
         assert dp4a_bytes(packed, element, "e2m1").tolist()[0] == v[0:4] + v[8:12] + v[4:8] + v[12:16]
+
+
+@pytest.mark.parametrize("element", ["int4", "e2m1"])
+def test_dp4a_values_undo_dp4a_bytes(element):
+    """Every code, in both weight orders, back in K order as its value."""
+    from kernels.reference import dp4a_bytes, dp4a_values
+
+    codes = torch.arange(16, dtype=torch.uint8).repeat(3, 2)[:, torch.randperm(32)]
+    packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    want = decode(codes, element_named(element))
+    for w_element in ("int4", "e2m1"):
+        assert torch.equal(dp4a_values(dp4a_bytes(packed, element, w_element), element, w_element), want)
+
+
+@pytest.mark.parametrize("case", ["int4xint4", "e2m1xe2m1", "int4xe2m1"])
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_w4a4_matmul_dp4a_equals_the_packed_product(case, backend):
+    """``kernels.w4a4_matmul_dp4a`` (the decode kernel, or its twin) on dp4a bytes equals the product of the
+    packed codes they came from, at 1..8 rows."""
+    from kernels.reference import dp4a_bytes
+
+    a_el, w_el = case.split("x")
+    for m in (1, 5, 8):
+        (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", m, 24, 64)
+        bias = torch.randn(24)
+        want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_el, w_element=w_el, bias=bias,
+                               out_dtype=torch.float32)
+        got = kernels.w4a4_matmul_dp4a(dp4a_bytes(a_packed, a_el, w_el), a_scale, w_packed, w_scale, a_element=a_el,
+                                       w_element=w_el, bias=bias, out_dtype=torch.float32, backend=backend)
+        assert_matches_twin(got, want)
 
 
 @pytest.mark.parametrize("hadamard_block, dtype", [(0, torch.float32), (0, torch.bfloat16), (64, torch.bfloat16)])
