@@ -17,9 +17,6 @@ of the GPU) on random data (outliers, ragged M, real LLM widths):
   output filled with NaN (``w4a4_linear`` allocates its own)
   first (every entry must be written), against the fp32 twin within 1e-5 of the output's
   magnitude plus one ulp of a half output dtype;
-* the activation quantizer that a compiled decode step traces (``RealQuantLinear``'s decode route:
-  the twin through ``torch.compile``, to the decode kernel's dp4a bytes) against the activation
-  kernel's bytes at decode-sized M: every byte and scale equal;
 * the FP8 path: activation codes as E4M3 bytes and the weight widened to E4M3 (both equal
   to the twins' bytes), and the whole FP8-path linear (cuBLAS's row-wise FP8 GEMM) against
   the fp32 twin within two bfloat16 roundings (the product's and the bias sum's) plus
@@ -71,9 +68,6 @@ GPU_ACT_SHAPES = [(7, 4096), (257, 14336)]
 GPU_GEMM_SHAPES = [(1, 40, 128), (1, 4096, 4096), (4, 4096, 4096), (8, 4096, 4096), (16, 4096, 4096),
                    (33, 4096, 4096), (257, 6144, 4096)]
 DRY_ACT_SHAPES = [(1, 128), (5, 256)]
-# Decode-sized rows, as a compiled decode step quantizes them (each shape compiles the twin once per case).
-GPU_TRACED_ACT_SHAPES = [(1, 4096), (8, 14336)]
-DRY_TRACED_ACT_SHAPES = [(3, 256)]
 DRY_GEMM_SHAPES = [(1, 40, 128), (5, 48, 256)]
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -98,23 +92,6 @@ def check_act(x: torch.Tensor, name: str, hadamard_block: int) -> dict:
     return {"kernel": "act_quant", "case": name + (f" + H{hadamard_block}" if hadamard_block else ""),
             "shape": f"{x.shape[0]}x{x.shape[1]} {str(x.dtype).removeprefix('torch.')}",
             "codes_differ": codes, "scales_differ": scales, "ok": ok}
-
-
-def check_traced_act(x: torch.Tensor, name: str, w_element: str) -> dict:
-    """The activation quantizer a compiled decode step traces (the twin through ``torch.compile`` with the
-    decode step's options, to dp4a bytes) against the activation kernel: every byte and scale equal."""
-    from models.decoding import compile_options
-
-    element, _, _, clip = ACT_FORMATS[name]
-    torch._dynamo.reset()
-    traced = torch.compile(reference.quantize_activations_ref, fullgraph=True, options=compile_options())
-    got = traced(x, element, 0, "float", clip, 0, w_element)
-    want = kernels.quantize_activations(x, element, 0, "float", clip, dp4a_for=w_element, backend="triton")
-    codes = (got[0] != want[0]).float().mean().item()
-    scales = (got[1] != want[1]).float().mean().item()
-    return {"kernel": "traced act_quant", "case": f"{name} for {w_element} weights",
-            "shape": f"{x.shape[0]}x{x.shape[1]} {str(x.dtype).removeprefix('torch.')}",
-            "codes_differ": codes, "scales_differ": scales, "ok": codes == 0 and scales == 0}
 
 
 # Hopper's FP8 tensor cores add into their accumulator with fewer bits than fp32 between
@@ -263,7 +240,7 @@ def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: i
             "ok": ok}
 
 
-CHECKS = (check_act, check_traced_act, check_gemm, check_linear, check_fp8_codes, check_fp8_linear, check_fpx, check_decode_attention,
+CHECKS = (check_act, check_gemm, check_linear, check_fp8_codes, check_fp8_linear, check_fpx, check_decode_attention,
           check_decode_attention_packed)
 
 
@@ -311,7 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu" if args.cpu_dry_run else "cuda")
     act_shapes = DRY_ACT_SHAPES if args.cpu_dry_run else GPU_ACT_SHAPES
     gemm_shapes = DRY_GEMM_SHAPES if args.cpu_dry_run else GPU_GEMM_SHAPES
-    traced_act_shapes = DRY_TRACED_ACT_SHAPES if args.cpu_dry_run else GPU_TRACED_ACT_SHAPES
     torch.manual_seed(0)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
               "versions": library_versions(),
@@ -348,10 +324,6 @@ def main(argv: list[str] | None = None) -> int:
         if n % 16 == 0 and k % 16 == 0:
             for a_name, w_name in PER_ROW_PAIRS:
                 record(check_fp8_linear, m, n, k, a_name, w_name, device)
-    for m, k in traced_act_shapes:
-        x = random_activations(m, k, torch.bfloat16, device)
-        for name, w_element in (("int4-tok-clip0.9", "int4"), ("e2m1-tok", "e2m1"), ("int4-tok-clip0.9", "e2m1")):
-            record(check_traced_act, x, name, w_element)
     for m, k in act_shapes:
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             x = random_activations(m, k, dtype, device)

@@ -16,18 +16,6 @@ from transformers import StaticCache
 from quant_layers.packed_kv_cache import StaticPackedKVCache
 
 
-def compile_options() -> dict:
-    """Inductor options for a compiled decode step: ``x / y`` rounded like eager (``div_rn``) where this torch
-    has the switch. Compiled, the real-quantized linears' activation quantizer is traced
-    (``RealQuantLinear.traced_activation_quantization``); it divides by its scales, and a quotient
-    off by an ulp would round some codes otherwise than the kernels and the fake-quantized model.
-    """
-    from torch._inductor import config
-
-    numerics = getattr(config, "eager_numerics", None)
-    return {"eager_numerics.division_rounding": True} if hasattr(numerics, "division_rounding") else {}
-
-
 class StaticDecoder:
     """Greedy decoding from a static cache, one token per ``step()``: eagerly, or after ``capture()`` as
     replays of one captured CUDA graph (the token and its position are updated in place between steps).
@@ -48,8 +36,7 @@ class StaticDecoder:
         self.position = torch.tensor([seqlen], device=ids.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.following: torch.Tensor | None = None
-        self._forward = (torch.compile(self._eager_forward, options=compile_options()) if compile
-                         else self._eager_forward)
+        self._forward = torch.compile(self._eager_forward) if compile else self._eager_forward
 
     def _eager_forward(self) -> torch.Tensor:
         logits = self.model(self.token, past_key_values=self.cache, cache_position=self.position).logits

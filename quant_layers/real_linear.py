@@ -162,40 +162,8 @@ class RealQuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_transform is not None:
             x = self.input_transform(x)
-        if torch.compiler.is_compiling() and self.traced_activation_quantization(x):
-            return self._decode_product(x)
         high = getattr(self, "qweight_high", None)  # the 1- or 2-bit plane of 5- and 6-bit codes
         return torch.ops.ptq.real_quant_matmul(x, self.qweight, high, self.weight_scale, self.bias, self.schemes)
-
-    def traced_activation_quantization(self, x: torch.Tensor) -> bool:
-        """Whether ``torch.compile`` traces this product's activation quantization (its torch twin) and calls
-        only the decode kernel opaquely.
-
-        At decode sizes (up to ``GEMV_MAX_M`` rows, 4-bit codes with per-row float scales on both
-        sides) the activation kernel was one launch of 2-3 us per linear, 11 % of a compiled
-        Llama-3-8B W4A4KV4 decode step on the H200 (``benchmarks/results/end_to_end_h200.md``);
-        traced, the compiler fuses it into the kernel that produces ``x`` (the RMSNorm, SiLU * up).
-        """
-        from kernels.reference import ELEMENTS
-        from kernels.w4a4_gemv import gemv_fits
-
-        act, weight = self.act_scheme, self.weight_scheme
-        return (act is not None and act.element in ELEMENTS and weight.element in ELEMENTS and weight.bits == 4
-                and act.scale_kind == weight.scale_kind == "float"
-                and gemv_fits(x.numel() // x.shape[-1], x.shape[-1], act.group, weight.group))
-
-    def _decode_product(self, x: torch.Tensor) -> torch.Tensor:
-        """The product with the activation codes quantized by torch operations (traceable) to the decode
-        kernel's dp4a bytes."""
-        from kernels.reference import quantize_activations_ref
-
-        act = self.act_scheme
-        rows = x.reshape(-1, x.shape[-1])
-        a_bytes, a_scale = quantize_activations_ref(rows, act.element, clip_ratio=act.clip_ratio,
-                                                    dp4a_for=self.weight_scheme.element)
-        out = torch.ops.ptq.w4a4_matmul_dp4a(a_bytes, a_scale, self.qweight, self.weight_scale, self.bias, self.schemes,
-                                      x.dtype)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def dequantized_weight(qweight: torch.Tensor, weight_scale: torch.Tensor, weight: RealQuantScheme) -> torch.Tensor:
@@ -247,19 +215,3 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
 def _(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tensor], weight_scale: torch.Tensor,
       bias: Optional[torch.Tensor], schemes: str) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], weight_scale.shape[0])
-
-
-@torch.library.custom_op("ptq::w4a4_matmul_dp4a", mutates_args=())
-def w4a4_matmul_dp4a(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
-              bias: Optional[torch.Tensor], schemes: str, out_dtype: torch.dtype) -> torch.Tensor:
-    """``RealQuantLinear``'s decode-sized product from activation codes already in dp4a bytes (M, K) int8:
-    the decode kernel alone, opaque to ``torch.compile`` like ``real_quant_matmul``."""
-    weight, act = parse_schemes(schemes)
-    return kernels.w4a4_matmul_dp4a(a_bytes, a_scale, qweight, weight_scale, a_element=act.element,
-                             w_element=weight.element, bias=bias, out_dtype=out_dtype)
-
-
-@w4a4_matmul_dp4a.register_fake
-def _(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
-      bias: Optional[torch.Tensor], schemes: str, out_dtype: torch.dtype) -> torch.Tensor:
-    return a_bytes.new_empty(a_bytes.shape[0], weight_scale.shape[0], dtype=out_dtype)

@@ -10,7 +10,6 @@ from models.decoding import StaticDecoder
 from configs.recipe import QuantRecipe
 from quant_layers.packed_kv_cache import PackedKVCache, StaticPackedKVCache
 from quant_layers.quantizer import QuantSpec
-from quant_layers.real_linear import RealQuantScheme
 from test_packed_kv_cache import KV4, quantized
 
 
@@ -150,33 +149,3 @@ def test_decode_profile_lists_the_autotuned_configs(monkeypatch):
     text = markdown({"config": "llama-3-8b", "batch": 1, "seqlen": 8, "device": "cpu", "date": "", "versions": {},
                      "command": "", "rows": [row]}, top=5)
     assert "BLOCK_KW: 256" in text and "Autotuned `w4a4_gemv` configs" in text
-
-
-@pytest.mark.parametrize("weight, act, rows, traced", [
-    ("int4", RealQuantScheme("int4", clip_ratio=0.9), 1, True),
-    ("e2m1", RealQuantScheme("e2m1"), 8, True),
-    ("int4", RealQuantScheme("int4"), 9, False),  # past the decode kernel's rows
-    ("int4", RealQuantScheme("int4", group=16), 1, False),  # grouped scales
-    ("e2m1", RealQuantScheme("e2m1", group=16, scale_kind="e4m3"), 1, False),  # NVFP4
-])
-def test_compiled_linear_traces_its_decode_activation_quantizer(weight, act, rows, traced):
-    """Compiled at decode sizes, a real-quantized linear quantizes its input with traced torch operations and
-    calls only the decode kernel opaquely (``ptq.w4a4_matmul_dp4a``); elsewhere the whole product stays one
-    op. Either way the output is the eager one's, bit for bit."""
-    from benchmarks.bench_model import random_real_linear
-
-    scheme = RealQuantScheme(weight, group=act.group, scale_kind=act.scale_kind)
-    module = random_real_linear(torch.nn.Linear(64, 48), scheme, act, torch.Generator().manual_seed(0))
-    module.weight_scale.uniform_(0.01, 0.03)
-    x = torch.randn(rows, 1, 64, dtype=torch.bfloat16)
-    ops = []
-
-    def recording(gm, example_inputs):
-        ops.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
-        return gm
-
-    torch._dynamo.reset()
-    got = torch.compile(module, backend=recording, fullgraph=True)(x)
-    assert ("ptq.w4a4_matmul_dp4a" in ops, "ptq.real_quant_matmul" in ops) == (traced, not traced)
-    assert module.traced_activation_quantization(x) == traced
-    assert torch.equal(got, module(x))
