@@ -271,7 +271,8 @@ def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Te
 
 def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms) -> list[dict]:
     """bf16 activations x FPx weights (per-channel scales) against bf16 torch.matmul; for 2..ROW_MAX_M rows the
-    CUDA-core row kernel beside the tensor-core kernel that takes them by default."""
+    kernel the default did not pick beside it (the tensor-core kernel up to ROW_DEFAULT_MAX_M rows, where the
+    CUDA-core row kernel is the default, the row kernel above)."""
     from kernels import fpx_gemm  # late: builds Triton kernels (see main)
 
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
@@ -284,13 +285,15 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms) -> 
         weight_bytes = sum(p.numel() for p in planes) + 4 * n
         check = check_fpx(x, planes, scale, element)
         rows.append(row(n, m, k, f"{element} w-only", time_ms(gemm), weight_bytes, check))
-        rows[-1]["config"] = fpx_tuned_config(m == 1)  # one row takes the row kernel
-        if 1 < m <= fpx_gemm.ROW_MAX_M and k % 8 == 0:  # the CUDA-core row kernel, which takes one row by default
-            row_gemm = functools.partial(fpx_gemm.fpx_matmul_triton, x, planes, scale, element=element,
-                                         bits=element_named(element).bits, row_kernel=True)
-            rows.append(row(n, m, k, f"{element} w-only row kernel", time_ms(row_gemm), weight_bytes,
-                            check_fpx(x, planes, scale, element, row_kernel=True)))
-            rows[-1]["config"] = fpx_tuned_config(True)
+        by_default = m <= fpx_gemm.ROW_DEFAULT_MAX_M and k % 8 == 0 and not fpx_gemm.INTERPRET  # the row kernel
+        rows[-1]["config"] = fpx_tuned_config(by_default)
+        if 1 < m <= fpx_gemm.ROW_MAX_M and k % 8 == 0:
+            other = functools.partial(fpx_gemm.fpx_matmul_triton, x, planes, scale, element=element,
+                                      bits=element_named(element).bits, row_kernel=not by_default)
+            name = f"{element} w-only {'tensor-core' if by_default else 'row'} kernel"
+            rows.append(row(n, m, k, name, time_ms(other), weight_bytes,
+                            check_fpx(x, planes, scale, element, row_kernel=not by_default)))
+            rows[-1]["config"] = fpx_tuned_config(not by_default)
     for r in rows:
         r["x_bf16"] = rows[0]["ms"] / r["ms"]
     return rows

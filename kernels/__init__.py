@@ -20,7 +20,7 @@ dispatching on the tensors' device:
   along the keys (flash-decoding); the twin is SDPA. ``decode_attention_packed``: the same
   over a packed KV4 cache, its codes dequantized in the kernel.
 - ``fpx_matmul``: float activations x FP4 / FP5 / FP6 weights in bit planes (FP6-LLM
-  style, per-channel scales) -> (..., N); one row runs on the CUDA cores on a GPU.
+  style, per-channel scales) -> (..., N); up to 4 rows run on the CUDA cores on a GPU.
 
 ``backend=None`` picks Triton for CUDA tensors and the torch twin otherwise;
 ``backend="triton"`` also runs the kernels on CPU tensors when ``TRITON_INTERPRET=1``

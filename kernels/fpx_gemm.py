@@ -30,9 +30,10 @@ inside its loop: on the H200 FP6 E3M2 went from 1.28x / 1.21x bf16 to 1.21x / 1.
 4096x4096 / 14336x4096 and a profiled compiled FP6 decode step took 4519 us (221 tok/s,
 against 211 tok/s before; ``benchmarks/results/kernels_h200.md``, sixth run). The
 tuner picked 32 x 128 and 64 x 64 words on 8 warps, with and without prefetching.
-``row_kernel=True`` also runs 2 to ``ROW_MAX_M`` rows there, each decoded pair multiplying
-every row; not yet timed, so by default those rows keep the tensor-core kernel (0.44-0.72x
-bf16 at M = 8 on the H200).
+The row kernel also runs 2 to ``ROW_MAX_M`` rows, each decoded pair multiplying every row. On
+the H200 (2026-12-02, tenth session) it took M = 4 from 0.45-0.72x bf16 on the tensor-core kernel
+to 0.82-1.02x, and tied it at M = 8 (0.48-0.70x), so by default a GPU gives it up to
+``ROW_DEFAULT_MAX_M`` rows; ``row_kernel=True`` takes it to ``ROW_MAX_M``.
 
 Like ``act_quant`` and ``w4a4_gemm`` it calls only Triton builtins and its own
 ``triton.jit`` helpers (no ``tl.zeros`` / ``tl.cdiv``), so that it runs under the
@@ -79,9 +80,10 @@ ROW_CONFIGS = [
     (16, 128, 8, 2, True), (32, 128, 8, 2, True), (32, 64, 16, 2, True), (32, 128, 16, 2, True),
     (64, 64, 8, 2, True),
 ]
-# The row kernel takes up to this many activation rows (``row_kernel=True``); by default a GPU gives it one
-# (batch-1 decode), and more rows take the tensor-core kernel until the row kernel is timed at them.
+# The row kernel takes up to ROW_MAX_M activation rows (``row_kernel=True``); by default a GPU gives it up to
+# ROW_DEFAULT_MAX_M, where it beat the tensor-core kernel 1.4-1.9x on the H200 (at 8 rows they tied).
 ROW_MAX_M = 8
+ROW_DEFAULT_MAX_M = 4
 # The one-row kernel multiplies the activations by 2^ROW_X_SCALE_EXP: a product of a subnormal placement
 # (>= 2^-130) and an activation is then normal, so exact, for |x| >= 2^-28, and x overflows only past 2^96.
 ROW_X_SCALE_EXP = 32
@@ -345,8 +347,8 @@ def fpx_matmul_triton(
     """The Triton twin of ``reference.fpx_matmul_ref`` (x 2-D); writes into ``out`` (M, N) when given.
 
     ``row_kernel``: whether the rows run on ``_fpx_row_kernel`` (CUDA cores) rather than the
-    tensor-core kernel; None takes it for M = 1 on a GPU. True with more than ROW_MAX_M
-    rows is an error.
+    tensor-core kernel; None takes it for up to ROW_DEFAULT_MAX_M rows on a GPU. True with
+    more than ROW_MAX_M rows is an error.
     """
     check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype)
     if row_kernel and not (1 <= x.shape[0] <= ROW_MAX_M and x.shape[1] % 8 == 0):
@@ -373,7 +375,7 @@ def fpx_matmul_triton(
     flags = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias,
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                  DOT_F32=INTERPRET or x.dtype == torch.float32)
-    if row_kernel or (row_kernel is None and m == 1 and k % 8 == 0 and not INTERPRET):
+    if row_kernel or (row_kernel is None and m <= ROW_DEFAULT_MAX_M and k % 8 == 0 and not INTERPRET):
         low_words = _words(low)
         high_words = _words(high, HIGH_WORD_DTYPES[HIGH_PLANE_WIDTH[bits]]) if len(planes) > 1 else low_words
         row_args = (x, low_words, high_words, scale, bias_arg, out, m, n, k // 8, x.stride(0), out.stride(0),
