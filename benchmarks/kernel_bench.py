@@ -166,6 +166,11 @@ def fpx_tuned_config(row_kernel: bool) -> str:
     return described(getattr(tuner, "best_config", None))
 
 
+def in_stream_note(calls: int) -> str:
+    """How ``--in_stream`` timed, for the result's timing line."""
+    return f", in a stream: one CUDA graph of {calls} calls minus one of their L2 flushes, per call" if calls else ""
+
+
 def described(config) -> str:
     if config is None:
         return ""
@@ -346,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=10, help="untimed calls first (the first ones autotune)")
     p.add_argument("--flush_l2", action="store_true", help="clear the L2 cache before every timed repetition")
     p.add_argument("--cuda_graph", action="store_true", help="time CUDA-graph replays (no host launch overhead)")
+    p.add_argument("--in_stream", type=int, default=0, metavar="R",
+                   help="time each call inside a stream of kernels: a CUDA graph of R calls (each after the L2 "
+                        "flush with --flush_l2), minus one of the flushes alone, per call; a lone replay's launch "
+                        "latency drops out, as it does for a kernel inside a captured model step")
     p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: Triton interpreter on CPU, tiny default shapes")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
@@ -364,13 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     formats = [f for f in args.formats.split(",") if f]
     if not formats or any(f not in W4A4_FORMATS for f in formats):
         raise SystemExit(f"--formats takes a comma list of {', '.join(W4A4_FORMATS)}, got {args.formats!r}")
-    time_ms = make_timer(device, args.warmup, args.reps, args.flush_l2, args.cuda_graph and not args.cpu_dry_run)
+    time_ms = make_timer(device, args.warmup, args.reps, args.flush_l2, args.cuda_graph and not args.cpu_dry_run,
+                         args.in_stream)
     torch.manual_seed(0)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device), "versions": library_versions(),
         "timing": f"median of {args.reps} after {args.warmup} warmup calls"
                   f"{', L2 flushed before each' if args.flush_l2 else ''}"
-                  f"{', CUDA graph replays' if args.cuda_graph else ''}"
+                  f"{', CUDA graph replays' if args.cuda_graph and not args.in_stream else ''}"
+                  f"{in_stream_note(args.in_stream)}"
                   f"{' (CPU, Triton interpreter: not a speed measurement)' if args.cpu_dry_run else ''}",
         "command": "python benchmarks/kernel_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "gemm": [], "act_quant": [], "weight_only": [],

@@ -12,14 +12,40 @@ L2_FLUSH_BYTES = 256 * 2**20
 
 
 def make_timer(
-    device: torch.device, warmup: int, reps: int, flush_l2: bool, cuda_graph: bool
+    device: torch.device, warmup: int, reps: int, flush_l2: bool, cuda_graph: bool, in_stream: int = 0,
 ) -> Callable[[Callable[[], object]], float]:
     """A function timing a callable: median milliseconds (CUDA events on GPU, wall clock on CPU).
 
     With ``cuda_graph`` the call is captured once (after the warmup, which autotunes) and
-    replayed, so host-side launch overhead drops out of the small-M timings.
+    replayed, so host-side launch overhead drops out of the small-M timings; each replay
+    still pays the GPU's launch latency of a lone graph (a few microseconds), which in a
+    captured model step overlaps the kernel before. ``in_stream`` R (on a GPU) times the
+    call inside a stream of kernels instead: one graph of R calls, each after the L2 flush
+    when ``flush_l2``, minus one graph of the R flushes alone, per call (median of
+    ``reps`` replays of each).
     """
     flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if flush_l2 and device.type == "cuda" else None
+
+    def graph_of(calls: int, fn: Callable[[], object] | None) -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                if flush is not None:
+                    flush.zero_()
+                if fn is not None:
+                    fn()
+        return graph
+
+    def replay_ms(graph: torch.cuda.CUDAGraph) -> float:
+        events = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            events.append((start, end))
+        torch.cuda.synchronize(device)
+        return statistics.median(s.elapsed_time(e) for s, e in events)
 
     def time_ms(fn: Callable[[], object]) -> float:
         for _ in range(warmup):
@@ -32,6 +58,9 @@ def make_timer(
                 times.append((time.perf_counter() - start) * 1e3)
             return statistics.median(times)
         torch.cuda.synchronize(device)
+        if in_stream:
+            flushes = replay_ms(graph_of(in_stream, None)) if flush is not None else 0.0
+            return (replay_ms(graph_of(in_stream, fn)) - flushes) / in_stream
         if cuda_graph:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
