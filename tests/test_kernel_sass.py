@@ -42,3 +42,25 @@ def test_kernel_sass_refuses_the_interpreter(tmp_path):
     done = run_sass("--out", str(tmp_path / "sass"), interpret=True)
     assert done.returncode == 2 and "TRITON_INTERPRET is set: unset it" in done.stderr
     assert not (tmp_path / "sass.json").exists()
+
+
+def test_gemv_ncu_launches_each_config_under_the_interpreter(capsys):
+    """The ncu driver of the decode kernel: every config launched (prefetching or not), a finite output."""
+    from benchmarks import gemv_ncu
+
+    assert gemv_ncu.main(["--cpu_dry_run", "--launches", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(line.endswith("output finite: True") for line in lines)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--configs", "16,256,8"], "five integers"),
+    (["--shapes", "4096by4096"], "a shape is N x K"),
+    (["--shapes", "4096x4100"], "K a multiple of 8"),
+])
+def test_gemv_ncu_refuses_bad_arguments(argv, message, capsys):
+    from benchmarks import gemv_ncu
+
+    with pytest.raises(SystemExit):
+        gemv_ncu.main(argv)
+    assert message in capsys.readouterr().err

@@ -1,0 +1,103 @@
+"""Launch the W4A4 decode kernel with fixed configs, one row of activations, for Nsight Compute to profile.
+
+``kernel_bench.py`` times the autotuner's pick; ncu needs each config launched on its own,
+without the autotuner's trial runs. This driver launches ``w4a4_gemv._w4a4_gemv_kernel``
+directly for every ``--shapes`` x ``--configs`` pair, ``--launches`` times each, on random
+codes (INT4 or E2M1 weights). Profile it with, for example:
+
+    ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \\
+        --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:_w4a4_gemv_kernel \\
+        python benchmarks/gemv_ncu.py --shapes 4096x4096,14336x4096
+
+``benchmarks/results/kernels_h200.md`` (seventh run) holds what it showed on the H200.
+``--cpu_dry_run`` launches under the Triton interpreter on a tiny shape (to exercise the
+script without a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH): the configs of the ncu run of 2026-12-02.
+DEFAULT_CONFIGS = "16,256,8,2,0;2,128,2,3,0;8,128,4,2,1"
+DRY_SHAPE = (40, 256)
+
+
+def parse_configs(text: str) -> list[tuple[int, int, int, int, bool]]:
+    """'BLOCK_N,BLOCK_KW,warps,stages,prefetch;...' -> tuples; a clear error for anything else."""
+    configs = []
+    for part in filter(None, text.split(";")):
+        fields = part.split(",")
+        if len(fields) != 5 or not all(f.strip().isdigit() for f in fields):
+            raise ValueError(f"a config is BLOCK_N,BLOCK_KW,warps,stages,prefetch (five integers), got {part!r}")
+        block_n, block_kw, warps, stages, prefetch = (int(f) for f in fields)
+        configs.append((block_n, block_kw, warps, stages, bool(prefetch)))
+    return configs
+
+
+def launch(n: int, k: int, config: tuple[int, int, int, int, bool], w_element: str, launches: int,
+           device: torch.device) -> torch.Tensor:
+    """``launches`` calls of the decode kernel on one random activation row; returns the (1, n) output."""
+    import triton
+
+    from kernels.reference import dp4a_bytes
+    from kernels.w4a4_gemv import INTERPRET, _w4a4_gemv_kernel, _words
+
+    a_packed = torch.randint(0, 256, (1, k // 2), dtype=torch.uint8, device=device)
+    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=device)
+    a_words, w_words = _words(dp4a_bytes(a_packed, "int4", w_element)), _words(w_packed)
+    a_scale, w_scale = torch.rand(1, 1, device=device), torch.rand(n, 1, device=device)
+    out = torch.empty(1, n, dtype=torch.bfloat16, device=device)
+    block_n, block_kw, warps, stages, prefetch = config
+    unit = 1 / 16 if w_element == "int4" else 0.5
+    for _ in range(launches):
+        _w4a4_gemv_kernel[(triton.cdiv(n, block_n),)](
+            a_words, a_scale, w_words, w_scale, out, out, 1, n, k // 8, 1, a_words.stride(0), w_words.stride(0),
+            a_scale.stride(0), w_scale.stride(0), out.stride(0), unit, W_INT4=w_element == "int4", HAS_BIAS=False,
+            USE_ASM=not INTERPRET, BLOCK_M=1, BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch,
+            num_warps=warps, num_stages=stages)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="4096x4096,14336x4096", help="N x K weight shapes, comma-separated")
+    p.add_argument("--configs", default=DEFAULT_CONFIGS,
+                   help="';'-separated BLOCK_N,BLOCK_KW,warps,stages,prefetch (default: %(default)s)")
+    p.add_argument("--w_element", default="int4", choices=("int4", "e2m1"))
+    p.add_argument("--launches", type=int, default=3, help="launches per shape and config")
+    p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: the interpreter, a tiny shape, one check")
+    args = p.parse_args(argv)
+    try:
+        configs = parse_configs(args.configs)
+    except ValueError as err:
+        p.error(str(err))
+    shapes = [tuple(int(v) for v in s.split("x")) if s.count("x") == 1 and s.replace("x", "").isdigit()
+              else p.error(f"a shape is N x K, like 4096x4096, got {s!r}") for s in args.shapes.split(",")]
+    if any(k % 8 for _, k in shapes):
+        p.error(f"the decode kernel takes K a multiple of 8, got shapes {args.shapes}")
+    if args.cpu_dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"
+        shapes, configs = [DRY_SHAPE], [(8, 4, 1, 1, c[4]) for c in configs]
+    elif not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run on a GPU (under ncu), or pass --cpu_dry_run")
+    device = torch.device("cpu" if args.cpu_dry_run else "cuda")
+    torch.manual_seed(0)
+    for n, k in shapes:
+        for config in configs:
+            out = launch(n, k, config, args.w_element, args.launches, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            print(f"N={n} K={k} config={config}: {args.launches} launches, output finite: "
+                  f"{bool(out.float().isfinite().all())}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
