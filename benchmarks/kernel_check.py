@@ -17,6 +17,11 @@ of the GPU) on random data (outliers, ragged M, real LLM widths):
   output filled with NaN (``w4a4_linear`` allocates its own)
   first (every entry must be written), against the fp32 twin within 1e-5 of the output's
   magnitude plus one ulp of a half output dtype;
+* the quantizers a compiled decode step compiles into its glue (KV4 per head, activations per
+  token), through ``torch.compile`` with the step's options, against the same quantizers run
+  eagerly: every level and scale equal (inductor on a GPU multiplies by reciprocals and
+  divides approximately unless told otherwise; ``quantizer.true_divide``,
+  ``models.decoding.compile_options``);
 * the FP8 path: activation codes as E4M3 bytes and the weight widened to E4M3 (both equal
   to the twins' bytes), and the whole FP8-path linear (cuBLAS's row-wise FP8 GEMM) against
   the fp32 twin within two bfloat16 roundings (the product's and the bias sum's) plus
@@ -47,6 +52,7 @@ import kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be 
 from kernels import reference  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 from quant_layers.packing import element_named, encode, pack_planes  # noqa: E402
+from quant_layers.quantizer import QuantSpec  # noqa: E402
 
 # name -> (element, group, scale kind, clip ratio)
 ACT_FORMATS = {
@@ -68,6 +74,17 @@ GPU_ACT_SHAPES = [(7, 4096), (257, 14336)]
 GPU_GEMM_SHAPES = [(1, 40, 128), (1, 4096, 4096), (4, 4096, 4096), (8, 4096, 4096), (16, 4096, 4096),
                    (33, 4096, 4096), (257, 6144, 4096)]
 DRY_ACT_SHAPES = [(1, 128), (5, 256)]
+# The quantizers a compiled decode step compiles into its glue: KV4 per head (K symmetric, V with a zero
+# point), and the activations' per-token ones; rows of 8 heads of 128.
+COMPILED_QUANTIZER_SPECS = {
+    "int4-head": QuantSpec("int", 4, granularity="head"),
+    "int4-head-asym": QuantSpec("int", 4, granularity="head", symmetric=False),
+    "int4-tok-clip0.9": QuantSpec("int", 4, granularity="token", clip_ratio=0.9),
+    "e2m1-tok": QuantSpec("fp", 4, exp_bits=2, granularity="token"),
+}
+COMPILED_QUANTIZER_HEAD_DIM = 128
+GPU_COMPILED_QUANTIZER_SHAPES = [(2049, 1024)]
+DRY_COMPILED_QUANTIZER_SHAPES = [(3, 256)]
 DRY_GEMM_SHAPES = [(1, 40, 128), (5, 48, 256)]
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -92,6 +109,29 @@ def check_act(x: torch.Tensor, name: str, hadamard_block: int) -> dict:
     return {"kernel": "act_quant", "case": name + (f" + H{hadamard_block}" if hadamard_block else ""),
             "shape": f"{x.shape[0]}x{x.shape[1]} {str(x.dtype).removeprefix('torch.')}",
             "codes_differ": codes, "scales_differ": scales, "ok": ok}
+
+
+def check_compiled_quantizer(x: torch.Tensor, name: str) -> dict:
+    """A quantizer compiled as a compiled decode step compiles its K/V quantizers (inductor, the step's options)
+    against the same quantizer run eagerly on the device: every level and scale equal."""
+    from models.decoding import compile_options
+    from quant_layers.quantizer import Quantizer
+
+    quantizer = Quantizer(COMPILED_QUANTIZER_SPECS[name], COMPILED_QUANTIZER_HEAD_DIM)
+
+    def levels_and_scale(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xg = quantizer.grouped(x)
+        params = quantizer.fit(xg)
+        return quantizer.levels(xg, params), params.scale
+
+    torch._dynamo.reset()
+    got = torch.compile(levels_and_scale, fullgraph=True, options=compile_options())(x)
+    want = levels_and_scale(x)
+    levels = (got[0] != want[0]).float().mean().item()
+    scales = (got[1] != want[1]).float().mean().item()
+    return {"kernel": "compiled quantizer", "case": name,
+            "shape": f"{x.shape[0]}x{x.shape[1]} {str(x.dtype).removeprefix('torch.')}",
+            "codes_differ": levels, "scales_differ": scales, "ok": levels == 0 and scales == 0}
 
 
 # Hopper's FP8 tensor cores add into their accumulator with fewer bits than fp32 between
@@ -240,8 +280,8 @@ def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: i
             "ok": ok}
 
 
-CHECKS = (check_act, check_gemm, check_linear, check_fp8_codes, check_fp8_linear, check_fpx, check_decode_attention,
-          check_decode_attention_packed)
+CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_fp8_codes, check_fp8_linear,
+          check_fpx, check_decode_attention, check_decode_attention_packed)
 
 
 def check_name(check) -> str:
@@ -324,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         if n % 16 == 0 and k % 16 == 0:
             for a_name, w_name in PER_ROW_PAIRS:
                 record(check_fp8_linear, m, n, k, a_name, w_name, device)
+    for m, k in DRY_COMPILED_QUANTIZER_SHAPES if args.cpu_dry_run else GPU_COMPILED_QUANTIZER_SHAPES:
+        x = random_activations(m, k, torch.bfloat16, device)
+        for name in COMPILED_QUANTIZER_SPECS:
+            record(check_compiled_quantizer, x, name)
     for m, k in act_shapes:
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             x = random_activations(m, k, dtype, device)

@@ -16,6 +16,20 @@ from transformers import StaticCache
 from quant_layers.packed_kv_cache import StaticPackedKVCache
 
 
+def compile_options() -> dict:
+    """Inductor options for a compiled decode step: ``x / y`` rounded like eager (``div_rn``) where this torch
+    has the switch.
+
+    The step's K/V quantizers compile into its glue, and Triton's ``/`` is an approximate
+    division (within 2 ulps): a value over its scale near a rounding tie could get another
+    code than in the eager step, the kernels and the fake-quantized model.
+    """
+    from torch._inductor import config
+
+    numerics = getattr(config, "eager_numerics", None)
+    return {"eager_numerics.division_rounding": True} if hasattr(numerics, "division_rounding") else {}
+
+
 class StaticDecoder:
     """Greedy decoding from a static cache, one token per ``step()``: eagerly, or after ``capture()`` as
     replays of one captured CUDA graph (the token and its position are updated in place between steps).
@@ -36,7 +50,8 @@ class StaticDecoder:
         self.position = torch.tensor([seqlen], device=ids.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.following: torch.Tensor | None = None
-        self._forward = torch.compile(self._eager_forward) if compile else self._eager_forward
+        self._forward = (torch.compile(self._eager_forward, options=compile_options()) if compile
+                         else self._eager_forward)
 
     def _eager_forward(self) -> torch.Tensor:
         logits = self.model(self.token, past_key_values=self.cache, cache_position=self.position).logits

@@ -172,14 +172,21 @@ class QuantParams:
 
 
 def true_divide(t: torch.Tensor, value: float) -> torch.Tensor:
-    """``t / value`` correctly rounded on every device.
+    """``t / value`` correctly rounded in t's dtype on every device, compiled or not.
 
     CUDA turns a division by a Python number into a multiplication by its rounded
-    reciprocal, which can differ in the last bit from the division (and from the Triton
-    kernels, which divide): scales would then differ by one ulp between CPU and GPU and
-    values on a rounding tie would round differently.
+    reciprocal, and so does ``torch.compile`` on a GPU for any divisor it can fold to a
+    constant, a 0-d tensor made of one included. In t's own precision that can be an ulp
+    off the division (and off the Triton kernels, which divide exactly): scales would
+    differ by an ulp between CPU, GPU and compiled code, and values on a rounding tie would
+    round differently (``benchmarks/results/end_to_end_h200.md``, run 7). So the quotient
+    is taken in float64, by division or by reciprocal alike, and rounded once to t's dtype.
+    That is the correctly rounded quotient for every divisor whose odd part has at most 24
+    bits (the element maxima: 7, 6, 15, 2688, ...): unless ``value`` is a power of two
+    (then any method is exact), no float32 or narrower t over it lies on a rounding
+    midpoint of t's dtype, and none lies within float64's few ulps of one.
     """
-    return t / torch.full((), value, dtype=t.dtype, device=t.device)
+    return (t.double() / value).to(t.dtype)
 
 
 def nvfp_tensor_scale(tensor_amax: torch.Tensor) -> torch.Tensor:

@@ -81,7 +81,8 @@ def test_kernel_check_refuses_an_unknown_check(tmp_path, capsys):
 
     with pytest.raises(SystemExit):
         main(["--cpu_dry_run", "--only", "w4a4_gemm", "--out", str(tmp_path / "check")])
-    assert "unknown checks ['w4a4_gemm'] in --only: choose from act, gemm" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown checks ['w4a4_gemm'] in --only: choose from act, compiled_quantizer, gemm" in err
 
 
 def test_kernel_check_runs_only_the_chosen_gemm_pairs(tmp_path, capsys):
@@ -94,3 +95,14 @@ def test_kernel_check_runs_only_the_chosen_gemm_pairs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--cpu_dry_run", "--gemm_pairs", "nvfp5", "--out", str(tmp_path / "other")])
     assert "unknown activation formats ['nvfp5'] in --gemm_pairs" in capsys.readouterr().err
+
+
+def test_kernel_check_compares_compiled_quantizers_with_eager_ones(tmp_path):
+    """The KV4 and per-token quantizers through torch.compile (CPU inductor here) equal the eager ones."""
+    from benchmarks.kernel_check import main
+
+    prefix = str(tmp_path / "check")
+    assert main(["--cpu_dry_run", "--only", "compiled_quantizer", "--out", prefix]) == 0
+    text = open(prefix + ".md").read()
+    assert "4 checks, 0 failed." in text
+    assert "| compiled quantizer | int4-head-asym | 3x256 bfloat16 | 0.0 | 0.0 |" in text
