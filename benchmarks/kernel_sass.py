@@ -6,8 +6,10 @@ the kernel with Triton for ``--arch`` (default sm_90, Hopper) as the JIT would o
 call (pointers, sizes and strides divisible by 16), disassembles the cubin with Triton's
 bundled ``nvdisasm`` and reports the SASS instruction mix: how many integer (LOP3, IMAD,
 SHF, IADD3), float (FFMA), dp4a (IDP), load and shared-memory instructions and barriers
-the kernel holds, and how many layout conversions Triton put in (``convert_layout``; inside
-the K loop they go through shared memory with a barrier each). These are static counts of
+the kernel holds, how many layout conversions Triton put in (``convert_layout``; inside
+the K loop they go through shared memory with a barrier each), and the registers a thread
+uses (``cuobjdump -res-usage``), with the warps an SM can hold at that count (ncu found the
+decode kernel latency-bound at the occupancy its registers allow). These are static counts of
 the whole kernel, not a speed measurement: they show where the instructions go and which
 configs shuffle their tiles, which ``kernel_bench.py`` then times on a GPU.
 
@@ -89,6 +91,8 @@ def sass_counts(source, config: tuple[int, ...], arch: int) -> dict:
         with open(cubin, "wb") as f:
             f.write(kernel.asm["cubin"])
         sass = subprocess.run([nvdisasm, "-c", cubin], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([os.path.join(os.path.dirname(nvdisasm), "cuobjdump"), "-res-usage", cubin],
+                               capture_output=True, text=True, check=True).stdout
     opcodes = collections.Counter()
     for line in sass.splitlines():
         found = re.match(r"\s+/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
@@ -98,7 +102,19 @@ def sass_counts(source, config: tuple[int, ...], arch: int) -> dict:
                       + (" prefetch" if config[4:] and config[4] else ""),
             "instructions": sum(opcodes.values()), **{op: opcodes.get(op, 0) for op in COLUMNS},
             "convert_layout": kernel.asm["ttgir"].count("ttg.convert_layout"),
-            "shared_bytes": kernel.metadata.shared}
+            "shared_bytes": kernel.metadata.shared, **resource_usage(usage, config[2])}
+
+
+def resource_usage(text: str, warps: int) -> dict:
+    """Registers a thread and spilled (local) bytes from ``cuobjdump -res-usage``, and the warps an SM can hold
+    at that register count (65,536 registers an SM, allocated per warp in units of 256, at most 64 warps)."""
+    found = re.search(r"REG:(\d+).*?LOCAL:(\d+)", text)
+    if not found:
+        raise RuntimeError(f"cuobjdump -res-usage gave no register count: {text[:200]!r}")
+    registers, local = int(found.group(1)), int(found.group(2))
+    per_warp = -(-registers * 32 // 256) * 256
+    blocks = 65536 // (per_warp * warps)
+    return {"registers": registers, "local_bytes": local, "warps_per_sm": min(blocks * warps, 64)}
 
 
 def markdown(result: dict) -> str:
@@ -106,11 +122,13 @@ def markdown(result: dict) -> str:
              f"Date: {result['date']}. Versions: {result['versions']}.", f"Command: `{result['command']}`", "",
              "Static counts over the whole kernel (one K step's body plus prologue and epilogue), per autotuning "
              "config; `convert_layout` counts Triton's layout conversions (through shared memory).", "",
-             "| config | SASS | " + " | ".join(COLUMNS) + " | convert_layout | shared bytes |",
-             "|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
+             "| config | SASS | " + " | ".join(COLUMNS) + " | convert_layout | shared bytes | registers | spilled "
+             "bytes | warps an SM holds (registers) |",
+             "|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|"]
     for r in result["configs"]:
         lines.append(f"| {r['config']} | {r['instructions']} | " + " | ".join(str(r[c]) for c in COLUMNS)
-                     + f" | {r['convert_layout']} | {r['shared_bytes']} |")
+                     + f" | {r['convert_layout']} | {r['shared_bytes']} | {r['registers']} | {r['local_bytes']} | "
+                     f"{r['warps_per_sm']} |")
     return "\n".join(lines) + "\n"
 
 

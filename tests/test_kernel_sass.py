@@ -27,7 +27,18 @@ def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply
     result = json.loads((tmp_path / "sass.json").read_text())
     (row,) = result["configs"]
     assert row["instructions"] > 100 and row[multiply] > 0 and row["LDG"] > 0
+    assert 16 <= row["registers"] <= 255 and row["local_bytes"] >= 0 and 1 <= row["warps_per_sm"] <= 64
     assert (tmp_path / "sass.md").read_text().count("\n| ") == 2  # header and one config
+
+
+def test_resource_usage_counts_the_warps_registers_allow():
+    from benchmarks.kernel_sass import resource_usage
+
+    line = "Function _kernel:REG:66 STACK:0 SHARED:128 LOCAL:0 CONSTANT[0]:560 TEXTURE:0 SURFACE:0 SAMPLER:0"
+    assert resource_usage(line, 8) == {"registers": 66, "local_bytes": 0, "warps_per_sm": 24}  # 3 blocks of 8
+    assert resource_usage(line.replace("REG:66", "REG:32"), 2)["warps_per_sm"] == 64
+    with pytest.raises(RuntimeError, match="no register count"):
+        resource_usage("nothing", 8)
 
 
 @pytest.mark.parametrize("kernel, element, message", [("fpx_row", "e5m2", "--element 'e5m2'"),
