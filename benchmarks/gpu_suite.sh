@@ -15,6 +15,8 @@
 #              decode-sized kernels timed at M = 1 and 8 (INT4, E2M1), a compiled W4A4KV4 decode step profiled
 #              (issues 9, 10)
 #   decode_b1  bf16 against W4A4KV4 (MODES) compiled CUDA-graph decode at batch 1 (issue 10)
+#   rounding   the quantizers a compiled decode step compiles (KV4 per head, activations per token) against the
+#              same quantizers run eagerly, then a compiled W4A4KV4 decode step profiled (issue 10)
 #   profile    the GPU time of each kernel of one compiled decode step, bf16 / W4A4 / W4A4KV4, and the
 #              autotuned configs (issue 10); BATCH=8 for batch-8 decode
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
@@ -73,6 +75,11 @@ for section in "$@"; do
       step "${LIMIT_DECODE_B1:-230}" bench_model_decode_b1 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-bf16,w4a4kv4}" --prefill_batches "" --decode_batches 1 \
         --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_compiled_dp4a_words_llama3_8b_h200" ;;
+    rounding)
+      step "${LIMIT_ROUNDING_CHECK:-150}" kernel_check_compiled_quantizer python benchmarks/kernel_check.py \
+        --only compiled_quantizer --out "$OUT/kernel_check_compiled_quantizer_h200"
+      step "${LIMIT_ROUNDING_PROFILE:-250}" decode_profile_rounding python benchmarks/decode_profile.py --compile \
+        --modes w4a4kv4 --out "$OUT/decode_profile_compiled_ieee_division_llama3_8b_h200" ;;
     profile)
       step "${LIMIT_PROFILE:-400}" decode_profile python benchmarks/decode_profile.py --compile \
         --modes w4a4,bf16,w4a4kv4 --batch "${BATCH:-1}" --out "$OUT/decode_profile_compiled_b${BATCH:-1}_llama3_8b_h200" ;;
@@ -80,6 +87,6 @@ for section in "$@"; do
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, profile, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, profile, roundtrip" >&2; exit 2 ;;
   esac
 done
