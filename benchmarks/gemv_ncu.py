@@ -1,9 +1,9 @@
 """Launch the W4A4 decode kernel with fixed configs, one row of activations, for Nsight Compute to profile.
 
 ``kernel_bench.py`` times the autotuner's pick; ncu needs each config launched on its own,
-without the autotuner's trial runs. This driver launches ``w4a4_gemv._w4a4_gemv_kernel``
-directly for every ``--shapes`` x ``--configs`` pair, ``--launches`` times each, on random
-codes (INT4 or E2M1 weights). Profile it with, for example:
+without the autotuner's trial runs. This driver calls ``w4a4_gemv.w4a4_gemv_triton`` with
+each config fixed (its ``config`` argument) for every ``--shapes`` x ``--configs`` pair,
+``--launches`` times each, on random codes (INT4 or E2M1 weights). Profile it with, for example:
 
     ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \\
         --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:_w4a4_gemv_kernel \\
@@ -24,6 +24,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.kernel_bench import parse_shapes  # noqa: E402
+
 # (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH): the configs of the ncu run of 2026-12-02.
 DEFAULT_CONFIGS = "16,256,8,2,0;2,128,2,3,0;8,128,4,2,1"
 DRY_SHAPE = (40, 256)
@@ -43,43 +45,46 @@ def parse_configs(text: str) -> list[tuple[int, int, int, int, bool]]:
 
 def launch(n: int, k: int, config: tuple[int, int, int, int, bool], w_element: str, launches: int,
            device: torch.device) -> torch.Tensor:
-    """``launches`` calls of the decode kernel on one random activation row; returns the (1, n) output."""
+    """``launches`` calls of the decode kernel with ``config`` on one random activation row; returns the (1, n)
+    output."""
     import triton
 
     from kernels.reference import dp4a_bytes
-    from kernels.w4a4_gemv import INTERPRET, _w4a4_gemv_kernel, _words
+    from kernels.w4a4_gemv import w4a4_gemv_triton
 
     a_packed = torch.randint(0, 256, (1, k // 2), dtype=torch.uint8, device=device)
     w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=device)
-    a_words, w_words = _words(dp4a_bytes(a_packed, "int4", w_element)), _words(w_packed)
     a_scale, w_scale = torch.rand(1, 1, device=device), torch.rand(n, 1, device=device)
-    out = torch.empty(1, n, dtype=torch.bfloat16, device=device)
     block_n, block_kw, warps, stages, prefetch = config
-    unit = 1 / 16 if w_element == "int4" else 0.5
+    fixed = triton.Config(dict(BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch), num_warps=warps,
+                          num_stages=stages)
+    a_bytes = dp4a_bytes(a_packed, "int4", w_element)
     for _ in range(launches):
-        _w4a4_gemv_kernel[(triton.cdiv(n, block_n),)](
-            a_words, a_scale, w_words, w_scale, out, out, 1, n, k // 8, 1, a_words.stride(0), w_words.stride(0),
-            a_scale.stride(0), w_scale.stride(0), out.stride(0), unit, W_INT4=w_element == "int4", HAS_BIAS=False,
-            USE_ASM=not INTERPRET, BLOCK_M=1, BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch,
-            num_warps=warps, num_stages=stages)
+        out = w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element=w_element,
+                               out_dtype=torch.bfloat16, config=fixed)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", default="4096x4096,14336x4096", help="N x K weight shapes, comma-separated")
+    p.add_argument("--shapes", default="4096x4096,14336x4096",
+                   help="N x K weight shapes, comma-separated, or a preset of kernel_bench.py")
     p.add_argument("--configs", default=DEFAULT_CONFIGS,
                    help="';'-separated BLOCK_N,BLOCK_KW,warps,stages,prefetch (default: %(default)s)")
     p.add_argument("--w_element", default="int4", choices=("int4", "e2m1"))
     p.add_argument("--launches", type=int, default=3, help="launches per shape and config")
-    p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: the interpreter, a tiny shape, one check")
+    p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: the interpreter, a tiny shape")
     args = p.parse_args(argv)
     try:
         configs = parse_configs(args.configs)
     except ValueError as err:
         p.error(str(err))
-    shapes = [tuple(int(v) for v in s.split("x")) if s.count("x") == 1 and s.replace("x", "").isdigit()
-              else p.error(f"a shape is N x K, like 4096x4096, got {s!r}") for s in args.shapes.split(",")]
+    if args.launches < 1:
+        p.error(f"--launches must be at least 1, got {args.launches}")
+    try:
+        shapes = parse_shapes(args.shapes)
+    except SystemExit as err:
+        p.error(str(err))
     if any(k % 8 for _, k in shapes):
         p.error(f"the decode kernel takes K a multiple of 8, got shapes {args.shapes}")
     if args.cpu_dry_run:

@@ -290,7 +290,7 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms) -> 
         weight_bytes = sum(p.numel() for p in planes) + 4 * n
         check = check_fpx(x, planes, scale, element)
         rows.append(row(n, m, k, f"{element} w-only", time_ms(gemm), weight_bytes, check))
-        by_default = m <= fpx_gemm.ROW_DEFAULT_MAX_M and k % 8 == 0 and not fpx_gemm.INTERPRET  # the row kernel
+        by_default = fpx_gemm.takes_row_kernel(m, k)
         rows[-1]["config"] = fpx_tuned_config(by_default)
         if 1 < m <= fpx_gemm.ROW_MAX_M and k % 8 == 0:
             other = functools.partial(fpx_gemm.fpx_matmul_triton, x, planes, scale, element=element,

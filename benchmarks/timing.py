@@ -26,22 +26,26 @@ def make_timer(
     """
     flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if flush_l2 and device.type == "cuda" else None
 
-    def graph_of(calls: int, fn: Callable[[], object] | None) -> torch.cuda.CUDAGraph:
+    def captured(calls: int, fn: Callable[[], object] | None, flush_each: bool) -> torch.cuda.CUDAGraph:
+        """One CUDA graph of ``calls`` calls of ``fn`` (None: none), each after the L2 flush if ``flush_each``."""
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             for _ in range(calls):
-                if flush is not None:
+                if flush_each and flush is not None:
                     flush.zero_()
                 if fn is not None:
                     fn()
         return graph
 
-    def replay_ms(graph: torch.cuda.CUDAGraph) -> float:
+    def median_ms(run: Callable[[], object], flush_first: bool) -> float:
+        """Median of ``reps`` CUDA-event timings of ``run``, each after an untimed L2 flush if ``flush_first``."""
         events = []
         for _ in range(reps):
+            if flush_first and flush is not None:
+                flush.zero_()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            graph.replay()
+            run()
             end.record()
             events.append((start, end))
         torch.cuda.synchronize(device)
@@ -59,23 +63,8 @@ def make_timer(
             return statistics.median(times)
         torch.cuda.synchronize(device)
         if in_stream:
-            flushes = replay_ms(graph_of(in_stream, None)) if flush is not None else 0.0
-            return (replay_ms(graph_of(in_stream, fn)) - flushes) / in_stream
-        if cuda_graph:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                fn()
-            fn = graph.replay
-        events = []
-        for _ in range(reps):
-            if flush is not None:
-                flush.zero_()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            events.append((start, end))
-        torch.cuda.synchronize(device)
-        return statistics.median(s.elapsed_time(e) for s, e in events)
+            flushes = median_ms(captured(in_stream, None, True).replay, False) if flush is not None else 0.0
+            return (median_ms(captured(in_stream, fn, True).replay, False) - flushes) / in_stream
+        return median_ms(captured(1, fn, False).replay if cuda_graph else fn, True)
 
     return time_ms

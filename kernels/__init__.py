@@ -148,7 +148,7 @@ def w4a4_linear(
             a_bytes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, dp4a_for=w_element,
                                                     backend=backend)
             return w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
-                             bias=bias, out_dtype=out_dtype, backend=backend)
+                                    bias=bias, out_dtype=out_dtype, backend=backend)
     packed, a_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, backend=backend)
     return w4a4_matmul(packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                        a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend)

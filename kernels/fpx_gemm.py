@@ -339,6 +339,12 @@ def _m_bucket(m: int) -> int:
     return min(max(triton.next_power_of_2(m), 16), 4096)
 
 
+def takes_row_kernel(m: int, k: int) -> bool:
+    """Whether ``fpx_matmul_triton(..., row_kernel=None)`` runs these rows on the CUDA-core row kernel: up to
+    ROW_DEFAULT_MAX_M rows with K a multiple of 8, on a GPU (the interpreter keeps the tensor-core kernel)."""
+    return m <= ROW_DEFAULT_MAX_M and k % 8 == 0 and not INTERPRET
+
+
 def fpx_matmul_triton(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
@@ -375,7 +381,7 @@ def fpx_matmul_triton(
     flags = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias,
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                  DOT_F32=INTERPRET or x.dtype == torch.float32)
-    if row_kernel or (row_kernel is None and m <= ROW_DEFAULT_MAX_M and k % 8 == 0 and not INTERPRET):
+    if row_kernel or (row_kernel is None and takes_row_kernel(m, k)):
         low_words = _words(low)
         high_words = _words(high, HIGH_WORD_DTYPES[HIGH_PLANE_WIDTH[bits]]) if len(planes) > 1 else low_words
         row_args = (x, low_words, high_words, scale, bias_arg, out, m, n, k // 8, x.stride(0), out.stride(0),

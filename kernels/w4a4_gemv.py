@@ -259,11 +259,13 @@ def _words(packed: torch.Tensor, dtype: torch.dtype = torch.int32) -> torch.Tens
 def w4a4_gemv_triton(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
-    out: torch.Tensor | None = None,
+    out: torch.Tensor | None = None, config: triton.Config | None = None,
 ) -> torch.Tensor:
     """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows with per-row scales, the activation codes given as
     their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or ``quantize_activations`` with
-    ``dp4a_for``); writes into ``out`` when given."""
+    ``dp4a_for``); writes into ``out`` when given. ``config`` (BLOCK_N, BLOCK_KW, PREFETCH, warps, stages)
+    replaces the autotuner's pick, or the interpreter's fixed one (``benchmarks/gemv_ncu.py`` profiles configs
+    one at a time)."""
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     check_gemv_fits(m, k, 0, 0)
@@ -280,7 +282,10 @@ def w4a4_gemv_triton(
             m, n, k // 8, block_m, a_words.stride(0), w_words.stride(0), a_scale.stride(0), w_scale.stride(0),
             out.stride(0), unit)
     flags = dict(W_INT4=w_element == "int4", HAS_BIAS=bias is not None, USE_ASM=not INTERPRET, BLOCK_M=block_m)
-    if INTERPRET:
+    if config is not None:
+        _w4a4_gemv_kernel[(triton.cdiv(n, config.kwargs["BLOCK_N"]),)](
+            *args, **flags, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    elif INTERPRET:
         _w4a4_gemv_kernel[(triton.cdiv(n, INTERPRET_CONFIG["BLOCK_N"]),)](*args, **flags, **INTERPRET_CONFIG)
     else:
         _gemv_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags)

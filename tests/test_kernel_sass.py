@@ -66,7 +66,8 @@ def test_gemv_ncu_launches_each_config_under_the_interpreter(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--configs", "16,256,8"], "five integers"),
-    (["--shapes", "4096by4096"], "a shape is N x K"),
+    (["--shapes", "4096by4096"], "--shapes takes N x K pairs like 4096x4096"),
+    (["--launches", "0"], "--launches must be at least 1, got 0"),
     (["--shapes", "4096x4100"], "K a multiple of 8"),
 ])
 def test_gemv_ncu_refuses_bad_arguments(argv, message, capsys):

@@ -452,6 +452,21 @@ def test_gemv_prefetching_equals_twin(case, monkeypatch):
     assert_matches_twin(got, want)
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_gemv_with_a_fixed_config_equals_twin(prefetch):
+    """``w4a4_gemv_triton(..., config=...)`` (the profiling driver's way in) runs that config, ragged N and K."""
+    from kernels import w4a4_gemv
+    from kernels.reference import dp4a_bytes
+
+    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 1, 37, 200)
+    want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
+                           out_dtype=torch.float32)
+    config = triton.Config(dict(BLOCK_N=16, BLOCK_KW=8, PREFETCH=prefetch), num_warps=1, num_stages=1)
+    got = w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "e2m1"), a_scale, w_packed, w_scale,
+                                     a_element="int4", w_element="e2m1", out_dtype=torch.float32, config=config)
+    assert_matches_twin(got, want)
+
+
 def test_gemv_refuses_packed_codes_for_bytes():
     from kernels import w4a4_gemv
 
