@@ -370,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     wo_text = args.weight_only_ms if args.weight_only_ms is not None else (
         DRY_RUN_MS if args.cpu_dry_run else WEIGHT_ONLY_MS)
     weight_only_ms = [int(v) for v in wo_text.split(",") if v]
+    if args.in_stream < 0:
+        p.error(f"--in_stream takes the calls per graph (0: off), got {args.in_stream}")
     formats = [f for f in args.formats.split(",") if f]
     if not formats or any(f not in W4A4_FORMATS for f in formats):
         raise SystemExit(f"--formats takes a comma list of {', '.join(W4A4_FORMATS)}, got {args.formats!r}")

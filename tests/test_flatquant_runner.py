@@ -234,3 +234,8 @@ def test_kernel_bench_refuses_unknown_formats():
     out = _cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--formats", "int4,fp3", "--out", "/dev/null/x")
     assert out.returncode != 0 and "--formats takes a comma list of int4, e2m1, nvfp4, mxfp4" in out.stderr
 
+
+def test_kernel_bench_refuses_a_negative_in_stream_count():
+    out = _cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--in_stream", "-2", "--out", "/dev/null/x")
+    assert out.returncode == 2 and "--in_stream takes the calls per graph (0: off), got -2" in out.stderr
+

@@ -467,6 +467,15 @@ def test_gemv_with_a_fixed_config_equals_twin(prefetch):
     assert_matches_twin(got, want)
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_w4a4_matmul_dp4a_refuses_packed_codes(backend):
+    """Both the decode kernel and its twin want dp4a bytes, not packed codes."""
+    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 1, 16, 64)
+    with pytest.raises(ValueError, match="a_bytes must be a 2-D int8 tensor of dp4a activation bytes"):
+        kernels.w4a4_matmul_dp4a(a_packed, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
+                                 backend=backend)
+
+
 def test_gemv_refuses_packed_codes_for_bytes():
     from kernels import w4a4_gemv
 
