@@ -2,7 +2,8 @@
 
 Builds the ``bench_model`` model (random weights, real shapes), prefills ``--seqlen`` tokens
 into a static cache, captures one decode step as a CUDA graph, then profiles ``--steps``
-replays with ``torch.profiler``. Reports, per mode: the step's wall time, the sum of its kernels'
+replays with ``torch.profiler``. With ``--prefill`` it profiles ``bench_model``'s timed
+prefill instead: ``--steps`` eager forwards over ``--batch`` x ``--seqlen`` tokens, no cache. Reports, per mode: the step's wall time, the sum of its kernels'
 GPU time (the rest is the gaps between kernels), and the kernels grouped by name with their
 count and GPU time per step, largest first; and the configs the W4A4 decode GEMV's and the
 activation kernel's autotuners picked in the process.
@@ -68,6 +69,33 @@ def profile_mode(config, mode: str, batch: int, seqlen: int, steps: int, device:
             "kernel_us": sum(k["us"] for k in kernels.values()), "kernels": kernels}
 
 
+@torch.no_grad()
+def profile_prefill(config, mode: str, batch: int, seqlen: int, steps: int, device: torch.device) -> dict:
+    """``bench_model``'s prefill (one eager forward, no cache), timed and profiled over ``steps`` calls after two
+    warm-up calls (which autotune)."""
+    model = build_model(config, mode, device)
+    ids = torch.randint(0, config.vocab_size, (batch, seqlen), device=device)
+    started = time.perf_counter()
+    for _ in range(2):
+        model(ids, use_cache=False)
+    torch.cuda.synchronize(device)
+    warmup_s = time.perf_counter() - started
+    start = time.perf_counter()
+    for _ in range(steps):
+        model(ids, use_cache=False)
+    torch.cuda.synchronize(device)
+    step_us = (time.perf_counter() - start) / steps * 1e6
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        for _ in range(steps):
+            model(ids, use_cache=False)
+        torch.cuda.synchronize(device)
+    kernels = kernel_times(profile, steps)
+    del model
+    torch.cuda.empty_cache()
+    return {"mode": mode, "batch": batch, "compile": False, "capture_s": warmup_s, "step_us": step_us,
+            "kernel_us": sum(k["us"] for k in kernels.values()), "kernels": kernels}
+
+
 def tuned_configs() -> dict[str, list[str]]:
     """What the decode GEMV's, the activation kernel's and the FPx row kernel's autotuners picked so far in this
     process, per key.
@@ -84,18 +112,22 @@ def tuned_configs() -> dict[str, list[str]]:
 
 
 def markdown(result: dict, top: int) -> str:
-    lines = [f"# Decode step profile: {result['config']}, batch {result['batch']}, after {result['seqlen']} tokens",
-             "", f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
-             f"Command: `{result['command']}`", "",
-             "One CUDA-graph decode step, replayed; kernel GPU time from torch.profiler, per step.", ""]
+    prefill = result.get("prefill", False)
+    title = (f"# Prefill profile: {result['config']}, batch {result['batch']}, {result['seqlen']} tokens" if prefill
+             else f"# Decode step profile: {result['config']}, batch {result['batch']}, after {result['seqlen']} tokens")
+    what = ("One eager prefill forward (no cache), as bench_model times it; a 'step' is one forward; kernel GPU "
+            "time from torch.profiler, per forward." if prefill
+            else "One CUDA-graph decode step, replayed; kernel GPU time from torch.profiler, per step.")
+    lines = [title, "", f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
+             f"Command: `{result['command']}`", "", what, ""]
     for row in result["rows"]:
         gap = row["step_us"] - row["kernel_us"]
         count = sum(k["count"] for k in row["kernels"].values())
         compiled = " (compiled)" if row.get("compile") else ""
-        lines += [f"## {row['mode']}{compiled}: step {row['step_us']:.0f} us "
-                  f"({1e6 / row['step_us'] * row['batch']:.1f} tok/s), "
+        rate = "" if prefill else f" ({1e6 / row['step_us'] * row['batch']:.1f} tok/s)"
+        lines += [f"## {row['mode']}{compiled}: {'forward' if prefill else 'step'} {row['step_us']:.0f} us{rate}, "
                   f"kernels {row['kernel_us']:.0f} us in {count:.0f} launches, gaps {gap:.0f} us; warm-up "
-                  f"(compile, autotune) and capture {row.get('capture_s', 0):.0f} s", "",
+                  f"({'two forwards' if prefill else 'compile, autotune, capture'}) {row.get('capture_s', 0):.0f} s", "",
                   "| kernel | launches/step | us/step | share |", "|---|---|---|---|"]
         ranked = sorted(row["kernels"].items(), key=lambda item: -item[1]["us"])
         for name, k in ranked[:top]:
@@ -117,19 +149,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--compile", action="store_true", help="torch.compile the step before capturing it")
+    p.add_argument("--prefill", action="store_true",
+                   help="profile the prefill forward (batch x seqlen tokens, no cache) instead of a decode step")
     p.add_argument("--top", type=int, default=25, help="kernels listed per mode")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
+    if args.prefill and args.compile:
+        p.error("--prefill profiles the eager forward bench_model times; --compile is for decode steps")
     if not torch.cuda.is_available():
         p.error("decode_profile needs a CUDA device (it profiles CUDA-graph replays)")
     device = torch.device("cuda")
     config = build_config(args.config, args.layers, args.seqlen)
-    result = {"config": args.config, "batch": args.batch, "seqlen": args.seqlen, "device": device_name(device),
+    result = {"config": args.config, "batch": args.batch, "seqlen": args.seqlen, "prefill": args.prefill,
+              "device": device_name(device),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
               "command": "python benchmarks/decode_profile.py " + " ".join(argv or sys.argv[1:]), "rows": []}
     for mode in args.modes:
-        result["rows"].append(profile_mode(config, mode, args.batch, args.seqlen, args.steps, device,
-                                          compile=args.compile))
+        if args.prefill:
+            result["rows"].append(profile_prefill(config, mode, args.batch, args.seqlen, args.steps, device))
+        else:
+            result["rows"].append(profile_mode(config, mode, args.batch, args.seqlen, args.steps, device,
+                                              compile=args.compile))
         result["rows"][-1]["tuned_configs"] = tuned_configs()
         write_result_files(args.out, result, markdown(result, args.top))
         print(f"done {mode}", flush=True)

@@ -26,24 +26,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import parse_shapes  # noqa: E402
 
-# (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH): the configs of the ncu run of 2026-12-02.
-DEFAULT_CONFIGS = "16,256,8,2,0;2,128,2,3,0;8,128,4,2,1"
+# (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH[, FOLD]): the configs of the ncu run of 2026-12-02.
+DEFAULT_CONFIGS = "16,256,8,2,0;16,256,8,2,0,4;2,128,2,3,0;8,128,4,2,1"
 DRY_SHAPE = (40, 256)
 
 
-def parse_configs(text: str) -> list[tuple[int, int, int, int, bool]]:
-    """'BLOCK_N,BLOCK_KW,warps,stages,prefetch;...' -> tuples; a clear error for anything else."""
+def parse_configs(text: str) -> list[tuple[int, int, int, int, bool, int]]:
+    """'BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold];...' -> tuples (fold 1 when left out); a clear error for
+    anything else."""
     configs = []
     for part in filter(None, text.split(";")):
         fields = part.split(",")
-        if len(fields) != 5 or not all(f.strip().isdigit() for f in fields):
-            raise ValueError(f"a config is BLOCK_N,BLOCK_KW,warps,stages,prefetch (five integers), got {part!r}")
-        block_n, block_kw, warps, stages, prefetch = (int(f) for f in fields)
-        configs.append((block_n, block_kw, warps, stages, bool(prefetch)))
+        if len(fields) not in (5, 6) or not all(f.strip().isdigit() for f in fields):
+            raise ValueError(f"a config is BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold] (five or six integers), "
+                             f"got {part!r}")
+        block_n, block_kw, warps, stages, prefetch, fold = (*(int(f) for f in fields), 1)[:6]
+        configs.append((block_n, block_kw, warps, stages, bool(prefetch), fold))
     return configs
 
 
-def launch(n: int, k: int, config: tuple[int, int, int, int, bool], w_element: str, launches: int,
+def launch(n: int, k: int, config: tuple[int, int, int, int, bool, int], w_element: str, launches: int,
            device: torch.device) -> torch.Tensor:
     """``launches`` calls of the decode kernel with ``config`` on one random activation row; returns the (1, n)
     output."""
@@ -55,8 +57,8 @@ def launch(n: int, k: int, config: tuple[int, int, int, int, bool], w_element: s
     a_packed = torch.randint(0, 256, (1, k // 2), dtype=torch.uint8, device=device)
     w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=device)
     a_scale, w_scale = torch.rand(1, 1, device=device), torch.rand(n, 1, device=device)
-    block_n, block_kw, warps, stages, prefetch = config
-    fixed = triton.Config(dict(BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch), num_warps=warps,
+    block_n, block_kw, warps, stages, prefetch, fold = config
+    fixed = triton.Config(dict(BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch, FOLD=fold), num_warps=warps,
                           num_stages=stages)
     a_bytes = dp4a_bytes(a_packed, "int4", w_element)
     for _ in range(launches):
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", default="4096x4096,14336x4096",
                    help="N x K weight shapes, comma-separated, or a preset of kernel_bench.py")
     p.add_argument("--configs", default=DEFAULT_CONFIGS,
-                   help="';'-separated BLOCK_N,BLOCK_KW,warps,stages,prefetch (default: %(default)s)")
+                   help="';'-separated BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold] (default: %(default)s)")
     p.add_argument("--w_element", default="int4", choices=("int4", "e2m1"))
     p.add_argument("--launches", type=int, default=3, help="launches per shape and config")
     p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: the interpreter, a tiny shape")
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"the decode kernel takes K a multiple of 8, got shapes {args.shapes}")
     if args.cpu_dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
-        shapes, configs = [DRY_SHAPE], [(8, 4, 1, 1, c[4]) for c in configs]
+        shapes, configs = [DRY_SHAPE], [(8, 4 * c[5], 1, 1, c[4], c[5]) for c in configs]
     elif not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU (under ncu), or pass --cpu_dry_run")
     device = torch.device("cpu" if args.cpu_dry_run else "cuda")

@@ -17,6 +17,10 @@
 #   decode_b1  bf16 against W4A4KV4 (MODES) compiled CUDA-graph decode at batch 1 (issue 10)
 #   rounding   the quantizers a compiled decode step compiles (KV4 per head, activations per token) against the
 #              same quantizers run eagerly, then a compiled W4A4KV4 decode step profiled (issue 10)
+#   prefill_profile  the GPU time of each kernel of bench_model's eager prefill (BATCH, default 1; MODES, default
+#              w4a4,w4a4kv4), to find what KV4 adds to it (issue 10)
+#   gemv_fold  the one-row decode kernels timed inside a stream of 20 calls (L2 flushed), with the folded-accumulator
+#              configs among the autotuner's candidates (issue 9)
 #   profile    the GPU time of each kernel of one compiled decode step, bf16 / W4A4 / W4A4KV4, and the
 #              autotuned configs (issue 10); BATCH=8 for batch-8 decode
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
@@ -80,6 +84,13 @@ for section in "$@"; do
         --only compiled_quantizer --out "$OUT/kernel_check_compiled_quantizer_h200"
       step "${LIMIT_ROUNDING_PROFILE:-250}" decode_profile_rounding python benchmarks/decode_profile.py --compile \
         --modes w4a4kv4 --out "$OUT/decode_profile_compiled_ieee_division_llama3_8b_h200" ;;
+    prefill_profile)
+      step "${LIMIT_PREFILL_PROFILE:-200}" prefill_profile python benchmarks/decode_profile.py --prefill --steps 5 \
+        --modes "${MODES:-w4a4,w4a4kv4}" --batch "${BATCH:-1}" --out "$OUT/prefill_profile_b${BATCH:-1}_llama3_8b_h200" ;;
+    gemv_fold)
+      step "${LIMIT_GEMV_FOLD:-240}" kernel_bench_gemv_fold python benchmarks/kernel_bench.py --flush_l2 --in_stream 20 \
+        --shapes 4096x4096,14336x4096 --formats int4,e2m1 --ms 1 --weight_only_ms "" \
+        --out "$OUT/kernel_bench_decode_folded_h200" ;;
     profile)
       step "${LIMIT_PROFILE:-400}" decode_profile python benchmarks/decode_profile.py --compile \
         --modes w4a4,bf16,w4a4kv4 --batch "${BATCH:-1}" --out "$OUT/decode_profile_compiled_b${BATCH:-1}_llama3_8b_h200" ;;
@@ -87,6 +98,6 @@ for section in "$@"; do
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, profile, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, roundtrip" >&2; exit 2 ;;
   esac
 done

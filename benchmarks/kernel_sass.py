@@ -61,7 +61,7 @@ def fpx_row_source(element: str, config: tuple[int, ...]):
 
 def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
     """The W4A4 decode kernel's ASTSource for one activation row, ``pair`` = 'A_ELEMENTxW_ELEMENT' (the
-    activation element changes only the host's unit), and one (BLOCK_N, BLOCK_KW, warps, stages, PREFETCH)."""
+    activation element changes only the host's unit), and one (BLOCK_N, BLOCK_KW, warps, stages, PREFETCH, FOLD)."""
     from triton.compiler import ASTSource
 
     from kernels.w4a4_gemv import _w4a4_gemv_kernel
@@ -72,7 +72,7 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
     types = ["*i32", "*fp32", "*i32", "*fp32", "*bf16", "*bf16"] + ["i32"] * 9 + ["fp32"]
     signature = dict(zip(names, types))
     constants = dict(W_INT4=w_element == "int4", HAS_BIAS=False, USE_ASM=True,
-                     BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4])
+                     BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4], FOLD=config[5])
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_gemv_kernel, signature, constants, aligned)
@@ -99,7 +99,8 @@ def sass_counts(source, config: tuple[int, ...], arch: int) -> dict:
         if found:
             opcodes[found.group(1)] += 1
     return {"config": "x".join(map(str, config[:2])) + f" w{config[2]} s{config[3]}"
-                      + (" prefetch" if config[4:] and config[4] else ""),
+                      + (" prefetch" if config[4:] and config[4] else "")
+                      + (f" fold{config[5]}" if config[5:] and config[5] > 1 else ""),
             "instructions": sum(opcodes.values()), **{op: opcodes.get(op, 0) for op in COLUMNS},
             "convert_layout": kernel.asm["ttgir"].count("ttg.convert_layout"),
             "shared_bytes": kernel.metadata.shared, **resource_usage(usage, config[2])}
@@ -155,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--element {args.element!r}: {err}")
         build = fpx_row_source
     else:
-        from kernels.w4a4_gemv import GEMV_CONFIGS, GEMV_PREFETCH_CONFIGS
+        from kernels.w4a4_gemv import FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PREFETCH_CONFIGS
 
-        configs = [(*c, False) for c in GEMV_CONFIGS] + [(*c, True) for c in GEMV_PREFETCH_CONFIGS]
+        configs = ([(*c, False, 1) for c in GEMV_CONFIGS] + [(*c, True, 1) for c in GEMV_PREFETCH_CONFIGS]
+                   + [(*c, False, FOLD) for c in GEMV_FOLDED_CONFIGS])
         parts = args.element.split("x")
         if len(parts) != 2 or any(e not in ("int4", "e2m1") for e in parts):
             p.error(f"--element for w4a4_gemv is A_ELEMENTxW_ELEMENT of int4 and e2m1, got {args.element!r}")

@@ -64,8 +64,14 @@ GEMV_CONFIGS = [
 # One-row configs that load the next K step's words before this step's arithmetic (Triton pipelines no
 # load that feeds no dot): (BLOCK_N, BLOCK_KW, num_warps, num_stages), twice the words in registers.
 GEMV_PREFETCH_CONFIGS = [(8, 128, 4, 2), (16, 128, 8, 2), (16, 256, 8, 2), (32, 128, 8, 2), (8, 512, 8, 2)]
-INTERPRET_CONFIG = dict(BLOCK_N=8, BLOCK_KW=4, PREFETCH=False)
-# Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW over its threads).
+# One-row configs whose accumulator holds one sum per FOLD = 4 words (``_folded_products``): compiled for sm_90
+# (``benchmarks/kernel_sass.py``) the wide steps need 20-35 % fewer registers (16 x 256 words on 8 warps: 66 -> 52,
+# so 32 warps an SM instead of 24) for the same instructions.
+GEMV_FOLDED_CONFIGS = [(16, 256, 8, 2), (16, 256, 8, 3), (8, 512, 8, 2), (32, 256, 8, 2), (32, 512, 16, 2),
+                       (64, 256, 16, 2)]
+FOLD = 4
+INTERPRET_CONFIG = dict(BLOCK_N=8, BLOCK_KW=4, PREFETCH=False, FOLD=1)
+# Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
 
 
@@ -149,11 +155,25 @@ def _products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, USE_ASM: tl
 
 
 @triton.jit
+def _folded_products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, USE_ASM: tl.constexpr,
+                     FOLD: tl.constexpr):
+    """``_products`` into an accumulator of 1/FOLD the words: each step's sums over FOLD neighbouring words
+    (held by one thread) are added together first."""
+    if FOLD == 1:
+        out = _products(acc, w_words, a_first, a_second, W_INT4, USE_ASM)
+    else:
+        step = _products(tl.full(w_words.shape, 0, tl.int32), w_words, a_first, a_second, W_INT4, USE_ASM)
+        out = acc + tl.reduce(tl.reshape(step, (acc.shape[0], acc.shape[1], FOLD)), 2, _sum_combine)
+    return out
+
+
+@triton.jit
 def _w4a4_gemv_kernel(
     a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr,
     M, N, KW, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, unit,
     W_INT4: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, PREFETCH: tl.constexpr,
+    FOLD: tl.constexpr,
 ):
     """a: the activation rows' dp4a bytes as int32 words (row r: KW words of the first plane, then KW of the
     second); w: the packed weight rows as int32 words (8 codes each)."""
@@ -168,7 +188,7 @@ def _w4a4_gemv_kernel(
         # they arrive in the weight tile's own layout (a (BLOCK_KW,) vector would go through shared memory,
         # with a barrier, every step); the repeats are L1 hits. The accumulator is 2-D in that layout too.
         a_ptrs = a_ptr + offs_w[None, :] + 0 * offs_n[:, None]
-        acc = tl.full((BLOCK_N, BLOCK_KW), 0, tl.int32)
+        acc = tl.full((BLOCK_N, BLOCK_KW // FOLD), 0, tl.int32)
         if PREFETCH:  # the next step's words are in flight during this step's arithmetic
             all_ok = (offs_w < KW)[None, :]
             w_words = tl.load(w_ptrs, mask=n_ok[:, None] & all_ok, other=0)
@@ -180,13 +200,13 @@ def _w4a4_gemv_kernel(
                 w_next = tl.load(w_ptrs + BLOCK_KW, mask=n_ok[:, None] & next_ok, other=0)
                 a_first_next = tl.load(a_ptrs + BLOCK_KW, mask=next_ok, other=0)
                 a_second_next = tl.load(a_ptrs + BLOCK_KW + KW, mask=next_ok, other=0)
-                acc = _products(acc, w_words, a_first, a_second, W_INT4, USE_ASM)
+                acc = _folded_products(acc, w_words, a_first, a_second, W_INT4, USE_ASM, FOLD)
                 w_words, a_first, a_second = w_next, a_first_next, a_second_next
             else:
                 w_ok = (offs_w < KW - start)[None, :]
-                acc = _products(acc, tl.load(w_ptrs, mask=n_ok[:, None] & w_ok, other=0),
-                                tl.load(a_ptrs, mask=w_ok, other=0), tl.load(a_ptrs + KW, mask=w_ok, other=0),
-                                W_INT4, USE_ASM)
+                acc = _folded_products(acc, tl.load(w_ptrs, mask=n_ok[:, None] & w_ok, other=0),
+                                       tl.load(a_ptrs, mask=w_ok, other=0), tl.load(a_ptrs + KW, mask=w_ok, other=0),
+                                       W_INT4, USE_ASM, FOLD)
             a_ptrs += BLOCK_KW
             w_ptrs += BLOCK_KW
         total = tl.reduce(acc, 1, _sum_combine)[None, :]
@@ -212,22 +232,23 @@ def _w4a4_gemv_kernel(
 
 
 def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Decode configs (BLOCK_N, BLOCK_KW, PREFETCH; this kernel's and the FPx row kernel's) whose BLOCK_M x
-    BLOCK_N x BLOCK_KW accumulators fit MAX_ACC_PER_THREAD registers a thread (at least the smallest); the
-    prefetching ones for one row only."""
+    """Decode configs (BLOCK_N, BLOCK_KW, PREFETCH, optionally FOLD; this kernel's and the FPx row kernel's)
+    whose BLOCK_M x BLOCK_N x BLOCK_KW / FOLD accumulators fit MAX_ACC_PER_THREAD registers a thread (at least the
+    smallest); the prefetching and folding ones for one row only."""
     block_m = {**named_args, **kwargs}["BLOCK_M"]
 
     def acc_per_thread(c: triton.Config) -> float:
-        return block_m * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_KW"] / (32 * c.num_warps)
+        return block_m * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_KW"] / (32 * c.num_warps * c.kwargs.get("FOLD", 1))
 
-    configs = [c for c in configs if block_m == 1 or not c.kwargs["PREFETCH"]]
+    configs = [c for c in configs if block_m == 1 or not (c.kwargs["PREFETCH"] or c.kwargs.get("FOLD", 1) > 1)]
     kept = [c for c in configs if acc_per_thread(c) <= MAX_ACC_PER_THREAD]
     return kept or [min(configs, key=acc_per_thread)]
 
 
 _gemv_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch), num_warps=w, num_stages=s)
-             for prefetch, configs in ((False, GEMV_CONFIGS), (True, GEMV_PREFETCH_CONFIGS))
+    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch, FOLD=fold), num_warps=w, num_stages=s)
+             for prefetch, fold, configs in ((False, 1, GEMV_CONFIGS), (True, 1, GEMV_PREFETCH_CONFIGS),
+                                             (False, FOLD, GEMV_FOLDED_CONFIGS))
              for bn, bkw, w, s in configs],
     key=["M_BUCKET", "N", "KW", "W_INT4", "BLOCK_M"],
     prune_configs_by=dict(early_config_prune=prune_decode_configs),
@@ -263,7 +284,7 @@ def w4a4_gemv_triton(
 ) -> torch.Tensor:
     """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows with per-row scales, the activation codes given as
     their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or ``quantize_activations`` with
-    ``dp4a_for``); writes into ``out`` when given. ``config`` (BLOCK_N, BLOCK_KW, PREFETCH, warps, stages)
+    ``dp4a_for``); writes into ``out`` when given. ``config`` (BLOCK_N, BLOCK_KW, PREFETCH, FOLD, warps, stages)
     replaces the autotuner's pick, or the interpreter's fixed one (``benchmarks/gemv_ncu.py`` profiles configs
     one at a time)."""
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype)
@@ -283,8 +304,11 @@ def w4a4_gemv_triton(
             out.stride(0), unit)
     flags = dict(W_INT4=w_element == "int4", HAS_BIAS=bias is not None, USE_ASM=not INTERPRET, BLOCK_M=block_m)
     if config is not None:
-        _w4a4_gemv_kernel[(triton.cdiv(n, config.kwargs["BLOCK_N"]),)](
-            *args, **flags, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+        fixed = {"FOLD": 1, **config.kwargs}
+        if fixed["FOLD"] > 1 and block_m > 1:
+            raise ValueError(f"a folded accumulator (FOLD={fixed['FOLD']}) is for one row, got M={m}")
+        _w4a4_gemv_kernel[(triton.cdiv(n, fixed["BLOCK_N"]),)](
+            *args, **flags, **fixed, num_warps=config.num_warps, num_stages=config.num_stages)
     elif INTERPRET:
         _w4a4_gemv_kernel[(triton.cdiv(n, INTERPRET_CONFIG["BLOCK_N"]),)](*args, **flags, **INTERPRET_CONFIG)
     else:

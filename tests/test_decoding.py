@@ -120,6 +120,7 @@ def test_greedy_generate_needs_a_new_token(tinystories_dir):
 @pytest.mark.parametrize("argv,message", [
     (["--modes", "bf16,w3a3"], "unknown modes ['w3a3']: choose from bf16, w4a16"),
     (["--modes", "bf16"], "needs a CUDA device"),
+    (["--prefill", "--compile"], "--prefill profiles the eager forward bench_model times"),
 ])
 def test_decode_profile_refusals(argv, message, tmp_path, capsys):
     from benchmarks.decode_profile import main
@@ -149,3 +150,7 @@ def test_decode_profile_lists_the_autotuned_configs(monkeypatch):
     text = markdown({"config": "llama-3-8b", "batch": 1, "seqlen": 8, "device": "cpu", "date": "", "versions": {},
                      "command": "", "rows": [row]}, top=5)
     assert "BLOCK_KW: 256" in text and "Autotuned `w4a4_gemv` configs" in text
+    assert "step 10 us (100000.0 tok/s)" in text
+    prefill = markdown({"config": "llama-3-8b", "batch": 1, "seqlen": 8, "device": "cpu", "date": "", "versions": {},
+                        "command": "", "prefill": True, "rows": [row]}, top=5)
+    assert prefill.startswith("# Prefill profile") and "forward 10 us, kernels 8 us" in prefill

@@ -452,19 +452,31 @@ def test_gemv_prefetching_equals_twin(case, monkeypatch):
     assert_matches_twin(got, want)
 
 
-@pytest.mark.parametrize("prefetch", [False, True])
-def test_gemv_with_a_fixed_config_equals_twin(prefetch):
-    """``w4a4_gemv_triton(..., config=...)`` (the profiling driver's way in) runs that config, ragged N and K."""
+@pytest.mark.parametrize("prefetch, fold", [(False, 1), (True, 1), (False, 4)])
+def test_gemv_with_a_fixed_config_equals_twin(prefetch, fold):
+    """``w4a4_gemv_triton(..., config=...)`` (the profiling driver's way in) runs that config, ragged N and K;
+    with FOLD the accumulator sums four words a slot."""
     from kernels import w4a4_gemv
     from kernels.reference import dp4a_bytes
 
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 1, 37, 200)
     want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
                            out_dtype=torch.float32)
-    config = triton.Config(dict(BLOCK_N=16, BLOCK_KW=8, PREFETCH=prefetch), num_warps=1, num_stages=1)
+    config = triton.Config(dict(BLOCK_N=16, BLOCK_KW=8, PREFETCH=prefetch, FOLD=fold), num_warps=1, num_stages=1)
     got = w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "e2m1"), a_scale, w_packed, w_scale,
                                      a_element="int4", w_element="e2m1", out_dtype=torch.float32, config=config)
     assert_matches_twin(got, want)
+
+
+def test_gemv_refuses_a_folded_config_for_several_rows():
+    from kernels import w4a4_gemv
+    from kernels.reference import dp4a_bytes
+
+    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 2, 16, 64)
+    config = triton.Config(dict(BLOCK_N=16, BLOCK_KW=8, PREFETCH=False, FOLD=4), num_warps=1, num_stages=1)
+    with pytest.raises(ValueError, match="a folded accumulator \\(FOLD=4\\) is for one row, got M=2"):
+        w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale,
+                                   a_element="int4", w_element="int4", config=config)
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -510,6 +522,7 @@ def test_decode_configs_fit_their_registers_at_every_row_count(kernel):
         assert kept and all(block_m * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_KW"] / (32 * c.num_warps)
                             <= w4a4_gemv.MAX_ACC_PER_THREAD for c in kept)
         assert any(c.kwargs["PREFETCH"] for c in kept) == (block_m == 1)
+        assert all(c.kwargs.get("FOLD", 1) == 1 for c in kept) or block_m == 1
 
 
 # ---------------------------------------------------------------------------
