@@ -13,7 +13,11 @@ and gate/up fused, as a loaded checkpoint does. Modes:
   the packed KV4 cache (decode steps read its codes in the attention kernel);
 * ``fp6`` / ``fp5``: E3M2 / E2M2 weight-only on the FPx kernel.
 
-Prefill: one forward over ``batch x seqlen`` tokens without a cache. Decode: a prefill of
+Prefill: one forward over ``batch x seqlen`` tokens without a cache, timed eagerly (Python
+launches every kernel: on the H200 a W4A4 forward's kernels ran 49 ms of its 117 ms,
+``benchmarks/results/prefill_profile_b1_llama3_8b_h200.md``) and, with ``--graph_prefill``
+(CUDA only), as replays of the forward captured in a CUDA graph (of the ``torch.compile``d
+forward with ``--compile``), for every mode alike. Decode: a prefill of
 ``seqlen`` tokens into a cache, then ``--decode_tokens`` greedy steps, timed two ways:
 
 * ``graph`` (CUDA only; the strong baseline the ratios use): a static cache and one decode
@@ -182,18 +186,35 @@ def hf_generate_tokens_per_s(model, seqlen: int, steps: int, device: torch.devic
     return steps / (time.perf_counter() - start)
 
 
+def graph_prefill_ms(model, ids: torch.Tensor, device: torch.device, reps: int, compile: bool = False) -> float:
+    """Median milliseconds of one prefill forward (no cache) replayed from a CUDA graph, captured after two
+    warm-up forwards (which autotune, and compile the forward first with ``compile``)."""
+    from models.decoding import compile_options
+
+    def forward() -> torch.Tensor:
+        return model(ids, use_cache=False).logits
+
+    run = torch.compile(forward, options=compile_options(), dynamic=False) if compile else forward
+    return make_timer(device, warmup=2, reps=reps, flush_l2=False, cuda_graph=True)(run)
+
+
 def bench_mode(config, mode: str, args, device: torch.device, time_ms) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(config, mode, device)
     torch._dynamo.reset()  # each mode compiles its own steps (one per batch size), not against the last mode's limit
-    row = {"mode": mode, "model_bytes": model_bytes(model), "prefill_ms": {}, "decode_tok_s": {},
-           "graph_decode_tok_s": {}}
+    row = {"mode": mode, "model_bytes": model_bytes(model), "prefill_ms": {}, "graph_prefill_ms": {},
+           "decode_tok_s": {}, "graph_decode_tok_s": {}}
     with torch.no_grad():
         for batch in args.prefill_batches:
             ids = torch.randint(0, config.vocab_size, (batch, args.seqlen), device=device)
             row["prefill_ms"][batch] = time_ms(lambda: model(ids, use_cache=False))
+            if args.graph_prefill and device.type == "cuda":
+                try:
+                    row["graph_prefill_ms"][batch] = graph_prefill_ms(model, ids, device, args.reps, args.compile)
+                except RuntimeError as err:  # recorded, not fatal: the eager figure stands
+                    row.setdefault("graph_errors", {})[f"prefill b{batch}"] = str(err).splitlines()[0][:200]
         for batch in args.decode_batches:
             if not args.no_eager:
                 row["decode_tok_s"][batch] = decode_tokens_per_s(model, mode, batch, args.seqlen,
@@ -203,7 +224,7 @@ def bench_mode(config, mode: str, args, device: torch.device, time_ms) -> dict:
                     row["graph_decode_tok_s"][batch] = graph_decode_tokens_per_s(
                         model, mode, batch, args.seqlen, args.decode_tokens, device, compile=args.compile)
                 except RuntimeError as err:  # recorded, not fatal: the eager figure stands
-                    row.setdefault("graph_errors", {})[batch] = str(err).splitlines()[0][:200]
+                    row.setdefault("graph_errors", {})[f"decode b{batch}"] = str(err).splitlines()[0][:200]
         if args.hf_generate and mode == "bf16":
             row["hf_generate_tok_s"] = hf_generate_tokens_per_s(model, args.seqlen, args.decode_tokens, device)
     if device.type == "cuda":
@@ -220,14 +241,16 @@ def markdown(result: dict) -> str:
     base = rows[0] if rows[0]["mode"] == "bf16" else None
     graphs = any(r.get("graph_decode_tok_s") for r in rows)
     graph = "graph+compile" if result.get("compile") else "graph"
+    graph_prefill = [str(b) for b in rows[0].get("graph_prefill_ms", {})]
     compiled = "; the step torch.compile-d for every mode, each real-quantized linear one opaque op" \
         if result.get("compile") else ""
     header = (["mode", "weights+buffers (GiB)"] + [f"prefill b{b} (ms)" for b in prefill]
+              + [f"prefill b{b} {graph} (ms)" for b in graph_prefill]
               + ([f"decode b{b} {graph} (tok/s)" for b in decode] if graphs else [])
               + ([f"decode b{b} eager (tok/s)" for b in decode] if eager else []) + ["peak (GiB)"])
     lines = [f"# Model speed: {result['config']} ({result['layers']} layers), random weights",
              "", f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
-             f"Prefill: {result['seqlen']} tokens, no cache. Decode: {result['decode_tokens']} greedy steps after a "
+             f"Prefill: {result['seqlen']} tokens, no cache ('{graph}': one captured forward replayed). Decode: {result['decode_tokens']} greedy steps after a "
              f"{result['seqlen']}-token prefill: 'graph' replays one captured CUDA-graph step per token (static "
              f"cache{compiled}), "
              f"'eager' runs one Python forward per token (dynamic cache, launch-bound).",
@@ -237,6 +260,10 @@ def markdown(result: dict) -> str:
         for b in prefill:
             ratio = f" ({base['prefill_ms'][int(b)] / r['prefill_ms'][int(b)]:.2f}×)" if base else ""
             cells.append(f"{r['prefill_ms'][int(b)]:.1f}{ratio}")
+        for b in graph_prefill:
+            ms, base_ms = r.get("graph_prefill_ms", {}).get(int(b)), base and base.get("graph_prefill_ms", {}).get(int(b))
+            ratio = f" ({base_ms / ms:.2f}×)" if ms and base_ms else ""
+            cells.append(f"{ms:.1f}{ratio}" if ms else "–")
         if graphs:
             for b in decode:
                 tok_s, base_tok_s = r["graph_decode_tok_s"].get(int(b)), base and base["graph_decode_tok_s"].get(int(b))
@@ -250,7 +277,7 @@ def markdown(result: dict) -> str:
     hf = [r for r in rows if "hf_generate_tok_s" in r]
     if hf:
         lines += ["", f"HF `generate` (bf16, batch 1, dynamic cache): {hf[0]['hf_generate_tok_s']:.1f} tok/s."]
-    errors = [f"{r['mode']} b{b}: {e}" for r in rows for b, e in r.get("graph_errors", {}).items()]
+    errors = [f"{r['mode']} {what}: {e}" for r in rows for what, e in r.get("graph_errors", {}).items()]
     if errors:
         lines += ["", "CUDA-graph capture failed (eager figure only): " + "; ".join(errors) + "."]
     lines += ["", "Ratios in parentheses are against bf16 in the same column (prefill: bf16 time / mode time). "
@@ -282,8 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode_batches", type=_ints, default=[1, 8, 64])
     p.add_argument("--decode_tokens", type=int, default=256)
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the graph decode step of every mode (bf16 included) before capturing it")
+                   help="torch.compile the graph decode step (and with --graph_prefill the prefill forward) of every "
+                        "mode (bf16 included) before capturing it")
     p.add_argument("--no_eager", action="store_true", help="skip the eager (launch-bound) decode timing")
+    p.add_argument("--graph_prefill", action="store_true",
+                   help="also time each prefill as a captured CUDA graph (compiled first with --compile), CUDA only")
     p.add_argument("--hf_generate", action="store_true", help="also time HF generate for bf16 at batch 1")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--device", default="auto")

@@ -87,6 +87,26 @@ def test_bench_model_dry_run_writes_its_tables(tmp_path):
     assert "| w4a4kv4 |" in table and "decode b2 eager (tok/s)" in table
 
 
+def test_bench_model_table_has_graph_prefill_columns_and_capture_errors():
+    """Graph-replayed prefill gets its own columns, its ratio against bf16 in the same column; a failed capture is
+    named by phase and batch."""
+    from benchmarks.bench_model import markdown
+
+    def row(mode, eager, graph, errors=None):
+        return {"mode": mode, "model_bytes": 2**30, "prefill_ms": {1: eager}, "graph_prefill_ms": graph,
+                "decode_tok_s": {}, "graph_decode_tok_s": {1: 100.0}, **({"graph_errors": errors} if errors else {})}
+
+    result = {"config": "llama-3-8b", "layers": 32, "seqlen": 2048, "decode_tokens": 8, "compile": True,
+              "device": "gpu", "date": "", "versions": {}, "command": "",
+              "rows": [row("bf16", 60.0, {1: 50.0}), row("w4a4", 120.0, {1: 25.0}),
+                       row("w4a4kv4", 180.0, {}, {"prefill b1": "capture failed"})]}
+    table = markdown(result)
+    assert "| prefill b1 (ms) | prefill b1 graph+compile (ms) |" in table
+    assert "| w4a4 | 1.00 | 120.0 (0.50×) | 25.0 (2.00×) |" in table
+    assert "| w4a4kv4 | 1.00 | 180.0 (0.33×) | – |" in table
+    assert "w4a4kv4 prefill b1: capture failed" in table
+
+
 def test_packed_kv4_decode_steps_build_no_code_tables(tinystories_dir, monkeypatch):
     """After the prefill, a decode step into the static packed cache (FP4 E2M1 K/V here) reuses the code
     tables it moved to the device: building one is a host-to-device copy, which a CUDA-graph capture refuses."""
