@@ -72,7 +72,8 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
     types = ["*i32", "*fp32", "*i32", "*fp32", "*bf16", "*bf16"] + ["i32"] * 9 + ["fp32"]
     signature = dict(zip(names, types))
     constants = dict(W_INT4=w_element == "int4", HAS_BIAS=False, USE_ASM=True,
-                     BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4], FOLD=config[5])
+                     BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4], FOLD=config[5],
+                     USE_GDC=True)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_gemv_kernel, signature, constants, aligned)

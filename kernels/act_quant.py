@@ -38,7 +38,7 @@ from transforms.hadamard import sylvester_hadamard
 
 from .reference import check_activation_args
 from .w4a4_gemm import code_operand
-from .w4a4_gemv import _code_values
+from .w4a4_gemv import _code_values, uses_pdl
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
@@ -182,10 +182,13 @@ def _act_quant_kernel(
     ELEMENT_INT4: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
     HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    LAUNCH_DEPENDENTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """DP4A_FOR: 0 packs two codes a byte; 1 (2) writes each code's value as a signed byte in the decode
-    kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``."""
+    kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``. LAUNCH_DEPENDENTS: the next kernel (the
+    decode kernel, a programmatic dependent launch) may start now; it waits for this one before reading."""
+    if LAUNCH_DEPENDENTS:
+        tl.extra.cuda.gdc_launch_dependents()
     pid_m = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -299,6 +302,7 @@ def quantize_activations_triton(
         HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
         ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes,
         DP4A_FOR={None: 0, "int4": 1, "e2m1": 2}[dp4a_for], BLOCK_K=block_k,
+        LAUNCH_DEPENDENTS=dp4a_for is not None and uses_pdl(x.device),
     )
     m_bucket = min(triton.next_power_of_2(max(m, 1)), 4096)
     args = (x, h, codes_out, scales, tensor_amax, m, k, m_bucket, scales.shape[1], x.stride(0), codes_out.stride(0),

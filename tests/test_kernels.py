@@ -468,6 +468,13 @@ def test_gemv_with_a_fixed_config_equals_twin(prefetch, fold):
     assert_matches_twin(got, want)
 
 
+def test_programmatic_dependent_launch_is_for_compiled_kernels_on_a_gpu():
+    """The interpreter and the CPU launch the decode kernel plainly (its gdc_wait is compiled out)."""
+    from kernels import w4a4_gemv
+
+    assert not w4a4_gemv.uses_pdl(torch.device("cpu"))
+
+
 def test_gemv_refuses_a_folded_config_for_several_rows():
     from kernels import w4a4_gemv
     from kernels.reference import dp4a_bytes
