@@ -79,10 +79,6 @@ GEMV_FOLDED_CONFIGS = [(16, 256, 8, 2), (16, 256, 8, 3), (8, 512, 8, 2), (32, 25
                        (64, 256, 16, 2)]
 FOLD = 4
 INTERPRET_CONFIG = dict(BLOCK_N=8, BLOCK_KW=4, PREFETCH=False, FOLD=1)
-# Under programmatic dependent launch a one-row program without PREFETCH asks L2 for the first L2_LINES 128-byte
-# lines of each of its weight rows (all of them up to K = 16384) before it waits for the activation kernel.
-L2_LINES = tl.constexpr(64)
-WORDS_PER_LINE = tl.constexpr(32)
 # Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
 
@@ -167,13 +163,6 @@ def _products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, USE_ASM: tl
 
 
 @triton.jit
-def _prefetch_to_l2(ptrs):
-    """PTX prefetch.global.L2 of the lines at ``ptrs`` (one per element); returns a dummy 0 per element."""
-    return tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                                     is_pure=False, pack=1)
-
-
-@triton.jit
 def _wait_for_producer(USE_GDC: tl.constexpr):
     """Under programmatic dependent launch, wait until the kernels before this one have finished and their
     writes are visible (a no-op otherwise)."""
@@ -223,9 +212,6 @@ def _w4a4_gemv_kernel(
             a_first = tl.load(a_ptrs, mask=all_ok, other=0)
             a_second = tl.load(a_ptrs + KW, mask=all_ok, other=0)
         else:
-            if USE_GDC:  # start streaming this program's weights into L2 while the activation kernel runs
-                lines = tl.minimum(tl.arange(0, L2_LINES), (KW - 1) // WORDS_PER_LINE)
-                _prefetch_to_l2(w_ptr + offs_n[:, None] * stride_wn + (lines * WORDS_PER_LINE)[None, :])
             _wait_for_producer(USE_GDC)
         for start in range(0, KW, BLOCK_KW):
             if PREFETCH:
