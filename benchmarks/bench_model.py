@@ -250,7 +250,8 @@ def markdown(result: dict) -> str:
               + ([f"decode b{b} eager (tok/s)" for b in decode] if eager else []) + ["peak (GiB)"])
     lines = [f"# Model speed: {result['config']} ({result['layers']} layers), random weights",
              "", f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
-             f"Prefill: {result['seqlen']} tokens, no cache ('{graph}': one captured forward replayed). Decode: {result['decode_tokens']} greedy steps after a "
+             f"Prefill: {result['seqlen']} tokens, no cache ('{graph}': one captured forward replayed). "
+             f"Decode: {result['decode_tokens']} greedy steps after a "
              f"{result['seqlen']}-token prefill: 'graph' replays one captured CUDA-graph step per token (static "
              f"cache{compiled}), "
              f"'eager' runs one Python forward per token (dynamic cache, launch-bound).",
@@ -261,7 +262,8 @@ def markdown(result: dict) -> str:
             ratio = f" ({base['prefill_ms'][int(b)] / r['prefill_ms'][int(b)]:.2f}×)" if base else ""
             cells.append(f"{r['prefill_ms'][int(b)]:.1f}{ratio}")
         for b in graph_prefill:
-            ms, base_ms = r.get("graph_prefill_ms", {}).get(int(b)), base and base.get("graph_prefill_ms", {}).get(int(b))
+            ms = r.get("graph_prefill_ms", {}).get(int(b))
+            base_ms = base and base.get("graph_prefill_ms", {}).get(int(b))
             ratio = f" ({base_ms / ms:.2f}×)" if ms and base_ms else ""
             cells.append(f"{ms:.1f}{ratio}" if ms else "–")
         if graphs:

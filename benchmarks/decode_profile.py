@@ -3,10 +3,11 @@
 Builds the ``bench_model`` model (random weights, real shapes), prefills ``--seqlen`` tokens
 into a static cache, captures one decode step as a CUDA graph, then profiles ``--steps``
 replays with ``torch.profiler``. With ``--prefill`` it profiles ``bench_model``'s timed
-prefill instead: ``--steps`` eager forwards over ``--batch`` x ``--seqlen`` tokens, no cache. Reports, per mode: the step's wall time, the sum of its kernels'
-GPU time (the rest is the gaps between kernels), and the kernels grouped by name with their
-count and GPU time per step, largest first; and the configs the W4A4 decode GEMV's and the
-activation kernel's autotuners picked in the process.
+prefill instead: ``--steps`` eager forwards over ``--batch`` x ``--seqlen`` tokens, no cache.
+Reports, per mode: the step's wall time, the sum of its kernels' GPU time (the rest is the
+gaps between kernels), and the kernels grouped by name with their count and GPU time per
+step, largest first; and the configs the W4A4 decode GEMV's and the activation kernel's
+autotuners picked in the process.
 
     python benchmarks/decode_profile.py --compile --modes bf16,w4a4 --out benchmarks/results/decode_profile_h200
 """
@@ -113,8 +114,9 @@ def tuned_configs() -> dict[str, list[str]]:
 
 def markdown(result: dict, top: int) -> str:
     prefill = result.get("prefill", False)
-    title = (f"# Prefill profile: {result['config']}, batch {result['batch']}, {result['seqlen']} tokens" if prefill
-             else f"# Decode step profile: {result['config']}, batch {result['batch']}, after {result['seqlen']} tokens")
+    shape = f"{result['config']}, batch {result['batch']}"
+    title = (f"# Prefill profile: {shape}, {result['seqlen']} tokens" if prefill
+             else f"# Decode step profile: {shape}, after {result['seqlen']} tokens")
     what = ("One eager prefill forward (no cache), as bench_model times it; a 'step' is one forward; kernel GPU "
             "time from torch.profiler, per forward." if prefill
             else "One CUDA-graph decode step, replayed; kernel GPU time from torch.profiler, per step.")
@@ -127,7 +129,8 @@ def markdown(result: dict, top: int) -> str:
         rate = "" if prefill else f" ({1e6 / row['step_us'] * row['batch']:.1f} tok/s)"
         lines += [f"## {row['mode']}{compiled}: {'forward' if prefill else 'step'} {row['step_us']:.0f} us{rate}, "
                   f"kernels {row['kernel_us']:.0f} us in {count:.0f} launches, gaps {gap:.0f} us; warm-up "
-                  f"({'two forwards' if prefill else 'compile, autotune, capture'}) {row.get('capture_s', 0):.0f} s", "",
+                  f"({'two forwards' if prefill else 'compile, autotune, capture'}) "
+                  f"{row.get('capture_s', 0):.0f} s", "",
                   "| kernel | launches/step | us/step | share |", "|---|---|---|---|"]
         ranked = sorted(row["kernels"].items(), key=lambda item: -item[1]["us"])
         for name, k in ranked[:top]:
