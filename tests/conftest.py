@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -13,6 +15,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = os.environ.get("PTQ_ASSETS", os.path.join(ROOT, "..", "shared", "assets"))
 TINYSTORIES = os.path.join(ASSETS, "models", "tinystories-656k")
 DATA_DIR = os.path.join(ASSETS, "data")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``scripts/test.sh`` runs ``-n logical``) the workers share the cores: each
+    worker's torch, and the scripts it starts, take an equal share of the threads torch would use
+    alone (at least one), so that the workers do not take each other's time slices."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = max(1, torch.get_num_threads() // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
 
 TINY_CONFIGS = {
     "llama": dict(model_type="llama", tie_word_embeddings=True),
@@ -68,3 +82,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli("model_quant.py", *args)``: a script's ``main(argv)`` run in this process and reported as
+    ``python script.py args`` would be (a ``CompletedProcess``: exit code, stdout, stderr), without
+    the seconds an interpreter takes to start and import torch. ``main`` returns the exit code;
+    argparse errors raise ``SystemExit(2)``; ``SystemExit("message")`` is exit code 1 with the
+    message on stderr. A few tests still start the scripts as subprocesses, for the entry points.
+    """
+    def run(script: str, *args: str) -> subprocess.CompletedProcess:
+        module = importlib.import_module(script.removesuffix(".py").replace("/", "."))
+        capsys.readouterr()  # report only this call's output
+        message = ""
+        try:
+            code = module.main(list(args))
+        except SystemExit as exit:
+            code = exit.code
+            if isinstance(code, str):
+                code, message = 1, code + "\n"
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([script, *args], code or 0, out.out, out.err + message)
+
+    return run

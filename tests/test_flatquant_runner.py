@@ -164,35 +164,26 @@ def test_gptq_after_training_keeps_transforms_and_records_scales(tiny_models):
                                m.weight.data)
 
 
-def _cli(*argv: str):
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def test_cli_flatquant_on_tinystories(tinystories_dir, data_dir, tmp_path):
+def test_cli_flatquant_on_tinystories(tinystories_dir, data_dir, tmp_path, cli):
     common = ["--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "tinystories",
               "--eval_limit", "2", "--seqlen", "64", "--calib_dataset", "tinystories", "--nsamples", "4",
               "--format", "int", "--w_bits", "4", "--a_bits", "4", "--k_bits", "4", "--v_bits", "4",
               "--k_asym", "--v_asym", "--output_dir", str(tmp_path)]
     flat = ["--cali_trans", "--add_diag", "--lwc", "--lac", "--epochs", "1", "--cali_bsz", "2"]
-    out = _cli("model_quant.py", *common, *flat, "--save_matrix", "--run_name", "flat",
-               "--real_quant", "--save_path", str(tmp_path / "ckpt"))
+    out = cli("model_quant.py", *common, *flat, "--save_matrix", "--run_name", "flat",
+              "--real_quant", "--save_path", str(tmp_path / "ckpt"))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "-flatquant-rtn |" in out.stdout
     result = json.loads((tmp_path / "flat.json").read_text())
     assert result["recipe"]["flatquant"]["epochs"] == 1 and result["recipe"]["method"] == "flatquant"
     assert os.path.exists(tmp_path / "flat_matrices" / "flat" / "flat_matrices_00001.safetensors")
-    again = _cli("model_quant.py", *common, *flat, "--reload_matrix", "--matrix_path",
-                 str(tmp_path / "flat_matrices" / "flat"), "--run_name", "reloaded")
+    again = cli("model_quant.py", *common, *flat, "--reload_matrix", "--matrix_path",
+                str(tmp_path / "flat_matrices" / "flat"), "--run_name", "reloaded")
     assert again.returncode == 0, again.stderr[-2000:]
     reloaded = json.loads((tmp_path / "reloaded.json").read_text())
     assert reloaded["metrics"]["ppl"] == result["metrics"]["ppl"]
     # The exported checkpoint (packed weights, Kronecker transforms, learned clips) scores the same.
-    loaded = _cli("model_quant.py", *common, "--load_quantized", str(tmp_path / "ckpt"), "--run_name", "loaded")
+    loaded = cli("model_quant.py", *common, "--load_quantized", str(tmp_path / "ckpt"), "--run_name", "loaded")
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     ppl = json.loads((tmp_path / "loaded.json").read_text())["metrics"]["ppl"]["tinystories"]
     assert ppl == pytest.approx(result["metrics"]["ppl"]["tinystories"], rel=1e-4)
@@ -206,16 +197,16 @@ def test_cli_flatquant_on_tinystories(tinystories_dir, data_dir, tmp_path):
     (["--lwc", "--w_bits", "16", "--a_bits", "16"], "set --w_bits and/or --a_bits below 16"),
     (["--lwc", "--gptq", "--w_bits", "16"], "--gptq after FlatQuant quantizes weights"),
 ])
-def test_cli_flatquant_refusals(tinystories_dir, data_dir, tmp_path, extra, message):
-    out = _cli("model_quant.py", "--model", tinystories_dir, "--data_dir", data_dir, "--w_bits", "4",
-               "--a_bits", "4", "--output_dir", str(tmp_path), *extra)
+def test_cli_flatquant_refusals(tinystories_dir, data_dir, tmp_path, extra, message, cli):
+    out = cli("model_quant.py", "--model", tinystories_dir, "--data_dir", data_dir, "--w_bits", "4",
+              "--a_bits", "4", "--output_dir", str(tmp_path), *extra)
     assert out.returncode == 2 and message in out.stderr, out.stderr[-1000:]
     assert not os.listdir(tmp_path)
 
 
-def test_main_refuses_flatquant_with_the_fpq_search(tinystories_dir, data_dir, tmp_path):
-    out = _cli("main.py", "--model", tinystories_dir, "--data_dir", data_dir, "--qbits", "4", "4", "4", "2", "2", "2",
-               "--quant_config", "FPQ_config_llama", "--lac", "--output_dir", str(tmp_path))
+def test_main_refuses_flatquant_with_the_fpq_search(tinystories_dir, data_dir, tmp_path, cli):
+    out = cli("main.py", "--model", tinystories_dir, "--data_dir", data_dir, "--qbits", "4", "4", "4", "2", "2", "2",
+              "--quant_config", "FPQ_config_llama", "--lac", "--output_dir", str(tmp_path))
     assert out.returncode == 2 and "FlatQuant flags and --quant_config FPQ_config_llama" in out.stderr
 
 
@@ -230,12 +221,14 @@ def test_runner_level_refusals(tiny_models):
         calibrate_layerwise(model, adapter, calib_ids(), "cpu", LayerwiseConfig(method="flatquant", flatquant=FLAT))
 
 
-def test_kernel_bench_refuses_unknown_formats():
-    out = _cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--formats", "int4,fp3", "--out", "/dev/null/x")
+def test_kernel_bench_refuses_unknown_formats(cli, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
+    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--formats", "int4,fp3", "--out", "/dev/null/x")
     assert out.returncode != 0 and "--formats takes a comma list of int4, e2m1, nvfp4, mxfp4" in out.stderr
 
 
-def test_kernel_bench_refuses_a_negative_in_stream_count():
-    out = _cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--in_stream", "-2", "--out", "/dev/null/x")
+def test_kernel_bench_refuses_a_negative_in_stream_count(cli, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
+    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--in_stream", "-2", "--out", "/dev/null/x")
     assert out.returncode == 2 and "--in_stream takes the calls per graph (0: off), got -2" in out.stderr
 

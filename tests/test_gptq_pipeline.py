@@ -12,8 +12,6 @@ from configs import QuantRecipe, RunConfig
 from pipeline import run
 from quant_layers import QuantSpec
 
-from test_pipeline import _cli
-
 
 def _common(tinystories_dir, data_dir, tmp_path) -> list[str]:
     return ["--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "tinystories",
@@ -31,10 +29,10 @@ def _tree_digest(root) -> dict[str, str]:
     return out
 
 
-def test_gptq_beats_rtn_end_to_end_and_reports_calibration(tinystories_dir, data_dir, tmp_path):
+def test_gptq_beats_rtn_end_to_end_and_reports_calibration(tinystories_dir, data_dir, tmp_path, cli):
     common = _common(tinystories_dir, data_dir, tmp_path)
-    rtn = _cli("model_quant.py", *common, "--w_bits", "3", "--run_name", "rtn")
-    gptq = _cli("model_quant.py", *common, "--w_bits", "3", "--gptq", "--run_name", "gptq")
+    rtn = cli("model_quant.py", *common, "--w_bits", "3", "--run_name", "rtn")
+    gptq = cli("model_quant.py", *common, "--w_bits", "3", "--gptq", "--run_name", "gptq")
     assert rtn.returncode == 0 and gptq.returncode == 0, rtn.stderr + gptq.stderr
     results = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in ("rtn", "gptq")}
     ppl = {n: r["metrics"]["ppl"]["tinystories"] for n, r in results.items()}
@@ -46,31 +44,31 @@ def test_gptq_beats_rtn_end_to_end_and_reports_calibration(tinystories_dir, data
     assert "-gptq |" in gptq.stdout
 
     # Resuming a finished run reloads every block and gives the same model.
-    again = _cli("model_quant.py", *common, "--w_bits", "3", "--gptq", "--resume", "--run_name", "gptq")
+    again = cli("model_quant.py", *common, "--w_bits", "3", "--gptq", "--resume", "--run_name", "gptq")
     assert again.returncode == 0, again.stderr
     resumed = json.loads((tmp_path / "gptq.json").read_text())
     assert resumed["calibration"]["resumed_blocks"] == 2
     assert resumed["metrics"] == results["gptq"]["metrics"]
 
 
-def test_rotation_and_gptq_through_main(tinystories_dir, data_dir, tmp_path):
-    out = _cli("main.py", *_common(tinystories_dir, data_dir, tmp_path), "--qbits", "4", "4", "4", "--rotate",
-               "--gptq", "--act_order", "--run_name", "quarot")
+def test_rotation_and_gptq_through_main(tinystories_dir, data_dir, tmp_path, cli):
+    out = cli("main.py", *_common(tinystories_dir, data_dir, tmp_path), "--qbits", "4", "4", "4", "--rotate",
+              "--gptq", "--act_order", "--run_name", "quarot")
     assert out.returncode == 0, out.stderr
     result = json.loads((tmp_path / "quarot.json").read_text())
     assert result["recipe"]["transform"] == "hadamard" and result["recipe"]["gptq"]["act_order"] is True
     assert result["config"]["quant_label"].endswith("-hadamard-gptq")
 
 
-def test_resume_from_a_different_recipe_is_refused_and_touches_nothing(tinystories_dir, data_dir, tmp_path):
+def test_resume_from_a_different_recipe_is_refused_and_touches_nothing(tinystories_dir, data_dir, tmp_path, cli):
     common = _common(tinystories_dir, data_dir, tmp_path)
-    first = _cli("model_quant.py", *common, "--w_bits", "4", "--gptq", "--run_name", "r")
+    first = cli("model_quant.py", *common, "--w_bits", "4", "--gptq", "--run_name", "r")
     assert first.returncode == 0, first.stderr
     before = _tree_digest(tmp_path)
-    other = _cli("model_quant.py", *common, "--w_bits", "4", "--w_group_size", "64", "--gptq", "--resume",
-                 "--run_name", "r")
+    other = cli("model_quant.py", *common, "--w_bits", "4", "--w_group_size", "64", "--gptq", "--resume",
+                "--run_name", "r")
     assert other.returncode == 2 and "recipe" in other.stderr and "--output_dir" in other.stderr, other.stderr
-    fresh = _cli("model_quant.py", *common, "--w_bits", "4", "--gptq", "--run_name", "r")
+    fresh = cli("model_quant.py", *common, "--w_bits", "4", "--gptq", "--run_name", "r")
     assert fresh.returncode == 2 and "pass --resume" in fresh.stderr, fresh.stderr
     assert _tree_digest(tmp_path) == before
 
@@ -83,9 +81,9 @@ def test_resume_from_a_different_recipe_is_refused_and_touches_nothing(tinystori
     (["--w_bits", "4", "--gptq", "--percdamp", "-1"], "damping (percdamp) must be a finite number >= 0"),
     (["--w_bits", "4", "--gptq", "--calib_dataset", "nowhere.txt"], "unknown dataset 'nowhere.txt'"),
 ])
-def test_bad_gptq_input_fails_before_loading(args, message, tinystories_dir, data_dir, tmp_path):
-    out = _cli("model_quant.py", "--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "none",
-               "--seqlen", "128", "--output_dir", str(tmp_path), *args)
+def test_bad_gptq_input_fails_before_loading(args, message, tinystories_dir, data_dir, tmp_path, cli):
+    out = cli("model_quant.py", "--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "none",
+              "--seqlen", "128", "--output_dir", str(tmp_path), *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert os.listdir(tmp_path) == []
 

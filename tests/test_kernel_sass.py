@@ -12,10 +12,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_sass(*args: str, interpret: bool = False) -> subprocess.CompletedProcess:
+def run_sass(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # other test modules set it
-    if interpret:
-        env["TRITON_INTERPRET"] = "1"
     return subprocess.run([sys.executable, "benchmarks/kernel_sass.py", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
@@ -49,8 +47,9 @@ def test_kernel_sass_refuses_an_element_its_kernel_lacks(tmp_path, kernel, eleme
     assert not (tmp_path / "sass.json").exists()
 
 
-def test_kernel_sass_refuses_the_interpreter(tmp_path):
-    done = run_sass("--out", str(tmp_path / "sass"), interpret=True)
+def test_kernel_sass_refuses_the_interpreter(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # in this process: refused before any kernel is imported
+    done = cli("benchmarks/kernel_sass.py", "--out", str(tmp_path / "sass"))
     assert done.returncode == 2 and "TRITON_INTERPRET is set: unset it" in done.stderr
     assert not (tmp_path / "sass.json").exists()
 

@@ -106,6 +106,8 @@ def test_kv_quantization_sees_post_rope_keys_per_head(tiny_models):
 
 
 def _cli(script: str, *args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """The script in a fresh interpreter, as a user starts it (the drivers' entry points, the offline hub);
+    the other CLI tests run ``main(argv)`` in this process (the ``cli`` fixture), seconds faster each."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=300)
@@ -125,24 +127,24 @@ def test_cli_w4a4kv4_on_tinystories_end_to_end(tinystories_dir, data_dir, tmp_pa
     assert elapsed < 60
 
 
-def test_main_qbits_fp4_matches_model_quant_flags(tinystories_dir, data_dir, tmp_path):
+def test_main_qbits_fp4_matches_model_quant_flags(tinystories_dir, data_dir, tmp_path, cli):
     common = ["--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "tinystories",
               "--seqlen", "128", "--eval_limit", "2", "--output_dir", str(tmp_path)]
-    a = _cli("main.py", *common, "--qbits", "4", "4", "4", "2", "2", "2", "--run_name", "a")
-    b = _cli("model_quant.py", *common, "--format", "fp", "--w_bits", "4", "--a_bits", "4", "--k_bits", "4",
-             "--v_bits", "4", "--run_name", "b")
+    a = cli("main.py", *common, "--qbits", "4", "4", "4", "2", "2", "2", "--run_name", "a")
+    b = cli("model_quant.py", *common, "--format", "fp", "--w_bits", "4", "--a_bits", "4", "--k_bits", "4",
+            "--v_bits", "4", "--run_name", "b")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     ra, rb = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
     assert ra["recipe"] == rb["recipe"] and ra["metrics"] == rb["metrics"]
 
 
-def test_rotation_rescues_w4a4kv4_through_both_drivers(tinystories_dir, data_dir, tmp_path):
+def test_rotation_rescues_w4a4kv4_through_both_drivers(tinystories_dir, data_dir, tmp_path, cli):
     common = ["--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "tinystories",
               "--seqlen", "256", "--eval_limit", "8", "--output_dir", str(tmp_path)]
-    plain = _cli("main.py", *common, "--qbits", "4", "4", "4", "--run_name", "plain")
-    rotated = _cli("main.py", *common, "--qbits", "4", "4", "4", "--rotate", "--run_name", "rotated")
-    flags = _cli("model_quant.py", *common, "--w_bits", "4", "--a_bits", "4", "--k_bits", "4", "--v_bits", "4",
-                 "--transform_class", "hadamard", "--run_name", "flags")
+    plain = cli("main.py", *common, "--qbits", "4", "4", "4", "--run_name", "plain")
+    rotated = cli("main.py", *common, "--qbits", "4", "4", "4", "--rotate", "--run_name", "rotated")
+    flags = cli("model_quant.py", *common, "--w_bits", "4", "--a_bits", "4", "--k_bits", "4", "--v_bits", "4",
+                "--transform_class", "hadamard", "--run_name", "flags")
     assert plain.returncode == rotated.returncode == flags.returncode == 0, plain.stderr + rotated.stderr + flags.stderr
     ppl = {n: json.loads((tmp_path / f"{n}.json").read_text())["metrics"]["ppl"]["tinystories"]
            for n in ("plain", "rotated", "flags")}
@@ -171,22 +173,22 @@ def test_wandb_offline_logging(tinystories_dir, data_dir, tmp_path):
     (["--transform_class", "identity", "--hadamard_group_size", "16"], "applies to --transform_class hadamard"),
     (["--transform_class", "spin"], "invalid choice: 'spin'"),
 ])
-def test_bad_input_fails_before_loading(args, message, tinystories_dir, tmp_path):
+def test_bad_input_fails_before_loading(args, message, tinystories_dir, tmp_path, cli):
     empty = tmp_path / "data"
     empty.mkdir()
     start = time.perf_counter()
-    out = _cli("model_quant.py", "--model", tinystories_dir, "--data_dir", str(empty), "--ppl_datasets", "none",
-               "--seqlen", "128", "--output_dir", str(tmp_path), *args)
+    out = cli("model_quant.py", "--model", tinystories_dir, "--data_dir", str(empty), "--ppl_datasets", "none",
+              "--seqlen", "128", "--output_dir", str(tmp_path), *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert list(tmp_path.glob("*.json")) == []
     assert time.perf_counter() - start < 30
 
 
-def test_unsupported_architecture_names_supported_ones(tmp_path):
+def test_unsupported_architecture_names_supported_ones(tmp_path, cli):
     from transformers import GPT2Config
 
     GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100).save_pretrained(tmp_path / "gpt2")
-    out = _cli("main.py", "--model", str(tmp_path / "gpt2"), "--ppl_datasets", "none", "--qbits", "4", "4", "4")
+    out = cli("main.py", "--model", str(tmp_path / "gpt2"), "--ppl_datasets", "none", "--qbits", "4", "4", "4")
     assert out.returncode == 2
     assert "unsupported model family 'gpt2': supported model types are llama, qwen2, qwen3" in out.stderr
 
@@ -196,24 +198,24 @@ def test_hub_id_offline_says_pass_a_local_directory():
     assert out.returncode == 2 and "Pass a local model directory instead" in out.stderr
 
 
-def test_missing_model_directory_and_gguf(tmp_path):
-    out = _cli("main.py", "--model", str(tmp_path / "nowhere"), "--ppl_datasets", "none")
+def test_missing_model_directory_and_gguf(tmp_path, cli):
+    out = cli("main.py", "--model", str(tmp_path / "nowhere"), "--ppl_datasets", "none")
     assert out.returncode == 2 and "model directory not found" in out.stderr
-    out = _cli("main.py", "--gguf_file", str(tmp_path / "m.gguf"), "--ppl_datasets", "none")
+    out = cli("main.py", "--gguf_file", str(tmp_path / "m.gguf"), "--ppl_datasets", "none")
     assert out.returncode == 2 and "GGUF file not found" in out.stderr
 
 
-def test_ppl_table_select_and_main_driver(tinystories_dir, data_dir, tmp_path):
+def test_ppl_table_select_and_main_driver(tinystories_dir, data_dir, tmp_path, cli):
     """benchmarks/ppl_table.py: --select picks recipes (a pattern matching none is an error), --driver main."""
     recipes = tmp_path / "recipes.txt"
     recipes.write_text("int4 | --qbits 4 16 16\nfp4 | --qbits 4 16 16 2 0 0\n")
-    common = [sys.executable, os.path.join(ROOT, "benchmarks", "ppl_table.py"), "--driver", "main",
+    common = ["benchmarks/ppl_table.py", "--driver", "main",
               "--recipes", str(recipes), "--model", tinystories_dir, "--data_dir", data_dir,
               "--ppl_datasets", "tinystories", "--seqlen", "128", "--eval_limit", "2", "--device", "cpu"]
-    bad = subprocess.run([*common, "--select", "nvfp*", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    bad = cli(*common, "--select", "nvfp*", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "no recipe of" in bad.stderr and "matches --select 'nvfp*'" in bad.stderr
     assert not (tmp_path / "bad.md").exists()
-    ok = subprocess.run([*common, "--select", "fp*", "--out", str(tmp_path / "t")], capture_output=True, text=True)
+    ok = cli(*common, "--select", "fp*", "--out", str(tmp_path / "t"))
     assert ok.returncode == 0, ok.stderr
     table = (tmp_path / "t.md").read_text()
     assert "| fp4 | `W[e2m1-ch]-rtn` |" in table and "int4" not in table

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPORT = os.path.join(ROOT, "scripts", "report.py")
+REPORT = "scripts/report.py"  # run in this process (the cli fixture); sweep.sh runs it for real
 SWEEP = os.path.join(ROOT, "scripts", "sweep.sh")
 SPEC = {"fmt": "int", "bits": 4, "granularity": "channel"}
 
@@ -45,13 +45,9 @@ def _write_runs(folder) -> None:
     (folder / "notes.json").write_text(json.dumps({"comment": "not a run"}))
 
 
-def _report(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, REPORT, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
-
-
-def test_report_table_and_plot(tmp_path):
+def test_report_table_and_plot(tmp_path, cli):
     _write_runs(tmp_path / "runs")
-    out = _report(str(tmp_path / "runs"), "--out", str(tmp_path / "out" / "sweep"))
+    out = cli(REPORT, str(tmp_path / "runs"), "--out", str(tmp_path / "out" / "sweep"))
     assert out.returncode == 0, out.stderr
     assert "skipping" in out.stderr and "notes.json: not a run JSON" in out.stderr
     table = (tmp_path / "out" / "sweep.md").read_text()
@@ -70,18 +66,18 @@ def test_report_table_and_plot(tmp_path):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
-def test_report_defaults_to_the_runs_folder(tmp_path):
+def test_report_defaults_to_the_runs_folder(tmp_path, cli):
     _write_runs(tmp_path)
-    assert _report(str(tmp_path)).returncode == 0
+    assert cli(REPORT, str(tmp_path)).returncode == 0
     assert (tmp_path / "report.md").is_file() and (tmp_path / "report.png").stat().st_size > 0
 
 
-def test_report_without_runs_exits_2(tmp_path):
+def test_report_without_runs_exits_2(tmp_path, cli):
     (tmp_path / "other.json").write_text("[1, 2]")
-    out = _report(str(tmp_path))
+    out = cli(REPORT, str(tmp_path))
     assert out.returncode == 2
     assert "no run JSONs in" in out.stderr and not (tmp_path / "report.md").exists()
-    out = _report(str(tmp_path / "missing"))
+    out = cli(REPORT, str(tmp_path / "missing"))
     assert out.returncode == 2 and "is not a folder" in out.stderr
 
 

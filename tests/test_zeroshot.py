@@ -13,8 +13,6 @@ import main
 from configs import RunConfig
 from evaluation.zeroshot import markdown_table, prepare_tasks, summarize
 
-from test_pipeline import _cli
-
 STOCK = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "boolq", "lambada_openai", "openbookqa")
 STOCK_YAML = {
     "piqa": "piqa/piqa.yaml", "arc_easy": "arc/arc_easy.yaml", "arc_challenge": "arc/arc_challenge.yaml",
@@ -206,10 +204,10 @@ def test_summary_average_and_table():
     assert "| winogrande | 10 | 50.00 |  | acc |" in table and "| average | |  |  | 60.00 |" in table
 
 
-def test_end_to_end_on_tinystories(tinystories_dir, data_dir, tmp_path):
-    out = _cli("main.py", "--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "none",
-               "--seqlen", "512", "--qbits", "8", "8", "16", "--tasks", "piqa,arc_easy", "--lm_eval_limit", "4",
-               "--output_dir", str(tmp_path), "--run_name", "zs")
+def test_end_to_end_on_tinystories(tinystories_dir, data_dir, tmp_path, cli):
+    out = cli("main.py", "--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "none",
+              "--seqlen", "512", "--qbits", "8", "8", "16", "--tasks", "piqa,arc_easy", "--lm_eval_limit", "4",
+              "--output_dir", str(tmp_path), "--run_name", "zs")
     assert out.returncode == 0, out.stderr
     result = json.loads((tmp_path / "zs.json").read_text())
     lm_eval = result["metrics"]["lm_eval"]
@@ -344,10 +342,10 @@ def test_wikitext_missing_file_names_the_folder_beside_tasks(tmp_path):
         prepare_tasks(("wikitext",), str(tmp_path / "tasks"))
 
 
-def test_wikitext_end_to_end_on_tinystories(tinystories_dir, data_dir, tmp_path):
-    out = _cli("main.py", "--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "wikitext2",
-               "--seqlen", "256", "--eval_limit", "2", "--qbits", "8", "8", "16", "--tasks", "wikitext",
-               "--lm_eval_limit", "2", "--output_dir", str(tmp_path), "--run_name", "wt")
+def test_wikitext_end_to_end_on_tinystories(tinystories_dir, data_dir, tmp_path, cli):
+    out = cli("main.py", "--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "wikitext2",
+              "--seqlen", "256", "--eval_limit", "2", "--qbits", "8", "8", "16", "--tasks", "wikitext",
+              "--lm_eval_limit", "2", "--output_dir", str(tmp_path), "--run_name", "wt")
     assert out.returncode == 0, out.stderr
     metrics = json.loads((tmp_path / "wt.json").read_text())["metrics"]
     row = metrics["lm_eval"]["tasks"]["wikitext"]
