@@ -3,7 +3,8 @@
 # usage: OUT=DIR [SMOLLM2=DIR DATA=DIR] bash benchmarks/gpu_suite.sh SECTION...
 #   kernels    kernel_check (compiled kernels against their twins), then kernel_bench (Llama-3-8B shapes)
 #   calib      FlatQuant calibration speed on Llama-3-8B- and SmolLM2-shaped random blocks (issue 6)
-#   model      bench_model on a random Llama-3-8B: prefill, compiled CUDA-graph decode (issue 10); each mode and
+#   model      bench_model on a random Llama-3-8B: prefill (eager and compiled graph), compiled CUDA-graph decode
+#              (issue 10); each mode and
 #              batch compiles its step (about a minute), so the modes take two calls: MODES=bf16,w4a4,w4a4kv4
 #              (the default), then MODES=bf16,w4a16,fp6 OUT=another folder
 #   decode     decode-sized kernels (M = 1, 8, 16) and bf16 / W4A4 compiled CUDA-graph decode at batch 1 and 8;
@@ -17,6 +18,8 @@
 #   decode_b1  bf16 against W4A4KV4 (MODES) compiled CUDA-graph decode at batch 1 (issue 10)
 #   rounding   the quantizers a compiled decode step compiles (KV4 per head, activations per token) against the
 #              same quantizers run eagerly, then a compiled W4A4KV4 decode step profiled (issue 10)
+#   prefill_graph  bench_model's prefill (BATCHES, default 1) eager and replayed from a compiled CUDA graph, bf16 /
+#              W4A4 / W4A4KV4 (MODES) (issue 10)
 #   prefill_profile  the GPU time of each kernel of bench_model's eager prefill (BATCH, default 1; MODES, default
 #              w4a4,w4a4kv4), to find what KV4 adds to it (issue 10)
 #   gemv_fold  the one-row decode kernels timed inside a stream of 20 calls (L2 flushed), with the folded-accumulator
@@ -51,8 +54,12 @@ for section in "$@"; do
         --shape smollm2-135m --layers 4 --out "$OUT/flatquant_speed_smollm2_h200" ;;
     model)
       step "${LIMIT_MODEL:-560}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
-        --modes "${MODES:-bf16,w4a4,w4a4kv4}" --prefill_batches 1,4 --decode_batches 1,8,64 \
+        --modes "${MODES:-bf16,w4a4,w4a4kv4}" --prefill_batches 1,4 --graph_prefill --decode_batches 1,8,64 \
         --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_llama3_8b_h200" ;;
+    prefill_graph)
+      step "${LIMIT_PREFILL_GRAPH:-420}" bench_model_prefill_graph python benchmarks/bench_model.py --random_mode \
+        --config llama-3-8b --modes "${MODES:-bf16,w4a4,w4a4kv4}" --prefill_batches "${BATCHES:-1}" --decode_batches "" \
+        --graph_prefill --compile --reps 5 --out "$OUT/bench_model_prefill_graph_compiled_llama3_8b_h200" ;;
     decode)
       step "${LIMIT_DECODE_CHECK:-150}" kernel_check_decode python benchmarks/kernel_check.py \
         --only decode_attention,decode_attention_packed,linear --out "$OUT/kernel_check_decode_h200"
@@ -98,6 +105,6 @@ for section in "$@"; do
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, roundtrip" >&2; exit 2 ;;
   esac
 done
