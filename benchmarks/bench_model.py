@@ -6,7 +6,9 @@ random packed codes and scales, which is what the kernels' speed depends on, and
 and gate/up fused, as a loaded checkpoint does. Modes:
 
 * ``bf16``: the dense model (HF SDPA attention, single-token queries grouped per K/V head as in
-  ``models.attention``, like every mode);
+  ``models.attention``, like every mode but the next);
+* ``bf16_eager``: the dense model on HF's eager attention (matmul, softmax, matmul; K/V
+  repeated per query head), labelled, as a second bf16 reference;
 * ``w4a16``: FP4 E2M1 weights per channel on the FPx weight-only kernel, bf16 activations;
 * ``w4a4``: INT4 weights per channel, INT4 activations per token (W4A4 GEMM);
 * ``w4a4kv4``: ``w4a4`` with K/V quantized to INT4 per head (V asymmetric), decoding from
@@ -75,12 +77,15 @@ CONFIGS = {
 # mode -> (weight scheme, activation scheme or None, KV4)
 MODES = {
     "bf16": (None, None, False),
+    "bf16_eager": (None, None, False),
     "w4a16": (RealQuantScheme("e2m1"), None, False),
     "w4a4": (RealQuantScheme("int4"), RealQuantScheme("int4"), False),
     "w4a4kv4": (RealQuantScheme("int4"), RealQuantScheme("int4"), True),
     "fp6": (RealQuantScheme("e3m2", bits=6), None, False),
     "fp5": (RealQuantScheme("e2m2", bits=5), None, False),
 }
+# Modes on another attention implementation than SDPA.
+ATTENTION = {"bf16_eager": "eager"}
 KV4 = (QuantSpec("int", 4, granularity="head"), QuantSpec("int", 4, granularity="head", symmetric=False))
 
 
@@ -116,8 +121,9 @@ def build_model(config, mode: str, device: torch.device, seed: int = 0) -> nn.Mo
     """The model built on ``device`` directly (random initialisation of 8B weights on a CPU takes minutes)."""
     torch.manual_seed(seed)
     with device:
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa").eval()
-    use_grouped_decode_attention(model)  # every mode, bf16 included: no K/V copies per query head
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
+                                                 attn_implementation=ATTENTION.get(mode, "sdpa")).eval()
+    use_grouped_decode_attention(model)  # every SDPA mode, bf16 included: no K/V copies per query head
     weight, act, kv4 = MODES[mode]
     adapter = adapter_for(config)
     generator = torch.Generator(device=device).manual_seed(seed)

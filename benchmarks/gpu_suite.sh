@@ -6,7 +6,7 @@
 #   model      bench_model on a random Llama-3-8B: prefill (eager and compiled graph), compiled CUDA-graph decode
 #              (issue 10); each mode and
 #              batch compiles its step (about a minute), so the modes take two calls: MODES=bf16,w4a4,w4a4kv4
-#              (the default), then MODES=bf16,w4a16,fp6 OUT=another folder
+#              (the default), then MODES=bf16,w4a16,fp6,fp5,bf16_eager OUT=another folder
 #   decode     decode-sized kernels (M = 1, 8, 16) and bf16 / W4A4 compiled CUDA-graph decode at batch 1 and 8;
 #              first the decode attention (bf16 and packed KV4) and w4a4_linear checked against their twins
 #              (issues 9, 10)

@@ -81,10 +81,18 @@ def test_bench_model_dry_run_writes_its_tables(tmp_path):
     from benchmarks.bench_model import main
 
     prefix = str(tmp_path / "bench")
-    assert main(["--random_mode", "--config", "smollm2-135m", "--cpu_dry_run", "--modes", "bf16,w4a4kv4",
+    assert main(["--random_mode", "--config", "smollm2-135m", "--cpu_dry_run", "--modes", "bf16,w4a4kv4,bf16_eager",
                  "--out", prefix]) == 0
     table = open(prefix + ".md").read()
-    assert "| w4a4kv4 |" in table and "decode b2 eager (tok/s)" in table
+    assert "| w4a4kv4 |" in table and "| bf16_eager |" in table and "decode b2 eager (tok/s)" in table
+
+
+def test_bench_model_bf16_eager_mode_runs_hf_eager_attention():
+    from benchmarks.bench_model import build_config, build_model
+
+    config = build_config("smollm2-135m", 1, 16)
+    assert build_model(config, "bf16_eager", torch.device("cpu")).config._attn_implementation == "eager"
+    assert build_model(config, "bf16", torch.device("cpu")).config._attn_implementation != "eager"
 
 
 def test_bench_model_table_has_graph_prefill_columns_and_capture_errors():
