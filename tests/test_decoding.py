@@ -146,7 +146,7 @@ def test_greedy_generate_needs_a_new_token(tinystories_dir):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--modes", "bf16,w3a3"], "unknown modes ['w3a3']: choose from bf16, w4a16"),
+    (["--modes", "bf16,w3a3"], "unknown modes ['w3a3']: choose from bf16, bf16_eager, w4a16"),
     (["--modes", "bf16"], "needs a CUDA device"),
     (["--prefill", "--compile"], "--prefill profiles the eager forward bench_model times"),
 ])
