@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from typing import Callable
 
 import torch
 
@@ -41,6 +42,26 @@ def kernel_times(profile, steps: int) -> dict[str, dict[str, float]]:
     return dict(table)
 
 
+def timed_and_profiled(run: Callable[[], object], steps: int, device: torch.device) -> tuple[float, dict]:
+    """Microseconds per call of ``run`` (wall clock over ``steps`` calls), then its kernels' GPU time per call
+    over ``steps`` more calls under torch.profiler (``kernel_times``); the caller warms up first."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        run()
+    torch.cuda.synchronize(device)
+    step_us = (time.perf_counter() - start) / steps * 1e6
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
+        for _ in range(steps):
+            run()
+        torch.cuda.synchronize(device)
+    return step_us, kernel_times(profile, steps)
+
+
+def _row(mode: str, batch: int, compile: bool, warmup_s: float, step_us: float, kernels: dict) -> dict:
+    return {"mode": mode, "batch": batch, "compile": compile, "capture_s": warmup_s, "step_us": step_us,
+            "kernel_us": sum(k["us"] for k in kernels.values()), "kernels": kernels}
+
+
 @torch.no_grad()
 def profile_mode(config, mode: str, batch: int, seqlen: int, steps: int, device: torch.device,
                  compile: bool = False) -> dict:
@@ -54,20 +75,10 @@ def profile_mode(config, mode: str, batch: int, seqlen: int, steps: int, device:
     for _ in range(3):
         decoder.step()
     torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        decoder.step()
-    torch.cuda.synchronize(device)
-    step_us = (time.perf_counter() - start) / steps * 1e6
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
-        for _ in range(steps):
-            decoder.step()
-        torch.cuda.synchronize(device)
-    kernels = kernel_times(profile, steps)
+    step_us, kernels = timed_and_profiled(decoder.step, steps, device)
     del model, decoder
     torch.cuda.empty_cache()
-    return {"mode": mode, "batch": batch, "compile": compile, "capture_s": capture_s, "step_us": step_us,
-            "kernel_us": sum(k["us"] for k in kernels.values()), "kernels": kernels}
+    return _row(mode, batch, compile, capture_s, step_us, kernels)
 
 
 @torch.no_grad()
@@ -76,25 +87,19 @@ def profile_prefill(config, mode: str, batch: int, seqlen: int, steps: int, devi
     warm-up calls (which autotune)."""
     model = build_model(config, mode, device)
     ids = torch.randint(0, config.vocab_size, (batch, seqlen), device=device)
+
+    def forward() -> None:
+        model(ids, use_cache=False)
+
     started = time.perf_counter()
     for _ in range(2):
-        model(ids, use_cache=False)
+        forward()
     torch.cuda.synchronize(device)
     warmup_s = time.perf_counter() - started
-    start = time.perf_counter()
-    for _ in range(steps):
-        model(ids, use_cache=False)
-    torch.cuda.synchronize(device)
-    step_us = (time.perf_counter() - start) / steps * 1e6
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as profile:
-        for _ in range(steps):
-            model(ids, use_cache=False)
-        torch.cuda.synchronize(device)
-    kernels = kernel_times(profile, steps)
+    step_us, kernels = timed_and_profiled(forward, steps, device)
     del model
     torch.cuda.empty_cache()
-    return {"mode": mode, "batch": batch, "compile": False, "capture_s": warmup_s, "step_us": step_us,
-            "kernel_us": sum(k["us"] for k in kernels.values()), "kernels": kernels}
+    return _row(mode, batch, False, warmup_s, step_us, kernels)
 
 
 def tuned_configs() -> dict[str, list[str]]:
