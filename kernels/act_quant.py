@@ -12,7 +12,9 @@ the FP8 prefill path) or as signed bytes in the decode kernel's dp4a order
 Rounding is done by hand, with fp32 adds and bit operations that behave the same
 compiled and under ``TRITON_INTERPRET=1`` (the interpreter's fp8 and bf16 casts do
 not round to nearest even), so the CPU tests check the very code that runs on a GPU.
-Divisions use ``div_rn``: the twin divides with IEEE rounding.
+The twin divides with IEEE rounding, and so does the kernel: element by element with ``div_rn``
+only where a scale is far from 1, elsewhere with one reciprocal per scale group and a
+correction (``_divide``).
 
 The kernels here and in ``w4a4_gemm`` call only Triton builtins and their own
 ``triton.jit`` helpers, never the ``triton.jit`` functions of Triton's standard library
@@ -30,7 +32,7 @@ from functools import lru_cache
 import torch
 import triton
 import triton.language as tl
-from triton.language.standard import _elementwise_max, _sum_combine
+from triton.language.standard import _elementwise_max, _elementwise_min, _sum_combine
 
 from quant_layers.formats import E2M1, E4M3
 from quant_layers.packing import element_named
@@ -146,18 +148,46 @@ def _scales(amax, tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND: tl.constex
 
 @triton.jit
 def _encode(v, ELEMENT_INT4: tl.constexpr):
-    """4-bit codes (int32 0..15) of v = x / scale, rounded as IntFormat(4) / E2M1 round (ties to even)."""
+    """4-bit codes (int32 0..15) of v = x / scale, rounded as IntFormat(4) / E2M1 round (ties to even).
+
+    Both round with one fp32 add of a magic number whose ulp is the grid step: INT4's step is
+    1 and the integer lands in the sum's low mantissa bits (its low nibble is the code); E2M1's
+    step is 0.5 below 2, 1 below 4 and 2 above, so the magic number takes the magnitude's
+    exponent. The rounded magnitude's exponent and first mantissa bit (bits 22 and up) then
+    give E2M1's index: 0.5 -> 252, 1 -> 254, ... 6 -> 259, against indices 1, 2, ... 7.
+    """
     if ELEMENT_INT4:
-        codes = _rint(tl.minimum(tl.maximum(v, -8.0), 7.0)).to(tl.int32) & 0xF
+        codes = (tl.minimum(tl.maximum(v, -8.0), 7.0) + ROUND_MAGIC).to(tl.int32, bitcast=True) & 0xF
     else:
-        a = tl.abs(v)
-        # Magnitude index of 0, 0.5, 1, 1.5, 2, 3, 4, 6: one step past each midpoint, a tie
-        # goes to the even neighbour (strict > where the lower one is even, >= otherwise).
-        index = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
-                 + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
-                 + (a > 5.0).to(tl.int32))
+        a = tl.minimum(tl.abs(v), 6.0)
+        step_exponent = tl.maximum(a.to(tl.int32, bitcast=True) >> 23, 127) - 1  # biased: 0.5, 0.5, 1, 2
+        magic = _bits_to_float(((step_exponent + 23) << 23) | 0x400000)  # 1.5 * 2^23 * step
+        top = ((a + magic) - magic).to(tl.int32, bitcast=True) >> 22
+        index = tl.maximum(top - 252, (top >> 7) & 1)
         codes = index | (((v < 0) & (index > 0)).to(tl.int32) << 3)
     return codes
+
+
+@triton.jit
+def _divide(y, s):
+    """y / s rounded to nearest even (IEEE), s > 0 broadcast against y; as the twin's division.
+
+    Inside 2^-96 <= s < 2^96 it takes one reciprocal per divisor and three operations per
+    element: q0 = y * RN(1/s), then q0 + (y - q0 s) RN(1/s) with two fused multiply-adds
+    (Markstein's correction; the remainder is exact there, and the sum rounds to RN(y / s):
+    ``benchmarks/division_check.py`` compares it with exact rationals). Below that range the
+    remainder can lose bits and a quotient within an ulp of a rounding tie can come out wrong,
+    so any tile holding such a divisor (or one above it) takes ``div_rn`` per element: a
+    reciprocal, its refinement and a branch, which bound the kernel's speed before.
+    """
+    in_range = (s >= 1.262177448353619e-29) & (s < 7.922816251426434e+28)
+    if tl.reduce(in_range.to(tl.int32), None, _elementwise_min) > 0:
+        r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+        q0 = y * r
+        q = tl.fma(tl.fma(-q0, s, y), r, q0)
+    else:
+        q = tl.math.div_rn(y, tl.broadcast_to(s, y.shape))
+    return q
 
 
 @triton.jit
@@ -212,7 +242,7 @@ def _act_quant_kernel(
         yg = y.reshape(BLOCK_M, groups, GROUP)
         scale = _scales(tl.reduce(tl.abs(yg), 2, _elementwise_max), tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND)
         safe = tl.where(scale > 0, scale, 1.0)
-        codes = _encode(tl.math.div_rn(yg, safe[:, :, None]), ELEMENT_INT4).reshape(BLOCK_M, BLOCK_K)
+        codes = _encode(_divide(yg, safe[:, :, None]), ELEMENT_INT4).reshape(BLOCK_M, BLOCK_K)
         if OUT_FP8:  # one E4M3 byte per element, for the FP8 GEMM
             tl.store(packed_ptr + rows[:, None] * stride_pm + cols[None, :],
                      code_operand(codes, ELEMENT_INT4, 1).to(tl.uint8, bitcast=True),

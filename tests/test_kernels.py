@@ -209,6 +209,55 @@ def test_triton_quantize_other_dtypes_equal_twin(dtype):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+
+def near_ties(amax: torch.Tensor, element: str, k: int) -> torch.Tensor:
+    """float32 rows of k values: each row's amax first, then the values 2 ulps below to 2 ulps above
+    tie * scale for every rounding tie of the element (both signs), scale = amax / max_value as the twin
+    computes it; zeros after them."""
+    max_value = 7.0 if element == "int4" else 6.0
+    scale = amax / max_value
+    ties = TIES[element].abs().unique()
+    ties = ties[ties < max_value]  # (INT4's 7.5 would raise the amax)
+    near = (ties[None, :] * scale[:, None]).reshape(-1, 1).view(torch.int32) + torch.arange(-2, 3, dtype=torch.int32)
+    values = near.view(torch.float32).reshape(len(amax), -1)
+    rows = torch.zeros(len(amax), k)
+    rows[:, 0] = amax
+    rows[:, 1:1 + 2 * values.shape[1]] = torch.cat([values, -values], dim=1)
+    return rows
+
+
+@pytest.mark.parametrize("case", ["int4-g64", "e2m1-tok"])
+def test_triton_quantize_tiny_scales_near_ties_equal_twin(case):
+    """Scales near 2^-123, values within 2 ulps of every rounding tie times the scale: there the remainder
+    of a reciprocal division loses bits, and the tiles holding them divide element by element; scales
+    near 2^-90 take the reciprocal path."""
+    (element, group, kind, clip), _ = ACT_CASES[case]
+    gen = torch.Generator().manual_seed(0)
+    for exponent in (-120, -87):
+        amax = (1 + torch.rand(16, generator=gen)) * 2.0**exponent
+        x = near_ties(amax, element, 128)
+        want = quantize_activations_ref(x, element, group, kind, clip)
+        got = kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", ["int4-g64", "e2m1-tok", "int4-tok-clip0.9", "nvfp4", "mxfp4"])
+def test_triton_quantize_scales_far_from_one_equal_twin(case, dtype):
+    """Rows scaled by 2^-122 and 2^118 (scales outside the kernel's reciprocal division range) and rows next
+    to them in other tiles, ties included."""
+    (element, group, kind, clip), _ = ACT_CASES[case]
+    x = activations(8, 128, element, group, torch.float32, seed=5)
+    x[0] *= 2.0**-122
+    x[3] *= 2.0**118
+    x[5] *= 2.0**-90  # a scale inside the range: the reciprocal path
+    x = x.to(dtype)
+    for rows in (x, x[4:]):  # one tile holding all rows (interpreter: 32+ rows a tile), then one without them
+        want = quantize_activations_ref(rows, element, group, kind, clip)
+        got = kernels.quantize_activations(rows, element, group, kind, clip, backend="triton")
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("block", [16, 32, 256])
 @pytest.mark.parametrize("case", ["int4-tok-clip0.9", "nvfp4", "mxfp4"])
