@@ -150,20 +150,21 @@ def _scales(amax, tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND: tl.constex
 def _encode(v, ELEMENT_INT4: tl.constexpr):
     """4-bit codes (int32 0..15) of v = x / scale, rounded as IntFormat(4) / E2M1 round (ties to even).
 
-    Both round with one fp32 add of a magic number whose ulp is the grid step: INT4's step is
-    1 and the integer lands in the sum's low mantissa bits (its low nibble is the code); E2M1's
-    step is 0.5 below 2, 1 below 4 and 2 above, so the magic number takes the magnitude's
-    exponent. The rounded magnitude's exponent and first mantissa bit (bits 22 and up) then
-    give E2M1's index: 0.5 -> 252, 1 -> 254, ... 6 -> 259, against indices 1, 2, ... 7.
+    Both round with one fp32 add of a magic number whose ulp is the grid step. INT4's step is
+    1: the rounded integer lands in the sum's low mantissa bits, and its low nibble is the
+    code. E2M1's step is 0.5 below 2, 1 below 4 and 2 from 4 on, so the magic number takes the
+    exponent E of max(|v|, 1): 1.5 * 2^(E + 22). The sum's bits less the magic number's count
+    the steps k; the magnitude's index on the grid 0, 0.5, 1, 1.5, 2, 3, 4, 6 is then
+    k + 2 (E - 127), E biased.
     """
     if ELEMENT_INT4:
         codes = (tl.minimum(tl.maximum(v, -8.0), 7.0) + ROUND_MAGIC).to(tl.int32, bitcast=True) & 0xF
     else:
         a = tl.minimum(tl.abs(v), 6.0)
-        step_exponent = tl.maximum(a.to(tl.int32, bitcast=True) >> 23, 127) - 1  # biased: 0.5, 0.5, 1, 2
-        magic = _bits_to_float(((step_exponent + 23) << 23) | 0x400000)  # 1.5 * 2^23 * step
-        top = ((a + magic) - magic).to(tl.int32, bitcast=True) >> 22
-        index = tl.maximum(top - 252, (top >> 7) & 1)
+        exponent_bits = tl.maximum(a, 1.0).to(tl.int32, bitcast=True) & 0x7F800000  # E << 23
+        magic_bits = exponent_bits + ((22 << 23) | 0x400000)
+        steps = (a + _bits_to_float(magic_bits)).to(tl.int32, bitcast=True) - magic_bits
+        index = steps + (exponent_bits >> 22) - 254
         codes = index | (((v < 0) & (index > 0)).to(tl.int32) << 3)
     return codes
 
