@@ -53,6 +53,10 @@ TILE_ELEMENTS = 4096
 # Hadamard blocks above this are applied as H_16 (x) H_{b/16}: a b x b matrix in shared
 # memory (256 x 256 fp32 = 256 KiB) would not fit.
 MAX_DENSE_HADAMARD = 128
+# Column chunks a program may walk a per-token row in (autotuned; ``_act_quant_kernel``'s CHUNK).
+CHUNKS = (2048, 4096)
+# The chunk the interpreter uses for per-token rows wider than it (0: whole rows); tests set it.
+INTERPRET_CHUNK = 0
 # 1.5 * 2**23: adding then subtracting it rounds |y| < 2**22 to an integer, ties to even.
 ROUND_MAGIC = tl.constexpr(12582912.0)
 
@@ -207,25 +211,12 @@ def _dp4a_words(values, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, W_INT4: tl
 
 
 @triton.jit
-def _act_quant_kernel(
-    x_ptr, h_ptr, packed_ptr, scale_ptr, tensor_amax_ptr,
-    M, K, M_BUCKET, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b,
-    ELEMENT_INT4: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
-    HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
-    ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
-    LAUNCH_DEPENDENTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """DP4A_FOR: 0 packs two codes a byte; 1 (2) writes each code's value as a signed byte in the decode
-    kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``. LAUNCH_DEPENDENTS: the next kernel (the
-    decode kernel, a programmatic dependent launch) may start now; it waits for this one before reading."""
-    if LAUNCH_DEPENDENTS:
-        tl.extra.cuda.gdc_launch_dependents()
-    pid_m = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    row_ok = rows < M
-    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :], other=0.0)
+def _load(x_ptr, h_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+          HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
+          ROUND_F16: tl.constexpr):
+    """The (BLOCK_M, BLOCK_K) tile of x at rows x cols in fp32, rotated when HAD_BLOCK (zeros outside x)."""
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(rows < M)[:, None] & (cols < K)[None, :],
+                other=0.0)
     if HAD_BLOCK > 0:
         y = _rotate(x, h_ptr, inv_sqrt_b, BLOCK_M, BLOCK_K, HAD_BLOCK, HB, DOT_F32)
         # The model's rotation hands the quantizer activations in their own dtype.
@@ -235,34 +226,87 @@ def _act_quant_kernel(
             y = y.to(tl.float16).to(tl.float32)
     else:
         y = x.to(tl.float32)
-    if AMAX_ONLY:
-        tile_amax = tl.reduce(tl.abs(y).reshape(BLOCK_M * BLOCK_K), 0, _elementwise_max)
-        tl.atomic_max(tensor_amax_ptr, tile_amax.to(tl.int32, bitcast=True))
+    return y
+
+
+@triton.jit
+def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: tl.constexpr, OUT_FP8: tl.constexpr,
+                 DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Write a (BLOCK_M, BLOCK_K) tile of codes whose first column is col0: packed two a byte, as E4M3 bytes, or
+    as the decode kernel's dp4a bytes."""
+    row_ok = rows < M
+    if OUT_FP8:  # one E4M3 byte per element, for the FP8 GEMM
+        cols = col0 + tl.arange(0, BLOCK_K)
+        tl.store(packed_ptr + rows[:, None] * stride_pm + cols[None, :],
+                 code_operand(codes, ELEMENT_INT4, 1).to(tl.uint8, bitcast=True),
+                 mask=row_ok[:, None] & (cols < K)[None, :])
+    elif DP4A_FOR > 0:  # signed bytes for the decode kernel's dp4a, written as int32 words (see _dp4a_words)
+        first, second = _dp4a_words(_code_values(codes, 0, ELEMENT_INT4), BLOCK_M, BLOCK_K, DP4A_FOR == 1)
+        word_cols = col0 // 8 + tl.arange(0, BLOCK_K // 8)
+        ptrs = packed_ptr + rows[:, None] * stride_pm + word_cols[None, :]
+        word_mask = row_ok[:, None] & (word_cols < K // 8)[None, :]
+        tl.store(ptrs, first, mask=word_mask)
+        tl.store(ptrs + K // 8, second, mask=word_mask)
     else:
-        groups: tl.constexpr = BLOCK_K // GROUP
-        yg = y.reshape(BLOCK_M, groups, GROUP)
-        scale = _scales(tl.reduce(tl.abs(yg), 2, _elementwise_max), tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND)
+        low, high = tl.split(codes.reshape(BLOCK_M, BLOCK_K // 2, 2))
+        byte_cols = col0 // 2 + tl.arange(0, BLOCK_K // 2)
+        tl.store(packed_ptr + rows[:, None] * stride_pm + byte_cols[None, :], (low | (high << 4)).to(tl.uint8),
+                 mask=row_ok[:, None] & (byte_cols < K // 2)[None, :])
+
+
+@triton.jit
+def _act_quant_kernel(
+    x_ptr, h_ptr, packed_ptr, scale_ptr, tensor_amax_ptr,
+    M, K, M_BUCKET, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b,
+    ELEMENT_INT4: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
+    HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
+    ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
+    LAUNCH_DEPENDENTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """DP4A_FOR: 0 packs two codes a byte; 1 (2) writes each code's value as a signed byte in the decode
+    kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``. LAUNCH_DEPENDENTS: the next kernel (the
+    decode kernel, a programmatic dependent launch) may start now; it waits for this one before reading.
+    CHUNK (per-token scales only, 0: off): the program walks its rows CHUNK columns at a time, twice (the
+    absmax, then the codes, the second read from the caches) instead of holding the whole row padded to a
+    power of two."""
+    if LAUNCH_DEPENDENTS:
+        tl.extra.cuda.gdc_launch_dependents()
+    pid_m = tl.program_id(0)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    if CHUNK > 0:
+        amax = tl.full((BLOCK_M,), 0.0, tl.float32)
+        for c0 in range(0, K, CHUNK):
+            y = _load(x_ptr, h_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, BLOCK_M, CHUNK,
+                      HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16)
+            amax = tl.maximum(amax, tl.reduce(tl.abs(y), 1, _elementwise_max))
+        scale = _scales(amax[:, None], tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND)
         safe = tl.where(scale > 0, scale, 1.0)
-        codes = _encode(_divide(yg, safe[:, :, None]), ELEMENT_INT4).reshape(BLOCK_M, BLOCK_K)
-        if OUT_FP8:  # one E4M3 byte per element, for the FP8 GEMM
-            tl.store(packed_ptr + rows[:, None] * stride_pm + cols[None, :],
-                     code_operand(codes, ELEMENT_INT4, 1).to(tl.uint8, bitcast=True),
-                     mask=row_ok[:, None] & (cols < K)[None, :])
-        elif DP4A_FOR > 0:  # signed bytes for the decode kernel's dp4a, written as int32 words (see _dp4a_words)
-            first, second = _dp4a_words(_code_values(codes, 0, ELEMENT_INT4), BLOCK_M, BLOCK_K, DP4A_FOR == 1)
-            word_cols = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
-            ptrs = packed_ptr + rows[:, None] * stride_pm + word_cols[None, :]
-            word_mask = row_ok[:, None] & (word_cols < K // 8)[None, :]
-            tl.store(ptrs, first, mask=word_mask)
-            tl.store(ptrs + K // 8, second, mask=word_mask)
+        for c0 in range(0, K, CHUNK):
+            y = _load(x_ptr, h_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, BLOCK_M, CHUNK,
+                      HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16)
+            _store_codes(_encode(_divide(y, safe), ELEMENT_INT4), packed_ptr, rows, c0, M, K, stride_pm, ELEMENT_INT4,
+                         OUT_FP8, DP4A_FOR, BLOCK_M, CHUNK)
+        tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])
+    else:
+        pid_k = tl.program_id(1)
+        y = _load(x_ptr, h_ptr, rows, pid_k * BLOCK_K + tl.arange(0, BLOCK_K), M, K, stride_xm, inv_sqrt_b, BLOCK_M,
+                  BLOCK_K, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16)
+        if AMAX_ONLY:
+            tile_amax = tl.reduce(tl.abs(y).reshape(BLOCK_M * BLOCK_K), 0, _elementwise_max)
+            tl.atomic_max(tensor_amax_ptr, tile_amax.to(tl.int32, bitcast=True))
         else:
-            low, high = tl.split(codes.reshape(BLOCK_M, BLOCK_K // 2, 2))
-            byte_cols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
-            tl.store(packed_ptr + rows[:, None] * stride_pm + byte_cols[None, :], (low | (high << 4)).to(tl.uint8),
-                     mask=row_ok[:, None] & (byte_cols < K // 2)[None, :])
-        scale_cols = pid_k * groups + tl.arange(0, groups)
-        tl.store(scale_ptr + rows[:, None] * stride_sm + scale_cols[None, :], scale,
-                 mask=row_ok[:, None] & (scale_cols < n_scales)[None, :])
+            groups: tl.constexpr = BLOCK_K // GROUP
+            yg = y.reshape(BLOCK_M, groups, GROUP)
+            scale = _scales(tl.reduce(tl.abs(yg), 2, _elementwise_max), tensor_amax_ptr, clip_ratio, max_value,
+                            SCALE_KIND)
+            safe = tl.where(scale > 0, scale, 1.0)
+            codes = _encode(_divide(yg, safe[:, :, None]), ELEMENT_INT4).reshape(BLOCK_M, BLOCK_K)
+            _store_codes(codes, packed_ptr, rows, pid_k * BLOCK_K, M, K, stride_pm, ELEMENT_INT4, OUT_FP8, DP4A_FOR,
+                         BLOCK_M, BLOCK_K)
+            scale_cols = pid_k * groups + tl.arange(0, groups)
+            tl.store(scale_ptr + rows[:, None] * stride_sm + scale_cols[None, :], scale,
+                     mask=row_ok[:, None] & (scale_cols < n_scales)[None, :])
 
 
 @lru_cache(maxsize=None)
@@ -282,19 +326,26 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
     On the H200 an autotuned tile gave wrong codes in 19 % of the elements for one fused
     rotation (INT4 per token, clip 0.9, float16, H128; ``benchmarks/results/kernel_check_h200.md``)
     while the fixed tile had passed every fused case: rotations stay on the fixed tile.
+    Chunked configs (``CHUNK``) are for per-token rows wider than the chunk, without a rotation.
     """
     args = {**named_args, **kwargs}
+    whole = [c for c in configs if c.kwargs["CHUNK"] == 0]
     if args["HAD_BLOCK"]:
         rows = max(1, TILE_ELEMENTS // args["BLOCK_K"])  # _tile's
-        return [c for c in configs if c.kwargs["BLOCK_M"] == rows and c.num_warps == 4]
+        return [c for c in whole if c.kwargs["BLOCK_M"] == rows and c.num_warps == 4]
+    per_token = args["GROUP"] == args["BLOCK_K"] and not args["AMAX_ONLY"]
     kept = [c for c in configs if c.kwargs["BLOCK_M"] <= args["M_BUCKET"]
-            and 2048 <= c.kwargs["BLOCK_M"] * args["BLOCK_K"] <= 32768]
-    return kept or [c for c in configs if c.kwargs["BLOCK_M"] == 1]
+            and 2048 <= c.kwargs["BLOCK_M"] * (c.kwargs["CHUNK"] or args["BLOCK_K"]) <= 32768
+            and (c.kwargs["CHUNK"] == 0 or (per_token and c.kwargs["CHUNK"] < args["BLOCK_K"]))]
+    return kept or [c for c in whole if c.kwargs["BLOCK_M"] == 1]
 
 
-# Rows per program and warps, tuned per width and M bucket on a GPU (the interpreter takes _tile's).
+# Rows per program and warps, and for wide per-token rows chunks, tuned per width and M bucket on a GPU (the
+# interpreter takes _tile's, unchunked unless INTERPRET_CHUNK is set).
 _act_quant_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_M=bm), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64) for w in (4, 8, 16)],
+    configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64) for w in (4, 8, 16)]
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
+       for w in (4, 8)],
     key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "SCALE_KIND", "GROUP", "HAD_BLOCK", "ROUND_BF16", "ROUND_F16",
          "AMAX_ONLY", "OUT_FP8", "DP4A_FOR"],
     prune_configs_by=dict(early_config_prune=_prune_tiles),
@@ -339,10 +390,12 @@ def quantize_activations_triton(
     args = (x, h, codes_out, scales, tensor_amax, m, k, m_bucket, scales.shape[1], x.stride(0), codes_out.stride(0),
             scales.stride(0))
     if INTERPRET:
-        kernel = _act_quant_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))]
-        launch.update(BLOCK_M=block_m, num_warps=4)
+        chunk = INTERPRET_CHUNK if group_size == 0 and not hadamard_block and 0 < INTERPRET_CHUNK < block_k else 0
+        kernel = _act_quant_kernel[(triton.cdiv(m, block_m), 1 if chunk else triton.cdiv(k, block_k))]
+        launch.update(BLOCK_M=block_m, CHUNK=chunk, num_warps=4)
     else:
-        kernel = _act_quant_autotuned[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(k, block_k))]
+        kernel = _act_quant_autotuned[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),
+                                                     1 if meta["CHUNK"] else triton.cdiv(k, block_k))]
     if scale_kind == "e4m3":  # NVFP4's tensor scale: the amax of the whole (rotated) x first
         kernel(*args, AMAX_ONLY=True, **launch)
     kernel(*args, AMAX_ONLY=False, **launch)

@@ -690,16 +690,51 @@ def test_triton_gemm_groups_that_are_not_powers_of_two():
 
 def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
     configs = act_quant._act_quant_autotuned.configs
-    per_token = act_quant._prune_tiles(configs, dict(M_BUCKET=4096), HAD_BLOCK=0, BLOCK_K=4096)
-    assert {c.kwargs["BLOCK_M"] for c in per_token} == {1, 2, 4, 8}
-    rotated_wide = act_quant._prune_tiles(configs, dict(M_BUCKET=4096), HAD_BLOCK=128, BLOCK_K=16384)
-    assert [(c.kwargs["BLOCK_M"], c.num_warps) for c in rotated_wide] == [(1, 4)]  # a fused rotation: the fixed tile
-    rotated_groups = act_quant._prune_tiles(configs, dict(M_BUCKET=2), HAD_BLOCK=128, BLOCK_K=128)
+
+    def pruned(m_bucket: int, had_block: int, block_k: int, group: int | None = None, amax_only: bool = False):
+        return act_quant._prune_tiles(configs, dict(M_BUCKET=m_bucket), HAD_BLOCK=had_block, BLOCK_K=block_k,
+                                      GROUP=group or block_k, AMAX_ONLY=amax_only)
+
+    per_token = pruned(4096, 0, 4096)
+    assert {(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"]) for c in per_token} == {
+        (1, 0), (2, 0), (4, 0), (8, 0), (1, 2048), (2, 2048), (4, 2048)}  # 4096-wide chunks would be the whole row
+    wide = pruned(4096, 0, 16384)
+    assert {c.kwargs["CHUNK"] for c in wide} == {0, 2048, 4096}
+    assert all(c.kwargs["BLOCK_M"] * (c.kwargs["CHUNK"] or 16384) <= 32768 for c in wide)
+    rotated_wide = pruned(4096, 128, 16384)
+    assert [(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"], c.num_warps) for c in rotated_wide] == [(1, 0, 4)]  # fixed tile
+    rotated_groups = pruned(2, 128, 128, group=64)
     assert [(c.kwargs["BLOCK_M"], c.num_warps) for c in rotated_groups] == [(act_quant._tile(4096, 64, 128)[0], 4)]
-    nvfp4_decode = act_quant._prune_tiles(configs, dict(M_BUCKET=2), HAD_BLOCK=0, BLOCK_K=128)
-    assert {c.kwargs["BLOCK_M"] for c in nvfp4_decode} == {1}
-    nvfp4_prefill = act_quant._prune_tiles(configs, dict(M_BUCKET=4096), HAD_BLOCK=0, BLOCK_K=128)
+    nvfp4_decode = pruned(2, 0, 128, group=16)
+    assert {(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"]) for c in nvfp4_decode} == {(1, 0)}
+    nvfp4_prefill = pruned(4096, 0, 128, group=16)
     assert {c.kwargs["BLOCK_M"] for c in nvfp4_prefill} == {16, 32, 64}
+    assert all(c.kwargs["CHUNK"] == 0 for c in nvfp4_prefill + pruned(4096, 0, 16384, group=16)
+               + pruned(4096, 0, 16384, amax_only=True))  # chunks hold per-token scales only
+
+
+@pytest.mark.parametrize("dp4a_for", [None, "int4", "e2m1"])
+@pytest.mark.parametrize("case", ["int4-tok-clip0.9", "e2m1-tok"])
+def test_chunked_rows_equal_twin(case, dp4a_for, monkeypatch):
+    """Per-token rows walked in 64-column chunks (the last one ragged at K = 200), twice: codes, E4M3 bytes
+    and dp4a bytes equal the twin's."""
+    monkeypatch.setattr(act_quant, "INTERPRET_CHUNK", 64)
+    (element, group, kind, clip), _ = ACT_CASES[case]
+    for m, k in ((5, 200), (3, 256)):
+        x = activations(m, k, element, group, torch.bfloat16, seed=k)
+        if dp4a_for is None:
+            want = quantize_activations_ref(x, element, group, kind, clip)
+            got = act_quant.quantize_activations_triton(x, element, group, kind, clip)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+            fp8 = act_quant.quantize_activations_triton(x, element, group, kind, clip, fp8_codes=True)
+            monkeypatch.setattr(act_quant, "INTERPRET_CHUNK", 0)
+            whole = act_quant.quantize_activations_triton(x, element, group, kind, clip, fp8_codes=True)
+            monkeypatch.setattr(act_quant, "INTERPRET_CHUNK", 64)
+            assert torch.equal(fp8[0].view(torch.uint8), whole[0].view(torch.uint8)) and torch.equal(fp8[1], whole[1])
+        else:
+            want = quantize_activations_ref(x, element, group, kind, clip, dp4a_for=dp4a_for)
+            got = act_quant.quantize_activations_triton(x, element, group, kind, clip, dp4a_for=dp4a_for)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_autotune_k_steps_fit_the_scale_groups():
