@@ -840,3 +840,32 @@ def test_w4a4_matmul_errors(backend, changes, message):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown backend"):
         kernels.quantize_activations(torch.zeros(2, 16), "int4", backend="cuda")
+
+
+def test_division_check_finds_the_reciprocal_division_exact_in_its_range(tmp_path, cli):
+    """benchmarks/division_check.py: no wrong quotient for scales in [2^-96, 2^96), some below (where the
+    kernel divides element by element), on a small sample."""
+    done = cli("benchmarks/division_check.py", "--samples", "20000", "--out", str(tmp_path / "division"))
+    assert done.returncode == 0, done.stderr
+    import json
+
+    cases = json.loads((tmp_path / "division.json").read_text())["cases"]
+    assert [c["not_correctly_rounded"] for c in cases[:3]] == [0, 0, 0]
+    assert cases[3]["not_correctly_rounded"] > 0
+
+
+def test_act_quant_bench_refusals_and_baseline(tmp_path, cli):
+    done = cli("benchmarks/act_quant_bench.py", "--formats", "int8", "--out", str(tmp_path / "a"))
+    assert done.returncode == 2 and "--formats takes" in done.stderr
+    done = cli("benchmarks/act_quant_bench.py", "--shapes", "8192by4096", "--out", str(tmp_path / "a"))
+    assert done.returncode == 2 and "--shapes takes" in done.stderr
+    if not torch.cuda.is_available():
+        done = cli("benchmarks/act_quant_bench.py", "--out", str(tmp_path / "a"))
+        assert done.returncode == 1 and "no CUDA device" in done.stderr
+    from benchmarks.act_quant_bench import load_baseline
+
+    baseline = load_baseline(act_quant.__file__)  # a copy of the current kernel, loaded as its own module
+    x = activations(3, 64, "int4", 0, torch.bfloat16)
+    got = baseline.quantize_activations_triton(x, "int4", 0, "float", 0.9)
+    want = quantize_activations_ref(x, "int4", 0, "float", 0.9)
+    assert baseline is not act_quant and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

@@ -1,0 +1,128 @@
+"""The activation-quantization kernel against a device copy (issue 9's "at least 80 % of copy bandwidth").
+
+For each M x K (bfloat16 activations) it times ``x.clone()`` and the kernel for each format
+(per-token INT4 with clip 0.9, per-token E2M1, NVFP4, MXFP4; the per-token ones also with
+``--fp8_codes``, the E4M3 bytes the FP8 prefill path reads), checks every packed result
+against the torch twin on the whole tensor, and reports GB/s (activations read, codes and
+scales written) and the share of the copy's GB/s (which reads and writes x). ``--baseline
+FILE`` also times another version of ``kernels/act_quant.py`` (e.g. ``git show
+HEAD~3:kernels/act_quant.py > /tmp/old.py``; its relative imports are made absolute) in the
+same process, with the same timer. The autotuned configs are listed per key.
+
+    python benchmarks/act_quant_bench.py --shapes 8192x4096,8192x14336 --out benchmarks/results/act_quant_h200
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.timing import make_timer  # noqa: E402
+from pipeline.results import library_versions  # noqa: E402
+
+# name: (element, group size, scale kind, clip ratio)
+FORMATS = {"int4": ("int4", 0, "float", 0.9), "e2m1": ("e2m1", 0, "float", 1.0),
+           "nvfp4": ("e2m1", 16, "e4m3", 1.0), "mxfp4": ("e2m1", 32, "e8m0", 1.0)}
+
+
+def load_baseline(path: str):
+    """A copy of kernels/act_quant.py as its own module (relative imports made absolute)."""
+    with open(path) as f:
+        source = f.read().replace("from .", "from kernels.")
+    tmp = tempfile.NamedTemporaryFile("w", suffix="_act_quant_baseline.py", delete=False)
+    tmp.write(source)
+    tmp.close()
+    try:
+        spec = importlib.util.spec_from_file_location("act_quant_baseline", tmp.name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # triton.jit keeps each kernel's source: the file can go
+    finally:
+        os.unlink(tmp.name)
+    return module
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Activation quantization against a device copy", "",
+             f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
+             f"Timing: {result['timing']}.", f"Command: `{result['command']}`", "",
+             "GB/s counts the bfloat16 activations read and the codes (half a byte, or a byte for E4M3 codes) and "
+             "fp32 scales written; the copy's counts x read and written. `equals twin`: every code and scale of "
+             "the whole tensor (E4M3 codes are not compared).", "",
+             "| M | K | kernel | version | µs | GB/s | of copy | equals twin |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        share = f"{100 * r['of_copy']:.1f} %" if r.get("of_copy") else ""
+        same = {True: "yes", False: "NO", None: ""}[r.get("equals_twin")]
+        lines.append(f"| {r['M']} | {r['K']} | {r['kernel']} | {r.get('version', '')} | {1000 * r['ms']:.1f} | "
+                     f"{r['gbs']:.0f} | {share} | {same} |")
+    lines += ["", "Autotuned configs (key: config):", ""] + [f"- `{k}`: {v}" for k, v in result["configs"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="2048x4096,8192x4096,2048x14336,8192x14336", help="M x K activation shapes")
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma list of {', '.join(FORMATS)}")
+    p.add_argument("--no_fp8_codes", action="store_true", help="skip the E4M3-code variants of the per-token formats")
+    p.add_argument("--baseline", help="another version of kernels/act_quant.py to time beside the current one")
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
+    args = p.parse_args(argv)
+    formats = [f for f in args.formats.split(",") if f]
+    if not formats or any(f not in FORMATS for f in formats):
+        p.error(f"--formats takes a comma list of {', '.join(FORMATS)}, got {args.formats!r}")
+    try:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
+    except ValueError:
+        p.error(f"--shapes takes M x K pairs like 8192x4096, got {args.shapes!r}")
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: this benchmark times the compiled kernel on a GPU")
+    from kernels import act_quant
+    from kernels.reference import quantize_activations_ref
+
+    versions = [("current", act_quant)] + ([("baseline", load_baseline(args.baseline))] if args.baseline else [])
+    device = torch.device("cuda")
+    time_ms = make_timer(device, args.warmup, args.reps, True, True)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": torch.cuda.get_device_name(device),
+              "versions": library_versions(),
+              "timing": f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed",
+              "command": "python benchmarks/act_quant_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "rows": [], "configs": {}}
+    for m, k in shapes:
+        x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+        copy_ms = time_ms(lambda: x.clone())
+        copy_gbs = 4 * x.numel() / copy_ms / 1e6
+        result["rows"].append({"M": m, "K": k, "kernel": "x.clone()", "ms": copy_ms, "gbs": copy_gbs})
+        for name in formats:
+            element, group, kind, clip = FORMATS[name]
+            for fp8 in (False,) if group or args.no_fp8_codes else (False, True):
+                moved = x.numel() * 2 + (x.numel() if fp8 else x.numel() // 2) + 4 * m * (k // group if group else 1)
+                want = None if fp8 else quantize_activations_ref(x, element, group, kind, clip)
+                for label, module in versions:
+                    def run():
+                        return module.quantize_activations_triton(x, element, group, kind, clip, fp8_codes=fp8)
+
+                    ms = time_ms(run)
+                    got = run()
+                    same = None if fp8 else bool(torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]))
+                    result["rows"].append({"M": m, "K": k, "kernel": name + (" E4M3 codes" if fp8 else ""),
+                                           "version": label, "ms": ms, "gbs": moved / ms / 1e6,
+                                           "of_copy": moved / ms / 1e6 / copy_gbs, "equals_twin": same})
+                    print(result["rows"][-1], flush=True)
+        result["configs"] = {str(key[:4]): str(config) for key, config in act_quant._act_quant_autotuned.cache.items()}
+        write_result_files(args.out, result, markdown(result))  # partial results survive a time limit
+    print(markdown(result))
+    return 0 if all(r.get("equals_twin") is not False for r in result["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
