@@ -14,7 +14,13 @@ tile is cast to x's dtype and fed to ``tl.dot`` with fp32 accumulation; the per-
 scale multiplies the accumulator once, in the epilogue. Under the interpreter and for
 float32 activations the dot is an IEEE fp32 one (the interpreter's bf16 dot is wrong,
 and TF32 would not match the twin); products of half-precision x and these weights are
-exact in fp32 either way.
+exact in fp32 either way. With K a multiple of 8 the autotuner may pick the PAIRED path instead:
+the weight streams as 32-bit words of eight codes, two codes at a time are placed into
+float32s with shifts and masks as in the row kernel below (no spreading, no arithmetic
+decode), and each of a word's eight code positions takes its own dot against the
+activation columns it multiplies. For sm_90 that halves the instructions of a 16 x 64 x 256
+FP6 tile (2,960 to 1,480 in SASS, Triton 3.9) and its registers (255 to 139); it is not yet
+timed on a GPU.
 
 One activation row (batch-1 decode, K a multiple of 8) takes ``_fpx_row_kernel`` on a GPU
 instead: fp32 multiply-adds on the CUDA cores and one reduction per program, because the
@@ -53,7 +59,7 @@ from .w4a4_gemv import _words, prune_decode_configs
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
 # One small config under the interpreter: tests run many shapes on a CPU.
-INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32)
+INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, PAIRED=False)
 INTERPRET_ROW_CONFIG = dict(BLOCK_N=16, BLOCK_KW=4, PREFETCH=True)
 # Width of the high plane's fields by code width: FP4 has none.
 HIGH_PLANE_WIDTH = {4: 0, 5: 1, 6: 2}
@@ -64,6 +70,12 @@ GPU_CONFIGS = [
     (16, 32, 128, 4, 4), (16, 32, 256, 4, 3), (16, 64, 128, 4, 4), (16, 64, 256, 4, 3), (16, 128, 128, 4, 4),
     (32, 64, 128, 4, 4), (32, 128, 128, 4, 3), (64, 64, 128, 4, 3), (64, 128, 64, 4, 4), (64, 128, 128, 8, 3),
     (128, 128, 64, 8, 3), (128, 256, 64, 8, 3),
+]
+# The same for the kernel's PAIRED path (K a multiple of 8): each K step makes 8 dots of BLOCK_K / 8 (at least
+# 16, the tensor cores' K) activation columns each.
+GPU_PAIRED_CONFIGS = [
+    (16, 64, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 256, 4, 3), (32, 64, 256, 4, 3), (32, 128, 128, 4, 3),
+    (64, 64, 256, 4, 3), (64, 128, 128, 8, 3), (128, 128, 128, 8, 3),
 ]
 
 # (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH) of the one-row kernel; BLOCK_KW counts low-plane words
@@ -120,12 +132,17 @@ def _decode(codes, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.
 
 @triton.jit
 def _fpx_kernel(
-    x_ptr, low_ptr, high_ptr, scale_ptr, bias_ptr, out_ptr,
-    M, N, K, M_BUCKET, stride_xm, stride_low, stride_high, stride_om,
+    x_ptr, low_ptr, high_ptr, low_words_ptr, high_words_ptr, scale_ptr, bias_ptr, out_ptr,
+    M, N, K, M_BUCKET, stride_xm, stride_low, stride_high, stride_low_words, stride_high_words, stride_om,
     EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
-    HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr, W_UNIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PAIRED: tl.constexpr,
 ):
+    """PAIRED (K a multiple of 8): the weight streams as the row kernel's words (``low_words_ptr``,
+    ``high_words_ptr``), two codes at a time are placed into float32s with shifts and masks
+    (``_placed_pair``), times W_UNIT = 2^(127 - bias) to their values, and each of a word's eight
+    code positions j takes its own dot against the activation columns 8w + j: no spreading of bit
+    fields into a tile and no arithmetic decode. Otherwise the planes are spread and decoded."""
     # Axis 0 runs fastest: the row tiles that share a weight tile are launched together.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -141,22 +158,40 @@ def _fpx_kernel(
     low_ptrs = low_ptr + offs_n[:, None] * stride_low + offs_low[None, :]
     high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        rest = K - k0
-        x = tl.load(x_ptrs, mask=m_ok[:, None] & (offs_k[None, :] < rest), other=0.0)
-        low = tl.load(low_ptrs, mask=n_ok[:, None] & (offs_low[None, :] < rest // 2), other=0)
-        codes = _spread(low, BLOCK_N, BLOCK_K // 2, 4)
-        if HIGH_WIDTH > 0:
-            high = tl.load(high_ptrs, mask=n_ok[:, None] & (offs_high[None, :] < rest // HIGH_PER_BYTE), other=0)
-            codes = codes | (_spread(high, BLOCK_N, BLOCK_K // HIGH_PER_BYTE, HIGH_WIDTH) << 4)
-        w = _decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS)
-        if DOT_F32:
-            acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(x, tl.trans(w.to(x_ptr.dtype.element_ty)), acc)
-        x_ptrs += BLOCK_K
-        low_ptrs += BLOCK_K // 2
-        high_ptrs += BLOCK_K // HIGH_PER_BYTE
+    if PAIRED:
+        BITS: tl.constexpr = 4 + HIGH_WIDTH
+        offs_w = tl.arange(0, BLOCK_K // 8)
+        low_word_ptrs = low_words_ptr + offs_n[:, None] * stride_low_words + offs_w[None, :]
+        high_word_ptrs = high_words_ptr + offs_n[:, None] * stride_high_words + offs_w[None, :]
+        xw_ptrs = x_ptr + offs_m[:, None] * stride_xm + 8 * offs_w[None, :]
+        for k0 in range(0, K, BLOCK_K):
+            w_ok = offs_w < (K - k0) // 8
+            low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH)
+            x_ok = m_ok[:, None] & w_ok[None, :]
+            for j in tl.static_range(4):
+                first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
+                acc = _dot_placed(tl.load(xw_ptrs + j, mask=x_ok, other=0.0), first, acc, W_UNIT, DOT_F32)
+                acc = _dot_placed(tl.load(xw_ptrs + j + 4, mask=x_ok, other=0.0), second, acc, W_UNIT, DOT_F32)
+            low_word_ptrs += BLOCK_K // 8
+            high_word_ptrs += BLOCK_K // 8
+            xw_ptrs += BLOCK_K
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            rest = K - k0
+            x = tl.load(x_ptrs, mask=m_ok[:, None] & (offs_k[None, :] < rest), other=0.0)
+            low = tl.load(low_ptrs, mask=n_ok[:, None] & (offs_low[None, :] < rest // 2), other=0)
+            codes = _spread(low, BLOCK_N, BLOCK_K // 2, 4)
+            if HIGH_WIDTH > 0:
+                high = tl.load(high_ptrs, mask=n_ok[:, None] & (offs_high[None, :] < rest // HIGH_PER_BYTE), other=0)
+                codes = codes | (_spread(high, BLOCK_N, BLOCK_K // HIGH_PER_BYTE, HIGH_WIDTH) << 4)
+            w = _decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS)
+            if DOT_F32:
+                acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(x, tl.trans(w.to(x_ptr.dtype.element_ty)), acc)
+            x_ptrs += BLOCK_K
+            low_ptrs += BLOCK_K // 2
+            high_ptrs += BLOCK_K // HIGH_PER_BYTE
 
     out = acc * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
@@ -220,6 +255,18 @@ def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr):
     if HIGH_WIDTH > 0:
         high = _spread_high(tl.load(high_ptrs, mask=mask, other=0).to(tl.int32), HIGH_WIDTH)
     return low, high
+
+
+@triton.jit
+def _dot_placed(x, placed, acc, W_UNIT: tl.constexpr, DOT_F32: tl.constexpr):
+    """acc + x @ (placed * W_UNIT).T: placed codes (``_placed_pair``) scaled to their values, which are exact in
+    x's half dtype (and fp32); an IEEE fp32 dot for fp32 x and under the interpreter."""
+    w = placed * W_UNIT
+    if DOT_F32:
+        out = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
+    else:
+        out = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
+    return out
 
 
 @triton.jit
@@ -311,15 +358,17 @@ def _fpx_row_kernel(
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drop row tiles taller than the M bucket (decode batches take BLOCK_M = 16)."""
-    m_bucket = {**named_args, **kwargs}["M_BUCKET"]
-    return [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, m_bucket)]
+    """Drop row tiles taller than the M bucket (decode batches take BLOCK_M = 16), and the PAIRED configs when K
+    is not a multiple of 8 (no whole words)."""
+    args = {**named_args, **kwargs}
+    return [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, args["M_BUCKET"])
+            and (args["K"] % 8 == 0 or not c.kwargs["PAIRED"])]
 
 
 _fpx_autotuned = triton.autotune(
     configs=[
-        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in GPU_CONFIGS
+        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PAIRED=paired), num_warps=w, num_stages=s)
+        for paired, configs in ((False, GPU_CONFIGS), (True, GPU_PAIRED_CONFIGS)) for bm, bn, bk, w, s in configs
     ],
     key=["M_BUCKET", "N", "K", "EXP_BITS", "MAN_BITS", "DOT_F32"],
     prune_configs_by=dict(early_config_prune=_prune_configs),
@@ -374,16 +423,20 @@ def fpx_matmul_triton(
     high = planes[1].contiguous() if len(planes) > 1 else low
     scale = w_scale.float().reshape(n).contiguous()
     bias_arg = bias.contiguous() if bias is not None else out  # (no bias: never read)
+    # The planes as words of 8 codes (the row kernel's and the tile kernel's PAIRED path), when K allows.
+    low_words, high_words = low, high
+    if k % 8 == 0:
+        low_words = _words(low)
+        high_words = _words(high, HIGH_WORD_DTYPES[HIGH_PLANE_WIDTH[bits]]) if len(planes) > 1 else low_words
     args = (
-        x, low, high, scale, bias_arg, out,
-        m, n, k, _m_bucket(m), x.stride(0), low.stride(0), high.stride(0), out.stride(0),
+        x, low, high, low_words, high_words, scale, bias_arg, out,
+        m, n, k, _m_bucket(m), x.stride(0), low.stride(0), high.stride(0), low_words.stride(0),
+        high_words.stride(0), out.stride(0),
     )
     flags = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias,
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
-                 DOT_F32=INTERPRET or x.dtype == torch.float32)
+                 DOT_F32=INTERPRET or x.dtype == torch.float32, W_UNIT=2.0 ** (127 - fmt.default_bias))
     if row_kernel or (row_kernel is None and takes_row_kernel(m, k)):
-        low_words = _words(low)
-        high_words = _words(high, HIGH_WORD_DTYPES[HIGH_PLANE_WIDTH[bits]]) if len(planes) > 1 else low_words
         row_args = (x, low_words, high_words, scale, bias_arg, out, m, n, k // 8, x.stride(0), out.stride(0),
                     low_words.stride(0), high_words.stride(0), 2.0 ** (127 - fmt.default_bias - ROW_X_SCALE_EXP))
         row_flags = dict(BITS=bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
@@ -395,7 +448,7 @@ def fpx_matmul_triton(
             _fpx_row_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*row_args, **row_flags)
     elif INTERPRET:
         grid = (triton.cdiv(m, INTERPRET_CONFIG["BLOCK_M"]), triton.cdiv(n, INTERPRET_CONFIG["BLOCK_N"]))
-        _fpx_kernel[grid](*args, **flags, **INTERPRET_CONFIG)
+        _fpx_kernel[grid](*args, **flags, **{**INTERPRET_CONFIG, "PAIRED": INTERPRET_CONFIG["PAIRED"] and k % 8 == 0})
     else:
         def grid(meta: dict) -> tuple[int, int]:
             return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))

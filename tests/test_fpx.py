@@ -227,6 +227,26 @@ def test_triton_equals_twin(name, k, dtype):
         assert_matches_twin(out, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("k", [64, 200, 36])
+@pytest.mark.parametrize("name", FPX)
+def test_paired_tile_kernel_equals_twin(name, k, dtype, monkeypatch):
+    """The tensor-core kernel's PAIRED path: every code placed two at a time from 32-bit words, one dot per code
+    position; ragged K (200 against 32-wide steps); K = 36 (no whole words) takes the spread path instead."""
+    monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, "PAIRED", True)
+    bits = element_named(name).bits
+    if bits == 5 and k % 8:
+        pytest.skip("FP5 bit planes hold whole bytes of the 1-bit plane: K a multiple of 8")
+    for m in (1, 3, 17):
+        x, planes, scale, bias = operands(name, m, 40, k, dtype, seed=k + m)
+        want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=bias)
+        poisoned = torch.full((m, 40), float("nan"), dtype=dtype)
+        out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=bias, out=poisoned,
+                                         row_kernel=False)
+        assert out is poisoned and not out.isnan().any()
+        assert_matches_twin(out, want)
+
+
 @pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
 @pytest.mark.parametrize("k", [64, 200])
 @pytest.mark.parametrize("name", FPX)
@@ -290,10 +310,13 @@ def test_no_tokens(backend):
 
 def test_autotune_configs_fit_the_m_bucket():
     configs = fpx_gemm._fpx_autotuned.configs
-    decode = fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(1)))
+    decode = fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(1), K=4096))
     assert decode and {c.kwargs["BLOCK_M"] for c in decode} == {16}
-    assert len(fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(128)))) == len(configs)
+    assert len(fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(128), K=4096))) == len(configs)
     assert all(c.kwargs["BLOCK_K"] % 8 == 0 for c in configs)  # whole bytes of the 1-bit plane
+    assert all(c.kwargs["BLOCK_K"] // 8 >= 16 for c in configs if c.kwargs["PAIRED"])  # each dot's K, words
+    assert any(c.kwargs["PAIRED"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096)))
+    assert not any(c.kwargs["PAIRED"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4100)))
 
 
 # ---------------------------------------------------------------------------
