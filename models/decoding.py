@@ -36,14 +36,16 @@ class StaticDecoder:
 
     ``compile``: the step's forward goes through ``torch.compile`` (the glue between the linears
     fuses; the real-quantized linears stay one opaque custom op each) before any capture.
+    ``fused_write``: the packed KV4 cache's K/V write kernel (``StaticPackedKVCache``; None: on a GPU).
     """
 
     @torch.no_grad()
-    def __init__(self, model, ids: torch.Tensor, steps: int, kv4: bool = False, compile: bool = False) -> None:
+    def __init__(self, model, ids: torch.Tensor, steps: int, kv4: bool = False, compile: bool = False,
+                 fused_write: bool | None = None) -> None:
         seqlen = ids.shape[1]
         self.model = model
         length = seqlen + steps + 2
-        self.cache = (StaticPackedKVCache(model, max_cache_len=length) if kv4
+        self.cache = (StaticPackedKVCache(model, max_cache_len=length, fused_write=fused_write) if kv4
                       else StaticCache(config=model.config, max_cache_len=length))
         logits = model(ids, past_key_values=self.cache, cache_position=torch.arange(seqlen, device=ids.device)).logits
         self.token = logits[:, -1:].argmax(-1)

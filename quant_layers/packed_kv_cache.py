@@ -17,7 +17,10 @@ whole cache at every step; per-token and per-group scales are the same either wa
 ``StaticPackedKVCache(model, max_cache_len)`` is its static twin (HF's ``StaticLayer``
 bookkeeping): packed buffers of ``max_cache_len`` tokens allocated at the first update and
 written in place, so that a decode step can be captured in a CUDA graph. Attention then
-reads all ``max_cache_len`` positions; the mask hides the unwritten ones.
+reads all ``max_cache_len`` positions; the mask hides the unwritten ones. On a GPU (or with
+``fused_write=True``) it writes K and V with one Triton kernel (``kernels.kv_write``, the op
+``ptq::write_kv4``) where both quantizers are min-max INT4 (symmetric or not) or E2M1 per
+token, head or group; the torch path below is that kernel's twin.
 
 On a decode step (one new token) both caches hand attention their K and V as they are
 stored (the ``_PackedTensor`` objects, not tensors) when the decode-attention kernel reads
@@ -29,6 +32,8 @@ attention gets them dequantized by the wrapper (``kv_cache``); a prefill always 
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
@@ -54,6 +59,11 @@ class _PackedTensor:
         # The decode-attention kernel's name for the element, None when it cannot read it packed.
         self.kernel_element = next((name for name in PACKED_KV_ELEMENTS
                                     if packed_kv_element(name) == quantizer.element), None)
+        # The same name when the K/V write kernel can also quantize like this quantizer (min-max scales per row or
+        # group, no NVFP4 / MXFP4 scale encodings), else None.
+        spec = quantizer.spec
+        self.write_element = (self.kernel_element if spec.format in ("int", "fp") and spec.observer == "minmax"
+                              and spec.granularity != "tensor" else None)
         self.codes: torch.Tensor | None = None
         self.scale: torch.Tensor | None = None
         self.zero: torch.Tensor | None = None
@@ -79,15 +89,19 @@ class _PackedTensor:
         if zero is not None:
             self.zero = torch.cat([self.zero, zero], dim=-2)
 
+    def allocate(self, x: torch.Tensor, length: int) -> None:
+        """Zeroed buffers of ``length`` tokens for tensors shaped like x (B, H, T, D), unless already there."""
+        if self.codes is not None:
+            return
+        groups = x.shape[-1] // self.quantizer.spec.group_length(x.shape[-1], self.quantizer.head_dim)
+        self.codes = torch.zeros((*x.shape[:-2], length, x.shape[-1] // 2), dtype=torch.uint8, device=x.device)
+        self.scale = torch.zeros((*x.shape[:-2], length, groups), dtype=torch.float32, device=x.device)
+        self.zero = None if self.quantizer.spec.symmetric else torch.zeros_like(self.scale)
+
     def write(self, positions: torch.Tensor, x: torch.Tensor, length: int) -> None:
         """Quantize x into token slots ``positions`` of buffers ``length`` tokens long (zeros at first)."""
         codes, scale, zero = self._quantize(x)
-        if self.codes is None:
-            def buffer(part: torch.Tensor) -> torch.Tensor:
-                return part.new_zeros((*part.shape[:-2], length, part.shape[-1]))
-
-            self.codes, self.scale = buffer(codes), buffer(scale)
-            self.zero = None if zero is None else buffer(zero)
+        self.allocate(x, length)
         self.codes.index_copy_(-2, positions, codes)
         self.scale.index_copy_(-2, positions, scale)
         if zero is not None:
@@ -185,13 +199,50 @@ class PackedKVCache(Cache):
         return sum(layer.nbytes for layer in self.layers)
 
 
-class StaticPackedKVLayer(StaticLayer):
-    """One attention layer's packed K and V in buffers of ``max_cache_len`` tokens, written in place."""
+@torch.library.custom_op("ptq::write_kv4", mutates_args=("key_codes", "key_scale", "key_zero", "value_codes",
+                                                        "value_scale", "value_zero"))
+def write_kv4(key: torch.Tensor, value: torch.Tensor, positions: torch.Tensor, key_codes: torch.Tensor,
+              key_scale: torch.Tensor, key_zero: Optional[torch.Tensor], value_codes: torch.Tensor,
+              value_scale: torch.Tensor, value_zero: Optional[torch.Tensor], key_element: str, value_element: str,
+              key_clip: float, value_clip: float) -> None:
+    """``kernels.kv_write.write_kv4_triton`` as one opaque op for ``torch.compile``."""
+    from kernels.kv_write import write_kv4_triton  # late: kernels import quant_layers
 
-    def __init__(self, attention: nn.Module, max_cache_len: int) -> None:
+    write_kv4_triton(key, value, positions, (key_codes, key_scale, key_zero), (value_codes, value_scale, value_zero),
+                     key_element, value_element, key_clip, value_clip)
+
+
+@write_kv4.register_fake
+def _(key: torch.Tensor, value: torch.Tensor, positions: torch.Tensor, key_codes: torch.Tensor,
+      key_scale: torch.Tensor, key_zero: Optional[torch.Tensor], value_codes: torch.Tensor, value_scale: torch.Tensor,
+      value_zero: Optional[torch.Tensor], key_element: str, value_element: str, key_clip: float,
+      value_clip: float) -> None:
+    return None
+
+
+class StaticPackedKVLayer(StaticLayer):
+    """One attention layer's packed K and V in buffers of ``max_cache_len`` tokens, written in place.
+
+    ``fused_write``: write K and V with the Triton kernel where it can (None: on a GPU); on a CPU that needs
+    ``TRITON_INTERPRET=1`` (the tests)."""
+
+    def __init__(self, attention: nn.Module, max_cache_len: int, fused_write: bool | None = None) -> None:
         super().__init__(max_cache_len)
         self.qk_transform = getattr(attention, "qk_transform", None)
         self.packed_keys, self.packed_values = _packed_pair(attention)
+        self.fused_write = fused_write
+
+    def _writes_fused(self, key_states: torch.Tensor, value_states: torch.Tensor) -> bool:
+        """Whether this update takes the K/V write kernel (decided from shapes and specs only: no host sync)."""
+        from kernels.kv_write import kv4_write_problem  # late: kernels import quant_layers
+
+        keys, values = self.packed_keys, self.packed_values
+        if not (keys.write_element and values.write_element and (self.fused_write or (
+                self.fused_write is None and key_states.is_cuda))):
+            return False
+        keys.allocate(key_states, self.max_cache_len)
+        values.allocate(value_states, self.max_cache_len)
+        return kv4_write_problem(key_states, value_states, keys.operand, values.operand) is None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -214,9 +265,14 @@ class StaticPackedKVLayer(StaticLayer):
                                  f"plus {tokens} new do not fit; build it with a larger max_cache_len")
         positions = torch.arange(tokens, device=self.device) + self.cumulative_length
         self.cumulative_length.add_(tokens)
-        self.packed_keys.write(positions, key_states, self.max_cache_len)
-        self.packed_values.write(positions, value_states, self.max_cache_len)
-        return _for_attention(self.packed_keys, self.packed_values, tokens, self.dtype)
+        keys, values = self.packed_keys, self.packed_values
+        if self._writes_fused(key_states, value_states):
+            write_kv4(key_states, value_states, positions, *keys.operand, *values.operand, keys.write_element,
+                      values.write_element, keys.quantizer.spec.clip_ratio, values.quantizer.spec.clip_ratio)
+        else:
+            keys.write(positions, key_states, self.max_cache_len)
+            values.write(positions, value_states, self.max_cache_len)
+        return _for_attention(keys, values, tokens, self.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -224,13 +280,14 @@ class StaticPackedKVLayer(StaticLayer):
 
 
 class StaticPackedKVCache(Cache):
-    """``PackedKVCache`` with static buffers of ``max_cache_len`` tokens (CUDA-graph decode)."""
+    """``PackedKVCache`` with static buffers of ``max_cache_len`` tokens (CUDA-graph decode); ``fused_write`` as
+    ``StaticPackedKVLayer``'s."""
 
-    def __init__(self, model: nn.Module, max_cache_len: int) -> None:
+    def __init__(self, model: nn.Module, max_cache_len: int, fused_write: bool | None = None) -> None:
         from models import adapter_for  # late: models imports quant_layers
 
         adapter = adapter_for(model.config)
-        super().__init__(layers=[StaticPackedKVLayer(adapter.attention(layer), max_cache_len)
+        super().__init__(layers=[StaticPackedKVLayer(adapter.attention(layer), max_cache_len, fused_write)
                                  for layer in adapter.decoder_layers(model)])
 
     @property
