@@ -8,8 +8,8 @@
 #              batch compiles its step (about a minute), so the modes take two calls: MODES=bf16,w4a4,w4a4kv4
 #              (the default), then MODES=bf16,w4a16,fp6,fp5,bf16_eager OUT=another folder
 #   decode     decode-sized kernels (M = 1, 8, 16) and bf16 / W4A4 compiled CUDA-graph decode at batch 1 and 8;
-#              first the decode attention (bf16 and packed KV4) and w4a4_linear checked against their twins
-#              (issues 9, 10)
+#              first the decode attention (bf16 and packed KV4), the K/V write kernel and w4a4_linear checked
+#              against their twins (issues 9, 10)
 #   fpx        the FPx weight-only kernels: checked against their twins, timed at M = 1 and 8 (autotuned picks
 #              named), and a compiled FP6 decode step profiled (issue 10)
 #   gemv       the W4A4 decode kernel on dp4a activation bytes: w4a4_linear checked against its twin, the
@@ -64,7 +64,7 @@ for section in "$@"; do
         --graph_prefill --compile --reps 5 --out "$OUT/bench_model_prefill_graph_compiled_llama3_8b_h200" ;;
     decode)
       step "${LIMIT_DECODE_CHECK:-150}" kernel_check_decode python benchmarks/kernel_check.py \
-        --only decode_attention,decode_attention_packed,linear --out "$OUT/kernel_check_decode_h200"
+        --only decode_attention,decode_attention_packed,kv_write,linear --out "$OUT/kernel_check_decode_h200"
       step "${LIMIT_DECODE_KERNELS:-220}" kernel_bench_decode python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
         --formats int4,e2m1 --ms 1,8,16 --weight_only_ms "" --out "$OUT/kernel_bench_decode_h200"
       step "${LIMIT_DECODE_MODEL:-300}" bench_model_decode python benchmarks/bench_model.py --random_mode \

@@ -70,6 +70,9 @@ GEMM_PAIRS = [("int4-tok-clip0.9", "int4-tok-clip0.9"), ("e2m1-tok", "e2m1-tok")
 PER_ROW_PAIRS = [("int4-tok-clip0.9", "int4-tok-clip0.9"), ("e2m1-tok", "e2m1-tok"), ("int4-tok-clip0.9", "e2m1-tok")]
 FPX_ELEMENTS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")
 GPU_ACT_SHAPES = [(7, 4096), (257, 14336)]
+# (batch, K/V heads, new tokens, head dim): a Llama-3-8B decode step and a prompt
+GPU_KV_WRITE_SHAPES = [(1, 8, 1, 128), (2, 8, 2048, 128)]
+DRY_KV_WRITE_SHAPES = [(1, 2, 3, 64)]
 # Every new (M bucket, N, K) autotunes: a few shapes keep the check to minutes.
 GPU_GEMM_SHAPES = [(1, 40, 128), (1, 4096, 4096), (4, 4096, 4096), (8, 4096, 4096), (16, 4096, 4096),
                    (33, 4096, 4096), (257, 6144, 4096)]
@@ -280,8 +283,43 @@ def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: i
             "ok": ok}
 
 
+def check_kv_write(batch: int, heads: int, tokens: int, dim: int, dtype: torch.dtype, device: torch.device) -> dict:
+    """The K/V write kernel against the static packed cache's torch writes: the KV4 benchmark's quantizers (INT4 K,
+    asymmetric INT4 V, per head) and a grouped pair with clipping, K and V from a (B, T, H, D) view; every code,
+    scale and zero point of the buffers equal."""
+    from kernels.kv_write import write_kv4_triton
+    from quant_layers.packed_kv_cache import _PackedTensor
+    from quant_layers.quantizer import QuantSpec, Quantizer
+
+    pairs = {"int4 K, uint4 V per head": (QuantSpec("int", 4, granularity="head"),
+                                          QuantSpec("int", 4, granularity="head", symmetric=False)),
+             "groups of 32, clip 0.9": (QuantSpec("int", 4, granularity="group", group_size=32, clip_ratio=0.9),
+                                        QuantSpec("int", 4, granularity="group", group_size=32, symmetric=False,
+                                                  clip_ratio=0.9))}
+    key, value = (torch.randn(batch, tokens, heads, dim, device=device).to(dtype).transpose(1, 2) for _ in range(2))
+    length = tokens + 3
+    positions = torch.arange(tokens, device=device) + 2
+    differ = []
+    for key_spec, value_spec in pairs.values():
+        buffers = []
+        for fused in (True, False):
+            k, v = _PackedTensor(Quantizer(key_spec, dim)), _PackedTensor(Quantizer(value_spec, dim))
+            if fused:
+                k.allocate(key, length)
+                v.allocate(value, length)
+                write_kv4_triton(key, value, positions, k.operand, v.operand, k.write_element, v.write_element,
+                                 key_spec.clip_ratio, value_spec.clip_ratio)
+            else:
+                k.write(positions, key, length)
+                v.write(positions, value, length)
+            buffers.append([t for t in (*k.operand, *v.operand) if t is not None])
+        differ.append(max((a != b).float().mean().item() for a, b in zip(*buffers)))
+    return {"kernel": "kv_write", "case": " / ".join(pairs), "codes_differ": max(differ),
+            "shape": f"B{batch} H{heads} T{tokens} D{dim} {str(dtype).removeprefix('torch.')}", "ok": max(differ) == 0}
+
+
 CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_fp8_codes, check_fp8_linear,
-          check_fpx, check_decode_attention, check_decode_attention_packed)
+          check_fpx, check_decode_attention, check_decode_attention_packed, check_kv_write)
 
 
 def check_name(check) -> str:
@@ -364,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         if n % 16 == 0 and k % 16 == 0:
             for a_name, w_name in PER_ROW_PAIRS:
                 record(check_fp8_linear, m, n, k, a_name, w_name, device)
+    for batch, heads, tokens, dim in DRY_KV_WRITE_SHAPES if args.cpu_dry_run else GPU_KV_WRITE_SHAPES:
+        for dtype in OUT_DTYPES:
+            record(check_kv_write, batch, heads, tokens, dim, dtype, device)
     for m, k in DRY_COMPILED_QUANTIZER_SHAPES if args.cpu_dry_run else GPU_COMPILED_QUANTIZER_SHAPES:
         x = random_activations(m, k, torch.bfloat16, device)
         for name in COMPILED_QUANTIZER_SPECS:

@@ -132,3 +132,9 @@ def test_compiled_decode_step_writes_kv_with_the_kernel(tinystories_dir, tmp_pat
     for mine, theirs in zip(compiled.cache.layers, eager.cache.layers):
         assert torch.equal(mine.packed_keys.codes, theirs.packed_keys.codes)
         assert torch.equal(mine.packed_values.zero, theirs.packed_values.zero)
+
+
+def test_kernel_check_compares_the_kv_write_kernel_with_the_torch_writes(tmp_path, cli):
+    done = cli("benchmarks/kernel_check.py", "--cpu_dry_run", "--only", "kv_write", "--out", str(tmp_path / "check"))
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "check.md").read_text().count("| kv_write |") == 3  # one a dtype, all ok
