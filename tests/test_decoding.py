@@ -10,7 +10,7 @@ from models.decoding import StaticDecoder
 from configs.recipe import QuantRecipe
 from quant_layers.packed_kv_cache import PackedKVCache, StaticPackedKVCache
 from quant_layers.quantizer import QuantSpec
-from test_packed_kv_cache import KV4, quantized
+from test_packed_kv_cache import KV4, loaded_w4a4kv4, quantized
 
 
 def test_static_decoder_decodes_like_the_dynamic_cache(tinystories_dir):
@@ -56,15 +56,8 @@ def test_compiled_static_decoder_decodes_like_the_eager_one(tinystories_dir, tmp
     """``torch.compile`` of the decode step of a loaded W4A4KV4 checkpoint (real-quantized linears as
     opaque custom ops, packed KV4 cache): one graph, no breaks, and the eager step's tokens."""
     from torch._dynamo.utils import counters
-    from transformers import AutoTokenizer
 
-    from export import export_quantized, load_quantized
-
-    recipe = QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"),
-                         activation=QuantSpec("int", 4, granularity="token"), **KV4)
-    path = export_quantized(quantized(tinystories_dir, recipe), AutoTokenizer.from_pretrained(tinystories_dir), recipe,
-                            str(tmp_path / "ckpt"))
-    model = load_quantized(path)[0]
+    model = loaded_w4a4kv4(tinystories_dir, tmp_path)
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
     eager = StaticDecoder(model, ids, steps=8, kv4=True)
     want = torch.cat([eager.step().clone() for _ in range(6)], dim=1)

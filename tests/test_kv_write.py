@@ -107,18 +107,11 @@ def test_compiled_decode_step_writes_kv_with_the_kernel(tinystories_dir, tmp_pat
     """A loaded W4A4KV4 checkpoint's decode step compiled with the K/V write kernel as an opaque op (mutating the
     cache's buffers): one graph, no breaks, and the tokens of the eager step that writes with torch."""
     from torch._dynamo.utils import counters
-    from transformers import AutoTokenizer
 
-    from configs.recipe import QuantRecipe
-    from export import export_quantized, load_quantized
     from models.decoding import StaticDecoder
-    from test_packed_kv_cache import KV4, quantized
+    from test_packed_kv_cache import loaded_w4a4kv4
 
-    recipe = QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"),
-                         activation=QuantSpec("int", 4, granularity="token"), **KV4)
-    path = export_quantized(quantized(tinystories_dir, recipe), AutoTokenizer.from_pretrained(tinystories_dir), recipe,
-                            str(tmp_path / "ckpt"))
-    model = load_quantized(path)[0]
+    model = loaded_w4a4kv4(tinystories_dir, tmp_path)
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
     eager = StaticDecoder(model, ids, steps=8, kv4=True, fused_write=False)
     want = torch.cat([eager.step().clone() for _ in range(6)], dim=1)

@@ -40,6 +40,16 @@ def w4a4kv4_and_prompt(path: str, transform: str) -> tuple:
     return quantized(path, recipe), ids
 
 
+def loaded_w4a4kv4(path: str, out_dir) -> torch.nn.Module:
+    """The TinyStories model at W4A4KV4 exported real-quantized and loaded back (RealQuantLinears)."""
+    from export import export_quantized, load_quantized
+
+    recipe = QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"),
+                         activation=QuantSpec("int", 4, granularity="token"), **KV4)
+    saved = export_quantized(quantized(path, recipe), AutoTokenizer.from_pretrained(path), recipe, str(out_dir / "ckpt"))
+    return load_quantized(saved)[0]
+
+
 def assert_same_decode(got: tuple, want: tuple) -> None:
     """Greedy (tokens, scores): the same tokens, scores within 1e-4 of their magnitude."""
     assert torch.equal(got[0], want[0])  # token by token
