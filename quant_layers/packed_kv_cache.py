@@ -93,7 +93,8 @@ class _PackedTensor:
         """Zeroed buffers of ``length`` tokens for tensors shaped like x (B, H, T, D), unless already there."""
         if self.codes is not None:
             return
-        groups = x.shape[-1] // self.quantizer.spec.group_length(x.shape[-1], self.quantizer.head_dim)
+        group = self.quantizer.spec.group_length(x.shape[-1], self.quantizer.head_dim) or x.shape[-1]
+        groups = x.shape[-1] // group
         self.codes = torch.zeros((*x.shape[:-2], length, x.shape[-1] // 2), dtype=torch.uint8, device=x.device)
         self.scale = torch.zeros((*x.shape[:-2], length, groups), dtype=torch.float32, device=x.device)
         self.zero = None if self.quantizer.spec.symmetric else torch.zeros_like(self.scale)
@@ -233,7 +234,8 @@ class StaticPackedKVLayer(StaticLayer):
         self.fused_write = fused_write
 
     def _writes_fused(self, key_states: torch.Tensor, value_states: torch.Tensor) -> bool:
-        """Whether this update takes the K/V write kernel (decided from shapes and specs only: no host sync)."""
+        """Whether this update takes the K/V write kernel (decided from shapes and specs only: no host sync); the
+        buffers are allocated first when it may."""
         from kernels.kv_write import kv4_write_problem  # late: kernels import quant_layers
 
         keys, values = self.packed_keys, self.packed_values
