@@ -53,7 +53,8 @@ def fpx_row_source(element: str, config: tuple[int, ...]):
              "stride_om", "stride_low", "stride_high", "unit"]
     signature = dict(zip(names, pointers + ["i32"] * 7 + ["fp32"]))
     constants = dict(BITS=fmt.bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=high, HAS_BIAS=False,
-                     X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4])
+                     X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
+                     LOOP_STAGES=config[6] if len(config) > 6 else 1)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(13) if names[i] != "M"}
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)
@@ -73,7 +74,7 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
     signature = dict(zip(names, types))
     constants = dict(W_INT4=w_element == "int4", HAS_BIAS=False, USE_ASM=True,
                      BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4], FOLD=config[5],
-                     USE_GDC=True)
+                     USE_GDC=True, LOOP_STAGES=config[6] if len(config) > 6 else 1)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_gemv_kernel, signature, constants, aligned)
@@ -101,7 +102,8 @@ def sass_counts(source, config: tuple[int, ...], arch: int) -> dict:
             opcodes[found.group(1)] += 1
     return {"config": "x".join(map(str, config[:2])) + f" w{config[2]} s{config[3]}"
                       + (" prefetch" if config[4:] and config[4] else "")
-                      + (f" fold{config[5]}" if config[5:] and config[5] > 1 else ""),
+                      + (f" fold{config[5]}" if config[5:] and config[5] > 1 else "")
+                      + (f" pipelined{config[6]}" if config[6:] and config[6] > 1 else ""),
             "instructions": sum(opcodes.values()), **{op: opcodes.get(op, 0) for op in COLUMNS},
             "convert_layout": kernel.asm["ttgir"].count("ttg.convert_layout"),
             "shared_bytes": kernel.metadata.shared, **resource_usage(usage, config[2])}
@@ -147,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     if "TRITON_INTERPRET" in os.environ and os.environ["TRITON_INTERPRET"] not in ("", "0"):
         p.error("TRITON_INTERPRET is set: unset it, the kernels must be compiled, not interpreted")
     if args.kernel == "fpx_row":
-        from kernels.fpx_gemm import ROW_CONFIGS as configs
+        from kernels.fpx_gemm import ROW_CONFIGS, ROW_PIPELINED_CONFIGS
+
+        configs = ROW_CONFIGS + [(bn, bkw, w, stages, False, 1, stages)
+                                 for bn, bkw, w, stages in ROW_PIPELINED_CONFIGS]
         from kernels.reference import fpx_element
         from quant_layers.packing import element_named
 
@@ -157,10 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--element {args.element!r}: {err}")
         build = fpx_row_source
     else:
-        from kernels.w4a4_gemv import FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PREFETCH_CONFIGS
+        from kernels.w4a4_gemv import (FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PIPELINED_CONFIGS,
+                                       GEMV_PREFETCH_CONFIGS)
 
         configs = ([(*c, False, 1) for c in GEMV_CONFIGS] + [(*c, True, 1) for c in GEMV_PREFETCH_CONFIGS]
-                   + [(*c, False, FOLD) for c in GEMV_FOLDED_CONFIGS])
+                   + [(*c, False, FOLD) for c in GEMV_FOLDED_CONFIGS]
+                   + [(bn, bkw, w, stages, False, 1, stages) for bn, bkw, w, stages in GEMV_PIPELINED_CONFIGS])
         parts = args.element.split("x")
         if len(parts) != 2 or any(e not in ("int4", "e2m1") for e in parts):
             p.error(f"--element for w4a4_gemv is A_ELEMENTxW_ELEMENT of int4 and e2m1, got {args.element!r}")

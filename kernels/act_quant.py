@@ -343,7 +343,8 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
 # Rows per program and warps, and for wide per-token rows chunks, tuned per width and M bucket on a GPU (the
 # interpreter takes _tile's, unchunked unless INTERPRET_CHUNK is set).
 _act_quant_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64) for w in (4, 8, 16)]
+    configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64)
+             for w in (4, 8, 16)]
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
        for w in (4, 8)],
     key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "SCALE_KIND", "GROUP", "HAD_BLOCK", "ROUND_BF16", "ROUND_F16",

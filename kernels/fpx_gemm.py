@@ -60,7 +60,7 @@ from .w4a4_gemv import _words, prune_decode_configs
 INTERPRET = triton.knobs.runtime.interpret
 # One small config under the interpreter: tests run many shapes on a CPU.
 INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, PAIRED=False)
-INTERPRET_ROW_CONFIG = dict(BLOCK_N=16, BLOCK_KW=4, PREFETCH=True)
+INTERPRET_ROW_CONFIG = dict(BLOCK_N=16, BLOCK_KW=4, PREFETCH=True, LOOP_STAGES=1)
 # Width of the high plane's fields by code width: FP4 has none.
 HIGH_PLANE_WIDTH = {4: 0, 5: 1, 6: 2}
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for Hopper. Decode (M <= 16) is
@@ -92,6 +92,9 @@ ROW_CONFIGS = [
     (16, 128, 8, 2, True), (32, 128, 8, 2, True), (32, 64, 16, 2, True), (32, 128, 16, 2, True),
     (64, 64, 8, 2, True),
 ]
+# Row-kernel configs whose K loop Triton software-pipelines (``tl.range(..., num_stages=LOOP_STAGES)``, as
+# ``w4a4_gemv.GEMV_PIPELINED_CONFIGS``): (BLOCK_N, BLOCK_KW, num_warps, LOOP_STAGES).
+ROW_PIPELINED_CONFIGS = [(16, 64, 4, 3), (32, 64, 8, 3), (16, 128, 8, 3), (32, 128, 8, 3), (16, 64, 4, 4)]
 # The row kernel takes up to ROW_MAX_M activation rows (``row_kernel=True``); by default a GPU gives it up to
 # ROW_DEFAULT_MAX_M, where it beat the tensor-core kernel 1.4-1.9x on the H200 (at 8 rows they tied).
 ROW_MAX_M = 8
@@ -275,7 +278,7 @@ def _fpx_row_kernel(
     M, N, KW, stride_xm, stride_om, stride_low, stride_high, unit,
     BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr,
     X_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr,
 ):
     """Up to ROW_MAX_M activation rows (decode) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
@@ -305,7 +308,7 @@ def _fpx_row_kernel(
         acc = tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32)
         if PREFETCH:
             low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & (offs_w < KW)[None, :], HIGH_WIDTH)
-        for w0 in range(0, KW, BLOCK_KW):
+        for w0 in tl.range(0, KW, BLOCK_KW, num_stages=LOOP_STAGES):
             w_ok = offs_w < KW - w0
             if PREFETCH:  # the next step's words are in flight during this step's arithmetic
                 next_ok = n_ok[:, None] & (offs_w < KW - w0 - BLOCK_KW)[None, :]
@@ -335,7 +338,7 @@ def _fpx_row_kernel(
         low_ptrs3 = low_ptr + offs_n[None, :, None] * stride_low + offs_w[None, None, :]
         high_ptrs3 = high_ptr + offs_n[None, :, None] * stride_high + offs_high[None, None, :]
         acc3 = tl.full((BLOCK_M, BLOCK_N, BLOCK_KW), 0.0, tl.float32)
-        for w0 in range(0, KW, BLOCK_KW):
+        for w0 in tl.range(0, KW, BLOCK_KW, num_stages=LOOP_STAGES):
             w_ok = offs_w < KW - w0
             x_ok = m_ok[:, None] & w_ok[None, :]
             low, high = _plane_words(low_ptrs3, high_ptrs3, n_ok[None, :, None] & w_ok[None, None, :], HIGH_WIDTH)
@@ -376,8 +379,10 @@ _fpx_autotuned = triton.autotune(
 
 
 _fpx_row_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch), num_warps=w, num_stages=st)
-             for bn, bkw, w, st, prefetch in ROW_CONFIGS],
+    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch, LOOP_STAGES=1), num_warps=w,
+                           num_stages=st) for bn, bkw, w, st, prefetch in ROW_CONFIGS]
+    + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=stages), num_warps=w,
+                     num_stages=stages) for bn, bkw, w, stages in ROW_PIPELINED_CONFIGS],
     key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M"],
     prune_configs_by=dict(early_config_prune=prune_decode_configs),
 )(_fpx_row_kernel)

@@ -94,8 +94,10 @@ def kv4_write_problem(key: torch.Tensor, value: torch.Tensor, key_cache: tuple, 
         return f"the head dimension must be a power of two >= 16, got {dim}"
     for name, (codes, scale, zero) in (("K", key_cache), ("V", value_cache)):
         length = codes.shape[2] if codes.dim() == 4 else -1
-        if codes.dtype != torch.uint8 or tuple(codes.shape) != (batch, heads, length, dim // 2) or not codes.is_contiguous():
-            return f"the {name} codes must be contiguous uint8 (B, H, L, D // 2), got {codes.dtype} {tuple(codes.shape)}"
+        if (codes.dtype != torch.uint8 or tuple(codes.shape) != (batch, heads, length, dim // 2)
+                or not codes.is_contiguous()):
+            return (f"the {name} codes must be contiguous uint8 (B, H, L, D // 2), got {codes.dtype} "
+                    f"{tuple(codes.shape)}")
         groups = scale.shape[-1] if scale.dim() == 4 else 0
         if (scale.dtype != torch.float32 or tuple(scale.shape[:3]) != (batch, heads, length) or not groups
                 or dim % groups or (dim // groups) & (dim // groups - 1) or not scale.is_contiguous()):

@@ -78,7 +78,13 @@ GEMV_PREFETCH_CONFIGS = [(8, 128, 4, 2), (16, 128, 8, 2), (16, 256, 8, 2), (32, 
 GEMV_FOLDED_CONFIGS = [(16, 256, 8, 2), (16, 256, 8, 3), (8, 512, 8, 2), (32, 256, 8, 2), (32, 512, 16, 2),
                        (64, 256, 16, 2)]
 FOLD = 4
-INTERPRET_CONFIG = dict(BLOCK_N=8, BLOCK_KW=4, PREFETCH=False, FOLD=1)
+# Configs whose K loop Triton software-pipelines (``tl.range(..., num_stages=LOOP_STAGES)``): each step's words
+# copied asynchronously into shared memory LOOP_STAGES - 1 steps ahead, where a plain loop has Triton pipeline
+# no load that feeds no dot. ncu found the kernel waiting on its loads (too few in flight); compiled for sm_90
+# these hold 12-18 KiB of shared memory at 8 x 64 words. (BLOCK_N, BLOCK_KW, num_warps, LOOP_STAGES).
+GEMV_PIPELINED_CONFIGS = [(2, 128, 2, 3), (4, 128, 4, 3), (8, 64, 4, 3), (8, 128, 4, 3), (16, 64, 4, 3),
+                          (16, 128, 8, 3), (8, 64, 4, 4), (16, 64, 8, 4)]
+INTERPRET_CONFIG = dict(BLOCK_N=8, BLOCK_KW=4, PREFETCH=False, FOLD=1, LOOP_STAGES=1)
 # Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
 
@@ -189,7 +195,7 @@ def _w4a4_gemv_kernel(
     M, N, KW, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, unit,
     W_INT4: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, PREFETCH: tl.constexpr,
-    FOLD: tl.constexpr, USE_GDC: tl.constexpr,
+    FOLD: tl.constexpr, USE_GDC: tl.constexpr, LOOP_STAGES: tl.constexpr,
 ):
     """a: the activation rows' dp4a bytes as int32 words (row r: KW words of the first plane, then KW of the
     second); w: the packed weight rows as int32 words (8 codes each)."""
@@ -213,7 +219,7 @@ def _w4a4_gemv_kernel(
             a_second = tl.load(a_ptrs + KW, mask=all_ok, other=0)
         else:
             _wait_for_producer(USE_GDC)
-        for start in range(0, KW, BLOCK_KW):
+        for start in tl.range(0, KW, BLOCK_KW, num_stages=LOOP_STAGES):
             if PREFETCH:
                 next_ok = (offs_w < KW - start - BLOCK_KW)[None, :]
                 w_next = tl.load(w_ptrs + BLOCK_KW, mask=n_ok[:, None] & next_ok, other=0)
@@ -233,7 +239,7 @@ def _w4a4_gemv_kernel(
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_w[None, :]
         acc3 = tl.full((BLOCK_M, BLOCK_N, BLOCK_KW), 0, tl.int32)
         _wait_for_producer(USE_GDC)
-        for start in range(0, KW, BLOCK_KW):
+        for start in tl.range(0, KW, BLOCK_KW, num_stages=LOOP_STAGES):
             w_ok = offs_w < KW - start
             a_mask = m_ok[:, None] & w_ok[None, :]
             w_words = tl.load(w_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0)
@@ -266,10 +272,13 @@ def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwarg
 
 
 _gemv_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch, FOLD=fold), num_warps=w, num_stages=s)
+    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch, FOLD=fold, LOOP_STAGES=1), num_warps=w,
+                           num_stages=s)
              for prefetch, fold, configs in ((False, 1, GEMV_CONFIGS), (True, 1, GEMV_PREFETCH_CONFIGS),
                                              (False, FOLD, GEMV_FOLDED_CONFIGS))
-             for bn, bkw, w, s in configs],
+             for bn, bkw, w, s in configs]
+    + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, FOLD=1, LOOP_STAGES=stages), num_warps=w,
+                     num_stages=stages) for bn, bkw, w, stages in GEMV_PIPELINED_CONFIGS],
     key=["M_BUCKET", "N", "KW", "W_INT4", "BLOCK_M"],
     prune_configs_by=dict(early_config_prune=prune_decode_configs),
 )(_w4a4_gemv_kernel)
@@ -337,7 +346,7 @@ def w4a4_gemv_triton(
     flags = dict(W_INT4=w_element == "int4", HAS_BIAS=bias is not None, USE_ASM=not INTERPRET, BLOCK_M=block_m,
                  USE_GDC=pdl, **({"launch_pdl": True} if pdl else {}))
     if config is not None:
-        fixed = {"FOLD": 1, **config.kwargs}
+        fixed = {"FOLD": 1, "LOOP_STAGES": 1, **config.kwargs}
         if fixed["FOLD"] > 1 and block_m > 1:
             raise ValueError(f"a folded accumulator (FOLD={fixed['FOLD']}) is for one row, got M={m}")
         _w4a4_gemv_kernel[(triton.cdiv(n, fixed["BLOCK_N"]),)](

@@ -247,15 +247,18 @@ def test_paired_tile_kernel_equals_twin(name, k, dtype, monkeypatch):
         assert_matches_twin(out, want)
 
 
-@pytest.mark.parametrize("prefetch", [True, False], ids=["prefetch", "no-prefetch"])
+@pytest.mark.parametrize("prefetch, stages", [(True, 1), (False, 1), (False, 3)],
+                         ids=["prefetch", "no-prefetch", "pipelined"])
 @pytest.mark.parametrize("k", [64, 200])
 @pytest.mark.parametrize("name", FPX)
-def test_row_kernel_equals_twin(name, k, prefetch, monkeypatch):
+def test_row_kernel_equals_twin(name, k, prefetch, stages, monkeypatch):
     """The decode kernel (CUDA cores): every code, ragged K (200 against 32-wide steps), bf16 x, one row with
-    the next step's words loaded before or after a step's arithmetic, and 3 and 8 rows."""
+    the next step's words loaded before or after a step's arithmetic (or by a software-pipelined loop on a GPU),
+    and 3 and 8 rows."""
     monkeypatch.setitem(fpx_gemm.INTERPRET_ROW_CONFIG, "PREFETCH", prefetch)
+    monkeypatch.setitem(fpx_gemm.INTERPRET_ROW_CONFIG, "LOOP_STAGES", stages)
     bits = element_named(name).bits
-    for m in (1, 3, 8) if prefetch else (1,):
+    for m in (1, 3, 8) if prefetch or stages > 1 else (1,):
         x, planes, scale, bias = operands(name, m, 40, k, torch.bfloat16, seed=k + m)
         for out_dtype, b in ((torch.bfloat16, bias), (torch.float32, None)):
             want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=b, out_dtype=out_dtype)

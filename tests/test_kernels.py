@@ -501,17 +501,18 @@ def test_gemv_prefetching_equals_twin(case, monkeypatch):
     assert_matches_twin(got, want)
 
 
-@pytest.mark.parametrize("prefetch, fold", [(False, 1), (True, 1), (False, 4)])
-def test_gemv_with_a_fixed_config_equals_twin(prefetch, fold):
+@pytest.mark.parametrize("prefetch, fold, stages", [(False, 1, 1), (True, 1, 1), (False, 4, 1), (False, 1, 3)])
+def test_gemv_with_a_fixed_config_equals_twin(prefetch, fold, stages):
     """``w4a4_gemv_triton(..., config=...)`` (the profiling driver's way in) runs that config, ragged N and K;
-    with FOLD the accumulator sums four words a slot."""
+    with FOLD the accumulator sums four words a slot; LOOP_STAGES > 1 is a software-pipelined loop on a GPU."""
     from kernels import w4a4_gemv
     from kernels.reference import dp4a_bytes
 
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 1, 37, 200)
     want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
                            out_dtype=torch.float32)
-    config = triton.Config(dict(BLOCK_N=16, BLOCK_KW=8, PREFETCH=prefetch, FOLD=fold), num_warps=1, num_stages=1)
+    config = triton.Config(dict(BLOCK_N=16, BLOCK_KW=8, PREFETCH=prefetch, FOLD=fold, LOOP_STAGES=stages),
+                           num_warps=1, num_stages=stages)
     got = w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "e2m1"), a_scale, w_packed, w_scale,
                                      a_element="int4", w_element="e2m1", out_dtype=torch.float32, config=config)
     assert_matches_twin(got, want)
@@ -579,6 +580,9 @@ def test_decode_configs_fit_their_registers_at_every_row_count(kernel):
                             <= w4a4_gemv.MAX_ACC_PER_THREAD for c in kept)
         assert any(c.kwargs["PREFETCH"] for c in kept) == (block_m == 1)
         assert all(c.kwargs.get("FOLD", 1) == 1 for c in kept) or block_m == 1
+        assert any(c.kwargs["LOOP_STAGES"] > 1 for c in kept)  # software-pipelined loops at every row count
+        assert all(c.kwargs["LOOP_STAGES"] in (1, c.num_stages) and not (c.kwargs["LOOP_STAGES"] > 1
+                                                                          and c.kwargs["PREFETCH"]) for c in kept)
 
 
 # ---------------------------------------------------------------------------
