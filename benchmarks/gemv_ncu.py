@@ -26,26 +26,28 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import parse_shapes  # noqa: E402
 
-# (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH[, FOLD]): the configs of the ncu run of 2026-12-02.
-DEFAULT_CONFIGS = "16,256,8,2,0;16,256,8,2,0,4;2,128,2,3,0;8,128,4,2,1"
+# (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH[, FOLD[, LOOP_STAGES]]): the configs of the ncu run of
+# 2026-12-02, and one software-pipelined config.
+DEFAULT_CONFIGS = "16,256,8,2,0;16,256,8,2,0,4;2,128,2,3,0;8,128,4,2,1;8,64,4,3,0,1,3"
 DRY_SHAPE = (40, 256)
 
 
-def parse_configs(text: str) -> list[tuple[int, int, int, int, bool, int]]:
-    """'BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold];...' -> tuples (fold 1 when left out); a clear error for
-    anything else."""
+def parse_configs(text: str) -> list[tuple[int, int, int, int, bool, int, int]]:
+    """'BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold[,loop_stages]];...' -> tuples (fold and loop_stages 1 when
+    left out; loop_stages > 1 software-pipelines the K loop, ``w4a4_gemv.GEMV_PIPELINED_CONFIGS``); a clear error
+    for anything else."""
     configs = []
     for part in filter(None, text.split(";")):
         fields = part.split(",")
-        if len(fields) not in (5, 6) or not all(f.strip().isdigit() for f in fields):
-            raise ValueError(f"a config is BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold] (five or six integers), "
-                             f"got {part!r}")
-        block_n, block_kw, warps, stages, prefetch, fold = (*(int(f) for f in fields), 1)[:6]
-        configs.append((block_n, block_kw, warps, stages, bool(prefetch), fold))
+        if len(fields) not in (5, 6, 7) or not all(f.strip().isdigit() for f in fields):
+            raise ValueError(f"a config is BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold[,loop_stages]] (five to seven "
+                             f"integers), got {part!r}")
+        block_n, block_kw, warps, stages, prefetch, fold, loop_stages = (*(int(f) for f in fields), 1, 1)[:7]
+        configs.append((block_n, block_kw, warps, stages, bool(prefetch), fold, loop_stages))
     return configs
 
 
-def launch(n: int, k: int, config: tuple[int, int, int, int, bool, int], w_element: str, launches: int,
+def launch(n: int, k: int, config: tuple[int, int, int, int, bool, int, int], w_element: str, launches: int,
            device: torch.device) -> torch.Tensor:
     """``launches`` calls of the decode kernel with ``config`` on one random activation row; returns the (1, n)
     output."""
@@ -57,9 +59,9 @@ def launch(n: int, k: int, config: tuple[int, int, int, int, bool, int], w_eleme
     a_packed = torch.randint(0, 256, (1, k // 2), dtype=torch.uint8, device=device)
     w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=device)
     a_scale, w_scale = torch.rand(1, 1, device=device), torch.rand(n, 1, device=device)
-    block_n, block_kw, warps, stages, prefetch, fold = config
-    fixed = triton.Config(dict(BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch, FOLD=fold), num_warps=warps,
-                          num_stages=stages)
+    block_n, block_kw, warps, stages, prefetch, fold, loop_stages = config
+    fixed = triton.Config(dict(BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch, FOLD=fold,
+                               LOOP_STAGES=loop_stages), num_warps=warps, num_stages=stages)
     a_bytes = dp4a_bytes(a_packed, "int4", w_element)
     for _ in range(launches):
         out = w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element=w_element,
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"the decode kernel takes K a multiple of 8, got shapes {args.shapes}")
     if args.cpu_dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
-        shapes, configs = [DRY_SHAPE], [(8, 4 * c[5], 1, 1, c[4], c[5]) for c in configs]
+        shapes, configs = [DRY_SHAPE], [(8, 4 * c[5], 1, 1, c[4], c[5], c[6]) for c in configs]
     elif not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU (under ncu), or pass --cpu_dry_run")
     device = torch.device("cpu" if args.cpu_dry_run else "cuda")

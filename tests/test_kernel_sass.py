@@ -55,17 +55,17 @@ def test_kernel_sass_refuses_the_interpreter(tmp_path, cli, monkeypatch):
 
 
 def test_gemv_ncu_launches_each_config_under_the_interpreter(capsys):
-    """The ncu driver of the decode kernel: every config launched (prefetching, folding or neither), a finite
-    output."""
+    """The ncu driver of the decode kernel: every config launched (prefetching, folding, software-pipelined or
+    neither), a finite output."""
     from benchmarks import gemv_ncu
 
     assert gemv_ncu.main(["--cpu_dry_run", "--launches", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 4 and all(line.endswith("output finite: True") for line in lines)
+    assert len(lines) == 5 and all(line.endswith("output finite: True") for line in lines)
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--configs", "16,256,8"], "five or six integers"),
+    (["--configs", "16,256,8"], "five to seven integers"),
     (["--shapes", "4096by4096"], "--shapes takes N x K pairs like 4096x4096"),
     (["--launches", "0"], "--launches must be at least 1, got 0"),
     (["--shapes", "4096x4100"], "K a multiple of 8"),
