@@ -22,6 +22,9 @@ dispatching on the tensors' device:
 - ``fpx_matmul``: float activations x FP4 / FP5 / FP6 weights in bit planes (FP6-LLM
   style, per-channel scales) -> (..., N); up to 4 rows run on the CUDA cores on a GPU.
 
+Not dispatched from here: ``kv_write.write_kv4_triton`` quantizes new K/V tokens into a static
+packed KV4 cache; ``quant_layers.packed_kv_cache`` calls it on a GPU (its torch writes are the twin).
+
 ``backend=None`` picks Triton for CUDA tensors and the torch twin otherwise;
 ``backend="triton"`` also runs the kernels on CPU tensors when ``TRITON_INTERPRET=1``
 was set before the kernels were imported (that is how the tests check them). The twins
