@@ -25,13 +25,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.kernel_bench import W4A4_FORMATS, act_quant_bytes  # noqa: E402
 from benchmarks.result_files import write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
-# name: (element, group size, scale kind, clip ratio)
-FORMATS = {"int4": ("int4", 0, "float", 0.9), "e2m1": ("e2m1", 0, "float", 1.0),
-           "nvfp4": ("e2m1", 16, "e4m3", 1.0), "mxfp4": ("e2m1", 32, "e8m0", 1.0)}
+# name: (element, group size, scale kind, clip ratio): kernel_bench's formats, per-token INT4 clipped at 0.9
+FORMATS = {name: (*spec, 0.9 if name == "int4" else 1.0) for name, spec in W4A4_FORMATS.items()}
 
 
 def load_baseline(path: str):
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in formats:
             element, group, kind, clip = FORMATS[name]
             for fp8 in (False,) if group or args.no_fp8_codes else (False, True):
-                moved = x.numel() * 2 + (x.numel() if fp8 else x.numel() // 2) + 4 * m * (k // group if group else 1)
+                moved = act_quant_bytes(m, k, group, fp8)
                 want = None if fp8 else quantize_activations_ref(x, element, group, kind, clip)
                 for label, module in versions:
                     def run():

@@ -237,6 +237,12 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
     return rows
 
 
+def act_quant_bytes(m: int, k: int, group: int, fp8_codes: bool = False) -> int:
+    """Bytes the activation kernel moves for (m, k) bfloat16 activations: read, codes (half a byte, or one E4M3
+    byte) and fp32 scales written."""
+    return m * k * 2 + (m * k if fp8_codes else m * k // 2) + 4 * m * (k // group if group else 1)
+
+
 def bench_act_quant(m: int, k: int, device: torch.device, time_ms, formats: list[str]) -> list[dict]:
     """The quantization kernel alone (read bf16, write codes + scales) against x.clone()."""
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
@@ -245,7 +251,7 @@ def bench_act_quant(m: int, k: int, device: torch.device, time_ms, formats: list
     for name in formats:
         element, group, kind = W4A4_FORMATS[name]
         ms = time_ms(lambda: kernels.quantize_activations(x, element, group, kind, backend="triton"))
-        moved = x.numel() * 2 + x.numel() // 2 + 4 * m * (k // group if group else 1)
+        moved = act_quant_bytes(m, k, group)
         out.append({"M": m, "K": k, "kernel": name, "ms": ms, "gbs": moved / ms / 1e6,
                     "check": check_quantization(x[:CHECK_ROWS], element, group, kind)})
     return out

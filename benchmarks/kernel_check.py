@@ -39,6 +39,7 @@ interpreter (to exercise the script without a GPU).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -245,21 +246,16 @@ GPU_DECODE_ATTENTION = [(1, 8, 4, 128, 2100, [2049]), (8, 8, 4, 128, 2100, [2049
 DRY_DECODE_ATTENTION = [(1, 2, 4, 64, 200, [130])]
 
 
+@contextlib.contextmanager
 def fused_combination(fused: bool):
     """A context in which the decode-attention kernel combines its slices in its last program (or not)."""
-    import contextlib
+    from kernels import flash_decode  # late: builds Triton kernels (TRITON_INTERPRET is set in main)
 
-    from kernels import flash_decode
-
-    @contextlib.contextmanager
-    def setting():
-        saved, flash_decode.FUSE_COMBINE = flash_decode.FUSE_COMBINE, fused
-        try:
-            yield
-        finally:
-            flash_decode.FUSE_COMBINE = saved
-
-    return setting()
+    saved, flash_decode.FUSE_COMBINE = flash_decode.FUSE_COMBINE, fused
+    try:
+        yield
+    finally:
+        flash_decode.FUSE_COMBINE = saved
 
 
 def check_decode_attention(batch: int, heads_kv: int, groups: int, dim: int, length: int, written: list[int],

@@ -22,12 +22,11 @@ import triton.language as tl
 from triton.language.standard import _elementwise_max, _elementwise_min
 
 from .act_quant import _divide, _encode, _rint
+# The packed elements' kernel ids, as the decode-attention kernel reads them: int4 (symmetric, two's complement),
+# uint4 (asymmetric: the code is the level, under a zero point), e2m1 (symmetric).
+from .flash_decode import ELEMENT_IDS
+from .reference import packed_kv_element
 
-INTERPRET = triton.knobs.runtime.interpret
-# The kernel's ids of the elements it writes: int4 (symmetric, two's complement), uint4 (asymmetric: the code is
-# the level, under a zero point), e2m1 (symmetric).
-ELEMENT_IDS = {"int4": 0, "uint4": 1, "e2m1": 2}
-MAX_VALUES = {"int4": 7.0, "uint4": 15.0, "e2m1": 6.0}  # the symmetric elements' max, uint4's top level
 ROWS_PER_PROGRAM = 8
 
 
@@ -134,7 +133,7 @@ def write_kv4_triton(key: torch.Tensor, value: torch.Tensor, positions: torch.Te
         v_codes, v_scale, v_scale if v_zero is None else v_zero,
         n_rows, tokens, heads, k_codes.shape[2], key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), key_clip, value_clip,
-        MAX_VALUES[key_element], MAX_VALUES[value_element], D=dim, K_ELEMENT=ELEMENT_IDS[key_element],
-        V_ELEMENT=ELEMENT_IDS[value_element], K_GROUP=dim // k_scale.shape[-1], V_GROUP=dim // v_scale.shape[-1],
-        BLOCK_R=ROWS_PER_PROGRAM, num_warps=4,
+        packed_kv_element(key_element).max_value, packed_kv_element(value_element).max_value, D=dim,
+        K_ELEMENT=ELEMENT_IDS[key_element], V_ELEMENT=ELEMENT_IDS[value_element], K_GROUP=dim // k_scale.shape[-1],
+        V_GROUP=dim // v_scale.shape[-1], BLOCK_R=ROWS_PER_PROGRAM, num_warps=4,
     )
