@@ -90,6 +90,7 @@ def test_kernel_refuses_what_it_cannot_write():
     good = (codes, scale, None)
     problem = kv_write.kv4_write_problem
     assert problem(key, value, good, good) is None
+    assert "K and V must be (B, H, T, D) of one shape" in problem(key, torch.zeros(1, 2, 2, 64), good, good)
     assert "power of two" in problem(torch.zeros(1, 2, 1, 48), torch.zeros(1, 2, 1, 48), good, good)
     assert "codes must be contiguous uint8" in problem(key, value, (codes.float(), scale, None), good)
     assert "scales must be" in problem(key, value, good, (codes, torch.zeros(1, 2, 8, 3), None))
