@@ -33,6 +33,22 @@ def compile_options() -> dict:
     return options
 
 
+ARGMAX_CHUNK = 256
+
+
+def greedy_token(logits: torch.Tensor) -> torch.Tensor:
+    """(batch, vocab) logits -> (batch, 1) argmax, found in two stages: each chunk of ``ARGMAX_CHUNK`` logits'
+    maximum, then the first chunk holding the largest. The index is argmax's (the first maximum); a compiled
+    step spreads the first stage over many programs, where one argmax over 128k logits ran as one program.
+    """
+    batch, vocab = logits.shape
+    if vocab % ARGMAX_CHUNK:
+        return logits.argmax(-1, keepdim=True)
+    best, where = logits.view(batch, vocab // ARGMAX_CHUNK, ARGMAX_CHUNK).max(-1)
+    chunk = best.argmax(-1, keepdim=True)
+    return chunk * ARGMAX_CHUNK + where.gather(-1, chunk)
+
+
 class StaticDecoder:
     """Greedy decoding from a static cache, one token per ``step()``: eagerly, or after ``capture()`` as
     replays of one captured CUDA graph (the token and its position are updated in place between steps).
@@ -51,7 +67,7 @@ class StaticDecoder:
         self.cache = (StaticPackedKVCache(model, max_cache_len=length, fused_write=fused_write) if kv4
                       else StaticCache(config=model.config, max_cache_len=length))
         logits = model(ids, past_key_values=self.cache, cache_position=torch.arange(seqlen, device=ids.device)).logits
-        self.token = logits[:, -1:].argmax(-1)
+        self.token = greedy_token(logits[:, -1])
         self.position = torch.tensor([seqlen], device=ids.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.following: torch.Tensor | None = None
@@ -60,7 +76,7 @@ class StaticDecoder:
 
     def _eager_forward(self) -> torch.Tensor:
         logits = self.model(self.token, past_key_values=self.cache, cache_position=self.position).logits
-        return logits[:, -1:].argmax(-1)
+        return greedy_token(logits[:, -1])
 
     @torch.no_grad()
     def warm_up(self, times: int = 2) -> None:

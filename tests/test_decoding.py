@@ -6,11 +6,24 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from models.decoding import StaticDecoder
+from models.decoding import ARGMAX_CHUNK, StaticDecoder, greedy_token
 from configs.recipe import QuantRecipe
 from quant_layers.packed_kv_cache import PackedKVCache, StaticPackedKVCache
 from quant_layers.quantizer import QuantSpec
 from test_packed_kv_cache import KV4, loaded_w4a4kv4, quantized
+
+
+@pytest.mark.parametrize("vocab", [ARGMAX_CHUNK * 5, ARGMAX_CHUNK * 5 + 3])
+def test_greedy_token_is_argmax_ties_and_nan_included(vocab):
+    """The two-stage argmax returns argmax's index: the first maximum, also across chunks, and the first NaN."""
+    logits = torch.randn(4, vocab)
+    logits[1, [7, ARGMAX_CHUNK + 7, 3 * ARGMAX_CHUNK]] = 9.0  # a tie inside chunk 0 and across chunks
+    logits[2, [2 * ARGMAX_CHUNK + 1, 2 * ARGMAX_CHUNK + 5]] = 9.0  # a tie inside a later chunk
+    logits[3, [ARGMAX_CHUNK + 2, 4 * ARGMAX_CHUNK]] = float("nan")
+    got = greedy_token(logits)
+    assert got.shape == (4, 1)
+    assert torch.equal(got, logits.argmax(-1, keepdim=True))
+    assert got[1].item() == 7 and got[2].item() == 2 * ARGMAX_CHUNK + 1 and got[3].item() == ARGMAX_CHUNK + 2
 
 
 def test_static_decoder_decodes_like_the_dynamic_cache(tinystories_dir):
