@@ -33,7 +33,6 @@ FPX_BITS = (4, 5, 6)  # weight-only FP elements the FPx kernel takes (FP6-LLM's 
 # Only the decode kernel (``w4a4_matmul_dp4a``) stays an opaque op. ``bench_model.py --no_graph_act_quant``
 # turns it off.
 QUANTIZE_DECODE_IN_GRAPH = True
-GRAPH_QUANT_DEVICES = ("cuda",)  # where it applies (tests add "cpu" to trace the path through a whole model)
 
 
 @dataclass(frozen=True)
@@ -192,15 +191,15 @@ def quantizes_in_graph(x: torch.Tensor, weight: RealQuantScheme, act: RealQuantS
                        in_features: int) -> bool:
     """Whether ``RealQuantLinear`` takes ``decode_product`` for ``x``: in a compiled step on a GPU, rows the
     decode kernel takes (``QUANTIZE_DECODE_IN_GRAPH``)."""
-    if not (QUANTIZE_DECODE_IN_GRAPH and x.device.type in GRAPH_QUANT_DEVICES and torch.compiler.is_compiling()):
+    if not (QUANTIZE_DECODE_IN_GRAPH and x.is_cuda and torch.compiler.is_compiling()):
         return False
     if act is None or act.element not in ("int4", "e2m1") or act.group or act.scale_kind != "float":
         return False
-    if weight.element not in ("int4", "e2m1"):
+    if weight.element not in ("int4", "e2m1") or x.dtype not in (torch.float16, torch.bfloat16):
         return False
-    from kernels.w4a4_gemv import gemv_fits
+    from kernels.w4a4_gemm import takes_gemv
 
-    return gemv_fits(x.numel() // in_features, in_features, 0, weight.group)
+    return takes_gemv(x.numel() // in_features, in_features, 0, weight.group)
 
 
 def dequantized_weight(qweight: torch.Tensor, weight_scale: torch.Tensor, weight: RealQuantScheme) -> torch.Tensor:
