@@ -326,9 +326,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fuse_attention_combine", action="store_true",
                    help="decode attention combines its key slices in its last program, not a second kernel "
                         "(kernels.flash_decode.FUSE_COMBINE)")
-    p.add_argument("--no_graph_act_quant", action="store_true",
-                   help="a compiled decode step quantizes the W4A4 linears' rows with the activation kernel, not "
-                        "in its fused glue (quant_layers.real_linear.QUANTIZE_DECODE_IN_GRAPH)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--cpu_dry_run", action="store_true",
@@ -341,10 +338,6 @@ def main(argv: list[str] | None = None) -> int:
         from kernels import flash_decode
 
         flash_decode.FUSE_COMBINE = True
-    if args.no_graph_act_quant:
-        from quant_layers import real_linear
-
-        real_linear.QUANTIZE_DECODE_IN_GRAPH = False
     if args.cpu_dry_run:
         args.device, args.layers, args.seqlen, args.decode_tokens, args.reps = "cpu", 2, 32, 4, 1
         args.prefill_batches, args.decode_batches = [1, 2], [1, 2]

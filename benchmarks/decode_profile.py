@@ -163,19 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fuse_attention_combine", action="store_true",
                    help="decode attention combines its key slices in its last program, not a second kernel "
                         "(kernels.flash_decode.FUSE_COMBINE)")
-    p.add_argument("--no_graph_act_quant", action="store_true",
-                   help="a compiled decode step quantizes the W4A4 linears' rows with the activation kernel, not "
-                        "in its fused glue (quant_layers.real_linear.QUANTIZE_DECODE_IN_GRAPH)")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
     if args.fuse_attention_combine:
         from kernels import flash_decode
 
         flash_decode.FUSE_COMBINE = True
-    if args.no_graph_act_quant:
-        from quant_layers import real_linear
-
-        real_linear.QUANTIZE_DECODE_IN_GRAPH = False
     if args.prefill and args.compile:
         p.error("--prefill profiles the eager forward bench_model times; --compile is for decode steps")
     if not torch.cuda.is_available():

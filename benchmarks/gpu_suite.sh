@@ -26,8 +26,7 @@
 #              configs among the autotuner's candidates (issue 9)
 #   profile    the GPU time of each kernel of one compiled decode step, bf16 / W4A4 / W4A4KV4, and the
 #              autotuned configs (issue 10); BATCH=8 for batch-8 decode
-#   decode_fused  the K/V write kernel, the fused attention combination and the compiled decode activations
-#              (quantized in the step's glue) checked against their twins, then a
+#   decode_fused  the K/V write kernel and the fused attention combination checked against their twins, then a
 #              compiled W4A4KV4 decode step profiled and bench_model's batch-1 decode (bf16 and W4A4KV4), both with
 #              the fused combination (issue 10)
 #   act_quant  the activation kernel against a device copy at prefill sizes (every format, checked against its twin),
@@ -109,7 +108,7 @@ for section in "$@"; do
         --modes w4a4,bf16,w4a4kv4 --batch "${BATCH:-1}" --out "$OUT/decode_profile_compiled_b${BATCH:-1}_llama3_8b_h200" ;;
     decode_fused)
       step "${LIMIT_FUSED_CHECK:-150}" kernel_check_decode_fused python benchmarks/kernel_check.py \
-        --only decode_attention,decode_attention_packed,kv_write,graph_act_quant --out "$OUT/kernel_check_decode_fused_h200"
+        --only decode_attention,decode_attention_packed,kv_write --out "$OUT/kernel_check_decode_fused_h200"
       step "${LIMIT_FUSED_PROFILE:-150}" decode_profile_fused python benchmarks/decode_profile.py --compile \
         --modes w4a4kv4 --fuse_attention_combine --out "$OUT/decode_profile_compiled_fused_llama3_8b_h200"
       step "${LIMIT_FUSED_MODEL:-240}" bench_model_decode_fused python benchmarks/bench_model.py --random_mode \

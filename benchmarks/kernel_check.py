@@ -89,11 +89,6 @@ COMPILED_QUANTIZER_SPECS = {
 COMPILED_QUANTIZER_HEAD_DIM = 128
 GPU_COMPILED_QUANTIZER_SHAPES = [(2049, 1024)]
 DRY_COMPILED_QUANTIZER_SHAPES = [(3, 256)]
-# The decode activations a compiled step quantizes in its glue (RealQuantLinear.decode_product), each with
-# the producer inductor fuses it into: rows of Llama-3-8B's hidden and intermediate widths.
-GRAPH_ACT_PRODUCERS = ("add_rmsnorm", "silu_mul")
-GPU_GRAPH_ACT_SHAPES = [(1, 4096), (8, 4096), (1, 14336)]
-DRY_GRAPH_ACT_SHAPES = [(1, 256), (3, 512)]
 DRY_GEMM_SHAPES = [(1, 40, 128), (5, 48, 256)]
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -141,42 +136,6 @@ def check_compiled_quantizer(x: torch.Tensor, name: str) -> dict:
     return {"kernel": "compiled quantizer", "case": name,
             "shape": f"{x.shape[0]}x{x.shape[1]} {str(x.dtype).removeprefix('torch.')}",
             "codes_differ": levels, "scales_differ": scales, "ok": levels == 0 and scales == 0}
-
-
-def graph_act_producer(name: str, k: int, dtype: torch.dtype, device: torch.device):
-    """(inputs builder, producer) of the decode activations: HF's residual add and RMSNorm, or SiLU(gate) * up."""
-    weight = (1 + 0.1 * torch.randn(k, generator=torch.Generator().manual_seed(1))).to(dtype).to(device)
-
-    def add_rmsnorm(residual: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        h = (residual + delta).float()
-        return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
-
-    def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.silu(gate) * up
-
-    return {"add_rmsnorm": add_rmsnorm, "silu_mul": silu_mul}[name]
-
-
-def check_graph_act_quant(m: int, k: int, producer: str, a_name: str, w_element: str, device: torch.device) -> dict:
-    """A decode activation's producer and its quantization to dp4a bytes compiled together, as a compiled decode
-    step compiles them (``RealQuantLinear.decode_product``), against the same run eagerly: codes and scales equal."""
-    from models.decoding import compile_options
-
-    element, _, _, clip = ACT_FORMATS[a_name]
-    produce = graph_act_producer(producer, k, torch.bfloat16, device)
-
-    def quantized(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return reference.quantize_activations_ref(produce(a, b), element, 0, "float", clip, dp4a_for=w_element)
-
-    a, b = (random_activations(m, k, torch.bfloat16, device) for _ in range(2))
-    torch._dynamo.reset()
-    got = torch.compile(quantized, fullgraph=True, options=compile_options())(a, b)
-    want = quantized(a, b)
-    codes = (got[0] != want[0]).float().mean().item()
-    scales = (got[1] != want[1]).float().mean().item()
-    return {"kernel": "compiled decode activations", "case": f"{producer} {a_name} for {w_element}",
-            "shape": f"{m}x{k} bfloat16", "codes_differ": codes, "scales_differ": scales,
-            "ok": codes == 0 and scales == 0}
 
 
 # Hopper's FP8 tensor cores add into their accumulator with fewer bits than fp32 between
@@ -376,7 +335,7 @@ def check_kv_write(batch: int, heads: int, tokens: int, dim: int, dtype: torch.d
             "shape": f"B{batch} H{heads} T{tokens} D{dim} {str(dtype).removeprefix('torch.')}", "ok": max(differ) == 0}
 
 
-CHECKS = (check_act, check_compiled_quantizer, check_graph_act_quant, check_gemm, check_linear, check_fp8_codes, check_fp8_linear,
+CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_fp8_codes, check_fp8_linear,
           check_fpx, check_decode_attention, check_decode_attention_packed, check_kv_write)
 
 
@@ -468,10 +427,6 @@ def main(argv: list[str] | None = None) -> int:
         x = random_activations(m, k, torch.bfloat16, device)
         for name in COMPILED_QUANTIZER_SPECS:
             record(check_compiled_quantizer, x, name)
-    for m, k in DRY_GRAPH_ACT_SHAPES if args.cpu_dry_run else GPU_GRAPH_ACT_SHAPES:
-        for producer in GRAPH_ACT_PRODUCERS:
-            for a_name, w_name in PER_ROW_PAIRS:
-                record(check_graph_act_quant, m, k, producer, a_name, ACT_FORMATS[w_name][0], device)
     for m, k in act_shapes:
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             x = random_activations(m, k, dtype, device)

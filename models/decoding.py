@@ -17,20 +17,17 @@ from quant_layers.packed_kv_cache import StaticPackedKVCache
 
 
 def compile_options() -> dict:
-    """Inductor options for a compiled decode step: ``x / y`` rounded like eager (``div_rn``), and every
-    half-precision intermediate rounded where eager rounds it, where this torch has the switches.
+    """Inductor options for a compiled decode step: ``x / y`` rounded like eager (``div_rn``) where this torch
+    has the switch.
 
-    The step's K/V and decode-activation quantizers compile into its glue (``RealQuantLinear.decode_product``),
-    and Triton's ``/`` is an approximate division (within 2 ulps); inductor also keeps a fused chain of
-    bfloat16 operations in fp32 unless told to emulate the casts. Either way a value near a rounding tie
-    could get another code than in the eager step, the kernels and the fake-quantized model.
+    The step's K/V quantizers compile into its glue, and Triton's ``/`` is an approximate
+    division (within 2 ulps): a value over its scale near a rounding tie could get another
+    code than in the eager step, the kernels and the fake-quantized model.
     """
     from torch._inductor import config
 
-    options = {"emulate_precision_casts": True} if hasattr(config, "emulate_precision_casts") else {}
-    if hasattr(getattr(config, "eager_numerics", None), "division_rounding"):
-        options["eager_numerics.division_rounding"] = True
-    return options
+    numerics = getattr(config, "eager_numerics", None)
+    return {"eager_numerics.division_rounding": True} if hasattr(numerics, "division_rounding") else {}
 
 
 ARGMAX_CHUNK = 256

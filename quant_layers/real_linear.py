@@ -27,13 +27,6 @@ SCALE_KINDS = {"nvfp": "e4m3", "mxfp": "e8m0"}
 
 FPX_BITS = (4, 5, 6)  # weight-only FP elements the FPx kernel takes (FP6-LLM's formats and their FP5/FP4 kin)
 
-# In a compiled step on a GPU, decode-sized rows with per-token scales are quantized by traced torch ops (the
-# activation kernel's twin) rather than by the activation kernel: inductor then fuses the quantization into
-# the kernel that produces the rows (residual add and RMSNorm, SiLU times up), one launch fewer per linear.
-# Only the decode kernel (``w4a4_matmul_dp4a``) stays an opaque op. ``bench_model.py --no_graph_act_quant``
-# turns it off.
-QUANTIZE_DECODE_IN_GRAPH = True
-
 
 @dataclass(frozen=True)
 class RealQuantScheme:
@@ -169,37 +162,8 @@ class RealQuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_transform is not None:
             x = self.input_transform(x)
-        if quantizes_in_graph(x, self.weight_scheme, self.act_scheme, self.in_features):
-            return self.decode_product(x)
         high = getattr(self, "qweight_high", None)  # the 1- or 2-bit plane of 5- and 6-bit codes
         return torch.ops.ptq.real_quant_matmul(x, self.qweight, high, self.weight_scale, self.bias, self.schemes)
-
-
-    def decode_product(self, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-        """The product with ``x``'s rows quantized by the activation kernel's twin (torch ops, which a compiled
-        step fuses into the rows' producer) and multiplied by the decode kernel: per-token float scales only."""
-        act, weight = self.act_scheme, self.weight_scheme
-        rows = x.reshape(-1, x.shape[-1])
-        a_bytes, a_scale = kernels.quantize_activations(rows, act.element, 0, "float", act.clip_ratio,
-                                                        dp4a_for=weight.element, backend="torch")
-        out = torch.ops.ptq.w4a4_dp4a_matmul(a_bytes, a_scale, self.qweight, self.weight_scale, self.bias,
-                                             self.schemes, x.dtype, backend)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
-
-
-def quantizes_in_graph(x: torch.Tensor, weight: RealQuantScheme, act: RealQuantScheme | None,
-                       in_features: int) -> bool:
-    """Whether ``RealQuantLinear`` takes ``decode_product`` for ``x``: in a compiled step on a GPU, rows the
-    decode kernel takes (``QUANTIZE_DECODE_IN_GRAPH``)."""
-    if not (QUANTIZE_DECODE_IN_GRAPH and x.is_cuda and torch.compiler.is_compiling()):
-        return False
-    if act is None or act.element not in ("int4", "e2m1") or act.group or act.scale_kind != "float":
-        return False
-    if weight.element not in ("int4", "e2m1") or x.dtype not in (torch.float16, torch.bfloat16):
-        return False
-    from kernels.w4a4_gemm import takes_gemv
-
-    return takes_gemv(x.numel() // in_features, in_features, 0, weight.group)
 
 
 def dequantized_weight(qweight: torch.Tensor, weight_scale: torch.Tensor, weight: RealQuantScheme) -> torch.Tensor:
@@ -251,20 +215,3 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
 def _(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tensor], weight_scale: torch.Tensor,
       bias: Optional[torch.Tensor], schemes: str) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], weight_scale.shape[0])
-
-
-@torch.library.custom_op("ptq::w4a4_dp4a_matmul", mutates_args=())
-def w4a4_dp4a_matmul(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
-                     bias: Optional[torch.Tensor], schemes: str, out_dtype: torch.dtype,
-                     backend: Optional[str] = None) -> torch.Tensor:
-    """``RealQuantLinear.decode_product``'s multiplication: (M, K) dp4a activation bytes -> (M, N)."""
-    weight, act = parse_schemes(schemes)
-    return kernels.w4a4_matmul_dp4a(a_bytes, a_scale, qweight, weight_scale, a_element=act.element,
-                                    w_element=weight.element, bias=bias, out_dtype=out_dtype, backend=backend)
-
-
-@w4a4_dp4a_matmul.register_fake
-def _(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
-      bias: Optional[torch.Tensor], schemes: str, out_dtype: torch.dtype,
-      backend: Optional[str] = None) -> torch.Tensor:
-    return a_bytes.new_empty(a_bytes.shape[0], weight_scale.shape[0], dtype=out_dtype)
