@@ -136,4 +136,8 @@ def write_kv4_triton(key: torch.Tensor, value: torch.Tensor, positions: torch.Te
         packed_kv_element(key_element).max_value, packed_kv_element(value_element).max_value, D=dim,
         K_ELEMENT=ELEMENT_IDS[key_element], V_ELEMENT=ELEMENT_IDS[value_element], K_GROUP=dim // k_scale.shape[-1],
         V_GROUP=dim // v_scale.shape[-1], BLOCK_R=ROWS_PER_PROGRAM, num_warps=4,
+        # No multiply-add contraction: a clipped zero-point range (hi - lo, each a product with the clip ratio)
+        # fused into one FMA rounded differently from the twin's, a scale an ulp off in a fifth of the groups
+        # on the H200 (benchmarks/results/kernel_check_decode_fused_h200.md).
+        enable_fp_fusion=False,
     )

@@ -93,6 +93,7 @@ class _PackedTensor:
         """Zeroed buffers of ``length`` tokens for tensors shaped like x (B, H, T, D), unless already there."""
         if self.codes is not None:
             return
+        self.table = self.table.to(x.device)  # the K/V write kernel fills these buffers without _quantize
         group = self.quantizer.spec.group_length(x.shape[-1], self.quantizer.head_dim) or x.shape[-1]
         groups = x.shape[-1] // group
         self.codes = torch.zeros((*x.shape[:-2], length, x.shape[-1] // 2), dtype=torch.uint8, device=x.device)
