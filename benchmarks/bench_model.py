@@ -323,9 +323,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--graph_prefill", action="store_true",
                    help="also time each prefill as a captured CUDA graph (compiled first with --compile), CUDA only")
     p.add_argument("--hf_generate", action="store_true", help="also time HF generate for bf16 at batch 1")
-    p.add_argument("--fuse_attention_combine", action="store_true",
-                   help="decode attention combines its key slices in its last program, not a second kernel "
-                        "(kernels.flash_decode.FUSE_COMBINE)")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--cpu_dry_run", action="store_true",
@@ -334,10 +331,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.random_mode:
         p.error("only --random_mode is implemented: pass --random_mode")
-    if args.fuse_attention_combine:
-        from kernels import flash_decode
-
-        flash_decode.FUSE_COMBINE = True
     if args.cpu_dry_run:
         args.device, args.layers, args.seqlen, args.decode_tokens, args.reps = "cpu", 2, 32, 4, 1
         args.prefill_batches, args.decode_batches = [1, 2], [1, 2]

@@ -160,15 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefill", action="store_true",
                    help="profile the prefill forward (batch x seqlen tokens, no cache) instead of a decode step")
     p.add_argument("--top", type=int, default=25, help="kernels listed per mode")
-    p.add_argument("--fuse_attention_combine", action="store_true",
-                   help="decode attention combines its key slices in its last program, not a second kernel "
-                        "(kernels.flash_decode.FUSE_COMBINE)")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
-    if args.fuse_attention_combine:
-        from kernels import flash_decode
-
-        flash_decode.FUSE_COMBINE = True
     if args.prefill and args.compile:
         p.error("--prefill profiles the eager forward bench_model times; --compile is for decode steps")
     if not torch.cuda.is_available():

@@ -26,9 +26,6 @@
 #              configs among the autotuner's candidates (issue 9)
 #   profile    the GPU time of each kernel of one compiled decode step, bf16 / W4A4 / W4A4KV4, and the
 #              autotuned configs (issue 10); BATCH=8 for batch-8 decode
-#   decode_fused  the K/V write kernel and the fused attention combination checked against their twins, then a
-#              compiled W4A4KV4 decode step profiled and bench_model's batch-1 decode (bf16 and W4A4KV4), both with
-#              the fused combination (issue 10)
 #   act_quant  the activation kernel against a device copy at prefill sizes (every format, checked against its twin),
 #              then the activation and E4M3-code checks of kernel_check (issue 9)
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
@@ -106,14 +103,6 @@ for section in "$@"; do
     profile)
       step "${LIMIT_PROFILE:-400}" decode_profile python benchmarks/decode_profile.py --compile \
         --modes w4a4,bf16,w4a4kv4 --batch "${BATCH:-1}" --out "$OUT/decode_profile_compiled_b${BATCH:-1}_llama3_8b_h200" ;;
-    decode_fused)
-      step "${LIMIT_FUSED_CHECK:-150}" kernel_check_decode_fused python benchmarks/kernel_check.py \
-        --only decode_attention,decode_attention_packed,kv_write --out "$OUT/kernel_check_decode_fused_h200"
-      step "${LIMIT_FUSED_PROFILE:-150}" decode_profile_fused python benchmarks/decode_profile.py --compile \
-        --modes w4a4kv4 --fuse_attention_combine --out "$OUT/decode_profile_compiled_fused_llama3_8b_h200"
-      step "${LIMIT_FUSED_MODEL:-240}" bench_model_decode_fused python benchmarks/bench_model.py --random_mode \
-        --config llama-3-8b --modes bf16,w4a4kv4 --prefill_batches "" --decode_batches 1 --decode_tokens 128 \
-        --compile --no_eager --fuse_attention_combine --out "$OUT/bench_model_decode_compiled_fused_llama3_8b_h200" ;;
     act_quant)
       step "${LIMIT_ACT_BENCH:-300}" act_quant_bench python benchmarks/act_quant_bench.py \
         --shapes 2048x4096,8192x4096,2048x14336,8192x14336 --out "$OUT/act_quant_h200"
@@ -123,6 +112,6 @@ for section in "$@"; do
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, decode_fused, act_quant, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, roundtrip" >&2; exit 2 ;;
   esac
 done

@@ -39,7 +39,6 @@ interpreter (to exercise the script without a GPU).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -246,35 +245,21 @@ GPU_DECODE_ATTENTION = [(1, 8, 4, 128, 2100, [2049]), (8, 8, 4, 128, 2100, [2049
 DRY_DECODE_ATTENTION = [(1, 2, 4, 64, 200, [130])]
 
 
-@contextlib.contextmanager
-def fused_combination(fused: bool):
-    """A context in which the decode-attention kernel combines its slices in its last program (or not)."""
-    from kernels import flash_decode  # late: builds Triton kernels (TRITON_INTERPRET is set in main)
-
-    saved, flash_decode.FUSE_COMBINE = flash_decode.FUSE_COMBINE, fused
-    try:
-        yield
-    finally:
-        flash_decode.FUSE_COMBINE = saved
-
-
 def check_decode_attention(batch: int, heads_kv: int, groups: int, dim: int, length: int, written: list[int],
-                           dtype: torch.dtype, device: torch.device, fused: bool = False) -> dict:
+                           dtype: torch.dtype, device: torch.device) -> dict:
     q, key, value = (torch.randn(batch, heads_kv, rows, dim, device=device).to(dtype) for rows in (groups, length, length))
     mask = (torch.arange(length, device=device)[None, :] < torch.tensor(written, device=device)[:, None])[:, None, None]
-    with fused_combination(fused):
-        out = kernels.decode_attention(q, key, value, mask, backend="triton")
+    out = kernels.decode_attention(q, key, value, mask, backend="triton")
     want = reference.decode_attention_ref(q.float(), key.float(), value.float(), mask, dim**-0.5)
     # Half operands: the probabilities enter the second product in q's dtype (as in flash attention).
     ok, excess = close(out, want, of_max=1e-5 if dtype == torch.float32 else 2.0**-7)
-    return {"kernel": "decode_attention", "case": f"{groups} query heads per K/V head, {written[0]} of {length} keys"
-                                                  + (", fused combination" if fused else ""),
+    return {"kernel": "decode_attention", "case": f"{groups} query heads per K/V head, {written[0]} of {length} keys",
             "shape": f"B{batch} Hkv{heads_kv} D{dim} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess,
             "ok": ok}
 
 
 def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: int, length: int, written: list[int],
-                                  dtype: torch.dtype, device: torch.device, fused: bool = False) -> dict:
+                                  dtype: torch.dtype, device: torch.device) -> dict:
     """The KV4 benchmark's cache (INT4 K, asymmetric INT4 V, a scale per token and head) read as packed codes,
     against attention over the same K and V dequantized the cache's way."""
     from kernels.flash_decode import decode_attention_packed_triton
@@ -287,15 +272,13 @@ def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: i
         packed.append(torch.randn(batch, heads_kv, length, dim, device=device).to(dtype))
     q = torch.randn(batch, heads_kv, groups, dim, device=device).to(dtype)
     mask = (torch.arange(length, device=device)[None, :] < torch.tensor(written, device=device)[:, None])[:, None, None]
-    with fused_combination(fused):
-        out = decode_attention_packed_triton(q, key.operand, value.operand, mask, dim**-0.5, key.kernel_element,
-                                             value.kernel_element)
+    out = decode_attention_packed_triton(q, key.operand, value.operand, mask, dim**-0.5, key.kernel_element,
+                                         value.kernel_element)
     want = reference.decode_attention_ref(q.float(), key.dequantized(dtype).float(), value.dequantized(dtype).float(),
                                           mask, dim**-0.5)
     ok, excess = close(out, want, of_max=1e-5 if dtype == torch.float32 else 2.0**-7)
     return {"kernel": "decode_attention_packed",
-            "case": f"KV4 int4 K, uint4 V, {groups} query heads per K/V head, {written[0]} of {length} keys"
-                    + (", fused combination" if fused else ""),
+            "case": f"KV4 int4 K, uint4 V, {groups} query heads per K/V head, {written[0]} of {length} keys",
             "shape": f"B{batch} Hkv{heads_kv} D{dim} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess,
             "ok": ok}
 
@@ -404,11 +387,10 @@ def main(argv: list[str] | None = None) -> int:
         print(check, flush=True)
         write_result_files(args.out, result, markdown(result))  # partial results survive a time limit
 
-    for fused in (False, True):  # the slices combined by a second kernel, then by the last program of each head
-        for case in decode_attention_cases:
-            for dtype in OUT_DTYPES:
-                record(check_decode_attention, *case, dtype, device, fused)
-                record(check_decode_attention_packed, *case, dtype, device, fused)
+    for case in decode_attention_cases:
+        for dtype in OUT_DTYPES:
+            record(check_decode_attention, *case, dtype, device)
+            record(check_decode_attention_packed, *case, dtype, device)
     for i, (m, n, k) in enumerate(gemm_shapes):
         for a_name, w_name in gemm_pairs:
             record(check_gemm, m, n, k, a_name, w_name, OUT_DTYPES[i % len(OUT_DTYPES)], device)

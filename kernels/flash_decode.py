@@ -37,14 +37,7 @@ from .reference import PACKED_KV_ELEMENTS, PackedOperand
 from .w4a4_gemm import _unpack, code_operand
 
 INTERPRET = triton.knobs.runtime.interpret
-# Whether the last program of each (sequence, K/V head) to finish its slice also combines the slices (one launch
-# instead of two; ``_partial_kernel``'s FUSE_COMBINE). Off until checked on a GPU (kernel_check's
-# decode_attention checks run both ways); ``bench_model.py --fuse_attention_combine`` turns it on.
-FUSE_COMBINE = False
 BLOCK_N = 64  # keys per inner step
-COMBINE_D = 32  # head-dim columns the fused combination weighs at a time
-# Arrival counters of the fused combination, per device: zero between launches (the last program resets its own).
-_counters: dict[torch.device, torch.Tensor] = {}
 MAX_SPLITS = 64  # the combining program holds (splits, head dim) partials in registers
 # Below this score a key is hidden (finite, so that a slice with no visible key gives exp(...) = 0, not NaN).
 HIDDEN = tl.constexpr(-1e30)
@@ -90,42 +83,15 @@ def _tile(ptr, scale_ptr, zero_ptr, n, visible, stride_l, first_row, PACKED: tl.
 
 
 @triton.jit
-def _combine_head(acc_ptr, ml_ptr, out_ptr, pid_bh, G, n_splits, D: tl.constexpr, BLOCK_G: tl.constexpr,
-                  BLOCK_S: tl.constexpr, BLOCK_GC: tl.constexpr, COMBINE_D: tl.constexpr):
-    """The G query rows of one (sequence, K/V head): every slice's partials weighed at once, COMBINE_D columns at
-    a time (the same arithmetic as ``_combine_kernel``). The partials come from other programs: loaded past L1."""
-    s = tl.arange(0, BLOCK_S)
-    g = tl.arange(0, BLOCK_GC)
-    present = (s < n_splits)[:, None] & (g < G)[None, :]
-    rows = (pid_bh * n_splits + s)[:, None] * BLOCK_G + g[None, :]
-    m = tl.load(ml_ptr + rows * 2, mask=present, other=HIDDEN, cache_modifier=".cg")
-    l_s = tl.load(ml_ptr + rows * 2 + 1, mask=present, other=0.0, cache_modifier=".cg")
-    w = tl.where(present, tl.exp(m - tl.reduce(m, 0, _elementwise_max)[None, :]), 0.0)
-    denominator = tl.reduce(w * l_s, 0, _sum_combine)
-    for d0 in tl.static_range(0, D, COMBINE_D):
-        d = d0 + tl.arange(0, COMBINE_D)
-        parts = tl.load(acc_ptr + rows[:, :, None] * D + d[None, None, :], mask=present[:, :, None], other=0.0,
-                        cache_modifier=".cg")
-        out = tl.reduce(parts * w[:, :, None], 0, _sum_combine) / denominator[:, None]
-        tl.store(out_ptr + (pid_bh * G + g)[:, None] * D + d[None, :], out.to(out_ptr.dtype.element_ty),
-                 mask=(g < G)[:, None])
-
-
-@triton.jit
 def _partial_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, acc_ptr, ml_ptr, k_scale_ptr, k_zero_ptr, v_scale_ptr, v_zero_ptr,
-    counter_ptr, out_ptr, L, H_KV, G, scale, split_len, n_splits,
+    L, H_KV, G, scale, split_len, n_splits,
     stride_qb, stride_qh, stride_qg, stride_kb, stride_kh, stride_kl, stride_vb, stride_vh, stride_vl, stride_mb,
     D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, DOT_F32: tl.constexpr,
     PACKED: tl.constexpr, K_ELEMENT: tl.constexpr, V_ELEMENT: tl.constexpr, K_GROUP: tl.constexpr,
     V_GROUP: tl.constexpr, K_ZERO: tl.constexpr, V_ZERO: tl.constexpr, ROUND_BF16: tl.constexpr,
-    FUSE_COMBINE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_GC: tl.constexpr, COMBINE_D: tl.constexpr,
 ):
-    """K and V (PACKED) as codes, their scales and zero points under ``*_scale_ptr``, ``*_zero_ptr``.
-
-    FUSE_COMBINE: after writing its partials each program counts itself in ``counter_ptr`` (one counter per
-    sequence and K/V head, an acquire-release atomic after a barrier over the program's stores); the last to
-    arrive combines all the slices into ``out_ptr`` and sets the counter back to zero."""
+    """K and V (PACKED) as codes, their scales and zero points under ``*_scale_ptr``, ``*_zero_ptr``."""
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
     b = pid_bh // H_KV
@@ -176,11 +142,6 @@ def _partial_kernel(
     tl.store(acc_ptr + row[:, None] * D + d[None, :], acc)
     tl.store(ml_ptr + row * 2, m_i)
     tl.store(ml_ptr + row * 2 + 1, l_i)
-    if FUSE_COMBINE:
-        tl.debug_barrier()  # every thread's partials stored before the release below
-        if tl.atomic_add(counter_ptr + pid_bh, 1, sem="acq_rel", scope="gpu") == n_splits - 1:
-            _combine_head(acc_ptr, ml_ptr, out_ptr, pid_bh, G, n_splits, D, BLOCK_G, BLOCK_S, BLOCK_GC, COMBINE_D)
-            tl.atomic_xchg(counter_ptr + pid_bh, 0)
 
 
 @triton.jit
@@ -249,29 +210,15 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
     dot_f32 = q.dtype == torch.float32 or INTERPRET
     k_scale, k_zero, k_element, k_group, k_has_zero = key_parameters
     v_scale, v_zero, v_element, v_group, v_has_zero = value_parameters
-    fuse = FUSE_COMBINE and dim % COMBINE_D == 0
-    counters = _arrival_counters(batch * heads_kv, q.device) if fuse else ml
     _partial_kernel[(batch * heads_kv, n_splits)](
-        q, key, value, mask if mask is not None else q, acc, ml, k_scale, k_zero, v_scale, v_zero, counters, out,
+        q, key, value, mask if mask is not None else q, acc, ml, k_scale, k_zero, v_scale, v_zero,
         length, heads_kv, groups, scale, split_len, n_splits,
         q.stride(0), q.stride(1), q.stride(2), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), 0 if mask is None or mask.shape[0] == 1 else mask.stride(0),
         D=dim, BLOCK_G=block_g, BLOCK_N=BLOCK_N, HAS_MASK=mask is not None, DOT_F32=dot_f32, PACKED=packed,
         K_ELEMENT=k_element, V_ELEMENT=v_element, K_GROUP=k_group, V_GROUP=v_group, K_ZERO=k_has_zero,
-        V_ZERO=v_has_zero, ROUND_BF16=packed and q.dtype == torch.bfloat16 and INTERPRET, FUSE_COMBINE=fuse,
-        BLOCK_S=triton.next_power_of_2(n_splits), BLOCK_GC=triton.next_power_of_2(groups), COMBINE_D=COMBINE_D,
-        num_warps=4,
+        V_ZERO=v_has_zero, ROUND_BF16=packed and q.dtype == torch.bfloat16 and INTERPRET, num_warps=4,
     )
-    if not fuse:
-        _combine_kernel[(batch * heads_kv * groups,)](acc, ml, out, groups, n_splits, D=dim, BLOCK_G=block_g,
-                                                      BLOCK_S=triton.next_power_of_2(n_splits), num_warps=4)
+    _combine_kernel[(batch * heads_kv * groups,)](acc, ml, out, groups, n_splits, D=dim, BLOCK_G=block_g,
+                                                  BLOCK_S=triton.next_power_of_2(n_splits), num_warps=4)
     return out
-
-
-def _arrival_counters(count: int, device: torch.device) -> torch.Tensor:
-    """At least ``count`` zeroed int32 counters on ``device``, kept between calls (allocated on a first call, which
-    a CUDA-graph capture's warm-up makes; the fused combination leaves them zero)."""
-    counters = _counters.get(device)
-    if counters is None or counters.numel() < count:
-        counters = _counters[device] = torch.zeros(max(count, 256), dtype=torch.int32, device=device)
-    return counters
