@@ -10,8 +10,9 @@
 #   decode     decode-sized kernels (M = 1, 8, 16) and bf16 / W4A4 compiled CUDA-graph decode at batch 1 and 8;
 #              first the decode attention (bf16 and packed KV4), the K/V write kernel and w4a4_linear checked
 #              against their twins (issues 9, 10)
-#   fpx        the FPx weight-only kernels: checked against their twins, timed at M = 1 and 8 (autotuned picks
-#              named), and a compiled FP6 decode step profiled (issue 10)
+#   fpx        the FPx weight-only kernels: checked against their twins, FP6 E3M2 timed at M = 1, 8, 16 and 128
+#              (autotuned picks named; every element autotuning its own kernels did not fit: 230 s for one
+#              shape), and a compiled FP6 decode step profiled (issue 10)
 #   gemv       the W4A4 decode kernel on dp4a activation bytes: w4a4_linear checked against its twin, the
 #              decode-sized kernels timed at M = 1 and 8 (INT4, E2M1), a compiled W4A4KV4 decode step profiled
 #              (issues 9, 10)
@@ -74,7 +75,8 @@ for section in "$@"; do
       step "${LIMIT_FPX_CHECK:-150}" kernel_check_fpx python benchmarks/kernel_check.py --only fpx \
         --out "$OUT/kernel_check_fpx_row_h200"
       step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fpx python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
-        --ms "" --weight_only_ms 1,8 --out "$OUT/kernel_bench_fpx_row_h200"
+        --ms "" --shapes 4096x4096,14336x4096 --weight_only_ms 1,8,16,128 --weight_only_formats e3m2 \
+        --out "$OUT/kernel_bench_fpx_row_h200"
       step "${LIMIT_FPX_PROFILE:-250}" decode_profile_fp6 python benchmarks/decode_profile.py --compile --modes fp6 \
         --out "$OUT/decode_profile_compiled_fp6_llama3_8b_h200" ;;
     gemv)

@@ -280,7 +280,8 @@ def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Te
     return "ok" if err <= 1e-5 else f"MISMATCH rel err {err:.1e}"
 
 
-def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms) -> list[dict]:
+def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms,
+                      elements: tuple[str, ...] = FPX_FORMATS) -> list[dict]:
     """bf16 activations x FPx weights (per-channel scales) against bf16 torch.matmul; for 2..ROW_MAX_M rows the
     kernel the default did not pick beside it (the tensor-core kernel up to ROW_DEFAULT_MAX_M rows, where the
     CUDA-core row kernel is the default, the row kernel above)."""
@@ -289,7 +290,7 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms) -> 
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
     rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
-    for element in FPX_FORMATS:
+    for element in elements:
         planes, scale = fpx_weight(w, element)
         gemm = functools.partial(kernels.fpx_matmul, x, planes, scale, element=element,
                                  bits=element_named(element).bits, backend="triton")
@@ -353,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"token counts M of the FPx weight-only GEMM, '' to skip it (default: {WEIGHT_ONLY_MS})")
     p.add_argument("--formats", default=",".join(W4A4_FORMATS),
                    help=f"W4A4 formats to time, a comma list of {', '.join(W4A4_FORMATS)} (default: all)")
+    p.add_argument("--weight_only_formats", default=",".join(FPX_FORMATS),
+                   help="comma list of the FPx weight-only elements to time (each autotunes its own kernels: "
+                        "fewer keep a GPU call short)")
     p.add_argument("--reps", type=int, default=50, help="timed repetitions (the median is reported)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls first (the first ones autotune)")
     p.add_argument("--flush_l2", action="store_true", help="clear the L2 cache before every timed repetition")
@@ -381,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     formats = [f for f in args.formats.split(",") if f]
     if not formats or any(f not in W4A4_FORMATS for f in formats):
         raise SystemExit(f"--formats takes a comma list of {', '.join(W4A4_FORMATS)}, got {args.formats!r}")
+    wo_formats = tuple(f for f in args.weight_only_formats.split(",") if f)
+    if not wo_formats or any(f not in FPX_FORMATS for f in wo_formats):
+        raise SystemExit(f"--weight_only_formats takes a comma list of {', '.join(FPX_FORMATS)}, "
+                         f"got {args.weight_only_formats!r}")
     time_ms = make_timer(device, args.warmup, args.reps, args.flush_l2, args.cuda_graph and not args.cpu_dry_run,
                          args.in_stream)
     torch.manual_seed(0)
@@ -405,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"done N={n} K={k} M={m}", flush=True)
     for n, k in shapes:
         for m in weight_only_ms:
-            result["weight_only"] += bench_weight_only(n, k, m, device, time_ms)
+            result["weight_only"] += bench_weight_only(n, k, m, device, time_ms, wo_formats)
             write_result_files(args.out, result, markdown(result))
             print(f"done weight-only N={n} K={k} M={m}", flush=True)
     print(markdown(result))  # the files were written after the last step

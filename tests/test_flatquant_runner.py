@@ -232,3 +232,15 @@ def test_kernel_bench_refuses_a_negative_in_stream_count(cli, monkeypatch):
     out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--in_stream", "-2", "--out", "/dev/null/x")
     assert out.returncode == 2 and "--in_stream takes the calls per graph (0: off), got -2" in out.stderr
 
+
+
+def test_kernel_bench_times_only_the_weight_only_formats_asked(cli, monkeypatch, tmp_path):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
+    prefix = str(tmp_path / "bench")
+    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--ms", "", "--weight_only_ms", "1", "--shapes", "40x128",
+              "--weight_only_formats", "e3m2", "--reps", "1", "--warmup", "0", "--out", prefix)
+    assert out.returncode == 0, out.stderr
+    table = open(prefix + ".md").read()
+    assert "| 40x128 | 1 | e3m2 w-only |" in table and "e2m1 w-only" not in table
+    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--weight_only_formats", "e3m2,fp7", "--out", prefix)
+    assert out.returncode != 0 and "--weight_only_formats takes a comma list of e3m2, e2m3" in out.stderr
