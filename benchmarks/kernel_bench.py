@@ -86,6 +86,14 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
                          f"{', '.join(SHAPE_PRESETS)}, got {text!r}")
 
 
+def parse_names(text: str, allowed, flag: str) -> list[str]:
+    """A comma list of names, each one of ``allowed`` (at least one), or SystemExit naming ``flag``."""
+    names = [name for name in text.split(",") if name]
+    if not names or any(name not in allowed for name in names):
+        raise SystemExit(f"{flag} takes a comma list of {', '.join(allowed)}, got {text!r}")
+    return names
+
+
 def rowwise_fp8(t: torch.Tensor, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """E4M3 rows and their fp32 scales (rows padded with zeros to a multiple of ``multiple``)."""
     pad = (-t.shape[0]) % multiple
@@ -382,13 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     weight_only_ms = [int(v) for v in wo_text.split(",") if v]
     if args.in_stream < 0:
         p.error(f"--in_stream takes the calls per graph (0: off), got {args.in_stream}")
-    formats = [f for f in args.formats.split(",") if f]
-    if not formats or any(f not in W4A4_FORMATS for f in formats):
-        raise SystemExit(f"--formats takes a comma list of {', '.join(W4A4_FORMATS)}, got {args.formats!r}")
-    wo_formats = tuple(f for f in args.weight_only_formats.split(",") if f)
-    if not wo_formats or any(f not in FPX_FORMATS for f in wo_formats):
-        raise SystemExit(f"--weight_only_formats takes a comma list of {', '.join(FPX_FORMATS)}, "
-                         f"got {args.weight_only_formats!r}")
+    formats = parse_names(args.formats, W4A4_FORMATS, "--formats")
+    wo_formats = tuple(parse_names(args.weight_only_formats, FPX_FORMATS, "--weight_only_formats"))
     time_ms = make_timer(device, args.warmup, args.reps, args.flush_l2, args.cuda_graph and not args.cpu_dry_run,
                          args.in_stream)
     torch.manual_seed(0)
