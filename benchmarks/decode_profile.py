@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_model import CONFIGS, MODES, build_config, build_model, mode_list  # noqa: E402
-from models.decoding import StaticDecoder  # noqa: E402
+from models.decoding import StaticDecoder, compile_options, inductor_option  # noqa: E402
 from benchmarks.result_files import write_result_files  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 
@@ -57,18 +57,28 @@ def timed_and_profiled(run: Callable[[], object], steps: int, device: torch.devi
     return step_us, kernel_times(profile, steps)
 
 
-def _row(mode: str, batch: int, compile: bool, warmup_s: float, step_us: float, kernels: dict) -> dict:
-    return {"mode": mode, "batch": batch, "compile": compile, "capture_s": warmup_s, "step_us": step_us,
-            "kernel_us": sum(k["us"] for k in kernels.values()), "kernels": kernels}
+def _inductor_option(text: str) -> tuple:
+    try:
+        return inductor_option(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _row(mode: str, batch: int, compile: bool, warmup_s: float, step_us: float, kernels: dict,
+         inductor_options: dict | None = None) -> dict:
+    return {"mode": mode, "batch": batch, "compile": compile, "inductor_options": inductor_options or {},
+            "capture_s": warmup_s, "step_us": step_us, "kernel_us": sum(k["us"] for k in kernels.values()),
+            "kernels": kernels}
 
 
 @torch.no_grad()
 def profile_mode(config, mode: str, batch: int, seqlen: int, steps: int, device: torch.device,
-                 compile: bool = False) -> dict:
+                 compile: bool = False, inductor_options: dict | None = None) -> dict:
     model = build_model(config, mode, device)
     torch._dynamo.reset()
     ids = torch.randint(0, config.vocab_size, (batch, seqlen), device=device)
-    decoder = StaticDecoder(model, ids, steps * 2 + 4, kv4=MODES[mode][2], compile=compile)
+    decoder = StaticDecoder(model, ids, steps * 2 + 4, kv4=MODES[mode][2], compile=compile,
+                            inductor_options=inductor_options)
     started = time.perf_counter()
     decoder.capture()
     capture_s = time.perf_counter() - started
@@ -78,7 +88,7 @@ def profile_mode(config, mode: str, batch: int, seqlen: int, steps: int, device:
     step_us, kernels = timed_and_profiled(decoder.step, steps, device)
     del model, decoder
     torch.cuda.empty_cache()
-    return _row(mode, batch, compile, capture_s, step_us, kernels)
+    return _row(mode, batch, compile, capture_s, step_us, kernels, inductor_options)
 
 
 @torch.no_grad()
@@ -130,7 +140,8 @@ def markdown(result: dict, top: int) -> str:
     for row in result["rows"]:
         gap = row["step_us"] - row["kernel_us"]
         count = sum(k["count"] for k in row["kernels"].values())
-        compiled = " (compiled)" if row.get("compile") else ""
+        options = ", ".join(f"{k}={v}" for k, v in row.get("inductor_options", {}).items())
+        compiled = (f" (compiled, {options})" if options else " (compiled)") if row.get("compile") else ""
         rate = "" if prefill else f" ({1e6 / row['step_us'] * row['batch']:.1f} tok/s)"
         lines += [f"## {row['mode']}{compiled}: {'forward' if prefill else 'step'} {row['step_us']:.0f} us{rate}, "
                   f"kernels {row['kernel_us']:.0f} us in {count:.0f} launches, gaps {gap:.0f} us; warm-up "
@@ -157,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seqlen", type=int, default=2048)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--compile", action="store_true", help="torch.compile the step before capturing it")
+    p.add_argument("--inductor", type=_inductor_option, action="append", default=[], metavar="NAME=VALUE",
+                   help="an inductor option for the compiled step (repeatable), e.g. combo_kernels=1")
     p.add_argument("--prefill", action="store_true",
                    help="profile the prefill forward (batch x seqlen tokens, no cache) instead of a decode step")
     p.add_argument("--top", type=int, default=25, help="kernels listed per mode")
@@ -164,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.prefill and args.compile:
         p.error("--prefill profiles the eager forward bench_model times; --compile is for decode steps")
+    if args.inductor and not args.compile:
+        p.error("--inductor sets options of the compiled step: add --compile")
+    inductor_options = dict(args.inductor)
+    try:
+        compile_options(inductor_options)  # an unknown name stops here, before a model is built
+    except ValueError as error:
+        p.error(str(error))
     if not torch.cuda.is_available():
         p.error("decode_profile needs a CUDA device (it profiles CUDA-graph replays)")
     device = torch.device("cuda")
@@ -177,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             result["rows"].append(profile_prefill(config, mode, args.batch, args.seqlen, args.steps, device))
         else:
             result["rows"].append(profile_mode(config, mode, args.batch, args.seqlen, args.steps, device,
-                                              compile=args.compile))
+                                              compile=args.compile, inductor_options=inductor_options))
         result["rows"][-1]["tuned_configs"] = tuned_configs()
         write_result_files(args.out, result, markdown(result, args.top))
         print(f"done {mode}", flush=True)

@@ -16,9 +16,9 @@ from transformers import StaticCache
 from quant_layers.packed_kv_cache import StaticPackedKVCache
 
 
-def compile_options() -> dict:
+def compile_options(extra: dict | None = None) -> dict:
     """Inductor options for a compiled decode step: ``x / y`` rounded like eager (``div_rn``) where this torch
-    has the switch.
+    has the switch, then ``extra`` (e.g. ``{"combo_kernels": True}``; an unknown name is a ValueError).
 
     The step's K/V quantizers compile into its glue, and Triton's ``/`` is an approximate
     division (within 2 ulps): a value over its scale near a rounding tie could get another
@@ -27,7 +27,29 @@ def compile_options() -> dict:
     from torch._inductor import config
 
     numerics = getattr(config, "eager_numerics", None)
-    return {"eager_numerics.division_rounding": True} if hasattr(numerics, "division_rounding") else {}
+    options = {"eager_numerics.division_rounding": True} if hasattr(numerics, "division_rounding") else {}
+    known = config.get_config_copy()
+    for name in extra or {}:
+        if name not in known:
+            raise ValueError(f"unknown inductor option {name!r} for this torch ({torch.__version__}): see "
+                             f"torch._inductor.config")
+    return {**options, **(extra or {})}
+
+
+def inductor_option(text: str) -> tuple[str, bool | int | float | str]:
+    """``NAME=VALUE`` (a command-line inductor option) -> (name, value); VALUE is read as a bool, int or float
+    where it is one (``combo_kernels=1`` -> True)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"an inductor option is NAME=VALUE (e.g. combo_kernels=1), got {text!r}")
+    if value.lower() in ("1", "true", "0", "false"):
+        return name, value.lower() in ("1", "true")
+    for kind in (int, float):
+        try:
+            return name, kind(value)
+        except ValueError:
+            pass
+    return name, value
 
 
 ARGMAX_CHUNK = 256
@@ -53,11 +75,13 @@ class StaticDecoder:
     ``compile``: the step's forward goes through ``torch.compile`` (the glue between the linears
     fuses; the real-quantized linears stay one opaque custom op each) before any capture.
     ``fused_write``: the packed KV4 cache's K/V write kernel (``StaticPackedKVCache``; None: on a GPU).
+    ``inductor_options``: added to ``compile_options()`` for a compiled step.
     """
 
     @torch.no_grad()
     def __init__(self, model, ids: torch.Tensor, steps: int, kv4: bool = False, compile: bool = False,
-                 fused_write: bool | None = None) -> None:
+                 fused_write: bool | None = None, inductor_options: dict | None = None) -> None:
+        options = compile_options(inductor_options)  # checked before the prefill's time is spent
         seqlen = ids.shape[1]
         self.model = model
         length = seqlen + steps + 2
@@ -68,7 +92,7 @@ class StaticDecoder:
         self.position = torch.tensor([seqlen], device=ids.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.following: torch.Tensor | None = None
-        self._forward = (torch.compile(self._eager_forward, options=compile_options()) if compile
+        self._forward = (torch.compile(self._eager_forward, options=options) if compile
                          else self._eager_forward)
 
     def _eager_forward(self) -> torch.Tensor:

@@ -41,6 +41,18 @@ def test_kernel_equals_sdpa(batch, heads_kv, groups, dim, length, written):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_hidden_slots_are_ignored_whatever_they_hold():
+    """The kernel reads hidden keys' slots beside the mask (not after it); NaN and inf there change nothing."""
+    q, key, value = operands(2, 2, 4, 32, 200, torch.float32, seed=2)
+    mask = static_cache_mask(2, 200, [150, 64])
+    want = kernels.decode_attention(q, key, value, mask, backend="torch")
+    hidden = ~mask[:, 0, 0, :]  # (B, L)
+    key[hidden[:, None, :, None].expand_as(key)] = float("nan")
+    value[hidden[:, None, :, None].expand_as(value)] = float("inf")
+    got = kernels.decode_attention(q, key, value, mask, backend="triton")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_several_slices_are_combined():
     assert flash_decode._splits(300, 2, torch.device("cpu"))[1] > 1
 

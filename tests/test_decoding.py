@@ -155,6 +155,9 @@ def test_greedy_generate_needs_a_new_token(tinystories_dir):
     (["--modes", "bf16,w3a3"], "unknown modes ['w3a3']: choose from bf16, bf16_eager, w4a16"),
     (["--modes", "bf16"], "needs a CUDA device"),
     (["--prefill", "--compile"], "--prefill profiles the eager forward bench_model times"),
+    (["--inductor", "combo_kernels=1"], "--inductor sets options of the compiled step: add --compile"),
+    (["--compile", "--inductor", "combo_kernels"], "an inductor option is NAME=VALUE"),
+    (["--compile", "--inductor", "no_such_option=1"], "unknown inductor option 'no_such_option'"),
 ])
 def test_decode_profile_refusals(argv, message, tmp_path, capsys):
     from benchmarks.decode_profile import main
@@ -164,6 +167,17 @@ def test_decode_profile_refusals(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*argv, "--out", str(tmp_path / "profile")])
     assert message in capsys.readouterr().err
+
+
+def test_inductor_options_are_read_and_checked():
+    from models.decoding import compile_options, inductor_option
+
+    assert inductor_option("combo_kernels=1") == ("combo_kernels", True)
+    assert inductor_option("max_autotune=false") == ("max_autotune", False)
+    assert inductor_option("combo_kernel_allow_mixed_sizes=2") == ("combo_kernel_allow_mixed_sizes", 2)
+    assert compile_options({"combo_kernels": True})["combo_kernels"] is True
+    with pytest.raises(ValueError, match="unknown inductor option 'combo_kernel'"):
+        compile_options({"combo_kernel": True})
 
 
 def test_decode_profile_lists_the_autotuned_configs(monkeypatch):
