@@ -7,7 +7,9 @@ dispatching on the tensors' device:
   activations on the fly; picks the path below that suits M, the scales and the device.
 - ``quantize_activations``: (M, K) activations -> packed 4-bit codes + fp32 scales
   (INT4 / E2M1 per token or per group, NVFP4, MXFP4), optionally after a fused block
-  Hadamard rotation; or one FP8 E4M3 byte per code, for the FP8 path.
+  Hadamard rotation; or one FP8 E4M3 byte per code, for the FP8 path. ``rms_norm_quantize``
+  and ``silu_mul_quantize``: the same kernel quantizing per token what it computes first, an
+  RMSNorm's output or an MLP's silu(gate) * up (decode layers, ``models.fused_decoder_layer``).
 - ``w4a4_matmul``: packed activations x packed weights -> (M, N) (Triton; on a GPU, up
   to 8 rows with per-row scales take the CUDA-core decode kernel ``w4a4_gemv``, other
   decode-sized M split K).
@@ -44,7 +46,8 @@ from __future__ import annotations
 import torch
 
 __all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "fpx_matmul", "quantize_activations",
-           "unpack_fp8", "w4a4_linear", "w4a4_matmul", "w4a4_matmul_dp4a", "w8a8_linear"]
+           "rms_norm_quantize", "silu_mul_quantize", "unpack_fp8", "w4a4_linear", "w4a4_matmul", "w4a4_matmul_dp4a",
+           "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
 PATHS = ("packed", "fp8")
@@ -101,6 +104,37 @@ def quantize_activations(
 
         return unpack_fp8_ref(packed, element), scales
     return packed, scales
+
+
+def rms_norm_quantize(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, element: str, clip_ratio: float = 1.0, *,
+    dp4a_for: str | None = None, backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (M, K) -> (codes, per-token scales, RMSNorm(x) * weight): the norm's output quantized as
+    ``quantize_activations`` quantizes it (packed codes, or dp4a bytes with ``dp4a_for``), in one pass over x.
+    The norm is HF's (Llama, Qwen2, Qwen3); ``weight`` (K,) has x's dtype."""
+    if _use_triton(x, backend):
+        from .act_quant import rms_norm_quantize_triton
+
+        return rms_norm_quantize_triton(x, weight, eps, element, clip_ratio, dp4a_for)
+    from .reference import rms_norm_quantize_ref
+
+    return rms_norm_quantize_ref(x, weight, eps, element, clip_ratio, dp4a_for)
+
+
+def silu_mul_quantize(
+    x: torch.Tensor, element: str, clip_ratio: float = 1.0, *, dp4a_for: str | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x = [gate | up] (M, 2K) -> (codes, per-token scales) of silu(gate) * up (an HF MLP's input to
+    down_proj), quantized as ``quantize_activations`` does, the product never written."""
+    if _use_triton(x, backend):
+        from .act_quant import silu_mul_quantize_triton
+
+        return silu_mul_quantize_triton(x, element, clip_ratio, dp4a_for)
+    from .reference import silu_mul_quantize_ref
+
+    return silu_mul_quantize_ref(x, element, clip_ratio, dp4a_for)
 
 
 def unpack_fp8(packed: torch.Tensor, element: str, *, backend: str | None = None) -> torch.Tensor:
@@ -160,22 +194,24 @@ def w4a4_linear(
 def w4a4_matmul_dp4a(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
-    backend: str | None = None,
+    residual: torch.Tensor | None = None, backend: str | None = None,
 ) -> torch.Tensor:
     """(M, N) = (values(a_bytes) * a_scale) @ (decode(w) * w_scale).T (+ bias) for 1..8 rows, per-row scales.
 
     ``a_bytes`` (M, K) int8 are the activation codes in the decode kernel's dp4a order for
-    ``w_element`` weights (``quantize_activations(..., dp4a_for=w_element)``).
+    ``w_element`` weights (``quantize_activations(..., dp4a_for=w_element)``). ``residual`` (M, N) of
+    ``out_dtype``: returns ``residual + product`` (the product rounded to ``out_dtype`` first, as a layer's
+    ``residual + linear(x)``), added in the kernel's epilogue.
     """
     if _use_triton(a_bytes, backend):
         from .w4a4_gemv import w4a4_gemv_triton
 
         return w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
-                                bias=bias, out_dtype=out_dtype)
+                                bias=bias, out_dtype=out_dtype, residual=residual)
     from .reference import w4a4_gemv_ref
 
     return w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element, bias=bias,
-                         out_dtype=out_dtype)
+                         out_dtype=out_dtype, residual=residual)
 
 
 def w4a4_matmul(

@@ -38,7 +38,8 @@ from quant_layers.formats import E2M1, E4M3
 from quant_layers.packing import element_named
 from transforms.hadamard import sylvester_hadamard
 
-from .reference import check_activation_args
+from .reference import PROLOGUES, check_activation_args, check_prologue_args
+from .rounding import _round_to_bf16, _round_to_dtype
 from .w4a4_gemm import code_operand
 from .w4a4_gemv import _code_values, uses_pdl
 
@@ -69,14 +70,6 @@ def _rint(y):
 
 @triton.jit
 def _bits_to_float(bits):
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _round_to_bf16(y):
-    """fp32 -> nearest bfloat16 (ties to even), kept in fp32."""
-    bits = y.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
     return bits.to(tl.float32, bitcast=True)
 
 
@@ -211,19 +204,32 @@ def _dp4a_words(values, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, W_INT4: tl
 
 
 @triton.jit
-def _load(x_ptr, h_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-          HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
-          ROUND_F16: tl.constexpr):
-    """The (BLOCK_M, BLOCK_K) tile of x at rows x cols in fp32, rotated when HAD_BLOCK (zeros outside x)."""
-    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(rows < M)[:, None] & (cols < K)[None, :],
-                other=0.0)
+def _load(x_ptr, h_ptr, norm_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, eps, BLOCK_M: tl.constexpr,
+          BLOCK_K: tl.constexpr, HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr,
+          ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr, PROLOGUE: tl.constexpr):
+    """The (BLOCK_M, BLOCK_K) tile of x at rows x cols in fp32, rotated when HAD_BLOCK (zeros outside x).
+
+    PROLOGUE (``PROLOGUES``) 1: the tile is whole rows, RMS-normalised and times the norm's weight as HF's
+    RMSNorm does it (fp32 mean of squares, the normalised row rounded to x's dtype, then times the weight,
+    rounded again); 2: x is (M, 2K), gate columns then up columns, and the tile is silu(gate) * up, each
+    rounded to x's dtype as eager torch rounds them."""
+    ok = (rows < M)[:, None] & (cols < K)[None, :]
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=ok, other=0.0)
     if HAD_BLOCK > 0:
-        y = _rotate(x, h_ptr, inv_sqrt_b, BLOCK_M, BLOCK_K, HAD_BLOCK, HB, DOT_F32)
         # The model's rotation hands the quantizer activations in their own dtype.
-        if ROUND_BF16:
-            y = _round_to_bf16(y)
-        if ROUND_F16:
-            y = y.to(tl.float16).to(tl.float32)
+        y = _round_to_dtype(_rotate(x, h_ptr, inv_sqrt_b, BLOCK_M, BLOCK_K, HAD_BLOCK, HB, DOT_F32), ROUND_BF16,
+                            ROUND_F16)
+    elif PROLOGUE == 1:
+        x = x.to(tl.float32)
+        inv_rms = tl.math.rsqrt(tl.reduce(x * x, 1, _sum_combine) / K + eps)
+        weight = tl.load(norm_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+        y = _round_to_dtype(weight[None, :] * _round_to_dtype(x * inv_rms[:, None], ROUND_BF16, ROUND_F16),
+                            ROUND_BF16, ROUND_F16)
+    elif PROLOGUE == 2:
+        gate = x.to(tl.float32)
+        up = tl.load(x_ptr + rows[:, None] * stride_xm + K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        silu = _round_to_dtype(tl.math.div_rn(gate, 1.0 + tl.exp(-gate)), ROUND_BF16, ROUND_F16)
+        y = _round_to_dtype(silu * up, ROUND_BF16, ROUND_F16)
     else:
         y = x.to(tl.float32)
     return y
@@ -256,19 +262,20 @@ def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: t
 
 @triton.jit
 def _act_quant_kernel(
-    x_ptr, h_ptr, packed_ptr, scale_ptr, tensor_amax_ptr,
-    M, K, M_BUCKET, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b,
+    x_ptr, h_ptr, norm_ptr, normed_ptr, packed_ptr, scale_ptr, tensor_amax_ptr,
+    M, K, M_BUCKET, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b, eps,
     ELEMENT_INT4: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
     HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
-    LAUNCH_DEPENDENTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+    LAUNCH_DEPENDENTS: tl.constexpr, PROLOGUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     """DP4A_FOR: 0 packs two codes a byte; 1 (2) writes each code's value as a signed byte in the decode
     kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``. LAUNCH_DEPENDENTS: the next kernel (the
     decode kernel, a programmatic dependent launch) may start now; it waits for this one before reading.
     CHUNK (per-token scales only, 0: off): the program walks its rows CHUNK columns at a time, twice (the
     absmax, then the codes, the second read from the caches) instead of holding the whole row padded to a
-    power of two."""
+    power of two. PROLOGUE (``_load``): 1 also writes the normalised rows to ``normed_ptr`` (x's layout)."""
     if LAUNCH_DEPENDENTS:
         tl.extra.cuda.gdc_launch_dependents()
     pid_m = tl.program_id(0)
@@ -277,21 +284,25 @@ def _act_quant_kernel(
     if CHUNK > 0:
         amax = tl.full((BLOCK_M,), 0.0, tl.float32)
         for c0 in range(0, K, CHUNK):
-            y = _load(x_ptr, h_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, BLOCK_M, CHUNK,
-                      HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16)
+            y = _load(x_ptr, h_ptr, norm_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, eps,
+                      BLOCK_M, CHUNK, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
             amax = tl.maximum(amax, tl.reduce(tl.abs(y), 1, _elementwise_max))
         scale = _scales(amax[:, None], tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND)
         safe = tl.where(scale > 0, scale, 1.0)
         for c0 in range(0, K, CHUNK):
-            y = _load(x_ptr, h_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, BLOCK_M, CHUNK,
-                      HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16)
+            y = _load(x_ptr, h_ptr, norm_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, eps,
+                      BLOCK_M, CHUNK, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
             _store_codes(_encode(_divide(y, safe), ELEMENT_INT4), packed_ptr, rows, c0, M, K, stride_pm, ELEMENT_INT4,
                          OUT_FP8, DP4A_FOR, BLOCK_M, CHUNK)
         tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])
     else:
         pid_k = tl.program_id(1)
-        y = _load(x_ptr, h_ptr, rows, pid_k * BLOCK_K + tl.arange(0, BLOCK_K), M, K, stride_xm, inv_sqrt_b, BLOCK_M,
-                  BLOCK_K, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16)
+        cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        y = _load(x_ptr, h_ptr, norm_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, eps, BLOCK_M, BLOCK_K, HAD_BLOCK,
+                  HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
+        if PROLOGUE == 1:  # y is in x's dtype already: the cast is exact
+            tl.store(normed_ptr + rows[:, None] * stride_xm + cols[None, :], y.to(normed_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & (cols < K)[None, :])
         if AMAX_ONLY:
             tile_amax = tl.reduce(tl.abs(y).reshape(BLOCK_M * BLOCK_K), 0, _elementwise_max)
             tl.atomic_max(tensor_amax_ptr, tile_amax.to(tl.int32, bitcast=True))
@@ -326,7 +337,8 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
     On the H200 an autotuned tile gave wrong codes in 19 % of the elements for one fused
     rotation (INT4 per token, clip 0.9, float16, H128; ``benchmarks/results/kernel_check_h200.md``)
     while the fixed tile had passed every fused case: rotations stay on the fixed tile.
-    Chunked configs (``CHUNK``) are for per-token rows wider than the chunk, without a rotation.
+    Chunked configs (``CHUNK``) are for per-token rows wider than the chunk, without a rotation or an RMSNorm
+    prologue.
     """
     args = {**named_args, **kwargs}
     whole = [c for c in configs if c.kwargs["CHUNK"] == 0]
@@ -334,9 +346,10 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
         rows = max(1, TILE_ELEMENTS // args["BLOCK_K"])  # _tile's
         return [c for c in whole if c.kwargs["BLOCK_M"] == rows and c.num_warps == 4]
     per_token = args["GROUP"] == args["BLOCK_K"] and not args["AMAX_ONLY"]
+    chunkable = per_token and args["PROLOGUE"] != PROLOGUES["rms_norm"]  # the norm needs its whole row at once
     kept = [c for c in configs if c.kwargs["BLOCK_M"] <= args["M_BUCKET"]
             and 2048 <= c.kwargs["BLOCK_M"] * (c.kwargs["CHUNK"] or args["BLOCK_K"]) <= 32768
-            and (c.kwargs["CHUNK"] == 0 or (per_token and c.kwargs["CHUNK"] < args["BLOCK_K"]))]
+            and (c.kwargs["CHUNK"] == 0 or (chunkable and c.kwargs["CHUNK"] < args["BLOCK_K"]))]
     return kept or [c for c in whole if c.kwargs["BLOCK_M"] == 1]
 
 
@@ -348,7 +361,7 @@ _act_quant_autotuned = triton.autotune(
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
        for w in (4, 8)],
     key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "SCALE_KIND", "GROUP", "HAD_BLOCK", "ROUND_BF16", "ROUND_F16",
-         "AMAX_ONLY", "OUT_FP8", "DP4A_FOR"],
+         "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
     prune_configs_by=dict(early_config_prune=_prune_tiles),
 )(_act_quant_kernel)
 
@@ -363,8 +376,39 @@ def quantize_activations_triton(
     ``dp4a_for``: as (M, K) int8 bytes for the decode kernel (``reference.dp4a_bytes``).
     """
     check_activation_args(x, element, group_size, scale_kind, clip_ratio, hadamard_block, dp4a_for)
+    packed, scales, _ = _quantize(x, element, group_size, scale_kind, clip_ratio, hadamard_block, fp8_codes,
+                                  dp4a_for)
+    return packed, scales
+
+
+def rms_norm_quantize_triton(x: torch.Tensor, weight: torch.Tensor, eps: float, element: str, clip_ratio: float,
+                             dp4a_for: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Triton twin of ``reference.rms_norm_quantize_ref``: one read of x for the norm and the codes."""
+    check_prologue_args(x, weight, element, clip_ratio, dp4a_for, PROLOGUES["rms_norm"])
+    return _quantize(x.contiguous(), element, 0, "float", clip_ratio, 0, False, dp4a_for,
+                     PROLOGUES["rms_norm"], weight.contiguous(), eps)
+
+
+def silu_mul_quantize_triton(x: torch.Tensor, element: str, clip_ratio: float,
+                             dp4a_for: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton twin of ``reference.silu_mul_quantize_ref``: gate and up read once, the product never
+    written."""
+    check_prologue_args(x, None, element, clip_ratio, dp4a_for, PROLOGUES["silu_mul"])
+    packed, scales, _ = _quantize(x if x.stride(1) == 1 else x.contiguous(), element, 0, "float", clip_ratio, 0,
+                                  False, dp4a_for, PROLOGUES["silu_mul"])
+    return packed, scales
+
+
+def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, clip_ratio: float,
+              hadamard_block: int, fp8_codes: bool, dp4a_for: str | None, prologue: int = 0,
+              norm_weight: torch.Tensor | None = None,
+              eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The kernel's launch, arguments checked: (codes, scales, the normalised x for the RMSNorm prologue)."""
     x = x if x.stride(1) == 1 else x.contiguous()
     m, k = x.shape
+    if prologue == PROLOGUES["silu_mul"]:
+        k //= 2  # gate columns, then up columns
+    normed = torch.empty_like(x) if prologue == PROLOGUES["rms_norm"] else None
     packed = torch.empty((m, k if fp8_codes or dp4a_for else k // 2), dtype=torch.int8 if dp4a_for else torch.uint8,
                          device=x.device)
     codes_out = packed.view(torch.int32) if dp4a_for else packed  # dp4a bytes are written four at a time
@@ -379,19 +423,20 @@ def quantize_activations_triton(
     # interpreter, whose bfloat16 dot is wrong.
     dot_f32 = x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16)
     launch = dict(
-        clip_ratio=clip_ratio, max_value=element_named(element).max_value,
+        clip_ratio=clip_ratio, max_value=element_named(element).max_value, eps=eps,
         inv_sqrt_b=hadamard_block ** -0.5 if hadamard_block else 1.0,
         ELEMENT_INT4=element == "int4", SCALE_KIND=SCALE_KIND_IDS[scale_kind], GROUP=group_size or block_k,
         HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
         ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes,
         DP4A_FOR={None: 0, "int4": 1, "e2m1": 2}[dp4a_for], BLOCK_K=block_k,
-        LAUNCH_DEPENDENTS=dp4a_for is not None and uses_pdl(x.device),
+        LAUNCH_DEPENDENTS=dp4a_for is not None and uses_pdl(x.device), PROLOGUE=prologue,
     )
     m_bucket = min(triton.next_power_of_2(max(m, 1)), 4096)
-    args = (x, h, codes_out, scales, tensor_amax, m, k, m_bucket, scales.shape[1], x.stride(0), codes_out.stride(0),
-            scales.stride(0))
+    args = (x, h, x if norm_weight is None else norm_weight, x if normed is None else normed, codes_out, scales,
+            tensor_amax, m, k, m_bucket, scales.shape[1], x.stride(0), codes_out.stride(0), scales.stride(0))
     if INTERPRET:
-        chunk = INTERPRET_CHUNK if group_size == 0 and not hadamard_block and 0 < INTERPRET_CHUNK < block_k else 0
+        chunk = (INTERPRET_CHUNK if group_size == 0 and not hadamard_block and prologue != PROLOGUES["rms_norm"]
+                 and 0 < INTERPRET_CHUNK < block_k else 0)
         kernel = _act_quant_kernel[(triton.cdiv(m, block_m), 1 if chunk else triton.cdiv(k, block_k))]
         launch.update(BLOCK_M=block_m, CHUNK=chunk, num_warps=4)
     else:
@@ -400,4 +445,4 @@ def quantize_activations_triton(
     if scale_kind == "e4m3":  # NVFP4's tensor scale: the amax of the whole (rotated) x first
         kernel(*args, AMAX_ONLY=True, **launch)
     kernel(*args, AMAX_ONLY=False, **launch)
-    return (packed.view(torch.float8_e4m3fn) if fp8_codes else packed), scales
+    return (packed.view(torch.float8_e4m3fn) if fp8_codes else packed), scales, normed

@@ -9,8 +9,7 @@ each program takes one K/V head of one sequence and one slice of the keys, keeps
 max and sum (online softmax) over its slice, and writes its unnormalised partial output; a
 second kernel weighs the slices' partials into the output (one program per query row, all
 its slices at once: 3.3 us a layer on the H200, ``end_to_end_h200.md`` run 4). Keys the
-boolean mask hides (the static cache's unwritten slots, padding) are read with the others, so that the mask's
-load does not delay theirs, and then not counted (their values zeroed). Like the other
+boolean mask hides (the static cache's unwritten slots, padding) are neither read nor counted. Like the other
 kernels it calls no ``triton.jit`` function of Triton's standard library (``tl.max``,
 ``tl.sum``, ``tl.zeros``), which the interpreter cannot run (``act_quant``'s docstring).
 
@@ -32,9 +31,9 @@ import triton
 import triton.language as tl
 from triton.language.standard import _elementwise_max, _sum_combine
 
-from .act_quant import _round_to_bf16
 from .fpx_gemm import _decode
 from .reference import PACKED_KV_ELEMENTS, PackedOperand
+from .rounding import _round_to_bf16
 from .w4a4_gemm import _unpack, code_operand
 
 INTERPRET = triton.knobs.runtime.interpret
@@ -110,17 +109,13 @@ def _partial_kernel(
     end = tl.minimum(start + split_len, L)
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        inside = n < end
-        # K and V load beside the mask, not after it: a hidden key's slot is read (it is inside the cache) and
-        # then ignored, its score hidden and its value zeroed (whatever the slot holds, even NaN).
-        k = _tile(k_ptr + b * stride_kb + h * stride_kh, k_scale_ptr, k_zero_ptr, n, inside, stride_kl, pid_bh * L,
-                  PACKED, K_ELEMENT, K_GROUP, K_ZERO, D, BLOCK_N)
-        v = _tile(v_ptr + b * stride_vb + h * stride_vh, v_scale_ptr, v_zero_ptr, n, inside, stride_vl, pid_bh * L,
-                  PACKED, V_ELEMENT, V_GROUP, V_ZERO, D, BLOCK_N)
-        visible = inside
+        visible = n < end
         if HAS_MASK:
-            visible = inside & (tl.load(mask_ptr + b * stride_mb + n, mask=inside, other=0) != 0)
-            v = tl.where(visible[:, None], v, 0.0)
+            visible = visible & (tl.load(mask_ptr + b * stride_mb + n, mask=visible, other=0) != 0)
+        k = _tile(k_ptr + b * stride_kb + h * stride_kh, k_scale_ptr, k_zero_ptr, n, visible, stride_kl, pid_bh * L,
+                  PACKED, K_ELEMENT, K_GROUP, K_ZERO, D, BLOCK_N)
+        v = _tile(v_ptr + b * stride_vb + h * stride_vh, v_scale_ptr, v_zero_ptr, n, visible, stride_vl, pid_bh * L,
+                  PACKED, V_ELEMENT, V_GROUP, V_ZERO, D, BLOCK_N)
         if ROUND_BF16:  # the interpreter casts fp32 to bfloat16 by truncation: round to nearest (even) first
             k = _round_to_bf16(k)
             v = _round_to_bf16(v)

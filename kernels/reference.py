@@ -26,6 +26,8 @@ BLOCK_SCALED = {"e4m3": ("nvfp", 16), "e8m0": ("mxfp", 32)}
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HADAMARD_BLOCKS = (16, 32, 64, 128, 256)
+# What the activation kernel may compute from its input before quantizing it (its PROLOGUE; 0: nothing).
+PROLOGUES = {"rms_norm": 1, "silu_mul": 2}
 
 
 # cuBLAS FP8 GEMMs need K and N multiples of 16 (16-byte aligned rows); the row-wise ones M too (padded).
@@ -167,6 +169,42 @@ def quantize_activations_ref(
     return packing.pack(packing.encode(levels, quantizer.element)), scale.reshape(m, -1)
 
 
+def check_prologue_args(x: torch.Tensor, weight: torch.Tensor | None, element: str, clip_ratio: float,
+                        dp4a_for: str | None, prologue: int) -> None:
+    """Raise ValueError unless the activation kernel can quantize x per token after this prologue
+    (``PROLOGUES``): RMSNorm by ``weight`` (K,), of x's dtype; or silu(gate) * up of x = [gate | up]."""
+    if x.dim() != 2:
+        raise ValueError(f"activations must be 2-D (tokens, features), got shape {tuple(x.shape)}")
+    k = x.shape[1]
+    if prologue == PROLOGUES["silu_mul"]:
+        if k % 2:
+            raise ValueError(f"silu(gate) * up takes gate and up side by side, (M, 2K): got an odd width {k}")
+        k //= 2
+    elif weight is None or tuple(weight.shape) != (k,) or weight.dtype != x.dtype:
+        raise ValueError(f"the RMSNorm weight must be a ({k},) tensor of the activations' dtype {x.dtype}, got "
+                         f"{None if weight is None else (weight.dtype, tuple(weight.shape))}")
+    check_activation_args(x[:, :k], element, 0, "float", clip_ratio, 0, dp4a_for)
+
+
+def rms_norm_quantize_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, element: str, clip_ratio: float = 1.0,
+                          dp4a_for: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes, per-token scales, normalised x): HF's RMSNorm of x (Llama, Qwen2, Qwen3: fp32 mean of squares,
+    the normalised rows in x's dtype, times the weight), then ``quantize_activations_ref`` of it."""
+    check_prologue_args(x, weight, element, clip_ratio, dp4a_for, PROLOGUES["rms_norm"])
+    rows = x.float()
+    normed = weight * (rows * torch.rsqrt(rows.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return (*quantize_activations_ref(normed, element, 0, "float", clip_ratio, 0, dp4a_for), normed)
+
+
+def silu_mul_quantize_ref(x: torch.Tensor, element: str, clip_ratio: float = 1.0,
+                          dp4a_for: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, per-token scales) of silu(gate) * up for x = [gate | up] (M, 2K), each op in x's dtype as eager
+    torch computes an HF MLP's ``act_fn(gate_proj(x)) * up_proj(x)``."""
+    check_prologue_args(x, None, element, clip_ratio, dp4a_for, PROLOGUES["silu_mul"])
+    gate, up = x.chunk(2, dim=-1)
+    return quantize_activations_ref(torch.nn.functional.silu(gate) * up, element, 0, "float", clip_ratio, 0, dp4a_for)
+
+
 def dp4a_bytes(packed: torch.Tensor, element: str, w_element: str) -> torch.Tensor:
     """Packed activation codes (M, K//2) -> (M, K) int8 in the order the decode kernel (``w4a4_gemv``) pairs
     them with ``w_element`` weights: each byte is the code's INT4 level or twice its E2M1 value; the first
@@ -200,20 +238,28 @@ def dp4a_values(a_bytes: torch.Tensor, element: str, w_element: str) -> torch.Te
 def w4a4_gemv_ref(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``w4a4_matmul_ref`` with the activation codes given as dp4a bytes (per-row scales): the decode
-    kernel's twin."""
-    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype)
+    kernel's twin. ``residual`` (M, N) of ``out_dtype`` is added to the rounded product (``residual + y``)."""
+    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual)
     codes = packing.encode(dp4a_values(a_bytes, a_element, w_element), w4a4_element(a_element))
-    return w4a4_matmul_ref(packing.pack(codes), a_scale, w_packed, w_scale, a_element=a_element,
-                           w_element=w_element, bias=bias, out_dtype=out_dtype)
+    out = w4a4_matmul_ref(packing.pack(codes), a_scale, w_packed, w_scale, a_element=a_element,
+                          w_element=w_element, bias=bias, out_dtype=out_dtype)
+    return out if residual is None else residual + out
 
 
 def check_dp4a_args(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
     a_element: str, w_element: str, bias: torch.Tensor | None, out_dtype: torch.dtype,
+    residual: torch.Tensor | None = None,
 ) -> None:
-    """Raise ValueError unless the decode kernel can take these dp4a activation bytes and packed weights."""
+    """Raise ValueError unless the decode kernel can take these dp4a activation bytes and packed weights (and
+    this residual: (M, N) of ``out_dtype``)."""
+    shape = (a_bytes.shape[0], w_packed.shape[0])
+    if residual is not None and (tuple(residual.shape) != shape or residual.dtype != out_dtype):
+        raise ValueError(f"the residual must be a {shape} tensor of the output dtype {out_dtype}, got "
+                         f"{residual.dtype} with shape {tuple(residual.shape)}")
     if a_bytes.dtype != torch.int8 or a_bytes.dim() != 2:
         raise ValueError(f"a_bytes must be a 2-D int8 tensor of dp4a activation bytes (reference.dp4a_bytes), "
                          f"got {a_bytes.dtype} with shape {tuple(a_bytes.shape)}")

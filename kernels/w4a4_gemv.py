@@ -45,6 +45,7 @@ import triton.language as tl
 from triton.language.standard import _sum_combine
 
 from .reference import check_dp4a_args, check_out
+from .rounding import _round_to_dtype
 
 INTERPRET = triton.knobs.runtime.interpret
 # Twice the E2M1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 (magnitude code c in nibble c), as int32.
@@ -191,14 +192,16 @@ def _folded_products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, USE_
 
 @triton.jit
 def _w4a4_gemv_kernel(
-    a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, out_ptr,
-    M, N, KW, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, unit,
-    W_INT4: tl.constexpr, HAS_BIAS: tl.constexpr, USE_ASM: tl.constexpr,
+    a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr,
+    M, N, KW, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, stride_rm, unit,
+    W_INT4: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr,
+    ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, PREFETCH: tl.constexpr,
     FOLD: tl.constexpr, USE_GDC: tl.constexpr, LOOP_STAGES: tl.constexpr,
 ):
     """a: the activation rows' dp4a bytes as int32 words (row r: KW words of the first plane, then KW of the
-    second); w: the packed weight rows as int32 words (8 codes each)."""
+    second); w: the packed weight rows as int32 words (8 codes each). HAS_RESIDUAL: the product, rounded to
+    the output dtype, plus the residual rows, rounded again (an HF layer's ``residual + linear(x)``)."""
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -253,6 +256,11 @@ def _w4a4_gemv_kernel(
     out *= tl.load(w_scale_ptr + offs_n * stride_wsn, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_RESIDUAL:  # rounded by hand: the interpreter's bfloat16 cast truncates
+        out = _round_to_dtype(out, ROUND_BF16, ROUND_F16)
+        out = _round_to_dtype(out + tl.load(residual_ptr + offs_m[:, None] * stride_rm + offs_n[None, :],
+                                            mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32),
+                              ROUND_BF16, ROUND_F16)
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
 
@@ -320,14 +328,15 @@ def _words(packed: torch.Tensor, dtype: torch.dtype = torch.int32) -> torch.Tens
 def w4a4_gemv_triton(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
-    out: torch.Tensor | None = None, config: triton.Config | None = None,
+    out: torch.Tensor | None = None, config: triton.Config | None = None, residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows with per-row scales, the activation codes given as
     their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or ``quantize_activations`` with
     ``dp4a_for``); writes into ``out`` when given. ``config`` (BLOCK_N, BLOCK_KW, PREFETCH, FOLD, warps, stages)
     replaces the autotuner's pick, or the interpreter's fixed one (``benchmarks/gemv_ncu.py`` profiles configs
-    one at a time)."""
-    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype)
+    one at a time). ``residual`` (M, N): added to the product rounded to ``out_dtype``, as
+    ``reference.w4a4_gemv_ref`` adds it."""
+    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     check_gemv_fits(m, k, 0, 0)
     check_out(out, m, n, out_dtype)
@@ -339,12 +348,16 @@ def w4a4_gemv_triton(
     # Activation bytes count units of 1 (INT4) or 1/2 (E2M1); weight bytes 1/16 (INT4 nibbles at a byte's top)
     # or 1/2 (E2M1).
     unit = (1.0 if a_element == "int4" else 0.5) * (1 / 16 if w_element == "int4" else 0.5)
-    args = (a_words, a_scale, w_words, w_scale, bias if bias is not None else out, out,  # (no bias: never read)
+    if residual is not None and residual.stride(1) != 1:
+        residual = residual.contiguous()
+    args = (a_words, a_scale, w_words, w_scale, bias if bias is not None else out,  # (absent: never read)
+            residual if residual is not None else out, out,
             m, n, k // 8, block_m, a_words.stride(0), w_words.stride(0), a_scale.stride(0), w_scale.stride(0),
-            out.stride(0), unit)
+            out.stride(0), 0 if residual is None else residual.stride(0), unit)
     pdl = uses_pdl(a_bytes.device)
-    flags = dict(W_INT4=w_element == "int4", HAS_BIAS=bias is not None, USE_ASM=not INTERPRET, BLOCK_M=block_m,
-                 USE_GDC=pdl, **({"launch_pdl": True} if pdl else {}))
+    flags = dict(W_INT4=w_element == "int4", HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+                 USE_ASM=not INTERPRET, ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16,
+                 BLOCK_M=block_m, USE_GDC=pdl, **({"launch_pdl": True} if pdl else {}))
     if config is not None:
         fixed = {"FOLD": 1, "LOOP_STAGES": 1, **config.kwargs}
         if fixed["FOLD"] > 1 and block_m > 1:

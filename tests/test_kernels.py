@@ -21,7 +21,7 @@ import triton.language as tl  # noqa: E402
 
 import kernels  # noqa: E402
 from kernels import act_quant, w4a4_gemm  # noqa: E402
-from kernels.reference import dequantize, quantize_activations_ref, w4a4_matmul_ref  # noqa: E402
+from kernels.reference import PROLOGUES, dequantize, quantize_activations_ref, w4a4_matmul_ref  # noqa: E402
 from quant_layers import E2M1, E4M3, QuantSpec, Quantizer  # noqa: E402
 from quant_layers.formats import e4m3_scale, e8m0_scale  # noqa: E402
 from quant_layers.packing import code_values, decode, element_named, unpack  # noqa: E402
@@ -695,9 +695,10 @@ def test_triton_gemm_groups_that_are_not_powers_of_two():
 def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
     configs = act_quant._act_quant_autotuned.configs
 
-    def pruned(m_bucket: int, had_block: int, block_k: int, group: int | None = None, amax_only: bool = False):
+    def pruned(m_bucket: int, had_block: int, block_k: int, group: int | None = None, amax_only: bool = False,
+               prologue: int = 0):
         return act_quant._prune_tiles(configs, dict(M_BUCKET=m_bucket), HAD_BLOCK=had_block, BLOCK_K=block_k,
-                                      GROUP=group or block_k, AMAX_ONLY=amax_only)
+                                      GROUP=group or block_k, AMAX_ONLY=amax_only, PROLOGUE=prologue)
 
     per_token = pruned(4096, 0, 4096)
     assert {(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"]) for c in per_token} == {
@@ -715,6 +716,9 @@ def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
     assert {c.kwargs["BLOCK_M"] for c in nvfp4_prefill} == {16, 32, 64}
     assert all(c.kwargs["CHUNK"] == 0 for c in nvfp4_prefill + pruned(4096, 0, 16384, group=16)
                + pruned(4096, 0, 16384, amax_only=True))  # chunks hold per-token scales only
+    # An RMSNorm prologue needs its whole row at once; silu(gate) * up is elementwise and may be chunked.
+    assert {c.kwargs["CHUNK"] for c in pruned(1, 0, 16384, prologue=PROLOGUES["rms_norm"])} == {0}
+    assert {c.kwargs["CHUNK"] for c in pruned(1, 0, 16384, prologue=PROLOGUES["silu_mul"])} == {0, 2048, 4096}
 
 
 @pytest.mark.parametrize("dp4a_for", [None, "int4", "e2m1"])

@@ -1,0 +1,133 @@
+"""The activation kernel's prologues (RMSNorm, silu(gate) * up) and the decode kernel's residual epilogue
+against their twins, under ``TRITON_INTERPRET=1`` (set before the kernels are imported, as in
+tests/test_kernels.py)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers.models.llama.modeling_llama import LlamaRMSNorm  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels.reference import quantize_activations_ref, rms_norm_quantize_ref, silu_mul_quantize_ref  # noqa: E402
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def rows(m: int, k: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * torch.linspace(0.1, 4.0, m)[:, None]
+    x[0, 3] = 40.0  # an outlier sets the row's scale
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_twin_is_hf_rms_norm_then_the_activation_twin(dtype):
+    x = rows(3, 64, dtype)
+    norm = LlamaRMSNorm(64, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 1.5, 64))
+    codes, scales, normed = rms_norm_quantize_ref(x, norm.weight.detach(), 1e-5, "int4", 0.9, "int4")
+    assert torch.equal(normed, norm(x))
+    want = quantize_activations_ref(norm(x), "int4", 0, "float", 0.9, dp4a_for="int4")
+    assert torch.equal(codes, want[0]) and torch.equal(scales, want[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("element,dp4a_for", [("int4", "int4"), ("e2m1", "e2m1"), ("int4", None)])
+def test_rms_norm_kernel_equals_twin(element, dp4a_for, dtype):
+    """Ragged M, K not a power of two (its row padded in the tile), an outlier, one row of zeros.
+
+    The mean of squares is summed in another order than torch's: the normalised rows agree to an ulp of fp32
+    before their rounding to x's dtype (so at most an ulp of it, rarely), and the codes and scales are exactly
+    the twin quantizer's of the kernel's own normalised rows."""
+    x = rows(5, 96, dtype)
+    x[2] = 0
+    weight = torch.linspace(0.5, 1.5, 96).to(dtype)
+    codes, scales, normed = kernels.rms_norm_quantize(x, weight, 1e-6, element, 0.9, dp4a_for=dp4a_for,
+                                                      backend="triton")
+    want = rms_norm_quantize_ref(x, weight, 1e-6, element, 0.9, dp4a_for)
+    ulp = {torch.float32: 2.0**-22, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[dtype]
+    torch.testing.assert_close(normed.float(), want[2].float(), rtol=ulp, atol=0)
+    if dtype != torch.float32:  # an fp32 row off by an ulp rounds to the same half value but rarely
+        assert (normed != want[2]).float().mean() < 0.05
+    again = quantize_activations_ref(normed, element, 0, "float", 0.9, dp4a_for=dp4a_for)
+    assert torch.equal(codes, again[0]) and torch.equal(scales, again[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("element,dp4a_for", [("int4", "int4"), ("e2m1", "int4"), ("e2m1", None)])
+def test_silu_mul_kernel_equals_twin(element, dp4a_for, dtype):
+    x = rows(3, 2 * 80, dtype, seed=1)
+    got = kernels.silu_mul_quantize(x, element, 1.0, dp4a_for=dp4a_for, backend="triton")
+    want = silu_mul_quantize_ref(x, element, 1.0, dp4a_for)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+
+
+def test_silu_mul_kernel_walks_wide_rows_in_chunks(monkeypatch):
+    """Rows wider than a chunk (the per-token path that reads a row twice) compute the product both times."""
+    from kernels import act_quant
+
+    monkeypatch.setattr(act_quant, "INTERPRET_CHUNK", 64)
+    x = rows(2, 2 * 256, torch.bfloat16, seed=2)
+    got = kernels.silu_mul_quantize(x, "int4", 0.9, dp4a_for="int4", backend="triton")
+    want = silu_mul_quantize_ref(x, "int4", 0.9, "int4")
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(weight=torch.ones(8)), r"RMSNorm weight must be a \(64,\) tensor"),
+    (dict(weight=torch.ones(64, dtype=torch.float16)), "of the activations' dtype"),
+    (dict(x=torch.ones(2, 3, 64)), "activations must be 2-D"),
+    (dict(dp4a_for="int5"), "int5"),
+])
+def test_rms_norm_quantize_refuses_bad_arguments(change, message):
+    args = {**dict(x=torch.ones(2, 64), weight=torch.ones(64), dp4a_for="int4"), **change}
+    for backend in ("triton", "torch"):
+        with pytest.raises(ValueError, match=message):
+            kernels.rms_norm_quantize(args["x"], args["weight"], 1e-6, "int4", dp4a_for=args["dp4a_for"],
+                                      backend=backend)
+
+
+def test_silu_mul_quantize_refuses_an_odd_width():
+    for backend in ("triton", "torch"):
+        with pytest.raises(ValueError, match="gate and up side by side"):
+            kernels.silu_mul_quantize(torch.ones(2, 63), "int4", backend=backend)
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 3])
+def test_gemv_adds_the_residual_to_the_rounded_product(m, out_dtype):
+    """``residual + linear(x)`` as an HF layer computes it: the product rounded to the output dtype, then the
+    sum rounded again (the twin is exactly that); the kernel's fp32 sums may differ in order only."""
+    from tests.test_kernels import assert_matches_twin, quantized_operands
+
+    from kernels.reference import dp4a_bytes, w4a4_matmul_ref
+
+    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", m, 40, 128)
+    residual = (torch.randn(m, 40, generator=torch.Generator().manual_seed(5)) * 4).to(out_dtype)
+    a_bytes = dp4a_bytes(a_packed, "int4", "int4")
+    args = dict(a_element="int4", w_element="int4", out_dtype=out_dtype)
+    want = kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, residual=residual, backend="torch", **args)
+    product = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, **args)
+    assert torch.equal(want, residual + product)
+    got = kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, residual=residual, backend="triton", **args)
+    assert_matches_twin(got, want)
+
+
+def test_gemv_refuses_a_residual_of_another_shape_or_dtype():
+    from tests.test_kernels import quantized_operands
+
+    from kernels.reference import dp4a_bytes
+
+    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 2, 40, 128)
+    a_bytes = dp4a_bytes(a_packed, "int4", "int4")
+    for residual in (torch.zeros(2, 41), torch.zeros(2, 40, dtype=torch.float16)):
+        for backend in ("triton", "torch"):
+            with pytest.raises(ValueError, match="the residual must be a"):
+                kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
+                                         out_dtype=torch.float32, residual=residual, backend=backend)
