@@ -55,6 +55,7 @@ from benchmarks.timing import make_timer  # noqa: E402
 from models import adapter_for, resolve_device  # noqa: E402
 from models.attention import use_grouped_decode_attention  # noqa: E402
 from models.decoding import StaticDecoder  # noqa: E402
+from models.fused_decoder_layer import fuse_decoder_layers  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 from quant_layers import Quantizer, QuantSpec, install_kv_quantization  # noqa: E402
 from quant_layers.fused_linear import fuse_shared_input_linears  # noqa: E402
@@ -131,7 +132,8 @@ def build_model(config, mode: str, device: torch.device, seed: int = 0) -> nn.Mo
         for layer in adapter.decoder_layers(model):
             for name in adapter.linear_names():
                 layer.set_submodule(name, random_real_linear(layer.get_submodule(name), weight, act, generator))
-        fuse_shared_input_linears(model)  # as load_quantized does: q/k/v and gate/up run as one
+        fuse_shared_input_linears(model)  # as load_quantized does: q/k/v and gate/up run as one,
+        fuse_decoder_layers(model)  # and decode-sized layers in fewer launches
     if kv4:
         head_dim = adapter.head_dim(config)
         install_kv_quantization(model, [adapter.attention(layer) for layer in adapter.decoder_layers(model)],

@@ -73,6 +73,9 @@ GPU_ACT_SHAPES = [(7, 4096), (257, 14336)]
 # (batch, K/V heads, new tokens, head dim): a Llama-3-8B decode step and a prompt
 GPU_KV_WRITE_SHAPES = [(1, 8, 1, 128), (2, 8, 2048, 128)]
 DRY_KV_WRITE_SHAPES = [(1, 2, 3, 64)]
+# (M, hidden K, MLP width N): Llama-3-8B's decode rows, and a small ragged one.
+GPU_FUSED_DECODE_SHAPES = [(1, 4096, 14336), (8, 4096, 14336), (3, 576, 1536)]
+DRY_FUSED_DECODE_SHAPES = [(2, 64, 96)]
 # Every new (M bucket, N, K) autotunes: a few shapes keep the check to minutes.
 GPU_GEMM_SHAPES = [(1, 40, 128), (1, 4096, 4096), (4, 4096, 4096), (8, 4096, 4096), (16, 4096, 4096),
                    (33, 4096, 4096), (257, 6144, 4096)]
@@ -318,8 +321,43 @@ def check_kv_write(batch: int, heads: int, tokens: int, dim: int, dtype: torch.d
             "shape": f"B{batch} H{heads} T{tokens} D{dim} {str(dtype).removeprefix('torch.')}", "ok": max(differ) == 0}
 
 
+def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype, device: torch.device) -> dict:
+    """The fused decode layer's kernels against their twins: the RMSNorm prologue (normalised rows within an ulp
+    of the twin's, at most 5 % of them off, and codes and scales exactly the twin quantizer's of the kernel's own
+    rows), silu(gate) * up (the GPU's exponential is not torch's: at most 0.1 % of codes and scales may differ,
+    scales by an ulp of the dtype) and the decode kernel's residual epilogue (within fp32-accumulation
+    rounding)."""
+    x = random_activations(m, k, dtype, device)
+    weight = (torch.rand(k, device=device) + 0.5).to(dtype)
+    codes, scales, normed = kernels.rms_norm_quantize(x, weight, 1e-5, element, 0.9, dp4a_for=element,
+                                                      backend="triton")
+    want_normed = reference.rms_norm_quantize_ref(x, weight, 1e-5, element, 0.9, element)[2]
+    again = reference.quantize_activations_ref(normed, element, 0, "float", 0.9, dp4a_for=element)
+    ulp = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}[dtype]
+    norm_off = (normed != want_normed).float().mean().item()
+    norm_ok = (bool(((normed.float() - want_normed.float()).abs() <= ulp * want_normed.float().abs()).all())
+               and norm_off <= 0.05 and torch.equal(codes, again[0]) and torch.equal(scales, again[1]))
+    gate_up = random_activations(m, 2 * n, dtype, device)
+    silu = kernels.silu_mul_quantize(gate_up, element, 0.9, dp4a_for=element, backend="triton")
+    silu_want = reference.silu_mul_quantize_ref(gate_up, element, 0.9, element)
+    silu_codes = (silu[0] != silu_want[0]).float().mean().item()
+    silu_ok = (silu_codes <= 1e-3 and bool(((silu[1] - silu_want[1]).abs() <= ulp * silu_want[1]).all()))
+    w_packed, w_scale = kernels.quantize_activations(torch.randn(n, k, device=device, dtype=dtype) * 0.02, element,
+                                                    backend="triton")
+    residual = random_activations(m, n, dtype, device)
+    got = kernels.w4a4_matmul_dp4a(codes, scales, w_packed, w_scale, a_element=element, w_element=element,
+                                   out_dtype=dtype, residual=residual, backend="triton")
+    want = reference.w4a4_gemv_ref(codes, scales, w_packed, w_scale, a_element=element, w_element=element,
+                                   out_dtype=dtype, residual=residual)
+    gemv_ok, excess = close(got, want)
+    return {"kernel": "fused decode", "case": f"{element}: RMSNorm ({norm_off:.1%} rows' values off an ulp), "
+                                              f"silu*up, GEMV + residual",
+            "shape": f"M{m} K{k} N{n} {str(dtype).removeprefix('torch.')}", "codes_differ": silu_codes,
+            "error_over_bound": excess, "ok": norm_ok and silu_ok and gemv_ok}
+
+
 CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_fp8_codes, check_fp8_linear,
-          check_fpx, check_decode_attention, check_decode_attention_packed, check_kv_write)
+          check_fpx, check_decode_attention, check_decode_attention_packed, check_kv_write, check_fused_decode)
 
 
 def check_name(check) -> str:
@@ -405,6 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     for batch, heads, tokens, dim in DRY_KV_WRITE_SHAPES if args.cpu_dry_run else GPU_KV_WRITE_SHAPES:
         for dtype in OUT_DTYPES:
             record(check_kv_write, batch, heads, tokens, dim, dtype, device)
+    for m, k, n in DRY_FUSED_DECODE_SHAPES if args.cpu_dry_run else GPU_FUSED_DECODE_SHAPES:
+        for element in ("int4", "e2m1"):
+            for dtype in (torch.bfloat16, torch.float16):
+                record(check_fused_decode, m, k, n, element, dtype, device)
     for m, k in DRY_COMPILED_QUANTIZER_SHAPES if args.cpu_dry_run else GPU_COMPILED_QUANTIZER_SHAPES:
         x = random_activations(m, k, torch.bfloat16, device)
         for name in COMPILED_QUANTIZER_SPECS:

@@ -32,6 +32,7 @@ from configs import QuantRecipe
 from models import adapter_for
 from models.attention import NAME as GROUPED_SDPA
 from models.attention import use_grouped_decode_attention
+from models.fused_decoder_layer import fuse_decoder_layers
 from quant_layers import QuantLinear, Quantizer, install_attention_wrapper, install_kv_quantization
 from quant_layers.formats import E4M3
 from quant_layers.fused_linear import fuse_shared_input_linears
@@ -328,7 +329,8 @@ def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.d
     """``(model, tokenizer, quantization_config)`` of a real-quantized checkpoint directory.
 
     ``fuse``: run the linears that share an input (q/k/v, gate/up) as one
-    (``quant_layers.fused_linear``); the outputs are the same.
+    (``quant_layers.fused_linear``), and decode-sized decoder layers in fewer launches
+    (``models.fused_decoder_layer``); the outputs are the same.
     """
     qc = read_quantization_config(path)
     dtype = dtype or getattr(torch, qc["dtype"])
@@ -391,6 +393,7 @@ def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.d
         install_attention_wrapper(model)
     if fuse:
         fuse_shared_input_linears(model)
+        fuse_decoder_layers(model)
     model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(path) if has_tokenizer(path) else None
     return model, tokenizer, qc

@@ -152,9 +152,11 @@ def w4a4_linear(
     x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *, a_element: str, w_element: str,
     a_group: int = 0, w_group: int = 0, scale_kind: str = "float", clip_ratio: float = 1.0,
     bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16, backend: str | None = None,
-    path: str | None = None,
+    path: str | None = None, residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(M, N) = Q(x) @ (decode(w) * w_scale).T (+ bias): quantize x's rows, then multiply.
+    """(M, N) = Q(x) @ (decode(w) * w_scale).T (+ bias): quantize x's rows, then multiply; ``residual`` (M, N):
+    returns ``residual + product``, the product rounded to ``out_dtype`` first (in the decode kernel's
+    epilogue where it runs).
 
     ``path``: ``packed`` (4-bit activation codes, ``w4a4_matmul``) or ``fp8`` (codes as
     E4M3 bytes, weight widened by ``unpack_fp8``, cuBLAS's FP8 GEMM; per-row scales,
@@ -177,7 +179,8 @@ def w4a4_linear(
         path = "fp8" if auto else "packed"
     if path == "fp8":
         codes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, fp8_codes=True, backend=backend)
-        return w4a4_matmul_fp8(codes, a_scale, unpack_fp8(w_packed, w_element, backend=backend), w_scale, bias)
+        out = w4a4_matmul_fp8(codes, a_scale, unpack_fp8(w_packed, w_element, backend=backend), w_scale, bias)
+        return out if residual is None else residual + out
     if _use_triton(x, backend) and x.is_cuda:
         from .w4a4_gemm import takes_gemv
 
@@ -185,10 +188,11 @@ def w4a4_linear(
             a_bytes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, dp4a_for=w_element,
                                                     backend=backend)
             return w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
-                                    bias=bias, out_dtype=out_dtype, backend=backend)
+                                    bias=bias, out_dtype=out_dtype, residual=residual, backend=backend)
     packed, a_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, backend=backend)
-    return w4a4_matmul(packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
-                       a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend)
+    out = w4a4_matmul(packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
+                      a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend)
+    return out if residual is None else residual + out
 
 
 def w4a4_matmul_dp4a(

@@ -41,6 +41,12 @@ class FusedGroup(nn.Module):
         self._outputs: tuple[torch.Tensor, ...] = ()
         self._taken: set[int] = set()
 
+    def provide(self, x: torch.Tensor, output: torch.Tensor) -> None:
+        """Serve ``output`` (x's rows, every part's columns) to the parts' next calls on x: the caller computed
+        the fused product itself (``models.fused_decoder_layer``, from codes its norm kernel wrote)."""
+        self._outputs = output.split(self.widths, dim=-1)
+        self._input, self._taken = x, set()
+
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Part ``index``'s output for ``x``: computed with the whole group's on the first call for ``x``."""
         if x is not self._input or index in self._taken:

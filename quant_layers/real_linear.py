@@ -150,6 +150,7 @@ class RealQuantLinear(nn.Module):
         self.register_buffer("weight_scale", torch.zeros(out_features, groups, dtype=torch.float32))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
         self.input_transform: nn.Module | None = None
+        self._residual: torch.Tensor | None = None  # see add_residual_to_next
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
@@ -159,11 +160,27 @@ class RealQuantLinear(nn.Module):
         """The 4-bit weight as float32 values (codes times scales)."""
         return dequantized_weight(self.qweight, self.weight_scale, self.weight_scheme)
 
+    def add_residual_to_next(self, residual: torch.Tensor) -> None:
+        """The next call returns ``residual + self(x)`` (x's shape but the output width), the sum taken in the
+        product's epilogue where the decode kernel runs: a decoder layer hands its residual to the linear
+        that ends a block it does not call itself (``models.fused_decoder_layer``)."""
+        self._residual = residual
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual, self._residual = self._residual, None
         if self.input_transform is not None:
             x = self.input_transform(x)
         high = getattr(self, "qweight_high", None)  # the 1- or 2-bit plane of 5- and 6-bit codes
-        return torch.ops.ptq.real_quant_matmul(x, self.qweight, high, self.weight_scale, self.bias, self.schemes)
+        return torch.ops.ptq.real_quant_matmul(x, self.qweight, high, self.weight_scale, self.bias, residual,
+                                               self.schemes)
+
+    def on_codes(self, a_bytes: torch.Tensor, a_scale: torch.Tensor, out_dtype: torch.dtype,
+                 residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The (M, N) product for activations already quantized as this linear quantizes them, given as the
+        decode kernel's dp4a bytes (M, K) and per-row scales (``kernels.rms_norm_quantize`` and its kin with
+        ``dp4a_for=weight_scheme.element``); ``residual`` (M, N) is added as in ``add_residual_to_next``."""
+        return torch.ops.ptq.real_quant_gemv(a_bytes, a_scale, self.qweight, self.weight_scale, self.bias, residual,
+                                             out_dtype, self.schemes)
 
 
 def dequantized_weight(qweight: torch.Tensor, weight_scale: torch.Tensor, weight: RealQuantScheme) -> torch.Tensor:
@@ -186,8 +203,9 @@ def parse_schemes(key: str) -> tuple[RealQuantScheme, RealQuantScheme | None]:
 
 @torch.library.custom_op("ptq::real_quant_matmul", mutates_args=())
 def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tensor],
-                      weight_scale: torch.Tensor, bias: Optional[torch.Tensor], schemes: str) -> torch.Tensor:
-    """``RealQuantLinear``'s product, (..., K) -> (..., N) in x's dtype.
+                      weight_scale: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+                      schemes: str) -> torch.Tensor:
+    """``RealQuantLinear``'s product, (..., K) -> (..., N) in x's dtype; plus ``residual`` (..., N) when given.
 
     A custom op so that ``torch.compile`` treats it as one opaque call: the kernels choose
     their path and autotune in Python, which is not for tracing, while everything around
@@ -197,21 +215,42 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
     if act is None:
         if weight.fpx:
             planes = (qweight, qweight_high) if qweight_high is not None else (qweight,)
-            return kernels.fpx_matmul(x, planes, weight_scale, element=weight.element, bits=weight.bits, bias=bias,
-                                      out_dtype=x.dtype)
-        return F.linear(x, dequantized_weight(qweight, weight_scale, weight).to(x.dtype), bias)
+            out = kernels.fpx_matmul(x, planes, weight_scale, element=weight.element, bits=weight.bits, bias=bias,
+                                     out_dtype=x.dtype)
+        else:
+            out = F.linear(x, dequantized_weight(qweight, weight_scale, weight).to(x.dtype), bias)
+        return out if residual is None else residual + out
     rows = x.reshape(-1, x.shape[-1])
     if act.element == "int8":
         out = kernels.w8a8_linear(rows, qweight, weight_scale, clip_ratio=act.clip_ratio, bias=bias,
                                   out_dtype=x.dtype)
-    else:
-        out = kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,
-                                  a_group=act.group, w_group=weight.group, scale_kind=act.scale_kind,
-                                  clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype)
+        out = out.reshape(*x.shape[:-1], out.shape[-1])
+        return out if residual is None else residual + out
+    out = kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,
+                              a_group=act.group, w_group=weight.group, scale_kind=act.scale_kind,
+                              clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype,
+                              residual=None if residual is None else residual.reshape(rows.shape[0], -1))
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 @real_quant_matmul.register_fake
 def _(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tensor], weight_scale: torch.Tensor,
-      bias: Optional[torch.Tensor], schemes: str) -> torch.Tensor:
+      bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], schemes: str) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], weight_scale.shape[0])
+
+
+@torch.library.custom_op("ptq::real_quant_gemv", mutates_args=())
+def real_quant_gemv(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                    bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], out_dtype: torch.dtype,
+                    schemes: str) -> torch.Tensor:
+    """``RealQuantLinear.on_codes``: (M, K) dp4a activation bytes -> (M, N), through ``kernels.w4a4_matmul_dp4a``."""
+    weight, act = parse_schemes(schemes)
+    return kernels.w4a4_matmul_dp4a(a_bytes, a_scale, qweight, weight_scale, a_element=act.element,
+                                    w_element=weight.element, bias=bias, out_dtype=out_dtype, residual=residual)
+
+
+@real_quant_gemv.register_fake
+def _(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+      bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], out_dtype: torch.dtype,
+      schemes: str) -> torch.Tensor:
+    return a_bytes.new_empty(a_bytes.shape[0], weight_scale.shape[0], dtype=out_dtype)

@@ -131,3 +131,12 @@ def test_gemv_refuses_a_residual_of_another_shape_or_dtype():
             with pytest.raises(ValueError, match="the residual must be a"):
                 kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
                                          out_dtype=torch.float32, residual=residual, backend=backend)
+
+
+def test_kernel_check_runs_the_fused_decode_checks(tmp_path):
+    from benchmarks.kernel_check import main
+
+    prefix = str(tmp_path / "check")
+    assert main(["--cpu_dry_run", "--only", "fused_decode", "--out", prefix]) == 0
+    table = open(prefix + ".md").read()
+    assert table.count("| fused decode |") == 4 and "4 checks, 0 failed." in table

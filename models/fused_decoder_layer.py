@@ -1,0 +1,174 @@
+"""Decode-sized forwards of real-quantized Llama / Qwen2 / Qwen3 decoder layers in fewer kernel launches.
+
+At batch 1 a launch, not its bytes, sets a small kernel's time (about 2 us on the H200), and
+a compiled W4A4 decode step ran fifteen a layer: the residual adds fused with the RMSNorms
+by inductor, each norm's output quantized again by the activation kernel, silu(gate) * up
+in its own kernel and quantized again too (``benchmarks/results/end_to_end_h200.md``). Here a
+layer's decode forward (up to ``GEMV_MAX_M`` rows) runs instead:
+
+* the input RMSNorm and its quantization as one activation-kernel launch, whose codes go
+  straight to the fused q/k/v product (``FusedGroup.provide`` serves HF's attention its
+  slices);
+* the attention's o_proj with the residual added in the decode kernel's epilogue
+  (``RealQuantLinear.add_residual_to_next``);
+* the post-attention RMSNorm with its quantization, then gate/up on its codes;
+* silu(gate) * up quantized in one launch, and down_proj adding the residual in its epilogue.
+
+Each step rounds as the HF layer does (the norm's output, the product before the residual,
+the sum); on the CPU the kernels' twins run and the layer's output is the HF forward's bit
+for bit. Longer inputs (prefill), and layers whose parts do not fit (online rotations on
+those inputs, other activation schemes, unfused q/k/v or gate/up), keep HF's forward.
+
+``fuse_decoder_layers(model)`` installs it by giving each eligible layer a subclass of its
+own class (its modules, state dict and hooks stay as they are).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+import kernels
+from quant_layers.fused_linear import FusedGroup, FusedSlice
+from quant_layers.real_linear import RealQuantLinear
+
+# HF RMSNorm classes whose forward is ``weight * (x * rsqrt(mean(x^2) + eps)).to(dtype)`` (the twins' formula).
+RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
+# transformers' SiLU module (``ACT2FN["silu"]``, ``F.silu``); older versions hand out ``nn.SiLU`` itself.
+SILU_ACTIVATIONS = ("SiLUActivation",)
+
+
+@torch.library.custom_op("ptq::rms_norm_quantize", mutates_args=())
+def rms_norm_quantize(x: torch.Tensor, weight: torch.Tensor, eps: float, element: str, clip_ratio: float,
+                      dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``kernels.rms_norm_quantize`` as one opaque op for ``torch.compile``: (dp4a bytes, scales, normalised x)."""
+    return kernels.rms_norm_quantize(x, weight, eps, element, clip_ratio, dp4a_for=dp4a_for)
+
+
+@rms_norm_quantize.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, eps: float, element: str, clip_ratio: float,
+      dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    m, k = x.shape
+    return x.new_empty(m, k, dtype=torch.int8), x.new_empty(m, 1, dtype=torch.float32), torch.empty_like(x)
+
+
+@torch.library.custom_op("ptq::silu_mul_quantize", mutates_args=())
+def silu_mul_quantize(x: torch.Tensor, element: str, clip_ratio: float,
+                      dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kernels.silu_mul_quantize`` as one opaque op for ``torch.compile``: (dp4a bytes, scales)."""
+    return kernels.silu_mul_quantize(x, element, clip_ratio, dp4a_for=dp4a_for)
+
+
+@silu_mul_quantize.register_fake
+def _(x: torch.Tensor, element: str, clip_ratio: float, dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor]:
+    m, k = x.shape
+    return x.new_empty(m, k // 2, dtype=torch.int8), x.new_empty(m, 1, dtype=torch.float32)
+
+
+@dataclass
+class DecodePlan:
+    """The modules of one layer that its decode forward drives (checked by ``decode_plan``)."""
+
+    qkv: FusedGroup
+    o_proj: RealQuantLinear
+    gate_up: FusedGroup
+    down: RealQuantLinear | None  # None: the MLP's own forward from gate/up on (down_proj does not fit)
+
+
+def _takes_codes(linear: RealQuantLinear) -> bool:
+    """Whether the decode kernel takes this linear's product on dp4a bytes quantized outside it: 4-bit codes
+    per row, float per-token activation scales, no online rotation of its input."""
+    weight, act = linear.weight_scheme, linear.act_scheme
+    return (act is not None and act.element in ("int4", "e2m1") and act.group == 0 and act.scale_kind == "float"
+            and weight.element in ("int4", "e2m1") and weight.group == 0 and linear.input_transform is None
+            and linear.in_features % 8 == 0)
+
+
+def _group_of(slices: list[nn.Module]) -> FusedGroup | None:
+    """The FusedGroup these slices are parts 0, 1, ... of, in order, if it takes codes."""
+    if not all(isinstance(s, FusedSlice) for s in slices):
+        return None
+    group = slices[0].group
+    ok = all(s.group is group and s.index == i for i, s in enumerate(slices)) and len(group.widths) == len(slices)
+    return group if ok and _takes_codes(group.linear) else None
+
+
+def decode_plan(layer: nn.Module) -> DecodePlan | None:
+    """The plan of a Llama / Qwen2 / Qwen3 decoder layer whose decode forward can be fused, else None."""
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    norms = [getattr(layer, name, None) for name in ("input_layernorm", "post_attention_layernorm")]
+    if attn is None or mlp is None or not all(type(n).__name__ in RMS_NORMS for n in norms):
+        return None
+    qkv = _group_of([getattr(attn, name, None) for name in ("q_proj", "k_proj", "v_proj")])
+    gate_up = _group_of([getattr(mlp, name, None) for name in ("gate_proj", "up_proj")])
+    o_proj, down = getattr(attn, "o_proj", None), getattr(mlp, "down_proj", None)
+    if qkv is None or gate_up is None or not isinstance(o_proj, RealQuantLinear) or o_proj.act_scheme is None:
+        return None
+    act_fn = getattr(mlp, "act_fn", None)
+    silu = isinstance(act_fn, nn.SiLU) or type(act_fn).__name__ in SILU_ACTIVATIONS
+    fused_down = silu and isinstance(down, RealQuantLinear) and _takes_codes(down)
+    if not fused_down and not isinstance(down, RealQuantLinear):
+        return None
+    return DecodePlan(qkv, o_proj, gate_up, down if fused_down else None)
+
+
+def _quantize_norm(norm: nn.Module, rows: torch.Tensor, linear: RealQuantLinear) -> tuple:
+    act = linear.act_scheme
+    return torch.ops.ptq.rms_norm_quantize(rows, norm.weight, float(norm.variance_epsilon), act.element,
+                                           act.clip_ratio, linear.weight_scheme.element)
+
+
+def _decode_forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """The layer's forward: fused as the module docstring says for up to ``GEMV_MAX_M`` rows, HF's otherwise."""
+    from kernels.w4a4_gemv import GEMV_MAX_M
+
+    plan: DecodePlan = self._decode_plan
+    width = hidden_states.shape[-1]
+    rows = hidden_states.reshape(-1, width)
+    if (args or not 1 <= rows.shape[0] <= GEMV_MAX_M or self.input_layernorm.weight.dtype != hidden_states.dtype
+            or self.post_attention_layernorm.weight.dtype != hidden_states.dtype):
+        return type(self).__mro__[1].forward(self, hidden_states, *args, **kwargs)
+    codes, scales, normed = _quantize_norm(self.input_layernorm, rows, plan.qkv.linear)
+    normed = normed.view_as(hidden_states)
+    plan.qkv.provide(normed, plan.qkv.linear.on_codes(codes, scales, hidden_states.dtype).view(
+        *hidden_states.shape[:-1], -1))
+    plan.o_proj.add_residual_to_next(hidden_states)
+    hidden_states, _ = self.self_attn(hidden_states=normed, **kwargs)  # o_proj's output: residual + attention
+    rows = hidden_states.reshape(-1, width)
+    codes, scales, normed = _quantize_norm(self.post_attention_layernorm, rows, plan.gate_up.linear)
+    gate_up = plan.gate_up.linear.on_codes(codes, scales, hidden_states.dtype)
+    if plan.down is None:
+        normed = normed.view_as(hidden_states)
+        plan.gate_up.provide(normed, gate_up.view(*hidden_states.shape[:-1], -1))
+        self.mlp.down_proj.add_residual_to_next(hidden_states)
+        return self.mlp(normed)
+    act = plan.down.act_scheme
+    codes, scales = torch.ops.ptq.silu_mul_quantize(gate_up, act.element, act.clip_ratio,
+                                                    plan.down.weight_scheme.element)
+    return plan.down.on_codes(codes, scales, hidden_states.dtype, residual=rows).view_as(hidden_states)
+
+
+@lru_cache(maxsize=None)
+def _fused_class(base: type) -> type:
+    return type(f"DecodeFused{base.__name__}", (base,), {"forward": _decode_forward})
+
+
+def fuse_decoder_layers(model: nn.Module) -> int:
+    """Give every decoder layer that fits (``decode_plan``) the fused decode forward; returns how many.
+
+    Call it after ``fuse_shared_input_linears`` (the plan needs q/k/v and gate/up fused)."""
+    from models import adapter_for  # late: models imports this module's neighbours
+
+    fused = 0
+    for layer in adapter_for(model.config).decoder_layers(model):
+        plan = decode_plan(layer)
+        if plan is None:
+            continue
+        if not hasattr(layer, "_decode_plan"):
+            layer.__class__ = _fused_class(type(layer))
+        layer._decode_plan = plan
+        fused += 1
+    return fused

@@ -1,0 +1,113 @@
+"""models.fused_decoder_layer: decode-sized layers in fewer launches give the HF layers' outputs (CPU twins)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import kernels
+from benchmarks.bench_model import random_real_linear
+from models import adapter_for
+from models.fused_decoder_layer import decode_plan, fuse_decoder_layers
+from quant_layers.fused_linear import fuse_shared_input_linears
+from quant_layers.real_linear import RealQuantScheme
+
+INT4 = RealQuantScheme("int4")
+
+
+def tiny_model(model_type: str, dtype: torch.dtype = torch.float32, act: RealQuantScheme | None = INT4,
+               weight: RealQuantScheme = INT4):
+    """A two-layer random model of ``model_type`` with every decoder linear real-quantized, q/k/v and gate/up
+    fused (as ``load_quantized`` leaves a checkpoint)."""
+    config = AutoConfig.for_model(model_type, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=128, head_dim=16)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    adapter = adapter_for(config)
+    generator = torch.Generator().manual_seed(1)
+    for layer in adapter.decoder_layers(model):
+        for name in adapter.linear_names():
+            layer.set_submodule(name, random_real_linear(layer.get_submodule(name), weight, act, generator))
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+            norm.weight.data.uniform_(0.5, 1.5, generator=generator)
+    fuse_shared_input_linears(model)
+    return model
+
+
+def counting(monkeypatch) -> dict:
+    """Count the fused kernels' calls (their twins on the CPU)."""
+    calls = {"rms_norm": 0, "silu_mul": 0}
+    rms_norm, silu_mul = kernels.rms_norm_quantize, kernels.silu_mul_quantize
+
+    def rms_norm_counted(*args, **kwargs):
+        calls["rms_norm"] += 1
+        return rms_norm(*args, **kwargs)
+
+    def silu_mul_counted(*args, **kwargs):
+        calls["silu_mul"] += 1
+        return silu_mul(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "rms_norm_quantize", rms_norm_counted)
+    monkeypatch.setattr(kernels, "silu_mul_quantize", silu_mul_counted)
+    return calls
+
+
+@pytest.mark.parametrize("model_type,dtype", [("llama", torch.float32), ("qwen2", torch.float32),
+                                              ("qwen3", torch.float32), ("llama", torch.bfloat16)])
+def test_fused_decode_layers_give_the_hf_layers_logits(model_type, dtype, monkeypatch):
+    """Qwen2's q/k/v biases and Qwen3's q/k norms included: decode-sized rows (1 and 2 sequences of one token)
+    take the fused path in every layer and give the unfused model's logits bit for bit; a prompt of 12 tokens
+    keeps HF's forward."""
+    model = tiny_model(model_type, dtype)
+    plain = copy.deepcopy(model)
+    assert fuse_decoder_layers(model) == 2
+    calls = counting(monkeypatch)
+    with torch.no_grad():
+        for batch, tokens in ((1, 1), (2, 1), (2, 12)):
+            ids = torch.randint(0, 128, (batch, tokens), generator=torch.Generator().manual_seed(batch))
+            before = dict(calls)
+            got = model(ids).logits
+            assert torch.equal(got, plain(ids).logits)
+            fused = tokens * batch <= 8
+            assert calls == ({"rms_norm": before["rms_norm"] + 4 * fused, "silu_mul": before["silu_mul"] + 2 * fused})
+
+
+def test_layers_that_do_not_fit_keep_their_forward():
+    """Weight-only linears (no activation codes) and unfused q/k/v have no plan; refusing changes nothing."""
+    weight_only = tiny_model("llama", act=None, weight=RealQuantScheme("e3m2", bits=6))
+    assert fuse_decoder_layers(weight_only) == 0
+    config = AutoConfig.for_model("llama", hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
+    dense = AutoModelForCausalLM.from_config(config)
+    assert decode_plan(dense.model.layers[0]) is None
+    assert type(dense.model.layers[0]).__name__ == "LlamaDecoderLayer"
+
+
+def test_an_online_rotation_on_down_proj_keeps_the_mlp_forward(monkeypatch):
+    """down_proj's input rotated online (QuaRot): gate/up still run on the norm kernel's codes, the MLP's own
+    forward does the rest, and down_proj adds the residual; the logits stay the HF layers'."""
+    from transforms.rotation import HadamardRotation
+
+    model = tiny_model("llama")
+    for layer in model.model.layers:
+        layer.mlp.down_proj.input_transform = HadamardRotation(96)
+    plain = copy.deepcopy(model)
+    assert fuse_decoder_layers(model) == 2
+    assert all(layer._decode_plan.down is None for layer in model.model.layers)
+    calls = counting(monkeypatch)
+    ids = torch.randint(0, 128, (2, 1), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, plain(ids).logits)
+    assert calls == {"rms_norm": 4, "silu_mul": 0}
+
+
+def test_fusing_twice_keeps_one_subclass():
+    model = tiny_model("llama")
+    fuse_decoder_layers(model)
+    classes = [type(layer) for layer in model.model.layers]
+    assert fuse_decoder_layers(model) == 2
+    assert [type(layer) for layer in model.model.layers] == classes
+    assert type(model.model.layers[0]).__mro__[1].__name__ == "LlamaDecoderLayer"
