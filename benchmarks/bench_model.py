@@ -50,7 +50,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.result_files import command_line, write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from models import adapter_for, resolve_device  # noqa: E402
 from models.attention import use_grouped_decode_attention  # noqa: E402
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"config": args.config, "layers": config.num_hidden_layers, "seqlen": args.seqlen,
               "decode_tokens": args.decode_tokens, "compile": args.compile, "device": device_name(device),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
-              "command": "python benchmarks/bench_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("bench_model.py", argv if argv is not None else sys.argv[1:]),
               "rows": []}
     for mode in args.modes:  # the files are rewritten after each mode: a run cut short keeps the modes it finished
         result["rows"].append(bench_mode(config, mode, args, device, time_ms))

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_model import CONFIGS, MODES, build_config, build_model, mode_list  # noqa: E402
 from models.decoding import StaticDecoder, compile_options, inductor_option  # noqa: E402
-from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.result_files import command_line, write_result_files  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"config": args.config, "batch": args.batch, "seqlen": args.seqlen, "prefill": args.prefill,
               "device": device_name(device),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
-              "command": "python benchmarks/decode_profile.py " + " ".join(argv or sys.argv[1:]), "rows": []}
+              "command": command_line("decode_profile.py", argv or sys.argv[1:]), "rows": []}
     for mode in args.modes:
         if args.prefill:
             result["rows"].append(profile_prefill(config, mode, args.batch, args.seqlen, args.steps, device))

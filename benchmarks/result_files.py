@@ -13,3 +13,14 @@ def write_result_files(prefix: str, data, markdown: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     atomic_write_text(prefix + ".json", json.dumps(data, indent=2) + "\n")
     atomic_write_text(prefix + ".md", markdown)
+
+
+# Environment variables that change what a benchmark measures: a recorded command carries them.
+MEASURED_ENV = ("PTQ_PDL",)
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """The command that reproduces a run: ``python benchmarks/SCRIPT ARGS``, after the ``MEASURED_ENV`` settings
+    it ran under."""
+    env = [f"{name}={os.environ[name]}" for name in MEASURED_ENV if name in os.environ]
+    return " ".join([*env, "python", f"benchmarks/{script}", *argv])

@@ -41,7 +41,8 @@ from transforms.hadamard import sylvester_hadamard
 from .reference import PROLOGUES, check_activation_args, check_prologue_args
 from .rounding import _round_to_bf16, _round_to_dtype
 from .w4a4_gemm import code_operand
-from .w4a4_gemv import _code_values, uses_pdl
+from .pdl import launch_dependents, uses_pdl, wait_for_producer
+from .w4a4_gemv import _code_values
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
@@ -267,17 +268,18 @@ def _act_quant_kernel(
     ELEMENT_INT4: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
     HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
-    LAUNCH_DEPENDENTS: tl.constexpr, PROLOGUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-    CHUNK: tl.constexpr,
+    LAUNCH_DEPENDENTS: tl.constexpr, USE_GDC: tl.constexpr, PROLOGUE: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """DP4A_FOR: 0 packs two codes a byte; 1 (2) writes each code's value as a signed byte in the decode
     kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``. LAUNCH_DEPENDENTS: the next kernel (the
     decode kernel, a programmatic dependent launch) may start now; it waits for this one before reading.
+    USE_GDC: this kernel is such a launch itself (``kernels.pdl``) and waits before it reads x.
     CHUNK (per-token scales only, 0: off): the program walks its rows CHUNK columns at a time, twice (the
     absmax, then the codes, the second read from the caches) instead of holding the whole row padded to a
     power of two. PROLOGUE (``_load``): 1 also writes the normalised rows to ``normed_ptr`` (x's layout)."""
-    if LAUNCH_DEPENDENTS:
-        tl.extra.cuda.gdc_launch_dependents()
+    launch_dependents(LAUNCH_DEPENDENTS)
+    wait_for_producer(USE_GDC)
     pid_m = tl.program_id(0)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
@@ -422,6 +424,7 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
     # The rotation dots in x's half dtype (exact products, fp32 sums), except under the
     # interpreter, whose bfloat16 dot is wrong.
     dot_f32 = x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16)
+    pdl = uses_pdl(x.device, "act_quant")
     launch = dict(
         clip_ratio=clip_ratio, max_value=element_named(element).max_value, eps=eps,
         inv_sqrt_b=hadamard_block ** -0.5 if hadamard_block else 1.0,
@@ -429,7 +432,8 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
         HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
         ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes,
         DP4A_FOR={None: 0, "int4": 1, "e2m1": 2}[dp4a_for], BLOCK_K=block_k,
-        LAUNCH_DEPENDENTS=dp4a_for is not None and uses_pdl(x.device), PROLOGUE=prologue,
+        LAUNCH_DEPENDENTS=pdl or (dp4a_for is not None and uses_pdl(x.device, "gemv")), USE_GDC=pdl,
+        PROLOGUE=prologue, **({"launch_pdl": True} if pdl else {}),
     )
     m_bucket = min(triton.next_power_of_2(max(m, 1)), 4096)
     args = (x, h, x if norm_weight is None else norm_weight, x if normed is None else normed, codes_out, scales,

@@ -32,6 +32,7 @@ import triton.language as tl
 from triton.language.standard import _elementwise_max, _sum_combine
 
 from .fpx_gemm import _decode
+from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import PACKED_KV_ELEMENTS, PackedOperand
 from .rounding import _round_to_bf16
 from .w4a4_gemm import _unpack, code_operand
@@ -90,8 +91,12 @@ def _partial_kernel(
     D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, DOT_F32: tl.constexpr,
     PACKED: tl.constexpr, K_ELEMENT: tl.constexpr, V_ELEMENT: tl.constexpr, K_GROUP: tl.constexpr,
     V_GROUP: tl.constexpr, K_ZERO: tl.constexpr, V_ZERO: tl.constexpr, ROUND_BF16: tl.constexpr,
+    USE_GDC: tl.constexpr,
 ):
-    """K and V (PACKED) as codes, their scales and zero points under ``*_scale_ptr``, ``*_zero_ptr``."""
+    """K and V (PACKED) as codes, their scales and zero points under ``*_scale_ptr``, ``*_zero_ptr``.
+    USE_GDC: a programmatic dependent launch (``kernels.pdl``)."""
+    launch_dependents(USE_GDC)
+    wait_for_producer(USE_GDC)
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
     b = pid_bh // H_KV
@@ -146,8 +151,10 @@ def _partial_kernel(
 
 @triton.jit
 def _combine_kernel(acc_ptr, ml_ptr, out_ptr, G, n_splits, D: tl.constexpr, BLOCK_G: tl.constexpr,
-                    BLOCK_S: tl.constexpr):
+                    BLOCK_S: tl.constexpr, USE_GDC: tl.constexpr):
     """One program per query row: all its slices' partials loaded at once and weighed in one pass."""
+    launch_dependents(USE_GDC)
+    wait_for_producer(USE_GDC)
     pid = tl.program_id(0)  # (sequence, K/V head) * G + query row: also the row of the (B, Hkv, G, D) output
     g = pid % G
     s = tl.arange(0, BLOCK_S)
@@ -208,6 +215,7 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
     ml = torch.empty((batch * heads_kv * n_splits * block_g, 2), dtype=torch.float32, device=q.device)
     out = torch.empty((batch, heads_kv, groups, dim), dtype=q.dtype, device=q.device)
     dot_f32 = q.dtype == torch.float32 or INTERPRET
+    pdl = pdl_flags(q.device, "attention")
     k_scale, k_zero, k_element, k_group, k_has_zero = key_parameters
     v_scale, v_zero, v_element, v_group, v_has_zero = value_parameters
     _partial_kernel[(batch * heads_kv, n_splits)](
@@ -217,8 +225,8 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         value.stride(0), value.stride(1), value.stride(2), 0 if mask is None or mask.shape[0] == 1 else mask.stride(0),
         D=dim, BLOCK_G=block_g, BLOCK_N=BLOCK_N, HAS_MASK=mask is not None, DOT_F32=dot_f32, PACKED=packed,
         K_ELEMENT=k_element, V_ELEMENT=v_element, K_GROUP=k_group, V_GROUP=v_group, K_ZERO=k_has_zero,
-        V_ZERO=v_has_zero, ROUND_BF16=packed and q.dtype == torch.bfloat16 and INTERPRET, num_warps=4,
+        V_ZERO=v_has_zero, ROUND_BF16=packed and q.dtype == torch.bfloat16 and INTERPRET, num_warps=4, **pdl,
     )
     _combine_kernel[(batch * heads_kv * groups,)](acc, ml, out, groups, n_splits, D=dim, BLOCK_G=block_g,
-                                                  BLOCK_S=triton.next_power_of_2(n_splits), num_warps=4)
+                                                  BLOCK_S=triton.next_power_of_2(n_splits), num_warps=4, **pdl)
     return out

@@ -25,6 +25,7 @@ from .act_quant import _divide, _encode, _rint
 # The packed elements' kernel ids, as the decode-attention kernel reads them: int4 (symmetric, two's complement),
 # uint4 (asymmetric: the code is the level, under a zero point), e2m1 (symmetric).
 from .flash_decode import ELEMENT_IDS
+from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import packed_kv_element
 
 ROWS_PER_PROGRAM = 8
@@ -71,9 +72,12 @@ def _kv4_write_kernel(
     k_ptr, v_ptr, pos_ptr, k_codes_ptr, k_scale_ptr, k_zero_ptr, v_codes_ptr, v_scale_ptr, v_zero_ptr,
     n_rows, T, H, L, k_stride_b, k_stride_h, k_stride_t, v_stride_b, v_stride_h, v_stride_t, k_clip, v_clip,
     k_max, v_max, D: tl.constexpr, K_ELEMENT: tl.constexpr, V_ELEMENT: tl.constexpr, K_GROUP: tl.constexpr,
-    V_GROUP: tl.constexpr, BLOCK_R: tl.constexpr,
+    V_GROUP: tl.constexpr, BLOCK_R: tl.constexpr, USE_GDC: tl.constexpr,
 ):
-    """Axis 0: blocks of BLOCK_R rows; axis 1: 0 writes K, 1 writes V."""
+    """Axis 0: blocks of BLOCK_R rows; axis 1: 0 writes K, 1 writes V. USE_GDC: a programmatic dependent launch
+    (``kernels.pdl``)."""
+    launch_dependents(USE_GDC)
+    wait_for_producer(USE_GDC)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     if tl.program_id(1) == 0:
         _write_rows(k_ptr, k_stride_b, k_stride_h, k_stride_t, pos_ptr, k_codes_ptr, k_scale_ptr, k_zero_ptr,
@@ -135,7 +139,7 @@ def write_kv4_triton(key: torch.Tensor, value: torch.Tensor, positions: torch.Te
         value.stride(0), value.stride(1), value.stride(2), key_clip, value_clip,
         packed_kv_element(key_element).max_value, packed_kv_element(value_element).max_value, D=dim,
         K_ELEMENT=ELEMENT_IDS[key_element], V_ELEMENT=ELEMENT_IDS[value_element], K_GROUP=dim // k_scale.shape[-1],
-        V_GROUP=dim // v_scale.shape[-1], BLOCK_R=ROWS_PER_PROGRAM, num_warps=4,
+        V_GROUP=dim // v_scale.shape[-1], BLOCK_R=ROWS_PER_PROGRAM, num_warps=4, **pdl_flags(key.device, "kv_write"),
         # No multiply-add contraction: a clipped zero-point range (hi - lo, each a product with the clip ratio)
         # fused into one FMA rounded differently from the twin's, a scale an ulp off in a fifth of the groups
         # on the H200 (benchmarks/results/kernel_check_decode_fused_h200.md).

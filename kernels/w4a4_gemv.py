@@ -28,22 +28,20 @@ W4A4KV4 decode step 1.14-1.19 ms instead of 1.25 ms
 BLOCK_N weight rows; rows per program, words per step, warps and stages are autotuned per
 shape on a GPU.
 
-On Hopper the kernel is launched as a programmatic dependent launch (PDL): its programs may
-start while the kernel before them in the stream (the activation kernel, which lets them,
-``act_quant``) still runs, read what no earlier kernel writes (the weight words; the
-prefetching configs load their first step) and wait (``gdc_wait``) before the first read of
-the activation bytes and any store.
+On Hopper the kernel is launched as a programmatic dependent launch (``kernels.pdl``): its
+programs may start while the kernel before them in the stream (the activation kernel) still
+runs, read what no earlier kernel writes (the weight words; the prefetching configs load
+their first step) and wait before the first read of the activation bytes and any store.
 """
 
 from __future__ import annotations
-
-from functools import lru_cache
 
 import torch
 import triton
 import triton.language as tl
 from triton.language.standard import _sum_combine
 
+from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import check_dp4a_args, check_out
 from .rounding import _round_to_dtype
 
@@ -170,14 +168,6 @@ def _products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, USE_ASM: tl
 
 
 @triton.jit
-def _wait_for_producer(USE_GDC: tl.constexpr):
-    """Under programmatic dependent launch, wait until the kernels before this one have finished and their
-    writes are visible (a no-op otherwise)."""
-    if USE_GDC:
-        tl.extra.cuda.gdc_wait()
-
-
-@triton.jit
 def _folded_products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, USE_ASM: tl.constexpr,
                      FOLD: tl.constexpr):
     """``_products`` into an accumulator of 1/FOLD the words: each step's sums over FOLD neighbouring words
@@ -202,6 +192,7 @@ def _w4a4_gemv_kernel(
     """a: the activation rows' dp4a bytes as int32 words (row r: KW words of the first plane, then KW of the
     second); w: the packed weight rows as int32 words (8 codes each). HAS_RESIDUAL: the product, rounded to
     the output dtype, plus the residual rows, rounded again (an HF layer's ``residual + linear(x)``)."""
+    launch_dependents(USE_GDC)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -217,11 +208,11 @@ def _w4a4_gemv_kernel(
         if PREFETCH:  # the next step's words are in flight during this step's arithmetic
             all_ok = (offs_w < KW)[None, :]
             w_words = tl.load(w_ptrs, mask=n_ok[:, None] & all_ok, other=0)
-            _wait_for_producer(USE_GDC)  # the weights need no waiting: nothing in this stream writes them
+            wait_for_producer(USE_GDC)  # the weights need no waiting: nothing in this stream writes them
             a_first = tl.load(a_ptrs, mask=all_ok, other=0)
             a_second = tl.load(a_ptrs + KW, mask=all_ok, other=0)
         else:
-            _wait_for_producer(USE_GDC)
+            wait_for_producer(USE_GDC)
         for start in tl.range(0, KW, BLOCK_KW, num_stages=LOOP_STAGES):
             if PREFETCH:
                 next_ok = (offs_w < KW - start - BLOCK_KW)[None, :]
@@ -241,7 +232,7 @@ def _w4a4_gemv_kernel(
     else:
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_w[None, :]
         acc3 = tl.full((BLOCK_M, BLOCK_N, BLOCK_KW), 0, tl.int32)
-        _wait_for_producer(USE_GDC)
+        wait_for_producer(USE_GDC)
         for start in tl.range(0, KW, BLOCK_KW, num_stages=LOOP_STAGES):
             w_ok = offs_w < KW - start
             a_mask = m_ok[:, None] & w_ok[None, :]
@@ -290,17 +281,6 @@ _gemv_autotuned = triton.autotune(
     key=["M_BUCKET", "N", "KW", "W_INT4", "BLOCK_M"],
     prune_configs_by=dict(early_config_prune=prune_decode_configs),
 )(_w4a4_gemv_kernel)
-
-
-@lru_cache(maxsize=None)
-def _pdl_capable(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
-def uses_pdl(device: torch.device) -> bool:
-    """Whether kernels on ``device`` launch as programmatic dependent launches: compiled, on Hopper or later."""
-    return not INTERPRET and device.type == "cuda" and _pdl_capable(device.index if device.index is not None
-                                                                    else torch.cuda.current_device())
 
 
 def gemv_fits(m: int, k: int, a_group: int, w_group: int) -> bool:
@@ -354,10 +334,9 @@ def w4a4_gemv_triton(
             residual if residual is not None else out, out,
             m, n, k // 8, block_m, a_words.stride(0), w_words.stride(0), a_scale.stride(0), w_scale.stride(0),
             out.stride(0), 0 if residual is None else residual.stride(0), unit)
-    pdl = uses_pdl(a_bytes.device)
     flags = dict(W_INT4=w_element == "int4", HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
                  USE_ASM=not INTERPRET, ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16,
-                 BLOCK_M=block_m, USE_GDC=pdl, **({"launch_pdl": True} if pdl else {}))
+                 BLOCK_M=block_m, **pdl_flags(a_bytes.device, "gemv"))
     if config is not None:
         fixed = {"FOLD": 1, "LOOP_STAGES": 1, **config.kwargs}
         if fixed["FOLD"] > 1 and block_m > 1:

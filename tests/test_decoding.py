@@ -202,3 +202,22 @@ def test_decode_profile_lists_the_autotuned_configs(monkeypatch):
     prefill = markdown({"config": "llama-3-8b", "batch": 1, "seqlen": 8, "device": "cpu", "date": "", "versions": {},
                         "command": "", "prefill": True, "rows": [row]}, top=5)
     assert prefill.startswith("# Prefill profile") and "forward 10 us, kernels 8 us" in prefill
+
+
+def test_recorded_commands_carry_the_pdl_setting(monkeypatch):
+    from benchmarks.result_files import command_line
+
+    monkeypatch.delenv("PTQ_PDL", raising=False)
+    assert command_line("decode_profile.py", ["--compile"]) == "python benchmarks/decode_profile.py --compile"
+    monkeypatch.setenv("PTQ_PDL", "gemv")
+    assert (command_line("bench_model.py", ["--modes", "bf16"])
+            == "PTQ_PDL=gemv python benchmarks/bench_model.py --modes bf16")
+
+
+def test_pdl_check_needs_a_gpu(tmp_path):
+    from benchmarks.pdl_check import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(SystemExit, match="no CUDA device: programmatic dependent launch exists only on a GPU"):
+        main(["--out", str(tmp_path / "check")])

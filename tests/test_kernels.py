@@ -519,10 +519,36 @@ def test_gemv_with_a_fixed_config_equals_twin(prefetch, fold, stages):
 
 
 def test_programmatic_dependent_launch_is_for_compiled_kernels_on_a_gpu():
-    """The interpreter and the CPU launch the decode kernel plainly (its gdc_wait is compiled out)."""
-    from kernels import w4a4_gemv
+    """The interpreter and the CPU launch the decode kernels plainly (their gdc calls are compiled out)."""
+    from kernels import pdl
 
-    assert not w4a4_gemv.uses_pdl(torch.device("cpu"))
+    for kernel in pdl.PDL_KERNELS:
+        assert not pdl.uses_pdl(torch.device("cpu"), kernel)
+    assert pdl.pdl_flags(torch.device("cpu"), "gemv") == {"USE_GDC": False}
+
+
+@pytest.mark.parametrize("mode, kernels", [("all", {"act_quant", "gemv", "kv_write", "attention"}),
+                                           ("gemv", {"gemv"}), ("off", set())])
+def test_ptq_pdl_chooses_the_kernels_launched_as_pdl(monkeypatch, mode, kernels):
+    from kernels import pdl
+
+    monkeypatch.setattr(pdl, "INTERPRET", False)
+    monkeypatch.setattr(pdl, "_pdl_capable", lambda index: True)
+    monkeypatch.setenv("PTQ_PDL", mode)
+    cuda = torch.device("cuda", 0)
+    assert {kernel for kernel in pdl.PDL_KERNELS if pdl.uses_pdl(cuda, kernel)} == kernels
+    assert pdl.pdl_flags(cuda, "gemv") == ({"USE_GDC": True, "launch_pdl": True} if kernels else {"USE_GDC": False})
+
+
+def test_ptq_pdl_refuses_an_unknown_mode_or_kernel(monkeypatch):
+    from kernels import pdl
+
+    monkeypatch.setenv("PTQ_PDL", "yes")
+    with pytest.raises(ValueError, match=r"PTQ_PDL='yes': choose one of all, gemv, off"):
+        pdl.uses_pdl(torch.device("cpu"), "gemv")
+    monkeypatch.delenv("PTQ_PDL")
+    with pytest.raises(ValueError, match=r"unknown kernel 'gemm': choose one of act_quant"):
+        pdl.uses_pdl(torch.device("cpu"), "gemm")
 
 
 def test_gemv_refuses_a_folded_config_for_several_rows():
