@@ -47,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", type=int, default=512, help="prompt tokens (random ids)")
     p.add_argument("--steps", type=int, default=64, help="greedy tokens decoded")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--modes", default="all,all", help="comma list of the PTQ_PDL modes to compare with off, in "
+                                                      "order (default all,all: a race need not show every time)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
+    modes = args.modes.split(",")
+    if set(modes) - set(PDL_MODES):
+        p.error(f"unknown modes {sorted(set(modes) - set(PDL_MODES))} in --modes: choose from {', '.join(PDL_MODES)}")
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: programmatic dependent launch exists only on a GPU (Hopper or later)")
     device = torch.device("cuda")
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
               "command": command_line("pdl_check.py", argv if argv is not None else sys.argv[1:]),
               "runs": []}
     want_tokens, want_buffers = decode(model, ids, args.steps, "off")
-    for mode in [m for m in PDL_MODES if m != "off"] * 2:  # twice: a race need not show every time
+    for mode in modes:
         tokens, buffers = decode(model, ids, args.steps, mode)
         differ = [i for i, (a, b) in enumerate(zip(buffers, want_buffers)) if not torch.equal(a, b)]
         run = {"mode": mode, "tokens_equal": torch.equal(tokens, want_tokens),

@@ -221,3 +221,11 @@ def test_pdl_check_needs_a_gpu(tmp_path):
         pytest.skip("this machine has a CUDA device")
     with pytest.raises(SystemExit, match="no CUDA device: programmatic dependent launch exists only on a GPU"):
         main(["--out", str(tmp_path / "check")])
+
+
+def test_pdl_check_refuses_an_unknown_mode(tmp_path, capsys):
+    from benchmarks.pdl_check import main
+
+    with pytest.raises(SystemExit):
+        main(["--modes", "all,some", "--out", str(tmp_path / "check")])
+    assert "unknown modes ['some'] in --modes: choose from all, gemv, off" in capsys.readouterr().err
