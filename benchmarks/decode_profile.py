@@ -134,7 +134,10 @@ def markdown(result: dict, top: int) -> str:
              else f"# Decode step profile: {shape}, after {result['seqlen']} tokens")
     what = ("One eager prefill forward (no cache), as bench_model times it; a 'step' is one forward; kernel GPU "
             "time from torch.profiler, per forward." if prefill
-            else "One CUDA-graph decode step, replayed; kernel GPU time from torch.profiler, per step.")
+            else "One CUDA-graph decode step, replayed; kernel GPU time from torch.profiler, per step. A kernel "
+                 "launched as a programmatic dependent launch (kernels.pdl, PTQ_PDL) starts before the one it "
+                 "follows ends, and its time includes that wait: such kernels' times overlap, and their sum can "
+                 "exceed the step (negative gaps).")
     lines = [title, "", f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
              f"Command: `{result['command']}`", "", what, ""]
     for row in result["rows"]:
