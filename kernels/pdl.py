@@ -9,9 +9,9 @@ before it still runs, once every program of that one has signalled ``launch_depe
 decode product loads its first weight words) and waits (``wait_for_producer``) until the
 kernels before it have finished and their writes are visible.
 
-Every kernel launched this way waits in every program before it reads any input or writes
-anything, so its end implies its producer's end: a kernel after it in the stream, launched
-as PDL or not, sees the writes of all kernels before it.
+Every kernel launched this way waits in every program before it reads anything another kernel
+writes and before it writes anything, so its end implies its producer's end: a kernel after it
+in the stream, launched as PDL or not, sees the writes of all kernels before it.
 
 ``PTQ_PDL`` chooses the kernels: ``all`` (default) the activation quantization, the decode
 product, the K/V write and both attention kernels; ``gemv`` only the decode product after
