@@ -140,3 +140,18 @@ def test_kernel_check_runs_the_fused_decode_checks(tmp_path):
     assert main(["--cpu_dry_run", "--only", "fused_decode", "--out", prefix]) == 0
     table = open(prefix + ".md").read()
     assert table.count("| fused decode |") == 4 and "4 checks, 0 failed." in table
+
+
+def test_kernel_check_bound_keeps_the_products_own_rounding():
+    """A bfloat16 product an ulp off the twin's, mostly cancelled by its residual: an ulp of the product, not of
+    the sum, is what the rounding allows; twice the product's ulp off the sum's bound stays a failure."""
+    from benchmarks.kernel_check import close
+
+    product = torch.tensor([1.0, 8.0], dtype=torch.bfloat16)
+    residual = torch.tensor([0.5, -7.75], dtype=torch.bfloat16)
+    want = residual + product  # 1.5, 0.25
+    ulp_off = residual + torch.tensor([1.0, 8.0625], dtype=torch.bfloat16)  # the product's neighbour above 8
+    assert not close(ulp_off, want)[0]
+    assert close(ulp_off, want, rounded_before=product)[0]
+    far_off = residual + torch.tensor([1.0, 8.125], dtype=torch.bfloat16)
+    assert not close(far_off, want, rounded_before=product)[0]
