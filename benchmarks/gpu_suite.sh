@@ -124,7 +124,7 @@ for section in "$@"; do
       step "${LIMIT_PROFILE:-90}" profile_prefetch env PTQ_L2_PREFETCH=1 python benchmarks/decode_profile.py \
         --compile --modes w4a4kv4 --out "$OUT/decode_profile_compiled_l2_prefetch_llama3_8b_h200"
       step "${LIMIT_PROFILE:-90}" profile_plain python benchmarks/decode_profile.py --compile --modes w4a4kv4 \
-        --out "$OUT/decode_profile_compiled_pdl_all_llama3_8b_h200" ;;
+        --out "$OUT/decode_profile_compiled_l2_prefetch_control_llama3_8b_h200" ;;
     roundtrip)
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
