@@ -41,7 +41,7 @@ from transforms.hadamard import sylvester_hadamard
 from .reference import PROLOGUES, check_activation_args, check_prologue_args
 from .rounding import _round_to_bf16, _round_to_dtype
 from .w4a4_gemm import code_operand
-from .pdl import launch_dependents, uses_pdl, wait_for_producer
+from .pdl import launch_dependents, pdl_flags, uses_pdl, wait_for_producer
 from .w4a4_gemv import _code_values
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
@@ -424,7 +424,7 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
     # The rotation dots in x's half dtype (exact products, fp32 sums), except under the
     # interpreter, whose bfloat16 dot is wrong.
     dot_f32 = x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16)
-    pdl = uses_pdl(x.device, "act_quant")
+    pdl = pdl_flags(x.device, "act_quant")
     launch = dict(
         clip_ratio=clip_ratio, max_value=element_named(element).max_value, eps=eps,
         inv_sqrt_b=hadamard_block ** -0.5 if hadamard_block else 1.0,
@@ -432,8 +432,8 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
         HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
         ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes,
         DP4A_FOR={None: 0, "int4": 1, "e2m1": 2}[dp4a_for], BLOCK_K=block_k,
-        LAUNCH_DEPENDENTS=pdl or (dp4a_for is not None and uses_pdl(x.device, "gemv")), USE_GDC=pdl,
-        PROLOGUE=prologue, **({"launch_pdl": True} if pdl else {}),
+        LAUNCH_DEPENDENTS=pdl["USE_GDC"] or (dp4a_for is not None and uses_pdl(x.device, "gemv")),
+        PROLOGUE=prologue, **pdl,
     )
     m_bucket = min(triton.next_power_of_2(max(m, 1)), 4096)
     args = (x, h, x if norm_weight is None else norm_weight, x if normed is None else normed, codes_out, scales,

@@ -96,11 +96,11 @@ def wait_for_producer(USE_GDC: tl.constexpr):
 
 
 @triton.jit
-def prefetch_l2(ptr, nbytes, ENABLED: tl.constexpr):
+def prefetch_l2(ptr, nbytes):
     """Ask L2 for ``nbytes`` bytes from ``ptr`` (both multiples of 16) in one bulk request (Hopper's
-    ``cp.async.bulk.prefetch.L2``), issued by the program's first thread; nothing waits for it."""
-    if ENABLED:
-        tl.inline_asm_elementwise(
-            "{ .reg .pred first; .reg .u32 thread; mov.u32 thread, %tid.x; setp.eq.u32 first, thread, 0; "
-            "@first cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-            "=r,l,r", [ptr, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+    ``cp.async.bulk.prefetch.L2``; compiled kernels only), issued by the program's first thread; nothing waits
+    for it."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred first; .reg .u32 thread; mov.u32 thread, %tid.x; setp.eq.u32 first, thread, 0; "
+        "@first cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [ptr, nbytes], dtype=tl.int32, is_pure=False, pack=1)

@@ -198,7 +198,7 @@ def _w4a4_gemv_kernel(
         for r in tl.static_range(BLOCK_N):
             row = tl.program_id(0) * BLOCK_N + r
             if row < N:
-                prefetch_l2(w_ptr + row * stride_wn, KW * 4, L2_PREFETCH)
+                prefetch_l2(w_ptr + row * stride_wn, KW * 4)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
