@@ -13,6 +13,8 @@ and gate/up fused, as a loaded checkpoint does. Modes:
 * ``w4a4``: INT4 weights per channel, INT4 activations per token (W4A4 GEMM);
 * ``w4a4kv4``: ``w4a4`` with K/V quantized to INT4 per head (V asymmetric), decoding from
   the packed KV4 cache (decode steps read its codes in the attention kernel);
+* ``w4a4kv4_head``: ``w4a4kv4`` with lm_head W4A4 too (``--quantize_lm_head``; QuaRot and
+  FlatQuant keep it in 16 bits, so it is a mode of its own);
 * ``fp6`` / ``fp5``: E3M2 / E2M2 weight-only on the FPx kernel.
 
 Prefill: one forward over ``batch x seqlen`` tokens without a cache, timed eagerly (Python
@@ -43,6 +45,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -75,15 +78,30 @@ CONFIGS = {
                          num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, rope_theta=100000.0,
                          tie_word_embeddings=True),
 }
-# mode -> (weight scheme, activation scheme or None, KV4)
+
+
+@dataclass(frozen=True)
+class BenchMode:
+    """What a mode quantizes: the decoder linears' weight scheme (None: bf16) and activation scheme (None:
+    weight-only), whether K/V decode from the packed KV4 cache, and whether lm_head is quantized as the
+    decoder linears are (``--quantize_lm_head``)."""
+
+    weight: RealQuantScheme | None = None
+    act: RealQuantScheme | None = None
+    kv4: bool = False
+    lm_head: bool = False
+
+
+INT4 = RealQuantScheme("int4")
 MODES = {
-    "bf16": (None, None, False),
-    "bf16_eager": (None, None, False),
-    "w4a16": (RealQuantScheme("e2m1"), None, False),
-    "w4a4": (RealQuantScheme("int4"), RealQuantScheme("int4"), False),
-    "w4a4kv4": (RealQuantScheme("int4"), RealQuantScheme("int4"), True),
-    "fp6": (RealQuantScheme("e3m2", bits=6), None, False),
-    "fp5": (RealQuantScheme("e2m2", bits=5), None, False),
+    "bf16": BenchMode(),
+    "bf16_eager": BenchMode(),
+    "w4a16": BenchMode(RealQuantScheme("e2m1")),
+    "w4a4": BenchMode(INT4, INT4),
+    "w4a4kv4": BenchMode(INT4, INT4, kv4=True),
+    "w4a4kv4_head": BenchMode(INT4, INT4, kv4=True, lm_head=True),
+    "fp6": BenchMode(RealQuantScheme("e3m2", bits=6)),
+    "fp5": BenchMode(RealQuantScheme("e2m2", bits=5)),
 }
 # Modes on another attention implementation than SDPA.
 ATTENTION = {"bf16_eager": "eager"}
@@ -125,16 +143,19 @@ def build_model(config, mode: str, device: torch.device, seed: int = 0) -> nn.Mo
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
                                                  attn_implementation=ATTENTION.get(mode, "sdpa")).eval()
     use_grouped_decode_attention(model)  # every SDPA mode, bf16 included: no K/V copies per query head
-    weight, act, kv4 = MODES[mode]
+    bench_mode = MODES[mode]
+    weight, act = bench_mode.weight, bench_mode.act
     adapter = adapter_for(config)
     generator = torch.Generator(device=device).manual_seed(seed)
     if weight is not None:
         for layer in adapter.decoder_layers(model):
             for name in adapter.linear_names():
                 layer.set_submodule(name, random_real_linear(layer.get_submodule(name), weight, act, generator))
+        if bench_mode.lm_head:  # a new module: tied embeddings keep their own weight
+            model.lm_head = random_real_linear(adapter.lm_head(model), weight, act, generator)
         fuse_shared_input_linears(model)  # as load_quantized does: q/k/v and gate/up run as one,
         fuse_decoder_layers(model)  # and decode-sized layers in fewer launches
-    if kv4:
+    if bench_mode.kv4:
         head_dim = adapter.head_dim(config)
         install_kv_quantization(model, [adapter.attention(layer) for layer in adapter.decoder_layers(model)],
                                 Quantizer(KV4[0], head_dim), Quantizer(KV4[1], head_dim))
@@ -147,7 +168,7 @@ def model_bytes(model: nn.Module) -> int:
 
 
 def new_cache(model: nn.Module, mode: str):
-    return PackedKVCache(model) if MODES[mode][2] else DynamicCache(config=model.config)
+    return PackedKVCache(model) if MODES[mode].kv4 else DynamicCache(config=model.config)
 
 
 @torch.no_grad()
@@ -169,7 +190,7 @@ def graph_decode_tokens_per_s(model, mode: str, batch: int, seqlen: int, steps: 
     """Greedy decode with a static cache (packed for KV4), each step one replay of a captured CUDA graph
     (of the ``torch.compile``d step with ``compile``)."""
     ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), device=device)
-    decoder = StaticDecoder(model, ids, steps, kv4=MODES[mode][2], compile=compile)
+    decoder = StaticDecoder(model, ids, steps, kv4=MODES[mode].kv4, compile=compile)
     decoder.capture()
     _sync(device)
     start = time.perf_counter()

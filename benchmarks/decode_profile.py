@@ -77,7 +77,7 @@ def profile_mode(config, mode: str, batch: int, seqlen: int, steps: int, device:
     model = build_model(config, mode, device)
     torch._dynamo.reset()
     ids = torch.randint(0, config.vocab_size, (batch, seqlen), device=device)
-    decoder = StaticDecoder(model, ids, steps * 2 + 4, kv4=MODES[mode][2], compile=compile,
+    decoder = StaticDecoder(model, ids, steps * 2 + 4, kv4=MODES[mode].kv4, compile=compile,
                             inductor_options=inductor_options)
     started = time.perf_counter()
     decoder.capture()

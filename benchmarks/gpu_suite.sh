@@ -30,9 +30,8 @@
 #   act_quant  the activation kernel against a device copy at prefill sizes (every format, checked against its twin),
 #              then the activation and E4M3-code checks of kernel_check (issue 9)
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
-#   l2_prefetch  the decode kernel's early programs asking L2 for their weights (PTQ_L2_PREFETCH=1): tokens and
-#              K/V caches against PTQ_PDL=off, the fused-decode kernel checks, bf16 / W4A4KV4 decode at batch 1,
-#              and a compiled W4A4KV4 step profiled with and without the prefetch (issue 10)
+#   lm_head    bf16 / W4A4KV4 / W4A4KV4 with a W4A4 lm_head compiled CUDA-graph decode at batch 1, the last step
+#              profiled, then the fused-decode kernel checks (issue 10)
 # Each step has its own time limit (LIMIT_<SECTION>, seconds) so that one slow step leaves the others their
 # turn; every script writes its files as it goes, so a step that runs out still leaves its partial tables.
 set -uo pipefail
@@ -113,22 +112,18 @@ for section in "$@"; do
         --shapes 2048x4096,8192x4096,2048x14336,8192x14336 --out "$OUT/act_quant_h200"
       step "${LIMIT_ACT_CHECK:-250}" kernel_check_act python benchmarks/kernel_check.py --only act,fp8_codes \
         --out "$OUT/kernel_check_act_h200" ;;
-    l2_prefetch)
-      step "${LIMIT_PDL:-130}" pdl_check env PTQ_L2_PREFETCH=1 python benchmarks/pdl_check.py --config llama-3-8b \
-        --layers 4 --steps 64 --out "$OUT/pdl_check_l2_prefetch_llama3_8b_4layers_h200"
-      step "${LIMIT_CHECK:-90}" kernel_check python benchmarks/kernel_check.py --only fused_decode \
-        --out "$OUT/kernel_check_fused_decode_h200"
-      step "${LIMIT_BENCH:-170}" bench_model env PTQ_L2_PREFETCH=1 python benchmarks/bench_model.py --random_mode \
-        --config llama-3-8b --modes bf16,w4a4kv4 --prefill_batches "" --decode_batches 1 --decode_tokens 128 \
-        --compile --no_eager --out "$OUT/bench_model_decode_compiled_l2_prefetch_llama3_8b_h200"
-      step "${LIMIT_PROFILE:-90}" profile_prefetch env PTQ_L2_PREFETCH=1 python benchmarks/decode_profile.py \
-        --compile --modes w4a4kv4 --out "$OUT/decode_profile_compiled_l2_prefetch_llama3_8b_h200"
-      step "${LIMIT_PROFILE:-90}" profile_plain python benchmarks/decode_profile.py --compile --modes w4a4kv4 \
-        --out "$OUT/decode_profile_compiled_l2_prefetch_control_llama3_8b_h200" ;;
+    lm_head)
+      step "${LIMIT_BENCH:-240}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
+        --modes bf16,w4a4kv4,w4a4kv4_head --prefill_batches "" --decode_batches 1 --decode_tokens 128 --compile \
+        --no_eager --out "$OUT/bench_model_decode_compiled_lm_head_llama3_8b_h200"
+      step "${LIMIT_PROFILE:-90}" profile python benchmarks/decode_profile.py --compile --modes w4a4kv4_head \
+        --out "$OUT/decode_profile_compiled_lm_head_llama3_8b_h200"
+      step "${LIMIT_CHECK:-240}" kernel_check python benchmarks/kernel_check.py --only fused_decode \
+        --out "$OUT/kernel_check_fused_decode_h200" ;;
     roundtrip)
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, lm_head, roundtrip" >&2; exit 2 ;;
   esac
 done

@@ -16,7 +16,7 @@ def write_result_files(prefix: str, data, markdown: str) -> None:
 
 
 # Environment variables that change what a benchmark measures: a recorded command carries them.
-MEASURED_ENV = ("PTQ_PDL", "PTQ_L2_PREFETCH")
+MEASURED_ENV = ("PTQ_PDL",)
 
 
 def command_line(script: str, argv: list[str]) -> str:

@@ -17,13 +17,6 @@ in the stream, launched as PDL or not, sees the writes of all kernels before it.
 product, the K/V write and both attention kernels; ``gemv`` only the decode product after
 the activation kernel (run 8's arrangement, ``benchmarks/results/end_to_end_h200.md``);
 ``off`` none. Under the interpreter and on the CPU nothing launches this way.
-
-Programs of a kernel launched this way can start long before they may proceed: in a decode
-step the kernels after a non-PDL one start one after another (each lets the next start at its
-own start), so a layer's decode product can have programs waiting through its attention. With
-``PTQ_L2_PREFETCH=1`` each program of the decode product asks L2 for its whole weight slice
-before it waits (``prefetch_l2``), turning the idle memory bandwidth of the short kernels
-before it into weight reads.
 """
 
 from __future__ import annotations
@@ -65,15 +58,6 @@ def uses_pdl(device: torch.device, kernel: str) -> bool:
                                                                     else torch.cuda.current_device())
 
 
-def l2_prefetch() -> bool:
-    """``PTQ_L2_PREFETCH`` (``0`` default, or ``1``), checked: whether the decode product's early programs ask
-    L2 for their weights before they wait."""
-    value = os.environ.get("PTQ_L2_PREFETCH", "0")
-    if value not in ("0", "1"):
-        raise ValueError(f"PTQ_L2_PREFETCH={value!r}: choose 0 or 1")
-    return value == "1"
-
-
 def pdl_flags(device: torch.device, kernel: str) -> dict:
     """The launch's ``USE_GDC`` flag, and ``launch_pdl`` when it is set."""
     pdl = uses_pdl(device, kernel)
@@ -93,14 +77,3 @@ def wait_for_producer(USE_GDC: tl.constexpr):
     writes are visible (a no-op otherwise)."""
     if USE_GDC:
         tl.extra.cuda.gdc_wait()
-
-
-@triton.jit
-def prefetch_l2(ptr, nbytes):
-    """Ask L2 for ``nbytes`` bytes from ``ptr`` (both multiples of 16) in one bulk request (Hopper's
-    ``cp.async.bulk.prefetch.L2``; compiled kernels only), issued by the program's first thread; nothing waits
-    for it."""
-    tl.inline_asm_elementwise(
-        "{ .reg .pred first; .reg .u32 thread; mov.u32 thread, %tid.x; setp.eq.u32 first, thread, 0; "
-        "@first cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
-        "=r,l,r", [ptr, nbytes], dtype=tl.int32, is_pure=False, pack=1)

@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from triton.language.standard import _sum_combine
 
-from .pdl import l2_prefetch, launch_dependents, pdl_flags, prefetch_l2, wait_for_producer
+from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import check_dp4a_args, check_out
 from .rounding import _round_to_dtype
 
@@ -187,18 +187,12 @@ def _w4a4_gemv_kernel(
     W_INT4: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr,
     ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, PREFETCH: tl.constexpr,
-    FOLD: tl.constexpr, USE_GDC: tl.constexpr, LOOP_STAGES: tl.constexpr, L2_PREFETCH: tl.constexpr,
+    FOLD: tl.constexpr, USE_GDC: tl.constexpr, LOOP_STAGES: tl.constexpr,
 ):
     """a: the activation rows' dp4a bytes as int32 words (row r: KW words of the first plane, then KW of the
     second); w: the packed weight rows as int32 words (8 codes each). HAS_RESIDUAL: the product, rounded to
-    the output dtype, plus the residual rows, rounded again (an HF layer's ``residual + linear(x)``).
-    L2_PREFETCH: before it waits, the program asks L2 for each of its weight rows (``kernels.pdl``)."""
+    the output dtype, plus the residual rows, rounded again (an HF layer's ``residual + linear(x)``)."""
     launch_dependents(USE_GDC)
-    if L2_PREFETCH:
-        for r in tl.static_range(BLOCK_N):
-            row = tl.program_id(0) * BLOCK_N + r
-            if row < N:
-                prefetch_l2(w_ptr + row * stride_wn, KW * 4)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -289,14 +283,6 @@ _gemv_autotuned = triton.autotune(
 )(_w4a4_gemv_kernel)
 
 
-def prefetches_weights(pdl: bool, w_words: torch.Tensor) -> bool:
-    """Whether the decode kernel's programs ask L2 for their weight rows before they wait: as a programmatic
-    dependent launch, with ``PTQ_L2_PREFETCH=1``, and rows of whole 16-byte units from 16-byte-aligned starts
-    (the bulk prefetch's terms) in ``w_words`` (rows of int32 words)."""
-    return (pdl and l2_prefetch() and w_words.shape[1] % 4 == 0 and w_words.stride(0) % 4 == 0
-            and w_words.data_ptr() % 16 == 0)
-
-
 def gemv_fits(m: int, k: int, a_group: int, w_group: int) -> bool:
     """Whether this kernel takes the product: 1..GEMV_MAX_M rows, per-row scales, K a multiple of 8."""
     return 1 <= m <= GEMV_MAX_M and a_group == 0 and w_group == 0 and k % 8 == 0
@@ -351,7 +337,6 @@ def w4a4_gemv_triton(
     flags = dict(W_INT4=w_element == "int4", HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
                  USE_ASM=not INTERPRET, ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16,
                  BLOCK_M=block_m, **pdl_flags(a_bytes.device, "gemv"))
-    flags["L2_PREFETCH"] = prefetches_weights(flags["USE_GDC"], w_words)
     if config is not None:
         fixed = {"FOLD": 1, "LOOP_STAGES": 1, **config.kwargs}
         if fixed["FOLD"] > 1 and block_m > 1:

@@ -101,6 +101,23 @@ def test_bench_model_bf16_eager_mode_runs_hf_eager_attention():
     assert build_model(config, "bf16", torch.device("cpu")).config._attn_implementation != "eager"
 
 
+def test_bench_model_head_mode_quantizes_lm_head_and_keeps_the_tied_embeddings():
+    from benchmarks.bench_model import build_config, build_model
+    from quant_layers.real_linear import RealQuantLinear
+
+    config = build_config("smollm2-135m", 1, 16)  # tie_word_embeddings=True
+    cpu = torch.device("cpu")
+    model = build_model(config, "w4a4kv4_head", cpu)
+    assert isinstance(model.lm_head, RealQuantLinear) and model.lm_head.schemes == model.model.layers[0].mlp.down_proj.schemes
+    assert isinstance(model.model.embed_tokens.weight, torch.nn.Parameter)
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert not isinstance(build_model(config, "w4a4kv4", cpu).lm_head, RealQuantLinear)
+    ids = torch.randint(0, config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, 8, config.vocab_size) and bool(logits.isfinite().all()) and logits.std() > 0
+
+
 def test_bench_model_table_has_graph_prefill_columns_and_capture_errors():
     """Graph-replayed prefill gets its own columns, its ratio against bf16 in the same column; a failed capture is
     named by phase and batch."""

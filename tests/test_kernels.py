@@ -540,24 +540,6 @@ def test_ptq_pdl_chooses_the_kernels_launched_as_pdl(monkeypatch, mode, kernels)
     assert pdl.pdl_flags(cuda, "gemv") == ({"USE_GDC": True, "launch_pdl": True} if kernels else {"USE_GDC": False})
 
 
-def test_decode_kernel_prefetches_weights_to_l2_only_when_asked_and_aligned(monkeypatch):
-    from kernels import pdl
-    from kernels.w4a4_gemv import prefetches_weights
-
-    words = torch.zeros(6, 512, dtype=torch.int32)
-    monkeypatch.delenv("PTQ_L2_PREFETCH", raising=False)
-    assert not pdl.l2_prefetch() and not prefetches_weights(True, words)
-    monkeypatch.setenv("PTQ_L2_PREFETCH", "1")
-    assert prefetches_weights(True, words)
-    assert not prefetches_weights(False, words)  # no early programs to do it
-    assert not prefetches_weights(True, words[:, :510])  # rows of 2040 bytes: not whole 16-byte units
-    shifted = torch.zeros(7 * 512, dtype=torch.int32)[1:1 + 6 * 512].view(6, 512)  # starts 4 bytes past 16
-    assert shifted.data_ptr() % 16 == 4 and not prefetches_weights(True, shifted)
-    monkeypatch.setenv("PTQ_L2_PREFETCH", "yes")
-    with pytest.raises(ValueError, match=r"PTQ_L2_PREFETCH='yes': choose 0 or 1"):
-        pdl.l2_prefetch()
-
-
 def test_ptq_pdl_refuses_an_unknown_mode_or_kernel(monkeypatch):
     from kernels import pdl
 
