@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--k_clip_ratio", type=float, default=1.0)
     q.add_argument("--v_clip_ratio", type=float, default=1.0)
     q.add_argument("--quantize_lm_head", action="store_true", help="also quantize lm_head (kept FP by default)")
+    q.add_argument("--lm_head_a_bits", type=int,
+                   help="bits of lm_head's input with --quantize_lm_head (default: --a_bits); 8 with INT4 weights "
+                        "runs W4A8 on the decode kernel")
     t = p.add_argument_group("transform")
     t.add_argument("--transform_class", default="identity", choices=TRANSFORMS,
                    help="rotation fused into the model before quantization")
@@ -83,6 +86,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         hadamard_group_size=args.hadamard_group_size,
         rotation_seed=args.rotation_seed,
         quantize_lm_head=args.quantize_lm_head,
+        lm_head_a_bits=args.lm_head_a_bits,
     )
     if args.real_quant != bool(args.save_path):
         raise ValueError("--real_quant and --save_path go together: --real_quant --save_path DIR writes the "

@@ -13,8 +13,9 @@ and gate/up fused, as a loaded checkpoint does. Modes:
 * ``w4a4``: INT4 weights per channel, INT4 activations per token (W4A4 GEMM);
 * ``w4a4kv4``: ``w4a4`` with K/V quantized to INT4 per head (V asymmetric), decoding from
   the packed KV4 cache (decode steps read its codes in the attention kernel);
-* ``w4a4kv4_head``: ``w4a4kv4`` with lm_head W4A4 too (``--quantize_lm_head``; QuaRot and
-  FlatQuant keep it in 16 bits, so it is a mode of its own);
+* ``w4a4kv4_head`` / ``w4a4kv4_head8``: ``w4a4kv4`` with lm_head quantized too
+  (``--quantize_lm_head``): W4A4, or W4A8 (``--lm_head_a_bits 8``: INT8 activations on the
+  decode kernel). QuaRot and FlatQuant keep lm_head in 16 bits, so these are modes of their own;
 * ``fp6`` / ``fp5``: E3M2 / E2M2 weight-only on the FPx kernel.
 
 Prefill: one forward over ``batch x seqlen`` tokens without a cache, timed eagerly (Python
@@ -83,13 +84,13 @@ CONFIGS = {
 @dataclass(frozen=True)
 class BenchMode:
     """What a mode quantizes: the decoder linears' weight scheme (None: bf16) and activation scheme (None:
-    weight-only), whether K/V decode from the packed KV4 cache, and whether lm_head is quantized as the
-    decoder linears are (``--quantize_lm_head``)."""
+    weight-only), whether K/V decode from the packed KV4 cache, and lm_head's activation scheme where lm_head
+    is quantized too, its weights as the decoder linears' (``--quantize_lm_head``, ``--lm_head_a_bits``)."""
 
     weight: RealQuantScheme | None = None
     act: RealQuantScheme | None = None
     kv4: bool = False
-    lm_head: bool = False
+    lm_head_act: RealQuantScheme | None = None
 
 
 INT4 = RealQuantScheme("int4")
@@ -99,7 +100,8 @@ MODES = {
     "w4a16": BenchMode(RealQuantScheme("e2m1")),
     "w4a4": BenchMode(INT4, INT4),
     "w4a4kv4": BenchMode(INT4, INT4, kv4=True),
-    "w4a4kv4_head": BenchMode(INT4, INT4, kv4=True, lm_head=True),
+    "w4a4kv4_head": BenchMode(INT4, INT4, kv4=True, lm_head_act=INT4),
+    "w4a4kv4_head8": BenchMode(INT4, INT4, kv4=True, lm_head_act=RealQuantScheme("int8", bits=8)),
     "fp6": BenchMode(RealQuantScheme("e3m2", bits=6)),
     "fp5": BenchMode(RealQuantScheme("e2m2", bits=5)),
 }
@@ -151,8 +153,8 @@ def build_model(config, mode: str, device: torch.device, seed: int = 0) -> nn.Mo
         for layer in adapter.decoder_layers(model):
             for name in adapter.linear_names():
                 layer.set_submodule(name, random_real_linear(layer.get_submodule(name), weight, act, generator))
-        if bench_mode.lm_head:  # a new module: tied embeddings keep their own weight
-            model.lm_head = random_real_linear(adapter.lm_head(model), weight, act, generator)
+        if bench_mode.lm_head_act is not None:  # a new module: tied embeddings keep their own weight
+            model.lm_head = random_real_linear(adapter.lm_head(model), weight, bench_mode.lm_head_act, generator)
         fuse_shared_input_linears(model)  # as load_quantized does: q/k/v and gate/up run as one,
         fuse_decoder_layers(model)  # and decode-sized layers in fewer launches
     if bench_mode.kv4:

@@ -30,8 +30,8 @@
 #   act_quant  the activation kernel against a device copy at prefill sizes (every format, checked against its twin),
 #              then the activation and E4M3-code checks of kernel_check (issue 9)
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
-#   lm_head    bf16 / W4A4KV4 / W4A4KV4 with a W4A4 lm_head compiled CUDA-graph decode at batch 1, the last step
-#              profiled, then the fused-decode kernel checks (issue 10)
+#   lm_head    bf16 / W4A4KV4 / W4A4KV4 with a W4A4 and with a W4A8 lm_head compiled CUDA-graph decode at batch 1,
+#              the quantized-head steps profiled, then the fused-decode kernel checks (issue 10)
 # Each step has its own time limit (LIMIT_<SECTION>, seconds) so that one slow step leaves the others their
 # turn; every script writes its files as it goes, so a step that runs out still leaves its partial tables.
 set -uo pipefail
@@ -113,12 +113,12 @@ for section in "$@"; do
       step "${LIMIT_ACT_CHECK:-250}" kernel_check_act python benchmarks/kernel_check.py --only act,fp8_codes \
         --out "$OUT/kernel_check_act_h200" ;;
     lm_head)
-      step "${LIMIT_BENCH:-240}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
-        --modes bf16,w4a4kv4,w4a4kv4_head --prefill_batches "" --decode_batches 1 --decode_tokens 128 --compile \
-        --no_eager --out "$OUT/bench_model_decode_compiled_lm_head_llama3_8b_h200"
-      step "${LIMIT_PROFILE:-90}" profile python benchmarks/decode_profile.py --compile --modes w4a4kv4_head \
-        --out "$OUT/decode_profile_compiled_lm_head_llama3_8b_h200"
-      step "${LIMIT_CHECK:-240}" kernel_check python benchmarks/kernel_check.py --only fused_decode \
+      step "${LIMIT_BENCH:-290}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
+        --modes bf16,w4a4kv4,w4a4kv4_head,w4a4kv4_head8 --prefill_batches "" --decode_batches 1 \
+        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_compiled_lm_head_llama3_8b_h200"
+      step "${LIMIT_PROFILE:-150}" profile python benchmarks/decode_profile.py --compile \
+        --modes w4a4kv4_head,w4a4kv4_head8 --out "$OUT/decode_profile_compiled_lm_head_llama3_8b_h200"
+      step "${LIMIT_CHECK:-140}" kernel_check python benchmarks/kernel_check.py --only fused_decode \
         --out "$OUT/kernel_check_fused_decode_h200" ;;
     roundtrip)
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \

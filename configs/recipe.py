@@ -9,7 +9,7 @@ and against the model's config (``check_model``) before any weight is loaded. Th
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from calib.flatquant import FlatQuantConfig
 from calib.fpq_search import FPQConfig, check_search_recipe
@@ -37,6 +37,7 @@ class QuantRecipe:
     hadamard_group_size: int | None = None
     rotation_seed: int = 0
     quantize_lm_head: bool = False
+    lm_head_a_bits: int | None = None  # lm_head's input bits with quantize_lm_head (None: the activations')
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
     fpq: FPQConfig = field(default_factory=FPQConfig)
     flatquant: FlatQuantConfig = field(default_factory=FlatQuantConfig)
@@ -57,6 +58,11 @@ class QuantRecipe:
                                  "--a_bits below 16")
             if self.flatquant.weight_method == "gptq" and self.weight is None:
                 raise ValueError("--gptq after FlatQuant quantizes weights: set --w_bits below 16 or drop --gptq")
+        if self.lm_head_a_bits is not None:
+            if not self.quantize_lm_head or self.activation is None:
+                raise ValueError("--lm_head_a_bits sets the bits of a quantized lm_head's input: add "
+                                 "--quantize_lm_head and --a_bits below 16, or drop it")
+            replace(self.activation, bits=self.lm_head_a_bits)  # QuantSpec refuses bits it cannot take
         if self.method == "gptq" and self.weight is None:
             raise ValueError("GPTQ quantizes weights: set the weight bits below 16 (e.g. --w_bits 4) or drop --gptq")
         if self.transform not in TRANSFORMS:
@@ -81,6 +87,13 @@ class QuantRecipe:
         return any(s is not None for s in (self.weight, self.activation, self.key, self.value))
 
     @property
+    def lm_head_activation(self) -> QuantSpec | None:
+        """How a quantized lm_head's input is quantized: the activations' spec, at ``lm_head_a_bits`` if set."""
+        if self.lm_head_a_bits is None or self.activation is None:
+            return self.activation
+        return replace(self.activation, bits=self.lm_head_a_bits)
+
+    @property
     def label(self) -> str:
         """e.g. ``W[int4-ch]A[int4-tok]K[int4-head]V[int4-head]-hadamard-rtn``; ``fp`` when nothing is quantized."""
         if not self.is_quantized:
@@ -98,6 +111,8 @@ class QuantRecipe:
             suffix = [self.method] if self.weight is not None else []
         if self.transform != "identity":
             suffix.insert(0, self.transform_label)
+        if self.quantize_lm_head:
+            suffix.append("lmhead" if self.lm_head_a_bits is None else f"lmhead-a{self.lm_head_a_bits}")
         return "".join(parts) + "".join(f"-{s}" for s in suffix)
 
     @property
@@ -116,7 +131,7 @@ class QuantRecipe:
                 if spec is not None:
                     spec.check_dimension(width, f"{what} input of {name} (in_features)")
         if self.quantize_lm_head:
-            for spec in (self.weight, self.activation):
+            for spec in (self.weight, self.lm_head_activation):
                 if spec is not None:
                     spec.check_dimension(config.hidden_size, "lm_head input")
         for spec, what in ((self.key, "key head"), (self.value, "value head")):

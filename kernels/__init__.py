@@ -17,7 +17,8 @@ dispatching on the tensors' device:
   bytes (``quantize_activations(..., dp4a_for=...)``), 1..8 rows with per-row scales.
 - ``unpack_fp8`` and ``fp8_gemm.w4a4_matmul_fp8``: the prefill path for per-row scales,
   codes widened to FP8 and cuBLAS's row-wise scaled FP8 GEMM.
-- ``w8a8_linear``: INT8 per-token activations x INT8 per-channel weights (``int8_gemm``).
+- ``w8a8_linear``: INT8 per-token activations x INT8 per-channel weights (``int8_gemm``);
+  ``w4a8_linear`` the same activations x packed INT4 weights (the decode kernel at a few rows).
 - ``decode_attention``: single-token queries (grouped per K/V head) over a KV cache, split
   along the keys (flash-decoding); the twin is SDPA. ``decode_attention_packed``: the same
   over a packed KV4 cache, its codes dequantized in the kernel.
@@ -47,7 +48,7 @@ import torch
 
 __all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "fpx_matmul", "quantize_activations",
            "rms_norm_quantize", "silu_mul_quantize", "unpack_fp8", "w4a4_linear", "w4a4_matmul", "w4a4_matmul_dp4a",
-           "w8a8_linear"]
+           "w4a8_linear", "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
 PATHS = ("packed", "fp8")
@@ -193,6 +194,33 @@ def w4a4_linear(
     out = w4a4_matmul(packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                       a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend)
     return out if residual is None else residual + out
+
+
+def w4a8_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *, clip_ratio: float = 1.0,
+                bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32,
+                backend: str | None = None) -> torch.Tensor:
+    """(M, N) = Q8(x) @ (decode(w) * w_scale).T (+ bias) for packed INT4 weights with per-channel scales: x's rows
+    quantized to INT8 per token (W4A8).
+
+    Where the decode kernel takes the product (CUDA, up to ``GEMV_MAX_M`` rows) the INT8 levels are its dp4a
+    activation bytes: signed bytes in units of 1, as INT4 levels, against weight bytes of at most 128 in
+    magnitude, so the int32 sums stay exact for K < 2**17. Elsewhere the weights are widened to int8 levels for
+    the W8A8 product (exact int32 sums on cuBLAS where it applies).
+    """
+    from quant_layers import packing
+
+    from .int8_gemm import quantize_rows_int8, w8a8_matmul
+    from .reference import dp4a_order, w4a4_element
+
+    a, a_scale = quantize_rows_int8(x, clip_ratio)
+    if _use_triton(x, backend) and x.is_cuda:
+        from .w4a4_gemm import takes_gemv
+
+        if takes_gemv(*x.shape, 0, 0):
+            return w4a4_matmul_dp4a(dp4a_order(a, "int4"), a_scale, w_packed, w_scale, a_element="int4",
+                                    w_element="int4", bias=bias, out_dtype=out_dtype, backend=backend)
+    levels = packing.decode(packing.unpack(w_packed), w4a4_element("int4")).to(torch.int8)
+    return w8a8_matmul(a, a_scale, levels, w_scale, bias, out_dtype)
 
 
 def w4a4_matmul_dp4a(

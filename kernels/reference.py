@@ -165,7 +165,7 @@ def quantize_activations_ref(
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     levels = quantizer.element.round(xg / safe).reshape(m, k)
     if dp4a_for:
-        return _dp4a_order(levels * DP4A_BYTES_PER_UNIT[element], dp4a_for), scale.reshape(m, -1)
+        return dp4a_order(levels * DP4A_BYTES_PER_UNIT[element], dp4a_for), scale.reshape(m, -1)
     return packing.pack(packing.encode(levels, quantizer.element)), scale.reshape(m, -1)
 
 
@@ -216,10 +216,10 @@ def dp4a_bytes(packed: torch.Tensor, element: str, w_element: str) -> torch.Tens
     if k % 8:
         raise ValueError(f"dp4a bytes pair codes in words of 8: K must be a multiple of 8, got K={k}")
     values = packing.decode(packing.unpack(packed), w4a4_element(element)) * DP4A_BYTES_PER_UNIT[element]
-    return _dp4a_order(values, w_element)
+    return dp4a_order(values, w_element)
 
 
-def _dp4a_order(values: torch.Tensor, w_element: str) -> torch.Tensor:
+def dp4a_order(values: torch.Tensor, w_element: str) -> torch.Tensor:
     """(M, K) integer-valued floats -> int8 bytes in ``dp4a_bytes``' order for ``w_element`` weights."""
     m, k = values.shape
     words = values.to(torch.int8).reshape(m, k // 8, 4, 2) if w_element == "int4" else (

@@ -81,8 +81,8 @@ class RealQuantScheme:
             raise ValueError(
                 f"real quantization has no kernel for {what}s quantized as {spec.label} ({', '.join(problems)}): "
                 f"the kernels take 4-bit symmetric INT4 / FP4 E2M1 per channel, per token or in groups, NVFP4 and "
-                f"MXFP4, weight-only FP4/FP5/FP6 per channel (e.g. --format fp --w_bits 6 --w_exp_bits 3), and W8A8: "
-                f"INT8 weights per channel with INT8 activations per token"
+                f"MXFP4, weight-only FP4/FP5/FP6 per channel (e.g. --format fp --w_bits 6 --w_exp_bits 3), and W8A8 and "
+                f"W4A8: INT8 activations per token with INT8 or INT4 weights per channel"
             )
         if spec.format == "int":
             element = f"int{spec.bits}"
@@ -105,12 +105,16 @@ class RealQuantScheme:
 
 
 def check_scheme_pair(weight: RealQuantScheme, act: RealQuantScheme | None) -> None:
-    """INT8 goes only with INT8: the W8A8 product takes 8-bit weights and 8-bit activations together."""
-    if (weight.element == "int8") != (act is not None and act.element == "int8"):
-        raise ValueError(f"real quantization runs INT8 as W8A8 only (INT8 weights per channel with INT8 activations "
-                         f"per token), got {weight.element} weights with "
+    """INT8 weights go only with INT8 activations (W8A8); INT8 activations with INT8 or per-channel INT4 weights
+    (W4A8, on the decode kernel's byte products)."""
+    act_int8 = act is not None and act.element == "int8"
+    w4a8 = act_int8 and weight.element == "int4" and weight.group == 0
+    if (weight.element == "int8") != act_int8 and not w4a8:
+        raise ValueError(f"real quantization runs INT8 as W8A8 (INT8 weights per channel with INT8 activations "
+                         f"per token) or W4A8 (INT4 weights per channel), got {weight.element} weights"
+                         f"{f' in groups of {weight.group}' if weight.group else ''} with "
                          f"{'unquantized' if act is None else act.element} activations: use --w_bits 8 --a_bits 8 "
-                         f"with --format int, or 4-bit formats")
+                         f"or --w_bits 4 --a_bits 8 with --format int, or 4-bit formats")
 
 
 def check_real_quant_recipe(recipe) -> None:
@@ -120,6 +124,8 @@ def check_real_quant_recipe(recipe) -> None:
     weight = RealQuantScheme.from_spec(recipe.weight, "weight", 0, weight_only=recipe.activation is None)
     act = None if recipe.activation is None else RealQuantScheme.from_spec(recipe.activation, "activation", 0)
     check_scheme_pair(weight, act)
+    if recipe.quantize_lm_head and recipe.lm_head_activation != recipe.activation:
+        check_scheme_pair(weight, RealQuantScheme.from_spec(recipe.lm_head_activation, "activation", 0))
 
 
 class RealQuantLinear(nn.Module):
@@ -222,8 +228,8 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
         return out if residual is None else residual + out
     rows = x.reshape(-1, x.shape[-1])
     if act.element == "int8":
-        out = kernels.w8a8_linear(rows, qweight, weight_scale, clip_ratio=act.clip_ratio, bias=bias,
-                                  out_dtype=x.dtype)
+        linear = kernels.w8a8_linear if weight.element == "int8" else kernels.w4a8_linear
+        out = linear(rows, qweight, weight_scale, clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype)
         out = out.reshape(*x.shape[:-1], out.shape[-1])
         return out if residual is None else residual + out
     out = kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,

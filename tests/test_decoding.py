@@ -112,10 +112,14 @@ def test_bench_model_head_mode_quantizes_lm_head_and_keeps_the_tied_embeddings()
     assert isinstance(model.model.embed_tokens.weight, torch.nn.Parameter)
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     assert not isinstance(build_model(config, "w4a4kv4", cpu).lm_head, RealQuantLinear)
+    head8 = build_model(config, "w4a4kv4_head8", cpu).lm_head
+    assert head8.act_scheme.element == "int8" and head8.weight_scheme.element == "int4"
     ids = torch.randint(0, config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = model(ids).logits
+        logits8 = head8(torch.randn(1, 8, config.hidden_size, dtype=torch.bfloat16))
     assert logits.shape == (1, 8, config.vocab_size) and bool(logits.isfinite().all()) and logits.std() > 0
+    assert bool(logits8.isfinite().all()) and logits8.std() > 0
 
 
 def test_bench_model_table_has_graph_prefill_columns_and_capture_errors():

@@ -492,14 +492,33 @@ def test_int8_codes_are_two_s_complement_bytes():
         encode(torch.tensor([128.0]), INT8)
 
 
-@pytest.mark.parametrize("weight_bits, act_bits", [(8, None), (8, 4), (4, 8)])
-def test_int8_runs_only_as_w8a8(weight_bits, act_bits):
+@pytest.mark.parametrize("weight, act_bits", [(QuantSpec("int", 8, granularity="channel"), None),
+                                              (QuantSpec("int", 8, granularity="channel"), 4),
+                                              (QuantSpec("int", 4, granularity="group", group_size=64), 8)])
+def test_int8_runs_only_as_w8a8_or_w4a8_per_channel(weight, act_bits):
     from quant_layers.real_linear import check_real_quant_recipe
 
     act = None if act_bits is None else QuantSpec("int", act_bits, granularity="token")
-    recipe = QuantRecipe(weight=QuantSpec("int", weight_bits, granularity="channel"), activation=act)
-    with pytest.raises(ValueError, match="INT8" if weight_bits == 8 and act_bits is None else "W8A8"):
-        check_real_quant_recipe(recipe)
+    with pytest.raises(ValueError, match="W8A8 .*W4A8.*INT4 weights per channel"):
+        check_real_quant_recipe(QuantRecipe(weight=weight, activation=act))
+
+
+def test_w4a8_lm_head_round_trip(tiny_models, tmp_path):
+    """--quantize_lm_head --lm_head_a_bits 8: the decoder linears W4A4, lm_head's input INT8 (W4A8); the checkpoint
+    reproduces the fake-quantized logits and says so."""
+    from quant_layers.real_linear import check_real_quant_recipe
+
+    recipe = QuantRecipe(weight=spec("int", "channel"), activation=spec("int", "token", clip_ratio=0.9),
+                         quantize_lm_head=True, lm_head_a_bits=8)
+    check_real_quant_recipe(recipe)
+    model = fake_quantized(tiny_models["llama"], recipe)
+    assert model.lm_head.act_quantizer.spec.bits == 8 and model.model.layers[0].mlp.up_proj.act_quantizer.spec.bits == 4
+    ids = torch.randint(0, 2048, (2, 24), generator=torch.Generator().manual_seed(1))
+    reference = logits(model, ids)
+    loaded, _, qc = load_quantized(export_quantized(model, None, recipe, str(tmp_path / "ckpt")))
+    assert qc["modules"]["lm_head"]["act"]["element"] == "int8" and qc["recipe"]["lm_head_a_bits"] == 8
+    assert loaded.lm_head.weight_scheme.element == "int4"
+    assert_same_logits(reference, logits(loaded, ids))
 
 
 def test_w8a8_export_decodes_greedily_like_the_float_model(tiny_models, tmp_path):

@@ -679,6 +679,27 @@ def test_w8a8_matmul_refuses_unquantized_activations():
         w8a8_matmul(torch.zeros(2, 16), torch.ones(2, 1), torch.zeros(4, 16, dtype=torch.uint8), torch.ones(4, 1))
 
 
+@pytest.mark.parametrize("m", [1, 5])
+def test_w4a8_on_the_decode_kernel_equals_the_widened_int8_product(m):
+    """INT8 activation levels as the decode kernel's dp4a bytes (in units of 1, as INT4 levels) against packed INT4
+    weights: the same sums as the W8A8 product of the weights widened to int8 levels."""
+    from kernels.int8_gemm import quantize_rows_int8
+    from kernels.reference import dp4a_order
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(m, 256, generator=g).to(torch.bfloat16)
+    w_packed, w_scale = quantize_activations_ref(torch.randn(40, 256, generator=g) * 0.02, "int4", 0, "float")
+    a, a_scale = quantize_rows_int8(x)
+    assert a.abs().max() == 127  # bytes far outside the INT4 range
+    got = kernels.w4a4_matmul_dp4a(dp4a_order(a, "int4"), a_scale, w_packed, w_scale, a_element="int4",
+                                   w_element="int4", out_dtype=torch.float32, backend="triton")
+    want = kernels.w4a8_linear(x, w_packed, w_scale, out_dtype=torch.float32, backend="torch")
+    levels = decode(unpack(w_packed), element_named("int4"))
+    exact = (a.double() @ levels.double().t()) * a_scale.double() * w_scale.double().reshape(1, -1)
+    torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=0)
+    torch.testing.assert_close(want.double(), exact, rtol=1e-6, atol=0)
+
+
 def test_w4a4_linear_path_choice_and_refusals():
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 4, 32, 64)
     x = torch.randn(300, 64, dtype=torch.bfloat16)

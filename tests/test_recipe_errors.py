@@ -21,6 +21,9 @@ def _main_config(*argv: str) -> RunConfig:
     (lambda: QuantRecipe(transform="spin"), "unknown transform 'spin'"),
     (lambda: QuantRecipe(weight=QuantSpec("int", 4, granularity="token")), "not per token"),
     (lambda: QuantRecipe(activation=QuantSpec("int", 4, granularity="channel")), "not per channel"),
+    (lambda: QuantRecipe(activation=QuantSpec("int", 4), lm_head_a_bits=8), "add --quantize_lm_head"),
+    (lambda: QuantRecipe(weight=QuantSpec("int", 4), quantize_lm_head=True, lm_head_a_bits=8), "--a_bits below 16"),
+    (lambda: QuantRecipe(activation=QuantSpec("int", 4), quantize_lm_head=True, lm_head_a_bits=0), "bits"),
     (lambda: RunConfig(model="m", seqlen=1), "--seqlen must be at least 2"),
     (lambda: RunConfig(model="m", eval_limit=0), "--eval_limit must be at least 1"),
     (lambda: RunConfig(model="m", eval_batch_size=0), "--eval_batch_size must be at least 1"),
@@ -56,3 +59,13 @@ def test_qbits_mix_int_and_fp():
     assert recipe.activation.format == "int" and recipe.activation.bits == 8
     assert recipe.key is None and recipe.value is None
     assert QuantRecipe.from_dict(recipe.to_dict()) == recipe
+
+
+def test_quantized_lm_head_is_in_the_label():
+    w4a4 = dict(weight=QuantSpec("int", 4, granularity="channel"), activation=QuantSpec("int", 4, granularity="token"))
+    assert QuantRecipe(**w4a4).label == "W[int4-ch]A[int4-tok]-rtn"
+    assert QuantRecipe(**w4a4, quantize_lm_head=True).label == "W[int4-ch]A[int4-tok]-rtn-lmhead"
+    head8 = QuantRecipe(**w4a4, quantize_lm_head=True, lm_head_a_bits=8)
+    assert head8.label == "W[int4-ch]A[int4-tok]-rtn-lmhead-a8"
+    assert head8.lm_head_activation == QuantSpec("int", 8, granularity="token") and head8.activation.bits == 4
+    assert QuantRecipe.from_dict(head8.to_dict()) == head8
