@@ -62,7 +62,7 @@ class QuantRecipe:
             if not self.quantize_lm_head or self.activation is None:
                 raise ValueError("--lm_head_a_bits sets the bits of a quantized lm_head's input: add "
                                  "--quantize_lm_head and --a_bits below 16, or drop it")
-            replace(self.activation, bits=self.lm_head_a_bits)  # QuantSpec refuses bits it cannot take
+            self.lm_head_activation  # built here so that QuantSpec refuses bits it cannot take
         if self.method == "gptq" and self.weight is None:
             raise ValueError("GPTQ quantizes weights: set the weight bits below 16 (e.g. --w_bits 4) or drop --gptq")
         if self.transform not in TRANSFORMS:

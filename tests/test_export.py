@@ -503,6 +503,19 @@ def test_int8_runs_only_as_w8a8_or_w4a8_per_channel(weight, act_bits):
         check_real_quant_recipe(QuantRecipe(weight=weight, activation=act))
 
 
+@pytest.mark.parametrize("weight, head_bits, message", [
+    (spec("int", "channel"), 6, "no kernel for activations quantized as int6-tok"),
+    (spec("int", "group", group_size=64), 8, r"W4A8 \(INT4 weights per channel\), got int4 weights in groups of 64"),
+])
+def test_real_quant_refuses_an_lm_head_input_without_a_kernel(weight, head_bits, message):
+    from quant_layers.real_linear import check_real_quant_recipe
+
+    recipe = QuantRecipe(weight=weight, activation=spec("int", "token"), quantize_lm_head=True,
+                         lm_head_a_bits=head_bits)
+    with pytest.raises(ValueError, match=message):
+        check_real_quant_recipe(recipe)
+
+
 def test_w4a8_lm_head_round_trip(tiny_models, tmp_path):
     """--quantize_lm_head --lm_head_a_bits 8: the decoder linears W4A4, lm_head's input INT8 (W4A8); the checkpoint
     reproduces the fake-quantized logits and says so."""
