@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lm_head_a_bits", type=int,
                    help="bits of lm_head's input with --quantize_lm_head (default: --a_bits); 8 with INT4 weights "
                         "runs W4A8 on the decode kernel")
+    q.add_argument("--lm_head_w_bits", type=int,
+                   help="bits of lm_head's weights with --quantize_lm_head (default: --w_bits); 8 with "
+                        "--lm_head_a_bits 8 runs W8A8 on the decode kernel")
     t = p.add_argument_group("transform")
     t.add_argument("--transform_class", default="identity", choices=TRANSFORMS,
                    help="rotation fused into the model before quantization")
@@ -87,6 +90,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         rotation_seed=args.rotation_seed,
         quantize_lm_head=args.quantize_lm_head,
         lm_head_a_bits=args.lm_head_a_bits,
+        lm_head_w_bits=args.lm_head_w_bits,
     )
     if args.real_quant != bool(args.save_path):
         raise ValueError("--real_quant and --save_path go together: --real_quant --save_path DIR writes the "

@@ -13,9 +13,10 @@ and gate/up fused, as a loaded checkpoint does. Modes:
 * ``w4a4``: INT4 weights per channel, INT4 activations per token (W4A4 GEMM);
 * ``w4a4kv4``: ``w4a4`` with K/V quantized to INT4 per head (V asymmetric), decoding from
   the packed KV4 cache (decode steps read its codes in the attention kernel);
-* ``w4a4kv4_head`` / ``w4a4kv4_head8``: ``w4a4kv4`` with lm_head quantized too
-  (``--quantize_lm_head``): W4A4, or W4A8 (``--lm_head_a_bits 8``: INT8 activations on the
-  decode kernel). QuaRot and FlatQuant keep lm_head in 16 bits, so these are modes of their own;
+* ``w4a4kv4_head`` / ``w4a4kv4_head8`` / ``w4a4kv4_head_w8a8``: ``w4a4kv4`` with lm_head quantized
+  too (``--quantize_lm_head``): W4A4, W4A8 (``--lm_head_a_bits 8``: INT8 activations) or W8A8 (also
+  ``--lm_head_w_bits 8``: INT8 weights), the last two on the decode kernel's byte products. QuaRot and
+  FlatQuant keep lm_head in 16 bits, so these are modes of their own;
 * ``fp6`` / ``fp5``: E3M2 / E2M2 weight-only on the FPx kernel.
 
 Prefill: one forward over ``batch x seqlen`` tokens without a cache, timed eagerly (Python
@@ -85,15 +86,18 @@ CONFIGS = {
 class BenchMode:
     """What a mode quantizes: the decoder linears' weight scheme (None: bf16) and activation scheme (None:
     weight-only), whether K/V decode from the packed KV4 cache, and lm_head's activation scheme where lm_head
-    is quantized too, its weights as the decoder linears' (``--quantize_lm_head``, ``--lm_head_a_bits``)."""
+    is quantized too, with its weight scheme (None: the decoder linears'; ``--quantize_lm_head``,
+    ``--lm_head_a_bits``, ``--lm_head_w_bits``)."""
 
     weight: RealQuantScheme | None = None
     act: RealQuantScheme | None = None
     kv4: bool = False
     lm_head_act: RealQuantScheme | None = None
+    lm_head_weight: RealQuantScheme | None = None
 
 
 INT4 = RealQuantScheme("int4")
+INT8 = RealQuantScheme("int8", bits=8)
 MODES = {
     "bf16": BenchMode(),
     "bf16_eager": BenchMode(),
@@ -101,7 +105,8 @@ MODES = {
     "w4a4": BenchMode(INT4, INT4),
     "w4a4kv4": BenchMode(INT4, INT4, kv4=True),
     "w4a4kv4_head": BenchMode(INT4, INT4, kv4=True, lm_head_act=INT4),
-    "w4a4kv4_head8": BenchMode(INT4, INT4, kv4=True, lm_head_act=RealQuantScheme("int8", bits=8)),
+    "w4a4kv4_head8": BenchMode(INT4, INT4, kv4=True, lm_head_act=INT8),
+    "w4a4kv4_head_w8a8": BenchMode(INT4, INT4, kv4=True, lm_head_act=INT8, lm_head_weight=INT8),
     "fp6": BenchMode(RealQuantScheme("e3m2", bits=6)),
     "fp5": BenchMode(RealQuantScheme("e2m2", bits=5)),
 }
@@ -130,7 +135,7 @@ def random_real_linear(linear: nn.Linear, weight: RealQuantScheme, act: RealQuan
     values = code_values(element).to(device)[codes]
     planes = pack_planes(encode(values, element), weight.bits)
     module.qweight.copy_(planes[0])
-    if weight.bits > 4:
+    if len(planes) > 1:  # the 1- or 2-bit plane of 5- and 6-bit codes
         module.qweight_high.copy_(planes[1])
     module.weight_scale.fill_(0.02 / element.max_value)
     if linear.bias is not None:
@@ -154,7 +159,8 @@ def build_model(config, mode: str, device: torch.device, seed: int = 0) -> nn.Mo
             for name in adapter.linear_names():
                 layer.set_submodule(name, random_real_linear(layer.get_submodule(name), weight, act, generator))
         if bench_mode.lm_head_act is not None:  # a new module: tied embeddings keep their own weight
-            model.lm_head = random_real_linear(adapter.lm_head(model), weight, bench_mode.lm_head_act, generator)
+            model.lm_head = random_real_linear(adapter.lm_head(model), bench_mode.lm_head_weight or weight,
+                                               bench_mode.lm_head_act, generator)
         fuse_shared_input_linears(model)  # as load_quantized does: q/k/v and gate/up run as one,
         fuse_decoder_layers(model)  # and decode-sized layers in fewer launches
     if bench_mode.kv4:

@@ -76,6 +76,9 @@ DRY_KV_WRITE_SHAPES = [(1, 2, 3, 64)]
 # (M, hidden K, MLP width N): Llama-3-8B's decode rows, and a small ragged one.
 GPU_FUSED_DECODE_SHAPES = [(1, 4096, 14336), (8, 4096, 14336), (3, 576, 1536)]
 DRY_FUSED_DECODE_SHAPES = [(2, 64, 96)]
+# (M, N, K) of W4A8 / W8A8 on the decode kernel: the up to 8 rows it takes, ragged N.
+GPU_INT8_DECODE_SHAPES = [(1, 4096, 4096), (4, 1000, 4096), (1, 4096, 14336)]
+DRY_INT8_DECODE_SHAPES = [(1, 40, 128), (5, 40, 256)]
 # Every new (M bucket, N, K) autotunes: a few shapes keep the check to minutes.
 GPU_GEMM_SHAPES = [(1, 40, 128), (1, 4096, 4096), (4, 4096, 4096), (8, 4096, 4096), (16, 4096, 4096),
                    (33, 4096, 4096), (257, 6144, 4096)]
@@ -366,8 +369,38 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
             "error_over_bound": excess, "ok": norm_ok and silu_ok and gemv_ok}
 
 
+def check_int8_decode(m: int, n: int, k: int, w_element: str, dtype: torch.dtype, device: torch.device) -> dict:
+    """W4A8 / W8A8 on the decode kernel (``kernels.w4a8_linear`` / ``w8a8_linear``): the activation kernel's INT8
+    dp4a bytes and scales exactly the twin's, and the product within fp32-accumulation rounding of the exact
+    integer product (float64) times the scales."""
+    x = random_activations(m, k, dtype, device)
+    w = torch.randn(n, k, device=device) * 0.02
+    if w_element == "int4":
+        w_codes, w_scale = kernels.quantize_activations(w, "int4", backend="triton")
+        w_levels = reference.dequantize(w_codes, torch.ones_like(w_scale), "int4")
+    else:
+        w_scale = w.abs().amax(1, keepdim=True) / 127
+        w_levels = torch.round(w / w_scale).clamp(-128, 127)
+        w_codes = w_levels.to(torch.int8).view(torch.uint8)
+    a_bytes, a_scale = kernels.quantize_activations(x, "int8", clip_ratio=0.9, dp4a_for=w_element, backend="triton")
+    want_bytes, want_scale = reference.quantize_activations_ref(x, "int8", 0, "float", 0.9, dp4a_for=w_element)
+    codes = (a_bytes != want_bytes).float().mean().item()
+    scales = (a_scale != want_scale).float().mean().item()
+    bias = torch.randn(n, device=device)
+    linear = kernels.w4a8_linear if w_element == "int4" else kernels.w8a8_linear
+    out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
+    out.copy_(linear(x, w_codes, w_scale, clip_ratio=0.9, bias=bias, out_dtype=dtype, backend="triton"))
+    levels = reference.dp4a_values(want_bytes, "int8", w_element).double()
+    want = (levels @ w_levels.double().t()) * want_scale.double() * w_scale.double().reshape(1, -1) + bias.double()
+    ok, excess = close(out, want.float())
+    return {"kernel": "int8 decode", "case": f"W{w_element[3:]}A8 ({w_element} weights, INT8 activations)",
+            "shape": f"M{m} N{n} K{k} {str(dtype).removeprefix('torch.')}", "codes_differ": codes,
+            "scales_differ": scales, "error_over_bound": excess, "ok": ok and codes == 0 and scales == 0}
+
+
 CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_fp8_codes, check_fp8_linear,
-          check_fpx, check_decode_attention, check_decode_attention_packed, check_kv_write, check_fused_decode)
+          check_fpx, check_decode_attention, check_decode_attention_packed, check_kv_write, check_fused_decode,
+          check_int8_decode)
 
 
 def check_name(check) -> str:
@@ -457,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
         for element in ("int4", "e2m1"):
             for dtype in (torch.bfloat16, torch.float16):
                 record(check_fused_decode, m, k, n, element, dtype, device)
+    for m, n, k in DRY_INT8_DECODE_SHAPES if args.cpu_dry_run else GPU_INT8_DECODE_SHAPES:
+        for w_element in ("int4", "int8"):
+            for dtype in (torch.bfloat16, torch.float16):
+                record(check_int8_decode, m, n, k, w_element, dtype, device)
     for m, k in DRY_COMPILED_QUANTIZER_SHAPES if args.cpu_dry_run else GPU_COMPILED_QUANTIZER_SHAPES:
         x = random_activations(m, k, torch.bfloat16, device)
         for name in COMPILED_QUANTIZER_SPECS:

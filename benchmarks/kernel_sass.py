@@ -70,9 +70,11 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
     a_element, w_element = pair.split("x")
     names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "M", "N", "KW",
              "M_BUCKET", "stride_am", "stride_wn", "stride_asm", "stride_wsn", "stride_om", "stride_rm", "unit"]
-    types = ["*i32", "*fp32", "*i32", "*fp32", "*bf16", "*bf16", "*bf16"] + ["i32"] * 10 + ["fp32"]
+    types = ["*i32", "*fp32", "*i64" if w_element == "int8" else "*i32", "*fp32", "*bf16", "*bf16", "*bf16"] + \
+        ["i32"] * 10 + ["fp32"]
     signature = dict(zip(names, types))
-    constants = dict(W_INT4=w_element == "int4", HAS_BIAS=False, HAS_RESIDUAL=False, USE_ASM=True, ROUND_BF16=True,
+    constants = dict(W_INT4=w_element == "int4", W_INT8=w_element == "int8", HAS_BIAS=False, HAS_RESIDUAL=False,
+                     USE_ASM=True, ROUND_BF16=True,
                      ROUND_F16=False, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
                      FOLD=config[5], USE_GDC=True, LOOP_STAGES=config[6] if len(config) > 6 else 1)
     signature.update({name: "constexpr" for name in constants})

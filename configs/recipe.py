@@ -38,6 +38,7 @@ class QuantRecipe:
     rotation_seed: int = 0
     quantize_lm_head: bool = False
     lm_head_a_bits: int | None = None  # lm_head's input bits with quantize_lm_head (None: the activations')
+    lm_head_w_bits: int | None = None  # lm_head's weight bits with quantize_lm_head (None: the weights')
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
     fpq: FPQConfig = field(default_factory=FPQConfig)
     flatquant: FlatQuantConfig = field(default_factory=FlatQuantConfig)
@@ -63,6 +64,11 @@ class QuantRecipe:
                 raise ValueError("--lm_head_a_bits sets the bits of a quantized lm_head's input: add "
                                  "--quantize_lm_head and --a_bits below 16, or drop it")
             self.lm_head_activation  # built here so that QuantSpec refuses bits it cannot take
+        if self.lm_head_w_bits is not None:
+            if not self.quantize_lm_head or self.weight is None:
+                raise ValueError("--lm_head_w_bits sets the bits of a quantized lm_head's weights: add "
+                                 "--quantize_lm_head and --w_bits below 16, or drop it")
+            self.lm_head_weight  # built here so that QuantSpec refuses bits it cannot take
         if self.method == "gptq" and self.weight is None:
             raise ValueError("GPTQ quantizes weights: set the weight bits below 16 (e.g. --w_bits 4) or drop --gptq")
         if self.transform not in TRANSFORMS:
@@ -85,6 +91,13 @@ class QuantRecipe:
     @property
     def is_quantized(self) -> bool:
         return any(s is not None for s in (self.weight, self.activation, self.key, self.value))
+
+    @property
+    def lm_head_weight(self) -> QuantSpec | None:
+        """How a quantized lm_head's weights are quantized: the weights' spec, at ``lm_head_w_bits`` if set."""
+        if self.lm_head_w_bits is None or self.weight is None:
+            return self.weight
+        return replace(self.weight, bits=self.lm_head_w_bits)
 
     @property
     def lm_head_activation(self) -> QuantSpec | None:
@@ -112,7 +125,8 @@ class QuantRecipe:
         if self.transform != "identity":
             suffix.insert(0, self.transform_label)
         if self.quantize_lm_head:
-            suffix.append("lmhead" if self.lm_head_a_bits is None else f"lmhead-a{self.lm_head_a_bits}")
+            head_bits = (("w", self.lm_head_w_bits), ("a", self.lm_head_a_bits))
+            suffix.append("-".join(["lmhead", *(f"{tag}{bits}" for tag, bits in head_bits if bits is not None)]))
         return "".join(parts) + "".join(f"-{s}" for s in suffix)
 
     @property
@@ -131,7 +145,7 @@ class QuantRecipe:
                 if spec is not None:
                     spec.check_dimension(width, f"{what} input of {name} (in_features)")
         if self.quantize_lm_head:
-            for spec in (self.weight, self.lm_head_activation):
+            for spec in (self.lm_head_weight, self.lm_head_activation):
                 if spec is not None:
                     spec.check_dimension(config.hidden_size, "lm_head input")
         for spec, what in ((self.key, "key head"), (self.value, "value head")):

@@ -200,27 +200,42 @@ def w4a8_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, 
                 bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32,
                 backend: str | None = None) -> torch.Tensor:
     """(M, N) = Q8(x) @ (decode(w) * w_scale).T (+ bias) for packed INT4 weights with per-channel scales: x's rows
-    quantized to INT8 per token (W4A8).
+    quantized to INT8 per token (W4A8). See ``_int8_activation_linear`` for the paths."""
+    return _int8_activation_linear(x, w_packed, w_scale, "int4", clip_ratio, bias, out_dtype, backend)
 
-    Where the decode kernel takes the product (CUDA, up to ``GEMV_MAX_M`` rows) the INT8 levels are its dp4a
-    activation bytes: signed bytes in units of 1, as INT4 levels, against weight bytes of at most 128 in
-    magnitude, so the int32 sums stay exact for K < 2**17. Elsewhere the weights are widened to int8 levels for
-    the W8A8 product (exact int32 sums on cuBLAS where it applies).
-    """
+
+def w8a8_linear(x: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, *, clip_ratio: float = 1.0,
+                bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32,
+                backend: str | None = None) -> torch.Tensor:
+    """(M, N) = Q8(x) @ (w * w_scale).T (+ bias) for (N, K) INT8 weight bytes with per-channel scales: x's rows
+    quantized to INT8 per token (W8A8). See ``_int8_activation_linear`` for the paths."""
+    return _int8_activation_linear(x, w_codes, w_scale, "int8", clip_ratio, bias, out_dtype, backend)
+
+
+def _int8_activation_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_element: str,
+                            clip_ratio: float, bias: torch.Tensor | None, out_dtype: torch.dtype,
+                            backend: str | None) -> torch.Tensor:
+    """W4A8 / W8A8. Where the decode kernel takes the product (CUDA, up to ``GEMV_MAX_M`` rows), the activation
+    kernel writes the INT8 levels as its dp4a bytes (one launch) and the decode kernel multiplies them with the
+    weight bytes (INT4 nibbles or INT8 bytes; exact int32 sums for K < 2**17). Elsewhere the W8A8 product of
+    ``int8_gemm`` (cuBLAS's exact int8 GEMM where it applies), INT4 weights widened to int8 levels."""
     from quant_layers import packing
 
     from .int8_gemm import quantize_rows_int8, w8a8_matmul
-    from .reference import dp4a_order, w4a4_element
+    from .reference import w4a4_element
 
-    a, a_scale = quantize_rows_int8(x, clip_ratio)
     if _use_triton(x, backend) and x.is_cuda:
         from .w4a4_gemm import takes_gemv
 
         if takes_gemv(*x.shape, 0, 0):
-            return w4a4_matmul_dp4a(dp4a_order(a, "int4"), a_scale, w_packed, w_scale, a_element="int4",
-                                    w_element="int4", bias=bias, out_dtype=out_dtype, backend=backend)
-    levels = packing.decode(packing.unpack(w_packed), w4a4_element("int4")).to(torch.int8)
-    return w8a8_matmul(a, a_scale, levels, w_scale, bias, out_dtype)
+            a_bytes, a_scale = quantize_activations(x, "int8", clip_ratio=clip_ratio, dp4a_for=w_element,
+                                                    backend=backend)
+            return w4a4_matmul_dp4a(a_bytes, a_scale, w, w_scale, a_element="int8", w_element=w_element, bias=bias,
+                                    out_dtype=out_dtype, backend=backend)
+    a, a_scale = quantize_rows_int8(x, clip_ratio)
+    if w_element == "int4":
+        w = packing.decode(packing.unpack(w), w4a4_element("int4")).to(torch.int8)
+    return w8a8_matmul(a, a_scale, w, w_scale, bias, out_dtype)
 
 
 def w4a4_matmul_dp4a(
@@ -266,15 +281,6 @@ def w4a4_matmul(
 
     return w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                            a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype)
-
-
-def w8a8_linear(x: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, *, clip_ratio: float = 1.0,
-                bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(M, N) = Q8(x) @ (w * w_scale).T (+ bias): x's rows quantized to INT8 per token, then the int8 product."""
-    from .int8_gemm import quantize_rows_int8, w8a8_matmul
-
-    a, a_scale = quantize_rows_int8(x, clip_ratio)
-    return w8a8_matmul(a, a_scale, w_codes, w_scale, bias, out_dtype)
 
 
 def fpx_matmul(

@@ -61,6 +61,7 @@ CHUNKS = (2048, 4096)
 INTERPRET_CHUNK = 0
 # 1.5 * 2**23: adding then subtracting it rounds |y| < 2**22 to an integer, ties to even.
 ROUND_MAGIC = tl.constexpr(12582912.0)
+ROUND_MAGIC_BITS = tl.constexpr(0x4B400000)  # its fp32 bits: the sum's bits less these are the integer
 
 
 @triton.jit
@@ -145,17 +146,21 @@ def _scales(amax, tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND: tl.constex
 
 
 @triton.jit
-def _encode(v, ELEMENT_INT4: tl.constexpr):
-    """4-bit codes (int32 0..15) of v = x / scale, rounded as IntFormat(4) / E2M1 round (ties to even).
+def _encode(v, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr):
+    """4-bit codes (int32 0..15) of v = x / scale, rounded as IntFormat(4) / E2M1 round (ties to even); for
+    INT8 the level itself (int32 -128..127), as IntFormat(8) rounds.
 
     Both round with one fp32 add of a magic number whose ulp is the grid step. INT4's step is
     1: the rounded integer lands in the sum's low mantissa bits, and its low nibble is the
-    code. E2M1's step is 0.5 below 2, 1 below 4 and 2 from 4 on, so the magic number takes the
-    exponent E of max(|v|, 1): 1.5 * 2^(E + 22). The sum's bits less the magic number's count
-    the steps k; the magnitude's index on the grid 0, 0.5, 1, 1.5, 2, 3, 4, 6 is then
-    k + 2 (E - 127), E biased.
+    code (INT8's level: the sum's bits less the magic number's). E2M1's step is 0.5 below 2,
+    1 below 4 and 2 from 4 on, so the magic number takes the exponent E of max(|v|, 1):
+    1.5 * 2^(E + 22). The sum's bits less the magic number's count the steps k; the
+    magnitude's index on the grid 0, 0.5, 1, 1.5, 2, 3, 4, 6 is then k + 2 (E - 127), E biased.
     """
-    if ELEMENT_INT4:
+    if ELEMENT_INT8:
+        rounded = (tl.minimum(tl.maximum(v, -128.0), 127.0) + ROUND_MAGIC).to(tl.int32, bitcast=True)
+        codes = rounded - ROUND_MAGIC_BITS
+    elif ELEMENT_INT4:
         codes = (tl.minimum(tl.maximum(v, -8.0), 7.0) + ROUND_MAGIC).to(tl.int32, bitcast=True) & 0xF
     else:
         a = tl.minimum(tl.abs(v), 6.0)
@@ -237,10 +242,10 @@ def _load(x_ptr, h_ptr, norm_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, eps, 
 
 
 @triton.jit
-def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: tl.constexpr, OUT_FP8: tl.constexpr,
-                 DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr,
+                 OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Write a (BLOCK_M, BLOCK_K) tile of codes whose first column is col0: packed two a byte, as E4M3 bytes, or
-    as the decode kernel's dp4a bytes."""
+    as the decode kernel's dp4a bytes (INT8 levels only so)."""
     row_ok = rows < M
     if OUT_FP8:  # one E4M3 byte per element, for the FP8 GEMM
         cols = col0 + tl.arange(0, BLOCK_K)
@@ -248,7 +253,8 @@ def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: t
                  code_operand(codes, ELEMENT_INT4, 1).to(tl.uint8, bitcast=True),
                  mask=row_ok[:, None] & (cols < K)[None, :])
     elif DP4A_FOR > 0:  # signed bytes for the decode kernel's dp4a, written as int32 words (see _dp4a_words)
-        first, second = _dp4a_words(_code_values(codes, 0, ELEMENT_INT4), BLOCK_M, BLOCK_K, DP4A_FOR == 1)
+        values = codes if ELEMENT_INT8 else _code_values(codes, 0, ELEMENT_INT4)
+        first, second = _dp4a_words(values, BLOCK_M, BLOCK_K, DP4A_FOR == 1)
         word_cols = col0 // 8 + tl.arange(0, BLOCK_K // 8)
         ptrs = packed_ptr + rows[:, None] * stride_pm + word_cols[None, :]
         word_mask = row_ok[:, None] & (word_cols < K // 8)[None, :]
@@ -265,7 +271,7 @@ def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: t
 def _act_quant_kernel(
     x_ptr, h_ptr, norm_ptr, normed_ptr, packed_ptr, scale_ptr, tensor_amax_ptr,
     M, K, M_BUCKET, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b, eps,
-    ELEMENT_INT4: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
+    ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
     HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
     LAUNCH_DEPENDENTS: tl.constexpr, USE_GDC: tl.constexpr, PROLOGUE: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -294,8 +300,8 @@ def _act_quant_kernel(
         for c0 in range(0, K, CHUNK):
             y = _load(x_ptr, h_ptr, norm_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, eps,
                       BLOCK_M, CHUNK, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
-            _store_codes(_encode(_divide(y, safe), ELEMENT_INT4), packed_ptr, rows, c0, M, K, stride_pm, ELEMENT_INT4,
-                         OUT_FP8, DP4A_FOR, BLOCK_M, CHUNK)
+            _store_codes(_encode(_divide(y, safe), ELEMENT_INT4, ELEMENT_INT8), packed_ptr, rows, c0, M, K, stride_pm,
+                         ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR, BLOCK_M, CHUNK)
         tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])
     else:
         pid_k = tl.program_id(1)
@@ -314,9 +320,9 @@ def _act_quant_kernel(
             scale = _scales(tl.reduce(tl.abs(yg), 2, _elementwise_max), tensor_amax_ptr, clip_ratio, max_value,
                             SCALE_KIND)
             safe = tl.where(scale > 0, scale, 1.0)
-            codes = _encode(_divide(yg, safe[:, :, None]), ELEMENT_INT4).reshape(BLOCK_M, BLOCK_K)
-            _store_codes(codes, packed_ptr, rows, pid_k * BLOCK_K, M, K, stride_pm, ELEMENT_INT4, OUT_FP8, DP4A_FOR,
-                         BLOCK_M, BLOCK_K)
+            codes = _encode(_divide(yg, safe[:, :, None]), ELEMENT_INT4, ELEMENT_INT8).reshape(BLOCK_M, BLOCK_K)
+            _store_codes(codes, packed_ptr, rows, pid_k * BLOCK_K, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8,
+                         OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
             scale_cols = pid_k * groups + tl.arange(0, groups)
             tl.store(scale_ptr + rows[:, None] * stride_sm + scale_cols[None, :], scale,
                      mask=row_ok[:, None] & (scale_cols < n_scales)[None, :])
@@ -362,8 +368,8 @@ _act_quant_autotuned = triton.autotune(
              for w in (4, 8, 16)]
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
        for w in (4, 8)],
-    key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "SCALE_KIND", "GROUP", "HAD_BLOCK", "ROUND_BF16", "ROUND_F16",
-         "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
+    key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "ELEMENT_INT8", "SCALE_KIND", "GROUP", "HAD_BLOCK", "ROUND_BF16",
+         "ROUND_F16", "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
     prune_configs_by=dict(early_config_prune=_prune_tiles),
 )(_act_quant_kernel)
 
@@ -428,10 +434,11 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
     launch = dict(
         clip_ratio=clip_ratio, max_value=element_named(element).max_value, eps=eps,
         inv_sqrt_b=hadamard_block ** -0.5 if hadamard_block else 1.0,
-        ELEMENT_INT4=element == "int4", SCALE_KIND=SCALE_KIND_IDS[scale_kind], GROUP=group_size or block_k,
+        ELEMENT_INT4=element == "int4", ELEMENT_INT8=element == "int8", SCALE_KIND=SCALE_KIND_IDS[scale_kind],
+        GROUP=group_size or block_k,
         HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
         ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes,
-        DP4A_FOR={None: 0, "int4": 1, "e2m1": 2}[dp4a_for], BLOCK_K=block_k,
+        DP4A_FOR={None: 0, "int4": 1, "e2m1": 2, "int8": 2}[dp4a_for], BLOCK_K=block_k,
         LAUNCH_DEPENDENTS=pdl["USE_GDC"] or (dp4a_for is not None and uses_pdl(x.device, "gemv")),
         PROLOGUE=prologue, **pdl,
     )

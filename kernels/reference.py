@@ -17,8 +17,11 @@ from quant_layers.quantizer import QuantSpec, Quantizer
 from transforms.hadamard import block_hadamard_transform
 
 ELEMENTS = ("int4", "e2m1")  # the W4A4 kernels' 4-bit elements
-# The decode kernel's activation bytes count INT4 levels and halves of E2M1 values (exact integers).
-DP4A_BYTES_PER_UNIT = {"int4": 1, "e2m1": 2}
+# The decode kernel's activation bytes count INT4 and INT8 levels and halves of E2M1 values (exact integers).
+DP4A_BYTES_PER_UNIT = {"int4": 1, "e2m1": 2, "int8": 1}
+# The decode kernel's (activation, weight) pairs: W4A4 in any mix of the 4-bit elements, W4A8 and W8A8. INT8
+# activations exist only as dp4a bytes; INT8 weights are (N, K) two's complement bytes, not packed codes.
+DP4A_PAIRS = {(a, w) for a in ELEMENTS for w in ELEMENTS} | {("int8", "int4"), ("int8", "int8")}
 FPX_BITS = (4, 5, 6)
 SCALE_KINDS = ("float", "e4m3", "e8m0")
 # Block-scaled formats fix their element and group: NVFP4 (E4M3 scales) and MXFP4 (E8M0).
@@ -59,7 +62,12 @@ def check_activation_args(
         raise ValueError(f"activations must be 2-D (tokens, features), got shape {tuple(x.shape)}")
     if x.dtype not in ACTIVATION_DTYPES:
         raise ValueError(f"activations must be float16, bfloat16 or float32, got {x.dtype}")
-    w4a4_element(element)
+    if element == "int8":
+        if dp4a_for is None or (element, dp4a_for) not in DP4A_PAIRS:
+            raise ValueError(f"INT8 activations are written as the decode kernel's dp4a bytes for INT4 or INT8 "
+                             f"weights: pass dp4a_for='int4' or 'int8', got dp4a_for={dp4a_for!r}")
+    else:
+        w4a4_element(element)
     if scale_kind not in SCALE_KINDS:
         raise ValueError(f"unknown scale kind {scale_kind!r}: choose one of {', '.join(SCALE_KINDS)}")
     k = x.shape[1]
@@ -83,7 +91,11 @@ def check_activation_args(
     if hadamard_block and k % hadamard_block:
         raise ValueError(f"hadamard block {hadamard_block} does not divide K={k}")
     if dp4a_for is not None:
-        w4a4_element(dp4a_for)
+        if dp4a_for != "int8":
+            w4a4_element(dp4a_for)
+        if (element, dp4a_for) not in DP4A_PAIRS:
+            raise ValueError(f"the decode kernel takes INT8 weights with INT8 activations only (W8A8), got {element} "
+                             f"activations for dp4a_for={dp4a_for!r}")
         if group_size or scale_kind != "float" or k % 8:
             raise ValueError(f"dp4a bytes are for the decode kernel: per-token float scales and K a multiple of 8, "
                              f"got group_size={group_size}, {scale_kind} scales, K={k}")
@@ -124,7 +136,10 @@ def check_matmul_args(
     """Raise ValueError unless ``w4a4_matmul`` can take these arguments."""
     k = _check_operand("a", a_packed, a_scale, a_element, a_group, None)
     _check_operand("w", w_packed, w_scale, w_element, w_group, k)
-    n = w_packed.shape[0]
+    _check_bias_and_out(bias, w_packed.shape[0], out_dtype)
+
+
+def _check_bias_and_out(bias: torch.Tensor | None, n: int, out_dtype: torch.dtype) -> None:
     if bias is not None and (tuple(bias.shape) != (n,) or not bias.is_floating_point()):
         raise ValueError(f"bias must be a float tensor of shape ({n},), got {bias.dtype} with shape {tuple(bias.shape)}")
     if out_dtype not in OUT_DTYPES:
@@ -135,9 +150,10 @@ def activation_spec(element: str, group_size: int, scale_kind: str, clip_ratio: 
     """The fake-quantization spec that ``quantize_activations`` realises."""
     if scale_kind in BLOCK_SCALED:
         return QuantSpec(format=BLOCK_SCALED[scale_kind][0], bits=4, clip_ratio=clip_ratio)
-    fmt = {"int4": dict(format="int"), "e2m1": dict(format="fp", exp_bits=2)}[element]
+    fmt = {"int4": dict(format="int", bits=4), "e2m1": dict(format="fp", bits=4, exp_bits=2),
+           "int8": dict(format="int", bits=8)}[element]
     granularity = dict(granularity="group", group_size=group_size) if group_size else dict(granularity="token")
-    return QuantSpec(bits=4, clip_ratio=clip_ratio, **fmt, **granularity)
+    return QuantSpec(clip_ratio=clip_ratio, **fmt, **granularity)
 
 
 def quantize_activations_ref(
@@ -241,11 +257,21 @@ def w4a4_gemv_ref(
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``w4a4_matmul_ref`` with the activation codes given as dp4a bytes (per-row scales): the decode
-    kernel's twin. ``residual`` (M, N) of ``out_dtype`` is added to the rounded product (``residual + y``)."""
+    kernel's twin. ``residual`` (M, N) of ``out_dtype`` is added to the rounded product (``residual + y``).
+    With INT8 activations (W4A8, W8A8) it is the W8A8 product of the levels (``int8_gemm.w8a8_matmul``), INT4
+    weights widened to int8."""
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual)
-    codes = packing.encode(dp4a_values(a_bytes, a_element, w_element), w4a4_element(a_element))
-    out = w4a4_matmul_ref(packing.pack(codes), a_scale, w_packed, w_scale, a_element=a_element,
-                          w_element=w_element, bias=bias, out_dtype=out_dtype)
+    values = dp4a_values(a_bytes, a_element, w_element)
+    if a_element == "int8":
+        from .int8_gemm import w8a8_matmul
+
+        w_codes = w_packed if w_element == "int8" else (
+            packing.decode(packing.unpack(w_packed), w4a4_element(w_element)).to(torch.int8))
+        out = w8a8_matmul(values.to(torch.int8), a_scale, w_codes, w_scale, bias, out_dtype)
+    else:
+        codes = packing.encode(values, w4a4_element(a_element))
+        out = w4a4_matmul_ref(packing.pack(codes), a_scale, w_packed, w_scale, a_element=a_element,
+                              w_element=w_element, bias=bias, out_dtype=out_dtype)
     return out if residual is None else residual + out
 
 
@@ -254,8 +280,8 @@ def check_dp4a_args(
     a_element: str, w_element: str, bias: torch.Tensor | None, out_dtype: torch.dtype,
     residual: torch.Tensor | None = None,
 ) -> None:
-    """Raise ValueError unless the decode kernel can take these dp4a activation bytes and packed weights (and
-    this residual: (M, N) of ``out_dtype``)."""
+    """Raise ValueError unless the decode kernel can take these dp4a activation bytes and weights (packed 4-bit
+    codes, or (N, K) bytes for INT8) and this residual: (M, N) of ``out_dtype``."""
     shape = (a_bytes.shape[0], w_packed.shape[0])
     if residual is not None and (tuple(residual.shape) != shape or residual.dtype != out_dtype):
         raise ValueError(f"the residual must be a {shape} tensor of the output dtype {out_dtype}, got "
@@ -265,8 +291,23 @@ def check_dp4a_args(
                          f"got {a_bytes.dtype} with shape {tuple(a_bytes.shape)}")
     if a_bytes.shape[1] % 2:
         raise ValueError(f"a_bytes holds one byte per code: K must be even, got K={a_bytes.shape[1]}")
-    a_packed = torch.empty(a_bytes.shape[0], a_bytes.shape[1] // 2, dtype=torch.uint8)  # shapes only
-    check_matmul_args(a_packed, a_scale, w_packed, w_scale, a_element, w_element, 0, 0, bias, out_dtype)
+    if "int8" not in (a_element, w_element):
+        a_packed = torch.empty(a_bytes.shape[0], a_bytes.shape[1] // 2, dtype=torch.uint8)  # shapes only
+        check_matmul_args(a_packed, a_scale, w_packed, w_scale, a_element, w_element, 0, 0, bias, out_dtype)
+        return
+    if (a_element, w_element) not in DP4A_PAIRS:
+        raise ValueError(f"the decode kernel multiplies INT8 activations with INT4 or INT8 weights (W4A8, W8A8), "
+                         f"got {a_element} activations with {w_element} weights")
+    m, k = a_bytes.shape
+    bytes_per_row = k if w_element == "int8" else k // 2
+    if w_packed.dtype not in (torch.uint8, torch.int8) or w_packed.dim() != 2 or w_packed.shape[1] != bytes_per_row:
+        raise ValueError(f"{w_element} weights for K={k} must be a 2-D byte tensor with {bytes_per_row} bytes a "
+                         f"row, got {w_packed.dtype} with shape {tuple(w_packed.shape)}")
+    for name, scale, rows in (("a", a_scale, m), ("w", w_scale, w_packed.shape[0])):
+        if tuple(scale.shape) != (rows, 1) or not scale.is_floating_point():
+            raise ValueError(f"{name}_scale must be a float tensor of shape ({rows}, 1) (one scale a row), "
+                             f"got {scale.dtype} with shape {tuple(scale.shape)}")
+    _check_bias_and_out(bias, w_packed.shape[0], out_dtype)
 
 
 def dequantize(packed: torch.Tensor, scale: torch.Tensor, element: str, group: int = 0) -> torch.Tensor:

@@ -131,16 +131,19 @@ def _prmt(lo, hi, selector, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _weight_bytes(words, W_INT4: tl.constexpr, USE_ASM: tl.constexpr):
+def _weight_bytes(words, W_INT4: tl.constexpr, W_INT8: tl.constexpr, USE_ASM: tl.constexpr):
     """A word's 8 codes as two words of 4 signed bytes each, the weight operands of dp4a.
 
     INT4: codes 0, 2, 4, 6 and 1, 3, 5, 7, each nibble moved to the top of its byte, so 16
     times the level (two instructions a word; the kernel's ``unit`` divides by 16). E2M1:
     codes 0..3 and 4..7 as twice their values, from byte tables: prmt looks up the
     magnitude among the positive and the negative values, and a third prmt picks one of the
-    two by the sign bit.
+    two by the sign bit. INT8 (64-bit words): codes 0..3 and 4..7 are the word's halves already.
     """
-    if W_INT4:
+    if W_INT8:
+        first = words.to(tl.int32)
+        second = (words >> 32).to(tl.int32)
+    elif W_INT4:
         first = (words << 4) & HIGH_NIBBLES
         second = words & HIGH_NIBBLES
     else:
@@ -161,21 +164,21 @@ def _e2m1_bytes(words, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, USE_ASM: tl.constexpr):
+def _products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, W_INT8: tl.constexpr, USE_ASM: tl.constexpr):
     """acc plus the products of weight words (8 codes each) and their activation words, summed per word."""
-    w_first, w_second = _weight_bytes(w_words, W_INT4, USE_ASM)
+    w_first, w_second = _weight_bytes(w_words, W_INT4, W_INT8, USE_ASM)
     return _dp4a(w_second, a_second, _dp4a(w_first, a_first, acc, USE_ASM), USE_ASM)
 
 
 @triton.jit
-def _folded_products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, USE_ASM: tl.constexpr,
-                     FOLD: tl.constexpr):
+def _folded_products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, W_INT8: tl.constexpr,
+                     USE_ASM: tl.constexpr, FOLD: tl.constexpr):
     """``_products`` into an accumulator of 1/FOLD the words: each step's sums over FOLD neighbouring words
     (held by one thread) are added together first."""
     if FOLD == 1:
-        out = _products(acc, w_words, a_first, a_second, W_INT4, USE_ASM)
+        out = _products(acc, w_words, a_first, a_second, W_INT4, W_INT8, USE_ASM)
     else:
-        step = _products(tl.full(w_words.shape, 0, tl.int32), w_words, a_first, a_second, W_INT4, USE_ASM)
+        step = _products(tl.full(w_words.shape, 0, tl.int32), w_words, a_first, a_second, W_INT4, W_INT8, USE_ASM)
         out = acc + tl.reduce(tl.reshape(step, (acc.shape[0], acc.shape[1], FOLD)), 2, _sum_combine)
     return out
 
@@ -184,14 +187,15 @@ def _folded_products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, USE_
 def _w4a4_gemv_kernel(
     a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr,
     M, N, KW, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, stride_rm, unit,
-    W_INT4: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr,
-    ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr,
+    W_INT4: tl.constexpr, W_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    USE_ASM: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, PREFETCH: tl.constexpr,
     FOLD: tl.constexpr, USE_GDC: tl.constexpr, LOOP_STAGES: tl.constexpr,
 ):
     """a: the activation rows' dp4a bytes as int32 words (row r: KW words of the first plane, then KW of the
-    second); w: the packed weight rows as int32 words (8 codes each). HAS_RESIDUAL: the product, rounded to
-    the output dtype, plus the residual rows, rounded again (an HF layer's ``residual + linear(x)``)."""
+    second); w: the packed weight rows as int32 words (8 codes each), or INT8 weight bytes as int64 words (8
+    each). HAS_RESIDUAL: the product, rounded to the output dtype, plus the residual rows, rounded again (an HF
+    layer's ``residual + linear(x)``)."""
     launch_dependents(USE_GDC)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -219,13 +223,13 @@ def _w4a4_gemv_kernel(
                 w_next = tl.load(w_ptrs + BLOCK_KW, mask=n_ok[:, None] & next_ok, other=0)
                 a_first_next = tl.load(a_ptrs + BLOCK_KW, mask=next_ok, other=0)
                 a_second_next = tl.load(a_ptrs + BLOCK_KW + KW, mask=next_ok, other=0)
-                acc = _folded_products(acc, w_words, a_first, a_second, W_INT4, USE_ASM, FOLD)
+                acc = _folded_products(acc, w_words, a_first, a_second, W_INT4, W_INT8, USE_ASM, FOLD)
                 w_words, a_first, a_second = w_next, a_first_next, a_second_next
             else:
                 w_ok = (offs_w < KW - start)[None, :]
                 acc = _folded_products(acc, tl.load(w_ptrs, mask=n_ok[:, None] & w_ok, other=0),
                                        tl.load(a_ptrs, mask=w_ok, other=0), tl.load(a_ptrs + KW, mask=w_ok, other=0),
-                                       W_INT4, USE_ASM, FOLD)
+                                       W_INT4, W_INT8, USE_ASM, FOLD)
             a_ptrs += BLOCK_KW
             w_ptrs += BLOCK_KW
         total = tl.reduce(acc, 1, _sum_combine)[None, :]
@@ -238,7 +242,7 @@ def _w4a4_gemv_kernel(
             a_mask = m_ok[:, None] & w_ok[None, :]
             w_words = tl.load(w_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0)
             acc3 = _products(acc3, w_words[None, :, :], tl.load(a_ptrs, mask=a_mask, other=0)[:, None, :],
-                             tl.load(a_ptrs + KW, mask=a_mask, other=0)[:, None, :], W_INT4, USE_ASM)
+                             tl.load(a_ptrs + KW, mask=a_mask, other=0)[:, None, :], W_INT4, W_INT8, USE_ASM)
             a_ptrs += BLOCK_KW
             w_ptrs += BLOCK_KW
         total = tl.reduce(acc3, 2, _sum_combine)
@@ -278,7 +282,7 @@ _gemv_autotuned = triton.autotune(
              for bn, bkw, w, s in configs]
     + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, FOLD=1, LOOP_STAGES=stages), num_warps=w,
                      num_stages=stages) for bn, bkw, w, stages in GEMV_PIPELINED_CONFIGS],
-    key=["M_BUCKET", "N", "KW", "W_INT4", "BLOCK_M"],
+    key=["M_BUCKET", "N", "KW", "W_INT4", "W_INT8", "BLOCK_M"],
     prune_configs_by=dict(early_config_prune=prune_decode_configs),
 )(_w4a4_gemv_kernel)
 
@@ -315,26 +319,29 @@ def w4a4_gemv_triton(
     ``dp4a_for``); writes into ``out`` when given. ``config`` (BLOCK_N, BLOCK_KW, PREFETCH, FOLD, warps, stages)
     replaces the autotuner's pick, or the interpreter's fixed one (``benchmarks/gemv_ncu.py`` profiles configs
     one at a time). ``residual`` (M, N): added to the product rounded to ``out_dtype``, as
-    ``reference.w4a4_gemv_ref`` adds it."""
+    ``reference.w4a4_gemv_ref`` adds it. INT8 activation levels (``a_element="int8"``) go with packed INT4
+    weights (W4A8) or INT8 weights given as (N, K) two's complement bytes (W8A8)."""
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     check_gemv_fits(m, k, 0, 0)
     check_out(out, m, n, out_dtype)
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=a_bytes.device)
-    a_words, w_words = _words(a_bytes), _words(w_packed)
+    # INT8 weights are 64-bit words: 8 codes a word, as the 4-bit elements' 32-bit words.
+    a_words, w_words = _words(a_bytes), _words(w_packed, torch.int64 if w_element == "int8" else torch.int32)
     a_scale, w_scale = a_scale.float().contiguous(), w_scale.float().contiguous()
     block_m = triton.next_power_of_2(m)
-    # Activation bytes count units of 1 (INT4) or 1/2 (E2M1); weight bytes 1/16 (INT4 nibbles at a byte's top)
-    # or 1/2 (E2M1).
-    unit = (1.0 if a_element == "int4" else 0.5) * (1 / 16 if w_element == "int4" else 0.5)
+    # Activation bytes count units of 1 (INT4, INT8) or 1/2 (E2M1); weight bytes 1/16 (INT4 nibbles at a byte's
+    # top), 1/2 (E2M1) or 1 (INT8).
+    unit = (0.5 if a_element == "e2m1" else 1.0) * {"int4": 1 / 16, "e2m1": 0.5, "int8": 1.0}[w_element]
     if residual is not None and residual.stride(1) != 1:
         residual = residual.contiguous()
     args = (a_words, a_scale, w_words, w_scale, bias if bias is not None else out,  # (absent: never read)
             residual if residual is not None else out, out,
             m, n, k // 8, block_m, a_words.stride(0), w_words.stride(0), a_scale.stride(0), w_scale.stride(0),
             out.stride(0), 0 if residual is None else residual.stride(0), unit)
-    flags = dict(W_INT4=w_element == "int4", HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+    flags = dict(W_INT4=w_element == "int4", W_INT8=w_element == "int8", HAS_BIAS=bias is not None,
+                 HAS_RESIDUAL=residual is not None,
                  USE_ASM=not INTERPRET, ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16,
                  BLOCK_M=block_m, **pdl_flags(a_bytes.device, "gemv"))
     if config is not None:

@@ -27,8 +27,9 @@ def attach_quantizers(model: nn.Module, adapter: ArchAdapter, recipe: QuantRecip
                 wrapped.append(qlinear)
         if recipe.quantize_lm_head:
             adapter.untie_lm_head(model)  # quantizing a tied lm_head must not quantize the embeddings
-            head_act = recipe.lm_head_activation
-            qhead = QuantLinear(adapter.lm_head(model), wq, None if head_act is None else Quantizer(head_act))
+            head_weight, head_act = recipe.lm_head_weight, recipe.lm_head_activation
+            qhead = QuantLinear(adapter.lm_head(model), None if head_weight is None else Quantizer(head_weight),
+                                None if head_act is None else Quantizer(head_act))
             model.lm_head = qhead
             wrapped.append(qhead)
     head_dim = adapter.head_dim(model.config)

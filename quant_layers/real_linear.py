@@ -104,17 +104,18 @@ class RealQuantScheme:
         return cls(element, group, SCALE_KINDS.get(spec.format, "float"), clip, spec.bits)
 
 
-def check_scheme_pair(weight: RealQuantScheme, act: RealQuantScheme | None) -> None:
+def check_scheme_pair(weight: RealQuantScheme, act: RealQuantScheme | None,
+                      fix: str = "use --w_bits 8 --a_bits 8 or --w_bits 4 --a_bits 8 with --format int, "
+                                 "or 4-bit formats") -> None:
     """INT8 weights go only with INT8 activations (W8A8); INT8 activations with INT8 or per-channel INT4 weights
-    (W4A8, on the decode kernel's byte products)."""
+    (W4A8, on the decode kernel's byte products). ``fix`` ends the error: the flags that choose the pair."""
     act_int8 = act is not None and act.element == "int8"
     w4a8 = act_int8 and weight.element == "int4" and weight.group == 0
     if (weight.element == "int8") != act_int8 and not w4a8:
         raise ValueError(f"real quantization runs INT8 as W8A8 (INT8 weights per channel with INT8 activations "
                          f"per token) or W4A8 (INT4 weights per channel), got {weight.element} weights"
                          f"{f' in groups of {weight.group}' if weight.group else ''} with "
-                         f"{'unquantized' if act is None else act.element} activations: use --w_bits 8 --a_bits 8 "
-                         f"or --w_bits 4 --a_bits 8 with --format int, or 4-bit formats")
+                         f"{'unquantized' if act is None else act.element} activations: {fix}")
 
 
 def check_real_quant_recipe(recipe) -> None:
@@ -124,8 +125,12 @@ def check_real_quant_recipe(recipe) -> None:
     weight = RealQuantScheme.from_spec(recipe.weight, "weight", 0, weight_only=recipe.activation is None)
     act = None if recipe.activation is None else RealQuantScheme.from_spec(recipe.activation, "activation", 0)
     check_scheme_pair(weight, act)
-    if recipe.quantize_lm_head and recipe.lm_head_activation != recipe.activation:
-        check_scheme_pair(weight, RealQuantScheme.from_spec(recipe.lm_head_activation, "activation", 0))
+    head_weight, head_act = recipe.lm_head_weight, recipe.lm_head_activation
+    if recipe.quantize_lm_head and (head_weight != recipe.weight or head_act != recipe.activation):
+        check_scheme_pair(RealQuantScheme.from_spec(head_weight, "weight", 0, weight_only=head_act is None),
+                          None if head_act is None else RealQuantScheme.from_spec(head_act, "activation", 0),
+                          "for lm_head use --lm_head_w_bits 8 --lm_head_a_bits 8 (W8A8), --lm_head_a_bits 8 with "
+                          "INT4 weights per channel (W4A8), or neither")
 
 
 class RealQuantLinear(nn.Module):

@@ -114,12 +114,16 @@ def test_bench_model_head_mode_quantizes_lm_head_and_keeps_the_tied_embeddings()
     assert not isinstance(build_model(config, "w4a4kv4", cpu).lm_head, RealQuantLinear)
     head8 = build_model(config, "w4a4kv4_head8", cpu).lm_head
     assert head8.act_scheme.element == "int8" and head8.weight_scheme.element == "int4"
+    head_w8a8 = build_model(config, "w4a4kv4_head_w8a8", cpu).lm_head
+    assert head_w8a8.act_scheme.element == "int8" and head_w8a8.weight_scheme.element == "int8"
+    assert head_w8a8.qweight.shape == (config.vocab_size, config.hidden_size)  # one byte a weight
     ids = torch.randint(0, config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = model(ids).logits
-        logits8 = head8(torch.randn(1, 8, config.hidden_size, dtype=torch.bfloat16))
+        x = torch.randn(1, 8, config.hidden_size, dtype=torch.bfloat16)
+        head_logits = [head8(x), head_w8a8(x)]
     assert logits.shape == (1, 8, config.vocab_size) and bool(logits.isfinite().all()) and logits.std() > 0
-    assert bool(logits8.isfinite().all()) and logits8.std() > 0
+    assert all(bool(out.isfinite().all()) and out.std() > 0 for out in head_logits)
 
 
 def test_bench_model_table_has_graph_prefill_columns_and_capture_errors():

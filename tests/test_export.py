@@ -504,33 +504,53 @@ def test_int8_runs_only_as_w8a8_or_w4a8_per_channel(weight, act_bits):
 
 
 @pytest.mark.parametrize("weight, head_bits, message", [
-    (spec("int", "channel"), 6, "no kernel for activations quantized as int6-tok"),
-    (spec("int", "group", group_size=64), 8, r"W4A8 \(INT4 weights per channel\), got int4 weights in groups of 64"),
+    (spec("int", "channel"), dict(lm_head_a_bits=6), "no kernel for activations quantized as int6-tok"),
+    (spec("int", "group", group_size=64), dict(lm_head_a_bits=8),
+     r"W4A8 \(INT4 weights per channel\), got int4 weights in groups of 64"),
+    (spec("int", "channel"), dict(lm_head_w_bits=8),
+     "got int8 weights with int4 activations: for lm_head use --lm_head_w_bits 8 --lm_head_a_bits 8"),
 ])
-def test_real_quant_refuses_an_lm_head_input_without_a_kernel(weight, head_bits, message):
+def test_real_quant_refuses_an_lm_head_without_a_kernel(weight, head_bits, message):
     from quant_layers.real_linear import check_real_quant_recipe
 
-    recipe = QuantRecipe(weight=weight, activation=spec("int", "token"), quantize_lm_head=True,
-                         lm_head_a_bits=head_bits)
+    recipe = QuantRecipe(weight=weight, activation=spec("int", "token"), quantize_lm_head=True, **head_bits)
     with pytest.raises(ValueError, match=message):
         check_real_quant_recipe(recipe)
 
 
-def test_w4a8_lm_head_round_trip(tiny_models, tmp_path):
-    """--quantize_lm_head --lm_head_a_bits 8: the decoder linears W4A4, lm_head's input INT8 (W4A8); the checkpoint
-    reproduces the fake-quantized logits and says so."""
+def test_cli_int8_lm_head_weights_need_int8_input():
+    """--lm_head_w_bits 8 runs with --lm_head_a_bits 8 (W8A8); with the decoder's INT4 input it is refused before
+    any model loads."""
+    def config(*argv: str) -> RunConfig:
+        return model_quant.build_config(model_quant.build_parser().parse_args(
+            ["--model", "m", "--w_bits", "4", "--a_bits", "4", "--quantize_lm_head", "--real_quant",
+             "--save_path", "ckpt", *argv]))
+
+    assert config("--lm_head_w_bits", "8", "--lm_head_a_bits", "8").quant.label.endswith("-lmhead-w8-a8")
+    with pytest.raises(ValueError, match="int8 weights with int4 activations: for lm_head use --lm_head_w_bits 8"):
+        config("--lm_head_w_bits", "8")
+
+
+@pytest.mark.parametrize("head_w_bits", [None, 8])
+def test_int8_input_lm_head_round_trip(head_w_bits, tiny_models, tmp_path):
+    """--quantize_lm_head --lm_head_a_bits 8 [--lm_head_w_bits 8]: the decoder linears W4A4, lm_head's input INT8
+    (W4A8, or W8A8 with INT8 weights); the checkpoint reproduces the fake-quantized logits and says so."""
     from quant_layers.real_linear import check_real_quant_recipe
 
     recipe = QuantRecipe(weight=spec("int", "channel"), activation=spec("int", "token", clip_ratio=0.9),
-                         quantize_lm_head=True, lm_head_a_bits=8)
+                         quantize_lm_head=True, lm_head_a_bits=8, lm_head_w_bits=head_w_bits)
     check_real_quant_recipe(recipe)
     model = fake_quantized(tiny_models["llama"], recipe)
-    assert model.lm_head.act_quantizer.spec.bits == 8 and model.model.layers[0].mlp.up_proj.act_quantizer.spec.bits == 4
+    up_proj, w_bits = model.model.layers[0].mlp.up_proj, head_w_bits or 4
+    assert model.lm_head.act_quantizer.spec.bits == 8 and up_proj.act_quantizer.spec.bits == 4
+    assert model.lm_head.weight_quantizer.spec.bits == w_bits and up_proj.weight_quantizer.spec.bits == 4
     ids = torch.randint(0, 2048, (2, 24), generator=torch.Generator().manual_seed(1))
     reference = logits(model, ids)
     loaded, _, qc = load_quantized(export_quantized(model, None, recipe, str(tmp_path / "ckpt")))
     assert qc["modules"]["lm_head"]["act"]["element"] == "int8" and qc["recipe"]["lm_head_a_bits"] == 8
-    assert loaded.lm_head.weight_scheme.element == "int4"
+    assert qc["recipe"]["lm_head_w_bits"] == head_w_bits
+    assert loaded.lm_head.weight_scheme.element == f"int{w_bits}"
+    assert loaded.model.layers[0].mlp.up_proj.weight_scheme.element == "int4"
     assert_same_logits(reference, logits(loaded, ids))
 
 

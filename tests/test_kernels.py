@@ -679,25 +679,87 @@ def test_w8a8_matmul_refuses_unquantized_activations():
         w8a8_matmul(torch.zeros(2, 16), torch.ones(2, 1), torch.zeros(4, 16, dtype=torch.uint8), torch.ones(4, 1))
 
 
-@pytest.mark.parametrize("m", [1, 5])
-def test_w4a8_on_the_decode_kernel_equals_the_widened_int8_product(m):
-    """INT8 activation levels as the decode kernel's dp4a bytes (in units of 1, as INT4 levels) against packed INT4
-    weights: the same sums as the W8A8 product of the weights widened to int8 levels."""
-    from kernels.int8_gemm import quantize_rows_int8
-    from kernels.reference import dp4a_order
+def int8_operands(m: int, n: int, k: int, w_element: str, seed: int = 3) -> tuple:
+    """bfloat16 activations (M, K) and per-channel weights: packed INT4 codes or (N, K) INT8 two's complement
+    bytes (as ``export`` writes them), with their scales and the weights' levels (N, K) as float64."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+    w = torch.randn(n, k, generator=g) * 0.02
+    if w_element == "int4":
+        w_codes, w_scale = quantize_activations_ref(w, "int4", 0, "float")
+        levels = decode(unpack(w_codes), element_named("int4"))
+    else:
+        quantizer = Quantizer(QuantSpec("int", 8, granularity="channel"))
+        params = quantizer.fit(w)
+        levels = quantizer.levels(w, params)
+        w_codes, w_scale = levels.to(torch.int8).view(torch.uint8), params.scale.reshape(-1, 1)
+    return x, w_codes, w_scale, levels.double()
 
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(m, 256, generator=g).to(torch.bfloat16)
-    w_packed, w_scale = quantize_activations_ref(torch.randn(40, 256, generator=g) * 0.02, "int4", 0, "float")
+
+@pytest.mark.parametrize("clip_ratio", [1.0, 0.9])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("w_element", ["int4", "int8"])
+def test_int8_activation_kernel_writes_the_levels_as_dp4a_bytes(w_element, dtype, clip_ratio):
+    """INT8 per-token levels (clipped ones reaching -128) as the decode kernel's bytes for INT4 or INT8 weights:
+    the kernel equals the twin, and the twin's levels and scales are ``quantize_rows_int8``'s (W8A8's)."""
+    from kernels.int8_gemm import quantize_rows_int8
+    from kernels.reference import dp4a_values
+
+    x = activations(5, 192, "int4", 0, dtype) * 3
+    levels, scale = quantize_rows_int8(x, clip_ratio)
+    want = quantize_activations_ref(x, "int8", 0, "float", clip_ratio, dp4a_for=w_element)
+    assert torch.equal(dp4a_values(want[0], "int8", w_element), levels.float()) and torch.equal(want[1], scale)
+    got = kernels.quantize_activations(x, "int8", clip_ratio=clip_ratio, dp4a_for=w_element, backend="triton")
+    assert got[0].dtype == torch.int8 and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert levels.abs().max() >= 127 and (clip_ratio == 1.0 or levels.min() == -128)
+
+
+@pytest.mark.parametrize("prefetch, fold", [(False, 1), (True, 1), (False, 4)])
+@pytest.mark.parametrize("m", [1, 5])
+@pytest.mark.parametrize("w_element", ["int4", "int8"])
+def test_int8_activations_on_the_decode_kernel_equal_the_exact_product(w_element, m, prefetch, fold, monkeypatch):
+    """W4A8 and W8A8 on the decode kernel (ragged N, K of 25 words against 4-word steps; the one-row configs
+    that prefetch or fold) and its twin: the exact integer product times the scales."""
+    from kernels import w4a4_gemv
+    from kernels.int8_gemm import quantize_rows_int8
+    from kernels.reference import dp4a_order, w4a4_gemv_ref
+
+    if m > 1 and (prefetch or fold > 1):
+        pytest.skip("prefetching and folded accumulators are one-row configs")
+    monkeypatch.setattr(w4a4_gemv, "INTERPRET_CONFIG", dict(w4a4_gemv.INTERPRET_CONFIG, PREFETCH=prefetch, FOLD=fold))
+    x, w_codes, w_scale, w_levels = int8_operands(m, 37, 200, w_element)
     a, a_scale = quantize_rows_int8(x)
-    assert a.abs().max() == 127  # bytes far outside the INT4 range
-    got = kernels.w4a4_matmul_dp4a(dp4a_order(a, "int4"), a_scale, w_packed, w_scale, a_element="int4",
-                                   w_element="int4", out_dtype=torch.float32, backend="triton")
-    want = kernels.w4a8_linear(x, w_packed, w_scale, out_dtype=torch.float32, backend="torch")
-    levels = decode(unpack(w_packed), element_named("int4"))
-    exact = (a.double() @ levels.double().t()) * a_scale.double() * w_scale.double().reshape(1, -1)
-    torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=0)
-    torch.testing.assert_close(want.double(), exact, rtol=1e-6, atol=0)
+    bias = torch.randn(37)
+    exact = (a.double() @ w_levels.t()) * a_scale.double() * w_scale.double().reshape(1, -1) + bias.double()
+    kw = dict(a_element="int8", w_element=w_element, bias=bias, out_dtype=torch.float32)
+    got = w4a4_gemv.w4a4_gemv_triton(dp4a_order(a, w_element), a_scale, w_codes, w_scale, **kw)
+    twin = w4a4_gemv_ref(dp4a_order(a, w_element), a_scale, w_codes, w_scale, **kw)
+    for out in (got, twin):
+        torch.testing.assert_close(out.double(), exact, rtol=1e-6, atol=1e-6)
+    linear = {"int4": kernels.w4a8_linear, "int8": kernels.w8a8_linear}[w_element]
+    torch.testing.assert_close(linear(x, w_codes, w_scale, bias=bias, backend="torch").double(), exact, rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_int8_activations_and_weights_refuse_what_the_kernels_cannot_take():
+    x, w_codes, w_scale, _ = int8_operands(2, 16, 64, "int8")
+    with pytest.raises(ValueError, match="INT8 activations are written as the decode kernel's dp4a bytes .* "
+                                         "got dp4a_for=None"):
+        kernels.quantize_activations(x, "int8", backend="triton")
+    with pytest.raises(ValueError, match="got dp4a_for='e2m1'"):
+        quantize_activations_ref(x, "int8", dp4a_for="e2m1")
+    a_bytes = torch.zeros(2, 64, dtype=torch.int8)
+    with pytest.raises(ValueError, match="INT8 activations with INT4 or INT8 weights .* got int8 activations with "
+                                         "e2m1 weights"):
+        kernels.w4a4_matmul_dp4a(a_bytes, torch.ones(2, 1), w_codes[:, :32], w_scale, a_element="int8",
+                                 w_element="e2m1", backend="triton")
+    with pytest.raises(ValueError, match="int8 weights for K=64 must be a 2-D byte tensor with 64 bytes a row, got "
+                                         "torch.uint8 with shape \\(16, 32\\)"):
+        kernels.w4a4_matmul_dp4a(a_bytes, torch.ones(2, 1), w_codes[:, :32], w_scale, a_element="int8",
+                                 w_element="int8", backend="triton")
+    with pytest.raises(ValueError, match="w_scale must be a float tensor of shape \\(16, 1\\) \\(one scale a row"):
+        kernels.w4a4_matmul_dp4a(a_bytes, torch.ones(2, 1), w_codes, w_scale[:8], a_element="int8", w_element="int8",
+                                 backend="torch")
 
 
 def test_w4a4_linear_path_choice_and_refusals():
@@ -851,12 +913,14 @@ def test_real_quant_linear_equals_fake_quant_linear(case):
         ((4, 48), torch.float32, dict(element="int4", hadamard_block=32), "hadamard block 32 does not divide"),
         ((4, 64), torch.float32, dict(element="e2m1", group_size=32, scale_kind="e4m3"), "group_size=16"),
         ((4, 64), torch.float32, dict(element="int4", group_size=32, scale_kind="e8m0"), "element 'e2m1'"),
-        ((4, 64), torch.float32, dict(element="int8"), "unknown 4-bit element"),
+        ((4, 64), torch.float32, dict(element="int16"), "unknown 4-bit element"),
+        ((4, 64), torch.float32, dict(element="int8"), "INT8 activations are written as the decode kernel's dp4a"),
         ((4, 64), torch.int32, dict(element="int4"), "float16, bfloat16 or float32"),
         ((2, 4, 64), torch.float32, dict(element="int4"), "2-D"),
         ((4, 64), torch.float32, dict(element="int4", group_size=16, dp4a_for="int4"), "per-token float scales"),
         ((4, 36), torch.float32, dict(element="int4", dp4a_for="int4"), "K a multiple of 8"),
-        ((4, 64), torch.float32, dict(element="int4", dp4a_for="int8"), "unknown 4-bit element 'int8'"),
+        ((4, 64), torch.float32, dict(element="int4", dp4a_for="int8"), "INT8 weights with INT8 activations only"),
+        ((4, 64), torch.float32, dict(element="int4", dp4a_for="int16"), "unknown 4-bit element 'int16'"),
         ((4, 64), torch.float32, dict(element="int4", dp4a_for="int4", fp8_codes=True), "one code layout"),
     ],
 )
@@ -924,3 +988,13 @@ def test_act_quant_bench_refusals_and_baseline(tmp_path, cli):
     got = baseline.quantize_activations_triton(x, "int4", 0, "float", 0.9)
     want = quantize_activations_ref(x, "int4", 0, "float", 0.9)
     assert baseline is not act_quant and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_kernel_check_int8_decode_dry_run(tmp_path):
+    """The GPU check of W4A8 / W8A8 runs end to end on the CPU (the interpreter's activation kernel, the torch
+    product) and passes."""
+    from benchmarks.kernel_check import main
+
+    prefix = str(tmp_path / "check")
+    assert main(["--cpu_dry_run", "--only", "int8_decode", "--out", prefix]) == 0
+    assert "8 checks, 0 failed." in open(prefix + ".md").read()

@@ -25,6 +25,13 @@ def _main_config(*argv: str) -> RunConfig:
     (lambda: QuantRecipe(weight=QuantSpec("int", 4), quantize_lm_head=True, lm_head_a_bits=8), "--a_bits below 16"),
     (lambda: QuantRecipe(activation=QuantSpec("int", 4), quantize_lm_head=True, lm_head_a_bits=0),
      "INT quantization takes 2 to 8 bits"),
+    (lambda: QuantRecipe(weight=QuantSpec("int", 4), lm_head_w_bits=8), "add --quantize_lm_head"),
+    (lambda: QuantRecipe(activation=QuantSpec("int", 4), quantize_lm_head=True, lm_head_w_bits=8),
+     "--w_bits below 16"),
+    (lambda: QuantRecipe(weight=QuantSpec("int", 4), quantize_lm_head=True, lm_head_w_bits=9),
+     "INT quantization takes 2 to 8 bits"),
+    (lambda: QuantRecipe(weight=QuantSpec("nvfp", 4), quantize_lm_head=True, lm_head_w_bits=8),
+     "NVFP4 is 4-bit E2M1"),
     (lambda: RunConfig(model="m", seqlen=1), "--seqlen must be at least 2"),
     (lambda: RunConfig(model="m", eval_limit=0), "--eval_limit must be at least 1"),
     (lambda: RunConfig(model="m", eval_batch_size=0), "--eval_batch_size must be at least 1"),
@@ -70,3 +77,10 @@ def test_quantized_lm_head_is_in_the_label():
     assert head8.label == "W[int4-ch]A[int4-tok]-rtn-lmhead-a8"
     assert head8.lm_head_activation == QuantSpec("int", 8, granularity="token") and head8.activation.bits == 4
     assert QuantRecipe.from_dict(head8.to_dict()) == head8
+    w8a8 = QuantRecipe(**w4a4, quantize_lm_head=True, lm_head_w_bits=8, lm_head_a_bits=8)
+    assert w8a8.label == "W[int4-ch]A[int4-tok]-rtn-lmhead-w8-a8"
+    assert QuantRecipe(**w4a4, quantize_lm_head=True, lm_head_w_bits=8).label == "W[int4-ch]A[int4-tok]-rtn-lmhead-w8"
+    assert w8a8.lm_head_weight == QuantSpec("int", 8, granularity="channel") and w8a8.weight.bits == 4
+    assert QuantRecipe.from_dict(w8a8.to_dict()) == w8a8
+    older = {k: v for k, v in head8.to_dict().items() if k != "lm_head_w_bits"}  # saved before the field existed
+    assert QuantRecipe.from_dict(older) == head8
