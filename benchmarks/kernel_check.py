@@ -428,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help=f"comma list of checks to run, of {', '.join(map(check_name, CHECKS))} (default: all)")
     p.add_argument("--gemm_pairs", help="comma list of the activation formats whose GEMM pairs to check, of "
                                         f"{', '.join(dict.fromkeys(a for a, _ in GEMM_PAIRS))} (default: all)")
+    p.add_argument("--skip", type=int, default=0,
+                   help="skip the first N of the chosen checks: resume a run its time limit cut after N checks")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
     only = set(args.only.split(",")) if args.only else None
@@ -455,8 +457,14 @@ def main(argv: list[str] | None = None) -> int:
     checks = result["checks"]
     decode_attention_cases = DRY_DECODE_ATTENTION if args.cpu_dry_run else GPU_DECODE_ATTENTION
 
+    chosen = 0
+
     def record(run, *run_args) -> None:
+        nonlocal chosen
         if only and check_name(run) not in only:
+            return
+        chosen += 1
+        if chosen <= args.skip:
             return
         try:
             check = run(*run_args)

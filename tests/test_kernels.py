@@ -141,7 +141,7 @@ def _helper_kernel(x_ptr, y_ptr, n, WHICH: tl.constexpr, BLOCK: tl.constexpr):
     elif WHICH == 1:
         y = act_quant._e8m0_scale(x)
     else:
-        y = act_quant._encode(x, WHICH == 2).to(tl.float32)
+        y = act_quant._encode(x, WHICH == 2, WHICH == 4).to(tl.float32)
     tl.store(y_ptr + offs, y, mask=offs < n)
 
 
@@ -179,6 +179,13 @@ def test_element_rounding_and_codes_match_the_format(element):
     expected = fmt.round(v)
     assert torch.equal(code_values(fmt)[codes.long()], expected)
     assert torch.equal(codes[expected == 0], torch.zeros_like(codes[expected == 0]))  # no negative zero code
+
+
+def test_int8_rounding_gives_the_levels_of_the_format():
+    """INT8 comes out as the level itself: every level, the ties between them (to even), beyond the range."""
+    fmt = element_named("int8")
+    v = neighbourhood(torch.cat([fmt.grid().float(), torch.tensor([-129.0, 128.5, 300.0, -1e6, 1e6])]))
+    assert torch.equal(run_helper(v, 4), fmt.round(v))
 
 
 # ---------------------------------------------------------------------------
