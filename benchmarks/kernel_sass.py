@@ -70,8 +70,8 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
     a_element, w_element = pair.split("x")
     names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "M", "N", "KW",
              "M_BUCKET", "stride_am", "stride_wn", "stride_asm", "stride_wsn", "stride_om", "stride_rm", "unit"]
-    types = ["*i32", "*fp32", "*i64" if w_element == "int8" else "*i32", "*fp32", "*bf16", "*bf16", "*bf16"] + \
-        ["i32"] * 10 + ["fp32"]
+    words = "*i64" if w_element == "int8" else "*i32"  # INT8 weights and their activation bytes: 64-bit words
+    types = [words, "*fp32", words, "*fp32", "*bf16", "*bf16", "*bf16"] + ["i32"] * 10 + ["fp32"]
     signature = dict(zip(names, types))
     constants = dict(W_INT4=w_element == "int4", W_INT8=w_element == "int8", HAS_BIAS=False, HAS_RESIDUAL=False,
                      USE_ASM=True, ROUND_BF16=True,
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", choices=KERNELS, default="fpx_row")
     p.add_argument("--element", default="e3m2",
                    help="fpx_row: the weight element (e3m2, e2m3, e2m2, e3m1, e2m1, e3m0); w4a4_gemv: "
-                        "A_ELEMENTxW_ELEMENT of int4 and e2m1, e.g. int4xint4")
+                        "A_ELEMENTxW_ELEMENT of int4 and e2m1, or int8xint4 / int8xint8, e.g. int4xint4")
     p.add_argument("--arch", type=int, default=90, help="compute capability times ten (90: Hopper)")
     p.add_argument("--limit", type=int, help="only the first LIMIT configs (default: all)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -170,9 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         configs = ([(*c, False, 1) for c in GEMV_CONFIGS] + [(*c, True, 1) for c in GEMV_PREFETCH_CONFIGS]
                    + [(*c, False, FOLD) for c in GEMV_FOLDED_CONFIGS]
                    + [(bn, bkw, w, stages, False, 1, stages) for bn, bkw, w, stages in GEMV_PIPELINED_CONFIGS])
-        parts = args.element.split("x")
-        if len(parts) != 2 or any(e not in ("int4", "e2m1") for e in parts):
-            p.error(f"--element for w4a4_gemv is A_ELEMENTxW_ELEMENT of int4 and e2m1, got {args.element!r}")
+        from kernels.reference import DP4A_PAIRS
+
+        if tuple(args.element.split("x")) not in DP4A_PAIRS:
+            p.error(f"--element for w4a4_gemv is A_ELEMENTxW_ELEMENT, one of "
+                    f"{', '.join(sorted('x'.join(pair) for pair in DP4A_PAIRS))}; got {args.element!r}")
         build = w4a4_gemv_source
     result = {"kernel": args.kernel, "case": args.element, "arch": args.arch,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),

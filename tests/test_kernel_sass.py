@@ -18,7 +18,8 @@ def run_sass(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("kernel, element, multiply", [("fpx_row", "e3m2", "FFMA"), ("w4a4_gemv", "int4xe2m1", "IDP")])
+@pytest.mark.parametrize("kernel, element, multiply", [("fpx_row", "e3m2", "FFMA"), ("w4a4_gemv", "int4xe2m1", "IDP"),
+                                                    ("w4a4_gemv", "int8xint8", "IDP")])
 def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply):
     done = run_sass("--kernel", kernel, "--element", element, "--limit", "1", "--out", str(tmp_path / "sass"))
     assert done.returncode == 0, done.stderr[-2000:]

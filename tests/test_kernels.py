@@ -1005,3 +1005,12 @@ def test_kernel_check_int8_decode_dry_run(tmp_path):
     prefix = str(tmp_path / "check")
     assert main(["--cpu_dry_run", "--only", "int8_decode", "--out", prefix]) == 0
     assert "8 checks, 0 failed." in open(prefix + ".md").read()
+
+
+def test_kernel_check_skip_resumes_after_the_checks_a_cut_run_did(tmp_path):
+    from benchmarks.kernel_check import main
+
+    prefix = str(tmp_path / "check")
+    assert main(["--cpu_dry_run", "--only", "int8_decode", "--skip", "6", "--out", prefix]) == 0
+    report = open(prefix + ".md").read()
+    assert "2 checks, 0 failed." in report and report.count("| M5 N40 K256") == 2  # the last shape's W8A8 pair
