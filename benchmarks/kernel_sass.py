@@ -70,8 +70,8 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
     a_element, w_element = pair.split("x")
     names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "M", "N", "KW",
              "M_BUCKET", "stride_am", "stride_wn", "stride_asm", "stride_wsn", "stride_om", "stride_rm", "unit"]
-    words = "*i64" if w_element == "int8" else "*i32"  # INT8 weights and their activation bytes: 64-bit words
-    types = [words, "*fp32", words, "*fp32", "*bf16", "*bf16", "*bf16"] + ["i32"] * 10 + ["fp32"]
+    weight_words = "*i64" if w_element == "int8" else "*i32"  # INT8 weights: 64-bit words of 8 bytes
+    types = ["*i32", "*fp32", weight_words, "*fp32", "*bf16", "*bf16", "*bf16"] + ["i32"] * 10 + ["fp32"]
     signature = dict(zip(names, types))
     constants = dict(W_INT4=w_element == "int4", W_INT8=w_element == "int8", HAS_BIAS=False, HAS_RESIDUAL=False,
                      USE_ASM=True, ROUND_BF16=True,

@@ -252,12 +252,6 @@ def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: t
         tl.store(packed_ptr + rows[:, None] * stride_pm + cols[None, :],
                  code_operand(codes, ELEMENT_INT4, 1).to(tl.uint8, bitcast=True),
                  mask=row_ok[:, None] & (cols < K)[None, :])
-    elif DP4A_FOR == 3:  # INT8 weights: the signed bytes in K order, four to an int32 word
-        words = tl.reduce((codes.reshape(BLOCK_M, BLOCK_K // 4, 4) & 0xFF) << (8 * tl.arange(0, 4))[None, None, :], 2,
-                          _sum_combine)
-        word_cols = col0 // 4 + tl.arange(0, BLOCK_K // 4)
-        tl.store(packed_ptr + rows[:, None] * stride_pm + word_cols[None, :], words,
-                 mask=row_ok[:, None] & (word_cols < K // 4)[None, :])
     elif DP4A_FOR > 0:  # signed bytes for the decode kernel's dp4a, written as int32 words (see _dp4a_words)
         values = codes if ELEMENT_INT8 else _code_values(codes, 0, ELEMENT_INT4)
         first, second = _dp4a_words(values, BLOCK_M, BLOCK_K, DP4A_FOR == 1)
@@ -283,8 +277,8 @@ def _act_quant_kernel(
     LAUNCH_DEPENDENTS: tl.constexpr, USE_GDC: tl.constexpr, PROLOGUE: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """DP4A_FOR: 0 packs two codes a byte; 1 (2, 3) writes each code's value as a signed byte in the decode
-    kernel's order for INT4 (E2M1, INT8) weights, ``reference.dp4a_order``. LAUNCH_DEPENDENTS: the next kernel (the
+    """DP4A_FOR: 0 packs two codes a byte; 1 (2) writes each code's value as a signed byte in the decode
+    kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``. LAUNCH_DEPENDENTS: the next kernel (the
     decode kernel, a programmatic dependent launch) may start now; it waits for this one before reading.
     USE_GDC: this kernel is such a launch itself (``kernels.pdl``) and waits before it reads x.
     CHUNK (per-token scales only, 0: off): the program walks its rows CHUNK columns at a time, twice (the
@@ -444,7 +438,7 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
         GROUP=group_size or block_k,
         HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
         ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes,
-        DP4A_FOR={None: 0, "int4": 1, "e2m1": 2, "int8": 3}[dp4a_for], BLOCK_K=block_k,
+        DP4A_FOR={None: 0, "int4": 1, "e2m1": 2, "int8": 2}[dp4a_for], BLOCK_K=block_k,
         LAUNCH_DEPENDENTS=pdl["USE_GDC"] or (dp4a_for is not None and uses_pdl(x.device, "gemv")),
         PROLOGUE=prologue, **pdl,
     )

@@ -236,11 +236,8 @@ def dp4a_bytes(packed: torch.Tensor, element: str, w_element: str) -> torch.Tens
 
 
 def dp4a_order(values: torch.Tensor, w_element: str) -> torch.Tensor:
-    """(M, K) integer-valued floats -> int8 bytes in ``dp4a_bytes``' order for ``w_element`` weights; for INT8
-    weights K order itself (the kernel reads 8 bytes a 64-bit word, as the weight's)."""
+    """(M, K) integer-valued floats -> int8 bytes in ``dp4a_bytes``' order for ``w_element`` weights."""
     m, k = values.shape
-    if w_element == "int8":
-        return values.to(torch.int8).contiguous()
     words = values.to(torch.int8).reshape(m, k // 8, 4, 2) if w_element == "int4" else (
         values.to(torch.int8).reshape(m, k // 8, 2, 4).transpose(2, 3))
     return words.permute(0, 3, 1, 2).reshape(m, k).contiguous()
@@ -249,11 +246,8 @@ def dp4a_order(values: torch.Tensor, w_element: str) -> torch.Tensor:
 def dp4a_values(a_bytes: torch.Tensor, element: str, w_element: str) -> torch.Tensor:
     """The inverse of ``dp4a_bytes`` up to packing: (M, K) dp4a bytes -> the codes' fp32 values in K order."""
     m, k = a_bytes.shape
-    if w_element == "int8":
-        values = a_bytes
-    else:
-        words = a_bytes.reshape(m, 2, k // 8, 4).permute(0, 2, 3, 1)  # (M, word, byte, operand)
-        values = words.reshape(m, k) if w_element == "int4" else words.transpose(2, 3).reshape(m, k)
+    words = a_bytes.reshape(m, 2, k // 8, 4).permute(0, 2, 3, 1)  # (M, word, byte, operand)
+    values = words.reshape(m, k) if w_element == "int4" else words.transpose(2, 3).reshape(m, k)
     return values.float() / DP4A_BYTES_PER_UNIT[element]
 
 

@@ -164,21 +164,6 @@ def _e2m1_bytes(words, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _activation_words(a_ptrs, KW, mask, W_INT8: tl.constexpr):
-    """One step's activation words for each weight word's two dp4a operands: a word of each plane, or for INT8
-    weights the halves of one 64-bit word (its 8 bytes in K order, as the weight word's), loaded in the weight
-    tile's layout either way."""
-    if W_INT8:
-        words = tl.load(a_ptrs, mask=mask, other=0)
-        first = words.to(tl.int32)
-        second = (words >> 32).to(tl.int32)
-    else:
-        first = tl.load(a_ptrs, mask=mask, other=0)
-        second = tl.load(a_ptrs + KW, mask=mask, other=0)
-    return first, second
-
-
-@triton.jit
 def _products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, W_INT8: tl.constexpr, USE_ASM: tl.constexpr):
     """acc plus the products of weight words (8 codes each) and their activation words, summed per word."""
     w_first, w_second = _weight_bytes(w_words, W_INT4, W_INT8, USE_ASM)
@@ -228,21 +213,23 @@ def _w4a4_gemv_kernel(
             all_ok = (offs_w < KW)[None, :]
             w_words = tl.load(w_ptrs, mask=n_ok[:, None] & all_ok, other=0)
             wait_for_producer(USE_GDC)  # the weights need no waiting: nothing in this stream writes them
-            a_first, a_second = _activation_words(a_ptrs, KW, all_ok, W_INT8)
+            a_first = tl.load(a_ptrs, mask=all_ok, other=0)
+            a_second = tl.load(a_ptrs + KW, mask=all_ok, other=0)
         else:
             wait_for_producer(USE_GDC)
         for start in tl.range(0, KW, BLOCK_KW, num_stages=LOOP_STAGES):
             if PREFETCH:
                 next_ok = (offs_w < KW - start - BLOCK_KW)[None, :]
                 w_next = tl.load(w_ptrs + BLOCK_KW, mask=n_ok[:, None] & next_ok, other=0)
-                a_first_next, a_second_next = _activation_words(a_ptrs + BLOCK_KW, KW, next_ok, W_INT8)
+                a_first_next = tl.load(a_ptrs + BLOCK_KW, mask=next_ok, other=0)
+                a_second_next = tl.load(a_ptrs + BLOCK_KW + KW, mask=next_ok, other=0)
                 acc = _folded_products(acc, w_words, a_first, a_second, W_INT4, W_INT8, USE_ASM, FOLD)
                 w_words, a_first, a_second = w_next, a_first_next, a_second_next
             else:
                 w_ok = (offs_w < KW - start)[None, :]
-                w_words = tl.load(w_ptrs, mask=n_ok[:, None] & w_ok, other=0)
-                a_first, a_second = _activation_words(a_ptrs, KW, w_ok, W_INT8)
-                acc = _folded_products(acc, w_words, a_first, a_second, W_INT4, W_INT8, USE_ASM, FOLD)
+                acc = _folded_products(acc, tl.load(w_ptrs, mask=n_ok[:, None] & w_ok, other=0),
+                                       tl.load(a_ptrs, mask=w_ok, other=0), tl.load(a_ptrs + KW, mask=w_ok, other=0),
+                                       W_INT4, W_INT8, USE_ASM, FOLD)
             a_ptrs += BLOCK_KW
             w_ptrs += BLOCK_KW
         total = tl.reduce(acc, 1, _sum_combine)[None, :]
@@ -254,9 +241,8 @@ def _w4a4_gemv_kernel(
             w_ok = offs_w < KW - start
             a_mask = m_ok[:, None] & w_ok[None, :]
             w_words = tl.load(w_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0)
-            a_first, a_second = _activation_words(a_ptrs, KW, a_mask, W_INT8)
-            acc3 = _products(acc3, w_words[None, :, :], a_first[:, None, :], a_second[:, None, :], W_INT4, W_INT8,
-                             USE_ASM)
+            acc3 = _products(acc3, w_words[None, :, :], tl.load(a_ptrs, mask=a_mask, other=0)[:, None, :],
+                             tl.load(a_ptrs + KW, mask=a_mask, other=0)[:, None, :], W_INT4, W_INT8, USE_ASM)
             a_ptrs += BLOCK_KW
             w_ptrs += BLOCK_KW
         total = tl.reduce(acc3, 2, _sum_combine)
@@ -341,10 +327,8 @@ def w4a4_gemv_triton(
     check_out(out, m, n, out_dtype)
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=a_bytes.device)
-    # INT8 weights are 64-bit words: 8 codes a word, as the 4-bit elements' 32-bit words; their activation bytes
-    # (in K order) are read as 64-bit words too.
-    words = torch.int64 if w_element == "int8" else torch.int32
-    a_words, w_words = _words(a_bytes, words), _words(w_packed, words)
+    # INT8 weights are 64-bit words: 8 codes a word, as the 4-bit elements' 32-bit words.
+    a_words, w_words = _words(a_bytes), _words(w_packed, torch.int64 if w_element == "int8" else torch.int32)
     a_scale, w_scale = a_scale.float().contiguous(), w_scale.float().contiguous()
     block_m = triton.next_power_of_2(m)
     # Activation bytes count units of 1 (INT4, INT8) or 1/2 (E2M1); weight bytes 1/16 (INT4 nibbles at a byte's
