@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.result_files import write_result_files  # noqa: E402
 import kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
 from kernels import reference  # noqa: E402
+from kernels.int8_gemm import quantize_rows_int8  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 from quant_layers.packing import element_named, encode, pack_planes  # noqa: E402
 from quant_layers.quantizer import QuantSpec  # noqa: E402
@@ -377,11 +378,10 @@ def check_int8_decode(m: int, n: int, k: int, w_element: str, dtype: torch.dtype
     w = torch.randn(n, k, device=device) * 0.02
     if w_element == "int4":
         w_codes, w_scale = kernels.quantize_activations(w, "int4", backend="triton")
-        w_levels = reference.dequantize(w_codes, torch.ones_like(w_scale), "int4")
-    else:
-        w_scale = w.abs().amax(1, keepdim=True) / 127
-        w_levels = torch.round(w / w_scale).clamp(-128, 127)
-        w_codes = w_levels.to(torch.int8).view(torch.uint8)
+    else:  # per-channel INT8 weights: the same symmetric absmax rounding as per-token INT8 activations
+        w_int8, w_scale = quantize_rows_int8(w)
+        w_codes = w_int8.view(torch.uint8)
+    w_levels = reference.int8_weight_codes(w_codes, w_element).view(torch.int8)
     a_bytes, a_scale = kernels.quantize_activations(x, "int8", clip_ratio=0.9, dp4a_for=w_element, backend="triton")
     want_bytes, want_scale = reference.quantize_activations_ref(x, "int8", 0, "float", 0.9, dp4a_for=w_element)
     codes = (a_bytes != want_bytes).float().mean().item()

@@ -219,10 +219,8 @@ def _int8_activation_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Ten
     kernel writes the INT8 levels as its dp4a bytes (one launch) and the decode kernel multiplies them with the
     weight bytes (INT4 nibbles or INT8 bytes; exact int32 sums for K < 2**17). Elsewhere the W8A8 product of
     ``int8_gemm`` (cuBLAS's exact int8 GEMM where it applies), INT4 weights widened to int8 levels."""
-    from quant_layers import packing
-
     from .int8_gemm import quantize_rows_int8, w8a8_matmul
-    from .reference import w4a4_element
+    from .reference import int8_weight_codes
 
     if _use_triton(x, backend) and x.is_cuda:
         from .w4a4_gemm import takes_gemv
@@ -233,9 +231,7 @@ def _int8_activation_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Ten
             return w4a4_matmul_dp4a(a_bytes, a_scale, w, w_scale, a_element="int8", w_element=w_element, bias=bias,
                                     out_dtype=out_dtype, backend=backend)
     a, a_scale = quantize_rows_int8(x, clip_ratio)
-    if w_element == "int4":
-        w = packing.decode(packing.unpack(w), w4a4_element("int4")).to(torch.int8)
-    return w8a8_matmul(a, a_scale, w, w_scale, bias, out_dtype)
+    return w8a8_matmul(a, a_scale, int8_weight_codes(w, w_element), w_scale, bias, out_dtype)
 
 
 def w4a4_matmul_dp4a(

@@ -265,14 +265,21 @@ def w4a4_gemv_ref(
     if a_element == "int8":
         from .int8_gemm import w8a8_matmul
 
-        w_codes = w_packed if w_element == "int8" else (
-            packing.decode(packing.unpack(w_packed), w4a4_element(w_element)).to(torch.int8))
-        out = w8a8_matmul(values.to(torch.int8), a_scale, w_codes, w_scale, bias, out_dtype)
+        out = w8a8_matmul(values.to(torch.int8), a_scale, int8_weight_codes(w_packed, w_element), w_scale, bias,
+                          out_dtype)
     else:
         codes = packing.encode(values, w4a4_element(a_element))
         out = w4a4_matmul_ref(packing.pack(codes), a_scale, w_packed, w_scale, a_element=a_element,
                               w_element=w_element, bias=bias, out_dtype=out_dtype)
     return out if residual is None else residual + out
+
+
+def int8_weight_codes(w: torch.Tensor, w_element: str) -> torch.Tensor:
+    """The W8A8 product's weight operand (``int8_gemm.w8a8_matmul``): (N, K) INT8 weight bytes as they are, packed
+    INT4 codes widened to their int8 levels."""
+    if w_element == "int8":
+        return w
+    return packing.decode(packing.unpack(w), w4a4_element(w_element)).to(torch.int8)
 
 
 def check_dp4a_args(
