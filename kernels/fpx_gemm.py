@@ -59,7 +59,7 @@ from .w4a4_gemv import _words, prune_decode_configs
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
 # One small config under the interpreter: tests run many shapes on a CPU.
-INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, PAIRED=False, SWAP_AB=False)
+INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, PAIRED=False)
 INTERPRET_ROW_CONFIG = dict(BLOCK_N=16, BLOCK_KW=4, PREFETCH=True, LOOP_STAGES=1)
 # Width of the high plane's fields by code width: FP4 has none.
 HIGH_PLANE_WIDTH = {4: 0, 5: 1, 6: 2}
@@ -76,13 +76,6 @@ GPU_CONFIGS = [
 GPU_PAIRED_CONFIGS = [
     (16, 64, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 256, 4, 3), (32, 64, 256, 4, 3), (32, 128, 128, 4, 3),
     (64, 64, 256, 4, 3), (64, 128, 128, 8, 3), (128, 128, 128, 8, 3),
-]
-# PAIRED with the operands swapped (``SWAP_AB``: acc^T = W x^T): the decoded weight tile is the first operand,
-# which Hopper's wgmma reads from registers (compiled for sm_90 by Triton 3.6, no shared-memory staging of the
-# decoded tile), BLOCK_N 64 rows a warp group; the activation rows are the narrow side.
-GPU_PAIRED_SWAP_CONFIGS = [
-    (16, 64, 256, 4, 3), (16, 64, 512, 4, 3), (16, 128, 256, 8, 3), (32, 64, 256, 4, 3), (64, 64, 256, 4, 3),
-    (64, 128, 256, 8, 3), (128, 64, 256, 4, 3), (128, 128, 128, 8, 3),
 ]
 
 # (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH) of the one-row kernel; BLOCK_KW counts low-plane words
@@ -147,7 +140,6 @@ def _fpx_kernel(
     EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
     HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr, W_UNIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PAIRED: tl.constexpr,
-    SWAP_AB: tl.constexpr = False,
 ):
     """PAIRED (K a multiple of 8): the weight streams as the row kernel's words (``low_words_ptr``,
     ``high_words_ptr``), two codes at a time are placed into float32s with shifts and masks
@@ -168,11 +160,7 @@ def _fpx_kernel(
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
     low_ptrs = low_ptr + offs_n[:, None] * stride_low + offs_low[None, :]
     high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
-    tl.static_assert(PAIRED or not SWAP_AB, "swapped operands are for the PAIRED path")
-    if SWAP_AB:  # acc^T = W x^T
-        acc = tl.full((BLOCK_N, BLOCK_M), 0.0, tl.float32)
-    else:
-        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     if PAIRED:
         BITS: tl.constexpr = 4 + HIGH_WIDTH
         offs_w = tl.arange(0, BLOCK_K // 8)
@@ -185,9 +173,8 @@ def _fpx_kernel(
             x_ok = m_ok[:, None] & w_ok[None, :]
             for j in tl.static_range(4):
                 first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
-                acc = _dot_placed(tl.load(xw_ptrs + j, mask=x_ok, other=0.0), first, acc, W_UNIT, DOT_F32, SWAP_AB)
-                acc = _dot_placed(tl.load(xw_ptrs + j + 4, mask=x_ok, other=0.0), second, acc, W_UNIT, DOT_F32,
-                                  SWAP_AB)
+                acc = _dot_placed(tl.load(xw_ptrs + j, mask=x_ok, other=0.0), first, acc, W_UNIT, DOT_F32)
+                acc = _dot_placed(tl.load(xw_ptrs + j + 4, mask=x_ok, other=0.0), second, acc, W_UNIT, DOT_F32)
             low_word_ptrs += BLOCK_K // 8
             high_word_ptrs += BLOCK_K // 8
             xw_ptrs += BLOCK_K
@@ -209,8 +196,6 @@ def _fpx_kernel(
             low_ptrs += BLOCK_K // 2
             high_ptrs += BLOCK_K // HIGH_PER_BYTE
 
-    if SWAP_AB:
-        acc = tl.trans(acc)
     out = acc * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -276,19 +261,12 @@ def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr):
 
 
 @triton.jit
-def _dot_placed(x, placed, acc, W_UNIT: tl.constexpr, DOT_F32: tl.constexpr, SWAP_AB: tl.constexpr):
+def _dot_placed(x, placed, acc, W_UNIT: tl.constexpr, DOT_F32: tl.constexpr):
     """acc + x @ (placed * W_UNIT).T: placed codes (``_placed_pair``) scaled to their values, which are exact in
-    x's half dtype (and fp32); an IEEE fp32 dot for fp32 x and under the interpreter. SWAP_AB: acc^T + w @ x^T,
-    the decoded weight as the dot's first operand, which Hopper's wgmma takes from registers."""
+    x's half dtype (and fp32); an IEEE fp32 dot for fp32 x and under the interpreter."""
     w = placed * W_UNIT
-    # One return: compiled Triton does not stop at a return inside an if.
     if DOT_F32:
-        if SWAP_AB:
-            out = tl.dot(w, tl.trans(x.to(tl.float32)), acc, input_precision="ieee")
-        else:
-            out = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
-    elif SWAP_AB:
-        out = tl.dot(w.to(x.dtype), tl.trans(x), acc)
+        out = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
     else:
         out = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
     return out
@@ -392,11 +370,8 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
 
 _fpx_autotuned = triton.autotune(
     configs=[
-        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PAIRED=paired, SWAP_AB=swap), num_warps=w,
-                      num_stages=s)
-        for paired, swap, configs in ((False, False, GPU_CONFIGS), (True, False, GPU_PAIRED_CONFIGS),
-                                      (True, True, GPU_PAIRED_SWAP_CONFIGS))
-        for bm, bn, bk, w, s in configs
+        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PAIRED=paired), num_warps=w, num_stages=s)
+        for paired, configs in ((False, GPU_CONFIGS), (True, GPU_PAIRED_CONFIGS)) for bm, bn, bk, w, s in configs
     ],
     key=["M_BUCKET", "N", "K", "EXP_BITS", "MAN_BITS", "DOT_F32"],
     prune_configs_by=dict(early_config_prune=_prune_configs),
@@ -478,9 +453,7 @@ def fpx_matmul_triton(
             _fpx_row_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*row_args, **row_flags)
     elif INTERPRET:
         grid = (triton.cdiv(m, INTERPRET_CONFIG["BLOCK_M"]), triton.cdiv(n, INTERPRET_CONFIG["BLOCK_N"]))
-        paired = INTERPRET_CONFIG["PAIRED"] and k % 8 == 0
-        _fpx_kernel[grid](*args, **flags, **{**INTERPRET_CONFIG, "PAIRED": paired,
-                                             "SWAP_AB": paired and INTERPRET_CONFIG["SWAP_AB"]})
+        _fpx_kernel[grid](*args, **flags, **{**INTERPRET_CONFIG, "PAIRED": INTERPRET_CONFIG["PAIRED"] and k % 8 == 0})
     else:
         def grid(meta: dict) -> tuple[int, int]:
             return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))

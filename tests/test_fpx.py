@@ -230,15 +230,10 @@ def test_triton_equals_twin(name, k, dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("k", [64, 200, 36])
 @pytest.mark.parametrize("name", FPX)
-@pytest.mark.parametrize("swap", [False, True], ids=["x-w", "swapped"])
-def test_paired_tile_kernel_equals_twin(swap, name, k, dtype, monkeypatch):
+def test_paired_tile_kernel_equals_twin(name, k, dtype, monkeypatch):
     """The tensor-core kernel's PAIRED path: every code placed two at a time from 32-bit words, one dot per code
-    position, with the activations as the dot's first operand or (swapped) the decoded weights; ragged K (200
-    against 32-wide steps); K = 36 (no whole words) takes the spread path instead."""
+    position; ragged K (200 against 32-wide steps); K = 36 (no whole words) takes the spread path instead."""
     monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, "PAIRED", True)
-    monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, "SWAP_AB", swap)
-    if swap and dtype == torch.float16:
-        pytest.skip("bfloat16 and float32 take the swapped dot's two forms")
     bits = element_named(name).bits
     if bits == 5 and k % 8:
         pytest.skip("FP5 bit planes hold whole bytes of the 1-bit plane: K a multiple of 8")
@@ -324,8 +319,6 @@ def test_autotune_configs_fit_the_m_bucket():
     assert all(c.kwargs["BLOCK_K"] % 8 == 0 for c in configs)  # whole bytes of the 1-bit plane
     assert all(c.kwargs["BLOCK_K"] // 8 >= 16 for c in configs if c.kwargs["PAIRED"])  # each dot's K, words
     assert any(c.kwargs["PAIRED"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096)))
-    assert all(c.kwargs["PAIRED"] for c in configs if c.kwargs["SWAP_AB"])
-    assert any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096)))
     assert not any(c.kwargs["PAIRED"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4100)))
 
 
