@@ -80,6 +80,10 @@ DRY_FUSED_DECODE_SHAPES = [(2, 64, 96)]
 # (M, N, K) of W4A8 / W8A8 on the decode kernel: the up to 8 rows it takes, ragged N.
 GPU_INT8_DECODE_SHAPES = [(1, 4096, 4096), (4, 1000, 4096), (1, 4096, 14336)]
 DRY_INT8_DECODE_SHAPES = [(1, 40, 128), (5, 40, 256)]
+# (M, N, K) of the tensor-core decode kernel: batch-8 and -16 decode at Llama-3-8B's shapes, 64 rows, and ragged N and
+# K (masked steps).
+GPU_TC_DECODE_SHAPES = [(8, 4096, 4096), (16, 14336, 4096), (5, 4096, 14336), (64, 6144, 4096), (13, 1000, 1000)]
+DRY_TC_DECODE_SHAPES = [(5, 40, 200), (16, 32, 256)]
 # Every new (M bucket, N, K) autotunes: a few shapes keep the check to minutes.
 GPU_GEMM_SHAPES = [(1, 40, 128), (1, 4096, 4096), (4, 4096, 4096), (8, 4096, 4096), (16, 4096, 4096),
                    (33, 4096, 4096), (257, 6144, 4096)]
@@ -398,9 +402,31 @@ def check_int8_decode(m: int, n: int, k: int, w_element: str, dtype: torch.dtype
             "scales_differ": scales, "error_over_bound": excess, "ok": ok and codes == 0 and scales == 0}
 
 
+def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, device: torch.device) -> dict:
+    """INT4 weights on the tensor-core decode kernel (``w4a4_gemv_triton(..., tensor_cores=True)``) with a bias and
+    a residual, against the twin (``reference.w4a4_gemv_ref``) on the activation kernel's dp4a bytes."""
+    from kernels.w4a4_gemv import w4a4_gemv_triton
+
+    x = random_activations(m, k, dtype, device)
+    w_codes, w_scale = kernels.quantize_activations(torch.randn(n, k, device=device) * 0.02, "int4", backend="triton")
+    a_bytes, a_scale = kernels.quantize_activations(x, a_element, clip_ratio=0.9 if a_element == "int4" else 1.0,
+                                                    dp4a_for="int4", backend="triton")
+    bias = torch.randn(n, device=device)
+    residual = random_activations(m, n, dtype, device)
+    kw = dict(a_element=a_element, w_element="int4", bias=bias, out_dtype=dtype, residual=residual)
+    out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
+    w4a4_gemv_triton(a_bytes, a_scale, w_codes, w_scale, out=out, tensor_cores=True, **kw)
+    want = reference.w4a4_gemv_ref(a_bytes.cpu(), a_scale.cpu(), w_codes.cpu(), w_scale.cpu(),
+                                   **{**kw, "bias": bias.cpu(), "residual": residual.cpu()}).to(device)
+    ok, excess = close(out, want.float(), rounded_before=want.float() - residual.float())
+    return {"kernel": "tensor-core decode", "case": f"{a_element} x int4, bias + residual",
+            "shape": f"M{m} N{n} K{k} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess,
+            "ok": ok and not out.isnan().any().item()}
+
+
 CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_fp8_codes, check_fp8_linear,
           check_fpx, check_decode_attention, check_decode_attention_packed, check_kv_write, check_fused_decode,
-          check_int8_decode)
+          check_int8_decode, check_tc_decode)
 
 
 def check_name(check) -> str:
@@ -483,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (m, n, k) in enumerate(gemm_shapes):
         for a_name, w_name in gemm_pairs:
             record(check_gemm, m, n, k, a_name, w_name, OUT_DTYPES[i % len(OUT_DTYPES)], device)
-        if m <= 8:
+        if m <= 64:  # the decode kernels' rows (INT4 weights on the tensor-core one above 4)
             for a_name, w_name in PER_ROW_PAIRS:
                 record(check_linear, m, n, k, a_name, w_name, OUT_DTYPES[i % len(OUT_DTYPES)], device)
         for element in FPX_ELEMENTS:
@@ -498,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         for element in ("int4", "e2m1"):
             for dtype in (torch.bfloat16, torch.float16):
                 record(check_fused_decode, m, k, n, element, dtype, device)
+    for i, (m, n, k) in enumerate(DRY_TC_DECODE_SHAPES if args.cpu_dry_run else GPU_TC_DECODE_SHAPES):
+        for a_element in ("int4", "e2m1", "int8"):
+            record(check_tc_decode, m, n, k, a_element, OUT_DTYPES[i % 2], device)
     for m, n, k in DRY_INT8_DECODE_SHAPES if args.cpu_dry_run else GPU_INT8_DECODE_SHAPES:
         for w_element in ("int4", "int8"):
             for dtype in (torch.bfloat16, torch.float16):

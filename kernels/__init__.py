@@ -185,7 +185,7 @@ def w4a4_linear(
     if _use_triton(x, backend) and x.is_cuda:
         from .w4a4_gemm import takes_gemv
 
-        if takes_gemv(m, k, a_group, w_group):  # the decode kernel (per-row scales), on dp4a bytes
+        if takes_gemv(m, k, a_group, w_group, w_element=w_element):  # the decode kernels, on dp4a bytes
             a_bytes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, dp4a_for=w_element,
                                                     backend=backend)
             return w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
@@ -215,9 +215,9 @@ def w8a8_linear(x: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, *
 def _int8_activation_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_element: str,
                             clip_ratio: float, bias: torch.Tensor | None, out_dtype: torch.dtype,
                             backend: str | None) -> torch.Tensor:
-    """W4A8 / W8A8. Where the decode kernel takes the product (CUDA, up to ``GEMV_MAX_M`` rows), the activation
-    kernel writes the INT8 levels as its dp4a bytes (one launch) and the decode kernel multiplies them with the
-    weight bytes (INT4 nibbles or INT8 bytes; exact int32 sums for K < 2**17). Elsewhere the W8A8 product of
+    """W4A8 / W8A8. Where the decode kernels take the product (CUDA, up to ``GEMV_MAX_M`` rows, ``TC_MAX_M`` for INT4
+    weights), the activation kernel writes the INT8 levels as its dp4a bytes (one launch) and a decode kernel
+    multiplies them with the weight bytes (INT4 nibbles or INT8 bytes; exact int32 sums for K < 2**17). Elsewhere the W8A8 product of
     ``int8_gemm`` (cuBLAS's exact int8 GEMM where it applies), INT4 weights widened to int8 levels."""
     from .int8_gemm import quantize_rows_int8, w8a8_matmul
     from .reference import int8_weight_codes
@@ -225,7 +225,7 @@ def _int8_activation_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Ten
     if _use_triton(x, backend) and x.is_cuda:
         from .w4a4_gemm import takes_gemv
 
-        if takes_gemv(*x.shape, 0, 0):
+        if takes_gemv(*x.shape, 0, 0, w_element=w_element):
             a_bytes, a_scale = quantize_activations(x, "int8", clip_ratio=clip_ratio, dp4a_for=w_element,
                                                     backend=backend)
             return w4a4_matmul_dp4a(a_bytes, a_scale, w, w_scale, a_element="int8", w_element=w_element, bias=bias,
@@ -239,7 +239,8 @@ def w4a4_matmul_dp4a(
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
     residual: torch.Tensor | None = None, backend: str | None = None,
 ) -> torch.Tensor:
-    """(M, N) = (values(a_bytes) * a_scale) @ (decode(w) * w_scale).T (+ bias) for 1..8 rows, per-row scales.
+    """(M, N) = (values(a_bytes) * a_scale) @ (decode(w) * w_scale).T (+ bias) for 1..8 rows (1..64 with INT4
+    weights, on the tensor cores from 5), per-row scales.
 
     ``a_bytes`` (M, K) int8 are the activation codes in the decode kernel's dp4a order for
     ``w_element`` weights (``quantize_activations(..., dp4a_for=w_element)``). ``residual`` (M, N) of

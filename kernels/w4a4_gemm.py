@@ -258,9 +258,12 @@ def _m_bucket(m: int) -> int:
     return min(max(triton.next_power_of_2(m), 16), 4096)
 
 
-def takes_gemv(m: int, k: int, a_group: int, w_group: int, gemv: bool | None = None) -> bool:
-    """Whether ``w4a4_matmul_triton(..., gemv=gemv)`` hands the product to ``w4a4_gemv``."""
-    return bool(gemv) or (gemv is None and not INTERPRET and gemv_fits(m, k, a_group, w_group))
+def takes_gemv(m: int, k: int, a_group: int, w_group: int, gemv: bool | None = None,
+               w_element: str | None = None) -> bool:
+    """Whether ``w4a4_matmul_triton(..., gemv=gemv)`` hands the product to ``w4a4_gemv``; with ``w_element`` (the
+    dp4a-byte callers, ``kernels.w4a4_linear``), whether its decode kernels take it: INT4 weights up to
+    ``TC_MAX_M`` rows (the tensor-core one), others up to ``GEMV_MAX_M``."""
+    return bool(gemv) or (gemv is None and not INTERPRET and gemv_fits(m, k, a_group, w_group, w_element))
 
 
 def autotuner_for(m: int, k: int, a_group: int, w_group: int, gemv: bool | None = None) -> triton.runtime.Autotuner:

@@ -84,6 +84,17 @@ FOLD = 4
 GEMV_PIPELINED_CONFIGS = [(2, 128, 2, 3), (4, 128, 4, 3), (8, 64, 4, 3), (8, 128, 4, 3), (16, 64, 4, 3),
                           (16, 128, 8, 3), (8, 64, 4, 4), (16, 64, 8, 4)]
 INTERPRET_CONFIG = dict(BLOCK_N=8, BLOCK_KW=4, PREFETCH=False, FOLD=1, LOOP_STAGES=1)
+# Products with INT4 weights of TC_MIN_M to TC_MAX_M rows take ``_w4a4_tc_kernel`` (int8 tensor cores) on a GPU. On
+# the H200 (2026-12-03, ``benchmarks/results/tc_decode_probe_h200.md``) it ran 2.2-2.9x cuBLAS bf16 at 8 and 16 rows
+# of the Llama-3-8B shapes, where this file's CUDA-core kernel ran 1.65-2.0x at 8 and the split-K tensor-core kernel
+# of ``w4a4_gemm`` 0.85-1.0x at 16; below TC_MIN_M rows a 16-row tile is mostly padding.
+TC_MIN_M = 5
+TC_MAX_M = 64
+# (BLOCK_N, BLOCK_KB, num_warps, num_stages) of the tensor-core kernel; BLOCK_KB counts packed weight bytes (two
+# codes each). The probe's winners: 64 x 128 / 64 x 256 bytes on 4 warps.
+TC_CONFIGS = [(16, 128, 4, 4), (16, 256, 4, 3), (32, 128, 4, 4), (32, 256, 4, 3), (64, 128, 4, 4), (64, 256, 4, 3),
+              (128, 128, 8, 3)]
+INTERPRET_TC_CONFIG = dict(BLOCK_N=16, BLOCK_KB=32)
 # Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
 
@@ -246,6 +257,16 @@ def _w4a4_gemv_kernel(
             a_ptrs += BLOCK_KW
             w_ptrs += BLOCK_KW
         total = tl.reduce(acc3, 2, _sum_combine)
+    _store_products(total, offs_m, offs_n, m_ok, n_ok, a_scale_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr,
+                    stride_asm, stride_wsn, stride_om, stride_rm, unit, HAS_BIAS, HAS_RESIDUAL, ROUND_BF16, ROUND_F16)
+
+
+@triton.jit
+def _store_products(total, offs_m, offs_n, m_ok, n_ok, a_scale_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr,
+                    stride_asm, stride_wsn, stride_om, stride_rm, unit, HAS_BIAS: tl.constexpr,
+                    HAS_RESIDUAL: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr):
+    """The decode kernels' epilogue: exact integer sums (BLOCK_M, BLOCK_N) times the unit and the per-row scales,
+    plus the bias, then (HAS_RESIDUAL) rounded to the output dtype and added to the residual rows, rounded again."""
     out = total.to(tl.float32) * unit
     out *= tl.load(a_scale_ptr + offs_m * stride_asm, mask=m_ok, other=0.0)[:, None]
     out *= tl.load(w_scale_ptr + offs_n * stride_wsn, mask=n_ok, other=0.0)[None, :]
@@ -258,6 +279,69 @@ def _w4a4_gemv_kernel(
                               ROUND_BF16, ROUND_F16)
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _nibbles_up(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
+    """Packed weight bytes -> int8: the low (LOW) or the high nibble at the top of its byte, 16 times its INT4
+    level. With inline PTX one 32-bit operation takes four bytes (Triton otherwise works byte by byte and
+    repacks them, three times the instructions for sm_90)."""
+    if USE_ASM:
+        if LOW:
+            out = tl.inline_asm_elementwise("{ shl.b32 $0, $1, 4; and.b32 $0, $0, 0xF0F0F0F0; }", "=r,r", [w],
+                                            dtype=tl.int8, is_pure=True, pack=4)
+        else:
+            out = tl.inline_asm_elementwise("and.b32 $0, $1, 0xF0F0F0F0;", "=r,r", [w], dtype=tl.int8,
+                                            is_pure=True, pack=4)
+    elif LOW:
+        out = (w << 4).to(tl.int8, bitcast=True)
+    else:
+        out = (w & 0xF0).to(tl.int8, bitcast=True)
+    return out
+
+
+@triton.jit
+def _w4a4_tc_kernel(
+    a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr,
+    M, N, KB, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, stride_rm, unit,
+    HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr, ROUND_BF16: tl.constexpr,
+    ROUND_F16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
+    EVEN: tl.constexpr, USE_GDC: tl.constexpr,
+):
+    """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
+    a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
+    become two int8 operands, the low nibbles (codes 2j) and the high ones (2j + 1) each at the top of its byte,
+    and each multiplies its activation plane: acc^T += W_even A_even^T + W_odd A_odd^T, the weight the dot's
+    first operand (Hopper's wgmma reads it from registers: no shared-memory staging), the BLOCK_M >= 16 rows the
+    narrow second one. Exact int32 sums; each program owns its outputs (no split-K), so the epilogue adds a bias
+    and a residual as the CUDA-core kernel's does. EVEN: K / 2 and N are multiples of the step (no masks)."""
+    launch_dependents(USE_GDC)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_b = tl.arange(0, BLOCK_KB)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_b[None, :]
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_b[None, :]
+    acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.int32)
+    wait_for_producer(USE_GDC)
+    for start in range(0, KB, BLOCK_KB):
+        if EVEN:
+            w = tl.load(w_ptrs)
+            a_ok = m_ok[:, None]
+        else:
+            b_ok = (offs_b < KB - start)[None, :]
+            w = tl.load(w_ptrs, mask=n_ok[:, None] & b_ok, other=0)
+            a_ok = m_ok[:, None] & b_ok
+        a_even = tl.load(a_ptrs, mask=a_ok, other=0)
+        a_odd = tl.load(a_ptrs + KB, mask=a_ok, other=0)
+        acc = tl.dot(_nibbles_up(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.int32)
+        acc = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
+        w_ptrs += BLOCK_KB
+        a_ptrs += BLOCK_KB
+    _store_products(tl.trans(acc), offs_m, offs_n, m_ok, n_ok, a_scale_ptr, w_scale_ptr, bias_ptr, residual_ptr,
+                    out_ptr, stride_asm, stride_wsn, stride_om, stride_rm, unit, HAS_BIAS, HAS_RESIDUAL, ROUND_BF16,
+                    ROUND_F16)
 
 
 def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -287,15 +371,37 @@ _gemv_autotuned = triton.autotune(
 )(_w4a4_gemv_kernel)
 
 
-def gemv_fits(m: int, k: int, a_group: int, w_group: int) -> bool:
-    """Whether this kernel takes the product: 1..GEMV_MAX_M rows, per-row scales, K a multiple of 8."""
-    return 1 <= m <= GEMV_MAX_M and a_group == 0 and w_group == 0 and k % 8 == 0
+_tc_autotuned = triton.autotune(
+    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb), num_warps=w, num_stages=s) for bn, bkb, w, s in TC_CONFIGS],
+    key=["M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M"],
+)(triton.heuristics(dict(EVEN=lambda args: args["KB"] % args["BLOCK_KB"] == 0 and args["N"] % args["BLOCK_N"] == 0))(
+    _w4a4_tc_kernel))
 
 
-def check_gemv_fits(m: int, k: int, a_group: int, w_group: int) -> None:
+def takes_tensor_cores(m: int, w_element: str) -> bool:
+    """Whether ``w4a4_gemv_triton(..., tensor_cores=None)`` runs these rows on the tensor-core kernel: INT4
+    weights and TC_MIN_M..TC_MAX_M rows on a GPU; under the interpreter only the rows the CUDA-core kernel does
+    not take (above GEMV_MAX_M)."""
+    low = GEMV_MAX_M + 1 if INTERPRET else TC_MIN_M
+    return w_element == "int4" and low <= m <= TC_MAX_M
+
+
+def max_rows(w_element: str | None) -> int:
+    """The most activation rows the decode kernels take: TC_MAX_M with INT4 weights, else GEMV_MAX_M."""
+    return TC_MAX_M if w_element == "int4" else GEMV_MAX_M
+
+
+def gemv_fits(m: int, k: int, a_group: int, w_group: int, w_element: str | None = None) -> bool:
+    """Whether the decode kernels take the product: 1..``max_rows(w_element)`` rows, per-row scales, K a multiple
+    of 8."""
+    return 1 <= m <= max_rows(w_element) and a_group == 0 and w_group == 0 and k % 8 == 0
+
+
+def check_gemv_fits(m: int, k: int, a_group: int, w_group: int, w_element: str | None = None) -> None:
     """Raise ValueError unless ``gemv_fits``."""
-    if not gemv_fits(m, k, a_group, w_group):
-        raise ValueError(f"the decode kernel takes 1 to {GEMV_MAX_M} rows, per-row scales (groups 0) and K a "
+    if not gemv_fits(m, k, a_group, w_group, w_element):
+        raise ValueError(f"the decode kernels take 1 to {max_rows(w_element)} rows"
+                         f"{' (INT4 weights)' if w_element == 'int4' else ''}, per-row scales (groups 0) and K a "
                          f"multiple of 8, got M={m}, K={k}, groups {a_group} and {w_group}")
 
 
@@ -313,6 +419,7 @@ def w4a4_gemv_triton(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
     out: torch.Tensor | None = None, config: triton.Config | None = None, residual: torch.Tensor | None = None,
+    tensor_cores: bool | None = None,
 ) -> torch.Tensor:
     """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows with per-row scales, the activation codes given as
     their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or ``quantize_activations`` with
@@ -320,10 +427,18 @@ def w4a4_gemv_triton(
     replaces the autotuner's pick, or the interpreter's fixed one (``benchmarks/gemv_ncu.py`` profiles configs
     one at a time). ``residual`` (M, N): added to the product rounded to ``out_dtype``, as
     ``reference.w4a4_gemv_ref`` adds it. INT8 activation levels (``a_element="int8"``) go with packed INT4
-    weights (W4A8) or INT8 weights given as (N, K) two's complement bytes (W8A8)."""
+    weights (W4A8) or INT8 weights given as (N, K) two's complement bytes (W8A8). ``tensor_cores``: whether INT4
+    weights run on ``_w4a4_tc_kernel`` (None: ``takes_tensor_cores``); the CUDA-core kernel takes up to GEMV_MAX_M
+    rows, the tensor-core one up to TC_MAX_M."""
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
-    check_gemv_fits(m, k, 0, 0)
+    check_gemv_fits(m, k, 0, 0, w_element)
+    tc = takes_tensor_cores(m, w_element) if tensor_cores is None and config is None else bool(tensor_cores)
+    if tc and w_element != "int4":
+        raise ValueError(f"the tensor-core decode kernel takes INT4 weights, got {w_element}")
+    if not tc and m > GEMV_MAX_M:
+        raise ValueError(f"the CUDA-core decode kernel takes 1 to {GEMV_MAX_M} rows, got M={m}: leave "
+                         f"tensor_cores unset (or True) for INT4 weights")
     check_out(out, m, n, out_dtype)
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=a_bytes.device)
@@ -344,7 +459,17 @@ def w4a4_gemv_triton(
                  HAS_RESIDUAL=residual is not None,
                  USE_ASM=not INTERPRET, ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16,
                  BLOCK_M=block_m, **pdl_flags(a_bytes.device, "gemv"))
-    if config is not None:
+    if tc:
+        a_b, w_b = a_words.view(torch.int8), w_words.view(torch.uint8)  # the same bytes, strides in bytes
+        tc_args = (a_b, a_scale, w_b, w_scale, *args[4:9], k // 2, block_m, a_b.stride(0), w_b.stride(0),
+                   *args[13:])
+        if INTERPRET:
+            fixed = INTERPRET_TC_CONFIG
+            even = (k // 2) % fixed["BLOCK_KB"] == 0 and n % fixed["BLOCK_N"] == 0
+            _w4a4_tc_kernel[(triton.cdiv(n, fixed["BLOCK_N"]),)](*tc_args, **_tc_flags(flags), **fixed, EVEN=even)
+        else:
+            _tc_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*tc_args, **_tc_flags(flags))
+    elif config is not None:
         fixed = {"FOLD": 1, "LOOP_STAGES": 1, **config.kwargs}
         if fixed["FOLD"] > 1 and block_m > 1:
             raise ValueError(f"a folded accumulator (FOLD={fixed['FOLD']}) is for one row, got M={m}")
@@ -355,3 +480,10 @@ def w4a4_gemv_triton(
     else:
         _gemv_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags)
     return out
+
+
+def _tc_flags(flags: dict) -> dict:
+    """The CUDA-core kernel's launch flags as the tensor-core kernel takes them (16 rows at least, no weight
+    element flags)."""
+    return {name: value for name, value in flags.items() if name not in ("W_INT4", "W_INT8")} | dict(
+        BLOCK_M=max(16, flags["BLOCK_M"]))

@@ -1014,3 +1014,73 @@ def test_kernel_check_skip_resumes_after_the_checks_a_cut_run_did(tmp_path):
     assert main(["--cpu_dry_run", "--only", "int8_decode", "--skip", "6", "--out", prefix]) == 0
     report = open(prefix + ".md").read()
     assert "2 checks, 0 failed." in report and report.count("| M5 N40 K256") == 2  # the last shape's W8A8 pair
+
+
+@pytest.mark.parametrize("m, n, k", [(5, 40, 200), (16, 32, 256), (40, 24, 64)], ids=lambda v: str(v))
+@pytest.mark.parametrize("a_element", ["int4", "e2m1", "int8"])
+def test_tensor_core_decode_kernel_equals_twin(a_element, m, n, k):
+    """INT4 weights on the tensor-core decode kernel (the weight nibbles as int8 at the top of their bytes, one dot
+    for each plane of dp4a bytes): ragged K (100 bytes against 32-byte steps) and N, a bias and a residual added
+    after the product is rounded; every entry written. Its products are exact, as the twin's."""
+    from kernels import w4a4_gemv
+    from kernels.reference import dp4a_order, w4a4_gemv_ref
+
+    gen = torch.Generator().manual_seed(m + k)
+    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
+    w_scale = torch.rand(n, 1, generator=gen) / 64 + 1e-3
+    low, high = {"int4": (-8, 8), "e2m1": (-12, 13), "int8": (-128, 128)}[a_element]
+    values = torch.randint(low, high, (m, k), generator=gen)
+    if a_element == "e2m1":  # twice the E2M1 values
+        grid = torch.tensor([0, 1, 2, 3, 4, 6, 8, 12])
+        values = grid[values.abs().clamp(max=7)] * values.sign()
+    a_bytes = dp4a_order(values.to(torch.int8), "int4")
+    a_scale = torch.rand(m, 1, generator=gen) + 0.5
+    kw = dict(a_element=a_element, w_element="int4", bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
+              residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
+    got = w4a4_gemv.w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, out=out, tensor_cores=True, **kw)
+    assert got is out and not out.isnan().any()
+    assert torch.equal(got, w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw))
+
+
+def test_tensor_core_decode_kernel_decodes_every_code_pair():
+    """All 16 x 16 INT4 code pairs (K = 256: each once), -8 included, sum to the twin's values."""
+    from kernels import w4a4_gemv
+    from kernels.reference import dp4a_bytes
+
+    codes = torch.arange(16, dtype=torch.uint8)
+    a_codes, w_codes = codes.repeat_interleave(16), codes.repeat(16)
+    pack = lambda c: (c[0::2] | (c[1::2] << 4)).reshape(1, -1)  # noqa: E731
+    a_packed, w_packed = pack(a_codes).repeat(5, 1), torch.cat([pack(w_codes), pack(a_codes)]).repeat(8, 1)
+    one = torch.ones(5, 1)
+    got = w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "int4"), one, w_packed, torch.ones(16, 1),
+                                     a_element="int4", w_element="int4", out_dtype=torch.float32, tensor_cores=True)
+    want = w4a4_matmul_ref(a_packed, one, w_packed, torch.ones(16, 1), a_element="int4", w_element="int4",
+                           out_dtype=torch.float32)
+    assert torch.equal(got, want)
+
+
+def test_decode_kernels_take_their_rows():
+    """INT4 weights: the CUDA-core kernel below TC_MIN_M rows on a GPU, the tensor-core one up to TC_MAX_M (under
+    the interpreter only above GEMV_MAX_M); other weights: the CUDA-core kernel, up to GEMV_MAX_M."""
+    from kernels import w4a4_gemv
+    from kernels.reference import dp4a_bytes
+
+    assert w4a4_gemv.TC_MIN_M <= w4a4_gemv.GEMV_MAX_M < w4a4_gemv.TC_MAX_M
+    assert not w4a4_gemv.takes_tensor_cores(8, "int4") and w4a4_gemv.takes_tensor_cores(9, "int4")  # interpreter
+    assert not w4a4_gemv.takes_tensor_cores(9, "e2m1") and not w4a4_gemv.takes_tensor_cores(65, "int4")
+    assert w4a4_gemv.gemv_fits(64, 64, 0, 0, "int4") and not w4a4_gemv.gemv_fits(9, 64, 0, 0, "e2m1")
+    assert not w4a4_gemv.gemv_fits(9, 64, 0, 0)
+    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 9, 16, 64)
+    kw = dict(a_element="int4", w_element="int4")
+    a_bytes = dp4a_bytes(a_packed, "int4", "int4")
+    got = w4a4_gemv.w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, out_dtype=torch.float32, **kw)
+    assert_matches_twin(got, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.float32, **kw))
+    with pytest.raises(ValueError, match="CUDA-core decode kernel takes 1 to 8 rows"):
+        w4a4_gemv.w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, tensor_cores=False, **kw)
+    with pytest.raises(ValueError, match="tensor-core decode kernel takes INT4 weights"):
+        w4a4_gemv.w4a4_gemv_triton(a_bytes[:2], a_scale[:2], w_packed, w_scale, a_element="int4",
+                                   w_element="e2m1", tensor_cores=True)
+    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 65, 16, 64)
+    with pytest.raises(ValueError, match=r"1 to 64 rows \(INT4 weights\)"):
+        w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale, **kw)

@@ -1,0 +1,107 @@
+"""Decode-sized W4A4 products across batch rows: the CUDA-core and tensor-core decode kernels against cuBLAS bf16.
+
+For each N x K weight shape and row count M it times, in a stream of CUDA-graph calls with the L2 flushed
+before each (``benchmarks.timing``, ``--in_stream``): cuBLAS bf16 (``x @ w.T``); ``kernels.w4a4_linear`` as a
+model runs it (the activation kernel writing dp4a bytes, then the decode kernel it picks: the CUDA-core one
+below ``TC_MIN_M`` rows, the tensor-core one up to ``TC_MAX_M`` for INT4 weights); and each decode kernel alone on
+those bytes (the CUDA-core one up to ``GEMV_MAX_M`` rows). Every kernel output is checked against the twin.
+
+    python benchmarks/decode_rows_bench.py --out benchmarks/results/decode_rows_h200
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.timing import make_timer  # noqa: E402
+from pipeline.results import device_name, library_versions  # noqa: E402
+
+
+def bench(n: int, k: int, m: int, time_ms, device: torch.device) -> dict:
+    import kernels
+    from kernels import reference, w4a4_gemv
+
+    x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
+    w16 = torch.randn(n, k, dtype=torch.bfloat16, device=device) * 0.02
+    w_packed, w_scale = kernels.quantize_activations(w16, "int4", backend="triton")
+    a_bytes, a_scale = kernels.quantize_activations(x, "int4", dp4a_for="int4", backend="triton")
+    want = reference.w4a4_gemv_ref(a_bytes.cpu(), a_scale.cpu(), w_packed.cpu(), w_scale.cpu(), a_element="int4",
+                                   w_element="int4", out_dtype=torch.float32).to(device)
+    row = {"n": n, "k": k, "m": m, "bf16_ms": time_ms(lambda: x @ w16.T),
+           "linear_ms": time_ms(lambda: kernels.w4a4_linear(x, w_packed, w_scale, a_element="int4", w_element="int4",
+                                                            out_dtype=torch.bfloat16)),
+           "linear_kernel": "tensor-core" if w4a4_gemv.takes_tensor_cores(m, "int4") else "CUDA-core"}
+    for name, tc in (("cuda_core", False), ("tensor_core", True)):
+        if (tc and m > w4a4_gemv.TC_MAX_M) or (not tc and m > w4a4_gemv.GEMV_MAX_M):
+            continue
+
+        def call():
+            return w4a4_gemv.w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
+                                              out_dtype=torch.float32, tensor_cores=tc)
+        got = call()
+        row[f"{name}_ms"] = time_ms(call)
+        row[f"{name}_rel_err"] = ((got - want).abs().max() / want.abs().max()).item()
+        tuner = w4a4_gemv._tc_autotuned if tc else w4a4_gemv._gemv_autotuned
+        row[f"{name}_config"] = str(getattr(tuner, "best_config", ""))
+    return row
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Decode-sized W4A4 products (INT4 x INT4, per-row scales) across rows", "",
+             f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
+             f"Command: `{result['command']}`", "",
+             "Median µs of one call in a stream of CUDA-graph calls, the L2 flushed before each. `linear`: "
+             "`kernels.w4a4_linear` from bf16 rows (activation kernel + the decode kernel it picks); the kernel "
+             "columns: that kernel alone on dp4a bytes. Ratios against cuBLAS bf16. Largest error of each kernel "
+             "over the largest output, against the twin (fp32 out): " + (
+                 f"{max(v for r in result['rows'] for key, v in r.items() if key.endswith('rel_err')):.1e}."
+                 if result["rows"] else "none run."), "",
+             "| N x K | M | bf16 | linear (kernel) | CUDA-core kernel | tensor-core kernel |", "|---|---|---|---|---|---|"]
+
+    def cell(r: dict, key: str) -> str:
+        return "–" if key not in r else f"{r[key] * 1e3:.1f} ({r['bf16_ms'] / r[key]:.2f}×)"
+    for r in result["rows"]:
+        lines.append(f"| {r['n']}x{r['k']} | {r['m']} | {r['bf16_ms'] * 1e3:.1f} | {cell(r, 'linear_ms')} "
+                     f"{r['linear_kernel']} | {cell(r, 'cuda_core_ms')} | {cell(r, 'tensor_core_ms')} |")
+    lines += ["", "Tuned configs:", ""]
+    for r in result["rows"]:
+        lines.append(f"- {r['n']}x{r['k']} M={r['m']}: CUDA-core `{r.get('cuda_core_config', '–')}`; tensor-core "
+                     f"`{r.get('tensor_core_config', '–')}`")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default="4096x4096,14336x4096,4096x14336,6144x4096", help="N x K weight shapes")
+    p.add_argument("--ms", default="1,4,5,8,16,32,64", help="activation row counts")
+    p.add_argument("--in_stream", type=int, default=20, help="calls per timed CUDA graph")
+    p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("this benchmark times CUDA kernels: no GPU here")
+    device = torch.device("cuda")
+    time_ms = make_timer(device, warmup=3, reps=20, flush_l2=True, cuda_graph=True, in_stream=args.in_stream)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
+              "versions": library_versions(),
+              "command": "python benchmarks/decode_rows_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "rows": []}
+    for shape in args.shapes.split(","):
+        n, k = map(int, shape.split("x"))
+        for m in map(int, args.ms.split(",")):
+            result["rows"].append(bench(n, k, m, time_ms, device))
+            write_result_files(args.out, result, markdown(result))
+            print(result["rows"][-1], flush=True)
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
