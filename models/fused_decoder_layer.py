@@ -4,7 +4,8 @@ At batch 1 a launch, not its bytes, sets a small kernel's time (about 2 us on th
 a compiled W4A4 decode step ran fifteen a layer: the residual adds fused with the RMSNorms
 by inductor, each norm's output quantized again by the activation kernel, silu(gate) * up
 in its own kernel and quantized again too (``benchmarks/results/end_to_end_h200.md``). Here a
-layer's decode forward (up to ``GEMV_MAX_M`` rows) runs instead:
+layer's decode forward (up to ``GEMV_MAX_M`` rows, ``TC_MAX_M`` when every linear has INT4
+weights) runs instead:
 
 * the input RMSNorm and its quantization as one activation-kernel launch, whose codes go
   straight to the fused q/k/v product (``FusedGroup.provide`` serves HF's attention its
@@ -76,6 +77,7 @@ class DecodePlan:
     o_proj: RealQuantLinear
     gate_up: FusedGroup
     down: RealQuantLinear | None  # None: the MLP's own forward from gate/up on (down_proj does not fit)
+    max_rows: int  # the most rows the decode kernels take for every linear here (``w4a4_gemv.max_rows``)
 
 
 def _takes_codes(linear: RealQuantLinear) -> bool:
@@ -112,7 +114,11 @@ def decode_plan(layer: nn.Module) -> DecodePlan | None:
     fused_down = silu and isinstance(down, RealQuantLinear) and _takes_codes(down)
     if not fused_down and not isinstance(down, RealQuantLinear):
         return None
-    return DecodePlan(qkv, o_proj, gate_up, down if fused_down else None)
+    from kernels.w4a4_gemv import max_rows
+
+    linears = (qkv.linear, o_proj, gate_up.linear, down)
+    rows = min(max_rows(linear.weight_scheme.element) for linear in linears)
+    return DecodePlan(qkv, o_proj, gate_up, down if fused_down else None, rows)
 
 
 def _quantize_norm(norm: nn.Module, rows: torch.Tensor, linear: RealQuantLinear) -> tuple:
@@ -122,13 +128,12 @@ def _quantize_norm(norm: nn.Module, rows: torch.Tensor, linear: RealQuantLinear)
 
 
 def _decode_forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """The layer's forward: fused as the module docstring says for up to ``GEMV_MAX_M`` rows, HF's otherwise."""
-    from kernels.w4a4_gemv import GEMV_MAX_M
-
+    """The layer's forward: fused as the module docstring says for up to ``DecodePlan.max_rows`` rows, HF's
+    otherwise."""
     plan: DecodePlan = self._decode_plan
     width = hidden_states.shape[-1]
     rows = hidden_states.reshape(-1, width)
-    if (args or not 1 <= rows.shape[0] <= GEMV_MAX_M or self.input_layernorm.weight.dtype != hidden_states.dtype
+    if (args or not 1 <= rows.shape[0] <= plan.max_rows or self.input_layernorm.weight.dtype != hidden_states.dtype
             or self.post_attention_layernorm.weight.dtype != hidden_states.dtype):
         return type(self).__mro__[1].forward(self, hidden_states, *args, **kwargs)
     codes, scales, normed = _quantize_norm(self.input_layernorm, rows, plan.qkv.linear)

@@ -58,20 +58,20 @@ def counting(monkeypatch) -> dict:
 @pytest.mark.parametrize("model_type,dtype", [("llama", torch.float32), ("qwen2", torch.float32),
                                               ("qwen3", torch.float32), ("llama", torch.bfloat16)])
 def test_fused_decode_layers_give_the_hf_layers_logits(model_type, dtype, monkeypatch):
-    """Qwen2's q/k/v biases and Qwen3's q/k norms included: decode-sized rows (1 and 2 sequences of one token)
-    take the fused path in every layer and give the unfused model's logits bit for bit; a prompt of 12 tokens
-    keeps HF's forward."""
+    """Qwen2's q/k/v biases and Qwen3's q/k norms included: decode-sized rows (1, 2 and 16 sequences of one
+    token, 2 of 12; INT4 weights take up to TC_MAX_M = 64 rows) take the fused path in every layer and give the
+    unfused model's logits bit for bit; 2 prompts of 40 tokens keep HF's forward."""
     model = tiny_model(model_type, dtype)
     plain = copy.deepcopy(model)
     assert fuse_decoder_layers(model) == 2
     calls = counting(monkeypatch)
     with torch.no_grad():
-        for batch, tokens in ((1, 1), (2, 1), (2, 12)):
+        for batch, tokens in ((1, 1), (2, 1), (16, 1), (2, 12), (2, 40)):
             ids = torch.randint(0, 128, (batch, tokens), generator=torch.Generator().manual_seed(batch))
             before = dict(calls)
             got = model(ids).logits
             assert torch.equal(got, plain(ids).logits)
-            fused = tokens * batch <= 8
+            fused = tokens * batch <= 64
             assert calls == ({"rms_norm": before["rms_norm"] + 4 * fused, "silu_mul": before["silu_mul"] + 2 * fused})
 
 
@@ -111,3 +111,13 @@ def test_fusing_twice_keeps_one_subclass():
     assert fuse_decoder_layers(model) == 2
     assert [type(layer) for layer in model.model.layers] == classes
     assert type(model.model.layers[0]).__mro__[1].__name__ == "LlamaDecoderLayer"
+
+
+def test_the_plan_takes_the_rows_every_linear_s_decode_kernel_takes():
+    """INT4 weights: up to TC_MAX_M rows (the tensor-core decode kernel); E2M1 weights: up to GEMV_MAX_M."""
+    from kernels.w4a4_gemv import GEMV_MAX_M, TC_MAX_M
+
+    for weight, rows in ((INT4, TC_MAX_M), (RealQuantScheme("e2m1"), GEMV_MAX_M)):
+        model = tiny_model("llama", weight=weight)
+        assert fuse_decoder_layers(model) == 2
+        assert {layer._decode_plan.max_rows for layer in model.model.layers} == {rows}
