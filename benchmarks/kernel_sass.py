@@ -1,7 +1,8 @@
 """The machine code of the decode kernels for a GPU architecture, compiled on any machine (no GPU needed).
 
-For each autotuning config of the FPx one-row kernel (``kernels.fpx_gemm._fpx_row_kernel``)
-or the W4A4 decode kernel (``kernels.w4a4_gemv._w4a4_gemv_kernel``, one row) it compiles
+For each autotuning config of the FPx one-row kernel (``kernels.fpx_gemm._fpx_row_kernel``),
+the W4A4 decode kernel (``kernels.w4a4_gemv._w4a4_gemv_kernel``, one row) or the tensor-core decode
+kernel (``_w4a4_tc_kernel``, 16 rows: its wgmma count is IGMMA) it compiles
 the kernel with Triton for ``--arch`` (default sm_90, Hopper) as the JIT would on an aligned
 call (pointers, sizes and strides divisible by 16), disassembles the cubin with Triton's
 bundled ``nvdisasm`` and reports the SASS instruction mix: how many integer (LOP3, IMAD,
@@ -32,9 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.result_files import write_result_files  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
-KERNELS = ("fpx_row", "w4a4_gemv")
+KERNELS = ("fpx_row", "w4a4_gemv", "w4a4_tc")
 # SASS opcodes reported in their own column; the rest are counted in the total only.
-COLUMNS = ("LOP3", "IMAD", "SHF", "IADD3", "FFMA", "IDP", "LDG", "LDS", "STS", "BAR")
+COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "IDP", "IMMA", "IGMMA", "LDG", "LDGSTS", "LDS", "STS", "BAR")
 ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or size argument
 
 
@@ -80,6 +81,24 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(17) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_gemv_kernel, signature, constants, aligned)
+
+
+def w4a4_tc_source(pair: str, config: tuple[int, ...]):
+    """The tensor-core decode kernel's ASTSource (INT4 weights, ``pair`` = 'A_ELEMENTxint4': the activation
+    element changes only the host's unit) for 16 rows and one (BLOCK_N, BLOCK_KB, warps, stages), steps unmasked."""
+    from triton.compiler import ASTSource
+
+    from kernels.w4a4_gemv import _w4a4_tc_kernel
+
+    names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "M", "N", "KB",
+             "M_BUCKET", "stride_am", "stride_wn", "stride_asm", "stride_wsn", "stride_om", "stride_rm", "unit"]
+    types = ["*i8", "*fp32", "*u8", "*fp32", "*bf16", "*bf16", "*bf16"] + ["i32"] * 10 + ["fp32"]
+    signature = dict(zip(names, types))
+    constants = dict(HAS_BIAS=False, HAS_RESIDUAL=False, USE_ASM=True, ROUND_BF16=True, ROUND_F16=False, BLOCK_M=16,
+                     BLOCK_N=config[0], BLOCK_KB=config[1], EVEN=True, USE_GDC=True)
+    signature.update({name: "constexpr" for name in constants})
+    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(17) if names[i] not in ("M", "M_BUCKET")}
+    return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)
 
 
 def sass_counts(source, config: tuple[int, ...], arch: int) -> dict:
@@ -143,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", choices=KERNELS, default="fpx_row")
     p.add_argument("--element", default="e3m2",
                    help="fpx_row: the weight element (e3m2, e2m3, e2m2, e3m1, e2m1, e3m0); w4a4_gemv: "
-                        "A_ELEMENTxW_ELEMENT of int4 and e2m1, or int8xint4 / int8xint8, e.g. int4xint4")
+                        "A_ELEMENTxW_ELEMENT of int4 and e2m1, or int8xint4 / int8xint8, e.g. int4xint4; "
+                        "w4a4_tc: A_ELEMENTxint4")
     p.add_argument("--arch", type=int, default=90, help="compute capability times ten (90: Hopper)")
     p.add_argument("--limit", type=int, help="only the first LIMIT configs (default: all)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -163,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyError, ValueError) as err:
             p.error(f"--element {args.element!r}: {err}")
         build = fpx_row_source
+    elif args.kernel == "w4a4_tc":
+        from kernels.w4a4_gemv import TC_CONFIGS
+
+        if args.element not in ("int4xint4", "e2m1xint4", "int8xint4"):
+            p.error(f"--element for w4a4_tc is A_ELEMENTxint4 (int4, e2m1 or int8 activations); got {args.element!r}")
+        configs = TC_CONFIGS
+        build = w4a4_tc_source
     else:
         from kernels.w4a4_gemv import (FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PIPELINED_CONFIGS,
                                        GEMV_PREFETCH_CONFIGS)

@@ -19,7 +19,7 @@ def run_sass(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("kernel, element, multiply", [("fpx_row", "e3m2", "FFMA"), ("w4a4_gemv", "int4xe2m1", "IDP"),
-                                                    ("w4a4_gemv", "int8xint8", "IDP")])
+                                                    ("w4a4_gemv", "int8xint8", "IDP"), ("w4a4_tc", "int4xint4", "IMMA")])
 def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply):
     done = run_sass("--kernel", kernel, "--element", element, "--limit", "1", "--out", str(tmp_path / "sass"))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -41,7 +41,8 @@ def test_resource_usage_counts_the_warps_registers_allow():
 
 
 @pytest.mark.parametrize("kernel, element, message", [("fpx_row", "e5m2", "--element 'e5m2'"),
-                                                      ("w4a4_gemv", "int4", "A_ELEMENTxW_ELEMENT")])
+                                                      ("w4a4_gemv", "int4", "A_ELEMENTxW_ELEMENT"),
+                                                      ("w4a4_tc", "int4xe2m1", "A_ELEMENTxint4")])
 def test_kernel_sass_refuses_an_element_its_kernel_lacks(tmp_path, kernel, element, message):
     done = run_sass("--kernel", kernel, "--element", element, "--out", str(tmp_path / "sass"))
     assert done.returncode == 2 and message in done.stderr
