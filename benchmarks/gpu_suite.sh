@@ -35,6 +35,9 @@
 #   int8_head  W4A8 / W8A8 on the decode kernel checked (INT8 activation bytes from the activation kernel), then bf16 /
 #              W4A4KV4 / W4A4KV4 with a W4A8 and with a W8A8 lm_head compiled CUDA-graph decode at batch 1 (issue 10)
 #   int8_head_profile  those steps profiled, then the fused-decode kernel checks (issue 10)
+#   tc_decode  the tensor-core decode kernel (INT4 weights, 5-64 rows) checked against its twin, timed across rows
+#              against cuBLAS bf16 and the CUDA-core kernel, then bf16 / W4A4KV4 compiled CUDA-graph decode at batch 8
+#              and 16 (issues 9, 10)
 # Each step has its own time limit (LIMIT_<SECTION>, seconds) so that one slow step leaves the others their
 # turn; every script writes its files as it goes, so a step that runs out still leaves its partial tables.
 set -uo pipefail
@@ -134,10 +137,18 @@ for section in "$@"; do
         --modes w4a4kv4,w4a4kv4_head8,w4a4kv4_head_w8a8 --out "$OUT/decode_profile_compiled_int8_head_llama3_8b_h200"
       step "${LIMIT_CHECK:-360}" kernel_check python benchmarks/kernel_check.py --only fused_decode \
         --out "$OUT/kernel_check_fused_decode_h200" ;;
+    tc_decode)
+      step "${LIMIT_CHECK:-120}" kernel_check python benchmarks/kernel_check.py --only tc_decode \
+        --out "$OUT/kernel_check_tc_decode_h200"
+      step "${LIMIT_BENCH:-150}" decode_rows python benchmarks/decode_rows_bench.py \
+        --shapes 4096x4096,14336x4096,4096x14336 --ms 1,8,16,64 --out "$OUT/decode_rows_h200"
+      step "${LIMIT_MODEL:-300}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
+        --modes bf16,w4a4kv4 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile --no_eager \
+        --out "$OUT/bench_model_decode_b8_b16_tc_llama3_8b_h200" ;;
     roundtrip)
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, lm_head, int8_head, int8_head_profile, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, lm_head, int8_head, int8_head_profile, tc_decode, roundtrip" >&2; exit 2 ;;
   esac
 done
