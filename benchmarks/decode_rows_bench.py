@@ -64,7 +64,8 @@ def markdown(result: dict) -> str:
              "over the largest output, against the twin (fp32 out): " + (
                  f"{max(v for r in result['rows'] for key, v in r.items() if key.endswith('rel_err')):.1e}."
                  if result["rows"] else "none run."), "",
-             "| N x K | M | bf16 | linear (kernel) | CUDA-core kernel | tensor-core kernel |", "|---|---|---|---|---|---|"]
+             "| N x K | M | bf16 | linear (kernel) | CUDA-core kernel | tensor-core kernel |",
+             "|---|---|---|---|---|---|"]
 
     def cell(r: dict, key: str) -> str:
         return "–" if key not in r else f"{r[key] * 1e3:.1f} ({r['bf16_ms'] / r[key]:.2f}×)"
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     time_ms = make_timer(device, warmup=3, reps=20, flush_l2=True, cuda_graph=True, in_stream=args.in_stream)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
               "versions": library_versions(),
-              "command": "python benchmarks/decode_rows_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": "python benchmarks/decode_rows_bench.py "
+                         + " ".join(argv if argv is not None else sys.argv[1:]),
               "rows": []}
     for shape in args.shapes.split(","):
         n, k = map(int, shape.split("x"))

@@ -154,13 +154,13 @@ def fp8_path_rows(n: int, m: int, k: int, x: torch.Tensor, wq: tuple, name: str,
     ]
 
 
-def tuned_config(m: int, k: int, group: int, gemv: bool | None = None) -> str:
+def tuned_config(m: int, k: int, group: int, gemv: bool | None = None, w_element: str | None = None) -> str:
     """The config the autotuner of this GEMM picked on its last run: tile sizes, warps, stages."""
     from kernels import w4a4_gemm
 
     if w4a4_gemm.INTERPRET:  # one fixed config, no autotuner
         return ""
-    return described(getattr(w4a4_gemm.autotuner_for(m, k, group, group, gemv), "best_config", None))
+    return described(getattr(w4a4_gemm.autotuner_for(m, k, group, group, gemv, w_element), "best_config", None))
 
 
 def fpx_tuned_config(row_kernel: bool) -> str:
@@ -220,7 +220,8 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
         check = ", ".join([check_quantization(x[:CHECK_ROWS], element, group, kind),
                            check_gemm(aq, wq, spec)])
         weight_bytes = wq[0].numel() + 4 * wq[1].numel()
-        if takes_gemv(m, k, group, group):  # the decode kernel, on the activation kernel's dp4a bytes
+        decode = takes_gemv(m, k, group, group, w_element=element)
+        if decode:  # a decode kernel (CUDA-core, or tensor-core for INT4 weights), on the activation kernel's bytes
             a_bytes = kernels.quantize_activations(x, element, dp4a_for=element, backend="triton")
             gemm = functools.partial(w4a4_gemv_triton, *a_bytes, *wq, a_element=element, w_element=element,
                                      out_dtype=torch.bfloat16)
@@ -231,9 +232,9 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
                                    w_group=group, scale_kind=kind, out_dtype=torch.bfloat16, backend="triton",
                                    path="packed")
         rows.append(row(n, m, k, f"{name} gemm", time_ms(gemm), weight_bytes, check))
-        rows[-1]["config"] = tuned_config(m, k, group)
+        rows[-1]["config"] = tuned_config(m, k, group, w_element=element if decode else None)
         rows.append(row(n, m, k, f"{name} quant+gemm", time_ms(linear), weight_bytes, check))
-        if takes_gemv(m, k, group, group):
+        if decode:
             dot = functools.partial(w4a4_matmul_triton, out_dtype=torch.bfloat16, gemv=False, **spec)
             rows.append(row(n, m, k, f"{name} dot gemm", time_ms(lambda: dot(*aq, *wq)), weight_bytes))
             rows[-1]["config"] = tuned_config(m, k, group, gemv=False)

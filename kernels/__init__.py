@@ -217,8 +217,9 @@ def _int8_activation_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Ten
                             backend: str | None) -> torch.Tensor:
     """W4A8 / W8A8. Where the decode kernels take the product (CUDA, up to ``GEMV_MAX_M`` rows, ``TC_MAX_M`` for INT4
     weights), the activation kernel writes the INT8 levels as its dp4a bytes (one launch) and a decode kernel
-    multiplies them with the weight bytes (INT4 nibbles or INT8 bytes; exact int32 sums for K < 2**17). Elsewhere the W8A8 product of
-    ``int8_gemm`` (cuBLAS's exact int8 GEMM where it applies), INT4 weights widened to int8 levels."""
+    multiplies them with the weight bytes (INT4 nibbles or INT8 bytes; exact int32 sums for K < 2**17).
+    Elsewhere the W8A8 product of ``int8_gemm`` (cuBLAS's exact int8 GEMM where it applies), INT4 weights widened
+    to int8 levels."""
     from .int8_gemm import quantize_rows_int8, w8a8_matmul
     from .reference import int8_weight_codes
 

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .reference import check_matmul_args, check_out, dp4a_bytes
-from .w4a4_gemv import _gemv_autotuned, check_gemv_fits, gemv_fits, w4a4_gemv_triton
+from .w4a4_gemv import _gemv_autotuned, _tc_autotuned, check_gemv_fits, gemv_fits, takes_tensor_cores, w4a4_gemv_triton
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
@@ -266,10 +266,12 @@ def takes_gemv(m: int, k: int, a_group: int, w_group: int, gemv: bool | None = N
     return bool(gemv) or (gemv is None and not INTERPRET and gemv_fits(m, k, a_group, w_group, w_element))
 
 
-def autotuner_for(m: int, k: int, a_group: int, w_group: int, gemv: bool | None = None) -> triton.runtime.Autotuner:
-    """The autotuned kernel a GPU call of ``w4a4_matmul_triton`` with these arguments runs."""
-    if takes_gemv(m, k, a_group, w_group, gemv):
-        return _gemv_autotuned
+def autotuner_for(m: int, k: int, a_group: int, w_group: int, gemv: bool | None = None,
+                  w_element: str | None = None) -> triton.runtime.Autotuner:
+    """The autotuned kernel a GPU call of ``w4a4_matmul_triton`` with these arguments runs (with ``w_element``:
+    of ``w4a4_gemv_triton`` on dp4a bytes where ``takes_gemv`` says so, the tensor-core decode kernel included)."""
+    if takes_gemv(m, k, a_group, w_group, gemv, w_element):
+        return _tc_autotuned if w_element and takes_tensor_cores(m, w_element) else _gemv_autotuned
     return _w4a4_decode_autotuned if m <= DECODE_MAX_M else _w4a4_autotuned
 
 

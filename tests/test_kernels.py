@@ -1084,3 +1084,17 @@ def test_decode_kernels_take_their_rows():
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 65, 16, 64)
     with pytest.raises(ValueError, match=r"1 to 64 rows \(INT4 weights\)"):
         w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale, **kw)
+
+
+def test_decode_rows_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
+    """benchmarks/decode_rows_bench.py: refused without a GPU before anything is written; its table gives each
+    timed kernel's ratio to bf16 and the largest error."""
+    from benchmarks.decode_rows_bench import markdown
+
+    done = cli("benchmarks/decode_rows_bench.py", "--out", str(tmp_path / "rows"))
+    assert done.returncode == 2 and "no GPU here" in done.stderr and not (tmp_path / "rows.json").exists()
+    rows = [dict(n=4096, k=4096, m=8, bf16_ms=0.0155, linear_ms=0.0088, linear_kernel="tensor-core",
+                 cuda_core_ms=0.0127, cuda_core_rel_err=1e-7, tensor_core_ms=0.0077, tensor_core_rel_err=3e-7)]
+    text = markdown(dict(device="GPU", date="d", versions={}, command="c", rows=rows))
+    assert "| 4096x4096 | 8 | 15.5 | 8.8 (1.76×) tensor-core | 12.7 (1.22×) | 7.7 (2.01×) |" in text
+    assert "3.0e-07" in text
