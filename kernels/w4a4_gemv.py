@@ -28,6 +28,11 @@ W4A4KV4 decode step 1.14-1.19 ms instead of 1.25 ms
 BLOCK_N weight rows; rows per program, words per step, warps and stages are autotuned per
 shape on a GPU.
 
+INT4 weights of TC_MIN_M to TC_MAX_M rows take ``_w4a4_tc_kernel`` on the same dp4a bytes instead: the
+weight's packed bytes become int8 tensor-core operands with one inline-PTX instruction per four bytes, and the
+rows (padded to 16) are the narrow side of the dot, so the work per weight byte does not grow with the rows as
+the dp4a multiply-adds do.
+
 On Hopper the kernel is launched as a programmatic dependent launch (``kernels.pdl``): its
 programs may start while the kernel before them in the stream (the activation kernel) still
 runs, read what no earlier kernel writes (the weight words; the prefetching configs load
@@ -421,7 +426,8 @@ def w4a4_gemv_triton(
     out: torch.Tensor | None = None, config: triton.Config | None = None, residual: torch.Tensor | None = None,
     tensor_cores: bool | None = None,
 ) -> torch.Tensor:
-    """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows with per-row scales, the activation codes given as
+    """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows (TC_MAX_M with INT4 weights) with per-row scales, the
+    activation codes given as
     their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or ``quantize_activations`` with
     ``dp4a_for``); writes into ``out`` when given. ``config`` (BLOCK_N, BLOCK_KW, PREFETCH, FOLD, warps, stages)
     replaces the autotuner's pick, or the interpreter's fixed one (``benchmarks/gemv_ncu.py`` profiles configs
