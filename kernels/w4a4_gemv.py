@@ -427,8 +427,7 @@ def w4a4_gemv_triton(
     tensor_cores: bool | None = None,
 ) -> torch.Tensor:
     """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows (TC_MAX_M with INT4 weights) with per-row scales, the
-    activation codes given as
-    their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or ``quantize_activations`` with
+    activation codes given as their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or ``quantize_activations`` with
     ``dp4a_for``); writes into ``out`` when given. ``config`` (BLOCK_N, BLOCK_KW, PREFETCH, FOLD, warps, stages)
     replaces the autotuner's pick, or the interpreter's fixed one (``benchmarks/gemv_ncu.py`` profiles configs
     one at a time). ``residual`` (M, N): added to the product rounded to ``out_dtype``, as
