@@ -472,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     elif not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU, or pass --cpu_dry_run to exercise the script on CPU")
     torch.backends.cuda.matmul.allow_tf32 = False  # the twin's fp32 matmul must be fp32
+    from kernels.w4a4_gemv import TC_MAX_M  # late: builds Triton kernels, after TRITON_INTERPRET is settled
+
     device = torch.device("cpu" if args.cpu_dry_run else "cuda")
     act_shapes = DRY_ACT_SHAPES if args.cpu_dry_run else GPU_ACT_SHAPES
     gemm_shapes = DRY_GEMM_SHAPES if args.cpu_dry_run else GPU_GEMM_SHAPES
@@ -509,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (m, n, k) in enumerate(gemm_shapes):
         for a_name, w_name in gemm_pairs:
             record(check_gemm, m, n, k, a_name, w_name, OUT_DTYPES[i % len(OUT_DTYPES)], device)
-        if m <= 64:  # the decode kernels' rows (INT4 weights on the tensor-core one above 4)
+        if m <= TC_MAX_M:  # the decode kernels' rows (INT4 weights on the tensor-core one from TC_MIN_M)
             for a_name, w_name in PER_ROW_PAIRS:
                 record(check_linear, m, n, k, a_name, w_name, OUT_DTYPES[i % len(OUT_DTYPES)], device)
         for element in FPX_ELEMENTS:

@@ -271,7 +271,7 @@ def autotuner_for(m: int, k: int, a_group: int, w_group: int, gemv: bool | None 
     """The autotuned kernel a GPU call of ``w4a4_matmul_triton`` with these arguments runs (with ``w_element``:
     of ``w4a4_gemv_triton`` on dp4a bytes where ``takes_gemv`` says so, the tensor-core decode kernel included)."""
     if takes_gemv(m, k, a_group, w_group, gemv, w_element):
-        return _tc_autotuned if w_element and takes_tensor_cores(m, w_element) else _gemv_autotuned
+        return _tc_autotuned if takes_tensor_cores(m, w_element) else _gemv_autotuned
     return _w4a4_decode_autotuned if m <= DECODE_MAX_M else _w4a4_autotuned
 
 

@@ -376,14 +376,16 @@ _gemv_autotuned = triton.autotune(
 )(_w4a4_gemv_kernel)
 
 
+# EVEN from the step and the sizes, for the interpreter's fixed config and every autotuned one alike.
+_tc_kernel_even = triton.heuristics(
+    dict(EVEN=lambda args: args["KB"] % args["BLOCK_KB"] == 0 and args["N"] % args["BLOCK_N"] == 0))(_w4a4_tc_kernel)
 _tc_autotuned = triton.autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb), num_warps=w, num_stages=s) for bn, bkb, w, s in TC_CONFIGS],
     key=["M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M"],
-)(triton.heuristics(dict(EVEN=lambda args: args["KB"] % args["BLOCK_KB"] == 0 and args["N"] % args["BLOCK_N"] == 0))(
-    _w4a4_tc_kernel))
+)(_tc_kernel_even)
 
 
-def takes_tensor_cores(m: int, w_element: str) -> bool:
+def takes_tensor_cores(m: int, w_element: str | None) -> bool:
     """Whether ``w4a4_gemv_triton(..., tensor_cores=None)`` runs these rows on the tensor-core kernel: INT4
     weights and TC_MIN_M..TC_MAX_M rows on a GPU; under the interpreter only the rows the CUDA-core kernel does
     not take (above GEMV_MAX_M)."""
@@ -456,25 +458,25 @@ def w4a4_gemv_triton(
     unit = (0.5 if a_element == "e2m1" else 1.0) * {"int4": 1 / 16, "e2m1": 0.5, "int8": 1.0}[w_element]
     if residual is not None and residual.stride(1) != 1:
         residual = residual.contiguous()
-    args = (a_words, a_scale, w_words, w_scale, bias if bias is not None else out,  # (absent: never read)
-            residual if residual is not None else out, out,
-            m, n, k // 8, block_m, a_words.stride(0), w_words.stride(0), a_scale.stride(0), w_scale.stride(0),
-            out.stride(0), 0 if residual is None else residual.stride(0), unit)
-    flags = dict(W_INT4=w_element == "int4", W_INT8=w_element == "int8", HAS_BIAS=bias is not None,
-                 HAS_RESIDUAL=residual is not None,
-                 USE_ASM=not INTERPRET, ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16,
-                 BLOCK_M=block_m, **pdl_flags(a_bytes.device, "gemv"))
+    # The kernels share their arguments but for the operands' units: words (CUDA cores) or bytes (tensor cores).
+    # An absent bias or residual is never read: ``out`` stands in for its pointer.
+    outputs = (bias if bias is not None else out, residual if residual is not None else out, out, m, n)
+    tail = (a_scale.stride(0), w_scale.stride(0), out.stride(0), 0 if residual is None else residual.stride(0), unit)
+    flags = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, USE_ASM=not INTERPRET,
+                 ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16,
+                 **pdl_flags(a_bytes.device, "gemv"))
     if tc:
         a_b, w_b = a_words.view(torch.int8), w_words.view(torch.uint8)  # the same bytes, strides in bytes
-        tc_args = (a_b, a_scale, w_b, w_scale, *args[4:9], k // 2, block_m, a_b.stride(0), w_b.stride(0),
-                   *args[13:])
+        tc_args = (a_b, a_scale, w_b, w_scale, *outputs, k // 2, block_m, a_b.stride(0), w_b.stride(0), *tail)
+        flags["BLOCK_M"] = max(16, block_m)
         if INTERPRET:
-            fixed = INTERPRET_TC_CONFIG
-            even = (k // 2) % fixed["BLOCK_KB"] == 0 and n % fixed["BLOCK_N"] == 0
-            _w4a4_tc_kernel[(triton.cdiv(n, fixed["BLOCK_N"]),)](*tc_args, **_tc_flags(flags), **fixed, EVEN=even)
+            _tc_kernel_even[(triton.cdiv(n, INTERPRET_TC_CONFIG["BLOCK_N"]),)](*tc_args, **flags, **INTERPRET_TC_CONFIG)
         else:
-            _tc_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*tc_args, **_tc_flags(flags))
-    elif config is not None:
+            _tc_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*tc_args, **flags)
+        return out
+    args = (a_words, a_scale, w_words, w_scale, *outputs, k // 8, block_m, a_words.stride(0), w_words.stride(0), *tail)
+    flags.update(W_INT4=w_element == "int4", W_INT8=w_element == "int8", BLOCK_M=block_m)
+    if config is not None:
         fixed = {"FOLD": 1, "LOOP_STAGES": 1, **config.kwargs}
         if fixed["FOLD"] > 1 and block_m > 1:
             raise ValueError(f"a folded accumulator (FOLD={fixed['FOLD']}) is for one row, got M={m}")
@@ -485,10 +487,3 @@ def w4a4_gemv_triton(
     else:
         _gemv_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags)
     return out
-
-
-def _tc_flags(flags: dict) -> dict:
-    """The CUDA-core kernel's launch flags as the tensor-core kernel takes them (16 rows at least, no weight
-    element flags)."""
-    return {name: value for name, value in flags.items() if name not in ("W_INT4", "W_INT8")} | dict(
-        BLOCK_M=max(16, flags["BLOCK_M"]))
