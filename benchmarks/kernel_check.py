@@ -402,10 +402,14 @@ def check_int8_decode(m: int, n: int, k: int, w_element: str, dtype: torch.dtype
             "scales_differ": scales, "error_over_bound": excess, "ok": ok and codes == 0 and scales == 0}
 
 
-def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, device: torch.device) -> dict:
+def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, device: torch.device,
+                    split_k: int | None = None) -> dict:
     """INT4 weights on the tensor-core decode kernel (``w4a4_gemv_triton(..., tensor_cores=True)``) with a bias and
-    a residual, against the twin (``reference.w4a4_gemv_ref``) on the activation kernel's dp4a bytes."""
-    from kernels.w4a4_gemv import w4a4_gemv_triton
+    a residual, against the twin (``reference.w4a4_gemv_ref``) on the activation kernel's dp4a bytes; the
+    autotuner's config (split_k None) or 64 x 128 bytes split ``split_k`` ways (on the CPU: the interpreter's)."""
+    import triton
+
+    from kernels.w4a4_gemv import INTERPRET, INTERPRET_TC_CONFIG, _tc_autotuned, w4a4_gemv_triton
 
     x = random_activations(m, k, dtype, device)
     w_codes, w_scale = kernels.quantize_activations(torch.randn(n, k, device=device) * 0.02, "int4", backend="triton")
@@ -415,11 +419,19 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
     residual = random_activations(m, n, dtype, device)
     kw = dict(a_element=a_element, w_element="int4", bias=bias, out_dtype=dtype, residual=residual)
     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
-    w4a4_gemv_triton(a_bytes, a_scale, w_codes, w_scale, out=out, tensor_cores=True, **kw)
+    config = None if split_k is None else triton.Config(
+        dict(INTERPRET_TC_CONFIG, SPLIT_K=split_k) if INTERPRET else dict(BLOCK_N=64, BLOCK_KB=128, SPLIT_K=split_k),
+        num_warps=4, num_stages=4)
+    w4a4_gemv_triton(a_bytes, a_scale, w_codes, w_scale, out=out, tensor_cores=True, config=config, **kw)
+    if config is None:
+        config = INTERPRET_TC_CONFIG if INTERPRET else _tc_autotuned.best_config.kwargs
+        label = f"split {config['SPLIT_K']} ({'interpreter' if INTERPRET else 'autotuned'})"
+    else:
+        label = f"split {split_k} (fixed)"
     want = reference.w4a4_gemv_ref(a_bytes.cpu(), a_scale.cpu(), w_codes.cpu(), w_scale.cpu(),
                                    **{**kw, "bias": bias.cpu(), "residual": residual.cpu()}).to(device)
     ok, excess = close(out, want.float(), rounded_before=want.float() - residual.float())
-    return {"kernel": "tensor-core decode", "case": f"{a_element} x int4, bias + residual",
+    return {"kernel": "tensor-core decode", "case": f"{a_element} x int4, bias + residual, {label}",
             "shape": f"M{m} N{n} K{k} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess,
             "ok": ok and not out.isnan().any().item()}
 
@@ -529,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (m, n, k) in enumerate(DRY_TC_DECODE_SHAPES if args.cpu_dry_run else GPU_TC_DECODE_SHAPES):
         for a_element in ("int4", "e2m1", "int8"):
             record(check_tc_decode, m, n, k, a_element, OUT_DTYPES[i % 2], device)
+        record(check_tc_decode, m, n, k, "int4", OUT_DTYPES[i % 2], device, 3)
     for m, n, k in DRY_INT8_DECODE_SHAPES if args.cpu_dry_run else GPU_INT8_DECODE_SHAPES:
         for w_element in ("int4", "int8"):
             for dtype in (torch.bfloat16, torch.float16):

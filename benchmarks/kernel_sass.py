@@ -85,19 +85,21 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
 
 def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     """The tensor-core decode kernel's ASTSource (INT4 weights, ``pair`` = 'A_ELEMENTxint4': the activation
-    element changes only the host's unit) for 16 rows and one (BLOCK_N, BLOCK_KB, warps, stages), steps unmasked."""
+    element changes only the host's unit) for 16 rows and one (BLOCK_N, BLOCK_KB, warps, stages), steps unmasked,
+    K unsplit (a split adds only the atomic epilogue to the same loop)."""
     from triton.compiler import ASTSource
 
     from kernels.w4a4_gemv import _w4a4_tc_kernel
 
-    names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "M", "N", "KB",
-             "M_BUCKET", "stride_am", "stride_wn", "stride_asm", "stride_wsn", "stride_om", "stride_rm", "unit"]
-    types = ["*i8", "*fp32", "*u8", "*fp32", "*bf16", "*bf16", "*bf16"] + ["i32"] * 10 + ["fp32"]
+    names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "partial_ptr",
+             "count_ptr", "M", "N", "KB", "M_BUCKET", "stride_am", "stride_wn", "stride_asm", "stride_wsn",
+             "stride_om", "stride_rm", "unit"]
+    types = ["*i8", "*fp32", "*u8", "*fp32", "*bf16", "*bf16", "*bf16", "*i32", "*i32"] + ["i32"] * 10 + ["fp32"]
     signature = dict(zip(names, types))
     constants = dict(HAS_BIAS=False, HAS_RESIDUAL=False, USE_ASM=True, ROUND_BF16=True, ROUND_F16=False, BLOCK_M=16,
-                     BLOCK_N=config[0], BLOCK_KB=config[1], EVEN=True, USE_GDC=True)
+                     BLOCK_N=config[0], BLOCK_KB=config[1], SPLIT_K=1, EVEN=True, USE_GDC=True)
     signature.update({name: "constexpr" for name in constants})
-    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(17) if names[i] not in ("M", "M_BUCKET")}
+    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)
 
 
@@ -188,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.element not in ("int4xint4", "e2m1xint4", "int8xint4"):
             p.error(f"--element for w4a4_tc is A_ELEMENTxint4 (int4, e2m1 or int8 activations); got {args.element!r}")
-        configs = TC_CONFIGS
+        configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in TC_CONFIGS))
         build = w4a4_tc_source
     else:
         from kernels.w4a4_gemv import (FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PIPELINED_CONFIGS,

@@ -31,7 +31,9 @@ shape on a GPU.
 INT4 weights of TC_MIN_M to TC_MAX_M rows take ``_w4a4_tc_kernel`` on the same dp4a bytes instead: the
 weight's packed bytes become int8 tensor-core operands with one inline-PTX instruction per four bytes, and the
 rows (padded to 16) are the narrow side of the dot, so the work per weight byte does not grow with the rows as
-the dp4a multiply-adds do.
+the dp4a multiply-adds do. Where N gives too few programs (4096) its autotuner may split K: the slices add exact
+int32 sums atomically into a zeroed buffer (``split_k_buffer``) and the last slice of each tile to finish runs
+the epilogue and zeroes the buffer again, so a split product equals the unsplit one bit for bit.
 
 On Hopper the kernel is launched as a programmatic dependent launch (``kernels.pdl``): its
 programs may start while the kernel before them in the stream (the activation kernel) still
@@ -95,11 +97,15 @@ INTERPRET_CONFIG = dict(BLOCK_N=8, BLOCK_KW=4, PREFETCH=False, FOLD=1, LOOP_STAG
 # of ``w4a4_gemm`` 0.85-1.0x at 16; below TC_MIN_M rows a 16-row tile is mostly padding.
 TC_MIN_M = 5
 TC_MAX_M = 64
-# (BLOCK_N, BLOCK_KB, num_warps, num_stages) of the tensor-core kernel; BLOCK_KB counts packed weight bytes (two
-# codes each). The probe's winners: 64 x 128 / 64 x 256 bytes on 4 warps.
-TC_CONFIGS = [(16, 128, 4, 4), (16, 256, 4, 3), (32, 128, 4, 4), (32, 256, 4, 3), (64, 128, 4, 4), (64, 256, 4, 3),
-              (128, 128, 8, 3)]
-INTERPRET_TC_CONFIG = dict(BLOCK_N=16, BLOCK_KB=32)
+# (BLOCK_N, BLOCK_KB, SPLIT_K, num_warps, num_stages) of the tensor-core kernel; BLOCK_KB counts packed weight
+# bytes (two codes each). The H200 probe's winners (tc_decode_probe_h200.md): 64 x 256 bytes unsplit where N
+# gives enough programs (14336 x 4096), 64 x 128 split four ways at N = 4096 (10 % faster at 4096 x 4096, 44 % at
+# 4096 x 14336 than unsplit).
+TC_CONFIGS = [(32, 256, 1, 4, 3), (64, 128, 1, 4, 4), (64, 256, 1, 4, 3), (64, 128, 2, 4, 4), (64, 256, 2, 4, 3),
+              (64, 128, 4, 4, 4), (128, 128, 1, 8, 3), (128, 128, 2, 8, 3)]
+INTERPRET_TC_CONFIG = dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=2)
+# The narrowest BLOCK_N of any tensor-core config: the split-K tile counters are sized for it.
+TC_MIN_BLOCK_N = 16
 # Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
 
@@ -307,35 +313,42 @@ def _nibbles_up(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
 
 @triton.jit
 def _w4a4_tc_kernel(
-    a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr,
+    a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr, partial_ptr, count_ptr,
     M, N, KB, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, stride_rm, unit,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
-    EVEN: tl.constexpr, USE_GDC: tl.constexpr,
+    SPLIT_K: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
     a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
     become two int8 operands, the low nibbles (codes 2j) and the high ones (2j + 1) each at the top of its byte,
     and each multiplies its activation plane: acc^T += W_even A_even^T + W_odd A_odd^T, the weight the dot's
     first operand (Hopper's wgmma reads it from registers: no shared-memory staging), the BLOCK_M >= 16 rows the
-    narrow second one. Exact int32 sums; each program owns its outputs (no split-K), so the epilogue adds a bias
-    and a residual as the CUDA-core kernel's does. EVEN: K / 2 and N are multiples of the step (no masks)."""
+    narrow second one. Exact int32 sums. SPLIT_K > 1: program (n, s) takes the s-th of SPLIT_K slices of K and
+    adds its int32 sums atomically into ``partial_ptr`` (M, N); the slice's counter for tile n tells the last
+    program to arrive that the sums are whole: it takes them (leaving zeros for the next product) and runs the
+    epilogue, so integer addition's order does not matter, the result is the unsplit one bit for bit and the
+    bias and residual are added once. EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks)."""
     launch_dependents(USE_GDC)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    tile = tl.program_id(0)
+    offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_b = tl.arange(0, BLOCK_KB)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_b[None, :]
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_b[None, :]
+    slice_kb = tl.cdiv(KB, SPLIT_K * BLOCK_KB) * BLOCK_KB
+    first = tl.program_id(1) * slice_kb
+    stop = tl.minimum(first + slice_kb, KB)
+    w_ptrs = w_ptr + offs_n[:, None] * stride_wn + first + offs_b[None, :]
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + first + offs_b[None, :]
     acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.int32)
     wait_for_producer(USE_GDC)
-    for start in range(0, KB, BLOCK_KB):
+    for start in range(first, stop, BLOCK_KB):
         if EVEN:
             w = tl.load(w_ptrs)
             a_ok = m_ok[:, None]
         else:
-            b_ok = (offs_b < KB - start)[None, :]
+            b_ok = (offs_b < stop - start)[None, :]
             w = tl.load(w_ptrs, mask=n_ok[:, None] & b_ok, other=0)
             a_ok = m_ok[:, None] & b_ok
         a_even = tl.load(a_ptrs, mask=a_ok, other=0)
@@ -344,9 +357,22 @@ def _w4a4_tc_kernel(
         acc = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
         w_ptrs += BLOCK_KB
         a_ptrs += BLOCK_KB
-    _store_products(tl.trans(acc), offs_m, offs_n, m_ok, n_ok, a_scale_ptr, w_scale_ptr, bias_ptr, residual_ptr,
-                    out_ptr, stride_asm, stride_wsn, stride_om, stride_rm, unit, HAS_BIAS, HAS_RESIDUAL, ROUND_BF16,
-                    ROUND_F16)
+    total = tl.trans(acc)
+    if SPLIT_K > 1:
+        partial_ptrs = partial_ptr + offs_m[:, None] * N + offs_n[None, :]
+        mn_ok = m_ok[:, None] & n_ok[None, :]
+        tl.atomic_add(partial_ptrs, total, mask=mn_ok, sem="relaxed")
+        tl.debug_barrier()  # every thread's sums are in before the counter says so
+        if tl.atomic_add(count_ptr + tile, 1, sem="acq_rel") == SPLIT_K - 1:
+            total = tl.atomic_xchg(partial_ptrs, 0, mask=mn_ok, sem="relaxed")
+            tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed")
+            _store_products(total, offs_m, offs_n, m_ok, n_ok, a_scale_ptr, w_scale_ptr, bias_ptr, residual_ptr,
+                            out_ptr, stride_asm, stride_wsn, stride_om, stride_rm, unit, HAS_BIAS, HAS_RESIDUAL,
+                            ROUND_BF16, ROUND_F16)
+    else:
+        _store_products(total, offs_m, offs_n, m_ok, n_ok, a_scale_ptr, w_scale_ptr, bias_ptr, residual_ptr,
+                        out_ptr, stride_asm, stride_wsn, stride_om, stride_rm, unit, HAS_BIAS, HAS_RESIDUAL,
+                        ROUND_BF16, ROUND_F16)
 
 
 def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -378,9 +404,11 @@ _gemv_autotuned = triton.autotune(
 
 # EVEN from the step and the sizes, for the interpreter's fixed config and every autotuned one alike.
 _tc_kernel_even = triton.heuristics(
-    dict(EVEN=lambda args: args["KB"] % args["BLOCK_KB"] == 0 and args["N"] % args["BLOCK_N"] == 0))(_w4a4_tc_kernel)
+    dict(EVEN=lambda args: args["KB"] % (args["BLOCK_KB"] * args["SPLIT_K"]) == 0
+         and args["N"] % args["BLOCK_N"] == 0))(_w4a4_tc_kernel)
 _tc_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb), num_warps=w, num_stages=s) for bn, bkb, w, s in TC_CONFIGS],
+    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=w, num_stages=s)
+             for bn, bkb, split, w, s in TC_CONFIGS],
     key=["M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M"],
 )(_tc_kernel_even)
 
@@ -422,25 +450,45 @@ def _words(packed: torch.Tensor, dtype: torch.dtype = torch.int32) -> torch.Tens
     return packed.view(dtype)
 
 
+_split_k_buffers: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def split_k_buffer(device: torch.device, m: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed int32 partial sums (m * n) and tile counters for the tensor-core kernel's split-K, one buffer per
+    device and stream, grown on demand: each product leaves it zeroed for the next, and products on one stream
+    run one after another (two streams would race on a shared one)."""
+    tiles = triton.cdiv(n, TC_MIN_BLOCK_N)
+    key = (device, torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0)
+    buffer = _split_k_buffers.get(key)
+    if buffer is None or buffer.numel() < m * n + tiles:
+        buffer = _split_k_buffers[key] = torch.zeros(max(m * n + tiles, 1 << 16), dtype=torch.int32, device=device)
+    return buffer, buffer[m * n:]
+
+
 def w4a4_gemv_triton(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
     out: torch.Tensor | None = None, config: triton.Config | None = None, residual: torch.Tensor | None = None,
     tensor_cores: bool | None = None,
 ) -> torch.Tensor:
-    """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows (TC_MAX_M with INT4 weights) with per-row scales, the
-    activation codes given as their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or ``quantize_activations`` with
-    ``dp4a_for``); writes into ``out`` when given. ``config`` (BLOCK_N, BLOCK_KW, PREFETCH, FOLD, warps, stages)
-    replaces the autotuner's pick, or the interpreter's fixed one (``benchmarks/gemv_ncu.py`` profiles configs
-    one at a time). ``residual`` (M, N): added to the product rounded to ``out_dtype``, as
-    ``reference.w4a4_gemv_ref`` adds it. INT8 activation levels (``a_element="int8"``) go with packed INT4
-    weights (W4A8) or INT8 weights given as (N, K) two's complement bytes (W8A8). ``tensor_cores``: whether INT4
-    weights run on ``_w4a4_tc_kernel`` (None: ``takes_tensor_cores``); the CUDA-core kernel takes up to GEMV_MAX_M
-    rows, the tensor-core one up to TC_MAX_M."""
+    """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows (TC_MAX_M with INT4 weights) with per-row scales,
+    the activation codes given as their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or
+    ``quantize_activations`` with ``dp4a_for``); writes into ``out`` when given. ``residual`` (M, N): added to
+    the product rounded to ``out_dtype``, as ``reference.w4a4_gemv_ref`` adds it. INT8 activation levels
+    (``a_element="int8"``) go with packed INT4 weights (W4A8) or INT8 weights given as (N, K) two's complement
+    bytes (W8A8). ``tensor_cores``: whether INT4 weights run on ``_w4a4_tc_kernel`` (None: ``takes_tensor_cores``);
+    the CUDA-core kernel takes up to GEMV_MAX_M rows, the tensor-core one up to TC_MAX_M. ``config`` replaces the
+    autotuner's pick, or the interpreter's fixed one (``benchmarks/gemv_ncu.py`` profiles configs one at a time):
+    BLOCK_N, BLOCK_KW, PREFETCH, FOLD, warps and stages for the CUDA-core kernel; BLOCK_N, BLOCK_KB, SPLIT_K,
+    warps and stages for the tensor-core one (with ``tensor_cores=True``)."""
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     check_gemv_fits(m, k, 0, 0, w_element)
     tc = takes_tensor_cores(m, w_element) if tensor_cores is None and config is None else bool(tensor_cores)
+    if tc and config is not None and (set(config.kwargs) != {"BLOCK_N", "BLOCK_KB", "SPLIT_K"}
+                                      or config.kwargs["BLOCK_N"] < TC_MIN_BLOCK_N):
+        raise ValueError(f"a tensor-core decode config sets BLOCK_N (at least {TC_MIN_BLOCK_N}), BLOCK_KB and "
+                         f"SPLIT_K, got {config.kwargs}")
     if tc and w_element != "int4":
         raise ValueError(f"the tensor-core decode kernel takes INT4 weights, got {w_element}")
     if not tc and m > GEMV_MAX_M:
@@ -467,12 +515,15 @@ def w4a4_gemv_triton(
                  **pdl_flags(a_bytes.device, "gemv"))
     if tc:
         a_b, w_b = a_words.view(torch.int8), w_words.view(torch.uint8)  # the same bytes, strides in bytes
-        tc_args = (a_b, a_scale, w_b, w_scale, *outputs, k // 2, block_m, a_b.stride(0), w_b.stride(0), *tail)
+        tc_args = (a_b, a_scale, w_b, w_scale, *outputs[:3], *split_k_buffer(a_b.device, m, n), m, n, k // 2,
+                   block_m, a_b.stride(0), w_b.stride(0), *tail)
         flags["BLOCK_M"] = max(16, block_m)
-        if INTERPRET:
-            _tc_kernel_even[(triton.cdiv(n, INTERPRET_TC_CONFIG["BLOCK_N"]),)](*tc_args, **flags, **INTERPRET_TC_CONFIG)
+        if config is not None or INTERPRET:
+            fixed, launch = (config.kwargs, dict(num_warps=config.num_warps, num_stages=config.num_stages)) \
+                if config is not None else (INTERPRET_TC_CONFIG, {})
+            _tc_kernel_even[(triton.cdiv(n, fixed["BLOCK_N"]), fixed["SPLIT_K"])](*tc_args, **flags, **fixed, **launch)
         else:
-            _tc_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*tc_args, **flags)
+            _tc_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*tc_args, **flags)
         return out
     args = (a_words, a_scale, w_words, w_scale, *outputs, k // 8, block_m, a_words.stride(0), w_words.stride(0), *tail)
     flags.update(W_INT4=w_element == "int4", W_INT8=w_element == "int8", BLOCK_M=block_m)

@@ -1060,6 +1060,34 @@ def test_tensor_core_decode_kernel_decodes_every_code_pair():
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("split_k, block_kb", [(1, 32), (3, 32), (4, 64)])
+def test_tensor_core_decode_kernel_splits_k_exactly(split_k, block_kb):
+    """Split-K: slices of K (the last short or empty: 100 bytes a plane) add exact int32 sums atomically, and
+    the last program of each tile runs the one epilogue: the unsplit result bit for bit, the bias and residual
+    added once, and the partial sums and counters left zeroed for the next product."""
+    import triton
+
+    from kernels import w4a4_gemv
+    from kernels.reference import dp4a_order, w4a4_gemv_ref
+
+    m, n, k = 12, 40, 200
+    gen = torch.Generator().manual_seed(split_k)
+    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
+    w_scale = torch.rand(n, 1, generator=gen) / 64 + 1e-3
+    a_bytes = dp4a_order(torch.randint(-8, 8, (m, k), generator=gen).to(torch.int8), "int4")
+    a_scale = torch.rand(m, 1, generator=gen) + 0.5
+    kw = dict(a_element="int4", w_element="int4", bias=torch.randn(n, generator=gen), out_dtype=torch.float16,
+              residual=torch.randn(m, n, generator=gen).to(torch.float16))
+    config = triton.Config(dict(BLOCK_N=16, BLOCK_KB=block_kb, SPLIT_K=split_k))
+    got = w4a4_gemv.w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, tensor_cores=True, config=config, **kw)
+    assert torch.equal(got, w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw))
+    partial, counts = w4a4_gemv.split_k_buffer(a_bytes.device, m, n)
+    assert not partial.any() and not counts.any()
+    with pytest.raises(ValueError, match="BLOCK_N \\(at least 16\\), BLOCK_KB and SPLIT_K"):
+        w4a4_gemv.w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, tensor_cores=True,
+                                   config=triton.Config(dict(BLOCK_N=16, BLOCK_KB=32)), **kw)
+
+
 def test_decode_kernels_take_their_rows():
     """INT4 weights: the CUDA-core kernel below TC_MIN_M rows on a GPU, the tensor-core one up to TC_MAX_M (under
     the interpreter only above GEMV_MAX_M); other weights: the CUDA-core kernel, up to GEMV_MAX_M."""
