@@ -275,7 +275,7 @@ def markdown(result: dict) -> str:
     prefill = [str(b) for b in rows[0]["prefill_ms"]]
     decode = [str(b) for b in {**rows[0]["graph_decode_tok_s"], **rows[0]["decode_tok_s"]}]
     eager = any(r["decode_tok_s"] for r in rows)
-    base = rows[0] if rows[0]["mode"] == "bf16" else None
+    base = next((r for r in rows if r["mode"] == "bf16"), None)  # wherever --modes put it
     graphs = any(r.get("graph_decode_tok_s") for r in rows)
     graph = "graph+compile" if result.get("compile") else "graph"
     graph_prefill = [str(b) for b in rows[0].get("graph_prefill_ms", {})]
