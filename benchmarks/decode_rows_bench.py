@@ -25,27 +25,29 @@ from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 
 
-def bench(n: int, k: int, m: int, time_ms, device: torch.device) -> dict:
+def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = "int4") -> dict:
+    """One row: INT4 x INT4 or E2M1 x E2M1 (``element``) at M x N x K."""
     import kernels
     from kernels import reference, w4a4_gemv
 
     x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
     w16 = torch.randn(n, k, dtype=torch.bfloat16, device=device) * 0.02
-    w_packed, w_scale = kernels.quantize_activations(w16, "int4", backend="triton")
-    a_bytes, a_scale = kernels.quantize_activations(x, "int4", dp4a_for="int4", backend="triton")
-    want = reference.w4a4_gemv_ref(a_bytes.cpu(), a_scale.cpu(), w_packed.cpu(), w_scale.cpu(), a_element="int4",
-                                   w_element="int4", out_dtype=torch.float32).to(device)
-    row = {"n": n, "k": k, "m": m, "bf16_ms": time_ms(lambda: x @ w16.T),
-           "linear_ms": time_ms(lambda: kernels.w4a4_linear(x, w_packed, w_scale, a_element="int4", w_element="int4",
-                                                            out_dtype=torch.bfloat16)),
-           "linear_kernel": "tensor-core" if w4a4_gemv.takes_tensor_cores(m, "int4") else "CUDA-core"}
+    w_packed, w_scale = kernels.quantize_activations(w16, element, backend="triton")
+    a_bytes, a_scale = kernels.quantize_activations(x, element, dp4a_for=element, backend="triton")
+    kw = dict(a_element=element, w_element=element)
+    want = reference.w4a4_gemv_ref(a_bytes.cpu(), a_scale.cpu(), w_packed.cpu(), w_scale.cpu(), **kw,
+                                   out_dtype=torch.float32).to(device)
+    row = {"n": n, "k": k, "m": m, "element": element, "bf16_ms": time_ms(lambda: x @ w16.T),
+           "linear_ms": time_ms(lambda: kernels.w4a4_linear(x, w_packed, w_scale, **kw, out_dtype=torch.bfloat16)),
+           "linear_kernel": "tensor-core" if w4a4_gemv.takes_tensor_cores(m, element) else
+           "CUDA-core" if m <= w4a4_gemv.max_rows(element) else "GEMM"}
     for name, tc in (("cuda_core", False), ("tensor_core", True)):
         if (tc and m > w4a4_gemv.TC_MAX_M) or (not tc and m > w4a4_gemv.GEMV_MAX_M):
             continue
 
         def call():
-            return w4a4_gemv.w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
-                                              out_dtype=torch.float32, tensor_cores=tc)
+            return w4a4_gemv.w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, **kw, out_dtype=torch.float32,
+                                              tensor_cores=tc)
         got = call()
         row[f"{name}_ms"] = time_ms(call)
         row[f"{name}_rel_err"] = ((got - want).abs().max() / want.abs().max()).item()
@@ -55,7 +57,9 @@ def bench(n: int, k: int, m: int, time_ms, device: torch.device) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = ["# Decode-sized W4A4 products (INT4 x INT4, per-row scales) across rows", "",
+    elements = sorted({r.get("element", "int4").upper() for r in result["rows"]}) or ["INT4"]
+    lines = [f"# Decode-sized W4A4 products ({', '.join(f'{e} x {e}' for e in elements)}, per-row scales) "
+             "across rows", "",
              f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
              f"Command: `{result['command']}`", "",
              "Median µs of one call in a stream of CUDA-graph calls, the L2 flushed before each. `linear`: "
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", default="4096x4096,14336x4096,4096x14336,6144x4096", help="N x K weight shapes")
     p.add_argument("--ms", default="1,4,5,8,16,32,64", help="activation row counts")
     p.add_argument("--in_stream", type=int, default=20, help="calls per timed CUDA graph")
+    p.add_argument("--element", choices=["int4", "e2m1"], default="int4",
+                   help="weight and activation element (E2M1 weights take the tensor-core kernel on request only)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     for shape in args.shapes.split(","):
         n, k = map(int, shape.split("x"))
         for m in map(int, args.ms.split(",")):
-            result["rows"].append(bench(n, k, m, time_ms, device))
+            result["rows"].append(bench(n, k, m, time_ms, device, args.element))
             write_result_files(args.out, result, markdown(result))
             print(result["rows"][-1], flush=True)
     print(markdown(result))

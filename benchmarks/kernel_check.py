@@ -403,21 +403,22 @@ def check_int8_decode(m: int, n: int, k: int, w_element: str, dtype: torch.dtype
 
 
 def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, device: torch.device,
-                    split_k: int | None = None) -> dict:
-    """INT4 weights on the tensor-core decode kernel (``w4a4_gemv_triton(..., tensor_cores=True)``) with a bias and
-    a residual, against the twin (``reference.w4a4_gemv_ref``) on the activation kernel's dp4a bytes; the
+                    split_k: int | None = None, w_element: str = "int4") -> dict:
+    """INT4 or E2M1 weights on the tensor-core decode kernel (``w4a4_gemv_triton(..., tensor_cores=True)``) with a
+    bias and a residual, against the twin (``reference.w4a4_gemv_ref``) on the activation kernel's dp4a bytes; the
     autotuner's config (split_k None) or 64 x 128 bytes split ``split_k`` ways (on the CPU: the interpreter's)."""
     import triton
 
     from kernels.w4a4_gemv import INTERPRET, INTERPRET_TC_CONFIG, _tc_autotuned, w4a4_gemv_triton
 
     x = random_activations(m, k, dtype, device)
-    w_codes, w_scale = kernels.quantize_activations(torch.randn(n, k, device=device) * 0.02, "int4", backend="triton")
+    w_codes, w_scale = kernels.quantize_activations(torch.randn(n, k, device=device) * 0.02, w_element,
+                                                    backend="triton")
     a_bytes, a_scale = kernels.quantize_activations(x, a_element, clip_ratio=0.9 if a_element == "int4" else 1.0,
-                                                    dp4a_for="int4", backend="triton")
+                                                    dp4a_for=w_element, backend="triton")
     bias = torch.randn(n, device=device)
     residual = random_activations(m, n, dtype, device)
-    kw = dict(a_element=a_element, w_element="int4", bias=bias, out_dtype=dtype, residual=residual)
+    kw = dict(a_element=a_element, w_element=w_element, bias=bias, out_dtype=dtype, residual=residual)
     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
     config = None if split_k is None else triton.Config(
         dict(INTERPRET_TC_CONFIG, SPLIT_K=split_k) if INTERPRET else dict(BLOCK_N=64, BLOCK_KB=128, SPLIT_K=split_k),
@@ -431,7 +432,7 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
     want = reference.w4a4_gemv_ref(a_bytes.cpu(), a_scale.cpu(), w_codes.cpu(), w_scale.cpu(),
                                    **{**kw, "bias": bias.cpu(), "residual": residual.cpu()}).to(device)
     ok, excess = close(out, want.float(), rounded_before=want.float() - residual.float())
-    return {"kernel": "tensor-core decode", "case": f"{a_element} x int4, bias + residual, {label}",
+    return {"kernel": "tensor-core decode", "case": f"{a_element} x {w_element}, bias + residual, {label}",
             "shape": f"M{m} N{n} K{k} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess,
             "ok": ok and not out.isnan().any().item()}
 
@@ -542,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         for a_element in ("int4", "e2m1", "int8"):
             record(check_tc_decode, m, n, k, a_element, OUT_DTYPES[i % 2], device)
         record(check_tc_decode, m, n, k, "int4", OUT_DTYPES[i % 2], device, 3)
+        for a_element in ("int4", "e2m1"):  # E2M1 weights on the FP8 tensor cores: not yet a default path
+            record(check_tc_decode, m, n, k, a_element, OUT_DTYPES[i % 2], device, 3, "e2m1")
     for m, n, k in DRY_INT8_DECODE_SHAPES if args.cpu_dry_run else GPU_INT8_DECODE_SHAPES:
         for w_element in ("int4", "int8"):
             for dtype in (torch.bfloat16, torch.float16):

@@ -312,12 +312,45 @@ def _nibbles_up(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
 
 
 @triton.jit
+def _e2m1_nibbles_e4m3(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
+    """Packed E2M1 weight bytes -> float8 E4M3: the low (LOW) or the high nibble's value times 2^-6. The three
+    magnitude bits moved to bits 2..4 are the E4M3 encoding of the E2M1 magnitude scaled by 2^-6 (1..3 as
+    exponents 7..9 with the mantissa bit on top, the subnormal 0.5 as 2^-7), the sign goes to bit 7: per byte,
+    so inline PTX takes four bytes an instruction pair whatever the register layout."""
+    if USE_ASM:
+        if LOW:
+            out = tl.inline_asm_elementwise(
+                "{ .reg .b32 t; shl.b32 t, $1, 2; and.b32 t, t, 0x1C1C1C1C; shl.b32 $0, $1, 4; "
+                "and.b32 $0, $0, 0x80808080; or.b32 $0, $0, t; }", "=r,r", [w], dtype=tl.int8, is_pure=True, pack=4)
+        else:
+            out = tl.inline_asm_elementwise(
+                "{ .reg .b32 t; shr.b32 t, $1, 2; and.b32 t, t, 0x1C1C1C1C; and.b32 $0, $1, 0x80808080; "
+                "or.b32 $0, $0, t; }", "=r,r", [w], dtype=tl.int8, is_pure=True, pack=4)
+    elif LOW:
+        out = (((w << 2) & 0x1C) | ((w << 4) & 0x80)).to(tl.int8, bitcast=True)
+    else:
+        out = (((w >> 2) & 0x1C) | (w & 0x80)).to(tl.int8, bitcast=True)
+    return out.to(tl.float8e4nv, bitcast=True)
+
+
+@triton.jit
+def _even_odd_planes(first, second, BLOCK_M: tl.constexpr, BLOCK_KB: tl.constexpr):
+    """E2M1 weights' dp4a planes (``first``: codes 8i..8i+3 at bytes 4i..4i+3, ``second``: codes 8i+4..8i+7) ->
+    INT4 weights' planes (codes 8i+2j and 8i+2j+1 at byte 4i+j), the order of a packed byte's two nibbles."""
+    even_first, odd_first = tl.split(tl.reshape(first, (BLOCK_M, BLOCK_KB // 4, 2, 2)))
+    even_second, odd_second = tl.split(tl.reshape(second, (BLOCK_M, BLOCK_KB // 4, 2, 2)))
+    even = tl.reshape(tl.permute(tl.join(even_first, even_second), (0, 1, 3, 2)), (BLOCK_M, BLOCK_KB))
+    odd = tl.reshape(tl.permute(tl.join(odd_first, odd_second), (0, 1, 3, 2)), (BLOCK_M, BLOCK_KB))
+    return even, odd
+
+
+@triton.jit
 def _w4a4_tc_kernel(
     a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr, partial_ptr, count_ptr,
     M, N, KB, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, stride_rm, unit,
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
-    SPLIT_K: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
+    SPLIT_K: tl.constexpr, W_E2M1: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
     a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
@@ -341,7 +374,10 @@ def _w4a4_tc_kernel(
     stop = tl.minimum(first + slice_kb, KB)
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + first + offs_b[None, :]
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + first + offs_b[None, :]
-    acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.int32)
+    if W_E2M1:
+        acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.float32)
+    else:
+        acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.int32)
     wait_for_producer(USE_GDC)
     for start in range(first, stop, BLOCK_KB):
         if EVEN:
@@ -353,11 +389,22 @@ def _w4a4_tc_kernel(
             a_ok = m_ok[:, None] & b_ok
         a_even = tl.load(a_ptrs, mask=a_ok, other=0)
         a_odd = tl.load(a_ptrs + KB, mask=a_ok, other=0)
-        acc = tl.dot(_nibbles_up(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.int32)
-        acc = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
+        if W_E2M1:
+            a_even, a_odd = _even_odd_planes(a_even, a_odd, BLOCK_M, BLOCK_KB)
+            a_even = a_even.to(tl.float16).to(tl.float8e4nv)  # exact: INT4 levels, twice the E2M1 values
+            a_odd = a_odd.to(tl.float16).to(tl.float8e4nv)
+            # Each step's sums start from zero and join acc on the CUDA cores (FP8 wgmma adds at reduced precision)
+            step = tl.dot(_e2m1_nibbles_e4m3(w, True, USE_ASM), tl.trans(a_even), out_dtype=tl.float32)
+            acc += tl.dot(_e2m1_nibbles_e4m3(w, False, USE_ASM), tl.trans(a_odd), step, out_dtype=tl.float32)
+        else:
+            acc = tl.dot(_nibbles_up(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.int32)
+            acc = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
         w_ptrs += BLOCK_KB
         a_ptrs += BLOCK_KB
-    total = tl.trans(acc)
+    if W_E2M1:  # exact: sums of multiples of 2^-7 (E2M1 times 2^-6, integer activation bytes) below 2^17
+        total = tl.trans((acc * 128.0).to(tl.int32))
+    else:
+        total = tl.trans(acc)
     if SPLIT_K > 1:
         partial_ptrs = partial_ptr + offs_m[:, None] * N + offs_n[None, :]
         mn_ok = m_ok[:, None] & n_ok[None, :]
@@ -409,7 +456,7 @@ _tc_kernel_even = triton.heuristics(
 _tc_autotuned = triton.autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=w, num_stages=s)
              for bn, bkb, split, w, s in TC_CONFIGS],
-    key=["M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M"],
+    key=["M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1"],
 )(_tc_kernel_even)
 
 
@@ -438,6 +485,18 @@ def check_gemv_fits(m: int, k: int, a_group: int, w_group: int, w_element: str |
         raise ValueError(f"the decode kernels take 1 to {max_rows(w_element)} rows"
                          f"{' (INT4 weights)' if w_element == 'int4' else ''}, per-row scales (groups 0) and K a "
                          f"multiple of 8, got M={m}, K={k}, groups {a_group} and {w_group}")
+
+
+def check_tensor_cores_take(m: int, k: int, a_element: str, w_element: str) -> None:
+    """Raise ValueError unless the tensor-core decode kernel takes the product: 1..TC_MAX_M rows, K a multiple of
+    8, INT4 weights (int8 tensor cores) or E2M1 weights (FP8 E4M3 ones) with INT4 or E2M1 activations, whose
+    levels E4M3 holds exactly (INT8 levels it does not)."""
+    if w_element not in ("int4", "e2m1") or (w_element == "e2m1" and a_element == "int8"):
+        raise ValueError(f"the tensor-core decode kernel takes INT4 weights, or E2M1 weights with INT4 or E2M1 "
+                         f"activations, got {w_element} weights with {a_element} activations")
+    if not 1 <= m <= TC_MAX_M or k % 8:
+        raise ValueError(f"the tensor-core decode kernel takes 1 to {TC_MAX_M} rows and K a multiple of 8, got "
+                         f"M={m}, K={k}")
 
 
 def _words(packed: torch.Tensor, dtype: torch.dtype = torch.int32) -> torch.Tensor:
@@ -483,17 +542,18 @@ def w4a4_gemv_triton(
     warps and stages for the tensor-core one (with ``tensor_cores=True``)."""
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
-    check_gemv_fits(m, k, 0, 0, w_element)
     tc = takes_tensor_cores(m, w_element) if tensor_cores is None and config is None else bool(tensor_cores)
+    if tc:
+        check_tensor_cores_take(m, k, a_element, w_element)
+    else:
+        check_gemv_fits(m, k, 0, 0, w_element)
+    if not tc and m > GEMV_MAX_M:
+        raise ValueError(f"the CUDA-core decode kernel takes 1 to {GEMV_MAX_M} rows, got M={m}: leave "
+                         f"tensor_cores unset (or True) for INT4 weights")
     if tc and config is not None and (set(config.kwargs) != {"BLOCK_N", "BLOCK_KB", "SPLIT_K"}
                                       or config.kwargs["BLOCK_N"] < TC_MIN_BLOCK_N):
         raise ValueError(f"a tensor-core decode config sets BLOCK_N (at least {TC_MIN_BLOCK_N}), BLOCK_KB and "
                          f"SPLIT_K, got {config.kwargs}")
-    if tc and w_element != "int4":
-        raise ValueError(f"the tensor-core decode kernel takes INT4 weights, got {w_element}")
-    if not tc and m > GEMV_MAX_M:
-        raise ValueError(f"the CUDA-core decode kernel takes 1 to {GEMV_MAX_M} rows, got M={m}: leave "
-                         f"tensor_cores unset (or True) for INT4 weights")
     check_out(out, m, n, out_dtype)
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=a_bytes.device)
@@ -517,7 +577,7 @@ def w4a4_gemv_triton(
         a_b, w_b = a_words.view(torch.int8), w_words.view(torch.uint8)  # the same bytes, strides in bytes
         tc_args = (a_b, a_scale, w_b, w_scale, *outputs[:3], *split_k_buffer(a_b.device, m, n), m, n, k // 2,
                    block_m, a_b.stride(0), w_b.stride(0), *tail)
-        flags["BLOCK_M"] = max(16, block_m)
+        flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1")
         if config is not None or INTERPRET:
             fixed, launch = (config.kwargs, dict(num_warps=config.num_warps, num_stages=config.num_stages)) \
                 if config is not None else (INTERPRET_TC_CONFIG, {})

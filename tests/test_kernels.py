@@ -1017,11 +1017,13 @@ def test_kernel_check_skip_resumes_after_the_checks_a_cut_run_did(tmp_path):
 
 
 @pytest.mark.parametrize("m, n, k", [(5, 40, 200), (16, 32, 256), (40, 24, 64)], ids=lambda v: str(v))
-@pytest.mark.parametrize("a_element", ["int4", "e2m1", "int8"])
-def test_tensor_core_decode_kernel_equals_twin(a_element, m, n, k):
-    """INT4 weights on the tensor-core decode kernel (the weight nibbles as int8 at the top of their bytes, one dot
-    for each plane of dp4a bytes): ragged K (100 bytes against 32-byte steps) and N, a bias and a residual added
-    after the product is rounded; every entry written. Its products are exact, as the twin's."""
+@pytest.mark.parametrize("a_element, w_element", [("int4", "int4"), ("e2m1", "int4"), ("int8", "int4"),
+                                                  ("int4", "e2m1"), ("e2m1", "e2m1")])
+def test_tensor_core_decode_kernel_equals_twin(a_element, w_element, m, n, k):
+    """The tensor-core decode kernel: INT4 weights as int8 nibbles at the top of their bytes, E2M1 weights as
+    FP8 E4M3 (their activation bytes moved to the nibbles' order in the kernel), one dot for each plane of dp4a
+    bytes: ragged K (100 bytes against 32-byte steps) and N, a bias and a residual added after the product is
+    rounded; every entry written. Its products are exact, as the twin's."""
     from kernels import w4a4_gemv
     from kernels.reference import dp4a_order, w4a4_gemv_ref
 
@@ -1033,9 +1035,9 @@ def test_tensor_core_decode_kernel_equals_twin(a_element, m, n, k):
     if a_element == "e2m1":  # twice the E2M1 values
         grid = torch.tensor([0, 1, 2, 3, 4, 6, 8, 12])
         values = grid[values.abs().clamp(max=7)] * values.sign()
-    a_bytes = dp4a_order(values.to(torch.int8), "int4")
+    a_bytes = dp4a_order(values.to(torch.int8), w_element)
     a_scale = torch.rand(m, 1, generator=gen) + 0.5
-    kw = dict(a_element=a_element, w_element="int4", bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
+    kw = dict(a_element=a_element, w_element=w_element, bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
               residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
     got = w4a4_gemv.w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, out=out, tensor_cores=True, **kw)
@@ -1043,8 +1045,10 @@ def test_tensor_core_decode_kernel_equals_twin(a_element, m, n, k):
     assert torch.equal(got, w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw))
 
 
-def test_tensor_core_decode_kernel_decodes_every_code_pair():
-    """All 16 x 16 INT4 code pairs (K = 256: each once), -8 included, sum to the twin's values."""
+@pytest.mark.parametrize("a_element, w_element", [("int4", "int4"), ("int4", "e2m1"), ("e2m1", "e2m1")])
+def test_tensor_core_decode_kernel_decodes_every_code_pair(a_element, w_element):
+    """All 16 x 16 code pairs (K = 256: each once), INT4's -8 and E2M1's -0 included, sum to the twin's values;
+    each row also takes one code against every code at once, so a wrong weight decode shows in its own sum."""
     from kernels import w4a4_gemv
     from kernels.reference import dp4a_bytes
 
@@ -1052,12 +1056,12 @@ def test_tensor_core_decode_kernel_decodes_every_code_pair():
     a_codes, w_codes = codes.repeat_interleave(16), codes.repeat(16)
     pack = lambda c: (c[0::2] | (c[1::2] << 4)).reshape(1, -1)  # noqa: E731
     a_packed, w_packed = pack(a_codes).repeat(5, 1), torch.cat([pack(w_codes), pack(a_codes)]).repeat(8, 1)
+    a_packed[1:] = torch.stack([pack(torch.full((256,), c, dtype=torch.uint8))[0] for c in (1, 6, 11, 15)])
     one = torch.ones(5, 1)
-    got = w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "int4"), one, w_packed, torch.ones(16, 1),
-                                     a_element="int4", w_element="int4", out_dtype=torch.float32, tensor_cores=True)
-    want = w4a4_matmul_ref(a_packed, one, w_packed, torch.ones(16, 1), a_element="int4", w_element="int4",
-                           out_dtype=torch.float32)
-    assert torch.equal(got, want)
+    kw = dict(a_element=a_element, w_element=w_element, out_dtype=torch.float32)
+    got = w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, a_element, w_element), one, w_packed, torch.ones(16, 1),
+                                     tensor_cores=True, **kw)
+    assert torch.equal(got, w4a4_matmul_ref(a_packed, one, w_packed, torch.ones(16, 1), **kw))
 
 
 @pytest.mark.parametrize("split_k, block_kb", [(1, 32), (3, 32), (4, 64)])
@@ -1106,9 +1110,9 @@ def test_decode_kernels_take_their_rows():
     assert_matches_twin(got, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.float32, **kw))
     with pytest.raises(ValueError, match="CUDA-core decode kernel takes 1 to 8 rows"):
         w4a4_gemv.w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, tensor_cores=False, **kw)
-    with pytest.raises(ValueError, match="tensor-core decode kernel takes INT4 weights"):
-        w4a4_gemv.w4a4_gemv_triton(a_bytes[:2], a_scale[:2], w_packed, w_scale, a_element="int4",
-                                   w_element="e2m1", tensor_cores=True)
+    with pytest.raises(ValueError, match="takes INT4 weights, or E2M1 weights .* got int8 weights"):
+        w4a4_gemv.w4a4_gemv_triton(a_bytes, a_scale, torch.zeros(16, 64, dtype=torch.int8), w_scale,
+                                   a_element="int8", w_element="int8", tensor_cores=True)
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 65, 16, 64)
     with pytest.raises(ValueError, match=r"1 to 64 rows \(INT4 weights\)"):
         w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale, **kw)
