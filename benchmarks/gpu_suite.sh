@@ -35,16 +35,30 @@
 #   int8_head  W4A8 / W8A8 on the decode kernel checked (INT8 activation bytes from the activation kernel), then bf16 /
 #              W4A4KV4 / W4A4KV4 with a W4A8 and with a W8A8 lm_head compiled CUDA-graph decode at batch 1 (issue 10)
 #   int8_head_profile  those steps profiled, then the fused-decode kernel checks (issue 10)
-#   tc_decode  the tensor-core decode kernel (INT4 weights, 5-64 rows) checked against its twin, timed across rows
-#              against cuBLAS bf16 and the CUDA-core kernel, then bf16 / W4A4KV4 compiled CUDA-graph decode at batch 8
-#              and 16 (issues 9, 10)
+#   tc_decode  the tensor-core decode kernel (INT4 weights, 5-64 rows, split-K autotuned) checked against its twin, then
+#              timed across rows against cuBLAS bf16 and the CUDA-core kernel (issue 9)
+#   tc_decode_model  bf16 / W4A4KV4 compiled CUDA-graph decode at batch 8 and 16, where the products take that
+#              kernel (about 370 s cold, issue 10)
+#   tc_e2m1    E2M1 weights on the tensor-core decode kernel (FP8 E4M3, on request only): checked against the twin with
+#              a fixed three-way split, then timed at 8, 16 and 64 rows against cuBLAS bf16 and the path E2M1 takes now
+#              (the CUDA-core kernel to 8 rows, w4a4_gemm above) (issue 9)
 # Each step has its own time limit (LIMIT_<SECTION>, seconds) so that one slow step leaves the others their
 # turn; every script writes its files as it goes, so a step that runs out still leaves its partial tables.
+# Autotuning: each new (kernel, shape) times every candidate config, compiling each (a few seconds apiece: most of a
+# cold model step's first minutes). The autotuners' picks are kept in TRITON_CACHE_DIR (default .triton_cache, git
+# ignored) as small *.autotune.json files keyed by the kernel's source, the shape key and the Triton version, and
+# collected into $OUT/triton_autotune.tgz: unpacked into .triton_cache here and carried to the next call, they
+# make that call compile only the picked configs (TRITON_CACHE_AUTOTUNING=0 tunes afresh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder for the result files}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.triton_cache} TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
+collect_autotune() {  # the picks, for the next call to carry
+  (cd "$TRITON_CACHE_DIR" 2>/dev/null && find . -name '*.autotune.json' | tar czf "$OUT/triton_autotune.tgz" -T -)
+}
+trap collect_autotune EXIT
 step() {  # step LIMIT NAME COMMAND...
   local limit=$1 name=$2; shift 2
   echo "== $name (limit ${limit}s)"
@@ -138,17 +152,27 @@ for section in "$@"; do
       step "${LIMIT_CHECK:-360}" kernel_check python benchmarks/kernel_check.py --only fused_decode \
         --out "$OUT/kernel_check_fused_decode_h200" ;;
     tc_decode)
-      step "${LIMIT_CHECK:-120}" kernel_check python benchmarks/kernel_check.py --only tc_decode \
+      step "${LIMIT_CHECK:-300}" kernel_check python benchmarks/kernel_check.py --only tc_decode \
         --out "$OUT/kernel_check_tc_decode_h200"
-      step "${LIMIT_BENCH:-150}" decode_rows python benchmarks/decode_rows_bench.py \
-        --shapes 4096x4096,14336x4096,4096x14336 --ms 1,8,16,64 --out "$OUT/decode_rows_h200"
-      step "${LIMIT_MODEL:-300}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
-        --modes bf16,w4a4kv4 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile --no_eager \
+      step "${LIMIT_BENCH:-250}" decode_rows python benchmarks/decode_rows_bench.py \
+        --shapes 4096x4096,14336x4096,4096x14336 --ms 1,8,16,64 --out "$OUT/decode_rows_h200" ;;
+    tc_decode_model)
+      step "${LIMIT_MODEL:-540}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
+        --modes w4a4kv4,bf16 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile --no_eager \
         --out "$OUT/bench_model_decode_b8_b16_tc_llama3_8b_h200" ;;
+    tc_e2m1)
+      step "${LIMIT_CHECK:-90}" tc_e2m1_check python -c "
+import sys, torch
+from benchmarks.kernel_check import check_tc_decode
+for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.float16)):
+    for a_element in ('int4', 'e2m1'):
+        print(check_tc_decode(m, n, k, a_element, dtype, torch.device('cuda'), 3, 'e2m1'), flush=True)"
+      step "${LIMIT_BENCH:-240}" decode_rows_e2m1 python benchmarks/decode_rows_bench.py --element e2m1 \
+        --shapes 14336x4096,4096x4096,4096x14336 --ms 8,16,64 --out "$OUT/decode_rows_e2m1_h200" ;;
     roundtrip)
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, lm_head, int8_head, int8_head_profile, tc_decode, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, roundtrip" >&2; exit 2 ;;
   esac
 done
