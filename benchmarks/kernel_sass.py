@@ -35,7 +35,8 @@ from pipeline.results import library_versions  # noqa: E402
 
 KERNELS = ("fpx_row", "w4a4_gemv", "w4a4_tc")
 # SASS opcodes reported in their own column; the rest are counted in the total only.
-COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "IDP", "IMMA", "IGMMA", "LDG", "LDGSTS", "LDS", "STS", "BAR")
+COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "I2F", "IDP", "IMMA", "IGMMA", "QGMMA", "LDG", "LDGSTS", "LDS",
+           "STS", "BAR")
 ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or size argument
 
 
@@ -97,7 +98,8 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     types = ["*i8", "*fp32", "*u8", "*fp32", "*bf16", "*bf16", "*bf16", "*i32", "*i32"] + ["i32"] * 10 + ["fp32"]
     signature = dict(zip(names, types))
     constants = dict(HAS_BIAS=False, HAS_RESIDUAL=False, USE_ASM=True, ROUND_BF16=True, ROUND_F16=False, BLOCK_M=16,
-                     BLOCK_N=config[0], BLOCK_KB=config[1], SPLIT_K=1, EVEN=True, USE_GDC=True)
+                     BLOCK_N=config[0], BLOCK_KB=config[1], SPLIT_K=1, W_E2M1=pair.endswith("e2m1"), EVEN=True,
+                     USE_GDC=True)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)
@@ -186,11 +188,13 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--element {args.element!r}: {err}")
         build = fpx_row_source
     elif args.kernel == "w4a4_tc":
-        from kernels.w4a4_gemv import TC_CONFIGS
+        from kernels.w4a4_gemv import TC_CONFIGS, tc_config_fits
 
-        if args.element not in ("int4xint4", "e2m1xint4", "int8xint4"):
-            p.error(f"--element for w4a4_tc is A_ELEMENTxint4 (int4, e2m1 or int8 activations); got {args.element!r}")
-        configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in TC_CONFIGS))
+        if args.element not in ("int4xint4", "e2m1xint4", "int8xint4", "int4xe2m1", "e2m1xe2m1"):
+            p.error(f"--element for w4a4_tc is A_ELEMENTxint4 (int4, e2m1 or int8 activations) or A_ELEMENTxe2m1 "
+                    f"(int4 or e2m1 activations); got {args.element!r}")
+        configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in TC_CONFIGS
+                                     if tc_config_fits(bn, w, args.element.endswith("e2m1"))))
         build = w4a4_tc_source
     else:
         from kernels.w4a4_gemv import (FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PIPELINED_CONFIGS,

@@ -369,7 +369,8 @@ def _w4a4_tc_kernel(
     offs_b = tl.arange(0, BLOCK_KB)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    slice_kb = tl.cdiv(KB, SPLIT_K * BLOCK_KB) * BLOCK_KB
+    # By hand, not tl.cdiv: the interpreter may not call the standard library's jit functions (act_quant's docstring)
+    slice_kb = (KB + SPLIT_K * BLOCK_KB - 1) // (SPLIT_K * BLOCK_KB) * BLOCK_KB
     first = tl.program_id(1) * slice_kb
     stop = tl.minimum(first + slice_kb, KB)
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + first + offs_b[None, :]
@@ -449,6 +450,20 @@ _gemv_autotuned = triton.autotune(
 )(_w4a4_gemv_kernel)
 
 
+def tc_config_fits(block_n: int, num_warps: int, w_e2m1: bool) -> bool:
+    """Whether a tensor-core decode config multiplies on wgmma: FP8 dots (E2M1 weights) need 16 weight rows a
+    warp (a 64-row warpgroup tile), below which Triton 3.6 and 3.9 widen both operands to fp16 for mma.sync (1,840
+    SASS instructions at 32 x 256 against 728 at 64 x 128, ``benchmarks/kernel_sass.py``); int8 dots (INT4
+    weights) run on IMMA there, at about the speed of the wider tiles."""
+    return not w_e2m1 or block_n >= 16 * num_warps
+
+
+def prune_tc_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The tensor-core decode configs that ``tc_config_fits`` the weights."""
+    w_e2m1 = {**named_args, **kwargs}["W_E2M1"]
+    return [c for c in configs if tc_config_fits(c.kwargs["BLOCK_N"], c.num_warps, w_e2m1)]
+
+
 # EVEN from the step and the sizes, for the interpreter's fixed config and every autotuned one alike.
 _tc_kernel_even = triton.heuristics(
     dict(EVEN=lambda args: args["KB"] % (args["BLOCK_KB"] * args["SPLIT_K"]) == 0
@@ -457,6 +472,7 @@ _tc_autotuned = triton.autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=w, num_stages=s)
              for bn, bkb, split, w, s in TC_CONFIGS],
     key=["M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1"],
+    prune_configs_by=dict(early_config_prune=prune_tc_configs),
 )(_tc_kernel_even)
 
 

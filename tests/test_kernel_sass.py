@@ -19,7 +19,8 @@ def run_sass(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("kernel, element, multiply", [("fpx_row", "e3m2", "FFMA"), ("w4a4_gemv", "int4xe2m1", "IDP"),
-                                                    ("w4a4_gemv", "int8xint8", "IDP"), ("w4a4_tc", "int4xint4", "IMMA")])
+                                                    ("w4a4_gemv", "int8xint8", "IDP"), ("w4a4_tc", "int4xint4", "IMMA"),
+                                                    ("w4a4_tc", "e2m1xe2m1", "QGMMA")])
 def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply):
     done = run_sass("--kernel", kernel, "--element", element, "--limit", "1", "--out", str(tmp_path / "sass"))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -42,7 +43,7 @@ def test_resource_usage_counts_the_warps_registers_allow():
 
 @pytest.mark.parametrize("kernel, element, message", [("fpx_row", "e5m2", "--element 'e5m2'"),
                                                       ("w4a4_gemv", "int4", "A_ELEMENTxW_ELEMENT"),
-                                                      ("w4a4_tc", "int4xe2m1", "A_ELEMENTxint4")])
+                                                      ("w4a4_tc", "int8xe2m1", "A_ELEMENTxint4")])
 def test_kernel_sass_refuses_an_element_its_kernel_lacks(tmp_path, kernel, element, message):
     done = run_sass("--kernel", kernel, "--element", element, "--out", str(tmp_path / "sass"))
     assert done.returncode == 2 and message in done.stderr

@@ -1092,6 +1092,16 @@ def test_tensor_core_decode_kernel_splits_k_exactly(split_k, block_kb):
                                    config=triton.Config(dict(BLOCK_N=16, BLOCK_KB=32)), **kw)
 
 
+def test_tensor_core_configs_for_fp8_dots_fill_a_warpgroup():
+    """E2M1 weights (FP8 dots) keep the configs with 16 weight rows a warp, the wgmma tile; INT4 keeps all."""
+    from kernels import w4a4_gemv
+
+    configs = w4a4_gemv._tc_autotuned.configs
+    kept = w4a4_gemv.prune_tc_configs(configs, {}, W_E2M1=True)
+    assert 0 < len(kept) < len(configs) and all(c.kwargs["BLOCK_N"] >= 16 * c.num_warps for c in kept)
+    assert w4a4_gemv.prune_tc_configs(configs, {}, W_E2M1=False) == configs
+
+
 def test_decode_kernels_take_their_rows():
     """INT4 weights: the CUDA-core kernel below TC_MIN_M rows on a GPU, the tensor-core one up to TC_MAX_M (under
     the interpreter only above GEMV_MAX_M); other weights: the CUDA-core kernel, up to GEMV_MAX_M."""
