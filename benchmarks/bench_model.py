@@ -17,6 +17,9 @@ and gate/up fused, as a loaded checkpoint does. Modes:
   too (``--quantize_lm_head``): W4A4, W4A8 (``--lm_head_a_bits 8``: INT8 activations) or W8A8 (also
   ``--lm_head_w_bits 8``: INT8 weights), the last two on the decode kernel's byte products. QuaRot and
   FlatQuant keep lm_head in 16 bits, so these are modes of their own;
+* ``fp4a4kv4`` / ``fp4a4kv4_tc``: ``w4a4kv4`` with FP4 E2M1 weights (per channel) and activations (per token);
+  ``_tc`` runs with ``PTQ_TC_E2M1=1``, its decode products of 5 to 64 rows on the FP8 tensor cores
+  (``kernels.w4a4_gemv``) instead of the CUDA-core decode kernel (up to 8 rows) and ``w4a4_gemm``;
 * ``fp6`` / ``fp5``: E3M2 / E2M2 weight-only on the FPx kernel.
 
 Prefill: one forward over ``batch x seqlen`` tokens without a cache, timed eagerly (Python
@@ -47,6 +50,7 @@ import argparse
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -94,16 +98,35 @@ class BenchMode:
     kv4: bool = False
     lm_head_act: RealQuantScheme | None = None
     lm_head_weight: RealQuantScheme | None = None
+    env: tuple[tuple[str, str], ...] = ()  # environment variables the mode is built and timed under
+
+
+@contextmanager
+def mode_environment(mode: BenchMode):
+    """Set the mode's environment variables for its build and timing, then restore the caller's."""
+    saved = {name: os.environ.get(name) for name, _ in mode.env}
+    os.environ.update(dict(mode.env))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 INT4 = RealQuantScheme("int4")
 INT8 = RealQuantScheme("int8", bits=8)
+E2M1 = RealQuantScheme("e2m1")
 MODES = {
     "bf16": BenchMode(),
     "bf16_eager": BenchMode(),
-    "w4a16": BenchMode(RealQuantScheme("e2m1")),
+    "w4a16": BenchMode(E2M1),
     "w4a4": BenchMode(INT4, INT4),
     "w4a4kv4": BenchMode(INT4, INT4, kv4=True),
+    "fp4a4kv4": BenchMode(E2M1, E2M1, kv4=True),
+    "fp4a4kv4_tc": BenchMode(E2M1, E2M1, kv4=True, env=(("PTQ_TC_E2M1", "1"),)),
     "w4a4kv4_head": BenchMode(INT4, INT4, kv4=True, lm_head_act=INT4),
     "w4a4kv4_head8": BenchMode(INT4, INT4, kv4=True, lm_head_act=INT8),
     "w4a4kv4_head_w8a8": BenchMode(INT4, INT4, kv4=True, lm_head_act=INT8, lm_head_weight=INT8),
@@ -374,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
               "command": command_line("bench_model.py", argv if argv is not None else sys.argv[1:]),
               "rows": []}
     for mode in args.modes:  # the files are rewritten after each mode: a run cut short keeps the modes it finished
-        result["rows"].append(bench_mode(config, mode, args, device, time_ms))
+        with mode_environment(MODES[mode]):
+            result["rows"].append(bench_mode(config, mode, args, device, time_ms))
         print(result["rows"][-1], flush=True)
         write_result_files(args.out, result, markdown(result))
     print(markdown(result))

@@ -35,8 +35,8 @@ from pipeline.results import library_versions  # noqa: E402
 
 KERNELS = ("fpx_row", "w4a4_gemv", "w4a4_tc")
 # SASS opcodes reported in their own column; the rest are counted in the total only.
-COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "I2F", "IDP", "IMMA", "IGMMA", "QGMMA", "LDG", "LDGSTS", "LDS",
-           "STS", "BAR")
+COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "I2F", "IDP", "IMMA", "IGMMA", "QGMMA", "LDG", "LDGSTS",
+           "LDS", "STS", "BAR")
 ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or size argument
 
 

@@ -43,6 +43,8 @@ their first step) and wait before the first read of the activation bytes and any
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -476,17 +478,30 @@ _tc_autotuned = triton.autotune(
 )(_tc_kernel_even)
 
 
+def tensor_core_weights() -> tuple[str, ...]:
+    """The weight elements that take the tensor-core decode kernel by default: INT4, and E2M1 with
+    ``PTQ_TC_E2M1=1`` (FP8 dots; off until timed on a GPU, so that its speed is measured against the CUDA-core
+    kernel and ``w4a4_gemm`` in one process). Read at each product and when a fused decode layer plans its rows:
+    set it before loading the model."""
+    flag = os.environ.get("PTQ_TC_E2M1", "0")
+    if flag not in ("0", "1"):
+        raise ValueError(f"PTQ_TC_E2M1={flag!r}: choose 0 (E2M1 weights on the CUDA-core decode kernel, up to "
+                         f"{GEMV_MAX_M} rows) or 1 (on the tensor-core one, up to {TC_MAX_M})")
+    return ("int4", "e2m1") if flag == "1" else ("int4",)
+
+
 def takes_tensor_cores(m: int, w_element: str | None) -> bool:
-    """Whether ``w4a4_gemv_triton(..., tensor_cores=None)`` runs these rows on the tensor-core kernel: INT4
-    weights and TC_MIN_M..TC_MAX_M rows on a GPU; under the interpreter only the rows the CUDA-core kernel does
-    not take (above GEMV_MAX_M)."""
+    """Whether ``w4a4_gemv_triton(..., tensor_cores=None)`` runs these rows on the tensor-core kernel: weights of
+    ``tensor_core_weights()`` and TC_MIN_M..TC_MAX_M rows on a GPU; under the interpreter only the rows the
+    CUDA-core kernel does not take (above GEMV_MAX_M)."""
     low = GEMV_MAX_M + 1 if INTERPRET else TC_MIN_M
-    return w_element == "int4" and low <= m <= TC_MAX_M
+    return w_element in tensor_core_weights() and low <= m <= TC_MAX_M
 
 
 def max_rows(w_element: str | None) -> int:
-    """The most activation rows the decode kernels take: TC_MAX_M with INT4 weights, else GEMV_MAX_M."""
-    return TC_MAX_M if w_element == "int4" else GEMV_MAX_M
+    """The most activation rows the decode kernels take: TC_MAX_M with weights of ``tensor_core_weights()``, else
+    GEMV_MAX_M."""
+    return TC_MAX_M if w_element in tensor_core_weights() else GEMV_MAX_M
 
 
 def gemv_fits(m: int, k: int, a_group: int, w_group: int, w_element: str | None = None) -> bool:
@@ -498,8 +513,9 @@ def gemv_fits(m: int, k: int, a_group: int, w_group: int, w_element: str | None 
 def check_gemv_fits(m: int, k: int, a_group: int, w_group: int, w_element: str | None = None) -> None:
     """Raise ValueError unless ``gemv_fits``."""
     if not gemv_fits(m, k, a_group, w_group, w_element):
-        raise ValueError(f"the decode kernels take 1 to {max_rows(w_element)} rows"
-                         f"{' (INT4 weights)' if w_element == 'int4' else ''}, per-row scales (groups 0) and K a "
+        rows = max_rows(w_element)
+        named = f" ({w_element.upper()} weights)" if rows == TC_MAX_M else ""
+        raise ValueError(f"the decode kernels take 1 to {rows} rows{named}, per-row scales (groups 0) and K a "
                          f"multiple of 8, got M={m}, K={k}, groups {a_group} and {w_group}")
 
 

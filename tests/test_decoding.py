@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
@@ -112,6 +114,14 @@ def test_bench_model_head_mode_quantizes_lm_head_and_keeps_the_tied_embeddings()
     assert isinstance(model.model.embed_tokens.weight, torch.nn.Parameter)
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
     assert not isinstance(build_model(config, "w4a4kv4", cpu).lm_head, RealQuantLinear)
+    fp4 = build_model(config, "fp4a4kv4", cpu).model.layers[0].mlp.down_proj
+    assert fp4.weight_scheme.element == "e2m1" and fp4.act_scheme.element == "e2m1"
+    from benchmarks.bench_model import MODES, mode_environment
+
+    before = os.environ.get("PTQ_TC_E2M1")
+    with mode_environment(MODES["fp4a4kv4_tc"]):
+        assert os.environ["PTQ_TC_E2M1"] == "1"
+    assert os.environ.get("PTQ_TC_E2M1") == before  # restored
     head8 = build_model(config, "w4a4kv4_head8", cpu).lm_head
     assert head8.act_scheme.element == "int8" and head8.weight_scheme.element == "int4"
     head_w8a8 = build_model(config, "w4a4kv4_head_w8a8", cpu).lm_head

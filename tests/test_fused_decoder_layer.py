@@ -113,11 +113,26 @@ def test_fusing_twice_keeps_one_subclass():
     assert type(model.model.layers[0]).__mro__[1].__name__ == "LlamaDecoderLayer"
 
 
-def test_the_plan_takes_the_rows_every_linear_s_decode_kernel_takes():
-    """INT4 weights: up to TC_MAX_M rows (the tensor-core decode kernel); E2M1 weights: up to GEMV_MAX_M."""
+def test_the_plan_takes_the_rows_every_linear_s_decode_kernel_takes(monkeypatch):
+    """INT4 weights: up to TC_MAX_M rows (the tensor-core decode kernel); E2M1 weights: up to GEMV_MAX_M, or
+    TC_MAX_M with PTQ_TC_E2M1=1, where 16 sequences take the fused path and give the HF layers' logits."""
     from kernels.w4a4_gemv import GEMV_MAX_M, TC_MAX_M
 
-    for weight, rows in ((INT4, TC_MAX_M), (RealQuantScheme("e2m1"), GEMV_MAX_M)):
+    e2m1 = RealQuantScheme("e2m1")
+    for weight, rows in ((INT4, TC_MAX_M), (e2m1, GEMV_MAX_M)):
         model = tiny_model("llama", weight=weight)
         assert fuse_decoder_layers(model) == 2
         assert {layer._decode_plan.max_rows for layer in model.model.layers} == {rows}
+    monkeypatch.setenv("PTQ_TC_E2M1", "1")
+    model = tiny_model("llama", act=e2m1, weight=e2m1)
+    plain = copy.deepcopy(model)
+    assert fuse_decoder_layers(model) == 2
+    assert {layer._decode_plan.max_rows for layer in model.model.layers} == {TC_MAX_M}
+    calls = counting(monkeypatch)
+    ids = torch.randint(0, 128, (16, 1), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, plain(ids).logits)
+    assert calls == {"rms_norm": 4, "silu_mul": 2}
+    monkeypatch.setenv("PTQ_TC_E2M1", "yes")
+    with pytest.raises(ValueError, match="PTQ_TC_E2M1='yes': choose 0"):
+        fuse_decoder_layers(tiny_model("llama", weight=e2m1))

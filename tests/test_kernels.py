@@ -1102,9 +1102,10 @@ def test_tensor_core_configs_for_fp8_dots_fill_a_warpgroup():
     assert w4a4_gemv.prune_tc_configs(configs, {}, W_E2M1=False) == configs
 
 
-def test_decode_kernels_take_their_rows():
+def test_decode_kernels_take_their_rows(monkeypatch):
     """INT4 weights: the CUDA-core kernel below TC_MIN_M rows on a GPU, the tensor-core one up to TC_MAX_M (under
-    the interpreter only above GEMV_MAX_M); other weights: the CUDA-core kernel, up to GEMV_MAX_M."""
+    the interpreter only above GEMV_MAX_M); other weights: the CUDA-core kernel, up to GEMV_MAX_M; E2M1 weights
+    as INT4 ones with PTQ_TC_E2M1=1, by default on a GPU too (E2M1 x E2M1 at 12 rows equals the twin)."""
     from kernels import w4a4_gemv
     from kernels.reference import dp4a_bytes
 
@@ -1126,6 +1127,15 @@ def test_decode_kernels_take_their_rows():
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 65, 16, 64)
     with pytest.raises(ValueError, match=r"1 to 64 rows \(INT4 weights\)"):
         w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale, **kw)
+    monkeypatch.setenv("PTQ_TC_E2M1", "1")
+    assert w4a4_gemv.takes_tensor_cores(12, "e2m1") and w4a4_gemv.max_rows("e2m1") == w4a4_gemv.TC_MAX_M
+    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("e2m1xe2m1", 12, 16, 64)
+    kw = dict(a_element="e2m1", w_element="e2m1", out_dtype=torch.float32)
+    got = w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "e2m1", "e2m1"), a_scale, w_packed, w_scale, **kw)
+    assert_matches_twin(got, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, **kw))
+    monkeypatch.setenv("PTQ_TC_E2M1", "2")
+    with pytest.raises(ValueError, match="PTQ_TC_E2M1='2': choose 0"):
+        w4a4_gemv.takes_tensor_cores(12, "e2m1")
 
 
 def test_decode_rows_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
