@@ -31,9 +31,11 @@ shape on a GPU.
 INT4 weights of TC_MIN_M to TC_MAX_M rows take ``_w4a4_tc_kernel`` on the same dp4a bytes instead: the
 weight's packed bytes become int8 tensor-core operands with one inline-PTX instruction per four bytes, and the
 rows (padded to 16) are the narrow side of the dot, so the work per weight byte does not grow with the rows as
-the dp4a multiply-adds do. Where N gives too few programs (4096) its autotuner may split K: the slices add exact
-int32 sums atomically into a zeroed buffer (``split_k_buffer``) and the last slice of each tile to finish runs
-the epilogue and zeroes the buffer again, so a split product equals the unsplit one bit for bit.
+the dp4a multiply-adds do (E2M1 weights too with ``PTQ_TC_E2M1=1``, as FP8 E4M3 operands on the FP8 tensor
+cores: not yet the default, as it is untimed). Where N gives too few programs (4096) its autotuner may split
+K: the slices add exact int32 sums atomically into a zeroed buffer (``split_k_buffer``) and the last slice of
+each tile to finish runs the epilogue and zeroes the buffer again, so a split product equals the unsplit one
+bit for bit.
 
 On Hopper the kernel is launched as a programmatic dependent launch (``kernels.pdl``): its
 programs may start while the kernel before them in the stream (the activation kernel) still
@@ -363,7 +365,10 @@ def _w4a4_tc_kernel(
     adds its int32 sums atomically into ``partial_ptr`` (M, N); the slice's counter for tile n tells the last
     program to arrive that the sums are whole: it takes them (leaving zeros for the next product) and runs the
     epilogue, so integer addition's order does not matter, the result is the unsplit one bit for bit and the
-    bias and residual are added once. EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks)."""
+    bias and residual are added once. W_E2M1: E2M1 weights (bytes in the same place) as FP8 E4M3 operands,
+    ``_e2m1_nibbles_e4m3``, against the activation bytes of E2M1 weights' order moved to the nibbles' order and
+    widened to E4M3; each step's FP8 sums join an fp32 accumulator, which ends as exact int32 in units of 2^-7.
+    EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks)."""
     launch_dependents(USE_GDC)
     tile = tl.program_id(0)
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
