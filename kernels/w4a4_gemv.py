@@ -567,13 +567,14 @@ def w4a4_gemv_triton(
     out: torch.Tensor | None = None, config: triton.Config | None = None, residual: torch.Tensor | None = None,
     tensor_cores: bool | None = None,
 ) -> torch.Tensor:
-    """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows (TC_MAX_M with INT4 weights) with per-row scales,
+    """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows (TC_MAX_M on the tensor cores) with per-row scales,
     the activation codes given as their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or
     ``quantize_activations`` with ``dp4a_for``); writes into ``out`` when given. ``residual`` (M, N): added to
     the product rounded to ``out_dtype``, as ``reference.w4a4_gemv_ref`` adds it. INT8 activation levels
     (``a_element="int8"``) go with packed INT4 weights (W4A8) or INT8 weights given as (N, K) two's complement
-    bytes (W8A8). ``tensor_cores``: whether INT4 weights run on ``_w4a4_tc_kernel`` (None: ``takes_tensor_cores``);
-    the CUDA-core kernel takes up to GEMV_MAX_M rows, the tensor-core one up to TC_MAX_M. ``config`` replaces the
+    bytes (W8A8). ``tensor_cores``: whether the product runs on ``_w4a4_tc_kernel`` (None: ``takes_tensor_cores``),
+    which takes INT4 weights, and E2M1 weights with INT4 or E2M1 activations; the CUDA-core kernel takes up to
+    GEMV_MAX_M rows, the tensor-core one up to TC_MAX_M. ``config`` replaces the
     autotuner's pick, or the interpreter's fixed one (``benchmarks/gemv_ncu.py`` profiles configs one at a time):
     BLOCK_N, BLOCK_KW, PREFETCH, FOLD, warps and stages for the CUDA-core kernel; BLOCK_N, BLOCK_KB, SPLIT_K,
     warps and stages for the tensor-core one (with ``tensor_cores=True``)."""
