@@ -2,7 +2,7 @@
 
 For each autotuning config of the FPx one-row kernel (``kernels.fpx_gemm._fpx_row_kernel``),
 the W4A4 decode kernel (``kernels.w4a4_gemv._w4a4_gemv_kernel``, one row) or the tensor-core decode
-kernel (``_w4a4_tc_kernel``, 16 rows: its wgmma count is IGMMA) it compiles
+kernel (``_w4a4_tc_kernel``, 16 rows: its wgmma count is IGMMA, QGMMA for E2M1 weights) it compiles
 the kernel with Triton for ``--arch`` (default sm_90, Hopper) as the JIT would on an aligned
 call (pointers, sizes and strides divisible by 16), disassembles the cubin with Triton's
 bundled ``nvdisasm`` and reports the SASS instruction mix: how many integer (LOP3, IMAD,
@@ -85,9 +85,10 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
 
 
 def w4a4_tc_source(pair: str, config: tuple[int, ...]):
-    """The tensor-core decode kernel's ASTSource (INT4 weights, ``pair`` = 'A_ELEMENTxint4': the activation
-    element changes only the host's unit) for 16 rows and one (BLOCK_N, BLOCK_KB, warps, stages), steps unmasked,
-    K unsplit (a split adds only the atomic epilogue to the same loop)."""
+    """The tensor-core decode kernel's ASTSource (``pair`` = 'A_ELEMENTxint4' or 'A_ELEMENTxe2m1': the weight
+    element picks the int8 or FP8 dot, the activation element changes only the host's unit) for 16 rows and one
+    (BLOCK_N, BLOCK_KB, warps, stages), steps unmasked, K unsplit (a split adds only the atomic epilogue to the
+    same loop)."""
     from triton.compiler import ASTSource
 
     from kernels.w4a4_gemv import _w4a4_tc_kernel
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--element", default="e3m2",
                    help="fpx_row: the weight element (e3m2, e2m3, e2m2, e3m1, e2m1, e3m0); w4a4_gemv: "
                         "A_ELEMENTxW_ELEMENT of int4 and e2m1, or int8xint4 / int8xint8, e.g. int4xint4; "
-                        "w4a4_tc: A_ELEMENTxint4")
+                        "w4a4_tc: A_ELEMENTxint4 or A_ELEMENTxe2m1")
     p.add_argument("--arch", type=int, default=90, help="compute capability times ten (90: Hopper)")
     p.add_argument("--limit", type=int, help="only the first LIMIT configs (default: all)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")

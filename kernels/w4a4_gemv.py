@@ -527,8 +527,8 @@ def check_gemv_fits(m: int, k: int, a_group: int, w_group: int, w_element: str |
 def check_tensor_cores_take(m: int, k: int, a_element: str, w_element: str) -> None:
     """Raise ValueError unless the tensor-core decode kernel takes the product: 1..TC_MAX_M rows, K a multiple of
     8, INT4 weights (int8 tensor cores) or E2M1 weights (FP8 E4M3 ones) with INT4 or E2M1 activations, whose
-    levels E4M3 holds exactly (INT8 levels it does not)."""
-    if w_element not in ("int4", "e2m1") or (w_element == "e2m1" and a_element == "int8"):
+    levels E4M3 holds exactly (INT8 levels it does not: ``check_dp4a_args`` refuses that pair before this)."""
+    if w_element not in ("int4", "e2m1"):
         raise ValueError(f"the tensor-core decode kernel takes INT4 weights, or E2M1 weights with INT4 or E2M1 "
                          f"activations, got {w_element} weights with {a_element} activations")
     if not 1 <= m <= TC_MAX_M or k % 8:
@@ -606,14 +606,14 @@ def w4a4_gemv_triton(
         residual = residual.contiguous()
     # The kernels share their arguments but for the operands' units: words (CUDA cores) or bytes (tensor cores).
     # An absent bias or residual is never read: ``out`` stands in for its pointer.
-    outputs = (bias if bias is not None else out, residual if residual is not None else out, out, m, n)
+    outputs = (bias if bias is not None else out, residual if residual is not None else out, out)
     tail = (a_scale.stride(0), w_scale.stride(0), out.stride(0), 0 if residual is None else residual.stride(0), unit)
     flags = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, USE_ASM=not INTERPRET,
                  ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16,
                  **pdl_flags(a_bytes.device, "gemv"))
     if tc:
         a_b, w_b = a_words.view(torch.int8), w_words.view(torch.uint8)  # the same bytes, strides in bytes
-        tc_args = (a_b, a_scale, w_b, w_scale, *outputs[:3], *split_k_buffer(a_b.device, m, n), m, n, k // 2,
+        tc_args = (a_b, a_scale, w_b, w_scale, *outputs, *split_k_buffer(a_b.device, m, n), m, n, k // 2,
                    block_m, a_b.stride(0), w_b.stride(0), *tail)
         flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1")
         if config is not None or INTERPRET:
@@ -623,7 +623,8 @@ def w4a4_gemv_triton(
         else:
             _tc_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*tc_args, **flags)
         return out
-    args = (a_words, a_scale, w_words, w_scale, *outputs, k // 8, block_m, a_words.stride(0), w_words.stride(0), *tail)
+    args = (a_words, a_scale, w_words, w_scale, *outputs, m, n, k // 8, block_m, a_words.stride(0), w_words.stride(0),
+            *tail)
     flags.update(W_INT4=w_element == "int4", W_INT8=w_element == "int8", BLOCK_M=block_m)
     if config is not None:
         fixed = {"FOLD": 1, "LOOP_STAGES": 1, **config.kwargs}

@@ -1127,6 +1127,10 @@ def test_decode_kernels_take_their_rows(monkeypatch):
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 65, 16, 64)
     with pytest.raises(ValueError, match=r"1 to 64 rows \(INT4 weights\)"):
         w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale, **kw)
+    with pytest.raises(ValueError, match="tensor-core decode kernel takes 1 to 64 rows and K a multiple of 8, got "
+                                         "M=65"):
+        w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale,
+                                   tensor_cores=True, **kw)
     monkeypatch.setenv("PTQ_TC_E2M1", "1")
     assert w4a4_gemv.takes_tensor_cores(12, "e2m1") and w4a4_gemv.max_rows("e2m1") == w4a4_gemv.TC_MAX_M
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("e2m1xe2m1", 12, 16, 64)
