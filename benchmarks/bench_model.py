@@ -17,9 +17,9 @@ and gate/up fused, as a loaded checkpoint does. Modes:
   too (``--quantize_lm_head``): W4A4, W4A8 (``--lm_head_a_bits 8``: INT8 activations) or W8A8 (also
   ``--lm_head_w_bits 8``: INT8 weights), the last two on the decode kernel's byte products. QuaRot and
   FlatQuant keep lm_head in 16 bits, so these are modes of their own;
-* ``fp4a4kv4`` / ``fp4a4kv4_tc``: ``w4a4kv4`` with FP4 E2M1 weights (per channel) and activations (per token);
-  ``_tc`` runs with ``PTQ_TC_E2M1=1``, its decode products of 5 to 64 rows on the FP8 tensor cores
-  (``kernels.w4a4_gemv``) instead of the CUDA-core decode kernel (up to 8 rows) and ``w4a4_gemm``;
+* ``fp4a4kv4`` / ``fp4a4kv4_cuda_core``: ``w4a4kv4`` with FP4 E2M1 weights (per channel) and activations (per
+  token), its decode products of 5 to 64 rows on the FP8 tensor cores (``kernels.w4a4_gemv``);
+  ``_cuda_core`` runs with ``PTQ_TC_E2M1=0``: the CUDA-core decode kernel up to 8 rows, ``w4a4_gemm`` above;
 * ``fp6`` / ``fp5``: E3M2 / E2M2 weight-only on the FPx kernel.
 
 Prefill: one forward over ``batch x seqlen`` tokens without a cache, timed eagerly (Python
@@ -126,7 +126,7 @@ MODES = {
     "w4a4": BenchMode(INT4, INT4),
     "w4a4kv4": BenchMode(INT4, INT4, kv4=True),
     "fp4a4kv4": BenchMode(E2M1, E2M1, kv4=True),
-    "fp4a4kv4_tc": BenchMode(E2M1, E2M1, kv4=True, env=(("PTQ_TC_E2M1", "1"),)),
+    "fp4a4kv4_cuda_core": BenchMode(E2M1, E2M1, kv4=True, env=(("PTQ_TC_E2M1", "0"),)),
     "w4a4kv4_head": BenchMode(INT4, INT4, kv4=True, lm_head_act=INT4),
     "w4a4kv4_head8": BenchMode(INT4, INT4, kv4=True, lm_head_act=INT8),
     "w4a4kv4_head_w8a8": BenchMode(INT4, INT4, kv4=True, lm_head_act=INT8, lm_head_weight=INT8),

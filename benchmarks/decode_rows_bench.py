@@ -3,8 +3,8 @@
 For each N x K weight shape and row count M it times, in a stream of CUDA-graph calls with the L2 flushed
 before each (``benchmarks.timing``, ``--in_stream``): cuBLAS bf16 (``x @ w.T``); ``kernels.w4a4_linear`` as a
 model runs it (the activation kernel writing dp4a bytes, then the decode kernel it picks: the CUDA-core one
-below ``TC_MIN_M`` rows, the tensor-core one up to ``TC_MAX_M`` for INT4 weights, for ``--element e2m1`` only
-with ``PTQ_TC_E2M1=1``); and each decode kernel alone on those bytes (the CUDA-core one up to ``GEMV_MAX_M``
+below ``TC_MIN_M`` rows, the tensor-core one up to ``TC_MAX_M`` for INT4 and E2M1 weights, for ``--element e2m1``
+not with ``PTQ_TC_E2M1=0``); and each decode kernel alone on those bytes (the CUDA-core one up to ``GEMV_MAX_M``
 rows). Every kernel output is checked against the twin.
 
     python benchmarks/decode_rows_bench.py --out benchmarks/results/decode_rows_h200

@@ -39,11 +39,11 @@
 #              timed across rows against cuBLAS bf16 and the CUDA-core kernel (issue 9)
 #   tc_decode_model  bf16 / W4A4KV4 compiled CUDA-graph decode at batch 8 and 16, where the products take that
 #              kernel (about 370 s cold, issue 10)
-#   tc_e2m1    E2M1 weights on the tensor-core decode kernel (FP8 E4M3, on request only): checked against the twin with
-#              a fixed three-way split, then timed at 8, 16 and 64 rows against cuBLAS bf16 and the path E2M1 takes now
-#              (the CUDA-core kernel to 8 rows, w4a4_gemm above) (issue 9)
-#   tc_e2m1_model  FP4 W4A4KV4 (E2M1 weights and activations) compiled CUDA-graph decode at batch 8 and 16, with
-#              PTQ_TC_E2M1=1 and without, then bf16 (issue 10)
+#   tc_e2m1    E2M1 weights on the tensor-core decode kernel (FP8 E4M3): checked against the twin with
+#              a fixed three-way split, then timed at 8, 16 and 64 rows against cuBLAS bf16 and the path E2M1 takes with
+#              PTQ_TC_E2M1=0 (the CUDA-core kernel to 8 rows, w4a4_gemm above) (issue 9)
+#   tc_e2m1_model  FP4 W4A4KV4 (E2M1 weights and activations) compiled CUDA-graph decode at batch 8 and 16, on
+#              the tensor-core decode kernel and with PTQ_TC_E2M1=0, then bf16 (issue 10)
 # Each step has its own time limit (LIMIT_<SECTION>, seconds) so that one slow step leaves the others their
 # turn; every script writes its files as it goes, so a step that runs out still leaves its partial tables.
 # Autotuning: each new (kernel, shape) times every candidate config, compiling each (a few seconds apiece: most of a
@@ -173,7 +173,7 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
         --shapes 14336x4096,4096x4096,4096x14336 --ms 8,16,64 --out "$OUT/decode_rows_e2m1_h200" ;;
     tc_e2m1_model)
       step "${LIMIT_MODEL:-560}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
-        --modes fp4a4kv4_tc,fp4a4kv4,bf16 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile \
+        --modes fp4a4kv4,fp4a4kv4_cuda_core,bf16 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile \
         --no_eager --out "$OUT/bench_model_decode_b8_b16_fp4_tc_llama3_8b_h200" ;;
     roundtrip)
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \

@@ -241,7 +241,7 @@ def w4a4_matmul_dp4a(
     residual: torch.Tensor | None = None, backend: str | None = None,
 ) -> torch.Tensor:
     """(M, N) = (values(a_bytes) * a_scale) @ (decode(w) * w_scale).T (+ bias) for 1..8 rows (1..64 with INT4
-    weights, or E2M1 ones with ``PTQ_TC_E2M1=1``, on the tensor cores from 5), per-row scales.
+    or E2M1 weights, on the tensor cores from 5; E2M1 up to 8 with ``PTQ_TC_E2M1=0``), per-row scales.
 
     ``a_bytes`` (M, K) int8 are the activation codes in the decode kernel's dp4a order for
     ``w_element`` weights (``quantize_activations(..., dp4a_for=w_element)``). ``residual`` (M, N) of

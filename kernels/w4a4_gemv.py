@@ -31,8 +31,9 @@ shape on a GPU.
 INT4 weights of TC_MIN_M to TC_MAX_M rows take ``_w4a4_tc_kernel`` on the same dp4a bytes instead: the
 weight's packed bytes become int8 tensor-core operands with one inline-PTX instruction per four bytes, and the
 rows (padded to 16) are the narrow side of the dot, so the work per weight byte does not grow with the rows as
-the dp4a multiply-adds do (E2M1 weights too with ``PTQ_TC_E2M1=1``, as FP8 E4M3 operands on the FP8 tensor
-cores: not yet the default, as it is untimed). Where N gives too few programs (4096) its autotuner may split
+the dp4a multiply-adds do. E2M1 weights take it too (unless ``PTQ_TC_E2M1=0``), as FP8 E4M3 operands on the
+FP8 tensor cores: on the H200 it ran 1.7-2.25x cuBLAS bf16 at 16 rows, where ``w4a4_gemm`` ran 0.5x
+(``benchmarks/results/decode_rows_e2m1_h200.md``). Where N gives too few programs (4096) its autotuner may split
 K: the slices add exact int32 sums atomically into a zeroed buffer (``split_k_buffer``) and the last slice of
 each tile to finish runs the epilogue and zeroes the buffer again, so a split product equals the unsplit one
 bit for bit.
@@ -484,11 +485,11 @@ _tc_autotuned = triton.autotune(
 
 
 def tensor_core_weights() -> tuple[str, ...]:
-    """The weight elements that take the tensor-core decode kernel by default: INT4, and E2M1 with
-    ``PTQ_TC_E2M1=1`` (FP8 dots; off until timed on a GPU, so that its speed is measured against the CUDA-core
-    kernel and ``w4a4_gemm`` in one process). Read at each product and when a fused decode layer plans its rows:
-    set it before loading the model."""
-    flag = os.environ.get("PTQ_TC_E2M1", "0")
+    """The weight elements that take the tensor-core decode kernel: INT4, and E2M1 (FP8 dots) unless
+    ``PTQ_TC_E2M1=0``, which keeps E2M1 weights on the CUDA-core decode kernel (up to GEMV_MAX_M rows) and
+    ``w4a4_gemm`` above, the path to compare against. Read at each product and when a fused decode layer plans
+    its rows: set it before loading the model."""
+    flag = os.environ.get("PTQ_TC_E2M1", "1")
     if flag not in ("0", "1"):
         raise ValueError(f"PTQ_TC_E2M1={flag!r}: choose 0 (E2M1 weights on the CUDA-core decode kernel, up to "
                          f"{GEMV_MAX_M} rows) or 1 (on the tensor-core one, up to {TC_MAX_M})")

@@ -5,7 +5,7 @@ a compiled W4A4 decode step ran fifteen a layer: the residual adds fused with th
 by inductor, each norm's output quantized again by the activation kernel, silu(gate) * up
 in its own kernel and quantized again too (``benchmarks/results/end_to_end_h200.md``). Here a
 layer's decode forward (up to ``GEMV_MAX_M`` rows, ``TC_MAX_M`` when every linear's weights take
-the tensor-core decode kernel: INT4, and E2M1 with ``PTQ_TC_E2M1=1``) runs instead:
+the tensor-core decode kernel: INT4, and E2M1 unless ``PTQ_TC_E2M1=0``) runs instead:
 
 * the input RMSNorm and its quantization as one activation-kernel launch, whose codes go
   straight to the fused q/k/v product (``FusedGroup.provide`` serves HF's attention its

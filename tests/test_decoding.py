@@ -119,8 +119,8 @@ def test_bench_model_head_mode_quantizes_lm_head_and_keeps_the_tied_embeddings()
     from benchmarks.bench_model import MODES, mode_environment
 
     before = os.environ.get("PTQ_TC_E2M1")
-    with mode_environment(MODES["fp4a4kv4_tc"]):
-        assert os.environ["PTQ_TC_E2M1"] == "1"
+    with mode_environment(MODES["fp4a4kv4_cuda_core"]):
+        assert os.environ["PTQ_TC_E2M1"] == "0"
     assert os.environ.get("PTQ_TC_E2M1") == before  # restored
     head8 = build_model(config, "w4a4kv4_head8", cpu).lm_head
     assert head8.act_scheme.element == "int8" and head8.weight_scheme.element == "int4"

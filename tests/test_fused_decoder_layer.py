@@ -114,16 +114,17 @@ def test_fusing_twice_keeps_one_subclass():
 
 
 def test_the_plan_takes_the_rows_every_linear_s_decode_kernel_takes(monkeypatch):
-    """INT4 weights: up to TC_MAX_M rows (the tensor-core decode kernel); E2M1 weights: up to GEMV_MAX_M, or
-    TC_MAX_M with PTQ_TC_E2M1=1, where 16 sequences take the fused path and give the HF layers' logits."""
+    """INT4 and E2M1 weights: up to TC_MAX_M rows (the tensor-core decode kernel), where 16 sequences take the
+    fused path and give the HF layers' logits; E2M1 weights with PTQ_TC_E2M1=0: up to GEMV_MAX_M."""
     from kernels.w4a4_gemv import GEMV_MAX_M, TC_MAX_M
 
     e2m1 = RealQuantScheme("e2m1")
-    for weight, rows in ((INT4, TC_MAX_M), (e2m1, GEMV_MAX_M)):
+    for weight, flag, rows in ((INT4, "0", TC_MAX_M), (e2m1, "0", GEMV_MAX_M), (e2m1, "1", TC_MAX_M)):
+        monkeypatch.setenv("PTQ_TC_E2M1", flag)
         model = tiny_model("llama", weight=weight)
         assert fuse_decoder_layers(model) == 2
         assert {layer._decode_plan.max_rows for layer in model.model.layers} == {rows}
-    monkeypatch.setenv("PTQ_TC_E2M1", "1")
+    monkeypatch.delenv("PTQ_TC_E2M1")
     model = tiny_model("llama", act=e2m1, weight=e2m1)
     plain = copy.deepcopy(model)
     assert fuse_decoder_layers(model) == 2

@@ -1104,15 +1104,16 @@ def test_tensor_core_configs_for_fp8_dots_fill_a_warpgroup():
 
 def test_decode_kernels_take_their_rows(monkeypatch):
     """INT4 weights: the CUDA-core kernel below TC_MIN_M rows on a GPU, the tensor-core one up to TC_MAX_M (under
-    the interpreter only above GEMV_MAX_M); other weights: the CUDA-core kernel, up to GEMV_MAX_M; E2M1 weights
-    as INT4 ones with PTQ_TC_E2M1=1, by default on a GPU too (E2M1 x E2M1 at 12 rows equals the twin)."""
+    the interpreter only above GEMV_MAX_M); E2M1 weights as INT4 ones (E2M1 x E2M1 at 12 rows equals the twin),
+    with PTQ_TC_E2M1=0 as other weights: the CUDA-core kernel, up to GEMV_MAX_M."""
     from kernels import w4a4_gemv
     from kernels.reference import dp4a_bytes
 
     assert w4a4_gemv.TC_MIN_M <= w4a4_gemv.GEMV_MAX_M < w4a4_gemv.TC_MAX_M
     assert not w4a4_gemv.takes_tensor_cores(8, "int4") and w4a4_gemv.takes_tensor_cores(9, "int4")  # interpreter
-    assert not w4a4_gemv.takes_tensor_cores(9, "e2m1") and not w4a4_gemv.takes_tensor_cores(65, "int4")
-    assert w4a4_gemv.gemv_fits(64, 64, 0, 0, "int4") and not w4a4_gemv.gemv_fits(9, 64, 0, 0, "e2m1")
+    assert w4a4_gemv.takes_tensor_cores(9, "e2m1") and not w4a4_gemv.takes_tensor_cores(65, "int4")
+    assert not w4a4_gemv.takes_tensor_cores(9, "int8") and not w4a4_gemv.gemv_fits(9, 64, 0, 0, "int8")
+    assert w4a4_gemv.gemv_fits(64, 64, 0, 0, "int4") and w4a4_gemv.gemv_fits(64, 64, 0, 0, "e2m1")
     assert not w4a4_gemv.gemv_fits(9, 64, 0, 0)
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 9, 16, 64)
     kw = dict(a_element="int4", w_element="int4")
@@ -1131,12 +1132,14 @@ def test_decode_kernels_take_their_rows(monkeypatch):
                                          "M=65"):
         w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale,
                                    tensor_cores=True, **kw)
-    monkeypatch.setenv("PTQ_TC_E2M1", "1")
-    assert w4a4_gemv.takes_tensor_cores(12, "e2m1") and w4a4_gemv.max_rows("e2m1") == w4a4_gemv.TC_MAX_M
+    assert w4a4_gemv.max_rows("e2m1") == w4a4_gemv.TC_MAX_M
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("e2m1xe2m1", 12, 16, 64)
     kw = dict(a_element="e2m1", w_element="e2m1", out_dtype=torch.float32)
     got = w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, "e2m1", "e2m1"), a_scale, w_packed, w_scale, **kw)
     assert_matches_twin(got, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, **kw))
+    monkeypatch.setenv("PTQ_TC_E2M1", "0")
+    assert not w4a4_gemv.takes_tensor_cores(9, "e2m1") and not w4a4_gemv.gemv_fits(9, 64, 0, 0, "e2m1")
+    assert w4a4_gemv.max_rows("e2m1") == w4a4_gemv.GEMV_MAX_M
     monkeypatch.setenv("PTQ_TC_E2M1", "2")
     with pytest.raises(ValueError, match="PTQ_TC_E2M1='2': choose 0"):
         w4a4_gemv.takes_tensor_cores(12, "e2m1")
