@@ -59,6 +59,10 @@ MAX_DENSE_HADAMARD = 128
 CHUNKS = (2048, 4096)
 # The chunk the interpreter uses for per-token rows wider than it (0: whole rows); tests set it.
 INTERPRET_CHUNK = 0
+# Row blocks a program quantizes in turn, its next block's load in flight (``_act_quant_kernel``'s ROW_STEPS;
+# autotuned for plain x), and the count the interpreter uses for plain x (tests set it).
+ROW_STEPS = (4, 16)
+INTERPRET_ROW_STEPS = 1
 # 1.5 * 2**23: adding then subtracting it rounds |y| < 2**22 to an integer, ties to even.
 ROUND_MAGIC = tl.constexpr(12582912.0)
 ROUND_MAGIC_BITS = tl.constexpr(0x4B400000)  # its fp32 bits: the sum's bits less these are the integer
@@ -188,7 +192,7 @@ def _divide(y, s):
     if tl.reduce(in_range.to(tl.int32), None, _elementwise_min) > 0:
         r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
         q0 = y * r
-        q = tl.fma(tl.fma(-q0, s, y), r, q0)
+        q = tl.fma(tl.fma(q0, -s, y), r, q0)  # -s, not -q0: compiled, -q0 became a second product y * -r
     else:
         q = tl.math.div_rn(y, tl.broadcast_to(s, y.shape))
     return q
@@ -268,6 +272,24 @@ def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: t
 
 
 @triton.jit
+def _quantize_tile(y, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales, stride_pm, stride_sm,
+                   clip_ratio, max_value, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, SCALE_KIND: tl.constexpr,
+                   GROUP: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+    """Scale each group of the fp32 tile y (rows x column block pid_k), encode it and write codes and scales."""
+    groups: tl.constexpr = BLOCK_K // GROUP
+    yg = y.reshape(BLOCK_M, groups, GROUP)
+    scale = _scales(tl.reduce(tl.abs(yg), 2, _elementwise_max), tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND)
+    safe = tl.where(scale > 0, scale, 1.0)
+    codes = _encode(_divide(yg, safe[:, :, None]), ELEMENT_INT4, ELEMENT_INT8).reshape(BLOCK_M, BLOCK_K)
+    _store_codes(codes, packed_ptr, rows, pid_k * BLOCK_K, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8,
+                 OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
+    scale_cols = pid_k * groups + tl.arange(0, groups)
+    tl.store(scale_ptr + rows[:, None] * stride_sm + scale_cols[None, :], scale,
+             mask=(rows < M)[:, None] & (scale_cols < n_scales)[None, :])
+
+
+@triton.jit
 def _act_quant_kernel(
     x_ptr, h_ptr, norm_ptr, normed_ptr, packed_ptr, scale_ptr, tensor_amax_ptr,
     M, K, M_BUCKET, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b, eps,
@@ -275,7 +297,7 @@ def _act_quant_kernel(
     HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
     LAUNCH_DEPENDENTS: tl.constexpr, USE_GDC: tl.constexpr, PROLOGUE: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, ROW_STEPS: tl.constexpr,
 ):
     """DP4A_FOR: 0 packs two codes a byte; 1 (2) writes each code's value as a signed byte in the decode
     kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``. LAUNCH_DEPENDENTS: the next kernel (the
@@ -283,7 +305,11 @@ def _act_quant_kernel(
     USE_GDC: this kernel is such a launch itself (``kernels.pdl``) and waits before it reads x.
     CHUNK (per-token scales only, 0: off): the program walks its rows CHUNK columns at a time, twice (the
     absmax, then the codes, the second read from the caches) instead of holding the whole row padded to a
-    power of two. PROLOGUE (``_load``): 1 also writes the normalised rows to ``normed_ptr`` (x's layout)."""
+    power of two. PROLOGUE (``_load``): 1 also writes the normalised rows to ``normed_ptr`` (x's layout).
+    ROW_STEPS (plain x only: no rotation, no prologue): the program quantizes ROW_STEPS blocks of BLOCK_M rows in turn,
+    each block's load issued before the one before it is quantized. A program of one block has its row's bytes in
+    flight only until they arrive, then none while it reduces, divides and stores, so at the occupancy its registers
+    allow the loads in flight fell short of what the memory needs; with the next block already loading they do not."""
     launch_dependents(LAUNCH_DEPENDENTS)
     wait_for_producer(USE_GDC)
     pid_m = tl.program_id(0)
@@ -303,6 +329,22 @@ def _act_quant_kernel(
             _store_codes(_encode(_divide(y, safe), ELEMENT_INT4, ELEMENT_INT8), packed_ptr, rows, c0, M, K, stride_pm,
                          ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR, BLOCK_M, CHUNK)
         tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])
+    elif ROW_STEPS > 1:
+        pid_k = tl.program_id(1)
+        cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        col_ok = (cols < K)[None, :]
+        rows = pid_m * ROW_STEPS * BLOCK_M + tl.arange(0, BLOCK_M)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(rows < M)[:, None] & col_ok, other=0.0)
+        for step in range(ROW_STEPS):
+            next_rows = rows + BLOCK_M
+            next_ok = (next_rows < M) & (step + 1 < ROW_STEPS)
+            x_next = tl.load(x_ptr + next_rows[:, None] * stride_xm + cols[None, :], mask=next_ok[:, None] & col_ok,
+                             other=0.0)
+            _quantize_tile(x.to(tl.float32), rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales,
+                           stride_pm, stride_sm, clip_ratio, max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, GROUP,
+                           OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
+            x = x_next
+            rows = next_rows
     else:
         pid_k = tl.program_id(1)
         cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -315,17 +357,9 @@ def _act_quant_kernel(
             tile_amax = tl.reduce(tl.abs(y).reshape(BLOCK_M * BLOCK_K), 0, _elementwise_max)
             tl.atomic_max(tensor_amax_ptr, tile_amax.to(tl.int32, bitcast=True))
         else:
-            groups: tl.constexpr = BLOCK_K // GROUP
-            yg = y.reshape(BLOCK_M, groups, GROUP)
-            scale = _scales(tl.reduce(tl.abs(yg), 2, _elementwise_max), tensor_amax_ptr, clip_ratio, max_value,
-                            SCALE_KIND)
-            safe = tl.where(scale > 0, scale, 1.0)
-            codes = _encode(_divide(yg, safe[:, :, None]), ELEMENT_INT4, ELEMENT_INT8).reshape(BLOCK_M, BLOCK_K)
-            _store_codes(codes, packed_ptr, rows, pid_k * BLOCK_K, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8,
-                         OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
-            scale_cols = pid_k * groups + tl.arange(0, groups)
-            tl.store(scale_ptr + rows[:, None] * stride_sm + scale_cols[None, :], scale,
-                     mask=row_ok[:, None] & (scale_cols < n_scales)[None, :])
+            _quantize_tile(y, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales, stride_pm,
+                           stride_sm, clip_ratio, max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, GROUP, OUT_FP8,
+                           DP4A_FOR, BLOCK_M, BLOCK_K)
 
 
 @lru_cache(maxsize=None)
@@ -346,28 +380,34 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
     rotation (INT4 per token, clip 0.9, float16, H128; ``benchmarks/results/kernel_check_h200.md``)
     while the fixed tile had passed every fused case: rotations stay on the fixed tile.
     Chunked configs (``CHUNK``) are for per-token rows wider than the chunk, without a rotation or an RMSNorm
-    prologue.
+    prologue; configs of several row blocks a program (``ROW_STEPS``) for plain x (no rotation, no prologue, not the
+    amax launch) and at least that many rows.
     """
     args = {**named_args, **kwargs}
-    whole = [c for c in configs if c.kwargs["CHUNK"] == 0]
+    whole = [c for c in configs if c.kwargs["CHUNK"] == 0 and c.kwargs["ROW_STEPS"] == 1]
     if args["HAD_BLOCK"]:
         rows = max(1, TILE_ELEMENTS // args["BLOCK_K"])  # _tile's
         return [c for c in whole if c.kwargs["BLOCK_M"] == rows and c.num_warps == 4]
     per_token = args["GROUP"] == args["BLOCK_K"] and not args["AMAX_ONLY"]
     chunkable = per_token and args["PROLOGUE"] != PROLOGUES["rms_norm"]  # the norm needs its whole row at once
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= args["M_BUCKET"]
+    plain = not args["AMAX_ONLY"] and args["PROLOGUE"] == 0  # (and no rotation: returned above)
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["ROW_STEPS"] <= args["M_BUCKET"]
             and 2048 <= c.kwargs["BLOCK_M"] * (c.kwargs["CHUNK"] or args["BLOCK_K"]) <= 32768
-            and (c.kwargs["CHUNK"] == 0 or (chunkable and c.kwargs["CHUNK"] < args["BLOCK_K"]))]
+            and (c.kwargs["CHUNK"] == 0 or (chunkable and c.kwargs["CHUNK"] < args["BLOCK_K"]))
+            and (c.kwargs["ROW_STEPS"] == 1 or plain)]
     return kept or [c for c in whole if c.kwargs["BLOCK_M"] == 1]
 
 
-# Rows per program and warps, and for wide per-token rows chunks, tuned per width and M bucket on a GPU (the
-# interpreter takes _tile's, unchunked unless INTERPRET_CHUNK is set).
+# Rows per program and warps, for wide per-token rows chunks, and for plain x row blocks walked in turn, tuned per
+# width and M bucket on a GPU (the interpreter takes _tile's, unchunked unless INTERPRET_CHUNK is set, one block a
+# program unless INTERPRET_ROW_STEPS is).
 _act_quant_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64)
+    configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64)
              for w in (4, 8, 16)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
-       for w in (4, 8)],
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
+       for w in (4, 8)]
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps), num_warps=w) for steps in ROW_STEPS
+       for bm in (1, 2) for w in (4, 8)],
     key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "ELEMENT_INT8", "SCALE_KIND", "GROUP", "HAD_BLOCK", "ROUND_BF16",
          "ROUND_F16", "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
     prune_configs_by=dict(early_config_prune=_prune_tiles),
@@ -448,12 +488,17 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
     if INTERPRET:
         chunk = (INTERPRET_CHUNK if group_size == 0 and not hadamard_block and prologue != PROLOGUES["rms_norm"]
                  and 0 < INTERPRET_CHUNK < block_k else 0)
-        kernel = _act_quant_kernel[(triton.cdiv(m, block_m), 1 if chunk else triton.cdiv(k, block_k))]
+        steps = INTERPRET_ROW_STEPS if not (chunk or hadamard_block or prologue) else 1
         launch.update(BLOCK_M=block_m, CHUNK=chunk, num_warps=4)
+        if scale_kind == "e4m3":  # NVFP4's tensor scale: the amax of the whole (rotated) x first
+            _act_quant_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))](*args, AMAX_ONLY=True, ROW_STEPS=1,
+                                                                                 **launch)
+        _act_quant_kernel[(triton.cdiv(m, block_m * steps), 1 if chunk else triton.cdiv(k, block_k))](
+            *args, AMAX_ONLY=False, ROW_STEPS=steps, **launch)
     else:
-        kernel = _act_quant_autotuned[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),
+        kernel = _act_quant_autotuned[lambda meta: (triton.cdiv(m, meta["BLOCK_M"] * meta["ROW_STEPS"]),
                                                      1 if meta["CHUNK"] else triton.cdiv(k, block_k))]
-    if scale_kind == "e4m3":  # NVFP4's tensor scale: the amax of the whole (rotated) x first
-        kernel(*args, AMAX_ONLY=True, **launch)
-    kernel(*args, AMAX_ONLY=False, **launch)
+        if scale_kind == "e4m3":
+            kernel(*args, AMAX_ONLY=True, **launch)
+        kernel(*args, AMAX_ONLY=False, **launch)
     return (packed.view(torch.float8_e4m3fn) if fp8_codes else packed), scales, normed

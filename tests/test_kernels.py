@@ -817,8 +817,14 @@ def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
                                       GROUP=group or block_k, AMAX_ONLY=amax_only, PROLOGUE=prologue)
 
     per_token = pruned(4096, 0, 4096)
-    assert {(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"]) for c in per_token} == {
-        (1, 0), (2, 0), (4, 0), (8, 0), (1, 2048), (2, 2048), (4, 2048)}  # 4096-wide chunks would be the whole row
+    assert {(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"], c.kwargs["ROW_STEPS"]) for c in per_token} == {
+        (1, 0, 1), (2, 0, 1), (4, 0, 1), (8, 0, 1), (1, 2048, 1), (2, 2048, 1), (4, 2048, 1),  # 4096-wide chunks:
+        (1, 0, 4), (2, 0, 4), (1, 0, 16), (2, 0, 16)}                                          # the whole row
+    # Row blocks walked in turn: plain x only, and no more rows than the bucket holds.
+    assert {c.kwargs["ROW_STEPS"] for c in pruned(4, 0, 4096)} == {1, 4}
+    assert {c.kwargs["ROW_STEPS"] for c in pruned(2, 0, 4096) + pruned(4096, 0, 4096, amax_only=True)
+            + pruned(4096, 0, 4096, prologue=PROLOGUES["rms_norm"])
+            + pruned(4096, 0, 4096, prologue=PROLOGUES["silu_mul"]) + pruned(4096, 128, 4096)} == {1}
     wide = pruned(4096, 0, 16384)
     assert {c.kwargs["CHUNK"] for c in wide} == {0, 2048, 4096}
     assert all(c.kwargs["BLOCK_M"] * (c.kwargs["CHUNK"] or 16384) <= 32768 for c in wide)
@@ -859,6 +865,28 @@ def test_chunked_rows_equal_twin(case, dp4a_for, monkeypatch):
             want = quantize_activations_ref(x, element, group, kind, clip, dp4a_for=dp4a_for)
             got = act_quant.quantize_activations_triton(x, element, group, kind, clip, dp4a_for=dp4a_for)
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("case", ["int4-tok-clip0.9", "e2m1-tok", "nvfp4", "mxfp4"])
+def test_row_blocks_walked_in_turn_equal_twin(case, monkeypatch):
+    """A program quantizing 3 row blocks in turn, the next one's load in flight (ROW_STEPS), ragged in M: packed
+    codes and dp4a bytes equal the twin's, E4M3 bytes those of one block a program (NVFP4's amax launch keeps one
+    block a program)."""
+    monkeypatch.setattr(act_quant, "INTERPRET_ROW_STEPS", 3)
+    (element, group, kind, clip), _ = ACT_CASES[case]
+    for m, k in ((7, 4096), (70, 256)):  # one row a block (10 programs' worth: 3), 16 rows a block
+        x = activations(m, k, element, group, torch.bfloat16, seed=m)
+        want = quantize_activations_ref(x, element, group, kind, clip)
+        got = act_quant.quantize_activations_triton(x, element, group, kind, clip)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        if group == 0:
+            fp8 = act_quant.quantize_activations_triton(x, element, group, kind, clip, fp8_codes=True)
+            monkeypatch.setattr(act_quant, "INTERPRET_ROW_STEPS", 1)
+            whole = act_quant.quantize_activations_triton(x, element, group, kind, clip, fp8_codes=True)
+            monkeypatch.setattr(act_quant, "INTERPRET_ROW_STEPS", 3)
+            assert torch.equal(fp8[0].view(torch.uint8), whole[0].view(torch.uint8)) and torch.equal(fp8[1], whole[1])
+            dp4a = act_quant.quantize_activations_triton(x, element, group, kind, clip, dp4a_for=element)
+            assert torch.equal(dp4a[0], quantize_activations_ref(x, element, group, kind, clip, dp4a_for=element)[0])
 
 
 def test_autotune_k_steps_fit_the_scale_groups():
