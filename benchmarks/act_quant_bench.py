@@ -50,6 +50,15 @@ def load_baseline(path: str):
     return module
 
 
+def config_label(key: tuple, names: list[str]) -> str:
+    """An autotuner key of the activation kernel (the values of its ``key`` ``names``, then the arguments' dtypes)
+    in words."""
+    v = dict(zip(names, key))
+    element = "int4" if v["ELEMENT_INT4"] else "int8" if v["ELEMENT_INT8"] else "e2m1"
+    return (f"K {v['K']}, M bucket {v['M_BUCKET']}, {element}, group {v['GROUP']}"
+            + (f", H{v['HAD_BLOCK']}" if v["HAD_BLOCK"] else "") + (", E4M3 codes" if v["OUT_FP8"] else ""))
+
+
 def markdown(result: dict) -> str:
     lines = ["# Activation quantization against a device copy", "",
              f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
@@ -118,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                                            "version": label, "ms": ms, "gbs": moved / ms / 1e6,
                                            "of_copy": moved / ms / 1e6 / copy_gbs, "equals_twin": same})
                     print(result["rows"][-1], flush=True)
-        result["configs"] = {str(key[:4]): str(config) for key, config in act_quant._act_quant_autotuned.cache.items()}
+        tuner = act_quant._act_quant_autotuned
+        result["configs"] = {config_label(key, tuner.keys): str(config) for key, config in tuner.cache.items()}
         write_result_files(args.out, result, markdown(result))  # partial results survive a time limit
     print(markdown(result))
     return 0 if all(r.get("equals_twin") is not False for r in result["rows"]) else 1

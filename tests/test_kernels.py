@@ -1023,6 +1023,12 @@ def test_act_quant_bench_refusals_and_baseline(tmp_path, cli):
     got = baseline.quantize_activations_triton(x, "int4", 0, "float", 0.9)
     want = quantize_activations_ref(x, "int4", 0, "float", 0.9)
     assert baseline is not act_quant and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    from benchmarks.act_quant_bench import config_label
+
+    names = act_quant._act_quant_autotuned.keys
+    values = dict(K=14336, M_BUCKET=4096, GROUP=16384, ELEMENT_INT4=True, ELEMENT_INT8=False, HAD_BLOCK=0, OUT_FP8=True)
+    key = tuple(values.get(name, 0) for name in names) + ("torch.bfloat16",)
+    assert config_label(key, names) == "K 14336, M bucket 4096, int4, group 16384, E4M3 codes"
 
 
 def test_kernel_check_int8_decode_dry_run(tmp_path):
