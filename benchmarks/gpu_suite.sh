@@ -169,7 +169,7 @@ from benchmarks.kernel_check import check_tc_decode
 for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.float16)):
     for a_element in ('int4', 'e2m1'):
         print(check_tc_decode(m, n, k, a_element, dtype, torch.device('cuda'), 3, 'e2m1'), flush=True)"
-      step "${LIMIT_BENCH:-240}" decode_rows_e2m1 python benchmarks/decode_rows_bench.py --element e2m1 \
+      step "${LIMIT_BENCH:-240}" decode_rows_e2m1 env PTQ_TC_E2M1=0 python benchmarks/decode_rows_bench.py --element e2m1 \
         --shapes 14336x4096,4096x4096,4096x14336 --ms 8,16,64 --out "$OUT/decode_rows_e2m1_h200" ;;
     tc_e2m1_model)
       step "${LIMIT_MODEL:-560}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
