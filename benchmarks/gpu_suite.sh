@@ -27,8 +27,9 @@
 #              configs among the autotuner's candidates (issue 9)
 #   profile    the GPU time of each kernel of one compiled decode step, bf16 / W4A4 / W4A4KV4, and the
 #              autotuned configs (issue 10); BATCH=8 for batch-8 decode
-#   act_quant  the activation kernel against a device copy at prefill sizes (every format, checked against its twin),
-#              then the activation and E4M3-code checks of kernel_check (issue 9)
+#   act_quant  the activation kernel against a device copy at prefill sizes, per-token INT4 and E2M1 (packed and as
+#              E4M3 codes, checked against the twin; cold, its autotuning takes most of the 420 s) (issue 9)
+#   act_groups the same for NVFP4 and MXFP4, then the activation and E4M3-code checks of kernel_check (issue 9)
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
 #   lm_head    bf16 / W4A4KV4 / W4A4KV4 with a W4A4 and with a W4A8 lm_head compiled CUDA-graph decode at batch 1,
 #              the quantized-head steps profiled, then the fused-decode kernel checks (issue 10)
@@ -130,8 +131,11 @@ for section in "$@"; do
       step "${LIMIT_PROFILE:-400}" decode_profile python benchmarks/decode_profile.py --compile \
         --modes w4a4,bf16,w4a4kv4 --batch "${BATCH:-1}" --out "$OUT/decode_profile_compiled_b${BATCH:-1}_llama3_8b_h200" ;;
     act_quant)
-      step "${LIMIT_ACT_BENCH:-300}" act_quant_bench python benchmarks/act_quant_bench.py \
-        --shapes 2048x4096,8192x4096,2048x14336,8192x14336 --out "$OUT/act_quant_h200"
+      step "${LIMIT_ACT_BENCH:-420}" act_quant_bench python benchmarks/act_quant_bench.py --formats int4,e2m1 \
+        --shapes 8192x4096,8192x14336,2048x4096,2048x14336 --out "$OUT/act_quant_h200" ;;
+    act_groups)
+      step "${LIMIT_ACT_BENCH:-250}" act_quant_bench python benchmarks/act_quant_bench.py --formats nvfp4,mxfp4 \
+        --shapes 8192x4096,8192x14336,2048x4096,2048x14336 --out "$OUT/act_quant_groups_h200"
       step "${LIMIT_ACT_CHECK:-250}" kernel_check_act python benchmarks/kernel_check.py --only act,fp8_codes \
         --out "$OUT/kernel_check_act_h200" ;;
     lm_head)
@@ -179,6 +183,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, act_groups, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, roundtrip" >&2; exit 2 ;;
   esac
 done
