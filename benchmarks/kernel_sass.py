@@ -1,8 +1,11 @@
 """The machine code of the decode kernels for a GPU architecture, compiled on any machine (no GPU needed).
 
 For each autotuning config of the FPx one-row kernel (``kernels.fpx_gemm._fpx_row_kernel``),
-the W4A4 decode kernel (``kernels.w4a4_gemv._w4a4_gemv_kernel``, one row) or the tensor-core decode
-kernel (``_w4a4_tc_kernel``, 16 rows: its wgmma count is IGMMA, QGMMA for E2M1 weights) it compiles
+the W4A4 decode kernel (``kernels.w4a4_gemv._w4a4_gemv_kernel``, one row), the tensor-core decode
+kernel (``_w4a4_tc_kernel``, 16 rows: its wgmma count is IGMMA, QGMMA for E2M1 weights) or the
+activation kernel (``kernels.act_quant._act_quant_kernel``: per-token bfloat16 rows of ``--k``
+columns, the configs its autotuner keeps at prefill sizes; its count holds the per-element
+division fallback for scales outside 2^-96..2^96 too, which runs only there) it compiles
 the kernel with Triton for ``--arch`` (default sm_90, Hopper) as the JIT would on an aligned
 call (pointers, sizes and strides divisible by 16), disassembles the cubin with Triton's
 bundled ``nvdisasm`` and reports the SASS instruction mix: how many integer (LOP3, IMAD,
@@ -33,7 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.result_files import write_result_files  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
-KERNELS = ("fpx_row", "w4a4_gemv", "w4a4_tc")
+KERNELS = ("fpx_row", "w4a4_gemv", "w4a4_tc", "act_quant")
+# act_quant --element: the activation element, and whether its codes are written as E4M3 bytes (the FP8 path).
+ACT_ELEMENTS = {"int4": ("int4", False), "e2m1": ("e2m1", False), "int4_e4m3": ("int4", True),
+                "e2m1_e4m3": ("e2m1", True)}
 # SASS opcodes reported in their own column; the rest are counted in the total only.
 COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "I2F", "IDP", "IMMA", "IGMMA", "QGMMA", "LDG", "LDGSTS",
            "LDS", "STS", "BAR")
@@ -106,7 +112,57 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)
 
 
-def sass_counts(source, config: tuple[int, ...], arch: int) -> dict:
+def act_quant_source(case: str, config: tuple[int, ...], k: int):
+    """The activation kernel's ASTSource for per-token rows of ``k`` bfloat16 columns (``case``: ACT_ELEMENTS) and
+    one (BLOCK_M, CHUNK, warps, stages, ROW_STEPS)."""
+    import triton
+    from triton.compiler import ASTSource
+
+    from kernels.act_quant import _act_quant_kernel
+
+    element, fp8_codes = ACT_ELEMENTS[case]
+    names = ["x_ptr", "h_ptr", "norm_ptr", "normed_ptr", "packed_ptr", "scale_ptr", "tensor_amax_ptr", "M", "K",
+             "M_BUCKET", "n_scales", "stride_xm", "stride_pm", "stride_sm", "clip_ratio", "max_value", "inv_sqrt_b",
+             "eps"]
+    types = ["*bf16", "*fp32", "*bf16", "*bf16", "*u8", "*fp32", "*fp32"] + ["i32"] * 7 + ["fp32"] * 4
+    signature = dict(zip(names, types))
+    block_k = triton.next_power_of_2(k)
+    constants = dict(ELEMENT_INT4=element == "int4", ELEMENT_INT8=False, SCALE_KIND=0, GROUP=block_k, HAD_BLOCK=0,
+                     HB=1, DOT_F32=False, ROUND_BF16=True, ROUND_F16=False, AMAX_ONLY=False, OUT_FP8=fp8_codes,
+                     DP4A_FOR=0, LAUNCH_DEPENDENTS=False, USE_GDC=False, PROLOGUE=0, BLOCK_M=config[0],
+                     BLOCK_K=block_k, CHUNK=config[1], ROW_STEPS=config[4])
+    signature.update({name: "constexpr" for name in constants})
+    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i, name in enumerate(names)
+               if name in ("x_ptr", "packed_ptr", "scale_ptr", "K", "stride_xm", "stride_pm")}
+    return ASTSource(_act_quant_kernel, signature, constants, aligned)
+
+
+def act_quant_configs(k: int) -> list[tuple[int, ...]]:
+    """(BLOCK_M, CHUNK, warps, stages, ROW_STEPS) of the configs the activation kernel's autotuner keeps for
+    per-token rows of k columns at M = 8192."""
+    import triton
+
+    from kernels import act_quant
+
+    block_k = triton.next_power_of_2(k)
+    kept = act_quant._prune_tiles(act_quant._act_quant_autotuned.configs, dict(M_BUCKET=4096), HAD_BLOCK=0,
+                                  BLOCK_K=block_k, GROUP=block_k, AMAX_ONLY=False, PROLOGUE=0)
+    return [(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"], c.num_warps, c.num_stages, c.kwargs["ROW_STEPS"]) for c in kept]
+
+
+def config_label(kernel: str, config: tuple[int, ...]) -> str:
+    """A config in words: (BLOCK_M, CHUNK, warps, stages, ROW_STEPS) for act_quant, else tile sizes, warps, stages
+    and the decode kernels' options (prefetch, fold, pipelined)."""
+    if kernel == "act_quant":
+        return (f"{config[0]} row{'s' if config[0] > 1 else ''}" + (f", chunk {config[1]}" if config[1] else "")
+                + (f", {config[4]} blocks in turn" if config[4] > 1 else "") + f" w{config[2]} s{config[3]}")
+    return ("x".join(map(str, config[:2])) + f" w{config[2]} s{config[3]}"
+            + (" prefetch" if config[4:] and config[4] else "")
+            + (f" fold{config[5]}" if config[5:] and config[5] > 1 else "")
+            + (f" pipelined{config[6]}" if config[6:] and config[6] > 1 else ""))
+
+
+def sass_counts(source, config: tuple[int, ...], arch: int, label: str) -> dict:
     """Compile ``source`` for sm_``arch`` with the config's warps and stages; count its SASS and conversions."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -126,11 +182,7 @@ def sass_counts(source, config: tuple[int, ...], arch: int) -> dict:
         found = re.match(r"\s+/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
         if found:
             opcodes[found.group(1)] += 1
-    return {"config": "x".join(map(str, config[:2])) + f" w{config[2]} s{config[3]}"
-                      + (" prefetch" if config[4:] and config[4] else "")
-                      + (f" fold{config[5]}" if config[5:] and config[5] > 1 else "")
-                      + (f" pipelined{config[6]}" if config[6:] and config[6] > 1 else ""),
-            "instructions": sum(opcodes.values()), **{op: opcodes.get(op, 0) for op in COLUMNS},
+    return {"config": label, "instructions": sum(opcodes.values()), **{op: opcodes.get(op, 0) for op in COLUMNS},
             "convert_layout": kernel.asm["ttgir"].count("ttg.convert_layout"),
             "shared_bytes": kernel.metadata.shared, **resource_usage(usage, config[2])}
 
@@ -168,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--element", default="e3m2",
                    help="fpx_row: the weight element (e3m2, e2m3, e2m2, e3m1, e2m1, e3m0); w4a4_gemv: "
                         "A_ELEMENTxW_ELEMENT of int4 and e2m1, or int8xint4 / int8xint8, e.g. int4xint4; "
-                        "w4a4_tc: A_ELEMENTxint4 or A_ELEMENTxe2m1")
+                        "w4a4_tc: A_ELEMENTxint4 or A_ELEMENTxe2m1; act_quant: " + ", ".join(ACT_ELEMENTS))
+    p.add_argument("--k", type=int, default=4096, help="act_quant: the activation rows' width")
     p.add_argument("--arch", type=int, default=90, help="compute capability times ten (90: Hopper)")
     p.add_argument("--limit", type=int, help="only the first LIMIT configs (default: all)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -188,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyError, ValueError) as err:
             p.error(f"--element {args.element!r}: {err}")
         build = fpx_row_source
+    elif args.kernel == "act_quant":
+        if args.element not in ACT_ELEMENTS:
+            p.error(f"--element for act_quant is one of {', '.join(ACT_ELEMENTS)}; got {args.element!r}")
+        if args.k < 16 or args.k % 16:
+            p.error(f"--k must be a positive multiple of 16, got {args.k}")
+        configs = act_quant_configs(args.k)
+
+        def build(case, config):
+            return act_quant_source(case, config, args.k)
     elif args.kernel == "w4a4_tc":
         from kernels.w4a4_gemv import TC_CONFIGS, tc_config_fits
 
@@ -210,12 +272,14 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--element for w4a4_gemv is A_ELEMENTxW_ELEMENT, one of "
                     f"{', '.join(sorted('x'.join(pair) for pair in DP4A_PAIRS))}; got {args.element!r}")
         build = w4a4_gemv_source
-    result = {"kernel": args.kernel, "case": args.element, "arch": args.arch,
+    result = {"kernel": args.kernel, "case": args.element + (f", K {args.k}" if args.kernel == "act_quant" else ""),
+              "arch": args.arch,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
               "command": "python benchmarks/kernel_sass.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "configs": []}
     for config in configs[:args.limit]:
-        result["configs"].append(sass_counts(build(args.element, config), config, args.arch))
+        result["configs"].append(sass_counts(build(args.element, config), config, args.arch,
+                                             config_label(args.kernel, config)))
         write_result_files(args.out, result, markdown(result))
     print(markdown(result))
     return 0

@@ -20,7 +20,8 @@ def run_sass(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("kernel, element, multiply", [("fpx_row", "e3m2", "FFMA"), ("w4a4_gemv", "int4xe2m1", "IDP"),
                                                     ("w4a4_gemv", "int8xint8", "IDP"), ("w4a4_tc", "int4xint4", "IMMA"),
-                                                    ("w4a4_tc", "e2m1xe2m1", "QGMMA")])
+                                                    ("w4a4_tc", "e2m1xe2m1", "QGMMA"),
+                                                    ("act_quant", "e2m1_e4m3", "FFMA")])
 def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply):
     done = run_sass("--kernel", kernel, "--element", element, "--limit", "1", "--out", str(tmp_path / "sass"))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -43,11 +44,30 @@ def test_resource_usage_counts_the_warps_registers_allow():
 
 @pytest.mark.parametrize("kernel, element, message", [("fpx_row", "e5m2", "--element 'e5m2'"),
                                                       ("w4a4_gemv", "int4", "A_ELEMENTxW_ELEMENT"),
-                                                      ("w4a4_tc", "int8xe2m1", "A_ELEMENTxint4")])
+                                                      ("w4a4_tc", "int8xe2m1", "A_ELEMENTxint4"),
+                                                      ("act_quant", "int8", "--element for act_quant is one of")])
 def test_kernel_sass_refuses_an_element_its_kernel_lacks(tmp_path, kernel, element, message):
     done = run_sass("--kernel", kernel, "--element", element, "--out", str(tmp_path / "sass"))
     assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "sass.json").exists()
+
+
+def test_kernel_sass_act_quant_configs_and_width(tmp_path):
+    """The activation kernel's configs are those its autotuner keeps for per-token rows (row blocks in turn among
+    them); a width that is not a multiple of 16 is refused."""
+    from benchmarks.kernel_sass import config_label
+
+    # In a process of its own: importing the kernels here would build them for this process's mode, before
+    # gemv_ncu's dry run below sets the interpreter.
+    done = subprocess.run([sys.executable, "-c", "import json; from benchmarks.kernel_sass import act_quant_configs; "
+                           "print(json.dumps(act_quant_configs(4096)))"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    configs = [tuple(c) for c in json.loads(done.stdout)]
+    assert (1, 0, 4, 3, 1) in configs and any(c[4] > 1 for c in configs) and all(c[1] < 4096 for c in configs)
+    assert config_label("act_quant", (2, 0, 8, 3, 16)) == "2 rows, 16 blocks in turn w8 s3"
+    assert config_label("act_quant", (1, 2048, 4, 3, 1)) == "1 row, chunk 2048 w4 s3"
+    done = run_sass("--kernel", "act_quant", "--element", "int4", "--k", "100", "--out", str(tmp_path / "sass"))
+    assert done.returncode == 2 and "--k must be a positive multiple of 16, got 100" in done.stderr
 
 
 def test_kernel_sass_refuses_the_interpreter(tmp_path, cli, monkeypatch):
