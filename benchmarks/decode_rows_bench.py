@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ms", default="1,4,5,8,16,32,64", help="activation row counts")
     p.add_argument("--in_stream", type=int, default=20, help="calls per timed CUDA graph")
     p.add_argument("--element", choices=["int4", "e2m1"], default="int4",
-                   help="weight and activation element (E2M1 weights take the tensor-core kernel on request only)")
+                   help="weight and activation element (E2M1 weights off the tensor-core kernel with PTQ_TC_E2M1=0)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():

@@ -221,7 +221,7 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
                            check_gemm(aq, wq, spec)])
         weight_bytes = wq[0].numel() + 4 * wq[1].numel()
         decode = takes_gemv(m, k, group, group, w_element=element)
-        if decode:  # a decode kernel (CUDA-core, or tensor-core for INT4 weights), on the activation kernel's bytes
+        if decode:  # a decode kernel (CUDA-core, or tensor-core for INT4 and E2M1 weights), on the activation kernel's bytes
             a_bytes = kernels.quantize_activations(x, element, dp4a_for=element, backend="triton")
             gemm = functools.partial(w4a4_gemv_triton, *a_bytes, *wq, a_element=element, w_element=element,
                                      out_dtype=torch.bfloat16)

@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         for a_element in ("int4", "e2m1", "int8"):
             record(check_tc_decode, m, n, k, a_element, OUT_DTYPES[i % 2], device)
         record(check_tc_decode, m, n, k, "int4", OUT_DTYPES[i % 2], device, 3)
-        for a_element in ("int4", "e2m1"):  # E2M1 weights on the FP8 tensor cores: not yet a default path
+        for a_element in ("int4", "e2m1"):  # E2M1 weights on the FP8 tensor cores
             record(check_tc_decode, m, n, k, a_element, OUT_DTYPES[i % 2], device, 3, "e2m1")
     for m, n, k in DRY_INT8_DECODE_SHAPES if args.cpu_dry_run else GPU_INT8_DECODE_SHAPES:
         for w_element in ("int4", "int8"):

@@ -27,7 +27,7 @@ the interpreter recognises and runs with numpy instead of calling it element by 
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import torch
 import triton
@@ -61,7 +61,7 @@ CHUNKS = (2048, 4096)
 INTERPRET_CHUNK = 0
 # Row blocks a program quantizes in turn, its next block's load in flight (``_act_quant_kernel``'s ROW_STEPS;
 # autotuned for plain x), and the count the interpreter uses for plain x (tests set it).
-ROW_STEPS = (4, 16)
+ROW_STEP_COUNTS = (4, 16)
 INTERPRET_ROW_STEPS = 1
 # 1.5 * 2**23: adding then subtracting it rounds |y| < 2**22 to an integer, ties to even.
 ROUND_MAGIC = tl.constexpr(12582912.0)
@@ -407,7 +407,7 @@ _act_quant_autotuned = triton.autotune(
              for w in (4, 8, 16)]
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
        for w in (4, 8)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps), num_warps=w) for steps in ROW_STEPS
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps), num_warps=w) for steps in ROW_STEP_COUNTS
        for bm in (1, 2) for w in (4, 8)],
     key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "ELEMENT_INT8", "SCALE_KIND", "GROUP", "HAD_BLOCK", "ROUND_BF16",
          "ROUND_F16", "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
@@ -491,15 +491,13 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
                  and 0 < INTERPRET_CHUNK < block_k else 0)
         steps = INTERPRET_ROW_STEPS if not (chunk or hadamard_block or prologue) else 1
         launch.update(BLOCK_M=block_m, CHUNK=chunk, num_warps=4)
-        if scale_kind == "e4m3":  # NVFP4's tensor scale: the amax of the whole (rotated) x first
-            _act_quant_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))](*args, AMAX_ONLY=True, ROW_STEPS=1,
-                                                                                 **launch)
-        _act_quant_kernel[(triton.cdiv(m, block_m * steps), 1 if chunk else triton.cdiv(k, block_k))](
-            *args, AMAX_ONLY=False, ROW_STEPS=steps, **launch)
+        amax_kernel = partial(_act_quant_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))], ROW_STEPS=1)
+        kernel = partial(_act_quant_kernel[(triton.cdiv(m, block_m * steps), 1 if chunk else triton.cdiv(k, block_k))],
+                         ROW_STEPS=steps)
     else:
-        kernel = _act_quant_autotuned[lambda meta: (triton.cdiv(m, meta["BLOCK_M"] * meta["ROW_STEPS"]),
-                                                     1 if meta["CHUNK"] else triton.cdiv(k, block_k))]
-        if scale_kind == "e4m3":
-            kernel(*args, AMAX_ONLY=True, **launch)
-        kernel(*args, AMAX_ONLY=False, **launch)
+        kernel = amax_kernel = _act_quant_autotuned[lambda meta: (triton.cdiv(m, meta["BLOCK_M"] * meta["ROW_STEPS"]),
+                                                                  1 if meta["CHUNK"] else triton.cdiv(k, block_k))]
+    if scale_kind == "e4m3":  # NVFP4's tensor scale: the amax of the whole (rotated) x first
+        amax_kernel(*args, AMAX_ONLY=True, **launch)
+    kernel(*args, AMAX_ONLY=False, **launch)
     return (packed.view(torch.float8_e4m3fn) if fp8_codes else packed), scales, normed

@@ -588,7 +588,7 @@ def w4a4_gemv_triton(
         check_gemv_fits(m, k, 0, 0, w_element)
     if not tc and m > GEMV_MAX_M:
         raise ValueError(f"the CUDA-core decode kernel takes 1 to {GEMV_MAX_M} rows, got M={m}: leave "
-                         f"tensor_cores unset (or True) for INT4 weights")
+                         f"tensor_cores unset (or True) for INT4 or E2M1 weights")
     if tc and config is not None and (set(config.kwargs) != {"BLOCK_N", "BLOCK_KB", "SPLIT_K"}
                                       or config.kwargs["BLOCK_N"] < TC_MIN_BLOCK_N):
         raise ValueError(f"a tensor-core decode config sets BLOCK_N (at least {TC_MIN_BLOCK_N}), BLOCK_KB and "
