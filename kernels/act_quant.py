@@ -80,6 +80,36 @@ def _bits_to_float(bits):
 
 
 @triton.jit
+def _load_plain(x_ptr, rows, row_ok, pid_k, K, stride_xm, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                WORDS: tl.constexpr):
+    """The tile of x at rows and column block pid_k as loaded (zeros outside x): (BLOCK_M, BLOCK_K) elements, or
+    with WORDS (bfloat16 x, an even row stride) (BLOCK_M, BLOCK_K // 2) int32 words of element pairs."""
+    if WORDS:
+        cols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
+        tile = tl.load(x_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (stride_xm // 2) + cols[None, :],
+                       mask=row_ok[:, None] & (cols < K // 2)[None, :], other=0)
+    else:
+        cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        tile = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=row_ok[:, None] & (cols < K)[None, :],
+                       other=0.0)
+    return tile
+
+
+@triton.jit
+def _widen(tile, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr):
+    """A tile from _load_plain in fp32, (BLOCK_M, BLOCK_K). Each word's low bfloat16 shifted up and its high one
+    masked in place take one integer operation each; compiled, bfloat16's own cast spends a byte permute and a
+    shift on each high element."""
+    if WORDS:
+        low = (tile << 16).to(tl.float32, bitcast=True)
+        high = (tile & -65536).to(tl.float32, bitcast=True)
+        y = tl.join(low, high).reshape(BLOCK_M, BLOCK_K)
+    else:
+        y = tile.to(tl.float32)
+    return y
+
+
+@triton.jit
 def _hadamard_dot(y, h, R: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr):
     """(R * HB) elements as R rows of HB, each times H_HB; fp32 out.
 
@@ -150,7 +180,7 @@ def _scales(amax, tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND: tl.constex
 
 
 @triton.jit
-def _encode(v, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr):
+def _encode(v, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl.constexpr):
     """4-bit codes (int32 0..15) of v = x / scale, rounded as IntFormat(4) / E2M1 round (ties to even); for
     INT8 the level itself (int32 -128..127), as IntFormat(8) rounds.
 
@@ -160,27 +190,41 @@ def _encode(v, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr):
     1 below 4 and 2 from 4 on, so the magic number takes the exponent E of max(|v|, 1):
     1.5 * 2^(E + 22). The sum's bits less the magic number's count the steps k; the
     magnitude's index on the grid 0, 0.5, 1, 1.5, 2, 3, 4, 6 is then k + 2 (E - 127), E biased.
+    The sign bit goes on where v < -0.25, the values whose magnitude does not round to 0: the sign
+    bit of v + 0.25 (exact there), moved to bit 3.
+
+    CLAMP: saturate v to the grid first. Without it v must already be within half a step of the
+    grid's ends, as per-token float scales without clipping leave it (|x| <= amax, so |v| exceeds
+    the largest level by at most the scale's and the quotient's rounding); that saves the ALU two
+    min/max operations an element.
     """
     if ELEMENT_INT8:
-        rounded = (tl.minimum(tl.maximum(v, -128.0), 127.0) + ROUND_MAGIC).to(tl.int32, bitcast=True)
-        codes = rounded - ROUND_MAGIC_BITS
+        if CLAMP:
+            v = tl.minimum(tl.maximum(v, -128.0), 127.0)
+        codes = (v + ROUND_MAGIC).to(tl.int32, bitcast=True) - ROUND_MAGIC_BITS
     elif ELEMENT_INT4:
-        codes = (tl.minimum(tl.maximum(v, -8.0), 7.0) + ROUND_MAGIC).to(tl.int32, bitcast=True) & 0xF
+        if CLAMP:
+            v = tl.minimum(tl.maximum(v, -8.0), 7.0)
+        codes = (v + ROUND_MAGIC).to(tl.int32, bitcast=True) & 0xF
     else:
-        a = tl.minimum(tl.abs(v), 6.0)
+        a = tl.abs(v)
+        if CLAMP:
+            a = tl.minimum(a, 6.0)
         exponent_bits = tl.maximum(a, 1.0).to(tl.int32, bitcast=True) & 0x7F800000  # E << 23
         magic_bits = exponent_bits + ((22 << 23) | 0x400000)
         steps = (a + _bits_to_float(magic_bits)).to(tl.int32, bitcast=True) - magic_bits
         index = steps + (exponent_bits >> 22) - 254
-        codes = index | (((v < 0) & (index > 0)).to(tl.int32) << 3)
+        codes = index | (((v + 0.25).to(tl.int32, bitcast=True) >> 28) & 8)
     return codes
 
 
 @triton.jit
-def _divide(y, s):
+def _divide(y, s, POW2: tl.constexpr):
     """y / s rounded to nearest even (IEEE), s > 0 broadcast against y; as the twin's division.
 
-    Inside 2^-96 <= s < 2^96 it takes one reciprocal per divisor and three operations per
+    POW2: every s is a power of two from 2^-127 to 2^127 (E8M0 scales). Its reciprocal is then exact, and
+    y * (1 / s) is the correctly rounded quotient in one operation an element.
+    Otherwise, inside 2^-96 <= s < 2^96 it takes one reciprocal per divisor and three operations per
     element: q0 = y * RN(1/s), then q0 + (y - q0 s) RN(1/s) with two fused multiply-adds
     (Markstein's correction; the remainder is exact there, and the sum rounds to RN(y / s):
     ``benchmarks/division_check.py`` compares it with exact rationals). Below that range the
@@ -189,7 +233,9 @@ def _divide(y, s):
     reciprocal, its refinement and a branch, which bound the kernel's speed before.
     """
     in_range = (s >= 1.262177448353619e-29) & (s < 7.922816251426434e+28)
-    if tl.reduce(in_range.to(tl.int32), None, _elementwise_min) > 0:
+    if POW2:
+        q = y * tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+    elif tl.reduce(in_range.to(tl.int32), None, _elementwise_min) > 0:
         r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
         q0 = y * r
         q = tl.fma(tl.fma(q0, -s, y), r, q0)  # -s, not -q0: compiled, -q0 became a second product y * -r
@@ -274,14 +320,15 @@ def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: t
 @triton.jit
 def _quantize_tile(y, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales, stride_pm, stride_sm,
                    clip_ratio, max_value, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr,
-                   SCALE_KIND: tl.constexpr, GROUP: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                   SCALE_KIND: tl.constexpr, GROUP: tl.constexpr, CLAMP: tl.constexpr, OUT_FP8: tl.constexpr,
+                   DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Scale each group of the fp32 tile y (rows x column block pid_k), encode it and write codes and scales."""
     groups: tl.constexpr = BLOCK_K // GROUP
     yg = y.reshape(BLOCK_M, groups, GROUP)
     scale = _scales(tl.reduce(tl.abs(yg), 2, _elementwise_max), tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND)
     safe = tl.where(scale > 0, scale, 1.0)
-    codes = _encode(_divide(yg, safe[:, :, None]), ELEMENT_INT4, ELEMENT_INT8).reshape(BLOCK_M, BLOCK_K)
+    codes = _encode(_divide(yg, safe[:, :, None], SCALE_KIND == 2), ELEMENT_INT4, ELEMENT_INT8, CLAMP)
+    codes = codes.reshape(BLOCK_M, BLOCK_K)
     _store_codes(codes, packed_ptr, rows, pid_k * BLOCK_K, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8,
                  OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
     scale_cols = pid_k * groups + tl.arange(0, groups)
@@ -294,6 +341,7 @@ def _act_quant_kernel(
     x_ptr, h_ptr, norm_ptr, normed_ptr, packed_ptr, scale_ptr, tensor_amax_ptr,
     M, K, M_BUCKET, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b, eps,
     ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
+    CLAMP: tl.constexpr, WORDS: tl.constexpr,
     HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
     LAUNCH_DEPENDENTS: tl.constexpr, USE_GDC: tl.constexpr, PROLOGUE: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -310,7 +358,10 @@ def _act_quant_kernel(
     and issues the next block's load before it quantizes the current one. A program of one block has bytes in flight
     only until its rows arrive, then none while it reduces, divides and stores, and at the occupancy its registers
     allow that left the memory short of loads in flight (on the H200, INT4 per token ran 14 % faster with this and
-    the three-operation division, ``benchmarks/results/act_quant_row_steps_h200.md``)."""
+    the three-operation division, ``benchmarks/results/act_quant_row_steps_h200.md``).
+    CLAMP: saturate the scaled values to the grid (``_encode``); off only where the scales keep them on it.
+    WORDS (plain bfloat16 x with an even row stride, not chunked): x loads as int32 words of element pairs
+    (``_load_plain``, ``_widen``)."""
     launch_dependents(LAUNCH_DEPENDENTS)
     wait_for_producer(USE_GDC)
     pid_m = tl.program_id(0)
@@ -327,30 +378,32 @@ def _act_quant_kernel(
         for c0 in range(0, K, CHUNK):
             y = _load(x_ptr, h_ptr, norm_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, eps,
                       BLOCK_M, CHUNK, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
-            _store_codes(_encode(_divide(y, safe), ELEMENT_INT4, ELEMENT_INT8), packed_ptr, rows, c0, M, K, stride_pm,
-                         ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR, BLOCK_M, CHUNK)
+            codes = _encode(_divide(y, safe, SCALE_KIND == 2), ELEMENT_INT4, ELEMENT_INT8, CLAMP)
+            _store_codes(codes, packed_ptr, rows, c0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR,
+                         BLOCK_M, CHUNK)
         tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])
     elif ROW_STEPS > 1:
         pid_k = tl.program_id(1)
-        cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        col_ok = (cols < K)[None, :]
         rows = pid_m * ROW_STEPS * BLOCK_M + tl.arange(0, BLOCK_M)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(rows < M)[:, None] & col_ok, other=0.0)
+        x = _load_plain(x_ptr, rows, rows < M, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, WORDS)
         for step in range(ROW_STEPS):
             next_rows = rows + BLOCK_M
-            next_ok = (next_rows < M) & (step + 1 < ROW_STEPS)
-            x_next = tl.load(x_ptr + next_rows[:, None] * stride_xm + cols[None, :], mask=next_ok[:, None] & col_ok,
-                             other=0.0)
-            _quantize_tile(x.to(tl.float32), rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales,
-                           stride_pm, stride_sm, clip_ratio, max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, GROUP,
-                           OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
+            x_next = _load_plain(x_ptr, next_rows, (next_rows < M) & (step + 1 < ROW_STEPS), pid_k, K, stride_xm,
+                                 BLOCK_M, BLOCK_K, WORDS)
+            _quantize_tile(_widen(x, BLOCK_M, BLOCK_K, WORDS), rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M,
+                           K, n_scales, stride_pm, stride_sm, clip_ratio, max_value, ELEMENT_INT4, ELEMENT_INT8,
+                           SCALE_KIND, GROUP, CLAMP, OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
             x = x_next
             rows = next_rows
     else:
         pid_k = tl.program_id(1)
         cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        y = _load(x_ptr, h_ptr, norm_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, eps, BLOCK_M, BLOCK_K, HAD_BLOCK,
-                  HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
+        if WORDS:  # plain bfloat16 x
+            y = _widen(_load_plain(x_ptr, rows, row_ok, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, True), BLOCK_M,
+                       BLOCK_K, True)
+        else:
+            y = _load(x_ptr, h_ptr, norm_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, eps, BLOCK_M, BLOCK_K,
+                      HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
         if PROLOGUE == 1:  # y is in x's dtype already: the cast is exact
             tl.store(normed_ptr + rows[:, None] * stride_xm + cols[None, :], y.to(normed_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & (cols < K)[None, :])
@@ -359,8 +412,8 @@ def _act_quant_kernel(
             tl.atomic_max(tensor_amax_ptr, tile_amax.to(tl.int32, bitcast=True))
         else:
             _quantize_tile(y, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales, stride_pm,
-                           stride_sm, clip_ratio, max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, GROUP, OUT_FP8,
-                           DP4A_FOR, BLOCK_M, BLOCK_K)
+                           stride_sm, clip_ratio, max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, GROUP, CLAMP,
+                           OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
 
 
 @lru_cache(maxsize=None)
@@ -409,8 +462,8 @@ _act_quant_autotuned = triton.autotune(
        for w in (4, 8)]
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps), num_warps=w) for steps in ROW_STEP_COUNTS
        for bm in (1, 2) for w in (4, 8)],
-    key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "ELEMENT_INT8", "SCALE_KIND", "GROUP", "HAD_BLOCK", "ROUND_BF16",
-         "ROUND_F16", "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
+    key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "ELEMENT_INT8", "SCALE_KIND", "GROUP", "CLAMP", "WORDS",
+         "HAD_BLOCK", "ROUND_BF16", "ROUND_F16", "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
     prune_configs_by=dict(early_config_prune=_prune_tiles),
 )(_act_quant_kernel)
 
@@ -476,6 +529,9 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
         clip_ratio=clip_ratio, max_value=element_named(element).max_value, eps=eps,
         inv_sqrt_b=hadamard_block ** -0.5 if hadamard_block else 1.0,
         ELEMENT_INT4=element == "int4", ELEMENT_INT8=element == "int8", SCALE_KIND=SCALE_KIND_IDS[scale_kind],
+        CLAMP=not (scale_kind == "float" and clip_ratio == 1.0),
+        WORDS=(x.dtype == torch.bfloat16 and not hadamard_block and not prologue and x.stride(0) % 2 == 0
+               and x.data_ptr() % 4 == 0),
         GROUP=group_size or block_k,
         HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
         ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes,

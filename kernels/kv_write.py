@@ -50,14 +50,15 @@ def _write_rows(x_ptr, stride_b, stride_h, stride_t, pos_ptr, codes_ptr, scale_p
         hi = tl.maximum(tl.reduce(xg, 2, _elementwise_max), 0.0) * clip
         scale = tl.math.div_rn(hi - lo, tl.full(hi.shape, max_value, tl.float32))
         safe = tl.where(scale > 0, scale, 1.0)
-        zero = _rint(_divide(-lo, safe))
-        levels = tl.minimum(tl.maximum(_rint(_divide(xg, safe[:, :, None])) + zero[:, :, None], 0.0), 15.0)
+        zero = _rint(_divide(-lo, safe, False))
+        levels = _rint(_divide(xg, safe[:, :, None], False)) + zero[:, :, None]
+        levels = tl.minimum(tl.maximum(levels, 0.0), 15.0)
         codes = levels.to(tl.int32)
     else:
         amax = tl.reduce(tl.abs(xg), 2, _elementwise_max) * clip
         scale = tl.math.div_rn(amax, tl.full(amax.shape, max_value, tl.float32))
         safe = tl.where(scale > 0, scale, 1.0)
-        codes = _encode(_divide(xg, safe[:, :, None]), ELEMENT == 0, False)
+        codes = _encode(_divide(xg, safe[:, :, None], False), ELEMENT == 0, False, True)
     low, high = tl.split(codes.reshape(BLOCK_R, D // 2, 2))
     tl.store(codes_ptr + destination[:, None] * (D // 2) + tl.arange(0, D // 2)[None, :],
              (low | (high << 4)).to(tl.uint8), mask=ok[:, None])

@@ -132,8 +132,11 @@ def test_no_tokens(backend):
 # ---------------------------------------------------------------------------
 
 
+ENCODE_HELPERS = {"int4": 2, "e2m1": 3, "int8": 4}  # run_helper's WHICH for _encode of each element
+
+
 @triton.jit
-def _helper_kernel(x_ptr, y_ptr, n, WHICH: tl.constexpr, BLOCK: tl.constexpr):
+def _helper_kernel(x_ptr, y_ptr, n, WHICH: tl.constexpr, CLAMP: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + offs, mask=offs < n, other=0.0)
     if WHICH == 0:
@@ -141,13 +144,13 @@ def _helper_kernel(x_ptr, y_ptr, n, WHICH: tl.constexpr, BLOCK: tl.constexpr):
     elif WHICH == 1:
         y = act_quant._e8m0_scale(x)
     else:
-        y = act_quant._encode(x, WHICH == 2, WHICH == 4).to(tl.float32)
+        y = act_quant._encode(x, WHICH == 2, WHICH == 4, CLAMP).to(tl.float32)
     tl.store(y_ptr + offs, y, mask=offs < n)
 
 
-def run_helper(x: torch.Tensor, which: int) -> torch.Tensor:
+def run_helper(x: torch.Tensor, which: int, clamp: bool = True) -> torch.Tensor:
     y = torch.empty_like(x)
-    _helper_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), WHICH=which, BLOCK=1024)
+    _helper_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), WHICH=which, CLAMP=clamp, BLOCK=1024)
     return y
 
 
@@ -175,17 +178,36 @@ def test_e8m0_scale_matches():
 def test_element_rounding_and_codes_match_the_format(element):
     fmt = element_named(element)
     v = neighbourhood(torch.cat([fmt.grid(), -fmt.grid(), torch.tensor([-9.0, 9.0, 100.0, -100.0])]))
-    codes = run_helper(v, 2 if element == "int4" else 3).to(torch.uint8)
+    codes = run_helper(v, ENCODE_HELPERS[element]).to(torch.uint8)
     expected = fmt.round(v)
     assert torch.equal(code_values(fmt)[codes.long()], expected)
     assert torch.equal(codes[expected == 0], torch.zeros_like(codes[expected == 0]))  # no negative zero code
+
+
+@pytest.mark.parametrize("element", ["int4", "e2m1", "int8"])
+def test_unclamped_rounding_holds_up_to_the_quotients_overshoot(element):
+    """Without CLAMP the codes are the format's for every v a per-token float scale without clipping gives: the
+    grid, ties and neighbours, out to the largest level times (1 + 2^-21)."""
+    fmt = element_named(element)
+    top = float(fmt.max_value)
+    v = neighbourhood(torch.cat([fmt.grid().float(), -fmt.grid().float()]))
+    v = torch.cat([v[v.abs() <= top], torch.tensor([top * (1 + 2.0**-21), -top * (1 + 2.0**-21)])])
+    assert v.abs().max() > top  # the overshoot is in the test
+    out = run_helper(v, ENCODE_HELPERS[element], clamp=False)
+    expected = fmt.round(v)
+    if element == "int8":
+        assert torch.equal(out, expected)
+    else:
+        codes = out.to(torch.uint8)
+        assert torch.equal(code_values(fmt)[codes.long()], expected)
+        assert torch.equal(codes[expected == 0], torch.zeros_like(codes[expected == 0]))
 
 
 def test_int8_rounding_gives_the_levels_of_the_format():
     """INT8 comes out as the level itself: every level, the ties between them (to even), beyond the range."""
     fmt = element_named("int8")
     v = neighbourhood(torch.cat([fmt.grid().float(), torch.tensor([-129.0, 128.5, 300.0, -1e6, 1e6])]))
-    assert torch.equal(run_helper(v, 4), fmt.round(v))
+    assert torch.equal(run_helper(v, ENCODE_HELPERS["int8"]), fmt.round(v))
 
 
 # ---------------------------------------------------------------------------
@@ -887,6 +909,22 @@ def test_row_blocks_walked_in_turn_equal_twin(case, monkeypatch):
             assert torch.equal(fp8[0].view(torch.uint8), whole[0].view(torch.uint8)) and torch.equal(fp8[1], whole[1])
             dp4a = act_quant.quantize_activations_triton(x, element, group, kind, clip, dp4a_for=element)
             assert torch.equal(dp4a[0], quantize_activations_ref(x, element, group, kind, clip, dp4a_for=element)[0])
+
+
+@pytest.mark.parametrize("case", ["e2m1-tok", "int4-g64", "mxfp4"])
+def test_bfloat16_word_loads_and_unaligned_rows_equal_twin(case, monkeypatch):
+    """Plain bfloat16 x loads as int32 words of element pairs (WORDS), one block or three in turn a program; rows
+    that start at an odd element or have an odd stride cannot, and load element by element: all equal the twin."""
+    (element, group, kind, clip), _ = ACT_CASES[case]
+    x = activations(9, 256, element, group, torch.bfloat16, seed=3)
+    odd_stride, odd_offset = torch.zeros(9, 257, dtype=torch.bfloat16), torch.zeros(9, 258, dtype=torch.bfloat16)
+    odd_stride[:, :256], odd_offset[:, 1:257] = x, x
+    for x in (x, odd_stride[:, :256], odd_offset[:, 1:257]):
+        want = quantize_activations_ref(x, element, group, kind, clip)
+        for steps in (1, 3):
+            monkeypatch.setattr(act_quant, "INTERPRET_ROW_STEPS", steps)
+            got = act_quant.quantize_activations_triton(x, element, group, kind, clip)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 def test_autotune_k_steps_fit_the_scale_groups():
