@@ -193,22 +193,25 @@ def _encode(v, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl
     The sign bit goes on where v < -0.25, the values whose magnitude does not round to 0: the sign
     bit of v + 0.25 (exact there), moved to bit 3.
 
-    CLAMP: saturate v to the grid first. Without it v must already be within half a step of the
-    grid's ends, as per-token float scales without clipping leave it (|x| <= amax, so |v| exceeds
-    the largest level by at most the scale's and the quotient's rounding); that saves the ALU two
-    min/max operations an element.
+    CLAMP (``clamp_kind``): 2 saturates v to the grid first; 1 only from above (INT4 / INT8: v
+    already rounds to the lowest level or above); 0 not at all (v already rounds onto the grid).
+    Each saturation it leaves out saves the ALU a min or max an element.
     """
     if ELEMENT_INT8:
-        if CLAMP:
-            v = tl.minimum(tl.maximum(v, -128.0), 127.0)
+        if CLAMP == 2:
+            v = tl.maximum(v, -128.0)
+        if CLAMP > 0:
+            v = tl.minimum(v, 127.0)
         codes = (v + ROUND_MAGIC).to(tl.int32, bitcast=True) - ROUND_MAGIC_BITS
     elif ELEMENT_INT4:
-        if CLAMP:
-            v = tl.minimum(tl.maximum(v, -8.0), 7.0)
+        if CLAMP == 2:
+            v = tl.maximum(v, -8.0)
+        if CLAMP > 0:
+            v = tl.minimum(v, 7.0)
         codes = (v + ROUND_MAGIC).to(tl.int32, bitcast=True) & 0xF
     else:
         a = tl.abs(v)
-        if CLAMP:
+        if CLAMP > 0:
             a = tl.minimum(a, 6.0)
         exponent_bits = tl.maximum(a, 1.0).to(tl.int32, bitcast=True) & 0x7F800000  # E << 23
         magic_bits = exponent_bits + ((22 << 23) | 0x400000)
@@ -359,7 +362,7 @@ def _act_quant_kernel(
     only until its rows arrive, then none while it reduces, divides and stores, and at the occupancy its registers
     allow that left the memory short of loads in flight (on the H200, INT4 per token ran 14 % faster with this and
     the three-operation division, ``benchmarks/results/act_quant_row_steps_h200.md``).
-    CLAMP: saturate the scaled values to the grid (``_encode``); off only where the scales keep them on it.
+    CLAMP (``clamp_kind``): how far the scaled values are saturated to the grid (``_encode``).
     WORDS (plain bfloat16 x with an even row stride, not chunked): x loads as int32 words of element pairs
     (``_load_plain``, ``_widen``)."""
     launch_dependents(LAUNCH_DEPENDENTS)
@@ -468,6 +471,24 @@ _act_quant_autotuned = triton.autotune(
 )(_act_quant_kernel)
 
 
+def clamp_kind(element: str, scale_kind: str, clip_ratio: float) -> int:
+    """The activation kernel's CLAMP (``_encode``) for these scales: 0 where every scaled value already rounds
+    onto the grid, 1 where only values above it can fall off (integers), 2 otherwise.
+
+    A float scale is amax * clip_ratio / max_value, so |x / scale| <= max_value / clip_ratio, times
+    (1 + 2^-20) for the roundings of the scale and the quotient. Integers round below max_value + 0.5 onto the
+    grid and from -(max_value + 1.5) up onto -(max_value + 1) or above, its lowest level; E2M1 rounds below 7
+    to 6 at most. Block scales (E4M3, E8M0) can leave values far beyond the largest level.
+    """
+    if scale_kind != "float":
+        return 2
+    max_value = element_named(element).max_value
+    reach = max_value / clip_ratio * (1 + 2.0**-20)
+    if element == "e2m1":
+        return 0 if reach < 7.0 else 2
+    return 0 if reach < max_value + 0.5 else 1 if reach < max_value + 1.5 else 2
+
+
 def quantize_activations_triton(
     x: torch.Tensor, element: str, group_size: int = 0, scale_kind: str = "float",
     clip_ratio: float = 1.0, hadamard_block: int = 0, fp8_codes: bool = False, dp4a_for: str | None = None,
@@ -529,7 +550,7 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
         clip_ratio=clip_ratio, max_value=element_named(element).max_value, eps=eps,
         inv_sqrt_b=hadamard_block ** -0.5 if hadamard_block else 1.0,
         ELEMENT_INT4=element == "int4", ELEMENT_INT8=element == "int8", SCALE_KIND=SCALE_KIND_IDS[scale_kind],
-        CLAMP=not (scale_kind == "float" and clip_ratio == 1.0),
+        CLAMP=clamp_kind(element, scale_kind, clip_ratio),
         WORDS=(x.dtype == torch.bfloat16 and not hadamard_block and not prologue and x.stride(0) % 2 == 0
                and x.data_ptr() % 4 == 0),
         GROUP=group_size or block_k,

@@ -58,7 +58,7 @@ def _write_rows(x_ptr, stride_b, stride_h, stride_t, pos_ptr, codes_ptr, scale_p
         amax = tl.reduce(tl.abs(xg), 2, _elementwise_max) * clip
         scale = tl.math.div_rn(amax, tl.full(amax.shape, max_value, tl.float32))
         safe = tl.where(scale > 0, scale, 1.0)
-        codes = _encode(_divide(xg, safe[:, :, None], False), ELEMENT == 0, False, True)
+        codes = _encode(_divide(xg, safe[:, :, None], False), ELEMENT == 0, False, 2)
     low, high = tl.split(codes.reshape(BLOCK_R, D // 2, 2))
     tl.store(codes_ptr + destination[:, None] * (D // 2) + tl.arange(0, D // 2)[None, :],
              (low | (high << 4)).to(tl.uint8), mask=ok[:, None])

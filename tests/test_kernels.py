@@ -148,7 +148,7 @@ def _helper_kernel(x_ptr, y_ptr, n, WHICH: tl.constexpr, CLAMP: tl.constexpr, BL
     tl.store(y_ptr + offs, y, mask=offs < n)
 
 
-def run_helper(x: torch.Tensor, which: int, clamp: bool = True) -> torch.Tensor:
+def run_helper(x: torch.Tensor, which: int, clamp: int = 2) -> torch.Tensor:
     y = torch.empty_like(x)
     _helper_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), WHICH=which, CLAMP=clamp, BLOCK=1024)
     return y
@@ -184,16 +184,20 @@ def test_element_rounding_and_codes_match_the_format(element):
     assert torch.equal(codes[expected == 0], torch.zeros_like(codes[expected == 0]))  # no negative zero code
 
 
+@pytest.mark.parametrize("clip", [1.0, 0.9, 0.85, 0.8])
 @pytest.mark.parametrize("element", ["int4", "e2m1", "int8"])
-def test_unclamped_rounding_holds_up_to_the_quotients_overshoot(element):
-    """Without CLAMP the codes are the format's for every v a per-token float scale without clipping gives: the
-    grid, ties and neighbours, out to the largest level times (1 + 2^-21)."""
+def test_partial_saturation_holds_for_every_value_its_scales_give(element, clip):
+    """With clamp_kind's CLAMP for per-token float scales clipped at ``clip``, the codes are the format's for every
+    value those scales can give: the grid, its ties and their neighbours, out to the largest level / clip times
+    (1 + 2^-21) either way."""
     fmt = element_named(element)
-    top = float(fmt.max_value)
-    v = neighbourhood(torch.cat([fmt.grid().float(), -fmt.grid().float()]))
-    v = torch.cat([v[v.abs() <= top], torch.tensor([top * (1 + 2.0**-21), -top * (1 + 2.0**-21)])])
-    assert v.abs().max() > top  # the overshoot is in the test
-    out = run_helper(v, ENCODE_HELPERS[element], clamp=False)
+    clamp = act_quant.clamp_kind(element, "float", clip)
+    reach = float(fmt.max_value) / clip * (1 + 2.0**-21)
+    grid = fmt.grid().float()
+    v = neighbourhood(torch.cat([grid, -grid, grid + 1, -grid - 1, torch.tensor([reach, -reach])]))
+    v = v[v.abs() <= reach]
+    assert v.abs().max() > fmt.max_value  # values beyond the grid are in the test
+    out = run_helper(v, ENCODE_HELPERS[element], clamp=clamp)
     expected = fmt.round(v)
     if element == "int8":
         assert torch.equal(out, expected)
@@ -201,6 +205,13 @@ def test_unclamped_rounding_holds_up_to_the_quotients_overshoot(element):
         codes = out.to(torch.uint8)
         assert torch.equal(code_values(fmt)[codes.long()], expected)
         assert torch.equal(codes[expected == 0], torch.zeros_like(codes[expected == 0]))
+
+
+def test_clamp_kinds_leave_out_only_what_cannot_overflow():
+    assert [act_quant.clamp_kind("int4", "float", c) for c in (1.0, 0.95, 0.9, 0.83, 0.8)] == [0, 0, 1, 1, 2]
+    assert [act_quant.clamp_kind("e2m1", "float", c) for c in (1.0, 0.9, 0.86, 0.85)] == [0, 0, 0, 2]
+    assert [act_quant.clamp_kind("int8", "float", c) for c in (1.0, 0.997, 0.99, 0.98)] == [0, 0, 1, 2]
+    assert act_quant.clamp_kind("e2m1", "e4m3", 1.0) == act_quant.clamp_kind("e2m1", "e8m0", 1.0) == 2
 
 
 def test_int8_rounding_gives_the_levels_of_the_format():
