@@ -438,7 +438,8 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
     while the fixed tile had passed every fused case: rotations stay on the fixed tile.
     Chunked configs (``CHUNK``) are for per-token rows wider than the chunk, without a rotation or an RMSNorm
     prologue; configs of several row blocks a program (``ROW_STEPS``) for plain x (no rotation, no prologue, not the
-    amax launch) and at least that many rows.
+    amax launch) and at least that many rows, on 16 warps only for blocks of 8K elements or more (at K = 14336
+    16 warps' registers hold a row twice, the current block and the next, where 8 warps' hold it once).
     """
     args = {**named_args, **kwargs}
     whole = [c for c in configs if c.kwargs["CHUNK"] == 0 and c.kwargs["ROW_STEPS"] == 1]
@@ -451,7 +452,8 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
     kept = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["ROW_STEPS"] <= args["M_BUCKET"]
             and 2048 <= c.kwargs["BLOCK_M"] * (c.kwargs["CHUNK"] or args["BLOCK_K"]) <= 32768
             and (c.kwargs["CHUNK"] == 0 or (chunkable and c.kwargs["CHUNK"] < args["BLOCK_K"]))
-            and (c.kwargs["ROW_STEPS"] == 1 or plain)]
+            and (c.kwargs["ROW_STEPS"] == 1 or plain)
+            and (c.kwargs["ROW_STEPS"] == 1 or c.num_warps < 16 or c.kwargs["BLOCK_M"] * args["BLOCK_K"] >= 8192)]
     return kept or [c for c in whole if c.kwargs["BLOCK_M"] == 1]
 
 
@@ -464,7 +466,7 @@ _act_quant_autotuned = triton.autotune(
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
        for w in (4, 8)]
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps), num_warps=w) for steps in ROW_STEP_COUNTS
-       for bm in (1, 2) for w in (4, 8)],
+       for bm in (1, 2) for w in (4, 8, 16)],
     key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "ELEMENT_INT8", "SCALE_KIND", "GROUP", "CLAMP", "WORDS",
          "HAD_BLOCK", "ROUND_BF16", "ROUND_F16", "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
     prune_configs_by=dict(early_config_prune=_prune_tiles),
