@@ -439,7 +439,8 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
     Chunked configs (``CHUNK``) are for per-token rows wider than the chunk, without a rotation or an RMSNorm
     prologue; configs of several row blocks a program (``ROW_STEPS``) for plain x (no rotation, no prologue, not the
     amax launch) and at least that many rows, on 16 warps only for blocks of 8K elements or more (at K = 14336
-    16 warps' registers hold a row twice, the current block and the next, where 8 warps' hold it once).
+    16 warps' registers hold a row twice, the current block and the next, where 8 warps' hold it once); on one or
+    two warps up to 128 elements a thread (a row a warp reduces its absmax without a barrier).
     """
     args = {**named_args, **kwargs}
     whole = [c for c in configs if c.kwargs["CHUNK"] == 0 and c.kwargs["ROW_STEPS"] == 1]
@@ -453,7 +454,8 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
             and 2048 <= c.kwargs["BLOCK_M"] * (c.kwargs["CHUNK"] or args["BLOCK_K"]) <= 32768
             and (c.kwargs["CHUNK"] == 0 or (chunkable and c.kwargs["CHUNK"] < args["BLOCK_K"]))
             and (c.kwargs["ROW_STEPS"] == 1 or plain)
-            and (c.kwargs["ROW_STEPS"] == 1 or c.num_warps < 16 or c.kwargs["BLOCK_M"] * args["BLOCK_K"] >= 8192)]
+            and (c.kwargs["ROW_STEPS"] == 1 or c.num_warps < 16 or c.kwargs["BLOCK_M"] * args["BLOCK_K"] >= 8192)
+            and (c.num_warps >= 4 or c.kwargs["BLOCK_M"] * args["BLOCK_K"] <= 128 * 32 * c.num_warps)]
     return kept or [c for c in whole if c.kwargs["BLOCK_M"] == 1]
 
 
@@ -463,6 +465,7 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
 _act_quant_autotuned = triton.autotune(
     configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64)
              for w in (4, 8, 16)]
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1), num_warps=w) for bm in (1, 2) for w in (1, 2)]
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
        for w in (4, 8)]
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps), num_warps=w) for steps in ROW_STEP_COUNTS
