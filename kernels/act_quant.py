@@ -348,7 +348,7 @@ def _act_quant_kernel(
     HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
     LAUNCH_DEPENDENTS: tl.constexpr, USE_GDC: tl.constexpr, PROLOGUE: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, ROW_STEPS: tl.constexpr, ROW_STAGES: tl.constexpr,
+    BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, ROW_STEPS: tl.constexpr,
 ):
     """DP4A_FOR: 0 packs two codes a byte; 1 (2) writes each code's value as a signed byte in the decode
     kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``. LAUNCH_DEPENDENTS: the next kernel (the
@@ -385,15 +385,6 @@ def _act_quant_kernel(
             _store_codes(codes, packed_ptr, rows, c0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR,
                          BLOCK_M, CHUNK)
         tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])
-    elif ROW_STEPS > 1 and ROW_STAGES > 0:
-        pid_k = tl.program_id(1)
-        first = pid_m * ROW_STEPS * BLOCK_M
-        for step in tl.range(ROW_STEPS, num_stages=ROW_STAGES):  # loads go ahead through shared memory (cp.async)
-            rows = first + step * BLOCK_M + tl.arange(0, BLOCK_M)
-            x = _load_plain(x_ptr, rows, rows < M, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, WORDS)
-            _quantize_tile(_widen(x, BLOCK_M, BLOCK_K, WORDS), rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M,
-                           K, n_scales, stride_pm, stride_sm, clip_ratio, max_value, ELEMENT_INT4, ELEMENT_INT8,
-                           SCALE_KIND, GROUP, CLAMP, OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
     elif ROW_STEPS > 1:
         pid_k = tl.program_id(1)
         rows = pid_m * ROW_STEPS * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -472,12 +463,12 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
 # width and M bucket on a GPU (the interpreter takes _tile's, unchunked unless INTERPRET_CHUNK is set, one block a
 # program unless INTERPRET_ROW_STEPS is).
 _act_quant_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, ROW_STAGES=0), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64)
+    configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64)
              for w in (4, 8, 16)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, ROW_STAGES=0), num_warps=w) for bm in (1, 2) for w in (1, 2)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1, ROW_STAGES=0), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1), num_warps=w) for bm in (1, 2) for w in (1, 2)]
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
        for w in (4, 8)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps, ROW_STAGES=0), num_warps=w) for steps in ROW_STEP_COUNTS
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps), num_warps=w) for steps in ROW_STEP_COUNTS
        for bm in (1, 2) for w in (4, 8, 16)],
     key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "ELEMENT_INT8", "SCALE_KIND", "GROUP", "CLAMP", "WORDS",
          "HAD_BLOCK", "ROUND_BF16", "ROUND_F16", "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
@@ -582,10 +573,9 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
                  and 0 < INTERPRET_CHUNK < block_k else 0)
         steps = INTERPRET_ROW_STEPS if not (chunk or hadamard_block or prologue) else 1
         launch.update(BLOCK_M=block_m, CHUNK=chunk, num_warps=4)
-        amax_kernel = partial(_act_quant_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))], ROW_STEPS=1,
-                              ROW_STAGES=0)
+        amax_kernel = partial(_act_quant_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))], ROW_STEPS=1)
         kernel = partial(_act_quant_kernel[(triton.cdiv(m, block_m * steps), 1 if chunk else triton.cdiv(k, block_k))],
-                         ROW_STEPS=steps, ROW_STAGES=0)
+                         ROW_STEPS=steps)
     else:
         kernel = amax_kernel = _act_quant_autotuned[lambda meta: (triton.cdiv(m, meta["BLOCK_M"] * meta["ROW_STEPS"]),
                                                                   1 if meta["CHUNK"] else triton.cdiv(k, block_k))]
