@@ -127,7 +127,7 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
     types = ["*bf16", "*fp32", "*bf16", "*bf16", "*u8", "*fp32", "*fp32"] + ["i32"] * 7 + ["fp32"] * 4
     signature = dict(zip(names, types))
     block_k = triton.next_power_of_2(k)
-    constants = dict(ELEMENT_INT4=element == "int4", ELEMENT_INT8=False, SCALE_KIND=0, GROUP=block_k, CLAMP=False,
+    constants = dict(ELEMENT_INT4=element == "int4", ELEMENT_INT8=False, SCALE_KIND=0, GROUP=block_k, CLAMP=0,
                      WORDS=True, HAD_BLOCK=0,
                      HB=1, DOT_F32=False, ROUND_BF16=True, ROUND_F16=False, AMAX_ONLY=False, OUT_FP8=fp8_codes,
                      DP4A_FOR=0, LAUNCH_DEPENDENTS=False, USE_GDC=False, PROLOGUE=0, BLOCK_M=config[0],
