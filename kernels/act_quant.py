@@ -222,8 +222,21 @@ def _encode(v, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl
 
 
 @triton.jit
-def _divide(y, s, POW2: tl.constexpr):
-    """y / s rounded to nearest even (IEEE), s > 0 broadcast against y; as the twin's division.
+def _lowest(max_value, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr):
+    """The element's lowest level: -(max_value + 1) for the integers, -max_value for E2M1."""
+    if ELEMENT_INT4 or ELEMENT_INT8:
+        lowest = -max_value - 1.0
+    else:
+        lowest = -max_value
+    return lowest
+
+
+@triton.jit
+def _divide(y, s, low, high, POW2: tl.constexpr):
+    """y / s rounded to nearest even (IEEE), s > 0 broadcast against y; as the twin's division. Where the tile
+    takes the per-element fallback below, the quotient is saturated to [low, high] as well: a divisor below 2^-96
+    may be subnormal, and a subnormal scale can be off amax / max_value by far more than the relative rounding
+    ``clamp_kind``'s bound assumes (a row of amax 7 subnormal steps gets the scale of one step for E2M1).
 
     POW2: every s is a power of two from 2^-127 to 2^127 (E8M0 scales). Its reciprocal is then exact, and
     y * (1 / s) is the correctly rounded quotient in one operation an element.
@@ -235,15 +248,16 @@ def _divide(y, s, POW2: tl.constexpr):
     so any tile holding such a divisor (or one above it) takes ``div_rn`` per element: a
     reciprocal, its refinement and a branch, which bound the kernel's speed before.
     """
-    in_range = (s >= 1.262177448353619e-29) & (s < 7.922816251426434e+28)
     if POW2:
         q = y * tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
-    elif tl.reduce(in_range.to(tl.int32), None, _elementwise_min) > 0:
-        r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
-        q0 = y * r
-        q = tl.fma(tl.fma(q0, -s, y), r, q0)  # -s, not -q0: compiled, -q0 became a second product y * -r
     else:
-        q = tl.math.div_rn(y, tl.broadcast_to(s, y.shape))
+        in_range = (s >= 1.262177448353619e-29) & (s < 7.922816251426434e+28)
+        if tl.reduce(in_range.to(tl.int32), None, _elementwise_min) > 0:
+            r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+            q0 = y * r
+            q = tl.fma(tl.fma(q0, -s, y), r, q0)  # -s, not -q0: compiled, -q0 became a second product y * -r
+        else:
+            q = tl.minimum(tl.maximum(tl.math.div_rn(y, tl.broadcast_to(s, y.shape)), low), high)
     return q
 
 
@@ -330,7 +344,8 @@ def _quantize_tile(y, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K,
     yg = y.reshape(BLOCK_M, groups, GROUP)
     scale = _scales(tl.reduce(tl.abs(yg), 2, _elementwise_max), tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND)
     safe = tl.where(scale > 0, scale, 1.0)
-    codes = _encode(_divide(yg, safe[:, :, None], SCALE_KIND == 2), ELEMENT_INT4, ELEMENT_INT8, CLAMP)
+    q = _divide(yg, safe[:, :, None], _lowest(max_value, ELEMENT_INT4, ELEMENT_INT8), max_value, SCALE_KIND == 2)
+    codes = _encode(q, ELEMENT_INT4, ELEMENT_INT8, CLAMP)
     codes = codes.reshape(BLOCK_M, BLOCK_K)
     _store_codes(codes, packed_ptr, rows, pid_k * BLOCK_K, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8,
                  OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
@@ -381,7 +396,8 @@ def _act_quant_kernel(
         for c0 in range(0, K, CHUNK):
             y = _load(x_ptr, h_ptr, norm_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, eps,
                       BLOCK_M, CHUNK, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
-            codes = _encode(_divide(y, safe, SCALE_KIND == 2), ELEMENT_INT4, ELEMENT_INT8, CLAMP)
+            q = _divide(y, safe, _lowest(max_value, ELEMENT_INT4, ELEMENT_INT8), max_value, SCALE_KIND == 2)
+            codes = _encode(q, ELEMENT_INT4, ELEMENT_INT8, CLAMP)
             _store_codes(codes, packed_ptr, rows, c0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR,
                          BLOCK_M, CHUNK)
         tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])

@@ -28,6 +28,8 @@ from .flash_decode import ELEMENT_IDS
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import packed_kv_element
 
+FLOAT_MAX = tl.constexpr(3.4028234663852886e38)  # _divide's saturation left out: the levels are clamped after
+
 ROWS_PER_PROGRAM = 8
 
 
@@ -50,15 +52,15 @@ def _write_rows(x_ptr, stride_b, stride_h, stride_t, pos_ptr, codes_ptr, scale_p
         hi = tl.maximum(tl.reduce(xg, 2, _elementwise_max), 0.0) * clip
         scale = tl.math.div_rn(hi - lo, tl.full(hi.shape, max_value, tl.float32))
         safe = tl.where(scale > 0, scale, 1.0)
-        zero = _rint(_divide(-lo, safe, False))
-        levels = _rint(_divide(xg, safe[:, :, None], False)) + zero[:, :, None]
+        zero = _rint(_divide(-lo, safe, -FLOAT_MAX, FLOAT_MAX, False))
+        levels = _rint(_divide(xg, safe[:, :, None], -FLOAT_MAX, FLOAT_MAX, False)) + zero[:, :, None]
         levels = tl.minimum(tl.maximum(levels, 0.0), 15.0)
         codes = levels.to(tl.int32)
     else:
         amax = tl.reduce(tl.abs(xg), 2, _elementwise_max) * clip
         scale = tl.math.div_rn(amax, tl.full(amax.shape, max_value, tl.float32))
         safe = tl.where(scale > 0, scale, 1.0)
-        codes = _encode(_divide(xg, safe[:, :, None], False), ELEMENT == 0, False, 2)
+        codes = _encode(_divide(xg, safe[:, :, None], -FLOAT_MAX, FLOAT_MAX, False), ELEMENT == 0, False, 2)
     low, high = tl.split(codes.reshape(BLOCK_R, D // 2, 2))
     tl.store(codes_ptr + destination[:, None] * (D // 2) + tl.arange(0, D // 2)[None, :],
              (low | (high << 4)).to(tl.uint8), mask=ok[:, None])

@@ -298,6 +298,22 @@ def test_triton_quantize_scales_far_from_one_equal_twin(case, dtype):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+@pytest.mark.parametrize("case", ["e2m1-tok", "int4-g64", "int4-tok-clip0.9"])
+def test_triton_quantize_subnormal_scales_saturate_like_the_twin(case):
+    """Rows whose amax is a few fp32 subnormal steps: the scale amax / max_value rounds to a whole step, far from
+    the relative rounding clamp_kind's bound assumes, and values land past the grid's end (7 steps / RN(7/6) = 7
+    for E2M1). The kernel saturates them there as the twin does, where its saturation is otherwise left out."""
+    (element, group, kind, clip), _ = ACT_CASES[case]
+    tiny = 2.0**-149
+    x = torch.zeros(24, 64)
+    for r, steps in enumerate(range(1, 25)):
+        x[r, :2 * steps + 1] = torch.arange(-steps, steps + 1) * tiny
+    assert (x[x != 0].abs() < 2.0**-126).all()  # subnormal
+    want = quantize_activations_ref(x, element, group, kind, clip)
+    got = kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("block", [16, 32, 256])
 @pytest.mark.parametrize("case", ["int4-tok-clip0.9", "nvfp4", "mxfp4"])
