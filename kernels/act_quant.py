@@ -40,7 +40,6 @@ from transforms.hadamard import sylvester_hadamard
 
 from .reference import PROLOGUES, check_activation_args, check_prologue_args
 from .rounding import _round_to_bf16, _round_to_dtype
-from .w4a4_gemm import code_operand
 from .pdl import launch_dependents, pdl_flags, uses_pdl, wait_for_producer
 from .w4a4_gemv import _code_values
 
@@ -210,15 +209,51 @@ def _encode(v, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl
             v = tl.minimum(v, 7.0)
         codes = (v + ROUND_MAGIC).to(tl.int32, bitcast=True) & 0xF
     else:
-        a = tl.abs(v)
-        if CLAMP > 0:
-            a = tl.minimum(a, 6.0)
-        exponent_bits = tl.maximum(a, 1.0).to(tl.int32, bitcast=True) & 0x7F800000  # E << 23
-        magic_bits = exponent_bits + ((22 << 23) | 0x400000)
-        steps = (a + _bits_to_float(magic_bits)).to(tl.int32, bitcast=True) - magic_bits
-        index = steps + (exponent_bits >> 22) - 254
+        total, magic_bits = _e2m1_sum(v, CLAMP)
+        steps = total.to(tl.int32, bitcast=True) - magic_bits
+        index = steps + (magic_bits >> 22) - 299  # (magic_bits >> 22) = 2 E + 45
         codes = index | (((v + 0.25).to(tl.int32, bitcast=True) >> 28) & 8)
     return codes
+
+
+@triton.jit
+def _e2m1_sum(v, CLAMP: tl.constexpr):
+    """|v| (saturated at 6 with CLAMP) plus the magic number 1.5 * 2^(E + 22), E the exponent of max(|v|, 1): the
+    sum rounds |v| to E2M1's step (ties to even), and the magic number's bits (``_encode``)."""
+    a = tl.abs(v)
+    if CLAMP > 0:
+        a = tl.minimum(a, 6.0)
+    magic_bits = (tl.maximum(a, 1.0).to(tl.int32, bitcast=True) & 0x7F800000) + ((22 << 23) | 0x400000)
+    return a + _bits_to_float(magic_bits), magic_bits
+
+
+@triton.jit
+def _grid_values(v, ELEMENT_INT4: tl.constexpr, CLAMP: tl.constexpr):
+    """v rounded onto the INT4 / E2M1 grid as fp32, as ``_encode`` rounds it, zeros +0: exact in FP8 E4M3, whose
+    conversion then gives the E4M3 codes (one instruction for two) where decoding ``_encode``'s codes took about seven
+    operations each. The magic sums less their magic numbers are the rounded magnitudes (INT4: the level itself,
+    the difference of equal numbers +0); E2M1 takes v + 0.25's sign, as its codes do."""
+    if ELEMENT_INT4:
+        if CLAMP == 2:
+            v = tl.maximum(v, -8.0)
+        if CLAMP > 0:
+            v = tl.minimum(v, 7.0)
+        values = (v + ROUND_MAGIC) - ROUND_MAGIC
+    else:
+        total, magic_bits = _e2m1_sum(v, CLAMP)
+        magnitude = (total - _bits_to_float(magic_bits)).to(tl.int32, bitcast=True)
+        values = _bits_to_float(magnitude | ((v + 0.25).to(tl.int32, bitcast=True) & -2147483648))
+    return values
+
+
+@triton.jit
+def _quantized(q, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl.constexpr, OUT_FP8: tl.constexpr):
+    """The scaled values q as ``_store_codes`` takes them: grid values for E4M3 bytes, else codes."""
+    if OUT_FP8:
+        out = _grid_values(q, ELEMENT_INT4, CLAMP)
+    else:
+        out = _encode(q, ELEMENT_INT4, ELEMENT_INT8, CLAMP)
+    return out
 
 
 @triton.jit
@@ -311,14 +346,13 @@ def _load(x_ptr, h_ptr, norm_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, eps, 
 @triton.jit
 def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr,
                  OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Write a (BLOCK_M, BLOCK_K) tile of codes whose first column is col0: packed two a byte, as E4M3 bytes, or
-    as the decode kernel's dp4a bytes (INT8 levels only so)."""
+    """Write a (BLOCK_M, BLOCK_K) tile of codes whose first column is col0: packed two a byte, as E4M3 bytes (OUT_FP8:
+    ``codes`` are the grid values, ``_quantized``), or as the decode kernel's dp4a bytes (INT8 levels only so)."""
     row_ok = rows < M
     if OUT_FP8:  # one E4M3 byte per element, for the FP8 GEMM
         cols = col0 + tl.arange(0, BLOCK_K)
         tl.store(packed_ptr + rows[:, None] * stride_pm + cols[None, :],
-                 code_operand(codes, ELEMENT_INT4, 1).to(tl.uint8, bitcast=True),
-                 mask=row_ok[:, None] & (cols < K)[None, :])
+                 codes.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=row_ok[:, None] & (cols < K)[None, :])
     elif DP4A_FOR > 0:  # signed bytes for the decode kernel's dp4a, written as int32 words (see _dp4a_words)
         values = codes if ELEMENT_INT8 else _code_values(codes, 0, ELEMENT_INT4)
         first, second = _dp4a_words(values, BLOCK_M, BLOCK_K, DP4A_FOR == 1)
@@ -345,7 +379,7 @@ def _quantize_tile(y, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K,
     scale = _scales(tl.reduce(tl.abs(yg), 2, _elementwise_max), tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND)
     safe = tl.where(scale > 0, scale, 1.0)
     q = _divide(yg, safe[:, :, None], _lowest(max_value, ELEMENT_INT4, ELEMENT_INT8), max_value, SCALE_KIND == 2)
-    codes = _encode(q, ELEMENT_INT4, ELEMENT_INT8, CLAMP)
+    codes = _quantized(q, ELEMENT_INT4, ELEMENT_INT8, CLAMP, OUT_FP8)
     codes = codes.reshape(BLOCK_M, BLOCK_K)
     _store_codes(codes, packed_ptr, rows, pid_k * BLOCK_K, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8,
                  OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
@@ -397,7 +431,7 @@ def _act_quant_kernel(
             y = _load(x_ptr, h_ptr, norm_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, eps,
                       BLOCK_M, CHUNK, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
             q = _divide(y, safe, _lowest(max_value, ELEMENT_INT4, ELEMENT_INT8), max_value, SCALE_KIND == 2)
-            codes = _encode(q, ELEMENT_INT4, ELEMENT_INT8, CLAMP)
+            codes = _quantized(q, ELEMENT_INT4, ELEMENT_INT8, CLAMP, OUT_FP8)
             _store_codes(codes, packed_ptr, rows, c0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR,
                          BLOCK_M, CHUNK)
         tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])

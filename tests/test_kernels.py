@@ -143,6 +143,8 @@ def _helper_kernel(x_ptr, y_ptr, n, WHICH: tl.constexpr, CLAMP: tl.constexpr, BL
         y = act_quant._round_e4m3(x)
     elif WHICH == 1:
         y = act_quant._e8m0_scale(x)
+    elif WHICH >= 5:  # grid values of INT4 (5) / E2M1 (6)
+        y = act_quant._grid_values(x, WHICH == 5, CLAMP)
     else:
         y = act_quant._encode(x, WHICH == 2, WHICH == 4, CLAMP).to(tl.float32)
     tl.store(y_ptr + offs, y, mask=offs < n)
@@ -205,6 +207,22 @@ def test_partial_saturation_holds_for_every_value_its_scales_give(element, clip)
         codes = out.to(torch.uint8)
         assert torch.equal(code_values(fmt)[codes.long()], expected)
         assert torch.equal(codes[expected == 0], torch.zeros_like(codes[expected == 0]))
+
+
+@pytest.mark.parametrize("clip", [1.0, 0.9])
+@pytest.mark.parametrize("element", ["int4", "e2m1"])
+def test_grid_values_are_the_formats_rounding_with_positive_zeros(element, clip):
+    """The fp32 values the E4M3-code path converts: the format's rounding of every grid point, tie and neighbour (out
+    to what per-token scales clipped at ``clip`` give, and far beyond with full saturation), zeros as +0."""
+    fmt = element_named(element)
+    reach = float(fmt.max_value) / clip * (1 + 2.0**-21)
+    v = neighbourhood(torch.cat([fmt.grid().float(), -fmt.grid().float(), torch.tensor([reach, -reach, 9.0, -9.0])]))
+    which = 5 if element == "int4" else 6
+    for clamp, values in ((act_quant.clamp_kind(element, "float", clip), v[v.abs() <= reach]), (2, v)):
+        out = run_helper(values, which, clamp=clamp)
+        expected = fmt.round(values)
+        assert torch.equal(out, expected)
+        assert (out[expected == 0].view(torch.int32) == 0).all()  # +0, not -0: E4M3 byte 0x00
 
 
 def test_clamp_kinds_leave_out_only_what_cannot_overflow():
