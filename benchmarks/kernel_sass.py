@@ -3,8 +3,8 @@
 For each autotuning config of the FPx one-row kernel (``kernels.fpx_gemm._fpx_row_kernel``),
 the W4A4 decode kernel (``kernels.w4a4_gemv._w4a4_gemv_kernel``, one row), the tensor-core decode
 kernel (``_w4a4_tc_kernel``, 16 rows: its wgmma count is IGMMA, QGMMA for E2M1 weights) or the
-activation kernel (``kernels.act_quant._act_quant_kernel``: per-token bfloat16 rows of ``--k``
-columns, the configs its autotuner keeps at prefill sizes; its count holds the per-element
+activation kernel (``kernels.act_quant._act_quant_kernel``: bfloat16 rows of ``--k`` columns, per token
+without clipping or NVFP4 / MXFP4 groups, the configs its autotuner keeps at prefill sizes; its count holds the per-element
 division fallback for scales outside 2^-96..2^96 too, which runs only there) it compiles
 the kernel with Triton for ``--arch`` (default sm_90, Hopper) as the JIT would on an aligned
 call (pointers, sizes and strides divisible by 16), disassembles the cubin with Triton's
@@ -37,9 +37,11 @@ from benchmarks.result_files import write_result_files  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
 KERNELS = ("fpx_row", "w4a4_gemv", "w4a4_tc", "act_quant")
-# act_quant --element: the activation element, and whether its codes are written as E4M3 bytes (the FP8 path).
-ACT_ELEMENTS = {"int4": ("int4", False), "e2m1": ("e2m1", False), "int4_e4m3": ("int4", True),
-                "e2m1_e4m3": ("e2m1", True)}
+# act_quant --element: the activation element, whether its codes are written as E4M3 bytes (the FP8 path), its group
+# (0: per token) and scale kind (act_quant.SCALE_KIND_IDS).
+ACT_ELEMENTS = {"int4": ("int4", False, 0, "float"), "e2m1": ("e2m1", False, 0, "float"),
+                "int4_e4m3": ("int4", True, 0, "float"), "e2m1_e4m3": ("e2m1", True, 0, "float"),
+                "nvfp4": ("e2m1", False, 16, "e4m3"), "mxfp4": ("e2m1", False, 32, "e8m0")}
 # SASS opcodes reported in their own column; the rest are counted in the total only.
 COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "I2F", "IDP", "IMMA", "IGMMA", "QGMMA", "LDG", "LDGSTS",
            "LDS", "STS", "BAR")
@@ -113,22 +115,21 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
 
 
 def act_quant_source(case: str, config: tuple[int, ...], k: int):
-    """The activation kernel's ASTSource for per-token rows of ``k`` bfloat16 columns (``case``: ACT_ELEMENTS) and
-    one (BLOCK_M, CHUNK, warps, stages, ROW_STEPS)."""
-    import triton
+    """The activation kernel's ASTSource for rows of ``k`` bfloat16 columns (``case``: ACT_ELEMENTS; per token
+    without clipping, or the block-scaled formats) and one (BLOCK_M, CHUNK, warps, stages, ROW_STEPS)."""
     from triton.compiler import ASTSource
 
-    from kernels.act_quant import _act_quant_kernel
+    from kernels.act_quant import SCALE_KIND_IDS, _act_quant_kernel, _tile, clamp_kind
 
-    element, fp8_codes = ACT_ELEMENTS[case]
+    element, fp8_codes, group, scale_kind = ACT_ELEMENTS[case]
     names = ["x_ptr", "h_ptr", "norm_ptr", "normed_ptr", "packed_ptr", "scale_ptr", "tensor_amax_ptr", "M", "K",
              "M_BUCKET", "n_scales", "stride_xm", "stride_pm", "stride_sm", "clip_ratio", "max_value", "inv_sqrt_b",
              "eps"]
     types = ["*bf16", "*fp32", "*bf16", "*bf16", "*u8", "*fp32", "*fp32"] + ["i32"] * 7 + ["fp32"] * 4
     signature = dict(zip(names, types))
-    block_k = triton.next_power_of_2(k)
-    constants = dict(ELEMENT_INT4=element == "int4", ELEMENT_INT8=False, SCALE_KIND=0, GROUP=block_k, CLAMP=0,
-                     WORDS=True, HAD_BLOCK=0,
+    block_k = _tile(k, group, 0)[1]
+    constants = dict(ELEMENT_INT4=element == "int4", ELEMENT_INT8=False, SCALE_KIND=SCALE_KIND_IDS[scale_kind],
+                     GROUP=group or block_k, CLAMP=clamp_kind(element, scale_kind, 1.0), WORDS=True, HAD_BLOCK=0,
                      HB=1, DOT_F32=False, ROUND_BF16=True, ROUND_F16=False, AMAX_ONLY=False, OUT_FP8=fp8_codes,
                      DP4A_FOR=0, LAUNCH_DEPENDENTS=False, USE_GDC=False, PROLOGUE=0, BLOCK_M=config[0],
                      BLOCK_K=block_k, CHUNK=config[1], ROW_STEPS=config[4])
@@ -138,16 +139,14 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
     return ASTSource(_act_quant_kernel, signature, constants, aligned)
 
 
-def act_quant_configs(k: int) -> list[tuple[int, ...]]:
-    """(BLOCK_M, CHUNK, warps, stages, ROW_STEPS) of the configs the activation kernel's autotuner keeps for
-    per-token rows of k columns at M = 8192."""
-    import triton
-
+def act_quant_configs(k: int, group: int = 0) -> list[tuple[int, ...]]:
+    """(BLOCK_M, CHUNK, warps, stages, ROW_STEPS) of the configs the activation kernel's autotuner keeps for rows of
+    k columns at M = 8192, per token or in groups of ``group``."""
     from kernels import act_quant
 
-    block_k = triton.next_power_of_2(k)
+    block_k = act_quant._tile(k, group, 0)[1]
     kept = act_quant._prune_tiles(act_quant._act_quant_autotuned.configs, dict(M_BUCKET=4096), HAD_BLOCK=0,
-                                  BLOCK_K=block_k, GROUP=block_k, AMAX_ONLY=False, PROLOGUE=0)
+                                  BLOCK_K=block_k, GROUP=group or block_k, AMAX_ONLY=False, PROLOGUE=0)
     return [(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"], c.num_warps, c.num_stages, c.kwargs["ROW_STEPS"]) for c in kept]
 
 
@@ -247,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--element for act_quant is one of {', '.join(ACT_ELEMENTS)}; got {args.element!r}")
         if args.k < 16 or args.k % 16:
             p.error(f"--k must be a positive multiple of 16, got {args.k}")
-        configs = act_quant_configs(args.k)
+        configs = act_quant_configs(args.k, ACT_ELEMENTS[args.element][2])
 
         def build(case, config):
             return act_quant_source(case, config, args.k)
