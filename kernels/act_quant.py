@@ -197,23 +197,25 @@ def _encode(v, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl
     Each saturation it leaves out saves the ALU a min or max an element.
     """
     if ELEMENT_INT8:
-        if CLAMP == 2:
-            v = tl.maximum(v, -128.0)
-        if CLAMP > 0:
-            v = tl.minimum(v, 127.0)
-        codes = (v + ROUND_MAGIC).to(tl.int32, bitcast=True) - ROUND_MAGIC_BITS
+        codes = (_saturated(v, -128.0, 127.0, CLAMP) + ROUND_MAGIC).to(tl.int32, bitcast=True) - ROUND_MAGIC_BITS
     elif ELEMENT_INT4:
-        if CLAMP == 2:
-            v = tl.maximum(v, -8.0)
-        if CLAMP > 0:
-            v = tl.minimum(v, 7.0)
-        codes = (v + ROUND_MAGIC).to(tl.int32, bitcast=True) & 0xF
+        codes = (_saturated(v, -8.0, 7.0, CLAMP) + ROUND_MAGIC).to(tl.int32, bitcast=True) & 0xF
     else:
         total, magic_bits = _e2m1_sum(v, CLAMP)
         steps = total.to(tl.int32, bitcast=True) - magic_bits
         index = steps + (magic_bits >> 22) - 299  # (magic_bits >> 22) = 2 E + 45
         codes = index | (((v + 0.25).to(tl.int32, bitcast=True) >> 28) & 8)
     return codes
+
+
+@triton.jit
+def _saturated(v, low, high, CLAMP: tl.constexpr):
+    """An integer element's v saturated as CLAMP says (``_encode``): to [low, high] (2), to high only (1), not (0)."""
+    if CLAMP == 2:
+        v = tl.maximum(v, low)
+    if CLAMP > 0:
+        v = tl.minimum(v, high)
+    return v
 
 
 @triton.jit
@@ -234,11 +236,7 @@ def _grid_values(v, ELEMENT_INT4: tl.constexpr, CLAMP: tl.constexpr):
     operations each. The magic sums less their magic numbers are the rounded magnitudes (INT4: the level itself,
     the difference of equal numbers +0); E2M1 takes v + 0.25's sign, as its codes do."""
     if ELEMENT_INT4:
-        if CLAMP == 2:
-            v = tl.maximum(v, -8.0)
-        if CLAMP > 0:
-            v = tl.minimum(v, 7.0)
-        values = (v + ROUND_MAGIC) - ROUND_MAGIC
+        values = (_saturated(v, -8.0, 7.0, CLAMP) + ROUND_MAGIC) - ROUND_MAGIC
     else:
         total, magic_bits = _e2m1_sum(v, CLAMP)
         magnitude = (total - _bits_to_float(magic_bits)).to(tl.int32, bitcast=True)
@@ -247,8 +245,10 @@ def _grid_values(v, ELEMENT_INT4: tl.constexpr, CLAMP: tl.constexpr):
 
 
 @triton.jit
-def _quantized(q, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl.constexpr, OUT_FP8: tl.constexpr):
-    """The scaled values q as ``_store_codes`` takes them: grid values for E4M3 bytes, else codes."""
+def _quantized(y, s, max_value, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, SCALE_KIND: tl.constexpr,
+               CLAMP: tl.constexpr, OUT_FP8: tl.constexpr):
+    """y / s (``_divide``) as ``_store_codes`` takes it: grid values for E4M3 bytes, else codes."""
+    q = _divide(y, s, _lowest(max_value, ELEMENT_INT4, ELEMENT_INT8), max_value, SCALE_KIND == 2)
     if OUT_FP8:
         out = _grid_values(q, ELEMENT_INT4, CLAMP)
     else:
@@ -378,8 +378,7 @@ def _quantize_tile(y, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K,
     yg = y.reshape(BLOCK_M, groups, GROUP)
     scale = _scales(tl.reduce(tl.abs(yg), 2, _elementwise_max), tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND)
     safe = tl.where(scale > 0, scale, 1.0)
-    q = _divide(yg, safe[:, :, None], _lowest(max_value, ELEMENT_INT4, ELEMENT_INT8), max_value, SCALE_KIND == 2)
-    codes = _quantized(q, ELEMENT_INT4, ELEMENT_INT8, CLAMP, OUT_FP8)
+    codes = _quantized(yg, safe[:, :, None], max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, CLAMP, OUT_FP8)
     codes = codes.reshape(BLOCK_M, BLOCK_K)
     _store_codes(codes, packed_ptr, rows, pid_k * BLOCK_K, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8,
                  OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
@@ -430,8 +429,7 @@ def _act_quant_kernel(
         for c0 in range(0, K, CHUNK):
             y = _load(x_ptr, h_ptr, norm_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, eps,
                       BLOCK_M, CHUNK, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
-            q = _divide(y, safe, _lowest(max_value, ELEMENT_INT4, ELEMENT_INT8), max_value, SCALE_KIND == 2)
-            codes = _quantized(q, ELEMENT_INT4, ELEMENT_INT8, CLAMP, OUT_FP8)
+            codes = _quantized(y, safe, max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, CLAMP, OUT_FP8)
             _store_codes(codes, packed_ptr, rows, c0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR,
                          BLOCK_M, CHUNK)
         tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])
