@@ -1,0 +1,85 @@
+"""Probe: what the activation kernel's launches cost a compiled W4A4KV4 decode step (an upper bound).
+
+Times the graph-replayed decode step of ``decode_profile`` with the activation kernel's
+decode-step launches replaced by returning the outputs of their first call (no launch at
+all; the numbers computed are then wrong, only the time means anything):
+
+* ``norm_silu``: the RMSNorm and silu·up quantizations of the fused decode layers (three a layer);
+* ``all_act``: those and o_proj's input quantization (four a layer).
+
+A control without patches runs first and last, in the same process. What a fusion of those
+launches into the kernels before them could save is at most the difference.
+
+    python benchmarks/launch_cost_probe.py --out OUT/launch_cost_probe_h200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import kernels  # noqa: E402
+from benchmarks.bench_model import build_config  # noqa: E402
+from benchmarks.decode_profile import profile_mode  # noqa: E402
+from pipeline.results import device_name, library_versions  # noqa: E402
+
+ORIGINAL = {name: getattr(kernels, name) for name in ("rms_norm_quantize", "silu_mul_quantize",
+                                                         "quantize_activations")}
+
+
+def _first_call_outputs(function, only_dp4a: bool = False):
+    cache: dict = {}
+
+    def replay(x, *args, **kwargs):
+        if only_dp4a and kwargs.get("dp4a_for") is None:
+            return function(x, *args, **kwargs)
+        key = (tuple(x.shape), x.dtype, args, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = tuple(t.clone() for t in function(x, *args, **kwargs))
+        return cache[key]
+
+    return replay
+
+
+def patch(variant: str) -> None:
+    for name, function in ORIGINAL.items():
+        setattr(kernels, name, function)
+    if variant in ("norm_silu", "all_act"):
+        kernels.rms_norm_quantize = _first_call_outputs(ORIGINAL["rms_norm_quantize"])
+        kernels.silu_mul_quantize = _first_call_outputs(ORIGINAL["silu_mul_quantize"])
+    if variant == "all_act":
+        kernels.quantize_activations = _first_call_outputs(ORIGINAL["quantize_activations"], only_dp4a=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default="control,norm_silu,all_act,control")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    device = torch.device("cuda")
+    config = build_config("llama-3-8b", None, 2048)
+    result = {"device": device_name(device), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "versions": library_versions(), "command": "python benchmarks/launch_cost_probe.py " + " ".join(
+                  argv or sys.argv[1:]), "rows": []}
+    for variant in args.variants.split(","):
+        patch(variant)
+        row = profile_mode(config, "w4a4kv4", 1, 2048, args.steps, device, compile=True)
+        launches = sum(k["count"] for k in row["kernels"].values())
+        result["rows"].append({"variant": variant, "step_us": row["step_us"], "launches": launches})
+        print(f"{variant}: step {row['step_us']:.1f} us, {launches:.0f} launches", flush=True)
+        with open(args.out + ".json", "w") as f:
+            json.dump(result, f, indent=1)
+    patch("control")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
