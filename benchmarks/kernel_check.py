@@ -342,7 +342,14 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
     rows), silu(gate) * up (the GPU's exponential is not torch's: at most 0.1 % of codes and scales may differ,
     scales by an ulp of the dtype) and the decode kernel's residual epilogue (within fp32-accumulation
     rounding, the product's own rounding included: on the H200 one bfloat16 product an ulp off, then mostly
-    cancelled by its residual, was 6.8 bounds off the sum's ulp, ``kernel_check_fused_decode_pdl_h200.md``)."""
+    cancelled by its residual, was 6.8 bounds off the sum's ulp, ``kernel_check_fused_decode_pdl_h200.md``).
+    Where the CUDA-core decode kernel takes the rows (``takes_gated``), also gate/up's product writing silu(gate) *
+    up (``gated``) into a NaN-poisoned output: every value written, each within the ulps its roundings allow of
+    the twin's (the gate and up products an ulp each, silu's exponential, which turns an ulp of a negative gate g
+    into about 1 + |g| of silu's, and the two roundings after; and 1e-5 of the largest value, the twin's own fp32
+    accumulation)."""
+    from kernels.w4a4_gemv import takes_gated, w4a4_gemv_triton
+
     x = random_activations(m, k, dtype, device)
     weight = (torch.rand(k, device=device) + 0.5).to(dtype)
     codes, scales, normed = kernels.rms_norm_quantize(x, weight, 1e-5, element, 0.9, dp4a_for=element,
@@ -368,10 +375,26 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
     product = reference.w4a4_gemv_ref(codes, scales, w_packed, w_scale, a_element=element, w_element=element,
                                       out_dtype=dtype)
     gemv_ok, excess = close(got, want, rounded_before=product)
+    gated, gated_ok = "", True
+    if takes_gated(m, element):
+        w_gate_up, w_gate_up_scale = kernels.quantize_activations(
+            torch.randn(2 * n, k, device=device, dtype=dtype) * 0.02, element, backend="triton")
+        poisoned = torch.full((m, n), float("nan"), dtype=dtype, device=device)
+        got = w4a4_gemv_triton(codes, scales, w_gate_up, w_gate_up_scale, a_element=element, w_element=element,
+                               out_dtype=dtype, gated=True, out=poisoned)
+        args = (codes, scales, w_gate_up, w_gate_up_scale)
+        want = reference.w4a4_gemv_ref(*args, a_element=element, w_element=element, out_dtype=dtype, gated=True)
+        gate = reference.w4a4_gemv_ref(*args, a_element=element, w_element=element, out_dtype=dtype)[:, :n].float()
+        # plus the twin's own fp32 accumulation: a product whose integer sum is 0 comes out about 1e-9 there
+        bound = ulp * (3 + gate.abs()) * want.float().abs() + 1e-5 * want.float().abs().max()
+        gated_over = ((got.float() - want.float()).abs() / bound).max().item()
+        gated_ok = not got.isnan().any() and gated_over <= 1
+        gated = (f", gated silu*up ({(got != want).float().mean().item():.1%} off the twin, "
+                 f"{gated_over:.2f} of the ulp bound)")
     return {"kernel": "fused decode", "case": f"{element}: RMSNorm ({norm_off:.1%} rows' values off an ulp), "
-                                              f"silu*up, GEMV + residual",
+                                              f"silu*up, GEMV + residual{gated}",
             "shape": f"M{m} K{k} N{n} {str(dtype).removeprefix('torch.')}", "codes_differ": silu_codes,
-            "error_over_bound": excess, "ok": norm_ok and silu_ok and gemv_ok}
+            "error_over_bound": excess, "ok": norm_ok and silu_ok and gemv_ok and gated_ok}
 
 
 def check_int8_decode(m: int, n: int, k: int, w_element: str, dtype: torch.dtype, device: torch.device) -> dict:

@@ -5,7 +5,9 @@ decode-step launches replaced by returning the outputs of their first call (no l
 all; the numbers computed are then wrong, only the time means anything):
 
 * ``norm_silu``: the RMSNorm and silu·up quantizations of the fused decode layers (three a layer);
-* ``all_act``: those and o_proj's input quantization (four a layer).
+* ``all_act``: those and o_proj's input quantization (four a layer);
+* ``ungated``: nothing replaced, but silu(gate) * up computed by the activation kernel's prologue (one program a
+  row) instead of gate/up's decode-kernel epilogue (``DecodePlan.gated_rows`` 0), the arrangement before it.
 
 A control without patches runs first and last, in the same process. What a fusion of those
 launches into the kernels before them could save is at most the difference.
@@ -26,8 +28,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kernels  # noqa: E402
+import models.fused_decoder_layer as fused_decoder_layer  # noqa: E402
 from benchmarks.bench_model import build_config  # noqa: E402
-from benchmarks.decode_profile import profile_mode  # noqa: E402
+from benchmarks.decode_profile import profile_mode, tuned_configs  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 
 ORIGINAL = {name: getattr(kernels, name) for name in ("rms_norm_quantize", "silu_mul_quantize",
@@ -48,9 +51,20 @@ def _first_call_outputs(function, only_dp4a: bool = False):
     return replay
 
 
+PLAN = fused_decoder_layer.decode_plan
+
+
+def _ungated_plan(layer):
+    plan = PLAN(layer)
+    if plan is not None:
+        plan.gated_rows = 0
+    return plan
+
+
 def patch(variant: str) -> None:
     for name, function in ORIGINAL.items():
         setattr(kernels, name, function)
+    fused_decoder_layer.decode_plan = _ungated_plan if variant == "ungated" else PLAN
     if variant in ("norm_silu", "all_act"):
         kernels.rms_norm_quantize = _first_call_outputs(ORIGINAL["rms_norm_quantize"])
         kernels.silu_mul_quantize = _first_call_outputs(ORIGINAL["silu_mul_quantize"])
@@ -73,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         patch(variant)
         row = profile_mode(config, "w4a4kv4", 1, 2048, args.steps, device, compile=True)
         launches = sum(k["count"] for k in row["kernels"].values())
-        result["rows"].append({"variant": variant, "step_us": row["step_us"], "launches": launches})
+        result["rows"].append({"variant": variant, "step_us": row["step_us"], "launches": launches,
+                               "kernels": row["kernels"], "tuned_configs": tuned_configs()})
         print(f"{variant}: step {row['step_us']:.1f} us, {launches:.0f} launches", flush=True)
         with open(args.out + ".json", "w") as f:
             json.dump(result, f, indent=1)

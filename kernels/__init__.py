@@ -238,7 +238,7 @@ def _int8_activation_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Ten
 def w4a4_matmul_dp4a(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
-    residual: torch.Tensor | None = None, backend: str | None = None,
+    residual: torch.Tensor | None = None, gated: bool = False, backend: str | None = None,
 ) -> torch.Tensor:
     """(M, N) = (values(a_bytes) * a_scale) @ (decode(w) * w_scale).T (+ bias) for 1..8 rows (1..64 with INT4
     or E2M1 weights, on the tensor cores from 5; E2M1 up to 8 with ``PTQ_TC_E2M1=0``), per-row scales.
@@ -246,17 +246,19 @@ def w4a4_matmul_dp4a(
     ``a_bytes`` (M, K) int8 are the activation codes in the decode kernel's dp4a order for
     ``w_element`` weights (``quantize_activations(..., dp4a_for=w_element)``). ``residual`` (M, N) of
     ``out_dtype``: returns ``residual + product`` (the product rounded to ``out_dtype`` first, as a layer's
-    ``residual + linear(x)``), added in the kernel's epilogue.
+    ``residual + linear(x)``), added in the kernel's epilogue. ``gated``: the weight rows are an MLP's gate rows
+    then its up rows, and the result is (M, N / 2) silu(gate) * up, computed in the kernel's epilogue, where the
+    CUDA-core decode kernel takes the rows (``w4a4_gemv.takes_gated``).
     """
     if _use_triton(a_bytes, backend):
         from .w4a4_gemv import w4a4_gemv_triton
 
         return w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
-                                bias=bias, out_dtype=out_dtype, residual=residual)
+                                bias=bias, out_dtype=out_dtype, residual=residual, gated=gated)
     from .reference import w4a4_gemv_ref
 
     return w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element, bias=bias,
-                         out_dtype=out_dtype, residual=residual)
+                         out_dtype=out_dtype, residual=residual, gated=gated)
 
 
 def w4a4_matmul(

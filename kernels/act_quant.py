@@ -39,7 +39,7 @@ from quant_layers.packing import element_named
 from transforms.hadamard import sylvester_hadamard
 
 from .reference import PROLOGUES, check_activation_args, check_prologue_args
-from .rounding import _round_to_bf16, _round_to_dtype
+from .rounding import _round_to_bf16, _round_to_dtype, _silu_mul
 from .pdl import launch_dependents, pdl_flags, uses_pdl, wait_for_producer
 from .w4a4_gemv import _code_values
 
@@ -58,6 +58,11 @@ MAX_DENSE_HADAMARD = 128
 CHUNKS = (2048, 4096)
 # The chunk the interpreter uses for per-token rows wider than it (0: whole rows); tests set it.
 INTERPRET_CHUNK = 0
+# Column chunks of a row split among programs (``_act_quant_kernel``'s SPLIT), for plain per-token rows of at most
+# SPLIT_MAX_M rows (decode), and whether the interpreter splits its chunked rows so (tests set it).
+SPLIT_CHUNKS = (512, 1024, 2048)
+SPLIT_MAX_M = 4
+INTERPRET_SPLIT = False
 # Row blocks a program quantizes in turn, its next block's load in flight (``_act_quant_kernel``'s ROW_STEPS;
 # autotuned for plain x), and the count the interpreter uses for plain x (tests set it).
 ROW_STEP_COUNTS = (4, 16)
@@ -336,8 +341,7 @@ def _load(x_ptr, h_ptr, norm_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, eps, 
     elif PROLOGUE == 2:
         gate = x.to(tl.float32)
         up = tl.load(x_ptr + rows[:, None] * stride_xm + K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
-        silu = _round_to_dtype(tl.math.div_rn(gate, 1.0 + tl.exp(-gate)), ROUND_BF16, ROUND_F16)
-        y = _round_to_dtype(silu * up, ROUND_BF16, ROUND_F16)
+        y = _silu_mul(gate, up, ROUND_BF16, ROUND_F16)
     else:
         y = x.to(tl.float32)
     return y
@@ -396,7 +400,7 @@ def _act_quant_kernel(
     HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
     LAUNCH_DEPENDENTS: tl.constexpr, USE_GDC: tl.constexpr, PROLOGUE: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, ROW_STEPS: tl.constexpr,
+    BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, ROW_STEPS: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """DP4A_FOR: 0 packs two codes a byte; 1 (2) writes each code's value as a signed byte in the decode
     kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``. LAUNCH_DEPENDENTS: the next kernel (the
@@ -404,7 +408,11 @@ def _act_quant_kernel(
     USE_GDC: this kernel is such a launch itself (``kernels.pdl``) and waits before it reads x.
     CHUNK (per-token scales only, 0: off): the program walks its rows CHUNK columns at a time, twice (the
     absmax, then the codes, the second read from the caches) instead of holding the whole row padded to a
-    power of two. PROLOGUE (``_load``): 1 also writes the normalised rows to ``normed_ptr`` (x's layout).
+    power of two. SPLIT (with CHUNK): program (i, j) reads its rows whole once, for their absmax, and writes the
+    codes of chunk j only; every program of a row writes the same scale. At decode one program a row spent a
+    single SM's issue slots on the whole row's codes (14336 columns: a few microseconds, ``act_quant_bench.py``);
+    split, the codes take K / CHUNK SMs. PROLOGUE (``_load``): 1 also writes the normalised rows to ``normed_ptr``
+    (x's layout).
     ROW_STEPS (plain x only: no rotation, no prologue): the program quantizes ROW_STEPS blocks of BLOCK_M rows in turn
     and issues the next block's load before it quantizes the current one. A program of one block has bytes in flight
     only until its rows arrive, then none while it reduces, divides and stores, and at the occupancy its registers
@@ -419,14 +427,23 @@ def _act_quant_kernel(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     if CHUNK > 0:
-        amax = tl.full((BLOCK_M,), 0.0, tl.float32)
-        for c0 in range(0, K, CHUNK):
-            y = _load(x_ptr, h_ptr, norm_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, eps,
-                      BLOCK_M, CHUNK, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
-            amax = tl.maximum(amax, tl.reduce(tl.abs(y), 1, _elementwise_max))
+        if SPLIT:
+            y = _load(x_ptr, h_ptr, norm_ptr, rows, tl.arange(0, BLOCK_K), M, K, stride_xm, inv_sqrt_b, eps,
+                      BLOCK_M, BLOCK_K, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
+            amax = tl.reduce(tl.abs(y), 1, _elementwise_max)
+            first = tl.program_id(1) * CHUNK
+            stop = first + CHUNK
+        else:
+            amax = tl.full((BLOCK_M,), 0.0, tl.float32)
+            for c0 in range(0, K, CHUNK):
+                y = _load(x_ptr, h_ptr, norm_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, eps,
+                          BLOCK_M, CHUNK, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
+                amax = tl.maximum(amax, tl.reduce(tl.abs(y), 1, _elementwise_max))
+            first = 0
+            stop = K
         scale = _scales(amax[:, None], tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND)
         safe = tl.where(scale > 0, scale, 1.0)
-        for c0 in range(0, K, CHUNK):
+        for c0 in range(first, stop, CHUNK):
             y = _load(x_ptr, h_ptr, norm_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, eps,
                       BLOCK_M, CHUNK, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
             codes = _quantized(y, safe, max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, CLAMP, OUT_FP8)
@@ -488,17 +505,21 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
     prologue; configs of several row blocks a program (``ROW_STEPS``) for plain x (no rotation, no prologue, not the
     amax launch) and at least that many rows, on 16 warps only for blocks of 8K elements or more (at K = 14336
     16 warps' registers hold a row twice, the current block and the next, where 8 warps' hold it once); on one or
-    two warps up to 128 elements a thread (a row a warp reduces its absmax without a barrier).
+    two warps up to 128 elements a thread (a row a warp reduces its absmax without a barrier). Rows split among
+    programs (``SPLIT``) are plain per-token rows wider than the chunk, at most SPLIT_MAX_M of them.
     """
     args = {**named_args, **kwargs}
     whole = [c for c in configs if c.kwargs["CHUNK"] == 0 and c.kwargs["ROW_STEPS"] == 1]
+    split = [c for c in configs if c.kwargs["SPLIT"]]
     if args["HAD_BLOCK"]:
         rows = max(1, TILE_ELEMENTS // args["BLOCK_K"])  # _tile's
         return [c for c in whole if c.kwargs["BLOCK_M"] == rows and c.num_warps == 4]
     per_token = args["GROUP"] == args["BLOCK_K"] and not args["AMAX_ONLY"]
     chunkable = per_token and args["PROLOGUE"] != PROLOGUES["rms_norm"]  # the norm needs its whole row at once
     plain = not args["AMAX_ONLY"] and args["PROLOGUE"] == 0  # (and no rotation: returned above)
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["ROW_STEPS"] <= args["M_BUCKET"]
+    splits = per_token and plain and args["M_BUCKET"] <= SPLIT_MAX_M
+    kept = [c for c in split if splits and c.kwargs["CHUNK"] < args["BLOCK_K"]]
+    kept += [c for c in configs if not c.kwargs["SPLIT"] and c.kwargs["BLOCK_M"] * c.kwargs["ROW_STEPS"] <= args["M_BUCKET"]
             and 2048 <= c.kwargs["BLOCK_M"] * (c.kwargs["CHUNK"] or args["BLOCK_K"]) <= 32768
             and (c.kwargs["CHUNK"] == 0 or (chunkable and c.kwargs["CHUNK"] < args["BLOCK_K"]))
             and (c.kwargs["ROW_STEPS"] == 1 or plain)
@@ -507,17 +528,20 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
     return kept or [c for c in whole if c.kwargs["BLOCK_M"] == 1]
 
 
-# Rows per program and warps, for wide per-token rows chunks, and for plain x row blocks walked in turn, tuned per
-# width and M bucket on a GPU (the interpreter takes _tile's, unchunked unless INTERPRET_CHUNK is set, one block a
-# program unless INTERPRET_ROW_STEPS is).
+# Rows per program and warps, for wide per-token rows chunks (walked by one program, or split among programs at
+# decode), and for plain x row blocks walked in turn, tuned per width and M bucket on a GPU (the interpreter takes
+# _tile's, unchunked unless INTERPRET_CHUNK is set, split if INTERPRET_SPLIT is too, one block a program unless
+# INTERPRET_ROW_STEPS is).
 _act_quant_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64)
+    configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, SPLIT=False), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64)
              for w in (4, 8, 16)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1), num_warps=w) for bm in (1, 2) for w in (1, 2)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, SPLIT=False), num_warps=w) for bm in (1, 2) for w in (1, 2)]
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1, SPLIT=False), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
        for w in (4, 8)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps), num_warps=w) for steps in ROW_STEP_COUNTS
-       for bm in (1, 2) for w in (4, 8, 16)],
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps, SPLIT=False), num_warps=w) for steps in ROW_STEP_COUNTS
+       for bm in (1, 2) for w in (4, 8, 16)]
+    + [triton.Config(dict(BLOCK_M=1, CHUNK=chunk, ROW_STEPS=1, SPLIT=True), num_warps=w) for chunk in SPLIT_CHUNKS
+       for w in (4, 8)],
     key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "ELEMENT_INT8", "SCALE_KIND", "GROUP", "CLAMP", "WORDS",
          "HAD_BLOCK", "ROUND_BF16", "ROUND_F16", "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
     prune_configs_by=dict(early_config_prune=_prune_tiles),
@@ -620,13 +644,17 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
         chunk = (INTERPRET_CHUNK if group_size == 0 and not hadamard_block and prologue != PROLOGUES["rms_norm"]
                  and 0 < INTERPRET_CHUNK < block_k else 0)
         steps = INTERPRET_ROW_STEPS if not (chunk or hadamard_block or prologue) else 1
+        split = INTERPRET_SPLIT and chunk > 0 and not prologue
         launch.update(BLOCK_M=block_m, CHUNK=chunk, num_warps=4)
-        amax_kernel = partial(_act_quant_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))], ROW_STEPS=1)
-        kernel = partial(_act_quant_kernel[(triton.cdiv(m, block_m * steps), 1 if chunk else triton.cdiv(k, block_k))],
-                         ROW_STEPS=steps)
+        amax_kernel = partial(_act_quant_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))], ROW_STEPS=1,
+                              SPLIT=False)
+        columns = triton.cdiv(k, chunk) if split else 1 if chunk else triton.cdiv(k, block_k)
+        kernel = partial(_act_quant_kernel[(triton.cdiv(m, block_m * steps), columns)], ROW_STEPS=steps, SPLIT=split)
     else:
-        kernel = amax_kernel = _act_quant_autotuned[lambda meta: (triton.cdiv(m, meta["BLOCK_M"] * meta["ROW_STEPS"]),
-                                                                  1 if meta["CHUNK"] else triton.cdiv(k, block_k))]
+        kernel = amax_kernel = _act_quant_autotuned[
+            lambda meta: (triton.cdiv(m, meta["BLOCK_M"] * meta["ROW_STEPS"]),
+                          triton.cdiv(k, meta["CHUNK"]) if meta["SPLIT"] else 1 if meta["CHUNK"]
+                          else triton.cdiv(k, block_k))]
     if scale_kind == "e4m3":  # NVFP4's tensor scale: the amax of the whole (rotated) x first
         amax_kernel(*args, AMAX_ONLY=True, **launch)
     kernel(*args, AMAX_ONLY=False, **launch)

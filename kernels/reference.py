@@ -254,13 +254,15 @@ def dp4a_values(a_bytes: torch.Tensor, element: str, w_element: str) -> torch.Te
 def w4a4_gemv_ref(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
-    residual: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None, gated: bool = False,
 ) -> torch.Tensor:
     """``w4a4_matmul_ref`` with the activation codes given as dp4a bytes (per-row scales): the decode
     kernel's twin. ``residual`` (M, N) of ``out_dtype`` is added to the rounded product (``residual + y``).
+    ``gated``: the weight rows are an MLP's gate rows then its up rows, and the result is (M, N / 2)
+    ``silu(gate) * up`` of the rounded product's halves, as eager torch computes the MLP's ``act_fn(gate) * up``.
     With INT8 activations (W4A8, W8A8) it is the W8A8 product of the levels (``int8_gemm.w8a8_matmul``), INT4
     weights widened to int8."""
-    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual)
+    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual, gated)
     values = dp4a_values(a_bytes, a_element, w_element)
     if a_element == "int8":
         from .int8_gemm import w8a8_matmul
@@ -271,6 +273,9 @@ def w4a4_gemv_ref(
         codes = packing.encode(values, w4a4_element(a_element))
         out = w4a4_matmul_ref(packing.pack(codes), a_scale, w_packed, w_scale, a_element=a_element,
                               w_element=w_element, bias=bias, out_dtype=out_dtype)
+    if gated:
+        gate, up = out.chunk(2, dim=-1)
+        return torch.nn.functional.silu(gate) * up
     return out if residual is None else residual + out
 
 
@@ -285,11 +290,15 @@ def int8_weight_codes(w: torch.Tensor, w_element: str) -> torch.Tensor:
 def check_dp4a_args(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
     a_element: str, w_element: str, bias: torch.Tensor | None, out_dtype: torch.dtype,
-    residual: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None, gated: bool = False,
 ) -> None:
     """Raise ValueError unless the decode kernel can take these dp4a activation bytes and weights (packed 4-bit
-    codes, or (N, K) bytes for INT8) and this residual: (M, N) of ``out_dtype``."""
+    codes, or (N, K) bytes for INT8) and this residual: (M, N) of ``out_dtype``; ``gated`` (silu(gate) * up of
+    the product's halves) takes an even N and no residual."""
     shape = (a_bytes.shape[0], w_packed.shape[0])
+    if gated and (w_packed.shape[0] % 2 or residual is not None):
+        raise ValueError(f"a gated product takes gate's rows then up's (an even N) and no residual, got "
+                         f"N={w_packed.shape[0]}, residual {'given' if residual is not None else 'none'}")
     if residual is not None and (tuple(residual.shape) != shape or residual.dtype != out_dtype):
         raise ValueError(f"the residual must be a {shape} tensor of the output dtype {out_dtype}, got "
                          f"{residual.dtype} with shape {tuple(residual.shape)}")

@@ -1,4 +1,5 @@
-"""Triton helpers: fp32 values rounded to a half dtype's nearest value (ties to even), kept in fp32.
+"""Triton helpers: fp32 values rounded to a half dtype's nearest value (ties to even), kept in fp32, and the
+elementwise ops the kernels' prologues and epilogues compute as eager torch rounds them.
 
 By hand, with integer operations on the bits, for bfloat16: the interpreter's fp32 -> bfloat16
 cast truncates, so a kernel that must round like torch (and be checked against its twin on
@@ -27,3 +28,11 @@ def _round_to_dtype(y, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr):
     if ROUND_F16:
         y = y.to(tl.float16).to(tl.float32)
     return y
+
+
+@triton.jit
+def _silu_mul(gate, up, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr):
+    """silu(gate) * up for fp32 values of the activations' dtype, each op rounded to it as eager torch rounds an HF
+    MLP's ``act_fn(gate) * up``: silu in fp32 with an IEEE division, then the product; kept in fp32."""
+    silu = _round_to_dtype(tl.math.div_rn(gate, 1.0 + tl.exp(-gate)), ROUND_BF16, ROUND_F16)
+    return _round_to_dtype(silu * up, ROUND_BF16, ROUND_F16)

@@ -55,7 +55,7 @@ from triton.language.standard import _sum_combine
 
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import check_dp4a_args, check_out
-from .rounding import _round_to_dtype
+from .rounding import _round_to_dtype, _silu_mul
 
 INTERPRET = triton.knobs.runtime.interpret
 # Twice the E2M1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 (magnitude code c in nibble c), as int32.
@@ -217,18 +217,25 @@ def _w4a4_gemv_kernel(
     W_INT4: tl.constexpr, W_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     USE_ASM: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, PREFETCH: tl.constexpr,
-    FOLD: tl.constexpr, USE_GDC: tl.constexpr, LOOP_STAGES: tl.constexpr,
+    FOLD: tl.constexpr, USE_GDC: tl.constexpr, LOOP_STAGES: tl.constexpr, GATED: tl.constexpr,
 ):
     """a: the activation rows' dp4a bytes as int32 words (row r: KW words of the first plane, then KW of the
     second); w: the packed weight rows as int32 words (8 codes each), or INT8 weight bytes as int64 words (8
     each). HAS_RESIDUAL: the product, rounded to the output dtype, plus the residual rows, rounded again (an HF
-    layer's ``residual + linear(x)``)."""
+    layer's ``residual + linear(x)``). GATED: the weight rows are gate's N / 2 then up's, and the output is
+    silu(gate) * up (``_store_products``): the tile's first BLOCK_N / 2 rows are gate's, the rest up's same rows."""
     launch_dependents(USE_GDC)
     offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if GATED:
+        half = tl.arange(0, BLOCK_N) % (BLOCK_N // 2)
+        cols = tl.program_id(0) * (BLOCK_N // 2) + half
+        offs_n = cols + tl.arange(0, BLOCK_N) // (BLOCK_N // 2) * (N // 2)
+        n_ok = cols < N // 2
+    else:
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < N
     offs_w = tl.arange(0, BLOCK_KW)
     m_ok = offs_m < M
-    n_ok = offs_n < N
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + offs_w[None, :]
     if BLOCK_M == 1:
         # The activation words are loaded as a whole (BLOCK_N, BLOCK_KW) tile of repeated addresses, so that
@@ -274,15 +281,19 @@ def _w4a4_gemv_kernel(
             w_ptrs += BLOCK_KW
         total = tl.reduce(acc3, 2, _sum_combine)
     _store_products(total, offs_m, offs_n, m_ok, n_ok, a_scale_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr,
-                    stride_asm, stride_wsn, stride_om, stride_rm, unit, HAS_BIAS, HAS_RESIDUAL, ROUND_BF16, ROUND_F16)
+                    stride_asm, stride_wsn, stride_om, stride_rm, unit, HAS_BIAS, HAS_RESIDUAL, ROUND_BF16, ROUND_F16,
+                    GATED)
 
 
 @triton.jit
 def _store_products(total, offs_m, offs_n, m_ok, n_ok, a_scale_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr,
                     stride_asm, stride_wsn, stride_om, stride_rm, unit, HAS_BIAS: tl.constexpr,
-                    HAS_RESIDUAL: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr):
+                    HAS_RESIDUAL: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr,
+                    GATED: tl.constexpr = False):
     """The decode kernels' epilogue: exact integer sums (BLOCK_M, BLOCK_N) times the unit and the per-row scales,
-    plus the bias, then (HAS_RESIDUAL) rounded to the output dtype and added to the residual rows, rounded again."""
+    plus the bias, then (HAS_RESIDUAL) rounded to the output dtype and added to the residual rows, rounded again.
+    GATED (``_w4a4_gemv_kernel``): the tile's halves are gate's and up's products of the same outputs, rounded to
+    the output dtype; silu(gate) * up is written, rounded as eager torch rounds it."""
     out = total.to(tl.float32) * unit
     out *= tl.load(a_scale_ptr + offs_m * stride_asm, mask=m_ok, other=0.0)[:, None]
     out *= tl.load(w_scale_ptr + offs_n * stride_wsn, mask=n_ok, other=0.0)[None, :]
@@ -293,6 +304,15 @@ def _store_products(total, offs_m, offs_n, m_ok, n_ok, a_scale_ptr, w_scale_ptr,
         out = _round_to_dtype(out + tl.load(residual_ptr + offs_m[:, None] * stride_rm + offs_n[None, :],
                                             mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32),
                               ROUND_BF16, ROUND_F16)
+    if GATED:
+        block_m: tl.constexpr = out.shape[0]
+        half: tl.constexpr = out.shape[1] // 2
+        out = _round_to_dtype(out, ROUND_BF16, ROUND_F16)
+        gate, up = tl.split(tl.permute(tl.reshape(out, (block_m, 2, half)), (0, 2, 1)))
+        out = _silu_mul(gate, up, ROUND_BF16, ROUND_F16)
+        offs_n, _ = tl.split(tl.permute(tl.reshape(offs_n, (2, half)), (1, 0)))  # gate's rows: the output columns
+        n_ok, _ = tl.split(tl.permute(tl.reshape(n_ok.to(tl.int32), (2, half)), (1, 0)))
+        n_ok = n_ok != 0
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
 
@@ -453,7 +473,7 @@ _gemv_autotuned = triton.autotune(
              for bn, bkw, w, s in configs]
     + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, FOLD=1, LOOP_STAGES=stages), num_warps=w,
                      num_stages=stages) for bn, bkw, w, stages in GEMV_PIPELINED_CONFIGS],
-    key=["M_BUCKET", "N", "KW", "W_INT4", "W_INT8", "BLOCK_M"],
+    key=["M_BUCKET", "N", "KW", "W_INT4", "W_INT8", "BLOCK_M", "GATED"],
     prune_configs_by=dict(early_config_prune=prune_decode_configs),
 )(_w4a4_gemv_kernel)
 
@@ -502,6 +522,12 @@ def takes_tensor_cores(m: int, w_element: str | None) -> bool:
     CUDA-core kernel does not take (above GEMV_MAX_M)."""
     low = GEMV_MAX_M + 1 if INTERPRET else TC_MIN_M
     return w_element in tensor_core_weights() and low <= m <= TC_MAX_M
+
+
+def takes_gated(m: int, w_element: str | None) -> bool:
+    """Whether ``w4a4_gemv_triton(..., gated=True)`` takes these rows: the CUDA-core kernel's (1..GEMV_MAX_M, not
+    ``takes_tensor_cores``)."""
+    return 1 <= m <= GEMV_MAX_M and not takes_tensor_cores(m, w_element)
 
 
 def max_rows(w_element: str | None) -> int:
@@ -566,7 +592,7 @@ def w4a4_gemv_triton(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
     out: torch.Tensor | None = None, config: triton.Config | None = None, residual: torch.Tensor | None = None,
-    tensor_cores: bool | None = None,
+    tensor_cores: bool | None = None, gated: bool = False,
 ) -> torch.Tensor:
     """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows (TC_MAX_M on the tensor cores) with per-row scales,
     the activation codes given as their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or
@@ -578,10 +604,16 @@ def w4a4_gemv_triton(
     GEMV_MAX_M rows, the tensor-core one up to TC_MAX_M. ``config`` replaces the
     autotuner's pick, or the interpreter's fixed one (``benchmarks/gemv_ncu.py`` profiles configs one at a time):
     BLOCK_N, BLOCK_KW, PREFETCH, FOLD, warps and stages for the CUDA-core kernel; BLOCK_N, BLOCK_KB, SPLIT_K,
-    warps and stages for the tensor-core one (with ``tensor_cores=True``)."""
-    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual)
+    warps and stages for the tensor-core one (with ``tensor_cores=True``). ``gated``: the weight rows are an MLP's
+    gate rows then its up rows, and the (M, N / 2) output is silu(gate) * up (``reference.w4a4_gemv_ref``), on the
+    CUDA-core kernel only (``takes_gated``)."""
+    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual, gated)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     tc = takes_tensor_cores(m, w_element) if tensor_cores is None and config is None else bool(tensor_cores)
+    if gated and tc:
+        raise ValueError(f"a gated product (silu(gate) * up in the epilogue) runs on the CUDA-core decode kernel, "
+                         f"up to {GEMV_MAX_M} rows and not on the tensor cores: got M={m} ({w_element} weights), "
+                         f"tensor_cores={tensor_cores}; quantize silu(gate) * up of the plain product instead")
     if tc:
         check_tensor_cores_take(m, k, a_element, w_element)
     else:
@@ -593,9 +625,10 @@ def w4a4_gemv_triton(
                                       or config.kwargs["BLOCK_N"] < TC_MIN_BLOCK_N):
         raise ValueError(f"a tensor-core decode config sets BLOCK_N (at least {TC_MIN_BLOCK_N}), BLOCK_KB and "
                          f"SPLIT_K, got {config.kwargs}")
-    check_out(out, m, n, out_dtype)
+    width = n // 2 if gated else n
+    check_out(out, m, width, out_dtype)
     if out is None:
-        out = torch.empty((m, n), dtype=out_dtype, device=a_bytes.device)
+        out = torch.empty((m, width), dtype=out_dtype, device=a_bytes.device)
     # INT8 weights are 64-bit words: 8 codes a word, as the 4-bit elements' 32-bit words.
     a_words, w_words = _words(a_bytes), _words(w_packed, torch.int64 if w_element == "int8" else torch.int32)
     a_scale, w_scale = a_scale.float().contiguous(), w_scale.float().contiguous()
@@ -626,15 +659,17 @@ def w4a4_gemv_triton(
         return out
     args = (a_words, a_scale, w_words, w_scale, *outputs, m, n, k // 8, block_m, a_words.stride(0), w_words.stride(0),
             *tail)
-    flags.update(W_INT4=w_element == "int4", W_INT8=w_element == "int8", BLOCK_M=block_m)
+    flags.update(W_INT4=w_element == "int4", W_INT8=w_element == "int8", BLOCK_M=block_m, GATED=gated)
+    # A gated program takes BLOCK_N / 2 output columns: as many rows of gate and of up.
+    programs = (lambda block_n: triton.cdiv(width, block_n // 2)) if gated else (lambda block_n: triton.cdiv(n, block_n))
     if config is not None:
         fixed = {"FOLD": 1, "LOOP_STAGES": 1, **config.kwargs}
         if fixed["FOLD"] > 1 and block_m > 1:
             raise ValueError(f"a folded accumulator (FOLD={fixed['FOLD']}) is for one row, got M={m}")
-        _w4a4_gemv_kernel[(triton.cdiv(n, fixed["BLOCK_N"]),)](
+        _w4a4_gemv_kernel[(programs(fixed["BLOCK_N"]),)](
             *args, **flags, **fixed, num_warps=config.num_warps, num_stages=config.num_stages)
     elif INTERPRET:
-        _w4a4_gemv_kernel[(triton.cdiv(n, INTERPRET_CONFIG["BLOCK_N"]),)](*args, **flags, **INTERPRET_CONFIG)
+        _w4a4_gemv_kernel[(programs(INTERPRET_CONFIG["BLOCK_N"]),)](*args, **flags, **INTERPRET_CONFIG)
     else:
-        _gemv_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags)
+        _gemv_autotuned[lambda meta: (programs(meta["BLOCK_N"]),)](*args, **flags)
     return out

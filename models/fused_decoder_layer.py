@@ -13,7 +13,11 @@ the tensor-core decode kernel: INT4, and E2M1 unless ``PTQ_TC_E2M1=0``) runs ins
 * the attention's o_proj with the residual added in the decode kernel's epilogue
   (``RealQuantLinear.add_residual_to_next``);
 * the post-attention RMSNorm with its quantization, then gate/up on its codes;
-* silu(gate) * up quantized in one launch, and down_proj adding the residual in its epilogue.
+* silu(gate) * up quantized in one launch, and down_proj adding the residual in its epilogue. Where the
+  CUDA-core decode kernel takes the rows (``w4a4_gemv.takes_gated``: up to 4 rows of INT4 weights on a GPU),
+  gate/up's product writes silu(gate) * up itself, spread over its programs, and the activation kernel only
+  quantizes it: one program a row spent about 5 us on silu's exponentials and divisions at Llama-3-8B's width
+  (``benchmarks/results/end_to_end_h200.md``, run 19).
 
 Each step rounds as the HF layer does (the norm's output, the product before the residual,
 the sum); on the CPU the kernels' twins run and the layer's output is the HF forward's bit
@@ -69,6 +73,18 @@ def _(x: torch.Tensor, element: str, clip_ratio: float, dp4a_for: str) -> tuple[
     return x.new_empty(m, k // 2, dtype=torch.int8), x.new_empty(m, 1, dtype=torch.float32)
 
 
+@torch.library.custom_op("ptq::quantize_rows", mutates_args=())
+def quantize_rows(x: torch.Tensor, element: str, clip_ratio: float, dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kernels.quantize_activations`` per token, as dp4a bytes, as one opaque op for ``torch.compile``."""
+    return kernels.quantize_activations(x, element, 0, "float", clip_ratio, dp4a_for=dp4a_for)
+
+
+@quantize_rows.register_fake
+def _(x: torch.Tensor, element: str, clip_ratio: float, dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor]:
+    m, k = x.shape
+    return x.new_empty(m, k, dtype=torch.int8), x.new_empty(m, 1, dtype=torch.float32)
+
+
 @dataclass
 class DecodePlan:
     """The modules of one layer that its decode forward drives (checked by ``decode_plan``)."""
@@ -78,6 +94,7 @@ class DecodePlan:
     gate_up: FusedGroup
     down: RealQuantLinear | None  # None: the MLP's own forward from gate/up on (down_proj does not fit)
     max_rows: int  # the most rows the decode kernels take for every linear here (``w4a4_gemv.max_rows``)
+    gated_rows: int = 0  # up to this many rows gate/up's product writes silu(gate) * up (``w4a4_gemv.takes_gated``)
 
 
 def _takes_codes(linear: RealQuantLinear) -> bool:
@@ -114,11 +131,14 @@ def decode_plan(layer: nn.Module) -> DecodePlan | None:
     fused_down = silu and isinstance(down, RealQuantLinear) and _takes_codes(down)
     if not fused_down and not isinstance(down, RealQuantLinear):
         return None
-    from kernels.w4a4_gemv import max_rows
+    from kernels.w4a4_gemv import GEMV_MAX_M, max_rows, takes_gated
 
     linears = (qkv.linear, o_proj, gate_up.linear, down)
     rows = min(max_rows(linear.weight_scheme.element) for linear in linears)
-    return DecodePlan(qkv, o_proj, gate_up, down if fused_down else None, rows)
+    gated = fused_down and gate_up.widths[0] == gate_up.widths[1]
+    element = gate_up.linear.weight_scheme.element
+    gated_rows = max((m for m in range(1, GEMV_MAX_M + 1) if gated and takes_gated(m, element)), default=0)
+    return DecodePlan(qkv, o_proj, gate_up, down if fused_down else None, rows, min(gated_rows, rows))
 
 
 def _quantize_norm(norm: nn.Module, rows: torch.Tensor, linear: RealQuantLinear) -> tuple:
@@ -144,6 +164,12 @@ def _decode_forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch
     hidden_states, _ = self.self_attn(hidden_states=normed, **kwargs)  # o_proj's output: residual + attention
     rows = hidden_states.reshape(-1, width)
     codes, scales, normed = _quantize_norm(self.post_attention_layernorm, rows, plan.gate_up.linear)
+    if rows.shape[0] <= plan.gated_rows:
+        act = plan.down.act_scheme
+        hidden = plan.gate_up.linear.on_codes(codes, scales, hidden_states.dtype, gated=True)  # silu(gate) * up
+        codes, scales = torch.ops.ptq.quantize_rows(hidden, act.element, act.clip_ratio,
+                                                    plan.down.weight_scheme.element)
+        return plan.down.on_codes(codes, scales, hidden_states.dtype, residual=rows).view_as(hidden_states)
     gate_up = plan.gate_up.linear.on_codes(codes, scales, hidden_states.dtype)
     if plan.down is None:
         normed = normed.view_as(hidden_states)

@@ -186,12 +186,14 @@ class RealQuantLinear(nn.Module):
                                                self.schemes)
 
     def on_codes(self, a_bytes: torch.Tensor, a_scale: torch.Tensor, out_dtype: torch.dtype,
-                 residual: torch.Tensor | None = None) -> torch.Tensor:
+                 residual: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
         """The (M, N) product for activations already quantized as this linear quantizes them, given as the
         decode kernel's dp4a bytes (M, K) and per-row scales (``kernels.rms_norm_quantize`` and its kin with
-        ``dp4a_for=weight_scheme.element``); ``residual`` (M, N) is added as in ``add_residual_to_next``."""
+        ``dp4a_for=weight_scheme.element``); ``residual`` (M, N) is added as in ``add_residual_to_next``.
+        ``gated`` (an MLP's gate rows then its up rows): (M, N / 2) silu(gate) * up instead
+        (``kernels.w4a4_matmul_dp4a``)."""
         return torch.ops.ptq.real_quant_gemv(a_bytes, a_scale, self.qweight, self.weight_scale, self.bias, residual,
-                                             out_dtype, self.schemes)
+                                             out_dtype, self.schemes, gated)
 
 
 def dequantized_weight(qweight: torch.Tensor, weight_scale: torch.Tensor, weight: RealQuantScheme) -> torch.Tensor:
@@ -253,15 +255,17 @@ def _(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tenso
 @torch.library.custom_op("ptq::real_quant_gemv", mutates_args=())
 def real_quant_gemv(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
                     bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], out_dtype: torch.dtype,
-                    schemes: str) -> torch.Tensor:
+                    schemes: str, gated: bool = False) -> torch.Tensor:
     """``RealQuantLinear.on_codes``: (M, K) dp4a activation bytes -> (M, N), through ``kernels.w4a4_matmul_dp4a``."""
     weight, act = parse_schemes(schemes)
     return kernels.w4a4_matmul_dp4a(a_bytes, a_scale, qweight, weight_scale, a_element=act.element,
-                                    w_element=weight.element, bias=bias, out_dtype=out_dtype, residual=residual)
+                                    w_element=weight.element, bias=bias, out_dtype=out_dtype, residual=residual,
+                                    gated=gated)
 
 
 @real_quant_gemv.register_fake
 def _(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
       bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], out_dtype: torch.dtype,
-      schemes: str) -> torch.Tensor:
-    return a_bytes.new_empty(a_bytes.shape[0], weight_scale.shape[0], dtype=out_dtype)
+      schemes: str, gated: bool = False) -> torch.Tensor:
+    width = weight_scale.shape[0] // 2 if gated else weight_scale.shape[0]
+    return a_bytes.new_empty(a_bytes.shape[0], width, dtype=out_dtype)

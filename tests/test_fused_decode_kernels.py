@@ -133,6 +133,68 @@ def test_gemv_refuses_a_residual_of_another_shape_or_dtype():
                                          out_dtype=torch.float32, residual=residual, backend=backend)
 
 
+@pytest.mark.parametrize("out_dtype", DTYPES)
+@pytest.mark.parametrize("case,m", [("int4xint4", 1), ("int4xint4", 3), ("e2m1xe2m1", 2)])
+def test_gated_gemv_writes_silu_of_gate_times_up(case, m, out_dtype):
+    """The gated epilogue's silu(gate) * up is that of the kernel's own plain product's halves, and the twin's
+    is an HF MLP's ``act_fn(gate) * up`` of the twin's product; every output written (NaN-poisoned ``out``)."""
+    from tests.test_kernels import assert_matches_twin, quantized_operands
+
+    from kernels.reference import dp4a_bytes
+    from kernels.w4a4_gemv import w4a4_gemv_triton
+
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands(case, m, 2 * 44, 128)
+    a_el, w_el = kw["a_element"], kw["w_element"]
+    a_bytes = dp4a_bytes(a_packed, a_el, w_el)
+    args = dict(a_element=a_el, w_element=w_el, out_dtype=out_dtype)
+    plain = kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, backend="torch", **args)
+    want = kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, gated=True, backend="torch", **args)
+    assert torch.equal(want, torch.nn.functional.silu(plain[:, :44]) * plain[:, 44:])
+    poisoned = torch.full((m, 44), float("nan"), dtype=out_dtype)
+    got = w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, gated=True, out=poisoned, **args)
+    assert got is poisoned and not got.isnan().any()
+    assert_matches_twin(got, want)
+    # The kernel's own fp32 products, rounded by torch (the interpreter's cast to bfloat16 truncates).
+    own = w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, **{**args, "out_dtype": torch.float32}).to(out_dtype)
+    from_own = torch.nn.functional.silu(own[:, :44]) * own[:, 44:]
+    assert_matches_twin(got, from_own)  # silu's fp32 division and exp may round an ulp apart, then the half rarely
+    if out_dtype != torch.float32:  # rounded to a half dtype, the fp32 ulps rarely show
+        assert (got != from_own).float().mean() < 0.05
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(n=87), "an even N"),
+    (dict(residual=True), "no residual"),
+])
+def test_gated_gemv_refuses_what_it_cannot_gate(change, message):
+    from tests.test_kernels import quantized_operands
+
+    from kernels.reference import dp4a_bytes
+
+    n = change.get("n", 88)
+    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 2, n, 128)
+    out_dtype = change.get("out_dtype", torch.bfloat16)
+    residual = torch.zeros(2, n, dtype=out_dtype) if change.get("residual") else None
+    for backend in ("triton", "torch"):
+        with pytest.raises(ValueError, match=message):
+            kernels.w4a4_matmul_dp4a(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale,
+                                     a_element="int4", w_element="int4", out_dtype=out_dtype, residual=residual,
+                                     gated=True, backend=backend)
+
+
+def test_gated_gemv_refuses_the_tensor_cores():
+    from tests.test_kernels import quantized_operands
+
+    from kernels.reference import dp4a_bytes
+    from kernels.w4a4_gemv import takes_gated, w4a4_gemv_triton
+
+    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 16, 88, 128)
+    assert not takes_gated(16, "int4") and takes_gated(1, "int4")
+    with pytest.raises(ValueError, match="CUDA-core decode kernel"):
+        w4a4_gemv_triton(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale, a_element="int4",
+                         w_element="int4", out_dtype=torch.bfloat16, gated=True)
+
+
 def test_kernel_check_runs_the_fused_decode_checks(tmp_path):
     from benchmarks.kernel_check import main
 

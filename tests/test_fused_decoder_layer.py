@@ -38,9 +38,14 @@ def tiny_model(model_type: str, dtype: torch.dtype = torch.float32, act: RealQua
 
 
 def counting(monkeypatch) -> dict:
-    """Count the fused kernels' calls (their twins on the CPU)."""
-    calls = {"rms_norm": 0, "silu_mul": 0}
-    rms_norm, silu_mul = kernels.rms_norm_quantize, kernels.silu_mul_quantize
+    """Count the fused kernels' calls (their twins on the CPU); ``gated``: silu(gate) * up written by gate/up's
+    product and quantized as it is (the only dp4a bytes ``quantize_activations`` writes here)."""
+    calls = {"rms_norm": 0, "silu_mul": 0, "gated": 0}
+    rms_norm, silu_mul, quantize = kernels.rms_norm_quantize, kernels.silu_mul_quantize, kernels.quantize_activations
+
+    def quantize_counted(*args, **kwargs):
+        calls["gated"] += kwargs.get("dp4a_for") is not None
+        return quantize(*args, **kwargs)
 
     def rms_norm_counted(*args, **kwargs):
         calls["rms_norm"] += 1
@@ -52,6 +57,7 @@ def counting(monkeypatch) -> dict:
 
     monkeypatch.setattr(kernels, "rms_norm_quantize", rms_norm_counted)
     monkeypatch.setattr(kernels, "silu_mul_quantize", silu_mul_counted)
+    monkeypatch.setattr(kernels, "quantize_activations", quantize_counted)
     return calls
 
 
@@ -60,10 +66,13 @@ def counting(monkeypatch) -> dict:
 def test_fused_decode_layers_give_the_hf_layers_logits(model_type, dtype, monkeypatch):
     """Qwen2's q/k/v biases and Qwen3's q/k norms included: decode-sized rows (1, 2 and 16 sequences of one
     token, 2 of 12; INT4 weights take up to TC_MAX_M = 64 rows) take the fused path in every layer and give the
-    unfused model's logits bit for bit; 2 prompts of 40 tokens keep HF's forward."""
+    unfused model's logits bit for bit, silu(gate) * up written by gate/up's product up to ``gated_rows`` (at
+    least 4) and by the activation kernel above; 2 prompts of 40 tokens keep HF's forward."""
     model = tiny_model(model_type, dtype)
     plain = copy.deepcopy(model)
     assert fuse_decoder_layers(model) == 2
+    gated_rows = model.model.layers[0]._decode_plan.gated_rows
+    assert gated_rows >= 4
     calls = counting(monkeypatch)
     with torch.no_grad():
         for batch, tokens in ((1, 1), (2, 1), (16, 1), (2, 12), (2, 40)):
@@ -71,8 +80,10 @@ def test_fused_decode_layers_give_the_hf_layers_logits(model_type, dtype, monkey
             before = dict(calls)
             got = model(ids).logits
             assert torch.equal(got, plain(ids).logits)
-            fused = tokens * batch <= 64
-            assert calls == ({"rms_norm": before["rms_norm"] + 4 * fused, "silu_mul": before["silu_mul"] + 2 * fused})
+            fused, gated = tokens * batch <= 64, tokens * batch <= gated_rows
+            assert calls == {"rms_norm": before["rms_norm"] + 4 * fused,
+                             "silu_mul": before["silu_mul"] + 2 * (fused and not gated),
+                             "gated": before["gated"] + 2 * gated}
 
 
 def test_layers_that_do_not_fit_keep_their_forward():
@@ -101,7 +112,8 @@ def test_an_online_rotation_on_down_proj_keeps_the_mlp_forward(monkeypatch):
     ids = torch.randint(0, 128, (2, 1), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain(ids).logits)
-    assert calls == {"rms_norm": 4, "silu_mul": 0}
+    assert calls == {"rms_norm": 4, "silu_mul": 0, "gated": 0}
+    assert all(layer._decode_plan.gated_rows == 0 for layer in model.model.layers)
 
 
 def test_fusing_twice_keeps_one_subclass():
@@ -116,7 +128,7 @@ def test_fusing_twice_keeps_one_subclass():
 def test_the_plan_takes_the_rows_every_linear_s_decode_kernel_takes(monkeypatch):
     """INT4 and E2M1 weights: up to TC_MAX_M rows (the tensor-core decode kernel), where 16 sequences take the
     fused path and give the HF layers' logits; E2M1 weights with PTQ_TC_E2M1=0: up to GEMV_MAX_M."""
-    from kernels.w4a4_gemv import GEMV_MAX_M, TC_MAX_M
+    from kernels.w4a4_gemv import GEMV_MAX_M, TC_MAX_M, takes_gated
 
     e2m1 = RealQuantScheme("e2m1")
     for weight, flag, rows in ((INT4, "0", TC_MAX_M), (e2m1, "0", GEMV_MAX_M), (e2m1, "1", TC_MAX_M)):
@@ -124,6 +136,8 @@ def test_the_plan_takes_the_rows_every_linear_s_decode_kernel_takes(monkeypatch)
         model = tiny_model("llama", weight=weight)
         assert fuse_decoder_layers(model) == 2
         assert {layer._decode_plan.max_rows for layer in model.model.layers} == {rows}
+        gated = max(m for m in range(1, GEMV_MAX_M + 1) if takes_gated(m, weight.element))
+        assert {layer._decode_plan.gated_rows for layer in model.model.layers} == {gated}
     monkeypatch.delenv("PTQ_TC_E2M1")
     model = tiny_model("llama", act=e2m1, weight=e2m1)
     plain = copy.deepcopy(model)
@@ -133,7 +147,7 @@ def test_the_plan_takes_the_rows_every_linear_s_decode_kernel_takes(monkeypatch)
     ids = torch.randint(0, 128, (16, 1), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain(ids).logits)
-    assert calls == {"rms_norm": 4, "silu_mul": 2}
+    assert calls == {"rms_norm": 4, "silu_mul": 2, "gated": 0}
     monkeypatch.setenv("PTQ_TC_E2M1", "yes")
     with pytest.raises(ValueError, match="PTQ_TC_E2M1='yes': choose 0"):
         fuse_decoder_layers(tiny_model("llama", weight=e2m1))

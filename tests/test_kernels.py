@@ -908,14 +908,22 @@ def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
     # An RMSNorm prologue needs its whole row at once; silu(gate) * up is elementwise and may be chunked.
     assert {c.kwargs["CHUNK"] for c in pruned(1, 0, 16384, prologue=PROLOGUES["rms_norm"])} == {0}
     assert {c.kwargs["CHUNK"] for c in pruned(1, 0, 16384, prologue=PROLOGUES["silu_mul"])} == {0, 2048, 4096}
+    # Rows split among programs: plain per-token rows at decode, in chunks narrower than the row.
+    assert not any(c.kwargs["SPLIT"] for c in per_token + pruned(8, 0, 16384) + pruned(1, 0, 16384, group=16)
+                   + pruned(1, 0, 16384, prologue=PROLOGUES["silu_mul"]) + pruned(1, 128, 16384))
+    assert {c.kwargs["CHUNK"] for c in pruned(4, 0, 16384) if c.kwargs["SPLIT"]} == set(act_quant.SPLIT_CHUNKS)
+    assert {c.kwargs["CHUNK"] for c in pruned(1, 0, 1024) if c.kwargs["SPLIT"]} == {512}
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("dp4a_for", [None, "int4", "e2m1"])
 @pytest.mark.parametrize("case", ["int4-tok-clip0.9", "e2m1-tok"])
-def test_chunked_rows_equal_twin(case, dp4a_for, monkeypatch):
-    """Per-token rows walked in 64-column chunks (the last one ragged at K = 200), twice: codes, E4M3 bytes
-    and dp4a bytes equal the twin's."""
+def test_chunked_rows_equal_twin(case, dp4a_for, split, monkeypatch):
+    """Per-token rows walked in 64-column chunks (the last one ragged at K = 200), twice, by one program or
+    (split) read whole by each of K / 64 programs, which write one chunk each: codes, E4M3 bytes and dp4a bytes
+    equal the twin's."""
     monkeypatch.setattr(act_quant, "INTERPRET_CHUNK", 64)
+    monkeypatch.setattr(act_quant, "INTERPRET_SPLIT", split)
     (element, group, kind, clip), _ = ACT_CASES[case]
     for m, k in ((5, 200), (3, 256)):
         x = activations(m, k, element, group, torch.bfloat16, seed=k)
