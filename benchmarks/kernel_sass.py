@@ -86,7 +86,7 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
     constants = dict(W_INT4=w_element == "int4", W_INT8=w_element == "int8", HAS_BIAS=False, HAS_RESIDUAL=False,
                      USE_ASM=True, ROUND_BF16=True,
                      ROUND_F16=False, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
-                     FOLD=config[5], USE_GDC=True, LOOP_STAGES=config[6] if len(config) > 6 else 1)
+                     FOLD=config[5], USE_GDC=True, LOOP_STAGES=config[6] if len(config) > 6 else 1, GATED=False)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(17) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_gemv_kernel, signature, constants, aligned)
