@@ -7,7 +7,8 @@ all; the numbers computed are then wrong, only the time means anything):
 * ``norm_silu``: the RMSNorm and silu·up quantizations of the fused decode layers (three a layer);
 * ``all_act``: those and o_proj's input quantization (four a layer);
 * ``ungated``: nothing replaced, but silu(gate) * up computed by the activation kernel's prologue (one program a
-  row) instead of gate/up's decode-kernel epilogue (``DecodePlan.gated_rows`` 0), the arrangement before it.
+  row) instead of gate/up's decode-kernel epilogue (``DecodePlan.gated_rows`` 0), the arrangement before it;
+* ``bf16``: the bf16 model's step, timed the same way, for the ratio.
 
 A control without patches runs first and last, in the same process. What a fusion of those
 launches into the kernels before them could save is at most the difference.
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                   argv or sys.argv[1:]), "rows": []}
     for variant in args.variants.split(","):
         patch(variant)
-        row = profile_mode(config, "w4a4kv4", 1, 2048, args.steps, device, compile=True)
+        mode = "bf16" if variant == "bf16" else "w4a4kv4"
+        row = profile_mode(config, mode, 1, 2048, args.steps, device, compile=True)
         launches = sum(k["count"] for k in row["kernels"].values())
         result["rows"].append({"variant": variant, "step_us": row["step_us"], "launches": launches,
                                "kernels": row["kernels"], "tuned_configs": tuned_configs()})

@@ -428,9 +428,9 @@ def _act_quant_kernel(
     row_ok = rows < M
     if CHUNK > 0:
         if SPLIT:
-            y = _load(x_ptr, h_ptr, norm_ptr, rows, tl.arange(0, BLOCK_K), M, K, stride_xm, inv_sqrt_b, eps,
-                      BLOCK_M, BLOCK_K, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
-            amax = tl.reduce(tl.abs(y), 1, _elementwise_max)
+            whole = _load(x_ptr, h_ptr, norm_ptr, rows, tl.arange(0, BLOCK_K), M, K, stride_xm, inv_sqrt_b, eps,
+                          BLOCK_M, BLOCK_K, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
+            amax = tl.reduce(tl.abs(whole), 1, _elementwise_max)
             first = tl.program_id(1) * CHUNK
             stop = first + CHUNK
         else:
