@@ -8,6 +8,8 @@ all; the numbers computed are then wrong, only the time means anything):
 * ``all_act``: those and o_proj's input quantization (four a layer);
 * ``ungated``: nothing replaced, but silu(gate) * up computed by the activation kernel's prologue (one program a
   row) instead of gate/up's decode-kernel epilogue (``DecodePlan.gated_rows`` 0), the arrangement before it;
+* ``unsplit``: nothing replaced, but no row split among the activation kernel's programs (``act_quant.SPLIT``):
+  the autotuner picks it for decode rows in isolation; this times the step without it;
 * ``bf16``: the bf16 model's step, timed the same way, for the ratio.
 
 A control without patches runs first and last, in the same process. What a fusion of those
@@ -29,6 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import kernels  # noqa: E402
+import kernels.act_quant as act_quant  # noqa: E402
 import models.fused_decoder_layer as fused_decoder_layer  # noqa: E402
 from benchmarks.bench_model import build_config  # noqa: E402
 from benchmarks.decode_profile import profile_mode, tuned_configs  # noqa: E402
@@ -53,6 +56,7 @@ def _first_call_outputs(function, only_dp4a: bool = False):
 
 
 PLAN = fused_decoder_layer.decode_plan
+SPLIT_MAX_M = act_quant.SPLIT_MAX_M
 
 
 def _ungated_plan(layer):
@@ -66,6 +70,10 @@ def patch(variant: str) -> None:
     for name, function in ORIGINAL.items():
         setattr(kernels, name, function)
     fused_decoder_layer.decode_plan = _ungated_plan if variant == "ungated" else PLAN
+    split_max_m = 0 if variant == "unsplit" else SPLIT_MAX_M
+    if act_quant.SPLIT_MAX_M != split_max_m:  # the tuner's picks so far were made with the other candidates
+        act_quant.SPLIT_MAX_M = split_max_m
+        act_quant._act_quant_autotuned.cache.clear()
     if variant in ("norm_silu", "all_act"):
         kernels.rms_norm_quantize = _first_call_outputs(ORIGINAL["rms_norm_quantize"])
         kernels.silu_mul_quantize = _first_call_outputs(ORIGINAL["silu_mul_quantize"])

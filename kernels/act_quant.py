@@ -409,9 +409,11 @@ def _act_quant_kernel(
     CHUNK (per-token scales only, 0: off): the program walks its rows CHUNK columns at a time, twice (the
     absmax, then the codes, the second read from the caches) instead of holding the whole row padded to a
     power of two. SPLIT (with CHUNK): program (i, j) reads its rows whole once, for their absmax, and writes the
-    codes of chunk j only; every program of a row writes the same scale. At decode one program a row spent a
-    single SM's issue slots on the whole row's codes (14336 columns: a few microseconds, ``act_quant_bench.py``);
-    split, the codes take K / CHUNK SMs. PROLOGUE (``_load``): 1 also writes the normalised rows to ``normed_ptr``
+    codes of chunk j only; every program of a row writes the same scale. At decode one program a row spends a
+    single SM's issue slots on the whole row's codes; split, the codes take K / CHUNK SMs and each program's
+    absmax runs on packed bfloat16 pairs (600 SASS instructions at K = 14336, chunk 512, 4 warps, for sm_90). On
+    the H200 the tuner picked it for decode rows of 4096 (chunk 1024) and 14336 (chunk 512) columns
+    (``benchmarks/results/end_to_end_h200.md``, run 19). PROLOGUE (``_load``): 1 also writes the normalised rows to ``normed_ptr``
     (x's layout).
     ROW_STEPS (plain x only: no rotation, no prologue): the program quantizes ROW_STEPS blocks of BLOCK_M rows in turn
     and issues the next block's load before it quantizes the current one. A program of one block has bytes in flight

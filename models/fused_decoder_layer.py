@@ -16,8 +16,9 @@ the tensor-core decode kernel: INT4, and E2M1 unless ``PTQ_TC_E2M1=0``) runs ins
 * silu(gate) * up quantized in one launch, and down_proj adding the residual in its epilogue. Where the
   CUDA-core decode kernel takes the rows (``w4a4_gemv.takes_gated``: up to 4 rows of INT4 weights on a GPU),
   gate/up's product writes silu(gate) * up itself, spread over its programs, and the activation kernel only
-  quantizes it: one program a row spent about 5 us on silu's exponentials and divisions at Llama-3-8B's width
-  (``benchmarks/results/end_to_end_h200.md``, run 19).
+  quantizes it, split among programs: the one program a row that computed silu(gate) * up spent a single SM on
+  its exponentials and divisions at Llama-3-8B's width. On the H200 this took 146-149 us off a 2320 us W4A4KV4
+  decode step, about 4.6 us a layer (``benchmarks/results/end_to_end_h200.md``, run 19).
 
 Each step rounds as the HF layer does (the norm's output, the product before the residual,
 the sum); on the CPU the kernels' twins run and the layer's output is the HF forward's bit
