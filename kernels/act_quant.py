@@ -413,8 +413,8 @@ def _act_quant_kernel(
     single SM's issue slots on the whole row's codes; split, the codes take K / CHUNK SMs and each program's
     absmax runs on packed bfloat16 pairs (600 SASS instructions at K = 14336, chunk 512, 4 warps, for sm_90). On
     the H200 the tuner picked it for decode rows of 4096 (chunk 1024) and 14336 (chunk 512) columns
-    (``benchmarks/results/end_to_end_h200.md``, run 19). PROLOGUE (``_load``): 1 also writes the normalised rows to ``normed_ptr``
-    (x's layout).
+    (``benchmarks/results/end_to_end_h200.md``, run 19). PROLOGUE (``_load``): 1 also writes the normalised rows to
+    ``normed_ptr`` (x's layout).
     ROW_STEPS (plain x only: no rotation, no prologue): the program quantizes ROW_STEPS blocks of BLOCK_M rows in turn
     and issues the next block's load before it quantizes the current one. A program of one block has bytes in flight
     only until its rows arrive, then none while it reduces, divides and stores, and at the occupancy its registers
@@ -521,12 +521,13 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
     plain = not args["AMAX_ONLY"] and args["PROLOGUE"] == 0  # (and no rotation: returned above)
     splits = per_token and plain and args["M_BUCKET"] <= SPLIT_MAX_M
     kept = [c for c in split if splits and c.kwargs["CHUNK"] < args["BLOCK_K"]]
-    kept += [c for c in configs if not c.kwargs["SPLIT"] and c.kwargs["BLOCK_M"] * c.kwargs["ROW_STEPS"] <= args["M_BUCKET"]
-            and 2048 <= c.kwargs["BLOCK_M"] * (c.kwargs["CHUNK"] or args["BLOCK_K"]) <= 32768
-            and (c.kwargs["CHUNK"] == 0 or (chunkable and c.kwargs["CHUNK"] < args["BLOCK_K"]))
-            and (c.kwargs["ROW_STEPS"] == 1 or plain)
-            and (c.kwargs["ROW_STEPS"] == 1 or c.num_warps < 16 or c.kwargs["BLOCK_M"] * args["BLOCK_K"] >= 8192)
-            and (c.num_warps >= 4 or c.kwargs["BLOCK_M"] * args["BLOCK_K"] <= 128 * 32 * c.num_warps)]
+    kept += [c for c in configs if not c.kwargs["SPLIT"]
+             and c.kwargs["BLOCK_M"] * c.kwargs["ROW_STEPS"] <= args["M_BUCKET"]
+             and 2048 <= c.kwargs["BLOCK_M"] * (c.kwargs["CHUNK"] or args["BLOCK_K"]) <= 32768
+             and (c.kwargs["CHUNK"] == 0 or (chunkable and c.kwargs["CHUNK"] < args["BLOCK_K"]))
+             and (c.kwargs["ROW_STEPS"] == 1 or plain)
+             and (c.kwargs["ROW_STEPS"] == 1 or c.num_warps < 16 or c.kwargs["BLOCK_M"] * args["BLOCK_K"] >= 8192)
+             and (c.num_warps >= 4 or c.kwargs["BLOCK_M"] * args["BLOCK_K"] <= 128 * 32 * c.num_warps)]
     return kept or [c for c in whole if c.kwargs["BLOCK_M"] == 1]
 
 
@@ -535,13 +536,14 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
 # _tile's, unchunked unless INTERPRET_CHUNK is set, split if INTERPRET_SPLIT is too, one block a program unless
 # INTERPRET_ROW_STEPS is).
 _act_quant_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, SPLIT=False), num_warps=w) for bm in (1, 2, 4, 8, 16, 32, 64)
-             for w in (4, 8, 16)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, SPLIT=False), num_warps=w) for bm in (1, 2) for w in (1, 2)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1, SPLIT=False), num_warps=w) for chunk in CHUNKS for bm in (1, 2, 4)
-       for w in (4, 8)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps, SPLIT=False), num_warps=w) for steps in ROW_STEP_COUNTS
-       for bm in (1, 2) for w in (4, 8, 16)]
+    configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, SPLIT=False), num_warps=w)
+             for bm in (1, 2, 4, 8, 16, 32, 64) for w in (4, 8, 16)]
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, SPLIT=False), num_warps=w) for bm in (1, 2)
+       for w in (1, 2)]
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1, SPLIT=False), num_warps=w) for chunk in CHUNKS
+       for bm in (1, 2, 4) for w in (4, 8)]
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps, SPLIT=False), num_warps=w)
+       for steps in ROW_STEP_COUNTS for bm in (1, 2) for w in (4, 8, 16)]
     + [triton.Config(dict(BLOCK_M=1, CHUNK=chunk, ROW_STEPS=1, SPLIT=True), num_warps=w) for chunk in SPLIT_CHUNKS
        for w in (4, 8)],
     key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "ELEMENT_INT8", "SCALE_KIND", "GROUP", "CLAMP", "WORDS",

@@ -660,8 +660,10 @@ def w4a4_gemv_triton(
     args = (a_words, a_scale, w_words, w_scale, *outputs, m, n, k // 8, block_m, a_words.stride(0), w_words.stride(0),
             *tail)
     flags.update(W_INT4=w_element == "int4", W_INT8=w_element == "int8", BLOCK_M=block_m, GATED=gated)
-    # A gated program takes BLOCK_N / 2 output columns: as many rows of gate and of up.
-    programs = (lambda block_n: triton.cdiv(width, block_n // 2)) if gated else (lambda block_n: triton.cdiv(n, block_n))
+
+    def programs(block_n: int) -> int:  # a gated program takes BLOCK_N / 2 output columns: as many rows of each
+        return triton.cdiv(width, block_n // 2) if gated else triton.cdiv(n, block_n)
+
     if config is not None:
         fixed = {"FOLD": 1, "LOOP_STAGES": 1, **config.kwargs}
         if fixed["FOLD"] > 1 and block_m > 1:
