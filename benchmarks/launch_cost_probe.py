@@ -10,6 +10,8 @@ all; the numbers computed are then wrong, only the time means anything):
   row) instead of gate/up's decode-kernel epilogue (``DecodePlan.gated_rows`` 0), the arrangement before it;
 * ``unsplit``: nothing replaced, but no row split among the activation kernel's programs (``act_quant.SPLIT``):
   the autotuner picks it for decode rows in isolation; this times the step without it;
+* ``post_norm``: only the post-attention RMSNorm quantizations replaced (every second call of a fused layer's two):
+  what moving them into o_proj's decode kernel could save at most;
 * ``bf16``: the bf16 model's step, timed the same way, for the ratio.
 
 A control without patches runs first and last, in the same process. What a fusion of those
@@ -41,11 +43,13 @@ ORIGINAL = {name: getattr(kernels, name) for name in ("rms_norm_quantize", "silu
                                                          "quantize_activations")}
 
 
-def _first_call_outputs(function, only_dp4a: bool = False):
+def _first_call_outputs(function, only_dp4a: bool = False, every_second: bool = False):
     cache: dict = {}
+    calls = [0]
 
     def replay(x, *args, **kwargs):
-        if only_dp4a and kwargs.get("dp4a_for") is None:
+        calls[0] += 1
+        if (only_dp4a and kwargs.get("dp4a_for") is None) or (every_second and calls[0] % 2):
             return function(x, *args, **kwargs)
         key = (tuple(x.shape), x.dtype, args, tuple(sorted(kwargs.items())))
         if key not in cache:
@@ -77,6 +81,8 @@ def patch(variant: str) -> None:
     if variant in ("norm_silu", "all_act"):
         kernels.rms_norm_quantize = _first_call_outputs(ORIGINAL["rms_norm_quantize"])
         kernels.silu_mul_quantize = _first_call_outputs(ORIGINAL["silu_mul_quantize"])
+    if variant == "post_norm":  # a fused layer quantizes its input norm first, its post-attention norm second
+        kernels.rms_norm_quantize = _first_call_outputs(ORIGINAL["rms_norm_quantize"], every_second=True)
     if variant == "all_act":
         kernels.quantize_activations = _first_call_outputs(ORIGINAL["quantize_activations"], only_dp4a=True)
 
