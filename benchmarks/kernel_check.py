@@ -382,9 +382,10 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
         poisoned = torch.full((m, n), float("nan"), dtype=dtype, device=device)
         got = w4a4_gemv_triton(codes, scales, w_gate_up, w_gate_up_scale, a_element=element, w_element=element,
                                out_dtype=dtype, gated=True, out=poisoned)
-        args = (codes, scales, w_gate_up, w_gate_up_scale)
-        want = reference.w4a4_gemv_ref(*args, a_element=element, w_element=element, out_dtype=dtype, gated=True)
-        gate = reference.w4a4_gemv_ref(*args, a_element=element, w_element=element, out_dtype=dtype)[:, :n].float()
+        product = reference.w4a4_gemv_ref(codes, scales, w_gate_up, w_gate_up_scale, a_element=element,
+                                          w_element=element, out_dtype=dtype)
+        want = reference.silu_mul_ref(product)  # the gated twin (tests/test_fused_decode_kernels.py)
+        gate = product[:, :n].float()
         # plus the twin's own fp32 accumulation: a product whose integer sum is 0 comes out about 1e-9 there
         bound = ulp * (3 + gate.abs()) * want.float().abs() + 1e-5 * want.float().abs().max()
         gated_over = ((got.float() - want.float()).abs() / bound).max().item()

@@ -212,13 +212,18 @@ def rms_norm_quantize_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, ele
     return (*quantize_activations_ref(normed, element, 0, "float", clip_ratio, 0, dp4a_for), normed)
 
 
+def silu_mul_ref(x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for x = [gate | up] (..., 2K), each op in x's dtype as eager torch computes an HF MLP's
+    ``act_fn(gate_proj(x)) * up_proj(x)``."""
+    gate, up = x.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
 def silu_mul_quantize_ref(x: torch.Tensor, element: str, clip_ratio: float = 1.0,
                           dp4a_for: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(codes, per-token scales) of silu(gate) * up for x = [gate | up] (M, 2K), each op in x's dtype as eager
-    torch computes an HF MLP's ``act_fn(gate_proj(x)) * up_proj(x)``."""
+    """(codes, per-token scales) of ``silu_mul_ref(x)`` for x = [gate | up] (M, 2K)."""
     check_prologue_args(x, None, element, clip_ratio, dp4a_for, PROLOGUES["silu_mul"])
-    gate, up = x.chunk(2, dim=-1)
-    return quantize_activations_ref(torch.nn.functional.silu(gate) * up, element, 0, "float", clip_ratio, 0, dp4a_for)
+    return quantize_activations_ref(silu_mul_ref(x), element, 0, "float", clip_ratio, 0, dp4a_for)
 
 
 def dp4a_bytes(packed: torch.Tensor, element: str, w_element: str) -> torch.Tensor:
@@ -259,7 +264,7 @@ def w4a4_gemv_ref(
     """``w4a4_matmul_ref`` with the activation codes given as dp4a bytes (per-row scales): the decode
     kernel's twin. ``residual`` (M, N) of ``out_dtype`` is added to the rounded product (``residual + y``).
     ``gated``: the weight rows are an MLP's gate rows then its up rows, and the result is (M, N / 2)
-    ``silu(gate) * up`` of the rounded product's halves, as eager torch computes the MLP's ``act_fn(gate) * up``.
+    ``silu_mul_ref`` of the rounded product.
     With INT8 activations (W4A8, W8A8) it is the W8A8 product of the levels (``int8_gemm.w8a8_matmul``), INT4
     weights widened to int8."""
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual, gated)
@@ -274,8 +279,7 @@ def w4a4_gemv_ref(
         out = w4a4_matmul_ref(packing.pack(codes), a_scale, w_packed, w_scale, a_element=a_element,
                               w_element=w_element, bias=bias, out_dtype=out_dtype)
     if gated:
-        gate, up = out.chunk(2, dim=-1)
-        return torch.nn.functional.silu(gate) * up
+        return silu_mul_ref(out)
     return out if residual is None else residual + out
 
 
