@@ -5,8 +5,8 @@ For each M x K (bfloat16 activations) it times ``x.clone()`` and the kernel for 
 ``--fp8_codes``, the E4M3 bytes the FP8 prefill path reads), checks every packed result
 against the torch twin on the whole tensor, and reports GB/s (activations read, codes and
 scales written) and the share of the copy's GB/s (which reads and writes x). ``--baseline
-FILE`` also times another version of ``kernels/act_quant.py`` (e.g. ``git show
-HEAD~3:kernels/act_quant.py > /tmp/old.py``; its relative imports are made absolute) in the
+FILE`` also times another version of ``quant_kernels/act_quant.py`` (e.g. ``git show
+HEAD~3:quant_kernels/act_quant.py > /tmp/old.py``; its relative imports are made absolute) in the
 same process, with the same timer. The autotuned configs are listed per key.
 
     python benchmarks/act_quant_bench.py --shapes 8192x4096,8192x14336 --out benchmarks/results/act_quant_h200
@@ -35,9 +35,9 @@ FORMATS = {name: (*spec, 0.9 if name == "int4" else 1.0) for name, spec in W4A4_
 
 
 def load_baseline(path: str):
-    """A copy of kernels/act_quant.py as its own module (relative imports made absolute)."""
+    """A copy of quant_kernels/act_quant.py as its own module (relative imports made absolute)."""
     with open(path) as f:
-        source = f.read().replace("from .", "from kernels.")
+        source = f.read().replace("from .", "from quant_kernels.")
     tmp = tempfile.NamedTemporaryFile("w", suffix="_act_quant_baseline.py", delete=False)
     tmp.write(source)
     tmp.close()
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", default="2048x4096,8192x4096,2048x14336,8192x14336", help="M x K activation shapes")
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma list of {', '.join(FORMATS)}")
     p.add_argument("--no_fp8_codes", action="store_true", help="skip the E4M3-code variants of the per-token formats")
-    p.add_argument("--baseline", help="another version of kernels/act_quant.py to time beside the current one")
+    p.add_argument("--baseline", help="another version of quant_kernels/act_quant.py to time beside the current one")
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--shapes takes M x K pairs like 8192x4096, got {args.shapes!r}")
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this benchmark times the compiled kernel on a GPU")
-    from kernels import act_quant
-    from kernels.reference import quantize_activations_ref
+    from quant_kernels import act_quant
+    from quant_kernels.reference import quantize_activations_ref
 
     versions = [("current", act_quant)] + ([("baseline", load_baseline(args.baseline))] if args.baseline else [])
     device = torch.device("cuda")

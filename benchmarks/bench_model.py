@@ -18,7 +18,7 @@ and gate/up fused, as a loaded checkpoint does. Modes:
   ``--lm_head_w_bits 8``: INT8 weights), the last two on the decode kernel's byte products. QuaRot and
   FlatQuant keep lm_head in 16 bits, so these are modes of their own;
 * ``fp4a4kv4`` / ``fp4a4kv4_cuda_core``: ``w4a4kv4`` with FP4 E2M1 weights (per channel) and activations (per
-  token), its decode products of 5 to 64 rows on the FP8 tensor cores (``kernels.w4a4_gemv``);
+  token), its decode products of 5 to 64 rows on the FP8 tensor cores (``quant_kernels.w4a4_gemv``);
   ``_cuda_core`` runs with ``PTQ_TC_E2M1=0``: the CUDA-core decode kernel up to 8 rows, ``w4a4_gemm`` above;
 * ``fp6`` / ``fp5``: E3M2 / E2M2 weight-only on the FPx kernel.
 
@@ -33,7 +33,7 @@ forward with ``--compile``), for every mode alike. Decode: a prefill of
   step captured as a CUDA graph after two warm-up steps (which also autotune the Triton
   kernels), replayed once per token. KV4 decodes from a static packed cache
   (``StaticPackedKVCache``: codes and scales written in place, read packed by the
-  decode-attention kernel, ``kernels.decode_attention_packed``).
+  decode-attention kernel, ``quant_kernels.decode_attention_packed``).
   With ``--compile`` the step goes through ``torch.compile`` first, for every mode alike
   (``models.decoding.StaticDecoder``).
 * ``eager``: one Python forward per token with a dynamic cache (launch-bound, labelled).

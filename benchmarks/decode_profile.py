@@ -120,7 +120,7 @@ def tuned_configs() -> dict[str, list[str]]:
     processes on the H200 (``benchmarks/results/end_to_end_h200.md``, run 4): the picks go
     into the profile so that runs can be compared config by config.
     """
-    from kernels import act_quant, fpx_gemm, w4a4_gemv  # late: builds Triton kernels
+    from quant_kernels import act_quant, fpx_gemm, w4a4_gemv  # late: builds Triton kernels
 
     tuners = {"w4a4_gemv": w4a4_gemv._gemv_autotuned, "act_quant": act_quant._act_quant_autotuned,
               "fpx_row": fpx_gemm._fpx_row_autotuned}
@@ -135,7 +135,7 @@ def markdown(result: dict, top: int) -> str:
     what = ("One eager prefill forward (no cache), as bench_model times it; a 'step' is one forward; kernel GPU "
             "time from torch.profiler, per forward." if prefill
             else "One CUDA-graph decode step, replayed; kernel GPU time from torch.profiler, per step. A kernel "
-                 "launched as a programmatic dependent launch (kernels.pdl, PTQ_PDL) starts before the one it "
+                 "launched as a programmatic dependent launch (quant_kernels.pdl, PTQ_PDL) starts before the one it "
                  "follows ends, and its time includes that wait: such kernels' times overlap, and their sum can "
                  "exceed the step (negative gaps).")
     lines = [title, "", f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",

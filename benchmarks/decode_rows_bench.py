@@ -1,7 +1,7 @@
 """Decode-sized W4A4 products across batch rows: the CUDA-core and tensor-core decode kernels against cuBLAS bf16.
 
 For each N x K weight shape and row count M it times, in a stream of CUDA-graph calls with the L2 flushed
-before each (``benchmarks.timing``, ``--in_stream``): cuBLAS bf16 (``x @ w.T``); ``kernels.w4a4_linear`` as a
+before each (``benchmarks.timing``, ``--in_stream``): cuBLAS bf16 (``x @ w.T``); ``quant_kernels.w4a4_linear`` as a
 model runs it (the activation kernel writing dp4a bytes, then the decode kernel it picks: the CUDA-core one
 below ``TC_MIN_M`` rows, the tensor-core one up to ``TC_MAX_M`` for INT4 and E2M1 weights, for ``--element e2m1``
 not with ``PTQ_TC_E2M1=0``); and each decode kernel alone on those bytes (the CUDA-core one up to ``GEMV_MAX_M``
@@ -28,18 +28,18 @@ from pipeline.results import device_name, library_versions  # noqa: E402
 
 def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = "int4") -> dict:
     """One row: INT4 x INT4 or E2M1 x E2M1 (``element``) at M x N x K."""
-    import kernels
-    from kernels import reference, w4a4_gemv
+    import quant_kernels
+    from quant_kernels import reference, w4a4_gemv
 
     x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
     w16 = torch.randn(n, k, dtype=torch.bfloat16, device=device) * 0.02
-    w_packed, w_scale = kernels.quantize_activations(w16, element, backend="triton")
-    a_bytes, a_scale = kernels.quantize_activations(x, element, dp4a_for=element, backend="triton")
+    w_packed, w_scale = quant_kernels.quantize_activations(w16, element, backend="triton")
+    a_bytes, a_scale = quant_kernels.quantize_activations(x, element, dp4a_for=element, backend="triton")
     kw = dict(a_element=element, w_element=element)
     want = reference.w4a4_gemv_ref(a_bytes.cpu(), a_scale.cpu(), w_packed.cpu(), w_scale.cpu(), **kw,
                                    out_dtype=torch.float32).to(device)
     row = {"n": n, "k": k, "m": m, "element": element, "bf16_ms": time_ms(lambda: x @ w16.T),
-           "linear_ms": time_ms(lambda: kernels.w4a4_linear(x, w_packed, w_scale, **kw, out_dtype=torch.bfloat16)),
+           "linear_ms": time_ms(lambda: quant_kernels.w4a4_linear(x, w_packed, w_scale, **kw, out_dtype=torch.bfloat16)),
            "linear_kernel": "tensor-core" if w4a4_gemv.takes_tensor_cores(m, element) else
            "CUDA-core" if m <= w4a4_gemv.max_rows(element) else "GEMM"}
     for name, tc in (("cuda_core", False), ("tensor_core", True)):
@@ -64,7 +64,7 @@ def markdown(result: dict) -> str:
              f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
              f"Command: `{result['command']}`", "",
              "Median µs of one call in a stream of CUDA-graph calls, the L2 flushed before each. `linear`: "
-             "`kernels.w4a4_linear` from bf16 rows (activation kernel + the decode kernel it picks); the kernel "
+             "`quant_kernels.w4a4_linear` from bf16 rows (activation kernel + the decode kernel it picks); the kernel "
              "columns: that kernel alone on dp4a bytes. Ratios against cuBLAS bf16. Largest error of each kernel "
              "over the largest output, against the twin (fp32 out): " + (
                  f"{max(v for r in result['rows'] for key, v in r.items() if key.endswith('rel_err')):.1e}."

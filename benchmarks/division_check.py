@@ -1,6 +1,6 @@
 """Is the activation kernel's reciprocal division correctly rounded? A check against exact rationals.
 
-``kernels.act_quant._divide`` computes y / s, for a scale s in [2^-96, 2^96), as
+``quant_kernels.act_quant._divide`` computes y / s, for a scale s in [2^-96, 2^96), as
 q0 = y * RN(1/s), then q = fma(fma(-q0, s, y), RN(1/s), q0) (Markstein's correction), and
 the twin divides with IEEE rounding: the codes agree only if q == RN(y / s) bit for bit.
 This draws random fp32 scales in that range and quotients in [-9, 9] (y as float32 and as

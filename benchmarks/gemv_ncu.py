@@ -53,8 +53,8 @@ def launch(n: int, k: int, config: tuple[int, int, int, int, bool, int, int], w_
     output."""
     import triton
 
-    from kernels.reference import dp4a_bytes
-    from kernels.w4a4_gemv import w4a4_gemv_triton
+    from quant_kernels.reference import dp4a_bytes
+    from quant_kernels.w4a4_gemv import w4a4_gemv_triton
 
     a_packed = torch.randint(0, 256, (1, k // 2), dtype=torch.uint8, device=device)
     w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=device)

@@ -13,7 +13,7 @@ before every repetition):
   tensor-core kernel, split-K at M <= 16) and after the activation-quantization kernel
   (``quant+gemm``); where the decode kernel ran, also the tensor-core kernel
   (``dot gemm``), for comparison;
-* for ``int4`` and ``e2m1``, the FP8 path (``kernels.fp8_gemm``): cuBLAS's FP8 GEMM on
+* for ``int4`` and ``e2m1``, the FP8 path (``quant_kernels.fp8_gemm``): cuBLAS's FP8 GEMM on
   codes widened to E4M3 alone (``fp8 gemm``, weight widened beforehand), with the weight
   widened in the timed call (``fp8 unpack+gemm``), and the whole linear
   (``fp8 quant+unpack+gemm``: activation codes, widening, GEMM);
@@ -50,8 +50,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.kernel_check import FP8_ACCUMULATION_OF_MAX  # noqa: E402
 from benchmarks.result_files import write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
-import kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
-from kernels import reference  # noqa: E402
+import quant_kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
+from quant_kernels import reference  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 from quant_layers import QuantSpec, Quantizer  # noqa: E402
 from quant_layers.packing import element_named, encode, pack_planes  # noqa: E402
@@ -103,7 +103,7 @@ def rowwise_fp8(t: torch.Tensor, multiple: int = 1) -> tuple[torch.Tensor, torch
 
 
 def check_quantization(x: torch.Tensor, element: str, group: int, kind: str) -> str:
-    got = kernels.quantize_activations(x, element, group, kind, backend="triton")
+    got = quant_kernels.quantize_activations(x, element, group, kind, backend="triton")
     want = reference.quantize_activations_ref(x, element, group, kind)
     same = torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     return "ok" if same else f"MISMATCH codes {(got[0] != want[0]).float().mean().item():.2e}"
@@ -112,7 +112,7 @@ def check_quantization(x: torch.Tensor, element: str, group: int, kind: str) -> 
 def check_gemm(a: tuple, w: tuple, spec: dict) -> str:
     """Triton GEMM against the twin on the first CHECK_ROWS rows."""
     a_rows = (a[0][:CHECK_ROWS], a[1][:CHECK_ROWS])
-    got = kernels.w4a4_matmul(*a_rows, *w, out_dtype=torch.float32, backend="triton", **spec).float()
+    got = quant_kernels.w4a4_matmul(*a_rows, *w, out_dtype=torch.float32, backend="triton", **spec).float()
     want = reference.w4a4_matmul_ref(*a_rows, *w, out_dtype=torch.float32, **spec)
     err = ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
     return "ok" if err <= 1e-5 else f"MISMATCH rel err {err:.1e}"
@@ -121,7 +121,7 @@ def check_gemm(a: tuple, w: tuple, spec: dict) -> str:
 def check_fp8_path(x: torch.Tensor, wq: tuple, element: str) -> str:
     """The FP8 path's linear against the fp32 twin on the first CHECK_ROWS rows: bfloat16 rounding."""
     rows = x[:CHECK_ROWS]
-    got = kernels.w4a4_linear(rows, *wq, a_element=element, w_element=element, out_dtype=torch.bfloat16,
+    got = quant_kernels.w4a4_linear(rows, *wq, a_element=element, w_element=element, out_dtype=torch.bfloat16,
                               backend="triton", path="fp8").float()
     aq = reference.quantize_activations_ref(rows, element, 0, "float")
     want = reference.w4a4_matmul_ref(*aq, *wq, a_element=element, w_element=element, out_dtype=torch.float32)
@@ -137,18 +137,18 @@ def check_fp8_path(x: torch.Tensor, wq: tuple, element: str) -> str:
 
 def fp8_path_rows(n: int, m: int, k: int, x: torch.Tensor, wq: tuple, name: str, element: str, time_ms) -> list[dict]:
     """The FP8 path of a per-row format: GEMM alone, with the weight widening, with everything."""
-    from kernels.fp8_gemm import w4a4_matmul_fp8  # late: builds Triton kernels (TRITON_INTERPRET is set in main)
+    from quant_kernels.fp8_gemm import w4a4_matmul_fp8  # late: builds Triton kernels (TRITON_INTERPRET is set in main)
 
     check = check_fp8_path(x, wq, element)
-    codes, a_scale = kernels.quantize_activations(x, element, fp8_codes=True, backend="triton")
-    w8 = kernels.unpack_fp8(wq[0], element, backend="triton")
+    codes, a_scale = quant_kernels.quantize_activations(x, element, fp8_codes=True, backend="triton")
+    w8 = quant_kernels.unpack_fp8(wq[0], element, backend="triton")
     weight_bytes = wq[0].numel() + 4 * wq[1].numel()
-    linear = functools.partial(kernels.w4a4_linear, x, *wq, a_element=element, w_element=element,
+    linear = functools.partial(quant_kernels.w4a4_linear, x, *wq, a_element=element, w_element=element,
                                out_dtype=torch.bfloat16, backend="triton", path="fp8")
     return [
         row(n, m, k, f"{name} fp8 gemm", time_ms(lambda: w4a4_matmul_fp8(codes, a_scale, w8, wq[1])), n * k, check),
         row(n, m, k, f"{name} fp8 unpack+gemm", time_ms(
-            lambda: w4a4_matmul_fp8(codes, a_scale, kernels.unpack_fp8(wq[0], element, backend="triton"), wq[1])),
+            lambda: w4a4_matmul_fp8(codes, a_scale, quant_kernels.unpack_fp8(wq[0], element, backend="triton"), wq[1])),
             weight_bytes, check),
         row(n, m, k, f"{name} fp8 quant+unpack+gemm", time_ms(linear), weight_bytes, check),
     ]
@@ -156,7 +156,7 @@ def fp8_path_rows(n: int, m: int, k: int, x: torch.Tensor, wq: tuple, name: str,
 
 def tuned_config(m: int, k: int, group: int, gemv: bool | None = None, w_element: str | None = None) -> str:
     """The config the autotuner of this GEMM picked on its last run: tile sizes, warps, stages."""
-    from kernels import w4a4_gemm
+    from quant_kernels import w4a4_gemm
 
     if w4a4_gemm.INTERPRET:  # one fixed config, no autotuner
         return ""
@@ -166,7 +166,7 @@ def tuned_config(m: int, k: int, group: int, gemv: bool | None = None, w_element
 def fpx_tuned_config(row_kernel: bool) -> str:
     """The config the FPx kernel's autotuner (the CUDA-core row kernel's or the tensor-core one's) picked on its
     last run."""
-    from kernels import fpx_gemm
+    from quant_kernels import fpx_gemm
 
     if fpx_gemm.INTERPRET:
         return ""
@@ -198,8 +198,8 @@ def row(n: int, m: int, k: int, method: str, ms: float | None, weight_bytes: int
 
 def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: list[str]) -> list[dict]:
     """Every GEMM of one (N, K, M): the bf16 and fp8 baselines first, then the W4A4 formats."""
-    from kernels.w4a4_gemm import takes_gemv, w4a4_matmul_triton  # late: builds Triton kernels (see main)
-    from kernels.w4a4_gemv import w4a4_gemv_triton
+    from quant_kernels.w4a4_gemm import takes_gemv, w4a4_matmul_triton  # late: builds Triton kernels (see main)
+    from quant_kernels.w4a4_gemv import w4a4_gemv_triton
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
     rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
@@ -214,21 +214,21 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
         rows.append(row(n, m, k, "fp8", None, n * k, f"unavailable: {str(e).splitlines()[0][:80]}"))
     for name in formats:
         element, group, kind = W4A4_FORMATS[name]
-        wq = kernels.quantize_activations(w, element, group, kind, backend="triton")
-        aq = kernels.quantize_activations(x, element, group, kind, backend="triton")
+        wq = quant_kernels.quantize_activations(w, element, group, kind, backend="triton")
+        aq = quant_kernels.quantize_activations(x, element, group, kind, backend="triton")
         spec = dict(a_element=element, w_element=element, a_group=group, w_group=group)
         check = ", ".join([check_quantization(x[:CHECK_ROWS], element, group, kind),
                            check_gemm(aq, wq, spec)])
         weight_bytes = wq[0].numel() + 4 * wq[1].numel()
         decode = takes_gemv(m, k, group, group, w_element=element)
         if decode:  # a decode kernel (CUDA-core, or tensor-core for INT4 and E2M1 weights), on the activation kernel's bytes
-            a_bytes = kernels.quantize_activations(x, element, dp4a_for=element, backend="triton")
+            a_bytes = quant_kernels.quantize_activations(x, element, dp4a_for=element, backend="triton")
             gemm = functools.partial(w4a4_gemv_triton, *a_bytes, *wq, a_element=element, w_element=element,
                                      out_dtype=torch.bfloat16)
         else:
-            gemm = functools.partial(kernels.w4a4_matmul, *aq, *wq, out_dtype=torch.bfloat16, backend="triton",
+            gemm = functools.partial(quant_kernels.w4a4_matmul, *aq, *wq, out_dtype=torch.bfloat16, backend="triton",
                                      **spec)
-        linear = functools.partial(kernels.w4a4_linear, x, *wq, a_element=element, w_element=element, a_group=group,
+        linear = functools.partial(quant_kernels.w4a4_linear, x, *wq, a_element=element, w_element=element, a_group=group,
                                    w_group=group, scale_kind=kind, out_dtype=torch.bfloat16, backend="triton",
                                    path="packed")
         rows.append(row(n, m, k, f"{name} gemm", time_ms(gemm), weight_bytes, check))
@@ -259,7 +259,7 @@ def bench_act_quant(m: int, k: int, device: torch.device, time_ms, formats: list
     out = [{"M": m, "K": k, "kernel": "x.clone()", "ms": copy_ms, "gbs": 2 * x.numel() * 2 / copy_ms / 1e6, "check": ""}]
     for name in formats:
         element, group, kind = W4A4_FORMATS[name]
-        ms = time_ms(lambda: kernels.quantize_activations(x, element, group, kind, backend="triton"))
+        ms = time_ms(lambda: quant_kernels.quantize_activations(x, element, group, kind, backend="triton"))
         moved = act_quant_bytes(m, k, group)
         out.append({"M": m, "K": k, "kernel": name, "ms": ms, "gbs": moved / ms / 1e6,
                     "check": check_quantization(x[:CHECK_ROWS], element, group, kind)})
@@ -280,7 +280,7 @@ def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Te
               row_kernel: bool | None = None) -> str:
     """Triton weight-only GEMM (``row_kernel`` as ``fpx_matmul_triton`` takes it) against the twin on the first
     CHECK_ROWS rows."""
-    from kernels.fpx_gemm import fpx_matmul_triton  # late: builds Triton kernels (see main)
+    from quant_kernels.fpx_gemm import fpx_matmul_triton  # late: builds Triton kernels (see main)
 
     spec = dict(element=element, bits=element_named(element).bits, out_dtype=torch.float32)
     got = fpx_matmul_triton(x[:CHECK_ROWS], planes, scale, row_kernel=row_kernel, **spec)
@@ -294,14 +294,14 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms,
     """bf16 activations x FPx weights (per-channel scales) against bf16 torch.matmul; for 2..ROW_MAX_M rows the
     kernel the default did not pick beside it (the tensor-core kernel up to ROW_DEFAULT_MAX_M rows, where the
     CUDA-core row kernel is the default, the row kernel above)."""
-    from kernels import fpx_gemm  # late: builds Triton kernels (see main)
+    from quant_kernels import fpx_gemm  # late: builds Triton kernels (see main)
 
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
     rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
     for element in elements:
         planes, scale = fpx_weight(w, element)
-        gemm = functools.partial(kernels.fpx_matmul, x, planes, scale, element=element,
+        gemm = functools.partial(quant_kernels.fpx_matmul, x, planes, scale, element=element,
                                  bits=element_named(element).bits, backend="triton")
         weight_bytes = sum(p.numel() for p in planes) + 4 * n
         check = check_fpx(x, planes, scale, element)

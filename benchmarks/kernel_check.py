@@ -48,9 +48,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.result_files import write_result_files  # noqa: E402
-import kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
-from kernels import reference  # noqa: E402
-from kernels.int8_gemm import quantize_rows_int8  # noqa: E402
+import quant_kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
+from quant_kernels import reference  # noqa: E402
+from quant_kernels.int8_gemm import quantize_rows_int8  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 from quant_layers.packing import element_named, encode, pack_planes  # noqa: E402
 from quant_layers.quantizer import QuantSpec  # noqa: E402
@@ -112,7 +112,7 @@ def random_activations(m: int, k: int, dtype: torch.dtype, device: torch.device)
 
 def check_act(x: torch.Tensor, name: str, hadamard_block: int) -> dict:
     element, group, kind, clip = ACT_FORMATS[name]
-    got = kernels.quantize_activations(x, element, group, kind, clip, hadamard_block, backend="triton")
+    got = quant_kernels.quantize_activations(x, element, group, kind, clip, hadamard_block, backend="triton")
     want = reference.quantize_activations_ref(x, element, group, kind, clip, hadamard_block)
     codes = (got[0] != want[0]).float().mean().item()
     if hadamard_block:  # the fraction of scales off by more than a few ulps
@@ -172,13 +172,13 @@ def close(out: torch.Tensor, want: torch.Tensor, of_max: float = 1e-5,
 
 def check_gemm(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torch.dtype,
                device: torch.device) -> dict:
-    from kernels.w4a4_gemm import w4a4_matmul_triton
+    from quant_kernels.w4a4_gemm import w4a4_matmul_triton
 
     a_el, a_group, a_kind, a_clip = ACT_FORMATS[a_name]
     w_el, w_group, w_kind, w_clip = ACT_FORMATS[w_name]
-    a = kernels.quantize_activations(random_activations(m, k, torch.bfloat16, device), a_el, a_group, a_kind, a_clip,
+    a = quant_kernels.quantize_activations(random_activations(m, k, torch.bfloat16, device), a_el, a_group, a_kind, a_clip,
                                      backend="triton")
-    w = kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, w_group,
+    w = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, w_group,
                                      w_kind, w_clip, backend="triton")
     spec = dict(a_element=a_el, w_element=w_el, a_group=a_group, w_group=w_group)
     bias = torch.randn(n, device=device)
@@ -193,15 +193,15 @@ def check_gemm(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torc
 
 def check_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torch.dtype,
                  device: torch.device) -> dict:
-    """``kernels.w4a4_linear`` from bf16 rows (activation kernel, then the GEMM it picks for M) against
+    """``quant_kernels.w4a4_linear`` from bf16 rows (activation kernel, then the GEMM it picks for M) against
     quantize-then-multiply with the twins."""
     a_el, _, _, a_clip = ACT_FORMATS[a_name]
     w_el, _, _, w_clip = ACT_FORMATS[w_name]
     x = random_activations(m, k, torch.bfloat16, device)
-    w = kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, 0, "float",
+    w = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, 0, "float",
                                      w_clip, backend="triton")
     bias = torch.randn(n, device=device)
-    out = kernels.w4a4_linear(x, *w, a_element=a_el, w_element=w_el, clip_ratio=a_clip, bias=bias,
+    out = quant_kernels.w4a4_linear(x, *w, a_element=a_el, w_element=w_el, clip_ratio=a_clip, bias=bias,
                               out_dtype=out_dtype, backend="triton")
     a = reference.quantize_activations_ref(x, a_el, 0, "float", a_clip)
     want = reference.w4a4_matmul_ref(*a, *w, a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.float32)
@@ -213,8 +213,8 @@ def check_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: to
 
 def check_fp8_codes(x: torch.Tensor, name: str) -> dict:
     element, group, kind, clip = ACT_FORMATS[name]
-    got, got_scale = kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="triton")
-    want, want_scale = kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="torch")
+    got, got_scale = quant_kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="triton")
+    want, want_scale = quant_kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="torch")
     codes = (got.view(torch.uint8) != want.view(torch.uint8)).float().mean().item()
     scales = (got_scale != want_scale).float().mean().item()
     return {"kernel": "act_quant fp8 codes", "case": name,
@@ -227,12 +227,12 @@ def check_fp8_linear(m: int, n: int, k: int, a_name: str, w_name: str, device: t
     a_el, _, _, a_clip = ACT_FORMATS[a_name]
     w_el, _, _, w_clip = ACT_FORMATS[w_name]
     x = random_activations(m, k, torch.bfloat16, device)
-    w = kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, 0, "float",
+    w = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, 0, "float",
                                      w_clip, backend="triton")
-    widened = kernels.unpack_fp8(w[0], w_el, backend="triton").view(torch.uint8)
-    unpack_differ = (widened != kernels.unpack_fp8(w[0], w_el, backend="torch").view(torch.uint8)).float().mean()
+    widened = quant_kernels.unpack_fp8(w[0], w_el, backend="triton").view(torch.uint8)
+    unpack_differ = (widened != quant_kernels.unpack_fp8(w[0], w_el, backend="torch").view(torch.uint8)).float().mean()
     bias = torch.randn(n, device=device).to(torch.bfloat16)
-    out = kernels.w4a4_linear(x, *w, a_element=a_el, w_element=w_el, clip_ratio=a_clip, bias=bias,
+    out = quant_kernels.w4a4_linear(x, *w, a_element=a_el, w_element=w_el, clip_ratio=a_clip, bias=bias,
                               out_dtype=torch.bfloat16, backend="triton", path="fp8")
     a = reference.quantize_activations_ref(x, a_el, 0, "float", a_clip)
     want = reference.w4a4_matmul_ref(*a, *w, a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.float32)
@@ -243,7 +243,7 @@ def check_fp8_linear(m: int, n: int, k: int, a_name: str, w_name: str, device: t
 
 
 def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device) -> dict:
-    from kernels.fpx_gemm import fpx_matmul_triton
+    from quant_kernels.fpx_gemm import fpx_matmul_triton
 
     fmt = element_named(element)
     w = torch.randn(n, k, device=device) * 0.02
@@ -267,7 +267,7 @@ def check_decode_attention(batch: int, heads_kv: int, groups: int, dim: int, len
                            dtype: torch.dtype, device: torch.device) -> dict:
     q, key, value = (torch.randn(batch, heads_kv, rows, dim, device=device).to(dtype) for rows in (groups, length, length))
     mask = (torch.arange(length, device=device)[None, :] < torch.tensor(written, device=device)[:, None])[:, None, None]
-    out = kernels.decode_attention(q, key, value, mask, backend="triton")
+    out = quant_kernels.decode_attention(q, key, value, mask, backend="triton")
     want = reference.decode_attention_ref(q.float(), key.float(), value.float(), mask, dim**-0.5)
     # Half operands: the probabilities enter the second product in q's dtype (as in flash attention).
     ok, excess = close(out, want, of_max=1e-5 if dtype == torch.float32 else 2.0**-7)
@@ -280,7 +280,7 @@ def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: i
                                   dtype: torch.dtype, device: torch.device) -> dict:
     """The KV4 benchmark's cache (INT4 K, asymmetric INT4 V, a scale per token and head) read as packed codes,
     against attention over the same K and V dequantized the cache's way."""
-    from kernels.flash_decode import decode_attention_packed_triton
+    from quant_kernels.flash_decode import decode_attention_packed_triton
     from quant_layers.packed_kv_cache import _PackedTensor
     from quant_layers.quantizer import QuantSpec, Quantizer
 
@@ -305,7 +305,7 @@ def check_kv_write(batch: int, heads: int, tokens: int, dim: int, dtype: torch.d
     """The K/V write kernel against the static packed cache's torch writes: the KV4 benchmark's quantizers (INT4 K,
     asymmetric INT4 V, per head) and a grouped pair with clipping, K and V from a (B, T, H, D) view; every code,
     scale and zero point of the buffers equal."""
-    from kernels.kv_write import write_kv4_triton
+    from quant_kernels.kv_write import write_kv4_triton
     from quant_layers.packed_kv_cache import _PackedTensor
     from quant_layers.quantizer import QuantSpec, Quantizer
 
@@ -348,11 +348,11 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
     the twin's (the gate and up products an ulp each, silu's exponential, which turns an ulp of a negative gate g
     into about 1 + |g| of silu's, and the two roundings after; and 1e-5 of the largest value, the twin's own fp32
     accumulation)."""
-    from kernels.w4a4_gemv import takes_gated, w4a4_gemv_triton
+    from quant_kernels.w4a4_gemv import takes_gated, w4a4_gemv_triton
 
     x = random_activations(m, k, dtype, device)
     weight = (torch.rand(k, device=device) + 0.5).to(dtype)
-    codes, scales, normed = kernels.rms_norm_quantize(x, weight, 1e-5, element, 0.9, dp4a_for=element,
+    codes, scales, normed = quant_kernels.rms_norm_quantize(x, weight, 1e-5, element, 0.9, dp4a_for=element,
                                                       backend="triton")
     want_normed = reference.rms_norm_quantize_ref(x, weight, 1e-5, element, 0.9, element)[2]
     again = reference.quantize_activations_ref(normed, element, 0, "float", 0.9, dp4a_for=element)
@@ -361,14 +361,14 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
     norm_ok = (bool(((normed.float() - want_normed.float()).abs() <= ulp * want_normed.float().abs()).all())
                and norm_off <= 0.05 and torch.equal(codes, again[0]) and torch.equal(scales, again[1]))
     gate_up = random_activations(m, 2 * n, dtype, device)
-    silu = kernels.silu_mul_quantize(gate_up, element, 0.9, dp4a_for=element, backend="triton")
+    silu = quant_kernels.silu_mul_quantize(gate_up, element, 0.9, dp4a_for=element, backend="triton")
     silu_want = reference.silu_mul_quantize_ref(gate_up, element, 0.9, element)
     silu_codes = (silu[0] != silu_want[0]).float().mean().item()
     silu_ok = (silu_codes <= 1e-3 and bool(((silu[1] - silu_want[1]).abs() <= ulp * silu_want[1]).all()))
-    w_packed, w_scale = kernels.quantize_activations(torch.randn(n, k, device=device, dtype=dtype) * 0.02, element,
+    w_packed, w_scale = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=dtype) * 0.02, element,
                                                     backend="triton")
     residual = random_activations(m, n, dtype, device)
-    got = kernels.w4a4_matmul_dp4a(codes, scales, w_packed, w_scale, a_element=element, w_element=element,
+    got = quant_kernels.w4a4_matmul_dp4a(codes, scales, w_packed, w_scale, a_element=element, w_element=element,
                                    out_dtype=dtype, residual=residual, backend="triton")
     want = reference.w4a4_gemv_ref(codes, scales, w_packed, w_scale, a_element=element, w_element=element,
                                    out_dtype=dtype, residual=residual)
@@ -377,7 +377,7 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
     gemv_ok, excess = close(got, want, rounded_before=product)
     gated, gated_ok = "", True
     if takes_gated(m, element):
-        w_gate_up, w_gate_up_scale = kernels.quantize_activations(
+        w_gate_up, w_gate_up_scale = quant_kernels.quantize_activations(
             torch.randn(2 * n, k, device=device, dtype=dtype) * 0.02, element, backend="triton")
         poisoned = torch.full((m, n), float("nan"), dtype=dtype, device=device)
         got = w4a4_gemv_triton(codes, scales, w_gate_up, w_gate_up_scale, a_element=element, w_element=element,
@@ -399,23 +399,23 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
 
 
 def check_int8_decode(m: int, n: int, k: int, w_element: str, dtype: torch.dtype, device: torch.device) -> dict:
-    """W4A8 / W8A8 on the decode kernel (``kernels.w4a8_linear`` / ``w8a8_linear``): the activation kernel's INT8
+    """W4A8 / W8A8 on the decode kernel (``quant_kernels.w4a8_linear`` / ``w8a8_linear``): the activation kernel's INT8
     dp4a bytes and scales exactly the twin's, and the product within fp32-accumulation rounding of the exact
     integer product (float64) times the scales."""
     x = random_activations(m, k, dtype, device)
     w = torch.randn(n, k, device=device) * 0.02
     if w_element == "int4":
-        w_codes, w_scale = kernels.quantize_activations(w, "int4", backend="triton")
+        w_codes, w_scale = quant_kernels.quantize_activations(w, "int4", backend="triton")
     else:  # per-channel INT8 weights: the same symmetric absmax rounding as per-token INT8 activations
         w_int8, w_scale = quantize_rows_int8(w)
         w_codes = w_int8.view(torch.uint8)
     w_levels = reference.int8_weight_codes(w_codes, w_element).view(torch.int8)
-    a_bytes, a_scale = kernels.quantize_activations(x, "int8", clip_ratio=0.9, dp4a_for=w_element, backend="triton")
+    a_bytes, a_scale = quant_kernels.quantize_activations(x, "int8", clip_ratio=0.9, dp4a_for=w_element, backend="triton")
     want_bytes, want_scale = reference.quantize_activations_ref(x, "int8", 0, "float", 0.9, dp4a_for=w_element)
     codes = (a_bytes != want_bytes).float().mean().item()
     scales = (a_scale != want_scale).float().mean().item()
     bias = torch.randn(n, device=device)
-    linear = kernels.w4a8_linear if w_element == "int4" else kernels.w8a8_linear
+    linear = quant_kernels.w4a8_linear if w_element == "int4" else quant_kernels.w8a8_linear
     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
     out.copy_(linear(x, w_codes, w_scale, clip_ratio=0.9, bias=bias, out_dtype=dtype, backend="triton"))
     levels = reference.dp4a_values(want_bytes, "int8", w_element).double()
@@ -433,12 +433,12 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
     autotuner's config (split_k None) or 64 x 128 bytes split ``split_k`` ways (on the CPU: the interpreter's)."""
     import triton
 
-    from kernels.w4a4_gemv import INTERPRET, INTERPRET_TC_CONFIG, _tc_autotuned, w4a4_gemv_triton
+    from quant_kernels.w4a4_gemv import INTERPRET, INTERPRET_TC_CONFIG, _tc_autotuned, w4a4_gemv_triton
 
     x = random_activations(m, k, dtype, device)
-    w_codes, w_scale = kernels.quantize_activations(torch.randn(n, k, device=device) * 0.02, w_element,
+    w_codes, w_scale = quant_kernels.quantize_activations(torch.randn(n, k, device=device) * 0.02, w_element,
                                                     backend="triton")
-    a_bytes, a_scale = kernels.quantize_activations(x, a_element, clip_ratio=0.9 if a_element == "int4" else 1.0,
+    a_bytes, a_scale = quant_kernels.quantize_activations(x, a_element, clip_ratio=0.9 if a_element == "int4" else 1.0,
                                                     dp4a_for=w_element, backend="triton")
     bias = torch.randn(n, device=device)
     residual = random_activations(m, n, dtype, device)
@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU, or pass --cpu_dry_run to exercise the script on CPU")
     torch.backends.cuda.matmul.allow_tf32 = False  # the twin's fp32 matmul must be fp32
-    from kernels.w4a4_gemv import TC_MAX_M  # late: builds Triton kernels, after TRITON_INTERPRET is settled
+    from quant_kernels.w4a4_gemv import TC_MAX_M  # late: builds Triton kernels, after TRITON_INTERPRET is settled
 
     device = torch.device("cpu" if args.cpu_dry_run else "cuda")
     act_shapes = DRY_ACT_SHAPES if args.cpu_dry_run else GPU_ACT_SHAPES

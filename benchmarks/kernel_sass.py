@@ -1,9 +1,9 @@
 """The machine code of the decode kernels for a GPU architecture, compiled on any machine (no GPU needed).
 
-For each autotuning config of the FPx one-row kernel (``kernels.fpx_gemm._fpx_row_kernel``),
-the W4A4 decode kernel (``kernels.w4a4_gemv._w4a4_gemv_kernel``, one row), the tensor-core decode
+For each autotuning config of the FPx one-row kernel (``quant_kernels.fpx_gemm._fpx_row_kernel``),
+the W4A4 decode kernel (``quant_kernels.w4a4_gemv._w4a4_gemv_kernel``, one row), the tensor-core decode
 kernel (``_w4a4_tc_kernel``, 16 rows: its wgmma count is IGMMA, QGMMA for E2M1 weights) or the
-activation kernel (``kernels.act_quant._act_quant_kernel``: bfloat16 rows of ``--k`` columns, per token
+activation kernel (``quant_kernels.act_quant._act_quant_kernel``: bfloat16 rows of ``--k`` columns, per token
 without clipping or NVFP4 / MXFP4 groups, the configs its autotuner keeps at prefill sizes; its count holds the per-element
 division fallback for scales outside 2^-96..2^96 too, which runs only there) it compiles
 the kernel with Triton for ``--arch`` (default sm_90, Hopper) as the JIT would on an aligned
@@ -53,7 +53,7 @@ def fpx_row_source(element: str, config: tuple[int, ...]):
     stages, PREFETCH)."""
     from triton.compiler import ASTSource
 
-    from kernels.fpx_gemm import HIGH_PLANE_WIDTH, ROW_X_SCALE_EXP, _fpx_row_kernel
+    from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, ROW_X_SCALE_EXP, _fpx_row_kernel
     from quant_layers.packing import element_named
 
     fmt = element_named(element)
@@ -75,7 +75,7 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
     activation element changes only the host's unit), and one (BLOCK_N, BLOCK_KW, warps, stages, PREFETCH, FOLD)."""
     from triton.compiler import ASTSource
 
-    from kernels.w4a4_gemv import _w4a4_gemv_kernel
+    from quant_kernels.w4a4_gemv import _w4a4_gemv_kernel
 
     a_element, w_element = pair.split("x")
     names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "M", "N", "KW",
@@ -99,7 +99,7 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     same loop)."""
     from triton.compiler import ASTSource
 
-    from kernels.w4a4_gemv import _w4a4_tc_kernel
+    from quant_kernels.w4a4_gemv import _w4a4_tc_kernel
 
     names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "partial_ptr",
              "count_ptr", "M", "N", "KB", "M_BUCKET", "stride_am", "stride_wn", "stride_asm", "stride_wsn",
@@ -119,7 +119,7 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
     without clipping, or the block-scaled formats) and one (BLOCK_M, CHUNK, warps, stages, ROW_STEPS)."""
     from triton.compiler import ASTSource
 
-    from kernels.act_quant import SCALE_KIND_IDS, _act_quant_kernel, _tile, clamp_kind
+    from quant_kernels.act_quant import SCALE_KIND_IDS, _act_quant_kernel, _tile, clamp_kind
 
     element, fp8_codes, group, scale_kind = ACT_ELEMENTS[case]
     names = ["x_ptr", "h_ptr", "norm_ptr", "normed_ptr", "packed_ptr", "scale_ptr", "tensor_amax_ptr", "M", "K",
@@ -142,7 +142,7 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
 def act_quant_configs(k: int, group: int = 0) -> list[tuple[int, ...]]:
     """(BLOCK_M, CHUNK, warps, stages, ROW_STEPS) of the configs the activation kernel's autotuner keeps for rows of
     k columns at M = 8192, per token or in groups of ``group``."""
-    from kernels import act_quant
+    from quant_kernels import act_quant
 
     block_k = act_quant._tile(k, group, 0)[1]
     kept = act_quant._prune_tiles(act_quant._act_quant_autotuned.configs, dict(M_BUCKET=4096), HAD_BLOCK=0,
@@ -229,11 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     if "TRITON_INTERPRET" in os.environ and os.environ["TRITON_INTERPRET"] not in ("", "0"):
         p.error("TRITON_INTERPRET is set: unset it, the kernels must be compiled, not interpreted")
     if args.kernel == "fpx_row":
-        from kernels.fpx_gemm import ROW_CONFIGS, ROW_PIPELINED_CONFIGS
+        from quant_kernels.fpx_gemm import ROW_CONFIGS, ROW_PIPELINED_CONFIGS
 
         configs = ROW_CONFIGS + [(bn, bkw, w, stages, False, 1, stages)
                                  for bn, bkw, w, stages in ROW_PIPELINED_CONFIGS]
-        from kernels.reference import fpx_element
+        from quant_kernels.reference import fpx_element
         from quant_layers.packing import element_named
 
         try:
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         def build(case, config):
             return act_quant_source(case, config, args.k)
     elif args.kernel == "w4a4_tc":
-        from kernels.w4a4_gemv import TC_CONFIGS, tc_config_fits
+        from quant_kernels.w4a4_gemv import TC_CONFIGS, tc_config_fits
 
         if args.element not in ("int4xint4", "e2m1xint4", "int8xint4", "int4xe2m1", "e2m1xe2m1"):
             p.error(f"--element for w4a4_tc is A_ELEMENTxint4 (int4, e2m1 or int8 activations) or A_ELEMENTxe2m1 "
@@ -260,13 +260,13 @@ def main(argv: list[str] | None = None) -> int:
                                      if tc_config_fits(bn, w, args.element.endswith("e2m1"))))
         build = w4a4_tc_source
     else:
-        from kernels.w4a4_gemv import (FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PIPELINED_CONFIGS,
+        from quant_kernels.w4a4_gemv import (FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PIPELINED_CONFIGS,
                                        GEMV_PREFETCH_CONFIGS)
 
         configs = ([(*c, False, 1) for c in GEMV_CONFIGS] + [(*c, True, 1) for c in GEMV_PREFETCH_CONFIGS]
                    + [(*c, False, FOLD) for c in GEMV_FOLDED_CONFIGS]
                    + [(bn, bkw, w, stages, False, 1, stages) for bn, bkw, w, stages in GEMV_PIPELINED_CONFIGS])
-        from kernels.reference import DP4A_PAIRS
+        from quant_kernels.reference import DP4A_PAIRS
 
         if tuple(args.element.split("x")) not in DP4A_PAIRS:
             p.error(f"--element for w4a4_gemv is A_ELEMENTxW_ELEMENT, one of "

@@ -32,14 +32,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import kernels  # noqa: E402
-import kernels.act_quant as act_quant  # noqa: E402
+import quant_kernels  # noqa: E402
+import quant_kernels.act_quant as act_quant  # noqa: E402
 import models.fused_decoder_layer as fused_decoder_layer  # noqa: E402
 from benchmarks.bench_model import build_config  # noqa: E402
 from benchmarks.decode_profile import profile_mode, tuned_configs  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 
-ORIGINAL = {name: getattr(kernels, name) for name in ("rms_norm_quantize", "silu_mul_quantize",
+ORIGINAL = {name: getattr(quant_kernels, name) for name in ("rms_norm_quantize", "silu_mul_quantize",
                                                          "quantize_activations")}
 
 
@@ -72,19 +72,19 @@ def _ungated_plan(layer):
 
 def patch(variant: str) -> None:
     for name, function in ORIGINAL.items():
-        setattr(kernels, name, function)
+        setattr(quant_kernels, name, function)
     fused_decoder_layer.decode_plan = _ungated_plan if variant == "ungated" else PLAN
     split_max_m = 0 if variant == "unsplit" else SPLIT_MAX_M
     if act_quant.SPLIT_MAX_M != split_max_m:  # the tuner's picks so far were made with the other candidates
         act_quant.SPLIT_MAX_M = split_max_m
         act_quant._act_quant_autotuned.cache.clear()
     if variant in ("norm_silu", "all_act"):
-        kernels.rms_norm_quantize = _first_call_outputs(ORIGINAL["rms_norm_quantize"])
-        kernels.silu_mul_quantize = _first_call_outputs(ORIGINAL["silu_mul_quantize"])
+        quant_kernels.rms_norm_quantize = _first_call_outputs(ORIGINAL["rms_norm_quantize"])
+        quant_kernels.silu_mul_quantize = _first_call_outputs(ORIGINAL["silu_mul_quantize"])
     if variant == "post_norm":  # a fused layer quantizes its input norm first, its post-attention norm second
-        kernels.rms_norm_quantize = _first_call_outputs(ORIGINAL["rms_norm_quantize"], every_second=True)
+        quant_kernels.rms_norm_quantize = _first_call_outputs(ORIGINAL["rms_norm_quantize"], every_second=True)
     if variant == "all_act":
-        kernels.quantize_activations = _first_call_outputs(ORIGINAL["quantize_activations"], only_dp4a=True)
+        quant_kernels.quantize_activations = _first_call_outputs(ORIGINAL["quantize_activations"], only_dp4a=True)
 
 
 def main(argv: list[str] | None = None) -> int:

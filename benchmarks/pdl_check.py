@@ -1,6 +1,6 @@
 """The decode step with its kernels launched as programmatic dependent launches, against the same step without.
 
-A kernel launched that way (``kernels.pdl``) starts before the kernel it follows has ended; one that read its
+A kernel launched that way (``quant_kernels.pdl``) starts before the kernel it follows has ended; one that read its
 input or wrote its output too early would change tokens or cache contents only on a GPU, and only sometimes.
 This builds a W4A4KV4 model of a real config's shapes (random weights, fewer layers), then, in one process
 (so every autotuned kernel keeps its config), decodes ``--steps`` greedy tokens from one prompt with a
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_model import CONFIGS, build_config, build_model  # noqa: E402
 from benchmarks.result_files import command_line, write_result_files  # noqa: E402
-from kernels.pdl import PDL_MODES  # noqa: E402
+from quant_kernels.pdl import PDL_MODES  # noqa: E402
 from models.decoding import StaticDecoder  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 

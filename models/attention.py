@@ -8,7 +8,7 @@ copies were a fifth of a CUDA-graph decode step on an H200
 which tiles queries, a quarter once they were gone (``decode_profile_llama3_8b_h200.md``).
 Here the ``g`` query heads of a group become ``g`` query rows of its K/V head,
 (b, H, 1, d) -> (b, H/g, g, d) (the mask of the one token, (b, 1, 1, L), holds for every
-row), and ``kernels.decode_attention`` splits the keys across programs (Triton on CUDA,
+row), and ``quant_kernels.decode_attention`` splits the keys across programs (Triton on CUDA,
 SDPA on the CPU). Everything else (prefill,
 per-head or additive masks, options SDPA lacks) goes to transformers' own SDPA function.
 
@@ -28,8 +28,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-import kernels
-from kernels.reference import decode_attention_packed_problem, decode_attention_problem
+import quant_kernels
+from quant_kernels.reference import decode_attention_packed_problem, decode_attention_problem
 from quant_layers.kv_cache import READS_PACKED
 
 NAME = "sdpa_grouped"
@@ -38,8 +38,8 @@ NAME = "sdpa_grouped"
 @torch.library.custom_op("ptq::decode_attention", mutates_args=())
 def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor],
                      scale: float) -> torch.Tensor:
-    """``kernels.decode_attention`` as one opaque op for ``torch.compile`` (the kernel picks its split in Python)."""
-    return kernels.decode_attention(q, key, value, mask, scale)
+    """``quant_kernels.decode_attention`` as one opaque op for ``torch.compile`` (the kernel picks its split in Python)."""
+    return quant_kernels.decode_attention(q, key, value, mask, scale)
 
 
 @decode_attention.register_fake
@@ -54,7 +54,7 @@ def decode_attention_packed(q: torch.Tensor, key_codes: torch.Tensor, key_scale:
                             value_zero: Optional[torch.Tensor], mask: Optional[torch.Tensor], scale: float,
                             key_element: str, value_element: str) -> torch.Tensor:
     """Decode attention over packed 4-bit K and V (``reference.decode_attention_packed_ref``) as one opaque op."""
-    return kernels.decode_attention_packed(q, (key_codes, key_scale, key_zero), (value_codes, value_scale, value_zero),
+    return quant_kernels.decode_attention_packed(q, (key_codes, key_scale, key_zero), (value_codes, value_scale, value_zero),
                                            mask, scale, key_element=key_element, value_element=value_element)
 
 

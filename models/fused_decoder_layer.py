@@ -37,7 +37,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-import kernels
+import quant_kernels
 from quant_layers.fused_linear import FusedGroup, FusedSlice
 from quant_layers.real_linear import RealQuantLinear
 
@@ -50,8 +50,8 @@ SILU_ACTIVATIONS = ("SiLUActivation",)
 @torch.library.custom_op("ptq::rms_norm_quantize", mutates_args=())
 def rms_norm_quantize(x: torch.Tensor, weight: torch.Tensor, eps: float, element: str, clip_ratio: float,
                       dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``kernels.rms_norm_quantize`` as one opaque op for ``torch.compile``: (dp4a bytes, scales, normalised x)."""
-    return kernels.rms_norm_quantize(x, weight, eps, element, clip_ratio, dp4a_for=dp4a_for)
+    """``quant_kernels.rms_norm_quantize`` as one opaque op for ``torch.compile``: (dp4a bytes, scales, normalised x)."""
+    return quant_kernels.rms_norm_quantize(x, weight, eps, element, clip_ratio, dp4a_for=dp4a_for)
 
 
 @rms_norm_quantize.register_fake
@@ -64,8 +64,8 @@ def _(x: torch.Tensor, weight: torch.Tensor, eps: float, element: str, clip_rati
 @torch.library.custom_op("ptq::silu_mul_quantize", mutates_args=())
 def silu_mul_quantize(x: torch.Tensor, element: str, clip_ratio: float,
                       dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``kernels.silu_mul_quantize`` as one opaque op for ``torch.compile``: (dp4a bytes, scales)."""
-    return kernels.silu_mul_quantize(x, element, clip_ratio, dp4a_for=dp4a_for)
+    """``quant_kernels.silu_mul_quantize`` as one opaque op for ``torch.compile``: (dp4a bytes, scales)."""
+    return quant_kernels.silu_mul_quantize(x, element, clip_ratio, dp4a_for=dp4a_for)
 
 
 @silu_mul_quantize.register_fake
@@ -76,8 +76,8 @@ def _(x: torch.Tensor, element: str, clip_ratio: float, dp4a_for: str) -> tuple[
 
 @torch.library.custom_op("ptq::quantize_rows", mutates_args=())
 def quantize_rows(x: torch.Tensor, element: str, clip_ratio: float, dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``kernels.quantize_activations`` per token, as dp4a bytes, as one opaque op for ``torch.compile``."""
-    return kernels.quantize_activations(x, element, 0, "float", clip_ratio, dp4a_for=dp4a_for)
+    """``quant_kernels.quantize_activations`` per token, as dp4a bytes, as one opaque op for ``torch.compile``."""
+    return quant_kernels.quantize_activations(x, element, 0, "float", clip_ratio, dp4a_for=dp4a_for)
 
 
 @quantize_rows.register_fake
@@ -132,7 +132,7 @@ def decode_plan(layer: nn.Module) -> DecodePlan | None:
     fused_down = silu and isinstance(down, RealQuantLinear) and _takes_codes(down)
     if not fused_down and not isinstance(down, RealQuantLinear):
         return None
-    from kernels.w4a4_gemv import GEMV_MAX_M, max_rows, takes_gated
+    from quant_kernels.w4a4_gemv import GEMV_MAX_M, max_rows, takes_gated
 
     linears = (qkv.linear, o_proj, gate_up.linear, down)
     rows = min(max_rows(linear.weight_scheme.element) for linear in linears)

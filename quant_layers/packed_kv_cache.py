@@ -18,7 +18,7 @@ whole cache at every step; per-token and per-group scales are the same either wa
 bookkeeping): packed buffers of ``max_cache_len`` tokens allocated at the first update and
 written in place, so that a decode step can be captured in a CUDA graph. Attention then
 reads all ``max_cache_len`` positions; the mask hides the unwritten ones. On a GPU (or with
-``fused_write=True``) it writes K and V with one Triton kernel (``kernels.kv_write``, the op
+``fused_write=True``) it writes K and V with one Triton kernel (``quant_kernels.kv_write``, the op
 ``ptq::write_kv4``) where both quantizers are min-max INT4 (symmetric or not) or E2M1 per
 token, head or group; the torch path below is that kernel's twin.
 
@@ -54,7 +54,7 @@ class _PackedTensor:
                              f"4 bits (e.g. --k_bits 4 --v_bits 4) or use the fake-quantized cache")
         self.quantizer = quantizer
         self.table = code_values(quantizer.element)  # the codes' values (encode and decode look them up)
-        from kernels.reference import PACKED_KV_ELEMENTS, packed_kv_element  # late: it imports quant_layers
+        from quant_kernels.reference import PACKED_KV_ELEMENTS, packed_kv_element  # late: it imports quant_layers
 
         # The decode-attention kernel's name for the element, None when it cannot read it packed.
         self.kernel_element = next((name for name in PACKED_KV_ELEMENTS
@@ -207,8 +207,8 @@ def write_kv4(key: torch.Tensor, value: torch.Tensor, positions: torch.Tensor, k
               key_scale: torch.Tensor, key_zero: Optional[torch.Tensor], value_codes: torch.Tensor,
               value_scale: torch.Tensor, value_zero: Optional[torch.Tensor], key_element: str, value_element: str,
               key_clip: float, value_clip: float) -> None:
-    """``kernels.kv_write.write_kv4_triton`` as one opaque op for ``torch.compile``."""
-    from kernels.kv_write import write_kv4_triton  # late: kernels import quant_layers
+    """``quant_kernels.kv_write.write_kv4_triton`` as one opaque op for ``torch.compile``."""
+    from quant_kernels.kv_write import write_kv4_triton  # late: kernels import quant_layers
 
     write_kv4_triton(key, value, positions, (key_codes, key_scale, key_zero), (value_codes, value_scale, value_zero),
                      key_element, value_element, key_clip, value_clip)
@@ -237,7 +237,7 @@ class StaticPackedKVLayer(StaticLayer):
     def _writes_fused(self, key_states: torch.Tensor, value_states: torch.Tensor) -> bool:
         """Whether this update takes the K/V write kernel (decided from shapes and specs only: no host sync); the
         buffers are allocated first when it may."""
-        from kernels.kv_write import kv4_write_problem  # late: kernels import quant_layers
+        from quant_kernels.kv_write import kv4_write_problem  # late: kernels import quant_layers
 
         keys, values = self.packed_keys, self.packed_values
         if not (keys.write_element and values.write_element and (self.fused_write or (

@@ -3,7 +3,7 @@
 ``RealQuantLinear`` is what a loaded real-quantized checkpoint is made of: packed codes
 (two per byte, ``quant_layers.packing``) and decoded fp32 scales for the weight, and a
 description of how its input is quantized on the fly. The same module runs everywhere:
-``kernels`` dispatches to Triton on CUDA and to the pure-torch reference twins on the CPU.
+``quant_kernels`` dispatches to Triton on CUDA and to the pure-torch reference twins on the CPU.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
+import quant_kernels
 
 from .packing import plane_bits
 from .quantizer import BLOCK_GROUP_SIZE, QuantSpec
@@ -188,17 +188,17 @@ class RealQuantLinear(nn.Module):
     def on_codes(self, a_bytes: torch.Tensor, a_scale: torch.Tensor, out_dtype: torch.dtype,
                  residual: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
         """The (M, N) product for activations already quantized as this linear quantizes them, given as the
-        decode kernel's dp4a bytes (M, K) and per-row scales (``kernels.rms_norm_quantize`` and its kin with
+        decode kernel's dp4a bytes (M, K) and per-row scales (``quant_kernels.rms_norm_quantize`` and its kin with
         ``dp4a_for=weight_scheme.element``); ``residual`` (M, N) is added as in ``add_residual_to_next``.
         ``gated`` (an MLP's gate rows then its up rows): (M, N / 2) silu(gate) * up instead
-        (``kernels.w4a4_matmul_dp4a``)."""
+        (``quant_kernels.w4a4_matmul_dp4a``)."""
         return torch.ops.ptq.real_quant_gemv(a_bytes, a_scale, self.qweight, self.weight_scale, self.bias, residual,
                                              out_dtype, self.schemes, gated)
 
 
 def dequantized_weight(qweight: torch.Tensor, weight_scale: torch.Tensor, weight: RealQuantScheme) -> torch.Tensor:
     """Packed 4-bit weight codes times their scales, float32."""
-    from kernels.reference import dequantize  # late: kernels.reference imports quant_layers
+    from quant_kernels.reference import dequantize  # late: quant_kernels.reference imports quant_layers
 
     return dequantize(qweight, weight_scale, weight.element, weight.group)
 
@@ -228,18 +228,18 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
     if act is None:
         if weight.fpx:
             planes = (qweight, qweight_high) if qweight_high is not None else (qweight,)
-            out = kernels.fpx_matmul(x, planes, weight_scale, element=weight.element, bits=weight.bits, bias=bias,
+            out = quant_kernels.fpx_matmul(x, planes, weight_scale, element=weight.element, bits=weight.bits, bias=bias,
                                      out_dtype=x.dtype)
         else:
             out = F.linear(x, dequantized_weight(qweight, weight_scale, weight).to(x.dtype), bias)
         return out if residual is None else residual + out
     rows = x.reshape(-1, x.shape[-1])
     if act.element == "int8":
-        linear = kernels.w8a8_linear if weight.element == "int8" else kernels.w4a8_linear
+        linear = quant_kernels.w8a8_linear if weight.element == "int8" else quant_kernels.w4a8_linear
         out = linear(rows, qweight, weight_scale, clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype)
         out = out.reshape(*x.shape[:-1], out.shape[-1])
         return out if residual is None else residual + out
-    out = kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,
+    out = quant_kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,
                               a_group=act.group, w_group=weight.group, scale_kind=act.scale_kind,
                               clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype,
                               residual=None if residual is None else residual.reshape(rows.shape[0], -1))
@@ -256,9 +256,9 @@ def _(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tenso
 def real_quant_gemv(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
                     bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], out_dtype: torch.dtype,
                     schemes: str, gated: bool = False) -> torch.Tensor:
-    """``RealQuantLinear.on_codes``: (M, K) dp4a activation bytes -> (M, N), through ``kernels.w4a4_matmul_dp4a``."""
+    """``RealQuantLinear.on_codes``: (M, K) dp4a activation bytes -> (M, N), through ``quant_kernels.w4a4_matmul_dp4a``."""
     weight, act = parse_schemes(schemes)
-    return kernels.w4a4_matmul_dp4a(a_bytes, a_scale, qweight, weight_scale, a_element=act.element,
+    return quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, qweight, weight_scale, a_element=act.element,
                                     w_element=weight.element, bias=bias, out_dtype=out_dtype, residual=residual,
                                     gated=gated)
 

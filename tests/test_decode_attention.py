@@ -9,8 +9,8 @@ os.environ["TRITON_INTERPRET"] = "1"  # before the kernel module is imported (se
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import flash_decode  # noqa: E402
+import quant_kernels  # noqa: E402
+from quant_kernels import flash_decode  # noqa: E402
 
 
 def operands(batch: int, heads_kv: int, groups: int, dim: int, length: int, dtype: torch.dtype, seed: int = 0):
@@ -35,8 +35,8 @@ def static_cache_mask(batch: int, length: int, written: list[int]) -> torch.Tens
 def test_kernel_equals_sdpa(batch, heads_kv, groups, dim, length, written):
     q, key, value = operands(batch, heads_kv, groups, dim, length, torch.float32)
     mask = None if written is None else static_cache_mask(batch, length, written)
-    got = kernels.decode_attention(q, key, value, mask, backend="triton")
-    want = kernels.decode_attention(q, key, value, mask, backend="torch")
+    got = quant_kernels.decode_attention(q, key, value, mask, backend="triton")
+    want = quant_kernels.decode_attention(q, key, value, mask, backend="torch")
     assert got.shape == want.shape == q.shape
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -45,11 +45,11 @@ def test_hidden_slots_are_ignored_whatever_they_hold():
     """The kernel reads hidden keys' slots beside the mask (not after it); NaN and inf there change nothing."""
     q, key, value = operands(2, 2, 4, 32, 200, torch.float32, seed=2)
     mask = static_cache_mask(2, 200, [150, 64])
-    want = kernels.decode_attention(q, key, value, mask, backend="torch")
+    want = quant_kernels.decode_attention(q, key, value, mask, backend="torch")
     hidden = ~mask[:, 0, 0, :]  # (B, L)
     key[hidden[:, None, :, None].expand_as(key)] = float("nan")
     value[hidden[:, None, :, None].expand_as(value)] = float("inf")
-    got = kernels.decode_attention(q, key, value, mask, backend="triton")
+    got = quant_kernels.decode_attention(q, key, value, mask, backend="triton")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -60,8 +60,8 @@ def test_several_slices_are_combined():
 def test_bfloat16_and_a_mask_shared_by_the_batch():
     q, key, value = operands(2, 2, 4, 64, 150, torch.bfloat16, seed=1)
     mask = static_cache_mask(1, 150, [97])
-    got = kernels.decode_attention(q, key, value, mask, scale=0.1, backend="triton")
-    want = kernels.decode_attention(q.float(), key.float(), value.float(), mask, scale=0.1, backend="torch")
+    got = quant_kernels.decode_attention(q, key, value, mask, scale=0.1, backend="triton")
+    want = quant_kernels.decode_attention(q.float(), key.float(), value.float(), mask, scale=0.1, backend="torch")
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, rtol=0, atol=2e-2)
 
@@ -77,7 +77,7 @@ def test_bad_operands_are_refused(change, message):
     if "heads" in change:
         q = q.new_zeros(1, change["heads"], 2, q.shape[-1])
     with pytest.raises(ValueError, match=message):
-        kernels.decode_attention(q, key, value, change.get("mask"), backend="triton")
+        quant_kernels.decode_attention(q, key, value, change.get("mask"), backend="triton")
 
 
 def test_kernel_check_runs_only_the_decode_attention(tmp_path):

@@ -221,7 +221,7 @@ def test_decode_profile_lists_the_autotuned_configs(monkeypatch):
     import triton
 
     from benchmarks.decode_profile import markdown, tuned_configs
-    from kernels import fpx_gemm, w4a4_gemv
+    from quant_kernels import fpx_gemm, w4a4_gemv
 
     pick = triton.Config(dict(BLOCK_N=16, BLOCK_KW=256), num_warps=8, num_stages=2)
     monkeypatch.setattr(w4a4_gemv._gemv_autotuned, "cache", {(1, 4096, 512, True, True, 1): pick})

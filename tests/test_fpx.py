@@ -16,9 +16,9 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import fpx_gemm  # noqa: E402
-from kernels.reference import fpx_matmul_ref, fpx_weight  # noqa: E402
+import quant_kernels  # noqa: E402
+from quant_kernels import fpx_gemm  # noqa: E402
+from quant_kernels.reference import fpx_matmul_ref, fpx_weight  # noqa: E402
 from quant_layers import FPFormat, QuantSpec, Quantizer, fp_format  # noqa: E402
 from quant_layers.packing import (  # noqa: E402
     ELEMENT_OF, code_values, decode, element_named, encode, pack, pack_planes, unpack_planes,
@@ -167,7 +167,7 @@ def test_twin_is_fake_quantized_linear(name):
 
 def test_auto_backend_on_cpu_is_the_twin_and_keeps_leading_dimensions():
     x, planes, scale, bias = operands("e3m2", 6, 40, 64, torch.bfloat16)
-    out = kernels.fpx_matmul(x.reshape(2, 3, 64), planes, scale, element="e3m2", bits=6, bias=bias)
+    out = quant_kernels.fpx_matmul(x.reshape(2, 3, 64), planes, scale, element="e3m2", bits=6, bias=bias)
     assert out.shape == (2, 3, 40) and out.dtype == torch.bfloat16
     assert torch.equal(out.reshape(6, 40), fpx_matmul_ref(x, planes, scale, element="e3m2", bits=6, bias=bias))
 
@@ -300,7 +300,7 @@ def test_triton_ragged_k_bfloat16_public_api(name, k):
     """K not a multiple of the 32-wide K step; bf16 x, fp32 out, no bias, (N, 1) scales."""
     bits = element_named(name).bits
     x, planes, scale, _ = operands(name, 5, 24, k, torch.bfloat16, seed=k)
-    out = kernels.fpx_matmul(x, planes, scale, element=name, bits=bits, out_dtype=torch.float32, backend="triton")
+    out = quant_kernels.fpx_matmul(x, planes, scale, element=name, bits=bits, out_dtype=torch.float32, backend="triton")
     assert out.dtype == torch.float32 and out.shape == (5, 24)
     assert_matches_twin(out, fpx_matmul_ref(x, planes, scale, element=name, bits=bits, out_dtype=torch.float32))
 
@@ -308,7 +308,7 @@ def test_triton_ragged_k_bfloat16_public_api(name, k):
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_no_tokens(backend):
     x, planes, scale, _ = operands("e2m3", 0, 8, 32, torch.float16)
-    assert kernels.fpx_matmul(x, planes, scale, element="e2m3", bits=6, backend=backend).shape == (0, 8)
+    assert quant_kernels.fpx_matmul(x, planes, scale, element="e2m3", bits=6, backend=backend).shape == (0, 8)
 
 
 def test_autotune_configs_fit_the_m_bucket():
@@ -357,12 +357,12 @@ def _fpx_args(**changes) -> dict:
 )
 def test_fpx_matmul_errors(backend, changes, message):
     with pytest.raises(ValueError, match=message):
-        kernels.fpx_matmul(**_fpx_args(**changes), backend=backend)
+        quant_kernels.fpx_matmul(**_fpx_args(**changes), backend=backend)
 
 
 def test_w4a4_kernels_still_take_only_int4_and_e2m1():
     with pytest.raises(ValueError, match="unknown 4-bit element 'e3m2'"):
-        kernels.quantize_activations(torch.zeros(2, 16), "e3m2")
+        quant_kernels.quantize_activations(torch.zeros(2, 16), "e3m2")
 
 
 def test_fpx_refuses_an_output_it_cannot_write():

@@ -12,8 +12,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaRMSNorm  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels.reference import quantize_activations_ref, rms_norm_quantize_ref, silu_mul_quantize_ref  # noqa: E402
+import quant_kernels  # noqa: E402
+from quant_kernels.reference import quantize_activations_ref, rms_norm_quantize_ref, silu_mul_quantize_ref  # noqa: E402
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -48,7 +48,7 @@ def test_rms_norm_kernel_equals_twin(element, dp4a_for, dtype):
     x = rows(5, 96, dtype)
     x[2] = 0
     weight = torch.linspace(0.5, 1.5, 96).to(dtype)
-    codes, scales, normed = kernels.rms_norm_quantize(x, weight, 1e-6, element, 0.9, dp4a_for=dp4a_for,
+    codes, scales, normed = quant_kernels.rms_norm_quantize(x, weight, 1e-6, element, 0.9, dp4a_for=dp4a_for,
                                                       backend="triton")
     want = rms_norm_quantize_ref(x, weight, 1e-6, element, 0.9, dp4a_for)
     ulp = {torch.float32: 2.0**-22, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[dtype]
@@ -63,18 +63,18 @@ def test_rms_norm_kernel_equals_twin(element, dp4a_for, dtype):
 @pytest.mark.parametrize("element,dp4a_for", [("int4", "int4"), ("e2m1", "int4"), ("e2m1", None)])
 def test_silu_mul_kernel_equals_twin(element, dp4a_for, dtype):
     x = rows(3, 2 * 80, dtype, seed=1)
-    got = kernels.silu_mul_quantize(x, element, 1.0, dp4a_for=dp4a_for, backend="triton")
+    got = quant_kernels.silu_mul_quantize(x, element, 1.0, dp4a_for=dp4a_for, backend="triton")
     want = silu_mul_quantize_ref(x, element, 1.0, dp4a_for)
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
 
 
 def test_silu_mul_kernel_walks_wide_rows_in_chunks(monkeypatch):
     """Rows wider than a chunk (the per-token path that reads a row twice) compute the product both times."""
-    from kernels import act_quant
+    from quant_kernels import act_quant
 
     monkeypatch.setattr(act_quant, "INTERPRET_CHUNK", 64)
     x = rows(2, 2 * 256, torch.bfloat16, seed=2)
-    got = kernels.silu_mul_quantize(x, "int4", 0.9, dp4a_for="int4", backend="triton")
+    got = quant_kernels.silu_mul_quantize(x, "int4", 0.9, dp4a_for="int4", backend="triton")
     want = silu_mul_quantize_ref(x, "int4", 0.9, "int4")
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
 
@@ -89,14 +89,14 @@ def test_rms_norm_quantize_refuses_bad_arguments(change, message):
     args = {**dict(x=torch.ones(2, 64), weight=torch.ones(64), dp4a_for="int4"), **change}
     for backend in ("triton", "torch"):
         with pytest.raises(ValueError, match=message):
-            kernels.rms_norm_quantize(args["x"], args["weight"], 1e-6, "int4", dp4a_for=args["dp4a_for"],
+            quant_kernels.rms_norm_quantize(args["x"], args["weight"], 1e-6, "int4", dp4a_for=args["dp4a_for"],
                                       backend=backend)
 
 
 def test_silu_mul_quantize_refuses_an_odd_width():
     for backend in ("triton", "torch"):
         with pytest.raises(ValueError, match="gate and up side by side"):
-            kernels.silu_mul_quantize(torch.ones(2, 63), "int4", backend=backend)
+            quant_kernels.silu_mul_quantize(torch.ones(2, 63), "int4", backend=backend)
 
 
 @pytest.mark.parametrize("out_dtype", DTYPES)
@@ -106,30 +106,30 @@ def test_gemv_adds_the_residual_to_the_rounded_product(m, out_dtype):
     sum rounded again (the twin is exactly that); the kernel's fp32 sums may differ in order only."""
     from tests.test_kernels import assert_matches_twin, quantized_operands
 
-    from kernels.reference import dp4a_bytes, w4a4_matmul_ref
+    from quant_kernels.reference import dp4a_bytes, w4a4_matmul_ref
 
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", m, 40, 128)
     residual = (torch.randn(m, 40, generator=torch.Generator().manual_seed(5)) * 4).to(out_dtype)
     a_bytes = dp4a_bytes(a_packed, "int4", "int4")
     args = dict(a_element="int4", w_element="int4", out_dtype=out_dtype)
-    want = kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, residual=residual, backend="torch", **args)
+    want = quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, residual=residual, backend="torch", **args)
     product = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, **args)
     assert torch.equal(want, residual + product)
-    got = kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, residual=residual, backend="triton", **args)
+    got = quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, residual=residual, backend="triton", **args)
     assert_matches_twin(got, want)
 
 
 def test_gemv_refuses_a_residual_of_another_shape_or_dtype():
     from tests.test_kernels import quantized_operands
 
-    from kernels.reference import dp4a_bytes
+    from quant_kernels.reference import dp4a_bytes
 
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 2, 40, 128)
     a_bytes = dp4a_bytes(a_packed, "int4", "int4")
     for residual in (torch.zeros(2, 41), torch.zeros(2, 40, dtype=torch.float16)):
         for backend in ("triton", "torch"):
             with pytest.raises(ValueError, match="the residual must be a"):
-                kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
+                quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
                                          out_dtype=torch.float32, residual=residual, backend=backend)
 
 
@@ -140,15 +140,15 @@ def test_gated_gemv_writes_silu_of_gate_times_up(case, m, out_dtype):
     is an HF MLP's ``act_fn(gate) * up`` of the twin's product; every output written (NaN-poisoned ``out``)."""
     from tests.test_kernels import assert_matches_twin, quantized_operands
 
-    from kernels.reference import dp4a_bytes
-    from kernels.w4a4_gemv import w4a4_gemv_triton
+    from quant_kernels.reference import dp4a_bytes
+    from quant_kernels.w4a4_gemv import w4a4_gemv_triton
 
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands(case, m, 2 * 44, 128)
     a_el, w_el = kw["a_element"], kw["w_element"]
     a_bytes = dp4a_bytes(a_packed, a_el, w_el)
     args = dict(a_element=a_el, w_element=w_el, out_dtype=out_dtype)
-    plain = kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, backend="torch", **args)
-    want = kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, gated=True, backend="torch", **args)
+    plain = quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, backend="torch", **args)
+    want = quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, gated=True, backend="torch", **args)
     assert torch.equal(want, torch.nn.functional.silu(plain[:, :44]) * plain[:, 44:])
     poisoned = torch.full((m, 44), float("nan"), dtype=out_dtype)
     got = w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, gated=True, out=poisoned, **args)
@@ -169,7 +169,7 @@ def test_gated_gemv_writes_silu_of_gate_times_up(case, m, out_dtype):
 def test_gated_gemv_refuses_what_it_cannot_gate(change, message):
     from tests.test_kernels import quantized_operands
 
-    from kernels.reference import dp4a_bytes
+    from quant_kernels.reference import dp4a_bytes
 
     n = change.get("n", 88)
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 2, n, 128)
@@ -177,7 +177,7 @@ def test_gated_gemv_refuses_what_it_cannot_gate(change, message):
     residual = torch.zeros(2, n, dtype=out_dtype) if change.get("residual") else None
     for backend in ("triton", "torch"):
         with pytest.raises(ValueError, match=message):
-            kernels.w4a4_matmul_dp4a(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale,
+            quant_kernels.w4a4_matmul_dp4a(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale,
                                      a_element="int4", w_element="int4", out_dtype=out_dtype, residual=residual,
                                      gated=True, backend=backend)
 
@@ -185,8 +185,8 @@ def test_gated_gemv_refuses_what_it_cannot_gate(change, message):
 def test_gated_gemv_refuses_the_tensor_cores():
     from tests.test_kernels import quantized_operands
 
-    from kernels.reference import dp4a_bytes
-    from kernels.w4a4_gemv import takes_gated, w4a4_gemv_triton
+    from quant_kernels.reference import dp4a_bytes
+    from quant_kernels.w4a4_gemv import takes_gated, w4a4_gemv_triton
 
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 16, 88, 128)
     assert not takes_gated(16, "int4") and takes_gated(1, "int4")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import kernels
+import quant_kernels
 from benchmarks.bench_model import random_real_linear
 from models import adapter_for
 from models.fused_decoder_layer import decode_plan, fuse_decoder_layers
@@ -41,7 +41,7 @@ def counting(monkeypatch) -> dict:
     """Count the fused kernels' calls (their twins on the CPU); ``gated``: silu(gate) * up written by gate/up's
     product and quantized as it is (the only dp4a bytes ``quantize_activations`` writes here)."""
     calls = {"rms_norm": 0, "silu_mul": 0, "gated": 0}
-    rms_norm, silu_mul, quantize = kernels.rms_norm_quantize, kernels.silu_mul_quantize, kernels.quantize_activations
+    rms_norm, silu_mul, quantize = quant_kernels.rms_norm_quantize, quant_kernels.silu_mul_quantize, quant_kernels.quantize_activations
 
     def quantize_counted(*args, **kwargs):
         calls["gated"] += kwargs.get("dp4a_for") is not None
@@ -55,9 +55,9 @@ def counting(monkeypatch) -> dict:
         calls["silu_mul"] += 1
         return silu_mul(*args, **kwargs)
 
-    monkeypatch.setattr(kernels, "rms_norm_quantize", rms_norm_counted)
-    monkeypatch.setattr(kernels, "silu_mul_quantize", silu_mul_counted)
-    monkeypatch.setattr(kernels, "quantize_activations", quantize_counted)
+    monkeypatch.setattr(quant_kernels, "rms_norm_quantize", rms_norm_counted)
+    monkeypatch.setattr(quant_kernels, "silu_mul_quantize", silu_mul_counted)
+    monkeypatch.setattr(quant_kernels, "quantize_activations", quantize_counted)
     return calls
 
 
@@ -128,7 +128,7 @@ def test_fusing_twice_keeps_one_subclass():
 def test_the_plan_takes_the_rows_every_linear_s_decode_kernel_takes(monkeypatch):
     """INT4 and E2M1 weights: up to TC_MAX_M rows (the tensor-core decode kernel), where 16 sequences take the
     fused path and give the HF layers' logits; E2M1 weights with PTQ_TC_E2M1=0: up to GEMV_MAX_M."""
-    from kernels.w4a4_gemv import GEMV_MAX_M, TC_MAX_M, takes_gated
+    from quant_kernels.w4a4_gemv import GEMV_MAX_M, TC_MAX_M, takes_gated
 
     e2m1 = RealQuantScheme("e2m1")
     for weight, flag, rows in ((INT4, "0", TC_MAX_M), (e2m1, "0", GEMV_MAX_M), (e2m1, "1", TC_MAX_M)):

@@ -12,7 +12,7 @@ import pathlib
 
 import pytest
 
-KERNEL_FILES = sorted((pathlib.Path(__file__).resolve().parent.parent / "kernels").glob("*.py"))
+KERNEL_FILES = sorted((pathlib.Path(__file__).resolve().parent.parent / "quant_kernels").glob("*.py"))
 
 
 def _is_jit(node: ast.FunctionDef) -> bool:

@@ -1,7 +1,7 @@
 """W4A4 kernels: torch twins against fake quantization, Triton kernels against the twins.
 
 The Triton kernels run on CPU under ``TRITON_INTERPRET=1``, which must be set before
-``kernels.act_quant`` / ``kernels.w4a4_gemm`` are imported (``triton.jit`` reads it when
+``quant_kernels.act_quant`` / ``quant_kernels.w4a4_gemm`` are imported (``triton.jit`` reads it when
 it builds a kernel): hence the assignment above the imports. Triton itself may already
 be imported by then (transformers imports it when other test modules import
 ``quant_layers``); the kernels are written to run under the interpreter all the same.
@@ -19,9 +19,9 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import act_quant, w4a4_gemm  # noqa: E402
-from kernels.reference import PROLOGUES, dequantize, quantize_activations_ref, w4a4_matmul_ref  # noqa: E402
+import quant_kernels  # noqa: E402
+from quant_kernels import act_quant, w4a4_gemm  # noqa: E402
+from quant_kernels.reference import PROLOGUES, dequantize, quantize_activations_ref, w4a4_matmul_ref  # noqa: E402
 from quant_layers import E2M1, E4M3, QuantSpec, Quantizer  # noqa: E402
 from quant_layers.formats import e4m3_scale, e8m0_scale  # noqa: E402
 from quant_layers.packing import code_values, decode, element_named, unpack  # noqa: E402
@@ -112,18 +112,18 @@ def test_reference_rotates_before_quantizing():
 
 def test_auto_backend_on_cpu_is_the_twin():
     x = activations(4, 64, "int4", 0, torch.float32)
-    for got, want in zip(kernels.quantize_activations(x, "int4"), quantize_activations_ref(x, "int4")):
+    for got, want in zip(quant_kernels.quantize_activations(x, "int4"), quantize_activations_ref(x, "int4")):
         assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_no_tokens(backend):
-    packed, scale = kernels.quantize_activations(torch.zeros(0, 64), "e2m1", 16, "e4m3", backend=backend)
+    packed, scale = quant_kernels.quantize_activations(torch.zeros(0, 64), "e2m1", 16, "e4m3", backend=backend)
     assert packed.shape == (0, 32) and scale.shape == (0, 4)
-    out = kernels.w4a4_matmul(packed, scale, torch.zeros(5, 32, dtype=torch.uint8), torch.ones(5, 4), a_element="e2m1",
+    out = quant_kernels.w4a4_matmul(packed, scale, torch.zeros(5, 32, dtype=torch.uint8), torch.ones(5, 4), a_element="e2m1",
                               w_element="e2m1", a_group=16, w_group=16, backend=backend)
     assert out.shape == (0, 5)
-    codes, scale = kernels.quantize_activations(torch.zeros(0, 64), "int4", dp4a_for="e2m1", backend=backend)
+    codes, scale = quant_kernels.quantize_activations(torch.zeros(0, 64), "int4", dp4a_for="e2m1", backend=backend)
     assert codes.dtype == torch.int8 and codes.shape == (0, 64) and scale.shape == (0, 1)
 
 
@@ -251,7 +251,7 @@ def test_triton_quantize_equals_twin(case, m, k):
     (element, group, kind, clip), _ = ACT_CASES[case]
     x = activations(m, k, element, group, torch.bfloat16, seed=m * k)
     want = quantize_activations_ref(x, element, group, kind, clip)
-    got = kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
+    got = quant_kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     if m > 1 and kind == "float" and clip == 1.0:
         assert tie_fraction(x[1::2], want[1][1::2], element) > 0.05  # the data does exercise the ties
@@ -263,7 +263,7 @@ def test_triton_quantize_other_dtypes_equal_twin(dtype):
         element, group, kind, clip = case[0]
         x = activations(17, 192, element, group, dtype)
         want = quantize_activations_ref(x, element, group, kind, clip)
-        got = kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
+        got = quant_kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -295,7 +295,7 @@ def test_triton_quantize_tiny_scales_near_ties_equal_twin(case):
         amax = (1 + torch.rand(16, generator=gen)) * 2.0**exponent
         x = near_ties(amax, element, 128)
         want = quantize_activations_ref(x, element, group, kind, clip)
-        got = kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
+        got = quant_kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -312,7 +312,7 @@ def test_triton_quantize_scales_far_from_one_equal_twin(case, dtype):
     x = x.to(dtype)
     for rows in (x, x[4:]):  # one tile holding all rows (interpreter: 32+ rows a tile), then one without them
         want = quantize_activations_ref(rows, element, group, kind, clip)
-        got = kernels.quantize_activations(rows, element, group, kind, clip, backend="triton")
+        got = quant_kernels.quantize_activations(rows, element, group, kind, clip, backend="triton")
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -328,7 +328,7 @@ def test_triton_quantize_subnormal_scales_saturate_like_the_twin(case):
         x[r, :2 * steps + 1] = torch.arange(-steps, steps + 1) * tiny
     assert (x[x != 0].abs() < 2.0**-126).all()  # subnormal
     want = quantize_activations_ref(x, element, group, kind, clip)
-    got = kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
+    got = quant_kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
@@ -344,7 +344,7 @@ def test_triton_fused_hadamard_matches_twin(case, block, dtype):
     (element, group, kind, clip), _ = ACT_CASES[case]
     x = activations(17, 256, element, group, dtype)
     want_packed, want_scale = quantize_activations_ref(x, element, group, kind, clip, block)
-    packed, scale = kernels.quantize_activations(x, element, group, kind, clip, block, backend="triton")
+    packed, scale = quant_kernels.quantize_activations(x, element, group, kind, clip, block, backend="triton")
     torch.testing.assert_close(scale, want_scale, rtol=2.5e-7, atol=0)
     got, want = grid_index(unpack(packed), element), grid_index(unpack(want_packed), element)
     assert (got != want).float().mean() < 0.01
@@ -500,7 +500,7 @@ def test_gemv_refuses_what_it_cannot_take():
 
 def test_dp4a_bytes_pair_each_code_with_its_weight_operand():
     """Hand-written orders: INT4 weights take codes 0, 2, 4, 6 | 1, 3, 5, 7 of a word; E2M1 weights 0..3 | 4..7."""
-    from kernels.reference import dp4a_bytes
+    from quant_kernels.reference import dp4a_bytes
 
     codes = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 15, 9, 8, 14, 10, 11, 12, 13]], dtype=torch.uint8)
     packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
@@ -516,7 +516,7 @@ def test_dp4a_bytes_pair_each_code_with_its_weight_operand():
 @pytest.mark.parametrize("element", ["int4", "e2m1"])
 def test_dp4a_values_undo_dp4a_bytes(element):
     """Every code, in both weight orders, back in K order as its value."""
-    from kernels.reference import dp4a_bytes, dp4a_values
+    from quant_kernels.reference import dp4a_bytes, dp4a_values
 
     codes = torch.arange(16, dtype=torch.uint8).repeat(3, 2)[:, torch.randperm(32)]
     packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
@@ -528,9 +528,9 @@ def test_dp4a_values_undo_dp4a_bytes(element):
 @pytest.mark.parametrize("case", ["int4xint4", "e2m1xe2m1", "int4xe2m1"])
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_w4a4_matmul_dp4a_equals_the_packed_product(case, backend):
-    """``kernels.w4a4_matmul_dp4a`` (the decode kernel, or its twin) on dp4a bytes equals the product of the
+    """``quant_kernels.w4a4_matmul_dp4a`` (the decode kernel, or its twin) on dp4a bytes equals the product of the
     packed codes they came from, at 1..8 rows."""
-    from kernels.reference import dp4a_bytes
+    from quant_kernels.reference import dp4a_bytes
 
     a_el, w_el = case.split("x")
     for m in (1, 5, 8):
@@ -538,7 +538,7 @@ def test_w4a4_matmul_dp4a_equals_the_packed_product(case, backend):
         bias = torch.randn(24)
         want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_el, w_element=w_el, bias=bias,
                                out_dtype=torch.float32)
-        got = kernels.w4a4_matmul_dp4a(dp4a_bytes(a_packed, a_el, w_el), a_scale, w_packed, w_scale, a_element=a_el,
+        got = quant_kernels.w4a4_matmul_dp4a(dp4a_bytes(a_packed, a_el, w_el), a_scale, w_packed, w_scale, a_element=a_el,
                                        w_element=w_el, bias=bias, out_dtype=torch.float32, backend=backend)
         assert_matches_twin(got, want)
 
@@ -551,7 +551,7 @@ def test_activation_kernel_writes_dp4a_bytes(element, hadamard_block, dtype):
     test_triton_fused_hadamard_matches_twin)."""
     x = activations(5, 192, element, 0, dtype)
     for w_element in ("int4", "e2m1"):
-        got = kernels.quantize_activations(x, element, clip_ratio=0.9, hadamard_block=hadamard_block,
+        got = quant_kernels.quantize_activations(x, element, clip_ratio=0.9, hadamard_block=hadamard_block,
                                            dp4a_for=w_element, backend="triton")
         want = quantize_activations_ref(x, element, 0, "float", 0.9, hadamard_block, dp4a_for=w_element)
         assert got[0].dtype == torch.int8 and got[0].shape == (5, 192)
@@ -561,8 +561,8 @@ def test_activation_kernel_writes_dp4a_bytes(element, hadamard_block, dtype):
 @pytest.mark.parametrize("case", ["int4xint4", "e2m1xe2m1", "int4xe2m1", "e2m1xint4"])
 def test_gemv_prefetching_equals_twin(case, monkeypatch):
     """The one-row configs that load the next K step's words first: ragged K (25 words against 4-word steps)."""
-    from kernels import w4a4_gemv
-    from kernels.reference import dp4a_bytes
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_bytes
 
     monkeypatch.setattr(w4a4_gemv, "INTERPRET_CONFIG", dict(w4a4_gemv.INTERPRET_CONFIG, PREFETCH=True))
     a_el, w_el = case.split("x")
@@ -579,8 +579,8 @@ def test_gemv_prefetching_equals_twin(case, monkeypatch):
 def test_gemv_with_a_fixed_config_equals_twin(prefetch, fold, stages):
     """``w4a4_gemv_triton(..., config=...)`` (the profiling driver's way in) runs that config, ragged N and K;
     with FOLD the accumulator sums four words a slot; LOOP_STAGES > 1 is a software-pipelined loop on a GPU."""
-    from kernels import w4a4_gemv
-    from kernels.reference import dp4a_bytes
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_bytes
 
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 1, 37, 200)
     want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
@@ -594,7 +594,7 @@ def test_gemv_with_a_fixed_config_equals_twin(prefetch, fold, stages):
 
 def test_programmatic_dependent_launch_is_for_compiled_kernels_on_a_gpu():
     """The interpreter and the CPU launch the decode kernels plainly (their gdc calls are compiled out)."""
-    from kernels import pdl
+    from quant_kernels import pdl
 
     for kernel in pdl.PDL_KERNELS:
         assert not pdl.uses_pdl(torch.device("cpu"), kernel)
@@ -604,7 +604,7 @@ def test_programmatic_dependent_launch_is_for_compiled_kernels_on_a_gpu():
 @pytest.mark.parametrize("mode, kernels", [("all", {"act_quant", "gemv", "kv_write", "attention"}),
                                            ("gemv", {"gemv"}), ("off", set())])
 def test_ptq_pdl_chooses_the_kernels_launched_as_pdl(monkeypatch, mode, kernels):
-    from kernels import pdl
+    from quant_kernels import pdl
 
     monkeypatch.setattr(pdl, "INTERPRET", False)
     monkeypatch.setattr(pdl, "_pdl_capable", lambda index: True)
@@ -615,7 +615,7 @@ def test_ptq_pdl_chooses_the_kernels_launched_as_pdl(monkeypatch, mode, kernels)
 
 
 def test_ptq_pdl_refuses_an_unknown_mode_or_kernel(monkeypatch):
-    from kernels import pdl
+    from quant_kernels import pdl
 
     monkeypatch.setenv("PTQ_PDL", "yes")
     with pytest.raises(ValueError, match=r"PTQ_PDL='yes': choose one of all, gemv, off"):
@@ -626,8 +626,8 @@ def test_ptq_pdl_refuses_an_unknown_mode_or_kernel(monkeypatch):
 
 
 def test_gemv_refuses_a_folded_config_for_several_rows():
-    from kernels import w4a4_gemv
-    from kernels.reference import dp4a_bytes
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_bytes
 
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 2, 16, 64)
     config = triton.Config(dict(BLOCK_N=16, BLOCK_KW=8, PREFETCH=False, FOLD=4), num_warps=1, num_stages=1)
@@ -641,12 +641,12 @@ def test_w4a4_matmul_dp4a_refuses_packed_codes(backend):
     """Both the decode kernel and its twin want dp4a bytes, not packed codes."""
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 1, 16, 64)
     with pytest.raises(ValueError, match="a_bytes must be a 2-D int8 tensor of dp4a activation bytes"):
-        kernels.w4a4_matmul_dp4a(a_packed, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
+        quant_kernels.w4a4_matmul_dp4a(a_packed, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
                                  backend=backend)
 
 
 def test_gemv_refuses_packed_codes_for_bytes():
-    from kernels import w4a4_gemv
+    from quant_kernels import w4a4_gemv
 
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("int4xint4", 1, 16, 64)
     with pytest.raises(ValueError, match="a_bytes must be a 2-D int8 tensor of dp4a activation bytes"):
@@ -660,7 +660,7 @@ def test_gemv_refuses_packed_codes_for_bytes():
 
 
 def test_dp4a_bytes_refuse_what_the_decode_kernel_cannot_pair():
-    from kernels.reference import dp4a_bytes
+    from quant_kernels.reference import dp4a_bytes
 
     with pytest.raises(ValueError, match="words of 8: K must be a multiple of 8, got K=36"):
         dp4a_bytes(torch.zeros(2, 18, dtype=torch.uint8), "int4", "int4")
@@ -671,7 +671,7 @@ def test_dp4a_bytes_refuse_what_the_decode_kernel_cannot_pair():
 @pytest.mark.parametrize("kernel", ["w4a4_gemv", "fpx_row"])
 def test_decode_configs_fit_their_registers_at_every_row_count(kernel):
     """The W4A4 decode kernel's and the FPx row kernel's configs, pruned per row count; prefetching at one row."""
-    from kernels import fpx_gemm, w4a4_gemv
+    from quant_kernels import fpx_gemm, w4a4_gemv
 
     configs = {"w4a4_gemv": w4a4_gemv._gemv_autotuned, "fpx_row": fpx_gemm._fpx_row_autotuned}[kernel].configs
     for block_m in (1, 2, 4, 8):
@@ -694,9 +694,9 @@ def test_decode_configs_fit_their_registers_at_every_row_count(kernel):
 def test_unpack_fp8_holds_every_code_value(element):
     packed = torch.arange(256, dtype=torch.uint8).reshape(8, 32)  # every pair of codes
     want = code_values(element_named(element))[unpack(packed).long()]
-    ref = kernels.unpack_fp8(packed, element, backend="torch")
+    ref = quant_kernels.unpack_fp8(packed, element, backend="torch")
     assert ref.dtype == torch.float8_e4m3fn and torch.equal(ref.float(), want.float())
-    got = kernels.unpack_fp8(packed[:, 1:31], element, backend="triton")  # ragged: 30 bytes, 60 codes
+    got = quant_kernels.unpack_fp8(packed[:, 1:31], element, backend="triton")  # ragged: 30 bytes, 60 codes
     assert torch.equal(got.view(torch.uint8), ref[:, 2:62].view(torch.uint8))
 
 
@@ -704,11 +704,11 @@ def test_unpack_fp8_holds_every_code_value(element):
 def test_triton_fp8_codes_equal_twin(case):
     (element, group, kind, clip), _ = ACT_CASES[case]
     x = activations(17, 192, element, group, torch.bfloat16)
-    want_codes, want_scale = kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True,
+    want_codes, want_scale = quant_kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True,
                                                           backend="torch")
     packed, _ = quantize_activations_ref(x, element, group, kind, clip)
     assert torch.equal(want_codes.float(), dequantize(packed, torch.ones(17, 1), element))
-    codes, scale = kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="triton")
+    codes, scale = quant_kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="triton")
     assert codes.dtype == torch.float8_e4m3fn and codes.shape == (17, 192)
     assert torch.equal(codes.view(torch.uint8), want_codes.view(torch.uint8)) and torch.equal(scale, want_scale)
 
@@ -724,30 +724,30 @@ def test_fp8_path_equals_the_packed_path(case, backend):
     bias = torch.randn(48, generator=gen).to(torch.bfloat16).float()
     w_packed, w_scale = quantize_activations_ref(torch.randn(48, 128, generator=gen) * 0.05, w_el, 0, "float")
     kw = dict(a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.bfloat16, backend=backend)
-    out = kernels.w4a4_linear(x, w_packed, w_scale, path="fp8", **kw)
+    out = quant_kernels.w4a4_linear(x, w_packed, w_scale, path="fp8", **kw)
     a_packed, a_scale = quantize_activations_ref(x, a_el, 0, "float")
     want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_el, w_element=w_el, bias=bias,
                            out_dtype=torch.float32)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), want, rtol=2.0**-7, atol=1e-5 * want.abs().max().item())
-    packed_path = kernels.w4a4_linear(x, w_packed, w_scale, path="packed", **kw)
+    packed_path = quant_kernels.w4a4_linear(x, w_packed, w_scale, path="packed", **kw)
     torch.testing.assert_close(out.float(), packed_path.float(), rtol=2.0**-7, atol=1e-5 * want.abs().max().item())
 
 
 def test_fp8_path_refusals():
-    from kernels.fp8_gemm import w4a4_matmul_fp8
+    from quant_kernels.fp8_gemm import w4a4_matmul_fp8
 
     codes = torch.zeros(4, 24, dtype=torch.float8_e4m3fn)
     with pytest.raises(ValueError, match="the FP8 GEMM needs K and N multiples of 16, got K=24, N=4"):
         w4a4_matmul_fp8(codes, torch.ones(4, 1), codes, torch.ones(4, 1))
     with pytest.raises(ValueError, match="packed codes must be a 2-D uint8 tensor, got torch.int32"):
-        kernels.unpack_fp8(torch.zeros(4, 8, dtype=torch.int32), "int4", backend="triton")
+        quant_kernels.unpack_fp8(torch.zeros(4, 8, dtype=torch.int32), "int4", backend="triton")
     with pytest.raises(ValueError, match="unknown 4-bit element 'int8'"):
-        kernels.unpack_fp8(torch.zeros(4, 8, dtype=torch.uint8), "int8", backend="triton")
+        quant_kernels.unpack_fp8(torch.zeros(4, 8, dtype=torch.uint8), "int8", backend="triton")
 
 
 def test_w8a8_matmul_refuses_unquantized_activations():
-    from kernels.int8_gemm import w8a8_matmul
+    from quant_kernels.int8_gemm import w8a8_matmul
 
     with pytest.raises(ValueError, match="w8a8_matmul takes int8 activations .* got torch.float32"):
         w8a8_matmul(torch.zeros(2, 16), torch.ones(2, 1), torch.zeros(4, 16, dtype=torch.uint8), torch.ones(4, 1))
@@ -776,14 +776,14 @@ def int8_operands(m: int, n: int, k: int, w_element: str, seed: int = 3) -> tupl
 def test_int8_activation_kernel_writes_the_levels_as_dp4a_bytes(w_element, dtype, clip_ratio):
     """INT8 per-token levels (clipped ones reaching -128) as the decode kernel's bytes for INT4 or INT8 weights:
     the kernel equals the twin, and the twin's levels and scales are ``quantize_rows_int8``'s (W8A8's)."""
-    from kernels.int8_gemm import quantize_rows_int8
-    from kernels.reference import dp4a_values
+    from quant_kernels.int8_gemm import quantize_rows_int8
+    from quant_kernels.reference import dp4a_values
 
     x = activations(5, 192, "int4", 0, dtype) * 3
     levels, scale = quantize_rows_int8(x, clip_ratio)
     want = quantize_activations_ref(x, "int8", 0, "float", clip_ratio, dp4a_for=w_element)
     assert torch.equal(dp4a_values(want[0], "int8", w_element), levels.float()) and torch.equal(want[1], scale)
-    got = kernels.quantize_activations(x, "int8", clip_ratio=clip_ratio, dp4a_for=w_element, backend="triton")
+    got = quant_kernels.quantize_activations(x, "int8", clip_ratio=clip_ratio, dp4a_for=w_element, backend="triton")
     assert got[0].dtype == torch.int8 and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert levels.abs().max() >= 127 and (clip_ratio == 1.0 or levels.min() == -128)
 
@@ -794,9 +794,9 @@ def test_int8_activation_kernel_writes_the_levels_as_dp4a_bytes(w_element, dtype
 def test_int8_activations_on_the_decode_kernel_equal_the_exact_product(w_element, m, prefetch, fold, monkeypatch):
     """W4A8 and W8A8 on the decode kernel (ragged N, K of 25 words against 4-word steps; the one-row configs
     that prefetch or fold) and its twin: the exact integer product times the scales."""
-    from kernels import w4a4_gemv
-    from kernels.int8_gemm import quantize_rows_int8
-    from kernels.reference import dp4a_order, w4a4_gemv_ref
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.int8_gemm import quantize_rows_int8
+    from quant_kernels.reference import dp4a_order, w4a4_gemv_ref
 
     if m > 1 and (prefetch or fold > 1):
         pytest.skip("prefetching and folded accumulators are one-row configs")
@@ -810,7 +810,7 @@ def test_int8_activations_on_the_decode_kernel_equal_the_exact_product(w_element
     twin = w4a4_gemv_ref(dp4a_order(a, w_element), a_scale, w_codes, w_scale, **kw)
     for out in (got, twin):
         torch.testing.assert_close(out.double(), exact, rtol=1e-6, atol=1e-6)
-    linear = {"int4": kernels.w4a8_linear, "int8": kernels.w8a8_linear}[w_element]
+    linear = {"int4": quant_kernels.w4a8_linear, "int8": quant_kernels.w8a8_linear}[w_element]
     torch.testing.assert_close(linear(x, w_codes, w_scale, bias=bias, backend="torch").double(), exact, rtol=1e-6,
                                atol=1e-6)
 
@@ -819,20 +819,20 @@ def test_int8_activations_and_weights_refuse_what_the_kernels_cannot_take():
     x, w_codes, w_scale, _ = int8_operands(2, 16, 64, "int8")
     with pytest.raises(ValueError, match="INT8 activations are written as the decode kernel's dp4a bytes .* "
                                          "got dp4a_for=None"):
-        kernels.quantize_activations(x, "int8", backend="triton")
+        quant_kernels.quantize_activations(x, "int8", backend="triton")
     with pytest.raises(ValueError, match="got dp4a_for='e2m1'"):
         quantize_activations_ref(x, "int8", dp4a_for="e2m1")
     a_bytes = torch.zeros(2, 64, dtype=torch.int8)
     with pytest.raises(ValueError, match="INT8 activations with INT4 or INT8 weights .* got int8 activations with "
                                          "e2m1 weights"):
-        kernels.w4a4_matmul_dp4a(a_bytes, torch.ones(2, 1), w_codes[:, :32], w_scale, a_element="int8",
+        quant_kernels.w4a4_matmul_dp4a(a_bytes, torch.ones(2, 1), w_codes[:, :32], w_scale, a_element="int8",
                                  w_element="e2m1", backend="triton")
     with pytest.raises(ValueError, match="int8 weights for K=64 must be a 2-D byte tensor with 64 bytes a row, got "
                                          "torch.uint8 with shape \\(16, 32\\)"):
-        kernels.w4a4_matmul_dp4a(a_bytes, torch.ones(2, 1), w_codes[:, :32], w_scale, a_element="int8",
+        quant_kernels.w4a4_matmul_dp4a(a_bytes, torch.ones(2, 1), w_codes[:, :32], w_scale, a_element="int8",
                                  w_element="int8", backend="triton")
     with pytest.raises(ValueError, match="w_scale must be a float tensor of shape \\(16, 1\\) \\(one scale a row"):
-        kernels.w4a4_matmul_dp4a(a_bytes, torch.ones(2, 1), w_codes, w_scale[:8], a_element="int8", w_element="int8",
+        quant_kernels.w4a4_matmul_dp4a(a_bytes, torch.ones(2, 1), w_codes, w_scale[:8], a_element="int8", w_element="int8",
                                  backend="torch")
 
 
@@ -840,19 +840,19 @@ def test_w4a4_linear_path_choice_and_refusals():
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 4, 32, 64)
     x = torch.randn(300, 64, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="unknown path"):
-        kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", path="int8")
+        quant_kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", path="int8")
     with pytest.raises(ValueError, match="fp8 path takes per-row scales"):
-        kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", a_group=16, w_group=16,
+        quant_kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", a_group=16, w_group=16,
                             scale_kind="e4m3", out_dtype=torch.bfloat16, path="fp8")
     w4, s4 = quantize_activations_ref(torch.randn(32, 64), "int4", 0, "float")
     with pytest.raises(ValueError, match="bfloat16 output"):
-        kernels.w4a4_linear(x, w4, s4, a_element="int4", w_element="int4", out_dtype=torch.float16, path="fp8")
+        quant_kernels.w4a4_linear(x, w4, s4, a_element="int4", w_element="int4", out_dtype=torch.float16, path="fp8")
     with pytest.raises(ValueError, match="float8_e4m3fn"):
-        from kernels.fp8_gemm import w4a4_matmul_fp8
+        from quant_kernels.fp8_gemm import w4a4_matmul_fp8
 
         w4a4_matmul_fp8(x, s4, w4, s4)
     # Auto on the CPU twin: the packed path, which gives the exact fp32 product.
-    out = kernels.w4a4_linear(x, w4, s4, a_element="int4", w_element="int4", out_dtype=torch.float32)
+    out = quant_kernels.w4a4_linear(x, w4, s4, a_element="int4", w_element="int4", out_dtype=torch.float32)
     a4, as4 = quantize_activations_ref(x, "int4", 0, "float")
     assert torch.equal(out, w4a4_matmul_ref(a4, as4, w4, s4, a_element="int4", w_element="int4",
                                             out_dtype=torch.float32))
@@ -860,7 +860,7 @@ def test_w4a4_linear_path_choice_and_refusals():
 
 def test_triton_gemm_public_api_bfloat16_out():
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 17, 24, 64)
-    out = kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.bfloat16, backend="triton", **kw)
+    out = quant_kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.bfloat16, backend="triton", **kw)
     assert out.dtype == torch.bfloat16 and out.shape == (17, 24)
     assert_matches_twin(out, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.bfloat16, **kw))
 
@@ -871,7 +871,7 @@ def test_triton_gemm_groups_that_are_not_powers_of_two():
     a_packed, w_packed = (torch.randint(0, 256, (rows, 96), generator=gen, dtype=torch.uint8) for rows in (9, 20))
     a_scale, w_scale = torch.rand(9, 4, generator=gen) + 0.1, torch.rand(20, 2, generator=gen) + 0.1
     kw = dict(a_element="int4", w_element="e2m1", a_group=48, w_group=96, out_dtype=torch.float32)
-    out = kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, backend="triton", **kw)
+    out = quant_kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, backend="triton", **kw)
     assert_matches_twin(out, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, **kw))
 
 
@@ -1015,10 +1015,10 @@ def test_real_quant_linear_equals_fake_quant_linear(case):
     gen = torch.Generator().manual_seed(1)
     x, bias = torch.randn(7, 64, generator=gen), torch.randn(24, generator=gen)
     weight = torch.randn(24, 64, generator=gen) * 0.1
-    a_packed, a_scale = kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
+    a_packed, a_scale = quant_kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
     w_packed, w_scale = quantize_activations_ref(weight, element, group, kind)
     w_spec = spec if group else QuantSpec(format=spec.format, bits=4, exp_bits=spec.exp_bits, granularity="channel")
-    out = kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, a_element=element, w_element=element,
+    out = quant_kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, a_element=element, w_element=element,
                               a_group=group, w_group=group, bias=bias, out_dtype=torch.float32, backend="triton")
     want = F.linear(Quantizer(spec).fake_quantize(x), Quantizer(w_spec).fake_quantize(weight), bias)
     torch.testing.assert_close(out, want, rtol=0, atol=1e-5 * want.abs().max().item())
@@ -1052,7 +1052,7 @@ def test_real_quant_linear_equals_fake_quant_linear(case):
 )
 def test_quantize_activations_errors(backend, shape, dtype, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        kernels.quantize_activations(torch.zeros(shape, dtype=dtype), backend=backend, **kwargs)
+        quant_kernels.quantize_activations(torch.zeros(shape, dtype=dtype), backend=backend, **kwargs)
 
 
 def _gemm_args(**changes) -> dict:
@@ -1079,12 +1079,12 @@ def _gemm_args(**changes) -> dict:
 )
 def test_w4a4_matmul_errors(backend, changes, message):
     with pytest.raises(ValueError, match=message):
-        kernels.w4a4_matmul(**_gemm_args(**changes), backend=backend)
+        quant_kernels.w4a4_matmul(**_gemm_args(**changes), backend=backend)
 
 
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown backend"):
-        kernels.quantize_activations(torch.zeros(2, 16), "int4", backend="cuda")
+        quant_kernels.quantize_activations(torch.zeros(2, 16), "int4", backend="cuda")
 
 
 def test_division_check_finds_the_reciprocal_division_exact_in_its_range(tmp_path, cli):
@@ -1149,8 +1149,8 @@ def test_tensor_core_decode_kernel_equals_twin(a_element, w_element, m, n, k):
     FP8 E4M3 (their activation bytes moved to the nibbles' order in the kernel), one dot for each plane of dp4a
     bytes: ragged K (100 bytes against 32-byte steps) and N, a bias and a residual added after the product is
     rounded; every entry written. Its products are exact, as the twin's."""
-    from kernels import w4a4_gemv
-    from kernels.reference import dp4a_order, w4a4_gemv_ref
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_order, w4a4_gemv_ref
 
     gen = torch.Generator().manual_seed(m + k)
     w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
@@ -1174,8 +1174,8 @@ def test_tensor_core_decode_kernel_equals_twin(a_element, w_element, m, n, k):
 def test_tensor_core_decode_kernel_decodes_every_code_pair(a_element, w_element):
     """All 16 x 16 code pairs (K = 256: each once), INT4's -8 and E2M1's -0 included, sum to the twin's values;
     each row also takes one code against every code at once, so a wrong weight decode shows in its own sum."""
-    from kernels import w4a4_gemv
-    from kernels.reference import dp4a_bytes
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_bytes
 
     codes = torch.arange(16, dtype=torch.uint8)
     a_codes, w_codes = codes.repeat_interleave(16), codes.repeat(16)
@@ -1196,8 +1196,8 @@ def test_tensor_core_decode_kernel_splits_k_exactly(split_k, block_kb):
     added once, and the partial sums and counters left zeroed for the next product."""
     import triton
 
-    from kernels import w4a4_gemv
-    from kernels.reference import dp4a_order, w4a4_gemv_ref
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_order, w4a4_gemv_ref
 
     m, n, k = 12, 40, 200
     gen = torch.Generator().manual_seed(split_k)
@@ -1219,7 +1219,7 @@ def test_tensor_core_decode_kernel_splits_k_exactly(split_k, block_kb):
 
 def test_tensor_core_configs_for_fp8_dots_fill_a_warpgroup():
     """E2M1 weights (FP8 dots) keep the configs with 16 weight rows a warp, the wgmma tile; INT4 keeps all."""
-    from kernels import w4a4_gemv
+    from quant_kernels import w4a4_gemv
 
     configs = w4a4_gemv._tc_autotuned.configs
     kept = w4a4_gemv.prune_tc_configs(configs, {}, W_E2M1=True)
@@ -1231,8 +1231,8 @@ def test_decode_kernels_take_their_rows(monkeypatch):
     """INT4 weights: the CUDA-core kernel below TC_MIN_M rows on a GPU, the tensor-core one up to TC_MAX_M (under
     the interpreter only above GEMV_MAX_M); E2M1 weights as INT4 ones (E2M1 x E2M1 at 12 rows equals the twin),
     with PTQ_TC_E2M1=0 as other weights: the CUDA-core kernel, up to GEMV_MAX_M."""
-    from kernels import w4a4_gemv
-    from kernels.reference import dp4a_bytes
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_bytes
 
     assert w4a4_gemv.TC_MIN_M <= w4a4_gemv.GEMV_MAX_M < w4a4_gemv.TC_MAX_M
     assert not w4a4_gemv.takes_tensor_cores(8, "int4") and w4a4_gemv.takes_tensor_cores(9, "int4")  # interpreter

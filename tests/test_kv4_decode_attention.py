@@ -11,10 +11,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, DynamicCache, StaticCache  # noqa: E402
 
-import kernels.reference as reference  # noqa: E402
+import quant_kernels.reference as reference  # noqa: E402
 from calib.rtn import quantize_weights_rtn  # noqa: E402
 from configs.recipe import QuantRecipe  # noqa: E402
-from kernels import flash_decode  # noqa: E402
+from quant_kernels import flash_decode  # noqa: E402
 from models.adapter import adapter_for  # noqa: E402
 from models.attention import use_grouped_decode_attention  # noqa: E402
 from models.decoding import StaticDecoder  # noqa: E402
@@ -121,15 +121,15 @@ def test_packed_attention_refuses_a_bad_query():
 
 
 def test_public_packed_attention_checks_then_dispatches():
-    import kernels
+    import quant_kernels
 
     g = torch.Generator().manual_seed(1)
     q = torch.randn(1, 2, 4, 32, generator=g)
     key = packed_operand(1, 2, 10, 32, "int4", 32, g)
     value = packed_operand(1, 2, 10, 32, "uint4", 16, g)
     with pytest.raises(ValueError, match="unknown packed value element 'int8'"):
-        kernels.decode_attention_packed(q, key, value, key_element="int4", value_element="int8")
-    got = kernels.decode_attention_packed(q, key, value, key_element="int4", value_element="uint4", backend="torch")
+        quant_kernels.decode_attention_packed(q, key, value, key_element="int4", value_element="int8")
+    got = quant_kernels.decode_attention_packed(q, key, value, key_element="int4", value_element="uint4", backend="torch")
     want = reference.decode_attention_packed_ref(q, key, value, None, 32 ** -0.5, "int4", "uint4")
     assert torch.equal(got, want)
 

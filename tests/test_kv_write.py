@@ -1,4 +1,4 @@
-"""The K/V write kernel (``kernels.kv_write``) against the static packed cache's torch writes, its twin."""
+"""The K/V write kernel (``quant_kernels.kv_write``) against the static packed cache's torch writes, its twin."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # before the kernel module is imported (se
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels import kv_write  # noqa: E402
+from quant_kernels import kv_write  # noqa: E402
 from quant_layers.packed_kv_cache import StaticPackedKVCache, _PackedTensor  # noqa: E402
 from quant_layers.quantizer import Quantizer, QuantSpec  # noqa: E402
 from test_packed_kv_cache import greedy, w4a4kv4_and_prompt  # noqa: E402

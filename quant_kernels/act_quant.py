@@ -405,7 +405,7 @@ def _act_quant_kernel(
     """DP4A_FOR: 0 packs two codes a byte; 1 (2) writes each code's value as a signed byte in the decode
     kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``. LAUNCH_DEPENDENTS: the next kernel (the
     decode kernel, a programmatic dependent launch) may start now; it waits for this one before reading.
-    USE_GDC: this kernel is such a launch itself (``kernels.pdl``) and waits before it reads x.
+    USE_GDC: this kernel is such a launch itself (``quant_kernels.pdl``) and waits before it reads x.
     CHUNK (per-token scales only, 0: off): the program walks its rows CHUNK columns at a time, twice (the
     absmax, then the codes, the second read from the caches) instead of holding the whole row padded to a
     power of two. SPLIT (with CHUNK): program (i, j) reads its rows whole once, for their absmax, and writes the

@@ -427,7 +427,7 @@ def fpx_matmul_ref(
 
 def decode_attention_problem(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              mask: torch.Tensor | None) -> str | None:
-    """Why ``kernels.decode_attention`` cannot take these operands, or None when it can."""
+    """Why ``quant_kernels.decode_attention`` cannot take these operands, or None when it can."""
     if q.dim() != 4 or key.dim() != 4 or key.shape != value.shape:
         return (f"decode attention takes q (B, Hkv, G, D) and key, value (B, Hkv, L, D) of one shape, got "
                 f"{tuple(q.shape)}, {tuple(key.shape)}, {tuple(value.shape)}")
@@ -452,7 +452,7 @@ def _head_dim_and_mask_problem(dim: int, mask: torch.Tensor | None, batch: int, 
 
 def decode_attention_ref(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
                          scale: float) -> torch.Tensor:
-    """SDPA of the (B, Hkv, G, D) query rows over their K/V head: ``kernels.decode_attention``'s twin."""
+    """SDPA of the (B, Hkv, G, D) query rows over their K/V head: ``quant_kernels.decode_attention``'s twin."""
     return torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scale)
 
 

@@ -31,15 +31,15 @@ packed KV4 cache; ``quant_layers.packed_kv_cache`` calls it on a GPU (its torch 
 ``backend=None`` picks Triton for CUDA tensors and the torch twin otherwise;
 ``backend="triton"`` also runs the kernels on CPU tensors when ``TRITON_INTERPRET=1``
 was set before the kernels were imported (that is how the tests check them). The twins
-live in ``kernels.reference`` (``quantize_activations_ref``, ``w4a4_matmul_ref``,
+live in ``quant_kernels.reference`` (``quantize_activations_ref``, ``w4a4_matmul_ref``,
 ``dequantize``, ``fpx_matmul_ref``, ``decode_attention_ref``).
 
 Importing this package imports nothing of the project's and no triton: the backends are
-imported on first use. transformers probes for the Hugging Face ``kernels`` package by
-importing a top-level ``kernels``, which finds this one when the repository root is on
+imported on first use. transformers probes for the Hugging Face ``quant_kernels`` package by
+importing a top-level ``quant_kernels``, which finds this one when the repository root is on
 the path, possibly while ``quant_layers`` is still initialising; importing the twins
 (``quant_layers``, ``transforms``) at that moment would be a circular import. Importing
-the kernels late also lets ``TRITON_INTERPRET`` be set after ``import kernels``.
+the kernels late also lets ``TRITON_INTERPRET`` be set after ``import quant_kernels``.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ K: the slices add exact int32 sums atomically into a zeroed buffer (``split_k_bu
 each tile to finish runs the epilogue and zeroes the buffer again, so a split product equals the unsplit one
 bit for bit.
 
-On Hopper the kernel is launched as a programmatic dependent launch (``kernels.pdl``): its
+On Hopper the kernel is launched as a programmatic dependent launch (``quant_kernels.pdl``): its
 programs may start while the kernel before them in the stream (the activation kernel) still
 runs, read what no earlier kernel writes (the weight words; the prefetching configs load
 their first step) and wait before the first read of the activation bytes and any store.

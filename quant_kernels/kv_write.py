@@ -78,7 +78,7 @@ def _kv4_write_kernel(
     V_GROUP: tl.constexpr, BLOCK_R: tl.constexpr, USE_GDC: tl.constexpr,
 ):
     """Axis 0: blocks of BLOCK_R rows; axis 1: 0 writes K, 1 writes V. USE_GDC: a programmatic dependent launch
-    (``kernels.pdl``)."""
+    (``quant_kernels.pdl``)."""
     launch_dependents(USE_GDC)
     wait_for_producer(USE_GDC)
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)

@@ -94,7 +94,7 @@ def _partial_kernel(
     USE_GDC: tl.constexpr,
 ):
     """K and V (PACKED) as codes, their scales and zero points under ``*_scale_ptr``, ``*_zero_ptr``.
-    USE_GDC: a programmatic dependent launch (``kernels.pdl``)."""
+    USE_GDC: a programmatic dependent launch (``quant_kernels.pdl``)."""
     launch_dependents(USE_GDC)
     wait_for_producer(USE_GDC)
     pid_bh = tl.program_id(0)

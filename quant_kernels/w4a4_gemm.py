@@ -261,7 +261,7 @@ def _m_bucket(m: int) -> int:
 def takes_gemv(m: int, k: int, a_group: int, w_group: int, gemv: bool | None = None,
                w_element: str | None = None) -> bool:
     """Whether ``w4a4_matmul_triton(..., gemv=gemv)`` hands the product to ``w4a4_gemv``; with ``w_element`` (the
-    dp4a-byte callers, ``kernels.w4a4_linear``), whether its decode kernels take it (``w4a4_gemv.max_rows``):
+    dp4a-byte callers, ``quant_kernels.w4a4_linear``), whether its decode kernels take it (``w4a4_gemv.max_rows``):
     INT4 and E2M1 weights (E2M1 not with ``PTQ_TC_E2M1=0``) up to ``TC_MAX_M`` rows (the tensor-core one), others up to
     ``GEMV_MAX_M``."""
     return bool(gemv) or (gemv is None and not INTERPRET and gemv_fits(m, k, a_group, w_group, w_element))
