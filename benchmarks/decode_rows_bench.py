@@ -39,7 +39,8 @@ def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = 
     want = reference.w4a4_gemv_ref(a_bytes.cpu(), a_scale.cpu(), w_packed.cpu(), w_scale.cpu(), **kw,
                                    out_dtype=torch.float32).to(device)
     row = {"n": n, "k": k, "m": m, "element": element, "bf16_ms": time_ms(lambda: x @ w16.T),
-           "linear_ms": time_ms(lambda: quant_kernels.w4a4_linear(x, w_packed, w_scale, **kw, out_dtype=torch.bfloat16)),
+           "linear_ms": time_ms(lambda: quant_kernels.w4a4_linear(x, w_packed, w_scale, **kw,
+                                                                  out_dtype=torch.bfloat16)),
            "linear_kernel": "tensor-core" if w4a4_gemv.takes_tensor_cores(m, element) else
            "CUDA-core" if m <= w4a4_gemv.max_rows(element) else "GEMM"}
     for name, tc in (("cuda_core", False), ("tensor_core", True)):

@@ -122,7 +122,7 @@ def check_fp8_path(x: torch.Tensor, wq: tuple, element: str) -> str:
     """The FP8 path's linear against the fp32 twin on the first CHECK_ROWS rows: bfloat16 rounding."""
     rows = x[:CHECK_ROWS]
     got = quant_kernels.w4a4_linear(rows, *wq, a_element=element, w_element=element, out_dtype=torch.bfloat16,
-                              backend="triton", path="fp8").float()
+                                    backend="triton", path="fp8").float()
     aq = reference.quantize_activations_ref(rows, element, 0, "float")
     want = reference.w4a4_matmul_ref(*aq, *wq, a_element=element, w_element=element, out_dtype=torch.float32)
     err = ((got - want).abs() / (want.abs() + 1e-5 * want.abs().max())).max().item()
@@ -228,8 +228,8 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
         else:
             gemm = functools.partial(quant_kernels.w4a4_matmul, *aq, *wq, out_dtype=torch.bfloat16, backend="triton",
                                      **spec)
-        linear = functools.partial(quant_kernels.w4a4_linear, x, *wq, a_element=element, w_element=element, a_group=group,
-                                   w_group=group, scale_kind=kind, out_dtype=torch.bfloat16, backend="triton",
+        linear = functools.partial(quant_kernels.w4a4_linear, x, *wq, a_element=element, w_element=element,
+                                   a_group=group, w_group=group, scale_kind=kind, out_dtype=torch.bfloat16, backend="triton",
                                    path="packed")
         rows.append(row(n, m, k, f"{name} gemm", time_ms(gemm), weight_bytes, check))
         rows[-1]["config"] = tuned_config(m, k, group, w_element=element if decode else None)

@@ -176,10 +176,10 @@ def check_gemm(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torc
 
     a_el, a_group, a_kind, a_clip = ACT_FORMATS[a_name]
     w_el, w_group, w_kind, w_clip = ACT_FORMATS[w_name]
-    a = quant_kernels.quantize_activations(random_activations(m, k, torch.bfloat16, device), a_el, a_group, a_kind, a_clip,
-                                     backend="triton")
+    a = quant_kernels.quantize_activations(random_activations(m, k, torch.bfloat16, device), a_el, a_group, a_kind,
+                                           a_clip, backend="triton")
     w = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, w_group,
-                                     w_kind, w_clip, backend="triton")
+                                           w_kind, w_clip, backend="triton")
     spec = dict(a_element=a_el, w_element=w_el, a_group=a_group, w_group=w_group)
     bias = torch.randn(n, device=device)
     out = torch.full((m, n), float("nan"), dtype=out_dtype, device=device)
@@ -198,11 +198,11 @@ def check_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: to
     a_el, _, _, a_clip = ACT_FORMATS[a_name]
     w_el, _, _, w_clip = ACT_FORMATS[w_name]
     x = random_activations(m, k, torch.bfloat16, device)
-    w = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, 0, "float",
-                                     w_clip, backend="triton")
+    w = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, 0,
+                                           "float", w_clip, backend="triton")
     bias = torch.randn(n, device=device)
     out = quant_kernels.w4a4_linear(x, *w, a_element=a_el, w_element=w_el, clip_ratio=a_clip, bias=bias,
-                              out_dtype=out_dtype, backend="triton")
+                                    out_dtype=out_dtype, backend="triton")
     a = reference.quantize_activations_ref(x, a_el, 0, "float", a_clip)
     want = reference.w4a4_matmul_ref(*a, *w, a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.float32)
     ok, excess = close(out, want)
@@ -214,7 +214,8 @@ def check_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: to
 def check_fp8_codes(x: torch.Tensor, name: str) -> dict:
     element, group, kind, clip = ACT_FORMATS[name]
     got, got_scale = quant_kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="triton")
-    want, want_scale = quant_kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="torch")
+    want, want_scale = quant_kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True,
+                                                          backend="torch")
     codes = (got.view(torch.uint8) != want.view(torch.uint8)).float().mean().item()
     scales = (got_scale != want_scale).float().mean().item()
     return {"kernel": "act_quant fp8 codes", "case": name,
@@ -227,13 +228,13 @@ def check_fp8_linear(m: int, n: int, k: int, a_name: str, w_name: str, device: t
     a_el, _, _, a_clip = ACT_FORMATS[a_name]
     w_el, _, _, w_clip = ACT_FORMATS[w_name]
     x = random_activations(m, k, torch.bfloat16, device)
-    w = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, 0, "float",
-                                     w_clip, backend="triton")
+    w = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, 0,
+                                           "float", w_clip, backend="triton")
     widened = quant_kernels.unpack_fp8(w[0], w_el, backend="triton").view(torch.uint8)
     unpack_differ = (widened != quant_kernels.unpack_fp8(w[0], w_el, backend="torch").view(torch.uint8)).float().mean()
     bias = torch.randn(n, device=device).to(torch.bfloat16)
     out = quant_kernels.w4a4_linear(x, *w, a_element=a_el, w_element=w_el, clip_ratio=a_clip, bias=bias,
-                              out_dtype=torch.bfloat16, backend="triton", path="fp8")
+                                    out_dtype=torch.bfloat16, backend="triton", path="fp8")
     a = reference.quantize_activations_ref(x, a_el, 0, "float", a_clip)
     want = reference.w4a4_matmul_ref(*a, *w, a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.float32)
     ok, excess = close(out, want, FP8_ACCUMULATION_OF_MAX)  # out is bfloat16: one bfloat16 ulp
@@ -353,7 +354,7 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
     x = random_activations(m, k, dtype, device)
     weight = (torch.rand(k, device=device) + 0.5).to(dtype)
     codes, scales, normed = quant_kernels.rms_norm_quantize(x, weight, 1e-5, element, 0.9, dp4a_for=element,
-                                                      backend="triton")
+                                                            backend="triton")
     want_normed = reference.rms_norm_quantize_ref(x, weight, 1e-5, element, 0.9, element)[2]
     again = reference.quantize_activations_ref(normed, element, 0, "float", 0.9, dp4a_for=element)
     ulp = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}[dtype]
@@ -365,11 +366,11 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
     silu_want = reference.silu_mul_quantize_ref(gate_up, element, 0.9, element)
     silu_codes = (silu[0] != silu_want[0]).float().mean().item()
     silu_ok = (silu_codes <= 1e-3 and bool(((silu[1] - silu_want[1]).abs() <= ulp * silu_want[1]).all()))
-    w_packed, w_scale = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=dtype) * 0.02, element,
-                                                    backend="triton")
+    w_packed, w_scale = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=dtype) * 0.02,
+                                                           element, backend="triton")
     residual = random_activations(m, n, dtype, device)
     got = quant_kernels.w4a4_matmul_dp4a(codes, scales, w_packed, w_scale, a_element=element, w_element=element,
-                                   out_dtype=dtype, residual=residual, backend="triton")
+                                         out_dtype=dtype, residual=residual, backend="triton")
     want = reference.w4a4_gemv_ref(codes, scales, w_packed, w_scale, a_element=element, w_element=element,
                                    out_dtype=dtype, residual=residual)
     product = reference.w4a4_gemv_ref(codes, scales, w_packed, w_scale, a_element=element, w_element=element,
@@ -410,7 +411,8 @@ def check_int8_decode(m: int, n: int, k: int, w_element: str, dtype: torch.dtype
         w_int8, w_scale = quantize_rows_int8(w)
         w_codes = w_int8.view(torch.uint8)
     w_levels = reference.int8_weight_codes(w_codes, w_element).view(torch.int8)
-    a_bytes, a_scale = quant_kernels.quantize_activations(x, "int8", clip_ratio=0.9, dp4a_for=w_element, backend="triton")
+    a_bytes, a_scale = quant_kernels.quantize_activations(x, "int8", clip_ratio=0.9, dp4a_for=w_element,
+                                                          backend="triton")
     want_bytes, want_scale = reference.quantize_activations_ref(x, "int8", 0, "float", 0.9, dp4a_for=w_element)
     codes = (a_bytes != want_bytes).float().mean().item()
     scales = (a_scale != want_scale).float().mean().item()
@@ -437,9 +439,9 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
 
     x = random_activations(m, k, dtype, device)
     w_codes, w_scale = quant_kernels.quantize_activations(torch.randn(n, k, device=device) * 0.02, w_element,
-                                                    backend="triton")
+                                                          backend="triton")
     a_bytes, a_scale = quant_kernels.quantize_activations(x, a_element, clip_ratio=0.9 if a_element == "int4" else 1.0,
-                                                    dp4a_for=w_element, backend="triton")
+                                                          dp4a_for=w_element, backend="triton")
     bias = torch.randn(n, device=device)
     residual = random_activations(m, n, dtype, device)
     kw = dict(a_element=a_element, w_element=w_element, bias=bias, out_dtype=dtype, residual=residual)

@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         build = w4a4_tc_source
     else:
         from quant_kernels.w4a4_gemv import (FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PIPELINED_CONFIGS,
-                                       GEMV_PREFETCH_CONFIGS)
+                                             GEMV_PREFETCH_CONFIGS)
 
         configs = ([(*c, False, 1) for c in GEMV_CONFIGS] + [(*c, True, 1) for c in GEMV_PREFETCH_CONFIGS]
                    + [(*c, False, FOLD) for c in GEMV_FOLDED_CONFIGS]

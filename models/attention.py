@@ -38,7 +38,8 @@ NAME = "sdpa_grouped"
 @torch.library.custom_op("ptq::decode_attention", mutates_args=())
 def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor],
                      scale: float) -> torch.Tensor:
-    """``quant_kernels.decode_attention`` as one opaque op for ``torch.compile`` (the kernel picks its split in Python)."""
+    """``quant_kernels.decode_attention`` as one opaque op for ``torch.compile`` (the kernel picks its split in
+    Python)."""
     return quant_kernels.decode_attention(q, key, value, mask, scale)
 
 
@@ -54,8 +55,9 @@ def decode_attention_packed(q: torch.Tensor, key_codes: torch.Tensor, key_scale:
                             value_zero: Optional[torch.Tensor], mask: Optional[torch.Tensor], scale: float,
                             key_element: str, value_element: str) -> torch.Tensor:
     """Decode attention over packed 4-bit K and V (``reference.decode_attention_packed_ref``) as one opaque op."""
-    return quant_kernels.decode_attention_packed(q, (key_codes, key_scale, key_zero), (value_codes, value_scale, value_zero),
-                                           mask, scale, key_element=key_element, value_element=value_element)
+    return quant_kernels.decode_attention_packed(q, (key_codes, key_scale, key_zero),
+                                                 (value_codes, value_scale, value_zero), mask, scale,
+                                                 key_element=key_element, value_element=value_element)
 
 
 @decode_attention_packed.register_fake

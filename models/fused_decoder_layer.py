@@ -50,7 +50,8 @@ SILU_ACTIVATIONS = ("SiLUActivation",)
 @torch.library.custom_op("ptq::rms_norm_quantize", mutates_args=())
 def rms_norm_quantize(x: torch.Tensor, weight: torch.Tensor, eps: float, element: str, clip_ratio: float,
                       dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``quant_kernels.rms_norm_quantize`` as one opaque op for ``torch.compile``: (dp4a bytes, scales, normalised x)."""
+    """``quant_kernels.rms_norm_quantize`` as one opaque op for ``torch.compile``: (dp4a bytes, scales, normalised
+    x)."""
     return quant_kernels.rms_norm_quantize(x, weight, eps, element, clip_ratio, dp4a_for=dp4a_for)
 
 

@@ -35,11 +35,10 @@ live in ``quant_kernels.reference`` (``quantize_activations_ref``, ``w4a4_matmul
 ``dequantize``, ``fpx_matmul_ref``, ``decode_attention_ref``).
 
 Importing this package imports nothing of the project's and no triton: the backends are
-imported on first use. transformers probes for the Hugging Face ``quant_kernels`` package by
-importing a top-level ``quant_kernels``, which finds this one when the repository root is on
-the path, possibly while ``quant_layers`` is still initialising; importing the twins
-(``quant_layers``, ``transforms``) at that moment would be a circular import. Importing
-the kernels late also lets ``TRITON_INTERPRET`` be set after ``import quant_kernels``.
+imported on first use, which keeps ``import quant_kernels`` cheap and lets ``TRITON_INTERPRET``
+be set after it. (It was named ``kernels`` until transformers 5.25 made Hugging Face's ``kernels``
+package a dependency that ``import transformers`` imports: a top-level folder of ours of that name
+hid it, ``tests/test_package_names.py``.)
 """
 
 from __future__ import annotations

@@ -229,7 +229,7 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
         if weight.fpx:
             planes = (qweight, qweight_high) if qweight_high is not None else (qweight,)
             out = quant_kernels.fpx_matmul(x, planes, weight_scale, element=weight.element, bits=weight.bits, bias=bias,
-                                     out_dtype=x.dtype)
+                                           out_dtype=x.dtype)
         else:
             out = F.linear(x, dequantized_weight(qweight, weight_scale, weight).to(x.dtype), bias)
         return out if residual is None else residual + out
@@ -240,9 +240,9 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
         out = out.reshape(*x.shape[:-1], out.shape[-1])
         return out if residual is None else residual + out
     out = quant_kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,
-                              a_group=act.group, w_group=weight.group, scale_kind=act.scale_kind,
-                              clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype,
-                              residual=None if residual is None else residual.reshape(rows.shape[0], -1))
+                                    a_group=act.group, w_group=weight.group, scale_kind=act.scale_kind,
+                                    clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype,
+                                    residual=None if residual is None else residual.reshape(rows.shape[0], -1))
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
@@ -256,11 +256,12 @@ def _(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tenso
 def real_quant_gemv(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
                     bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], out_dtype: torch.dtype,
                     schemes: str, gated: bool = False) -> torch.Tensor:
-    """``RealQuantLinear.on_codes``: (M, K) dp4a activation bytes -> (M, N), through ``quant_kernels.w4a4_matmul_dp4a``."""
+    """``RealQuantLinear.on_codes``: (M, K) dp4a activation bytes -> (M, N), through
+    ``quant_kernels.w4a4_matmul_dp4a``."""
     weight, act = parse_schemes(schemes)
     return quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, qweight, weight_scale, a_element=act.element,
-                                    w_element=weight.element, bias=bias, out_dtype=out_dtype, residual=residual,
-                                    gated=gated)
+                                          w_element=weight.element, bias=bias, out_dtype=out_dtype, residual=residual,
+                                          gated=gated)
 
 
 @real_quant_gemv.register_fake

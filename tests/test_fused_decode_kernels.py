@@ -49,7 +49,7 @@ def test_rms_norm_kernel_equals_twin(element, dp4a_for, dtype):
     x[2] = 0
     weight = torch.linspace(0.5, 1.5, 96).to(dtype)
     codes, scales, normed = quant_kernels.rms_norm_quantize(x, weight, 1e-6, element, 0.9, dp4a_for=dp4a_for,
-                                                      backend="triton")
+                                                            backend="triton")
     want = rms_norm_quantize_ref(x, weight, 1e-6, element, 0.9, dp4a_for)
     ulp = {torch.float32: 2.0**-22, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[dtype]
     torch.testing.assert_close(normed.float(), want[2].float(), rtol=ulp, atol=0)
@@ -90,7 +90,7 @@ def test_rms_norm_quantize_refuses_bad_arguments(change, message):
     for backend in ("triton", "torch"):
         with pytest.raises(ValueError, match=message):
             quant_kernels.rms_norm_quantize(args["x"], args["weight"], 1e-6, "int4", dp4a_for=args["dp4a_for"],
-                                      backend=backend)
+                                            backend=backend)
 
 
 def test_silu_mul_quantize_refuses_an_odd_width():
@@ -112,10 +112,12 @@ def test_gemv_adds_the_residual_to_the_rounded_product(m, out_dtype):
     residual = (torch.randn(m, 40, generator=torch.Generator().manual_seed(5)) * 4).to(out_dtype)
     a_bytes = dp4a_bytes(a_packed, "int4", "int4")
     args = dict(a_element="int4", w_element="int4", out_dtype=out_dtype)
-    want = quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, residual=residual, backend="torch", **args)
+    want = quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, residual=residual, backend="torch",
+                                          **args)
     product = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, **args)
     assert torch.equal(want, residual + product)
-    got = quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, residual=residual, backend="triton", **args)
+    got = quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, residual=residual, backend="triton",
+                                         **args)
     assert_matches_twin(got, want)
 
 
@@ -130,7 +132,7 @@ def test_gemv_refuses_a_residual_of_another_shape_or_dtype():
         for backend in ("triton", "torch"):
             with pytest.raises(ValueError, match="the residual must be a"):
                 quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
-                                         out_dtype=torch.float32, residual=residual, backend=backend)
+                                               out_dtype=torch.float32, residual=residual, backend=backend)
 
 
 @pytest.mark.parametrize("out_dtype", DTYPES)
@@ -178,8 +180,8 @@ def test_gated_gemv_refuses_what_it_cannot_gate(change, message):
     for backend in ("triton", "torch"):
         with pytest.raises(ValueError, match=message):
             quant_kernels.w4a4_matmul_dp4a(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale,
-                                     a_element="int4", w_element="int4", out_dtype=out_dtype, residual=residual,
-                                     gated=True, backend=backend)
+                                           a_element="int4", w_element="int4", out_dtype=out_dtype, residual=residual,
+                                           gated=True, backend=backend)
 
 
 def test_gated_gemv_refuses_the_tensor_cores():

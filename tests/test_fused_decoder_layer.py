@@ -41,7 +41,8 @@ def counting(monkeypatch) -> dict:
     """Count the fused kernels' calls (their twins on the CPU); ``gated``: silu(gate) * up written by gate/up's
     product and quantized as it is (the only dp4a bytes ``quantize_activations`` writes here)."""
     calls = {"rms_norm": 0, "silu_mul": 0, "gated": 0}
-    rms_norm, silu_mul, quantize = quant_kernels.rms_norm_quantize, quant_kernels.silu_mul_quantize, quant_kernels.quantize_activations
+    rms_norm, silu_mul = quant_kernels.rms_norm_quantize, quant_kernels.silu_mul_quantize
+    quantize = quant_kernels.quantize_activations
 
     def quantize_counted(*args, **kwargs):
         calls["gated"] += kwargs.get("dp4a_for") is not None

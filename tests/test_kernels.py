@@ -120,8 +120,8 @@ def test_auto_backend_on_cpu_is_the_twin():
 def test_no_tokens(backend):
     packed, scale = quant_kernels.quantize_activations(torch.zeros(0, 64), "e2m1", 16, "e4m3", backend=backend)
     assert packed.shape == (0, 32) and scale.shape == (0, 4)
-    out = quant_kernels.w4a4_matmul(packed, scale, torch.zeros(5, 32, dtype=torch.uint8), torch.ones(5, 4), a_element="e2m1",
-                              w_element="e2m1", a_group=16, w_group=16, backend=backend)
+    out = quant_kernels.w4a4_matmul(packed, scale, torch.zeros(5, 32, dtype=torch.uint8), torch.ones(5, 4),
+                                    a_element="e2m1", w_element="e2m1", a_group=16, w_group=16, backend=backend)
     assert out.shape == (0, 5)
     codes, scale = quant_kernels.quantize_activations(torch.zeros(0, 64), "int4", dp4a_for="e2m1", backend=backend)
     assert codes.dtype == torch.int8 and codes.shape == (0, 64) and scale.shape == (0, 1)
@@ -538,8 +538,8 @@ def test_w4a4_matmul_dp4a_equals_the_packed_product(case, backend):
         bias = torch.randn(24)
         want = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_el, w_element=w_el, bias=bias,
                                out_dtype=torch.float32)
-        got = quant_kernels.w4a4_matmul_dp4a(dp4a_bytes(a_packed, a_el, w_el), a_scale, w_packed, w_scale, a_element=a_el,
-                                       w_element=w_el, bias=bias, out_dtype=torch.float32, backend=backend)
+        got = quant_kernels.w4a4_matmul_dp4a(dp4a_bytes(a_packed, a_el, w_el), a_scale, w_packed, w_scale,
+                                             a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.float32, backend=backend)
         assert_matches_twin(got, want)
 
 
@@ -552,7 +552,7 @@ def test_activation_kernel_writes_dp4a_bytes(element, hadamard_block, dtype):
     x = activations(5, 192, element, 0, dtype)
     for w_element in ("int4", "e2m1"):
         got = quant_kernels.quantize_activations(x, element, clip_ratio=0.9, hadamard_block=hadamard_block,
-                                           dp4a_for=w_element, backend="triton")
+                                                 dp4a_for=w_element, backend="triton")
         want = quantize_activations_ref(x, element, 0, "float", 0.9, hadamard_block, dp4a_for=w_element)
         assert got[0].dtype == torch.int8 and got[0].shape == (5, 192)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
@@ -642,7 +642,7 @@ def test_w4a4_matmul_dp4a_refuses_packed_codes(backend):
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 1, 16, 64)
     with pytest.raises(ValueError, match="a_bytes must be a 2-D int8 tensor of dp4a activation bytes"):
         quant_kernels.w4a4_matmul_dp4a(a_packed, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
-                                 backend=backend)
+                                       backend=backend)
 
 
 def test_gemv_refuses_packed_codes_for_bytes():
@@ -705,7 +705,7 @@ def test_triton_fp8_codes_equal_twin(case):
     (element, group, kind, clip), _ = ACT_CASES[case]
     x = activations(17, 192, element, group, torch.bfloat16)
     want_codes, want_scale = quant_kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True,
-                                                          backend="torch")
+                                                                backend="torch")
     packed, _ = quantize_activations_ref(x, element, group, kind, clip)
     assert torch.equal(want_codes.float(), dequantize(packed, torch.ones(17, 1), element))
     codes, scale = quant_kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="triton")
@@ -826,14 +826,14 @@ def test_int8_activations_and_weights_refuse_what_the_kernels_cannot_take():
     with pytest.raises(ValueError, match="INT8 activations with INT4 or INT8 weights .* got int8 activations with "
                                          "e2m1 weights"):
         quant_kernels.w4a4_matmul_dp4a(a_bytes, torch.ones(2, 1), w_codes[:, :32], w_scale, a_element="int8",
-                                 w_element="e2m1", backend="triton")
+                                       w_element="e2m1", backend="triton")
     with pytest.raises(ValueError, match="int8 weights for K=64 must be a 2-D byte tensor with 64 bytes a row, got "
                                          "torch.uint8 with shape \\(16, 32\\)"):
         quant_kernels.w4a4_matmul_dp4a(a_bytes, torch.ones(2, 1), w_codes[:, :32], w_scale, a_element="int8",
-                                 w_element="int8", backend="triton")
+                                       w_element="int8", backend="triton")
     with pytest.raises(ValueError, match="w_scale must be a float tensor of shape \\(16, 1\\) \\(one scale a row"):
-        quant_kernels.w4a4_matmul_dp4a(a_bytes, torch.ones(2, 1), w_codes, w_scale[:8], a_element="int8", w_element="int8",
-                                 backend="torch")
+        quant_kernels.w4a4_matmul_dp4a(a_bytes, torch.ones(2, 1), w_codes, w_scale[:8], a_element="int8",
+                                       w_element="int8", backend="torch")
 
 
 def test_w4a4_linear_path_choice_and_refusals():
@@ -843,7 +843,7 @@ def test_w4a4_linear_path_choice_and_refusals():
         quant_kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", path="int8")
     with pytest.raises(ValueError, match="fp8 path takes per-row scales"):
         quant_kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", a_group=16, w_group=16,
-                            scale_kind="e4m3", out_dtype=torch.bfloat16, path="fp8")
+                                  scale_kind="e4m3", out_dtype=torch.bfloat16, path="fp8")
     w4, s4 = quantize_activations_ref(torch.randn(32, 64), "int4", 0, "float")
     with pytest.raises(ValueError, match="bfloat16 output"):
         quant_kernels.w4a4_linear(x, w4, s4, a_element="int4", w_element="int4", out_dtype=torch.float16, path="fp8")
@@ -860,7 +860,8 @@ def test_w4a4_linear_path_choice_and_refusals():
 
 def test_triton_gemm_public_api_bfloat16_out():
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 17, 24, 64)
-    out = quant_kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.bfloat16, backend="triton", **kw)
+    out = quant_kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.bfloat16, backend="triton",
+                                    **kw)
     assert out.dtype == torch.bfloat16 and out.shape == (17, 24)
     assert_matches_twin(out, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.bfloat16, **kw))
 
@@ -1019,7 +1020,7 @@ def test_real_quant_linear_equals_fake_quant_linear(case):
     w_packed, w_scale = quantize_activations_ref(weight, element, group, kind)
     w_spec = spec if group else QuantSpec(format=spec.format, bits=4, exp_bits=spec.exp_bits, granularity="channel")
     out = quant_kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, a_element=element, w_element=element,
-                              a_group=group, w_group=group, bias=bias, out_dtype=torch.float32, backend="triton")
+                                    a_group=group, w_group=group, bias=bias, out_dtype=torch.float32, backend="triton")
     want = F.linear(Quantizer(spec).fake_quantize(x), Quantizer(w_spec).fake_quantize(weight), bias)
     torch.testing.assert_close(out, want, rtol=0, atol=1e-5 * want.abs().max().item())
 

@@ -129,7 +129,8 @@ def test_public_packed_attention_checks_then_dispatches():
     value = packed_operand(1, 2, 10, 32, "uint4", 16, g)
     with pytest.raises(ValueError, match="unknown packed value element 'int8'"):
         quant_kernels.decode_attention_packed(q, key, value, key_element="int4", value_element="int8")
-    got = quant_kernels.decode_attention_packed(q, key, value, key_element="int4", value_element="uint4", backend="torch")
+    got = quant_kernels.decode_attention_packed(q, key, value, key_element="int4", value_element="uint4",
+                                                backend="torch")
     want = reference.decode_attention_packed_ref(q, key, value, None, 32 ** -0.5, "int4", "uint4")
     assert torch.equal(got, want)
 
