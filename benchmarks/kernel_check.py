@@ -348,7 +348,9 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
     up (``gated``) into a NaN-poisoned output: every value written, each within the ulps its roundings allow of
     the twin's (the gate and up products an ulp each, silu's exponential, which turns an ulp of a negative gate g
     into about 1 + |g| of silu's, and the two roundings after; and 1e-5 of the largest value, the twin's own fp32
-    accumulation)."""
+    accumulation). There too, o_proj's norm tail (``norm_tail``): the same product plus residual bit for bit, its
+    last program's codes and scales of the next RMSNorm exactly those the activation kernel writes for that output
+    in a launch of its own."""
     from quant_kernels.w4a4_gemv import takes_gated, w4a4_gemv_triton
 
     x = random_activations(m, k, dtype, device)
@@ -393,10 +395,32 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
         gated_ok = not got.isnan().any() and gated_over <= 1
         gated = (f", gated silu*up ({(got != want).float().mean().item():.1%} off the twin, "
                  f"{gated_over:.2f} of the ulp bound)")
+        gated_ok = gated_ok and check_norm_tail(codes, scales, w_packed, w_scale, residual, element, dtype)
+        gated += f", norm tail ({'ok' if gated_ok else 'FAILED'})"
     return {"kernel": "fused decode", "case": f"{element}: RMSNorm ({norm_off:.1%} rows' values off an ulp), "
                                               f"silu*up, GEMV + residual{gated}",
             "shape": f"M{m} K{k} N{n} {str(dtype).removeprefix('torch.')}", "codes_differ": silu_codes,
             "error_over_bound": excess, "ok": norm_ok and silu_ok and gemv_ok and gated_ok}
+
+
+def check_norm_tail(codes: torch.Tensor, scales: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
+                    residual: torch.Tensor, element: str, dtype: torch.dtype) -> bool:
+    """Whether the decode kernel with a norm tail writes the product plus residual of the kernel without one (into
+    a NaN-poisoned output) and, in its last program, the codes and scales the activation kernel's RMSNorm
+    prologue writes for that output."""
+    from quant_kernels.w4a4_gemv import w4a4_gemv_triton
+
+    m, n = residual.shape
+    tail = reference.NormTail((torch.rand(n, device=residual.device) + 0.5).to(dtype), 1e-5, element, 0.9, element)
+    args = dict(a_element=element, w_element=element, out_dtype=dtype, residual=residual)
+    plain = w4a4_gemv_triton(codes, scales, w_packed, w_scale, **args)
+    poisoned = torch.full((m, n), float("nan"), dtype=dtype, device=residual.device)
+    out, tail_codes, tail_scales = w4a4_gemv_triton(codes, scales, w_packed, w_scale, out=poisoned, norm_tail=tail,
+                                                    **args)
+    want_codes, want_scales, _ = quant_kernels.rms_norm_quantize(out, tail.weight, tail.eps, element, 0.9,
+                                                                 dp4a_for=element, backend="triton")
+    return (out is poisoned and torch.equal(out, plain) and torch.equal(tail_codes, want_codes)
+            and torch.equal(tail_scales, want_scales))
 
 
 def check_int8_decode(m: int, n: int, k: int, w_element: str, dtype: torch.dtype, device: torch.device) -> dict:

@@ -70,25 +70,34 @@ def fpx_row_source(element: str, config: tuple[int, ...]):
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)
 
 
-def w4a4_gemv_source(pair: str, config: tuple[int, ...]):
+def w4a4_gemv_source(pair: str, config: tuple[int, ...], norm_tail: int = 0):
     """The W4A4 decode kernel's ASTSource for one activation row, ``pair`` = 'A_ELEMENTxW_ELEMENT' (the
-    activation element changes only the host's unit), and one (BLOCK_N, BLOCK_KW, warps, stages, PREFETCH, FOLD)."""
+    activation element changes only the host's unit), and one (BLOCK_N, BLOCK_KW, warps, stages, PREFETCH, FOLD).
+    ``norm_tail`` N > 0: with a residual and the norm tail of N-wide output rows (o_proj's), quantized to the
+    activation element for the weight element, as a decode layer's o_proj runs it."""
     from triton.compiler import ASTSource
 
+    from quant_kernels.act_quant import DP4A_FOR_IDS, clamp_kind
     from quant_kernels.w4a4_gemv import _w4a4_gemv_kernel
 
     a_element, w_element = pair.split("x")
-    names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "M", "N", "KW",
-             "M_BUCKET", "stride_am", "stride_wn", "stride_asm", "stride_wsn", "stride_om", "stride_rm", "unit"]
+    names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "norm_ptr",
+             "codes_ptr", "codes_scale_ptr", "count_ptr", "M", "N", "KW", "M_BUCKET", "stride_am", "stride_wn",
+             "stride_asm", "stride_wsn", "stride_om", "stride_rm", "stride_cm", "unit", "eps", "tail_clip", "tail_max"]
     weight_words = "*i64" if w_element == "int8" else "*i32"  # INT8 weights: 64-bit words of 8 bytes
-    types = ["*i32", "*fp32", weight_words, "*fp32", "*bf16", "*bf16", "*bf16"] + ["i32"] * 10 + ["fp32"]
-    signature = dict(zip(names, types))
+    types = ["*i32", "*fp32", weight_words, "*fp32", "*bf16", "*bf16", "*bf16", "*bf16", "*i32", "*fp32", "*i32"]
+    signature = dict(zip(names, types + ["i32"] * 11 + ["fp32"] * 4))
     constants = dict(W_INT4=w_element == "int4", W_INT8=w_element == "int8", HAS_BIAS=False, HAS_RESIDUAL=False,
                      USE_ASM=True, ROUND_BF16=True,
                      ROUND_F16=False, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
-                     FOLD=config[5], USE_GDC=True, LOOP_STAGES=config[6] if len(config) > 6 else 1, GATED=False)
+                     FOLD=config[5], USE_GDC=True, LOOP_STAGES=config[6] if len(config) > 6 else 1, GATED=False,
+                     NORM_TAIL=False, TAIL_INT4=False, TAIL_CLAMP=0, TAIL_DP4A_FOR=0, TAIL_BLOCK=1)
+    if norm_tail:
+        constants.update(HAS_RESIDUAL=True, NORM_TAIL=True, TAIL_INT4=a_element == "int4",
+                         TAIL_CLAMP=clamp_kind(a_element, "float", 1.0), TAIL_DP4A_FOR=DP4A_FOR_IDS[w_element],
+                         TAIL_BLOCK=1 << (norm_tail - 1).bit_length())
     signature.update({name: "constexpr" for name in constants})
-    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(17) if names[i] not in ("M", "M_BUCKET")}
+    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(22) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_gemv_kernel, signature, constants, aligned)
 
 
@@ -222,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
                         "A_ELEMENTxW_ELEMENT of int4 and e2m1, or int8xint4 / int8xint8, e.g. int4xint4; "
                         "w4a4_tc: A_ELEMENTxint4 or A_ELEMENTxe2m1; act_quant: " + ", ".join(ACT_ELEMENTS))
     p.add_argument("--k", type=int, default=4096, help="act_quant: the activation rows' width")
+    p.add_argument("--norm_tail", type=int, default=0, metavar="N",
+                   help="w4a4_gemv: with a residual and the norm tail of N-wide output rows (a decode layer's o_proj; "
+                        "0: without)")
     p.add_argument("--arch", type=int, default=90, help="compute capability times ten (90: Hopper)")
     p.add_argument("--limit", type=int, help="only the first LIMIT configs (default: all)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -271,8 +283,16 @@ def main(argv: list[str] | None = None) -> int:
         if tuple(args.element.split("x")) not in DP4A_PAIRS:
             p.error(f"--element for w4a4_gemv is A_ELEMENTxW_ELEMENT, one of "
                     f"{', '.join(sorted('x'.join(pair) for pair in DP4A_PAIRS))}; got {args.element!r}")
-        build = w4a4_gemv_source
-    result = {"kernel": args.kernel, "case": args.element + (f", K {args.k}" if args.kernel == "act_quant" else ""),
+        if args.norm_tail and (args.norm_tail % 8 or "int8" in args.element):
+            p.error(f"--norm_tail N quantizes N-wide rows to INT4 / E2M1 dp4a bytes: N a positive multiple of 8 and "
+                    f"4-bit elements, got N={args.norm_tail} with {args.element}")
+
+        def build(case, config):
+            return w4a4_gemv_source(case, config, args.norm_tail)
+    if args.norm_tail and args.kernel != "w4a4_gemv":
+        p.error("--norm_tail is for --kernel w4a4_gemv")
+    case = args.element + (f", K {args.k}" if args.kernel == "act_quant" else "")
+    result = {"kernel": args.kernel, "case": case + (f", norm tail N {args.norm_tail}" if args.norm_tail else ""),
               "arch": args.arch,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
               "command": "python benchmarks/kernel_sass.py " + " ".join(argv if argv is not None else sys.argv[1:]),

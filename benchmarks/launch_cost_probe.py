@@ -10,8 +10,10 @@ all; the numbers computed are then wrong, only the time means anything):
   row) instead of gate/up's decode-kernel epilogue (``DecodePlan.gated_rows`` 0), the arrangement before it;
 * ``unsplit``: nothing replaced, but no row split among the activation kernel's programs (``act_quant.SPLIT``):
   the autotuner picks it for decode rows in isolation; this times the step without it;
-* ``post_norm``: only the post-attention RMSNorm quantizations replaced (every second call of a fused layer's two):
-  what moving them into o_proj's decode kernel could save at most;
+* ``untailed``: nothing replaced, but the post-attention RMSNorm quantized by a launch of its own instead of
+  o_proj's decode kernel's last program (``DecodePlan.norm_tail`` None), the arrangement before it;
+* ``post_norm``: untailed, and those launches replaced (every second call of a fused layer's two RMSNorm
+  quantizations): what moving them into o_proj's decode kernel could save at most;
 * ``bf16``: the bf16 model's step, timed the same way, for the ratio.
 
 A control without patches runs first and last, in the same process. What a fusion of those
@@ -63,17 +65,26 @@ PLAN = fused_decoder_layer.decode_plan
 SPLIT_MAX_M = act_quant.SPLIT_MAX_M
 
 
-def _ungated_plan(layer):
-    plan = PLAN(layer)
-    if plan is not None:
-        plan.gated_rows = 0
-    return plan
+def _plan_for(variant: str):
+    """decode_plan, less the gated epilogue (``ungated``) or the norm tail (``untailed``, ``post_norm``)."""
+    if variant not in ("ungated", "untailed", "post_norm"):
+        return PLAN
+
+    def plan_of(layer):
+        plan = PLAN(layer)
+        if plan is not None and variant == "ungated":
+            plan.gated_rows = 0
+        if plan is not None and variant in ("untailed", "post_norm"):
+            plan.norm_tail = None
+        return plan
+
+    return plan_of
 
 
 def patch(variant: str) -> None:
     for name, function in ORIGINAL.items():
         setattr(quant_kernels, name, function)
-    fused_decoder_layer.decode_plan = _ungated_plan if variant == "ungated" else PLAN
+    fused_decoder_layer.decode_plan = _plan_for(variant)
     split_max_m = 0 if variant == "unsplit" else SPLIT_MAX_M
     if act_quant.SPLIT_MAX_M != split_max_m:  # the tuner's picks so far were made with the other candidates
         act_quant.SPLIT_MAX_M = split_max_m

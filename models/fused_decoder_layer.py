@@ -10,9 +10,11 @@ the tensor-core decode kernel: INT4, and E2M1 unless ``PTQ_TC_E2M1=0``) runs ins
 * the input RMSNorm and its quantization as one activation-kernel launch, whose codes go
   straight to the fused q/k/v product (``FusedGroup.provide`` serves HF's attention its
   slices);
-* the attention's o_proj with the residual added in the decode kernel's epilogue
-  (``RealQuantLinear.add_residual_to_next``);
-* the post-attention RMSNorm with its quantization, then gate/up on its codes;
+* the attention's o_proj with the residual added in the decode kernel's epilogue, and the post-attention
+  RMSNorm with gate/up's quantization of it (``DecodePlan.norm_tail``) in the same launch: the last of its
+  programs to finish normalises and quantizes the whole output rows (``RealQuantLinear.add_residual_to_next``;
+  where the tensor-core decode kernel takes o_proj's rows, or the MLP needs the normalised rows, the activation
+  kernel does it in a launch of its own); then gate/up on those codes;
 * silu(gate) * up quantized in one launch, and down_proj adding the residual in its epilogue. Where the
   CUDA-core decode kernel takes the rows (``w4a4_gemv.takes_gated``: up to 4 rows of INT4 weights on a GPU),
   gate/up's product writes silu(gate) * up itself, spread over its programs, and the activation kernel only
@@ -97,6 +99,9 @@ class DecodePlan:
     down: RealQuantLinear | None  # None: the MLP's own forward from gate/up on (down_proj does not fit)
     max_rows: int  # the most rows the decode kernels take for every linear here (``w4a4_gemv.max_rows``)
     gated_rows: int = 0  # up to this many rows gate/up's product writes silu(gate) * up (``w4a4_gemv.takes_gated``)
+    # The post-attention RMSNorm and gate/up's quantization of it, run by o_proj's product (its decode kernel's
+    # last program where it runs, ``RealQuantLinear.add_residual_to_next``); None: a launch of their own.
+    norm_tail: object = None  # a quant_kernels.reference.NormTail
 
 
 def _takes_codes(linear: RealQuantLinear) -> bool:
@@ -133,6 +138,7 @@ def decode_plan(layer: nn.Module) -> DecodePlan | None:
     fused_down = silu and isinstance(down, RealQuantLinear) and _takes_codes(down)
     if not fused_down and not isinstance(down, RealQuantLinear):
         return None
+    from quant_kernels.reference import NormTail
     from quant_kernels.w4a4_gemv import GEMV_MAX_M, max_rows, takes_gated
 
     linears = (qkv.linear, o_proj, gate_up.linear, down)
@@ -140,7 +146,10 @@ def decode_plan(layer: nn.Module) -> DecodePlan | None:
     gated = fused_down and gate_up.widths[0] == gate_up.widths[1]
     element = gate_up.linear.weight_scheme.element
     gated_rows = max((m for m in range(1, GEMV_MAX_M + 1) if gated and takes_gated(m, element)), default=0)
-    return DecodePlan(qkv, o_proj, gate_up, down if fused_down else None, rows, min(gated_rows, rows))
+    norm, act = layer.post_attention_layernorm, gate_up.linear.act_scheme
+    tail = NormTail(norm.weight, float(norm.variance_epsilon), act.element, act.clip_ratio,
+                    gate_up.linear.weight_scheme.element) if fused_down and o_proj.takes_norm_tail() else None
+    return DecodePlan(qkv, o_proj, gate_up, down if fused_down else None, rows, min(gated_rows, rows), tail)
 
 
 def _quantize_norm(norm: nn.Module, rows: torch.Tensor, linear: RealQuantLinear) -> tuple:
@@ -162,10 +171,13 @@ def _decode_forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch
     normed = normed.view_as(hidden_states)
     plan.qkv.provide(normed, plan.qkv.linear.on_codes(codes, scales, hidden_states.dtype).view(
         *hidden_states.shape[:-1], -1))
-    plan.o_proj.add_residual_to_next(hidden_states)
+    plan.o_proj.add_residual_to_next(hidden_states, plan.norm_tail)
     hidden_states, _ = self.self_attn(hidden_states=normed, **kwargs)  # o_proj's output: residual + attention
     rows = hidden_states.reshape(-1, width)
-    codes, scales, normed = _quantize_norm(self.post_attention_layernorm, rows, plan.gate_up.linear)
+    if plan.norm_tail is not None:
+        codes, scales = plan.o_proj.take_norm_codes()
+    else:
+        codes, scales, normed = _quantize_norm(self.post_attention_layernorm, rows, plan.gate_up.linear)
     if rows.shape[0] <= plan.gated_rows:
         act = plan.down.act_scheme
         hidden = plan.gate_up.linear.on_codes(codes, scales, hidden_states.dtype, gated=True)  # silu(gate) * up

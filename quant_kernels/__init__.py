@@ -43,7 +43,12 @@ hid it, ``tests/test_package_names.py``.)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from .reference import NormTail
 
 __all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "fpx_matmul", "quantize_activations",
            "rms_norm_quantize", "silu_mul_quantize", "unpack_fp8", "w4a4_linear", "w4a4_matmul", "w4a4_matmul_dp4a",
@@ -152,11 +157,13 @@ def w4a4_linear(
     x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *, a_element: str, w_element: str,
     a_group: int = 0, w_group: int = 0, scale_kind: str = "float", clip_ratio: float = 1.0,
     bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16, backend: str | None = None,
-    path: str | None = None, residual: torch.Tensor | None = None,
-) -> torch.Tensor:
+    path: str | None = None, residual: torch.Tensor | None = None, norm_tail: NormTail | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(M, N) = Q(x) @ (decode(w) * w_scale).T (+ bias): quantize x's rows, then multiply; ``residual`` (M, N):
     returns ``residual + product``, the product rounded to ``out_dtype`` first (in the decode kernel's
-    epilogue where it runs).
+    epilogue where it runs). ``norm_tail`` (``reference.NormTail``): returns (that, the next RMSNorm's dp4a bytes
+    of it, their per-token scales), computed by the decode kernel's last program where it runs
+    (``w4a4_matmul_dp4a``), else by ``rms_norm_quantize``.
 
     ``path``: ``packed`` (4-bit activation codes, ``w4a4_matmul``) or ``fp8`` (codes as
     E4M3 bytes, weight widened by ``unpack_fp8``, cuBLAS's FP8 GEMM; per-row scales,
@@ -180,7 +187,7 @@ def w4a4_linear(
     if path == "fp8":
         codes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, fp8_codes=True, backend=backend)
         out = w4a4_matmul_fp8(codes, a_scale, unpack_fp8(w_packed, w_element, backend=backend), w_scale, bias)
-        return out if residual is None else residual + out
+        return _with_norm_tail(out if residual is None else residual + out, norm_tail, backend)
     if _use_triton(x, backend) and x.is_cuda:
         from .w4a4_gemm import takes_gemv
 
@@ -188,11 +195,21 @@ def w4a4_linear(
             a_bytes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, dp4a_for=w_element,
                                                     backend=backend)
             return w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
-                                    bias=bias, out_dtype=out_dtype, residual=residual, backend=backend)
+                                    bias=bias, out_dtype=out_dtype, residual=residual, norm_tail=norm_tail,
+                                    backend=backend)
     packed, a_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, backend=backend)
     out = w4a4_matmul(packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                       a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend)
-    return out if residual is None else residual + out
+    return _with_norm_tail(out if residual is None else residual + out, norm_tail, backend)
+
+
+def _with_norm_tail(out: torch.Tensor, norm_tail: NormTail | None, backend: str | None):
+    """``out``, or with a ``reference.NormTail``: (out, the codes and scales ``rms_norm_quantize`` gives for it)."""
+    if norm_tail is None:
+        return out
+    codes, scales, _ = rms_norm_quantize(out, norm_tail.weight, norm_tail.eps, norm_tail.element,
+                                         norm_tail.clip_ratio, dp4a_for=norm_tail.dp4a_for, backend=backend)
+    return out, codes, scales
 
 
 def w4a8_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *, clip_ratio: float = 1.0,
@@ -237,8 +254,9 @@ def _int8_activation_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Ten
 def w4a4_matmul_dp4a(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
-    residual: torch.Tensor | None = None, gated: bool = False, backend: str | None = None,
-) -> torch.Tensor:
+    residual: torch.Tensor | None = None, gated: bool = False, norm_tail: NormTail | None = None,
+    backend: str | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(M, N) = (values(a_bytes) * a_scale) @ (decode(w) * w_scale).T (+ bias) for 1..8 rows (1..64 with INT4
     or E2M1 weights, on the tensor cores from 5; E2M1 up to 8 with ``PTQ_TC_E2M1=0``), per-row scales.
 
@@ -247,17 +265,19 @@ def w4a4_matmul_dp4a(
     ``out_dtype``: returns ``residual + product`` (the product rounded to ``out_dtype`` first, as a layer's
     ``residual + linear(x)``), added in the kernel's epilogue. ``gated``: the weight rows are an MLP's gate rows
     then its up rows, and the result is (M, N / 2) silu(gate) * up, computed in the kernel's epilogue, where the
-    CUDA-core decode kernel takes the rows (``w4a4_gemv.takes_gated``).
+    CUDA-core decode kernel takes the rows (``w4a4_gemv.takes_gated``). ``norm_tail`` (``reference.NormTail``):
+    returns (the result, the next RMSNorm's dp4a bytes of it, their per-token scales), computed by the CUDA-core
+    decode kernel's last program where it takes the rows.
     """
     if _use_triton(a_bytes, backend):
         from .w4a4_gemv import w4a4_gemv_triton
 
         return w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
-                                bias=bias, out_dtype=out_dtype, residual=residual, gated=gated)
+                                bias=bias, out_dtype=out_dtype, residual=residual, gated=gated, norm_tail=norm_tail)
     from .reference import w4a4_gemv_ref
 
     return w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element, bias=bias,
-                         out_dtype=out_dtype, residual=residual, gated=gated)
+                         out_dtype=out_dtype, residual=residual, gated=gated, norm_tail=norm_tail)
 
 
 def w4a4_matmul(

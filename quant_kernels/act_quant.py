@@ -41,12 +41,13 @@ from transforms.hadamard import sylvester_hadamard
 from .reference import PROLOGUES, check_activation_args, check_prologue_args
 from .rounding import _round_to_bf16, _round_to_dtype, _silu_mul
 from .pdl import launch_dependents, pdl_flags, uses_pdl, wait_for_producer
-from .w4a4_gemv import _code_values
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
 
 SCALE_KIND_IDS = {"float": 0, "e4m3": 1, "e8m0": 2}
+# The kernels' DP4A_FOR: 0 packs two codes a byte; 1 (2) writes dp4a bytes for INT4 (E2M1 or INT8) weights.
+DP4A_FOR_IDS = {None: 0, "int4": 1, "e2m1": 2, "int8": 2}
 E4M3_MAX = tl.constexpr(E4M3.max_value)
 NVFP_TENSOR_RANGE = tl.constexpr(E4M3.max_value * E2M1.max_value)  # as Quantizer.scales
 # Elements per program: enough work per program, registers to spare for a fused rotation.
@@ -67,9 +68,25 @@ INTERPRET_SPLIT = False
 # autotuned for plain x), and the count the interpreter uses for plain x (tests set it).
 ROW_STEP_COUNTS = (4, 16)
 INTERPRET_ROW_STEPS = 1
+# Twice the E2M1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 (magnitude code c in nibble c), as int32.
+E2M1_DOUBLED_TABLE = tl.constexpr(0xC8643210 - (1 << 32))
 # 1.5 * 2**23: adding then subtracting it rounds |y| < 2**22 to an integer, ties to even.
 ROUND_MAGIC = tl.constexpr(12582912.0)
 ROUND_MAGIC_BITS = tl.constexpr(0x4B400000)  # its fp32 bits: the sum's bits less these are the integer
+
+
+@triton.jit
+def _code_values(words, j: tl.constexpr, IS_INT4: tl.constexpr):
+    """Code j (bits 4j..4j+3) of int32 words as an int32: the INT4 level, or twice the E2M1 value."""
+    # One return: compiled Triton does not stop at a return inside an if.
+    if IS_INT4:
+        values = (words << (28 - 4 * j)) >> 28  # arithmetic shift: sign-extends the nibble
+    else:
+        code = (words >> (4 * j)) & 0xF
+        table = tl.full(code.shape, E2M1_DOUBLED_TABLE, tl.int32)
+        magnitude = (table >> ((code & 7) * 4)) & 0xF
+        values = tl.where(code >= 8, -magnitude, magnitude)
+    return values
 
 
 @triton.jit
@@ -333,11 +350,8 @@ def _load(x_ptr, h_ptr, norm_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, eps, 
         y = _round_to_dtype(_rotate(x, h_ptr, inv_sqrt_b, BLOCK_M, BLOCK_K, HAD_BLOCK, HB, DOT_F32), ROUND_BF16,
                             ROUND_F16)
     elif PROLOGUE == 1:
-        x = x.to(tl.float32)
-        inv_rms = tl.math.rsqrt(tl.reduce(x * x, 1, _sum_combine) / K + eps)
         weight = tl.load(norm_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-        y = _round_to_dtype(weight[None, :] * _round_to_dtype(x * inv_rms[:, None], ROUND_BF16, ROUND_F16),
-                            ROUND_BF16, ROUND_F16)
+        y = _rms_normed(x.to(tl.float32), weight, K, eps, ROUND_BF16, ROUND_F16)
     elif PROLOGUE == 2:
         gate = x.to(tl.float32)
         up = tl.load(x_ptr + rows[:, None] * stride_xm + K + cols[None, :], mask=ok, other=0.0).to(tl.float32)
@@ -345,6 +359,34 @@ def _load(x_ptr, h_ptr, norm_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, eps, 
     else:
         y = x.to(tl.float32)
     return y
+
+
+@triton.jit
+def _rms_normed(x, weight, K, eps, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr):
+    """HF's RMSNorm of whole fp32 rows x (zeros past K) times the norm's fp32 weight (K,): fp32 mean of squares,
+    the normalised rows rounded to x's dtype, then times the weight, rounded again."""
+    inv_rms = tl.math.rsqrt(tl.reduce(x * x, 1, _sum_combine) / K + eps)
+    return _round_to_dtype(weight[None, :] * _round_to_dtype(x * inv_rms[:, None], ROUND_BF16, ROUND_F16),
+                           ROUND_BF16, ROUND_F16)
+
+
+@triton.jit
+def _rms_norm_quantize_rows(x_ptr, stride_xm, norm_ptr, packed_ptr, scale_ptr, M, K, stride_pm, eps, clip_ratio,
+                            max_value, ELEMENT_INT4: tl.constexpr, CLAMP: tl.constexpr, DP4A_FOR: tl.constexpr,
+                            ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``rms_norm_quantize`` of x's M rows into dp4a bytes and per-token scales, by the one program that calls it,
+    a row at a time (BLOCK_K: K padded to a power of two): the decode kernel's norm tail (``w4a4_gemv``), where
+    other programs of the kernel wrote x. x is read from L2 (``.cg``), never from this SM's L1, which may hold
+    older lines of it."""
+    cols = tl.arange(0, BLOCK_K)
+    weight = tl.load(norm_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+    for r in range(M):
+        rows = r + tl.arange(0, 1)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(cols < K)[None, :], other=0.0,
+                    cache_modifier=".cg")
+        y = _rms_normed(x.to(tl.float32), weight, K, eps, ROUND_BF16, ROUND_F16)
+        _quantize_tile(y, rows, 0, packed_ptr, scale_ptr, scale_ptr, M, K, 1, stride_pm, 1, clip_ratio, max_value,
+                       ELEMENT_INT4, False, 0, BLOCK_K, CLAMP, False, DP4A_FOR, 1, BLOCK_K)
 
 
 @triton.jit
@@ -637,7 +679,7 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
         GROUP=group_size or block_k,
         HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
         ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes,
-        DP4A_FOR={None: 0, "int4": 1, "e2m1": 2, "int8": 2}[dp4a_for], BLOCK_K=block_k,
+        DP4A_FOR=DP4A_FOR_IDS[dp4a_for], BLOCK_K=block_k,
         LAUNCH_DEPENDENTS=pdl["USE_GDC"] or (dp4a_for is not None and uses_pdl(x.device, "gemv")),
         PROLOGUE=prologue, **pdl,
     )

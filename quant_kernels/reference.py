@@ -9,6 +9,8 @@ naming the offending argument.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from quant_layers import packing
@@ -212,6 +214,37 @@ def rms_norm_quantize_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, ele
     return (*quantize_activations_ref(normed, element, 0, "float", clip_ratio, 0, dp4a_for), normed)
 
 
+@dataclass(frozen=True)
+class NormTail:
+    """An RMSNorm and the per-token quantization of its output that the decode kernel runs on its own product
+    (``w4a4_matmul_dp4a(..., norm_tail=...)``): the next linear's input, as ``rms_norm_quantize`` computes it
+    from the product (plus its residual) with these arguments; ``dp4a_for`` is the next linear's weight element."""
+
+    weight: torch.Tensor
+    eps: float
+    element: str
+    clip_ratio: float
+    dp4a_for: str
+
+
+def check_norm_tail(tail: NormTail, m: int, n: int, out_dtype: torch.dtype, gated: bool) -> None:
+    """Raise ValueError unless the decode kernel can run ``tail`` on its (M, N) ``out_dtype`` product."""
+    if gated:
+        raise ValueError("a norm tail normalises the product's rows; a gated product (silu(gate) * up) has none: "
+                         "pass gated=False or norm_tail=None")
+    if tail.element not in ELEMENTS:
+        raise ValueError(f"a norm tail quantizes to 4-bit codes for the decode kernel: element 'int4' or 'e2m1', got "
+                         f"{tail.element!r}")
+    check_prologue_args(torch.empty(m, n, dtype=out_dtype, device="meta"), tail.weight, tail.element,
+                        tail.clip_ratio, tail.dp4a_for, PROLOGUES["rms_norm"])
+
+
+def norm_tail_ref(out: torch.Tensor, tail: NormTail) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (dp4a bytes, per-token scales) a norm tail writes for the product ``out``."""
+    codes, scales, _ = rms_norm_quantize_ref(out, tail.weight, tail.eps, tail.element, tail.clip_ratio, tail.dp4a_for)
+    return codes, scales
+
+
 def silu_mul_ref(x: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for x = [gate | up] (..., 2K), each op in x's dtype as eager torch computes an HF MLP's
     ``act_fn(gate_proj(x)) * up_proj(x)``."""
@@ -259,15 +292,20 @@ def dp4a_values(a_bytes: torch.Tensor, element: str, w_element: str) -> torch.Te
 def w4a4_gemv_ref(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
-    residual: torch.Tensor | None = None, gated: bool = False,
-) -> torch.Tensor:
+    residual: torch.Tensor | None = None, gated: bool = False, norm_tail: NormTail | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``w4a4_matmul_ref`` with the activation codes given as dp4a bytes (per-row scales): the decode
     kernel's twin. ``residual`` (M, N) of ``out_dtype`` is added to the rounded product (``residual + y``).
     ``gated``: the weight rows are an MLP's gate rows then its up rows, and the result is (M, N / 2)
-    ``silu_mul_ref`` of the rounded product.
+    ``silu_mul_ref`` of the rounded product. ``norm_tail``: (the result, ``norm_tail_ref`` of it).
     With INT8 activations (W4A8, W8A8) it is the W8A8 product of the levels (``int8_gemm.w8a8_matmul``), INT4
     weights widened to int8."""
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual, gated)
+    if norm_tail is not None:
+        check_norm_tail(norm_tail, a_bytes.shape[0], w_packed.shape[0], out_dtype, gated)
+        out = w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element, bias=bias,
+                            out_dtype=out_dtype, residual=residual)
+        return (out, *norm_tail_ref(out, norm_tail))
     values = dp4a_values(a_bytes, a_element, w_element)
     if a_element == "int8":
         from .int8_gemm import w8a8_matmul

@@ -38,6 +38,10 @@ K: the slices add exact int32 sums atomically into a zeroed buffer (``split_k_bu
 each tile to finish runs the epilogue and zeroes the buffer again, so a split product equals the unsplit one
 bit for bit.
 
+With a norm tail (``norm_tail``, a decode layer's o_proj) the CUDA-core kernel's last program to finish (a counter
+in the same zeroed buffer) runs the next RMSNorm and its per-token quantization on the whole output rows, which
+the other programs wrote: the activation kernel's launch for the post-attention norm folded into this one.
+
 On Hopper the kernel is launched as a programmatic dependent launch (``quant_kernels.pdl``): its
 programs may start while the kernel before them in the stream (the activation kernel) still
 runs, read what no earlier kernel writes (the weight words; the prefetching configs load
@@ -53,13 +57,14 @@ import triton
 import triton.language as tl
 from triton.language.standard import _sum_combine
 
+from quant_layers.packing import element_named
+
+from .act_quant import DP4A_FOR_IDS, _rms_norm_quantize_rows, clamp_kind, rms_norm_quantize_triton
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
-from .reference import check_dp4a_args, check_out
+from .reference import NormTail, check_dp4a_args, check_norm_tail, check_out
 from .rounding import _round_to_dtype, _silu_mul
 
 INTERPRET = triton.knobs.runtime.interpret
-# Twice the E2M1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 (magnitude code c in nibble c), as int32.
-E2M1_DOUBLED_TABLE = tl.constexpr(0xC8643210 - (1 << 32))
 # Byte tables for prmt (as int32): twice the E2M1 magnitudes 0, 1, 2, 3 | 4, 6, 8, 12, then their negatives.
 E2M1_POS_LOW, E2M1_POS_HIGH = tl.constexpr(0x03020100), tl.constexpr(0x0C080604)
 E2M1_NEG_LOW, E2M1_NEG_HIGH = tl.constexpr(0xFDFEFF00 - (1 << 32)), tl.constexpr(0xF4F8FAFC - (1 << 32))
@@ -113,20 +118,6 @@ INTERPRET_TC_CONFIG = dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=2)
 TC_MIN_BLOCK_N = 16
 # Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
-
-
-@triton.jit
-def _code_values(words, j: tl.constexpr, IS_INT4: tl.constexpr):
-    """Code j (bits 4j..4j+3) of int32 words as an int32: the INT4 level, or twice the E2M1 value."""
-    # One return: compiled Triton does not stop at a return inside an if.
-    if IS_INT4:
-        values = (words << (28 - 4 * j)) >> 28  # arithmetic shift: sign-extends the nibble
-    else:
-        code = (words >> (4 * j)) & 0xF
-        table = tl.full(code.shape, E2M1_DOUBLED_TABLE, tl.int32)
-        magnitude = (table >> ((code & 7) * 4)) & 0xF
-        values = tl.where(code >= 8, -magnitude, magnitude)
-    return values
 
 
 @triton.jit
@@ -212,18 +203,25 @@ def _folded_products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, W_IN
 
 @triton.jit
 def _w4a4_gemv_kernel(
-    a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr,
-    M, N, KW, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, stride_rm, unit,
+    a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr, norm_ptr, codes_ptr, codes_scale_ptr,
+    count_ptr, M, N, KW, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, stride_rm, stride_cm,
+    unit, eps, tail_clip, tail_max,
     W_INT4: tl.constexpr, W_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     USE_ASM: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, PREFETCH: tl.constexpr,
     FOLD: tl.constexpr, USE_GDC: tl.constexpr, LOOP_STAGES: tl.constexpr, GATED: tl.constexpr,
+    NORM_TAIL: tl.constexpr, TAIL_INT4: tl.constexpr, TAIL_CLAMP: tl.constexpr, TAIL_DP4A_FOR: tl.constexpr,
+    TAIL_BLOCK: tl.constexpr,
 ):
     """a: the activation rows' dp4a bytes as int32 words (row r: KW words of the first plane, then KW of the
     second); w: the packed weight rows as int32 words (8 codes each), or INT8 weight bytes as int64 words (8
     each). HAS_RESIDUAL: the product, rounded to the output dtype, plus the residual rows, rounded again (an HF
     layer's ``residual + linear(x)``). GATED: the weight rows are gate's N / 2 then up's, and the output is
-    silu(gate) * up (``_store_products``): the tile's first BLOCK_N / 2 rows are gate's, the rest up's same rows."""
+    silu(gate) * up (``_store_products``): the tile's first BLOCK_N / 2 rows are gate's, the rest up's same rows.
+    NORM_TAIL: the last program to finish (a counter at ``count_ptr``, zero between products, as the tensor-core
+    kernel's split-K counts its slices) runs the next RMSNorm on the whole output rows and writes their
+    per-token codes (``act_quant._rms_norm_quantize_rows``: TAIL_INT4 INT4 else E2M1, TAIL_CLAMP, dp4a bytes for
+    TAIL_DP4A_FOR weights, K = N padded to TAIL_BLOCK) and scales, one launch instead of two at decode."""
     launch_dependents(USE_GDC)
     offs_m = tl.arange(0, BLOCK_M)
     if GATED:
@@ -283,6 +281,13 @@ def _w4a4_gemv_kernel(
     _store_products(total, offs_m, offs_n, m_ok, n_ok, a_scale_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr,
                     stride_asm, stride_wsn, stride_om, stride_rm, unit, HAS_BIAS, HAS_RESIDUAL, ROUND_BF16, ROUND_F16,
                     GATED)
+    if NORM_TAIL:
+        tl.debug_barrier()  # every thread's outputs are stored before the counter says so
+        if tl.atomic_add(count_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+            tl.atomic_xchg(count_ptr, 0, sem="relaxed")
+            _rms_norm_quantize_rows(out_ptr, stride_om, norm_ptr, codes_ptr, codes_scale_ptr, M, N, stride_cm, eps,
+                                    tail_clip, tail_max, TAIL_INT4, TAIL_CLAMP, TAIL_DP4A_FOR, ROUND_BF16, ROUND_F16,
+                                    TAIL_BLOCK)
 
 
 @triton.jit
@@ -473,7 +478,7 @@ _gemv_autotuned = triton.autotune(
              for bn, bkw, w, s in configs]
     + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, FOLD=1, LOOP_STAGES=stages), num_warps=w,
                      num_stages=stages) for bn, bkw, w, stages in GEMV_PIPELINED_CONFIGS],
-    key=["M_BUCKET", "N", "KW", "W_INT4", "W_INT8", "BLOCK_M", "GATED"],
+    key=["M_BUCKET", "N", "KW", "W_INT4", "W_INT8", "BLOCK_M", "GATED", "NORM_TAIL"],
     prune_configs_by=dict(early_config_prune=prune_decode_configs),
 )(_w4a4_gemv_kernel)
 
@@ -577,9 +582,10 @@ _split_k_buffers: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
 def split_k_buffer(device: torch.device, m: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zeroed int32 partial sums (m * n) and tile counters for the tensor-core kernel's split-K, one buffer per
-    device and stream, grown on demand: each product leaves it zeroed for the next, and products on one stream
-    run one after another (two streams would race on a shared one)."""
+    """Zeroed int32 partial sums (m * n) and tile counters for the tensor-core kernel's split-K (the first counter
+    also the CUDA-core kernel's norm tail's), one buffer per device and stream, grown on demand: each product
+    leaves it zeroed for the next, and products on one stream run one after another (two streams would race on a
+    shared one)."""
     tiles = triton.cdiv(n, TC_MIN_BLOCK_N)
     key = (device, torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0)
     buffer = _split_k_buffers.get(key)
@@ -592,8 +598,8 @@ def w4a4_gemv_triton(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
     out: torch.Tensor | None = None, config: triton.Config | None = None, residual: torch.Tensor | None = None,
-    tensor_cores: bool | None = None, gated: bool = False,
-) -> torch.Tensor:
+    tensor_cores: bool | None = None, gated: bool = False, norm_tail: NormTail | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows (TC_MAX_M on the tensor cores) with per-row scales,
     the activation codes given as their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or
     ``quantize_activations`` with ``dp4a_for``); writes into ``out`` when given. ``residual`` (M, N): added to
@@ -606,9 +612,13 @@ def w4a4_gemv_triton(
     BLOCK_N, BLOCK_KW, PREFETCH, FOLD, warps and stages for the CUDA-core kernel; BLOCK_N, BLOCK_KB, SPLIT_K,
     warps and stages for the tensor-core one (with ``tensor_cores=True``). ``gated``: the weight rows are an MLP's
     gate rows then its up rows, and the (M, N / 2) output is silu(gate) * up (``reference.w4a4_gemv_ref``), on the
-    CUDA-core kernel only (``takes_gated``)."""
+    CUDA-core kernel only (``takes_gated``). ``norm_tail``: returns (the product, the next RMSNorm's dp4a bytes
+    and per-token scales of it), ``reference.w4a4_gemv_ref``'s; the CUDA-core kernel's last program computes them
+    (NORM_TAIL), the tensor-core one leaves them to the activation kernel."""
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual, gated)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
+    if norm_tail is not None:
+        check_norm_tail(norm_tail, m, n, out_dtype, gated)
     tc = takes_tensor_cores(m, w_element) if tensor_cores is None and config is None else bool(tensor_cores)
     if gated and tc:
         raise ValueError(f"a gated product (silu(gate) * up in the epilogue) runs on the CUDA-core decode kernel, "
@@ -641,14 +651,15 @@ def w4a4_gemv_triton(
     # The kernels share their arguments but for the operands' units: words (CUDA cores) or bytes (tensor cores).
     # An absent bias or residual is never read: ``out`` stands in for its pointer.
     outputs = (bias if bias is not None else out, residual if residual is not None else out, out)
-    tail = (a_scale.stride(0), w_scale.stride(0), out.stride(0), 0 if residual is None else residual.stride(0), unit)
+    trailing = (a_scale.stride(0), w_scale.stride(0), out.stride(0), 0 if residual is None else residual.stride(0),
+                unit)
     flags = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, USE_ASM=not INTERPRET,
                  ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16,
                  **pdl_flags(a_bytes.device, "gemv"))
     if tc:
         a_b, w_b = a_words.view(torch.int8), w_words.view(torch.uint8)  # the same bytes, strides in bytes
         tc_args = (a_b, a_scale, w_b, w_scale, *outputs, *split_k_buffer(a_b.device, m, n), m, n, k // 2,
-                   block_m, a_b.stride(0), w_b.stride(0), *tail)
+                   block_m, a_b.stride(0), w_b.stride(0), *trailing)
         flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1")
         if config is not None or INTERPRET:
             fixed, launch = (config.kwargs, dict(num_warps=config.num_warps, num_stages=config.num_stages)) \
@@ -656,10 +667,27 @@ def w4a4_gemv_triton(
             _tc_kernel_even[(triton.cdiv(n, fixed["BLOCK_N"]), fixed["SPLIT_K"])](*tc_args, **flags, **fixed, **launch)
         else:
             _tc_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*tc_args, **flags)
-        return out
-    args = (a_words, a_scale, w_words, w_scale, *outputs, m, n, k // 8, block_m, a_words.stride(0), w_words.stride(0),
-            *tail)
-    flags.update(W_INT4=w_element == "int4", W_INT8=w_element == "int8", BLOCK_M=block_m, GATED=gated)
+        if norm_tail is None:
+            return out
+        codes, scales, _ = rms_norm_quantize_triton(out, norm_tail.weight, norm_tail.eps, norm_tail.element,
+                                                    norm_tail.clip_ratio, norm_tail.dp4a_for)
+        return out, codes, scales
+    if norm_tail is None:  # never read: ``out`` stands in for the tail's pointers
+        tail_tensors, tail_args = (out, out, out, out), (0, 0.0, 1.0, 1.0)
+    else:
+        codes = torch.empty((m, n), dtype=torch.int8, device=out.device)
+        scales = torch.empty((m, 1), dtype=torch.float32, device=out.device)
+        tail_tensors = (norm_tail.weight.contiguous(), codes.view(torch.int32), scales,
+                        split_k_buffer(out.device, m, n)[1])  # a counter that is zero between products
+        tail_args = (n // 4, norm_tail.eps, norm_tail.clip_ratio, element_named(norm_tail.element).max_value)
+    args = (a_words, a_scale, w_words, w_scale, *outputs, *tail_tensors, m, n, k // 8, block_m, a_words.stride(0),
+            w_words.stride(0), *trailing[:-1], tail_args[0], unit, *tail_args[1:])
+    flags.update(W_INT4=w_element == "int4", W_INT8=w_element == "int8", BLOCK_M=block_m, GATED=gated,
+                 NORM_TAIL=norm_tail is not None,
+                 TAIL_INT4=norm_tail is not None and norm_tail.element == "int4",
+                 TAIL_CLAMP=0 if norm_tail is None else clamp_kind(norm_tail.element, "float", norm_tail.clip_ratio),
+                 TAIL_DP4A_FOR=0 if norm_tail is None else DP4A_FOR_IDS[norm_tail.dp4a_for],
+                 TAIL_BLOCK=triton.next_power_of_2(n) if norm_tail is not None else 1)
 
     def programs(block_n: int) -> int:  # a gated program takes BLOCK_N / 2 output columns: as many rows of each
         return triton.cdiv(width, block_n // 2) if gated else triton.cdiv(n, block_n)
@@ -674,4 +702,4 @@ def w4a4_gemv_triton(
         _w4a4_gemv_kernel[(programs(INTERPRET_CONFIG["BLOCK_N"]),)](*args, **flags, **INTERPRET_CONFIG)
     else:
         _gemv_autotuned[lambda meta: (programs(meta["BLOCK_N"]),)](*args, **flags)
-    return out
+    return out if norm_tail is None else (out, codes, scales)

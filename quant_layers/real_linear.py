@@ -162,6 +162,8 @@ class RealQuantLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
         self.input_transform: nn.Module | None = None
         self._residual: torch.Tensor | None = None  # see add_residual_to_next
+        self._norm_tail = None  # a quant_kernels.reference.NormTail for the next call (add_residual_to_next)
+        self._norm_codes: tuple[torch.Tensor, torch.Tensor] | None = None  # what it wrote (take_norm_codes)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
@@ -171,16 +173,43 @@ class RealQuantLinear(nn.Module):
         """The 4-bit weight as float32 values (codes times scales)."""
         return dequantized_weight(self.qweight, self.weight_scale, self.weight_scheme)
 
-    def add_residual_to_next(self, residual: torch.Tensor) -> None:
+    def add_residual_to_next(self, residual: torch.Tensor, norm_tail=None) -> None:
         """The next call returns ``residual + self(x)`` (x's shape but the output width), the sum taken in the
         product's epilogue where the decode kernel runs: a decoder layer hands its residual to the linear
-        that ends a block it does not call itself (``models.fused_decoder_layer``)."""
-        self._residual = residual
+        that ends a block it does not call itself (``models.fused_decoder_layer``). ``norm_tail``
+        (``quant_kernels.reference.NormTail``, W4A4 layers, ``takes_norm_tail``): that call also quantizes the next
+        RMSNorm of its output, in the decode kernel's last program where it runs; ``take_norm_codes`` hands over
+        the codes."""
+        if norm_tail is not None and not self.takes_norm_tail():
+            raise ValueError(f"a norm tail follows a W4A4 product (INT4 / E2M1 weights and activations), not "
+                             f"w={self.weight_scheme}, a={self.act_scheme}")
+        self._residual, self._norm_tail = residual, norm_tail
+
+    def takes_norm_tail(self) -> bool:
+        """Whether ``add_residual_to_next`` takes a norm tail: INT4 / E2M1 weights and activations."""
+        elements = ("int4", "e2m1")
+        return (self.act_scheme is not None and self.act_scheme.element in elements
+                and self.weight_scheme.element in elements)
+
+    def take_norm_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (dp4a bytes, per-token scales) the last call's norm tail wrote (``add_residual_to_next``)."""
+        codes, self._norm_codes = self._norm_codes, None
+        if codes is None:
+            raise RuntimeError("no norm codes to take: call add_residual_to_next(residual, norm_tail) before the "
+                               "product that computes them")
+        return codes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual, self._residual = self._residual, None
+        tail, self._norm_tail = self._norm_tail, None
         if self.input_transform is not None:
             x = self.input_transform(x)
+        if tail is not None:
+            out, codes, scales = torch.ops.ptq.real_quant_matmul_norm(
+                x, self.qweight, self.weight_scale, self.bias, residual, tail.weight, tail.eps, self.schemes,
+                tail.element, tail.clip_ratio, tail.dp4a_for)
+            self._norm_codes = (codes, scales)
+            return out
         high = getattr(self, "qweight_high", None)  # the 1- or 2-bit plane of 5- and 6-bit codes
         return torch.ops.ptq.real_quant_matmul(x, self.qweight, high, self.weight_scale, self.bias, residual,
                                                self.schemes)
@@ -239,17 +268,53 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
         out = linear(rows, qweight, weight_scale, clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype)
         out = out.reshape(*x.shape[:-1], out.shape[-1])
         return out if residual is None else residual + out
+    return _w4a4_linear(x, qweight, weight_scale, bias, residual, weight, act)
+
+
+def _w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
+                 residual: Optional[torch.Tensor], weight: RealQuantScheme, act: RealQuantScheme, norm_tail=None):
+    """``quant_kernels.w4a4_linear`` of x's rows, x's leading shape restored (the norm tail's codes stay rows)."""
+    rows = x.reshape(-1, x.shape[-1])
     out = quant_kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,
                                     a_group=act.group, w_group=weight.group, scale_kind=act.scale_kind,
                                     clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype,
-                                    residual=None if residual is None else residual.reshape(rows.shape[0], -1))
-    return out.reshape(*x.shape[:-1], out.shape[-1])
+                                    residual=None if residual is None else residual.reshape(rows.shape[0], -1),
+                                    norm_tail=norm_tail)
+    if norm_tail is None:
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+    out, codes, scales = out
+    return out.reshape(*x.shape[:-1], out.shape[-1]), codes, scales
 
 
 @real_quant_matmul.register_fake
 def _(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tensor], weight_scale: torch.Tensor,
       bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], schemes: str) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], weight_scale.shape[0])
+
+
+@torch.library.custom_op("ptq::real_quant_matmul_norm", mutates_args=())
+def real_quant_matmul_norm(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                           bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], norm_weight: torch.Tensor,
+                           eps: float, schemes: str, element: str, clip_ratio: float,
+                           dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A W4A4 ``real_quant_matmul`` with a norm tail (``RealQuantLinear.add_residual_to_next``): (the product
+    plus ``residual``, the dp4a bytes and per-token scales of the next RMSNorm of it); ``quant_kernels.w4a4_linear``
+    with ``norm_tail``."""
+    from quant_kernels.reference import NormTail  # late: quant_kernels.reference imports quant_layers
+
+    weight, act = parse_schemes(schemes)
+    return _w4a4_linear(x, qweight, weight_scale, bias, residual, weight, act,
+                        NormTail(norm_weight, eps, element, clip_ratio, dp4a_for))
+
+
+@real_quant_matmul_norm.register_fake
+def _(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
+      residual: Optional[torch.Tensor], norm_weight: torch.Tensor, eps: float, schemes: str, element: str,
+      clip_ratio: float, dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = weight_scale.shape[0]
+    rows = x.numel() // x.shape[-1]
+    return (x.new_empty(*x.shape[:-1], n), x.new_empty(rows, n, dtype=torch.int8),
+            x.new_empty(rows, 1, dtype=torch.float32))
 
 
 @torch.library.custom_op("ptq::real_quant_gemv", mutates_args=())

@@ -197,6 +197,71 @@ def test_gated_gemv_refuses_the_tensor_cores():
                          w_element="int4", out_dtype=torch.bfloat16, gated=True)
 
 
+def norm_tail_problem(case: str, m: int, n: int, out_dtype: torch.dtype, element: str, dp4a_for: str) -> tuple:
+    """dp4a activation bytes, weights, a residual, and the next RMSNorm (a weight with a zero and an outlier)."""
+    from tests.test_kernels import quantized_operands
+
+    from quant_kernels.reference import NormTail, dp4a_bytes
+
+    (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands(case, m, n, 128)
+    a_bytes = dp4a_bytes(a_packed, kw["a_element"], kw["w_element"])
+    residual = rows(m, n, out_dtype, seed=1)
+    weight = torch.linspace(0.25, 2.0, n)
+    weight[5], weight[7] = 0.0, 9.0
+    tail = NormTail(weight.to(out_dtype), 1e-5, element, 0.9, dp4a_for)
+    args = dict(a_element=kw["a_element"], w_element=kw["w_element"], out_dtype=out_dtype, residual=residual)
+    return (a_bytes, a_scale, w_packed, w_scale), args, tail
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES)
+@pytest.mark.parametrize("case,m,element,dp4a_for", [("int4xint4", 1, "int4", "int4"), ("int4xint4", 3, "e2m1", "int4"),
+                                                     ("e2m1xe2m1", 2, "e2m1", "e2m1"), ("e2m1xe2m1", 4, "int4", "e2m1")])
+def test_norm_tail_writes_the_next_norms_codes(case, m, element, dp4a_for, out_dtype):
+    """The decode kernel's last program (of 11 here: N = 88, 8 rows a program, padded to 128 in the tail)
+    quantizes the next RMSNorm of the product plus residual: the codes and scales the activation kernel writes for
+    the kernel's own output, its counter back at zero; the twin's output is the plain product's, its codes the
+    RMSNorm twin's of that."""
+    from quant_kernels.reference import rms_norm_quantize_ref
+    from quant_kernels.w4a4_gemv import split_k_buffer, w4a4_gemv_triton
+
+    operands, args, tail = norm_tail_problem(case, m, 88, out_dtype, element, dp4a_for)
+    norm = (tail.weight, tail.eps, tail.element, tail.clip_ratio)
+    want, want_codes, want_scales = quant_kernels.w4a4_matmul_dp4a(*operands, norm_tail=tail, backend="torch",
+                                                                   **args)
+    assert torch.equal(want, quant_kernels.w4a4_matmul_dp4a(*operands, backend="torch", **args))
+    twin_codes, twin_scales, _ = rms_norm_quantize_ref(want, *norm, dp4a_for)
+    assert torch.equal(want_codes, twin_codes) and torch.equal(want_scales, twin_scales)
+    out, codes, scales = w4a4_gemv_triton(*operands, norm_tail=tail, **args)
+    from tests.test_kernels import assert_matches_twin
+
+    assert_matches_twin(out, want)
+    assert torch.equal(out, w4a4_gemv_triton(*operands, **args))
+    two_launches = quant_kernels.rms_norm_quantize(out, *norm, dp4a_for=dp4a_for, backend="triton")
+    assert codes.shape == (m, 88) and codes.dtype == torch.int8 and scales.shape == (m, 1)
+    assert torch.equal(codes, two_launches[0]) and torch.equal(scales, two_launches[1])
+    assert split_k_buffer(out.device, m, 88)[1][0] == 0
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(gated=True), "gated product"),
+    (dict(weight=torch.ones(40, dtype=torch.bfloat16)), r"RMSNorm weight must be a \(88,\)"),
+    (dict(weight=torch.ones(88)), "RMSNorm weight must be"),
+    (dict(element="nvfp4"), "element 'int4' or 'e2m1'"),
+    (dict(dp4a_for="e4m3"), "e4m3"),
+])
+def test_norm_tail_refuses_what_it_cannot_normalise(change, message):
+    import dataclasses
+
+    operands, args, tail = norm_tail_problem("int4xint4", 2, 88, torch.bfloat16, "int4", "int4")
+    gated = change.pop("gated", False)
+    tail = dataclasses.replace(tail, **change)
+    if gated:
+        args["residual"] = None
+    for backend in ("triton", "torch"):
+        with pytest.raises(ValueError, match=message):
+            quant_kernels.w4a4_matmul_dp4a(*operands, norm_tail=tail, gated=gated, backend=backend, **args)
+
+
 def test_kernel_check_runs_the_fused_decode_checks(tmp_path):
     from benchmarks.kernel_check import main
 

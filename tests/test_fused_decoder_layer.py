@@ -39,10 +39,16 @@ def tiny_model(model_type: str, dtype: torch.dtype = torch.float32, act: RealQua
 
 def counting(monkeypatch) -> dict:
     """Count the fused kernels' calls (their twins on the CPU); ``gated``: silu(gate) * up written by gate/up's
-    product and quantized as it is (the only dp4a bytes ``quantize_activations`` writes here)."""
-    calls = {"rms_norm": 0, "silu_mul": 0, "gated": 0}
+    product and quantized as it is (the only dp4a bytes ``quantize_activations`` writes here); ``norm_tail``:
+    o_proj's products that also quantize the post-attention norm (on the CPU through ``rms_norm_quantize``, which
+    counts them too; on a GPU in the decode kernel)."""
+    calls = {"rms_norm": 0, "silu_mul": 0, "gated": 0, "norm_tail": 0}
     rms_norm, silu_mul = quant_kernels.rms_norm_quantize, quant_kernels.silu_mul_quantize
-    quantize = quant_kernels.quantize_activations
+    quantize, linear = quant_kernels.quantize_activations, quant_kernels.w4a4_linear
+
+    def linear_counted(*args, **kwargs):
+        calls["norm_tail"] += kwargs.get("norm_tail") is not None
+        return linear(*args, **kwargs)
 
     def quantize_counted(*args, **kwargs):
         calls["gated"] += kwargs.get("dp4a_for") is not None
@@ -59,6 +65,7 @@ def counting(monkeypatch) -> dict:
     monkeypatch.setattr(quant_kernels, "rms_norm_quantize", rms_norm_counted)
     monkeypatch.setattr(quant_kernels, "silu_mul_quantize", silu_mul_counted)
     monkeypatch.setattr(quant_kernels, "quantize_activations", quantize_counted)
+    monkeypatch.setattr(quant_kernels, "w4a4_linear", linear_counted)
     return calls
 
 
@@ -84,7 +91,7 @@ def test_fused_decode_layers_give_the_hf_layers_logits(model_type, dtype, monkey
             fused, gated = tokens * batch <= 64, tokens * batch <= gated_rows
             assert calls == {"rms_norm": before["rms_norm"] + 4 * fused,
                              "silu_mul": before["silu_mul"] + 2 * (fused and not gated),
-                             "gated": before["gated"] + 2 * gated}
+                             "gated": before["gated"] + 2 * gated, "norm_tail": before["norm_tail"] + 2 * fused}
 
 
 def test_layers_that_do_not_fit_keep_their_forward():
@@ -113,7 +120,7 @@ def test_an_online_rotation_on_down_proj_keeps_the_mlp_forward(monkeypatch):
     ids = torch.randint(0, 128, (2, 1), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain(ids).logits)
-    assert calls == {"rms_norm": 4, "silu_mul": 0, "gated": 0}
+    assert calls == {"rms_norm": 4, "silu_mul": 0, "gated": 0, "norm_tail": 0}
     assert all(layer._decode_plan.gated_rows == 0 for layer in model.model.layers)
 
 
@@ -148,7 +155,50 @@ def test_the_plan_takes_the_rows_every_linear_s_decode_kernel_takes(monkeypatch)
     ids = torch.randint(0, 128, (16, 1), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain(ids).logits)
-    assert calls == {"rms_norm": 4, "silu_mul": 2, "gated": 0}
+    assert calls == {"rms_norm": 4, "silu_mul": 2, "gated": 0, "norm_tail": 2}
     monkeypatch.setenv("PTQ_TC_E2M1", "yes")
     with pytest.raises(ValueError, match="PTQ_TC_E2M1='yes': choose 0"):
         fuse_decoder_layers(tiny_model("llama", weight=e2m1))
+
+
+def test_the_norm_tail_follows_w4a4_products_only():
+    """o_proj takes the post-attention norm's quantization where it multiplies 4-bit activations; a weight-only
+    linear refuses it, and codes are handed over once, after the product that wrote them."""
+    model = tiny_model("llama")
+    fuse_decoder_layers(model)
+    plan = model.model.layers[0]._decode_plan
+    assert plan.norm_tail is not None and plan.norm_tail.weight is model.model.layers[0].post_attention_layernorm.weight
+    with pytest.raises(RuntimeError, match="no norm codes to take"):
+        plan.o_proj.take_norm_codes()
+    weight_only = tiny_model("llama", act=None, weight=RealQuantScheme("e3m2", bits=6)).model.layers[0].self_attn
+    with pytest.raises(ValueError, match="norm tail follows a W4A4 product"):
+        weight_only.o_proj.add_residual_to_next(torch.zeros(1, 64), plan.norm_tail)
+    x, residual = torch.randn(2, 64), torch.randn(2, 64)
+    plan.o_proj.add_residual_to_next(residual, plan.norm_tail)
+    out = plan.o_proj(x)
+    codes, scales = plan.o_proj.take_norm_codes()
+    norm = model.model.layers[0].post_attention_layernorm
+    want = quant_kernels.rms_norm_quantize(out, norm.weight, norm.variance_epsilon, "int4", dp4a_for="int4")
+    assert torch.equal(codes, want[0]) and torch.equal(scales, want[1])
+    plan.o_proj.add_residual_to_next(residual)
+    assert torch.equal(plan.o_proj(x), out)
+    with pytest.raises(RuntimeError, match="no norm codes to take"):
+        plan.o_proj.take_norm_codes()
+
+
+def test_the_launch_probe_variants_change_the_plan():
+    """launch_cost_probe's ``untailed`` and ``post_norm`` plans leave the norm to its own launch, ``ungated``
+    leaves silu(gate) * up to the activation kernel; ``control`` restores the plan."""
+    import models.fused_decoder_layer as fused
+    from benchmarks import launch_cost_probe as probe
+
+    layer = tiny_model("llama").model.layers[0]
+    try:
+        for variant, tail, gated in (("untailed", False, True), ("post_norm", False, True), ("ungated", True, False),
+                                     ("control", True, True)):
+            probe.patch(variant)
+            plan = fused.decode_plan(layer)
+            assert (plan.norm_tail is not None, plan.gated_rows > 0) == (tail, gated), variant
+    finally:
+        probe.patch("control")
+    assert fused.decode_plan is probe.PLAN

@@ -32,6 +32,21 @@ def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply
     assert (tmp_path / "sass.md").read_text().count("\n| ") == 2  # header and one config
 
 
+def test_kernel_sass_compiles_the_norm_tail(tmp_path):
+    """The decode kernel with o_proj's norm tail compiles for sm_90: the K loop's dp4a count unchanged, the tail's
+    RMSNorm and quantization (a reciprocal square root, divisions) added once; widths it cannot take are refused."""
+    done = run_sass("--kernel", "w4a4_gemv", "--element", "int4xint4", "--norm_tail", "4096", "--limit", "1",
+                    "--out", str(tmp_path / "sass"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "sass.json").read_text())
+    (row,) = result["configs"]
+    assert result["case"] == "int4xint4, norm tail N 4096"
+    assert row["IDP"] == 56 and row["instructions"] > 1000
+    done = run_sass("--kernel", "w4a4_gemv", "--element", "int4xint4", "--norm_tail", "100", "--out",
+                    str(tmp_path / "bad"))
+    assert done.returncode == 2 and "a positive multiple of 8" in done.stderr
+
+
 def test_resource_usage_counts_the_warps_registers_allow():
     from benchmarks.kernel_sass import resource_usage
 
