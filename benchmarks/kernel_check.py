@@ -378,7 +378,7 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
     product = reference.w4a4_gemv_ref(codes, scales, w_packed, w_scale, a_element=element, w_element=element,
                                       out_dtype=dtype)
     gemv_ok, excess = close(got, want, rounded_before=product)
-    gated, gated_ok = "", True
+    gated, gated_ok, tail_ok = "", True, True
     if takes_gated(m, element):
         w_gate_up, w_gate_up_scale = quant_kernels.quantize_activations(
             torch.randn(2 * n, k, device=device, dtype=dtype) * 0.02, element, backend="triton")
@@ -395,16 +395,16 @@ def check_fused_decode(m: int, k: int, n: int, element: str, dtype: torch.dtype,
         gated_ok = not got.isnan().any() and gated_over <= 1
         gated = (f", gated silu*up ({(got != want).float().mean().item():.1%} off the twin, "
                  f"{gated_over:.2f} of the ulp bound)")
-        gated_ok = gated_ok and check_norm_tail(codes, scales, w_packed, w_scale, residual, element, dtype)
-        gated += f", norm tail ({'ok' if gated_ok else 'FAILED'})"
+        tail_ok = norm_tail_matches(codes, scales, w_packed, w_scale, residual, element, dtype)
+        gated += f", norm tail ({'ok' if tail_ok else 'FAILED'})"
     return {"kernel": "fused decode", "case": f"{element}: RMSNorm ({norm_off:.1%} rows' values off an ulp), "
                                               f"silu*up, GEMV + residual{gated}",
             "shape": f"M{m} K{k} N{n} {str(dtype).removeprefix('torch.')}", "codes_differ": silu_codes,
-            "error_over_bound": excess, "ok": norm_ok and silu_ok and gemv_ok and gated_ok}
+            "error_over_bound": excess, "ok": norm_ok and silu_ok and gemv_ok and gated_ok and tail_ok}
 
 
-def check_norm_tail(codes: torch.Tensor, scales: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
-                    residual: torch.Tensor, element: str, dtype: torch.dtype) -> bool:
+def norm_tail_matches(codes: torch.Tensor, scales: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
+                      residual: torch.Tensor, element: str, dtype: torch.dtype) -> bool:
     """Whether the decode kernel with a norm tail writes the product plus residual of the kernel without one (into
     a NaN-poisoned output) and, in its last program, the codes and scales the activation kernel's RMSNorm
     prologue writes for that output."""

@@ -75,29 +75,28 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...], norm_tail: int = 0):
     activation element changes only the host's unit), and one (BLOCK_N, BLOCK_KW, warps, stages, PREFETCH, FOLD).
     ``norm_tail`` N > 0: with a residual and the norm tail of N-wide output rows (o_proj's), quantized to the
     activation element for the weight element, as a decode layer's o_proj runs it."""
+    import torch
     from triton.compiler import ASTSource
 
-    from quant_kernels.act_quant import DP4A_FOR_IDS, clamp_kind
-    from quant_kernels.w4a4_gemv import _w4a4_gemv_kernel
+    from quant_kernels.reference import NormTail
+    from quant_kernels.w4a4_gemv import _w4a4_gemv_kernel, norm_tail_flags
 
     a_element, w_element = pair.split("x")
     names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "norm_ptr",
              "codes_ptr", "codes_scale_ptr", "count_ptr", "M", "N", "KW", "M_BUCKET", "stride_am", "stride_wn",
-             "stride_asm", "stride_wsn", "stride_om", "stride_rm", "stride_cm", "unit", "eps", "tail_clip", "tail_max"]
+             "stride_asm", "stride_wsn", "stride_om", "stride_rm", "unit", "stride_cm", "eps", "tail_clip", "tail_max"]
     weight_words = "*i64" if w_element == "int8" else "*i32"  # INT8 weights: 64-bit words of 8 bytes
     types = ["*i32", "*fp32", weight_words, "*fp32", "*bf16", "*bf16", "*bf16", "*bf16", "*i32", "*fp32", "*i32"]
-    signature = dict(zip(names, types + ["i32"] * 11 + ["fp32"] * 4))
-    constants = dict(W_INT4=w_element == "int4", W_INT8=w_element == "int8", HAS_BIAS=False, HAS_RESIDUAL=False,
-                     USE_ASM=True, ROUND_BF16=True,
+    signature = dict(zip(names, types + ["i32"] * 10 + ["fp32", "i32"] + ["fp32"] * 3))
+    tail = NormTail(torch.empty(0), 1e-5, a_element, 1.0, w_element) if norm_tail else None  # weight: not constexpr
+    constants = dict(W_INT4=w_element == "int4", W_INT8=w_element == "int8", HAS_BIAS=False,
+                     HAS_RESIDUAL=tail is not None, USE_ASM=True, ROUND_BF16=True,
                      ROUND_F16=False, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
                      FOLD=config[5], USE_GDC=True, LOOP_STAGES=config[6] if len(config) > 6 else 1, GATED=False,
-                     NORM_TAIL=False, TAIL_INT4=False, TAIL_CLAMP=0, TAIL_DP4A_FOR=0, TAIL_BLOCK=1)
-    if norm_tail:
-        constants.update(HAS_RESIDUAL=True, NORM_TAIL=True, TAIL_INT4=a_element == "int4",
-                         TAIL_CLAMP=clamp_kind(a_element, "float", 1.0), TAIL_DP4A_FOR=DP4A_FOR_IDS[w_element],
-                         TAIL_BLOCK=1 << (norm_tail - 1).bit_length())
+                     **norm_tail_flags(tail, norm_tail))
     signature.update({name: "constexpr" for name in constants})
-    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(22) if names[i] not in ("M", "M_BUCKET")}
+    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i, name in enumerate(names)
+               if signature[name] != "fp32" and name not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_gemv_kernel, signature, constants, aligned)
 
 

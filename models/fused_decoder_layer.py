@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -42,6 +43,9 @@ from torch import nn
 import quant_kernels
 from quant_layers.fused_linear import FusedGroup, FusedSlice
 from quant_layers.real_linear import RealQuantLinear
+
+if TYPE_CHECKING:
+    from quant_kernels.reference import NormTail
 
 # HF RMSNorm classes whose forward is ``weight * (x * rsqrt(mean(x^2) + eps)).to(dtype)`` (the twins' formula).
 RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
@@ -101,7 +105,7 @@ class DecodePlan:
     gated_rows: int = 0  # up to this many rows gate/up's product writes silu(gate) * up (``w4a4_gemv.takes_gated``)
     # The post-attention RMSNorm and gate/up's quantization of it, run by o_proj's product (its decode kernel's
     # last program where it runs, ``RealQuantLinear.add_residual_to_next``); None: a launch of their own.
-    norm_tail: object = None  # a quant_kernels.reference.NormTail
+    norm_tail: NormTail | None = None
 
 
 def _takes_codes(linear: RealQuantLinear) -> bool:

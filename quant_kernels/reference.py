@@ -303,9 +303,6 @@ def w4a4_gemv_ref(
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual, gated)
     if norm_tail is not None:
         check_norm_tail(norm_tail, a_bytes.shape[0], w_packed.shape[0], out_dtype, gated)
-        out = w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element, bias=bias,
-                            out_dtype=out_dtype, residual=residual)
-        return (out, *norm_tail_ref(out, norm_tail))
     values = dp4a_values(a_bytes, a_element, w_element)
     if a_element == "int8":
         from .int8_gemm import w8a8_matmul
@@ -318,7 +315,8 @@ def w4a4_gemv_ref(
                               w_element=w_element, bias=bias, out_dtype=out_dtype)
     if gated:
         return silu_mul_ref(out)
-    return out if residual is None else residual + out
+    out = out if residual is None else residual + out
+    return out if norm_tail is None else (out, *norm_tail_ref(out, norm_tail))
 
 
 def int8_weight_codes(w: torch.Tensor, w_element: str) -> torch.Tensor:

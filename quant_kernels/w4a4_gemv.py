@@ -204,8 +204,8 @@ def _folded_products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, W_IN
 @triton.jit
 def _w4a4_gemv_kernel(
     a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr, norm_ptr, codes_ptr, codes_scale_ptr,
-    count_ptr, M, N, KW, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, stride_rm, stride_cm,
-    unit, eps, tail_clip, tail_max,
+    count_ptr, M, N, KW, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, stride_rm, unit,
+    stride_cm, eps, tail_clip, tail_max,
     W_INT4: tl.constexpr, W_INT8: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     USE_ASM: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, PREFETCH: tl.constexpr,
@@ -456,6 +456,15 @@ def _w4a4_tc_kernel(
                         ROUND_BF16, ROUND_F16)
 
 
+def norm_tail_flags(norm_tail: NormTail | None, n: int) -> dict:
+    """The CUDA-core kernel's constexprs for this norm tail (None: without one) of N-wide output rows."""
+    if norm_tail is None:
+        return dict(NORM_TAIL=False, TAIL_INT4=False, TAIL_CLAMP=0, TAIL_DP4A_FOR=0, TAIL_BLOCK=1)
+    return dict(NORM_TAIL=True, TAIL_INT4=norm_tail.element == "int4",
+                TAIL_CLAMP=clamp_kind(norm_tail.element, "float", norm_tail.clip_ratio),
+                TAIL_DP4A_FOR=DP4A_FOR_IDS[norm_tail.dp4a_for], TAIL_BLOCK=triton.next_power_of_2(n))
+
+
 def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Decode configs (BLOCK_N, BLOCK_KW, PREFETCH, optionally FOLD; this kernel's and the FPx row kernel's)
     whose BLOCK_M x BLOCK_N x BLOCK_KW / FOLD accumulators fit MAX_ACC_PER_THREAD registers a thread (at least the
@@ -681,13 +690,9 @@ def w4a4_gemv_triton(
                         split_k_buffer(out.device, m, n)[1])  # a counter that is zero between products
         tail_args = (n // 4, norm_tail.eps, norm_tail.clip_ratio, element_named(norm_tail.element).max_value)
     args = (a_words, a_scale, w_words, w_scale, *outputs, *tail_tensors, m, n, k // 8, block_m, a_words.stride(0),
-            w_words.stride(0), *trailing[:-1], tail_args[0], unit, *tail_args[1:])
+            w_words.stride(0), *trailing, *tail_args)
     flags.update(W_INT4=w_element == "int4", W_INT8=w_element == "int8", BLOCK_M=block_m, GATED=gated,
-                 NORM_TAIL=norm_tail is not None,
-                 TAIL_INT4=norm_tail is not None and norm_tail.element == "int4",
-                 TAIL_CLAMP=0 if norm_tail is None else clamp_kind(norm_tail.element, "float", norm_tail.clip_ratio),
-                 TAIL_DP4A_FOR=0 if norm_tail is None else DP4A_FOR_IDS[norm_tail.dp4a_for],
-                 TAIL_BLOCK=triton.next_power_of_2(n) if norm_tail is not None else 1)
+                 **norm_tail_flags(norm_tail, n))
 
     def programs(block_n: int) -> int:  # a gated program takes BLOCK_N / 2 output columns: as many rows of each
         return triton.cdiv(width, block_n // 2) if gated else triton.cdiv(n, block_n)

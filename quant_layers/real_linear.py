@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ import quant_kernels
 
 from .packing import plane_bits
 from .quantizer import BLOCK_GROUP_SIZE, QuantSpec
+
+if TYPE_CHECKING:
+    from quant_kernels.reference import NormTail
 
 SCALE_KINDS = {"nvfp": "e4m3", "mxfp": "e8m0"}
 
@@ -162,7 +165,7 @@ class RealQuantLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
         self.input_transform: nn.Module | None = None
         self._residual: torch.Tensor | None = None  # see add_residual_to_next
-        self._norm_tail = None  # a quant_kernels.reference.NormTail for the next call (add_residual_to_next)
+        self._norm_tail: NormTail | None = None  # for the next call (add_residual_to_next)
         self._norm_codes: tuple[torch.Tensor, torch.Tensor] | None = None  # what it wrote (take_norm_codes)
 
     def extra_repr(self) -> str:
@@ -173,7 +176,7 @@ class RealQuantLinear(nn.Module):
         """The 4-bit weight as float32 values (codes times scales)."""
         return dequantized_weight(self.qweight, self.weight_scale, self.weight_scheme)
 
-    def add_residual_to_next(self, residual: torch.Tensor, norm_tail=None) -> None:
+    def add_residual_to_next(self, residual: torch.Tensor, norm_tail: NormTail | None = None) -> None:
         """The next call returns ``residual + self(x)`` (x's shape but the output width), the sum taken in the
         product's epilogue where the decode kernel runs: a decoder layer hands its residual to the linear
         that ends a block it does not call itself (``models.fused_decoder_layer``). ``norm_tail``
@@ -193,11 +196,11 @@ class RealQuantLinear(nn.Module):
 
     def take_norm_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The (dp4a bytes, per-token scales) the last call's norm tail wrote (``add_residual_to_next``)."""
-        codes, self._norm_codes = self._norm_codes, None
-        if codes is None:
+        taken, self._norm_codes = self._norm_codes, None
+        if taken is None:
             raise RuntimeError("no norm codes to take: call add_residual_to_next(residual, norm_tail) before the "
                                "product that computes them")
-        return codes
+        return taken
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual, self._residual = self._residual, None
@@ -272,7 +275,8 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
 
 
 def _w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
-                 residual: Optional[torch.Tensor], weight: RealQuantScheme, act: RealQuantScheme, norm_tail=None):
+                 residual: Optional[torch.Tensor], weight: RealQuantScheme, act: RealQuantScheme,
+                 norm_tail: NormTail | None = None):
     """``quant_kernels.w4a4_linear`` of x's rows, x's leading shape restored (the norm tail's codes stay rows)."""
     rows = x.reshape(-1, x.shape[-1])
     out = quant_kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,

@@ -221,6 +221,8 @@ def test_norm_tail_writes_the_next_norms_codes(case, m, element, dp4a_for, out_d
     quantizes the next RMSNorm of the product plus residual: the codes and scales the activation kernel writes for
     the kernel's own output, its counter back at zero; the twin's output is the plain product's, its codes the
     RMSNorm twin's of that."""
+    from tests.test_kernels import assert_matches_twin
+
     from quant_kernels.reference import rms_norm_quantize_ref
     from quant_kernels.w4a4_gemv import split_k_buffer, w4a4_gemv_triton
 
@@ -232,8 +234,6 @@ def test_norm_tail_writes_the_next_norms_codes(case, m, element, dp4a_for, out_d
     twin_codes, twin_scales, _ = rms_norm_quantize_ref(want, *norm, dp4a_for)
     assert torch.equal(want_codes, twin_codes) and torch.equal(want_scales, twin_scales)
     out, codes, scales = w4a4_gemv_triton(*operands, norm_tail=tail, **args)
-    from tests.test_kernels import assert_matches_twin
-
     assert_matches_twin(out, want)
     assert torch.equal(out, w4a4_gemv_triton(*operands, **args))
     two_launches = quant_kernels.rms_norm_quantize(out, *norm, dp4a_for=dp4a_for, backend="triton")

@@ -42,9 +42,12 @@ def test_kernel_sass_compiles_the_norm_tail(tmp_path):
     (row,) = result["configs"]
     assert result["case"] == "int4xint4, norm tail N 4096"
     assert row["IDP"] == 56 and row["instructions"] > 1000
-    done = run_sass("--kernel", "w4a4_gemv", "--element", "int4xint4", "--norm_tail", "100", "--out",
-                    str(tmp_path / "bad"))
-    assert done.returncode == 2 and "a positive multiple of 8" in done.stderr
+    for argv in (["--element", "int4xint4", "--norm_tail", "100"], ["--element", "int8xint4", "--norm_tail", "64"]):
+        done = run_sass("--kernel", "w4a4_gemv", *argv, "--out", str(tmp_path / "bad"))
+        assert done.returncode == 2 and "a positive multiple of 8 and 4-bit elements" in done.stderr
+    done = run_sass("--kernel", "act_quant", "--element", "int4", "--norm_tail", "64", "--out", str(tmp_path / "bad"))
+    assert done.returncode == 2 and "--norm_tail is for --kernel w4a4_gemv" in done.stderr
+    assert not (tmp_path / "bad.json").exists()
 
 
 def test_resource_usage_counts_the_warps_registers_allow():
