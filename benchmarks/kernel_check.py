@@ -280,7 +280,9 @@ def check_decode_attention(batch: int, heads_kv: int, groups: int, dim: int, len
 def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: int, length: int, written: list[int],
                                   dtype: torch.dtype, device: torch.device) -> dict:
     """The KV4 benchmark's cache (INT4 K, asymmetric INT4 V, a scale per token and head) read as packed codes,
-    against attention over the same K and V dequantized the cache's way."""
+    against attention over the same K and V dequantized the cache's way; with o_proj's input quantization as the
+    combining kernel's tail (``reference.NormTail`` without a norm): the same output bit for bit, and the dp4a
+    bytes and scales the activation kernel writes for its rows."""
     from quant_kernels.flash_decode import decode_attention_packed_triton
     from quant_layers.packed_kv_cache import _PackedTensor
     from quant_layers.quantizer import QuantSpec, Quantizer
@@ -296,10 +298,16 @@ def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: i
     want = reference.decode_attention_ref(q.float(), key.dequantized(dtype).float(), value.dequantized(dtype).float(),
                                           mask, dim**-0.5)
     ok, excess = close(out, want, of_max=1e-5 if dtype == torch.float32 else 2.0**-7)
+    tail = reference.NormTail(None, 0.0, "int4", 1.0, "int4")
+    tailed, codes, scales = decode_attention_packed_triton(q, key.operand, value.operand, mask, dim**-0.5,
+                                                           key.kernel_element, value.kernel_element, tail)
+    want_codes, want_scales = quant_kernels.quantize_activations(tailed.reshape(batch, -1), "int4", 0, "float", 1.0,
+                                                                 dp4a_for="int4", backend="triton")
+    tail_ok = torch.equal(tailed, out) and torch.equal(codes, want_codes) and torch.equal(scales, want_scales)
     return {"kernel": "decode_attention_packed",
-            "case": f"KV4 int4 K, uint4 V, {groups} query heads per K/V head, {written[0]} of {length} keys",
-            "shape": f"B{batch} Hkv{heads_kv} D{dim} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess,
-            "ok": ok}
+            "case": f"KV4 int4 K, uint4 V, {groups} query heads per K/V head, {written[0]} of {length} keys, "
+                    f"o_proj's input tail ({'ok' if tail_ok else 'FAILED'})", "ok": ok and tail_ok,
+            "shape": f"B{batch} Hkv{heads_kv} D{dim} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess}
 
 
 def check_kv_write(batch: int, heads: int, tokens: int, dim: int, dtype: torch.dtype, device: torch.device) -> dict:

@@ -14,6 +14,8 @@ all; the numbers computed are then wrong, only the time means anything):
   o_proj's decode kernel's last program (``DecodePlan.norm_tail`` None), the arrangement before it;
 * ``post_norm``: untailed, and those launches replaced (every second call of a fused layer's two RMSNorm
   quantizations): what moving them into o_proj's decode kernel could save at most;
+* ``attention_untailed``: nothing replaced, but o_proj's input quantized by a launch of its own instead of the
+  decode attention's combining kernel's last program (``DecodePlan.attention_tail`` None), the arrangement before it;
 * ``bf16``: the bf16 model's step, timed the same way, for the ratio.
 
 A control without patches runs first and last, in the same process. What a fusion of those
@@ -66,8 +68,9 @@ SPLIT_MAX_M = act_quant.SPLIT_MAX_M
 
 
 def _plan_for(variant: str):
-    """decode_plan, less the gated epilogue (``ungated``) or the norm tail (``untailed``, ``post_norm``)."""
-    if variant not in ("ungated", "untailed", "post_norm"):
+    """decode_plan, less the gated epilogue (``ungated``), the norm tail (``untailed``, ``post_norm``) or the
+    attention's tail (``attention_untailed``)."""
+    if variant not in ("ungated", "untailed", "post_norm", "attention_untailed"):
         return PLAN
 
     def plan_of(layer):
@@ -76,6 +79,8 @@ def _plan_for(variant: str):
             plan.gated_rows = 0
         if plan is not None and variant in ("untailed", "post_norm"):
             plan.norm_tail = None
+        if plan is not None and variant == "attention_untailed":
+            plan.attention_tail = None
         return plan
 
     return plan_of

@@ -29,7 +29,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 import quant_kernels
-from quant_kernels.reference import decode_attention_packed_problem, decode_attention_problem
+from quant_kernels.reference import NormTail, decode_attention_packed_problem, decode_attention_problem
 from quant_layers.kv_cache import READS_PACKED
 
 NAME = "sdpa_grouped"
@@ -67,6 +67,32 @@ def _(q: torch.Tensor, key_codes: torch.Tensor, key_scale: torch.Tensor, key_zer
     return torch.empty_like(q)
 
 
+@torch.library.custom_op("ptq::decode_attention_codes", mutates_args=())
+def decode_attention_codes(q: torch.Tensor, key: torch.Tensor, key_scale: Optional[torch.Tensor],
+                           key_zero: Optional[torch.Tensor], value: torch.Tensor, value_scale: Optional[torch.Tensor],
+                           value_zero: Optional[torch.Tensor], mask: Optional[torch.Tensor], scale: float,
+                           key_element: str, value_element: str, element: str, clip_ratio: float,
+                           dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``decode_attention`` (``key_scale`` None: K and V as values) or ``decode_attention_packed`` with o_proj's input
+    quantization as its tail: (the output, its rows' per-token dp4a bytes and scales), one opaque op."""
+    tail = NormTail(None, 0.0, element, clip_ratio, dp4a_for)
+    if key_scale is None:
+        return quant_kernels.decode_attention(q, key, value, mask, scale, norm_tail=tail)
+    return quant_kernels.decode_attention_packed(q, (key, key_scale, key_zero), (value, value_scale, value_zero), mask,
+                                                 scale, key_element=key_element, value_element=value_element,
+                                                 norm_tail=tail)
+
+
+@decode_attention_codes.register_fake
+def _(q: torch.Tensor, key: torch.Tensor, key_scale: Optional[torch.Tensor], key_zero: Optional[torch.Tensor],
+      value: torch.Tensor, value_scale: Optional[torch.Tensor], value_zero: Optional[torch.Tensor],
+      mask: Optional[torch.Tensor], scale: float, key_element: str, value_element: str, element: str,
+      clip_ratio: float, dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rows = q.shape[0]
+    return (torch.empty_like(q), q.new_empty(rows, q[0].numel(), dtype=torch.int8),
+            q.new_empty(rows, 1, dtype=torch.float32))
+
+
 def grouped_sdpa_attention(module: nn.Module, query: torch.Tensor, key, value, attention_mask: torch.Tensor | None,
                            dropout: float = 0.0, scaling: float | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature; query (b, H, q, d), key and value (b, H/g, L, d), or on a
@@ -87,7 +113,16 @@ def grouped_sdpa_attention(module: nn.Module, query: torch.Tensor, key, value, a
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scale = dim ** -0.5 if scaling is None else scaling
-    if packed:
+    o_proj = getattr(module, "o_proj", None)
+    tail = getattr(o_proj, "input_codes_wanted", None)  # RealQuantLinear.want_input_codes
+    if tail is not None:
+        (k_parts, k_element), (v_parts, v_element) = (
+            (t.operand, t.kernel_element) if packed else ((t, None, None), "") for t in (key, value))
+        out, codes, scales = torch.ops.ptq.decode_attention_codes(
+            rows, *k_parts, *v_parts, attention_mask, scale, k_element, v_element, tail.element, tail.clip_ratio,
+            tail.dp4a_for)
+        o_proj.provide_input_codes(codes, scales)
+    elif packed:
         out = torch.ops.ptq.decode_attention_packed(rows, *key.operand, *value.operand, attention_mask, scale,
                                                     key.kernel_element, value.kernel_element)
     else:

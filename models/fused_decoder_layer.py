@@ -10,6 +10,8 @@ the tensor-core decode kernel: INT4, and E2M1 unless ``PTQ_TC_E2M1=0``) runs ins
 * the input RMSNorm and its quantization as one activation-kernel launch, whose codes go
   straight to the fused q/k/v product (``FusedGroup.provide`` serves HF's attention its
   slices);
+* the attention's output quantized for o_proj by the decode attention's combining kernel, its last program to
+  finish (``DecodePlan.attention_tail``, ``models.attention``; o_proj quantizes it where that kernel does not run);
 * the attention's o_proj with the residual added in the decode kernel's epilogue, and the post-attention
   RMSNorm with gate/up's quantization of it (``DecodePlan.norm_tail``) in the same launch: the last of its
   programs to finish normalises and quantizes the whole output rows (``RealQuantLinear.add_residual_to_next``;
@@ -106,15 +108,15 @@ class DecodePlan:
     # The post-attention RMSNorm and gate/up's quantization of it, run by o_proj's product (its decode kernel's
     # last program where it runs, ``RealQuantLinear.add_residual_to_next``); None: a launch of their own.
     norm_tail: NormTail | None = None
+    # o_proj's input quantization, run by the decode attention's combining kernel (``models.attention``,
+    # ``RealQuantLinear.want_input_codes``); None: o_proj quantizes its input itself.
+    attention_tail: NormTail | None = None
 
 
 def _takes_codes(linear: RealQuantLinear) -> bool:
-    """Whether the decode kernel takes this linear's product on dp4a bytes quantized outside it: 4-bit codes
-    per row, float per-token activation scales, no online rotation of its input."""
-    weight, act = linear.weight_scheme, linear.act_scheme
-    return (act is not None and act.element in ("int4", "e2m1") and act.group == 0 and act.scale_kind == "float"
-            and weight.element in ("int4", "e2m1") and weight.group == 0 and linear.input_transform is None
-            and linear.in_features % 8 == 0)
+    """Whether the decode kernel takes this linear's product on dp4a bytes quantized outside it
+    (``RealQuantLinear.input_tail``)."""
+    return linear.input_tail() is not None
 
 
 def _group_of(slices: list[nn.Module]) -> FusedGroup | None:
@@ -153,7 +155,8 @@ def decode_plan(layer: nn.Module) -> DecodePlan | None:
     norm, act = layer.post_attention_layernorm, gate_up.linear.act_scheme
     tail = NormTail(norm.weight, float(norm.variance_epsilon), act.element, act.clip_ratio,
                     gate_up.linear.weight_scheme.element) if fused_down and o_proj.takes_norm_tail() else None
-    return DecodePlan(qkv, o_proj, gate_up, down if fused_down else None, rows, min(gated_rows, rows), tail)
+    return DecodePlan(qkv, o_proj, gate_up, down if fused_down else None, rows, min(gated_rows, rows), tail,
+                      o_proj.input_tail())
 
 
 def _quantize_norm(norm: nn.Module, rows: torch.Tensor, linear: RealQuantLinear) -> tuple:
@@ -176,6 +179,8 @@ def _decode_forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch
     plan.qkv.provide(normed, plan.qkv.linear.on_codes(codes, scales, hidden_states.dtype).view(
         *hidden_states.shape[:-1], -1))
     plan.o_proj.add_residual_to_next(hidden_states, plan.norm_tail)
+    if plan.attention_tail is not None:
+        plan.o_proj.want_input_codes(plan.attention_tail)
     hidden_states, _ = self.self_attn(hidden_states=normed, **kwargs)  # o_proj's output: residual + attention
     rows = hidden_states.reshape(-1, width)
     if plan.norm_tail is not None:

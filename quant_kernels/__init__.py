@@ -204,12 +204,17 @@ def w4a4_linear(
 
 
 def _with_norm_tail(out: torch.Tensor, norm_tail: NormTail | None, backend: str | None):
-    """``out``, or with a ``reference.NormTail``: (out, the codes and scales ``rms_norm_quantize`` gives for it)."""
+    """``out``, or with a ``reference.NormTail``: (out, the codes and scales ``reference.norm_tail_ref`` gives for
+    it)."""
     if norm_tail is None:
         return out
-    codes, scales, _ = rms_norm_quantize(out, norm_tail.weight, norm_tail.eps, norm_tail.element,
-                                         norm_tail.clip_ratio, dp4a_for=norm_tail.dp4a_for, backend=backend)
-    return out, codes, scales
+    if _use_triton(out, backend):
+        from .act_quant import norm_tail_triton
+
+        return (out, *norm_tail_triton(out, norm_tail))
+    from .reference import norm_tail_ref
+
+    return (out, *norm_tail_ref(out, norm_tail))
 
 
 def w4a8_linear(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *, clip_ratio: float = 1.0,
@@ -330,10 +335,14 @@ def fpx_matmul(
 
 
 def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None,
-                     scale: float | None = None, *, backend: str | None = None) -> torch.Tensor:
+                     scale: float | None = None, *, norm_tail: NormTail | None = None,
+                     backend: str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attention of one token per sequence: q (B, Hkv, G, D) holds the G query heads that share each of the
     Hkv K/V heads; key and value (B, Hkv, L, D); mask None or boolean, (B or 1, 1, 1, L), True where a key
-    is seen. Returns (B, Hkv, G, D) in q's dtype; ``scale`` defaults to D ** -0.5.
+    is seen. Returns (B, Hkv, G, D) in q's dtype; ``scale`` defaults to D ** -0.5. ``norm_tail``
+    (``reference.NormTail``, at decode o_proj's input quantization, weight None): returns (the output, the dp4a
+    bytes and per-token scales of its (B, Hkv * G * D) rows), computed by the combining kernel's last program
+    where the Triton kernels run.
     """
     from .reference import decode_attention_problem
 
@@ -344,19 +353,21 @@ def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, ma
     if _use_triton(q, backend):
         from .flash_decode import decode_attention_triton
 
-        return decode_attention_triton(q, key, value, mask, scale)
+        return decode_attention_triton(q, key, value, mask, scale, norm_tail)
     from .reference import decode_attention_ref
 
-    return decode_attention_ref(q, key, value, mask, scale)
+    return _with_attention_tail(decode_attention_ref(q, key, value, mask, scale), norm_tail)
 
 
 def decode_attention_packed(q: torch.Tensor, key: tuple, value: tuple, mask: torch.Tensor | None = None,
                             scale: float | None = None, *, key_element: str, value_element: str,
-                            backend: str | None = None) -> torch.Tensor:
+                            norm_tail: NormTail | None = None, backend: str | None = None,
+                            ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``decode_attention`` over K and V held packed, as the KV4 cache stores them: key and value are (uint8
     codes (B, Hkv, L, D // 2), float scales (B, Hkv, L, D // group), zero points shaped as the scales or None);
     elements ``int4``, ``uint4`` (the code is the level, under zero points) or ``e2m1``. Each value is
     dequantized as the cache does it (fp32 ``(level - zero) * scale``, rounded to q's dtype) inside the kernel.
+    ``norm_tail`` as in ``decode_attention``.
     """
     from .reference import decode_attention_packed_problem
 
@@ -367,7 +378,19 @@ def decode_attention_packed(q: torch.Tensor, key: tuple, value: tuple, mask: tor
     if _use_triton(q, backend):
         from .flash_decode import decode_attention_packed_triton
 
-        return decode_attention_packed_triton(q, key, value, mask, scale, key_element, value_element)
+        return decode_attention_packed_triton(q, key, value, mask, scale, key_element, value_element, norm_tail)
     from .reference import decode_attention_packed_ref
 
-    return decode_attention_packed_ref(q, key, value, mask, scale, key_element, value_element)
+    return _with_attention_tail(decode_attention_packed_ref(q, key, value, mask, scale, key_element, value_element),
+                                norm_tail)
+
+
+def _with_attention_tail(out: torch.Tensor, norm_tail: NormTail | None):
+    """The twins' attention output, or with a norm tail: (out, ``reference.norm_tail_ref`` of its rows)."""
+    if norm_tail is None:
+        return out
+    from .reference import check_norm_tail, norm_tail_ref
+
+    rows = out.reshape(out.shape[0], -1)
+    check_norm_tail(norm_tail, *rows.shape, out.dtype)
+    return (out, *norm_tail_ref(rows, norm_tail))

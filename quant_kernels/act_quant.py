@@ -38,7 +38,7 @@ from quant_layers.formats import E2M1, E4M3
 from quant_layers.packing import element_named
 from transforms.hadamard import sylvester_hadamard
 
-from .reference import PROLOGUES, check_activation_args, check_prologue_args
+from .reference import PROLOGUES, NormTail, check_activation_args, check_prologue_args
 from .rounding import _round_to_bf16, _round_to_dtype, _silu_mul
 from .pdl import launch_dependents, pdl_flags, uses_pdl, wait_for_producer
 
@@ -371,20 +371,25 @@ def _rms_normed(x, weight, K, eps, ROUND_BF16: tl.constexpr, ROUND_F16: tl.const
 
 
 @triton.jit
-def _rms_norm_quantize_rows(x_ptr, stride_xm, norm_ptr, packed_ptr, scale_ptr, M, K, stride_pm, eps, clip_ratio,
-                            max_value, ELEMENT_INT4: tl.constexpr, CLAMP: tl.constexpr, DP4A_FOR: tl.constexpr,
-                            ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``rms_norm_quantize`` of x's M rows into dp4a bytes and per-token scales, by the one program that calls it,
-    a row at a time (BLOCK_K: K padded to a power of two): the decode kernel's norm tail (``w4a4_gemv``), where
-    other programs of the kernel wrote x. x is read from L2 (``.cg``), never from this SM's L1, which may hold
-    older lines of it."""
+def _tail_quantize_rows(x_ptr, stride_xm, norm_ptr, packed_ptr, scale_ptr, M, K, stride_pm, eps, clip_ratio,
+                        max_value, NORM: tl.constexpr, ELEMENT_INT4: tl.constexpr, CLAMP: tl.constexpr,
+                        DP4A_FOR: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr,
+                        BLOCK_K: tl.constexpr):
+    """A kernel's tail (``reference.NormTail``): the per-token dp4a bytes and scales of x's M rows, after an
+    RMSNorm by the weight at ``norm_ptr`` (NORM) as ``rms_norm_quantize`` computes them, else of the rows as they
+    are (``quantize_activations``), by the one program that calls it, a row at a time (BLOCK_K: K padded to a power
+    of two). Other programs of the kernel wrote x: it is read from L2 (``.cg``), never from this SM's L1, which
+    may hold older lines of it."""
     cols = tl.arange(0, BLOCK_K)
-    weight = tl.load(norm_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+    if NORM:
+        weight = tl.load(norm_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
     for r in range(M):
         rows = r + tl.arange(0, 1)
         x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(cols < K)[None, :], other=0.0,
                     cache_modifier=".cg")
-        y = _rms_normed(x.to(tl.float32), weight, K, eps, ROUND_BF16, ROUND_F16)
+        y = x.to(tl.float32)
+        if NORM:
+            y = _rms_normed(y, weight, K, eps, ROUND_BF16, ROUND_F16)
         _quantize_tile(y, rows, 0, packed_ptr, scale_ptr, scale_ptr, M, K, 1, stride_pm, 1, clip_ratio, max_value,
                        ELEMENT_INT4, False, 0, BLOCK_K, CLAMP, False, DP4A_FOR, 1, BLOCK_K)
 
@@ -625,6 +630,16 @@ def quantize_activations_triton(
     packed, scales, _ = _quantize(x, element, group_size, scale_kind, clip_ratio, hadamard_block, fp8_codes,
                                   dp4a_for)
     return packed, scales
+
+
+def norm_tail_triton(out: torch.Tensor, tail: NormTail) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (dp4a bytes, per-token scales) of ``reference.norm_tail_ref``, by the activation kernel: for a kernel
+    that leaves its tail to a launch of its own."""
+    if tail.weight is None:
+        return quantize_activations_triton(out, tail.element, 0, "float", tail.clip_ratio, dp4a_for=tail.dp4a_for)
+    codes, scales, _ = rms_norm_quantize_triton(out, tail.weight, tail.eps, tail.element, tail.clip_ratio,
+                                                tail.dp4a_for)
+    return codes, scales
 
 
 def rms_norm_quantize_triton(x: torch.Tensor, weight: torch.Tensor, eps: float, element: str, clip_ratio: float,

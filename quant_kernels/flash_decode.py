@@ -31,11 +31,15 @@ import triton
 import triton.language as tl
 from triton.language.standard import _elementwise_max, _sum_combine
 
+from quant_layers.packing import element_named
+
+from .act_quant import _tail_quantize_rows
 from .fpx_gemm import _decode
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
-from .reference import PACKED_KV_ELEMENTS, PackedOperand
-from .rounding import _round_to_bf16
+from .reference import PACKED_KV_ELEMENTS, NormTail, PackedOperand, check_norm_tail
+from .rounding import _round_to_bf16, _round_to_dtype
 from .w4a4_gemm import _unpack, code_operand
+from .w4a4_gemv import norm_tail_flags, split_k_buffer
 
 INTERPRET = triton.knobs.runtime.interpret
 BLOCK_N = 64  # keys per inner step
@@ -150,9 +154,16 @@ def _partial_kernel(
 
 
 @triton.jit
-def _combine_kernel(acc_ptr, ml_ptr, out_ptr, G, n_splits, D: tl.constexpr, BLOCK_G: tl.constexpr,
-                    BLOCK_S: tl.constexpr, USE_GDC: tl.constexpr):
-    """One program per query row: all its slices' partials loaded at once and weighed in one pass."""
+def _combine_kernel(acc_ptr, ml_ptr, out_ptr, norm_ptr, codes_ptr, codes_scale_ptr, count_ptr, G, n_splits, rows_out,
+                    width, stride_cm, eps, tail_clip, tail_max, D: tl.constexpr, BLOCK_G: tl.constexpr,
+                    BLOCK_S: tl.constexpr, USE_GDC: tl.constexpr, NORM_TAIL: tl.constexpr, TAIL_NORM: tl.constexpr,
+                    TAIL_INT4: tl.constexpr, TAIL_CLAMP: tl.constexpr, TAIL_DP4A_FOR: tl.constexpr,
+                    TAIL_BLOCK: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr):
+    """One program per query row: all its slices' partials loaded at once and weighed in one pass. NORM_TAIL: the
+    last program to finish (a counter at ``count_ptr``, zero between launches) quantizes the whole output, rows_out
+    rows of ``width`` (every head of a sequence), per token into dp4a bytes and scales for the next linear
+    (``act_quant._tail_quantize_rows``, the decode kernel's norm tail): o_proj's input without a launch of its
+    own."""
     launch_dependents(USE_GDC)
     wait_for_producer(USE_GDC)
     pid = tl.program_id(0)  # (sequence, K/V head) * G + query row: also the row of the (B, Hkv, G, D) output
@@ -166,7 +177,14 @@ def _combine_kernel(acc_ptr, ml_ptr, out_ptr, G, n_splits, D: tl.constexpr, BLOC
     w = tl.where(present, tl.exp(m - tl.reduce(m, 0, _elementwise_max)), 0.0)
     parts = tl.load(acc_ptr + rows[:, None] * D + d[None, :], mask=present[:, None], other=0.0)
     out = tl.reduce(parts * w[:, None], 0, _sum_combine) / tl.reduce(w * l_s, 0, _sum_combine)
-    tl.store(out_ptr + pid * D + d, out.to(out_ptr.dtype.element_ty))
+    tl.store(out_ptr + pid * D + d, _round_to_dtype(out, ROUND_BF16, ROUND_F16).to(out_ptr.dtype.element_ty))
+    if NORM_TAIL:
+        tl.debug_barrier()  # every thread's outputs are stored before the counter says so
+        if tl.atomic_add(count_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+            tl.atomic_xchg(count_ptr, 0, sem="relaxed")
+            _tail_quantize_rows(out_ptr, width, norm_ptr, codes_ptr, codes_scale_ptr, rows_out, width, stride_cm, eps,
+                                tail_clip, tail_max, TAIL_NORM, TAIL_INT4, TAIL_CLAMP, TAIL_DP4A_FOR, ROUND_BF16,
+                                ROUND_F16, TAIL_BLOCK)
 
 
 def _splits(length: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
@@ -178,16 +196,19 @@ def _splits(length: int, programs_per_split: int, device: torch.device) -> tuple
 
 
 def decode_attention_triton(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
-                            scale: float) -> torch.Tensor:
-    """The Triton twin of ``reference.decode_attention_ref`` (same arguments, same result)."""
+                            scale: float, norm_tail: NormTail | None = None):
+    """The Triton twin of ``reference.decode_attention_ref`` (same arguments, same result); with ``norm_tail``,
+    (the result, the tail's dp4a bytes and scales of its (B, heads * D) rows), computed by the combining kernel's
+    last program."""
     as_stored = (q, q, 0, q.shape[-1], False)  # no scales: the kernel reads K and V as they are
-    return _decode_attention(q, key, value, mask, scale, as_stored, as_stored, packed=False)
+    return _decode_attention(q, key, value, mask, scale, as_stored, as_stored, False, norm_tail)
 
 
 def decode_attention_packed_triton(q: torch.Tensor, key: PackedOperand, value: PackedOperand,
                                    mask: torch.Tensor | None, scale: float, key_element: str,
-                                   value_element: str) -> torch.Tensor:
-    """The Triton twin of ``reference.decode_attention_packed_ref`` (same arguments, same result)."""
+                                   value_element: str, norm_tail: NormTail | None = None):
+    """The Triton twin of ``reference.decode_attention_packed_ref`` (same arguments, same result); ``norm_tail`` as
+    in ``decode_attention_triton``."""
 
     def parameters(operand: PackedOperand, element: str) -> tuple:
         _, scales, zero = operand  # the kernel indexes them as contiguous (B, Hkv, L, D // group)
@@ -196,15 +217,18 @@ def decode_attention_packed_triton(q: torch.Tensor, key: PackedOperand, value: P
                 zero is not None)
 
     return _decode_attention(q, key[0], value[0], mask, scale, parameters(key, key_element),
-                             parameters(value, value_element), packed=True)
+                             parameters(value, value_element), True, norm_tail)
 
 
 def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: float,
-                      key_parameters: tuple, value_parameters: tuple, packed: bool) -> torch.Tensor:
+                      key_parameters: tuple, value_parameters: tuple, packed: bool, norm_tail: NormTail | None):
     """Both kernels' launch. ``key``, ``value``: (B, Hkv, L, D) values, or (``packed``) (B, Hkv, L, D // 2) codes;
     ``*_parameters``: (scales, zero points, element id, group, whether there are zero points)."""
     batch, heads_kv, groups, dim = q.shape
     length = key.shape[2]
+    width = heads_kv * groups * dim  # a sequence's output row: every query head
+    if norm_tail is not None:
+        check_norm_tail(norm_tail, batch, width, q.dtype)
     q, key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, key, value))
     if mask is not None:
         mask = mask.reshape(mask.shape[0], length)
@@ -227,6 +251,17 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         K_ELEMENT=k_element, V_ELEMENT=v_element, K_GROUP=k_group, V_GROUP=v_group, K_ZERO=k_has_zero,
         V_ZERO=v_has_zero, ROUND_BF16=packed and q.dtype == torch.bfloat16 and INTERPRET, num_warps=4, **pdl,
     )
-    _combine_kernel[(batch * heads_kv * groups,)](acc, ml, out, groups, n_splits, D=dim, BLOCK_G=block_g,
-                                                  BLOCK_S=triton.next_power_of_2(n_splits), num_warps=4, **pdl)
-    return out
+    if norm_tail is None:  # never read: ``out`` stands in for the tail's pointers
+        tail_tensors, tail_args = (out, out, out, out), (0, 0.0, 1.0, 1.0)
+    else:
+        codes = torch.empty((batch, width), dtype=torch.int8, device=q.device)
+        scales = torch.empty((batch, 1), dtype=torch.float32, device=q.device)
+        norm = out if norm_tail.weight is None else norm_tail.weight.contiguous()  # None: never read
+        tail_tensors = (norm, codes.view(torch.int32), scales,
+                        split_k_buffer(q.device, batch, width)[1])  # a counter that is zero between launches
+        tail_args = (width // 4, norm_tail.eps, norm_tail.clip_ratio, element_named(norm_tail.element).max_value)
+    _combine_kernel[(batch * heads_kv * groups,)](
+        acc, ml, out, *tail_tensors, groups, n_splits, batch, width, *tail_args, D=dim, BLOCK_G=block_g,
+        BLOCK_S=triton.next_power_of_2(n_splits), ROUND_BF16=q.dtype == torch.bfloat16,
+        ROUND_F16=q.dtype == torch.float16, num_warps=4, **norm_tail_flags(norm_tail, width), **pdl)
+    return out if norm_tail is None else (out, codes, scales)

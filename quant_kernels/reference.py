@@ -216,31 +216,38 @@ def rms_norm_quantize_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, ele
 
 @dataclass(frozen=True)
 class NormTail:
-    """An RMSNorm and the per-token quantization of its output that the decode kernel runs on its own product
-    (``w4a4_matmul_dp4a(..., norm_tail=...)``): the next linear's input, as ``rms_norm_quantize`` computes it
-    from the product (plus its residual) with these arguments; ``dp4a_for`` is the next linear's weight element."""
+    """An RMSNorm and the per-token quantization of its output that a kernel runs on its own output in its last
+    program (the decode kernel, ``w4a4_matmul_dp4a(..., norm_tail=...)``; the decode attention, whose output
+    ``weight`` None quantizes without a norm): the next linear's input, as ``rms_norm_quantize`` (weight None:
+    ``quantize_activations`` per token) computes it with these arguments; ``dp4a_for`` is the next linear's weight
+    element."""
 
-    weight: torch.Tensor
+    weight: torch.Tensor | None
     eps: float
     element: str
     clip_ratio: float
     dp4a_for: str
 
 
-def check_norm_tail(tail: NormTail, m: int, n: int, out_dtype: torch.dtype, gated: bool) -> None:
-    """Raise ValueError unless the decode kernel can run ``tail`` on its (M, N) ``out_dtype`` product."""
+def check_norm_tail(tail: NormTail, m: int, n: int, out_dtype: torch.dtype, gated: bool = False) -> None:
+    """Raise ValueError unless a kernel can run ``tail`` on its (M, N) ``out_dtype`` output."""
     if gated:
         raise ValueError("a norm tail normalises the product's rows; a gated product (silu(gate) * up) has none: "
                          "pass gated=False or norm_tail=None")
     if tail.element not in ELEMENTS:
         raise ValueError(f"a norm tail quantizes to 4-bit codes for the decode kernel: element 'int4' or 'e2m1', got "
                          f"{tail.element!r}")
-    check_prologue_args(torch.empty(m, n, dtype=out_dtype, device="meta"), tail.weight, tail.element,
-                        tail.clip_ratio, tail.dp4a_for, PROLOGUES["rms_norm"])
+    rows = torch.empty(m, n, dtype=out_dtype, device="meta")
+    if tail.weight is None:
+        check_activation_args(rows, tail.element, 0, "float", tail.clip_ratio, 0, tail.dp4a_for)
+    else:
+        check_prologue_args(rows, tail.weight, tail.element, tail.clip_ratio, tail.dp4a_for, PROLOGUES["rms_norm"])
 
 
 def norm_tail_ref(out: torch.Tensor, tail: NormTail) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (dp4a bytes, per-token scales) a norm tail writes for the product ``out``."""
+    """The (dp4a bytes, per-token scales) a norm tail writes for the (M, N) output ``out``."""
+    if tail.weight is None:
+        return quantize_activations_ref(out, tail.element, 0, "float", tail.clip_ratio, 0, tail.dp4a_for)
     codes, scales, _ = rms_norm_quantize_ref(out, tail.weight, tail.eps, tail.element, tail.clip_ratio, tail.dp4a_for)
     return codes, scales
 

@@ -59,7 +59,7 @@ from triton.language.standard import _sum_combine
 
 from quant_layers.packing import element_named
 
-from .act_quant import DP4A_FOR_IDS, _rms_norm_quantize_rows, clamp_kind, rms_norm_quantize_triton
+from .act_quant import DP4A_FOR_IDS, _tail_quantize_rows, clamp_kind, norm_tail_triton
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import NormTail, check_dp4a_args, check_norm_tail, check_out
 from .rounding import _round_to_dtype, _silu_mul
@@ -118,6 +118,21 @@ INTERPRET_TC_CONFIG = dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=2)
 TC_MIN_BLOCK_N = 16
 # Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
+# The CUDA-core decode kernel's autotune key.
+GEMV_TUNING_KEY = ("M_BUCKET", "N", "KW", "W_INT4", "W_INT8", "BLOCK_M", "GATED", "NORM_TAIL")
+# Picks the CUDA-core decode kernel keeps instead of tuning, per device name and GEMV_TUNING_KEY values:
+# (BLOCK_N, BLOCK_KW, PREFETCH, warps, stages). The tuner times each candidate alone, and its draws differ between
+# processes: on the H200 one draw's picks for a Llama-3-8B W4A4KV4 batch-1 decode step (q/k/v, o_proj with its norm
+# tail, gated gate/up, down) gave a 2130 us step, another's 2331 us (``benchmarks/results/end_to_end_h200.md``,
+# run 21); these are the faster draw's. PTQ_PINNED_CONFIGS=0 tunes them too.
+PINNED_GEMV_CONFIGS = {
+    "NVIDIA H200": {
+        (1, 6144, 512, True, False, 1, False, False): (16, 128, True, 8, 2),
+        (1, 4096, 512, True, False, 1, False, True): (16, 512, False, 8, 2),
+        (1, 28672, 512, True, False, 1, True, False): (8, 128, True, 4, 2),
+        (1, 4096, 1792, True, False, 1, False, False): (16, 256, True, 8, 2),
+    },
+}
 
 
 @triton.jit
@@ -210,8 +225,8 @@ def _w4a4_gemv_kernel(
     USE_ASM: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, PREFETCH: tl.constexpr,
     FOLD: tl.constexpr, USE_GDC: tl.constexpr, LOOP_STAGES: tl.constexpr, GATED: tl.constexpr,
-    NORM_TAIL: tl.constexpr, TAIL_INT4: tl.constexpr, TAIL_CLAMP: tl.constexpr, TAIL_DP4A_FOR: tl.constexpr,
-    TAIL_BLOCK: tl.constexpr,
+    NORM_TAIL: tl.constexpr, TAIL_NORM: tl.constexpr, TAIL_INT4: tl.constexpr, TAIL_CLAMP: tl.constexpr,
+    TAIL_DP4A_FOR: tl.constexpr, TAIL_BLOCK: tl.constexpr,
 ):
     """a: the activation rows' dp4a bytes as int32 words (row r: KW words of the first plane, then KW of the
     second); w: the packed weight rows as int32 words (8 codes each), or INT8 weight bytes as int64 words (8
@@ -219,9 +234,10 @@ def _w4a4_gemv_kernel(
     layer's ``residual + linear(x)``). GATED: the weight rows are gate's N / 2 then up's, and the output is
     silu(gate) * up (``_store_products``): the tile's first BLOCK_N / 2 rows are gate's, the rest up's same rows.
     NORM_TAIL: the last program to finish (a counter at ``count_ptr``, zero between products, as the tensor-core
-    kernel's split-K counts its slices) runs the next RMSNorm on the whole output rows and writes their
-    per-token codes (``act_quant._rms_norm_quantize_rows``: TAIL_INT4 INT4 else E2M1, TAIL_CLAMP, dp4a bytes for
-    TAIL_DP4A_FOR weights, K = N padded to TAIL_BLOCK) and scales, one launch instead of two at decode."""
+    kernel's split-K counts its slices) runs the next RMSNorm (TAIL_NORM; else none) on the whole output rows and
+    writes their per-token codes (``act_quant._tail_quantize_rows``: TAIL_INT4 INT4 else E2M1, TAIL_CLAMP, dp4a
+    bytes for TAIL_DP4A_FOR weights, K = N padded to TAIL_BLOCK) and scales, one launch instead of two at
+    decode."""
     launch_dependents(USE_GDC)
     offs_m = tl.arange(0, BLOCK_M)
     if GATED:
@@ -285,9 +301,9 @@ def _w4a4_gemv_kernel(
         tl.debug_barrier()  # every thread's outputs are stored before the counter says so
         if tl.atomic_add(count_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
             tl.atomic_xchg(count_ptr, 0, sem="relaxed")
-            _rms_norm_quantize_rows(out_ptr, stride_om, norm_ptr, codes_ptr, codes_scale_ptr, M, N, stride_cm, eps,
-                                    tail_clip, tail_max, TAIL_INT4, TAIL_CLAMP, TAIL_DP4A_FOR, ROUND_BF16, ROUND_F16,
-                                    TAIL_BLOCK)
+            _tail_quantize_rows(out_ptr, stride_om, norm_ptr, codes_ptr, codes_scale_ptr, M, N, stride_cm, eps,
+                                tail_clip, tail_max, TAIL_NORM, TAIL_INT4, TAIL_CLAMP, TAIL_DP4A_FOR, ROUND_BF16,
+                                ROUND_F16, TAIL_BLOCK)
 
 
 @triton.jit
@@ -459,8 +475,8 @@ def _w4a4_tc_kernel(
 def norm_tail_flags(norm_tail: NormTail | None, n: int) -> dict:
     """The CUDA-core kernel's constexprs for this norm tail (None: without one) of N-wide output rows."""
     if norm_tail is None:
-        return dict(NORM_TAIL=False, TAIL_INT4=False, TAIL_CLAMP=0, TAIL_DP4A_FOR=0, TAIL_BLOCK=1)
-    return dict(NORM_TAIL=True, TAIL_INT4=norm_tail.element == "int4",
+        return dict(NORM_TAIL=False, TAIL_NORM=False, TAIL_INT4=False, TAIL_CLAMP=0, TAIL_DP4A_FOR=0, TAIL_BLOCK=1)
+    return dict(NORM_TAIL=True, TAIL_NORM=norm_tail.weight is not None, TAIL_INT4=norm_tail.element == "int4",
                 TAIL_CLAMP=clamp_kind(norm_tail.element, "float", norm_tail.clip_ratio),
                 TAIL_DP4A_FOR=DP4A_FOR_IDS[norm_tail.dp4a_for], TAIL_BLOCK=triton.next_power_of_2(n))
 
@@ -479,6 +495,33 @@ def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwarg
     return kept or [min(configs, key=acc_per_thread)]
 
 
+def pinned_configs_on() -> bool:
+    """Whether ``PINNED_GEMV_CONFIGS`` replace tuning (``PTQ_PINNED_CONFIGS``, 1 by default)."""
+    flag = os.environ.get("PTQ_PINNED_CONFIGS", "1")
+    if flag not in ("0", "1"):
+        raise ValueError(f"PTQ_PINNED_CONFIGS={flag!r}: choose 1 (the pinned decode configs, the default) or 0 "
+                         f"(tune every shape)")
+    return flag == "1"
+
+
+def prune_gemv_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """``prune_decode_configs``, or the one config ``PINNED_GEMV_CONFIGS`` holds for this device and key when it is
+    among them."""
+    kept = prune_decode_configs(configs, named_args, **kwargs)
+    args = {**named_args, **kwargs}
+    if not pinned_configs_on():
+        return kept
+    key = tuple(args[name] for name in GEMV_TUNING_KEY)
+    pinned = PINNED_GEMV_CONFIGS.get(torch.cuda.get_device_name(args["a_ptr"].device), {}).get(key)
+    if pinned is None:
+        return kept
+    block_n, block_kw, prefetch, warps, stages = pinned
+    chosen = [c for c in kept if (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["PREFETCH"], c.kwargs["FOLD"],
+                                  c.kwargs["LOOP_STAGES"], c.num_warps, c.num_stages)
+              == (block_n, block_kw, prefetch, 1, 1, warps, stages)]
+    return chosen or kept
+
+
 _gemv_autotuned = triton.autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch, FOLD=fold, LOOP_STAGES=1), num_warps=w,
                            num_stages=s)
@@ -487,8 +530,8 @@ _gemv_autotuned = triton.autotune(
              for bn, bkw, w, s in configs]
     + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, FOLD=1, LOOP_STAGES=stages), num_warps=w,
                      num_stages=stages) for bn, bkw, w, stages in GEMV_PIPELINED_CONFIGS],
-    key=["M_BUCKET", "N", "KW", "W_INT4", "W_INT8", "BLOCK_M", "GATED", "NORM_TAIL"],
-    prune_configs_by=dict(early_config_prune=prune_decode_configs),
+    key=list(GEMV_TUNING_KEY),
+    prune_configs_by=dict(early_config_prune=prune_gemv_configs),
 )(_w4a4_gemv_kernel)
 
 
@@ -678,15 +721,14 @@ def w4a4_gemv_triton(
             _tc_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*tc_args, **flags)
         if norm_tail is None:
             return out
-        codes, scales, _ = rms_norm_quantize_triton(out, norm_tail.weight, norm_tail.eps, norm_tail.element,
-                                                    norm_tail.clip_ratio, norm_tail.dp4a_for)
-        return out, codes, scales
+        return (out, *norm_tail_triton(out, norm_tail))
     if norm_tail is None:  # never read: ``out`` stands in for the tail's pointers
         tail_tensors, tail_args = (out, out, out, out), (0, 0.0, 1.0, 1.0)
     else:
         codes = torch.empty((m, n), dtype=torch.int8, device=out.device)
         scales = torch.empty((m, 1), dtype=torch.float32, device=out.device)
-        tail_tensors = (norm_tail.weight.contiguous(), codes.view(torch.int32), scales,
+        norm = out if norm_tail.weight is None else norm_tail.weight.contiguous()  # None: never read
+        tail_tensors = (norm, codes.view(torch.int32), scales,
                         split_k_buffer(out.device, m, n)[1])  # a counter that is zero between products
         tail_args = (n // 4, norm_tail.eps, norm_tail.clip_ratio, element_named(norm_tail.element).max_value)
     args = (a_words, a_scale, w_words, w_scale, *outputs, *tail_tensors, m, n, k // 8, block_m, a_words.stride(0),

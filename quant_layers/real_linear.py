@@ -167,6 +167,9 @@ class RealQuantLinear(nn.Module):
         self._residual: torch.Tensor | None = None  # see add_residual_to_next
         self._norm_tail: NormTail | None = None  # for the next call (add_residual_to_next)
         self._norm_codes: tuple[torch.Tensor, torch.Tensor] | None = None  # what it wrote (take_norm_codes)
+        # The quantization of this call's input that its producer may write (want_input_codes), and what it wrote.
+        self.input_codes_wanted: NormTail | None = None
+        self._input_codes: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
@@ -194,6 +197,34 @@ class RealQuantLinear(nn.Module):
         return (self.act_scheme is not None and self.act_scheme.element in elements
                 and self.weight_scheme.element in elements)
 
+    def input_tail(self) -> NormTail | None:
+        """The quantization of this linear's input as a kernel before it can write it (a ``NormTail`` without a
+        norm: per-token dp4a bytes for the decode kernel), where it has one: 4-bit activations with float per-token
+        scales, 4-bit per-channel weights, no online rotation of the input, K a multiple of 8; else None."""
+        from quant_kernels.reference import NormTail  # late: quant_kernels.reference imports quant_layers
+
+        weight, act = self.weight_scheme, self.act_scheme
+        if not (act is not None and act.element in ("int4", "e2m1") and act.group == 0 and act.scale_kind == "float"
+                and weight.element in ("int4", "e2m1") and weight.group == 0 and self.input_transform is None
+                and self.in_features % 8 == 0):
+            return None
+        return NormTail(None, 0.0, act.element, act.clip_ratio, weight.element)
+
+    def want_input_codes(self, tail: NormTail) -> None:
+        """Let the kernel that computes the next call's input quantize it too (``input_tail``): a decode layer's
+        attention does it for o_proj (``models.attention``), handing the codes over with ``provide_input_codes``;
+        if it does not, the next call quantizes its input itself."""
+        if tail != self.input_tail():
+            raise ValueError(f"a producer writes this linear's input codes as input_tail() gives them "
+                             f"({self.input_tail()}), got {tail}")
+        self.input_codes_wanted = tail
+
+    def provide_input_codes(self, codes: torch.Tensor, scales: torch.Tensor) -> None:
+        """The (dp4a bytes, per-token scales) of the next call's input, as ``input_codes_wanted`` asked."""
+        if self.input_codes_wanted is None:
+            raise RuntimeError("input codes were provided that no want_input_codes asked for")
+        self._input_codes = (codes, scales)
+
     def take_norm_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The (dp4a bytes, per-token scales) the last call's norm tail wrote (``add_residual_to_next``)."""
         taken, self._norm_codes = self._norm_codes, None
@@ -205,14 +236,18 @@ class RealQuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual, self._residual = self._residual, None
         tail, self._norm_tail = self._norm_tail, None
+        given, self._input_codes, self.input_codes_wanted = self._input_codes, None, None
         if self.input_transform is not None:
             x = self.input_transform(x)
         if tail is not None:
             out, codes, scales = torch.ops.ptq.real_quant_matmul_norm(
                 x, self.qweight, self.weight_scale, self.bias, residual, tail.weight, tail.eps, self.schemes,
-                tail.element, tail.clip_ratio, tail.dp4a_for)
+                tail.element, tail.clip_ratio, tail.dp4a_for, *(given or (None, None)))
             self._norm_codes = (codes, scales)
             return out
+        if given is not None:
+            rows = None if residual is None else residual.reshape(-1, residual.shape[-1])
+            return self.on_codes(*given, x.dtype, rows).view(*x.shape[:-1], self.out_features)
         high = getattr(self, "qweight_high", None)  # the 1- or 2-bit plane of 5- and 6-bit codes
         return torch.ops.ptq.real_quant_matmul(x, self.qweight, high, self.weight_scale, self.bias, residual,
                                                self.schemes)
@@ -276,14 +311,21 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
 
 def _w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
                  residual: Optional[torch.Tensor], weight: RealQuantScheme, act: RealQuantScheme,
-                 norm_tail: NormTail | None = None):
-    """``quant_kernels.w4a4_linear`` of x's rows, x's leading shape restored (the norm tail's codes stay rows)."""
+                 norm_tail: NormTail | None = None, given: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """``quant_kernels.w4a4_linear`` of x's rows, x's leading shape restored (the norm tail's codes stay rows);
+    ``given``: x's rows already quantized (``RealQuantLinear.input_tail``'s dp4a bytes and scales), multiplied by
+    ``quant_kernels.w4a4_matmul_dp4a``."""
     rows = x.reshape(-1, x.shape[-1])
-    out = quant_kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,
-                                    a_group=act.group, w_group=weight.group, scale_kind=act.scale_kind,
-                                    clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype,
-                                    residual=None if residual is None else residual.reshape(rows.shape[0], -1),
-                                    norm_tail=norm_tail)
+    residual = None if residual is None else residual.reshape(rows.shape[0], -1)
+    if given is not None:
+        out = quant_kernels.w4a4_matmul_dp4a(*given, qweight, weight_scale, a_element=act.element,
+                                             w_element=weight.element, bias=bias, out_dtype=x.dtype, residual=residual,
+                                             norm_tail=norm_tail)
+    else:
+        out = quant_kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,
+                                        a_group=act.group, w_group=weight.group, scale_kind=act.scale_kind,
+                                        clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype, residual=residual,
+                                        norm_tail=norm_tail)
     if norm_tail is None:
         return out.reshape(*x.shape[:-1], out.shape[-1])
     out, codes, scales = out
@@ -299,22 +341,25 @@ def _(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tenso
 @torch.library.custom_op("ptq::real_quant_matmul_norm", mutates_args=())
 def real_quant_matmul_norm(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
                            bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], norm_weight: torch.Tensor,
-                           eps: float, schemes: str, element: str, clip_ratio: float,
-                           dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           eps: float, schemes: str, element: str, clip_ratio: float, dp4a_for: str,
+                           a_bytes: Optional[torch.Tensor] = None, a_scale: Optional[torch.Tensor] = None,
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A W4A4 ``real_quant_matmul`` with a norm tail (``RealQuantLinear.add_residual_to_next``): (the product
     plus ``residual``, the dp4a bytes and per-token scales of the next RMSNorm of it); ``quant_kernels.w4a4_linear``
-    with ``norm_tail``."""
+    with ``norm_tail``. ``a_bytes``, ``a_scale``: x's rows already quantized (``RealQuantLinear.input_tail``)."""
     from quant_kernels.reference import NormTail  # late: quant_kernels.reference imports quant_layers
 
     weight, act = parse_schemes(schemes)
     return _w4a4_linear(x, qweight, weight_scale, bias, residual, weight, act,
-                        NormTail(norm_weight, eps, element, clip_ratio, dp4a_for))
+                        NormTail(norm_weight, eps, element, clip_ratio, dp4a_for),
+                        None if a_bytes is None else (a_bytes, a_scale))
 
 
 @real_quant_matmul_norm.register_fake
 def _(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
       residual: Optional[torch.Tensor], norm_weight: torch.Tensor, eps: float, schemes: str, element: str,
-      clip_ratio: float, dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+      clip_ratio: float, dp4a_for: str, a_bytes: Optional[torch.Tensor] = None,
+      a_scale: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n = weight_scale.shape[0]
     rows = x.numel() // x.shape[-1]
     return (x.new_empty(*x.shape[:-1], n), x.new_empty(rows, n, dtype=torch.int8),

@@ -67,11 +67,22 @@ def test_static_decoder_with_a_packed_kv4_cache_decodes_like_the_growing_one(tin
     assert torch.equal(got, torch.cat(want, dim=1))
 
 
-def test_compiled_static_decoder_decodes_like_the_eager_one(tinystories_dir, tmp_path):
+def test_compiled_static_decoder_decodes_like_the_eager_one(tinystories_dir, tmp_path, monkeypatch):
     """``torch.compile`` of the decode step of a loaded W4A4KV4 checkpoint (real-quantized linears as
-    opaque custom ops, packed KV4 cache): one graph, no breaks, and the eager step's tokens."""
+    opaque custom ops, packed KV4 cache): one graph, no breaks, and the eager step's tokens; every layer's decode
+    attention quantizes o_proj's input (``DecodePlan.attention_tail``) in both."""
     from torch._dynamo.utils import counters
 
+    import quant_kernels
+
+    tails = []
+    attention = quant_kernels.decode_attention_packed
+
+    def counted(*args, **kwargs):
+        tails.append(kwargs.get("norm_tail"))
+        return attention(*args, **kwargs)
+
+    monkeypatch.setattr(quant_kernels, "decode_attention_packed", counted)
     model = loaded_w4a4kv4(tinystories_dir, tmp_path)
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
     eager = StaticDecoder(model, ids, steps=8, kv4=True)
@@ -83,6 +94,8 @@ def test_compiled_static_decoder_decodes_like_the_eager_one(tinystories_dir, tmp
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert len(set(want.flatten().tolist())) > 4  # a real continuation
     assert torch.equal(got, want)
+    layers = model.config.num_hidden_layers
+    assert len(tails) >= 12 * layers and all(tail is not None and tail.weight is None for tail in tails)
 
 
 def test_bench_model_dry_run_writes_its_tables(tmp_path):

@@ -242,6 +242,26 @@ def test_norm_tail_writes_the_next_norms_codes(case, m, element, dp4a_for, out_d
     assert split_k_buffer(out.device, m, 88)[1][0] == 0
 
 
+@pytest.mark.parametrize("case,m", [("int4xint4", 1), ("e2m1xe2m1", 3)])
+def test_norm_tail_without_a_norm_quantizes_the_product(case, m):
+    """A NormTail whose weight is None: the last program quantizes the product plus residual as it is, the
+    codes and scales the activation kernel writes for it; the twin's are the reference quantizer's."""
+    import dataclasses
+
+    from quant_kernels.reference import quantize_activations_ref
+    from quant_kernels.w4a4_gemv import w4a4_gemv_triton
+
+    operands, args, tail = norm_tail_problem(case, m, 88, torch.bfloat16, "int4", "e2m1")
+    tail = dataclasses.replace(tail, weight=None)
+    out, codes, scales = w4a4_gemv_triton(*operands, norm_tail=tail, **args)
+    want = quant_kernels.quantize_activations(out, "int4", 0, "float", 0.9, dp4a_for="e2m1", backend="triton")
+    assert torch.equal(out, w4a4_gemv_triton(*operands, **args))
+    assert torch.equal(codes, want[0]) and torch.equal(scales, want[1])
+    twin, twin_codes, twin_scales = quant_kernels.w4a4_matmul_dp4a(*operands, norm_tail=tail, backend="torch", **args)
+    want = quantize_activations_ref(twin, "int4", 0, "float", 0.9, 0, "e2m1")
+    assert torch.equal(twin_codes, want[0]) and torch.equal(twin_scales, want[1])
+
+
 @pytest.mark.parametrize("change,message", [
     (dict(gated=True), "gated product"),
     (dict(weight=torch.ones(40, dtype=torch.bfloat16)), r"RMSNorm weight must be a \(88,\)"),
@@ -284,3 +304,31 @@ def test_kernel_check_bound_keeps_the_products_own_rounding():
     assert close(ulp_off, want, rounded_before=product)[0]
     far_off = residual + torch.tensor([1.0, 8.125], dtype=torch.bfloat16)
     assert not close(far_off, want, rounded_before=product)[0]
+
+
+def test_pinned_decode_configs_replace_tuning_on_their_device_and_key(monkeypatch):
+    """Every pinned config is one of the kernel's candidates that survive pruning; on its device and key the pruning
+    keeps it alone, elsewhere (another key, another device, PTQ_PINNED_CONFIGS=0) every candidate; a bad setting is
+    named."""
+    from quant_kernels import w4a4_gemv
+
+    configs = w4a4_gemv._gemv_autotuned.configs
+    a = torch.zeros(1, dtype=torch.int32)
+    for device, pinned in w4a4_gemv.PINNED_GEMV_CONFIGS.items():
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device, name=device: name)
+        for key in pinned:
+            args = dict(zip(w4a4_gemv.GEMV_TUNING_KEY, key), a_ptr=a)
+            kept = w4a4_gemv.prune_gemv_configs(configs, args)
+            assert len(kept) == 1, (device, key)
+            monkeypatch.setenv("PTQ_PINNED_CONFIGS", "0")
+            assert w4a4_gemv.prune_gemv_configs(configs, args) == w4a4_gemv.prune_decode_configs(configs, args)
+            monkeypatch.delenv("PTQ_PINNED_CONFIGS")
+        other = dict(zip(w4a4_gemv.GEMV_TUNING_KEY, (1, 1024, 512, True, False, 1, False, False)), a_ptr=a)
+        assert w4a4_gemv.prune_gemv_configs(configs, other) == w4a4_gemv.prune_decode_configs(configs, other)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device: "NVIDIA H100 80GB HBM3")
+    key = next(iter(w4a4_gemv.PINNED_GEMV_CONFIGS["NVIDIA H200"]))
+    args = dict(zip(w4a4_gemv.GEMV_TUNING_KEY, key), a_ptr=a)
+    assert len(w4a4_gemv.prune_gemv_configs(configs, args)) > 1
+    monkeypatch.setenv("PTQ_PINNED_CONFIGS", "yes")
+    with pytest.raises(ValueError, match="PTQ_PINNED_CONFIGS='yes': choose 1"):
+        w4a4_gemv.prune_gemv_configs(configs, args)

@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import quant_kernels
 from benchmarks.bench_model import random_real_linear
 from models import adapter_for
+from models.attention import use_grouped_decode_attention
 from models.fused_decoder_layer import decode_plan, fuse_decoder_layers
 from quant_layers.fused_linear import fuse_shared_input_linears
 from quant_layers.real_linear import RealQuantScheme
@@ -40,43 +41,44 @@ def tiny_model(model_type: str, dtype: torch.dtype = torch.float32, act: RealQua
 def counting(monkeypatch) -> dict:
     """Count the fused kernels' calls (their twins on the CPU); ``gated``: silu(gate) * up written by gate/up's
     product and quantized as it is (the only dp4a bytes ``quantize_activations`` writes here); ``norm_tail``:
-    o_proj's products that also quantize the post-attention norm (on the CPU through ``rms_norm_quantize``, which
-    counts them too; on a GPU in the decode kernel)."""
-    calls = {"rms_norm": 0, "silu_mul": 0, "gated": 0, "norm_tail": 0}
-    rms_norm, silu_mul = quant_kernels.rms_norm_quantize, quant_kernels.silu_mul_quantize
-    quantize, linear = quant_kernels.quantize_activations, quant_kernels.w4a4_linear
+    o_proj's products that also quantize the post-attention norm (on a GPU in the decode kernel);
+    ``attention_tail``: decode attentions that also quantize o_proj's input (on a GPU in the combining kernel)."""
+    calls = {"rms_norm": 0, "silu_mul": 0, "gated": 0, "norm_tail": 0, "attention_tail": 0}
+    originals = {name: getattr(quant_kernels, name) for name in (
+        "rms_norm_quantize", "silu_mul_quantize", "quantize_activations", "w4a4_linear", "w4a4_matmul_dp4a",
+        "decode_attention", "decode_attention_packed")}
+    counts = {"rms_norm_quantize": lambda kwargs: ("rms_norm", True),
+              "silu_mul_quantize": lambda kwargs: ("silu_mul", True),
+              "quantize_activations": lambda kwargs: ("gated", kwargs.get("dp4a_for") is not None),
+              "w4a4_linear": lambda kwargs: ("norm_tail", kwargs.get("norm_tail") is not None),
+              "w4a4_matmul_dp4a": lambda kwargs: ("norm_tail", kwargs.get("norm_tail") is not None),
+              "decode_attention": lambda kwargs: ("attention_tail", kwargs.get("norm_tail") is not None),
+              "decode_attention_packed": lambda kwargs: ("attention_tail", kwargs.get("norm_tail") is not None)}
 
-    def linear_counted(*args, **kwargs):
-        calls["norm_tail"] += kwargs.get("norm_tail") is not None
-        return linear(*args, **kwargs)
+    def counted(name):
+        def call(*args, **kwargs):
+            key, hit = counts[name](kwargs)
+            calls[key] += hit
+            return originals[name](*args, **kwargs)
+        return call
 
-    def quantize_counted(*args, **kwargs):
-        calls["gated"] += kwargs.get("dp4a_for") is not None
-        return quantize(*args, **kwargs)
-
-    def rms_norm_counted(*args, **kwargs):
-        calls["rms_norm"] += 1
-        return rms_norm(*args, **kwargs)
-
-    def silu_mul_counted(*args, **kwargs):
-        calls["silu_mul"] += 1
-        return silu_mul(*args, **kwargs)
-
-    monkeypatch.setattr(quant_kernels, "rms_norm_quantize", rms_norm_counted)
-    monkeypatch.setattr(quant_kernels, "silu_mul_quantize", silu_mul_counted)
-    monkeypatch.setattr(quant_kernels, "quantize_activations", quantize_counted)
-    monkeypatch.setattr(quant_kernels, "w4a4_linear", linear_counted)
+    for name in originals:
+        monkeypatch.setattr(quant_kernels, name, counted(name))
     return calls
 
 
-@pytest.mark.parametrize("model_type,dtype", [("llama", torch.float32), ("qwen2", torch.float32),
-                                              ("qwen3", torch.float32), ("llama", torch.bfloat16)])
-def test_fused_decode_layers_give_the_hf_layers_logits(model_type, dtype, monkeypatch):
+@pytest.mark.parametrize("model_type,dtype,grouped", [
+    ("llama", torch.float32, False), ("qwen2", torch.float32, False), ("qwen3", torch.float32, False),
+    ("llama", torch.bfloat16, False), ("llama", torch.float32, True), ("qwen2", torch.bfloat16, True)])
+def test_fused_decode_layers_give_the_hf_layers_logits(model_type, dtype, grouped, monkeypatch):
     """Qwen2's q/k/v biases and Qwen3's q/k norms included: decode-sized rows (1, 2 and 16 sequences of one
     token, 2 of 12; INT4 weights take up to TC_MAX_M = 64 rows) take the fused path in every layer and give the
     unfused model's logits bit for bit, silu(gate) * up written by gate/up's product up to ``gated_rows`` (at
-    least 4) and by the activation kernel above; 2 prompts of 40 tokens keep HF's forward."""
+    least 4) and by the activation kernel above; 2 prompts of 40 tokens keep HF's forward. ``grouped``: on the
+    grouped decode attention (``models.attention``), whose one-token queries quantize o_proj's input too."""
     model = tiny_model(model_type, dtype)
+    if grouped:
+        assert use_grouped_decode_attention(model)
     plain = copy.deepcopy(model)
     assert fuse_decoder_layers(model) == 2
     gated_rows = model.model.layers[0]._decode_plan.gated_rows
@@ -89,9 +91,10 @@ def test_fused_decode_layers_give_the_hf_layers_logits(model_type, dtype, monkey
             got = model(ids).logits
             assert torch.equal(got, plain(ids).logits)
             fused, gated = tokens * batch <= 64, tokens * batch <= gated_rows
-            assert calls == {"rms_norm": before["rms_norm"] + 4 * fused,
+            assert calls == {"rms_norm": before["rms_norm"] + 2 * fused,
                              "silu_mul": before["silu_mul"] + 2 * (fused and not gated),
-                             "gated": before["gated"] + 2 * gated, "norm_tail": before["norm_tail"] + 2 * fused}
+                             "gated": before["gated"] + 2 * gated, "norm_tail": before["norm_tail"] + 2 * fused,
+                             "attention_tail": before["attention_tail"] + 2 * (fused and grouped and tokens == 1)}
 
 
 def test_layers_that_do_not_fit_keep_their_forward():
@@ -120,7 +123,7 @@ def test_an_online_rotation_on_down_proj_keeps_the_mlp_forward(monkeypatch):
     ids = torch.randint(0, 128, (2, 1), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain(ids).logits)
-    assert calls == {"rms_norm": 4, "silu_mul": 0, "gated": 0, "norm_tail": 0}
+    assert calls == {"rms_norm": 4, "silu_mul": 0, "gated": 0, "norm_tail": 0, "attention_tail": 0}
     assert all(layer._decode_plan.gated_rows == 0 for layer in model.model.layers)
 
 
@@ -155,7 +158,7 @@ def test_the_plan_takes_the_rows_every_linear_s_decode_kernel_takes(monkeypatch)
     ids = torch.randint(0, 128, (16, 1), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain(ids).logits)
-    assert calls == {"rms_norm": 4, "silu_mul": 2, "gated": 0, "norm_tail": 2}
+    assert calls == {"rms_norm": 2, "silu_mul": 2, "gated": 0, "norm_tail": 2, "attention_tail": 0}
     monkeypatch.setenv("PTQ_TC_E2M1", "yes")
     with pytest.raises(ValueError, match="PTQ_TC_E2M1='yes': choose 0"):
         fuse_decoder_layers(tiny_model("llama", weight=e2m1))
@@ -186,19 +189,51 @@ def test_the_norm_tail_follows_w4a4_products_only():
         plan.o_proj.take_norm_codes()
 
 
+def test_o_proj_takes_input_codes_only_as_it_would_quantize_its_input():
+    """The plan's attention tail is o_proj's own input quantization (none under an online rotation); codes come
+    only when asked for, are used once (the product on them equals the product on x), and without them the call
+    quantizes x itself."""
+    from transforms.rotation import HadamardRotation
+
+    model = tiny_model("llama")
+    fuse_decoder_layers(model)
+    o_proj = model.model.layers[0]._decode_plan.o_proj
+    tail = model.model.layers[0]._decode_plan.attention_tail
+    assert tail == quant_kernels.reference.NormTail(None, 0.0, "int4", 1.0, "int4") == o_proj.input_tail()
+    with pytest.raises(RuntimeError, match="no want_input_codes asked for"):
+        o_proj.provide_input_codes(torch.zeros(1, 64, dtype=torch.int8), torch.ones(1, 1))
+    with pytest.raises(ValueError, match="as input_tail\\(\\) gives them"):
+        o_proj.want_input_codes(quant_kernels.reference.NormTail(None, 0.0, "e2m1", 1.0, "int4"))
+    x = torch.randn(2, 1, 64)
+    plain = o_proj(x)
+    o_proj.want_input_codes(tail)
+    assert torch.equal(o_proj(x), plain) and o_proj.input_codes_wanted is None  # nothing provided: x quantized
+    o_proj.want_input_codes(tail)
+    o_proj.provide_input_codes(*quant_kernels.reference.norm_tail_ref(x.reshape(2, 64), tail))
+    assert torch.equal(o_proj(torch.full_like(x, float("nan"))), plain)  # the codes, not x
+    assert torch.equal(o_proj(x), plain)
+    o_proj.input_transform = HadamardRotation(64)
+    assert o_proj.input_tail() is None
+    fuse_decoder_layers(model)
+    assert model.model.layers[0]._decode_plan.attention_tail is None
+
+
 def test_the_launch_probe_variants_change_the_plan():
     """launch_cost_probe's ``untailed`` and ``post_norm`` plans leave the norm to its own launch, ``ungated``
-    leaves silu(gate) * up to the activation kernel; ``control`` restores the plan."""
+    leaves silu(gate) * up to the activation kernel, ``attention_untailed`` o_proj's input quantization to
+    o_proj; ``control`` restores the plan."""
     import models.fused_decoder_layer as fused
     from benchmarks import launch_cost_probe as probe
 
     layer = tiny_model("llama").model.layers[0]
     try:
-        for variant, tail, gated in (("untailed", False, True), ("post_norm", False, True), ("ungated", True, False),
-                                     ("control", True, True)):
+        for variant, tails in (("untailed", (False, True, True)), ("post_norm", (False, True, True)),
+                               ("ungated", (True, False, True)), ("attention_untailed", (True, True, False)),
+                               ("control", (True, True, True))):
             probe.patch(variant)
             plan = fused.decode_plan(layer)
-            assert (plan.norm_tail is not None, plan.gated_rows > 0) == (tail, gated), variant
+            got = (plan.norm_tail is not None, plan.gated_rows > 0, plan.attention_tail is not None)
+            assert got == tails, variant
     finally:
         probe.patch("control")
     assert fused.decode_plan is probe.PLAN

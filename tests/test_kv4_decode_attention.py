@@ -90,6 +90,63 @@ def test_one_visible_key_gives_its_value_dequantized_bit_for_bit(element, group,
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("element,dp4a_for,norm,batch", [("int4", "int4", False, 1), ("e2m1", "e2m1", False, 3),
+                                                         ("int4", "e2m1", True, 2)])
+def test_combining_kernel_s_tail_quantizes_the_output_rows(element, dp4a_for, norm, batch, dtype):
+    """``norm_tail`` (o_proj's input at decode; with an RMSNorm weight too): the output equals the kernel's without
+    it bit for bit, and the last program's dp4a bytes and scales equal the activation kernel's for those (B, H * D)
+    rows (packed K and V, and plain); the twins' equal the reference quantizer's of their own output."""
+    import quant_kernels
+    from quant_kernels.w4a4_gemv import split_k_buffer
+
+    g = torch.Generator().manual_seed(batch)
+    heads_kv, groups, dim, length = 2, 4, 32, 90
+    q = torch.randn(batch, heads_kv, groups, dim, generator=g).to(dtype)
+    key = packed_operand(batch, heads_kv, length, dim, "int4", 32, g)
+    value = packed_operand(batch, heads_kv, length, dim, "uint4", 16, g)
+    mask = (torch.arange(length)[None, :] < torch.arange(length - batch + 1, length + 1)[:, None])[:, None, None, :]
+    weight = (torch.rand(heads_kv * groups * dim, generator=g) + 0.5).to(dtype) if norm else None
+    tail = reference.NormTail(weight, 1e-5, element, 0.9, dp4a_for)
+    values = [reference.dequantize_kv(t, e, dtype) for t, e in ((key, "int4"), (value, "uint4"))]
+    calls = [(quant_kernels.decode_attention_packed, (q, key, value, mask), dict(key_element="int4",
+                                                                                value_element="uint4")),
+             (quant_kernels.decode_attention, (q, *values, mask), {})]
+    for attention, args, kwargs in calls:
+        plain = attention(*args, backend="triton", **kwargs)
+        out, codes, scales = attention(*args, norm_tail=tail, backend="triton", **kwargs)
+        rows = out.reshape(batch, -1)
+        if norm:
+            want_codes, want_scales, _ = quant_kernels.rms_norm_quantize(rows, weight, 1e-5, element, 0.9,
+                                                                         dp4a_for=dp4a_for, backend="triton")
+        else:
+            want_codes, want_scales = quant_kernels.quantize_activations(rows, element, 0, "float", 0.9,
+                                                                         dp4a_for=dp4a_for, backend="triton")
+        assert torch.equal(out, plain) and codes.shape == (batch, heads_kv * groups * dim)
+        assert torch.equal(codes, want_codes) and torch.equal(scales, want_scales)
+        assert split_k_buffer(out.device, batch, codes.shape[1])[1][0] == 0  # the counter, back at zero
+        twin, twin_codes, twin_scales = attention(*args, norm_tail=tail, backend="torch", **kwargs)
+        want = reference.norm_tail_ref(twin.reshape(batch, -1), tail)
+        assert torch.equal(twin_codes, want[0]) and torch.equal(twin_scales, want[1])
+
+
+def test_combining_kernel_s_tail_refuses_what_it_cannot_quantize():
+    import quant_kernels
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 4, 32, generator=g)
+    key = packed_operand(1, 2, 10, 32, "int4", 32, g)
+    for backend in ("triton", "torch"):
+        with pytest.raises(ValueError, match="element 'int4' or 'e2m1', got 'int8'"):
+            quant_kernels.decode_attention_packed(q, key, key, key_element="int4", value_element="int4",
+                                                  norm_tail=reference.NormTail(None, 0.0, "int8", 1.0, "int4"),
+                                                  backend=backend)
+        with pytest.raises(ValueError, match="RMSNorm weight must be a \\(256,\\) tensor"):
+            quant_kernels.decode_attention_packed(q, key, key, key_element="int4", value_element="int4",
+                                                  norm_tail=reference.NormTail(torch.ones(32), 1e-5, "int4", 1.0,
+                                                                               "int4"), backend=backend)
+
+
 @pytest.mark.parametrize("change,message", [
     (dict(key_element="int8"), "unknown packed key element"),
     (dict(key_scale=torch.ones(1, 2, 10, 3)), "group dividing D=32"),
