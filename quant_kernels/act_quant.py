@@ -371,15 +371,20 @@ def _rms_normed(x, weight, K, eps, ROUND_BF16: tl.constexpr, ROUND_F16: tl.const
 
 
 @triton.jit
-def _tail_quantize_rows(x_ptr, stride_xm, norm_ptr, packed_ptr, scale_ptr, M, K, stride_pm, eps, clip_ratio,
-                        max_value, NORM: tl.constexpr, ELEMENT_INT4: tl.constexpr, CLAMP: tl.constexpr,
+def _tail_quantize_rows(count_ptr, x_ptr, stride_xm, norm_ptr, packed_ptr, scale_ptr, M, K, stride_pm, eps,
+                        clip_ratio, max_value, NORM: tl.constexpr, ELEMENT_INT4: tl.constexpr, CLAMP: tl.constexpr,
                         DP4A_FOR: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr,
                         BLOCK_K: tl.constexpr):
-    """A kernel's tail (``reference.NormTail``): the per-token dp4a bytes and scales of x's M rows, after an
-    RMSNorm by the weight at ``norm_ptr`` (NORM) as ``rms_norm_quantize`` computes them, else of the rows as they
-    are (``quantize_activations``), by the one program that calls it, a row at a time (BLOCK_K: K padded to a power
-    of two). Other programs of the kernel wrote x: it is read from L2 (``.cg``), never from this SM's L1, which
-    may hold older lines of it."""
+    """A kernel's tail (``reference.NormTail``), called by each of its programs once its share of x is stored: the
+    last to arrive (a counter at ``count_ptr``, zero between launches, which it resets) writes the per-token dp4a
+    bytes and scales of x's M rows, after an RMSNorm by the weight at ``norm_ptr`` (NORM) as ``rms_norm_quantize``
+    computes them, else of the rows as they are (``quantize_activations``), a row at a time (BLOCK_K: K padded to
+    a power of two). Other programs wrote x: it is read from L2 (``.cg``), never from this SM's L1, which may hold
+    older lines of it."""
+    tl.debug_barrier()  # every thread's outputs are stored before the counter says so
+    if tl.atomic_add(count_ptr, 1, sem="acq_rel") != tl.num_programs(0) - 1:
+        return
+    tl.atomic_xchg(count_ptr, 0, sem="relaxed")
     cols = tl.arange(0, BLOCK_K)
     if NORM:
         weight = tl.load(norm_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)

@@ -31,15 +31,13 @@ import triton
 import triton.language as tl
 from triton.language.standard import _elementwise_max, _sum_combine
 
-from quant_layers.packing import element_named
-
 from .act_quant import _tail_quantize_rows
 from .fpx_gemm import _decode
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import PACKED_KV_ELEMENTS, NormTail, PackedOperand, check_norm_tail
 from .rounding import _round_to_bf16, _round_to_dtype
 from .w4a4_gemm import _unpack, code_operand
-from .w4a4_gemv import norm_tail_flags, split_k_buffer
+from .w4a4_gemv import norm_tail_flags, norm_tail_operands
 
 INTERPRET = triton.knobs.runtime.interpret
 BLOCK_N = 64  # keys per inner step
@@ -179,12 +177,9 @@ def _combine_kernel(acc_ptr, ml_ptr, out_ptr, norm_ptr, codes_ptr, codes_scale_p
     out = tl.reduce(parts * w[:, None], 0, _sum_combine) / tl.reduce(w * l_s, 0, _sum_combine)
     tl.store(out_ptr + pid * D + d, _round_to_dtype(out, ROUND_BF16, ROUND_F16).to(out_ptr.dtype.element_ty))
     if NORM_TAIL:
-        tl.debug_barrier()  # every thread's outputs are stored before the counter says so
-        if tl.atomic_add(count_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
-            tl.atomic_xchg(count_ptr, 0, sem="relaxed")
-            _tail_quantize_rows(out_ptr, width, norm_ptr, codes_ptr, codes_scale_ptr, rows_out, width, stride_cm, eps,
-                                tail_clip, tail_max, TAIL_NORM, TAIL_INT4, TAIL_CLAMP, TAIL_DP4A_FOR, ROUND_BF16,
-                                ROUND_F16, TAIL_BLOCK)
+        _tail_quantize_rows(count_ptr, out_ptr, width, norm_ptr, codes_ptr, codes_scale_ptr, rows_out, width,
+                            stride_cm, eps, tail_clip, tail_max, TAIL_NORM, TAIL_INT4, TAIL_CLAMP, TAIL_DP4A_FOR,
+                            ROUND_BF16, ROUND_F16, TAIL_BLOCK)
 
 
 def _splits(length: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
@@ -251,17 +246,9 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         K_ELEMENT=k_element, V_ELEMENT=v_element, K_GROUP=k_group, V_GROUP=v_group, K_ZERO=k_has_zero,
         V_ZERO=v_has_zero, ROUND_BF16=packed and q.dtype == torch.bfloat16 and INTERPRET, num_warps=4, **pdl,
     )
-    if norm_tail is None:  # never read: ``out`` stands in for the tail's pointers
-        tail_tensors, tail_args = (out, out, out, out), (0, 0.0, 1.0, 1.0)
-    else:
-        codes = torch.empty((batch, width), dtype=torch.int8, device=q.device)
-        scales = torch.empty((batch, 1), dtype=torch.float32, device=q.device)
-        norm = out if norm_tail.weight is None else norm_tail.weight.contiguous()  # None: never read
-        tail_tensors = (norm, codes.view(torch.int32), scales,
-                        split_k_buffer(q.device, batch, width)[1])  # a counter that is zero between launches
-        tail_args = (width // 4, norm_tail.eps, norm_tail.clip_ratio, element_named(norm_tail.element).max_value)
+    tail_tensors, tail_args = norm_tail_operands(norm_tail, out, batch, width)
     _combine_kernel[(batch * heads_kv * groups,)](
         acc, ml, out, *tail_tensors, groups, n_splits, batch, width, *tail_args, D=dim, BLOCK_G=block_g,
         BLOCK_S=triton.next_power_of_2(n_splits), ROUND_BF16=q.dtype == torch.bfloat16,
         ROUND_F16=q.dtype == torch.float16, num_warps=4, **norm_tail_flags(norm_tail, width), **pdl)
-    return out if norm_tail is None else (out, codes, scales)
+    return out if norm_tail is None else (out, tail_tensors[1].view(torch.int8), tail_tensors[2])

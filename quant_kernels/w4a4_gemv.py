@@ -298,12 +298,9 @@ def _w4a4_gemv_kernel(
                     stride_asm, stride_wsn, stride_om, stride_rm, unit, HAS_BIAS, HAS_RESIDUAL, ROUND_BF16, ROUND_F16,
                     GATED)
     if NORM_TAIL:
-        tl.debug_barrier()  # every thread's outputs are stored before the counter says so
-        if tl.atomic_add(count_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
-            tl.atomic_xchg(count_ptr, 0, sem="relaxed")
-            _tail_quantize_rows(out_ptr, stride_om, norm_ptr, codes_ptr, codes_scale_ptr, M, N, stride_cm, eps,
-                                tail_clip, tail_max, TAIL_NORM, TAIL_INT4, TAIL_CLAMP, TAIL_DP4A_FOR, ROUND_BF16,
-                                ROUND_F16, TAIL_BLOCK)
+        _tail_quantize_rows(count_ptr, out_ptr, stride_om, norm_ptr, codes_ptr, codes_scale_ptr, M, N, stride_cm, eps,
+                            tail_clip, tail_max, TAIL_NORM, TAIL_INT4, TAIL_CLAMP, TAIL_DP4A_FOR, ROUND_BF16,
+                            ROUND_F16, TAIL_BLOCK)
 
 
 @triton.jit
@@ -479,6 +476,19 @@ def norm_tail_flags(norm_tail: NormTail | None, n: int) -> dict:
     return dict(NORM_TAIL=True, TAIL_NORM=norm_tail.weight is not None, TAIL_INT4=norm_tail.element == "int4",
                 TAIL_CLAMP=clamp_kind(norm_tail.element, "float", norm_tail.clip_ratio),
                 TAIL_DP4A_FOR=DP4A_FOR_IDS[norm_tail.dp4a_for], TAIL_BLOCK=triton.next_power_of_2(n))
+
+
+def norm_tail_operands(norm_tail: NormTail | None, out: torch.Tensor, m: int, n: int) -> tuple[tuple, tuple]:
+    """A kernel's tail arguments for its (M, N) output ``out``: (the norm weight, the codes as int32 words, their
+    scales, a counter that is zero between launches), then (the codes' row stride in words, eps, the clip ratio,
+    the element's largest value); without a tail ``out`` stands in for the pointers, never read."""
+    if norm_tail is None:
+        return (out, out, out, out), (0, 0.0, 1.0, 1.0)
+    codes = torch.empty((m, n), dtype=torch.int8, device=out.device)
+    scales = torch.empty((m, 1), dtype=torch.float32, device=out.device)
+    norm = out if norm_tail.weight is None else norm_tail.weight.contiguous()
+    return ((norm, codes.view(torch.int32), scales, split_k_buffer(out.device, m, n)[1]),
+            (n // 4, norm_tail.eps, norm_tail.clip_ratio, element_named(norm_tail.element).max_value))
 
 
 def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -722,15 +732,7 @@ def w4a4_gemv_triton(
         if norm_tail is None:
             return out
         return (out, *norm_tail_triton(out, norm_tail))
-    if norm_tail is None:  # never read: ``out`` stands in for the tail's pointers
-        tail_tensors, tail_args = (out, out, out, out), (0, 0.0, 1.0, 1.0)
-    else:
-        codes = torch.empty((m, n), dtype=torch.int8, device=out.device)
-        scales = torch.empty((m, 1), dtype=torch.float32, device=out.device)
-        norm = out if norm_tail.weight is None else norm_tail.weight.contiguous()  # None: never read
-        tail_tensors = (norm, codes.view(torch.int32), scales,
-                        split_k_buffer(out.device, m, n)[1])  # a counter that is zero between products
-        tail_args = (n // 4, norm_tail.eps, norm_tail.clip_ratio, element_named(norm_tail.element).max_value)
+    tail_tensors, tail_args = norm_tail_operands(norm_tail, out, m, n)
     args = (a_words, a_scale, w_words, w_scale, *outputs, *tail_tensors, m, n, k // 8, block_m, a_words.stride(0),
             w_words.stride(0), *trailing, *tail_args)
     flags.update(W_INT4=w_element == "int4", W_INT8=w_element == "int8", BLOCK_M=block_m, GATED=gated,
@@ -749,4 +751,4 @@ def w4a4_gemv_triton(
         _w4a4_gemv_kernel[(programs(INTERPRET_CONFIG["BLOCK_N"]),)](*args, **flags, **INTERPRET_CONFIG)
     else:
         _gemv_autotuned[lambda meta: (programs(meta["BLOCK_N"]),)](*args, **flags)
-    return out if norm_tail is None else (out, codes, scales)
+    return out if norm_tail is None else (out, tail_tensors[1].view(torch.int8), tail_tensors[2])

@@ -198,9 +198,10 @@ class RealQuantLinear(nn.Module):
                 and self.weight_scheme.element in elements)
 
     def input_tail(self) -> NormTail | None:
-        """The quantization of this linear's input as a kernel before it can write it (a ``NormTail`` without a
-        norm: per-token dp4a bytes for the decode kernel), where it has one: 4-bit activations with float per-token
-        scales, 4-bit per-channel weights, no online rotation of the input, K a multiple of 8; else None."""
+        """The quantization of this linear's input that the kernel computing that input can write instead (a
+        ``NormTail`` without a norm: per-token dp4a bytes for the decode kernel), where there is one: 4-bit
+        activations with float per-token scales, 4-bit per-channel weights, no online rotation of the input, K a
+        multiple of 8; else None."""
         from quant_kernels.reference import NormTail  # late: quant_kernels.reference imports quant_layers
 
         weight, act = self.weight_scheme, self.act_scheme
