@@ -382,21 +382,21 @@ def _tail_quantize_rows(count_ptr, x_ptr, stride_xm, norm_ptr, packed_ptr, scale
     a power of two). Other programs wrote x: it is read from L2 (``.cg``), never from this SM's L1, which may hold
     older lines of it."""
     tl.debug_barrier()  # every thread's outputs are stored before the counter says so
-    if tl.atomic_add(count_ptr, 1, sem="acq_rel") != tl.num_programs(0) - 1:
-        return
-    tl.atomic_xchg(count_ptr, 0, sem="relaxed")
-    cols = tl.arange(0, BLOCK_K)
-    if NORM:
-        weight = tl.load(norm_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-    for r in range(M):
-        rows = r + tl.arange(0, 1)
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(cols < K)[None, :], other=0.0,
-                    cache_modifier=".cg")
-        y = x.to(tl.float32)
+    # The work nests under the if: compiled Triton does not stop at a return inside an if (``_code_values``).
+    if tl.atomic_add(count_ptr, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+        tl.atomic_xchg(count_ptr, 0, sem="relaxed")
+        cols = tl.arange(0, BLOCK_K)
         if NORM:
-            y = _rms_normed(y, weight, K, eps, ROUND_BF16, ROUND_F16)
-        _quantize_tile(y, rows, 0, packed_ptr, scale_ptr, scale_ptr, M, K, 1, stride_pm, 1, clip_ratio, max_value,
-                       ELEMENT_INT4, False, 0, BLOCK_K, CLAMP, False, DP4A_FOR, 1, BLOCK_K)
+            weight = tl.load(norm_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+        for r in range(M):
+            rows = r + tl.arange(0, 1)
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=(cols < K)[None, :], other=0.0,
+                        cache_modifier=".cg")
+            y = x.to(tl.float32)
+            if NORM:
+                y = _rms_normed(y, weight, K, eps, ROUND_BF16, ROUND_F16)
+            _quantize_tile(y, rows, 0, packed_ptr, scale_ptr, scale_ptr, M, K, 1, stride_pm, 1, clip_ratio,
+                           max_value, ELEMENT_INT4, False, 0, BLOCK_K, CLAMP, False, DP4A_FOR, 1, BLOCK_K)
 
 
 @triton.jit
