@@ -141,6 +141,10 @@ def test_combining_kernel_s_tail_refuses_what_it_cannot_quantize():
             quant_kernels.decode_attention_packed(q, key, key, key_element="int4", value_element="int4",
                                                   norm_tail=reference.NormTail(None, 0.0, "int8", 1.0, "int4"),
                                                   backend=backend)
+        with pytest.raises(ValueError, match="unknown 4-bit element 'e4m3'"):  # dp4a bytes for no such weights
+            quant_kernels.decode_attention_packed(q, key, key, key_element="int4", value_element="int4",
+                                                  norm_tail=reference.NormTail(None, 0.0, "int4", 1.0, "e4m3"),
+                                                  backend=backend)
         with pytest.raises(ValueError, match="RMSNorm weight must be a \\(256,\\) tensor"):
             quant_kernels.decode_attention_packed(q, key, key, key_element="int4", value_element="int4",
                                                   norm_tail=reference.NormTail(torch.ones(32), 1e-5, "int4", 1.0,
