@@ -16,6 +16,9 @@ all; the numbers computed are then wrong, only the time means anything):
   quantizations): what moving them into o_proj's decode kernel could save at most;
 * ``attention_untailed``: nothing replaced, but o_proj's input quantized by a launch of its own instead of the
   decode attention's combining kernel's last program (``DecodePlan.attention_tail`` None), the arrangement before it;
+* ``down_untailed``: nothing replaced, but each layer's input RMSNorm quantized by a launch of its own instead of
+  the previous layer's down_proj's decode kernel's last program (``DecodePlan.next_input_tail`` None), the
+  arrangement before it;
 * ``bf16``: the bf16 model's step, timed the same way, for the ratio.
 
 A control without patches runs first and last, in the same process. What a fusion of those
@@ -64,6 +67,7 @@ def _first_call_outputs(function, only_dp4a: bool = False, every_second: bool = 
 
 
 PLAN = fused_decoder_layer.decode_plan
+NEXT_INPUT_TAIL = fused_decoder_layer.next_input_tail
 SPLIT_MAX_M = act_quant.SPLIT_MAX_M
 
 
@@ -90,6 +94,7 @@ def patch(variant: str) -> None:
     for name, function in ORIGINAL.items():
         setattr(quant_kernels, name, function)
     fused_decoder_layer.decode_plan = _plan_for(variant)
+    fused_decoder_layer.next_input_tail = (lambda plan, layer: None) if variant == "down_untailed" else NEXT_INPUT_TAIL
     split_max_m = 0 if variant == "unsplit" else SPLIT_MAX_M
     if act_quant.SPLIT_MAX_M != split_max_m:  # the tuner's picks so far were made with the other candidates
         act_quant.SPLIT_MAX_M = split_max_m

@@ -111,6 +111,11 @@ class DecodePlan:
     # o_proj's input quantization, run by the decode attention's combining kernel (``models.attention``,
     # ``RealQuantLinear.want_input_codes``); None: o_proj quantizes its input itself.
     attention_tail: NormTail | None = None
+    # The next layer's input RMSNorm and its q/k/v's quantization of it, run by down_proj's product (its decode
+    # kernel's last program where it runs) and handed to ``next_layer`` (``link_decode_layers``); None: the next
+    # layer's own launch.
+    next_input_tail: NormTail | None = None
+    next_layer: nn.Module | None = None
 
 
 def _takes_codes(linear: RealQuantLinear) -> bool:
@@ -159,6 +164,29 @@ def decode_plan(layer: nn.Module) -> DecodePlan | None:
                       o_proj.input_tail())
 
 
+def next_input_tail(plan: DecodePlan, next_layer: nn.Module) -> NormTail | None:
+    """The NormTail by which ``plan``'s down_proj quantizes ``next_layer``'s input norm for its q/k/v (which then
+    run on those codes, as on the norm kernel's), where both layers are fused and down_proj takes a norm tail."""
+    from quant_kernels.reference import NormTail
+
+    following = getattr(next_layer, "_decode_plan", None)
+    if plan.down is None or following is None or not plan.down.takes_norm_tail():
+        return None
+    norm, qkv = next_layer.input_layernorm, following.qkv.linear
+    return NormTail(norm.weight, float(norm.variance_epsilon), qkv.act_scheme.element, qkv.act_scheme.clip_ratio,
+                    qkv.weight_scheme.element)
+
+
+def link_decode_layers(layers: list[nn.Module]) -> None:
+    """Give each fused layer's plan the next layer's input tail (``next_input_tail``), where it has one."""
+    for layer, following in zip(layers, layers[1:] + [None]):
+        plan = getattr(layer, "_decode_plan", None)
+        if plan is None:
+            continue
+        tail = None if following is None else next_input_tail(plan, following)
+        plan.next_input_tail, plan.next_layer = tail, following if tail is not None else None
+
+
 def _quantize_norm(norm: nn.Module, rows: torch.Tensor, linear: RealQuantLinear) -> tuple:
     act = linear.act_scheme
     return torch.ops.ptq.rms_norm_quantize(rows, norm.weight, float(norm.variance_epsilon), act.element,
@@ -169,13 +197,18 @@ def _decode_forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch
     """The layer's forward: fused as the module docstring says for up to ``DecodePlan.max_rows`` rows, HF's
     otherwise."""
     plan: DecodePlan = self._decode_plan
+    given, self._given_input = self._given_input, None  # the previous layer's down_proj's codes of our input norm
     width = hidden_states.shape[-1]
     rows = hidden_states.reshape(-1, width)
     if (args or not 1 <= rows.shape[0] <= plan.max_rows or self.input_layernorm.weight.dtype != hidden_states.dtype
             or self.post_attention_layernorm.weight.dtype != hidden_states.dtype):
         return type(self).__mro__[1].forward(self, hidden_states, *args, **kwargs)
-    codes, scales, normed = _quantize_norm(self.input_layernorm, rows, plan.qkv.linear)
-    normed = normed.view_as(hidden_states)
+    if given is not None and given[0] is hidden_states:
+        codes, scales = given[1:]
+        normed = hidden_states  # only the key under which q/k/v's slices are served (FusedGroup.provide)
+    else:
+        codes, scales, normed = _quantize_norm(self.input_layernorm, rows, plan.qkv.linear)
+        normed = normed.view_as(hidden_states)
     plan.qkv.provide(normed, plan.qkv.linear.on_codes(codes, scales, hidden_states.dtype).view(
         *hidden_states.shape[:-1], -1))
     plan.o_proj.add_residual_to_next(hidden_states, plan.norm_tail)
@@ -192,7 +225,7 @@ def _decode_forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch
         hidden = plan.gate_up.linear.on_codes(codes, scales, hidden_states.dtype, gated=True)  # silu(gate) * up
         codes, scales = torch.ops.ptq.quantize_rows(hidden, act.element, act.clip_ratio,
                                                     plan.down.weight_scheme.element)
-        return plan.down.on_codes(codes, scales, hidden_states.dtype, residual=rows).view_as(hidden_states)
+        return _down(plan, codes, scales, rows, hidden_states)
     gate_up = plan.gate_up.linear.on_codes(codes, scales, hidden_states.dtype)
     if plan.down is None:
         normed = normed.view_as(hidden_states)
@@ -202,7 +235,18 @@ def _decode_forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch
     act = plan.down.act_scheme
     codes, scales = torch.ops.ptq.silu_mul_quantize(gate_up, act.element, act.clip_ratio,
                                                     plan.down.weight_scheme.element)
-    return plan.down.on_codes(codes, scales, hidden_states.dtype, residual=rows).view_as(hidden_states)
+    return _down(plan, codes, scales, rows, hidden_states)
+
+
+def _down(plan: DecodePlan, codes: torch.Tensor, scales: torch.Tensor, rows: torch.Tensor,
+          hidden_states: torch.Tensor) -> torch.Tensor:
+    """down_proj on its input codes plus the residual rows, in hidden_states' shape; with the plan's next input
+    tail, the next layer's input-norm codes go to that layer, keyed by this output."""
+    out = plan.down.on_codes(codes, scales, hidden_states.dtype, residual=rows,
+                             norm_tail=plan.next_input_tail).view_as(hidden_states)
+    if plan.next_input_tail is not None:
+        plan.next_layer._given_input = (out, *plan.down.take_norm_codes())
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -217,12 +261,14 @@ def fuse_decoder_layers(model: nn.Module) -> int:
     from models import adapter_for  # late: models imports this module's neighbours
 
     fused = 0
-    for layer in adapter_for(model.config).decoder_layers(model):
+    layers = list(adapter_for(model.config).decoder_layers(model))
+    for layer in layers:
         plan = decode_plan(layer)
         if plan is None:
             continue
         if not hasattr(layer, "_decode_plan"):
             layer.__class__ = _fused_class(type(layer))
-        layer._decode_plan = plan
+        layer._decode_plan, layer._given_input = plan, None
         fused += 1
+    link_decode_layers(layers)
     return fused

@@ -124,13 +124,15 @@ GEMV_TUNING_KEY = ("M_BUCKET", "N", "KW", "W_INT4", "W_INT8", "BLOCK_M", "GATED"
 # (BLOCK_N, BLOCK_KW, PREFETCH, warps, stages). The tuner times each candidate alone, and its draws differ between
 # processes: on the H200 one draw's picks for a Llama-3-8B W4A4KV4 batch-1 decode step (q/k/v, o_proj with its norm
 # tail, gated gate/up, down) gave a 2130 us step, another's 2331 us (``benchmarks/results/end_to_end_h200.md``,
-# run 21); these are the faster draw's. PTQ_PINNED_CONFIGS=0 tunes them too.
+# run 21); these are the faster draw's. down_proj with the next layer's input-norm tail (run 22 on) keeps untailed
+# down_proj's pick (the tail is the last program's work only). PTQ_PINNED_CONFIGS=0 tunes them too.
 PINNED_GEMV_CONFIGS = {
     "NVIDIA H200": {
         (1, 6144, 512, True, False, 1, False, False): (16, 128, True, 8, 2),
         (1, 4096, 512, True, False, 1, False, True): (16, 512, False, 8, 2),
         (1, 28672, 512, True, False, 1, True, False): (8, 128, True, 4, 2),
         (1, 4096, 1792, True, False, 1, False, False): (16, 256, True, 8, 2),
+        (1, 4096, 1792, True, False, 1, False, True): (16, 256, True, 8, 2),
     },
 }
 

@@ -186,16 +186,20 @@ class RealQuantLinear(nn.Module):
         (``quant_kernels.reference.NormTail``, W4A4 layers, ``takes_norm_tail``): that call also quantizes the next
         RMSNorm of its output, in the decode kernel's last program where it runs; ``take_norm_codes`` hands over
         the codes."""
-        if norm_tail is not None and not self.takes_norm_tail():
-            raise ValueError(f"a norm tail follows a W4A4 product (INT4 / E2M1 weights and activations), not "
-                             f"w={self.weight_scheme}, a={self.act_scheme}")
+        if norm_tail is not None:
+            self._check_takes_norm_tail()
         self._residual, self._norm_tail = residual, norm_tail
 
     def takes_norm_tail(self) -> bool:
-        """Whether ``add_residual_to_next`` takes a norm tail: INT4 / E2M1 weights and activations."""
+        """Whether ``add_residual_to_next`` and ``on_codes`` take a norm tail: INT4 / E2M1 weights and activations."""
         elements = ("int4", "e2m1")
         return (self.act_scheme is not None and self.act_scheme.element in elements
                 and self.weight_scheme.element in elements)
+
+    def _check_takes_norm_tail(self) -> None:
+        if not self.takes_norm_tail():
+            raise ValueError(f"a norm tail follows a W4A4 product (INT4 / E2M1 weights and activations), not "
+                             f"w={self.weight_scheme}, a={self.act_scheme}")
 
     def input_tail(self) -> NormTail | None:
         """The quantization of this linear's input that the kernel computing that input can write instead (a
@@ -254,14 +258,23 @@ class RealQuantLinear(nn.Module):
                                                self.schemes)
 
     def on_codes(self, a_bytes: torch.Tensor, a_scale: torch.Tensor, out_dtype: torch.dtype,
-                 residual: torch.Tensor | None = None, gated: bool = False) -> torch.Tensor:
+                 residual: torch.Tensor | None = None, gated: bool = False,
+                 norm_tail: NormTail | None = None) -> torch.Tensor:
         """The (M, N) product for activations already quantized as this linear quantizes them, given as the
         decode kernel's dp4a bytes (M, K) and per-row scales (``quant_kernels.rms_norm_quantize`` and its kin with
         ``dp4a_for=weight_scheme.element``); ``residual`` (M, N) is added as in ``add_residual_to_next``.
         ``gated`` (an MLP's gate rows then its up rows): (M, N / 2) silu(gate) * up instead
-        (``quant_kernels.w4a4_matmul_dp4a``)."""
-        return torch.ops.ptq.real_quant_gemv(a_bytes, a_scale, self.qweight, self.weight_scale, self.bias, residual,
-                                             out_dtype, self.schemes, gated)
+        (``quant_kernels.w4a4_matmul_dp4a``). ``norm_tail`` (``takes_norm_tail``): the product also quantizes the
+        next RMSNorm of its output, as in ``add_residual_to_next``; ``take_norm_codes`` hands over the codes."""
+        if norm_tail is None:
+            return torch.ops.ptq.real_quant_gemv(a_bytes, a_scale, self.qweight, self.weight_scale, self.bias,
+                                                 residual, out_dtype, self.schemes, gated)
+        self._check_takes_norm_tail()
+        out, codes, scales = torch.ops.ptq.real_quant_gemv_norm(
+            a_bytes, a_scale, self.qweight, self.weight_scale, self.bias, residual, out_dtype, self.schemes,
+            norm_tail.weight, norm_tail.eps, norm_tail.element, norm_tail.clip_ratio, norm_tail.dp4a_for)
+        self._norm_codes = (codes, scales)
+        return out
 
 
 def dequantized_weight(qweight: torch.Tensor, weight_scale: torch.Tensor, weight: RealQuantScheme) -> torch.Tensor:
@@ -385,3 +398,29 @@ def _(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, weigh
       schemes: str, gated: bool = False) -> torch.Tensor:
     width = weight_scale.shape[0] // 2 if gated else weight_scale.shape[0]
     return a_bytes.new_empty(a_bytes.shape[0], width, dtype=out_dtype)
+
+
+@torch.library.custom_op("ptq::real_quant_gemv_norm", mutates_args=())
+def real_quant_gemv_norm(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor,
+                         weight_scale: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+                         out_dtype: torch.dtype, schemes: str, norm_weight: Optional[torch.Tensor], eps: float,
+                         element: str, clip_ratio: float, dp4a_for: str,
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``RealQuantLinear.on_codes`` with a norm tail: (the product plus ``residual``, the dp4a bytes and per-token
+    scales of the next RMSNorm of it), through ``quant_kernels.w4a4_matmul_dp4a``."""
+    from quant_kernels.reference import NormTail  # late: quant_kernels.reference imports quant_layers
+
+    weight, act = parse_schemes(schemes)
+    return quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, qweight, weight_scale, a_element=act.element,
+                                          w_element=weight.element, bias=bias, out_dtype=out_dtype, residual=residual,
+                                          norm_tail=NormTail(norm_weight, eps, element, clip_ratio, dp4a_for))
+
+
+@real_quant_gemv_norm.register_fake
+def _(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+      bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], out_dtype: torch.dtype, schemes: str,
+      norm_weight: Optional[torch.Tensor], eps: float, element: str, clip_ratio: float,
+      dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    m, n = a_bytes.shape[0], weight_scale.shape[0]
+    return (a_bytes.new_empty(m, n, dtype=out_dtype), a_bytes.new_empty(m, n, dtype=torch.int8),
+            a_bytes.new_empty(m, 1, dtype=torch.float32))

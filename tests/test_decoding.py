@@ -70,19 +70,25 @@ def test_static_decoder_with_a_packed_kv4_cache_decodes_like_the_growing_one(tin
 def test_compiled_static_decoder_decodes_like_the_eager_one(tinystories_dir, tmp_path, monkeypatch):
     """``torch.compile`` of the decode step of a loaded W4A4KV4 checkpoint (real-quantized linears as
     opaque custom ops, packed KV4 cache): one graph, no breaks, and the eager step's tokens; every layer's decode
-    attention quantizes o_proj's input (``DecodePlan.attention_tail``) in both."""
+    attention quantizes o_proj's input (``DecodePlan.attention_tail``) in both, and every layer's input norm but the
+    first's is quantized by the layer before's down_proj (``DecodePlan.next_input_tail``)."""
     from torch._dynamo.utils import counters
 
     import quant_kernels
 
-    tails = []
-    attention = quant_kernels.decode_attention_packed
+    tails, norms = [], []
+    attention, norm_quantize = quant_kernels.decode_attention_packed, quant_kernels.rms_norm_quantize
 
     def counted(*args, **kwargs):
         tails.append(kwargs.get("norm_tail"))
         return attention(*args, **kwargs)
 
+    def counted_norm(x, weight, *args, **kwargs):
+        norms.append(weight)
+        return norm_quantize(x, weight, *args, **kwargs)
+
     monkeypatch.setattr(quant_kernels, "decode_attention_packed", counted)
+    monkeypatch.setattr(quant_kernels, "rms_norm_quantize", counted_norm)
     model = loaded_w4a4kv4(tinystories_dir, tmp_path)
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
     eager = StaticDecoder(model, ids, steps=8, kv4=True)
@@ -96,6 +102,8 @@ def test_compiled_static_decoder_decodes_like_the_eager_one(tinystories_dir, tmp
     assert torch.equal(got, want)
     layers = model.config.num_hidden_layers
     assert len(tails) >= 12 * layers and all(tail is not None and tail.weight is None for tail in tails)
+    first = model.model.layers[0].input_layernorm.weight
+    assert layers > 1 and len(norms) >= 12 and all(weight is first for weight in norms)
 
 
 def test_bench_model_dry_run_writes_its_tables(tmp_path):

@@ -41,7 +41,8 @@ def tiny_model(model_type: str, dtype: torch.dtype = torch.float32, act: RealQua
 def counting(monkeypatch) -> dict:
     """Count the fused kernels' calls (their twins on the CPU); ``gated``: silu(gate) * up written by gate/up's
     product and quantized as it is (the only dp4a bytes ``quantize_activations`` writes here); ``norm_tail``:
-    o_proj's products that also quantize the post-attention norm (on a GPU in the decode kernel);
+    o_proj's products that also quantize the post-attention norm and down_proj's that quantize the next layer's
+    input norm (on a GPU in the decode kernel);
     ``attention_tail``: decode attentions that also quantize o_proj's input (on a GPU in the combining kernel)."""
     calls = {"rms_norm": 0, "silu_mul": 0, "gated": 0, "norm_tail": 0, "attention_tail": 0}
     originals = {name: getattr(quant_kernels, name) for name in (
@@ -74,7 +75,8 @@ def test_fused_decode_layers_give_the_hf_layers_logits(model_type, dtype, groupe
     """Qwen2's q/k/v biases and Qwen3's q/k norms included: decode-sized rows (1, 2 and 16 sequences of one
     token, 2 of 12; INT4 weights take up to TC_MAX_M = 64 rows) take the fused path in every layer and give the
     unfused model's logits bit for bit, silu(gate) * up written by gate/up's product up to ``gated_rows`` (at
-    least 4) and by the activation kernel above; 2 prompts of 40 tokens keep HF's forward. ``grouped``: on the
+    least 4) and by the activation kernel above, the second layer's input norm quantized by the first's down_proj
+    (so one norm launch a step); 2 prompts of 40 tokens keep HF's forward. ``grouped``: on the
     grouped decode attention (``models.attention``), whose one-token queries quantize o_proj's input too."""
     model = tiny_model(model_type, dtype)
     if grouped:
@@ -91,9 +93,9 @@ def test_fused_decode_layers_give_the_hf_layers_logits(model_type, dtype, groupe
             got = model(ids).logits
             assert torch.equal(got, plain(ids).logits)
             fused, gated = tokens * batch <= 64, tokens * batch <= gated_rows
-            assert calls == {"rms_norm": before["rms_norm"] + 2 * fused,
+            assert calls == {"rms_norm": before["rms_norm"] + fused,
                              "silu_mul": before["silu_mul"] + 2 * (fused and not gated),
-                             "gated": before["gated"] + 2 * gated, "norm_tail": before["norm_tail"] + 2 * fused,
+                             "gated": before["gated"] + 2 * gated, "norm_tail": before["norm_tail"] + 3 * fused,
                              "attention_tail": before["attention_tail"] + 2 * (fused and grouped and tokens == 1)}
 
 
@@ -158,7 +160,7 @@ def test_the_plan_takes_the_rows_every_linear_s_decode_kernel_takes(monkeypatch)
     ids = torch.randint(0, 128, (16, 1), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain(ids).logits)
-    assert calls == {"rms_norm": 2, "silu_mul": 2, "gated": 0, "norm_tail": 2, "attention_tail": 0}
+    assert calls == {"rms_norm": 1, "silu_mul": 2, "gated": 0, "norm_tail": 3, "attention_tail": 0}
     monkeypatch.setenv("PTQ_TC_E2M1", "yes")
     with pytest.raises(ValueError, match="PTQ_TC_E2M1='yes': choose 0"):
         fuse_decoder_layers(tiny_model("llama", weight=e2m1))
@@ -187,6 +189,40 @@ def test_the_norm_tail_follows_w4a4_products_only():
     assert torch.equal(plan.o_proj(x), out)
     with pytest.raises(RuntimeError, match="no norm codes to take"):
         plan.o_proj.take_norm_codes()
+
+
+def test_down_proj_quantizes_the_next_layer_s_input_norm(monkeypatch):
+    """Each fused layer's down_proj quantizes the next fused layer's input norm for its q/k/v (the last layer's
+    none); the codes serve only the tensor they were computed from: a hook that replaces the first layer's output
+    makes the second layer quantize its own norm, and the logits stay the HF layers' either way."""
+    model = tiny_model("llama")
+    plain = copy.deepcopy(model)
+    fuse_decoder_layers(model)
+    first, second = model.model.layers
+    tail = first._decode_plan.next_input_tail
+    norm = second.input_layernorm
+    assert tail == quant_kernels.reference.NormTail(norm.weight, norm.variance_epsilon, "int4", 1.0, "int4")
+    assert first._decode_plan.next_layer is second and second._decode_plan.next_input_tail is None
+    x, residual = torch.randn(2, 96), torch.randn(2, 64)
+    codes, scales = quant_kernels.rms_norm_quantize(x, torch.ones(96), 1e-6, "int4", dp4a_for="int4")[:2]
+    down = first._decode_plan.down
+    out = down.on_codes(codes, scales, torch.float32, residual=residual, norm_tail=tail)
+    assert torch.equal(out, down.on_codes(codes, scales, torch.float32, residual=residual))
+    want = quant_kernels.rms_norm_quantize(out, tail.weight, tail.eps, "int4", dp4a_for="int4")
+    assert all(torch.equal(got, expected) for got, expected in zip(down.take_norm_codes(), want[:2]))
+    weight_only = tiny_model("llama", act=None, weight=RealQuantScheme("e3m2", bits=6)).model.layers[0].mlp.down_proj
+    with pytest.raises(ValueError, match="norm tail follows a W4A4 product"):
+        weight_only.on_codes(codes, scales, torch.float32, norm_tail=tail)
+    ids = torch.randint(0, 128, (2, 1), generator=torch.Generator().manual_seed(6))
+    for hooked in (False, True):
+        if hooked:
+            for m in (model, plain):
+                m.model.layers[0].register_forward_hook(lambda module, args, output: output * 2)
+        calls = counting(monkeypatch)
+        with torch.no_grad():
+            assert torch.equal(model(ids).logits, plain(ids).logits)
+        assert calls["rms_norm"] == 1 + hooked and calls["norm_tail"] == 3
+        assert second._given_input is None
 
 
 def test_o_proj_takes_input_codes_only_as_it_would_quantize_its_input():
@@ -221,7 +257,7 @@ def test_o_proj_takes_input_codes_only_as_it_would_quantize_its_input():
 def test_the_launch_probe_variants_change_the_plan():
     """launch_cost_probe's ``untailed`` and ``post_norm`` plans leave the norm to its own launch, ``ungated``
     leaves silu(gate) * up to the activation kernel, ``attention_untailed`` o_proj's input quantization to
-    o_proj; ``control`` restores the plan."""
+    o_proj, ``down_untailed`` each layer's input norm to its own launch; ``control`` restores the plan."""
     import models.fused_decoder_layer as fused
     from benchmarks import launch_cost_probe as probe
 
@@ -234,6 +270,11 @@ def test_the_launch_probe_variants_change_the_plan():
             plan = fused.decode_plan(layer)
             got = (plan.norm_tail is not None, plan.gated_rows > 0, plan.attention_tail is not None)
             assert got == tails, variant
+        for variant, linked in (("down_untailed", False), ("control", True)):
+            probe.patch(variant)
+            model = tiny_model("llama")
+            fused.fuse_decoder_layers(model)
+            assert (model.model.layers[0]._decode_plan.next_input_tail is not None) == linked, variant
     finally:
         probe.patch("control")
-    assert fused.decode_plan is probe.PLAN
+    assert fused.decode_plan is probe.PLAN and fused.next_input_tail is probe.NEXT_INPUT_TAIL
