@@ -15,6 +15,7 @@ autotuners picked in the process.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ from collections import defaultdict
 from typing import Callable
 
 import torch
+from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -71,12 +73,23 @@ def _row(mode: str, batch: int, compile: bool, warmup_s: float, step_us: float, 
             "kernels": kernels}
 
 
+def logits_digest(model: nn.Module, ids: torch.Tensor) -> str:
+    """SHA-256 of the logits of a one-token forward (no cache) of ids' first tokens: one decode-sized pass through
+    every fused layer, so that variants of a step that should compute the same numbers can be compared bit for
+    bit."""
+    logits = model(ids[:, :1], use_cache=False).logits
+    return hashlib.sha256(logits.float().cpu().numpy().tobytes()).hexdigest()
+
+
 @torch.no_grad()
 def profile_mode(config, mode: str, batch: int, seqlen: int, steps: int, device: torch.device,
-                 compile: bool = False, inductor_options: dict | None = None) -> dict:
+                 compile: bool = False, inductor_options: dict | None = None, digest: bool = False) -> dict:
+    """The graph-replayed decode step of ``mode`` timed and profiled; ``digest``: with the ``logits_digest`` of
+    the model first."""
     model = build_model(config, mode, device)
     torch._dynamo.reset()
     ids = torch.randint(0, config.vocab_size, (batch, seqlen), device=device)
+    digested = {"logits_sha256": logits_digest(model, ids)} if digest else {}
     decoder = StaticDecoder(model, ids, steps * 2 + 4, kv4=MODES[mode].kv4, compile=compile,
                             inductor_options=inductor_options)
     started = time.perf_counter()
@@ -88,7 +101,7 @@ def profile_mode(config, mode: str, batch: int, seqlen: int, steps: int, device:
     step_us, kernels = timed_and_profiled(decoder.step, steps, device)
     del model, decoder
     torch.cuda.empty_cache()
-    return _row(mode, batch, compile, capture_s, step_us, kernels, inductor_options)
+    return {**_row(mode, batch, compile, capture_s, step_us, kernels, inductor_options), **digested}
 
 
 @torch.no_grad()

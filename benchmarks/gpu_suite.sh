@@ -31,12 +31,10 @@
 #              E4M3 codes, checked against the twin; cold, its autotuning takes most of the 420 s) (issue 9)
 #   act_groups the same for NVFP4 and MXFP4, then the activation and E4M3-code checks of kernel_check (issue 9)
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
-#   gated      the fused-decode checks (o_proj's norm tail, the gated epilogue) and the packed decode attention's
-#              (o_proj's input tail), then the W4A4KV4 batch-1 decode step with and without the norm tail
-#              (untailed), the attention's tail (attention_untailed) and the activation kernel's split rows
-#              (unsplit), with the post-attention norm quantization replaced (post_norm, a bound), without the gated
-#              silu(gate) * up epilogue (ungated), bf16 beside them, all in one process (launch_cost_probe.py); cold,
-#              the fused-decode checks' autotuning takes about 300 s a case (issue 10)
+#   gated      the W4A4KV4 batch-1 decode step with and without down_proj's tail (the next layer's input norm,
+#              down_untailed) and the attention's tail (attention_untailed), in one process, each variant's one-token
+#              logits compared with the control's (launch_cost_probe.py); then the packed decode attention's check
+#              (o_proj's input tail) (issue 10)
 #   lm_head    bf16 / W4A4KV4 / W4A4KV4 with a W4A4 and with a W4A8 lm_head compiled CUDA-graph decode at batch 1,
 #              the quantized-head steps profiled, then the fused-decode kernel checks (issue 10)
 #   int8_head  W4A8 / W8A8 on the decode kernel checked (INT8 activation bytes from the activation kernel), then bf16 /
@@ -120,7 +118,7 @@ for section in "$@"; do
     decode_b1)
       step "${LIMIT_DECODE_B1:-230}" bench_model_decode_b1 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-bf16,w4a4kv4}" --prefill_batches "" --decode_batches 1 \
-        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_compiled_dp4a_words_llama3_8b_h200" ;;
+        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_compiled_down_tail_llama3_8b_h200" ;;
     rounding)
       step "${LIMIT_ROUNDING_CHECK:-150}" kernel_check_compiled_quantizer python benchmarks/kernel_check.py \
         --only compiled_quantizer --out "$OUT/kernel_check_compiled_quantizer_h200"
@@ -186,11 +184,10 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
         --modes fp4a4kv4,fp4a4kv4_cuda_core,bf16 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile \
         --no_eager --out "$OUT/bench_model_decode_b8_b16_fp4_tc_llama3_8b_h200" ;;
     gated)
-      step "${LIMIT_CHECK:-120}" kernel_check python -u benchmarks/kernel_check.py \
-        --only decode_attention_packed,fused_decode --out "$OUT/kernel_check_fused_decode_tail_h200"
-      step "${LIMIT_PROBE:-420}" launch_cost_probe python benchmarks/launch_cost_probe.py \
-        --variants control,attention_untailed,untailed,unsplit,post_norm,ungated,bf16,control \
-        --out "$OUT/launch_cost_probe_tail_h200" ;;
+      step "${LIMIT_PROBE:-290}" launch_cost_probe python benchmarks/launch_cost_probe.py \
+        --variants control,down_untailed,attention_untailed,control --out "$OUT/launch_cost_probe_down_tail_h200"
+      step "${LIMIT_CHECK:-60}" kernel_check python -u benchmarks/kernel_check.py \
+        --only decode_attention_packed --out "$OUT/kernel_check_attention_tail_refactor_h200" ;;
     roundtrip)
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \

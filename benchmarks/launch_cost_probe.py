@@ -22,7 +22,9 @@ all; the numbers computed are then wrong, only the time means anything):
 * ``bf16``: the bf16 model's step, timed the same way, for the ratio.
 
 A control without patches runs first and last, in the same process. What a fusion of those
-launches into the kernels before them could save is at most the difference.
+launches into the kernels before them could save is at most the difference. Each variant also
+digests the logits of a one-token forward before it is timed: the variants that replace no launch
+(the un-fused arrangements) must give the first variant's logits bit for bit.
 
     python benchmarks/launch_cost_probe.py --out OUT/launch_cost_probe_h200
 """
@@ -119,14 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     result = {"device": device_name(device), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "versions": library_versions(), "command": "python benchmarks/launch_cost_probe.py " + " ".join(
                   argv or sys.argv[1:]), "rows": []}
+    digests: dict[str, str] = {}  # the first variant's logits digest per mode
     for variant in args.variants.split(","):
         patch(variant)
         mode = "bf16" if variant == "bf16" else "w4a4kv4"
-        row = profile_mode(config, mode, 1, 2048, args.steps, device, compile=True)
+        row = profile_mode(config, mode, 1, 2048, args.steps, device, compile=True, digest=True)
         launches = sum(k["count"] for k in row["kernels"].values())
+        digests.setdefault(mode, row["logits_sha256"])
+        same = row["logits_sha256"] == digests[mode]
         result["rows"].append({"variant": variant, "step_us": row["step_us"], "launches": launches,
+                               "logits_sha256": row["logits_sha256"], "logits_equal_first": same,
                                "kernels": row["kernels"], "tuned_configs": tuned_configs()})
-        print(f"{variant}: step {row['step_us']:.1f} us, {launches:.0f} launches", flush=True)
+        print(f"{variant}: step {row['step_us']:.1f} us, {launches:.0f} launches, one-token logits "
+              f"{'equal to' if same else 'differ from'} the first {mode} variant's", flush=True)
         with open(args.out + ".json", "w") as f:
             json.dump(result, f, indent=1)
     patch("control")

@@ -278,3 +278,20 @@ def test_the_launch_probe_variants_change_the_plan():
     finally:
         probe.patch("control")
     assert fused.decode_plan is probe.PLAN and fused.next_input_tail is probe.NEXT_INPUT_TAIL
+
+
+def test_the_probe_s_logits_digest_takes_the_fused_path(monkeypatch):
+    """``decode_profile.logits_digest``, which the probe compares between variants: a one-token forward without a
+    cache runs every fused layer and its tails, and digests the unfused model's logits; other tokens differ."""
+    from benchmarks.decode_profile import logits_digest
+
+    model = tiny_model("llama")
+    assert use_grouped_decode_attention(model)
+    plain = copy.deepcopy(model)
+    fuse_decoder_layers(model)
+    ids = torch.randint(0, 128, (2, 5), generator=torch.Generator().manual_seed(7))
+    calls = counting(monkeypatch)
+    with torch.no_grad():
+        digest = logits_digest(model, ids)
+        assert digest == logits_digest(plain, ids) != logits_digest(model, ids + 1)
+    assert calls["norm_tail"] == 2 * 3 and calls["attention_tail"] == 2 * 2
