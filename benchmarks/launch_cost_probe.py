@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", default="control,norm_silu,all_act,control")
     p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     device = torch.device("cuda")
@@ -125,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants.split(","):
         patch(variant)
         mode = "bf16" if variant == "bf16" else "w4a4kv4"
-        row = profile_mode(config, mode, 1, 2048, args.steps, device, compile=True, digest=True)
+        row = profile_mode(config, mode, args.batch, 2048, args.steps, device, compile=True, digest=True)
         launches = sum(k["count"] for k in row["kernels"].values())
         digests.setdefault(mode, row["logits_sha256"])
         same = row["logits_sha256"] == digests[mode]
-        result["rows"].append({"variant": variant, "step_us": row["step_us"], "launches": launches,
+        result["rows"].append({"variant": variant, "batch": args.batch, "step_us": row["step_us"], "launches": launches,
                                "logits_sha256": row["logits_sha256"], "logits_equal_first": same,
                                "kernels": row["kernels"], "tuned_configs": tuned_configs()})
         print(f"{variant}: step {row['step_us']:.1f} us, {launches:.0f} launches, one-token logits "
