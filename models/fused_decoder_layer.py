@@ -9,9 +9,10 @@ the tensor-core decode kernel: INT4, and E2M1 unless ``PTQ_TC_E2M1=0``) runs ins
 
 * the input RMSNorm and its quantization as one activation-kernel launch, whose codes go
   straight to the fused q/k/v product (``FusedGroup.provide`` serves HF's attention its
-  slices);
+  slices); after a fused layer, that layer's down_proj computed them (last bullet);
 * the attention's output quantized for o_proj by the decode attention's combining kernel, its last program to
-  finish (``DecodePlan.attention_tail``, ``models.attention``; o_proj quantizes it where that kernel does not run);
+  finish, for one row (``DecodePlan.attention_tail``, ``ATTENTION_TAIL_MAX_ROWS``, ``models.attention``; o_proj
+  quantizes it where that kernel does not run);
 * the attention's o_proj with the residual added in the decode kernel's epilogue, and the post-attention
   RMSNorm with gate/up's quantization of it (``DecodePlan.norm_tail``) in the same launch: the last of its
   programs to finish normalises and quantizes the whole output rows (``RealQuantLinear.add_residual_to_next``;
@@ -22,7 +23,11 @@ the tensor-core decode kernel: INT4, and E2M1 unless ``PTQ_TC_E2M1=0``) runs ins
   gate/up's product writes silu(gate) * up itself, spread over its programs, and the activation kernel only
   quantizes it, split among programs: the one program a row that computed silu(gate) * up spent a single SM on
   its exponentials and divisions at Llama-3-8B's width. On the H200 this took 146-149 us off a 2320 us W4A4KV4
-  decode step, about 4.6 us a layer (``benchmarks/results/end_to_end_h200.md``, run 19).
+  decode step, about 4.6 us a layer (``benchmarks/results/end_to_end_h200.md``, run 19);
+* down_proj's product also quantizes the next fused layer's input RMSNorm for its q/k/v (``DecodePlan.next_input_tail``,
+  ``link_decode_layers``), in the decode kernel's last program where it runs; the codes go to that layer keyed by
+  this layer's output, so a hook that replaces the output makes the next layer quantize its own norm. On the H200
+  it took 30 launches out of a batch-1 step and left its time as it was (2090 against 2087 us, run 22).
 
 Each step rounds as the HF layer does (the norm's output, the product before the residual,
 the sum); on the CPU the kernels' twins run and the layer's output is the HF forward's bit
@@ -51,6 +56,11 @@ if TYPE_CHECKING:
 
 # HF RMSNorm classes whose forward is ``weight * (x * rsqrt(mean(x^2) + eps)).to(dtype)`` (the twins' formula).
 RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
+# Up to this many rows the decode attention's combining kernel quantizes o_proj's input (``DecodePlan.attention_tail``):
+# its last program does every row on one SM. On the H200 (Llama-3-8B, W4A4KV4, 2048 cached tokens) that took 11 us off
+# a batch-1 step and put 85 us on a batch-8 one, where o_proj's own quantization of its rows runs a program a row
+# (``benchmarks/results/end_to_end_h200.md``, runs 22 and 24).
+ATTENTION_TAIL_MAX_ROWS = 1
 # transformers' SiLU module (``ACT2FN["silu"]``, ``F.silu``); older versions hand out ``nn.SiLU`` itself.
 SILU_ACTIVATIONS = ("SiLUActivation",)
 
@@ -212,7 +222,7 @@ def _decode_forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch
     plan.qkv.provide(normed, plan.qkv.linear.on_codes(codes, scales, hidden_states.dtype).view(
         *hidden_states.shape[:-1], -1))
     plan.o_proj.add_residual_to_next(hidden_states, plan.norm_tail)
-    if plan.attention_tail is not None:
+    if plan.attention_tail is not None and rows.shape[0] <= ATTENTION_TAIL_MAX_ROWS:
         plan.o_proj.want_input_codes(plan.attention_tail)
     hidden_states, _ = self.self_attn(hidden_states=normed, **kwargs)  # o_proj's output: residual + attention
     rows = hidden_states.reshape(-1, width)

@@ -74,6 +74,7 @@ def test_compiled_static_decoder_decodes_like_the_eager_one(tinystories_dir, tmp
     first's is quantized by the layer before's down_proj (``DecodePlan.next_input_tail``)."""
     from torch._dynamo.utils import counters
 
+    import models.fused_decoder_layer as fused_decoder_layer
     import quant_kernels
 
     tails, norms = [], []
@@ -89,6 +90,7 @@ def test_compiled_static_decoder_decodes_like_the_eager_one(tinystories_dir, tmp
 
     monkeypatch.setattr(quant_kernels, "decode_attention_packed", counted)
     monkeypatch.setattr(quant_kernels, "rms_norm_quantize", counted_norm)
+    monkeypatch.setattr(fused_decoder_layer, "ATTENTION_TAIL_MAX_ROWS", 2)  # both sequences' rows
     model = loaded_w4a4kv4(tinystories_dir, tmp_path)
     ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(2))
     eager = StaticDecoder(model, ids, steps=8, kv4=True)
