@@ -126,8 +126,8 @@ def profile_prefill(config, mode: str, batch: int, seqlen: int, steps: int, devi
 
 
 def tuned_configs() -> dict[str, list[str]]:
-    """What the decode GEMV's, the activation kernel's and the FPx row kernel's autotuners picked so far in this
-    process, per key.
+    """What the decode GEMV's (CUDA-core and tensor-core), the activation kernel's and the FPx row kernel's
+    autotuners picked so far in this process, per key.
 
     Each process tunes anew, and the same decode step's GEMVs took 1258 to 1881 us in three
     processes on the H200 (``benchmarks/results/end_to_end_h200.md``, run 4): the picks go
@@ -135,8 +135,8 @@ def tuned_configs() -> dict[str, list[str]]:
     """
     from quant_kernels import act_quant, fpx_gemm, w4a4_gemv  # late: builds Triton kernels
 
-    tuners = {"w4a4_gemv": w4a4_gemv._gemv_autotuned, "act_quant": act_quant._act_quant_autotuned,
-              "fpx_row": fpx_gemm._fpx_row_autotuned}
+    tuners = {"w4a4_gemv": w4a4_gemv._gemv_autotuned, "w4a4_tc": w4a4_gemv._tc_autotuned,
+              "act_quant": act_quant._act_quant_autotuned, "fpx_row": fpx_gemm._fpx_row_autotuned}
     return {name: [f"{key}: {config}" for key, config in tuner.cache.items()] for name, tuner in tuners.items()}
 
 

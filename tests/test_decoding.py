@@ -250,8 +250,11 @@ def test_decode_profile_lists_the_autotuned_configs(monkeypatch):
     monkeypatch.setattr(w4a4_gemv._gemv_autotuned, "cache", {(1, 4096, 512, True, True, 1): pick})
     fpx_pick = triton.Config(dict(BLOCK_N=32, BLOCK_KW=128), num_warps=8, num_stages=2)
     monkeypatch.setattr(fpx_gemm._fpx_row_autotuned, "cache", {(4096, 512, 6, 2): fpx_pick})
+    tc_pick = triton.Config(dict(BLOCK_N=64, BLOCK_KB=256, SPLIT_K=2), num_warps=4, num_stages=3)
+    monkeypatch.setattr(w4a4_gemv._tc_autotuned, "cache", {(8, 4096, 14336): tc_pick})
     configs = tuned_configs()
     assert configs["w4a4_gemv"] == [f"(1, 4096, 512, True, True, 1): {pick}"]
+    assert configs["w4a4_tc"] == [f"(8, 4096, 14336): {tc_pick}"]
     assert configs["fpx_row"] == [f"(4096, 512, 6, 2): {fpx_pick}"]
     row = {"mode": "w4a4", "batch": 1, "step_us": 10.0, "kernel_us": 8.0, "tuned_configs": configs,
            "kernels": {"_w4a4_gemv_kernel": {"count": 1, "us": 8.0}}}
