@@ -43,14 +43,14 @@ ACT_ELEMENTS = {"int4": ("int4", False, 0, "float"), "e2m1": ("e2m1", False, 0, 
                 "int4_e4m3": ("int4", True, 0, "float"), "e2m1_e4m3": ("e2m1", True, 0, "float"),
                 "nvfp4": ("e2m1", False, 16, "e4m3"), "mxfp4": ("e2m1", False, 32, "e8m0")}
 # SASS opcodes reported in their own column; the rest are counted in the total only.
-COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "I2F", "IDP", "IMMA", "IGMMA", "QGMMA", "LDG", "LDGSTS",
-           "LDS", "STS", "BAR")
+COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "HMUL2", "I2F", "IDP", "HMMA", "IMMA", "IGMMA", "QGMMA",
+           "LDG", "LDGSTS", "LDS", "STS", "BAR")
 ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or size argument
 
 
-def fpx_row_source(element: str, config: tuple[int, ...]):
+def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
     """The FPx row kernel's ASTSource for one row of bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps,
-    stages, PREFETCH)."""
+    stages, PREFETCH); ``mma``: its tensor-core form (``PTQ_FPX_MMA=1``)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, ROW_X_SCALE_EXP, _fpx_row_kernel
@@ -64,7 +64,8 @@ def fpx_row_source(element: str, config: tuple[int, ...]):
     signature = dict(zip(names, pointers + ["i32"] * 7 + ["fp32"]))
     constants = dict(BITS=fmt.bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=high, HAS_BIAS=False,
                      X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
-                     LOOP_STAGES=config[6] if len(config) > 6 else 1)
+                     LOOP_STAGES=config[6] if len(config) > 6 else 1, MMA=mma, UNIT_EXP=127 - fmt.default_bias,
+                     USE_ASM=True)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(13) if names[i] != "M"}
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)
@@ -233,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--norm_tail", type=int, default=0, metavar="N",
                    help="w4a4_gemv: with a residual and the norm tail of N-wide output rows (a decode layer's o_proj; "
                         "0: without)")
+    p.add_argument("--mma", action="store_true", help="fpx_row: its tensor-core form for one row (PTQ_FPX_MMA=1)")
     p.add_argument("--arch", type=int, default=90, help="compute capability times ten (90: Hopper)")
     p.add_argument("--limit", type=int, help="only the first LIMIT configs (default: all)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -251,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
             fpx_element(args.element, element_named(args.element).bits)
         except (KeyError, ValueError) as err:
             p.error(f"--element {args.element!r}: {err}")
-        build = fpx_row_source
+        if args.mma:  # the tensor-core form has no prefetching path
+            configs = [c for c in configs if not c[4]]
+
+        def build(case, config):
+            return fpx_row_source(case, config, args.mma)
     elif args.kernel == "act_quant":
         if args.element not in ACT_ELEMENTS:
             p.error(f"--element for act_quant is one of {', '.join(ACT_ELEMENTS)}; got {args.element!r}")
@@ -290,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             return w4a4_gemv_source(case, config, args.norm_tail)
     if args.norm_tail and args.kernel != "w4a4_gemv":
         p.error("--norm_tail is for --kernel w4a4_gemv")
+    if args.mma and args.kernel != "fpx_row":
+        p.error("--mma is for --kernel fpx_row")
     case = args.element + (f", K {args.k}" if args.kernel == "act_quant" else "")
+    case += ", tensor cores" if args.mma else ""
     result = {"kernel": args.kernel, "case": case + (f", norm tail N {args.norm_tail}" if args.norm_tail else ""),
               "arch": args.arch,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),

@@ -48,6 +48,8 @@ interpreter even when triton was imported in compiled mode first.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -225,16 +227,22 @@ def _spread_high(high, HIGH_WIDTH: tl.constexpr):
 def _placed_pair(low, high, J: tl.constexpr, BITS: tl.constexpr, MAN_BITS: tl.constexpr,
                  HIGH_WIDTH: tl.constexpr):
     """Codes J and J + 4 (J < 4) of low-plane words and their ``_spread_high`` words, as fp32 values times
-    2^(bias - 127).
+    2^(bias - 127): the halves of ``_placed_bits``, each read as the top of a float32 (a shift or a mask).
 
-    Each shift and mask places a field of both codes at once, into the two bfloat16 halves of a
-    word (magnitude with the mantissa's top at bit 6, sign at bit 15 of each half); bfloat16
-    shares fp32's exponent bias, so a half read as the top of a float32 (a shift or a mask) is
-    the code's value with fp32's bias instead of the format's, subnormal codes included (they
-    become fp32 subnormals, which the caller's power of two makes normal again in the
-    product). No conversion instruction; for FP6 on sm_90, 30 % fewer integer instructions
-    than placing one code at a time into a float32.
+    bfloat16 shares fp32's exponent bias, so such a float32 is the code's value with fp32's bias
+    instead of the format's, subnormal codes included (they become fp32 subnormals, which the
+    caller's power of two makes normal again in the product). No conversion instruction; for FP6
+    on sm_90, 30 % fewer integer instructions than placing one code at a time into a float32.
     """
+    return _bf16_halves(_placed_bits(low, high, J, BITS, MAN_BITS, HIGH_WIDTH))
+
+
+@triton.jit
+def _placed_bits(low, high, J: tl.constexpr, BITS: tl.constexpr, MAN_BITS: tl.constexpr,
+                 HIGH_WIDTH: tl.constexpr):
+    """Codes J (low half) and J + 4 (high half) of low-plane words and their ``_spread_high`` words as the
+    bfloat16 bits of their values times 2^(bias - 127): each shift and mask places a field of both codes at once
+    (magnitude with the mantissa's top at bit 6, sign at bit 15 of each half)."""
     MAG_LOW: tl.constexpr = 4 if BITS > 4 else 3  # magnitude bits in the low nibble
     TOP: tl.constexpr = 7 - MAN_BITS  # where the magnitude's bit 0 goes in a bfloat16
     BOTH: tl.constexpr = (1 << 16) | 1  # times a field mask: the mask in both halves
@@ -247,7 +255,83 @@ def _placed_pair(low, high, J: tl.constexpr, BITS: tl.constexpr, MAN_BITS: tl.co
     else:
         exponent_top = _shifted(high, TOP + 4 - 2 * J) & ((1 << (TOP + 4)) * BOTH)  # magnitude bit 4
         bits |= exponent_top | (_shifted(high, 14 - 2 * J) & SIGNS)
+    return bits
+
+
+@triton.jit
+def _bf16_halves(bits):
+    """The two bfloat16 halves of int32 words as float32s (low half, high half)."""
     return (bits << 16).to(tl.float32, bitcast=True), (bits & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _valued_pairs(bits, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr):
+    """``_placed_bits`` words times 2^UNIT_EXP (UNIT_EXP = 127 - bias) in both bfloat16 halves: the codes' values,
+    exact (a power of two onto a normal result, subnormal placements included); PTX mul.rn.bf16x2."""
+    UNIT_BITS: tl.constexpr = (UNIT_EXP + 127) << 7  # bfloat16 2^UNIT_EXP
+    if USE_ASM:
+        unit = tl.full(bits.shape, UNIT_BITS * 65537, tl.int32)
+        out = tl.inline_asm_elementwise("mul.rn.bf16x2 $0, $1, $2;", "=r,r,r", [bits, unit], dtype=tl.int32,
+                                        is_pure=True, pack=1)
+    else:
+        unit = tl.full(bits.shape, UNIT_BITS << 16, tl.int32).to(tl.float32, bitcast=True)
+        low, high = _bf16_halves(bits)
+        out = ((((low * unit).to(tl.int32, bitcast=True) >> 16) & 0xFFFF)
+               | ((high * unit).to(tl.int32, bitcast=True) & -65536))
+    return out
+
+
+@triton.jit
+def _bf16_pairs(low, high):
+    """bfloat16 vectors as int32 words: ``low`` in the low half, ``high`` in the high half."""
+    return (low.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (high.to(tl.int16, bitcast=True).to(tl.int32) << 16)
+
+
+@triton.jit
+def _quad_mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, USE_ASM: tl.constexpr):
+    """One m16n8k16 bfloat16 mma.sync with fp32 accumulators c0..c3, per element of same-shaped int32 tensors of
+    bfloat16 pairs: a0 and a2 are pairs of one weight row, a1 and a3 of another at the same K, b0 and b1 the
+    activation pairs they multiply.
+
+    The mma reads each lane's registers as a fragment: lane l holds A rows l // 4 (a0, a2) and l // 4 + 8 (a1,
+    a3) and B column l // 4 (b0, b1), at the K pairs of its position l % 4 in its quad. So D[r][r] (r < 8) pairs
+    only the A and B registers of quad r's own lanes: it is the quad's four elements' row-a products summed, and
+    D[r + 8][r] their row-b products; ``_quad_rows`` picks them out. Every other entry multiplies one quad's
+    weights by another's activations and is never read. This needs the lanes of a quad to hold elements of one
+    weight row (the row kernel's tiles: 4 or more lanes along K). Without the PTX (the interpreter) c0 and c2 take
+    the element's own row-a and row-b sums instead, which ``_quad_rows`` reads there."""
+    if USE_ASM:
+        c0, c1, c2, c3 = tl.inline_asm_elementwise(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
+            "{$10, $11, $12, $13};", "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f", [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
+            dtype=(tl.float32, tl.float32, tl.float32, tl.float32), is_pure=True, pack=1)
+    else:
+        a0_low, a0_high = _bf16_halves(a0)
+        a1_low, a1_high = _bf16_halves(a1)
+        a2_low, a2_high = _bf16_halves(a2)
+        a3_low, a3_high = _bf16_halves(a3)
+        b0_low, b0_high = _bf16_halves(b0)
+        b1_low, b1_high = _bf16_halves(b1)
+        c0 += a0_low * b0_low + a0_high * b0_high + a2_low * b1_low + a2_high * b1_high
+        c2 += a1_low * b0_low + a1_high * b0_high + a3_low * b1_low + a3_high * b1_high
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _quad_rows(c0, c1, c2, c3, USE_ASM: tl.constexpr):
+    """``_quad_mma``'s sums of row a and row b: on a GPU D[r][r] and D[r + 8][r], held by lane 4r + r // 2 (c0
+    and c2 for even r, c1 and c3 for odd), zero in the quad's other lanes; c0 and c2 without the PTX."""
+    if USE_ASM:
+        lane = tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,r", [c0.to(tl.int32, bitcast=True)],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+        quad = lane // 4
+        mine = (lane % 4) == quad // 2
+        even = (quad % 2) == 0
+        row_a = tl.where(mine, tl.where(even, c0, c1), 0.0)
+        row_b = tl.where(mine, tl.where(even, c2, c3), 0.0)
+    else:
+        row_a, row_b = c0, c2
+    return row_a, row_b
 
 
 @triton.jit
@@ -278,7 +362,8 @@ def _fpx_row_kernel(
     M, N, KW, stride_xm, stride_om, stride_low, stride_high, unit,
     BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr,
     X_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
-    PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr,
+    PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, MMA: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0,
+    USE_ASM: tl.constexpr = False,
 ):
     """Up to ROW_MAX_M activation rows (decode) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
@@ -303,7 +388,37 @@ def _fpx_row_kernel(
     # both tiles and the accumulator, so no tile goes through shared memory to change layout.
     offs_high = tl.max_contiguous(offs_w, 4)
     high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
-    if BLOCK_M == 1:
+    if MMA:  # one bfloat16 row on the tensor cores: rows 2i (a) and 2i + 1 (b) of the tile side by side
+        half = tl.arange(0, BLOCK_N // 2)
+        rows = tl.program_id(0) * BLOCK_N + 2 * half
+        a_ok, b_ok = (rows < N)[:, None], (rows + 1 < N)[:, None]
+        low_ptrs = low_ptr + rows[:, None] * stride_low + offs_w[None, :]
+        high_ptrs = high_ptr + rows[:, None] * stride_high + offs_high[None, :]
+        x_ptrs = x_ptr + offs_w * 8
+        c0 = tl.full((BLOCK_N // 2, BLOCK_KW), 0.0, tl.float32)
+        c1, c2, c3 = c0, c0, c0
+        for w0 in tl.range(0, KW, BLOCK_KW, num_stages=LOOP_STAGES):
+            w_ok = offs_w < KW - w0
+            low_a, high_a = _plane_words(low_ptrs, high_ptrs, a_ok & w_ok[None, :], HIGH_WIDTH)
+            low_b, high_b = _plane_words(low_ptrs + stride_low, high_ptrs + stride_high, b_ok & w_ok[None, :],
+                                         HIGH_WIDTH)
+            for j in tl.static_range(2):  # codes j, j + 4 and j + 2, j + 6 of every word
+                x_first = _bf16_pairs(tl.load(x_ptrs + j, mask=w_ok, other=0.0),
+                                      tl.load(x_ptrs + j + 4, mask=w_ok, other=0.0))
+                x_second = _bf16_pairs(tl.load(x_ptrs + j + 2, mask=w_ok, other=0.0),
+                                       tl.load(x_ptrs + j + 6, mask=w_ok, other=0.0))
+                c0, c1, c2, c3 = _quad_mma(
+                    _valued_pairs(_placed_bits(low_a, high_a, j, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM),
+                    _valued_pairs(_placed_bits(low_b, high_b, j, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM),
+                    _valued_pairs(_placed_bits(low_a, high_a, j + 2, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM),
+                    _valued_pairs(_placed_bits(low_b, high_b, j + 2, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM),
+                    x_first[None, :], x_second[None, :], c0, c1, c2, c3, USE_ASM)
+            x_ptrs += 8 * BLOCK_KW
+            low_ptrs += BLOCK_KW
+            high_ptrs += BLOCK_KW
+        row_a, row_b = _quad_rows(c0, c1, c2, c3, USE_ASM)
+        out = tl.join(tl.reduce(row_a, 1, _sum_combine), tl.reduce(row_b, 1, _sum_combine)).reshape(BLOCK_N)[None, :]
+    elif BLOCK_M == 1:
         x_ptrs = x_ptr + offs_w * 8
         acc = tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32)
         if PREFETCH:
@@ -383,9 +498,19 @@ _fpx_row_autotuned = triton.autotune(
                            num_stages=st) for bn, bkw, w, st, prefetch in ROW_CONFIGS]
     + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=stages), num_warps=w,
                      num_stages=stages) for bn, bkw, w, stages in ROW_PIPELINED_CONFIGS],
-    key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M"],
+    key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA"],
     prune_configs_by=dict(early_config_prune=prune_decode_configs),
 )(_fpx_row_kernel)
+
+
+def row_mma_on() -> bool:
+    """Whether one bfloat16 activation row takes the row kernel's tensor-core form (``_quad_mma``;
+    ``PTQ_FPX_MMA``: 0 by default, until it is checked on a GPU; 1 takes it)."""
+    flag = os.environ.get("PTQ_FPX_MMA", "0")
+    if flag not in ("0", "1"):
+        raise ValueError(f"PTQ_FPX_MMA={flag!r}: choose 0 (the row kernel's fp32 multiply-adds, the default) or 1 "
+                         f"(its tensor-core form for one bfloat16 row)")
+    return flag == "1"
 
 
 def _m_bucket(m: int) -> int:
@@ -445,7 +570,9 @@ def fpx_matmul_triton(
         row_args = (x, low_words, high_words, scale, bias_arg, out, m, n, k // 8, x.stride(0), out.stride(0),
                     low_words.stride(0), high_words.stride(0), 2.0 ** (127 - fmt.default_bias - ROW_X_SCALE_EXP))
         row_flags = dict(BITS=bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
-                         X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m))
+                         X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m),
+                         MMA=m == 1 and x.dtype == torch.bfloat16 and row_mma_on(), UNIT_EXP=127 - fmt.default_bias,
+                         USE_ASM=not INTERPRET)
         if INTERPRET:
             _fpx_row_kernel[(triton.cdiv(n, INTERPRET_ROW_CONFIG["BLOCK_N"]),)](*row_args, **row_flags,
                                                                                **INTERPRET_ROW_CONFIG)

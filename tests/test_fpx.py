@@ -269,6 +269,43 @@ def test_row_kernel_equals_twin(name, k, prefetch, stages, monkeypatch):
             assert_matches_twin(out, want)
 
 
+@pytest.mark.parametrize("k", [64, 200])
+@pytest.mark.parametrize("name", FPX)
+def test_row_kernel_tensor_core_form_equals_twin(name, k, monkeypatch):
+    """PTQ_FPX_MMA=1: one bfloat16 row takes the row kernel's tensor-core form (rows in pairs, placed codes scaled
+    to their values as bfloat16 pairs, ``_quad_mma``; under the interpreter its per-element sums): every code,
+    ragged K, an odd N (the last pair's second row masked); fp32 x keeps the fp32 form."""
+    monkeypatch.setenv("PTQ_FPX_MMA", "1")
+    calls = []
+    kernel = fpx_gemm._fpx_row_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append(kwargs["MMA"])
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(fpx_gemm, "_fpx_row_kernel", Spy())
+    bits = element_named(name).bits
+    for dtype in (torch.bfloat16, torch.float32):
+        x, planes, scale, bias = operands(name, 1, 39, k, dtype, seed=k)
+        want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=bias)
+        poisoned = torch.full((1, 39), float("nan"), dtype=dtype)
+        out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=bias, out=poisoned,
+                                         row_kernel=True)
+        assert out is poisoned and not out.isnan().any()
+        assert_matches_twin(out, want)
+    assert calls == [True, False]
+
+
+def test_row_kernel_tensor_core_flag_is_checked(monkeypatch):
+    x, planes, scale, _ = operands("e3m2", 1, 16, 64, torch.bfloat16)
+    monkeypatch.setenv("PTQ_FPX_MMA", "yes")
+    with pytest.raises(ValueError, match="PTQ_FPX_MMA='yes': choose 0"):
+        fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, row_kernel=True)
+
+
 @pytest.mark.parametrize("magnitude", [1e-6, 1e4])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 @pytest.mark.parametrize("name", ["e3m2", "e2m3", "e2m1"])

@@ -50,6 +50,19 @@ def test_kernel_sass_compiles_the_norm_tail(tmp_path):
     assert not (tmp_path / "bad.json").exists()
 
 
+def test_kernel_sass_compiles_the_fpx_row_kernel_s_tensor_core_form(tmp_path):
+    """``--mma``: the FPx row kernel's tensor-core form compiles for sm_90 with mma.sync (HMMA) and bfloat16 pair
+    multiplies in place of its fp32 multiply-adds; the flag is for that kernel only."""
+    done = run_sass("--kernel", "fpx_row", "--element", "e3m2", "--mma", "--limit", "1", "--out", str(tmp_path / "s"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "s.json").read_text())
+    (row,) = result["configs"]
+    assert result["case"] == "e3m2, tensor cores"
+    assert row["HMMA"] > 0 and row["HMUL2"] > 0 and row["FFMA"] == 0
+    done = run_sass("--kernel", "w4a4_gemv", "--element", "int4xint4", "--mma", "--out", str(tmp_path / "bad"))
+    assert done.returncode == 2 and "--mma is for --kernel fpx_row" in done.stderr
+
+
 def test_resource_usage_counts_the_warps_registers_allow():
     from benchmarks.kernel_sass import resource_usage
 
