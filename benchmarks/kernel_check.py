@@ -85,8 +85,9 @@ DRY_INT8_DECODE_SHAPES = [(1, 40, 128), (5, 40, 256)]
 GPU_TC_DECODE_SHAPES = [(8, 4096, 4096), (16, 14336, 4096), (5, 4096, 14336), (64, 6144, 4096), (13, 1000, 1000)]
 DRY_TC_DECODE_SHAPES = [(5, 40, 200), (16, 32, 256)]
 # Every new (M bucket, N, K) autotunes: a few shapes keep the check to minutes.
-GPU_GEMM_SHAPES = [(1, 40, 128), (1, 4096, 4096), (4, 4096, 4096), (8, 4096, 4096), (16, 4096, 4096),
-                   (33, 4096, 4096), (257, 6144, 4096)]
+# (1, 6144, 4096) takes bfloat16 (OUT_DTYPES by position): the FPx row kernel's tensor-core form at a model's width.
+GPU_GEMM_SHAPES = [(1, 40, 128), (1, 4096, 4096), (4, 4096, 4096), (1, 6144, 4096), (8, 4096, 4096),
+                   (16, 4096, 4096), (33, 4096, 4096), (257, 6144, 4096)]
 DRY_ACT_SHAPES = [(1, 128), (5, 256)]
 # The quantizers a compiled decode step compiles into its glue: KV4 per head (K symmetric, V with a zero
 # point), and the activations' per-token ones; rows of 8 heads of 128.
