@@ -298,8 +298,9 @@ def _quad_mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3, USE_ASM: tl.constexpr):
     only the A and B registers of quad r's own lanes: it is the quad's four elements' row-a products summed, and
     D[r + 8][r] their row-b products; ``_quad_rows`` picks them out. Every other entry multiplies one quad's
     weights by another's activations and is never read. This needs the lanes of a quad to hold elements of one
-    weight row (the row kernel's tiles: 4 or more lanes along K). Without the PTX (the interpreter) c0 and c2 take
-    the element's own row-a and row-b sums instead, which ``_quad_rows`` reads there."""
+    weight row: for sm_90 Triton lays the row kernel's word tiles out K-fastest with 16 or 32 lanes along K in
+    every config (TTGIR, Triton 3.9). Without the PTX (the interpreter) c0 and c2 take the element's own row-a
+    and row-b sums instead, which ``_quad_rows`` reads there."""
     if USE_ASM:
         c0, c1, c2, c3 = tl.inline_asm_elementwise(
             "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, "
