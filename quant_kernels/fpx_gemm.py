@@ -36,6 +36,10 @@ inside its loop: on the H200 FP6 E3M2 went from 1.28x / 1.21x bf16 to 1.21x / 1.
 4096x4096 / 14336x4096 and a profiled compiled FP6 decode step took 4519 us (221 tok/s,
 against 211 tok/s before; ``benchmarks/results/kernels_h200.md``, sixth run). The
 tuner picked 32 x 128 and 64 x 64 words on 8 warps, with and without prefetching.
+With ``PTQ_FPX_MMA=1`` one bfloat16 row runs the row kernel's tensor-core form instead: rows in pairs, each placed
+pair of codes scaled to its values in bfloat16 (``_valued_pairs``) and multiplied by an mma.sync whose diagonal
+holds each lane quad's row sums (``_quad_mma``); 16 % fewer instructions for FP6 in sm_90 SASS, not yet checked on a
+GPU (``benchmarks/results/kernels_h200.md``, twenty-fifth session).
 The row kernel also runs 2 to ``ROW_MAX_M`` rows, each decoded pair multiplying every row. On
 the H200 (2026-12-02, tenth session) it took M = 4 from 0.45-0.72x bf16 on the tensor-core kernel
 to 0.82-1.02x, and tied it at M = 8 (0.48-0.70x), so by default a GPU gives it up to
@@ -494,13 +498,22 @@ _fpx_autotuned = triton.autotune(
 )(_fpx_kernel)
 
 
+def _prune_row_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """``prune_decode_configs``, less the prefetching configs for the tensor-core form (which has no prefetching
+    path: they would time as their twins)."""
+    kept = prune_decode_configs(configs, named_args, **kwargs)
+    if {**named_args, **kwargs}["MMA"]:
+        kept = [c for c in kept if not c.kwargs["PREFETCH"]] or kept
+    return kept
+
+
 _fpx_row_autotuned = triton.autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch, LOOP_STAGES=1), num_warps=w,
                            num_stages=st) for bn, bkw, w, st, prefetch in ROW_CONFIGS]
     + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=stages), num_warps=w,
                      num_stages=stages) for bn, bkw, w, stages in ROW_PIPELINED_CONFIGS],
     key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA"],
-    prune_configs_by=dict(early_config_prune=prune_decode_configs),
+    prune_configs_by=dict(early_config_prune=_prune_row_configs),
 )(_fpx_row_kernel)
 
 

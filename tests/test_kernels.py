@@ -685,6 +685,17 @@ def test_decode_configs_fit_their_registers_at_every_row_count(kernel):
                                                                           and c.kwargs["PREFETCH"]) for c in kept)
 
 
+def test_the_fpx_row_kernel_s_tensor_core_form_tunes_no_prefetching_twins():
+    """The row kernel's tensor-core form has no prefetching path: its tuner keeps the others only."""
+    from quant_kernels import fpx_gemm
+
+    configs = fpx_gemm._fpx_row_autotuned.configs
+    plain = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": False})
+    mma = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": True})
+    assert any(c.kwargs["PREFETCH"] for c in plain) and mma
+    assert mma == [c for c in plain if not c.kwargs["PREFETCH"]]
+
+
 # ---------------------------------------------------------------------------
 # The FP8 path: codes as E4M3 bytes, a row-wise scaled FP8 GEMM
 # ---------------------------------------------------------------------------
