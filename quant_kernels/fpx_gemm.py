@@ -38,8 +38,9 @@ against 211 tok/s before; ``benchmarks/results/kernels_h200.md``, sixth run). Th
 tuner picked 32 x 128 and 64 x 64 words on 8 warps, with and without prefetching.
 With ``PTQ_FPX_MMA=1`` one bfloat16 row runs the row kernel's tensor-core form instead: rows in pairs, each placed
 pair of codes scaled to its values in bfloat16 (``_valued_pairs``) and multiplied by an mma.sync whose diagonal
-holds each lane quad's row sums (``_quad_mma``); 16 % fewer instructions for FP6 in sm_90 SASS, not yet checked on a
-GPU (``benchmarks/results/kernels_h200.md``, twenty-fifth session).
+holds each lane quad's row sums (``_quad_mma``); 17 % fewer instructions than the fp32 form for FP6 in sm_90 SASS
+(840 against 1,008 at 32 x 128 words on 8 warps), not yet checked on a GPU (``benchmarks/results/kernels_h200.md``,
+twenty-fifth session).
 The row kernel also runs 2 to ``ROW_MAX_M`` rows, each decoded pair multiplying every row. On
 the H200 (2026-12-02, tenth session) it took M = 4 from 0.45-0.72x bf16 on the tensor-core kernel
 to 0.82-1.02x, and tied it at M = 8 (0.48-0.70x), so by default a GPU gives it up to
@@ -256,9 +257,10 @@ def _placed_bits(low, high, J: tl.constexpr, BITS: tl.constexpr, MAN_BITS: tl.co
         bits |= _shifted(low, 15 - (4 * J + 3)) & SIGNS
     elif HIGH_WIDTH == 1:
         bits |= _shifted(high, 15 - J) & SIGNS
-    else:
-        exponent_top = _shifted(high, TOP + 4 - 2 * J) & ((1 << (TOP + 4)) * BOTH)  # magnitude bit 4
-        bits |= exponent_top | (_shifted(high, 14 - 2 * J) & SIGNS)
+    else:  # one multiply moves pair J's field (magnitude bit 4, sign) to TOP + 4 and 15, copies landing apart
+        fields = (high & ((3 << (2 * J)) * BOTH)).to(tl.uint32, bitcast=True)
+        spread = (fields * ((1 << (TOP + 4 - 2 * J)) + (1 << (14 - 2 * J)))).to(tl.int32, bitcast=True)
+        bits |= spread & (((1 << (TOP + 4)) * BOTH) | SIGNS)
     return bits
 
 
