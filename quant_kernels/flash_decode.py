@@ -37,7 +37,7 @@ from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import PACKED_KV_ELEMENTS, NormTail, PackedOperand, check_norm_tail
 from .rounding import _round_to_bf16, _round_to_dtype
 from .w4a4_gemm import _unpack, code_operand
-from .w4a4_gemv import norm_tail_flags, norm_tail_operands
+from .w4a4_gemv import norm_tail_flags, norm_tail_operands, with_tail_outputs
 
 INTERPRET = triton.knobs.runtime.interpret
 BLOCK_N = 64  # keys per inner step
@@ -251,4 +251,4 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         acc, ml, out, *tail_tensors, groups, n_splits, batch, width, *tail_args, D=dim, BLOCK_G=block_g,
         BLOCK_S=triton.next_power_of_2(n_splits), ROUND_BF16=q.dtype == torch.bfloat16,
         ROUND_F16=q.dtype == torch.float16, num_warps=4, **norm_tail_flags(norm_tail, width), **pdl)
-    return out if norm_tail is None else (out, tail_tensors[1].view(torch.int8), tail_tensors[2])
+    return with_tail_outputs(out, norm_tail, tail_tensors)

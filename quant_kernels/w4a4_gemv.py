@@ -493,6 +493,12 @@ def norm_tail_operands(norm_tail: NormTail | None, out: torch.Tensor, m: int, n:
             (n // 4, norm_tail.eps, norm_tail.clip_ratio, element_named(norm_tail.element).max_value))
 
 
+def with_tail_outputs(out: torch.Tensor, norm_tail: NormTail | None, tail_tensors: tuple):
+    """A kernel's result after its launch with ``norm_tail_operands``' tensors: ``out``, or with a tail (out, the
+    tail's dp4a bytes, their per-token scales)."""
+    return out if norm_tail is None else (out, tail_tensors[1].view(torch.int8), tail_tensors[2])
+
+
 def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Decode configs (BLOCK_N, BLOCK_KW, PREFETCH, optionally FOLD; this kernel's and the FPx row kernel's)
     whose BLOCK_M x BLOCK_N x BLOCK_KW / FOLD accumulators fit MAX_ACC_PER_THREAD registers a thread (at least the
@@ -753,4 +759,4 @@ def w4a4_gemv_triton(
         _w4a4_gemv_kernel[(programs(INTERPRET_CONFIG["BLOCK_N"]),)](*args, **flags, **INTERPRET_CONFIG)
     else:
         _gemv_autotuned[lambda meta: (programs(meta["BLOCK_N"]),)](*args, **flags)
-    return out if norm_tail is None else (out, tail_tensors[1].view(torch.int8), tail_tensors[2])
+    return with_tail_outputs(out, norm_tail, tail_tensors)

@@ -323,6 +323,17 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
     return _w4a4_linear(x, qweight, weight_scale, bias, residual, weight, act)
 
 
+def _product_on_codes(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor,
+                      weight_scale: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+                      out_dtype: torch.dtype, weight: RealQuantScheme, act: RealQuantScheme, gated: bool = False,
+                      norm_tail: NormTail | None = None):
+    """``quant_kernels.w4a4_matmul_dp4a`` of activation rows already quantized as ``act`` (dp4a bytes and per-row
+    scales) by this weight."""
+    return quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, qweight, weight_scale, a_element=act.element,
+                                          w_element=weight.element, bias=bias, out_dtype=out_dtype, residual=residual,
+                                          gated=gated, norm_tail=norm_tail)
+
+
 def _w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
                  residual: Optional[torch.Tensor], weight: RealQuantScheme, act: RealQuantScheme,
                  norm_tail: NormTail | None = None, given: tuple[torch.Tensor, torch.Tensor] | None = None):
@@ -332,9 +343,8 @@ def _w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Ten
     rows = x.reshape(-1, x.shape[-1])
     residual = None if residual is None else residual.reshape(rows.shape[0], -1)
     if given is not None:
-        out = quant_kernels.w4a4_matmul_dp4a(*given, qweight, weight_scale, a_element=act.element,
-                                             w_element=weight.element, bias=bias, out_dtype=x.dtype, residual=residual,
-                                             norm_tail=norm_tail)
+        out = _product_on_codes(*given, qweight, weight_scale, bias, residual, x.dtype, weight, act,
+                                norm_tail=norm_tail)
     else:
         out = quant_kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,
                                         a_group=act.group, w_group=weight.group, scale_kind=act.scale_kind,
@@ -386,10 +396,8 @@ def real_quant_gemv(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch
                     schemes: str, gated: bool = False) -> torch.Tensor:
     """``RealQuantLinear.on_codes``: (M, K) dp4a activation bytes -> (M, N), through
     ``quant_kernels.w4a4_matmul_dp4a``."""
-    weight, act = parse_schemes(schemes)
-    return quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, qweight, weight_scale, a_element=act.element,
-                                          w_element=weight.element, bias=bias, out_dtype=out_dtype, residual=residual,
-                                          gated=gated)
+    return _product_on_codes(a_bytes, a_scale, qweight, weight_scale, bias, residual, out_dtype,
+                             *parse_schemes(schemes), gated=gated)
 
 
 @real_quant_gemv.register_fake
@@ -410,10 +418,9 @@ def real_quant_gemv_norm(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: 
     scales of the next RMSNorm of it), through ``quant_kernels.w4a4_matmul_dp4a``."""
     from quant_kernels.reference import NormTail  # late: quant_kernels.reference imports quant_layers
 
-    weight, act = parse_schemes(schemes)
-    return quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, qweight, weight_scale, a_element=act.element,
-                                          w_element=weight.element, bias=bias, out_dtype=out_dtype, residual=residual,
-                                          norm_tail=NormTail(norm_weight, eps, element, clip_ratio, dp4a_for))
+    return _product_on_codes(a_bytes, a_scale, qweight, weight_scale, bias, residual, out_dtype,
+                             *parse_schemes(schemes), norm_tail=NormTail(norm_weight, eps, element, clip_ratio,
+                                                                         dp4a_for))
 
 
 @real_quant_gemv_norm.register_fake
