@@ -135,6 +135,20 @@ PINNED_GEMV_CONFIGS = {
         (1, 4096, 1792, True, False, 1, False, True): (16, 256, True, 8, 2),
     },
 }
+# The tensor-core decode kernel's autotune key.
+TC_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1")
+# Its picks kept instead of tuning, as PINNED_GEMV_CONFIGS: (BLOCK_N, BLOCK_KB, SPLIT_K, warps, stages). On the H200
+# the batch-8 Llama-3-8B W4A4KV4 decode step (q/k/v, o_proj, gate/up, down on INT4 weights) ran 3.97 ms with one
+# process's draws (run 16), 4.77 and 5.96 ms with two others' (runs 24, 23) and 3.89 ms with these (run 25,
+# ``benchmarks/results/end_to_end_h200.md``).
+PINNED_TC_CONFIGS = {
+    "NVIDIA H200": {
+        (8, 6144, 2048, False, False, 16, False): (64, 256, 2, 4, 3),
+        (8, 4096, 2048, False, True, 16, False): (32, 256, 1, 4, 3),
+        (8, 28672, 2048, False, False, 16, False): (128, 128, 1, 8, 3),
+        (8, 4096, 7168, False, True, 16, False): (64, 128, 4, 4, 4),
+    },
+}
 
 
 @triton.jit
@@ -514,7 +528,8 @@ def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwarg
 
 
 def pinned_configs_on() -> bool:
-    """Whether ``PINNED_GEMV_CONFIGS`` replace tuning (``PTQ_PINNED_CONFIGS``, 1 by default)."""
+    """Whether ``PINNED_GEMV_CONFIGS`` and ``PINNED_TC_CONFIGS`` replace tuning (``PTQ_PINNED_CONFIGS``, 1 by
+    default)."""
     flag = os.environ.get("PTQ_PINNED_CONFIGS", "1")
     if flag not in ("0", "1"):
         raise ValueError(f"PTQ_PINNED_CONFIGS={flag!r}: choose 1 (the pinned decode configs, the default) or 0 "
@@ -522,22 +537,29 @@ def pinned_configs_on() -> bool:
     return flag == "1"
 
 
-def prune_gemv_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """``prune_decode_configs``, or the one config ``PINNED_GEMV_CONFIGS`` holds for this device and key when it is
-    among them."""
-    kept = prune_decode_configs(configs, named_args, **kwargs)
-    args = {**named_args, **kwargs}
-    if not pinned_configs_on():
+def keep_pinned(kept: list[triton.Config], pins: dict, key_names: tuple[str, ...], args: dict, fields) -> list:
+    """The one config of ``kept`` that ``pins`` (device name -> key values -> ``fields(config)``) holds for this
+    CUDA device (of ``args["a_ptr"]``) and key, when pins are on and it is there; otherwise ``kept``."""
+    device = args["a_ptr"].device
+    if not pinned_configs_on() or device.type != "cuda":
         return kept
-    key = tuple(args[name] for name in GEMV_TUNING_KEY)
-    pinned = PINNED_GEMV_CONFIGS.get(torch.cuda.get_device_name(args["a_ptr"].device), {}).get(key)
+    key = tuple(args[name] for name in key_names)
+    pinned = pins.get(torch.cuda.get_device_name(device), {}).get(key)
     if pinned is None:
         return kept
-    block_n, block_kw, prefetch, warps, stages = pinned
-    chosen = [c for c in kept if (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["PREFETCH"], c.kwargs["FOLD"],
-                                  c.kwargs["LOOP_STAGES"], c.num_warps, c.num_stages)
-              == (block_n, block_kw, prefetch, 1, 1, warps, stages)]
-    return chosen or kept
+    return [c for c in kept if fields(c) == pinned] or kept
+
+
+def prune_gemv_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """``prune_decode_configs``, or the one config ``PINNED_GEMV_CONFIGS`` holds for this device and key when it is
+    among them (unfolded and unpipelined)."""
+    def fields(c: triton.Config) -> tuple | None:
+        plain = c.kwargs["FOLD"] == 1 and c.kwargs["LOOP_STAGES"] == 1
+        return (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["PREFETCH"], c.num_warps, c.num_stages) \
+            if plain else None
+
+    return keep_pinned(prune_decode_configs(configs, named_args, **kwargs), PINNED_GEMV_CONFIGS, GEMV_TUNING_KEY,
+                       {**named_args, **kwargs}, fields)
 
 
 _gemv_autotuned = triton.autotune(
@@ -562,9 +584,12 @@ def tc_config_fits(block_n: int, num_warps: int, w_e2m1: bool) -> bool:
 
 
 def prune_tc_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """The tensor-core decode configs that ``tc_config_fits`` the weights."""
-    w_e2m1 = {**named_args, **kwargs}["W_E2M1"]
-    return [c for c in configs if tc_config_fits(c.kwargs["BLOCK_N"], c.num_warps, w_e2m1)]
+    """The tensor-core decode configs that ``tc_config_fits`` the weights, or the one ``PINNED_TC_CONFIGS`` holds
+    for this device and key when it is among them."""
+    args = {**named_args, **kwargs}
+    kept = [c for c in configs if tc_config_fits(c.kwargs["BLOCK_N"], c.num_warps, args["W_E2M1"])]
+    return keep_pinned(kept, PINNED_TC_CONFIGS, TC_TUNING_KEY, args, lambda c: (
+        c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KB"], c.kwargs["SPLIT_K"], c.num_warps, c.num_stages))
 
 
 # EVEN from the step and the sizes, for the interpreter's fixed config and every autotuned one alike.
@@ -574,7 +599,7 @@ _tc_kernel_even = triton.heuristics(
 _tc_autotuned = triton.autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=w, num_stages=s)
              for bn, bkb, split, w, s in TC_CONFIGS],
-    key=["M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1"],
+    key=list(TC_TUNING_KEY),
     prune_configs_by=dict(early_config_prune=prune_tc_configs),
 )(_tc_kernel_even)
 

@@ -5,6 +5,7 @@ tests/test_kernels.py)."""
 from __future__ import annotations
 
 import os
+import types
 
 os.environ["TRITON_INTERPRET"] = "1"
 
@@ -306,29 +307,43 @@ def test_kernel_check_bound_keeps_the_products_own_rounding():
     assert not close(far_off, want, rounded_before=product)[0]
 
 
-def test_pinned_decode_configs_replace_tuning_on_their_device_and_key(monkeypatch):
-    """Every pinned config is one of the kernel's candidates that survive pruning; on its device and key the pruning
-    keeps it alone, elsewhere (another key, another device, PTQ_PINNED_CONFIGS=0) every candidate; a bad setting is
-    named."""
+@pytest.mark.parametrize("kernel", ["gemv", "tc"])
+def test_pinned_decode_configs_replace_tuning_on_their_device_and_key(monkeypatch, kernel):
+    """Every pinned config (the CUDA-core and the tensor-core decode kernel's) is one of the kernel's candidates that
+    survive pruning; on its device and key the pruning keeps it alone, elsewhere (another key, another device,
+    PTQ_PINNED_CONFIGS=0) every candidate; a bad setting is named."""
     from quant_kernels import w4a4_gemv
 
-    configs = w4a4_gemv._gemv_autotuned.configs
-    a = torch.zeros(1, dtype=torch.int32)
-    for device, pinned in w4a4_gemv.PINNED_GEMV_CONFIGS.items():
+    tuner, prune, pins, key_names, unpinned, other_key = {
+        "gemv": (w4a4_gemv._gemv_autotuned, w4a4_gemv.prune_gemv_configs, w4a4_gemv.PINNED_GEMV_CONFIGS,
+                 w4a4_gemv.GEMV_TUNING_KEY, w4a4_gemv.prune_decode_configs, (1, 1024, 512, True, False, 1, False, False)),
+        "tc": (w4a4_gemv._tc_autotuned, w4a4_gemv.prune_tc_configs, w4a4_gemv.PINNED_TC_CONFIGS,
+               w4a4_gemv.TC_TUNING_KEY, None, (8, 1024, 2048, False, False, 16, False)),
+    }[kernel]
+    configs = tuner.configs
+    a = types.SimpleNamespace(device=torch.device("cuda"))  # pins are looked up for CUDA devices only
+
+    def every_candidate(args: dict) -> list:
+        if unpinned is not None:
+            return unpinned(configs, args)
+        return [c for c in configs if w4a4_gemv.tc_config_fits(c.kwargs["BLOCK_N"], c.num_warps, args["W_E2M1"])]
+
+    for device, pinned in pins.items():
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device, name=device: name)
         for key in pinned:
-            args = dict(zip(w4a4_gemv.GEMV_TUNING_KEY, key), a_ptr=a)
-            kept = w4a4_gemv.prune_gemv_configs(configs, args)
+            args = dict(zip(key_names, key), a_ptr=a)
+            kept = prune(configs, args)
             assert len(kept) == 1, (device, key)
             monkeypatch.setenv("PTQ_PINNED_CONFIGS", "0")
-            assert w4a4_gemv.prune_gemv_configs(configs, args) == w4a4_gemv.prune_decode_configs(configs, args)
+            assert prune(configs, args) == every_candidate(args)
             monkeypatch.delenv("PTQ_PINNED_CONFIGS")
-        other = dict(zip(w4a4_gemv.GEMV_TUNING_KEY, (1, 1024, 512, True, False, 1, False, False)), a_ptr=a)
-        assert w4a4_gemv.prune_gemv_configs(configs, other) == w4a4_gemv.prune_decode_configs(configs, other)
+        other = dict(zip(key_names, other_key), a_ptr=a)
+        assert prune(configs, other) == every_candidate(other)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device: "NVIDIA H100 80GB HBM3")
-    key = next(iter(w4a4_gemv.PINNED_GEMV_CONFIGS["NVIDIA H200"]))
-    args = dict(zip(w4a4_gemv.GEMV_TUNING_KEY, key), a_ptr=a)
-    assert len(w4a4_gemv.prune_gemv_configs(configs, args)) > 1
+    args = dict(zip(key_names, next(iter(pins["NVIDIA H200"]))), a_ptr=a)
+    assert len(prune(configs, args)) > 1
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device: "NVIDIA H200")
+    assert len(prune(configs, {**args, "a_ptr": torch.zeros(1)})) > 1  # a CPU tensor (the interpreter): no pins
     monkeypatch.setenv("PTQ_PINNED_CONFIGS", "yes")
     with pytest.raises(ValueError, match="PTQ_PINNED_CONFIGS='yes': choose 1"):
-        w4a4_gemv.prune_gemv_configs(configs, args)
+        prune(configs, args)

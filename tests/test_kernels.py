@@ -1234,9 +1234,10 @@ def test_tensor_core_configs_for_fp8_dots_fill_a_warpgroup():
     from quant_kernels import w4a4_gemv
 
     configs = w4a4_gemv._tc_autotuned.configs
-    kept = w4a4_gemv.prune_tc_configs(configs, {}, W_E2M1=True)
+    args = dict(zip(w4a4_gemv.TC_TUNING_KEY, (16, 1024, 512, False, False, 16, True)), a_ptr=torch.zeros(1))
+    kept = w4a4_gemv.prune_tc_configs(configs, args)
     assert 0 < len(kept) < len(configs) and all(c.kwargs["BLOCK_N"] >= 16 * c.num_warps for c in kept)
-    assert w4a4_gemv.prune_tc_configs(configs, {}, W_E2M1=False) == configs
+    assert w4a4_gemv.prune_tc_configs(configs, args, W_E2M1=False) == configs
 
 
 def test_decode_kernels_take_their_rows(monkeypatch):
