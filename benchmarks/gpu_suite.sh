@@ -15,6 +15,11 @@
 #              shape), and a compiled FP6 decode step profiled (issue 10)
 #   fpx_mma    the FPx row kernel's tensor-core form (PTQ_FPX_MMA=1) checked against the twin, FP6 E3M2 at M = 1
 #              timed in both forms, then bf16 / FP6 compiled CUDA-graph decode at batch 1 on it (issue 10)
+#   fpx_split  the FPx row kernel with K split among programs: forced split configs checked against the twin, FP6
+#              E3M2 at M = 1 timed with the split configs among the tuner's candidates, then bf16 / FP6 compiled
+#              CUDA-graph decode at batch 1 (issue 10)
+#   decode_b8  W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8, the tensor-core decode kernel's pinned
+#              8-row configs (issue 10)
 #   gemv       the W4A4 decode kernel on dp4a activation bytes: w4a4_linear checked against its twin, the
 #              decode-sized kernels timed at M = 1 and 8 (INT4, E2M1), a compiled W4A4KV4 decode step profiled
 #              (issues 9, 10)
@@ -121,6 +126,19 @@ for section in "$@"; do
       step "${LIMIT_FPX_MODEL:-230}" bench_model_fp6_mma env PTQ_FPX_MMA=1 python benchmarks/bench_model.py \
         --random_mode --config llama-3-8b --modes fp6,bf16 --prefill_batches "" --decode_batches 1 --decode_tokens 128 \
         --compile --no_eager --out "$OUT/bench_model_decode_compiled_fp6_mma_llama3_8b_h200" ;;
+    fpx_split)
+      step "${LIMIT_FPX_CHECK:-90}" kernel_check_fpx_split python -u benchmarks/kernel_check.py --only fpx_split \
+        --out "$OUT/kernel_check_fpx_split_h200"
+      step "${LIMIT_FPX_BENCH:-170}" kernel_bench_fpx_split python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
+        --ms "" --shapes 4096x4096,4096x14336,6144x4096,14336x4096 --weight_only_ms 1 --weight_only_formats e3m2 \
+        --out "$OUT/kernel_bench_fpx_split_h200"
+      step "${LIMIT_FPX_MODEL:-260}" bench_model_fp6_split python benchmarks/bench_model.py --random_mode \
+        --config llama-3-8b --modes fp6,bf16 --prefill_batches "" --decode_batches 1 --decode_tokens 128 --compile \
+        --no_eager --out "$OUT/bench_model_decode_compiled_fp6_split_llama3_8b_h200" ;;
+    decode_b8)
+      step "${LIMIT_DECODE_B8:-300}" bench_model_decode_b8 python benchmarks/bench_model.py --random_mode \
+        --config llama-3-8b --modes "${MODES:-w4a4kv4,bf16}" --prefill_batches "" --decode_batches 8 \
+        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_b8_pinned_llama3_8b_h200" ;;
     gemv)
       step "${LIMIT_GEMV_CHECK:-90}" kernel_check_linear python benchmarks/kernel_check.py --only linear \
         --out "$OUT/kernel_check_linear_dp4a_words_h200"
@@ -205,6 +223,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, fpx_mma, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, act_groups, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, fpx_mma, fpx_split, decode_b8, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, act_groups, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

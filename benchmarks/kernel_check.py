@@ -244,7 +244,12 @@ def check_fp8_linear(m: int, n: int, k: int, a_name: str, w_name: str, device: t
             "codes_differ": unpack_differ.item(), "error_over_bound": excess, "ok": ok}
 
 
-def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device) -> dict:
+def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device,
+              row_config: tuple[int, int, int, bool, int] | None = None) -> dict:
+    """The FPx kernel (the autotuner's pick, or the row kernel with ``row_config`` = (BLOCK_N, BLOCK_KW, warps,
+    PREFETCH, SPLIT_K), two stages) against the twin; with a split config, run twice: the same bits both times."""
+    import triton
+
     from quant_kernels.fpx_gemm import fpx_matmul_triton
 
     fmt = element_named(element)
@@ -253,11 +258,38 @@ def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device
     planes = pack_planes(encode(fmt.round(w / scale), fmt), fmt.bits)
     x = random_activations(m, k, x_dtype, device)
     out = torch.full((m, n), float("nan"), dtype=x_dtype, device=device)
-    fpx_matmul_triton(x, planes, scale, element=element, bits=fmt.bits, out=out)
+    fixed = {}
+    if row_config is not None:
+        block_n, block_kw, warps, prefetch, split = row_config
+        fixed = dict(row_kernel=True, row_config=triton.Config(
+            dict(BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch, LOOP_STAGES=1, SPLIT_K=split),
+            num_warps=warps, num_stages=2))
+    fpx_matmul_triton(x, planes, scale, element=element, bits=fmt.bits, out=out, **fixed)
     want = reference.fpx_matmul_ref(x, planes, scale, element=element, bits=fmt.bits, out_dtype=torch.float32)
     ok, excess = close(out, want)
-    return {"kernel": "fpx_gemm", "case": element, "shape": f"M{m} N{n} K{k} {str(x_dtype).removeprefix('torch.')}",
+    case = element
+    if row_config is not None:
+        again = fpx_matmul_triton(x, planes, scale, element=element, bits=fmt.bits, **fixed)
+        ok = ok and torch.equal(again, out)
+        case += f" row {block_n}x{block_kw} w{warps}{' prefetch' if prefetch else ''} split{split}"
+    return {"kernel": "fpx_gemm", "case": case, "shape": f"M{m} N{n} K{k} {str(x_dtype).removeprefix('torch.')}",
             "error_over_bound": excess, "ok": ok}
+
+
+# (M, N, K, element, x dtype, (BLOCK_N, BLOCK_KW, warps, PREFETCH, SPLIT_K)): the row kernel's split-K forced, at
+# the down and o_proj shapes and a ragged one, one and several rows; the interpreter takes the small ones.
+GPU_FPX_SPLIT = [(1, 4096, 4096, "e3m2", torch.bfloat16, (32, 128, 8, True, 2)),
+                 (1, 4096, 14336, "e2m3", torch.float16, (32, 64, 8, True, 4)),
+                 (3, 4096, 4096, "e2m1", torch.bfloat16, (16, 64, 4, False, 4)),
+                 (1, 40, 200, "e2m2", torch.bfloat16, (16, 64, 4, False, 2))]
+DRY_FPX_SPLIT = [(1, 40, 200, "e3m2", torch.bfloat16, (16, 4, 1, True, 3)),
+                 (3, 40, 64, "e2m1", torch.float32, (8, 4, 1, False, 2))]
+
+
+def check_fpx_split(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device,
+                    row_config: tuple[int, int, int, bool, int]) -> dict:
+    """``check_fpx`` on the row kernel with K split among programs (``row_config``'s SPLIT_K)."""
+    return check_fpx(m, n, k, element, x_dtype, device, row_config)
 
 
 # (batch, K/V heads, query heads per K/V head, head dim, cache length, tokens written per row)
@@ -497,8 +529,8 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
 
 
 CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_fp8_codes, check_fp8_linear,
-          check_fpx, check_decode_attention, check_decode_attention_packed, check_kv_write, check_fused_decode,
-          check_int8_decode, check_tc_decode)
+          check_fpx, check_fpx_split, check_decode_attention, check_decode_attention_packed, check_kv_write,
+          check_fused_decode, check_int8_decode, check_tc_decode)
 
 
 def check_name(check) -> str:
@@ -591,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
         if n % 16 == 0 and k % 16 == 0:
             for a_name, w_name in PER_ROW_PAIRS:
                 record(check_fp8_linear, m, n, k, a_name, w_name, device)
+    for m, n, k, element, dtype, row_config in DRY_FPX_SPLIT if args.cpu_dry_run else GPU_FPX_SPLIT:
+        record(check_fpx_split, m, n, k, element, dtype, device, row_config)
     for batch, heads, tokens, dim in DRY_KV_WRITE_SHAPES if args.cpu_dry_run else GPU_KV_WRITE_SHAPES:
         for dtype in OUT_DTYPES:
             record(check_kv_write, batch, heads, tokens, dim, dtype, device)

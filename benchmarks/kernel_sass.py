@@ -50,7 +50,7 @@ ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or s
 
 def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
     """The FPx row kernel's ASTSource for one row of bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps,
-    stages, PREFETCH); ``mma``: its tensor-core form (``PTQ_FPX_MMA=1``)."""
+    stages, PREFETCH[, FOLD, LOOP_STAGES[, SPLIT_K]]); ``mma``: its tensor-core form (``PTQ_FPX_MMA=1``)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, ROW_X_SCALE_EXP, _fpx_row_kernel
@@ -58,16 +58,16 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
 
     fmt = element_named(element)
     high = HIGH_PLANE_WIDTH[fmt.bits]
-    pointers = ["*bf16", "*i32", "*i16" if high == 2 else "*u8", "*fp32", "*bf16", "*bf16"]
-    names = ["x_ptr", "low_ptr", "high_ptr", "scale_ptr", "bias_ptr", "out_ptr", "M", "N", "KW", "stride_xm",
-             "stride_om", "stride_low", "stride_high", "unit"]
+    pointers = ["*bf16", "*i32", "*i16" if high == 2 else "*u8", "*fp32", "*bf16", "*bf16", "*fp32", "*i32"]
+    names = ["x_ptr", "low_ptr", "high_ptr", "scale_ptr", "bias_ptr", "out_ptr", "partial_ptr", "count_ptr", "M", "N",
+             "KW", "stride_xm", "stride_om", "stride_low", "stride_high", "unit"]
     signature = dict(zip(names, pointers + ["i32"] * 7 + ["fp32"]))
     constants = dict(BITS=fmt.bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=high, HAS_BIAS=False,
                      X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
                      LOOP_STAGES=config[6] if len(config) > 6 else 1, MMA=mma, UNIT_EXP=127 - fmt.default_bias,
-                     USE_ASM=True)
+                     USE_ASM=True, SPLIT_K=config[7] if len(config) > 7 else 1)
     signature.update({name: "constexpr" for name in constants})
-    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(13) if names[i] != "M"}
+    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] != "M"}
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)
 
 
@@ -168,7 +168,8 @@ def config_label(kernel: str, config: tuple[int, ...]) -> str:
     return ("x".join(map(str, config[:2])) + f" w{config[2]} s{config[3]}"
             + (" prefetch" if config[4:] and config[4] else "")
             + (f" fold{config[5]}" if config[5:] and config[5] > 1 else "")
-            + (f" pipelined{config[6]}" if config[6:] and config[6] > 1 else ""))
+            + (f" pipelined{config[6]}" if config[6:] and config[6] > 1 else "")
+            + (f" split{config[7]}" if config[7:] and config[7] > 1 else ""))
 
 
 def sass_counts(source, config: tuple[int, ...], arch: int, label: str) -> dict:
@@ -242,10 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     if "TRITON_INTERPRET" in os.environ and os.environ["TRITON_INTERPRET"] not in ("", "0"):
         p.error("TRITON_INTERPRET is set: unset it, the kernels must be compiled, not interpreted")
     if args.kernel == "fpx_row":
-        from quant_kernels.fpx_gemm import ROW_CONFIGS, ROW_PIPELINED_CONFIGS
+        from quant_kernels.fpx_gemm import ROW_CONFIGS, ROW_PIPELINED_CONFIGS, ROW_SPLIT_CONFIGS
 
         configs = ROW_CONFIGS + [(bn, bkw, w, stages, False, 1, stages)
                                  for bn, bkw, w, stages in ROW_PIPELINED_CONFIGS]
+        configs += [(bn, bkw, w, stages, prefetch, 1, 1, split)
+                    for bn, bkw, w, stages, prefetch, split in ROW_SPLIT_CONFIGS]
         from quant_kernels.reference import fpx_element
         from quant_layers.packing import element_named
 

@@ -61,13 +61,13 @@ import triton.language as tl
 from triton.language.standard import _sum_combine
 
 from .reference import check_fpx_args, check_out, fpx_element
-from .w4a4_gemv import _words, prune_decode_configs
+from .w4a4_gemv import _words, prune_decode_configs, split_k_buffer
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
 # One small config under the interpreter: tests run many shapes on a CPU.
 INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, PAIRED=False)
-INTERPRET_ROW_CONFIG = dict(BLOCK_N=16, BLOCK_KW=4, PREFETCH=True, LOOP_STAGES=1)
+INTERPRET_ROW_CONFIG = dict(BLOCK_N=16, BLOCK_KW=4, PREFETCH=True, LOOP_STAGES=1, SPLIT_K=1)
 # Width of the high plane's fields by code width: FP4 has none.
 HIGH_PLANE_WIDTH = {4: 0, 5: 1, 6: 2}
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for Hopper. Decode (M <= 16) is
@@ -102,6 +102,19 @@ ROW_CONFIGS = [
 # Row-kernel configs whose K loop Triton software-pipelines (``tl.range(..., num_stages=LOOP_STAGES)``, as
 # ``w4a4_gemv.GEMV_PIPELINED_CONFIGS``): (BLOCK_N, BLOCK_KW, num_warps, LOOP_STAGES).
 ROW_PIPELINED_CONFIGS = [(16, 64, 4, 3), (32, 64, 8, 3), (16, 128, 8, 3), (32, 128, 8, 3), (16, 64, 4, 4)]
+# Row-kernel configs that split K among SPLIT_K programs a tile (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH,
+# SPLIT_K), for weights whose rows give few programs: at N = 4096 the tuner's 32-row tiles are 128 programs of 8
+# warps, one an SM of the H200's 132, and FP6 streamed 0.78-1.12 TB/s there against 1.5 TB/s at N = 14336 (2026-12-03,
+# ``benchmarks/results/kernels_h200.md``). Only where the tiles are fewer than ROW_SPLIT_MAX_TILES and every slice
+# has at least two steps.
+ROW_SPLIT_CONFIGS = [
+    (32, 128, 8, 2, True, 2), (32, 128, 8, 2, False, 2), (32, 64, 8, 2, True, 2), (32, 64, 8, 2, True, 4),
+    (64, 64, 8, 2, True, 2), (64, 64, 8, 2, False, 4), (16, 128, 8, 2, True, 2), (16, 64, 4, 2, False, 4),
+]
+ROW_MAX_SPLIT_K = 4
+ROW_SPLIT_MAX_TILES = 256
+# The narrowest BLOCK_N of any row config (the split-K tile counters are sized for it).
+ROW_MIN_BLOCK_N = 8
 # The row kernel takes up to ROW_MAX_M activation rows (``row_kernel=True``); by default a GPU gives it up to
 # ROW_DEFAULT_MAX_M, where it beat the tensor-core kernel 1.4-1.9x on the H200 (at 8 rows they tied).
 ROW_MAX_M = 8
@@ -365,12 +378,12 @@ def _dot_placed(x, placed, acc, W_UNIT: tl.constexpr, DOT_F32: tl.constexpr):
 
 @triton.jit
 def _fpx_row_kernel(
-    x_ptr, low_ptr, high_ptr, scale_ptr, bias_ptr, out_ptr,
+    x_ptr, low_ptr, high_ptr, scale_ptr, bias_ptr, out_ptr, partial_ptr, count_ptr,
     M, N, KW, stride_xm, stride_om, stride_low, stride_high, unit,
     BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr,
     X_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
     PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, MMA: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0,
-    USE_ASM: tl.constexpr = False,
+    USE_ASM: tl.constexpr = False, SPLIT_K: tl.constexpr = 1,
 ):
     """Up to ROW_MAX_M activation rows (decode) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
@@ -385,11 +398,24 @@ def _fpx_row_kernel(
     would stage every decoded tile through shared memory. One row keeps a 2-D accumulator in
     the weight tile's own layout; ``PREFETCH`` (one row only) loads each step's words one
     step ahead, before the arithmetic of the step before (Triton does not pipeline loads
-    that feed no dot); without it a step loads its own words first.
+    that feed no dot); without it a step loads its own words first. SPLIT_K > 1: program (n, s) takes the s-th of
+    SPLIT_K slices of the words and stores its unscaled sums in slot s of ``partial_ptr`` (SPLIT_K, M, N fp32); the
+    tile's counter at ``count_ptr`` (zero between launches, which the last resets) tells the last program to
+    arrive, which adds the slots in slot order (the same sum whichever arrives last) and runs the epilogue.
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
     n_ok = offs_n < N
+    if SPLIT_K > 1:  # by hand, not tl.cdiv (the module docstring): whole steps a slice
+        slice_kw = (KW + SPLIT_K * BLOCK_KW - 1) // (SPLIT_K * BLOCK_KW) * BLOCK_KW
+        w_first = tl.program_id(1) * slice_kw
+        w_stop = tl.minimum(w_first + slice_kw, KW)
+    else:
+        w_first = 0
+        w_stop = KW
+    x_ptr += 8 * w_first
+    low_ptr += w_first
+    high_ptr += w_first
     low_ptrs = low_ptr + offs_n[:, None] * stride_low + offs_w[None, :]
     # Loaded four words a thread like the low plane (its 16-byte vectors), not eight or sixteen: one layout for
     # both tiles and the accumulator, so no tile goes through shared memory to change layout.
@@ -404,8 +430,8 @@ def _fpx_row_kernel(
         x_ptrs = x_ptr + offs_w * 8
         c0 = tl.full((BLOCK_N // 2, BLOCK_KW), 0.0, tl.float32)
         c1, c2, c3 = c0, c0, c0
-        for w0 in tl.range(0, KW, BLOCK_KW, num_stages=LOOP_STAGES):
-            w_ok = offs_w < KW - w0
+        for w0 in tl.range(w_first, w_stop, BLOCK_KW, num_stages=LOOP_STAGES):
+            w_ok = offs_w < w_stop - w0
             low_a, high_a = _plane_words(low_ptrs, high_ptrs, a_ok & w_ok[None, :], HIGH_WIDTH)
             low_b, high_b = _plane_words(low_ptrs + stride_low, high_ptrs + stride_high, b_ok & w_ok[None, :],
                                          HIGH_WIDTH)
@@ -429,11 +455,12 @@ def _fpx_row_kernel(
         x_ptrs = x_ptr + offs_w * 8
         acc = tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32)
         if PREFETCH:
-            low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & (offs_w < KW)[None, :], HIGH_WIDTH)
-        for w0 in tl.range(0, KW, BLOCK_KW, num_stages=LOOP_STAGES):
-            w_ok = offs_w < KW - w0
+            low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & (offs_w < w_stop - w_first)[None, :],
+                                     HIGH_WIDTH)
+        for w0 in tl.range(w_first, w_stop, BLOCK_KW, num_stages=LOOP_STAGES):
+            w_ok = offs_w < w_stop - w0
             if PREFETCH:  # the next step's words are in flight during this step's arithmetic
-                next_ok = n_ok[:, None] & (offs_w < KW - w0 - BLOCK_KW)[None, :]
+                next_ok = n_ok[:, None] & (offs_w < w_stop - w0 - BLOCK_KW)[None, :]
                 low_next, high_next = _plane_words(low_ptrs + BLOCK_KW, high_ptrs + BLOCK_KW, next_ok, HIGH_WIDTH)
             else:
                 low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH)
@@ -460,8 +487,8 @@ def _fpx_row_kernel(
         low_ptrs3 = low_ptr + offs_n[None, :, None] * stride_low + offs_w[None, None, :]
         high_ptrs3 = high_ptr + offs_n[None, :, None] * stride_high + offs_high[None, None, :]
         acc3 = tl.full((BLOCK_M, BLOCK_N, BLOCK_KW), 0.0, tl.float32)
-        for w0 in tl.range(0, KW, BLOCK_KW, num_stages=LOOP_STAGES):
-            w_ok = offs_w < KW - w0
+        for w0 in tl.range(w_first, w_stop, BLOCK_KW, num_stages=LOOP_STAGES):
+            w_ok = offs_w < w_stop - w0
             x_ok = m_ok[:, None] & w_ok[None, :]
             low, high = _plane_words(low_ptrs3, high_ptrs3, n_ok[None, :, None] & w_ok[None, None, :], HIGH_WIDTH)
             for j in tl.static_range(4):
@@ -474,12 +501,31 @@ def _fpx_row_kernel(
             low_ptrs3 += BLOCK_KW
             high_ptrs3 += BLOCK_KW
         out = tl.reduce(acc3, 2, _sum_combine) * unit
+    rows = tl.arange(0, BLOCK_M)
+    mn_ok = (rows < M)[:, None] & n_ok[None, :]
+    if SPLIT_K > 1:
+        slots = partial_ptr + rows[:, None] * N + offs_n[None, :]
+        tl.store(slots + tl.program_id(1) * M * N, out, mask=mn_ok)
+        tl.debug_barrier()  # every thread's sums are stored before the counter says so
+        if tl.atomic_add(count_ptr + tl.program_id(0), 1, sem="acq_rel") == SPLIT_K - 1:
+            tl.atomic_xchg(count_ptr + tl.program_id(0), 0, sem="relaxed")
+            total = tl.load(slots, mask=mn_ok, other=0.0, cache_modifier=".cg")  # (from L2: other SMs' stores)
+            for s in tl.static_range(1, SPLIT_K):
+                total += tl.load(slots + s * M * N, mask=mn_ok, other=0.0, cache_modifier=".cg")
+            _store_row_products(total, offs_n, n_ok, rows, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
+    else:
+        _store_row_products(out, offs_n, n_ok, rows, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
+
+
+@triton.jit
+def _store_row_products(out, offs_n, n_ok, rows, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om,
+                        HAS_BIAS: tl.constexpr):
+    """The row kernel's epilogue: the (BLOCK_M, BLOCK_N) sums times the per-channel scales, plus the bias, stored
+    in the output's dtype."""
     out *= tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    rows = tl.arange(0, BLOCK_M)
-    tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=(rows < M)[:, None] & n_ok[None, :])
+    tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty), mask=mn_ok)
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -500,20 +546,31 @@ _fpx_autotuned = triton.autotune(
 )(_fpx_kernel)
 
 
+def row_split_fits(n: int, kw: int, block_n: int, block_kw: int, split_k: int) -> bool:
+    """Whether a row config may split K this way: unsplit always; split, where the tiles are fewer than
+    ROW_SPLIT_MAX_TILES and every slice has at least two steps."""
+    return split_k == 1 or (triton.cdiv(n, block_n) < ROW_SPLIT_MAX_TILES and kw >= 2 * split_k * block_kw)
+
+
 def _prune_row_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """``prune_decode_configs``, less the prefetching configs for the tensor-core form (which has no prefetching
-    path: they would time as their twins)."""
+    """``prune_decode_configs`` of the configs that ``row_split_fits``, less the prefetching configs for the
+    tensor-core form (which has no prefetching path: they would time as their twins)."""
+    args = {**named_args, **kwargs}
+    configs = [c for c in configs
+               if row_split_fits(args["N"], args["KW"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])]
     kept = prune_decode_configs(configs, named_args, **kwargs)
-    if {**named_args, **kwargs}["MMA"]:
+    if args["MMA"]:
         kept = [c for c in kept if not c.kwargs["PREFETCH"]] or kept
     return kept
 
 
 _fpx_row_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch, LOOP_STAGES=1), num_warps=w,
+    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch, LOOP_STAGES=1, SPLIT_K=1), num_warps=w,
                            num_stages=st) for bn, bkw, w, st, prefetch in ROW_CONFIGS]
-    + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=stages), num_warps=w,
-                     num_stages=stages) for bn, bkw, w, stages in ROW_PIPELINED_CONFIGS],
+    + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=stages, SPLIT_K=1), num_warps=w,
+                     num_stages=stages) for bn, bkw, w, stages in ROW_PIPELINED_CONFIGS]
+    + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch, LOOP_STAGES=1, SPLIT_K=split), num_warps=w,
+                     num_stages=st) for bn, bkw, w, st, prefetch, split in ROW_SPLIT_CONFIGS],
     key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA"],
     prune_configs_by=dict(early_config_prune=_prune_row_configs),
 )(_fpx_row_kernel)
@@ -540,21 +597,35 @@ def takes_row_kernel(m: int, k: int) -> bool:
     return m <= ROW_DEFAULT_MAX_M and k % 8 == 0 and not INTERPRET
 
 
+def check_row_config(config: triton.Config, row_kernel: bool | None) -> None:
+    """A clear error for a fixed row-kernel config that names too little or splits K too far."""
+    needed = ("BLOCK_N", "BLOCK_KW", "PREFETCH", "LOOP_STAGES", "SPLIT_K")
+    if not row_kernel or any(name not in config.kwargs for name in needed):
+        raise ValueError(f"row_config fixes the row kernel's config (with row_kernel=True): it names {needed}, got "
+                         f"row_kernel={row_kernel} and {config.kwargs}")
+    if not (config.kwargs["BLOCK_N"] >= ROW_MIN_BLOCK_N and 1 <= config.kwargs["SPLIT_K"] <= ROW_MAX_SPLIT_K):
+        raise ValueError(f"row_config: BLOCK_N at least {ROW_MIN_BLOCK_N} and SPLIT_K 1 to {ROW_MAX_SPLIT_K}, got "
+                         f"{config.kwargs}")
+
+
 def fpx_matmul_triton(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-    out: torch.Tensor | None = None, row_kernel: bool | None = None,
+    out: torch.Tensor | None = None, row_kernel: bool | None = None, row_config: triton.Config | None = None,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.fpx_matmul_ref`` (x 2-D); writes into ``out`` (M, N) when given.
 
     ``row_kernel``: whether the rows run on ``_fpx_row_kernel`` (CUDA cores) rather than the
     tensor-core kernel; None takes it for up to ROW_DEFAULT_MAX_M rows on a GPU. True with
-    more than ROW_MAX_M rows is an error.
+    more than ROW_MAX_M rows is an error. ``row_config`` (with the row kernel) replaces the autotuner's pick or the
+    interpreter's fixed config: BLOCK_N, BLOCK_KW, PREFETCH, LOOP_STAGES and SPLIT_K, warps and stages.
     """
     check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype)
     if row_kernel and not (1 <= x.shape[0] <= ROW_MAX_M and x.shape[1] % 8 == 0):
         raise ValueError(f"the row kernel takes 1 to {ROW_MAX_M} activation rows and K a multiple of 8, got "
                          f"{x.shape[0]} rows and K={x.shape[1]}")
+    if row_config is not None:
+        check_row_config(row_config, row_kernel)
     fmt = fpx_element(element, bits)
     m, k = x.shape
     n = planes[0].shape[0]
@@ -583,17 +654,25 @@ def fpx_matmul_triton(
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                  DOT_F32=INTERPRET or x.dtype == torch.float32, W_UNIT=2.0 ** (127 - fmt.default_bias))
     if row_kernel or (row_kernel is None and takes_row_kernel(m, k)):
-        row_args = (x, low_words, high_words, scale, bias_arg, out, m, n, k // 8, x.stride(0), out.stride(0),
-                    low_words.stride(0), high_words.stride(0), 2.0 ** (127 - fmt.default_bias - ROW_X_SCALE_EXP))
+        # Split-K's unscaled partial sums (every slot written before it is read) and its zeroed tile counters
+        partials = torch.empty((ROW_MAX_SPLIT_K, m, n), dtype=torch.float32, device=x.device)
+        counters = split_k_buffer(x.device, m, n, ROW_MIN_BLOCK_N)[1]
+        row_args = (x, low_words, high_words, scale, bias_arg, out, partials, counters, m, n, k // 8, x.stride(0),
+                    out.stride(0), low_words.stride(0), high_words.stride(0),
+                    2.0 ** (127 - fmt.default_bias - ROW_X_SCALE_EXP))
         row_flags = dict(BITS=bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                          X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m),
                          MMA=m == 1 and x.dtype == torch.bfloat16 and row_mma_on(), UNIT_EXP=127 - fmt.default_bias,
                          USE_ASM=not INTERPRET)
-        if INTERPRET:
-            _fpx_row_kernel[(triton.cdiv(n, INTERPRET_ROW_CONFIG["BLOCK_N"]),)](*row_args, **row_flags,
-                                                                               **INTERPRET_ROW_CONFIG)
+        if row_config is not None or INTERPRET:
+            fixed, launch = (row_config.kwargs, dict(num_warps=row_config.num_warps,
+                                                     num_stages=row_config.num_stages)) \
+                if row_config is not None else (INTERPRET_ROW_CONFIG, {})
+            grid = (triton.cdiv(n, fixed["BLOCK_N"]), fixed["SPLIT_K"])
+            _fpx_row_kernel[grid](*row_args, **row_flags, **fixed, **launch)
         else:
-            _fpx_row_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](*row_args, **row_flags)
+            _fpx_row_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*row_args,
+                                                                                               **row_flags)
     elif INTERPRET:
         grid = (triton.cdiv(m, INTERPRET_CONFIG["BLOCK_M"]), triton.cdiv(n, INTERPRET_CONFIG["BLOCK_N"]))
         _fpx_kernel[grid](*args, **flags, **{**INTERPRET_CONFIG, "PAIRED": INTERPRET_CONFIG["PAIRED"] and k % 8 == 0})

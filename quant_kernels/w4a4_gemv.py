@@ -676,12 +676,13 @@ def _words(packed: torch.Tensor, dtype: torch.dtype = torch.int32) -> torch.Tens
 _split_k_buffers: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
-def split_k_buffer(device: torch.device, m: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zeroed int32 partial sums (m * n) and tile counters for the tensor-core kernel's split-K (the first counter
-    also the CUDA-core kernel's norm tail's), one buffer per device and stream, grown on demand: each product
-    leaves it zeroed for the next, and products on one stream run one after another (two streams would race on a
-    shared one)."""
-    tiles = triton.cdiv(n, TC_MIN_BLOCK_N)
+def split_k_buffer(device: torch.device, m: int, n: int, min_block_n: int = TC_MIN_BLOCK_N
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed int32 partial sums (m * n) and tile counters (one per ``min_block_n`` output columns) for the
+    tensor-core kernel's split-K (the first counter also the CUDA-core kernel's norm tail's, the counters the FPx
+    row kernel's split-K's), one buffer per device and stream, grown on demand: each product leaves it zeroed for
+    the next, and products on one stream run one after another (two streams would race on a shared one)."""
+    tiles = triton.cdiv(n, min_block_n)
     key = (device, torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0)
     buffer = _split_k_buffers.get(key)
     if buffer is None or buffer.numel() < m * n + tiles:

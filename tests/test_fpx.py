@@ -269,6 +269,84 @@ def test_row_kernel_equals_twin(name, k, prefetch, stages, monkeypatch):
             assert_matches_twin(out, want)
 
 
+@pytest.mark.parametrize("split, prefetch, k", [(2, True, 64), (3, False, 200), (4, True, 200), (4, False, 48)],
+                         ids=["2-prefetch", "3-ragged", "4-prefetch-ragged", "4-one-empty-slice"])
+@pytest.mark.parametrize("name", ["e3m2", "e2m2", "e2m1"])
+def test_row_kernel_split_k_equals_twin(name, split, prefetch, k, monkeypatch):
+    """SPLIT_K slices of the words a tile, their sums added by the tile's last program: every code, ragged K (the
+    last slice short; K = 48 leaves the fourth slice no step), 1, 3 and 8 rows, bias or none, the tensor-core form;
+    the tile counters are zero again after every product, and a product run twice is the same bit for bit."""
+    from quant_kernels import w4a4_gemv
+
+    monkeypatch.setitem(fpx_gemm.INTERPRET_ROW_CONFIG, "SPLIT_K", split)
+    monkeypatch.setitem(fpx_gemm.INTERPRET_ROW_CONFIG, "PREFETCH", prefetch)
+    bits = element_named(name).bits
+    for m, mma in ((1, "0"), (1, "1"), (3, "0"), (8, "0")):
+        monkeypatch.setenv("PTQ_FPX_MMA", mma)
+        x, planes, scale, bias = operands(name, m, 40, k, torch.bfloat16, seed=k + m + split)
+        for out_dtype, b in ((torch.bfloat16, bias), (torch.float32, None)):
+            want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=b, out_dtype=out_dtype)
+            poisoned = torch.full((m, 40), float("nan"), dtype=out_dtype)
+            out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=b,
+                                             out_dtype=out_dtype, out=poisoned, row_kernel=True)
+            assert out is poisoned and not out.isnan().any()
+            assert_matches_twin(out, want)
+            again = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=b,
+                                               out_dtype=out_dtype, row_kernel=True)
+            assert torch.equal(again, out)
+            assert not w4a4_gemv.split_k_buffer(x.device, m, 40, fpx_gemm.ROW_MIN_BLOCK_N)[1].any()
+
+
+def test_row_kernel_takes_a_fixed_config():
+    """``row_config`` replaces the interpreter's config (a split one here, as a GPU check forces it); one that
+    names too little, splits too far or comes without the row kernel is refused, naming what it needs."""
+    x, planes, scale, bias = operands("e3m2", 1, 40, 128, torch.bfloat16, seed=5)
+    want = fpx_matmul_ref(x, planes, scale, element="e3m2", bits=6, bias=bias)
+    fixed = triton.Config(dict(BLOCK_N=8, BLOCK_KW=4, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=4))
+    out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, bias=bias, row_kernel=True,
+                                     row_config=fixed)
+    assert_matches_twin(out, want)
+    for config, row_kernel, message in (
+        (fixed, None, "with row_kernel=True"),
+        (triton.Config(dict(BLOCK_N=8, BLOCK_KW=2)), True, "it names"),
+        (triton.Config({**fixed.kwargs, "SPLIT_K": 5}), True, "SPLIT_K 1 to 4"),
+        (triton.Config({**fixed.kwargs, "BLOCK_N": 4}), True, "BLOCK_N at least 8"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, row_kernel=row_kernel,
+                                       row_config=config)
+
+
+def test_kernel_check_forces_the_split_row_configs(tmp_path):
+    """``kernel_check --only fpx_split`` runs the row kernel with its split configs fixed (the interpreter's small
+    cases here, as a GPU runs the Llama-3-8B ones) and every check passes."""
+    import json
+
+    from benchmarks.kernel_check import DRY_FPX_SPLIT, main
+
+    assert main(["--cpu_dry_run", "--only", "fpx_split", "--out", str(tmp_path / "split")]) == 0
+    checks = json.loads((tmp_path / "split.json").read_text())["checks"]
+    assert len(checks) == len(DRY_FPX_SPLIT) and all(c["ok"] for c in checks)
+    assert all("split" in c["case"] for c in checks)
+
+
+def test_row_split_configs_only_where_tiles_are_few_and_slices_long():
+    """The autotuner's split configs survive pruning at N = 4096 (128 tiles of 32 rows), not at N = 28672, nor
+    where a slice would have fewer than two steps."""
+    configs = fpx_gemm._fpx_row_autotuned.configs
+
+    def splits(n: int, kw: int) -> set:
+        kept = fpx_gemm._prune_row_configs(configs, dict(N=n, KW=kw, BLOCK_M=1, MMA=False))
+        return {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"]) for c in kept if c.kwargs["SPLIT_K"] > 1}
+
+    assert (32, 128, 2) in splits(4096, 512) and (32, 64, 4) in splits(4096, 512)
+    assert (64, 64, 4) in splits(4096, 512) and (32, 128, 2) in splits(4096, 1792)
+    assert not splits(28672, 512)
+    assert all(512 >= 2 * split * bkw for _, bkw, split in splits(4096, 512))
+    assert not any(c.kwargs["SPLIT_K"] > fpx_gemm.ROW_MAX_SPLIT_K for c in configs)
+    assert min(c.kwargs["BLOCK_N"] for c in configs) == fpx_gemm.ROW_MIN_BLOCK_N
+
+
 @pytest.mark.parametrize("k", [64, 200])
 @pytest.mark.parametrize("name", FPX)
 def test_row_kernel_tensor_core_form_equals_twin(name, k, monkeypatch):
