@@ -103,16 +103,17 @@ ROW_CONFIGS = [
 # ``w4a4_gemv.GEMV_PIPELINED_CONFIGS``): (BLOCK_N, BLOCK_KW, num_warps, LOOP_STAGES).
 ROW_PIPELINED_CONFIGS = [(16, 64, 4, 3), (32, 64, 8, 3), (16, 128, 8, 3), (32, 128, 8, 3), (16, 64, 4, 4)]
 # Row-kernel configs that split K among SPLIT_K programs a tile (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH,
-# SPLIT_K), for weights whose rows give few programs: at N = 4096 the tuner's 32-row tiles are 128 programs of 8
-# warps, one an SM of the H200's 132, and FP6 streamed 0.78-1.12 TB/s there against 1.5 TB/s at N = 14336 (2026-12-03,
-# ``benchmarks/results/kernels_h200.md``). Only where the tiles are fewer than ROW_SPLIT_MAX_TILES and every slice
-# has at least two steps.
+# SPLIT_K), where every slice has at least two steps. Unsplit, at N = 4096 the tuner's 32-row tiles were 128
+# programs of 8 warps, one an SM of the H200's 132, and FP6 streamed 0.78-1.12 TB/s there against 1.5 TB/s at
+# N = 14336; split four ways (64 x 64 words), 0.89-1.64 TB/s, and the FP6 decode step went from 1.19x to 1.42x bf16
+# (2026-12-03, ``benchmarks/results/kernels_h200.md``, sixteenth run). At N = 28672 (gate/up) 448 tiles of 64 rows
+# are 1.1 waves of three programs an SM: the splits fill the last one.
 ROW_SPLIT_CONFIGS = [
     (32, 128, 8, 2, True, 2), (32, 128, 8, 2, False, 2), (32, 64, 8, 2, True, 2), (32, 64, 8, 2, True, 4),
     (64, 64, 8, 2, True, 2), (64, 64, 8, 2, False, 4), (16, 128, 8, 2, True, 2), (16, 64, 4, 2, False, 4),
+    (64, 64, 8, 2, True, 4), (64, 64, 8, 2, False, 8),
 ]
-ROW_MAX_SPLIT_K = 4
-ROW_SPLIT_MAX_TILES = 256
+ROW_MAX_SPLIT_K = 8
 # The narrowest BLOCK_N of any row config (the split-K tile counters are sized for it).
 ROW_MIN_BLOCK_N = 8
 # The row kernel takes up to ROW_MAX_M activation rows (``row_kernel=True``); by default a GPU gives it up to
@@ -546,18 +547,17 @@ _fpx_autotuned = triton.autotune(
 )(_fpx_kernel)
 
 
-def row_split_fits(n: int, kw: int, block_n: int, block_kw: int, split_k: int) -> bool:
-    """Whether a row config may split K this way: unsplit always; split, where the tiles are fewer than
-    ROW_SPLIT_MAX_TILES and every slice has at least two steps."""
-    return split_k == 1 or (triton.cdiv(n, block_n) < ROW_SPLIT_MAX_TILES and kw >= 2 * split_k * block_kw)
+def row_split_fits(kw: int, block_kw: int, split_k: int) -> bool:
+    """Whether a row config may split K this way: unsplit always; split, where every slice has at least two
+    steps."""
+    return split_k == 1 or kw >= 2 * split_k * block_kw
 
 
 def _prune_row_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """``prune_decode_configs`` of the configs that ``row_split_fits``, less the prefetching configs for the
     tensor-core form (which has no prefetching path: they would time as their twins)."""
     args = {**named_args, **kwargs}
-    configs = [c for c in configs
-               if row_split_fits(args["N"], args["KW"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])]
+    configs = [c for c in configs if row_split_fits(args["KW"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])]
     kept = prune_decode_configs(configs, named_args, **kwargs)
     if args["MMA"]:
         kept = [c for c in kept if not c.kwargs["PREFETCH"]] or kept

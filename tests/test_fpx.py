@@ -309,7 +309,7 @@ def test_row_kernel_takes_a_fixed_config():
     for config, row_kernel, message in (
         (fixed, None, "with row_kernel=True"),
         (triton.Config(dict(BLOCK_N=8, BLOCK_KW=2)), True, "it names"),
-        (triton.Config({**fixed.kwargs, "SPLIT_K": 5}), True, "SPLIT_K 1 to 4"),
+        (triton.Config({**fixed.kwargs, "SPLIT_K": 9}), True, "SPLIT_K 1 to 8"),
         (triton.Config({**fixed.kwargs, "BLOCK_N": 4}), True, "BLOCK_N at least 8"),
     ):
         with pytest.raises(ValueError, match=message):
@@ -330,9 +330,8 @@ def test_kernel_check_forces_the_split_row_configs(tmp_path):
     assert all("split" in c["case"] for c in checks)
 
 
-def test_row_split_configs_only_where_tiles_are_few_and_slices_long():
-    """The autotuner's split configs survive pruning at N = 4096 (128 tiles of 32 rows), not at N = 28672, nor
-    where a slice would have fewer than two steps."""
+def test_row_split_configs_only_where_slices_are_long():
+    """The autotuner's split configs survive pruning where every slice has at least two steps."""
     configs = fpx_gemm._fpx_row_autotuned.configs
 
     def splits(n: int, kw: int) -> set:
@@ -340,8 +339,8 @@ def test_row_split_configs_only_where_tiles_are_few_and_slices_long():
         return {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"]) for c in kept if c.kwargs["SPLIT_K"] > 1}
 
     assert (32, 128, 2) in splits(4096, 512) and (32, 64, 4) in splits(4096, 512)
-    assert (64, 64, 4) in splits(4096, 512) and (32, 128, 2) in splits(4096, 1792)
-    assert not splits(28672, 512)
+    assert (64, 64, 4) in splits(28672, 512) and (64, 64, 8) in splits(4096, 1792)
+    assert (64, 64, 8) not in splits(4096, 512) and not splits(4096, 64)
     assert all(512 >= 2 * split * bkw for _, bkw, split in splits(4096, 512))
     assert not any(c.kwargs["SPLIT_K"] > fpx_gemm.ROW_MAX_SPLIT_K for c in configs)
     assert min(c.kwargs["BLOCK_N"] for c in configs) == fpx_gemm.ROW_MIN_BLOCK_N
