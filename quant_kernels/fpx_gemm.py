@@ -39,8 +39,11 @@ tuner picked 32 x 128 and 64 x 64 words on 8 warps, with and without prefetching
 With ``PTQ_FPX_MMA=1`` one bfloat16 row runs the row kernel's tensor-core form instead: rows in pairs, each placed
 pair of codes scaled to its values in bfloat16 (``_valued_pairs``) and multiplied by an mma.sync whose diagonal
 holds each lane quad's row sums (``_quad_mma``); 17 % fewer instructions than the fp32 form for FP6 in sm_90 SASS
-(840 against 1,008 at 32 x 128 words on 8 warps), not yet checked on a GPU (``benchmarks/results/kernels_h200.md``,
-twenty-fifth session).
+(840 against 1,008 at 32 x 128 words on 8 warps), correct on the H200 and no faster there (1.01-1.41x bf16 against
+1.08-1.42x; ``benchmarks/results/kernels_h200.md``, sixteenth run).
+Where a weight's rows give few tiles the row kernel may split K among SPLIT_K programs a tile (``ROW_SPLIT_CONFIGS``,
+the last program of a tile adds the slices' sums in a fixed order): on the H200 FP6 at 4096 x 4096 and 4096 x 14336
+went from 1.16x / 1.08x bf16 to 1.33x / 1.54x, and the compiled FP6 decode step from 1.19x to 1.42x (same run).
 The row kernel also runs 2 to ``ROW_MAX_M`` rows, each decoded pair multiplying every row. On
 the H200 (2026-12-02, tenth session) it took M = 4 from 0.45-0.72x bf16 on the tensor-core kernel
 to 0.82-1.02x, and tied it at M = 8 (0.48-0.70x), so by default a GPU gives it up to
@@ -578,7 +581,7 @@ _fpx_row_autotuned = triton.autotune(
 
 def row_mma_on() -> bool:
     """Whether one bfloat16 activation row takes the row kernel's tensor-core form (``_quad_mma``;
-    ``PTQ_FPX_MMA``: 0 by default, until it is checked on a GPU; 1 takes it)."""
+    ``PTQ_FPX_MMA``: 0 by default, the fp32 form, which was as fast on the H200; 1 takes it)."""
     flag = os.environ.get("PTQ_FPX_MMA", "0")
     if flag not in ("0", "1"):
         raise ValueError(f"PTQ_FPX_MMA={flag!r}: choose 0 (the row kernel's fp32 multiply-adds, the default) or 1 "

@@ -139,8 +139,8 @@ PINNED_GEMV_CONFIGS = {
 TC_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1")
 # Its picks kept instead of tuning, as PINNED_GEMV_CONFIGS: (BLOCK_N, BLOCK_KB, SPLIT_K, warps, stages). On the H200
 # the batch-8 Llama-3-8B W4A4KV4 decode step (q/k/v, o_proj, gate/up, down on INT4 weights) ran 3.97 ms with one
-# process's draws (run 16), 4.77 and 5.96 ms with two others' (runs 24, 23) and 3.89 ms with these (run 25,
-# ``benchmarks/results/end_to_end_h200.md``).
+# process's draws (run 16), 4.77 and 5.96 ms with two others' (runs 24, 23) and 3.89 ms with these (run 26); pinned,
+# bench_model's batch 8 went from 0.99x bf16 (run 23) to 1.36x (run 28, ``benchmarks/results/end_to_end_h200.md``).
 PINNED_TC_CONFIGS = {
     "NVIDIA H200": {
         (8, 6144, 2048, False, False, 16, False): (64, 256, 2, 4, 3),
