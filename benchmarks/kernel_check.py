@@ -245,9 +245,10 @@ def check_fp8_linear(m: int, n: int, k: int, a_name: str, w_name: str, device: t
 
 
 def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device,
-              row_config: tuple[int, int, int, bool, int] | None = None) -> dict:
-    """The FPx kernel (the autotuner's pick, or the row kernel with ``row_config`` = (BLOCK_N, BLOCK_KW, warps,
-    PREFETCH, SPLIT_K), two stages) against the twin; with a split config, run twice: the same bits both times."""
+              config: tuple | None = None) -> dict:
+    """The FPx kernel against the twin: the autotuner's pick, or a fixed ``config``: the row kernel's (BLOCK_N,
+    BLOCK_KW, warps, PREFETCH, SPLIT_K) or the tensor-core kernel's ("tile", BLOCK_M, BLOCK_N, BLOCK_K, warps,
+    SWAP_AB; PAIRED), two or three stages. A fixed config runs twice: the same bits both times."""
     import triton
 
     from quant_kernels.fpx_gemm import fpx_matmul_triton
@@ -258,20 +259,25 @@ def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device
     planes = pack_planes(encode(fmt.round(w / scale), fmt), fmt.bits)
     x = random_activations(m, k, x_dtype, device)
     out = torch.full((m, n), float("nan"), dtype=x_dtype, device=device)
-    fixed = {}
-    if row_config is not None:
-        block_n, block_kw, warps, prefetch, split = row_config
-        fixed = dict(row_kernel=True, row_config=triton.Config(
+    fixed, case = {}, element
+    if config is not None and config[0] == "tile":
+        _, block_m, block_n, block_k, warps, swap = config
+        fixed = dict(row_kernel=False, config=triton.Config(
+            dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PAIRED=True, SWAP_AB=swap), num_warps=warps,
+            num_stages=3))
+        case += f" tile {block_m}x{block_n}x{block_k} w{warps}{' swapped' if swap else ''}"
+    elif config is not None:
+        block_n, block_kw, warps, prefetch, split = config
+        fixed = dict(row_kernel=True, config=triton.Config(
             dict(BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch, LOOP_STAGES=1, SPLIT_K=split),
             num_warps=warps, num_stages=2))
+        case += f" row {block_n}x{block_kw} w{warps}{' prefetch' if prefetch else ''} split{split}"
     fpx_matmul_triton(x, planes, scale, element=element, bits=fmt.bits, out=out, **fixed)
     want = reference.fpx_matmul_ref(x, planes, scale, element=element, bits=fmt.bits, out_dtype=torch.float32)
     ok, excess = close(out, want)
-    case = element
-    if row_config is not None:
+    if fixed:
         again = fpx_matmul_triton(x, planes, scale, element=element, bits=fmt.bits, **fixed)
         ok = ok and torch.equal(again, out)
-        case += f" row {block_n}x{block_kw} w{warps}{' prefetch' if prefetch else ''} split{split}"
     return {"kernel": "fpx_gemm", "case": case, "shape": f"M{m} N{n} K{k} {str(x_dtype).removeprefix('torch.')}",
             "error_over_bound": excess, "ok": ok}
 
@@ -284,12 +290,27 @@ GPU_FPX_SPLIT = [(1, 4096, 4096, "e3m2", torch.bfloat16, (32, 128, 8, True, 2)),
                  (1, 40, 200, "e2m2", torch.bfloat16, (16, 64, 4, False, 2))]
 DRY_FPX_SPLIT = [(1, 40, 200, "e3m2", torch.bfloat16, (16, 4, 1, True, 3)),
                  (3, 40, 64, "e2m1", torch.float32, (8, 4, 1, False, 2))]
+# (M, N, K, element, x dtype, ("tile", BLOCK_M, BLOCK_N, BLOCK_K, warps, SWAP_AB)): the tensor-core kernel's
+# swapped PAIRED path forced at decode batches (and its unswapped twin once), ragged M and K included.
+GPU_FPX_SWAP = [(8, 4096, 4096, "e3m2", torch.bfloat16, ("tile", 16, 64, 128, 4, True)),
+                (16, 14336, 4096, "e2m3", torch.float16, ("tile", 16, 128, 256, 8, True)),
+                (40, 4096, 14336, "e2m1", torch.bfloat16, ("tile", 64, 128, 128, 8, True)),
+                (5, 40, 200, "e3m2", torch.bfloat16, ("tile", 16, 64, 128, 4, True)),
+                (8, 4096, 4096, "e3m2", torch.bfloat16, ("tile", 16, 64, 128, 4, False))]
+DRY_FPX_SWAP = [(5, 40, 200, "e3m2", torch.bfloat16, ("tile", 16, 16, 64, 1, True)),
+                (3, 24, 64, "e2m2", torch.float32, ("tile", 16, 16, 32, 1, True))]
 
 
 def check_fpx_split(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device,
-                    row_config: tuple[int, int, int, bool, int]) -> dict:
-    """``check_fpx`` on the row kernel with K split among programs (``row_config``'s SPLIT_K)."""
-    return check_fpx(m, n, k, element, x_dtype, device, row_config)
+                    config: tuple[int, int, int, bool, int]) -> dict:
+    """``check_fpx`` on the row kernel with K split among programs (``config``'s SPLIT_K)."""
+    return check_fpx(m, n, k, element, x_dtype, device, config)
+
+
+def check_fpx_swap(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device,
+                   config: tuple) -> dict:
+    """``check_fpx`` on the tensor-core kernel's PAIRED path with a fixed tile, swapped or not."""
+    return check_fpx(m, n, k, element, x_dtype, device, config)
 
 
 # (batch, K/V heads, query heads per K/V head, head dim, cache length, tokens written per row)
@@ -529,7 +550,7 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
 
 
 CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_fp8_codes, check_fp8_linear,
-          check_fpx, check_fpx_split, check_decode_attention, check_decode_attention_packed, check_kv_write,
+          check_fpx, check_fpx_split, check_fpx_swap, check_decode_attention, check_decode_attention_packed, check_kv_write,
           check_fused_decode, check_int8_decode, check_tc_decode)
 
 
@@ -623,8 +644,10 @@ def main(argv: list[str] | None = None) -> int:
         if n % 16 == 0 and k % 16 == 0:
             for a_name, w_name in PER_ROW_PAIRS:
                 record(check_fp8_linear, m, n, k, a_name, w_name, device)
-    for m, n, k, element, dtype, row_config in DRY_FPX_SPLIT if args.cpu_dry_run else GPU_FPX_SPLIT:
-        record(check_fpx_split, m, n, k, element, dtype, device, row_config)
+    for m, n, k, element, dtype, config in DRY_FPX_SPLIT if args.cpu_dry_run else GPU_FPX_SPLIT:
+        record(check_fpx_split, m, n, k, element, dtype, device, config)
+    for m, n, k, element, dtype, config in DRY_FPX_SWAP if args.cpu_dry_run else GPU_FPX_SWAP:
+        record(check_fpx_swap, m, n, k, element, dtype, device, config)
     for batch, heads, tokens, dim in DRY_KV_WRITE_SHAPES if args.cpu_dry_run else GPU_KV_WRITE_SHAPES:
         for dtype in OUT_DTYPES:
             record(check_kv_write, batch, heads, tokens, dim, dtype, device)

@@ -36,14 +36,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.result_files import write_result_files  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
-KERNELS = ("fpx_row", "w4a4_gemv", "w4a4_tc", "act_quant")
+KERNELS = ("fpx_row", "fpx_tile", "w4a4_gemv", "w4a4_tc", "act_quant")
 # act_quant --element: the activation element, whether its codes are written as E4M3 bytes (the FP8 path), its group
 # (0: per token) and scale kind (act_quant.SCALE_KIND_IDS).
 ACT_ELEMENTS = {"int4": ("int4", False, 0, "float"), "e2m1": ("e2m1", False, 0, "float"),
                 "int4_e4m3": ("int4", True, 0, "float"), "e2m1_e4m3": ("e2m1", True, 0, "float"),
                 "nvfp4": ("e2m1", False, 16, "e4m3"), "mxfp4": ("e2m1", False, 32, "e8m0")}
 # SASS opcodes reported in their own column; the rest are counted in the total only.
-COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "HMUL2", "I2F", "IDP", "HMMA", "IMMA", "IGMMA", "QGMMA",
+COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "HMUL2", "I2F", "IDP", "HMMA", "IMMA", "HGMMA", "IGMMA",
+           "QGMMA",
            "LDG", "LDGSTS", "LDS", "STS", "BAR")
 ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or size argument
 
@@ -69,6 +70,30 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] != "M"}
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)
+
+
+def fpx_tile_source(element: str, config: tuple[int, ...]):
+    """The FPx tensor-core kernel's ASTSource on its PAIRED path for 16 bfloat16 activation rows (decode batches)
+    and one (BLOCK_N, BLOCK_K, warps, stages, SWAP_AB); its configs are the autotuner's of 16 rows, unswapped
+    (``GPU_PAIRED_CONFIGS``) and swapped (``GPU_SWAP_CONFIGS``)."""
+    from triton.compiler import ASTSource
+
+    from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, _fpx_kernel
+    from quant_layers.packing import element_named
+
+    fmt = element_named(element)
+    high = HIGH_PLANE_WIDTH[fmt.bits]
+    names = ["x_ptr", "low_ptr", "high_ptr", "low_words_ptr", "high_words_ptr", "scale_ptr", "bias_ptr", "out_ptr",
+             "M", "N", "K", "M_BUCKET", "stride_xm", "stride_low", "stride_high", "stride_low_words",
+             "stride_high_words", "stride_om"]
+    pointers = ["*bf16", "*u8", "*u8", "*i32", "*i16" if high == 2 else "*u8", "*fp32", "*bf16", "*bf16"]
+    signature = dict(zip(names, pointers + ["i32"] * 10))
+    constants = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias, HIGH_WIDTH=high,
+                     HAS_BIAS=False, DOT_F32=False, W_UNIT=2.0 ** (127 - fmt.default_bias), BLOCK_M=16,
+                     BLOCK_N=config[0], BLOCK_K=config[1], PAIRED=True, SWAP_AB=bool(config[4]))
+    signature.update({name: "constexpr" for name in constants})
+    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(len(names)) if names[i] not in ("M", "M_BUCKET")}
+    return ASTSource(_fpx_kernel, signature, constants, aligned)
 
 
 def w4a4_gemv_source(pair: str, config: tuple[int, ...], norm_tail: int = 0):
@@ -162,6 +187,8 @@ def act_quant_configs(k: int, group: int = 0) -> list[tuple[int, ...]]:
 def config_label(kernel: str, config: tuple[int, ...]) -> str:
     """A config in words: (BLOCK_M, CHUNK, warps, stages, ROW_STEPS) for act_quant, else tile sizes, warps, stages
     and the decode kernels' options (prefetch, fold, pipelined)."""
+    if kernel == "fpx_tile":
+        return f"16x{config[0]}x{config[1]} w{config[2]} s{config[3]}" + (" swapped" if config[4] else "")
     if kernel == "act_quant":
         return (f"{config[0]} row{'s' if config[0] > 1 else ''}" + (f", chunk {config[1]}" if config[1] else "")
                 + (f", {config[4]} blocks in turn" if config[4] > 1 else "") + f" w{config[2]} s{config[3]}")
@@ -261,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
 
         def build(case, config):
             return fpx_row_source(case, config, args.mma)
+    elif args.kernel == "fpx_tile":
+        from quant_kernels.fpx_gemm import GPU_PAIRED_CONFIGS, GPU_SWAP_CONFIGS
+
+        configs = [(bn, bk, w, s, swap) for swap, tiles in ((False, GPU_PAIRED_CONFIGS), (True, GPU_SWAP_CONFIGS))
+                   for bm, bn, bk, w, s in tiles if bm == 16]
+        build = fpx_tile_source
     elif args.kernel == "act_quant":
         if args.element not in ACT_ELEMENTS:
             p.error(f"--element for act_quant is one of {', '.join(ACT_ELEMENTS)}; got {args.element!r}")

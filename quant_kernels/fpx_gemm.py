@@ -69,7 +69,7 @@ from .w4a4_gemv import _words, prune_decode_configs, split_k_buffer
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
 # One small config under the interpreter: tests run many shapes on a CPU.
-INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, PAIRED=False)
+INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, PAIRED=False, SWAP_AB=False)
 INTERPRET_ROW_CONFIG = dict(BLOCK_N=16, BLOCK_KW=4, PREFETCH=True, LOOP_STAGES=1, SPLIT_K=1)
 # Width of the high plane's fields by code width: FP4 has none.
 HIGH_PLANE_WIDTH = {4: 0, 5: 1, 6: 2}
@@ -87,6 +87,13 @@ GPU_PAIRED_CONFIGS = [
     (16, 64, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 256, 4, 3), (32, 64, 256, 4, 3), (32, 128, 128, 4, 3),
     (64, 64, 256, 4, 3), (64, 128, 128, 8, 3), (128, 128, 128, 8, 3),
 ]
+# The PAIRED path with the operands swapped (SWAP_AB: acc^T = W X^T, one dot a step) for decode batches (M_BUCKET <=
+# SWAP_MAX_M): the placed weight tile is the dot's 64-row side, which Hopper's wgmma takes from registers; unswapped,
+# the 16-row tiles run eight mma.sync dots a step with the weight staged through shared memory (sm_90 SASS, Triton
+# 3.9: ``benchmarks/kernel_sass.py --kernel fpx_tile``). Not yet timed on a GPU. 64 rows a warpgroup.
+GPU_SWAP_CONFIGS = [(16, 64, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 128, 8, 3), (16, 128, 256, 8, 3),
+                    (32, 64, 256, 4, 3), (64, 128, 128, 8, 3)]
+SWAP_MAX_M = 64
 
 # (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH) of the one-row kernel; BLOCK_KW counts low-plane words
 # (8 codes each): BLOCK_N x BLOCK_KW fp32 accumulators over the program's threads, 4 to 16 a thread. Every one
@@ -164,12 +171,15 @@ def _fpx_kernel(
     EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
     HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr, W_UNIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PAIRED: tl.constexpr,
+    SWAP_AB: tl.constexpr = False,
 ):
     """PAIRED (K a multiple of 8): the weight streams as the row kernel's words (``low_words_ptr``,
     ``high_words_ptr``), two codes at a time are placed into float32s with shifts and masks
     (``_placed_pair``), times W_UNIT = 2^(127 - bias) to their values, and each of a word's eight
     code positions j takes its own dot against the activation columns 8w + j: no spreading of bit
-    fields into a tile and no arithmetic decode. Otherwise the planes are spread and decoded."""
+    fields into a tile and no arithmetic decode; SWAP_AB (PAIRED only): the placed codes joined back into K order
+    (``_placed_tile``) are one dot's first, wide operand a step (acc^T = W X^T), which Hopper's wgmma takes from
+    registers. Otherwise the planes are spread and decoded."""
     # Axis 0 runs fastest: the row tiles that share a weight tile are launched together.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -184,7 +194,10 @@ def _fpx_kernel(
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
     low_ptrs = low_ptr + offs_n[:, None] * stride_low + offs_low[None, :]
     high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
-    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    if SWAP_AB:
+        acc = tl.full((BLOCK_N, BLOCK_M), 0.0, tl.float32)
+    else:
+        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     if PAIRED:
         BITS: tl.constexpr = 4 + HIGH_WIDTH
         offs_w = tl.arange(0, BLOCK_K // 8)
@@ -194,11 +207,17 @@ def _fpx_kernel(
         for k0 in range(0, K, BLOCK_K):
             w_ok = offs_w < (K - k0) // 8
             low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH)
-            x_ok = m_ok[:, None] & w_ok[None, :]
-            for j in tl.static_range(4):
-                first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
-                acc = _dot_placed(tl.load(xw_ptrs + j, mask=x_ok, other=0.0), first, acc, W_UNIT, DOT_F32)
-                acc = _dot_placed(tl.load(xw_ptrs + j + 4, mask=x_ok, other=0.0), second, acc, W_UNIT, DOT_F32)
+            if SWAP_AB:  # one dot a step: the placed codes joined back into K order, x's columns as they lie
+                x = tl.load(x_ptrs, mask=m_ok[:, None] & (offs_k < K - k0)[None, :], other=0.0)
+                acc = _dot_placed(x, _placed_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K), acc,
+                                  W_UNIT, DOT_F32, SWAP_AB)
+                x_ptrs += BLOCK_K
+            else:
+                x_ok = m_ok[:, None] & w_ok[None, :]
+                for j in tl.static_range(4):
+                    first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
+                    acc = _dot_placed(tl.load(xw_ptrs + j, mask=x_ok, other=0.0), first, acc, W_UNIT, DOT_F32)
+                    acc = _dot_placed(tl.load(xw_ptrs + j + 4, mask=x_ok, other=0.0), second, acc, W_UNIT, DOT_F32)
             low_word_ptrs += BLOCK_K // 8
             high_word_ptrs += BLOCK_K // 8
             xw_ptrs += BLOCK_K
@@ -220,6 +239,8 @@ def _fpx_kernel(
             low_ptrs += BLOCK_K // 2
             high_ptrs += BLOCK_K // HIGH_PER_BYTE
 
+    if SWAP_AB:
+        acc = tl.trans(acc)
     out = acc * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -359,6 +380,20 @@ def _quad_rows(c0, c1, c2, c3, USE_ASM: tl.constexpr):
 
 
 @triton.jit
+def _placed_tile(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(BLOCK_N, BLOCK_K / 8) words -> the (BLOCK_N, BLOCK_K) tile of their placed codes (``_placed_pair``) in K
+    order: code j of word w at column 8w + j (each join adds a trailing axis; the reshape reads them back with
+    the first join innermost)."""
+    a0, a4 = _placed_pair(low, high, 0, BITS, MAN_BITS, HIGH_WIDTH)
+    a1, a5 = _placed_pair(low, high, 1, BITS, MAN_BITS, HIGH_WIDTH)
+    a2, a6 = _placed_pair(low, high, 2, BITS, MAN_BITS, HIGH_WIDTH)
+    a3, a7 = _placed_pair(low, high, 3, BITS, MAN_BITS, HIGH_WIDTH)
+    tile = tl.join(tl.join(tl.join(a0, a4), tl.join(a2, a6)), tl.join(tl.join(a1, a5), tl.join(a3, a7)))
+    return tile.reshape(BLOCK_N, BLOCK_K)
+
+
+@triton.jit
 def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr):
     """One step's low-plane words and their ``_spread_high`` high-plane words (the low words again for FP4)."""
     low = tl.load(low_ptrs, mask=mask, other=0)
@@ -369,12 +404,18 @@ def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr):
 
 
 @triton.jit
-def _dot_placed(x, placed, acc, W_UNIT: tl.constexpr, DOT_F32: tl.constexpr):
-    """acc + x @ (placed * W_UNIT).T: placed codes (``_placed_pair``) scaled to their values, which are exact in
-    x's half dtype (and fp32); an IEEE fp32 dot for fp32 x and under the interpreter."""
+def _dot_placed(x, placed, acc, W_UNIT: tl.constexpr, DOT_F32: tl.constexpr, SWAP_AB: tl.constexpr = False):
+    """acc + x @ (placed * W_UNIT).T (SWAP_AB: acc + (placed * W_UNIT) @ x.T): placed codes (``_placed_pair``)
+    scaled to their values, which are exact in x's half dtype (and fp32); an IEEE fp32 dot for fp32 x and under
+    the interpreter."""
     w = placed * W_UNIT
     if DOT_F32:
-        out = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
+        if SWAP_AB:
+            out = tl.dot(w, tl.trans(x.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            out = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
+    elif SWAP_AB:
+        out = tl.dot(w.to(x.dtype), tl.trans(x), acc)
     else:
         out = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
     return out
@@ -533,17 +574,19 @@ def _store_row_products(out, offs_n, n_ok, rows, mn_ok, scale_ptr, bias_ptr, out
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Drop row tiles taller than the M bucket (decode batches take BLOCK_M = 16), and the PAIRED configs when K
-    is not a multiple of 8 (no whole words)."""
+    """Drop row tiles taller than the M bucket (decode batches take BLOCK_M = 16), the PAIRED configs when K is
+    not a multiple of 8 (no whole words), and the swapped ones above SWAP_MAX_M rows."""
     args = {**named_args, **kwargs}
     return [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, args["M_BUCKET"])
-            and (args["K"] % 8 == 0 or not c.kwargs["PAIRED"])]
+            and (args["K"] % 8 == 0 or not c.kwargs["PAIRED"])
+            and (args["M_BUCKET"] <= SWAP_MAX_M or not c.kwargs["SWAP_AB"])]
 
 
 _fpx_autotuned = triton.autotune(
     configs=[
-        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PAIRED=paired), num_warps=w, num_stages=s)
-        for paired, configs in ((False, GPU_CONFIGS), (True, GPU_PAIRED_CONFIGS)) for bm, bn, bk, w, s in configs
+        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PAIRED=paired, SWAP_AB=swap), num_warps=w, num_stages=s)
+        for paired, swap, configs in ((False, False, GPU_CONFIGS), (True, False, GPU_PAIRED_CONFIGS),
+                                      (True, True, GPU_SWAP_CONFIGS)) for bm, bn, bk, w, s in configs
     ],
     key=["M_BUCKET", "N", "K", "EXP_BITS", "MAN_BITS", "DOT_F32"],
     prune_configs_by=dict(early_config_prune=_prune_configs),
@@ -600,37 +643,46 @@ def takes_row_kernel(m: int, k: int) -> bool:
     return m <= ROW_DEFAULT_MAX_M and k % 8 == 0 and not INTERPRET
 
 
-def check_row_config(config: triton.Config, row_kernel: bool | None) -> None:
-    """A clear error for a fixed row-kernel config that names too little or splits K too far."""
-    needed = ("BLOCK_N", "BLOCK_KW", "PREFETCH", "LOOP_STAGES", "SPLIT_K")
-    if not row_kernel or any(name not in config.kwargs for name in needed):
-        raise ValueError(f"row_config fixes the row kernel's config (with row_kernel=True): it names {needed}, got "
-                         f"row_kernel={row_kernel} and {config.kwargs}")
-    if not (config.kwargs["BLOCK_N"] >= ROW_MIN_BLOCK_N and 1 <= config.kwargs["SPLIT_K"] <= ROW_MAX_SPLIT_K):
-        raise ValueError(f"row_config: BLOCK_N at least {ROW_MIN_BLOCK_N} and SPLIT_K 1 to {ROW_MAX_SPLIT_K}, got "
+def check_fixed_config(config: triton.Config, row_kernel: bool, k: int) -> None:
+    """A clear error for a fixed config that names too little for its kernel, splits K too far or places words
+    that K does not hold."""
+    needed = ("BLOCK_N", "BLOCK_KW", "PREFETCH", "LOOP_STAGES", "SPLIT_K") if row_kernel \
+        else ("BLOCK_M", "BLOCK_N", "BLOCK_K", "PAIRED", "SWAP_AB")
+    if any(name not in config.kwargs for name in needed):
+        raise ValueError(f"config fixes the {'row' if row_kernel else 'tensor-core'} kernel's config: it names "
+                         f"{needed}, got {config.kwargs}")
+    if row_kernel and not (config.kwargs["BLOCK_N"] >= ROW_MIN_BLOCK_N
+                           and 1 <= config.kwargs["SPLIT_K"] <= ROW_MAX_SPLIT_K):
+        raise ValueError(f"config: the row kernel's BLOCK_N at least {ROW_MIN_BLOCK_N} and SPLIT_K 1 to "
+                         f"{ROW_MAX_SPLIT_K}, got {config.kwargs}")
+    if not row_kernel and (config.kwargs["SWAP_AB"] and not config.kwargs["PAIRED"]
+                           or config.kwargs["PAIRED"] and k % 8):
+        raise ValueError(f"config: SWAP_AB takes the PAIRED path, and PAIRED takes K a multiple of 8; got K={k} and "
                          f"{config.kwargs}")
 
 
 def fpx_matmul_triton(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-    out: torch.Tensor | None = None, row_kernel: bool | None = None, row_config: triton.Config | None = None,
+    out: torch.Tensor | None = None, row_kernel: bool | None = None, config: triton.Config | None = None,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.fpx_matmul_ref`` (x 2-D); writes into ``out`` (M, N) when given.
 
     ``row_kernel``: whether the rows run on ``_fpx_row_kernel`` (CUDA cores) rather than the
     tensor-core kernel; None takes it for up to ROW_DEFAULT_MAX_M rows on a GPU. True with
-    more than ROW_MAX_M rows is an error. ``row_config`` (with the row kernel) replaces the autotuner's pick or the
-    interpreter's fixed config: BLOCK_N, BLOCK_KW, PREFETCH, LOOP_STAGES and SPLIT_K, warps and stages.
+    more than ROW_MAX_M rows is an error. ``config`` replaces the autotuner's pick or the interpreter's fixed
+    config of the kernel that runs: BLOCK_N, BLOCK_KW, PREFETCH, LOOP_STAGES and SPLIT_K for the row kernel; BLOCK_M,
+    BLOCK_N, BLOCK_K, PAIRED and SWAP_AB for the tensor-core one; warps and stages.
     """
     check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype)
     if row_kernel and not (1 <= x.shape[0] <= ROW_MAX_M and x.shape[1] % 8 == 0):
         raise ValueError(f"the row kernel takes 1 to {ROW_MAX_M} activation rows and K a multiple of 8, got "
                          f"{x.shape[0]} rows and K={x.shape[1]}")
-    if row_config is not None:
-        check_row_config(row_config, row_kernel)
     fmt = fpx_element(element, bits)
     m, k = x.shape
+    use_row_kernel = bool(row_kernel or (row_kernel is None and takes_row_kernel(m, k)))
+    if config is not None:
+        check_fixed_config(config, use_row_kernel, k)
     n = planes[0].shape[0]
     out_dtype = out_dtype or x.dtype
     check_out(out, m, n, out_dtype)
@@ -656,7 +708,9 @@ def fpx_matmul_triton(
     flags = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias,
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                  DOT_F32=INTERPRET or x.dtype == torch.float32, W_UNIT=2.0 ** (127 - fmt.default_bias))
-    if row_kernel or (row_kernel is None and takes_row_kernel(m, k)):
+    fixed, launch = ({}, {}) if config is None else (config.kwargs, dict(num_warps=config.num_warps,
+                                                                          num_stages=config.num_stages))
+    if use_row_kernel:
         # Split-K's unscaled partial sums (every slot written before it is read) and its zeroed tile counters
         partials = torch.empty((ROW_MAX_SPLIT_K, m, n), dtype=torch.float32, device=x.device)
         counters = split_k_buffer(x.device, m, n, ROW_MIN_BLOCK_N)[1]
@@ -667,18 +721,19 @@ def fpx_matmul_triton(
                          X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m),
                          MMA=m == 1 and x.dtype == torch.bfloat16 and row_mma_on(), UNIT_EXP=127 - fmt.default_bias,
                          USE_ASM=not INTERPRET)
-        if row_config is not None or INTERPRET:
-            fixed, launch = (row_config.kwargs, dict(num_warps=row_config.num_warps,
-                                                     num_stages=row_config.num_stages)) \
-                if row_config is not None else (INTERPRET_ROW_CONFIG, {})
+        if config is not None or INTERPRET:
+            fixed = fixed or INTERPRET_ROW_CONFIG
             grid = (triton.cdiv(n, fixed["BLOCK_N"]), fixed["SPLIT_K"])
             _fpx_row_kernel[grid](*row_args, **row_flags, **fixed, **launch)
         else:
             _fpx_row_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*row_args,
                                                                                                **row_flags)
-    elif INTERPRET:
-        grid = (triton.cdiv(m, INTERPRET_CONFIG["BLOCK_M"]), triton.cdiv(n, INTERPRET_CONFIG["BLOCK_N"]))
-        _fpx_kernel[grid](*args, **flags, **{**INTERPRET_CONFIG, "PAIRED": INTERPRET_CONFIG["PAIRED"] and k % 8 == 0})
+    elif config is not None or INTERPRET:
+        if not fixed:
+            paired = INTERPRET_CONFIG["PAIRED"] and k % 8 == 0
+            fixed = {**INTERPRET_CONFIG, "PAIRED": paired, "SWAP_AB": INTERPRET_CONFIG["SWAP_AB"] and paired}
+        grid = (triton.cdiv(m, fixed["BLOCK_M"]), triton.cdiv(n, fixed["BLOCK_N"]))
+        _fpx_kernel[grid](*args, **flags, **fixed, **launch)
     else:
         def grid(meta: dict) -> tuple[int, int]:
             return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))

@@ -227,13 +227,16 @@ def test_triton_equals_twin(name, k, dtype):
         assert_matches_twin(out, want)
 
 
+@pytest.mark.parametrize("swap", [False, True], ids=["", "swapped"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("k", [64, 200, 36])
 @pytest.mark.parametrize("name", FPX)
-def test_paired_tile_kernel_equals_twin(name, k, dtype, monkeypatch):
+def test_paired_tile_kernel_equals_twin(name, k, dtype, swap, monkeypatch):
     """The tensor-core kernel's PAIRED path: every code placed two at a time from 32-bit words, one dot per code
-    position; ragged K (200 against 32-wide steps); K = 36 (no whole words) takes the spread path instead."""
+    position, the weight the dots' second operand or (swapped) their first; ragged K (200 against 32-wide steps);
+    K = 36 (no whole words) takes the spread path instead."""
     monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, "PAIRED", True)
+    monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, "SWAP_AB", swap)
     bits = element_named(name).bits
     if bits == 5 and k % 8:
         pytest.skip("FP5 bit planes hold whole bytes of the 1-bit plane: K a multiple of 8")
@@ -297,37 +300,48 @@ def test_row_kernel_split_k_equals_twin(name, split, prefetch, k, monkeypatch):
             assert not w4a4_gemv.split_k_buffer(x.device, m, 40, fpx_gemm.ROW_MIN_BLOCK_N)[1].any()
 
 
-def test_row_kernel_takes_a_fixed_config():
-    """``row_config`` replaces the interpreter's config (a split one here, as a GPU check forces it); one that
-    names too little, splits too far or comes without the row kernel is refused, naming what it needs."""
+def test_a_fixed_config_replaces_the_interpreter_s():
+    """``config`` replaces the interpreter's config of the kernel that runs (a split row config, a swapped tile, as a
+    GPU check forces them); one that names too little, splits K too far or swaps off the PAIRED path is refused,
+    naming what it needs."""
     x, planes, scale, bias = operands("e3m2", 1, 40, 128, torch.bfloat16, seed=5)
     want = fpx_matmul_ref(x, planes, scale, element="e3m2", bits=6, bias=bias)
     fixed = triton.Config(dict(BLOCK_N=8, BLOCK_KW=4, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=4))
     out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, bias=bias, row_kernel=True,
-                                     row_config=fixed)
+                                     config=fixed)
+    assert_matches_twin(out, want)
+    tile = triton.Config(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, PAIRED=True, SWAP_AB=True))
+    out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, bias=bias, config=tile)
     assert_matches_twin(out, want)
     for config, row_kernel, message in (
-        (fixed, None, "with row_kernel=True"),
-        (triton.Config(dict(BLOCK_N=8, BLOCK_KW=2)), True, "it names"),
+        (fixed, None, "tensor-core kernel's config: it names"),
+        (triton.Config(dict(BLOCK_N=8, BLOCK_KW=2)), True, "row kernel's config: it names"),
         (triton.Config({**fixed.kwargs, "SPLIT_K": 9}), True, "SPLIT_K 1 to 8"),
         (triton.Config({**fixed.kwargs, "BLOCK_N": 4}), True, "BLOCK_N at least 8"),
+        (triton.Config({**tile.kwargs, "PAIRED": False}), None, "SWAP_AB takes the PAIRED path"),
     ):
         with pytest.raises(ValueError, match=message):
             fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, row_kernel=row_kernel,
-                                       row_config=config)
+                                       config=config)
+    x36, planes36, scale36, _ = operands("e3m2", 2, 8, 36, torch.bfloat16)
+    with pytest.raises(ValueError, match="PAIRED takes K a multiple of 8; got K=36"):
+        fpx_gemm.fpx_matmul_triton(x36, planes36, scale36, element="e3m2", bits=6,
+                                   config=triton.Config({**tile.kwargs, "SWAP_AB": False}))
 
 
-def test_kernel_check_forces_the_split_row_configs(tmp_path):
-    """``kernel_check --only fpx_split`` runs the row kernel with its split configs fixed (the interpreter's small
-    cases here, as a GPU runs the Llama-3-8B ones) and every check passes."""
+def test_kernel_check_forces_the_split_row_and_swapped_tile_configs(tmp_path):
+    """``kernel_check --only fpx_split,fpx_swap`` runs the row kernel with its split configs and the tensor-core
+    kernel with swapped tiles fixed (the interpreter's small cases here, as a GPU runs the Llama-3-8B ones) and
+    every check passes."""
     import json
 
-    from benchmarks.kernel_check import DRY_FPX_SPLIT, main
+    from benchmarks.kernel_check import DRY_FPX_SPLIT, DRY_FPX_SWAP, main
 
-    assert main(["--cpu_dry_run", "--only", "fpx_split", "--out", str(tmp_path / "split")]) == 0
-    checks = json.loads((tmp_path / "split.json").read_text())["checks"]
-    assert len(checks) == len(DRY_FPX_SPLIT) and all(c["ok"] for c in checks)
-    assert all("split" in c["case"] for c in checks)
+    assert main(["--cpu_dry_run", "--only", "fpx_split,fpx_swap", "--out", str(tmp_path / "fixed")]) == 0
+    checks = json.loads((tmp_path / "fixed.json").read_text())["checks"]
+    assert len(checks) == len(DRY_FPX_SPLIT) + len(DRY_FPX_SWAP) and all(c["ok"] for c in checks)
+    assert sum("split" in c["case"] for c in checks) == len(DRY_FPX_SPLIT)
+    assert sum("swapped" in c["case"] for c in checks) == len(DRY_FPX_SWAP)
 
 
 def test_row_split_configs_only_where_slices_are_long():
@@ -429,11 +443,15 @@ def test_autotune_configs_fit_the_m_bucket():
     configs = fpx_gemm._fpx_autotuned.configs
     decode = fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(1), K=4096))
     assert decode and {c.kwargs["BLOCK_M"] for c in decode} == {16}
-    assert len(fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(128), K=4096))) == len(configs)
+    unswapped = [c for c in configs if not c.kwargs["SWAP_AB"]]
+    assert fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(128), K=4096)) == unswapped
     assert all(c.kwargs["BLOCK_K"] % 8 == 0 for c in configs)  # whole bytes of the 1-bit plane
     assert all(c.kwargs["BLOCK_K"] // 8 >= 16 for c in configs if c.kwargs["PAIRED"])  # each dot's K, words
     assert any(c.kwargs["PAIRED"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096)))
     assert not any(c.kwargs["PAIRED"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4100)))
+    assert any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=64, K=4096)))
+    assert not any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=128, K=4096)))
+    assert all(c.kwargs["PAIRED"] for c in configs if c.kwargs["SWAP_AB"])
 
 
 # ---------------------------------------------------------------------------
