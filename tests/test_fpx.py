@@ -260,16 +260,26 @@ def test_row_kernel_equals_twin(name, k, prefetch, stages, monkeypatch):
     and 3 and 8 rows."""
     monkeypatch.setitem(fpx_gemm.INTERPRET_ROW_CONFIG, "PREFETCH", prefetch)
     monkeypatch.setitem(fpx_gemm.INTERPRET_ROW_CONFIG, "LOOP_STAGES", stages)
-    bits = element_named(name).bits
     for m in (1, 3, 8) if prefetch or stages > 1 else (1,):
-        x, planes, scale, bias = operands(name, m, 40, k, torch.bfloat16, seed=k + m)
-        for out_dtype, b in ((torch.bfloat16, bias), (torch.float32, None)):
-            want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=b, out_dtype=out_dtype)
-            poisoned = torch.full((m, 40), float("nan"), dtype=out_dtype)
-            out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=b,
-                                             out_dtype=out_dtype, out=poisoned, row_kernel=True)
-            assert out is poisoned and not out.isnan().any()
-            assert_matches_twin(out, want)
+        row_kernel_outputs(name, m, k, seed=k + m)
+
+
+def row_kernel_outputs(name: str, m: int, k: int, seed: int) -> list[tuple[dict, torch.Tensor]]:
+    """The row kernel on random bfloat16 rows (N = 40), into a bfloat16 output with a bias and a float32 one
+    without, each written whole and checked against the twin: (the call's arguments, its output) each."""
+    bits = element_named(name).bits
+    x, planes, scale, bias = operands(name, m, 40, k, torch.bfloat16, seed=seed)
+    results = []
+    for out_dtype, b in ((torch.bfloat16, bias), (torch.float32, None)):
+        call = dict(x=x, planes=planes, w_scale=scale, element=name, bits=bits, bias=b, out_dtype=out_dtype,
+                    row_kernel=True)
+        want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=b, out_dtype=out_dtype)
+        poisoned = torch.full((m, 40), float("nan"), dtype=out_dtype)
+        out = fpx_gemm.fpx_matmul_triton(**call, out=poisoned)
+        assert out is poisoned and not out.isnan().any()
+        assert_matches_twin(out, want)
+        results.append((call, out))
+    return results
 
 
 @pytest.mark.parametrize("split, prefetch, k", [(2, True, 64), (3, False, 200), (4, True, 200), (4, False, 48)],
@@ -283,21 +293,11 @@ def test_row_kernel_split_k_equals_twin(name, split, prefetch, k, monkeypatch):
 
     monkeypatch.setitem(fpx_gemm.INTERPRET_ROW_CONFIG, "SPLIT_K", split)
     monkeypatch.setitem(fpx_gemm.INTERPRET_ROW_CONFIG, "PREFETCH", prefetch)
-    bits = element_named(name).bits
     for m, mma in ((1, "0"), (1, "1"), (3, "0"), (8, "0")):
         monkeypatch.setenv("PTQ_FPX_MMA", mma)
-        x, planes, scale, bias = operands(name, m, 40, k, torch.bfloat16, seed=k + m + split)
-        for out_dtype, b in ((torch.bfloat16, bias), (torch.float32, None)):
-            want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=b, out_dtype=out_dtype)
-            poisoned = torch.full((m, 40), float("nan"), dtype=out_dtype)
-            out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=b,
-                                             out_dtype=out_dtype, out=poisoned, row_kernel=True)
-            assert out is poisoned and not out.isnan().any()
-            assert_matches_twin(out, want)
-            again = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=b,
-                                               out_dtype=out_dtype, row_kernel=True)
-            assert torch.equal(again, out)
-            assert not w4a4_gemv.split_k_buffer(x.device, m, 40, fpx_gemm.ROW_MIN_BLOCK_N)[1].any()
+        for call, out in row_kernel_outputs(name, m, k, seed=k + m + split):
+            assert torch.equal(fpx_gemm.fpx_matmul_triton(**call), out)
+            assert not w4a4_gemv.split_k_buffer(out.device, m, 40, fpx_gemm.ROW_MIN_BLOCK_N)[1].any()
 
 
 def test_a_fixed_config_replaces_the_interpreter_s():
