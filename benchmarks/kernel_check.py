@@ -550,8 +550,8 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
 
 
 CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_fp8_codes, check_fp8_linear,
-          check_fpx, check_fpx_split, check_fpx_swap, check_decode_attention, check_decode_attention_packed, check_kv_write,
-          check_fused_decode, check_int8_decode, check_tc_decode)
+          check_fpx, check_fpx_split, check_fpx_swap, check_decode_attention, check_decode_attention_packed,
+          check_kv_write, check_fused_decode, check_int8_decode, check_tc_decode)
 
 
 def check_name(check) -> str:

@@ -350,7 +350,8 @@ def test_row_split_configs_only_where_slices_are_long():
 
     def splits(n: int, kw: int) -> set:
         kept = fpx_gemm._prune_row_configs(configs, dict(N=n, KW=kw, BLOCK_M=1, MMA=False))
-        return {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"]) for c in kept if c.kwargs["SPLIT_K"] > 1}
+        return {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])
+                for c in kept if c.kwargs["SPLIT_K"] > 1}
 
     assert (32, 128, 2) in splits(4096, 512) and (32, 64, 4) in splits(4096, 512)
     assert (64, 64, 4) in splits(28672, 512) and (64, 64, 8) in splits(4096, 1792)

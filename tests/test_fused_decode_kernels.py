@@ -316,7 +316,8 @@ def test_pinned_decode_configs_replace_tuning_on_their_device_and_key(monkeypatc
 
     tuner, prune, pins, key_names, unpinned, other_key = {
         "gemv": (w4a4_gemv._gemv_autotuned, w4a4_gemv.prune_gemv_configs, w4a4_gemv.PINNED_GEMV_CONFIGS,
-                 w4a4_gemv.GEMV_TUNING_KEY, w4a4_gemv.prune_decode_configs, (1, 1024, 512, True, False, 1, False, False)),
+                 w4a4_gemv.GEMV_TUNING_KEY, w4a4_gemv.prune_decode_configs,
+                 (1, 1024, 512, True, False, 1, False, False)),
         "tc": (w4a4_gemv._tc_autotuned, w4a4_gemv.prune_tc_configs, w4a4_gemv.PINNED_TC_CONFIGS,
                w4a4_gemv.TC_TUNING_KEY, None, (8, 1024, 2048, False, False, 16, False)),
     }[kernel]
