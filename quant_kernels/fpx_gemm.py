@@ -90,7 +90,8 @@ GPU_PAIRED_CONFIGS = [
 # The PAIRED path with the operands swapped (SWAP_AB: acc^T = W X^T, one dot a step) for decode batches (M_BUCKET <=
 # SWAP_MAX_M): the placed weight tile is the dot's 64-row side, which Hopper's wgmma takes from registers; unswapped,
 # the 16-row tiles run eight mma.sync dots a step with the weight staged through shared memory (sm_90 SASS, Triton
-# 3.9: ``benchmarks/kernel_sass.py --kernel fpx_tile``). Not yet timed on a GPU. 64 rows a warpgroup.
+# 3.9: ``benchmarks/kernel_sass.py --kernel fpx_tile``). Not yet run on a GPU: the tuner takes them with
+# PTQ_FPX_SWAP=1 only (``tile_swap_on``). 64 rows a warpgroup.
 GPU_SWAP_CONFIGS = [(16, 64, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 128, 8, 3), (16, 128, 256, 8, 3),
                     (32, 64, 256, 4, 3), (64, 128, 128, 8, 3)]
 SWAP_MAX_M = 64
@@ -575,11 +576,12 @@ def _store_row_products(out, offs_n, n_ok, rows, mn_ok, scale_ptr, bias_ptr, out
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Drop row tiles taller than the M bucket (decode batches take BLOCK_M = 16), the PAIRED configs when K is
-    not a multiple of 8 (no whole words), and the swapped ones above SWAP_MAX_M rows."""
+    not a multiple of 8 (no whole words), and the swapped ones above SWAP_MAX_M rows or without
+    ``tile_swap_on``."""
     args = {**named_args, **kwargs}
+    swap = tile_swap_on() and args["M_BUCKET"] <= SWAP_MAX_M
     return [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, args["M_BUCKET"])
-            and (args["K"] % 8 == 0 or not c.kwargs["PAIRED"])
-            and (args["M_BUCKET"] <= SWAP_MAX_M or not c.kwargs["SWAP_AB"])]
+            and (args["K"] % 8 == 0 or not c.kwargs["PAIRED"]) and (swap or not c.kwargs["SWAP_AB"])]
 
 
 _fpx_autotuned = triton.autotune(
@@ -620,6 +622,16 @@ _fpx_row_autotuned = triton.autotune(
     key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA"],
     prune_configs_by=dict(early_config_prune=_prune_row_configs),
 )(_fpx_row_kernel)
+
+
+def tile_swap_on() -> bool:
+    """Whether the tensor-core kernel's tuner takes the swapped tiles (``GPU_SWAP_CONFIGS``) among its candidates
+    for decode batches (``PTQ_FPX_SWAP``: 0 by default, until a GPU has checked them; 1 takes them)."""
+    flag = os.environ.get("PTQ_FPX_SWAP", "0")
+    if flag not in ("0", "1"):
+        raise ValueError(f"PTQ_FPX_SWAP={flag!r}: choose 0 (the unswapped tiles, the default) or 1 (the swapped "
+                         f"ones among the tuner's candidates up to {SWAP_MAX_M} rows)")
+    return flag == "1"
 
 
 def row_mma_on() -> bool:

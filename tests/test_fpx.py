@@ -440,7 +440,7 @@ def test_no_tokens(backend):
     assert quant_kernels.fpx_matmul(x, planes, scale, element="e2m3", bits=6, backend=backend).shape == (0, 8)
 
 
-def test_autotune_configs_fit_the_m_bucket():
+def test_autotune_configs_fit_the_m_bucket(monkeypatch):
     configs = fpx_gemm._fpx_autotuned.configs
     decode = fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(1), K=4096))
     assert decode and {c.kwargs["BLOCK_M"] for c in decode} == {16}
@@ -450,9 +450,14 @@ def test_autotune_configs_fit_the_m_bucket():
     assert all(c.kwargs["BLOCK_K"] // 8 >= 16 for c in configs if c.kwargs["PAIRED"])  # each dot's K, words
     assert any(c.kwargs["PAIRED"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096)))
     assert not any(c.kwargs["PAIRED"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4100)))
+    assert all(c.kwargs["PAIRED"] for c in configs if c.kwargs["SWAP_AB"])
+    assert not any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096)))
+    monkeypatch.setenv("PTQ_FPX_SWAP", "1")  # the swapped tiles up to SWAP_MAX_M rows
     assert any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=64, K=4096)))
     assert not any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=128, K=4096)))
-    assert all(c.kwargs["PAIRED"] for c in configs if c.kwargs["SWAP_AB"])
+    monkeypatch.setenv("PTQ_FPX_SWAP", "on")
+    with pytest.raises(ValueError, match="PTQ_FPX_SWAP='on': choose 0"):
+        fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096))
 
 
 # ---------------------------------------------------------------------------
