@@ -56,14 +56,13 @@ interpreter even when triton was imported in compiled mode first.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from triton.language.standard import _sum_combine
 
 from .reference import check_fpx_args, check_out, fpx_element
+from .switches import env_switch
 from .w4a4_gemv import _words, prune_decode_configs, split_k_buffer
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
@@ -627,21 +626,16 @@ _fpx_row_autotuned = triton.autotune(
 def tile_swap_on() -> bool:
     """Whether the tensor-core kernel's tuner takes the swapped tiles (``GPU_SWAP_CONFIGS``) among its candidates
     for decode batches (``PTQ_FPX_SWAP``: 0 by default, until a GPU has checked them; 1 takes them)."""
-    flag = os.environ.get("PTQ_FPX_SWAP", "0")
-    if flag not in ("0", "1"):
-        raise ValueError(f"PTQ_FPX_SWAP={flag!r}: choose 0 (the unswapped tiles, the default) or 1 (the swapped "
-                         f"ones among the tuner's candidates up to {SWAP_MAX_M} rows)")
-    return flag == "1"
+    return env_switch("PTQ_FPX_SWAP", False, {"0": "the unswapped tiles, the default",
+                                              "1": f"the swapped ones among the tuner's candidates up to {SWAP_MAX_M} "
+                                                   f"rows"})
 
 
 def row_mma_on() -> bool:
     """Whether one bfloat16 activation row takes the row kernel's tensor-core form (``_quad_mma``;
     ``PTQ_FPX_MMA``: 0 by default, the fp32 form, which was as fast on the H200; 1 takes it)."""
-    flag = os.environ.get("PTQ_FPX_MMA", "0")
-    if flag not in ("0", "1"):
-        raise ValueError(f"PTQ_FPX_MMA={flag!r}: choose 0 (the row kernel's fp32 multiply-adds, the default) or 1 "
-                         f"(its tensor-core form for one bfloat16 row)")
-    return flag == "1"
+    return env_switch("PTQ_FPX_MMA", False, {"0": "the row kernel's fp32 multiply-adds, the default",
+                                             "1": "its tensor-core form for one bfloat16 row"})
 
 
 def _m_bucket(m: int) -> int:

@@ -50,8 +50,6 @@ their first step) and wait before the first read of the activation bytes and any
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -63,6 +61,7 @@ from .act_quant import DP4A_FOR_IDS, _tail_quantize_rows, clamp_kind, norm_tail_
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import NormTail, check_dp4a_args, check_norm_tail, check_out
 from .rounding import _round_to_dtype, _silu_mul
+from .switches import env_switch
 
 INTERPRET = triton.knobs.runtime.interpret
 # Byte tables for prmt (as int32): twice the E2M1 magnitudes 0, 1, 2, 3 | 4, 6, 8, 12, then their negatives.
@@ -530,11 +529,8 @@ def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwarg
 def pinned_configs_on() -> bool:
     """Whether ``PINNED_GEMV_CONFIGS`` and ``PINNED_TC_CONFIGS`` replace tuning (``PTQ_PINNED_CONFIGS``, 1 by
     default)."""
-    flag = os.environ.get("PTQ_PINNED_CONFIGS", "1")
-    if flag not in ("0", "1"):
-        raise ValueError(f"PTQ_PINNED_CONFIGS={flag!r}: choose 1 (the pinned decode configs, the default) or 0 "
-                         f"(tune every shape)")
-    return flag == "1"
+    return env_switch("PTQ_PINNED_CONFIGS", True, {"1": "the pinned decode configs, the default",
+                                                   "0": "tune every shape"})
 
 
 def keep_pinned(kept: list[triton.Config], pins: dict, key_names: tuple[str, ...], args: dict, fields) -> list:
@@ -609,11 +605,9 @@ def tensor_core_weights() -> tuple[str, ...]:
     ``PTQ_TC_E2M1=0``, which keeps E2M1 weights on the CUDA-core decode kernel (up to GEMV_MAX_M rows) and
     ``w4a4_gemm`` above, the path to compare against. Read at each product and when a fused decode layer plans
     its rows: set it before loading the model."""
-    flag = os.environ.get("PTQ_TC_E2M1", "1")
-    if flag not in ("0", "1"):
-        raise ValueError(f"PTQ_TC_E2M1={flag!r}: choose 0 (E2M1 weights on the CUDA-core decode kernel, up to "
-                         f"{GEMV_MAX_M} rows) or 1 (on the tensor-core one, up to {TC_MAX_M})")
-    return ("int4", "e2m1") if flag == "1" else ("int4",)
+    on = env_switch("PTQ_TC_E2M1", True, {"0": f"E2M1 weights on the CUDA-core decode kernel, up to {GEMV_MAX_M} rows",
+                                          "1": f"on the tensor-core one, up to {TC_MAX_M}"})
+    return ("int4", "e2m1") if on else ("int4",)
 
 
 def takes_tensor_cores(m: int, w_element: str | None) -> bool:
