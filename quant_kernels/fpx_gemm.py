@@ -717,8 +717,12 @@ def fpx_matmul_triton(
     fixed, launch = ({}, {}) if config is None else (config.kwargs, dict(num_warps=config.num_warps,
                                                                           num_stages=config.num_stages))
     if use_row_kernel:
-        # Split-K's unscaled partial sums (every slot written before it is read) and its zeroed tile counters
-        partials = torch.empty((ROW_MAX_SPLIT_K, m, n), dtype=torch.float32, device=x.device)
+        if INTERPRET and not fixed:
+            fixed = INTERPRET_ROW_CONFIG
+        # Split-K's unscaled partial sums, a slot for each slice (every slot written before it is read; the tuner's
+        # split is not known before its launch), and its zeroed tile counters
+        splits = fixed["SPLIT_K"] if fixed else ROW_MAX_SPLIT_K
+        partials = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
         counters = split_k_buffer(x.device, m, n, ROW_MIN_BLOCK_N)[1]
         row_args = (x, low_words, high_words, scale, bias_arg, out, partials, counters, m, n, k // 8, x.stride(0),
                     out.stride(0), low_words.stride(0), high_words.stride(0),
@@ -727,22 +731,22 @@ def fpx_matmul_triton(
                          X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m),
                          MMA=m == 1 and x.dtype == torch.bfloat16 and row_mma_on(), UNIT_EXP=127 - fmt.default_bias,
                          USE_ASM=not INTERPRET)
-        if config is not None or INTERPRET:
-            fixed = fixed or INTERPRET_ROW_CONFIG
+        if fixed:
             grid = (triton.cdiv(n, fixed["BLOCK_N"]), fixed["SPLIT_K"])
             _fpx_row_kernel[grid](*row_args, **row_flags, **fixed, **launch)
         else:
             _fpx_row_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*row_args,
                                                                                                **row_flags)
-    elif config is not None or INTERPRET:
-        if not fixed:
+    else:
+        if INTERPRET and not fixed:
             paired = INTERPRET_CONFIG["PAIRED"] and k % 8 == 0
             fixed = {**INTERPRET_CONFIG, "PAIRED": paired, "SWAP_AB": INTERPRET_CONFIG["SWAP_AB"] and paired}
-        grid = (triton.cdiv(m, fixed["BLOCK_M"]), triton.cdiv(n, fixed["BLOCK_N"]))
-        _fpx_kernel[grid](*args, **flags, **fixed, **launch)
-    else:
+
         def grid(meta: dict) -> tuple[int, int]:
             return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))
 
-        _fpx_autotuned[grid](*args, **flags)
+        if fixed:
+            _fpx_kernel[grid(fixed)](*args, **flags, **fixed, **launch)
+        else:
+            _fpx_autotuned[grid](*args, **flags)
     return out
