@@ -44,8 +44,7 @@ ACT_ELEMENTS = {"int4": ("int4", False, 0, "float"), "e2m1": ("e2m1", False, 0, 
                 "nvfp4": ("e2m1", False, 16, "e4m3"), "mxfp4": ("e2m1", False, 32, "e8m0")}
 # SASS opcodes reported in their own column; the rest are counted in the total only.
 COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "HMUL2", "I2F", "IDP", "HMMA", "IMMA", "HGMMA", "IGMMA",
-           "QGMMA",
-           "LDG", "LDGSTS", "LDS", "STS", "BAR")
+           "QGMMA", "LDG", "LDGSTS", "LDS", "STS", "BAR")
 ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or size argument
 
 
