@@ -21,6 +21,10 @@
 #   fpx_swap   the FPx tensor-core kernel's swapped PAIRED tiles (weights as wgmma's register operand) forced and
 #              checked against the twin, FP6 E3M2 at M = 8, 16 and 64 timed with them among the tuner's candidates
 #              (PTQ_FPX_SWAP=1), then bf16 / FP6 compiled CUDA-graph decode at batch 8 (issue 10)
+#   fpx_tile_split  the FPx tensor-core kernel's tiles with K split among programs (and swapped) forced and checked
+#              against the twin, then FP6 E3M2 timed at M = 8, 16 and 64 at the five Llama-3-8B decode shapes (fused
+#              q/k/v and gate/up included, so that the picks it leaves in triton_autotune.tgz serve fpx_b8) (issue 10)
+#   fpx_b8     bf16 / FP6 compiled CUDA-graph decode at batch 8 (MODES; issue 10)
 #   decode_b8  W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8, the tensor-core decode kernel's pinned
 #              8-row configs (issue 10)
 #   gemv       the W4A4 decode kernel on dp4a activation bytes: w4a4_linear checked against its twin, the
@@ -147,6 +151,16 @@ for section in "$@"; do
       step "${LIMIT_FPX_MODEL:-280}" bench_model_fp6_b8 env PTQ_FPX_SWAP=1 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes fp6,bf16 --prefill_batches "" --decode_batches 8 --decode_tokens 64 --compile \
         --no_eager --out "$OUT/bench_model_decode_b8_fp6_swap_llama3_8b_h200" ;;
+    fpx_tile_split)
+      step "${LIMIT_FPX_CHECK:-90}" kernel_check_fpx_tile_split python -u benchmarks/kernel_check.py --only fpx_swap \
+        --out "$OUT/kernel_check_fpx_tile_split_h200"
+      step "${LIMIT_FPX_BENCH:-400}" kernel_bench_fpx_tile_split python benchmarks/kernel_bench.py --flush_l2 \
+        --cuda_graph --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 8,16,64 \
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_tile_split_h200" ;;
+    fpx_b8)
+      step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b8 python benchmarks/bench_model.py --random_mode \
+        --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 8 --decode_tokens 64 \
+        --compile --no_eager --out "$OUT/bench_model_decode_b8_fp6_split_llama3_8b_h200" ;;
     decode_b8)
       step "${LIMIT_DECODE_B8:-300}" bench_model_decode_b8 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-w4a4kv4,bf16}" --prefill_batches "" --decode_batches 8 \

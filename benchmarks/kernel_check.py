@@ -248,7 +248,7 @@ def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device
               config: tuple | None = None) -> dict:
     """The FPx kernel against the twin: the autotuner's pick, or a fixed ``config``: the row kernel's (BLOCK_N,
     BLOCK_KW, warps, PREFETCH, SPLIT_K) or the tensor-core kernel's ("tile", BLOCK_M, BLOCK_N, BLOCK_K, warps,
-    SWAP_AB; PAIRED), two or three stages. A fixed config runs twice: the same bits both times."""
+    SWAP_AB, SPLIT_K; PAIRED), two or three stages. A fixed config runs twice: the same bits both times."""
     import triton
 
     from quant_kernels.fpx_gemm import fpx_matmul_triton
@@ -261,11 +261,12 @@ def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device
     out = torch.full((m, n), float("nan"), dtype=x_dtype, device=device)
     fixed, case = {}, element
     if config is not None and config[0] == "tile":
-        _, block_m, block_n, block_k, warps, swap = config
+        _, block_m, block_n, block_k, warps, swap, split = config
         fixed = dict(row_kernel=False, config=triton.Config(
-            dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PAIRED=True, SWAP_AB=swap), num_warps=warps,
-            num_stages=3))
+            dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PAIRED=True, SWAP_AB=swap, SPLIT_K=split),
+            num_warps=warps, num_stages=3))
         case += f" tile {block_m}x{block_n}x{block_k} w{warps}{' swapped' if swap else ''}"
+        case += f" split{split}" if split > 1 else ""
     elif config is not None:
         block_n, block_kw, warps, prefetch, split = config
         fixed = dict(row_kernel=True, config=triton.Config(
@@ -290,15 +291,21 @@ GPU_FPX_SPLIT = [(1, 4096, 4096, "e3m2", torch.bfloat16, (32, 128, 8, True, 2)),
                  (1, 40, 200, "e2m2", torch.bfloat16, (16, 64, 4, False, 2))]
 DRY_FPX_SPLIT = [(1, 40, 200, "e3m2", torch.bfloat16, (16, 4, 1, True, 3)),
                  (3, 40, 64, "e2m1", torch.float32, (8, 4, 1, False, 2))]
-# (M, N, K, element, x dtype, ("tile", BLOCK_M, BLOCK_N, BLOCK_K, warps, SWAP_AB)): the tensor-core kernel's
-# swapped PAIRED path forced at decode batches (and its unswapped twin once), ragged M and K included.
-GPU_FPX_SWAP = [(8, 4096, 4096, "e3m2", torch.bfloat16, ("tile", 16, 64, 128, 4, True)),
-                (16, 14336, 4096, "e2m3", torch.float16, ("tile", 16, 128, 256, 8, True)),
-                (40, 4096, 14336, "e2m1", torch.bfloat16, ("tile", 64, 128, 128, 8, True)),
-                (5, 40, 200, "e3m2", torch.bfloat16, ("tile", 16, 64, 128, 4, True)),
-                (8, 4096, 4096, "e3m2", torch.bfloat16, ("tile", 16, 64, 128, 4, False))]
-DRY_FPX_SWAP = [(5, 40, 200, "e3m2", torch.bfloat16, ("tile", 16, 16, 64, 1, True)),
-                (3, 24, 64, "e2m2", torch.float32, ("tile", 16, 16, 32, 1, True))]
+# (M, N, K, element, x dtype, ("tile", BLOCK_M, BLOCK_N, BLOCK_K, warps, SWAP_AB, SPLIT_K)): the tensor-core
+# kernel's swapped PAIRED path forced at decode batches (and its unswapped twin once), ragged M and K included, and
+# with K split among programs.
+GPU_FPX_SWAP = [(8, 4096, 4096, "e3m2", torch.bfloat16, ("tile", 16, 64, 128, 4, True, 1)),
+                (16, 14336, 4096, "e2m3", torch.float16, ("tile", 16, 128, 256, 8, True, 1)),
+                (40, 4096, 14336, "e2m1", torch.bfloat16, ("tile", 64, 128, 128, 8, True, 1)),
+                (5, 40, 200, "e3m2", torch.bfloat16, ("tile", 16, 64, 128, 4, True, 1)),
+                (8, 4096, 4096, "e3m2", torch.bfloat16, ("tile", 16, 64, 128, 4, False, 1)),
+                (8, 4096, 14336, "e3m2", torch.bfloat16, ("tile", 16, 64, 256, 4, True, 4)),
+                (16, 4096, 4096, "e2m2", torch.float16, ("tile", 16, 64, 128, 4, True, 2)),
+                (5, 6144, 4096, "e3m2", torch.bfloat16, ("tile", 16, 64, 128, 4, False, 4)),
+                (20, 40, 1000, "e2m1", torch.bfloat16, ("tile", 32, 64, 256, 4, True, 2))]
+DRY_FPX_SWAP = [(5, 40, 200, "e3m2", torch.bfloat16, ("tile", 16, 16, 64, 1, True, 1)),
+                (3, 24, 64, "e2m2", torch.float32, ("tile", 16, 16, 32, 1, True, 1)),
+                (5, 40, 200, "e3m2", torch.bfloat16, ("tile", 16, 16, 32, 1, True, 3))]
 
 
 def check_fpx_split(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device,
@@ -309,7 +316,7 @@ def check_fpx_split(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, 
 
 def check_fpx_swap(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device,
                    config: tuple) -> dict:
-    """``check_fpx`` on the tensor-core kernel's PAIRED path with a fixed tile, swapped or not."""
+    """``check_fpx`` on the tensor-core kernel's PAIRED path with a fixed tile, swapped or not, K split or not."""
     return check_fpx(m, n, k, element, x_dtype, device, config)
 
 

@@ -91,6 +91,8 @@ def fpx_tile_source(element: str, config: tuple[int, ...]):
                      HAS_BIAS=False, DOT_F32=False, W_UNIT=2.0 ** (127 - fmt.default_bias), BLOCK_M=16,
                      BLOCK_N=config[0], BLOCK_K=config[1], PAIRED=True, SWAP_AB=bool(config[4]))
     signature.update({name: "constexpr" for name in constants})
+    signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr")
+    constants["SPLIT_K"] = 1
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(len(names)) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_fpx_kernel, signature, constants, aligned)
 

@@ -68,7 +68,7 @@ from .w4a4_gemv import _words, prune_decode_configs, split_k_buffer
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
 # One small config under the interpreter: tests run many shapes on a CPU.
-INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, PAIRED=False, SWAP_AB=False)
+INTERPRET_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, PAIRED=False, SWAP_AB=False, SPLIT_K=1)
 INTERPRET_ROW_CONFIG = dict(BLOCK_N=16, BLOCK_KW=4, PREFETCH=True, LOOP_STAGES=1, SPLIT_K=1)
 # Width of the high plane's fields by code width: FP4 has none.
 HIGH_PLANE_WIDTH = {4: 0, 5: 1, 6: 2}
@@ -94,6 +94,18 @@ GPU_PAIRED_CONFIGS = [
 GPU_SWAP_CONFIGS = [(16, 64, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 128, 8, 3), (16, 128, 256, 8, 3),
                     (32, 64, 256, 4, 3), (64, 128, 128, 8, 3)]
 SWAP_MAX_M = 64
+# Decode-batch tiles (M_BUCKET <= SWAP_MAX_M) that split K among SPLIT_K programs a tile, every slice at least two
+# steps: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, PAIRED, SWAP_AB, SPLIT_K). Unsplit, the tuner's picks at
+# 8 and 16 rows on the H200 were 128 programs of 16 x 32 (N = 4096) and 224 swapped ones of 16 x 64 (N = 14336),
+# and FP6 streamed 0.43-1.0 TB/s (2026-12-04, ``benchmarks/results/kernels_h200.md``, seventeenth run): the
+# splits are the row kernel's remedy (``ROW_SPLIT_CONFIGS``) for those tiles.
+GPU_SPLIT_CONFIGS = [
+    (16, 32, 128, 4, 4, False, False, 2), (16, 32, 128, 4, 4, False, False, 4),
+    (16, 64, 128, 4, 3, True, True, 2), (16, 64, 128, 4, 3, True, True, 4),
+    (16, 64, 256, 4, 3, True, True, 2), (16, 64, 256, 4, 3, True, True, 4),
+    (16, 128, 128, 8, 3, True, True, 2), (32, 64, 256, 4, 3, True, True, 2),
+]
+TILE_MAX_SPLIT_K = 4
 
 # (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH) of the one-row kernel; BLOCK_KW counts low-plane words
 # (8 codes each): BLOCK_N x BLOCK_KW fp32 accumulators over the program's threads, 4 to 16 a thread. Every one
@@ -171,7 +183,7 @@ def _fpx_kernel(
     EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
     HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr, W_UNIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PAIRED: tl.constexpr,
-    SWAP_AB: tl.constexpr = False,
+    SWAP_AB: tl.constexpr = False, partial_ptr=None, count_ptr=None, SPLIT_K: tl.constexpr = 1,
 ):
     """PAIRED (K a multiple of 8): the weight streams as the row kernel's words (``low_words_ptr``,
     ``high_words_ptr``), two codes at a time are placed into float32s with shifts and masks
@@ -179,11 +191,13 @@ def _fpx_kernel(
     code positions j takes its own dot against the activation columns 8w + j: no spreading of bit
     fields into a tile and no arithmetic decode; SWAP_AB (PAIRED only): the placed codes joined back into K order
     (``_placed_tile``) are one dot's first, wide operand a step (acc^T = W X^T), which Hopper's wgmma takes from
-    registers. Otherwise the planes are spread and decoded."""
+    registers. Otherwise the planes are spread and decoded. SPLIT_K > 1: program (m, n, s) takes the s-th of SPLIT_K
+    slices of K (whole steps) and ``_finish_products`` adds the slices' sums, as in the row kernel."""
     # Axis 0 runs fastest: the row tiles that share a weight tile are launched together.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     HIGH_PER_BYTE: tl.constexpr = 8 // HIGH_WIDTH if HIGH_WIDTH > 0 else 8
+    k_first, k_stop = _k_slice(K, BLOCK_K, SPLIT_K, 2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -191,9 +205,9 @@ def _fpx_kernel(
     offs_high = tl.arange(0, BLOCK_K // HIGH_PER_BYTE)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :]
-    low_ptrs = low_ptr + offs_n[:, None] * stride_low + offs_low[None, :]
-    high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
+    x_ptrs = x_ptr + k_first + offs_m[:, None] * stride_xm + offs_k[None, :]
+    low_ptrs = low_ptr + k_first // 2 + offs_n[:, None] * stride_low + offs_low[None, :]
+    high_ptrs = high_ptr + k_first // HIGH_PER_BYTE + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: unread)
     if SWAP_AB:
         acc = tl.full((BLOCK_N, BLOCK_M), 0.0, tl.float32)
     else:
@@ -201,14 +215,14 @@ def _fpx_kernel(
     if PAIRED:
         BITS: tl.constexpr = 4 + HIGH_WIDTH
         offs_w = tl.arange(0, BLOCK_K // 8)
-        low_word_ptrs = low_words_ptr + offs_n[:, None] * stride_low_words + offs_w[None, :]
-        high_word_ptrs = high_words_ptr + offs_n[:, None] * stride_high_words + offs_w[None, :]
-        xw_ptrs = x_ptr + offs_m[:, None] * stride_xm + 8 * offs_w[None, :]
-        for k0 in range(0, K, BLOCK_K):
-            w_ok = offs_w < (K - k0) // 8
+        low_word_ptrs = low_words_ptr + k_first // 8 + offs_n[:, None] * stride_low_words + offs_w[None, :]
+        high_word_ptrs = high_words_ptr + k_first // 8 + offs_n[:, None] * stride_high_words + offs_w[None, :]
+        xw_ptrs = x_ptr + k_first + offs_m[:, None] * stride_xm + 8 * offs_w[None, :]
+        for k0 in range(k_first, k_stop, BLOCK_K):
+            w_ok = offs_w < (k_stop - k0) // 8
             low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH)
             if SWAP_AB:  # one dot a step: the placed codes joined back into K order, x's columns as they lie
-                x = tl.load(x_ptrs, mask=m_ok[:, None] & (offs_k < K - k0)[None, :], other=0.0)
+                x = tl.load(x_ptrs, mask=m_ok[:, None] & (offs_k < k_stop - k0)[None, :], other=0.0)
                 acc = _dot_placed(x, _placed_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K), acc,
                                   W_UNIT, DOT_F32, SWAP_AB)
                 x_ptrs += BLOCK_K
@@ -222,8 +236,8 @@ def _fpx_kernel(
             high_word_ptrs += BLOCK_K // 8
             xw_ptrs += BLOCK_K
     else:
-        for k0 in range(0, K, BLOCK_K):
-            rest = K - k0
+        for k0 in range(k_first, k_stop, BLOCK_K):
+            rest = k_stop - k0
             x = tl.load(x_ptrs, mask=m_ok[:, None] & (offs_k[None, :] < rest), other=0.0)
             low = tl.load(low_ptrs, mask=n_ok[:, None] & (offs_low[None, :] < rest // 2), other=0)
             codes = _spread(low, BLOCK_N, BLOCK_K // 2, 4)
@@ -241,11 +255,54 @@ def _fpx_kernel(
 
     if SWAP_AB:
         acc = tl.trans(acc)
-    out = acc * tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    _finish_products(acc, offs_m, offs_n, M, N, scale_ptr, bias_ptr, out_ptr, stride_om, partial_ptr, count_ptr,
+                     pid_m * tl.num_programs(1) + pid_n, tl.program_id(2), HAS_BIAS, SPLIT_K)
+
+
+@triton.jit
+def _k_slice(K, STEP: tl.constexpr, SPLIT_K: tl.constexpr, AXIS: tl.constexpr):
+    """The [first, stop) of K (or of the words) that program s = program_id(AXIS) takes: everything unsplit; split,
+    the s-th of SPLIT_K slices of whole steps (by hand, not tl.cdiv: the module docstring)."""
+    if SPLIT_K > 1:
+        size = (K + SPLIT_K * STEP - 1) // (SPLIT_K * STEP) * STEP
+        first = tl.program_id(AXIS) * size
+        stop = tl.minimum(first + size, K)
+    else:
+        first = 0
+        stop = K
+    return first, stop
+
+
+@triton.jit
+def _finish_products(out, rows, offs_n, M, N, scale_ptr, bias_ptr, out_ptr, stride_om, partial_ptr, count_ptr, tile,
+                     part, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+    """Both kernels' epilogue for the unscaled (rows, offs_n) sums ``out`` of slice ``part`` of output tile ``tile``:
+    unsplit, ``_store_products``. Split, the sums go to slot ``part`` of ``partial_ptr`` (SPLIT_K, M, N fp32); the
+    tile's counter at ``count_ptr`` (zero between launches, which the last resets) tells the last program to
+    arrive, which adds the slots in slot order (the same sum whichever arrives last) and stores the result."""
+    n_ok = offs_n < N
+    mn_ok = (rows < M)[:, None] & n_ok[None, :]
+    if SPLIT_K > 1:
+        slots = partial_ptr + rows[:, None] * N + offs_n[None, :]
+        tl.store(slots + part * M * N, out, mask=mn_ok)
+        tl.debug_barrier()  # every thread's sums are stored before the counter says so
+        if tl.atomic_add(count_ptr + tile, 1, sem="acq_rel") == SPLIT_K - 1:
+            tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed")
+            total = tl.load(slots, mask=mn_ok, other=0.0, cache_modifier=".cg")  # (from L2: other SMs' stores)
+            for s in tl.static_range(1, SPLIT_K):
+                total += tl.load(slots + s * M * N, mask=mn_ok, other=0.0, cache_modifier=".cg")
+            _store_products(total, rows, offs_n, n_ok, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
+    else:
+        _store_products(out, rows, offs_n, n_ok, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
+
+
+@triton.jit
+def _store_products(out, rows, offs_n, n_ok, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS: tl.constexpr):
+    """The (rows, offs_n) sums times the per-channel scales, plus the bias, stored in the output's dtype."""
+    out *= tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty), mask=mn_ok)
 
 
 @triton.jit
@@ -444,20 +501,12 @@ def _fpx_row_kernel(
     the weight tile's own layout; ``PREFETCH`` (one row only) loads each step's words one
     step ahead, before the arithmetic of the step before (Triton does not pipeline loads
     that feed no dot); without it a step loads its own words first. SPLIT_K > 1: program (n, s) takes the s-th of
-    SPLIT_K slices of the words and stores its unscaled sums in slot s of ``partial_ptr`` (SPLIT_K, M, N fp32); the
-    tile's counter at ``count_ptr`` (zero between launches, which the last resets) tells the last program to
-    arrive, which adds the slots in slot order (the same sum whichever arrives last) and runs the epilogue.
+    SPLIT_K slices of the words, and ``_finish_products`` adds the slices' sums.
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
     n_ok = offs_n < N
-    if SPLIT_K > 1:  # by hand, not tl.cdiv (the module docstring): whole steps a slice
-        slice_kw = (KW + SPLIT_K * BLOCK_KW - 1) // (SPLIT_K * BLOCK_KW) * BLOCK_KW
-        w_first = tl.program_id(1) * slice_kw
-        w_stop = tl.minimum(w_first + slice_kw, KW)
-    else:
-        w_first = 0
-        w_stop = KW
+    w_first, w_stop = _k_slice(KW, BLOCK_KW, SPLIT_K, 1)
     x_ptr += 8 * w_first
     low_ptr += w_first
     high_ptr += w_first
@@ -546,48 +595,32 @@ def _fpx_row_kernel(
             low_ptrs3 += BLOCK_KW
             high_ptrs3 += BLOCK_KW
         out = tl.reduce(acc3, 2, _sum_combine) * unit
-    rows = tl.arange(0, BLOCK_M)
-    mn_ok = (rows < M)[:, None] & n_ok[None, :]
-    if SPLIT_K > 1:
-        slots = partial_ptr + rows[:, None] * N + offs_n[None, :]
-        tl.store(slots + tl.program_id(1) * M * N, out, mask=mn_ok)
-        tl.debug_barrier()  # every thread's sums are stored before the counter says so
-        if tl.atomic_add(count_ptr + tl.program_id(0), 1, sem="acq_rel") == SPLIT_K - 1:
-            tl.atomic_xchg(count_ptr + tl.program_id(0), 0, sem="relaxed")
-            total = tl.load(slots, mask=mn_ok, other=0.0, cache_modifier=".cg")  # (from L2: other SMs' stores)
-            for s in tl.static_range(1, SPLIT_K):
-                total += tl.load(slots + s * M * N, mask=mn_ok, other=0.0, cache_modifier=".cg")
-            _store_row_products(total, offs_n, n_ok, rows, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
-    else:
-        _store_row_products(out, offs_n, n_ok, rows, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
-
-
-@triton.jit
-def _store_row_products(out, offs_n, n_ok, rows, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om,
-                        HAS_BIAS: tl.constexpr):
-    """The row kernel's epilogue: the (BLOCK_M, BLOCK_N) sums times the per-channel scales, plus the bias, stored
-    in the output's dtype."""
-    out *= tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
-    if HAS_BIAS:
-        out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty), mask=mn_ok)
+    _finish_products(out, tl.arange(0, BLOCK_M), offs_n, M, N, scale_ptr, bias_ptr, out_ptr, stride_om, partial_ptr,
+                     count_ptr, tl.program_id(0), tl.program_id(1), HAS_BIAS, SPLIT_K)
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Drop row tiles taller than the M bucket (decode batches take BLOCK_M = 16), the PAIRED configs when K is
-    not a multiple of 8 (no whole words), and the swapped ones above SWAP_MAX_M rows or without
-    ``tile_swap_on``."""
+    not a multiple of 8 (no whole words), the swapped ones without ``tile_swap_on``, and the swapped and split ones
+    above SWAP_MAX_M rows or (split) where a slice would have fewer than two steps."""
     args = {**named_args, **kwargs}
-    swap = tile_swap_on() and args["M_BUCKET"] <= SWAP_MAX_M
+    decode = args["M_BUCKET"] <= SWAP_MAX_M
+    swap = tile_swap_on() and decode
     return [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, args["M_BUCKET"])
-            and (args["K"] % 8 == 0 or not c.kwargs["PAIRED"]) and (swap or not c.kwargs["SWAP_AB"])]
+            and (args["K"] % 8 == 0 or not c.kwargs["PAIRED"]) and (swap or not c.kwargs["SWAP_AB"])
+            and (c.kwargs["SPLIT_K"] == 1 or decode and row_split_fits(args["K"], c.kwargs["BLOCK_K"],
+                                                                       c.kwargs["SPLIT_K"]))]
 
 
 _fpx_autotuned = triton.autotune(
     configs=[
-        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PAIRED=paired, SWAP_AB=swap), num_warps=w, num_stages=s)
+        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PAIRED=paired, SWAP_AB=swap, SPLIT_K=1), num_warps=w,
+                      num_stages=s)
         for paired, swap, configs in ((False, False, GPU_CONFIGS), (True, False, GPU_PAIRED_CONFIGS),
                                       (True, True, GPU_SWAP_CONFIGS)) for bm, bn, bk, w, s in configs
+    ] + [
+        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PAIRED=paired, SWAP_AB=swap, SPLIT_K=split),
+                      num_warps=w, num_stages=s) for bm, bn, bk, w, s, paired, swap, split in GPU_SPLIT_CONFIGS
     ],
     key=["M_BUCKET", "N", "K", "EXP_BITS", "MAN_BITS", "DOT_F32"],
     prune_configs_by=dict(early_config_prune=_prune_configs),
@@ -595,8 +628,8 @@ _fpx_autotuned = triton.autotune(
 
 
 def row_split_fits(kw: int, block_kw: int, split_k: int) -> bool:
-    """Whether a row config may split K this way: unsplit always; split, where every slice has at least two
-    steps."""
+    """Whether a config may split K (the row kernel: its words) this way: unsplit always; split, where every slice
+    has at least two steps."""
     return split_k == 1 or kw >= 2 * split_k * block_kw
 
 
@@ -625,10 +658,10 @@ _fpx_row_autotuned = triton.autotune(
 
 def tile_swap_on() -> bool:
     """Whether the tensor-core kernel's tuner takes the swapped tiles (``GPU_SWAP_CONFIGS``) among its candidates
-    for decode batches (``PTQ_FPX_SWAP``: 0 by default, until a GPU has checked them; 1 takes them)."""
-    return env_switch("PTQ_FPX_SWAP", False, {"0": "the unswapped tiles, the default",
-                                              "1": f"the swapped ones among the tuner's candidates up to {SWAP_MAX_M} "
-                                                   f"rows"})
+    for decode batches (``PTQ_FPX_SWAP``: 1 by default; 0 leaves the unswapped ones only)."""
+    return env_switch("PTQ_FPX_SWAP", True, {"0": "the unswapped tiles only",
+                                             "1": f"the swapped ones among the tuner's candidates up to {SWAP_MAX_M} "
+                                                  f"rows, the default"})
 
 
 def row_mma_on() -> bool:
@@ -653,7 +686,7 @@ def check_fixed_config(config: triton.Config, row_kernel: bool, k: int) -> None:
     """A clear error for a fixed config that names too little for its kernel, splits K too far or places words
     that K does not hold."""
     needed = ("BLOCK_N", "BLOCK_KW", "PREFETCH", "LOOP_STAGES", "SPLIT_K") if row_kernel \
-        else ("BLOCK_M", "BLOCK_N", "BLOCK_K", "PAIRED", "SWAP_AB")
+        else ("BLOCK_M", "BLOCK_N", "BLOCK_K", "PAIRED", "SWAP_AB", "SPLIT_K")
     if any(name not in config.kwargs for name in needed):
         raise ValueError(f"config fixes the {'row' if row_kernel else 'tensor-core'} kernel's config: it names "
                          f"{needed}, got {config.kwargs}")
@@ -665,6 +698,8 @@ def check_fixed_config(config: triton.Config, row_kernel: bool, k: int) -> None:
                            or config.kwargs["PAIRED"] and k % 8):
         raise ValueError(f"config: SWAP_AB takes the PAIRED path, and PAIRED takes K a multiple of 8; got K={k} and "
                          f"{config.kwargs}")
+    if not row_kernel and not 1 <= config.kwargs["SPLIT_K"] <= TILE_MAX_SPLIT_K:
+        raise ValueError(f"config: the tensor-core kernel's SPLIT_K 1 to {TILE_MAX_SPLIT_K}, got {config.kwargs}")
 
 
 def fpx_matmul_triton(
@@ -678,7 +713,7 @@ def fpx_matmul_triton(
     tensor-core kernel; None takes it for up to ROW_DEFAULT_MAX_M rows on a GPU. True with
     more than ROW_MAX_M rows is an error. ``config`` replaces the autotuner's pick or the interpreter's fixed
     config of the kernel that runs: BLOCK_N, BLOCK_KW, PREFETCH, LOOP_STAGES and SPLIT_K for the row kernel; BLOCK_M,
-    BLOCK_N, BLOCK_K, PAIRED and SWAP_AB for the tensor-core one; warps and stages.
+    BLOCK_N, BLOCK_K, PAIRED, SWAP_AB and SPLIT_K for the tensor-core one; warps and stages.
     """
     check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype)
     if row_kernel and not (1 <= x.shape[0] <= ROW_MAX_M and x.shape[1] % 8 == 0):
@@ -719,11 +754,8 @@ def fpx_matmul_triton(
     if use_row_kernel:
         if INTERPRET and not fixed:
             fixed = INTERPRET_ROW_CONFIG
-        # Split-K's unscaled partial sums, a slot for each slice (every slot written before it is read; the tuner's
-        # split is not known before its launch), and its zeroed tile counters
-        splits = fixed["SPLIT_K"] if fixed else ROW_MAX_SPLIT_K
-        partials = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
-        counters = split_k_buffer(x.device, m, n, ROW_MIN_BLOCK_N)[1]
+        partials, counters = _split_k_slots(x.device, m, n, fixed["SPLIT_K"] if fixed else ROW_MAX_SPLIT_K,
+                                            triton.cdiv(n, ROW_MIN_BLOCK_N))
         row_args = (x, low_words, high_words, scale, bias_arg, out, partials, counters, m, n, k // 8, x.stride(0),
                     out.stride(0), low_words.stride(0), high_words.stride(0),
                     2.0 ** (127 - fmt.default_bias - ROW_X_SCALE_EXP))
@@ -742,11 +774,21 @@ def fpx_matmul_triton(
             paired = INTERPRET_CONFIG["PAIRED"] and k % 8 == 0
             fixed = {**INTERPRET_CONFIG, "PAIRED": paired, "SWAP_AB": INTERPRET_CONFIG["SWAP_AB"] and paired}
 
-        def grid(meta: dict) -> tuple[int, int]:
-            return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))
+        def grid(meta: dict) -> tuple[int, int, int]:
+            return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
+        splits = fixed["SPLIT_K"] if fixed else TILE_MAX_SPLIT_K if m <= SWAP_MAX_M else 1
+        partials, counters = _split_k_slots(x.device, m, n, splits, triton.cdiv(m, 16) * triton.cdiv(n, 16))
         if fixed:
-            _fpx_kernel[grid(fixed)](*args, **flags, **fixed, **launch)
+            _fpx_kernel[grid(fixed)](*args, **flags, **fixed, **launch, partial_ptr=partials, count_ptr=counters)
         else:
-            _fpx_autotuned[grid](*args, **flags)
+            _fpx_autotuned[grid](*args, **flags, partial_ptr=partials, count_ptr=counters)
     return out
+
+
+def _split_k_slots(device: torch.device, m: int, n: int, splits: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split-K's unscaled partial sums, a (splits, m, n) fp32 slot for each slice (every slot written before it is
+    read; the tuner's split is not known before its launch, so ``splits`` is the most it may pick; unsplit, one
+    element, never read), and ``tiles`` zeroed tile counters (``w4a4_gemv.split_k_buffer``)."""
+    shape = (splits, m, n) if splits > 1 else (1,)
+    return torch.empty(shape, dtype=torch.float32, device=device), split_k_buffer(device, 0, tiles, 1)[1]

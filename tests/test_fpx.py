@@ -310,7 +310,7 @@ def test_a_fixed_config_replaces_the_interpreter_s():
     out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, bias=bias, row_kernel=True,
                                      config=fixed)
     assert_matches_twin(out, want)
-    tile = triton.Config(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, PAIRED=True, SWAP_AB=True))
+    tile = triton.Config(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=64, PAIRED=True, SWAP_AB=True, SPLIT_K=1))
     out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, bias=bias, config=tile)
     assert_matches_twin(out, want)
     for config, row_kernel, message in (
@@ -319,6 +319,8 @@ def test_a_fixed_config_replaces_the_interpreter_s():
         (triton.Config({**fixed.kwargs, "SPLIT_K": 9}), True, "SPLIT_K 1 to 8"),
         (triton.Config({**fixed.kwargs, "BLOCK_N": 4}), True, "BLOCK_N at least 8"),
         (triton.Config({**tile.kwargs, "PAIRED": False}), None, "SWAP_AB takes the PAIRED path"),
+        (triton.Config({k: v for k, v in tile.kwargs.items() if k != "SPLIT_K"}), None, "it names"),
+        (triton.Config({**tile.kwargs, "SPLIT_K": 5}), False, "tensor-core kernel's SPLIT_K 1 to 4"),
     ):
         with pytest.raises(ValueError, match=message):
             fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e3m2", bits=6, row_kernel=row_kernel,
@@ -329,9 +331,38 @@ def test_a_fixed_config_replaces_the_interpreter_s():
                                    config=triton.Config({**tile.kwargs, "SWAP_AB": False}))
 
 
+@pytest.mark.parametrize("split, paired, swap, k", [(2, True, True, 128), (3, True, False, 200), (4, False, False, 200),
+                                                    (4, True, True, 48)],
+                         ids=["2-swapped", "3-paired-ragged", "4-spread-ragged", "4-swapped-empty-slices"])
+@pytest.mark.parametrize("name", ["e3m2", "e2m2", "e2m1"])
+def test_tile_kernel_split_k_equals_twin(name, split, paired, swap, k, monkeypatch):
+    """The tensor-core kernel with K split among SPLIT_K programs a tile (decode batches), the slices' sums added by
+    the tile's last program: every code, ragged K (the last slice short; K = 48 in 32-wide steps leaves slices with
+    no step), 1, 5 and 17 rows (two row tiles), bias or none, swapped, paired or spread; the counters are zero again
+    after each product and a product run twice is the same bit for bit."""
+    from quant_kernels import w4a4_gemv
+
+    monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, "SPLIT_K", split)
+    monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, "PAIRED", paired)
+    monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, "SWAP_AB", swap)
+    bits = element_named(name).bits
+    if bits == 5 and k % 8:
+        pytest.skip("FP5 bit planes hold whole bytes of the 1-bit plane: K a multiple of 8")
+    for m in (1, 5, 17):
+        x, planes, scale, bias = operands(name, m, 40, k, torch.bfloat16, seed=k + m + split)
+        for b in (bias, None):
+            call = dict(x=x, planes=planes, w_scale=scale, element=name, bits=bits, bias=b, row_kernel=False)
+            poisoned = torch.full((m, 40), float("nan"), dtype=torch.bfloat16)
+            out = fpx_gemm.fpx_matmul_triton(**call, out=poisoned)
+            assert out is poisoned and not out.isnan().any()
+            assert_matches_twin(out, fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=b))
+            assert torch.equal(fpx_gemm.fpx_matmul_triton(**call), out)
+            assert not w4a4_gemv.split_k_buffer(out.device, 0, 64, 1)[1].any()
+
+
 def test_kernel_check_forces_the_split_row_and_swapped_tile_configs(tmp_path):
     """``kernel_check --only fpx_split,fpx_swap`` runs the row kernel with its split configs and the tensor-core
-    kernel with swapped tiles fixed (the interpreter's small cases here, as a GPU runs the Llama-3-8B ones) and
+    kernel with swapped (and split) tiles fixed (the interpreter's small cases here, as a GPU runs the Llama-3-8B ones) and
     every check passes."""
     import json
 
@@ -340,7 +371,8 @@ def test_kernel_check_forces_the_split_row_and_swapped_tile_configs(tmp_path):
     assert main(["--cpu_dry_run", "--only", "fpx_split,fpx_swap", "--out", str(tmp_path / "fixed")]) == 0
     checks = json.loads((tmp_path / "fixed.json").read_text())["checks"]
     assert len(checks) == len(DRY_FPX_SPLIT) + len(DRY_FPX_SWAP) and all(c["ok"] for c in checks)
-    assert sum("split" in c["case"] for c in checks) == len(DRY_FPX_SPLIT)
+    assert sum(" row " in c["case"] and "split" in c["case"] for c in checks) == len(DRY_FPX_SPLIT)
+    assert sum(" tile " in c["case"] and "split" in c["case"] for c in checks) == 1
     assert sum("swapped" in c["case"] for c in checks) == len(DRY_FPX_SWAP)
 
 
@@ -444,17 +476,22 @@ def test_autotune_configs_fit_the_m_bucket(monkeypatch):
     configs = fpx_gemm._fpx_autotuned.configs
     decode = fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(1), K=4096))
     assert decode and {c.kwargs["BLOCK_M"] for c in decode} == {16}
-    unswapped = [c for c in configs if not c.kwargs["SWAP_AB"]]
-    assert fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(128), K=4096)) == unswapped
+    unsplit = [c for c in configs if not c.kwargs["SWAP_AB"] and c.kwargs["SPLIT_K"] == 1]
+    assert fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(128), K=4096)) == unsplit
     assert all(c.kwargs["BLOCK_K"] % 8 == 0 for c in configs)  # whole bytes of the 1-bit plane
     assert all(c.kwargs["BLOCK_K"] // 8 >= 16 for c in configs if c.kwargs["PAIRED"])  # each dot's K, words
     assert any(c.kwargs["PAIRED"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096)))
     assert not any(c.kwargs["PAIRED"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4100)))
     assert all(c.kwargs["PAIRED"] for c in configs if c.kwargs["SWAP_AB"])
-    assert not any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096)))
-    monkeypatch.setenv("PTQ_FPX_SWAP", "1")  # the swapped tiles up to SWAP_MAX_M rows
     assert any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=64, K=4096)))
     assert not any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=128, K=4096)))
+    # split tiles at decode batches, where every slice has two steps
+    split = [c for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096)) if c.kwargs["SPLIT_K"] > 1]
+    assert {c.kwargs["SPLIT_K"] for c in split} == {2, 4} and any(not c.kwargs["SWAP_AB"] for c in split)
+    assert not any(c.kwargs["SPLIT_K"] > 1 for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=256)))
+    assert max(c.kwargs["SPLIT_K"] for c in configs) == fpx_gemm.TILE_MAX_SPLIT_K
+    monkeypatch.setenv("PTQ_FPX_SWAP", "0")  # the unswapped tiles only
+    assert not any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096)))
     monkeypatch.setenv("PTQ_FPX_SWAP", "on")
     with pytest.raises(ValueError, match="PTQ_FPX_SWAP='on': choose 0"):
         fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096))
