@@ -19,8 +19,11 @@ the weight streams as 32-bit words of eight codes, two codes at a time are place
 float32s with shifts and masks as in the row kernel below (no spreading, no arithmetic
 decode), and each of a word's eight code positions takes its own dot against the
 activation columns it multiplies. For sm_90 that halves the instructions of a 16 x 64 x 256
-FP6 tile (2,960 to 1,480 in SASS, Triton 3.9) and its registers (255 to 139); it is not yet
-timed on a GPU.
+FP6 tile (2,960 to 1,480 in SASS, Triton 3.9) and its registers (255 to 139). At decode
+batches the PAIRED tiles may swap operands (SWAP_AB: the weight is wgmma's register operand)
+and split K among programs (SPLIT_K, as the row kernel below): on the H200 FP6 at 8 and 16
+rows went from 0.50-0.94x bf16 to 0.96-1.08x, and batch-8 FP6 decode from 0.76x to 1.03x
+(``benchmarks/results/kernels_h200.md``, seventeenth run).
 
 One activation row (batch-1 decode, K a multiple of 8) takes ``_fpx_row_kernel`` on a GPU
 instead: fp32 multiply-adds on the CUDA cores and one reduction per program, because the
@@ -89,8 +92,8 @@ GPU_PAIRED_CONFIGS = [
 # The PAIRED path with the operands swapped (SWAP_AB: acc^T = W X^T, one dot a step) for decode batches (M_BUCKET <=
 # SWAP_MAX_M): the placed weight tile is the dot's 64-row side, which Hopper's wgmma takes from registers; unswapped,
 # the 16-row tiles run eight mma.sync dots a step with the weight staged through shared memory (sm_90 SASS, Triton
-# 3.9: ``benchmarks/kernel_sass.py --kernel fpx_tile``). Not yet run on a GPU: the tuner takes them with
-# PTQ_FPX_SWAP=1 only (``tile_swap_on``). 64 rows a warpgroup.
+# 3.9: ``benchmarks/kernel_sass.py --kernel fpx_tile``). Checked on the H200 and picked there where N is large
+# (2026-12-04); PTQ_FPX_SWAP=0 leaves them out (``tile_swap_on``). 64 rows a warpgroup.
 GPU_SWAP_CONFIGS = [(16, 64, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 128, 8, 3), (16, 128, 256, 8, 3),
                     (32, 64, 256, 4, 3), (64, 128, 128, 8, 3)]
 SWAP_MAX_M = 64
