@@ -227,6 +227,17 @@ def test_triton_equals_twin(name, k, dtype):
         assert_matches_twin(out, want)
 
 
+def tile_config(monkeypatch, name: str, k: int, **config) -> int:
+    """Set the interpreter's tile config entries ``config`` for this test; skip FP5 with K not a multiple of 8 (its
+    1-bit plane holds whole bytes); returns the element's bits."""
+    for key, value in config.items():
+        monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, key, value)
+    bits = element_named(name).bits
+    if bits == 5 and k % 8:
+        pytest.skip("FP5 bit planes hold whole bytes of the 1-bit plane: K a multiple of 8")
+    return bits
+
+
 @pytest.mark.parametrize("swap", [False, True], ids=["", "swapped"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("k", [64, 200, 36])
@@ -235,11 +246,7 @@ def test_paired_tile_kernel_equals_twin(name, k, dtype, swap, monkeypatch):
     """The tensor-core kernel's PAIRED path: every code placed two at a time from 32-bit words, one dot per code
     position, the weight the dots' second operand or (swapped) their first; ragged K (200 against 32-wide steps);
     K = 36 (no whole words) takes the spread path instead."""
-    monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, "PAIRED", True)
-    monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, "SWAP_AB", swap)
-    bits = element_named(name).bits
-    if bits == 5 and k % 8:
-        pytest.skip("FP5 bit planes hold whole bytes of the 1-bit plane: K a multiple of 8")
+    bits = tile_config(monkeypatch, name, k, PAIRED=True, SWAP_AB=swap)
     for m in (1, 3, 17):
         x, planes, scale, bias = operands(name, m, 40, k, dtype, seed=k + m)
         want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=bias)
@@ -342,12 +349,7 @@ def test_tile_kernel_split_k_equals_twin(name, split, paired, swap, k, monkeypat
     after each product and a product run twice is the same bit for bit."""
     from quant_kernels import w4a4_gemv
 
-    monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, "SPLIT_K", split)
-    monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, "PAIRED", paired)
-    monkeypatch.setitem(fpx_gemm.INTERPRET_CONFIG, "SWAP_AB", swap)
-    bits = element_named(name).bits
-    if bits == 5 and k % 8:
-        pytest.skip("FP5 bit planes hold whole bytes of the 1-bit plane: K a multiple of 8")
+    bits = tile_config(monkeypatch, name, k, SPLIT_K=split, PAIRED=paired, SWAP_AB=swap)
     for m in (1, 5, 17):
         x, planes, scale, bias = operands(name, m, 40, k, torch.bfloat16, seed=k + m + split)
         for b in (bias, None):
