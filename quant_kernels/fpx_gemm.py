@@ -611,7 +611,7 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
     swap = tile_swap_on() and decode
     return [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, args["M_BUCKET"])
             and (args["K"] % 8 == 0 or not c.kwargs["PAIRED"]) and (swap or not c.kwargs["SWAP_AB"])
-            and (c.kwargs["SPLIT_K"] == 1 or decode and row_split_fits(args["K"], c.kwargs["BLOCK_K"],
+            and (c.kwargs["SPLIT_K"] == 1 or decode and split_fits(args["K"], c.kwargs["BLOCK_K"],
                                                                        c.kwargs["SPLIT_K"]))]
 
 
@@ -630,17 +630,17 @@ _fpx_autotuned = triton.autotune(
 )(_fpx_kernel)
 
 
-def row_split_fits(kw: int, block_kw: int, split_k: int) -> bool:
-    """Whether a config may split K (the row kernel: its words) this way: unsplit always; split, where every slice
-    has at least two steps."""
-    return split_k == 1 or kw >= 2 * split_k * block_kw
+def split_fits(length: int, step: int, split_k: int) -> bool:
+    """Whether a config may split ``length`` (K; the row kernel: its words) into ``split_k`` slices of ``step``-wide
+    steps: unsplit always; split, where every slice has at least two steps."""
+    return split_k == 1 or length >= 2 * split_k * step
 
 
 def _prune_row_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """``prune_decode_configs`` of the configs that ``row_split_fits``, less the prefetching configs for the
+    """``prune_decode_configs`` of the configs that ``split_fits``, less the prefetching configs for the
     tensor-core form (which has no prefetching path: they would time as their twins)."""
     args = {**named_args, **kwargs}
-    configs = [c for c in configs if row_split_fits(args["KW"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])]
+    configs = [c for c in configs if split_fits(args["KW"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])]
     kept = prune_decode_configs(configs, named_args, **kwargs)
     if args["MMA"]:
         kept = [c for c in kept if not c.kwargs["PREFETCH"]] or kept
