@@ -1,15 +1,19 @@
-"""Launch the W4A4 decode kernel with fixed configs, one row of activations, for Nsight Compute to profile.
+"""Launch a one-row decode kernel with fixed configs, one row of activations, for Nsight Compute to profile.
 
 ``kernel_bench.py`` times the autotuner's pick; ncu needs each config launched on its own,
-without the autotuner's trial runs. This driver calls ``w4a4_gemv.w4a4_gemv_triton`` with
-each config fixed (its ``config`` argument) for every ``--shapes`` x ``--configs`` pair,
-``--launches`` times each, on random codes (INT4 or E2M1 weights). Profile it with, for example:
+without the autotuner's trial runs. This driver calls the kernel with each config fixed (its
+``config`` argument) for every ``--shapes`` x ``--configs`` pair, ``--launches`` times each, on
+random codes: ``--kernel w4a4`` the W4A4 decode kernel (``w4a4_gemv.w4a4_gemv_triton``, INT4 or
+E2M1 weights), ``--kernel fpx`` the FPx row kernel (``fpx_gemm.fpx_matmul_triton`` with
+``row_kernel=True``, a bfloat16 row; ``PTQ_FPX_MMA=1`` takes its tensor-core form). Profile it with,
+for example:
 
     ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \\
         --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:_w4a4_gemv_kernel \\
         python benchmarks/gemv_ncu.py --shapes 4096x4096,14336x4096
 
-``benchmarks/results/kernels_h200.md`` (seventh run) holds what it showed on the H200.
+(``-k regex:_fpx_row_kernel`` for the FPx kernel). ``benchmarks/results/kernels_h200.md`` (seventh run)
+holds what it showed on the H200 for the W4A4 kernel.
 ``--cpu_dry_run`` launches under the Triton interpreter on a tiny shape (to exercise the
 script without a GPU).
 """
@@ -29,7 +33,12 @@ from benchmarks.kernel_bench import parse_shapes  # noqa: E402
 # (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH[, FOLD[, LOOP_STAGES]]): the configs of the ncu run of
 # 2026-12-02, and one software-pipelined config.
 DEFAULT_CONFIGS = "16,256,8,2,0;16,256,8,2,0,4;2,128,2,3,0;8,128,4,2,1;8,64,4,3,0,1,3"
+# (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH, SPLIT_K[, LOOP_STAGES]) of the FPx row kernel: the H200's
+# picks for FP6 at one row (64 x 64 words split 4 at N = 4096, unsplit at N = 28672; ``kernels_h200.md``, sixteenth
+# run), their prefetching twins, the unsplit 32 x 128 pick before split K, and 64 x 64 split 4 capped at 80 registers.
+FPX_DEFAULT_CONFIGS = "64,64,8,2,0,4;64,64,8,2,1,4;64,64,8,2,0,1;64,64,8,2,1,1;32,128,8,2,0,1;64,64,8,2,0,4,1,80"
 DRY_SHAPE = (40, 256)
+KERNEL_ELEMENTS = {"w4a4": ("int4", "e2m1"), "fpx": ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")}
 
 
 def parse_configs(text: str) -> list[tuple[int, int, int, int, bool, int, int]]:
@@ -45,6 +54,42 @@ def parse_configs(text: str) -> list[tuple[int, int, int, int, bool, int, int]]:
         block_n, block_kw, warps, stages, prefetch, fold, loop_stages = (*(int(f) for f in fields), 1, 1)[:7]
         configs.append((block_n, block_kw, warps, stages, bool(prefetch), fold, loop_stages))
     return configs
+
+
+def parse_fpx_configs(text: str) -> list[tuple[int, int, int, int, bool, int, int, int]]:
+    """'BLOCK_N,BLOCK_KW,warps,stages,prefetch,split_k[,loop_stages[,maxnreg]];...' -> tuples (loop_stages 1 and
+    maxnreg 0, no cap, when left out); a clear error for anything else."""
+    configs = []
+    for part in filter(None, text.split(";")):
+        fields = part.split(",")
+        if len(fields) not in (6, 7, 8) or not all(f.strip().isdigit() for f in fields):
+            raise ValueError(f"an FPx row config is BLOCK_N,BLOCK_KW,warps,stages,prefetch,split_k[,loop_stages"
+                             f"[,maxnreg]] (six to eight integers), got {part!r}")
+        block_n, block_kw, warps, stages, prefetch, split_k, loop_stages, maxnreg = (*(int(f) for f in fields),
+                                                                                      1, 0)[:8]
+        configs.append((block_n, block_kw, warps, stages, bool(prefetch), split_k, loop_stages, maxnreg))
+    return configs
+
+
+def launch_fpx(n: int, k: int, config: tuple[int, int, int, int, bool, int, int, int], element: str,
+               launches: int, device: torch.device) -> torch.Tensor:
+    """``launches`` calls of the FPx row kernel with ``config`` on one random bfloat16 row and random bit planes;
+    returns the (1, n) output."""
+    import triton
+
+    from quant_kernels.fpx_gemm import fpx_matmul_triton
+    from quant_layers.packing import element_named, pack_planes
+
+    bits = element_named(element).bits
+    planes = pack_planes(torch.randint(0, 2**bits, (n, k), dtype=torch.int32, device=device), bits)
+    x = torch.randn(1, k, dtype=torch.bfloat16, device=device)
+    w_scale = torch.rand(n, 1, device=device)
+    block_n, block_kw, warps, stages, prefetch, split_k, loop_stages, maxnreg = config
+    fixed = triton.Config(dict(BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch, LOOP_STAGES=loop_stages,
+                               SPLIT_K=split_k), num_warps=warps, num_stages=stages, maxnreg=maxnreg or None)
+    for _ in range(launches):
+        out = fpx_matmul_triton(x, planes, w_scale, element=element, bits=bits, row_kernel=True, config=fixed)
+    return out
 
 
 def launch(n: int, k: int, config: tuple[int, int, int, int, bool, int, int], w_element: str, launches: int,
@@ -73,14 +118,25 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="4096x4096,14336x4096",
                    help="N x K weight shapes, comma-separated, or a preset of kernel_bench.py")
-    p.add_argument("--configs", default=DEFAULT_CONFIGS,
-                   help="';'-separated BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold] (default: %(default)s)")
-    p.add_argument("--w_element", default="int4", choices=("int4", "e2m1"))
+    p.add_argument("--kernel", default="w4a4", choices=tuple(KERNEL_ELEMENTS),
+                   help="w4a4: the W4A4 decode kernel; fpx: the FPx row kernel (default: %(default)s)")
+    p.add_argument("--configs", default=None,
+                   help=f"';'-separated configs: w4a4 BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold[,loop_stages]] "
+                        f"(default {DEFAULT_CONFIGS}); fpx BLOCK_N,BLOCK_KW,warps,stages,prefetch,split_k"
+                        f"[,loop_stages[,maxnreg]] (default {FPX_DEFAULT_CONFIGS})")
+    p.add_argument("--w_element", default=None,
+                   help="the weight element: int4 or e2m1 (w4a4, default int4); an FPx element such as e3m2 "
+                        "(fpx, the default), e2m3, e2m2, e3m1, e2m1, e3m0")
     p.add_argument("--launches", type=int, default=3, help="launches per shape and config")
     p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: the interpreter, a tiny shape")
     args = p.parse_args(argv)
+    fpx = args.kernel == "fpx"
+    w_element = args.w_element or KERNEL_ELEMENTS[args.kernel][0]
+    if w_element not in KERNEL_ELEMENTS[args.kernel]:
+        p.error(f"--kernel {args.kernel} takes --w_element {', '.join(KERNEL_ELEMENTS[args.kernel])}, got {w_element}")
     try:
-        configs = parse_configs(args.configs)
+        configs = (parse_fpx_configs(args.configs or FPX_DEFAULT_CONFIGS) if fpx
+                   else parse_configs(args.configs or DEFAULT_CONFIGS))
     except ValueError as err:
         p.error(str(err))
     if args.launches < 1:
@@ -93,14 +149,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"the decode kernel takes K a multiple of 8, got shapes {args.shapes}")
     if args.cpu_dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
-        shapes, configs = [DRY_SHAPE], [(8, 4 * c[5], 1, 1, c[4], c[5], c[6]) for c in configs]
+        shapes = [DRY_SHAPE]
+        configs = [(8, 4, 1, 1, c[4], min(c[5], 4), c[6], c[7]) if fpx else (8, 4 * c[5], 1, 1, c[4], c[5], c[6])
+                   for c in configs]
     elif not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU (under ncu), or pass --cpu_dry_run")
     device = torch.device("cpu" if args.cpu_dry_run else "cuda")
     torch.manual_seed(0)
     for n, k in shapes:
         for config in configs:
-            out = launch(n, k, config, args.w_element, args.launches, device)
+            out = (launch_fpx if fpx else launch)(n, k, config, w_element, args.launches, device)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             print(f"N={n} K={k} config={config}: {args.launches} launches, output finite: "

@@ -24,6 +24,13 @@
 #   fpx_tile_split  the FPx tensor-core kernel's tiles with K split among programs (and swapped) forced and checked
 #              against the twin, then FP6 E3M2 timed at M = 8, 16 and 64 at the five Llama-3-8B decode shapes (fused
 #              q/k/v and gate/up included, so that the picks it leaves in triton_autotune.tgz serve fpx_b8) (issue 10)
+#   fpx_ncu    the FPx row kernel under Nsight Compute at one FP6 E3M2 row (gemv_ncu.py --kernel fpx: the split and
+#              unsplit picks, with and without prefetching; then the tensor-core form), then FP6 E3M2 at M = 1 timed
+#              with the tensor-core form (PTQ_FPX_MMA=1) and the split configs among the tuner's candidates (issue 10)
+#   fpx_capped the FPx row kernel's register-capped configs (maxnreg) under Nsight Compute beside their uncapped
+#              twins, with the warps' stall reasons, then FP6 E3M2 at M = 1 timed at the five Llama-3-8B decode shapes
+#              with them among the tuner's candidates (its picks, in triton_autotune.tgz, serve fpx_b1) (issue 10)
+#   fpx_b1     bf16 / FP6 compiled CUDA-graph decode at batch 1 (MODES; issue 10)
 #   fpx_b8     bf16 / FP6 compiled CUDA-graph decode at batch 8 (MODES; issue 10)
 #   decode_b8  W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8, the tensor-core decode kernel's pinned
 #              8-row configs (issue 10)
@@ -157,6 +164,32 @@ for section in "$@"; do
       step "${LIMIT_FPX_BENCH:-400}" kernel_bench_fpx_tile_split python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 8,16,64 \
         --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_tile_split_h200" ;;
+    fpx_ncu)
+      ncu_sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
+                    --section SchedulerStats --section MemoryWorkloadAnalysis --section InstructionStats)
+      step "${LIMIT_FPX_NCU:-200}" ncu_fpx_row ncu "${ncu_sections[@]}" -k regex:_fpx_row_kernel python -u \
+        benchmarks/gemv_ncu.py --kernel fpx --shapes 4096x4096,4096x14336,28672x4096 --launches 2
+      step "${LIMIT_FPX_NCU:-200}" ncu_fpx_row_mma env PTQ_FPX_MMA=1 ncu "${ncu_sections[@]}" -k regex:_fpx_row_kernel \
+        python -u benchmarks/gemv_ncu.py --kernel fpx --shapes 4096x4096,28672x4096 --launches 2 \
+        --configs "64,64,8,2,0,4;64,64,8,2,0,1;32,128,8,2,0,1"
+      step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fpx_mma_split env PTQ_FPX_MMA=1 python benchmarks/kernel_bench.py \
+        --flush_l2 --cuda_graph --ms "" --shapes 4096x4096,4096x14336,28672x4096 --weight_only_ms 1 \
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_mma_split_h200" ;;
+    fpx_capped)
+      capped="64,64,8,2,0,4;64,64,8,2,0,4,1,80;64,64,8,2,0,1;64,64,8,2,0,1,1,80;32,128,8,2,0,1,1,80"
+      step "${LIMIT_FPX_NCU:-120}" ncu_fpx_capped ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
+        --section SchedulerStats --section InstructionStats --section WarpStateStats -k regex:_fpx_row_kernel \
+        python -u benchmarks/gemv_ncu.py --kernel fpx --shapes 4096x4096,28672x4096 --launches 1 --configs "$capped"
+      step "${LIMIT_FPX_NCU:-120}" ncu_fpx_stalls ncu --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+        -k regex:_fpx_row_kernel python -u benchmarks/gemv_ncu.py --kernel fpx --shapes 28672x4096 --launches 1 \
+        --configs "64,64,8,2,0,1;64,64,8,2,0,1,1,80"
+      step "${LIMIT_FPX_BENCH:-300}" kernel_bench_fpx_capped python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
+        --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_capped_h200" ;;
+    fpx_b1)
+      step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b1 python benchmarks/bench_model.py --random_mode \
+        --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 1 --decode_tokens 128 \
+        --compile --no_eager --out "$OUT/bench_model_decode_compiled_fp6_capped_llama3_8b_h200" ;;
     fpx_b8)
       step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b8 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 8 --decode_tokens 64 \

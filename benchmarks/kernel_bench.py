@@ -183,7 +183,8 @@ def described(config) -> str:
     if config is None:
         return ""
     tiles = " ".join(f"{key}={value}" for key, value in config.kwargs.items())
-    return f"{tiles} warps={config.num_warps} stages={config.num_stages}"
+    capped = f" maxnreg={config.maxnreg}" if getattr(config, "maxnreg", None) else ""
+    return f"{tiles} warps={config.num_warps} stages={config.num_stages}{capped}"
 
 
 def row(n: int, m: int, k: int, method: str, ms: float | None, weight_bytes: int, note: str = "") -> dict:

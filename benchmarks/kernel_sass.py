@@ -50,7 +50,7 @@ ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or s
 
 def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
     """The FPx row kernel's ASTSource for one row of bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps,
-    stages, PREFETCH[, FOLD, LOOP_STAGES[, SPLIT_K]]); ``mma``: its tensor-core form (``PTQ_FPX_MMA=1``)."""
+    stages, PREFETCH[, FOLD, LOOP_STAGES[, SPLIT_K[, MAXNREG]]]); ``mma``: its tensor-core form (``PTQ_FPX_MMA=1``)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, ROW_X_SCALE_EXP, _fpx_row_kernel
@@ -197,16 +197,19 @@ def config_label(kernel: str, config: tuple[int, ...]) -> str:
             + (" prefetch" if config[4:] and config[4] else "")
             + (f" fold{config[5]}" if config[5:] and config[5] > 1 else "")
             + (f" pipelined{config[6]}" if config[6:] and config[6] > 1 else "")
-            + (f" split{config[7]}" if config[7:] and config[7] > 1 else ""))
+            + (f" split{config[7]}" if config[7:] and config[7] > 1 else "")
+            + (f" maxnreg{config[8]}" if config[8:] else ""))
 
 
 def sass_counts(source, config: tuple[int, ...], arch: int, label: str) -> dict:
-    """Compile ``source`` for sm_``arch`` with the config's warps and stages; count its SASS and conversions."""
+    """Compile ``source`` for sm_``arch`` with the config's warps, stages and register cap (an FPx row config's
+    ninth field); count its SASS and conversions."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                            options=dict(num_warps=config[2], num_stages=config[3]))
+                            options=dict(num_warps=config[2], num_stages=config[3],
+                                         maxnreg=config[8] if len(config) > 8 else None))
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
@@ -271,12 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     if "TRITON_INTERPRET" in os.environ and os.environ["TRITON_INTERPRET"] not in ("", "0"):
         p.error("TRITON_INTERPRET is set: unset it, the kernels must be compiled, not interpreted")
     if args.kernel == "fpx_row":
-        from quant_kernels.fpx_gemm import ROW_CONFIGS, ROW_PIPELINED_CONFIGS, ROW_SPLIT_CONFIGS
+        from quant_kernels.fpx_gemm import ROW_CAPPED_CONFIGS, ROW_CONFIGS, ROW_PIPELINED_CONFIGS, ROW_SPLIT_CONFIGS
 
         configs = ROW_CONFIGS + [(bn, bkw, w, stages, False, 1, stages)
                                  for bn, bkw, w, stages in ROW_PIPELINED_CONFIGS]
         configs += [(bn, bkw, w, stages, prefetch, 1, 1, split)
                     for bn, bkw, w, stages, prefetch, split in ROW_SPLIT_CONFIGS]
+        configs += [(bn, bkw, w, stages, False, 1, 1, split, cap) for bn, bkw, w, stages, split, cap in ROW_CAPPED_CONFIGS]
         from quant_kernels.reference import fpx_element
         from quant_layers.packing import element_named
 

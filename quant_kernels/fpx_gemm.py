@@ -139,6 +139,13 @@ ROW_SPLIT_CONFIGS = [
     (64, 64, 8, 2, True, 4), (64, 64, 8, 2, False, 8),
 ]
 ROW_MAX_SPLIT_K = 8
+# Row-kernel configs whose registers a thread ptxas caps (``maxnreg``): (BLOCK_N, BLOCK_KW, num_warps, num_stages,
+# SPLIT_K, MAXNREG). Under ncu on the H200 (Triton 3.6, FP6 E3M2, one row) the picked 64 x 64 and 32 x 128-word
+# configs held 95-97 registers, two 8-warp programs an SM (25 % occupancy), and each scheduler issued an instruction
+# every other cycle with about one warp eligible (2026-12-04, ``benchmarks/results/kernels_h200.md``, eighteenth
+# run). At 80, three fit, and in sm_90 SASS (Triton 3.9) none of these spills.
+ROW_CAPPED_CONFIGS = [(64, 64, 8, 2, 4, 80), (64, 64, 8, 2, 2, 80), (64, 64, 8, 2, 1, 80), (32, 128, 8, 2, 2, 80),
+                      (32, 128, 8, 2, 1, 80)]
 # The narrowest BLOCK_N of any row config (the split-K tile counters are sized for it).
 ROW_MIN_BLOCK_N = 8
 # The row kernel takes up to ROW_MAX_M activation rows (``row_kernel=True``); by default a GPU gives it up to
@@ -653,7 +660,9 @@ _fpx_row_autotuned = triton.autotune(
     + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=stages, SPLIT_K=1), num_warps=w,
                      num_stages=stages) for bn, bkw, w, stages in ROW_PIPELINED_CONFIGS]
     + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch, LOOP_STAGES=1, SPLIT_K=split), num_warps=w,
-                     num_stages=st) for bn, bkw, w, st, prefetch, split in ROW_SPLIT_CONFIGS],
+                     num_stages=st) for bn, bkw, w, st, prefetch, split in ROW_SPLIT_CONFIGS]
+    + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=split), num_warps=w,
+                     num_stages=st, maxnreg=cap) for bn, bkw, w, st, split, cap in ROW_CAPPED_CONFIGS],
     key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA"],
     prune_configs_by=dict(early_config_prune=_prune_row_configs),
 )(_fpx_row_kernel)
@@ -705,6 +714,14 @@ def check_fixed_config(config: triton.Config, row_kernel: bool, k: int) -> None:
         raise ValueError(f"config: the tensor-core kernel's SPLIT_K 1 to {TILE_MAX_SPLIT_K}, got {config.kwargs}")
 
 
+def launch_options(config: triton.Config) -> dict:
+    """A fixed config's launch options: warps, stages and, where it caps them, registers a thread (``maxnreg``)."""
+    options = dict(num_warps=config.num_warps, num_stages=config.num_stages)
+    if config.maxnreg is not None:
+        options["maxnreg"] = config.maxnreg
+    return options
+
+
 def fpx_matmul_triton(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
@@ -716,7 +733,7 @@ def fpx_matmul_triton(
     tensor-core kernel; None takes it for up to ROW_DEFAULT_MAX_M rows on a GPU. True with
     more than ROW_MAX_M rows is an error. ``config`` replaces the autotuner's pick or the interpreter's fixed
     config of the kernel that runs: BLOCK_N, BLOCK_KW, PREFETCH, LOOP_STAGES and SPLIT_K for the row kernel; BLOCK_M,
-    BLOCK_N, BLOCK_K, PAIRED, SWAP_AB and SPLIT_K for the tensor-core one; warps and stages.
+    BLOCK_N, BLOCK_K, PAIRED, SWAP_AB and SPLIT_K for the tensor-core one; warps, stages and ``maxnreg``.
     """
     check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype)
     if row_kernel and not (1 <= x.shape[0] <= ROW_MAX_M and x.shape[1] % 8 == 0):
@@ -752,8 +769,7 @@ def fpx_matmul_triton(
     flags = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias,
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                  DOT_F32=INTERPRET or x.dtype == torch.float32, W_UNIT=2.0 ** (127 - fmt.default_bias))
-    fixed, launch = ({}, {}) if config is None else (config.kwargs, dict(num_warps=config.num_warps,
-                                                                          num_stages=config.num_stages))
+    fixed, launch = ({}, {}) if config is None else (config.kwargs, launch_options(config))
     if use_row_kernel:
         if INTERPRET and not fixed:
             fixed = INTERPRET_ROW_CONFIG

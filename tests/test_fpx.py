@@ -395,6 +395,25 @@ def test_row_split_configs_only_where_slices_are_long():
     assert min(c.kwargs["BLOCK_N"] for c in configs) == fpx_gemm.ROW_MIN_BLOCK_N
 
 
+def test_row_capped_configs_reach_the_tuner_and_a_fixed_launch():
+    """The register-capped row configs are among the tuner's candidates with their cap (and pruned like the others);
+    a fixed config's cap reaches its launch, and under the interpreter such a config equals the twin."""
+    capped = [c for c in fpx_gemm._fpx_row_autotuned.configs if c.maxnreg]
+    assert len(capped) == len(fpx_gemm.ROW_CAPPED_CONFIGS) and {c.maxnreg for c in capped} == {80}
+    kept = fpx_gemm._prune_row_configs(fpx_gemm._fpx_row_autotuned.configs, dict(N=4096, KW=512, BLOCK_M=1, MMA=False))
+    assert sum(1 for c in kept if c.maxnreg) == len(capped)
+    kept = fpx_gemm._prune_row_configs(fpx_gemm._fpx_row_autotuned.configs, dict(N=4096, KW=128, BLOCK_M=1, MMA=False))
+    assert all(c.kwargs["SPLIT_K"] == 1 for c in kept if c.maxnreg)  # 64-word steps split 2 need 256 words
+    fixed = triton.Config(dict(BLOCK_N=8, BLOCK_KW=4, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=2), num_warps=2,
+                          num_stages=1, maxnreg=80)
+    assert fpx_gemm.launch_options(fixed) == dict(num_warps=2, num_stages=1, maxnreg=80)
+    assert "maxnreg" not in fpx_gemm.launch_options(triton.Config(fixed.kwargs))
+    x, planes, scale, bias = operands("e2m3", 1, 40, 128, torch.bfloat16, seed=9)
+    out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e2m3", bits=6, bias=bias, row_kernel=True,
+                                     config=fixed)
+    assert_matches_twin(out, fpx_matmul_ref(x, planes, scale, element="e2m3", bits=6, bias=bias))
+
+
 @pytest.mark.parametrize("k", [64, 200])
 @pytest.mark.parametrize("name", FPX)
 def test_row_kernel_tensor_core_form_equals_twin(name, k, monkeypatch):

@@ -97,6 +97,7 @@ def test_kernel_sass_act_quant_configs_and_width(tmp_path):
     assert (1, 0, 4, 3, 1) in configs and any(c[4] > 1 for c in configs) and all(c[1] < 4096 for c in configs)
     assert config_label("act_quant", (2, 0, 8, 3, 16)) == "2 rows, 16 blocks in turn w8 s3"
     assert config_label("act_quant", (1, 2048, 4, 3, 1)) == "1 row, chunk 2048 w4 s3"
+    assert config_label("fpx_row", (64, 64, 8, 2, False, 1, 1, 4, 80)) == "64x64 w8 s2 split4 maxnreg80"
     done = run_sass("--kernel", "act_quant", "--element", "int4", "--k", "100", "--out", str(tmp_path / "sass"))
     assert done.returncode == 2 and "--k must be a positive multiple of 16, got 100" in done.stderr
 
@@ -118,7 +119,22 @@ def test_gemv_ncu_launches_each_config_under_the_interpreter(capsys):
     assert len(lines) == 5 and all(line.endswith("output finite: True") for line in lines)
 
 
+def test_gemv_ncu_launches_the_fpx_row_kernel_under_the_interpreter(capsys):
+    """``--kernel fpx``: every FPx row config launched (split, prefetching, register-capped), a finite output."""
+    from benchmarks import gemv_ncu
+
+    assert gemv_ncu.main(["--kernel", "fpx", "--cpu_dry_run", "--launches", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(gemv_ncu.parse_fpx_configs(gemv_ncu.FPX_DEFAULT_CONFIGS))
+    assert all(line.endswith("output finite: True") for line in lines) and any(", 80):" in line for line in lines)
+    assert gemv_ncu.parse_fpx_configs("64,64,8,2,0,4") == [(64, 64, 8, 2, False, 4, 1, 0)]
+    assert gemv_ncu.parse_fpx_configs("64,64,8,2,1,1,3,80") == [(64, 64, 8, 2, True, 1, 3, 80)]
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--kernel", "fpx", "--configs", "64,64,8,2,0"], "six to eight integers"),
+    (["--kernel", "fpx", "--w_element", "int4"], "--kernel fpx takes --w_element e3m2"),
+    (["--w_element", "e3m2"], "--kernel w4a4 takes --w_element int4, e2m1"),
     (["--configs", "16,256,8"], "five to seven integers"),
     (["--shapes", "4096by4096"], "--shapes takes N x K pairs like 4096x4096"),
     (["--launches", "0"], "--launches must be at least 1, got 0"),
