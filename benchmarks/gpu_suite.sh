@@ -30,7 +30,12 @@
 #   fpx_capped the FPx row kernel's register-capped configs (maxnreg) under Nsight Compute beside their uncapped
 #              twins, with the warps' stall reasons, then FP6 E3M2 at M = 1 timed at the five Llama-3-8B decode shapes
 #              with them among the tuner's candidates (its picks, in triton_autotune.tgz, serve fpx_b1) (issue 10)
-#   fpx_b1     bf16 / FP6 compiled CUDA-graph decode at batch 1 (MODES; issue 10)
+#   fpx_interleaved  the FPx row kernel on the interleaved high plane (one FP6 / FP5 row): forced split configs and
+#              the autotuned picks checked against the twin, then FP6 E3M2 at M = 1 at the five Llama-3-8B decode
+#              shapes and FP5 E2M2 at two, timed (the picks, in triton_autotune.tgz, serve fpx_b1) (issue 10)
+#   fpx_interleave_ab  FP5 E2M2 at M = 1 with the interleaved high plane (PTQ_FPX_INTERLEAVE=1) and without (0),
+#              and FP6 E3M2 on its own words, at the Llama-3-8B decode shapes (issue 10)
+#   fpx_b1     bf16 / FP6 compiled CUDA-graph decode at batch 1 (MODES; NAME names the result file; issue 10)
 #   fpx_b8     bf16 / FP6 compiled CUDA-graph decode at batch 8 (MODES; issue 10)
 #   decode_b8  W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8, the tensor-core decode kernel's pinned
 #              8-row configs (issue 10)
@@ -186,10 +191,28 @@ for section in "$@"; do
       step "${LIMIT_FPX_BENCH:-300}" kernel_bench_fpx_capped python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
         --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
         --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_capped_h200" ;;
+    fpx_interleaved)
+      step "${LIMIT_FPX_CHECK:-150}" kernel_check_fpx_interleaved python -u benchmarks/kernel_check.py \
+        --only fpx_split,fpx --out "$OUT/kernel_check_fpx_interleaved_h200"
+      step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fpx_interleaved python benchmarks/kernel_bench.py --flush_l2 \
+        --cuda_graph --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_interleaved_h200"
+      step "${LIMIT_FP5_BENCH:-120}" kernel_bench_fp5_interleaved python benchmarks/kernel_bench.py --flush_l2 \
+        --cuda_graph --ms "" --shapes 4096x4096,28672x4096 --weight_only_ms 1 --weight_only_formats e2m2 \
+        --out "$OUT/kernel_bench_fp5_interleaved_h200" ;;
+    fpx_interleave_ab)
+      for on in 1 0; do
+        step "${LIMIT_FP5_BENCH:-110}" "kernel_bench_fp5_interleave$on" env PTQ_FPX_INTERLEAVE=$on python \
+          benchmarks/kernel_bench.py --flush_l2 --cuda_graph --ms "" --shapes 4096x4096,28672x4096,4096x14336 \
+          --weight_only_ms 1 --weight_only_formats e2m2 --out "$OUT/kernel_bench_fp5_interleave${on}_h200"
+      done
+      step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fp6_words python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
+        --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fp6_even_h200" ;;
     fpx_b1)
       step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b1 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 1 --decode_tokens 128 \
-        --compile --no_eager --out "$OUT/bench_model_decode_compiled_fp6_capped_llama3_8b_h200" ;;
+        --compile --no_eager --out "$OUT/bench_model_decode_compiled_${NAME:-fp6}_llama3_8b_h200" ;;
     fpx_b8)
       step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b8 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 8 --decode_tokens 64 \

@@ -284,13 +284,16 @@ def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device
 
 
 # (M, N, K, element, x dtype, (BLOCK_N, BLOCK_KW, warps, PREFETCH, SPLIT_K)): the row kernel's split-K forced, at
-# the down and o_proj shapes and a ragged one, one and several rows; the interpreter takes the small ones.
+# the down, o_proj and q/k/v shapes and a ragged one, one and several rows (one FP6 / FP5 row on the interleaved high
+# plane, with whole tiles at 4096 x 4096 and 6144 x 4096); the interpreter takes the small ones.
 GPU_FPX_SPLIT = [(1, 4096, 4096, "e3m2", torch.bfloat16, (32, 128, 8, True, 2)),
                  (1, 4096, 14336, "e2m3", torch.float16, (32, 64, 8, True, 4)),
                  (3, 4096, 4096, "e2m1", torch.bfloat16, (16, 64, 4, False, 4)),
-                 (1, 40, 200, "e2m2", torch.bfloat16, (16, 64, 4, False, 2))]
+                 (1, 40, 200, "e2m2", torch.bfloat16, (16, 64, 4, False, 2)),
+                 (1, 6144, 4096, "e3m1", torch.bfloat16, (64, 32, 8, False, 2))]
 DRY_FPX_SPLIT = [(1, 40, 200, "e3m2", torch.bfloat16, (16, 4, 1, True, 3)),
-                 (3, 40, 64, "e2m1", torch.float32, (8, 4, 1, False, 2))]
+                 (3, 40, 64, "e2m1", torch.float32, (8, 4, 1, False, 2)),
+                 (1, 48, 256, "e2m2", torch.bfloat16, (16, 4, 1, False, 2))]
 # (M, N, K, element, x dtype, ("tile", BLOCK_M, BLOCK_N, BLOCK_K, warps, SWAP_AB, SPLIT_K)): the tensor-core
 # kernel's swapped PAIRED path forced at decode batches (and its unswapped twin once), ragged M and K included, and
 # with K split among programs.

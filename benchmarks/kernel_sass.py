@@ -50,22 +50,27 @@ ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or s
 
 def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
     """The FPx row kernel's ASTSource for one row of bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps,
-    stages, PREFETCH[, FOLD, LOOP_STAGES[, SPLIT_K[, MAXNREG]]]); ``mma``: its tensor-core form (``PTQ_FPX_MMA=1``)."""
+    stages, PREFETCH[, FOLD, LOOP_STAGES[, SPLIT_K[, MAXNREG]]]); ``mma``: its tensor-core form (``PTQ_FPX_MMA=1``).
+    As at Llama-3-8B's shapes: every tile whole (EVEN), and the high plane interleaved for ``INTERLEAVED_BITS`` (the
+    fp32 form)."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, ROW_X_SCALE_EXP, _fpx_row_kernel
+    from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, INTERLEAVED_BITS, ROW_X_SCALE_EXP, _fpx_row_kernel
     from quant_layers.packing import element_named
 
     fmt = element_named(element)
     high = HIGH_PLANE_WIDTH[fmt.bits]
-    pointers = ["*bf16", "*i32", "*i16" if high == 2 else "*u8", "*fp32", "*bf16", "*bf16", "*fp32", "*i32"]
+    interleaved = fmt.bits in INTERLEAVED_BITS and not mma
+    pointers = ["*bf16", "*i32", "*i32" if interleaved else "*i16" if high == 2 else "*u8", "*fp32", "*bf16", "*bf16",
+                "*fp32", "*i32"]
     names = ["x_ptr", "low_ptr", "high_ptr", "scale_ptr", "bias_ptr", "out_ptr", "partial_ptr", "count_ptr", "M", "N",
              "KW", "stride_xm", "stride_om", "stride_low", "stride_high", "unit"]
     signature = dict(zip(names, pointers + ["i32"] * 7 + ["fp32"]))
     constants = dict(BITS=fmt.bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=high, HAS_BIAS=False,
                      X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
                      LOOP_STAGES=config[6] if len(config) > 6 else 1, MMA=mma, UNIT_EXP=127 - fmt.default_bias,
-                     USE_ASM=True, SPLIT_K=config[7] if len(config) > 7 else 1)
+                     USE_ASM=True, SPLIT_K=config[7] if len(config) > 7 else 1, INTERLEAVED=interleaved,
+                     EVEN=True)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] != "M"}
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)

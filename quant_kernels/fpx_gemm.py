@@ -47,6 +47,9 @@ holds each lane quad's row sums (``_quad_mma``); 17 % fewer instructions than th
 Where a weight's rows give few tiles the row kernel may split K among SPLIT_K programs a tile (``ROW_SPLIT_CONFIGS``,
 the last program of a tile adds the slices' sums in a fixed order): on the H200 FP6 at 4096 x 4096 and 4096 x 14336
 went from 1.16x / 1.08x bf16 to 1.33x / 1.54x, and the compiled FP6 decode step from 1.19x to 1.42x (same run).
+One FP5 row reads the high plane interleaved four rows a word (``interleave_high``, derived on first use and kept
+beside the plane): no 8-bit words to unpack, 1.23x / 1.46x to 1.51x / 1.68x bf16 at 4096 x 4096 / 28672 x 4096 on the
+H200; FP6 rows (two a word) ran slower that way and keep the plane's own words (eighteenth run).
 The row kernel also runs 2 to ``ROW_MAX_M`` rows, each decoded pair multiplying every row. On
 the H200 (2026-12-02, tenth session) it took M = 4 from 0.45-0.72x bf16 on the tensor-core kernel
 to 0.82-1.02x, and tied it at M = 8 (0.48-0.70x), so by default a GPU gives it up to
@@ -62,6 +65,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.utils.weak import WeakIdKeyDictionary
 from triton.language.standard import _sum_combine
 
 from .reference import check_fpx_args, check_out, fpx_element
@@ -157,6 +161,11 @@ ROW_DEFAULT_MAX_M = 4
 ROW_X_SCALE_EXP = 32
 # The high plane's word per low word (8 codes): 8 2-bit fields (FP6) or 8 1-bit fields (FP5).
 HIGH_WORD_DTYPES = {2: torch.int16, 1: torch.uint8}
+# Code widths whose one-row products read the high plane interleaved across rows (``interleave_high``): 15 % fewer
+# instructions for FP6 and FP5 in sm_90 SASS, but on the H200 FP6 ran 4-14 % slower that way, while FP5 went from
+# 1.23x / 1.46x to 1.51x / 1.68x bf16 at 4096 x 4096 / 28672 x 4096 (2026-12-04, ``benchmarks/results/kernels_h200.md``,
+# eighteenth run).
+INTERLEAVED_BITS = (5,)
 
 
 @triton.jit
@@ -495,7 +504,8 @@ def _fpx_row_kernel(
     BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr, HAS_BIAS: tl.constexpr,
     X_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
     PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, MMA: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0,
-    USE_ASM: tl.constexpr = False, SPLIT_K: tl.constexpr = 1,
+    USE_ASM: tl.constexpr = False, SPLIT_K: tl.constexpr = 1, INTERLEAVED: tl.constexpr = False,
+    EVEN: tl.constexpr = False,
 ):
     """Up to ROW_MAX_M activation rows (decode) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
@@ -511,7 +521,9 @@ def _fpx_row_kernel(
     the weight tile's own layout; ``PREFETCH`` (one row only) loads each step's words one
     step ahead, before the arithmetic of the step before (Triton does not pipeline loads
     that feed no dot); without it a step loads its own words first. SPLIT_K > 1: program (n, s) takes the s-th of
-    SPLIT_K slices of the words, and ``_finish_products`` adds the slices' sums.
+    SPLIT_K slices of the words, and ``_finish_products`` adds the slices' sums. INTERLEAVED (one row): ``high_ptr``
+    is ``interleave_high``'s plane, whose words hold the high fields of 4 // HIGH_WIDTH rows; the tile's rows go in
+    that many row tiles, each with its own accumulator. EVEN: every tile whole, the loop's loads unmasked (one row).
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -555,6 +567,38 @@ def _fpx_row_kernel(
             high_ptrs += BLOCK_KW
         row_a, row_b = _quad_rows(c0, c1, c2, c3, USE_ASM)
         out = tl.join(tl.reduce(row_a, 1, _sum_combine), tl.reduce(row_b, 1, _sum_combine)).reshape(BLOCK_N)[None, :]
+    elif INTERLEAVED:  # one row, the high plane's words shared by ROWS rows (``interleave_high``)
+        ROWS: tl.constexpr = 4 // HIGH_WIDTH
+        HALF: tl.constexpr = 4 * HIGH_WIDTH
+        offs_p = tl.program_id(0) * (BLOCK_N // ROWS) + tl.arange(0, BLOCK_N // ROWS)
+        p_ok = (offs_p < N // ROWS)[:, None]
+        x_ptrs = x_ptr + offs_w * 8
+        fields_ptrs = high_ptr + offs_p[:, None] * stride_high + offs_high[None, :]
+        low_ptrs = low_ptr + offs_p[:, None] * (ROWS * stride_low) + offs_w[None, :]
+        acc0 = tl.full((BLOCK_N // ROWS, BLOCK_KW), 0.0, tl.float32)
+        acc1, acc2, acc3 = acc0, acc0, acc0
+        for w0 in tl.range(w_first, w_stop, BLOCK_KW, num_stages=LOOP_STAGES):
+            w_ok = offs_w < w_stop - w0
+            tile_ok = p_ok & w_ok[None, :]
+            fields = _tile_load(fields_ptrs, tile_ok, EVEN)
+            acc0 = _row_products(acc0, _tile_load(low_ptrs, tile_ok, EVEN), fields, x_ptrs, w_ok, BITS, MAN_BITS,
+                                 HIGH_WIDTH, X_SCALE, EVEN)
+            acc1 = _row_products(acc1, _tile_load(low_ptrs + stride_low, tile_ok, EVEN), fields >> HALF, x_ptrs, w_ok,
+                                 BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
+            if ROWS == 4:
+                acc2 = _row_products(acc2, _tile_load(low_ptrs + 2 * stride_low, tile_ok, EVEN), fields >> 2 * HALF,
+                                     x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
+                acc3 = _row_products(acc3, _tile_load(low_ptrs + 3 * stride_low, tile_ok, EVEN), fields >> 3 * HALF,
+                                     x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
+            x_ptrs += 8 * BLOCK_KW
+            fields_ptrs += BLOCK_KW
+            low_ptrs += BLOCK_KW
+        sum0, sum1 = tl.reduce(acc0, 1, _sum_combine) * unit, tl.reduce(acc1, 1, _sum_combine) * unit
+        if ROWS == 4:  # rows 4p + r: the first join innermost (as ``_placed_tile``)
+            sum2, sum3 = tl.reduce(acc2, 1, _sum_combine) * unit, tl.reduce(acc3, 1, _sum_combine) * unit
+            out = tl.join(tl.join(sum0, sum2), tl.join(sum1, sum3)).reshape(BLOCK_N)[None, :]
+        else:
+            out = tl.join(sum0, sum1).reshape(BLOCK_N)[None, :]
     elif BLOCK_M == 1:
         x_ptrs = x_ptr + offs_w * 8
         acc = tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32)
@@ -568,12 +612,7 @@ def _fpx_row_kernel(
                 low_next, high_next = _plane_words(low_ptrs + BLOCK_KW, high_ptrs + BLOCK_KW, next_ok, HIGH_WIDTH)
             else:
                 low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH)
-            for j in tl.static_range(4):
-                first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
-                x_first = tl.load(x_ptrs + j, mask=w_ok, other=0.0).to(tl.float32) * X_SCALE
-                x_second = tl.load(x_ptrs + j + 4, mask=w_ok, other=0.0).to(tl.float32) * X_SCALE
-                acc += first * x_first[None, :]
-                acc += second * x_second[None, :]
+            acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
             if PREFETCH:
                 low, high = low_next, high_next
             x_ptrs += 8 * BLOCK_KW
@@ -607,6 +646,30 @@ def _fpx_row_kernel(
         out = tl.reduce(acc3, 2, _sum_combine) * unit
     _finish_products(out, tl.arange(0, BLOCK_M), offs_n, M, N, scale_ptr, bias_ptr, out_ptr, stride_om, partial_ptr,
                      count_ptr, tl.program_id(0), tl.program_id(1), HAS_BIAS, SPLIT_K)
+
+
+@triton.jit
+def _row_products(acc, low, high, x_ptrs, w_ok, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
+                  X_SCALE: tl.constexpr, EVEN: tl.constexpr):
+    """acc + each (row, word) tile element's eight placed codes (``_placed_pair`` of ``low`` and the high fields
+    ``high``, spread or interleaved) times the activations at ``x_ptrs`` + 0..7, scaled by X_SCALE."""
+    for j in tl.static_range(4):
+        first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
+        x_first = _tile_load(x_ptrs + j, w_ok, EVEN).to(tl.float32) * X_SCALE
+        x_second = _tile_load(x_ptrs + j + 4, w_ok, EVEN).to(tl.float32) * X_SCALE
+        acc += first * x_first[None, :]
+        acc += second * x_second[None, :]
+    return acc
+
+
+@triton.jit
+def _tile_load(ptrs, mask, EVEN: tl.constexpr):
+    """``ptrs``' elements, zero where ``mask`` is false; unmasked when EVEN (every tile whole)."""
+    if EVEN:
+        out = tl.load(ptrs)
+    else:
+        out = tl.load(ptrs, mask=mask, other=0)
+    return out
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -644,14 +707,59 @@ def split_fits(length: int, step: int, split_k: int) -> bool:
 
 
 def _prune_row_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """``prune_decode_configs`` of the configs that ``split_fits``, less the prefetching configs for the
-    tensor-core form (which has no prefetching path: they would time as their twins)."""
+    """``prune_decode_configs`` of the configs that ``split_fits``, less the prefetching configs for the tensor-core
+    form and the interleaved high plane (which have no prefetching path: they would time as their twins). Every
+    BLOCK_N (a power of two, at least ROW_MIN_BLOCK_N) holds whole interleaved words' rows."""
     args = {**named_args, **kwargs}
     configs = [c for c in configs if split_fits(args["KW"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])]
     kept = prune_decode_configs(configs, named_args, **kwargs)
-    if args["MMA"]:
+    if args["MMA"] or args["INTERLEAVED"]:
         kept = [c for c in kept if not c.kwargs["PREFETCH"]] or kept
     return kept
+
+
+def _row_even(args: dict) -> bool:
+    """Whether every row kernel tile is whole (EVEN: no masks in its loop): the config's rows divide N and its steps
+    times SPLIT_K divide the words of a row."""
+    return args["N"] % args["BLOCK_N"] == 0 and args["KW"] % (args["BLOCK_KW"] * args["SPLIT_K"]) == 0
+
+
+def high_rows(bits: int) -> int:
+    """How many weight rows' high fields one interleaved 32-bit word holds (``interleave_high``): 2 for FP6, 4 for
+    FP5."""
+    return 4 // HIGH_PLANE_WIDTH[bits]
+
+
+def interleave_high(high_words: torch.Tensor, bits: int) -> torch.Tensor:
+    """(N, KW) high-plane words of a 5- or 6-bit weight (one per low word: 8 fields of 1 or 2 bits) -> the row kernel's
+    (N / R, KW) int32 layout, R = ``high_rows(bits)``: word (p, w) holds the fields of word w of rows R p + r for
+    r < R, those of codes 0-3 of row R p + r at bit r * 4 * width and those of codes 4-7 at bit 16 + r * 4 * width.
+    ``_placed_bits`` masks the fields of one code pair in both halves, so row R p + r's fields are the word shifted
+    right by r * 4 * width: no unpacking of 16-bit words and no ``_spread_high``, and each thread keeps the rows it
+    multiplies by the same activations."""
+    width = HIGH_PLANE_WIDTH[bits]
+    rows_per_word, half = 4 // width, 4 * width
+    rows, kw = high_words.shape
+    if rows % rows_per_word:
+        raise ValueError(f"interleaving the high plane of {bits}-bit codes takes a multiple of {rows_per_word} rows, "
+                         f"got {rows}")
+    parts = (high_words.to(torch.int64) & ((1 << 2 * half) - 1)).reshape(rows // rows_per_word, rows_per_word, kw)
+    shifts = (torch.arange(rows_per_word, device=high_words.device) * half)[:, None]
+    word = (((parts & ((1 << half) - 1)) << shifts) | ((parts >> half) << (16 + shifts))).sum(1)
+    return (word - ((word >> 31) << 32)).to(torch.int32)  # the top bit as the sign of an int32
+
+
+_interleaved_planes = WeakIdKeyDictionary()
+
+
+def interleaved_high(high: torch.Tensor, bits: int) -> torch.Tensor:
+    """``interleave_high`` of the high plane ``high``'s words, computed once per plane and kept while the plane lives
+    (again after the plane is written in place, which moves its version counter)."""
+    cached = _interleaved_planes.get(high)
+    if cached is None or cached[0] != high._version:
+        cached = (high._version, interleave_high(_words(high, HIGH_WORD_DTYPES[HIGH_PLANE_WIDTH[bits]]), bits))
+        _interleaved_planes[high] = cached
+    return cached[1]
 
 
 _fpx_row_autotuned = triton.autotune(
@@ -663,9 +771,9 @@ _fpx_row_autotuned = triton.autotune(
                      num_stages=st) for bn, bkw, w, st, prefetch, split in ROW_SPLIT_CONFIGS]
     + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=split), num_warps=w,
                      num_stages=st, maxnreg=cap) for bn, bkw, w, st, split, cap in ROW_CAPPED_CONFIGS],
-    key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA"],
+    key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED"],
     prune_configs_by=dict(early_config_prune=_prune_row_configs),
-)(_fpx_row_kernel)
+)(triton.heuristics(dict(EVEN=_row_even))(_fpx_row_kernel))
 
 
 def tile_swap_on() -> bool:
@@ -674,6 +782,14 @@ def tile_swap_on() -> bool:
     return env_switch("PTQ_FPX_SWAP", True, {"0": "the unswapped tiles only",
                                              "1": f"the swapped ones among the tuner's candidates up to {SWAP_MAX_M} "
                                                   f"rows, the default"})
+
+
+def row_interleave_on(bits: int) -> bool:
+    """Whether one row of ``bits``-bit codes on the fp32 form reads the interleaved high plane (``interleave_high``):
+    for INTERLEAVED_BITS (``PTQ_FPX_INTERLEAVE``: 1 by default; 0 the 16- and 8-bit high words of the plane)."""
+    return bits in INTERLEAVED_BITS and env_switch(
+        "PTQ_FPX_INTERLEAVE", True, {"1": f"the interleaved high plane for {', '.join(map(str, INTERLEAVED_BITS))}"
+                                          f"-bit codes, the default", "0": "the high plane's own words"})
 
 
 def row_mma_on() -> bool:
@@ -775,16 +891,20 @@ def fpx_matmul_triton(
             fixed = INTERPRET_ROW_CONFIG
         partials, counters = _split_k_slots(x.device, m, n, fixed["SPLIT_K"] if fixed else ROW_MAX_SPLIT_K,
                                             triton.cdiv(n, ROW_MIN_BLOCK_N))
-        row_args = (x, low_words, high_words, scale, bias_arg, out, partials, counters, m, n, k // 8, x.stride(0),
-                    out.stride(0), low_words.stride(0), high_words.stride(0),
+        mma = m == 1 and x.dtype == torch.bfloat16 and row_mma_on()
+        # One row on the fp32 form takes the high plane interleaved (``interleave_high``) where N holds whole words.
+        interleaved = m == 1 and not mma and len(planes) > 1 and n % high_rows(bits) == 0 and row_interleave_on(bits)
+        row_high = interleaved_high(high, bits) if interleaved else high_words
+        row_args = (x, low_words, row_high, scale, bias_arg, out, partials, counters, m, n, k // 8, x.stride(0),
+                    out.stride(0), low_words.stride(0), row_high.stride(0),
                     2.0 ** (127 - fmt.default_bias - ROW_X_SCALE_EXP))
         row_flags = dict(BITS=bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
-                         X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m),
-                         MMA=m == 1 and x.dtype == torch.bfloat16 and row_mma_on(), UNIT_EXP=127 - fmt.default_bias,
-                         USE_ASM=not INTERPRET)
+                         X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m), MMA=mma,
+                         UNIT_EXP=127 - fmt.default_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved)
         if fixed:
             grid = (triton.cdiv(n, fixed["BLOCK_N"]), fixed["SPLIT_K"])
-            _fpx_row_kernel[grid](*row_args, **row_flags, **fixed, **launch)
+            even = _row_even(dict(N=n, KW=k // 8, **fixed))
+            _fpx_row_kernel[grid](*row_args, **row_flags, **fixed, EVEN=even, **launch)
         else:
             _fpx_row_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*row_args,
                                                                                                **row_flags)

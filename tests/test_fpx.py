@@ -383,7 +383,8 @@ def test_row_split_configs_only_where_slices_are_long():
     configs = fpx_gemm._fpx_row_autotuned.configs
 
     def splits(n: int, kw: int) -> set:
-        kept = fpx_gemm._prune_row_configs(configs, dict(N=n, KW=kw, BLOCK_M=1, MMA=False))
+        kept = fpx_gemm._prune_row_configs(configs, dict(N=n, KW=kw, BITS=6, BLOCK_M=1, MMA=False,
+                                                         INTERLEAVED=False))
         return {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])
                 for c in kept if c.kwargs["SPLIT_K"] > 1}
 
@@ -395,14 +396,69 @@ def test_row_split_configs_only_where_slices_are_long():
     assert min(c.kwargs["BLOCK_N"] for c in configs) == fpx_gemm.ROW_MIN_BLOCK_N
 
 
+def test_interleaved_high_plane_layout():
+    """``interleave_high`` against hand-made words: FP6 rows 2p and 2p + 1 byte by byte (low bytes, then high bytes),
+    FP5 rows 4p .. 4p + 3 nibble by nibble; the top bit lands as an int32's sign; rows that do not fill whole words
+    are refused."""
+    fp6 = torch.tensor([[0x1234, 0x00FF], [0x5678, -256]], dtype=torch.int16)  # -256: 0xFF00
+    assert fpx_gemm.interleave_high(fp6, 6).tolist() == [[0x56127834, 0xFF0000FF - 2**32]]
+    fp5 = torch.tensor([[0x21], [0x43], [0x65], [0x87]], dtype=torch.uint8)
+    assert fpx_gemm.interleave_high(fp5, 5).tolist() == [[0x86427531 - 2**32]]
+    assert fpx_gemm.high_rows(6) == 2 and fpx_gemm.high_rows(5) == 4
+    with pytest.raises(ValueError, match="multiple of 4 rows, got 6"):
+        fpx_gemm.interleave_high(torch.zeros(6, 2, dtype=torch.uint8), 5)
+
+
+def test_interleaved_high_plane_switch(monkeypatch):
+    """``PTQ_FPX_INTERLEAVE``: FP5 rows read the interleaved plane by default, FP6 rows their own words; 0 turns it
+    off; anything else is refused, naming the choices."""
+    assert fpx_gemm.row_interleave_on(5) and not fpx_gemm.row_interleave_on(6)
+    monkeypatch.setenv("PTQ_FPX_INTERLEAVE", "0")
+    assert not fpx_gemm.row_interleave_on(5)
+    monkeypatch.setenv("PTQ_FPX_INTERLEAVE", "yes")
+    with pytest.raises(ValueError, match="PTQ_FPX_INTERLEAVE='yes': choose 1 .*5-bit codes"):
+        fpx_gemm.row_interleave_on(5)
+
+
+def test_interleaved_high_plane_is_kept_until_the_plane_changes():
+    """The row kernel's interleaved plane is computed once per high plane, and again after the plane is written in
+    place (a checkpoint loaded into the same buffers), so a product never reads a stale layout."""
+    _, planes, _, _ = operands("e3m2", 1, 8, 64, torch.bfloat16, seed=3)
+    high = planes[1]
+    first = fpx_gemm.interleaved_high(high, 6)
+    assert fpx_gemm.interleaved_high(high, 6) is first
+    high.copy_(torch.roll(high, 1, dims=1))
+    second = fpx_gemm.interleaved_high(high, 6)
+    assert second is not first and not torch.equal(second, first)
+    assert torch.equal(second, fpx_gemm.interleave_high(high.view(torch.int16), 6))
+
+
+@pytest.mark.parametrize("interleaved", [(5,), (5, 6), ()], ids=["fp5", "fp5-fp6", "none"])
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("name", ["e3m2", "e2m3", "e2m2", "e3m1"])
+def test_row_kernel_whole_tiles_equal_twin(name, split, interleaved, monkeypatch):
+    """One row whose tiles are all whole (EVEN: N a multiple of BLOCK_N, each slice whole steps), on the high plane
+    interleaved across rows (FP5 by default, FP6 too when asked) or on its own words: the loop's activation loads (and
+    on the interleaved plane its weight loads) unmasked, the products equal to the twin."""
+    monkeypatch.setattr(fpx_gemm, "INTERLEAVED_BITS", interleaved)
+    bits = element_named(name).bits
+    config = triton.Config(dict(BLOCK_N=16, BLOCK_KW=4, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=split))
+    assert fpx_gemm._row_even(dict(N=48, KW=32, **config.kwargs))
+    x, planes, scale, bias = operands(name, 1, 48, 256, torch.bfloat16, seed=11 + split)
+    out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=bias, row_kernel=True,
+                                     config=config)
+    assert_matches_twin(out, fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=bias))
+
+
 def test_row_capped_configs_reach_the_tuner_and_a_fixed_launch():
     """The register-capped row configs are among the tuner's candidates with their cap (and pruned like the others);
     a fixed config's cap reaches its launch, and under the interpreter such a config equals the twin."""
     capped = [c for c in fpx_gemm._fpx_row_autotuned.configs if c.maxnreg]
+    plain = dict(N=4096, BITS=6, BLOCK_M=1, MMA=False, INTERLEAVED=False)
     assert len(capped) == len(fpx_gemm.ROW_CAPPED_CONFIGS) and {c.maxnreg for c in capped} == {80}
-    kept = fpx_gemm._prune_row_configs(fpx_gemm._fpx_row_autotuned.configs, dict(N=4096, KW=512, BLOCK_M=1, MMA=False))
+    kept = fpx_gemm._prune_row_configs(fpx_gemm._fpx_row_autotuned.configs, dict(KW=512, **plain))
     assert sum(1 for c in kept if c.maxnreg) == len(capped)
-    kept = fpx_gemm._prune_row_configs(fpx_gemm._fpx_row_autotuned.configs, dict(N=4096, KW=128, BLOCK_M=1, MMA=False))
+    kept = fpx_gemm._prune_row_configs(fpx_gemm._fpx_row_autotuned.configs, dict(KW=128, **plain))
     assert all(c.kwargs["SPLIT_K"] == 1 for c in kept if c.maxnreg)  # 64-word steps split 2 need 256 words
     fixed = triton.Config(dict(BLOCK_N=8, BLOCK_KW=4, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=2), num_warps=2,
                           num_stages=1, maxnreg=80)

@@ -132,10 +132,10 @@ def test_gemv_ncu_launches_the_fpx_row_kernel_under_the_interpreter(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--kernel", "fpx", "--configs", "64,64,8,2,0"], "six to eight integers"),
+    (["--kernel", "fpx", "--configs", "64,64,8,2,0"], "6 to 8 integers"),
     (["--kernel", "fpx", "--w_element", "int4"], "--kernel fpx takes --w_element e3m2"),
     (["--w_element", "e3m2"], "--kernel w4a4 takes --w_element int4, e2m1"),
-    (["--configs", "16,256,8"], "five to seven integers"),
+    (["--configs", "16,256,8"], "5 to 7 integers"),
     (["--shapes", "4096by4096"], "--shapes takes N x K pairs like 4096x4096"),
     (["--launches", "0"], "--launches must be at least 1, got 0"),
     (["--shapes", "4096x4100"], "K a multiple of 8"),

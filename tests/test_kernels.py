@@ -686,14 +686,19 @@ def test_decode_configs_fit_their_registers_at_every_row_count(kernel):
 
 
 def test_the_fpx_row_kernel_s_tensor_core_form_tunes_no_prefetching_twins():
-    """The row kernel's tensor-core form has no prefetching path: its tuner keeps the others only."""
+    """The row kernel's tensor-core form and its interleaved high plane have no prefetching path: their tuner keeps
+    the others only."""
     from quant_kernels import fpx_gemm
 
     configs = fpx_gemm._fpx_row_autotuned.configs
-    plain = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": False, "KW": 512})
-    mma = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": True, "KW": 512})
+    plain = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": False, "KW": 512, "BITS": 6,
+                                                  "INTERLEAVED": False})
+    mma = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": True, "KW": 512, "BITS": 6, "INTERLEAVED": False})
     assert any(c.kwargs["PREFETCH"] for c in plain) and mma
     assert mma == [c for c in plain if not c.kwargs["PREFETCH"]]
+    interleaved = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": False, "KW": 512, "BITS": 6,
+                                                        "INTERLEAVED": True})
+    assert interleaved == mma
 
 
 # ---------------------------------------------------------------------------
