@@ -30,9 +30,10 @@
 #   fpx_capped the FPx row kernel's register-capped configs (maxnreg) under Nsight Compute beside their uncapped
 #              twins, with the warps' stall reasons, then FP6 E3M2 at M = 1 timed at the five Llama-3-8B decode shapes
 #              with them among the tuner's candidates (its picks, in triton_autotune.tgz, serve fpx_b1) (issue 10)
-#   fpx_interleaved  the FPx row kernel on the interleaved high plane (one FP6 / FP5 row): forced split configs and
-#              the autotuned picks checked against the twin, then FP6 E3M2 at M = 1 at the five Llama-3-8B decode
-#              shapes and FP5 E2M2 at two, timed (the picks, in triton_autotune.tgz, serve fpx_b1) (issue 10)
+#   fpx_interleaved  the FPx row kernel at one row (FP5 on the interleaved high plane, INTERLEAVED_BITS): autotuned
+#              picks and forced split configs checked against the twin, then FP6 E3M2 at M = 1 at the five Llama-3-8B
+#              decode shapes and FP5 E2M2 at two, timed (the picks, in triton_autotune.tgz, serve fpx_b1); with FP6 in
+#              INTERLEAVED_BITS too it gave the rejected FP6 tables of kernels_h200.md's eighteenth run (issue 10)
 #   fpx_interleave_ab  FP5 E2M2 at M = 1 with the interleaved high plane (PTQ_FPX_INTERLEAVE=1) and without (0),
 #              and FP6 E3M2 on its own words, at the Llama-3-8B decode shapes (issue 10)
 #   fpx_b1     bf16 / FP6 compiled CUDA-graph decode at batch 1 (MODES; NAME names the result file; issue 10)
