@@ -892,8 +892,10 @@ def fpx_matmul_triton(
         partials, counters = _split_k_slots(x.device, m, n, fixed["SPLIT_K"] if fixed else ROW_MAX_SPLIT_K,
                                             triton.cdiv(n, ROW_MIN_BLOCK_N))
         mma = m == 1 and x.dtype == torch.bfloat16 and row_mma_on()
-        # One row on the fp32 form takes the high plane interleaved (``interleave_high``) where N holds whole words.
-        interleaved = m == 1 and not mma and len(planes) > 1 and n % high_rows(bits) == 0 and row_interleave_on(bits)
+        # One row on the fp32 form takes the high plane interleaved (``interleave_high``) where N holds whole words and
+        # the plane counts its in-place writes (not one made under torch.inference_mode: a kept copy could go stale).
+        interleaved = (m == 1 and not mma and len(planes) > 1 and n % high_rows(bits) == 0 and row_interleave_on(bits)
+                       and not high.is_inference())
         row_high = interleaved_high(high, bits) if interleaved else high_words
         row_args = (x, low_words, row_high, scale, bias_arg, out, partials, counters, m, n, k // 8, x.stride(0),
                     out.stride(0), low_words.stride(0), row_high.stride(0),

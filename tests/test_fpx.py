@@ -433,6 +433,17 @@ def test_interleaved_high_plane_is_kept_until_the_plane_changes():
     assert torch.equal(second, fpx_gemm.interleave_high(high.view(torch.int16), 6))
 
 
+def test_a_plane_made_in_inference_mode_takes_its_own_words():
+    """A high plane made under torch.inference_mode counts no in-place writes, so an FP5 row leaves the interleaved
+    plane (which could go stale) for the plane's own words: no error, the twin's products, nothing kept."""
+    with torch.inference_mode():
+        x, planes, scale, bias = operands("e2m2", 1, 48, 64, torch.bfloat16, seed=4)
+    kept = len(fpx_gemm._interleaved_planes)
+    out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element="e2m2", bits=5, bias=bias, row_kernel=True)
+    assert_matches_twin(out, fpx_matmul_ref(x, planes, scale, element="e2m2", bits=5, bias=bias))
+    assert len(fpx_gemm._interleaved_planes) == kept
+
+
 @pytest.mark.parametrize("interleaved", [(5,), (5, 6), ()], ids=["fp5", "fp5-fp6", "none"])
 @pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize("name", ["e3m2", "e2m3", "e2m2", "e3m1"])
