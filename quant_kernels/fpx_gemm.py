@@ -164,7 +164,9 @@ HIGH_WORD_DTYPES = {2: torch.int16, 1: torch.uint8}
 # Code widths whose one-row products read the high plane interleaved across rows (``interleave_high``): 15 % fewer
 # instructions for FP6 and FP5 in sm_90 SASS, but on the H200 FP6 ran 4-14 % slower that way, while FP5 went from
 # 1.23x / 1.46x to 1.51x / 1.68x bf16 at 4096 x 4096 / 28672 x 4096 (2026-12-04, ``benchmarks/results/kernels_h200.md``,
-# eighteenth run).
+# eighteenth run). FP6 lost the 80-register cap there (it spilled in Triton 3.6); it now takes both row tiles in one
+# pass, which fits that cap unspilled in Triton 3.6 (713-718 K-loop instructions against its own words' 803), not yet
+# timed.
 INTERLEAVED_BITS = (5,)
 
 
@@ -581,15 +583,19 @@ def _fpx_row_kernel(
             w_ok = offs_w < w_stop - w0
             tile_ok = p_ok & w_ok[None, :]
             fields = _tile_load(fields_ptrs, tile_ok, EVEN)
-            acc0 = _row_products(acc0, _tile_load(low_ptrs, tile_ok, EVEN), fields, x_ptrs, w_ok, BITS, MAN_BITS,
-                                 HIGH_WIDTH, X_SCALE, EVEN)
-            acc1 = _row_products(acc1, _tile_load(low_ptrs + stride_low, tile_ok, EVEN), fields >> HALF, x_ptrs, w_ok,
-                                 BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
-            if ROWS == 4:
+            if ROWS == 2:  # both row tiles in one pass: in Triton 3.6 the only form that fits 80 registers unspilled
+                acc0, acc1 = _row_products(acc0, _tile_load(low_ptrs, tile_ok, EVEN), fields, x_ptrs, w_ok, BITS,
+                                           MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, acc1,
+                                           _tile_load(low_ptrs + stride_low, tile_ok, EVEN), fields >> HALF, 2)
+            else:  # one row tile a pass: 80 registers uncapped in Triton 3.6 (two a pass: 98)
+                acc0 = _row_products(acc0, _tile_load(low_ptrs, tile_ok, EVEN), fields, x_ptrs, w_ok, BITS, MAN_BITS,
+                                     HIGH_WIDTH, X_SCALE, EVEN, acc0, acc0, acc0, 1)[0]
+                acc1 = _row_products(acc1, _tile_load(low_ptrs + stride_low, tile_ok, EVEN), fields >> HALF, x_ptrs,
+                                     w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, acc1, acc1, acc1, 1)[0]
                 acc2 = _row_products(acc2, _tile_load(low_ptrs + 2 * stride_low, tile_ok, EVEN), fields >> 2 * HALF,
-                                     x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
+                                     x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, acc2, acc2, acc2, 1)[0]
                 acc3 = _row_products(acc3, _tile_load(low_ptrs + 3 * stride_low, tile_ok, EVEN), fields >> 3 * HALF,
-                                     x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
+                                     x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, acc3, acc3, acc3, 1)[0]
             x_ptrs += 8 * BLOCK_KW
             fields_ptrs += BLOCK_KW
             low_ptrs += BLOCK_KW
@@ -612,7 +618,8 @@ def _fpx_row_kernel(
                 low_next, high_next = _plane_words(low_ptrs + BLOCK_KW, high_ptrs + BLOCK_KW, next_ok, HIGH_WIDTH)
             else:
                 low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH)
-            acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
+            acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, acc, acc, acc,
+                                1)[0]
             if PREFETCH:
                 low, high = low_next, high_next
             x_ptrs += 8 * BLOCK_KW
@@ -650,16 +657,23 @@ def _fpx_row_kernel(
 
 @triton.jit
 def _row_products(acc, low, high, x_ptrs, w_ok, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
-                  X_SCALE: tl.constexpr, EVEN: tl.constexpr):
+                  X_SCALE: tl.constexpr, EVEN: tl.constexpr, acc_b, low_b, high_b, TILES: tl.constexpr):
     """acc + each (row, word) tile element's eight placed codes (``_placed_pair`` of ``low`` and the high fields
-    ``high``, spread or interleaved) times the activations at ``x_ptrs`` + 0..7, scaled by X_SCALE."""
+    ``high``, spread or interleaved) times the activations at ``x_ptrs`` + 0..7, scaled by X_SCALE; TILES = 2: the
+    same for a second tile of rows (``acc_b``, ``low_b``, ``high_b``) in the same pass, so that each code position's
+    activations are dead once both tiles have used them (TILES = 1: the second tile's arguments are not read). Returns
+    (acc, acc_b)."""
     for j in tl.static_range(4):
-        first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
         x_first = _tile_load(x_ptrs + j, w_ok, EVEN).to(tl.float32) * X_SCALE
         x_second = _tile_load(x_ptrs + j + 4, w_ok, EVEN).to(tl.float32) * X_SCALE
+        first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
         acc += first * x_first[None, :]
         acc += second * x_second[None, :]
-    return acc
+        if TILES == 2:
+            first_b, second_b = _placed_pair(low_b, high_b, j, BITS, MAN_BITS, HIGH_WIDTH)
+            acc_b += first_b * x_first[None, :]
+            acc_b += second_b * x_second[None, :]
+    return acc, acc_b
 
 
 @triton.jit
