@@ -183,7 +183,7 @@ def described(config) -> str:
     if config is None:
         return ""
     tiles = " ".join(f"{key}={value}" for key, value in config.kwargs.items())
-    capped = f" maxnreg={config.maxnreg}" if getattr(config, "maxnreg", None) else ""
+    capped = f" maxnreg={config.maxnreg}" if config.maxnreg else ""
     return f"{tiles} warps={config.num_warps} stages={config.num_stages}{capped}"
 
 

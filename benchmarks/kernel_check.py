@@ -284,8 +284,8 @@ def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device
 
 
 # (M, N, K, element, x dtype, (BLOCK_N, BLOCK_KW, warps, PREFETCH, SPLIT_K)): the row kernel's split-K forced, at
-# the down, o_proj and q/k/v shapes and a ragged one, one and several rows (one FP6 / FP5 row on the interleaved high
-# plane, with whole tiles at 4096 x 4096 and 6144 x 4096); the interpreter takes the small ones.
+# the down, o_proj and q/k/v shapes and a ragged one, one and several rows (whole tiles at 4096 x 4096 and 6144 x 4096,
+# the FP5 row on the interleaved high plane); the interpreter takes the small ones.
 GPU_FPX_SPLIT = [(1, 4096, 4096, "e3m2", torch.bfloat16, (32, 128, 8, True, 2)),
                  (1, 4096, 14336, "e2m3", torch.float16, (32, 64, 8, True, 4)),
                  (3, 4096, 4096, "e2m1", torch.bfloat16, (16, 64, 4, False, 4)),

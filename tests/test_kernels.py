@@ -691,13 +691,11 @@ def test_the_fpx_row_kernel_s_tensor_core_form_tunes_no_prefetching_twins():
     from quant_kernels import fpx_gemm
 
     configs = fpx_gemm._fpx_row_autotuned.configs
-    plain = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": False, "KW": 512, "BITS": 6,
-                                                  "INTERLEAVED": False})
-    mma = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": True, "KW": 512, "BITS": 6, "INTERLEAVED": False})
+    plain = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": False, "KW": 512, "INTERLEAVED": False})
+    mma = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": True, "KW": 512, "INTERLEAVED": False})
     assert any(c.kwargs["PREFETCH"] for c in plain) and mma
     assert mma == [c for c in plain if not c.kwargs["PREFETCH"]]
-    interleaved = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": False, "KW": 512, "BITS": 6,
-                                                        "INTERLEAVED": True})
+    interleaved = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": False, "KW": 512, "INTERLEAVED": True})
     assert interleaved == mma
 
 
