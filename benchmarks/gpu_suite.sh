@@ -34,8 +34,10 @@
 #              picks and forced split configs checked against the twin, then FP6 E3M2 at M = 1 at the five Llama-3-8B
 #              decode shapes and FP5 E2M2 at two, timed (the picks, in triton_autotune.tgz, serve fpx_b1); with FP6 in
 #              INTERLEAVED_BITS too it gave the rejected FP6 tables of kernels_h200.md's eighteenth run (issue 10)
-#   fpx_interleave_ab  FP5 E2M2 at M = 1 with the interleaved high plane (PTQ_FPX_INTERLEAVE=1) and without (0),
-#              and FP6 E3M2 on its own words, at the Llama-3-8B decode shapes (issue 10)
+#   fpx_interleave_ab  FP5 E2M2 (AB_FORMAT; AB_SHAPES) at M = 1 with the interleaved high plane (PTQ_FPX_INTERLEAVE=1)
+#              and without (0), then (FP5 only) FP6 E3M2 on its own words, at the Llama-3-8B decode shapes (issue 10)
+#   fpx_l2     FP6 E3M2 (L2_FORMAT; L2_SHAPES) at M = 1 with the row kernel's L2 prefetch 0, 2 and 4 steps ahead
+#              (AHEADS; PTQ_FPX_L2_AHEAD), at the Llama-3-8B decode shapes (issue 10)
 #   fpx_b1     bf16 / FP6 compiled CUDA-graph decode at batch 1 (MODES; NAME names the result file; issue 10)
 #   fpx_b8     bf16 / FP6 compiled CUDA-graph decode at batch 8 (MODES; issue 10)
 #   decode_b8  W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8, the tensor-core decode kernel's pinned
@@ -201,15 +203,26 @@ for section in "$@"; do
       step "${LIMIT_FP5_BENCH:-120}" kernel_bench_fp5_interleaved python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --shapes 4096x4096,28672x4096 --weight_only_ms 1 --weight_only_formats e2m2 \
         --out "$OUT/kernel_bench_fp5_interleaved_h200" ;;
-    fpx_interleave_ab)
+    fpx_interleave_ab)  # AB_FORMAT (default e2m2) at AB_SHAPES, then (FP5) FP6 E3M2 on its own words
+      ab_format=${AB_FORMAT:-e2m2}
       for on in 1 0; do
-        step "${LIMIT_FP5_BENCH:-110}" "kernel_bench_fp5_interleave$on" env PTQ_FPX_INTERLEAVE=$on python \
-          benchmarks/kernel_bench.py --flush_l2 --cuda_graph --ms "" --shapes 4096x4096,28672x4096,4096x14336 \
-          --weight_only_ms 1 --weight_only_formats e2m2 --out "$OUT/kernel_bench_fp5_interleave${on}_h200"
+        step "${LIMIT_AB_BENCH:-110}" "kernel_bench_${ab_format}_interleave$on" env PTQ_FPX_INTERLEAVE=$on python \
+          benchmarks/kernel_bench.py --flush_l2 --cuda_graph --ms "" \
+          --shapes "${AB_SHAPES:-4096x4096,28672x4096,4096x14336}" --weight_only_ms 1 \
+          --weight_only_formats "$ab_format" --out "$OUT/kernel_bench_${ab_format}_interleave${on}_h200"
       done
-      step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fp6_words python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
-        --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
-        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fp6_even_h200" ;;
+      if [ "$ab_format" = e2m2 ]; then
+        step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fp6_words python benchmarks/kernel_bench.py --flush_l2 \
+          --cuda_graph --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
+          --weight_only_formats e3m2 --out "$OUT/kernel_bench_fp6_even_h200"
+      fi ;;
+    fpx_l2)  # FP6 E3M2 (L2_FORMAT) at M = 1 with the row kernel's L2 prefetch AHEADS steps ahead (0: none)
+      for ahead in ${AHEADS:-0 2 4}; do
+        step "${LIMIT_L2_BENCH:-120}" "kernel_bench_l2_ahead$ahead" env PTQ_FPX_L2_AHEAD=$ahead python \
+          benchmarks/kernel_bench.py --flush_l2 --cuda_graph --ms "" \
+          --shapes "${L2_SHAPES:-4096x4096,6144x4096,28672x4096,4096x14336,14336x4096}" --weight_only_ms 1 \
+          --weight_only_formats "${L2_FORMAT:-e3m2}" --out "$OUT/kernel_bench_${L2_FORMAT:-e3m2}_l2_ahead${ahead}_h200"
+      done ;;
     fpx_b1)
       step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b1 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 1 --decode_tokens 128 \

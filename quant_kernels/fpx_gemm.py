@@ -69,7 +69,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from triton.language.standard import _sum_combine
 
 from .reference import check_fpx_args, check_out, fpx_element
-from .switches import env_switch
+from .switches import env_count, env_switch
 from .w4a4_gemv import _words, prune_decode_configs, split_k_buffer
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
@@ -168,6 +168,14 @@ HIGH_WORD_DTYPES = {2: torch.int16, 1: torch.uint8}
 # pass, which fits that cap unspilled in Triton 3.6 (713-718 K-loop instructions against its own words' 803), not yet
 # timed.
 INTERLEAVED_BITS = (5,)
+# Steps of the K loop ahead of the one whose words a one-row program loads that it asks the copy engine to bring into
+# L2 (``_prefetch_l2``, sm_90's cp.async.bulk.prefetch; 0: none). Under ncu the row kernel waited on memory with two
+# or three programs an SM and no registers to spare for words in flight (``benchmarks/results/ncu_fpx_row_h200.md``);
+# a prefetch holds no registers. ``PTQ_FPX_L2_AHEAD`` sets it (``row_l2_ahead``).
+ROW_L2_AHEAD = 0
+ROW_MAX_L2_AHEAD = 8
+# The bytes one prefetch brings into L2 (a cache line).
+L2_LINE_BYTES = tl.constexpr(128)
 
 
 @triton.jit
@@ -507,7 +515,7 @@ def _fpx_row_kernel(
     X_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
     PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, MMA: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0,
     USE_ASM: tl.constexpr = False, SPLIT_K: tl.constexpr = 1, INTERLEAVED: tl.constexpr = False,
-    EVEN: tl.constexpr = False,
+    EVEN: tl.constexpr = False, L2_AHEAD: tl.constexpr = 0,
 ):
     """Up to ROW_MAX_M activation rows (decode) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
@@ -526,6 +534,8 @@ def _fpx_row_kernel(
     SPLIT_K slices of the words, and ``_finish_products`` adds the slices' sums. INTERLEAVED (one row): ``high_ptr``
     is ``interleave_high``'s plane, whose words hold the high fields of 4 // HIGH_WIDTH rows; the tile's rows go in
     that many row tiles, each with its own accumulator. EVEN: every tile whole, the loop's loads unmasked (one row).
+    L2_AHEAD (one row, fp32 form): each step first asks for the words L2_AHEAD steps on to be brought into L2
+    (``_prefetch_step``; the first L2_AHEAD - 1 before the loop).
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -579,7 +589,13 @@ def _fpx_row_kernel(
         low_ptrs = low_ptr + offs_p[:, None] * (ROWS * stride_low) + offs_w[None, :]
         acc0 = tl.full((BLOCK_N // ROWS, BLOCK_KW), 0.0, tl.float32)
         acc1, acc2, acc3 = acc0, acc0, acc0
+        low_rows, fields_rows = low_ptr + offs_n * stride_low, high_ptr + offs_p * stride_high
+        for d in tl.static_range(1, L2_AHEAD):
+            _prefetch_step(low_rows, fields_rows, n_ok, offs_p < N // ROWS, d * BLOCK_KW, w_stop - w_first, BLOCK_KW, 4)
         for w0 in tl.range(w_first, w_stop, BLOCK_KW, num_stages=LOOP_STAGES):
+            if L2_AHEAD > 0:
+                _prefetch_step(low_rows, fields_rows, n_ok, offs_p < N // ROWS, w0 - w_first + L2_AHEAD * BLOCK_KW,
+                               w_stop - w_first, BLOCK_KW, 4)
             w_ok = offs_w < w_stop - w0
             tile_ok = p_ok & w_ok[None, :]
             fields = _tile_load(fields_ptrs, tile_ok, EVEN)
@@ -611,7 +627,13 @@ def _fpx_row_kernel(
         if PREFETCH:
             low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & (offs_w < w_stop - w_first)[None, :],
                                      HIGH_WIDTH)
+        low_rows, high_rows = low_ptr + offs_n * stride_low, high_ptr + offs_n * stride_high
+        for d in tl.static_range(1, L2_AHEAD):
+            _prefetch_step(low_rows, high_rows, n_ok, n_ok, d * BLOCK_KW, w_stop - w_first, BLOCK_KW, HIGH_WIDTH)
         for w0 in tl.range(w_first, w_stop, BLOCK_KW, num_stages=LOOP_STAGES):
+            if L2_AHEAD > 0:
+                _prefetch_step(low_rows, high_rows, n_ok, n_ok, w0 - w_first + L2_AHEAD * BLOCK_KW, w_stop - w_first,
+                               BLOCK_KW, HIGH_WIDTH)
             w_ok = offs_w < w_stop - w0
             if PREFETCH:  # the next step's words are in flight during this step's arithmetic
                 next_ok = n_ok[:, None] & (offs_w < w_stop - w0 - BLOCK_KW)[None, :]
@@ -684,6 +706,32 @@ def _tile_load(ptrs, mask, EVEN: tl.constexpr):
     else:
         out = tl.load(ptrs, mask=mask, other=0)
     return out
+
+
+@triton.jit
+def _prefetch_l2(row_ptrs, ok, STEP_BYTES: tl.constexpr):
+    """Ask for STEP_BYTES bytes from each of ``row_ptrs`` (one a row) to be brought into L2 where ``ok``: one PTX
+    prefetch.global.L2 a cache line (L2_LINE_BYTES), spread over the program's threads. No register waits for it
+    and nothing is loaded into one: the loop's own loads then find the words in L2. (The bulk prefetch of sm_90 takes
+    its address in a uniform register, which turns one a thread into a loop over a warp's addresses.)"""
+    LINES: tl.constexpr = (STEP_BYTES + L2_LINE_BYTES - 1) // L2_LINE_BYTES
+    line = tl.arange(0, LINES) * L2_LINE_BYTES
+    ptrs = row_ptrs.to(tl.pointer_type(tl.int8))[:, None] + line[None, :]
+    wanted = tl.broadcast_to(ok.to(tl.int32)[:, None], ptrs.shape)
+    tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; } // $0 unused",
+                              "=r,l,r", [ptrs, wanted], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_step(low_rows, high_rows, rows_ok, high_ok, words, w_stop, BLOCK_KW: tl.constexpr,
+                   HIGH_BYTES: tl.constexpr):
+    """``_prefetch_l2`` of the step at word ``words`` of the low plane's rows ``low_rows`` and (HIGH_BYTES > 0, bytes a
+    high word) the high plane's rows ``high_rows`` (offsets from the slice's first word), if that step is whole
+    within the slice's ``w_stop`` (relative too); a partial last step is left to the loads."""
+    whole = words + BLOCK_KW <= w_stop
+    _prefetch_l2(low_rows + words, rows_ok & whole, BLOCK_KW * 4)
+    if HIGH_BYTES > 0:
+        _prefetch_l2(high_rows + words, high_ok & whole, BLOCK_KW * HIGH_BYTES)
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -785,7 +833,7 @@ _fpx_row_autotuned = triton.autotune(
                      num_stages=st) for bn, bkw, w, st, prefetch, split in ROW_SPLIT_CONFIGS]
     + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=split), num_warps=w,
                      num_stages=st, maxnreg=cap) for bn, bkw, w, st, split, cap in ROW_CAPPED_CONFIGS],
-    key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED"],
+    key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED", "L2_AHEAD"],
     prune_configs_by=dict(early_config_prune=_prune_row_configs),
 )(triton.heuristics(dict(EVEN=_row_even))(_fpx_row_kernel))
 
@@ -804,6 +852,13 @@ def row_interleave_on(bits: int) -> bool:
     return bits in INTERLEAVED_BITS and env_switch(
         "PTQ_FPX_INTERLEAVE", True, {"1": f"the interleaved high plane for {', '.join(map(str, INTERLEAVED_BITS))}"
                                           f"-bit codes, the default", "0": "the high plane's own words"})
+
+
+def row_l2_ahead() -> int:
+    """How many steps ahead one row on the fp32 form prefetches its words into L2 (``PTQ_FPX_L2_AHEAD``, default
+    ROW_L2_AHEAD; 0: none)."""
+    return env_count("PTQ_FPX_L2_AHEAD", ROW_L2_AHEAD, ROW_MAX_L2_AHEAD,
+                     "the K-loop steps ahead whose words a one-row FPx program prefetches into L2 (0: none)")
 
 
 def row_mma_on() -> bool:
@@ -911,12 +966,14 @@ def fpx_matmul_triton(
         interleaved = (m == 1 and not mma and len(planes) > 1 and n % high_rows(bits) == 0 and row_interleave_on(bits)
                        and not high.is_inference())
         row_high = interleaved_high(high, bits) if interleaved else high_words
+        l2_ahead = row_l2_ahead() if m == 1 and not mma and not INTERPRET else 0
         row_args = (x, low_words, row_high, scale, bias_arg, out, partials, counters, m, n, k // 8, x.stride(0),
                     out.stride(0), low_words.stride(0), row_high.stride(0),
                     2.0 ** (127 - fmt.default_bias - ROW_X_SCALE_EXP))
         row_flags = dict(BITS=bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                          X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m), MMA=mma,
-                         UNIT_EXP=127 - fmt.default_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved)
+                         UNIT_EXP=127 - fmt.default_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved,
+                         L2_AHEAD=l2_ahead)
         if fixed:
             grid = (triton.cdiv(n, fixed["BLOCK_N"]), fixed["SPLIT_K"])
             even = _row_even(dict(N=n, KW=k // 8, **fixed))
