@@ -51,12 +51,11 @@ ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or s
 def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
     """The FPx row kernel's ASTSource for one row of bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps,
     stages, PREFETCH[, FOLD, LOOP_STAGES[, SPLIT_K[, MAXNREG]]]); ``mma``: its tensor-core form (``PTQ_FPX_MMA=1``).
-    As at Llama-3-8B's shapes: every tile whole (EVEN), and the high plane interleaved for ``INTERLEAVED_BITS`` and
-    its words prefetched into L2 ``row_l2_ahead`` steps ahead (the fp32 form)."""
+    As at Llama-3-8B's shapes: every tile whole (EVEN), and the high plane interleaved for ``INTERLEAVED_BITS`` (the
+    fp32 form)."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.fpx_gemm import (HIGH_PLANE_WIDTH, INTERLEAVED_BITS, ROW_X_SCALE_EXP, _fpx_row_kernel,
-                                        row_l2_ahead)
+    from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, INTERLEAVED_BITS, ROW_X_SCALE_EXP, _fpx_row_kernel
     from quant_layers.packing import element_named
 
     fmt = element_named(element)
@@ -71,7 +70,7 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
                      X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
                      LOOP_STAGES=config[6] if len(config) > 6 else 1, MMA=mma, UNIT_EXP=127 - fmt.default_bias,
                      USE_ASM=True, SPLIT_K=config[7] if len(config) > 7 else 1, INTERLEAVED=interleaved,
-                     EVEN=True, L2_AHEAD=0 if mma else row_l2_ahead())
+                     EVEN=True)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] != "M"}
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)

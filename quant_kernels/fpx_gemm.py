@@ -69,7 +69,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 from triton.language.standard import _sum_combine
 
 from .reference import check_fpx_args, check_out, fpx_element
-from .switches import env_count, env_switch
+from .pdl import launch_dependents, pdl_flags, wait_for_producer
+from .switches import env_switch
 from .w4a4_gemv import _words, prune_decode_configs, split_k_buffer
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
@@ -161,19 +162,17 @@ ROW_DEFAULT_MAX_M = 4
 ROW_X_SCALE_EXP = 32
 # The high plane's word per low word (8 codes): 8 2-bit fields (FP6) or 8 1-bit fields (FP5).
 HIGH_WORD_DTYPES = {2: torch.int16, 1: torch.uint8}
-# Code widths whose one-row products read the high plane interleaved across rows (``interleave_high``): 15 % fewer
-# instructions for FP6 and FP5 in sm_90 SASS, but on the H200 FP6 ran 4-14 % slower that way, while FP5 went from
-# 1.23x / 1.46x to 1.51x / 1.68x bf16 at 4096 x 4096 / 28672 x 4096 (2026-12-04, ``benchmarks/results/kernels_h200.md``,
-# eighteenth run). FP6 lost the 80-register cap there (it spilled in Triton 3.6); it now takes both row tiles in one
-# pass, which fits that cap unspilled in Triton 3.6 (713-718 K-loop instructions against its own words' 803), not yet
-# timed.
+# Code widths whose one-row products read the high plane interleaved across rows (``interleave_high``; the row
+# kernel's INTERLEAVED form takes FP5's four rows a word): 15 % fewer instructions in sm_90 SASS, and on the H200 FP5
+# went from 1.23x / 1.46x to 1.51x / 1.68x bf16 at 4096 x 4096 / 28672 x 4096 (2026-12-04,
+# ``benchmarks/results/kernels_h200.md``, eighteenth run). FP6 keeps its own words: interleaved two rows a word it
+# ran 4-14 % slower one row tile a pass (spilling at the 80-register cap), and 0-6 % faster both tiles a pass, which
+# left its decode step where it was (280.3 against 278.2 tok/s) for 1.6 GiB more GPU memory (nineteenth run).
 INTERLEAVED_BITS = (5,)
-# Steps of the K loop ahead of the one whose words a one-row program loads that it asks the copy engine to bring into
-# L2 (``_prefetch_l2``, sm_90's cp.async.bulk.prefetch; 0: none). Under ncu the row kernel waited on memory with two
-# or three programs an SM and no registers to spare for words in flight (``benchmarks/results/ncu_fpx_row_h200.md``);
-# a prefetch holds no registers. ``PTQ_FPX_L2_AHEAD`` sets it (``row_l2_ahead``).
-ROW_L2_AHEAD = 0
-ROW_MAX_L2_AHEAD = 8
+# Steps of its slice whose words a one-row program launched as a programmatic dependent launch (``quant_kernels.pdl``)
+# asks to be brought into L2 before it waits for the kernel before it: the words need no waiting. After the decode
+# attention's combining kernel (which lets it start at once) that is o_proj's whole slice while the attention runs.
+PDL_L2_STEPS = tl.constexpr(2)
 # The bytes one prefetch brings into L2 (a cache line).
 L2_LINE_BYTES = tl.constexpr(128)
 
@@ -515,7 +514,7 @@ def _fpx_row_kernel(
     X_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
     PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, MMA: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0,
     USE_ASM: tl.constexpr = False, SPLIT_K: tl.constexpr = 1, INTERLEAVED: tl.constexpr = False,
-    EVEN: tl.constexpr = False, L2_AHEAD: tl.constexpr = 0,
+    EVEN: tl.constexpr = False, USE_GDC: tl.constexpr = False,
 ):
     """Up to ROW_MAX_M activation rows (decode) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
@@ -531,11 +530,11 @@ def _fpx_row_kernel(
     the weight tile's own layout; ``PREFETCH`` (one row only) loads each step's words one
     step ahead, before the arithmetic of the step before (Triton does not pipeline loads
     that feed no dot); without it a step loads its own words first. SPLIT_K > 1: program (n, s) takes the s-th of
-    SPLIT_K slices of the words, and ``_finish_products`` adds the slices' sums. INTERLEAVED (one row): ``high_ptr``
-    is ``interleave_high``'s plane, whose words hold the high fields of 4 // HIGH_WIDTH rows; the tile's rows go in
-    that many row tiles, each with its own accumulator. EVEN: every tile whole, the loop's loads unmasked (one row).
-    L2_AHEAD (one row, fp32 form): each step first asks for the words L2_AHEAD steps on to be brought into L2
-    (``_prefetch_step``; the first L2_AHEAD - 1 before the loop).
+    SPLIT_K slices of the words, and ``_finish_products`` adds the slices' sums. INTERLEAVED (one row of 5-bit codes):
+    ``high_ptr`` is ``interleave_high``'s plane, whose words hold the high fields of 4 rows; the tile's rows go in
+    four row tiles, each with its own accumulator. EVEN: every tile whole, the loop's loads unmasked (one row).
+    USE_GDC (a programmatic dependent launch): the first PDL_L2_STEPS steps' words are prefetched into L2
+    (``_prefetch_l2``) before the program waits for the kernel before it.
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -549,6 +548,16 @@ def _fpx_row_kernel(
     # both tiles and the accumulator, so no tile goes through shared memory to change layout.
     offs_high = tl.max_contiguous(offs_w, 4)
     high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
+    launch_dependents(USE_GDC)
+    if USE_GDC:  # the words need no waiting (nothing in the stream writes them): on their way to L2 meanwhile
+        high_rows = offs_n // 4 if INTERLEAVED else offs_n
+        for step in tl.static_range(PDL_L2_STEPS):
+            whole = (step + 1) * BLOCK_KW <= w_stop - w_first
+            _prefetch_l2(low_ptr + offs_n * stride_low + step * BLOCK_KW, n_ok & whole, BLOCK_KW * 4)
+            if HIGH_WIDTH > 0:
+                _prefetch_l2(high_ptr + high_rows * stride_high + step * BLOCK_KW, n_ok & whole,
+                             BLOCK_KW * (4 if INTERLEAVED else HIGH_WIDTH))
+    wait_for_producer(USE_GDC)
     if MMA:  # one bfloat16 row on the tensor cores: rows 2i (a) and 2i + 1 (b) of the tile side by side
         half = tl.arange(0, BLOCK_N // 2)
         rows = tl.program_id(0) * BLOCK_N + 2 * half
@@ -579,8 +588,9 @@ def _fpx_row_kernel(
             high_ptrs += BLOCK_KW
         row_a, row_b = _quad_rows(c0, c1, c2, c3, USE_ASM)
         out = tl.join(tl.reduce(row_a, 1, _sum_combine), tl.reduce(row_b, 1, _sum_combine)).reshape(BLOCK_N)[None, :]
-    elif INTERLEAVED:  # one row, the high plane's words shared by ROWS rows (``interleave_high``)
-        ROWS: tl.constexpr = 4 // HIGH_WIDTH
+    elif INTERLEAVED:  # one row of 5-bit codes, the high plane's words shared by 4 rows (``interleave_high``)
+        tl.static_assert(HIGH_WIDTH == 1, "the interleaved high plane is FP5's (INTERLEAVED_BITS)")
+        ROWS: tl.constexpr = 4
         HALF: tl.constexpr = 4 * HIGH_WIDTH
         offs_p = tl.program_id(0) * (BLOCK_N // ROWS) + tl.arange(0, BLOCK_N // ROWS)
         p_ok = (offs_p < N // ROWS)[:, None]
@@ -589,59 +599,39 @@ def _fpx_row_kernel(
         low_ptrs = low_ptr + offs_p[:, None] * (ROWS * stride_low) + offs_w[None, :]
         acc0 = tl.full((BLOCK_N // ROWS, BLOCK_KW), 0.0, tl.float32)
         acc1, acc2, acc3 = acc0, acc0, acc0
-        low_rows, fields_rows = low_ptr + offs_n * stride_low, high_ptr + offs_p * stride_high
-        for d in tl.static_range(1, L2_AHEAD):
-            _prefetch_step(low_rows, fields_rows, n_ok, offs_p < N // ROWS, d * BLOCK_KW, w_stop - w_first, BLOCK_KW, 4)
         for w0 in tl.range(w_first, w_stop, BLOCK_KW, num_stages=LOOP_STAGES):
-            if L2_AHEAD > 0:
-                _prefetch_step(low_rows, fields_rows, n_ok, offs_p < N // ROWS, w0 - w_first + L2_AHEAD * BLOCK_KW,
-                               w_stop - w_first, BLOCK_KW, 4)
             w_ok = offs_w < w_stop - w0
             tile_ok = p_ok & w_ok[None, :]
             fields = _tile_load(fields_ptrs, tile_ok, EVEN)
-            if ROWS == 2:  # both row tiles in one pass: in Triton 3.6 the only form that fits 80 registers unspilled
-                acc0, acc1 = _row_products(acc0, _tile_load(low_ptrs, tile_ok, EVEN), fields, x_ptrs, w_ok, BITS,
-                                           MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, acc1,
-                                           _tile_load(low_ptrs + stride_low, tile_ok, EVEN), fields >> HALF, 2)
-            else:  # one row tile a pass: 80 registers uncapped in Triton 3.6 (two a pass: 98)
-                acc0 = _row_products(acc0, _tile_load(low_ptrs, tile_ok, EVEN), fields, x_ptrs, w_ok, BITS, MAN_BITS,
-                                     HIGH_WIDTH, X_SCALE, EVEN, acc0, acc0, acc0, 1)[0]
-                acc1 = _row_products(acc1, _tile_load(low_ptrs + stride_low, tile_ok, EVEN), fields >> HALF, x_ptrs,
-                                     w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, acc1, acc1, acc1, 1)[0]
-                acc2 = _row_products(acc2, _tile_load(low_ptrs + 2 * stride_low, tile_ok, EVEN), fields >> 2 * HALF,
-                                     x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, acc2, acc2, acc2, 1)[0]
-                acc3 = _row_products(acc3, _tile_load(low_ptrs + 3 * stride_low, tile_ok, EVEN), fields >> 3 * HALF,
-                                     x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, acc3, acc3, acc3, 1)[0]
+            acc0 = _row_products(acc0, _tile_load(low_ptrs, tile_ok, EVEN), fields, x_ptrs, w_ok, BITS, MAN_BITS,
+                                 HIGH_WIDTH, X_SCALE, EVEN)
+            acc1 = _row_products(acc1, _tile_load(low_ptrs + stride_low, tile_ok, EVEN), fields >> HALF, x_ptrs, w_ok,
+                                 BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
+            acc2 = _row_products(acc2, _tile_load(low_ptrs + 2 * stride_low, tile_ok, EVEN), fields >> 2 * HALF,
+                                 x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
+            acc3 = _row_products(acc3, _tile_load(low_ptrs + 3 * stride_low, tile_ok, EVEN), fields >> 3 * HALF,
+                                 x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
             x_ptrs += 8 * BLOCK_KW
             fields_ptrs += BLOCK_KW
             low_ptrs += BLOCK_KW
         sum0, sum1 = tl.reduce(acc0, 1, _sum_combine) * unit, tl.reduce(acc1, 1, _sum_combine) * unit
-        if ROWS == 4:  # rows 4p + r: the first join innermost (as ``_placed_tile``)
-            sum2, sum3 = tl.reduce(acc2, 1, _sum_combine) * unit, tl.reduce(acc3, 1, _sum_combine) * unit
-            out = tl.join(tl.join(sum0, sum2), tl.join(sum1, sum3)).reshape(BLOCK_N)[None, :]
-        else:
-            out = tl.join(sum0, sum1).reshape(BLOCK_N)[None, :]
+        sum2, sum3 = tl.reduce(acc2, 1, _sum_combine) * unit, tl.reduce(acc3, 1, _sum_combine) * unit
+        # rows 4p + r: the first join innermost (as ``_placed_tile``)
+        out = tl.join(tl.join(sum0, sum2), tl.join(sum1, sum3)).reshape(BLOCK_N)[None, :]
     elif BLOCK_M == 1:
         x_ptrs = x_ptr + offs_w * 8
         acc = tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32)
         if PREFETCH:
             low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & (offs_w < w_stop - w_first)[None, :],
                                      HIGH_WIDTH)
-        low_rows, high_rows = low_ptr + offs_n * stride_low, high_ptr + offs_n * stride_high
-        for d in tl.static_range(1, L2_AHEAD):
-            _prefetch_step(low_rows, high_rows, n_ok, n_ok, d * BLOCK_KW, w_stop - w_first, BLOCK_KW, HIGH_WIDTH)
         for w0 in tl.range(w_first, w_stop, BLOCK_KW, num_stages=LOOP_STAGES):
-            if L2_AHEAD > 0:
-                _prefetch_step(low_rows, high_rows, n_ok, n_ok, w0 - w_first + L2_AHEAD * BLOCK_KW, w_stop - w_first,
-                               BLOCK_KW, HIGH_WIDTH)
             w_ok = offs_w < w_stop - w0
             if PREFETCH:  # the next step's words are in flight during this step's arithmetic
                 next_ok = n_ok[:, None] & (offs_w < w_stop - w0 - BLOCK_KW)[None, :]
                 low_next, high_next = _plane_words(low_ptrs + BLOCK_KW, high_ptrs + BLOCK_KW, next_ok, HIGH_WIDTH)
             else:
                 low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH)
-            acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, acc, acc, acc,
-                                1)[0]
+            acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
             if PREFETCH:
                 low, high = low_next, high_next
             x_ptrs += 8 * BLOCK_KW
@@ -679,23 +669,30 @@ def _fpx_row_kernel(
 
 @triton.jit
 def _row_products(acc, low, high, x_ptrs, w_ok, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
-                  X_SCALE: tl.constexpr, EVEN: tl.constexpr, acc_b, low_b, high_b, TILES: tl.constexpr):
+                  X_SCALE: tl.constexpr, EVEN: tl.constexpr):
     """acc + each (row, word) tile element's eight placed codes (``_placed_pair`` of ``low`` and the high fields
-    ``high``, spread or interleaved) times the activations at ``x_ptrs`` + 0..7, scaled by X_SCALE; TILES = 2: the
-    same for a second tile of rows (``acc_b``, ``low_b``, ``high_b``) in the same pass, so that each code position's
-    activations are dead once both tiles have used them (TILES = 1: the second tile's arguments are not read). Returns
-    (acc, acc_b)."""
+    ``high``, spread or interleaved) times the activations at ``x_ptrs`` + 0..7, scaled by X_SCALE."""
     for j in tl.static_range(4):
         x_first = _tile_load(x_ptrs + j, w_ok, EVEN).to(tl.float32) * X_SCALE
         x_second = _tile_load(x_ptrs + j + 4, w_ok, EVEN).to(tl.float32) * X_SCALE
         first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
         acc += first * x_first[None, :]
         acc += second * x_second[None, :]
-        if TILES == 2:
-            first_b, second_b = _placed_pair(low_b, high_b, j, BITS, MAN_BITS, HIGH_WIDTH)
-            acc_b += first_b * x_first[None, :]
-            acc_b += second_b * x_second[None, :]
-    return acc, acc_b
+    return acc
+
+
+@triton.jit
+def _prefetch_l2(row_ptrs, ok, STEP_BYTES: tl.constexpr):
+    """Ask for STEP_BYTES bytes from each of ``row_ptrs`` (one a row) to be brought into L2 where ``ok``: a PTX
+    prefetch.global.L2 a cache line (L2_LINE_BYTES), spread over the program's threads; nothing is loaded into a
+    register. (sm_90's bulk prefetch takes its address in a uniform register: one a thread becomes a loop over the
+    warp's addresses.)"""
+    LINES: tl.constexpr = (STEP_BYTES + L2_LINE_BYTES - 1) // L2_LINE_BYTES
+    line = tl.arange(0, LINES) * L2_LINE_BYTES
+    ptrs = row_ptrs.to(tl.pointer_type(tl.int8))[:, None] + line[None, :]
+    wanted = tl.broadcast_to(ok.to(tl.int32)[:, None], ptrs.shape)
+    tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; } // $0 unused",
+                              "=r,l,r", [ptrs, wanted], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -706,32 +703,6 @@ def _tile_load(ptrs, mask, EVEN: tl.constexpr):
     else:
         out = tl.load(ptrs, mask=mask, other=0)
     return out
-
-
-@triton.jit
-def _prefetch_l2(row_ptrs, ok, STEP_BYTES: tl.constexpr):
-    """Ask for STEP_BYTES bytes from each of ``row_ptrs`` (one a row) to be brought into L2 where ``ok``: one PTX
-    prefetch.global.L2 a cache line (L2_LINE_BYTES), spread over the program's threads. No register waits for it
-    and nothing is loaded into one: the loop's own loads then find the words in L2. (The bulk prefetch of sm_90 takes
-    its address in a uniform register, which turns one a thread into a loop over a warp's addresses.)"""
-    LINES: tl.constexpr = (STEP_BYTES + L2_LINE_BYTES - 1) // L2_LINE_BYTES
-    line = tl.arange(0, LINES) * L2_LINE_BYTES
-    ptrs = row_ptrs.to(tl.pointer_type(tl.int8))[:, None] + line[None, :]
-    wanted = tl.broadcast_to(ok.to(tl.int32)[:, None], ptrs.shape)
-    tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; } // $0 unused",
-                              "=r,l,r", [ptrs, wanted], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _prefetch_step(low_rows, high_rows, rows_ok, high_ok, words, w_stop, BLOCK_KW: tl.constexpr,
-                   HIGH_BYTES: tl.constexpr):
-    """``_prefetch_l2`` of the step at word ``words`` of the low plane's rows ``low_rows`` and (HIGH_BYTES > 0, bytes a
-    high word) the high plane's rows ``high_rows`` (offsets from the slice's first word), if that step is whole
-    within the slice's ``w_stop`` (relative too); a partial last step is left to the loads."""
-    whole = words + BLOCK_KW <= w_stop
-    _prefetch_l2(low_rows + words, rows_ok & whole, BLOCK_KW * 4)
-    if HIGH_BYTES > 0:
-        _prefetch_l2(high_rows + words, high_ok & whole, BLOCK_KW * HIGH_BYTES)
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -833,7 +804,7 @@ _fpx_row_autotuned = triton.autotune(
                      num_stages=st) for bn, bkw, w, st, prefetch, split in ROW_SPLIT_CONFIGS]
     + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=split), num_warps=w,
                      num_stages=st, maxnreg=cap) for bn, bkw, w, st, split, cap in ROW_CAPPED_CONFIGS],
-    key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED", "L2_AHEAD"],
+    key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED"],
     prune_configs_by=dict(early_config_prune=_prune_row_configs),
 )(triton.heuristics(dict(EVEN=_row_even))(_fpx_row_kernel))
 
@@ -852,13 +823,6 @@ def row_interleave_on(bits: int) -> bool:
     return bits in INTERLEAVED_BITS and env_switch(
         "PTQ_FPX_INTERLEAVE", True, {"1": f"the interleaved high plane for {', '.join(map(str, INTERLEAVED_BITS))}"
                                           f"-bit codes, the default", "0": "the high plane's own words"})
-
-
-def row_l2_ahead() -> int:
-    """How many steps ahead one row on the fp32 form prefetches its words into L2 (``PTQ_FPX_L2_AHEAD``, default
-    ROW_L2_AHEAD; 0: none)."""
-    return env_count("PTQ_FPX_L2_AHEAD", ROW_L2_AHEAD, ROW_MAX_L2_AHEAD,
-                     "the K-loop steps ahead whose words a one-row FPx program prefetches into L2 (0: none)")
 
 
 def row_mma_on() -> bool:
@@ -966,14 +930,13 @@ def fpx_matmul_triton(
         interleaved = (m == 1 and not mma and len(planes) > 1 and n % high_rows(bits) == 0 and row_interleave_on(bits)
                        and not high.is_inference())
         row_high = interleaved_high(high, bits) if interleaved else high_words
-        l2_ahead = row_l2_ahead() if m == 1 and not mma and not INTERPRET else 0
         row_args = (x, low_words, row_high, scale, bias_arg, out, partials, counters, m, n, k // 8, x.stride(0),
                     out.stride(0), low_words.stride(0), row_high.stride(0),
                     2.0 ** (127 - fmt.default_bias - ROW_X_SCALE_EXP))
         row_flags = dict(BITS=bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                          X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m), MMA=mma,
                          UNIT_EXP=127 - fmt.default_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved,
-                         L2_AHEAD=l2_ahead)
+                         **pdl_flags(x.device, "fpx"))
         if fixed:
             grid = (triton.cdiv(n, fixed["BLOCK_N"]), fixed["SPLIT_K"])
             even = _row_even(dict(N=n, KW=k // 8, **fixed))

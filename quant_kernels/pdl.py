@@ -14,9 +14,10 @@ writes and before it writes anything, so its end implies its producer's end: a k
 in the stream, launched as PDL or not, sees the writes of all kernels before it.
 
 ``PTQ_PDL`` chooses the kernels: ``all`` (default) the activation quantization, the decode
-product, the K/V write and both attention kernels; ``gemv`` only the decode product after
-the activation kernel (run 8's arrangement, ``benchmarks/results/end_to_end_h200.md``);
-``off`` none. Under the interpreter and on the CPU nothing launches this way.
+product, the K/V write, both attention kernels and the FPx one-row product; ``gemv`` only the
+decode product after the activation kernel (run 8's arrangement,
+``benchmarks/results/end_to_end_h200.md``); ``off`` none; or a comma-separated list of
+``PDL_KERNELS``. Under the interpreter and on the CPU nothing launches this way.
 """
 
 from __future__ import annotations
@@ -30,15 +31,19 @@ import triton.language as tl
 
 INTERPRET = triton.knobs.runtime.interpret
 PDL_MODES = ("all", "gemv", "off")
-PDL_KERNELS = ("act_quant", "gemv", "kv_write", "attention")
+PDL_KERNELS = ("act_quant", "gemv", "kv_write", "attention", "fpx")
 
 
-def pdl_mode() -> str:
-    """``PTQ_PDL`` (default ``all``), checked."""
+def pdl_kernels() -> frozenset[str]:
+    """The kernels ``PTQ_PDL`` (default ``all``) launches as programmatic dependent launches, checked."""
     mode = os.environ.get("PTQ_PDL", "all")
-    if mode not in PDL_MODES:
-        raise ValueError(f"PTQ_PDL={mode!r}: choose one of {', '.join(PDL_MODES)}")
-    return mode
+    named = {"all": PDL_KERNELS, "gemv": ("gemv",), "off": ()}.get(mode)
+    if named is None:
+        named = tuple(name.strip() for name in mode.split(","))
+        if not all(name in PDL_KERNELS for name in named):
+            raise ValueError(f"PTQ_PDL={mode!r}: choose one of {', '.join(PDL_MODES)} or a comma-separated list of "
+                             f"{', '.join(PDL_KERNELS)}")
+    return frozenset(named)
 
 
 @lru_cache(maxsize=None)
@@ -51,8 +56,7 @@ def uses_pdl(device: torch.device, kernel: str) -> bool:
     compiled, on Hopper or later, and chosen by ``PTQ_PDL``."""
     if kernel not in PDL_KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}: choose one of {', '.join(PDL_KERNELS)}")
-    mode = pdl_mode()
-    if mode == "off" or (mode == "gemv" and kernel != "gemv"):
+    if kernel not in pdl_kernels():
         return False
     return not INTERPRET and device.type == "cuda" and _pdl_capable(device.index if device.index is not None
                                                                     else torch.cuda.current_device())

@@ -443,12 +443,12 @@ def test_a_plane_made_in_inference_mode_takes_its_own_words():
     assert len(fpx_gemm._interleaved_planes) == kept
 
 
-@pytest.mark.parametrize("interleaved", [(5,), (5, 6), ()], ids=["fp5", "fp5-fp6", "none"])
+@pytest.mark.parametrize("interleaved", [(5,), ()], ids=["fp5", "none"])
 @pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize("name", ["e3m2", "e2m3", "e2m2", "e3m1"])
 def test_row_kernel_whole_tiles_equal_twin(name, split, interleaved, monkeypatch):
     """One row whose tiles are all whole (EVEN: N a multiple of BLOCK_N, each slice whole steps), on the high plane
-    interleaved across rows (FP5 by default, FP6 too when asked) or on its own words: the loop's activation loads (and
+    interleaved across rows (FP5 by default) or on its own words: the loop's activation loads (and
     on the interleaved plane its weight loads) unmasked, the products equal to the twin."""
     monkeypatch.setattr(fpx_gemm, "INTERLEAVED_BITS", interleaved)
     bits = element_named(name).bits

@@ -601,9 +601,11 @@ def test_programmatic_dependent_launch_is_for_compiled_kernels_on_a_gpu():
     assert pdl.pdl_flags(torch.device("cpu"), "gemv") == {"USE_GDC": False}
 
 
-@pytest.mark.parametrize("mode, kernels", [("all", {"act_quant", "gemv", "kv_write", "attention"}),
-                                           ("gemv", {"gemv"}), ("off", set())])
+@pytest.mark.parametrize("mode, kernels", [("all", {"act_quant", "gemv", "kv_write", "attention", "fpx"}),
+                                           ("gemv", {"gemv"}), ("off", set()),
+                                           ("attention, gemv", {"attention", "gemv"})])
 def test_ptq_pdl_chooses_the_kernels_launched_as_pdl(monkeypatch, mode, kernels):
+    """``PTQ_PDL``: all, the decode product only, none, or the kernels named in a comma-separated list."""
     from quant_kernels import pdl
 
     monkeypatch.setattr(pdl, "INTERPRET", False)
@@ -618,7 +620,11 @@ def test_ptq_pdl_refuses_an_unknown_mode_or_kernel(monkeypatch):
     from quant_kernels import pdl
 
     monkeypatch.setenv("PTQ_PDL", "yes")
-    with pytest.raises(ValueError, match=r"PTQ_PDL='yes': choose one of all, gemv, off"):
+    with pytest.raises(ValueError, match=r"PTQ_PDL='yes': choose one of all, gemv, off or a comma-separated list "
+                                         r"of act_quant, gemv, kv_write, attention, fpx"):
+        pdl.uses_pdl(torch.device("cpu"), "gemv")
+    monkeypatch.setenv("PTQ_PDL", "gemv,fpx_row")
+    with pytest.raises(ValueError, match=r"PTQ_PDL='gemv,fpx_row'"):
         pdl.uses_pdl(torch.device("cpu"), "gemv")
     monkeypatch.delenv("PTQ_PDL")
     with pytest.raises(ValueError, match=r"unknown kernel 'gemm': choose one of act_quant"):
