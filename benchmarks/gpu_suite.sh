@@ -37,11 +37,8 @@
 #   fpx_interleave_ab  FP5 E2M2 (AB_FORMAT; AB_SHAPES) at M = 1 with the interleaved high plane (PTQ_FPX_INTERLEAVE=1)
 #              and without (0), then (FP5 only) FP6 E3M2 on its own words, at the Llama-3-8B decode shapes (issue 10)
 #   fpx_mma_capped  FP6 E3M2 at M = 1 at the Llama-3-8B decode shapes on the row kernel's tensor-core form
-#              (PTQ_FPX_MMA=1), then its fp32 form, in one call, the register-capped configs among both tuners' candidates
-#              (issue 10)
-#   fpx_pdl    the FPx row kernel as a programmatic dependent launch (its first words prefetched into L2 before it
-#              waits): FP6 E3M2 at M = 1 timed, bf16 / FP6 compiled CUDA-graph decode at batch 1, FP6 again with the row
-#              kernel launched plainly (PTQ_PDL without fpx), then kernel_check's FPx checks (issue 10)
+#              (PTQ_FPX_MMA=1), then its fp32 form, in one call, the register-capped configs among both tuners'
+#              candidates (issue 10)
 #   fpx_b1     bf16 / FP6 compiled CUDA-graph decode at batch 1 (MODES; NAME names the result file; issue 10)
 #   fpx_b8     bf16 / FP6 compiled CUDA-graph decode at batch 8 (MODES; issue 10)
 #   decode_b8  W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8, the tensor-core decode kernel's pinned
@@ -220,26 +217,13 @@ for section in "$@"; do
           --cuda_graph --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
           --weight_only_formats e3m2 --out "$OUT/kernel_bench_fp6_even_h200"
       fi ;;
-    fpx_mma_capped)  # FP6 E3M2 at M = 1, the row kernel's tensor-core form (1) and fp32 form (0), capped configs included
+    fpx_mma_capped)  # FP6 E3M2 at M = 1, the row kernel's tensor-core form (1), then its fp32 form (0)
       for form in 1 0; do
         step "${LIMIT_FPX_BENCH:-150}" "kernel_bench_fp6_mma${form}_capped" env PTQ_FPX_MMA=$form python \
           benchmarks/kernel_bench.py --flush_l2 --cuda_graph --ms "" \
           --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 --weight_only_formats e3m2 \
           --out "$OUT/kernel_bench_fp6_mma${form}_capped_h200"
       done ;;
-    fpx_pdl)
-      step "${LIMIT_FPX_BENCH:-150}" kernel_bench_fp6_pdl python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
-        --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
-        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fp6_pdl_h200"
-      step "${LIMIT_FPX_MODEL:-200}" bench_model_fp6_pdl python benchmarks/bench_model.py --random_mode \
-        --config llama-3-8b --modes fp6,bf16 --prefill_batches "" --decode_batches 1 --decode_tokens 128 --compile \
-        --no_eager --out "$OUT/bench_model_decode_compiled_fp6_pdl_llama3_8b_h200"
-      step "${LIMIT_FPX_MODEL:-150}" bench_model_fp6_no_fpx_pdl env PTQ_PDL=act_quant,gemv,kv_write,attention python \
-        benchmarks/bench_model.py --random_mode --config llama-3-8b --modes fp6 --prefill_batches "" \
-        --decode_batches 1 --decode_tokens 128 --compile --no_eager \
-        --out "$OUT/bench_model_decode_compiled_fp6_no_fpx_pdl_llama3_8b_h200"
-      step "${LIMIT_FPX_CHECK:-100}" kernel_check_fpx_pdl python -u benchmarks/kernel_check.py --only fpx \
-        --out "$OUT/kernel_check_fpx_pdl_h200" ;;
     fpx_b1)
       step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b1 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 1 --decode_tokens 128 \

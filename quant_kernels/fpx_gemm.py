@@ -69,9 +69,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 from triton.language.standard import _sum_combine
 
 from .reference import check_fpx_args, check_out, fpx_element
-from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .switches import env_switch
-from .w4a4_gemv import _words, prune_decode_configs, split_k_buffer
+from .w4a4_gemv import _words, keep_pinned, prune_decode_configs, split_k_buffer
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
@@ -169,12 +168,24 @@ HIGH_WORD_DTYPES = {2: torch.int16, 1: torch.uint8}
 # ran 4-14 % slower one row tile a pass (spilling at the 80-register cap), and 0-6 % faster both tiles a pass, which
 # left its decode step where it was (280.3 against 278.2 tok/s) for 1.6 GiB more GPU memory (nineteenth run).
 INTERLEAVED_BITS = (5,)
-# Steps of its slice whose words a one-row program launched as a programmatic dependent launch (``quant_kernels.pdl``)
-# asks to be brought into L2 before it waits for the kernel before it: the words need no waiting. After the decode
-# attention's combining kernel (which lets it start at once) that is o_proj's whole slice while the attention runs.
-PDL_L2_STEPS = tl.constexpr(2)
-# The bytes one prefetch brings into L2 (a cache line).
-L2_LINE_BYTES = tl.constexpr(128)
+# The one-row kernel's autotune key.
+ROW_TUNING_KEY = ("N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED")
+# Picks the one-row kernel keeps instead of tuning (``w4a4_gemv.keep_pinned``, ``PTQ_PINNED_CONFIGS=0`` tunes them
+# too), per device name and ROW_TUNING_KEY values: (BLOCK_N, BLOCK_KW, PREFETCH, LOOP_STAGES, SPLIT_K, warps, stages,
+# maxnreg). The tuner's draws differ between processes: on the H200 one process picked 16 x 64 words unsplit for FP6
+# E3M2's fused q/k/v (20.4 us against 15.8-16.4 us for these in four others; ``benchmarks/results/kernels_h200.md``,
+# nineteenth run). These are Llama-3-8B's decode shapes at their fastest picks there: q/k/v, o_proj and down_proj split
+# four ways, gate/up two ways, 14336 x 4096 unsplit. On them the FP6 batch-1 step ran 1.50x bf16
+# (``end_to_end_h200.md``, run 36; 1.47x on the tuner's picks, run 31).
+PINNED_ROW_CONFIGS = {
+    "NVIDIA H200": {
+        (6144, 512, 6, 2, 1, False, False): (64, 64, False, 1, 4, 8, 2, 80),
+        (4096, 512, 6, 2, 1, False, False): (64, 64, False, 1, 4, 8, 2, 80),
+        (28672, 512, 6, 2, 1, False, False): (64, 64, False, 1, 2, 8, 2, 80),
+        (4096, 1792, 6, 2, 1, False, False): (64, 64, False, 1, 4, 8, 2, 80),
+        (14336, 512, 6, 2, 1, False, False): (64, 64, False, 1, 1, 8, 2, None),
+    },
+}
 
 
 @triton.jit
@@ -514,7 +525,7 @@ def _fpx_row_kernel(
     X_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
     PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, MMA: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0,
     USE_ASM: tl.constexpr = False, SPLIT_K: tl.constexpr = 1, INTERLEAVED: tl.constexpr = False,
-    EVEN: tl.constexpr = False, USE_GDC: tl.constexpr = False,
+    EVEN: tl.constexpr = False,
 ):
     """Up to ROW_MAX_M activation rows (decode) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
@@ -533,8 +544,6 @@ def _fpx_row_kernel(
     SPLIT_K slices of the words, and ``_finish_products`` adds the slices' sums. INTERLEAVED (one row of 5-bit codes):
     ``high_ptr`` is ``interleave_high``'s plane, whose words hold the high fields of 4 rows; the tile's rows go in
     four row tiles, each with its own accumulator. EVEN: every tile whole, the loop's loads unmasked (one row).
-    USE_GDC (a programmatic dependent launch): the first PDL_L2_STEPS steps' words are prefetched into L2
-    (``_prefetch_l2``) before the program waits for the kernel before it.
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -548,16 +557,6 @@ def _fpx_row_kernel(
     # both tiles and the accumulator, so no tile goes through shared memory to change layout.
     offs_high = tl.max_contiguous(offs_w, 4)
     high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
-    launch_dependents(USE_GDC)
-    if USE_GDC:  # the words need no waiting (nothing in the stream writes them): on their way to L2 meanwhile
-        high_rows = offs_n // 4 if INTERLEAVED else offs_n
-        for step in tl.static_range(PDL_L2_STEPS):
-            whole = (step + 1) * BLOCK_KW <= w_stop - w_first
-            _prefetch_l2(low_ptr + offs_n * stride_low + step * BLOCK_KW, n_ok & whole, BLOCK_KW * 4)
-            if HIGH_WIDTH > 0:
-                _prefetch_l2(high_ptr + high_rows * stride_high + step * BLOCK_KW, n_ok & whole,
-                             BLOCK_KW * (4 if INTERLEAVED else HIGH_WIDTH))
-    wait_for_producer(USE_GDC)
     if MMA:  # one bfloat16 row on the tensor cores: rows 2i (a) and 2i + 1 (b) of the tile side by side
         half = tl.arange(0, BLOCK_N // 2)
         rows = tl.program_id(0) * BLOCK_N + 2 * half
@@ -682,20 +681,6 @@ def _row_products(acc, low, high, x_ptrs, w_ok, BITS: tl.constexpr, MAN_BITS: tl
 
 
 @triton.jit
-def _prefetch_l2(row_ptrs, ok, STEP_BYTES: tl.constexpr):
-    """Ask for STEP_BYTES bytes from each of ``row_ptrs`` (one a row) to be brought into L2 where ``ok``: a PTX
-    prefetch.global.L2 a cache line (L2_LINE_BYTES), spread over the program's threads; nothing is loaded into a
-    register. (sm_90's bulk prefetch takes its address in a uniform register: one a thread becomes a loop over the
-    warp's addresses.)"""
-    LINES: tl.constexpr = (STEP_BYTES + L2_LINE_BYTES - 1) // L2_LINE_BYTES
-    line = tl.arange(0, LINES) * L2_LINE_BYTES
-    ptrs = row_ptrs.to(tl.pointer_type(tl.int8))[:, None] + line[None, :]
-    wanted = tl.broadcast_to(ok.to(tl.int32)[:, None], ptrs.shape)
-    tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; } // $0 unused",
-                              "=r,l,r", [ptrs, wanted], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _tile_load(ptrs, mask, EVEN: tl.constexpr):
     """``ptrs``' elements, zero where ``mask`` is false; unmasked when EVEN (every tile whole)."""
     if EVEN:
@@ -741,14 +726,22 @@ def split_fits(length: int, step: int, split_k: int) -> bool:
 
 def _prune_row_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """``prune_decode_configs`` of the configs that ``split_fits``, less the prefetching configs for the tensor-core
-    form and the interleaved high plane (which have no prefetching path: they would time as their twins). Every
-    BLOCK_N (a power of two, at least ROW_MIN_BLOCK_N) holds whole interleaved words' rows."""
+    form and the interleaved high plane (which have no prefetching path: they would time as their twins), or the one
+    config ``PINNED_ROW_CONFIGS`` holds for this device and key. Every BLOCK_N (a power of two, at least
+    ROW_MIN_BLOCK_N) holds whole interleaved words' rows."""
     args = {**named_args, **kwargs}
     configs = [c for c in configs if split_fits(args["KW"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])]
     kept = prune_decode_configs(configs, named_args, **kwargs)
     if args["MMA"] or args["INTERLEAVED"]:
         kept = [c for c in kept if not c.kwargs["PREFETCH"]] or kept
-    return kept
+    return keep_pinned(kept, PINNED_ROW_CONFIGS, ROW_TUNING_KEY, args, _row_fields, "x_ptr")
+
+
+def _row_fields(config: triton.Config) -> tuple:
+    """A row-kernel config as ``PINNED_ROW_CONFIGS`` names it."""
+    k = config.kwargs
+    return (k["BLOCK_N"], k["BLOCK_KW"], k["PREFETCH"], k["LOOP_STAGES"], k["SPLIT_K"], config.num_warps,
+            config.num_stages, config.maxnreg)
 
 
 def _row_even(args: dict) -> bool:
@@ -804,7 +797,7 @@ _fpx_row_autotuned = triton.autotune(
                      num_stages=st) for bn, bkw, w, st, prefetch, split in ROW_SPLIT_CONFIGS]
     + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=split), num_warps=w,
                      num_stages=st, maxnreg=cap) for bn, bkw, w, st, split, cap in ROW_CAPPED_CONFIGS],
-    key=["N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED"],
+    key=list(ROW_TUNING_KEY),
     prune_configs_by=dict(early_config_prune=_prune_row_configs),
 )(triton.heuristics(dict(EVEN=_row_even))(_fpx_row_kernel))
 
@@ -935,8 +928,7 @@ def fpx_matmul_triton(
                     2.0 ** (127 - fmt.default_bias - ROW_X_SCALE_EXP))
         row_flags = dict(BITS=bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                          X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m), MMA=mma,
-                         UNIT_EXP=127 - fmt.default_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved,
-                         **pdl_flags(x.device, "fpx"))
+                         UNIT_EXP=127 - fmt.default_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved)
         if fixed:
             grid = (triton.cdiv(n, fixed["BLOCK_N"]), fixed["SPLIT_K"])
             even = _row_even(dict(N=n, KW=k // 8, **fixed))

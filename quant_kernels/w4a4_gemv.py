@@ -527,16 +527,17 @@ def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwarg
 
 
 def pinned_configs_on() -> bool:
-    """Whether ``PINNED_GEMV_CONFIGS`` and ``PINNED_TC_CONFIGS`` replace tuning (``PTQ_PINNED_CONFIGS``, 1 by
-    default)."""
+    """Whether ``PINNED_GEMV_CONFIGS``, ``PINNED_TC_CONFIGS`` and ``fpx_gemm.PINNED_ROW_CONFIGS`` replace tuning
+    (``PTQ_PINNED_CONFIGS``, 1 by default)."""
     return env_switch("PTQ_PINNED_CONFIGS", True, {"1": "the pinned decode configs, the default",
                                                    "0": "tune every shape"})
 
 
-def keep_pinned(kept: list[triton.Config], pins: dict, key_names: tuple[str, ...], args: dict, fields) -> list:
+def keep_pinned(kept: list[triton.Config], pins: dict, key_names: tuple[str, ...], args: dict, fields,
+                pointer: str = "a_ptr") -> list:
     """The one config of ``kept`` that ``pins`` (device name -> key values -> ``fields(config)``) holds for this
-    CUDA device (of ``args["a_ptr"]``) and key, when pins are on and it is there; otherwise ``kept``."""
-    device = args["a_ptr"].device
+    CUDA device (of the tensor ``args[pointer]``) and key, when pins are on and it is there; otherwise ``kept``."""
+    device = args[pointer].device
     if not pinned_configs_on() or device.type != "cuda":
         return kept
     key = tuple(args[name] for name in key_names)

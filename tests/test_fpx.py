@@ -383,7 +383,8 @@ def test_row_split_configs_only_where_slices_are_long():
     configs = fpx_gemm._fpx_row_autotuned.configs
 
     def splits(n: int, kw: int) -> set:
-        kept = fpx_gemm._prune_row_configs(configs, dict(N=n, KW=kw, BLOCK_M=1, MMA=False, INTERLEAVED=False))
+        kept = fpx_gemm._prune_row_configs(configs, dict(N=n, KW=kw, BLOCK_M=1, MMA=False, INTERLEAVED=False,
+                                                         x_ptr=torch.zeros(1)))  # (a CPU tensor: no pinned config)
         return {(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])
                 for c in kept if c.kwargs["SPLIT_K"] > 1}
 
@@ -464,7 +465,7 @@ def test_row_capped_configs_reach_the_tuner_and_a_fixed_launch():
     """The register-capped row configs are among the tuner's candidates with their cap (and pruned like the others);
     a fixed config's cap reaches its launch, and under the interpreter such a config equals the twin."""
     capped = [c for c in fpx_gemm._fpx_row_autotuned.configs if c.maxnreg]
-    plain = dict(N=4096, BLOCK_M=1, MMA=False, INTERLEAVED=False)
+    plain = dict(N=4096, BLOCK_M=1, MMA=False, INTERLEAVED=False, x_ptr=torch.zeros(1))
     assert len(capped) == len(fpx_gemm.ROW_CAPPED_CONFIGS) and {c.maxnreg for c in capped} == {80}
     kept = fpx_gemm._prune_row_configs(fpx_gemm._fpx_row_autotuned.configs, dict(KW=512, **plain))
     assert sum(1 for c in kept if c.maxnreg) == len(capped)

@@ -307,19 +307,30 @@ def test_kernel_check_bound_keeps_the_products_own_rounding():
     assert not close(far_off, want, rounded_before=product)[0]
 
 
-@pytest.mark.parametrize("kernel", ["gemv", "tc"])
-def test_pinned_decode_configs_replace_tuning_on_their_device_and_key(monkeypatch, kernel):
-    """Every pinned config (the CUDA-core and the tensor-core decode kernel's) is one of the kernel's candidates that
-    survive pruning; on its device and key the pruning keeps it alone, elsewhere (another key, another device,
-    PTQ_PINNED_CONFIGS=0) every candidate; a bad setting is named."""
-    from quant_kernels import w4a4_gemv
+def _row_candidates(configs: list, args: dict) -> list:
+    """The FPx row kernel's candidates for one row on the fp32 form, unpinned: those whose split fits, as many
+    accumulators a thread as the decode configs may hold."""
+    from quant_kernels import fpx_gemm, w4a4_gemv
 
-    tuner, prune, pins, key_names, unpinned, other_key = {
+    fitting = [c for c in configs if fpx_gemm.split_fits(args["KW"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])]
+    return w4a4_gemv.prune_decode_configs(fitting, args)
+
+
+@pytest.mark.parametrize("kernel", ["gemv", "tc", "fpx_row"])
+def test_pinned_decode_configs_replace_tuning_on_their_device_and_key(monkeypatch, kernel):
+    """Every pinned config (the CUDA-core and the tensor-core decode kernel's, the FPx row kernel's) is one of the
+    kernel's candidates that survive pruning; on its device and key the pruning keeps it alone, elsewhere (another
+    key, another device, PTQ_PINNED_CONFIGS=0) every candidate; a bad setting is named."""
+    from quant_kernels import fpx_gemm, w4a4_gemv
+
+    tuner, prune, pins, key_names, unpinned, other_key, pointer = {
         "gemv": (w4a4_gemv._gemv_autotuned, w4a4_gemv.prune_gemv_configs, w4a4_gemv.PINNED_GEMV_CONFIGS,
                  w4a4_gemv.GEMV_TUNING_KEY, w4a4_gemv.prune_decode_configs,
-                 (1, 1024, 512, True, False, 1, False, False)),
+                 (1, 1024, 512, True, False, 1, False, False), "a_ptr"),
         "tc": (w4a4_gemv._tc_autotuned, w4a4_gemv.prune_tc_configs, w4a4_gemv.PINNED_TC_CONFIGS,
-               w4a4_gemv.TC_TUNING_KEY, None, (8, 1024, 2048, False, False, 16, False)),
+               w4a4_gemv.TC_TUNING_KEY, None, (8, 1024, 2048, False, False, 16, False), "a_ptr"),
+        "fpx_row": (fpx_gemm._fpx_row_autotuned, fpx_gemm._prune_row_configs, fpx_gemm.PINNED_ROW_CONFIGS,
+                    fpx_gemm.ROW_TUNING_KEY, _row_candidates, (6144, 512, 6, 3, 1, False, False), "x_ptr"),
     }[kernel]
     configs = tuner.configs
     a = types.SimpleNamespace(device=torch.device("cuda"))  # pins are looked up for CUDA devices only
@@ -332,19 +343,19 @@ def test_pinned_decode_configs_replace_tuning_on_their_device_and_key(monkeypatc
     for device, pinned in pins.items():
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device, name=device: name)
         for key in pinned:
-            args = dict(zip(key_names, key), a_ptr=a)
+            args = {**dict(zip(key_names, key)), pointer: a}
             kept = prune(configs, args)
             assert len(kept) == 1, (device, key)
             monkeypatch.setenv("PTQ_PINNED_CONFIGS", "0")
             assert prune(configs, args) == every_candidate(args)
             monkeypatch.delenv("PTQ_PINNED_CONFIGS")
-        other = dict(zip(key_names, other_key), a_ptr=a)
+        other = {**dict(zip(key_names, other_key)), pointer: a}
         assert prune(configs, other) == every_candidate(other)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device: "NVIDIA H100 80GB HBM3")
-    args = dict(zip(key_names, next(iter(pins["NVIDIA H200"]))), a_ptr=a)
+    args = {**dict(zip(key_names, next(iter(pins["NVIDIA H200"])))), pointer: a}
     assert len(prune(configs, args)) > 1
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device: "NVIDIA H200")
-    assert len(prune(configs, {**args, "a_ptr": torch.zeros(1)})) > 1  # a CPU tensor (the interpreter): no pins
+    assert len(prune(configs, {**args, pointer: torch.zeros(1)})) > 1  # a CPU tensor (the interpreter): no pins
     monkeypatch.setenv("PTQ_PINNED_CONFIGS", "yes")
     with pytest.raises(ValueError, match="PTQ_PINNED_CONFIGS='yes': choose 1"):
         prune(configs, args)

@@ -601,7 +601,7 @@ def test_programmatic_dependent_launch_is_for_compiled_kernels_on_a_gpu():
     assert pdl.pdl_flags(torch.device("cpu"), "gemv") == {"USE_GDC": False}
 
 
-@pytest.mark.parametrize("mode, kernels", [("all", {"act_quant", "gemv", "kv_write", "attention", "fpx"}),
+@pytest.mark.parametrize("mode, kernels", [("all", {"act_quant", "gemv", "kv_write", "attention"}),
                                            ("gemv", {"gemv"}), ("off", set()),
                                            ("attention, gemv", {"attention", "gemv"})])
 def test_ptq_pdl_chooses_the_kernels_launched_as_pdl(monkeypatch, mode, kernels):
@@ -621,10 +621,10 @@ def test_ptq_pdl_refuses_an_unknown_mode_or_kernel(monkeypatch):
 
     monkeypatch.setenv("PTQ_PDL", "yes")
     with pytest.raises(ValueError, match=r"PTQ_PDL='yes': choose one of all, gemv, off or a comma-separated list "
-                                         r"of act_quant, gemv, kv_write, attention, fpx"):
+                                         r"of act_quant, gemv, kv_write, attention"):
         pdl.uses_pdl(torch.device("cpu"), "gemv")
-    monkeypatch.setenv("PTQ_PDL", "gemv,fpx_row")
-    with pytest.raises(ValueError, match=r"PTQ_PDL='gemv,fpx_row'"):
+    monkeypatch.setenv("PTQ_PDL", "gemv,fpx")
+    with pytest.raises(ValueError, match=r"PTQ_PDL='gemv,fpx'"):
         pdl.uses_pdl(torch.device("cpu"), "gemv")
     monkeypatch.delenv("PTQ_PDL")
     with pytest.raises(ValueError, match=r"unknown kernel 'gemm': choose one of act_quant"):
@@ -697,11 +697,12 @@ def test_the_fpx_row_kernel_s_tensor_core_form_tunes_no_prefetching_twins():
     from quant_kernels import fpx_gemm
 
     configs = fpx_gemm._fpx_row_autotuned.configs
-    plain = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": False, "KW": 512, "INTERLEAVED": False})
-    mma = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": True, "KW": 512, "INTERLEAVED": False})
+    common = {"BLOCK_M": 1, "KW": 512, "x_ptr": torch.zeros(1)}  # (a CPU tensor: no pinned config)
+    plain = fpx_gemm._prune_row_configs(configs, {**common, "MMA": False, "INTERLEAVED": False})
+    mma = fpx_gemm._prune_row_configs(configs, {**common, "MMA": True, "INTERLEAVED": False})
     assert any(c.kwargs["PREFETCH"] for c in plain) and mma
     assert mma == [c for c in plain if not c.kwargs["PREFETCH"]]
-    interleaved = fpx_gemm._prune_row_configs(configs, {"BLOCK_M": 1, "MMA": False, "KW": 512, "INTERLEAVED": True})
+    interleaved = fpx_gemm._prune_row_configs(configs, {**common, "MMA": False, "INTERLEAVED": True})
     assert interleaved == mma
 
 
