@@ -34,8 +34,8 @@
 #              picks and forced split configs checked against the twin, then FP6 E3M2 at M = 1 at the five Llama-3-8B
 #              decode shapes and FP5 E2M2 at two, timed (the picks, in triton_autotune.tgz, serve fpx_b1); with FP6 in
 #              INTERLEAVED_BITS too it gave the rejected FP6 tables of kernels_h200.md's eighteenth run (issue 10)
-#   fpx_interleave_ab  FP5 E2M2 (AB_FORMAT; AB_SHAPES) at M = 1 with the interleaved high plane (PTQ_FPX_INTERLEAVE=1)
-#              and without (0), then (FP5 only) FP6 E3M2 on its own words, at the Llama-3-8B decode shapes (issue 10)
+#   fpx_interleave_ab  FP5 E2M2 at M = 1 with the interleaved high plane (PTQ_FPX_INTERLEAVE=1) and without (0),
+#              and FP6 E3M2 on its own words, at the Llama-3-8B decode shapes (issue 10)
 #   fpx_mma_capped  FP6 E3M2 at M = 1 at the Llama-3-8B decode shapes on the row kernel's tensor-core form
 #              (PTQ_FPX_MMA=1), then its fp32 form, in one call, the register-capped configs among both tuners'
 #              candidates (issue 10)
@@ -204,19 +204,15 @@ for section in "$@"; do
       step "${LIMIT_FP5_BENCH:-120}" kernel_bench_fp5_interleaved python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --shapes 4096x4096,28672x4096 --weight_only_ms 1 --weight_only_formats e2m2 \
         --out "$OUT/kernel_bench_fp5_interleaved_h200" ;;
-    fpx_interleave_ab)  # AB_FORMAT (default e2m2) at AB_SHAPES, then (FP5) FP6 E3M2 on its own words
-      ab_format=${AB_FORMAT:-e2m2}
+    fpx_interleave_ab)
       for on in 1 0; do
-        step "${LIMIT_AB_BENCH:-110}" "kernel_bench_${ab_format}_interleave$on" env PTQ_FPX_INTERLEAVE=$on python \
-          benchmarks/kernel_bench.py --flush_l2 --cuda_graph --ms "" \
-          --shapes "${AB_SHAPES:-4096x4096,28672x4096,4096x14336}" --weight_only_ms 1 \
-          --weight_only_formats "$ab_format" --out "$OUT/kernel_bench_${ab_format}_interleave${on}_h200"
+        step "${LIMIT_FP5_BENCH:-110}" "kernel_bench_fp5_interleave$on" env PTQ_FPX_INTERLEAVE=$on python \
+          benchmarks/kernel_bench.py --flush_l2 --cuda_graph --ms "" --shapes 4096x4096,28672x4096,4096x14336 \
+          --weight_only_ms 1 --weight_only_formats e2m2 --out "$OUT/kernel_bench_fp5_interleave${on}_h200"
       done
-      if [ "$ab_format" = e2m2 ]; then
-        step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fp6_words python benchmarks/kernel_bench.py --flush_l2 \
-          --cuda_graph --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
-          --weight_only_formats e3m2 --out "$OUT/kernel_bench_fp6_even_h200"
-      fi ;;
+      step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fp6_words python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
+        --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fp6_even_h200" ;;
     fpx_mma_capped)  # FP6 E3M2 at M = 1, the row kernel's tensor-core form (1), then its fp32 form (0)
       for form in 1 0; do
         step "${LIMIT_FPX_BENCH:-150}" "kernel_bench_fp6_mma${form}_capped" env PTQ_FPX_MMA=$form python \
