@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                                  for bn, bkw, w, stages in ROW_PIPELINED_CONFIGS]
         configs += [(bn, bkw, w, stages, prefetch, 1, 1, split)
                     for bn, bkw, w, stages, prefetch, split in ROW_SPLIT_CONFIGS]
-        configs += [(bn, bkw, w, stages, False, 1, 1, split, cap) for bn, bkw, w, stages, split, cap in ROW_CAPPED_CONFIGS]
+        configs += [(bn, bkw, w, stages, False, 1, 1, split, cap)
+                    for bn, bkw, w, stages, split, cap in ROW_CAPPED_CONFIGS]
         from quant_kernels.reference import fpx_element
         from quant_layers.packing import element_named
 

@@ -32,14 +32,15 @@ import triton
 import triton.language as tl
 
 INTERPRET = triton.knobs.runtime.interpret
-PDL_MODES = ("all", "gemv", "off")
 PDL_KERNELS = ("act_quant", "gemv", "kv_write", "attention")
+# PTQ_PDL's named modes and the kernels each launches that way (any other value: a list of PDL_KERNELS).
+PDL_MODES = {"all": PDL_KERNELS, "gemv": ("gemv",), "off": ()}
 
 
 def pdl_kernels() -> frozenset[str]:
     """The kernels ``PTQ_PDL`` (default ``all``) launches as programmatic dependent launches, checked."""
     mode = os.environ.get("PTQ_PDL", "all")
-    named = {"all": PDL_KERNELS, "gemv": ("gemv",), "off": ()}.get(mode)
+    named = PDL_MODES.get(mode)
     if named is None:
         named = tuple(name.strip() for name in mode.split(","))
         if not all(name in PDL_KERNELS for name in named):
