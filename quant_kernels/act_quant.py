@@ -42,8 +42,10 @@ from .reference import PROLOGUES, NormTail, check_activation_args, check_prologu
 from .rounding import _round_to_bf16, _round_to_dtype, _silu_mul
 from .pdl import launch_dependents, pdl_flags, uses_pdl, wait_for_producer
 
-# Whether the kernels below were built for the interpreter (decided when triton.jit ran).
+# Whether the kernels below were built for the interpreter (decided when triton.jit ran), and so whether they may
+# hold inline PTX (the interpreter runs none).
 INTERPRET = triton.knobs.runtime.interpret
+INLINE_PTX = tl.constexpr(not INTERPRET)
 
 SCALE_KIND_IDS = {"float": 0, "e4m3": 1, "e8m0": 2}
 # The kernels' DP4A_FOR: 0 packs two codes a byte; 1 (2) writes dp4a bytes for INT4 (E2M1 or INT8) weights.
@@ -202,17 +204,21 @@ def _scales(amax, tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND: tl.constex
 
 @triton.jit
 def _encode(v, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl.constexpr):
-    """4-bit codes (int32 0..15) of v = x / scale, rounded as IntFormat(4) / E2M1 round (ties to even); for
-    INT8 the level itself (int32 -128..127), as IntFormat(8) rounds.
+    """4-bit codes of v = x / scale, rounded as IntFormat(4) / E2M1 round (ties to even), in the low four bits of
+    int32s (INT4: 0..15; E2M1: bits 4 to 21 zero, bits 22 and up not, which a store of bytes or of nibbles
+    shifted into place truncates); for INT8 the level itself (int32 -128..127), as IntFormat(8) rounds.
 
-    Both round with one fp32 add of a magic number whose ulp is the grid step. INT4's step is
-    1: the rounded integer lands in the sum's low mantissa bits, and its low nibble is the
-    code (INT8's level: the sum's bits less the magic number's). E2M1's step is 0.5 below 2,
-    1 below 4 and 2 from 4 on, so the magic number takes the exponent E of max(|v|, 1):
-    1.5 * 2^(E + 22). The sum's bits less the magic number's count the steps k; the
-    magnitude's index on the grid 0, 0.5, 1, 1.5, 2, 3, 4, 6 is then k + 2 (E - 127), E biased.
-    The sign bit goes on where v < -0.25, the values whose magnitude does not round to 0: the sign
-    bit of v + 0.25 (exact there), moved to bit 3.
+    Both round with one fp32 add of the magic number M = 1.5 * 2^23, whose ulp is 1: the rounded integer lands in
+    the sum's low mantissa bits. INT4's low nibble is the code (INT8's level: the sum's bits less M's). E2M1's
+    magnitude index on the grid 0, 0.5, 1, 1.5, 2, 3, 4, 6 (the code's low three bits) is, for a = |v|,
+    rint(2a) below 2, rint(a + 2) below 4 and rint(a / 2 + 4) from 4 on: the least of the three everywhere (each
+    line lies above the others outside its piece), and rint is monotonic, so the index is the least of three
+    magic sums, each rounded once (an fma or an add with M folded into the constant). Ties go to the even index,
+    which is the even mantissa. Every magnitude below 2^24 was checked against the grid's rounding. M's bits 0 to
+    21 are zero, so the least sum's low bits are the index itself. The sign bit goes on where v < -0.25, the
+    values whose magnitude does not round to 0: the sign bit of v + 0.25 (exact there), moved to bit 3. Against
+    the exponent-dependent magic number this replaced (2 (E - 127) plus the steps of a sum 1.5 * 2^(E + 22) + a,
+    E the exponent of max(a, 1)) it spends three integer operations an element fewer: the float pipe takes them.
 
     CLAMP (``clamp_kind``): 2 saturates v to the grid first; 1 only from above (INT4 / INT8: v
     already rounds to the lowest level or above); 0 not at all (v already rounds onto the grid).
@@ -223,11 +229,26 @@ def _encode(v, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl
     elif ELEMENT_INT4:
         codes = (_saturated(v, -8.0, 7.0, CLAMP) + ROUND_MAGIC).to(tl.int32, bitcast=True) & 0xF
     else:
-        total, magic_bits = _e2m1_sum(v, CLAMP)
-        steps = total.to(tl.int32, bitcast=True) - magic_bits
-        index = steps + (magic_bits >> 22) - 299  # (magic_bits >> 22) = 2 E + 45
-        codes = index | (((v + 0.25).to(tl.int32, bitcast=True) >> 28) & 8)
+        a = tl.abs(v)
+        least = tl.minimum(tl.minimum(tl.fma(a, 2.0, ROUND_MAGIC), a + (ROUND_MAGIC + 2.0)),
+                           tl.fma(a, 0.5, ROUND_MAGIC + 4.0))
+        if CLAMP > 0:
+            least = tl.minimum(least, ROUND_MAGIC + 7.0)
+        codes = tl.fma(_below_quarter(v), 8.0, least).to(tl.int32, bitcast=True)
     return codes
+
+
+@triton.jit
+def _below_quarter(v):
+    """1.0 where v < -0.25, else 0.0 (NaN: 0.0): the E2M1 sign bit, on where the magnitude does not round to 0.
+    Compiled it is one saturating fma on the float pipe, (-v - 0.25) * 2^126 clamped to [0, 1] (a float below -0.25
+    lies at least 2^-26 below it), where the sign bit moved by integer operations took three."""
+    if INLINE_PTX:
+        below = tl.inline_asm_elementwise("fma.rn.sat.f32 $0, $1, 0fFE800000, 0fFD800000;", "=r,r", [v],
+                                          dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        below = tl.where(v < -0.25, 1.0, 0.0)
+    return below
 
 
 @triton.jit

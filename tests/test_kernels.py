@@ -145,8 +145,10 @@ def _helper_kernel(x_ptr, y_ptr, n, WHICH: tl.constexpr, CLAMP: tl.constexpr, BL
         y = act_quant._e8m0_scale(x)
     elif WHICH >= 5:  # grid values of INT4 (5) / E2M1 (6)
         y = act_quant._grid_values(x, WHICH == 5, CLAMP)
-    else:
-        y = act_quant._encode(x, WHICH == 2, WHICH == 4, CLAMP).to(tl.float32)
+    elif WHICH == 4:  # INT8: the level itself
+        y = act_quant._encode(x, False, True, CLAMP).to(tl.float32)
+    else:  # a 4-bit code is the low nibble (E2M1's bits 22 and up are not zero: the stores truncate)
+        y = (act_quant._encode(x, WHICH == 2, False, CLAMP) & 0xF).to(tl.float32)
     tl.store(y_ptr + offs, y, mask=offs < n)
 
 
