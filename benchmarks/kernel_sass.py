@@ -159,7 +159,7 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
     without clipping, or the block-scaled formats) and one (BLOCK_M, CHUNK, warps, stages, ROW_STEPS)."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.act_quant import SCALE_KIND_IDS, _act_quant_kernel, _tile, clamp_kind
+    from quant_kernels.act_quant import SCALE_KIND_IDS, _act_quant_kernel, _tile, clamp_kind, row_pieces
 
     element, fp8_codes, group, scale_kind = ACT_ELEMENTS[case]
     names = ["x_ptr", "h_ptr", "norm_ptr", "normed_ptr", "packed_ptr", "scale_ptr", "tensor_amax_ptr", "M", "K",
@@ -171,7 +171,8 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
     constants = dict(ELEMENT_INT4=element == "int4", ELEMENT_INT8=False, SCALE_KIND=SCALE_KIND_IDS[scale_kind],
                      GROUP=group or block_k, CLAMP=clamp_kind(element, scale_kind, 1.0), WORDS=True, HAD_BLOCK=0,
                      HB=1, DOT_F32=False, ROUND_BF16=True, ROUND_F16=False, AMAX_ONLY=False, OUT_FP8=fp8_codes,
-                     DP4A_FOR=0, LAUNCH_DEPENDENTS=False, USE_GDC=False, PROLOGUE=0, BLOCK_M=config[0],
+                     DP4A_FOR=0, LAUNCH_DEPENDENTS=False, USE_GDC=False, PROLOGUE=0,
+                     **row_pieces(k, group, 0, 0), BLOCK_M=config[0],
                      BLOCK_K=block_k, CHUNK=config[1], ROW_STEPS=config[4], SPLIT=False)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i, name in enumerate(names)

@@ -70,6 +70,9 @@ INTERPRET_SPLIT = False
 # autotuned for plain x), and the count the interpreter uses for plain x (tests set it).
 ROW_STEP_COUNTS = (4, 16)
 INTERPRET_ROW_STEPS = 1
+# The narrowest power-of-two piece a per-token row is held in (``row_pieces``): a whole number of dp4a words and of
+# 16-byte loads a thread.
+MIN_PIECE = 128
 # Twice the E2M1 magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6 (magnitude code c in nibble c), as int32.
 E2M1_DOUBLED_TABLE = tl.constexpr(0xC8643210 - (1 << 32))
 # 1.5 * 2**23: adding then subtracting it rounds |y| < 2**22 to an integer, ties to even.
@@ -465,6 +468,48 @@ def _quantize_tile(y, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K,
 
 
 @triton.jit
+def _load_pieces(x_ptr, rows, row_ok, stride_xm, K, BLOCK_M: tl.constexpr, WORDS: tl.constexpr,
+                 PIECE_A: tl.constexpr, PIECE_B: tl.constexpr, PIECE_C: tl.constexpr):
+    """Whole rows of x as ``_load_plain`` tiles of PIECE_A, PIECE_B and PIECE_C columns (PIECE_C 0: a (BLOCK_M, 1)
+    placeholder), side by side: each piece's first column is a multiple of its width."""
+    xa = _load_plain(x_ptr, rows, row_ok, 0, K, stride_xm, BLOCK_M, PIECE_A, WORDS)
+    xb = _load_plain(x_ptr, rows, row_ok, PIECE_A // PIECE_B, K, stride_xm, BLOCK_M, PIECE_B, WORDS)
+    if PIECE_C > 0:
+        xc = _load_plain(x_ptr, rows, row_ok, (PIECE_A + PIECE_B) // PIECE_C, K, stride_xm, BLOCK_M, PIECE_C, WORDS)
+    else:
+        xc = tl.full((BLOCK_M, 1), 0, tl.int32)
+    return xa, xb, xc
+
+
+@triton.jit
+def _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, stride_sm, clip_ratio, max_value,
+                     ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl.constexpr,
+                     OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr, WORDS: tl.constexpr, PIECE_A: tl.constexpr,
+                     PIECE_B: tl.constexpr, PIECE_C: tl.constexpr):
+    """``_quantize_tile`` of one per-token row held as the pieces of ``_load_pieces``: one absmax and scale, each
+    piece's codes stored in place. The absmax and scale are scalars: the pieces' tiles differ in width and so in
+    layout, and a scalar broadcasts into each without a conversion (a row of them moved whole pieces through shared
+    memory)."""
+    ya = _widen(xa, 1, PIECE_A, WORDS)
+    yb = _widen(xb, 1, PIECE_B, WORDS)
+    amax = tl.maximum(tl.reduce(tl.abs(ya), None, _elementwise_max), tl.reduce(tl.abs(yb), None, _elementwise_max))
+    if PIECE_C > 0:
+        yc = _widen(xc, 1, PIECE_C, WORDS)
+        amax = tl.maximum(amax, tl.reduce(tl.abs(yc), None, _elementwise_max))
+    scale = _scales(amax, scale_ptr, clip_ratio, max_value, 0)
+    safe = tl.full((1, 1), 1.0, tl.float32) * tl.where(scale > 0, scale, 1.0)  # a tile: _divide reduces over it
+    _store_codes(_quantized(ya, safe, max_value, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8), packed_ptr,
+                 rows, 0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR, 1, PIECE_A)
+    _store_codes(_quantized(yb, safe, max_value, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8), packed_ptr,
+                 rows, PIECE_A, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR, 1, PIECE_B)
+    if PIECE_C > 0:
+        _store_codes(_quantized(yc, safe, max_value, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8),
+                     packed_ptr, rows, PIECE_A + PIECE_B, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8,
+                     DP4A_FOR, 1, PIECE_C)
+    tl.store(scale_ptr + rows * stride_sm, tl.full((1,), 0.0, tl.float32) + scale, mask=rows < M)
+
+
+@triton.jit
 def _act_quant_kernel(
     x_ptr, h_ptr, norm_ptr, normed_ptr, packed_ptr, scale_ptr, tensor_amax_ptr,
     M, K, M_BUCKET, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b, eps,
@@ -472,8 +517,9 @@ def _act_quant_kernel(
     CLAMP: tl.constexpr, WORDS: tl.constexpr,
     HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
-    LAUNCH_DEPENDENTS: tl.constexpr, USE_GDC: tl.constexpr, PROLOGUE: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr, CHUNK: tl.constexpr, ROW_STEPS: tl.constexpr, SPLIT: tl.constexpr,
+    LAUNCH_DEPENDENTS: tl.constexpr, USE_GDC: tl.constexpr, PROLOGUE: tl.constexpr, PIECE_A: tl.constexpr,
+    PIECE_B: tl.constexpr, PIECE_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
+    ROW_STEPS: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """DP4A_FOR: 0 packs two codes a byte; 1 (2) writes each code's value as a signed byte in the decode
     kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``. LAUNCH_DEPENDENTS: the next kernel (the
@@ -525,6 +571,20 @@ def _act_quant_kernel(
             _store_codes(codes, packed_ptr, rows, c0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR,
                          BLOCK_M, CHUNK)
         tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])
+    elif ROW_STEPS > 1 and PIECE_A > 0 and BLOCK_M == 1:
+        rows = pid_m * ROW_STEPS * BLOCK_M + tl.arange(0, BLOCK_M)
+        xa, xb, xc = _load_pieces(x_ptr, rows, rows < M, stride_xm, K, BLOCK_M, WORDS, PIECE_A, PIECE_B, PIECE_C)
+        for step in range(ROW_STEPS):
+            next_rows = rows + BLOCK_M
+            na, nb, nc = _load_pieces(x_ptr, next_rows, (next_rows < M) & (step + 1 < ROW_STEPS), stride_xm, K,
+                                      BLOCK_M, WORDS, PIECE_A, PIECE_B, PIECE_C)
+            _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, stride_sm, clip_ratio,
+                             max_value, ELEMENT_INT4, ELEMENT_INT8, CLAMP, OUT_FP8, DP4A_FOR, WORDS, PIECE_A, PIECE_B,
+                             PIECE_C)
+            xa = na
+            xb = nb
+            xc = nc
+            rows = next_rows
     elif ROW_STEPS > 1:
         pid_k = tl.program_id(1)
         rows = pid_m * ROW_STEPS * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -538,6 +598,10 @@ def _act_quant_kernel(
                            SCALE_KIND, GROUP, CLAMP, OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
             x = x_next
             rows = next_rows
+    elif PIECE_A > 0 and BLOCK_M == 1 and not AMAX_ONLY:
+        xa, xb, xc = _load_pieces(x_ptr, rows, row_ok, stride_xm, K, BLOCK_M, WORDS, PIECE_A, PIECE_B, PIECE_C)
+        _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, stride_sm, clip_ratio, max_value,
+                         ELEMENT_INT4, ELEMENT_INT8, CLAMP, OUT_FP8, DP4A_FOR, WORDS, PIECE_A, PIECE_B, PIECE_C)
     else:
         pid_k = tl.program_id(1)
         cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -568,6 +632,18 @@ def _tile(k: int, group_size: int, hadamard_block: int) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_K): a whole padded row for per-token scales, else a few groups."""
     block_k = triton.next_power_of_2(k) if group_size == 0 else max(group_size, hadamard_block, 128)
     return max(1, TILE_ELEMENTS // block_k), block_k
+
+
+def row_pieces(k: int, group_size: int, hadamard_block: int, prologue: int) -> dict[str, int]:
+    """PIECE_A, PIECE_B and PIECE_C of ``_act_quant_kernel``: the widths of the powers of two that add up to a per-token
+    row of plain x too wide for a power of two (K = 14336: 8192, 4096, 2048), largest first, the third 0 for two,
+    so that the kernel holds and quantizes the row without padding it to the next power of two (16384, a seventh
+    more work for every element); all 0 where the row is a power of two, has more than three such pieces or one
+    below MIN_PIECE, or is not plain per-token x."""
+    widths = [1 << b for b in reversed(range(k.bit_length())) if k >> b & 1]
+    if group_size or hadamard_block or prologue or not 2 <= len(widths) <= 3 or widths[-1] < MIN_PIECE:
+        widths = []
+    return dict(zip(("PIECE_A", "PIECE_B", "PIECE_C"), widths + [0] * (3 - len(widths))))
 
 
 def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -721,6 +797,7 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
         HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
         ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes,
         DP4A_FOR=DP4A_FOR_IDS[dp4a_for], BLOCK_K=block_k,
+        **row_pieces(k, group_size, hadamard_block, prologue),
         LAUNCH_DEPENDENTS=pdl["USE_GDC"] or (dp4a_for is not None and uses_pdl(x.device, "gemv")),
         PROLOGUE=prologue, **pdl,
     )

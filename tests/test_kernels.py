@@ -988,6 +988,37 @@ def test_row_blocks_walked_in_turn_equal_twin(case, monkeypatch):
             assert torch.equal(dp4a[0], quantize_activations_ref(x, element, group, kind, clip, dp4a_for=element)[0])
 
 
+def test_row_pieces_are_the_binary_digits_of_plain_per_token_rows():
+    assert list(act_quant.row_pieces(14336, 0, 0, 0).values()) == [8192, 4096, 2048]
+    assert list(act_quant.row_pieces(18944, 0, 0, 0).values()) == [16384, 2048, 512]  # Qwen2.5-7B's MLP
+    assert list(act_quant.row_pieces(1536, 0, 0, 0).values()) == [1024, 512, 0]
+    for k, group, hadamard, prologue in ((4096, 0, 0, 0), (11008, 0, 0, 0), (576, 0, 0, 0), (14336, 32, 0, 0),
+                                         (14336, 0, 128, 0), (14336, 0, 0, PROLOGUES["silu_mul"])):
+        assert set(act_quant.row_pieces(k, group, hadamard, prologue).values()) == {0}  # padded to a power of two
+
+
+@pytest.mark.parametrize("case", ["int4-tok-clip0.9", "e2m1-tok"])
+def test_rows_held_in_power_of_two_pieces_equal_twin(case, monkeypatch):
+    """Per-token rows of K = 3584 (2048 + 1024 + 512) and 6144 (4096 + 2048), one row a program, held as pieces
+    (``row_pieces``), one block or three in turn, ragged in M: packed codes, dp4a bytes and scales equal the twin's,
+    E4M3 bytes its unpacked codes."""
+    (element, group, kind, clip), _ = ACT_CASES[case]
+    for k in (3584, 6144):
+        assert act_quant._tile(k, 0, 0)[0] == 1 and act_quant.row_pieces(k, 0, 0, 0)["PIECE_A"] > 0
+        x = activations(5, k, element, group, torch.bfloat16, seed=k)
+        want = quantize_activations_ref(x, element, group, kind, clip)
+        want_dp4a = quantize_activations_ref(x, element, group, kind, clip, dp4a_for=element)
+        want_fp8 = quant_kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="torch")
+        for steps in (1, 3):
+            monkeypatch.setattr(act_quant, "INTERPRET_ROW_STEPS", steps)
+            got = act_quant.quantize_activations_triton(x, element, group, kind, clip)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+            dp4a = act_quant.quantize_activations_triton(x, element, group, kind, clip, dp4a_for=element)
+            assert torch.equal(dp4a[0], want_dp4a[0]) and torch.equal(dp4a[1], want_dp4a[1])
+            fp8 = act_quant.quantize_activations_triton(x, element, group, kind, clip, fp8_codes=True)
+            assert torch.equal(fp8[0].view(torch.uint8), want_fp8[0].view(torch.uint8))
+
+
 @pytest.mark.parametrize("case", ["e2m1-tok", "int4-g64", "mxfp4"])
 def test_bfloat16_word_loads_and_unaligned_rows_equal_twin(case, monkeypatch):
     """Plain bfloat16 x loads as int32 words of element pairs (WORDS), one block or three in turn a program; rows
