@@ -208,8 +208,9 @@ def _scales(amax, tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND: tl.constex
 @triton.jit
 def _encode(v, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl.constexpr):
     """4-bit codes of v = x / scale, rounded as IntFormat(4) / E2M1 round (ties to even), in the low four bits of
-    int32s (INT4: 0..15; E2M1: bits 4 to 21 zero, bits 22 and up not, which a store of bytes or of nibbles
-    shifted into place truncates); for INT8 the level itself (int32 -128..127), as IntFormat(8) rounds.
+    int32s whose higher bits are the magic sum's (E2M1: bits 4 to 21 zero; INT4: ones for a negative level):
+    ``_byte_pairs`` and ``_code_values`` read the nibble alone; for INT8 the level itself (int32 -128..127), as
+    IntFormat(8) rounds.
 
     Both round with one fp32 add of the magic number M = 1.5 * 2^23, whose ulp is 1: the rounded integer lands in
     the sum's low mantissa bits. INT4's low nibble is the code (INT8's level: the sum's bits less M's). E2M1's
@@ -230,7 +231,7 @@ def _encode(v, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl
     if ELEMENT_INT8:
         codes = (_saturated(v, -128.0, 127.0, CLAMP) + ROUND_MAGIC).to(tl.int32, bitcast=True) - ROUND_MAGIC_BITS
     elif ELEMENT_INT4:
-        codes = (_saturated(v, -8.0, 7.0, CLAMP) + ROUND_MAGIC).to(tl.int32, bitcast=True) & 0xF
+        codes = (_saturated(v, -8.0, 7.0, CLAMP) + ROUND_MAGIC).to(tl.int32, bitcast=True)
     else:
         a = tl.abs(v)
         least = tl.minimum(tl.minimum(tl.fma(a, 2.0, ROUND_MAGIC), a + (ROUND_MAGIC + 2.0)),
@@ -419,8 +420,8 @@ def _tail_quantize_rows(count_ptr, x_ptr, stride_xm, norm_ptr, packed_ptr, scale
             y = x.to(tl.float32)
             if NORM:
                 y = _rms_normed(y, weight, K, eps, ROUND_BF16, ROUND_F16)
-            _quantize_tile(y, rows, 0, packed_ptr, scale_ptr, scale_ptr, M, K, 1, stride_pm, 1, clip_ratio,
-                           max_value, ELEMENT_INT4, False, 0, BLOCK_K, CLAMP, False, DP4A_FOR, 1, BLOCK_K)
+            _quantize_tile(y, y, rows, 0, packed_ptr, scale_ptr, scale_ptr, M, K, 1, stride_pm, 1, clip_ratio,
+                           max_value, ELEMENT_INT4, False, 0, BLOCK_K, CLAMP, False, DP4A_FOR, 1, BLOCK_K, False)
 
 
 @triton.jit
@@ -444,19 +445,54 @@ def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: t
     else:
         low, high = tl.split(codes.reshape(BLOCK_M, BLOCK_K // 2, 2))
         byte_cols = col0 // 2 + tl.arange(0, BLOCK_K // 2)
-        tl.store(packed_ptr + rows[:, None] * stride_pm + byte_cols[None, :], (low | (high << 4)).to(tl.uint8),
+        tl.store(packed_ptr + rows[:, None] * stride_pm + byte_cols[None, :], _byte_pairs(low, high, ELEMENT_INT4),
                  mask=row_ok[:, None] & (byte_cols < K // 2)[None, :])
 
 
 @triton.jit
-def _quantize_tile(y, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales, stride_pm, stride_sm,
-                   clip_ratio, max_value, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr,
+def _byte_pairs(low, high, MASK_LOW: tl.constexpr):
+    """Bytes of two ``_encode`` codes each, low's in the low nibble: low + (high << 4), one shift-and-add (LEA) a
+    pair where masking both and an or took three operations. High's bits above its nibble carry past bit 7 and
+    drop out of the byte, and so do low's for E2M1 (bits 4 to 21 zero); MASK_LOW masks low's first (INT4: a
+    negative level's bits 4 to 21 are ones)."""
+    if MASK_LOW:
+        low = low & 0xF
+    return (low + (high << 4)).to(tl.uint8)
+
+
+@triton.jit
+def _pair_absmax(a, b):
+    """max(|a|, |b|) of int32 words of bfloat16 pairs, pair by pair, in one instruction (sm_86 and up); the results'
+    sign bits are not the values' (xorsign): ``_group_absmax`` clears them."""
+    return tl.inline_asm_elementwise("max.xorsign.abs.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32,
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def _group_absmax(y, words, BLOCK_M: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr,
+                  PAIR_MAX: tl.constexpr):
+    """The absmax of each group of GROUP columns of the fp32 tile y (BLOCK_M, GROUPS * GROUP), (BLOCK_M, GROUPS).
+    PAIR_MAX: y is ``_widen`` of the tile of bfloat16 pairs ``words``, which are reduced a word, two elements, an
+    instruction (``_pair_absmax``) instead of one fp32 max an element."""
+    if PAIR_MAX:
+        m = tl.reduce(words.reshape(BLOCK_M, GROUPS, GROUP // 2), 2, _pair_absmax)
+        amax = tl.maximum(_bits_to_float((m << 16) & 0x7FFF0000), _bits_to_float(m & 0x7FFF0000))
+    else:
+        amax = tl.reduce(tl.abs(y.reshape(BLOCK_M, GROUPS, GROUP)), 2, _elementwise_max)
+    return amax
+
+
+@triton.jit
+def _quantize_tile(y, words, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales, stride_pm,
+                   stride_sm, clip_ratio, max_value, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr,
                    SCALE_KIND: tl.constexpr, GROUP: tl.constexpr, CLAMP: tl.constexpr, OUT_FP8: tl.constexpr,
-                   DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Scale each group of the fp32 tile y (rows x column block pid_k), encode it and write codes and scales."""
+                   DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PAIR_MAX: tl.constexpr):
+    """Scale each group of the fp32 tile y (rows x column block pid_k), encode it and write codes and scales; with
+    PAIR_MAX the absmax comes from ``words``, the bfloat16 pairs y was widened from (``_group_absmax``)."""
     groups: tl.constexpr = BLOCK_K // GROUP
     yg = y.reshape(BLOCK_M, groups, GROUP)
-    scale = _scales(tl.reduce(tl.abs(yg), 2, _elementwise_max), tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND)
+    scale = _scales(_group_absmax(y, words, BLOCK_M, groups, GROUP, PAIR_MAX), tensor_amax_ptr, clip_ratio, max_value,
+                    SCALE_KIND)
     safe = tl.where(scale > 0, scale, 1.0)
     codes = _quantized(yg, safe[:, :, None], max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, CLAMP, OUT_FP8)
     codes = codes.reshape(BLOCK_M, BLOCK_K)
@@ -482,20 +518,31 @@ def _load_pieces(x_ptr, rows, row_ok, stride_xm, K, BLOCK_M: tl.constexpr, WORDS
 
 
 @triton.jit
+def _piece_absmax(y, words, PAIR_MAX: tl.constexpr):
+    """The absmax of a whole piece, a scalar (``_group_absmax`` for one group)."""
+    if PAIR_MAX:
+        m = tl.reduce(words, None, _pair_absmax)
+        amax = tl.maximum(_bits_to_float((m << 16) & 0x7FFF0000), _bits_to_float(m & 0x7FFF0000))
+    else:
+        amax = tl.reduce(tl.abs(y), None, _elementwise_max)
+    return amax
+
+
+@triton.jit
 def _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, stride_sm, clip_ratio, max_value,
                      ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl.constexpr,
                      OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr, WORDS: tl.constexpr, PIECE_A: tl.constexpr,
-                     PIECE_B: tl.constexpr, PIECE_C: tl.constexpr):
+                     PIECE_B: tl.constexpr, PIECE_C: tl.constexpr, PAIR_MAX: tl.constexpr):
     """``_quantize_tile`` of one per-token row held as the pieces of ``_load_pieces``: one absmax and scale, each
     piece's codes stored in place. The absmax and scale are scalars: the pieces' tiles differ in width and so in
     layout, and a scalar broadcasts into each without a conversion (a row of them moved whole pieces through shared
     memory)."""
     ya = _widen(xa, 1, PIECE_A, WORDS)
     yb = _widen(xb, 1, PIECE_B, WORDS)
-    amax = tl.maximum(tl.reduce(tl.abs(ya), None, _elementwise_max), tl.reduce(tl.abs(yb), None, _elementwise_max))
+    amax = tl.maximum(_piece_absmax(ya, xa, PAIR_MAX), _piece_absmax(yb, xb, PAIR_MAX))
     if PIECE_C > 0:
         yc = _widen(xc, 1, PIECE_C, WORDS)
-        amax = tl.maximum(amax, tl.reduce(tl.abs(yc), None, _elementwise_max))
+        amax = tl.maximum(amax, _piece_absmax(yc, xc, PAIR_MAX))
     scale = _scales(amax, scale_ptr, clip_ratio, max_value, 0)
     safe = tl.full((1, 1), 1.0, tl.float32) * tl.where(scale > 0, scale, 1.0)  # a tile: _divide reduces over it
     _store_codes(_quantized(ya, safe, max_value, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8), packed_ptr,
@@ -514,7 +561,7 @@ def _act_quant_kernel(
     x_ptr, h_ptr, norm_ptr, normed_ptr, packed_ptr, scale_ptr, tensor_amax_ptr,
     M, K, M_BUCKET, n_scales, stride_xm, stride_pm, stride_sm, clip_ratio, max_value, inv_sqrt_b, eps,
     ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, SCALE_KIND: tl.constexpr, GROUP: tl.constexpr,
-    CLAMP: tl.constexpr, WORDS: tl.constexpr,
+    CLAMP: tl.constexpr, WORDS: tl.constexpr, PAIR_MAX: tl.constexpr,
     HAD_BLOCK: tl.constexpr, HB: tl.constexpr, DOT_F32: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
     LAUNCH_DEPENDENTS: tl.constexpr, USE_GDC: tl.constexpr, PROLOGUE: tl.constexpr, PIECE_A: tl.constexpr,
@@ -541,7 +588,8 @@ def _act_quant_kernel(
     the three-operation division, ``benchmarks/results/act_quant_row_steps_h200.md``).
     CLAMP (``clamp_kind``): how far the scaled values are saturated to the grid (``_encode``).
     WORDS (plain bfloat16 x with an even row stride, not chunked): x loads as int32 words of element pairs
-    (``_load_plain``, ``_widen``)."""
+    (``_load_plain``, ``_widen``); PAIR_MAX (with WORDS, compiled for sm_86 and up): their absmax is taken on the
+    words (``_group_absmax``)."""
     launch_dependents(LAUNCH_DEPENDENTS)
     wait_for_producer(USE_GDC)
     pid_m = tl.program_id(0)
@@ -580,7 +628,7 @@ def _act_quant_kernel(
                                       BLOCK_M, WORDS, PIECE_A, PIECE_B, PIECE_C)
             _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, stride_sm, clip_ratio,
                              max_value, ELEMENT_INT4, ELEMENT_INT8, CLAMP, OUT_FP8, DP4A_FOR, WORDS, PIECE_A, PIECE_B,
-                             PIECE_C)
+                             PIECE_C, PAIR_MAX)
             xa = na
             xb = nb
             xc = nc
@@ -593,24 +641,26 @@ def _act_quant_kernel(
             next_rows = rows + BLOCK_M
             x_next = _load_plain(x_ptr, next_rows, (next_rows < M) & (step + 1 < ROW_STEPS), pid_k, K, stride_xm,
                                  BLOCK_M, BLOCK_K, WORDS)
-            _quantize_tile(_widen(x, BLOCK_M, BLOCK_K, WORDS), rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M,
-                           K, n_scales, stride_pm, stride_sm, clip_ratio, max_value, ELEMENT_INT4, ELEMENT_INT8,
-                           SCALE_KIND, GROUP, CLAMP, OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
+            _quantize_tile(_widen(x, BLOCK_M, BLOCK_K, WORDS), x, rows, pid_k, packed_ptr, scale_ptr,
+                           tensor_amax_ptr, M, K, n_scales, stride_pm, stride_sm, clip_ratio, max_value, ELEMENT_INT4,
+                           ELEMENT_INT8, SCALE_KIND, GROUP, CLAMP, OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K, PAIR_MAX)
             x = x_next
             rows = next_rows
     elif PIECE_A > 0 and BLOCK_M == 1 and not AMAX_ONLY:
         xa, xb, xc = _load_pieces(x_ptr, rows, row_ok, stride_xm, K, BLOCK_M, WORDS, PIECE_A, PIECE_B, PIECE_C)
         _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, stride_sm, clip_ratio, max_value,
-                         ELEMENT_INT4, ELEMENT_INT8, CLAMP, OUT_FP8, DP4A_FOR, WORDS, PIECE_A, PIECE_B, PIECE_C)
+                         ELEMENT_INT4, ELEMENT_INT8, CLAMP, OUT_FP8, DP4A_FOR, WORDS, PIECE_A, PIECE_B, PIECE_C,
+                         PAIR_MAX)
     else:
         pid_k = tl.program_id(1)
         cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
         if WORDS:  # plain bfloat16 x
-            y = _widen(_load_plain(x_ptr, rows, row_ok, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, True), BLOCK_M,
-                       BLOCK_K, True)
+            words = _load_plain(x_ptr, rows, row_ok, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, True)
+            y = _widen(words, BLOCK_M, BLOCK_K, True)
         else:
             y = _load(x_ptr, h_ptr, norm_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, eps, BLOCK_M, BLOCK_K,
                       HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
+            words = y
         if PROLOGUE == 1:  # y is in x's dtype already: the cast is exact
             tl.store(normed_ptr + rows[:, None] * stride_xm + cols[None, :], y.to(normed_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & (cols < K)[None, :])
@@ -618,9 +668,9 @@ def _act_quant_kernel(
             tile_amax = tl.reduce(tl.abs(y).reshape(BLOCK_M * BLOCK_K), 0, _elementwise_max)
             tl.atomic_max(tensor_amax_ptr, tile_amax.to(tl.int32, bitcast=True))
         else:
-            _quantize_tile(y, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales, stride_pm,
+            _quantize_tile(y, words, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales, stride_pm,
                            stride_sm, clip_ratio, max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, GROUP, CLAMP,
-                           OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
+                           OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K, PAIR_MAX)
 
 
 @lru_cache(maxsize=None)
@@ -696,7 +746,7 @@ _act_quant_autotuned = triton.autotune(
     + [triton.Config(dict(BLOCK_M=1, CHUNK=chunk, ROW_STEPS=1, SPLIT=True), num_warps=w) for chunk in SPLIT_CHUNKS
        for w in (4, 8)],
     key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "ELEMENT_INT8", "SCALE_KIND", "GROUP", "CLAMP", "WORDS",
-         "HAD_BLOCK", "ROUND_BF16", "ROUND_F16", "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
+         "PAIR_MAX", "HAD_BLOCK", "ROUND_BF16", "ROUND_F16", "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
     prune_configs_by=dict(early_config_prune=_prune_tiles),
 )(_act_quant_kernel)
 
@@ -786,13 +836,14 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
     # interpreter, whose bfloat16 dot is wrong.
     dot_f32 = x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16)
     pdl = pdl_flags(x.device, "act_quant")
+    words = (x.dtype == torch.bfloat16 and not hadamard_block and not prologue and x.stride(0) % 2 == 0
+             and x.data_ptr() % 4 == 0)
     launch = dict(
         clip_ratio=clip_ratio, max_value=element_named(element).max_value, eps=eps,
         inv_sqrt_b=hadamard_block ** -0.5 if hadamard_block else 1.0,
         ELEMENT_INT4=element == "int4", ELEMENT_INT8=element == "int8", SCALE_KIND=SCALE_KIND_IDS[scale_kind],
         CLAMP=clamp_kind(element, scale_kind, clip_ratio),
-        WORDS=(x.dtype == torch.bfloat16 and not hadamard_block and not prologue and x.stride(0) % 2 == 0
-               and x.data_ptr() % 4 == 0),
+        WORDS=words, PAIR_MAX=words and x.is_cuda and torch.cuda.get_device_capability(x.device) >= (8, 6),
         GROUP=group_size or block_k,
         HAD_BLOCK=hadamard_block, HB=hb, DOT_F32=dot_f32,
         ROUND_BF16=x.dtype == torch.bfloat16, ROUND_F16=x.dtype == torch.float16, OUT_FP8=fp8_codes,

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from triton.language.standard import _elementwise_max, _elementwise_min
 
-from .act_quant import _divide, _encode, _rint
+from .act_quant import _byte_pairs, _divide, _encode, _rint
 # The packed elements' kernel ids, as the decode-attention kernel reads them: int4 (symmetric, two's complement),
 # uint4 (asymmetric: the code is the level, under a zero point), e2m1 (symmetric).
 from .flash_decode import ELEMENT_IDS
@@ -63,7 +63,7 @@ def _write_rows(x_ptr, stride_b, stride_h, stride_t, pos_ptr, codes_ptr, scale_p
         codes = _encode(_divide(xg, safe[:, :, None], -FLOAT_MAX, FLOAT_MAX, False), ELEMENT == 0, False, 2)
     low, high = tl.split(codes.reshape(BLOCK_R, D // 2, 2))
     tl.store(codes_ptr + destination[:, None] * (D // 2) + tl.arange(0, D // 2)[None, :],
-             (low | (high << 4)).to(tl.uint8), mask=ok[:, None])
+             _byte_pairs(low, high, ELEMENT == 0), mask=ok[:, None])
     group_ids = tl.arange(0, groups)
     tl.store(scale_ptr + destination[:, None] * groups + group_ids[None, :], scale, mask=ok[:, None])
     if ELEMENT == 1:
