@@ -219,10 +219,11 @@ def _encode(v, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl
     line lies above the others outside its piece), and rint is monotonic, so the index is the least of three
     magic sums, each rounded once (an fma or an add with M folded into the constant). Ties go to the even index,
     which is the even mantissa. Every magnitude below 2^24 was checked against the grid's rounding. M's bits 0 to
-    21 are zero, so the least sum's low bits are the index itself. The sign bit goes on where v < -0.25, the
-    values whose magnitude does not round to 0: the sign bit of v + 0.25 (exact there), moved to bit 3. Against
-    the exponent-dependent magic number this replaced (2 (E - 127) plus the steps of a sum 1.5 * 2^(E + 22) + a,
-    E the exponent of max(a, 1)) it spends three integer operations an element fewer: the float pipe takes them.
+    21 are zero, so the least sum's low bits are the index itself. The sign bit (8) goes on by one more fma where
+    v < -0.25, the values whose magnitude does not round to 0 (``_below_quarter``). All of it runs on the float
+    pipe: the exponent-dependent magic number it replaced (the steps of a sum 1.5 * 2^(E + 22) + a plus 2 (E -
+    127), E the exponent of max(a, 1), and v + 0.25's sign bit moved to bit 3) took about seven integer operations
+    an element.
 
     CLAMP (``clamp_kind``): 2 saturates v to the grid first; 1 only from above (INT4 / INT8: v
     already rounds to the lowest level or above); 0 not at all (v already rounds onto the grid).
@@ -268,7 +269,8 @@ def _saturated(v, low, high, CLAMP: tl.constexpr):
 @triton.jit
 def _e2m1_sum(v, CLAMP: tl.constexpr):
     """|v| (saturated at 6 with CLAMP) plus the magic number 1.5 * 2^(E + 22), E the exponent of max(|v|, 1): the
-    sum rounds |v| to E2M1's step (ties to even), and the magic number's bits (``_encode``)."""
+    sum rounds |v| to E2M1's step (0.5 below 2, 1 below 4, 2 from 4 on; ties to even), and the magic number's
+    bits (``_grid_values``)."""
     a = tl.abs(v)
     if CLAMP > 0:
         a = tl.minimum(a, 6.0)
@@ -463,9 +465,15 @@ def _byte_pairs(low, high, MASK_LOW: tl.constexpr):
 @triton.jit
 def _pair_absmax(a, b):
     """max(|a|, |b|) of int32 words of bfloat16 pairs, pair by pair, in one instruction (sm_86 and up); the results'
-    sign bits are not the values' (xorsign): ``_group_absmax`` clears them."""
+    sign bits are not the values' (xorsign): ``_pair_word_max`` clears them."""
     return tl.inline_asm_elementwise("max.xorsign.abs.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32,
                                      is_pure=True, pack=1)
+
+
+@triton.jit
+def _pair_word_max(m):
+    """The larger magnitude of the two bfloat16 halves of ``_pair_absmax`` words, as fp32 (sign bits cleared)."""
+    return tl.maximum(_bits_to_float((m << 16) & 0x7FFF0000), _bits_to_float(m & 0x7FFF0000))
 
 
 @triton.jit
@@ -475,8 +483,7 @@ def _group_absmax(y, words, BLOCK_M: tl.constexpr, GROUPS: tl.constexpr, GROUP: 
     PAIR_MAX: y is ``_widen`` of the tile of bfloat16 pairs ``words``, which are reduced a word, two elements, an
     instruction (``_pair_absmax``) instead of one fp32 max an element."""
     if PAIR_MAX:
-        m = tl.reduce(words.reshape(BLOCK_M, GROUPS, GROUP // 2), 2, _pair_absmax)
-        amax = tl.maximum(_bits_to_float((m << 16) & 0x7FFF0000), _bits_to_float(m & 0x7FFF0000))
+        amax = _pair_word_max(tl.reduce(words.reshape(BLOCK_M, GROUPS, GROUP // 2), 2, _pair_absmax))
     else:
         amax = tl.reduce(tl.abs(y.reshape(BLOCK_M, GROUPS, GROUP)), 2, _elementwise_max)
     return amax
@@ -521,8 +528,7 @@ def _load_pieces(x_ptr, rows, row_ok, stride_xm, K, BLOCK_M: tl.constexpr, WORDS
 def _piece_absmax(y, words, PAIR_MAX: tl.constexpr):
     """The absmax of a whole piece, a scalar (``_group_absmax`` for one group)."""
     if PAIR_MAX:
-        m = tl.reduce(words, None, _pair_absmax)
-        amax = tl.maximum(_bits_to_float((m << 16) & 0x7FFF0000), _bits_to_float(m & 0x7FFF0000))
+        amax = _pair_word_max(tl.reduce(words, None, _pair_absmax))
     else:
         amax = tl.reduce(tl.abs(y), None, _elementwise_max)
     return amax

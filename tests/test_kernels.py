@@ -1000,12 +1000,12 @@ def test_row_pieces_are_the_binary_digits_of_plain_per_token_rows():
 @pytest.mark.parametrize("case", ["int4-tok-clip0.9", "e2m1-tok"])
 def test_rows_held_in_power_of_two_pieces_equal_twin(case, monkeypatch):
     """Per-token rows of K = 3584 (2048 + 1024 + 512) and 6144 (4096 + 2048), one row a program, held as pieces
-    (``row_pieces``), one block or three in turn, ragged in M: packed codes, dp4a bytes and scales equal the twin's,
-    E4M3 bytes its unpacked codes."""
+    (``row_pieces``), one block or three in turn, ragged in M, bfloat16 (loaded as words) and float16: packed codes,
+    dp4a bytes and scales equal the twin's, E4M3 bytes its unpacked codes."""
     (element, group, kind, clip), _ = ACT_CASES[case]
-    for k in (3584, 6144):
+    for k, dtype in ((3584, torch.bfloat16), (6144, torch.bfloat16), (3584, torch.float16)):
         assert act_quant._tile(k, 0, 0)[0] == 1 and act_quant.row_pieces(k, 0, 0, 0)["PIECE_A"] > 0
-        x = activations(5, k, element, group, torch.bfloat16, seed=k)
+        x = activations(5, k, element, group, dtype, seed=k)
         want = quantize_activations_ref(x, element, group, kind, clip)
         want_dp4a = quantize_activations_ref(x, element, group, kind, clip, dp4a_for=element)
         want_fp8 = quant_kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="torch")
