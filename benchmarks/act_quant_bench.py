@@ -127,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
                                            "version": label, "ms": ms, "gbs": moved / ms / 1e6,
                                            "of_copy": moved / ms / 1e6 / copy_gbs, "equals_twin": same})
                     print(result["rows"][-1], flush=True)
-        tuner = act_quant._act_quant_autotuned
-        result["configs"] = {config_label(key, tuner.keys): str(config) for key, config in tuner.cache.items()}
-        write_result_files(args.out, result, markdown(result))  # partial results survive a time limit
+                    tuner = act_quant._act_quant_autotuned
+                    result["configs"] = {config_label(key, tuner.keys): str(config)
+                                         for key, config in tuner.cache.items()}
+                    write_result_files(args.out, result, markdown(result))  # every row survives a time limit
     print(markdown(result))
     return 0 if all(r.get("equals_twin") is not False for r in result["rows"]) else 1
 

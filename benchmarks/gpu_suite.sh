@@ -60,6 +60,8 @@
 #   act_quant  the activation kernel against a device copy at prefill sizes, per-token INT4 and E2M1 (packed and as
 #              E4M3 codes, checked against the twin; cold, its autotuning takes most of the 420 s) (issue 9)
 #   act_groups the same for NVFP4 and MXFP4, then the activation and E4M3-code checks of kernel_check (issue 9)
+#   act_ncu    the activation kernel's autotuned picks under Nsight Compute, per-token INT4 and E2M1 packed at
+#              8192 x 4096 and 8192 x 14336 (act_quant_ncu.py: only the launches inside its NVTX range) (issue 9)
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
 #   gated      the W4A4KV4 batch-1 decode step with and without down_proj's tail (the next layer's input norm,
 #              down_untailed) and the attention's tail (attention_untailed), in one process, each variant's one-token
@@ -266,6 +268,11 @@ for section in "$@"; do
         --shapes 8192x4096,8192x14336,2048x4096,2048x14336 --out "$OUT/act_quant_groups_h200"
       step "${LIMIT_ACT_CHECK:-250}" kernel_check_act python benchmarks/kernel_check.py --only act,fp8_codes \
         --out "$OUT/kernel_check_act_h200" ;;
+    act_ncu)
+      step "${LIMIT_ACT_NCU:-300}" ncu_act_quant ncu --nvtx --nvtx-include "measure/" --section SpeedOfLight \
+        --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+        --section MemoryWorkloadAnalysis --section InstructionStats python -u benchmarks/act_quant_ncu.py \
+        --shapes 8192x4096,8192x14336 --formats int4,e2m1 ;;
     lm_head)
       step "${LIMIT_BENCH:-290}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes bf16,w4a4kv4,w4a4kv4_head,w4a4kv4_head8 --prefill_batches "" --decode_batches 1 \
@@ -316,6 +323,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, fpx_mma, fpx_split, fpx_swap, decode_b8, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, act_groups, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, fpx_mma, fpx_split, fpx_swap, decode_b8, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

@@ -131,6 +131,23 @@ def test_gemv_ncu_launches_the_fpx_row_kernel_under_the_interpreter(capsys):
     assert gemv_ncu.parse_fpx_configs("64,64,8,2,1,1,3,80") == [(64, 64, 8, 2, True, 1, 3, 80)]
 
 
+def test_act_quant_ncu_measures_each_format_under_the_interpreter(capsys):
+    """The activation kernel's ncu driver: every format, packed and as E4M3 bytes, called inside its NVTX range with
+    finite scales; shapes and formats it cannot run are refused by name."""
+    from benchmarks import act_quant_ncu
+
+    assert act_quant_ncu.main(["--cpu_dry_run", "--formats", "int4,e2m1,nvfp4,mxfp4"]) == 0
+    assert act_quant_ncu.main(["--cpu_dry_run", "--fp8_codes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6 and all(line.endswith("scales finite: True") for line in lines)
+    assert sum("E4M3 codes" in line for line in lines) == 2
+    for argv, message in ((["--fp8_codes", "--formats", "nvfp4"], "per-token formats only"),
+                          (["--shapes", "8x"], "got '8x'"), (["--formats", "int3"], "got 'int3'")):
+        with pytest.raises(SystemExit):
+            act_quant_ncu.main(["--cpu_dry_run", *argv])
+        assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--kernel", "fpx", "--configs", "64,64,8,2,0"], "6 to 8 integers"),
     (["--kernel", "fpx", "--w_element", "int4"], "--kernel fpx takes --w_element e3m2"),
