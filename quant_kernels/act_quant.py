@@ -78,6 +78,9 @@ E2M1_DOUBLED_TABLE = tl.constexpr(0xC8643210 - (1 << 32))
 # 1.5 * 2**23: adding then subtracting it rounds |y| < 2**22 to an integer, ties to even.
 ROUND_MAGIC = tl.constexpr(12582912.0)
 ROUND_MAGIC_BITS = tl.constexpr(0x4B400000)  # its fp32 bits: the sum's bits less these are the integer
+# The divisors whose reciprocal division ``_divide`` rounds as IEEE division: 2^-96 <= s < 2^96.
+DIVISION_MIN = tl.constexpr(2.0**-96)
+DIVISION_MAX = tl.constexpr(2.0**96)
 
 
 @triton.jit
@@ -189,14 +192,35 @@ def _e8m0_scale(amax):
 
 
 @triton.jit
+def _tensor_scale(tensor_amax_ptr):
+    """NVFP4's fp32 tensor scale g from the absmax of the whole tensor (its fp32 bits at ``tensor_amax_ptr``), as
+    Quantizer.scales: a scalar."""
+    return tl.maximum(tl.math.div_rn(_bits_to_float(tl.load(tensor_amax_ptr)), NVFP_TENSOR_RANGE), 1e-30)
+
+
+@triton.jit
+def _tensor_scales_in_range(tensor_amax_ptr):
+    """Whether every NVFP4 scale of the tensor lies where ``_divide`` divides by a reciprocal: a scale is an E4M3
+    value (0, or 2^-9 to 448) times g, rounded, and a zero scale divides as 1, so g alone decides it, a scalar
+    where the scales of a tile took a reduction across the program's threads."""
+    g = _tensor_scale(tensor_amax_ptr)
+    return (g * 0.001953125 >= DIVISION_MIN) & (g * 448.0 < DIVISION_MAX)
+
+
+@triton.jit
+def _in_division_range(s):
+    """Whether every divisor of the tile s lies where ``_divide`` divides by a reciprocal: a scalar."""
+    return tl.reduce(((s >= DIVISION_MIN) & (s < DIVISION_MAX)).to(tl.int32), None, _elementwise_min) > 0
+
+
+@triton.jit
 def _scales(amax, tensor_amax_ptr, clip_ratio, max_value, SCALE_KIND: tl.constexpr):
     """Dequantization scale of each group from its absmax, as Quantizer.fit / Quantizer.scales."""
     amax = amax * clip_ratio
     if SCALE_KIND == 0:
         scale = tl.math.div_rn(amax, tl.full(amax.shape, max_value, tl.float32))
     elif SCALE_KIND == 1:
-        tensor_amax = _bits_to_float(tl.load(tensor_amax_ptr))
-        g = tl.maximum(tl.math.div_rn(tensor_amax, NVFP_TENSOR_RANGE), 1e-30)
+        g = _tensor_scale(tensor_amax_ptr)
         per_element = tl.math.div_rn(amax, tl.full(amax.shape, max_value, tl.float32))
         s = tl.math.div_rn(per_element, tl.full(amax.shape, g, tl.float32))
         scale = _round_e4m3(s) * g
@@ -294,10 +318,15 @@ def _grid_values(v, ELEMENT_INT4: tl.constexpr, CLAMP: tl.constexpr):
 
 
 @triton.jit
-def _quantized(y, s, max_value, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, SCALE_KIND: tl.constexpr,
-               CLAMP: tl.constexpr, OUT_FP8: tl.constexpr):
-    """y / s (``_divide``) as ``_store_codes`` takes it: grid values for E4M3 bytes, else codes."""
-    q = _divide(y, s, _lowest(max_value, ELEMENT_INT4, ELEMENT_INT8), max_value, SCALE_KIND == 2)
+def _quantized(y, s, max_value, tensor_amax_ptr, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr,
+               SCALE_KIND: tl.constexpr, CLAMP: tl.constexpr, OUT_FP8: tl.constexpr):
+    """y / s (``_divide``) as ``_store_codes`` takes it: grid values for E4M3 bytes, else codes. NVFP4's scales
+    (SCALE_KIND 1) are known to be in the reciprocal's range from the tensor scale (``tensor_amax_ptr``)."""
+    if SCALE_KIND == 1:
+        in_range = _tensor_scales_in_range(tensor_amax_ptr)
+    else:
+        in_range = _in_division_range(s)
+    q = _divide(y, s, _lowest(max_value, ELEMENT_INT4, ELEMENT_INT8), max_value, SCALE_KIND == 2, in_range)
     if OUT_FP8:
         out = _grid_values(q, ELEMENT_INT4, CLAMP)
     else:
@@ -316,7 +345,7 @@ def _lowest(max_value, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr):
 
 
 @triton.jit
-def _divide(y, s, low, high, POW2: tl.constexpr):
+def _divide(y, s, low, high, POW2: tl.constexpr, in_range):
     """y / s rounded to nearest even (IEEE), s > 0 broadcast against y; as the twin's division. Where the tile
     takes the per-element fallback below, the quotient is saturated to [low, high] as well: a divisor below 2^-96
     may be subnormal, and a subnormal scale can be off amax / max_value by far more than the relative rounding
@@ -324,7 +353,8 @@ def _divide(y, s, low, high, POW2: tl.constexpr):
 
     POW2: every s is a power of two from 2^-127 to 2^127 (E8M0 scales). Its reciprocal is then exact, and
     y * (1 / s) is the correctly rounded quotient in one operation an element.
-    Otherwise, inside 2^-96 <= s < 2^96 it takes one reciprocal per divisor and three operations per
+    Otherwise, where ``in_range`` (a scalar: every s in 2^-96 <= s < 2^96, ``_in_division_range``) it takes one
+    reciprocal per divisor and three operations per
     element: q0 = y * RN(1/s), then q0 + (y - q0 s) RN(1/s) with two fused multiply-adds
     (Markstein's correction; the remainder is exact there, and the sum rounds to RN(y / s):
     ``benchmarks/division_check.py`` compares it with exact rationals). Below that range the
@@ -335,8 +365,7 @@ def _divide(y, s, low, high, POW2: tl.constexpr):
     if POW2:
         q = y * tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
     else:
-        in_range = (s >= 1.262177448353619e-29) & (s < 7.922816251426434e+28)
-        if tl.reduce(in_range.to(tl.int32), None, _elementwise_min) > 0:
+        if in_range:
             r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
             q0 = y * r
             q = tl.fma(tl.fma(q0, -s, y), r, q0)  # -s, not -q0: compiled, -q0 became a second product y * -r
@@ -501,7 +530,8 @@ def _quantize_tile(y, words, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr
     scale = _scales(_group_absmax(y, words, BLOCK_M, groups, GROUP, PAIR_MAX), tensor_amax_ptr, clip_ratio, max_value,
                     SCALE_KIND)
     safe = tl.where(scale > 0, scale, 1.0)
-    codes = _quantized(yg, safe[:, :, None], max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, CLAMP, OUT_FP8)
+    codes = _quantized(yg, safe[:, :, None], max_value, tensor_amax_ptr, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND,
+                       CLAMP, OUT_FP8)
     codes = codes.reshape(BLOCK_M, BLOCK_K)
     _store_codes(codes, packed_ptr, rows, pid_k * BLOCK_K, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8,
                  OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
@@ -551,12 +581,12 @@ def _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, s
         amax = tl.maximum(amax, _piece_absmax(yc, xc, PAIR_MAX))
     scale = _scales(amax, scale_ptr, clip_ratio, max_value, 0)
     safe = tl.full((1, 1), 1.0, tl.float32) * tl.where(scale > 0, scale, 1.0)  # a tile: _divide reduces over it
-    _store_codes(_quantized(ya, safe, max_value, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8), packed_ptr,
+    _store_codes(_quantized(ya, safe, max_value, scale_ptr, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8), packed_ptr,
                  rows, 0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR, 1, PIECE_A)
-    _store_codes(_quantized(yb, safe, max_value, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8), packed_ptr,
+    _store_codes(_quantized(yb, safe, max_value, scale_ptr, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8), packed_ptr,
                  rows, PIECE_A, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR, 1, PIECE_B)
     if PIECE_C > 0:
-        _store_codes(_quantized(yc, safe, max_value, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8),
+        _store_codes(_quantized(yc, safe, max_value, scale_ptr, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8),
                      packed_ptr, rows, PIECE_A + PIECE_B, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8,
                      DP4A_FOR, 1, PIECE_C)
     tl.store(scale_ptr + rows * stride_sm, tl.full((1,), 0.0, tl.float32) + scale, mask=rows < M)
@@ -621,7 +651,8 @@ def _act_quant_kernel(
         for c0 in range(first, stop, CHUNK):
             y = _load(x_ptr, h_ptr, norm_ptr, rows, c0 + tl.arange(0, CHUNK), M, K, stride_xm, inv_sqrt_b, eps,
                       BLOCK_M, CHUNK, HAD_BLOCK, HB, DOT_F32, ROUND_BF16, ROUND_F16, PROLOGUE)
-            codes = _quantized(y, safe, max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, CLAMP, OUT_FP8)
+            codes = _quantized(y, safe, max_value, tensor_amax_ptr, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, CLAMP,
+                               OUT_FP8)
             _store_codes(codes, packed_ptr, rows, c0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR,
                          BLOCK_M, CHUNK)
         tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from triton.language.standard import _elementwise_max, _elementwise_min
 
-from .act_quant import _byte_pairs, _divide, _encode, _rint
+from .act_quant import _byte_pairs, _divide, _encode, _in_division_range, _rint
 # The packed elements' kernel ids, as the decode-attention kernel reads them: int4 (symmetric, two's complement),
 # uint4 (asymmetric: the code is the level, under a zero point), e2m1 (symmetric).
 from .flash_decode import ELEMENT_IDS
@@ -52,15 +52,17 @@ def _write_rows(x_ptr, stride_b, stride_h, stride_t, pos_ptr, codes_ptr, scale_p
         hi = tl.maximum(tl.reduce(xg, 2, _elementwise_max), 0.0) * clip
         scale = tl.math.div_rn(hi - lo, tl.full(hi.shape, max_value, tl.float32))
         safe = tl.where(scale > 0, scale, 1.0)
-        zero = _rint(_divide(-lo, safe, -FLOAT_MAX, FLOAT_MAX, False))
-        levels = _rint(_divide(xg, safe[:, :, None], -FLOAT_MAX, FLOAT_MAX, False)) + zero[:, :, None]
+        in_range = _in_division_range(safe)
+        zero = _rint(_divide(-lo, safe, -FLOAT_MAX, FLOAT_MAX, False, in_range))
+        levels = _rint(_divide(xg, safe[:, :, None], -FLOAT_MAX, FLOAT_MAX, False, in_range)) + zero[:, :, None]
         levels = tl.minimum(tl.maximum(levels, 0.0), 15.0)
         codes = levels.to(tl.int32)
     else:
         amax = tl.reduce(tl.abs(xg), 2, _elementwise_max) * clip
         scale = tl.math.div_rn(amax, tl.full(amax.shape, max_value, tl.float32))
         safe = tl.where(scale > 0, scale, 1.0)
-        codes = _encode(_divide(xg, safe[:, :, None], -FLOAT_MAX, FLOAT_MAX, False), ELEMENT == 0, False, 2)
+        codes = _encode(_divide(xg, safe[:, :, None], -FLOAT_MAX, FLOAT_MAX, False, _in_division_range(safe)),
+                        ELEMENT == 0, False, 2)
     low, high = tl.split(codes.reshape(BLOCK_R, D // 2, 2))
     tl.store(codes_ptr + destination[:, None] * (D // 2) + tl.arange(0, D // 2)[None, :],
              _byte_pairs(low, high, ELEMENT == 0), mask=ok[:, None])

@@ -318,6 +318,39 @@ def test_triton_quantize_scales_far_from_one_equal_twin(case, dtype):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+def nvfp4_near_ties(g: float, levels: tuple[float, ...]) -> torch.Tensor:
+    """float32 rows of 16-wide NVFP4 groups under the tensor scale g: the tensor's first element 2688 g (so g is
+    the tensor scale), each other group's amax 6 e g for an E4M3 value e of ``levels`` (so e g is its scale), then
+    values from 2 ulps below to 2 ulps above tie * e g for E2M1's rounding ties, both signs."""
+    groups = [torch.cat([torch.tensor([2688 * g]), torch.zeros(15)])]
+    for e in levels:
+        scale = torch.tensor(e * g, dtype=torch.float32)
+        near = (TIES["e2m1"] * scale).view(torch.int32)[:, None] + torch.arange(-2, 3, dtype=torch.int32)
+        values = near.view(torch.float32).reshape(-1)
+        values = torch.cat([values, -values])
+        for start in range(0, len(values), 15):
+            chunk = values[start:start + 15]
+            groups.append(torch.cat([6 * scale[None], chunk, torch.zeros(15 - len(chunk))]))
+    flat = torch.cat(groups)
+    return torch.cat([flat, torch.zeros(-len(flat) % 128)]).reshape(-1, 128)
+
+
+@pytest.mark.parametrize("g, levels", [(2.0**-80, (1.0, 1.125, 3.5, 13.0)),
+                                       (1e-30, (2.0**-9, 3 * 2.0**-9, 2.0**-6, 0.1875)),
+                                       (2.0**100, (1.0, 1.625, 2.75))])
+def test_nvfp4_scales_far_from_one_equal_twin(g, levels):
+    """NVFP4 decides its division path from the tensor scale g alone (every scale an E4M3 value times g): values
+    within 2 ulps of every rounding tie times their group's scale, with every scale inside the reciprocal's range
+    (g = 2^-80), below 2^-101 (g at its floor 1e-30, small E4M3 levels: the reciprocal's remainder is subnormal
+    there, and such tensors divide element by element) and above 2^96."""
+    (element, group, kind, clip), _ = ACT_CASES["nvfp4"]
+    x = nvfp4_near_ties(g, levels)
+    want = quantize_activations_ref(x, element, group, kind, clip)
+    got = quant_kernels.quantize_activations(x, element, group, kind, clip, backend="triton")
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert (want[1] > 0).sum() > 10  # the groups kept their scales
+
+
 @pytest.mark.parametrize("case", ["e2m1-tok", "int4-g64", "int4-tok-clip0.9"])
 def test_triton_quantize_subnormal_scales_saturate_like_the_twin(case):
     """Rows whose amax is a few fp32 subnormal steps: the scale amax / max_value rounds to a whole step, far from
