@@ -565,6 +565,16 @@ def _piece_absmax(y, words, PAIR_MAX: tl.constexpr):
 
 
 @triton.jit
+def _store_piece(y, safe, rows, col0, packed_ptr, M, K, stride_pm, max_value, ELEMENT_INT4: tl.constexpr,
+                 ELEMENT_INT8: tl.constexpr, CLAMP: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
+                 WIDTH: tl.constexpr):
+    """The codes of one piece (1, WIDTH) of a per-token row, its first column col0, under the row's scale."""
+    codes = _quantized(y, safe, max_value, packed_ptr, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8)
+    _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR, 1,
+                 WIDTH)
+
+
+@triton.jit
 def _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, stride_sm, clip_ratio, max_value,
                      ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr, CLAMP: tl.constexpr,
                      OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr, WORDS: tl.constexpr, PIECE_A: tl.constexpr,
@@ -581,14 +591,13 @@ def _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, s
         amax = tl.maximum(amax, _piece_absmax(yc, xc, PAIR_MAX))
     scale = _scales(amax, scale_ptr, clip_ratio, max_value, 0)
     safe = tl.full((1, 1), 1.0, tl.float32) * tl.where(scale > 0, scale, 1.0)  # a tile: _divide reduces over it
-    _store_codes(_quantized(ya, safe, max_value, scale_ptr, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8), packed_ptr,
-                 rows, 0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR, 1, PIECE_A)
-    _store_codes(_quantized(yb, safe, max_value, scale_ptr, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8), packed_ptr,
-                 rows, PIECE_A, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR, 1, PIECE_B)
+    _store_piece(ya, safe, rows, 0, packed_ptr, M, K, stride_pm, max_value, ELEMENT_INT4, ELEMENT_INT8, CLAMP,
+                 OUT_FP8, DP4A_FOR, PIECE_A)
+    _store_piece(yb, safe, rows, PIECE_A, packed_ptr, M, K, stride_pm, max_value, ELEMENT_INT4, ELEMENT_INT8, CLAMP,
+                 OUT_FP8, DP4A_FOR, PIECE_B)
     if PIECE_C > 0:
-        _store_codes(_quantized(yc, safe, max_value, scale_ptr, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8),
-                     packed_ptr, rows, PIECE_A + PIECE_B, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8,
-                     DP4A_FOR, 1, PIECE_C)
+        _store_piece(yc, safe, rows, PIECE_A + PIECE_B, packed_ptr, M, K, stride_pm, max_value, ELEMENT_INT4,
+                     ELEMENT_INT8, CLAMP, OUT_FP8, DP4A_FOR, PIECE_C)
     tl.store(scale_ptr + rows * stride_sm, tl.full((1,), 0.0, tl.float32) + scale, mask=rows < M)
 
 
