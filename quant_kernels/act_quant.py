@@ -634,7 +634,9 @@ def _act_quant_kernel(
     CLAMP (``clamp_kind``): how far the scaled values are saturated to the grid (``_encode``).
     WORDS (plain bfloat16 x with an even row stride, not chunked): x loads as int32 words of element pairs
     (``_load_plain``, ``_widen``); PAIR_MAX (with WORDS, compiled for sm_86 and up): their absmax is taken on the
-    words (``_group_absmax``)."""
+    words (``_group_absmax``). PIECE_A, PIECE_B, PIECE_C (``row_pieces``; plain per-token rows, taken by configs of
+    one row a program, BLOCK_M 1, unchunked): the row is held as power-of-two pieces of these widths instead of
+    padded to BLOCK_K (``_load_pieces``, ``_quantize_pieces``); other configs pad it as before."""
     launch_dependents(LAUNCH_DEPENDENTS)
     wait_for_producer(USE_GDC)
     pid_m = tl.program_id(0)
