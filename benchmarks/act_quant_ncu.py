@@ -26,21 +26,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.act_quant_bench import FORMATS, config_label  # noqa: E402
+from benchmarks.kernel_bench import parse_names, parse_shapes  # noqa: E402
 
 DRY_SHAPE = (6, 384)
-
-
-def parse_shapes(text: str) -> list[tuple[int, int]]:
-    """'8192x4096,8192x14336' -> [(8192, 4096), (8192, 14336)]; ValueError names the bad entry."""
-    shapes = []
-    for part in filter(None, text.split(",")):
-        fields = part.split("x")
-        if len(fields) != 2 or not all(f.isdigit() and int(f) > 0 for f in fields):
-            raise ValueError(f"--shapes takes M x K pairs of positive integers like 8192x4096, got {part!r}")
-        shapes.append((int(fields[0]), int(fields[1])))
-    if not shapes:
-        raise ValueError("--shapes is empty")
-    return shapes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,18 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--launches", type=int, default=1, help="calls inside the NVTX range per shape and format")
     p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: the interpreter, a tiny shape")
     args = p.parse_args(argv)
-    formats = [f for f in args.formats.split(",") if f]
-    if not formats or any(f not in FORMATS for f in formats):
-        p.error(f"--formats takes a comma list of {', '.join(FORMATS)}, got {args.formats!r}")
+    try:
+        formats = parse_names(args.formats, FORMATS, "--formats")
+        shapes = parse_shapes(args.shapes, "M x K", "8192x4096", presets={})
+    except SystemExit as err:
+        p.error(str(err))
     if args.fp8_codes and any(FORMATS[f][1] for f in formats):
         p.error("--fp8_codes takes the per-token formats only (int4, e2m1)")
     if args.launches < 1 or args.tuning_calls < 0:
         p.error(f"--launches must be at least 1 and --tuning_calls at least 0, got {args.launches}, "
                 f"{args.tuning_calls}")
-    try:
-        shapes = parse_shapes(args.shapes)
-    except ValueError as err:
-        p.error(str(err))
     if args.cpu_dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
         shapes = [DRY_SHAPE]

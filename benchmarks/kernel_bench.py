@@ -76,14 +76,19 @@ FPX_FORMATS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1")  # weight-only elements
 CHECK_ROWS = 64  # rows of the activations checked against the twin
 
 
-def parse_shapes(text: str) -> list[tuple[int, int]]:
-    """'NxK,NxK' (or a preset name) -> [(N, K), ...]."""
-    text = SHAPE_PRESETS.get(text, text)
+def parse_shapes(text: str, form: str = "N x K", example: str = "4096x4096,14336x4096",
+                 presets: dict[str, str] = SHAPE_PRESETS) -> list[tuple[int, int]]:
+    """'AxB,AxB' (or a name of ``presets``) -> [(A, B), ...], pairs of positive integers; SystemExit naming them as
+    ``form`` (weights' N x K by default) otherwise."""
+    text = presets.get(text, text)
     try:
-        return [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",")]  # type: ignore[misc]
+        shapes = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",")]
     except ValueError:
-        raise SystemExit(f"--shapes takes N x K pairs like 4096x4096,14336x4096 or one of "
-                         f"{', '.join(SHAPE_PRESETS)}, got {text!r}")
+        shapes = []
+    if not shapes or any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
+        named = f" or one of {', '.join(presets)}" if presets else ""
+        raise SystemExit(f"--shapes takes {form} pairs like {example}{named}, got {text!r}")
+    return shapes  # type: ignore[return-value]
 
 
 def parse_names(text: str, allowed, flag: str) -> list[str]:

@@ -142,7 +142,10 @@ def test_act_quant_ncu_measures_each_format_under_the_interpreter(capsys):
     assert len(lines) == 6 and all(line.endswith("scales finite: True") for line in lines)
     assert sum("E4M3 codes" in line for line in lines) == 2
     for argv, message in ((["--fp8_codes", "--formats", "nvfp4"], "per-token formats only"),
-                          (["--shapes", "8x"], "got '8x'"), (["--formats", "int3"], "got 'int3'")):
+                          (["--shapes", "8x"], "--shapes takes M x K pairs like 8192x4096, got '8x'"),
+                          (["--shapes", "0x4096"], "got '0x4096'"), (["--shapes", "8x8x8"], "got '8x8x8'"),
+                          (["--formats", "int3"], "--formats takes a comma list of"),
+                          (["--launches", "0"], "--launches must be at least 1")):
         with pytest.raises(SystemExit):
             act_quant_ncu.main(["--cpu_dry_run", *argv])
         assert message in capsys.readouterr().err
