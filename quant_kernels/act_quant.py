@@ -112,10 +112,21 @@ def _bits_to_float(bits):
 
 @triton.jit
 def _load_plain(x_ptr, rows, row_ok, pid_k, K, stride_xm, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                WORDS: tl.constexpr):
+                WORDS: tl.constexpr, SPREAD: tl.constexpr):
     """The tile of x at rows and column block pid_k as loaded (zeros outside x): (BLOCK_M, BLOCK_K) elements, or
-    with WORDS (bfloat16 x, an even row stride) (BLOCK_M, BLOCK_K // 2) int32 words of element pairs."""
-    if WORDS:
+    with WORDS (bfloat16 x, an even row stride) (BLOCK_M, BLOCK_K // 2) int32 words of element pairs.
+
+    SPREAD (with WORDS; ``_store_codes`` takes the same): the words are loaded as 16-byte vectors, four words, that
+    the program's threads take in turn, so that a warp's load is 512 contiguous bytes. Otherwise Triton gives each
+    thread a run of BLOCK_K / 2 / threads words (64 bytes for a row of 4096 on 4 warps): a warp's load then spans
+    2 KB, half of every 32-byte sector it touches, and the next load reads the other half from L1 (the H200 showed
+    an L1 hit rate near 50 % for the activation kernel, which reads every byte once). Per-token rows only: groups
+    of NVFP4 and MXFP4 take their absmax within a thread on the long runs."""
+    if WORDS and SPREAD:
+        cols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 8)[:, None] * 4 + tl.arange(0, 4)[None, :]
+        tile = tl.load(x_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None, None] * (stride_xm // 2) + cols[None, :, :],
+                       mask=row_ok[:, None, None] & (cols < K // 2)[None, :, :], other=0).reshape(BLOCK_M, BLOCK_K // 2)
+    elif WORDS:
         cols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
         tile = tl.load(x_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (stride_xm // 2) + cols[None, :],
                        mask=row_ok[:, None] & (cols < K // 2)[None, :], other=0)
@@ -454,16 +465,25 @@ def _tail_quantize_rows(count_ptr, x_ptr, stride_xm, norm_ptr, packed_ptr, scale
             if NORM:
                 y = _rms_normed(y, weight, K, eps, ROUND_BF16, ROUND_F16)
             _quantize_tile(y, y, rows, 0, packed_ptr, scale_ptr, scale_ptr, M, K, 1, stride_pm, 1, clip_ratio,
-                           max_value, ELEMENT_INT4, False, 0, BLOCK_K, CLAMP, False, DP4A_FOR, 1, BLOCK_K, False)
+                           max_value, ELEMENT_INT4, False, 0, BLOCK_K, CLAMP, False, DP4A_FOR, 1, BLOCK_K, False,
+                           False)
 
 
 @triton.jit
 def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr,
-                 OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+                 OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                 SPREAD: tl.constexpr):
     """Write a (BLOCK_M, BLOCK_K) tile of codes whose first column is col0: packed two a byte, as E4M3 bytes (OUT_FP8:
-    ``codes`` are the grid values, ``_quantized``), or as the decode kernel's dp4a bytes (INT8 levels only so)."""
+    ``codes`` are the grid values, ``_quantized``), or as the decode kernel's dp4a bytes (INT8 levels only so).
+    SPREAD: the tile was loaded so (``_load_plain``), and its bytes are stored in the same pieces, eight elements'
+    a thread in turn, where a store of another layout would move the tile through shared memory first."""
     row_ok = rows < M
-    if OUT_FP8:  # one E4M3 byte per element, for the FP8 GEMM
+    if OUT_FP8 and SPREAD:  # one E4M3 byte per element, for the FP8 GEMM
+        cols = col0 + tl.arange(0, BLOCK_K // 8)[:, None] * 8 + tl.arange(0, 8)[None, :]
+        tl.store(packed_ptr + rows[:, None, None] * stride_pm + cols[None, :, :],
+                 codes.to(tl.float8e4nv).to(tl.uint8, bitcast=True).reshape(BLOCK_M, BLOCK_K // 8, 8),
+                 mask=row_ok[:, None, None] & (cols < K)[None, :, :])
+    elif OUT_FP8:
         cols = col0 + tl.arange(0, BLOCK_K)
         tl.store(packed_ptr + rows[:, None] * stride_pm + cols[None, :],
                  codes.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=row_ok[:, None] & (cols < K)[None, :])
@@ -475,6 +495,12 @@ def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: t
         word_mask = row_ok[:, None] & (word_cols < K // 8)[None, :]
         tl.store(ptrs, first, mask=word_mask)
         tl.store(ptrs + K // 8, second, mask=word_mask)
+    elif SPREAD:
+        low, high = tl.split(codes.reshape(BLOCK_M, BLOCK_K // 2, 2))
+        byte_cols = col0 // 2 + tl.arange(0, BLOCK_K // 8)[:, None] * 4 + tl.arange(0, 4)[None, :]
+        tl.store(packed_ptr + rows[:, None, None] * stride_pm + byte_cols[None, :, :],
+                 _byte_pairs(low, high, ELEMENT_INT4).reshape(BLOCK_M, BLOCK_K // 8, 4),
+                 mask=row_ok[:, None, None] & (byte_cols < K // 2)[None, :, :])
     else:
         low, high = tl.split(codes.reshape(BLOCK_M, BLOCK_K // 2, 2))
         byte_cols = col0 // 2 + tl.arange(0, BLOCK_K // 2)
@@ -524,9 +550,11 @@ def _group_absmax(y, words, BLOCK_M: tl.constexpr, GROUPS: tl.constexpr, GROUP: 
 def _quantize_tile(y, words, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales, stride_pm,
                    stride_sm, clip_ratio, max_value, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr,
                    SCALE_KIND: tl.constexpr, GROUP: tl.constexpr, CLAMP: tl.constexpr, OUT_FP8: tl.constexpr,
-                   DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PAIR_MAX: tl.constexpr):
+                   DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PAIR_MAX: tl.constexpr,
+                   SPREAD: tl.constexpr):
     """Scale each group of the fp32 tile y (rows x column block pid_k), encode it and write codes and scales; with
-    PAIR_MAX the absmax comes from ``words``, the bfloat16 pairs y was widened from (``_group_absmax``)."""
+    PAIR_MAX the absmax comes from ``words``, the bfloat16 pairs y was widened from (``_group_absmax``); SPREAD as
+    the tile was loaded (``_load_plain``)."""
     groups: tl.constexpr = BLOCK_K // GROUP
     yg = y.reshape(BLOCK_M, groups, GROUP)
     scale = _scales(_group_absmax(y, words, BLOCK_M, groups, GROUP, PAIR_MAX), tensor_amax_ptr, clip_ratio, max_value,
@@ -536,7 +564,7 @@ def _quantize_tile(y, words, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr
                        CLAMP, OUT_FP8)
     codes = codes.reshape(BLOCK_M, BLOCK_K)
     _store_codes(codes, packed_ptr, rows, pid_k * BLOCK_K, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8,
-                 OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
+                 OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K, SPREAD)
     scale_cols = pid_k * groups + tl.arange(0, groups)
     tl.store(scale_ptr + rows[:, None] * stride_sm + scale_cols[None, :], scale,
              mask=(rows < M)[:, None] & (scale_cols < n_scales)[None, :])
@@ -547,10 +575,11 @@ def _load_pieces(x_ptr, rows, row_ok, stride_xm, K, BLOCK_M: tl.constexpr, WORDS
                  PIECE_A: tl.constexpr, PIECE_B: tl.constexpr, PIECE_C: tl.constexpr):
     """Whole rows of x as ``_load_plain`` tiles of PIECE_A, PIECE_B and PIECE_C columns (PIECE_C 0: a (BLOCK_M, 1)
     placeholder), side by side: each piece's first column is a multiple of its width."""
-    xa = _load_plain(x_ptr, rows, row_ok, 0, K, stride_xm, BLOCK_M, PIECE_A, WORDS)
-    xb = _load_plain(x_ptr, rows, row_ok, PIECE_A // PIECE_B, K, stride_xm, BLOCK_M, PIECE_B, WORDS)
+    xa = _load_plain(x_ptr, rows, row_ok, 0, K, stride_xm, BLOCK_M, PIECE_A, WORDS, True)
+    xb = _load_plain(x_ptr, rows, row_ok, PIECE_A // PIECE_B, K, stride_xm, BLOCK_M, PIECE_B, WORDS, True)
     if PIECE_C > 0:
-        xc = _load_plain(x_ptr, rows, row_ok, (PIECE_A + PIECE_B) // PIECE_C, K, stride_xm, BLOCK_M, PIECE_C, WORDS)
+        xc = _load_plain(x_ptr, rows, row_ok, (PIECE_A + PIECE_B) // PIECE_C, K, stride_xm, BLOCK_M, PIECE_C, WORDS,
+                         True)
     else:
         xc = tl.full((BLOCK_M, 1), 0, tl.int32)
     return xa, xb, xc
@@ -569,11 +598,12 @@ def _piece_absmax(y, words, PAIR_MAX: tl.constexpr):
 @triton.jit
 def _store_piece(y, safe, rows, col0, packed_ptr, M, K, stride_pm, max_value, ELEMENT_INT4: tl.constexpr,
                  ELEMENT_INT8: tl.constexpr, CLAMP: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
-                 WIDTH: tl.constexpr):
-    """The codes of one piece (1, WIDTH) of a per-token row, its first column col0, under the row's scale."""
+                 WIDTH: tl.constexpr, SPREAD: tl.constexpr):
+    """The codes of one piece (1, WIDTH) of a per-token row, its first column col0, under the row's scale; SPREAD as
+    the piece was loaded (``_load_plain``)."""
     codes = _quantized(y, safe, max_value, packed_ptr, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8)
     _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR, 1,
-                 WIDTH)
+                 WIDTH, SPREAD)
 
 
 @triton.jit
@@ -594,12 +624,12 @@ def _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, s
     scale = _scales(amax, scale_ptr, clip_ratio, max_value, 0)
     safe = tl.full((1, 1), 1.0, tl.float32) * tl.where(scale > 0, scale, 1.0)  # a tile: _divide reduces over it
     _store_piece(ya, safe, rows, 0, packed_ptr, M, K, stride_pm, max_value, ELEMENT_INT4, ELEMENT_INT8, CLAMP,
-                 OUT_FP8, DP4A_FOR, PIECE_A)
+                 OUT_FP8, DP4A_FOR, PIECE_A, WORDS)
     _store_piece(yb, safe, rows, PIECE_A, packed_ptr, M, K, stride_pm, max_value, ELEMENT_INT4, ELEMENT_INT8, CLAMP,
-                 OUT_FP8, DP4A_FOR, PIECE_B)
+                 OUT_FP8, DP4A_FOR, PIECE_B, WORDS)
     if PIECE_C > 0:
         _store_piece(yc, safe, rows, PIECE_A + PIECE_B, packed_ptr, M, K, stride_pm, max_value, ELEMENT_INT4,
-                     ELEMENT_INT8, CLAMP, OUT_FP8, DP4A_FOR, PIECE_C)
+                     ELEMENT_INT8, CLAMP, OUT_FP8, DP4A_FOR, PIECE_C, WORDS)
     tl.store(scale_ptr + rows * stride_sm, tl.full((1,), 0.0, tl.float32) + scale, mask=rows < M)
 
 
@@ -641,6 +671,7 @@ def _act_quant_kernel(
     padded to BLOCK_K (``_load_pieces``, ``_quantize_pieces``); other configs pad it as before."""
     launch_dependents(LAUNCH_DEPENDENTS)
     wait_for_producer(USE_GDC)
+    SPREAD: tl.constexpr = WORDS and GROUP == BLOCK_K  # per-token rows of words (``_load_plain``)
     pid_m = tl.program_id(0)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
@@ -667,7 +698,7 @@ def _act_quant_kernel(
             codes = _quantized(y, safe, max_value, tensor_amax_ptr, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, CLAMP,
                                OUT_FP8)
             _store_codes(codes, packed_ptr, rows, c0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR,
-                         BLOCK_M, CHUNK)
+                         BLOCK_M, CHUNK, False)
         tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])
     elif ROW_STEPS > 1 and PIECE_A > 0 and BLOCK_M == 1:
         for step in tl.range(0, ROW_STEPS, num_stages=LOOP_STAGES):
@@ -680,10 +711,11 @@ def _act_quant_kernel(
         pid_k = tl.program_id(1)
         for step in tl.range(0, ROW_STEPS, num_stages=LOOP_STAGES):
             rows = (pid_m * ROW_STEPS + step) * BLOCK_M + tl.arange(0, BLOCK_M)
-            x = _load_plain(x_ptr, rows, rows < M, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, WORDS)
+            x = _load_plain(x_ptr, rows, rows < M, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, WORDS, SPREAD)
             _quantize_tile(_widen(x, BLOCK_M, BLOCK_K, WORDS), x, rows, pid_k, packed_ptr, scale_ptr,
                            tensor_amax_ptr, M, K, n_scales, stride_pm, stride_sm, clip_ratio, max_value, ELEMENT_INT4,
-                           ELEMENT_INT8, SCALE_KIND, GROUP, CLAMP, OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K, PAIR_MAX)
+                           ELEMENT_INT8, SCALE_KIND, GROUP, CLAMP, OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K, PAIR_MAX,
+                           SPREAD)
     elif PIECE_A > 0 and BLOCK_M == 1 and not AMAX_ONLY:
         xa, xb, xc = _load_pieces(x_ptr, rows, row_ok, stride_xm, K, BLOCK_M, WORDS, PIECE_A, PIECE_B, PIECE_C)
         _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, stride_sm, clip_ratio, max_value,
@@ -693,7 +725,7 @@ def _act_quant_kernel(
         pid_k = tl.program_id(1)
         cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
         if WORDS:  # plain bfloat16 x
-            words = _load_plain(x_ptr, rows, row_ok, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, True)
+            words = _load_plain(x_ptr, rows, row_ok, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, True, SPREAD)
             y = _widen(words, BLOCK_M, BLOCK_K, True)
         else:
             y = _load(x_ptr, h_ptr, norm_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, eps, BLOCK_M, BLOCK_K,
@@ -708,7 +740,7 @@ def _act_quant_kernel(
         else:
             _quantize_tile(y, words, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales, stride_pm,
                            stride_sm, clip_ratio, max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, GROUP, CLAMP,
-                           OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K, PAIR_MAX)
+                           OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K, PAIR_MAX, SPREAD)
 
 
 @lru_cache(maxsize=None)
