@@ -156,7 +156,7 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
 
 def act_quant_source(case: str, config: tuple[int, ...], k: int):
     """The activation kernel's ASTSource for rows of ``k`` bfloat16 columns (``case``: ACT_ELEMENTS; per token
-    without clipping, or the block-scaled formats) and one (BLOCK_M, CHUNK, warps, stages, ROW_STEPS, LOOP_STAGES)."""
+    without clipping, or the block-scaled formats) and one (BLOCK_M, CHUNK, warps, stages, ROW_STEPS)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.act_quant import SCALE_KIND_IDS, _act_quant_kernel, _tile, clamp_kind, row_pieces
@@ -173,7 +173,7 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
                      HAD_BLOCK=0, HB=1, DOT_F32=False, ROUND_BF16=True, ROUND_F16=False, AMAX_ONLY=False,
                      OUT_FP8=fp8_codes, DP4A_FOR=0, LAUNCH_DEPENDENTS=False, USE_GDC=False, PROLOGUE=0,
                      **row_pieces(k, group, 0, 0), BLOCK_M=config[0], BLOCK_K=block_k, CHUNK=config[1],
-                     ROW_STEPS=config[4], LOOP_STAGES=config[5], SPLIT=False)
+                     ROW_STEPS=config[4], SPLIT=False)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i, name in enumerate(names)
                if name in ("x_ptr", "packed_ptr", "scale_ptr", "K", "stride_xm", "stride_pm")}
@@ -181,26 +181,24 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
 
 
 def act_quant_configs(k: int, group: int = 0) -> list[tuple[int, ...]]:
-    """(BLOCK_M, CHUNK, warps, stages, ROW_STEPS, LOOP_STAGES) of the configs the activation kernel's autotuner keeps for rows of
+    """(BLOCK_M, CHUNK, warps, stages, ROW_STEPS) of the configs the activation kernel's autotuner keeps for rows of
     k columns at M = 8192, per token or in groups of ``group``."""
     from quant_kernels import act_quant
 
     block_k = act_quant._tile(k, group, 0)[1]
     kept = act_quant._prune_tiles(act_quant._act_quant_autotuned.configs, dict(M_BUCKET=4096), HAD_BLOCK=0,
                                   BLOCK_K=block_k, GROUP=group or block_k, AMAX_ONLY=False, PROLOGUE=0)
-    return [(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"], c.num_warps, c.num_stages, c.kwargs["ROW_STEPS"],
-             c.kwargs["LOOP_STAGES"]) for c in kept]
+    return [(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"], c.num_warps, c.num_stages, c.kwargs["ROW_STEPS"]) for c in kept]
 
 
 def config_label(kernel: str, config: tuple[int, ...]) -> str:
-    """A config in words: (BLOCK_M, CHUNK, warps, stages, ROW_STEPS, LOOP_STAGES) for act_quant, else tile sizes, warps, stages
+    """A config in words: (BLOCK_M, CHUNK, warps, stages, ROW_STEPS) for act_quant, else tile sizes, warps, stages
     and the decode kernels' options (prefetch, fold, pipelined)."""
     if kernel == "fpx_tile":
         return f"16x{config[0]}x{config[1]} w{config[2]} s{config[3]}" + (" swapped" if config[4] else "")
     if kernel == "act_quant":
         return (f"{config[0]} row{'s' if config[0] > 1 else ''}" + (f", chunk {config[1]}" if config[1] else "")
-                + (f", {config[4]} blocks in turn" if config[4] > 1 else "")
-                + (f" pipelined{config[5]}" if config[5] > 1 else "") + f" w{config[2]} s{config[3]}")
+                + (f", {config[4]} blocks in turn" if config[4] > 1 else "") + f" w{config[2]} s{config[3]}")
     return ("x".join(map(str, config[:2])) + f" w{config[2]} s{config[3]}"
             + (" prefetch" if config[4:] and config[4] else "")
             + (f" fold{config[5]}" if config[5:] and config[5] > 1 else "")

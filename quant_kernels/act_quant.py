@@ -66,11 +66,9 @@ INTERPRET_CHUNK = 0
 SPLIT_CHUNKS = (512, 1024, 2048)
 SPLIT_MAX_M = 4
 INTERPRET_SPLIT = False
-# Row blocks a program quantizes in turn (``_act_quant_kernel``'s ROW_STEPS; autotuned for plain x), the stages of
-# that loop Triton pipelines (LOOP_STAGES: the blocks loading, through shared memory, while one is quantized), and the
-# count the interpreter uses for plain x (tests set it).
+# Row blocks a program quantizes in turn, its next block's load in flight (``_act_quant_kernel``'s ROW_STEPS;
+# autotuned for plain x), and the count the interpreter uses for plain x (tests set it).
 ROW_STEP_COUNTS = (4, 16)
-ROW_LOOP_STAGES = (2, 4)
 INTERPRET_ROW_STEPS = 1
 # The narrowest power-of-two piece a per-token row is held in (``row_pieces``): a whole number of dp4a words and of
 # 16-byte loads a thread.
@@ -643,7 +641,7 @@ def _act_quant_kernel(
     ROUND_F16: tl.constexpr, AMAX_ONLY: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
     LAUNCH_DEPENDENTS: tl.constexpr, USE_GDC: tl.constexpr, PROLOGUE: tl.constexpr, PIECE_A: tl.constexpr,
     PIECE_B: tl.constexpr, PIECE_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, CHUNK: tl.constexpr,
-    ROW_STEPS: tl.constexpr, LOOP_STAGES: tl.constexpr, SPLIT: tl.constexpr,
+    ROW_STEPS: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """DP4A_FOR: 0 packs two codes a byte; 1 (2) writes each code's value as a signed byte in the decode
     kernel's order for INT4 (E2M1) weights, ``reference.dp4a_bytes``. LAUNCH_DEPENDENTS: the next kernel (the
@@ -701,21 +699,33 @@ def _act_quant_kernel(
                          BLOCK_M, CHUNK, False)
         tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])
     elif ROW_STEPS > 1 and PIECE_A > 0 and BLOCK_M == 1:
-        for step in tl.range(0, ROW_STEPS, num_stages=LOOP_STAGES):
-            rows = pid_m * ROW_STEPS + step + tl.arange(0, 1)
-            xa, xb, xc = _load_pieces(x_ptr, rows, rows < M, stride_xm, K, BLOCK_M, WORDS, PIECE_A, PIECE_B, PIECE_C)
+        rows = pid_m * ROW_STEPS * BLOCK_M + tl.arange(0, BLOCK_M)
+        xa, xb, xc = _load_pieces(x_ptr, rows, rows < M, stride_xm, K, BLOCK_M, WORDS, PIECE_A, PIECE_B, PIECE_C)
+        for step in range(ROW_STEPS):
+            next_rows = rows + BLOCK_M
+            na, nb, nc = _load_pieces(x_ptr, next_rows, (next_rows < M) & (step + 1 < ROW_STEPS), stride_xm, K,
+                                      BLOCK_M, WORDS, PIECE_A, PIECE_B, PIECE_C)
             _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, stride_sm, clip_ratio,
                              max_value, ELEMENT_INT4, ELEMENT_INT8, CLAMP, OUT_FP8, DP4A_FOR, WORDS, PIECE_A, PIECE_B,
                              PIECE_C, PAIR_MAX)
+            xa = na
+            xb = nb
+            xc = nc
+            rows = next_rows
     elif ROW_STEPS > 1:
         pid_k = tl.program_id(1)
-        for step in tl.range(0, ROW_STEPS, num_stages=LOOP_STAGES):
-            rows = (pid_m * ROW_STEPS + step) * BLOCK_M + tl.arange(0, BLOCK_M)
-            x = _load_plain(x_ptr, rows, rows < M, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, WORDS, SPREAD)
+        rows = pid_m * ROW_STEPS * BLOCK_M + tl.arange(0, BLOCK_M)
+        x = _load_plain(x_ptr, rows, rows < M, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, WORDS, SPREAD)
+        for step in range(ROW_STEPS):
+            next_rows = rows + BLOCK_M
+            x_next = _load_plain(x_ptr, next_rows, (next_rows < M) & (step + 1 < ROW_STEPS), pid_k, K, stride_xm,
+                                 BLOCK_M, BLOCK_K, WORDS, SPREAD)
             _quantize_tile(_widen(x, BLOCK_M, BLOCK_K, WORDS), x, rows, pid_k, packed_ptr, scale_ptr,
                            tensor_amax_ptr, M, K, n_scales, stride_pm, stride_sm, clip_ratio, max_value, ELEMENT_INT4,
                            ELEMENT_INT8, SCALE_KIND, GROUP, CLAMP, OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K, PAIR_MAX,
                            SPREAD)
+            x = x_next
+            rows = next_rows
     elif PIECE_A > 0 and BLOCK_M == 1 and not AMAX_ONLY:
         xa, xb, xc = _load_pieces(x_ptr, rows, row_ok, stride_xm, K, BLOCK_M, WORDS, PIECE_A, PIECE_B, PIECE_C)
         _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, stride_sm, clip_ratio, max_value,
@@ -805,15 +815,15 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
 # _tile's, unchunked unless INTERPRET_CHUNK is set, split if INTERPRET_SPLIT is too, one block a program unless
 # INTERPRET_ROW_STEPS is).
 _act_quant_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, LOOP_STAGES=1, SPLIT=False), num_warps=w)
+    configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, SPLIT=False), num_warps=w)
              for bm in (1, 2, 4, 8, 16, 32, 64) for w in (4, 8, 16)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, LOOP_STAGES=1, SPLIT=False), num_warps=w) for bm in (1, 2)
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, SPLIT=False), num_warps=w) for bm in (1, 2)
        for w in (1, 2)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1, LOOP_STAGES=1, SPLIT=False), num_warps=w)
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1, SPLIT=False), num_warps=w)
        for chunk in CHUNKS for bm in (1, 2, 4) for w in (4, 8)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps, LOOP_STAGES=stages, SPLIT=False), num_warps=w)
-       for steps in ROW_STEP_COUNTS for stages in ROW_LOOP_STAGES for bm in (1, 2) for w in (2, 4, 8, 16)]
-    + [triton.Config(dict(BLOCK_M=1, CHUNK=chunk, ROW_STEPS=1, LOOP_STAGES=1, SPLIT=True), num_warps=w)
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps, SPLIT=False), num_warps=w)
+       for steps in ROW_STEP_COUNTS for bm in (1, 2) for w in (4, 8, 16)]
+    + [triton.Config(dict(BLOCK_M=1, CHUNK=chunk, ROW_STEPS=1, SPLIT=True), num_warps=w)
        for chunk in SPLIT_CHUNKS for w in (4, 8)],
     key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "ELEMENT_INT8", "SCALE_KIND", "GROUP", "CLAMP", "WORDS",
          "PAIR_MAX", "HAD_BLOCK", "ROUND_BF16", "ROUND_F16", "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
@@ -930,7 +940,7 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
                  and 0 < INTERPRET_CHUNK < block_k else 0)
         steps = INTERPRET_ROW_STEPS if not (chunk or hadamard_block or prologue) else 1
         split = INTERPRET_SPLIT and chunk > 0 and not prologue
-        launch.update(BLOCK_M=block_m, CHUNK=chunk, LOOP_STAGES=1, num_warps=4)
+        launch.update(BLOCK_M=block_m, CHUNK=chunk, num_warps=4)
         amax_kernel = partial(_act_quant_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))], ROW_STEPS=1,
                               SPLIT=False)
         columns = triton.cdiv(k, chunk) if split else 1 if chunk else triton.cdiv(k, block_k)
