@@ -110,21 +110,10 @@ def _bits_to_float(bits):
 
 @triton.jit
 def _load_plain(x_ptr, rows, row_ok, pid_k, K, stride_xm, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                WORDS: tl.constexpr, SPREAD: tl.constexpr):
+                WORDS: tl.constexpr):
     """The tile of x at rows and column block pid_k as loaded (zeros outside x): (BLOCK_M, BLOCK_K) elements, or
-    with WORDS (bfloat16 x, an even row stride) (BLOCK_M, BLOCK_K // 2) int32 words of element pairs.
-
-    SPREAD (with WORDS; ``_store_codes`` takes the same): the words are loaded as 16-byte vectors, four words, that
-    the program's threads take in turn, so that a warp's load is 512 contiguous bytes. Otherwise Triton gives each
-    thread a run of BLOCK_K / 2 / threads words (64 bytes for a row of 4096 on 4 warps): a warp's load then spans
-    2 KB, half of every 32-byte sector it touches, and the next load reads the other half from L1 (the H200 showed
-    an L1 hit rate near 50 % for the activation kernel, which reads every byte once). Per-token rows only: groups
-    of NVFP4 and MXFP4 take their absmax within a thread on the long runs."""
-    if WORDS and SPREAD:
-        cols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 8)[:, None] * 4 + tl.arange(0, 4)[None, :]
-        tile = tl.load(x_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None, None] * (stride_xm // 2) + cols[None, :, :],
-                       mask=row_ok[:, None, None] & (cols < K // 2)[None, :, :], other=0).reshape(BLOCK_M, BLOCK_K // 2)
-    elif WORDS:
+    with WORDS (bfloat16 x, an even row stride) (BLOCK_M, BLOCK_K // 2) int32 words of element pairs."""
+    if WORDS:
         cols = pid_k * (BLOCK_K // 2) + tl.arange(0, BLOCK_K // 2)
         tile = tl.load(x_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * (stride_xm // 2) + cols[None, :],
                        mask=row_ok[:, None] & (cols < K // 2)[None, :], other=0)
@@ -463,25 +452,16 @@ def _tail_quantize_rows(count_ptr, x_ptr, stride_xm, norm_ptr, packed_ptr, scale
             if NORM:
                 y = _rms_normed(y, weight, K, eps, ROUND_BF16, ROUND_F16)
             _quantize_tile(y, y, rows, 0, packed_ptr, scale_ptr, scale_ptr, M, K, 1, stride_pm, 1, clip_ratio,
-                           max_value, ELEMENT_INT4, False, 0, BLOCK_K, CLAMP, False, DP4A_FOR, 1, BLOCK_K, False,
-                           False)
+                           max_value, ELEMENT_INT4, False, 0, BLOCK_K, CLAMP, False, DP4A_FOR, 1, BLOCK_K, False)
 
 
 @triton.jit
 def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr,
-                 OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPREAD: tl.constexpr):
+                 OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Write a (BLOCK_M, BLOCK_K) tile of codes whose first column is col0: packed two a byte, as E4M3 bytes (OUT_FP8:
-    ``codes`` are the grid values, ``_quantized``), or as the decode kernel's dp4a bytes (INT8 levels only so).
-    SPREAD: the tile was loaded so (``_load_plain``), and its bytes are stored in the same pieces, eight elements'
-    a thread in turn, where a store of another layout would move the tile through shared memory first."""
+    ``codes`` are the grid values, ``_quantized``), or as the decode kernel's dp4a bytes (INT8 levels only so)."""
     row_ok = rows < M
-    if OUT_FP8 and SPREAD:  # one E4M3 byte per element, for the FP8 GEMM
-        cols = col0 + tl.arange(0, BLOCK_K // 8)[:, None] * 8 + tl.arange(0, 8)[None, :]
-        tl.store(packed_ptr + rows[:, None, None] * stride_pm + cols[None, :, :],
-                 codes.to(tl.float8e4nv).to(tl.uint8, bitcast=True).reshape(BLOCK_M, BLOCK_K // 8, 8),
-                 mask=row_ok[:, None, None] & (cols < K)[None, :, :])
-    elif OUT_FP8:
+    if OUT_FP8:  # one E4M3 byte per element, for the FP8 GEMM
         cols = col0 + tl.arange(0, BLOCK_K)
         tl.store(packed_ptr + rows[:, None] * stride_pm + cols[None, :],
                  codes.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=row_ok[:, None] & (cols < K)[None, :])
@@ -493,12 +473,6 @@ def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: t
         word_mask = row_ok[:, None] & (word_cols < K // 8)[None, :]
         tl.store(ptrs, first, mask=word_mask)
         tl.store(ptrs + K // 8, second, mask=word_mask)
-    elif SPREAD:
-        low, high = tl.split(codes.reshape(BLOCK_M, BLOCK_K // 2, 2))
-        byte_cols = col0 // 2 + tl.arange(0, BLOCK_K // 8)[:, None] * 4 + tl.arange(0, 4)[None, :]
-        tl.store(packed_ptr + rows[:, None, None] * stride_pm + byte_cols[None, :, :],
-                 _byte_pairs(low, high, ELEMENT_INT4).reshape(BLOCK_M, BLOCK_K // 8, 4),
-                 mask=row_ok[:, None, None] & (byte_cols < K // 2)[None, :, :])
     else:
         low, high = tl.split(codes.reshape(BLOCK_M, BLOCK_K // 2, 2))
         byte_cols = col0 // 2 + tl.arange(0, BLOCK_K // 2)
@@ -548,11 +522,9 @@ def _group_absmax(y, words, BLOCK_M: tl.constexpr, GROUPS: tl.constexpr, GROUP: 
 def _quantize_tile(y, words, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales, stride_pm,
                    stride_sm, clip_ratio, max_value, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr,
                    SCALE_KIND: tl.constexpr, GROUP: tl.constexpr, CLAMP: tl.constexpr, OUT_FP8: tl.constexpr,
-                   DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PAIR_MAX: tl.constexpr,
-                   SPREAD: tl.constexpr):
+                   DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PAIR_MAX: tl.constexpr):
     """Scale each group of the fp32 tile y (rows x column block pid_k), encode it and write codes and scales; with
-    PAIR_MAX the absmax comes from ``words``, the bfloat16 pairs y was widened from (``_group_absmax``); SPREAD as
-    the tile was loaded (``_load_plain``)."""
+    PAIR_MAX the absmax comes from ``words``, the bfloat16 pairs y was widened from (``_group_absmax``)."""
     groups: tl.constexpr = BLOCK_K // GROUP
     yg = y.reshape(BLOCK_M, groups, GROUP)
     scale = _scales(_group_absmax(y, words, BLOCK_M, groups, GROUP, PAIR_MAX), tensor_amax_ptr, clip_ratio, max_value,
@@ -562,7 +534,7 @@ def _quantize_tile(y, words, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr
                        CLAMP, OUT_FP8)
     codes = codes.reshape(BLOCK_M, BLOCK_K)
     _store_codes(codes, packed_ptr, rows, pid_k * BLOCK_K, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8,
-                 OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K, SPREAD)
+                 OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K)
     scale_cols = pid_k * groups + tl.arange(0, groups)
     tl.store(scale_ptr + rows[:, None] * stride_sm + scale_cols[None, :], scale,
              mask=(rows < M)[:, None] & (scale_cols < n_scales)[None, :])
@@ -573,11 +545,10 @@ def _load_pieces(x_ptr, rows, row_ok, stride_xm, K, BLOCK_M: tl.constexpr, WORDS
                  PIECE_A: tl.constexpr, PIECE_B: tl.constexpr, PIECE_C: tl.constexpr):
     """Whole rows of x as ``_load_plain`` tiles of PIECE_A, PIECE_B and PIECE_C columns (PIECE_C 0: a (BLOCK_M, 1)
     placeholder), side by side: each piece's first column is a multiple of its width."""
-    xa = _load_plain(x_ptr, rows, row_ok, 0, K, stride_xm, BLOCK_M, PIECE_A, WORDS, True)
-    xb = _load_plain(x_ptr, rows, row_ok, PIECE_A // PIECE_B, K, stride_xm, BLOCK_M, PIECE_B, WORDS, True)
+    xa = _load_plain(x_ptr, rows, row_ok, 0, K, stride_xm, BLOCK_M, PIECE_A, WORDS)
+    xb = _load_plain(x_ptr, rows, row_ok, PIECE_A // PIECE_B, K, stride_xm, BLOCK_M, PIECE_B, WORDS)
     if PIECE_C > 0:
-        xc = _load_plain(x_ptr, rows, row_ok, (PIECE_A + PIECE_B) // PIECE_C, K, stride_xm, BLOCK_M, PIECE_C, WORDS,
-                         True)
+        xc = _load_plain(x_ptr, rows, row_ok, (PIECE_A + PIECE_B) // PIECE_C, K, stride_xm, BLOCK_M, PIECE_C, WORDS)
     else:
         xc = tl.full((BLOCK_M, 1), 0, tl.int32)
     return xa, xb, xc
@@ -596,12 +567,11 @@ def _piece_absmax(y, words, PAIR_MAX: tl.constexpr):
 @triton.jit
 def _store_piece(y, safe, rows, col0, packed_ptr, M, K, stride_pm, max_value, ELEMENT_INT4: tl.constexpr,
                  ELEMENT_INT8: tl.constexpr, CLAMP: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
-                 WIDTH: tl.constexpr, SPREAD: tl.constexpr):
-    """The codes of one piece (1, WIDTH) of a per-token row, its first column col0, under the row's scale; SPREAD as
-    the piece was loaded (``_load_plain``)."""
+                 WIDTH: tl.constexpr):
+    """The codes of one piece (1, WIDTH) of a per-token row, its first column col0, under the row's scale."""
     codes = _quantized(y, safe, max_value, packed_ptr, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8)
     _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR, 1,
-                 WIDTH, SPREAD)
+                 WIDTH)
 
 
 @triton.jit
@@ -622,12 +592,12 @@ def _quantize_pieces(xa, xb, xc, rows, packed_ptr, scale_ptr, M, K, stride_pm, s
     scale = _scales(amax, scale_ptr, clip_ratio, max_value, 0)
     safe = tl.full((1, 1), 1.0, tl.float32) * tl.where(scale > 0, scale, 1.0)  # a tile: _divide reduces over it
     _store_piece(ya, safe, rows, 0, packed_ptr, M, K, stride_pm, max_value, ELEMENT_INT4, ELEMENT_INT8, CLAMP,
-                 OUT_FP8, DP4A_FOR, PIECE_A, WORDS)
+                 OUT_FP8, DP4A_FOR, PIECE_A)
     _store_piece(yb, safe, rows, PIECE_A, packed_ptr, M, K, stride_pm, max_value, ELEMENT_INT4, ELEMENT_INT8, CLAMP,
-                 OUT_FP8, DP4A_FOR, PIECE_B, WORDS)
+                 OUT_FP8, DP4A_FOR, PIECE_B)
     if PIECE_C > 0:
         _store_piece(yc, safe, rows, PIECE_A + PIECE_B, packed_ptr, M, K, stride_pm, max_value, ELEMENT_INT4,
-                     ELEMENT_INT8, CLAMP, OUT_FP8, DP4A_FOR, PIECE_C, WORDS)
+                     ELEMENT_INT8, CLAMP, OUT_FP8, DP4A_FOR, PIECE_C)
     tl.store(scale_ptr + rows * stride_sm, tl.full((1,), 0.0, tl.float32) + scale, mask=rows < M)
 
 
@@ -669,7 +639,6 @@ def _act_quant_kernel(
     padded to BLOCK_K (``_load_pieces``, ``_quantize_pieces``); other configs pad it as before."""
     launch_dependents(LAUNCH_DEPENDENTS)
     wait_for_producer(USE_GDC)
-    SPREAD: tl.constexpr = WORDS and GROUP == BLOCK_K  # per-token rows of words (``_load_plain``)
     pid_m = tl.program_id(0)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
@@ -696,7 +665,7 @@ def _act_quant_kernel(
             codes = _quantized(y, safe, max_value, tensor_amax_ptr, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, CLAMP,
                                OUT_FP8)
             _store_codes(codes, packed_ptr, rows, c0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR,
-                         BLOCK_M, CHUNK, False)
+                         BLOCK_M, CHUNK)
         tl.store(scale_ptr + rows[:, None] * stride_sm + tl.arange(0, 1)[None, :], scale, mask=row_ok[:, None])
     elif ROW_STEPS > 1 and PIECE_A > 0 and BLOCK_M == 1:
         rows = pid_m * ROW_STEPS * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -715,15 +684,14 @@ def _act_quant_kernel(
     elif ROW_STEPS > 1:
         pid_k = tl.program_id(1)
         rows = pid_m * ROW_STEPS * BLOCK_M + tl.arange(0, BLOCK_M)
-        x = _load_plain(x_ptr, rows, rows < M, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, WORDS, SPREAD)
+        x = _load_plain(x_ptr, rows, rows < M, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, WORDS)
         for step in range(ROW_STEPS):
             next_rows = rows + BLOCK_M
             x_next = _load_plain(x_ptr, next_rows, (next_rows < M) & (step + 1 < ROW_STEPS), pid_k, K, stride_xm,
-                                 BLOCK_M, BLOCK_K, WORDS, SPREAD)
+                                 BLOCK_M, BLOCK_K, WORDS)
             _quantize_tile(_widen(x, BLOCK_M, BLOCK_K, WORDS), x, rows, pid_k, packed_ptr, scale_ptr,
                            tensor_amax_ptr, M, K, n_scales, stride_pm, stride_sm, clip_ratio, max_value, ELEMENT_INT4,
-                           ELEMENT_INT8, SCALE_KIND, GROUP, CLAMP, OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K, PAIR_MAX,
-                           SPREAD)
+                           ELEMENT_INT8, SCALE_KIND, GROUP, CLAMP, OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K, PAIR_MAX)
             x = x_next
             rows = next_rows
     elif PIECE_A > 0 and BLOCK_M == 1 and not AMAX_ONLY:
@@ -735,7 +703,7 @@ def _act_quant_kernel(
         pid_k = tl.program_id(1)
         cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
         if WORDS:  # plain bfloat16 x
-            words = _load_plain(x_ptr, rows, row_ok, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, True, SPREAD)
+            words = _load_plain(x_ptr, rows, row_ok, pid_k, K, stride_xm, BLOCK_M, BLOCK_K, True)
             y = _widen(words, BLOCK_M, BLOCK_K, True)
         else:
             y = _load(x_ptr, h_ptr, norm_ptr, rows, cols, M, K, stride_xm, inv_sqrt_b, eps, BLOCK_M, BLOCK_K,
@@ -750,7 +718,7 @@ def _act_quant_kernel(
         else:
             _quantize_tile(y, words, rows, pid_k, packed_ptr, scale_ptr, tensor_amax_ptr, M, K, n_scales, stride_pm,
                            stride_sm, clip_ratio, max_value, ELEMENT_INT4, ELEMENT_INT8, SCALE_KIND, GROUP, CLAMP,
-                           OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K, PAIR_MAX, SPREAD)
+                           OUT_FP8, DP4A_FOR, BLOCK_M, BLOCK_K, PAIR_MAX)
 
 
 @lru_cache(maxsize=None)
@@ -819,12 +787,12 @@ _act_quant_autotuned = triton.autotune(
              for bm in (1, 2, 4, 8, 16, 32, 64) for w in (4, 8, 16)]
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, SPLIT=False), num_warps=w) for bm in (1, 2)
        for w in (1, 2)]
-    + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1, SPLIT=False), num_warps=w)
-       for chunk in CHUNKS for bm in (1, 2, 4) for w in (4, 8)]
+    + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1, SPLIT=False), num_warps=w) for chunk in CHUNKS
+       for bm in (1, 2, 4) for w in (4, 8)]
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps, SPLIT=False), num_warps=w)
        for steps in ROW_STEP_COUNTS for bm in (1, 2) for w in (4, 8, 16)]
-    + [triton.Config(dict(BLOCK_M=1, CHUNK=chunk, ROW_STEPS=1, SPLIT=True), num_warps=w)
-       for chunk in SPLIT_CHUNKS for w in (4, 8)],
+    + [triton.Config(dict(BLOCK_M=1, CHUNK=chunk, ROW_STEPS=1, SPLIT=True), num_warps=w) for chunk in SPLIT_CHUNKS
+       for w in (4, 8)],
     key=["K", "M_BUCKET", "BLOCK_K", "ELEMENT_INT4", "ELEMENT_INT8", "SCALE_KIND", "GROUP", "CLAMP", "WORDS",
          "PAIR_MAX", "HAD_BLOCK", "ROUND_BF16", "ROUND_F16", "AMAX_ONLY", "OUT_FP8", "DP4A_FOR", "PROLOGUE"],
     prune_configs_by=dict(early_config_prune=_prune_tiles),
