@@ -16,7 +16,8 @@ from quant_layers import FORMATS, QuantSpec
 
 
 def spec_from_flags(fmt: str, bits: int, exp_bits: int | None, group_size: int, row_granularity: str,
-                    asym: bool = False, observer: str = "minmax", clip_ratio: float = 1.0) -> QuantSpec | None:
+                    asym: bool = False, observer: str = "minmax", clip_ratio: float = 1.0,
+                    static_tensor_scale: bool = False) -> QuantSpec | None:
     if bits == 16:
         return None
     if group_size > 0:
@@ -25,7 +26,7 @@ def spec_from_flags(fmt: str, bits: int, exp_bits: int | None, group_size: int, 
         granularity = "tensor" if group_size == 0 else row_granularity
     return QuantSpec(fmt, bits, exp_bits=exp_bits, granularity=granularity,
                      group_size=group_size if group_size > 0 else None, symmetric=not asym,
-                     observer=observer, clip_ratio=clip_ratio)
+                     observer=observer, clip_ratio=clip_ratio, static_tensor_scale=static_tensor_scale)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--v_asym", action="store_true")
     q.add_argument("--w_observer", default="minmax", help="minmax or mse")
     q.add_argument("--a_clip_ratio", type=float, default=1.0)
+    q.add_argument("--a_static_tensor_scale", action="store_true",
+                   help="NVFP4 activations: the fp32 tensor scale from each linear input's absmax over the calibration "
+                        "windows (--calib_dataset, --nsamples), not from each input as it comes")
     q.add_argument("--k_clip_ratio", type=float, default=1.0)
     q.add_argument("--v_clip_ratio", type=float, default=1.0)
     q.add_argument("--quantize_lm_head", action="store_true", help="also quantize lm_head (kept FP by default)")
@@ -75,11 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     kv_format = args.kv_format or args.format
+    if args.a_static_tensor_scale and args.a_bits == 16:
+        raise ValueError("--a_static_tensor_scale calibrates NVFP4 activations' tensor scale: add --format nvfp "
+                         "--a_bits 4, or drop it")
     recipe = QuantRecipe(
         weight=spec_from_flags(args.format, args.w_bits, args.w_exp_bits, args.w_group_size, "channel",
                                args.w_asym, args.w_observer),
         activation=spec_from_flags(args.format, args.a_bits, args.a_exp_bits, args.a_group_size, "token",
-                                   args.a_asym, clip_ratio=args.a_clip_ratio),
+                                   args.a_asym, clip_ratio=args.a_clip_ratio,
+                                   static_tensor_scale=args.a_static_tensor_scale),
         key=spec_from_flags(kv_format, args.k_bits, args.kv_exp_bits, args.k_groupsize, "head",
                             args.k_asym, clip_ratio=args.k_clip_ratio),
         value=spec_from_flags(kv_format, args.v_bits, args.kv_exp_bits, args.v_groupsize, "head",

@@ -83,6 +83,10 @@ class QuantRecipe:
                 raise ValueError(f"--hadamard_group_size must be at least 2, got {self.hadamard_group_size}")
         if self.weight is not None and self.weight.granularity in ("token", "head"):
             raise ValueError(f"weights are quantized per tensor, channel or group, not per {self.weight.granularity}")
+        for spec, what in ((self.weight, "weights"), (self.key, "keys"), (self.value, "values")):
+            if spec is not None and spec.static_tensor_scale:
+                raise ValueError(f"a static tensor scale is calibrated for the activations of linears; the {what} "
+                                 f"keep their own absmax as NVFP4's tensor scale")
         if self.activation is not None and self.activation.granularity in ("channel", "head"):
             raise ValueError(
                 f"activations are quantized per tensor, token or group, not per {self.activation.granularity}"

@@ -18,6 +18,7 @@ import corpora
 from calib import distributed
 from calib import LayerwiseConfig, calibrate_layerwise, calibration_windows, quantize_weights_rtn
 from calib import fpq_search
+from calib.tensor_scale import calibrate_static_tensor_scales
 from configs import QuantRecipe, RunConfig
 from evaluation import MAX_WINDOWS, evaluate_tasks, evaluation_tokens, perplexity, prepare_tasks
 from export import checkpoint_bytes, export_quantized, has_tokenizer, load_quantized, read_quantization_config
@@ -133,7 +134,8 @@ def run(cfg: RunConfig) -> RunResult | None:
     ppl_sources = _ppl_sources(cfg)
     gptq = cfg.quant.method in ("gptq", "flatquant")  # the layer-by-layer runner
     fpq = cfg.quant.method == "fpq"
-    calibrates = gptq or (fpq and not cfg.only_eval)
+    static_scales = cfg.quant.activation is not None and cfg.quant.activation.static_tensor_scale
+    calibrates = gptq or (fpq and not cfg.only_eval) or static_scales
     calib_source = corpora.resolve(cfg.calib_dataset, "train", cfg.data_dir) if calibrates else None
     _check_processes(cfg, splits_calibration=gptq)
     device = distributed.rank_device(resolve_device(cfg.device))
@@ -217,6 +219,12 @@ def run(cfg: RunConfig) -> RunResult | None:
 
     if cfg.distribute:
         model = _distribute(cfg, model, adapter)
+    if static_scales:
+        t = time.perf_counter()
+        windows = calibration_windows(calib_source, tokenizer, cfg.nsamples, cfg.seqlen, cfg.seed)
+        amax = calibrate_static_tensor_scales(model, windows, cfg.calib_batch_size)
+        timings["tensor_scale_s"] = time.perf_counter() - t
+        calibration = {**(calibration or {}), "static_tensor_amax": amax}
     metrics = _evaluate(cfg, model, tokenizer, ppl_sources, lm_eval_tasks, timings)
     timings["total_s"] = time.perf_counter() - t_start
     return _record(cfg, loc.gguf_file or os.path.basename(loc.path.rstrip("/")), cfg.quant.to_dict(),

@@ -38,6 +38,10 @@ class QuantSpec:
     ``granularity``: ``tensor`` (one scale), ``channel``/``token`` (one scale per row of the
     last dimension), ``group`` (``group_size`` consecutive elements), ``head`` (one scale
     per head and token: a group of ``head_dim``, resolved when the model is known).
+    ``static_tensor_scale`` (NVFP4 activations): the fp32 tensor scale comes from an absmax
+    calibrated once per linear input (``StaticTensorScale``), as ModelOpt's and torchao's static
+    NVFP4 flows keep it, instead of the absmax of each tensor as it comes: no token's codes then
+    depend on the other tokens of its batch, and the kernel reads the activations once.
     """
 
     format: str = "int"
@@ -48,6 +52,7 @@ class QuantSpec:
     symmetric: bool = True
     observer: str = "minmax"
     clip_ratio: float = 1.0
+    static_tensor_scale: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -96,6 +101,9 @@ class QuantSpec:
             object.__setattr__(self, "group_size", block)
         if not self.symmetric and self.format != "int":
             raise ValueError("asymmetric (zero-point) quantization is only defined for int formats")
+        if self.static_tensor_scale and self.format != "nvfp":
+            raise ValueError(f"a static tensor scale is NVFP4's second-level scale: use --format nvfp, or drop "
+                             f"--a_static_tensor_scale for {self.format}")
         if self.granularity == "group":
             if self.group_size is None or self.group_size < 1:
                 raise ValueError(f"group granularity needs a positive group size, got {self.group_size}")
@@ -109,7 +117,7 @@ class QuantSpec:
             core = f"{self.format}{self.bits}"
             if self.format == "mxfp" and self.bits != 4:
                 core += f"-e{self.exp_bits}m{self.bits - 1 - self.exp_bits}"
-            return core
+            return core + ("-static" if self.static_tensor_scale else "")
         core = f"int{self.bits}" if self.format == "int" else f"e{self.exp_bits}m{self.bits - 1 - self.exp_bits}"
         gran = {"tensor": "t", "channel": "ch", "token": "tok", "head": "head"}.get(
             self.granularity, f"g{self.group_size}"
@@ -221,9 +229,10 @@ class Quantizer:
         xf = x.float()
         return xf.reshape(1, -1) if g == 0 else xf.reshape(-1, g)
 
-    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+    def fake_quantize(self, x: torch.Tensor, tensor_amax: torch.Tensor | None = None) -> torch.Tensor:
+        """``fit`` then ``quantize_with``; ``tensor_amax`` as ``fit`` takes it."""
         xg = self.grouped(x)
-        return self.quantize_with(xg, self.fit(xg)).reshape(x.shape).to(x.dtype)
+        return self.quantize_with(xg, self.fit(xg, tensor_amax)).reshape(x.shape).to(x.dtype)
 
     def fit(self, xg: torch.Tensor, tensor_amax: torch.Tensor | None = None) -> QuantParams:
         """Scales (and zero points) for grouped rows ``xg``: one per row, along the last dim.
@@ -287,3 +296,27 @@ class Quantizer:
         scale = true_divide(hi - lo, self.element.max_level)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         return QuantParams(scale, torch.round(-lo / safe))
+
+
+class StaticTensorScale(torch.nn.Module):
+    """An NVFP4 activation quantizer whose tensor scale comes from a calibrated absmax (``QuantSpec``'s
+    ``static_tensor_scale``) instead of each input's own; the block scales stay dynamic. Values above the
+    calibrated range saturate: their block scale at E4M3's 448 times the tensor scale, their elements at E2M1's 6.
+    A module, so that the absmax (a buffer) follows ``.to(device)``."""
+
+    def __init__(self, quantizer: Quantizer, tensor_amax: torch.Tensor) -> None:
+        super().__init__()
+        if not quantizer.spec.static_tensor_scale:
+            raise ValueError(f"{quantizer.spec.label} takes each input's own tensor scale, not a calibrated one")
+        self.quantizer = quantizer
+        self.register_buffer("tensor_amax", tensor_amax.detach().float().reshape(()).clone())
+
+    @property
+    def spec(self) -> QuantSpec:
+        return self.quantizer.spec
+
+    def extra_repr(self) -> str:
+        return f"{self.spec.label}, tensor_amax={self.tensor_amax.item():.4g}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantizer.fake_quantize(x, self.tensor_amax)

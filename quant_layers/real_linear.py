@@ -80,6 +80,9 @@ class RealQuantScheme:
             problems.append("per-tensor activation scales")
         if spec.granularity == "head":
             problems.append("per-head scales")
+        if spec.static_tensor_scale:
+            problems.append("a calibrated static tensor scale: export takes NVFP4 activations' own tensor scale only, "
+                            "for now")
         if problems:
             raise ValueError(
                 f"real quantization has no kernel for {what}s quantized as {spec.label} ({', '.join(problems)}): "
