@@ -7,7 +7,9 @@ against the torch twin on the whole tensor, and reports GB/s (activations read, 
 scales written) and the share of the copy's GB/s (which reads and writes x). ``--baseline
 FILE`` also times another version of ``quant_kernels/act_quant.py`` (e.g. ``git show
 HEAD~3:quant_kernels/act_quant.py > /tmp/old.py``; its relative imports are made absolute) in the
-same process, with the same timer. The autotuned configs are listed per key.
+same process, with the same timer. ``--static_tensor_amax`` also times NVFP4 with a calibrated tensor amax (x's
+own, taken before timing; the current version only), which reads x once where its own absmax takes a launch of its
+own. The autotuned configs are listed per key.
 
     python benchmarks/act_quant_bench.py --shapes 8192x4096,8192x14336 --out benchmarks/results/act_quant_h200
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import os
 import sys
 import tempfile
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma list of {', '.join(FORMATS)}")
     p.add_argument("--no_fp8_codes", action="store_true", help="skip the E4M3-code variants of the per-token formats")
     p.add_argument("--baseline", help="another version of quant_kernels/act_quant.py to time beside the current one")
+    p.add_argument("--static_tensor_amax", action="store_true",
+                   help="also NVFP4 with a given (calibrated) tensor amax, as --a_static_tensor_scale runs it")
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -113,17 +118,22 @@ def main(argv: list[str] | None = None) -> int:
         result["rows"].append({"M": m, "K": k, "kernel": "x.clone()", "ms": copy_ms, "gbs": copy_gbs})
         for name in formats:
             element, group, kind, clip = FORMATS[name]
-            for fp8 in (False,) if group or args.no_fp8_codes else (False, True):
+            fp8_variants = (False,) if group or args.no_fp8_codes else (False, True)
+            amax_variants = (None, x.float().abs().amax()) if kind == "e4m3" and args.static_tensor_amax else (None,)
+            for fp8, amax in itertools.product(fp8_variants, amax_variants):
                 moved = act_quant_bytes(m, k, group, fp8)
-                want = None if fp8 else quantize_activations_ref(x, element, group, kind, clip)
-                for label, module in versions:
+                want = None if fp8 else quantize_activations_ref(x, element, group, kind, clip, tensor_amax=amax)
+                for label, module in versions if amax is None else versions[:1]:
                     def run():
-                        return module.quantize_activations_triton(x, element, group, kind, clip, fp8_codes=fp8)
+                        given = {} if amax is None else {"tensor_amax": amax}
+                        return module.quantize_activations_triton(x, element, group, kind, clip, fp8_codes=fp8,
+                                                                  **given)
 
                     ms = time_ms(run)
                     got = run()
                     same = None if fp8 else bool(torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]))
-                    result["rows"].append({"M": m, "K": k, "kernel": name + (" E4M3 codes" if fp8 else ""),
+                    result["rows"].append({"M": m, "K": k, "kernel": name + (" E4M3 codes" if fp8 else "")
+                                           + ("" if amax is None else " static amax"),
                                            "version": label, "ms": ms, "gbs": moved / ms / 1e6,
                                            "of_copy": moved / ms / 1e6 / copy_gbs, "equals_twin": same})
                     print(result["rows"][-1], flush=True)

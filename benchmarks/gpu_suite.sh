@@ -59,7 +59,8 @@
 #              autotuned configs (issue 10); BATCH=8 for batch-8 decode
 #   act_quant  the activation kernel against a device copy at prefill sizes, per-token INT4 and E2M1 (packed and as
 #              E4M3 codes, checked against the twin; cold, its autotuning takes most of the 420 s) (issue 9)
-#   act_groups the same for NVFP4 and MXFP4, then the activation and E4M3-code checks of kernel_check (issue 9)
+#   act_groups the same for NVFP4 (also with a calibrated tensor amax: one read of x) and MXFP4, then the activation
+#              and E4M3-code checks of kernel_check (issue 9)
 #   act_ncu    the activation kernel's autotuned picks under Nsight Compute, per-token INT4 and E2M1 packed at
 #              8192 x 4096 and 8192 x 14336 (act_quant_ncu.py: only the launches inside its NVTX range) (issue 9)
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
@@ -265,7 +266,7 @@ for section in "$@"; do
         --shapes 8192x4096,8192x14336,2048x4096,2048x14336 --out "$OUT/act_quant_h200" ;;
     act_groups)
       step "${LIMIT_ACT_BENCH:-250}" act_quant_bench python benchmarks/act_quant_bench.py --formats nvfp4,mxfp4 \
-        --shapes 8192x4096,8192x14336,2048x4096,2048x14336 --out "$OUT/act_quant_groups_h200"
+        --static_tensor_amax --shapes 8192x4096,8192x14336,2048x4096,2048x14336 --out "$OUT/act_quant_groups_h200"
       step "${LIMIT_ACT_CHECK:-250}" kernel_check_act python benchmarks/kernel_check.py --only act,fp8_codes \
         --out "$OUT/kernel_check_act_h200" ;;
     act_ncu)

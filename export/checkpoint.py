@@ -9,7 +9,8 @@ A checkpoint is a directory any machine can load:
   ``model.safetensors.index.json``): the unquantized tensors in the model's dtype, and per
   packed linear ``<name>.qweight`` (uint8, two codes per byte), ``<name>.weight_scale``
   in its own encoding (float32; float8_e4m3fn for NVFP4 with ``<name>.weight_global_scale``;
-  uint8 biased exponents for MXFP4's E8M0) and online-transform tensors;
+  uint8 biased exponents for MXFP4's E8M0), ``<name>.act_tensor_amax`` (float32) where NVFP4 activations take
+  a calibrated static tensor scale, and online-transform tensors;
 - the tokenizer files.
 
 It is written to a temporary directory beside the target and renamed when complete.
@@ -33,7 +34,7 @@ from models import adapter_for
 from models.attention import NAME as GROUPED_SDPA
 from models.attention import use_grouped_decode_attention
 from models.fused_decoder_layer import fuse_decoder_layers
-from quant_layers import QuantLinear, Quantizer, install_attention_wrapper, install_kv_quantization
+from quant_layers import QuantLinear, Quantizer, StaticTensorScale, install_attention_wrapper, install_kv_quantization
 from quant_layers.formats import E4M3
 from quant_layers.fused_linear import fuse_shared_input_linears
 from quant_layers.packing import encode, pack_planes, plane_bits
@@ -43,7 +44,7 @@ from transforms.flatquant import KeyTransform, KroneckerAffine
 from transforms.rotation import DenseRotation, HadamardRotation
 
 FORMAT = "ptq-harness-real-quant"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: activation schemes say static_tensor_scale, with <name>.act_tensor_amax where true
 INDEX = "model.safetensors.index.json"
 DEFAULT_SHARD_BYTES = 4 * 2**30
 
@@ -55,9 +56,12 @@ def _scheme_of(module: QuantLinear, name: str) -> tuple[RealQuantScheme, RealQua
     if module.weight_quantizer is None:
         raise ValueError(f"{name} quantizes its input but not its weight: real quantization packs 4-bit weights "
                          f"(quantize the weights too, e.g. --w_bits 4)")
-    if type(module.act_quantizer) not in (Quantizer, type(None)):
+    if type(module.act_quantizer) not in (Quantizer, StaticTensorScale, type(None)):
         raise ValueError(f"{name} uses {type(module.act_quantizer).__name__} (LLM-FP4's static per-tensor input "
                          f"scales): real-quantized export takes dynamic per-token or per-group activations")
+    if isinstance(module.act_quantizer, Quantizer) and module.act_quantizer.spec.static_tensor_scale:
+        raise ValueError(f"{name}: its NVFP4 activations' static tensor scale was not calibrated "
+                         f"(calib.tensor_scale.calibrate_static_tensor_scales): calibrate before exporting")
     weight = RealQuantScheme.from_spec(module.weight_quantizer.spec, "weight", module.in_features,
                                        weight_only=module.act_quantizer is None)
     act = None
@@ -199,6 +203,8 @@ def export_quantized(model: nn.Module, tokenizer, recipe: QuantRecipe, path: str
                          "input_transform": entry, "bias": module.bias is not None}
         for key, value in packed_weight(module, name).items():
             tensors[f"{name}.{key}"] = value
+        if isinstance(module.act_quantizer, StaticTensorScale):
+            tensors[f"{name}.act_tensor_amax"] = module.act_quantizer.tensor_amax.detach().cpu()
         for key, value in transform_tensors.items():
             tensors[f"{name}.input_transform.{key}"] = value
         if module.bias is not None:
@@ -361,6 +367,11 @@ def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.d
                                  f"{weight.bits}-bit codes: export it again")
             module.qweight_high.copy_(parts["qweight_high"])
         module.weight_scale.copy_(decode_weight_scale(weight, parts))
+        if act is not None and act.static_tensor_scale:
+            if "act_tensor_amax" not in parts or parts["act_tensor_amax"].numel() != 1:
+                raise ValueError(f"checkpoint {path}: {name}.act_tensor_amax (the calibrated absmax of its NVFP4 "
+                                 f"activations) is missing or not one value: export it again")
+            module.act_tensor_amax.copy_(parts["act_tensor_amax"].reshape(()))
         if entry["bias"]:
             module.bias.data.copy_(parts["bias"])
         module.input_transform = _build_transform(entry["input_transform"], _take(parts, "input_transform."))

@@ -209,6 +209,15 @@ def run(cfg: RunConfig) -> RunResult | None:
         torch.cuda.synchronize()
     timings["quantize_s"] = time.perf_counter() - t
 
+    if static_scales:
+        if cfg.distribute:
+            model = _distribute(cfg, model, adapter)  # the calibration runs where the evaluation will
+        t = time.perf_counter()
+        windows = calibration_windows(calib_source, tokenizer, cfg.nsamples, cfg.seqlen, cfg.seed)
+        amax = calibrate_static_tensor_scales(model, windows, cfg.calib_batch_size)
+        timings["tensor_scale_s"] = time.perf_counter() - t
+        calibration = {**(calibration or {}), "static_tensor_amax": amax}
+
     if cfg.save_path:
         t = time.perf_counter()
         checkpoint = export_quantized(model, tokenizer, cfg.quant, cfg.save_path)
@@ -217,14 +226,8 @@ def run(cfg: RunConfig) -> RunResult | None:
         log.info("wrote the real-quantized checkpoint %s (%.1f MiB)", checkpoint, size / 2**20)
         calibration = {**(calibration or {}), "checkpoint": checkpoint, "checkpoint_bytes": size}
 
-    if cfg.distribute:
+    if cfg.distribute and not static_scales:
         model = _distribute(cfg, model, adapter)
-    if static_scales:
-        t = time.perf_counter()
-        windows = calibration_windows(calib_source, tokenizer, cfg.nsamples, cfg.seqlen, cfg.seed)
-        amax = calibrate_static_tensor_scales(model, windows, cfg.calib_batch_size)
-        timings["tensor_scale_s"] = time.perf_counter() - t
-        calibration = {**(calibration or {}), "static_tensor_amax": amax}
     metrics = _evaluate(cfg, model, tokenizer, ppl_sources, lm_eval_tasks, timings)
     timings["total_s"] = time.perf_counter() - t_start
     return _record(cfg, loc.gguf_file or os.path.basename(loc.path.rstrip("/")), cfg.quant.to_dict(),

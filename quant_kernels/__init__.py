@@ -77,7 +77,7 @@ def _use_triton(tensor: torch.Tensor, backend: str | None) -> bool:
 def quantize_activations(
     x: torch.Tensor, element: str, group_size: int = 0, scale_kind: str = "float",
     clip_ratio: float = 1.0, hadamard_block: int = 0, *, fp8_codes: bool = False, dp4a_for: str | None = None,
-    backend: str | None = None,
+    tensor_amax: torch.Tensor | None = None, backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x (M, K) float16/bfloat16/float32 -> (packed uint8 (M, K//2), fp32 scales (M, K//group_size) or (M, 1)).
 
@@ -91,7 +91,8 @@ def quantize_activations(
     rotated values to x's dtype (as the model's rotation would). ``fp8_codes``: the codes
     come unpacked, (M, K) float8_e4m3fn holding each code's value. ``dp4a_for`` (a weight element; per-token
     float scales): the codes come as (M, K) int8 bytes in the order the decode kernel pairs them with that
-    element's weights (``reference.dp4a_bytes``).
+    element's weights (``reference.dp4a_bytes``). ``tensor_amax`` (``e4m3`` scales; a float32 scalar tensor on x's
+    device): a calibrated absmax that sets the tensor scale instead of x's own (``StaticTensorScale``).
     """
     if fp8_codes and dp4a_for:
         raise ValueError("choose one code layout: fp8_codes or dp4a_for")
@@ -99,11 +100,11 @@ def quantize_activations(
         from .act_quant import quantize_activations_triton
 
         return quantize_activations_triton(x, element, group_size, scale_kind, clip_ratio, hadamard_block, fp8_codes,
-                                           dp4a_for)
+                                           dp4a_for, tensor_amax)
     from .reference import quantize_activations_ref
 
     packed, scales = quantize_activations_ref(x, element, group_size, scale_kind, clip_ratio, hadamard_block,
-                                              dp4a_for)
+                                              dp4a_for, tensor_amax)
     if fp8_codes:
         from .fp8_gemm import unpack_fp8_ref
 
@@ -158,12 +159,14 @@ def w4a4_linear(
     a_group: int = 0, w_group: int = 0, scale_kind: str = "float", clip_ratio: float = 1.0,
     bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16, backend: str | None = None,
     path: str | None = None, residual: torch.Tensor | None = None, norm_tail: NormTail | None = None,
+    a_tensor_amax: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(M, N) = Q(x) @ (decode(w) * w_scale).T (+ bias): quantize x's rows, then multiply; ``residual`` (M, N):
     returns ``residual + product``, the product rounded to ``out_dtype`` first (in the decode kernel's
     epilogue where it runs). ``norm_tail`` (``reference.NormTail``): returns (that, the next RMSNorm's dp4a bytes
     of it, their per-token scales), computed by the decode kernel's last program where it runs
-    (``w4a4_matmul_dp4a``), else by ``rms_norm_quantize``.
+    (``w4a4_matmul_dp4a``), else by ``rms_norm_quantize``. ``a_tensor_amax``: NVFP4 activations' calibrated
+    absmax (``quantize_activations``' ``tensor_amax``).
 
     ``path``: ``packed`` (4-bit activation codes, ``w4a4_matmul``) or ``fp8`` (codes as
     E4M3 bytes, weight widened by ``unpack_fp8``, cuBLAS's FP8 GEMM; per-row scales,
@@ -197,7 +200,8 @@ def w4a4_linear(
             return w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                                     bias=bias, out_dtype=out_dtype, residual=residual, norm_tail=norm_tail,
                                     backend=backend)
-    packed, a_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, backend=backend)
+    packed, a_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, tensor_amax=a_tensor_amax,
+                                           backend=backend)
     out = w4a4_matmul(packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                       a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend)
     return _with_norm_tail(out if residual is None else residual + out, norm_tail, backend)

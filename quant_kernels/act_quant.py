@@ -820,15 +820,18 @@ def clamp_kind(element: str, scale_kind: str, clip_ratio: float) -> int:
 def quantize_activations_triton(
     x: torch.Tensor, element: str, group_size: int = 0, scale_kind: str = "float",
     clip_ratio: float = 1.0, hadamard_block: int = 0, fp8_codes: bool = False, dp4a_for: str | None = None,
+    tensor_amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton twin of ``reference.quantize_activations_ref`` (same arguments, same results).
 
     ``fp8_codes``: the codes come as (M, K) float8_e4m3fn values instead of packed bytes.
     ``dp4a_for``: as (M, K) int8 bytes for the decode kernel (``reference.dp4a_bytes``).
+    ``tensor_amax`` (NVFP4): a calibrated absmax for the tensor scale, so that x is read once, where its own absmax
+    takes a launch of its own first.
     """
-    check_activation_args(x, element, group_size, scale_kind, clip_ratio, hadamard_block, dp4a_for)
+    check_activation_args(x, element, group_size, scale_kind, clip_ratio, hadamard_block, dp4a_for, tensor_amax)
     packed, scales, _ = _quantize(x, element, group_size, scale_kind, clip_ratio, hadamard_block, fp8_codes,
-                                  dp4a_for)
+                                  dp4a_for, tensor_amax=tensor_amax)
     return packed, scales
 
 
@@ -862,9 +865,10 @@ def silu_mul_quantize_triton(x: torch.Tensor, element: str, clip_ratio: float,
 
 def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, clip_ratio: float,
               hadamard_block: int, fp8_codes: bool, dp4a_for: str | None, prologue: int = 0,
-              norm_weight: torch.Tensor | None = None,
-              eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The kernel's launch, arguments checked: (codes, scales, the normalised x for the RMSNorm prologue)."""
+              norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+              tensor_amax: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The kernel's launch, arguments checked: (codes, scales, the normalised x for the RMSNorm prologue);
+    ``tensor_amax``: NVFP4's given absmax (``quantize_activations_triton``)."""
     x = x if x.stride(1) == 1 else x.contiguous()
     m, k = x.shape
     if prologue == PROLOGUES["silu_mul"]:
@@ -877,9 +881,16 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
     block_m, block_k = _tile(k, group_size, hadamard_block)
     hb = hadamard_block if hadamard_block <= MAX_DENSE_HADAMARD else 16
     h = _hadamard_matrix(max(hb, 1), x.device)
-    # NVFP4's tensor amax, as fp32 bits (|x| >= 0 orders as int); the other scale kinds never read it, and
-    # allocating it anyway cost a fill kernel per call (a tenth of the activation quantization at decode).
-    tensor_amax = torch.zeros(1, dtype=torch.int32, device=x.device) if scale_kind == "e4m3" else scales
+    # NVFP4's tensor amax, as fp32 bits (|x| >= 0 orders as int), given or taken by a launch of its own; the other
+    # scale kinds never read it, and allocating it anyway cost a fill kernel per call (a tenth of the activation
+    # quantization at decode).
+    measure_amax = scale_kind == "e4m3" and tensor_amax is None
+    if tensor_amax is not None:
+        tensor_amax = tensor_amax.reshape(1).view(torch.int32)
+    elif measure_amax:
+        tensor_amax = torch.zeros(1, dtype=torch.int32, device=x.device)
+    else:
+        tensor_amax = scales
     # The rotation dots in x's half dtype (exact products, fp32 sums), except under the
     # interpreter, whose bfloat16 dot is wrong.
     dot_f32 = x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16)
@@ -918,7 +929,7 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
             lambda meta: (triton.cdiv(m, meta["BLOCK_M"] * meta["ROW_STEPS"]),
                           triton.cdiv(k, meta["CHUNK"]) if meta["SPLIT"] else 1 if meta["CHUNK"]
                           else triton.cdiv(k, block_k))]
-    if scale_kind == "e4m3":  # NVFP4's tensor scale: the amax of the whole (rotated) x first
+    if measure_amax:  # NVFP4's tensor scale: the amax of the whole (rotated) x first
         amax_kernel(*args, AMAX_ONLY=True, **launch)
     kernel(*args, AMAX_ONLY=False, **launch)
     return (packed.view(torch.float8_e4m3fn) if fp8_codes else packed), scales, normed

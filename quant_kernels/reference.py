@@ -57,9 +57,14 @@ def w4a4_element(element: str) -> NumberFormat:
 
 def check_activation_args(
     x: torch.Tensor, element: str, group_size: int, scale_kind: str, clip_ratio: float, hadamard_block: int,
-    dp4a_for: str | None = None,
+    dp4a_for: str | None = None, tensor_amax: torch.Tensor | None = None,
 ) -> None:
     """Raise ValueError unless ``quantize_activations`` can take these arguments."""
+    if tensor_amax is not None and (scale_kind != "e4m3" or tensor_amax.numel() != 1
+                                    or tensor_amax.dtype != torch.float32 or tensor_amax.device != x.device):
+        raise ValueError(f"a given tensor amax sets NVFP4's tensor scale (scale kind 'e4m3'): one float32 value on "
+                         f"x's device ({x.device}), got {tuple(tensor_amax.shape)} {tensor_amax.dtype} on "
+                         f"{tensor_amax.device} for scale kind {scale_kind!r}")
     if x.dim() != 2:
         raise ValueError(f"activations must be 2-D (tokens, features), got shape {tuple(x.shape)}")
     if x.dtype not in ACTIVATION_DTYPES:
@@ -161,15 +166,17 @@ def activation_spec(element: str, group_size: int, scale_kind: str, clip_ratio: 
 def quantize_activations_ref(
     x: torch.Tensor, element: str, group_size: int = 0, scale_kind: str = "float",
     clip_ratio: float = 1.0, hadamard_block: int = 0, dp4a_for: str | None = None,
+    tensor_amax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed codes (M, K//2) uint8 and fp32 scales (M, K//group or 1) of ``x`` (M, K).
 
     ``decode(unpack(packed)) * scale`` equals ``Quantizer(activation_spec(...)).fake_quantize``
     of the (block-Hadamard rotated, in x's dtype) activations, bit for bit in fp32.
     ``dp4a_for`` (a weight element, per-token scales only): the codes come as
-    ``dp4a_bytes(packed, element, dp4a_for)`` instead, for the decode kernel.
+    ``dp4a_bytes(packed, element, dp4a_for)`` instead, for the decode kernel. ``tensor_amax`` (NVFP4, a float32
+    scalar tensor): the calibrated absmax that sets the tensor scale (``StaticTensorScale``), not x's own.
     """
-    check_activation_args(x, element, group_size, scale_kind, clip_ratio, hadamard_block, dp4a_for)
+    check_activation_args(x, element, group_size, scale_kind, clip_ratio, hadamard_block, dp4a_for, tensor_amax)
     m, k = x.shape
     if m == 0:  # no tokens: nothing to take Quantizer.fit's whole-tensor maximum of
         codes = (torch.empty(0, k, dtype=torch.int8, device=x.device) if dp4a_for
@@ -179,7 +186,7 @@ def quantize_activations_ref(
         x = block_hadamard_transform(x, hadamard_block)
     quantizer = Quantizer(activation_spec(element, group_size, scale_kind, clip_ratio))
     xg = quantizer.grouped(x)
-    scale = quantizer.fit(xg).scale
+    scale = quantizer.fit(xg, None if tensor_amax is None else tensor_amax.reshape(())).scale
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     levels = quantizer.element.round(xg / safe).reshape(m, k)
     if dp4a_for:

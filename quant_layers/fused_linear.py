@@ -30,7 +30,9 @@ class FusedGroup(nn.Module):
                                       first.weight_scheme, first.act_scheme, dtype).to(first.qweight.device)
         with torch.no_grad():
             for name, buffer in self.linear.named_buffers():
-                buffer.copy_(torch.cat([getattr(p, name) for p in parts]))
+                # the calibrated absmax of the input the parts share (``_fusable``: equal), else their rows
+                buffer.copy_(first.act_tensor_amax if name == "act_tensor_amax"
+                             else torch.cat([getattr(p, name) for p in parts]))
             if has_bias:
                 self.linear.bias.copy_(torch.cat([
                     p.bias if p.bias is not None else torch.zeros(p.out_features, dtype=dtype, device=p.qweight.device)
@@ -92,6 +94,8 @@ def _fusable(parts: list[nn.Module]) -> bool:
         isinstance(p, RealQuantLinear) and p.in_features == first.in_features
         and p.weight_scheme == first.weight_scheme and p.act_scheme == first.act_scheme
         and p.input_transform is first.input_transform and p.qweight.device == first.qweight.device
+        and torch.equal(getattr(p, "act_tensor_amax", first.qweight[:0]), getattr(first, "act_tensor_amax",
+                                                                                  first.qweight[:0]))
         for p in parts)
 
 

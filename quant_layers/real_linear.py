@@ -40,7 +40,8 @@ class RealQuantScheme:
     4-bit plus a 1- or 2-bit plane); ``group``: elements per scale along the input
     dimension, 0 = one scale per row (output channel / token); ``scale_kind``: ``float``
     (fp32), ``e4m3`` (NVFP4 block scales times an fp32 tensor scale) or ``e8m0`` (MXFP4);
-    ``clip_ratio``: activations only.
+    ``clip_ratio``: activations only; ``static_tensor_scale`` (NVFP4 activations): the tensor scale comes from the
+    linear's calibrated ``act_tensor_amax`` (``QuantSpec.static_tensor_scale``).
     """
 
     element: str
@@ -48,6 +49,7 @@ class RealQuantScheme:
     scale_kind: str = "float"
     clip_ratio: float = 1.0
     bits: int = 4
+    static_tensor_scale: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,9 +82,6 @@ class RealQuantScheme:
             problems.append("per-tensor activation scales")
         if spec.granularity == "head":
             problems.append("per-head scales")
-        if spec.static_tensor_scale:
-            problems.append("a calibrated static tensor scale: export takes NVFP4 activations' own tensor scale only, "
-                            "for now")
         if problems:
             raise ValueError(
                 f"real quantization has no kernel for {what}s quantized as {spec.label} ({', '.join(problems)}): "
@@ -107,7 +106,7 @@ class RealQuantScheme:
             raise ValueError(f"the activation-quantization kernel takes power-of-two groups (16, 32, 64, 128, ...), "
                              f"got {group}")
         clip = spec.clip_ratio if what == "activation" else 1.0
-        return cls(element, group, SCALE_KINDS.get(spec.format, "float"), clip, spec.bits)
+        return cls(element, group, SCALE_KINDS.get(spec.format, "float"), clip, spec.bits, spec.static_tensor_scale)
 
 
 def check_scheme_pair(weight: RealQuantScheme, act: RealQuantScheme | None,
@@ -165,6 +164,8 @@ class RealQuantLinear(nn.Module):
             self.register_buffer("qweight_high", torch.zeros(out_features, in_features * high[0] // 8,
                                                              dtype=torch.uint8))
         self.register_buffer("weight_scale", torch.zeros(out_features, groups, dtype=torch.float32))
+        if act is not None and act.static_tensor_scale:  # the calibrated absmax (RealQuantScheme)
+            self.register_buffer("act_tensor_amax", torch.zeros((), dtype=torch.float32))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
         self.input_transform: nn.Module | None = None
         self._residual: torch.Tensor | None = None  # see add_residual_to_next
@@ -258,7 +259,7 @@ class RealQuantLinear(nn.Module):
             return self.on_codes(*given, x.dtype, rows).view(*x.shape[:-1], self.out_features)
         high = getattr(self, "qweight_high", None)  # the 1- or 2-bit plane of 5- and 6-bit codes
         return torch.ops.ptq.real_quant_matmul(x, self.qweight, high, self.weight_scale, self.bias, residual,
-                                               self.schemes)
+                                               self.schemes, getattr(self, "act_tensor_amax", None))
 
     def on_codes(self, a_bytes: torch.Tensor, a_scale: torch.Tensor, out_dtype: torch.dtype,
                  residual: torch.Tensor | None = None, gated: bool = False,
@@ -301,8 +302,9 @@ def parse_schemes(key: str) -> tuple[RealQuantScheme, RealQuantScheme | None]:
 @torch.library.custom_op("ptq::real_quant_matmul", mutates_args=())
 def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tensor],
                       weight_scale: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
-                      schemes: str) -> torch.Tensor:
-    """``RealQuantLinear``'s product, (..., K) -> (..., N) in x's dtype; plus ``residual`` (..., N) when given.
+                      schemes: str, act_tensor_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``RealQuantLinear``'s product, (..., K) -> (..., N) in x's dtype; plus ``residual`` (..., N) when given;
+    ``act_tensor_amax``: NVFP4 activations' calibrated absmax (``RealQuantScheme.static_tensor_scale``).
 
     A custom op so that ``torch.compile`` treats it as one opaque call: the kernels choose
     their path and autotune in Python, which is not for tracing, while everything around
@@ -323,7 +325,7 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
         out = linear(rows, qweight, weight_scale, clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype)
         out = out.reshape(*x.shape[:-1], out.shape[-1])
         return out if residual is None else residual + out
-    return _w4a4_linear(x, qweight, weight_scale, bias, residual, weight, act)
+    return _w4a4_linear(x, qweight, weight_scale, bias, residual, weight, act, a_tensor_amax=act_tensor_amax)
 
 
 def _product_on_codes(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor,
@@ -339,10 +341,11 @@ def _product_on_codes(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: tor
 
 def _w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
                  residual: Optional[torch.Tensor], weight: RealQuantScheme, act: RealQuantScheme,
-                 norm_tail: NormTail | None = None, given: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 norm_tail: NormTail | None = None, given: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 a_tensor_amax: torch.Tensor | None = None):
     """``quant_kernels.w4a4_linear`` of x's rows, x's leading shape restored (the norm tail's codes stay rows);
     ``given``: x's rows already quantized (``RealQuantLinear.input_tail``'s dp4a bytes and scales), multiplied by
-    ``quant_kernels.w4a4_matmul_dp4a``."""
+    ``quant_kernels.w4a4_matmul_dp4a``; ``a_tensor_amax``: as ``real_quant_matmul``'s."""
     rows = x.reshape(-1, x.shape[-1])
     residual = None if residual is None else residual.reshape(rows.shape[0], -1)
     if given is not None:
@@ -352,7 +355,7 @@ def _w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Ten
         out = quant_kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,
                                         a_group=act.group, w_group=weight.group, scale_kind=act.scale_kind,
                                         clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype, residual=residual,
-                                        norm_tail=norm_tail)
+                                        norm_tail=norm_tail, a_tensor_amax=a_tensor_amax)
     if norm_tail is None:
         return out.reshape(*x.shape[:-1], out.shape[-1])
     out, codes, scales = out
@@ -361,7 +364,8 @@ def _w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Ten
 
 @real_quant_matmul.register_fake
 def _(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tensor], weight_scale: torch.Tensor,
-      bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], schemes: str) -> torch.Tensor:
+      bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], schemes: str,
+      act_tensor_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], weight_scale.shape[0])
 
 

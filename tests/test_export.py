@@ -17,6 +17,7 @@ from calib.fpq_search import StaticQuantizer
 from calib.gptq import GPTQConfig
 from calib.layerwise import LayerwiseConfig, calibrate_layerwise
 from calib.rtn import quantize_weights_rtn
+from calib.tensor_scale import calibrate_static_tensor_scales
 from configs import RunConfig
 from configs.recipe import QuantRecipe
 from export import export_quantized, load_quantized
@@ -66,6 +67,8 @@ RECIPES = {
     "nvfp4-w4a4-gptq": QuantRecipe(weight=QuantSpec("nvfp", 4), activation=QuantSpec("nvfp", 4), method="gptq",
                                    gptq=GPTQConfig()),
     "mxfp4-w4a4": QuantRecipe(weight=QuantSpec("mxfp", 4), activation=QuantSpec("mxfp", 4)),
+    "nvfp4-static-w4a4": QuantRecipe(weight=QuantSpec("nvfp", 4),
+                                     activation=QuantSpec("nvfp", 4, static_tensor_scale=True)),
     "fp6-e3m2-weight-only": QuantRecipe(weight=QuantSpec("fp", 6, exp_bits=3, granularity="channel")),
     "fp5-e2m2-weight-only": QuantRecipe(weight=QuantSpec("fp", 5, exp_bits=2, granularity="channel")),
     "fp4-e2m1-weight-only": QuantRecipe(weight=spec("fp", "channel")),
@@ -84,6 +87,9 @@ def fake_quantized(path: str, recipe: QuantRecipe):
         calibrate_layerwise(model, adapter, ids, "cpu", LayerwiseConfig(method="gptq", gptq=recipe.gptq))
     else:
         quantize_weights_rtn(model)
+    if recipe.activation is not None and recipe.activation.static_tensor_scale:
+        windows = torch.randint(0, model.config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(2))
+        calibrate_static_tensor_scales(model, windows)
     return model
 
 
@@ -176,6 +182,27 @@ def test_missing_tensor_is_refused(saved):
         load_quantized(saved)
 
 
+def test_static_tensor_scales_are_stored_and_needed(tiny_models, tmp_path):
+    """Each linear's calibrated absmax travels as <name>.act_tensor_amax (q/k/v share theirs when fused); an
+    uncalibrated model is refused before anything is written, and a checkpoint without the absmax on loading."""
+    recipe = RECIPES["nvfp4-static-w4a4"]
+    uncalibrated = fake_quantized(tiny_models["llama"], QuantRecipe(weight=recipe.weight))
+    attach_quantizers(uncalibrated, adapter_for(uncalibrated.config), recipe)
+    with pytest.raises(ValueError, match="static tensor scale was not calibrated"):
+        export_quantized(uncalibrated, None, recipe, str(tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()
+    model = fake_quantized(tiny_models["llama"], recipe)
+    path = export_quantized(model, None, recipe, str(tmp_path / "ckpt"))
+    stored = load_file(os.path.join(path, "model.safetensors"))
+    q = model.get_submodule("model.layers.0.self_attn.q_proj").act_quantizer.tensor_amax
+    assert torch.equal(stored["model.layers.0.self_attn.q_proj.act_tensor_amax"], q)
+    fused = load_quantized(path)[0].get_submodule("model.layers.0.self_attn.q_proj").group.linear
+    assert torch.equal(fused.act_tensor_amax, q) and fused.act_scheme.static_tensor_scale
+    drop_tensor(path, "model.layers.1.mlp.down_proj.act_tensor_amax")
+    with pytest.raises(ValueError, match="down_proj.act_tensor_amax .* is missing"):
+        load_quantized(path)
+
+
 def test_newer_format_version_is_refused(saved):
     file = os.path.join(saved, "config.json")
     config = json.load(open(file))
@@ -229,11 +256,13 @@ def _ppl(capsys) -> float:
     return float(table.split("|")[3])
 
 
-def test_cli_save_then_load_on_tinystories(tinystories_dir, data_dir, tmp_path, capsys):
+@pytest.mark.parametrize("static", [[], ["--a_static_tensor_scale", "--calib_dataset", "tinystories", "--nsamples",
+                                         "2"]])
+def test_cli_save_then_load_on_tinystories(static, tinystories_dir, data_dir, tmp_path, capsys):
     common = ["--data_dir", data_dir, "--seqlen", "128", "--eval_limit", "2", "--output_dir", str(tmp_path / "runs")]
     path = str(tmp_path / "ckpt")
     assert model_quant.main(["--model", tinystories_dir, "--format", "nvfp", "--w_bits", "4", "--a_bits", "4",
-                             "--real_quant", "--save_path", path, *common]) == 0
+                             "--real_quant", "--save_path", path, *static, *common]) == 0
     fake = _ppl(capsys)
     assert AutoTokenizer.from_pretrained(path) is not None
     assert model_quant.main(["--load_quantized", path, *common]) == 0
@@ -259,7 +288,7 @@ def test_cli_flag_errors(argv, message, tinystories_dir, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["int4-w4a4", "nvfp4-w4a4-rtn", "mxfp4-w4a4"])
+@pytest.mark.parametrize("name", ["int4-w4a4", "nvfp4-w4a4-rtn", "mxfp4-w4a4", "nvfp4-static-w4a4"])
 def test_round_trip_on_the_tinystories_model(name, tinystories_dir, tmp_path):
     recipe = RECIPES.get(name) or QuantRecipe(weight=QuantSpec("nvfp", 4), activation=QuantSpec("nvfp", 4))
     model = fake_quantized(tinystories_dir, recipe)

@@ -1021,6 +1021,29 @@ def test_row_blocks_walked_in_turn_equal_twin(case, monkeypatch):
             assert torch.equal(dp4a[0], quantize_activations_ref(x, element, group, kind, clip, dp4a_for=element)[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_nvfp4_with_a_calibrated_tensor_amax_equals_twin_and_static_quantizer(dtype):
+    """A given tensor amax (``StaticTensorScale``) at, below and above x's own, ragged M: the kernel's codes and
+    scales equal the twin's and decode to the static quantizer's fake quantization; other scale kinds and
+    misshapen amaxes are refused."""
+    from quant_layers import StaticTensorScale
+
+    x = activations(7, 256, "e2m1", 16, dtype, seed=5)
+    own = x.float().abs().amax()
+    static = Quantizer(QuantSpec("nvfp", 4, static_tensor_scale=True))
+    for amax in (own, own / 3, own * 5):
+        want = quantize_activations_ref(x, "e2m1", 16, "e4m3", tensor_amax=amax)
+        got = quant_kernels.quantize_activations(x, "e2m1", 16, "e4m3", tensor_amax=amax, backend="triton")
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        values = decode(unpack(got[0]), E2M1).reshape(7, -1, 16) * got[1][:, :, None]
+        assert torch.equal(values.reshape(x.shape), StaticTensorScale(static, amax)(x.float()))
+    for kind, element, group, amax in (("float", "int4", 0, own), ("e4m3", "e2m1", 16, own.reshape(1, 1).double()),
+                                       ("e4m3", "e2m1", 16, torch.stack([own, own]))):
+        for backend in ("torch", "triton"):
+            with pytest.raises(ValueError, match="a given tensor amax sets NVFP4's tensor scale"):
+                quant_kernels.quantize_activations(x, element, group, kind, tensor_amax=amax, backend=backend)
+
+
 def test_row_pieces_are_the_binary_digits_of_plain_per_token_rows():
     assert list(act_quant.row_pieces(14336, 0, 0, 0).values()) == [8192, 4096, 2048]
     assert list(act_quant.row_pieces(18944, 0, 0, 0).values()) == [16384, 2048, 512]  # Qwen2.5-7B's MLP

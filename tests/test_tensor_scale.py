@@ -114,8 +114,6 @@ def test_cli_static_nvfp4_activations_on_tinystories(tinystories_dir, data_dir, 
 @pytest.mark.parametrize("args, message", [
     (["--a_static_tensor_scale"], "--a_static_tensor_scale calibrates NVFP4 activations' tensor scale"),
     (["--format", "int", "--a_bits", "4", "--a_static_tensor_scale"], "use --format nvfp"),
-    (["--format", "nvfp", "--w_bits", "4", "--a_bits", "4", "--a_static_tensor_scale", "--real_quant",
-      "--save_path", "ckpt"], "a calibrated static tensor scale"),
 ])
 def test_cli_refuses_static_scales_it_cannot_take(args, message, tinystories_dir, tmp_path, cli):
     out = cli("model_quant.py", "--model", tinystories_dir, "--ppl_datasets", "none", "--seqlen", "128",
