@@ -15,6 +15,7 @@ A_GROUP_SIZE=${A_GROUP_SIZE:--1}
 KV_GROUP_SIZE=${KV_GROUP_SIZE:--1}
 KV_ASYM=${KV_ASYM:-0}
 W_OBSERVER=${W_OBSERVER:-"minmax"}
+A_STATIC_SCALE=${A_STATIC_SCALE:-0}   # 1: NVFP4 activations' tensor scale calibrated on NSAMPLES windows of CALIB_DATASET
 TRANSFORM_CLASS=${TRANSFORM_CLASS:-"identity"}   # identity | hadamard | random_orthogonal | block_hadamard
 HADAMARD_GROUP_SIZE=${HADAMARD_GROUP_SIZE:-0}     # block_hadamard block (0 = default 128)
 ROTATION_SEED=${ROTATION_SEED:-0}
@@ -37,6 +38,9 @@ fi
 if [[ $GPTQ == 1 ]]; then
     SCRIPT_ARGS+=("--gptq" "--percdamp" "${PERCDAMP}" "--nsamples" "${NSAMPLES}"
                   "--calib_dataset" "${CALIB_DATASET}" "--calib_batch_size" "${CALIB_BATCH_SIZE}")
+fi
+if [[ $A_STATIC_SCALE == 1 ]]; then
+    SCRIPT_ARGS+=("--a_static_tensor_scale" "--nsamples" "${NSAMPLES}" "--calib_dataset" "${CALIB_DATASET}")
 fi
 if [[ $ACT_ORDER == 1 ]]; then
     SCRIPT_ARGS+=("--act_order")

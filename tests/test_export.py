@@ -382,7 +382,9 @@ def test_lm_eval_on_a_loaded_checkpoint(tinystories_dir, data_dir, tmp_path, cap
     assert run["metrics"]["lm_eval"]["tasks"]["piqa"]["samples"] == 4
 
 
-def test_quantize_script_save_path_knob(tinystories_dir, data_dir, tmp_path):
+@pytest.mark.parametrize("knobs", [{}, {"FORMAT": "nvfp", "A_STATIC_SCALE": "1", "CALIB_DATASET": "tinystories",
+                                      "NSAMPLES": "2"}])
+def test_quantize_script_save_path_knob(knobs, tinystories_dir, data_dir, tmp_path):
     import subprocess
     import sys
 
@@ -390,9 +392,10 @@ def test_quantize_script_save_path_knob(tinystories_dir, data_dir, tmp_path):
     path = str(tmp_path / "ckpt")
     env = {**os.environ, "MODEL": tinystories_dir, "DATA_DIR": data_dir, "SEQLEN": "128", "EVAL_LIMIT": "1",
            "W_BITS": "4", "A_BITS": "4", "SAVE_PATH": path, "OUTPUT_DIR": str(tmp_path / "runs"),
-           "PYTHON": sys.executable}
+           "PYTHON": sys.executable, **knobs}
     subprocess.run(["bash", os.path.join(root, "scripts", "quantize.sh")], env=env, check=True, capture_output=True)
-    assert load_quantized(path)[2]["recipe"]["weight"]["bits"] == 4
+    recipe = load_quantized(path)[2]["recipe"]
+    assert recipe["weight"]["bits"] == 4 and recipe["activation"]["static_tensor_scale"] == bool(knobs)
 
 
 def test_loading_a_checkpoint_without_tokenizer_fails_before_the_model_loads(saved, tmp_path, capsys):

@@ -120,3 +120,15 @@ def test_cli_refuses_static_scales_it_cannot_take(args, message, tinystories_dir
               "--output_dir", str(tmp_path), *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_gptq_then_static_scales(tinystories_dir, data_dir, tmp_path, cli):
+    """GPTQ's layer-by-layer runner keeps the model on the CPU block by block; the static scales are calibrated on
+    the whole quantized model after it, and both reports are kept."""
+    out = cli("model_quant.py", "--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "tinystories",
+              "--seqlen", "128", "--eval_limit", "2", "--output_dir", str(tmp_path), "--format", "nvfp", "--w_bits",
+              "4", "--a_bits", "4", "--gptq", "--a_static_tensor_scale", "--calib_dataset", "tinystories",
+              "--nsamples", "2", "--run_name", "gptq_static")
+    assert out.returncode == 0, out.stderr
+    calibration = json.loads((tmp_path / "gptq_static.json").read_text())["calibration"]
+    assert len(calibration["per_linear"]) == len(calibration["static_tensor_amax"]) == 7 * 2
