@@ -94,8 +94,8 @@ def _fusable(parts: list[nn.Module]) -> bool:
         isinstance(p, RealQuantLinear) and p.in_features == first.in_features
         and p.weight_scheme == first.weight_scheme and p.act_scheme == first.act_scheme
         and p.input_transform is first.input_transform and p.qweight.device == first.qweight.device
-        and torch.equal(getattr(p, "act_tensor_amax", first.qweight[:0]), getattr(first, "act_tensor_amax",
-                                                                                  first.qweight[:0]))
+        and (first.act_scheme is None or not first.act_scheme.static_tensor_scale
+             or torch.equal(p.act_tensor_amax, first.act_tensor_amax))
         for p in parts)
 
 

@@ -24,6 +24,7 @@ from export import export_quantized, load_quantized
 from models.adapter import adapter_for
 from pipeline.fake_quant import attach_quantizers
 from quant_layers.formats import E2M1
+from quant_layers.fused_linear import _fusable
 from quant_layers.packing import INT4, code_values, decode, encode, pack, unpack
 from quant_layers.quantizer import QuantSpec
 from quant_layers.real_linear import RealQuantLinear, RealQuantScheme
@@ -198,6 +199,11 @@ def test_static_tensor_scales_are_stored_and_needed(tiny_models, tmp_path):
     assert torch.equal(stored["model.layers.0.self_attn.q_proj.act_tensor_amax"], q)
     fused = load_quantized(path)[0].get_submodule("model.layers.0.self_attn.q_proj").group.linear
     assert torch.equal(fused.act_tensor_amax, q) and fused.act_scheme.static_tensor_scale
+    attention = load_quantized(path, fuse=False)[0].model.layers[0].self_attn
+    parts = [attention.q_proj, attention.k_proj, attention.v_proj]
+    assert _fusable(parts)
+    parts[1].act_tensor_amax.mul_(2)  # inputs calibrated apart: not one product
+    assert not _fusable(parts)
     drop_tensor(path, "model.layers.1.mlp.down_proj.act_tensor_amax")
     with pytest.raises(ValueError, match="down_proj.act_tensor_amax .* is missing"):
         load_quantized(path)
