@@ -1,7 +1,8 @@
 """Export -> load round trip of real-quantized checkpoints on a real model, per recipe.
 
 For each recipe: load the model, transform it and quantize its weights with RTN as the
-pipeline does, score the fake-quantized model, export the packed checkpoint,
+pipeline does (and, for NVFP4 activations on a static tensor scale, calibrate it on ``--nsamples`` C4 windows),
+score the fake-quantized model, export the packed checkpoint,
 load it onto ``RealQuantLinear`` (kernels on CUDA, their torch twins on the CPU) and score
 it on the same tokens. Reports the largest logit difference relative to the largest
 logit, both perplexities, the checkpoint size against the model's bf16 size, and times.
@@ -29,7 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.result_files import write_result_files  # noqa: E402
 
 import corpora  # noqa: E402
-from calib import quantize_weights_rtn  # noqa: E402
+from calib import calibration_windows, quantize_weights_rtn  # noqa: E402
+from calib.tensor_scale import calibrate_static_tensor_scales  # noqa: E402
 from configs.recipe import QuantRecipe  # noqa: E402
 from evaluation import evaluation_tokens  # noqa: E402
 from export import checkpoint_bytes, export_quantized, load_quantized  # noqa: E402
@@ -43,6 +45,8 @@ RECIPES = {
     "int4-w4a4-hadamard": QuantRecipe(weight=QuantSpec("int", 4, granularity="channel"),
                                       activation=QuantSpec("int", 4, granularity="token"), transform="hadamard"),
     "nvfp4-w4a4": QuantRecipe(weight=QuantSpec("nvfp", 4), activation=QuantSpec("nvfp", 4)),
+    "nvfp4-static-w4a4": QuantRecipe(weight=QuantSpec("nvfp", 4),
+                                     activation=QuantSpec("nvfp", 4, static_tensor_scale=True)),
     "mxfp4-w4a4": QuantRecipe(weight=QuantSpec("mxfp", 4), activation=QuantSpec("mxfp", 4)),
     "e2m1-w4a4-hadamard": QuantRecipe(weight=QuantSpec("fp", 4, exp_bits=2, granularity="channel"),
                                       activation=QuantSpec("fp", 4, exp_bits=2, granularity="token"),
@@ -71,6 +75,9 @@ def run_recipe(name: str, recipe: QuantRecipe, args, windows, tokenizer, device,
     attach_quantizers(model, adapter, recipe)
     quantize_weights_rtn(model)
     model.to(device).eval()
+    if recipe.activation is not None and recipe.activation.static_tensor_scale:
+        calibrate_static_tensor_scales(model, calibration_windows(
+            corpora.resolve("c4", "train", args.data_dir), tokenizer, args.nsamples, args.seqlen, 0))
     fake_logits, fake_ppl = score(model, windows, device)
     path = os.path.join(workdir, name)
     t = time.perf_counter()
@@ -108,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", default=",".join(RECIPES), help=f"comma list of {', '.join(RECIPES)}")
     p.add_argument("--windows", type=int, default=4, help="WikiText-2 test windows scored")
     p.add_argument("--seqlen", type=int, default=2048)
+    p.add_argument("--nsamples", type=int, default=8, help="C4 windows a static NVFP4 tensor scale is calibrated on")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
