@@ -9,7 +9,10 @@ FILE`` also times another version of ``quant_kernels/act_quant.py`` (e.g. ``git 
 HEAD~3:quant_kernels/act_quant.py > /tmp/old.py``; its relative imports are made absolute) in the
 same process, with the same timer. ``--static_tensor_amax`` also times NVFP4 with a calibrated tensor amax (x's
 own, taken before timing; the current version only), which reads x once where its own absmax takes a launch of its
-own. The autotuned configs are listed per key.
+own. The autotuned configs are listed per key. ``--pin`` times one config (every ``_act_quant_kernel`` config
+field and num_warps, e.g. ``BLOCK_M=1,CHUNK=0,ROW_STEPS=4,SPLIT=0,num_warps=8``) in every version instead of each
+tuner's pick: the picks alone moved the same kernel's share of copy by about +-5 points between calls, which hides
+an A/B of a few points.
 
     python benchmarks/act_quant_bench.py --shapes 8192x4096,8192x14336 --out benchmarks/results/act_quant_h200
 """
@@ -53,6 +56,29 @@ def load_baseline(path: str):
     return module
 
 
+def pin_config(module, text: str) -> None:
+    """Make ``module``'s activation kernel (``quant_kernels.act_quant`` or a baseline copy of it) run the one config
+    that ``text`` names (``NAME=int`` pairs: every config field of its tuner's configs, and num_warps), unpruned and
+    untuned; ValueError naming the fields otherwise."""
+    import triton
+
+    tuner = module._act_quant_autotuned
+    fields = sorted(tuner.configs[0].kwargs) + ["num_warps"]
+    try:
+        pairs = dict((name.strip(), int(value)) for name, value in (item.split("=") for item in text.split(",")))
+    except ValueError:
+        raise ValueError(f"--pin takes NAME=int pairs separated by commas, got {text!r}") from None
+    if sorted(pairs) != sorted(fields):
+        raise ValueError(f"--pin names every field of the kernel's configs once: {', '.join(fields)}; got "
+                         f"{', '.join(sorted(pairs))}")
+    warps = pairs.pop("num_warps")
+    kwargs = {name: bool(value) if isinstance(tuner.configs[0].kwargs[name], bool) else value
+              for name, value in pairs.items()}
+    tuner.configs = [triton.Config(kwargs, num_warps=warps)]
+    tuner.early_config_prune = None  # one config: the tuner runs it without timing or pruning
+    tuner.cache.clear()
+
+
 def config_label(key: tuple, names: list[str]) -> str:
     """An autotuner key of the activation kernel (the values of its ``key`` ``names``, then the arguments' dtypes)
     in words."""
@@ -85,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma list of {', '.join(FORMATS)}")
     p.add_argument("--no_fp8_codes", action="store_true", help="skip the E4M3-code variants of the per-token formats")
     p.add_argument("--baseline", help="another version of quant_kernels/act_quant.py to time beside the current one")
+    p.add_argument("--pin", help="one config for every version, e.g. BLOCK_M=1,CHUNK=0,ROW_STEPS=4,SPLIT=0,num_warps=8")
     p.add_argument("--static_tensor_amax", action="store_true",
                    help="also NVFP4 with a given (calibrated) tensor amax, as --a_static_tensor_scale runs it")
     p.add_argument("--reps", type=int, default=30)
@@ -104,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     from quant_kernels.reference import quantize_activations_ref
 
     versions = [("current", act_quant)] + ([("baseline", load_baseline(args.baseline))] if args.baseline else [])
+    if args.pin:
+        try:
+            for _, module in versions:
+                pin_config(module, args.pin)
+        except ValueError as err:
+            p.error(str(err))
     device = torch.device("cuda")
     time_ms = make_timer(device, args.warmup, args.reps, True, True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": torch.cuda.get_device_name(device),

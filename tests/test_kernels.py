@@ -1233,6 +1233,22 @@ def test_act_quant_bench_refusals_and_baseline(tmp_path, cli):
     assert config_label(key, names) == "K 14336, M bucket 4096, int4, group 16384, E4M3 codes"
 
 
+def test_act_quant_bench_pins_one_config_in_a_version():
+    from benchmarks.act_quant_bench import load_baseline, pin_config
+
+    copy = load_baseline(act_quant.__file__)  # pinned apart from the module the other tests use
+    with pytest.raises(ValueError, match="NAME=int pairs"):
+        pin_config(copy, "BLOCK_M=one")
+    with pytest.raises(ValueError, match="every field of the kernel's configs once: BLOCK_M, CHUNK, ROW_STEPS, SPLIT, "
+                                         "num_warps; got BLOCK_M, num_warps"):
+        pin_config(copy, "BLOCK_M=1,num_warps=4")
+    pin_config(copy, "BLOCK_M=2,CHUNK=0,ROW_STEPS=4,SPLIT=0,num_warps=8")
+    tuner = copy._act_quant_autotuned
+    [config] = tuner.configs
+    assert config.kwargs == dict(BLOCK_M=2, CHUNK=0, ROW_STEPS=4, SPLIT=False) and config.num_warps == 8
+    assert tuner.early_config_prune is None and len(act_quant._act_quant_autotuned.configs) > 1
+
+
 def test_kernel_check_int8_decode_dry_run(tmp_path):
     """The GPU check of W4A8 / W8A8 runs end to end on the CPU (the interpreter's activation kernel, the torch
     product) and passes."""
