@@ -67,9 +67,9 @@ def matrix_dir(cfg: RunConfig) -> str | None:
     return cfg.matrix_path or os.path.join(cfg.output_dir, "flat_matrices", cfg.run_name or default_run_name(cfg))
 
 
-def _calibrate_layerwise(cfg: RunConfig, model, adapter, tokenizer, calib_source, device, fingerprint: dict) -> dict:
-    """GPTQ or FlatQuant through the layer-by-layer runner; returns its report as a dict."""
-    windows = calibration_windows(calib_source, tokenizer, cfg.nsamples, cfg.seqlen, cfg.seed)
+def _calibrate_layerwise(cfg: RunConfig, model, adapter, windows: torch.Tensor, device, fingerprint: dict) -> dict:
+    """GPTQ or FlatQuant through the layer-by-layer runner on the calibration ``windows``; returns its report as a
+    dict."""
     report = calibrate_layerwise(model, adapter, windows, device, LayerwiseConfig(
         method=cfg.quant.method, gptq=cfg.quant.gptq, flatquant=cfg.quant.flatquant,
         offload_activations=cfg.offload_activations, batch_size=cfg.calib_batch_size,
@@ -184,9 +184,12 @@ def run(cfg: RunConfig) -> RunResult | None:
 
     t = time.perf_counter()
     attach_quantizers(model, adapter, cfg.quant)
+    # The windows the layer-by-layer runner and the static tensor scales calibrate on, tokenized once for both.
+    windows = (calibration_windows(calib_source, tokenizer, cfg.nsamples, cfg.seqlen, cfg.seed)
+               if gptq or static_scales else None)
     calibration = None
     if gptq:
-        calibration = _calibrate_layerwise(cfg, model, adapter, tokenizer, calib_source, device,
+        calibration = _calibrate_layerwise(cfg, model, adapter, windows, device,
                                            calibration_fingerprint(cfg, loc, dtype))
         if not _hand_over_to_main(device):
             return None
@@ -213,7 +216,6 @@ def run(cfg: RunConfig) -> RunResult | None:
         if cfg.distribute:
             model = _distribute(cfg, model, adapter)  # the calibration runs where the evaluation will
         t = time.perf_counter()
-        windows = calibration_windows(calib_source, tokenizer, cfg.nsamples, cfg.seqlen, cfg.seed)
         amax = calibrate_static_tensor_scales(model, windows, cfg.calib_batch_size)
         timings["tensor_scale_s"] = time.perf_counter() - t
         calibration = {**(calibration or {}), "static_tensor_amax": amax}
