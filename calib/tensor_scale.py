@@ -23,6 +23,19 @@ def static_scale_linears(model: nn.Module) -> dict[str, QuantLinear]:
             and m.act_quantizer.spec.static_tensor_scale}
 
 
+class _AbsmaxObserver:
+    """Stands in for a linear's activation quantizer while it is observed: keeps the largest absmax of the inputs it
+    is handed (on their device) and passes them on unquantized."""
+
+    def __init__(self) -> None:
+        self.amax: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        seen = x.abs().amax().float()
+        self.amax = seen if self.amax is None else torch.maximum(self.amax, seen)  # a NaN stays NaN: refused
+        return x
+
+
 @torch.no_grad()
 def calibrate_static_tensor_scales(model: nn.Module, windows: torch.Tensor, batch_size: int = 1) -> dict[str, float]:
     """Observe every ``static_scale_linears`` input over ``windows`` ((n, seqlen) token ids) and install its
@@ -33,27 +46,19 @@ def calibrate_static_tensor_scales(model: nn.Module, windows: torch.Tensor, batc
         return {}
     if batch_size < 1:
         raise ValueError(f"--calib_batch_size must be at least 1, got {batch_size}")
-    amax = {name: torch.zeros((), dtype=torch.float32) for name in linears}
     quantizers = {name: m.act_quantizer for name, m in linears.items()}
-
-    def observe(name: str):
-        def hook(module: QuantLinear, args: tuple) -> None:
-            seen = module.transformed_input(args[0]).abs().amax().float().cpu()
-            amax[name] = torch.maximum(amax[name], seen)  # a NaN stays NaN: refused below
-        return hook
-
-    handles = [m.register_forward_pre_hook(observe(name)) for name, m in linears.items()]
+    observers = {name: _AbsmaxObserver() for name in linears}
     device = next(model.parameters()).device
     try:
-        for m in linears.values():
-            m.act_quantizer = None
+        for name, m in linears.items():
+            m.act_quantizer = observers[name]  # sees the input after the linear's online transform
         for start in tqdm(range(0, windows.shape[0], batch_size), desc="static tensor scales", leave=False):
             model(windows[start:start + batch_size].to(device))
     finally:
-        for h in handles:
-            h.remove()
         for name, m in linears.items():
             m.act_quantizer = quantizers[name]
+    amax = {name: torch.zeros(()) if observer.amax is None else observer.amax.cpu()  # None: no window seen
+            for name, observer in observers.items()}
     bad = {name: float(v) for name, v in amax.items() if not torch.isfinite(v) or v == 0}
     if bad:
         raise ValueError(f"no static tensor scale can be calibrated from inputs whose absmax is zero or not finite: "

@@ -89,8 +89,12 @@ def test_calibration_refuses_an_input_with_no_range(tiny_models):
     model = _fake_quantized(tiny_models["llama"], QuantRecipe(activation=NVFP4_STATIC))
     first = next(m for m in model.modules() if isinstance(m, QuantLinear))
     first.register_forward_pre_hook(lambda mod, args: (args[0] * 0,))
+    with pytest.raises(ValueError, match="--calib_batch_size must be at least 1, got 0"):
+        calibrate_static_tensor_scales(model, torch.zeros(1, 8, dtype=torch.long), batch_size=0)
     with pytest.raises(ValueError, match="absmax is zero or not finite"):
         calibrate_static_tensor_scales(model, torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="absmax is zero or not finite"):  # no window: nothing seen
+        calibrate_static_tensor_scales(model, torch.zeros(0, 8, dtype=torch.long))
     assert isinstance(first.act_quantizer, Quantizer)  # nothing installed, the quantizers restored
 
 
