@@ -10,9 +10,10 @@ HEAD~3:quant_kernels/act_quant.py > /tmp/old.py``; its relative imports are made
 same process, with the same timer. ``--static_tensor_amax`` also times NVFP4 with a calibrated tensor amax (x's
 own, taken before timing; the current version only), which reads x once where its own absmax takes a launch of its
 own. The autotuned configs are listed per key. ``--pin`` times one config (every ``_act_quant_kernel`` config
-field and num_warps, e.g. ``BLOCK_M=1,CHUNK=0,ROW_STEPS=4,SPLIT=0,num_warps=8``) in every version instead of each
-tuner's pick: the picks alone moved the same kernel's share of copy by about +-5 points between calls, which hides
-an A/B of a few points.
+field and num_warps, optionally maxnreg, e.g. ``BLOCK_M=1,CHUNK=0,ROW_STEPS=4,SPLIT=0,num_warps=8``) in every
+version instead of each tuner's pick: the picks alone moved the same kernel's share of copy by about +-5 points
+between calls, which hides an A/B of a few points. Several configs separated by ``;`` are each timed as a version
+of their own (a copy of each module per config), in the same process.
 
     python benchmarks/act_quant_bench.py --shapes 8192x4096,8192x14336 --out benchmarks/results/act_quant_h200
 """
@@ -58,8 +59,8 @@ def load_baseline(path: str):
 
 def pin_config(module, text: str) -> None:
     """Make ``module``'s activation kernel (``quant_kernels.act_quant`` or a baseline copy of it) run the one config
-    that ``text`` names (``NAME=int`` pairs: every config field of its tuner's configs, and num_warps), unpruned and
-    untuned; ValueError naming the fields otherwise."""
+    that ``text`` names (``NAME=int`` pairs: every config field of its tuner's configs and num_warps, and optionally
+    maxnreg, ptxas's register cap), unpruned and untuned; ValueError naming the fields otherwise."""
     import triton
 
     tuner = module._act_quant_autotuned
@@ -68,15 +69,36 @@ def pin_config(module, text: str) -> None:
         pairs = dict((name.strip(), int(value)) for name, value in (item.split("=") for item in text.split(",")))
     except ValueError:
         raise ValueError(f"--pin takes NAME=int pairs separated by commas, got {text!r}") from None
+    maxnreg = pairs.pop("maxnreg", None)
     if sorted(pairs) != sorted(fields):
-        raise ValueError(f"--pin names every field of the kernel's configs once: {', '.join(fields)}; got "
-                         f"{', '.join(sorted(pairs))}")
+        raise ValueError(f"--pin names every field of the kernel's configs once (and maxnreg at will): "
+                         f"{', '.join(fields)}; got {', '.join(sorted(pairs))}")
     warps = pairs.pop("num_warps")
     kwargs = {name: bool(value) if isinstance(tuner.configs[0].kwargs[name], bool) else value
               for name, value in pairs.items()}
-    tuner.configs = [triton.Config(kwargs, num_warps=warps)]
+    tuner.configs = [triton.Config(kwargs, num_warps=warps, maxnreg=maxnreg)]
     tuner.early_config_prune = None  # one config: the tuner runs it without timing or pruning
     tuner.cache.clear()
+
+
+def pinned_versions(current, source: str, baseline: str | None, pins: str | None) -> list[tuple[str, object]]:
+    """(label, module) to time: ``current`` (the act_quant module, from the file ``source``) and, given, the
+    ``baseline`` file's version; with
+    ``pins`` (configs separated by ';', ``pin_config``'s text), each version once per config, pinned to it, the
+    first config on the modules themselves, each further one on fresh copies, labelled with its config."""
+    texts = [None] if pins is None else [t.strip() for t in pins.split(";") if t.strip()]
+    if not texts:
+        raise ValueError(f"--pin names at least one config, got {pins!r}")
+    plain = [("current", current)] + ([("baseline", load_baseline(baseline))] if baseline else [])
+    versions = []
+    for i, text in enumerate(texts):
+        for label, module in plain:
+            if i:
+                module = load_baseline(baseline if label == "baseline" else source)
+            if text:
+                pin_config(module, text)
+            versions.append((f"{label} [{text}]" if len(texts) > 1 else label, module))
+    return versions
 
 
 def config_label(key: tuple, names: list[str]) -> str:
@@ -111,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma list of {', '.join(FORMATS)}")
     p.add_argument("--no_fp8_codes", action="store_true", help="skip the E4M3-code variants of the per-token formats")
     p.add_argument("--baseline", help="another version of quant_kernels/act_quant.py to time beside the current one")
-    p.add_argument("--pin", help="one config for every version, e.g. BLOCK_M=1,CHUNK=0,ROW_STEPS=4,SPLIT=0,num_warps=8")
+    p.add_argument("--pin", help="one config for every version, e.g. BLOCK_M=1,CHUNK=0,ROW_STEPS=4,SPLIT=0,num_warps=8 "
+                                 "(maxnreg=N optional); several separated by ';' are timed one after the other")
     p.add_argument("--static_tensor_amax", action="store_true",
                    help="also NVFP4 with a given (calibrated) tensor amax, as --a_static_tensor_scale runs it")
     p.add_argument("--reps", type=int, default=30)
@@ -130,13 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     from quant_kernels import act_quant
     from quant_kernels.reference import quantize_activations_ref
 
-    versions = [("current", act_quant)] + ([("baseline", load_baseline(args.baseline))] if args.baseline else [])
-    if args.pin:
-        try:
-            for _, module in versions:
-                pin_config(module, args.pin)
-        except ValueError as err:
-            p.error(str(err))
+    try:
+        versions = pinned_versions(act_quant, act_quant.__file__, args.baseline, args.pin)
+    except ValueError as err:
+        p.error(str(err))
     device = torch.device("cuda")
     time_ms = make_timer(device, args.warmup, args.reps, True, True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": torch.cuda.get_device_name(device),

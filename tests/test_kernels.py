@@ -944,6 +944,11 @@ def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
     assert {(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"], c.kwargs["ROW_STEPS"]) for c in per_token} == {
         (1, 0, 1), (2, 0, 1), (4, 0, 1), (8, 0, 1), (1, 2048, 1), (2, 2048, 1), (4, 2048, 1),  # 4096-wide chunks:
         (1, 0, 4), (2, 0, 4), (1, 0, 16), (2, 0, 16)}                                          # the whole row
+    # Register-capped one-row configs: whole per-token rows of up to 128 elements a thread, never a fused rotation's.
+    assert {(c.num_warps, c.maxnreg) for c in per_token if c.maxnreg} == set(act_quant.CAPPED_ROW_CONFIGS)
+    assert {(c.num_warps, c.maxnreg) for c in pruned(4096, 0, 16384) if c.maxnreg} == {
+        (w, cap) for w, cap in act_quant.CAPPED_ROW_CONFIGS if w >= 4}
+    assert not any(c.maxnreg for c in pruned(4096, 128, 4096) + pruned(4096, 0, 128, group=16))
     # Row blocks walked in turn: plain x only, and no more rows than the bucket holds.
     assert {c.kwargs["ROW_STEPS"] for c in pruned(4, 0, 4096)} == {1, 4}
     assert {c.kwargs["ROW_STEPS"] for c in pruned(2, 0, 4096) + pruned(4096, 0, 4096, amax_only=True)
@@ -1239,7 +1244,7 @@ def test_act_quant_bench_pins_one_config_in_a_version():
     copy = load_baseline(act_quant.__file__)  # pinned apart from the module the other tests use
     with pytest.raises(ValueError, match="NAME=int pairs"):
         pin_config(copy, "BLOCK_M=one")
-    with pytest.raises(ValueError, match="every field of the kernel's configs once: BLOCK_M, CHUNK, ROW_STEPS, SPLIT, "
+    with pytest.raises(ValueError, match="every field of the kernel's configs once \\(and maxnreg at will\\): BLOCK_M, CHUNK, ROW_STEPS, SPLIT, "
                                          "num_warps; got BLOCK_M, num_warps"):
         pin_config(copy, "BLOCK_M=1,num_warps=4")
     pin_config(copy, "BLOCK_M=2,CHUNK=0,ROW_STEPS=4,SPLIT=0,num_warps=8")
@@ -1247,6 +1252,25 @@ def test_act_quant_bench_pins_one_config_in_a_version():
     [config] = tuner.configs
     assert config.kwargs == dict(BLOCK_M=2, CHUNK=0, ROW_STEPS=4, SPLIT=False) and config.num_warps == 8
     assert tuner.early_config_prune is None and len(act_quant._act_quant_autotuned.configs) > 1
+    pin_config(copy, "BLOCK_M=1,CHUNK=0,ROW_STEPS=1,SPLIT=0,num_warps=2,maxnreg=80")
+    [config] = tuner.configs
+    assert config.num_warps == 2 and config.maxnreg == 80
+
+
+def test_act_quant_bench_times_each_pinned_config_as_a_version():
+    from benchmarks.act_quant_bench import load_baseline, pinned_versions
+
+    current = load_baseline(act_quant.__file__)  # stands in for the module, which the other tests use unpinned
+    assert pinned_versions(current, act_quant.__file__, None, None) == [("current", current)]
+    pins = "BLOCK_M=1,CHUNK=0,ROW_STEPS=1,SPLIT=0,num_warps=2; BLOCK_M=1,CHUNK=0,ROW_STEPS=1,SPLIT=0,num_warps=2,maxnreg=80"
+    versions = pinned_versions(current, act_quant.__file__, act_quant.__file__, pins)
+    labels = [label for label, _ in versions]
+    assert labels == [f"{v} [{t.strip()}]" for t in pins.split(";") for v in ("current", "baseline")]
+    modules = [module for _, module in versions]
+    assert modules[0] is current and len({id(m) for m in modules}) == 4
+    assert [m._act_quant_autotuned.configs[0].maxnreg for m in modules] == [None, None, 80, 80]
+    with pytest.raises(ValueError, match="at least one config, got ' ; '"):
+        pinned_versions(current, act_quant.__file__, None, " ; ")
 
 
 def test_kernel_check_int8_decode_dry_run(tmp_path):
