@@ -61,10 +61,9 @@
 #              E4M3 codes, checked against the twin; cold, its autotuning takes most of the 420 s) (issue 9)
 #   act_groups the same for NVFP4 (also with a calibrated tensor amax: one read of x) and MXFP4, then the activation
 #              and E4M3-code checks of kernel_check (issue 9)
-#   act_capped the activation kernel's register-capped one-row configs (act_quant.CAPPED_ROW_CONFIGS): E2M1 per token
-#              timed pinned to the tuner's usual pick (one row, 2 warps at K = 4096, 4 at 14336) uncapped and capped at
-#              64, 80 and 96 registers, every code checked against the twin; then INT4 and E2M1 tuned with the capped
-#              configs among the candidates (issue 9)
+#   act_capped the activation kernel's E2M1 per-token pick (one row, 2 warps at K = 4096, 4 at 14336) pinned, uncapped
+#              and with ptxas's register cap at 64, 80 and 96 (act_quant_bench --pin ...,maxnreg=N), every code checked
+#              against the twin: the rejected caps of kernels_h200.md's twenty-first run (issue 9)
 #   act_ncu    the activation kernel's autotuned picks under Nsight Compute, per-token INT4 and E2M1 packed at
 #              8192 x 4096 and 8192 x 14336 (act_quant_ncu.py: only the launches inside its NVTX range) (issue 9)
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
@@ -280,9 +279,7 @@ for section in "$@"; do
         --pin "$row,num_warps=2;$row,num_warps=2,maxnreg=64;$row,num_warps=2,maxnreg=80;$row,num_warps=2,maxnreg=96"
       step "${LIMIT_ACT_PIN:-150}" act_quant_capped_14336 python benchmarks/act_quant_bench.py --formats e2m1 \
         --no_fp8_codes --shapes 8192x14336,2048x14336 --out "$OUT/act_quant_capped_14336_h200" \
-        --pin "$row,num_warps=4;$row,num_warps=4,maxnreg=64;$row,num_warps=4,maxnreg=80;$row,num_warps=4,maxnreg=96"
-      step "${LIMIT_ACT_BENCH:-250}" act_quant_bench python benchmarks/act_quant_bench.py --formats int4,e2m1 \
-        --no_fp8_codes --shapes 8192x4096,8192x14336 --out "$OUT/act_quant_capped_tuned_h200" ;;
+        --pin "$row,num_warps=4;$row,num_warps=4,maxnreg=64;$row,num_warps=4,maxnreg=80;$row,num_warps=4,maxnreg=96" ;;
     act_ncu)
       step "${LIMIT_ACT_NCU:-300}" ncu_act_quant ncu --nvtx --nvtx-include "measure/" --section SpeedOfLight \
         --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \

@@ -181,26 +181,24 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
 
 
 def act_quant_configs(k: int, group: int = 0) -> list[tuple[int, ...]]:
-    """(BLOCK_M, CHUNK, warps, stages, ROW_STEPS[, MAXNREG]) of the configs the activation kernel's autotuner keeps
-    for rows of k columns at M = 8192, per token or in groups of ``group`` (MAXNREG: a register-capped one's cap)."""
+    """(BLOCK_M, CHUNK, warps, stages, ROW_STEPS) of the configs the activation kernel's autotuner keeps for rows of
+    k columns at M = 8192, per token or in groups of ``group``."""
     from quant_kernels import act_quant
 
     block_k = act_quant._tile(k, group, 0)[1]
     kept = act_quant._prune_tiles(act_quant._act_quant_autotuned.configs, dict(M_BUCKET=4096), HAD_BLOCK=0,
                                   BLOCK_K=block_k, GROUP=group or block_k, AMAX_ONLY=False, PROLOGUE=0)
-    return [(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"], c.num_warps, c.num_stages, c.kwargs["ROW_STEPS"])
-            + ((c.maxnreg,) if c.maxnreg else ()) for c in kept]
+    return [(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"], c.num_warps, c.num_stages, c.kwargs["ROW_STEPS"]) for c in kept]
 
 
 def config_label(kernel: str, config: tuple[int, ...]) -> str:
-    """A config in words: (BLOCK_M, CHUNK, warps, stages, ROW_STEPS[, MAXNREG]) for act_quant, else tile sizes,
-    warps, stages and the decode kernels' options (prefetch, fold, pipelined, split, register cap)."""
+    """A config in words: (BLOCK_M, CHUNK, warps, stages, ROW_STEPS) for act_quant, else tile sizes, warps, stages
+    and the decode kernels' options (prefetch, fold, pipelined)."""
     if kernel == "fpx_tile":
         return f"16x{config[0]}x{config[1]} w{config[2]} s{config[3]}" + (" swapped" if config[4] else "")
     if kernel == "act_quant":
         return (f"{config[0]} row{'s' if config[0] > 1 else ''}" + (f", chunk {config[1]}" if config[1] else "")
-                + (f", {config[4]} blocks in turn" if config[4] > 1 else "") + f" w{config[2]} s{config[3]}"
-                + (f" maxnreg{config[5]}" if config[5:] else ""))
+                + (f", {config[4]} blocks in turn" if config[4] > 1 else "") + f" w{config[2]} s{config[3]}")
     return ("x".join(map(str, config[:2])) + f" w{config[2]} s{config[3]}"
             + (" prefetch" if config[4:] and config[4] else "")
             + (f" fold{config[5]}" if config[5:] and config[5] > 1 else "")
@@ -209,20 +207,15 @@ def config_label(kernel: str, config: tuple[int, ...]) -> str:
             + (f" maxnreg{config[8]}" if config[8:] else ""))
 
 
-def register_cap(kernel: str, config: tuple[int, ...]) -> int | None:
-    """A config's ptxas register cap: an FPx row config's ninth field, an activation config's sixth; else None."""
-    field = {"fpx_row": 8, "act_quant": 5}.get(kernel)
-    return config[field] if field is not None and len(config) > field else None
-
-
-def sass_counts(source, config: tuple[int, ...], arch: int, label: str, maxnreg: int | None = None) -> dict:
-    """Compile ``source`` for sm_``arch`` with the config's warps and stages and the register cap ``maxnreg``;
-    count its SASS and conversions."""
+def sass_counts(source, config: tuple[int, ...], arch: int, label: str) -> dict:
+    """Compile ``source`` for sm_``arch`` with the config's warps, stages and register cap (an FPx row config's
+    ninth field); count its SASS and conversions."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                            options=dict(num_warps=config[2], num_stages=config[3], maxnreg=maxnreg))
+                            options=dict(num_warps=config[2], num_stages=config[3],
+                                         maxnreg=config[8] if len(config) > 8 else None))
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
@@ -362,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
               "configs": []}
     for config in configs[:args.limit]:
         result["configs"].append(sass_counts(build(args.element, config), config, args.arch,
-                                             config_label(args.kernel, config), register_cap(args.kernel, config)))
+                                             config_label(args.kernel, config)))
         write_result_files(args.out, result, markdown(result))
     print(markdown(result))
     return 0

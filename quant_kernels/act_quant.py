@@ -66,10 +66,6 @@ INTERPRET_CHUNK = 0
 SPLIT_CHUNKS = (512, 1024, 2048)
 SPLIT_MAX_M = 4
 INTERPRET_SPLIT = False
-# Register caps (ptxas maxnreg) of whole one-row configs, (warps, cap): the E2M1 picks hold a row in 165-167 registers
-# a thread, 16-19 % occupancy, and ncu found the kernel latency-bound there (``benchmarks/results/act_quant_ncu_h200.md``);
-# compiled for sm_90 these caps spill nothing (``kernel_sass.py --maxnreg``) and let an SM hold 20-32 warps.
-CAPPED_ROW_CONFIGS = ((1, 80), (2, 64), (2, 80), (2, 96), (4, 64), (4, 80), (4, 96), (8, 64))
 # Row blocks a program quantizes in turn, its next block's load in flight (``_act_quant_kernel``'s ROW_STEPS;
 # autotuned for plain x), and the count the interpreter uses for plain x (tests set it).
 ROW_STEP_COUNTS = (4, 16)
@@ -766,7 +762,7 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
     split = [c for c in configs if c.kwargs["SPLIT"]]
     if args["HAD_BLOCK"]:
         rows = max(1, TILE_ELEMENTS // args["BLOCK_K"])  # _tile's
-        return [c for c in whole if c.kwargs["BLOCK_M"] == rows and c.num_warps == 4 and c.maxnreg is None]
+        return [c for c in whole if c.kwargs["BLOCK_M"] == rows and c.num_warps == 4]
     per_token = args["GROUP"] == args["BLOCK_K"] and not args["AMAX_ONLY"]
     chunkable = per_token and args["PROLOGUE"] != PROLOGUES["rms_norm"]  # the norm needs its whole row at once
     plain = not args["AMAX_ONLY"] and args["PROLOGUE"] == 0  # (and no rotation: returned above)
@@ -791,8 +787,6 @@ _act_quant_autotuned = triton.autotune(
              for bm in (1, 2, 4, 8, 16, 32, 64) for w in (4, 8, 16)]
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, SPLIT=False), num_warps=w) for bm in (1, 2)
        for w in (1, 2)]
-    + [triton.Config(dict(BLOCK_M=1, CHUNK=0, ROW_STEPS=1, SPLIT=False), num_warps=w, maxnreg=cap)
-       for w, cap in CAPPED_ROW_CONFIGS]
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=chunk, ROW_STEPS=1, SPLIT=False), num_warps=w) for chunk in CHUNKS
        for bm in (1, 2, 4) for w in (4, 8)]
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=steps, SPLIT=False), num_warps=w)

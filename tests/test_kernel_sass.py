@@ -86,7 +86,7 @@ def test_kernel_sass_refuses_an_element_its_kernel_lacks(tmp_path, kernel, eleme
 def test_kernel_sass_act_quant_configs_and_width(tmp_path):
     """The activation kernel's configs are those its autotuner keeps for per-token rows (row blocks in turn among
     them); a width that is not a multiple of 16 is refused."""
-    from benchmarks.kernel_sass import config_label, register_cap
+    from benchmarks.kernel_sass import config_label
 
     # In a process of its own: importing the kernels here would build them for this process's mode, before
     # gemv_ncu's dry run below sets the interpreter.
@@ -97,10 +97,6 @@ def test_kernel_sass_act_quant_configs_and_width(tmp_path):
     assert (1, 0, 4, 3, 1) in configs and any(c[4] > 1 for c in configs) and all(c[1] < 4096 for c in configs)
     assert config_label("act_quant", (2, 0, 8, 3, 16)) == "2 rows, 16 blocks in turn w8 s3"
     assert config_label("act_quant", (1, 2048, 4, 3, 1)) == "1 row, chunk 2048 w4 s3"
-    assert (1, 0, 2, 3, 1, 80) in configs  # a register-capped one, its cap in the sixth field
-    assert config_label("act_quant", (1, 0, 2, 3, 1, 80)) == "1 row w2 s3 maxnreg80"
-    assert register_cap("act_quant", (1, 0, 2, 3, 1, 80)) == 80 and register_cap("act_quant", (1, 0, 2, 3, 1)) is None
-    assert register_cap("fpx_row", (64, 64, 8, 2, False, 1, 1, 4, 80)) == 80 and register_cap("w4a4_tc", (1,) * 9) is None
     assert config_label("fpx_row", (64, 64, 8, 2, False, 1, 1, 4, 80)) == "64x64 w8 s2 split4 maxnreg80"
     done = run_sass("--kernel", "act_quant", "--element", "int4", "--k", "100", "--out", str(tmp_path / "sass"))
     assert done.returncode == 2 and "--k must be a positive multiple of 16, got 100" in done.stderr

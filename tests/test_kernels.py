@@ -944,11 +944,6 @@ def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
     assert {(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"], c.kwargs["ROW_STEPS"]) for c in per_token} == {
         (1, 0, 1), (2, 0, 1), (4, 0, 1), (8, 0, 1), (1, 2048, 1), (2, 2048, 1), (4, 2048, 1),  # 4096-wide chunks:
         (1, 0, 4), (2, 0, 4), (1, 0, 16), (2, 0, 16)}                                          # the whole row
-    # Register-capped one-row configs: whole per-token rows of up to 128 elements a thread, never a fused rotation's.
-    assert {(c.num_warps, c.maxnreg) for c in per_token if c.maxnreg} == set(act_quant.CAPPED_ROW_CONFIGS)
-    assert {(c.num_warps, c.maxnreg) for c in pruned(4096, 0, 16384) if c.maxnreg} == {
-        (w, cap) for w, cap in act_quant.CAPPED_ROW_CONFIGS if w >= 4}
-    assert not any(c.maxnreg for c in pruned(4096, 128, 4096) + pruned(4096, 0, 128, group=16))
     # Row blocks walked in turn: plain x only, and no more rows than the bucket holds.
     assert {c.kwargs["ROW_STEPS"] for c in pruned(4, 0, 4096)} == {1, 4}
     assert {c.kwargs["ROW_STEPS"] for c in pruned(2, 0, 4096) + pruned(4096, 0, 4096, amax_only=True)
