@@ -422,11 +422,12 @@ def _w4a4_tc_kernel(
     bias and residual are added once. W_E2M1: E2M1 weights (bytes in the same place) as FP8 E4M3 operands,
     ``_e2m1_nibbles_e4m3``, against the activation bytes of E2M1 weights' order moved to the nibbles' order and
     widened to E4M3; each step's FP8 sums join an fp32 accumulator, which ends as exact int32 in units of 2^-7.
-    EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks)."""
+    EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
+    rows (unsplit only: the split-K counters are per N tile)."""
     launch_dependents(USE_GDC)
     tile = tl.program_id(0)
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_b = tl.arange(0, BLOCK_KB)
     m_ok = offs_m < M
     n_ok = offs_n < N

@@ -1429,3 +1429,15 @@ def test_decode_rows_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
     text = markdown(dict(device="GPU", date="d", versions={}, command="c", rows=rows))
     assert "| 4096x4096 | 8 | 15.5 | 8.8 (1.76×) tensor-core | 12.7 (1.22×) | 7.7 (2.01×) |" in text
     assert "3.0e-07" in text
+
+
+def test_tensor_core_decode_kernel_tiles_rows_over_its_third_grid_axis():
+    """The tensor-core decode kernel launched over three tiles of 16 rows (the last ragged), as the prefill probe
+    launches it: every fp32 output equals the exact product's (the interpreter's bfloat16 cast truncates)."""
+    from benchmarks.tc_prefill_probe import launch_tc, operands
+
+    planes, packed, *_, a_scale, w_scale, want = operands(40, 32, 64, torch.device("cpu"),
+                                                          torch.Generator().manual_seed(0))
+    out = torch.full((40, 32), float("nan"))
+    launch_tc(planes, packed, a_scale, w_scale, out, (16, 16, 16, 4, 1))
+    assert torch.equal(out, want)
