@@ -17,6 +17,9 @@ before every repetition):
   codes widened to E4M3 alone (``fp8 gemm``, weight widened beforehand), with the weight
   widened in the timed call (``fp8 unpack+gemm``), and the whole linear
   (``fp8 quant+unpack+gemm``: activation codes, widening, GEMM);
+* for ``int4`` above 64 rows, the int8 path (``w4a4_gemv.w4a4_tc_prefill_triton``): the tensor-core kernel tiled
+  over M on the activation kernel's int8 bytes, the packed weight unpacked in registers, alone (``int8 gemm``) and
+  with the activation codes (``int8 quant+gemm``);
 
 the activation-quantization kernel alone, in GB/s, next to a device copy
 (``x.clone()``) of the same activations; and, for M in ``--weight_only_ms``, the FPx
@@ -159,6 +162,35 @@ def fp8_path_rows(n: int, m: int, k: int, x: torch.Tensor, wq: tuple, name: str,
     ]
 
 
+def check_int8_path(x: torch.Tensor, wq: tuple) -> str:
+    """The int8 path's linear (INT4) against the fp32 twin on the first rows (above the decode kernels' 64, so
+    that it runs): bfloat16 rounding."""
+    rows = x[:2 * CHECK_ROWS + 65]
+    got = quant_kernels.w4a4_linear(rows, *wq, a_element="int4", w_element="int4", out_dtype=torch.bfloat16,
+                                    backend="triton", path="int8").float()
+    aq = reference.quantize_activations_ref(rows, "int4", 0, "float")
+    want = reference.w4a4_matmul_ref(*aq, *wq, a_element="int4", w_element="int4", out_dtype=torch.float32)
+    # The kernel's sums are exact; the twin's fp32 ones leave ~1e-7 where they cancel: a floor of 2^-10 of the largest
+    err = ((got - want).abs() / (want.abs() + 2.0**-10 * want.abs().max())).max().item()
+    return "ok" if err <= 2.0**-7 else f"MISMATCH: elementwise rel err {err:.1e}"  # the interpreter truncates
+
+
+def int8_path_rows(n: int, m: int, k: int, x: torch.Tensor, wq: tuple, time_ms) -> list[dict]:
+    """The int8 path of INT4: the M-tiled tensor-core kernel alone, and with the activation codes."""
+    from quant_kernels.w4a4_gemv import _tc_prefill_autotuned, w4a4_tc_prefill_triton  # late (see main)
+
+    check = check_int8_path(x, wq)
+    a_bytes, a_scale = quant_kernels.quantize_activations(x, "int4", dp4a_for="int4", backend="triton")
+    weight_bytes = wq[0].numel() + 4 * wq[1].numel()
+    gemm = functools.partial(w4a4_tc_prefill_triton, a_bytes, a_scale, *wq, a_element="int4", out_dtype=torch.bfloat16)
+    linear = functools.partial(quant_kernels.w4a4_linear, x, *wq, a_element="int4", w_element="int4",
+                               out_dtype=torch.bfloat16, backend="triton", path="int8")
+    rows = [row(n, m, k, "int4 int8 gemm", time_ms(gemm), weight_bytes, check)]
+    rows[-1]["config"] = described(getattr(_tc_prefill_autotuned, "best_config", None))
+    rows.append(row(n, m, k, "int4 int8 quant+gemm", time_ms(linear), weight_bytes, check))
+    return rows
+
+
 def tuned_config(m: int, k: int, group: int, gemv: bool | None = None, w_element: str | None = None) -> str:
     """The config the autotuner of this GEMM picked on its last run: tile sizes, warps, stages."""
     from quant_kernels import w4a4_gemm
@@ -205,7 +237,7 @@ def row(n: int, m: int, k: int, method: str, ms: float | None, weight_bytes: int
 def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: list[str]) -> list[dict]:
     """Every GEMM of one (N, K, M): the bf16 and fp8 baselines first, then the W4A4 formats."""
     from quant_kernels.w4a4_gemm import takes_gemv, w4a4_matmul_triton  # late: builds Triton kernels (see main)
-    from quant_kernels.w4a4_gemv import w4a4_gemv_triton
+    from quant_kernels.w4a4_gemv import TC_MAX_M, w4a4_gemv_triton
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
     rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
@@ -246,6 +278,8 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
             rows[-1]["config"] = tuned_config(m, k, group, gemv=False)
         if fp8_ok and reference.fp8_path_fits(m, n, k, group, group):
             rows += fp8_path_rows(n, m, k, x, wq, name, element, time_ms)
+        if name == "int4" and m > TC_MAX_M and k % 8 == 0:
+            rows += int8_path_rows(n, m, k, x, wq, time_ms)
     for r in rows:
         r["x_bf16"] = rows[0]["ms"] / r["ms"] if r["ms"] else None
         r["x_fp8"] = rows[1]["ms"] / r["ms"] if r["ms"] and rows[1]["ms"] else None

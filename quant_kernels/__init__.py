@@ -14,8 +14,10 @@ dispatching on the tensors' device:
   to 8 rows with per-row scales take the CUDA-core decode kernel ``w4a4_gemv``, other
   decode-sized M split K).
 - ``w4a4_matmul_dp4a``: the decode kernel alone, on activation codes already quantized to its dp4a
-  bytes (``quantize_activations(..., dp4a_for=...)``), 1..8 rows with per-row scales.
-- ``unpack_fp8`` and ``fp8_gemm.w4a4_matmul_fp8``: the prefill path for per-row scales,
+  bytes (``quantize_activations(..., dp4a_for=...)``), 1..8 rows with per-row scales (1..64 with INT4 or E2M1
+  weights; any number with INT4 weights, whose rows above 64 take the tensor-core kernel tiled over M: the
+  ``int8`` path of ``w4a4_linear``).
+- ``unpack_fp8`` and ``fp8_gemm.w4a4_matmul_fp8``: the prefill path for per-row scales with E2M1 weights,
   codes widened to FP8 and cuBLAS's row-wise scaled FP8 GEMM.
 - ``w8a8_linear``: INT8 per-token activations x INT8 per-channel weights (``int8_gemm``);
   ``w4a8_linear`` the same activations x packed INT4 weights (the decode kernel at a few rows).
@@ -55,8 +57,9 @@ __all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "
            "w4a8_linear", "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
-PATHS = ("packed", "fp8")
-# From this many rows on, per-row-scaled bfloat16 products on a GPU take the FP8 path.
+PATHS = ("packed", "fp8", "int8")
+# From this many rows on, per-row-scaled bfloat16 products on a GPU take the int8 path (INT4 weights) or the FP8
+# path (E2M1 weights).
 FP8_MIN_ROWS = 256
 
 
@@ -168,10 +171,12 @@ def w4a4_linear(
     (``w4a4_matmul_dp4a``), else by ``rms_norm_quantize``. ``a_tensor_amax``: NVFP4 activations' calibrated
     absmax (``quantize_activations``' ``tensor_amax``).
 
-    ``path``: ``packed`` (4-bit activation codes, ``w4a4_matmul``) or ``fp8`` (codes as
+    ``path``: ``packed`` (4-bit activation codes, ``w4a4_matmul``), ``fp8`` (codes as
     E4M3 bytes, weight widened by ``unpack_fp8``, cuBLAS's FP8 GEMM; per-row scales,
-    K and N multiples of 16, bfloat16 out). None picks ``fp8`` for bfloat16 products of
-    at least ``FP8_MIN_ROWS`` rows on the Triton backend where it fits, else ``packed``.
+    K and N multiples of 16, bfloat16 out) or ``int8`` (INT4 weights: codes as the int8 bytes of INT4 weights'
+    dp4a order, the packed weight unpacked in registers for the int8 tensor cores, ``w4a4_matmul_dp4a``; per-row
+    float scales, K a multiple of 8). None picks ``int8`` for INT4 weights and ``fp8`` for E2M1 weights in
+    bfloat16 products of at least ``FP8_MIN_ROWS`` rows on the Triton backend where they fit, else ``packed``.
     """
     from .fp8_gemm import w4a4_matmul_fp8
     from .reference import fp8_path_fits
@@ -184,9 +189,20 @@ def w4a4_linear(
         raise ValueError(f"the fp8 path takes per-row scales (groups 0, float scales), K and N multiples of 16 and "
                          f"bfloat16 output, got groups {a_group}/{w_group}, {scale_kind} scales, K={k}, "
                          f"N={w_packed.shape[0]}, {out_dtype}: use path='packed'")
+    int8_fits = w_element == "int4" and a_group == w_group == 0 and scale_kind == "float" and k % 8 == 0
+    if path == "int8" and not int8_fits:
+        raise ValueError(f"the int8 path takes INT4 weights, per-row float scales (groups 0) and K a multiple of 8, "
+                         f"got {w_element} weights, groups {a_group}/{w_group}, {scale_kind} scales, K={k}: use "
+                         f"path='packed'")
     if path is None:
-        auto = _use_triton(x, backend) and m >= FP8_MIN_ROWS and out_dtype == torch.bfloat16 and fits
-        path = "fp8" if auto else "packed"
+        large = _use_triton(x, backend) and m >= FP8_MIN_ROWS and out_dtype == torch.bfloat16
+        path = "int8" if large and int8_fits else "fp8" if large and fits else "packed"
+    if path == "int8":
+        a_bytes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, dp4a_for="int4",
+                                                backend=backend)
+        return w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element="int4",
+                                bias=bias, out_dtype=out_dtype, residual=residual, norm_tail=norm_tail,
+                                backend=backend)
     if path == "fp8":
         codes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, fp8_codes=True, backend=backend)
         out = w4a4_matmul_fp8(codes, a_scale, unpack_fp8(w_packed, w_element, backend=backend), w_scale, bias)
@@ -267,7 +283,8 @@ def w4a4_matmul_dp4a(
     backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(M, N) = (values(a_bytes) * a_scale) @ (decode(w) * w_scale).T (+ bias) for 1..8 rows (1..64 with INT4
-    or E2M1 weights, on the tensor cores from 5; E2M1 up to 8 with ``PTQ_TC_E2M1=0``), per-row scales.
+    or E2M1 weights, on the tensor cores from 5; E2M1 up to 8 with ``PTQ_TC_E2M1=0``; any number with INT4 weights,
+    above 64 on the tensor-core kernel tiled over M, ``w4a4_gemv.w4a4_tc_prefill_triton``), per-row scales.
 
     ``a_bytes`` (M, K) int8 are the activation codes in the decode kernel's dp4a order for
     ``w_element`` weights (``quantize_activations(..., dp4a_for=w_element)``). ``residual`` (M, N) of
@@ -279,8 +296,12 @@ def w4a4_matmul_dp4a(
     decode kernel's last program where it takes the rows.
     """
     if _use_triton(a_bytes, backend):
-        from .w4a4_gemv import w4a4_gemv_triton
+        from .w4a4_gemv import TC_MAX_M, w4a4_gemv_triton, w4a4_tc_prefill_triton
 
+        if w_element == "int4" and a_bytes.shape[0] > TC_MAX_M and not gated:
+            out = w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, bias=bias,
+                                         out_dtype=out_dtype, residual=residual)
+            return _with_norm_tail(out, norm_tail, backend)
         return w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                                 bias=bias, out_dtype=out_dtype, residual=residual, gated=gated, norm_tail=norm_tail)
     from .reference import w4a4_gemv_ref

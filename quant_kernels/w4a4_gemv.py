@@ -38,6 +38,12 @@ K: the slices add exact int32 sums atomically into a zeroed buffer (``split_k_bu
 each tile to finish runs the epilogue and zeroes the buffer again, so a split product equals the unsplit one
 bit for bit.
 
+At prefill sizes (``w4a4_tc_prefill_triton``) the same kernel takes INT4 weights over a third grid axis of
+BLOCK_M-row tiles (128 activation rows a tile): the packed weight is read once a tile and never widened in memory,
+where the FP8 path (``fp8_gemm``) writes and reads an E4M3 copy of it on every call. On the H200 it ran 0.88-0.97x
+cuBLAS's FP8 GEMM at M = 2048 where the FP8 path ran 0.81-0.85x, and 0.89-1.03x at 8192 (0.89-0.95x), exact int32
+sums (``benchmarks/results/tc_prefill_probe_h200.md``).
+
 With a norm tail (``norm_tail``, a decode layer's o_proj) the CUDA-core kernel's last program to finish (a counter
 in the same zeroed buffer) runs the next RMSNorm and its per-token quantization on the whole output rows, which
 the other programs wrote: the activation kernel's launch for the post-attention norm folded into this one.
@@ -115,6 +121,13 @@ TC_CONFIGS = [(32, 256, 1, 4, 3), (64, 128, 1, 4, 4), (64, 256, 1, 4, 3), (64, 1
 INTERPRET_TC_CONFIG = dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=2)
 # The narrowest BLOCK_N of any tensor-core config: the split-K tile counters are sized for it.
 TC_MIN_BLOCK_N = 16
+# Prefill tiles of the tensor-core kernel (``w4a4_tc_prefill_triton``): (BLOCK_N weight rows, BLOCK_M activation
+# rows, BLOCK_KB packed bytes a step, warps, stages), K unsplit. The probe's fastest, 128 x 128 x 64 on 8 warps
+# (3 or 4 stages), and neighbours it did not time; 256-row and 128-byte tiles ran 25-35 % slower there.
+TC_PREFILL_CONFIGS = [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 32, 8, 4), (128, 128, 32, 8, 6),
+                      (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 128, 128, 4, 3)]
+INTERPRET_TC_PREFILL_CONFIG = dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=32, SPLIT_K=1)
+TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL")
 # Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
 # The CUDA-core decode kernel's autotune key.
@@ -600,6 +613,11 @@ _tc_autotuned = triton.autotune(
     key=list(TC_TUNING_KEY),
     prune_configs_by=dict(early_config_prune=prune_tc_configs),
 )(_tc_kernel_even)
+_tc_prefill_autotuned = triton.autotune(
+    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_M=bm, BLOCK_KB=bkb, SPLIT_K=1), num_warps=w, num_stages=s)
+             for bn, bm, bkb, w, s in TC_PREFILL_CONFIGS],
+    key=list(TC_PREFILL_TUNING_KEY),
+)(_tc_kernel_even)
 
 
 def tensor_core_weights() -> tuple[str, ...]:
@@ -686,6 +704,70 @@ def split_k_buffer(device: torch.device, m: int, n: int, min_block_n: int = TC_M
     return buffer, buffer[m * n:]
 
 
+def _launch_operands(a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
+                     a_element: str, w_element: str, bias: torch.Tensor | None, residual: torch.Tensor | None,
+                     out: torch.Tensor, out_dtype: torch.dtype, pdl_kernel: str | None):
+    """What the decode kernels and the prefill launch share: the operands as words (INT8 weights as 64-bit words of
+    8 codes, as the 4-bit elements' 32-bit ones), fp32 scales, (bias, residual, out) pointers, the trailing strides
+    and unit, and the flags; ``pdl_kernel`` names the launch for ``pdl_flags`` (None: a plain launch)."""
+    a_words, w_words = _words(a_bytes), _words(w_packed, torch.int64 if w_element == "int8" else torch.int32)
+    a_scale, w_scale = a_scale.float().contiguous(), w_scale.float().contiguous()
+    # Activation bytes count units of 1 (INT4, INT8) or 1/2 (E2M1); weight bytes 1/16 (INT4 nibbles at a byte's
+    # top), 1/2 (E2M1) or 1 (INT8).
+    unit = (0.5 if a_element == "e2m1" else 1.0) * {"int4": 1 / 16, "e2m1": 0.5, "int8": 1.0}[w_element]
+    if residual is not None and residual.stride(1) != 1:
+        residual = residual.contiguous()
+    # The kernels share their arguments but for the operands' units: words (CUDA cores) or bytes (tensor cores).
+    # An absent bias or residual is never read: ``out`` stands in for its pointer.
+    outputs = (bias if bias is not None else out, residual if residual is not None else out, out)
+    trailing = (a_scale.stride(0), w_scale.stride(0), out.stride(0), 0 if residual is None else residual.stride(0),
+                unit)
+    flags = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, USE_ASM=not INTERPRET,
+                 ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16,
+                 **(pdl_flags(a_bytes.device, pdl_kernel) if pdl_kernel else {"USE_GDC": False}))
+    return a_words, w_words, a_scale, w_scale, outputs, trailing, flags
+
+
+def w4a4_tc_prefill_triton(
+    a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
+    a_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
+    residual: torch.Tensor | None = None, out: torch.Tensor | None = None, config: triton.Config | None = None,
+) -> torch.Tensor:
+    """``reference.w4a4_gemv_ref`` for packed INT4 weights and any number of rows of their dp4a activation bytes
+    (INT4, E2M1 or INT8 activations; ``quantize_activations(..., dp4a_for="int4")``), per-row scales: the
+    tensor-core kernel over tiles of BLOCK_M rows (a third grid axis), K unsplit, exact int32 sums, the weight
+    read packed. ``config`` (BLOCK_N, BLOCK_M, BLOCK_KB and SPLIT_K=1, warps, stages) replaces the autotuner's
+    pick of TC_PREFILL_CONFIGS (or the interpreter's fixed tile)."""
+    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, "int4", bias, out_dtype, residual)
+    m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
+    if k % 8:
+        raise ValueError(f"the tensor-core kernel takes K a multiple of 8, got K={k}")
+    if config is not None and (set(config.kwargs) != {"BLOCK_N", "BLOCK_M", "BLOCK_KB", "SPLIT_K"}
+                               or config.kwargs["SPLIT_K"] != 1):
+        raise ValueError(f"a prefill tile sets BLOCK_N, BLOCK_M, BLOCK_KB and SPLIT_K=1, got {config.kwargs}")
+    check_out(out, m, n, out_dtype)
+    if out is None:
+        out = torch.empty((m, n), dtype=out_dtype, device=a_bytes.device)
+    a_words, w_words, a_scale, w_scale, outputs, trailing, flags = _launch_operands(
+        a_bytes, a_scale, w_packed, w_scale, a_element, "int4", bias, residual, out, out_dtype, None)
+    a_b, w_b = a_words.view(torch.int8), w_words.view(torch.uint8)
+    # Unsplit: the split-K buffer and counters are never read, ``out`` stands in for their pointers.
+    args = (a_b, a_scale, w_b, w_scale, *outputs, out, out, m, n, k // 2, triton.next_power_of_2(m), a_b.stride(0),
+            w_b.stride(0), *trailing)
+    flags.update(W_E2M1=False)
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return triton.cdiv(n, meta["BLOCK_N"]), 1, triton.cdiv(m, meta["BLOCK_M"])
+
+    if config is not None or INTERPRET:
+        fixed, launch = (config.kwargs, dict(num_warps=config.num_warps, num_stages=config.num_stages)) \
+            if config is not None else (INTERPRET_TC_PREFILL_CONFIG, {})
+        _tc_kernel_even[grid(fixed)](*args, **flags, **fixed, **launch)
+    else:
+        _tc_prefill_autotuned[grid](*args, **flags)
+    return out
+
+
 def w4a4_gemv_triton(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
@@ -731,23 +813,9 @@ def w4a4_gemv_triton(
     check_out(out, m, width, out_dtype)
     if out is None:
         out = torch.empty((m, width), dtype=out_dtype, device=a_bytes.device)
-    # INT8 weights are 64-bit words: 8 codes a word, as the 4-bit elements' 32-bit words.
-    a_words, w_words = _words(a_bytes), _words(w_packed, torch.int64 if w_element == "int8" else torch.int32)
-    a_scale, w_scale = a_scale.float().contiguous(), w_scale.float().contiguous()
+    a_words, w_words, a_scale, w_scale, outputs, trailing, flags = _launch_operands(
+        a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, residual, out, out_dtype, "gemv")
     block_m = triton.next_power_of_2(m)
-    # Activation bytes count units of 1 (INT4, INT8) or 1/2 (E2M1); weight bytes 1/16 (INT4 nibbles at a byte's
-    # top), 1/2 (E2M1) or 1 (INT8).
-    unit = (0.5 if a_element == "e2m1" else 1.0) * {"int4": 1 / 16, "e2m1": 0.5, "int8": 1.0}[w_element]
-    if residual is not None and residual.stride(1) != 1:
-        residual = residual.contiguous()
-    # The kernels share their arguments but for the operands' units: words (CUDA cores) or bytes (tensor cores).
-    # An absent bias or residual is never read: ``out`` stands in for its pointer.
-    outputs = (bias if bias is not None else out, residual if residual is not None else out, out)
-    trailing = (a_scale.stride(0), w_scale.stride(0), out.stride(0), 0 if residual is None else residual.stride(0),
-                unit)
-    flags = dict(HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, USE_ASM=not INTERPRET,
-                 ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16,
-                 **pdl_flags(a_bytes.device, "gemv"))
     if tc:
         a_b, w_b = a_words.view(torch.int8), w_words.view(torch.uint8)  # the same bytes, strides in bytes
         tc_args = (a_b, a_scale, w_b, w_scale, *outputs, *split_k_buffer(a_b.device, m, n), m, n, k // 2,

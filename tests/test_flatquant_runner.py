@@ -244,3 +244,17 @@ def test_kernel_bench_times_only_the_weight_only_formats_asked(cli, monkeypatch,
     assert "| 40x128 | 1 | e3m2 w-only |" in table and "e2m1 w-only" not in table
     out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--weight_only_formats", "e3m2,fp7", "--out", prefix)
     assert out.returncode != 0 and "--weight_only_formats takes a comma list of e3m2, e2m3" in out.stderr
+
+
+def test_prefill_bench_dry_run_checks_both_paths(cli, monkeypatch, tmp_path):
+    """prefill_bench on the CPU: the int8 path's kernel (autotuned and a fixed tile) and linear, the FP8 path's,
+    every output within the interpreter's bfloat16 rounding of the exact product."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
+    prefix = str(tmp_path / "prefill")
+    out = cli("benchmarks/prefill_bench.py", "--cpu_dry_run", "--configs", "16,16,16,4,1", "--reps", "1", "--warmup",
+              "0", "--out", prefix)
+    assert out.returncode == 0, out.stderr
+    table = open(prefix + ".md").read()
+    for kernel in ("int8 path kernel, autotuned", "int8 path kernel, fixed | 16,16,16,4,1", "fp8 path linear",
+                   "int8 path linear"):
+        assert f"| 70 | 48x128 | {kernel} |" in table

@@ -896,7 +896,11 @@ def test_w4a4_linear_path_choice_and_refusals():
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 4, 32, 64)
     x = torch.randn(300, 64, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="unknown path"):
-        quant_kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", path="int8")
+        quant_kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", path="int4")
+    with pytest.raises(ValueError, match="the int8 path takes INT4 weights, per-row float scales \\(groups 0\\) and K "
+                                         "a multiple of 8, got e2m1 weights, groups 16/16, e4m3 scales, K=64"):
+        quant_kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", a_group=16, w_group=16,
+                                  scale_kind="e4m3", out_dtype=torch.bfloat16, path="int8")
     with pytest.raises(ValueError, match="fp8 path takes per-row scales"):
         quant_kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", a_group=16, w_group=16,
                                   scale_kind="e4m3", out_dtype=torch.bfloat16, path="fp8")
@@ -912,6 +916,34 @@ def test_w4a4_linear_path_choice_and_refusals():
     a4, as4 = quantize_activations_ref(x, "int4", 0, "float")
     assert torch.equal(out, w4a4_matmul_ref(a4, as4, w4, s4, a_element="int4", w_element="int4",
                                             out_dtype=torch.float32))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("a_element", ["int4", "e2m1"])
+def test_int8_path_equals_the_exact_product_above_the_decode_rows(a_element, backend):
+    """INT4 weights on the int8 path at 70 rows (above TC_MAX_M: the tensor-core kernel tiled over M on the Triton
+    backend) with a bias, and with a residual: the exact integer sums scaled in another order than the twin's
+    (within an ulp of float16), the residual added to the rounded product; with a norm tail, the next RMSNorm's
+    codes of the product the kernel returns."""
+    from quant_kernels.reference import NormTail, norm_tail_ref
+
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(70, 128, generator=gen, dtype=torch.float16)
+    bias = torch.randn(48, generator=gen)
+    residual = torch.randn(70, 48, generator=gen).to(torch.float16)
+    w_packed, w_scale = quantize_activations_ref(torch.randn(48, 128, generator=gen) * 0.05, "int4", 0, "float")
+    kw = dict(a_element=a_element, w_element="int4", bias=bias, out_dtype=torch.float16, backend=backend)
+    product = quant_kernels.w4a4_linear(x, w_packed, w_scale, path="int8", **kw)
+    a_packed, a_scale = quantize_activations_ref(x, a_element, 0, "float")
+    assert_matches_twin(product, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_element,
+                                                 w_element="int4", bias=bias, out_dtype=torch.float32))
+    out = quant_kernels.w4a4_linear(x, w_packed, w_scale, path="int8", residual=residual, **kw)
+    assert torch.equal(out, residual + product)
+    tail = NormTail(weight=(torch.rand(48, generator=gen) + 0.5).to(torch.float16), eps=1e-5, element="int4",
+                    clip_ratio=1.0, dp4a_for="int4")
+    got = quant_kernels.w4a4_linear(x, w_packed, w_scale, path="int8", norm_tail=tail, **kw)
+    want = norm_tail_ref(product, tail)
+    assert torch.equal(got[0], product) and torch.equal(got[1], want[0]) and torch.equal(got[2], want[1])
 
 
 def test_triton_gemm_public_api_bfloat16_out():
@@ -1434,10 +1466,17 @@ def test_decode_rows_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
 def test_tensor_core_decode_kernel_tiles_rows_over_its_third_grid_axis():
     """The tensor-core decode kernel launched over three tiles of 16 rows (the last ragged), as the prefill probe
     launches it: every fp32 output equals the exact product's (the interpreter's bfloat16 cast truncates)."""
-    from benchmarks.tc_prefill_probe import launch_tc, operands
+    from benchmarks.prefill_bench import launch_tc, operands
 
     planes, packed, *_, a_scale, w_scale, want = operands(40, 32, 64, torch.device("cpu"),
                                                           torch.Generator().manual_seed(0))
     out = torch.full((40, 32), float("nan"))
     launch_tc(planes, packed, a_scale, w_scale, out, (16, 16, 16, 4, 1))
     assert torch.equal(out, want)
+    from quant_kernels.w4a4_gemv import w4a4_tc_prefill_triton
+
+    tile = triton.Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=16, SPLIT_K=2))
+    with pytest.raises(ValueError, match="a prefill tile sets BLOCK_N, BLOCK_M, BLOCK_KB and SPLIT_K=1, got"):
+        w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element="int4", config=tile)
+    with pytest.raises(ValueError, match="K a multiple of 8, got K=60"):
+        w4a4_tc_prefill_triton(planes[:, :60], a_scale, packed[:, :30], w_scale, a_element="int4")

@@ -1,0 +1,173 @@
+"""INT4 W4A4 linears at prefill sizes: the int8 path against bf16, cuBLAS's FP8 GEMM and our FP8 path.
+
+Issue 9's prefill target is the W4A4 linear at least as fast as cuBLAS's FP8 GEMM. The FP8 path widens the packed
+weight to E4M3 bytes on every call (a pass of 1.5 bytes a weight) before cuBLAS's row-wise FP8 GEMM. The int8 path
+(``w4a4_linear(..., path="int8")``, ``w4a4_gemv.w4a4_tc_prefill_triton``) runs the tensor-core decode kernel over
+tiles of activation rows: it reads the packed weight, moves its nibbles to the top of int8 registers as wgmma's
+register operand and multiplies the activations' even and odd int8 planes (the bytes the activation kernel writes
+for INT4 weights) on the int8 tensor cores, exact in int32. For each M and N x K this times, INT4 x INT4 with
+per-row scales and bfloat16 out: torch bf16; cuBLAS's FP8 GEMM on E4M3 codes given (the issue's peer); the FP8
+path's widening + GEMM; the int8 path's kernel, autotuned (and each ``--configs`` tile fixed); and the whole
+linears from bfloat16 x (activation codes included) of both paths. Every GEMM output is checked against an exact
+fp32 product; each linear against the same linear on the other path.
+
+    python benchmarks/prefill_bench.py --ms 512,2048,8192 --out benchmarks/results/prefill_int8_h200
+
+``--cpu_dry_run`` runs it on the CPU under the Triton interpreter at one tiny shape (timings meaningless, the
+checks real).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.kernel_bench import LLAMA3_8B_SHAPES  # noqa: E402
+from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.timing import make_timer  # noqa: E402
+from pipeline.results import library_versions  # noqa: E402
+
+
+
+def operands(m: int, n: int, k: int, device: torch.device, gen: torch.Generator):
+    """Random INT4 activation levels as their even / odd int8 planes (m, k), packed INT4 weights (n, k / 2),
+    per-row scales, and the exact fp32 product diag(a_scale) (A W^T) diag(w_scale) (no TF32)."""
+    levels_a = torch.randint(-8, 8, (m, k), generator=gen, device=device, dtype=torch.int8)
+    levels_w = torch.randint(-8, 8, (n, k), generator=gen, device=device, dtype=torch.int8)
+    planes = torch.cat([levels_a[:, 0::2], levels_a[:, 1::2]], dim=1).contiguous()
+    nibbles = (levels_w.to(torch.int32) & 0xF).to(torch.uint8)
+    packed = (nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).contiguous()
+    a_scale = torch.rand(m, 1, generator=gen, device=device) + 0.5
+    w_scale = torch.rand(n, 1, generator=gen, device=device) / 64 + 1e-3
+    want = (levels_a.float() @ levels_w.float().t()) * a_scale * w_scale.t()
+    return planes, packed, levels_a, levels_w, a_scale, w_scale, want
+
+
+def launch_tc(planes, packed, a_scale, w_scale, out, config):
+    """One prefill-tiled launch of the tensor-core kernel (``w4a4_tc_prefill_triton``) on a fixed ``config``:
+    (BLOCK_N weight rows, BLOCK_M activation rows, BLOCK_KB packed bytes a step, warps, stages)."""
+    import triton
+
+    from quant_kernels.w4a4_gemv import w4a4_tc_prefill_triton
+
+    block_n, block_m, block_kb, warps, stages = config
+    tile = triton.Config(dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_KB=block_kb, SPLIT_K=1), num_warps=warps,
+                         num_stages=stages)
+    return w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element="int4", out_dtype=out.dtype, out=out,
+                                  config=tile)
+
+
+def markdown(result: dict) -> str:
+    lines = ["# INT4 W4A4 linears at prefill sizes: the int8 path", "",
+             f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
+             f"Timing: {result['timing']}.", f"Command: `{result['command']}`", "",
+             "INT4 x INT4, per-row scales, bfloat16 out. `fp8 peer`: `torch._scaled_mm` on E4M3 codes given (weights "
+             "widened beforehand); `fp8 path`: our widening pass (`unpack_fp8_triton`) then that GEMM; `int8 path`: "
+             "the tensor-core kernel tiled over M on int8 activation planes (`w4a4_tc_prefill_triton`). `linear`: "
+             "from bfloat16 x, the activation codes included (`w4a4_linear(path=...)`); elsewhere the codes are given. "
+             "TFLOP/s counts 2 M N K. Error: the GEMMs' largest against the exact product, in units of bfloat16's "
+             "rounding of the largest output (the linears' against the exact product of x's codes).", "",
+             "| M | N x K | kernel | config | µs | TFLOP/s | × bf16 | × fp8 peer | max error / bound |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        err = f"{r['error']:.2f}" if r.get("error") is not None else ""
+        lines.append(f"| {r['M']} | {r['shape']} | {r['kernel']} | {r.get('config', '')} | {1000 * r['ms']:.1f} | "
+                     f"{r['tflops']:.0f} | {r['vs_bf16']:.2f} | {r['vs_fp8']:.2f} | {err} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ms", help="activation rows (default 2048,8192; 70 with --cpu_dry_run)")
+    p.add_argument("--shapes", help=f"N x K weight shapes (default {LLAMA3_8B_SHAPES}; 48x128 with --cpu_dry_run)")
+    p.add_argument("--configs", help="';'-separated BLOCK_N,BLOCK_M,BLOCK_KB,warps,stages tiles of the int8 path's "
+                                     "kernel also timed fixed (default: none)")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
+    p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: the Triton interpreter on CPU, M = 70 and "
+                                                               "48 x 128 unless given")
+    args = p.parse_args(argv)
+    if args.cpu_dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported below
+    elif not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run on a GPU, or pass --cpu_dry_run to exercise the script on CPU")
+    configs = [tuple(int(v) for v in c.split(",")) for c in args.configs.split(";")] if args.configs else []
+    import quant_kernels
+    from quant_kernels.fp8_gemm import FP8, unpack_fp8_triton, w4a4_matmul_fp8
+    from quant_kernels.reference import dequantize
+    from quant_kernels.w4a4_gemv import _tc_prefill_autotuned, w4a4_tc_prefill_triton
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    device = torch.device("cpu" if args.cpu_dry_run else "cuda")
+    time_ms = make_timer(device, args.warmup, args.reps, True, not args.cpu_dry_run)
+    gen = torch.Generator(device=device).manual_seed(0)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "device": "CPU" if args.cpu_dry_run else torch.cuda.get_device_name(device),
+              "versions": library_versions(),
+              "timing": (f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed"
+                         if not args.cpu_dry_run else "CPU, Triton interpreter: not a speed measurement"),
+              "command": "python benchmarks/prefill_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "rows": []}
+    ms_text = args.ms or ("70" if args.cpu_dry_run else "2048,8192")
+    for m in (int(v) for v in ms_text.split(",")):
+        for shape in (args.shapes or ("48x128" if args.cpu_dry_run else LLAMA3_8B_SHAPES)).split(","):
+            n, k = (int(v) for v in shape.split("x"))
+            planes, packed, levels_a, levels_w, a_scale, w_scale, want = operands(m, n, k, device, gen)
+            x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+            w = torch.randn(n, k, device=device, dtype=torch.bfloat16)
+            a_fp8, w_fp8 = levels_a.to(torch.float16).to(FP8), levels_w.to(torch.float16).to(FP8)
+            flops = 2 * m * n * k
+            bf16_ms = time_ms(lambda: x @ w.t())
+            fp8_ms = time_ms(lambda: w4a4_matmul_fp8(a_fp8, a_scale, w_fp8, w_scale))
+            def row(kernel, ms, config="", got=None, against=want):
+                bound = None if got is None else against.abs().amax().item() * 2 ** -8  # bfloat16's rounding
+                error = None if got is None else (got.float() - against).abs().amax().item() / bound
+                result["rows"].append({"M": m, "shape": shape, "kernel": kernel, "config": config, "ms": ms,
+                                       "tflops": flops / ms / 1e9, "vs_bf16": bf16_ms / ms, "vs_fp8": fp8_ms / ms,
+                                       "error": error})
+                print(result["rows"][-1], flush=True)
+                write_result_files(args.out, result, markdown(result))
+
+            row("bf16 (torch.matmul)", bf16_ms)
+            row("fp8 peer (_scaled_mm)", fp8_ms, got=w4a4_matmul_fp8(a_fp8, a_scale, w_fp8, w_scale))
+            path = lambda: w4a4_matmul_fp8(a_fp8, a_scale, unpack_fp8_triton(packed, "int4"), w_scale)  # noqa: E731
+            row("fp8 path (widening + GEMM)", time_ms(path), got=path())
+            out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
+            tuned = lambda: w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element="int4",  # noqa: E731
+                                                   out=out)
+            ms = time_ms(tuned)
+            out.fill_(float("nan"))
+            pick = getattr(_tc_prefill_autotuned, "best_config", None)  # none under the interpreter's fixed tile
+            tile = "" if pick is None else ",".join(str(v) for v in (*(pick.kwargs[f] for f in (
+                "BLOCK_N", "BLOCK_M", "BLOCK_KB")), pick.num_warps, pick.num_stages))
+            row("int8 path kernel, autotuned", ms, tile, tuned())
+            for config in configs:
+                fixed = lambda: launch_tc(planes, packed, a_scale, w_scale, out, config)  # noqa: E731
+                ms = time_ms(fixed)
+                out.fill_(float("nan"))
+                row("int8 path kernel, fixed", ms, ",".join(map(str, config)), fixed())
+            linear = {path: functools.partial(quant_kernels.w4a4_linear, x, packed, w_scale, a_element="int4",
+                                              w_element="int4", out_dtype=torch.bfloat16, path=path)
+                      for path in ("fp8", "int8")}
+            codes, x_scale = quant_kernels.quantize_activations(x, "int4")
+            exact = (dequantize(codes, torch.ones_like(x_scale), "int4") @ levels_w.float().t()) * x_scale * w_scale.t()
+            row("fp8 path linear", time_ms(linear["fp8"]), got=linear["fp8"](), against=exact)
+            row("int8 path linear", time_ms(linear["int8"]), got=linear["int8"](), against=exact)
+            del codes, exact
+            del planes, packed, levels_a, levels_w, want, x, w, a_fp8, w_fp8, out
+            torch.cuda.empty_cache()
+    print(markdown(result))
+    limit = 2.0 if args.cpu_dry_run else 1.0  # half an ulp; the interpreter's bfloat16 cast truncates: one
+    return 0 if all(r["error"] is None or r["error"] <= limit for r in result["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
