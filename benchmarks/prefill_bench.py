@@ -52,14 +52,14 @@ def operands(m: int, n: int, k: int, device: torch.device, gen: torch.Generator)
 
 def launch_tc(planes, packed, a_scale, w_scale, out, config):
     """One prefill-tiled launch of the tensor-core kernel (``w4a4_tc_prefill_triton``) on a fixed ``config``:
-    (BLOCK_N weight rows, BLOCK_M activation rows, BLOCK_KB packed bytes a step, warps, stages)."""
+    (BLOCK_N weight rows, BLOCK_M activation rows, BLOCK_KB packed bytes a step, warps, stages[, GROUP_M])."""
     import triton
 
     from quant_kernels.w4a4_gemv import w4a4_tc_prefill_triton
 
-    block_n, block_m, block_kb, warps, stages = config
-    tile = triton.Config(dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_KB=block_kb, SPLIT_K=1), num_warps=warps,
-                         num_stages=stages)
+    block_n, block_m, block_kb, warps, stages, group_m = (*config, 1)[:6]
+    tile = triton.Config(dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_KB=block_kb, SPLIT_K=1, GROUP_M=group_m),
+                         num_warps=warps, num_stages=stages)
     return w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element="int4", out_dtype=out.dtype, out=out,
                                   config=tile)
 
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ms", help="activation rows (default 2048,8192; 70 with --cpu_dry_run)")
     p.add_argument("--shapes", help=f"N x K weight shapes (default {LLAMA3_8B_SHAPES}; 48x128 with --cpu_dry_run)")
-    p.add_argument("--configs", help="';'-separated BLOCK_N,BLOCK_M,BLOCK_KB,warps,stages tiles of the int8 path's "
-                                     "kernel also timed fixed (default: none)")
+    p.add_argument("--configs", help="';'-separated BLOCK_N,BLOCK_M,BLOCK_KB,warps,stages[,GROUP_M] tiles of the "
+                                     "int8 path's kernel also timed fixed (default: none)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             out.fill_(float("nan"))
             pick = getattr(_tc_prefill_autotuned, "best_config", None)  # none under the interpreter's fixed tile
             tile = "" if pick is None else ",".join(str(v) for v in (*(pick.kwargs[f] for f in (
-                "BLOCK_N", "BLOCK_M", "BLOCK_KB")), pick.num_warps, pick.num_stages))
+                "BLOCK_N", "BLOCK_M", "BLOCK_KB")), pick.num_warps, pick.num_stages, pick.kwargs["GROUP_M"]))
             row("int8 path kernel, autotuned", ms, tile, tuned())
             for config in configs:
                 fixed = lambda: launch_tc(planes, packed, a_scale, w_scale, out, config)  # noqa: E731

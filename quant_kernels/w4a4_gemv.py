@@ -122,11 +122,12 @@ INTERPRET_TC_CONFIG = dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=2)
 # The narrowest BLOCK_N of any tensor-core config: the split-K tile counters are sized for it.
 TC_MIN_BLOCK_N = 16
 # Prefill tiles of the tensor-core kernel (``w4a4_tc_prefill_triton``): (BLOCK_N weight rows, BLOCK_M activation
-# rows, BLOCK_KB packed bytes a step, warps, stages), K unsplit. The probe's fastest, 128 x 128 x 64 on 8 warps
-# (3 or 4 stages), and neighbours it did not time; 256-row and 128-byte tiles ran 25-35 % slower there.
-TC_PREFILL_CONFIGS = [(128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 32, 8, 4), (128, 128, 32, 8, 6),
-                      (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 128, 128, 4, 3)]
-INTERPRET_TC_PREFILL_CONFIG = dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=32, SPLIT_K=1)
+# rows, BLOCK_KB packed bytes a step, warps, stages, GROUP_M), K unsplit. The probe's fastest, 128 x 128 x 64 on 8
+# warps (3 or 4 stages), and neighbours it did not time; 256-row and 128-byte tiles ran 25-35 % slower there.
+TC_PREFILL_CONFIGS = [(128, 128, 64, 8, 3, 1), (128, 128, 64, 8, 4, 1), (128, 128, 32, 8, 4, 1),
+                      (128, 128, 32, 8, 6, 1), (128, 64, 64, 4, 4, 1), (64, 128, 64, 4, 4, 1), (64, 128, 128, 4, 3, 1),
+                      (128, 128, 64, 8, 3, 8), (128, 128, 64, 8, 4, 8)]
+INTERPRET_TC_PREFILL_CONFIG = dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=32, SPLIT_K=1, GROUP_M=2)
 TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL")
 # Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
@@ -422,6 +423,7 @@ def _w4a4_tc_kernel(
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
     SPLIT_K: tl.constexpr, W_E2M1: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
+    GROUP_M: tl.constexpr = 1,
 ):
     """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
     a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
@@ -436,11 +438,20 @@ def _w4a4_tc_kernel(
     ``_e2m1_nibbles_e4m3``, against the activation bytes of E2M1 weights' order moved to the nibbles' order and
     widened to E4M3; each step's FP8 sums join an fp32 accumulator, which ends as exact int32 in units of 2^-7.
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
-    rows (unsplit only: the split-K counters are per N tile)."""
+    rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
+    at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
     launch_dependents(USE_GDC)
     tile = tl.program_id(0)
+    row_tile = tl.program_id(2)
+    if GROUP_M > 1:
+        n_tiles, m_tiles = tl.num_programs(0), tl.num_programs(2)
+        launched = row_tile * n_tiles + tile
+        first_row_tile = launched // (GROUP_M * n_tiles) * GROUP_M
+        rows_in_group = tl.minimum(m_tiles - first_row_tile, GROUP_M)
+        row_tile = first_row_tile + launched % (GROUP_M * n_tiles) % rows_in_group
+        tile = launched % (GROUP_M * n_tiles) // rows_in_group
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = row_tile * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_b = tl.arange(0, BLOCK_KB)
     m_ok = offs_m < M
     n_ok = offs_n < N
@@ -614,8 +625,8 @@ _tc_autotuned = triton.autotune(
     prune_configs_by=dict(early_config_prune=prune_tc_configs),
 )(_tc_kernel_even)
 _tc_prefill_autotuned = triton.autotune(
-    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_M=bm, BLOCK_KB=bkb, SPLIT_K=1), num_warps=w, num_stages=s)
-             for bn, bm, bkb, w, s in TC_PREFILL_CONFIGS],
+    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_M=bm, BLOCK_KB=bkb, SPLIT_K=1, GROUP_M=g), num_warps=w,
+                           num_stages=s) for bn, bm, bkb, w, s, g in TC_PREFILL_CONFIGS],
     key=list(TC_PREFILL_TUNING_KEY),
 )(_tc_kernel_even)
 
@@ -736,15 +747,15 @@ def w4a4_tc_prefill_triton(
     """``reference.w4a4_gemv_ref`` for packed INT4 weights and any number of rows of their dp4a activation bytes
     (INT4, E2M1 or INT8 activations; ``quantize_activations(..., dp4a_for="int4")``), per-row scales: the
     tensor-core kernel over tiles of BLOCK_M rows (a third grid axis), K unsplit, exact int32 sums, the weight
-    read packed. ``config`` (BLOCK_N, BLOCK_M, BLOCK_KB and SPLIT_K=1, warps, stages) replaces the autotuner's
-    pick of TC_PREFILL_CONFIGS (or the interpreter's fixed tile)."""
+    read packed. ``config`` (BLOCK_N, BLOCK_M, BLOCK_KB, SPLIT_K=1 and GROUP_M, warps, stages) replaces the
+    autotuner's pick of TC_PREFILL_CONFIGS (or the interpreter's fixed tile)."""
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, "int4", bias, out_dtype, residual)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     if k % 8:
         raise ValueError(f"the tensor-core kernel takes K a multiple of 8, got K={k}")
-    if config is not None and (set(config.kwargs) != {"BLOCK_N", "BLOCK_M", "BLOCK_KB", "SPLIT_K"}
+    if config is not None and (set(config.kwargs) != {"BLOCK_N", "BLOCK_M", "BLOCK_KB", "SPLIT_K", "GROUP_M"}
                                or config.kwargs["SPLIT_K"] != 1):
-        raise ValueError(f"a prefill tile sets BLOCK_N, BLOCK_M, BLOCK_KB and SPLIT_K=1, got {config.kwargs}")
+        raise ValueError(f"a prefill tile sets BLOCK_N, BLOCK_M, BLOCK_KB, SPLIT_K=1 and GROUP_M, got {config.kwargs}")
     check_out(out, m, n, out_dtype)
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=a_bytes.device)

@@ -1464,19 +1464,21 @@ def test_decode_rows_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
 
 
 def test_tensor_core_decode_kernel_tiles_rows_over_its_third_grid_axis():
-    """The tensor-core decode kernel launched over three tiles of 16 rows (the last ragged), as the prefill probe
-    launches it: every fp32 output equals the exact product's (the interpreter's bfloat16 cast truncates)."""
+    """The tensor-core decode kernel launched over three tiles of 16 rows (the last ragged), as prefill_bench
+    launches it, the tiles handed out in launch order and GROUP_M = 2 at a time: every fp32 output equals the exact
+    product's (the interpreter's bfloat16 cast truncates)."""
     from benchmarks.prefill_bench import launch_tc, operands
 
     planes, packed, *_, a_scale, w_scale, want = operands(40, 32, 64, torch.device("cpu"),
                                                           torch.Generator().manual_seed(0))
-    out = torch.full((40, 32), float("nan"))
-    launch_tc(planes, packed, a_scale, w_scale, out, (16, 16, 16, 4, 1))
-    assert torch.equal(out, want)
+    for group_m in (1, 2):
+        out = torch.full((40, 32), float("nan"))
+        launch_tc(planes, packed, a_scale, w_scale, out, (16, 16, 16, 4, 1, group_m))
+        assert torch.equal(out, want)
     from quant_kernels.w4a4_gemv import w4a4_tc_prefill_triton
 
-    tile = triton.Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=16, SPLIT_K=2))
-    with pytest.raises(ValueError, match="a prefill tile sets BLOCK_N, BLOCK_M, BLOCK_KB and SPLIT_K=1, got"):
+    tile = triton.Config(dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=16, SPLIT_K=2, GROUP_M=1))
+    with pytest.raises(ValueError, match="a prefill tile sets BLOCK_N, BLOCK_M, BLOCK_KB, SPLIT_K=1 and GROUP_M, got"):
         w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element="int4", config=tile)
     with pytest.raises(ValueError, match="K a multiple of 8, got K=60"):
         w4a4_tc_prefill_triton(planes[:, :60], a_scale, packed[:, :30], w_scale, a_element="int4")
