@@ -58,9 +58,12 @@ __all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "
 
 BACKENDS = ("triton", "torch")
 PATHS = ("packed", "fp8", "int8")
-# From this many rows on, per-row-scaled bfloat16 products on a GPU take the int8 path (INT4 weights) or the FP8
-# path (E2M1 weights).
+# From this many rows on, per-row-scaled bfloat16 products on a GPU take the int8 path (INT4 weights, up to
+# INT8_MAX_ROWS rows) or the FP8 path. On the H200 (Llama-3-8B shapes, activation codes included) the int8 path's
+# linear ran 1.06-1.86x as fast as the FP8 path's at 256-2048 rows, 0.98-1.04x at 4096 and 0.91-1.01x at 8192
+# (``benchmarks/results/prefill_int8_h200.md``, ``prefill_int8_4096_8192_h200.md``).
 FP8_MIN_ROWS = 256
+INT8_MAX_ROWS = 4096
 
 
 def _use_triton(tensor: torch.Tensor, backend: str | None) -> bool:
@@ -175,8 +178,9 @@ def w4a4_linear(
     E4M3 bytes, weight widened by ``unpack_fp8``, cuBLAS's FP8 GEMM; per-row scales,
     K and N multiples of 16, bfloat16 out) or ``int8`` (INT4 weights: codes as the int8 bytes of INT4 weights'
     dp4a order, the packed weight unpacked in registers for the int8 tensor cores, ``w4a4_matmul_dp4a``; per-row
-    float scales, K a multiple of 8). None picks ``int8`` for INT4 weights and ``fp8`` for E2M1 weights in
-    bfloat16 products of at least ``FP8_MIN_ROWS`` rows on the Triton backend where they fit, else ``packed``.
+    float scales, K a multiple of 8). None picks ``int8`` for INT4 weights up to ``INT8_MAX_ROWS`` rows and ``fp8``
+    otherwise in bfloat16 products of at least ``FP8_MIN_ROWS`` rows on the Triton backend where they fit, else
+    ``packed``.
     """
     from .fp8_gemm import w4a4_matmul_fp8
     from .reference import fp8_path_fits
@@ -196,7 +200,8 @@ def w4a4_linear(
                          f"path='packed'")
     if path is None:
         large = _use_triton(x, backend) and m >= FP8_MIN_ROWS and out_dtype == torch.bfloat16
-        path = "int8" if large and int8_fits else "fp8" if large and fits else "packed"
+        path = ("int8" if large and int8_fits and (m <= INT8_MAX_ROWS or not fits) else "fp8" if large and fits
+                else "packed")
     if path == "int8":
         a_bytes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, dp4a_for="int4",
                                                 backend=backend)

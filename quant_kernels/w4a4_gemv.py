@@ -40,9 +40,10 @@ bit for bit.
 
 At prefill sizes (``w4a4_tc_prefill_triton``) the same kernel takes INT4 weights over a third grid axis of
 BLOCK_M-row tiles (128 activation rows a tile): the packed weight is read once a tile and never widened in memory,
-where the FP8 path (``fp8_gemm``) writes and reads an E4M3 copy of it on every call. On the H200 it ran 0.88-0.97x
-cuBLAS's FP8 GEMM at M = 2048 where the FP8 path ran 0.81-0.85x, and 0.89-1.03x at 8192 (0.89-0.95x), exact int32
-sums (``benchmarks/results/tc_prefill_probe_h200.md``).
+where the FP8 path (``fp8_gemm``) writes and reads an E4M3 copy of it on every call. On the H200 (Llama-3-8B
+shapes) it ran 0.76-0.97x cuBLAS's FP8 GEMM on E4M3 codes at M = 2048, where the FP8 path's widening + GEMM ran
+0.80-0.85x, and 0.79-1.03x at 8192 (0.87-1.00x), exact int32 sums (``benchmarks/results/tc_prefill_probe_h200.md``,
+``prefill_int8_h200.md``): the int8 path of ``w4a4_linear`` up to ``INT8_MAX_ROWS`` rows.
 
 With a norm tail (``norm_tail``, a decode layer's o_proj) the CUDA-core kernel's last program to finish (a counter
 in the same zeroed buffer) runs the next RMSNorm and its per-token quantization on the whole output rows, which

@@ -918,6 +918,22 @@ def test_w4a4_linear_path_choice_and_refusals():
                                             out_dtype=torch.float32))
 
 
+def test_w4a4_linear_picks_the_int8_path_for_int4_weights_up_to_its_rows(monkeypatch):
+    """Auto on the Triton backend, bfloat16 out: INT4 weights take the int8 path from FP8_MIN_ROWS to INT8_MAX_ROWS
+    rows and the FP8 path above; E2M1 weights the FP8 path."""
+    from quant_kernels import fp8_gemm
+
+    taken = []
+    monkeypatch.setattr(quant_kernels, "w4a4_matmul_dp4a", lambda *a, **k: taken.append("int8"))
+    monkeypatch.setattr(fp8_gemm, "w4a4_matmul_fp8", lambda *a, **k: taken.append("fp8") or torch.zeros(1))
+    for element in ("int4", "e2m1"):
+        w, s = quantize_activations_ref(torch.randn(32, 64), element, 0, "float")
+        for m in (quant_kernels.FP8_MIN_ROWS, quant_kernels.INT8_MAX_ROWS, quant_kernels.INT8_MAX_ROWS + 1):
+            quant_kernels.w4a4_linear(torch.randn(m, 64, dtype=torch.bfloat16), w, s, a_element=element,
+                                      w_element=element, out_dtype=torch.bfloat16, backend="triton")
+    assert taken == ["int8", "int8", "fp8", "fp8", "fp8", "fp8"]
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("a_element", ["int4", "e2m1"])
 def test_int8_path_equals_the_exact_product_above_the_decode_rows(a_element, backend):
