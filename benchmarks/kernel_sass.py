@@ -148,7 +148,7 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     signature = dict(zip(names, types))
     constants = dict(HAS_BIAS=False, HAS_RESIDUAL=False, USE_ASM=True, ROUND_BF16=True, ROUND_F16=False, BLOCK_M=16,
                      BLOCK_N=config[0], BLOCK_KB=config[1], SPLIT_K=1, W_E2M1=pair.endswith("e2m1"), EVEN=True,
-                     USE_GDC=True)
+                     USE_GDC=True, GROUP_M=1)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)
