@@ -85,6 +85,9 @@ DRY_INT8_DECODE_SHAPES = [(1, 40, 128), (5, 40, 256)]
 # K (masked steps).
 GPU_TC_DECODE_SHAPES = [(8, 4096, 4096), (16, 14336, 4096), (5, 4096, 14336), (64, 6144, 4096), (13, 1000, 1000)]
 DRY_TC_DECODE_SHAPES = [(5, 40, 200), (16, 32, 256)]
+# The int8 prefill path (the tensor-core kernel tiled over M): ragged rows and sizes, and a Llama-3-8B prefill.
+GPU_INT8_LINEAR_SHAPES = [(300, 1000, 1000), (2049, 4096, 4096), (513, 14336, 4096)]
+DRY_INT8_LINEAR_SHAPES = [(70, 40, 200)]
 # Every new (M bucket, N, K) autotunes: a few shapes keep the check to minutes.
 # (1, 6144, 4096) takes bfloat16 (OUT_DTYPES by position): the FPx row kernel's tensor-core form at a model's width.
 GPU_GEMM_SHAPES = [(1, 40, 128), (1, 4096, 4096), (4, 4096, 4096), (1, 6144, 4096), (8, 4096, 4096),
@@ -213,6 +216,28 @@ def check_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: to
     return {"kernel": "w4a4_linear", "case": f"{a_name} x {w_name}",
             "shape": f"M{m} N{n} K{k} -> {str(out_dtype).removeprefix('torch.')}",
             "error_over_bound": excess, "ok": ok}
+
+
+def check_int8_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torch.dtype,
+                      device: torch.device) -> dict:
+    """``w4a4_linear(..., path="int8")`` from bf16 rows (the activation kernel's int8 bytes, then the tensor-core
+    kernel tiled over M: INT4 weights, E2M1 as twice its values) against quantize-then-multiply with the twins, with
+    a bias and a residual."""
+    a_el, _, _, a_clip = ACT_FORMATS[a_name]
+    w_el, _, _, w_clip = ACT_FORMATS[w_name]
+    x = random_activations(m, k, torch.bfloat16, device)
+    w = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, 0,
+                                           "float", w_clip, backend="triton")
+    bias = torch.randn(n, device=device)
+    residual = torch.full((m, n), 0.0, device=device, dtype=out_dtype)
+    out = quant_kernels.w4a4_linear(x, *w, a_element=a_el, w_element=w_el, clip_ratio=a_clip, bias=bias,
+                                    out_dtype=out_dtype, backend="triton", path="int8", residual=residual)
+    a = reference.quantize_activations_ref(x, a_el, 0, "float", a_clip)
+    want = reference.w4a4_matmul_ref(*a, *w, a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.float32)
+    ok, excess = close(out, want)
+    return {"kernel": "int8 path", "case": f"{a_name} x {w_name}",
+            "shape": f"M{m} N{n} K{k} -> {str(out_dtype).removeprefix('torch.')}", "error_over_bound": excess,
+            "ok": ok}
 
 
 def check_fp8_codes(x: torch.Tensor, name: str) -> dict:
@@ -562,7 +587,8 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
             "ok": ok and not out.isnan().any().item()}
 
 
-CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_fp8_codes, check_fp8_linear,
+CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_int8_linear, check_fp8_codes,
+          check_fp8_linear,
           check_fpx, check_fpx_split, check_fpx_swap, check_decode_attention, check_decode_attention_packed,
           check_kv_write, check_fused_decode, check_int8_decode, check_tc_decode)
 
@@ -657,6 +683,9 @@ def main(argv: list[str] | None = None) -> int:
         if n % 16 == 0 and k % 16 == 0:
             for a_name, w_name in PER_ROW_PAIRS:
                 record(check_fp8_linear, m, n, k, a_name, w_name, device)
+    for i, (m, n, k) in enumerate(DRY_INT8_LINEAR_SHAPES if args.cpu_dry_run else GPU_INT8_LINEAR_SHAPES):
+        for a_name, w_name in PER_ROW_PAIRS + [("e2m1-tok", "int4-tok-clip0.9")]:
+            record(check_int8_linear, m, n, k, a_name, w_name, OUT_DTYPES[i % 2], device)
     for m, n, k, element, dtype, config in DRY_FPX_SPLIT if args.cpu_dry_run else GPU_FPX_SPLIT:
         record(check_fpx_split, m, n, k, element, dtype, device, config)
     for m, n, k, element, dtype, config in DRY_FPX_SWAP if args.cpu_dry_run else GPU_FPX_SWAP:

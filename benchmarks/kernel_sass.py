@@ -2,7 +2,8 @@
 
 For each autotuning config of the FPx one-row kernel (``quant_kernels.fpx_gemm._fpx_row_kernel``),
 the W4A4 decode kernel (``quant_kernels.w4a4_gemv._w4a4_gemv_kernel``, one row), the tensor-core decode
-kernel (``_w4a4_tc_kernel``, 16 rows: its wgmma count is IGMMA, QGMMA for E2M1 weights) or the
+kernel (``_w4a4_tc_kernel``, 16 rows: its wgmma count is IGMMA, QGMMA for E2M1 weights), its prefill launch
+(``w4a4_tc_prefill``: the prefill tiles, E2M1 weights as int8 operands, IGMMA) or the
 activation kernel (``quant_kernels.act_quant._act_quant_kernel``: bfloat16 rows of ``--k`` columns, per token
 without clipping or NVFP4 / MXFP4 groups, the configs its autotuner keeps at prefill sizes; its count holds the per-element
 division fallback for scales outside 2^-96..2^96 too, which runs only there) it compiles
@@ -36,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.result_files import write_result_files  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
-KERNELS = ("fpx_row", "fpx_tile", "w4a4_gemv", "w4a4_tc", "act_quant")
+KERNELS = ("fpx_row", "fpx_tile", "w4a4_gemv", "w4a4_tc", "w4a4_tc_prefill", "act_quant")
 # act_quant --element: the activation element, whether its codes are written as E4M3 bytes (the FP8 path), its group
 # (0: per token) and scale kind (act_quant.SCALE_KIND_IDS).
 ACT_ELEMENTS = {"int4": ("int4", False, 0, "float"), "e2m1": ("e2m1", False, 0, "float"),
@@ -136,7 +137,8 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     """The tensor-core decode kernel's ASTSource (``pair`` = 'A_ELEMENTxint4' or 'A_ELEMENTxe2m1': the weight
     element picks the int8 or FP8 dot, the activation element changes only the host's unit) for 16 rows and one
     (BLOCK_N, BLOCK_KB, warps, stages), steps unmasked, K unsplit (a split adds only the atomic epilogue to the
-    same loop)."""
+    same loop); with a prefill tile's (BLOCK_N, BLOCK_KB, warps, stages, BLOCK_M, GROUP_M), the prefill launch's
+    (``w4a4_tc_prefill_triton``: E2M1 weights as int8 operands, no programmatic dependent launch)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.w4a4_gemv import _w4a4_tc_kernel
@@ -146,9 +148,12 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
              "stride_om", "stride_rm", "unit"]
     types = ["*i8", "*fp32", "*u8", "*fp32", "*bf16", "*bf16", "*bf16", "*i32", "*i32"] + ["i32"] * 10 + ["fp32"]
     signature = dict(zip(names, types))
-    constants = dict(HAS_BIAS=False, HAS_RESIDUAL=False, USE_ASM=True, ROUND_BF16=True, ROUND_F16=False, BLOCK_M=16,
-                     BLOCK_N=config[0], BLOCK_KB=config[1], SPLIT_K=1, W_E2M1=pair.endswith("e2m1"), EVEN=True,
-                     USE_GDC=True, GROUP_M=1)
+    prefill = len(config) > 4
+    e2m1 = pair.endswith("e2m1")
+    constants = dict(HAS_BIAS=False, HAS_RESIDUAL=False, USE_ASM=True, ROUND_BF16=True, ROUND_F16=False,
+                     BLOCK_M=config[4] if prefill else 16, BLOCK_N=config[0], BLOCK_KB=config[1], SPLIT_K=1,
+                     W_E2M1=e2m1 and not prefill, EVEN=True, USE_GDC=not prefill, GROUP_M=config[5] if prefill else 1,
+                     W_E2M1_INT8=e2m1 and prefill)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)
@@ -194,6 +199,9 @@ def act_quant_configs(k: int, group: int = 0) -> list[tuple[int, ...]]:
 def config_label(kernel: str, config: tuple[int, ...]) -> str:
     """A config in words: (BLOCK_M, CHUNK, warps, stages, ROW_STEPS) for act_quant, else tile sizes, warps, stages
     and the decode kernels' options (prefetch, fold, pipelined)."""
+    if kernel == "w4a4_tc_prefill":
+        return f"{config[0]}x{config[4]}x{config[1]} w{config[2]} s{config[3]}" + (
+            f" group{config[5]}" if config[5] > 1 else "")
     if kernel == "fpx_tile":
         return f"16x{config[0]}x{config[1]} w{config[2]} s{config[3]}" + (" swapped" if config[4] else "")
     if kernel == "act_quant":
@@ -267,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--element", default="e3m2",
                    help="fpx_row: the weight element (e3m2, e2m3, e2m2, e3m1, e2m1, e3m0); w4a4_gemv: "
                         "A_ELEMENTxW_ELEMENT of int4 and e2m1, or int8xint4 / int8xint8, e.g. int4xint4; "
-                        "w4a4_tc: A_ELEMENTxint4 or A_ELEMENTxe2m1; act_quant: " + ", ".join(ACT_ELEMENTS))
+                        "w4a4_tc, w4a4_tc_prefill: A_ELEMENTxint4 or A_ELEMENTxe2m1; act_quant: "
+                        + ", ".join(ACT_ELEMENTS))
     p.add_argument("--k", type=int, default=4096, help="act_quant: the activation rows' width")
     p.add_argument("--norm_tail", type=int, default=0, metavar="N",
                    help="w4a4_gemv: with a residual and the norm tail of N-wide output rows (a decode layer's o_proj; "
@@ -323,6 +332,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"(int4 or e2m1 activations); got {args.element!r}")
         configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in TC_CONFIGS
                                      if tc_config_fits(bn, w, args.element.endswith("e2m1"))))
+        build = w4a4_tc_source
+    elif args.kernel == "w4a4_tc_prefill":
+        from quant_kernels.w4a4_gemv import TC_PREFILL_CONFIGS
+
+        if args.element not in ("int4xint4", "e2m1xint4", "int8xint4", "int4xe2m1", "e2m1xe2m1"):
+            p.error(f"--element for w4a4_tc_prefill is A_ELEMENTxint4 (int4, e2m1 or int8 activations) or "
+                    f"A_ELEMENTxe2m1 (int4 or e2m1 activations); got {args.element!r}")
+        configs = [(bn, bkb, w, s, bm, g) for bn, bm, bkb, w, s, g in TC_PREFILL_CONFIGS]
         build = w4a4_tc_source
     else:
         from quant_kernels.w4a4_gemv import (FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PIPELINED_CONFIGS,

@@ -1,15 +1,16 @@
-"""INT4 W4A4 linears at prefill sizes: the int8 path against bf16, cuBLAS's FP8 GEMM and our FP8 path.
+"""W4A4 linears at prefill sizes: the int8 path against bf16, cuBLAS's FP8 GEMM and our FP8 path.
 
 Issue 9's prefill target is the W4A4 linear at least as fast as cuBLAS's FP8 GEMM. The FP8 path widens the packed
 weight to E4M3 bytes on every call (a pass of 1.5 bytes a weight) before cuBLAS's row-wise FP8 GEMM. The int8 path
 (``w4a4_linear(..., path="int8")``, ``w4a4_gemv.w4a4_tc_prefill_triton``) runs the tensor-core decode kernel over
-tiles of activation rows: it reads the packed weight, moves its nibbles to the top of int8 registers as wgmma's
-register operand and multiplies the activations' even and odd int8 planes (the bytes the activation kernel writes
-for INT4 weights) on the int8 tensor cores, exact in int32. For each M and N x K this times, INT4 x INT4 with
-per-row scales and bfloat16 out: torch bf16; cuBLAS's FP8 GEMM on E4M3 codes given (the issue's peer); the FP8
-path's widening + GEMM; the int8 path's kernel, autotuned (and each ``--configs`` tile fixed); and the whole
-linears from bfloat16 x (activation codes included) of both paths. Every GEMM output is checked against an exact
-fp32 product; each linear against the same linear on the other path.
+tiles of activation rows: it reads the packed weight, turns its nibbles into int8 registers (INT4 at the top of each
+byte, E2M1 as twice its value) as wgmma's register operand and multiplies the activations' even and odd int8 planes
+(the bytes the activation kernel writes for INT4 weights) on the int8 tensor cores, exact in int32. For each M and
+N x K this times, ``--element`` weights (INT4 or E2M1) with per-row scales and bfloat16 out: torch bf16; cuBLAS's
+FP8 GEMM on E4M3 codes given (the issue's peer); the FP8 path's widening + GEMM; the int8 path's kernel, autotuned
+(and each ``--configs`` tile fixed), these three on INT4 activation codes given; and the whole linears from
+bfloat16 x (activations quantized to the weights' element) of both paths. Every output is checked against an exact
+fp32 product.
 
     python benchmarks/prefill_bench.py --ms 512,2048,8192 --out benchmarks/results/prefill_int8_h200
 
@@ -36,21 +37,23 @@ from pipeline.results import library_versions  # noqa: E402
 
 
 
-def operands(m: int, n: int, k: int, device: torch.device, gen: torch.Generator):
-    """Random INT4 activation levels as their even / odd int8 planes (m, k), packed INT4 weights (n, k / 2),
-    per-row scales, and the exact fp32 product diag(a_scale) (A W^T) diag(w_scale) (no TF32)."""
+def operands(m: int, n: int, k: int, device: torch.device, gen: torch.Generator, element: str = "int4"):
+    """Random INT4 activation levels and their even / odd int8 planes (m, k), random packed weight codes of
+    ``element`` (n, k / 2) and their values (n, k), per-row scales, and the exact fp32 product
+    diag(a_scale) (A W^T) diag(w_scale) (no TF32)."""
+    from quant_layers import packing
+
     levels_a = torch.randint(-8, 8, (m, k), generator=gen, device=device, dtype=torch.int8)
-    levels_w = torch.randint(-8, 8, (n, k), generator=gen, device=device, dtype=torch.int8)
     planes = torch.cat([levels_a[:, 0::2], levels_a[:, 1::2]], dim=1).contiguous()
-    nibbles = (levels_w.to(torch.int32) & 0xF).to(torch.uint8)
-    packed = (nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).contiguous()
+    packed = torch.randint(0, 256, (n, k // 2), generator=gen, device=device, dtype=torch.int32).to(torch.uint8)
+    values_w = packing.decode(packing.unpack(packed), packing.element_named(element))
     a_scale = torch.rand(m, 1, generator=gen, device=device) + 0.5
     w_scale = torch.rand(n, 1, generator=gen, device=device) / 64 + 1e-3
-    want = (levels_a.float() @ levels_w.float().t()) * a_scale * w_scale.t()
-    return planes, packed, levels_a, levels_w, a_scale, w_scale, want
+    want = (levels_a.float() @ values_w.float().t()) * a_scale * w_scale.t()
+    return planes, packed, levels_a, values_w, a_scale, w_scale, want
 
 
-def launch_tc(planes, packed, a_scale, w_scale, out, config):
+def launch_tc(planes, packed, a_scale, w_scale, out, config, element: str = "int4"):
     """One prefill-tiled launch of the tensor-core kernel (``w4a4_tc_prefill_triton``) on a fixed ``config``:
     (BLOCK_N weight rows, BLOCK_M activation rows, BLOCK_KB packed bytes a step, warps, stages[, GROUP_M])."""
     import triton
@@ -60,16 +63,18 @@ def launch_tc(planes, packed, a_scale, w_scale, out, config):
     block_n, block_m, block_kb, warps, stages, group_m = (*config, 1)[:6]
     tile = triton.Config(dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_KB=block_kb, SPLIT_K=1, GROUP_M=group_m),
                          num_warps=warps, num_stages=stages)
-    return w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element="int4", out_dtype=out.dtype, out=out,
-                                  config=tile)
+    return w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element="int4", w_element=element,
+                                  out_dtype=out.dtype, out=out, config=tile)
 
 
 def markdown(result: dict) -> str:
-    lines = ["# INT4 W4A4 linears at prefill sizes: the int8 path", "",
+    lines = ["# W4A4 linears at prefill sizes: the int8 path", "",
              f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
              f"Timing: {result['timing']}.", f"Command: `{result['command']}`", "",
-             "INT4 x INT4, per-row scales, bfloat16 out. `fp8 peer`: `torch._scaled_mm` on E4M3 codes given (weights "
-             "widened beforehand); `fp8 path`: our widening pass (`unpack_fp8_triton`) then that GEMM; `int8 path`: "
+             f"{result['element'].upper()} weights, per-row scales, bfloat16 out; the kernels take INT4 activation "
+             f"codes, the linears quantize x to {result['element'].upper()}. `fp8 peer`: `torch._scaled_mm` on E4M3 "
+             "codes given (weights widened beforehand); `fp8 path`: our widening pass (`unpack_fp8_triton`) then that "
+             "GEMM; `int8 path`: "
              "the tensor-core kernel tiled over M on int8 activation planes (`w4a4_tc_prefill_triton`). `linear`: "
              "from bfloat16 x, the activation codes included (`w4a4_linear(path=...)`); elsewhere the codes are given. "
              "TFLOP/s counts 2 M N K. Error: the GEMMs' largest against the exact product, in units of bfloat16's "
@@ -89,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", help=f"N x K weight shapes (default {LLAMA3_8B_SHAPES}; 48x128 with --cpu_dry_run)")
     p.add_argument("--configs", help="';'-separated BLOCK_N,BLOCK_M,BLOCK_KB,warps,stages[,GROUP_M] tiles of the "
                                      "int8 path's kernel also timed fixed (default: none)")
+    p.add_argument("--element", choices=("int4", "e2m1"), default="int4",
+                   help="the weights' element (the kernel rows take INT4 activation levels; the linears quantize x "
+                        "to the same element)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -115,15 +123,16 @@ def main(argv: list[str] | None = None) -> int:
               "timing": (f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed"
                          if not args.cpu_dry_run else "CPU, Triton interpreter: not a speed measurement"),
               "command": "python benchmarks/prefill_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "rows": []}
+              "element": args.element, "rows": []}
     ms_text = args.ms or ("70" if args.cpu_dry_run else "2048,8192")
     for m in (int(v) for v in ms_text.split(",")):
         for shape in (args.shapes or ("48x128" if args.cpu_dry_run else LLAMA3_8B_SHAPES)).split(","):
             n, k = (int(v) for v in shape.split("x"))
-            planes, packed, levels_a, levels_w, a_scale, w_scale, want = operands(m, n, k, device, gen)
+            element = args.element
+            planes, packed, levels_a, values_w, a_scale, w_scale, want = operands(m, n, k, device, gen, element)
             x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
             w = torch.randn(n, k, device=device, dtype=torch.bfloat16)
-            a_fp8, w_fp8 = levels_a.to(torch.float16).to(FP8), levels_w.to(torch.float16).to(FP8)
+            a_fp8, w_fp8 = levels_a.to(torch.float16).to(FP8), values_w.to(FP8)
             flops = 2 * m * n * k
             bf16_ms = time_ms(lambda: x @ w.t())
             fp8_ms = time_ms(lambda: w4a4_matmul_fp8(a_fp8, a_scale, w_fp8, w_scale))
@@ -138,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
 
             row("bf16 (torch.matmul)", bf16_ms)
             row("fp8 peer (_scaled_mm)", fp8_ms, got=w4a4_matmul_fp8(a_fp8, a_scale, w_fp8, w_scale))
-            path = lambda: w4a4_matmul_fp8(a_fp8, a_scale, unpack_fp8_triton(packed, "int4"), w_scale)  # noqa: E731
+            path = lambda: w4a4_matmul_fp8(a_fp8, a_scale, unpack_fp8_triton(packed, element), w_scale)  # noqa: E731
             row("fp8 path (widening + GEMM)", time_ms(path), got=path())
             out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
             tuned = lambda: w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element="int4",  # noqa: E731
-                                                   out=out)
+                                                   w_element=element, out=out)
             ms = time_ms(tuned)
             out.fill_(float("nan"))
             pick = getattr(_tc_prefill_autotuned, "best_config", None)  # none under the interpreter's fixed tile
@@ -150,19 +159,19 @@ def main(argv: list[str] | None = None) -> int:
                 "BLOCK_N", "BLOCK_M", "BLOCK_KB")), pick.num_warps, pick.num_stages, pick.kwargs["GROUP_M"]))
             row("int8 path kernel, autotuned", ms, tile, tuned())
             for config in configs:
-                fixed = lambda: launch_tc(planes, packed, a_scale, w_scale, out, config)  # noqa: E731
+                fixed = lambda: launch_tc(planes, packed, a_scale, w_scale, out, config, element)  # noqa: E731
                 ms = time_ms(fixed)
                 out.fill_(float("nan"))
                 row("int8 path kernel, fixed", ms, ",".join(map(str, config)), fixed())
-            linear = {path: functools.partial(quant_kernels.w4a4_linear, x, packed, w_scale, a_element="int4",
-                                              w_element="int4", out_dtype=torch.bfloat16, path=path)
+            linear = {path: functools.partial(quant_kernels.w4a4_linear, x, packed, w_scale, a_element=element,
+                                              w_element=element, out_dtype=torch.bfloat16, path=path)
                       for path in ("fp8", "int8")}
-            codes, x_scale = quant_kernels.quantize_activations(x, "int4")
-            exact = (dequantize(codes, torch.ones_like(x_scale), "int4") @ levels_w.float().t()) * x_scale * w_scale.t()
+            codes, x_scale = quant_kernels.quantize_activations(x, element)
+            exact = (dequantize(codes, torch.ones_like(x_scale), element) @ values_w.t()) * x_scale * w_scale.t()
             row("fp8 path linear", time_ms(linear["fp8"]), got=linear["fp8"](), against=exact)
             row("int8 path linear", time_ms(linear["int8"]), got=linear["int8"](), against=exact)
             del codes, exact
-            del planes, packed, levels_a, levels_w, want, x, w, a_fp8, w_fp8, out
+            del planes, packed, levels_a, values_w, want, x, w, a_fp8, w_fp8, out
             torch.cuda.empty_cache()
     print(markdown(result))
     limit = 2.0 if args.cpu_dry_run else 1.0  # half an ulp; the interpreter's bfloat16 cast truncates: one

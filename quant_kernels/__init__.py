@@ -176,9 +176,10 @@ def w4a4_linear(
 
     ``path``: ``packed`` (4-bit activation codes, ``w4a4_matmul``), ``fp8`` (codes as
     E4M3 bytes, weight widened by ``unpack_fp8``, cuBLAS's FP8 GEMM; per-row scales,
-    K and N multiples of 16, bfloat16 out) or ``int8`` (INT4 weights: codes as the int8 bytes of INT4 weights'
-    dp4a order, the packed weight unpacked in registers for the int8 tensor cores, ``w4a4_matmul_dp4a``; per-row
-    float scales, K a multiple of 8). None picks ``int8`` for INT4 weights up to ``INT8_MAX_ROWS`` rows and ``fp8``
+    K and N multiples of 16, bfloat16 out) or ``int8`` (INT4 or E2M1 weights: codes as the int8 bytes of INT4
+    weights' dp4a order, the packed weight unpacked in registers for the int8 tensor cores, E2M1 as twice its
+    values, ``w4a4_matmul_dp4a`` / ``w4a4_gemv.w4a4_tc_prefill_triton``; per-row float scales, K a multiple of 8).
+    None picks ``int8`` for INT4 weights up to ``INT8_MAX_ROWS`` rows and ``fp8``
     otherwise in bfloat16 products of at least ``FP8_MIN_ROWS`` rows on the Triton backend where they fit, else
     ``packed``.
     """
@@ -193,19 +194,28 @@ def w4a4_linear(
         raise ValueError(f"the fp8 path takes per-row scales (groups 0, float scales), K and N multiples of 16 and "
                          f"bfloat16 output, got groups {a_group}/{w_group}, {scale_kind} scales, K={k}, "
                          f"N={w_packed.shape[0]}, {out_dtype}: use path='packed'")
-    int8_fits = w_element == "int4" and a_group == w_group == 0 and scale_kind == "float" and k % 8 == 0
-    if path == "int8" and not int8_fits:
-        raise ValueError(f"the int8 path takes INT4 weights, per-row float scales (groups 0) and K a multiple of 8, "
-                         f"got {w_element} weights, groups {a_group}/{w_group}, {scale_kind} scales, K={k}: use "
+    int8_fits = a_group == w_group == 0 and scale_kind == "float" and k % 8 == 0
+    if path == "int8" and not (int8_fits and w_element in ("int4", "e2m1")):
+        raise ValueError(f"the int8 path takes INT4 or E2M1 weights, per-row float scales (groups 0) and K a multiple "
+                         f"of 8, got {w_element} weights, groups {a_group}/{w_group}, {scale_kind} scales, K={k}: use "
                          f"path='packed'")
+    int8_fits = int8_fits and w_element == "int4"  # auto: E2M1 weights keep the FP8 path until timed on a GPU
     if path is None:
         large = _use_triton(x, backend) and m >= FP8_MIN_ROWS and out_dtype == torch.bfloat16
         path = ("int8" if large and int8_fits and (m <= INT8_MAX_ROWS or not fits) else "fp8" if large and fits
                 else "packed")
-    if path == "int8":
+    if path == "int8" and w_element == "e2m1" and _use_triton(x, backend):
+        from .w4a4_gemv import w4a4_tc_prefill_triton
+
         a_bytes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, dp4a_for="int4",
                                                 backend=backend)
-        return w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element="int4",
+        out = w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element="e2m1",
+                                     bias=bias, out_dtype=out_dtype, residual=residual)
+        return _with_norm_tail(out, norm_tail, backend)
+    if path == "int8":
+        a_bytes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, dp4a_for=w_element,
+                                                backend=backend)
+        return w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                                 bias=bias, out_dtype=out_dtype, residual=residual, norm_tail=norm_tail,
                                 backend=backend)
     if path == "fp8":

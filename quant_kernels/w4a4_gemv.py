@@ -64,7 +64,7 @@ from triton.language.standard import _sum_combine
 
 from quant_layers.packing import element_named
 
-from .act_quant import DP4A_FOR_IDS, _tail_quantize_rows, clamp_kind, norm_tail_triton
+from .act_quant import DP4A_FOR_IDS, E2M1_DOUBLED_TABLE, _tail_quantize_rows, clamp_kind, norm_tail_triton
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import NormTail, check_dp4a_args, check_norm_tail, check_out
 from .rounding import _round_to_dtype, _silu_mul
@@ -75,6 +75,15 @@ INTERPRET = triton.knobs.runtime.interpret
 E2M1_POS_LOW, E2M1_POS_HIGH = tl.constexpr(0x03020100), tl.constexpr(0x0C080604)
 E2M1_NEG_LOW, E2M1_NEG_HIGH = tl.constexpr(0xFDFEFF00 - (1 << 32)), tl.constexpr(0xF4F8FAFC - (1 << 32))
 HIGH_NIBBLES = tl.constexpr(0xF0F0F0F0 - (1 << 32))
+# ``_e2m1_nibbles_doubled``'s PTX for four packed bytes: their low (or high) nibbles gathered into the low 16 bits,
+# then the positive and negative doubled values looked up by magnitude and one picked by the sign bit (prmt).
+_E2M1_DOUBLED_PTX = ("{ .reg .b32 x, y, c, m, s, p, n, lo, hi; %s shr.b32 y, x, 4; or.b32 y, y, x; "
+                     "prmt.b32 c, y, y, 0x20; and.b32 m, c, 0x7777; "
+                     "mov.b32 lo, 0x03020100; mov.b32 hi, 0x0C080604; prmt.b32 p, lo, hi, m; "
+                     "mov.b32 lo, 0xFDFEFF00; mov.b32 hi, 0xF4F8FAFC; prmt.b32 n, lo, hi, m; "
+                     "shr.b32 s, c, 1; and.b32 s, s, 0x4444; or.b32 s, s, 0x3210; prmt.b32 $0, p, n, s; }")
+E2M1_DOUBLED_LOW_PTX = tl.constexpr(_E2M1_DOUBLED_PTX % "and.b32 x, $1, 0x0F0F0F0F;")
+E2M1_DOUBLED_HIGH_PTX = tl.constexpr(_E2M1_DOUBLED_PTX % "shr.b32 x, $1, 4; and.b32 x, x, 0x0F0F0F0F;")
 # Up to this many rows, a per-row-scaled product on a GPU takes this kernel. On the H200
 # (Llama-3-8B shapes), before dp4a, it beat the tensor-core kernel 1.6-3.0x at M = 1, tied it
 # in batch-8 decode and lost at M = 16, where the multiply-adds per weight code piled up;
@@ -385,6 +394,21 @@ def _nibbles_up(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
 
 
 @triton.jit
+def _e2m1_nibbles_doubled(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
+    """Packed E2M1 weight bytes -> int8: twice the low (LOW) or the high nibble's value (0, +-1, +-2, +-3, +-4, +-6,
+    +-8, +-12), exact int8 tensor-core operands. With inline PTX four bytes at a time: their nibbles gathered into
+    the low 16 bits (byte j's in nibble j), then ``_e2m1_bytes``' three byte-table lookups (prmt)."""
+    if USE_ASM:
+        out = tl.inline_asm_elementwise(E2M1_DOUBLED_LOW_PTX if LOW else E2M1_DOUBLED_HIGH_PTX, "=r,r", [w],
+                                        dtype=tl.int8, is_pure=True, pack=4)
+    else:
+        code = (w & 0xF) if LOW else (w >> 4)
+        doubled = (tl.full(code.shape, E2M1_DOUBLED_TABLE, tl.int32) >> (4 * (code & 7)).to(tl.int32)) & 0xF
+        out = tl.where((code & 8) != 0, -doubled, doubled).to(tl.int8)
+    return out
+
+
+@triton.jit
 def _e2m1_nibbles_e4m3(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
     """Packed E2M1 weight bytes -> float8 E4M3: the low (LOW) or the high nibble's value times 2^-6. The three
     magnitude bits moved to bits 2..4 are the E4M3 encoding of the E2M1 magnitude scaled by 2^-6 (1..3 as
@@ -424,7 +448,7 @@ def _w4a4_tc_kernel(
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
     SPLIT_K: tl.constexpr, W_E2M1: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
-    GROUP_M: tl.constexpr = 1,
+    GROUP_M: tl.constexpr = 1, W_E2M1_INT8: tl.constexpr = False,
 ):
     """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
     a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
@@ -438,6 +462,8 @@ def _w4a4_tc_kernel(
     bias and residual are added once. W_E2M1: E2M1 weights (bytes in the same place) as FP8 E4M3 operands,
     ``_e2m1_nibbles_e4m3``, against the activation bytes of E2M1 weights' order moved to the nibbles' order and
     widened to E4M3; each step's FP8 sums join an fp32 accumulator, which ends as exact int32 in units of 2^-7.
+    W_E2M1_INT8: E2M1 weights as int8 operands of twice their values (``_e2m1_nibbles_doubled``) against the
+    activation bytes of INT4 weights' order, on the int8 tensor cores, exact int32 sums (the prefill launch).
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -484,6 +510,9 @@ def _w4a4_tc_kernel(
             # Each step's sums start from zero and join acc on the CUDA cores (FP8 wgmma adds at reduced precision)
             step = tl.dot(_e2m1_nibbles_e4m3(w, True, USE_ASM), tl.trans(a_even), out_dtype=tl.float32)
             acc += tl.dot(_e2m1_nibbles_e4m3(w, False, USE_ASM), tl.trans(a_odd), step, out_dtype=tl.float32)
+        elif W_E2M1_INT8:
+            acc = tl.dot(_e2m1_nibbles_doubled(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.int32)
+            acc = tl.dot(_e2m1_nibbles_doubled(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
         else:
             acc = tl.dot(_nibbles_up(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.int32)
             acc = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
@@ -742,14 +771,19 @@ def _launch_operands(a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: tor
 
 def w4a4_tc_prefill_triton(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
-    a_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
+    a_element: str, w_element: str = "int4", bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
     residual: torch.Tensor | None = None, out: torch.Tensor | None = None, config: triton.Config | None = None,
 ) -> torch.Tensor:
     """``reference.w4a4_gemv_ref`` for packed INT4 weights and any number of rows of their dp4a activation bytes
     (INT4, E2M1 or INT8 activations; ``quantize_activations(..., dp4a_for="int4")``), per-row scales: the
     tensor-core kernel over tiles of BLOCK_M rows (a third grid axis), K unsplit, exact int32 sums, the weight
-    read packed. ``config`` (BLOCK_N, BLOCK_M, BLOCK_KB, SPLIT_K=1 and GROUP_M, warps, stages) replaces the
+    read packed. ``w_element="e2m1"``: packed E2M1 weights, as int8 operands of twice their values, with INT4 or
+    E2M1 activation bytes in INT4 weights' order (``dp4a_for="int4"``, not E2M1 weights' order of the decode
+    kernels). ``config`` (BLOCK_N, BLOCK_M, BLOCK_KB, SPLIT_K=1 and GROUP_M, warps, stages) replaces the
     autotuner's pick of TC_PREFILL_CONFIGS (or the interpreter's fixed tile)."""
+    if w_element not in ("int4", "e2m1") or (w_element == "e2m1" and a_element not in ("int4", "e2m1")):
+        raise ValueError(f"the int8 prefill kernel takes INT4 weights, or E2M1 weights with INT4 or E2M1 activations, "
+                         f"got {w_element} weights with {a_element} activations")
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, "int4", bias, out_dtype, residual)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     if k % 8:
@@ -761,12 +795,12 @@ def w4a4_tc_prefill_triton(
     if out is None:
         out = torch.empty((m, n), dtype=out_dtype, device=a_bytes.device)
     a_words, w_words, a_scale, w_scale, outputs, trailing, flags = _launch_operands(
-        a_bytes, a_scale, w_packed, w_scale, a_element, "int4", bias, residual, out, out_dtype, None)
+        a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, residual, out, out_dtype, None)
     a_b, w_b = a_words.view(torch.int8), w_words.view(torch.uint8)
     # Unsplit: the split-K buffer and counters are never read, ``out`` stands in for their pointers.
     args = (a_b, a_scale, w_b, w_scale, *outputs, out, out, m, n, k // 2, triton.next_power_of_2(m), a_b.stride(0),
             w_b.stride(0), *trailing)
-    flags.update(W_E2M1=False)
+    flags.update(W_E2M1=False, W_E2M1_INT8=w_element == "e2m1")
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(n, meta["BLOCK_N"]), 1, triton.cdiv(m, meta["BLOCK_M"])

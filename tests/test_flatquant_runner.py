@@ -258,3 +258,7 @@ def test_prefill_bench_dry_run_checks_both_paths(cli, monkeypatch, tmp_path):
     for kernel in ("int8 path kernel, autotuned", "int8 path kernel, fixed | 16,16,16,4,1", "fp8 path linear",
                    "int8 path linear"):
         assert f"| 70 | 48x128 | {kernel} |" in table
+    out = cli("benchmarks/prefill_bench.py", "--cpu_dry_run", "--element", "e2m1", "--configs", "16,16,16,4,1,2",
+              "--reps", "1", "--warmup", "0", "--out", prefix)
+    assert out.returncode == 0, out.stderr
+    assert "E2M1 weights, per-row scales" in open(prefix + ".md").read()

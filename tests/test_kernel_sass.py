@@ -21,6 +21,7 @@ def run_sass(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("kernel, element, multiply", [("fpx_row", "e3m2", "FFMA"), ("w4a4_gemv", "int4xe2m1", "IDP"),
                                                     ("w4a4_gemv", "int8xint8", "IDP"), ("w4a4_tc", "int4xint4", "IMMA"),
                                                     ("w4a4_tc", "e2m1xe2m1", "QGMMA"),
+                                                    ("w4a4_tc_prefill", "e2m1xe2m1", "IGMMA"),
                                                     ("act_quant", "e2m1_e4m3", "FFMA")])
 def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply):
     done = run_sass("--kernel", kernel, "--element", element, "--limit", "1", "--out", str(tmp_path / "sass"))

@@ -897,8 +897,9 @@ def test_w4a4_linear_path_choice_and_refusals():
     x = torch.randn(300, 64, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="unknown path"):
         quant_kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", path="int4")
-    with pytest.raises(ValueError, match="the int8 path takes INT4 weights, per-row float scales \\(groups 0\\) and K "
-                                         "a multiple of 8, got e2m1 weights, groups 16/16, e4m3 scales, K=64"):
+    with pytest.raises(ValueError, match="the int8 path takes INT4 or E2M1 weights, per-row float scales "
+                                         "\\(groups 0\\) and K a multiple of 8, got e2m1 weights, groups 16/16, "
+                                         "e4m3 scales, K=64"):
         quant_kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", a_group=16, w_group=16,
                                   scale_kind="e4m3", out_dtype=torch.bfloat16, path="int8")
     with pytest.raises(ValueError, match="fp8 path takes per-row scales"):
@@ -936,23 +937,24 @@ def test_w4a4_linear_picks_the_int8_path_for_int4_weights_up_to_its_rows(monkeyp
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("a_element", ["int4", "e2m1"])
-def test_int8_path_equals_the_exact_product_above_the_decode_rows(a_element, backend):
-    """INT4 weights on the int8 path at 70 rows (above TC_MAX_M: the tensor-core kernel tiled over M on the Triton
-    backend) with a bias, and with a residual: the exact integer sums scaled in another order than the twin's
-    (within an ulp of float16), the residual added to the rounded product; with a norm tail, the next RMSNorm's
-    codes of the product the kernel returns."""
+@pytest.mark.parametrize("w_element", ["int4", "e2m1"])
+def test_int8_path_equals_the_exact_product_above_the_decode_rows(w_element, a_element, backend):
+    """INT4 and E2M1 weights on the int8 path at 70 rows (above TC_MAX_M: the tensor-core kernel tiled over M on the
+    Triton backend, E2M1 as twice its values) with a bias, and with a residual: the exact integer sums scaled in
+    another order than the twin's (within an ulp of float16), the residual added to the rounded product; with a
+    norm tail, the next RMSNorm's codes of the product the kernel returns."""
     from quant_kernels.reference import NormTail, norm_tail_ref
 
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(70, 128, generator=gen, dtype=torch.float16)
     bias = torch.randn(48, generator=gen)
     residual = torch.randn(70, 48, generator=gen).to(torch.float16)
-    w_packed, w_scale = quantize_activations_ref(torch.randn(48, 128, generator=gen) * 0.05, "int4", 0, "float")
-    kw = dict(a_element=a_element, w_element="int4", bias=bias, out_dtype=torch.float16, backend=backend)
+    w_packed, w_scale = quantize_activations_ref(torch.randn(48, 128, generator=gen) * 0.05, w_element, 0, "float")
+    kw = dict(a_element=a_element, w_element=w_element, bias=bias, out_dtype=torch.float16, backend=backend)
     product = quant_kernels.w4a4_linear(x, w_packed, w_scale, path="int8", **kw)
     a_packed, a_scale = quantize_activations_ref(x, a_element, 0, "float")
     assert_matches_twin(product, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_element,
-                                                 w_element="int4", bias=bias, out_dtype=torch.float32))
+                                                 w_element=w_element, bias=bias, out_dtype=torch.float32))
     out = quant_kernels.w4a4_linear(x, w_packed, w_scale, path="int8", residual=residual, **kw)
     assert torch.equal(out, residual + product)
     tail = NormTail(weight=(torch.rand(48, generator=gen) + 0.5).to(torch.float16), eps=1e-5, element="int4",
@@ -1498,3 +1500,37 @@ def test_tensor_core_decode_kernel_tiles_rows_over_its_third_grid_axis():
         w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element="int4", config=tile)
     with pytest.raises(ValueError, match="K a multiple of 8, got K=60"):
         w4a4_tc_prefill_triton(planes[:, :60], a_scale, packed[:, :30], w_scale, a_element="int4")
+
+
+def test_e2m1_weights_on_the_int8_prefill_kernel_take_every_byte():
+    """Every packed E2M1 weight byte (256 of them, 16 rows of 16 bytes) as twice its two values on the int8 tensor
+    cores, against 70 rows of INT4 activation bytes in INT4 weights' order: fp32 outputs equal the exact product."""
+    from quant_kernels.w4a4_gemv import w4a4_tc_prefill_triton
+    from quant_layers import packing
+
+    gen = torch.Generator().manual_seed(3)
+    levels = torch.randint(-8, 8, (70, 32), generator=gen, dtype=torch.int8)
+    planes = torch.cat([levels[:, 0::2], levels[:, 1::2]], dim=1).contiguous()
+    w_packed = torch.arange(256, dtype=torch.int32).to(torch.uint8).reshape(16, 16)
+    a_scale, w_scale = torch.rand(70, 1, generator=gen) + 0.5, torch.rand(16, 1, generator=gen) + 0.5
+    values = packing.decode(packing.unpack(w_packed), packing.element_named("e2m1"))
+    want = (levels.float() @ values.t()) * a_scale * w_scale.t()
+    got = w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
+                                 out_dtype=torch.float32)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="E2M1 weights with INT4 or E2M1 activations, got e2m1 weights with int8"):
+        w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int8", w_element="e2m1")
+
+
+def test_kernel_check_runs_the_int8_path_dry():
+    """``kernel_check --only int8_linear`` on the CPU: the int8 path's linears (INT4 and E2M1 weights, each
+    activation element) against the twins."""
+    import tempfile
+
+    from benchmarks.kernel_check import main
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prefix = os.path.join(tmp, "check")
+        assert main(["--cpu_dry_run", "--only", "int8_linear", "--out", prefix]) == 0
+        text = open(prefix + ".md").read()
+    assert "4 checks, 0 failed." in text and "| int8 path | e2m1-tok x int4-tok-clip0.9 | M70 N40 K200" in text
