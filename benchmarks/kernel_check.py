@@ -199,9 +199,9 @@ def check_gemm(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torc
 
 
 def check_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torch.dtype,
-                 device: torch.device) -> dict:
-    """``quant_kernels.w4a4_linear`` from bf16 rows (activation kernel, then the GEMM it picks for M) against
-    quantize-then-multiply with the twins."""
+                 device: torch.device, path: str | None = None) -> dict:
+    """``quant_kernels.w4a4_linear`` from bf16 rows (activation kernel, then the GEMM it picks for M, or ``path``'s)
+    against quantize-then-multiply with the twins."""
     a_el, _, _, a_clip = ACT_FORMATS[a_name]
     w_el, _, _, w_clip = ACT_FORMATS[w_name]
     x = random_activations(m, k, torch.bfloat16, device)
@@ -209,35 +209,20 @@ def check_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: to
                                            "float", w_clip, backend="triton")
     bias = torch.randn(n, device=device)
     out = quant_kernels.w4a4_linear(x, *w, a_element=a_el, w_element=w_el, clip_ratio=a_clip, bias=bias,
-                                    out_dtype=out_dtype, backend="triton")
+                                    out_dtype=out_dtype, backend="triton", path=path)
     a = reference.quantize_activations_ref(x, a_el, 0, "float", a_clip)
     want = reference.w4a4_matmul_ref(*a, *w, a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.float32)
     ok, excess = close(out, want)
-    return {"kernel": "w4a4_linear", "case": f"{a_name} x {w_name}",
+    return {"kernel": "w4a4_linear" if path is None else f"{path} path", "case": f"{a_name} x {w_name}",
             "shape": f"M{m} N{n} K{k} -> {str(out_dtype).removeprefix('torch.')}",
             "error_over_bound": excess, "ok": ok}
 
 
 def check_int8_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torch.dtype,
                       device: torch.device) -> dict:
-    """``w4a4_linear(..., path="int8")`` from bf16 rows (the activation kernel's int8 bytes, then the tensor-core
-    kernel tiled over M: INT4 weights, E2M1 as twice its values) against quantize-then-multiply with the twins, with
-    a bias and a residual."""
-    a_el, _, _, a_clip = ACT_FORMATS[a_name]
-    w_el, _, _, w_clip = ACT_FORMATS[w_name]
-    x = random_activations(m, k, torch.bfloat16, device)
-    w = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, 0,
-                                           "float", w_clip, backend="triton")
-    bias = torch.randn(n, device=device)
-    residual = torch.full((m, n), 0.0, device=device, dtype=out_dtype)
-    out = quant_kernels.w4a4_linear(x, *w, a_element=a_el, w_element=w_el, clip_ratio=a_clip, bias=bias,
-                                    out_dtype=out_dtype, backend="triton", path="int8", residual=residual)
-    a = reference.quantize_activations_ref(x, a_el, 0, "float", a_clip)
-    want = reference.w4a4_matmul_ref(*a, *w, a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.float32)
-    ok, excess = close(out, want)
-    return {"kernel": "int8 path", "case": f"{a_name} x {w_name}",
-            "shape": f"M{m} N{n} K{k} -> {str(out_dtype).removeprefix('torch.')}", "error_over_bound": excess,
-            "ok": ok}
+    """``check_linear`` on the int8 path (the activation kernel's int8 bytes, then the tensor-core kernel tiled over
+    M: INT4 weights, E2M1 as twice its values)."""
+    return check_linear(m, n, k, a_name, w_name, out_dtype, device, path="int8")
 
 
 def check_fp8_codes(x: torch.Tensor, name: str) -> dict:
