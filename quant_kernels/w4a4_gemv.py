@@ -133,12 +133,13 @@ INTERPRET_TC_CONFIG = dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=2)
 TC_MIN_BLOCK_N = 16
 # Prefill tiles of the tensor-core kernel (``w4a4_tc_prefill_triton``): (BLOCK_N weight rows, BLOCK_M activation
 # rows, BLOCK_KB packed bytes a step, warps, stages, GROUP_M), K unsplit. The probe's fastest, 128 x 128 x 64 on 8
-# warps (3 or 4 stages), and neighbours it did not time; 256-row and 128-byte tiles ran 25-35 % slower there.
+# warps (3 or 4 stages), neighbours it did not time (256-row and 128-byte tiles ran 25-35 % slower there), and the
+# fastest grouped 8 row tiles at a time (688 against 765 us at 8192 x 4096 x 14336, ``prefill_int8_grouped_h200.md``).
 TC_PREFILL_CONFIGS = [(128, 128, 64, 8, 3, 1), (128, 128, 64, 8, 4, 1), (128, 128, 32, 8, 4, 1),
                       (128, 128, 32, 8, 6, 1), (128, 64, 64, 4, 4, 1), (64, 128, 64, 4, 4, 1), (64, 128, 128, 4, 3, 1),
                       (128, 128, 64, 8, 3, 8), (128, 128, 64, 8, 4, 8)]
 INTERPRET_TC_PREFILL_CONFIG = dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=32, SPLIT_K=1, GROUP_M=2)
-TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL")
+TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "W_E2M1_INT8")
 # Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
 # The CUDA-core decode kernel's autotune key.
