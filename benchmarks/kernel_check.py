@@ -79,7 +79,7 @@ DRY_KV_WRITE_SHAPES = [(1, 2, 3, 64)]
 GPU_FUSED_DECODE_SHAPES = [(1, 4096, 14336), (8, 4096, 14336), (3, 576, 1536)]
 DRY_FUSED_DECODE_SHAPES = [(2, 64, 96)]
 # (M, N, K) of W4A8 / W8A8 on the decode kernel: the up to 8 rows it takes, ragged N.
-GPU_INT8_DECODE_SHAPES = [(1, 4096, 4096), (4, 1000, 4096), (1, 4096, 14336)]
+GPU_INT8_DECODE_SHAPES = [(1, 4096, 4096), (4, 1000, 4096), (1, 4096, 14336), (300, 4096, 4096)]
 DRY_INT8_DECODE_SHAPES = [(1, 40, 128), (5, 40, 256)]
 # (M, N, K) of the tensor-core decode kernel: batch-8 and -16 decode at Llama-3-8B's shapes, 64 rows, and ragged N and
 # K (masked steps).
@@ -509,9 +509,9 @@ def norm_tail_matches(codes: torch.Tensor, scales: torch.Tensor, w_packed: torch
 
 
 def check_int8_decode(m: int, n: int, k: int, w_element: str, dtype: torch.dtype, device: torch.device) -> dict:
-    """W4A8 / W8A8 on the decode kernel (``quant_kernels.w4a8_linear`` / ``w8a8_linear``): the activation kernel's INT8
-    dp4a bytes and scales exactly the twin's, and the product within fp32-accumulation rounding of the exact
-    integer product (float64) times the scales."""
+    """W4A8 / W8A8 (``quant_kernels.w4a8_linear`` / ``w8a8_linear``: the decode kernel, for INT4 weights above 64 rows
+    the tensor-core kernel tiled over M): the activation kernel's INT8 dp4a bytes and scales exactly the twin's, and
+    the product within fp32-accumulation rounding of the exact integer product (float64) times the scales."""
     x = random_activations(m, k, dtype, device)
     w = torch.randn(n, k, device=device) * 0.02
     if w_element == "int4":

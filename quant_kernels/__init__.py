@@ -271,18 +271,18 @@ def w8a8_linear(x: torch.Tensor, w_codes: torch.Tensor, w_scale: torch.Tensor, *
 def _int8_activation_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_element: str,
                             clip_ratio: float, bias: torch.Tensor | None, out_dtype: torch.dtype,
                             backend: str | None) -> torch.Tensor:
-    """W4A8 / W8A8. Where the decode kernels take the product (CUDA, up to ``GEMV_MAX_M`` rows, ``TC_MAX_M`` for INT4
-    weights), the activation kernel writes the INT8 levels as its dp4a bytes (one launch) and a decode kernel
-    multiplies them with the weight bytes (INT4 nibbles or INT8 bytes; exact int32 sums for K < 2**17).
-    Elsewhere the W8A8 product of ``int8_gemm`` (cuBLAS's exact int8 GEMM where it applies), INT4 weights widened
-    to int8 levels."""
+    """W4A8 / W8A8. Where the decode kernels take the product (CUDA, up to ``GEMV_MAX_M`` rows; INT4 weights at any
+    number, above ``TC_MAX_M`` on the tensor-core kernel tiled over M), the activation kernel writes the INT8 levels
+    as its dp4a bytes (one launch) and a kernel multiplies them with the weight bytes (INT4 nibbles or INT8 bytes;
+    exact int32 sums for K < 2**17). Elsewhere the W8A8 product of ``int8_gemm`` (cuBLAS's exact int8 GEMM where it
+    applies), INT4 weights widened to int8 levels."""
     from .int8_gemm import quantize_rows_int8, w8a8_matmul
     from .reference import int8_weight_codes
 
     if _use_triton(x, backend) and x.is_cuda:
         from .w4a4_gemm import takes_gemv
 
-        if takes_gemv(*x.shape, 0, 0, w_element=w_element):
+        if takes_gemv(*x.shape, 0, 0, w_element=w_element) or (w_element == "int4" and x.shape[1] % 8 == 0):
             a_bytes, a_scale = quantize_activations(x, "int8", clip_ratio=clip_ratio, dp4a_for=w_element,
                                                     backend=backend)
             return w4a4_matmul_dp4a(a_bytes, a_scale, w, w_scale, a_element="int8", w_element=w_element, bias=bias,

@@ -871,6 +871,21 @@ def test_int8_activations_on_the_decode_kernel_equal_the_exact_product(w_element
                                atol=1e-6)
 
 
+def test_int8_activations_on_the_int8_prefill_kernel_equal_the_exact_product():
+    """W4A8 above the decode kernels' rows (70): INT8 levels as INT4 weights' dp4a bytes on the tensor-core kernel
+    tiled over M (the route ``w4a8_linear`` takes on a GPU at any number of rows), the exact product."""
+    from quant_kernels.int8_gemm import quantize_rows_int8
+    from quant_kernels.reference import dp4a_order
+
+    x, w_codes, w_scale, w_levels = int8_operands(70, 37, 200, "int4")
+    a, a_scale = quantize_rows_int8(x)
+    bias = torch.randn(37)
+    exact = (a.double() @ w_levels.t()) * a_scale.double() * w_scale.double().reshape(1, -1) + bias.double()
+    got = quant_kernels.w4a4_matmul_dp4a(dp4a_order(a, "int4"), a_scale, w_codes, w_scale, a_element="int8",
+                                         w_element="int4", bias=bias, out_dtype=torch.float32, backend="triton")
+    torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=1e-6)
+
+
 def test_int8_activations_and_weights_refuse_what_the_kernels_cannot_take():
     x, w_codes, w_scale, _ = int8_operands(2, 16, 64, "int8")
     with pytest.raises(ValueError, match="INT8 activations are written as the decode kernel's dp4a bytes .* "
