@@ -126,21 +126,35 @@ def check_gemm(a: tuple, w: tuple, spec: dict) -> str:
     return "ok" if err <= 1e-5 else f"MISMATCH rel err {err:.1e}"
 
 
+def path_errors(x: torch.Tensor, wq: tuple, a_element: str, w_element: str, path: str,
+                floor: float) -> tuple[float, float]:
+    """``w4a4_linear`` on ``path`` (bfloat16 out) against the fp32 twin on ``x``'s rows: the largest elementwise
+    error relative to |want| plus ``floor`` times the largest |want|, and the largest error over the largest |want|."""
+    got = quant_kernels.w4a4_linear(x, *wq, a_element=a_element, w_element=w_element, out_dtype=torch.bfloat16,
+                                    backend="triton", path=path).float()
+    aq = reference.quantize_activations_ref(x, a_element, 0, "float")
+    want = reference.w4a4_matmul_ref(*aq, *wq, a_element=a_element, w_element=w_element, out_dtype=torch.float32)
+    err = ((got - want).abs() / (want.abs() + floor * want.abs().max())).max().item()
+    return err, ((got - want).abs().max() / want.abs().max()).item()
+
+
 def check_fp8_path(x: torch.Tensor, wq: tuple, element: str) -> str:
     """The FP8 path's linear against the fp32 twin on the first CHECK_ROWS rows: bfloat16 rounding."""
-    rows = x[:CHECK_ROWS]
-    got = quant_kernels.w4a4_linear(rows, *wq, a_element=element, w_element=element, out_dtype=torch.bfloat16,
-                                    backend="triton", path="fp8").float()
-    aq = reference.quantize_activations_ref(rows, element, 0, "float")
-    want = reference.w4a4_matmul_ref(*aq, *wq, a_element=element, w_element=element, out_dtype=torch.float32)
-    err = ((got - want).abs() / (want.abs() + 1e-5 * want.abs().max())).max().item()
-    of_max = ((got - want).abs().max() / want.abs().max()).item()
+    err, of_max = path_errors(x[:CHECK_ROWS], wq, element, element, "fp8", 1e-5)
     if err <= 2.0**-7:
         return "ok"
     # Hopper's FP8 accumulation (see FP8_ACCUMULATION_OF_MAX): outputs near zero then miss
     # bfloat16 rounding while the largest do not.
     return (f"{'close' if of_max <= FP8_ACCUMULATION_OF_MAX else 'MISMATCH'}: max err {of_max:.1e} of max |out|, "
             f"elementwise rel err {err:.1e}")
+
+
+def check_int8_path(x: torch.Tensor, wq: tuple) -> str:
+    """The int8 path's linear (INT4) against the fp32 twin on the first rows (above the decode kernels' 64, so
+    that it runs): bfloat16 rounding."""
+    # The kernel's sums are exact; the twin's fp32 ones leave ~1e-7 where they cancel: a floor of 2^-10 of the largest
+    err, _ = path_errors(x[:2 * CHECK_ROWS + 65], wq, "int4", "int4", "int8", 2.0**-10)
+    return "ok" if err <= 2.0**-7 else f"MISMATCH: elementwise rel err {err:.1e}"  # the interpreter truncates
 
 
 def fp8_path_rows(n: int, m: int, k: int, x: torch.Tensor, wq: tuple, name: str, element: str, time_ms) -> list[dict]:
@@ -160,19 +174,6 @@ def fp8_path_rows(n: int, m: int, k: int, x: torch.Tensor, wq: tuple, name: str,
             weight_bytes, check),
         row(n, m, k, f"{name} fp8 quant+unpack+gemm", time_ms(linear), weight_bytes, check),
     ]
-
-
-def check_int8_path(x: torch.Tensor, wq: tuple) -> str:
-    """The int8 path's linear (INT4) against the fp32 twin on the first rows (above the decode kernels' 64, so
-    that it runs): bfloat16 rounding."""
-    rows = x[:2 * CHECK_ROWS + 65]
-    got = quant_kernels.w4a4_linear(rows, *wq, a_element="int4", w_element="int4", out_dtype=torch.bfloat16,
-                                    backend="triton", path="int8").float()
-    aq = reference.quantize_activations_ref(rows, "int4", 0, "float")
-    want = reference.w4a4_matmul_ref(*aq, *wq, a_element="int4", w_element="int4", out_dtype=torch.float32)
-    # The kernel's sums are exact; the twin's fp32 ones leave ~1e-7 where they cancel: a floor of 2^-10 of the largest
-    err = ((got - want).abs() / (want.abs() + 2.0**-10 * want.abs().max())).max().item()
-    return "ok" if err <= 2.0**-7 else f"MISMATCH: elementwise rel err {err:.1e}"  # the interpreter truncates
 
 
 def int8_path_rows(n: int, m: int, k: int, x: torch.Tensor, wq: tuple, time_ms) -> list[dict]:

@@ -324,22 +324,17 @@ def main(argv: list[str] | None = None) -> int:
 
         def build(case, config):
             return act_quant_source(case, config, args.k)
-    elif args.kernel == "w4a4_tc":
-        from quant_kernels.w4a4_gemv import TC_CONFIGS, tc_config_fits
+    elif args.kernel in ("w4a4_tc", "w4a4_tc_prefill"):
+        from quant_kernels.w4a4_gemv import TC_CONFIGS, TC_PREFILL_CONFIGS, tc_config_fits
 
         if args.element not in ("int4xint4", "e2m1xint4", "int8xint4", "int4xe2m1", "e2m1xe2m1"):
-            p.error(f"--element for w4a4_tc is A_ELEMENTxint4 (int4, e2m1 or int8 activations) or A_ELEMENTxe2m1 "
-                    f"(int4 or e2m1 activations); got {args.element!r}")
-        configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in TC_CONFIGS
-                                     if tc_config_fits(bn, w, args.element.endswith("e2m1"))))
-        build = w4a4_tc_source
-    elif args.kernel == "w4a4_tc_prefill":
-        from quant_kernels.w4a4_gemv import TC_PREFILL_CONFIGS
-
-        if args.element not in ("int4xint4", "e2m1xint4", "int8xint4", "int4xe2m1", "e2m1xe2m1"):
-            p.error(f"--element for w4a4_tc_prefill is A_ELEMENTxint4 (int4, e2m1 or int8 activations) or "
+            p.error(f"--element for {args.kernel} is A_ELEMENTxint4 (int4, e2m1 or int8 activations) or "
                     f"A_ELEMENTxe2m1 (int4 or e2m1 activations); got {args.element!r}")
-        configs = [(bn, bkb, w, s, bm, g) for bn, bm, bkb, w, s, g in TC_PREFILL_CONFIGS]
+        if args.kernel == "w4a4_tc":
+            configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in TC_CONFIGS
+                                         if tc_config_fits(bn, w, args.element.endswith("e2m1"))))
+        else:
+            configs = [(bn, bkb, w, s, bm, g) for bn, bm, bkb, w, s, g in TC_PREFILL_CONFIGS]
         build = w4a4_tc_source
     else:
         from quant_kernels.w4a4_gemv import (FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PIPELINED_CONFIGS,

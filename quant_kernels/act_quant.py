@@ -569,6 +569,7 @@ def _store_piece(y, safe, rows, col0, packed_ptr, M, K, stride_pm, max_value, EL
                  ELEMENT_INT8: tl.constexpr, CLAMP: tl.constexpr, OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr,
                  WIDTH: tl.constexpr):
     """The codes of one piece (1, WIDTH) of a per-token row, its first column col0, under the row's scale."""
+    # packed_ptr stands in for the tensor amax pointer, which per-token scales (SCALE_KIND 0) never read
     codes = _quantized(y, safe, max_value, packed_ptr, ELEMENT_INT4, ELEMENT_INT8, 0, CLAMP, OUT_FP8)
     _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4, ELEMENT_INT8, OUT_FP8, DP4A_FOR, 1,
                  WIDTH)

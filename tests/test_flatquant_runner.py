@@ -262,3 +262,5 @@ def test_prefill_bench_dry_run_checks_both_paths(cli, monkeypatch, tmp_path):
               "--reps", "1", "--warmup", "0", "--out", prefix)
     assert out.returncode == 0, out.stderr
     assert "E2M1 weights, per-row scales" in open(prefix + ".md").read()
+    out = cli("benchmarks/prefill_bench.py", "--out", prefix + "_gpu")
+    assert out.returncode != 0 and "no CUDA device: run on a GPU, or pass --cpu_dry_run" in out.stderr

@@ -77,6 +77,8 @@ def test_resource_usage_counts_the_warps_registers_allow():
 @pytest.mark.parametrize("kernel, element, message", [("fpx_row", "e5m2", "--element 'e5m2'"),
                                                       ("w4a4_gemv", "int4", "A_ELEMENTxW_ELEMENT"),
                                                       ("w4a4_tc", "int8xe2m1", "A_ELEMENTxint4"),
+                                                      ("w4a4_tc_prefill", "int8xe2m1",
+                                                       "--element for w4a4_tc_prefill is A_ELEMENTxint4"),
                                                       ("act_quant", "int8", "--element for act_quant is one of")])
 def test_kernel_sass_refuses_an_element_its_kernel_lacks(tmp_path, kernel, element, message):
     done = run_sass("--kernel", kernel, "--element", element, "--out", str(tmp_path / "sass"))
