@@ -506,14 +506,15 @@ def _w4a4_tc_kernel(
             a_ok = m_ok[:, None] & b_ok
         a_even = tl.load(a_ptrs, mask=a_ok, other=0)
         a_odd = tl.load(a_ptrs + KB, mask=a_ok, other=0)
-        if W_E2M1:
-            if A_E4M3:
-                a_even = a_even.to(tl.float8e4nv, bitcast=True)
-                a_odd = a_odd.to(tl.float8e4nv, bitcast=True)
-            else:
-                a_even, a_odd = _even_odd_planes(a_even, a_odd, BLOCK_M, BLOCK_KB)
-                a_even = a_even.to(tl.float16).to(tl.float8e4nv)  # exact: INT4 levels, twice the E2M1 values
-                a_odd = a_odd.to(tl.float16).to(tl.float8e4nv)
+        if W_E2M1 and A_E4M3:  # FP8 sums accumulate in wgmma: fast, at wgmma's reduced precision (not exact)
+            acc = tl.dot(_e2m1_nibbles_e4m3(w, True, USE_ASM), tl.trans(a_even.to(tl.float8e4nv, bitcast=True)), acc,
+                         out_dtype=tl.float32)
+            acc = tl.dot(_e2m1_nibbles_e4m3(w, False, USE_ASM), tl.trans(a_odd.to(tl.float8e4nv, bitcast=True)), acc,
+                         out_dtype=tl.float32)
+        elif W_E2M1:
+            a_even, a_odd = _even_odd_planes(a_even, a_odd, BLOCK_M, BLOCK_KB)
+            a_even = a_even.to(tl.float16).to(tl.float8e4nv)  # exact: INT4 levels, twice the E2M1 values
+            a_odd = a_odd.to(tl.float16).to(tl.float8e4nv)
             # Each step's sums start from zero and join acc on the CUDA cores (FP8 wgmma adds at reduced precision)
             step = tl.dot(_e2m1_nibbles_e4m3(w, True, USE_ASM), tl.trans(a_even), out_dtype=tl.float32)
             acc += tl.dot(_e2m1_nibbles_e4m3(w, False, USE_ASM), tl.trans(a_odd), step, out_dtype=tl.float32)
@@ -525,7 +526,9 @@ def _w4a4_tc_kernel(
             acc = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
         w_ptrs += BLOCK_KB
         a_ptrs += BLOCK_KB
-    if W_E2M1:  # exact: sums of multiples of 2^-7 (E2M1 times 2^-6, integer activation bytes) below 2^17
+    if W_E2M1 and A_E4M3:
+        total = tl.trans(acc * 128.0)
+    elif W_E2M1:  # exact: sums of multiples of 2^-7 (E2M1 times 2^-6, integer activation bytes) below 2^17
         total = tl.trans((acc * 128.0).to(tl.int32))
     else:
         total = tl.trans(acc)
