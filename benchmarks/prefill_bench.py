@@ -54,8 +54,7 @@ def operands(m: int, n: int, k: int, device: torch.device, gen: torch.Generator,
 
 
 def launch_tc(planes, packed, a_scale, w_scale, out, config, element: str = "int4"):
-    """One prefill-tiled launch of the tensor-core kernel (``w4a4_tc_prefill_triton``) on a fixed ``config``
-    (``planes``: int8, or E4M3 for E2M1 weights' FP8 operands):
+    """One prefill-tiled launch of the tensor-core kernel (``w4a4_tc_prefill_triton``) on a fixed ``config``:
     (BLOCK_N weight rows, BLOCK_M activation rows, BLOCK_KB packed bytes a step, warps, stages[, GROUP_M])."""
     import triton
 
@@ -151,38 +150,26 @@ def main(argv: list[str] | None = None) -> int:
             path = lambda: w4a4_matmul_fp8(a_fp8, a_scale, unpack_fp8_triton(packed, element), w_scale)  # noqa: E731
             row("fp8 path (widening + GEMM)", time_ms(path), got=path())
             out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
-            # E2M1 weights meet int8 activation planes as int8 operands, E4M3 planes as E4M3 operands
-            forms = {"": planes} if element == "int4" else {" (int8 operands)": planes,
-                                                            " (E4M3 operands)": planes.float().to(FP8)}
-            for form, a_planes in forms.items():
-                tuned = functools.partial(w4a4_tc_prefill_triton, a_planes, a_scale, packed, w_scale,
-                                          a_element="int4", w_element=element, out=out)
-                ms = time_ms(tuned)
+            tuned = lambda: w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element="int4",  # noqa: E731
+                                                   w_element=element, out=out)
+            ms = time_ms(tuned)
+            out.fill_(float("nan"))
+            pick = getattr(_tc_prefill_autotuned, "best_config", None)  # none under the interpreter's fixed tile
+            tile = "" if pick is None else ",".join(str(v) for v in (*(pick.kwargs[f] for f in (
+                "BLOCK_N", "BLOCK_M", "BLOCK_KB")), pick.num_warps, pick.num_stages, pick.kwargs["GROUP_M"]))
+            row("int8 path kernel, autotuned", ms, tile, tuned())
+            for config in configs:
+                fixed = lambda: launch_tc(planes, packed, a_scale, w_scale, out, config, element)  # noqa: E731
+                ms = time_ms(fixed)
                 out.fill_(float("nan"))
-                pick = getattr(_tc_prefill_autotuned, "best_config", None)  # none under the interpreter's fixed tile
-                tile = "" if pick is None else ",".join(str(v) for v in (*(pick.kwargs[f] for f in (
-                    "BLOCK_N", "BLOCK_M", "BLOCK_KB")), pick.num_warps, pick.num_stages, pick.kwargs["GROUP_M"]))
-                row(f"int8 path kernel{form}, autotuned", ms, tile, tuned())
-                for config in configs:
-                    fixed = functools.partial(launch_tc, a_planes, packed, a_scale, w_scale, out, config, element)
-                    ms = time_ms(fixed)
-                    out.fill_(float("nan"))
-                    row(f"int8 path kernel{form}, fixed", ms, ",".join(map(str, config)), fixed())
+                row("int8 path kernel, fixed", ms, ",".join(map(str, config)), fixed())
             linear = {path: functools.partial(quant_kernels.w4a4_linear, x, packed, w_scale, a_element=element,
                                               w_element=element, out_dtype=torch.bfloat16, path=path)
                       for path in ("fp8", "int8")}
             codes, x_scale = quant_kernels.quantize_activations(x, element)
             exact = (dequantize(codes, torch.ones_like(x_scale), element) @ values_w.t()) * x_scale * w_scale.t()
             row("fp8 path linear", time_ms(linear["fp8"]), got=linear["fp8"](), against=exact)
-            row(f"int8 path linear{' (E4M3 operands)' if element == 'e2m1' else ''}", time_ms(linear["int8"]),
-                got=linear["int8"](), against=exact)
-            if element == "e2m1":  # the int8 operands' linear, as the int8 path ran it before
-                def int8_operands_linear():
-                    a_bytes, a_scale_x = quant_kernels.quantize_activations(x, element, dp4a_for="int4")
-                    return w4a4_tc_prefill_triton(a_bytes, a_scale_x, packed, w_scale, a_element=element,
-                                                  w_element=element)
-                row("int8 path linear (int8 operands)", time_ms(int8_operands_linear), got=int8_operands_linear(),
-                    against=exact)
+            row("int8 path linear", time_ms(linear["int8"]), got=linear["int8"](), against=exact)
             del codes, exact
             del planes, packed, levels_a, values_w, want, x, w, a_fp8, w_fp8, out
             torch.cuda.empty_cache()

@@ -459,19 +459,14 @@ def _tail_quantize_rows(count_ptr, x_ptr, stride_xm, norm_ptr, packed_ptr, scale
 def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr,
                  OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Write a (BLOCK_M, BLOCK_K) tile of codes whose first column is col0: packed two a byte, as E4M3 bytes (OUT_FP8:
-    ``codes`` are the grid values, ``_quantized``), or as the decode kernel's dp4a bytes (INT8 levels only so);
-    both: the dp4a bytes' values (INT4 levels, twice the E2M1 values) as E4M3 bytes in their order."""
+    ``codes`` are the grid values, ``_quantized``), or as the decode kernel's dp4a bytes (INT8 levels only so)."""
     row_ok = rows < M
-    if OUT_FP8 and DP4A_FOR == 0:  # one E4M3 byte per element, for the FP8 GEMM
+    if OUT_FP8:  # one E4M3 byte per element, for the FP8 GEMM
         cols = col0 + tl.arange(0, BLOCK_K)
         tl.store(packed_ptr + rows[:, None] * stride_pm + cols[None, :],
                  codes.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=row_ok[:, None] & (cols < K)[None, :])
     elif DP4A_FOR > 0:  # signed bytes for the decode kernel's dp4a, written as int32 words (see _dp4a_words)
-        if OUT_FP8:
-            doubled = codes * (1.0 if ELEMENT_INT4 else 2.0)
-            values = doubled.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
-        else:
-            values = codes if ELEMENT_INT8 else _code_values(codes, 0, ELEMENT_INT4)
+        values = codes if ELEMENT_INT8 else _code_values(codes, 0, ELEMENT_INT4)
         first, second = _dp4a_words(values, BLOCK_M, BLOCK_K, DP4A_FOR == 1)
         word_cols = col0 // 8 + tl.arange(0, BLOCK_K // 8)
         ptrs = packed_ptr + rows[:, None] * stride_pm + word_cols[None, :]
@@ -831,8 +826,7 @@ def quantize_activations_triton(
     """The Triton twin of ``reference.quantize_activations_ref`` (same arguments, same results).
 
     ``fp8_codes``: the codes come as (M, K) float8_e4m3fn values instead of packed bytes.
-    ``dp4a_for``: as (M, K) int8 bytes for the decode kernel (``reference.dp4a_bytes``); with ``fp8_codes`` those
-    bytes' values as float8_e4m3fn, in their order.
+    ``dp4a_for``: as (M, K) int8 bytes for the decode kernel (``reference.dp4a_bytes``).
     ``tensor_amax`` (NVFP4): a calibrated absmax for the tensor scale, so that x is read once, where its own absmax
     takes a launch of its own first.
     """

@@ -139,7 +139,7 @@ TC_PREFILL_CONFIGS = [(128, 128, 64, 8, 3, 1), (128, 128, 64, 8, 4, 1), (128, 12
                       (128, 128, 32, 8, 6, 1), (128, 64, 64, 4, 4, 1), (64, 128, 64, 4, 4, 1), (64, 128, 128, 4, 3, 1),
                       (128, 128, 64, 8, 3, 8), (128, 128, 64, 8, 4, 8)]
 INTERPRET_TC_PREFILL_CONFIG = dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=32, SPLIT_K=1, GROUP_M=2)
-TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "W_E2M1_INT8", "A_E4M3")
+TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "W_E2M1_INT8")
 # Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
 # The CUDA-core decode kernel's autotune key.
@@ -449,7 +449,7 @@ def _w4a4_tc_kernel(
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
     SPLIT_K: tl.constexpr, W_E2M1: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
-    GROUP_M: tl.constexpr = 1, W_E2M1_INT8: tl.constexpr = False, A_E4M3: tl.constexpr = False,
+    GROUP_M: tl.constexpr = 1, W_E2M1_INT8: tl.constexpr = False,
 ):
     """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
     a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
@@ -465,8 +465,6 @@ def _w4a4_tc_kernel(
     widened to E4M3; each step's FP8 sums join an fp32 accumulator, which ends as exact int32 in units of 2^-7.
     W_E2M1_INT8: E2M1 weights as int8 operands of twice their values (``_e2m1_nibbles_doubled``) against the
     activation bytes of INT4 weights' order, on the int8 tensor cores, exact int32 sums (the prefill launch).
-    A_E4M3 (with W_E2M1, the prefill launch): the activation bytes come in INT4 weights' order as E4M3 already
-    (``quantize_activations(..., dp4a_for="int4", fp8_codes=True)``), so a step moves and widens nothing.
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -506,12 +504,7 @@ def _w4a4_tc_kernel(
             a_ok = m_ok[:, None] & b_ok
         a_even = tl.load(a_ptrs, mask=a_ok, other=0)
         a_odd = tl.load(a_ptrs + KB, mask=a_ok, other=0)
-        if W_E2M1 and A_E4M3:  # FP8 sums accumulate in wgmma: fast, at wgmma's reduced precision (not exact)
-            acc = tl.dot(_e2m1_nibbles_e4m3(w, True, USE_ASM), tl.trans(a_even.to(tl.float8e4nv, bitcast=True)), acc,
-                         out_dtype=tl.float32)
-            acc = tl.dot(_e2m1_nibbles_e4m3(w, False, USE_ASM), tl.trans(a_odd.to(tl.float8e4nv, bitcast=True)), acc,
-                         out_dtype=tl.float32)
-        elif W_E2M1:
+        if W_E2M1:
             a_even, a_odd = _even_odd_planes(a_even, a_odd, BLOCK_M, BLOCK_KB)
             a_even = a_even.to(tl.float16).to(tl.float8e4nv)  # exact: INT4 levels, twice the E2M1 values
             a_odd = a_odd.to(tl.float16).to(tl.float8e4nv)
@@ -526,9 +519,7 @@ def _w4a4_tc_kernel(
             acc = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
         w_ptrs += BLOCK_KB
         a_ptrs += BLOCK_KB
-    if W_E2M1 and A_E4M3:
-        total = tl.trans(acc * 128.0)
-    elif W_E2M1:  # exact: sums of multiples of 2^-7 (E2M1 times 2^-6, integer activation bytes) below 2^17
+    if W_E2M1:  # exact: sums of multiples of 2^-7 (E2M1 times 2^-6, integer activation bytes) below 2^17
         total = tl.trans((acc * 128.0).to(tl.int32))
     else:
         total = tl.trans(acc)
@@ -789,18 +780,11 @@ def w4a4_tc_prefill_triton(
     tensor-core kernel over tiles of BLOCK_M rows (a third grid axis), K unsplit, exact int32 sums, the weight
     read packed. ``w_element="e2m1"``: packed E2M1 weights, as int8 operands of twice their values, with INT4 or
     E2M1 activation bytes in INT4 weights' order (``dp4a_for="int4"``, not E2M1 weights' order of the decode
-    kernels); those bytes given as float8_e4m3fn (``fp8_codes=True`` too) take the FP8 tensor cores instead, the
-    weight's nibbles as E4M3 operands (exact sums too: each step's FP8 sums join an fp32 accumulator).
-    ``config`` (BLOCK_N, BLOCK_M, BLOCK_KB, SPLIT_K=1 and GROUP_M, warps, stages) replaces the
+    kernels). ``config`` (BLOCK_N, BLOCK_M, BLOCK_KB, SPLIT_K=1 and GROUP_M, warps, stages) replaces the
     autotuner's pick of TC_PREFILL_CONFIGS (or the interpreter's fixed tile)."""
     if w_element not in ("int4", "e2m1") or (w_element == "e2m1" and a_element not in ("int4", "e2m1")):
         raise ValueError(f"the int8 prefill kernel takes INT4 weights, or E2M1 weights with INT4 or E2M1 activations, "
                          f"got {w_element} weights with {a_element} activations")
-    a_e4m3 = a_bytes.dtype == torch.float8_e4m3fn
-    if a_e4m3 and w_element != "e2m1":
-        raise ValueError("E4M3 activation bytes meet E2M1 weights on the FP8 tensor cores: pass int8 bytes "
-                         "(quantize_activations(..., dp4a_for='int4')) for INT4 weights")
-    a_bytes = a_bytes.view(torch.int8) if a_e4m3 else a_bytes
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, "int4", bias, out_dtype, residual)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     if k % 8:
@@ -817,7 +801,7 @@ def w4a4_tc_prefill_triton(
     # Unsplit: the split-K buffer and counters are never read, ``out`` stands in for their pointers.
     args = (a_b, a_scale, w_b, w_scale, *outputs, out, out, m, n, k // 2, triton.next_power_of_2(m), a_b.stride(0),
             w_b.stride(0), *trailing)
-    flags.update(W_E2M1=a_e4m3, A_E4M3=a_e4m3, W_E2M1_INT8=w_element == "e2m1" and not a_e4m3)
+    flags.update(W_E2M1=False, W_E2M1_INT8=w_element == "e2m1")
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(n, meta["BLOCK_N"]), 1, triton.cdiv(m, meta["BLOCK_M"])

@@ -1517,11 +1517,9 @@ def test_tensor_core_decode_kernel_tiles_rows_over_its_third_grid_axis():
         w4a4_tc_prefill_triton(planes[:, :60], a_scale, packed[:, :30], w_scale, a_element="int4")
 
 
-@pytest.mark.parametrize("a_e4m3", [False, True])
-def test_e2m1_weights_on_the_int8_prefill_kernel_take_every_byte(a_e4m3):
+def test_e2m1_weights_on_the_int8_prefill_kernel_take_every_byte():
     """Every packed E2M1 weight byte (256 of them, 16 rows of 16 bytes) as twice its two values on the int8 tensor
-    cores, or (``a_e4m3``: the activation bytes given as E4M3) as E4M3 operands on the FP8 ones, against 70 rows of
-    INT4 activation bytes in INT4 weights' order: fp32 outputs equal the exact product."""
+    cores, against 70 rows of INT4 activation bytes in INT4 weights' order: fp32 outputs equal the exact product."""
     from quant_kernels.w4a4_gemv import w4a4_tc_prefill_triton
     from quant_layers import packing
 
@@ -1532,33 +1530,11 @@ def test_e2m1_weights_on_the_int8_prefill_kernel_take_every_byte(a_e4m3):
     a_scale, w_scale = torch.rand(70, 1, generator=gen) + 0.5, torch.rand(16, 1, generator=gen) + 0.5
     values = packing.decode(packing.unpack(w_packed), packing.element_named("e2m1"))
     want = (levels.float() @ values.t()) * a_scale * w_scale.t()
-    a_bytes = planes.float().to(torch.float8_e4m3fn) if a_e4m3 else planes
-    got = w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
+    got = w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
                                  out_dtype=torch.float32)
     assert torch.equal(got, want)
     with pytest.raises(ValueError, match="E2M1 weights with INT4 or E2M1 activations, got e2m1 weights with int8"):
-        w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int8", w_element="e2m1")
-    if a_e4m3:
-        with pytest.raises(ValueError, match="E4M3 activation bytes meet E2M1 weights on the FP8 tensor cores"):
-            w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="int4")
-
-
-@pytest.mark.parametrize("element", ["int4", "e2m1"])
-def test_dp4a_bytes_as_e4m3_are_the_dp4a_bytes_values(element):
-    """``dp4a_for="int4", fp8_codes=True``: the activation kernel and its twin write the dp4a bytes' values (INT4
-    levels, twice the E2M1 values) as E4M3 bytes in the same order, zeros +0; other layouts are refused."""
-    x = torch.randn(37, 96, dtype=torch.bfloat16)
-    x[0, :8] = 0.0
-    x[1, 3] = -1e-4 * x[1].abs().max()  # rounds to zero from below
-    int8_bytes, scale = quant_kernels.quantize_activations(x, element, dp4a_for="int4", backend="torch")
-    for backend in ("torch", "triton"):
-        got, got_scale = quant_kernels.quantize_activations(x, element, dp4a_for="int4", fp8_codes=True,
-                                                            backend=backend)
-        assert got.dtype == torch.float8_e4m3fn and torch.equal(got_scale, scale)
-        assert torch.equal(got.view(torch.uint8), int8_bytes.float().to(torch.float8_e4m3fn).view(torch.uint8))
-    for bad in (dict(element="int4", dp4a_for="e2m1"), dict(element="int8", dp4a_for="int4")):
-        with pytest.raises(ValueError, match="fp8_codes with dp4a_for writes INT4 weights' order of INT4 or E2M1"):
-            quant_kernels.quantize_activations(x, bad["element"], dp4a_for=bad["dp4a_for"], fp8_codes=True)
+        w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int8", w_element="e2m1")
 
 
 def test_kernel_check_runs_the_int8_path_dry():
