@@ -64,6 +64,10 @@ PATHS = ("packed", "fp8", "int8")
 # (``benchmarks/results/prefill_int8_h200.md``, ``prefill_int8_4096_8192_h200.md``).
 FP8_MIN_ROWS = 256
 INT8_MAX_ROWS = 4096
+# E2M1 weights take the int8 path (as int8 operands of twice their values) up to this many rows: 1.13-1.49x the FP8
+# path's linear at 256 rows, 1.00-1.11x at 512 (but 0.77x at 4096 x 4096 in one of the two calls), 0.69-0.77x at 2048
+# and 0.59-0.61x at 8192 (two H200 calls, ``prefill_int8_e2m1_h200.md``, ``prefill_e4m3_e2m1_rejected_h200.md``).
+E2M1_INT8_MAX_ROWS = 512
 
 
 def _use_triton(tensor: torch.Tensor, backend: str | None) -> bool:
@@ -179,7 +183,7 @@ def w4a4_linear(
     K and N multiples of 16, bfloat16 out) or ``int8`` (INT4 or E2M1 weights: codes as the int8 bytes of INT4
     weights' dp4a order, the packed weight unpacked in registers for the int8 tensor cores, E2M1 as twice its
     values, ``w4a4_matmul_dp4a`` / ``w4a4_gemv.w4a4_tc_prefill_triton``; per-row float scales, K a multiple of 8).
-    None picks ``int8`` for INT4 weights up to ``INT8_MAX_ROWS`` rows and ``fp8``
+    None picks ``int8`` for INT4 weights up to ``INT8_MAX_ROWS`` rows (E2M1 up to ``E2M1_INT8_MAX_ROWS``) and ``fp8``
     otherwise in bfloat16 products of at least ``FP8_MIN_ROWS`` rows on the Triton backend where they fit, else
     ``packed``.
     """
@@ -199,11 +203,11 @@ def w4a4_linear(
         raise ValueError(f"the int8 path takes INT4 or E2M1 weights, per-row float scales (groups 0) and K a multiple "
                          f"of 8, got {w_element} weights, groups {a_group}/{w_group}, {scale_kind} scales, K={k}: use "
                          f"path='packed'")
-    int8_fits = int8_fits and w_element == "int4"  # auto: E2M1 weights keep the FP8 path until timed on a GPU
     if path is None:
         large = _use_triton(x, backend) and m >= FP8_MIN_ROWS and out_dtype == torch.bfloat16
-        path = ("int8" if large and int8_fits and (m <= INT8_MAX_ROWS or not fits) else "fp8" if large and fits
-                else "packed")
+        int8_rows = {"int4": INT8_MAX_ROWS, "e2m1": E2M1_INT8_MAX_ROWS}.get(w_element, 0)
+        path = ("int8" if large and int8_fits and (m <= int8_rows or (w_element == "int4" and not fits))
+                else "fp8" if large and fits else "packed")
     if path == "int8" and w_element == "e2m1" and _use_triton(x, backend):
         from .w4a4_gemv import w4a4_tc_prefill_triton
 

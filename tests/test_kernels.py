@@ -936,18 +936,19 @@ def test_w4a4_linear_path_choice_and_refusals():
 
 def test_w4a4_linear_picks_the_int8_path_for_int4_weights_up_to_its_rows(monkeypatch):
     """Auto on the Triton backend, bfloat16 out: INT4 weights take the int8 path from FP8_MIN_ROWS to INT8_MAX_ROWS
-    rows and the FP8 path above; E2M1 weights the FP8 path."""
-    from quant_kernels import fp8_gemm
+    rows and the FP8 path above; E2M1 weights the int8 path up to E2M1_INT8_MAX_ROWS, then the FP8 path."""
+    from quant_kernels import fp8_gemm, w4a4_gemv
 
     taken = []
     monkeypatch.setattr(quant_kernels, "w4a4_matmul_dp4a", lambda *a, **k: taken.append("int8"))
+    monkeypatch.setattr(w4a4_gemv, "w4a4_tc_prefill_triton", lambda *a, **k: taken.append("int8"))
     monkeypatch.setattr(fp8_gemm, "w4a4_matmul_fp8", lambda *a, **k: taken.append("fp8") or torch.zeros(1))
-    for element in ("int4", "e2m1"):
+    for element, most in (("int4", quant_kernels.INT8_MAX_ROWS), ("e2m1", quant_kernels.E2M1_INT8_MAX_ROWS)):
         w, s = quantize_activations_ref(torch.randn(32, 64), element, 0, "float")
-        for m in (quant_kernels.FP8_MIN_ROWS, quant_kernels.INT8_MAX_ROWS, quant_kernels.INT8_MAX_ROWS + 1):
+        for m in (quant_kernels.FP8_MIN_ROWS, most, most + 1):
             quant_kernels.w4a4_linear(torch.randn(m, 64, dtype=torch.bfloat16), w, s, a_element=element,
                                       w_element=element, out_dtype=torch.bfloat16, backend="triton")
-    assert taken == ["int8", "int8", "fp8", "fp8", "fp8", "fp8"]
+    assert taken == ["int8", "int8", "fp8", "int8", "int8", "fp8"]
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
