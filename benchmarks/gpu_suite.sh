@@ -64,7 +64,8 @@
 #   act_capped the activation kernel's E2M1 per-token pick (one row, 2 warps at K = 4096, 4 at 14336) pinned, uncapped
 #              and with ptxas's register cap at 64, 80 and 96 (act_quant_bench --pin ...,maxnreg=N), every code checked
 #              against the twin: the rejected caps of kernels_h200.md's twenty-first run (issue 9)
-#   prefill    the int8 path's linears (INT4 and E2M1 weights) and W4A8 / W8A8 checked against their twins, then
+#   prefill    W4A8 / W8A8 (300 rows among them) and the int8 path's linears (INT4 and E2M1 weights) checked against
+#              their twins, each check under its own limit (the linears' autotuning filled 200 s before), then
 #              W4A4 linears at prefill sizes (MS, default 256,512,2048,8192; ELEMENT int4 or e2m1 weights): the int8
 #              path (the tensor-core kernel tiled over M, autotuned) against bf16, cuBLAS's FP8 GEMM and the FP8 path,
 #              kernels alone and whole linears, every output checked (issue 9)
@@ -285,8 +286,10 @@ for section in "$@"; do
         --no_fp8_codes --shapes 8192x14336,2048x14336 --out "$OUT/act_quant_capped_14336_h200" \
         --pin "$row,num_warps=4;$row,num_warps=4,maxnreg=64;$row,num_warps=4,maxnreg=80;$row,num_warps=4,maxnreg=96" ;;
     prefill)
+      step "${LIMIT_PREFILL_DECODE_CHECK:-120}" kernel_check_int8_decode python benchmarks/kernel_check.py \
+        --only int8_decode --out "$OUT/kernel_check_int8_decode_prefill_h200"
       step "${LIMIT_PREFILL_CHECK:-200}" kernel_check_int8 python benchmarks/kernel_check.py \
-        --only int8_linear,int8_decode --out "$OUT/kernel_check_int8_linear_h200"
+        --only int8_linear --out "$OUT/kernel_check_int8_linear_h200"
       step "${LIMIT_PREFILL:-420}" prefill_bench python benchmarks/prefill_bench.py --ms "${MS:-256,512,2048,8192}" \
         --element "${ELEMENT:-int4}" --out "$OUT/prefill_int8_${ELEMENT:-int4}_h200" ;;
     act_ncu)
