@@ -66,7 +66,8 @@
 #              against the twin: the rejected caps of kernels_h200.md's twenty-first run (issue 9)
 #   prefill    W4A8 / W8A8 (300 rows among them) and the int8 path's linears (INT4 and E2M1 weights) checked against
 #              their twins, each check under its own limit (the linears' autotuning filled 200 s before), then
-#              W4A4 linears at prefill sizes (MS, default 256,512,2048,8192; ELEMENT int4 or e2m1 weights): the int8
+#              W4A4 linears at prefill sizes (MS, default 256,512,2048,8192; ELEMENT int4 or e2m1 weights; ACTIVATIONS
+#              int8 for W4A8 instead, cuBLAS's int8 GEMM the peer): the int8
 #              path (the tensor-core kernel tiled over M, autotuned) against bf16, cuBLAS's FP8 GEMM and the FP8 path,
 #              kernels alone and whole linears, every output checked (issue 9)
 #   act_ncu    the activation kernel's autotuned picks under Nsight Compute, per-token INT4 and E2M1 packed at
@@ -291,7 +292,8 @@ for section in "$@"; do
       step "${LIMIT_PREFILL_CHECK:-200}" kernel_check_int8 python benchmarks/kernel_check.py \
         --only int8_linear --out "$OUT/kernel_check_int8_linear_h200"
       step "${LIMIT_PREFILL:-420}" prefill_bench python benchmarks/prefill_bench.py --ms "${MS:-256,512,2048,8192}" \
-        --element "${ELEMENT:-int4}" --out "$OUT/prefill_int8_${ELEMENT:-int4}_h200" ;;
+        --element "${ELEMENT:-int4}" --activations "${ACTIVATIONS:-4bit}" \
+        --out "$OUT/prefill_int8_${ELEMENT:-int4}_${ACTIVATIONS:-4bit}_h200" ;;
     act_ncu)
       step "${LIMIT_ACT_NCU:-300}" ncu_act_quant ncu --nvtx --nvtx-include "measure/" --section SpeedOfLight \
         --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \

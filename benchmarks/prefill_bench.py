@@ -14,6 +14,10 @@ fp32 product.
 
     python benchmarks/prefill_bench.py --ms 512,2048,8192 --out benchmarks/results/prefill_int8_h200
 
+``--activations int8`` times W4A8 instead (INT4 weights, INT8 activation levels): the same kernel on INT8 planes,
+cuBLAS's int8 GEMM (``torch._int_mm``) on the weight's int8 levels as the peer, the weight widened to int8 on every
+call then that GEMM (W4A8's route before the int8 path), and ``w4a8_linear`` against that route from bfloat16 x.
+
 ``--cpu_dry_run`` runs it on the CPU under the Triton interpreter at one tiny shape (timings meaningless, the
 checks real).
 """
@@ -37,13 +41,15 @@ from pipeline.results import library_versions  # noqa: E402
 
 
 
-def operands(m: int, n: int, k: int, device: torch.device, gen: torch.Generator, element: str = "int4"):
-    """Random INT4 activation levels and their even / odd int8 planes (m, k), random packed weight codes of
-    ``element`` (n, k / 2) and their values (n, k), per-row scales, and the exact fp32 product
-    diag(a_scale) (A W^T) diag(w_scale) (no TF32)."""
+def operands(m: int, n: int, k: int, device: torch.device, gen: torch.Generator, element: str = "int4",
+             a_levels: int = 8):
+    """Random activation levels in [-a_levels, a_levels) (INT4: 8, INT8: 128) and their even / odd int8 planes
+    (m, k), random packed weight codes of ``element`` (n, k / 2) and their values (n, k), per-row scales, and the
+    exact fp32 product diag(a_scale) (A W^T) diag(w_scale) (no TF32)."""
     from quant_layers import packing
 
-    levels_a = torch.randint(-8, 8, (m, k), generator=gen, device=device, dtype=torch.int8)
+    levels_a = torch.randint(-a_levels, a_levels, (m, k), generator=gen, device=device, dtype=torch.int32).to(
+        torch.int8)
     planes = torch.cat([levels_a[:, 0::2], levels_a[:, 1::2]], dim=1).contiguous()
     packed = torch.randint(0, 256, (n, k // 2), generator=gen, device=device, dtype=torch.int32).to(torch.uint8)
     values_w = packing.decode(packing.unpack(packed), packing.element_named(element))
@@ -53,7 +59,7 @@ def operands(m: int, n: int, k: int, device: torch.device, gen: torch.Generator,
     return planes, packed, levels_a, values_w, a_scale, w_scale, want
 
 
-def launch_tc(planes, packed, a_scale, w_scale, out, config, element: str = "int4"):
+def launch_tc(planes, packed, a_scale, w_scale, out, config, element: str = "int4", a_element: str = "int4"):
     """One prefill-tiled launch of the tensor-core kernel (``w4a4_tc_prefill_triton``) on a fixed ``config``:
     (BLOCK_N weight rows, BLOCK_M activation rows, BLOCK_KB packed bytes a step, warps, stages[, GROUP_M])."""
     import triton
@@ -63,28 +69,38 @@ def launch_tc(planes, packed, a_scale, w_scale, out, config, element: str = "int
     block_n, block_m, block_kb, warps, stages, group_m = (*config, 1)[:6]
     tile = triton.Config(dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_KB=block_kb, SPLIT_K=1, GROUP_M=group_m),
                          num_warps=warps, num_stages=stages)
-    return w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element="int4", w_element=element,
+    return w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element=a_element, w_element=element,
                                   out_dtype=out.dtype, out=out, config=tile)
 
 
 def markdown(result: dict) -> str:
-    lines = ["# W4A4 linears at prefill sizes: the int8 path", "",
+    if result.get("activations") == "int8":
+        title, what = "W4A8 linears at prefill sizes: the int8 path", (
+            "INT4 weights, INT8 activations (W4A8), per-row scales, bfloat16 out; the kernels take INT8 activation "
+            "levels, the linears quantize x per token. `peer`: cuBLAS's int8 GEMM (`torch._int_mm`) on the weight's "
+            "int8 levels given (widened beforehand); `widening + int8 GEMM`: the weight widened on every call, then "
+            "that GEMM (W4A8's route before the int8 path); `int8 path`: the tensor-core kernel tiled over M on int8 "
+            "activation planes (`w4a4_tc_prefill_triton`). `linear`: from bfloat16 x, the activation levels included "
+            "(`w4a8_linear`, and the earlier route); elsewhere the levels are given.")
+    else:
+        title, what = "W4A4 linears at prefill sizes: the int8 path", (
+            f"{result['element'].upper()} weights, per-row scales, bfloat16 out; the kernels take INT4 activation "
+            f"codes, the linears quantize x to {result['element'].upper()}. `peer`: cuBLAS's FP8 GEMM "
+            "(`torch._scaled_mm`) on E4M3 codes given (weights widened beforehand); `fp8 path`: our widening pass "
+            "(`unpack_fp8_triton`) then that GEMM; `int8 path`: the tensor-core kernel tiled over M on int8 activation "
+            "planes (`w4a4_tc_prefill_triton`). `linear`: from bfloat16 x, the activation codes included "
+            "(`w4a4_linear(path=...)`); elsewhere the codes are given.")
+    lines = [f"# {title}", "",
              f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
              f"Timing: {result['timing']}.", f"Command: `{result['command']}`", "",
-             f"{result['element'].upper()} weights, per-row scales, bfloat16 out; the kernels take INT4 activation "
-             f"codes, the linears quantize x to {result['element'].upper()}. `fp8 peer`: `torch._scaled_mm` on E4M3 "
-             "codes given (weights widened beforehand); `fp8 path`: our widening pass (`unpack_fp8_triton`) then that "
-             "GEMM; `int8 path`: "
-             "the tensor-core kernel tiled over M on int8 activation planes (`w4a4_tc_prefill_triton`). `linear`: "
-             "from bfloat16 x, the activation codes included (`w4a4_linear(path=...)`); elsewhere the codes are given. "
-             "TFLOP/s counts 2 M N K. Error: the GEMMs' largest against the exact product, in units of bfloat16's "
-             "rounding of the largest output (the linears' against the exact product of x's codes).", "",
-             "| M | N x K | kernel | config | µs | TFLOP/s | × bf16 | × fp8 peer | max error / bound |",
+             what + " TFLOP/s counts 2 M N K. Error: the GEMMs' largest against the exact product, in units of "
+             "bfloat16's rounding of the largest output (the linears' against the exact product of x's codes).", "",
+             "| M | N x K | kernel | config | µs | TFLOP/s | × bf16 | × peer | max error / bound |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         err = f"{r['error']:.2f}" if r.get("error") is not None else ""
         lines.append(f"| {r['M']} | {r['shape']} | {r['kernel']} | {r.get('config', '')} | {1000 * r['ms']:.1f} | "
-                     f"{r['tflops']:.0f} | {r['vs_bf16']:.2f} | {r['vs_fp8']:.2f} | {err} |")
+                     f"{r['tflops']:.0f} | {r['vs_bf16']:.2f} | {r['vs_peer']:.2f} | {err} |")
     return "\n".join(lines) + "\n"
 
 
@@ -97,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--element", choices=("int4", "e2m1"), default="int4",
                    help="the weights' element (the kernel rows take INT4 activation levels; the linears quantize x "
                         "to the same element)")
+    p.add_argument("--activations", choices=("4bit", "int8"), default="4bit",
+                   help="int8: W4A8 (INT4 weights only): INT8 activation levels, cuBLAS's int8 GEMM as the peer and "
+                        "w4a8_linear as the linear (default 4bit: W4A4 in --element)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -107,10 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported below
     elif not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU, or pass --cpu_dry_run to exercise the script on CPU")
+    if args.activations == "int8" and args.element != "int4":
+        p.error("--activations int8 (W4A8) takes INT4 weights: drop --element or pass --element int4")
     configs = [tuple(int(v) for v in c.split(",")) for c in args.configs.split(";")] if args.configs else []
     import quant_kernels
     from quant_kernels.fp8_gemm import FP8, unpack_fp8_triton, w4a4_matmul_fp8
-    from quant_kernels.reference import dequantize
+    from quant_kernels.int8_gemm import quantize_rows_int8, w8a8_matmul
+    from quant_kernels.reference import dequantize, int8_weight_codes
     from quant_kernels.w4a4_gemv import _tc_prefill_autotuned, w4a4_tc_prefill_triton
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -123,35 +145,49 @@ def main(argv: list[str] | None = None) -> int:
               "timing": (f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed"
                          if not args.cpu_dry_run else "CPU, Triton interpreter: not a speed measurement"),
               "command": "python benchmarks/prefill_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "element": args.element, "rows": []}
+              "element": args.element, "activations": args.activations, "rows": []}
     ms_text = args.ms or ("70" if args.cpu_dry_run else "2048,8192")
     for m in (int(v) for v in ms_text.split(",")):
         for shape in (args.shapes or ("48x128" if args.cpu_dry_run else LLAMA3_8B_SHAPES)).split(","):
             n, k = (int(v) for v in shape.split("x"))
             element = args.element
-            planes, packed, levels_a, values_w, a_scale, w_scale, want = operands(m, n, k, device, gen, element)
+            w4a8 = args.activations == "int8"
+            a_element = "int8" if w4a8 else "int4"
+            planes, packed, levels_a, values_w, a_scale, w_scale, want = operands(m, n, k, device, gen, element,
+                                                                                  128 if w4a8 else 8)
             x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
             w = torch.randn(n, k, device=device, dtype=torch.bfloat16)
-            a_fp8, w_fp8 = levels_a.to(torch.float16).to(FP8), values_w.to(FP8)
+            if w4a8:  # cuBLAS's exact int8 GEMM on the weight's int8 levels
+                w_int8 = values_w.to(torch.int8)
+                peer = functools.partial(w8a8_matmul, levels_a, a_scale, w_int8, w_scale, out_dtype=torch.bfloat16)
+                widened = lambda: w8a8_matmul(levels_a, a_scale, int8_weight_codes(packed, "int4"),  # noqa: E731
+                                              w_scale, out_dtype=torch.bfloat16)
+                names = ("int8 peer (_int_mm)", "widening + int8 GEMM")
+            else:
+                a_fp8, w_fp8 = levels_a.to(torch.float16).to(FP8), values_w.to(FP8)
+                peer = functools.partial(w4a4_matmul_fp8, a_fp8, a_scale, w_fp8, w_scale)
+                widened = lambda: w4a4_matmul_fp8(a_fp8, a_scale, unpack_fp8_triton(packed, element),  # noqa: E731
+                                                  w_scale)
+                names = ("fp8 peer (_scaled_mm)", "fp8 path (widening + GEMM)")
             flops = 2 * m * n * k
             bf16_ms = time_ms(lambda: x @ w.t())
-            fp8_ms = time_ms(lambda: w4a4_matmul_fp8(a_fp8, a_scale, w_fp8, w_scale))
+            peer_ms = time_ms(peer)
+
             def row(kernel, ms, config="", got=None, against=want):
                 bound = None if got is None else against.abs().amax().item() * 2 ** -8  # bfloat16's rounding
                 error = None if got is None else (got.float() - against).abs().amax().item() / bound
                 result["rows"].append({"M": m, "shape": shape, "kernel": kernel, "config": config, "ms": ms,
-                                       "tflops": flops / ms / 1e9, "vs_bf16": bf16_ms / ms, "vs_fp8": fp8_ms / ms,
+                                       "tflops": flops / ms / 1e9, "vs_bf16": bf16_ms / ms, "vs_peer": peer_ms / ms,
                                        "error": error})
                 print(result["rows"][-1], flush=True)
                 write_result_files(args.out, result, markdown(result))
 
             row("bf16 (torch.matmul)", bf16_ms)
-            row("fp8 peer (_scaled_mm)", fp8_ms, got=w4a4_matmul_fp8(a_fp8, a_scale, w_fp8, w_scale))
-            path = lambda: w4a4_matmul_fp8(a_fp8, a_scale, unpack_fp8_triton(packed, element), w_scale)  # noqa: E731
-            row("fp8 path (widening + GEMM)", time_ms(path), got=path())
+            row(names[0], peer_ms, got=peer())
+            row(names[1], time_ms(widened), got=widened())
             out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
-            tuned = lambda: w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element="int4",  # noqa: E731
-                                                   w_element=element, out=out)
+            tuned = functools.partial(w4a4_tc_prefill_triton, planes, a_scale, packed, w_scale, a_element=a_element,
+                                      w_element=element, out=out)
             ms = time_ms(tuned)
             out.fill_(float("nan"))
             pick = getattr(_tc_prefill_autotuned, "best_config", None)  # none under the interpreter's fixed tile
@@ -159,19 +195,30 @@ def main(argv: list[str] | None = None) -> int:
                 "BLOCK_N", "BLOCK_M", "BLOCK_KB")), pick.num_warps, pick.num_stages, pick.kwargs["GROUP_M"]))
             row("int8 path kernel, autotuned", ms, tile, tuned())
             for config in configs:
-                fixed = lambda: launch_tc(planes, packed, a_scale, w_scale, out, config, element)  # noqa: E731
+                fixed = functools.partial(launch_tc, planes, packed, a_scale, w_scale, out, config, element, a_element)
                 ms = time_ms(fixed)
                 out.fill_(float("nan"))
                 row("int8 path kernel, fixed", ms, ",".join(map(str, config)), fixed())
-            linear = {path: functools.partial(quant_kernels.w4a4_linear, x, packed, w_scale, a_element=element,
-                                              w_element=element, out_dtype=torch.bfloat16, path=path)
-                      for path in ("fp8", "int8")}
-            codes, x_scale = quant_kernels.quantize_activations(x, element)
-            exact = (dequantize(codes, torch.ones_like(x_scale), element) @ values_w.t()) * x_scale * w_scale.t()
-            row("fp8 path linear", time_ms(linear["fp8"]), got=linear["fp8"](), against=exact)
-            row("int8 path linear", time_ms(linear["int8"]), got=linear["int8"](), against=exact)
-            del codes, exact
-            del planes, packed, levels_a, values_w, want, x, w, a_fp8, w_fp8, out
+            if w4a8:
+                levels_x, x_scale = quantize_rows_int8(x)
+                exact = (levels_x.float() @ values_w.t()) * x_scale * w_scale.t()
+
+                def earlier_route():  # W4A8 above 64 rows before the int8 path: widening + cuBLAS's int8 GEMM
+                    a, a_x_scale = quantize_rows_int8(x)
+                    return w8a8_matmul(a, a_x_scale, int8_weight_codes(packed, "int4"), w_scale,
+                                       out_dtype=torch.bfloat16)
+                linears = {"widening + int8 GEMM linear": earlier_route,
+                           "int8 path linear": functools.partial(quant_kernels.w4a8_linear, x, packed, w_scale,
+                                                                 out_dtype=torch.bfloat16)}
+            else:
+                codes, x_scale = quant_kernels.quantize_activations(x, element)
+                exact = (dequantize(codes, torch.ones_like(x_scale), element) @ values_w.t()) * x_scale * w_scale.t()
+                linears = {f"{path} path linear": functools.partial(
+                    quant_kernels.w4a4_linear, x, packed, w_scale, a_element=element, w_element=element,
+                    out_dtype=torch.bfloat16, path=path) for path in ("fp8", "int8")}
+            for name, linear in linears.items():
+                row(name, time_ms(linear), got=linear(), against=exact)
+            del planes, packed, levels_a, values_w, want, x, w, out, exact, peer, widened, linears
             torch.cuda.empty_cache()
     print(markdown(result))
     limit = 2.0 if args.cpu_dry_run else 1.0  # half an ulp; the interpreter's bfloat16 cast truncates: one

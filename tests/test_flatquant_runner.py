@@ -248,7 +248,8 @@ def test_kernel_bench_times_only_the_weight_only_formats_asked(cli, monkeypatch,
 
 def test_prefill_bench_dry_run_checks_both_paths(cli, monkeypatch, tmp_path):
     """prefill_bench on the CPU: the int8 path's kernel (autotuned and a fixed tile) and linear, the FP8 path's,
-    every output within the interpreter's bfloat16 rounding of the exact product."""
+    and W4A8's (``--activations int8``), every output within the interpreter's bfloat16 rounding of the exact
+    product; W4A8 with E2M1 weights is refused."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
     prefix = str(tmp_path / "prefill")
     out = cli("benchmarks/prefill_bench.py", "--cpu_dry_run", "--configs", "16,16,16,4,1", "--reps", "1", "--warmup",
@@ -262,5 +263,15 @@ def test_prefill_bench_dry_run_checks_both_paths(cli, monkeypatch, tmp_path):
               "--reps", "1", "--warmup", "0", "--out", prefix)
     assert out.returncode == 0, out.stderr
     assert "E2M1 weights, per-row scales" in open(prefix + ".md").read()
+    out = cli("benchmarks/prefill_bench.py", "--cpu_dry_run", "--activations", "int8", "--reps", "1", "--warmup", "0",
+              "--out", prefix)
+    assert out.returncode == 0, out.stderr
+    table = open(prefix + ".md").read()
+    for kernel in ("int8 peer (_int_mm)", "int8 path kernel, autotuned", "widening + int8 GEMM linear",
+                   "int8 path linear"):
+        assert f"| 70 | 48x128 | {kernel} |" in table
+    out = cli("benchmarks/prefill_bench.py", "--cpu_dry_run", "--activations", "int8", "--element", "e2m1", "--out",
+              prefix)
+    assert out.returncode != 0 and "--activations int8 (W4A8) takes INT4 weights" in out.stderr
     out = cli("benchmarks/prefill_bench.py", "--out", prefix + "_gpu")
     assert out.returncode != 0 and "no CUDA device: run on a GPU, or pass --cpu_dry_run" in out.stderr
