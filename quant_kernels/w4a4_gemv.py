@@ -64,7 +64,7 @@ from triton.language.standard import _sum_combine
 
 from quant_layers.packing import element_named
 
-from .act_quant import DP4A_FOR_IDS, E2M1_DOUBLED_TABLE, _tail_quantize_rows, clamp_kind, norm_tail_triton
+from .act_quant import DP4A_FOR_IDS, _code_values, _tail_quantize_rows, clamp_kind, norm_tail_triton
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import NormTail, check_dp4a_args, check_norm_tail, check_out
 from .rounding import _round_to_dtype, _silu_mul
@@ -79,11 +79,13 @@ HIGH_NIBBLES = tl.constexpr(0xF0F0F0F0 - (1 << 32))
 # then the positive and negative doubled values looked up by magnitude and one picked by the sign bit (prmt).
 _E2M1_DOUBLED_PTX = ("{ .reg .b32 x, y, c, m, s, p, n, lo, hi; %s shr.b32 y, x, 4; or.b32 y, y, x; "
                      "prmt.b32 c, y, y, 0x20; and.b32 m, c, 0x7777; "
-                     "mov.b32 lo, 0x03020100; mov.b32 hi, 0x0C080604; prmt.b32 p, lo, hi, m; "
-                     "mov.b32 lo, 0xFDFEFF00; mov.b32 hi, 0xF4F8FAFC; prmt.b32 n, lo, hi, m; "
+                     "mov.b32 lo, %#010x; mov.b32 hi, %#010x; prmt.b32 p, lo, hi, m; "
+                     "mov.b32 lo, %#010x; mov.b32 hi, %#010x; prmt.b32 n, lo, hi, m; "
                      "shr.b32 s, c, 1; and.b32 s, s, 0x4444; or.b32 s, s, 0x3210; prmt.b32 $0, p, n, s; }")
-E2M1_DOUBLED_LOW_PTX = tl.constexpr(_E2M1_DOUBLED_PTX % "and.b32 x, $1, 0x0F0F0F0F;")
-E2M1_DOUBLED_HIGH_PTX = tl.constexpr(_E2M1_DOUBLED_PTX % "shr.b32 x, $1, 4; and.b32 x, x, 0x0F0F0F0F;")
+_E2M1_TABLES = tuple(t.value & 0xFFFFFFFF for t in (E2M1_POS_LOW, E2M1_POS_HIGH, E2M1_NEG_LOW, E2M1_NEG_HIGH))
+E2M1_DOUBLED_LOW_PTX = tl.constexpr(_E2M1_DOUBLED_PTX % ("and.b32 x, $1, 0x0F0F0F0F;", *_E2M1_TABLES))
+E2M1_DOUBLED_HIGH_PTX = tl.constexpr(_E2M1_DOUBLED_PTX % ("shr.b32 x, $1, 4; and.b32 x, x, 0x0F0F0F0F;",
+                                                          *_E2M1_TABLES))
 # Up to this many rows, a per-row-scaled product on a GPU takes this kernel. On the H200
 # (Llama-3-8B shapes), before dp4a, it beat the tensor-core kernel 1.6-3.0x at M = 1, tied it
 # in batch-8 decode and lost at M = 16, where the multiply-adds per weight code piled up;
@@ -398,14 +400,13 @@ def _nibbles_up(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
 def _e2m1_nibbles_doubled(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
     """Packed E2M1 weight bytes -> int8: twice the low (LOW) or the high nibble's value (0, +-1, +-2, +-3, +-4, +-6,
     +-8, +-12), exact int8 tensor-core operands. With inline PTX four bytes at a time: their nibbles gathered into
-    the low 16 bits (byte j's in nibble j), then ``_e2m1_bytes``' three byte-table lookups (prmt)."""
+    the low 16 bits (byte j's in nibble j), then ``_e2m1_bytes``' three byte-table lookups (prmt); the interpreter
+    decodes each nibble as the activation kernel does (``_code_values``)."""
     if USE_ASM:
         out = tl.inline_asm_elementwise(E2M1_DOUBLED_LOW_PTX if LOW else E2M1_DOUBLED_HIGH_PTX, "=r,r", [w],
                                         dtype=tl.int8, is_pure=True, pack=4)
     else:
-        code = (w & 0xF) if LOW else (w >> 4)
-        doubled = (tl.full(code.shape, E2M1_DOUBLED_TABLE, tl.int32) >> (4 * (code & 7)).to(tl.int32)) & 0xF
-        out = tl.where((code & 8) != 0, -doubled, doubled).to(tl.int8)
+        out = _code_values(w.to(tl.int32), 0 if LOW else 1, False).to(tl.int8)
     return out
 
 
