@@ -554,11 +554,7 @@ def _group_input(block: nn.Module, index: int, first: nn.Module, acts: BlockActi
 
     handle = first.register_forward_pre_hook(hook)
     try:
-        for start, end in acts.spans():
-            try:
-                acts.run_block(block, index, start, end, device)
-            except StopForward:
-                pass
+        acts.probe_block(block, index, device)
     finally:
         handle.remove()
     if len(seen) != len(list(acts.spans())):
@@ -625,11 +621,7 @@ def search_kv(
 
     attn.attention_probe = probe
     try:
-        for start, end in acts.spans():
-            try:
-                acts.run_block(block, index, start, end, device)
-            except StopForward:
-                pass
+        acts.probe_block(block, index, device)
     finally:
         del attn.attention_probe
     if not kept["query"]:

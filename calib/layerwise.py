@@ -220,6 +220,18 @@ class BlockActivations:
         out = block(x, *args, **kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
 
+    def probe_block(self, block: nn.Module, index: int, device: torch.device,
+                    before_window: Callable[[], None] | None = None) -> None:
+        """Run ``block`` on every window for what its hooks record, each run ending where a hook raises
+        StopForward; ``before_window`` runs before each window."""
+        for start, end in self.spans():
+            if before_window is not None:
+                before_window()
+            try:
+                self.run_block(block, index, start, end, device)
+            except StopForward:
+                pass
+
     def propagate(self, block: nn.Module, index: int, device: torch.device) -> None:
         """Replace the stored inputs of ``block`` by its outputs, micro-batch by micro-batch."""
         for start, end in self.spans():
@@ -352,12 +364,7 @@ def _gptq_group(
 
     handles = [module.register_forward_pre_hook(hook) for _, module in members]
     try:
-        for start, end in acts.spans():
-            state["x"], state["seen"] = None, set()
-            try:
-                acts.run_block(block, index, start, end, device)
-            except StopForward:
-                pass
+        acts.probe_block(block, index, device, lambda: state.update(x=None, seen=set()))
     finally:
         for h in handles:
             h.remove()
