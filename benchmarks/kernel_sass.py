@@ -11,8 +11,9 @@ the kernel with Triton for ``--arch`` (default sm_90, Hopper) as the JIT would o
 call (pointers, sizes and strides divisible by 16), disassembles the cubin with Triton's
 bundled ``nvdisasm`` and reports the SASS instruction mix: how many integer (LOP3, IMAD,
 SHF, IADD3), float (FFMA), dp4a (IDP), load and shared-memory instructions and barriers
-the kernel holds, how many layout conversions Triton put in (``convert_layout``; inside
-the K loop they go through shared memory with a barrier each), and the registers a thread
+the kernel holds, how many of its instructions one K step runs (its longest loop), how many
+layout conversions Triton put in (``convert_layout``; inside the K loop they go through
+shared memory with a barrier each), and the registers a thread
 uses (``cuobjdump -res-usage``), with the warps an SM can hold at that count (ncu found the
 decode kernel latency-bound at the occupancy its registers allow). These are static counts of
 the whole kernel, not a speed measurement: they show where the instructions go and which
@@ -234,12 +235,39 @@ def sass_counts(source, config: tuple[int, ...], arch: int, label: str) -> dict:
                                capture_output=True, text=True, check=True).stdout
     opcodes = collections.Counter()
     for line in sass.splitlines():
-        found = re.match(r"\s+/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        found = re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
         if found:
             opcodes[found.group(1)] += 1
-    return {"config": label, "instructions": sum(opcodes.values()), **{op: opcodes.get(op, 0) for op in COLUMNS},
+    return {"config": label, "instructions": sum(opcodes.values()), "loop": loop_instructions(sass),
+            **{op: opcodes.get(op, 0) for op in COLUMNS},
             "convert_layout": kernel.asm["ttgir"].count("ttg.convert_layout"),
             "shared_bytes": kernel.metadata.shared, **resource_usage(usage, config[2])}
+
+
+def loop_instructions(sass: str) -> int:
+    """Instructions in the longest loop of an ``nvdisasm`` listing: from a backward branch's target label to the
+    branch, both included; 0 without one (a branch to itself, the idle loop after the kernel's exit, is none). In
+    these kernels that is one K step, the part that runs per weight."""
+    labels: dict[str, int] = {}
+    waiting: list[str] = []
+    addresses: list[int] = []
+    branches: list[tuple[int, str]] = []
+    for line in sass.splitlines():
+        label = re.match(r"(\.L_x_\d+):", line.strip())
+        if label:
+            waiting.append(label.group(1))
+            continue
+        found = re.match(r"\s+/\*([0-9a-f]{4,})\*/\s+(.*)", line)
+        if found:
+            address = int(found.group(1), 16)
+            labels.update((name, address) for name in waiting)
+            waiting = []
+            addresses.append(address)
+            target = re.search(r"\bBRA\b.*?(\.L_x_\d+)", found.group(2))
+            if target:
+                branches.append((address, target.group(1)))
+    spans = [(labels[name], address) for address, name in branches if labels.get(name, address) < address]
+    return max((sum(first <= a <= last for a in addresses) for first, last in spans), default=0)
 
 
 def resource_usage(text: str, warps: int) -> dict:
@@ -258,12 +286,13 @@ def markdown(result: dict) -> str:
     lines = [f"# SASS of `{result['kernel']}` ({result['case']}) for sm_{result['arch']}, compiled without a GPU", "",
              f"Date: {result['date']}. Versions: {result['versions']}.", f"Command: `{result['command']}`", "",
              "Static counts over the whole kernel (one K step's body plus prologue and epilogue), per autotuning "
-             "config; `convert_layout` counts Triton's layout conversions (through shared memory).", "",
-             "| config | SASS | " + " | ".join(COLUMNS) + " | convert_layout | shared bytes | registers | spilled "
-             "bytes | warps an SM holds (registers) |",
-             "|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|"]
+             "config; `loop` counts the instructions of its longest loop (one K step); `convert_layout` counts "
+             "Triton's layout conversions (through shared memory).", "",
+             "| config | SASS | loop | " + " | ".join(COLUMNS) + " | convert_layout | shared bytes | registers | "
+             "spilled bytes | warps an SM holds (registers) |",
+             "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|"]
     for r in result["configs"]:
-        lines.append(f"| {r['config']} | {r['instructions']} | " + " | ".join(str(r[c]) for c in COLUMNS)
+        lines.append(f"| {r['config']} | {r['instructions']} | {r['loop']} | " + " | ".join(str(r[c]) for c in COLUMNS)
                      + f" | {r['convert_layout']} | {r['shared_bytes']} | {r['registers']} | {r['local_bytes']} | "
                      f"{r['warps_per_sm']} |")
     return "\n".join(lines) + "\n"

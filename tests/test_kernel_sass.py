@@ -29,6 +29,7 @@ def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply
     result = json.loads((tmp_path / "sass.json").read_text())
     (row,) = result["configs"]
     assert row["instructions"] > 100 and row[multiply] > 0 and row["LDG"] > 0
+    assert (kernel == "act_quant" or 0 < row["loop"] < row["instructions"]) and row["loop"] >= 0
     assert 16 <= row["registers"] <= 255 and row["local_bytes"] >= 0 and 1 <= row["warps_per_sm"] <= 64
     assert (tmp_path / "sass.md").read_text().count("\n| ") == 2  # header and one config
 
@@ -169,3 +170,28 @@ def test_gemv_ncu_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         gemv_ncu.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_loop_instructions_counts_the_longest_backward_branch_s_body():
+    """A K step's instructions: from the label a backward branch jumps to through the branch; forward branches and the
+    idle branch-to-itself after EXIT are not loops."""
+    from benchmarks.kernel_sass import loop_instructions
+
+    listing = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/              @!P0 BRA `(.L_x_0) ;
+.L_x_1:
+        /*0020*/                   LDG.E R2, desc[UR4][R4.64] ;
+        /*0030*/                   FFMA R3, R2, R2, R3 ;
+        /*0040*/                   IADD3 R4, R4, 0x4, RZ ;
+        /*0050*/              @!P1 BRA `(.L_x_1) ;
+.L_x_2:
+        /*0060*/                   FADD R3, R3, 1 ;
+        /*0070*/              @!P2 BRA `(.L_x_2) ;
+.L_x_0:
+        /*0080*/                   EXIT ;
+.L_x_3:
+        /*0090*/                   BRA `(.L_x_3);
+"""
+    assert loop_instructions(listing) == 4
+    assert loop_instructions(listing.replace("BRA `(.L_x_1)", "NOP").replace("BRA `(.L_x_2)", "NOP")) == 0
