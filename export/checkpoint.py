@@ -46,6 +46,9 @@ from transforms.rotation import DenseRotation, HadamardRotation
 FORMAT = "ptq-harness-real-quant"
 FORMAT_VERSION = 2  # 2: activation schemes say static_tensor_scale, with <name>.act_tensor_amax where true
 INDEX = "model.safetensors.index.json"
+# What every quantization_config holds (``export_quantized`` writes them all), and the dtypes it names.
+QUANTIZATION_CONFIG_KEYS = ("recipe", "dtype", "attn_implementation", "modules", "attention_transforms")
+CHECKPOINT_DTYPES = ("float16", "bfloat16", "float32")
 DEFAULT_SHARD_BYTES = 4 * 2**30
 
 
@@ -305,14 +308,29 @@ def read_quantization_config(path: str) -> dict:
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"{config_file} not found: --load_quantized takes a directory written by "
                                 f"--real_quant --save_path (or --quantized_save)")
-    with open(config_file, encoding="utf-8") as f:
-        qc = json.load(f).get("quantization_config")
-    if not qc or qc.get("quant_method") != FORMAT:
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file} is not valid JSON ({e}): the checkpoint is damaged, export it again") from e
+    qc = config.get("quantization_config") if isinstance(config, dict) else None
+    if not isinstance(qc, dict) or qc.get("quant_method") != FORMAT:
         raise ValueError(f"{path} is not a real-quantized checkpoint of this harness (no {FORMAT} "
                          f"quantization_config in config.json)")
-    if int(qc.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{path} was written in checkpoint format version {qc['format_version']}; this version "
+    version = qc.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, (int, str)) or not str(version).isdigit():
+        raise ValueError(f"{config_file}: quantization_config.format_version is {version!r}, not a version number: the "
+                         f"checkpoint is damaged, export it again")
+    if int(version) > FORMAT_VERSION:
+        raise ValueError(f"{path} was written in checkpoint format version {version}; this version "
                          f"reads up to {FORMAT_VERSION}: update the harness")
+    missing = [key for key in QUANTIZATION_CONFIG_KEYS if key not in qc]
+    if missing:
+        raise ValueError(f"{config_file}: quantization_config lacks {', '.join(missing)}: the checkpoint is damaged, "
+                         f"export it again")
+    if qc["dtype"] not in CHECKPOINT_DTYPES:
+        raise ValueError(f"{config_file}: quantization_config.dtype is {qc['dtype']!r}, not one of "
+                         f"{', '.join(CHECKPOINT_DTYPES)}: the checkpoint is damaged, export it again")
     return qc
 
 
@@ -353,10 +371,14 @@ def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.d
         if missing:
             raise ValueError(f"checkpoint {path} lacks {', '.join(f'{name}.{m}' for m in sorted(missing))}: "
                              f"export it again")
-        old = model.get_submodule(name)
-        weight = RealQuantScheme(**entry["weight"])
-        act = RealQuantScheme(**entry["act"]) if entry["act"] else None
-        module = RealQuantLinear(old.in_features, old.out_features, entry["bias"], weight, act, dtype)
+        try:
+            old = model.get_submodule(name)
+            weight = RealQuantScheme(**entry["weight"])
+            act = RealQuantScheme(**entry["act"]) if entry["act"] else None
+            module = RealQuantLinear(old.in_features, old.out_features, entry["bias"], weight, act, dtype)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"checkpoint {path}: the quantization_config entry of {name} is malformed or names no "
+                             f"linear of the model ({e}): export it again") from e
         if parts["qweight"].shape != module.qweight.shape:
             raise ValueError(f"{name}.qweight is {tuple(parts['qweight'].shape)}, the model needs "
                              f"{tuple(module.qweight.shape)}: the checkpoint does not match its config")

@@ -603,3 +603,44 @@ def test_w8a8_export_decodes_greedily_like_the_float_model(tiny_models, tmp_path
         want = float_model.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=0)
         got = loaded.generate(ids, max_new_tokens=20, do_sample=False, pad_token_id=0)
     assert torch.equal(got, want)
+
+
+def edit_quantization_config(checkpoint_dir: str, edit) -> None:
+    file = os.path.join(checkpoint_dir, "config.json")
+    config = json.load(open(file))
+    edit(config["quantization_config"])
+    json.dump(config, open(file, "w"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda qc: qc.update(format_version="two"), "format_version is 'two', not a version number"),
+    (lambda qc: qc.pop("recipe"), "quantization_config lacks recipe"),
+    (lambda qc: qc.update(dtype="float99"), "dtype is 'float99'"),
+    (lambda qc: qc["modules"]["model.layers.0.mlp.up_proj"]["weight"].update(elements="int4"),
+     "entry of model.layers.0.mlp.up_proj is malformed"),
+])
+def test_a_damaged_quantization_config_is_refused_by_name(saved, edit, message):
+    """A hand-edited or damaged quantization_config says which entry is wrong, not a bare KeyError or TypeError."""
+    edit_quantization_config(saved, edit)
+    with pytest.raises(ValueError, match=message):
+        load_quantized(saved)
+
+
+def test_a_config_json_that_is_not_json_is_refused(saved):
+    open(os.path.join(saved, "config.json"), "w").write("{not json")
+    with pytest.raises(ValueError, match="config.json is not valid JSON .* export it again"):
+        load_quantized(saved)
+
+
+def test_an_entry_that_names_no_linear_of_the_model_is_refused(saved):
+    """An entry (with its tensors) for a linear the model does not have: a layer past the config's last."""
+    edit_quantization_config(saved, lambda qc: qc["modules"].update(
+        {"model.layers.9.mlp.up_proj": qc["modules"]["model.layers.0.mlp.up_proj"]}))
+    file = os.path.join(saved, "model.safetensors")
+    tensors = load_file(file)
+    prefix = "model.layers.0.mlp.up_proj."
+    tensors.update({"model.layers.9.mlp.up_proj." + k[len(prefix):]: v.clone()
+                    for k, v in tensors.items() if k.startswith(prefix)})
+    save_file(tensors, file)
+    with pytest.raises(ValueError, match="entry of model.layers.9.mlp.up_proj is malformed or names no linear"):
+        load_quantized(saved)
