@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_new_tokens < 1:
         print(f"error: --max_new_tokens must be at least 1, got {args.max_new_tokens}", file=sys.stderr)
         return 2
+    if not args.temperature >= 0:  # NaN too
+        print(f"error: --temperature must be 0 (greedy) or more (sampling), got {args.temperature}", file=sys.stderr)
+        return 2
     static = args.static_cache or args.compile
     if static and args.temperature > 0:
         print("error: --static_cache / --compile decode greedily; drop them to sample with --temperature",

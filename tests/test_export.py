@@ -317,6 +317,9 @@ def test_generate_script(tinystories_dir, tmp_path, capsys):
     assert "packed KV4 cache" in captured.err
     assert generate.main(["--load_quantized", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
+    for temperature in ("-1", "nan"):
+        assert generate.main(["--load_quantized", path, "--temperature", temperature]) == 2
+        assert "--temperature must be 0 (greedy) or more" in capsys.readouterr().err
 
 
 def test_generate_from_a_static_cache_prints_the_same_text(tinystories_dir, tmp_path, capsys):
