@@ -357,7 +357,14 @@ def mode_list(text: str) -> list[str]:
 
 
 def _ints(text: str) -> list[int]:
-    return [int(t) for t in text.split(",") if t]
+    """``--prefill_batches`` / ``--decode_batches``: a comma list of batch sizes, each at least 1 ('' for none)."""
+    try:
+        batches = [int(t) for t in text.split(",") if t]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of batch sizes, got {text!r}") from None
+    if any(b < 1 for b in batches):
+        raise argparse.ArgumentTypeError(f"batch sizes are at least 1, got {text!r} ('' times none)")
+    return batches
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -385,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.random_mode:
         p.error("only --random_mode is implemented: pass --random_mode")
+    for flag in ("layers", "seqlen", "decode_tokens", "reps"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if not args.prefill_batches and not args.decode_batches:
+        p.error("--prefill_batches and --decode_batches are both empty: there is nothing to time")
     if args.cpu_dry_run:
         args.device, args.layers, args.seqlen, args.decode_tokens, args.reps = "cpu", 2, 32, 4, 1
         args.prefill_batches, args.decode_batches = [1, 2], [1, 2]

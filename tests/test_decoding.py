@@ -118,6 +118,23 @@ def test_bench_model_dry_run_writes_its_tables(tmp_path):
     assert "| w4a4kv4 |" in table and "| bf16_eager |" in table and "decode b2 eager (tok/s)" in table
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--prefill_batches", "0"], "batch sizes are at least 1"),
+    (["--decode_batches", "1,x"], "a comma list of batch sizes"),
+    (["--prefill_batches", "", "--decode_batches", ""], "nothing to time"),
+    (["--reps", "0"], "--reps must be at least 1"),
+    (["--decode_tokens", "-1"], "--decode_tokens must be at least 1"),
+])
+def test_bench_model_refuses_sizes_it_cannot_time(tmp_path, capsys, argv, message):
+    """Bad sizes are usage errors before anything is built or written, not a traceback from inside a timing."""
+    from benchmarks.bench_model import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--random_mode", "--config", "smollm2-135m", "--out", str(tmp_path / "bench"), *argv])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+
+
 def test_bench_model_bf16_eager_mode_runs_hf_eager_attention():
     from benchmarks.bench_model import build_config, build_model
 
