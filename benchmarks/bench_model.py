@@ -59,6 +59,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.kernel_bench import counts  # noqa: E402
 from benchmarks.result_files import command_line, write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from models import adapter_for, resolve_device  # noqa: E402
@@ -356,17 +357,6 @@ def mode_list(text: str) -> list[str]:
     return modes
 
 
-def _ints(text: str) -> list[int]:
-    """``--prefill_batches`` / ``--decode_batches``: a comma list of batch sizes, each at least 1 ('' for none)."""
-    try:
-        batches = [int(t) for t in text.split(",") if t]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of batch sizes, got {text!r}") from None
-    if any(b < 1 for b in batches):
-        raise argparse.ArgumentTypeError(f"batch sizes are at least 1, got {text!r} ('' times none)")
-    return batches
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--random_mode", action="store_true", help="random weights with the config's shapes")
@@ -374,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, help="decoder layers to build (default: the config's)")
     p.add_argument("--modes", type=mode_list, default=list(MODES), help=f"comma list of {', '.join(MODES)}")
     p.add_argument("--seqlen", type=int, default=2048)
-    p.add_argument("--prefill_batches", type=_ints, default=[1, 4, 16])
-    p.add_argument("--decode_batches", type=_ints, default=[1, 8, 64])
+    p.add_argument("--prefill_batches", type=counts, default=[1, 4, 16])
+    p.add_argument("--decode_batches", type=counts, default=[1, 8, 64])
     p.add_argument("--decode_tokens", type=int, default=256)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the graph decode step (and with --graph_prefill the prefill forward) of every "

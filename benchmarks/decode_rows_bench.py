@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.kernel_bench import counts, parse_shapes  # noqa: E402
 from benchmarks.result_files import write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
@@ -88,7 +89,7 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default="4096x4096,14336x4096,4096x14336,6144x4096", help="N x K weight shapes")
-    p.add_argument("--ms", default="1,4,5,8,16,32,64", help="activation row counts")
+    p.add_argument("--ms", type=counts, default=[1, 4, 5, 8, 16, 32, 64], help="activation row counts")
     p.add_argument("--in_stream", type=int, default=20, help="calls per timed CUDA graph")
     p.add_argument("--element", choices=["int4", "e2m1"], default="int4",
                    help="weight and activation element (E2M1 weights off the tensor-core kernel with PTQ_TC_E2M1=0)")
@@ -103,9 +104,8 @@ def main(argv: list[str] | None = None) -> int:
               "command": "python benchmarks/decode_rows_bench.py "
                          + " ".join(argv if argv is not None else sys.argv[1:]),
               "rows": []}
-    for shape in args.shapes.split(","):
-        n, k = map(int, shape.split("x"))
-        for m in map(int, args.ms.split(",")):
+    for n, k in parse_shapes(args.shapes):
+        for m in args.ms:
             result["rows"].append(bench(n, k, m, time_ms, device, args.element))
             write_result_files(args.out, result, markdown(result))
             print(result["rows"][-1], flush=True)

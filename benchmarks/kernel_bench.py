@@ -94,6 +94,17 @@ def parse_shapes(text: str, form: str = "N x K", example: str = "4096x4096,14336
     return shapes  # type: ignore[return-value]
 
 
+def counts(text: str) -> list[int]:
+    """An argparse type: a comma list of row or batch counts, each at least 1 ('' for none)."""
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of whole numbers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"counts are at least 1, got {text!r} ('' for none)")
+    return values
+
+
 def parse_names(text: str, allowed, flag: str) -> list[str]:
     """A comma list of names, each one of ``allowed`` (at least one), or SystemExit naming ``flag``."""
     names = [name for name in text.split(",") if name]
@@ -399,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=None, help=f"N x K weight shapes or a preset ({', '.join(SHAPE_PRESETS)}; "
                                                       f"default: Llama-3-8B, {LLAMA3_8B_SHAPES})")
-    p.add_argument("--ms", default=None, help=f"token counts M (default: {LLAMA3_8B_MS})")
-    p.add_argument("--weight_only_ms", default=None,
+    p.add_argument("--ms", type=counts, default=None, help=f"token counts M (default: {LLAMA3_8B_MS})")
+    p.add_argument("--weight_only_ms", type=counts, default=None,
                    help=f"token counts M of the FPx weight-only GEMM, '' to skip it (default: {WEIGHT_ONLY_MS})")
     p.add_argument("--formats", default=",".join(W4A4_FORMATS),
                    help=f"W4A4 formats to time, a comma list of {', '.join(W4A4_FORMATS)} (default: all)")
@@ -425,11 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no CUDA device: run on a GPU, or pass --cpu_dry_run to exercise the script on CPU")
     device = torch.device("cpu" if args.cpu_dry_run else "cuda")
     shapes = parse_shapes(args.shapes or (DRY_RUN_SHAPES if args.cpu_dry_run else LLAMA3_8B_SHAPES))
-    ms_text = args.ms if args.ms is not None else (DRY_RUN_MS if args.cpu_dry_run else LLAMA3_8B_MS)
-    ms = [int(v) for v in ms_text.split(",") if v]
-    wo_text = args.weight_only_ms if args.weight_only_ms is not None else (
+    ms = args.ms if args.ms is not None else counts(DRY_RUN_MS if args.cpu_dry_run else LLAMA3_8B_MS)
+    weight_only_ms = args.weight_only_ms if args.weight_only_ms is not None else counts(
         DRY_RUN_MS if args.cpu_dry_run else WEIGHT_ONLY_MS)
-    weight_only_ms = [int(v) for v in wo_text.split(",") if v]
     if args.in_stream < 0:
         p.error(f"--in_stream takes the calls per graph (0: off), got {args.in_stream}")
     formats = parse_names(args.formats, W4A4_FORMATS, "--formats")

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernel_bench import LLAMA3_8B_SHAPES  # noqa: E402
+from benchmarks.kernel_bench import LLAMA3_8B_SHAPES, counts, parse_shapes  # noqa: E402
 from benchmarks.result_files import write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
@@ -106,7 +106,7 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ms", help="activation rows (default 2048,8192; 70 with --cpu_dry_run)")
+    p.add_argument("--ms", type=counts, help="activation rows (default 2048,8192; 70 with --cpu_dry_run)")
     p.add_argument("--shapes", help=f"N x K weight shapes (default {LLAMA3_8B_SHAPES}; 48x128 with --cpu_dry_run)")
     p.add_argument("--configs", help="';'-separated BLOCK_N,BLOCK_M,BLOCK_KB,warps,stages[,GROUP_M] tiles of the "
                                      "int8 path's kernel also timed fixed (default: none)")
@@ -146,10 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                          if not args.cpu_dry_run else "CPU, Triton interpreter: not a speed measurement"),
               "command": "python benchmarks/prefill_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "element": args.element, "activations": args.activations, "rows": []}
-    ms_text = args.ms or ("70" if args.cpu_dry_run else "2048,8192")
-    for m in (int(v) for v in ms_text.split(",")):
-        for shape in (args.shapes or ("48x128" if args.cpu_dry_run else LLAMA3_8B_SHAPES)).split(","):
-            n, k = (int(v) for v in shape.split("x"))
+    shapes = parse_shapes(args.shapes or ("48x128" if args.cpu_dry_run else LLAMA3_8B_SHAPES))
+    for m in args.ms if args.ms is not None else counts("70" if args.cpu_dry_run else "2048,8192"):
+        for n, k in shapes:
             element = args.element
             w4a8 = args.activations == "int8"
             a_element = "int8" if w4a8 else "int4"
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             def row(kernel, ms, config="", got=None, against=want):
                 bound = None if got is None else against.abs().amax().item() * 2 ** -8  # bfloat16's rounding
                 error = None if got is None else (got.float() - against).abs().amax().item() / bound
-                result["rows"].append({"M": m, "shape": shape, "kernel": kernel, "config": config, "ms": ms,
+                result["rows"].append({"M": m, "shape": f"{n}x{k}", "kernel": kernel, "config": config, "ms": ms,
                                        "tflops": flops / ms / 1e9, "vs_bf16": bf16_ms / ms, "vs_peer": peer_ms / ms,
                                        "error": error})
                 print(result["rows"][-1], flush=True)

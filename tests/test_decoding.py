@@ -119,8 +119,8 @@ def test_bench_model_dry_run_writes_its_tables(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--prefill_batches", "0"], "batch sizes are at least 1"),
-    (["--decode_batches", "1,x"], "a comma list of batch sizes"),
+    (["--prefill_batches", "0"], "counts are at least 1"),
+    (["--decode_batches", "1,x"], "a comma list of whole numbers"),
     (["--prefill_batches", "", "--decode_batches", ""], "nothing to time"),
     (["--reps", "0"], "--reps must be at least 1"),
     (["--decode_tokens", "-1"], "--decode_tokens must be at least 1"),

@@ -234,6 +234,17 @@ def test_kernel_bench_refuses_a_negative_in_stream_count(cli, monkeypatch):
 
 
 
+@pytest.mark.parametrize("script, flag", [("kernel_bench.py", "--ms"), ("kernel_bench.py", "--weight_only_ms"),
+                                          ("prefill_bench.py", "--ms"), ("decode_rows_bench.py", "--ms")])
+def test_benchmarks_refuse_row_counts_below_one(cli, monkeypatch, tmp_path, script, flag):
+    """Row counts go through one argparse type: 0 or a word is a usage error, before anything runs or is written."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
+    for value, message in (("1,0", "counts are at least 1, got '1,0'"), ("2,x", "a comma list of whole numbers")):
+        out = cli(f"benchmarks/{script}", flag, value, "--out", str(tmp_path / "bench"))
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert not os.listdir(tmp_path)
+
+
 def test_kernel_bench_times_only_the_weight_only_formats_asked(cli, monkeypatch, tmp_path):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
     prefix = str(tmp_path / "bench")
