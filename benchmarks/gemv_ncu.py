@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernel_bench import parse_shapes  # noqa: E402
+from benchmarks.kernel_bench import parse_shapes, parse_tiles  # noqa: E402
 
 # (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH[, FOLD[, LOOP_STAGES]]): the configs of the ncu run of
 # 2026-12-02, and one software-pipelined config.
@@ -41,32 +41,24 @@ DRY_SHAPE = (40, 256)
 KERNEL_ELEMENTS = {"w4a4": ("int4", "e2m1"), "fpx": ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")}
 
 
-def parse_integer_configs(text: str, form: str, required: int, defaults: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """';'-separated configs of ``required`` comma-separated integers and up to ``len(defaults)`` more (filled from
-    ``defaults`` when left out; ``form`` names them) -> tuples with the fifth field as a bool (prefetch); a clear
-    error for anything else."""
-    configs = []
-    for part in filter(None, text.split(";")):
-        fields = part.split(",")
-        if not required <= len(fields) <= required + len(defaults) or not all(f.strip().isdigit() for f in fields):
-            raise ValueError(f"{form} ({required} to {required + len(defaults)} integers), got {part!r}")
-        values = (*(int(f) for f in fields), *defaults[len(fields) - required:])
-        configs.append((*values[:4], bool(values[4]), *values[5:]))
-    return configs
+def _row_configs(text: str, form: str, required: int, defaults: tuple[int, ...]) -> list[tuple]:
+    """``parse_tiles`` of row configs: up to ``len(defaults)`` more fields after the ``required`` ones, filled from
+    ``defaults`` when left out, the fifth (prefetch) as a bool."""
+    tiles = parse_tiles(text, form, required, required + len(defaults))
+    return [(*tile[:4], bool(tile[4]), *tile[5:], *defaults[len(tile) - required:]) for tile in tiles]
 
 
 def parse_configs(text: str) -> list[tuple[int, int, int, int, bool, int, int]]:
     """'BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold[,loop_stages]];...' -> tuples (fold and loop_stages 1 when
     left out; loop_stages > 1 software-pipelines the K loop, ``w4a4_gemv.GEMV_PIPELINED_CONFIGS``)."""
-    return parse_integer_configs(text, "a config is BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold[,loop_stages]]", 5,
-                                 (1, 1))
+    return _row_configs(text, "a config is BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold[,loop_stages]]", 5, (1, 1))
 
 
 def parse_fpx_configs(text: str) -> list[tuple[int, int, int, int, bool, int, int, int]]:
     """'BLOCK_N,BLOCK_KW,warps,stages,prefetch,split_k[,loop_stages[,maxnreg]];...' -> tuples (loop_stages 1 and
     maxnreg 0, no cap, when left out)."""
-    return parse_integer_configs(text, "an FPx row config is BLOCK_N,BLOCK_KW,warps,stages,prefetch,split_k"
-                                 "[,loop_stages[,maxnreg]]", 6, (1, 0))
+    return _row_configs(text, "an FPx row config is BLOCK_N,BLOCK_KW,warps,stages,prefetch,split_k"
+                        "[,loop_stages[,maxnreg]]", 6, (1, 0))
 
 
 def launch_fpx(n: int, k: int, config: tuple[int, int, int, int, bool, int, int, int], element: str,

@@ -105,6 +105,18 @@ def counts(text: str) -> list[int]:
     return values
 
 
+def parse_tiles(text: str, form: str, fewest: int, most: int) -> list[tuple[int, ...]]:
+    """';'-separated kernel tiles of ``fewest`` to ``most`` comma-separated whole numbers (``form`` names them) ->
+    tuples as given; a ValueError naming the form for anything else."""
+    tiles = []
+    for part in filter(None, text.split(";")):
+        fields = part.split(",")
+        if not fewest <= len(fields) <= most or not all(f.strip().isdigit() for f in fields):
+            raise ValueError(f"{form} ({fewest} to {most} integers), got {part!r}")
+        tiles.append(tuple(int(f) for f in fields))
+    return tiles
+
+
 def parse_names(text: str, allowed, flag: str) -> list[str]:
     """A comma list of names, each one of ``allowed`` (at least one), or SystemExit naming ``flag``."""
     names = [name for name in text.split(",") if name]

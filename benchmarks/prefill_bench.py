@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernel_bench import LLAMA3_8B_SHAPES, counts, parse_shapes  # noqa: E402
+from benchmarks.kernel_bench import LLAMA3_8B_SHAPES, counts, parse_shapes, parse_tiles  # noqa: E402
 from benchmarks.result_files import write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
@@ -128,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no CUDA device: run on a GPU, or pass --cpu_dry_run to exercise the script on CPU")
     if args.activations == "int8" and args.element != "int4":
         p.error("--activations int8 (W4A8) takes INT4 weights: drop --element or pass --element int4")
-    configs = [tuple(int(v) for v in c.split(",")) for c in args.configs.split(";")] if args.configs else []
+    try:
+        configs = parse_tiles(args.configs or "", "--configs takes tiles BLOCK_N,BLOCK_M,BLOCK_KB,warps,stages"
+                                                   "[,GROUP_M]", 5, 6)
+    except ValueError as err:
+        p.error(str(err))
     import quant_kernels
     from quant_kernels.fp8_gemm import FP8, unpack_fp8_triton, w4a4_matmul_fp8
     from quant_kernels.int8_gemm import quantize_rows_int8, w8a8_matmul
@@ -147,11 +151,11 @@ def main(argv: list[str] | None = None) -> int:
               "command": "python benchmarks/prefill_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "element": args.element, "activations": args.activations, "rows": []}
     shapes = parse_shapes(args.shapes or ("48x128" if args.cpu_dry_run else LLAMA3_8B_SHAPES))
+    element = args.element
+    w4a8 = args.activations == "int8"
+    a_element = "int8" if w4a8 else "int4"
     for m in args.ms if args.ms is not None else counts("70" if args.cpu_dry_run else "2048,8192"):
         for n, k in shapes:
-            element = args.element
-            w4a8 = args.activations == "int8"
-            a_element = "int8" if w4a8 else "int4"
             planes, packed, levels_a, values_w, a_scale, w_scale, want = operands(m, n, k, device, gen, element,
                                                                                   128 if w4a8 else 8)
             x = torch.randn(m, k, device=device, dtype=torch.bfloat16)

@@ -286,3 +286,8 @@ def test_prefill_bench_dry_run_checks_both_paths(cli, monkeypatch, tmp_path):
     assert out.returncode != 0 and "--activations int8 (W4A8) takes INT4 weights" in out.stderr
     out = cli("benchmarks/prefill_bench.py", "--out", prefix + "_gpu")
     assert out.returncode != 0 and "no CUDA device: run on a GPU, or pass --cpu_dry_run" in out.stderr
+    for bad in ("16,16,16,4", "16,16,16,4,1,2,3", "16,16,x,4,1"):
+        out = cli("benchmarks/prefill_bench.py", "--cpu_dry_run", "--configs", bad, "--out", prefix + "_bad")
+        form = "--configs takes tiles BLOCK_N,BLOCK_M,BLOCK_KB,warps,stages[,GROUP_M] (5 to 6 integers)"
+        assert out.returncode == 2 and f"{form}, got {bad!r}" in out.stderr
+    assert not os.path.exists(prefix + "_bad.md")
