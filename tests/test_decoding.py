@@ -124,6 +124,8 @@ def test_bench_model_dry_run_writes_its_tables(tmp_path):
     (["--prefill_batches", "", "--decode_batches", ""], "nothing to time"),
     (["--reps", "0"], "--reps must be at least 1"),
     (["--decode_tokens", "-1"], "--decode_tokens must be at least 1"),
+    (["--layers", "0"], "--layers must be at least 1"),
+    (["--seqlen", "0"], "--seqlen must be at least 1"),
 ])
 def test_bench_model_refuses_sizes_it_cannot_time(tmp_path, capsys, argv, message):
     """Bad sizes are usage errors before anything is built or written, not a traceback from inside a timing."""
