@@ -11,7 +11,8 @@ the kernel with Triton for ``--arch`` (default sm_90, Hopper) as the JIT would o
 call (pointers, sizes and strides divisible by 16), disassembles the cubin with Triton's
 bundled ``nvdisasm`` and reports the SASS instruction mix: how many integer (LOP3, IMAD,
 SHF, IADD3), float (FFMA), dp4a (IDP), load and shared-memory instructions and barriers
-the kernel holds, how many of its instructions one K step runs (its longest loop), how many
+the kernel holds, how many of its instructions one K step runs (its longest loop), how many wgmmas
+a step lets stay in flight at its waits and whether ptxas serialized them (its C7515 note), how many
 layout conversions Triton put in (``convert_layout``; inside the K loop they go through
 shared memory with a barrier each), and the registers a thread
 uses (``cuobjdump -res-usage``), with the warps an SM can hold at that count (ncu found the
@@ -238,19 +239,23 @@ def sass_counts(source, config: tuple[int, ...], arch: int, label: str) -> dict:
         found = re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
         if found:
             opcodes[found.group(1)] += 1
-    return {"config": label, "instructions": sum(opcodes.values()), "loop": loop_instructions(sass),
+    loop = longest_loop(sass)
+    return {"config": label, "instructions": sum(opcodes.values()), "loop": len(loop),
             **{op: opcodes.get(op, 0) for op in COLUMNS},
+            "wgmma_wait": wgmma_wait(loop),
+            "wgmma_serialized": wgmma_serialization(kernel.asm["ptx"], arch, config[8] if len(config) > 8 else None)
+            if "GMMA" in sass else "",
             "convert_layout": kernel.asm["ttgir"].count("ttg.convert_layout"),
             "shared_bytes": kernel.metadata.shared, **resource_usage(usage, config[2])}
 
 
-def loop_instructions(sass: str) -> int:
-    """Instructions in the longest loop of an ``nvdisasm`` listing: from a backward branch's target label to the
-    branch, both included; 0 without one (a branch to itself, the idle loop after the kernel's exit, is none). In
+def longest_loop(sass: str) -> list[str]:
+    """The instructions of the longest loop of an ``nvdisasm`` listing: from a backward branch's target label to the
+    branch, both included; none without one (a branch to itself, the idle loop after the kernel's exit, is none). In
     these kernels that is one K step, the part that runs per weight."""
     labels: dict[str, int] = {}
     waiting: list[str] = []
-    addresses: list[int] = []
+    listing: list[tuple[int, str]] = []
     branches: list[tuple[int, str]] = []
     for line in sass.splitlines():
         label = re.match(r"(\.L_x_\d+):", line.strip())
@@ -262,12 +267,52 @@ def loop_instructions(sass: str) -> int:
             address = int(found.group(1), 16)
             labels.update((name, address) for name in waiting)
             waiting = []
-            addresses.append(address)
+            listing.append((address, found.group(2)))
             target = re.search(r"\bBRA\b.*?(\.L_x_\d+)", found.group(2))
             if target:
                 branches.append((address, target.group(1)))
     spans = [(labels[name], address) for address, name in branches if labels.get(name, address) < address]
-    return max((sum(first <= a <= last for a in addresses) for first, last in spans), default=0)
+    loops = [[text for a, text in listing if first <= a <= last] for first, last in spans]
+    return max(loops, key=len, default=[])
+
+
+def loop_instructions(sass: str) -> int:
+    """Instructions in the longest loop of an ``nvdisasm`` listing (``longest_loop``): one K step."""
+    return len(longest_loop(sass))
+
+
+def wgmma_wait(loop: list[str]) -> int | None:
+    """The fewest wgmma groups a K step lets stay in flight at its waits (``WARPGROUP.DEPBAR.LE gsb0, N``): 0 when
+    some wgmma is waited for before anything else runs, so that the step's other work never overlaps it; None
+    without a wgmma in the loop (or without a wait there: none is then held back)."""
+    if not any(re.match(r"(?:@!?U?P\w+\s+)?[A-Z]GMMA\.", text) for text in loop):
+        return None
+    levels = [int(found.group(1), 16) for text in loop
+              if (found := re.search(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*(0x[0-9a-f]+|\d+)", text))]
+    return min(levels, default=None)
+
+
+def wgmma_serialization(ptx: str, arch: int, maxnreg: int | None) -> str:
+    """Why ptxas serialized the kernel's wgmmas (its C7515 note: every wgmma then waits for the one before,
+    whatever waits Triton placed), or '' where it did not: the PTX assembled again, verbose, by the ptxas Triton
+    uses for sm_``arch`` (sm_90a on Hopper: wgmma needs it)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(arch).path
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "kernel.ptx")
+        with open(source, "w") as f:
+            f.write(ptx)
+        command = [ptxas, f"-arch=sm_{arch}{'a' if arch >= 90 else ''}", "-v", source, "-o",
+                   os.path.join(tmp, "kernel.cubin")] + ([f"-maxrregcount={maxnreg}"] if maxnreg else [])
+        notes = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    return serialization_reason(notes)
+
+
+def serialization_reason(notes: str) -> str:
+    """The reason in ptxas's C7515 note ('wgmma.mma_async instructions are serialized due to ...'), '' without one."""
+    found = re.search(r"C7515\).*?serialized due to (.*?)(?: in the function '[^']*')?\.?\s*$", notes, re.MULTILINE)
+    return found.group(1).strip() if found else ""
 
 
 def resource_usage(text: str, warps: int) -> dict:
@@ -286,15 +331,19 @@ def markdown(result: dict) -> str:
     lines = [f"# SASS of `{result['kernel']}` ({result['case']}) for sm_{result['arch']}, compiled without a GPU", "",
              f"Date: {result['date']}. Versions: {result['versions']}.", f"Command: `{result['command']}`", "",
              "Static counts over the whole kernel (one K step's body plus prologue and epilogue), per autotuning "
-             "config; `loop` counts the instructions of its longest loop (one K step); `convert_layout` counts "
-             "Triton's layout conversions (through shared memory).", "",
-             "| config | SASS | loop | " + " | ".join(COLUMNS) + " | convert_layout | shared bytes | registers | "
-             "spilled bytes | warps an SM holds (registers) |",
-             "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|"]
+             "config; `loop` counts the instructions of its longest loop (one K step); `wgmma wait` is the fewest "
+             "wgmma groups the step lets stay in flight at its waits (0: the step's other work never overlaps a "
+             "wgmma; - without one); `wgmma serialized` is ptxas's reason where it made every wgmma wait for the one "
+             "before (its C7515 note); `convert_layout` counts Triton's layout conversions (through shared memory).",
+             "",
+             "| config | SASS | loop | " + " | ".join(COLUMNS) + " | wgmma wait | wgmma serialized | convert_layout | "
+             "shared bytes | registers | spilled bytes | warps an SM holds (registers) |",
+             "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|---|---|"]
     for r in result["configs"]:
+        wait = "-" if r["wgmma_wait"] is None else r["wgmma_wait"]
         lines.append(f"| {r['config']} | {r['instructions']} | {r['loop']} | " + " | ".join(str(r[c]) for c in COLUMNS)
-                     + f" | {r['convert_layout']} | {r['shared_bytes']} | {r['registers']} | {r['local_bytes']} | "
-                     f"{r['warps_per_sm']} |")
+                     + f" | {wait} | {r['wgmma_serialized'] or '-'} | {r['convert_layout']} | {r['shared_bytes']} | "
+                     f"{r['registers']} | {r['local_bytes']} | {r['warps_per_sm']} |")
     return "\n".join(lines) + "\n"
 
 

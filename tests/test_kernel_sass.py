@@ -31,6 +31,9 @@ def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply
     assert row["instructions"] > 100 and row[multiply] > 0 and row["LDG"] > 0
     assert (kernel == "act_quant" or 0 < row["loop"] < row["instructions"]) and row["loop"] >= 0
     assert 16 <= row["registers"] <= 255 and row["local_bytes"] >= 0 and 1 <= row["warps_per_sm"] <= 64
+    # int8 wgmma accumulates in int32, which Triton 3.6 never leaves in flight: every step waits for its wgmmas
+    # (and E2M1's FP8 sums join fp32 registers each step); a first config without wgmma has no wait
+    assert row["wgmma_wait"] == (0 if row["IGMMA"] + row["QGMMA"] else None) and row["wgmma_serialized"] == ""
     assert (tmp_path / "sass.md").read_text().count("\n| ") == 2  # header and one config
 
 
@@ -195,3 +198,37 @@ def test_loop_instructions_counts_the_longest_backward_branch_s_body():
 """
     assert loop_instructions(listing) == 4
     assert loop_instructions(listing.replace("BRA `(.L_x_1)", "NOP").replace("BRA `(.L_x_2)", "NOP")) == 0
+
+
+def test_wgmma_wait_reads_the_fewest_groups_a_step_leaves_in_flight():
+    """``wgmma_wait``: the least N of the loop's ``WARPGROUP.DEPBAR.LE gsb0, N`` (0: a wgmma waited for before the
+    step goes on), None where the loop holds no wgmma or never waits; ``serialization_reason`` reads ptxas's C7515."""
+    from benchmarks.kernel_sass import serialization_reason, wgmma_wait
+
+    step = ["LDSM.16.M88.4 R88, [R2]", "QGMMA.64x128x32.F32.E4M3.E4M3 R24, R88, gdesc[UR16], R24, gsb0 ;",
+            "WARPGROUP.DEPBAR.LE gsb0, 0x3 ;", "@P0 BRA `(.L_x_1) ;"]
+    assert wgmma_wait(step) == 3
+    assert wgmma_wait(step + ["IGMMA.64x128x32.S8.S8 R24, R92, gdesc[UR12], R24, gsb0 ;",
+                              "WARPGROUP.DEPBAR.LE gsb0, 0x0 ;"]) == 0
+    assert wgmma_wait(step[:1] + step[3:]) is None and wgmma_wait(step[:2]) is None
+    notes = ("ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are serialized due to "
+             "non wgmma instructions defining accumulator registers of a wgmma between start and end of the pipeline "
+             "stage in the function 'k'\nptxas info    : Used 126 registers, used 1 barriers\n")
+    assert serialization_reason(notes) == ("non wgmma instructions defining accumulator registers of a wgmma between "
+                                           "start and end of the pipeline stage")
+    assert serialization_reason(notes.split("\n")[1]) == ""
+
+
+def test_the_fpx_swapped_tile_keeps_its_wgmmas_in_flight():
+    """The FPx tensor-core kernel's swapped tile of 16 x 64 x 256 compiled for sm_90: ptxas does not serialize its
+    wgmmas and a step leaves some in flight. Under Triton 3.6 (the GPU image's) ptxas serialized them while a path
+    around the unsplit K loop set the accumulators, which ``tl.assume`` (K > 0) removed (7 groups then stay in
+    flight); the Triton of requirements.txt lays the blocks out without that path either way (1 group)."""
+    code = ("import json\nfrom benchmarks.kernel_sass import fpx_tile_source, sass_counts\n"
+            "config = (64, 256, 4, 3, True)\n"
+            "print(json.dumps(sass_counts(fpx_tile_source('e3m2', config), config, 90, 'swapped')))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert row["HGMMA"] == 16 and row["wgmma_serialized"] == "" and row["wgmma_wait"] >= 1
