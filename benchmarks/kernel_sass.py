@@ -276,11 +276,6 @@ def longest_loop(sass: str) -> list[str]:
     return max(loops, key=len, default=[])
 
 
-def loop_instructions(sass: str) -> int:
-    """Instructions in the longest loop of an ``nvdisasm`` listing (``longest_loop``): one K step."""
-    return len(longest_loop(sass))
-
-
 def wgmma_wait(loop: list[str]) -> int | None:
     """The fewest wgmma groups a K step lets stay in flight at its waits (``WARPGROUP.DEPBAR.LE gsb0, N``): 0 when
     some wgmma is waited for before anything else runs, so that the step's other work never overlaps it; None

@@ -175,10 +175,10 @@ def test_gemv_ncu_refuses_bad_arguments(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_loop_instructions_counts_the_longest_backward_branch_s_body():
+def test_longest_loop_is_the_longest_backward_branch_s_body():
     """A K step's instructions: from the label a backward branch jumps to through the branch; forward branches and the
     idle branch-to-itself after EXIT are not loops."""
-    from benchmarks.kernel_sass import loop_instructions
+    from benchmarks.kernel_sass import longest_loop
 
     listing = """
         /*0000*/                   MOV R1, c[0x0][0x28] ;
@@ -196,8 +196,9 @@ def test_loop_instructions_counts_the_longest_backward_branch_s_body():
 .L_x_3:
         /*0090*/                   BRA `(.L_x_3);
 """
-    assert loop_instructions(listing) == 4
-    assert loop_instructions(listing.replace("BRA `(.L_x_1)", "NOP").replace("BRA `(.L_x_2)", "NOP")) == 0
+    assert longest_loop(listing) == ["LDG.E R2, desc[UR4][R4.64] ;", "FFMA R3, R2, R2, R3 ;", "IADD3 R4, R4, 0x4, RZ ;",
+                                     "@!P1 BRA `(.L_x_1) ;"]
+    assert longest_loop(listing.replace("BRA `(.L_x_1)", "NOP").replace("BRA `(.L_x_2)", "NOP")) == []
 
 
 def test_wgmma_wait_reads_the_fewest_groups_a_step_leaves_in_flight():
