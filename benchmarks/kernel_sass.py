@@ -223,9 +223,9 @@ def sass_counts(source, config: tuple[int, ...], arch: int, label: str) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
 
+    maxnreg = config[8] if len(config) > 8 else None
     kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                            options=dict(num_warps=config[2], num_stages=config[3],
-                                         maxnreg=config[8] if len(config) > 8 else None))
+                            options=dict(num_warps=config[2], num_stages=config[3], maxnreg=maxnreg))
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "kernel.cubin")
@@ -243,8 +243,8 @@ def sass_counts(source, config: tuple[int, ...], arch: int, label: str) -> dict:
     return {"config": label, "instructions": sum(opcodes.values()), "loop": len(loop),
             **{op: opcodes.get(op, 0) for op in COLUMNS},
             "wgmma_wait": wgmma_wait(loop),
-            "wgmma_serialized": wgmma_serialization(kernel.asm["ptx"], arch, config[8] if len(config) > 8 else None)
-            if "GMMA" in sass else "",
+            "wgmma_serialized": wgmma_serialization(kernel.asm["ptx"], arch, maxnreg)
+            if any(op.endswith("GMMA") for op in opcodes) else "",
             "convert_layout": kernel.asm["ttgir"].count("ttg.convert_layout"),
             "shared_bytes": kernel.metadata.shared, **resource_usage(usage, config[2])}
 
