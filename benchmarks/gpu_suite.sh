@@ -24,6 +24,9 @@
 #   fpx_tile_split  the FPx tensor-core kernel's tiles with K split among programs (and swapped) forced and checked
 #              against the twin, then FP6 E3M2 timed at M = 8, 16 and 64 at the five Llama-3-8B decode shapes (fused
 #              q/k/v and gate/up included, so that the picks it leaves in triton_autotune.tgz serve fpx_b8) (issue 10)
+#   fpx_tile_rows  the FPx tensor-core kernel's tiles (paired, swapped, split) forced and checked against the twin,
+#              then FP6 E3M2 timed at M = 8, 16, 64 and 128 at the five Llama-3-8B decode shapes (issue 10: the FPx
+#              GEMM faster than bf16 at 1-128 rows)
 #   fpx_ncu    the FPx row kernel under Nsight Compute at one FP6 E3M2 row (gemv_ncu.py --kernel fpx: the split and
 #              unsplit picks, with and without prefetching; then the tensor-core form), then FP6 E3M2 at M = 1 timed
 #              with the tensor-core form (PTQ_FPX_MMA=1) and the split configs among the tuner's candidates (issue 10)
@@ -185,6 +188,12 @@ for section in "$@"; do
       step "${LIMIT_FPX_BENCH:-400}" kernel_bench_fpx_tile_split python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 8,16,64 \
         --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_tile_split_h200" ;;
+    fpx_tile_rows)
+      step "${LIMIT_FPX_CHECK:-120}" kernel_check_fpx_tile python -u benchmarks/kernel_check.py --only fpx,fpx_swap \
+        --out "$OUT/kernel_check_fpx_tile_rows_h200"
+      step "${LIMIT_FPX_BENCH:-420}" kernel_bench_fpx_tile_rows python benchmarks/kernel_bench.py --flush_l2 \
+        --cuda_graph --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 \
+        --weight_only_ms 8,16,64,128 --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_tile_rows_h200" ;;
     fpx_ncu)
       ncu_sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
                     --section SchedulerStats --section MemoryWorkloadAnalysis --section InstructionStats)

@@ -223,6 +223,7 @@ def _fpx_kernel(
     HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr, W_UNIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PAIRED: tl.constexpr,
     SWAP_AB: tl.constexpr = False, partial_ptr=None, count_ptr=None, SPLIT_K: tl.constexpr = 1,
+    VALUED_BF16: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0, USE_ASM: tl.constexpr = False,
 ):
     """PAIRED (K a multiple of 8): the weight streams as the row kernel's words (``low_words_ptr``,
     ``high_words_ptr``), two codes at a time are placed into float32s with shifts and masks
@@ -230,7 +231,9 @@ def _fpx_kernel(
     code positions j takes its own dot against the activation columns 8w + j: no spreading of bit
     fields into a tile and no arithmetic decode; SWAP_AB (PAIRED only): the placed codes joined back into K order
     (``_placed_tile``) are one dot's first, wide operand a step (acc^T = W X^T), which Hopper's wgmma takes from
-    registers. Otherwise the planes are spread and decoded. SPLIT_K > 1: program (m, n, s) takes the s-th of SPLIT_K
+    registers. VALUED_BF16 (bfloat16 x, both PAIRED forms): the codes become bfloat16 values (``_valued_pairs``, one
+    pair multiply for two codes where the float32 placement takes two multiplies and a conversion; ``_valued_tile``
+    when swapped). Otherwise the planes are spread and decoded. SPLIT_K > 1: program (m, n, s) takes the s-th of SPLIT_K
     slices of K (whole steps) and ``_finish_products`` adds the slices' sums, as in the row kernel."""
     # Axis 0 runs fastest: the row tiles that share a weight tile are launched together.
     pid_m = tl.program_id(0)
@@ -264,15 +267,24 @@ def _fpx_kernel(
             low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH)
             if SWAP_AB:  # one dot a step: the placed codes joined back into K order, x's columns as they lie
                 x = tl.load(x_ptrs, mask=m_ok[:, None] & (offs_k < k_stop - k0)[None, :], other=0.0)
-                acc = _dot_placed(x, _placed_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K), acc,
-                                  W_UNIT, DOT_F32, SWAP_AB)
+                if VALUED_BF16:
+                    tile = _valued_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, UNIT_EXP, USE_ASM)
+                else:
+                    tile = _placed_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K)
+                acc = _dot_placed(x, tile, acc, W_UNIT, DOT_F32, SWAP_AB, VALUED_BF16)
                 x_ptrs += BLOCK_K
             else:
                 x_ok = m_ok[:, None] & w_ok[None, :]
                 for j in tl.static_range(4):
-                    first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
-                    acc = _dot_placed(tl.load(xw_ptrs + j, mask=x_ok, other=0.0), first, acc, W_UNIT, DOT_F32)
-                    acc = _dot_placed(tl.load(xw_ptrs + j + 4, mask=x_ok, other=0.0), second, acc, W_UNIT, DOT_F32)
+                    if VALUED_BF16:
+                        first, second = _bf16_of_halves(_valued_pairs(
+                            _placed_bits(low, high, j, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM))
+                    else:
+                        first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
+                    acc = _dot_placed(tl.load(xw_ptrs + j, mask=x_ok, other=0.0), first, acc, W_UNIT, DOT_F32,
+                                      VALUED=VALUED_BF16)
+                    acc = _dot_placed(tl.load(xw_ptrs + j + 4, mask=x_ok, other=0.0), second, acc, W_UNIT, DOT_F32,
+                                      VALUED=VALUED_BF16)
             low_word_ptrs += BLOCK_K // 8
             high_word_ptrs += BLOCK_K // 8
             xw_ptrs += BLOCK_K
@@ -492,6 +504,31 @@ def _placed_tile(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WID
 
 
 @triton.jit
+def _valued_tile(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr):
+    """(BLOCK_N, BLOCK_K / 8) words -> the (BLOCK_N, BLOCK_K) bfloat16 tile of their codes' values in K order:
+    each pair of ``_placed_bits`` (codes J and J + 4) scaled by one bfloat16 pair multiply (``_valued_pairs``),
+    its halves read as bfloat16s and joined as ``_placed_tile`` joins its float32s."""
+    v0 = _valued_pairs(_placed_bits(low, high, 0, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM)
+    v1 = _valued_pairs(_placed_bits(low, high, 1, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM)
+    v2 = _valued_pairs(_placed_bits(low, high, 2, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM)
+    v3 = _valued_pairs(_placed_bits(low, high, 3, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM)
+    a0, a4 = _bf16_of_halves(v0)
+    a1, a5 = _bf16_of_halves(v1)
+    a2, a6 = _bf16_of_halves(v2)
+    a3, a7 = _bf16_of_halves(v3)
+    tile = tl.join(tl.join(tl.join(a0, a4), tl.join(a2, a6)), tl.join(tl.join(a1, a5), tl.join(a3, a7)))
+    return tile.reshape(BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _bf16_of_halves(words):
+    """The low and high 16-bit halves of int32 words as bfloat16s."""
+    return ((words & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True),
+            (words >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True))
+
+
+@triton.jit
 def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr):
     """One step's low-plane words and their ``_spread_high`` high-plane words (the low words again for FP4)."""
     low = tl.load(low_ptrs, mask=mask, other=0)
@@ -502,12 +539,14 @@ def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr):
 
 
 @triton.jit
-def _dot_placed(x, placed, acc, W_UNIT: tl.constexpr, DOT_F32: tl.constexpr, SWAP_AB: tl.constexpr = False):
+def _dot_placed(x, placed, acc, W_UNIT: tl.constexpr, DOT_F32: tl.constexpr, SWAP_AB: tl.constexpr = False,
+                VALUED: tl.constexpr = False):
     """acc + x @ (placed * W_UNIT).T (SWAP_AB: acc + (placed * W_UNIT) @ x.T): placed codes (``_placed_pair``)
-    scaled to their values, which are exact in x's half dtype (and fp32); an IEEE fp32 dot for fp32 x and under
-    the interpreter."""
-    w = placed * W_UNIT
+    scaled to their values, which are exact in x's half dtype (and fp32); VALUED: ``placed`` already holds the
+    values (bfloat16, ``_valued_pairs``). An IEEE fp32 dot for fp32 x and under the interpreter."""
+    w = placed if VALUED else placed * W_UNIT
     if DOT_F32:
+        w = w.to(tl.float32)
         if SWAP_AB:
             out = tl.dot(w, tl.trans(x.to(tl.float32)), acc, input_precision="ieee")
         else:
@@ -715,7 +754,7 @@ _fpx_autotuned = triton.autotune(
         triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PAIRED=paired, SWAP_AB=swap, SPLIT_K=split),
                       num_warps=w, num_stages=s) for bm, bn, bk, w, s, paired, swap, split in GPU_SPLIT_CONFIGS
     ],
-    key=["M_BUCKET", "N", "K", "EXP_BITS", "MAN_BITS", "DOT_F32"],
+    key=["M_BUCKET", "N", "K", "EXP_BITS", "MAN_BITS", "DOT_F32", "VALUED_BF16"],
     prune_configs_by=dict(early_config_prune=_prune_configs),
 )(_fpx_kernel)
 
@@ -912,7 +951,8 @@ def fpx_matmul_triton(
     )
     flags = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias,
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
-                 DOT_F32=INTERPRET or x.dtype == torch.float32, W_UNIT=2.0 ** (127 - fmt.default_bias))
+                 DOT_F32=INTERPRET or x.dtype == torch.float32, W_UNIT=2.0 ** (127 - fmt.default_bias),
+                 VALUED_BF16=x.dtype == torch.bfloat16, UNIT_EXP=127 - fmt.default_bias, USE_ASM=not INTERPRET)
     fixed, launch = ({}, {}) if config is None else (config.kwargs, launch_options(config))
     if use_row_kernel:
         if INTERPRET and not fixed:
