@@ -82,7 +82,8 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
 def fpx_tile_source(element: str, config: tuple[int, ...]):
     """The FPx tensor-core kernel's ASTSource on its PAIRED path for 16 bfloat16 activation rows (decode batches)
     and one (BLOCK_N, BLOCK_K, warps, stages, SWAP_AB); its configs are the autotuner's of 16 rows, unswapped
-    (``GPU_PAIRED_CONFIGS``) and swapped (``GPU_SWAP_CONFIGS``, the codes placed as bfloat16 values)."""
+    (``GPU_PAIRED_CONFIGS``) and swapped (``GPU_SWAP_CONFIGS``, the codes placed as bfloat16 values), every tile whole
+    (EVEN, as at Llama-3-8B's shapes)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, _fpx_kernel
@@ -98,7 +99,7 @@ def fpx_tile_source(element: str, config: tuple[int, ...]):
     constants = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias, HIGH_WIDTH=high,
                      HAS_BIAS=False, DOT_F32=False, W_UNIT=2.0 ** (127 - fmt.default_bias), BLOCK_M=16,
                      BLOCK_N=config[0], BLOCK_K=config[1], PAIRED=True, SWAP_AB=bool(config[4]), VALUED_BF16=True,
-                     UNIT_EXP=127 - fmt.default_bias, USE_ASM=True)
+                     UNIT_EXP=127 - fmt.default_bias, USE_ASM=True, EVEN=True)
     signature.update({name: "constexpr" for name in constants})
     signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr")
     constants["SPLIT_K"] = 1

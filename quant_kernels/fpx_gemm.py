@@ -224,6 +224,7 @@ def _fpx_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PAIRED: tl.constexpr,
     SWAP_AB: tl.constexpr = False, partial_ptr=None, count_ptr=None, SPLIT_K: tl.constexpr = 1,
     VALUED_BF16: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0, USE_ASM: tl.constexpr = False,
+    EVEN: tl.constexpr = False,
 ):
     """PAIRED (K a multiple of 8): the weight streams as the row kernel's words (``low_words_ptr``,
     ``high_words_ptr``), two codes at a time are placed into float32s with shifts and masks
@@ -264,9 +265,10 @@ def _fpx_kernel(
         xw_ptrs = x_ptr + k_first + offs_m[:, None] * stride_xm + 8 * offs_w[None, :]
         for k0 in range(k_first, k_stop, BLOCK_K):
             w_ok = offs_w < (k_stop - k0) // 8
-            low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH)
+            low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH, EVEN)
             if SWAP_AB:  # one dot a step: the placed codes joined back into K order, x's columns as they lie
-                x = tl.load(x_ptrs, mask=m_ok[:, None] & (offs_k < k_stop - k0)[None, :], other=0.0)
+                x_ok = m_ok[:, None] if EVEN else m_ok[:, None] & (offs_k < k_stop - k0)[None, :]
+                x = tl.load(x_ptrs, mask=x_ok, other=0.0)
                 if VALUED_BF16:
                     tile = _valued_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, UNIT_EXP, USE_ASM)
                 else:
@@ -274,7 +276,7 @@ def _fpx_kernel(
                 acc = _dot_placed(x, tile, acc, W_UNIT, DOT_F32, SWAP_AB, VALUED_BF16)
                 x_ptrs += BLOCK_K
             else:
-                x_ok = m_ok[:, None] & w_ok[None, :]
+                x_ok = m_ok[:, None] if EVEN else m_ok[:, None] & w_ok[None, :]
                 for j in tl.static_range(4):
                     if VALUED_BF16:
                         first, second = _bf16_of_halves(_valued_pairs(
@@ -529,12 +531,13 @@ def _bf16_of_halves(words):
 
 
 @triton.jit
-def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr):
-    """One step's low-plane words and their ``_spread_high`` high-plane words (the low words again for FP4)."""
-    low = tl.load(low_ptrs, mask=mask, other=0)
+def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr, EVEN: tl.constexpr = False):
+    """One step's low-plane words and their ``_spread_high`` high-plane words (the low words again for FP4);
+    unmasked when EVEN."""
+    low = _tile_load(low_ptrs, mask, EVEN)
     high = low
     if HIGH_WIDTH > 0:
-        high = _spread_high(tl.load(high_ptrs, mask=mask, other=0).to(tl.int32), HIGH_WIDTH)
+        high = _spread_high(_tile_load(high_ptrs, mask, EVEN).to(tl.int32), HIGH_WIDTH)
     return low, high
 
 
@@ -744,6 +747,12 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
                                                                        c.kwargs["SPLIT_K"]))]
 
 
+def _tile_even(args: dict) -> bool:
+    """Whether every tile of the tensor-core kernel is whole along N and K (EVEN: its PAIRED loop loads the weight
+    words unmasked, x's only by row): the config's rows divide N and its steps times SPLIT_K divide K."""
+    return args["N"] % args["BLOCK_N"] == 0 and args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0
+
+
 _fpx_autotuned = triton.autotune(
     configs=[
         triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PAIRED=paired, SWAP_AB=swap, SPLIT_K=1), num_warps=w,
@@ -756,7 +765,7 @@ _fpx_autotuned = triton.autotune(
     ],
     key=["M_BUCKET", "N", "K", "EXP_BITS", "MAN_BITS", "DOT_F32", "VALUED_BF16"],
     prune_configs_by=dict(early_config_prune=_prune_configs),
-)(_fpx_kernel)
+)(triton.heuristics(dict(EVEN=_tile_even))(_fpx_kernel))
 
 
 def split_fits(length: int, step: int, split_k: int) -> bool:
@@ -989,7 +998,8 @@ def fpx_matmul_triton(
         splits = fixed["SPLIT_K"] if fixed else TILE_MAX_SPLIT_K if m <= SWAP_MAX_M else 1
         partials, counters = _split_k_slots(x.device, m, n, splits, triton.cdiv(m, 16) * triton.cdiv(n, 16))
         if fixed:
-            _fpx_kernel[grid(fixed)](*args, **flags, **fixed, **launch, partial_ptr=partials, count_ptr=counters)
+            _fpx_kernel[grid(fixed)](*args, **flags, **fixed, **launch, partial_ptr=partials, count_ptr=counters,
+                                     EVEN=_tile_even(dict(N=n, K=k, **fixed)))
         else:
             _fpx_autotuned[grid](*args, **flags, partial_ptr=partials, count_ptr=counters)
     return out

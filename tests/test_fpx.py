@@ -257,6 +257,23 @@ def test_paired_tile_kernel_equals_twin(name, k, dtype, swap, monkeypatch):
         assert_matches_twin(out, want)
 
 
+@pytest.mark.parametrize("split_k", [1, 2])
+@pytest.mark.parametrize("swap", [False, True], ids=["", "swapped"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["e3m2", "e2m2", "e2m1"])
+def test_paired_tile_kernel_on_whole_tiles_equals_twin(name, dtype, swap, split_k, monkeypatch):
+    """Whole tiles (N = 48 against 16-row tiles, K = 128 against 32-wide steps times the split): the PAIRED loop
+    loads the weight words unmasked (EVEN) and masks x by row only; bfloat16 x places the codes as bfloat16 values.
+    Every output equals the twin's, rows ragged (1 and 17 of 16-row tiles)."""
+    bits = tile_config(monkeypatch, name, 128, PAIRED=True, SWAP_AB=swap, SPLIT_K=split_k)
+    assert fpx_gemm._tile_even(dict(N=48, K=128, **fpx_gemm.INTERPRET_CONFIG))
+    for m in (1, 17):
+        x, planes, scale, bias = operands(name, m, 48, 128, dtype, seed=m + split_k)
+        out = torch.full((m, 48), float("nan"), dtype=dtype)
+        fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=bias, out=out, row_kernel=False)
+        assert_matches_twin(out, fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=bias))
+
+
 @pytest.mark.parametrize("prefetch, stages", [(True, 1), (False, 1), (False, 3)],
                          ids=["prefetch", "no-prefetch", "pipelined"])
 @pytest.mark.parametrize("k", [64, 200])
