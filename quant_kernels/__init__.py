@@ -101,11 +101,15 @@ def quantize_activations(
     rotated values to x's dtype (as the model's rotation would). ``fp8_codes``: the codes
     come unpacked, (M, K) float8_e4m3fn holding each code's value. ``dp4a_for`` (a weight element; per-token
     float scales): the codes come as (M, K) int8 bytes in the order the decode kernel pairs them with that
-    element's weights (``reference.dp4a_bytes``). ``tensor_amax`` (``e4m3`` scales; a float32 scalar tensor on x's
+    element's weights (``reference.dp4a_bytes``); with ``fp8_codes`` too (``dp4a_for="int4"``, INT4 or E2M1
+    activations) those bytes' values come as float8_e4m3fn in their order, for the FP8 tensor cores of the prefill
+    kernel's E2M1 weights. ``tensor_amax`` (``e4m3`` scales; a float32 scalar tensor on x's
     device): a calibrated absmax that sets the tensor scale instead of x's own (``StaticTensorScale``).
     """
-    if fp8_codes and dp4a_for:
-        raise ValueError("choose one code layout: fp8_codes or dp4a_for")
+    if fp8_codes and dp4a_for and (dp4a_for != "int4" or element not in ("int4", "e2m1")):
+        raise ValueError(f"fp8_codes with dp4a_for writes INT4 weights' order of INT4 or E2M1 activations as E4M3: "
+                         f"pass dp4a_for='int4' with element 'int4' or 'e2m1', got dp4a_for={dp4a_for!r} with "
+                         f"element {element!r} (or drop one of the two layouts)")
     if _use_triton(x, backend):
         from .act_quant import quantize_activations_triton
 
@@ -115,6 +119,8 @@ def quantize_activations(
 
     packed, scales = quantize_activations_ref(x, element, group_size, scale_kind, clip_ratio, hadamard_block,
                                               dp4a_for, tensor_amax)
+    if fp8_codes and dp4a_for:
+        return packed.float().to(torch.float8_e4m3fn), scales
     if fp8_codes:
         from .fp8_gemm import unpack_fp8_ref
 

@@ -141,7 +141,7 @@ TC_PREFILL_CONFIGS = [(128, 128, 64, 8, 3, 1), (128, 128, 64, 8, 4, 1), (128, 12
                       (128, 128, 32, 8, 6, 1), (128, 64, 64, 4, 4, 1), (64, 128, 64, 4, 4, 1), (64, 128, 128, 4, 3, 1),
                       (128, 128, 64, 8, 3, 8), (128, 128, 64, 8, 4, 8)]
 INTERPRET_TC_PREFILL_CONFIG = dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=32, SPLIT_K=1, GROUP_M=2)
-TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "W_E2M1_INT8")
+TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "W_E2M1_INT8", "A_E4M3", "FP8_STEP_SUMS")
 # Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
 # The CUDA-core decode kernel's autotune key.
@@ -450,7 +450,8 @@ def _w4a4_tc_kernel(
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
     SPLIT_K: tl.constexpr, W_E2M1: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
-    GROUP_M: tl.constexpr = 1, W_E2M1_INT8: tl.constexpr = False,
+    GROUP_M: tl.constexpr = 1, W_E2M1_INT8: tl.constexpr = False, A_E4M3: tl.constexpr = False,
+    FP8_STEP_SUMS: tl.constexpr = True,
 ):
     """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
     a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
@@ -466,6 +467,10 @@ def _w4a4_tc_kernel(
     widened to E4M3; each step's FP8 sums join an fp32 accumulator, which ends as exact int32 in units of 2^-7.
     W_E2M1_INT8: E2M1 weights as int8 operands of twice their values (``_e2m1_nibbles_doubled``) against the
     activation bytes of INT4 weights' order, on the int8 tensor cores, exact int32 sums (the prefill launch).
+    A_E4M3 (with W_E2M1, the prefill launch): ``a_ptr`` points at E4M3 activation bytes in INT4 weights' order, typed
+    so (a bitcast of int8 bytes made Triton 3.6 copy each plane through registers into another shared buffer every
+    step), the weight's nibbles E4M3 operands; FP8_STEP_SUMS: each step's FP8 sums join the fp32 accumulator (exact),
+    else the sums accumulate in wgmma (no add a step, at FP8 wgmma's reduced accumulation precision).
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -490,7 +495,7 @@ def _w4a4_tc_kernel(
     stop = tl.minimum(first + slice_kb, KB)
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + first + offs_b[None, :]
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + first + offs_b[None, :]
-    if W_E2M1:
+    if W_E2M1 or A_E4M3:
         acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.float32)
     else:
         acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.int32)
@@ -503,15 +508,19 @@ def _w4a4_tc_kernel(
             b_ok = (offs_b < stop - start)[None, :]
             w = tl.load(w_ptrs, mask=n_ok[:, None] & b_ok, other=0)
             a_ok = m_ok[:, None] & b_ok
-        a_even = tl.load(a_ptrs, mask=a_ok, other=0)
-        a_odd = tl.load(a_ptrs + KB, mask=a_ok, other=0)
+        a_even = tl.load(a_ptrs, mask=a_ok, other=0.0 if A_E4M3 else 0)
+        a_odd = tl.load(a_ptrs + KB, mask=a_ok, other=0.0 if A_E4M3 else 0)
         if W_E2M1:
             a_even, a_odd = _even_odd_planes(a_even, a_odd, BLOCK_M, BLOCK_KB)
             a_even = a_even.to(tl.float16).to(tl.float8e4nv)  # exact: INT4 levels, twice the E2M1 values
             a_odd = a_odd.to(tl.float16).to(tl.float8e4nv)
+        if (W_E2M1 or A_E4M3) and FP8_STEP_SUMS:
             # Each step's sums start from zero and join acc on the CUDA cores (FP8 wgmma adds at reduced precision)
             step = tl.dot(_e2m1_nibbles_e4m3(w, True, USE_ASM), tl.trans(a_even), out_dtype=tl.float32)
             acc += tl.dot(_e2m1_nibbles_e4m3(w, False, USE_ASM), tl.trans(a_odd), step, out_dtype=tl.float32)
+        elif A_E4M3:
+            acc = tl.dot(_e2m1_nibbles_e4m3(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.float32)
+            acc = tl.dot(_e2m1_nibbles_e4m3(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.float32)
         elif W_E2M1_INT8:
             acc = tl.dot(_e2m1_nibbles_doubled(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.int32)
             acc = tl.dot(_e2m1_nibbles_doubled(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
@@ -520,7 +529,9 @@ def _w4a4_tc_kernel(
             acc = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
         w_ptrs += BLOCK_KB
         a_ptrs += BLOCK_KB
-    if W_E2M1:  # exact: sums of multiples of 2^-7 (E2M1 times 2^-6, integer activation bytes) below 2^17
+    if A_E4M3 and not FP8_STEP_SUMS:
+        total = tl.trans(acc * 128.0)
+    elif W_E2M1 or A_E4M3:  # exact: sums of multiples of 2^-7 (E2M1 times 2^-6, integer activation bytes) below 2^17
         total = tl.trans((acc * 128.0).to(tl.int32))
     else:
         total = tl.trans(acc)
@@ -775,18 +786,25 @@ def w4a4_tc_prefill_triton(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str = "int4", bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
     residual: torch.Tensor | None = None, out: torch.Tensor | None = None, config: triton.Config | None = None,
+    fp8_step_sums: bool = True,
 ) -> torch.Tensor:
     """``reference.w4a4_gemv_ref`` for packed INT4 weights and any number of rows of their dp4a activation bytes
     (INT4, E2M1 or INT8 activations; ``quantize_activations(..., dp4a_for="int4")``), per-row scales: the
     tensor-core kernel over tiles of BLOCK_M rows (a third grid axis), K unsplit, exact int32 sums, the weight
     read packed. ``w_element="e2m1"``: packed E2M1 weights, as int8 operands of twice their values, with INT4 or
     E2M1 activation bytes in INT4 weights' order (``dp4a_for="int4"``, not E2M1 weights' order of the decode
-    kernels). ``config`` (BLOCK_N, BLOCK_M, BLOCK_KB, SPLIT_K=1 and GROUP_M, warps, stages) replaces the
+    kernels); those bytes given as float8_e4m3fn values take the FP8 tensor cores instead, the weight's nibbles as
+    E4M3 operands, each step's sums joining an fp32 accumulator (exact) or, ``fp8_step_sums=False``, accumulating in
+    wgmma. ``config`` (BLOCK_N, BLOCK_M, BLOCK_KB, SPLIT_K=1 and GROUP_M, warps, stages) replaces the
     autotuner's pick of TC_PREFILL_CONFIGS (or the interpreter's fixed tile)."""
     if w_element not in ("int4", "e2m1") or (w_element == "e2m1" and a_element not in ("int4", "e2m1")):
         raise ValueError(f"the int8 prefill kernel takes INT4 weights, or E2M1 weights with INT4 or E2M1 activations, "
                          f"got {w_element} weights with {a_element} activations")
-    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, "int4", bias, out_dtype, residual)
+    a_e4m3 = a_bytes.dtype == torch.float8_e4m3fn
+    if a_e4m3 and w_element != "e2m1":
+        raise ValueError("E4M3 activation bytes meet E2M1 weights on the FP8 tensor cores: pass the int8 bytes of "
+                         "quantize_activations(..., dp4a_for='int4') for INT4 weights")
+    check_dp4a_args(a_bytes.view(torch.int8), a_scale, w_packed, w_scale, a_element, "int4", bias, out_dtype, residual)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     if k % 8:
         raise ValueError(f"the tensor-core kernel takes K a multiple of 8, got K={k}")
@@ -798,11 +816,12 @@ def w4a4_tc_prefill_triton(
         out = torch.empty((m, n), dtype=out_dtype, device=a_bytes.device)
     a_words, w_words, a_scale, w_scale, outputs, trailing, flags = _launch_operands(
         a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, residual, out, out_dtype, None)
-    a_b, w_b = a_words.view(torch.int8), w_words.view(torch.uint8)
+    a_b, w_b = a_words.view(a_bytes.dtype), w_words.view(torch.uint8)
     # Unsplit: the split-K buffer and counters are never read, ``out`` stands in for their pointers.
     args = (a_b, a_scale, w_b, w_scale, *outputs, out, out, m, n, k // 2, triton.next_power_of_2(m), a_b.stride(0),
             w_b.stride(0), *trailing)
-    flags.update(W_E2M1=False, W_E2M1_INT8=w_element == "e2m1")
+    flags.update(W_E2M1=False, W_E2M1_INT8=w_element == "e2m1" and not a_e4m3, A_E4M3=a_e4m3,
+                 FP8_STEP_SUMS=fp8_step_sums)
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(n, meta["BLOCK_N"]), 1, triton.cdiv(m, meta["BLOCK_M"])

@@ -1123,7 +1123,7 @@ def test_row_pieces_are_the_binary_digits_of_plain_per_token_rows():
 def test_rows_held_in_power_of_two_pieces_equal_twin(case, monkeypatch):
     """Per-token rows of K = 3584 (2048 + 1024 + 512) and 6144 (4096 + 2048), one row a program, held as pieces
     (``row_pieces``), one block or three in turn, ragged in M, bfloat16 (loaded as words) and float16: packed codes,
-    dp4a bytes and scales equal the twin's, E4M3 bytes its unpacked codes."""
+    dp4a bytes and scales equal the twin's, E4M3 bytes its unpacked codes, E4M3 planes its dp4a bytes' values."""
     (element, group, kind, clip), _ = ACT_CASES[case]
     for k, dtype in ((3584, torch.bfloat16), (6144, torch.bfloat16), (3584, torch.float16)):
         assert act_quant._tile(k, 0, 0)[0] == 1 and act_quant.row_pieces(k, 0, 0, 0)["PIECE_A"] > 0
@@ -1131,6 +1131,7 @@ def test_rows_held_in_power_of_two_pieces_equal_twin(case, monkeypatch):
         want = quantize_activations_ref(x, element, group, kind, clip)
         want_dp4a = quantize_activations_ref(x, element, group, kind, clip, dp4a_for=element)
         want_fp8 = quant_kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="torch")
+        want_planes = quantize_activations_ref(x, element, group, kind, clip, dp4a_for="int4")[0].float()
         for steps in (1, 3):
             monkeypatch.setattr(act_quant, "INTERPRET_ROW_STEPS", steps)
             got = act_quant.quantize_activations_triton(x, element, group, kind, clip)
@@ -1139,6 +1140,9 @@ def test_rows_held_in_power_of_two_pieces_equal_twin(case, monkeypatch):
             assert torch.equal(dp4a[0], want_dp4a[0]) and torch.equal(dp4a[1], want_dp4a[1])
             fp8 = act_quant.quantize_activations_triton(x, element, group, kind, clip, fp8_codes=True)
             assert torch.equal(fp8[0].view(torch.uint8), want_fp8[0].view(torch.uint8))
+            planes = act_quant.quantize_activations_triton(x, element, group, kind, clip, fp8_codes=True,
+                                                           dp4a_for="int4")
+            assert torch.equal(planes[0].view(torch.uint8), want_planes.to(torch.float8_e4m3fn).view(torch.uint8))
 
 
 @pytest.mark.parametrize("case", ["e2m1-tok", "int4-g64", "mxfp4"])
@@ -1224,7 +1228,7 @@ def test_real_quant_linear_equals_fake_quant_linear(case):
         ((4, 36), torch.float32, dict(element="int4", dp4a_for="int4"), "K a multiple of 8"),
         ((4, 64), torch.float32, dict(element="int4", dp4a_for="int8"), "INT8 weights with INT8 activations only"),
         ((4, 64), torch.float32, dict(element="int4", dp4a_for="int16"), "unknown 4-bit element 'int16'"),
-        ((4, 64), torch.float32, dict(element="int4", dp4a_for="int4", fp8_codes=True), "one code layout"),
+        ((4, 64), torch.float32, dict(element="int4", dp4a_for="e2m1", fp8_codes=True), "INT4 weights. order of INT4"),
     ],
 )
 def test_quantize_activations_errors(backend, shape, dtype, kwargs, message):
@@ -1518,9 +1522,12 @@ def test_tensor_core_decode_kernel_tiles_rows_over_its_third_grid_axis():
         w4a4_tc_prefill_triton(planes[:, :60], a_scale, packed[:, :30], w_scale, a_element="int4")
 
 
-def test_e2m1_weights_on_the_int8_prefill_kernel_take_every_byte():
+@pytest.mark.parametrize("form", ["int8", "e4m3", "e4m3_in_wgmma"])
+def test_e2m1_weights_on_the_int8_prefill_kernel_take_every_byte(form):
     """Every packed E2M1 weight byte (256 of them, 16 rows of 16 bytes) as twice its two values on the int8 tensor
-    cores, against 70 rows of INT4 activation bytes in INT4 weights' order: fp32 outputs equal the exact product."""
+    cores, or (the activation bytes given as E4M3, each step's sums added in fp32 or accumulated in wgmma) as E4M3
+    operands on the FP8 ones, against 70 rows of INT4 activation bytes in INT4 weights' order: fp32 outputs equal
+    the exact product (the interpreter's FP8 sums are exact)."""
     from quant_kernels.w4a4_gemv import w4a4_tc_prefill_triton
     from quant_layers import packing
 
@@ -1531,11 +1538,41 @@ def test_e2m1_weights_on_the_int8_prefill_kernel_take_every_byte():
     a_scale, w_scale = torch.rand(70, 1, generator=gen) + 0.5, torch.rand(16, 1, generator=gen) + 0.5
     values = packing.decode(packing.unpack(w_packed), packing.element_named("e2m1"))
     want = (levels.float() @ values.t()) * a_scale * w_scale.t()
-    got = w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
-                                 out_dtype=torch.float32)
+    a_bytes = planes if form == "int8" else planes.float().to(torch.float8_e4m3fn)
+    got = w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
+                                 out_dtype=torch.float32, fp8_step_sums=form != "e4m3_in_wgmma")
     assert torch.equal(got, want)
     with pytest.raises(ValueError, match="E2M1 weights with INT4 or E2M1 activations, got e2m1 weights with int8"):
-        w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int8", w_element="e2m1")
+        w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int8", w_element="e2m1")
+    if form != "int8":
+        with pytest.raises(ValueError, match="E4M3 activation bytes meet E2M1 weights on the FP8 tensor cores"):
+            w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="int4")
+
+
+@pytest.mark.parametrize("tiling", [(0, False, 1), (64, False, 1), (64, True, 1), (0, False, 2)])
+@pytest.mark.parametrize("element", ["int4", "e2m1"])
+def test_dp4a_bytes_as_e4m3_are_the_dp4a_bytes_values(element, tiling, monkeypatch):
+    """``dp4a_for="int4", fp8_codes=True``: the activation kernel (whole rows, chunks, rows split among programs,
+    several row blocks a program) and its twin write the dp4a bytes' values (INT4 levels, twice the E2M1 values)
+    as E4M3 bytes in the same order, zeros +0; other layouts are refused."""
+    from quant_kernels import act_quant
+
+    chunk, split, steps = tiling
+    monkeypatch.setattr(act_quant, "INTERPRET_CHUNK", chunk)
+    monkeypatch.setattr(act_quant, "INTERPRET_SPLIT", split)
+    monkeypatch.setattr(act_quant, "INTERPRET_ROW_STEPS", steps)
+    x = torch.randn(37, 256, dtype=torch.bfloat16)
+    x[0, :8] = 0.0
+    x[1, 3] = -1e-4 * x[1].abs().max()  # rounds to zero from below
+    int8_bytes, scale = quant_kernels.quantize_activations(x, element, dp4a_for="int4", backend="torch")
+    for backend in ("torch", "triton"):
+        got, got_scale = quant_kernels.quantize_activations(x, element, dp4a_for="int4", fp8_codes=True,
+                                                            backend=backend)
+        assert got.dtype == torch.float8_e4m3fn and torch.equal(got_scale, scale)
+        assert torch.equal(got.view(torch.uint8), int8_bytes.float().to(torch.float8_e4m3fn).view(torch.uint8))
+    for bad in (dict(element="int4", dp4a_for="e2m1"), dict(element="int8", dp4a_for="int4")):
+        with pytest.raises(ValueError, match="fp8_codes with dp4a_for writes INT4 weights' order of INT4 or E2M1"):
+            quant_kernels.quantize_activations(x, bad["element"], dp4a_for=bad["dp4a_for"], fp8_codes=True)
 
 
 def test_kernel_check_runs_the_int8_path_dry():
