@@ -155,7 +155,7 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     constants = dict(HAS_BIAS=False, HAS_RESIDUAL=False, USE_ASM=True, ROUND_BF16=True, ROUND_F16=False,
                      BLOCK_M=config[4] if prefill else 16, BLOCK_N=config[0], BLOCK_KB=config[1], SPLIT_K=1,
                      W_E2M1=e2m1 and not prefill, EVEN=True, USE_GDC=not prefill, GROUP_M=config[5] if prefill else 1,
-                     W_E2M1_INT8=e2m1 and prefill)
+                     W_E2M1_INT8=e2m1 and prefill, A_E4M3=False, FP8_STEP_SUMS=True)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)
