@@ -470,7 +470,11 @@ def _w4a4_tc_kernel(
     A_E4M3 (with W_E2M1, the prefill launch): ``a_ptr`` points at E4M3 activation bytes in INT4 weights' order, typed
     so (a bitcast of int8 bytes made Triton 3.6 copy each plane through registers into another shared buffer every
     step), the weight's nibbles E4M3 operands; FP8_STEP_SUMS: each step's FP8 sums join the fp32 accumulator (exact),
-    else the sums accumulate in wgmma (no add a step, at FP8 wgmma's reduced accumulation precision).
+    else the sums accumulate in wgmma (no add a step, at FP8 wgmma's reduced accumulation precision) and a step is one
+    dot over both planes (the low nibbles' operand beside the high ones', the even activation plane's columns beside
+    the odd one's, one tile load): Triton 3.6 leaves such a dot's wgmmas in flight while the next step's weight is
+    decoded (wgmma waits for 3 groups in sm_90 SASS), where a dot whose sums are used in the loop, or whose
+    accumulator is int32, waits for its wgmmas before anything else runs.
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -494,7 +498,14 @@ def _w4a4_tc_kernel(
     first = tl.program_id(1) * slice_kb
     stop = tl.minimum(first + slice_kb, KB)
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + first + offs_b[None, :]
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + first + offs_b[None, :]
+    ONE_DOT: tl.constexpr = A_E4M3 and not FP8_STEP_SUMS
+    if ONE_DOT and SPLIT_K == 1:  # K > 0: else ptxas sees a path around the loop that sets the accumulators, and
+        tl.assume(stop > first)   # serializes the wgmmas (its C7515 note)
+    if ONE_DOT:  # columns [start, start + BLOCK_KB) of the even plane, then the same of the odd plane
+        offs_j = tl.arange(0, 2 * BLOCK_KB)
+        a_ptrs = a_ptr + offs_m[:, None] * stride_am + first + (offs_j % BLOCK_KB + offs_j // BLOCK_KB * KB)[None, :]
+    else:
+        a_ptrs = a_ptr + offs_m[:, None] * stride_am + first + offs_b[None, :]
     if W_E2M1 or A_E4M3:
         acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.float32)
     else:
@@ -507,9 +518,12 @@ def _w4a4_tc_kernel(
         else:
             b_ok = (offs_b < stop - start)[None, :]
             w = tl.load(w_ptrs, mask=n_ok[:, None] & b_ok, other=0)
-            a_ok = m_ok[:, None] & b_ok
-        a_even = tl.load(a_ptrs, mask=a_ok, other=0.0 if A_E4M3 else 0)
-        a_odd = tl.load(a_ptrs + KB, mask=a_ok, other=0.0 if A_E4M3 else 0)
+            a_ok = m_ok[:, None] & (b_ok if not ONE_DOT else (offs_j % BLOCK_KB < stop - start)[None, :])
+        if ONE_DOT:
+            a_both = tl.load(a_ptrs, mask=a_ok, other=0.0)
+        else:
+            a_even = tl.load(a_ptrs, mask=a_ok, other=0.0 if A_E4M3 else 0)
+            a_odd = tl.load(a_ptrs + KB, mask=a_ok, other=0.0 if A_E4M3 else 0)
         if W_E2M1:
             a_even, a_odd = _even_odd_planes(a_even, a_odd, BLOCK_M, BLOCK_KB)
             a_even = a_even.to(tl.float16).to(tl.float8e4nv)  # exact: INT4 levels, twice the E2M1 values
@@ -518,9 +532,10 @@ def _w4a4_tc_kernel(
             # Each step's sums start from zero and join acc on the CUDA cores (FP8 wgmma adds at reduced precision)
             step = tl.dot(_e2m1_nibbles_e4m3(w, True, USE_ASM), tl.trans(a_even), out_dtype=tl.float32)
             acc += tl.dot(_e2m1_nibbles_e4m3(w, False, USE_ASM), tl.trans(a_odd), step, out_dtype=tl.float32)
-        elif A_E4M3:
-            acc = tl.dot(_e2m1_nibbles_e4m3(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.float32)
-            acc = tl.dot(_e2m1_nibbles_e4m3(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.float32)
+        elif ONE_DOT:
+            low, high = _e2m1_nibbles_e4m3(w, True, USE_ASM), _e2m1_nibbles_e4m3(w, False, USE_ASM)
+            both = tl.reshape(tl.permute(tl.join(low, high), (0, 2, 1)), (BLOCK_N, 2 * BLOCK_KB))
+            acc = tl.dot(both, tl.trans(a_both), acc, out_dtype=tl.float32)
         elif W_E2M1_INT8:
             acc = tl.dot(_e2m1_nibbles_doubled(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.int32)
             acc = tl.dot(_e2m1_nibbles_doubled(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)

@@ -1549,6 +1549,29 @@ def test_e2m1_weights_on_the_int8_prefill_kernel_take_every_byte(form):
             w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="int4")
 
 
+@pytest.mark.parametrize("step_sums", [True, False])
+@pytest.mark.parametrize("m, n, k", [(70, 24, 208), (16, 16, 256), (5, 40, 64)])
+def test_e2m1_weights_on_e4m3_operands_over_many_steps(m, n, k, step_sums):
+    """E2M1 weights against E4M3 activation planes over several K steps of the interpreter's 32-byte tile, K ragged
+    (208 codes: three whole steps and 8 bytes), rows and weight rows ragged: each step's sums added in fp32 (two dots)
+    or one dot over both planes accumulating in wgmma both equal the exact product, the poisoned output wholly
+    written."""
+    from quant_kernels.w4a4_gemv import w4a4_tc_prefill_triton
+    from quant_layers import packing
+
+    gen = torch.Generator().manual_seed(m + n + k)
+    levels = torch.randint(-8, 8, (m, k), generator=gen, dtype=torch.int8)
+    planes = torch.cat([levels[:, 0::2], levels[:, 1::2]], dim=1).float().to(torch.float8_e4m3fn)
+    w_packed = torch.randint(0, 256, (n, k // 2), generator=gen, dtype=torch.int32).to(torch.uint8)
+    a_scale, w_scale = torch.rand(m, 1, generator=gen) + 0.5, torch.rand(n, 1, generator=gen) + 0.5
+    values = packing.decode(packing.unpack(w_packed), packing.element_named("e2m1"))
+    want = (levels.float() @ values.t()) * a_scale * w_scale.t()
+    out = torch.full((m, n), float("nan"))
+    got = w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
+                                 out_dtype=torch.float32, out=out, fp8_step_sums=step_sums)
+    assert got is out and torch.equal(got, want)
+
+
 @pytest.mark.parametrize("tiling", [(0, False, 1), (64, False, 1), (64, True, 1), (0, False, 2)])
 @pytest.mark.parametrize("element", ["int4", "e2m1"])
 def test_dp4a_bytes_as_e4m3_are_the_dp4a_bytes_values(element, tiling, monkeypatch):
