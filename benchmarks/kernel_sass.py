@@ -140,8 +140,8 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     element picks the int8 or FP8 dot, the activation element changes only the host's unit) for 16 rows and one
     (BLOCK_N, BLOCK_KB, warps, stages), steps unmasked, K unsplit (a split adds only the atomic epilogue to the
     same loop); with a prefill tile's (BLOCK_N, BLOCK_KB, warps, stages, BLOCK_M, GROUP_M), the prefill launch's
-    (``w4a4_tc_prefill_triton``: E2M1 weights as int8 operands, no programmatic dependent launch; 'e4m3xe2m1': as
-    E4M3 operands against E4M3 activation planes, one dot a step accumulating in wgmma)."""
+    (``w4a4_tc_prefill_triton``: E2M1 weights as int8 operands, no programmatic dependent launch; 'e4m3xint4' and
+    'e4m3xe2m1': the weights as E4M3 operands against E4M3 activation planes, one dot a step accumulating in wgmma)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.w4a4_gemv import _w4a4_tc_kernel
@@ -152,13 +152,14 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     types = ["*i8", "*fp32", "*u8", "*fp32", "*bf16", "*bf16", "*bf16", "*i32", "*i32"] + ["i32"] * 10 + ["fp32"]
     prefill = len(config) > 4
     e2m1 = pair.endswith("e2m1")
-    e4m3 = prefill and pair.startswith("e4m3")
+    e4m3 = prefill and pair.startswith("e4m3")  # E4M3 activation planes: one dot a step accumulating in wgmma
     types[0] = "*fp8e4nv" if e4m3 else types[0]
     signature = dict(zip(names, types))
     constants = dict(HAS_BIAS=False, HAS_RESIDUAL=False, USE_ASM=True, ROUND_BF16=True, ROUND_F16=False,
                      BLOCK_M=config[4] if prefill else 16, BLOCK_N=config[0], BLOCK_KB=config[1], SPLIT_K=1,
                      W_E2M1=e2m1 and not prefill, EVEN=True, USE_GDC=not prefill, GROUP_M=config[5] if prefill else 1,
-                     W_E2M1_INT8=e2m1 and prefill and not e4m3, A_E4M3=e4m3, FP8_STEP_SUMS=not e4m3)
+                     W_E2M1_INT8=e2m1 and prefill and not e4m3, A_E4M3=e4m3, FP8_STEP_SUMS=not e4m3,
+                     A_E4M3_W_INT4=e4m3 and not e2m1)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)
@@ -404,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         from quant_kernels.w4a4_gemv import TC_CONFIGS, TC_PREFILL_CONFIGS, tc_config_fits
 
         pairs = ("int4xint4", "e2m1xint4", "int8xint4", "int4xe2m1", "e2m1xe2m1")
-        if args.element not in pairs + (("e4m3xe2m1",) if args.kernel == "w4a4_tc_prefill" else ()):
+        if args.element not in pairs + (("e4m3xint4", "e4m3xe2m1") if args.kernel == "w4a4_tc_prefill" else ()):
             p.error(f"--element for {args.kernel} is A_ELEMENTxint4 (int4, e2m1 or int8 activations) or "
                     f"A_ELEMENTxe2m1 (int4 or e2m1 activations; e4m3 planes for w4a4_tc_prefill); "
                     f"got {args.element!r}")

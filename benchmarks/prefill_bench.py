@@ -9,9 +9,10 @@ byte, E2M1 as twice its value) as wgmma's register operand and multiplies the ac
 N x K this times, ``--element`` weights (INT4 or E2M1) with per-row scales and bfloat16 out: torch bf16; cuBLAS's
 FP8 GEMM on E4M3 codes given (the issue's peer); the FP8 path's widening + GEMM; the int8 path's kernel, autotuned
 (and each ``--configs`` tile fixed), these three on INT4 activation codes given; and the whole linears from
-bfloat16 x (activations quantized to the weights' element) of both paths. E2M1 weights also take the kernel's FP8
-form, E4M3 operands against E4M3 activation planes (each step's sums added in fp32, or accumulated in wgmma), as a
-kernel and as a linear. Every output is checked against an exact fp32 product.
+bfloat16 x (activations quantized to the weights' element) of both paths. W4A4 also takes the kernel's FP8 form,
+the weights as E4M3 operands against E4M3 activation planes (each step's sums added in fp32, or one dot a step
+accumulating in wgmma, whose wgmmas stay in flight while the next step decodes), as a kernel and as a linear. Every
+output is checked against an exact fp32 product.
 
     python benchmarks/prefill_bench.py --ms 512,2048,8192 --out benchmarks/results/prefill_int8_h200
 
@@ -58,6 +59,10 @@ def operands(m: int, n: int, k: int, device: torch.device, gen: torch.Generator,
     w_scale = torch.rand(n, 1, generator=gen, device=device) / 64 + 1e-3
     want = (levels_a.float() @ values_w.float().t()) * a_scale * w_scale.t()
     return planes, packed, levels_a, values_w, a_scale, w_scale, want
+
+
+# The E4M3 operand forms' row labels, by ``fp8_step_sums``.
+E4M3_FORMS = {True: " (E4M3 operands, step sums)", False: " (E4M3 operands, one dot, sums in wgmma)"}
 
 
 def launch_tc(planes, packed, a_scale, w_scale, out, config, element: str = "int4", a_element: str = "int4",
@@ -192,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             row(names[0], peer_ms, got=peer())
             row(names[1], time_ms(widened), got=widened())
             out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
-            # E2M1 weights: as int8 operands against int8 planes, or as E4M3 operands against E4M3 planes, each
-            # step's FP8 sums added in fp32 (exact) or accumulated in wgmma
-            forms = {"": (planes, True)} if element == "int4" else {
-                " (int8 operands)": (planes, True), " (E4M3 operands, step sums)": (planes.float().to(FP8), True),
-                " (E4M3 operands, sums in wgmma)": (planes.float().to(FP8), False)}
+            # The weights as int8 operands against int8 planes, or (W4A4) as E4M3 operands against E4M3 planes, each
+            # step's FP8 sums added in fp32 (exact) or one dot a step accumulating in wgmma (its wgmmas in flight)
+            forms = {"" if element == "int4" else " (int8 operands)": (planes, True)}
+            if not w4a8:
+                forms.update({E4M3_FORMS[True]: (planes.float().to(FP8), True),
+                              E4M3_FORMS[False]: (planes.float().to(FP8), False)})
             for form, (a_planes, step_sums) in forms.items():
                 tuned = functools.partial(w4a4_tc_prefill_triton, a_planes, a_scale, packed, w_scale,
                                           a_element=a_element, w_element=element, out=out, fp8_step_sums=step_sums)
@@ -229,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 linears = {f"{path} path linear": functools.partial(
                     quant_kernels.w4a4_linear, x, packed, w_scale, a_element=element, w_element=element,
                     out_dtype=torch.bfloat16, path=path) for path in ("fp8", "int8")}
-                for form, step_sums in (((" (E4M3 operands, step sums)", True), (" (E4M3 operands, sums in wgmma)",
-                                                                                 False)) if element == "e2m1" else ()):
+                for step_sums, form in E4M3_FORMS.items():
                     def e4m3_linear(step_sums=step_sums):  # the activation kernel's E4M3 planes, the FP8 form
                         a_planes, x_scale_planes = quant_kernels.quantize_activations(x, element, dp4a_for="int4",
                                                                                       fp8_codes=True)

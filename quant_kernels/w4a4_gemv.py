@@ -141,7 +141,8 @@ TC_PREFILL_CONFIGS = [(128, 128, 64, 8, 3, 1), (128, 128, 64, 8, 4, 1), (128, 12
                       (128, 128, 32, 8, 6, 1), (128, 64, 64, 4, 4, 1), (64, 128, 64, 4, 4, 1), (64, 128, 128, 4, 3, 1),
                       (128, 128, 64, 8, 3, 8), (128, 128, 64, 8, 4, 8)]
 INTERPRET_TC_PREFILL_CONFIG = dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=32, SPLIT_K=1, GROUP_M=2)
-TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "W_E2M1_INT8", "A_E4M3", "FP8_STEP_SUMS")
+TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "W_E2M1_INT8", "A_E4M3", "FP8_STEP_SUMS",
+                         "A_E4M3_W_INT4")
 # Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
 # The CUDA-core decode kernel's autotune key.
@@ -433,6 +434,29 @@ def _e2m1_nibbles_e4m3(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
 
 
 @triton.jit
+def _int4_nibbles_e4m3(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
+    """Packed INT4 weight bytes -> float8 E4M3: the low (LOW) or the high nibble's level v times 2^-9. E4M3's bytes
+    0..8 are the values 0..8 times 2^-9 (the subnormals and the least normal), so the byte is v's sign at bit 7 and
+    |v| below: the nibble x itself for x < 8, 0x90 - x (= 0x80 | (16 - x)) for x >= 8, which is (x ^ 0x8F) + 1. With
+    inline PTX four bytes an operation: the sign bits t (0 or 1 a byte), then (x ^ 0x8F t) + t."""
+    if USE_ASM:
+        if LOW:
+            out = tl.inline_asm_elementwise(
+                "{ .reg .b32 t, y; shr.b32 t, $1, 3; and.b32 t, t, 0x01010101; mul.lo.u32 y, t, 0x8F; "
+                "and.b32 $0, $1, 0x0F0F0F0F; xor.b32 $0, $0, y; add.u32 $0, $0, t; }",
+                "=r,r", [w], dtype=tl.int8, is_pure=True, pack=4)
+        else:
+            out = tl.inline_asm_elementwise(
+                "{ .reg .b32 t, y; shr.b32 t, $1, 7; and.b32 t, t, 0x01010101; mul.lo.u32 y, t, 0x8F; "
+                "shr.b32 $0, $1, 4; and.b32 $0, $0, 0x0F0F0F0F; xor.b32 $0, $0, y; add.u32 $0, $0, t; }",
+                "=r,r", [w], dtype=tl.int8, is_pure=True, pack=4)
+    else:
+        x = w & 0x0F if LOW else w >> 4
+        out = tl.where(x >= 8, 0x90 - x, x).to(tl.uint8).to(tl.int8, bitcast=True)
+    return out.to(tl.float8e4nv, bitcast=True)
+
+
+@triton.jit
 def _even_odd_planes(first, second, BLOCK_M: tl.constexpr, BLOCK_KB: tl.constexpr):
     """E2M1 weights' dp4a planes (``first``: codes 8i..8i+3 at bytes 4i..4i+3, ``second``: codes 8i+4..8i+7) ->
     INT4 weights' planes (codes 8i+2j and 8i+2j+1 at byte 4i+j), the order of a packed byte's two nibbles."""
@@ -451,7 +475,7 @@ def _w4a4_tc_kernel(
     ROUND_F16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
     SPLIT_K: tl.constexpr, W_E2M1: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
     GROUP_M: tl.constexpr = 1, W_E2M1_INT8: tl.constexpr = False, A_E4M3: tl.constexpr = False,
-    FP8_STEP_SUMS: tl.constexpr = True,
+    FP8_STEP_SUMS: tl.constexpr = True, A_E4M3_W_INT4: tl.constexpr = False,
 ):
     """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
     a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
@@ -474,7 +498,8 @@ def _w4a4_tc_kernel(
     dot over both planes (the low nibbles' operand beside the high ones', the even activation plane's columns beside
     the odd one's, one tile load): Triton 3.6 leaves such a dot's wgmmas in flight while the next step's weight is
     decoded (wgmma waits for 3 groups in sm_90 SASS), where a dot whose sums are used in the loop, or whose
-    accumulator is int32, waits for its wgmmas before anything else runs.
+    accumulator is int32, waits for its wgmmas before anything else runs. A_E4M3_W_INT4: INT4 weights there, E4M3
+    operands of their levels times 2^-9 (``_int4_nibbles_e4m3``), in place of E2M1's.
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -528,12 +553,15 @@ def _w4a4_tc_kernel(
             a_even, a_odd = _even_odd_planes(a_even, a_odd, BLOCK_M, BLOCK_KB)
             a_even = a_even.to(tl.float16).to(tl.float8e4nv)  # exact: INT4 levels, twice the E2M1 values
             a_odd = a_odd.to(tl.float16).to(tl.float8e4nv)
+        if A_E4M3_W_INT4:  # the FP8 forms' weight operands
+            low, high = _int4_nibbles_e4m3(w, True, USE_ASM), _int4_nibbles_e4m3(w, False, USE_ASM)
+        elif W_E2M1 or A_E4M3:
+            low, high = _e2m1_nibbles_e4m3(w, True, USE_ASM), _e2m1_nibbles_e4m3(w, False, USE_ASM)
         if (W_E2M1 or A_E4M3) and FP8_STEP_SUMS:
             # Each step's sums start from zero and join acc on the CUDA cores (FP8 wgmma adds at reduced precision)
-            step = tl.dot(_e2m1_nibbles_e4m3(w, True, USE_ASM), tl.trans(a_even), out_dtype=tl.float32)
-            acc += tl.dot(_e2m1_nibbles_e4m3(w, False, USE_ASM), tl.trans(a_odd), step, out_dtype=tl.float32)
+            step = tl.dot(low, tl.trans(a_even), out_dtype=tl.float32)
+            acc += tl.dot(high, tl.trans(a_odd), step, out_dtype=tl.float32)
         elif ONE_DOT:
-            low, high = _e2m1_nibbles_e4m3(w, True, USE_ASM), _e2m1_nibbles_e4m3(w, False, USE_ASM)
             both = tl.reshape(tl.permute(tl.join(low, high), (0, 2, 1)), (BLOCK_N, 2 * BLOCK_KB))
             acc = tl.dot(both, tl.trans(a_both), acc, out_dtype=tl.float32)
         elif W_E2M1_INT8:
@@ -544,10 +572,13 @@ def _w4a4_tc_kernel(
             acc = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
         w_ptrs += BLOCK_KB
         a_ptrs += BLOCK_KB
+    # In the int8 path's units: E2M1 weights' sums are multiples of 2^-7 (E2M1 times 2^-6, integer activation
+    # bytes), INT4 ones' of 2^-9, which the int8 path counts 16 times (nibbles at the top of their bytes)
+    E4M3_UNIT: tl.constexpr = 8192.0 if A_E4M3_W_INT4 else 128.0
     if A_E4M3 and not FP8_STEP_SUMS:
-        total = tl.trans(acc * 128.0)
-    elif W_E2M1 or A_E4M3:  # exact: sums of multiples of 2^-7 (E2M1 times 2^-6, integer activation bytes) below 2^17
-        total = tl.trans((acc * 128.0).to(tl.int32))
+        total = tl.trans(acc * E4M3_UNIT)
+    elif W_E2M1 or A_E4M3:  # whole numbers in those units
+        total = tl.trans((acc * E4M3_UNIT).to(tl.int32))
     else:
         total = tl.trans(acc)
     if SPLIT_K > 1:
@@ -810,15 +841,16 @@ def w4a4_tc_prefill_triton(
     E2M1 activation bytes in INT4 weights' order (``dp4a_for="int4"``, not E2M1 weights' order of the decode
     kernels); those bytes given as float8_e4m3fn values take the FP8 tensor cores instead, the weight's nibbles as
     E4M3 operands, each step's sums joining an fp32 accumulator (exact) or, ``fp8_step_sums=False``, accumulating in
-    wgmma. ``config`` (BLOCK_N, BLOCK_M, BLOCK_KB, SPLIT_K=1 and GROUP_M, warps, stages) replaces the
+    wgmma (one dot a step, its wgmmas left in flight); INT4 weights take E4M3 planes so too (their levels times
+    2^-9 as E4M3 operands). ``config`` (BLOCK_N, BLOCK_M, BLOCK_KB, SPLIT_K=1 and GROUP_M, warps, stages) replaces the
     autotuner's pick of TC_PREFILL_CONFIGS (or the interpreter's fixed tile)."""
     if w_element not in ("int4", "e2m1") or (w_element == "e2m1" and a_element not in ("int4", "e2m1")):
         raise ValueError(f"the int8 prefill kernel takes INT4 weights, or E2M1 weights with INT4 or E2M1 activations, "
                          f"got {w_element} weights with {a_element} activations")
     a_e4m3 = a_bytes.dtype == torch.float8_e4m3fn
-    if a_e4m3 and w_element != "e2m1":
-        raise ValueError("E4M3 activation bytes meet E2M1 weights on the FP8 tensor cores: pass the int8 bytes of "
-                         "quantize_activations(..., dp4a_for='int4') for INT4 weights")
+    if a_e4m3 and a_element not in ("int4", "e2m1"):
+        raise ValueError(f"E4M3 activation bytes hold INT4 or E2M1 activations (twice their values), got {a_element}: "
+                         f"pass the int8 bytes of quantize_activations(..., dp4a_for='int4') for INT8 activations")
     check_dp4a_args(a_bytes.view(torch.int8), a_scale, w_packed, w_scale, a_element, "int4", bias, out_dtype, residual)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     if k % 8:
@@ -836,7 +868,7 @@ def w4a4_tc_prefill_triton(
     args = (a_b, a_scale, w_b, w_scale, *outputs, out, out, m, n, k // 2, triton.next_power_of_2(m), a_b.stride(0),
             w_b.stride(0), *trailing)
     flags.update(W_E2M1=False, W_E2M1_INT8=w_element == "e2m1" and not a_e4m3, A_E4M3=a_e4m3,
-                 FP8_STEP_SUMS=fp8_step_sums)
+                 FP8_STEP_SUMS=fp8_step_sums, A_E4M3_W_INT4=a_e4m3 and w_element == "int4")
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(n, meta["BLOCK_N"]), 1, triton.cdiv(m, meta["BLOCK_M"])

@@ -1545,17 +1545,42 @@ def test_e2m1_weights_on_the_int8_prefill_kernel_take_every_byte(form):
     with pytest.raises(ValueError, match="E2M1 weights with INT4 or E2M1 activations, got e2m1 weights with int8"):
         w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int8", w_element="e2m1")
     if form != "int8":
-        with pytest.raises(ValueError, match="E4M3 activation bytes meet E2M1 weights on the FP8 tensor cores"):
-            w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="int4")
+        with pytest.raises(ValueError, match="E4M3 activation bytes hold INT4 or E2M1 activations .*, got int8"):
+            w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int8", w_element="int4")
+
+
+@pytest.mark.parametrize("step_sums", [True, False])
+def test_int4_weights_on_e4m3_operands_take_every_byte(step_sums):
+    """Every packed INT4 weight byte (256 of them) as E4M3 operands of its two levels times 2^-9 (v's sign at bit 7,
+    |v| <= 8 below: the subnormals and the least normal), against 70 rows of E4M3 activation planes: fp32 outputs
+    equal the exact product, and the byte map equals E4M3's own encoding of v times 2^-9."""
+    from quant_kernels.w4a4_gemv import w4a4_tc_prefill_triton
+    from quant_layers import packing
+
+    gen = torch.Generator().manual_seed(4)
+    levels = torch.randint(-8, 8, (70, 32), generator=gen, dtype=torch.int8)
+    planes = torch.cat([levels[:, 0::2], levels[:, 1::2]], dim=1).float().to(torch.float8_e4m3fn)
+    w_packed = torch.arange(256, dtype=torch.int32).to(torch.uint8).reshape(16, 16)
+    a_scale, w_scale = torch.rand(70, 1, generator=gen) + 0.5, torch.rand(16, 1, generator=gen) + 0.5
+    values = packing.decode(packing.unpack(w_packed), packing.element_named("int4"))
+    want = (levels.float() @ values.t()) * a_scale * w_scale.t()
+    got = w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
+                                 out_dtype=torch.float32, fp8_step_sums=step_sums)
+    assert torch.equal(got, want)
+    nibbles = torch.arange(16)
+    byte_map = torch.where(nibbles >= 8, 0x90 - nibbles, nibbles).to(torch.uint8)
+    level = torch.where(nibbles >= 8, nibbles - 16, nibbles).float()
+    assert torch.equal(byte_map.view(torch.float8_e4m3fn).float(), level * 2.0 ** -9)
 
 
 @pytest.mark.parametrize("step_sums", [True, False])
 @pytest.mark.parametrize("m, n, k", [(70, 24, 208), (16, 16, 256), (5, 40, 64)])
-def test_e2m1_weights_on_e4m3_operands_over_many_steps(m, n, k, step_sums):
-    """E2M1 weights against E4M3 activation planes over several K steps of the interpreter's 32-byte tile, K ragged
-    (208 codes: three whole steps and 8 bytes), rows and weight rows ragged: each step's sums added in fp32 (two dots)
-    or one dot over both planes accumulating in wgmma both equal the exact product, the poisoned output wholly
-    written."""
+@pytest.mark.parametrize("element", ["e2m1", "int4"])
+def test_4bit_weights_on_e4m3_operands_over_many_steps(element, m, n, k, step_sums):
+    """E2M1 or INT4 weights against E4M3 activation planes over several K steps of the interpreter's 32-byte tile, K
+    ragged (208 codes: three whole steps and 8 bytes), rows and weight rows ragged: each step's sums added in fp32
+    (two dots) or one dot over both planes accumulating in wgmma both equal the exact product, the poisoned output
+    wholly written."""
     from quant_kernels.w4a4_gemv import w4a4_tc_prefill_triton
     from quant_layers import packing
 
@@ -1564,10 +1589,10 @@ def test_e2m1_weights_on_e4m3_operands_over_many_steps(m, n, k, step_sums):
     planes = torch.cat([levels[:, 0::2], levels[:, 1::2]], dim=1).float().to(torch.float8_e4m3fn)
     w_packed = torch.randint(0, 256, (n, k // 2), generator=gen, dtype=torch.int32).to(torch.uint8)
     a_scale, w_scale = torch.rand(m, 1, generator=gen) + 0.5, torch.rand(n, 1, generator=gen) + 0.5
-    values = packing.decode(packing.unpack(w_packed), packing.element_named("e2m1"))
+    values = packing.decode(packing.unpack(w_packed), packing.element_named(element))
     want = (levels.float() @ values.t()) * a_scale * w_scale.t()
     out = torch.full((m, n), float("nan"))
-    got = w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
+    got = w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int4", w_element=element,
                                  out_dtype=torch.float32, out=out, fp8_step_sums=step_sums)
     assert got is out and torch.equal(got, want)
 
