@@ -73,6 +73,8 @@
 #   prefill_async  probe/fp8-async-wgmma: prefill_bench (MS, default 2048,8192; ELEMENT int4 or e2m1) with the
 #              weights also as E4M3 operands against E4M3 activation planes, step sums in fp32 or one dot a step whose
 #              wgmmas stay in flight, kernels and linears, every output checked against the exact product (issue 9)
+#   decode_async  probe/fp8-async-wgmma: decode_rows_bench (MS, default 8,16,64; ELEMENT e2m1 or int4) with the
+#              tensor-core kernel's one-dot FP8 form on E4M3 planes beside its int8 / FP8 step-sum forms (issue 9)
 #   act_ncu    the activation kernel's autotuned picks under Nsight Compute, per-token INT4 and E2M1 packed at
 #              8192 x 4096 and 8192 x 14336 (act_quant_ncu.py: only the launches inside its NVTX range) (issue 9)
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
@@ -300,6 +302,9 @@ for section in "$@"; do
     prefill_async)
       step "${LIMIT_PREFILL:-560}" prefill_bench python benchmarks/prefill_bench.py --ms "${MS:-2048,8192}" \
         --element "${ELEMENT:-int4}" --out "$OUT/prefill_e4m3_async_${ELEMENT:-int4}_h200" ;;
+    decode_async)
+      step "${LIMIT_DECODE_ROWS:-500}" decode_rows_bench python benchmarks/decode_rows_bench.py --ms "${MS:-8,16,64}" \
+        --element "${ELEMENT:-e2m1}" --out "$OUT/decode_rows_e4m3_${ELEMENT:-e2m1}_h200" ;;
     act_ncu)
       step "${LIMIT_ACT_NCU:-300}" ncu_act_quant ncu --nvtx --nvtx-include "measure/" --section SpeedOfLight \
         --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \

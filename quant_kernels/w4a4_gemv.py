@@ -163,17 +163,17 @@ PINNED_GEMV_CONFIGS = {
     },
 }
 # The tensor-core decode kernel's autotune key.
-TC_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1")
+TC_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1", "A_E4M3", "A_E4M3_W_INT4")
 # Its picks kept instead of tuning, as PINNED_GEMV_CONFIGS: (BLOCK_N, BLOCK_KB, SPLIT_K, warps, stages). On the H200
 # the batch-8 Llama-3-8B W4A4KV4 decode step (q/k/v, o_proj, gate/up, down on INT4 weights) ran 3.97 ms with one
 # process's draws (run 16), 4.77 and 5.96 ms with two others' (runs 24, 23) and 3.89 ms with these (run 26); pinned,
 # bench_model's batch 8 went from 0.99x bf16 (run 23) to 1.36x (run 28, ``benchmarks/results/end_to_end_h200.md``).
 PINNED_TC_CONFIGS = {
     "NVIDIA H200": {
-        (8, 6144, 2048, False, False, 16, False): (64, 256, 2, 4, 3),
-        (8, 4096, 2048, False, True, 16, False): (32, 256, 1, 4, 3),
-        (8, 28672, 2048, False, False, 16, False): (128, 128, 1, 8, 3),
-        (8, 4096, 7168, False, True, 16, False): (64, 128, 4, 4, 4),
+        (8, 6144, 2048, False, False, 16, False, False, False): (64, 256, 2, 4, 3),
+        (8, 4096, 2048, False, True, 16, False, False, False): (32, 256, 1, 4, 3),
+        (8, 28672, 2048, False, False, 16, False, False, False): (128, 128, 1, 8, 3),
+        (8, 4096, 7168, False, True, 16, False, False, False): (64, 128, 4, 4, 4),
     },
 }
 
@@ -491,7 +491,7 @@ def _w4a4_tc_kernel(
     widened to E4M3; each step's FP8 sums join an fp32 accumulator, which ends as exact int32 in units of 2^-7.
     W_E2M1_INT8: E2M1 weights as int8 operands of twice their values (``_e2m1_nibbles_doubled``) against the
     activation bytes of INT4 weights' order, on the int8 tensor cores, exact int32 sums (the prefill launch).
-    A_E4M3 (with W_E2M1, the prefill launch): ``a_ptr`` points at E4M3 activation bytes in INT4 weights' order, typed
+    A_E4M3 (either launch, W_E2M1 off): ``a_ptr`` points at E4M3 activation bytes in INT4 weights' order, typed
     so (a bitcast of int8 bytes made Triton 3.6 copy each plane through registers into another shared buffer every
     step), the weight's nibbles E4M3 operands; FP8_STEP_SUMS: each step's FP8 sums join the fp32 accumulator (exact),
     else the sums accumulate in wgmma (no add a step, at FP8 wgmma's reduced accumulation precision) and a step is one
@@ -575,9 +575,7 @@ def _w4a4_tc_kernel(
     # In the int8 path's units: E2M1 weights' sums are multiples of 2^-7 (E2M1 times 2^-6, integer activation
     # bytes), INT4 ones' of 2^-9, which the int8 path counts 16 times (nibbles at the top of their bytes)
     E4M3_UNIT: tl.constexpr = 8192.0 if A_E4M3_W_INT4 else 128.0
-    if A_E4M3 and not FP8_STEP_SUMS:
-        total = tl.trans(acc * E4M3_UNIT)
-    elif W_E2M1 or A_E4M3:  # whole numbers in those units
+    if W_E2M1 or A_E4M3:  # whole numbers in those units (wgmma's reduced precision drops low bits only)
         total = tl.trans((acc * E4M3_UNIT).to(tl.int32))
     else:
         total = tl.trans(acc)
@@ -698,7 +696,7 @@ def prune_tc_configs(configs: list[triton.Config], named_args: dict, **kwargs) -
     """The tensor-core decode configs that ``tc_config_fits`` the weights, or the one ``PINNED_TC_CONFIGS`` holds
     for this device and key when it is among them."""
     args = {**named_args, **kwargs}
-    kept = [c for c in configs if tc_config_fits(c.kwargs["BLOCK_N"], c.num_warps, args["W_E2M1"])]
+    kept = [c for c in configs if tc_config_fits(c.kwargs["BLOCK_N"], c.num_warps, args["W_E2M1"] or args["A_E4M3"])]
     return keep_pinned(kept, PINNED_TC_CONFIGS, TC_TUNING_KEY, args, lambda c: (
         c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KB"], c.kwargs["SPLIT_K"], c.num_warps, c.num_stages))
 
@@ -828,6 +826,14 @@ def _launch_operands(a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: tor
     return a_words, w_words, a_scale, w_scale, outputs, trailing, flags
 
 
+def check_e4m3_planes(a_element: str) -> None:
+    """Raise ValueError unless E4M3 activation planes (``quantize_activations(..., dp4a_for="int4",
+    fp8_codes=True)``) can hold ``a_element``'s codes: INT4 levels or twice the E2M1 values, not INT8 levels."""
+    if a_element not in ("int4", "e2m1"):
+        raise ValueError(f"E4M3 activation bytes hold INT4 or E2M1 activations (twice their values), got {a_element}: "
+                         f"pass the int8 bytes of quantize_activations(..., dp4a_for='int4') for INT8 activations")
+
+
 def w4a4_tc_prefill_triton(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str = "int4", bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
@@ -848,9 +854,8 @@ def w4a4_tc_prefill_triton(
         raise ValueError(f"the int8 prefill kernel takes INT4 weights, or E2M1 weights with INT4 or E2M1 activations, "
                          f"got {w_element} weights with {a_element} activations")
     a_e4m3 = a_bytes.dtype == torch.float8_e4m3fn
-    if a_e4m3 and a_element not in ("int4", "e2m1"):
-        raise ValueError(f"E4M3 activation bytes hold INT4 or E2M1 activations (twice their values), got {a_element}: "
-                         f"pass the int8 bytes of quantize_activations(..., dp4a_for='int4') for INT8 activations")
+    if a_e4m3:
+        check_e4m3_planes(a_element)
     check_dp4a_args(a_bytes.view(torch.int8), a_scale, w_packed, w_scale, a_element, "int4", bias, out_dtype, residual)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     if k % 8:
@@ -902,12 +907,22 @@ def w4a4_gemv_triton(
     gate rows then its up rows, and the (M, N / 2) output is silu(gate) * up (``reference.w4a4_gemv_ref``), on the
     CUDA-core kernel only (``takes_gated``). ``norm_tail``: returns (the product, the next RMSNorm's dp4a bytes
     and per-token scales of it), ``reference.w4a4_gemv_ref``'s; the CUDA-core kernel's last program computes them
-    (NORM_TAIL), the tensor-core one leaves them to the activation kernel."""
-    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual, gated)
+    (NORM_TAIL), the tensor-core one leaves them to the activation kernel. E4M3 activation planes in INT4 weights'
+    order (``quantize_activations(..., dp4a_for="int4", fp8_codes=True)``) take the tensor-core kernel's one-dot FP8
+    form, INT4 or E2M1 weights as E4M3 operands, the sums accumulating in wgmma (``w4a4_tc_prefill_triton``'s)."""
+    a_e4m3 = a_bytes.dtype == torch.float8_e4m3fn
+    if a_e4m3:
+        check_e4m3_planes(a_element)
+        if tensor_cores is False or gated:
+            raise ValueError("E4M3 activation planes take the tensor-core decode kernel: leave tensor_cores unset "
+                             "(or True) and gated False, or pass the dp4a bytes of quantize_activations(..., "
+                             "dp4a_for=w_element)")
+    check_dp4a_args(a_bytes.view(torch.int8) if a_e4m3 else a_bytes, a_scale, w_packed, w_scale, a_element,
+                    "int4" if a_e4m3 else w_element, bias, out_dtype, residual, gated)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     if norm_tail is not None:
         check_norm_tail(norm_tail, m, n, out_dtype, gated)
-    tc = takes_tensor_cores(m, w_element) if tensor_cores is None and config is None else bool(tensor_cores)
+    tc = a_e4m3 or (takes_tensor_cores(m, w_element) if tensor_cores is None and config is None else bool(tensor_cores))
     if gated and tc:
         raise ValueError(f"a gated product (silu(gate) * up in the epilogue) runs on the CUDA-core decode kernel, "
                          f"up to {GEMV_MAX_M} rows and not on the tensor cores: got M={m} ({w_element} weights), "
@@ -931,10 +946,11 @@ def w4a4_gemv_triton(
         a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, residual, out, out_dtype, "gemv")
     block_m = triton.next_power_of_2(m)
     if tc:
-        a_b, w_b = a_words.view(torch.int8), w_words.view(torch.uint8)  # the same bytes, strides in bytes
+        a_b, w_b = a_words.view(a_bytes.dtype), w_words.view(torch.uint8)  # the same bytes, strides in bytes
         tc_args = (a_b, a_scale, w_b, w_scale, *outputs, *split_k_buffer(a_b.device, m, n), m, n, k // 2,
                    block_m, a_b.stride(0), w_b.stride(0), *trailing)
-        flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1")
+        flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1" and not a_e4m3, A_E4M3=a_e4m3,
+                     FP8_STEP_SUMS=not a_e4m3, A_E4M3_W_INT4=a_e4m3 and w_element == "int4")
         if config is not None or INTERPRET:
             fixed, launch = (config.kwargs, dict(num_warps=config.num_warps, num_stages=config.num_stages)) \
                 if config is not None else (INTERPRET_TC_CONFIG, {})

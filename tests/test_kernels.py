@@ -1386,6 +1386,43 @@ def test_tensor_core_decode_kernel_equals_twin(a_element, w_element, m, n, k):
     assert torch.equal(got, w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw))
 
 
+@pytest.mark.parametrize("split_k", [1, 3])
+@pytest.mark.parametrize("a_element, w_element", [("int4", "int4"), ("e2m1", "int4"), ("int4", "e2m1"),
+                                                  ("e2m1", "e2m1")])
+def test_tensor_core_decode_kernel_takes_e4m3_planes(a_element, w_element, split_k):
+    """E4M3 activation planes (INT4 weights' order, ``dp4a_for="int4", fp8_codes=True``) at decode rows: the
+    one-dot FP8 form, INT4 or E2M1 weights as E4M3 operands, K ragged (100 bytes against 32-byte steps) and split
+    (3 slices: the last short), a bias and a residual: the twin's result bit for bit on the dp4a bytes of the same
+    codes; the split-K buffer left zeroed; INT8 activations, the CUDA-core kernel and a gated product refused."""
+    import triton
+
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_order, w4a4_gemv_ref
+
+    m, n, k = 12, 40, 200
+    gen = torch.Generator().manual_seed(split_k + k)
+    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
+    w_scale = torch.rand(n, 1, generator=gen) / 64 + 1e-3
+    values = torch.randint(-8, 8, (m, k), generator=gen) if a_element == "int4" else \
+        torch.tensor([0, 1, 2, 3, 4, 6, 8, 12])[torch.randint(0, 8, (m, k), generator=gen)] * \
+        (1 - 2 * torch.randint(0, 2, (m, k), generator=gen))
+    planes = dp4a_order(values.to(torch.int8), "int4").float().to(torch.float8_e4m3fn)
+    a_scale = torch.rand(m, 1, generator=gen) + 0.5
+    kw = dict(a_element=a_element, w_element=w_element, bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
+              residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
+    config = triton.Config(dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=split_k))
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
+    got = w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, out=out, config=config, **kw)
+    a_bytes = dp4a_order(values.to(torch.int8), w_element)
+    assert got is out and torch.equal(got, w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw))
+    partial, counts = w4a4_gemv.split_k_buffer(planes.device, m, n)
+    assert not partial.any() and not counts.any()
+    with pytest.raises(ValueError, match="E4M3 activation bytes hold INT4 or E2M1 activations .*, got int8"):
+        w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, **{**kw, "a_element": "int8"})
+    with pytest.raises(ValueError, match="E4M3 activation planes take the tensor-core decode kernel"):
+        w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, tensor_cores=False, **kw)
+
+
 @pytest.mark.parametrize("a_element, w_element", [("int4", "int4"), ("int4", "e2m1"), ("e2m1", "e2m1")])
 def test_tensor_core_decode_kernel_decodes_every_code_pair(a_element, w_element):
     """All 16 x 16 code pairs (K = 256: each once), INT4's -8 and E2M1's -0 included, sum to the twin's values;
@@ -1434,13 +1471,16 @@ def test_tensor_core_decode_kernel_splits_k_exactly(split_k, block_kb):
 
 
 def test_tensor_core_configs_for_fp8_dots_fill_a_warpgroup():
-    """E2M1 weights (FP8 dots) keep the configs with 16 weight rows a warp, the wgmma tile; INT4 keeps all."""
+    """E2M1 weights (FP8 dots) and E4M3 activation planes keep the configs with 16 weight rows a warp, the wgmma
+    tile; INT4 keeps all."""
     from quant_kernels import w4a4_gemv
 
     configs = w4a4_gemv._tc_autotuned.configs
-    args = dict(zip(w4a4_gemv.TC_TUNING_KEY, (16, 1024, 512, False, False, 16, True)), a_ptr=torch.zeros(1))
+    args = dict(zip(w4a4_gemv.TC_TUNING_KEY, (16, 1024, 512, False, False, 16, True, False, False)),
+                a_ptr=torch.zeros(1))
     kept = w4a4_gemv.prune_tc_configs(configs, args)
     assert 0 < len(kept) < len(configs) and all(c.kwargs["BLOCK_N"] >= 16 * c.num_warps for c in kept)
+    assert w4a4_gemv.prune_tc_configs(configs, args, W_E2M1=False, A_E4M3=True, A_E4M3_W_INT4=True) == kept
     assert w4a4_gemv.prune_tc_configs(configs, args, W_E2M1=False) == configs
 
 
@@ -1495,10 +1535,15 @@ def test_decode_rows_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
     done = cli("benchmarks/decode_rows_bench.py", "--out", str(tmp_path / "rows"))
     assert done.returncode == 2 and "no GPU here" in done.stderr and not (tmp_path / "rows.json").exists()
     rows = [dict(n=4096, k=4096, m=8, bf16_ms=0.0155, linear_ms=0.0088, linear_kernel="tensor-core",
-                 cuda_core_ms=0.0127, cuda_core_rel_err=1e-7, tensor_core_ms=0.0077, tensor_core_rel_err=3e-7)]
+                 cuda_core_ms=0.0127, cuda_core_rel_err=1e-7, tensor_core_ms=0.0077, tensor_core_rel_err=3e-7,
+                 tensor_core_e4m3_ms=0.0062, tensor_core_e4m3_rel_err=4e-7, linear_e4m3_ms=0.0081),
+            dict(n=4096, k=4096, m=1, bf16_ms=0.0155, linear_ms=0.0068, linear_kernel="CUDA-core",
+                 cuda_core_ms=0.0062, cuda_core_rel_err=1e-7)]
     text = markdown(dict(device="GPU", date="d", versions={}, command="c", rows=rows))
-    assert "| 4096x4096 | 8 | 15.5 | 8.8 (1.76×) tensor-core | 12.7 (1.22×) | 7.7 (2.01×) |" in text
-    assert "3.0e-07" in text
+    assert ("| 4096x4096 | 8 | 15.5 | 8.8 (1.76×) tensor-core | 12.7 (1.22×) | 7.7 (2.01×) | 6.2 (2.50×) | "
+            "8.1 (1.91×) |") in text
+    assert "| 4096x4096 | 1 | 15.5 | 6.8 (2.28×) CUDA-core | 6.2 (2.50×) | – | – | – |" in text
+    assert "4.0e-07" in text
 
 
 def test_tensor_core_decode_kernel_tiles_rows_over_its_third_grid_axis():
