@@ -980,6 +980,52 @@ def test_int8_path_equals_the_exact_product_above_the_decode_rows(w_element, a_e
     assert torch.equal(got[0], product) and torch.equal(got[1], want[0]) and torch.equal(got[2], want[1])
 
 
+@pytest.mark.parametrize("m", [12, 70])
+@pytest.mark.parametrize("a_element", ["int4", "e2m1"])
+@pytest.mark.parametrize("w_element", ["int4", "e2m1"])
+def test_e4m3_path_equals_the_int8_path(w_element, a_element, m):
+    """The e4m3 path (E4M3 planes, the tensor-core kernel's one-dot FP8 form: the decode launch at 12 rows, the
+    prefill one at 70) gives the int8 path's product bit for bit, with a bias and a residual, on the Triton backend
+    and the reference one; INT8 activations are refused."""
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(m, 128, generator=gen, dtype=torch.bfloat16)
+    bias = torch.randn(48, generator=gen)
+    residual = torch.randn(m, 48, generator=gen).to(torch.bfloat16)
+    w_packed, w_scale = quantize_activations_ref(torch.randn(48, 128, generator=gen) * 0.05, w_element, 0, "float")
+    for backend in ("triton", "torch"):
+        kw = dict(a_element=a_element, w_element=w_element, bias=bias, out_dtype=torch.bfloat16, backend=backend,
+                  residual=residual)
+        want = quant_kernels.w4a4_linear(x, w_packed, w_scale, path="int8", **kw)
+        assert torch.equal(quant_kernels.w4a4_linear(x, w_packed, w_scale, path="e4m3", **kw), want)
+    with pytest.raises(ValueError, match="the e4m3 path takes INT4 or E2M1 weights and activations, .* got "
+                                         f"{w_element} weights, int8 activations"):
+        quant_kernels.w4a4_linear(x, w_packed, w_scale, path="e4m3", a_element="int8", w_element=w_element)
+
+
+def test_auto_path_takes_e4m3_with_its_switch(monkeypatch):
+    """``PTQ_E4M3_PATH=1``: the auto path's int8 and FP8 choices (from FP8_MIN_ROWS rows, bfloat16 out) become the
+    e4m3 path, the prefill launch on E4M3 planes with the sums in wgmma; below FP8_MIN_ROWS nothing changes; a
+    value other than 0 or 1 is refused by name."""
+    from quant_kernels import w4a4_gemv
+
+    calls = []
+    monkeypatch.setattr(w4a4_gemv, "w4a4_tc_prefill_triton",
+                        lambda a, *rest, **k: calls.append((a.dtype, k.get("fp8_step_sums"))) or torch.zeros(1))
+    monkeypatch.setattr(quant_kernels, "w4a4_matmul_dp4a", lambda *a, **k: calls.append("dp4a"))
+    w, s = quantize_activations_ref(torch.randn(32, 64), "int4", 0, "float")
+    kw = dict(a_element="int4", w_element="int4", out_dtype=torch.bfloat16, backend="triton")
+    monkeypatch.setenv("PTQ_E4M3_PATH", "1")
+    for m in (quant_kernels.FP8_MIN_ROWS, quant_kernels.INT8_MAX_ROWS + 1):
+        quant_kernels.w4a4_linear(torch.randn(m, 64, dtype=torch.bfloat16), w, s, **kw)
+    assert calls == [(torch.float8_e4m3fn, False)] * 2
+    monkeypatch.setenv("PTQ_E4M3_PATH", "0")
+    quant_kernels.w4a4_linear(torch.randn(quant_kernels.FP8_MIN_ROWS, 64, dtype=torch.bfloat16), w, s, **kw)
+    assert calls[-1] == "dp4a"
+    monkeypatch.setenv("PTQ_E4M3_PATH", "yes")
+    with pytest.raises(ValueError, match="PTQ_E4M3_PATH='yes': choose 0 .* or 1"):
+        quant_kernels.w4a4_linear(torch.randn(quant_kernels.FP8_MIN_ROWS, 64, dtype=torch.bfloat16), w, s, **kw)
+
+
 def test_triton_gemm_public_api_bfloat16_out():
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 17, 24, 64)
     out = quant_kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.bfloat16, backend="triton",
