@@ -41,10 +41,13 @@ from pipeline.results import library_versions  # noqa: E402
 
 KERNELS = ("fpx_row", "fpx_tile", "w4a4_gemv", "w4a4_tc", "w4a4_tc_prefill", "act_quant")
 # act_quant --element: the activation element, whether its codes are written as E4M3 bytes (the FP8 path), its group
-# (0: per token) and scale kind (act_quant.SCALE_KIND_IDS).
-ACT_ELEMENTS = {"int4": ("int4", False, 0, "float"), "e2m1": ("e2m1", False, 0, "float"),
-                "int4_e4m3": ("int4", True, 0, "float"), "e2m1_e4m3": ("e2m1", True, 0, "float"),
-                "nvfp4": ("e2m1", False, 16, "e4m3"), "mxfp4": ("e2m1", False, 32, "e8m0")}
+# (0: per token), scale kind (act_quant.SCALE_KIND_IDS) and the weight element whose dp4a order it writes (None:
+# natural order; 'int4' with E4M3 bytes: the E4M3 planes of INT4 weights' order, the tensor-core kernel's FP8 forms).
+ACT_ELEMENTS = {"int4": ("int4", False, 0, "float", None), "e2m1": ("e2m1", False, 0, "float", None),
+                "int4_e4m3": ("int4", True, 0, "float", None), "e2m1_e4m3": ("e2m1", True, 0, "float", None),
+                "int4_planes_e4m3": ("int4", True, 0, "float", "int4"),
+                "e2m1_planes_e4m3": ("e2m1", True, 0, "float", "int4"),
+                "nvfp4": ("e2m1", False, 16, "e4m3", None), "mxfp4": ("e2m1", False, 32, "e8m0", None)}
 # SASS opcodes reported in their own column; the rest are counted in the total only.
 COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "HMUL2", "I2F", "IDP", "HMMA", "IMMA", "HGMMA", "IGMMA",
            "QGMMA", "LDG", "LDGSTS", "LDS", "STS", "BAR")
@@ -170,9 +173,9 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
     without clipping, or the block-scaled formats) and one (BLOCK_M, CHUNK, warps, stages, ROW_STEPS)."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.act_quant import SCALE_KIND_IDS, _act_quant_kernel, _tile, clamp_kind, row_pieces
+    from quant_kernels.act_quant import DP4A_FOR_IDS, SCALE_KIND_IDS, _act_quant_kernel, _tile, clamp_kind, row_pieces
 
-    element, fp8_codes, group, scale_kind = ACT_ELEMENTS[case]
+    element, fp8_codes, group, scale_kind, dp4a_for = ACT_ELEMENTS[case]
     names = ["x_ptr", "h_ptr", "norm_ptr", "normed_ptr", "packed_ptr", "scale_ptr", "tensor_amax_ptr", "M", "K",
              "M_BUCKET", "n_scales", "stride_xm", "stride_pm", "stride_sm", "clip_ratio", "max_value", "inv_sqrt_b",
              "eps"]
@@ -182,7 +185,7 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
     constants = dict(ELEMENT_INT4=element == "int4", ELEMENT_INT8=False, SCALE_KIND=SCALE_KIND_IDS[scale_kind],
                      GROUP=group or block_k, CLAMP=clamp_kind(element, scale_kind, 1.0), WORDS=True, PAIR_MAX=True,
                      HAD_BLOCK=0, HB=1, DOT_F32=False, ROUND_BF16=True, ROUND_F16=False, AMAX_ONLY=False,
-                     OUT_FP8=fp8_codes, DP4A_FOR=0, LAUNCH_DEPENDENTS=False, USE_GDC=False, PROLOGUE=0,
+                     OUT_FP8=fp8_codes, DP4A_FOR=DP4A_FOR_IDS[dp4a_for], LAUNCH_DEPENDENTS=False, USE_GDC=False, PROLOGUE=0,
                      **row_pieces(k, group, 0, 0), BLOCK_M=config[0], BLOCK_K=block_k, CHUNK=config[1],
                      ROW_STEPS=config[4], SPLIT=False)
     signature.update({name: "constexpr" for name in constants})

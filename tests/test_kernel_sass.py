@@ -23,7 +23,8 @@ def run_sass(*args: str) -> subprocess.CompletedProcess:
                                                     ("w4a4_tc", "e2m1xe2m1", "QGMMA"),
                                                     ("w4a4_tc_prefill", "e2m1xe2m1", "IGMMA"),
                                                     ("w4a4_tc_prefill", "e4m3xint4", "QGMMA"),
-                                                    ("act_quant", "e2m1_e4m3", "FFMA")])
+                                                    ("act_quant", "e2m1_e4m3", "FFMA"),
+                                                    ("act_quant", "int4_planes_e4m3", "FFMA")])
 def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply):
     done = run_sass("--kernel", kernel, "--element", element, "--limit", "1", "--out", str(tmp_path / "sass"))
     assert done.returncode == 0, done.stderr[-2000:]
