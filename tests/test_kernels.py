@@ -1726,3 +1726,16 @@ def test_kernel_check_runs_the_int8_path_dry():
         assert main(["--cpu_dry_run", "--only", "int8_linear", "--out", prefix]) == 0
         text = open(prefix + ".md").read()
     assert "4 checks, 0 failed." in text and "| int8 path | e2m1-tok x int4-tok-clip0.9 | M70 N40 K200" in text
+
+
+def test_kernel_check_runs_the_e4m3_path_dry(tmp_path):
+    """``kernel_check --only e4m3_linear`` on the CPU: the e4m3 path's linears at decode rows (12) and prefill rows
+    (70), INT4 and E2M1 weights, each activation element, against the twins."""
+    from benchmarks.kernel_check import main
+
+    prefix = str(tmp_path / "check")
+    assert main(["--cpu_dry_run", "--only", "e4m3_linear", "--out", prefix]) == 0
+    text = open(prefix + ".md").read()
+    assert "8 checks, 0 failed." in text
+    assert "| e4m3 path | e2m1-tok x int4-tok-clip0.9 | M12 N40 K200 -> bfloat16 |" in text
+    assert "| e4m3 path | int4-tok-clip0.9 x e2m1-tok | M70 N40 K200 -> float16 |" in text
