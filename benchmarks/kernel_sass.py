@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         def build(case, config):
             return act_quant_source(case, config, args.k)
     elif args.kernel in ("w4a4_tc", "w4a4_tc_prefill"):
-        from quant_kernels.w4a4_gemv import TC_CONFIGS, TC_PREFILL_CONFIGS, tc_config_fits
+        from quant_kernels.w4a4_gemv import TC_CONFIGS, TC_PREFILL_CONFIGS, TC_PREFILL_ONE_DOT_CONFIGS, tc_config_fits
 
         pairs = ("int4xint4", "e2m1xint4", "int8xint4", "int4xe2m1", "e2m1xe2m1")
         if args.element not in pairs + (("e4m3xint4", "e4m3xe2m1") if args.kernel == "w4a4_tc_prefill" else ()):
@@ -416,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in TC_CONFIGS
                                          if tc_config_fits(bn, w, args.element.endswith("e2m1"))))
         else:
-            configs = [(bn, bkb, w, s, bm, g) for bn, bm, bkb, w, s, g in TC_PREFILL_CONFIGS]
+            tiles = TC_PREFILL_CONFIGS + (TC_PREFILL_ONE_DOT_CONFIGS if args.element.startswith("e4m3") else [])
+            configs = [(bn, bkb, w, s, bm, g) for bn, bm, bkb, w, s, g in tiles]
         build = w4a4_tc_source
     else:
         from quant_kernels.w4a4_gemv import (FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PIPELINED_CONFIGS,

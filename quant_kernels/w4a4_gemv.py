@@ -140,6 +140,10 @@ TC_MIN_BLOCK_N = 16
 TC_PREFILL_CONFIGS = [(128, 128, 64, 8, 3, 1), (128, 128, 64, 8, 4, 1), (128, 128, 32, 8, 4, 1),
                       (128, 128, 32, 8, 6, 1), (128, 64, 64, 4, 4, 1), (64, 128, 64, 4, 4, 1), (64, 128, 128, 4, 3, 1),
                       (128, 128, 64, 8, 3, 8), (128, 128, 64, 8, 4, 8)]
+# The one-dot FP8 form's own candidates (its wgmmas stay in flight, so a CTA an SM can keep the tensor cores busy):
+# 256 activation rows a tile decode each weight tile for twice the wgmma work (205 registers, one CTA of 8 warps an
+# SM; sm_90 SASS, Triton 3.6). The int8 and step-sum forms skip them (``prune_prefill_configs``).
+TC_PREFILL_ONE_DOT_CONFIGS = [(128, 256, 64, 8, 3, 1), (128, 256, 64, 8, 4, 1)]
 INTERPRET_TC_PREFILL_CONFIG = dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=32, SPLIT_K=1, GROUP_M=2)
 TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "W_E2M1_INT8", "A_E4M3", "FP8_STEP_SUMS",
                          "A_E4M3_W_INT4")
@@ -711,10 +715,22 @@ _tc_autotuned = triton.autotune(
     key=list(TC_TUNING_KEY),
     prune_configs_by=dict(early_config_prune=prune_tc_configs),
 )(_tc_kernel_even)
+def prune_prefill_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The prefill tiles for this launch: TC_PREFILL_ONE_DOT_CONFIGS only for the one-dot FP8 form (E4M3 planes,
+    sums in wgmma)."""
+    args = {**named_args, **kwargs}
+    if args["A_E4M3"] and not args["FP8_STEP_SUMS"]:
+        return configs
+    one_dot = {(bn, bm, bkb, w, s) for bn, bm, bkb, w, s, _ in TC_PREFILL_ONE_DOT_CONFIGS}
+    return [c for c in configs if (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_M"], c.kwargs["BLOCK_KB"], c.num_warps,
+                                   c.num_stages) not in one_dot]
+
+
 _tc_prefill_autotuned = triton.autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_M=bm, BLOCK_KB=bkb, SPLIT_K=1, GROUP_M=g), num_warps=w,
-                           num_stages=s) for bn, bm, bkb, w, s, g in TC_PREFILL_CONFIGS],
+                           num_stages=s) for bn, bm, bkb, w, s, g in TC_PREFILL_CONFIGS + TC_PREFILL_ONE_DOT_CONFIGS],
     key=list(TC_PREFILL_TUNING_KEY),
+    prune_configs_by=dict(early_config_prune=prune_prefill_configs),
 )(_tc_kernel_even)
 
 

@@ -1002,6 +1002,20 @@ def test_e4m3_path_equals_the_int8_path(w_element, a_element, m):
         quant_kernels.w4a4_linear(x, w_packed, w_scale, path="e4m3", a_element="int8", w_element=w_element)
 
 
+def test_prefill_tiles_of_256_rows_are_the_one_dot_form_s_own():
+    """The autotuner's prefill candidates: the one-dot FP8 form (E4M3 planes, sums in wgmma) keeps every tile, 256
+    activation rows included; the int8 and step-sum forms drop TC_PREFILL_ONE_DOT_CONFIGS' tiles."""
+    from quant_kernels import w4a4_gemv
+
+    configs = w4a4_gemv._tc_prefill_autotuned.configs
+    assert len(configs) == len(w4a4_gemv.TC_PREFILL_CONFIGS) + len(w4a4_gemv.TC_PREFILL_ONE_DOT_CONFIGS)
+    one_dot = dict(A_E4M3=True, FP8_STEP_SUMS=False)
+    assert w4a4_gemv.prune_prefill_configs(configs, one_dot) == configs
+    for form in (dict(A_E4M3=False, FP8_STEP_SUMS=True), dict(A_E4M3=True, FP8_STEP_SUMS=True)):
+        kept = w4a4_gemv.prune_prefill_configs(configs, form)
+        assert len(kept) == len(w4a4_gemv.TC_PREFILL_CONFIGS) and all(c.kwargs["BLOCK_M"] <= 128 for c in kept)
+
+
 def test_auto_path_takes_e4m3_with_its_switch(monkeypatch):
     """``PTQ_E4M3_PATH=1``: the auto path's int8 and FP8 choices (from FP8_MIN_ROWS rows, bfloat16 out) become the
     e4m3 path, the prefill launch on E4M3 planes with the sums in wgmma; below FP8_MIN_ROWS nothing changes; a
