@@ -5,7 +5,9 @@ before each (``benchmarks.timing``, ``--in_stream``): cuBLAS bf16 (``x @ w.T``);
 model runs it (the activation kernel writing dp4a bytes, then the decode kernel it picks: the CUDA-core one
 below ``TC_MIN_M`` rows, the tensor-core one up to ``TC_MAX_M`` for INT4 and E2M1 weights, for ``--element e2m1``
 not with ``PTQ_TC_E2M1=0``); and each decode kernel alone on those bytes (the CUDA-core one up to ``GEMV_MAX_M``
-rows). Every kernel output is checked against the twin.
+rows). Every kernel output is checked against the twin. From TC_MIN_M rows also the tensor-core kernel's one-dot
+FP8 form on E4M3 activation planes in INT4 weights' order (the weights as E4M3 operands, the sums accumulating in
+wgmma, its wgmmas left in flight), alone and after the activation kernel that writes the planes.
 
     python benchmarks/decode_rows_bench.py --out benchmarks/results/decode_rows_h200
 """
@@ -56,6 +58,21 @@ def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = 
         row[f"{name}_rel_err"] = ((got - want).abs().max() / want.abs().max()).item()
         tuner = w4a4_gemv._tc_autotuned if tc else w4a4_gemv._gemv_autotuned
         row[f"{name}_config"] = str(getattr(tuner, "best_config", ""))
+    if w4a4_gemv.TC_MIN_M <= m <= w4a4_gemv.TC_MAX_M:  # the one-dot FP8 form on E4M3 planes (probe)
+        planes, planes_scale = quant_kernels.quantize_activations(x, element, dp4a_for="int4", fp8_codes=True,
+                                                                  backend="triton")
+
+        def on_planes():
+            return w4a4_gemv.w4a4_gemv_triton(planes, planes_scale, w_packed, w_scale, **kw, out_dtype=torch.float32)
+
+        def planes_linear():
+            a, a_s = quant_kernels.quantize_activations(x, element, dp4a_for="int4", fp8_codes=True, backend="triton")
+            return w4a4_gemv.w4a4_gemv_triton(a, a_s, w_packed, w_scale, **kw, out_dtype=torch.bfloat16)
+        got = on_planes()
+        row["tensor_core_e4m3_ms"] = time_ms(on_planes)
+        row["tensor_core_e4m3_rel_err"] = ((got - want).abs().max() / want.abs().max()).item()
+        row["tensor_core_e4m3_config"] = str(getattr(w4a4_gemv._tc_autotuned, "best_config", ""))
+        row["linear_e4m3_ms"] = time_ms(planes_linear)
     return row
 
 
@@ -71,18 +88,20 @@ def markdown(result: dict) -> str:
              "over the largest output, against the twin (fp32 out): " + (
                  f"{max(v for r in result['rows'] for key, v in r.items() if key.endswith('rel_err')):.1e}."
                  if result["rows"] else "none run."), "",
-             "| N x K | M | bf16 | linear (kernel) | CUDA-core kernel | tensor-core kernel |",
-             "|---|---|---|---|---|---|"]
+             "| N x K | M | bf16 | linear (kernel) | CUDA-core kernel | tensor-core kernel | tensor-core kernel, "
+             "E4M3 planes | linear, E4M3 planes |",
+             "|---|---|---|---|---|---|---|---|"]
 
     def cell(r: dict, key: str) -> str:
         return "–" if key not in r else f"{r[key] * 1e3:.1f} ({r['bf16_ms'] / r[key]:.2f}×)"
     for r in result["rows"]:
         lines.append(f"| {r['n']}x{r['k']} | {r['m']} | {r['bf16_ms'] * 1e3:.1f} | {cell(r, 'linear_ms')} "
-                     f"{r['linear_kernel']} | {cell(r, 'cuda_core_ms')} | {cell(r, 'tensor_core_ms')} |")
+                     f"{r['linear_kernel']} | {cell(r, 'cuda_core_ms')} | {cell(r, 'tensor_core_ms')} | "
+                     f"{cell(r, 'tensor_core_e4m3_ms')} | {cell(r, 'linear_e4m3_ms')} |")
     lines += ["", "Tuned configs:", ""]
     for r in result["rows"]:
         lines.append(f"- {r['n']}x{r['k']} M={r['m']}: CUDA-core `{r.get('cuda_core_config', '–')}`; tensor-core "
-                     f"`{r.get('tensor_core_config', '–')}`")
+                     f"`{r.get('tensor_core_config', '–')}`; on E4M3 planes `{r.get('tensor_core_e4m3_config', '–')}`")
     return "\n".join(lines) + "\n"
 
 

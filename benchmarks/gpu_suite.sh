@@ -73,6 +73,13 @@
 #              int8 for W4A8 instead, cuBLAS's int8 GEMM the peer): the int8
 #              path (the tensor-core kernel tiled over M, autotuned) against bf16, cuBLAS's FP8 GEMM and the FP8 path,
 #              kernels alone and whole linears, every output checked (issue 9)
+#   prefill_async  probe/fp8-async-wgmma: the e4m3 path's linears checked against the twins (kernel_check --only
+#              e4m3_linear: 12, 300 and 2049 rows, K up to 14336), then prefill_bench (MS, default 2048,8192; ELEMENT
+#              int4 or e2m1) with the weights also as E4M3 operands against E4M3 activation planes, step sums in fp32
+#              or one dot a step whose wgmmas stay in flight, kernels and linears, every output checked against the
+#              exact product (issue 9)
+#   decode_async  probe/fp8-async-wgmma: decode_rows_bench (MS, default 8,16,64; ELEMENT e2m1 or int4) with the
+#              tensor-core kernel's one-dot FP8 form on E4M3 planes beside its int8 / FP8 step-sum forms (issue 9)
 #   act_ncu    the activation kernel's autotuned picks under Nsight Compute, per-token INT4 and E2M1 packed at
 #              8192 x 4096 and 8192 x 14336 (act_quant_ncu.py: only the launches inside its NVTX range) (issue 9)
 #   roundtrip  real_quant_roundtrip on SmolLM2 (needs SMOLLM2 and DATA)
@@ -303,6 +310,14 @@ for section in "$@"; do
       step "${LIMIT_PREFILL:-420}" prefill_bench python benchmarks/prefill_bench.py --ms "${MS:-256,512,2048,8192}" \
         --element "${ELEMENT:-int4}" --activations "${ACTIVATIONS:-4bit}" \
         --out "$OUT/prefill_int8_${ELEMENT:-int4}_${ACTIVATIONS:-4bit}_h200" ;;
+    prefill_async)
+      step "${LIMIT_E4M3_CHECK:-150}" kernel_check_e4m3 python benchmarks/kernel_check.py --only e4m3_linear \
+        --out "$OUT/kernel_check_e4m3_linear_h200"
+      step "${LIMIT_PREFILL:-420}" prefill_bench python benchmarks/prefill_bench.py --ms "${MS:-2048,8192}" \
+        --element "${ELEMENT:-int4}" --out "$OUT/prefill_e4m3_async_${ELEMENT:-int4}_h200" ;;
+    decode_async)
+      step "${LIMIT_DECODE_ROWS:-500}" decode_rows_bench python benchmarks/decode_rows_bench.py --ms "${MS:-8,16,64}" \
+        --element "${ELEMENT:-e2m1}" --out "$OUT/decode_rows_e4m3_${ELEMENT:-e2m1}_h200" ;;
     act_ncu)
       step "${LIMIT_ACT_NCU:-300}" ncu_act_quant ncu --nvtx --nvtx-include "measure/" --section SpeedOfLight \
         --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \

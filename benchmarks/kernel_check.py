@@ -88,6 +88,10 @@ DRY_TC_DECODE_SHAPES = [(5, 40, 200), (16, 32, 256)]
 # The int8 prefill path (the tensor-core kernel tiled over M): ragged rows and sizes, and a Llama-3-8B prefill.
 GPU_INT8_LINEAR_SHAPES = [(300, 1000, 1000), (2049, 4096, 4096), (513, 14336, 4096)]
 DRY_INT8_LINEAR_SHAPES = [(70, 40, 200)]
+# The e4m3 path's rows: the decode launch (12 rows, split K) and the prefill one, K up to 14336 (its sums accumulate
+# in wgmma over the whole K).
+GPU_E4M3_LINEAR_SHAPES = [(12, 4096, 4096), (300, 1000, 1000), (2049, 4096, 14336)]
+DRY_E4M3_LINEAR_SHAPES = [(12, 40, 200), (70, 40, 200)]
 # Every new (M bucket, N, K) autotunes: a few shapes keep the check to minutes.
 # (1, 6144, 4096) takes bfloat16 (OUT_DTYPES by position): the FPx row kernel's tensor-core form at a model's width.
 GPU_GEMM_SHAPES = [(1, 40, 128), (1, 4096, 4096), (4, 4096, 4096), (1, 6144, 4096), (8, 4096, 4096),
@@ -199,9 +203,9 @@ def check_gemm(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torc
 
 
 def check_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torch.dtype,
-                 device: torch.device, path: str | None = None) -> dict:
+                 device: torch.device, path: str | None = None, of_max: float = 1e-5) -> dict:
     """``quant_kernels.w4a4_linear`` from bf16 rows (activation kernel, then the GEMM it picks for M, or ``path``'s)
-    against quantize-then-multiply with the twins."""
+    against quantize-then-multiply with the twins, within ``close``'s ``of_max``."""
     a_el, _, _, a_clip = ACT_FORMATS[a_name]
     w_el, _, _, w_clip = ACT_FORMATS[w_name]
     x = random_activations(m, k, torch.bfloat16, device)
@@ -212,7 +216,7 @@ def check_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: to
                                     out_dtype=out_dtype, backend="triton", path=path)
     a = reference.quantize_activations_ref(x, a_el, 0, "float", a_clip)
     want = reference.w4a4_matmul_ref(*a, *w, a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.float32)
-    ok, excess = close(out, want)
+    ok, excess = close(out, want, of_max)
     return {"kernel": "w4a4_linear" if path is None else f"{path} path", "case": f"{a_name} x {w_name}",
             "shape": f"M{m} N{n} K{k} -> {str(out_dtype).removeprefix('torch.')}",
             "error_over_bound": excess, "ok": ok}
@@ -223,6 +227,14 @@ def check_int8_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtyp
     """``check_linear`` on the int8 path (the activation kernel's int8 bytes, then the tensor-core kernel tiled over
     M: INT4 weights, E2M1 as twice its values)."""
     return check_linear(m, n, k, a_name, w_name, out_dtype, device, path="int8")
+
+
+def check_e4m3_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torch.dtype,
+                      device: torch.device) -> dict:
+    """``check_linear`` on the e4m3 path (the activation kernel's E4M3 planes, then the tensor-core kernel's one-dot
+    FP8 form: the decode launch up to TC_MAX_M rows, the prefill one above), its sums at FP8 wgmma's accumulation
+    precision: within FP8_ACCUMULATION_OF_MAX of the largest output, as the FP8 path's cuBLAS GEMM."""
+    return check_linear(m, n, k, a_name, w_name, out_dtype, device, path="e4m3", of_max=FP8_ACCUMULATION_OF_MAX)
 
 
 def check_fp8_codes(x: torch.Tensor, name: str) -> dict:
@@ -572,8 +584,8 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
             "ok": ok and not out.isnan().any().item()}
 
 
-CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_int8_linear, check_fp8_codes,
-          check_fp8_linear,
+CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_int8_linear, check_e4m3_linear,
+          check_fp8_codes, check_fp8_linear,
           check_fpx, check_fpx_split, check_fpx_swap, check_decode_attention, check_decode_attention_packed,
           check_kv_write, check_fused_decode, check_int8_decode, check_tc_decode)
 
@@ -671,6 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     for i, (m, n, k) in enumerate(DRY_INT8_LINEAR_SHAPES if args.cpu_dry_run else GPU_INT8_LINEAR_SHAPES):
         for a_name, w_name in PER_ROW_PAIRS + [("e2m1-tok", "int4-tok-clip0.9")]:
             record(check_int8_linear, m, n, k, a_name, w_name, OUT_DTYPES[i % 2], device)
+    for i, (m, n, k) in enumerate(DRY_E4M3_LINEAR_SHAPES if args.cpu_dry_run else GPU_E4M3_LINEAR_SHAPES):
+        for a_name, w_name in PER_ROW_PAIRS + [("e2m1-tok", "int4-tok-clip0.9")]:
+            record(check_e4m3_linear, m, n, k, a_name, w_name, OUT_DTYPES[i % 2], device)
     for m, n, k, element, dtype, config in DRY_FPX_SPLIT if args.cpu_dry_run else GPU_FPX_SPLIT:
         record(check_fpx_split, m, n, k, element, dtype, device, config)
     for m, n, k, element, dtype, config in DRY_FPX_SWAP if args.cpu_dry_run else GPU_FPX_SWAP:

@@ -41,10 +41,13 @@ from pipeline.results import library_versions  # noqa: E402
 
 KERNELS = ("fpx_row", "fpx_tile", "w4a4_gemv", "w4a4_tc", "w4a4_tc_prefill", "act_quant")
 # act_quant --element: the activation element, whether its codes are written as E4M3 bytes (the FP8 path), its group
-# (0: per token) and scale kind (act_quant.SCALE_KIND_IDS).
-ACT_ELEMENTS = {"int4": ("int4", False, 0, "float"), "e2m1": ("e2m1", False, 0, "float"),
-                "int4_e4m3": ("int4", True, 0, "float"), "e2m1_e4m3": ("e2m1", True, 0, "float"),
-                "nvfp4": ("e2m1", False, 16, "e4m3"), "mxfp4": ("e2m1", False, 32, "e8m0")}
+# (0: per token), scale kind (act_quant.SCALE_KIND_IDS) and the weight element whose dp4a order it writes (None:
+# natural order; 'int4' with E4M3 bytes: the E4M3 planes of INT4 weights' order, the tensor-core kernel's FP8 forms).
+ACT_ELEMENTS = {"int4": ("int4", False, 0, "float", None), "e2m1": ("e2m1", False, 0, "float", None),
+                "int4_e4m3": ("int4", True, 0, "float", None), "e2m1_e4m3": ("e2m1", True, 0, "float", None),
+                "int4_planes_e4m3": ("int4", True, 0, "float", "int4"),
+                "e2m1_planes_e4m3": ("e2m1", True, 0, "float", "int4"),
+                "nvfp4": ("e2m1", False, 16, "e4m3", None), "mxfp4": ("e2m1", False, 32, "e8m0", None)}
 # SASS opcodes reported in their own column; the rest are counted in the total only.
 COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "HMUL2", "I2F", "IDP", "HMMA", "IMMA", "HGMMA", "IGMMA",
            "QGMMA", "LDG", "LDGSTS", "LDS", "STS", "BAR")
@@ -142,7 +145,8 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     element picks the int8 or FP8 dot, the activation element changes only the host's unit) for 16 rows and one
     (BLOCK_N, BLOCK_KB, warps, stages), steps unmasked, K unsplit (a split adds only the atomic epilogue to the
     same loop); with a prefill tile's (BLOCK_N, BLOCK_KB, warps, stages, BLOCK_M, GROUP_M), the prefill launch's
-    (``w4a4_tc_prefill_triton``: E2M1 weights as int8 operands, no programmatic dependent launch)."""
+    (``w4a4_tc_prefill_triton``: E2M1 weights as int8 operands, no programmatic dependent launch; 'e4m3xint4' and
+    'e4m3xe2m1': the weights as E4M3 operands against E4M3 activation planes, one dot a step accumulating in wgmma)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.w4a4_gemv import _w4a4_tc_kernel
@@ -151,13 +155,16 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
              "count_ptr", "M", "N", "KB", "M_BUCKET", "stride_am", "stride_wn", "stride_asm", "stride_wsn",
              "stride_om", "stride_rm", "unit"]
     types = ["*i8", "*fp32", "*u8", "*fp32", "*bf16", "*bf16", "*bf16", "*i32", "*i32"] + ["i32"] * 10 + ["fp32"]
-    signature = dict(zip(names, types))
     prefill = len(config) > 4
     e2m1 = pair.endswith("e2m1")
+    e4m3 = prefill and pair.startswith("e4m3")  # E4M3 activation planes: one dot a step accumulating in wgmma
+    types[0] = "*fp8e4nv" if e4m3 else types[0]
+    signature = dict(zip(names, types))
     constants = dict(HAS_BIAS=False, HAS_RESIDUAL=False, USE_ASM=True, ROUND_BF16=True, ROUND_F16=False,
                      BLOCK_M=config[4] if prefill else 16, BLOCK_N=config[0], BLOCK_KB=config[1], SPLIT_K=1,
                      W_E2M1=e2m1 and not prefill, EVEN=True, USE_GDC=not prefill, GROUP_M=config[5] if prefill else 1,
-                     W_E2M1_INT8=e2m1 and prefill)
+                     W_E2M1_INT8=e2m1 and prefill and not e4m3, A_E4M3=e4m3, FP8_STEP_SUMS=not e4m3,
+                     A_E4M3_W_INT4=e4m3 and not e2m1)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)
@@ -168,9 +175,9 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
     without clipping, or the block-scaled formats) and one (BLOCK_M, CHUNK, warps, stages, ROW_STEPS)."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.act_quant import SCALE_KIND_IDS, _act_quant_kernel, _tile, clamp_kind, row_pieces
+    from quant_kernels.act_quant import DP4A_FOR_IDS, SCALE_KIND_IDS, _act_quant_kernel, _tile, clamp_kind, row_pieces
 
-    element, fp8_codes, group, scale_kind = ACT_ELEMENTS[case]
+    element, fp8_codes, group, scale_kind, dp4a_for = ACT_ELEMENTS[case]
     names = ["x_ptr", "h_ptr", "norm_ptr", "normed_ptr", "packed_ptr", "scale_ptr", "tensor_amax_ptr", "M", "K",
              "M_BUCKET", "n_scales", "stride_xm", "stride_pm", "stride_sm", "clip_ratio", "max_value", "inv_sqrt_b",
              "eps"]
@@ -180,7 +187,7 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
     constants = dict(ELEMENT_INT4=element == "int4", ELEMENT_INT8=False, SCALE_KIND=SCALE_KIND_IDS[scale_kind],
                      GROUP=group or block_k, CLAMP=clamp_kind(element, scale_kind, 1.0), WORDS=True, PAIR_MAX=True,
                      HAD_BLOCK=0, HB=1, DOT_F32=False, ROUND_BF16=True, ROUND_F16=False, AMAX_ONLY=False,
-                     OUT_FP8=fp8_codes, DP4A_FOR=0, LAUNCH_DEPENDENTS=False, USE_GDC=False, PROLOGUE=0,
+                     OUT_FP8=fp8_codes, DP4A_FOR=DP4A_FOR_IDS[dp4a_for], LAUNCH_DEPENDENTS=False, USE_GDC=False, PROLOGUE=0,
                      **row_pieces(k, group, 0, 0), BLOCK_M=config[0], BLOCK_K=block_k, CHUNK=config[1],
                      ROW_STEPS=config[4], SPLIT=False)
     signature.update({name: "constexpr" for name in constants})
@@ -400,16 +407,19 @@ def main(argv: list[str] | None = None) -> int:
         def build(case, config):
             return act_quant_source(case, config, args.k)
     elif args.kernel in ("w4a4_tc", "w4a4_tc_prefill"):
-        from quant_kernels.w4a4_gemv import TC_CONFIGS, TC_PREFILL_CONFIGS, tc_config_fits
+        from quant_kernels.w4a4_gemv import TC_CONFIGS, TC_PREFILL_CONFIGS, TC_PREFILL_ONE_DOT_CONFIGS, tc_config_fits
 
-        if args.element not in ("int4xint4", "e2m1xint4", "int8xint4", "int4xe2m1", "e2m1xe2m1"):
+        pairs = ("int4xint4", "e2m1xint4", "int8xint4", "int4xe2m1", "e2m1xe2m1")
+        if args.element not in pairs + (("e4m3xint4", "e4m3xe2m1") if args.kernel == "w4a4_tc_prefill" else ()):
             p.error(f"--element for {args.kernel} is A_ELEMENTxint4 (int4, e2m1 or int8 activations) or "
-                    f"A_ELEMENTxe2m1 (int4 or e2m1 activations); got {args.element!r}")
+                    f"A_ELEMENTxe2m1 (int4 or e2m1 activations; e4m3 planes for w4a4_tc_prefill); "
+                    f"got {args.element!r}")
         if args.kernel == "w4a4_tc":
             configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in TC_CONFIGS
                                          if tc_config_fits(bn, w, args.element.endswith("e2m1"))))
         else:
-            configs = [(bn, bkb, w, s, bm, g) for bn, bm, bkb, w, s, g in TC_PREFILL_CONFIGS]
+            tiles = TC_PREFILL_CONFIGS + (TC_PREFILL_ONE_DOT_CONFIGS if args.element.startswith("e4m3") else [])
+            configs = [(bn, bkb, w, s, bm, g) for bn, bm, bkb, w, s, g in tiles]
         build = w4a4_tc_source
     else:
         from quant_kernels.w4a4_gemv import (FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PIPELINED_CONFIGS,

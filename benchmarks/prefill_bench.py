@@ -9,8 +9,10 @@ byte, E2M1 as twice its value) as wgmma's register operand and multiplies the ac
 N x K this times, ``--element`` weights (INT4 or E2M1) with per-row scales and bfloat16 out: torch bf16; cuBLAS's
 FP8 GEMM on E4M3 codes given (the issue's peer); the FP8 path's widening + GEMM; the int8 path's kernel, autotuned
 (and each ``--configs`` tile fixed), these three on INT4 activation codes given; and the whole linears from
-bfloat16 x (activations quantized to the weights' element) of both paths. Every output is checked against an exact
-fp32 product.
+bfloat16 x (activations quantized to the weights' element) of both paths. W4A4 also takes the kernel's FP8 form,
+the weights as E4M3 operands against E4M3 activation planes (each step's sums added in fp32, or one dot a step
+accumulating in wgmma, whose wgmmas stay in flight while the next step decodes), as a kernel and as a linear. Every
+output is checked against an exact fp32 product.
 
     python benchmarks/prefill_bench.py --ms 512,2048,8192 --out benchmarks/results/prefill_int8_h200
 
@@ -59,8 +61,14 @@ def operands(m: int, n: int, k: int, device: torch.device, gen: torch.Generator,
     return planes, packed, levels_a, values_w, a_scale, w_scale, want
 
 
-def launch_tc(planes, packed, a_scale, w_scale, out, config, element: str = "int4", a_element: str = "int4"):
-    """One prefill-tiled launch of the tensor-core kernel (``w4a4_tc_prefill_triton``) on a fixed ``config``:
+# The E4M3 operand forms' row labels, by ``fp8_step_sums``.
+E4M3_FORMS = {True: " (E4M3 operands, step sums)", False: " (E4M3 operands, one dot, sums in wgmma)"}
+
+
+def launch_tc(planes, packed, a_scale, w_scale, out, config, element: str = "int4", a_element: str = "int4",
+              fp8_step_sums: bool = True):
+    """One prefill-tiled launch of the tensor-core kernel (``w4a4_tc_prefill_triton``; E4M3 ``planes`` for E2M1
+    weights' FP8 operands, ``fp8_step_sums`` as there) on a fixed ``config``:
     (BLOCK_N weight rows, BLOCK_M activation rows, BLOCK_KB packed bytes a step, warps, stages[, GROUP_M])."""
     import triton
 
@@ -70,7 +78,7 @@ def launch_tc(planes, packed, a_scale, w_scale, out, config, element: str = "int
     tile = triton.Config(dict(BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_KB=block_kb, SPLIT_K=1, GROUP_M=group_m),
                          num_warps=warps, num_stages=stages)
     return w4a4_tc_prefill_triton(planes, a_scale, packed, w_scale, a_element=a_element, w_element=element,
-                                  out_dtype=out.dtype, out=out, config=tile)
+                                  out_dtype=out.dtype, out=out, config=tile, fp8_step_sums=fp8_step_sums)
 
 
 def markdown(result: dict) -> str:
@@ -189,19 +197,27 @@ def main(argv: list[str] | None = None) -> int:
             row(names[0], peer_ms, got=peer())
             row(names[1], time_ms(widened), got=widened())
             out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
-            tuned = functools.partial(w4a4_tc_prefill_triton, planes, a_scale, packed, w_scale, a_element=a_element,
-                                      w_element=element, out=out)
-            ms = time_ms(tuned)
-            out.fill_(float("nan"))
-            pick = getattr(_tc_prefill_autotuned, "best_config", None)  # none under the interpreter's fixed tile
-            tile = "" if pick is None else ",".join(str(v) for v in (*(pick.kwargs[f] for f in (
-                "BLOCK_N", "BLOCK_M", "BLOCK_KB")), pick.num_warps, pick.num_stages, pick.kwargs["GROUP_M"]))
-            row("int8 path kernel, autotuned", ms, tile, tuned())
-            for config in configs:
-                fixed = functools.partial(launch_tc, planes, packed, a_scale, w_scale, out, config, element, a_element)
-                ms = time_ms(fixed)
+            # The weights as int8 operands against int8 planes, or (W4A4) as E4M3 operands against E4M3 planes, each
+            # step's FP8 sums added in fp32 (exact) or one dot a step accumulating in wgmma (its wgmmas in flight)
+            forms = {"" if element == "int4" else " (int8 operands)": (planes, True)}
+            if not w4a8:
+                forms.update({E4M3_FORMS[True]: (planes.float().to(FP8), True),
+                              E4M3_FORMS[False]: (planes.float().to(FP8), False)})
+            for form, (a_planes, step_sums) in forms.items():
+                tuned = functools.partial(w4a4_tc_prefill_triton, a_planes, a_scale, packed, w_scale,
+                                          a_element=a_element, w_element=element, out=out, fp8_step_sums=step_sums)
+                ms = time_ms(tuned)
                 out.fill_(float("nan"))
-                row("int8 path kernel, fixed", ms, ",".join(map(str, config)), fixed())
+                pick = getattr(_tc_prefill_autotuned, "best_config", None)  # none under the interpreter's fixed tile
+                tile = "" if pick is None else ",".join(str(v) for v in (*(pick.kwargs[f] for f in (
+                    "BLOCK_N", "BLOCK_M", "BLOCK_KB")), pick.num_warps, pick.num_stages, pick.kwargs["GROUP_M"]))
+                row(f"int8 path kernel{form}, autotuned", ms, tile, tuned())
+                for config in configs:
+                    fixed = functools.partial(launch_tc, a_planes, packed, a_scale, w_scale, out, config, element,
+                                              a_element, step_sums)
+                    ms = time_ms(fixed)
+                    out.fill_(float("nan"))
+                    row(f"int8 path kernel{form}, fixed", ms, ",".join(map(str, config)), fixed())
             if w4a8:
                 levels_x, x_scale = quantize_rows_int8(x)
                 exact = (levels_x.float() @ values_w.t()) * x_scale * w_scale.t()
@@ -219,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
                 linears = {f"{path} path linear": functools.partial(
                     quant_kernels.w4a4_linear, x, packed, w_scale, a_element=element, w_element=element,
                     out_dtype=torch.bfloat16, path=path) for path in ("fp8", "int8")}
+                for step_sums, form in E4M3_FORMS.items():
+                    def e4m3_linear(step_sums=step_sums):  # the activation kernel's E4M3 planes, the FP8 form
+                        a_planes, x_scale_planes = quant_kernels.quantize_activations(x, element, dp4a_for="int4",
+                                                                                      fp8_codes=True)
+                        return w4a4_tc_prefill_triton(a_planes, x_scale_planes, packed, w_scale, a_element=element,
+                                                      w_element=element, fp8_step_sums=step_sums)
+                    linears[f"int8 path linear{form}"] = e4m3_linear
             for name, linear in linears.items():
                 row(name, time_ms(linear), got=linear(), against=exact)
             del planes, packed, levels_a, values_w, want, x, w, out, exact, peer, widened, linears

@@ -57,7 +57,7 @@ __all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "
            "w4a8_linear", "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
-PATHS = ("packed", "fp8", "int8")
+PATHS = ("packed", "fp8", "int8", "e4m3")
 # From this many rows on, per-row-scaled bfloat16 products on a GPU take the int8 path (INT4 weights, up to
 # INT8_MAX_ROWS rows) or the FP8 path. On the H200 (Llama-3-8B shapes, activation codes included) the int8 path's
 # linear ran 1.06-1.86x as fast as the FP8 path's at 256-2048 rows, 0.98-1.04x at 4096 and 0.91-1.01x at 8192
@@ -68,6 +68,15 @@ INT8_MAX_ROWS = 4096
 # path's linear at 256 rows, 1.00-1.11x at 512 (but 0.77x at 4096 x 4096 in one of the two calls), 0.69-0.77x at 2048
 # and 0.59-0.61x at 8192 (two H200 calls, ``prefill_int8_e2m1_h200.md``, ``prefill_e4m3_e2m1_rejected_h200.md``).
 E2M1_INT8_MAX_ROWS = 512
+
+
+def e4m3_path_on() -> bool:
+    """Whether the auto path takes ``e4m3`` wherever it would take ``int8`` or ``fp8`` with INT4 or E2M1 weights and
+    activations: ``PTQ_E4M3_PATH=1`` (a probe's switch, off until a GPU has timed it; read at each product)."""
+    from .switches import env_switch
+
+    return env_switch("PTQ_E4M3_PATH", False, {"0": "the int8 and fp8 paths, the default",
+                                                "1": "the tensor-core kernel's one-dot FP8 form on E4M3 planes"})
 
 
 def _use_triton(tensor: torch.Tensor, backend: str | None) -> bool:
@@ -101,11 +110,15 @@ def quantize_activations(
     rotated values to x's dtype (as the model's rotation would). ``fp8_codes``: the codes
     come unpacked, (M, K) float8_e4m3fn holding each code's value. ``dp4a_for`` (a weight element; per-token
     float scales): the codes come as (M, K) int8 bytes in the order the decode kernel pairs them with that
-    element's weights (``reference.dp4a_bytes``). ``tensor_amax`` (``e4m3`` scales; a float32 scalar tensor on x's
+    element's weights (``reference.dp4a_bytes``); with ``fp8_codes`` too (``dp4a_for="int4"``, INT4 or E2M1
+    activations) those bytes' values come as float8_e4m3fn in their order, for the tensor-core kernel's FP8 forms
+    (INT4 or E2M1 weights as E4M3 operands, at decode rows and prefill tiles). ``tensor_amax`` (``e4m3`` scales; a float32 scalar tensor on x's
     device): a calibrated absmax that sets the tensor scale instead of x's own (``StaticTensorScale``).
     """
-    if fp8_codes and dp4a_for:
-        raise ValueError("choose one code layout: fp8_codes or dp4a_for")
+    if fp8_codes and dp4a_for and (dp4a_for != "int4" or element not in ("int4", "e2m1")):
+        raise ValueError(f"fp8_codes with dp4a_for writes INT4 weights' order of INT4 or E2M1 activations as E4M3: "
+                         f"pass dp4a_for='int4' with element 'int4' or 'e2m1', got dp4a_for={dp4a_for!r} with "
+                         f"element {element!r} (or drop one of the two layouts)")
     if _use_triton(x, backend):
         from .act_quant import quantize_activations_triton
 
@@ -115,6 +128,8 @@ def quantize_activations(
 
     packed, scales = quantize_activations_ref(x, element, group_size, scale_kind, clip_ratio, hadamard_block,
                                               dp4a_for, tensor_amax)
+    if fp8_codes and dp4a_for:
+        return packed.float().to(torch.float8_e4m3fn), scales
     if fp8_codes:
         from .fp8_gemm import unpack_fp8_ref
 
@@ -182,10 +197,13 @@ def w4a4_linear(
     E4M3 bytes, weight widened by ``unpack_fp8``, cuBLAS's FP8 GEMM; per-row scales,
     K and N multiples of 16, bfloat16 out) or ``int8`` (INT4 or E2M1 weights: codes as the int8 bytes of INT4
     weights' dp4a order, the packed weight unpacked in registers for the int8 tensor cores, E2M1 as twice its
-    values, ``w4a4_matmul_dp4a`` / ``w4a4_gemv.w4a4_tc_prefill_triton``; per-row float scales, K a multiple of 8).
+    values, ``w4a4_matmul_dp4a`` / ``w4a4_gemv.w4a4_tc_prefill_triton``; per-row float scales, K a multiple of 8)
+    or ``e4m3`` (as ``int8``, INT4 or E2M1 activations too: the codes as E4M3 planes in that order, the weight's
+    nibbles E4M3 operands, one dot a K step accumulating in wgmma: the decode launch up to ``TC_MAX_M`` rows, the
+    prefill one above; the reference backend computes the int8 path's exact product).
     None picks ``int8`` for INT4 weights up to ``INT8_MAX_ROWS`` rows (E2M1 up to ``E2M1_INT8_MAX_ROWS``) and ``fp8``
     otherwise in bfloat16 products of at least ``FP8_MIN_ROWS`` rows on the Triton backend where they fit, else
-    ``packed``.
+    ``packed``; with ``PTQ_E4M3_PATH=1`` ``e4m3`` in place of those two where it fits.
     """
     from .fp8_gemm import w4a4_matmul_fp8
     from .reference import fp8_path_fits
@@ -203,11 +221,29 @@ def w4a4_linear(
         raise ValueError(f"the int8 path takes INT4 or E2M1 weights, per-row float scales (groups 0) and K a multiple "
                          f"of 8, got {w_element} weights, groups {a_group}/{w_group}, {scale_kind} scales, K={k}: use "
                          f"path='packed'")
+    e4m3_fits = int8_fits and w_element in ("int4", "e2m1") and a_element in ("int4", "e2m1")
+    if path == "e4m3" and not e4m3_fits:
+        raise ValueError(f"the e4m3 path takes INT4 or E2M1 weights and activations, per-row float scales (groups 0) "
+                         f"and K a multiple of 8, got {w_element} weights, {a_element} activations, groups "
+                         f"{a_group}/{w_group}, {scale_kind} scales, K={k}: use path='packed'")
     if path is None:
         large = _use_triton(x, backend) and m >= FP8_MIN_ROWS and out_dtype == torch.bfloat16
         int8_rows = {"int4": INT8_MAX_ROWS, "e2m1": E2M1_INT8_MAX_ROWS}.get(w_element, 0)
         path = ("int8" if large and int8_fits and (m <= int8_rows or (w_element == "int4" and not fits))
                 else "fp8" if large and fits else "packed")
+        if path in ("int8", "fp8") and e4m3_fits and e4m3_path_on():
+            path = "e4m3"
+    if path == "e4m3" and _use_triton(x, backend):
+        from .w4a4_gemv import TC_MAX_M, w4a4_gemv_triton, w4a4_tc_prefill_triton
+
+        planes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, dp4a_for="int4", fp8_codes=True,
+                                               backend=backend)
+        kw = dict(a_element=a_element, w_element=w_element, bias=bias, out_dtype=out_dtype, residual=residual)
+        out = (w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, **kw) if m <= TC_MAX_M else
+               w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, **kw, fp8_step_sums=False))
+        return _with_norm_tail(out, norm_tail, backend)
+    if path == "e4m3":  # the reference backend: the same exact product as the int8 path's
+        path = "int8"
     if path == "int8" and w_element == "e2m1" and _use_triton(x, backend):
         from .w4a4_gemv import w4a4_tc_prefill_triton
 

@@ -459,9 +459,18 @@ def _tail_quantize_rows(count_ptr, x_ptr, stride_xm, norm_ptr, packed_ptr, scale
 def _store_codes(codes, packed_ptr, rows, col0, M, K, stride_pm, ELEMENT_INT4: tl.constexpr, ELEMENT_INT8: tl.constexpr,
                  OUT_FP8: tl.constexpr, DP4A_FOR: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Write a (BLOCK_M, BLOCK_K) tile of codes whose first column is col0: packed two a byte, as E4M3 bytes (OUT_FP8:
-    ``codes`` are the grid values, ``_quantized``), or as the decode kernel's dp4a bytes (INT8 levels only so)."""
+    ``codes`` are the grid values, ``_quantized``), or as the decode kernel's dp4a bytes (INT8 levels only so);
+    OUT_FP8 with DP4A_FOR 1: the dp4a bytes' values (INT4 levels, twice the E2M1 values) as E4M3 bytes in INT4
+    weights' order, the even codes' plane then the odd codes' (split as the packed bytes' nibbles are)."""
     row_ok = rows < M
-    if OUT_FP8:  # one E4M3 byte per element, for the FP8 GEMM
+    if OUT_FP8 and DP4A_FOR == 1:
+        even, odd = tl.split((codes * (1.0 if ELEMENT_INT4 else 2.0)).reshape(BLOCK_M, BLOCK_K // 2, 2))
+        half_cols = col0 // 2 + tl.arange(0, BLOCK_K // 2)
+        ptrs = packed_ptr + rows[:, None] * stride_pm + half_cols[None, :]
+        half_mask = row_ok[:, None] & (half_cols < K // 2)[None, :]
+        tl.store(ptrs, even.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=half_mask)
+        tl.store(ptrs + K // 2, odd.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=half_mask)
+    elif OUT_FP8:  # one E4M3 byte per element, for the FP8 GEMM
         cols = col0 + tl.arange(0, BLOCK_K)
         tl.store(packed_ptr + rows[:, None] * stride_pm + cols[None, :],
                  codes.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=row_ok[:, None] & (cols < K)[None, :])
@@ -826,7 +835,8 @@ def quantize_activations_triton(
     """The Triton twin of ``reference.quantize_activations_ref`` (same arguments, same results).
 
     ``fp8_codes``: the codes come as (M, K) float8_e4m3fn values instead of packed bytes.
-    ``dp4a_for``: as (M, K) int8 bytes for the decode kernel (``reference.dp4a_bytes``).
+    ``dp4a_for``: as (M, K) int8 bytes for the decode kernel (``reference.dp4a_bytes``); with ``fp8_codes``
+    (``dp4a_for="int4"``) those bytes' values as float8_e4m3fn in their order.
     ``tensor_amax`` (NVFP4): a calibrated absmax for the tensor scale, so that x is read once, where its own absmax
     takes a launch of its own first.
     """
@@ -875,9 +885,10 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
     if prologue == PROLOGUES["silu_mul"]:
         k //= 2  # gate columns, then up columns
     normed = torch.empty_like(x) if prologue == PROLOGUES["rms_norm"] else None
-    packed = torch.empty((m, k if fp8_codes or dp4a_for else k // 2), dtype=torch.int8 if dp4a_for else torch.uint8,
+    int8_words = dp4a_for is not None and not fp8_codes  # dp4a bytes are written four at a time, E4M3 ones singly
+    packed = torch.empty((m, k if fp8_codes or dp4a_for else k // 2), dtype=torch.int8 if int8_words else torch.uint8,
                          device=x.device)
-    codes_out = packed.view(torch.int32) if dp4a_for else packed  # dp4a bytes are written four at a time
+    codes_out = packed.view(torch.int32) if int8_words else packed
     scales = torch.empty((m, k // group_size if group_size else 1), dtype=torch.float32, device=x.device)
     block_m, block_k = _tile(k, group_size, hadamard_block)
     hb = hadamard_block if hadamard_block <= MAX_DENSE_HADAMARD else 16

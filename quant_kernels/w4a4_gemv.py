@@ -140,8 +140,13 @@ TC_MIN_BLOCK_N = 16
 TC_PREFILL_CONFIGS = [(128, 128, 64, 8, 3, 1), (128, 128, 64, 8, 4, 1), (128, 128, 32, 8, 4, 1),
                       (128, 128, 32, 8, 6, 1), (128, 64, 64, 4, 4, 1), (64, 128, 64, 4, 4, 1), (64, 128, 128, 4, 3, 1),
                       (128, 128, 64, 8, 3, 8), (128, 128, 64, 8, 4, 8)]
+# The one-dot FP8 form's own candidates (its wgmmas stay in flight, so a CTA an SM can keep the tensor cores busy):
+# 256 activation rows a tile decode each weight tile for twice the wgmma work (205 registers, one CTA of 8 warps an
+# SM; sm_90 SASS, Triton 3.6). The int8 and step-sum forms skip them (``prune_prefill_configs``).
+TC_PREFILL_ONE_DOT_CONFIGS = [(128, 256, 64, 8, 3, 1), (128, 256, 64, 8, 4, 1)]
 INTERPRET_TC_PREFILL_CONFIG = dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=32, SPLIT_K=1, GROUP_M=2)
-TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "W_E2M1_INT8")
+TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "W_E2M1_INT8", "A_E4M3", "FP8_STEP_SUMS",
+                         "A_E4M3_W_INT4")
 # Accumulator registers per thread a decode config may use (BLOCK_M * BLOCK_N * BLOCK_KW / FOLD over its threads).
 MAX_ACC_PER_THREAD = 64
 # The CUDA-core decode kernel's autotune key.
@@ -162,17 +167,17 @@ PINNED_GEMV_CONFIGS = {
     },
 }
 # The tensor-core decode kernel's autotune key.
-TC_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1")
+TC_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1", "A_E4M3", "A_E4M3_W_INT4")
 # Its picks kept instead of tuning, as PINNED_GEMV_CONFIGS: (BLOCK_N, BLOCK_KB, SPLIT_K, warps, stages). On the H200
 # the batch-8 Llama-3-8B W4A4KV4 decode step (q/k/v, o_proj, gate/up, down on INT4 weights) ran 3.97 ms with one
 # process's draws (run 16), 4.77 and 5.96 ms with two others' (runs 24, 23) and 3.89 ms with these (run 26); pinned,
 # bench_model's batch 8 went from 0.99x bf16 (run 23) to 1.36x (run 28, ``benchmarks/results/end_to_end_h200.md``).
 PINNED_TC_CONFIGS = {
     "NVIDIA H200": {
-        (8, 6144, 2048, False, False, 16, False): (64, 256, 2, 4, 3),
-        (8, 4096, 2048, False, True, 16, False): (32, 256, 1, 4, 3),
-        (8, 28672, 2048, False, False, 16, False): (128, 128, 1, 8, 3),
-        (8, 4096, 7168, False, True, 16, False): (64, 128, 4, 4, 4),
+        (8, 6144, 2048, False, False, 16, False, False, False): (64, 256, 2, 4, 3),
+        (8, 4096, 2048, False, True, 16, False, False, False): (32, 256, 1, 4, 3),
+        (8, 28672, 2048, False, False, 16, False, False, False): (128, 128, 1, 8, 3),
+        (8, 4096, 7168, False, True, 16, False, False, False): (64, 128, 4, 4, 4),
     },
 }
 
@@ -433,6 +438,29 @@ def _e2m1_nibbles_e4m3(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
 
 
 @triton.jit
+def _int4_nibbles_e4m3(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
+    """Packed INT4 weight bytes -> float8 E4M3: the low (LOW) or the high nibble's level v times 2^-9. E4M3's bytes
+    0..8 are the values 0..8 times 2^-9 (the subnormals and the least normal), so the byte is v's sign at bit 7 and
+    |v| below: the nibble x itself for x < 8, 0x90 - x (= 0x80 | (16 - x)) for x >= 8, which is (x ^ 0x8F) + 1. With
+    inline PTX four bytes an operation: the sign bits t (0 or 1 a byte), then (x ^ 0x8F t) + t."""
+    if USE_ASM:
+        if LOW:
+            out = tl.inline_asm_elementwise(
+                "{ .reg .b32 t, y; shr.b32 t, $1, 3; and.b32 t, t, 0x01010101; mul.lo.u32 y, t, 0x8F; "
+                "and.b32 $0, $1, 0x0F0F0F0F; xor.b32 $0, $0, y; add.u32 $0, $0, t; }",
+                "=r,r", [w], dtype=tl.int8, is_pure=True, pack=4)
+        else:
+            out = tl.inline_asm_elementwise(
+                "{ .reg .b32 t, y; shr.b32 t, $1, 7; and.b32 t, t, 0x01010101; mul.lo.u32 y, t, 0x8F; "
+                "shr.b32 $0, $1, 4; and.b32 $0, $0, 0x0F0F0F0F; xor.b32 $0, $0, y; add.u32 $0, $0, t; }",
+                "=r,r", [w], dtype=tl.int8, is_pure=True, pack=4)
+    else:
+        x = w & 0x0F if LOW else w >> 4
+        out = tl.where(x >= 8, 0x90 - x, x).to(tl.uint8).to(tl.int8, bitcast=True)
+    return out.to(tl.float8e4nv, bitcast=True)
+
+
+@triton.jit
 def _even_odd_planes(first, second, BLOCK_M: tl.constexpr, BLOCK_KB: tl.constexpr):
     """E2M1 weights' dp4a planes (``first``: codes 8i..8i+3 at bytes 4i..4i+3, ``second``: codes 8i+4..8i+7) ->
     INT4 weights' planes (codes 8i+2j and 8i+2j+1 at byte 4i+j), the order of a packed byte's two nibbles."""
@@ -450,7 +478,8 @@ def _w4a4_tc_kernel(
     HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_ASM: tl.constexpr, ROUND_BF16: tl.constexpr,
     ROUND_F16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
     SPLIT_K: tl.constexpr, W_E2M1: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
-    GROUP_M: tl.constexpr = 1, W_E2M1_INT8: tl.constexpr = False,
+    GROUP_M: tl.constexpr = 1, W_E2M1_INT8: tl.constexpr = False, A_E4M3: tl.constexpr = False,
+    FP8_STEP_SUMS: tl.constexpr = True, A_E4M3_W_INT4: tl.constexpr = False,
 ):
     """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
     a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
@@ -466,6 +495,15 @@ def _w4a4_tc_kernel(
     widened to E4M3; each step's FP8 sums join an fp32 accumulator, which ends as exact int32 in units of 2^-7.
     W_E2M1_INT8: E2M1 weights as int8 operands of twice their values (``_e2m1_nibbles_doubled``) against the
     activation bytes of INT4 weights' order, on the int8 tensor cores, exact int32 sums (the prefill launch).
+    A_E4M3 (either launch, W_E2M1 off): ``a_ptr`` points at E4M3 activation bytes in INT4 weights' order, typed
+    so (a bitcast of int8 bytes made Triton 3.6 copy each plane through registers into another shared buffer every
+    step), the weight's nibbles E4M3 operands; FP8_STEP_SUMS: each step's FP8 sums join the fp32 accumulator (exact),
+    else the sums accumulate in wgmma (no add a step, at FP8 wgmma's reduced accumulation precision) and a step is one
+    dot over both planes (the low nibbles' operand beside the high ones', the even activation plane's columns beside
+    the odd one's, one tile load): Triton 3.6 leaves such a dot's wgmmas in flight while the next step's weight is
+    decoded (wgmma waits for 3 groups in sm_90 SASS), where a dot whose sums are used in the loop, or whose
+    accumulator is int32, waits for its wgmmas before anything else runs. A_E4M3_W_INT4: INT4 weights there, E4M3
+    operands of their levels times 2^-9 (``_int4_nibbles_e4m3``), in place of E2M1's.
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -489,8 +527,15 @@ def _w4a4_tc_kernel(
     first = tl.program_id(1) * slice_kb
     stop = tl.minimum(first + slice_kb, KB)
     w_ptrs = w_ptr + offs_n[:, None] * stride_wn + first + offs_b[None, :]
-    a_ptrs = a_ptr + offs_m[:, None] * stride_am + first + offs_b[None, :]
-    if W_E2M1:
+    ONE_DOT: tl.constexpr = A_E4M3 and not FP8_STEP_SUMS
+    if ONE_DOT and SPLIT_K == 1:  # K > 0: else ptxas sees a path around the loop that sets the accumulators, and
+        tl.assume(stop > first)   # serializes the wgmmas (its C7515 note)
+    if ONE_DOT:  # columns [start, start + BLOCK_KB) of the even plane, then the same of the odd plane
+        offs_j = tl.arange(0, 2 * BLOCK_KB)
+        a_ptrs = a_ptr + offs_m[:, None] * stride_am + first + (offs_j % BLOCK_KB + offs_j // BLOCK_KB * KB)[None, :]
+    else:
+        a_ptrs = a_ptr + offs_m[:, None] * stride_am + first + offs_b[None, :]
+    if W_E2M1 or A_E4M3:
         acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.float32)
     else:
         acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.int32)
@@ -502,16 +547,27 @@ def _w4a4_tc_kernel(
         else:
             b_ok = (offs_b < stop - start)[None, :]
             w = tl.load(w_ptrs, mask=n_ok[:, None] & b_ok, other=0)
-            a_ok = m_ok[:, None] & b_ok
-        a_even = tl.load(a_ptrs, mask=a_ok, other=0)
-        a_odd = tl.load(a_ptrs + KB, mask=a_ok, other=0)
+            a_ok = m_ok[:, None] & (b_ok if not ONE_DOT else (offs_j % BLOCK_KB < stop - start)[None, :])
+        if ONE_DOT:
+            a_both = tl.load(a_ptrs, mask=a_ok, other=0.0)
+        else:
+            a_even = tl.load(a_ptrs, mask=a_ok, other=0.0 if A_E4M3 else 0)
+            a_odd = tl.load(a_ptrs + KB, mask=a_ok, other=0.0 if A_E4M3 else 0)
         if W_E2M1:
             a_even, a_odd = _even_odd_planes(a_even, a_odd, BLOCK_M, BLOCK_KB)
             a_even = a_even.to(tl.float16).to(tl.float8e4nv)  # exact: INT4 levels, twice the E2M1 values
             a_odd = a_odd.to(tl.float16).to(tl.float8e4nv)
+        if A_E4M3_W_INT4:  # the FP8 forms' weight operands
+            low, high = _int4_nibbles_e4m3(w, True, USE_ASM), _int4_nibbles_e4m3(w, False, USE_ASM)
+        elif W_E2M1 or A_E4M3:
+            low, high = _e2m1_nibbles_e4m3(w, True, USE_ASM), _e2m1_nibbles_e4m3(w, False, USE_ASM)
+        if (W_E2M1 or A_E4M3) and FP8_STEP_SUMS:
             # Each step's sums start from zero and join acc on the CUDA cores (FP8 wgmma adds at reduced precision)
-            step = tl.dot(_e2m1_nibbles_e4m3(w, True, USE_ASM), tl.trans(a_even), out_dtype=tl.float32)
-            acc += tl.dot(_e2m1_nibbles_e4m3(w, False, USE_ASM), tl.trans(a_odd), step, out_dtype=tl.float32)
+            step = tl.dot(low, tl.trans(a_even), out_dtype=tl.float32)
+            acc += tl.dot(high, tl.trans(a_odd), step, out_dtype=tl.float32)
+        elif ONE_DOT:
+            both = tl.reshape(tl.permute(tl.join(low, high), (0, 2, 1)), (BLOCK_N, 2 * BLOCK_KB))
+            acc = tl.dot(both, tl.trans(a_both), acc, out_dtype=tl.float32)
         elif W_E2M1_INT8:
             acc = tl.dot(_e2m1_nibbles_doubled(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.int32)
             acc = tl.dot(_e2m1_nibbles_doubled(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
@@ -520,8 +576,11 @@ def _w4a4_tc_kernel(
             acc = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
         w_ptrs += BLOCK_KB
         a_ptrs += BLOCK_KB
-    if W_E2M1:  # exact: sums of multiples of 2^-7 (E2M1 times 2^-6, integer activation bytes) below 2^17
-        total = tl.trans((acc * 128.0).to(tl.int32))
+    # In the int8 path's units: E2M1 weights' sums are multiples of 2^-7 (E2M1 times 2^-6, integer activation
+    # bytes), INT4 ones' of 2^-9, which the int8 path counts 16 times (nibbles at the top of their bytes)
+    E4M3_UNIT: tl.constexpr = 8192.0 if A_E4M3_W_INT4 else 128.0
+    if W_E2M1 or A_E4M3:  # whole numbers in those units (wgmma's reduced precision drops low bits only)
+        total = tl.trans((acc * E4M3_UNIT).to(tl.int32))
     else:
         total = tl.trans(acc)
     if SPLIT_K > 1:
@@ -641,7 +700,7 @@ def prune_tc_configs(configs: list[triton.Config], named_args: dict, **kwargs) -
     """The tensor-core decode configs that ``tc_config_fits`` the weights, or the one ``PINNED_TC_CONFIGS`` holds
     for this device and key when it is among them."""
     args = {**named_args, **kwargs}
-    kept = [c for c in configs if tc_config_fits(c.kwargs["BLOCK_N"], c.num_warps, args["W_E2M1"])]
+    kept = [c for c in configs if tc_config_fits(c.kwargs["BLOCK_N"], c.num_warps, args["W_E2M1"] or args["A_E4M3"])]
     return keep_pinned(kept, PINNED_TC_CONFIGS, TC_TUNING_KEY, args, lambda c: (
         c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KB"], c.kwargs["SPLIT_K"], c.num_warps, c.num_stages))
 
@@ -656,10 +715,22 @@ _tc_autotuned = triton.autotune(
     key=list(TC_TUNING_KEY),
     prune_configs_by=dict(early_config_prune=prune_tc_configs),
 )(_tc_kernel_even)
+def prune_prefill_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The prefill tiles for this launch: TC_PREFILL_ONE_DOT_CONFIGS only for the one-dot FP8 form (E4M3 planes,
+    sums in wgmma)."""
+    args = {**named_args, **kwargs}
+    if args["A_E4M3"] and not args["FP8_STEP_SUMS"]:
+        return configs
+    one_dot = {(bn, bm, bkb, w, s) for bn, bm, bkb, w, s, _ in TC_PREFILL_ONE_DOT_CONFIGS}
+    return [c for c in configs if (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_M"], c.kwargs["BLOCK_KB"], c.num_warps,
+                                   c.num_stages) not in one_dot]
+
+
 _tc_prefill_autotuned = triton.autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_M=bm, BLOCK_KB=bkb, SPLIT_K=1, GROUP_M=g), num_warps=w,
-                           num_stages=s) for bn, bm, bkb, w, s, g in TC_PREFILL_CONFIGS],
+                           num_stages=s) for bn, bm, bkb, w, s, g in TC_PREFILL_CONFIGS + TC_PREFILL_ONE_DOT_CONFIGS],
     key=list(TC_PREFILL_TUNING_KEY),
+    prune_configs_by=dict(early_config_prune=prune_prefill_configs),
 )(_tc_kernel_even)
 
 
@@ -771,22 +842,37 @@ def _launch_operands(a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: tor
     return a_words, w_words, a_scale, w_scale, outputs, trailing, flags
 
 
+def check_e4m3_planes(a_element: str) -> None:
+    """Raise ValueError unless E4M3 activation planes (``quantize_activations(..., dp4a_for="int4",
+    fp8_codes=True)``) can hold ``a_element``'s codes: INT4 levels or twice the E2M1 values, not INT8 levels."""
+    if a_element not in ("int4", "e2m1"):
+        raise ValueError(f"E4M3 activation bytes hold INT4 or E2M1 activations (twice their values), got {a_element}: "
+                         f"pass the int8 bytes of quantize_activations(..., dp4a_for='int4') for INT8 activations")
+
+
 def w4a4_tc_prefill_triton(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str = "int4", bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.bfloat16,
     residual: torch.Tensor | None = None, out: torch.Tensor | None = None, config: triton.Config | None = None,
+    fp8_step_sums: bool = True,
 ) -> torch.Tensor:
     """``reference.w4a4_gemv_ref`` for packed INT4 weights and any number of rows of their dp4a activation bytes
     (INT4, E2M1 or INT8 activations; ``quantize_activations(..., dp4a_for="int4")``), per-row scales: the
     tensor-core kernel over tiles of BLOCK_M rows (a third grid axis), K unsplit, exact int32 sums, the weight
     read packed. ``w_element="e2m1"``: packed E2M1 weights, as int8 operands of twice their values, with INT4 or
     E2M1 activation bytes in INT4 weights' order (``dp4a_for="int4"``, not E2M1 weights' order of the decode
-    kernels). ``config`` (BLOCK_N, BLOCK_M, BLOCK_KB, SPLIT_K=1 and GROUP_M, warps, stages) replaces the
+    kernels); those bytes given as float8_e4m3fn values take the FP8 tensor cores instead, the weight's nibbles as
+    E4M3 operands, each step's sums joining an fp32 accumulator (exact) or, ``fp8_step_sums=False``, accumulating in
+    wgmma (one dot a step, its wgmmas left in flight); INT4 weights take E4M3 planes so too (their levels times
+    2^-9 as E4M3 operands). ``config`` (BLOCK_N, BLOCK_M, BLOCK_KB, SPLIT_K=1 and GROUP_M, warps, stages) replaces the
     autotuner's pick of TC_PREFILL_CONFIGS (or the interpreter's fixed tile)."""
     if w_element not in ("int4", "e2m1") or (w_element == "e2m1" and a_element not in ("int4", "e2m1")):
         raise ValueError(f"the int8 prefill kernel takes INT4 weights, or E2M1 weights with INT4 or E2M1 activations, "
                          f"got {w_element} weights with {a_element} activations")
-    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, "int4", bias, out_dtype, residual)
+    a_e4m3 = a_bytes.dtype == torch.float8_e4m3fn
+    if a_e4m3:
+        check_e4m3_planes(a_element)
+    check_dp4a_args(a_bytes.view(torch.int8), a_scale, w_packed, w_scale, a_element, "int4", bias, out_dtype, residual)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     if k % 8:
         raise ValueError(f"the tensor-core kernel takes K a multiple of 8, got K={k}")
@@ -798,11 +884,12 @@ def w4a4_tc_prefill_triton(
         out = torch.empty((m, n), dtype=out_dtype, device=a_bytes.device)
     a_words, w_words, a_scale, w_scale, outputs, trailing, flags = _launch_operands(
         a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, residual, out, out_dtype, None)
-    a_b, w_b = a_words.view(torch.int8), w_words.view(torch.uint8)
+    a_b, w_b = a_words.view(a_bytes.dtype), w_words.view(torch.uint8)
     # Unsplit: the split-K buffer and counters are never read, ``out`` stands in for their pointers.
     args = (a_b, a_scale, w_b, w_scale, *outputs, out, out, m, n, k // 2, triton.next_power_of_2(m), a_b.stride(0),
             w_b.stride(0), *trailing)
-    flags.update(W_E2M1=False, W_E2M1_INT8=w_element == "e2m1")
+    flags.update(W_E2M1=False, W_E2M1_INT8=w_element == "e2m1" and not a_e4m3, A_E4M3=a_e4m3,
+                 FP8_STEP_SUMS=fp8_step_sums, A_E4M3_W_INT4=a_e4m3 and w_element == "int4")
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(n, meta["BLOCK_N"]), 1, triton.cdiv(m, meta["BLOCK_M"])
@@ -836,12 +923,22 @@ def w4a4_gemv_triton(
     gate rows then its up rows, and the (M, N / 2) output is silu(gate) * up (``reference.w4a4_gemv_ref``), on the
     CUDA-core kernel only (``takes_gated``). ``norm_tail``: returns (the product, the next RMSNorm's dp4a bytes
     and per-token scales of it), ``reference.w4a4_gemv_ref``'s; the CUDA-core kernel's last program computes them
-    (NORM_TAIL), the tensor-core one leaves them to the activation kernel."""
-    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual, gated)
+    (NORM_TAIL), the tensor-core one leaves them to the activation kernel. E4M3 activation planes in INT4 weights'
+    order (``quantize_activations(..., dp4a_for="int4", fp8_codes=True)``) take the tensor-core kernel's one-dot FP8
+    form, INT4 or E2M1 weights as E4M3 operands, the sums accumulating in wgmma (``w4a4_tc_prefill_triton``'s)."""
+    a_e4m3 = a_bytes.dtype == torch.float8_e4m3fn
+    if a_e4m3:
+        check_e4m3_planes(a_element)
+        if tensor_cores is False or gated:
+            raise ValueError("E4M3 activation planes take the tensor-core decode kernel: leave tensor_cores unset "
+                             "(or True) and gated False, or pass the dp4a bytes of quantize_activations(..., "
+                             "dp4a_for=w_element)")
+    check_dp4a_args(a_bytes.view(torch.int8) if a_e4m3 else a_bytes, a_scale, w_packed, w_scale, a_element,
+                    "int4" if a_e4m3 else w_element, bias, out_dtype, residual, gated)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     if norm_tail is not None:
         check_norm_tail(norm_tail, m, n, out_dtype, gated)
-    tc = takes_tensor_cores(m, w_element) if tensor_cores is None and config is None else bool(tensor_cores)
+    tc = a_e4m3 or (takes_tensor_cores(m, w_element) if tensor_cores is None and config is None else bool(tensor_cores))
     if gated and tc:
         raise ValueError(f"a gated product (silu(gate) * up in the epilogue) runs on the CUDA-core decode kernel, "
                          f"up to {GEMV_MAX_M} rows and not on the tensor cores: got M={m} ({w_element} weights), "
@@ -865,10 +962,11 @@ def w4a4_gemv_triton(
         a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, residual, out, out_dtype, "gemv")
     block_m = triton.next_power_of_2(m)
     if tc:
-        a_b, w_b = a_words.view(torch.int8), w_words.view(torch.uint8)  # the same bytes, strides in bytes
+        a_b, w_b = a_words.view(a_bytes.dtype), w_words.view(torch.uint8)  # the same bytes, strides in bytes
         tc_args = (a_b, a_scale, w_b, w_scale, *outputs, *split_k_buffer(a_b.device, m, n), m, n, k // 2,
                    block_m, a_b.stride(0), w_b.stride(0), *trailing)
-        flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1")
+        flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1" and not a_e4m3, A_E4M3=a_e4m3,
+                     FP8_STEP_SUMS=not a_e4m3, A_E4M3_W_INT4=a_e4m3 and w_element == "int4")
         if config is not None or INTERPRET:
             fixed, launch = (config.kwargs, dict(num_warps=config.num_warps, num_stages=config.num_stages)) \
                 if config is not None else (INTERPRET_TC_CONFIG, {})

@@ -268,7 +268,8 @@ def test_prefill_bench_dry_run_checks_both_paths(cli, monkeypatch, tmp_path):
     assert out.returncode == 0, out.stderr
     table = open(prefix + ".md").read()
     for kernel in ("int8 path kernel, autotuned", "int8 path kernel, fixed | 16,16,16,4,1", "fp8 path linear",
-                   "int8 path linear"):
+                   "int8 path linear", "int8 path kernel (E4M3 operands, one dot, sums in wgmma), fixed | 16,16,16,4,1",
+                   "int8 path linear (E4M3 operands, step sums)"):
         assert f"| 70 | 48x128 | {kernel} |" in table
     out = cli("benchmarks/prefill_bench.py", "--cpu_dry_run", "--element", "e2m1", "--configs", "16,16,16,4,1,2",
               "--reps", "1", "--warmup", "0", "--out", prefix)

@@ -22,7 +22,9 @@ def run_sass(*args: str) -> subprocess.CompletedProcess:
                                                     ("w4a4_gemv", "int8xint8", "IDP"), ("w4a4_tc", "int4xint4", "IMMA"),
                                                     ("w4a4_tc", "e2m1xe2m1", "QGMMA"),
                                                     ("w4a4_tc_prefill", "e2m1xe2m1", "IGMMA"),
-                                                    ("act_quant", "e2m1_e4m3", "FFMA")])
+                                                    ("w4a4_tc_prefill", "e4m3xint4", "QGMMA"),
+                                                    ("act_quant", "e2m1_e4m3", "FFMA"),
+                                                    ("act_quant", "int4_planes_e4m3", "FFMA")])
 def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply):
     done = run_sass("--kernel", kernel, "--element", element, "--limit", "1", "--out", str(tmp_path / "sass"))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -32,8 +34,13 @@ def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply
     assert (kernel == "act_quant" or 0 < row["loop"] < row["instructions"]) and row["loop"] >= 0
     assert 16 <= row["registers"] <= 255 and row["local_bytes"] >= 0 and 1 <= row["warps_per_sm"] <= 64
     # int8 wgmma accumulates in int32, which Triton 3.6 never leaves in flight: every step waits for its wgmmas
-    # (and E2M1's FP8 sums join fp32 registers each step); a first config without wgmma has no wait
-    assert row["wgmma_wait"] == (0 if row["IGMMA"] + row["QGMMA"] else None) and row["wgmma_serialized"] == ""
+    # (and E2M1's FP8 sums join fp32 registers each step); the E4M3 planes' one dot a step leaves some in flight; a
+    # first config without wgmma has no wait
+    if row["IGMMA"] + row["QGMMA"] == 0:
+        assert row["wgmma_wait"] is None
+    else:
+        assert row["wgmma_wait"] >= 1 if element.startswith("e4m3") else row["wgmma_wait"] == 0
+    assert row["wgmma_serialized"] == ""
     assert (tmp_path / "sass.md").read_text().count("\n| ") == 2  # header and one config
 
 

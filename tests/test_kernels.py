@@ -980,6 +980,66 @@ def test_int8_path_equals_the_exact_product_above_the_decode_rows(w_element, a_e
     assert torch.equal(got[0], product) and torch.equal(got[1], want[0]) and torch.equal(got[2], want[1])
 
 
+@pytest.mark.parametrize("m", [12, 70])
+@pytest.mark.parametrize("a_element", ["int4", "e2m1"])
+@pytest.mark.parametrize("w_element", ["int4", "e2m1"])
+def test_e4m3_path_equals_the_int8_path(w_element, a_element, m):
+    """The e4m3 path (E4M3 planes, the tensor-core kernel's one-dot FP8 form: the decode launch at 12 rows, the
+    prefill one at 70) gives the int8 path's product bit for bit, with a bias and a residual, on the Triton backend
+    and the reference one; INT8 activations are refused."""
+    gen = torch.Generator().manual_seed(m)
+    x = torch.randn(m, 128, generator=gen, dtype=torch.bfloat16)
+    bias = torch.randn(48, generator=gen)
+    residual = torch.randn(m, 48, generator=gen).to(torch.bfloat16)
+    w_packed, w_scale = quantize_activations_ref(torch.randn(48, 128, generator=gen) * 0.05, w_element, 0, "float")
+    for backend in ("triton", "torch"):
+        kw = dict(a_element=a_element, w_element=w_element, bias=bias, out_dtype=torch.bfloat16, backend=backend,
+                  residual=residual)
+        want = quant_kernels.w4a4_linear(x, w_packed, w_scale, path="int8", **kw)
+        assert torch.equal(quant_kernels.w4a4_linear(x, w_packed, w_scale, path="e4m3", **kw), want)
+    with pytest.raises(ValueError, match="the e4m3 path takes INT4 or E2M1 weights and activations, .* got "
+                                         f"{w_element} weights, int8 activations"):
+        quant_kernels.w4a4_linear(x, w_packed, w_scale, path="e4m3", a_element="int8", w_element=w_element)
+
+
+def test_prefill_tiles_of_256_rows_are_the_one_dot_form_s_own():
+    """The autotuner's prefill candidates: the one-dot FP8 form (E4M3 planes, sums in wgmma) keeps every tile, 256
+    activation rows included; the int8 and step-sum forms drop TC_PREFILL_ONE_DOT_CONFIGS' tiles."""
+    from quant_kernels import w4a4_gemv
+
+    configs = w4a4_gemv._tc_prefill_autotuned.configs
+    assert len(configs) == len(w4a4_gemv.TC_PREFILL_CONFIGS) + len(w4a4_gemv.TC_PREFILL_ONE_DOT_CONFIGS)
+    one_dot = dict(A_E4M3=True, FP8_STEP_SUMS=False)
+    assert w4a4_gemv.prune_prefill_configs(configs, one_dot) == configs
+    for form in (dict(A_E4M3=False, FP8_STEP_SUMS=True), dict(A_E4M3=True, FP8_STEP_SUMS=True)):
+        kept = w4a4_gemv.prune_prefill_configs(configs, form)
+        assert len(kept) == len(w4a4_gemv.TC_PREFILL_CONFIGS) and all(c.kwargs["BLOCK_M"] <= 128 for c in kept)
+
+
+def test_auto_path_takes_e4m3_with_its_switch(monkeypatch):
+    """``PTQ_E4M3_PATH=1``: the auto path's int8 and FP8 choices (from FP8_MIN_ROWS rows, bfloat16 out) become the
+    e4m3 path, the prefill launch on E4M3 planes with the sums in wgmma; below FP8_MIN_ROWS nothing changes; a
+    value other than 0 or 1 is refused by name."""
+    from quant_kernels import w4a4_gemv
+
+    calls = []
+    monkeypatch.setattr(w4a4_gemv, "w4a4_tc_prefill_triton",
+                        lambda a, *rest, **k: calls.append((a.dtype, k.get("fp8_step_sums"))) or torch.zeros(1))
+    monkeypatch.setattr(quant_kernels, "w4a4_matmul_dp4a", lambda *a, **k: calls.append("dp4a"))
+    w, s = quantize_activations_ref(torch.randn(32, 64), "int4", 0, "float")
+    kw = dict(a_element="int4", w_element="int4", out_dtype=torch.bfloat16, backend="triton")
+    monkeypatch.setenv("PTQ_E4M3_PATH", "1")
+    for m in (quant_kernels.FP8_MIN_ROWS, quant_kernels.INT8_MAX_ROWS + 1):
+        quant_kernels.w4a4_linear(torch.randn(m, 64, dtype=torch.bfloat16), w, s, **kw)
+    assert calls == [(torch.float8_e4m3fn, False)] * 2
+    monkeypatch.setenv("PTQ_E4M3_PATH", "0")
+    quant_kernels.w4a4_linear(torch.randn(quant_kernels.FP8_MIN_ROWS, 64, dtype=torch.bfloat16), w, s, **kw)
+    assert calls[-1] == "dp4a"
+    monkeypatch.setenv("PTQ_E4M3_PATH", "yes")
+    with pytest.raises(ValueError, match="PTQ_E4M3_PATH='yes': choose 0 .* or 1"):
+        quant_kernels.w4a4_linear(torch.randn(quant_kernels.FP8_MIN_ROWS, 64, dtype=torch.bfloat16), w, s, **kw)
+
+
 def test_triton_gemm_public_api_bfloat16_out():
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("nvfp4", 17, 24, 64)
     out = quant_kernels.w4a4_matmul(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.bfloat16, backend="triton",
@@ -1123,7 +1183,7 @@ def test_row_pieces_are_the_binary_digits_of_plain_per_token_rows():
 def test_rows_held_in_power_of_two_pieces_equal_twin(case, monkeypatch):
     """Per-token rows of K = 3584 (2048 + 1024 + 512) and 6144 (4096 + 2048), one row a program, held as pieces
     (``row_pieces``), one block or three in turn, ragged in M, bfloat16 (loaded as words) and float16: packed codes,
-    dp4a bytes and scales equal the twin's, E4M3 bytes its unpacked codes."""
+    dp4a bytes and scales equal the twin's, E4M3 bytes its unpacked codes, E4M3 planes its dp4a bytes' values."""
     (element, group, kind, clip), _ = ACT_CASES[case]
     for k, dtype in ((3584, torch.bfloat16), (6144, torch.bfloat16), (3584, torch.float16)):
         assert act_quant._tile(k, 0, 0)[0] == 1 and act_quant.row_pieces(k, 0, 0, 0)["PIECE_A"] > 0
@@ -1131,6 +1191,7 @@ def test_rows_held_in_power_of_two_pieces_equal_twin(case, monkeypatch):
         want = quantize_activations_ref(x, element, group, kind, clip)
         want_dp4a = quantize_activations_ref(x, element, group, kind, clip, dp4a_for=element)
         want_fp8 = quant_kernels.quantize_activations(x, element, group, kind, clip, fp8_codes=True, backend="torch")
+        want_planes = quantize_activations_ref(x, element, group, kind, clip, dp4a_for="int4")[0].float()
         for steps in (1, 3):
             monkeypatch.setattr(act_quant, "INTERPRET_ROW_STEPS", steps)
             got = act_quant.quantize_activations_triton(x, element, group, kind, clip)
@@ -1139,6 +1200,9 @@ def test_rows_held_in_power_of_two_pieces_equal_twin(case, monkeypatch):
             assert torch.equal(dp4a[0], want_dp4a[0]) and torch.equal(dp4a[1], want_dp4a[1])
             fp8 = act_quant.quantize_activations_triton(x, element, group, kind, clip, fp8_codes=True)
             assert torch.equal(fp8[0].view(torch.uint8), want_fp8[0].view(torch.uint8))
+            planes = act_quant.quantize_activations_triton(x, element, group, kind, clip, fp8_codes=True,
+                                                           dp4a_for="int4")
+            assert torch.equal(planes[0].view(torch.uint8), want_planes.to(torch.float8_e4m3fn).view(torch.uint8))
 
 
 @pytest.mark.parametrize("case", ["e2m1-tok", "int4-g64", "mxfp4"])
@@ -1224,7 +1288,7 @@ def test_real_quant_linear_equals_fake_quant_linear(case):
         ((4, 36), torch.float32, dict(element="int4", dp4a_for="int4"), "K a multiple of 8"),
         ((4, 64), torch.float32, dict(element="int4", dp4a_for="int8"), "INT8 weights with INT8 activations only"),
         ((4, 64), torch.float32, dict(element="int4", dp4a_for="int16"), "unknown 4-bit element 'int16'"),
-        ((4, 64), torch.float32, dict(element="int4", dp4a_for="int4", fp8_codes=True), "one code layout"),
+        ((4, 64), torch.float32, dict(element="int4", dp4a_for="e2m1", fp8_codes=True), "INT4 weights. order of INT4"),
     ],
 )
 def test_quantize_activations_errors(backend, shape, dtype, kwargs, message):
@@ -1382,6 +1446,43 @@ def test_tensor_core_decode_kernel_equals_twin(a_element, w_element, m, n, k):
     assert torch.equal(got, w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw))
 
 
+@pytest.mark.parametrize("split_k", [1, 3])
+@pytest.mark.parametrize("a_element, w_element", [("int4", "int4"), ("e2m1", "int4"), ("int4", "e2m1"),
+                                                  ("e2m1", "e2m1")])
+def test_tensor_core_decode_kernel_takes_e4m3_planes(a_element, w_element, split_k):
+    """E4M3 activation planes (INT4 weights' order, ``dp4a_for="int4", fp8_codes=True``) at decode rows: the
+    one-dot FP8 form, INT4 or E2M1 weights as E4M3 operands, K ragged (100 bytes against 32-byte steps) and split
+    (3 slices: the last short), a bias and a residual: the twin's result bit for bit on the dp4a bytes of the same
+    codes; the split-K buffer left zeroed; INT8 activations, the CUDA-core kernel and a gated product refused."""
+    import triton
+
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_order, w4a4_gemv_ref
+
+    m, n, k = 12, 40, 200
+    gen = torch.Generator().manual_seed(split_k + k)
+    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
+    w_scale = torch.rand(n, 1, generator=gen) / 64 + 1e-3
+    values = torch.randint(-8, 8, (m, k), generator=gen) if a_element == "int4" else \
+        torch.tensor([0, 1, 2, 3, 4, 6, 8, 12])[torch.randint(0, 8, (m, k), generator=gen)] * \
+        (1 - 2 * torch.randint(0, 2, (m, k), generator=gen))
+    planes = dp4a_order(values.to(torch.int8), "int4").float().to(torch.float8_e4m3fn)
+    a_scale = torch.rand(m, 1, generator=gen) + 0.5
+    kw = dict(a_element=a_element, w_element=w_element, bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
+              residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
+    config = triton.Config(dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=split_k))
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
+    got = w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, out=out, config=config, **kw)
+    a_bytes = dp4a_order(values.to(torch.int8), w_element)
+    assert got is out and torch.equal(got, w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw))
+    partial, counts = w4a4_gemv.split_k_buffer(planes.device, m, n)
+    assert not partial.any() and not counts.any()
+    with pytest.raises(ValueError, match="E4M3 activation bytes hold INT4 or E2M1 activations .*, got int8"):
+        w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, **{**kw, "a_element": "int8"})
+    with pytest.raises(ValueError, match="E4M3 activation planes take the tensor-core decode kernel"):
+        w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, tensor_cores=False, **kw)
+
+
 @pytest.mark.parametrize("a_element, w_element", [("int4", "int4"), ("int4", "e2m1"), ("e2m1", "e2m1")])
 def test_tensor_core_decode_kernel_decodes_every_code_pair(a_element, w_element):
     """All 16 x 16 code pairs (K = 256: each once), INT4's -8 and E2M1's -0 included, sum to the twin's values;
@@ -1430,13 +1531,16 @@ def test_tensor_core_decode_kernel_splits_k_exactly(split_k, block_kb):
 
 
 def test_tensor_core_configs_for_fp8_dots_fill_a_warpgroup():
-    """E2M1 weights (FP8 dots) keep the configs with 16 weight rows a warp, the wgmma tile; INT4 keeps all."""
+    """E2M1 weights (FP8 dots) and E4M3 activation planes keep the configs with 16 weight rows a warp, the wgmma
+    tile; INT4 keeps all."""
     from quant_kernels import w4a4_gemv
 
     configs = w4a4_gemv._tc_autotuned.configs
-    args = dict(zip(w4a4_gemv.TC_TUNING_KEY, (16, 1024, 512, False, False, 16, True)), a_ptr=torch.zeros(1))
+    args = dict(zip(w4a4_gemv.TC_TUNING_KEY, (16, 1024, 512, False, False, 16, True, False, False)),
+                a_ptr=torch.zeros(1))
     kept = w4a4_gemv.prune_tc_configs(configs, args)
     assert 0 < len(kept) < len(configs) and all(c.kwargs["BLOCK_N"] >= 16 * c.num_warps for c in kept)
+    assert w4a4_gemv.prune_tc_configs(configs, args, W_E2M1=False, A_E4M3=True, A_E4M3_W_INT4=True) == kept
     assert w4a4_gemv.prune_tc_configs(configs, args, W_E2M1=False) == configs
 
 
@@ -1491,10 +1595,15 @@ def test_decode_rows_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
     done = cli("benchmarks/decode_rows_bench.py", "--out", str(tmp_path / "rows"))
     assert done.returncode == 2 and "no GPU here" in done.stderr and not (tmp_path / "rows.json").exists()
     rows = [dict(n=4096, k=4096, m=8, bf16_ms=0.0155, linear_ms=0.0088, linear_kernel="tensor-core",
-                 cuda_core_ms=0.0127, cuda_core_rel_err=1e-7, tensor_core_ms=0.0077, tensor_core_rel_err=3e-7)]
+                 cuda_core_ms=0.0127, cuda_core_rel_err=1e-7, tensor_core_ms=0.0077, tensor_core_rel_err=3e-7,
+                 tensor_core_e4m3_ms=0.0062, tensor_core_e4m3_rel_err=4e-7, linear_e4m3_ms=0.0081),
+            dict(n=4096, k=4096, m=1, bf16_ms=0.0155, linear_ms=0.0068, linear_kernel="CUDA-core",
+                 cuda_core_ms=0.0062, cuda_core_rel_err=1e-7)]
     text = markdown(dict(device="GPU", date="d", versions={}, command="c", rows=rows))
-    assert "| 4096x4096 | 8 | 15.5 | 8.8 (1.76×) tensor-core | 12.7 (1.22×) | 7.7 (2.01×) |" in text
-    assert "3.0e-07" in text
+    assert ("| 4096x4096 | 8 | 15.5 | 8.8 (1.76×) tensor-core | 12.7 (1.22×) | 7.7 (2.01×) | 6.2 (2.50×) | "
+            "8.1 (1.91×) |") in text
+    assert "| 4096x4096 | 1 | 15.5 | 6.8 (2.28×) CUDA-core | 6.2 (2.50×) | – | – | – |" in text
+    assert "4.0e-07" in text
 
 
 def test_tensor_core_decode_kernel_tiles_rows_over_its_third_grid_axis():
@@ -1518,9 +1627,12 @@ def test_tensor_core_decode_kernel_tiles_rows_over_its_third_grid_axis():
         w4a4_tc_prefill_triton(planes[:, :60], a_scale, packed[:, :30], w_scale, a_element="int4")
 
 
-def test_e2m1_weights_on_the_int8_prefill_kernel_take_every_byte():
+@pytest.mark.parametrize("form", ["int8", "e4m3", "e4m3_in_wgmma"])
+def test_e2m1_weights_on_the_int8_prefill_kernel_take_every_byte(form):
     """Every packed E2M1 weight byte (256 of them, 16 rows of 16 bytes) as twice its two values on the int8 tensor
-    cores, against 70 rows of INT4 activation bytes in INT4 weights' order: fp32 outputs equal the exact product."""
+    cores, or (the activation bytes given as E4M3, each step's sums added in fp32 or accumulated in wgmma) as E4M3
+    operands on the FP8 ones, against 70 rows of INT4 activation bytes in INT4 weights' order: fp32 outputs equal
+    the exact product (the interpreter's FP8 sums are exact)."""
     from quant_kernels.w4a4_gemv import w4a4_tc_prefill_triton
     from quant_layers import packing
 
@@ -1531,11 +1643,89 @@ def test_e2m1_weights_on_the_int8_prefill_kernel_take_every_byte():
     a_scale, w_scale = torch.rand(70, 1, generator=gen) + 0.5, torch.rand(16, 1, generator=gen) + 0.5
     values = packing.decode(packing.unpack(w_packed), packing.element_named("e2m1"))
     want = (levels.float() @ values.t()) * a_scale * w_scale.t()
-    got = w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
-                                 out_dtype=torch.float32)
+    a_bytes = planes if form == "int8" else planes.float().to(torch.float8_e4m3fn)
+    got = w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
+                                 out_dtype=torch.float32, fp8_step_sums=form != "e4m3_in_wgmma")
     assert torch.equal(got, want)
     with pytest.raises(ValueError, match="E2M1 weights with INT4 or E2M1 activations, got e2m1 weights with int8"):
-        w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int8", w_element="e2m1")
+        w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int8", w_element="e2m1")
+    if form != "int8":
+        with pytest.raises(ValueError, match="E4M3 activation bytes hold INT4 or E2M1 activations .*, got int8"):
+            w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element="int8", w_element="int4")
+
+
+@pytest.mark.parametrize("step_sums", [True, False])
+def test_int4_weights_on_e4m3_operands_take_every_byte(step_sums):
+    """Every packed INT4 weight byte (256 of them) as E4M3 operands of its two levels times 2^-9 (v's sign at bit 7,
+    |v| <= 8 below: the subnormals and the least normal), against 70 rows of E4M3 activation planes: fp32 outputs
+    equal the exact product, and the byte map equals E4M3's own encoding of v times 2^-9."""
+    from quant_kernels.w4a4_gemv import w4a4_tc_prefill_triton
+    from quant_layers import packing
+
+    gen = torch.Generator().manual_seed(4)
+    levels = torch.randint(-8, 8, (70, 32), generator=gen, dtype=torch.int8)
+    planes = torch.cat([levels[:, 0::2], levels[:, 1::2]], dim=1).float().to(torch.float8_e4m3fn)
+    w_packed = torch.arange(256, dtype=torch.int32).to(torch.uint8).reshape(16, 16)
+    a_scale, w_scale = torch.rand(70, 1, generator=gen) + 0.5, torch.rand(16, 1, generator=gen) + 0.5
+    values = packing.decode(packing.unpack(w_packed), packing.element_named("int4"))
+    want = (levels.float() @ values.t()) * a_scale * w_scale.t()
+    got = w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
+                                 out_dtype=torch.float32, fp8_step_sums=step_sums)
+    assert torch.equal(got, want)
+    nibbles = torch.arange(16)
+    byte_map = torch.where(nibbles >= 8, 0x90 - nibbles, nibbles).to(torch.uint8)
+    level = torch.where(nibbles >= 8, nibbles - 16, nibbles).float()
+    assert torch.equal(byte_map.view(torch.float8_e4m3fn).float(), level * 2.0 ** -9)
+
+
+@pytest.mark.parametrize("step_sums", [True, False])
+@pytest.mark.parametrize("m, n, k", [(70, 24, 208), (16, 16, 256), (5, 40, 64)])
+@pytest.mark.parametrize("element", ["e2m1", "int4"])
+def test_4bit_weights_on_e4m3_operands_over_many_steps(element, m, n, k, step_sums):
+    """E2M1 or INT4 weights against E4M3 activation planes over several K steps of the interpreter's 32-byte tile, K
+    ragged (208 codes: three whole steps and 8 bytes), rows and weight rows ragged: each step's sums added in fp32
+    (two dots) or one dot over both planes accumulating in wgmma both equal the exact product, the poisoned output
+    wholly written."""
+    from quant_kernels.w4a4_gemv import w4a4_tc_prefill_triton
+    from quant_layers import packing
+
+    gen = torch.Generator().manual_seed(m + n + k)
+    levels = torch.randint(-8, 8, (m, k), generator=gen, dtype=torch.int8)
+    planes = torch.cat([levels[:, 0::2], levels[:, 1::2]], dim=1).float().to(torch.float8_e4m3fn)
+    w_packed = torch.randint(0, 256, (n, k // 2), generator=gen, dtype=torch.int32).to(torch.uint8)
+    a_scale, w_scale = torch.rand(m, 1, generator=gen) + 0.5, torch.rand(n, 1, generator=gen) + 0.5
+    values = packing.decode(packing.unpack(w_packed), packing.element_named(element))
+    want = (levels.float() @ values.t()) * a_scale * w_scale.t()
+    out = torch.full((m, n), float("nan"))
+    got = w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int4", w_element=element,
+                                 out_dtype=torch.float32, out=out, fp8_step_sums=step_sums)
+    assert got is out and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("tiling", [(0, False, 1), (64, False, 1), (64, True, 1), (0, False, 2)])
+@pytest.mark.parametrize("element", ["int4", "e2m1"])
+def test_dp4a_bytes_as_e4m3_are_the_dp4a_bytes_values(element, tiling, monkeypatch):
+    """``dp4a_for="int4", fp8_codes=True``: the activation kernel (whole rows, chunks, rows split among programs,
+    several row blocks a program) and its twin write the dp4a bytes' values (INT4 levels, twice the E2M1 values)
+    as E4M3 bytes in the same order, zeros +0; other layouts are refused."""
+    from quant_kernels import act_quant
+
+    chunk, split, steps = tiling
+    monkeypatch.setattr(act_quant, "INTERPRET_CHUNK", chunk)
+    monkeypatch.setattr(act_quant, "INTERPRET_SPLIT", split)
+    monkeypatch.setattr(act_quant, "INTERPRET_ROW_STEPS", steps)
+    x = torch.randn(37, 256, dtype=torch.bfloat16)
+    x[0, :8] = 0.0
+    x[1, 3] = -1e-4 * x[1].abs().max()  # rounds to zero from below
+    int8_bytes, scale = quant_kernels.quantize_activations(x, element, dp4a_for="int4", backend="torch")
+    for backend in ("torch", "triton"):
+        got, got_scale = quant_kernels.quantize_activations(x, element, dp4a_for="int4", fp8_codes=True,
+                                                            backend=backend)
+        assert got.dtype == torch.float8_e4m3fn and torch.equal(got_scale, scale)
+        assert torch.equal(got.view(torch.uint8), int8_bytes.float().to(torch.float8_e4m3fn).view(torch.uint8))
+    for bad in (dict(element="int4", dp4a_for="e2m1"), dict(element="int8", dp4a_for="int4")):
+        with pytest.raises(ValueError, match="fp8_codes with dp4a_for writes INT4 weights' order of INT4 or E2M1"):
+            quant_kernels.quantize_activations(x, bad["element"], dp4a_for=bad["dp4a_for"], fp8_codes=True)
 
 
 def test_kernel_check_runs_the_int8_path_dry():
@@ -1550,3 +1740,16 @@ def test_kernel_check_runs_the_int8_path_dry():
         assert main(["--cpu_dry_run", "--only", "int8_linear", "--out", prefix]) == 0
         text = open(prefix + ".md").read()
     assert "4 checks, 0 failed." in text and "| int8 path | e2m1-tok x int4-tok-clip0.9 | M70 N40 K200" in text
+
+
+def test_kernel_check_runs_the_e4m3_path_dry(tmp_path):
+    """``kernel_check --only e4m3_linear`` on the CPU: the e4m3 path's linears at decode rows (12) and prefill rows
+    (70), INT4 and E2M1 weights, each activation element, against the twins."""
+    from benchmarks.kernel_check import main
+
+    prefix = str(tmp_path / "check")
+    assert main(["--cpu_dry_run", "--only", "e4m3_linear", "--out", prefix]) == 0
+    text = open(prefix + ".md").read()
+    assert "8 checks, 0 failed." in text
+    assert "| e4m3 path | e2m1-tok x int4-tok-clip0.9 | M12 N40 K200 -> bfloat16 |" in text
+    assert "| e4m3 path | int4-tok-clip0.9 x e2m1-tok | M70 N40 K200 -> float16 |" in text
