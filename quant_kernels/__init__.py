@@ -68,15 +68,21 @@ INT8_MAX_ROWS = 4096
 # path's linear at 256 rows, 1.00-1.11x at 512 (but 0.77x at 4096 x 4096 in one of the two calls), 0.69-0.77x at 2048
 # and 0.59-0.61x at 8192 (two H200 calls, ``prefill_int8_e2m1_h200.md``, ``prefill_e4m3_e2m1_rejected_h200.md``).
 E2M1_INT8_MAX_ROWS = 512
+# Above those rows and up to this many, E2M1 weights take the e4m3 path (the tensor-core kernel's one-dot FP8 form,
+# its wgmmas in flight while the next K step decodes), else the FP8 path: its linear ran 1.11-1.15x the FP8 path's
+# at 2048 rows and 0.93-0.99x at 8192 (one H200 call, ``prefill_e4m3_async_e2m1_h200.md``); 4096 lies between.
+E2M1_E4M3_MAX_ROWS = 4096
 
 
 def e4m3_path_on() -> bool:
     """Whether the auto path takes ``e4m3`` wherever it would take ``int8`` or ``fp8`` with INT4 or E2M1 weights and
-    activations: ``PTQ_E4M3_PATH=1`` (a probe's switch, off until a GPU has timed it; read at each product)."""
+    activations: ``PTQ_E4M3_PATH=1`` (read at each product; without it only E2M1 weights between
+    ``E2M1_INT8_MAX_ROWS`` and ``E2M1_E4M3_MAX_ROWS`` rows take it)."""
     from .switches import env_switch
 
-    return env_switch("PTQ_E4M3_PATH", False, {"0": "the int8 and fp8 paths, the default",
-                                                "1": "the tensor-core kernel's one-dot FP8 form on E4M3 planes"})
+    return env_switch("PTQ_E4M3_PATH", False, {
+        "0": f"the int8 and fp8 paths (e4m3 for E2M1 weights at {E2M1_INT8_MAX_ROWS + 1}-{E2M1_E4M3_MAX_ROWS} rows), "
+             f"the default", "1": "the tensor-core kernel's one-dot FP8 form on E4M3 planes"})
 
 
 def _use_triton(tensor: torch.Tensor, backend: str | None) -> bool:
@@ -201,9 +207,10 @@ def w4a4_linear(
     or ``e4m3`` (as ``int8``, INT4 or E2M1 activations too: the codes as E4M3 planes in that order, the weight's
     nibbles E4M3 operands, one dot a K step accumulating in wgmma: the decode launch up to ``TC_MAX_M`` rows, the
     prefill one above; the reference backend computes the int8 path's exact product).
-    None picks ``int8`` for INT4 weights up to ``INT8_MAX_ROWS`` rows (E2M1 up to ``E2M1_INT8_MAX_ROWS``) and ``fp8``
-    otherwise in bfloat16 products of at least ``FP8_MIN_ROWS`` rows on the Triton backend where they fit, else
-    ``packed``; with ``PTQ_E4M3_PATH=1`` ``e4m3`` in place of those two where it fits.
+    None picks ``int8`` for INT4 weights up to ``INT8_MAX_ROWS`` rows (E2M1 up to ``E2M1_INT8_MAX_ROWS``, then
+    ``e4m3`` up to ``E2M1_E4M3_MAX_ROWS``) and ``fp8`` otherwise in bfloat16 products of at least ``FP8_MIN_ROWS``
+    rows on the Triton backend where they fit, else ``packed``; with ``PTQ_E4M3_PATH=1`` ``e4m3`` in place of
+    ``int8`` and ``fp8`` wherever it fits.
     """
     from .fp8_gemm import w4a4_matmul_fp8
     from .reference import fp8_path_fits
@@ -231,7 +238,8 @@ def w4a4_linear(
         int8_rows = {"int4": INT8_MAX_ROWS, "e2m1": E2M1_INT8_MAX_ROWS}.get(w_element, 0)
         path = ("int8" if large and int8_fits and (m <= int8_rows or (w_element == "int4" and not fits))
                 else "fp8" if large and fits else "packed")
-        if path in ("int8", "fp8") and e4m3_fits and e4m3_path_on():
+        e2m1_rows = w_element == "e2m1" and E2M1_INT8_MAX_ROWS < m <= E2M1_E4M3_MAX_ROWS
+        if path in ("int8", "fp8") and e4m3_fits and (e4m3_path_on() or e2m1_rows):
             path = "e4m3"
     if path == "e4m3" and _use_triton(x, backend):
         from .w4a4_gemv import TC_MAX_M, w4a4_gemv_triton, w4a4_tc_prefill_triton

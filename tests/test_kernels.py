@@ -934,21 +934,28 @@ def test_w4a4_linear_path_choice_and_refusals():
                                             out_dtype=torch.float32))
 
 
-def test_w4a4_linear_picks_the_int8_path_for_int4_weights_up_to_its_rows(monkeypatch):
+def test_w4a4_linear_picks_its_path_by_element_and_rows(monkeypatch):
     """Auto on the Triton backend, bfloat16 out: INT4 weights take the int8 path from FP8_MIN_ROWS to INT8_MAX_ROWS
-    rows and the FP8 path above; E2M1 weights the int8 path up to E2M1_INT8_MAX_ROWS, then the FP8 path."""
+    rows and the FP8 path above; E2M1 weights the int8 path up to E2M1_INT8_MAX_ROWS, the e4m3 path (the prefill
+    launch on E4M3 planes, one dot a step) up to E2M1_E4M3_MAX_ROWS, then the FP8 path."""
     from quant_kernels import fp8_gemm, w4a4_gemv
 
     taken = []
+    monkeypatch.delenv("PTQ_E4M3_PATH", raising=False)
     monkeypatch.setattr(quant_kernels, "w4a4_matmul_dp4a", lambda *a, **k: taken.append("int8"))
-    monkeypatch.setattr(w4a4_gemv, "w4a4_tc_prefill_triton", lambda *a, **k: taken.append("int8"))
+    monkeypatch.setattr(w4a4_gemv, "w4a4_tc_prefill_triton", lambda a, *rest, **k: taken.append(
+        "int8" if a.dtype == torch.int8 else ("e4m3", a.dtype, k["fp8_step_sums"])) or torch.zeros(1))
     monkeypatch.setattr(fp8_gemm, "w4a4_matmul_fp8", lambda *a, **k: taken.append("fp8") or torch.zeros(1))
-    for element, most in (("int4", quant_kernels.INT8_MAX_ROWS), ("e2m1", quant_kernels.E2M1_INT8_MAX_ROWS)):
+    int8_most, e4m3_most = quant_kernels.E2M1_INT8_MAX_ROWS, quant_kernels.E2M1_E4M3_MAX_ROWS
+    for element, rows in (("int4", (quant_kernels.FP8_MIN_ROWS, quant_kernels.INT8_MAX_ROWS,
+                                    quant_kernels.INT8_MAX_ROWS + 1)),
+                          ("e2m1", (quant_kernels.FP8_MIN_ROWS, int8_most, int8_most + 1, e4m3_most, e4m3_most + 1))):
         w, s = quantize_activations_ref(torch.randn(32, 64), element, 0, "float")
-        for m in (quant_kernels.FP8_MIN_ROWS, most, most + 1):
+        for m in rows:
             quant_kernels.w4a4_linear(torch.randn(m, 64, dtype=torch.bfloat16), w, s, a_element=element,
                                       w_element=element, out_dtype=torch.bfloat16, backend="triton")
-    assert taken == ["int8", "int8", "fp8", "int8", "int8", "fp8"]
+    e4m3 = ("e4m3", torch.float8_e4m3fn, False)
+    assert taken == ["int8", "int8", "fp8", "int8", "int8", e4m3, e4m3, "fp8"]
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
