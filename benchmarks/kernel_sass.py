@@ -82,11 +82,16 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)
 
 
+def fpx_tile_rows(config: tuple[int, ...]) -> int:
+    """An FPx tile config's BLOCK_M: its sixth field, 16 where it has five."""
+    return config[5] if len(config) > 5 else 16
+
+
 def fpx_tile_source(element: str, config: tuple[int, ...]):
-    """The FPx tensor-core kernel's ASTSource on its PAIRED path for 16 bfloat16 activation rows (decode batches)
-    and one (BLOCK_N, BLOCK_K, warps, stages, SWAP_AB); its configs are the autotuner's of 16 rows, unswapped
-    (``GPU_PAIRED_CONFIGS``) and swapped (``GPU_SWAP_CONFIGS``, the codes placed as bfloat16 values), every tile whole
-    (EVEN, as at Llama-3-8B's shapes)."""
+    """The FPx tensor-core kernel's ASTSource on its PAIRED path for bfloat16 activation rows and one (BLOCK_N,
+    BLOCK_K, warps, stages, SWAP_AB[, BLOCK_M]) (BLOCK_M 16, a decode batch's, unless given); its configs are the
+    autotuner's, unswapped (``GPU_PAIRED_CONFIGS``) and swapped (``GPU_SWAP_CONFIGS``), the codes placed as bfloat16
+    values, every tile whole (EVEN, as at Llama-3-8B's shapes)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, _fpx_kernel
@@ -100,9 +105,10 @@ def fpx_tile_source(element: str, config: tuple[int, ...]):
     pointers = ["*bf16", "*u8", "*u8", "*i32", "*i16" if high == 2 else "*u8", "*fp32", "*bf16", "*bf16"]
     signature = dict(zip(names, pointers + ["i32"] * 10))
     constants = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias, HIGH_WIDTH=high,
-                     HAS_BIAS=False, DOT_F32=False, W_UNIT=2.0 ** (127 - fmt.default_bias), BLOCK_M=16,
-                     BLOCK_N=config[0], BLOCK_K=config[1], PAIRED=True, SWAP_AB=bool(config[4]), VALUED_BF16=True,
-                     UNIT_EXP=127 - fmt.default_bias, USE_ASM=True, EVEN=True)
+                     HAS_BIAS=False, DOT_F32=False, W_UNIT=2.0 ** (127 - fmt.default_bias),
+                     BLOCK_M=fpx_tile_rows(config), BLOCK_N=config[0], BLOCK_K=config[1], PAIRED=True,
+                     SWAP_AB=bool(config[4]), VALUED_BF16=True, UNIT_EXP=127 - fmt.default_bias, USE_ASM=True,
+                     EVEN=True)
     signature.update({name: "constexpr" for name in constants})
     signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr")
     constants["SPLIT_K"] = 1
@@ -214,7 +220,8 @@ def config_label(kernel: str, config: tuple[int, ...]) -> str:
         return f"{config[0]}x{config[4]}x{config[1]} w{config[2]} s{config[3]}" + (
             f" group{config[5]}" if config[5] > 1 else "")
     if kernel == "fpx_tile":
-        return f"16x{config[0]}x{config[1]} w{config[2]} s{config[3]}" + (" swapped" if config[4] else "")
+        return (f"{fpx_tile_rows(config)}x{config[0]}x{config[1]} w{config[2]} s{config[3]}"
+                + (" swapped" if config[4] else ""))
     if kernel == "act_quant":
         return (f"{config[0]} row{'s' if config[0] > 1 else ''}" + (f", chunk {config[1]}" if config[1] else "")
                 + (f", {config[4]} blocks in turn" if config[4] > 1 else "") + f" w{config[2]} s{config[3]}")
@@ -394,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.kernel == "fpx_tile":
         from quant_kernels.fpx_gemm import GPU_PAIRED_CONFIGS, GPU_SWAP_CONFIGS
 
-        configs = [(bn, bk, w, s, swap) for swap, tiles in ((False, GPU_PAIRED_CONFIGS), (True, GPU_SWAP_CONFIGS))
-                   for bm, bn, bk, w, s in tiles if bm == 16]
+        configs = [(bn, bk, w, s, swap, bm) for swap, tiles in ((False, GPU_PAIRED_CONFIGS), (True, GPU_SWAP_CONFIGS))
+                   for bm, bn, bk, w, s in tiles]
         build = fpx_tile_source
     elif args.kernel == "act_quant":
         if args.element not in ACT_ELEMENTS:

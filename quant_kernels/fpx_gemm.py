@@ -97,10 +97,12 @@ GPU_PAIRED_CONFIGS = [
 # SWAP_MAX_M): the placed weight tile is the dot's 64-row side, which Hopper's wgmma takes from registers; unswapped,
 # the 16-row tiles run eight mma.sync dots a step with the weight staged through shared memory (sm_90 SASS, Triton
 # 3.9: ``benchmarks/kernel_sass.py --kernel fpx_tile``). Checked on the H200 and picked there where N is large
-# (2026-12-04); PTQ_FPX_SWAP=0 leaves them out (``tile_swap_on``). 64 rows a warpgroup.
+# (2026-12-04); PTQ_FPX_SWAP=0 leaves them out (``tile_swap_on``). 64 rows a warpgroup. At 128 rows, without them,
+# the tuner's unswapped pick ran FP6 at 0.20-0.29x bf16 where the swapped 64-row tile ran 0.69-1.05x at 64 rows
+# (2026-12-05, ``kernel_bench_fpx_tile_rows_h200.md``): they run up to 128 rows, with a 128-row tile of their own.
 GPU_SWAP_CONFIGS = [(16, 64, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 128, 8, 3), (16, 128, 256, 8, 3),
-                    (32, 64, 256, 4, 3), (64, 128, 128, 8, 3)]
-SWAP_MAX_M = 64
+                    (32, 64, 256, 4, 3), (64, 128, 128, 8, 3), (128, 128, 128, 8, 3)]
+SWAP_MAX_M = 128
 # Decode-batch tiles (M_BUCKET <= SWAP_MAX_M) that split K among SPLIT_K programs a tile, every slice at least two
 # steps: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, PAIRED, SWAP_AB, SPLIT_K). Unsplit, the tuner's picks at
 # 8 and 16 rows on the H200 were 128 programs of 16 x 32 (N = 4096) and 224 swapped ones of 16 x 64 (N = 14336),

@@ -582,14 +582,16 @@ def test_autotune_configs_fit_the_m_bucket(monkeypatch):
     decode = fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(1), K=4096))
     assert decode and {c.kwargs["BLOCK_M"] for c in decode} == {16}
     unsplit = [c for c in configs if not c.kwargs["SWAP_AB"] and c.kwargs["SPLIT_K"] == 1]
-    assert fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(128), K=4096)) == unsplit
+    assert fpx_gemm._prune_configs(configs, dict(M_BUCKET=fpx_gemm._m_bucket(129), K=4096)) == unsplit
     assert all(c.kwargs["BLOCK_K"] % 8 == 0 for c in configs)  # whole bytes of the 1-bit plane
     assert all(c.kwargs["BLOCK_K"] // 8 >= 16 for c in configs if c.kwargs["PAIRED"])  # each dot's K, words
     assert any(c.kwargs["PAIRED"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096)))
     assert not any(c.kwargs["PAIRED"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4100)))
     assert all(c.kwargs["PAIRED"] for c in configs if c.kwargs["SWAP_AB"])
     assert any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=64, K=4096)))
-    assert not any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=128, K=4096)))
+    swapped_128 = [c for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=128, K=4096)) if c.kwargs["SWAP_AB"]]
+    assert max(c.kwargs["BLOCK_M"] for c in swapped_128) == 128  # up to SWAP_MAX_M rows, a tile of that height
+    assert not any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=256, K=4096)))
     # split tiles at decode batches, where every slice has two steps
     split = [c for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096)) if c.kwargs["SPLIT_K"] > 1]
     assert {c.kwargs["SPLIT_K"] for c in split} == {2, 4} and any(not c.kwargs["SWAP_AB"] for c in split)

@@ -112,6 +112,8 @@ def test_kernel_sass_act_quant_configs_and_width(tmp_path):
     assert config_label("act_quant", (2, 0, 8, 3, 16)) == "2 rows, 16 blocks in turn w8 s3"
     assert config_label("act_quant", (1, 2048, 4, 3, 1)) == "1 row, chunk 2048 w4 s3"
     assert config_label("fpx_row", (64, 64, 8, 2, False, 1, 1, 4, 80)) == "64x64 w8 s2 split4 maxnreg80"
+    assert config_label("fpx_tile", (64, 256, 4, 3, True)) == "16x64x256 w4 s3 swapped"  # decode rows unless given
+    assert config_label("fpx_tile", (128, 128, 8, 3, True, 128)) == "128x128x128 w8 s3 swapped"
     done = run_sass("--kernel", "act_quant", "--element", "int4", "--k", "100", "--out", str(tmp_path / "sass"))
     assert done.returncode == 2 and "--k must be a positive multiple of 16, got 100" in done.stderr
 
