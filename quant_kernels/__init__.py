@@ -69,8 +69,8 @@ INT8_MAX_ROWS = 4096
 # and 0.59-0.61x at 8192 (two H200 calls, ``prefill_int8_e2m1_h200.md``, ``prefill_e4m3_e2m1_rejected_h200.md``).
 E2M1_INT8_MAX_ROWS = 512
 # Above those rows and up to this many, E2M1 weights take the e4m3 path (the tensor-core kernel's one-dot FP8 form,
-# its wgmmas in flight while the next K step decodes), else the FP8 path: its linear ran 1.11-1.15x the FP8 path's
-# at 2048 rows and 0.93-0.99x at 8192 (one H200 call, ``prefill_e4m3_async_e2m1_h200.md``); 4096 lies between.
+# its wgmmas in flight while the next K step decodes), else the FP8 path: its linear ran 1.13-1.19x the FP8 path's
+# at 2048 rows and 0.94-0.99x at 8192 (one H200 call, ``prefill_e4m3_async_e2m1_h200.md``); 4096 lies between.
 E2M1_E4M3_MAX_ROWS = 4096
 
 
