@@ -101,18 +101,22 @@ GPU_PAIRED_CONFIGS = [
 # the tuner's unswapped pick ran FP6 at 0.20-0.29x bf16 where the swapped 64-row tile ran 0.69-1.05x at 64 rows
 # (2026-12-05, ``kernel_bench_fpx_tile_rows_h200.md``): they run up to 128 rows, with a 128-row tile of their own.
 GPU_SWAP_CONFIGS = [(16, 64, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 128, 8, 3), (16, 128, 256, 8, 3),
-                    (32, 64, 256, 4, 3), (64, 128, 128, 8, 3), (128, 128, 128, 8, 3)]
+                    (32, 64, 256, 4, 3), (64, 64, 128, 4, 3), (64, 128, 128, 8, 3), (128, 128, 128, 8, 3)]
 SWAP_MAX_M = 128
 # Decode-batch tiles (M_BUCKET <= SWAP_MAX_M) that split K among SPLIT_K programs a tile, every slice at least two
 # steps: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, PAIRED, SWAP_AB, SPLIT_K). Unsplit, the tuner's picks at
 # 8 and 16 rows on the H200 were 128 programs of 16 x 32 (N = 4096) and 224 swapped ones of 16 x 64 (N = 14336),
 # and FP6 streamed 0.43-1.0 TB/s (2026-12-04, ``benchmarks/results/kernels_h200.md``, seventeenth run): the
-# splits are the row kernel's remedy (``ROW_SPLIT_CONFIGS``) for those tiles.
+# splits are the row kernel's remedy (``ROW_SPLIT_CONFIGS``) for those tiles. At 64 rows the pick was 32 unsplit
+# programs of 64 x 128 for N = 4096 on 132 SMs (FP6 0.69-0.78x bf16 at N = 4096 and 6144, 1.05x at 28672;
+# 2026-12-05, ``kernel_bench_fpx_tile_rows_h200.md``): the 64- and 128-row tiles split K too.
 GPU_SPLIT_CONFIGS = [
     (16, 32, 128, 4, 4, False, False, 2), (16, 32, 128, 4, 4, False, False, 4),
     (16, 64, 128, 4, 3, True, True, 2), (16, 64, 128, 4, 3, True, True, 4),
     (16, 64, 256, 4, 3, True, True, 2), (16, 64, 256, 4, 3, True, True, 4),
     (16, 128, 128, 8, 3, True, True, 2), (32, 64, 256, 4, 3, True, True, 2),
+    (64, 64, 128, 4, 3, True, True, 2), (64, 128, 128, 8, 3, True, True, 2), (64, 128, 128, 8, 3, True, True, 4),
+    (128, 128, 128, 8, 3, True, True, 2),
 ]
 TILE_MAX_SPLIT_K = 4
 

@@ -591,6 +591,8 @@ def test_autotune_configs_fit_the_m_bucket(monkeypatch):
     assert any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=64, K=4096)))
     swapped_128 = [c for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=128, K=4096)) if c.kwargs["SWAP_AB"]]
     assert max(c.kwargs["BLOCK_M"] for c in swapped_128) == 128  # up to SWAP_MAX_M rows, a tile of that height
+    # the taller swapped tiles split K too (too few programs of them on N = 4096 otherwise)
+    assert {(c.kwargs["BLOCK_M"], c.kwargs["SPLIT_K"]) for c in swapped_128} >= {(64, 2), (64, 4), (128, 2)}
     assert not any(c.kwargs["SWAP_AB"] for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=256, K=4096)))
     # split tiles at decode batches, where every slice has two steps
     split = [c for c in fpx_gemm._prune_configs(configs, dict(M_BUCKET=16, K=4096)) if c.kwargs["SPLIT_K"] > 1]
