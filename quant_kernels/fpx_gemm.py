@@ -99,7 +99,8 @@ GPU_PAIRED_CONFIGS = [
 # 3.9: ``benchmarks/kernel_sass.py --kernel fpx_tile``). Checked on the H200 and picked there where N is large
 # (2026-12-04); PTQ_FPX_SWAP=0 leaves them out (``tile_swap_on``). 64 rows a warpgroup. At 128 rows, without them,
 # the tuner's unswapped pick ran FP6 at 0.20-0.29x bf16 where the swapped 64-row tile ran 0.69-1.05x at 64 rows
-# (2026-12-05, ``kernel_bench_fpx_tile_rows_h200.md``): they run up to 128 rows, with a 128-row tile of their own.
+# (2026-12-05, ``kernel_bench_fpx_tile_rows_h200.md``): they run up to 128 rows, with a 128-row tile of their own
+# (0.55-0.81x with the split ones below, ``kernel_bench_fpx_tile_128_h200.md``).
 GPU_SWAP_CONFIGS = [(16, 64, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 128, 8, 3), (16, 128, 256, 8, 3),
                     (32, 64, 256, 4, 3), (64, 64, 128, 4, 3), (64, 128, 128, 8, 3), (128, 128, 128, 8, 3)]
 SWAP_MAX_M = 128
@@ -109,7 +110,8 @@ SWAP_MAX_M = 128
 # and FP6 streamed 0.43-1.0 TB/s (2026-12-04, ``benchmarks/results/kernels_h200.md``, seventeenth run): the
 # splits are the row kernel's remedy (``ROW_SPLIT_CONFIGS``) for those tiles. At 64 rows the pick was 32 unsplit
 # programs of 64 x 128 for N = 4096 on 132 SMs (FP6 0.69-0.78x bf16 at N = 4096 and 6144, 1.05x at 28672;
-# 2026-12-05, ``kernel_bench_fpx_tile_rows_h200.md``): the 64- and 128-row tiles split K too.
+# 2026-12-05, ``kernel_bench_fpx_tile_rows_h200.md``): the 64- and 128-row tiles split K too (0.84-0.98x at 64 rows
+# then, the tuner taking a split at three of four shapes, ``kernel_bench_fpx_tile_128_h200.md``).
 GPU_SPLIT_CONFIGS = [
     (16, 32, 128, 4, 4, False, False, 2), (16, 32, 128, 4, 4, False, False, 4),
     (16, 64, 128, 4, 3, True, True, 2), (16, 64, 128, 4, 3, True, True, 4),
