@@ -100,9 +100,12 @@ GPU_PAIRED_CONFIGS = [
 # (2026-12-04); PTQ_FPX_SWAP=0 leaves them out (``tile_swap_on``). 64 rows a warpgroup. At 128 rows, without them,
 # the tuner's unswapped pick ran FP6 at 0.20-0.29x bf16 where the swapped 64-row tile ran 0.69-1.05x at 64 rows
 # (2026-12-05, ``kernel_bench_fpx_tile_rows_h200.md``): they run up to 128 rows, with a 128-row tile of their own
-# (0.55-0.81x with the split ones below, ``kernel_bench_fpx_tile_128_h200.md``).
+# (0.55-0.81x with the split ones below, ``kernel_bench_fpx_tile_128_h200.md``; its picks held 64-128 programs on
+# 132 SMs, one CTA an SM at 178 registers, so a 128 x 64 tile, two CTAs an SM at 186 registers, and a split of 4
+# joined the candidates, untimed).
 GPU_SWAP_CONFIGS = [(16, 64, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 128, 8, 3), (16, 128, 256, 8, 3),
-                    (32, 64, 256, 4, 3), (64, 64, 128, 4, 3), (64, 128, 128, 8, 3), (128, 128, 128, 8, 3)]
+                    (32, 64, 256, 4, 3), (64, 64, 128, 4, 3), (64, 128, 128, 8, 3), (128, 64, 128, 4, 3),
+                    (128, 128, 128, 8, 3)]
 SWAP_MAX_M = 128
 # Decode-batch tiles (M_BUCKET <= SWAP_MAX_M) that split K among SPLIT_K programs a tile, every slice at least two
 # steps: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, PAIRED, SWAP_AB, SPLIT_K). Unsplit, the tuner's picks at
@@ -118,7 +121,7 @@ GPU_SPLIT_CONFIGS = [
     (16, 64, 256, 4, 3, True, True, 2), (16, 64, 256, 4, 3, True, True, 4),
     (16, 128, 128, 8, 3, True, True, 2), (32, 64, 256, 4, 3, True, True, 2),
     (64, 64, 128, 4, 3, True, True, 2), (64, 128, 128, 8, 3, True, True, 2), (64, 128, 128, 8, 3, True, True, 4),
-    (128, 128, 128, 8, 3, True, True, 2),
+    (128, 64, 128, 4, 3, True, True, 2), (128, 128, 128, 8, 3, True, True, 2), (128, 128, 128, 8, 3, True, True, 4),
 ]
 TILE_MAX_SPLIT_K = 4
 
