@@ -101,7 +101,8 @@ def markdown(result: dict) -> str:
     lines += ["", "Tuned configs:", ""]
     for r in result["rows"]:
         lines.append(f"- {r['n']}x{r['k']} M={r['m']}: CUDA-core `{r.get('cuda_core_config', '–')}`; tensor-core "
-                     f"`{r.get('tensor_core_config', '–')}`; on E4M3 planes `{r.get('tensor_core_e4m3_config', '–')}`")
+                     f"`{r.get('tensor_core_config', '–')}`; on E4M3 planes "
+                     f"`{r.get('tensor_core_e4m3_config', '–')}`")
     return "\n".join(lines) + "\n"
 
 

@@ -193,7 +193,8 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
     constants = dict(ELEMENT_INT4=element == "int4", ELEMENT_INT8=False, SCALE_KIND=SCALE_KIND_IDS[scale_kind],
                      GROUP=group or block_k, CLAMP=clamp_kind(element, scale_kind, 1.0), WORDS=True, PAIR_MAX=True,
                      HAD_BLOCK=0, HB=1, DOT_F32=False, ROUND_BF16=True, ROUND_F16=False, AMAX_ONLY=False,
-                     OUT_FP8=fp8_codes, DP4A_FOR=DP4A_FOR_IDS[dp4a_for], LAUNCH_DEPENDENTS=False, USE_GDC=False, PROLOGUE=0,
+                     OUT_FP8=fp8_codes, DP4A_FOR=DP4A_FOR_IDS[dp4a_for], LAUNCH_DEPENDENTS=False, USE_GDC=False,
+                     PROLOGUE=0,
                      **row_pieces(k, group, 0, 0), BLOCK_M=config[0], BLOCK_K=block_k, CHUNK=config[1],
                      ROW_STEPS=config[4], SPLIT=False)
     signature.update({name: "constexpr" for name in constants})

@@ -118,8 +118,9 @@ def quantize_activations(
     float scales): the codes come as (M, K) int8 bytes in the order the decode kernel pairs them with that
     element's weights (``reference.dp4a_bytes``); with ``fp8_codes`` too (``dp4a_for="int4"``, INT4 or E2M1
     activations) those bytes' values come as float8_e4m3fn in their order, for the tensor-core kernel's FP8 forms
-    (INT4 or E2M1 weights as E4M3 operands, at decode rows and prefill tiles). ``tensor_amax`` (``e4m3`` scales; a float32 scalar tensor on x's
-    device): a calibrated absmax that sets the tensor scale instead of x's own (``StaticTensorScale``).
+    (INT4 or E2M1 weights as E4M3 operands, at decode rows and prefill tiles). ``tensor_amax`` (``e4m3`` scales; a
+    float32 scalar tensor on x's device): a calibrated absmax that sets the tensor scale instead of x's own
+    (``StaticTensorScale``).
     """
     if fp8_codes and dp4a_for and (dp4a_for != "int4" or element not in ("int4", "e2m1")):
         raise ValueError(f"fp8_codes with dp4a_for writes INT4 weights' order of INT4 or E2M1 activations as E4M3: "
