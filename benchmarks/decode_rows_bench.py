@@ -58,7 +58,7 @@ def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = 
         row[f"{name}_rel_err"] = ((got - want).abs().max() / want.abs().max()).item()
         tuner = w4a4_gemv._tc_autotuned if tc else w4a4_gemv._gemv_autotuned
         row[f"{name}_config"] = str(getattr(tuner, "best_config", ""))
-    if w4a4_gemv.TC_MIN_M <= m <= w4a4_gemv.TC_MAX_M:  # the one-dot FP8 form on E4M3 planes (probe)
+    if w4a4_gemv.TC_MIN_M <= m <= w4a4_gemv.TC_MAX_M:  # the one-dot FP8 form on E4M3 planes (path='e4m3')
         planes, planes_scale = quant_kernels.quantize_activations(x, element, dp4a_for="int4", fp8_codes=True,
                                                                   backend="triton")
 

@@ -73,12 +73,12 @@
 #              int8 for W4A8 instead, cuBLAS's int8 GEMM the peer): the int8
 #              path (the tensor-core kernel tiled over M, autotuned) against bf16, cuBLAS's FP8 GEMM and the FP8 path,
 #              kernels alone and whole linears, every output checked (issue 9)
-#   prefill_async  probe/fp8-async-wgmma: the e4m3 path's linears checked against the twins (kernel_check --only
-#              e4m3_linear: 12, 300 and 2049 rows, K up to 14336), then prefill_bench (MS, default 2048,8192; ELEMENT
+#   prefill_async  the e4m3 path's linears checked against the twins (kernel_check --only
+#              e4m3_linear: 300, 2049 and 12 rows, K up to 14336), then prefill_bench (MS, default 2048,8192; ELEMENT
 #              int4 or e2m1) with the weights also as E4M3 operands against E4M3 activation planes, step sums in fp32
 #              or one dot a step whose wgmmas stay in flight, kernels and linears, every output checked against the
 #              exact product (issue 9)
-#   decode_async  probe/fp8-async-wgmma: decode_rows_bench (MS, default 8,16,64; ELEMENT e2m1 or int4) with the
+#   decode_async  decode_rows_bench (MS, default 8,16,64; ELEMENT e2m1 or int4) with the
 #              tensor-core kernel's one-dot FP8 form on E4M3 planes beside its int8 / FP8 step-sum forms (issue 9)
 #   act_ncu    the activation kernel's autotuned picks under Nsight Compute, per-token INT4 and E2M1 packed at
 #              8192 x 4096 and 8192 x 14336 (act_quant_ncu.py: only the launches inside its NVTX range) (issue 9)
