@@ -276,7 +276,8 @@ def _fpx_kernel(
         xw_ptrs = x_ptr + k_first + offs_m[:, None] * stride_xm + 8 * offs_w[None, :]
         for k0 in range(k_first, k_stop, BLOCK_K):
             w_ok = offs_w < (k_stop - k0) // 8
-            low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH, EVEN)
+            low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH,
+                                     USE_ASM, EVEN)
             if SWAP_AB:  # one dot a step: the placed codes joined back into K order, x's columns as they lie
                 x_ok = m_ok[:, None] if EVEN else m_ok[:, None] & (offs_k < k_stop - k0)[None, :]
                 x = tl.load(x_ptrs, mask=x_ok, other=0.0)
@@ -381,12 +382,20 @@ def _shifted(v, by: tl.constexpr):
 
 
 @triton.jit
-def _spread_high(high, HIGH_WIDTH: tl.constexpr):
-    """High-plane words (int32) with the fields of codes 4..7 moved up to bit 16, level with those of codes
-    0..3 in the low half, as the low plane's nibbles of codes j and j + 4 are: one shift then places a
-    field of both codes."""
+def _spread_high(high, HIGH_WIDTH: tl.constexpr, USE_ASM: tl.constexpr):
+    """High-plane words (int16 or uint8, as loaded) as int32 with the fields of codes 4..7 moved up to bit 16, level
+    with those of codes 0..3 in the low half, as the low plane's nibbles of codes j and j + 4 are: one shift then
+    places a field of both codes. For 16-bit words on a GPU one PTX prmt.b32 a word moves its two bytes (two words a
+    register, each output taking its own word's bytes): sm_90 SASS (Triton 3.6) had a sign extension, a shift and two
+    LOP3 a word, and the FP6 row kernel's loop at 64 x 64 words lost 62 of its 803 instructions."""
     HALF: tl.constexpr = 4 * HIGH_WIDTH  # bits of codes 0..3's fields
-    return (high & ((1 << HALF) - 1)) | (((high >> HALF) & ((1 << HALF) - 1)) << 16)
+    if HIGH_WIDTH == 2 and USE_ASM:
+        out = tl.inline_asm_elementwise("prmt.b32 $0, $2, 0, 0x4140; prmt.b32 $1, $2, 0, 0x4342;", "=r,=r,r",
+                                        [high], dtype=tl.int32, is_pure=True, pack=2)
+    else:
+        words = high.to(tl.int32)
+        out = (words & ((1 << HALF) - 1)) | (((words >> HALF) & ((1 << HALF) - 1)) << 16)
+    return out
 
 
 @triton.jit
@@ -544,13 +553,14 @@ def _bf16_of_halves(words):
 
 
 @triton.jit
-def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr, EVEN: tl.constexpr = False):
+def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr, USE_ASM: tl.constexpr,
+                 EVEN: tl.constexpr = False):
     """One step's low-plane words and their ``_spread_high`` high-plane words (the low words again for FP4);
     unmasked when EVEN."""
     low = _tile_load(low_ptrs, mask, EVEN)
     high = low
     if HIGH_WIDTH > 0:
-        high = _spread_high(_tile_load(high_ptrs, mask, EVEN).to(tl.int32), HIGH_WIDTH)
+        high = _spread_high(_tile_load(high_ptrs, mask, EVEN), HIGH_WIDTH, USE_ASM)
     return low, high
 
 
@@ -625,9 +635,9 @@ def _fpx_row_kernel(
         c1, c2, c3 = c0, c0, c0
         for w0 in tl.range(w_first, w_stop, BLOCK_KW, num_stages=LOOP_STAGES):
             w_ok = offs_w < w_stop - w0
-            low_a, high_a = _plane_words(low_ptrs, high_ptrs, a_ok & w_ok[None, :], HIGH_WIDTH)
+            low_a, high_a = _plane_words(low_ptrs, high_ptrs, a_ok & w_ok[None, :], HIGH_WIDTH, USE_ASM)
             low_b, high_b = _plane_words(low_ptrs + stride_low, high_ptrs + stride_high, b_ok & w_ok[None, :],
-                                         HIGH_WIDTH)
+                                         HIGH_WIDTH, USE_ASM)
             for j in tl.static_range(2):  # codes j, j + 4 and j + 2, j + 6 of every word
                 x_first = _bf16_pairs(tl.load(x_ptrs + j, mask=w_ok, other=0.0),
                                       tl.load(x_ptrs + j + 4, mask=w_ok, other=0.0))
@@ -679,14 +689,15 @@ def _fpx_row_kernel(
         acc = tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32)
         if PREFETCH:
             low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & (offs_w < w_stop - w_first)[None, :],
-                                     HIGH_WIDTH)
+                                     HIGH_WIDTH, USE_ASM)
         for w0 in tl.range(w_first, w_stop, BLOCK_KW, num_stages=LOOP_STAGES):
             w_ok = offs_w < w_stop - w0
             if PREFETCH:  # the next step's words are in flight during this step's arithmetic
                 next_ok = n_ok[:, None] & (offs_w < w_stop - w0 - BLOCK_KW)[None, :]
-                low_next, high_next = _plane_words(low_ptrs + BLOCK_KW, high_ptrs + BLOCK_KW, next_ok, HIGH_WIDTH)
+                low_next, high_next = _plane_words(low_ptrs + BLOCK_KW, high_ptrs + BLOCK_KW, next_ok, HIGH_WIDTH,
+                                                   USE_ASM)
             else:
-                low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH)
+                low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH, USE_ASM)
             acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
             if PREFETCH:
                 low, high = low_next, high_next
@@ -708,7 +719,8 @@ def _fpx_row_kernel(
         for w0 in tl.range(w_first, w_stop, BLOCK_KW, num_stages=LOOP_STAGES):
             w_ok = offs_w < w_stop - w0
             x_ok = m_ok[:, None] & w_ok[None, :]
-            low, high = _plane_words(low_ptrs3, high_ptrs3, n_ok[None, :, None] & w_ok[None, None, :], HIGH_WIDTH)
+            low, high = _plane_words(low_ptrs3, high_ptrs3, n_ok[None, :, None] & w_ok[None, None, :], HIGH_WIDTH,
+                                     USE_ASM)
             for j in tl.static_range(4):
                 first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
                 x_first = tl.load(x_ptrs + j, mask=x_ok, other=0.0).to(tl.float32) * X_SCALE
