@@ -42,6 +42,9 @@
 #   fpx_mma_capped  FP6 E3M2 at M = 1 at the Llama-3-8B decode shapes on the row kernel's tensor-core form
 #              (PTQ_FPX_MMA=1), then its fp32 form, in one call, the register-capped configs among both tuners'
 #              candidates (issue 10)
+#   fpx_prmt   the FPx kernels with FP6's high-plane words spread by PTX prmt (the row kernel, its tensor-core form and
+#              the tile kernel) checked against their twins, then FP6 E3M2 at M = 1 timed at the five Llama-3-8B decode
+#              shapes; then MODES=fp6,bf16 NAME=fp6_prmt fpx_b1 times the decode step (issue 10)
 #   fpx_b1     bf16 / FP6 compiled CUDA-graph decode at batch 1 (MODES; NAME names the result file; issue 10)
 #   fpx_b8     bf16 / FP6 compiled CUDA-graph decode at batch 8 (MODES; issue 10)
 #   decode_b8  W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8, the tensor-core decode kernel's pinned
@@ -248,6 +251,12 @@ for section in "$@"; do
           --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 --weight_only_formats e3m2 \
           --out "$OUT/kernel_bench_fp6_mma${form}_capped_h200"
       done ;;
+    fpx_prmt)
+      step "${LIMIT_FPX_CHECK:-150}" kernel_check_fpx_prmt python -u benchmarks/kernel_check.py \
+        --only fpx,fpx_split,fpx_swap --out "$OUT/kernel_check_fpx_prmt_h200"
+      step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fpx_prmt python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
+        --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_prmt_h200" ;;
     fpx_b1)
       step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b1 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 1 --decode_tokens 128 \
