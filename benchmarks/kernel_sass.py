@@ -110,8 +110,8 @@ def fpx_tile_source(element: str, config: tuple[int, ...]):
                      SWAP_AB=bool(config[4]), VALUED_BF16=True, UNIT_EXP=127 - fmt.default_bias, USE_ASM=True,
                      EVEN=True)
     signature.update({name: "constexpr" for name in constants})
-    signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr", USE_ASM="constexpr")
-    constants.update(SPLIT_K=1, USE_ASM=True)
+    signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr")
+    constants["SPLIT_K"] = 1
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(len(names)) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_fpx_kernel, signature, constants, aligned)
 
