@@ -206,9 +206,14 @@ def check_gemm(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torc
 def check_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: torch.dtype,
                  device: torch.device, path: str | None = None, of_max: float = 1e-5) -> dict:
     """``quant_kernels.w4a4_linear`` from bf16 rows (activation kernel, then the GEMM it picks for M, or ``path``'s)
-    against quantize-then-multiply with the twins, within ``close``'s ``of_max``."""
+    against quantize-then-multiply with the twins, within ``close``'s ``of_max``; where the auto path's decode rows
+    take E4M3 planes (``quant_kernels.decode_codes_form``: the one-dot FP8 form) within FP8_ACCUMULATION_OF_MAX, as
+    ``check_e4m3_linear``."""
     a_el, _, _, a_clip = ACT_FORMATS[a_name]
     w_el, _, _, w_clip = ACT_FORMATS[w_name]
+    planes = path is None and quant_kernels.decode_codes_form(w_el, m, device.type == "cuda")[1]
+    if planes:
+        of_max = max(of_max, FP8_ACCUMULATION_OF_MAX)
     x = random_activations(m, k, torch.bfloat16, device)
     w = quant_kernels.quantize_activations(torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02, w_el, 0,
                                            "float", w_clip, backend="triton")
@@ -218,7 +223,8 @@ def check_linear(m: int, n: int, k: int, a_name: str, w_name: str, out_dtype: to
     a = reference.quantize_activations_ref(x, a_el, 0, "float", a_clip)
     want = reference.w4a4_matmul_ref(*a, *w, a_element=a_el, w_element=w_el, bias=bias, out_dtype=torch.float32)
     ok, excess = close(out, want, of_max)
-    return {"kernel": "w4a4_linear" if path is None else f"{path} path", "case": f"{a_name} x {w_name}",
+    kernel = ("w4a4_linear (E4M3 planes)" if planes else "w4a4_linear") if path is None else f"{path} path"
+    return {"kernel": kernel, "case": f"{a_name} x {w_name}",
             "shape": f"M{m} N{n} K{k} -> {str(out_dtype).removeprefix('torch.')}",
             "error_over_bound": excess, "ok": ok}
 

@@ -74,8 +74,9 @@ def decode_attention_codes(q: torch.Tensor, key: torch.Tensor, key_scale: Option
                            key_element: str, value_element: str, element: str, clip_ratio: float,
                            dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``decode_attention`` (``key_scale`` None: K and V as values) or ``decode_attention_packed`` with o_proj's input
-    quantization as its tail: (the output, its rows' per-token dp4a bytes and scales), one opaque op."""
-    tail = NormTail(None, 0.0, element, clip_ratio, dp4a_for)
+    quantization as its tail: (the output, its rows' per-token codes, ``quant_kernels.decode_codes_form``, and
+    scales), one opaque op."""
+    tail = NormTail(None, 0.0, element, clip_ratio, *quant_kernels.decode_codes_form(dp4a_for, q.shape[0], q.is_cuda))
     if key_scale is None:
         return quant_kernels.decode_attention(q, key, value, mask, scale, norm_tail=tail)
     return quant_kernels.decode_attention_packed(q, (key, key_scale, key_zero), (value, value_scale, value_zero), mask,
@@ -89,7 +90,7 @@ def _(q: torch.Tensor, key: torch.Tensor, key_scale: Optional[torch.Tensor], key
       mask: Optional[torch.Tensor], scale: float, key_element: str, value_element: str, element: str,
       clip_ratio: float, dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows = q.shape[0]
-    return (torch.empty_like(q), q.new_empty(rows, q[0].numel(), dtype=torch.int8),
+    return (torch.empty_like(q), quant_kernels.decode_codes_like(q, rows, q[0].numel(), dp4a_for),
             q.new_empty(rows, 1, dtype=torch.float32))
 
 

@@ -68,41 +68,47 @@ SILU_ACTIVATIONS = ("SiLUActivation",)
 @torch.library.custom_op("ptq::rms_norm_quantize", mutates_args=())
 def rms_norm_quantize(x: torch.Tensor, weight: torch.Tensor, eps: float, element: str, clip_ratio: float,
                       dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``quant_kernels.rms_norm_quantize`` as one opaque op for ``torch.compile``: (dp4a bytes, scales, normalised
-    x)."""
-    return quant_kernels.rms_norm_quantize(x, weight, eps, element, clip_ratio, dp4a_for=dp4a_for)
+    """``quant_kernels.rms_norm_quantize`` as one opaque op for ``torch.compile``: (the codes the decode kernels take
+    for ``dp4a_for`` weights at these rows, ``quant_kernels.decode_codes_form``; scales; normalised x)."""
+    form, fp8_codes = quant_kernels.decode_codes_form(dp4a_for, x.shape[0], x.is_cuda)
+    return quant_kernels.rms_norm_quantize(x, weight, eps, element, clip_ratio, dp4a_for=form, fp8_codes=fp8_codes)
 
 
 @rms_norm_quantize.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor, eps: float, element: str, clip_ratio: float,
       dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     m, k = x.shape
-    return x.new_empty(m, k, dtype=torch.int8), x.new_empty(m, 1, dtype=torch.float32), torch.empty_like(x)
+    return (quant_kernels.decode_codes_like(x, m, k, dp4a_for), x.new_empty(m, 1, dtype=torch.float32),
+            torch.empty_like(x))
 
 
 @torch.library.custom_op("ptq::silu_mul_quantize", mutates_args=())
 def silu_mul_quantize(x: torch.Tensor, element: str, clip_ratio: float,
                       dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``quant_kernels.silu_mul_quantize`` as one opaque op for ``torch.compile``: (dp4a bytes, scales)."""
-    return quant_kernels.silu_mul_quantize(x, element, clip_ratio, dp4a_for=dp4a_for)
+    """``quant_kernels.silu_mul_quantize`` as one opaque op for ``torch.compile``: (codes, as
+    ``rms_norm_quantize``'s; scales)."""
+    form, fp8_codes = quant_kernels.decode_codes_form(dp4a_for, x.shape[0], x.is_cuda)
+    return quant_kernels.silu_mul_quantize(x, element, clip_ratio, dp4a_for=form, fp8_codes=fp8_codes)
 
 
 @silu_mul_quantize.register_fake
 def _(x: torch.Tensor, element: str, clip_ratio: float, dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor]:
     m, k = x.shape
-    return x.new_empty(m, k // 2, dtype=torch.int8), x.new_empty(m, 1, dtype=torch.float32)
+    return quant_kernels.decode_codes_like(x, m, k // 2, dp4a_for), x.new_empty(m, 1, dtype=torch.float32)
 
 
 @torch.library.custom_op("ptq::quantize_rows", mutates_args=())
 def quantize_rows(x: torch.Tensor, element: str, clip_ratio: float, dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``quant_kernels.quantize_activations`` per token, as dp4a bytes, as one opaque op for ``torch.compile``."""
-    return quant_kernels.quantize_activations(x, element, 0, "float", clip_ratio, dp4a_for=dp4a_for)
+    """``quant_kernels.quantize_activations`` per token, in the codes the decode kernels take (as
+    ``rms_norm_quantize``'s), as one opaque op for ``torch.compile``."""
+    form, fp8_codes = quant_kernels.decode_codes_form(dp4a_for, x.shape[0], x.is_cuda)
+    return quant_kernels.quantize_activations(x, element, 0, "float", clip_ratio, fp8_codes=fp8_codes, dp4a_for=form)
 
 
 @quantize_rows.register_fake
 def _(x: torch.Tensor, element: str, clip_ratio: float, dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor]:
     m, k = x.shape
-    return x.new_empty(m, k, dtype=torch.int8), x.new_empty(m, 1, dtype=torch.float32)
+    return quant_kernels.decode_codes_like(x, m, k, dp4a_for), x.new_empty(m, 1, dtype=torch.float32)
 
 
 @dataclass

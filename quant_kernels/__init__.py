@@ -52,9 +52,9 @@ import torch
 if TYPE_CHECKING:
     from .reference import NormTail
 
-__all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "fpx_matmul", "quantize_activations",
-           "rms_norm_quantize", "silu_mul_quantize", "unpack_fp8", "w4a4_linear", "w4a4_matmul", "w4a4_matmul_dp4a",
-           "w4a8_linear", "w8a8_linear"]
+__all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "decode_codes_form", "decode_codes_like",
+           "fpx_matmul", "quantize_activations", "rms_norm_quantize", "silu_mul_quantize", "unpack_fp8", "w4a4_linear",
+           "w4a4_matmul", "w4a4_matmul_dp4a", "w4a8_linear", "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
 PATHS = ("packed", "fp8", "int8", "e4m3")
@@ -122,10 +122,9 @@ def quantize_activations(
     float32 scalar tensor on x's device): a calibrated absmax that sets the tensor scale instead of x's own
     (``StaticTensorScale``).
     """
-    if fp8_codes and dp4a_for and (dp4a_for != "int4" or element not in ("int4", "e2m1")):
-        raise ValueError(f"fp8_codes with dp4a_for writes INT4 weights' order of INT4 or E2M1 activations as E4M3: "
-                         f"pass dp4a_for='int4' with element 'int4' or 'e2m1', got dp4a_for={dp4a_for!r} with "
-                         f"element {element!r} (or drop one of the two layouts)")
+    from .reference import check_e4m3_planes_args, e4m3_planes
+
+    check_e4m3_planes_args(fp8_codes, dp4a_for, element)
     if _use_triton(x, backend):
         from .act_quant import quantize_activations_triton
 
@@ -136,7 +135,7 @@ def quantize_activations(
     packed, scales = quantize_activations_ref(x, element, group_size, scale_kind, clip_ratio, hadamard_block,
                                               dp4a_for, tensor_amax)
     if fp8_codes and dp4a_for:
-        return packed.float().to(torch.float8_e4m3fn), scales
+        return e4m3_planes(packed), scales
     if fp8_codes:
         from .fp8_gemm import unpack_fp8_ref
 
@@ -146,33 +145,65 @@ def quantize_activations(
 
 def rms_norm_quantize(
     x: torch.Tensor, weight: torch.Tensor, eps: float, element: str, clip_ratio: float = 1.0, *,
-    dp4a_for: str | None = None, backend: str | None = None,
+    dp4a_for: str | None = None, fp8_codes: bool = False, backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x (M, K) -> (codes, per-token scales, RMSNorm(x) * weight): the norm's output quantized as
-    ``quantize_activations`` quantizes it (packed codes, or dp4a bytes with ``dp4a_for``), in one pass over x.
-    The norm is HF's (Llama, Qwen2, Qwen3); ``weight`` (K,) has x's dtype."""
+    ``quantize_activations`` quantizes it (packed codes, or dp4a bytes with ``dp4a_for``; with ``fp8_codes`` too,
+    E4M3 planes), in one pass over x. The norm is HF's (Llama, Qwen2, Qwen3); ``weight`` (K,) has x's dtype."""
+    from .reference import check_e4m3_planes_args, e4m3_planes, rms_norm_quantize_ref
+
+    check_e4m3_planes_args(fp8_codes, dp4a_for, element)
     if _use_triton(x, backend):
         from .act_quant import rms_norm_quantize_triton
 
-        return rms_norm_quantize_triton(x, weight, eps, element, clip_ratio, dp4a_for)
-    from .reference import rms_norm_quantize_ref
-
-    return rms_norm_quantize_ref(x, weight, eps, element, clip_ratio, dp4a_for)
+        return rms_norm_quantize_triton(x, weight, eps, element, clip_ratio, dp4a_for, fp8_codes)
+    codes, scales, normed = rms_norm_quantize_ref(x, weight, eps, element, clip_ratio, dp4a_for)
+    return (e4m3_planes(codes) if fp8_codes else codes), scales, normed
 
 
 def silu_mul_quantize(
     x: torch.Tensor, element: str, clip_ratio: float = 1.0, *, dp4a_for: str | None = None,
-    backend: str | None = None,
+    fp8_codes: bool = False, backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x = [gate | up] (M, 2K) -> (codes, per-token scales) of silu(gate) * up (an HF MLP's input to
-    down_proj), quantized as ``quantize_activations`` does, the product never written."""
+    down_proj), quantized as ``quantize_activations`` does (``fp8_codes`` as ``rms_norm_quantize``'s), the product
+    never written."""
+    from .reference import check_e4m3_planes_args, e4m3_planes, silu_mul_quantize_ref
+
+    check_e4m3_planes_args(fp8_codes, dp4a_for, element)
     if _use_triton(x, backend):
         from .act_quant import silu_mul_quantize_triton
 
-        return silu_mul_quantize_triton(x, element, clip_ratio, dp4a_for)
-    from .reference import silu_mul_quantize_ref
+        return silu_mul_quantize_triton(x, element, clip_ratio, dp4a_for, fp8_codes)
+    codes, scales = silu_mul_quantize_ref(x, element, clip_ratio, dp4a_for)
+    return (e4m3_planes(codes) if fp8_codes else codes), scales
 
-    return silu_mul_quantize_ref(x, element, clip_ratio, dp4a_for)
+
+def decode_codes_form(w_element: str, m: int, on_gpu: bool) -> tuple[str, bool]:
+    """(dp4a_for, fp8_codes): the form in which the decode path (the fused decode layers' norms, tails and
+    attention, ``w4a4_linear``'s decode rows) writes per-token activation codes for a linear of ``w_element``
+    weights at ``m`` rows. On a GPU, E2M1 weights at the tensor-core decode kernel's rows
+    (``w4a4_gemv.takes_tensor_cores``) take E4M3 planes in INT4 weights' order, its one-dot FP8 form: on the H200 its
+    linear ran 1.29-1.99x the dp4a bytes' at 8, 16 and 64 rows of the Llama-3-8B shapes
+    (``benchmarks/results/decode_rows_e4m3_e2m1_h200.md``; ``PTQ_E2M1_PLANES=0`` keeps the bytes); else the dp4a
+    bytes for ``w_element``."""
+    if on_gpu and w_element == "e2m1":
+        from .switches import env_switch
+        from .w4a4_gemv import takes_tensor_cores
+
+        planes = env_switch("PTQ_E2M1_PLANES", True, {
+            "0": "dp4a bytes for E2M1 weights at every decode row", "1": "E4M3 planes for E2M1 weights at the "
+            "tensor-core decode kernel's rows (the one-dot FP8 form), the default"})
+        if planes and takes_tensor_cores(m, w_element):
+            return "int4", True
+    return w_element, False
+
+
+def decode_codes_like(x: torch.Tensor, m: int, k: int, w_element: str) -> torch.Tensor:
+    """An empty (M, K) tensor on x's device in the dtype of the codes ``decode_codes_form`` gives (int8 dp4a bytes
+    or float8_e4m3fn planes): the fake results of the custom ops that write them."""
+    _, fp8_codes = decode_codes_form(w_element, m, x.is_cuda)
+    return x.new_empty(m, k, dtype=torch.float8_e4m3fn if fp8_codes else torch.int8)
 
 
 def unpack_fp8(packed: torch.Tensor, element: str, *, backend: str | None = None) -> torch.Tensor:
@@ -274,9 +305,10 @@ def w4a4_linear(
     if _use_triton(x, backend) and x.is_cuda:
         from .w4a4_gemm import takes_gemv
 
-        if takes_gemv(m, k, a_group, w_group, w_element=w_element):  # the decode kernels, on dp4a bytes
-            a_bytes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, dp4a_for=w_element,
-                                                    backend=backend)
+        if takes_gemv(m, k, a_group, w_group, w_element=w_element):  # the decode kernels, on their codes
+            dp4a_for, fp8_codes = decode_codes_form(w_element, m, True)
+            a_bytes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, fp8_codes=fp8_codes,
+                                                    dp4a_for=dp4a_for, backend=backend)
             return w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                                     bias=bias, out_dtype=out_dtype, residual=residual, norm_tail=norm_tail,
                                     backend=backend)

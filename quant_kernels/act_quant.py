@@ -850,27 +850,30 @@ def norm_tail_triton(out: torch.Tensor, tail: NormTail) -> tuple[torch.Tensor, t
     """The (dp4a bytes, per-token scales) of ``reference.norm_tail_ref``, by the activation kernel: for a kernel
     that leaves its tail to a launch of its own."""
     if tail.weight is None:
-        return quantize_activations_triton(out, tail.element, 0, "float", tail.clip_ratio, dp4a_for=tail.dp4a_for)
+        return quantize_activations_triton(out, tail.element, 0, "float", tail.clip_ratio, fp8_codes=tail.fp8_codes,
+                                           dp4a_for=tail.dp4a_for)
     codes, scales, _ = rms_norm_quantize_triton(out, tail.weight, tail.eps, tail.element, tail.clip_ratio,
-                                                tail.dp4a_for)
+                                                tail.dp4a_for, tail.fp8_codes)
     return codes, scales
 
 
 def rms_norm_quantize_triton(x: torch.Tensor, weight: torch.Tensor, eps: float, element: str, clip_ratio: float,
-                             dp4a_for: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The Triton twin of ``reference.rms_norm_quantize_ref``: one read of x for the norm and the codes."""
+                             dp4a_for: str | None, fp8_codes: bool = False,
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Triton twin of ``reference.rms_norm_quantize_ref`` (``fp8_codes``: E4M3 planes, as
+    ``quant_kernels.rms_norm_quantize``): one read of x for the norm and the codes."""
     check_prologue_args(x, weight, element, clip_ratio, dp4a_for, PROLOGUES["rms_norm"])
-    return _quantize(x.contiguous(), element, 0, "float", clip_ratio, 0, False, dp4a_for,
+    return _quantize(x.contiguous(), element, 0, "float", clip_ratio, 0, fp8_codes, dp4a_for,
                      PROLOGUES["rms_norm"], weight.contiguous(), eps)
 
 
 def silu_mul_quantize_triton(x: torch.Tensor, element: str, clip_ratio: float,
-                             dp4a_for: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Triton twin of ``reference.silu_mul_quantize_ref``: gate and up read once, the product never
-    written."""
+                             dp4a_for: str | None, fp8_codes: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton twin of ``reference.silu_mul_quantize_ref`` (``fp8_codes`` as ``rms_norm_quantize_triton``'s):
+    gate and up read once, the product never written."""
     check_prologue_args(x, None, element, clip_ratio, dp4a_for, PROLOGUES["silu_mul"])
     packed, scales, _ = _quantize(x if x.stride(1) == 1 else x.contiguous(), element, 0, "float", clip_ratio, 0,
-                                  False, dp4a_for, PROLOGUES["silu_mul"])
+                                  fp8_codes, dp4a_for, PROLOGUES["silu_mul"])
     return packed, scales
 
 

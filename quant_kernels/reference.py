@@ -227,13 +227,14 @@ class NormTail:
     program (the decode kernel, ``w4a4_matmul_dp4a(..., norm_tail=...)``; the decode attention, whose output
     ``weight`` None quantizes without a norm): the next linear's input, as ``rms_norm_quantize`` (weight None:
     ``quantize_activations`` per token) computes it with these arguments; ``dp4a_for`` is the next linear's weight
-    element."""
+    element, ``fp8_codes`` (with ``dp4a_for`` 'int4') the codes as E4M3 planes (``quant_kernels.decode_codes_form``)."""
 
     weight: torch.Tensor | None
     eps: float
     element: str
     clip_ratio: float
     dp4a_for: str
+    fp8_codes: bool = False
 
 
 def check_norm_tail(tail: NormTail, m: int, n: int, out_dtype: torch.dtype, gated: bool = False) -> None:
@@ -244,6 +245,7 @@ def check_norm_tail(tail: NormTail, m: int, n: int, out_dtype: torch.dtype, gate
     if tail.element not in ELEMENTS:
         raise ValueError(f"a norm tail quantizes to 4-bit codes for the decode kernel: element 'int4' or 'e2m1', got "
                          f"{tail.element!r}")
+    check_e4m3_planes_args(tail.fp8_codes, tail.dp4a_for, tail.element)
     rows = torch.empty(m, n, dtype=out_dtype, device="meta")
     if tail.weight is None:
         check_activation_args(rows, tail.element, 0, "float", tail.clip_ratio, 0, tail.dp4a_for)
@@ -252,11 +254,28 @@ def check_norm_tail(tail: NormTail, m: int, n: int, out_dtype: torch.dtype, gate
 
 
 def norm_tail_ref(out: torch.Tensor, tail: NormTail) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (dp4a bytes, per-token scales) a norm tail writes for the (M, N) output ``out``."""
+    """The (dp4a bytes or E4M3 planes, per-token scales) a norm tail writes for the (M, N) output ``out``."""
     if tail.weight is None:
-        return quantize_activations_ref(out, tail.element, 0, "float", tail.clip_ratio, 0, tail.dp4a_for)
-    codes, scales, _ = rms_norm_quantize_ref(out, tail.weight, tail.eps, tail.element, tail.clip_ratio, tail.dp4a_for)
-    return codes, scales
+        codes, scales = quantize_activations_ref(out, tail.element, 0, "float", tail.clip_ratio, 0, tail.dp4a_for)
+    else:
+        codes, scales, _ = rms_norm_quantize_ref(out, tail.weight, tail.eps, tail.element, tail.clip_ratio,
+                                                 tail.dp4a_for)
+    return (e4m3_planes(codes) if tail.fp8_codes else codes), scales
+
+
+def check_e4m3_planes_args(fp8_codes: bool, dp4a_for: str | None, element: str) -> None:
+    """Raise ValueError unless codes written as E4M3 (``fp8_codes``) in a dp4a order are E4M3 planes: INT4 weights'
+    order (``dp4a_for`` 'int4') of INT4 or E2M1 activations."""
+    if fp8_codes and dp4a_for and (dp4a_for != "int4" or element not in ELEMENTS):
+        raise ValueError(f"fp8_codes with dp4a_for writes INT4 weights' order of INT4 or E2M1 activations as E4M3: "
+                         f"pass dp4a_for='int4' with element 'int4' or 'e2m1', got dp4a_for={dp4a_for!r} with "
+                         f"element {element!r} (or drop one of the two layouts)")
+
+
+def e4m3_planes(dp4a_bytes: torch.Tensor) -> torch.Tensor:
+    """INT4 weights' dp4a bytes (``dp4a_bytes``, ``w_element`` 'int4') as the E4M3 planes of the tensor-core
+    kernel's FP8 forms: the same values in the same order, float8_e4m3fn (exact: |value| <= 12)."""
+    return dp4a_bytes.float().to(torch.float8_e4m3fn)
 
 
 def silu_mul_ref(x: torch.Tensor) -> torch.Tensor:

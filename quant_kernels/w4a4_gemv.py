@@ -600,8 +600,15 @@ def _w4a4_tc_kernel(
                         ROUND_BF16, ROUND_F16)
 
 
+def in_kernel_tail(norm_tail: NormTail | None) -> NormTail | None:
+    """The norm tail a kernel's last program runs itself: ``norm_tail``, unless it writes E4M3 planes
+    (``fp8_codes``), which the activation kernel writes after the launch instead (``with_tail_outputs``)."""
+    return None if norm_tail is None or norm_tail.fp8_codes else norm_tail
+
+
 def norm_tail_flags(norm_tail: NormTail | None, n: int) -> dict:
     """The CUDA-core kernel's constexprs for this norm tail (None: without one) of N-wide output rows."""
+    norm_tail = in_kernel_tail(norm_tail)
     if norm_tail is None:
         return dict(NORM_TAIL=False, TAIL_NORM=False, TAIL_INT4=False, TAIL_CLAMP=0, TAIL_DP4A_FOR=0, TAIL_BLOCK=1)
     return dict(NORM_TAIL=True, TAIL_NORM=norm_tail.weight is not None, TAIL_INT4=norm_tail.element == "int4",
@@ -612,7 +619,9 @@ def norm_tail_flags(norm_tail: NormTail | None, n: int) -> dict:
 def norm_tail_operands(norm_tail: NormTail | None, out: torch.Tensor, m: int, n: int) -> tuple[tuple, tuple]:
     """A kernel's tail arguments for its (M, N) output ``out``: (the norm weight, the codes as int32 words, their
     scales, a counter that is zero between launches), then (the codes' row stride in words, eps, the clip ratio,
-    the element's largest value); without a tail ``out`` stands in for the pointers, never read."""
+    the element's largest value); without a tail (or with one the kernel leaves, ``in_kernel_tail``) ``out`` stands
+    in for the pointers, never read."""
+    norm_tail = in_kernel_tail(norm_tail)
     if norm_tail is None:
         return (out, out, out, out), (0, 0.0, 1.0, 1.0)
     codes = torch.empty((m, n), dtype=torch.int8, device=out.device)
@@ -624,8 +633,13 @@ def norm_tail_operands(norm_tail: NormTail | None, out: torch.Tensor, m: int, n:
 
 def with_tail_outputs(out: torch.Tensor, norm_tail: NormTail | None, tail_tensors: tuple):
     """A kernel's result after its launch with ``norm_tail_operands``' tensors: ``out``, or with a tail (out, the
-    tail's dp4a bytes, their per-token scales)."""
-    return out if norm_tail is None else (out, tail_tensors[1].view(torch.int8), tail_tensors[2])
+    tail's codes, their per-token scales): the kernel's dp4a bytes, or the E4M3 planes the activation kernel writes
+    now of ``out``'s rows (flattened to (M, N))."""
+    if norm_tail is None:
+        return out
+    if in_kernel_tail(norm_tail) is None:
+        return (out, *norm_tail_triton(out.reshape(out.shape[0], -1), norm_tail))
+    return (out, tail_tensors[1].view(torch.int8), tail_tensors[2])
 
 
 def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:

@@ -376,13 +376,16 @@ def real_quant_matmul_norm(x: torch.Tensor, qweight: torch.Tensor, weight_scale:
                            a_bytes: Optional[torch.Tensor] = None, a_scale: Optional[torch.Tensor] = None,
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A W4A4 ``real_quant_matmul`` with a norm tail (``RealQuantLinear.add_residual_to_next``): (the product
-    plus ``residual``, the dp4a bytes and per-token scales of the next RMSNorm of it); ``quant_kernels.w4a4_linear``
-    with ``norm_tail``. ``a_bytes``, ``a_scale``: x's rows already quantized (``RealQuantLinear.input_tail``)."""
+    plus ``residual``, the codes (``quant_kernels.decode_codes_form``) and per-token scales of the next RMSNorm of
+    it); ``quant_kernels.w4a4_linear`` with ``norm_tail``. ``a_bytes``, ``a_scale``: x's rows already quantized
+    (``RealQuantLinear.input_tail``)."""
     from quant_kernels.reference import NormTail  # late: quant_kernels.reference imports quant_layers
 
     weight, act = parse_schemes(schemes)
+    rows = x.numel() // x.shape[-1]
     return _w4a4_linear(x, qweight, weight_scale, bias, residual, weight, act,
-                        NormTail(norm_weight, eps, element, clip_ratio, dp4a_for),
+                        NormTail(norm_weight, eps, element, clip_ratio,
+                                 *quant_kernels.decode_codes_form(dp4a_for, rows, x.is_cuda)),
                         None if a_bytes is None else (a_bytes, a_scale))
 
 
@@ -393,7 +396,7 @@ def _(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: 
       a_scale: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n = weight_scale.shape[0]
     rows = x.numel() // x.shape[-1]
-    return (x.new_empty(*x.shape[:-1], n), x.new_empty(rows, n, dtype=torch.int8),
+    return (x.new_empty(*x.shape[:-1], n), quant_kernels.decode_codes_like(x, rows, n, dp4a_for),
             x.new_empty(rows, 1, dtype=torch.float32))
 
 
@@ -425,9 +428,10 @@ def real_quant_gemv_norm(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: 
     scales of the next RMSNorm of it), through ``quant_kernels.w4a4_matmul_dp4a``."""
     from quant_kernels.reference import NormTail  # late: quant_kernels.reference imports quant_layers
 
+    tail = NormTail(norm_weight, eps, element, clip_ratio,
+                    *quant_kernels.decode_codes_form(dp4a_for, a_bytes.shape[0], a_bytes.is_cuda))
     return _product_on_codes(a_bytes, a_scale, qweight, weight_scale, bias, residual, out_dtype,
-                             *parse_schemes(schemes), norm_tail=NormTail(norm_weight, eps, element, clip_ratio,
-                                                                         dp4a_for))
+                             *parse_schemes(schemes), norm_tail=tail)
 
 
 @real_quant_gemv_norm.register_fake
@@ -436,5 +440,5 @@ def _(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor, weigh
       norm_weight: Optional[torch.Tensor], eps: float, element: str, clip_ratio: float,
       dp4a_for: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     m, n = a_bytes.shape[0], weight_scale.shape[0]
-    return (a_bytes.new_empty(m, n, dtype=out_dtype), a_bytes.new_empty(m, n, dtype=torch.int8),
+    return (a_bytes.new_empty(m, n, dtype=out_dtype), quant_kernels.decode_codes_like(a_bytes, m, n, dp4a_for),
             a_bytes.new_empty(m, 1, dtype=torch.float32))

@@ -80,6 +80,54 @@ def test_silu_mul_kernel_walks_wide_rows_in_chunks(monkeypatch):
     assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
 
 
+@pytest.mark.parametrize("element", ["int4", "e2m1"])
+def test_norm_and_silu_mul_kernels_write_e4m3_planes(element):
+    """``fp8_codes`` with dp4a_for 'int4': the E4M3 planes of the tensor-core decode kernel's one-dot form, the same
+    values in the same order as the dp4a bytes (``reference.e4m3_planes``), kernel and twin alike."""
+    from quant_kernels.reference import e4m3_planes
+
+    x = rows(5, 96, torch.bfloat16)
+    weight = torch.linspace(0.5, 1.5, 96).to(torch.bfloat16)
+    bytes_, scales, _ = quant_kernels.rms_norm_quantize(x, weight, 1e-6, element, 0.9, dp4a_for="int4",
+                                                        backend="triton")
+    wide = rows(3, 2 * 96, torch.bfloat16, seed=1)
+    silu_bytes, silu_scales = quant_kernels.silu_mul_quantize(wide, element, 0.9, dp4a_for="int4", backend="triton")
+    for backend in ("triton", "torch"):
+        planes, got_scales, _ = quant_kernels.rms_norm_quantize(x, weight, 1e-6, element, 0.9, dp4a_for="int4",
+                                                                fp8_codes=True, backend=backend)
+        assert planes.dtype == torch.float8_e4m3fn and torch.equal(planes.float(), e4m3_planes(bytes_).float())
+        assert torch.equal(got_scales, scales)
+        planes, got_scales = quant_kernels.silu_mul_quantize(wide, element, 0.9, dp4a_for="int4", fp8_codes=True,
+                                                             backend=backend)
+        assert torch.equal(planes.float(), silu_bytes.float()) and torch.equal(got_scales, silu_scales)
+        with pytest.raises(ValueError, match="fp8_codes with dp4a_for"):
+            quant_kernels.rms_norm_quantize(x, weight, 1e-6, element, dp4a_for="e2m1", fp8_codes=True,
+                                            backend=backend)
+        with pytest.raises(ValueError, match="fp8_codes with dp4a_for"):
+            quant_kernels.silu_mul_quantize(wide, element, dp4a_for="e2m1", fp8_codes=True, backend=backend)
+
+
+def test_decode_codes_form_gives_e2m1_weights_e4m3_planes_at_the_tensor_core_rows(monkeypatch):
+    """On a GPU, E2M1 weights at the tensor-core decode kernel's rows take E4M3 planes (dp4a_for 'int4'), other
+    rows and INT4 weights their dp4a bytes; off a GPU always the bytes; ``PTQ_E2M1_PLANES=0`` keeps the bytes, a
+    value other than 0 or 1 is refused. The fake results take the same dtype."""
+    from quant_kernels.w4a4_gemv import TC_MAX_M, takes_tensor_cores
+
+    tc_rows = [m for m in range(1, TC_MAX_M + 2) if takes_tensor_cores(m, "e2m1")]
+    assert tc_rows and tc_rows[-1] == TC_MAX_M
+    form = quant_kernels.decode_codes_form
+    for m in range(1, TC_MAX_M + 2):
+        assert form("e2m1", m, True) == (("int4", True) if m in tc_rows else ("e2m1", False))
+        assert form("e2m1", m, False) == ("e2m1", False) and form("int4", m, True) == ("int4", False)
+    x = torch.ones(2, 8)
+    assert quant_kernels.decode_codes_like(x, tc_rows[0], 16, "e2m1").dtype == torch.int8  # x on the CPU
+    monkeypatch.setenv("PTQ_E2M1_PLANES", "0")
+    assert form("e2m1", tc_rows[0], True) == ("e2m1", False)
+    monkeypatch.setenv("PTQ_E2M1_PLANES", "yes")
+    with pytest.raises(ValueError, match="PTQ_E2M1_PLANES='yes'"):
+        form("e2m1", tc_rows[0], True)
+
+
 @pytest.mark.parametrize("change,message", [
     (dict(weight=torch.ones(8)), r"RMSNorm weight must be a \(64,\) tensor"),
     (dict(weight=torch.ones(64, dtype=torch.float16)), "of the activations' dtype"),
@@ -263,12 +311,37 @@ def test_norm_tail_without_a_norm_quantizes_the_product(case, m):
     assert torch.equal(twin_codes, want[0]) and torch.equal(twin_scales, want[1])
 
 
+@pytest.mark.parametrize("m", [3, 12])
+def test_norm_tail_of_e4m3_planes_is_left_to_the_activation_kernel(m):
+    """A tail with ``fp8_codes`` (E4M3 planes, dp4a_for 'int4'): the CUDA-core kernel (3 rows under the interpreter)
+    does not run it in its last program but leaves it, as the tensor-core one (12 rows) does, to the activation
+    kernel: the planes ``rms_norm_quantize`` writes of the output; the twin's, ``norm_tail_ref``'s of its own."""
+    import dataclasses
+
+    from quant_kernels.reference import norm_tail_ref
+    from quant_kernels.w4a4_gemv import w4a4_gemv_triton
+
+    operands, args, tail = norm_tail_problem("e2m1xe2m1", m, 88, torch.bfloat16, "e2m1", "int4")
+    tail = dataclasses.replace(tail, fp8_codes=True)
+    out, codes, scales = w4a4_gemv_triton(*operands, norm_tail=tail, **args)
+    assert torch.equal(out, w4a4_gemv_triton(*operands, **args))
+    want = quant_kernels.rms_norm_quantize(out, tail.weight, tail.eps, "e2m1", 0.9, dp4a_for="int4", fp8_codes=True,
+                                           backend="triton")
+    assert codes.dtype == torch.float8_e4m3fn and torch.equal(codes.float(), want[0].float())
+    assert torch.equal(scales, want[1])
+    twin, twin_codes, twin_scales = quant_kernels.w4a4_matmul_dp4a(*operands, norm_tail=tail, backend="torch", **args)
+    want = norm_tail_ref(twin, tail)
+    assert twin_codes.dtype == torch.float8_e4m3fn and torch.equal(twin_codes.float(), want[0].float())
+    assert torch.equal(twin_scales, want[1])
+
+
 @pytest.mark.parametrize("change,message", [
     (dict(gated=True), "gated product"),
     (dict(weight=torch.ones(40, dtype=torch.bfloat16)), r"RMSNorm weight must be a \(88,\)"),
     (dict(weight=torch.ones(88)), "RMSNorm weight must be"),
     (dict(element="nvfp4"), "element 'int4' or 'e2m1'"),
     (dict(dp4a_for="e4m3"), "e4m3"),
+    (dict(fp8_codes=True, dp4a_for="e2m1"), "fp8_codes with dp4a_for"),
 ])
 def test_norm_tail_refuses_what_it_cannot_normalise(change, message):
     import dataclasses

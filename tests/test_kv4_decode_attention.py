@@ -91,12 +91,14 @@ def test_one_visible_key_gives_its_value_dequantized_bit_for_bit(element, group,
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("element,dp4a_for,norm,batch", [("int4", "int4", False, 1), ("e2m1", "e2m1", False, 3),
-                                                         ("int4", "e2m1", True, 2)])
-def test_combining_kernel_s_tail_quantizes_the_output_rows(element, dp4a_for, norm, batch, dtype):
+@pytest.mark.parametrize("element,dp4a_for,norm,batch,fp8_codes", [
+    ("int4", "int4", False, 1, False), ("e2m1", "e2m1", False, 3, False), ("int4", "e2m1", True, 2, False),
+    ("e2m1", "int4", True, 2, True), ("e2m1", "int4", False, 1, True)])
+def test_combining_kernel_s_tail_quantizes_the_output_rows(element, dp4a_for, norm, batch, fp8_codes, dtype):
     """``norm_tail`` (o_proj's input at decode; with an RMSNorm weight too): the output equals the kernel's without
     it bit for bit, and the last program's dp4a bytes and scales equal the activation kernel's for those (B, H * D)
-    rows (packed K and V, and plain); the twins' equal the reference quantizer's of their own output."""
+    rows (packed K and V, and plain), E4M3 planes (``fp8_codes``) the activation kernel's own launch after it; the
+    twins' equal the reference quantizer's of their own output."""
     import quant_kernels
     from quant_kernels.w4a4_gemv import split_k_buffer
 
@@ -107,7 +109,7 @@ def test_combining_kernel_s_tail_quantizes_the_output_rows(element, dp4a_for, no
     value = packed_operand(batch, heads_kv, length, dim, "uint4", 16, g)
     mask = (torch.arange(length)[None, :] < torch.arange(length - batch + 1, length + 1)[:, None])[:, None, None, :]
     weight = (torch.rand(heads_kv * groups * dim, generator=g) + 0.5).to(dtype) if norm else None
-    tail = reference.NormTail(weight, 1e-5, element, 0.9, dp4a_for)
+    tail = reference.NormTail(weight, 1e-5, element, 0.9, dp4a_for, fp8_codes)
     values = [reference.dequantize_kv(t, e, dtype) for t, e in ((key, "int4"), (value, "uint4"))]
     calls = [(quant_kernels.decode_attention_packed, (q, key, value, mask), dict(key_element="int4",
                                                                                 value_element="uint4")),
@@ -118,16 +120,19 @@ def test_combining_kernel_s_tail_quantizes_the_output_rows(element, dp4a_for, no
         rows = out.reshape(batch, -1)
         if norm:
             want_codes, want_scales, _ = quant_kernels.rms_norm_quantize(rows, weight, 1e-5, element, 0.9,
-                                                                         dp4a_for=dp4a_for, backend="triton")
+                                                                         dp4a_for=dp4a_for, fp8_codes=fp8_codes,
+                                                                         backend="triton")
         else:
             want_codes, want_scales = quant_kernels.quantize_activations(rows, element, 0, "float", 0.9,
-                                                                         dp4a_for=dp4a_for, backend="triton")
+                                                                         fp8_codes=fp8_codes, dp4a_for=dp4a_for,
+                                                                         backend="triton")
         assert torch.equal(out, plain) and codes.shape == (batch, heads_kv * groups * dim)
-        assert torch.equal(codes, want_codes) and torch.equal(scales, want_scales)
+        assert codes.dtype == want_codes.dtype and torch.equal(codes.float(), want_codes.float())
+        assert torch.equal(scales, want_scales)
         assert split_k_buffer(out.device, batch, codes.shape[1])[1][0] == 0  # the counter, back at zero
         twin, twin_codes, twin_scales = attention(*args, norm_tail=tail, backend="torch", **kwargs)
         want = reference.norm_tail_ref(twin.reshape(batch, -1), tail)
-        assert torch.equal(twin_codes, want[0]) and torch.equal(twin_scales, want[1])
+        assert torch.equal(twin_codes.float(), want[0].float()) and torch.equal(twin_scales, want[1])
 
 
 def test_combining_kernel_s_tail_refuses_what_it_cannot_quantize():
