@@ -184,7 +184,7 @@ def decode_codes_form(w_element: str, m: int, on_gpu: bool) -> tuple[str, bool]:
     attention, ``w4a4_linear``'s decode rows) writes per-token activation codes for a linear of ``w_element``
     weights at ``m`` rows. On a GPU, E2M1 weights at the tensor-core decode kernel's rows
     (``w4a4_gemv.takes_tensor_cores``) take E4M3 planes in INT4 weights' order, its one-dot FP8 form: on the H200 its
-    linear ran 1.29-1.99x the dp4a bytes' at 8, 16 and 64 rows of the Llama-3-8B shapes
+    linear ran 1.20-1.89x the dp4a bytes' at 8, 16 and 64 rows of the Llama-3-8B shapes
     (``benchmarks/results/decode_rows_e4m3_e2m1_h200.md``; ``PTQ_E2M1_PLANES=0`` keeps the bytes); else the dp4a
     bytes for ``w_element``."""
     if on_gpu and w_element == "e2m1":
