@@ -2,10 +2,11 @@
 
 For each N x K weight shape and row count M it times, in a stream of CUDA-graph calls with the L2 flushed
 before each (``benchmarks.timing``, ``--in_stream``): cuBLAS bf16 (``x @ w.T``); ``quant_kernels.w4a4_linear`` as a
-model runs it (the activation kernel writing dp4a bytes, then the decode kernel it picks: the CUDA-core one
-below ``TC_MIN_M`` rows, the tensor-core one up to ``TC_MAX_M`` for INT4 and E2M1 weights, for ``--element e2m1``
-not with ``PTQ_TC_E2M1=0``); and each decode kernel alone on those bytes (the CUDA-core one up to ``GEMV_MAX_M``
-rows). Every kernel output is checked against the twin. From TC_MIN_M rows also the tensor-core kernel's one-dot
+model runs it (the activation kernel writing dp4a bytes, or E4M3 planes where ``quant_kernels.decode_codes_form``
+gives them: E2M1 weights at the tensor-core rows unless ``PTQ_E2M1_PLANES=0``; then the decode kernel it picks: the
+CUDA-core one below ``TC_MIN_M`` rows, the tensor-core one up to ``TC_MAX_M`` for INT4 and E2M1 weights, for
+``--element e2m1`` not with ``PTQ_TC_E2M1=0``); and each decode kernel alone on dp4a bytes (the CUDA-core one up to
+``GEMV_MAX_M`` rows). Every kernel output is checked against the twin. From TC_MIN_M rows also the tensor-core kernel's one-dot
 FP8 form on E4M3 activation planes in INT4 weights' order (the weights as E4M3 operands, the sums accumulating in
 wgmma, its wgmmas left in flight), alone and after the activation kernel that writes the planes.
 
@@ -44,7 +45,8 @@ def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = 
     row = {"n": n, "k": k, "m": m, "element": element, "bf16_ms": time_ms(lambda: x @ w16.T),
            "linear_ms": time_ms(lambda: quant_kernels.w4a4_linear(x, w_packed, w_scale, **kw,
                                                                   out_dtype=torch.bfloat16)),
-           "linear_kernel": "tensor-core" if w4a4_gemv.takes_tensor_cores(m, element) else
+           "linear_kernel": ("tensor-core, E4M3 planes" if quant_kernels.decode_codes_form(element, m, True)[1] else
+                             "tensor-core") if w4a4_gemv.takes_tensor_cores(m, element) else
            "CUDA-core" if m <= w4a4_gemv.max_rows(element) else "GEMM"}
     for name, tc in (("cuda_core", False), ("tensor_core", True)):
         if (tc and m > w4a4_gemv.TC_MAX_M) or (not tc and m > w4a4_gemv.GEMV_MAX_M):
