@@ -6,9 +6,9 @@ model runs it (the activation kernel writing dp4a bytes, or E4M3 planes where ``
 gives them: E2M1 weights at the tensor-core rows unless ``PTQ_E2M1_PLANES=0``; then the decode kernel it picks: the
 CUDA-core one below ``TC_MIN_M`` rows, the tensor-core one up to ``TC_MAX_M`` for INT4 and E2M1 weights, for
 ``--element e2m1`` not with ``PTQ_TC_E2M1=0``); and each decode kernel alone on dp4a bytes (the CUDA-core one up to
-``GEMV_MAX_M`` rows). Every kernel output is checked against the twin. From TC_MIN_M rows also the tensor-core kernel's one-dot
-FP8 form on E4M3 activation planes in INT4 weights' order (the weights as E4M3 operands, the sums accumulating in
-wgmma, its wgmmas left in flight), alone and after the activation kernel that writes the planes.
+``GEMV_MAX_M`` rows). Every kernel output is checked against the twin. From TC_MIN_M rows also the tensor-core
+kernel's one-dot FP8 form on E4M3 activation planes in INT4 weights' order (the weights as E4M3 operands, the sums
+accumulating in wgmma, its wgmmas left in flight), alone and after the activation kernel that writes the planes.
 
     python benchmarks/decode_rows_bench.py --out benchmarks/results/decode_rows_h200
 """
