@@ -847,8 +847,8 @@ def quantize_activations_triton(
 
 
 def norm_tail_triton(out: torch.Tensor, tail: NormTail) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (dp4a bytes, per-token scales) of ``reference.norm_tail_ref``, by the activation kernel: for a kernel
-    that leaves its tail to a launch of its own."""
+    """The (dp4a bytes or E4M3 planes, per-token scales) of ``reference.norm_tail_ref``, by the activation kernel:
+    for a kernel that leaves its tail to a launch of its own."""
     if tail.weight is None:
         return quantize_activations_triton(out, tail.element, 0, "float", tail.clip_ratio, fp8_codes=tail.fp8_codes,
                                            dp4a_for=tail.dp4a_for)
