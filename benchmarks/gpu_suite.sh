@@ -63,6 +63,10 @@
 #              configs among the autotuner's candidates (issue 9)
 #   profile    the GPU time of each kernel of one compiled decode step, bf16 / W4A4 / W4A4KV4, and the
 #              autotuned configs (issue 10); BATCH=8 for batch-8 decode
+#   decode_planes  FP4 W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8 and 16, E2M1 decode rows on
+#              E4M3 planes (the default since decode_rows_e4m3_e2m1_h200.md) (issues 9, 10)
+#   decode_match  the compiled decode step against the eager one, E4M3 planes against dp4a bytes, on a random 4-layer
+#              Llama-3-8B (MODES, default fp4a4kv4) at batch 8 and 16: logits and greedy tokens (issue 10)
 #   act_quant  the activation kernel against a device copy at prefill sizes, per-token INT4 and E2M1 (packed and as
 #              E4M3 codes, checked against the twin; cold, its autotuning takes most of the 420 s) (issue 9)
 #   act_groups the same for NVFP4 (also with a calibrated tensor amax: one read of x) and MXFP4, then the activation
@@ -327,6 +331,13 @@ for section in "$@"; do
     decode_async)
       step "${LIMIT_DECODE_ROWS:-500}" decode_rows_bench python benchmarks/decode_rows_bench.py --ms "${MS:-8,16,64}" \
         --element "${ELEMENT:-e2m1}" --out "$OUT/decode_rows_e4m3_${ELEMENT:-e2m1}_h200" ;;
+    decode_planes)
+      step "${LIMIT_DECODE_PLANES:-560}" bench_model_decode_planes python benchmarks/bench_model.py --random_mode \
+        --config llama-3-8b --modes "${MODES:-fp4a4kv4,bf16}" --prefill_batches "" --decode_batches 8,16 \
+        --decode_tokens 64 --compile --no_eager --out "$OUT/bench_model_decode_b8_b16_fp4_planes_llama3_8b_h200" ;;
+    decode_match)
+      step "${LIMIT_DECODE_MATCH:-400}" decode_match python benchmarks/decode_match.py --modes "${MODES:-fp4a4kv4}" \
+        --batches 8,16 --out "$OUT/decode_match_fp4_planes_h200" ;;
     act_ncu)
       step "${LIMIT_ACT_NCU:-300}" ncu_act_quant ncu --nvtx --nvtx-include "measure/" --section SpeedOfLight \
         --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \

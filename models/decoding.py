@@ -10,6 +10,8 @@ times it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from transformers import StaticCache
 
@@ -73,6 +75,19 @@ def greedy_token(logits: torch.Tensor) -> torch.Tensor:
     return chunk * ARGMAX_CHUNK + where.gather(-1, chunk)
 
 
+@contextmanager
+def keeping_cache_length(cache):
+    """Forwards inside leave the static cache's token count as it was: a cache that counts its own length
+    (transformers >= 5.2x) gets its count back; the slots they wrote are written again by the next step."""
+    counters = [(layer.cumulative_length, layer.cumulative_length.clone()) for layer in cache.layers
+                if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor)]
+    try:
+        yield
+    finally:
+        for counter, saved in counters:
+            counter.copy_(saved)
+
+
 class StaticDecoder:
     """Greedy decoding from a static cache, one token per ``step()``: eagerly, or after ``capture()`` as
     replays of one captured CUDA graph (the token and its position are updated in place between steps).
@@ -100,23 +115,24 @@ class StaticDecoder:
         self._forward = (torch.compile(self._eager_forward, options=options) if compile
                          else self._eager_forward)
 
+    def logits(self) -> torch.Tensor:
+        """The (batch, vocab) logits of the current token at its position (a forward that writes the token's cache
+        slot: wrap it in ``keeping_cache_length`` to leave the cache's count as it was)."""
+        return self.model(self.token, past_key_values=self.cache, cache_position=self.position).logits[:, -1]
+
     def _eager_forward(self) -> torch.Tensor:
-        logits = self.model(self.token, past_key_values=self.cache, cache_position=self.position).logits
-        return greedy_token(logits[:, -1])
+        return greedy_token(self.logits())
 
     @torch.no_grad()
     def warm_up(self, times: int = 2) -> None:
         """Run the step's forward ``times`` without decoding (the Triton kernels autotune here).
 
         The forwards write the cache slot of the current position, which the next step writes
-        again; a cache that counts its own length (transformers >= 5.2x) gets its count back.
+        again (``keeping_cache_length``).
         """
-        counters = [(layer.cumulative_length, layer.cumulative_length.clone()) for layer in self.cache.layers
-                    if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor)]
-        for _ in range(times):
-            self._forward()
-        for counter, saved in counters:
-            counter.copy_(saved)
+        with keeping_cache_length(self.cache):
+            for _ in range(times):
+                self._forward()
 
     @torch.no_grad()
     def capture(self) -> None:
