@@ -383,8 +383,8 @@ def w4a4_matmul_dp4a(
     above 64 on the tensor-core kernel tiled over M, ``w4a4_gemv.w4a4_tc_prefill_triton``), per-row scales.
 
     ``a_bytes`` (M, K) int8 are the activation codes in the decode kernel's dp4a order for
-    ``w_element`` weights (``quantize_activations(..., dp4a_for=w_element)``), or on a GPU float8_e4m3fn planes for
-    the tensor-core kernel's one-dot form (``decode_codes_form``). ``residual`` (M, N) of
+    ``w_element`` weights (``quantize_activations(..., dp4a_for=w_element)``), or float8_e4m3fn planes in INT4 weights'
+    order (on a GPU the tensor-core kernel's one-dot form, ``decode_codes_form``; the twin takes them too). ``residual`` (M, N) of
     ``out_dtype``: returns ``residual + product`` (the product rounded to ``out_dtype`` first, as a layer's
     ``residual + linear(x)``), added in the kernel's epilogue. ``gated``: the weight rows are an MLP's gate rows
     then its up rows, and the result is (M, N / 2) silu(gate) * up, computed in the kernel's epilogue, where the

@@ -272,6 +272,14 @@ def check_e4m3_planes_args(fp8_codes: bool, dp4a_for: str | None, element: str) 
                          f"element {element!r} (or drop one of the two layouts)")
 
 
+def check_e4m3_planes(a_element: str) -> None:
+    """Raise ValueError unless E4M3 activation planes (``quantize_activations(..., dp4a_for="int4",
+    fp8_codes=True)``) can hold ``a_element``'s codes: INT4 levels or twice the E2M1 values, not INT8 levels."""
+    if a_element not in ("int4", "e2m1"):
+        raise ValueError(f"E4M3 activation bytes hold INT4 or E2M1 activations (twice their values), got {a_element}: "
+                         f"pass the int8 bytes of quantize_activations(..., dp4a_for='int4') for INT8 activations")
+
+
 def e4m3_planes(dp4a_bytes: torch.Tensor) -> torch.Tensor:
     """INT4 weights' dp4a bytes (``dp4a_bytes``, ``w_element`` 'int4') as the E4M3 planes of the tensor-core
     kernel's FP8 forms: the same values in the same order, float8_e4m3fn (exact: |value| <= 12)."""
@@ -332,11 +340,17 @@ def w4a4_gemv_ref(
     ``gated``: the weight rows are an MLP's gate rows then its up rows, and the result is (M, N / 2)
     ``silu_mul_ref`` of the rounded product. ``norm_tail``: (the result, ``norm_tail_ref`` of it).
     With INT8 activations (W4A8, W8A8) it is the W8A8 product of the levels (``int8_gemm.w8a8_matmul``), INT4
-    weights widened to int8."""
-    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, w_element, bias, out_dtype, residual, gated)
+    weights widened to int8. E4M3 activation planes (``e4m3_planes``: INT4 weights' order whatever the weights, as
+    the tensor-core kernel's one-dot form takes them) give the product of the same codes."""
+    planes = a_bytes.dtype == torch.float8_e4m3fn
+    if planes:
+        check_e4m3_planes(a_element)
+        a_bytes = a_bytes.float().to(torch.int8)  # exact: the planes hold the bytes' integer values
+    order = "int4" if planes else w_element
+    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, order, bias, out_dtype, residual, gated)
     if norm_tail is not None:
         check_norm_tail(norm_tail, a_bytes.shape[0], w_packed.shape[0], out_dtype, gated)
-    values = dp4a_values(a_bytes, a_element, w_element)
+    values = dp4a_values(a_bytes, a_element, order)
     if a_element == "int8":
         from .int8_gemm import w8a8_matmul
 

@@ -66,7 +66,7 @@ from quant_layers.packing import element_named
 
 from .act_quant import DP4A_FOR_IDS, _code_values, _tail_quantize_rows, clamp_kind, norm_tail_triton
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
-from .reference import NormTail, check_dp4a_args, check_norm_tail, check_out
+from .reference import NormTail, check_dp4a_args, check_e4m3_planes, check_norm_tail, check_out
 from .rounding import _round_to_dtype, _silu_mul
 from .switches import env_switch
 
@@ -854,14 +854,6 @@ def _launch_operands(a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: tor
                  ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16,
                  **(pdl_flags(a_bytes.device, pdl_kernel) if pdl_kernel else {"USE_GDC": False}))
     return a_words, w_words, a_scale, w_scale, outputs, trailing, flags
-
-
-def check_e4m3_planes(a_element: str) -> None:
-    """Raise ValueError unless E4M3 activation planes (``quantize_activations(..., dp4a_for="int4",
-    fp8_codes=True)``) can hold ``a_element``'s codes: INT4 levels or twice the E2M1 values, not INT8 levels."""
-    if a_element not in ("int4", "e2m1"):
-        raise ValueError(f"E4M3 activation bytes hold INT4 or E2M1 activations (twice their values), got {a_element}: "
-                         f"pass the int8 bytes of quantize_activations(..., dp4a_for='int4') for INT8 activations")
 
 
 def w4a4_tc_prefill_triton(

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import models.fused_decoder_layer as fused_decoder_layer
@@ -300,3 +301,56 @@ def test_the_probe_s_logits_digest_takes_the_fused_path(monkeypatch):
         digest = logits_digest(model, ids)
         assert digest == logits_digest(plain, ids) != logits_digest(model, ids + 1)
     assert calls["norm_tail"] == 2 * 3 and calls["attention_tail"] == 2 * 2
+
+
+class OpCalls(TorchDispatchMode):
+    """The first call of each of our custom ops (``ptq::``) run inside: ``first[op] = (args, kwargs)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first: dict = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "ptq":
+            self.first.setdefault(func, (args, kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def test_e4m3_planes_at_the_tensor_core_rows_give_the_dp4a_bytes_logits(monkeypatch):
+    """As on a GPU (``decode_codes_form`` told it runs on one): at the tensor-core decode kernel's rows (16 sequences
+    of one token) E2M1 weights' products take E4M3 planes from the RMSNorm and silu(gate) * up kernels, the
+    attention's tail and the norm tails, and the twins give the dp4a bytes' logits bit for bit, eagerly and
+    compiled (as one graph, against the bytes' compiled logits, whose fused glue rounds otherwise than eager's); the
+    fake of every custom op that writes codes gives the planes' dtype, as the op does (``opcheck``)."""
+    from torch._dynamo.utils import counters
+
+    e2m1 = RealQuantScheme("e2m1")
+    model = tiny_model("llama", act=e2m1, weight=e2m1)
+    assert use_grouped_decode_attention(model) and fuse_decoder_layers(model) == 2
+    monkeypatch.setattr(fused_decoder_layer, "ATTENTION_TAIL_MAX_ROWS", 16)
+    ids = torch.randint(0, 128, (16, 1), generator=torch.Generator().manual_seed(3))
+    forward = lambda ids: model(ids, use_cache=False).logits  # noqa: E731
+    with torch.no_grad():
+        want, want_compiled = forward(ids), torch.compile(forward)(ids)
+    form, product, codes = quant_kernels.decode_codes_form, quant_kernels.w4a4_matmul_dp4a, []
+
+    def recorded(a_bytes, *args, **kwargs):
+        codes.append(a_bytes.dtype)
+        return product(a_bytes, *args, **kwargs)
+
+    monkeypatch.setattr(quant_kernels, "decode_codes_form", lambda w_element, m, on_gpu: form(w_element, m, True))
+    monkeypatch.setattr(quant_kernels, "w4a4_matmul_dp4a", recorded)
+    with torch.no_grad():
+        with OpCalls() as calls:
+            got = forward(ids)
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = torch.compile(forward)(ids)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert len(codes) >= 8 and set(codes) == {torch.float8_e4m3fn}  # every product of both layers, on planes
+    assert torch.equal(got, want) and torch.equal(compiled, want_compiled)
+    writers = {"rms_norm_quantize", "silu_mul_quantize", "decode_attention_codes", "real_quant_matmul_norm",
+               "real_quant_gemv_norm"}
+    assert writers <= {op.__name__.split(".")[0] for op in calls.first}
+    for op, (args, kwargs) in calls.first.items():  # each fake's outputs as the op's: the planes' dtype included
+        torch.library.opcheck(op, args, kwargs, test_utils="test_faketensor")

@@ -1460,7 +1460,8 @@ def test_tensor_core_decode_kernel_takes_e4m3_planes(a_element, w_element, split
     """E4M3 activation planes (INT4 weights' order, ``dp4a_for="int4", fp8_codes=True``) at decode rows: the
     one-dot FP8 form, INT4 or E2M1 weights as E4M3 operands, K ragged (100 bytes against 32-byte steps) and split
     (3 slices: the last short), a bias and a residual: the twin's result bit for bit on the dp4a bytes of the same
-    codes; the split-K buffer left zeroed; INT8 activations, the CUDA-core kernel and a gated product refused."""
+    codes, as the twin gives on the planes themselves; the split-K buffer left zeroed; INT8 activations (kernel and
+    twin), the CUDA-core kernel and a gated product refused."""
     import triton
 
     from quant_kernels import w4a4_gemv
@@ -1481,11 +1482,14 @@ def test_tensor_core_decode_kernel_takes_e4m3_planes(a_element, w_element, split
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
     got = w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, out=out, config=config, **kw)
     a_bytes = dp4a_order(values.to(torch.int8), w_element)
-    assert got is out and torch.equal(got, w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw))
+    want = w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw)
+    assert got is out and torch.equal(got, want)
+    assert torch.equal(w4a4_gemv_ref(planes, a_scale, w_packed, w_scale, **kw), want)  # the twin takes planes too
     partial, counts = w4a4_gemv.split_k_buffer(planes.device, m, n)
     assert not partial.any() and not counts.any()
-    with pytest.raises(ValueError, match="E4M3 activation bytes hold INT4 or E2M1 activations .*, got int8"):
-        w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, **{**kw, "a_element": "int8"})
+    for product in (w4a4_gemv.w4a4_gemv_triton, w4a4_gemv_ref):
+        with pytest.raises(ValueError, match="E4M3 activation bytes hold INT4 or E2M1 activations .*, got int8"):
+            product(planes, a_scale, w_packed, w_scale, **{**kw, "a_element": "int8"})
     with pytest.raises(ValueError, match="E4M3 activation planes take the tensor-core decode kernel"):
         w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, tensor_cores=False, **kw)
 
