@@ -77,6 +77,7 @@ W4A4_FORMATS = {
 }
 FPX_FORMATS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1")  # weight-only elements
 CHECK_ROWS = 64  # rows of the activations checked against the twin
+PREFILL_COMPARE_M = 256  # from these rows the FPx path not taken (tile kernel or dequantized weight) is timed too
 
 
 def parse_shapes(text: str, form: str = "N x K", example: str = "4096x4096,14336x4096",
@@ -341,14 +342,25 @@ def fpx_weight(w: torch.Tensor, element: str) -> tuple[tuple[torch.Tensor, ...],
 
 
 def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Tensor, element: str,
-              row_kernel: bool | None = None) -> str:
-    """Triton weight-only GEMM (``row_kernel`` as ``fpx_matmul_triton`` takes it) against the twin on the first
-    CHECK_ROWS rows."""
+              row_kernel: bool | None = None, dequantize: bool = False) -> str:
+    """Triton weight-only GEMM (``row_kernel`` and ``dequantize`` as ``fpx_matmul_triton`` takes them) against the
+    twin on the first CHECK_ROWS rows: the kernels' fp32 out within 1e-5 of the largest value; the dequantized
+    weight's product (out in x's half dtype) within its roundings, each weight's and the output's (half an ulp each,
+    the output's counted twice)."""
     from quant_kernels.fpx_gemm import fpx_matmul_triton  # late: builds Triton kernels (see main)
 
-    spec = dict(element=element, bits=element_named(element).bits, out_dtype=torch.float32)
-    got = fpx_matmul_triton(x[:CHECK_ROWS], planes, scale, row_kernel=row_kernel, **spec)
-    want = reference.fpx_matmul_ref(x[:CHECK_ROWS], planes, scale, **spec)
+    bits = element_named(element).bits
+    rows = x[:CHECK_ROWS]
+    want = reference.fpx_matmul_ref(rows, planes, scale, element=element, bits=bits, out_dtype=torch.float32)
+    if dequantize:
+        got = fpx_matmul_triton(rows, planes, scale, element=element, bits=bits, dequantize=True).float()
+        weight = reference.fpx_weight(planes, scale, element, bits, x.shape[1])
+        half_ulp = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[x.dtype]
+        bound = half_ulp * (rows.float().abs() @ weight.abs().T + 2 * want.abs()) + 1e-30
+        over = ((got - want).abs() / bound).max().item()
+        return "ok" if over <= 1 else f"MISMATCH {over:.2f} of the rounding bound"
+    got = fpx_matmul_triton(rows, planes, scale, element=element, bits=bits, out_dtype=torch.float32,
+                            row_kernel=row_kernel, dequantize=False)
     err = ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
     return "ok" if err <= 1e-5 else f"MISMATCH rel err {err:.1e}"
 
@@ -357,7 +369,8 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms,
                       elements: tuple[str, ...] = FPX_FORMATS) -> list[dict]:
     """bf16 activations x FPx weights (per-channel scales) against bf16 torch.matmul; for 2..ROW_MAX_M rows the
     kernel the default did not pick beside it (the tensor-core kernel up to ROW_DEFAULT_MAX_M rows, where the
-    CUDA-core row kernel is the default, the row kernel above)."""
+    CUDA-core row kernel is the default, the row kernel above), and from PREFILL_COMPARE_M rows the path it did not
+    pick of the tile kernel and the dequantized weight times cuBLAS (``fpx_gemm.takes_dequantized``)."""
     from quant_kernels import fpx_gemm  # late: builds Triton kernels (see main)
 
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
@@ -368,10 +381,19 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms,
         gemm = functools.partial(quant_kernels.fpx_matmul, x, planes, scale, element=element,
                                  bits=element_named(element).bits, backend="triton")
         weight_bytes = sum(p.numel() for p in planes) + 4 * n
-        check = check_fpx(x, planes, scale, element)
-        rows.append(row(n, m, k, f"{element} w-only", time_ms(gemm), weight_bytes, check))
+        dequantized = fpx_gemm.takes_dequantized(m, x.dtype, x.dtype, None)
+        check = check_fpx(x, planes, scale, element, dequantize=dequantized)
+        rows.append(row(n, m, k, f"{element} w-only{' (dequantized + cuBLAS)' if dequantized else ''}",
+                        time_ms(gemm), weight_bytes, check))
         by_default = fpx_gemm.takes_row_kernel(m, k)
-        rows[-1]["config"] = fpx_tuned_config(by_default)
+        rows[-1]["config"] = "" if dequantized else fpx_tuned_config(by_default)
+        if m >= PREFILL_COMPARE_M:
+            other = functools.partial(fpx_gemm.fpx_matmul_triton, x, planes, scale, element=element,
+                                      bits=element_named(element).bits, dequantize=not dequantized)
+            check = check_fpx(x, planes, scale, element, dequantize=not dequantized)  # before the timed run's pick
+            name = f"{element} w-only {'tile kernel' if dequantized else 'dequantized + cuBLAS'}"
+            rows.append(row(n, m, k, name, time_ms(other), weight_bytes, check))
+            rows[-1]["config"] = fpx_tuned_config(False) if dequantized else ""
         if 1 < m <= fpx_gemm.ROW_MAX_M and k % 8 == 0:
             other = functools.partial(fpx_gemm.fpx_matmul_triton, x, planes, scale, element=element,
                                       bits=element_named(element).bits, row_kernel=not by_default)

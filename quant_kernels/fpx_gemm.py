@@ -55,6 +55,9 @@ the H200 (2026-12-02, tenth session) it took M = 4 from 0.45-0.72x bf16 on the t
 to 0.82-1.02x, and tied it at M = 8 (0.48-0.70x), so by default a GPU gives it up to
 ``ROW_DEFAULT_MAX_M`` rows; ``row_kernel=True`` takes it to ``ROW_MAX_M``.
 
+From ``DEQUANT_MIN_M`` rows of half-precision activations (prefill) neither kernel runs: ``_fpx_dequant_kernel``
+writes the weight in x's dtype once and cuBLAS multiplies it (``takes_dequantized``).
+
 Like ``act_quant`` and ``w4a4_gemm`` it calls only Triton builtins and its own
 ``triton.jit`` helpers (no ``tl.zeros`` / ``tl.cdiv``), so that it runs under the
 interpreter even when triton was imported in compiled mode first.
@@ -69,6 +72,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from triton.language.standard import _sum_combine
 
 from .reference import check_fpx_args, check_out, fpx_element
+from .rounding import _round_to_dtype
 from .switches import env_switch
 from .w4a4_gemv import _words, keep_pinned, prune_decode_configs, split_k_buffer
 
@@ -166,6 +170,12 @@ ROW_MIN_BLOCK_N = 8
 # The row kernel takes up to ROW_MAX_M activation rows (``row_kernel=True``); by default a GPU gives it up to
 # ROW_DEFAULT_MAX_M, where it beat the tensor-core kernel 1.4-1.9x on the H200 (at 8 rows they tied).
 ROW_MAX_M = 8
+# From this many rows (prefill) the weight is dequantized once into x's dtype (``_fpx_dequant_kernel``, one pass:
+# 0.75 bytes a weight read and 2 written for FP6) and multiplied by cuBLAS, where the tile kernel would place each
+# weight again for every tile of rows (16 times at 2048 rows): on the H200 its FP6 prefill ran 0.26x bf16
+# (``benchmarks/results/end_to_end_h200.md``, run 1), while the pass costs about what reading a bf16 weight does.
+DEQUANT_MIN_M = 1024
+DEQUANT_BLOCK = dict(BLOCK_N=32, BLOCK_K=128)  # a tile per program: each thread writes 16 contiguous bytes
 ROW_DEFAULT_MAX_M = 4
 # The one-row kernel multiplies the activations by 2^ROW_X_SCALE_EXP: a product of a subnormal placement
 # (>= 2^-130) and an activation is then normal, so exact, for |x| >= 2^-28, and x overflows only past 2^96.
@@ -224,6 +234,36 @@ def _decode(codes, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.
     power = tl.maximum(exponent, 1) - (EXP_BIAS + MAN_BITS)
     magnitude = significand.to(tl.float32) * ((power + 127) << 23).to(tl.float32, bitcast=True)
     return tl.where(((codes >> (EXP_BITS + MAN_BITS)) & 1) != 0, -magnitude, magnitude)
+
+
+@triton.jit
+def _fpx_dequant_kernel(
+    low_ptr, high_ptr, scale_ptr, out_ptr, N, K, stride_low, stride_high, stride_out,
+    EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROUND_BF16: tl.constexpr,
+):
+    """out (N, K) = decode(w) * scale[:, None] in out's dtype, one (BLOCK_N, BLOCK_K) tile a program: the planes
+    spread and decoded as the tile kernel's unpaired path does, the value times its row's scale rounded once to
+    nearest (ROUND_BF16 by hand: the interpreter's bfloat16 cast truncates)."""
+    HIGH_PER_BYTE: tl.constexpr = 8 // HIGH_WIDTH if HIGH_WIDTH > 0 else 8
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k0 = tl.program_id(1) * BLOCK_K
+    offs_low = tl.arange(0, BLOCK_K // 2)
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    n_ok = offs_n < N
+    rest = K - k0
+    low = tl.load(low_ptr + k0 // 2 + offs_n[:, None] * stride_low + offs_low[None, :],
+                  mask=n_ok[:, None] & (offs_low[None, :] < rest // 2), other=0)
+    codes = _spread(low, BLOCK_N, BLOCK_K // 2, 4)
+    if HIGH_WIDTH > 0:
+        offs_high = tl.arange(0, BLOCK_K // HIGH_PER_BYTE)
+        high = tl.load(high_ptr + k0 // HIGH_PER_BYTE + offs_n[:, None] * stride_high + offs_high[None, :],
+                       mask=n_ok[:, None] & (offs_high[None, :] < rest // HIGH_PER_BYTE), other=0)
+        codes = codes | (_spread(high, BLOCK_N, BLOCK_K // HIGH_PER_BYTE, HIGH_WIDTH) << 4)
+    scale = tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
+    values = _round_to_dtype(_decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS) * scale[:, None], ROUND_BF16, False)
+    tl.store(out_ptr + offs_n[:, None] * stride_out + offs_k[None, :], values.to(out_ptr.dtype.element_ty),
+             mask=n_ok[:, None] & (offs_k < K)[None, :])
 
 
 @triton.jit
@@ -939,10 +979,36 @@ def launch_options(config: triton.Config) -> dict:
     return options
 
 
+def fpx_dequantize_triton(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
+                          element: str, bits: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (N, K) weight ``reference.fpx_weight`` gives, rounded once to ``dtype``, from its bit planes (K from the
+    low plane: two codes a byte)."""
+    low = planes[0].contiguous()
+    n, k = low.shape[0], 2 * low.shape[1]
+    check_fpx_args(torch.empty(0, k, dtype=dtype, device=low.device), planes, w_scale, element, bits, None, dtype)
+    fmt = fpx_element(element, bits)
+    high = planes[1].contiguous() if len(planes) > 1 else low
+    out = torch.empty((n, k), dtype=dtype, device=low.device)
+    grid = (triton.cdiv(n, DEQUANT_BLOCK["BLOCK_N"]), triton.cdiv(k, DEQUANT_BLOCK["BLOCK_K"]))
+    _fpx_dequant_kernel[grid](low, high, w_scale.float().reshape(n).contiguous(), out, n, k, low.stride(0),
+                              high.stride(0), out.stride(0), EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits,
+                              EXP_BIAS=fmt.default_bias, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits],
+                              ROUND_BF16=dtype == torch.bfloat16, **DEQUANT_BLOCK)
+    return out
+
+
+def takes_dequantized(m: int, x_dtype: torch.dtype, out_dtype: torch.dtype, bias: torch.Tensor | None) -> bool:
+    """Whether ``fpx_matmul_triton(..., dequantize=None)`` multiplies a dequantized weight by cuBLAS: from
+    DEQUANT_MIN_M rows, half-precision x, its dtype out and a bias of it (cuBLAS rounds once, in x's dtype)."""
+    return (m >= DEQUANT_MIN_M and x_dtype in (torch.float16, torch.bfloat16) and out_dtype == x_dtype
+            and (bias is None or bias.dtype == x_dtype))
+
+
 def fpx_matmul_triton(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
     out: torch.Tensor | None = None, row_kernel: bool | None = None, config: triton.Config | None = None,
+    dequantize: bool | None = None,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.fpx_matmul_ref`` (x 2-D); writes into ``out`` (M, N) when given.
 
@@ -951,13 +1017,21 @@ def fpx_matmul_triton(
     more than ROW_MAX_M rows is an error. ``config`` replaces the autotuner's pick or the interpreter's fixed
     config of the kernel that runs: BLOCK_N, BLOCK_KW, PREFETCH, LOOP_STAGES and SPLIT_K for the row kernel; BLOCK_M,
     BLOCK_N, BLOCK_K, PAIRED, SWAP_AB and SPLIT_K for the tensor-core one; warps, stages and ``maxnreg``.
+    ``dequantize``: whether the weight is dequantized into x's dtype (``fpx_dequantize_triton``: each weight times
+    its scale rounded once, the weight a fake-quantized model of that dtype holds) and multiplied by
+    ``torch.mm`` (cuBLAS), out in x's dtype (None: ``takes_dequantized``, from DEQUANT_MIN_M rows).
     """
     check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype)
     if row_kernel and not (1 <= x.shape[0] <= ROW_MAX_M and x.shape[1] % 8 == 0):
         raise ValueError(f"the row kernel takes 1 to {ROW_MAX_M} activation rows and K a multiple of 8, got "
                          f"{x.shape[0]} rows and K={x.shape[1]}")
-    fmt = fpx_element(element, bits)
     m, k = x.shape
+    if dequantize is None:
+        dequantize = row_kernel is None and config is None and takes_dequantized(m, x.dtype, out_dtype or x.dtype,
+                                                                                  bias)
+    if dequantize:
+        return _dequantized_product(x, planes, w_scale, element, bits, bias, out_dtype, out, row_kernel, config)
+    fmt = fpx_element(element, bits)
     use_row_kernel = bool(row_kernel or (row_kernel is None and takes_row_kernel(m, k)))
     if config is not None:
         check_fixed_config(config, use_row_kernel, k)
@@ -1028,6 +1102,23 @@ def fpx_matmul_triton(
         else:
             _fpx_autotuned[grid](*args, **flags, partial_ptr=partials, count_ptr=counters)
     return out
+
+
+def _dequantized_product(x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor,
+                         element: str, bits: int, bias: torch.Tensor | None, out_dtype: torch.dtype | None,
+                         out: torch.Tensor | None, row_kernel: bool | None,
+                         config: triton.Config | None) -> torch.Tensor:
+    """``fpx_matmul_triton(..., dequantize=True)``: x @ the dequantized weight (+ bias), by ``torch.mm``."""
+    if row_kernel or config is not None or (out_dtype or x.dtype) != x.dtype or (
+            bias is not None and bias.dtype != x.dtype):
+        raise ValueError(f"a dequantized weight is multiplied by torch.mm in x's dtype ({x.dtype}): pass no "
+                         f"row_kernel or config, an out_dtype and a bias of x's dtype (got out_dtype={out_dtype}, "
+                         f"bias {None if bias is None else bias.dtype}), or dequantize=False for the kernels")
+    check_out(out, x.shape[0], planes[0].shape[0], x.dtype)
+    weight = fpx_dequantize_triton(planes, w_scale, element=element, bits=bits, dtype=x.dtype)
+    if bias is None:
+        return torch.mm(x, weight.T, out=out)
+    return torch.addmm(bias, x, weight.T, out=out)
 
 
 def _split_k_slots(device: torch.device, m: int, n: int, splits: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:

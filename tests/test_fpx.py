@@ -227,6 +227,51 @@ def test_triton_equals_twin(name, k, dtype):
         assert_matches_twin(out, want)
 
 
+@pytest.mark.parametrize("name", KERNEL_ELEMENTS)
+def test_dequantize_kernel_gives_the_twin_s_weight_rounded_once(name):
+    """Every code (each row holds all of them, K ragged against the 128-column tile, N against the 32-row one) times
+    its row's scale, rounded to nearest once in each dtype: the twin's fp32 weight cast, bit for bit (bfloat16's
+    rounding by hand, the interpreter's cast truncating)."""
+    fmt = element_named(name)
+    n, k = 40, 136 if fmt.bits == 5 else 132
+    codes = (torch.arange(n * k) % 2**fmt.bits).reshape(n, k).to(torch.uint8)
+    planes = pack_planes(codes, fmt.bits)
+    scale = torch.rand(n, 1, generator=torch.Generator().manual_seed(n)) * 0.3 + 0.01
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        got = fpx_gemm.fpx_dequantize_triton(planes, scale, element=name, bits=fmt.bits, dtype=dtype)
+        assert got.dtype == dtype and torch.equal(got, fpx_weight(planes, scale, name, fmt.bits, k).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["e3m2", "e2m2", "e2m1"])
+def test_prefill_rows_multiply_the_dequantized_weight(name, dtype, monkeypatch):
+    """From DEQUANT_MIN_M rows of half-precision x (out and bias of its dtype) the product is x times the weight
+    dequantized into x's dtype, by torch.mm (the fake-quantized model's linear; within the weight's and the output's
+    rounding of the twin); below it, or with an fp32 out or bias, the tile kernel; a forced one takes only x's dtype."""
+    monkeypatch.setattr(fpx_gemm, "DEQUANT_MIN_M", 12)
+    bits = element_named(name).bits
+    x, planes, scale, bias = operands(name, 12, 40, 64, dtype, seed=5)
+    bias = bias.to(dtype)
+    calls = []
+    dequantize = fpx_gemm.fpx_dequantize_triton
+    monkeypatch.setattr(fpx_gemm, "fpx_dequantize_triton", lambda *a, **kw: calls.append(1) or dequantize(*a, **kw))
+    poisoned = torch.full((12, 40), float("nan"), dtype=dtype)
+    got = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=bias, out=poisoned)
+    weight = fpx_weight(planes, scale, name, bits, 64)
+    assert calls and got is poisoned and torch.equal(got, torch.addmm(bias, x, weight.to(dtype).T))
+    want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=bias, out_dtype=torch.float32)
+    half_ulp = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[dtype]
+    bound = half_ulp * (x.float().abs() @ weight.abs().T + 2 * want.abs()) + 1e-6
+    assert ((got.float() - want).abs() <= bound).all()
+    calls.clear()
+    for rows, changes in ((11, {}), (12, dict(out_dtype=torch.float32)), (12, dict(bias=bias.float()))):
+        fpx_gemm.fpx_matmul_triton(x[:rows], planes, scale, element=name, bits=bits, **{"bias": bias, **changes})
+    assert not calls
+    with pytest.raises(ValueError, match="multiplied by torch.mm in x's dtype"):
+        fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, out_dtype=torch.float32,
+                                   dequantize=True)
+
+
 def tile_config(monkeypatch, name: str, k: int, **config) -> int:
     """Set the interpreter's tile config entries ``config`` for this test; skip FP5 with K not a multiple of 8 (its
     1-bit plane holds whole bytes); returns the element's bits."""
