@@ -345,20 +345,16 @@ def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Te
               row_kernel: bool | None = None, dequantize: bool = False) -> str:
     """Triton weight-only GEMM (``row_kernel`` and ``dequantize`` as ``fpx_matmul_triton`` takes them) against the
     twin on the first CHECK_ROWS rows: the kernels' fp32 out within 1e-5 of the largest value; the dequantized
-    weight's product (out in x's half dtype) within its roundings, each weight's and the output's (half an ulp each,
-    the output's counted twice)."""
+    weight's product (out in x's half dtype) within its roundings (``reference.dequantized_product_excess``)."""
     from quant_kernels.fpx_gemm import fpx_matmul_triton  # late: builds Triton kernels (see main)
 
     bits = element_named(element).bits
     rows = x[:CHECK_ROWS]
-    want = reference.fpx_matmul_ref(rows, planes, scale, element=element, bits=bits, out_dtype=torch.float32)
     if dequantize:
-        got = fpx_matmul_triton(rows, planes, scale, element=element, bits=bits, dequantize=True).float()
-        weight = reference.fpx_weight(planes, scale, element, bits, x.shape[1])
-        half_ulp = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[x.dtype]
-        bound = half_ulp * (rows.float().abs() @ weight.abs().T + 2 * want.abs()) + 1e-30
-        over = ((got - want).abs() / bound).max().item()
+        got = fpx_matmul_triton(rows, planes, scale, element=element, bits=bits, dequantize=True)
+        over = reference.dequantized_product_excess(got, rows, planes, scale, element, bits)
         return "ok" if over <= 1 else f"MISMATCH {over:.2f} of the rounding bound"
+    want = reference.fpx_matmul_ref(rows, planes, scale, element=element, bits=bits, out_dtype=torch.float32)
     got = fpx_matmul_triton(rows, planes, scale, element=element, bits=bits, out_dtype=torch.float32,
                             row_kernel=row_kernel, dequantize=False)
     err = ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()

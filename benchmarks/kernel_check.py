@@ -315,6 +315,33 @@ def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device
             "error_over_bound": excess, "ok": ok}
 
 
+def check_fpx_dequantized(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device) -> dict:
+    """The FPx prefill path: the dequantizing kernel's weight bit for bit the twin's rounded to x's dtype, and the
+    product of ``m`` rows by cuBLAS (``fpx_matmul_triton(..., dequantize=True)``) into a NaN-poisoned output within
+    its roundings (``reference.dequantized_product_excess``)."""
+    from quant_kernels.fpx_gemm import fpx_dequantize_triton, fpx_matmul_triton
+
+    fmt = element_named(element)
+    w = torch.randn(n, k, device=device) * 0.02
+    scale = w.abs().amax(dim=1, keepdim=True) / fmt.max_value
+    planes = pack_planes(encode(fmt.round(w / scale), fmt), fmt.bits)
+    weight = fpx_dequantize_triton(planes, scale, element=element, bits=fmt.bits, dtype=x_dtype)
+    same = torch.equal(weight, reference.fpx_weight(planes, scale, element, fmt.bits, k).to(x_dtype))
+    x = random_activations(m, k, x_dtype, device)
+    out = torch.full((m, n), float("nan"), dtype=x_dtype, device=device)
+    fpx_matmul_triton(x, planes, scale, element=element, bits=fmt.bits, out=out, dequantize=True)
+    excess = reference.dequantized_product_excess(out, x, planes, scale, element, fmt.bits)
+    return {"kernel": "fpx_dequant", "case": f"{element} weight {'equal' if same else 'DIFFERS'}, product by cuBLAS",
+            "shape": f"M{m} N{n} K{k} {str(x_dtype).removeprefix('torch.')}", "error_over_bound": excess,
+            "ok": same and not out.isnan().any() and excess <= 1}
+
+
+# (M, N, K, element, x dtype): the FPx prefill path at a Llama-3-8B shape and a ragged one.
+GPU_FPX_DEQUANTIZED = [(1024, 4096, 14336, "e3m2", torch.bfloat16), (1500, 6144, 4096, "e2m2", torch.float16),
+                       (1030, 40, 200, "e2m1", torch.bfloat16)]
+DRY_FPX_DEQUANTIZED = [(20, 40, 200, "e3m2", torch.bfloat16), (9, 24, 64, "e2m2", torch.float16)]
+
+
 # (M, N, K, element, x dtype, (BLOCK_N, BLOCK_KW, warps, PREFETCH, SPLIT_K)): the row kernel's split-K forced, at
 # the down, o_proj and q/k/v shapes and a ragged one, one and several rows (whole tiles at 4096 x 4096 and 6144 x 4096,
 # the FP5 row on the interleaved high plane); the interpreter takes the small ones.
@@ -593,7 +620,8 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
 
 CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_int8_linear, check_e4m3_linear,
           check_fp8_codes, check_fp8_linear,
-          check_fpx, check_fpx_split, check_fpx_swap, check_decode_attention, check_decode_attention_packed,
+          check_fpx, check_fpx_split, check_fpx_swap, check_fpx_dequantized, check_decode_attention,
+          check_decode_attention_packed,
           check_kv_write, check_fused_decode, check_int8_decode, check_tc_decode)
 
 
@@ -697,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
         record(check_fpx_split, m, n, k, element, dtype, device, config)
     for m, n, k, element, dtype, config in DRY_FPX_SWAP if args.cpu_dry_run else GPU_FPX_SWAP:
         record(check_fpx_swap, m, n, k, element, dtype, device, config)
+    for m, n, k, element, dtype in DRY_FPX_DEQUANTIZED if args.cpu_dry_run else GPU_FPX_DEQUANTIZED:
+        record(check_fpx_dequantized, m, n, k, element, dtype, device)
     for batch, heads, tokens, dim in DRY_KV_WRITE_SHAPES if args.cpu_dry_run else GPU_KV_WRITE_SHAPES:
         for dtype in OUT_DTYPES:
             record(check_kv_write, batch, heads, tokens, dim, dtype, device)

@@ -508,6 +508,20 @@ def fpx_matmul_ref(
     return out.to(out_dtype or x.dtype)
 
 
+def dequantized_product_excess(got: torch.Tensor, x: torch.Tensor,
+                               planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor,
+                               element: str, bits: int,
+                               bias: torch.Tensor | None = None) -> float:
+    """How far ``got``, x times the weight dequantized into x's half dtype (``fpx_gemm.fpx_dequantize_triton``), lies
+    from ``fpx_matmul_ref`` in units of its roundings: half an ulp of each weight times |x| |w| summed, and half an
+    ulp of the output, counted twice (the fp32 sums' order); at most 1 where the product is right."""
+    half_ulp = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[x.dtype]
+    want = fpx_matmul_ref(x, planes, w_scale, element=element, bits=bits, bias=bias, out_dtype=torch.float32)
+    weight = fpx_weight(planes, w_scale, element, bits, x.shape[1])
+    bound = half_ulp * (x.float().abs() @ weight.abs().T + 2 * want.abs()) + 1e-30
+    return ((got.float() - want).abs() / bound).max().item()
+
+
 def decode_attention_problem(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                              mask: torch.Tensor | None) -> str | None:
     """Why ``quant_kernels.decode_attention`` cannot take these operands, or None when it can."""

@@ -18,7 +18,7 @@ import triton.language as tl  # noqa: E402
 
 import quant_kernels  # noqa: E402
 from quant_kernels import fpx_gemm  # noqa: E402
-from quant_kernels.reference import fpx_matmul_ref, fpx_weight  # noqa: E402
+from quant_kernels.reference import dequantized_product_excess, fpx_matmul_ref, fpx_weight  # noqa: E402
 from quant_layers import FPFormat, QuantSpec, Quantizer, fp_format  # noqa: E402
 from quant_layers.packing import (  # noqa: E402
     ELEMENT_OF, code_values, decode, element_named, encode, pack, pack_planes, unpack_planes,
@@ -259,10 +259,10 @@ def test_prefill_rows_multiply_the_dequantized_weight(name, dtype, monkeypatch):
     got = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=bias, out=poisoned)
     weight = fpx_weight(planes, scale, name, bits, 64)
     assert calls and got is poisoned and torch.equal(got, torch.addmm(bias, x, weight.to(dtype).T))
-    want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=bias, out_dtype=torch.float32)
-    half_ulp = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[dtype]
-    bound = half_ulp * (x.float().abs() @ weight.abs().T + 2 * want.abs()) + 1e-6
-    assert ((got.float() - want).abs() <= bound).all()
+    assert dequantized_product_excess(got, x, planes, scale, name, bits, bias) <= 1
+    wrong = got.clone()
+    wrong[3, 7] += 0.25  # outputs of about 1 here, whose roundings are a few hundredths
+    assert dequantized_product_excess(wrong, x, planes, scale, name, bits, bias) > 1
     calls.clear()
     for rows, changes in ((11, {}), (12, dict(out_dtype=torch.float32)), (12, dict(bias=bias.float()))):
         fpx_gemm.fpx_matmul_triton(x[:rows], planes, scale, element=name, bits=bits, **{"bias": bias, **changes})
@@ -438,6 +438,18 @@ def test_kernel_check_forces_the_split_row_and_swapped_tile_configs(tmp_path):
     assert sum(" row " in c["case"] and "split" in c["case"] for c in checks) == len(DRY_FPX_SPLIT)
     assert sum(" tile " in c["case"] and "split" in c["case"] for c in checks) == 1
     assert sum("swapped" in c["case"] for c in checks) == len(DRY_FPX_SWAP)
+
+
+def test_kernel_check_runs_the_dequantized_prefill_path(tmp_path):
+    """``kernel_check --only fpx_dequantized``: the dequantizing kernel's weight and the prefill product checked, every
+    case passing (the interpreter's small ones)."""
+    import json
+
+    from benchmarks.kernel_check import DRY_FPX_DEQUANTIZED, main
+
+    assert main(["--cpu_dry_run", "--only", "fpx_dequantized", "--out", str(tmp_path / "dequantized")]) == 0
+    checks = json.loads((tmp_path / "dequantized.json").read_text())["checks"]
+    assert len(checks) == len(DRY_FPX_DEQUANTIZED) and all(c["ok"] and "weight equal" in c["case"] for c in checks)
 
 
 def test_row_split_configs_only_where_slices_are_long():
