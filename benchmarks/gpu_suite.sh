@@ -63,7 +63,8 @@
 #              configs among the autotuner's candidates (issue 9)
 #   profile    the GPU time of each kernel of one compiled decode step, bf16 / W4A4 / W4A4KV4, and the
 #              autotuned configs (issue 10); BATCH=8 for batch-8 decode
-#   fpx_prefill  the FPx prefill path checked (kernel_check --only fpx_dequantized), then FPx weight-only at prefill
+#   fpx_prefill  the FPx prefill path and the W4A16 weights' dequantization checked (kernel_check --only
+#              fpx_dequantized,dequant), then FPx weight-only at prefill
 #              rows (MS, default 512-8192; SHAPES): the dequantized weight times cuBLAS
 #              (the default from fpx_gemm.DEQUANT_MIN_M rows) beside the tile kernel, FP6 E3M2, every output checked;
 #              then the FP6 / FP5 / bf16 (MODES) prefill at batch 1 and 4, eager and graph-replayed (issue 10)
@@ -337,7 +338,7 @@ for section in "$@"; do
         --element "${ELEMENT:-e2m1}" --out "$OUT/decode_rows_e4m3_${ELEMENT:-e2m1}_h200" ;;
     fpx_prefill)
       step "${LIMIT_FPX_DEQUANT_CHECK:-60}" kernel_check_fpx_dequantized python benchmarks/kernel_check.py \
-        --only fpx_dequantized --out "$OUT/kernel_check_fpx_dequantized_h200"
+        --only fpx_dequantized,dequant --out "$OUT/kernel_check_fpx_dequantized_h200"
       step "${LIMIT_FPX_PREFILL:-330}" kernel_bench_fpx_prefill python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --shapes "${SHAPES:-4096x4096,14336x4096,4096x14336}" \
         --weight_only_ms "${MS:-512,1024,2048,8192}" --weight_only_formats e3m2 \

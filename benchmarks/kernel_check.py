@@ -319,13 +319,14 @@ def check_fpx_dequantized(m: int, n: int, k: int, element: str, x_dtype: torch.d
     """The FPx prefill path: the dequantizing kernel's weight bit for bit the twin's rounded to x's dtype, and the
     product of ``m`` rows by cuBLAS (``fpx_matmul_triton(..., dequantize=True)``) into a NaN-poisoned output within
     its roundings (``reference.dequantized_product_excess``)."""
-    from quant_kernels.fpx_gemm import fpx_dequantize_triton, fpx_matmul_triton
+    from quant_kernels.dequant import dequantize_triton
+    from quant_kernels.fpx_gemm import fpx_matmul_triton
 
     fmt = element_named(element)
     w = torch.randn(n, k, device=device) * 0.02
     scale = w.abs().amax(dim=1, keepdim=True) / fmt.max_value
     planes = pack_planes(encode(fmt.round(w / scale), fmt), fmt.bits)
-    weight = fpx_dequantize_triton(planes, scale, element=element, bits=fmt.bits, dtype=x_dtype)
+    weight = dequantize_triton(planes, scale, element=element, bits=fmt.bits, dtype=x_dtype)
     same = torch.equal(weight, reference.fpx_weight(planes, scale, element, fmt.bits, k).to(x_dtype))
     x = random_activations(m, k, x_dtype, device)
     out = torch.full((m, n), float("nan"), dtype=x_dtype, device=device)
@@ -336,6 +337,25 @@ def check_fpx_dequantized(m: int, n: int, k: int, element: str, x_dtype: torch.d
             "ok": same and not out.isnan().any() and excess <= 1}
 
 
+def check_dequant(n: int, k: int, element: str, group: int, dtype: torch.dtype, device: torch.device) -> dict:
+    """The weight dequantizing kernel on packed 4-bit codes (W4A16 checkpoints: INT4, E2M1 per row or in groups)
+    against ``reference.packed_weight`` rounded to ``dtype``: bit for bit."""
+    from quant_kernels.dequant import dequantize_triton
+
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device=device)
+    scale = torch.rand(n, k // group if group else 1, device=device) * 0.03 + 1e-3
+    planes = (pack_planes(codes, 4)[0],)
+    got = dequantize_triton(planes, scale, element=element, group=group, dtype=dtype)
+    want = reference.packed_weight(planes, scale, element, 4, group).to(dtype)
+    differ = (got != want).float().mean().item()
+    return {"kernel": "dequant", "case": f"{element}{f' g{group}' if group else ' per row'}", "codes_differ": differ,
+            "shape": f"N{n} K{k} {str(dtype).removeprefix('torch.')}", "ok": differ == 0}
+
+
+# (N, K, element, group, dtype): W4A16 weights dequantized, a Llama-3-8B shape and ragged ones.
+GPU_DEQUANT = [(4096, 14336, "int4", 128, torch.bfloat16), (14336, 4096, "e2m1", 16, torch.bfloat16),
+               (6144, 4096, "e2m1", 32, torch.float16), (40, 200, "int4", 0, torch.bfloat16)]
+DRY_DEQUANT = [(40, 192, "int4", 64, torch.bfloat16), (24, 64, "e2m1", 16, torch.float16)]
 # (M, N, K, element, x dtype): the FPx prefill path at a Llama-3-8B shape and a ragged one.
 GPU_FPX_DEQUANTIZED = [(1024, 4096, 14336, "e3m2", torch.bfloat16), (1500, 6144, 4096, "e2m2", torch.float16),
                        (1030, 40, 200, "e2m1", torch.bfloat16)]
@@ -620,7 +640,7 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
 
 CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_int8_linear, check_e4m3_linear,
           check_fp8_codes, check_fp8_linear,
-          check_fpx, check_fpx_split, check_fpx_swap, check_fpx_dequantized, check_decode_attention,
+          check_fpx, check_fpx_split, check_fpx_swap, check_fpx_dequantized, check_dequant, check_decode_attention,
           check_decode_attention_packed,
           check_kv_write, check_fused_decode, check_int8_decode, check_tc_decode)
 
@@ -727,6 +747,8 @@ def main(argv: list[str] | None = None) -> int:
         record(check_fpx_swap, m, n, k, element, dtype, device, config)
     for m, n, k, element, dtype in DRY_FPX_DEQUANTIZED if args.cpu_dry_run else GPU_FPX_DEQUANTIZED:
         record(check_fpx_dequantized, m, n, k, element, dtype, device)
+    for n, k, element, group, dtype in DRY_DEQUANT if args.cpu_dry_run else GPU_DEQUANT:
+        record(check_dequant, n, k, element, group, dtype, device)
     for batch, heads, tokens, dim in DRY_KV_WRITE_SHAPES if args.cpu_dry_run else GPU_KV_WRITE_SHAPES:
         for dtype in OUT_DTYPES:
             record(check_kv_write, batch, heads, tokens, dim, dtype, device)

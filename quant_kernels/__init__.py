@@ -25,7 +25,10 @@ dispatching on the tensors' device:
   along the keys (flash-decoding); the twin is SDPA. ``decode_attention_packed``: the same
   over a packed KV4 cache, its codes dequantized in the kernel.
 - ``fpx_matmul``: float activations x FP4 / FP5 / FP6 weights in bit planes (FP6-LLM
-  style, per-channel scales) -> (..., N); up to 4 rows run on the CUDA cores on a GPU.
+  style, per-channel scales) -> (..., N); up to 4 rows run on the CUDA cores on a GPU, from 1024 on
+  the dequantized weight by cuBLAS.
+- ``dequantize_weight``: packed codes times their scales in a float dtype, one pass (``dequant``): the
+  weight-only products without a packed-weight kernel (W4A16 INT4, grouped, NVFP4, MXFP4) multiply it.
 
 Not dispatched from here: ``kv_write.write_kv4_triton`` quantizes new K/V tokens into a static
 packed KV4 cache; ``quant_layers.packed_kv_cache`` calls it on a GPU (its torch writes are the twin).
@@ -34,7 +37,7 @@ packed KV4 cache; ``quant_layers.packed_kv_cache`` calls it on a GPU (its torch 
 ``backend="triton"`` also runs the kernels on CPU tensors when ``TRITON_INTERPRET=1``
 was set before the kernels were imported (that is how the tests check them). The twins
 live in ``quant_kernels.reference`` (``quantize_activations_ref``, ``w4a4_matmul_ref``,
-``dequantize``, ``fpx_matmul_ref``, ``decode_attention_ref``).
+``packed_weight``, ``fpx_matmul_ref``, ``decode_attention_ref``).
 
 Importing this package imports nothing of the project's and no triton: the backends are
 imported on first use, which keeps ``import quant_kernels`` cheap and lets ``TRITON_INTERPRET``
@@ -53,8 +56,8 @@ if TYPE_CHECKING:
     from .reference import NormTail
 
 __all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "decode_codes_form", "decode_codes_like",
-           "fpx_matmul", "quantize_activations", "rms_norm_quantize", "silu_mul_quantize", "unpack_fp8", "w4a4_linear",
-           "w4a4_matmul", "w4a4_matmul_dp4a", "w4a8_linear", "w8a8_linear"]
+           "dequantize_weight", "fpx_matmul", "quantize_activations", "rms_norm_quantize", "silu_mul_quantize",
+           "unpack_fp8", "w4a4_linear", "w4a4_matmul", "w4a4_matmul_dp4a", "w4a8_linear", "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
 PATHS = ("packed", "fp8", "int8", "e4m3")
@@ -427,6 +430,23 @@ def w4a4_matmul(
 
     return w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                            a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype)
+
+
+def dequantize_weight(
+    planes: tuple[torch.Tensor, ...] | list[torch.Tensor], scale: torch.Tensor, *, element: str, bits: int = 4,
+    group: int = 0, dtype: torch.dtype = torch.float32, backend: str | None = None,
+) -> torch.Tensor:
+    """(N, K) weight in ``dtype`` of packed codes times their scales, each rounded once: the weight a fake-quantized
+    model of that dtype holds. ``planes``: a packed 4-bit plane (INT4, E2M1 or a 4-bit FPx element), plus the 1- or
+    2-bit plane of FP5 / FP6 (``packing.pack_planes``); ``scale`` (N,) or (N, 1), or (N, K // group) for INT4 and
+    E2M1 in groups (NVFP4 and MXFP4 with their scales decoded)."""
+    if _use_triton(planes[0], backend):
+        from .dequant import dequantize_triton
+
+        return dequantize_triton(planes, scale, element=element, bits=bits, group=group, dtype=dtype)
+    from .reference import packed_weight
+
+    return packed_weight(planes, scale, element, bits, group).to(dtype)
 
 
 def fpx_matmul(

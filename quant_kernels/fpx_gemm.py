@@ -55,7 +55,7 @@ the H200 (2026-12-02, tenth session) it took M = 4 from 0.45-0.72x bf16 on the t
 to 0.82-1.02x, and tied it at M = 8 (0.48-0.70x), so by default a GPU gives it up to
 ``ROW_DEFAULT_MAX_M`` rows; ``row_kernel=True`` takes it to ``ROW_MAX_M``.
 
-From ``DEQUANT_MIN_M`` rows of half-precision activations (prefill) neither kernel runs: ``_fpx_dequant_kernel``
+From ``DEQUANT_MIN_M`` rows of half-precision activations (prefill) neither kernel runs: ``dequant.dequantize_triton``
 writes the weight in x's dtype once and cuBLAS multiplies it (``takes_dequantized``).
 
 Like ``act_quant`` and ``w4a4_gemm`` it calls only Triton builtins and its own
@@ -72,7 +72,6 @@ from torch.utils.weak import WeakIdKeyDictionary
 from triton.language.standard import _sum_combine
 
 from .reference import check_fpx_args, check_out, fpx_element
-from .rounding import _round_to_dtype
 from .switches import env_switch
 from .w4a4_gemv import _words, keep_pinned, prune_decode_configs, split_k_buffer
 
@@ -170,12 +169,11 @@ ROW_MIN_BLOCK_N = 8
 # The row kernel takes up to ROW_MAX_M activation rows (``row_kernel=True``); by default a GPU gives it up to
 # ROW_DEFAULT_MAX_M, where it beat the tensor-core kernel 1.4-1.9x on the H200 (at 8 rows they tied).
 ROW_MAX_M = 8
-# From this many rows (prefill) the weight is dequantized once into x's dtype (``_fpx_dequant_kernel``, one pass:
+# From this many rows (prefill) the weight is dequantized once into x's dtype (``dequant.dequantize_triton``, one pass:
 # 0.75 bytes a weight read and 2 written for FP6) and multiplied by cuBLAS, where the tile kernel would place each
 # weight again for every tile of rows (16 times at 2048 rows): on the H200 its FP6 prefill ran 0.26x bf16
 # (``benchmarks/results/end_to_end_h200.md``, run 1), while the pass costs about what reading a bf16 weight does.
 DEQUANT_MIN_M = 1024
-DEQUANT_BLOCK = dict(BLOCK_N=32, BLOCK_K=128)  # a tile per program: each thread writes 16 contiguous bytes
 ROW_DEFAULT_MAX_M = 4
 # The one-row kernel multiplies the activations by 2^ROW_X_SCALE_EXP: a product of a subnormal placement
 # (>= 2^-130) and an activation is then normal, so exact, for |x| >= 2^-28, and x overflows only past 2^96.
@@ -226,6 +224,22 @@ def _spread(packed, ROWS: tl.constexpr, BYTES: tl.constexpr, WIDTH: tl.constexpr
 
 
 @triton.jit
+def _plane_codes(low_ptrs, high_ptrs, n_ok, rest, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 HIGH_WIDTH: tl.constexpr):
+    """(BLOCK_N, BLOCK_K) int32 codes of the planes' bytes at ``low_ptrs`` (BLOCK_N, BLOCK_K // 2) and
+    ``high_ptrs`` (BLOCK_N, BLOCK_K * HIGH_WIDTH // 8), rows ``n_ok`` and ``rest`` codes along K read (zeros past)."""
+    offs_low = tl.arange(0, BLOCK_K // 2)
+    low = tl.load(low_ptrs, mask=n_ok[:, None] & (offs_low[None, :] < rest // 2), other=0)
+    codes = _spread(low, BLOCK_N, BLOCK_K // 2, 4)
+    if HIGH_WIDTH > 0:
+        HIGH_PER_BYTE: tl.constexpr = 8 // HIGH_WIDTH
+        offs_high = tl.arange(0, BLOCK_K // HIGH_PER_BYTE)
+        high = tl.load(high_ptrs, mask=n_ok[:, None] & (offs_high[None, :] < rest // HIGH_PER_BYTE), other=0)
+        codes = codes | (_spread(high, BLOCK_N, BLOCK_K // HIGH_PER_BYTE, HIGH_WIDTH) << 4)
+    return codes
+
+
+@triton.jit
 def _decode(codes, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr):
     """fp32 values of sign | exponent | mantissa codes (int32), as ``packing.code_values``."""
     exponent = (codes >> MAN_BITS) & ((1 << EXP_BITS) - 1)
@@ -234,36 +248,6 @@ def _decode(codes, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.
     power = tl.maximum(exponent, 1) - (EXP_BIAS + MAN_BITS)
     magnitude = significand.to(tl.float32) * ((power + 127) << 23).to(tl.float32, bitcast=True)
     return tl.where(((codes >> (EXP_BITS + MAN_BITS)) & 1) != 0, -magnitude, magnitude)
-
-
-@triton.jit
-def _fpx_dequant_kernel(
-    low_ptr, high_ptr, scale_ptr, out_ptr, N, K, stride_low, stride_high, stride_out,
-    EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROUND_BF16: tl.constexpr,
-):
-    """out (N, K) = decode(w) * scale[:, None] in out's dtype, one (BLOCK_N, BLOCK_K) tile a program: the planes
-    spread and decoded as the tile kernel's unpaired path does, the value times its row's scale rounded once to
-    nearest (ROUND_BF16 by hand: the interpreter's bfloat16 cast truncates)."""
-    HIGH_PER_BYTE: tl.constexpr = 8 // HIGH_WIDTH if HIGH_WIDTH > 0 else 8
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    k0 = tl.program_id(1) * BLOCK_K
-    offs_low = tl.arange(0, BLOCK_K // 2)
-    offs_k = k0 + tl.arange(0, BLOCK_K)
-    n_ok = offs_n < N
-    rest = K - k0
-    low = tl.load(low_ptr + k0 // 2 + offs_n[:, None] * stride_low + offs_low[None, :],
-                  mask=n_ok[:, None] & (offs_low[None, :] < rest // 2), other=0)
-    codes = _spread(low, BLOCK_N, BLOCK_K // 2, 4)
-    if HIGH_WIDTH > 0:
-        offs_high = tl.arange(0, BLOCK_K // HIGH_PER_BYTE)
-        high = tl.load(high_ptr + k0 // HIGH_PER_BYTE + offs_n[:, None] * stride_high + offs_high[None, :],
-                       mask=n_ok[:, None] & (offs_high[None, :] < rest // HIGH_PER_BYTE), other=0)
-        codes = codes | (_spread(high, BLOCK_N, BLOCK_K // HIGH_PER_BYTE, HIGH_WIDTH) << 4)
-    scale = tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)
-    values = _round_to_dtype(_decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS) * scale[:, None], ROUND_BF16, False)
-    tl.store(out_ptr + offs_n[:, None] * stride_out + offs_k[None, :], values.to(out_ptr.dtype.element_ty),
-             mask=n_ok[:, None] & (offs_k < K)[None, :])
 
 
 @triton.jit
@@ -346,11 +330,7 @@ def _fpx_kernel(
         for k0 in range(k_first, k_stop, BLOCK_K):
             rest = k_stop - k0
             x = tl.load(x_ptrs, mask=m_ok[:, None] & (offs_k[None, :] < rest), other=0.0)
-            low = tl.load(low_ptrs, mask=n_ok[:, None] & (offs_low[None, :] < rest // 2), other=0)
-            codes = _spread(low, BLOCK_N, BLOCK_K // 2, 4)
-            if HIGH_WIDTH > 0:
-                high = tl.load(high_ptrs, mask=n_ok[:, None] & (offs_high[None, :] < rest // HIGH_PER_BYTE), other=0)
-                codes = codes | (_spread(high, BLOCK_N, BLOCK_K // HIGH_PER_BYTE, HIGH_WIDTH) << 4)
+            codes = _plane_codes(low_ptrs, high_ptrs, n_ok, rest, BLOCK_N, BLOCK_K, HIGH_WIDTH)
             w = _decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS)
             if DOT_F32:
                 acc = tl.dot(x.to(tl.float32), tl.trans(w), acc, input_precision="ieee")
@@ -979,24 +959,6 @@ def launch_options(config: triton.Config) -> dict:
     return options
 
 
-def fpx_dequantize_triton(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
-                          element: str, bits: int, dtype: torch.dtype) -> torch.Tensor:
-    """The (N, K) weight ``reference.fpx_weight`` gives, rounded once to ``dtype``, from its bit planes (K from the
-    low plane: two codes a byte)."""
-    low = planes[0].contiguous()
-    n, k = low.shape[0], 2 * low.shape[1]
-    check_fpx_args(torch.empty(0, k, dtype=dtype, device=low.device), planes, w_scale, element, bits, None, dtype)
-    fmt = fpx_element(element, bits)
-    high = planes[1].contiguous() if len(planes) > 1 else low
-    out = torch.empty((n, k), dtype=dtype, device=low.device)
-    grid = (triton.cdiv(n, DEQUANT_BLOCK["BLOCK_N"]), triton.cdiv(k, DEQUANT_BLOCK["BLOCK_K"]))
-    _fpx_dequant_kernel[grid](low, high, w_scale.float().reshape(n).contiguous(), out, n, k, low.stride(0),
-                              high.stride(0), out.stride(0), EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits,
-                              EXP_BIAS=fmt.default_bias, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits],
-                              ROUND_BF16=dtype == torch.bfloat16, **DEQUANT_BLOCK)
-    return out
-
-
 def takes_dequantized(m: int, x_dtype: torch.dtype, out_dtype: torch.dtype, bias: torch.Tensor | None) -> bool:
     """Whether ``fpx_matmul_triton(..., dequantize=None)`` multiplies a dequantized weight by cuBLAS: from
     DEQUANT_MIN_M rows, half-precision x, its dtype out and a bias of it (cuBLAS rounds once, in x's dtype)."""
@@ -1017,7 +979,7 @@ def fpx_matmul_triton(
     more than ROW_MAX_M rows is an error. ``config`` replaces the autotuner's pick or the interpreter's fixed
     config of the kernel that runs: BLOCK_N, BLOCK_KW, PREFETCH, LOOP_STAGES and SPLIT_K for the row kernel; BLOCK_M,
     BLOCK_N, BLOCK_K, PAIRED, SWAP_AB and SPLIT_K for the tensor-core one; warps, stages and ``maxnreg``.
-    ``dequantize``: whether the weight is dequantized into x's dtype (``fpx_dequantize_triton``: each weight times
+    ``dequantize``: whether the weight is dequantized into x's dtype (``dequant.dequantize_triton``: each weight times
     its scale rounded once, the weight a fake-quantized model of that dtype holds) and multiplied by
     ``torch.mm`` (cuBLAS), out in x's dtype (None: ``takes_dequantized``, from DEQUANT_MIN_M rows).
     """
@@ -1114,8 +1076,10 @@ def _dequantized_product(x: torch.Tensor, planes: tuple[torch.Tensor, ...] | lis
         raise ValueError(f"a dequantized weight is multiplied by torch.mm in x's dtype ({x.dtype}): pass no "
                          f"row_kernel or config, an out_dtype and a bias of x's dtype (got out_dtype={out_dtype}, "
                          f"bias {None if bias is None else bias.dtype}), or dequantize=False for the kernels")
+    from .dequant import dequantize_triton  # late: dequant imports this module's decoding helpers
+
     check_out(out, x.shape[0], planes[0].shape[0], x.dtype)
-    weight = fpx_dequantize_triton(planes, w_scale, element=element, bits=bits, dtype=x.dtype)
+    weight = dequantize_triton(planes, w_scale, element=element, bits=bits, dtype=x.dtype)
     if bias is None:
         return torch.mm(x, weight.T, out=out)
     return torch.addmm(bias, x, weight.T, out=out)

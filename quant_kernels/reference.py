@@ -493,6 +493,41 @@ def fpx_weight(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: t
     return packing.decode(codes, fpx_element(element, bits)) * w_scale.float().reshape(-1, 1)
 
 
+def check_packed_weight_args(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], scale: torch.Tensor, element: str,
+                             bits: int, group: int) -> None:
+    """Raise ValueError unless ``packed_weight`` can take these planes and scales: an FPx element's planes
+    (``packing.pack_planes``) with per-row scales, or packed INT4 / E2M1 codes with per-row or per-group ones."""
+    fmt = w4a4_element(element) if element == "int4" else fpx_element(element, bits)
+    if fmt.bits != bits:
+        raise ValueError(f"element {element} has {fmt.bits}-bit codes, got bits={bits}")
+    widths = packing.plane_bits(bits)
+    if not isinstance(planes, (tuple, list)) or len(planes) != len(widths):
+        raise ValueError(f"{bits}-bit weights come as a tuple of {len(widths)} bit plane(s) (packing.pack_planes), "
+                         f"got {type(planes).__name__}")
+    n, k = planes[0].shape[0], 2 * planes[0].shape[-1]
+    for i, (plane, width) in enumerate(zip(planes, widths)):
+        if plane.dtype != torch.uint8 or tuple(plane.shape) != (n, k * width // 8):
+            raise ValueError(f"planes[{i}] must be the uint8 {width}-bit plane of shape (N, K*{width}/8) = "
+                             f"{(n, k * width // 8)}, got {plane.dtype} with shape {tuple(plane.shape)}")
+    if group and (element not in ELEMENTS or group < 0 or k % group):
+        raise ValueError(f"groups of scales take packed INT4 or E2M1 codes and divide K={k}, got {element} in "
+                         f"groups of {group}")
+    shapes = [(n, k // group)] if group else [(n,), (n, 1)]
+    if tuple(scale.shape) not in shapes or not scale.is_floating_point():
+        raise ValueError(f"the scales must be a float tensor of shape {' or '.join(map(str, shapes))}, got "
+                         f"{scale.dtype} with shape {tuple(scale.shape)}")
+
+
+def packed_weight(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], scale: torch.Tensor, element: str,
+                  bits: int = 4, group: int = 0) -> torch.Tensor:
+    """fp32 (N, K) weight of packed codes (one 4-bit plane, plus the 1- or 2-bit plane of FP5 / FP6) times their
+    per-row or per-group (INT4, E2M1) scales: the twin of ``quant_kernels.dequantize_weight``."""
+    check_packed_weight_args(planes, scale, element, bits, group)
+    if element in ELEMENTS:
+        return dequantize(planes[0], scale.reshape(scale.shape[0], -1), element, group)
+    return fpx_weight(planes, scale, element, bits, 2 * planes[0].shape[1])
+
+
 def fpx_matmul_ref(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
@@ -512,7 +547,7 @@ def dequantized_product_excess(got: torch.Tensor, x: torch.Tensor,
                                planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor,
                                element: str, bits: int,
                                bias: torch.Tensor | None = None) -> float:
-    """How far ``got``, x times the weight dequantized into x's half dtype (``fpx_gemm.fpx_dequantize_triton``), lies
+    """How far ``got``, x times the weight dequantized into x's half dtype (``dequant.dequantize_triton``), lies
     from ``fpx_matmul_ref`` in units of its roundings: half an ulp of each weight times |x| |w| summed, and half an
     ulp of the output, counted twice (the fp32 sums' order); at most 1 where the product is right."""
     half_ulp = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[x.dtype]

@@ -179,10 +179,6 @@ class RealQuantLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"w={self.weight_scheme}, a={self.act_scheme}")
 
-    def dequantized_weight(self) -> torch.Tensor:
-        """The 4-bit weight as float32 values (codes times scales)."""
-        return dequantized_weight(self.qweight, self.weight_scale, self.weight_scheme)
-
     def add_residual_to_next(self, residual: torch.Tensor, norm_tail: NormTail | None = None) -> None:
         """The next call returns ``residual + self(x)`` (x's shape but the output width), the sum taken in the
         product's epilogue where the decode kernel runs: a decoder layer hands its residual to the linear
@@ -281,13 +277,6 @@ class RealQuantLinear(nn.Module):
         return out
 
 
-def dequantized_weight(qweight: torch.Tensor, weight_scale: torch.Tensor, weight: RealQuantScheme) -> torch.Tensor:
-    """Packed 4-bit weight codes times their scales, float32."""
-    from quant_kernels.reference import dequantize  # late: quant_kernels.reference imports quant_layers
-
-    return dequantize(qweight, weight_scale, weight.element, weight.group)
-
-
 def schemes_key(weight: RealQuantScheme, act: RealQuantScheme | None) -> str:
     """The weight and activation schemes as one string, the form a custom op's argument can take."""
     return json.dumps([weight.to_dict(), act.to_dict() if act else None])
@@ -317,7 +306,8 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
             out = quant_kernels.fpx_matmul(x, planes, weight_scale, element=weight.element, bits=weight.bits, bias=bias,
                                            out_dtype=x.dtype)
         else:
-            out = F.linear(x, dequantized_weight(qweight, weight_scale, weight).to(x.dtype), bias)
+            out = F.linear(x, quant_kernels.dequantize_weight((qweight,), weight_scale, element=weight.element,
+                                                              group=weight.group, dtype=x.dtype), bias)
         return out if residual is None else residual + out
     rows = x.reshape(-1, x.shape[-1])
     if act.element == "int8":

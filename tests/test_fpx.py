@@ -17,7 +17,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 import quant_kernels  # noqa: E402
-from quant_kernels import fpx_gemm  # noqa: E402
+from quant_kernels import dequant, fpx_gemm  # noqa: E402
 from quant_kernels.reference import dequantized_product_excess, fpx_matmul_ref, fpx_weight  # noqa: E402
 from quant_layers import FPFormat, QuantSpec, Quantizer, fp_format  # noqa: E402
 from quant_layers.packing import (  # noqa: E402
@@ -227,21 +227,6 @@ def test_triton_equals_twin(name, k, dtype):
         assert_matches_twin(out, want)
 
 
-@pytest.mark.parametrize("name", KERNEL_ELEMENTS)
-def test_dequantize_kernel_gives_the_twin_s_weight_rounded_once(name):
-    """Every code (each row holds all of them, K ragged against the 128-column tile, N against the 32-row one) times
-    its row's scale, rounded to nearest once in each dtype: the twin's fp32 weight cast, bit for bit (bfloat16's
-    rounding by hand, the interpreter's cast truncating)."""
-    fmt = element_named(name)
-    n, k = 40, 136 if fmt.bits == 5 else 132
-    codes = (torch.arange(n * k) % 2**fmt.bits).reshape(n, k).to(torch.uint8)
-    planes = pack_planes(codes, fmt.bits)
-    scale = torch.rand(n, 1, generator=torch.Generator().manual_seed(n)) * 0.3 + 0.01
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        got = fpx_gemm.fpx_dequantize_triton(planes, scale, element=name, bits=fmt.bits, dtype=dtype)
-        assert got.dtype == dtype and torch.equal(got, fpx_weight(planes, scale, name, fmt.bits, k).to(dtype))
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("name", ["e3m2", "e2m2", "e2m1"])
 def test_prefill_rows_multiply_the_dequantized_weight(name, dtype, monkeypatch):
@@ -253,8 +238,8 @@ def test_prefill_rows_multiply_the_dequantized_weight(name, dtype, monkeypatch):
     x, planes, scale, bias = operands(name, 12, 40, 64, dtype, seed=5)
     bias = bias.to(dtype)
     calls = []
-    dequantize = fpx_gemm.fpx_dequantize_triton
-    monkeypatch.setattr(fpx_gemm, "fpx_dequantize_triton", lambda *a, **kw: calls.append(1) or dequantize(*a, **kw))
+    dequantize = dequant.dequantize_triton
+    monkeypatch.setattr(dequant, "dequantize_triton", lambda *a, **kw: calls.append(1) or dequantize(*a, **kw))
     poisoned = torch.full((12, 40), float("nan"), dtype=dtype)
     got = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=bias, out=poisoned)
     weight = fpx_weight(planes, scale, name, bits, 64)
@@ -441,15 +426,16 @@ def test_kernel_check_forces_the_split_row_and_swapped_tile_configs(tmp_path):
 
 
 def test_kernel_check_runs_the_dequantized_prefill_path(tmp_path):
-    """``kernel_check --only fpx_dequantized``: the dequantizing kernel's weight and the prefill product checked, every
-    case passing (the interpreter's small ones)."""
+    """``kernel_check --only fpx_dequantized,dequant``: the dequantizing kernel's FPx weights and the prefill product,
+    and packed INT4 / E2M1 weights in groups, checked, every case passing (the interpreter's small ones)."""
     import json
 
-    from benchmarks.kernel_check import DRY_FPX_DEQUANTIZED, main
+    from benchmarks.kernel_check import DRY_DEQUANT, DRY_FPX_DEQUANTIZED, main
 
-    assert main(["--cpu_dry_run", "--only", "fpx_dequantized", "--out", str(tmp_path / "dequantized")]) == 0
+    assert main(["--cpu_dry_run", "--only", "fpx_dequantized,dequant", "--out", str(tmp_path / "dequantized")]) == 0
     checks = json.loads((tmp_path / "dequantized.json").read_text())["checks"]
-    assert len(checks) == len(DRY_FPX_DEQUANTIZED) and all(c["ok"] and "weight equal" in c["case"] for c in checks)
+    assert len(checks) == len(DRY_FPX_DEQUANTIZED) + len(DRY_DEQUANT) and all(c["ok"] for c in checks)
+    assert sum("weight equal" in c["case"] for c in checks) == len(DRY_FPX_DEQUANTIZED)
 
 
 def test_row_split_configs_only_where_slices_are_long():
