@@ -61,10 +61,13 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
     fp32 form)."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, INTERLEAVED_BITS, ROW_X_SCALE_EXP, _fpx_row_kernel
+    from quant_kernels.fpx_gemm import (
+        HIGH_PLANE_WIDTH, INTERLEAVED_BITS, ROW_X_SCALE_EXP, _fpx_row_kernel, kernel_fields,
+    )
     from quant_layers.packing import element_named
 
     fmt = element_named(element)
+    _, man_bits, exp_bias = kernel_fields(element, fmt.bits)
     high = HIGH_PLANE_WIDTH[fmt.bits]
     interleaved = fmt.bits in INTERLEAVED_BITS and not mma
     pointers = ["*bf16", "*i32", "*i32" if interleaved else "*i16" if high == 2 else "*u8", "*fp32", "*bf16", "*bf16",
@@ -72,9 +75,9 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
     names = ["x_ptr", "low_ptr", "high_ptr", "scale_ptr", "bias_ptr", "out_ptr", "partial_ptr", "count_ptr", "M", "N",
              "KW", "stride_xm", "stride_om", "stride_low", "stride_high", "unit"]
     signature = dict(zip(names, pointers + ["i32"] * 7 + ["fp32"]))
-    constants = dict(BITS=fmt.bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=high, HAS_BIAS=False,
+    constants = dict(BITS=fmt.bits, MAN_BITS=man_bits, HIGH_WIDTH=high, HAS_BIAS=False,
                      X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
-                     LOOP_STAGES=config[6] if len(config) > 6 else 1, MMA=mma, UNIT_EXP=127 - fmt.default_bias,
+                     LOOP_STAGES=config[6] if len(config) > 6 else 1, MMA=mma, UNIT_EXP=127 - exp_bias,
                      USE_ASM=True, SPLIT_K=config[7] if len(config) > 7 else 1, INTERLEAVED=interleaved,
                      EVEN=True)
     signature.update({name: "constexpr" for name in constants})
@@ -94,20 +97,21 @@ def fpx_tile_source(element: str, config: tuple[int, ...]):
     values, every tile whole (EVEN, as at Llama-3-8B's shapes)."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, _fpx_kernel
+    from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, _fpx_kernel, kernel_fields
     from quant_layers.packing import element_named
 
     fmt = element_named(element)
+    exp_bits, man_bits, exp_bias = kernel_fields(element, fmt.bits)
     high = HIGH_PLANE_WIDTH[fmt.bits]
     names = ["x_ptr", "low_ptr", "high_ptr", "low_words_ptr", "high_words_ptr", "scale_ptr", "bias_ptr", "out_ptr",
              "M", "N", "K", "M_BUCKET", "stride_xm", "stride_low", "stride_high", "stride_low_words",
              "stride_high_words", "stride_om"]
     pointers = ["*bf16", "*u8", "*u8", "*i32", "*i16" if high == 2 else "*u8", "*fp32", "*bf16", "*bf16"]
     signature = dict(zip(names, pointers + ["i32"] * 10))
-    constants = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias, HIGH_WIDTH=high,
-                     HAS_BIAS=False, DOT_F32=False, W_UNIT=2.0 ** (127 - fmt.default_bias),
+    constants = dict(EXP_BITS=exp_bits, MAN_BITS=man_bits, EXP_BIAS=exp_bias, HIGH_WIDTH=high,
+                     HAS_BIAS=False, DOT_F32=False, W_UNIT=2.0 ** (127 - exp_bias),
                      BLOCK_M=fpx_tile_rows(config), BLOCK_N=config[0], BLOCK_K=config[1], PAIRED=True,
-                     SWAP_AB=bool(config[4]), VALUED_BF16=True, UNIT_EXP=127 - fmt.default_bias, USE_ASM=True,
+                     SWAP_AB=bool(config[4]), VALUED_BF16=True, UNIT_EXP=127 - exp_bias, USE_ASM=True,
                      EVEN=True)
     signature.update({name: "constexpr" for name in constants})
     signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr")

@@ -25,10 +25,10 @@ dispatching on the tensors' device:
   along the keys (flash-decoding); the twin is SDPA. ``decode_attention_packed``: the same
   over a packed KV4 cache, its codes dequantized in the kernel.
 - ``fpx_matmul``: float activations x FP4 / FP5 / FP6 weights in bit planes (FP6-LLM
-  style, per-channel scales) -> (..., N); up to 4 rows run on the CUDA cores on a GPU, from 1024 on
-  the dequantized weight by cuBLAS.
+  style, per-channel scales) or INT4 weights per channel -> (..., N); up to 4 rows run on the CUDA
+  cores on a GPU, from 1024 on the dequantized weight by cuBLAS.
 - ``dequantize_weight``: packed codes times their scales in a float dtype, one pass (``dequant``): the
-  weight-only products without a packed-weight kernel (W4A16 INT4, grouped, NVFP4, MXFP4) multiply it.
+  weight-only products without a packed-weight kernel (W4A16 in groups, NVFP4, MXFP4) multiply it.
 
 Not dispatched from here: ``kv_write.write_kv4_triton`` quantizes new K/V tokens into a static
 packed KV4 cache; ``quant_layers.packed_kv_cache`` calls it on a GPU (its torch writes are the twin).
@@ -386,12 +386,12 @@ def w4a4_matmul_dp4a(
     above 64 on the tensor-core kernel tiled over M, ``w4a4_gemv.w4a4_tc_prefill_triton``), per-row scales.
 
     ``a_bytes`` (M, K) int8 are the activation codes in the decode kernel's dp4a order for
-    ``w_element`` weights (``quantize_activations(..., dp4a_for=w_element)``), or float8_e4m3fn planes in INT4 weights'
-    order (on a GPU the tensor-core kernel's one-dot form, ``decode_codes_form``; the twin takes them too). ``residual`` (M, N) of
-    ``out_dtype``: returns ``residual + product`` (the product rounded to ``out_dtype`` first, as a layer's
-    ``residual + linear(x)``), added in the kernel's epilogue. ``gated``: the weight rows are an MLP's gate rows
-    then its up rows, and the result is (M, N / 2) silu(gate) * up, computed in the kernel's epilogue, where the
-    CUDA-core decode kernel takes the rows (``w4a4_gemv.takes_gated``). ``norm_tail`` (``reference.NormTail``):
+    ``w_element`` weights (``quantize_activations(..., dp4a_for=w_element)``), or float8_e4m3fn planes in INT4
+    weights' order (on a GPU the tensor-core kernel's one-dot form, ``decode_codes_form``; the twin takes them too).
+    ``residual`` (M, N) of ``out_dtype``: returns ``residual + product`` (the product rounded to ``out_dtype`` first,
+    as a layer's ``residual + linear(x)``), added in the kernel's epilogue. ``gated``: the weight rows are an MLP's
+    gate rows then its up rows, and the result is (M, N / 2) silu(gate) * up, computed in the kernel's epilogue, where
+    the CUDA-core decode kernel takes the rows (``w4a4_gemv.takes_gated``). ``norm_tail`` (``reference.NormTail``):
     returns (the result, the next RMSNorm's dp4a bytes of it, their per-token scales), computed by the CUDA-core
     decode kernel's last program where it takes the rows.
     """

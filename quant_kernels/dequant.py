@@ -1,13 +1,13 @@
 """Triton kernel: packed weight codes times their scales, written once in a float dtype.
 
 The weight-only products that do not run on a packed-weight kernel multiply this weight with cuBLAS: FPx
-weights from ``fpx_gemm.DEQUANT_MIN_M`` rows (prefill), and INT4, grouped E2M1, NVFP4 and MXFP4 weights
-without quantized activations (W4A16 checkpoints) at every size. One pass reads the packed bytes (0.5 to 0.75
+weights and INT4 ones per channel from ``fpx_gemm.DEQUANT_MIN_M`` rows (prefill), and INT4 or E2M1 weights in
+groups, NVFP4 and MXFP4, without quantized activations (W4A16 checkpoints), at every size. One pass reads the packed bytes (0.5 to 0.75
 a weight) and writes 2 (half dtypes), where torch's ops went through fp32 tensors several times.
 
 Each program takes a (BLOCK_N, BLOCK_K) tile: the planes are spread into one code per element and decoded as
-the FPx tile kernel's unpaired path does (``fpx_gemm._plane_codes`` and ``_decode``; INT4's two's complement nibbles
-by an xor and a subtraction), multiplied by the row's or the group's fp32 scale, and rounded to the output dtype
+the FPx tile kernel's unpaired path does (``fpx_gemm._plane_codes`` and ``_decode``, INT4's two's complement
+nibbles included), multiplied by the row's or the group's fp32 scale, and rounded to the output dtype
 once, to nearest (by hand for bfloat16, whose cast the interpreter truncates): the weight a fake-quantized model
 of that dtype holds, ``reference.packed_weight(...).to(dtype)`` bit for bit.
 """
@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .fpx_gemm import HIGH_PLANE_WIDTH, _decode, _plane_codes
-from .reference import check_packed_weight_args, fpx_element
+from .fpx_gemm import HIGH_PLANE_WIDTH, _decode, _plane_codes, kernel_fields
+from .reference import check_packed_weight_args
 from .rounding import _round_to_dtype
 
 BLOCK = dict(BLOCK_N=32, BLOCK_K=128)  # a tile per program: each thread writes 16 contiguous bytes (bfloat16)
@@ -28,12 +28,12 @@ BLOCK = dict(BLOCK_N=32, BLOCK_K=128)  # a tile per program: each thread writes 
 @triton.jit
 def _dequant_kernel(
     low_ptr, high_ptr, scale_ptr, out_ptr, N, K, stride_low, stride_high, stride_scale, stride_out,
-    INT4: tl.constexpr, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr,
+    EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr,
     HIGH_WIDTH: tl.constexpr, GROUP: tl.constexpr, ROUND_BF16: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """out (N, K) = value(code) * scale in out's dtype: INT4 levels (INT4) or the FP element's values; the scale
-    per row (GROUP 0) or per GROUP columns (``stride_scale`` between rows)."""
+    """out (N, K) = value(code) * scale in out's dtype: the FP element's values or INT4 levels (MAN_BITS =
+    ``fpx_gemm.INT4_LEVELS``); the scale per row (GROUP 0) or per GROUP columns (``stride_scale`` between rows)."""
     HIGH_PER_BYTE: tl.constexpr = 8 // HIGH_WIDTH if HIGH_WIDTH > 0 else 8
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = tl.program_id(1) * BLOCK_K
@@ -43,10 +43,7 @@ def _dequant_kernel(
     high_ptrs = high_ptr + k0 // HIGH_PER_BYTE + offs_n[:, None] * stride_high + \
         tl.arange(0, BLOCK_K // HIGH_PER_BYTE)[None, :]
     codes = _plane_codes(low_ptrs, high_ptrs, n_ok, K - k0, BLOCK_N, BLOCK_K, HIGH_WIDTH)
-    if INT4:
-        values = ((codes ^ 8) - 8).to(tl.float32)
-    else:
-        values = _decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS)
+    values = _decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS)
     k_ok = offs_k < K
     if GROUP > 0:
         scale = tl.load(scale_ptr + offs_n[:, None] * stride_scale + (offs_k // GROUP)[None, :],
@@ -63,15 +60,14 @@ def dequantize_triton(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], sca
     """``reference.packed_weight`` (N, K), rounded once to ``dtype``: ``planes`` a packed 4-bit plane (plus the
     1- or 2-bit plane of 5- and 6-bit FPx codes), ``scale`` (N,) or (N, 1) per row, (N, K // group) per group."""
     check_packed_weight_args(planes, scale, element, bits, group)
-    fmt = None if element == "int4" else fpx_element(element, bits)
     low = planes[0].contiguous()
     high = planes[1].contiguous() if len(planes) > 1 else low
     n, k = low.shape[0], 2 * low.shape[1]
     scale = scale.float().reshape(n, -1).contiguous()
     out = torch.empty((n, k), dtype=dtype, device=low.device)
     grid = (triton.cdiv(n, BLOCK["BLOCK_N"]), triton.cdiv(k, BLOCK["BLOCK_K"]))
-    exp_bits, man_bits, bias = (0, 0, 0) if fmt is None else (fmt.exp_bits, fmt.man_bits, fmt.default_bias)
+    exp_bits, man_bits, bias = kernel_fields(element, bits)
     _dequant_kernel[grid](low, high, scale, out, n, k, low.stride(0), high.stride(0), scale.stride(0), out.stride(0),
-                          INT4=fmt is None, EXP_BITS=exp_bits, MAN_BITS=man_bits, EXP_BIAS=bias,
+                          EXP_BITS=exp_bits, MAN_BITS=man_bits, EXP_BIAS=bias,
                           HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], GROUP=group, ROUND_BF16=dtype == torch.bfloat16, **BLOCK)
     return out

@@ -4,7 +4,8 @@ out (M, N) = x @ (decode(w) * w_scale[:, None]).T (+ bias), with x in float16, b
 float32 and the weight as 4-, 5- or 6-bit FP codes (``quant_layers.packing.pack_planes``):
 a 4-bit plane with the low four bits of every code, plus a 1-bit (FP5) or 2-bit (FP6)
 plane with the rest. Every load is of whole bytes, rows of the planes are contiguous
-along K.
+along K. INT4 weights per channel (W4A16) run too, as 4-bit codes whose placement is their level
+(``INT4_LEVELS``: a nibble placed as a bfloat16 128 + (u ^ 8), less 136).
 
 Per (BLOCK_N, BLOCK_K) weight tile the kernel loads the planes, spreads the bit fields
 to one code per element with shifts and masks, rebuilds the codes and decodes them
@@ -169,12 +170,12 @@ ROW_MIN_BLOCK_N = 8
 # The row kernel takes up to ROW_MAX_M activation rows (``row_kernel=True``); by default a GPU gives it up to
 # ROW_DEFAULT_MAX_M, where it beat the tensor-core kernel 1.4-1.9x on the H200 (at 8 rows they tied).
 ROW_MAX_M = 8
+ROW_DEFAULT_MAX_M = 4
 # From this many rows (prefill) the weight is dequantized once into x's dtype (``dequant.dequantize_triton``, one pass:
 # 0.75 bytes a weight read and 2 written for FP6) and multiplied by cuBLAS, where the tile kernel would place each
 # weight again for every tile of rows (16 times at 2048 rows): on the H200 its FP6 prefill ran 0.26x bf16
 # (``benchmarks/results/end_to_end_h200.md``, run 1), while the pass costs about what reading a bf16 weight does.
 DEQUANT_MIN_M = 1024
-ROW_DEFAULT_MAX_M = 4
 # The one-row kernel multiplies the activations by 2^ROW_X_SCALE_EXP: a product of a subnormal placement
 # (>= 2^-130) and an activation is then normal, so exact, for |x| >= 2^-28, and x overflows only past 2^96.
 ROW_X_SCALE_EXP = 32
@@ -187,6 +188,12 @@ HIGH_WORD_DTYPES = {2: torch.int16, 1: torch.uint8}
 # ran 4-14 % slower one row tile a pass (spilling at the 80-register cap), and 0-6 % faster both tiles a pass, which
 # left its decode step where it was (280.3 against 278.2 tok/s) for 1.6 GiB more GPU memory (nineteenth run).
 INTERLEAVED_BITS = (5,)
+# MAN_BITS of INT4 weights (two's complement levels, not sign | exponent | mantissa codes): the kernels place a
+# nibble u as the bfloat16 128 + (u ^ 8) (INT4_PLACED's halves: exponent 2^7, u ^ 8 in the mantissa's low bits) and
+# subtract INT4_OFFSET = 136, which leaves the level (u ^ 8) - 8 exactly; one shift and one LOP3 place two codes.
+INT4_LEVELS = tl.constexpr(-1)
+INT4_PLACED = tl.constexpr(0x43084308)
+INT4_OFFSET = tl.constexpr(136.0)
 # The one-row kernel's autotune key.
 ROW_TUNING_KEY = ("N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED")
 # Picks the one-row kernel keeps instead of tuning (``w4a4_gemv.keep_pinned``, ``PTQ_PINNED_CONFIGS=0`` tunes them
@@ -241,7 +248,10 @@ def _plane_codes(low_ptrs, high_ptrs, n_ok, rest, BLOCK_N: tl.constexpr, BLOCK_K
 
 @triton.jit
 def _decode(codes, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr):
-    """fp32 values of sign | exponent | mantissa codes (int32), as ``packing.code_values``."""
+    """fp32 values of sign | exponent | mantissa codes (int32), as ``packing.code_values``; INT4 levels of two's
+    complement nibbles with MAN_BITS = INT4_LEVELS."""
+    if MAN_BITS == INT4_LEVELS:
+        return ((codes ^ 8) - 8).to(tl.float32)
     exponent = (codes >> MAN_BITS) & ((1 << EXP_BITS) - 1)
     mantissa = codes & ((1 << MAN_BITS) - 1)
     significand = tl.where(exponent > 0, mantissa + (1 << MAN_BITS), mantissa)  # implicit 1 when normal
@@ -316,7 +326,7 @@ def _fpx_kernel(
                 for j in tl.static_range(4):
                     if VALUED_BF16:
                         first, second = _bf16_of_halves(_valued_pairs(
-                            _placed_bits(low, high, j, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM))
+                            _placed_bits(low, high, j, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM))
                     else:
                         first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
                     acc = _dot_placed(tl.load(xw_ptrs + j, mask=x_ok, other=0.0), first, acc, W_UNIT, DOT_F32,
@@ -429,7 +439,10 @@ def _placed_pair(low, high, J: tl.constexpr, BITS: tl.constexpr, MAN_BITS: tl.co
     caller's power of two makes normal again in the product). No conversion instruction; for FP6
     on sm_90, 30 % fewer integer instructions than placing one code at a time into a float32.
     """
-    return _bf16_halves(_placed_bits(low, high, J, BITS, MAN_BITS, HIGH_WIDTH))
+    first, second = _bf16_halves(_placed_bits(low, high, J, BITS, MAN_BITS, HIGH_WIDTH))
+    if MAN_BITS == INT4_LEVELS:  # the levels themselves (W_UNIT and the row kernel's unit hold no bias for INT4)
+        first, second = first - INT4_OFFSET, second - INT4_OFFSET
+    return first, second
 
 
 @triton.jit
@@ -437,7 +450,10 @@ def _placed_bits(low, high, J: tl.constexpr, BITS: tl.constexpr, MAN_BITS: tl.co
                  HIGH_WIDTH: tl.constexpr):
     """Codes J (low half) and J + 4 (high half) of low-plane words and their ``_spread_high`` words as the
     bfloat16 bits of their values times 2^(bias - 127): each shift and mask places a field of both codes at once
-    (magnitude with the mantissa's top at bit 6, sign at bit 15 of each half)."""
+    (magnitude with the mantissa's top at bit 6, sign at bit 15 of each half). INT4 levels (MAN_BITS =
+    INT4_LEVELS): each nibble u as the bfloat16 128 + (u ^ 8), one shift and one mask-and-xor for both."""
+    if MAN_BITS == INT4_LEVELS:
+        return (_shifted(low, -4 * J) & 0x000F000F) ^ INT4_PLACED
     MAG_LOW: tl.constexpr = 4 if BITS > 4 else 3  # magnitude bits in the low nibble
     TOP: tl.constexpr = 7 - MAN_BITS  # where the magnitude's bit 0 goes in a bfloat16
     BOTH: tl.constexpr = (1 << 16) | 1  # times a field mask: the mask in both halves
@@ -461,11 +477,21 @@ def _bf16_halves(bits):
 
 
 @triton.jit
-def _valued_pairs(bits, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr):
+def _valued_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr):
     """``_placed_bits`` words times 2^UNIT_EXP (UNIT_EXP = 127 - bias) in both bfloat16 halves: the codes' values,
-    exact (a power of two onto a normal result, subnormal placements included); PTX mul.rn.bf16x2."""
+    exact (a power of two onto a normal result, subnormal placements included); PTX mul.rn.bf16x2. INT4 levels
+    (MAN_BITS = INT4_LEVELS): INT4_OFFSET subtracted instead (sub.rn.bf16x2), exact."""
     UNIT_BITS: tl.constexpr = (UNIT_EXP + 127) << 7  # bfloat16 2^UNIT_EXP
-    if USE_ASM:
+    if MAN_BITS == INT4_LEVELS:
+        if USE_ASM:
+            offset = tl.full(bits.shape, INT4_PLACED, tl.int32)  # 136 in both halves (u ^ 8 = 8)
+            out = tl.inline_asm_elementwise("sub.rn.bf16x2 $0, $1, $2;", "=r,r,r", [bits, offset], dtype=tl.int32,
+                                            is_pure=True, pack=1)
+        else:
+            low, high = _bf16_halves(bits)
+            out = ((((low - INT4_OFFSET).to(tl.int32, bitcast=True) >> 16) & 0xFFFF)
+                   | ((high - INT4_OFFSET).to(tl.int32, bitcast=True) & -65536))
+    elif USE_ASM:
         unit = tl.full(bits.shape, UNIT_BITS * 65537, tl.int32)
         out = tl.inline_asm_elementwise("mul.rn.bf16x2 $0, $1, $2;", "=r,r,r", [bits, unit], dtype=tl.int32,
                                         is_pure=True, pack=1)
@@ -553,10 +579,10 @@ def _valued_tile(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WID
     its halves read as bfloat16s and joined as ``_placed_tile`` joins its float32s. The four pairs are scaled before
     any is split: splitting each as it comes (one pair helper shared with ``_placed_tile``) changed ptxas's register
     allocation, 166 -> 198 registers at 32 x 64 x 256 swapped (sm_90, Triton 3.6)."""
-    v0 = _valued_pairs(_placed_bits(low, high, 0, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM)
-    v1 = _valued_pairs(_placed_bits(low, high, 1, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM)
-    v2 = _valued_pairs(_placed_bits(low, high, 2, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM)
-    v3 = _valued_pairs(_placed_bits(low, high, 3, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM)
+    v0 = _valued_pairs(_placed_bits(low, high, 0, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM)
+    v1 = _valued_pairs(_placed_bits(low, high, 1, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM)
+    v2 = _valued_pairs(_placed_bits(low, high, 2, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM)
+    v3 = _valued_pairs(_placed_bits(low, high, 3, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM)
     a0, a4 = _bf16_of_halves(v0)
     a1, a5 = _bf16_of_halves(v1)
     a2, a6 = _bf16_of_halves(v2)
@@ -664,10 +690,14 @@ def _fpx_row_kernel(
                 x_second = _bf16_pairs(tl.load(x_ptrs + j + 2, mask=w_ok, other=0.0),
                                        tl.load(x_ptrs + j + 6, mask=w_ok, other=0.0))
                 c0, c1, c2, c3 = _quad_mma(
-                    _valued_pairs(_placed_bits(low_a, high_a, j, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM),
-                    _valued_pairs(_placed_bits(low_b, high_b, j, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM),
-                    _valued_pairs(_placed_bits(low_a, high_a, j + 2, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM),
-                    _valued_pairs(_placed_bits(low_b, high_b, j + 2, BITS, MAN_BITS, HIGH_WIDTH), UNIT_EXP, USE_ASM),
+                    _valued_pairs(_placed_bits(low_a, high_a, j, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP,
+                                  USE_ASM),
+                    _valued_pairs(_placed_bits(low_b, high_b, j, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP,
+                                  USE_ASM),
+                    _valued_pairs(_placed_bits(low_a, high_a, j + 2, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP,
+                                  USE_ASM),
+                    _valued_pairs(_placed_bits(low_b, high_b, j + 2, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP,
+                                  USE_ASM),
                     x_first[None, :], x_second[None, :], c0, c1, c2, c3, USE_ASM)
             x_ptrs += 8 * BLOCK_KW
             low_ptrs += BLOCK_KW
@@ -959,6 +989,16 @@ def launch_options(config: triton.Config) -> dict:
     return options
 
 
+def kernel_fields(element: str, bits: int) -> tuple[int, int, int]:
+    """The kernels' EXP_BITS, MAN_BITS and EXP_BIAS of a weight-only element (``reference.fpx_element``): an FP
+    element's fields; INT4's (0, INT4_LEVELS, 127), whose bias makes each power of two 2^(127 - bias) the kernels
+    scale placed codes by 1, the INT4 placement being the level itself."""
+    fmt = fpx_element(element, bits)
+    if element == "int4":
+        return 0, INT4_LEVELS.value, 127
+    return fmt.exp_bits, fmt.man_bits, fmt.default_bias
+
+
 def takes_dequantized(m: int, x_dtype: torch.dtype, out_dtype: torch.dtype, bias: torch.Tensor | None) -> bool:
     """Whether ``fpx_matmul_triton(..., dequantize=None)`` multiplies a dequantized weight by cuBLAS: from
     DEQUANT_MIN_M rows, half-precision x, its dtype out and a bias of it (cuBLAS rounds once, in x's dtype)."""
@@ -993,7 +1033,7 @@ def fpx_matmul_triton(
                                                                                   bias)
     if dequantize:
         return _dequantized_product(x, planes, w_scale, element, bits, bias, out_dtype, out, row_kernel, config)
-    fmt = fpx_element(element, bits)
+    exp_bits, man_bits, exp_bias = kernel_fields(element, bits)
     use_row_kernel = bool(row_kernel or (row_kernel is None and takes_row_kernel(m, k)))
     if config is not None:
         check_fixed_config(config, use_row_kernel, k)
@@ -1019,10 +1059,10 @@ def fpx_matmul_triton(
         m, n, k, _m_bucket(m), x.stride(0), low.stride(0), high.stride(0), low_words.stride(0),
         high_words.stride(0), out.stride(0),
     )
-    flags = dict(EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits, EXP_BIAS=fmt.default_bias,
+    flags = dict(EXP_BITS=exp_bits, MAN_BITS=man_bits, EXP_BIAS=exp_bias,
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
-                 DOT_F32=INTERPRET or x.dtype == torch.float32, W_UNIT=2.0 ** (127 - fmt.default_bias),
-                 VALUED_BF16=x.dtype == torch.bfloat16, UNIT_EXP=127 - fmt.default_bias, USE_ASM=not INTERPRET)
+                 DOT_F32=INTERPRET or x.dtype == torch.float32, W_UNIT=2.0 ** (127 - exp_bias),
+                 VALUED_BF16=x.dtype == torch.bfloat16, UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET)
     fixed, launch = ({}, {}) if config is None else (config.kwargs, launch_options(config))
     if use_row_kernel:
         if INTERPRET and not fixed:
@@ -1037,10 +1077,10 @@ def fpx_matmul_triton(
         row_high = interleaved_high(high, bits) if interleaved else high_words
         row_args = (x, low_words, row_high, scale, bias_arg, out, partials, counters, m, n, k // 8, x.stride(0),
                     out.stride(0), low_words.stride(0), row_high.stride(0),
-                    2.0 ** (127 - fmt.default_bias - ROW_X_SCALE_EXP))
-        row_flags = dict(BITS=bits, MAN_BITS=fmt.man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
+                    2.0 ** (127 - exp_bias - ROW_X_SCALE_EXP))
+        row_flags = dict(BITS=bits, MAN_BITS=man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                          X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m), MMA=mma,
-                         UNIT_EXP=127 - fmt.default_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved)
+                         UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved)
         if fixed:
             grid = (triton.cdiv(n, fixed["BLOCK_N"]), fixed["SPLIT_K"])
             even = _row_even(dict(N=n, KW=k // 8, **fixed))

@@ -433,17 +433,21 @@ def w4a4_matmul_ref(
     return out.to(out_dtype)
 
 
-def fpx_element(element: str, bits: int) -> FPFormat:
-    """The FP format of a weight-only element name, checked against ``bits``.
+def fpx_element(element: str, bits: int) -> NumberFormat:
+    """The format of a weight-only element name of the FPx kernels, checked against ``bits``: an FP element, or
+    INT4 (per-channel W4A16).
 
     The kernel decodes into the activations' dtype, so every value must be exact in
     float16: that excludes E5M0 (2^16).
     """
-    fmt = packing.element_named(element)
-    if (not isinstance(fmt, FPFormat) or fmt.bits not in FPX_BITS
-            or fmt.max_value > torch.finfo(torch.float16).max):
-        raise ValueError(f"fpx_matmul takes FP elements of 4, 5 or 6 bits whose values fit float16 (e2m1, e3m0, "
-                         f"e2m2, e3m1, e2m3, e3m2, ...), got {element!r}")
+    if element == "int4":
+        fmt = w4a4_element(element)
+    else:
+        fmt = packing.element_named(element)
+        if (not isinstance(fmt, FPFormat) or fmt.bits not in FPX_BITS
+                or fmt.max_value > torch.finfo(torch.float16).max):
+            raise ValueError(f"fpx_matmul takes INT4 or FP elements of 4, 5 or 6 bits whose values fit float16 (e2m1, "
+                             f"e3m0, e2m2, e3m1, e2m3, e3m2, ...), got {element!r}")
     if bits != fmt.bits:
         raise ValueError(f"element {element} has {fmt.bits}-bit codes, got bits={bits}")
     return fmt
@@ -497,9 +501,7 @@ def check_packed_weight_args(planes: tuple[torch.Tensor, ...] | list[torch.Tenso
                              bits: int, group: int) -> None:
     """Raise ValueError unless ``packed_weight`` can take these planes and scales: an FPx element's planes
     (``packing.pack_planes``) with per-row scales, or packed INT4 / E2M1 codes with per-row or per-group ones."""
-    fmt = w4a4_element(element) if element == "int4" else fpx_element(element, bits)
-    if fmt.bits != bits:
-        raise ValueError(f"element {element} has {fmt.bits}-bit codes, got bits={bits}")
+    fpx_element(element, bits)
     widths = packing.plane_bits(bits)
     if not isinstance(planes, (tuple, list)) or len(planes) != len(widths):
         raise ValueError(f"{bits}-bit weights come as a tuple of {len(widths)} bit plane(s) (packing.pack_planes), "

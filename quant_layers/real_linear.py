@@ -56,8 +56,9 @@ class RealQuantScheme:
 
     @property
     def fpx(self) -> bool:
-        """Weight-only FP per channel: runs on the FPx kernel rather than being dequantized."""
-        return self.element != "int4" and self.group == 0 and self.scale_kind == "float"
+        """Per channel, FP or INT4 (with no activation scheme: weight-only): runs on the FPx kernels rather than
+        being dequantized."""
+        return self.group == 0 and self.scale_kind == "float" and self.element != "int8"
 
     @classmethod
     def from_spec(cls, spec: QuantSpec, what: str, in_features: int, weight_only: bool = False) -> "RealQuantScheme":

@@ -28,6 +28,8 @@ FPX = ["e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0"]
 # Every finite FP element of 4 to 6 bits the kernel takes (E5M0's 2^16 is not a float16).
 KERNEL_ELEMENTS = [name for name, fmt in ELEMENT_OF.items()
                    if isinstance(fmt, FPFormat) and fmt.bits in (4, 5, 6) and name != "e5m0"]
+# The weights the FPx kernels take: those FP elements and INT4 levels (per-channel W4A16).
+KERNEL_WEIGHTS = FPX + ["int4"]
 
 
 def test_kernel_is_built_for_the_interpreter():
@@ -185,13 +187,13 @@ def _decode_kernel(codes_ptr, out_ptr, n, EXP_BITS: tl.constexpr, MAN_BITS: tl.c
     tl.store(out_ptr + offs, fpx_gemm._decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS), mask=offs < n)
 
 
-@pytest.mark.parametrize("name", KERNEL_ELEMENTS)
+@pytest.mark.parametrize("name", KERNEL_ELEMENTS + ["int4"])
 def test_kernel_decodes_every_code(name):
     fmt = element_named(name)
     codes = torch.arange(2**fmt.bits, dtype=torch.int32)
     out = torch.empty(codes.shape)
-    _decode_kernel[(1,)](codes, out, codes.numel(), EXP_BITS=fmt.exp_bits, MAN_BITS=fmt.man_bits,
-                         EXP_BIAS=fmt.default_bias, BLOCK=64)
+    exp_bits, man_bits, exp_bias = fpx_gemm.kernel_fields(name, fmt.bits)
+    _decode_kernel[(1,)](codes, out, codes.numel(), EXP_BITS=exp_bits, MAN_BITS=man_bits, EXP_BIAS=exp_bias, BLOCK=64)
     assert torch.equal(out, code_values(fmt))
     assert torch.equal(out.half().float(), out)  # exact in float16 (and bfloat16: at most 6 significant bits)
 
@@ -215,7 +217,7 @@ def assert_matches_twin(out: torch.Tensor, want: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
 @pytest.mark.parametrize("k", [64, 192])
-@pytest.mark.parametrize("name", FPX)
+@pytest.mark.parametrize("name", KERNEL_WEIGHTS)
 def test_triton_equals_twin(name, k, dtype):
     bits = element_named(name).bits
     for m in (1, 3, 17):
@@ -271,7 +273,7 @@ def tile_config(monkeypatch, name: str, k: int, **config) -> int:
 @pytest.mark.parametrize("swap", [False, True], ids=["", "swapped"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("k", [64, 200, 36])
-@pytest.mark.parametrize("name", FPX)
+@pytest.mark.parametrize("name", KERNEL_WEIGHTS)
 def test_paired_tile_kernel_equals_twin(name, k, dtype, swap, monkeypatch):
     """The tensor-core kernel's PAIRED path: every code placed two at a time from 32-bit words, one dot per code
     position, the weight the dots' second operand or (swapped) their first; ragged K (200 against 32-wide steps);
@@ -290,7 +292,7 @@ def test_paired_tile_kernel_equals_twin(name, k, dtype, swap, monkeypatch):
 @pytest.mark.parametrize("split_k", [1, 2])
 @pytest.mark.parametrize("swap", [False, True], ids=["", "swapped"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("name", ["e3m2", "e2m2", "e2m1"])
+@pytest.mark.parametrize("name", ["e3m2", "e2m2", "e2m1", "int4"])
 def test_paired_tile_kernel_on_whole_tiles_equals_twin(name, dtype, swap, split_k, monkeypatch):
     """Whole tiles (N = 48 against 16-row tiles, K = 128 against 32-wide steps times the split): the PAIRED loop
     loads the weight words unmasked (EVEN) and masks x by row only; bfloat16 x places the codes as bfloat16 values.
@@ -307,7 +309,7 @@ def test_paired_tile_kernel_on_whole_tiles_equals_twin(name, dtype, swap, split_
 @pytest.mark.parametrize("prefetch, stages", [(True, 1), (False, 1), (False, 3)],
                          ids=["prefetch", "no-prefetch", "pipelined"])
 @pytest.mark.parametrize("k", [64, 200])
-@pytest.mark.parametrize("name", FPX)
+@pytest.mark.parametrize("name", KERNEL_WEIGHTS)
 def test_row_kernel_equals_twin(name, k, prefetch, stages, monkeypatch):
     """The decode kernel (CUDA cores): every code, ragged K (200 against 32-wide steps), bf16 x, one row with
     the next step's words loaded before or after a step's arithmetic (or by a software-pipelined loop on a GPU),
@@ -338,7 +340,7 @@ def row_kernel_outputs(name: str, m: int, k: int, seed: int) -> list[tuple[dict,
 
 @pytest.mark.parametrize("split, prefetch, k", [(2, True, 64), (3, False, 200), (4, True, 200), (4, False, 48)],
                          ids=["2-prefetch", "3-ragged", "4-prefetch-ragged", "4-one-empty-slice"])
-@pytest.mark.parametrize("name", ["e3m2", "e2m2", "e2m1"])
+@pytest.mark.parametrize("name", ["e3m2", "e2m2", "e2m1", "int4"])
 def test_row_kernel_split_k_equals_twin(name, split, prefetch, k, monkeypatch):
     """SPLIT_K slices of the words a tile, their sums added by the tile's last program: every code, ragged K (the
     last slice short; K = 48 leaves the fourth slice no step), 1, 3 and 8 rows, bias or none, the tensor-core form;
@@ -388,7 +390,7 @@ def test_a_fixed_config_replaces_the_interpreter_s():
 @pytest.mark.parametrize("split, paired, swap, k", [(2, True, True, 128), (3, True, False, 200), (4, False, False, 200),
                                                     (4, True, True, 48)],
                          ids=["2-swapped", "3-paired-ragged", "4-spread-ragged", "4-swapped-empty-slices"])
-@pytest.mark.parametrize("name", ["e3m2", "e2m2", "e2m1"])
+@pytest.mark.parametrize("name", ["e3m2", "e2m2", "e2m1", "int4"])
 def test_tile_kernel_split_k_equals_twin(name, split, paired, swap, k, monkeypatch):
     """The tensor-core kernel with K split among SPLIT_K programs a tile (decode batches), the slices' sums added by
     the tile's last program: every code, ragged K (the last slice short; K = 48 in 32-wide steps leaves slices with
@@ -506,7 +508,7 @@ def test_a_plane_made_in_inference_mode_takes_its_own_words():
 
 @pytest.mark.parametrize("interleaved", [(5,), ()], ids=["fp5", "none"])
 @pytest.mark.parametrize("split", [1, 2])
-@pytest.mark.parametrize("name", ["e3m2", "e2m3", "e2m2", "e3m1"])
+@pytest.mark.parametrize("name", ["e3m2", "e2m3", "e2m2", "e3m1", "int4"])
 def test_row_kernel_whole_tiles_equal_twin(name, split, interleaved, monkeypatch):
     """One row whose tiles are all whole (EVEN: N a multiple of BLOCK_N, each slice whole steps), on the high plane
     interleaved across rows (FP5 by default) or on its own words: the loop's activation loads (and
@@ -580,7 +582,7 @@ def test_row_kernel_tensor_core_flag_is_checked(monkeypatch):
 
 @pytest.mark.parametrize("magnitude", [1e-6, 1e4])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
-@pytest.mark.parametrize("name", ["e3m2", "e2m3", "e2m1"])
+@pytest.mark.parametrize("name", ["e3m2", "e2m3", "e2m1", "int4"])
 def test_row_kernel_keeps_small_and_large_activations(name, dtype, magnitude):
     """The row kernel scales x by a power of two so that subnormal codes' products stay exact: tiny and
     large activations (fp16's range, and fp32) must still match the twin."""
@@ -666,7 +668,7 @@ def _fpx_args(**changes) -> dict:
     "changes, message",
     [
         (dict(x=torch.zeros(3, 64, dtype=torch.int32)), "float16, bfloat16 or float32"),
-        (dict(element="int4", bits=4), "FP elements of 4, 5 or 6 bits"),
+        (dict(element="int8", bits=8), "INT4 or FP elements of 4, 5 or 6 bits"),
         (dict(element="e5m0", bits=6), "FP elements of 4, 5 or 6 bits whose values fit float16"),
         (dict(element="e4m3", bits=8), "unknown element 'e4m3'"),
         (dict(bits=5), "element e3m2 has 6-bit codes, got bits=5"),
@@ -685,6 +687,27 @@ def _fpx_args(**changes) -> dict:
 def test_fpx_matmul_errors(backend, changes, message):
     with pytest.raises(ValueError, match=message):
         quant_kernels.fpx_matmul(**_fpx_args(**changes), backend=backend)
+
+
+def test_int4_per_channel_weight_only_runs_on_the_fpx_kernels(monkeypatch):
+    """A W4A16 linear of INT4 weights per channel multiplies through ``fpx_matmul`` (the FPx kernels place INT4
+    levels), the twin's product; INT4 in groups is dequantized (``dequantize_weight``) instead."""
+    from quant_layers.real_linear import RealQuantLinear, RealQuantScheme
+
+    calls = []
+    fpx_matmul = quant_kernels.fpx_matmul
+    monkeypatch.setattr(quant_kernels, "fpx_matmul",
+                        lambda *a, **kw: calls.append(kw["element"]) or fpx_matmul(*a, **kw))
+    gen = torch.Generator().manual_seed(4)
+    for scheme, routed in ((RealQuantScheme("int4"), ["int4"]), (RealQuantScheme("int4", group=32), [])):
+        calls.clear()
+        linear = RealQuantLinear(64, 24, False, scheme, None, torch.float32)
+        linear.qweight.copy_(torch.randint(0, 256, linear.qweight.shape, generator=gen, dtype=torch.uint8))
+        linear.weight_scale.copy_(torch.rand(linear.weight_scale.shape, generator=gen) + 0.1)
+        x = torch.randn(3, 64, generator=gen)
+        weight = quant_kernels.dequantize_weight((linear.qweight,), linear.weight_scale, element="int4",
+                                                 group=scheme.group)
+        assert torch.allclose(linear(x), x @ weight.T, rtol=1e-5, atol=1e-5) and calls == routed
 
 
 def test_w4a4_kernels_still_take_only_int4_and_e2m1():
