@@ -5,12 +5,13 @@ For each mode and decode batch: a random ``--config`` model of ``--layers`` laye
 ``torch.compile``d, each with the decode path's default codes (for E2M1 weights on a GPU: E4M3 planes at 5-64 rows,
 ``quant_kernels.decode_codes_form``) and with dp4a bytes (``PTQ_E2M1_PLANES=0``). Reported: each pair's relative
 L2 difference of the logits and the share of rows whose greedy token agrees; then ``--steps`` greedy tokens of the
-captured compiled step (on a GPU; the compiled step itself on a CPU) against the eager step (default codes), and where each row first parts. A check fails on a
-non-finite logit or a relative difference over ``--tolerance``: any rounding difference (FP8 against integer
-accumulation, an ulp of a K scale in compiled glue) flips a few 4-bit activation or K/V codes, and each flip moves a
-product by a quantization step, so the forms differ by about the noise of 4-bit quantization (on the CPU, the
-compiled and eager steps of a one-layer W4A4KV4 model, whose new K scales differed by an ulp and one K code by one,
-differed by 0.11); a wrong path differs by about the logits' own size (1 and more).
+captured compiled step (on a GPU; the compiled step itself on a CPU) against the eager step (default codes), and
+where each row first parts. A check fails on a non-finite logit or a relative difference over ``--tolerance``:
+any rounding difference (FP8 against integer accumulation, an ulp of a K scale in compiled glue) flips a few 4-bit
+activation or K/V codes, and each flip moves a product by a quantization step, so the forms differ by about the
+noise of 4-bit quantization (on the CPU, the compiled and eager steps of a one-layer W4A4KV4 model, whose new K
+scales differed by an ulp and one K code by one, differed by 0.11); a wrong path differs by about the logits' own
+size (1 and more).
 
     python benchmarks/decode_match.py --modes fp4a4kv4 --batches 8,16 --out benchmarks/results/decode_match_fp4_h200
 """

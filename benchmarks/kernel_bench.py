@@ -75,7 +75,7 @@ W4A4_FORMATS = {
     "nvfp4": ("e2m1", 16, "e4m3"),
     "mxfp4": ("e2m1", 32, "e8m0"),
 }
-FPX_FORMATS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1")  # weight-only elements
+FPX_FORMATS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "int4")  # weight-only elements of the FPx kernels
 CHECK_ROWS = 64  # rows of the activations checked against the twin
 PREFILL_COMPARE_M = 256  # from these rows the FPx path not taken (tile kernel or dequantized weight) is timed too
 
@@ -334,7 +334,8 @@ def bench_act_quant(m: int, k: int, device: torch.device, time_ms, formats: list
 def fpx_weight(w: torch.Tensor, element: str) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Bit planes and (N, 1) fp32 scales of ``w`` quantized per output channel (RTN)."""
     fmt = element_named(element)
-    quantizer = Quantizer(QuantSpec("fp", fmt.bits, exp_bits=fmt.exp_bits, granularity="channel"))
+    quantizer = Quantizer(QuantSpec("int", 4, granularity="channel") if element == "int4" else
+                          QuantSpec("fp", fmt.bits, exp_bits=fmt.exp_bits, granularity="channel"))
     wg = quantizer.grouped(w)
     scale = quantizer.fit(wg).scale
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))

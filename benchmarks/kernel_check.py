@@ -70,7 +70,7 @@ GEMM_PAIRS = [("int4-tok-clip0.9", "int4-tok-clip0.9"), ("e2m1-tok", "e2m1-tok")
               ("nvfp4", "nvfp4"), ("mxfp4", "mxfp4"), ("int4-tok-clip0.9", "int4-g64"),
               ("int4-g16", "int4-g16")]  # K steps of 16: the fp16 dot path, as NVFP4's
 PER_ROW_PAIRS = [("int4-tok-clip0.9", "int4-tok-clip0.9"), ("e2m1-tok", "e2m1-tok"), ("int4-tok-clip0.9", "e2m1-tok")]
-FPX_ELEMENTS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")
+FPX_ELEMENTS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0", "int4")  # the FPx kernels' weights
 GPU_ACT_SHAPES = [(7, 4096), (257, 14336)]
 # (batch, K/V heads, new tokens, head dim): a Llama-3-8B decode step and a prompt
 GPU_KV_WRITE_SHAPES = [(1, 8, 1, 128), (2, 8, 2048, 128)]

@@ -118,6 +118,24 @@ def test_bench_model_dry_run_writes_its_tables(tmp_path):
     assert "| w4a4kv4 |" in table and "| bf16_eager |" in table and "decode b2 eager (tok/s)" in table
 
 
+def test_decode_match_compares_the_compiled_step_with_the_eager_one(tmp_path, capsys):
+    """``decode_match.py`` on the CPU (both codes forms are the dp4a bytes there): the first decode step's logits
+    eager and compiled within its tolerance, the greedy tokens compared, a table written; bad sizes refused."""
+    import json
+
+    from benchmarks.decode_match import main
+
+    prefix = str(tmp_path / "match")
+    assert main(["--config", "smollm2-135m", "--layers", "1", "--seqlen", "8", "--steps", "2", "--batches", "2",
+                 "--device", "cpu", "--out", prefix]) == 0
+    row = json.load(open(prefix + ".json"))["rows"][0]
+    assert row["ok"] and row["finite"] and row["default eager vs bytes eager"]["relative_l2"] == 0.0
+    assert len(row["greedy"]["first_parting_step_per_row"]) == 2 and "| fp4a4kv4 | 2 |" in open(prefix + ".md").read()
+    with pytest.raises(SystemExit) as stop:
+        main(["--steps", "0", "--out", str(tmp_path / "bad")])
+    assert stop.value.code == 2 and "--steps must be at least 1" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--prefill_batches", "0"], "counts are at least 1"),
     (["--decode_batches", "1,x"], "a comma list of whole numbers"),
