@@ -46,7 +46,12 @@ def _dequant_kernel(
     codes = _plane_codes(low_ptrs, high_ptrs, n_ok, K - k0, BLOCK_N, BLOCK_K, HIGH_WIDTH)
     values = _decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS)
     k_ok = offs_k < K
-    if GROUP > 0:
+    if GROUP > 0 and BLOCK_K % GROUP == 0:  # each group's scale loaded once, then spread over its columns
+        offs_g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
+        groups = tl.load(scale_ptr + offs_n[:, None] * stride_scale + offs_g[None, :],
+                         mask=n_ok[:, None] & (offs_g * GROUP < K)[None, :], other=0.0)
+        scale = tl.broadcast_to(groups[:, :, None], (BLOCK_N, BLOCK_K // GROUP, GROUP)).reshape(BLOCK_N, BLOCK_K)
+    elif GROUP > 0:
         scale = tl.load(scale_ptr + offs_n[:, None] * stride_scale + (offs_k // GROUP)[None, :],
                         mask=n_ok[:, None] & k_ok[None, :], other=0.0)
     else:

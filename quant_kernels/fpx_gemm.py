@@ -250,14 +250,17 @@ def _plane_codes(low_ptrs, high_ptrs, n_ok, rest, BLOCK_N: tl.constexpr, BLOCK_K
 def _decode(codes, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr):
     """fp32 values of sign | exponent | mantissa codes (int32), as ``packing.code_values``; INT4 levels of two's
     complement nibbles with MAN_BITS = INT4_LEVELS."""
-    if MAN_BITS == INT4_LEVELS:
-        return ((codes ^ 8) - 8).to(tl.float32)
-    exponent = (codes >> MAN_BITS) & ((1 << EXP_BITS) - 1)
-    mantissa = codes & ((1 << MAN_BITS) - 1)
-    significand = tl.where(exponent > 0, mantissa + (1 << MAN_BITS), mantissa)  # implicit 1 when normal
-    power = tl.maximum(exponent, 1) - (EXP_BIAS + MAN_BITS)
-    magnitude = significand.to(tl.float32) * ((power + 127) << 23).to(tl.float32, bitcast=True)
-    return tl.where(((codes >> (EXP_BITS + MAN_BITS)) & 1) != 0, -magnitude, magnitude)
+    if MAN_BITS == INT4_LEVELS:  # not an early return: Triton builds the code after one too (a dead block), and
+        # the FP path's shifts by MAN_BITS = -1 do not build
+        values = ((codes ^ 8) - 8).to(tl.float32)
+    else:
+        exponent = (codes >> MAN_BITS) & ((1 << EXP_BITS) - 1)
+        mantissa = codes & ((1 << MAN_BITS) - 1)
+        significand = tl.where(exponent > 0, mantissa + (1 << MAN_BITS), mantissa)  # implicit 1 when normal
+        power = tl.maximum(exponent, 1) - (EXP_BIAS + MAN_BITS)
+        magnitude = significand.to(tl.float32) * ((power + 127) << 23).to(tl.float32, bitcast=True)
+        values = tl.where(((codes >> (EXP_BITS + MAN_BITS)) & 1) != 0, -magnitude, magnitude)
+    return values
 
 
 @triton.jit
@@ -452,21 +455,22 @@ def _placed_bits(low, high, J: tl.constexpr, BITS: tl.constexpr, MAN_BITS: tl.co
     bfloat16 bits of their values times 2^(bias - 127): each shift and mask places a field of both codes at once
     (magnitude with the mantissa's top at bit 6, sign at bit 15 of each half). INT4 levels (MAN_BITS =
     INT4_LEVELS): each nibble u as the bfloat16 128 + (u ^ 8), one shift and one mask-and-xor for both."""
-    if MAN_BITS == INT4_LEVELS:
-        return (_shifted(low, -4 * J) & 0x000F000F) ^ INT4_PLACED
-    MAG_LOW: tl.constexpr = 4 if BITS > 4 else 3  # magnitude bits in the low nibble
-    TOP: tl.constexpr = 7 - MAN_BITS  # where the magnitude's bit 0 goes in a bfloat16
-    BOTH: tl.constexpr = (1 << 16) | 1  # times a field mask: the mask in both halves
-    SIGNS: tl.constexpr = -2147450880  # bits 15 and 31
-    bits = _shifted(low, TOP - 4 * J) & ((((1 << MAG_LOW) - 1) << TOP) * BOTH)
-    if BITS == 4:
-        bits |= _shifted(low, 15 - (4 * J + 3)) & SIGNS
-    elif HIGH_WIDTH == 1:
-        bits |= _shifted(high, 15 - J) & SIGNS
-    else:  # one multiply moves pair J's field (magnitude bit 4, sign) to TOP + 4 and 15, copies landing apart
-        fields = (high & ((3 << (2 * J)) * BOTH)).to(tl.uint32, bitcast=True)
-        spread = (fields * ((1 << (TOP + 4 - 2 * J)) + (1 << (14 - 2 * J)))).to(tl.int32, bitcast=True)
-        bits |= spread & (((1 << (TOP + 4)) * BOTH) | SIGNS)
+    if MAN_BITS == INT4_LEVELS:  # if / else as in ``_decode``
+        bits = (_shifted(low, -4 * J) & 0x000F000F) ^ INT4_PLACED
+    else:
+        MAG_LOW: tl.constexpr = 4 if BITS > 4 else 3  # magnitude bits in the low nibble
+        TOP: tl.constexpr = 7 - MAN_BITS  # where the magnitude's bit 0 goes in a bfloat16
+        BOTH: tl.constexpr = (1 << 16) | 1  # times a field mask: the mask in both halves
+        SIGNS: tl.constexpr = -2147450880  # bits 15 and 31
+        bits = _shifted(low, TOP - 4 * J) & ((((1 << MAG_LOW) - 1) << TOP) * BOTH)
+        if BITS == 4:
+            bits |= _shifted(low, 15 - (4 * J + 3)) & SIGNS
+        elif HIGH_WIDTH == 1:
+            bits |= _shifted(high, 15 - J) & SIGNS
+        else:  # one multiply moves pair J's field (magnitude bit 4, sign) to TOP + 4 and 15, copies landing apart
+            fields = (high & ((3 << (2 * J)) * BOTH)).to(tl.uint32, bitcast=True)
+            spread = (fields * ((1 << (TOP + 4 - 2 * J)) + (1 << (14 - 2 * J)))).to(tl.int32, bitcast=True)
+            bits |= spread & (((1 << (TOP + 4)) * BOTH) | SIGNS)
     return bits
 
 

@@ -46,12 +46,13 @@ def test_fpx_weights_are_the_twin_s_rounded_once(name):
         assert got.dtype == dtype and torch.equal(got, packed_weight(planes, scale, name, bits).to(dtype))
 
 
-@pytest.mark.parametrize("group", [0, 16, 32, 64])
+@pytest.mark.parametrize("group", [0, 16, 32, 64, 48, 192])
 @pytest.mark.parametrize("element", ["int4", "e2m1"])
 def test_packed_4_bit_weights_per_row_and_per_group(element, group):
     """INT4 (two's complement, -8 included) and E2M1 codes, every one in each row, times per-row or per-group
-    scales (NVFP4's 16, MXFP4's 32; groups across the kernel's 128-column tiles), K and N ragged: the twin's weight
-    in each dtype, the twin itself the codes' values times their scales."""
+    scales (NVFP4's 16, MXFP4's 32: each group's scale loaded once a tile; 48 and 192, which the kernel's 128-column
+    tiles do not hold whole: a scale an element), K and N ragged: the twin's weight in each dtype, the twin itself
+    the codes' values times their scales."""
     n, k = 36, 192
     codes = every_code(n, k, 4)
     planes = pack_planes(codes, 4)
