@@ -69,7 +69,8 @@
 #              (the default from fpx_gemm.DEQUANT_MIN_M rows) beside the tile kernel, FP6 E3M2, every output checked;
 #              then the FP6 / FP5 / bf16 (MODES) prefill at batch 1 and 4, eager and graph-replayed (issue 10)
 #   w4a16_int4 INT4 weights per channel on the FPx kernels (W4A16): checked against the twins with the FP elements,
-#              timed at 1-64 rows beside E2M1, then bf16 / W4A16 INT4 (MODES) compiled CUDA-graph decode at batch 1
+#              timed at 1-64 rows beside E2M1, then bf16 / W4A16 INT4 per channel and in groups of 128 (MODES)
+#              compiled CUDA-graph decode at batch 1
 #   decode_planes  FP4 W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8 and 16, E2M1 decode rows on
 #              E4M3 planes (the default since decode_rows_e4m3_e2m1_h200.md) (issues 9, 10)
 #   decode_match  the compiled decode step against the eager one, E4M3 planes against dp4a bytes, on a random 4-layer
@@ -349,14 +350,15 @@ for section in "$@"; do
         --config llama-3-8b --modes "${MODES:-fp6,fp5,bf16}" --prefill_batches 1,4 --decode_batches "" \
         --graph_prefill --out "$OUT/bench_model_prefill_fpx_dequantized_llama3_8b_h200" ;;
     w4a16_int4)
-      step "${LIMIT_INT4_CHECK:-120}" kernel_check_fpx_int4 python benchmarks/kernel_check.py --only fpx \
+      step "${LIMIT_INT4_CHECK:-150}" kernel_check_fpx_int4 python benchmarks/kernel_check.py --only fpx,fpx_groups \
         --out "$OUT/kernel_check_fpx_int4_h200"
       step "${LIMIT_INT4_BENCH:-240}" kernel_bench_w4a16_int4 python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --weight_only_ms 1,8,16,64 --weight_only_formats int4,e2m1 \
         --out "$OUT/kernel_bench_w4a16_int4_h200"
       step "${LIMIT_INT4_MODEL:-220}" bench_model_w4a16_int4 python benchmarks/bench_model.py --random_mode \
-        --config llama-3-8b --modes "${MODES:-w4a16_int4,bf16}" --prefill_batches "" --decode_batches 1 \
-        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_w4a16_int4_llama3_8b_h200" ;;
+        --config llama-3-8b --modes "${MODES:-w4a16_int4,w4a16_int4_g128,bf16}" --prefill_batches "" \
+        --decode_batches 1 --decode_tokens 128 --compile --no_eager \
+        --out "$OUT/bench_model_decode_w4a16_int4_llama3_8b_h200" ;;
     decode_planes)
       step "${LIMIT_DECODE_PLANES:-560}" bench_model_decode_planes python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp4a4kv4,bf16}" --prefill_batches "" --decode_batches 8,16 \

@@ -352,6 +352,38 @@ def check_dequant(n: int, k: int, element: str, group: int, dtype: torch.dtype, 
             "shape": f"N{n} K{k} {str(dtype).removeprefix('torch.')}", "ok": differ == 0}
 
 
+def check_fpx_groups(m: int, n: int, k: int, element: str, group: int, dtype: torch.dtype,
+                     device: torch.device) -> dict:
+    """W4A16 weights with scales in groups (INT4 or E2M1) through ``fpx_matmul`` (the row kernel at its rows, the
+    dequantized weight above) into a NaN-poisoned output, against the twin: the row kernel within fp32-accumulation
+    rounding, the dequantized weight within its roundings (``reference.dequantized_product_excess``)."""
+    from quant_kernels.fpx_gemm import ROW_GROUP_MIN, fpx_matmul_triton, takes_row_kernel
+
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device=device)
+    scale = torch.rand(n, k // group, device=device) * 0.03 + 1e-3
+    planes = pack_planes(codes, 4)
+    x = random_activations(m, k, dtype, device)
+    out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
+    spec = dict(element=element, bits=4, group=group)
+    fpx_matmul_triton(x, planes, scale, out=out, **spec)
+    row = takes_row_kernel(m, k) and group % ROW_GROUP_MIN == 0
+    if row:
+        ok, excess = close(out, reference.fpx_matmul_ref(x, planes, scale, out_dtype=torch.float32, **spec))
+    else:
+        excess = reference.dequantized_product_excess(out, x, planes, scale, element, 4, group=group)
+        ok = excess <= 1
+    return {"kernel": "fpx_gemm", "case": f"{element} g{group} ({'row kernel' if row else 'dequantized'})",
+            "shape": f"M{m} N{n} K{k} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess,
+            "ok": ok and not out.isnan().any()}
+
+
+# (M, N, K, element, group, x dtype): W4A16 in groups at Llama-3-8B shapes, the row kernel's rows and above.
+GPU_FPX_GROUPS = [(1, 4096, 4096, "int4", 128, torch.bfloat16), (4, 14336, 4096, "e2m1", 64, torch.bfloat16),
+                  (1, 4096, 14336, "int4", 128, torch.float16), (16, 6144, 4096, "int4", 128, torch.bfloat16),
+                  (1, 4096, 4096, "e2m1", 16, torch.bfloat16)]
+DRY_FPX_GROUPS = [(1, 40, 256, "int4", 128, torch.bfloat16), (5, 24, 128, "e2m1", 32, torch.float16)]
+
+
 # (N, K, element, group, dtype): W4A16 weights dequantized, a Llama-3-8B shape and ragged ones.
 GPU_DEQUANT = [(4096, 14336, "int4", 128, torch.bfloat16), (14336, 4096, "e2m1", 16, torch.bfloat16),
                (6144, 4096, "e2m1", 32, torch.float16), (40, 200, "int4", 0, torch.bfloat16)]
@@ -640,9 +672,9 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
 
 CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_int8_linear, check_e4m3_linear,
           check_fp8_codes, check_fp8_linear,
-          check_fpx, check_fpx_split, check_fpx_swap, check_fpx_dequantized, check_dequant, check_decode_attention,
-          check_decode_attention_packed,
-          check_kv_write, check_fused_decode, check_int8_decode, check_tc_decode)
+          check_fpx, check_fpx_split, check_fpx_swap, check_fpx_dequantized, check_dequant, check_fpx_groups,
+          check_decode_attention, check_decode_attention_packed, check_kv_write, check_fused_decode, check_int8_decode,
+          check_tc_decode)
 
 
 def check_name(check) -> str:
@@ -749,6 +781,8 @@ def main(argv: list[str] | None = None) -> int:
         record(check_fpx_dequantized, m, n, k, element, dtype, device)
     for n, k, element, group, dtype in DRY_DEQUANT if args.cpu_dry_run else GPU_DEQUANT:
         record(check_dequant, n, k, element, group, dtype, device)
+    for m, n, k, element, group, dtype in DRY_FPX_GROUPS if args.cpu_dry_run else GPU_FPX_GROUPS:
+        record(check_fpx_groups, m, n, k, element, group, dtype, device)
     for batch, heads, tokens, dim in DRY_KV_WRITE_SHAPES if args.cpu_dry_run else GPU_KV_WRITE_SHAPES:
         for dtype in OUT_DTYPES:
             record(check_kv_write, batch, heads, tokens, dim, dtype, device)

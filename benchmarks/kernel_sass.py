@@ -79,8 +79,9 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
                      X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
                      LOOP_STAGES=config[6] if len(config) > 6 else 1, MMA=mma, UNIT_EXP=127 - exp_bias,
                      USE_ASM=True, SPLIT_K=config[7] if len(config) > 7 else 1, INTERLEAVED=interleaved,
-                     EVEN=True)
+                     EVEN=True, gscale_ptr=None, GROUP=0, G_UNIT=1.0)  # per-channel scales, as a launch leaves them
     signature.update({name: "constexpr" for name in constants})
+    signature["stride_gs"] = "i32"
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] != "M"}
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)
 

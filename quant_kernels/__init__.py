@@ -27,8 +27,8 @@ dispatching on the tensors' device:
 - ``fpx_matmul``: float activations x FP4 / FP5 / FP6 weights in bit planes (FP6-LLM
   style, per-channel scales) or INT4 weights per channel -> (..., N); up to 4 rows run on the CUDA
   cores on a GPU, from 1024 on the dequantized weight by cuBLAS.
-- ``dequantize_weight``: packed codes times their scales in a float dtype, one pass (``dequant``): the
-  weight-only products without a packed-weight kernel (W4A16 in groups, NVFP4, MXFP4) multiply it.
+- ``dequantize_weight``: packed codes times their scales in a float dtype, one pass (``dequant``), what
+  ``fpx_matmul`` multiplies by cuBLAS at prefill rows and for groups its row kernel does not take.
 
 Not dispatched from here: ``kv_write.write_kv4_triton`` quantizes new K/V tokens into a static
 packed KV4 cache; ``quant_layers.packed_kv_cache`` calls it on a GPU (its torch writes are the twin).
@@ -452,7 +452,7 @@ def dequantize_weight(
 def fpx_matmul(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-    backend: str | None = None,
+    group: int = 0, backend: str | None = None,
 ) -> torch.Tensor:
     """out (..., N) = x @ (decode(w) * w_scale[:, None]).T (+ bias), fp32 accumulation; weight-only.
 
@@ -460,19 +460,21 @@ def fpx_matmul(
     ``quant_layers.packing.pack_planes(codes, bits)`` of the (N, K) weight codes (one
     uint8 (N, K//2) plane for 4 bits, plus (N, K//8) for 5 or (N, K//4) for 6 bits);
     ``element`` is an FP element of ``bits`` bits (``e2m1``, ``e3m0``, ``e2m2``, ``e3m1``,
-    ``e2m3``, ``e3m2``, ...); ``w_scale`` is (N,) or (N, 1). ``out_dtype`` defaults to x's.
+    ``e2m3``, ``e3m2``, ...) or ``int4``; ``w_scale`` is (N,) or (N, 1), or (N, K // group) for INT4 and E2M1
+    weights in groups of ``group`` (NVFP4 and MXFP4 with their scales decoded). ``out_dtype`` defaults to x's.
     """
     if x.dim() == 0:
         raise ValueError("activations must be (..., K), got a scalar")
     x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+    kw = dict(element=element, bits=bits, bias=bias, out_dtype=out_dtype, group=group)
     if _use_triton(x, backend):
         from .fpx_gemm import fpx_matmul_triton
 
-        out = fpx_matmul_triton(x2, planes, w_scale, element=element, bits=bits, bias=bias, out_dtype=out_dtype)
+        out = fpx_matmul_triton(x2, planes, w_scale, **kw)
     else:
         from .reference import fpx_matmul_ref
 
-        out = fpx_matmul_ref(x2, planes, w_scale, element=element, bits=bits, bias=bias, out_dtype=out_dtype)
+        out = fpx_matmul_ref(x2, planes, w_scale, **kw)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 

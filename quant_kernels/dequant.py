@@ -1,9 +1,9 @@
 """Triton kernel: packed weight codes times their scales, written once in a float dtype.
 
-The weight-only products that do not run on a packed-weight kernel multiply this weight with cuBLAS: FPx
-weights and INT4 ones per channel from ``fpx_gemm.DEQUANT_MIN_M`` rows (prefill), and INT4 or E2M1 weights in
-groups, NVFP4 and MXFP4, without quantized activations (W4A16 checkpoints), at every size. One pass reads the
-packed bytes (0.5 to 0.75 a weight) and writes 2 (half dtypes), where torch's ops went through fp32 tensors
+The weight-only products that do not run on a packed-weight kernel multiply this weight with cuBLAS: FPx and
+INT4 weights from ``fpx_gemm.DEQUANT_MIN_M`` rows (prefill), and INT4 or E2M1 weights in groups (W4A16
+checkpoints: GPTQ's, NVFP4, MXFP4) above the row kernel's rows or in groups too small for its steps. One pass reads
+the packed bytes (0.5 to 0.75 a weight) and writes 2 (half dtypes), where torch's ops went through fp32 tensors
 several times.
 
 Each program takes a (BLOCK_N, BLOCK_K) tile: the planes are spread into one code per element and decoded as

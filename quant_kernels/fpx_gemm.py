@@ -194,6 +194,14 @@ INTERLEAVED_BITS = (5,)
 INT4_LEVELS = tl.constexpr(-1)
 INT4_PLACED = tl.constexpr(0x43084308)
 INT4_OFFSET = tl.constexpr(136.0)
+# Row-kernel configs for scales in groups along K (BLOCK_N, BLOCK_KW, num_warps, num_stages, SPLIT_K): a step lies in
+# one group (8 * BLOCK_KW divides GROUP), so each is at most a 128-code group's 16 words; more rows a program and
+# split K make up the programs and the work a step that the per-channel configs' 64- and 128-word steps hold.
+ROW_GROUP_CONFIGS = [(64, 8, 4, 2, 1), (128, 8, 8, 2, 1), (64, 8, 4, 2, 4), (128, 16, 8, 2, 1), (64, 16, 4, 2, 2),
+                     (64, 16, 4, 2, 4), (256, 16, 8, 2, 1), (32, 16, 4, 2, 4)]
+# The least group the row kernel takes by default (its configs' 8-word steps); fewer codes a group (NVFP4's 16,
+# MXFP4's 32) multiply the dequantized weight.
+ROW_GROUP_MIN = 64
 # The one-row kernel's autotune key.
 ROW_TUNING_KEY = ("N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED")
 # Picks the one-row kernel keeps instead of tuning (``w4a4_gemv.keep_pinned``, ``PTQ_PINNED_CONFIGS=0`` tunes them
@@ -642,7 +650,7 @@ def _fpx_row_kernel(
     X_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr,
     PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, MMA: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0,
     USE_ASM: tl.constexpr = False, SPLIT_K: tl.constexpr = 1, INTERLEAVED: tl.constexpr = False,
-    EVEN: tl.constexpr = False,
+    EVEN: tl.constexpr = False, gscale_ptr=None, stride_gs=0, GROUP: tl.constexpr = 0, G_UNIT: tl.constexpr = 1.0,
 ):
     """Up to ROW_MAX_M activation rows (decode) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
@@ -661,6 +669,10 @@ def _fpx_row_kernel(
     SPLIT_K slices of the words, and ``_finish_products`` adds the slices' sums. INTERLEAVED (one row of 5-bit codes):
     ``high_ptr`` is ``interleave_high``'s plane, whose words hold the high fields of 4 rows; the tile's rows go in
     four row tiles, each with its own accumulator. EVEN: every tile whole, the loop's loads unmasked (one row).
+    GROUP > 0 (INT4 or E2M1 codes, not MMA or INTERLEAVED): the scales come per GROUP codes along K, (N, K / GROUP)
+    at ``gscale_ptr``, and a step of BLOCK_KW words lies in one group: one row's step sums, several rows' placed
+    codes, are multiplied by the group's scales times G_UNIT = 2^(127 - bias) (the placement's power of two folded
+    in); ``scale_ptr`` holds ones.
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -674,6 +686,9 @@ def _fpx_row_kernel(
     # both tiles and the accumulator, so no tile goes through shared memory to change layout.
     offs_high = tl.max_contiguous(offs_w, 4)
     high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
+    if GROUP > 0:
+        tl.static_assert(not MMA and not INTERLEAVED, "scales in groups take the fp32 forms of the row kernel")
+        tl.static_assert(GROUP % (8 * BLOCK_KW) == 0, "a step of the row kernel lies in one group of scales")
     if MMA:  # one bfloat16 row on the tensor cores: rows 2i (a) and 2i + 1 (b) of the tile side by side
         half = tl.arange(0, BLOCK_N // 2)
         rows = tl.program_id(0) * BLOCK_N + 2 * half
@@ -752,7 +767,12 @@ def _fpx_row_kernel(
                                                    USE_ASM)
             else:
                 low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH, USE_ASM)
-            acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
+            if GROUP > 0:  # the step's sums, scaled by its group's scales
+                part = _row_products(tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32), low, high, x_ptrs, w_ok, BITS,
+                                     MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
+                acc += part * _group_scales(gscale_ptr, offs_n, n_ok, stride_gs, w0, GROUP, G_UNIT)[:, None]
+            else:
+                acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
             if PREFETCH:
                 low, high = low_next, high_next
             x_ptrs += 8 * BLOCK_KW
@@ -775,8 +795,12 @@ def _fpx_row_kernel(
             x_ok = m_ok[:, None] & w_ok[None, :]
             low, high = _plane_words(low_ptrs3, high_ptrs3, n_ok[None, :, None] & w_ok[None, None, :], HIGH_WIDTH,
                                      USE_ASM)
+            if GROUP > 0:
+                scales = _group_scales(gscale_ptr, offs_n, n_ok, stride_gs, w0, GROUP, G_UNIT)[None, :, None]
             for j in tl.static_range(4):
                 first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
+                if GROUP > 0:  # each placed code times its group's scale, shared by the rows
+                    first, second = first * scales, second * scales
                 x_first = tl.load(x_ptrs + j, mask=x_ok, other=0.0).to(tl.float32) * X_SCALE
                 x_second = tl.load(x_ptrs + j + 4, mask=x_ok, other=0.0).to(tl.float32) * X_SCALE
                 acc3 += first * x_first[:, None, :]
@@ -787,6 +811,13 @@ def _fpx_row_kernel(
         out = tl.reduce(acc3, 2, _sum_combine) * unit
     _finish_products(out, tl.arange(0, BLOCK_M), offs_n, M, N, scale_ptr, bias_ptr, out_ptr, stride_om, partial_ptr,
                      count_ptr, tl.program_id(0), tl.program_id(1), HAS_BIAS, SPLIT_K)
+
+
+@triton.jit
+def _group_scales(gscale_ptr, offs_n, n_ok, stride_gs, w0, GROUP: tl.constexpr, G_UNIT: tl.constexpr):
+    """The (BLOCK_N,) scales of the group that holds the step from word ``w0`` on (a step lies in one group), times
+    G_UNIT."""
+    return tl.load(gscale_ptr + offs_n * stride_gs + w0 * 8 // GROUP, mask=n_ok, other=0.0) * G_UNIT
 
 
 @triton.jit
@@ -866,6 +897,18 @@ def _prune_row_configs(configs: list[triton.Config], named_args: dict, **kwargs)
     return keep_pinned(kept, PINNED_ROW_CONFIGS, ROW_TUNING_KEY, args, _row_fields, "x_ptr")
 
 
+def _prune_row_group_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """The group configs whose steps lie in one group and whose K slices ``split_fits``, as ``prune_decode_configs``
+    keeps them."""
+    args = {**named_args, **kwargs}
+    configs = [c for c in configs if args["GROUP"] % (8 * c.kwargs["BLOCK_KW"]) == 0
+               and split_fits(args["KW"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])]
+    if not configs:
+        raise ValueError(f"no row-kernel config takes groups of {args['GROUP']} codes with K = {8 * args['KW']}: "
+                         f"groups of at least {ROW_GROUP_MIN} run on it (dequantize=True for others)")
+    return prune_decode_configs(configs, named_args, **kwargs)
+
+
 def _row_fields(config: triton.Config) -> tuple:
     """A row-kernel config as ``PINNED_ROW_CONFIGS`` names it."""
     k = config.kwargs
@@ -928,6 +971,13 @@ _fpx_row_autotuned = triton.autotune(
                      num_stages=st, maxnreg=cap) for bn, bkw, w, st, split, cap in ROW_CAPPED_CONFIGS],
     key=list(ROW_TUNING_KEY),
     prune_configs_by=dict(early_config_prune=_prune_row_configs),
+)(triton.heuristics(dict(EVEN=_row_even))(_fpx_row_kernel))
+# The row kernel with scales in groups, tuned on ROW_GROUP_CONFIGS.
+_fpx_row_group_autotuned = triton.autotune(
+    configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=split), num_warps=w,
+                           num_stages=st) for bn, bkw, w, st, split in ROW_GROUP_CONFIGS],
+    key=[*ROW_TUNING_KEY, "GROUP"],
+    prune_configs_by=dict(early_config_prune=_prune_row_group_configs),
 )(triton.heuristics(dict(EVEN=_row_even))(_fpx_row_kernel))
 
 
@@ -1014,7 +1064,7 @@ def fpx_matmul_triton(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
     out: torch.Tensor | None = None, row_kernel: bool | None = None, config: triton.Config | None = None,
-    dequantize: bool | None = None,
+    dequantize: bool | None = None, group: int = 0,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.fpx_matmul_ref`` (x 2-D); writes into ``out`` (M, N) when given.
 
@@ -1026,17 +1076,25 @@ def fpx_matmul_triton(
     ``dequantize``: whether the weight is dequantized into x's dtype (``dequant.dequantize_triton``: each weight times
     its scale rounded once, the weight a fake-quantized model of that dtype holds) and multiplied by
     ``torch.mm`` (cuBLAS), out in x's dtype (None: ``takes_dequantized``, from DEQUANT_MIN_M rows).
+    ``group``: INT4 or E2M1 scales per ``group`` codes along K, ``w_scale`` (N, K // group): the row kernel takes
+    them (by default its rows on a GPU, groups of ROW_GROUP_MIN codes and multiples), the dequantized weight every
+    other case.
     """
-    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype)
+    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype, group)
     if row_kernel and not (1 <= x.shape[0] <= ROW_MAX_M and x.shape[1] % 8 == 0):
         raise ValueError(f"the row kernel takes 1 to {ROW_MAX_M} activation rows and K a multiple of 8, got "
                          f"{x.shape[0]} rows and K={x.shape[1]}")
     m, k = x.shape
     if dequantize is None:
-        dequantize = row_kernel is None and config is None and takes_dequantized(m, x.dtype, out_dtype or x.dtype,
-                                                                                  bias)
+        dequantize = row_kernel is None and config is None and (
+            takes_dequantized(m, x.dtype, out_dtype or x.dtype, bias)
+            or group > 0 and not (takes_row_kernel(m, k) and group % ROW_GROUP_MIN == 0))
     if dequantize:
-        return _dequantized_product(x, planes, w_scale, element, bits, bias, out_dtype, out, row_kernel, config)
+        return _dequantized_product(x, planes, w_scale, element, bits, bias, out_dtype, out, row_kernel, config,
+                                    group)
+    if group and not row_kernel and not (row_kernel is None and config is None and takes_row_kernel(m, k)):
+        raise ValueError(f"scales in groups run on the row kernel (row_kernel=True, 1 to {ROW_MAX_M} rows) or on the "
+                         f"dequantized weight (dequantize=True), not on the tensor-core kernel")
     exp_bits, man_bits, exp_bias = kernel_fields(element, bits)
     use_row_kernel = bool(row_kernel or (row_kernel is None and takes_row_kernel(m, k)))
     if config is not None:
@@ -1051,7 +1109,7 @@ def fpx_matmul_triton(
     x = x.contiguous()
     low = planes[0].contiguous()
     high = planes[1].contiguous() if len(planes) > 1 else low
-    scale = w_scale.float().reshape(n).contiguous()
+    scale = w_scale.float().reshape(n, -1)[:, 0].contiguous()  # (in groups: unused)
     bias_arg = bias.contiguous() if bias is not None else out  # (no bias: never read)
     # The planes as words of 8 codes (the row kernel's and the tile kernel's PAIRED path), when K allows.
     low_words, high_words = low, high
@@ -1069,29 +1127,38 @@ def fpx_matmul_triton(
                  VALUED_BF16=x.dtype == torch.bfloat16, UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET)
     fixed, launch = ({}, {}) if config is None else (config.kwargs, launch_options(config))
     if use_row_kernel:
-        if INTERPRET and not fixed:
-            fixed = INTERPRET_ROW_CONFIG
+        if INTERPRET and not fixed:  # (in groups, steps of at most a group)
+            fixed = {**INTERPRET_ROW_CONFIG, "BLOCK_KW": min(INTERPRET_ROW_CONFIG["BLOCK_KW"], group // 8 or k)}
+        if group and fixed and group % (8 * fixed["BLOCK_KW"]):
+            raise ValueError(f"a row-kernel step lies in one group of scales: BLOCK_KW * 8 must divide {group}, got "
+                             f"BLOCK_KW={fixed['BLOCK_KW']}")
         partials, counters = _split_k_slots(x.device, m, n, fixed["SPLIT_K"] if fixed else ROW_MAX_SPLIT_K,
                                             triton.cdiv(n, ROW_MIN_BLOCK_N))
-        mma = m == 1 and x.dtype == torch.bfloat16 and row_mma_on()
+        mma = m == 1 and x.dtype == torch.bfloat16 and row_mma_on() and not group
         # One row on the fp32 form takes the high plane interleaved (``interleave_high``) where N holds whole words and
         # the plane counts its in-place writes (not one made under torch.inference_mode: a kept copy could go stale).
         interleaved = (m == 1 and not mma and len(planes) > 1 and n % high_rows(bits) == 0 and row_interleave_on(bits)
                        and not high.is_inference())
         row_high = interleaved_high(high, bits) if interleaved else high_words
-        row_args = (x, low_words, row_high, scale, bias_arg, out, partials, counters, m, n, k // 8, x.stride(0),
-                    out.stride(0), low_words.stride(0), row_high.stride(0),
-                    2.0 ** (127 - exp_bias - ROW_X_SCALE_EXP))
+        # In groups the placements' power of two goes with the group scales (G_UNIT), the epilogue's scales are ones.
+        unit_exp = 0 if group else 127 - exp_bias
+        row_args = (x, low_words, row_high, _ones(x.device, n) if group else scale, bias_arg, out, partials, counters,
+                    m, n, k // 8, x.stride(0), out.stride(0), low_words.stride(0), row_high.stride(0),
+                    2.0 ** (unit_exp - ROW_X_SCALE_EXP))
         row_flags = dict(BITS=bits, MAN_BITS=man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                          X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m), MMA=mma,
                          UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved)
+        if group:
+            gscale = w_scale.float().contiguous()
+            row_flags.update(gscale_ptr=gscale, stride_gs=gscale.stride(0), GROUP=group,
+                             G_UNIT=2.0 ** (127 - exp_bias))
         if fixed:
             grid = (triton.cdiv(n, fixed["BLOCK_N"]), fixed["SPLIT_K"])
             even = _row_even(dict(N=n, KW=k // 8, **fixed))
             _fpx_row_kernel[grid](*row_args, **row_flags, **fixed, EVEN=even, **launch)
         else:
-            _fpx_row_autotuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*row_args,
-                                                                                               **row_flags)
+            tuned = _fpx_row_group_autotuned if group else _fpx_row_autotuned
+            tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*row_args, **row_flags)
     else:
         if INTERPRET and not fixed:
             paired = INTERPRET_CONFIG["PAIRED"] and k % 8 == 0
@@ -1112,8 +1179,8 @@ def fpx_matmul_triton(
 
 def _dequantized_product(x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor,
                          element: str, bits: int, bias: torch.Tensor | None, out_dtype: torch.dtype | None,
-                         out: torch.Tensor | None, row_kernel: bool | None,
-                         config: triton.Config | None) -> torch.Tensor:
+                         out: torch.Tensor | None, row_kernel: bool | None, config: triton.Config | None,
+                         group: int) -> torch.Tensor:
     """``fpx_matmul_triton(..., dequantize=True)``: x @ the dequantized weight (+ bias), by ``torch.mm``."""
     if row_kernel or config is not None or (out_dtype or x.dtype) != x.dtype or (
             bias is not None and bias.dtype != x.dtype):
@@ -1123,10 +1190,21 @@ def _dequantized_product(x: torch.Tensor, planes: tuple[torch.Tensor, ...] | lis
     from .dequant import dequantize_triton  # late: dequant imports this module's decoding helpers
 
     check_out(out, x.shape[0], planes[0].shape[0], x.dtype)
-    weight = dequantize_triton(planes, w_scale, element=element, bits=bits, dtype=x.dtype)
+    weight = dequantize_triton(planes, w_scale, element=element, bits=bits, group=group, dtype=x.dtype)
     if bias is None:
         return torch.mm(x, weight.T, out=out)
     return torch.addmm(bias, x, weight.T, out=out)
+
+
+_ONES: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _ones(device: torch.device, n: int) -> torch.Tensor:
+    """A kept (n,) fp32 tensor of ones on ``device``: the row kernel's per-channel scales under group scales."""
+    key = (device, n)
+    if key not in _ONES:
+        _ONES[key] = torch.ones(n, dtype=torch.float32, device=device)
+    return _ONES[key]
 
 
 def _split_k_slots(device: torch.device, m: int, n: int, splits: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:

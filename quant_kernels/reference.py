@@ -455,9 +455,10 @@ def fpx_element(element: str, bits: int) -> NumberFormat:
 
 def check_fpx_args(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, element: str,
-    bits: int, bias: torch.Tensor | None, out_dtype: torch.dtype | None,
+    bits: int, bias: torch.Tensor | None, out_dtype: torch.dtype | None, group: int = 0,
 ) -> None:
-    """Raise ValueError unless ``fpx_matmul`` can take these arguments (x 2-D here)."""
+    """Raise ValueError unless ``fpx_matmul`` can take these arguments (x 2-D here; ``group``: the scales' group
+    along K, 0 for one a row)."""
     if x.dim() != 2:
         raise ValueError(f"activations must be 2-D (tokens, features), got shape {tuple(x.shape)}")
     if x.dtype not in ACTIVATION_DTYPES:
@@ -480,7 +481,9 @@ def check_fpx_args(
         if plane.dtype != torch.uint8 or tuple(plane.shape) != expected:
             raise ValueError(f"planes[{i}] must be the uint8 {width}-bit plane of shape (N, K*{width}/8) = {expected} "
                              f"for K={k} (the activations' K), got {plane.dtype} with shape {tuple(plane.shape)}")
-    if tuple(w_scale.shape) not in ((n,), (n, 1)) or not w_scale.is_floating_point():
+    if group:
+        check_packed_weight_args(planes, w_scale, element, bits, group)
+    elif tuple(w_scale.shape) not in ((n,), (n, 1)) or not w_scale.is_floating_point():
         raise ValueError(f"w_scale must be a float tensor of shape ({n},) or ({n}, 1), one scale per output channel, "
                          f"got {w_scale.dtype} with shape {tuple(w_scale.shape)}")
     if bias is not None and (tuple(bias.shape) != (n,) or not bias.is_floating_point()):
@@ -533,13 +536,15 @@ def packed_weight(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], scale: 
 def fpx_matmul_ref(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+    group: int = 0,
 ) -> torch.Tensor:
     """``x.float() @ (decode(w) * w_scale).T (+ bias)`` in fp32, cast to ``out_dtype`` (default x's dtype).
 
-    ``planes``: ``packing.pack_planes`` of the (N, K) weight codes; ``w_scale``: (N,) or (N, 1).
+    ``planes``: ``packing.pack_planes`` of the (N, K) weight codes; ``w_scale``: (N,) or (N, 1), or (N, K // group)
+    for INT4 and E2M1 codes in groups (``packed_weight``).
     """
-    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype)
-    out = x.float() @ fpx_weight(planes, w_scale, element, bits, x.shape[1]).T
+    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype, group)
+    out = x.float() @ packed_weight(planes, w_scale, element, bits, group).T
     if bias is not None:
         out = out + bias.float()
     return out.to(out_dtype or x.dtype)
@@ -547,14 +552,14 @@ def fpx_matmul_ref(
 
 def dequantized_product_excess(got: torch.Tensor, x: torch.Tensor,
                                planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor,
-                               element: str, bits: int,
-                               bias: torch.Tensor | None = None) -> float:
+                               element: str, bits: int, bias: torch.Tensor | None = None, group: int = 0) -> float:
     """How far ``got``, x times the weight dequantized into x's half dtype (``dequant.dequantize_triton``), lies
     from ``fpx_matmul_ref`` in units of its roundings: half an ulp of each weight times |x| |w| summed, and half an
     ulp of the output, counted twice (the fp32 sums' order); at most 1 where the product is right."""
     half_ulp = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[x.dtype]
-    want = fpx_matmul_ref(x, planes, w_scale, element=element, bits=bits, bias=bias, out_dtype=torch.float32)
-    weight = fpx_weight(planes, w_scale, element, bits, x.shape[1])
+    want = fpx_matmul_ref(x, planes, w_scale, element=element, bits=bits, bias=bias, out_dtype=torch.float32,
+                          group=group)
+    weight = packed_weight(planes, w_scale, element, bits, group)
     bound = half_ulp * (x.float().abs() @ weight.abs().T + 2 * want.abs()) + 1e-30
     return ((got.float() - want).abs() / bound).max().item()
 

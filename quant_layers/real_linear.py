@@ -14,7 +14,6 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import quant_kernels
@@ -53,12 +52,6 @@ class RealQuantScheme:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @property
-    def fpx(self) -> bool:
-        """Per channel, FP or INT4 (with no activation scheme: weight-only): runs on the FPx kernels rather than
-        being dequantized."""
-        return self.group == 0 and self.scale_kind == "float" and self.element != "int8"
 
     @classmethod
     def from_spec(cls, spec: QuantSpec, what: str, in_features: int, weight_only: bool = False) -> "RealQuantScheme":
@@ -302,13 +295,9 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
     """
     weight, act = parse_schemes(schemes)
     if act is None:
-        if weight.fpx:
-            planes = (qweight, qweight_high) if qweight_high is not None else (qweight,)
-            out = quant_kernels.fpx_matmul(x, planes, weight_scale, element=weight.element, bits=weight.bits, bias=bias,
-                                           out_dtype=x.dtype)
-        else:
-            out = F.linear(x, quant_kernels.dequantize_weight((qweight,), weight_scale, element=weight.element,
-                                                              group=weight.group, dtype=x.dtype), bias)
+        planes = (qweight, qweight_high) if qweight_high is not None else (qweight,)
+        out = quant_kernels.fpx_matmul(x, planes, weight_scale, element=weight.element, bits=weight.bits, bias=bias,
+                                       out_dtype=x.dtype, group=weight.group)
         return out if residual is None else residual + out
     rows = x.reshape(-1, x.shape[-1])
     if act.element == "int8":

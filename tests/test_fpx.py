@@ -338,6 +338,41 @@ def row_kernel_outputs(name: str, m: int, k: int, seed: int) -> list[tuple[dict,
     return results
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("group", [16, 32, 128])
+@pytest.mark.parametrize("name", ["int4", "e2m1"])
+def test_row_kernel_takes_scales_in_groups(name, group, dtype, monkeypatch):
+    """INT4 and E2M1 weights with a scale per ``group`` codes along K (GPTQ's 128, NVFP4's 16, MXFP4's 32): the row
+    kernel at 1, 3 and 8 rows (its steps at most a group), one row also split along K and prefetching, equals the
+    twin, and a step wider than a group is refused; by default (the interpreter gives the row kernel no rows) the
+    dequantized weight, within its roundings; the tensor-core kernel refuses them."""
+    k, n = 256, 40
+    gen = torch.Generator().manual_seed(group)
+    planes = pack_planes(torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8), 4)
+    scale = (torch.rand(n, k // group, generator=gen) + 0.5) * 0.02
+    spec = dict(element=name, bits=4, group=group)
+    for m, config in ((1, None), (3, None), (8, None), (1, dict(BLOCK_KW=2, PREFETCH=True, SPLIT_K=2))):
+        for key, value in (config or {}).items():
+            monkeypatch.setitem(fpx_gemm.INTERPRET_ROW_CONFIG, key, value)
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        got = fpx_gemm.fpx_matmul_triton(x, planes, scale, row_kernel=True, **spec)
+        assert_matches_twin(got, fpx_matmul_ref(x, planes, scale, **spec))
+    wide = triton.Config(dict(BLOCK_N=16, BLOCK_KW=group // 4, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=1))
+    with pytest.raises(ValueError, match=f"BLOCK_KW \\* 8 must divide {group}, got BLOCK_KW={group // 4}"):
+        fpx_gemm.fpx_matmul_triton(x, planes, scale, row_kernel=True, config=wide, **spec)
+    x = torch.randn(5, k, generator=gen).to(dtype)
+    got = quant_kernels.fpx_matmul(x, planes, scale, **spec, backend="triton")
+    if dtype == torch.float32:
+        assert_matches_twin(got, fpx_matmul_ref(x, planes, scale, **spec))
+    else:
+        assert dequantized_product_excess(got, x, planes, scale, name, 4, group=group) <= 1
+    with pytest.raises(ValueError, match="scales in groups run on the row kernel"):
+        fpx_gemm.fpx_matmul_triton(x, planes, scale, row_kernel=False, **spec)
+    with pytest.raises(ValueError, match="groups of scales take packed INT4 or E2M1 codes"):
+        fpx_gemm.fpx_matmul_triton(x, pack_planes(torch.zeros(n, k, dtype=torch.uint8), 6), scale, element="e3m2",
+                                   bits=6, group=group)
+
+
 @pytest.mark.parametrize("split, prefetch, k", [(2, True, 64), (3, False, 200), (4, True, 200), (4, False, 48)],
                          ids=["2-prefetch", "3-ragged", "4-prefetch-ragged", "4-one-empty-slice"])
 @pytest.mark.parametrize("name", ["e3m2", "e2m2", "e2m1", "int4"])
@@ -428,15 +463,18 @@ def test_kernel_check_forces_the_split_row_and_swapped_tile_configs(tmp_path):
 
 
 def test_kernel_check_runs_the_dequantized_prefill_path(tmp_path):
-    """``kernel_check --only fpx_dequantized,dequant``: the dequantizing kernel's FPx weights and the prefill product,
-    and packed INT4 / E2M1 weights in groups, checked, every case passing (the interpreter's small ones)."""
+    """``kernel_check --only fpx_dequantized,dequant,fpx_groups``: the dequantizing kernel's FPx weights and the
+    prefill product, packed INT4 / E2M1 weights in groups and their products, checked, every case passing (the
+    interpreter's small ones)."""
     import json
 
-    from benchmarks.kernel_check import DRY_DEQUANT, DRY_FPX_DEQUANTIZED, main
+    from benchmarks.kernel_check import DRY_DEQUANT, DRY_FPX_DEQUANTIZED, DRY_FPX_GROUPS, main
 
-    assert main(["--cpu_dry_run", "--only", "fpx_dequantized,dequant", "--out", str(tmp_path / "dequantized")]) == 0
+    assert main(["--cpu_dry_run", "--only", "fpx_dequantized,dequant,fpx_groups", "--out",
+                 str(tmp_path / "dequantized")]) == 0
     checks = json.loads((tmp_path / "dequantized.json").read_text())["checks"]
-    assert len(checks) == len(DRY_FPX_DEQUANTIZED) + len(DRY_DEQUANT) and all(c["ok"] for c in checks)
+    assert len(checks) == len(DRY_FPX_DEQUANTIZED) + len(DRY_DEQUANT) + len(DRY_FPX_GROUPS)
+    assert all(c["ok"] for c in checks)
     assert sum("weight equal" in c["case"] for c in checks) == len(DRY_FPX_DEQUANTIZED)
 
 
@@ -689,17 +727,18 @@ def test_fpx_matmul_errors(backend, changes, message):
         quant_kernels.fpx_matmul(**_fpx_args(**changes), backend=backend)
 
 
-def test_int4_per_channel_weight_only_runs_on_the_fpx_kernels(monkeypatch):
-    """A W4A16 linear of INT4 weights per channel multiplies through ``fpx_matmul`` (the FPx kernels place INT4
-    levels), the twin's product; INT4 in groups is dequantized (``dequantize_weight``) instead."""
+def test_int4_weight_only_runs_on_the_fpx_kernels(monkeypatch):
+    """A W4A16 linear of INT4 weights, per channel or in groups, multiplies through ``fpx_matmul`` (the FPx kernels
+    place INT4 levels; in groups the row kernel or the dequantized weight), the twin's product."""
     from quant_layers.real_linear import RealQuantLinear, RealQuantScheme
 
     calls = []
     fpx_matmul = quant_kernels.fpx_matmul
     monkeypatch.setattr(quant_kernels, "fpx_matmul",
-                        lambda *a, **kw: calls.append(kw["element"]) or fpx_matmul(*a, **kw))
+                        lambda *a, **kw: calls.append((kw["element"], kw["group"])) or fpx_matmul(*a, **kw))
     gen = torch.Generator().manual_seed(4)
-    for scheme, routed in ((RealQuantScheme("int4"), ["int4"]), (RealQuantScheme("int4", group=32), [])):
+    for scheme, routed in ((RealQuantScheme("int4"), [("int4", 0)]), (RealQuantScheme("int4", group=32),
+                                                                       [("int4", 32)])):
         calls.clear()
         linear = RealQuantLinear(64, 24, False, scheme, None, torch.float32)
         linear.qweight.copy_(torch.randint(0, 256, linear.qweight.shape, generator=gen, dtype=torch.uint8))
