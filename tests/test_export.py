@@ -62,6 +62,8 @@ RECIPES = {
     "int4-w4a4": QuantRecipe(weight=spec("int", "channel"), activation=spec("int", "token", clip_ratio=0.9)),
     "int4-g64-w4a16": QuantRecipe(weight=spec("int", "group", group_size=64)),
     "int4-w4a16": QuantRecipe(weight=spec("int", "channel")),  # on the FPx kernels, INT4 levels
+    "nvfp4-w4a16": QuantRecipe(weight=QuantSpec("nvfp", 4)),  # E2M1 in groups of 16, their scales decoded at load
+    "mxfp4-w4a16": QuantRecipe(weight=QuantSpec("mxfp", 4)),
     "e2m1-w4a4kv4-hadamard": QuantRecipe(weight=spec("fp", "channel"), activation=spec("fp", "token"),
                                          key=QuantSpec("int", 4, granularity="head"),
                                          value=QuantSpec("int", 4, granularity="head", symmetric=False),
