@@ -58,7 +58,7 @@ class RealQuantScheme:
         """The scheme of a recipe's ``QuantSpec``, or a ValueError saying why it has no kernel.
 
         ``weight_only``: the linear's input is not quantized, so FP weights of 4 to 6 bits
-        per channel run on the FPx kernel.
+        per channel run on the FPx kernels (``quant_kernels.fpx_matmul``, as every weight-only scheme does).
         """
         fpx = weight_only and what == "weight" and spec.format == "fp" and spec.granularity == "channel"
         int8 = (not weight_only and spec.format == "int" and spec.bits == 8
