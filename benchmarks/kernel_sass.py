@@ -54,11 +54,11 @@ COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "HMUL2", "I2F", "IDP"
 ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or size argument
 
 
-def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
+def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False, group: int = 0):
     """The FPx row kernel's ASTSource for one row of bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps,
-    stages, PREFETCH[, FOLD, LOOP_STAGES[, SPLIT_K[, MAXNREG]]]); ``mma``: its tensor-core form (``PTQ_FPX_MMA=1``).
-    As at Llama-3-8B's shapes: every tile whole (EVEN), and the high plane interleaved for ``INTERLEAVED_BITS`` (the
-    fp32 form)."""
+    stages, PREFETCH[, FOLD, LOOP_STAGES[, SPLIT_K[, MAXNREG]]]); ``mma``: its tensor-core form (``PTQ_FPX_MMA=1``);
+    ``group``: scales per ``group`` codes (INT4, E2M1). As at Llama-3-8B's shapes: every tile whole (EVEN), and the
+    high plane interleaved for ``INTERLEAVED_BITS`` (the fp32 form)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.fpx_gemm import (
@@ -79,9 +79,11 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False):
                      X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
                      LOOP_STAGES=config[6] if len(config) > 6 else 1, MMA=mma, UNIT_EXP=127 - exp_bias,
                      USE_ASM=True, SPLIT_K=config[7] if len(config) > 7 else 1, INTERLEAVED=interleaved,
-                     EVEN=True, gscale_ptr=None, GROUP=0, G_UNIT=1.0)  # per-channel scales, as a launch leaves them
+                     EVEN=True, GROUP=group, G_UNIT=2.0 ** (127 - exp_bias))
+    if not group:
+        constants["gscale_ptr"] = None  # per-channel scales, as a launch leaves them
     signature.update({name: "constexpr" for name in constants})
-    signature["stride_gs"] = "i32"
+    signature.update(stride_gs="i32", **({"gscale_ptr": "*fp32"} if group else {}))
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] != "M"}
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)
 
@@ -377,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="w4a4_gemv: with a residual and the norm tail of N-wide output rows (a decode layer's o_proj; "
                         "0: without)")
     p.add_argument("--mma", action="store_true", help="fpx_row: its tensor-core form for one row (PTQ_FPX_MMA=1)")
+    p.add_argument("--group", type=int, default=0,
+                   help="fpx_row: scales per GROUP codes along K (INT4 or E2M1), on ROW_GROUP_CONFIGS (0: per channel)")
     p.add_argument("--arch", type=int, default=90, help="compute capability times ten (90: Hopper)")
     p.add_argument("--limit", type=int, help="only the first LIMIT configs (default: all)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -384,7 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     if "TRITON_INTERPRET" in os.environ and os.environ["TRITON_INTERPRET"] not in ("", "0"):
         p.error("TRITON_INTERPRET is set: unset it, the kernels must be compiled, not interpreted")
     if args.kernel == "fpx_row":
-        from quant_kernels.fpx_gemm import ROW_CAPPED_CONFIGS, ROW_CONFIGS, ROW_PIPELINED_CONFIGS, ROW_SPLIT_CONFIGS
+        from quant_kernels.fpx_gemm import (
+            ROW_CAPPED_CONFIGS, ROW_CONFIGS, ROW_GROUP_CONFIGS, ROW_PIPELINED_CONFIGS, ROW_SPLIT_CONFIGS,
+        )
 
         configs = ROW_CONFIGS + [(bn, bkw, w, stages, False, 1, stages)
                                  for bn, bkw, w, stages in ROW_PIPELINED_CONFIGS]
@@ -392,6 +398,14 @@ def main(argv: list[str] | None = None) -> int:
                     for bn, bkw, w, stages, prefetch, split in ROW_SPLIT_CONFIGS]
         configs += [(bn, bkw, w, stages, False, 1, 1, split, cap)
                     for bn, bkw, w, stages, split, cap in ROW_CAPPED_CONFIGS]
+        if args.group:
+            if args.group < 0 or args.element not in ("int4", "e2m1") or args.mma:
+                p.error(f"--group takes INT4 or E2M1 weights on the fp32 form (no --mma), got {args.element} in "
+                        f"groups of {args.group}")
+            configs = [(bn, bkw, w, stages, False, 1, 1, split) for bn, bkw, w, stages, split in ROW_GROUP_CONFIGS
+                       if args.group % (8 * bkw) == 0]
+            if not configs:
+                p.error(f"--group {args.group}: no ROW_GROUP_CONFIGS step lies in one group (8 * BLOCK_KW divides it)")
         from quant_kernels.reference import fpx_element
         from quant_layers.packing import element_named
 
@@ -403,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             configs = [c for c in configs if not c[4]]
 
         def build(case, config):
-            return fpx_row_source(case, config, args.mma)
+            return fpx_row_source(case, config, args.mma, args.group)
     elif args.kernel == "fpx_tile":
         from quant_kernels.fpx_gemm import GPU_PAIRED_CONFIGS, GPU_SWAP_CONFIGS
 
@@ -454,10 +468,11 @@ def main(argv: list[str] | None = None) -> int:
             return w4a4_gemv_source(case, config, args.norm_tail)
     if args.norm_tail and args.kernel != "w4a4_gemv":
         p.error("--norm_tail is for --kernel w4a4_gemv")
-    if args.mma and args.kernel != "fpx_row":
-        p.error("--mma is for --kernel fpx_row")
+    if (args.mma or args.group) and args.kernel != "fpx_row":
+        p.error("--mma and --group are for --kernel fpx_row")
     case = args.element + (f", K {args.k}" if args.kernel == "act_quant" else "")
     case += ", tensor cores" if args.mma else ""
+    case += f", scales per {args.group} codes" if args.group else ""
     result = {"kernel": args.kernel, "case": case + (f", norm tail N {args.norm_tail}" if args.norm_tail else ""),
               "arch": args.arch,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
