@@ -105,10 +105,11 @@ class BenchMode:
 
 
 @contextmanager
-def mode_environment(mode: BenchMode):
-    """Set the mode's environment variables for its build and timing, then restore the caller's."""
-    saved = {name: os.environ.get(name) for name, _ in mode.env}
-    os.environ.update(dict(mode.env))
+def environment(env: tuple[tuple[str, str], ...]):
+    """Set these (name, value) environment variables (a mode's, for its build and timing), then restore the
+    caller's."""
+    saved = {name: os.environ.get(name) for name, _ in env}
+    os.environ.update(dict(env))
     try:
         yield
     finally:
@@ -403,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
               "command": command_line("bench_model.py", argv if argv is not None else sys.argv[1:]),
               "rows": []}
     for mode in args.modes:  # the files are rewritten after each mode: a run cut short keeps the modes it finished
-        with mode_environment(MODES[mode]):
+        with environment(MODES[mode].env):
             result["rows"].append(bench_mode(config, mode, args, device, time_ms))
         print(result["rows"][-1], flush=True)
         write_result_files(args.out, result, markdown(result))

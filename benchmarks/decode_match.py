@@ -27,14 +27,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_model import CONFIGS, MODES, build_config, build_model, mode_environment, mode_list  # noqa: E402
+from benchmarks.bench_model import CONFIGS, MODES, build_config, build_model, environment, mode_list  # noqa: E402
 from benchmarks.kernel_bench import counts  # noqa: E402
 from benchmarks.result_files import command_line, write_result_files  # noqa: E402
 from models import resolve_device  # noqa: E402
 from models.decoding import StaticDecoder, compile_options, keeping_cache_length  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 
-FORMS = {"default": None, "bytes": "0"}  # PTQ_E2M1_PLANES for each codes form
+FORMS = {"default": "1", "bytes": "0"}  # PTQ_E2M1_PLANES for each codes form (1, E4M3 planes, is its default)
 
 
 def relative_difference(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -45,12 +45,7 @@ def relative_difference(got: torch.Tensor, want: torch.Tensor) -> float:
 def step_logits(decoder: StaticDecoder, form: str, compiled: bool) -> torch.Tensor:
     """The first decode step's float logits in codes form ``form``, eager or compiled (its second call, after one
     that autotunes); the cache's count is left as it was."""
-    saved = os.environ.get("PTQ_E2M1_PLANES")
-    if FORMS[form] is None:
-        os.environ.pop("PTQ_E2M1_PLANES", None)
-    else:
-        os.environ["PTQ_E2M1_PLANES"] = FORMS[form]
-    try:
+    with environment((("PTQ_E2M1_PLANES", FORMS[form]),)):
         torch._dynamo.reset()  # the form is read when the step is traced
         forward = torch.compile(decoder.logits, options=compile_options()) if compiled else decoder.logits
         if compiled:
@@ -58,11 +53,6 @@ def step_logits(decoder: StaticDecoder, form: str, compiled: bool) -> torch.Tens
                 forward()
         with keeping_cache_length(decoder.cache):
             return forward().float()
-    finally:
-        if saved is None:
-            os.environ.pop("PTQ_E2M1_PLANES", None)
-        else:
-            os.environ["PTQ_E2M1_PLANES"] = saved
 
 
 @torch.no_grad()
@@ -141,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
               "versions": library_versions(),
               "command": command_line("decode_match.py", argv if argv is not None else sys.argv[1:]), "rows": []}
     for mode in args.modes:
-        with mode_environment(MODES[mode]):
+        with environment(MODES[mode].env):
             model = build_model(config, mode, device)
             for batch in args.batches:
                 result["rows"].append(match_batch(model, mode, batch, args, device))

@@ -276,6 +276,13 @@ def check_fp8_linear(m: int, n: int, k: int, a_name: str, w_name: str, device: t
             "codes_differ": unpack_differ.item(), "error_over_bound": excess, "ok": ok}
 
 
+def random_fpx_weight(n: int, k: int, fmt, device: torch.device) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """A random (N, K) weight rounded per output channel to ``fmt``'s grid: its bit planes and (N, 1) scales."""
+    w = torch.randn(n, k, device=device) * 0.02
+    scale = w.abs().amax(dim=1, keepdim=True) / fmt.max_value
+    return pack_planes(encode(fmt.round(w / scale), fmt), fmt.bits), scale
+
+
 def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device,
               config: tuple | None = None) -> dict:
     """The FPx kernel against the twin: the autotuner's pick, or a fixed ``config``: the row kernel's (BLOCK_N,
@@ -286,9 +293,7 @@ def check_fpx(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device
     from quant_kernels.fpx_gemm import fpx_matmul_triton
 
     fmt = element_named(element)
-    w = torch.randn(n, k, device=device) * 0.02
-    scale = w.abs().amax(dim=1, keepdim=True) / fmt.max_value
-    planes = pack_planes(encode(fmt.round(w / scale), fmt), fmt.bits)
+    planes, scale = random_fpx_weight(n, k, fmt, device)
     x = random_activations(m, k, x_dtype, device)
     out = torch.full((m, n), float("nan"), dtype=x_dtype, device=device)
     fixed, case = {}, element
@@ -323,9 +328,7 @@ def check_fpx_dequantized(m: int, n: int, k: int, element: str, x_dtype: torch.d
     from quant_kernels.fpx_gemm import fpx_matmul_triton
 
     fmt = element_named(element)
-    w = torch.randn(n, k, device=device) * 0.02
-    scale = w.abs().amax(dim=1, keepdim=True) / fmt.max_value
-    planes = pack_planes(encode(fmt.round(w / scale), fmt), fmt.bits)
+    planes, scale = random_fpx_weight(n, k, fmt, device)
     weight = dequantize_triton(planes, scale, element=element, bits=fmt.bits, dtype=x_dtype)
     same = torch.equal(weight, reference.fpx_weight(planes, scale, element, fmt.bits, k).to(x_dtype))
     x = random_activations(m, k, x_dtype, device)

@@ -1109,7 +1109,8 @@ def fpx_matmul_triton(
     x = x.contiguous()
     low = planes[0].contiguous()
     high = planes[1].contiguous() if len(planes) > 1 else low
-    scale = w_scale.float().reshape(n, -1)[:, 0].contiguous()  # (in groups: unused)
+    # In groups the scales go to the row kernel as its group scales (below), the epilogue's are ones.
+    scale = _ones(x.device, n) if group else w_scale.float().reshape(n).contiguous()
     bias_arg = bias.contiguous() if bias is not None else out  # (no bias: never read)
     # The planes as words of 8 codes (the row kernel's and the tile kernel's PAIRED path), when K allows.
     low_words, high_words = low, high
@@ -1140,11 +1141,10 @@ def fpx_matmul_triton(
         interleaved = (m == 1 and not mma and len(planes) > 1 and n % high_rows(bits) == 0 and row_interleave_on(bits)
                        and not high.is_inference())
         row_high = interleaved_high(high, bits) if interleaved else high_words
-        # In groups the placements' power of two goes with the group scales (G_UNIT), the epilogue's scales are ones.
+        # In groups the placements' power of two goes with the group scales (G_UNIT).
         unit_exp = 0 if group else 127 - exp_bias
-        row_args = (x, low_words, row_high, _ones(x.device, n) if group else scale, bias_arg, out, partials, counters,
-                    m, n, k // 8, x.stride(0), out.stride(0), low_words.stride(0), row_high.stride(0),
-                    2.0 ** (unit_exp - ROW_X_SCALE_EXP))
+        row_args = (x, low_words, row_high, scale, bias_arg, out, partials, counters, m, n, k // 8, x.stride(0),
+                    out.stride(0), low_words.stride(0), row_high.stride(0), 2.0 ** (unit_exp - ROW_X_SCALE_EXP))
         row_flags = dict(BITS=bits, MAN_BITS=man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                          X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m), MMA=mma,
                          UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved)

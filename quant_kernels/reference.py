@@ -275,7 +275,7 @@ def check_e4m3_planes_args(fp8_codes: bool, dp4a_for: str | None, element: str) 
 def check_e4m3_planes(a_element: str) -> None:
     """Raise ValueError unless E4M3 activation planes (``quantize_activations(..., dp4a_for="int4",
     fp8_codes=True)``) can hold ``a_element``'s codes: INT4 levels or twice the E2M1 values, not INT8 levels."""
-    if a_element not in ("int4", "e2m1"):
+    if a_element not in ELEMENTS:
         raise ValueError(f"E4M3 activation bytes hold INT4 or E2M1 activations (twice their values), got {a_element}: "
                          f"pass the int8 bytes of quantize_activations(..., dp4a_for='int4') for INT8 activations")
 
@@ -481,11 +481,7 @@ def check_fpx_args(
         if plane.dtype != torch.uint8 or tuple(plane.shape) != expected:
             raise ValueError(f"planes[{i}] must be the uint8 {width}-bit plane of shape (N, K*{width}/8) = {expected} "
                              f"for K={k} (the activations' K), got {plane.dtype} with shape {tuple(plane.shape)}")
-    if group:
-        check_packed_weight_args(planes, w_scale, element, bits, group)
-    elif tuple(w_scale.shape) not in ((n,), (n, 1)) or not w_scale.is_floating_point():
-        raise ValueError(f"w_scale must be a float tensor of shape ({n},) or ({n}, 1), one scale per output channel, "
-                         f"got {w_scale.dtype} with shape {tuple(w_scale.shape)}")
+    check_weight_scales(w_scale, n, k, element, group, "w_scale")
     if bias is not None and (tuple(bias.shape) != (n,) or not bias.is_floating_point()):
         raise ValueError(f"bias must be a float tensor of shape ({n},), got {bias.dtype} "
                          f"with shape {tuple(bias.shape)}")
@@ -514,13 +510,20 @@ def check_packed_weight_args(planes: tuple[torch.Tensor, ...] | list[torch.Tenso
         if plane.dtype != torch.uint8 or tuple(plane.shape) != (n, k * width // 8):
             raise ValueError(f"planes[{i}] must be the uint8 {width}-bit plane of shape (N, K*{width}/8) = "
                              f"{(n, k * width // 8)}, got {plane.dtype} with shape {tuple(plane.shape)}")
+    check_weight_scales(scale, n, k, element, group, "the scales")
+
+
+def check_weight_scales(scale: torch.Tensor, n: int, k: int, element: str, group: int, name: str) -> None:
+    """Raise ValueError unless ``scale`` (called ``name`` in the message) holds an (N, K) weight's scales: one a row,
+    (N,) or (N, 1), or for INT4 and E2M1 codes one per ``group`` codes, (N, K // group)."""
     if group and (element not in ELEMENTS or group < 0 or k % group):
         raise ValueError(f"groups of scales take packed INT4 or E2M1 codes and divide K={k}, got {element} in "
                          f"groups of {group}")
     shapes = [(n, k // group)] if group else [(n,), (n, 1)]
     if tuple(scale.shape) not in shapes or not scale.is_floating_point():
-        raise ValueError(f"the scales must be a float tensor of shape {' or '.join(map(str, shapes))}, got "
-                         f"{scale.dtype} with shape {tuple(scale.shape)}")
+        what = "one per group of codes" if group else "one per output channel"
+        raise ValueError(f"{name} must be a float tensor of shape {' or '.join(map(str, shapes))}, got "
+                         f"{scale.dtype} with shape {tuple(scale.shape)} ({what})")
 
 
 def packed_weight(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], scale: torch.Tensor, element: str,

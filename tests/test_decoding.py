@@ -131,9 +131,11 @@ def test_decode_match_compares_the_compiled_step_with_the_eager_one(tmp_path, ca
     row = json.load(open(prefix + ".json"))["rows"][0]
     assert row["ok"] and row["finite"] and row["default eager vs bytes eager"]["relative_l2"] == 0.0
     assert len(row["greedy"]["first_parting_step_per_row"]) == 2 and "| fp4a4kv4 | 2 |" in open(prefix + ".md").read()
-    with pytest.raises(SystemExit) as stop:
-        main(["--steps", "0", "--out", str(tmp_path / "bad")])
-    assert stop.value.code == 2 and "--steps must be at least 1" in capsys.readouterr().err
+    for argv, message in ((["--steps", "0"], "--steps must be at least 1"), (["--batches", ""], "--batches is empty")):
+        with pytest.raises(SystemExit) as stop:
+            main([*argv, "--out", str(tmp_path / "bad")])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "bad.json")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -176,10 +178,10 @@ def test_bench_model_head_mode_quantizes_lm_head_and_keeps_the_tied_embeddings()
     assert not isinstance(build_model(config, "w4a4kv4", cpu).lm_head, RealQuantLinear)
     fp4 = build_model(config, "fp4a4kv4", cpu).model.layers[0].mlp.down_proj
     assert fp4.weight_scheme.element == "e2m1" and fp4.act_scheme.element == "e2m1"
-    from benchmarks.bench_model import MODES, mode_environment
+    from benchmarks.bench_model import MODES, environment
 
     before = os.environ.get("PTQ_TC_E2M1")
-    with mode_environment(MODES["fp4a4kv4_cuda_core"]):
+    with environment(MODES["fp4a4kv4_cuda_core"].env):
         assert os.environ["PTQ_TC_E2M1"] == "0"
     assert os.environ.get("PTQ_TC_E2M1") == before  # restored
     head8 = build_model(config, "w4a4kv4_head8", cpu).lm_head

@@ -366,6 +366,10 @@ def test_row_kernel_takes_scales_in_groups(name, group, dtype, monkeypatch):
         assert_matches_twin(got, fpx_matmul_ref(x, planes, scale, **spec))
     else:
         assert dequantized_product_excess(got, x, planes, scale, name, 4, group=group) <= 1
+    configs = fpx_gemm._fpx_row_group_autotuned.configs  # on a GPU: groups no config's step fits are refused
+    with pytest.raises(ValueError, match="no row-kernel config takes groups of 32 codes with K = 256"):
+        fpx_gemm._prune_row_group_configs(configs, dict(GROUP=32, KW=32, BLOCK_M=1))
+    assert fpx_gemm._prune_row_group_configs(configs, dict(GROUP=128, KW=32, BLOCK_M=1))
     with pytest.raises(ValueError, match="scales in groups run on the row kernel"):
         fpx_gemm.fpx_matmul_triton(x, planes, scale, row_kernel=False, **spec)
     with pytest.raises(ValueError, match="groups of scales take packed INT4 or E2M1 codes"):
