@@ -71,6 +71,10 @@
 #   w4a16_int4 INT4 weights per channel on the FPx kernels (W4A16): checked against the twins with the FP elements,
 #              timed at 1-64 rows beside E2M1, then bf16 / W4A16 INT4 per channel and in groups of 128 (MODES)
 #              compiled CUDA-graph decode at batch 1
+#   w4a16_groups  INT4 / E2M1 weights with scales in groups (W4A16: GPTQ's g128, NVFP4's 16, MXFP4's 32) checked
+#              (kernel_check --only fpx_groups), timed at 1-256 rows (MS) beside the dequantized weight times cuBLAS
+#              (the default before the tensor-core kernel took groups), then bf16 / W4A16 INT4 g128 (MODES) compiled
+#              CUDA-graph decode at batch 8 (issue 10)
 #   decode_planes  FP4 W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8 and 16, E2M1 decode rows on
 #              E4M3 planes (the default since decode_rows_e4m3_e2m1_h200.md) (issues 9, 10)
 #   decode_match  the compiled decode step against the eager one, E4M3 planes against dp4a bytes, on a random 4-layer
@@ -359,6 +363,15 @@ for section in "$@"; do
         --config llama-3-8b --modes "${MODES:-w4a16_int4,w4a16_int4_g128,bf16}" --prefill_batches "" \
         --decode_batches 1 --decode_tokens 128 --compile --no_eager \
         --out "$OUT/bench_model_decode_w4a16_int4_llama3_8b_h200" ;;
+    w4a16_groups)
+      step "${LIMIT_GROUPS_CHECK:-120}" kernel_check_fpx_groups python benchmarks/kernel_check.py --only fpx_groups \
+        --out "$OUT/kernel_check_fpx_groups_h200"
+      step "${LIMIT_GROUPS_BENCH:-300}" kernel_bench_w4a16_groups python benchmarks/kernel_bench.py --flush_l2 \
+        --cuda_graph --ms "" --weight_only_ms "${MS:-1,8,16,64,256}" \
+        --weight_only_formats "${FORMATS:-int4_g128,e2m1_g16,e2m1_g32}" --out "$OUT/kernel_bench_w4a16_groups_h200"
+      step "${LIMIT_GROUPS_MODEL:-170}" bench_model_w4a16_groups python benchmarks/bench_model.py --random_mode \
+        --config llama-3-8b --modes "${MODES:-w4a16_int4_g128,bf16}" --prefill_batches "" --decode_batches 8 \
+        --decode_tokens 64 --compile --no_eager --out "$OUT/bench_model_decode_b8_w4a16_g128_llama3_8b_h200" ;;
     decode_planes)
       step "${LIMIT_DECODE_PLANES:-560}" bench_model_decode_planes python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp4a4kv4,bf16}" --prefill_batches "" --decode_batches 8,16 \
@@ -421,6 +434,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, decode, fpx, fpx_mma, fpx_split, fpx_swap, decode_b8, gemv, decode_b1, rounding, prefill_graph, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

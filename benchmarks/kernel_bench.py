@@ -76,6 +76,9 @@ W4A4_FORMATS = {
     "mxfp4": ("e2m1", 32, "e8m0"),
 }
 FPX_FORMATS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "int4")  # weight-only elements of the FPx kernels
+# Weight-only formats with scales in groups (``weight_only_format``): GPTQ's INT4 g128, E2M1 in NVFP4's and MXFP4's
+# groups.
+GROUPED_WEIGHT_ONLY = ("int4_g128", "e2m1_g16", "e2m1_g32")
 CHECK_ROWS = 64  # rows of the activations checked against the twin
 PREFILL_COMPARE_M = 256  # from these rows the FPx path not taken (tile kernel or dequantized weight) is timed too
 
@@ -225,15 +228,16 @@ def tuned_config(m: int, k: int, group: int, gemv: bool | None = None, w_element
     return described(getattr(w4a4_gemm.autotuner_for(m, k, group, group, gemv, w_element), "best_config", None))
 
 
-def fpx_tuned_config(row_kernel: bool) -> str:
-    """The config the FPx kernel's autotuner (the CUDA-core row kernel's or the tensor-core one's) picked on its
-    last run."""
+def fpx_tuned_config(row_kernel: bool, group: int = 0) -> str:
+    """The config the FPx kernel's autotuner (the CUDA-core row kernel's or the tensor-core one's, for scales in
+    groups when ``group``) picked on its last run."""
     from quant_kernels import fpx_gemm
 
     if fpx_gemm.INTERPRET:
         return ""
-    tuner = fpx_gemm._fpx_row_autotuned if row_kernel else fpx_gemm._fpx_autotuned
-    return described(getattr(tuner, "best_config", None))
+    tuners = {(True, False): fpx_gemm._fpx_row_autotuned, (False, False): fpx_gemm._fpx_autotuned,
+              (True, True): fpx_gemm._fpx_row_group_autotuned, (False, True): fpx_gemm._fpx_group_autotuned}
+    return described(getattr(tuners[row_kernel, bool(group)], "best_config", None))
 
 
 def in_stream_note(calls: int) -> str:
@@ -331,73 +335,91 @@ def bench_act_quant(m: int, k: int, device: torch.device, time_ms, formats: list
     return out
 
 
-def fpx_weight(w: torch.Tensor, element: str) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """Bit planes and (N, 1) fp32 scales of ``w`` quantized per output channel (RTN)."""
+def fpx_weight(w: torch.Tensor, element: str, group: int = 0) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Bit planes and fp32 scales of ``w`` quantized (RTN) per output channel, (N, 1), or per ``group`` codes along
+    K, (N, K / group)."""
     fmt = element_named(element)
-    quantizer = Quantizer(QuantSpec("int", 4, granularity="channel") if element == "int4" else
-                          QuantSpec("fp", fmt.bits, exp_bits=fmt.exp_bits, granularity="channel"))
+    granularity = dict(granularity="group", group_size=group) if group else dict(granularity="channel")
+    quantizer = Quantizer(QuantSpec("int", 4, **granularity) if element == "int4" else
+                          QuantSpec("fp", fmt.bits, exp_bits=fmt.exp_bits, **granularity))
     wg = quantizer.grouped(w)
     scale = quantizer.fit(wg).scale
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return pack_planes(encode(fmt.round(wg / safe), fmt), fmt.bits), scale
+    codes = encode(fmt.round(wg / safe), fmt).reshape(w.shape)
+    return pack_planes(codes, fmt.bits), scale.reshape(w.shape[0], -1)
+
+
+def weight_only_format(name: str) -> tuple[str, int]:
+    """A ``--weight_only_formats`` name as (element, group): an FPx element, per channel, or an INT4 / E2M1 one
+    with ``_gN`` for scales per N codes along K (``int4_g128``: GPTQ's; ``e2m1_g16``, ``e2m1_g32``: NVFP4's and
+    MXFP4's groups with fp32 scales)."""
+    element, _, group = name.partition("_g")
+    return element, int(group) if group else 0
 
 
 def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Tensor, element: str,
-              row_kernel: bool | None = None, dequantize: bool = False) -> str:
-    """Triton weight-only GEMM (``row_kernel`` and ``dequantize`` as ``fpx_matmul_triton`` takes them) against the
-    twin on the first CHECK_ROWS rows: the kernels' fp32 out within 1e-5 of the largest value; the dequantized
-    weight's product (out in x's half dtype) within its roundings (``reference.dequantized_product_excess``)."""
-    from quant_kernels.fpx_gemm import fpx_matmul_triton  # late: builds Triton kernels (see main)
+              row_kernel: bool | None = None, dequantize: bool = False, group: int = 0) -> str:
+    """Triton weight-only GEMM (``row_kernel``, ``dequantize`` and ``group`` as ``fpx_matmul_triton`` takes them)
+    against the twin on the first CHECK_ROWS rows: the kernels' fp32 out within 1e-5 of the largest value, except
+    where they round each weight to x's dtype (the dequantized weight's product, and the tensor-core kernel's in
+    groups), which ``reference.dequantized_product_excess`` bounds."""
+    from quant_kernels.fpx_gemm import ROW_GROUP_MIN, fpx_matmul_triton, takes_row_kernel  # late: builds Triton
 
     bits = element_named(element).bits
     rows = x[:CHECK_ROWS]
-    if dequantize:
-        got = fpx_matmul_triton(rows, planes, scale, element=element, bits=bits, dequantize=True)
-        over = reference.dequantized_product_excess(got, rows, planes, scale, element, bits)
+    spec = dict(element=element, bits=bits, group=group)
+    row_kernel_runs = row_kernel or row_kernel is None and takes_row_kernel(rows.shape[0], rows.shape[1]) and (
+        group % ROW_GROUP_MIN == 0)
+    if dequantize or group and not row_kernel_runs:
+        got = fpx_matmul_triton(rows, planes, scale, **spec, row_kernel=row_kernel, dequantize=dequantize)
+        over = reference.dequantized_product_excess(got, rows, planes, scale, element, bits, group=group)
         return "ok" if over <= 1 else f"MISMATCH {over:.2f} of the rounding bound"
-    want = reference.fpx_matmul_ref(rows, planes, scale, element=element, bits=bits, out_dtype=torch.float32)
-    got = fpx_matmul_triton(rows, planes, scale, element=element, bits=bits, out_dtype=torch.float32,
-                            row_kernel=row_kernel, dequantize=False)
+    want = reference.fpx_matmul_ref(rows, planes, scale, **spec, out_dtype=torch.float32)
+    got = fpx_matmul_triton(rows, planes, scale, **spec, out_dtype=torch.float32, row_kernel=row_kernel,
+                            dequantize=False)
     err = ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
     return "ok" if err <= 1e-5 else f"MISMATCH rel err {err:.1e}"
 
 
 def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms,
-                      elements: tuple[str, ...] = FPX_FORMATS) -> list[dict]:
-    """bf16 activations x FPx weights (per-channel scales) against bf16 torch.matmul; for 2..ROW_MAX_M rows the
-    kernel the default did not pick beside it (the tensor-core kernel up to ROW_DEFAULT_MAX_M rows, where the
-    CUDA-core row kernel is the default, the row kernel above), and from PREFILL_COMPARE_M rows the path it did not
-    pick of the tile kernel and the dequantized weight times cuBLAS (``fpx_gemm.takes_dequantized``)."""
+                      formats: tuple[str, ...] = FPX_FORMATS) -> list[dict]:
+    """bf16 activations x FPx weights (``weight_only_format`` names: per-channel scales, or INT4 / E2M1 in groups)
+    against bf16 torch.matmul; for 2..ROW_MAX_M rows the kernel the default did not pick beside it (the tensor-core
+    kernel up to ROW_DEFAULT_MAX_M rows, where the CUDA-core row kernel is the default, the row kernel above), and
+    from PREFILL_COMPARE_M rows (every M for weights in groups) the path it did not pick of the kernels and the
+    dequantized weight times cuBLAS (``fpx_gemm.takes_dequantized``)."""
     from quant_kernels import fpx_gemm  # late: builds Triton kernels (see main)
 
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
     rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
-    for element in elements:
-        planes, scale = fpx_weight(w, element)
-        gemm = functools.partial(quant_kernels.fpx_matmul, x, planes, scale, element=element,
-                                 bits=element_named(element).bits, backend="triton")
-        weight_bytes = sum(p.numel() for p in planes) + 4 * n
+    for name in formats:
+        element, group = weight_only_format(name)
+        planes, scale = fpx_weight(w, element, group)
+        spec = dict(element=element, bits=element_named(element).bits, group=group)
+        gemm = functools.partial(quant_kernels.fpx_matmul, x, planes, scale, **spec, backend="triton")
+        weight_bytes = sum(p.numel() for p in planes) + 4 * scale.numel()
         dequantized = fpx_gemm.takes_dequantized(m, x.dtype, x.dtype, None)
-        check = check_fpx(x, planes, scale, element, dequantize=dequantized)
-        rows.append(row(n, m, k, f"{element} w-only{' (dequantized + cuBLAS)' if dequantized else ''}",
+        check = check_fpx(x, planes, scale, element, dequantize=dequantized, group=group)
+        rows.append(row(n, m, k, f"{name} w-only{' (dequantized + cuBLAS)' if dequantized else ''}",
                         time_ms(gemm), weight_bytes, check))
-        by_default = fpx_gemm.takes_row_kernel(m, k)
-        rows[-1]["config"] = "" if dequantized else fpx_tuned_config(by_default)
-        if m >= PREFILL_COMPARE_M:
-            other = functools.partial(fpx_gemm.fpx_matmul_triton, x, planes, scale, element=element,
-                                      bits=element_named(element).bits, dequantize=not dequantized)
-            check = check_fpx(x, planes, scale, element, dequantize=not dequantized)  # before the timed run's pick
-            name = f"{element} w-only {'tile kernel' if dequantized else 'dequantized + cuBLAS'}"
-            rows.append(row(n, m, k, name, time_ms(other), weight_bytes, check))
-            rows[-1]["config"] = fpx_tuned_config(False) if dequantized else ""
-        if 1 < m <= fpx_gemm.ROW_MAX_M and k % 8 == 0:
-            other = functools.partial(fpx_gemm.fpx_matmul_triton, x, planes, scale, element=element,
-                                      bits=element_named(element).bits, row_kernel=not by_default)
-            name = f"{element} w-only {'tensor-core' if by_default else 'row'} kernel"
-            rows.append(row(n, m, k, name, time_ms(other), weight_bytes,
-                            check_fpx(x, planes, scale, element, row_kernel=not by_default)))
-            rows[-1]["config"] = fpx_tuned_config(not by_default)
+        by_default = fpx_gemm.takes_row_kernel(m, k) and group % fpx_gemm.ROW_GROUP_MIN == 0
+        rows[-1]["config"] = "" if dequantized else fpx_tuned_config(by_default, group)
+        if m >= PREFILL_COMPARE_M or group and not dequantized:
+            other = functools.partial(fpx_gemm.fpx_matmul_triton, x, planes, scale, **spec,
+                                      dequantize=not dequantized)
+            check = check_fpx(x, planes, scale, element, dequantize=not dequantized, group=group)  # before the pick
+            kernel = "row kernel" if by_default else "tile kernel"
+            rows.append(row(n, m, k, f"{name} w-only {kernel if dequantized else 'dequantized + cuBLAS'}",
+                            time_ms(other), weight_bytes, check))
+            rows[-1]["config"] = fpx_tuned_config(by_default, group) if dequantized else ""
+        if 1 < m <= fpx_gemm.ROW_MAX_M and k % 8 == 0 and (not group or group % fpx_gemm.ROW_GROUP_MIN == 0):
+            other = functools.partial(fpx_gemm.fpx_matmul_triton, x, planes, scale, **spec,
+                                      row_kernel=not by_default)
+            kernel = "tensor-core" if by_default else "row"
+            rows.append(row(n, m, k, f"{name} w-only {kernel} kernel", time_ms(other), weight_bytes,
+                            check_fpx(x, planes, scale, element, row_kernel=not by_default, group=group)))
+            rows[-1]["config"] = fpx_tuned_config(not by_default, group)
     for r in rows:
         r["x_bf16"] = rows[0]["ms"] / r["ms"]
     return rows
@@ -426,8 +448,8 @@ def markdown(result: dict) -> str:
     for r in result["act_quant"]:
         lines.append(f"| {r['M']} | {r['K']} | {r['kernel']} | {r['ms']:.4f} | {r['gbs']:.0f} | {r['check']} |")
     if result["weight_only"]:
-        lines += ["", "FPx weight-only GEMM (bf16 activations, per-channel scales; weight GB/s counts planes and "
-                      "scales) vs bf16 torch.matmul:", "",
+        lines += ["", "FPx weight-only GEMM (bf16 activations, per-channel scales, or fp32 scales per N codes for "
+                      "names ending _gN; weight GB/s counts planes and scales) vs bf16 torch.matmul:", "",
                   "| N x K | M | method | ms | TFLOP/s | weight GB/s | x bf16 | check | tuned config |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in result["weight_only"]:
@@ -447,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", default=",".join(W4A4_FORMATS),
                    help=f"W4A4 formats to time, a comma list of {', '.join(W4A4_FORMATS)} (default: all)")
     p.add_argument("--weight_only_formats", default=",".join(FPX_FORMATS),
-                   help="comma list of the FPx weight-only elements to time (each autotunes its own kernels: "
-                        "fewer keep a GPU call short)")
+                   help=f"comma list of the FPx weight-only elements to time, or of {', '.join(GROUPED_WEIGHT_ONLY)} "
+                        "(scales in groups; each autotunes its own kernels: fewer keep a GPU call short)")
     p.add_argument("--reps", type=int, default=50, help="timed repetitions (the median is reported)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls first (the first ones autotune)")
     p.add_argument("--flush_l2", action="store_true", help="clear the L2 cache before every timed repetition")
@@ -473,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.in_stream < 0:
         p.error(f"--in_stream takes the calls per graph (0: off), got {args.in_stream}")
     formats = parse_names(args.formats, W4A4_FORMATS, "--formats")
-    wo_formats = tuple(parse_names(args.weight_only_formats, FPX_FORMATS, "--weight_only_formats"))
+    wo_formats = tuple(parse_names(args.weight_only_formats, FPX_FORMATS + GROUPED_WEIGHT_ONLY,
+                                   "--weight_only_formats"))
     time_ms = make_timer(device, args.warmup, args.reps, args.flush_l2, args.cuda_graph and not args.cpu_dry_run,
                          args.in_stream)
     torch.manual_seed(0)

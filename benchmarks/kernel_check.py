@@ -357,10 +357,12 @@ def check_dequant(n: int, k: int, element: str, group: int, dtype: torch.dtype, 
 
 def check_fpx_groups(m: int, n: int, k: int, element: str, group: int, dtype: torch.dtype,
                      device: torch.device) -> dict:
-    """W4A16 weights with scales in groups (INT4 or E2M1) through ``fpx_matmul`` (the row kernel at its rows, the
-    dequantized weight above) into a NaN-poisoned output, against the twin: the row kernel within fp32-accumulation
-    rounding, the dequantized weight within its roundings (``reference.dequantized_product_excess``)."""
-    from quant_kernels.fpx_gemm import ROW_GROUP_MIN, fpx_matmul_triton, takes_row_kernel
+    """W4A16 weights with scales in groups (INT4 or E2M1) through ``fpx_matmul`` (the row kernel at its rows for
+    groups of ROW_GROUP_MIN codes and more, the tensor-core kernel's PAIRED tiles at other rows below DEQUANT_MIN_M,
+    the dequantized weight from there) into a NaN-poisoned output, against the twin: the row kernel within
+    fp32-accumulation rounding, the others, which round each weight to x's dtype, within those roundings
+    (``reference.dequantized_product_excess``)."""
+    from quant_kernels.fpx_gemm import ROW_GROUP_MIN, fpx_matmul_triton, takes_dequantized, takes_row_kernel
 
     codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device=device)
     scale = torch.rand(n, k // group, device=device) * 0.03 + 1e-3
@@ -375,16 +377,21 @@ def check_fpx_groups(m: int, n: int, k: int, element: str, group: int, dtype: to
     else:
         excess = reference.dequantized_product_excess(out, x, planes, scale, element, 4, group=group)
         ok = excess <= 1
-    return {"kernel": "fpx_gemm", "case": f"{element} g{group} ({'row kernel' if row else 'dequantized'})",
+    path = "row kernel" if row else "dequantized" if takes_dequantized(m, dtype, dtype, None) else "tensor cores"
+    return {"kernel": "fpx_gemm", "case": f"{element} g{group} ({path})",
             "shape": f"M{m} N{n} K{k} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess,
             "ok": ok and not out.isnan().any()}
 
 
-# (M, N, K, element, group, x dtype): W4A16 in groups at Llama-3-8B shapes, the row kernel's rows and above.
+# (M, N, K, element, group, x dtype): W4A16 in groups at Llama-3-8B shapes, the row kernel's rows, the tensor-core
+# kernel's (NVFP4's and MXFP4's groups at every decode row, ragged rows) and the dequantized weight's.
 GPU_FPX_GROUPS = [(1, 4096, 4096, "int4", 128, torch.bfloat16), (4, 14336, 4096, "e2m1", 64, torch.bfloat16),
                   (1, 4096, 14336, "int4", 128, torch.float16), (16, 6144, 4096, "int4", 128, torch.bfloat16),
-                  (1, 4096, 4096, "e2m1", 16, torch.bfloat16)]
-DRY_FPX_GROUPS = [(1, 40, 256, "int4", 128, torch.bfloat16), (5, 24, 128, "e2m1", 32, torch.float16)]
+                  (1, 4096, 4096, "e2m1", 16, torch.bfloat16), (8, 14336, 4096, "e2m1", 32, torch.bfloat16),
+                  (61, 4096, 14336, "int4", 128, torch.float16), (300, 6144, 4096, "e2m1", 16, torch.bfloat16),
+                  (1024, 4096, 4096, "int4", 128, torch.bfloat16)]
+DRY_FPX_GROUPS = [(1, 40, 256, "int4", 128, torch.bfloat16), (5, 24, 128, "e2m1", 32, torch.float16),
+                  (1030, 24, 128, "int4", 64, torch.bfloat16)]
 
 
 # (N, K, element, group, dtype): W4A16 weights dequantized, a Llama-3-8B shape and ragged ones.

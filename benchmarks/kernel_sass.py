@@ -93,11 +93,12 @@ def fpx_tile_rows(config: tuple[int, ...]) -> int:
     return config[5] if len(config) > 5 else 16
 
 
-def fpx_tile_source(element: str, config: tuple[int, ...]):
+def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0):
     """The FPx tensor-core kernel's ASTSource on its PAIRED path for bfloat16 activation rows and one (BLOCK_N,
     BLOCK_K, warps, stages, SWAP_AB[, BLOCK_M]) (BLOCK_M 16, a decode batch's, unless given); its configs are the
     autotuner's, unswapped (``GPU_PAIRED_CONFIGS``) and swapped (``GPU_SWAP_CONFIGS``), the codes placed as bfloat16
-    values, every tile whole (EVEN, as at Llama-3-8B's shapes)."""
+    values (``group``: scales per ``group`` codes, INT4 or E2M1, the codes placed in float32 and scaled a word at a
+    time), every tile whole (EVEN, as at Llama-3-8B's shapes)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, _fpx_kernel, kernel_fields
@@ -114,10 +115,15 @@ def fpx_tile_source(element: str, config: tuple[int, ...]):
     constants = dict(EXP_BITS=exp_bits, MAN_BITS=man_bits, EXP_BIAS=exp_bias, HIGH_WIDTH=high,
                      HAS_BIAS=False, DOT_F32=False, W_UNIT=2.0 ** (127 - exp_bias),
                      BLOCK_M=fpx_tile_rows(config), BLOCK_N=config[0], BLOCK_K=config[1], PAIRED=True,
-                     SWAP_AB=bool(config[4]), VALUED_BF16=True, UNIT_EXP=127 - exp_bias, USE_ASM=True,
-                     EVEN=True)
+                     SWAP_AB=bool(config[4]), VALUED_BF16=not group, UNIT_EXP=127 - exp_bias, USE_ASM=True,
+                     EVEN=True, GROUP=group, G_UNIT=2.0 ** (127 - exp_bias), ROUND_BF16=False, ROUND_F16=False)
+    if group:
+        constants["W_UNIT"] = 1.0
+    else:
+        constants["gscale_ptr"] = None  # per-channel scales, as a launch leaves them
     signature.update({name: "constexpr" for name in constants})
-    signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr")
+    signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr", stride_gs="i32",
+                     **({"gscale_ptr": "*fp32"} if group else {}))
     constants["SPLIT_K"] = 1
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(len(names)) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_fpx_kernel, signature, constants, aligned)
@@ -380,13 +386,18 @@ def main(argv: list[str] | None = None) -> int:
                         "0: without)")
     p.add_argument("--mma", action="store_true", help="fpx_row: its tensor-core form for one row (PTQ_FPX_MMA=1)")
     p.add_argument("--group", type=int, default=0,
-                   help="fpx_row: scales per GROUP codes along K (INT4 or E2M1), on ROW_GROUP_CONFIGS (0: per channel)")
+                   help="fpx_row, fpx_tile: scales per GROUP codes along K (INT4 or E2M1); the row kernel's on "
+                        "ROW_GROUP_CONFIGS (0: per channel)")
     p.add_argument("--arch", type=int, default=90, help="compute capability times ten (90: Hopper)")
     p.add_argument("--limit", type=int, help="only the first LIMIT configs (default: all)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
     if "TRITON_INTERPRET" in os.environ and os.environ["TRITON_INTERPRET"] not in ("", "0"):
         p.error("TRITON_INTERPRET is set: unset it, the kernels must be compiled, not interpreted")
+    if args.group and (args.group < 0 or args.group % 8 or args.element not in ("int4", "e2m1") or args.mma
+                       or args.kernel not in ("fpx_row", "fpx_tile")):
+        p.error(f"--group takes INT4 or E2M1 weights on fpx_row (its fp32 form: no --mma) or fpx_tile, in groups of "
+                f"a multiple of 8 codes; got {args.kernel} of {args.element} in groups of {args.group}")
     if args.kernel == "fpx_row":
         from quant_kernels.fpx_gemm import (
             ROW_CAPPED_CONFIGS, ROW_CONFIGS, ROW_GROUP_CONFIGS, ROW_PIPELINED_CONFIGS, ROW_SPLIT_CONFIGS,
@@ -399,9 +410,6 @@ def main(argv: list[str] | None = None) -> int:
         configs += [(bn, bkw, w, stages, False, 1, 1, split, cap)
                     for bn, bkw, w, stages, split, cap in ROW_CAPPED_CONFIGS]
         if args.group:
-            if args.group < 0 or args.element not in ("int4", "e2m1") or args.mma:
-                p.error(f"--group takes INT4 or E2M1 weights on the fp32 form (no --mma), got {args.element} in "
-                        f"groups of {args.group}")
             configs = [(bn, bkw, w, stages, False, 1, 1, split) for bn, bkw, w, stages, split in ROW_GROUP_CONFIGS
                        if args.group % (8 * bkw) == 0]
             if not configs:
@@ -423,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
 
         configs = [(bn, bk, w, s, swap, bm) for swap, tiles in ((False, GPU_PAIRED_CONFIGS), (True, GPU_SWAP_CONFIGS))
                    for bm, bn, bk, w, s in tiles]
-        build = fpx_tile_source
+
+        def build(case, config):
+            return fpx_tile_source(case, config, args.group)
     elif args.kernel == "act_quant":
         if args.element not in ACT_ELEMENTS:
             p.error(f"--element for act_quant is one of {', '.join(ACT_ELEMENTS)}; got {args.element!r}")
@@ -468,8 +478,8 @@ def main(argv: list[str] | None = None) -> int:
             return w4a4_gemv_source(case, config, args.norm_tail)
     if args.norm_tail and args.kernel != "w4a4_gemv":
         p.error("--norm_tail is for --kernel w4a4_gemv")
-    if (args.mma or args.group) and args.kernel != "fpx_row":
-        p.error("--mma and --group are for --kernel fpx_row")
+    if args.mma and args.kernel != "fpx_row":
+        p.error("--mma is for --kernel fpx_row")
     case = args.element + (f", K {args.k}" if args.kernel == "act_quant" else "")
     case += ", tensor cores" if args.mma else ""
     case += f", scales per {args.group} codes" if args.group else ""

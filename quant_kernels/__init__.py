@@ -25,10 +25,11 @@ dispatching on the tensors' device:
   along the keys (flash-decoding); the twin is SDPA. ``decode_attention_packed``: the same
   over a packed KV4 cache, its codes dequantized in the kernel.
 - ``fpx_matmul``: float activations x FP4 / FP5 / FP6 weights in bit planes (FP6-LLM
-  style, per-channel scales) or INT4 weights per channel -> (..., N); up to 4 rows run on the CUDA
-  cores on a GPU, from 1024 on the dequantized weight by cuBLAS.
+  style, per-channel scales) or INT4 weights per channel, or INT4 / E2M1 weights with scales in groups
+  (W4A16: GPTQ's, NVFP4, MXFP4) -> (..., N); up to 4 rows run on the CUDA cores on a GPU (in groups, of 64
+  codes and more), other rows on the tensor cores, from 1024 on the dequantized weight by cuBLAS.
 - ``dequantize_weight``: packed codes times their scales in a float dtype, one pass (``dequant``), what
-  ``fpx_matmul`` multiplies by cuBLAS at prefill rows and for groups its row kernel does not take.
+  ``fpx_matmul`` multiplies by cuBLAS at prefill rows.
 
 Not dispatched from here: ``kv_write.write_kv4_triton`` quantizes new K/V tokens into a static
 packed KV4 cache; ``quant_layers.packed_kv_cache`` calls it on a GPU (its torch writes are the twin).

@@ -1,10 +1,10 @@
 """Triton kernel: packed weight codes times their scales, written once in a float dtype.
 
-The weight-only products that do not run on a packed-weight kernel multiply this weight with cuBLAS: FPx and
-INT4 weights from ``fpx_gemm.DEQUANT_MIN_M`` rows (prefill), and INT4 or E2M1 weights in groups (W4A16
-checkpoints: GPTQ's, NVFP4, MXFP4) above the row kernel's rows or in groups too small for its steps. One pass reads
-the packed bytes (0.5 to 0.75 a weight) and writes 2 (half dtypes), where torch's ops went through fp32 tensors
-several times.
+The weight-only products from ``fpx_gemm.DEQUANT_MIN_M`` rows of half-precision activations (prefill) multiply this
+weight with cuBLAS: FPx and INT4 weights per channel, and INT4 or E2M1 weights in groups (W4A16 checkpoints: GPTQ's,
+NVFP4, MXFP4). One pass reads the packed bytes (0.5 to 0.75 a weight) and writes 2 (half dtypes), where torch's ops
+went through fp32 tensors several times. The FPx tensor-core kernel, in groups, rounds each weight as this one
+does.
 
 Each program takes a (BLOCK_N, BLOCK_K) tile: the planes are spread into one code per element and decoded as
 the FPx tile kernel's unpaired path does (``fpx_gemm._plane_codes`` and ``_decode``, INT4's two's complement

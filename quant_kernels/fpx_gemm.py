@@ -5,7 +5,9 @@ float32 and the weight as 4-, 5- or 6-bit FP codes (``quant_layers.packing.pack_
 a 4-bit plane with the low four bits of every code, plus a 1-bit (FP5) or 2-bit (FP6)
 plane with the rest. Every load is of whole bytes, rows of the planes are contiguous
 along K. INT4 weights per channel (W4A16) run too, as 4-bit codes whose placement is their level
-(``INT4_LEVELS``: a nibble placed as a bfloat16 128 + (u ^ 8), less 136).
+(``INT4_LEVELS``: a nibble placed as a bfloat16 128 + (u ^ 8), less 136), and INT4 or E2M1 weights with scales in
+groups along K (GPTQ's, NVFP4, MXFP4): the row kernel scales each step's sums by its group's scales, the tensor-core
+kernel each word's placed codes before its dot (``_word_units``).
 
 Per (BLOCK_N, BLOCK_K) weight tile the kernel loads the planes, spreads the bit fields
 to one code per element with shifts and masks, rebuilds the codes and decodes them
@@ -73,6 +75,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from triton.language.standard import _sum_combine
 
 from .reference import check_fpx_args, check_out, fpx_element
+from .rounding import _round_to_dtype
 from .switches import env_switch
 from .w4a4_gemv import _words, keep_pinned, prune_decode_configs, split_k_buffer
 
@@ -200,7 +203,7 @@ INT4_OFFSET = tl.constexpr(136.0)
 ROW_GROUP_CONFIGS = [(64, 8, 4, 2, 1), (128, 8, 8, 2, 1), (64, 8, 4, 2, 4), (128, 16, 8, 2, 1), (64, 16, 4, 2, 2),
                      (64, 16, 4, 2, 4), (256, 16, 8, 2, 1), (32, 16, 4, 2, 4)]
 # The least group the row kernel takes by default (its configs' 8-word steps); fewer codes a group (NVFP4's 16,
-# MXFP4's 32) multiply the dequantized weight.
+# MXFP4's 32) run on the tensor-core kernel at every row below DEQUANT_MIN_M.
 ROW_GROUP_MIN = 64
 # The one-row kernel's autotune key.
 ROW_TUNING_KEY = ("N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED")
@@ -280,7 +283,8 @@ def _fpx_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PAIRED: tl.constexpr,
     SWAP_AB: tl.constexpr = False, partial_ptr=None, count_ptr=None, SPLIT_K: tl.constexpr = 1,
     VALUED_BF16: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0, USE_ASM: tl.constexpr = False,
-    EVEN: tl.constexpr = False,
+    EVEN: tl.constexpr = False, gscale_ptr=None, stride_gs=0, GROUP: tl.constexpr = 0, G_UNIT: tl.constexpr = 1.0,
+    ROUND_BF16: tl.constexpr = False, ROUND_F16: tl.constexpr = False,
 ):
     """PAIRED (K a multiple of 8): the weight streams as the row kernel's words (``low_words_ptr``,
     ``high_words_ptr``), two codes at a time are placed into float32s with shifts and masks
@@ -291,7 +295,11 @@ def _fpx_kernel(
     registers. VALUED_BF16 (bfloat16 x, both PAIRED forms): the codes become bfloat16 values (``_valued_pairs``, one
     pair multiply for two codes where the float32 placement takes two multiplies and a conversion; ``_valued_tile``
     when swapped). Otherwise the planes are spread and decoded. SPLIT_K > 1: program (m, n, s) takes the s-th of SPLIT_K
-    slices of K (whole steps) and ``_finish_products`` adds the slices' sums, as in the row kernel."""
+    slices of K (whole steps) and ``_finish_products`` adds the slices' sums, as in the row kernel. GROUP > 0 (INT4 or
+    E2M1 codes, PAIRED, not VALUED_BF16): the scales come per GROUP codes along K, (N, K / GROUP) at ``gscale_ptr``,
+    and each word's placed codes are multiplied by its group's scale times G_UNIT (``_word_units``; W_UNIT is 1) in
+    fp32 before the dot rounds them to x's dtype, the weight ``dequant.dequantize_triton`` writes; ROUND_BF16 /
+    ROUND_F16 round them so where the dot is an fp32 one (the interpreter); ``scale_ptr`` holds ones."""
     # Axis 0 runs fastest: the row tiles that share a weight tile are launched together.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -319,18 +327,25 @@ def _fpx_kernel(
         low_word_ptrs = low_words_ptr + k_first // 8 + offs_n[:, None] * stride_low_words + offs_w[None, :]
         high_word_ptrs = high_words_ptr + k_first // 8 + offs_n[:, None] * stride_high_words + offs_w[None, :]
         xw_ptrs = x_ptr + k_first + offs_m[:, None] * stride_xm + 8 * offs_w[None, :]
+        if GROUP > 0:
+            tl.static_assert(not VALUED_BF16, "scales in groups take the float32 placement")
         for k0 in range(k_first, k_stop, BLOCK_K):
             w_ok = offs_w < (k_stop - k0) // 8
             low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH,
                                      USE_ASM, EVEN)
+            if GROUP > 0:
+                units = _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, k0, GROUP, G_UNIT, BLOCK_K,
+                                    EVEN)
             if SWAP_AB:  # one dot a step: the placed codes joined back into K order, x's columns as they lie
                 x_ok = m_ok[:, None] if EVEN else m_ok[:, None] & (offs_k < k_stop - k0)[None, :]
                 x = tl.load(x_ptrs, mask=x_ok, other=0.0)
                 if VALUED_BF16:
                     tile = _valued_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, UNIT_EXP, USE_ASM)
+                elif GROUP > 0:
+                    tile = _placed_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, USE_ASM, units, True)
                 else:
-                    tile = _placed_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K)
-                acc = _dot_placed(x, tile, acc, W_UNIT, DOT_F32, SWAP_AB, VALUED_BF16)
+                    tile = _placed_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, USE_ASM, W_UNIT, False)
+                acc = _dot_placed(x, tile, acc, W_UNIT, DOT_F32, SWAP_AB, VALUED_BF16, ROUND_BF16, ROUND_F16)
                 x_ptrs += BLOCK_K
             else:
                 x_ok = m_ok[:, None] if EVEN else m_ok[:, None] & w_ok[None, :]
@@ -339,11 +354,13 @@ def _fpx_kernel(
                         first, second = _bf16_of_halves(_valued_pairs(
                             _placed_bits(low, high, j, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM))
                     else:
-                        first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
+                        first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
+                        if GROUP > 0:
+                            first, second = first * units, second * units
                     acc = _dot_placed(tl.load(xw_ptrs + j, mask=x_ok, other=0.0), first, acc, W_UNIT, DOT_F32,
-                                      VALUED=VALUED_BF16)
+                                      VALUED=VALUED_BF16, ROUND_BF16=ROUND_BF16, ROUND_F16=ROUND_F16)
                     acc = _dot_placed(tl.load(xw_ptrs + j + 4, mask=x_ok, other=0.0), second, acc, W_UNIT, DOT_F32,
-                                      VALUED=VALUED_BF16)
+                                      VALUED=VALUED_BF16, ROUND_BF16=ROUND_BF16, ROUND_F16=ROUND_F16)
             low_word_ptrs += BLOCK_K // 8
             high_word_ptrs += BLOCK_K // 8
             xw_ptrs += BLOCK_K
@@ -441,18 +458,23 @@ def _spread_high(high, HIGH_WIDTH: tl.constexpr, USE_ASM: tl.constexpr):
 
 @triton.jit
 def _placed_pair(low, high, J: tl.constexpr, BITS: tl.constexpr, MAN_BITS: tl.constexpr,
-                 HIGH_WIDTH: tl.constexpr):
+                 HIGH_WIDTH: tl.constexpr, USE_ASM: tl.constexpr = False):
     """Codes J and J + 4 (J < 4) of low-plane words and their ``_spread_high`` words, as fp32 values times
     2^(bias - 127): the halves of ``_placed_bits``, each read as the top of a float32 (a shift or a mask).
 
     bfloat16 shares fp32's exponent bias, so such a float32 is the code's value with fp32's bias
     instead of the format's, subnormal codes included (they become fp32 subnormals, which the
     caller's power of two makes normal again in the product). No conversion instruction; for FP6
-    on sm_90, 30 % fewer integer instructions than placing one code at a time into a float32.
+    on sm_90, 30 % fewer integer instructions than placing one code at a time into a float32. INT4 levels
+    take their offset off both halves at once on a GPU (``_valued_pairs``' sub.rn.bf16x2), in fp32 without the PTX.
     """
-    first, second = _bf16_halves(_placed_bits(low, high, J, BITS, MAN_BITS, HIGH_WIDTH))
-    if MAN_BITS == INT4_LEVELS:  # the levels themselves (W_UNIT and the row kernel's unit hold no bias for INT4)
-        first, second = first - INT4_OFFSET, second - INT4_OFFSET
+    bits = _placed_bits(low, high, J, BITS, MAN_BITS, HIGH_WIDTH)
+    if MAN_BITS == INT4_LEVELS and USE_ASM:  # (W_UNIT and the row kernel's unit hold no bias for INT4)
+        first, second = _bf16_halves(_valued_pairs(bits, MAN_BITS, 0, USE_ASM))
+    else:
+        first, second = _bf16_halves(bits)
+        if MAN_BITS == INT4_LEVELS:
+            first, second = first - INT4_OFFSET, second - INT4_OFFSET
     return first, second
 
 
@@ -571,14 +593,18 @@ def _quad_rows(c0, c1, c2, c3, USE_ASM: tl.constexpr):
 
 @triton.jit
 def _placed_tile(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_ASM: tl.constexpr, units, SCALED: tl.constexpr):
     """(BLOCK_N, BLOCK_K / 8) words -> the (BLOCK_N, BLOCK_K) tile of their placed codes (``_placed_pair``) in K
     order: code j of word w at column 8w + j (each join adds a trailing axis; the reshape reads them back with
-    the first join innermost)."""
-    a0, a4 = _placed_pair(low, high, 0, BITS, MAN_BITS, HIGH_WIDTH)
-    a1, a5 = _placed_pair(low, high, 1, BITS, MAN_BITS, HIGH_WIDTH)
-    a2, a6 = _placed_pair(low, high, 2, BITS, MAN_BITS, HIGH_WIDTH)
-    a3, a7 = _placed_pair(low, high, 3, BITS, MAN_BITS, HIGH_WIDTH)
+    the first join innermost). SCALED: ``units``, the words' (BLOCK_N, BLOCK_K / 8) factors (``_word_units``), is
+    multiplied into each pair before the joins (unread otherwise)."""
+    a0, a4 = _placed_pair(low, high, 0, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
+    a1, a5 = _placed_pair(low, high, 1, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
+    a2, a6 = _placed_pair(low, high, 2, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
+    a3, a7 = _placed_pair(low, high, 3, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
+    if SCALED:
+        a0, a4, a1, a5 = a0 * units, a4 * units, a1 * units, a5 * units
+        a2, a6, a3, a7 = a2 * units, a6 * units, a3 * units, a7 * units
     tile = tl.join(tl.join(tl.join(a0, a4), tl.join(a2, a6)), tl.join(tl.join(a1, a5), tl.join(a3, a7)))
     return tile.reshape(BLOCK_N, BLOCK_K)
 
@@ -624,13 +650,15 @@ def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr, USE_ASM: t
 
 @triton.jit
 def _dot_placed(x, placed, acc, W_UNIT: tl.constexpr, DOT_F32: tl.constexpr, SWAP_AB: tl.constexpr = False,
-                VALUED: tl.constexpr = False):
+                VALUED: tl.constexpr = False, ROUND_BF16: tl.constexpr = False, ROUND_F16: tl.constexpr = False):
     """acc + x @ (placed * W_UNIT).T (SWAP_AB: acc + (placed * W_UNIT) @ x.T): placed codes (``_placed_pair``)
-    scaled to their values, which are exact in x's half dtype (and fp32); VALUED: ``placed`` already holds the
-    values (bfloat16, ``_valued_pairs``). An IEEE fp32 dot for fp32 x and under the interpreter."""
+    scaled to their values, which are exact in x's half dtype (and fp32), or (W_UNIT 1) times their group scales,
+    which the dot's operand rounds to x's dtype; VALUED: ``placed`` already holds the values (bfloat16,
+    ``_valued_pairs``). An IEEE fp32 dot for fp32 x and under the interpreter, where ROUND_BF16 / ROUND_F16 round
+    the weights to x's half dtype first."""
     w = placed if VALUED else placed * W_UNIT
     if DOT_F32:
-        w = w.to(tl.float32)
+        w = _round_to_dtype(w.to(tl.float32), ROUND_BF16, ROUND_F16)
         if SWAP_AB:
             out = tl.dot(w, tl.trans(x.to(tl.float32)), acc, input_precision="ieee")
         else:
@@ -769,10 +797,10 @@ def _fpx_row_kernel(
                 low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH, USE_ASM)
             if GROUP > 0:  # the step's sums, scaled by its group's scales
                 part = _row_products(tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32), low, high, x_ptrs, w_ok, BITS,
-                                     MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
+                                     MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, USE_ASM)
                 acc += part * _group_scales(gscale_ptr, offs_n, n_ok, stride_gs, w0, GROUP, G_UNIT)[:, None]
             else:
-                acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN)
+                acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, USE_ASM)
             if PREFETCH:
                 low, high = low_next, high_next
             x_ptrs += 8 * BLOCK_KW
@@ -798,7 +826,7 @@ def _fpx_row_kernel(
             if GROUP > 0:
                 scales = _group_scales(gscale_ptr, offs_n, n_ok, stride_gs, w0, GROUP, G_UNIT)[None, :, None]
             for j in tl.static_range(4):
-                first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
+                first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
                 if GROUP > 0:  # each placed code times its group's scale, shared by the rows
                     first, second = first * scales, second * scales
                 x_first = tl.load(x_ptrs + j, mask=x_ok, other=0.0).to(tl.float32) * X_SCALE
@@ -814,6 +842,20 @@ def _fpx_row_kernel(
 
 
 @triton.jit
+def _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, k0, GROUP: tl.constexpr, G_UNIT: tl.constexpr,
+                BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
+    """The scales of the groups that hold words ``offs_w`` of the step from code ``k0`` on, times G_UNIT, a word's
+    eight codes lying in one group (GROUP a multiple of 8): a (BLOCK_N, BLOCK_K / 8) tile, or (BLOCK_N, 1) where the
+    step lies in one group; zero off the masks (none when EVEN)."""
+    if GROUP % BLOCK_K == 0:
+        units = _tile_load(gscale_ptr + offs_n * stride_gs + k0 // GROUP, n_ok, EVEN)[:, None]
+    else:
+        units = _tile_load(gscale_ptr + offs_n[:, None] * stride_gs + ((k0 + 8 * offs_w) // GROUP)[None, :],
+                           n_ok[:, None] & w_ok[None, :], EVEN)
+    return units * G_UNIT
+
+
+@triton.jit
 def _group_scales(gscale_ptr, offs_n, n_ok, stride_gs, w0, GROUP: tl.constexpr, G_UNIT: tl.constexpr):
     """The (BLOCK_N,) scales of the group that holds the step from word ``w0`` on (a step lies in one group), times
     G_UNIT."""
@@ -822,13 +864,13 @@ def _group_scales(gscale_ptr, offs_n, n_ok, stride_gs, w0, GROUP: tl.constexpr, 
 
 @triton.jit
 def _row_products(acc, low, high, x_ptrs, w_ok, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
-                  X_SCALE: tl.constexpr, EVEN: tl.constexpr):
+                  X_SCALE: tl.constexpr, EVEN: tl.constexpr, USE_ASM: tl.constexpr = False):
     """acc + each (row, word) tile element's eight placed codes (``_placed_pair`` of ``low`` and the high fields
     ``high``, spread or interleaved) times the activations at ``x_ptrs`` + 0..7, scaled by X_SCALE."""
     for j in tl.static_range(4):
         x_first = _tile_load(x_ptrs + j, w_ok, EVEN).to(tl.float32) * X_SCALE
         x_second = _tile_load(x_ptrs + j + 4, w_ok, EVEN).to(tl.float32) * X_SCALE
-        first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH)
+        first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
         acc += first * x_first[None, :]
         acc += second * x_second[None, :]
     return acc
@@ -874,6 +916,12 @@ _fpx_autotuned = triton.autotune(
                       num_warps=w, num_stages=s) for bm, bn, bk, w, s, paired, swap, split in GPU_SPLIT_CONFIGS
     ],
     key=["M_BUCKET", "N", "K", "EXP_BITS", "MAN_BITS", "DOT_F32", "VALUED_BF16"],
+    prune_configs_by=dict(early_config_prune=_prune_configs),
+)(triton.heuristics(dict(EVEN=_tile_even))(_fpx_kernel))
+# The tensor-core kernel with scales in groups, tuned on the PAIRED configs (the words' codes scaled a word at a time).
+_fpx_group_autotuned = triton.autotune(
+    configs=[c for c in _fpx_autotuned.configs if c.kwargs["PAIRED"]],
+    key=["M_BUCKET", "N", "K", "MAN_BITS", "DOT_F32", "GROUP"],
     prune_configs_by=dict(early_config_prune=_prune_configs),
 )(triton.heuristics(dict(EVEN=_tile_even))(_fpx_kernel))
 
@@ -1077,8 +1125,9 @@ def fpx_matmul_triton(
     its scale rounded once, the weight a fake-quantized model of that dtype holds) and multiplied by
     ``torch.mm`` (cuBLAS), out in x's dtype (None: ``takes_dequantized``, from DEQUANT_MIN_M rows).
     ``group``: INT4 or E2M1 scales per ``group`` codes along K, ``w_scale`` (N, K // group): the row kernel takes
-    them (by default its rows on a GPU, groups of ROW_GROUP_MIN codes and multiples), the dequantized weight every
-    other case.
+    them by default at its rows on a GPU for groups of ROW_GROUP_MIN codes and multiples, the tensor-core kernel's
+    PAIRED tiles (the placed codes times their group's scale, rounded to x's dtype as the dequantized weight is)
+    other rows below DEQUANT_MIN_M.
     """
     check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype, group)
     if row_kernel and not (1 <= x.shape[0] <= ROW_MAX_M and x.shape[1] % 8 == 0):
@@ -1086,19 +1135,19 @@ def fpx_matmul_triton(
                          f"{x.shape[0]} rows and K={x.shape[1]}")
     m, k = x.shape
     if dequantize is None:
-        dequantize = row_kernel is None and config is None and (
-            takes_dequantized(m, x.dtype, out_dtype or x.dtype, bias)
-            or group > 0 and not (takes_row_kernel(m, k) and group % ROW_GROUP_MIN == 0))
+        dequantize = row_kernel is None and config is None and takes_dequantized(m, x.dtype, out_dtype or x.dtype,
+                                                                                 bias)
     if dequantize:
         return _dequantized_product(x, planes, w_scale, element, bits, bias, out_dtype, out, row_kernel, config,
                                     group)
-    if group and not row_kernel and not (row_kernel is None and config is None and takes_row_kernel(m, k)):
-        raise ValueError(f"scales in groups run on the row kernel (row_kernel=True, 1 to {ROW_MAX_M} rows) or on the "
-                         f"dequantized weight (dequantize=True), not on the tensor-core kernel")
     exp_bits, man_bits, exp_bias = kernel_fields(element, bits)
-    use_row_kernel = bool(row_kernel or (row_kernel is None and takes_row_kernel(m, k)))
+    use_row_kernel = bool(row_kernel or (row_kernel is None and takes_row_kernel(m, k)
+                                         and group % ROW_GROUP_MIN == 0))
     if config is not None:
         check_fixed_config(config, use_row_kernel, k)
+        if group and not use_row_kernel and not config.kwargs["PAIRED"]:
+            raise ValueError(f"config: scales in groups take the tensor-core kernel's PAIRED path, got "
+                             f"{config.kwargs}")
     n = planes[0].shape[0]
     out_dtype = out_dtype or x.dtype
     check_out(out, m, n, out_dtype)
@@ -1109,7 +1158,7 @@ def fpx_matmul_triton(
     x = x.contiguous()
     low = planes[0].contiguous()
     high = planes[1].contiguous() if len(planes) > 1 else low
-    # In groups the scales go to the row kernel as its group scales (below), the epilogue's are ones.
+    # In groups the scales go to the kernels as group scales (below), the epilogue's are ones.
     scale = _ones(x.device, n) if group else w_scale.float().reshape(n).contiguous()
     bias_arg = bias.contiguous() if bias is not None else out  # (no bias: never read)
     # The planes as words of 8 codes (the row kernel's and the tile kernel's PAIRED path), when K allows.
@@ -1122,10 +1171,15 @@ def fpx_matmul_triton(
         m, n, k, _m_bucket(m), x.stride(0), low.stride(0), high.stride(0), low_words.stride(0),
         high_words.stride(0), out.stride(0),
     )
+    dot_f32 = INTERPRET or x.dtype == torch.float32
     flags = dict(EXP_BITS=exp_bits, MAN_BITS=man_bits, EXP_BIAS=exp_bias,
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
-                 DOT_F32=INTERPRET or x.dtype == torch.float32, W_UNIT=2.0 ** (127 - exp_bias),
+                 DOT_F32=dot_f32, W_UNIT=2.0 ** (127 - exp_bias),
                  VALUED_BF16=x.dtype == torch.bfloat16, UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET)
+    # The group scales take the placements' power of two (G_UNIT).
+    gscale = w_scale.float().contiguous() if group else None
+    group_flags = dict(gscale_ptr=gscale, stride_gs=gscale.stride(0), GROUP=group,
+                       G_UNIT=2.0 ** (127 - exp_bias)) if group else {}
     fixed, launch = ({}, {}) if config is None else (config.kwargs, launch_options(config))
     if use_row_kernel:
         if INTERPRET and not fixed:  # (in groups, steps of at most a group)
@@ -1148,10 +1202,7 @@ def fpx_matmul_triton(
         row_flags = dict(BITS=bits, MAN_BITS=man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                          X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m), MMA=mma,
                          UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved)
-        if group:
-            gscale = w_scale.float().contiguous()
-            row_flags.update(gscale_ptr=gscale, stride_gs=gscale.stride(0), GROUP=group,
-                             G_UNIT=2.0 ** (127 - exp_bias))
+        row_flags.update(group_flags)
         if fixed:
             grid = (triton.cdiv(n, fixed["BLOCK_N"]), fixed["SPLIT_K"])
             even = _row_even(dict(N=n, KW=k // 8, **fixed))
@@ -1161,8 +1212,11 @@ def fpx_matmul_triton(
             tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*row_args, **row_flags)
     else:
         if INTERPRET and not fixed:
-            paired = INTERPRET_CONFIG["PAIRED"] and k % 8 == 0
+            paired = (INTERPRET_CONFIG["PAIRED"] or bool(group)) and k % 8 == 0
             fixed = {**INTERPRET_CONFIG, "PAIRED": paired, "SWAP_AB": INTERPRET_CONFIG["SWAP_AB"] and paired}
+        if group:  # the weights times their group scales, rounded to x's dtype (by hand where the dot is fp32)
+            flags.update(group_flags, W_UNIT=1.0, VALUED_BF16=False, ROUND_BF16=dot_f32 and x.dtype == torch.bfloat16,
+                         ROUND_F16=dot_f32 and x.dtype == torch.float16)
 
         def grid(meta: dict) -> tuple[int, int, int]:
             return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
@@ -1173,7 +1227,8 @@ def fpx_matmul_triton(
             _fpx_kernel[grid(fixed)](*args, **flags, **fixed, **launch, partial_ptr=partials, count_ptr=counters,
                                      EVEN=_tile_even(dict(N=n, K=k, **fixed)))
         else:
-            _fpx_autotuned[grid](*args, **flags, partial_ptr=partials, count_ptr=counters)
+            tuned = _fpx_group_autotuned if group else _fpx_autotuned
+            tuned[grid](*args, **flags, partial_ptr=partials, count_ptr=counters)
     return out
 
 

@@ -257,6 +257,23 @@ def test_kernel_bench_times_only_the_weight_only_formats_asked(cli, monkeypatch,
     assert out.returncode != 0 and "--weight_only_formats takes a comma list of e3m2, e2m3" in out.stderr
 
 
+def test_kernel_bench_times_weights_in_groups_beside_their_dequantized_product(cli, monkeypatch, tmp_path):
+    """``--weight_only_formats int4_g128,e2m1_g16``: INT4 / E2M1 weights with scales in groups, each checked against
+    the twin (the interpreter runs the tensor-core kernel) and timed beside the dequantized weight times torch.mm, and
+    groups of 128 beside the row kernel too (NVFP4's 16 codes are too few for its steps)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
+    prefix = str(tmp_path / "bench")
+    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--ms", "", "--weight_only_ms", "3", "--shapes", "40x256",
+              "--weight_only_formats", "int4_g128,e2m1_g16", "--reps", "1", "--warmup", "0", "--out", prefix)
+    assert out.returncode == 0, out.stderr
+    table = open(prefix + ".md").read()
+    for name in ("int4_g128", "e2m1_g16"):
+        assert f"| 40x256 | 3 | {name} w-only |" in table and f"| 40x256 | 3 | {name} w-only dequantized + cuBLAS |" \
+            in table
+    assert "| 40x256 | 3 | int4_g128 w-only row kernel |" in table and "e2m1_g16 w-only row kernel" not in table
+    assert table.count("| ok |") == 5 and "MISMATCH" not in table
+
+
 def test_prefill_bench_dry_run_checks_both_paths(cli, monkeypatch, tmp_path):
     """prefill_bench on the CPU: the int8 path's kernel (autotuned and a fixed tile) and linear, the FP8 path's,
     and W4A8's (``--activations int8``), every output within the interpreter's bfloat16 rounding of the exact

@@ -345,7 +345,7 @@ def test_row_kernel_takes_scales_in_groups(name, group, dtype, monkeypatch):
     """INT4 and E2M1 weights with a scale per ``group`` codes along K (GPTQ's 128, NVFP4's 16, MXFP4's 32): the row
     kernel at 1, 3 and 8 rows (its steps at most a group), one row also split along K and prefetching, equals the
     twin, and a step wider than a group is refused; by default (the interpreter gives the row kernel no rows) the
-    dequantized weight, within its roundings; the tensor-core kernel refuses them."""
+    tensor-core kernel, within the dequantized weight's roundings."""
     k, n = 256, 40
     gen = torch.Generator().manual_seed(group)
     planes = pack_planes(torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8), 4)
@@ -370,11 +370,39 @@ def test_row_kernel_takes_scales_in_groups(name, group, dtype, monkeypatch):
     with pytest.raises(ValueError, match="no row-kernel config takes groups of 32 codes with K = 256"):
         fpx_gemm._prune_row_group_configs(configs, dict(GROUP=32, KW=32, BLOCK_M=1))
     assert fpx_gemm._prune_row_group_configs(configs, dict(GROUP=128, KW=32, BLOCK_M=1))
-    with pytest.raises(ValueError, match="scales in groups run on the row kernel"):
-        fpx_gemm.fpx_matmul_triton(x, planes, scale, row_kernel=False, **spec)
     with pytest.raises(ValueError, match="groups of scales take packed INT4 or E2M1 codes"):
         fpx_gemm.fpx_matmul_triton(x, pack_planes(torch.zeros(n, k, dtype=torch.uint8), 6), scale, element="e3m2",
                                    bits=6, group=group)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+@pytest.mark.parametrize("name, group", [("int4", 128), ("e2m1", 16), ("int4", 48), ("e2m1", 32)])
+def test_tensor_core_kernel_takes_scales_in_groups(name, group, dtype):
+    """INT4 and E2M1 weights with a scale per ``group`` codes on the tensor-core kernel's PAIRED tiles, unswapped,
+    swapped and split along K, at 1, 5 and 17 rows (ragged N and K steps that straddle groups): each weight times its
+    group's scale rounded once to x's dtype, the weight ``dequantize_weight`` writes, then summed in fp32: fp32 out
+    equals x times that weight to fp32 summation order (a weight left unrounded misses by far more), and fp32 x
+    equals the twin. An unpaired config is refused."""
+    k, n = 384, 40
+    gen = torch.Generator().manual_seed(group + len(name))
+    planes = pack_planes(torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8), 4)
+    scale = (torch.rand(n, k // group, generator=gen) + 0.5) * 0.02
+    spec = dict(element=name, bits=4, group=group)
+    weight = quant_kernels.dequantize_weight(planes, scale, **spec, dtype=dtype).float()
+    tiles = [None] + [triton.Config(dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, PAIRED=True, SWAP_AB=swap, SPLIT_K=split))
+                      for bn, bk, swap, split in ((32, 128, False, 1), (16, 64, True, 2), (16, 256, True, 1))]
+    for m in (1, 5, 17):
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        want = x.float() @ weight.T
+        for config in tiles:
+            got = fpx_gemm.fpx_matmul_triton(x, planes, scale, row_kernel=False, config=config,
+                                             out_dtype=torch.float32, **spec)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * (x.float().abs() @ weight.abs().T).max().item())
+            if dtype == torch.float32:
+                assert_matches_twin(got, fpx_matmul_ref(x, planes, scale, out_dtype=torch.float32, **spec))
+    unpaired = triton.Config(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, PAIRED=False, SWAP_AB=False, SPLIT_K=1))
+    with pytest.raises(ValueError, match="scales in groups take the tensor-core kernel's PAIRED path"):
+        fpx_gemm.fpx_matmul_triton(x, planes, scale, row_kernel=False, config=unpaired, **spec)
 
 
 @pytest.mark.parametrize("split, prefetch, k", [(2, True, 64), (3, False, 200), (4, True, 200), (4, False, 48)],
@@ -468,8 +496,8 @@ def test_kernel_check_forces_the_split_row_and_swapped_tile_configs(tmp_path):
 
 def test_kernel_check_runs_the_dequantized_prefill_path(tmp_path):
     """``kernel_check --only fpx_dequantized,dequant,fpx_groups``: the dequantizing kernel's FPx weights and the
-    prefill product, packed INT4 / E2M1 weights in groups and their products, checked, every case passing (the
-    interpreter's small ones)."""
+    prefill product, packed INT4 / E2M1 weights in groups and their products on the tensor-core kernel and the
+    dequantized weight, checked, every case passing (the interpreter's small ones)."""
     import json
 
     from benchmarks.kernel_check import DRY_DEQUANT, DRY_FPX_DEQUANTIZED, DRY_FPX_GROUPS, main
@@ -480,6 +508,8 @@ def test_kernel_check_runs_the_dequantized_prefill_path(tmp_path):
     assert len(checks) == len(DRY_FPX_DEQUANTIZED) + len(DRY_DEQUANT) + len(DRY_FPX_GROUPS)
     assert all(c["ok"] for c in checks)
     assert sum("weight equal" in c["case"] for c in checks) == len(DRY_FPX_DEQUANTIZED)
+    paths = [c["case"].rsplit(" (", 1)[1] for c in checks[-len(DRY_FPX_GROUPS):]]
+    assert paths == ["tensor cores)", "tensor cores)", "dequantized)"]  # (the interpreter gives the row kernel none)
 
 
 def test_row_split_configs_only_where_slices_are_long():
@@ -733,7 +763,7 @@ def test_fpx_matmul_errors(backend, changes, message):
 
 def test_int4_weight_only_runs_on_the_fpx_kernels(monkeypatch):
     """A W4A16 linear of INT4 weights, per channel or in groups, multiplies through ``fpx_matmul`` (the FPx kernels
-    place INT4 levels; in groups the row kernel or the dequantized weight), the twin's product."""
+    place INT4 levels, in groups too), the twin's product."""
     from quant_layers.real_linear import RealQuantLinear, RealQuantScheme
 
     calls = []

@@ -72,7 +72,7 @@ def test_kernel_sass_compiles_the_fpx_row_kernel_s_tensor_core_form(tmp_path):
     assert result["case"] == "e3m2, tensor cores"
     assert row["HMMA"] > 0 and row["HMUL2"] > 0 and row["FFMA"] == 0
     done = run_sass("--kernel", "w4a4_gemv", "--element", "int4xint4", "--mma", "--out", str(tmp_path / "bad"))
-    assert done.returncode == 2 and "--mma and --group are for --kernel fpx_row" in done.stderr
+    assert done.returncode == 2 and "--mma is for --kernel fpx_row" in done.stderr
 
 
 def test_kernel_sass_compiles_the_fpx_row_kernel_with_scales_in_groups(tmp_path):
