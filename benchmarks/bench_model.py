@@ -12,7 +12,7 @@ and gate/up fused, as a loaded checkpoint does. Modes:
 * ``w4a16``: FP4 E2M1 weights per channel on the FPx weight-only kernel, bf16 activations; ``w4a16_int4`` the same
   with INT4 weights per channel (their levels placed by the same kernels), ``w4a16_int4_g128`` in groups of 128
   (GPTQ's; the row kernel up to 4 rows, the tensor-core kernel above, the dequantized weight from 1024 rows),
-  ``w4a16_nvfp4`` E2M1 weights as NVFP4 stores them (groups of 16; the tensor-core kernel below 1024 rows);
+  ``w4a16_nvfp4`` E2M1 weights as NVFP4 stores them (groups of 16);
 * ``w4a4``: INT4 weights per channel, INT4 activations per token (W4A4 GEMM);
 * ``w4a4kv4``: ``w4a4`` with K/V quantized to INT4 per head (V asymmetric), decoding from
   the packed KV4 cache (decode steps read its codes in the attention kernel);

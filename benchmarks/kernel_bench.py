@@ -363,13 +363,12 @@ def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Te
     against the twin on the first CHECK_ROWS rows: the kernels' fp32 out within 1e-5 of the largest value, except
     where they round each weight to x's dtype (the dequantized weight's product, and the tensor-core kernel's in
     groups), which ``reference.dequantized_product_excess`` bounds."""
-    from quant_kernels.fpx_gemm import ROW_GROUP_MIN, fpx_matmul_triton, takes_row_kernel  # late: builds Triton
+    from quant_kernels.fpx_gemm import fpx_matmul_triton, takes_row_kernel  # late: builds Triton kernels (see main)
 
     bits = element_named(element).bits
     rows = x[:CHECK_ROWS]
     spec = dict(element=element, bits=bits, group=group)
-    row_kernel_runs = row_kernel or row_kernel is None and takes_row_kernel(rows.shape[0], rows.shape[1]) and (
-        group % ROW_GROUP_MIN == 0)
+    row_kernel_runs = row_kernel or row_kernel is None and takes_row_kernel(rows.shape[0], rows.shape[1])
     if dequantize or group and not row_kernel_runs:
         got = fpx_matmul_triton(rows, planes, scale, **spec, row_kernel=row_kernel, dequantize=dequantize)
         over = reference.dequantized_product_excess(got, rows, planes, scale, element, bits, group=group)
@@ -403,7 +402,7 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms,
         check = check_fpx(x, planes, scale, element, dequantize=dequantized, group=group)
         rows.append(row(n, m, k, f"{name} w-only{' (dequantized + cuBLAS)' if dequantized else ''}",
                         time_ms(gemm), weight_bytes, check))
-        by_default = fpx_gemm.takes_row_kernel(m, k) and group % fpx_gemm.ROW_GROUP_MIN == 0
+        by_default = fpx_gemm.takes_row_kernel(m, k)
         rows[-1]["config"] = "" if dequantized else fpx_tuned_config(by_default, group)
         if m >= PREFILL_COMPARE_M or group and not dequantized:
             other = functools.partial(fpx_gemm.fpx_matmul_triton, x, planes, scale, **spec,
@@ -413,7 +412,7 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms,
             rows.append(row(n, m, k, f"{name} w-only {kernel if dequantized else 'dequantized + cuBLAS'}",
                             time_ms(other), weight_bytes, check))
             rows[-1]["config"] = fpx_tuned_config(by_default, group) if dequantized else ""
-        if 1 < m <= fpx_gemm.ROW_MAX_M and k % 8 == 0 and (not group or group % fpx_gemm.ROW_GROUP_MIN == 0):
+        if 1 < m <= fpx_gemm.ROW_MAX_M and k % 8 == 0:
             other = functools.partial(fpx_gemm.fpx_matmul_triton, x, planes, scale, **spec,
                                       row_kernel=not by_default)
             kernel = "tensor-core" if by_default else "row"

@@ -357,12 +357,12 @@ def check_dequant(n: int, k: int, element: str, group: int, dtype: torch.dtype, 
 
 def check_fpx_groups(m: int, n: int, k: int, element: str, group: int, dtype: torch.dtype,
                      device: torch.device) -> dict:
-    """W4A16 weights with scales in groups (INT4 or E2M1) through ``fpx_matmul`` (the row kernel at its rows for
-    groups of ROW_GROUP_MIN codes and more, the tensor-core kernel's PAIRED tiles at other rows below DEQUANT_MIN_M,
+    """W4A16 weights with scales in groups (INT4 or E2M1) through ``fpx_matmul`` (the row kernel at its rows, the
+    tensor-core kernel's PAIRED tiles at other rows below DEQUANT_MIN_M,
     the dequantized weight from there) into a NaN-poisoned output, against the twin: the row kernel within
     fp32-accumulation rounding, the others, which round each weight to x's dtype, within those roundings
     (``reference.dequantized_product_excess``)."""
-    from quant_kernels.fpx_gemm import ROW_GROUP_MIN, fpx_matmul_triton, takes_dequantized, takes_row_kernel
+    from quant_kernels.fpx_gemm import fpx_matmul_triton, takes_dequantized, takes_row_kernel
 
     codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device=device)
     scale = torch.rand(n, k // group, device=device) * 0.03 + 1e-3
@@ -371,7 +371,7 @@ def check_fpx_groups(m: int, n: int, k: int, element: str, group: int, dtype: to
     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
     spec = dict(element=element, bits=4, group=group)
     fpx_matmul_triton(x, planes, scale, out=out, **spec)
-    row = takes_row_kernel(m, k) and group % ROW_GROUP_MIN == 0
+    row = takes_row_kernel(m, k)
     if row:
         ok, excess = close(out, reference.fpx_matmul_ref(x, planes, scale, out_dtype=torch.float32, **spec))
     else:
@@ -383,8 +383,8 @@ def check_fpx_groups(m: int, n: int, k: int, element: str, group: int, dtype: to
             "ok": ok and not out.isnan().any()}
 
 
-# (M, N, K, element, group, x dtype): W4A16 in groups at Llama-3-8B shapes, the row kernel's rows, the tensor-core
-# kernel's (NVFP4's and MXFP4's groups at every decode row, ragged rows) and the dequantized weight's.
+# (M, N, K, element, group, x dtype): W4A16 in groups at Llama-3-8B shapes, the row kernel's rows (NVFP4's and MXFP4's
+# groups too), the tensor-core kernel's (ragged rows) and the dequantized weight's.
 GPU_FPX_GROUPS = [(1, 4096, 4096, "int4", 128, torch.bfloat16), (4, 14336, 4096, "e2m1", 64, torch.bfloat16),
                   (1, 4096, 14336, "int4", 128, torch.float16), (16, 6144, 4096, "int4", 128, torch.bfloat16),
                   (1, 4096, 4096, "e2m1", 16, torch.bfloat16), (8, 14336, 4096, "e2m1", 32, torch.bfloat16),

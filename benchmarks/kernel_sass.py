@@ -410,10 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         configs += [(bn, bkw, w, stages, False, 1, 1, split, cap)
                     for bn, bkw, w, stages, split, cap in ROW_CAPPED_CONFIGS]
         if args.group:
-            configs = [(bn, bkw, w, stages, False, 1, 1, split) for bn, bkw, w, stages, split in ROW_GROUP_CONFIGS
-                       if args.group % (8 * bkw) == 0]
-            if not configs:
-                p.error(f"--group {args.group}: no ROW_GROUP_CONFIGS step lies in one group (8 * BLOCK_KW divides it)")
+            configs = [(bn, bkw, w, stages, False, 1, 1, split) for bn, bkw, w, stages, split in ROW_GROUP_CONFIGS]
         from quant_kernels.reference import fpx_element
         from quant_layers.packing import element_named
 

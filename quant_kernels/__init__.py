@@ -26,8 +26,8 @@ dispatching on the tensors' device:
   over a packed KV4 cache, its codes dequantized in the kernel.
 - ``fpx_matmul``: float activations x FP4 / FP5 / FP6 weights in bit planes (FP6-LLM
   style, per-channel scales) or INT4 weights per channel, or INT4 / E2M1 weights with scales in groups
-  (W4A16: GPTQ's, NVFP4, MXFP4) -> (..., N); up to 4 rows run on the CUDA cores on a GPU (in groups, of 64
-  codes and more), other rows on the tensor cores, from 1024 on the dequantized weight by cuBLAS.
+  (W4A16: GPTQ's, NVFP4, MXFP4) -> (..., N); up to 4 rows run on the CUDA cores on a GPU, other rows on
+  the tensor cores, from 1024 on the dequantized weight by cuBLAS.
 - ``dequantize_weight``: packed codes times their scales in a float dtype, one pass (``dequant``), what
   ``fpx_matmul`` multiplies by cuBLAS at prefill rows.
 

@@ -6,7 +6,7 @@ a 4-bit plane with the low four bits of every code, plus a 1-bit (FP5) or 2-bit 
 plane with the rest. Every load is of whole bytes, rows of the planes are contiguous
 along K. INT4 weights per channel (W4A16) run too, as 4-bit codes whose placement is their level
 (``INT4_LEVELS``: a nibble placed as a bfloat16 128 + (u ^ 8), less 136), and INT4 or E2M1 weights with scales in
-groups along K (GPTQ's, NVFP4, MXFP4): the row kernel scales each step's sums by its group's scales, the tensor-core
+groups along K (GPTQ's, NVFP4, MXFP4): the row kernel scales each word's sums by its group's scale, the tensor-core
 kernel each word's placed codes before its dot (``_word_units``).
 
 Per (BLOCK_N, BLOCK_K) weight tile the kernel loads the planes, spreads the bit fields
@@ -197,14 +197,12 @@ INTERLEAVED_BITS = (5,)
 INT4_LEVELS = tl.constexpr(-1)
 INT4_PLACED = tl.constexpr(0x43084308)
 INT4_OFFSET = tl.constexpr(136.0)
-# Row-kernel configs for scales in groups along K (BLOCK_N, BLOCK_KW, num_warps, num_stages, SPLIT_K): a step lies in
-# one group (8 * BLOCK_KW divides GROUP), so each is at most a 128-code group's 16 words; more rows a program and
-# split K make up the programs and the work a step that the per-channel configs' 64- and 128-word steps hold.
+# Row-kernel configs for scales in groups along K (BLOCK_N, BLOCK_KW, num_warps, num_stages, SPLIT_K). Each word's sums
+# are scaled by its group's scale (``_word_units``): steps of 8 and 16 words lie in one group of 64 or 128 codes (one
+# scale load a row a step), and more rows a program and split K make up the programs and the work a step that the
+# per-channel configs' 64- and 128-word steps hold; NVFP4's and MXFP4's groups load a scale for every 2 or 4 words.
 ROW_GROUP_CONFIGS = [(64, 8, 4, 2, 1), (128, 8, 8, 2, 1), (64, 8, 4, 2, 4), (128, 16, 8, 2, 1), (64, 16, 4, 2, 2),
                      (64, 16, 4, 2, 4), (256, 16, 8, 2, 1), (32, 16, 4, 2, 4)]
-# The least group the row kernel takes by default (its configs' 8-word steps); fewer codes a group (NVFP4's 16,
-# MXFP4's 32) run on the tensor-core kernel at every row below DEQUANT_MIN_M.
-ROW_GROUP_MIN = 64
 # The one-row kernel's autotune key.
 ROW_TUNING_KEY = ("N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED")
 # Picks the one-row kernel keeps instead of tuning (``w4a4_gemv.keep_pinned``, ``PTQ_PINNED_CONFIGS=0`` tunes them
@@ -698,9 +696,9 @@ def _fpx_row_kernel(
     ``high_ptr`` is ``interleave_high``'s plane, whose words hold the high fields of 4 rows; the tile's rows go in
     four row tiles, each with its own accumulator. EVEN: every tile whole, the loop's loads unmasked (one row).
     GROUP > 0 (INT4 or E2M1 codes, not MMA or INTERLEAVED): the scales come per GROUP codes along K, (N, K / GROUP)
-    at ``gscale_ptr``, and a step of BLOCK_KW words lies in one group: one row's step sums, several rows' placed
-    codes, are multiplied by the group's scales times G_UNIT = 2^(127 - bias) (the placement's power of two folded
-    in); ``scale_ptr`` holds ones.
+    at ``gscale_ptr``, GROUP a multiple of 8, so that a word's codes lie in one group: one row's step sums (one a
+    word), several rows' placed codes, are multiplied by their words' group scales times G_UNIT = 2^(127 - bias)
+    (the placement's power of two folded in; ``_word_units``); ``scale_ptr`` holds ones.
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -716,7 +714,7 @@ def _fpx_row_kernel(
     high_ptrs = high_ptr + offs_n[:, None] * stride_high + offs_high[None, :]  # (FP4: never read)
     if GROUP > 0:
         tl.static_assert(not MMA and not INTERLEAVED, "scales in groups take the fp32 forms of the row kernel")
-        tl.static_assert(GROUP % (8 * BLOCK_KW) == 0, "a step of the row kernel lies in one group of scales")
+        tl.static_assert(GROUP % 8 == 0, "a word's eight codes lie in one group of scales")
     if MMA:  # one bfloat16 row on the tensor cores: rows 2i (a) and 2i + 1 (b) of the tile side by side
         half = tl.arange(0, BLOCK_N // 2)
         rows = tl.program_id(0) * BLOCK_N + 2 * half
@@ -795,10 +793,11 @@ def _fpx_row_kernel(
                                                    USE_ASM)
             else:
                 low, high = _plane_words(low_ptrs, high_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH, USE_ASM)
-            if GROUP > 0:  # the step's sums, scaled by its group's scales
+            if GROUP > 0:  # the step's sums, one a word, scaled by their groups' scales
                 part = _row_products(tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32), low, high, x_ptrs, w_ok, BITS,
                                      MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, USE_ASM)
-                acc += part * _group_scales(gscale_ptr, offs_n, n_ok, stride_gs, w0, GROUP, G_UNIT)[:, None]
+                acc += part * _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, 8 * w0, GROUP, G_UNIT,
+                                          8 * BLOCK_KW, EVEN)
             else:
                 acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, USE_ASM)
             if PREFETCH:
@@ -824,10 +823,11 @@ def _fpx_row_kernel(
             low, high = _plane_words(low_ptrs3, high_ptrs3, n_ok[None, :, None] & w_ok[None, None, :], HIGH_WIDTH,
                                      USE_ASM)
             if GROUP > 0:
-                scales = _group_scales(gscale_ptr, offs_n, n_ok, stride_gs, w0, GROUP, G_UNIT)[None, :, None]
+                scales = _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, 8 * w0, GROUP, G_UNIT,
+                                     8 * BLOCK_KW, False)[None, :, :]
             for j in tl.static_range(4):
                 first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
-                if GROUP > 0:  # each placed code times its group's scale, shared by the rows
+                if GROUP > 0:  # each placed code times its word's group scale, shared by the rows
                     first, second = first * scales, second * scales
                 x_first = tl.load(x_ptrs + j, mask=x_ok, other=0.0).to(tl.float32) * X_SCALE
                 x_second = tl.load(x_ptrs + j + 4, mask=x_ok, other=0.0).to(tl.float32) * X_SCALE
@@ -853,13 +853,6 @@ def _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, k0, GROUP: tl
         units = _tile_load(gscale_ptr + offs_n[:, None] * stride_gs + ((k0 + 8 * offs_w) // GROUP)[None, :],
                            n_ok[:, None] & w_ok[None, :], EVEN)
     return units * G_UNIT
-
-
-@triton.jit
-def _group_scales(gscale_ptr, offs_n, n_ok, stride_gs, w0, GROUP: tl.constexpr, G_UNIT: tl.constexpr):
-    """The (BLOCK_N,) scales of the group that holds the step from word ``w0`` on (a step lies in one group), times
-    G_UNIT."""
-    return tl.load(gscale_ptr + offs_n * stride_gs + w0 * 8 // GROUP, mask=n_ok, other=0.0) * G_UNIT
 
 
 @triton.jit
@@ -946,14 +939,9 @@ def _prune_row_configs(configs: list[triton.Config], named_args: dict, **kwargs)
 
 
 def _prune_row_group_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """The group configs whose steps lie in one group and whose K slices ``split_fits``, as ``prune_decode_configs``
-    keeps them."""
+    """The group configs whose K slices ``split_fits``, as ``prune_decode_configs`` keeps them."""
     args = {**named_args, **kwargs}
-    configs = [c for c in configs if args["GROUP"] % (8 * c.kwargs["BLOCK_KW"]) == 0
-               and split_fits(args["KW"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])]
-    if not configs:
-        raise ValueError(f"no row-kernel config takes groups of {args['GROUP']} codes with K = {8 * args['KW']}: "
-                         f"groups of at least {ROW_GROUP_MIN} run on it (dequantize=True for others)")
+    configs = [c for c in configs if split_fits(args["KW"], c.kwargs["BLOCK_KW"], c.kwargs["SPLIT_K"])]
     return prune_decode_configs(configs, named_args, **kwargs)
 
 
@@ -1125,9 +1113,9 @@ def fpx_matmul_triton(
     its scale rounded once, the weight a fake-quantized model of that dtype holds) and multiplied by
     ``torch.mm`` (cuBLAS), out in x's dtype (None: ``takes_dequantized``, from DEQUANT_MIN_M rows).
     ``group``: INT4 or E2M1 scales per ``group`` codes along K, ``w_scale`` (N, K // group): the row kernel takes
-    them by default at its rows on a GPU for groups of ROW_GROUP_MIN codes and multiples, the tensor-core kernel's
-    PAIRED tiles (the placed codes times their group's scale, rounded to x's dtype as the dequantized weight is)
-    other rows below DEQUANT_MIN_M.
+    them at its rows (each word's sums times its group's scale), the tensor-core kernel's PAIRED tiles (the placed
+    codes times their group's scale, rounded to x's dtype as the dequantized weight is) other rows below
+    DEQUANT_MIN_M.
     """
     check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype, group)
     if row_kernel and not (1 <= x.shape[0] <= ROW_MAX_M and x.shape[1] % 8 == 0):
@@ -1141,8 +1129,7 @@ def fpx_matmul_triton(
         return _dequantized_product(x, planes, w_scale, element, bits, bias, out_dtype, out, row_kernel, config,
                                     group)
     exp_bits, man_bits, exp_bias = kernel_fields(element, bits)
-    use_row_kernel = bool(row_kernel or (row_kernel is None and takes_row_kernel(m, k)
-                                         and group % ROW_GROUP_MIN == 0))
+    use_row_kernel = bool(row_kernel or (row_kernel is None and takes_row_kernel(m, k)))
     if config is not None:
         check_fixed_config(config, use_row_kernel, k)
         if group and not use_row_kernel and not config.kwargs["PAIRED"]:
@@ -1182,11 +1169,8 @@ def fpx_matmul_triton(
                        G_UNIT=2.0 ** (127 - exp_bias)) if group else {}
     fixed, launch = ({}, {}) if config is None else (config.kwargs, launch_options(config))
     if use_row_kernel:
-        if INTERPRET and not fixed:  # (in groups, steps of at most a group)
-            fixed = {**INTERPRET_ROW_CONFIG, "BLOCK_KW": min(INTERPRET_ROW_CONFIG["BLOCK_KW"], group // 8 or k)}
-        if group and fixed and group % (8 * fixed["BLOCK_KW"]):
-            raise ValueError(f"a row-kernel step lies in one group of scales: BLOCK_KW * 8 must divide {group}, got "
-                             f"BLOCK_KW={fixed['BLOCK_KW']}")
+        if INTERPRET and not fixed:
+            fixed = INTERPRET_ROW_CONFIG
         partials, counters = _split_k_slots(x.device, m, n, fixed["SPLIT_K"] if fixed else ROW_MAX_SPLIT_K,
                                             triton.cdiv(n, ROW_MIN_BLOCK_N))
         mma = m == 1 and x.dtype == torch.bfloat16 and row_mma_on() and not group

@@ -259,8 +259,8 @@ def test_kernel_bench_times_only_the_weight_only_formats_asked(cli, monkeypatch,
 
 def test_kernel_bench_times_weights_in_groups_beside_their_dequantized_product(cli, monkeypatch, tmp_path):
     """``--weight_only_formats int4_g128,e2m1_g16``: INT4 / E2M1 weights with scales in groups, each checked against
-    the twin (the interpreter runs the tensor-core kernel) and timed beside the dequantized weight times torch.mm, and
-    groups of 128 beside the row kernel too (NVFP4's 16 codes are too few for its steps)."""
+    the twin (the interpreter runs the tensor-core kernel) and timed beside the dequantized weight times torch.mm and
+    the row kernel."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
     prefix = str(tmp_path / "bench")
     out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--ms", "", "--weight_only_ms", "3", "--shapes", "40x256",
@@ -270,8 +270,9 @@ def test_kernel_bench_times_weights_in_groups_beside_their_dequantized_product(c
     for name in ("int4_g128", "e2m1_g16"):
         assert f"| 40x256 | 3 | {name} w-only |" in table and f"| 40x256 | 3 | {name} w-only dequantized + cuBLAS |" \
             in table
-    assert "| 40x256 | 3 | int4_g128 w-only row kernel |" in table and "e2m1_g16 w-only row kernel" not in table
-    assert table.count("| ok |") == 5 and "MISMATCH" not in table
+    assert "| 40x256 | 3 | int4_g128 w-only row kernel |" in table and "| 40x256 | 3 | e2m1_g16 w-only row kernel |" \
+        in table
+    assert table.count("| ok |") == 6 and "MISMATCH" not in table
 
 
 def test_prefill_bench_dry_run_checks_both_paths(cli, monkeypatch, tmp_path):

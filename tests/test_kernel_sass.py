@@ -75,19 +75,23 @@ def test_kernel_sass_compiles_the_fpx_row_kernel_s_tensor_core_form(tmp_path):
     assert done.returncode == 2 and "--mma is for --kernel fpx_row" in done.stderr
 
 
-def test_kernel_sass_compiles_the_fpx_row_kernel_with_scales_in_groups(tmp_path):
-    """``--group``: the FPx row kernel's INT4 weights with scales per 128 codes compile for sm_90 on a group config
-    (a step inside one group, its sums scaled once a word); an FP6 element or a group no config's step fits is
-    refused."""
-    done = run_sass("--kernel", "fpx_row", "--element", "int4", "--group", "128", "--limit", "1", "--out",
+@pytest.mark.parametrize("kernel, element, group, multiply", [("fpx_row", "int4", "128", "FFMA"),
+                                                            ("fpx_tile", "e2m1", "16", "HMMA")])
+def test_kernel_sass_compiles_the_fpx_kernels_with_scales_in_groups(tmp_path, kernel, element, group, multiply):
+    """``--group``: the FPx row kernel's INT4 weights with scales per 128 codes (its sums scaled once a word) and the
+    tensor-core kernel's E2M1 weights per 16 (each word's codes scaled before the dot) compile for sm_90; an FP6
+    element, a group of a fraction of a word and another kernel are refused."""
+    done = run_sass("--kernel", kernel, "--element", element, "--group", group, "--limit", "1", "--out",
                     str(tmp_path / "g"))
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "g.json").read_text())
     (row,) = result["configs"]
-    assert result["case"] == "int4, scales per 128 codes" and row["FFMA"] > 0 and row["loop"] > 0
-    for element, group, message in (("e3m2", "128", "--group takes INT4 or E2M1"), ("int4", "32", "no ROW_GROUP")):
-        done = run_sass("--kernel", "fpx_row", "--element", element, "--group", group, "--out", str(tmp_path / "b"))
-        assert done.returncode == 2 and message in done.stderr
+    assert result["case"] == f"{element}, scales per {group} codes" and row[multiply] > 0 and row["loop"] > 0
+    for bad in (("--kernel", kernel, "--element", "e3m2", "--group", "128"),
+                ("--kernel", kernel, "--element", element, "--group", "12"),
+                ("--kernel", "w4a4_gemv", "--element", "int4xint4", "--group", "128")):
+        done = run_sass(*bad, "--out", str(tmp_path / "b"))
+        assert done.returncode == 2 and "--group takes INT4 or E2M1" in done.stderr
 
 
 def test_resource_usage_counts_the_warps_registers_allow():
