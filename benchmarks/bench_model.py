@@ -154,6 +154,13 @@ def build_config(name: str, layers: int | None, seqlen: int):
     return AutoConfig.for_model(model_type, max_position_embeddings=max(8192, seqlen * 2), **kwargs)
 
 
+def linear_input_widths(config) -> set[int]:
+    """The input widths of a decoder layer's linears: q/k/v and gate/up read the hidden size, o_proj the heads'
+    width, down_proj the intermediate size."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return {config.hidden_size, config.num_attention_heads * head_dim, config.intermediate_size}
+
+
 def random_real_linear(linear: nn.Linear, weight: RealQuantScheme, act: RealQuantScheme | None,
                        generator: torch.Generator) -> RealQuantLinear:
     """A ``RealQuantLinear`` of ``linear``'s shape with random codes (of finite values) and small scales."""
@@ -399,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         args.prefill_batches, args.decode_batches = [1, 2], [1, 2]
     device = resolve_device(args.device)
     config = build_config(args.config, args.layers, args.seqlen)
+    for mode, group, width in ((mode, MODES[mode].weight.group, width) for mode in args.modes if MODES[mode].weight
+                               for width in linear_input_widths(config)):
+        if group and width % group:
+            p.error(f"mode {mode}: weight scales in groups of {group} do not divide {args.config}'s linear input "
+                    f"width {width}; leave the mode out for this config")
     time_ms = make_timer(device, warmup=1, reps=args.reps, flush_l2=False, cuda_graph=False)
     result = {"config": args.config, "layers": config.num_hidden_layers, "seqlen": args.seqlen,
               "decode_tokens": args.decode_tokens, "compile": args.compile, "device": device_name(device),

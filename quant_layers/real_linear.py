@@ -145,6 +145,9 @@ class RealQuantLinear(nn.Module):
         super().__init__()
         if in_features % 2:
             raise ValueError(f"packed 4-bit weights need an even input dimension, got {in_features}")
+        if weight.group and in_features % weight.group:
+            raise ValueError(f"weight scales in groups of {weight.group} must divide the input dimension "
+                             f"{in_features}: choose a group that divides it, or per-channel scales (group 0)")
         check_scheme_pair(weight, act)
         self.in_features, self.out_features = in_features, out_features
         self.weight_scheme, self.act_scheme = weight, act

@@ -146,6 +146,7 @@ def test_decode_match_compares_the_compiled_step_with_the_eager_one(tmp_path, ca
     (["--decode_tokens", "-1"], "--decode_tokens must be at least 1"),
     (["--layers", "0"], "--layers must be at least 1"),
     (["--seqlen", "0"], "--seqlen must be at least 1"),
+    (["--modes", "bf16,w4a16_int4_g128"], "groups of 128 do not divide smollm2-135m's linear input width 576"),
 ])
 def test_bench_model_refuses_sizes_it_cannot_time(tmp_path, capsys, argv, message):
     """Bad sizes are usage errors before anything is built or written, not a traceback from inside a timing."""

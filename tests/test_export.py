@@ -485,6 +485,14 @@ def test_odd_input_dimension_cannot_be_packed():
         RealQuantLinear(7, 4, False, RealQuantScheme("int4"), None)
 
 
+def test_weight_groups_must_divide_the_input_dimension():
+    """SmolLM2's 576 features in GPTQ's groups of 128 would leave a partial group: refused when the linear is made
+    (before a product fails on the scales' shape)."""
+    with pytest.raises(ValueError, match="groups of 128 must divide the input dimension 576"):
+        RealQuantLinear(576, 8, False, RealQuantScheme("int4", group=128), None)
+    assert RealQuantLinear(576, 8, False, RealQuantScheme("int4", group=64), None).weight_scale.shape == (8, 9)
+
+
 def test_main_save_path_needs_quantized_save(tinystories_dir, capsys):
     assert main.main(["--model", tinystories_dir, "--qbits", "4", "4", "16", "--save_path", "x"]) == 2
     assert "add --quantized_save" in capsys.readouterr().err
