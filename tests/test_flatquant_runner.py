@@ -245,13 +245,18 @@ def test_benchmarks_refuse_row_counts_below_one(cli, monkeypatch, tmp_path, scri
     assert not os.listdir(tmp_path)
 
 
-def test_kernel_bench_times_only_the_weight_only_formats_asked(cli, monkeypatch, tmp_path):
+def weight_only_table(cli, monkeypatch, prefix: str, m: str, shape: str, formats: str) -> str:
+    """The Markdown table of a CPU dry run of kernel_bench's weight-only GEMMs alone (M rows, one shape)."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
-    prefix = str(tmp_path / "bench")
-    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--ms", "", "--weight_only_ms", "1", "--shapes", "40x128",
-              "--weight_only_formats", "e3m2", "--reps", "1", "--warmup", "0", "--out", prefix)
+    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--ms", "", "--weight_only_ms", m, "--shapes", shape,
+              "--weight_only_formats", formats, "--reps", "1", "--warmup", "0", "--out", prefix)
     assert out.returncode == 0, out.stderr
-    table = open(prefix + ".md").read()
+    return open(prefix + ".md").read()
+
+
+def test_kernel_bench_times_only_the_weight_only_formats_asked(cli, monkeypatch, tmp_path):
+    prefix = str(tmp_path / "bench")
+    table = weight_only_table(cli, monkeypatch, prefix, "1", "40x128", "e3m2")
     assert "| 40x128 | 1 | e3m2 w-only |" in table and "e2m1 w-only" not in table
     out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--weight_only_formats", "e3m2,fp7", "--out", prefix)
     assert out.returncode != 0 and "--weight_only_formats takes a comma list of e3m2, e2m3" in out.stderr
@@ -261,12 +266,7 @@ def test_kernel_bench_times_weights_in_groups_beside_their_dequantized_product(c
     """``--weight_only_formats int4_g128,e2m1_g16``: INT4 / E2M1 weights with scales in groups, each checked against
     the twin (the interpreter runs the tensor-core kernel) and timed beside the dequantized weight times torch.mm and
     the row kernel."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
-    prefix = str(tmp_path / "bench")
-    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--ms", "", "--weight_only_ms", "3", "--shapes", "40x256",
-              "--weight_only_formats", "int4_g128,e2m1_g16", "--reps", "1", "--warmup", "0", "--out", prefix)
-    assert out.returncode == 0, out.stderr
-    table = open(prefix + ".md").read()
+    table = weight_only_table(cli, monkeypatch, str(tmp_path / "bench"), "3", "40x256", "int4_g128,e2m1_g16")
     for name in ("int4_g128", "e2m1_g16"):
         assert f"| 40x256 | 3 | {name} w-only |" in table and f"| 40x256 | 3 | {name} w-only dequantized + cuBLAS |" \
             in table
