@@ -296,8 +296,8 @@ def _fpx_kernel(
     slices of K (whole steps) and ``_finish_products`` adds the slices' sums, as in the row kernel. GROUP > 0 (INT4 or
     E2M1 codes, PAIRED, not VALUED_BF16): the scales come per GROUP codes along K, (N, K / GROUP) at ``gscale_ptr``,
     and each word's placed codes are multiplied by its group's scale times G_UNIT (``_word_units``; W_UNIT is 1) in
-    fp32 before the dot rounds them to x's dtype, the weight ``dequant.dequantize_triton`` writes; ROUND_BF16 /
-    ROUND_F16 round them so where the dot is an fp32 one (the interpreter); ``scale_ptr`` holds ones."""
+    fp32 before the dot rounds them to x's dtype, the weight ``dequant.dequantize_triton`` writes (ROUND_BF16 /
+    ROUND_F16: rounded by hand where the dot is an fp32 one, under the interpreter); ``scale_ptr`` holds ones."""
     # Axis 0 runs fastest: the row tiles that share a weight tile are launched together.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)

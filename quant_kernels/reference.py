@@ -482,6 +482,9 @@ def check_fpx_args(
             raise ValueError(f"planes[{i}] must be the uint8 {width}-bit plane of shape (N, K*{width}/8) = {expected} "
                              f"for K={k} (the activations' K), got {plane.dtype} with shape {tuple(plane.shape)}")
     check_weight_scales(w_scale, n, k, element, group, "w_scale")
+    if group % 8:
+        raise ValueError(f"the weight-only kernels take groups of scales of a multiple of 8 codes (a packed word's), "
+                         f"got groups of {group}")
     if bias is not None and (tuple(bias.shape) != (n,) or not bias.is_floating_point()):
         raise ValueError(f"bias must be a float tensor of shape ({n},), got {bias.dtype} "
                          f"with shape {tuple(bias.shape)}")

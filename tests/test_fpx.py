@@ -372,6 +372,9 @@ def test_row_kernel_takes_scales_in_groups(name, group, dtype, monkeypatch):
     with pytest.raises(ValueError, match="groups of scales take packed INT4 or E2M1 codes"):
         fpx_gemm.fpx_matmul_triton(x, pack_planes(torch.zeros(n, k, dtype=torch.uint8), 6), scale, element="e3m2",
                                    bits=6, group=group)
+    for backend in ("torch", "triton"):  # a word's eight codes share a scale in both kernels
+        with pytest.raises(ValueError, match="groups of scales of a multiple of 8 codes .* got groups of 4"):
+            quant_kernels.fpx_matmul(x, planes, torch.ones(n, k // 4), **{**spec, "group": 4}, backend=backend)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
