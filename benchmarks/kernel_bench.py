@@ -361,8 +361,8 @@ def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Te
               row_kernel: bool | None = None, dequantize: bool = False, group: int = 0) -> str:
     """Triton weight-only GEMM (``row_kernel``, ``dequantize`` and ``group`` as ``fpx_matmul_triton`` takes them)
     against the twin on the first CHECK_ROWS rows: the kernels' fp32 out within 1e-5 of the largest value, except
-    where they round each weight to x's dtype (the dequantized weight's product, and the tensor-core kernel's in
-    groups), which ``reference.dequantized_product_excess`` bounds."""
+    where they may round each weight to x's dtype (the dequantized weight's product, and the tensor-core kernel's in
+    groups wider than its K step), which ``reference.dequantized_product_excess`` bounds."""
     from quant_kernels.fpx_gemm import fpx_matmul_triton, takes_row_kernel  # late: builds Triton kernels (see main)
 
     bits = element_named(element).bits

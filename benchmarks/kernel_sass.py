@@ -97,8 +97,9 @@ def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0):
     """The FPx tensor-core kernel's ASTSource on its PAIRED path for bfloat16 activation rows and one (BLOCK_N,
     BLOCK_K, warps, stages, SWAP_AB[, BLOCK_M]) (BLOCK_M 16, a decode batch's, unless given); its configs are the
     autotuner's, unswapped (``GPU_PAIRED_CONFIGS``) and swapped (``GPU_SWAP_CONFIGS``), the codes placed as bfloat16
-    values (``group``: scales per ``group`` codes, INT4 or E2M1, the codes placed in float32 and scaled a word at a
-    time), every tile whole (EVEN, as at Llama-3-8B's shapes)."""
+    values (``group``: scales per ``group`` codes, INT4 or E2M1, each step's sums scaled where it lies in one group,
+    else the codes placed in float32 and scaled a word at a time), every tile whole (EVEN, as at Llama-3-8B's
+    shapes)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, _fpx_kernel, kernel_fields
@@ -115,11 +116,9 @@ def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0):
     constants = dict(EXP_BITS=exp_bits, MAN_BITS=man_bits, EXP_BIAS=exp_bias, HIGH_WIDTH=high,
                      HAS_BIAS=False, DOT_F32=False, W_UNIT=2.0 ** (127 - exp_bias),
                      BLOCK_M=fpx_tile_rows(config), BLOCK_N=config[0], BLOCK_K=config[1], PAIRED=True,
-                     SWAP_AB=bool(config[4]), VALUED_BF16=not group, UNIT_EXP=127 - exp_bias, USE_ASM=True,
+                     SWAP_AB=bool(config[4]), VALUED_BF16=True, UNIT_EXP=127 - exp_bias, USE_ASM=True,
                      EVEN=True, GROUP=group, G_UNIT=2.0 ** (127 - exp_bias), ROUND_BF16=False, ROUND_F16=False)
-    if group:
-        constants["W_UNIT"] = 1.0
-    else:
+    if not group:
         constants["gscale_ptr"] = None  # per-channel scales, as a launch leaves them
     signature.update({name: "constexpr" for name in constants})
     signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr", stride_gs="i32",

@@ -294,10 +294,11 @@ def _fpx_kernel(
     pair multiply for two codes where the float32 placement takes two multiplies and a conversion; ``_valued_tile``
     when swapped). Otherwise the planes are spread and decoded. SPLIT_K > 1: program (m, n, s) takes the s-th of SPLIT_K
     slices of K (whole steps) and ``_finish_products`` adds the slices' sums, as in the row kernel. GROUP > 0 (INT4 or
-    E2M1 codes, PAIRED, not VALUED_BF16): the scales come per GROUP codes along K, (N, K / GROUP) at ``gscale_ptr``,
-    and each word's placed codes are multiplied by its group's scale times G_UNIT (``_word_units``; W_UNIT is 1) in
+    E2M1 codes, PAIRED): the scales come per GROUP codes along K, (N, K / GROUP) at ``gscale_ptr``. Where a step lies
+    in one group (GROUP a multiple of BLOCK_K) its sums, exact products as per channel, are multiplied by the group's
+    scales; otherwise each word's placed codes are multiplied by its group's scale times G_UNIT (``_word_units``) in
     fp32 before the dot rounds them to x's dtype, the weight ``dequant.dequantize_triton`` writes (ROUND_BF16 /
-    ROUND_F16: rounded by hand where the dot is an fp32 one, under the interpreter); ``scale_ptr`` holds ones."""
+    ROUND_F16: rounded by hand where the dot is an fp32 one, under the interpreter). ``scale_ptr`` holds ones."""
     # Axis 0 runs fastest: the row tiles that share a weight tile are launched together.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -325,40 +326,54 @@ def _fpx_kernel(
         low_word_ptrs = low_words_ptr + k_first // 8 + offs_n[:, None] * stride_low_words + offs_w[None, :]
         high_word_ptrs = high_words_ptr + k_first // 8 + offs_n[:, None] * stride_high_words + offs_w[None, :]
         xw_ptrs = x_ptr + k_first + offs_m[:, None] * stride_xm + 8 * offs_w[None, :]
-        if GROUP > 0:
-            tl.static_assert(not VALUED_BF16, "scales in groups take the float32 placement")
+        # Scales in groups: a step inside one group scales the step's sums once (STEP_SCALES, exact products as per
+        # channel); otherwise each word's placed codes are scaled before the dot (WORD_SCALES: the float32 placement,
+        # the weights rounded to x's dtype), and the codes' power of two goes with the scales (G_UNIT).
+        STEP_SCALES: tl.constexpr = GROUP > 0 and GROUP % BLOCK_K == 0
+        WORD_SCALES: tl.constexpr = GROUP > 0 and GROUP % BLOCK_K != 0
+        VALUED: tl.constexpr = VALUED_BF16 and not WORD_SCALES
+        UNIT: tl.constexpr = 1.0 if WORD_SCALES else W_UNIT
         for k0 in range(k_first, k_stop, BLOCK_K):
             w_ok = offs_w < (k_stop - k0) // 8
             low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH,
                                      USE_ASM, EVEN)
-            if GROUP > 0:
+            if WORD_SCALES:
                 units = _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, k0, GROUP, G_UNIT, BLOCK_K,
                                     EVEN)
+            else:
+                units = UNIT  # (unread)
+            sums = acc
+            if STEP_SCALES:  # the step's own sums, scaled below
+                sums = tl.full(acc.shape, 0.0, tl.float32)
             if SWAP_AB:  # one dot a step: the placed codes joined back into K order, x's columns as they lie
                 x_ok = m_ok[:, None] if EVEN else m_ok[:, None] & (offs_k < k_stop - k0)[None, :]
                 x = tl.load(x_ptrs, mask=x_ok, other=0.0)
-                if VALUED_BF16:
+                if VALUED:
                     tile = _valued_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, UNIT_EXP, USE_ASM)
-                elif GROUP > 0:
-                    tile = _placed_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, USE_ASM, units, True)
                 else:
-                    tile = _placed_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, USE_ASM, W_UNIT, False)
-                acc = _dot_placed(x, tile, acc, W_UNIT, DOT_F32, SWAP_AB, VALUED_BF16, ROUND_BF16, ROUND_F16)
+                    tile = _placed_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, USE_ASM, units,
+                                        WORD_SCALES)
+                sums = _dot_placed(x, tile, sums, UNIT, DOT_F32, SWAP_AB, VALUED, ROUND_BF16, ROUND_F16)
                 x_ptrs += BLOCK_K
             else:
                 x_ok = m_ok[:, None] if EVEN else m_ok[:, None] & w_ok[None, :]
                 for j in tl.static_range(4):
-                    if VALUED_BF16:
+                    if VALUED:
                         first, second = _bf16_of_halves(_valued_pairs(
                             _placed_bits(low, high, j, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM))
                     else:
                         first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
-                        if GROUP > 0:
+                        if WORD_SCALES:
                             first, second = first * units, second * units
-                    acc = _dot_placed(tl.load(xw_ptrs + j, mask=x_ok, other=0.0), first, acc, W_UNIT, DOT_F32,
-                                      VALUED=VALUED_BF16, ROUND_BF16=ROUND_BF16, ROUND_F16=ROUND_F16)
-                    acc = _dot_placed(tl.load(xw_ptrs + j + 4, mask=x_ok, other=0.0), second, acc, W_UNIT, DOT_F32,
-                                      VALUED=VALUED_BF16, ROUND_BF16=ROUND_BF16, ROUND_F16=ROUND_F16)
+                    sums = _dot_placed(tl.load(xw_ptrs + j, mask=x_ok, other=0.0), first, sums, UNIT, DOT_F32,
+                                       VALUED=VALUED, ROUND_BF16=ROUND_BF16, ROUND_F16=ROUND_F16)
+                    sums = _dot_placed(tl.load(xw_ptrs + j + 4, mask=x_ok, other=0.0), second, sums, UNIT, DOT_F32,
+                                       VALUED=VALUED, ROUND_BF16=ROUND_BF16, ROUND_F16=ROUND_F16)
+            if STEP_SCALES:
+                scales = _tile_load(gscale_ptr + offs_n * stride_gs + k0 // GROUP, n_ok, EVEN)
+                acc += sums * (scales[:, None] if SWAP_AB else scales[None, :])
+            else:
+                acc = sums
             low_word_ptrs += BLOCK_K // 8
             high_word_ptrs += BLOCK_K // 8
             xw_ptrs += BLOCK_K
@@ -911,10 +926,11 @@ _fpx_autotuned = triton.autotune(
     key=["M_BUCKET", "N", "K", "EXP_BITS", "MAN_BITS", "DOT_F32", "VALUED_BF16"],
     prune_configs_by=dict(early_config_prune=_prune_configs),
 )(triton.heuristics(dict(EVEN=_tile_even))(_fpx_kernel))
-# The tensor-core kernel with scales in groups, tuned on the PAIRED configs (the words' codes scaled a word at a time).
+# The tensor-core kernel with scales in groups, tuned on the PAIRED configs (a step's sums scaled where it lies in one
+# group, else the words' codes a word at a time).
 _fpx_group_autotuned = triton.autotune(
     configs=[c for c in _fpx_autotuned.configs if c.kwargs["PAIRED"]],
-    key=["M_BUCKET", "N", "K", "MAN_BITS", "DOT_F32", "GROUP"],
+    key=["M_BUCKET", "N", "K", "MAN_BITS", "DOT_F32", "VALUED_BF16", "GROUP"],
     prune_configs_by=dict(early_config_prune=_prune_configs),
 )(triton.heuristics(dict(EVEN=_tile_even))(_fpx_kernel))
 
@@ -1198,8 +1214,8 @@ def fpx_matmul_triton(
         if INTERPRET and not fixed:
             paired = (INTERPRET_CONFIG["PAIRED"] or bool(group)) and k % 8 == 0
             fixed = {**INTERPRET_CONFIG, "PAIRED": paired, "SWAP_AB": INTERPRET_CONFIG["SWAP_AB"] and paired}
-        if group:  # the weights times their group scales, rounded to x's dtype (by hand where the dot is fp32)
-            flags.update(group_flags, W_UNIT=1.0, VALUED_BF16=False, ROUND_BF16=dot_f32 and x.dtype == torch.bfloat16,
+        if group:  # (a word at a time the weights times their scales are rounded to x's dtype, by hand in fp32 dots)
+            flags.update(group_flags, ROUND_BF16=dot_f32 and x.dtype == torch.bfloat16,
                          ROUND_F16=dot_f32 and x.dtype == torch.float16)
 
         def grid(meta: dict) -> tuple[int, int, int]:

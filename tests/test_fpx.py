@@ -381,10 +381,11 @@ def test_row_kernel_takes_scales_in_groups(name, group, dtype, monkeypatch):
 @pytest.mark.parametrize("name, group", [("int4", 128), ("e2m1", 16), ("int4", 48), ("e2m1", 32)])
 def test_tensor_core_kernel_takes_scales_in_groups(name, group, dtype):
     """INT4 and E2M1 weights with a scale per ``group`` codes on the tensor-core kernel's PAIRED tiles, unswapped,
-    swapped and split along K, at 1, 5 and 17 rows (ragged N and K steps that straddle groups): each weight times its
-    group's scale rounded once to x's dtype, the weight ``dequantize_weight`` writes, then summed in fp32: fp32 out
-    equals x times that weight to fp32 summation order (a weight left unrounded misses by far more), and fp32 x
-    equals the twin. An unpaired config is refused."""
+    swapped and split along K, at 1, 5 and 17 rows (ragged N, K steps that straddle groups). Where a step lies in one
+    group its sums are scaled: fp32 out equals the twin. Otherwise each weight times its group's scale is rounded
+    once to x's dtype, the weight ``dequantize_weight`` writes, then summed in fp32: fp32 out equals x times that
+    weight to fp32 summation order (a weight left unrounded misses by far more), and fp32 x equals the twin. An
+    unpaired config is refused."""
     k, n = 384, 40
     gen = torch.Generator().manual_seed(group + len(name))
     planes = pack_planes(torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8), 4)
@@ -393,15 +394,22 @@ def test_tensor_core_kernel_takes_scales_in_groups(name, group, dtype):
     weight = quant_kernels.dequantize_weight(planes, scale, **spec, dtype=dtype).float()
     tiles = [None] + [triton.Config(dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, PAIRED=True, SWAP_AB=swap, SPLIT_K=split))
                       for bn, bk, swap, split in ((32, 128, False, 1), (16, 64, True, 2), (16, 256, True, 1))]
+    forms = set()
     for m in (1, 5, 17):
         x = torch.randn(m, k, generator=gen).to(dtype)
-        want = x.float() @ weight.T
+        twin = fpx_matmul_ref(x, planes, scale, out_dtype=torch.float32, **spec)
+        rounded = x.float() @ weight.T
         for config in tiles:
             got = fpx_gemm.fpx_matmul_triton(x, planes, scale, row_kernel=False, config=config,
                                              out_dtype=torch.float32, **spec)
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * (x.float().abs() @ weight.abs().T).max().item())
-            if dtype == torch.float32:
-                assert_matches_twin(got, fpx_matmul_ref(x, planes, scale, out_dtype=torch.float32, **spec))
+            step_scaled = group % (config.kwargs if config else fpx_gemm.INTERPRET_CONFIG)["BLOCK_K"] == 0
+            forms.add(step_scaled)
+            if step_scaled or dtype == torch.float32:
+                assert_matches_twin(got, twin)
+            if not step_scaled:
+                bound = 1e-6 * (x.float().abs() @ weight.abs().T).max().item()
+                torch.testing.assert_close(got, rounded, rtol=0, atol=bound)
+    assert forms == ({True, False} if group in (32, 128) else {False})
     unpaired = triton.Config(dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=32, PAIRED=False, SWAP_AB=False, SPLIT_K=1))
     with pytest.raises(ValueError, match="scales in groups take the tensor-core kernel's PAIRED path"):
         fpx_gemm.fpx_matmul_triton(x, planes, scale, row_kernel=False, config=unpaired, **spec)
