@@ -358,8 +358,8 @@ def check_dequant(n: int, k: int, element: str, group: int, dtype: torch.dtype, 
 def check_fpx_groups(m: int, n: int, k: int, element: str, group: int, dtype: torch.dtype,
                      device: torch.device) -> dict:
     """W4A16 weights with scales in groups (INT4 or E2M1) through ``fpx_matmul`` (the row kernel at its rows, the
-    tensor-core kernel's PAIRED tiles at other rows below DEQUANT_MIN_M,
-    the dequantized weight from there) into a NaN-poisoned output, against the twin: the row kernel within
+    tensor-core kernel's PAIRED tiles at other rows below DEQUANT_MIN_M, the dequantized weight from there) into a
+    NaN-poisoned output, against the twin: the row kernel within
     fp32-accumulation rounding, the others, which may round each weight to x's dtype (the tensor-core kernel where
     its K steps are wider than a group), within those roundings (``reference.dequantized_product_excess``)."""
     from quant_kernels.fpx_gemm import fpx_matmul_triton, takes_dequantized, takes_row_kernel

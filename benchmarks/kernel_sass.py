@@ -54,6 +54,19 @@ COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "HMUL2", "I2F", "IDP"
 ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or size argument
 
 
+def add_group_arguments(signature: dict, constants: dict, group: int, exp_bias: int) -> None:
+    """The FPx kernels' scales-in-groups arguments, added to an ASTSource's ``signature`` and ``constants`` after
+    the other constants are marked constexpr: GROUP and G_UNIT, ``stride_gs``, and ``gscale_ptr`` (a pointer in
+    groups, None per channel, as a launch leaves it)."""
+    constants.update(GROUP=group, G_UNIT=2.0 ** (127 - exp_bias))
+    signature.update(GROUP="constexpr", G_UNIT="constexpr", stride_gs="i32")
+    if group:
+        signature["gscale_ptr"] = "*fp32"
+    else:
+        constants["gscale_ptr"] = None
+        signature["gscale_ptr"] = "constexpr"
+
+
 def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False, group: int = 0):
     """The FPx row kernel's ASTSource for one row of bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps,
     stages, PREFETCH[, FOLD, LOOP_STAGES[, SPLIT_K[, MAXNREG]]]); ``mma``: its tensor-core form (``PTQ_FPX_MMA=1``);
@@ -79,11 +92,9 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False, gro
                      X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
                      LOOP_STAGES=config[6] if len(config) > 6 else 1, MMA=mma, UNIT_EXP=127 - exp_bias,
                      USE_ASM=True, SPLIT_K=config[7] if len(config) > 7 else 1, INTERLEAVED=interleaved,
-                     EVEN=True, GROUP=group, G_UNIT=2.0 ** (127 - exp_bias))
-    if not group:
-        constants["gscale_ptr"] = None  # per-channel scales, as a launch leaves them
+                     EVEN=True)
     signature.update({name: "constexpr" for name in constants})
-    signature.update(stride_gs="i32", **({"gscale_ptr": "*fp32"} if group else {}))
+    add_group_arguments(signature, constants, group, exp_bias)
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] != "M"}
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)
 
@@ -117,12 +128,10 @@ def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0):
                      HAS_BIAS=False, DOT_F32=False, W_UNIT=2.0 ** (127 - exp_bias),
                      BLOCK_M=fpx_tile_rows(config), BLOCK_N=config[0], BLOCK_K=config[1], PAIRED=True,
                      SWAP_AB=bool(config[4]), VALUED_BF16=True, UNIT_EXP=127 - exp_bias, USE_ASM=True,
-                     EVEN=True, GROUP=group, G_UNIT=2.0 ** (127 - exp_bias), ROUND_BF16=False, ROUND_F16=False)
-    if not group:
-        constants["gscale_ptr"] = None  # per-channel scales, as a launch leaves them
+                     EVEN=True, ROUND_BF16=False, ROUND_F16=False)
     signature.update({name: "constexpr" for name in constants})
-    signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr", stride_gs="i32",
-                     **({"gscale_ptr": "*fp32"} if group else {}))
+    signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr")
+    add_group_arguments(signature, constants, group, exp_bias)
     constants["SPLIT_K"] = 1
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(len(names)) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_fpx_kernel, signature, constants, aligned)
