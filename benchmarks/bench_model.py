@@ -12,7 +12,8 @@ and gate/up fused, as a loaded checkpoint does. Modes:
 * ``w4a16``: FP4 E2M1 weights per channel on the FPx weight-only kernel, bf16 activations; ``w4a16_int4`` the same
   with INT4 weights per channel (their levels placed by the same kernels), ``w4a16_int4_g128`` in groups of 128
   (GPTQ's; the row kernel up to 4 rows, the tensor-core kernel above, the dequantized weight from 1024 rows),
-  ``w4a16_nvfp4`` E2M1 weights as NVFP4 stores them (groups of 16);
+  ``w4a16_nvfp4`` / ``w4a16_mxfp4`` E2M1 weights as NVFP4 / MXFP4 store them (groups of 16 with E4M3 scales and
+  a global scale, of 32 with E8M0 ones), their scales held so (``RealQuantLinear.encoded_scales``);
 * ``w4a4``: INT4 weights per channel, INT4 activations per token (W4A4 GEMM);
 * ``w4a4kv4``: ``w4a4`` with K/V quantized to INT4 per head (V asymmetric), decoding from
   the packed KV4 cache (decode steps read its codes in the attention kernel);
@@ -50,6 +51,7 @@ forward with ``--compile``), for every mode alike. Decode: a prefill of
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -131,6 +133,7 @@ MODES = {
     "w4a16_int4": BenchMode(INT4),
     "w4a16_int4_g128": BenchMode(RealQuantScheme("int4", group=128)),
     "w4a16_nvfp4": BenchMode(RealQuantScheme("e2m1", group=16, scale_kind="e4m3")),
+    "w4a16_mxfp4": BenchMode(RealQuantScheme("e2m1", group=32, scale_kind="e8m0")),
     "w4a4": BenchMode(INT4, INT4),
     "w4a4kv4": BenchMode(INT4, INT4, kv4=True),
     "fp4a4kv4": BenchMode(E2M1, E2M1, kv4=True),
@@ -161,6 +164,18 @@ def linear_input_widths(config) -> set[int]:
     return {config.hidden_size, config.num_attention_heads * head_dim, config.intermediate_size}
 
 
+def fill_weight_scales(module: RealQuantLinear, value: float) -> None:
+    """Every weight scale of ``module`` set to ``value`` (E8M0: the nearest power of two), in the encoding it holds
+    (``RealQuantLinear.encoded_scales``): NVFP4's as E4M3 256 times a global scale ``value`` / 256."""
+    if not module.encoded_scales:
+        module.weight_scale.fill_(value)
+    elif module.weight_scheme.scale_kind == "e4m3":
+        module.weight_scale.fill_(256.0)
+        module.weight_global_scale.fill_(value / 256)
+    else:
+        module.weight_scale.fill_(round(math.log2(value)) + 127)
+
+
 def random_real_linear(linear: nn.Linear, weight: RealQuantScheme, act: RealQuantScheme | None,
                        generator: torch.Generator) -> RealQuantLinear:
     """A ``RealQuantLinear`` of ``linear``'s shape with random codes (of finite values) and small scales."""
@@ -175,7 +190,7 @@ def random_real_linear(linear: nn.Linear, weight: RealQuantScheme, act: RealQuan
     module.qweight.copy_(planes[0])
     if len(planes) > 1:  # the 1- or 2-bit plane of 5- and 6-bit codes
         module.qweight_high.copy_(planes[1])
-    module.weight_scale.fill_(0.02 / element.max_value)
+    fill_weight_scales(module, 0.02 / element.max_value)
     if linear.bias is not None:
         module.bias.data.copy_(linear.bias.data)
     return module

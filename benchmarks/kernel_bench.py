@@ -77,8 +77,9 @@ W4A4_FORMATS = {
 }
 FPX_FORMATS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "int4")  # weight-only elements of the FPx kernels
 # Weight-only formats with scales in groups (``weight_only_format``): GPTQ's INT4 g128, E2M1 in NVFP4's and MXFP4's
-# groups.
-GROUPED_WEIGHT_ONLY = ("int4_g128", "e2m1_g16", "e2m1_g32")
+# groups with fp32 scales, and NVFP4 and MXFP4 with their scales as their checkpoints encode them.
+ENCODED_WEIGHT_ONLY = {"nvfp4": ("e2m1", 16, "e4m3"), "mxfp4": ("e2m1", 32, "e8m0")}
+GROUPED_WEIGHT_ONLY = ("int4_g128", "e2m1_g16", "e2m1_g32", *ENCODED_WEIGHT_ONLY)
 CHECK_ROWS = 64  # rows of the activations checked against the twin
 PREFILL_COMPARE_M = 256  # from these rows the FPx path not taken (tile kernel or dequantized weight) is timed too
 
@@ -335,43 +336,57 @@ def bench_act_quant(m: int, k: int, device: torch.device, time_ms, formats: list
     return out
 
 
-def fpx_weight(w: torch.Tensor, element: str, group: int = 0) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """Bit planes and fp32 scales of ``w`` quantized (RTN) per output channel, (N, 1), or per ``group`` codes along
-    K, (N, K / group)."""
+def fpx_weight(w: torch.Tensor, element: str, group: int = 0, encoding: str = "float",
+               ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor | None]:
+    """Bit planes and scales of ``w`` quantized (RTN) per output channel, (N, 1), or per ``group`` codes along K,
+    (N, K / group), and the rows' global scales of E4M3 ones (else None): fp32 scales, or ``encoding`` 'e4m3'
+    (NVFP4's, under one global scale) or 'e8m0' (MXFP4's powers of two, rounded up), the codes rounded on them."""
     fmt = element_named(element)
     granularity = dict(granularity="group", group_size=group) if group else dict(granularity="channel")
     quantizer = Quantizer(QuantSpec("int", 4, **granularity) if element == "int4" else
                           QuantSpec("fp", fmt.bits, exp_bits=fmt.exp_bits, **granularity))
     wg = quantizer.grouped(w)
-    scale = quantizer.fit(wg).scale
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    scale = quantizer.fit(wg).scale.reshape(w.shape[0], -1).float()
+    stored, global_scale = scale, None
+    if encoding == "e4m3":
+        global_scale = (scale.amax().clamp(min=2.0**-100) / 448).expand(w.shape[0]).contiguous()
+        stored = (scale / global_scale[:, None]).to(torch.float8_e4m3fn)
+    elif encoding == "e8m0":
+        stored = (torch.log2(scale.clamp(min=2.0**-126)).ceil() + 127).clamp(1, 254).to(torch.uint8)
+    values = reference.scale_values(stored, global_scale).reshape(-1, 1)
+    safe = torch.where(values > 0, values, torch.ones_like(values))
     codes = encode(fmt.round(wg / safe), fmt).reshape(w.shape)
-    return pack_planes(codes, fmt.bits), scale.reshape(w.shape[0], -1)
+    return pack_planes(codes, fmt.bits), stored, global_scale
 
 
-def weight_only_format(name: str) -> tuple[str, int]:
-    """A ``--weight_only_formats`` name as (element, group): an FPx element, per channel, or an INT4 / E2M1 one
-    with ``_gN`` for scales per N codes along K (``int4_g128``: GPTQ's; ``e2m1_g16``, ``e2m1_g32``: NVFP4's and
-    MXFP4's groups with fp32 scales)."""
+def weight_only_format(name: str) -> tuple[str, int, str]:
+    """A ``--weight_only_formats`` name as (element, group, scale encoding): an FPx element, per channel, or an
+    INT4 / E2M1 one with ``_gN`` for fp32 scales per N codes along K (``int4_g128``: GPTQ's; ``e2m1_g16``,
+    ``e2m1_g32``: NVFP4's and MXFP4's groups), or ``nvfp4`` / ``mxfp4`` (``ENCODED_WEIGHT_ONLY``)."""
+    if name in ENCODED_WEIGHT_ONLY:
+        return ENCODED_WEIGHT_ONLY[name]
     element, _, group = name.partition("_g")
-    return element, int(group) if group else 0
+    return element, int(group) if group else 0, "float"
 
 
 def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Tensor, element: str,
-              row_kernel: bool | None = None, dequantize: bool = False, group: int = 0) -> str:
-    """Triton weight-only GEMM (``row_kernel``, ``dequantize`` and ``group`` as ``fpx_matmul_triton`` takes them)
-    against the twin on the first CHECK_ROWS rows: the kernels' fp32 out within 1e-5 of the largest value, except
-    where they may round each weight to x's dtype (the dequantized weight's product, and the tensor-core kernel's in
-    groups wider than its K step), which ``reference.dequantized_product_excess`` bounds."""
+              row_kernel: bool | None = None, dequantize: bool = False, group: int = 0,
+              w_global_scale: torch.Tensor | None = None) -> str:
+    """Triton weight-only GEMM (``row_kernel``, ``dequantize``, ``group`` and ``w_global_scale`` as
+    ``fpx_matmul_triton`` takes them) against the twin on the first CHECK_ROWS rows: the kernels' fp32 out within
+    1e-5 of the largest value, except where they may round each weight to x's dtype (the dequantized weight's
+    product, and the tensor-core kernel's in groups wider than its K step), which
+    ``reference.dequantized_product_excess`` bounds."""
     from quant_kernels.fpx_gemm import fpx_matmul_triton, takes_row_kernel  # late: builds Triton kernels (see main)
 
     bits = element_named(element).bits
     rows = x[:CHECK_ROWS]
-    spec = dict(element=element, bits=bits, group=group)
+    spec = dict(element=element, bits=bits, group=group, w_global_scale=w_global_scale)
     row_kernel_runs = row_kernel or row_kernel is None and takes_row_kernel(rows.shape[0], rows.shape[1])
     if dequantize or group and not row_kernel_runs:
         got = fpx_matmul_triton(rows, planes, scale, **spec, row_kernel=row_kernel, dequantize=dequantize)
-        over = reference.dequantized_product_excess(got, rows, planes, scale, element, bits, group=group)
+        over = reference.dequantized_product_excess(got, rows, planes, scale, element, bits, group=group,
+                                                    w_global_scale=w_global_scale)
         return "ok" if over <= 1 else f"MISMATCH {over:.2f} of the rounding bound"
     want = reference.fpx_matmul_ref(rows, planes, scale, **spec, out_dtype=torch.float32)
     got = fpx_matmul_triton(rows, planes, scale, **spec, out_dtype=torch.float32, row_kernel=row_kernel,
@@ -393,13 +408,15 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms,
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
     rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
     for name in formats:
-        element, group = weight_only_format(name)
-        planes, scale = fpx_weight(w, element, group)
-        spec = dict(element=element, bits=element_named(element).bits, group=group)
+        element, group, encoding = weight_only_format(name)
+        planes, scale, global_scale = fpx_weight(w, element, group, encoding)
+        spec = dict(element=element, bits=element_named(element).bits, group=group, w_global_scale=global_scale)
         gemm = functools.partial(quant_kernels.fpx_matmul, x, planes, scale, **spec, backend="triton")
-        weight_bytes = sum(p.numel() for p in planes) + 4 * scale.numel()
+        weight_bytes = sum(p.numel() for p in planes) + scale.element_size() * scale.numel() + (
+            0 if global_scale is None else 4 * global_scale.numel())
+        checked = dict(group=group, w_global_scale=global_scale)
         dequantized = fpx_gemm.takes_dequantized(m, x.dtype, x.dtype, None)
-        check = check_fpx(x, planes, scale, element, dequantize=dequantized, group=group)
+        check = check_fpx(x, planes, scale, element, dequantize=dequantized, **checked)
         rows.append(row(n, m, k, f"{name} w-only{' (dequantized + cuBLAS)' if dequantized else ''}",
                         time_ms(gemm), weight_bytes, check))
         by_default = fpx_gemm.takes_row_kernel(m, k)
@@ -407,7 +424,7 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms,
         if m >= PREFILL_COMPARE_M or group and not dequantized:
             other = functools.partial(fpx_gemm.fpx_matmul_triton, x, planes, scale, **spec,
                                       dequantize=not dequantized)
-            check = check_fpx(x, planes, scale, element, dequantize=not dequantized, group=group)  # before the pick
+            check = check_fpx(x, planes, scale, element, dequantize=not dequantized, **checked)  # before the pick
             kernel = "row kernel" if by_default else "tile kernel"
             rows.append(row(n, m, k, f"{name} w-only {kernel if dequantized else 'dequantized + cuBLAS'}",
                             time_ms(other), weight_bytes, check))
@@ -417,7 +434,7 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms,
                                       row_kernel=not by_default)
             kernel = "tensor-core" if by_default else "row"
             rows.append(row(n, m, k, f"{name} w-only {kernel} kernel", time_ms(other), weight_bytes,
-                            check_fpx(x, planes, scale, element, row_kernel=not by_default, group=group)))
+                            check_fpx(x, planes, scale, element, row_kernel=not by_default, **checked)))
             rows[-1]["config"] = fpx_tuned_config(not by_default, group)
     for r in rows:
         r["x_bf16"] = rows[0]["ms"] / r["ms"]

@@ -54,23 +54,37 @@ COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "HMUL2", "I2F", "IDP"
 ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or size argument
 
 
-def add_group_arguments(signature: dict, constants: dict, group: int, exp_bias: int) -> None:
+def add_group_arguments(signature: dict, constants: dict, group: int, exp_bias: int, scales: str = "fp32",
+                        row_kernel: bool = True) -> None:
     """The FPx kernels' scales-in-groups arguments, added to an ASTSource's ``signature`` and ``constants`` after
-    the other constants are marked constexpr: GROUP and G_UNIT, ``stride_gs``, and ``gscale_ptr`` (a pointer in
-    groups, None per channel, as a launch leaves it)."""
-    constants.update(GROUP=group, G_UNIT=2.0 ** (127 - exp_bias))
-    signature.update(GROUP="constexpr", G_UNIT="constexpr", stride_gs="i32")
+    the other constants are marked constexpr: GROUP and G_UNIT (as a bfloat16 launch sets it,
+    ``fpx_gemm.group_unit_shift``), ``stride_gs``, ``gscale_ptr`` (a pointer in groups, None per channel, as a launch
+    leaves it) and, for ``scales`` 'e4m3' (NVFP4's; 'e8m0': MXFP4's bytes, 'fp32'), E4M3_SCALES and the rows' global
+    scales at ``gglobal_ptr``."""
+    import torch
+
+    from quant_kernels.fpx_gemm import group_unit_shift
+
+    shift = group_unit_shift(exp_bias, torch.bfloat16, row_kernel) if group else 0
+    constants.update(GROUP=group, G_UNIT=2.0 ** (127 - exp_bias - shift), E4M3_SCALES=scales == "e4m3")
+    signature.update(GROUP="constexpr", G_UNIT="constexpr", stride_gs="i32", E4M3_SCALES="constexpr")
     if group:
-        signature["gscale_ptr"] = "*fp32"
+        signature["gscale_ptr"] = "*fp32" if scales == "fp32" else "*u8"
     else:
         constants["gscale_ptr"] = None
         signature["gscale_ptr"] = "constexpr"
+    if scales == "e4m3":
+        signature["gglobal_ptr"] = "*fp32"
+    else:
+        constants["gglobal_ptr"] = None
+        signature["gglobal_ptr"] = "constexpr"
 
 
-def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False, group: int = 0):
+def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False, group: int = 0, scales: str = "fp32"):
     """The FPx row kernel's ASTSource for one row of bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps,
     stages, PREFETCH[, FOLD, LOOP_STAGES[, SPLIT_K[, MAXNREG]]]); ``mma``: its tensor-core form (``PTQ_FPX_MMA=1``);
-    ``group``: scales per ``group`` codes (INT4, E2M1). As at Llama-3-8B's shapes: every tile whole (EVEN), and the
+    ``group``: scales per ``group`` codes (INT4, E2M1), encoded as ``scales`` says (``add_group_arguments``). As at
+    Llama-3-8B's shapes: every tile whole (EVEN), and the
     high plane interleaved for ``INTERLEAVED_BITS`` (the fp32 form)."""
     from triton.compiler import ASTSource
 
@@ -94,7 +108,7 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False, gro
                      USE_ASM=True, SPLIT_K=config[7] if len(config) > 7 else 1, INTERLEAVED=interleaved,
                      EVEN=True)
     signature.update({name: "constexpr" for name in constants})
-    add_group_arguments(signature, constants, group, exp_bias)
+    add_group_arguments(signature, constants, group, exp_bias, scales)
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] != "M"}
     return ASTSource(_fpx_row_kernel, signature, constants, aligned)
 
@@ -104,13 +118,13 @@ def fpx_tile_rows(config: tuple[int, ...]) -> int:
     return config[5] if len(config) > 5 else 16
 
 
-def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0):
+def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0, scales: str = "fp32"):
     """The FPx tensor-core kernel's ASTSource on its PAIRED path for bfloat16 activation rows and one (BLOCK_N,
     BLOCK_K, warps, stages, SWAP_AB[, BLOCK_M]) (BLOCK_M 16, a decode batch's, unless given); its configs are the
     autotuner's, unswapped (``GPU_PAIRED_CONFIGS``) and swapped (``GPU_SWAP_CONFIGS``), the codes placed as bfloat16
     values (``group``: scales per ``group`` codes, INT4 or E2M1, each step's sums scaled where it lies in one group,
-    else the codes placed in float32 and scaled a word at a time), every tile whole (EVEN, as at Llama-3-8B's
-    shapes)."""
+    else the codes placed in float32 and scaled a word at a time; ``scales``: their encoding, ``add_group_arguments``),
+    every tile whole (EVEN, as at Llama-3-8B's shapes)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, _fpx_kernel, kernel_fields
@@ -131,7 +145,7 @@ def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0):
                      EVEN=True, ROUND_BF16=False, ROUND_F16=False)
     signature.update({name: "constexpr" for name in constants})
     signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr")
-    add_group_arguments(signature, constants, group, exp_bias)
+    add_group_arguments(signature, constants, group, exp_bias, scales, row_kernel=False)
     constants["SPLIT_K"] = 1
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(len(names)) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_fpx_kernel, signature, constants, aligned)
@@ -396,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group", type=int, default=0,
                    help="fpx_row, fpx_tile: scales per GROUP codes along K (INT4 or E2M1); the row kernel's on "
                         "ROW_GROUP_CONFIGS (0: per channel)")
+    p.add_argument("--scales", choices=("fp32", "e4m3", "e8m0"), default="fp32",
+                   help="with --group: the scales' encoding (e4m3: NVFP4's, with a global scale a row; e8m0: MXFP4's)")
     p.add_argument("--arch", type=int, default=90, help="compute capability times ten (90: Hopper)")
     p.add_argument("--limit", type=int, help="only the first LIMIT configs (default: all)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -406,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
                        or args.kernel not in ("fpx_row", "fpx_tile")):
         p.error(f"--group takes INT4 or E2M1 weights on fpx_row (its fp32 form: no --mma) or fpx_tile, in groups of "
                 f"a multiple of 8 codes; got {args.kernel} of {args.element} in groups of {args.group}")
+    if args.scales != "fp32" and not args.group:
+        p.error(f"--scales {args.scales} is an encoding of scales in groups: give --group")
     if args.kernel == "fpx_row":
         from quant_kernels.fpx_gemm import (
             ROW_CAPPED_CONFIGS, ROW_CONFIGS, ROW_GROUP_CONFIGS, ROW_PIPELINED_CONFIGS, ROW_SPLIT_CONFIGS,
@@ -430,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             configs = [c for c in configs if not c[4]]
 
         def build(case, config):
-            return fpx_row_source(case, config, args.mma, args.group)
+            return fpx_row_source(case, config, args.mma, args.group, args.scales)
     elif args.kernel == "fpx_tile":
         from quant_kernels.fpx_gemm import GPU_PAIRED_CONFIGS, GPU_SWAP_CONFIGS
 
@@ -438,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                    for bm, bn, bk, w, s in tiles]
 
         def build(case, config):
-            return fpx_tile_source(case, config, args.group)
+            return fpx_tile_source(case, config, args.group, args.scales)
     elif args.kernel == "act_quant":
         if args.element not in ACT_ELEMENTS:
             p.error(f"--element for act_quant is one of {', '.join(ACT_ELEMENTS)}; got {args.element!r}")
@@ -487,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--mma is for --kernel fpx_row")
     case = args.element + (f", K {args.k}" if args.kernel == "act_quant" else "")
     case += ", tensor cores" if args.mma else ""
-    case += f", scales per {args.group} codes" if args.group else ""
+    case += f", {'' if args.scales == 'fp32' else args.scales.upper() + ' '}scales per {args.group} codes" \
+        if args.group else ""
     result = {"kernel": args.kernel, "case": case + (f", norm tail N {args.norm_tail}" if args.norm_tail else ""),
               "arch": args.arch,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),

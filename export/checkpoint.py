@@ -39,7 +39,8 @@ from quant_layers.formats import E4M3
 from quant_layers.fused_linear import fuse_shared_input_linears
 from quant_layers.packing import encode, pack_planes, plane_bits
 from quant_layers.quantizer import QuantParams
-from quant_layers.real_linear import RealQuantLinear, RealQuantScheme, check_scheme_pair
+from quant_kernels.reference import scale_values
+from quant_layers.real_linear import ENCODED_SCALE_DTYPES, RealQuantLinear, RealQuantScheme, check_scheme_pair
 from transforms.flatquant import KeyTransform, KroneckerAffine
 from transforms.rotation import DenseRotation, HadamardRotation
 
@@ -116,13 +117,33 @@ def packed_weight(module: QuantLinear, name: str) -> dict[str, torch.Tensor]:
 
 
 def decode_weight_scale(scheme: RealQuantScheme, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """fp32 scales from their stored encoding (what the kernels read)."""
+    """fp32 scales from their stored encoding (``quant_kernels.reference.scale_values``)."""
     stored = tensors["weight_scale"]
     if scheme.scale_kind == "e4m3":
-        return stored.float() * tensors["weight_global_scale"].float()
-    if scheme.scale_kind == "e8m0":
-        return torch.exp2(stored.float() - 127)
-    return stored.float()
+        return scale_values(stored, tensors["weight_global_scale"].float().reshape(-1).expand(stored.shape[0]))
+    return scale_values(stored)
+
+
+def _load_weight_scales(module: RealQuantLinear, parts: dict[str, torch.Tensor], name: str, path: str) -> None:
+    """``module``'s scales from a checkpoint's: as stored where it keeps them encoded (``encoded_scales``), with
+    NVFP4's one global scale given to every row; else decoded to fp32."""
+    stored = parts["weight_scale"]
+    scheme = module.weight_scheme
+    want = ENCODED_SCALE_DTYPES.get(scheme.scale_kind)
+    if tuple(stored.shape) != tuple(module.weight_scale.shape) or (
+            stored.dtype != want if want is not None else not stored.is_floating_point()):
+        raise ValueError(f"checkpoint {path}: {name}.weight_scale is {stored.dtype} {tuple(stored.shape)}, its "
+                         f"{scheme.scale_kind} scales need {want or 'a float dtype'} "
+                         f"{tuple(module.weight_scale.shape)}: export it again")
+    if scheme.scale_kind == "e4m3" and parts.get("weight_global_scale", torch.empty(0)).numel() != 1:
+        raise ValueError(f"checkpoint {path}: {name}.weight_global_scale (NVFP4's tensor scale) is missing or not one "
+                         f"value: export it again")
+    if not module.encoded_scales:
+        module.weight_scale.copy_(decode_weight_scale(scheme, parts))
+        return
+    module.weight_scale.copy_(stored)
+    if scheme.scale_kind == "e4m3":
+        module.weight_global_scale.copy_(parts["weight_global_scale"].float().reshape(()).expand(module.out_features))
 
 
 def _transform_entry(transform: nn.Module | None, name: str) -> tuple[dict | None, dict[str, torch.Tensor]]:
@@ -388,7 +409,7 @@ def load_quantized(path: str, device: torch.device | str = "cpu", dtype: torch.d
                 raise ValueError(f"checkpoint {path}: {name}.qweight_high is missing or misshapen for "
                                  f"{weight.bits}-bit codes: export it again")
             module.qweight_high.copy_(parts["qweight_high"])
-        module.weight_scale.copy_(decode_weight_scale(weight, parts))
+        _load_weight_scales(module, parts, name, path)
         if act is not None and act.static_tensor_scale:
             if "act_tensor_amax" not in parts or parts["act_tensor_amax"].numel() != 1:
                 raise ValueError(f"checkpoint {path}: {name}.act_tensor_amax (the calibrated absmax of its NVFP4 "

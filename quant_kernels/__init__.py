@@ -436,24 +436,27 @@ def w4a4_matmul(
 def dequantize_weight(
     planes: tuple[torch.Tensor, ...] | list[torch.Tensor], scale: torch.Tensor, *, element: str, bits: int = 4,
     group: int = 0, dtype: torch.dtype = torch.float32, backend: str | None = None,
+    global_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N, K) weight in ``dtype`` of packed codes times their scales, each rounded once: the weight a fake-quantized
     model of that dtype holds. ``planes``: a packed 4-bit plane (INT4, E2M1 or a 4-bit FPx element), plus the 1- or
     2-bit plane of FP5 / FP6 (``packing.pack_planes``); ``scale`` (N,) or (N, 1), or (N, K // group) for INT4 and
-    E2M1 in groups (NVFP4 and MXFP4 with their scales decoded)."""
+    E2M1 in groups: fp32, or as NVFP4 and MXFP4 checkpoints encode them (E4M3 with their rows' (N,)
+    ``global_scale``, E8M0 bytes; ``reference.scale_values``)."""
     if _use_triton(planes[0], backend):
         from .dequant import dequantize_triton
 
-        return dequantize_triton(planes, scale, element=element, bits=bits, group=group, dtype=dtype)
+        return dequantize_triton(planes, scale, element=element, bits=bits, group=group, dtype=dtype,
+                                 global_scale=global_scale)
     from .reference import packed_weight
 
-    return packed_weight(planes, scale, element, bits, group).to(dtype)
+    return packed_weight(planes, scale, element, bits, group, global_scale).to(dtype)
 
 
 def fpx_matmul(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-    group: int = 0, backend: str | None = None,
+    group: int = 0, backend: str | None = None, w_global_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """out (..., N) = x @ (decode(w) * w_scale[:, None]).T (+ bias), fp32 accumulation; weight-only.
 
@@ -462,12 +465,13 @@ def fpx_matmul(
     uint8 (N, K//2) plane for 4 bits, plus (N, K//8) for 5 or (N, K//4) for 6 bits);
     ``element`` is an FP element of ``bits`` bits (``e2m1``, ``e3m0``, ``e2m2``, ``e3m1``,
     ``e2m3``, ``e3m2``, ...) or ``int4``; ``w_scale`` is (N,) or (N, 1), or (N, K // group) for INT4 and E2M1
-    weights in groups of ``group`` (NVFP4 and MXFP4 with their scales decoded). ``out_dtype`` defaults to x's.
+    weights in groups of ``group``, fp32 or as NVFP4 and MXFP4 checkpoints encode them (``dequantize_weight``;
+    E4M3 with ``w_global_scale``), read so by the kernels. ``out_dtype`` defaults to x's.
     """
     if x.dim() == 0:
         raise ValueError("activations must be (..., K), got a scalar")
     x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
-    kw = dict(element=element, bits=bits, bias=bias, out_dtype=out_dtype, group=group)
+    kw = dict(element=element, bits=bits, bias=bias, out_dtype=out_dtype, group=group, w_global_scale=w_global_scale)
     if _use_triton(x, backend):
         from .fpx_gemm import fpx_matmul_triton
 

@@ -74,7 +74,7 @@ import triton.language as tl
 from torch.utils.weak import WeakIdKeyDictionary
 from triton.language.standard import _sum_combine
 
-from .reference import check_fpx_args, check_out, fpx_element
+from .reference import ENCODED_SCALES, check_fpx_args, check_out, fpx_element
 from .rounding import _round_to_dtype
 from .switches import env_switch
 from .w4a4_gemv import _words, keep_pinned, prune_decode_configs, split_k_buffer
@@ -182,6 +182,11 @@ DEQUANT_MIN_M = 1024
 # The one-row kernel multiplies the activations by 2^ROW_X_SCALE_EXP: a product of a subnormal placement
 # (>= 2^-130) and an activation is then normal, so exact, for |x| >= 2^-28, and x overflows only past 2^96.
 ROW_X_SCALE_EXP = 32
+# Scales in groups take the placements' power of two 2^(127 - bias) (E2M1's lie 2^-126 below their values) less
+# 2^GROUP_UNIT_SHIFT, which the sums get back (the row kernel's ``unit``, the tile kernel's epilogue scales): an E2M1
+# group scale times 2^126 overflows fp32 from 4 on (a group's |w| >= 24), times 2^94 only past 2^34. Weights placed
+# for fp16 x take no shift (``group_unit_shift``): scaled by 2^-32 most would be fp16 subnormals.
+GROUP_UNIT_SHIFT = 32
 # The high plane's word per low word (8 codes): 8 2-bit fields (FP6) or 8 1-bit fields (FP5).
 HIGH_WORD_DTYPES = {2: torch.int16, 1: torch.uint8}
 # Code widths whose one-row products read the high plane interleaved across rows (``interleave_high``; the row
@@ -282,7 +287,8 @@ def _fpx_kernel(
     SWAP_AB: tl.constexpr = False, partial_ptr=None, count_ptr=None, SPLIT_K: tl.constexpr = 1,
     VALUED_BF16: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0, USE_ASM: tl.constexpr = False,
     EVEN: tl.constexpr = False, gscale_ptr=None, stride_gs=0, GROUP: tl.constexpr = 0, G_UNIT: tl.constexpr = 1.0,
-    ROUND_BF16: tl.constexpr = False, ROUND_F16: tl.constexpr = False,
+    ROUND_BF16: tl.constexpr = False, ROUND_F16: tl.constexpr = False, gglobal_ptr=None,
+    E4M3_SCALES: tl.constexpr = False,
 ):
     """PAIRED (K a multiple of 8): the weight streams as the row kernel's words (``low_words_ptr``,
     ``high_words_ptr``), two codes at a time are placed into float32s with shifts and masks
@@ -298,7 +304,9 @@ def _fpx_kernel(
     in one group (GROUP a multiple of BLOCK_K) its sums, exact products as per channel, are multiplied by the group's
     scales; otherwise each word's placed codes are multiplied by its group's scale times G_UNIT (``_word_units``) in
     fp32 before the dot rounds them to x's dtype, the weight ``dequant.dequantize_triton`` writes (ROUND_BF16 /
-    ROUND_F16: rounded by hand where the dot is an fp32 one, under the interpreter). ``scale_ptr`` holds ones."""
+    ROUND_F16: rounded by hand where the dot is an fp32 one, under the interpreter). ``scale_ptr`` holds ones. The
+    group scales are fp32, or NVFP4's E4M3 bytes times their rows' global scales at ``gglobal_ptr`` (E4M3_SCALES), or
+    MXFP4's E8M0 bytes, decoded as they load (``_scale_values``)."""
     # Axis 0 runs fastest: the row tiles that share a weight tile are launched together.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -333,13 +341,17 @@ def _fpx_kernel(
         WORD_SCALES: tl.constexpr = GROUP > 0 and GROUP % BLOCK_K != 0
         VALUED: tl.constexpr = VALUED_BF16 and not WORD_SCALES
         UNIT: tl.constexpr = 1.0 if WORD_SCALES else W_UNIT
+        # A step's scales take 2^-GROUP_UNIT_SHIFT as the words' do (G_UNIT's part of W_UNIT; 1 for INT4), which the
+        # epilogue's scales undo.
+        STEP_UNIT: tl.constexpr = G_UNIT / W_UNIT
+        row_global = _row_globals(gglobal_ptr, offs_n, n_ok, E4M3_SCALES)
         for k0 in range(k_first, k_stop, BLOCK_K):
             w_ok = offs_w < (k_stop - k0) // 8
             low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH,
                                      USE_ASM, EVEN)
             if WORD_SCALES:
                 units = _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, k0, GROUP, G_UNIT, BLOCK_K,
-                                    EVEN)
+                                    EVEN, row_global, E4M3_SCALES)
             else:
                 units = UNIT  # (unread)
             sums = acc
@@ -370,7 +382,12 @@ def _fpx_kernel(
                     sums = _dot_placed(tl.load(xw_ptrs + j + 4, mask=x_ok, other=0.0), second, sums, UNIT, DOT_F32,
                                        VALUED=VALUED, ROUND_BF16=ROUND_BF16, ROUND_F16=ROUND_F16)
             if STEP_SCALES:
-                scales = _tile_load(gscale_ptr + offs_n * stride_gs + k0 // GROUP, n_ok, EVEN)
+                scales = _scale_values(_tile_load(gscale_ptr + offs_n * stride_gs + k0 // GROUP, n_ok, EVEN),
+                                       E4M3_SCALES)
+                if E4M3_SCALES:
+                    scales *= row_global
+                if STEP_UNIT != 1.0:
+                    scales *= STEP_UNIT
                 acc += sums * (scales[:, None] if SWAP_AB else scales[None, :])
             else:
                 acc = sums
@@ -692,6 +709,7 @@ def _fpx_row_kernel(
     PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, MMA: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0,
     USE_ASM: tl.constexpr = False, SPLIT_K: tl.constexpr = 1, INTERLEAVED: tl.constexpr = False,
     EVEN: tl.constexpr = False, gscale_ptr=None, stride_gs=0, GROUP: tl.constexpr = 0, G_UNIT: tl.constexpr = 1.0,
+    gglobal_ptr=None, E4M3_SCALES: tl.constexpr = False,
 ):
     """Up to ROW_MAX_M activation rows (decode) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
@@ -713,7 +731,8 @@ def _fpx_row_kernel(
     GROUP > 0 (INT4 or E2M1 codes, not MMA or INTERLEAVED): the scales come per GROUP codes along K, (N, K / GROUP)
     at ``gscale_ptr``, GROUP a multiple of 8, so that a word's codes lie in one group: one row's step sums (one a
     word), several rows' placed codes, are multiplied by their words' group scales times G_UNIT = 2^(127 - bias)
-    (the placement's power of two folded in; ``_word_units``); ``scale_ptr`` holds ones.
+    (the placement's power of two folded in; ``_word_units``; encoded as the tensor-core kernel takes them,
+    E4M3_SCALES); ``scale_ptr`` holds ones.
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -730,6 +749,7 @@ def _fpx_row_kernel(
     if GROUP > 0:
         tl.static_assert(not MMA and not INTERLEAVED, "scales in groups take the fp32 forms of the row kernel")
         tl.static_assert(GROUP % 8 == 0, "a word's eight codes lie in one group of scales")
+    row_global = _row_globals(gglobal_ptr, offs_n, n_ok, E4M3_SCALES)
     if MMA:  # one bfloat16 row on the tensor cores: rows 2i (a) and 2i + 1 (b) of the tile side by side
         half = tl.arange(0, BLOCK_N // 2)
         rows = tl.program_id(0) * BLOCK_N + 2 * half
@@ -812,7 +832,7 @@ def _fpx_row_kernel(
                 part = _row_products(tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32), low, high, x_ptrs, w_ok, BITS,
                                      MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, USE_ASM)
                 acc += part * _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, 8 * w0, GROUP, G_UNIT,
-                                          8 * BLOCK_KW, EVEN)
+                                          8 * BLOCK_KW, EVEN, row_global, E4M3_SCALES)
             else:
                 acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, USE_ASM)
             if PREFETCH:
@@ -839,7 +859,7 @@ def _fpx_row_kernel(
                                      USE_ASM)
             if GROUP > 0:
                 scales = _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, 8 * w0, GROUP, G_UNIT,
-                                     8 * BLOCK_KW, False)[None, :, :]
+                                     8 * BLOCK_KW, False, row_global, E4M3_SCALES)[None, :, :]
             for j in tl.static_range(4):
                 first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
                 if GROUP > 0:  # each placed code times its word's group scale, shared by the rows
@@ -858,16 +878,45 @@ def _fpx_row_kernel(
 
 @triton.jit
 def _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, k0, GROUP: tl.constexpr, G_UNIT: tl.constexpr,
-                BLOCK_K: tl.constexpr, EVEN: tl.constexpr):
-    """The scales of the groups that hold words ``offs_w`` of the step from code ``k0`` on, times G_UNIT, a word's
-    eight codes lying in one group (GROUP a multiple of 8): a (BLOCK_N, BLOCK_K / 8) tile, or (BLOCK_N, 1) where the
-    step lies in one group; zero off the masks (none when EVEN)."""
+                BLOCK_K: tl.constexpr, EVEN: tl.constexpr, row_global, E4M3_SCALES: tl.constexpr):
+    """The scales of the groups that hold words ``offs_w`` of the step from code ``k0`` on (``_scale_values``;
+    E4M3 ones times their rows' ``row_global``, E4M3_SCALES), times G_UNIT, a word's eight codes lying in one group
+    (GROUP a multiple of 8): a (BLOCK_N, BLOCK_K / 8) tile, or (BLOCK_N, 1) where the step lies in one group; zero
+    off the masks (none when EVEN)."""
     if GROUP % BLOCK_K == 0:
         units = _tile_load(gscale_ptr + offs_n * stride_gs + k0 // GROUP, n_ok, EVEN)[:, None]
     else:
         units = _tile_load(gscale_ptr + offs_n[:, None] * stride_gs + ((k0 + 8 * offs_w) // GROUP)[None, :],
                            n_ok[:, None] & w_ok[None, :], EVEN)
+    units = _scale_values(units, E4M3_SCALES)
+    if E4M3_SCALES:
+        units *= row_global[:, None]
     return units * G_UNIT
+
+
+@triton.jit
+def _scale_values(raw, E4M3: tl.constexpr):
+    """fp32 group scales of their encoding as loaded (``reference.scale_values``): E4M3 ones (E4M3: NVFP4's, as
+    bytes) converted, MXFP4's E8M0 biased exponents e (uint8) as 2^(e - 127) (e = 0: the subnormal 2^-127), float
+    ones converted (fp32: unchanged)."""
+    if E4M3:
+        values = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    elif raw.dtype == tl.uint8:
+        bits = tl.where(raw == 0, 1 << 22, raw.to(tl.int32) << 23)
+        values = bits.to(tl.float32, bitcast=True)
+    else:
+        values = raw.to(tl.float32)
+    return values
+
+
+@triton.jit
+def _row_globals(gglobal_ptr, offs_n, n_ok, E4M3_SCALES: tl.constexpr):
+    """Rows ``offs_n``'s fp32 global scales (E4M3_SCALES: NVFP4's, which multiply its E4M3 group scales), else 1."""
+    if E4M3_SCALES:
+        values = tl.load(gglobal_ptr + offs_n, mask=n_ok, other=0.0)
+    else:
+        values = 1.0
+    return values
 
 
 @triton.jit
@@ -1116,7 +1165,7 @@ def fpx_matmul_triton(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
     out: torch.Tensor | None = None, row_kernel: bool | None = None, config: triton.Config | None = None,
-    dequantize: bool | None = None, group: int = 0,
+    dequantize: bool | None = None, group: int = 0, w_global_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.fpx_matmul_ref`` (x 2-D); writes into ``out`` (M, N) when given.
 
@@ -1131,9 +1180,10 @@ def fpx_matmul_triton(
     ``group``: INT4 or E2M1 scales per ``group`` codes along K, ``w_scale`` (N, K // group): the row kernel takes
     them at its rows (each word's sums times its group's scale), the tensor-core kernel's PAIRED tiles (the placed
     codes times their group's scale, rounded to x's dtype as the dequantized weight is) other rows below
-    DEQUANT_MIN_M.
+    DEQUANT_MIN_M; the scales as a checkpoint encodes them (NVFP4's E4M3 with their rows' ``w_global_scale``,
+    MXFP4's E8M0) are read so, a quarter of fp32's bytes, and decoded as they load.
     """
-    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype, group)
+    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype, group, w_global_scale)
     if row_kernel and not (1 <= x.shape[0] <= ROW_MAX_M and x.shape[1] % 8 == 0):
         raise ValueError(f"the row kernel takes 1 to {ROW_MAX_M} activation rows and K a multiple of 8, got "
                          f"{x.shape[0]} rows and K={x.shape[1]}")
@@ -1143,7 +1193,7 @@ def fpx_matmul_triton(
                                                                                  bias)
     if dequantize:
         return _dequantized_product(x, planes, w_scale, element, bits, bias, out_dtype, out, row_kernel, config,
-                                    group)
+                                    group, w_global_scale)
     exp_bits, man_bits, exp_bias = kernel_fields(element, bits)
     use_row_kernel = bool(row_kernel or (row_kernel is None and takes_row_kernel(m, k)))
     if config is not None:
@@ -1161,8 +1211,10 @@ def fpx_matmul_triton(
     x = x.contiguous()
     low = planes[0].contiguous()
     high = planes[1].contiguous() if len(planes) > 1 else low
-    # In groups the scales go to the kernels as group scales (below), the epilogue's are ones.
-    scale = _ones(x.device, n) if group else w_scale.float().reshape(n).contiguous()
+    # In groups the scales go to the kernels as group scales (below), the epilogue's undo GROUP_UNIT_SHIFT's.
+    shift = group_unit_shift(exp_bias, x.dtype, use_row_kernel) if group else 0
+    scale = _filled(x.device, n, 2.0 ** (0 if use_row_kernel else shift)) if group else \
+        w_scale.float().reshape(n).contiguous()
     bias_arg = bias.contiguous() if bias is not None else out  # (no bias: never read)
     # The planes as words of 8 codes (the row kernel's and the tile kernel's PAIRED path), when K allows.
     low_words, high_words = low, high
@@ -1179,10 +1231,11 @@ def fpx_matmul_triton(
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                  DOT_F32=dot_f32, W_UNIT=2.0 ** (127 - exp_bias),
                  VALUED_BF16=x.dtype == torch.bfloat16, UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET)
-    # The group scales take the placements' power of two (G_UNIT).
-    gscale = w_scale.float().contiguous() if group else None
+    # The group scales (in their encoding: ``_scale_values``) take the placements' power of two (G_UNIT).
+    gscale = group_scale_operand(w_scale) if group else None
     group_flags = dict(gscale_ptr=gscale, stride_gs=gscale.stride(0), GROUP=group,
-                       G_UNIT=2.0 ** (127 - exp_bias)) if group else {}
+                       G_UNIT=2.0 ** (127 - exp_bias - shift),
+                       gglobal_ptr=w_global_scale, E4M3_SCALES=w_global_scale is not None) if group else {}
     fixed, launch = ({}, {}) if config is None else (config.kwargs, launch_options(config))
     if use_row_kernel:
         if INTERPRET and not fixed:
@@ -1195,8 +1248,8 @@ def fpx_matmul_triton(
         interleaved = (m == 1 and not mma and len(planes) > 1 and n % high_rows(bits) == 0 and row_interleave_on(bits)
                        and not high.is_inference())
         row_high = interleaved_high(high, bits) if interleaved else high_words
-        # In groups the placements' power of two goes with the group scales (G_UNIT).
-        unit_exp = 0 if group else 127 - exp_bias
+        # In groups the placements' power of two goes with the group scales (G_UNIT), less GROUP_UNIT_SHIFT's.
+        unit_exp = shift if group else 127 - exp_bias
         row_args = (x, low_words, row_high, scale, bias_arg, out, partials, counters, m, n, k // 8, x.stride(0),
                     out.stride(0), low_words.stride(0), row_high.stride(0), 2.0 ** (unit_exp - ROW_X_SCALE_EXP))
         row_flags = dict(BITS=bits, MAN_BITS=man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
@@ -1235,7 +1288,7 @@ def fpx_matmul_triton(
 def _dequantized_product(x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor,
                          element: str, bits: int, bias: torch.Tensor | None, out_dtype: torch.dtype | None,
                          out: torch.Tensor | None, row_kernel: bool | None, config: triton.Config | None,
-                         group: int) -> torch.Tensor:
+                         group: int, w_global_scale: torch.Tensor | None) -> torch.Tensor:
     """``fpx_matmul_triton(..., dequantize=True)``: x @ the dequantized weight (+ bias), by ``torch.mm``."""
     if row_kernel or config is not None or (out_dtype or x.dtype) != x.dtype or (
             bias is not None and bias.dtype != x.dtype):
@@ -1245,21 +1298,38 @@ def _dequantized_product(x: torch.Tensor, planes: tuple[torch.Tensor, ...] | lis
     from .dequant import dequantize_triton  # late: dequant imports this module's decoding helpers
 
     check_out(out, x.shape[0], planes[0].shape[0], x.dtype)
-    weight = dequantize_triton(planes, w_scale, element=element, bits=bits, group=group, dtype=x.dtype)
+    weight = dequantize_triton(planes, w_scale, element=element, bits=bits, group=group, dtype=x.dtype,
+                               global_scale=w_global_scale)
     if bias is None:
         return torch.mm(x, weight.T, out=out)
     return torch.addmm(bias, x, weight.T, out=out)
 
 
-_ONES: dict[tuple[torch.device, int], torch.Tensor] = {}
+def group_scale_operand(scale: torch.Tensor) -> torch.Tensor:
+    """Group scales as the kernels read them (``_scale_values``): encoded ones as bytes (E4M3's as uint8, which the
+    interpreter loads), float ones as fp32."""
+    if scale.dtype in ENCODED_SCALES:
+        return scale.contiguous().view(torch.uint8)
+    return scale.float().contiguous()
 
 
-def _ones(device: torch.device, n: int) -> torch.Tensor:
-    """A kept (n,) fp32 tensor of ones on ``device``: the row kernel's per-channel scales under group scales."""
-    key = (device, n)
-    if key not in _ONES:
-        _ONES[key] = torch.ones(n, dtype=torch.float32, device=device)
-    return _ONES[key]
+def group_unit_shift(exp_bias: int, x_dtype: torch.dtype, row_kernel: bool) -> int:
+    """The power of two (``GROUP_UNIT_SHIFT``) that scales in groups leave to the sums: INT4's placements are their
+    levels (none); fp16 weights on the tensor-core kernel none, so that E2M1 group scales from 4 on overflow there."""
+    if exp_bias == 127 or (x_dtype == torch.float16 and not row_kernel):
+        return 0
+    return GROUP_UNIT_SHIFT
+
+
+_FILLED: dict[tuple[torch.device, int, float], torch.Tensor] = {}
+
+
+def _filled(device: torch.device, n: int, value: float) -> torch.Tensor:
+    """A kept (n,) fp32 tensor of ``value`` on ``device``: the kernels' per-channel scales under group scales."""
+    key = (device, n, value)
+    if key not in _FILLED:
+        _FILLED[key] = torch.full((n,), value, dtype=torch.float32, device=device)
+    return _FILLED[key]
 
 
 def _split_k_slots(device: torch.device, m: int, n: int, splits: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,9 @@ FPX_BITS = (4, 5, 6)
 SCALE_KINDS = ("float", "e4m3", "e8m0")
 # Block-scaled formats fix their element and group: NVFP4 (E4M3 scales) and MXFP4 (E8M0).
 BLOCK_SCALED = {"e4m3": ("nvfp", 16), "e8m0": ("mxfp", 32)}
+# Weight scales in groups held as a checkpoint encodes them: NVFP4's E4M3 (with a global scale a row) and MXFP4's
+# E8M0 biased exponents (``scale_values``).
+ENCODED_SCALES = {torch.float8_e4m3fn: "e4m3", torch.uint8: "e8m0"}
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HADAMARD_BLOCKS = (16, 32, 64, 128, 256)
@@ -456,9 +459,10 @@ def fpx_element(element: str, bits: int) -> NumberFormat:
 def check_fpx_args(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, element: str,
     bits: int, bias: torch.Tensor | None, out_dtype: torch.dtype | None, group: int = 0,
+    w_global_scale: torch.Tensor | None = None,
 ) -> None:
     """Raise ValueError unless ``fpx_matmul`` can take these arguments (x 2-D here; ``group``: the scales' group
-    along K, 0 for one a row)."""
+    along K, 0 for one a row; ``w_global_scale``: E4M3 scales' (``check_weight_scales``))."""
     if x.dim() != 2:
         raise ValueError(f"activations must be 2-D (tokens, features), got shape {tuple(x.shape)}")
     if x.dtype not in ACTIVATION_DTYPES:
@@ -481,7 +485,7 @@ def check_fpx_args(
         if plane.dtype != torch.uint8 or tuple(plane.shape) != expected:
             raise ValueError(f"planes[{i}] must be the uint8 {width}-bit plane of shape (N, K*{width}/8) = {expected} "
                              f"for K={k} (the activations' K), got {plane.dtype} with shape {tuple(plane.shape)}")
-    check_weight_scales(w_scale, n, k, element, group, "w_scale")
+    check_weight_scales(w_scale, n, k, element, group, "w_scale", w_global_scale)
     if group % 8:
         raise ValueError(f"the weight-only kernels take groups of scales of a multiple of 8 codes (a packed word's), "
                          f"got groups of {group}")
@@ -500,7 +504,7 @@ def fpx_weight(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: t
 
 
 def check_packed_weight_args(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], scale: torch.Tensor, element: str,
-                             bits: int, group: int) -> None:
+                             bits: int, group: int, global_scale: torch.Tensor | None = None) -> None:
     """Raise ValueError unless ``packed_weight`` can take these planes and scales: an FPx element's planes
     (``packing.pack_planes``) with per-row scales, or packed INT4 / E2M1 codes with per-row or per-group ones."""
     fpx_element(element, bits)
@@ -513,44 +517,72 @@ def check_packed_weight_args(planes: tuple[torch.Tensor, ...] | list[torch.Tenso
         if plane.dtype != torch.uint8 or tuple(plane.shape) != (n, k * width // 8):
             raise ValueError(f"planes[{i}] must be the uint8 {width}-bit plane of shape (N, K*{width}/8) = "
                              f"{(n, k * width // 8)}, got {plane.dtype} with shape {tuple(plane.shape)}")
-    check_weight_scales(scale, n, k, element, group, "the scales")
+    check_weight_scales(scale, n, k, element, group, "the scales", global_scale)
 
 
-def check_weight_scales(scale: torch.Tensor, n: int, k: int, element: str, group: int, name: str) -> None:
+def check_weight_scales(scale: torch.Tensor, n: int, k: int, element: str, group: int, name: str,
+                        global_scale: torch.Tensor | None = None) -> None:
     """Raise ValueError unless ``scale`` (called ``name`` in the message) holds an (N, K) weight's scales: one a row,
-    (N,) or (N, 1), or for INT4 and E2M1 codes one per ``group`` codes, (N, K // group)."""
+    (N,) or (N, 1), or for INT4 and E2M1 codes one per ``group`` codes, (N, K // group): fp32 (or another float
+    dtype), or in groups as a checkpoint encodes them (``ENCODED_SCALES``), E4M3 ones with their rows' (N,) fp32
+    ``global_scale``."""
     if group and (element not in ELEMENTS or group < 0 or k % group):
         raise ValueError(f"groups of scales take packed INT4 or E2M1 codes and divide K={k}, got {element} in "
                          f"groups of {group}")
+    encoding = ENCODED_SCALES.get(scale.dtype)
     shapes = [(n, k // group)] if group else [(n,), (n, 1)]
-    if tuple(scale.shape) not in shapes or not scale.is_floating_point():
+    if tuple(scale.shape) not in shapes or not (scale.is_floating_point() or encoding):
         what = "one per group of codes" if group else "one per output channel"
         raise ValueError(f"{name} must be a float tensor of shape {' or '.join(map(str, shapes))}, got "
                          f"{scale.dtype} with shape {tuple(scale.shape)} ({what})")
+    if encoding and not group:
+        raise ValueError(f"{name}: {encoding} scales ({scale.dtype}) come in groups along K (NVFP4's 16, MXFP4's "
+                         f"32), got per-channel ones: pass group, or fp32 scales")
+    if encoding == "e4m3" and (global_scale is None or tuple(global_scale.shape) != (n,)
+                               or global_scale.dtype != torch.float32):
+        got = None if global_scale is None else f"{global_scale.dtype} with shape {tuple(global_scale.shape)}"
+        raise ValueError(f"{name}: E4M3 scales (NVFP4's) need their rows' fp32 global scales, shape ({n},), got "
+                         f"{got}")
+    if encoding != "e4m3" and global_scale is not None:
+        raise ValueError(f"{name}: a global scale multiplies E4M3 scales (float8_e4m3fn) only, got {scale.dtype} "
+                         f"scales: fold it into them, or pass none")
+
+
+def scale_values(scale: torch.Tensor, global_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 scales of their encoding (``check_weight_scales``): float ones as they are; E4M3 (NVFP4) times their
+    rows' ``global_scale``; E8M0 biased exponents e (MXFP4, uint8) as 2^(e - 127), e = 0 the subnormal 2^-127.
+    The kernels decode as they load them, to the same bits (``fpx_gemm._scale_values``)."""
+    if scale.dtype == torch.uint8:
+        bits = scale.to(torch.int32) << 23
+        return torch.where(scale == 0, 1 << 22, bits).view(torch.float32)
+    values = scale.float()
+    if global_scale is not None:
+        values = values * global_scale.float().reshape(-1, *(1,) * (values.dim() - 1))
+    return values
 
 
 def packed_weight(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], scale: torch.Tensor, element: str,
-                  bits: int = 4, group: int = 0) -> torch.Tensor:
+                  bits: int = 4, group: int = 0, global_scale: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 (N, K) weight of packed codes (one 4-bit plane, plus the 1- or 2-bit plane of FP5 / FP6) times their
-    per-row or per-group (INT4, E2M1) scales: the twin of ``quant_kernels.dequantize_weight``."""
-    check_packed_weight_args(planes, scale, element, bits, group)
+    per-row or per-group (INT4, E2M1) scales (``scale_values``): the twin of ``quant_kernels.dequantize_weight``."""
+    check_packed_weight_args(planes, scale, element, bits, group, global_scale)
     if element in ELEMENTS:
-        return dequantize(planes[0], scale.reshape(scale.shape[0], -1), element, group)
+        return dequantize(planes[0], scale_values(scale, global_scale).reshape(scale.shape[0], -1), element, group)
     return fpx_weight(planes, scale, element, bits, 2 * planes[0].shape[1])
 
 
 def fpx_matmul_ref(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-    group: int = 0,
+    group: int = 0, w_global_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x.float() @ (decode(w) * w_scale).T (+ bias)`` in fp32, cast to ``out_dtype`` (default x's dtype).
 
     ``planes``: ``packing.pack_planes`` of the (N, K) weight codes; ``w_scale``: (N,) or (N, 1), or (N, K // group)
-    for INT4 and E2M1 codes in groups (``packed_weight``).
+    for INT4 and E2M1 codes in groups (``packed_weight``), E4M3 ones times their rows' ``w_global_scale``.
     """
-    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype, group)
-    out = x.float() @ packed_weight(planes, w_scale, element, bits, group).T
+    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype, group, w_global_scale)
+    out = x.float() @ packed_weight(planes, w_scale, element, bits, group, w_global_scale).T
     if bias is not None:
         out = out + bias.float()
     return out.to(out_dtype or x.dtype)
@@ -558,14 +590,15 @@ def fpx_matmul_ref(
 
 def dequantized_product_excess(got: torch.Tensor, x: torch.Tensor,
                                planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor,
-                               element: str, bits: int, bias: torch.Tensor | None = None, group: int = 0) -> float:
+                               element: str, bits: int, bias: torch.Tensor | None = None, group: int = 0,
+                               w_global_scale: torch.Tensor | None = None) -> float:
     """How far ``got``, x times the weight dequantized into x's half dtype (``dequant.dequantize_triton``), lies
     from ``fpx_matmul_ref`` in units of its roundings: half an ulp of each weight times |x| |w| summed, and half an
     ulp of the output, counted twice (the fp32 sums' order); at most 1 where the product is right."""
     half_ulp = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[x.dtype]
     want = fpx_matmul_ref(x, planes, w_scale, element=element, bits=bits, bias=bias, out_dtype=torch.float32,
-                          group=group)
-    weight = packed_weight(planes, w_scale, element, bits, group)
+                          group=group, w_global_scale=w_global_scale)
+    weight = packed_weight(planes, w_scale, element, bits, group, w_global_scale)
     bound = half_ulp * (x.float().abs() @ weight.abs().T + 2 * want.abs()) + 1e-30
     return ((got.float() - want).abs() / bound).max().item()
 

@@ -1,8 +1,10 @@
 """A linear layer that holds packed 4-bit weights and runs on the W4A4 kernels.
 
 ``RealQuantLinear`` is what a loaded real-quantized checkpoint is made of: packed codes
-(two per byte, ``quant_layers.packing``) and decoded fp32 scales for the weight, and a
-description of how its input is quantized on the fly. The same module runs everywhere:
+(two per byte, ``quant_layers.packing``) and scales for the weight, and a
+description of how its input is quantized on the fly. Weight-only NVFP4 and MXFP4 linears keep their scales as the
+checkpoint encodes them (E4M3 with a global scale a row, E8M0 bytes: a quarter of fp32's bytes, which the FPx
+kernels decode as they load them); the others hold fp32 scales. The same module runs everywhere:
 ``quant_kernels`` dispatches to Triton on CUDA and to the pure-torch reference twins on the CPU.
 """
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from quant_kernels.reference import NormTail
 
 SCALE_KINDS = {"nvfp": "e4m3", "mxfp": "e8m0"}
+ENCODED_SCALE_DTYPES = {"e4m3": torch.float8_e4m3fn, "e8m0": torch.uint8}
 
 
 FPX_BITS = (4, 5, 6)  # weight-only FP elements the FPx kernel takes (FP6-LLM's formats and their FP5/FP4 kin)
@@ -151,6 +154,8 @@ class RealQuantLinear(nn.Module):
         check_scheme_pair(weight, act)
         self.in_features, self.out_features = in_features, out_features
         self.weight_scheme, self.act_scheme = weight, act
+        # Weight-only NVFP4 / MXFP4: the scales as the checkpoint encodes them (the module docstring).
+        self.encoded_scales = act is None and weight.group > 0 and weight.scale_kind in ENCODED_SCALE_DTYPES
         self.schemes = schemes_key(weight, act)  # the custom op's description of both (a str, set once)
         groups = in_features // weight.group if weight.group else 1
         # Bit planes (packing.plane_bits): 4 bits per code, plus a 1- or 2-bit plane for 5/6-bit codes; 8-bit
@@ -160,7 +165,13 @@ class RealQuantLinear(nn.Module):
         if high:
             self.register_buffer("qweight_high", torch.zeros(out_features, in_features * high[0] // 8,
                                                              dtype=torch.uint8))
-        self.register_buffer("weight_scale", torch.zeros(out_features, groups, dtype=torch.float32))
+        if self.encoded_scales:  # (reference.ENCODED_SCALES)
+            self.register_buffer("weight_scale", torch.zeros(out_features, groups, dtype=ENCODED_SCALE_DTYPES[
+                weight.scale_kind]))
+            if weight.scale_kind == "e4m3":  # a row each, so that fused linears keep their parts' own
+                self.register_buffer("weight_global_scale", torch.zeros(out_features, dtype=torch.float32))
+        else:
+            self.register_buffer("weight_scale", torch.zeros(out_features, groups, dtype=torch.float32))
         if act is not None and act.static_tensor_scale:  # the calibrated absmax (RealQuantScheme)
             self.register_buffer("act_tensor_amax", torch.zeros((), dtype=torch.float32))
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype), requires_grad=False) if bias else None
@@ -252,7 +263,8 @@ class RealQuantLinear(nn.Module):
             return self.on_codes(*given, x.dtype, rows).view(*x.shape[:-1], self.out_features)
         high = getattr(self, "qweight_high", None)  # the 1- or 2-bit plane of 5- and 6-bit codes
         return torch.ops.ptq.real_quant_matmul(x, self.qweight, high, self.weight_scale, self.bias, residual,
-                                               self.schemes, getattr(self, "act_tensor_amax", None))
+                                               self.schemes, getattr(self, "act_tensor_amax", None),
+                                               getattr(self, "weight_global_scale", None))
 
     def on_codes(self, a_bytes: torch.Tensor, a_scale: torch.Tensor, out_dtype: torch.dtype,
                  residual: torch.Tensor | None = None, gated: bool = False,
@@ -288,9 +300,11 @@ def parse_schemes(key: str) -> tuple[RealQuantScheme, RealQuantScheme | None]:
 @torch.library.custom_op("ptq::real_quant_matmul", mutates_args=())
 def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tensor],
                       weight_scale: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
-                      schemes: str, act_tensor_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      schemes: str, act_tensor_amax: Optional[torch.Tensor] = None,
+                      weight_global_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``RealQuantLinear``'s product, (..., K) -> (..., N) in x's dtype; plus ``residual`` (..., N) when given;
-    ``act_tensor_amax``: NVFP4 activations' calibrated absmax (``RealQuantScheme.static_tensor_scale``).
+    ``act_tensor_amax``: NVFP4 activations' calibrated absmax (``RealQuantScheme.static_tensor_scale``);
+    ``weight_global_scale``: weight-only NVFP4's rows' global scales, beside their E4M3 ``weight_scale``.
 
     A custom op so that ``torch.compile`` treats it as one opaque call: the kernels choose
     their path and autotune in Python, which is not for tracing, while everything around
@@ -300,7 +314,7 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
     if act is None:
         planes = (qweight, qweight_high) if qweight_high is not None else (qweight,)
         out = quant_kernels.fpx_matmul(x, planes, weight_scale, element=weight.element, bits=weight.bits, bias=bias,
-                                       out_dtype=x.dtype, group=weight.group)
+                                       out_dtype=x.dtype, group=weight.group, w_global_scale=weight_global_scale)
         return out if residual is None else residual + out
     rows = x.reshape(-1, x.shape[-1])
     if act.element == "int8":
@@ -348,7 +362,8 @@ def _w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Ten
 @real_quant_matmul.register_fake
 def _(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tensor], weight_scale: torch.Tensor,
       bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], schemes: str,
-      act_tensor_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
+      act_tensor_amax: Optional[torch.Tensor] = None,
+      weight_global_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], weight_scale.shape[0])
 
 

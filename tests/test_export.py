@@ -62,7 +62,7 @@ RECIPES = {
     "int4-w4a4": QuantRecipe(weight=spec("int", "channel"), activation=spec("int", "token", clip_ratio=0.9)),
     "int4-g64-w4a16": QuantRecipe(weight=spec("int", "group", group_size=64)),
     "int4-w4a16": QuantRecipe(weight=spec("int", "channel")),  # on the FPx kernels, INT4 levels
-    "nvfp4-w4a16": QuantRecipe(weight=QuantSpec("nvfp", 4)),  # E2M1 in groups of 16, their scales decoded at load
+    "nvfp4-w4a16": QuantRecipe(weight=QuantSpec("nvfp", 4)),  # E2M1 in groups of 16, their scales kept E4M3
     "mxfp4-w4a16": QuantRecipe(weight=QuantSpec("mxfp", 4)),
     "e2m1-w4a4kv4-hadamard": QuantRecipe(weight=spec("fp", "channel"), activation=spec("fp", "token"),
                                          key=QuantSpec("int", 4, granularity="head"),
@@ -146,6 +146,37 @@ def test_mxfp4_scales_are_e8m0_bytes(tiny_models, tmp_path):
     path = export_quantized(fake_quantized(tiny_models["llama"], recipe), None, recipe, str(tmp_path / "ckpt"))
     scale = load_file(os.path.join(path, "model.safetensors"))["model.layers.0.mlp.down_proj.weight_scale"]
     assert scale.dtype == torch.uint8 and scale.shape == (128, 384 // 32)
+
+
+def test_weight_only_nvfp4_and_mxfp4_keep_their_scale_encodings(tiny_models, tmp_path):
+    """Weight-only NVFP4 linears hold the checkpoint's E4M3 scales and a global scale a row (fused q/k/v keep each
+    part's), MXFP4 ones its E8M0 bytes, at a quarter of fp32's bytes; W4A4 linears decode theirs to fp32. Scales
+    stored in another dtype than their scheme's encoding are refused."""
+    paths = {}
+    for name in ("nvfp4-w4a16", "mxfp4-w4a16", "nvfp4-w4a4-gptq"):
+        recipe = RECIPES[name]
+        paths[name] = export_quantized(fake_quantized(tiny_models["llama"], recipe), None, recipe,
+                                       str(tmp_path / name))
+    nvfp4 = load_quantized(paths["nvfp4-w4a16"])[0]
+    stored = load_file(os.path.join(paths["nvfp4-w4a16"], "model.safetensors"))
+    fused = nvfp4.model.layers[0].self_attn.q_proj.group.linear
+    assert fused.weight_scale.dtype == torch.float8_e4m3fn and fused.weight_scale.shape == (128 + 2 * 64, 128 // 16)
+    parts = [stored[f"model.layers.0.self_attn.{p}_proj.weight_global_scale"] for p in "qkv"]
+    want = torch.cat([g.expand(rows) for g, rows in zip(parts, (128, 64, 64))])
+    assert torch.equal(fused.weight_global_scale, want) and len(set(torch.cat(parts).tolist())) == 3
+    assert torch.equal(fused.weight_scale[:128].view(torch.uint8),
+                       stored["model.layers.0.self_attn.q_proj.weight_scale"].view(torch.uint8))
+    mxfp4 = load_quantized(paths["mxfp4-w4a16"])[0]
+    assert mxfp4.model.layers[0].mlp.down_proj.weight_scale.dtype == torch.uint8
+    w4a4 = load_quantized(paths["nvfp4-w4a4-gptq"])[0]
+    assert w4a4.model.layers[0].mlp.down_proj.weight_scale.dtype == torch.float32
+    assert not hasattr(w4a4.model.layers[0].mlp.down_proj, "weight_global_scale")
+    file = os.path.join(paths["nvfp4-w4a16"], "model.safetensors")
+    stored["model.layers.0.mlp.up_proj.weight_scale"] = stored["model.layers.0.mlp.up_proj.weight_scale"].float()
+    save_file(stored, file)
+    with pytest.raises(ValueError, match=r"up_proj.weight_scale is torch.float32 \(384, 8\), its e4m3 scales need "
+                                         r"torch.float8_e4m3fn \(384, 8\)"):
+        load_quantized(paths["nvfp4-w4a16"])
 
 
 def test_sharded_checkpoint_loads_the_same(tiny_models, tmp_path):

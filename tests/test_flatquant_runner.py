@@ -263,16 +263,15 @@ def test_kernel_bench_times_only_the_weight_only_formats_asked(cli, monkeypatch,
 
 
 def test_kernel_bench_times_weights_in_groups_beside_their_dequantized_product(cli, monkeypatch, tmp_path):
-    """``--weight_only_formats int4_g128,e2m1_g16``: INT4 / E2M1 weights with scales in groups, each checked against
-    the twin (the interpreter runs the tensor-core kernel) and timed beside the dequantized weight times torch.mm and
-    the row kernel."""
-    table = weight_only_table(cli, monkeypatch, str(tmp_path / "bench"), "3", "40x256", "int4_g128,e2m1_g16")
-    for name in ("int4_g128", "e2m1_g16"):
-        assert f"| 40x256 | 3 | {name} w-only |" in table and f"| 40x256 | 3 | {name} w-only dequantized + cuBLAS |" \
-            in table
-    assert "| 40x256 | 3 | int4_g128 w-only row kernel |" in table and "| 40x256 | 3 | e2m1_g16 w-only row kernel |" \
-        in table
-    assert table.count("| ok |") == 6 and "MISMATCH" not in table
+    """``--weight_only_formats int4_g128,e2m1_g16,nvfp4,mxfp4``: INT4 / E2M1 weights with scales in groups (fp32, or
+    E4M3 and E8M0 as NVFP4 and MXFP4 checkpoints encode them), each checked against the twin (the interpreter runs
+    the tensor-core kernel) and timed beside the dequantized weight times torch.mm and the row kernel."""
+    names = ("int4_g128", "e2m1_g16", "nvfp4", "mxfp4")
+    table = weight_only_table(cli, monkeypatch, str(tmp_path / "bench"), "3", "40x256", ",".join(names))
+    for name in names:
+        for path in ("", " dequantized + cuBLAS", " row kernel"):
+            assert f"| 40x256 | 3 | {name} w-only{path} |" in table
+    assert table.count("| ok |") == 12 and "MISMATCH" not in table
 
 
 def test_prefill_bench_dry_run_checks_both_paths(cli, monkeypatch, tmp_path):

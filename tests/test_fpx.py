@@ -415,6 +415,89 @@ def test_tensor_core_kernel_takes_scales_in_groups(name, group, dtype):
         fpx_gemm.fpx_matmul_triton(x, planes, scale, row_kernel=False, config=unpaired, **spec)
 
 
+def encoded_scales(encoding: str, n: int, groups: int,
+                   gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Random group scales as NVFP4 (E4M3, with an fp32 global scale a row, as fused linears' rows differ) or MXFP4
+    (E8M0 biased exponents, 0 among them) checkpoints encode them."""
+    if encoding == "e4m3":
+        block = (torch.rand(n, groups, generator=gen) * 400 + 0.01).to(torch.float8_e4m3fn)
+        return block, torch.rand(n, generator=gen) * 1e-4 + 1e-5
+    exponents = torch.randint(117, 134, (n, groups), generator=gen, dtype=torch.uint8)  # 2^-10 to 2^6
+    exponents[0, 0] = 0
+    return exponents, None
+
+
+@pytest.mark.parametrize("encoding, group", [("e4m3", 16), ("e4m3", 32), ("e8m0", 32), ("e8m0", 16)])
+def test_kernels_read_encoded_group_scales_as_their_fp32_values(encoding, group):
+    """NVFP4's E4M3 scales with their rows' global scales and MXFP4's E8M0 bytes, read by the row kernel (1, 3 and
+    8 rows), the tensor-core kernel (a step inside one group, steps of several, swapped and split) and the
+    dequantizing kernel, give bit for bit what their decoded fp32 values (``reference.scale_values``) give, in each
+    x dtype, finite with MXFP4 scales up to 2^6 (fp16 weights on the tensor cores: below 4); E8M0's 0 is 2^-127
+    (fp32 subnormal), 127 is 1."""
+    from quant_kernels.reference import scale_values
+
+    k, n = 256, 40
+    gen = torch.Generator().manual_seed(group + len(encoding))
+    planes = pack_planes(torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8), 4)
+    raw, global_scale = encoded_scales(encoding, n, k // group, gen)
+    decoded = scale_values(raw, global_scale)
+    assert decoded.dtype == torch.float32 and decoded.shape == raw.shape
+    if encoding == "e8m0":
+        assert decoded[0, 0].item() == 2.0**-127
+        assert scale_values(torch.tensor([127, 128], dtype=torch.uint8)).tolist() == [1.0, 2.0]
+    else:
+        assert torch.equal(decoded, raw.float() * global_scale[:, None])
+    spec = dict(element="e2m1", bits=4, group=group)
+    tiles = [triton.Config(dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, PAIRED=True, SWAP_AB=swap, SPLIT_K=split))
+             for bn, bk, swap, split in ((32, group, False, 1), (32, 128, False, 1), (16, 64, True, 2))]
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for m in (1, 3, 8):
+            x = torch.randn(m, k, generator=gen).to(dtype)
+            calls = [dict(row_kernel=True)] + [dict(row_kernel=False, config=config) for config in tiles]
+            for call in calls:
+                # fp16 weights on the tensor cores take E2M1 scales below 4 (fpx_gemm.group_unit_shift)
+                held = raw.clamp(max=128) if encoding == "e8m0" and dtype == torch.float16 and not call["row_kernel"] \
+                    else raw
+                got = fpx_gemm.fpx_matmul_triton(x, planes, held, w_global_scale=global_scale, **spec, **call)
+                want = fpx_gemm.fpx_matmul_triton(x, planes, scale_values(held, global_scale), **spec, **call)
+                assert torch.equal(got, want) and got.isfinite().all(), call
+        got = quant_kernels.dequantize_weight(planes, raw, **spec, dtype=dtype, global_scale=global_scale,
+                                              backend="triton")
+        assert torch.equal(got, quant_kernels.dequantize_weight(planes, decoded, **spec, dtype=dtype,
+                                                                backend="triton"))
+    twin = fpx_matmul_ref(x, planes, raw, w_global_scale=global_scale, **spec)
+    assert torch.equal(twin, fpx_matmul_ref(x, planes, decoded, **spec))
+    for call in calls:  # (fp32 x) the twin to fp32 summation order, scales up to 2^6 included
+        assert_matches_twin(fpx_gemm.fpx_matmul_triton(x, planes, raw, w_global_scale=global_scale, **spec, **call),
+                            twin)
+
+
+def test_encoded_group_scales_are_checked():
+    """E4M3 scales without their rows' global scales, a global scale beside fp32 or E8M0 scales, and encoded scales
+    one a channel are refused on both backends with what to pass instead."""
+    k, n = 64, 8
+    planes = pack_planes(torch.zeros(n, k, dtype=torch.uint8), 4)
+    x = torch.randn(2, k)
+    e4m3 = torch.ones(n, k // 16).to(torch.float8_e4m3fn)
+    spec = dict(element="e2m1", bits=4, group=16)
+    for backend in ("torch", "triton"):
+        call = dict(backend=backend, **spec)
+        with pytest.raises(ValueError, match=r"E4M3 scales \(NVFP4's\) need their rows' fp32 global scales, shape "
+                                             r"\(8,\), got None"):
+            quant_kernels.fpx_matmul(x, planes, e4m3, **call)
+        with pytest.raises(ValueError, match="need their rows' fp32 global scales, shape .* got torch.float32 with "
+                                             r"shape \(1,\)"):
+            quant_kernels.fpx_matmul(x, planes, e4m3, w_global_scale=torch.ones(1), **call)
+        for scale in (torch.ones(n, k // 16), torch.full((n, k // 16), 127, dtype=torch.uint8)):
+            with pytest.raises(ValueError, match="a global scale multiplies E4M3 scales .* only"):
+                quant_kernels.fpx_matmul(x, planes, scale, w_global_scale=torch.ones(n), **call)
+        with pytest.raises(ValueError, match="e8m0 scales .* come in groups along K"):
+            quant_kernels.fpx_matmul(x, planes, torch.full((n,), 127, dtype=torch.uint8), element="e2m1", bits=4,
+                                     backend=backend)
+        with pytest.raises(ValueError, match="must be a float tensor"):
+            quant_kernels.fpx_matmul(x, planes, torch.ones(n, k // 16, dtype=torch.int32), **call)
+
+
 @pytest.mark.parametrize("split, prefetch, k", [(2, True, 64), (3, False, 200), (4, True, 200), (4, False, 48)],
                          ids=["2-prefetch", "3-ragged", "4-prefetch-ragged", "4-one-empty-slice"])
 @pytest.mark.parametrize("name", ["e3m2", "e2m2", "e2m1"])  # splitting K is alike for INT4, tested above
