@@ -72,9 +72,10 @@
 #              timed at 1-64 rows beside E2M1, then bf16 / W4A16 INT4 per channel and in groups of 128 (MODES)
 #              compiled CUDA-graph decode at batch 1
 #   w4a16_groups  INT4 / E2M1 weights with scales in groups (W4A16: GPTQ's g128, NVFP4's 16, MXFP4's 32) checked
-#              (kernel_check --only fpx_groups), timed at 1-256 rows (MS) beside the dequantized weight times cuBLAS
-#              (the default before the tensor-core kernel took groups), then bf16 / W4A16 INT4 g128 (MODES) compiled
-#              CUDA-graph decode at batch 8 (issue 10)
+#              (kernel_check --only fpx_groups), timed at 1-256 rows (MS; FORMATS, NVFP4 and MXFP4 with their scales
+#              encoded beside E2M1 g16 with fp32 ones) beside the dequantized weight times cuBLAS
+#              (the default before the tensor-core kernel took groups), then bf16 / W4A16 INT4 g128 / NVFP4 (MODES)
+#              compiled CUDA-graph decode at batch 8 (issue 10)
 #   decode_planes  FP4 W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8 and 16, E2M1 decode rows on
 #              E4M3 planes (the default since decode_rows_e4m3_e2m1_h200.md) (issues 9, 10)
 #   decode_match  the compiled decode step against the eager one, E4M3 planes against dp4a bytes, on a random 4-layer
@@ -368,9 +369,9 @@ for section in "$@"; do
         --out "$OUT/kernel_check_fpx_groups_h200"
       step "${LIMIT_GROUPS_BENCH:-300}" kernel_bench_w4a16_groups python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --weight_only_ms "${MS:-1,8,16,64,256}" \
-        --weight_only_formats "${FORMATS:-int4_g128,e2m1_g16,e2m1_g32}" --out "$OUT/kernel_bench_w4a16_groups_h200"
+        --weight_only_formats "${FORMATS:-int4_g128,nvfp4,e2m1_g16,mxfp4}" --out "$OUT/kernel_bench_w4a16_groups_h200"
       step "${LIMIT_GROUPS_MODEL:-170}" bench_model_w4a16_groups python benchmarks/bench_model.py --random_mode \
-        --config llama-3-8b --modes "${MODES:-w4a16_int4_g128,bf16}" --prefill_batches "" --decode_batches 8 \
+        --config llama-3-8b --modes "${MODES:-w4a16_int4_g128,w4a16_nvfp4,bf16}" --prefill_batches "" --decode_batches 8 \
         --decode_tokens 64 --compile --no_eager --out "$OUT/bench_model_decode_b8_w4a16_g128_llama3_8b_h200" ;;
     decode_planes)
       step "${LIMIT_DECODE_PLANES:-560}" bench_model_decode_planes python benchmarks/bench_model.py --random_mode \
