@@ -59,17 +59,18 @@ def add_group_arguments(signature: dict, constants: dict, group: int, exp_bias: 
     """The FPx kernels' scales-in-groups arguments, added to an ASTSource's ``signature`` and ``constants`` after
     the other constants are marked constexpr: GROUP and G_UNIT (as a bfloat16 launch sets it,
     ``fpx_gemm.group_unit_shift``), ``stride_gs``, ``gscale_ptr`` (a pointer in groups, None per channel, as a launch
-    leaves it) and, for ``scales`` 'e4m3' (NVFP4's; 'e8m0': MXFP4's bytes, 'fp32'), E4M3_SCALES and the rows' global
-    scales at ``gglobal_ptr``."""
+    leaves it), and SCALE_CODE for ``scales`` 'e4m3' (NVFP4's bytes, with the rows' global scales at
+    ``gglobal_ptr``) or 'e8m0' (MXFP4's bytes; 'fp32': fp32 scales)."""
     import torch
 
     from quant_kernels.fpx_gemm import group_unit_shift
 
     shift = group_unit_shift(exp_bias, torch.bfloat16, row_kernel) if group else 0
-    constants.update(GROUP=group, G_UNIT=2.0 ** (127 - exp_bias - shift), E4M3_SCALES=scales == "e4m3")
-    signature.update(GROUP="constexpr", G_UNIT="constexpr", stride_gs="i32", E4M3_SCALES="constexpr")
+    constants.update(GROUP=group, G_UNIT=2.0 ** (127 - exp_bias - shift),
+                     SCALE_CODE={"e4m3": 1, "e8m0": 2}.get(scales, 0))
+    signature.update(GROUP="constexpr", G_UNIT="constexpr", stride_gs="i32", SCALE_CODE="constexpr")
     if group:
-        signature["gscale_ptr"] = "*fp32" if scales == "fp32" else "*u8"
+        signature["gscale_ptr"] = "*u8" if scales != "fp32" else "*fp32"
     else:
         constants["gscale_ptr"] = None
         signature["gscale_ptr"] = "constexpr"

@@ -9,7 +9,7 @@ does.
 Each program takes a (BLOCK_N, BLOCK_K) tile: the planes are spread into one code per element and decoded as
 the FPx tile kernel's unpaired path does (``fpx_gemm._plane_codes`` and ``_decode``, INT4's two's complement
 nibbles included), multiplied by the row's or the group's fp32 scale (NVFP4's E4M3 and MXFP4's E8M0 ones decoded as
-they load, ``fpx_gemm._scale_values``), and rounded to the output dtype once, to nearest (by hand for bfloat16,
+they load, ``fpx_gemm._group_scales``), and rounded to the output dtype once, to nearest (by hand for bfloat16,
 whose cast the interpreter truncates): the weight a fake-quantized model of that dtype holds,
 ``reference.packed_weight(...).to(dtype)`` bit for bit.
 """
@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .fpx_gemm import (
-    HIGH_PLANE_WIDTH, _decode, _plane_codes, _row_globals, _scale_values, group_scale_operand, kernel_fields,
+    HIGH_PLANE_WIDTH, _decode, _group_scales, _plane_codes, _row_globals, group_scale_args, kernel_fields,
 )
 from .reference import check_packed_weight_args
 from .rounding import _round_to_dtype
@@ -33,12 +33,13 @@ BLOCK = dict(BLOCK_N=32, BLOCK_K=128)  # a tile per program: each thread writes 
 def _dequant_kernel(
     low_ptr, high_ptr, scale_ptr, global_ptr, out_ptr, N, K, stride_low, stride_high, stride_scale, stride_out,
     EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, EXP_BIAS: tl.constexpr,
-    HIGH_WIDTH: tl.constexpr, GROUP: tl.constexpr, ROUND_BF16: tl.constexpr, E4M3_SCALES: tl.constexpr,
+    HIGH_WIDTH: tl.constexpr, GROUP: tl.constexpr, ROUND_BF16: tl.constexpr, SCALE_CODE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """out (N, K) = value(code) * scale in out's dtype: the FP element's values or INT4 levels (MAN_BITS =
     ``fpx_gemm.INT4_LEVELS``); the scale per row (GROUP 0) or per GROUP columns (``stride_scale`` between rows),
-    E4M3 ones times their row's global scale at ``global_ptr`` (E4M3_SCALES)."""
+    encoded as ``fpx_gemm._group_scales`` takes them (SCALE_CODE), E4M3 ones times their row's global scale at
+    ``global_ptr``."""
     HIGH_PER_BYTE: tl.constexpr = 8 // HIGH_WIDTH if HIGH_WIDTH > 0 else 8
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     k0 = tl.program_id(1) * BLOCK_K
@@ -52,17 +53,16 @@ def _dequant_kernel(
     k_ok = offs_k < K
     if GROUP > 0 and BLOCK_K % GROUP == 0:  # each group's scale loaded once, then spread over its columns
         offs_g = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
-        groups = _scale_values(tl.load(scale_ptr + offs_n[:, None] * stride_scale + offs_g[None, :],
-                                       mask=n_ok[:, None] & (offs_g * GROUP < K)[None, :], other=0),
-                               E4M3_SCALES)
+        groups = _group_scales(scale_ptr, offs_n[:, None], offs_g[None, :],
+                               n_ok[:, None] & (offs_g * GROUP < K)[None, :], stride_scale, False, SCALE_CODE)
         scale = tl.broadcast_to(groups[:, :, None], (BLOCK_N, BLOCK_K // GROUP, GROUP)).reshape(BLOCK_N, BLOCK_K)
     elif GROUP > 0:
-        scale = _scale_values(tl.load(scale_ptr + offs_n[:, None] * stride_scale + (offs_k // GROUP)[None, :],
-                                      mask=n_ok[:, None] & k_ok[None, :], other=0), E4M3_SCALES)
+        scale = _group_scales(scale_ptr, offs_n[:, None], (offs_k // GROUP)[None, :], n_ok[:, None] & k_ok[None, :],
+                              stride_scale, False, SCALE_CODE)
     else:
         scale = tl.load(scale_ptr + offs_n * stride_scale, mask=n_ok, other=0.0)[:, None]
-    if E4M3_SCALES:
-        scale *= _row_globals(global_ptr, offs_n, n_ok, E4M3_SCALES)[:, None]
+    if SCALE_CODE == 1:
+        scale *= _row_globals(global_ptr, offs_n, n_ok, True)[:, None]
     values = _round_to_dtype(values * scale, ROUND_BF16, False)
     tl.store(out_ptr + offs_n[:, None] * stride_out + offs_k[None, :], values.to(out_ptr.dtype.element_ty),
              mask=n_ok[:, None] & k_ok[None, :])
@@ -78,12 +78,13 @@ def dequantize_triton(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], sca
     low = planes[0].contiguous()
     high = planes[1].contiguous() if len(planes) > 1 else low
     n, k = low.shape[0], 2 * low.shape[1]
-    scale = group_scale_operand(scale) if group else scale.float().reshape(n, 1).contiguous()
+    scales = group_scale_args(scale) if group else dict(
+        gscale_ptr=scale.float().reshape(n, 1).contiguous(), stride_gs=1, SCALE_CODE=0)
     out = torch.empty((n, k), dtype=dtype, device=low.device)
     grid = (triton.cdiv(n, BLOCK["BLOCK_N"]), triton.cdiv(k, BLOCK["BLOCK_K"]))
     exp_bits, man_bits, bias = kernel_fields(element, bits)
-    _dequant_kernel[grid](low, high, scale, global_scale, out, n, k, low.stride(0), high.stride(0), scale.stride(0),
-                          out.stride(0), EXP_BITS=exp_bits, MAN_BITS=man_bits, EXP_BIAS=bias,
+    _dequant_kernel[grid](low, high, scales["gscale_ptr"], global_scale, out, n, k, low.stride(0), high.stride(0),
+                          scales["stride_gs"], out.stride(0), EXP_BITS=exp_bits, MAN_BITS=man_bits, EXP_BIAS=bias,
                           HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], GROUP=group, ROUND_BF16=dtype == torch.bfloat16,
-                          E4M3_SCALES=global_scale is not None, **BLOCK)
+                          SCALE_CODE=scales["SCALE_CODE"], **BLOCK)
     return out

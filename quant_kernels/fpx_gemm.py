@@ -288,7 +288,7 @@ def _fpx_kernel(
     VALUED_BF16: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0, USE_ASM: tl.constexpr = False,
     EVEN: tl.constexpr = False, gscale_ptr=None, stride_gs=0, GROUP: tl.constexpr = 0, G_UNIT: tl.constexpr = 1.0,
     ROUND_BF16: tl.constexpr = False, ROUND_F16: tl.constexpr = False, gglobal_ptr=None,
-    E4M3_SCALES: tl.constexpr = False,
+    SCALE_CODE: tl.constexpr = 0,
 ):
     """PAIRED (K a multiple of 8): the weight streams as the row kernel's words (``low_words_ptr``,
     ``high_words_ptr``), two codes at a time are placed into float32s with shifts and masks
@@ -305,8 +305,8 @@ def _fpx_kernel(
     scales; otherwise each word's placed codes are multiplied by its group's scale times G_UNIT (``_word_units``) in
     fp32 before the dot rounds them to x's dtype, the weight ``dequant.dequantize_triton`` writes (ROUND_BF16 /
     ROUND_F16: rounded by hand where the dot is an fp32 one, under the interpreter). ``scale_ptr`` holds ones. The
-    group scales are fp32, or NVFP4's E4M3 bytes times their rows' global scales at ``gglobal_ptr`` (E4M3_SCALES), or
-    MXFP4's E8M0 bytes, decoded as they load (``_scale_values``)."""
+    group scales are fp32 (SCALE_CODE 0), or NVFP4's E4M3 bytes (1) times their rows' global scales at ``gglobal_ptr``,
+    or MXFP4's E8M0 bytes (2), decoded as they load (``_group_scales``)."""
     # Axis 0 runs fastest: the row tiles that share a weight tile are launched together.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -344,14 +344,14 @@ def _fpx_kernel(
         # A step's scales take 2^-GROUP_UNIT_SHIFT as the words' do (G_UNIT's part of W_UNIT; 1 for INT4), which the
         # epilogue's scales undo.
         STEP_UNIT: tl.constexpr = G_UNIT / W_UNIT
-        row_global = _row_globals(gglobal_ptr, offs_n, n_ok, E4M3_SCALES)
+        row_global = _row_globals(gglobal_ptr, offs_n, n_ok, SCALE_CODE == 1)
         for k0 in range(k_first, k_stop, BLOCK_K):
             w_ok = offs_w < (k_stop - k0) // 8
             low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH,
                                      USE_ASM, EVEN)
             if WORD_SCALES:
                 units = _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, k0, GROUP, G_UNIT, BLOCK_K,
-                                    EVEN, row_global, E4M3_SCALES)
+                                    EVEN, row_global, SCALE_CODE)
             else:
                 units = UNIT  # (unread)
             sums = acc
@@ -382,9 +382,8 @@ def _fpx_kernel(
                     sums = _dot_placed(tl.load(xw_ptrs + j + 4, mask=x_ok, other=0.0), second, sums, UNIT, DOT_F32,
                                        VALUED=VALUED, ROUND_BF16=ROUND_BF16, ROUND_F16=ROUND_F16)
             if STEP_SCALES:
-                scales = _scale_values(_tile_load(gscale_ptr + offs_n * stride_gs + k0 // GROUP, n_ok, EVEN),
-                                       E4M3_SCALES)
-                if E4M3_SCALES:
+                scales = _group_scales(gscale_ptr, offs_n, k0 // GROUP, n_ok, stride_gs, EVEN, SCALE_CODE)
+                if SCALE_CODE == 1:
                     scales *= row_global
                 if STEP_UNIT != 1.0:
                     scales *= STEP_UNIT
@@ -709,7 +708,7 @@ def _fpx_row_kernel(
     PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, MMA: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0,
     USE_ASM: tl.constexpr = False, SPLIT_K: tl.constexpr = 1, INTERLEAVED: tl.constexpr = False,
     EVEN: tl.constexpr = False, gscale_ptr=None, stride_gs=0, GROUP: tl.constexpr = 0, G_UNIT: tl.constexpr = 1.0,
-    gglobal_ptr=None, E4M3_SCALES: tl.constexpr = False,
+    gglobal_ptr=None, SCALE_CODE: tl.constexpr = 0,
 ):
     """Up to ROW_MAX_M activation rows (decode) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
@@ -732,7 +731,7 @@ def _fpx_row_kernel(
     at ``gscale_ptr``, GROUP a multiple of 8, so that a word's codes lie in one group: one row's step sums (one a
     word), several rows' placed codes, are multiplied by their words' group scales times G_UNIT = 2^(127 - bias)
     (the placement's power of two folded in; ``_word_units``; encoded as the tensor-core kernel takes them,
-    E4M3_SCALES); ``scale_ptr`` holds ones.
+    SCALE_CODE); ``scale_ptr`` holds ones.
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
@@ -749,7 +748,7 @@ def _fpx_row_kernel(
     if GROUP > 0:
         tl.static_assert(not MMA and not INTERLEAVED, "scales in groups take the fp32 forms of the row kernel")
         tl.static_assert(GROUP % 8 == 0, "a word's eight codes lie in one group of scales")
-    row_global = _row_globals(gglobal_ptr, offs_n, n_ok, E4M3_SCALES)
+    row_global = _row_globals(gglobal_ptr, offs_n, n_ok, SCALE_CODE == 1)
     if MMA:  # one bfloat16 row on the tensor cores: rows 2i (a) and 2i + 1 (b) of the tile side by side
         half = tl.arange(0, BLOCK_N // 2)
         rows = tl.program_id(0) * BLOCK_N + 2 * half
@@ -832,7 +831,7 @@ def _fpx_row_kernel(
                 part = _row_products(tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32), low, high, x_ptrs, w_ok, BITS,
                                      MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, USE_ASM)
                 acc += part * _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, 8 * w0, GROUP, G_UNIT,
-                                          8 * BLOCK_KW, EVEN, row_global, E4M3_SCALES)
+                                          8 * BLOCK_KW, EVEN, row_global, SCALE_CODE)
             else:
                 acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, USE_ASM)
             if PREFETCH:
@@ -859,7 +858,7 @@ def _fpx_row_kernel(
                                      USE_ASM)
             if GROUP > 0:
                 scales = _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, 8 * w0, GROUP, G_UNIT,
-                                     8 * BLOCK_KW, False, row_global, E4M3_SCALES)[None, :, :]
+                                     8 * BLOCK_KW, False, row_global, SCALE_CODE)[None, :, :]
             for j in tl.static_range(4):
                 first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
                 if GROUP > 0:  # each placed code times its word's group scale, shared by the rows
@@ -878,41 +877,42 @@ def _fpx_row_kernel(
 
 @triton.jit
 def _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, k0, GROUP: tl.constexpr, G_UNIT: tl.constexpr,
-                BLOCK_K: tl.constexpr, EVEN: tl.constexpr, row_global, E4M3_SCALES: tl.constexpr):
-    """The scales of the groups that hold words ``offs_w`` of the step from code ``k0`` on (``_scale_values``;
-    E4M3 ones times their rows' ``row_global``, E4M3_SCALES), times G_UNIT, a word's eight codes lying in one group
-    (GROUP a multiple of 8): a (BLOCK_N, BLOCK_K / 8) tile, or (BLOCK_N, 1) where the step lies in one group; zero
-    off the masks (none when EVEN)."""
+                BLOCK_K: tl.constexpr, EVEN: tl.constexpr, row_global, SCALE_CODE: tl.constexpr):
+    """The scales of the groups that hold words ``offs_w`` of the step from code ``k0`` on (``_group_scales``; E4M3
+    ones times their rows' ``row_global``), times G_UNIT, a word's eight codes lying in one group (GROUP a multiple
+    of 8): a (BLOCK_N, BLOCK_K / 8) tile, or (BLOCK_N, 1) where the step lies in one group; zero off the masks (none
+    when EVEN)."""
     if GROUP % BLOCK_K == 0:
-        units = _tile_load(gscale_ptr + offs_n * stride_gs + k0 // GROUP, n_ok, EVEN)[:, None]
+        units = _group_scales(gscale_ptr, offs_n, k0 // GROUP, n_ok, stride_gs, EVEN, SCALE_CODE)[:, None]
     else:
-        units = _tile_load(gscale_ptr + offs_n[:, None] * stride_gs + ((k0 + 8 * offs_w) // GROUP)[None, :],
-                           n_ok[:, None] & w_ok[None, :], EVEN)
-    units = _scale_values(units, E4M3_SCALES)
-    if E4M3_SCALES:
+        units = _group_scales(gscale_ptr, offs_n[:, None], ((k0 + 8 * offs_w) // GROUP)[None, :],
+                              n_ok[:, None] & w_ok[None, :], stride_gs, EVEN, SCALE_CODE)
+    if SCALE_CODE == 1:
         units *= row_global[:, None]
     return units * G_UNIT
 
 
 @triton.jit
-def _scale_values(raw, E4M3: tl.constexpr):
-    """fp32 group scales of their encoding as loaded (``reference.scale_values``): E4M3 ones (E4M3: NVFP4's, as
-    bytes) converted, MXFP4's E8M0 biased exponents e (uint8) as 2^(e - 127) (e = 0: the subnormal 2^-127), float
-    ones converted (fp32: unchanged)."""
-    if E4M3:
+def _group_scales(gscale_ptr, rows, groups, mask, stride_gs, EVEN: tl.constexpr, SCALE_CODE: tl.constexpr):
+    """The fp32 scales of groups ``groups`` of rows ``rows`` (broadcast together), zero off ``mask`` (unmasked when
+    EVEN): fp32 ones (SCALE_CODE 0); or bytes, NVFP4's E4M3 (1) or MXFP4's E8M0 biased exponents e (2: 2^(e - 127),
+    e = 0 the subnormal 2^-127), as ``reference.scale_values`` decodes them. (Read as int32 words of four bytes, which
+    Hopper would copy asynchronously as it does fp32 scales, the row and tile kernels took more instructions a step:
+    ``benchmarks/results/kernels_h200.md``, fortieth session.)"""
+    raw = _tile_load(gscale_ptr + rows * stride_gs + groups, mask, EVEN)
+    if SCALE_CODE == 1:
         values = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-    elif raw.dtype == tl.uint8:
-        bits = tl.where(raw == 0, 1 << 22, raw.to(tl.int32) << 23)
-        values = bits.to(tl.float32, bitcast=True)
+    elif SCALE_CODE == 2:
+        values = tl.where(raw == 0, 1 << 22, raw.to(tl.int32) << 23).to(tl.float32, bitcast=True)
     else:
         values = raw.to(tl.float32)
     return values
 
 
 @triton.jit
-def _row_globals(gglobal_ptr, offs_n, n_ok, E4M3_SCALES: tl.constexpr):
-    """Rows ``offs_n``'s fp32 global scales (E4M3_SCALES: NVFP4's, which multiply its E4M3 group scales), else 1."""
-    if E4M3_SCALES:
+def _row_globals(gglobal_ptr, offs_n, n_ok, HAS_GLOBAL: tl.constexpr):
+    """Rows ``offs_n``'s fp32 global scales (HAS_GLOBAL: NVFP4's, which multiply its E4M3 group scales), else 1."""
+    if HAS_GLOBAL:
         values = tl.load(gglobal_ptr + offs_n, mask=n_ok, other=0.0)
     else:
         values = 1.0
@@ -979,7 +979,7 @@ _fpx_autotuned = triton.autotune(
 # group, else the words' codes a word at a time).
 _fpx_group_autotuned = triton.autotune(
     configs=[c for c in _fpx_autotuned.configs if c.kwargs["PAIRED"]],
-    key=["M_BUCKET", "N", "K", "MAN_BITS", "DOT_F32", "VALUED_BF16", "GROUP"],
+    key=["M_BUCKET", "N", "K", "MAN_BITS", "DOT_F32", "VALUED_BF16", "GROUP", "SCALE_CODE"],
     prune_configs_by=dict(early_config_prune=_prune_configs),
 )(triton.heuristics(dict(EVEN=_tile_even))(_fpx_kernel))
 
@@ -1077,7 +1077,7 @@ _fpx_row_autotuned = triton.autotune(
 _fpx_row_group_autotuned = triton.autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=split), num_warps=w,
                            num_stages=st) for bn, bkw, w, st, split in ROW_GROUP_CONFIGS],
-    key=[*ROW_TUNING_KEY, "GROUP"],
+    key=[*ROW_TUNING_KEY, "GROUP", "SCALE_CODE"],
     prune_configs_by=dict(early_config_prune=_prune_row_group_configs),
 )(triton.heuristics(dict(EVEN=_row_even))(_fpx_row_kernel))
 
@@ -1231,11 +1231,9 @@ def fpx_matmul_triton(
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                  DOT_F32=dot_f32, W_UNIT=2.0 ** (127 - exp_bias),
                  VALUED_BF16=x.dtype == torch.bfloat16, UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET)
-    # The group scales (in their encoding: ``_scale_values``) take the placements' power of two (G_UNIT).
-    gscale = group_scale_operand(w_scale) if group else None
-    group_flags = dict(gscale_ptr=gscale, stride_gs=gscale.stride(0), GROUP=group,
-                       G_UNIT=2.0 ** (127 - exp_bias - shift),
-                       gglobal_ptr=w_global_scale, E4M3_SCALES=w_global_scale is not None) if group else {}
+    # The group scales (in their encoding: ``_group_scales``) take the placements' power of two (G_UNIT).
+    group_flags = dict(GROUP=group, G_UNIT=2.0 ** (127 - exp_bias - shift), gglobal_ptr=w_global_scale,
+                       **group_scale_args(w_scale)) if group else {}
     fixed, launch = ({}, {}) if config is None else (config.kwargs, launch_options(config))
     if use_row_kernel:
         if INTERPRET and not fixed:
@@ -1305,12 +1303,12 @@ def _dequantized_product(x: torch.Tensor, planes: tuple[torch.Tensor, ...] | lis
     return torch.addmm(bias, x, weight.T, out=out)
 
 
-def group_scale_operand(scale: torch.Tensor) -> torch.Tensor:
-    """Group scales as the kernels read them (``_scale_values``): encoded ones as bytes (E4M3's as uint8, which the
-    interpreter loads), float ones as fp32."""
-    if scale.dtype in ENCODED_SCALES:
-        return scale.contiguous().view(torch.uint8)
-    return scale.float().contiguous()
+def group_scale_args(scale: torch.Tensor) -> dict:
+    """The kernels' arguments for (N, groups) scales (``_group_scales``): ``gscale_ptr`` and ``stride_gs``, fp32
+    ones as fp32, encoded ones (``reference.ENCODED_SCALES``) as bytes, SCALE_CODE 1 (E4M3) or 2 (E8M0)."""
+    code = {"e4m3": 1, "e8m0": 2}.get(ENCODED_SCALES.get(scale.dtype), 0)
+    operand = scale.contiguous().view(torch.uint8) if code else scale.float().contiguous()
+    return dict(gscale_ptr=operand, stride_gs=operand.stride(0), SCALE_CODE=code)
 
 
 def group_unit_shift(exp_bias: int, x_dtype: torch.dtype, row_kernel: bool) -> int:

@@ -551,7 +551,7 @@ def check_weight_scales(scale: torch.Tensor, n: int, k: int, element: str, group
 def scale_values(scale: torch.Tensor, global_scale: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 scales of their encoding (``check_weight_scales``): float ones as they are; E4M3 (NVFP4) times their
     rows' ``global_scale``; E8M0 biased exponents e (MXFP4, uint8) as 2^(e - 127), e = 0 the subnormal 2^-127.
-    The kernels decode as they load them, to the same bits (``fpx_gemm._scale_values``)."""
+    The kernels decode as they load them, to the same bits (``fpx_gemm._group_scales``)."""
     if scale.dtype == torch.uint8:
         bits = scale.to(torch.int32) << 23
         return torch.where(scale == 0, 1 << 22, bits).view(torch.float32)
