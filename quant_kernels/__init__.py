@@ -226,14 +226,15 @@ def w4a4_linear(
     a_group: int = 0, w_group: int = 0, scale_kind: str = "float", clip_ratio: float = 1.0,
     bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16, backend: str | None = None,
     path: str | None = None, residual: torch.Tensor | None = None, norm_tail: NormTail | None = None,
-    a_tensor_amax: torch.Tensor | None = None,
+    a_tensor_amax: torch.Tensor | None = None, w_global_scale: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(M, N) = Q(x) @ (decode(w) * w_scale).T (+ bias): quantize x's rows, then multiply; ``residual`` (M, N):
     returns ``residual + product``, the product rounded to ``out_dtype`` first (in the decode kernel's
     epilogue where it runs). ``norm_tail`` (``reference.NormTail``): returns (that, the next RMSNorm's dp4a bytes
     of it, their per-token scales), computed by the decode kernel's last program where it runs
     (``w4a4_matmul_dp4a``), else by ``rms_norm_quantize``. ``a_tensor_amax``: NVFP4 activations' calibrated
-    absmax (``quantize_activations``' ``tensor_amax``).
+    absmax (``quantize_activations``' ``tensor_amax``). Weight scales in groups may come encoded (``w4a4_matmul``;
+    ``w_global_scale``).
 
     ``path``: ``packed`` (4-bit activation codes, ``w4a4_matmul``), ``fp8`` (codes as
     E4M3 bytes, weight widened by ``unpack_fp8``, cuBLAS's FP8 GEMM; per-row scales,
@@ -319,7 +320,8 @@ def w4a4_linear(
     packed, a_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, tensor_amax=a_tensor_amax,
                                            backend=backend)
     out = w4a4_matmul(packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
-                      a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend)
+                      a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend,
+                      w_global_scale=w_global_scale)
     return _with_norm_tail(out if residual is None else residual + out, norm_tail, backend)
 
 
@@ -415,22 +417,25 @@ def w4a4_matmul(
     a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, a_group: int = 0, w_group: int = 0,
     bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16, backend: str | None = None,
+    w_global_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """out (M, N) = (decode(a) * a_scale) @ (decode(w) * w_scale).T (+ bias), fp32 accumulation.
 
     ``a_packed`` (M, K//2) and ``w_packed`` (N, K//2) are uint8 (``nn.Linear`` layout);
     ``a_scale`` is (M, 1) for ``a_group`` 0 or (M, K//a_group), likewise ``w_scale``.
-    Groups are 0 (one scale per row) or multiples of 16 dividing K.
+    Groups are 0 (one scale per row) or multiples of 16 dividing K. Weight scales in groups may come as NVFP4 and
+    MXFP4 checkpoints encode them (E4M3 with their rows' ``w_global_scale``, E8M0 bytes;
+    ``reference.check_weight_scales``), read so by the kernel.
     """
+    kw = dict(a_element=a_element, w_element=w_element, a_group=a_group, w_group=w_group, bias=bias,
+              out_dtype=out_dtype, w_global_scale=w_global_scale)
     if _use_triton(a_packed, backend):
         from .w4a4_gemm import w4a4_matmul_triton
 
-        return w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
-                                  a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype)
+        return w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, **kw)
     from .reference import w4a4_matmul_ref
 
-    return w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
-                           a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype)
+    return w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, **kw)
 
 
 def dequantize_weight(

@@ -74,7 +74,8 @@ import triton.language as tl
 from torch.utils.weak import WeakIdKeyDictionary
 from triton.language.standard import _sum_combine
 
-from .reference import ENCODED_SCALES, check_fpx_args, check_out, fpx_element
+from .tile_loads import _group_scales, _row_globals, _tile_load, group_scale_args
+from .reference import check_fpx_args, check_out, fpx_element
 from .rounding import _round_to_dtype
 from .switches import env_switch
 from .w4a4_gemv import _words, keep_pinned, prune_decode_configs, split_k_buffer
@@ -893,33 +894,6 @@ def _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, k0, GROUP: tl
 
 
 @triton.jit
-def _group_scales(gscale_ptr, rows, groups, mask, stride_gs, EVEN: tl.constexpr, SCALE_CODE: tl.constexpr):
-    """The fp32 scales of groups ``groups`` of rows ``rows`` (broadcast together), zero off ``mask`` (unmasked when
-    EVEN): fp32 ones (SCALE_CODE 0); or bytes, NVFP4's E4M3 (1) or MXFP4's E8M0 biased exponents e (2: 2^(e - 127),
-    e = 0 the subnormal 2^-127), as ``reference.scale_values`` decodes them. (Read as int32 words of four bytes, which
-    Hopper would copy asynchronously as it does fp32 scales, the row and tile kernels took more instructions a step:
-    ``benchmarks/results/kernels_h200.md``, fortieth session.)"""
-    raw = _tile_load(gscale_ptr + rows * stride_gs + groups, mask, EVEN)
-    if SCALE_CODE == 1:
-        values = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-    elif SCALE_CODE == 2:
-        values = tl.where(raw == 0, 1 << 22, raw.to(tl.int32) << 23).to(tl.float32, bitcast=True)
-    else:
-        values = raw.to(tl.float32)
-    return values
-
-
-@triton.jit
-def _row_globals(gglobal_ptr, offs_n, n_ok, HAS_GLOBAL: tl.constexpr):
-    """Rows ``offs_n``'s fp32 global scales (HAS_GLOBAL: NVFP4's, which multiply its E4M3 group scales), else 1."""
-    if HAS_GLOBAL:
-        values = tl.load(gglobal_ptr + offs_n, mask=n_ok, other=0.0)
-    else:
-        values = 1.0
-    return values
-
-
-@triton.jit
 def _row_products(acc, low, high, x_ptrs, w_ok, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
                   X_SCALE: tl.constexpr, EVEN: tl.constexpr, USE_ASM: tl.constexpr = False):
     """acc + each (row, word) tile element's eight placed codes (``_placed_pair`` of ``low`` and the high fields
@@ -931,16 +905,6 @@ def _row_products(acc, low, high, x_ptrs, w_ok, BITS: tl.constexpr, MAN_BITS: tl
         acc += first * x_first[None, :]
         acc += second * x_second[None, :]
     return acc
-
-
-@triton.jit
-def _tile_load(ptrs, mask, EVEN: tl.constexpr):
-    """``ptrs``' elements, zero where ``mask`` is false; unmasked when EVEN (every tile whole)."""
-    if EVEN:
-        out = tl.load(ptrs)
-    else:
-        out = tl.load(ptrs, mask=mask, other=0)
-    return out
 
 
 def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -1301,14 +1265,6 @@ def _dequantized_product(x: torch.Tensor, planes: tuple[torch.Tensor, ...] | lis
     if bias is None:
         return torch.mm(x, weight.T, out=out)
     return torch.addmm(bias, x, weight.T, out=out)
-
-
-def group_scale_args(scale: torch.Tensor) -> dict:
-    """The kernels' arguments for (N, groups) scales (``_group_scales``): ``gscale_ptr`` and ``stride_gs``, fp32
-    ones as fp32, encoded ones (``reference.ENCODED_SCALES``) as bytes, SCALE_CODE 1 (E4M3) or 2 (E8M0)."""
-    code = {"e4m3": 1, "e8m0": 2}.get(ENCODED_SCALES.get(scale.dtype), 0)
-    operand = scale.contiguous().view(torch.uint8) if code else scale.float().contiguous()
-    return dict(gscale_ptr=operand, stride_gs=operand.stride(0), SCALE_CODE=code)
 
 
 def group_unit_shift(exp_bias: int, x_dtype: torch.dtype, row_kernel: bool) -> int:

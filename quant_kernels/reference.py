@@ -112,9 +112,11 @@ def check_activation_args(
 
 
 def _check_operand(
-    name: str, packed: torch.Tensor, scale: torch.Tensor, element: str, group: int, k: int | None
+    name: str, packed: torch.Tensor, scale: torch.Tensor, element: str, group: int, k: int | None,
+    encoded: bool = False,
 ) -> int:
-    """Check one packed operand and its scales; return its K (two codes per byte)."""
+    """Check one packed operand and its scales (``encoded``: float or ``ENCODED_SCALES``); return its K (two codes
+    per byte)."""
     if packed.dtype != torch.uint8 or packed.dim() != 2:
         raise ValueError(f"{name}_packed must be a 2-D uint8 tensor of packed 4-bit codes, "
                          f"got {packed.dtype} with shape {tuple(packed.shape)}")
@@ -126,7 +128,7 @@ def _check_operand(
         raise ValueError(f"{name}_group must be 0 (one scale per row) or a multiple of 16 dividing K={k_here}, "
                          f"got {group}")
     expected = (packed.shape[0], k_here // group if group else 1)
-    if tuple(scale.shape) != expected or not scale.is_floating_point():
+    if tuple(scale.shape) != expected or not (scale.is_floating_point() or encoded and scale.dtype in ENCODED_SCALES):
         raise ValueError(f"{name}_scale must be a float tensor of shape {expected} for {name}_group={group}, "
                          f"got {scale.dtype} with shape {tuple(scale.shape)}")
     return k_here
@@ -142,10 +144,13 @@ def check_out(out: torch.Tensor | None, m: int, n: int, out_dtype: torch.dtype) 
 def check_matmul_args(
     a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
     a_element: str, w_element: str, a_group: int, w_group: int, bias: torch.Tensor | None, out_dtype: torch.dtype,
+    w_global_scale: torch.Tensor | None = None,
 ) -> None:
-    """Raise ValueError unless ``w4a4_matmul`` can take these arguments."""
+    """Raise ValueError unless ``w4a4_matmul`` can take these arguments (the weight's scales also as
+    ``check_weight_scales`` takes them: in groups, NVFP4's E4M3 with ``w_global_scale`` and MXFP4's E8M0)."""
     k = _check_operand("a", a_packed, a_scale, a_element, a_group, None)
-    _check_operand("w", w_packed, w_scale, w_element, w_group, k)
+    _check_operand("w", w_packed, w_scale, w_element, w_group, k, encoded=True)
+    check_weight_scales(w_scale, w_packed.shape[0], k, w_element, w_group, "w_scale", w_global_scale)
     _check_bias_and_out(bias, w_packed.shape[0], out_dtype)
 
 
@@ -427,10 +432,14 @@ def w4a4_matmul_ref(
     a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, a_group: int = 0, w_group: int = 0,
     bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
+    w_global_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``dequantize(a) @ dequantize(w).T (+ bias)`` in fp32, cast to ``out_dtype``."""
-    check_matmul_args(a_packed, a_scale, w_packed, w_scale, a_element, w_element, a_group, w_group, bias, out_dtype)
-    out = dequantize(a_packed, a_scale, a_element, a_group) @ dequantize(w_packed, w_scale, w_element, w_group).T
+    """``dequantize(a) @ dequantize(w).T (+ bias)`` in fp32, cast to ``out_dtype``; the weight's scales as
+    ``check_matmul_args`` takes them (``scale_values``)."""
+    check_matmul_args(a_packed, a_scale, w_packed, w_scale, a_element, w_element, a_group, w_group, bias, out_dtype,
+                      w_global_scale)
+    weight = dequantize(w_packed, scale_values(w_scale, w_global_scale), w_element, w_group)
+    out = dequantize(a_packed, a_scale, a_element, a_group) @ weight.T
     if bias is not None:
         out = out + bias.float()
     return out.to(out_dtype)
@@ -551,7 +560,7 @@ def check_weight_scales(scale: torch.Tensor, n: int, k: int, element: str, group
 def scale_values(scale: torch.Tensor, global_scale: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 scales of their encoding (``check_weight_scales``): float ones as they are; E4M3 (NVFP4) times their
     rows' ``global_scale``; E8M0 biased exponents e (MXFP4, uint8) as 2^(e - 127), e = 0 the subnormal 2^-127.
-    The kernels decode as they load them, to the same bits (``fpx_gemm._group_scales``)."""
+    The kernels decode as they load them, to the same bits (``tile_loads._group_scales``)."""
     if scale.dtype == torch.uint8:
         bits = scale.to(torch.int32) << 23
         return torch.where(scale == 0, 1 << 22, bits).view(torch.float32)

@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from .reference import check_matmul_args, check_out, dp4a_bytes
+from .tile_loads import _group_scales, _row_globals, group_scale_args
 from .w4a4_gemv import _gemv_autotuned, _tc_autotuned, check_gemv_fits, gemv_fits, takes_tensor_cores, w4a4_gemv_triton
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
@@ -118,8 +119,11 @@ def _w4a4_kernel(
     M, N, K, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om,
     A_INT4: tl.constexpr, W_INT4: tl.constexpr, A_GROUP: tl.constexpr, W_GROUP: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, SWAP_AB: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, SWAP_AB: tl.constexpr, w_global_ptr=None,
+    W_SCALE_CODE: tl.constexpr = 0,
 ):
+    """W_GROUP > 0: the weight's scales in groups are fp32, or NVFP4's E4M3 bytes times their rows' global scales at
+    ``w_global_ptr`` (W_SCALE_CODE 1), or MXFP4's E8M0 bytes (2), decoded as they load (``_group_scales``)."""
     # Grouped ordering: GROUP_M row tiles sweep the columns together, so their weight
     # tiles are reused from L2.
     pid = tl.program_id(0)
@@ -153,6 +157,7 @@ def _w4a4_kernel(
     k_bytes = K // 2
     ACC_DTYPE: tl.constexpr = tl.int32 if DOT == 0 else tl.float32
     tl.static_assert(not (SWAP_AB and GROUPED), "swapped operands take per-row scales only")
+    w_global = _row_globals(w_global_ptr, offs_n, n_ok, W_SCALE_CODE == 1)
     if SWAP_AB:  # acc^T = W A^T
         acc = tl.full((BLOCK_N, BLOCK_M), 0, ACC_DTYPE)
     else:
@@ -176,8 +181,11 @@ def _w4a4_kernel(
                     part *= tl.load(a_scale_ptr + offs_m * stride_asm + k0 // A_GROUP,
                                     mask=m_ok & (offs_m * 0 + k0 < K), other=0.0)[:, None]
                 if W_GROUP > 0:
-                    part *= tl.load(w_scale_ptr + offs_n * stride_wsn + k0 // W_GROUP,
-                                    mask=n_ok & (offs_n * 0 + k0 < K), other=0.0)[None, :]
+                    w_scales = _group_scales(w_scale_ptr, offs_n, k0 // W_GROUP, n_ok & (offs_n * 0 + k0 < K),
+                                             stride_wsn, False, W_SCALE_CODE)
+                    if W_SCALE_CODE == 1:
+                        w_scales *= w_global
+                    part *= w_scales[None, :]
                 acc += part
         else:
             a_low, a_high = _nibble_operands(a_bytes, A_INT4, DOT)
@@ -234,7 +242,8 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
 
 
 def _autotuned(configs: list[triton.Config], **kwargs) -> triton.runtime.Autotuner:
-    return triton.autotune(configs=configs, key=["M_BUCKET", "N", "K", "A_INT4", "W_INT4", "A_GROUP", "W_GROUP"],
+    return triton.autotune(configs=configs, key=["M_BUCKET", "N", "K", "A_INT4", "W_INT4", "A_GROUP", "W_GROUP",
+                                                 "W_SCALE_CODE"],
                            prune_configs_by=dict(early_config_prune=_prune_configs), **kwargs)(_w4a4_kernel)
 
 
@@ -280,7 +289,7 @@ def w4a4_matmul_triton(
     a_packed: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, a_group: int = 0, w_group: int = 0,
     bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16, out: torch.Tensor | None = None,
-    split_k: int = 1, swap_ab: bool = False, gemv: bool | None = None,
+    split_k: int = 1, swap_ab: bool = False, gemv: bool | None = None, w_global_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.w4a4_matmul_ref``; writes into ``out`` (M, N) when given.
 
@@ -288,9 +297,12 @@ def w4a4_matmul_triton(
     None lets it take the products it fits on a GPU (up to ``GEMV_MAX_M`` rows, per-row
     scales). Otherwise, on a GPU, M <= DECODE_MAX_M runs the split-K decode configs (the
     autotuner picks the split and whether the operands swap); ``split_k`` and ``swap_ab``
-    (per-row scales only) set them under the interpreter, where the tests run.
+    (per-row scales only) set them under the interpreter, where the tests run. Weight scales in groups may come as
+    NVFP4 and MXFP4 checkpoints encode them (``reference.check_weight_scales``; E4M3 with ``w_global_scale``), read
+    so.
     """
-    check_matmul_args(a_packed, a_scale, w_packed, w_scale, a_element, w_element, a_group, w_group, bias, out_dtype)
+    check_matmul_args(a_packed, a_scale, w_packed, w_scale, a_element, w_element, a_group, w_group, bias, out_dtype,
+                      w_global_scale)
     if split_k < 1:
         raise ValueError(f"split_k must be a positive number of K splits, got {split_k}")
     if swap_ab and (a_group or w_group):
@@ -308,14 +320,17 @@ def w4a4_matmul_triton(
     target = torch.zeros((m, n), dtype=torch.float32, device=a_packed.device) if split else (
         out if out is not None else torch.empty((m, n), dtype=out_dtype, device=a_packed.device))
     a_packed, w_packed = a_packed.contiguous(), w_packed.contiguous()
-    a_scale, w_scale = a_scale.float().contiguous(), w_scale.float().contiguous()
+    a_scale = a_scale.float().contiguous()
+    weight_scales = group_scale_args(w_scale) if w_group else dict(gscale_ptr=w_scale.float().contiguous(),
+                                                                   SCALE_CODE=0)
+    w_scale = weight_scales["gscale_ptr"]
     args = (
         a_packed, a_scale, w_packed, w_scale, bias if bias is not None else target, target,  # (no bias: never read)
         m, n, k, _m_bucket(m), a_packed.stride(0), w_packed.stride(0), a_scale.stride(0), w_scale.stride(0),
         target.stride(0),
     )
     flags = dict(A_INT4=a_element == "int4", W_INT4=w_element == "int4", A_GROUP=a_group, W_GROUP=w_group,
-                 HAS_BIAS=bias is not None)
+                 HAS_BIAS=bias is not None, w_global_ptr=w_global_scale, W_SCALE_CODE=weight_scales["SCALE_CODE"])
     if INTERPRET:
         config = dict(INTERPRET_CONFIG, BLOCK_K=_k_step(INTERPRET_CONFIG["BLOCK_K"], a_group, w_group),
                       SPLIT_K=split_k, SWAP_AB=swap_ab)

@@ -2,9 +2,9 @@
 
 ``RealQuantLinear`` is what a loaded real-quantized checkpoint is made of: packed codes
 (two per byte, ``quant_layers.packing``) and scales for the weight, and a
-description of how its input is quantized on the fly. Weight-only NVFP4 and MXFP4 linears keep their scales as the
-checkpoint encodes them (E4M3 with a global scale a row, E8M0 bytes: a quarter of fp32's bytes, which the FPx
-kernels decode as they load them); the others hold fp32 scales. The same module runs everywhere:
+description of how its input is quantized on the fly. NVFP4 and MXFP4 weights keep their scales as the checkpoint
+encodes them (E4M3 with a global scale a row, E8M0 bytes: a quarter of fp32's bytes), which the kernels decode as
+they load them (``quant_kernels.tile_loads``); the others hold fp32 scales. The same module runs everywhere:
 ``quant_kernels`` dispatches to Triton on CUDA and to the pure-torch reference twins on the CPU.
 """
 
@@ -154,8 +154,8 @@ class RealQuantLinear(nn.Module):
         check_scheme_pair(weight, act)
         self.in_features, self.out_features = in_features, out_features
         self.weight_scheme, self.act_scheme = weight, act
-        # Weight-only NVFP4 / MXFP4: the scales as the checkpoint encodes them (the module docstring).
-        self.encoded_scales = act is None and weight.group > 0 and weight.scale_kind in ENCODED_SCALE_DTYPES
+        # NVFP4 / MXFP4 weights: the scales as the checkpoint encodes them (the module docstring).
+        self.encoded_scales = weight.group > 0 and weight.scale_kind in ENCODED_SCALE_DTYPES
         self.schemes = schemes_key(weight, act)  # the custom op's description of both (a str, set once)
         groups = in_features // weight.group if weight.group else 1
         # Bit planes (packing.plane_bits): 4 bits per code, plus a 1- or 2-bit plane for 5/6-bit codes; 8-bit
@@ -255,7 +255,8 @@ class RealQuantLinear(nn.Module):
         if tail is not None:
             out, codes, scales = torch.ops.ptq.real_quant_matmul_norm(
                 x, self.qweight, self.weight_scale, self.bias, residual, tail.weight, tail.eps, self.schemes,
-                tail.element, tail.clip_ratio, tail.dp4a_for, *(given or (None, None)))
+                tail.element, tail.clip_ratio, tail.dp4a_for, *(given or (None, None)),
+                getattr(self, "weight_global_scale", None))
             self._norm_codes = (codes, scales)
             return out
         if given is not None:
@@ -304,7 +305,7 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
                       weight_global_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``RealQuantLinear``'s product, (..., K) -> (..., N) in x's dtype; plus ``residual`` (..., N) when given;
     ``act_tensor_amax``: NVFP4 activations' calibrated absmax (``RealQuantScheme.static_tensor_scale``);
-    ``weight_global_scale``: weight-only NVFP4's rows' global scales, beside their E4M3 ``weight_scale``.
+    ``weight_global_scale``: NVFP4 weights' rows' global scales, beside their E4M3 ``weight_scale``.
 
     A custom op so that ``torch.compile`` treats it as one opaque call: the kernels choose
     their path and autotune in Python, which is not for tracing, while everything around
@@ -322,7 +323,8 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
         out = linear(rows, qweight, weight_scale, clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype)
         out = out.reshape(*x.shape[:-1], out.shape[-1])
         return out if residual is None else residual + out
-    return _w4a4_linear(x, qweight, weight_scale, bias, residual, weight, act, a_tensor_amax=act_tensor_amax)
+    return _w4a4_linear(x, qweight, weight_scale, bias, residual, weight, act, a_tensor_amax=act_tensor_amax,
+                        w_global_scale=weight_global_scale)
 
 
 def _product_on_codes(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor,
@@ -339,10 +341,11 @@ def _product_on_codes(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: tor
 def _w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
                  residual: Optional[torch.Tensor], weight: RealQuantScheme, act: RealQuantScheme,
                  norm_tail: NormTail | None = None, given: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 a_tensor_amax: torch.Tensor | None = None):
+                 a_tensor_amax: torch.Tensor | None = None, w_global_scale: torch.Tensor | None = None):
     """``quant_kernels.w4a4_linear`` of x's rows, x's leading shape restored (the norm tail's codes stay rows);
     ``given``: x's rows already quantized (``RealQuantLinear.input_tail``'s dp4a bytes and scales), multiplied by
-    ``quant_kernels.w4a4_matmul_dp4a``; ``a_tensor_amax``: as ``real_quant_matmul``'s."""
+    ``quant_kernels.w4a4_matmul_dp4a``; ``a_tensor_amax``: as ``real_quant_matmul``'s; ``w_global_scale``: E4M3
+    weight scales' (``quant_kernels.w4a4_linear``)."""
     rows = x.reshape(-1, x.shape[-1])
     residual = None if residual is None else residual.reshape(rows.shape[0], -1)
     if given is not None:
@@ -352,7 +355,8 @@ def _w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Ten
         out = quant_kernels.w4a4_linear(rows, qweight, weight_scale, a_element=act.element, w_element=weight.element,
                                         a_group=act.group, w_group=weight.group, scale_kind=act.scale_kind,
                                         clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype, residual=residual,
-                                        norm_tail=norm_tail, a_tensor_amax=a_tensor_amax)
+                                        norm_tail=norm_tail, a_tensor_amax=a_tensor_amax,
+                                        w_global_scale=w_global_scale)
     if norm_tail is None:
         return out.reshape(*x.shape[:-1], out.shape[-1])
     out, codes, scales = out
@@ -372,11 +376,12 @@ def real_quant_matmul_norm(x: torch.Tensor, qweight: torch.Tensor, weight_scale:
                            bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], norm_weight: torch.Tensor,
                            eps: float, schemes: str, element: str, clip_ratio: float, dp4a_for: str,
                            a_bytes: Optional[torch.Tensor] = None, a_scale: Optional[torch.Tensor] = None,
+                           weight_global_scale: Optional[torch.Tensor] = None,
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A W4A4 ``real_quant_matmul`` with a norm tail (``RealQuantLinear.add_residual_to_next``): (the product
     plus ``residual``, the codes (``quant_kernels.decode_codes_form``) and per-token scales of the next RMSNorm of
     it); ``quant_kernels.w4a4_linear`` with ``norm_tail``. ``a_bytes``, ``a_scale``: x's rows already quantized
-    (``RealQuantLinear.input_tail``)."""
+    (``RealQuantLinear.input_tail``); ``weight_global_scale``: as ``real_quant_matmul``'s."""
     from quant_kernels.reference import NormTail  # late: quant_kernels.reference imports quant_layers
 
     weight, act = parse_schemes(schemes)
@@ -384,14 +389,15 @@ def real_quant_matmul_norm(x: torch.Tensor, qweight: torch.Tensor, weight_scale:
     return _w4a4_linear(x, qweight, weight_scale, bias, residual, weight, act,
                         NormTail(norm_weight, eps, element, clip_ratio,
                                  *quant_kernels.decode_codes_form(dp4a_for, rows, x.is_cuda)),
-                        None if a_bytes is None else (a_bytes, a_scale))
+                        None if a_bytes is None else (a_bytes, a_scale), w_global_scale=weight_global_scale)
 
 
 @real_quant_matmul_norm.register_fake
 def _(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
       residual: Optional[torch.Tensor], norm_weight: torch.Tensor, eps: float, schemes: str, element: str,
       clip_ratio: float, dp4a_for: str, a_bytes: Optional[torch.Tensor] = None,
-      a_scale: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+      a_scale: Optional[torch.Tensor] = None,
+      weight_global_scale: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n = weight_scale.shape[0]
     rows = x.numel() // x.shape[-1]
     return (x.new_empty(*x.shape[:-1], n), quant_kernels.decode_codes_like(x, rows, n, dp4a_for),

@@ -148,12 +148,12 @@ def test_mxfp4_scales_are_e8m0_bytes(tiny_models, tmp_path):
     assert scale.dtype == torch.uint8 and scale.shape == (128, 384 // 32)
 
 
-def test_weight_only_nvfp4_and_mxfp4_keep_their_scale_encodings(tiny_models, tmp_path):
-    """Weight-only NVFP4 linears hold the checkpoint's E4M3 scales and a global scale a row (fused q/k/v keep each
-    part's), MXFP4 ones its E8M0 bytes, at a quarter of fp32's bytes; W4A4 linears decode theirs to fp32. Scales
-    stored in another dtype than their scheme's encoding are refused."""
+def test_nvfp4_and_mxfp4_weights_keep_their_scale_encodings(tiny_models, tmp_path):
+    """NVFP4 weights, weight-only or W4A4, hold the checkpoint's E4M3 scales and a global scale a row (fused q/k/v
+    keep each part's), MXFP4 ones its E8M0 bytes, at a quarter of fp32's bytes; INT4 in groups keeps fp32 ones.
+    Scales stored in another dtype than their scheme's encoding are refused."""
     paths = {}
-    for name in ("nvfp4-w4a16", "mxfp4-w4a16", "nvfp4-w4a4-gptq"):
+    for name in ("nvfp4-w4a16", "mxfp4-w4a16", "nvfp4-w4a4-gptq", "int4-g64-w4a16"):
         recipe = RECIPES[name]
         paths[name] = export_quantized(fake_quantized(tiny_models["llama"], recipe), None, recipe,
                                        str(tmp_path / name))
@@ -168,9 +168,10 @@ def test_weight_only_nvfp4_and_mxfp4_keep_their_scale_encodings(tiny_models, tmp
                        stored["model.layers.0.self_attn.q_proj.weight_scale"].view(torch.uint8))
     mxfp4 = load_quantized(paths["mxfp4-w4a16"])[0]
     assert mxfp4.model.layers[0].mlp.down_proj.weight_scale.dtype == torch.uint8
-    w4a4 = load_quantized(paths["nvfp4-w4a4-gptq"])[0]
-    assert w4a4.model.layers[0].mlp.down_proj.weight_scale.dtype == torch.float32
-    assert not hasattr(w4a4.model.layers[0].mlp.down_proj, "weight_global_scale")
+    w4a4 = load_quantized(paths["nvfp4-w4a4-gptq"])[0].model.layers[0].mlp.down_proj
+    assert w4a4.weight_scale.dtype == torch.float8_e4m3fn and w4a4.weight_global_scale.shape == (128,)
+    int4 = load_quantized(paths["int4-g64-w4a16"])[0].model.layers[0].mlp.down_proj
+    assert int4.weight_scale.dtype == torch.float32 and not hasattr(int4, "weight_global_scale")
     file = os.path.join(paths["nvfp4-w4a16"], "model.safetensors")
     stored["model.layers.0.mlp.up_proj.weight_scale"] = stored["model.layers.0.mlp.up_proj.weight_scale"].float()
     save_file(stored, file)

@@ -1065,6 +1065,38 @@ def test_triton_gemm_groups_that_are_not_powers_of_two():
     assert_matches_twin(out, w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, **kw))
 
 
+@pytest.mark.parametrize("encoding, w_group", [("e4m3", 16), ("e8m0", 32)])
+def test_w4a4_gemm_reads_encoded_weight_scales_as_their_fp32_values(encoding, w_group):
+    """NVFP4's E4M3 weight scales with their rows' global scales and MXFP4's E8M0 bytes (0 among them, 2^-127), in
+    the W4A4 GEMM unsplit and split along K, give bit for bit what their decoded fp32 values give, and the twin;
+    the twin reads them as ``scale_values`` decodes them."""
+    from quant_kernels.reference import scale_values
+
+    gen = torch.Generator().manual_seed(w_group)
+    k, n = 128, 24
+    a_packed, w_packed = (torch.randint(0, 256, (rows, k // 2), generator=gen, dtype=torch.uint8) for rows in (9, n))
+    a_scale = torch.rand(9, k // w_group, generator=gen) + 0.1
+    if encoding == "e4m3":
+        w_scale = (torch.rand(n, k // w_group, generator=gen) * 400 + 0.01).to(torch.float8_e4m3fn)
+        global_scale = torch.rand(n, generator=gen) * 1e-3 + 1e-4
+    else:
+        w_scale, global_scale = torch.randint(110, 140, (n, k // w_group), generator=gen, dtype=torch.uint8), None
+        w_scale[0, 0] = 0
+    decoded = scale_values(w_scale, global_scale)
+    kw = dict(a_element="e2m1", w_element="e2m1", a_group=w_group, w_group=w_group, out_dtype=torch.float32)
+    want = w4a4_matmul_ref(a_packed, a_scale, w_packed, decoded, **kw)
+    assert torch.equal(w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, w_global_scale=global_scale, **kw), want)
+    for split_k in (1, 2):
+        got = w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, w_scale, w_global_scale=global_scale,
+                                           split_k=split_k, **kw)
+        assert torch.equal(got, w4a4_gemm.w4a4_matmul_triton(a_packed, a_scale, w_packed, decoded, split_k=split_k,
+                                                             **kw))
+        assert_matches_twin(got, want)
+    with pytest.raises(ValueError, match="E4M3 scales .* need their rows' fp32 global scales"):
+        quant_kernels.w4a4_matmul(a_packed, a_scale, w_packed, torch.ones(n, k // w_group).to(torch.float8_e4m3fn),
+                                  backend="torch", **kw)
+
+
 def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
     configs = act_quant._act_quant_autotuned.configs
 
