@@ -355,43 +355,64 @@ def check_dequant(n: int, k: int, element: str, group: int, dtype: torch.dtype, 
             "shape": f"N{n} K{k} {str(dtype).removeprefix('torch.')}", "ok": differ == 0}
 
 
-def check_fpx_groups(m: int, n: int, k: int, element: str, group: int, dtype: torch.dtype,
-                     device: torch.device) -> dict:
-    """W4A16 weights with scales in groups (INT4 or E2M1) through ``fpx_matmul`` (the row kernel at its rows, the
-    tensor-core kernel's PAIRED tiles at other rows below DEQUANT_MIN_M, the dequantized weight from there) into a
-    NaN-poisoned output, against the twin: the row kernel within
-    fp32-accumulation rounding, the others, which may round each weight to x's dtype (the tensor-core kernel where
-    its K steps are wider than a group), within those roundings (``reference.dequantized_product_excess``)."""
+def check_fpx_groups(m: int, n: int, k: int, element: str, group: int, dtype: torch.dtype, device: torch.device,
+                     encoding: str = "float") -> dict:
+    """W4A16 weights with scales in groups (INT4 or E2M1; ``encoding`` 'e4m3': NVFP4's E4M3 scales with a global
+    scale a row, 'e8m0': MXFP4's bytes, as ``RealQuantLinear`` holds them) through ``fpx_matmul`` (the row kernel at
+    its rows, the tensor-core kernel's PAIRED tiles at other rows below DEQUANT_MIN_M, the dequantized weight from
+    there) into a NaN-poisoned output, against the twin: the row kernel within fp32-accumulation rounding, the
+    others, which may round each weight to x's dtype (the tensor-core kernel where its K steps are wider than a
+    group), within those roundings (``reference.dequantized_product_excess``)."""
     from quant_kernels.fpx_gemm import fpx_matmul_triton, takes_dequantized, takes_row_kernel
 
     codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, device=device)
-    scale = torch.rand(n, k // group, device=device) * 0.03 + 1e-3
+    global_scale = None
+    if encoding == "e4m3":
+        scale = (torch.rand(n, k // group, device=device) * 400 + 1).to(torch.float8_e4m3fn)
+        global_scale = torch.rand(n, device=device) * 1e-4 + 1e-5
+    elif encoding == "e8m0":
+        scale = torch.randint(117, 124, (n, k // group), dtype=torch.uint8, device=device)
+    else:
+        scale = torch.rand(n, k // group, device=device) * 0.03 + 1e-3
     planes = pack_planes(codes, 4)
     x = random_activations(m, k, dtype, device)
     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
-    spec = dict(element=element, bits=4, group=group)
+    spec = dict(element=element, bits=4, group=group, w_global_scale=global_scale)
     fpx_matmul_triton(x, planes, scale, out=out, **spec)
     row = takes_row_kernel(m, k)
     if row:
         ok, excess = close(out, reference.fpx_matmul_ref(x, planes, scale, out_dtype=torch.float32, **spec))
     else:
-        excess = reference.dequantized_product_excess(out, x, planes, scale, element, 4, group=group)
+        excess = reference.dequantized_product_excess(out, x, planes, scale, element, 4, group=group,
+                                                      w_global_scale=global_scale)
         ok = excess <= 1
     path = "row kernel" if row else "dequantized" if takes_dequantized(m, dtype, dtype, None) else "tensor cores"
-    return {"kernel": "fpx_gemm", "case": f"{element} g{group} ({path})",
+    scales = "" if encoding == "float" else f" {encoding.upper()} scales"
+    return {"kernel": "fpx_gemm", "case": f"{element} g{group}{scales} ({path})",
             "shape": f"M{m} N{n} K{k} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess,
             "ok": ok and not out.isnan().any()}
 
 
-# (M, N, K, element, group, x dtype): W4A16 in groups at Llama-3-8B shapes, the row kernel's rows (NVFP4's and MXFP4's
-# groups too), the tensor-core kernel's (ragged rows) and the dequantized weight's.
-GPU_FPX_GROUPS = [(1, 4096, 4096, "int4", 128, torch.bfloat16), (4, 14336, 4096, "e2m1", 64, torch.bfloat16),
-                  (1, 4096, 14336, "int4", 128, torch.float16), (16, 6144, 4096, "int4", 128, torch.bfloat16),
-                  (1, 4096, 4096, "e2m1", 16, torch.bfloat16), (8, 14336, 4096, "e2m1", 32, torch.bfloat16),
-                  (61, 4096, 14336, "int4", 128, torch.float16), (300, 6144, 4096, "e2m1", 16, torch.bfloat16),
-                  (1024, 4096, 4096, "int4", 128, torch.bfloat16)]
-DRY_FPX_GROUPS = [(1, 40, 256, "int4", 128, torch.bfloat16), (5, 24, 128, "e2m1", 32, torch.float16),
-                  (1030, 24, 128, "int4", 64, torch.bfloat16)]
+# (M, N, K, element, group, x dtype, scale encoding): W4A16 in groups at Llama-3-8B shapes, the row kernel's rows
+# (NVFP4's and MXFP4's groups too), the tensor-core kernel's (ragged rows) and the dequantized weight's; NVFP4 and
+# MXFP4 on their encoded scales on each.
+GPU_FPX_GROUPS = [(1, 4096, 4096, "int4", 128, torch.bfloat16, "float"),
+                  (4, 14336, 4096, "e2m1", 64, torch.bfloat16, "float"),
+                  (1, 4096, 14336, "int4", 128, torch.float16, "float"),
+                  (16, 6144, 4096, "int4", 128, torch.bfloat16, "float"),
+                  (1, 4096, 4096, "e2m1", 16, torch.bfloat16, "float"),
+                  (8, 14336, 4096, "e2m1", 32, torch.bfloat16, "float"),
+                  (61, 4096, 14336, "int4", 128, torch.float16, "float"),
+                  (300, 6144, 4096, "e2m1", 16, torch.bfloat16, "float"),
+                  (1024, 4096, 4096, "int4", 128, torch.bfloat16, "float"),
+                  (1, 4096, 4096, "e2m1", 16, torch.bfloat16, "e4m3"),
+                  (3, 4096, 14336, "e2m1", 32, torch.float16, "e8m0"),
+                  (8, 14336, 4096, "e2m1", 16, torch.bfloat16, "e4m3"),
+                  (61, 6144, 4096, "e2m1", 32, torch.bfloat16, "e8m0"),
+                  (1024, 4096, 4096, "e2m1", 16, torch.bfloat16, "e4m3")]
+DRY_FPX_GROUPS = [(1, 40, 256, "int4", 128, torch.bfloat16, "float"), (5, 24, 128, "e2m1", 32, torch.float16, "float"),
+                  (1030, 24, 128, "int4", 64, torch.bfloat16, "float"),
+                  (5, 24, 128, "e2m1", 16, torch.bfloat16, "e4m3"), (1, 40, 256, "e2m1", 32, torch.bfloat16, "e8m0")]
 
 
 # (N, K, element, group, dtype): W4A16 weights dequantized, a Llama-3-8B shape and ragged ones.
@@ -791,8 +812,8 @@ def main(argv: list[str] | None = None) -> int:
         record(check_fpx_dequantized, m, n, k, element, dtype, device)
     for n, k, element, group, dtype in DRY_DEQUANT if args.cpu_dry_run else GPU_DEQUANT:
         record(check_dequant, n, k, element, group, dtype, device)
-    for m, n, k, element, group, dtype in DRY_FPX_GROUPS if args.cpu_dry_run else GPU_FPX_GROUPS:
-        record(check_fpx_groups, m, n, k, element, group, dtype, device)
+    for m, n, k, element, group, dtype, encoding in DRY_FPX_GROUPS if args.cpu_dry_run else GPU_FPX_GROUPS:
+        record(check_fpx_groups, m, n, k, element, group, dtype, device, encoding)
     for batch, heads, tokens, dim in DRY_KV_WRITE_SHAPES if args.cpu_dry_run else GPU_KV_WRITE_SHAPES:
         for dtype in OUT_DTYPES:
             record(check_kv_write, batch, heads, tokens, dim, dtype, device)

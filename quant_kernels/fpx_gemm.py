@@ -351,8 +351,8 @@ def _fpx_kernel(
             low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH,
                                      USE_ASM, EVEN)
             if WORD_SCALES:
-                units = _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, k0, GROUP, G_UNIT, BLOCK_K,
-                                    EVEN, row_global, SCALE_CODE)
+                units = _word_units(gscale_ptr, offs_n, n_ok, stride_gs, k0, (k_stop - k0) // 8, GROUP, G_UNIT,
+                                    BLOCK_K, EVEN, row_global, SCALE_CODE)
             else:
                 units = UNIT  # (unread)
             sums = acc
@@ -831,7 +831,7 @@ def _fpx_row_kernel(
             if GROUP > 0:  # the step's sums, one a word, scaled by their groups' scales
                 part = _row_products(tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32), low, high, x_ptrs, w_ok, BITS,
                                      MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, USE_ASM)
-                acc += part * _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, 8 * w0, GROUP, G_UNIT,
+                acc += part * _word_units(gscale_ptr, offs_n, n_ok, stride_gs, 8 * w0, w_stop - w0, GROUP, G_UNIT,
                                           8 * BLOCK_KW, EVEN, row_global, SCALE_CODE)
             else:
                 acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, USE_ASM)
@@ -858,7 +858,7 @@ def _fpx_row_kernel(
             low, high = _plane_words(low_ptrs3, high_ptrs3, n_ok[None, :, None] & w_ok[None, None, :], HIGH_WIDTH,
                                      USE_ASM)
             if GROUP > 0:
-                scales = _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, 8 * w0, GROUP, G_UNIT,
+                scales = _word_units(gscale_ptr, offs_n, n_ok, stride_gs, 8 * w0, w_stop - w0, GROUP, G_UNIT,
                                      8 * BLOCK_KW, False, row_global, SCALE_CODE)[None, :, :]
             for j in tl.static_range(4):
                 first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
@@ -877,17 +877,28 @@ def _fpx_row_kernel(
 
 
 @triton.jit
-def _word_units(gscale_ptr, offs_n, n_ok, offs_w, w_ok, stride_gs, k0, GROUP: tl.constexpr, G_UNIT: tl.constexpr,
+def _word_units(gscale_ptr, offs_n, n_ok, stride_gs, k0, words_left, GROUP: tl.constexpr, G_UNIT: tl.constexpr,
                 BLOCK_K: tl.constexpr, EVEN: tl.constexpr, row_global, SCALE_CODE: tl.constexpr):
-    """The scales of the groups that hold words ``offs_w`` of the step from code ``k0`` on (``_group_scales``; E4M3
-    ones times their rows' ``row_global``), times G_UNIT, a word's eight codes lying in one group (GROUP a multiple
-    of 8): a (BLOCK_N, BLOCK_K / 8) tile, or (BLOCK_N, 1) where the step lies in one group; zero off the masks (none
-    when EVEN)."""
+    """The scales of the groups that hold the words of the step from code ``k0`` on (``_group_scales``; E4M3 ones
+    times their rows' ``row_global``), times G_UNIT, a word's eight codes lying in one group (GROUP a multiple of
+    8): a (BLOCK_N, BLOCK_K / 8) tile, or (BLOCK_N, 1) where the step lies in one group; zero past ``words_left`` and
+    off ``n_ok`` (unmasked when EVEN). A step of whole groups loads and decodes each group's scale once and spreads
+    it over the group's words (sm_90 SASS: fewer instructions a step than a scale loaded for each word, which a
+    step of part groups takes: ``benchmarks/results/kernels_h200.md``, fortieth session)."""
     if GROUP % BLOCK_K == 0:
         units = _group_scales(gscale_ptr, offs_n, k0 // GROUP, n_ok, stride_gs, EVEN, SCALE_CODE)[:, None]
+    elif BLOCK_K % GROUP == 0:
+        GROUPS: tl.constexpr = BLOCK_K // GROUP
+        offs_g = tl.arange(0, GROUPS)
+        g_ok = (offs_g * (GROUP // 8) < words_left)[None, :]
+        scales = _group_scales(gscale_ptr, offs_n[:, None], (k0 // GROUP + offs_g)[None, :], n_ok[:, None] & g_ok,
+                               stride_gs, EVEN, SCALE_CODE)
+        units = tl.broadcast_to(scales[:, :, None], (offs_n.shape[0], GROUPS, GROUP // 8)).reshape(
+            offs_n.shape[0], BLOCK_K // 8)
     else:
+        offs_w = tl.arange(0, BLOCK_K // 8)
         units = _group_scales(gscale_ptr, offs_n[:, None], ((k0 + 8 * offs_w) // GROUP)[None, :],
-                              n_ok[:, None] & w_ok[None, :], stride_gs, EVEN, SCALE_CODE)
+                              n_ok[:, None] & (offs_w < words_left)[None, :], stride_gs, EVEN, SCALE_CODE)
     if SCALE_CODE == 1:
         units *= row_global[:, None]
     return units * G_UNIT
