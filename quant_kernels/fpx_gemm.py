@@ -74,10 +74,10 @@ import triton.language as tl
 from torch.utils.weak import WeakIdKeyDictionary
 from triton.language.standard import _sum_combine
 
-from .tile_loads import _group_scales, _row_globals, _tile_load, group_scale_args
 from .reference import check_fpx_args, check_out, fpx_element
 from .rounding import _round_to_dtype
 from .switches import env_switch
+from .tile_loads import _group_scales, _row_globals, _tile_load, group_scale_args
 from .w4a4_gemv import _words, keep_pinned, prune_decode_configs, split_k_buffer
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
@@ -731,8 +731,8 @@ def _fpx_row_kernel(
     GROUP > 0 (INT4 or E2M1 codes, not MMA or INTERLEAVED): the scales come per GROUP codes along K, (N, K / GROUP)
     at ``gscale_ptr``, GROUP a multiple of 8, so that a word's codes lie in one group: one row's step sums (one a
     word), several rows' placed codes, are multiplied by their words' group scales times G_UNIT = 2^(127 - bias)
-    (the placement's power of two folded in; ``_word_units``; encoded as the tensor-core kernel takes them,
-    SCALE_CODE); ``scale_ptr`` holds ones.
+    less GROUP_UNIT_SHIFT's power (the placement's power of two folded in, ``unit`` taking the rest back;
+    ``_word_units``; encoded as the tensor-core kernel takes them, SCALE_CODE); ``scale_ptr`` holds ones.
     """
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_KW)
