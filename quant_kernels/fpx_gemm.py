@@ -307,7 +307,9 @@ def _fpx_kernel(
     fp32 before the dot rounds them to x's dtype, the weight ``dequant.dequantize_triton`` writes (ROUND_BF16 /
     ROUND_F16: rounded by hand where the dot is an fp32 one, under the interpreter). ``scale_ptr`` holds ones. The
     group scales are fp32 (SCALE_CODE 0), or NVFP4's E4M3 bytes (1) times their rows' global scales at ``gglobal_ptr``,
-    or MXFP4's E8M0 bytes (2), decoded as they load (``_group_scales``)."""
+    or MXFP4's E8M0 bytes (2), decoded as they load (``_group_scales``). With bfloat16 x those, exact in bfloat16,
+    scale the codes' bfloat16 values a word at a time (``_valued_pairs``, SCALED): each weight exact, its E4M3
+    scale's global one applied to the sums after the loop (one rounding less than the dequantized weight's)."""
     # Axis 0 runs fastest: the row tiles that share a weight tile are launched together.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -340,7 +342,10 @@ def _fpx_kernel(
         # the weights rounded to x's dtype), and the codes' power of two goes with the scales (G_UNIT).
         STEP_SCALES: tl.constexpr = GROUP > 0 and GROUP % BLOCK_K == 0
         WORD_SCALES: tl.constexpr = GROUP > 0 and GROUP % BLOCK_K != 0
-        VALUED: tl.constexpr = VALUED_BF16 and not WORD_SCALES
+        # bfloat16 x, E4M3 / E8M0 scales: the codes times their word's scale in bfloat16 pairs, exact (SCALED_VALUES;
+        # E4M3 scales' row global scales multiply the sums after the loop).
+        SCALED_VALUES: tl.constexpr = WORD_SCALES and VALUED_BF16 and SCALE_CODE != 0
+        VALUED: tl.constexpr = VALUED_BF16 and (SCALED_VALUES or not WORD_SCALES)
         UNIT: tl.constexpr = 1.0 if WORD_SCALES else W_UNIT
         # A step's scales take 2^-GROUP_UNIT_SHIFT as the words' do (G_UNIT's part of W_UNIT; 1 for INT4), which the
         # epilogue's scales undo.
@@ -352,9 +357,10 @@ def _fpx_kernel(
                                      USE_ASM, EVEN)
             if WORD_SCALES:
                 units = _word_units(gscale_ptr, offs_n, n_ok, stride_gs, k0, (k_stop - k0) // 8, GROUP, G_UNIT,
-                                    BLOCK_K, EVEN, row_global, SCALE_CODE)
+                                    BLOCK_K, EVEN, row_global, SCALE_CODE, SCALE_CODE == 1 and not SCALED_VALUES)
             else:
                 units = UNIT  # (unread)
+            unit_pairs = _unit_pairs(units) if SCALED_VALUES else 0
             sums = acc
             if STEP_SCALES:  # the step's own sums, scaled below
                 sums = tl.full(acc.shape, 0.0, tl.float32)
@@ -362,7 +368,8 @@ def _fpx_kernel(
                 x_ok = m_ok[:, None] if EVEN else m_ok[:, None] & (offs_k < k_stop - k0)[None, :]
                 x = tl.load(x_ptrs, mask=x_ok, other=0.0)
                 if VALUED:
-                    tile = _valued_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, UNIT_EXP, USE_ASM)
+                    tile = _valued_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, UNIT_EXP, USE_ASM,
+                                        SCALED_VALUES, unit_pairs)
                 else:
                     tile = _placed_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, USE_ASM, units,
                                         WORD_SCALES)
@@ -373,7 +380,8 @@ def _fpx_kernel(
                 for j in tl.static_range(4):
                     if VALUED:
                         first, second = _bf16_of_halves(_valued_pairs(
-                            _placed_bits(low, high, j, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM))
+                            _placed_bits(low, high, j, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM,
+                            SCALED_VALUES, unit_pairs))
                     else:
                         first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
                         if WORD_SCALES:
@@ -394,6 +402,8 @@ def _fpx_kernel(
             low_word_ptrs += BLOCK_K // 8
             high_word_ptrs += BLOCK_K // 8
             xw_ptrs += BLOCK_K
+        if SCALED_VALUES and SCALE_CODE == 1:
+            acc *= row_global[:, None] if SWAP_AB else row_global[None, :]
     else:
         for k0 in range(k_first, k_stop, BLOCK_K):
             rest = k_stop - k0
@@ -541,12 +551,25 @@ def _bf16_halves(bits):
 
 
 @triton.jit
-def _valued_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr):
+def _valued_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr,
+                  SCALED: tl.constexpr = False, unit_pairs=0):
     """``_placed_bits`` words times 2^UNIT_EXP (UNIT_EXP = 127 - bias) in both bfloat16 halves: the codes' values,
     exact (a power of two onto a normal result, subnormal placements included); PTX mul.rn.bf16x2. INT4 levels
-    (MAN_BITS = INT4_LEVELS): INT4_OFFSET subtracted instead (sub.rn.bf16x2), exact."""
+    (MAN_BITS = INT4_LEVELS): INT4_OFFSET subtracted instead (sub.rn.bf16x2), exact. SCALED (E2M1 codes): times
+    ``unit_pairs`` instead (``_unit_pairs``: a group scale exact in bfloat16 times 2^UNIT_EXP, less
+    GROUP_UNIT_SHIFT's power), the codes' values times their scale, exact for E4M3 and E8M0 scales (at most 6
+    significant bits)."""
     UNIT_BITS: tl.constexpr = (UNIT_EXP + 127) << 7  # bfloat16 2^UNIT_EXP
-    if MAN_BITS == INT4_LEVELS:
+    if SCALED:
+        if USE_ASM:
+            out = tl.inline_asm_elementwise("mul.rn.bf16x2 $0, $1, $2;", "=r,r,r", [bits, unit_pairs], dtype=tl.int32,
+                                            is_pure=True, pack=1)
+        else:
+            unit = (unit_pairs << 16).to(tl.float32, bitcast=True)
+            low, high = _bf16_halves(bits)
+            out = ((((low * unit).to(tl.int32, bitcast=True) >> 16) & 0xFFFF)
+                   | ((high * unit).to(tl.int32, bitcast=True) & -65536))
+    elif MAN_BITS == INT4_LEVELS:
         if USE_ASM:
             offset = tl.full(bits.shape, INT4_PLACED, tl.int32)  # 136 in both halves (u ^ 8 = 8)
             out = tl.inline_asm_elementwise("sub.rn.bf16x2 $0, $1, $2;", "=r,r,r", [bits, offset], dtype=tl.int32,
@@ -565,6 +588,13 @@ def _valued_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM:
         out = ((((low * unit).to(tl.int32, bitcast=True) >> 16) & 0xFFFF)
                | ((high * unit).to(tl.int32, bitcast=True) & -65536))
     return out
+
+
+@triton.jit
+def _unit_pairs(units):
+    """fp32 values exact in bfloat16 as int32 words holding the value's bfloat16 in both halves."""
+    bits = units.to(tl.int32, bitcast=True)
+    return (bits & -65536) | ((bits >> 16) & 0xFFFF)
 
 
 @triton.jit
@@ -641,16 +671,22 @@ def _placed_tile(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WID
 
 @triton.jit
 def _valued_tile(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr,
+                 SCALED: tl.constexpr = False, unit_pairs=0):
     """(BLOCK_N, BLOCK_K / 8) words -> the (BLOCK_N, BLOCK_K) bfloat16 tile of their codes' values in K order:
     each pair of ``_placed_bits`` (codes J and J + 4) scaled by one bfloat16 pair multiply (``_valued_pairs``),
     its halves read as bfloat16s and joined as ``_placed_tile`` joins its float32s. The four pairs are scaled before
     any is split: splitting each as it comes (one pair helper shared with ``_placed_tile``) changed ptxas's register
-    allocation, 166 -> 198 registers at 32 x 64 x 256 swapped (sm_90, Triton 3.6)."""
-    v0 = _valued_pairs(_placed_bits(low, high, 0, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM)
-    v1 = _valued_pairs(_placed_bits(low, high, 1, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM)
-    v2 = _valued_pairs(_placed_bits(low, high, 2, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM)
-    v3 = _valued_pairs(_placed_bits(low, high, 3, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM)
+    allocation, 166 -> 198 registers at 32 x 64 x 256 swapped (sm_90, Triton 3.6). SCALED: each word's codes times
+    its ``unit_pairs`` (``_valued_pairs``)."""
+    v0 = _valued_pairs(_placed_bits(low, high, 0, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM, SCALED,
+                       unit_pairs)
+    v1 = _valued_pairs(_placed_bits(low, high, 1, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM, SCALED,
+                       unit_pairs)
+    v2 = _valued_pairs(_placed_bits(low, high, 2, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM, SCALED,
+                       unit_pairs)
+    v3 = _valued_pairs(_placed_bits(low, high, 3, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM, SCALED,
+                       unit_pairs)
     a0, a4 = _bf16_of_halves(v0)
     a1, a5 = _bf16_of_halves(v1)
     a2, a6 = _bf16_of_halves(v2)
@@ -832,7 +868,7 @@ def _fpx_row_kernel(
                 part = _row_products(tl.full((BLOCK_N, BLOCK_KW), 0.0, tl.float32), low, high, x_ptrs, w_ok, BITS,
                                      MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, USE_ASM)
                 acc += part * _word_units(gscale_ptr, offs_n, n_ok, stride_gs, 8 * w0, w_stop - w0, GROUP, G_UNIT,
-                                          8 * BLOCK_KW, EVEN, row_global, SCALE_CODE)
+                                          8 * BLOCK_KW, EVEN, row_global, SCALE_CODE, SCALE_CODE == 1)
             else:
                 acc = _row_products(acc, low, high, x_ptrs, w_ok, BITS, MAN_BITS, HIGH_WIDTH, X_SCALE, EVEN, USE_ASM)
             if PREFETCH:
@@ -859,7 +895,7 @@ def _fpx_row_kernel(
                                      USE_ASM)
             if GROUP > 0:
                 scales = _word_units(gscale_ptr, offs_n, n_ok, stride_gs, 8 * w0, w_stop - w0, GROUP, G_UNIT,
-                                     8 * BLOCK_KW, False, row_global, SCALE_CODE)[None, :, :]
+                                     8 * BLOCK_KW, False, row_global, SCALE_CODE, SCALE_CODE == 1)[None, :, :]
             for j in tl.static_range(4):
                 first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
                 if GROUP > 0:  # each placed code times its word's group scale, shared by the rows
@@ -878,9 +914,10 @@ def _fpx_row_kernel(
 
 @triton.jit
 def _word_units(gscale_ptr, offs_n, n_ok, stride_gs, k0, words_left, GROUP: tl.constexpr, G_UNIT: tl.constexpr,
-                BLOCK_K: tl.constexpr, EVEN: tl.constexpr, row_global, SCALE_CODE: tl.constexpr):
-    """The scales of the groups that hold the words of the step from code ``k0`` on (``_group_scales``; E4M3 ones
-    times their rows' ``row_global``), times G_UNIT, a word's eight codes lying in one group (GROUP a multiple of
+                BLOCK_K: tl.constexpr, EVEN: tl.constexpr, row_global, SCALE_CODE: tl.constexpr,
+                GLOBAL: tl.constexpr):
+    """The scales of the groups that hold the words of the step from code ``k0`` on (``_group_scales``; GLOBAL: E4M3
+    ones times their rows' ``row_global``), times G_UNIT, a word's eight codes lying in one group (GROUP a multiple of
     8): a (BLOCK_N, BLOCK_K / 8) tile, or (BLOCK_N, 1) where the step lies in one group; zero past ``words_left`` and
     off ``n_ok`` (unmasked when EVEN). A step of whole groups loads and decodes each group's scale once and spreads
     it over the group's words (sm_90 SASS: fewer instructions a step than a scale loaded for each word, which a
@@ -899,7 +936,7 @@ def _word_units(gscale_ptr, offs_n, n_ok, stride_gs, k0, words_left, GROUP: tl.c
         offs_w = tl.arange(0, BLOCK_K // 8)
         units = _group_scales(gscale_ptr, offs_n[:, None], ((k0 + 8 * offs_w) // GROUP)[None, :],
                               n_ok[:, None] & (offs_w < words_left)[None, :], stride_gs, EVEN, SCALE_CODE)
-    if SCALE_CODE == 1:
+    if GLOBAL:
         units *= row_global[:, None]
     return units * G_UNIT
 
@@ -1156,7 +1193,8 @@ def fpx_matmul_triton(
     them at its rows (each word's sums times its group's scale), the tensor-core kernel's PAIRED tiles (the placed
     codes times their group's scale, rounded to x's dtype as the dequantized weight is) other rows below
     DEQUANT_MIN_M; the scales as a checkpoint encodes them (NVFP4's E4M3 with their rows' ``w_global_scale``,
-    MXFP4's E8M0) are read so, a quarter of fp32's bytes, and decoded as they load.
+    MXFP4's E8M0) are read so, a quarter of fp32's bytes, and decoded as they load; on the tensor-core kernel with
+    bfloat16 x they scale the codes' values exactly, the global scales multiplying the sums (``_fpx_kernel``).
     """
     check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype, group, w_global_scale)
     if row_kernel and not (1 <= x.shape[0] <= ROW_MAX_M and x.shape[1] % 8 == 0):

@@ -432,8 +432,10 @@ def test_kernels_read_encoded_group_scales_as_their_fp32_values(encoding, group)
     """NVFP4's E4M3 scales with their rows' global scales and MXFP4's E8M0 bytes, read by the row kernel (1, 3 and
     8 rows), the tensor-core kernel (a step inside one group, steps of several, swapped and split) and the
     dequantizing kernel, give bit for bit what their decoded fp32 values (``reference.scale_values``) give, in each
-    x dtype, finite with MXFP4 scales up to 2^6 (fp16 weights on the tensor cores: below 4); E8M0's 0 is 2^-127
-    (fp32 subnormal), 127 is 1."""
+    x dtype; except bfloat16 x on the tensor cores in steps of several groups, where each weight is exact (its
+    codes' value times its E4M3 or E8M0 scale in bfloat16) and the product the twin's, closer than on fp32 scales.
+    Finite with MXFP4 scales up to 2^6 (fp16 weights on the tensor cores: below 4); E8M0's 0 is 2^-127 (fp32
+    subnormal), 127 is 1."""
     from quant_kernels.reference import scale_values
 
     k, n = 256, 40
@@ -458,9 +460,26 @@ def test_kernels_read_encoded_group_scales_as_their_fp32_values(encoding, group)
                 # fp16 weights on the tensor cores take E2M1 scales below 4 (fpx_gemm.group_unit_shift)
                 held = raw.clamp(max=128) if encoding == "e8m0" and dtype == torch.float16 and not call["row_kernel"] \
                     else raw
-                got = fpx_gemm.fpx_matmul_triton(x, planes, held, w_global_scale=global_scale, **spec, **call)
-                want = fpx_gemm.fpx_matmul_triton(x, planes, scale_values(held, global_scale), **spec, **call)
-                assert torch.equal(got, want) and got.isfinite().all(), call
+                got = fpx_gemm.fpx_matmul_triton(x, planes, held, w_global_scale=global_scale, **spec, **call,
+                                                 out_dtype=torch.float32)
+                assert got.isfinite().all(), call
+                word_scaled = not call["row_kernel"] and group % call["config"].kwargs["BLOCK_K"] != 0
+                if dtype == torch.bfloat16 and word_scaled:
+                    # each weight exact in bfloat16 (codes times their scale), the global scale after the sums:
+                    # the twin's product to fp32 summation order, where fp32 scales round each weight to bfloat16
+                    twin = fpx_matmul_ref(x, planes, held, w_global_scale=global_scale, **spec,
+                                          out_dtype=torch.float32)
+                    assert_matches_twin(got, twin)
+                    rounded = fpx_gemm.fpx_matmul_triton(x, planes, scale_values(held, global_scale), **spec, **call,
+                                                         out_dtype=torch.float32)
+                    if encoding == "e4m3":  # E4M3 times a global scale: rounded where the fp32 scales are used
+                        assert (rounded - twin).abs().max() > (got - twin).abs().max(), call
+                    else:  # powers of two: the same exact weights either way
+                        assert torch.equal(got, rounded), call
+                else:
+                    want = fpx_gemm.fpx_matmul_triton(x, planes, scale_values(held, global_scale), **spec, **call,
+                                                      out_dtype=torch.float32)
+                    assert torch.equal(got, want), call
         got = quant_kernels.dequantize_weight(planes, raw, **spec, dtype=dtype, global_scale=global_scale,
                                               backend="triton")
         assert torch.equal(got, quant_kernels.dequantize_weight(planes, decoded, **spec, dtype=dtype,
