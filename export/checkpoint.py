@@ -135,6 +135,9 @@ def _load_weight_scales(module: RealQuantLinear, parts: dict[str, torch.Tensor],
         raise ValueError(f"checkpoint {path}: {name}.weight_scale is {stored.dtype} {tuple(stored.shape)}, its "
                          f"{scheme.scale_kind} scales need {want or 'a float dtype'} "
                          f"{tuple(module.weight_scale.shape)}: export it again")
+    if scheme.scale_kind in ENCODED_SCALE_DTYPES and _invalid_codes(stored, scheme.scale_kind):
+        raise ValueError(f"checkpoint {path}: {name}.weight_scale holds {scheme.scale_kind} codes that are NaN or "
+                         f"negative, no scale: the file is damaged, export it again")
     if scheme.scale_kind == "e4m3" and parts.get("weight_global_scale", torch.empty(0)).numel() != 1:
         raise ValueError(f"checkpoint {path}: {name}.weight_global_scale (NVFP4's tensor scale) is missing or not one "
                          f"value: export it again")
@@ -144,6 +147,14 @@ def _load_weight_scales(module: RealQuantLinear, parts: dict[str, torch.Tensor],
     module.weight_scale.copy_(stored)
     if scheme.scale_kind == "e4m3":
         module.weight_global_scale.copy_(parts["weight_global_scale"].float().reshape(()).expand(module.out_features))
+
+
+def _invalid_codes(stored: torch.Tensor, scale_kind: str) -> bool:
+    """Whether encoded scales hold a code no scale has: E4M3's NaN (S.1111.111) or a sign bit, E8M0's NaN (255)."""
+    codes = stored.view(torch.uint8)
+    if scale_kind == "e8m0":
+        return bool((codes == 255).any())
+    return bool(((codes & 0x7F) == 0x7F).any() or (codes & 0x80).any())
 
 
 def _transform_entry(transform: nn.Module | None, name: str) -> tuple[dict | None, dict[str, torch.Tensor]]:

@@ -180,6 +180,24 @@ def test_nvfp4_and_mxfp4_weights_keep_their_scale_encodings(tiny_models, tmp_pat
         load_quantized(paths["nvfp4-w4a16"])
 
 
+@pytest.mark.parametrize("name, code", [("nvfp4-w4a16", 0x7F), ("nvfp4-w4a16", 0x90), ("mxfp4-w4a4", 255)],
+                         ids=["e4m3-nan", "e4m3-negative", "e8m0-nan"])
+def test_scale_codes_that_are_no_scale_are_refused(name, code, tiny_models, tmp_path):
+    """An encoded weight scale that is NaN (E4M3 S.1111.111, E8M0 255) or negative (E4M3's sign bit) is refused at
+    load by name, before any kernel reads it."""
+    recipe = RECIPES[name]
+    path = export_quantized(fake_quantized(tiny_models["llama"], recipe), None, recipe, str(tmp_path / "ckpt"))
+    file = os.path.join(path, "model.safetensors")
+    stored = load_file(file)
+    key = "model.layers.1.mlp.up_proj.weight_scale"
+    codes = stored[key].view(torch.uint8).clone()
+    codes[3, 1] = code
+    stored[key] = codes.view(stored[key].dtype)
+    save_file(stored, file)
+    with pytest.raises(ValueError, match=f"{key} holds .* codes that are NaN or negative, no scale"):
+        load_quantized(path)
+
+
 def test_sharded_checkpoint_loads_the_same(tiny_models, tmp_path):
     recipe = RECIPES["int4-w4a4"]
     model = fake_quantized(tiny_models["llama"], recipe)
