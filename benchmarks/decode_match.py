@@ -10,8 +10,9 @@ where each row first parts. A check fails on a non-finite logit or a relative di
 any rounding difference (FP8 against integer accumulation, an ulp of a K scale in compiled glue) flips a few 4-bit
 activation or K/V codes, and each flip moves a product by a quantization step, so the forms differ by about the
 noise of 4-bit quantization (on the CPU, the compiled and eager steps of a one-layer W4A4KV4 model, whose new K
-scales differed by an ulp and one K code by one, differed by 0.11); a wrong path differs by about the logits' own
-size (1 and more).
+scales differed by an ulp and one K code by one, differed by 0.11; on a random Llama-3-8B's layers, whose fused
+bfloat16 glue inductor kept in fp32, 0.2-0.42 until ``models.decoding.compile_options`` emulated eager's casts,
+0 since); a wrong path differs by about the logits' own size (1 and more).
 
     python benchmarks/decode_match.py --modes fp4a4kv4 --batches 8,16 --out benchmarks/results/decode_match_fp4_h200
 """

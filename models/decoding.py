@@ -19,13 +19,18 @@ from quant_layers.packed_kv_cache import StaticPackedKVCache
 
 
 def compile_options(extra: dict | None = None) -> dict:
-    """Inductor options for a compiled decode step: ``x / y`` rounded like eager (``div_rn``) where this torch
-    has the switch, independent kernels between two opaque ops launched as one (``combo_kernels``), then
-    ``extra`` (e.g. ``{"combo_kernels": False}``; an unknown name is a ValueError).
+    """Inductor options for a compiled decode step: ``x / y`` rounded like eager (``div_rn``) and half-precision
+    intermediates rounded where eager rounds them (``emulate_precision_casts``), where this torch has the switches,
+    independent kernels between two opaque ops launched as one (``combo_kernels``), then ``extra`` (e.g.
+    ``{"combo_kernels": False}``; an unknown name is a ValueError).
 
     The step's K/V quantizers compile into its glue, and Triton's ``/`` is an approximate
     division (within 2 ulps): a value over its scale near a rounding tie could get another
-    code than in the eager step, the kernels and the fake-quantized model. Between a layer's
+    code than in the eager step, the kernels and the fake-quantized model. Likewise a fused bfloat16 chain (RMSNorm,
+    RoPE) kept in fp32 without eager's roundings between its ops moved codes: on a random 1-layer Llama-3-8B the
+    FP4 W4A4KV4 step's logits differed from eager's by 0.29 relative L2 (0.42 with 4 layers, also on the H200,
+    ``benchmarks/results/decode_match_fp4_planes_h200.md``), and by 0 with the casts emulated, on the CPU. Between
+    a layer's
     q/k/v product and its attention, inductor made four kernels (RoPE of Q, of K, the mask);
     as one launch a Llama-3-8B W4A4KV4 step on the H200 went from 2495 to 2337 us
     (``benchmarks/results/decode_profile_compiled_combo_llama3_8b_h200.md``).
@@ -34,6 +39,8 @@ def compile_options(extra: dict | None = None) -> dict:
 
     numerics = getattr(config, "eager_numerics", None)
     options = {"eager_numerics.division_rounding": True} if hasattr(numerics, "division_rounding") else {}
+    if hasattr(config, "emulate_precision_casts"):
+        options["emulate_precision_casts"] = True
     options["combo_kernels"] = True
     known = config.get_config_copy()
     for name in extra or {}:
