@@ -64,10 +64,10 @@ def add_group_arguments(signature: dict, constants: dict, group: int, exp_bias: 
     import torch
 
     from quant_kernels.fpx_gemm import group_unit_shift
+    from quant_kernels.tile_loads import SCALE_CODES
 
     shift = group_unit_shift(exp_bias, torch.bfloat16, row_kernel) if group else 0
-    constants.update(GROUP=group, G_UNIT=2.0 ** (127 - exp_bias - shift),
-                     SCALE_CODE={"e4m3": 1, "e8m0": 2}.get(scales, 0))
+    constants.update(GROUP=group, G_UNIT=2.0 ** (127 - exp_bias - shift), SCALE_CODE=SCALE_CODES.get(scales, 0))
     signature.update(GROUP="constexpr", G_UNIT="constexpr", stride_gs="i32", SCALE_CODE="constexpr")
     if group:
         signature["gscale_ptr"] = "*u8" if scales != "fp32" else "*fp32"

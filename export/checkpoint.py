@@ -36,11 +36,11 @@ from models.attention import use_grouped_decode_attention
 from models.fused_decoder_layer import fuse_decoder_layers
 from quant_kernels.reference import scale_values
 from quant_layers import QuantLinear, Quantizer, StaticTensorScale, install_attention_wrapper, install_kv_quantization
-from quant_layers.formats import E4M3
+from quant_layers.formats import E4M3, ENCODED_SCALE_DTYPES
 from quant_layers.fused_linear import fuse_shared_input_linears
 from quant_layers.packing import encode, pack_planes, plane_bits
 from quant_layers.quantizer import QuantParams
-from quant_layers.real_linear import ENCODED_SCALE_DTYPES, RealQuantLinear, RealQuantScheme, check_scheme_pair
+from quant_layers.real_linear import RealQuantLinear, RealQuantScheme, check_scheme_pair
 from transforms.flatquant import KeyTransform, KroneckerAffine
 from transforms.rotation import DenseRotation, HadamardRotation
 

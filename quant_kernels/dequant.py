@@ -77,8 +77,7 @@ def dequantize_triton(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], sca
     low = planes[0].contiguous()
     high = planes[1].contiguous() if len(planes) > 1 else low
     n, k = low.shape[0], 2 * low.shape[1]
-    scales = group_scale_args(scale) if group else dict(
-        gscale_ptr=scale.float().reshape(n, 1).contiguous(), stride_gs=1, SCALE_CODE=0)
+    scales = group_scale_args(scale.reshape(n, -1))  # (per-row scales: an (N, 1) fp32 column, SCALE_CODE 0)
     out = torch.empty((n, k), dtype=dtype, device=low.device)
     grid = (triton.cdiv(n, BLOCK["BLOCK_N"]), triton.cdiv(k, BLOCK["BLOCK_K"]))
     exp_bits, man_bits, bias = kernel_fields(element, bits)

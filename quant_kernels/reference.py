@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from quant_layers import packing
-from quant_layers.formats import FPFormat, NumberFormat
+from quant_layers.formats import ENCODED_SCALE_DTYPES, FPFormat, NumberFormat
 from quant_layers.quantizer import QuantSpec, Quantizer
 from transforms.hadamard import block_hadamard_transform
 
@@ -30,7 +30,7 @@ SCALE_KINDS = ("float", "e4m3", "e8m0")
 BLOCK_SCALED = {"e4m3": ("nvfp", 16), "e8m0": ("mxfp", 32)}
 # Weight scales in groups held as a checkpoint encodes them: NVFP4's E4M3 (with a global scale a row) and MXFP4's
 # E8M0 biased exponents (``scale_values``).
-ENCODED_SCALES = {torch.float8_e4m3fn: "e4m3", torch.uint8: "e8m0"}
+ENCODED_SCALES = {dtype: kind for kind, dtype in ENCODED_SCALE_DTYPES.items()}
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HADAMARD_BLOCKS = (16, 32, 64, 128, 256)

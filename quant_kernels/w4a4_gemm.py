@@ -321,8 +321,7 @@ def w4a4_matmul_triton(
         out if out is not None else torch.empty((m, n), dtype=out_dtype, device=a_packed.device))
     a_packed, w_packed = a_packed.contiguous(), w_packed.contiguous()
     a_scale = a_scale.float().contiguous()
-    weight_scales = group_scale_args(w_scale) if w_group else dict(gscale_ptr=w_scale.float().contiguous(),
-                                                                   SCALE_CODE=0)
+    weight_scales = group_scale_args(w_scale)  # (fp32 per-row scales: fp32, SCALE_CODE 0)
     w_scale = weight_scales["gscale_ptr"]
     args = (
         a_packed, a_scale, w_packed, w_scale, bias if bias is not None else target, target,  # (no bias: never read)

@@ -197,6 +197,8 @@ def fp_format(exp_bits: int, man_bits: int) -> FPFormat:
 
 E2M1 = fp_format(2, 1)
 E4M3 = fp_format(4, 3)
+# The tensor dtypes NVFP4's E4M3 and MXFP4's E8M0 scales are stored and held in (E8M0: biased exponent bytes).
+ENCODED_SCALE_DTYPES = {"e4m3": torch.float8_e4m3fn, "e8m0": torch.uint8}
 
 # Default exponent bits of an FP element type, by total bits (FP6-LLM uses E3M2).
 DEFAULT_FP_EXP_BITS = {3: 1, 4: 2, 5: 2, 6: 3, 7: 3, 8: 4}

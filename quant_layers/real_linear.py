@@ -20,6 +20,7 @@ from torch import nn
 
 import quant_kernels
 
+from .formats import ENCODED_SCALE_DTYPES
 from .packing import plane_bits
 from .quantizer import BLOCK_GROUP_SIZE, QuantSpec
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from quant_kernels.reference import NormTail
 
 SCALE_KINDS = {"nvfp": "e4m3", "mxfp": "e8m0"}
-ENCODED_SCALE_DTYPES = {"e4m3": torch.float8_e4m3fn, "e8m0": torch.uint8}
 
 
 FPX_BITS = (4, 5, 6)  # weight-only FP elements the FPx kernel takes (FP6-LLM's formats and their FP5/FP4 kin)
@@ -165,7 +165,7 @@ class RealQuantLinear(nn.Module):
         if high:
             self.register_buffer("qweight_high", torch.zeros(out_features, in_features * high[0] // 8,
                                                              dtype=torch.uint8))
-        if self.encoded_scales:  # (reference.ENCODED_SCALES)
+        if self.encoded_scales:  # (formats.ENCODED_SCALE_DTYPES)
             self.register_buffer("weight_scale", torch.zeros(out_features, groups, dtype=ENCODED_SCALE_DTYPES[
                 weight.scale_kind]))
             if weight.scale_kind == "e4m3":  # a row each, so that fused linears keep their parts' own
