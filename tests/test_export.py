@@ -178,6 +178,14 @@ def test_nvfp4_and_mxfp4_weights_keep_their_scale_encodings(tiny_models, tmp_pat
     with pytest.raises(ValueError, match=r"up_proj.weight_scale is torch.float32 \(384, 8\), its e4m3 scales need "
                                          r"torch.float8_e4m3fn \(384, 8\)"):
         load_quantized(paths["nvfp4-w4a16"])
+    stored = load_file(file)
+    stored["model.layers.0.mlp.up_proj.weight_scale"] = stored["model.layers.0.mlp.up_proj.weight_scale"].to(
+        torch.float8_e4m3fn)
+    stored["model.layers.0.mlp.up_proj.weight_global_scale"] = torch.ones(2)
+    save_file(stored, file)
+    with pytest.raises(ValueError, match=r"up_proj.weight_global_scale \(NVFP4's tensor scale\) is missing or not "
+                                         "one value"):
+        load_quantized(paths["nvfp4-w4a16"])
 
 
 @pytest.mark.parametrize("name, code", [("nvfp4-w4a16", 0x7F), ("nvfp4-w4a16", 0x90), ("mxfp4-w4a4", 255)],

@@ -94,6 +94,19 @@ def test_kernel_sass_compiles_the_fpx_kernels_with_scales_in_groups(tmp_path, ke
         assert done.returncode == 2 and "--group takes INT4 or E2M1" in done.stderr
 
 
+def test_kernel_sass_compiles_encoded_group_scales(tmp_path):
+    """``--scales e4m3``: the tensor-core kernel on NVFP4's E4M3 bytes (the codes scaled in bfloat16 pairs) compiles
+    for sm_90; ``--scales`` without ``--group`` is refused."""
+    done = run_sass("--kernel", "fpx_tile", "--element", "e2m1", "--group", "16", "--scales", "e4m3", "--limit", "1",
+                    "--out", str(tmp_path / "e"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "e.json").read_text())
+    (row,) = result["configs"]
+    assert result["case"] == "e2m1, E4M3 scales per 16 codes" and row["HMUL2"] > 0 and row["loop"] > 0
+    done = run_sass("--kernel", "fpx_row", "--element", "e2m1", "--scales", "e8m0", "--out", str(tmp_path / "b"))
+    assert done.returncode == 2 and "--scales e8m0 is an encoding of scales in groups: give --group" in done.stderr
+
+
 def test_resource_usage_counts_the_warps_registers_allow():
     from benchmarks.kernel_sass import resource_usage
 
