@@ -78,7 +78,7 @@ W4A4_FORMATS = {
 FPX_FORMATS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "int4")  # weight-only elements of the FPx kernels
 # Weight-only formats with scales in groups (``weight_only_format``): GPTQ's INT4 g128, E2M1 in NVFP4's and MXFP4's
 # groups with fp32 scales, and NVFP4 and MXFP4 with their scales as their checkpoints encode them.
-ENCODED_WEIGHT_ONLY = {"nvfp4": ("e2m1", 16, "e4m3"), "mxfp4": ("e2m1", 32, "e8m0")}
+ENCODED_WEIGHT_ONLY = {"nvfp4": ("e2m1", 16, "nvfp"), "mxfp4": ("e2m1", 32, "mxfp")}
 GROUPED_WEIGHT_ONLY = ("int4_g128", "e2m1_g16", "e2m1_g32", *ENCODED_WEIGHT_ONLY)
 CHECK_ROWS = 64  # rows of the activations checked against the twin
 PREFILL_COMPARE_M = 256  # from these rows the FPx path not taken (tile kernel or dequantized weight) is timed too
@@ -336,37 +336,41 @@ def bench_act_quant(m: int, k: int, device: torch.device, time_ms, formats: list
     return out
 
 
-def fpx_weight(w: torch.Tensor, element: str, group: int = 0, encoding: str = "float",
+def fpx_weight(w: torch.Tensor, element: str, group: int = 0, block_format: str | None = None,
                ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor | None]:
     """Bit planes and scales of ``w`` quantized (RTN) per output channel, (N, 1), or per ``group`` codes along K,
-    (N, K / group), and the rows' global scales of E4M3 ones (else None): fp32 scales, or ``encoding`` 'e4m3'
-    (NVFP4's, under one global scale) or 'e8m0' (MXFP4's powers of two, rounded up), the codes rounded on them."""
+    (N, K / group), in fp32, and None; or, ``block_format`` 'nvfp' / 'mxfp', as NVFP4 / MXFP4 quantize it, its
+    scales as their checkpoints encode them (``export.checkpoint.encode_weight_scales``) with the rows' global
+    scales of E4M3 ones (else None)."""
     fmt = element_named(element)
-    granularity = dict(granularity="group", group_size=group) if group else dict(granularity="channel")
-    quantizer = Quantizer(QuantSpec("int", 4, **granularity) if element == "int4" else
-                          QuantSpec("fp", fmt.bits, exp_bits=fmt.exp_bits, **granularity))
+    if block_format is not None:
+        quantizer = Quantizer(QuantSpec(block_format, 4))
+    else:
+        granularity = dict(granularity="group", group_size=group) if group else dict(granularity="channel")
+        quantizer = Quantizer(QuantSpec("int", 4, **granularity) if element == "int4" else
+                              QuantSpec("fp", fmt.bits, exp_bits=fmt.exp_bits, **granularity))
     wg = quantizer.grouped(w)
-    scale = quantizer.fit(wg).scale.reshape(w.shape[0], -1).float()
-    stored, global_scale = scale, None
-    if encoding == "e4m3":
-        global_scale = (scale.amax().clamp(min=2.0**-100) / 448).expand(w.shape[0]).contiguous()
-        stored = (scale / global_scale[:, None]).to(torch.float8_e4m3fn)
-    elif encoding == "e8m0":
-        stored = (torch.log2(scale.clamp(min=2.0**-126)).ceil() + 127).clamp(1, 254).to(torch.uint8)
-    values = reference.scale_values(stored, global_scale).reshape(-1, 1)
-    safe = torch.where(values > 0, values, torch.ones_like(values))
-    codes = encode(fmt.round(wg / safe), fmt).reshape(w.shape)
-    return pack_planes(codes, fmt.bits), stored, global_scale
+    params = quantizer.fit(wg)
+    codes = encode(quantizer.levels(wg, params), fmt).reshape(w.shape)
+    scale, global_scale = params.scale.reshape(w.shape[0], -1).float(), None
+    if block_format is not None:
+        from export.checkpoint import encode_weight_scales  # late: the exporter imports transformers
+
+        stored = encode_weight_scales(block_format, scale, params.tensor_scale, f"{element} weight")
+        scale = stored["weight_scale"]
+        if "weight_global_scale" in stored:  # one a row, as RealQuantLinear holds it
+            global_scale = stored["weight_global_scale"].expand(w.shape[0]).contiguous()
+    return pack_planes(codes, fmt.bits), scale, global_scale
 
 
-def weight_only_format(name: str) -> tuple[str, int, str]:
-    """A ``--weight_only_formats`` name as (element, group, scale encoding): an FPx element, per channel, or an
+def weight_only_format(name: str) -> tuple[str, int, str | None]:
+    """A ``--weight_only_formats`` name as (element, group, block format): an FPx element, per channel, or an
     INT4 / E2M1 one with ``_gN`` for fp32 scales per N codes along K (``int4_g128``: GPTQ's; ``e2m1_g16``,
-    ``e2m1_g32``: NVFP4's and MXFP4's groups), or ``nvfp4`` / ``mxfp4`` (``ENCODED_WEIGHT_ONLY``)."""
+    ``e2m1_g32``: NVFP4's and MXFP4's groups), and None; or ``nvfp4`` / ``mxfp4`` (``ENCODED_WEIGHT_ONLY``)."""
     if name in ENCODED_WEIGHT_ONLY:
         return ENCODED_WEIGHT_ONLY[name]
     element, _, group = name.partition("_g")
-    return element, int(group) if group else 0, "float"
+    return element, int(group) if group else 0, None
 
 
 def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Tensor, element: str,
@@ -408,8 +412,8 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms,
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
     rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
     for name in formats:
-        element, group, encoding = weight_only_format(name)
-        planes, scale, global_scale = fpx_weight(w, element, group, encoding)
+        element, group, block_format = weight_only_format(name)
+        planes, scale, global_scale = fpx_weight(w, element, group, block_format)
         spec = dict(element=element, bits=element_named(element).bits, group=group, w_global_scale=global_scale)
         gemm = functools.partial(quant_kernels.fpx_matmul, x, planes, scale, **spec, backend="triton")
         weight_bytes = sum(p.numel() for p in planes) + scale.element_size() * scale.numel() + (

@@ -97,23 +97,28 @@ def packed_weight(module: QuantLinear, name: str) -> dict[str, torch.Tensor]:
     out = {"qweight": planes[0].cpu()}
     if len(planes) > 1:
         out["qweight_high"] = planes[1].cpu()
-    fmt = quantizer.spec.format
+    out.update({key: value.cpu() for key, value in encode_weight_scales(quantizer.spec.format, scale,
+                                                                        params.tensor_scale, name).items()})
+    return out
+
+
+def encode_weight_scales(fmt: str, scale: torch.Tensor, tensor_scale: torch.Tensor | None,
+                         name: str) -> dict[str, torch.Tensor]:
+    """A weight's fp32 (rows, groups) scales in its format's own encoding (``QuantParams.scale``, and NVFP4's
+    ``tensor_scale``): ``weight_scale`` as E4M3 block scales with one fp32 ``weight_global_scale`` (NVFP4), E8M0
+    biased exponent bytes (MXFP4) or fp32; ``quant_kernels.reference.scale_values`` decodes them."""
     if fmt == "nvfp":
-        g = params.tensor_scale.float().reshape(-1)
+        g = tensor_scale.float().reshape(-1)
         if g.numel() > 1 and not torch.equal(g, g[:1].expand_as(g)):
             raise ValueError(f"{name}: NVFP4 tensor scales differ between rows of one weight")
         g = g[:1].to(scale.device)
-        block = E4M3.round(scale / g)
-        out["weight_scale"] = block.to(torch.float8_e4m3fn).cpu()
-        out["weight_global_scale"] = g.cpu()
-    elif fmt == "mxfp":
+        return {"weight_scale": E4M3.round(scale / g).to(torch.float8_e4m3fn), "weight_global_scale": g}
+    if fmt == "mxfp":
         exponent = torch.log2(scale)
         if not torch.equal(exponent, exponent.round()):
             raise ValueError(f"{name}: MXFP4 scales are not powers of two")
-        out["weight_scale"] = (exponent.round() + 127).to(torch.uint8).cpu()
-    else:
-        out["weight_scale"] = scale.contiguous().cpu()
-    return out
+        return {"weight_scale": (exponent.round() + 127).to(torch.uint8)}
+    return {"weight_scale": scale.contiguous()}
 
 
 def decode_weight_scale(scheme: RealQuantScheme, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
