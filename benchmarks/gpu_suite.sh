@@ -78,6 +78,9 @@
 #              compiled CUDA-graph decode at batch 8 (issue 10)
 #   decode_planes  FP4 W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8 and 16, E2M1 decode rows on
 #              E4M3 planes (the default since decode_rows_e4m3_e2m1_h200.md) (issues 9, 10)
+#   casts_ab   the compiled CUDA-graph decode step (MODES, default fp4a4kv4,bf16; BATCH, default 8) profiled with
+#              models.decoding.compile_options' emulate_precision_casts (eager's bfloat16 roundings, the default)
+#              and without it (inductor's fp32 glue), to time what matching eager costs (issue 10)
 #   decode_match  the compiled decode step against the eager one, E4M3 planes against dp4a bytes, on a random 4-layer
 #              Llama-3-8B (MODES, default fp4a4kv4) at batch 8 and 16: logits and greedy tokens (issue 10)
 #   act_quant  the activation kernel against a device copy at prefill sizes, per-token INT4 and E2M1 (packed and as
@@ -377,6 +380,13 @@ for section in "$@"; do
       step "${LIMIT_DECODE_PLANES:-560}" bench_model_decode_planes python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp4a4kv4,bf16}" --prefill_batches "" --decode_batches 8,16 \
         --decode_tokens 64 --compile --no_eager --out "$OUT/bench_model_decode_b8_b16_fp4_planes_llama3_8b_h200" ;;
+    casts_ab)
+      step "${LIMIT_CASTS:-280}" decode_profile_casts python benchmarks/decode_profile.py --compile \
+        --modes "${MODES:-fp4a4kv4,bf16}" --batch "${BATCH:-8}" \
+        --out "$OUT/decode_profile_compiled_b${BATCH:-8}_emulated_casts_h200"
+      step "${LIMIT_CASTS:-280}" decode_profile_fused_casts python benchmarks/decode_profile.py --compile \
+        --inductor emulate_precision_casts=0 --modes "${MODES:-fp4a4kv4,bf16}" --batch "${BATCH:-8}" \
+        --out "$OUT/decode_profile_compiled_b${BATCH:-8}_fused_casts_h200" ;;
     decode_match)
       step "${LIMIT_DECODE_MATCH:-400}" decode_match python benchmarks/decode_match.py --modes "${MODES:-fp4a4kv4}" \
         --batches 8,16 --out "$OUT/decode_match_fp4_planes_h200" ;;
@@ -435,6 +445,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_h200" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

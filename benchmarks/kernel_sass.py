@@ -54,19 +54,16 @@ COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "HMUL2", "I2F", "IDP"
 ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or size argument
 
 
-def add_group_arguments(signature: dict, constants: dict, group: int, exp_bias: int, scales: str = "fp32",
-                        row_kernel: bool = True) -> None:
+def add_group_arguments(signature: dict, constants: dict, group: int, exp_bias: int, scales: str = "fp32") -> None:
     """The FPx kernels' scales-in-groups arguments, added to an ASTSource's ``signature`` and ``constants`` after
-    the other constants are marked constexpr: GROUP and G_UNIT (as a bfloat16 launch sets it,
+    the other constants are marked constexpr: GROUP and G_UNIT (as a launch sets it,
     ``fpx_gemm.group_unit_shift``), ``stride_gs``, ``gscale_ptr`` (a pointer in groups, None per channel, as a launch
     leaves it), and SCALE_CODE for ``scales`` 'e4m3' (NVFP4's bytes, with the rows' global scales at
     ``gglobal_ptr``) or 'e8m0' (MXFP4's bytes; 'fp32': fp32 scales)."""
-    import torch
-
     from quant_kernels.fpx_gemm import group_unit_shift
     from quant_kernels.tile_loads import SCALE_CODES
 
-    shift = group_unit_shift(exp_bias, torch.bfloat16, row_kernel) if group else 0
+    shift = group_unit_shift(exp_bias) if group else 0
     constants.update(GROUP=group, G_UNIT=2.0 ** (127 - exp_bias - shift), SCALE_CODE=SCALE_CODES.get(scales, 0))
     signature.update(GROUP="constexpr", G_UNIT="constexpr", stride_gs="i32", SCALE_CODE="constexpr")
     if group:
@@ -146,7 +143,7 @@ def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0, scale
                      EVEN=True, ROUND_BF16=False, ROUND_F16=False)
     signature.update({name: "constexpr" for name in constants})
     signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr")
-    add_group_arguments(signature, constants, group, exp_bias, scales, row_kernel=False)
+    add_group_arguments(signature, constants, group, exp_bias, scales)
     constants["SPLIT_K"] = 1
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(len(names)) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_fpx_kernel, signature, constants, aligned)

@@ -185,8 +185,9 @@ DEQUANT_MIN_M = 1024
 ROW_X_SCALE_EXP = 32
 # Scales in groups take the placements' power of two 2^(127 - bias) (E2M1's lie 2^-126 below their values) less
 # 2^GROUP_UNIT_SHIFT, which the sums get back (the row kernel's ``unit``, the tile kernel's epilogue scales): an E2M1
-# group scale times 2^126 overflows fp32 from 4 on (a group's |w| >= 24), times 2^94 only past 2^34. Weights placed
-# for fp16 x take no shift (``group_unit_shift``): scaled by 2^-32 most would be fp16 subnormals.
+# group scale times 2^126 overflows fp32 from 4 on (a group's |w| >= 24), times 2^94 only past 2^34. fp16 tiles lift
+# their scaled codes back to the weights before the dot (the tile kernel's LIFTED): 2^-32 below them most would be
+# fp16 subnormals.
 GROUP_UNIT_SHIFT = 32
 # The high plane's word per low word (8 codes): 8 2-bit fields (FP6) or 8 1-bit fields (FP5).
 HIGH_WORD_DTYPES = {2: torch.int16, 1: torch.uint8}
@@ -346,7 +347,10 @@ def _fpx_kernel(
         # E4M3 scales' row global scales multiply the sums after the loop).
         SCALED_VALUES: tl.constexpr = WORD_SCALES and VALUED_BF16 and SCALE_CODE != 0
         VALUED: tl.constexpr = VALUED_BF16 and (SCALED_VALUES or not WORD_SCALES)
-        UNIT: tl.constexpr = 1.0 if WORD_SCALES else W_UNIT
+        # fp16 x: the codes times their scales, 2^-GROUP_UNIT_SHIFT below the weights in fp32, are lifted to the
+        # weights (UNIT) before the dot rounds them to fp16, and the sums taken back down after the loop.
+        LIFTED: tl.constexpr = WORD_SCALES and not VALUED and x_ptr.dtype.element_ty == tl.float16
+        UNIT: tl.constexpr = (W_UNIT / G_UNIT if LIFTED else 1.0) if WORD_SCALES else W_UNIT
         # A step's scales take 2^-GROUP_UNIT_SHIFT as the words' do (G_UNIT's part of W_UNIT; 1 for INT4), which the
         # epilogue's scales undo.
         STEP_UNIT: tl.constexpr = G_UNIT / W_UNIT
@@ -404,6 +408,8 @@ def _fpx_kernel(
             xw_ptrs += BLOCK_K
         if SCALED_VALUES and SCALE_CODE == 1:
             acc *= row_global[:, None] if SWAP_AB else row_global[None, :]
+        if LIFTED and STEP_UNIT != 1.0:
+            acc *= STEP_UNIT
     else:
         for k0 in range(k_first, k_stop, BLOCK_K):
             rest = k_stop - k0
@@ -1225,7 +1231,7 @@ def fpx_matmul_triton(
     low = planes[0].contiguous()
     high = planes[1].contiguous() if len(planes) > 1 else low
     # In groups the scales go to the kernels as group scales (below), the epilogue's undo GROUP_UNIT_SHIFT's.
-    shift = group_unit_shift(exp_bias, x.dtype, use_row_kernel) if group else 0
+    shift = group_unit_shift(exp_bias) if group else 0
     scale = _filled(x.device, n, 2.0 ** (0 if use_row_kernel else shift)) if group else \
         w_scale.float().reshape(n).contiguous()
     bias_arg = bias.contiguous() if bias is not None else out  # (no bias: never read)
@@ -1316,12 +1322,10 @@ def _dequantized_product(x: torch.Tensor, planes: tuple[torch.Tensor, ...] | lis
     return torch.addmm(bias, x, weight.T, out=out)
 
 
-def group_unit_shift(exp_bias: int, x_dtype: torch.dtype, row_kernel: bool) -> int:
-    """The power of two (``GROUP_UNIT_SHIFT``) that scales in groups leave to the sums: INT4's placements are their
-    levels (none); fp16 weights on the tensor-core kernel none, so that E2M1 group scales from 4 on overflow there."""
-    if exp_bias == 127 or (x_dtype == torch.float16 and not row_kernel):
-        return 0
-    return GROUP_UNIT_SHIFT
+def group_unit_shift(exp_bias: int) -> int:
+    """The power of two (``GROUP_UNIT_SHIFT``) that scales in groups leave to the sums: none for INT4, whose
+    placements are their levels."""
+    return 0 if exp_bias == 127 else GROUP_UNIT_SHIFT
 
 
 _FILLED: dict[tuple[torch.device, int, float], torch.Tensor] = {}

@@ -384,12 +384,14 @@ def test_tensor_core_kernel_takes_scales_in_groups(name, group, dtype):
     swapped and split along K, at 1, 5 and 17 rows (ragged N, K steps that straddle groups). Where a step lies in one
     group its sums are scaled: fp32 out equals the twin. Otherwise each weight times its group's scale is rounded
     once to x's dtype, the weight ``dequantize_weight`` writes, then summed in fp32: fp32 out equals x times that
-    weight to fp32 summation order (a weight left unrounded misses by far more), and fp32 x equals the twin. An
-    unpaired config is refused."""
+    weight to fp32 summation order (a weight left unrounded misses by far more), and fp32 x equals the twin. Scales
+    run from 0.01 to 123 (E2M1 weights up to 737: past 24 the fp32 placement times the scale would overflow without
+    the shift, and fp16 tiles lift the scaled codes back before the dot). An unpaired config is refused."""
     k, n = 384, 40
     gen = torch.Generator().manual_seed(group + len(name))
     planes = pack_planes(torch.randint(0, 16, (n, k), generator=gen, dtype=torch.uint8), 4)
     scale = (torch.rand(n, k // group, generator=gen) + 0.5) * 0.02
+    scale[::3, 1::2] *= 2.0**12
     spec = dict(element=name, bits=4, group=group)
     weight = quant_kernels.dequantize_weight(planes, scale, **spec, dtype=dtype).float()
     tiles = [None] + [triton.Config(dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, PAIRED=True, SWAP_AB=swap, SPLIT_K=split))
@@ -434,8 +436,8 @@ def test_kernels_read_encoded_group_scales_as_their_fp32_values(encoding, group)
     dequantizing kernel, give bit for bit what their decoded fp32 values (``reference.scale_values``) give, in each
     x dtype; except bfloat16 x on the tensor cores in steps of several groups, where each weight is exact (its
     codes' value times its E4M3 or E8M0 scale in bfloat16) and the product the twin's, closer than on fp32 scales.
-    Finite with MXFP4 scales up to 2^6 (fp16 weights on the tensor cores: below 4); E8M0's 0 is 2^-127 (fp32
-    subnormal), 127 is 1."""
+    Finite with MXFP4 scales up to 2^6, in every x dtype (fp16 tiles lift their scaled codes before the dot); E8M0's
+    0 is 2^-127 (fp32 subnormal), 127 is 1."""
     from quant_kernels.reference import scale_values
 
     k, n = 256, 40
@@ -457,27 +459,24 @@ def test_kernels_read_encoded_group_scales_as_their_fp32_values(encoding, group)
             x = torch.randn(m, k, generator=gen).to(dtype)
             calls = [dict(row_kernel=True)] + [dict(row_kernel=False, config=config) for config in tiles]
             for call in calls:
-                # fp16 weights on the tensor cores take E2M1 scales below 4 (fpx_gemm.group_unit_shift)
-                held = raw.clamp(max=128) if encoding == "e8m0" and dtype == torch.float16 and not call["row_kernel"] \
-                    else raw
-                got = fpx_gemm.fpx_matmul_triton(x, planes, held, w_global_scale=global_scale, **spec, **call,
+                got = fpx_gemm.fpx_matmul_triton(x, planes, raw, w_global_scale=global_scale, **spec, **call,
                                                  out_dtype=torch.float32)
                 assert got.isfinite().all(), call
                 word_scaled = not call["row_kernel"] and group % call["config"].kwargs["BLOCK_K"] != 0
                 if dtype == torch.bfloat16 and word_scaled:
                     # each weight exact in bfloat16 (codes times their scale), the global scale after the sums:
                     # the twin's product to fp32 summation order, where fp32 scales round each weight to bfloat16
-                    twin = fpx_matmul_ref(x, planes, held, w_global_scale=global_scale, **spec,
+                    twin = fpx_matmul_ref(x, planes, raw, w_global_scale=global_scale, **spec,
                                           out_dtype=torch.float32)
                     assert_matches_twin(got, twin)
-                    rounded = fpx_gemm.fpx_matmul_triton(x, planes, scale_values(held, global_scale), **spec, **call,
+                    rounded = fpx_gemm.fpx_matmul_triton(x, planes, scale_values(raw, global_scale), **spec, **call,
                                                          out_dtype=torch.float32)
                     if encoding == "e4m3":  # E4M3 times a global scale: rounded where the fp32 scales are used
                         assert (rounded - twin).abs().max() > (got - twin).abs().max(), call
                     else:  # powers of two: the same exact weights either way
                         assert torch.equal(got, rounded), call
                 else:
-                    want = fpx_gemm.fpx_matmul_triton(x, planes, scale_values(held, global_scale), **spec, **call,
+                    want = fpx_gemm.fpx_matmul_triton(x, planes, scale_values(raw, global_scale), **spec, **call,
                                                       out_dtype=torch.float32)
                     assert torch.equal(got, want), call
         got = quant_kernels.dequantize_weight(planes, raw, **spec, dtype=dtype, global_scale=global_scale,
