@@ -372,8 +372,8 @@ def check_fpx_groups(m: int, n: int, k: int, element: str, group: int, dtype: to
         global_scale = torch.rand(n, device=device) * 1e-4 + 1e-5
     elif encoding == "e8m0":
         scale = torch.randint(117, 124, (n, k // group), dtype=torch.uint8, device=device)
-    else:
-        scale = torch.rand(n, k // group, device=device) * 0.03 + 1e-3
+    else:  # 2^-10 to 2^3: E2M1 groups past |w| = 24 too, where a scale times 2^126 would overflow fp32
+        scale = torch.exp2(torch.rand(n, k // group, device=device) * 13 - 10)
     planes = pack_planes(codes, 4)
     x = random_activations(m, k, dtype, device)
     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
@@ -394,8 +394,8 @@ def check_fpx_groups(m: int, n: int, k: int, element: str, group: int, dtype: to
 
 
 # (M, N, K, element, group, x dtype, scale encoding): W4A16 in groups at Llama-3-8B shapes, the row kernel's rows
-# (NVFP4's and MXFP4's groups too), the tensor-core kernel's (ragged rows) and the dequantized weight's; NVFP4 and
-# MXFP4 on their encoded scales on each.
+# (NVFP4's and MXFP4's groups too), the tensor-core kernel's (ragged rows; fp16 E2M1 tiles lifting their scaled
+# codes) and the dequantized weight's; NVFP4 and MXFP4 on their encoded scales on each.
 GPU_FPX_GROUPS = [(1, 4096, 4096, "int4", 128, torch.bfloat16, "float"),
                   (4, 14336, 4096, "e2m1", 64, torch.bfloat16, "float"),
                   (1, 4096, 14336, "int4", 128, torch.float16, "float"),
@@ -403,6 +403,7 @@ GPU_FPX_GROUPS = [(1, 4096, 4096, "int4", 128, torch.bfloat16, "float"),
                   (1, 4096, 4096, "e2m1", 16, torch.bfloat16, "float"),
                   (8, 14336, 4096, "e2m1", 32, torch.bfloat16, "float"),
                   (61, 4096, 14336, "int4", 128, torch.float16, "float"),
+                  (16, 4096, 4096, "e2m1", 16, torch.float16, "float"),
                   (300, 6144, 4096, "e2m1", 16, torch.bfloat16, "float"),
                   (1024, 4096, 4096, "int4", 128, torch.bfloat16, "float"),
                   (1, 4096, 4096, "e2m1", 16, torch.bfloat16, "e4m3"),
