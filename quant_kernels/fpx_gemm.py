@@ -208,8 +208,12 @@ INT4_OFFSET = tl.constexpr(136.0)
 # are scaled by its group's scale (``_word_units``): steps of 8 and 16 words lie in one group of 64 or 128 codes (one
 # scale load a row a step), and more rows a program and split K make up the programs and the work a step that the
 # per-channel configs' 64- and 128-word steps hold; NVFP4's and MXFP4's groups load a scale for every 2 or 4 words.
+# The last four take the per-channel picks' wide steps (four rows a thread, four 16-byte loads of words in flight
+# where 32 x 16 on 4 warps has one): in sm_90 SASS NVFP4's step costs 45 instructions a word at 64 x 64 on 8 warps
+# against 68 at 32 x 16 on 4 warps (the tuner's pick at one row before them, 0.99-1.35x bf16 on the H200).
 ROW_GROUP_CONFIGS = [(64, 8, 4, 2, 1), (128, 8, 8, 2, 1), (64, 8, 4, 2, 4), (128, 16, 8, 2, 1), (64, 16, 4, 2, 2),
-                     (64, 16, 4, 2, 4), (256, 16, 8, 2, 1), (32, 16, 4, 2, 4)]
+                     (64, 16, 4, 2, 4), (256, 16, 8, 2, 1), (32, 16, 4, 2, 4), (64, 32, 4, 2, 4), (64, 64, 8, 2, 4),
+                     (64, 64, 8, 2, 2), (64, 64, 8, 2, 1)]
 # The one-row kernel's autotune key.
 ROW_TUNING_KEY = ("N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED")
 # Picks the one-row kernel keeps instead of tuning (``w4a4_gemv.keep_pinned``, ``PTQ_PINNED_CONFIGS=0`` tunes them
