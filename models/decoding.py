@@ -29,10 +29,11 @@ def compile_options(extra: dict | None = None) -> dict:
     code than in the eager step, the kernels and the fake-quantized model. Likewise a fused bfloat16 chain (RMSNorm,
     RoPE) kept in fp32 without eager's roundings between its ops moved codes: on a random 1-layer Llama-3-8B the
     FP4 W4A4KV4 step's logits differed from eager's by 0.29 relative L2 (0.42 with 4 layers, also on the H200,
-    ``benchmarks/results/decode_match_fp4_planes_h200.md``), and by 0 with the casts emulated, on the CPU. Between
-    a layer's
-    q/k/v product and its attention, inductor made four kernels (RoPE of Q, of K, the mask);
-    as one launch a Llama-3-8B W4A4KV4 step on the H200 went from 2495 to 2337 us
+    ``benchmarks/results/decode_match_fp4_planes_h200.md``), and by 0 with the casts emulated, on the CPU and on an
+    H100 (``decode_match_fp4_emulated_casts_h100.md``; the W4A4KV4 batch-1 step took 2540 us against 2539 without
+    them, ``decode_profile_compiled_b1_emulated_casts_h100.md``). Between a layer's q/k/v product and its attention,
+    inductor made four kernels (RoPE of Q, of K, the mask); as one launch a Llama-3-8B W4A4KV4 step on the H200 went
+    from 2495 to 2337 us
     (``benchmarks/results/decode_profile_compiled_combo_llama3_8b_h200.md``).
     """
     from torch._inductor import config
