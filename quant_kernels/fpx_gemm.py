@@ -204,6 +204,8 @@ INTERLEAVED_BITS = (5,)
 INT4_LEVELS = tl.constexpr(-1)
 INT4_PLACED = tl.constexpr(0x43084308)
 INT4_OFFSET = tl.constexpr(136.0)
+# The same for fp16 values (``_placed_bits``' F16): u as 1024 + (u ^ 8), less 1032.
+INT4_PLACED_F16 = tl.constexpr(0x64086408)
 # Row-kernel configs for scales in groups along K (BLOCK_N, BLOCK_KW, num_warps, num_stages, SPLIT_K). Each word's sums
 # are scaled by its group's scale (``_word_units``): steps of 8 and 16 words lie in one group of 64 or 128 codes (one
 # scale load a row a step), and more rows a program and split K make up the programs and the work a step that the
@@ -304,8 +306,9 @@ def _fpx_kernel(
     (``_placed_tile``) are one dot's first, wide operand a step (acc^T = W X^T), which Hopper's wgmma takes from
     registers. VALUED_BF16 (bfloat16 x, both PAIRED forms): the codes become bfloat16 values (``_valued_pairs``, one
     pair multiply for two codes where the float32 placement takes two multiplies and a conversion; ``_valued_tile``
-    when swapped). Otherwise the planes are spread and decoded. SPLIT_K > 1: program (m, n, s) takes the s-th of SPLIT_K
-    slices of K (whole steps) and ``_finish_products`` adds the slices' sums, as in the row kernel. GROUP > 0 (INT4 or
+    when swapped); fp16 x likewise fp16 values (``_placed_bits``' F16). Otherwise the planes are spread and
+    decoded. SPLIT_K > 1: program (m, n, s) takes the s-th of SPLIT_K slices of K (whole steps) and
+    ``_finish_products`` adds the slices' sums, as in the row kernel. GROUP > 0 (INT4 or
     E2M1 codes, PAIRED): the scales come per GROUP codes along K, (N, K / GROUP) at ``gscale_ptr``. Where a step lies
     in one group (GROUP a multiple of BLOCK_K) its sums, exact products as per channel, are multiplied by the group's
     scales; otherwise each word's placed codes are multiplied by its group's scale times G_UNIT (``_word_units``) in
@@ -314,7 +317,8 @@ def _fpx_kernel(
     group scales are fp32 (SCALE_CODE 0), or NVFP4's E4M3 bytes (1) times their rows' global scales at ``gglobal_ptr``,
     or MXFP4's E8M0 bytes (2), decoded as they load (``_group_scales``). With bfloat16 x those, exact in bfloat16,
     scale the codes' bfloat16 values a word at a time (``_valued_pairs``, SCALED): each weight exact, its E4M3
-    scale's global one applied to the sums after the loop (one rounding less than the dequantized weight's)."""
+    scale's global one applied to the sums after the loop (one rounding less than the dequantized weight's); with
+    fp16 x the E4M3 ones do so in fp16 (E8M0's may leave fp16's range: fp16 takes those, and fp32 scales, in fp32)."""
     # Axis 0 runs fastest: the row tiles that share a weight tile are launched together.
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -347,13 +351,18 @@ def _fpx_kernel(
         # the weights rounded to x's dtype), and the codes' power of two goes with the scales (G_UNIT).
         STEP_SCALES: tl.constexpr = GROUP > 0 and GROUP % BLOCK_K == 0
         WORD_SCALES: tl.constexpr = GROUP > 0 and GROUP % BLOCK_K != 0
-        # bfloat16 x, E4M3 / E8M0 scales: the codes times their word's scale in bfloat16 pairs, exact (SCALED_VALUES;
-        # E4M3 scales' row global scales multiply the sums after the loop).
-        SCALED_VALUES: tl.constexpr = WORD_SCALES and VALUED_BF16 and SCALE_CODE != 0
-        VALUED: tl.constexpr = VALUED_BF16 and (SCALED_VALUES or not WORD_SCALES)
-        # fp16 x: the codes times their scales, 2^-GROUP_UNIT_SHIFT below the weights in fp32, are lifted to the
-        # weights (UNIT) before the dot rounds them to fp16, and the sums taken back down after the loop.
-        LIFTED: tl.constexpr = WORD_SCALES and not VALUED and x_ptr.dtype.element_ty == tl.float16
+        # fp16 x: the codes' values in fp16 pairs, as bfloat16 x takes them in bfloat16 pairs (F16, ``_placed_bits``).
+        F16: tl.constexpr = x_ptr.dtype.element_ty == tl.float16
+        # bfloat16 x with E4M3 / E8M0 scales, fp16 x with E4M3 ones (E8M0's powers of two pass fp16's range): the
+        # codes times their word's scale in half pairs, exact (SCALED_VALUES; E4M3 scales' row global scales multiply
+        # the sums after the loop).
+        SCALED_VALUES: tl.constexpr = WORD_SCALES and (VALUED_BF16 and SCALE_CODE != 0 or F16 and SCALE_CODE == 1)
+        VALUED: tl.constexpr = (VALUED_BF16 or F16) and (SCALED_VALUES or not WORD_SCALES)
+        # fp16 x otherwise: the codes times their scales, 2^-GROUP_UNIT_SHIFT below the weights in fp32, are lifted to
+        # the weights (UNIT) before the dot rounds them to fp16. Both fp16 forms hold the weights' own values, and the
+        # sums are taken down by 2^-GROUP_UNIT_SHIFT after the loop, which the epilogue's scales undo (TAKEN_DOWN).
+        LIFTED: tl.constexpr = WORD_SCALES and not VALUED and F16
+        TAKEN_DOWN: tl.constexpr = LIFTED or SCALED_VALUES and F16
         UNIT: tl.constexpr = (W_UNIT / G_UNIT if LIFTED else 1.0) if WORD_SCALES else W_UNIT
         # A step's scales take 2^-GROUP_UNIT_SHIFT as the words' do (G_UNIT's part of W_UNIT; 1 for INT4), which the
         # epilogue's scales undo.
@@ -364,11 +373,13 @@ def _fpx_kernel(
             low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH,
                                      USE_ASM, EVEN)
             if WORD_SCALES:
-                units = _word_units(gscale_ptr, offs_n, n_ok, stride_gs, k0, (k_stop - k0) // 8, GROUP, G_UNIT,
-                                    BLOCK_K, EVEN, row_global, SCALE_CODE, SCALE_CODE == 1 and not SCALED_VALUES)
+                # (fp16 values: the scales alone, G_UNIT's power of two held by the placement and TAKEN_DOWN)
+                units = _word_units(gscale_ptr, offs_n, n_ok, stride_gs, k0, (k_stop - k0) // 8, GROUP,
+                                    1.0 if SCALED_VALUES and F16 else G_UNIT, BLOCK_K, EVEN, row_global, SCALE_CODE,
+                                    SCALE_CODE == 1 and not SCALED_VALUES)
             else:
                 units = UNIT  # (unread)
-            unit_pairs = _unit_pairs(units) if SCALED_VALUES else 0
+            unit_pairs = _unit_pairs(units, F16) if SCALED_VALUES else 0
             sums = acc
             if STEP_SCALES:  # the step's own sums, scaled below
                 sums = tl.full(acc.shape, 0.0, tl.float32)
@@ -377,7 +388,7 @@ def _fpx_kernel(
                 x = tl.load(x_ptrs, mask=x_ok, other=0.0)
                 if VALUED:
                     tile = _valued_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, UNIT_EXP, USE_ASM,
-                                        SCALED_VALUES, unit_pairs)
+                                        SCALED_VALUES, unit_pairs, F16)
                 else:
                     tile = _placed_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, USE_ASM, units,
                                         WORD_SCALES)
@@ -387,9 +398,9 @@ def _fpx_kernel(
                 x_ok = m_ok[:, None] if EVEN else m_ok[:, None] & w_ok[None, :]
                 for j in tl.static_range(4):
                     if VALUED:
-                        first, second = _bf16_of_halves(_valued_pairs(
-                            _placed_bits(low, high, j, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM,
-                            SCALED_VALUES, unit_pairs))
+                        first, second = _halves_of(_valued_pairs(
+                            _placed_bits(low, high, j, BITS, MAN_BITS, HIGH_WIDTH, F16), MAN_BITS, UNIT_EXP, USE_ASM,
+                            SCALED_VALUES, unit_pairs, F16), F16)
                     else:
                         first, second = _placed_pair(low, high, j, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM)
                         if WORD_SCALES:
@@ -412,7 +423,7 @@ def _fpx_kernel(
             xw_ptrs += BLOCK_K
         if SCALED_VALUES and SCALE_CODE == 1:
             acc *= row_global[:, None] if SWAP_AB else row_global[None, :]
-        if LIFTED and STEP_UNIT != 1.0:
+        if TAKEN_DOWN and STEP_UNIT != 1.0:
             acc *= STEP_UNIT
     else:
         for k0 in range(k_first, k_stop, BLOCK_K):
@@ -530,16 +541,18 @@ def _placed_pair(low, high, J: tl.constexpr, BITS: tl.constexpr, MAN_BITS: tl.co
 
 @triton.jit
 def _placed_bits(low, high, J: tl.constexpr, BITS: tl.constexpr, MAN_BITS: tl.constexpr,
-                 HIGH_WIDTH: tl.constexpr):
+                 HIGH_WIDTH: tl.constexpr, F16: tl.constexpr = False):
     """Codes J (low half) and J + 4 (high half) of low-plane words and their ``_spread_high`` words as the
     bfloat16 bits of their values times 2^(bias - 127): each shift and mask places a field of both codes at once
     (magnitude with the mantissa's top at bit 6, sign at bit 15 of each half). INT4 levels (MAN_BITS =
-    INT4_LEVELS): each nibble u as the bfloat16 128 + (u ^ 8), one shift and one mask-and-xor for both."""
+    INT4_LEVELS): each nibble u as the bfloat16 128 + (u ^ 8), one shift and one mask-and-xor for both. F16: as
+    fp16 bits instead, the values times 2^(bias - 15) (the mantissa's top at bit 9; INT4: 1024 + (u ^ 8)); the
+    magnitude then ends at bit 12 at most and FP6's high field (below) still lands apart from its copies."""
     if MAN_BITS == INT4_LEVELS:  # if / else as in ``_decode``
-        bits = (_shifted(low, -4 * J) & 0x000F000F) ^ INT4_PLACED
+        bits = (_shifted(low, -4 * J) & 0x000F000F) ^ (INT4_PLACED_F16 if F16 else INT4_PLACED)
     else:
         MAG_LOW: tl.constexpr = 4 if BITS > 4 else 3  # magnitude bits in the low nibble
-        TOP: tl.constexpr = 7 - MAN_BITS  # where the magnitude's bit 0 goes in a bfloat16
+        TOP: tl.constexpr = (10 if F16 else 7) - MAN_BITS  # where the magnitude's bit 0 goes in a half
         BOTH: tl.constexpr = (1 << 16) | 1  # times a field mask: the mask in both halves
         SIGNS: tl.constexpr = -2147450880  # bits 15 and 31
         bits = _shifted(low, TOP - 4 * J) & ((((1 << MAG_LOW) - 1) << TOP) * BOTH)
@@ -562,15 +575,17 @@ def _bf16_halves(bits):
 
 @triton.jit
 def _valued_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr,
-                  SCALED: tl.constexpr = False, unit_pairs=0):
+                  SCALED: tl.constexpr = False, unit_pairs=0, F16: tl.constexpr = False):
     """``_placed_bits`` words times 2^UNIT_EXP (UNIT_EXP = 127 - bias) in both bfloat16 halves: the codes' values,
     exact (a power of two onto a normal result, subnormal placements included); PTX mul.rn.bf16x2. INT4 levels
     (MAN_BITS = INT4_LEVELS): INT4_OFFSET subtracted instead (sub.rn.bf16x2), exact. SCALED (E2M1 codes): times
     ``unit_pairs`` instead (``_unit_pairs``: a group scale exact in bfloat16 times 2^UNIT_EXP, less
     GROUP_UNIT_SHIFT's power), the codes' values times their scale, exact for E4M3 and E8M0 scales (at most 6
-    significant bits)."""
+    significant bits). F16 (``_placed_bits``' fp16 words): the same in fp16 halves (``_valued_f16_pairs``)."""
     UNIT_BITS: tl.constexpr = (UNIT_EXP + 127) << 7  # bfloat16 2^UNIT_EXP
-    if SCALED:
+    if F16:
+        out = _valued_f16_pairs(bits, MAN_BITS, UNIT_EXP, USE_ASM, SCALED, unit_pairs)
+    elif SCALED:
         if USE_ASM:
             out = tl.inline_asm_elementwise("mul.rn.bf16x2 $0, $1, $2;", "=r,r,r", [bits, unit_pairs], dtype=tl.int32,
                                             is_pure=True, pack=1)
@@ -601,10 +616,52 @@ def _valued_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM:
 
 
 @triton.jit
-def _unit_pairs(units):
-    """fp32 values exact in bfloat16 as int32 words holding the value's bfloat16 in both halves."""
-    bits = units.to(tl.int32, bitcast=True)
-    return (bits & -65536) | ((bits >> 16) & 0xFFFF)
+def _valued_f16_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr,
+                      SCALED: tl.constexpr, unit_pairs):
+    """``_valued_pairs`` for fp16 words: times 2^(UNIT_EXP - 112) = 2^(15 - bias) (INT4: less 1032), exact; SCALED
+    then times ``unit_pairs`` (fp16 E4M3 scales, ``_unit_pairs``), exact: a product of at most 6 significant bits
+    from 2^-10 to 2688. fp16 holds 2^(15 - bias) and the scale apart, not their product (448 x 2^14), so SCALED takes
+    two multiplies a pair where bfloat16 takes one. PTX mul.rn.f16x2 / sub.rn.f16x2; in fp32 without it."""
+    UNIT_BITS: tl.constexpr = (UNIT_EXP - 112 + 15) << 10  # fp16 2^(UNIT_EXP - 112)
+    if USE_ASM:
+        if MAN_BITS == INT4_LEVELS:
+            out = tl.inline_asm_elementwise("sub.rn.f16x2 $0, $1, $2;", "=r,r,r",
+                                            [bits, tl.full(bits.shape, INT4_PLACED_F16, tl.int32)], dtype=tl.int32,
+                                            is_pure=True, pack=1)
+        else:
+            out = tl.inline_asm_elementwise("mul.rn.f16x2 $0, $1, $2;", "=r,r,r",
+                                            [bits, tl.full(bits.shape, UNIT_BITS * 65537, tl.int32)], dtype=tl.int32,
+                                            is_pure=True, pack=1)
+        if SCALED:
+            out = tl.inline_asm_elementwise("mul.rn.f16x2 $0, $1, $2;", "=r,r,r", [out, unit_pairs], dtype=tl.int32,
+                                            is_pure=True, pack=1)
+    else:
+        low, high = _halves_of(bits, True)
+        low, high = low.to(tl.float32), high.to(tl.float32)
+        if MAN_BITS == INT4_LEVELS:
+            low, high = low - 1032.0, high - 1032.0
+        else:
+            unit = tl.full(bits.shape, UNIT_BITS, tl.int32).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            low, high = low * unit, high * unit
+        if SCALED:
+            scale, _ = _halves_of(unit_pairs, True)
+            low, high = low * scale.to(tl.float32), high * scale.to(tl.float32)
+        out = ((low.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF)
+               | (high.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) << 16))
+    return out
+
+
+@triton.jit
+def _unit_pairs(units, F16: tl.constexpr = False):
+    """fp32 values exact in bfloat16 (F16: in fp16) as int32 words holding the value's bfloat16 (fp16) in both
+    halves."""
+    if F16:
+        half = units.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        pairs = half | (half << 16)
+    else:
+        bits = units.to(tl.int32, bitcast=True)
+        pairs = (bits & -65536) | ((bits >> 16) & 0xFFFF)
+    return pairs
 
 
 @triton.jit
@@ -682,34 +739,34 @@ def _placed_tile(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WID
 @triton.jit
 def _valued_tile(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr,
-                 SCALED: tl.constexpr = False, unit_pairs=0):
+                 SCALED: tl.constexpr = False, unit_pairs=0, F16: tl.constexpr = False):
     """(BLOCK_N, BLOCK_K / 8) words -> the (BLOCK_N, BLOCK_K) bfloat16 tile of their codes' values in K order:
     each pair of ``_placed_bits`` (codes J and J + 4) scaled by one bfloat16 pair multiply (``_valued_pairs``),
     its halves read as bfloat16s and joined as ``_placed_tile`` joins its float32s. The four pairs are scaled before
     any is split: splitting each as it comes (one pair helper shared with ``_placed_tile``) changed ptxas's register
     allocation, 166 -> 198 registers at 32 x 64 x 256 swapped (sm_90, Triton 3.6). SCALED: each word's codes times
-    its ``unit_pairs`` (``_valued_pairs``)."""
-    v0 = _valued_pairs(_placed_bits(low, high, 0, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM, SCALED,
-                       unit_pairs)
-    v1 = _valued_pairs(_placed_bits(low, high, 1, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM, SCALED,
-                       unit_pairs)
-    v2 = _valued_pairs(_placed_bits(low, high, 2, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM, SCALED,
-                       unit_pairs)
-    v3 = _valued_pairs(_placed_bits(low, high, 3, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP, USE_ASM, SCALED,
-                       unit_pairs)
-    a0, a4 = _bf16_of_halves(v0)
-    a1, a5 = _bf16_of_halves(v1)
-    a2, a6 = _bf16_of_halves(v2)
-    a3, a7 = _bf16_of_halves(v3)
+    its ``unit_pairs`` (``_valued_pairs``). F16: an fp16 tile (``_placed_bits``)."""
+    v0 = _valued_pairs(_placed_bits(low, high, 0, BITS, MAN_BITS, HIGH_WIDTH, F16), MAN_BITS, UNIT_EXP, USE_ASM,
+                       SCALED, unit_pairs, F16)
+    v1 = _valued_pairs(_placed_bits(low, high, 1, BITS, MAN_BITS, HIGH_WIDTH, F16), MAN_BITS, UNIT_EXP, USE_ASM,
+                       SCALED, unit_pairs, F16)
+    v2 = _valued_pairs(_placed_bits(low, high, 2, BITS, MAN_BITS, HIGH_WIDTH, F16), MAN_BITS, UNIT_EXP, USE_ASM,
+                       SCALED, unit_pairs, F16)
+    v3 = _valued_pairs(_placed_bits(low, high, 3, BITS, MAN_BITS, HIGH_WIDTH, F16), MAN_BITS, UNIT_EXP, USE_ASM,
+                       SCALED, unit_pairs, F16)
+    a0, a4 = _halves_of(v0, F16)
+    a1, a5 = _halves_of(v1, F16)
+    a2, a6 = _halves_of(v2, F16)
+    a3, a7 = _halves_of(v3, F16)
     tile = tl.join(tl.join(tl.join(a0, a4), tl.join(a2, a6)), tl.join(tl.join(a1, a5), tl.join(a3, a7)))
     return tile.reshape(BLOCK_N, BLOCK_K)
 
 
 @triton.jit
-def _bf16_of_halves(words):
-    """The low and high 16-bit halves of int32 words as bfloat16s."""
-    return ((words & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True),
-            (words >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True))
+def _halves_of(words, F16: tl.constexpr = False):
+    """The low and high 16-bit halves of int32 words as bfloat16s (F16: fp16s)."""
+    dtype: tl.constexpr = tl.float16 if F16 else tl.bfloat16
+    return (words & 0xFFFF).to(tl.int16).to(dtype, bitcast=True), (words >> 16).to(tl.int16).to(dtype, bitcast=True)
 
 
 @triton.jit
@@ -729,7 +786,7 @@ def _dot_placed(x, placed, acc, W_UNIT: tl.constexpr, DOT_F32: tl.constexpr, SWA
                 VALUED: tl.constexpr = False, ROUND_BF16: tl.constexpr = False, ROUND_F16: tl.constexpr = False):
     """acc + x @ (placed * W_UNIT).T (SWAP_AB: acc + (placed * W_UNIT) @ x.T): placed codes (``_placed_pair``)
     scaled to their values, which are exact in x's half dtype (and fp32), or (W_UNIT 1) times their group scales,
-    which the dot's operand rounds to x's dtype; VALUED: ``placed`` already holds the values (bfloat16,
+    which the dot's operand rounds to x's dtype; VALUED: ``placed`` already holds the values (bfloat16 or fp16,
     ``_valued_pairs``). An IEEE fp32 dot for fp32 x and under the interpreter, where ROUND_BF16 / ROUND_F16 round
     the weights to x's half dtype first."""
     w = placed if VALUED else placed * W_UNIT

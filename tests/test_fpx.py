@@ -434,8 +434,9 @@ def test_kernels_read_encoded_group_scales_as_their_fp32_values(encoding, group)
     """NVFP4's E4M3 scales with their rows' global scales and MXFP4's E8M0 bytes, read by the row kernel (1, 3 and
     8 rows), the tensor-core kernel (a step inside one group, steps of several, swapped and split) and the
     dequantizing kernel, give bit for bit what their decoded fp32 values (``reference.scale_values``) give, in each
-    x dtype; except bfloat16 x on the tensor cores in steps of several groups, where each weight is exact (its
-    codes' value times its E4M3 or E8M0 scale in bfloat16) and the product the twin's, closer than on fp32 scales.
+    x dtype; except bfloat16 x (and fp16 x on E4M3 scales) on the tensor cores in steps of several groups, where
+    each weight is exact (its codes' value times its scale in bfloat16 or fp16) and the product the twin's, closer
+    than on fp32 scales.
     Finite with MXFP4 scales up to 2^6, in every x dtype (fp16 tiles lift their scaled codes before the dot); E8M0's
     0 is 2^-127 (fp32 subnormal), 127 is 1."""
     from quant_kernels.reference import scale_values
@@ -463,9 +464,10 @@ def test_kernels_read_encoded_group_scales_as_their_fp32_values(encoding, group)
                                                  out_dtype=torch.float32)
                 assert got.isfinite().all(), call
                 word_scaled = not call["row_kernel"] and group % call["config"].kwargs["BLOCK_K"] != 0
-                if dtype == torch.bfloat16 and word_scaled:
-                    # each weight exact in bfloat16 (codes times their scale), the global scale after the sums:
-                    # the twin's product to fp32 summation order, where fp32 scales round each weight to bfloat16
+                valued = dtype == torch.bfloat16 or dtype == torch.float16 and encoding == "e4m3"
+                if valued and word_scaled:
+                    # each weight exact in x's dtype (codes times their scale), the global scale after the sums:
+                    # the twin's product to fp32 summation order, where fp32 scales round each weight to x's dtype
                     twin = fpx_matmul_ref(x, planes, raw, w_global_scale=global_scale, **spec,
                                           out_dtype=torch.float32)
                     assert_matches_twin(got, twin)
