@@ -116,8 +116,9 @@ def fpx_tile_rows(config: tuple[int, ...]) -> int:
     return config[5] if len(config) > 5 else 16
 
 
-def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0, scales: str = "fp32"):
-    """The FPx tensor-core kernel's ASTSource on its PAIRED path for bfloat16 activation rows and one (BLOCK_N,
+def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0, scales: str = "fp32", dtype: str = "bf16"):
+    """The FPx tensor-core kernel's ASTSource on its PAIRED path for ``dtype`` (bf16 or fp16) activation rows and one
+    (BLOCK_N,
     BLOCK_K, warps, stages, SWAP_AB[, BLOCK_M]) (BLOCK_M 16, a decode batch's, unless given); its configs are the
     autotuner's, unswapped (``GPU_PAIRED_CONFIGS``) and swapped (``GPU_SWAP_CONFIGS``), the codes placed as bfloat16
     values (``group``: scales per ``group`` codes, INT4 or E2M1, each step's sums scaled where it lies in one group,
@@ -134,12 +135,12 @@ def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0, scale
     names = ["x_ptr", "low_ptr", "high_ptr", "low_words_ptr", "high_words_ptr", "scale_ptr", "bias_ptr", "out_ptr",
              "M", "N", "K", "M_BUCKET", "stride_xm", "stride_low", "stride_high", "stride_low_words",
              "stride_high_words", "stride_om"]
-    pointers = ["*bf16", "*u8", "*u8", "*i32", "*i16" if high == 2 else "*u8", "*fp32", "*bf16", "*bf16"]
+    pointers = [f"*{dtype}", "*u8", "*u8", "*i32", "*i16" if high == 2 else "*u8", "*fp32", f"*{dtype}", f"*{dtype}"]
     signature = dict(zip(names, pointers + ["i32"] * 10))
     constants = dict(EXP_BITS=exp_bits, MAN_BITS=man_bits, EXP_BIAS=exp_bias, HIGH_WIDTH=high,
                      HAS_BIAS=False, DOT_F32=False, W_UNIT=2.0 ** (127 - exp_bias),
                      BLOCK_M=fpx_tile_rows(config), BLOCK_N=config[0], BLOCK_K=config[1], PAIRED=True,
-                     SWAP_AB=bool(config[4]), VALUED_BF16=True, UNIT_EXP=127 - exp_bias, USE_ASM=True,
+                     SWAP_AB=bool(config[4]), VALUED_BF16=dtype == "bf16", UNIT_EXP=127 - exp_bias, USE_ASM=True,
                      EVEN=True, ROUND_BF16=False, ROUND_F16=False)
     signature.update({name: "constexpr" for name in constants})
     signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr")
@@ -410,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                         "ROW_GROUP_CONFIGS (0: per channel)")
     p.add_argument("--scales", choices=("fp32", "e4m3", "e8m0"), default="fp32",
                    help="with --group: the scales' encoding (e4m3: NVFP4's, with a global scale a row; e8m0: MXFP4's)")
+    p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16",
+                   help="fpx_tile: the activations' dtype (fp16 places the codes as fp16 values)")
     p.add_argument("--arch", type=int, default=90, help="compute capability times ten (90: Hopper)")
     p.add_argument("--limit", type=int, help="only the first LIMIT configs (default: all)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -454,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                    for bm, bn, bk, w, s in tiles]
 
         def build(case, config):
-            return fpx_tile_source(case, config, args.group, args.scales)
+            return fpx_tile_source(case, config, args.group, args.scales, args.dtype)
     elif args.kernel == "act_quant":
         if args.element not in ACT_ELEMENTS:
             p.error(f"--element for act_quant is one of {', '.join(ACT_ELEMENTS)}; got {args.element!r}")
@@ -501,8 +504,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--norm_tail is for --kernel w4a4_gemv")
     if args.mma and args.kernel != "fpx_row":
         p.error("--mma is for --kernel fpx_row")
+    if args.dtype != "bf16" and args.kernel != "fpx_tile":
+        p.error(f"--dtype {args.dtype} is for --kernel fpx_tile (the other kernels compile for bfloat16 rows)")
     case = args.element + (f", K {args.k}" if args.kernel == "act_quant" else "")
     case += ", tensor cores" if args.mma else ""
+    case += ", fp16 x" if args.dtype == "fp16" else ""
     case += f", {'' if args.scales == 'fp32' else args.scales.upper() + ' '}scales per {args.group} codes" \
         if args.group else ""
     result = {"kernel": args.kernel, "case": case + (f", norm tail N {args.norm_tail}" if args.norm_tail else ""),

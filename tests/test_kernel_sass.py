@@ -274,3 +274,16 @@ def test_the_fpx_swapped_tile_keeps_its_wgmmas_in_flight():
     assert done.returncode == 0, done.stderr[-2000:]
     row = json.loads(done.stdout.strip().splitlines()[-1])
     assert row["HGMMA"] == 16 and row["wgmma_serialized"] == "" and row["wgmma_wait"] >= 1
+
+
+def test_kernel_sass_compiles_fp16_tiles(tmp_path):
+    """``--dtype fp16``: the tensor-core kernel places FP6 codes as fp16 values (a pair multiply, HMUL2) and compiles
+    for sm_90; another kernel is refused."""
+    done = run_sass("--kernel", "fpx_tile", "--element", "e3m2", "--dtype", "fp16", "--limit", "1",
+                    "--out", str(tmp_path / "h"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "h.json").read_text())
+    (row,) = result["configs"]
+    assert result["case"] == "e3m2, fp16 x" and row["HMUL2"] > 0 and row["loop"] > 0
+    done = run_sass("--kernel", "fpx_row", "--element", "e3m2", "--dtype", "fp16", "--out", str(tmp_path / "r"))
+    assert done.returncode == 2 and "--dtype fp16 is for --kernel fpx_tile" in done.stderr
