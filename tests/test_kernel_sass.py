@@ -94,19 +94,6 @@ def test_kernel_sass_compiles_the_fpx_kernels_with_scales_in_groups(tmp_path, ke
         assert done.returncode == 2 and "--group takes INT4 or E2M1" in done.stderr
 
 
-def test_kernel_sass_compiles_encoded_group_scales(tmp_path):
-    """``--scales e4m3``: the tensor-core kernel on NVFP4's E4M3 bytes (the codes scaled in bfloat16 pairs) compiles
-    for sm_90; ``--scales`` without ``--group`` is refused."""
-    done = run_sass("--kernel", "fpx_tile", "--element", "e2m1", "--group", "16", "--scales", "e4m3", "--limit", "1",
-                    "--out", str(tmp_path / "e"))
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads((tmp_path / "e.json").read_text())
-    (row,) = result["configs"]
-    assert result["case"] == "e2m1, E4M3 scales per 16 codes" and row["HMUL2"] > 0 and row["loop"] > 0
-    done = run_sass("--kernel", "fpx_row", "--element", "e2m1", "--scales", "e8m0", "--out", str(tmp_path / "b"))
-    assert done.returncode == 2 and "--scales e8m0 is an encoding of scales in groups: give --group" in done.stderr
-
-
 def test_resource_usage_counts_the_warps_registers_allow():
     from benchmarks.kernel_sass import resource_usage
 
@@ -276,14 +263,21 @@ def test_the_fpx_swapped_tile_keeps_its_wgmmas_in_flight():
     assert row["HGMMA"] == 16 and row["wgmma_serialized"] == "" and row["wgmma_wait"] >= 1
 
 
-def test_kernel_sass_compiles_fp16_tiles(tmp_path):
-    """``--dtype fp16``: the tensor-core kernel places FP6 codes as fp16 values (a pair multiply, HMUL2) and compiles
-    for sm_90; another kernel is refused."""
-    done = run_sass("--kernel", "fpx_tile", "--element", "e3m2", "--dtype", "fp16", "--limit", "1",
-                    "--out", str(tmp_path / "h"))
+@pytest.mark.parametrize("flags, case, refused, message", [
+    (("--element", "e2m1", "--group", "16", "--scales", "e4m3"), "e2m1, E4M3 scales per 16 codes",
+     ("--kernel", "fpx_row", "--element", "e2m1", "--scales", "e8m0"),
+     "--scales e8m0 is an encoding of scales in groups: give --group"),
+    (("--element", "e3m2", "--dtype", "fp16"), "e3m2, fp16 x", ("--kernel", "fpx_row", "--element", "e3m2", "--dtype",
+                                                               "fp16"), "--dtype fp16 is for --kernel fpx_tile"),
+], ids=["e4m3_scales", "fp16"])
+def test_kernel_sass_compiles_the_tile_kernel_s_half_pairs(tmp_path, flags, case, refused, message):
+    """The tensor-core kernel scaling codes in half pairs (HMUL2) compiles for sm_90: on NVFP4's E4M3 bytes
+    (``--scales e4m3``, bfloat16 pairs) and with fp16 rows (``--dtype fp16``, fp16 values); each flag is refused
+    without what it needs (``--scales`` without ``--group``, ``--dtype`` off the tile kernel)."""
+    done = run_sass("--kernel", "fpx_tile", *flags, "--limit", "1", "--out", str(tmp_path / "t"))
     assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads((tmp_path / "h.json").read_text())
+    result = json.loads((tmp_path / "t.json").read_text())
     (row,) = result["configs"]
-    assert result["case"] == "e3m2, fp16 x" and row["HMUL2"] > 0 and row["loop"] > 0
-    done = run_sass("--kernel", "fpx_row", "--element", "e3m2", "--dtype", "fp16", "--out", str(tmp_path / "r"))
-    assert done.returncode == 2 and "--dtype fp16 is for --kernel fpx_tile" in done.stderr
+    assert result["case"] == case and row["HMUL2"] > 0 and row["loop"] > 0
+    done = run_sass(*refused, "--out", str(tmp_path / "r"))
+    assert done.returncode == 2 and message in done.stderr
