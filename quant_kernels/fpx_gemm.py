@@ -353,7 +353,7 @@ def _fpx_kernel(
         WORD_SCALES: tl.constexpr = GROUP > 0 and GROUP % BLOCK_K != 0
         # fp16 x: the codes' values in fp16 pairs, as bfloat16 x takes them in bfloat16 pairs (F16, ``_placed_bits``).
         F16: tl.constexpr = x_ptr.dtype.element_ty == tl.float16
-        # bfloat16 x with E4M3 / E8M0 scales, fp16 x with E4M3 ones (E8M0's powers of two pass fp16's range): the
+        # bfloat16 x with E4M3 / E8M0 scales, fp16 x with E4M3 ones (E8M0's powers of two may leave fp16's range): the
         # codes times their word's scale in half pairs, exact (SCALED_VALUES; E4M3 scales' row global scales multiply
         # the sums after the loop).
         SCALED_VALUES: tl.constexpr = WORD_SCALES and (VALUED_BF16 and SCALE_CODE != 0 or F16 and SCALE_CODE == 1)
