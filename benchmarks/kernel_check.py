@@ -395,7 +395,7 @@ def check_fpx_groups(m: int, n: int, k: int, element: str, group: int, dtype: to
 
 # (M, N, K, element, group, x dtype, scale encoding): W4A16 in groups at Llama-3-8B shapes, the row kernel's rows
 # (NVFP4's and MXFP4's groups too), the tensor-core kernel's (ragged rows; fp16 E2M1 tiles lifting their scaled
-# codes) and the dequantized weight's; NVFP4 and MXFP4 on their encoded scales on each.
+# codes, and NVFP4's in fp16 pairs) and the dequantized weight's; NVFP4 and MXFP4 on their encoded scales on each.
 GPU_FPX_GROUPS = [(1, 4096, 4096, "int4", 128, torch.bfloat16, "float"),
                   (4, 14336, 4096, "e2m1", 64, torch.bfloat16, "float"),
                   (1, 4096, 14336, "int4", 128, torch.float16, "float"),
@@ -409,11 +409,13 @@ GPU_FPX_GROUPS = [(1, 4096, 4096, "int4", 128, torch.bfloat16, "float"),
                   (1, 4096, 4096, "e2m1", 16, torch.bfloat16, "e4m3"),
                   (3, 4096, 14336, "e2m1", 32, torch.float16, "e8m0"),
                   (8, 14336, 4096, "e2m1", 16, torch.bfloat16, "e4m3"),
+                  (16, 6144, 4096, "e2m1", 16, torch.float16, "e4m3"),
                   (61, 6144, 4096, "e2m1", 32, torch.bfloat16, "e8m0"),
                   (1024, 4096, 4096, "e2m1", 16, torch.bfloat16, "e4m3")]
 DRY_FPX_GROUPS = [(1, 40, 256, "int4", 128, torch.bfloat16, "float"), (5, 24, 128, "e2m1", 32, torch.float16, "float"),
                   (1030, 24, 128, "int4", 64, torch.bfloat16, "float"),
-                  (5, 24, 128, "e2m1", 16, torch.bfloat16, "e4m3"), (1, 40, 256, "e2m1", 32, torch.bfloat16, "e8m0")]
+                  (5, 24, 128, "e2m1", 16, torch.bfloat16, "e4m3"), (1, 40, 256, "e2m1", 32, torch.bfloat16, "e8m0"),
+                  (5, 24, 128, "e2m1", 16, torch.float16, "e4m3")]
 
 
 # (N, K, element, group, dtype): W4A16 weights dequantized, a Llama-3-8B shape and ragged ones.

@@ -609,9 +609,9 @@ def test_kernel_check_forces_the_split_row_and_swapped_tile_configs(tmp_path):
 
 def test_kernel_check_runs_the_dequantized_prefill_path(tmp_path):
     """``kernel_check --only fpx_dequantized,dequant,fpx_groups``: the dequantizing kernel's FPx weights and the
-    prefill product, packed INT4 / E2M1 weights in groups (NVFP4's and MXFP4's encoded scales too) and their products
-    on the tensor-core kernel and the dequantized weight, checked, every case passing (the interpreter's small
-    ones)."""
+    prefill product, packed INT4 / E2M1 weights in groups (NVFP4's and MXFP4's encoded scales too, NVFP4's with fp16
+    rows) and their products on the tensor-core kernel and the dequantized weight, checked, every case passing (the
+    interpreter's small ones)."""
     import json
 
     from benchmarks.kernel_check import DRY_DEQUANT, DRY_FPX_DEQUANTIZED, DRY_FPX_GROUPS, main
@@ -625,8 +625,10 @@ def test_kernel_check_runs_the_dequantized_prefill_path(tmp_path):
     cases = [c["case"] for c in checks[-len(DRY_FPX_GROUPS):]]
     # (the interpreter gives the row kernel no rows)
     assert [case.rsplit(" (", 1)[1] for case in cases] == ["tensor cores)", "tensor cores)", "dequantized)",
-                                                            "tensor cores)", "tensor cores)"]
-    assert cases[-2:] == ["e2m1 g16 E4M3 scales (tensor cores)", "e2m1 g32 E8M0 scales (tensor cores)"]
+                                                            "tensor cores)", "tensor cores)", "tensor cores)"]
+    assert cases[-3:] == ["e2m1 g16 E4M3 scales (tensor cores)", "e2m1 g32 E8M0 scales (tensor cores)",
+                          "e2m1 g16 E4M3 scales (tensor cores)"]
+    assert [c["shape"].rsplit(" ", 1)[1] for c in checks[-3:]] == ["bfloat16", "bfloat16", "float16"]
 
 
 def test_row_split_configs_only_where_slices_are_long():
