@@ -41,7 +41,7 @@ from pipeline.results import library_versions  # noqa: E402
 
 KERNELS = ("fpx_row", "fpx_tile", "w4a4_gemv", "w4a4_tc", "w4a4_tc_prefill", "act_quant")
 # act_quant --element: the activation element, whether its codes are written as E4M3 bytes (the FP8 path), its group
-# (0: per token), scale kind (act_quant.SCALE_KIND_IDS) and the weight element whose dp4a order it writes (None:
+# (0: per token), scale kind (reference.SCALE_KIND_CODES) and the weight element whose dp4a order it writes (None:
 # natural order; 'int4' with E4M3 bytes: the E4M3 planes of INT4 weights' order, the tensor-core kernel's FP8 forms).
 ACT_ELEMENTS = {"int4": ("int4", False, 0, "float", None), "e2m1": ("e2m1", False, 0, "float", None),
                 "int4_e4m3": ("int4", True, 0, "float", None), "e2m1_e4m3": ("e2m1", True, 0, "float", None),
@@ -61,10 +61,10 @@ def add_group_arguments(signature: dict, constants: dict, group: int, exp_bias: 
     leaves it), and SCALE_CODE for ``scales`` 'e4m3' (NVFP4's bytes, with the rows' global scales at
     ``gglobal_ptr``) or 'e8m0' (MXFP4's bytes; 'fp32': fp32 scales)."""
     from quant_kernels.fpx_gemm import group_unit_shift
-    from quant_kernels.tile_loads import SCALE_CODES
+    from quant_kernels.reference import SCALE_KIND_CODES
 
     shift = group_unit_shift(exp_bias) if group else 0
-    constants.update(GROUP=group, G_UNIT=2.0 ** (127 - exp_bias - shift), SCALE_CODE=SCALE_CODES.get(scales, 0))
+    constants.update(GROUP=group, G_UNIT=2.0 ** (127 - exp_bias - shift), SCALE_CODE=SCALE_KIND_CODES.get(scales, 0))
     signature.update(GROUP="constexpr", G_UNIT="constexpr", stride_gs="i32", SCALE_CODE="constexpr")
     if group:
         signature["gscale_ptr"] = "*u8" if scales != "fp32" else "*fp32"
@@ -215,7 +215,8 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
     without clipping, or the block-scaled formats) and one (BLOCK_M, CHUNK, warps, stages, ROW_STEPS)."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.act_quant import DP4A_FOR_IDS, SCALE_KIND_IDS, _act_quant_kernel, _tile, clamp_kind, row_pieces
+    from quant_kernels.act_quant import DP4A_FOR_IDS, _act_quant_kernel, _tile, clamp_kind, row_pieces
+    from quant_kernels.reference import SCALE_KIND_CODES
 
     element, fp8_codes, group, scale_kind, dp4a_for = ACT_ELEMENTS[case]
     names = ["x_ptr", "h_ptr", "norm_ptr", "normed_ptr", "packed_ptr", "scale_ptr", "tensor_amax_ptr", "M", "K",
@@ -224,7 +225,7 @@ def act_quant_source(case: str, config: tuple[int, ...], k: int):
     types = ["*bf16", "*fp32", "*bf16", "*bf16", "*u8", "*fp32", "*fp32"] + ["i32"] * 7 + ["fp32"] * 4
     signature = dict(zip(names, types))
     block_k = _tile(k, group, 0)[1]
-    constants = dict(ELEMENT_INT4=element == "int4", ELEMENT_INT8=False, SCALE_KIND=SCALE_KIND_IDS[scale_kind],
+    constants = dict(ELEMENT_INT4=element == "int4", ELEMENT_INT8=False, SCALE_KIND=SCALE_KIND_CODES[scale_kind],
                      GROUP=group or block_k, CLAMP=clamp_kind(element, scale_kind, 1.0), WORDS=True, PAIR_MAX=True,
                      HAD_BLOCK=0, HB=1, DOT_F32=False, ROUND_BF16=True, ROUND_F16=False, AMAX_ONLY=False,
                      OUT_FP8=fp8_codes, DP4A_FOR=DP4A_FOR_IDS[dp4a_for], LAUNCH_DEPENDENTS=False, USE_GDC=False,

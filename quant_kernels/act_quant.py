@@ -38,7 +38,7 @@ from quant_layers.formats import E2M1, E4M3
 from quant_layers.packing import element_named
 from transforms.hadamard import sylvester_hadamard
 
-from .reference import PROLOGUES, NormTail, check_activation_args, check_prologue_args
+from .reference import PROLOGUES, SCALE_KIND_CODES, NormTail, check_activation_args, check_prologue_args
 from .rounding import _round_to_bf16, _round_to_dtype, _silu_mul
 from .pdl import launch_dependents, pdl_flags, uses_pdl, wait_for_producer
 
@@ -47,7 +47,6 @@ from .pdl import launch_dependents, pdl_flags, uses_pdl, wait_for_producer
 INTERPRET = triton.knobs.runtime.interpret
 INLINE_PTX = tl.constexpr(not INTERPRET)
 
-SCALE_KIND_IDS = {"float": 0, "e4m3": 1, "e8m0": 2}
 # The kernels' DP4A_FOR: 0 packs two codes a byte; 1 (2) writes dp4a bytes for INT4 (E2M1 or INT8) weights.
 DP4A_FOR_IDS = {None: 0, "int4": 1, "e2m1": 2, "int8": 2}
 E4M3_MAX = tl.constexpr(E4M3.max_value)
@@ -915,7 +914,7 @@ def _quantize(x: torch.Tensor, element: str, group_size: int, scale_kind: str, c
     launch = dict(
         clip_ratio=clip_ratio, max_value=element_named(element).max_value, eps=eps,
         inv_sqrt_b=hadamard_block ** -0.5 if hadamard_block else 1.0,
-        ELEMENT_INT4=element == "int4", ELEMENT_INT8=element == "int8", SCALE_KIND=SCALE_KIND_IDS[scale_kind],
+        ELEMENT_INT4=element == "int4", ELEMENT_INT8=element == "int8", SCALE_KIND=SCALE_KIND_CODES[scale_kind],
         CLAMP=clamp_kind(element, scale_kind, clip_ratio),
         WORDS=words, PAIR_MAX=words and x.is_cuda and torch.cuda.get_device_capability(x.device) >= (8, 6),
         GROUP=group_size or block_k,

@@ -646,8 +646,7 @@ def _valued_f16_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_
         if SCALED:
             scale, _ = _halves_of(unit_pairs, True)
             low, high = low * scale.to(tl.float32), high * scale.to(tl.float32)
-        out = ((low.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF)
-               | (high.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) << 16))
+        out = _half_pairs(low.to(tl.float16), high.to(tl.float16))
     return out
 
 
@@ -665,8 +664,8 @@ def _unit_pairs(units, F16: tl.constexpr = False):
 
 
 @triton.jit
-def _bf16_pairs(low, high):
-    """bfloat16 vectors as int32 words: ``low`` in the low half, ``high`` in the high half."""
+def _half_pairs(low, high):
+    """16-bit float vectors (bfloat16 or fp16) as int32 words: ``low`` in the low half, ``high`` in the high half."""
     return (low.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (high.to(tl.int16, bitcast=True).to(tl.int32) << 16)
 
 
@@ -868,9 +867,9 @@ def _fpx_row_kernel(
             low_b, high_b = _plane_words(low_ptrs + stride_low, high_ptrs + stride_high, b_ok & w_ok[None, :],
                                          HIGH_WIDTH, USE_ASM)
             for j in tl.static_range(2):  # codes j, j + 4 and j + 2, j + 6 of every word
-                x_first = _bf16_pairs(tl.load(x_ptrs + j, mask=w_ok, other=0.0),
+                x_first = _half_pairs(tl.load(x_ptrs + j, mask=w_ok, other=0.0),
                                       tl.load(x_ptrs + j + 4, mask=w_ok, other=0.0))
-                x_second = _bf16_pairs(tl.load(x_ptrs + j + 2, mask=w_ok, other=0.0),
+                x_second = _half_pairs(tl.load(x_ptrs + j + 2, mask=w_ok, other=0.0),
                                        tl.load(x_ptrs + j + 6, mask=w_ok, other=0.0))
                 c0, c1, c2, c3 = _quad_mma(
                     _valued_pairs(_placed_bits(low_a, high_a, j, BITS, MAN_BITS, HIGH_WIDTH), MAN_BITS, UNIT_EXP,

@@ -26,6 +26,8 @@ DP4A_BYTES_PER_UNIT = {"int4": 1, "e2m1": 2, "int8": 1}
 DP4A_PAIRS = {(a, w) for a in ELEMENTS for w in ELEMENTS} | {("int8", "int4"), ("int8", "int8")}
 FPX_BITS = (4, 5, 6)
 SCALE_KINDS = ("float", "e4m3", "e8m0")
+# The kernels' code of each scale kind (the activation kernel's SCALE_KIND, the weight kernels' SCALE_CODE).
+SCALE_KIND_CODES = {kind: code for code, kind in enumerate(SCALE_KINDS)}
 # Block-scaled formats fix their element and group: NVFP4 (E4M3 scales) and MXFP4 (E8M0).
 BLOCK_SCALED = {"e4m3": ("nvfp", 16), "e8m0": ("mxfp", 32)}
 # Weight scales in groups held as a checkpoint encodes them: NVFP4's E4M3 (with a global scale a row) and MXFP4's

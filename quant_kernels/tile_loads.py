@@ -13,9 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import ENCODED_SCALES
-
-SCALE_CODES = {"float": 0, "e4m3": 1, "e8m0": 2}  # the kernels' SCALE_CODE of a scale encoding
+from .reference import ENCODED_SCALES, SCALE_KIND_CODES
 
 
 @triton.jit
@@ -58,6 +56,6 @@ def _row_globals(gglobal_ptr, offs_n, n_ok, HAS_GLOBAL: tl.constexpr):
 def group_scale_args(scale: torch.Tensor) -> dict:
     """The kernels' arguments for (N, groups) scales (``_group_scales``): ``gscale_ptr`` and ``stride_gs``, fp32
     ones as fp32, encoded ones (``reference.ENCODED_SCALES``) as bytes, SCALE_CODE 1 (E4M3) or 2 (E8M0)."""
-    code = SCALE_CODES[ENCODED_SCALES.get(scale.dtype, "float")]
+    code = SCALE_KIND_CODES[ENCODED_SCALES.get(scale.dtype, "float")]
     operand = scale.contiguous().view(torch.uint8) if code else scale.float().contiguous()
     return dict(gscale_ptr=operand, stride_gs=operand.stride(0), SCALE_CODE=code)
