@@ -592,8 +592,7 @@ def _valued_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM:
         else:
             unit = (unit_pairs << 16).to(tl.float32, bitcast=True)
             low, high = _bf16_halves(bits)
-            out = ((((low * unit).to(tl.int32, bitcast=True) >> 16) & 0xFFFF)
-                   | ((high * unit).to(tl.int32, bitcast=True) & -65536))
+            out = _half_pairs((low * unit).to(tl.bfloat16), (high * unit).to(tl.bfloat16))
     elif MAN_BITS == INT4_LEVELS:
         if USE_ASM:
             offset = tl.full(bits.shape, INT4_PLACED, tl.int32)  # 136 in both halves (u ^ 8 = 8)
@@ -601,8 +600,7 @@ def _valued_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM:
                                             is_pure=True, pack=1)
         else:
             low, high = _bf16_halves(bits)
-            out = ((((low - INT4_OFFSET).to(tl.int32, bitcast=True) >> 16) & 0xFFFF)
-                   | ((high - INT4_OFFSET).to(tl.int32, bitcast=True) & -65536))
+            out = _half_pairs((low - INT4_OFFSET).to(tl.bfloat16), (high - INT4_OFFSET).to(tl.bfloat16))
     elif USE_ASM:
         unit = tl.full(bits.shape, UNIT_BITS * 65537, tl.int32)
         out = tl.inline_asm_elementwise("mul.rn.bf16x2 $0, $1, $2;", "=r,r,r", [bits, unit], dtype=tl.int32,
@@ -610,8 +608,7 @@ def _valued_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM:
     else:
         unit = tl.full(bits.shape, UNIT_BITS << 16, tl.int32).to(tl.float32, bitcast=True)
         low, high = _bf16_halves(bits)
-        out = ((((low * unit).to(tl.int32, bitcast=True) >> 16) & 0xFFFF)
-               | ((high * unit).to(tl.int32, bitcast=True) & -65536))
+        out = _half_pairs((low * unit).to(tl.bfloat16), (high * unit).to(tl.bfloat16))
     return out
 
 
