@@ -127,7 +127,8 @@
 # Each step has its own time limit (LIMIT_<SECTION>, seconds) so that one slow step leaves the others their
 # turn; every script writes its files as it goes, so a step that runs out still leaves its partial tables.
 # Autotuning: each new (kernel, shape) times every candidate config, compiling each (a few seconds apiece: most of a
-# cold model step's first minutes). The autotuners' picks are kept in TRITON_CACHE_DIR (default .triton_cache, git
+# cold model step's first minutes), then times the four fastest again side by side (quant_kernels/autotuning.py;
+# PTQ_AUTOTUNE_RETIME=0 skips that). The autotuners' picks are kept in TRITON_CACHE_DIR (default .triton_cache, git
 # ignored) as small *.autotune.json files keyed by the kernel's source, the shape key and the Triton version, and
 # collected into $OUT/triton_autotune.tgz: unpacked into .triton_cache here and carried to the next call, they
 # make that call compile only the picked configs (TRITON_CACHE_AUTOTUNING=0 tunes afresh).

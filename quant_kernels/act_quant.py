@@ -38,6 +38,7 @@ from quant_layers.formats import E2M1, E4M3
 from quant_layers.packing import element_named
 from transforms.hadamard import sylvester_hadamard
 
+from .autotuning import autotune
 from .reference import PROLOGUES, SCALE_KIND_CODES, NormTail, check_activation_args, check_prologue_args
 from .rounding import _round_to_bf16, _round_to_dtype, _silu_mul
 from .pdl import launch_dependents, pdl_flags, uses_pdl, wait_for_producer
@@ -791,7 +792,7 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
 # decode), and for plain x row blocks walked in turn, tuned per width and M bucket on a GPU (the interpreter takes
 # _tile's, unchunked unless INTERPRET_CHUNK is set, split if INTERPRET_SPLIT is too, one block a program unless
 # INTERPRET_ROW_STEPS is).
-_act_quant_autotuned = triton.autotune(
+_act_quant_autotuned = autotune(
     configs=[triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, SPLIT=False), num_warps=w)
              for bm in (1, 2, 4, 8, 16, 32, 64) for w in (4, 8, 16)]
     + [triton.Config(dict(BLOCK_M=bm, CHUNK=0, ROW_STEPS=1, SPLIT=False), num_warps=w) for bm in (1, 2)

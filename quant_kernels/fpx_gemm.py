@@ -74,6 +74,7 @@ import triton.language as tl
 from torch.utils.weak import WeakIdKeyDictionary
 from triton.language.standard import _sum_combine
 
+from .autotuning import autotune
 from .reference import check_fpx_args, check_out, fpx_element
 from .rounding import _round_to_dtype
 from .switches import env_switch
@@ -1037,7 +1038,7 @@ def _tile_even(args: dict) -> bool:
     return args["N"] % args["BLOCK_N"] == 0 and args["K"] % (args["BLOCK_K"] * args["SPLIT_K"]) == 0
 
 
-_fpx_autotuned = triton.autotune(
+_fpx_autotuned = autotune(
     configs=[
         triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PAIRED=paired, SWAP_AB=swap, SPLIT_K=1), num_warps=w,
                       num_stages=s)
@@ -1052,7 +1053,7 @@ _fpx_autotuned = triton.autotune(
 )(triton.heuristics(dict(EVEN=_tile_even))(_fpx_kernel))
 # The tensor-core kernel with scales in groups, tuned on the PAIRED configs (a step's sums scaled where it lies in one
 # group, else the words' codes a word at a time).
-_fpx_group_autotuned = triton.autotune(
+_fpx_group_autotuned = autotune(
     configs=[c for c in _fpx_autotuned.configs if c.kwargs["PAIRED"]],
     key=["M_BUCKET", "N", "K", "MAN_BITS", "DOT_F32", "VALUED_BF16", "GROUP", "SCALE_CODE"],
     prune_configs_by=dict(early_config_prune=_prune_configs),
@@ -1136,7 +1137,7 @@ def interleaved_high(high: torch.Tensor, bits: int) -> torch.Tensor:
     return cached[1]
 
 
-_fpx_row_autotuned = triton.autotune(
+_fpx_row_autotuned = autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch, LOOP_STAGES=1, SPLIT_K=1), num_warps=w,
                            num_stages=st) for bn, bkw, w, st, prefetch in ROW_CONFIGS]
     + [triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=stages, SPLIT_K=1), num_warps=w,
@@ -1149,7 +1150,7 @@ _fpx_row_autotuned = triton.autotune(
     prune_configs_by=dict(early_config_prune=_prune_row_configs),
 )(triton.heuristics(dict(EVEN=_row_even))(_fpx_row_kernel))
 # The row kernel with scales in groups, tuned on ROW_GROUP_CONFIGS.
-_fpx_row_group_autotuned = triton.autotune(
+_fpx_row_group_autotuned = autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=False, LOOP_STAGES=1, SPLIT_K=split), num_warps=w,
                            num_stages=st) for bn, bkw, w, st, split in ROW_GROUP_CONFIGS],
     key=[*ROW_TUNING_KEY, "GROUP", "SCALE_CODE"],

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .autotuning import RetimingAutotuner, autotune
 from .reference import check_matmul_args, check_out, dp4a_bytes
 from .tile_loads import _group_scales, _row_globals, group_scale_args
 from .w4a4_gemv import _gemv_autotuned, _tc_autotuned, check_gemv_fits, gemv_fits, takes_tensor_cores, w4a4_gemv_triton
@@ -241,10 +242,10 @@ def _prune_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> 
     return list(kept.values())
 
 
-def _autotuned(configs: list[triton.Config], **kwargs) -> triton.runtime.Autotuner:
-    return triton.autotune(configs=configs, key=["M_BUCKET", "N", "K", "A_INT4", "W_INT4", "A_GROUP", "W_GROUP",
-                                                 "W_SCALE_CODE"],
-                           prune_configs_by=dict(early_config_prune=_prune_configs), **kwargs)(_w4a4_kernel)
+def _autotuned(configs: list[triton.Config], **kwargs) -> RetimingAutotuner:
+    return autotune(configs=configs, key=["M_BUCKET", "N", "K", "A_INT4", "W_INT4", "A_GROUP", "W_GROUP",
+                                         "W_SCALE_CODE"],
+                    prune_configs_by=dict(early_config_prune=_prune_configs), **kwargs)(_w4a4_kernel)
 
 
 _w4a4_autotuned = _autotuned([
@@ -277,7 +278,7 @@ def takes_gemv(m: int, k: int, a_group: int, w_group: int, gemv: bool | None = N
 
 
 def autotuner_for(m: int, k: int, a_group: int, w_group: int, gemv: bool | None = None,
-                  w_element: str | None = None) -> triton.runtime.Autotuner:
+                  w_element: str | None = None) -> RetimingAutotuner:
     """The autotuned kernel a GPU call of ``w4a4_matmul_triton`` with these arguments runs (with ``w_element``:
     of ``w4a4_gemv_triton`` on dp4a bytes where ``takes_gemv`` says so, the tensor-core decode kernel included)."""
     if takes_gemv(m, k, a_group, w_group, gemv, w_element):

@@ -65,6 +65,7 @@ from triton.language.standard import _sum_combine
 from quant_layers.packing import element_named
 
 from .act_quant import DP4A_FOR_IDS, _code_values, _tail_quantize_rows, clamp_kind, norm_tail_triton
+from .autotuning import autotune
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import NormTail, check_dp4a_args, check_e4m3_planes, check_norm_tail, check_out
 from .rounding import _round_to_dtype, _silu_mul
@@ -689,7 +690,7 @@ def prune_gemv_configs(configs: list[triton.Config], named_args: dict, **kwargs)
                        {**named_args, **kwargs}, fields)
 
 
-_gemv_autotuned = triton.autotune(
+_gemv_autotuned = autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KW=bkw, PREFETCH=prefetch, FOLD=fold, LOOP_STAGES=1), num_warps=w,
                            num_stages=s)
              for prefetch, fold, configs in ((False, 1, GEMV_CONFIGS), (True, 1, GEMV_PREFETCH_CONFIGS),
@@ -723,7 +724,7 @@ def prune_tc_configs(configs: list[triton.Config], named_args: dict, **kwargs) -
 _tc_kernel_even = triton.heuristics(
     dict(EVEN=lambda args: args["KB"] % (args["BLOCK_KB"] * args["SPLIT_K"]) == 0
          and args["N"] % args["BLOCK_N"] == 0))(_w4a4_tc_kernel)
-_tc_autotuned = triton.autotune(
+_tc_autotuned = autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=w, num_stages=s)
              for bn, bkb, split, w, s in TC_CONFIGS],
     key=list(TC_TUNING_KEY),
@@ -740,7 +741,7 @@ def prune_prefill_configs(configs: list[triton.Config], named_args: dict, **kwar
                                    c.num_stages) not in one_dot]
 
 
-_tc_prefill_autotuned = triton.autotune(
+_tc_prefill_autotuned = autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_M=bm, BLOCK_KB=bkb, SPLIT_K=1, GROUP_M=g), num_warps=w,
                            num_stages=s) for bn, bm, bkb, w, s, g in TC_PREFILL_CONFIGS + TC_PREFILL_ONE_DOT_CONFIGS],
     key=list(TC_PREFILL_TUNING_KEY),

@@ -1,0 +1,129 @@
+"""Triton's autotuner, with the sweep's fastest candidates timed again side by side before the pick.
+
+Triton times each candidate config once, one after another (about 125 ms apiece), and keeps the lowest median. A
+GPU that slows for a few seconds in the middle of a sweep (the H100 and H200 runs of kernels_h200.md's forty-first
+and forty-second sessions: every candidate of a shape 30-60 % slower for a few seconds) then hands the pick to a
+config timed before or after the slow moment. ``RetimingAutotuner`` times the ``RETIME_TOP`` fastest candidates
+again in ``RETIME_ROUNDS`` short rounds, in turn within each round (starting at a different candidate each round),
+and picks the lowest median over the rounds: a slow moment now falls on every candidate alike.
+
+``PTQ_AUTOTUNE_RETIME=0`` keeps Triton's own pick. With ``TRITON_CACHE_AUTOTUNING=1`` the disk cache keeps the
+re-timed pick (``retimed_timings``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Callable, Hashable, Sequence
+
+import triton
+from triton.runtime.autotuner import Autotuner
+
+from .switches import env_switch
+
+RETIME_TOP = 4
+RETIME_ROUNDS = 5
+# Each round's timing of one candidate: Triton's do_bench, shorter than the sweep's 25 ms warm-up and 100 ms.
+ROUND_WARMUP_MS = 5
+ROUND_REP_MS = 20
+
+Timing = list  # [median, 20th percentile, 80th percentile], in ms, as Triton's sweep records it
+
+
+def retime_on() -> bool:
+    """Whether the autotuners time their fastest candidates again (``PTQ_AUTOTUNE_RETIME``, 1 by default)."""
+    return env_switch("PTQ_AUTOTUNE_RETIME", True, {"1": f"the {RETIME_TOP} fastest candidates timed again side by "
+                                                         f"side, the default", "0": "Triton's one sweep"})
+
+
+def retime_candidates(timings: dict[Hashable, Timing], top: int = RETIME_TOP) -> list:
+    """The ``top`` configs of a sweep with the lowest medians, fastest first, of those that ran (finite)."""
+    ran = [c for c, t in timings.items() if math.isfinite(t[0])]
+    return sorted(ran, key=lambda c: timings[c])[:top]
+
+
+def timed_in_rounds(candidates: Sequence, time_one: Callable[[object], Timing], rounds: int = RETIME_ROUNDS
+                    ) -> dict:
+    """Each candidate's timings over ``rounds`` rounds, element by element the median of its rounds; round r times
+    the candidates in turn from the r-th (so that none always runs first or last)."""
+    per_round = {c: [] for c in candidates}
+    for r in range(rounds):
+        for i in range(len(candidates)):
+            config = candidates[(r + i) % len(candidates)]
+            per_round[config].append(time_one(config))
+    return {c: [statistics.median(t[q] for t in times) for q in range(3)] for c, times in per_round.items()}
+
+
+def retimed_timings(timings: dict[Hashable, Timing], retimed: dict[Hashable, Timing]) -> tuple[object, dict]:
+    """The pick (the lowest re-timed median) and the sweep's timings with the re-timed candidates' entries replaced:
+    their re-timed timings scaled so that the pick takes the sweep's lowest median, the others their re-timed ratio
+    to it. The sweep's other configs, all slower than that median, keep theirs, so the lowest entry is the pick,
+    which is how Triton's disk cache reads a pick back."""
+    pick = min(retimed, key=lambda c: retimed[c])
+    scale = min(t[0] for t in timings.values()) / retimed[pick][0]
+    return pick, {c: [v * scale for v in retimed[c]] if c in retimed else t for c, t in timings.items()}
+
+
+class RetimingAutotuner(Autotuner):
+    """``triton.runtime.Autotuner`` whose sweep ends by timing its fastest candidates again (module docstring).
+
+    ``benchmarker`` (Triton's ``do_bench`` signature: fn, warmup, rep, quantiles) times a config; tests pass one
+    that scripts the times."""
+
+    def __init__(self, fn, configs: list[triton.Config], key: list[str], *, prune_configs_by: dict | None = None,
+                 reset_to_zero: list[str] | None = None, benchmarker: Callable | None = None):
+        super().__init__(fn, fn.arg_names, configs, key, reset_to_zero, None, prune_configs_by=prune_configs_by)
+        self._benchmarker = benchmarker
+        self._round = False
+        self._call: tuple | None = None
+        # Every sweep goes through check_disk_cache, which ends it with the re-timing, whether or not the disk
+        # cache is on (Triton runs the sweep straight when it is off).
+        self._disk_cache, self.cache_results = self.cache_results, True
+
+    @property
+    def do_bench(self) -> Callable:
+        """The sweep's benchmark, or a round's shorter one while re-timing."""
+        bench = self._benchmarker or triton.runtime.driver.active.get_benchmarker()
+        if self._round:
+            return lambda kernel_call, quantiles: bench(kernel_call, warmup=ROUND_WARMUP_MS, rep=ROUND_REP_MS,
+                                                        quantiles=quantiles)
+        return lambda kernel_call, quantiles: bench(kernel_call, quantiles=quantiles)
+
+    def run(self, *args, **kwargs):
+        self._call = (args, kwargs)
+        try:
+            return super().run(*args, **kwargs)
+        finally:
+            self._call = None
+
+    def check_disk_cache(self, tuning_key, configs, bench_fn) -> bool:
+        def sweep_then_retime():
+            bench_fn()
+            self._retime(tuning_key)
+
+        if not self._disk_cache:
+            sweep_then_retime()
+            return False
+        return super().check_disk_cache(tuning_key, configs, sweep_then_retime)
+
+    def _retime(self, tuning_key) -> None:
+        candidates = retime_candidates(self.configs_timings)
+        if len(candidates) < 2 or not retime_on():
+            return
+        args, kwargs = self._call
+        self._round = True
+        try:
+            retimed = timed_in_rounds(candidates, lambda config: self._bench(*args, config=config, **kwargs))
+        finally:
+            self._round = False
+        pick, self.configs_timings = retimed_timings(self.configs_timings, retimed)
+        self.cache[tuning_key] = pick
+        self.pre_hook({**self.nargs, **kwargs, **pick.all_kwargs()}, reset_only=True)
+
+
+def autotune(configs: list[triton.Config], key: list[str], prune_configs_by: dict | None = None,
+             reset_to_zero: list[str] | None = None) -> Callable[[object], RetimingAutotuner]:
+    """``triton.autotune``'s decorator for a ``RetimingAutotuner``."""
+    return lambda fn: RetimingAutotuner(fn, configs, key, prune_configs_by=prune_configs_by,
+                                        reset_to_zero=reset_to_zero)

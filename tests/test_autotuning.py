@@ -1,0 +1,101 @@
+"""The autotuner's re-timing of its fastest candidates (quant_kernels.autotuning), on a small kernel run by the
+interpreter and timed by a scripted benchmark: a sweep misled by a slow moment, then the rounds that correct it."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from quant_kernels import autotuning  # noqa: E402
+
+BLOCKS = (16, 32, 64, 128, 256)
+# A sweep in which BLOCK 32 ran in a fast moment and the others in a slow one; side by side, 16 is the fastest.
+SWEEP_MS = {16: 3.0, 32: 1.0, 64: 2.0, 128: 2.5, 256: 4.0}
+ROUND_MS = {16: 0.5, 32: 1.0, 64: 0.8, 128: 0.9, 256: 0.1}
+
+
+@triton.jit
+def _add_kernel(x_ptr, out_ptr, tag_ptr, n, BLOCK: tl.constexpr):
+    """out += x (atomically, so that a run it was not zeroed before shows); the config's BLOCK into tag."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.atomic_add(out_ptr + offs, tl.load(x_ptr + offs, mask=offs < n), mask=offs < n)
+    tl.store(tag_ptr, BLOCK)
+
+
+class ScriptedBench:
+    """Triton's do_bench, with times from a script: it runs the kernel once and answers the sweep's time for the
+    config it ran (read from the kernel's tag) or, with a round's ``rep``, the round's."""
+
+    def __init__(self, tag: torch.Tensor):
+        self.tag, self.calls = tag, []
+
+    def __call__(self, kernel_call, warmup=25, rep=100, quantiles=None):
+        kernel_call()
+        block = int(self.tag[0])
+        in_round = rep == autotuning.ROUND_REP_MS
+        self.calls.append((block, in_round))
+        ms = (ROUND_MS if in_round else SWEEP_MS)[block]
+        return [ms, 0.9 * ms, 1.2 * ms]
+
+
+def _tuned(monkeypatch, retime: str):
+    monkeypatch.setenv("PTQ_AUTOTUNE_RETIME", retime)
+    x = torch.randn(100)
+    out, tag = torch.zeros(100), torch.zeros(1, dtype=torch.int32)
+    bench = ScriptedBench(tag)
+    tuner = autotuning.RetimingAutotuner(_add_kernel, [triton.Config(dict(BLOCK=b)) for b in BLOCKS], ["n"],
+                                         reset_to_zero=["out_ptr"], benchmarker=bench)
+    tuner[lambda meta: (triton.cdiv(100, meta["BLOCK"]),)](x, out, tag, 100)
+    return tuner, bench, x, out
+
+
+def test_rounds_overturn_a_pick_made_in_a_slow_moment(monkeypatch):
+    tuner, bench, x, out = _tuned(monkeypatch, "1")
+    assert tuner.best_config.kwargs["BLOCK"] == 16  # the sweep alone picks 32
+    rounds = [block for block, in_round in bench.calls if in_round]
+    assert sorted(set(rounds)) == [16, 32, 64, 128]  # the four fastest of the sweep; 256 is not timed again
+    assert len(rounds) == autotuning.RETIME_TOP * autotuning.RETIME_ROUNDS
+    # The first run of each round moves along the candidates.
+    assert rounds[::autotuning.RETIME_TOP] == [32, 64, 128, 16, 32]
+    # Zeroed again after the rounds: the output holds one run's sum.
+    torch.testing.assert_close(out, x, rtol=0, atol=0)
+    # What Triton's disk cache keeps: the pick is the lowest entry, at the sweep's lowest median.
+    timings = {c.kwargs["BLOCK"]: t for c, t in tuner.configs_timings.items()}
+    assert min(timings, key=timings.get) == 16 and timings[16][0] == pytest.approx(1.0)
+    assert timings[64][0] == pytest.approx(1.6) and timings[256] == [4.0, 3.6, 4.8]
+
+
+def test_retiming_switched_off_keeps_the_sweeps_pick(monkeypatch):
+    tuner, bench, x, out = _tuned(monkeypatch, "0")
+    assert tuner.best_config.kwargs["BLOCK"] == 32
+    assert not any(in_round for _, in_round in bench.calls)
+    torch.testing.assert_close(out, x, rtol=0, atol=0)
+
+
+def test_retiming_switch_rejects_other_values(monkeypatch):
+    monkeypatch.setenv("PTQ_AUTOTUNE_RETIME", "yes")
+    with pytest.raises(ValueError, match="PTQ_AUTOTUNE_RETIME='yes': choose 1 .*or 0"):
+        autotuning.retime_on()
+
+
+def test_a_slow_round_moves_no_median():
+    calls = []
+
+    def time_one(config):
+        calls.append(config)
+        slow = 10.0 if len(calls) in (5, 6, 7, 8) else 1.0  # the whole second round in a slow moment
+        return [config * slow, 0.0, 0.0]
+
+    retimed = autotuning.timed_in_rounds([1.0, 2.0, 3.0, 4.0], time_one, rounds=3)
+    assert {c: t[0] for c, t in retimed.items()} == {1.0: 1.0, 2.0: 2.0, 3.0: 3.0, 4.0: 4.0}
+
+
+def test_candidates_skip_configs_that_did_not_run():
+    timings = {"a": [2.0, 0, 0], "b": [float("inf")] * 3, "c": [1.0, 0, 0], "d": [3.0, 0, 0]}
+    assert autotuning.retime_candidates(timings, top=2) == ["c", "a"]
