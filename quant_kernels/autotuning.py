@@ -1,8 +1,8 @@
 """Triton's autotuner, with the sweep's fastest candidates timed again side by side before the pick.
 
 Triton times each candidate config once, one after another (about 125 ms apiece), and keeps the lowest median. A
-GPU that slows for a few seconds in the middle of a sweep (the H100 and H200 runs of kernels_h200.md's forty-first
-and forty-second sessions: every candidate of a shape 30-60 % slower for a few seconds) then hands the pick to a
+GPU that slows for a few seconds in the middle of a sweep (kernels_h200.md: the fortieth session's H200 run and the
+forty-second's H100 one, every candidate of a shape 30-60 % slower for a few seconds) then hands the pick to a
 config timed before or after the slow moment. ``RetimingAutotuner`` times the ``RETIME_TOP`` fastest candidates
 again in ``RETIME_ROUNDS`` short rounds, in turn within each round (starting at a different candidate each round),
 and picks the lowest median over the rounds: a slow moment now falls on every candidate alike.
