@@ -76,7 +76,7 @@ class RetimingAutotuner(Autotuner):
         super().__init__(fn, fn.arg_names, configs, key, reset_to_zero, None, prune_configs_by=prune_configs_by)
         self._benchmarker = benchmarker
         self._round = False
-        self._call: tuple | None = None
+        self._bench_call: tuple | None = None
         # Every sweep goes through check_disk_cache, which ends it with the re-timing, whether or not the disk
         # cache is on (Triton runs the sweep straight when it is off).
         self._disk_cache, self.cache_results = self.cache_results, True
@@ -90,17 +90,19 @@ class RetimingAutotuner(Autotuner):
                                                         quantiles=quantiles)
         return lambda kernel_call, quantiles: bench(kernel_call, quantiles=quantiles)
 
-    def run(self, *args, **kwargs):
-        self._call = (args, kwargs)
-        try:
-            return super().run(*args, **kwargs)
-        finally:
-            self._call = None
+    def _bench(self, *args, config, **meta):
+        """Triton's timing of one config; the sweep's arguments kept for the rounds (here, not in ``run``, which
+        every launch goes through)."""
+        self._bench_call = (args, meta)
+        return super()._bench(*args, config=config, **meta)
 
     def check_disk_cache(self, tuning_key, configs, bench_fn) -> bool:
         def sweep_then_retime():
-            bench_fn()
-            self._retime(tuning_key)
+            try:
+                bench_fn()
+                self._retime(tuning_key)
+            finally:
+                self._bench_call = None  # (it holds the tuning launch's tensors)
 
         if not self._disk_cache:
             sweep_then_retime()
@@ -111,7 +113,7 @@ class RetimingAutotuner(Autotuner):
         candidates = retime_candidates(self.configs_timings)
         if len(candidates) < 2 or not retime_on():
             return
-        args, kwargs = self._call
+        args, kwargs = self._bench_call
         self._round = True
         try:
             retimed = timed_in_rounds(candidates, lambda config: self._bench(*args, config=config, **kwargs))

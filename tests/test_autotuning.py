@@ -4,6 +4,7 @@ interpreter and timed by a scripted benchmark: a sweep misled by a slow moment, 
 from __future__ import annotations
 
 import os
+import weakref
 
 os.environ["TRITON_INTERPRET"] = "1"
 
@@ -99,3 +100,10 @@ def test_a_slow_round_moves_no_median():
 def test_candidates_skip_configs_that_did_not_run():
     timings = {"a": [2.0, 0, 0], "b": [float("inf")] * 3, "c": [1.0, 0, 0], "d": [3.0, 0, 0]}
     assert autotuning.retime_candidates(timings, top=2) == ["c", "a"]
+
+
+def test_tuning_keeps_no_tensor_of_its_launch(monkeypatch):
+    tuner, _, x, out = _tuned(monkeypatch, "1")
+    launched = weakref.ref(x)
+    del x, out
+    assert launched() is None and tuner.best_config.kwargs["BLOCK"] == 16
