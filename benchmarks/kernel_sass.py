@@ -118,12 +118,11 @@ def fpx_tile_rows(config: tuple[int, ...]) -> int:
 
 def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0, scales: str = "fp32", dtype: str = "bf16"):
     """The FPx tensor-core kernel's ASTSource on its PAIRED path for ``dtype`` (bf16 or fp16) activation rows and one
-    (BLOCK_N,
-    BLOCK_K, warps, stages, SWAP_AB[, BLOCK_M]) (BLOCK_M 16, a decode batch's, unless given); its configs are the
-    autotuner's, unswapped (``GPU_PAIRED_CONFIGS``) and swapped (``GPU_SWAP_CONFIGS``), the codes placed as bfloat16
-    values (``group``: scales per ``group`` codes, INT4 or E2M1, each step's sums scaled where it lies in one group,
-    else the codes placed in float32 and scaled a word at a time; ``scales``: their encoding, ``add_group_arguments``),
-    every tile whole (EVEN, as at Llama-3-8B's shapes)."""
+    (BLOCK_N, BLOCK_K, warps, stages, SWAP_AB[, BLOCK_M]) (BLOCK_M 16, a decode batch's, unless given); its configs
+    are the autotuner's, unswapped (``GPU_PAIRED_CONFIGS``) and swapped (``GPU_SWAP_CONFIGS``), the codes placed as
+    values of x's dtype (``group``: scales per ``group`` codes, INT4 or E2M1, each step's sums scaled where it lies in
+    one group, else each word's codes times its scales, as values of x's dtype (SCALED_VALUES) or placed in float32;
+    ``scales``: their encoding, ``add_group_arguments``), every tile whole (EVEN, as at Llama-3-8B's shapes)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, _fpx_kernel, kernel_fields
