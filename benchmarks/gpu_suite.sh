@@ -80,7 +80,9 @@
 #   decode_planes  FP4 W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8 and 16, E2M1 decode rows on
 #              E4M3 planes (the default since decode_rows_e4m3_e2m1_h200.md) (issues 9, 10)
 #   targets9   issue 9's targets measured again after the re-timing autotuner (quant_kernels/autotuning.py): the
-#              W4A4 linears at M = 1 and 16 (INT4, E2M1) against cuBLAS bf16, then prefill_bench at M = 8192 (MS) for
+#              W4A4 kernels and linears at M = 1 and 16 (INT4, E2M1; their default paths only) against cuBLAS bf16,
+#              each a lone CUDA-graph replay, then each inside a stream of 20 calls (without a lone replay's 5 µs
+#              launch floor, as in a captured model step), then prefill_bench at M = 8192 (MS) for
 #              INT4 and E2M1 weights (ELEMENTS; SHAPES), kernels and whole linears against bf16 and cuBLAS's FP8 GEMM
 #   targets10  issue 10's FPx target measured again after the re-timing autotuner: FP6 E3M2 weight-only at 1, 64
 #              and 128 rows (MS) at the five Llama-3-8B decode shapes against torch bf16, every output checked
@@ -393,7 +395,11 @@ for section in "$@"; do
         --decode_tokens 64 --compile --no_eager --out "$OUT/bench_model_decode_b8_b16_fp4_planes_llama3_8b_${GPU_TAG}" ;;
     targets9)
       step "${LIMIT_TARGET_DECODE:-300}" kernel_bench_targets9 python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
-        --formats int4,e2m1 --ms 1,16 --weight_only_ms "" --out "$OUT/kernel_bench_decode_retimed_${GPU_TAG}"
+        --formats int4,e2m1 --ms 1,16 --weight_only_ms "" --default_paths_only \
+        --out "$OUT/kernel_bench_decode_retimed_${GPU_TAG}"
+      step "${LIMIT_TARGET_STREAM:-150}" kernel_bench_targets9_in_stream python benchmarks/kernel_bench.py --flush_l2 \
+        --in_stream 20 --formats int4,e2m1 --ms 1,16 --weight_only_ms "" --default_paths_only \
+        --out "$OUT/kernel_bench_decode_in_stream_retimed_${GPU_TAG}"
       for element in ${ELEMENTS:-int4 e2m1}; do
         step "${LIMIT_TARGET_PREFILL:-240}" "prefill_bench_targets9_$element" python benchmarks/prefill_bench.py \
           --ms "${MS:-8192}" --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --element "$element" \

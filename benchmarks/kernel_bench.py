@@ -264,8 +264,10 @@ def row(n: int, m: int, k: int, method: str, ms: float | None, weight_bytes: int
     }
 
 
-def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: list[str]) -> list[dict]:
-    """Every GEMM of one (N, K, M): the bf16 and fp8 baselines first, then the W4A4 formats."""
+def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: list[str],
+                alternatives: bool = True) -> list[dict]:
+    """Every GEMM of one (N, K, M): the bf16 and fp8 baselines first, then the W4A4 formats: the kernel each takes by
+    default and its whole linear, then (``alternatives``) the other kernels and paths the format could take."""
     from quant_kernels.w4a4_gemm import takes_gemv, w4a4_matmul_triton  # late: builds Triton kernels (see main)
     from quant_kernels.w4a4_gemv import TC_MAX_M, w4a4_gemv_triton
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
@@ -302,13 +304,13 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
         rows.append(row(n, m, k, f"{name} gemm", time_ms(gemm), weight_bytes, check))
         rows[-1]["config"] = tuned_config(m, k, group, w_element=element if decode else None)
         rows.append(row(n, m, k, f"{name} quant+gemm", time_ms(linear), weight_bytes, check))
-        if decode:
+        if decode and alternatives:
             dot = functools.partial(w4a4_matmul_triton, out_dtype=torch.bfloat16, gemv=False, **spec)
             rows.append(row(n, m, k, f"{name} dot gemm", time_ms(lambda: dot(*aq, *wq)), weight_bytes))
             rows[-1]["config"] = tuned_config(m, k, group, gemv=False)
-        if fp8_ok and reference.fp8_path_fits(m, n, k, group, group):
+        if alternatives and fp8_ok and reference.fp8_path_fits(m, n, k, group, group):
             rows += fp8_path_rows(n, m, k, x, wq, name, element, time_ms)
-        if name == "int4" and m > TC_MAX_M and k % 8 == 0:
+        if alternatives and name == "int4" and m > TC_MAX_M and k % 8 == 0:
             rows += int8_path_rows(n, m, k, x, wq, time_ms)
     for r in rows:
         r["x_bf16"] = rows[0]["ms"] / r["ms"] if r["ms"] else None
@@ -491,6 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight_only_formats", default=",".join(FPX_FORMATS),
                    help=f"comma list of the FPx weight-only elements to time, or of {', '.join(GROUPED_WEIGHT_ONLY)} "
                         "(scales in groups; each autotunes its own kernels: fewer keep a GPU call short)")
+    p.add_argument("--default_paths_only", action="store_true",
+                   help="time each W4A4 format's default kernel and linear only, not the dot GEMM, FP8 and int8 paths "
+                        "beside them (each autotunes kernels of its own: most of a cold call's time at decode sizes)")
     p.add_argument("--reps", type=int, default=50, help="timed repetitions (the median is reported)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls first (the first ones autotune)")
     p.add_argument("--flush_l2", action="store_true", help="clear the L2 cache before every timed repetition")
@@ -533,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     act_done = set()
     for n, k in shapes:
         for m in ms:
-            result["gemm"] += bench_shape(n, k, m, device, time_ms, formats)
+            result["gemm"] += bench_shape(n, k, m, device, time_ms, formats, not args.default_paths_only)
             if (m, k) not in act_done:
                 act_done.add((m, k))
                 result["act_quant"] += bench_act_quant(m, k, device, time_ms, formats)

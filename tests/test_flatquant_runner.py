@@ -234,6 +234,25 @@ def test_kernel_bench_refuses_a_negative_in_stream_count(cli, monkeypatch):
 
 
 
+def test_kernel_bench_default_paths_only_skips_the_alternatives(cli, monkeypatch, tmp_path):
+    """``--default_paths_only``: the kernel each format takes by default and its linear, checked, without the paths
+    beside them (here the FP8 path's three rows, which the full table times; the interpreter takes no decode
+    kernel, so no dot GEMM is timed either way)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
+    prefix = str(tmp_path / "bench")
+    tables = []
+    for extra in ((), ("--default_paths_only",)):
+        out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--formats", "int4", "--ms", "1", "--shapes", "32x128",
+                  "--weight_only_ms", "", "--reps", "1", "--warmup", "0", *extra, "--out", prefix)
+        assert out.returncode == 0, out.stderr
+        tables.append(open(prefix + ".md").read())
+    full, default_only = tables
+    for table in tables:
+        assert "| 32x128 | 1 | int4 gemm |" in table and "| 32x128 | 1 | int4 quant+gemm |" in table
+    assert "| 32x128 | 1 | int4 fp8 gemm |" in full and "int4 fp8" not in default_only
+    assert "MISMATCH" not in default_only
+
+
 @pytest.mark.parametrize("script, flag", [("kernel_bench.py", "--ms"), ("kernel_bench.py", "--weight_only_ms"),
                                           ("prefill_bench.py", "--ms"), ("decode_rows_bench.py", "--ms")])
 def test_benchmarks_refuse_row_counts_below_one(cli, monkeypatch, tmp_path, script, flag):
