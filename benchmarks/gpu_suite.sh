@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements behind benchmarks/results/*_h200.* and *_h100.*, one section per call of at most ten minutes;
-# each file name ends in the GPU it ran on (GPU_TAG: h100 or h200 from nvidia-smi, else gpu).
+# each file name ends in the GPU it ran on (GPU: h100 or h200 from nvidia-smi, else gpu).
 # usage: OUT=DIR [SMOLLM2=DIR DATA=DIR] bash benchmarks/gpu_suite.sh SECTION...
 #   kernels    kernel_check (compiled kernels against their twins), then kernel_bench (Llama-3-8B shapes)
 #   calib      FlatQuant calibration speed on Llama-3-8B- and SmolLM2-shaped random blocks (issue 6)
@@ -86,6 +86,10 @@
 #              INT4 and E2M1 weights (ELEMENTS; SHAPES), kernels and whole linears against bf16 and cuBLAS's FP8 GEMM
 #   targets10  issue 10's FPx target measured again after the re-timing autotuner: FP6 E3M2 weight-only at 1, 64
 #              and 128 rows (MS) at the five Llama-3-8B decode shapes against torch bf16, every output checked
+#   ws_probe   the warp-specialization probe (ws_tile_probe.py): INT4 weight-only on a split-halves layout, Triton's
+#              warp-specialized loop against the same kernel unspecialized, the library's INT4 weight-only product and
+#              cuBLAS bf16 at 16, 64 and 128 rows (MS) of the five Llama-3-8B decode shapes, every output checked
+#              (issue 10: FPx faster than bf16 at 64-128 rows)
 #   casts_ab   the compiled CUDA-graph decode step (MODES, default fp4a4kv4,bf16; BATCH, default 8) profiled with
 #              models.decoding.compile_options' emulate_precision_casts (eager's bfloat16 roundings, the default)
 #              and without it (inductor's fp32 glue), to time what matching eager costs (issue 10)
@@ -148,7 +152,7 @@ export NCCL_NVLS_ENABLE=0
 case $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1) in
   *H100*) default_tag=h100 ;; *H200*) default_tag=h200 ;; *) default_tag=gpu ;;
 esac
-GPU_TAG=${GPU_TAG:-$default_tag}
+GPU=${GPU:-$default_tag}
 export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.triton_cache} TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
 collect_autotune() {  # the picks, for the next call to carry
   (cd "$TRITON_CACHE_DIR" 2>/dev/null && find . -name '*.autotune.json' | tar czf "$OUT/triton_autotune.tgz" -T -)
@@ -164,79 +168,79 @@ step() {  # step LIMIT NAME COMMAND...
 for section in "$@"; do
   case $section in
     kernels)
-      step "${LIMIT_CHECK:-200}" kernel_check python benchmarks/kernel_check.py --out "$OUT/kernel_check_${GPU_TAG}"
+      step "${LIMIT_CHECK:-200}" kernel_check python benchmarks/kernel_check.py --out "$OUT/kernel_check_${GPU}"
       step "${LIMIT_BENCH:-360}" kernel_bench python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
-        --formats int4,e2m1 --ms 1,16,2048,8192 --weight_only_ms 1,16,128 --out "$OUT/kernel_bench_${GPU_TAG}" ;;
+        --formats int4,e2m1 --ms 1,16,2048,8192 --weight_only_ms 1,16,128 --out "$OUT/kernel_bench_${GPU}" ;;
     calib)
       step "${LIMIT_CALIB8B:-330}" flatquant_speed_llama3_8b python benchmarks/gptq_speed.py --method flatquant \
-        --shape llama3-8b --layers 2 --out "$OUT/flatquant_speed_llama3_8b_${GPU_TAG}"
+        --shape llama3-8b --layers 2 --out "$OUT/flatquant_speed_llama3_8b_${GPU}"
       step "${LIMIT_CALIBSMOL:-150}" flatquant_speed_smollm2 python benchmarks/gptq_speed.py --method flatquant \
-        --shape smollm2-135m --layers 4 --out "$OUT/flatquant_speed_smollm2_${GPU_TAG}" ;;
+        --shape smollm2-135m --layers 4 --out "$OUT/flatquant_speed_smollm2_${GPU}" ;;
     model)
       step "${LIMIT_MODEL:-560}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes "${MODES:-bf16,w4a4,w4a4kv4}" --prefill_batches 1,4 --graph_prefill --decode_batches 1,8,64 \
-        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_llama3_8b_${GPU_TAG}" ;;
+        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_llama3_8b_${GPU}" ;;
     prefill_graph)
       step "${LIMIT_PREFILL_GRAPH:-420}" bench_model_prefill_graph python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-bf16,w4a4,w4a4kv4}" --prefill_batches "${BATCHES:-1}" --decode_batches "" \
-        --graph_prefill --compile --reps 5 --out "$OUT/bench_model_prefill_graph_compiled_llama3_8b_${GPU_TAG}" ;;
+        --graph_prefill --compile --reps 5 --out "$OUT/bench_model_prefill_graph_compiled_llama3_8b_${GPU}" ;;
     decode)
       step "${LIMIT_DECODE_CHECK:-150}" kernel_check_decode python benchmarks/kernel_check.py \
-        --only decode_attention,decode_attention_packed,kv_write,linear --out "$OUT/kernel_check_decode_${GPU_TAG}"
+        --only decode_attention,decode_attention_packed,kv_write,linear --out "$OUT/kernel_check_decode_${GPU}"
       step "${LIMIT_DECODE_KERNELS:-220}" kernel_bench_decode python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
-        --formats int4,e2m1 --ms 1,8,16 --weight_only_ms "" --out "$OUT/kernel_bench_decode_${GPU_TAG}"
+        --formats int4,e2m1 --ms 1,8,16 --weight_only_ms "" --out "$OUT/kernel_bench_decode_${GPU}"
       step "${LIMIT_DECODE_MODEL:-300}" bench_model_decode python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes bf16,w4a4 --prefill_batches "" --decode_batches 1,8 --decode_tokens 128 \
-        --compile --no_eager --out "$OUT/bench_model_decode_compiled_llama3_8b_${GPU_TAG}" ;;
+        --compile --no_eager --out "$OUT/bench_model_decode_compiled_llama3_8b_${GPU}" ;;
     fpx)
       step "${LIMIT_FPX_CHECK:-150}" kernel_check_fpx python benchmarks/kernel_check.py --only fpx \
-        --out "$OUT/kernel_check_fpx_row_${GPU_TAG}"
+        --out "$OUT/kernel_check_fpx_row_${GPU}"
       step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fpx python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
         --ms "" --shapes 4096x4096,14336x4096 --weight_only_ms 1,8,16,128 --weight_only_formats e3m2 \
-        --out "$OUT/kernel_bench_fpx_row_${GPU_TAG}"
+        --out "$OUT/kernel_bench_fpx_row_${GPU}"
       step "${LIMIT_FPX_PROFILE:-250}" decode_profile_fp6 python benchmarks/decode_profile.py --compile --modes fp6 \
-        --out "$OUT/decode_profile_compiled_fp6_llama3_8b_${GPU_TAG}" ;;
+        --out "$OUT/decode_profile_compiled_fp6_llama3_8b_${GPU}" ;;
     fpx_mma)
       step "${LIMIT_FPX_CHECK:-150}" kernel_check_fpx_mma env PTQ_FPX_MMA=1 python -u benchmarks/kernel_check.py \
-        --only fpx --out "$OUT/kernel_check_fpx_mma_${GPU_TAG}"
+        --only fpx --out "$OUT/kernel_check_fpx_mma_${GPU}"
       for form in 0 1; do
         step "${LIMIT_FPX_BENCH:-120}" "kernel_bench_fpx_mma$form" env PTQ_FPX_MMA=$form \
           python benchmarks/kernel_bench.py --flush_l2 --cuda_graph --ms "" --shapes 4096x4096,14336x4096,4096x14336 --weight_only_ms 1 \
-          --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_mma${form}_${GPU_TAG}"
+          --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_mma${form}_${GPU}"
       done
       step "${LIMIT_FPX_MODEL:-230}" bench_model_fp6_mma env PTQ_FPX_MMA=1 python benchmarks/bench_model.py \
         --random_mode --config llama-3-8b --modes fp6,bf16 --prefill_batches "" --decode_batches 1 --decode_tokens 128 \
-        --compile --no_eager --out "$OUT/bench_model_decode_compiled_fp6_mma_llama3_8b_${GPU_TAG}" ;;
+        --compile --no_eager --out "$OUT/bench_model_decode_compiled_fp6_mma_llama3_8b_${GPU}" ;;
     fpx_split)
       step "${LIMIT_FPX_CHECK:-90}" kernel_check_fpx_split python -u benchmarks/kernel_check.py --only fpx_split \
-        --out "$OUT/kernel_check_fpx_split_${GPU_TAG}"
+        --out "$OUT/kernel_check_fpx_split_${GPU}"
       step "${LIMIT_FPX_BENCH:-170}" kernel_bench_fpx_split python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
         --ms "" --shapes 4096x4096,4096x14336,6144x4096,14336x4096 --weight_only_ms 1 --weight_only_formats e3m2 \
-        --out "$OUT/kernel_bench_fpx_split_${GPU_TAG}"
+        --out "$OUT/kernel_bench_fpx_split_${GPU}"
       step "${LIMIT_FPX_MODEL:-260}" bench_model_fp6_split python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes fp6,bf16 --prefill_batches "" --decode_batches 1 --decode_tokens 128 --compile \
-        --no_eager --out "$OUT/bench_model_decode_compiled_fp6_split_llama3_8b_${GPU_TAG}" ;;
+        --no_eager --out "$OUT/bench_model_decode_compiled_fp6_split_llama3_8b_${GPU}" ;;
     fpx_swap)
       step "${LIMIT_FPX_CHECK:-90}" kernel_check_fpx_swap python -u benchmarks/kernel_check.py --only fpx_swap \
-        --out "$OUT/kernel_check_fpx_swap_${GPU_TAG}"
+        --out "$OUT/kernel_check_fpx_swap_${GPU}"
       step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fpx_swap env PTQ_FPX_SWAP=1 python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
         --ms "" --shapes 4096x4096,14336x4096,4096x14336 --weight_only_ms 8,16,64 --weight_only_formats e3m2 \
-        --out "$OUT/kernel_bench_fpx_swap_${GPU_TAG}"
+        --out "$OUT/kernel_bench_fpx_swap_${GPU}"
       step "${LIMIT_FPX_MODEL:-280}" bench_model_fp6_b8 env PTQ_FPX_SWAP=1 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes fp6,bf16 --prefill_batches "" --decode_batches 8 --decode_tokens 64 --compile \
-        --no_eager --out "$OUT/bench_model_decode_b8_fp6_swap_llama3_8b_${GPU_TAG}" ;;
+        --no_eager --out "$OUT/bench_model_decode_b8_fp6_swap_llama3_8b_${GPU}" ;;
     fpx_tile_split)
       step "${LIMIT_FPX_CHECK:-90}" kernel_check_fpx_tile_split python -u benchmarks/kernel_check.py --only fpx_swap \
-        --out "$OUT/kernel_check_fpx_tile_split_${GPU_TAG}"
+        --out "$OUT/kernel_check_fpx_tile_split_${GPU}"
       step "${LIMIT_FPX_BENCH:-400}" kernel_bench_fpx_tile_split python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 8,16,64 \
-        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_tile_split_${GPU_TAG}" ;;
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_tile_split_${GPU}" ;;
     fpx_tile_rows)
       step "${LIMIT_FPX_CHECK:-120}" kernel_check_fpx_tile python -u benchmarks/kernel_check.py --only fpx,fpx_swap \
-        --out "$OUT/kernel_check_fpx_tile_rows_${GPU_TAG}"
+        --out "$OUT/kernel_check_fpx_tile_rows_${GPU}"
       step "${LIMIT_FPX_BENCH:-420}" kernel_bench_fpx_tile_rows python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 \
-        --weight_only_ms 8,16,64,128 --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_tile_rows_${GPU_TAG}" ;;
+        --weight_only_ms 8,16,64,128 --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_tile_rows_${GPU}" ;;
     fpx_ncu)
       ncu_sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
                     --section SchedulerStats --section MemoryWorkloadAnalysis --section InstructionStats)
@@ -247,7 +251,7 @@ for section in "$@"; do
         --configs "64,64,8,2,0,4;64,64,8,2,0,1;32,128,8,2,0,1"
       step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fpx_mma_split env PTQ_FPX_MMA=1 python benchmarks/kernel_bench.py \
         --flush_l2 --cuda_graph --ms "" --shapes 4096x4096,4096x14336,28672x4096 --weight_only_ms 1 \
-        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_mma_split_${GPU_TAG}" ;;
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_mma_split_${GPU}" ;;
     fpx_capped)
       capped="64,64,8,2,0,4;64,64,8,2,0,4,1,80;64,64,8,2,0,1;64,64,8,2,0,1,1,80;32,128,8,2,0,1,1,80"
       step "${LIMIT_FPX_NCU:-120}" ncu_fpx_capped ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
@@ -258,167 +262,170 @@ for section in "$@"; do
         --configs "64,64,8,2,0,1;64,64,8,2,0,1,1,80"
       step "${LIMIT_FPX_BENCH:-300}" kernel_bench_fpx_capped python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
         --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
-        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_capped_${GPU_TAG}" ;;
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_capped_${GPU}" ;;
     fpx_interleaved)
       step "${LIMIT_FPX_CHECK:-150}" kernel_check_fpx_interleaved python -u benchmarks/kernel_check.py \
-        --only fpx_split,fpx --out "$OUT/kernel_check_fpx_interleaved_${GPU_TAG}"
+        --only fpx_split,fpx --out "$OUT/kernel_check_fpx_interleaved_${GPU}"
       step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fpx_interleaved python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
-        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_interleaved_${GPU_TAG}"
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_interleaved_${GPU}"
       step "${LIMIT_FP5_BENCH:-120}" kernel_bench_fp5_interleaved python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --shapes 4096x4096,28672x4096 --weight_only_ms 1 --weight_only_formats e2m2 \
-        --out "$OUT/kernel_bench_fp5_interleaved_${GPU_TAG}" ;;
+        --out "$OUT/kernel_bench_fp5_interleaved_${GPU}" ;;
     fpx_interleave_ab)
       for on in 1 0; do
         step "${LIMIT_FP5_BENCH:-110}" "kernel_bench_fp5_interleave$on" env PTQ_FPX_INTERLEAVE=$on python \
           benchmarks/kernel_bench.py --flush_l2 --cuda_graph --ms "" --shapes 4096x4096,28672x4096,4096x14336 \
-          --weight_only_ms 1 --weight_only_formats e2m2 --out "$OUT/kernel_bench_fp5_interleave${on}_${GPU_TAG}"
+          --weight_only_ms 1 --weight_only_formats e2m2 --out "$OUT/kernel_bench_fp5_interleave${on}_${GPU}"
       done
       step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fp6_words python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
         --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
-        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fp6_even_${GPU_TAG}" ;;
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fp6_even_${GPU}" ;;
     fpx_mma_capped)  # FP6 E3M2 at M = 1, the row kernel's tensor-core form (1), then its fp32 form (0)
       for form in 1 0; do
         step "${LIMIT_FPX_BENCH:-150}" "kernel_bench_fp6_mma${form}_capped" env PTQ_FPX_MMA=$form python \
           benchmarks/kernel_bench.py --flush_l2 --cuda_graph --ms "" \
           --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 --weight_only_formats e3m2 \
-          --out "$OUT/kernel_bench_fp6_mma${form}_capped_${GPU_TAG}"
+          --out "$OUT/kernel_bench_fp6_mma${form}_capped_${GPU}"
       done ;;
     fpx_prmt)
       step "${LIMIT_FPX_CHECK:-150}" kernel_check_fpx_prmt python -u benchmarks/kernel_check.py \
-        --only fpx,fpx_split,fpx_swap --out "$OUT/kernel_check_fpx_prmt_${GPU_TAG}"
+        --only fpx,fpx_split,fpx_swap --out "$OUT/kernel_check_fpx_prmt_${GPU}"
       step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fpx_prmt python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
         --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
-        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_prmt_${GPU_TAG}" ;;
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_prmt_${GPU}" ;;
     fpx_b1)
       step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b1 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 1 --decode_tokens 128 \
-        --compile --no_eager --out "$OUT/bench_model_decode_compiled_${NAME:-fp6}_llama3_8b_${GPU_TAG}" ;;
+        --compile --no_eager --out "$OUT/bench_model_decode_compiled_${NAME:-fp6}_llama3_8b_${GPU}" ;;
     fpx_b8)
       step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b8 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 8 --decode_tokens 64 \
-        --compile --no_eager --out "$OUT/bench_model_decode_b8_fp6_split_llama3_8b_${GPU_TAG}" ;;
+        --compile --no_eager --out "$OUT/bench_model_decode_b8_fp6_split_llama3_8b_${GPU}" ;;
     decode_b8)
       step "${LIMIT_DECODE_B8:-300}" bench_model_decode_b8 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-w4a4kv4,bf16}" --prefill_batches "" --decode_batches 8 \
-        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_b8_pinned_llama3_8b_${GPU_TAG}" ;;
+        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_b8_pinned_llama3_8b_${GPU}" ;;
     gemv)
       step "${LIMIT_GEMV_CHECK:-90}" kernel_check_linear python benchmarks/kernel_check.py --only linear \
-        --out "$OUT/kernel_check_linear_dp4a_words_${GPU_TAG}"
+        --out "$OUT/kernel_check_linear_dp4a_words_${GPU}"
       step "${LIMIT_GEMV_BENCH:-220}" kernel_bench_gemv python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
-        --formats int4,e2m1 --ms 1,8 --weight_only_ms "" --out "$OUT/kernel_bench_decode_dp4a_bytes_${GPU_TAG}"
+        --formats int4,e2m1 --ms 1,8 --weight_only_ms "" --out "$OUT/kernel_bench_decode_dp4a_bytes_${GPU}"
       step "${LIMIT_GEMV_PROFILE:-130}" decode_profile_w4a4kv4 python benchmarks/decode_profile.py --compile \
-        --modes w4a4kv4 --out "$OUT/decode_profile_compiled_dp4a_words_llama3_8b_${GPU_TAG}" ;;
+        --modes w4a4kv4 --out "$OUT/decode_profile_compiled_dp4a_words_llama3_8b_${GPU}" ;;
     decode_b1)
       step "${LIMIT_DECODE_B1:-230}" bench_model_decode_b1 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-bf16,w4a4kv4}" --prefill_batches "" --decode_batches 1 \
-        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_compiled_down_tail_llama3_8b_${GPU_TAG}" ;;
+        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_compiled_down_tail_llama3_8b_${GPU}" ;;
     rounding)
       step "${LIMIT_ROUNDING_CHECK:-150}" kernel_check_compiled_quantizer python benchmarks/kernel_check.py \
-        --only compiled_quantizer --out "$OUT/kernel_check_compiled_quantizer_${GPU_TAG}"
+        --only compiled_quantizer --out "$OUT/kernel_check_compiled_quantizer_${GPU}"
       step "${LIMIT_ROUNDING_PROFILE:-250}" decode_profile_rounding python benchmarks/decode_profile.py --compile \
-        --modes w4a4kv4 --out "$OUT/decode_profile_compiled_ieee_division_llama3_8b_${GPU_TAG}" ;;
+        --modes w4a4kv4 --out "$OUT/decode_profile_compiled_ieee_division_llama3_8b_${GPU}" ;;
     prefill_profile)
       step "${LIMIT_PREFILL_PROFILE:-200}" prefill_profile python benchmarks/decode_profile.py --prefill --steps 5 \
-        --modes "${MODES:-w4a4,w4a4kv4}" --batch "${BATCH:-1}" --out "$OUT/prefill_profile_b${BATCH:-1}_llama3_8b_${GPU_TAG}" ;;
+        --modes "${MODES:-w4a4,w4a4kv4}" --batch "${BATCH:-1}" --out "$OUT/prefill_profile_b${BATCH:-1}_llama3_8b_${GPU}" ;;
     gemv_fold)
       step "${LIMIT_GEMV_FOLD:-240}" kernel_bench_gemv_fold python benchmarks/kernel_bench.py --flush_l2 --in_stream 20 \
         --shapes 4096x4096,14336x4096 --formats int4,e2m1 --ms 1 --weight_only_ms "" \
-        --out "$OUT/kernel_bench_decode_folded_${GPU_TAG}" ;;
+        --out "$OUT/kernel_bench_decode_folded_${GPU}" ;;
     profile)
       step "${LIMIT_PROFILE:-400}" decode_profile python benchmarks/decode_profile.py --compile \
-        --modes w4a4,bf16,w4a4kv4 --batch "${BATCH:-1}" --out "$OUT/decode_profile_compiled_b${BATCH:-1}_llama3_8b_${GPU_TAG}" ;;
+        --modes w4a4,bf16,w4a4kv4 --batch "${BATCH:-1}" --out "$OUT/decode_profile_compiled_b${BATCH:-1}_llama3_8b_${GPU}" ;;
     act_quant)
       step "${LIMIT_ACT_BENCH:-420}" act_quant_bench python benchmarks/act_quant_bench.py --formats int4,e2m1 \
-        --shapes 8192x4096,8192x14336,2048x4096,2048x14336 --out "$OUT/act_quant_${GPU_TAG}" ;;
+        --shapes 8192x4096,8192x14336,2048x4096,2048x14336 --out "$OUT/act_quant_${GPU}" ;;
     act_groups)
       step "${LIMIT_ACT_BENCH:-250}" act_quant_bench python benchmarks/act_quant_bench.py --formats nvfp4,mxfp4 \
-        --static_tensor_amax --shapes 8192x4096,8192x14336,2048x4096,2048x14336 --out "$OUT/act_quant_groups_${GPU_TAG}"
+        --static_tensor_amax --shapes 8192x4096,8192x14336,2048x4096,2048x14336 --out "$OUT/act_quant_groups_${GPU}"
       step "${LIMIT_ACT_CHECK:-250}" kernel_check_act python benchmarks/kernel_check.py --only act,fp8_codes \
-        --out "$OUT/kernel_check_act_${GPU_TAG}" ;;
+        --out "$OUT/kernel_check_act_${GPU}" ;;
     act_capped)
       row="BLOCK_M=1,CHUNK=0,ROW_STEPS=1,SPLIT=0"
       step "${LIMIT_ACT_PIN:-150}" act_quant_capped_4096 python benchmarks/act_quant_bench.py --formats e2m1 \
-        --no_fp8_codes --shapes 8192x4096,2048x4096 --out "$OUT/act_quant_capped_4096_${GPU_TAG}" \
+        --no_fp8_codes --shapes 8192x4096,2048x4096 --out "$OUT/act_quant_capped_4096_${GPU}" \
         --pin "$row,num_warps=2;$row,num_warps=2,maxnreg=64;$row,num_warps=2,maxnreg=80;$row,num_warps=2,maxnreg=96"
       step "${LIMIT_ACT_PIN:-150}" act_quant_capped_14336 python benchmarks/act_quant_bench.py --formats e2m1 \
-        --no_fp8_codes --shapes 8192x14336,2048x14336 --out "$OUT/act_quant_capped_14336_${GPU_TAG}" \
+        --no_fp8_codes --shapes 8192x14336,2048x14336 --out "$OUT/act_quant_capped_14336_${GPU}" \
         --pin "$row,num_warps=4;$row,num_warps=4,maxnreg=64;$row,num_warps=4,maxnreg=80;$row,num_warps=4,maxnreg=96" ;;
     prefill)
       step "${LIMIT_PREFILL_DECODE_CHECK:-120}" kernel_check_int8_decode python benchmarks/kernel_check.py \
-        --only int8_decode --out "$OUT/kernel_check_int8_decode_prefill_${GPU_TAG}"
+        --only int8_decode --out "$OUT/kernel_check_int8_decode_prefill_${GPU}"
       step "${LIMIT_PREFILL_CHECK:-200}" kernel_check_int8 python benchmarks/kernel_check.py \
-        --only int8_linear --out "$OUT/kernel_check_int8_linear_${GPU_TAG}"
+        --only int8_linear --out "$OUT/kernel_check_int8_linear_${GPU}"
       step "${LIMIT_PREFILL:-420}" prefill_bench python benchmarks/prefill_bench.py --ms "${MS:-256,512,2048,8192}" \
         --element "${ELEMENT:-int4}" --activations "${ACTIVATIONS:-4bit}" \
-        --out "$OUT/prefill_int8_${ELEMENT:-int4}_${ACTIVATIONS:-4bit}_${GPU_TAG}" ;;
+        --out "$OUT/prefill_int8_${ELEMENT:-int4}_${ACTIVATIONS:-4bit}_${GPU}" ;;
     prefill_async)
       step "${LIMIT_E4M3_CHECK:-150}" kernel_check_e4m3 python benchmarks/kernel_check.py --only e4m3_linear \
-        --out "$OUT/kernel_check_e4m3_linear_${GPU_TAG}"
+        --out "$OUT/kernel_check_e4m3_linear_${GPU}"
       step "${LIMIT_PREFILL:-420}" prefill_bench python benchmarks/prefill_bench.py --ms "${MS:-2048,8192}" \
-        --element "${ELEMENT:-int4}" --out "$OUT/prefill_e4m3_async_${ELEMENT:-int4}_${GPU_TAG}" ;;
+        --element "${ELEMENT:-int4}" --out "$OUT/prefill_e4m3_async_${ELEMENT:-int4}_${GPU}" ;;
     decode_async)
       step "${LIMIT_DECODE_ROWS:-500}" decode_rows_bench python benchmarks/decode_rows_bench.py --ms "${MS:-8,16,64}" \
-        --element "${ELEMENT:-e2m1}" --out "$OUT/decode_rows_e4m3_${ELEMENT:-e2m1}_${GPU_TAG}" ;;
+        --element "${ELEMENT:-e2m1}" --out "$OUT/decode_rows_e4m3_${ELEMENT:-e2m1}_${GPU}" ;;
     fpx_prefill)
       step "${LIMIT_FPX_DEQUANT_CHECK:-60}" kernel_check_fpx_dequantized python benchmarks/kernel_check.py \
-        --only fpx_dequantized,dequant --out "$OUT/kernel_check_fpx_dequantized_${GPU_TAG}"
+        --only fpx_dequantized,dequant --out "$OUT/kernel_check_fpx_dequantized_${GPU}"
       step "${LIMIT_FPX_PREFILL:-330}" kernel_bench_fpx_prefill python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --shapes "${SHAPES:-4096x4096,14336x4096,4096x14336}" \
         --weight_only_ms "${MS:-512,1024,2048,8192}" --weight_only_formats e3m2 \
-        --out "$OUT/kernel_bench_fpx_prefill_${GPU_TAG}"
+        --out "$OUT/kernel_bench_fpx_prefill_${GPU}"
       step "${LIMIT_FPX_PREFILL_MODEL:-240}" bench_model_fpx_prefill python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp6,fp5,bf16}" --prefill_batches 1,4 --decode_batches "" \
-        --graph_prefill --out "$OUT/bench_model_prefill_fpx_dequantized_llama3_8b_${GPU_TAG}" ;;
+        --graph_prefill --out "$OUT/bench_model_prefill_fpx_dequantized_llama3_8b_${GPU}" ;;
     w4a16_int4)
       step "${LIMIT_INT4_CHECK:-150}" kernel_check_fpx_int4 python benchmarks/kernel_check.py --only fpx,fpx_groups \
-        --out "$OUT/kernel_check_fpx_int4_${GPU_TAG}"
+        --out "$OUT/kernel_check_fpx_int4_${GPU}"
       step "${LIMIT_INT4_BENCH:-240}" kernel_bench_w4a16_int4 python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --weight_only_ms 1,8,16,64 --weight_only_formats int4,e2m1 \
-        --out "$OUT/kernel_bench_w4a16_int4_${GPU_TAG}"
+        --out "$OUT/kernel_bench_w4a16_int4_${GPU}"
       step "${LIMIT_INT4_MODEL:-220}" bench_model_w4a16_int4 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-w4a16_int4,w4a16_int4_g128,bf16}" --prefill_batches "" \
         --decode_batches 1 --decode_tokens 128 --compile --no_eager \
-        --out "$OUT/bench_model_decode_w4a16_int4_llama3_8b_${GPU_TAG}" ;;
+        --out "$OUT/bench_model_decode_w4a16_int4_llama3_8b_${GPU}" ;;
     w4a16_groups)
       step "${LIMIT_GROUPS_CHECK:-120}" kernel_check_fpx_groups python benchmarks/kernel_check.py --only fpx_groups \
-        --out "$OUT/kernel_check_fpx_groups_${GPU_TAG}"
+        --out "$OUT/kernel_check_fpx_groups_${GPU}"
       step "${LIMIT_GROUPS_BENCH:-300}" kernel_bench_w4a16_groups python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --weight_only_ms "${MS:-1,8,16,64,256}" \
-        --weight_only_formats "${FORMATS:-int4_g128,nvfp4,e2m1_g16,mxfp4}" --out "$OUT/kernel_bench_w4a16_groups_${GPU_TAG}"
+        --weight_only_formats "${FORMATS:-int4_g128,nvfp4,e2m1_g16,mxfp4}" --out "$OUT/kernel_bench_w4a16_groups_${GPU}"
       step "${LIMIT_GROUPS_MODEL:-170}" bench_model_w4a16_groups python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-w4a16_int4_g128,w4a16_nvfp4,bf16}" --prefill_batches "" --decode_batches 8 \
-        --decode_tokens 64 --compile --no_eager --out "$OUT/bench_model_decode_b8_w4a16_g128_llama3_8b_${GPU_TAG}" ;;
+        --decode_tokens 64 --compile --no_eager --out "$OUT/bench_model_decode_b8_w4a16_g128_llama3_8b_${GPU}" ;;
     decode_planes)
       step "${LIMIT_DECODE_PLANES:-560}" bench_model_decode_planes python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp4a4kv4,bf16}" --prefill_batches "" --decode_batches 8,16 \
-        --decode_tokens 64 --compile --no_eager --out "$OUT/bench_model_decode_b8_b16_fp4_planes_llama3_8b_${GPU_TAG}" ;;
+        --decode_tokens 64 --compile --no_eager --out "$OUT/bench_model_decode_b8_b16_fp4_planes_llama3_8b_${GPU}" ;;
     targets9)
-      step "${LIMIT_TARGET_DECODE:-300}" kernel_bench_targets9 python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
-        --formats int4,e2m1 --ms 1,16 --weight_only_ms "" --default_paths_only \
-        --out "$OUT/kernel_bench_decode_retimed_${GPU_TAG}"
+      step "${LIMIT_TARGET_DECODE:-300}" kernel_bench_targets9 python benchmarks/kernel_bench.py --flush_l2 \
+        --cuda_graph --formats int4,e2m1 --ms 1,16 --weight_only_ms "" --default_paths_only \
+        --out "$OUT/kernel_bench_decode_retimed_${GPU}"
       step "${LIMIT_TARGET_STREAM:-150}" kernel_bench_targets9_in_stream python benchmarks/kernel_bench.py --flush_l2 \
         --in_stream 20 --formats int4,e2m1 --ms 1,16 --weight_only_ms "" --default_paths_only \
-        --out "$OUT/kernel_bench_decode_in_stream_retimed_${GPU_TAG}"
+        --out "$OUT/kernel_bench_decode_in_stream_retimed_${GPU}"
       for element in ${ELEMENTS:-int4 e2m1}; do
         step "${LIMIT_TARGET_PREFILL:-240}" "prefill_bench_targets9_$element" python benchmarks/prefill_bench.py \
           --ms "${MS:-8192}" --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --element "$element" \
-          --out "$OUT/prefill_${element}_retimed_${GPU_TAG}"
+          --out "$OUT/prefill_${element}_retimed_${GPU}"
       done ;;
     targets10)
       step "${LIMIT_TARGET_FPX:-480}" kernel_bench_targets10 python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
         --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms "${MS:-1,64,128}" \
-        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_retimed_${GPU_TAG}" ;;
+        --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_retimed_${GPU}" ;;
+    ws_probe)
+      step "${LIMIT_WS_PROBE:-420}" ws_tile_probe python benchmarks/ws_tile_probe.py --ms "${MS:-16,64,128}" \
+        --out "$OUT/ws_tile_probe_${GPU}" ;;
     casts_ab)
       step "${LIMIT_CASTS:-280}" decode_profile_casts python benchmarks/decode_profile.py --compile \
         --modes "${MODES:-fp4a4kv4,bf16}" --batch "${BATCH:-8}" \
-        --out "$OUT/decode_profile_compiled_b${BATCH:-8}_emulated_casts_${GPU_TAG}"
+        --out "$OUT/decode_profile_compiled_b${BATCH:-8}_emulated_casts_${GPU}"
       step "${LIMIT_CASTS:-280}" decode_profile_fused_casts python benchmarks/decode_profile.py --compile \
         --inductor emulate_precision_casts=0 --modes "${MODES:-fp4a4kv4,bf16}" --batch "${BATCH:-8}" \
-        --out "$OUT/decode_profile_compiled_b${BATCH:-8}_fused_casts_${GPU_TAG}" ;;
+        --out "$OUT/decode_profile_compiled_b${BATCH:-8}_fused_casts_${GPU}" ;;
     decode_match)
       step "${LIMIT_DECODE_MATCH:-400}" decode_match python benchmarks/decode_match.py --modes "${MODES:-fp4a4kv4}" \
-        --batches 8,16 --out "$OUT/decode_match_fp4_planes_${GPU_TAG}" ;;
+        --batches 8,16 --out "$OUT/decode_match_fp4_planes_${GPU}" ;;
     act_ncu)
       step "${LIMIT_ACT_NCU:-300}" ncu_act_quant ncu --nvtx --nvtx-include "measure/" --section SpeedOfLight \
         --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
@@ -427,31 +434,31 @@ for section in "$@"; do
     lm_head)
       step "${LIMIT_BENCH:-290}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes bf16,w4a4kv4,w4a4kv4_head,w4a4kv4_head8 --prefill_batches "" --decode_batches 1 \
-        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_compiled_lm_head_llama3_8b_${GPU_TAG}"
+        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_compiled_lm_head_llama3_8b_${GPU}"
       step "${LIMIT_PROFILE:-150}" profile python benchmarks/decode_profile.py --compile \
-        --modes w4a4kv4_head,w4a4kv4_head8 --out "$OUT/decode_profile_compiled_lm_head_llama3_8b_${GPU_TAG}"
+        --modes w4a4kv4_head,w4a4kv4_head8 --out "$OUT/decode_profile_compiled_lm_head_llama3_8b_${GPU}"
       step "${LIMIT_CHECK:-140}" kernel_check python benchmarks/kernel_check.py --only fused_decode \
-        --out "$OUT/kernel_check_fused_decode_${GPU_TAG}" ;;
+        --out "$OUT/kernel_check_fused_decode_${GPU}" ;;
     int8_head)
       step "${LIMIT_CHECK:-100}" kernel_check python benchmarks/kernel_check.py --only int8_decode \
-        --out "$OUT/kernel_check_int8_decode_${GPU_TAG}"
+        --out "$OUT/kernel_check_int8_decode_${GPU}"
       step "${LIMIT_BENCH:-330}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes bf16,w4a4kv4,w4a4kv4_head8,w4a4kv4_head_w8a8 --prefill_batches "" --decode_batches 1 \
-        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_compiled_int8_head_llama3_8b_${GPU_TAG}" ;;
+        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_compiled_int8_head_llama3_8b_${GPU}" ;;
     int8_head_profile)
       step "${LIMIT_PROFILE:-200}" profile python benchmarks/decode_profile.py --compile \
-        --modes w4a4kv4,w4a4kv4_head8,w4a4kv4_head_w8a8 --out "$OUT/decode_profile_compiled_int8_head_llama3_8b_${GPU_TAG}"
+        --modes w4a4kv4,w4a4kv4_head8,w4a4kv4_head_w8a8 --out "$OUT/decode_profile_compiled_int8_head_llama3_8b_${GPU}"
       step "${LIMIT_CHECK:-360}" kernel_check python benchmarks/kernel_check.py --only fused_decode \
-        --out "$OUT/kernel_check_fused_decode_${GPU_TAG}" ;;
+        --out "$OUT/kernel_check_fused_decode_${GPU}" ;;
     tc_decode)
       step "${LIMIT_CHECK:-300}" kernel_check python benchmarks/kernel_check.py --only tc_decode \
-        --out "$OUT/kernel_check_tc_decode_${GPU_TAG}"
+        --out "$OUT/kernel_check_tc_decode_${GPU}"
       step "${LIMIT_BENCH:-250}" decode_rows python benchmarks/decode_rows_bench.py \
-        --shapes 4096x4096,14336x4096,4096x14336 --ms 1,8,16,64 --out "$OUT/decode_rows_${GPU_TAG}" ;;
+        --shapes 4096x4096,14336x4096,4096x14336 --ms 1,8,16,64 --out "$OUT/decode_rows_${GPU}" ;;
     tc_decode_model)
       step "${LIMIT_MODEL:-540}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes w4a4kv4,bf16 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile --no_eager \
-        --out "$OUT/bench_model_decode_b8_b16_tc_llama3_8b_${GPU_TAG}" ;;
+        --out "$OUT/bench_model_decode_b8_b16_tc_llama3_8b_${GPU}" ;;
     tc_e2m1)
       step "${LIMIT_CHECK:-90}" tc_e2m1_check python -c "
 import sys, torch
@@ -460,20 +467,20 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
     for a_element in ('int4', 'e2m1'):
         print(check_tc_decode(m, n, k, a_element, dtype, torch.device('cuda'), 3, 'e2m1'), flush=True)"
       step "${LIMIT_BENCH:-240}" decode_rows_e2m1 env PTQ_TC_E2M1=0 python benchmarks/decode_rows_bench.py --element e2m1 \
-        --shapes 14336x4096,4096x4096,4096x14336 --ms 8,16,64 --out "$OUT/decode_rows_e2m1_${GPU_TAG}" ;;
+        --shapes 14336x4096,4096x4096,4096x14336 --ms 8,16,64 --out "$OUT/decode_rows_e2m1_${GPU}" ;;
     tc_e2m1_model)
       step "${LIMIT_MODEL:-560}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes fp4a4kv4,fp4a4kv4_cuda_core,bf16 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile \
-        --no_eager --out "$OUT/bench_model_decode_b8_b16_fp4_tc_llama3_8b_${GPU_TAG}" ;;
+        --no_eager --out "$OUT/bench_model_decode_b8_b16_fp4_tc_llama3_8b_${GPU}" ;;
     gated)
       step "${LIMIT_PROBE:-290}" launch_cost_probe python benchmarks/launch_cost_probe.py \
-        --variants control,down_untailed,attention_untailed,control --out "$OUT/launch_cost_probe_down_tail_${GPU_TAG}"
+        --variants control,down_untailed,attention_untailed,control --out "$OUT/launch_cost_probe_down_tail_${GPU}"
       step "${LIMIT_CHECK:-60}" kernel_check python -u benchmarks/kernel_check.py \
-        --only decode_attention_packed --out "$OUT/kernel_check_attention_tail_refactor_${GPU_TAG}" ;;
+        --only decode_attention_packed --out "$OUT/kernel_check_attention_tail_refactor_${GPU}" ;;
     roundtrip)
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
-        --out "$OUT/real_quant_roundtrip_smollm2_${GPU_TAG}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets10, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, gated, roundtrip" >&2; exit 2 ;;
+        --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets10, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

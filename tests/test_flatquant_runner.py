@@ -1,4 +1,9 @@
-"""FlatQuant through the layer-by-layer runner and the CLI: exactness, resume, saved matrices, flags."""
+"""FlatQuant through the layer-by-layer runner and the CLI: exactness, resume, saved matrices, flags.
+
+The benchmarks' CPU dry runs below run the Triton kernels in the interpreter, which must be on before the kernels are
+first imported (here through ``quant_layers``): hence the assignment above the imports, as in the kernel tests. Set
+per test instead, it came too late whenever this file ran without a kernel test module collected before it.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,22 @@ import dataclasses
 import json
 import os
 
-import pytest
-import torch
-from transformers import AutoModelForCausalLM
+os.environ["TRITON_INTERPRET"] = "1"
 
-import calib.flatquant as flatquant
-from calib.flatquant import FlatQuantConfig
-from calib.layerwise import LayerwiseConfig, calibrate_layerwise, matrix_file
-from configs.recipe import QuantRecipe
-from models.adapter import adapter_for
-from pipeline.fake_quant import attach_quantizers
-from quant_layers import ensure_quant_linear
-from quant_layers.linear import QuantLinear
-from calibration_helpers import FLATQUANT_W4A4KV4, learned_state
-from transforms.flatquant import KeyTransform, KroneckerAffine
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+
+import calib.flatquant as flatquant  # noqa: E402
+from calib.flatquant import FlatQuantConfig  # noqa: E402
+from calib.layerwise import LayerwiseConfig, calibrate_layerwise, matrix_file  # noqa: E402
+from configs.recipe import QuantRecipe  # noqa: E402
+from models.adapter import adapter_for  # noqa: E402
+from pipeline.fake_quant import attach_quantizers  # noqa: E402
+from quant_layers import ensure_quant_linear  # noqa: E402
+from quant_layers.linear import QuantLinear  # noqa: E402
+from calibration_helpers import FLATQUANT_W4A4KV4, learned_state  # noqa: E402
+from transforms.flatquant import KeyTransform, KroneckerAffine  # noqa: E402
 
 W4A4KV4 = FLATQUANT_W4A4KV4
 FLAT = FlatQuantConfig(epochs=2, cali_bsz=2)
@@ -221,24 +228,21 @@ def test_runner_level_refusals(tiny_models):
         calibrate_layerwise(model, adapter, calib_ids(), "cpu", LayerwiseConfig(method="flatquant", flatquant=FLAT))
 
 
-def test_kernel_bench_refuses_unknown_formats(cli, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
+def test_kernel_bench_refuses_unknown_formats(cli):
     out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--formats", "int4,fp3", "--out", "/dev/null/x")
     assert out.returncode != 0 and "--formats takes a comma list of int4, e2m1, nvfp4, mxfp4" in out.stderr
 
 
-def test_kernel_bench_refuses_a_negative_in_stream_count(cli, monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
+def test_kernel_bench_refuses_a_negative_in_stream_count(cli):
     out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--in_stream", "-2", "--out", "/dev/null/x")
     assert out.returncode == 2 and "--in_stream takes the calls per graph (0: off), got -2" in out.stderr
 
 
 
-def test_kernel_bench_default_paths_only_skips_the_alternatives(cli, monkeypatch, tmp_path):
+def test_kernel_bench_default_paths_only_skips_the_alternatives(cli, tmp_path):
     """``--default_paths_only``: the kernel each format takes by default and its linear, checked, without the paths
     beside them (here the FP8 path's three rows, which the full table times; the interpreter takes no decode
     kernel, so no dot GEMM is timed either way)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
     prefix = str(tmp_path / "bench")
     tables = []
     for extra in ((), ("--default_paths_only",)):
@@ -253,51 +257,72 @@ def test_kernel_bench_default_paths_only_skips_the_alternatives(cli, monkeypatch
     assert "MISMATCH" not in default_only
 
 
+def test_ws_tile_probe_layout_and_dry_run(cli, tmp_path):
+    """The warp-specialization probe: its split-halves layout by hand (in each 128 codes, byte j holds code j low and
+    code 64 + j high, two's complement), K off the block refused, and a CPU dry run whose configs (one swapped and
+    warp-specialized) equal the library's twin to bfloat16's rounding."""
+    from benchmarks.ws_tile_probe import halves_layout
+
+    levels = torch.zeros(2, 256, dtype=torch.int32)
+    levels[0, 3], levels[0, 67], levels[1, 128 + 5], levels[1, 128 + 69] = -1, 7, -8, 2
+    packed = halves_layout(levels)
+    assert packed.shape == (2, 128) and packed.dtype == torch.uint8
+    want = torch.zeros(2, 128, dtype=torch.uint8)
+    want[0, 3], want[1, 64 + 5] = 0x7F, 0x28
+    assert torch.equal(packed, want)
+    with pytest.raises(ValueError, match="K a multiple of 128, got 192"):
+        halves_layout(torch.zeros(1, 192, dtype=torch.int32))
+    prefix = str(tmp_path / "probe")
+    out = cli("benchmarks/ws_tile_probe.py", "--cpu_dry_run", "--reps", "1", "--warmup", "0", "--out", prefix)
+    assert out.returncode == 0, out.stderr
+    table = open(prefix + ".md").read()
+    for config in ("16 x 16 |", "16 x 16, swapped, warp-specialized |"):
+        line = next(row for row in table.splitlines() if f"| 40x256 | 3 | {config}" in row)
+        assert float(line.split("|")[-2]) <= 1.0, line
+
+
 @pytest.mark.parametrize("script, flag", [("kernel_bench.py", "--ms"), ("kernel_bench.py", "--weight_only_ms"),
                                           ("prefill_bench.py", "--ms"), ("decode_rows_bench.py", "--ms")])
-def test_benchmarks_refuse_row_counts_below_one(cli, monkeypatch, tmp_path, script, flag):
+def test_benchmarks_refuse_row_counts_below_one(cli, tmp_path, script, flag):
     """Row counts go through one argparse type: 0 or a word is a usage error, before anything runs or is written."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
     for value, message in (("1,0", "counts are at least 1, got '1,0'"), ("2,x", "a comma list of whole numbers")):
         out = cli(f"benchmarks/{script}", flag, value, "--out", str(tmp_path / "bench"))
         assert out.returncode == 2 and message in out.stderr, out.stderr
     assert not os.listdir(tmp_path)
 
 
-def weight_only_table(cli, monkeypatch, prefix: str, m: str, shape: str, formats: str) -> str:
+def weight_only_table(cli, prefix: str, m: str, shape: str, formats: str) -> str:
     """The Markdown table of a CPU dry run of kernel_bench's weight-only GEMMs alone (M rows, one shape)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
     out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--ms", "", "--weight_only_ms", m, "--shapes", shape,
               "--weight_only_formats", formats, "--reps", "1", "--warmup", "0", "--out", prefix)
     assert out.returncode == 0, out.stderr
     return open(prefix + ".md").read()
 
 
-def test_kernel_bench_times_only_the_weight_only_formats_asked(cli, monkeypatch, tmp_path):
+def test_kernel_bench_times_only_the_weight_only_formats_asked(cli, tmp_path):
     prefix = str(tmp_path / "bench")
-    table = weight_only_table(cli, monkeypatch, prefix, "1", "40x128", "e3m2")
+    table = weight_only_table(cli, prefix, "1", "40x128", "e3m2")
     assert "| 40x128 | 1 | e3m2 w-only |" in table and "e2m1 w-only" not in table
     out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--weight_only_formats", "e3m2,fp7", "--out", prefix)
     assert out.returncode != 0 and "--weight_only_formats takes a comma list of e3m2, e2m3" in out.stderr
 
 
-def test_kernel_bench_times_weights_in_groups_beside_their_dequantized_product(cli, monkeypatch, tmp_path):
+def test_kernel_bench_times_weights_in_groups_beside_their_dequantized_product(cli, tmp_path):
     """``--weight_only_formats int4_g128,e2m1_g16,nvfp4,mxfp4``: INT4 / E2M1 weights with scales in groups (fp32, or
     E4M3 and E8M0 as NVFP4 and MXFP4 checkpoints encode them), each checked against the twin (the interpreter runs
     the tensor-core kernel) and timed beside the dequantized weight times torch.mm and the row kernel."""
     names = ("int4_g128", "e2m1_g16", "nvfp4", "mxfp4")
-    table = weight_only_table(cli, monkeypatch, str(tmp_path / "bench"), "3", "40x256", ",".join(names))
+    table = weight_only_table(cli, str(tmp_path / "bench"), "3", "40x256", ",".join(names))
     for name in names:
         for path in ("", " dequantized + cuBLAS", " row kernel"):
             assert f"| 40x256 | 3 | {name} w-only{path} |" in table
     assert table.count("| ok |") == 12 and "MISMATCH" not in table
 
 
-def test_prefill_bench_dry_run_checks_both_paths(cli, monkeypatch, tmp_path):
+def test_prefill_bench_dry_run_checks_both_paths(cli, tmp_path):
     """prefill_bench on the CPU: the int8 path's kernel (autotuned and a fixed tile) and linear, the FP8 path's,
     and W4A8's (``--activations int8``), every output within the interpreter's bfloat16 rounding of the exact
     product; W4A8 with E2M1 weights is refused."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # --cpu_dry_run sets it: restored after the test
     prefix = str(tmp_path / "prefill")
     out = cli("benchmarks/prefill_bench.py", "--cpu_dry_run", "--configs", "16,16,16,4,1", "--reps", "1", "--warmup",
               "0", "--out", prefix)

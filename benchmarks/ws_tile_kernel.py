@@ -1,0 +1,64 @@
+"""The Triton kernel of ``ws_tile_probe.py`` (its own module: Triton reads TRITON_INTERPRET as it loads one)."""
+
+import triton
+import triton.language as tl
+
+# The interpreter's bfloat16 dot is wrong: there the probe's dots take fp32 operands (exact: INT4 levels and
+# bfloat16 activations are fp32 values).
+DOT_F32 = triton.knobs.runtime.interpret
+
+
+@triton.jit
+def _int4_values(nibbles, DOT_F32: tl.constexpr):
+    """Two's-complement nibbles (int32 0..15) -> their INT4 levels in bfloat16: 128 + (v xor 8) as bits, less 136
+    (in fp32 for the interpreter, whose bfloat16 arithmetic is wrong too)."""
+    biased = ((nibbles ^ 0x8) | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    if DOT_F32:
+        return biased.to(tl.float32) - 136.0
+    return biased - 136.0
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_F32: tl.constexpr):
+    if DOT_F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def halves_kernel(x_desc, w_desc, scale_ptr, out_ptr, M, N, K, stride_om, WARP_SPECIALIZE: tl.constexpr,
+                  SWAP_AB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  DOT_F32: tl.constexpr):
+    """out = x @ (levels * scale).T for x (M, K) and INT4 levels in ``ws_tile_probe.halves_layout`` (N, K / 2), both
+    read by TMA descriptors (blocks of BLOCK_K / 2 columns); SWAP_AB: acc^T = W X^T, the weight wgmma's register
+    operand."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    HALF: tl.constexpr = BLOCK_K // 2
+    if SWAP_AB:
+        acc = tl.full((BLOCK_N, BLOCK_M), 0.0, tl.float32)
+    else:
+        acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for k0 in tl.range(0, K, BLOCK_K, warp_specialize=WARP_SPECIALIZE, num_stages=3):
+        x_low = x_desc.load([pid_m * BLOCK_M, k0])
+        x_high = x_desc.load([pid_m * BLOCK_M, k0 + HALF])
+        packed = w_desc.load([pid_n * BLOCK_N, k0 // 2]).to(tl.int32)
+        w_low = _int4_values(packed & 0xF, DOT_F32)
+        w_high = _int4_values(packed >> 4, DOT_F32)
+        if SWAP_AB:
+            acc = _dot(w_low, tl.trans(x_low), acc, DOT_F32)
+            acc = _dot(w_high, tl.trans(x_high), acc, DOT_F32)
+        else:
+            acc = _dot(x_low, tl.trans(w_low), acc, DOT_F32)
+            acc = _dot(x_high, tl.trans(w_high), acc, DOT_F32)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    scale = tl.load(scale_ptr + offs_n, mask=offs_n < N, other=0.0)
+    if SWAP_AB:
+        out = acc * scale[:, None]
+        ptrs = out_ptr + offs_m[None, :] * stride_om + offs_n[:, None]
+        tl.store(ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_m[None, :] < M) & (offs_n[:, None] < N))
+    else:
+        out = acc * scale[None, :]
+        ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+        tl.store(ptrs, out.to(out_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))

@@ -1,0 +1,175 @@
+"""Probe (issue 10, FPx weight-only at 16-128 rows): does Triton's warp specialization on Hopper overlap the
+weights' in-register decoding with the tensor cores?
+
+The library's FPx tile kernel (``quant_kernels.fpx_gemm``) waits for its wgmma every K step (Triton 3.6, the
+weight as the register operand), so a step's decoding never overlaps its own CTA's tensor cores; at 128 rows of
+4096 x 4096 that leaves it slower than cuBLAS bf16 (``kernels_h200.md``, forty-third session). Triton 3.6 splits a
+``tl.range(..., warp_specialize=True)`` loop on sm_90 into a TMA producer warp group and two consumer warp groups
+(half the tile each), so one group decodes while the other's wgmma runs, but only for loops it can partition:
+compiled offline, the tile kernel's joined and reshaped code tiles fail its data-partition pass, and elementwise
+decoding passes. This probe therefore stores INT4 weights (W4A16, per channel) in a split-halves layout: in each
+block of 128 codes along K, byte j holds code j in its low nibble and code 64 + j in its high one, so each nibble
+plane is a (rows, 64) tile decoded elementwise (INT4 to bfloat16 with one xor-or and one subtraction) and taken by
+its own dot against the matching 64 activation columns, both loaded by host-built TMA descriptors.
+
+For each N x K and M it times cuBLAS bf16 (``torch.matmul``), the library's INT4 weight-only product on the same
+codes (``quant_kernels.fpx_matmul``, autotuned) and every probe config (BLOCK_M, BLOCK_N, swapped or not, warp
+specialized or not), each output checked against the library's twin (``reference.fpx_matmul_ref``) to bfloat16's
+rounding. A config Triton fails to compile is reported and skipped.
+
+    python benchmarks/ws_tile_probe.py --out benchmarks/results/ws_tile_probe_h100
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.kernel_bench import LLAMA3_8B_SHAPES, counts, fpx_weight, parse_shapes  # noqa: E402
+from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.timing import make_timer  # noqa: E402
+from pipeline.results import device_name, library_versions  # noqa: E402
+
+BLOCK_K = 128  # codes a K step: two 64-code halves
+# (BLOCK_M, BLOCK_N, SWAP_AB, WARP_SPECIALIZE): the probe's candidates, 4 warps (a warp group; three with warp
+# specialization) and 3 stages each. Compiled offline for sm_90 with Triton 3.6, these pass; (128, 128) does not
+# with warp specialization, either way round, nor swapped (64, 128).
+CONFIGS = [(64, 128, False, True), (64, 64, False, True), (64, 64, True, True), (128, 64, True, True),
+           (64, 128, False, False), (64, 64, False, False), (64, 64, True, False), (128, 64, True, False)]
+DRY_RUN_CONFIGS = [(16, 16, False, False), (16, 16, True, True)]
+
+
+def halves_layout(levels: torch.Tensor) -> torch.Tensor:
+    """(N, K) INT4 levels (-8..7, K a multiple of BLOCK_K) -> (N, K / 2) uint8: in each block of BLOCK_K codes, byte
+    j holds code j's two's-complement nibble low and code BLOCK_K / 2 + j's high."""
+    n, k = levels.shape
+    if k % BLOCK_K:
+        raise ValueError(f"the halves layout takes K a multiple of {BLOCK_K}, got {k}")
+    nibbles = (levels.to(torch.int32) & 0xF).reshape(n, k // BLOCK_K, 2, BLOCK_K // 2)
+    return (nibbles[:, :, 0] | (nibbles[:, :, 1] << 4)).to(torch.uint8).reshape(n, k // 2)
+
+
+def probe_matmul(x: torch.Tensor, w_halves: torch.Tensor, scale: torch.Tensor,
+                 config: tuple[int, int, bool, bool]) -> torch.Tensor:
+    """x (M, K) bfloat16 times the halves-layout INT4 weight times its per-channel ``scale`` (N,), bfloat16 out."""
+    import triton
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from benchmarks.ws_tile_kernel import DOT_F32, halves_kernel  # late: TRITON_INTERPRET is read as it loads
+
+    block_m, block_n, swap, specialized = config
+    m, k = x.shape
+    n = w_halves.shape[0]
+    out = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
+    x_desc = TensorDescriptor.from_tensor(x, [block_m, BLOCK_K // 2])
+    w_desc = TensorDescriptor.from_tensor(w_halves, [block_n, BLOCK_K // 2])
+    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
+    halves_kernel[grid](x_desc, w_desc, scale, out, m, n, k, out.stride(0), WARP_SPECIALIZE=specialized,
+                        SWAP_AB=swap, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=BLOCK_K, DOT_F32=DOT_F32,
+                        num_warps=4, num_stages=3)
+    return out
+
+
+def error_of(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Largest |got - want| in units of 2^-8 |want|'s largest: the most bfloat16's rounding of an output can move it
+    (half an ulp, 2^-8 of the lowest value of its binade)."""
+    return ((got.float() - want).abs().max() / (want.abs().max() * 2.0**-8)).item()
+
+
+def describe(config: tuple[int, int, bool, bool]) -> str:
+    block_m, block_n, swap, specialized = config
+    return f"{block_m} x {block_n}{', swapped' if swap else ''}{', warp-specialized' if specialized else ''}"
+
+
+def bench(n: int, k: int, m: int, device: torch.device, time_ms, configs) -> list[dict]:
+    import quant_kernels
+    from quant_kernels import reference
+
+    x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
+    planes, scale, _ = fpx_weight(w, "int4")
+    levels = reference.packed_weight(planes, torch.ones_like(scale), "int4", 4).round().to(torch.int32)
+    w_halves = halves_layout(levels).contiguous()
+    scale_n = scale.reshape(n).contiguous()
+    want = reference.fpx_matmul_ref(x, planes, scale, element="int4", bits=4, out_dtype=torch.float32)
+    bf16_ms = time_ms(lambda: torch.matmul(x, w.t()))
+    library = lambda: quant_kernels.fpx_matmul(x, planes, scale, element="int4", bits=4, backend="triton")  # noqa: E731
+    rows = [dict(N=n, K=k, M=m, method="bf16 torch.matmul", ms=bf16_ms, check=""),
+            dict(N=n, K=k, M=m, method="library INT4 w-only (autotuned)", ms=time_ms(library),
+                 check=f"{error_of(library(), want):.2f} (its own rounding)")]
+    for config in configs:
+        try:
+            got = probe_matmul(x, w_halves, scale_n, config)
+        except Exception as e:  # a config Triton does not compile here: reported, not fatal
+            rows.append(dict(N=n, K=k, M=m, method=describe(config), ms=None,
+                             check=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"))
+            continue
+        err = error_of(got, want)
+        ms = time_ms(lambda: probe_matmul(x, w_halves, scale_n, config))
+        rows.append(dict(N=n, K=k, M=m, method=describe(config), ms=ms,
+                         check=f"{err:.2f}" if err <= 1.0 else f"MISMATCH {err:.2f}"))
+    for r in rows:
+        r["x_bf16"] = bf16_ms / r["ms"] if r["ms"] else None
+    return rows
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Probe: INT4 weight-only on a split-halves layout, warp-specialized (issue 10)", "",
+             f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
+             f"Timing: {result['timing']}.", f"Command: `{result['command']}`", "",
+             "Each output against the library's fp32 twin, in units of 2^-8 of the largest output (bfloat16's "
+             "rounding at most). At most 1 passes for the probe's configs, whose products are exact in fp32.", "",
+             "| N x K | M | method | µs | x bf16 | error |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        us = f"{1000 * r['ms']:.1f}" if r["ms"] else ""
+        ratio = f"{r['x_bf16']:.2f}" if r["x_bf16"] else ""
+        lines.append(f"| {r['N']}x{r['K']} | {r['M']} | {r['method']} | {us} | {ratio} | {r['check']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", default=None, help=f"N x K weight shapes (default {LLAMA3_8B_SHAPES},28672x4096)")
+    p.add_argument("--ms", type=counts, default=None, help="activation rows (default 16,64,128)")
+    p.add_argument("--reps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--cpu_dry_run", action="store_true",
+                   help="no GPU: the Triton interpreter on CPU, 40 x 256 at 3 rows, two configs (no speed measured)")
+    p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
+    args = p.parse_args(argv)
+    if args.cpu_dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"
+    elif not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run on a GPU, or pass --cpu_dry_run to exercise the script on CPU")
+    device = torch.device("cpu" if args.cpu_dry_run else "cuda")
+    if not args.cpu_dry_run:  # scratch memory, should a warp-specialized kernel ask for any
+        import triton
+
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
+    shapes = parse_shapes(args.shapes or ("40x256" if args.cpu_dry_run else LLAMA3_8B_SHAPES + ",28672x4096"))
+    ms = args.ms or ([3] if args.cpu_dry_run else [16, 64, 128])
+    time_ms = make_timer(device, args.warmup, args.reps, True, not args.cpu_dry_run)
+    torch.manual_seed(0)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
+              "versions": library_versions(),
+              "timing": f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed"
+                        if not args.cpu_dry_run else "CPU, Triton interpreter: not a speed measurement",
+              "command": "python benchmarks/ws_tile_probe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "rows": []}
+    for n, k in shapes:
+        for m in ms:
+            result["rows"] += bench(n, k, m, device, time_ms, DRY_RUN_CONFIGS if args.cpu_dry_run else CONFIGS)
+            write_result_files(args.out, result, markdown(result))  # partial results survive a time limit
+            print(f"done N={n} K={k} M={m}", flush=True)
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
