@@ -141,9 +141,9 @@
 # Autotuning: each new (kernel, shape) times every candidate config, compiling each (a few seconds apiece: most of a
 # cold model step's first minutes), then times the four fastest again side by side (quant_kernels/autotuning.py;
 # PTQ_AUTOTUNE_RETIME=0 skips that). The autotuners' picks are kept in TRITON_CACHE_DIR (default .triton_cache, git
-# ignored) as small *.autotune.json files keyed by the kernel's source, the shape key and the Triton version, and
-# collected into $OUT/triton_autotune.tgz: unpacked into .triton_cache here and carried to the next call, they
-# make that call compile only the picked configs (TRITON_CACHE_AUTOTUNING=0 tunes afresh).
+# ignored) as small *.autotune.json files keyed by the kernel's source, the shape key, the Triton version and the
+# GPU's name, and collected into $OUT/triton_autotune.tgz: unpacked into .triton_cache here and carried to the next
+# call, they make that call compile only the picked configs (TRITON_CACHE_AUTOTUNING=0 tunes afresh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder for the result files}

@@ -8,7 +8,8 @@ again in ``RETIME_ROUNDS`` short rounds, in turn within each round (starting at 
 and picks the lowest median over the rounds: a slow moment now falls on every candidate alike.
 
 ``PTQ_AUTOTUNE_RETIME=0`` keeps Triton's own pick. With ``TRITON_CACHE_AUTOTUNING=1`` the disk cache keeps the
-re-timed pick (``retimed_timings``).
+re-timed pick (``retimed_timings``), under a key that names the GPU (``device_name``): Triton's own key names only
+the architecture, so an H100's picks would otherwise be read back on an H200 sharing the cache folder.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ ROUND_WARMUP_MS = 5
 ROUND_REP_MS = 20
 
 Timing = list  # [median, 20th percentile, 80th percentile], in ms, as Triton's sweep records it
+
+
+def device_name() -> str:
+    """The current GPU's name, which the disk cache's key holds."""
+    import torch
+
+    return torch.cuda.get_device_name(torch.cuda.current_device())
 
 
 def retime_on() -> bool:
@@ -107,7 +115,11 @@ class RetimingAutotuner(Autotuner):
         if not self._disk_cache:
             sweep_then_retime()
             return False
-        return super().check_disk_cache(tuning_key, configs, sweep_then_retime)
+        device_key = (*tuning_key, device_name())  # the picks of one GPU model are not another's
+        found = super().check_disk_cache(device_key, configs, sweep_then_retime)
+        if found:  # Triton filed the pick under the key it was given
+            self.cache[tuning_key] = self.cache.pop(device_key)
+        return found
 
     def _retime(self, tuning_key) -> None:
         candidates = retime_candidates(self.configs_timings)

@@ -45,13 +45,15 @@ class ScriptedBench:
         return [ms, 0.9 * ms, 1.2 * ms]
 
 
-def _tuned(monkeypatch, retime: str):
+def _tuned(monkeypatch, retime: str, disk_cache: bool = False):
     monkeypatch.setenv("PTQ_AUTOTUNE_RETIME", retime)
     x = torch.randn(100)
     out, tag = torch.zeros(100), torch.zeros(1, dtype=torch.int32)
     bench = ScriptedBench(tag)
     tuner = autotuning.RetimingAutotuner(_add_kernel, [triton.Config(dict(BLOCK=b)) for b in BLOCKS], ["n"],
                                          reset_to_zero=["out_ptr"], benchmarker=bench)
+    if disk_cache:  # as TRITON_CACHE_AUTOTUNING=1 sets it on a GPU (Triton never caches under the interpreter)
+        tuner._disk_cache = True
     tuner[lambda meta: (triton.cdiv(100, meta["BLOCK"]),)](x, out, tag, 100)
     return tuner, bench, x, out
 
@@ -107,3 +109,31 @@ def test_tuning_keeps_no_tensor_of_its_launch(monkeypatch):
     launched = weakref.ref(x)
     del x, out
     assert launched() is None and tuner.best_config.kwargs["BLOCK"] == 16
+
+
+def test_disk_cache_keeps_the_retimed_pick_per_gpu(monkeypatch, tmp_path):
+    """The disk cache (``TRITON_CACHE_AUTOTUNING=1``): a sweep files its re-timed pick under a key naming the GPU; a
+    new tuner on the same GPU reads it back without timing anything; one on another GPU of the same architecture
+    tunes afresh. (Stand-ins for what the interpreter lacks: the JIT kernel's source key and the backend's hash.)"""
+    import triton.compiler.compiler as compiler
+    import triton.runtime.autotuner as triton_autotuner
+    from triton.runtime.interpreter import InterpretedFunction
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(triton_autotuner, "JITFunction", InterpretedFunction)
+    monkeypatch.setattr(InterpretedFunction, "cache_key", "add-kernel-source", raising=False)
+    monkeypatch.setattr(triton_autotuner, "driver", type("Driver", (), {"active": type("Active", (), {
+        "get_current_target": staticmethod(lambda: "sm_90")})}))
+    monkeypatch.setattr(compiler, "make_backend", lambda target: type("Backend", (), {"hash": lambda self: "cuda"})())
+    gpu = {"name": "NVIDIA H100 80GB HBM3"}
+    monkeypatch.setattr(autotuning, "device_name", lambda: gpu["name"])
+
+    tuner, bench, x, out = _tuned(monkeypatch, "1", disk_cache=True)
+    assert tuner.best_config.kwargs["BLOCK"] == 16 and any(in_round for _, in_round in bench.calls)
+    assert len(list(tmp_path.rglob("*.autotune.json"))) == 1
+    tuner, bench, x, out = _tuned(monkeypatch, "1", disk_cache=True)
+    assert tuner.best_config.kwargs["BLOCK"] == 16 and bench.calls == []  # read back, nothing timed
+    torch.testing.assert_close(out, x, rtol=0, atol=0)
+    gpu["name"] = "NVIDIA H200"
+    tuner, bench, x, out = _tuned(monkeypatch, "1", disk_cache=True)
+    assert any(in_round for _, in_round in bench.calls) and len(list(tmp_path.rglob("*.autotune.json"))) == 2
