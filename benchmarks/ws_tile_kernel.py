@@ -27,30 +27,27 @@ def _dot(a, b, acc, DOT_F32: tl.constexpr):
 
 @triton.jit
 def halves_kernel(x_desc, w_desc, scale_ptr, out_ptr, M, N, K, stride_om, WARP_SPECIALIZE: tl.constexpr,
-                  SWAP_AB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  SWAP_AB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HALF: tl.constexpr,
                   DOT_F32: tl.constexpr):
     """out = x @ (levels * scale).T for x (M, K) and INT4 levels in ``ws_tile_probe.halves_layout`` (N, K / 2), both
-    read by TMA descriptors (blocks of BLOCK_K / 2 columns); SWAP_AB: acc^T = W X^T, the weight wgmma's register
-    operand."""
+    read by TMA descriptors (blocks of HALF columns). One dot a step of HALF codes: the even steps take the low
+    nibbles of a block's bytes, the odd ones the high nibbles of the same bytes (loaded again), so that Triton's
+    warp specialization can split the tile between its consumer warp groups (two dots a step it cannot).
+    SWAP_AB: acc^T = W X^T, the weight wgmma's register operand."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
-    HALF: tl.constexpr = BLOCK_K // 2
     if SWAP_AB:
         acc = tl.full((BLOCK_N, BLOCK_M), 0.0, tl.float32)
     else:
         acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-    for k0 in tl.range(0, K, BLOCK_K, warp_specialize=WARP_SPECIALIZE, num_stages=3):
-        x_low = x_desc.load([pid_m * BLOCK_M, k0])
-        x_high = x_desc.load([pid_m * BLOCK_M, k0 + HALF])
-        packed = w_desc.load([pid_n * BLOCK_N, k0 // 2]).to(tl.int32)
-        w_low = _int4_values(packed & 0xF, DOT_F32)
-        w_high = _int4_values(packed >> 4, DOT_F32)
+    for k0 in tl.range(0, K, HALF, warp_specialize=WARP_SPECIALIZE, num_stages=3):
+        x = x_desc.load([pid_m * BLOCK_M, k0])
+        packed = w_desc.load([pid_n * BLOCK_N, (k0 // (2 * HALF)) * HALF]).to(tl.int32)
+        w = _int4_values((packed >> ((k0 // HALF) % 2 * 4)) & 0xF, DOT_F32)
         if SWAP_AB:
-            acc = _dot(w_low, tl.trans(x_low), acc, DOT_F32)
-            acc = _dot(w_high, tl.trans(x_high), acc, DOT_F32)
+            acc = _dot(w, tl.trans(x), acc, DOT_F32)
         else:
-            acc = _dot(x_low, tl.trans(w_low), acc, DOT_F32)
-            acc = _dot(x_high, tl.trans(w_high), acc, DOT_F32)
+            acc = _dot(x, tl.trans(w), acc, DOT_F32)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     scale = tl.load(scale_ptr + offs_n, mask=offs_n < N, other=0.0)

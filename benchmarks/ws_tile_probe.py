@@ -4,13 +4,15 @@ weights' in-register decoding with the tensor cores?
 The library's FPx tile kernel (``quant_kernels.fpx_gemm``) waits for its wgmma every K step (Triton 3.6, the
 weight as the register operand), so a step's decoding never overlaps its own CTA's tensor cores; at 128 rows of
 4096 x 4096 that leaves it slower than cuBLAS bf16 (``kernels_h200.md``, forty-third session). Triton 3.6 splits a
-``tl.range(..., warp_specialize=True)`` loop on sm_90 into a TMA producer warp group and two consumer warp groups
-(half the tile each), so one group decodes while the other's wgmma runs, but only for loops it can partition:
-compiled offline, the tile kernel's joined and reshaped code tiles fail its data-partition pass, and elementwise
-decoding passes. This probe therefore stores INT4 weights (W4A16, per channel) in a split-halves layout: in each
-block of 128 codes along K, byte j holds code j in its low nibble and code 64 + j in its high one, so each nibble
-plane is a (rows, 64) tile decoded elementwise (INT4 to bfloat16 with one xor-or and one subtraction) and taken by
-its own dot against the matching 64 activation columns, both loaded by host-built TMA descriptors.
+``tl.range(..., warp_specialize=True)`` loop on sm_90 into a TMA producer warp group and two consumer warp groups,
+each taking half of a 128-row accumulator (a 64-row one both take whole: the work done twice), so that one group
+decodes while the other's wgmma runs, but only for loops it can partition. Compiled offline, its data-partition
+pass fails on the tile kernel's joined and reshaped code tiles and on two dots a step, and passes with elementwise
+decoding and one dot a step. So this probe stores INT4 weights (W4A16, per channel) in a split-halves layout: in
+each block of 128 codes along K, byte j holds code j in its low nibble and code 64 + j in its high one. A K step
+takes 64 codes, the low nibbles of a block's bytes and then, the next step, the high ones (the bytes loaded again),
+decoded elementwise (INT4 to bfloat16 with one xor-or and one subtraction) for one dot against the matching 64
+activation columns, both operands loaded by host-built TMA descriptors.
 
 For each N x K and M it times cuBLAS bf16 (``torch.matmul``), the library's INT4 weight-only product on the same
 codes (``quant_kernels.fpx_matmul``, autotuned) and every probe config (BLOCK_M, BLOCK_N, swapped or not, warp
@@ -36,12 +38,14 @@ from benchmarks.result_files import write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 
-BLOCK_K = 128  # codes a K step: two 64-code halves
+BLOCK_K = 128  # codes a block of the halves layout: a K step takes half of it
 # (BLOCK_M, BLOCK_N, SWAP_AB, WARP_SPECIALIZE): the probe's candidates, 4 warps (a warp group; three with warp
-# specialization) and 3 stages each. Compiled offline for sm_90 with Triton 3.6, these pass; (128, 128) does not
-# with warp specialization, either way round, nor swapped (64, 128).
-CONFIGS = [(64, 128, False, True), (64, 64, False, True), (64, 64, True, True), (128, 64, True, True),
-           (64, 128, False, False), (64, 64, False, False), (64, 64, True, False), (128, 64, True, False)]
+# specialization) and 3 stages each, compiled offline for sm_90 with Triton 3.6. Warp-specialized, the swapped
+# 64 x 128 tile gives each consumer group 64 weight rows of its own, the swapped 128 x 128 one too, and the unswapped
+# 128 x 128 and 128 x 64 ones 64 activation rows each (both groups decode the whole weight tile).
+CONFIGS = [(64, 128, True, True), (128, 128, True, True), (128, 128, False, True), (128, 64, False, True),
+           (64, 128, True, False), (128, 128, True, False), (128, 128, False, False), (128, 64, False, False),
+           (64, 64, True, False)]
 DRY_RUN_CONFIGS = [(16, 16, False, False), (16, 16, True, True)]
 
 
@@ -71,7 +75,7 @@ def probe_matmul(x: torch.Tensor, w_halves: torch.Tensor, scale: torch.Tensor,
     w_desc = TensorDescriptor.from_tensor(w_halves, [block_n, BLOCK_K // 2])
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
     halves_kernel[grid](x_desc, w_desc, scale, out, m, n, k, out.stride(0), WARP_SPECIALIZE=specialized,
-                        SWAP_AB=swap, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=BLOCK_K, DOT_F32=DOT_F32,
+                        SWAP_AB=swap, BLOCK_M=block_m, BLOCK_N=block_n, HALF=BLOCK_K // 2, DOT_F32=DOT_F32,
                         num_warps=4, num_stages=3)
     return out
 
