@@ -86,9 +86,9 @@
 #              INT4 and E2M1 weights (ELEMENTS; SHAPES), kernels and whole linears against bf16 and cuBLAS's FP8 GEMM
 #   targets10  issue 10's FPx target measured again after the re-timing autotuner: FP6 E3M2 weight-only at 1, 64
 #              and 128 rows (MS) at the five Llama-3-8B decode shapes against torch bf16, every output checked
-#   ws_probe   the warp-specialization probe (ws_tile_probe.py): INT4 weight-only on a split-halves layout, Triton's
-#              warp-specialized loop against the same kernel unspecialized, the library's INT4 weight-only product and
-#              cuBLAS bf16 at 16, 64 and 128 rows (MS) of the five Llama-3-8B decode shapes, every output checked
+#   ws_probe   the warp-specialization probe (ws_tile_probe.py): INT4 and FP6 E3M2 weight-only on split layouts,
+#              Triton's warp-specialized loop against the same kernel unspecialized, the library's weight-only product
+#              and cuBLAS bf16 at 16, 64 and 128 rows (MS) of the five Llama-3-8B decode shapes, every output checked
 #              (issue 10: FPx faster than bf16 at 64-128 rows)
 #   casts_ab   the compiled CUDA-graph decode step (MODES, default fp4a4kv4,bf16; BATCH, default 8) profiled with
 #              models.decoding.compile_options' emulate_precision_casts (eager's bfloat16 roundings, the default)

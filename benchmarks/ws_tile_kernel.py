@@ -19,6 +19,18 @@ def _int4_values(nibbles, DOT_F32: tl.constexpr):
 
 
 @triton.jit
+def _e3m2_values(codes):
+    """FP6 E3M2 codes (int32 0..63: sign, exponent biased by 3, two mantissa bits) -> their values in bfloat16, by
+    integer operations only: a normal code's exponent and mantissa placed with the bias moved to bfloat16's (+124),
+    a subnormal's value m / 16 built from its own bits (2^-4, 2^-3, 1.5 * 2^-3), then the sign."""
+    magnitude = codes & 31
+    m = magnitude & 3
+    subnormal = tl.where(m == 0, 0, ((123 + (m >> 1)) << 7) | ((m & (m >> 1)) << 6))
+    bits = tl.where(magnitude < 4, subnormal, (magnitude + (124 << 2)) << 5) | ((codes & 32) << 10)
+    return bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
 def _dot(a, b, acc, DOT_F32: tl.constexpr):
     if DOT_F32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
@@ -26,14 +38,16 @@ def _dot(a, b, acc, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def halves_kernel(x_desc, w_desc, scale_ptr, out_ptr, M, N, K, stride_om, WARP_SPECIALIZE: tl.constexpr,
+def halves_kernel(x_desc, w_desc, h_desc, scale_ptr, out_ptr, M, N, K, stride_om, WARP_SPECIALIZE: tl.constexpr,
                   SWAP_AB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HALF: tl.constexpr,
-                  DOT_F32: tl.constexpr):
-    """out = x @ (levels * scale).T for x (M, K) and INT4 levels in ``ws_tile_probe.halves_layout`` (N, K / 2), both
-    read by TMA descriptors (blocks of HALF columns). One dot a step of HALF codes: the even steps take the low
-    nibbles of a block's bytes, the odd ones the high nibbles of the same bytes (loaded again), so that Triton's
-    warp specialization can split the tile between its consumer warp groups (two dots a step it cannot).
-    SWAP_AB: acc^T = W X^T, the weight wgmma's register operand."""
+                  FP6: tl.constexpr, DOT_F32: tl.constexpr):
+    """out = x @ (values * scale).T for x (M, K) and the weight's codes in ``ws_tile_probe.step_planes``: INT4 levels
+    in the halves layout at ``w_desc`` (N, K / 2) or, FP6, E3M2 codes' low nibbles there and their top two bits in
+    the quarters layout at ``h_desc`` (N, K / 4; INT4 passes ``w_desc`` again, unread). All are read by TMA
+    descriptors in blocks of HALF columns. One dot a step of HALF codes: step s takes nibble s % 2 of the bytes of
+    low block s // 2 (loaded again for the odd steps) and field s % 4 of high block s // 4, so that Triton's warp
+    specialization can split the tile between its consumer warp groups (two dots a step it cannot). SWAP_AB:
+    acc^T = W X^T, the weight wgmma's register operand."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     if SWAP_AB:
@@ -41,9 +55,14 @@ def halves_kernel(x_desc, w_desc, scale_ptr, out_ptr, M, N, K, stride_om, WARP_S
     else:
         acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for k0 in tl.range(0, K, HALF, warp_specialize=WARP_SPECIALIZE, num_stages=3):
+        step = k0 // HALF
         x = x_desc.load([pid_m * BLOCK_M, k0])
-        packed = w_desc.load([pid_n * BLOCK_N, (k0 // (2 * HALF)) * HALF]).to(tl.int32)
-        w = _int4_values((packed >> ((k0 // HALF) % 2 * 4)) & 0xF, DOT_F32)
+        low = (w_desc.load([pid_n * BLOCK_N, step // 2 * HALF]).to(tl.int32) >> (step % 2 * 4)) & 0xF
+        if FP6:
+            high = (h_desc.load([pid_n * BLOCK_N, step // 4 * HALF]).to(tl.int32) >> (step % 4 * 2)) & 0x3
+            w = _e3m2_values((high << 4) | low)
+        else:
+            w = _int4_values(low, DOT_F32)
         if SWAP_AB:
             acc = _dot(w, tl.trans(x), acc, DOT_F32)
         else:

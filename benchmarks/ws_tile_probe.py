@@ -8,14 +8,15 @@ weight as the register operand), so a step's decoding never overlaps its own CTA
 each taking half of a 128-row accumulator (a 64-row one both take whole: the work done twice), so that one group
 decodes while the other's wgmma runs, but only for loops it can partition. Compiled offline, its data-partition
 pass fails on the tile kernel's joined and reshaped code tiles and on two dots a step, and passes with elementwise
-decoding and one dot a step. So this probe stores INT4 weights (W4A16, per channel) in a split-halves layout: in
-each block of 128 codes along K, byte j holds code j in its low nibble and code 64 + j in its high one. A K step
-takes 64 codes, the low nibbles of a block's bytes and then, the next step, the high ones (the bytes loaded again),
-decoded elementwise (INT4 to bfloat16 with one xor-or and one subtraction) for one dot against the matching 64
-activation columns, both operands loaded by host-built TMA descriptors.
+decoding and one dot a step. So this probe stores the weights (W4A16 INT4 and FP6 E3M2, per channel) in split
+layouts: their low four bits in halves (in each block of 128 codes along K, byte j holds code j in its low nibble and
+code 64 + j in its high one), FP6's top two bits in quarters (in each block of 256, byte j holds those of codes j,
+64 + j, 128 + j and 192 + j). A K step takes 64 codes, one nibble (and one two-bit field) of each byte, decoded
+elementwise into bfloat16 by integer operations, for one dot against the matching 64 activation columns, every
+operand loaded by host-built TMA descriptors (a block's bytes again for each of its steps).
 
-For each N x K and M it times cuBLAS bf16 (``torch.matmul``), the library's INT4 weight-only product on the same
-codes (``quant_kernels.fpx_matmul``, autotuned) and every probe config (BLOCK_M, BLOCK_N, swapped or not, warp
+For each N x K and M it times cuBLAS bf16 (``torch.matmul``) and, per element, the library's weight-only product on
+the same codes (``quant_kernels.fpx_matmul``, autotuned) and every probe config (BLOCK_M, BLOCK_N, swapped or not, warp
 specialized or not), each output checked against the library's twin (``reference.fpx_matmul_ref``) to bfloat16's
 rounding. A config Triton fails to compile is reported and skipped.
 
@@ -25,6 +26,7 @@ rounding. A config Triton fails to compile is reported and skipped.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -33,35 +35,49 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernel_bench import LLAMA3_8B_SHAPES, counts, fpx_weight, parse_shapes  # noqa: E402
+from benchmarks.kernel_bench import LLAMA3_8B_SHAPES, counts, fpx_weight, parse_names, parse_shapes  # noqa: E402
 from benchmarks.result_files import write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
+from quant_layers.packing import unpack_planes  # noqa: E402
 
 BLOCK_K = 128  # codes a block of the halves layout: a K step takes half of it
+ELEMENTS = {"int4": 4, "e3m2": 6}  # the weights' elements and their bits
+# A probe output passes within this many 2^-8 of the largest output (``error_of``): bfloat16's rounding to nearest
+# moves an output by at most 1 of them, the interpreter's truncation by at most 2.
+ERROR_BOUND = 2.0
 # (BLOCK_M, BLOCK_N, SWAP_AB, WARP_SPECIALIZE): the probe's candidates, 4 warps (a warp group; three with warp
-# specialization) and 3 stages each, compiled offline for sm_90 with Triton 3.6. Warp-specialized, the swapped
-# 64 x 128 tile gives each consumer group 64 weight rows of its own, the swapped 128 x 128 one too, and the unswapped
-# 128 x 128 and 128 x 64 ones 64 activation rows each (both groups decode the whole weight tile).
+# specialization) and 3 stages each, compiled offline for sm_90 with Triton 3.6 (both elements). Warp-specialized,
+# the swapped 64 x 128 tile gives each consumer group 64 weight rows of its own, the swapped 128 x 128 one too, and
+# the unswapped 128 x 128 and 128 x 64 ones 64 activation rows each (both groups decode the whole weight tile).
 CONFIGS = [(64, 128, True, True), (128, 128, True, True), (128, 128, False, True), (128, 64, False, True),
            (64, 128, True, False), (128, 128, True, False), (128, 128, False, False), (128, 64, False, False),
            (64, 64, True, False)]
 DRY_RUN_CONFIGS = [(16, 16, False, False), (16, 16, True, True)]
 
 
-def halves_layout(levels: torch.Tensor) -> torch.Tensor:
-    """(N, K) INT4 levels (-8..7, K a multiple of BLOCK_K) -> (N, K / 2) uint8: in each block of BLOCK_K codes, byte
-    j holds code j's two's-complement nibble low and code BLOCK_K / 2 + j's high."""
-    n, k = levels.shape
-    if k % BLOCK_K:
-        raise ValueError(f"the halves layout takes K a multiple of {BLOCK_K}, got {k}")
-    nibbles = (levels.to(torch.int32) & 0xF).reshape(n, k // BLOCK_K, 2, BLOCK_K // 2)
-    return (nibbles[:, :, 0] | (nibbles[:, :, 1] << 4)).to(torch.uint8).reshape(n, k // 2)
+def step_planes(codes: torch.Tensor, bits: int) -> tuple[torch.Tensor, ...]:
+    """(N, K) codes (INT4's two's-complement nibbles, or FP6 E3M2's 6-bit codes) -> the probe's planes. The low four
+    bits in the halves layout, (N, K / 2) uint8: in each block of 128 codes byte j holds code j's low and code 64 + j's
+    high. FP6's top two bits too, in the quarters layout, (N, K / 4) uint8: in each block of 256 codes byte j holds
+    those of codes j, 64 + j, 128 + j and 192 + j, from bit 0 up."""
+    n, k = codes.shape
+    block = {4: BLOCK_K, 6: 2 * BLOCK_K}[bits]
+    if k % block:
+        raise ValueError(f"the probe's {bits}-bit layout takes K a multiple of {block}, got {k}")
+    c = codes.to(torch.int32)
+    low = (c & 0xF).reshape(n, k // BLOCK_K, 2, BLOCK_K // 2)
+    planes = [(low[:, :, 0] | (low[:, :, 1] << 4)).to(torch.uint8).reshape(n, k // 2)]
+    if bits == 6:
+        high = (c >> 4).reshape(n, k // block, 4, BLOCK_K // 2)
+        planes.append(sum(high[:, :, q] << (2 * q) for q in range(4)).to(torch.uint8).reshape(n, k // 4))
+    return tuple(planes)
 
 
-def probe_matmul(x: torch.Tensor, w_halves: torch.Tensor, scale: torch.Tensor,
+def probe_matmul(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Tensor,
                  config: tuple[int, int, bool, bool]) -> torch.Tensor:
-    """x (M, K) bfloat16 times the halves-layout INT4 weight times its per-channel ``scale`` (N,), bfloat16 out."""
+    """x (M, K) bfloat16 times the weight of ``step_planes`` (one plane: INT4, two: FP6 E3M2) times its per-channel
+    ``scale`` (N,), bfloat16 out."""
     import triton
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -69,20 +85,20 @@ def probe_matmul(x: torch.Tensor, w_halves: torch.Tensor, scale: torch.Tensor,
 
     block_m, block_n, swap, specialized = config
     m, k = x.shape
-    n = w_halves.shape[0]
+    n = planes[0].shape[0]
     out = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
     x_desc = TensorDescriptor.from_tensor(x, [block_m, BLOCK_K // 2])
-    w_desc = TensorDescriptor.from_tensor(w_halves, [block_n, BLOCK_K // 2])
+    w_desc, h_desc = (TensorDescriptor.from_tensor(p, [block_n, BLOCK_K // 2]) for p in (planes * 2)[:2])
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
-    halves_kernel[grid](x_desc, w_desc, scale, out, m, n, k, out.stride(0), WARP_SPECIALIZE=specialized,
-                        SWAP_AB=swap, BLOCK_M=block_m, BLOCK_N=block_n, HALF=BLOCK_K // 2, DOT_F32=DOT_F32,
-                        num_warps=4, num_stages=3)
+    halves_kernel[grid](x_desc, w_desc, h_desc, scale, out, m, n, k, out.stride(0), WARP_SPECIALIZE=specialized,
+                        SWAP_AB=swap, BLOCK_M=block_m, BLOCK_N=block_n, HALF=BLOCK_K // 2, FP6=len(planes) == 2,
+                        DOT_F32=DOT_F32, num_warps=4, num_stages=3)
     return out
 
 
 def error_of(got: torch.Tensor, want: torch.Tensor) -> float:
-    """Largest |got - want| in units of 2^-8 |want|'s largest: the most bfloat16's rounding of an output can move it
-    (half an ulp, 2^-8 of the lowest value of its binade)."""
+    """Largest |got - want| in units of 2^-8 |want|'s largest: the most bfloat16's rounding to nearest can move an
+    output (half an ulp, 2^-8 of the lowest value of its binade)."""
     return ((got.float() - want).abs().max() / (want.abs().max() * 2.0**-8)).item()
 
 
@@ -91,44 +107,55 @@ def describe(config: tuple[int, int, bool, bool]) -> str:
     return f"{block_m} x {block_n}{', swapped' if swap else ''}{', warp-specialized' if specialized else ''}"
 
 
-def bench(n: int, k: int, m: int, device: torch.device, time_ms, configs) -> list[dict]:
+def bench(n: int, k: int, m: int, device: torch.device, time_ms, elements: list[str], configs) -> list[dict]:
     import quant_kernels
     from quant_kernels import reference
 
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
-    planes, scale, _ = fpx_weight(w, "int4")
-    levels = reference.packed_weight(planes, torch.ones_like(scale), "int4", 4).round().to(torch.int32)
-    w_halves = halves_layout(levels).contiguous()
-    scale_n = scale.reshape(n).contiguous()
-    want = reference.fpx_matmul_ref(x, planes, scale, element="int4", bits=4, out_dtype=torch.float32)
     bf16_ms = time_ms(lambda: torch.matmul(x, w.t()))
-    library = lambda: quant_kernels.fpx_matmul(x, planes, scale, element="int4", bits=4, backend="triton")  # noqa: E731
-    rows = [dict(N=n, K=k, M=m, method="bf16 torch.matmul", ms=bf16_ms, check=""),
-            dict(N=n, K=k, M=m, method="library INT4 w-only (autotuned)", ms=time_ms(library),
-                 check=f"{error_of(library(), want):.2f} (its own rounding)")]
-    for config in configs:
-        try:
-            got = probe_matmul(x, w_halves, scale_n, config)
-        except Exception as e:  # a config Triton does not compile here: reported, not fatal
-            rows.append(dict(N=n, K=k, M=m, method=describe(config), ms=None,
-                             check=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"))
-            continue
-        err = error_of(got, want)
-        ms = time_ms(lambda: probe_matmul(x, w_halves, scale_n, config))
-        rows.append(dict(N=n, K=k, M=m, method=describe(config), ms=ms,
-                         check=f"{err:.2f}" if err <= 1.0 else f"MISMATCH {err:.2f}"))
+    rows = [dict(N=n, K=k, M=m, method="bf16 torch.matmul", ms=bf16_ms, check="")]
+    for element in elements:
+        bits = ELEMENTS[element]
+        planes, scale, _ = fpx_weight(w, element)
+        probe_planes = tuple(p.contiguous() for p in step_planes(unpack_planes(planes, bits, k), bits))
+        scale_n = scale.reshape(n).contiguous()
+        want = reference.fpx_matmul_ref(x, planes, scale, element=element, bits=bits, out_dtype=torch.float32)
+        library = functools.partial(quant_kernels.fpx_matmul, x, planes, scale, element=element, bits=bits,
+                                    backend="triton")
+        rows.append(dict(N=n, K=k, M=m, method=f"{element} library (autotuned)", ms=time_ms(library),
+                         check=f"{error_of(library(), want):.2f} (its own rounding)"))
+        rows += probe_rows(n, k, m, x, probe_planes, scale_n, want, element, time_ms, configs)
     for r in rows:
         r["x_bf16"] = bf16_ms / r["ms"] if r["ms"] else None
     return rows
 
 
+def probe_rows(n: int, k: int, m: int, x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Tensor,
+               want: torch.Tensor, element: str, time_ms, configs) -> list[dict]:
+    """Each probe config on one weight: checked against the twin's ``want``, then timed."""
+    rows = []
+    for config in configs:
+        method = f"{element} {describe(config)}"
+        try:
+            got = probe_matmul(x, planes, scale, config)
+        except Exception as e:  # a config Triton does not compile here: reported, not fatal
+            rows.append(dict(N=n, K=k, M=m, method=method, ms=None,
+                             check=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"))
+            continue
+        err = error_of(got, want)
+        rows.append(dict(N=n, K=k, M=m, method=method, ms=time_ms(lambda: probe_matmul(x, planes, scale, config)),
+                         check=f"{err:.2f}" if err <= ERROR_BOUND else f"MISMATCH {err:.2f}"))
+    return rows
+
+
 def markdown(result: dict) -> str:
-    lines = ["# Probe: INT4 weight-only on a split-halves layout, warp-specialized (issue 10)", "",
+    lines = ["# Probe: INT4 and FP6 weight-only on split layouts, warp-specialized (issue 10)", "",
              f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
              f"Timing: {result['timing']}.", f"Command: `{result['command']}`", "",
              "Each output against the library's fp32 twin, in units of 2^-8 of the largest output (bfloat16's "
-             "rounding at most). At most 1 passes for the probe's configs, whose products are exact in fp32.", "",
+             "rounding to nearest at most). The probe's configs, whose products are exact in fp32, pass at 2 or "
+             "less (the interpreter truncates).", "",
              "| N x K | M | method | µs | x bf16 | error |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         us = f"{1000 * r['ms']:.1f}" if r["ms"] else ""
@@ -141,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", default=None, help=f"N x K weight shapes (default {LLAMA3_8B_SHAPES},28672x4096)")
     p.add_argument("--ms", type=counts, default=None, help="activation rows (default 16,64,128)")
+    p.add_argument("--elements", default=",".join(ELEMENTS), help=f"comma list of {', '.join(ELEMENTS)}")
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--cpu_dry_run", action="store_true",
-                   help="no GPU: the Triton interpreter on CPU, 40 x 256 at 3 rows, two configs (no speed measured)")
+                   help="no GPU: the Triton interpreter on CPU, 40 x 512 at 3 rows, two configs (no speed measured)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
     if args.cpu_dry_run:
@@ -156,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         import triton
 
         triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
-    shapes = parse_shapes(args.shapes or ("40x256" if args.cpu_dry_run else LLAMA3_8B_SHAPES + ",28672x4096"))
+    shapes = parse_shapes(args.shapes or ("40x512" if args.cpu_dry_run else LLAMA3_8B_SHAPES + ",28672x4096"))
     ms = args.ms or ([3] if args.cpu_dry_run else [16, 64, 128])
+    elements = parse_names(args.elements, ELEMENTS, "--elements")
     time_ms = make_timer(device, args.warmup, args.reps, True, not args.cpu_dry_run)
     torch.manual_seed(0)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
@@ -168,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
               "rows": []}
     for n, k in shapes:
         for m in ms:
-            result["rows"] += bench(n, k, m, device, time_ms, DRY_RUN_CONFIGS if args.cpu_dry_run else CONFIGS)
+            result["rows"] += bench(n, k, m, device, time_ms, elements,
+                                    DRY_RUN_CONFIGS if args.cpu_dry_run else CONFIGS)
             write_result_files(args.out, result, markdown(result))  # partial results survive a time limit
             print(f"done N={n} K={k} M={m}", flush=True)
     print(markdown(result))

@@ -257,28 +257,61 @@ def test_kernel_bench_default_paths_only_skips_the_alternatives(cli, tmp_path):
     assert "MISMATCH" not in default_only
 
 
-def test_ws_tile_probe_layout_and_dry_run(cli, tmp_path):
-    """The warp-specialization probe: its split-halves layout by hand (in each 128 codes, byte j holds code j low and
-    code 64 + j high, two's complement), K off the block refused, and a CPU dry run whose configs (one swapped and
-    warp-specialized) equal the library's twin to bfloat16's rounding."""
-    from benchmarks.ws_tile_probe import halves_layout
+def test_ws_tile_probe_layouts_by_hand():
+    """The warp-specialization probe's layouts: the low four bits in halves (in each 128 codes, byte j holds code j low
+    and code 64 + j high), FP6's top two bits in quarters (in each 256 codes, byte j holds those of codes j, 64 + j,
+    128 + j and 192 + j from bit 0 up); K off the block refused."""
+    from benchmarks.ws_tile_probe import step_planes
 
-    levels = torch.zeros(2, 256, dtype=torch.int32)
-    levels[0, 3], levels[0, 67], levels[1, 128 + 5], levels[1, 128 + 69] = -1, 7, -8, 2
-    packed = halves_layout(levels)
-    assert packed.shape == (2, 128) and packed.dtype == torch.uint8
+    codes = torch.zeros(2, 256, dtype=torch.int32)
+    codes[0, 3], codes[0, 67], codes[1, 128 + 5], codes[1, 128 + 69] = 15, 7, 8, 2
+    (packed,) = step_planes(codes, 4)
     want = torch.zeros(2, 128, dtype=torch.uint8)
     want[0, 3], want[1, 64 + 5] = 0x7F, 0x28
-    assert torch.equal(packed, want)
-    with pytest.raises(ValueError, match="K a multiple of 128, got 192"):
-        halves_layout(torch.zeros(1, 192, dtype=torch.int32))
+    assert packed.dtype == torch.uint8 and torch.equal(packed, want)
+    codes = torch.zeros(1, 256, dtype=torch.int32)
+    codes[0, 5], codes[0, 64 + 5], codes[0, 128 + 5], codes[0, 192 + 5] = 0b110110, 0b010001, 0b101000, 0b111111
+    low, high = step_planes(codes, 6)
+    assert low.shape == (1, 128) and high.shape == (1, 64)
+    assert (low[0, 5], low[0, 64 + 5], high[0, 5]) == (0x16, 0xF8, 0xE7)
+    assert low.sum() + high.sum() == 0x16 + 0xF8 + 0xE7  # nothing else set
+    with pytest.raises(ValueError, match="4-bit layout takes K a multiple of 128, got 192"):
+        step_planes(torch.zeros(1, 192, dtype=torch.int32), 4)
+    with pytest.raises(ValueError, match="6-bit layout takes K a multiple of 256, got 384"):
+        step_planes(torch.zeros(1, 384, dtype=torch.int32), 6)
+
+
+@pytest.mark.parametrize("element", ["int4", "e3m2"])
+def test_ws_tile_probe_decodes_every_code_at_every_step(element):
+    """Each code of the element, read back through the probe's kernel (interpreted) from one-hot rows, one in each of
+    eight 64-code steps (both nibbles, all four two-bit fields), equals its value: swapped and warp-specialized or
+    not."""
+    from benchmarks.ws_tile_probe import ELEMENTS, probe_matmul, step_planes
+    from quant_layers.packing import code_values, element_named
+
+    bits = ELEMENTS[element]
+    n, k = 2**bits, 512
+    codes = (torch.arange(n)[:, None] + torch.arange(k)[None, :]) % n
+    columns = torch.tensor([5, 70, 135, 200, 265, 330, 395, 460])  # steps 0..7
+    x = torch.zeros(len(columns), k, dtype=torch.bfloat16)
+    x[torch.arange(len(columns)), columns] = 1.0
+    want = code_values(element_named(element))[codes[:, columns].T]
+    for config in ((16, 16, False, False), (16, 32, True, True)):
+        got = probe_matmul(x, step_planes(codes, bits), torch.ones(n), config)
+        assert torch.equal(got.float(), want.float()), config
+
+
+def test_ws_tile_probe_dry_run(cli, tmp_path):
+    """A CPU dry run of the probe: its configs (one swapped and warp-specialized) equal the library's twin to
+    bfloat16's rounding, INT4 and FP6 E3M2."""
     prefix = str(tmp_path / "probe")
     out = cli("benchmarks/ws_tile_probe.py", "--cpu_dry_run", "--reps", "1", "--warmup", "0", "--out", prefix)
     assert out.returncode == 0, out.stderr
     table = open(prefix + ".md").read()
-    for config in ("16 x 16 |", "16 x 16, swapped, warp-specialized |"):
-        line = next(row for row in table.splitlines() if f"| 40x256 | 3 | {config}" in row)
-        assert float(line.split("|")[-2]) <= 1.0, line
+    for element in ("int4", "e3m2"):
+        for config in ("16 x 16 |", "16 x 16, swapped, warp-specialized |"):
+            line = next(row for row in table.splitlines() if f"| 40x512 | 3 | {element} {config}" in row)
+            assert float(line.split("|")[-2]) <= 2.0, line
 
 
 @pytest.mark.parametrize("script, flag", [("kernel_bench.py", "--ms"), ("kernel_bench.py", "--weight_only_ms"),
