@@ -88,6 +88,7 @@ def probe_matmul(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch
     n = planes[0].shape[0]
     out = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
     x_desc = TensorDescriptor.from_tensor(x, [block_m, BLOCK_K // 2])
+    # INT4's one plane stands in for the high plane too, unread.
     w_desc, h_desc = (TensorDescriptor.from_tensor(p, [block_n, BLOCK_K // 2]) for p in (planes * 2)[:2])
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
     halves_kernel[grid](x_desc, w_desc, h_desc, scale, out, m, n, k, out.stride(0), WARP_SPECIALIZE=specialized,
