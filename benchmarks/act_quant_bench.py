@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import W4A4_FORMATS, act_quant_bytes  # noqa: E402
-from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.result_files import markdown_header, write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
@@ -111,13 +111,11 @@ def config_label(key: tuple, names: list[str]) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = ["# Activation quantization against a device copy", "",
-             f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
-             f"Timing: {result['timing']}.", f"Command: `{result['command']}`", "",
-             "GB/s counts the bfloat16 activations read and the codes (half a byte, or a byte for E4M3 codes) and "
-             "fp32 scales written; the copy's counts x read and written. `equals twin`: every code and scale of "
-             "the whole tensor (E4M3 codes are not compared).", "",
-             "| M | K | kernel | version | µs | GB/s | of copy | equals twin |", "|---|---|---|---|---|---|---|---|"]
+    lines = markdown_header("Activation quantization against a device copy", result) + [
+        "GB/s counts the bfloat16 activations read and the codes (half a byte, or a byte for E4M3 codes) and "
+        "fp32 scales written; the copy's counts x read and written. `equals twin`: every code and scale of "
+        "the whole tensor (E4M3 codes are not compared).", "",
+        "| M | K | kernel | version | µs | GB/s | of copy | equals twin |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         share = f"{100 * r['of_copy']:.1f} %" if r.get("of_copy") else ""
         same = {True: "yes", False: "NO", None: ""}[r.get("equals_twin")]

@@ -15,6 +15,13 @@ def write_result_files(prefix: str, data, markdown: str) -> None:
     atomic_write_text(prefix + ".md", markdown)
 
 
+def markdown_header(title: str, result: dict) -> list[str]:
+    """A result table's opening lines: its title, then where, when and how it was measured (``result``'s device,
+    date, versions, timing and command), each followed by a blank line where Markdown needs one."""
+    return [f"# {title}", "", f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
+            f"Timing: {result['timing']}.", f"Command: `{result['command']}`", ""]
+
+
 # Environment variables that change what a benchmark measures: a recorded command carries them.
 MEASURED_ENV = ("PTQ_PDL",)
 

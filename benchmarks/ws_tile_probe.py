@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import LLAMA3_8B_SHAPES, counts, fpx_weight, parse_names, parse_shapes  # noqa: E402
-from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.result_files import markdown_header, write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 from quant_layers.packing import unpack_planes  # noqa: E402
@@ -151,13 +151,11 @@ def probe_rows(n: int, k: int, m: int, x: torch.Tensor, planes: tuple[torch.Tens
 
 
 def markdown(result: dict) -> str:
-    lines = ["# Probe: INT4 and FP6 weight-only on split layouts, warp-specialized (issue 10)", "",
-             f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
-             f"Timing: {result['timing']}.", f"Command: `{result['command']}`", "",
-             "Each output against the library's fp32 twin, in units of 2^-8 of the largest output (bfloat16's "
-             "rounding to nearest at most). The probe's configs, whose products are exact in fp32, pass at 2 or "
-             "less (the interpreter truncates).", "",
-             "| N x K | M | method | µs | x bf16 | error |", "|---|---|---|---|---|---|"]
+    lines = markdown_header("Probe: INT4 and FP6 weight-only on split layouts, warp-specialized (issue 10)", result) + [
+        "Each output against the library's fp32 twin, in units of 2^-8 of the largest output (bfloat16's "
+        "rounding to nearest at most). The probe's configs, whose products are exact in fp32, pass at 2 or "
+        "less (the interpreter truncates).", "",
+        "| N x K | M | method | µs | x bf16 | error |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         us = f"{1000 * r['ms']:.1f}" if r["ms"] else ""
         ratio = f"{r['x_bf16']:.2f}" if r["x_bf16"] else ""
