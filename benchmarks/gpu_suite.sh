@@ -79,11 +79,12 @@
 #              compiled CUDA-graph decode at batch 8 (issue 10)
 #   decode_planes  FP4 W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8 and 16, E2M1 decode rows on
 #              E4M3 planes (the default since decode_rows_e4m3_e2m1_h200.md) (issues 9, 10)
-#   targets9   issue 9's targets measured again after the re-timing autotuner (quant_kernels/autotuning.py): the
-#              W4A4 kernels and linears at M = 1 and 16 (INT4, E2M1; their default paths only) against cuBLAS bf16,
-#              each a lone CUDA-graph replay, then each inside a stream of 20 calls (without a lone replay's 5 µs
-#              launch floor, as in a captured model step), then prefill_bench at M = 8192 (MS) for
-#              INT4 and E2M1 weights (ELEMENTS; SHAPES), kernels and whole linears against bf16 and cuBLAS's FP8 GEMM
+#   targets9   issue 9's decode-size target measured again after the re-timing autotuner (quant_kernels/autotuning.py):
+#              the W4A4 kernels and linears at M = 1 and 16 (INT4, E2M1; their default paths only) against cuBLAS
+#              bf16, each a lone CUDA-graph replay, then each inside a stream of 20 calls (without a lone replay's 5 µs
+#              launch floor, as in a captured model step)
+#   targets9_prefill  issue 9's prefill targets so: prefill_bench at M = 2048 and 8192 (MS) for INT4 and E2M1
+#              weights (ELEMENTS; SHAPES), kernels and whole linears against bf16 and cuBLAS's FP8 GEMM
 #   targets10  issue 10's FPx target measured again after the re-timing autotuner: FP6 E3M2 weight-only at 1, 64
 #              and 128 rows (MS) at the five Llama-3-8B decode shapes against torch bf16, every output checked
 #   ws_probe   the warp-specialization probe (ws_tile_probe.py): INT4 and FP6 E3M2 weight-only on split layouts,
@@ -404,10 +405,12 @@ for section in "$@"; do
       step "${LIMIT_TARGET_STREAM:-150}" kernel_bench_targets9_in_stream python benchmarks/kernel_bench.py --flush_l2 \
         --in_stream 20 --formats int4,e2m1 --ms 1,16 --weight_only_ms "" --default_paths_only \
         --out "$OUT/kernel_bench_decode_in_stream_retimed_${GPU}"
+      ;;
+    targets9_prefill)
       for element in ${ELEMENTS:-int4 e2m1}; do
-        step "${LIMIT_TARGET_PREFILL:-240}" "prefill_bench_targets9_$element" python benchmarks/prefill_bench.py \
-          --ms "${MS:-8192}" --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --element "$element" \
-          --out "$OUT/prefill_${element}_retimed_${GPU}"
+        step "${LIMIT_TARGET_PREFILL:-280}" "prefill_bench_targets9_$element" python benchmarks/prefill_bench.py \
+          --ms "${MS:-2048,8192}" --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" \
+          --element "$element" --out "$OUT/prefill_${element}_retimed_${GPU}"
       done ;;
     targets10)
       step "${LIMIT_TARGET_FPX:-480}" kernel_bench_targets10 python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
@@ -481,6 +484,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets10, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, gated, roundtrip" >&2; exit 2 ;;
   esac
 done
