@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import LLAMA3_8B_SHAPES, counts, parse_shapes, parse_tiles  # noqa: E402
-from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.result_files import markdown_header, write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
@@ -98,13 +98,11 @@ def markdown(result: dict) -> str:
             "(`unpack_fp8_triton`) then that GEMM; `int8 path`: the tensor-core kernel tiled over M on int8 activation "
             "planes (`w4a4_tc_prefill_triton`). `linear`: from bfloat16 x, the activation codes included "
             "(`w4a4_linear(path=...)`); elsewhere the codes are given.")
-    lines = [f"# {title}", "",
-             f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
-             f"Timing: {result['timing']}.", f"Command: `{result['command']}`", "",
-             what + " TFLOP/s counts 2 M N K. Error: the GEMMs' largest against the exact product, in units of "
-             "bfloat16's rounding of the largest output (the linears' against the exact product of x's codes).", "",
-             "| M | N x K | kernel | config | µs | TFLOP/s | × bf16 | × peer | max error / bound |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = markdown_header(title, result) + [
+        what + " TFLOP/s counts 2 M N K. Error: the GEMMs' largest against the exact product, in units of "
+        "bfloat16's rounding of the largest output (the linears' against the exact product of x's codes).", "",
+        "| M | N x K | kernel | config | µs | TFLOP/s | × bf16 | × peer | max error / bound |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         err = f"{r['error']:.2f}" if r.get("error") is not None else ""
         lines.append(f"| {r['M']} | {r['shape']} | {r['kernel']} | {r.get('config', '')} | {1000 * r['ms']:.1f} | "

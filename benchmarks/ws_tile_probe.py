@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import LLAMA3_8B_SHAPES, counts, fpx_weight, parse_names, parse_shapes  # noqa: E402
-from benchmarks.result_files import markdown_header, write_result_files  # noqa: E402
+from benchmarks.result_files import command_line, markdown_header, write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 from quant_layers.packing import unpack_planes  # noqa: E402
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
               "versions": library_versions(),
               "timing": f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed"
                         if not args.cpu_dry_run else "CPU, Triton interpreter: not a speed measurement",
-              "command": "python benchmarks/ws_tile_probe.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("ws_tile_probe.py", argv if argv is not None else sys.argv[1:]),
               "rows": []}
     for n, k in shapes:
         for m in ms:
