@@ -303,7 +303,7 @@ def test_ws_tile_probe_decodes_every_code_at_every_step(element):
 
 def test_ws_tile_probe_dry_run(cli, tmp_path):
     """A CPU dry run of the probe: its configs (one swapped and warp-specialized) equal the library's twin to
-    bfloat16's rounding, INT4 and FP6 E3M2."""
+    bfloat16's rounding, INT4 and FP6 E3M2; an element it has no layout for is refused, nothing written."""
     prefix = str(tmp_path / "probe")
     out = cli("benchmarks/ws_tile_probe.py", "--cpu_dry_run", "--reps", "1", "--warmup", "0", "--out", prefix)
     assert out.returncode == 0, out.stderr
@@ -312,6 +312,9 @@ def test_ws_tile_probe_dry_run(cli, tmp_path):
         for config in ("16 x 16 |", "16 x 16, swapped, warp-specialized |"):
             line = next(row for row in table.splitlines() if f"| 40x512 | 3 | {element} {config}" in row)
             assert float(line.split("|")[-2]) <= 2.0, line
+    out = cli("benchmarks/ws_tile_probe.py", "--cpu_dry_run", "--elements", "int4,e2m1", "--out", prefix + "_bad")
+    assert out.returncode != 0 and "--elements takes a comma list of int4, e3m2" in out.stderr
+    assert not os.path.exists(prefix + "_bad.md")
 
 
 @pytest.mark.parametrize("script, flag", [("kernel_bench.py", "--ms"), ("kernel_bench.py", "--weight_only_ms"),
