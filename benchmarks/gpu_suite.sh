@@ -90,7 +90,9 @@
 #   ws_probe   the warp-specialization probe (ws_tile_probe.py): INT4 and FP6 E3M2 weight-only on split layouts,
 #              Triton's warp-specialized loop against the same kernel unspecialized, the library's weight-only product
 #              and cuBLAS bf16 at 16, 64 and 128 rows (MS) of the five Llama-3-8B decode shapes, every output checked
-#              (issue 10: FPx faster than bf16 at 64-128 rows)
+#              (issue 10: FPx faster than bf16 at 64-128 rows). Each warp-specialized config runs once first in a
+#              child process killed after 90 s: with host-built descriptors the first hung on an H100 and took the
+#              whole 420 s step
 #   casts_ab   the compiled CUDA-graph decode step (MODES, default fp4a4kv4,bf16; BATCH, default 8) profiled with
 #              models.decoding.compile_options' emulate_precision_casts (eager's bfloat16 roundings, the default)
 #              and without it (inductor's fp32 glue), to time what matching eager costs (issue 10)
@@ -149,7 +151,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder for the result files}
 mkdir -p "$OUT"
-export NCCL_NVLS_ENABLE=0
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1  # each log shows how far a step got, should its limit cut it
 case $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1) in
   *H100*) default_tag=h100 ;; *H200*) default_tag=h200 ;; *) default_tag=gpu ;;
 esac

@@ -39,15 +39,23 @@ def _dot(a, b, acc, DOT_F32: tl.constexpr):
 
 @triton.jit
 def halves_kernel(x_desc, w_desc, h_desc, scale_ptr, out_ptr, M, N, K, stride_om, WARP_SPECIALIZE: tl.constexpr,
-                  SWAP_AB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HALF: tl.constexpr,
-                  FP6: tl.constexpr, DOT_F32: tl.constexpr):
+                  SWAP_AB: tl.constexpr, DEVICE_DESC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  HALF: tl.constexpr, FP6: tl.constexpr, DOT_F32: tl.constexpr):
     """out = x @ (values * scale).T for x (M, K) and the weight's codes in ``ws_tile_probe.step_planes``: INT4 levels
     in the halves layout at ``w_desc`` (N, K / 2) or, FP6, E3M2 codes' low nibbles there and their top two bits in
     the quarters layout at ``h_desc`` (N, K / 4; INT4 passes ``w_desc`` again, unread). All are read by TMA
     descriptors in blocks of HALF columns. One dot a step of HALF codes: step s takes nibble s % 2 of the bytes of
     low block s // 2 (loaded again for the odd steps) and field s % 4 of high block s // 4, so that Triton's warp
     specialization can split the tile between its consumer warp groups (two dots a step it cannot). SWAP_AB:
-    acc^T = W X^T, the weight wgmma's register operand."""
+    acc^T = W X^T, the weight wgmma's register operand. DEVICE_DESC: the three arguments are the contiguous tensors
+    themselves and the kernel builds their descriptors (Triton's warp specialization on Hopper partitions data only
+    with descriptors built on the device)."""
+    if DEVICE_DESC:
+        x_desc = tl.make_tensor_descriptor(x_desc, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, HALF])
+        w_desc = tl.make_tensor_descriptor(w_desc, shape=[N, K // 2], strides=[K // 2, 1], block_shape=[BLOCK_N, HALF])
+        if FP6:
+            h_desc = tl.make_tensor_descriptor(h_desc, shape=[N, K // 4], strides=[K // 4, 1],
+                                               block_shape=[BLOCK_N, HALF])
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     if SWAP_AB:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 os.environ["TRITON_INTERPRET"] = "1"
 
@@ -285,8 +286,8 @@ def test_ws_tile_probe_layouts_by_hand():
 def test_ws_tile_probe_decodes_every_code_at_every_step(element):
     """Each code of the element, read back through the probe's kernel (interpreted) from one-hot rows, one in each of
     eight 64-code steps (both nibbles, all four two-bit fields), equals its value: swapped and warp-specialized or
-    not."""
-    from benchmarks.ws_tile_probe import ELEMENTS, probe_matmul, step_planes
+    not, the descriptors built on the host or in the kernel."""
+    from benchmarks.ws_tile_probe import ELEMENTS, ProbeConfig, probe_matmul, step_planes
     from quant_layers.packing import code_values, element_named
 
     bits = ELEMENTS[element]
@@ -296,25 +297,40 @@ def test_ws_tile_probe_decodes_every_code_at_every_step(element):
     x = torch.zeros(len(columns), k, dtype=torch.bfloat16)
     x[torch.arange(len(columns)), columns] = 1.0
     want = code_values(element_named(element))[codes[:, columns].T]
-    for config in ((16, 16, False, False), (16, 32, True, True)):
+    for config in (ProbeConfig(16, 16, False, False), ProbeConfig(16, 32, True, True),
+                   ProbeConfig(32, 16, False, True, True)):
         got = probe_matmul(x, step_planes(codes, bits), torch.ones(n), config)
         assert torch.equal(got.float(), want.float()), config
 
 
 def test_ws_tile_probe_dry_run(cli, tmp_path):
-    """A CPU dry run of the probe: its configs (one swapped and warp-specialized) equal the library's twin to
-    bfloat16's rounding, INT4 and FP6 E3M2; an element it has no layout for is refused, nothing written."""
+    """A CPU dry run of the probe: its warp-specialized config passes its first run in a child process, and its
+    configs equal the library's twin to bfloat16's rounding, INT4 and FP6 E3M2; an element it has no layout for is
+    refused, nothing written."""
     prefix = str(tmp_path / "probe")
     out = cli("benchmarks/ws_tile_probe.py", "--cpu_dry_run", "--reps", "1", "--warmup", "0", "--out", prefix)
     assert out.returncode == 0, out.stderr
     table = open(prefix + ".md").read()
+    assert re.search(r"- 16 x 16, swapped, warp-specialized, device descriptors: ran, error [01]\.\d\d \(", table)
     for element in ("int4", "e3m2"):
-        for config in ("16 x 16 |", "16 x 16, swapped, warp-specialized |"):
+        for config in ("16 x 16 |", "16 x 16, swapped, warp-specialized, device descriptors |"):
             line = next(row for row in table.splitlines() if f"| 40x512 | 3 | {element} {config}" in row)
             assert float(line.split("|")[-2]) <= 2.0, line
     out = cli("benchmarks/ws_tile_probe.py", "--cpu_dry_run", "--elements", "int4,e2m1", "--out", prefix + "_bad")
     assert out.returncode != 0 and "--elements takes a comma list of int4, e3m2" in out.stderr
     assert not os.path.exists(prefix + "_bad.md")
+
+
+def test_ws_tile_probe_leaves_out_a_config_that_does_not_finish(cli, tmp_path):
+    """A warp-specialized config whose first run outlasts --liveness_timeout (a kernel that deadlocks, as one did on
+    an H100) is killed, reported as hung and left out of the timing; the other configs are timed."""
+    prefix = str(tmp_path / "probe")
+    out = cli("benchmarks/ws_tile_probe.py", "--cpu_dry_run", "--reps", "1", "--warmup", "0", "--elements", "int4",
+              "--liveness_timeout", "0.01", "--out", prefix)
+    assert out.returncode == 0, out.stderr
+    table = open(prefix + ".md").read()
+    assert "- 16 x 16, swapped, warp-specialized, device descriptors: hung: no result in 0.01 s, killed" in table
+    assert "| 40x512 | 3 | int4 16 x 16 |" in table and "int4 16 x 16, swapped" not in table
 
 
 @pytest.mark.parametrize("script, flag", [("kernel_bench.py", "--ms"), ("kernel_bench.py", "--weight_only_ms"),
