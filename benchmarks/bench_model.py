@@ -24,7 +24,9 @@ and gate/up fused, as a loaded checkpoint does. Modes:
 * ``fp4a4kv4`` / ``fp4a4kv4_cuda_core``: ``w4a4kv4`` with FP4 E2M1 weights (per channel) and activations (per
   token), its decode products of 5 to 64 rows on the FP8 tensor cores (``quant_kernels.w4a4_gemv``);
   ``_cuda_core`` runs with ``PTQ_TC_E2M1=0``: the CUDA-core decode kernel up to 8 rows, ``w4a4_gemm`` above;
-* ``fp6`` / ``fp5``: E3M2 / E2M2 weight-only on the FPx kernel.
+* ``fp6`` / ``fp5``: E3M2 / E2M2 weight-only on the FPx kernel; ``fp6_head`` with lm_head in FP6 too (``--format fp
+  --w_bits 6 --w_exp_bits 3 --a_bits 16 --quantize_lm_head``), a mode of its own as the ``_head`` ones above: at
+  batch 1 lm_head's 1 GB of bfloat16 weight is about a sixth of what ``fp6``'s decode step reads.
 
 Prefill: one forward over ``batch x seqlen`` tokens without a cache, timed eagerly (Python
 launches every kernel: on the H200 a W4A4 forward's kernels ran 49 ms of its 117 ms,
@@ -95,13 +97,14 @@ CONFIGS = {
 @dataclass(frozen=True)
 class BenchMode:
     """What a mode quantizes: the decoder linears' weight scheme (None: bf16) and activation scheme (None:
-    weight-only), whether K/V decode from the packed KV4 cache, and lm_head's activation scheme where lm_head
-    is quantized too, with its weight scheme (None: the decoder linears'; ``--quantize_lm_head``,
+    weight-only), whether K/V decode from the packed KV4 cache, whether lm_head is quantized too
+    (``--quantize_lm_head``), and then its activation and weight schemes (None: the decoder linears';
     ``--lm_head_a_bits``, ``--lm_head_w_bits``)."""
 
     weight: RealQuantScheme | None = None
     act: RealQuantScheme | None = None
     kv4: bool = False
+    lm_head: bool = False
     lm_head_act: RealQuantScheme | None = None
     lm_head_weight: RealQuantScheme | None = None
     env: tuple[tuple[str, str], ...] = ()  # environment variables the mode is built and timed under
@@ -126,6 +129,7 @@ def environment(env: tuple[tuple[str, str], ...]):
 INT4 = RealQuantScheme("int4")
 INT8 = RealQuantScheme("int8", bits=8)
 E2M1 = RealQuantScheme("e2m1")
+FP6 = RealQuantScheme("e3m2", bits=6)
 MODES = {
     "bf16": BenchMode(),
     "bf16_eager": BenchMode(),
@@ -138,10 +142,11 @@ MODES = {
     "w4a4kv4": BenchMode(INT4, INT4, kv4=True),
     "fp4a4kv4": BenchMode(E2M1, E2M1, kv4=True),
     "fp4a4kv4_cuda_core": BenchMode(E2M1, E2M1, kv4=True, env=(("PTQ_TC_E2M1", "0"),)),
-    "w4a4kv4_head": BenchMode(INT4, INT4, kv4=True, lm_head_act=INT4),
-    "w4a4kv4_head8": BenchMode(INT4, INT4, kv4=True, lm_head_act=INT8),
-    "w4a4kv4_head_w8a8": BenchMode(INT4, INT4, kv4=True, lm_head_act=INT8, lm_head_weight=INT8),
-    "fp6": BenchMode(RealQuantScheme("e3m2", bits=6)),
+    "w4a4kv4_head": BenchMode(INT4, INT4, kv4=True, lm_head=True),
+    "w4a4kv4_head8": BenchMode(INT4, INT4, kv4=True, lm_head=True, lm_head_act=INT8),
+    "w4a4kv4_head_w8a8": BenchMode(INT4, INT4, kv4=True, lm_head=True, lm_head_act=INT8, lm_head_weight=INT8),
+    "fp6": BenchMode(FP6),
+    "fp6_head": BenchMode(FP6, lm_head=True),
     "fp5": BenchMode(RealQuantScheme("e2m2", bits=5)),
 }
 # Modes on another attention implementation than SDPA.
@@ -211,9 +216,9 @@ def build_model(config, mode: str, device: torch.device, seed: int = 0) -> nn.Mo
         for layer in adapter.decoder_layers(model):
             for name in adapter.linear_names():
                 layer.set_submodule(name, random_real_linear(layer.get_submodule(name), weight, act, generator))
-        if bench_mode.lm_head_act is not None:  # a new module: tied embeddings keep their own weight
+        if bench_mode.lm_head:  # a new module: tied embeddings keep their own weight
             model.lm_head = random_real_linear(adapter.lm_head(model), bench_mode.lm_head_weight or weight,
-                                               bench_mode.lm_head_act, generator)
+                                               bench_mode.lm_head_act or act, generator)
         fuse_shared_input_linears(model)  # as load_quantized does: q/k/v and gate/up run as one,
         fuse_decoder_layers(model)  # and decode-sized layers in fewer launches
     if bench_mode.kv4:

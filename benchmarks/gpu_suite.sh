@@ -46,7 +46,8 @@
 #   fpx_prmt   the FPx kernels with FP6's high-plane words spread by PTX prmt (the row kernel, its tensor-core form and
 #              the tile kernel) checked against their twins, then FP6 E3M2 at M = 1 timed at the five Llama-3-8B decode
 #              shapes; then MODES=fp6,bf16 NAME=fp6_prmt fpx_b1 times the decode step (issue 10)
-#   fpx_b1     bf16 / FP6 compiled CUDA-graph decode at batch 1 (MODES; NAME names the result file; issue 10)
+#   fpx_b1     bf16 / FP6 compiled CUDA-graph decode at batch 1, FP6 with lm_head in bf16 and in FP6 (fp6_head) (MODES;
+#              NAME names the result file; issue 10)
 #   fpx_b8     bf16 / FP6 compiled CUDA-graph decode at batch 8 (MODES; issue 10)
 #   decode_b8  W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8, the tensor-core decode kernel's pinned
 #              8-row configs (issue 10)
@@ -299,7 +300,7 @@ for section in "$@"; do
         --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_prmt_${GPU}" ;;
     fpx_b1)
       step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b1 python benchmarks/bench_model.py --random_mode \
-        --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 1 --decode_tokens 128 \
+        --config llama-3-8b --modes "${MODES:-fp6,fp6_head,bf16}" --prefill_batches "" --decode_batches 1 --decode_tokens 128 \
         --compile --no_eager --out "$OUT/bench_model_decode_compiled_${NAME:-fp6}_llama3_8b_${GPU}" ;;
     fpx_b8)
       step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b8 python benchmarks/bench_model.py --random_mode \

@@ -191,12 +191,15 @@ def test_bench_model_head_mode_quantizes_lm_head_and_keeps_the_tied_embeddings()
     assert head8.act_scheme.element == "int8" and head8.weight_scheme.element == "int4"
     head_w8a8 = build_model(config, "w4a4kv4_head_w8a8", cpu).lm_head
     assert head_w8a8.act_scheme.element == "int8" and head_w8a8.weight_scheme.element == "int8"
+    fp6_head = build_model(config, "fp6_head", cpu).lm_head  # weight-only, as the decoder linears
+    assert fp6_head.weight_scheme.element == "e3m2" and fp6_head.act_scheme is None
+    assert not isinstance(build_model(config, "fp6", cpu).lm_head, RealQuantLinear)
     assert head_w8a8.qweight.shape == (config.vocab_size, config.hidden_size)  # one byte a weight
     ids = torch.randint(0, config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = model(ids).logits
         x = torch.randn(1, 8, config.hidden_size, dtype=torch.bfloat16)
-        head_logits = [head8(x), head_w8a8(x)]
+        head_logits = [head8(x), head_w8a8(x), fp6_head(x)]
     assert logits.shape == (1, 8, config.vocab_size) and bool(logits.isfinite().all()) and logits.std() > 0
     assert all(bool(out.isfinite().all()) and out.std() > 0 for out in head_logits)
 

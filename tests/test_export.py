@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -430,13 +431,16 @@ def test_uint4_codes_are_the_levels():
         encode(torch.tensor([16.0]), UINT4)
 
 
-def test_qwen3_with_a_quantized_lm_head(tiny_models, tmp_path):
-    recipe = QuantRecipe(weight=spec("int", "channel"), activation=spec("int", "token"), quantize_lm_head=True)
+@pytest.mark.parametrize("recipe", [
+    QuantRecipe(weight=spec("int", "channel"), activation=spec("int", "token"), quantize_lm_head=True),
+    dataclasses.replace(RECIPES["fp6-e3m2-weight-only"], quantize_lm_head=True)], ids=["w4a4", "fp6-weight-only"])
+def test_qwen3_with_a_quantized_lm_head(tiny_models, tmp_path, recipe):
     model = fake_quantized(tiny_models["qwen3"], recipe)
     ids = torch.randint(0, 2048, (1, 16), generator=torch.Generator().manual_seed(5))
     reference = logits(model, ids)
     loaded = load_quantized(export_quantized(model, None, recipe, str(tmp_path / "ckpt")))[0]
     assert isinstance(loaded.lm_head, RealQuantLinear)
+    assert loaded.lm_head.schemes == loaded.model.layers[0].mlp.down_proj.schemes  # the decoder linears' scheme
     assert loaded.lm_head.qweight.data_ptr() != loaded.model.embed_tokens.weight.data_ptr()
     assert_same_logits(reference, logits(loaded, ids))
 
