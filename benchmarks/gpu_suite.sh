@@ -85,7 +85,8 @@
 #              bf16, each a lone CUDA-graph replay, then each inside a stream of 20 calls (without a lone replay's 5 µs
 #              launch floor, as in a captured model step)
 #   targets9_prefill  issue 9's prefill targets so: prefill_bench at M = 2048 and 8192 (MS) for INT4 and E2M1
-#              weights (ELEMENTS; SHAPES), kernels and whole linears against bf16 and cuBLAS's FP8 GEMM
+#              weights (ELEMENTS; SHAPES), kernels and whole linears against bf16 and cuBLAS's FP8 GEMM: the default
+#              path's only (ALL_PATHS=1: every form, each autotuned, which cut a cold call at two shapes of four)
 #   targets10  issue 10's FPx target measured again after the re-timing autotuner: FP6 E3M2 weight-only at 1, 64
 #              and 128 rows (MS) at the five Llama-3-8B decode shapes against torch bf16, every output checked
 #   ws_probe   the warp-specialization probe (ws_tile_probe.py): INT4 and FP6 E3M2 weight-only on split layouts,
@@ -413,7 +414,8 @@ for section in "$@"; do
       for element in ${ELEMENTS:-int4 e2m1}; do
         step "${LIMIT_TARGET_PREFILL:-280}" "prefill_bench_targets9_$element" python benchmarks/prefill_bench.py \
           --ms "${MS:-2048,8192}" --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" \
-          --element "$element" --out "$OUT/prefill_${element}_retimed_${GPU}"
+          --element "$element" $([ "${ALL_PATHS:-0}" = 1 ] || echo --default_paths_only) \
+          --out "$OUT/prefill_${element}_retimed_${GPU}"
       done ;;
     targets10)
       step "${LIMIT_TARGET_FPX:-480}" kernel_bench_targets10 python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \

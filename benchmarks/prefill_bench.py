@@ -16,6 +16,10 @@ output is checked against an exact fp32 product.
 
     python benchmarks/prefill_bench.py --ms 512,2048,8192 --out benchmarks/results/prefill_int8_h200
 
+``--default_paths_only`` times, beside bf16 and the peer, only what ``w4a4_linear`` runs by default at each M and
+shape (``quant_kernels.default_path``): that path's kernel on codes given and its whole linear. Each form beside it
+autotunes kernels of its own, which took most of a cold call's time on the H100.
+
 ``--activations int8`` times W4A8 instead (INT4 weights, INT8 activation levels): the same kernel on INT8 planes,
 cuBLAS's int8 GEMM (``torch._int_mm``) on the weight's int8 levels as the peer, the weight widened to int8 on every
 call then that GEMM (W4A8's route before the int8 path), and ``w4a8_linear`` against that route from bfloat16 x.
@@ -122,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--activations", choices=("4bit", "int8"), default="4bit",
                    help="int8: W4A8 (INT4 weights only): INT8 activation levels, cuBLAS's int8 GEMM as the peer and "
                         "w4a8_linear as the linear (default 4bit: W4A4 in --element)")
+    p.add_argument("--default_paths_only", action="store_true",
+                   help="time only the default path's kernel and linear at each M and shape (and bf16, the peer)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -134,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no CUDA device: run on a GPU, or pass --cpu_dry_run to exercise the script on CPU")
     if args.activations == "int8" and args.element != "int4":
         p.error("--activations int8 (W4A8) takes INT4 weights: drop --element or pass --element int4")
+    if args.activations == "int8" and args.default_paths_only:
+        p.error("--default_paths_only times W4A4's default paths: drop it or --activations int8")
     try:
         configs = parse_tiles(args.configs or "", "--configs takes tiles BLOCK_N,BLOCK_M,BLOCK_KB,warps,stages"
                                                    "[,GROUP_M]", 5, 6)
@@ -178,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 widened = lambda: w4a4_matmul_fp8(a_fp8, a_scale, unpack_fp8_triton(packed, element),  # noqa: E731
                                                   w_scale)
                 names = ("fp8 peer (_scaled_mm)", "fp8 path (widening + GEMM)")
+            # the default path (and with it which kernel forms and linears are timed), or None: every one
+            default = quant_kernels.default_path(m, n, k, element, element) if args.default_paths_only else None
             flops = 2 * m * n * k
             bf16_ms = time_ms(lambda: x @ w.t())
             peer_ms = time_ms(peer)
@@ -193,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
             row("bf16 (torch.matmul)", bf16_ms)
             row(names[0], peer_ms, got=peer())
-            row(names[1], time_ms(widened), got=widened())
+            if default in (None, "fp8"):
+                row(names[1], time_ms(widened), got=widened())
             out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
             # The weights as int8 operands against int8 planes, or (W4A4) as E4M3 operands against E4M3 planes, each
             # step's FP8 sums added in fp32 (exact) or one dot a step accumulating in wgmma (its wgmmas in flight)
@@ -201,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             if not w4a8:
                 forms.update({E4M3_FORMS[True]: (planes.float().to(FP8), True),
                               E4M3_FORMS[False]: (planes.float().to(FP8), False)})
+            if default is not None:
+                forms = {form: operands for form, operands in forms.items()
+                         if form == {"int8": next(iter(forms)), "e4m3": E4M3_FORMS[False]}.get(default)}
             for form, (a_planes, step_sums) in forms.items():
                 tuned = functools.partial(w4a4_tc_prefill_triton, a_planes, a_scale, packed, w_scale,
                                           a_element=a_element, w_element=element, out=out, fp8_step_sums=step_sums)
@@ -240,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
                         return w4a4_tc_prefill_triton(a_planes, x_scale_planes, packed, w_scale, a_element=element,
                                                       w_element=element, fp8_step_sums=step_sums)
                     linears[f"int8 path linear{form}"] = e4m3_linear
+                if default is not None:
+                    linears = {f"{default} path linear (the default)": functools.partial(
+                        quant_kernels.w4a4_linear, x, packed, w_scale, a_element=element, w_element=element,
+                        out_dtype=torch.bfloat16, path=default)}
             for name, linear in linears.items():
                 row(name, time_ms(linear), got=linear(), against=exact)
             del planes, packed, levels_a, values_w, want, x, w, out, exact, peer, widened, linears

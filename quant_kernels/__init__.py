@@ -57,8 +57,9 @@ if TYPE_CHECKING:
     from .reference import NormTail
 
 __all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "decode_codes_form", "decode_codes_like",
-           "dequantize_weight", "fpx_matmul", "quantize_activations", "rms_norm_quantize", "silu_mul_quantize",
-           "unpack_fp8", "w4a4_linear", "w4a4_matmul", "w4a4_matmul_dp4a", "w4a8_linear", "w8a8_linear"]
+           "default_path", "dequantize_weight", "fpx_matmul", "quantize_activations", "rms_norm_quantize",
+           "silu_mul_quantize", "unpack_fp8", "w4a4_linear", "w4a4_matmul", "w4a4_matmul_dp4a", "w4a8_linear",
+           "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
 PATHS = ("packed", "fp8", "int8", "e4m3")
@@ -250,34 +251,27 @@ def w4a4_linear(
     ``int8`` and ``fp8`` wherever it fits.
     """
     from .fp8_gemm import w4a4_matmul_fp8
-    from .reference import fp8_path_fits
 
     if path is not None and path not in PATHS:
         raise ValueError(f"unknown path {path!r}: choose one of {', '.join(PATHS)} (or None for auto)")
     m, k = x.shape
-    fits = fp8_path_fits(m, w_packed.shape[0], k, a_group, w_group) and scale_kind == "float"
+    fits, int8_fits, e4m3_fits = _paths_fitting(m, w_packed.shape[0], k, w_element, a_element, a_group, w_group,
+                                                scale_kind)
     if path == "fp8" and not (fits and out_dtype == torch.bfloat16):
         raise ValueError(f"the fp8 path takes per-row scales (groups 0, float scales), K and N multiples of 16 and "
                          f"bfloat16 output, got groups {a_group}/{w_group}, {scale_kind} scales, K={k}, "
                          f"N={w_packed.shape[0]}, {out_dtype}: use path='packed'")
-    int8_fits = a_group == w_group == 0 and scale_kind == "float" and k % 8 == 0
     if path == "int8" and not (int8_fits and w_element in ("int4", "e2m1")):
         raise ValueError(f"the int8 path takes INT4 or E2M1 weights, per-row float scales (groups 0) and K a multiple "
                          f"of 8, got {w_element} weights, groups {a_group}/{w_group}, {scale_kind} scales, K={k}: use "
                          f"path='packed'")
-    e4m3_fits = int8_fits and w_element in ("int4", "e2m1") and a_element in ("int4", "e2m1")
     if path == "e4m3" and not e4m3_fits:
         raise ValueError(f"the e4m3 path takes INT4 or E2M1 weights and activations, per-row float scales (groups 0) "
                          f"and K a multiple of 8, got {w_element} weights, {a_element} activations, groups "
                          f"{a_group}/{w_group}, {scale_kind} scales, K={k}: use path='packed'")
     if path is None:
-        large = _use_triton(x, backend) and m >= FP8_MIN_ROWS and out_dtype == torch.bfloat16
-        int8_rows = {"int4": INT8_MAX_ROWS, "e2m1": E2M1_INT8_MAX_ROWS}.get(w_element, 0)
-        path = ("int8" if large and int8_fits and (m <= int8_rows or (w_element == "int4" and not fits))
-                else "fp8" if large and fits else "packed")
-        e2m1_rows = w_element == "e2m1" and E2M1_INT8_MAX_ROWS < m <= E2M1_E4M3_MAX_ROWS
-        if path in ("int8", "fp8") and e4m3_fits and (e4m3_path_on() or e2m1_rows):
-            path = "e4m3"
+        path = default_path(m, w_packed.shape[0], k, w_element, a_element, _use_triton(x, backend), out_dtype,
+                            a_group, w_group, scale_kind)
     if path == "e4m3" and _use_triton(x, backend):
         from .w4a4_gemv import TC_MAX_M, w4a4_gemv_triton, w4a4_tc_prefill_triton
 
@@ -323,6 +317,32 @@ def w4a4_linear(
                       a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend,
                       w_global_scale=w_global_scale)
     return _with_norm_tail(out if residual is None else residual + out, norm_tail, backend)
+
+
+def _paths_fitting(m: int, n: int, k: int, w_element: str, a_element: str, a_group: int, w_group: int,
+                   scale_kind: str) -> tuple[bool, bool, bool]:
+    """Whether an (M, K) x (N, K) product of these elements, groups and scales fits the fp8, int8 and e4m3 paths."""
+    from .reference import fp8_path_fits
+
+    fits = fp8_path_fits(m, n, k, a_group, w_group) and scale_kind == "float"
+    int8_fits = a_group == w_group == 0 and scale_kind == "float" and k % 8 == 0
+    return fits, int8_fits, int8_fits and w_element in ("int4", "e2m1") and a_element in ("int4", "e2m1")
+
+
+def default_path(m: int, n: int, k: int, w_element: str, a_element: str, on_triton: bool = True,
+                 out_dtype: torch.dtype = torch.bfloat16, a_group: int = 0, w_group: int = 0,
+                 scale_kind: str = "float") -> str:
+    """The path ``w4a4_linear`` takes for an (M, K) x (N, K) product when none is given (its docstring says which);
+    ``on_triton``: whether it runs on the Triton backend."""
+    fits, int8_fits, e4m3_fits = _paths_fitting(m, n, k, w_element, a_element, a_group, w_group, scale_kind)
+    large = on_triton and m >= FP8_MIN_ROWS and out_dtype == torch.bfloat16
+    int8_rows = {"int4": INT8_MAX_ROWS, "e2m1": E2M1_INT8_MAX_ROWS}.get(w_element, 0)
+    path = ("int8" if large and int8_fits and (m <= int8_rows or (w_element == "int4" and not fits))
+            else "fp8" if large and fits else "packed")
+    e2m1_rows = w_element == "e2m1" and E2M1_INT8_MAX_ROWS < m <= E2M1_E4M3_MAX_ROWS
+    if path in ("int8", "fp8") and e4m3_fits and (e4m3_path_on() or e2m1_rows):
+        path = "e4m3"
+    return path
 
 
 def _with_norm_tail(out: torch.Tensor, norm_tail: NormTail | None, backend: str | None):

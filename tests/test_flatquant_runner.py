@@ -371,6 +371,26 @@ def test_kernel_bench_times_weights_in_groups_beside_their_dequantized_product(c
     assert table.count("| ok |") == 12 and "MISMATCH" not in table
 
 
+def test_prefill_bench_times_only_the_default_paths_when_asked(cli, tmp_path):
+    """--default_paths_only: beside bf16 and the peer, the kernel and linear of the path w4a4_linear takes by default
+    (E2M1: int8 operands at 300 rows, the one-dot E4M3 form at 600, the FP8 path above 4096), each checked; W4A8 is
+    refused with it."""
+    prefix = str(tmp_path / "prefill")
+    out = cli("benchmarks/prefill_bench.py", "--cpu_dry_run", "--default_paths_only", "--element", "e2m1", "--ms",
+              "300,600,4097", "--reps", "1", "--warmup", "0", "--out", prefix)
+    assert out.returncode == 0, out.stderr
+    rows = {m: [line.split(" | ")[2] for line in open(prefix + ".md").read().splitlines()
+                if line.startswith(f"| {m} | 48x128 |")] for m in (300, 600, 4097)}
+    both = ["bf16 (torch.matmul)", "fp8 peer (_scaled_mm)"]
+    assert rows[300] == both + ["int8 path kernel (int8 operands), autotuned", "int8 path linear (the default)"]
+    assert rows[600] == both + ["int8 path kernel (E4M3 operands, one dot, sums in wgmma), autotuned",
+                                "e4m3 path linear (the default)"]
+    assert rows[4097] == both + ["fp8 path (widening + GEMM)", "fp8 path linear (the default)"]
+    out = cli("benchmarks/prefill_bench.py", "--cpu_dry_run", "--default_paths_only", "--activations", "int8",
+              "--out", prefix + "_w4a8")
+    assert out.returncode == 2 and "--default_paths_only times W4A4's default paths" in out.stderr
+
+
 def test_prefill_bench_dry_run_checks_both_paths(cli, tmp_path):
     """prefill_bench on the CPU: the int8 path's kernel (autotuned and a fixed tile) and linear, the FP8 path's,
     and W4A8's (``--activations int8``), every output within the interpreter's bfloat16 rounding of the exact

@@ -937,10 +937,11 @@ def test_w4a4_linear_path_choice_and_refusals():
 def test_w4a4_linear_picks_its_path_by_element_and_rows(monkeypatch):
     """Auto on the Triton backend, bfloat16 out: INT4 weights take the int8 path from FP8_MIN_ROWS to INT8_MAX_ROWS
     rows and the FP8 path above; E2M1 weights the int8 path up to E2M1_INT8_MAX_ROWS, the e4m3 path (the prefill
-    launch on E4M3 planes, one dot a step) up to E2M1_E4M3_MAX_ROWS, then the FP8 path."""
+    launch on E4M3 planes, one dot a step) up to E2M1_E4M3_MAX_ROWS, then the FP8 path; ``default_path`` names the
+    same paths (what the benchmarks time as the default)."""
     from quant_kernels import fp8_gemm, w4a4_gemv
 
-    taken = []
+    taken, named = [], []
     monkeypatch.delenv("PTQ_E4M3_PATH", raising=False)
     monkeypatch.setattr(quant_kernels, "w4a4_matmul_dp4a", lambda *a, **k: taken.append("int8"))
     monkeypatch.setattr(w4a4_gemv, "w4a4_tc_prefill_triton", lambda a, *rest, **k: taken.append(
@@ -954,8 +955,11 @@ def test_w4a4_linear_picks_its_path_by_element_and_rows(monkeypatch):
         for m in rows:
             quant_kernels.w4a4_linear(torch.randn(m, 64, dtype=torch.bfloat16), w, s, a_element=element,
                                       w_element=element, out_dtype=torch.bfloat16, backend="triton")
+            named.append(quant_kernels.default_path(m, 32, 64, element, element))
     e4m3 = ("e4m3", torch.float8_e4m3fn, False)
     assert taken == ["int8", "int8", "fp8", "int8", "int8", e4m3, e4m3, "fp8"]
+    assert named == ["int8", "int8", "fp8", "int8", "int8", "e4m3", "e4m3", "fp8"]
+    assert quant_kernels.default_path(quant_kernels.FP8_MIN_ROWS, 32, 64, "int4", "int4", on_triton=False) == "packed"
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
