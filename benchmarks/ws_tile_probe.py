@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
               "command": command_line("ws_tile_probe.py", argv if argv is not None else sys.argv[1:]),
               "rows": []}
     configs, result["liveness"] = live_configs(configs, args.cpu_dry_run, args.liveness_timeout)
+    write_result_files(args.out, result, markdown(result))
     for n, k in shapes:
         for m in ms:
             result["rows"] += bench(n, k, m, device, time_ms, elements, configs)
