@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.liveness_check is None and not args.out:
         p.error("--out is required: the prefix of the result files")
+    if args.liveness_timeout <= 0:
+        p.error(f"--liveness_timeout takes seconds above 0, got {args.liveness_timeout:g}")
     if args.cpu_dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
     elif not torch.cuda.is_available():
