@@ -9,7 +9,9 @@ FILE`` also times another version of ``quant_kernels/act_quant.py`` (e.g. ``git 
 HEAD~3:quant_kernels/act_quant.py > /tmp/old.py``; its relative imports are made absolute) in the
 same process, with the same timer. ``--static_tensor_amax`` also times NVFP4 with a calibrated tensor amax (x's
 own, taken before timing; the current version only), which reads x once where its own absmax takes a launch of its
-own. The autotuned configs are listed per key. ``--pin`` times one config (every ``_act_quant_kernel`` config
+own. ``--in_stream R`` times each call, and the copy, inside a CUDA graph of R calls (a lone replay's launch
+latency, several microseconds at 2048 rows, drops out, as inside a captured model step). The autotuned configs are
+listed per key. ``--pin`` times one config (every ``_act_quant_kernel`` config
 field and num_warps, optionally maxnreg, e.g. ``BLOCK_M=1,CHUNK=0,ROW_STEPS=4,SPLIT=0,num_warps=8``) in every
 version instead of each tuner's pick: the picks alone moved the same kernel's share of copy by about +-5 points
 between calls, which hides an A/B of a few points. Several configs separated by ``;`` are each timed as a version
@@ -32,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernel_bench import W4A4_FORMATS, act_quant_bytes  # noqa: E402
+from benchmarks.kernel_bench import W4A4_FORMATS, act_quant_bytes, in_stream_note  # noqa: E402
 from benchmarks.result_files import markdown_header, write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
@@ -135,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                                  "(maxnreg=N optional); several separated by ';' are timed one after the other")
     p.add_argument("--static_tensor_amax", action="store_true",
                    help="also NVFP4 with a given (calibrated) tensor amax, as --a_static_tensor_scale runs it")
+    p.add_argument("--in_stream", type=int, default=0, metavar="R",
+                   help="time each call (the copy's too) inside a stream of kernels: a CUDA graph of R calls, each "
+                        "after the L2 flush, minus one of the flushes alone, per call; a lone replay's launch "
+                        "latency, a larger share of the smaller kernel's time, drops out (default 0: lone replays)")
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -146,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
     except ValueError:
         p.error(f"--shapes takes M x K pairs like 8192x4096, got {args.shapes!r}")
+    if args.in_stream < 0:
+        p.error(f"--in_stream takes the calls per graph (0: off), got {args.in_stream}")
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this benchmark times the compiled kernel on a GPU")
     from quant_kernels import act_quant
@@ -156,10 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.error(str(err))
     device = torch.device("cuda")
-    time_ms = make_timer(device, args.warmup, args.reps, True, True)
+    time_ms = make_timer(device, args.warmup, args.reps, True, True, args.in_stream)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": torch.cuda.get_device_name(device),
               "versions": library_versions(),
-              "timing": f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed",
+              "timing": (f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed"
+                         if not args.in_stream else f"median of {args.reps} after {args.warmup} warmup calls"
+                         f"{in_stream_note(args.in_stream)}"),
               "command": "python benchmarks/act_quant_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "rows": [], "configs": {}}
     for m, k in shapes:

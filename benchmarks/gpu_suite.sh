@@ -101,7 +101,8 @@
 #   decode_match  the compiled decode step against the eager one, E4M3 planes against dp4a bytes, on a random 4-layer
 #              Llama-3-8B (MODES, default fp4a4kv4) at batch 8 and 16: logits and greedy tokens (issue 10)
 #   act_quant  the activation kernel against a device copy at prefill sizes, per-token INT4 and E2M1 (packed and as
-#              E4M3 codes, checked against the twin; cold, its autotuning takes most of the 420 s) (issue 9)
+#              E4M3 codes, checked against the twin; cold, its autotuning takes most of the 420 s), then INT4 and
+#              E2M1 at 2048 rows and 8192 x 4096 timed inside a stream of 20 calls, the copy too (issue 9)
 #   act_groups the same for NVFP4 (also with a calibrated tensor amax: one read of x) and MXFP4, then the activation
 #              and E4M3-code checks of kernel_check (issue 9)
 #   act_capped the activation kernel's E2M1 per-token pick (one row, 2 warps at K = 4096, 4 at 14336) pinned, uncapped
@@ -339,7 +340,10 @@ for section in "$@"; do
         --modes w4a4,bf16,w4a4kv4 --batch "${BATCH:-1}" --out "$OUT/decode_profile_compiled_b${BATCH:-1}_llama3_8b_${GPU}" ;;
     act_quant)
       step "${LIMIT_ACT_BENCH:-420}" act_quant_bench python benchmarks/act_quant_bench.py --formats int4,e2m1 \
-        --shapes 8192x4096,8192x14336,2048x4096,2048x14336 --out "$OUT/act_quant_${GPU}" ;;
+        --shapes 8192x4096,8192x14336,2048x4096,2048x14336 --out "$OUT/act_quant_${GPU}"
+      step "${LIMIT_ACT_STREAM:-200}" act_quant_bench_in_stream python benchmarks/act_quant_bench.py \
+        --formats int4,e2m1 --no_fp8_codes --in_stream 20 --shapes 2048x4096,2048x14336,8192x4096 \
+        --out "$OUT/act_quant_in_stream_${GPU}" ;;
     act_groups)
       step "${LIMIT_ACT_BENCH:-250}" act_quant_bench python benchmarks/act_quant_bench.py --formats nvfp4,mxfp4 \
         --static_tensor_amax --shapes 8192x4096,8192x14336,2048x4096,2048x14336 --out "$OUT/act_quant_groups_${GPU}"

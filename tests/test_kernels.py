@@ -1388,6 +1388,8 @@ def test_act_quant_bench_refusals_and_baseline(tmp_path, cli):
     assert done.returncode == 2 and "--formats takes" in done.stderr
     done = cli("benchmarks/act_quant_bench.py", "--shapes", "8192by4096", "--out", str(tmp_path / "a"))
     assert done.returncode == 2 and "--shapes takes" in done.stderr
+    done = cli("benchmarks/act_quant_bench.py", "--in_stream", "-1", "--out", str(tmp_path / "a"))
+    assert done.returncode == 2 and "--in_stream takes the calls per graph (0: off), got -1" in done.stderr
     if not torch.cuda.is_available():
         done = cli("benchmarks/act_quant_bench.py", "--out", str(tmp_path / "a"))
         assert done.returncode == 1 and "no CUDA device" in done.stderr
