@@ -24,7 +24,7 @@ and gate/up fused, as a loaded checkpoint does. Modes:
 * ``fp4a4kv4`` / ``fp4a4kv4_cuda_core``: ``w4a4kv4`` with FP4 E2M1 weights (per channel) and activations (per
   token), its decode products of 5 to 64 rows on the FP8 tensor cores (``quant_kernels.w4a4_gemv``);
   ``_cuda_core`` runs with ``PTQ_TC_E2M1=0``: the CUDA-core decode kernel up to 8 rows, ``w4a4_gemm`` above;
-* ``fp6`` / ``fp5``: E3M2 / E2M2 weight-only on the FPx kernel; ``fp6_head`` with lm_head in FP6 too (``--format fp
+* ``fp6`` / ``fp5``: E3M2 / E2M2 weight-only on the FPx kernel (``fp6_e2m3``: FP6 E2M3); ``fp6_head`` with lm_head in FP6 too (``--format fp
   --w_bits 6 --w_exp_bits 3 --a_bits 16 --quantize_lm_head``), a mode of its own as the ``_head`` ones above: at
   batch 1 lm_head's 1 GB of bfloat16 weight is about a sixth of what ``fp6``'s decode step reads (on SmolLM2-135M
   an FP6 E3M2 lm_head adds 4.2 % perplexity, an E2M3 one 0.8 %: ``results/smollm2_fp6_lm_head_cpu.md``).
@@ -148,6 +148,7 @@ MODES = {
     "w4a4kv4_head_w8a8": BenchMode(INT4, INT4, kv4=True, lm_head=True, lm_head_act=INT8, lm_head_weight=INT8),
     "fp6": BenchMode(FP6),
     "fp6_head": BenchMode(FP6, lm_head=True),
+    "fp6_e2m3": BenchMode(RealQuantScheme("e2m3", bits=6)),
     "fp5": BenchMode(RealQuantScheme("e2m2", bits=5)),
 }
 # Modes on another attention implementation than SDPA.

@@ -194,6 +194,8 @@ def test_bench_model_head_mode_quantizes_lm_head_and_keeps_the_tied_embeddings()
     fp6_head = build_model(config, "fp6_head", cpu).lm_head  # weight-only, as the decoder linears
     assert fp6_head.weight_scheme.element == "e3m2" and fp6_head.act_scheme is None
     assert not isinstance(build_model(config, "fp6", cpu).lm_head, RealQuantLinear)
+    e2m3 = build_model(config, "fp6_e2m3", cpu).model.layers[0].mlp.down_proj
+    assert e2m3.weight_scheme.element == "e2m3" and e2m3.weight_scheme.bits == 6 and e2m3.act_scheme is None
     assert head_w8a8.qweight.shape == (config.vocab_size, config.hidden_size)  # one byte a weight
     ids = torch.randint(0, config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
