@@ -48,8 +48,9 @@ def halves_kernel(x_desc, w_desc, h_desc, scale_ptr, out_ptr, M, N, K, stride_om
     low block s // 2 (loaded again for the odd steps) and field s % 4 of high block s // 4, so that Triton's warp
     specialization can split the tile between its consumer warp groups (two dots a step it cannot). SWAP_AB:
     acc^T = W X^T, the weight wgmma's register operand. DEVICE_DESC: the three arguments are the contiguous tensors
-    themselves and the kernel builds their descriptors (Triton's warp specialization on Hopper partitions data only
-    with descriptors built on the device)."""
+    themselves and the kernel builds their descriptors, whose boxes Triton's warp specialization can shrink to the
+    loads it splits between the consumers (a host-built box stays whole: each split copy then moves twice the bytes
+    its barrier expects, and the kernel hangs)."""
     if DEVICE_DESC:
         x_desc = tl.make_tensor_descriptor(x_desc, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, HALF])
         w_desc = tl.make_tensor_descriptor(w_desc, shape=[N, K // 2], strides=[K // 2, 1], block_shape=[BLOCK_N, HALF])
