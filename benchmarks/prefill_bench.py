@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             if not w4a8:
                 forms.update({E4M3_FORMS[True]: (planes.float().to(FP8), True),
                               E4M3_FORMS[False]: (planes.float().to(FP8), False)})
-            if default is not None:
-                forms = {form: operands for form, operands in forms.items()
-                         if form == {"int8": next(iter(forms)), "e4m3": E4M3_FORMS[False]}.get(default)}
+            if default is not None:  # the default path's form only (int8: the first; none on the fp8 path)
+                kept = {"int8": next(iter(forms)), "e4m3": E4M3_FORMS[False]}.get(default)
+                forms = {kept: forms[kept]} if kept is not None else {}
             for form, (a_planes, step_sums) in forms.items():
                 tuned = functools.partial(w4a4_tc_prefill_triton, a_planes, a_scale, packed, w_scale,
                                           a_element=a_element, w_element=element, out=out, fp8_step_sums=step_sums)
