@@ -333,6 +333,8 @@ def test_ws_tile_probe_leaves_out_a_config_that_does_not_finish(cli, tmp_path):
     assert "| 40x512 | 3 | int4 16 x 16 |" in table and "int4 16 x 16, swapped" not in table
     out = cli("benchmarks/ws_tile_probe.py", "--cpu_dry_run", "--liveness_timeout", "0", "--out", prefix + "_bad")
     assert out.returncode == 2 and "--liveness_timeout takes seconds above 0, got 0" in out.stderr
+    out = cli("benchmarks/ws_tile_probe.py", "--cpu_dry_run")
+    assert out.returncode == 2 and "--out is required: the prefix of the result files" in out.stderr
     assert not os.path.exists(prefix + "_bad.md")
 
 
