@@ -223,17 +223,31 @@ ROW_TUNING_KEY = ("N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED"
 # too), per device name and ROW_TUNING_KEY values: (BLOCK_N, BLOCK_KW, PREFETCH, LOOP_STAGES, SPLIT_K, warps, stages,
 # maxnreg). The tuner's draws differ between processes: on the H200 one process picked 16 x 64 words unsplit for FP6
 # E3M2's fused q/k/v (20.4 us against 15.8-16.4 us for these in four others; ``benchmarks/results/kernels_h200.md``,
-# nineteenth run). These are Llama-3-8B's decode shapes at their fastest picks there: q/k/v, o_proj and down_proj split
-# four ways, gate/up two ways, 14336 x 4096 unsplit. On them the FP6 batch-1 step ran 1.50x bf16
-# (``end_to_end_h200.md``, run 36; 1.47x on the tuner's picks, run 31).
-PINNED_ROW_CONFIGS = {
+# nineteenth run). These are Llama-3-8B's decode shapes (N, KW) at their fastest FP6 E3M2 picks: on the H200 q/k/v,
+# o_proj and down_proj split four ways, gate/up two ways, 14336 x 4096 unsplit, on which the FP6 batch-1 step ran 1.50x
+# bf16 (``end_to_end_h200.md``, run 36; 1.47x on the tuner's picks, run 31); on the H100 its picks of 2026-12-05, the
+# same but gate/up unsplit and uncapped (51.2 us against 51.7 split four ways and capped). FP6 E2M3 reads the same
+# words through the same loop, its K step 0.7-2.5 % shorter in sm_90 SASS (``benchmarks/results/kernel_sass_fpx_row_``
+# ``e2m3_triton36_sm90.md``), and keeps E3M2's picks rather than tuning some 35 configs a shape cold.
+_FP6_ROW_PICKS = {
     "NVIDIA H200": {
-        (6144, 512, 6, 2, 1, False, False): (64, 64, False, 1, 4, 8, 2, 80),
-        (4096, 512, 6, 2, 1, False, False): (64, 64, False, 1, 4, 8, 2, 80),
-        (28672, 512, 6, 2, 1, False, False): (64, 64, False, 1, 2, 8, 2, 80),
-        (4096, 1792, 6, 2, 1, False, False): (64, 64, False, 1, 4, 8, 2, 80),
-        (14336, 512, 6, 2, 1, False, False): (64, 64, False, 1, 1, 8, 2, None),
+        (6144, 512): (64, 64, False, 1, 4, 8, 2, 80),
+        (4096, 512): (64, 64, False, 1, 4, 8, 2, 80),
+        (28672, 512): (64, 64, False, 1, 2, 8, 2, 80),
+        (4096, 1792): (64, 64, False, 1, 4, 8, 2, 80),
+        (14336, 512): (64, 64, False, 1, 1, 8, 2, None),
     },
+    "NVIDIA H100 80GB HBM3": {
+        (6144, 512): (64, 64, False, 1, 4, 8, 2, 80),
+        (4096, 512): (64, 64, False, 1, 4, 8, 2, 80),
+        (28672, 512): (64, 64, False, 1, 1, 8, 2, None),
+        (4096, 1792): (64, 64, False, 1, 4, 8, 2, 80),
+        (14336, 512): (64, 64, False, 1, 1, 8, 2, None),
+    },
+}
+PINNED_ROW_CONFIGS = {
+    device: {(n, kw, 6, man_bits, 1, False, False): pick for (n, kw), pick in picks.items() for man_bits in (2, 3)}
+    for device, picks in _FP6_ROW_PICKS.items()
 }
 
 
