@@ -4,9 +4,9 @@
 # usage: OUT=DIR [SMOLLM2=DIR DATA=DIR] bash benchmarks/gpu_suite.sh SECTION...
 #   kernels    kernel_check (compiled kernels against their twins), then kernel_bench (Llama-3-8B shapes)
 #   calib      FlatQuant calibration speed on Llama-3-8B- and SmolLM2-shaped random blocks (issue 6)
-#   model      bench_model on a random Llama-3-8B: prefill (eager and compiled graph), compiled CUDA-graph decode
-#              (issue 10); each mode and
-#              batch compiles its step (about a minute), so the modes take two calls: MODES=bf16,w4a4,w4a4kv4
+#   model      bench_model on a random Llama-3-8B: prefill (eager and compiled graph), compiled CUDA-graph decode of
+#              256 tokens after the 2048-token prefill, as issue 10 asks (earlier runs decoded 128); each
+#              mode and batch compiles its step (about a minute), so the modes take two calls: MODES=bf16,w4a4,w4a4kv4
 #              (the default), then MODES=bf16,w4a16,fp6,fp5,bf16_eager OUT=another folder
 #   decode     decode-sized kernels (M = 1, 8, 16) and bf16 / W4A4 compiled CUDA-graph decode at batch 1 and 8;
 #              first the decode attention (bf16 and packed KV4), the K/V write kernel and w4a4_linear checked
@@ -46,15 +46,15 @@
 #   fpx_prmt   the FPx kernels with FP6's high-plane words spread by PTX prmt (the row kernel, its tensor-core form and
 #              the tile kernel) checked against their twins, then FP6 E3M2 at M = 1 timed at the five Llama-3-8B decode
 #              shapes; then MODES=fp6,bf16 NAME=fp6_prmt fpx_b1 times the decode step (issue 10)
-#   fpx_b1     bf16 / FP6 compiled CUDA-graph decode at batch 1, FP6 with lm_head in bf16 and in FP6 (fp6_head) (MODES;
-#              NAME names the result file; issue 10)
+#   fpx_b1     bf16 / FP6 compiled CUDA-graph decode at batch 1, 256 tokens: FP6 E3M2 with lm_head in bf16 and in FP6
+#              (fp6_head), FP6 E2M3 (MODES; NAME names the result file; issue 10)
 #   fpx_b8     bf16 / FP6 compiled CUDA-graph decode at batch 8 (MODES; issue 10)
 #   decode_b8  W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8, the tensor-core decode kernel's pinned
 #              8-row configs (issue 10)
 #   gemv       the W4A4 decode kernel on dp4a activation bytes: w4a4_linear checked against its twin, the
 #              decode-sized kernels timed at M = 1 and 8 (INT4, E2M1), a compiled W4A4KV4 decode step profiled
 #              (issues 9, 10)
-#   decode_b1  bf16 against W4A4KV4 (MODES) compiled CUDA-graph decode at batch 1 (issue 10)
+#   decode_b1  bf16 against W4A4KV4 (MODES) compiled CUDA-graph decode at batch 1, 256 tokens (issue 10)
 #   rounding   the quantizers a compiled decode step compiles (KV4 per head, activations per token) against the
 #              same quantizers run eagerly, then a compiled W4A4KV4 decode step profiled (issue 10)
 #   prefill_graph  bench_model's prefill (BATCHES, default 1) eager and replayed from a compiled CUDA graph, bf16 /
@@ -185,7 +185,7 @@ for section in "$@"; do
     model)
       step "${LIMIT_MODEL:-560}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes "${MODES:-bf16,w4a4,w4a4kv4}" --prefill_batches 1,4 --graph_prefill --decode_batches 1,8,64 \
-        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_llama3_8b_${GPU}" ;;
+        --decode_tokens 256 --compile --no_eager --out "$OUT/bench_model_llama3_8b_${GPU}" ;;
     prefill_graph)
       step "${LIMIT_PREFILL_GRAPH:-420}" bench_model_prefill_graph python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-bf16,w4a4,w4a4kv4}" --prefill_batches "${BATCHES:-1}" --decode_batches "" \
@@ -301,9 +301,9 @@ for section in "$@"; do
         --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1 \
         --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_prmt_${GPU}" ;;
     fpx_b1)
-      step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b1 python benchmarks/bench_model.py --random_mode \
-        --config llama-3-8b --modes "${MODES:-fp6,fp6_head,bf16}" --prefill_batches "" --decode_batches 1 --decode_tokens 128 \
-        --compile --no_eager --out "$OUT/bench_model_decode_compiled_${NAME:-fp6}_llama3_8b_${GPU}" ;;
+      step "${LIMIT_FPX_MODEL:-560}" bench_model_fp6_b1 python benchmarks/bench_model.py --random_mode \
+        --config llama-3-8b --modes "${MODES:-fp6,fp6_head,fp6_e2m3,bf16}" --prefill_batches "" --decode_batches 1 \
+        --decode_tokens 256 --compile --no_eager --out "$OUT/bench_model_decode_compiled_${NAME:-fp6}_llama3_8b_${GPU}" ;;
     fpx_b8)
       step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b8 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 8 --decode_tokens 64 \
@@ -322,7 +322,7 @@ for section in "$@"; do
     decode_b1)
       step "${LIMIT_DECODE_B1:-230}" bench_model_decode_b1 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-bf16,w4a4kv4}" --prefill_batches "" --decode_batches 1 \
-        --decode_tokens 128 --compile --no_eager --out "$OUT/bench_model_decode_compiled_down_tail_llama3_8b_${GPU}" ;;
+        --decode_tokens 256 --compile --no_eager --out "$OUT/bench_model_decode_compiled_down_tail_llama3_8b_${GPU}" ;;
     rounding)
       step "${LIMIT_ROUNDING_CHECK:-150}" kernel_check_compiled_quantizer python benchmarks/kernel_check.py \
         --only compiled_quantizer --out "$OUT/kernel_check_compiled_quantizer_${GPU}"
