@@ -72,7 +72,7 @@ from benchmarks.result_files import command_line, write_result_files  # noqa: E4
 from benchmarks.timing import make_timer  # noqa: E402
 from models import adapter_for, resolve_device  # noqa: E402
 from models.attention import use_grouped_decode_attention  # noqa: E402
-from models.decoding import StaticDecoder  # noqa: E402
+from models.decoding import StaticDecoder, cache_kwargs  # noqa: E402
 from models.fused_decoder_layer import fuse_decoder_layers  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 from quant_layers import Quantizer, QuantSpec, install_kv_quantization  # noqa: E402
@@ -243,12 +243,12 @@ def new_cache(model: nn.Module, mode: str):
 def decode_tokens_per_s(model, mode: str, batch: int, seqlen: int, steps: int, device: torch.device) -> float:
     """Greedy decode after a ``seqlen`` prefill: generated tokens per second over ``steps`` (eager loop)."""
     ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), device=device)
-    cache = new_cache(model, mode)
-    logits = model(ids, past_key_values=cache, use_cache=True).logits[:, -1:]
+    cache = cache_kwargs(model, new_cache(model, mode))
+    logits = model(ids, **cache, use_cache=True).logits[:, -1:]
     _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        logits = model(logits.argmax(-1), past_key_values=cache, use_cache=True).logits[:, -1:]
+        logits = model(logits.argmax(-1), **cache, use_cache=True).logits[:, -1:]
     _sync(device)
     return batch * steps / (time.perf_counter() - start)
 

@@ -272,8 +272,8 @@ def capture_block_inputs(
                 hidden, rest = args[0], tuple(args[1:])
             else:
                 hidden, rest = kwargs.pop("hidden_states"), ()
-            kwargs.pop("past_key_values", None)
-            kwargs.pop("past_key_value", None)
+            for name in ("cache", "past_key_values", "past_key_value"):  # the cache's keyword across transformers
+                kwargs.pop(name, None)
             if "use_cache" in kwargs:
                 kwargs["use_cache"] = False
             acts.block_inputs.setdefault((index, hidden.shape[0]), (rest, kwargs))

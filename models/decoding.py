@@ -10,6 +10,7 @@ times it.
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 
 import torch
@@ -67,6 +68,14 @@ def inductor_option(text: str) -> tuple[str, bool | int | float | str]:
     return name, value
 
 
+def cache_kwargs(model, cache) -> dict:
+    """``cache`` as the keyword a forward (and ``generate``) of ``model`` takes it: ``cache`` where transformers has
+    renamed it (5.25 has: ``past_key_values`` warns there, and once the alias goes, in 5.40 as it announces, it would
+    fall into ``**kwargs`` unread, each step attending to its own token alone), ``past_key_values`` before."""
+    parameters = inspect.signature(type(model).forward).parameters
+    return {"cache" if "cache" in parameters else "past_key_values": cache}
+
+
 ARGMAX_CHUNK = 256
 
 
@@ -115,7 +124,8 @@ class StaticDecoder:
         length = seqlen + steps + 2
         self.cache = (StaticPackedKVCache(model, max_cache_len=length, fused_write=fused_write) if kv4
                       else StaticCache(config=model.config, max_cache_len=length))
-        logits = model(ids, past_key_values=self.cache, cache_position=torch.arange(seqlen, device=ids.device)).logits
+        self.cache_kwargs = cache_kwargs(model, self.cache)  # looked up once, outside the compiled step
+        logits = model(ids, **self.cache_kwargs, cache_position=torch.arange(seqlen, device=ids.device)).logits
         self.token = greedy_token(logits[:, -1])
         self.position = torch.tensor([seqlen], device=ids.device)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -126,7 +136,7 @@ class StaticDecoder:
     def logits(self) -> torch.Tensor:
         """The (batch, vocab) logits of the current token at its position (a forward that writes the token's cache
         slot: wrap it in ``keeping_cache_length`` to leave the cache's count as it was)."""
-        return self.model(self.token, past_key_values=self.cache, cache_position=self.position).logits[:, -1]
+        return self.model(self.token, **self.cache_kwargs, cache_position=self.position).logits[:, -1]
 
     def _eager_forward(self) -> torch.Tensor:
         return greedy_token(self.logits())

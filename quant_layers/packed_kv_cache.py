@@ -12,7 +12,7 @@ logits equal the fake-quantized model's. One exception: NVFP4 K/V take their fp3
 whole cache at every step; per-token and per-group scales are the same either way.
 
     cache = PackedKVCache(model)
-    model.generate(**inputs, past_key_values=cache)
+    model.generate(**inputs, **cache_kwargs(model, cache))  # models.decoding: cache= or past_key_values=
 
 ``StaticPackedKVCache(model, max_cache_len)`` is its static twin (HF's ``StaticLayer``
 bookkeeping): packed buffers of ``max_cache_len`` tokens allocated at the first update and

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.recipe import QuantRecipe  # noqa: E402
 from export import load_quantized  # noqa: E402
 from models import resolve_device  # noqa: E402
-from models.decoding import greedy_generate  # noqa: E402
+from models.decoding import cache_kwargs, greedy_generate  # noqa: E402
 from quant_layers.packed_kv_cache import PackedKVCache  # noqa: E402
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.eos_token_id,
-                                 past_key_values=cache, **sampling)
+                                 **cache_kwargs(model, cache), **sampling)
     seconds = time.perf_counter() - start
     new = out.shape[1] - inputs["input_ids"].shape[1]
     print(tokenizer.decode(out[0], skip_special_tokens=True))

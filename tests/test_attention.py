@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, StaticCache
 
 import models.attention as attention
 from models.attention import NAME, use_grouped_decode_attention
+from models.decoding import cache_kwargs
 
 
 def gqa_model() -> AutoModelForCausalLM:
@@ -21,11 +22,11 @@ def static_decode(model, ids: torch.Tensor, steps: int) -> torch.Tensor:
     """Logits of a prefill and ``steps`` greedy single-token steps from a static cache (it has a mask)."""
     cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + steps + 3)
     positions = torch.arange(ids.shape[1])
-    logits = [model(ids, past_key_values=cache, cache_position=positions).logits[:, -1]]
+    logits = [model(ids, **cache_kwargs(model, cache), cache_position=positions).logits[:, -1]]
     for step in range(steps):
         token = logits[-1].argmax(-1, keepdim=True)
         position = torch.tensor([ids.shape[1] + step])
-        logits.append(model(token, past_key_values=cache, cache_position=position).logits[:, -1])
+        logits.append(model(token, **cache_kwargs(model, cache), cache_position=position).logits[:, -1])
     return torch.stack(logits, 1)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from models.decoding import ARGMAX_CHUNK, StaticDecoder, greedy_token
+from models.decoding import ARGMAX_CHUNK, StaticDecoder, cache_kwargs, greedy_token
 from configs.recipe import QuantRecipe
 from quant_layers.packed_kv_cache import PackedKVCache, StaticPackedKVCache
 from quant_layers.quantizer import QuantSpec
@@ -28,6 +28,29 @@ def test_greedy_token_is_argmax_ties_and_nan_included(vocab):
     assert got[1].item() == 7 and got[2].item() == 2 * ARGMAX_CHUNK + 1 and got[3].item() == ARGMAX_CHUNK + 2
 
 
+def test_cache_kwargs_names_the_cache_as_the_forward_takes_it(tinystories_dir):
+    """The cache goes in under the keyword the model's forward declares (``cache`` where transformers renamed
+    ``past_key_values``), so that no forward warns of the old name, and none ignores the cache once it is gone."""
+    import warnings
+
+    class Renamed(torch.nn.Module):
+        def forward(self, input_ids, cache=None, **kwargs):
+            return cache
+
+    class Before(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, **kwargs):
+            return past_key_values
+
+    assert cache_kwargs(Renamed(), "c") == {"cache": "c"}
+    assert cache_kwargs(Before(), "c") == {"past_key_values": "c"}
+    model = AutoModelForCausalLM.from_pretrained(tinystories_dir, dtype=torch.float32).eval()
+    cache = DynamicCache(config=model.config)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("error", FutureWarning)
+        model(torch.tensor([[1, 2, 3]]), **cache_kwargs(model, cache), use_cache=True)
+    assert cache.get_seq_length() == 3  # the forward wrote the cache it was handed
+
+
 def test_static_decoder_decodes_like_the_dynamic_cache(tinystories_dir):
     """Token and position updated in place, the cache static: the same greedy tokens as HF's dynamic cache."""
     model = AutoModelForCausalLM.from_pretrained(tinystories_dir, dtype=torch.float32).eval()
@@ -37,10 +60,10 @@ def test_static_decoder_decodes_like_the_dynamic_cache(tinystories_dir):
     got = torch.cat([decoder.step().clone() for _ in range(8)], dim=1)
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
-        token = model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        token = model(ids, **cache_kwargs(model, cache), use_cache=True).logits[:, -1:].argmax(-1)
         want = []
         for _ in range(8):
-            token = model(token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            token = model(token, **cache_kwargs(model, cache), use_cache=True).logits[:, -1:].argmax(-1)
             want.append(token)
     want = torch.cat(want, dim=1)
     assert len(set(want.flatten().tolist())) > 4  # a real continuation, not one repeated token
@@ -59,10 +82,10 @@ def test_static_decoder_with_a_packed_kv4_cache_decodes_like_the_growing_one(tin
     got = torch.cat([decoder.step().clone() for _ in range(8)], dim=1)
     with torch.no_grad():
         cache = PackedKVCache(model)
-        token = model(ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        token = model(ids, **cache_kwargs(model, cache), use_cache=True).logits[:, -1:].argmax(-1)
         want = []
         for _ in range(8):
-            token = model(token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+            token = model(token, **cache_kwargs(model, cache), use_cache=True).logits[:, -1:].argmax(-1)
             want.append(token)
     assert torch.equal(got, torch.cat(want, dim=1))
 

@@ -17,7 +17,7 @@ from configs.recipe import QuantRecipe  # noqa: E402
 from quant_kernels import flash_decode  # noqa: E402
 from models.adapter import adapter_for  # noqa: E402
 from models.attention import use_grouped_decode_attention  # noqa: E402
-from models.decoding import StaticDecoder  # noqa: E402
+from models.decoding import StaticDecoder, cache_kwargs  # noqa: E402
 from pipeline.fake_quant import attach_quantizers  # noqa: E402
 from quant_layers.packed_kv_cache import PackedKVCache, StaticPackedKVCache, _PackedTensor  # noqa: E402
 from quant_layers.quantizer import QuantSpec  # noqa: E402
@@ -217,11 +217,11 @@ def kv4_model(path: str, key: QuantSpec, value: QuantSpec, transform: str = "ide
 @torch.no_grad()
 def greedy_logits(model, ids: torch.Tensor, cache, steps: int) -> torch.Tensor:
     """(batch, 1 + steps, vocab): the prefill's last logits, then those of ``steps`` greedy single-token steps."""
-    logits = [model(ids, past_key_values=cache, cache_position=torch.arange(ids.shape[1])).logits[:, -1]]
+    logits = [model(ids, **cache_kwargs(model, cache), cache_position=torch.arange(ids.shape[1])).logits[:, -1]]
     for step in range(steps):
         token = logits[-1].argmax(-1, keepdim=True)
         position = torch.tensor([ids.shape[1] + step])
-        logits.append(model(token, past_key_values=cache, cache_position=position).logits[:, -1])
+        logits.append(model(token, **cache_kwargs(model, cache), cache_position=position).logits[:, -1])
     return torch.stack(logits, 1)
 
 
@@ -321,12 +321,12 @@ def test_a_compiled_decode_step_is_one_graph_on_the_packed_op(tinystories_dir):
         return graph_module.forward
 
     torch._dynamo.reset()
-    step = torch.compile(lambda decoder: decoder.model(decoder.token, past_key_values=decoder.cache,
+    step = torch.compile(lambda decoder: decoder.model(decoder.token, **decoder.cache_kwargs,
                                                         cache_position=decoder.position).logits,
                          backend=record, fullgraph=True)
     with torch.no_grad():
         got = step(compiled)
-        want = eager.model(eager.token, past_key_values=eager.cache, cache_position=eager.position).logits
+        want = eager.model(eager.token, **eager.cache_kwargs, cache_position=eager.position).logits
     assert len(graphs) == 1
     assert graphs[0].count("ptq.decode_attention_packed") == model.config.num_hidden_layers
     assert "ptq.decode_attention.default" not in graphs[0]

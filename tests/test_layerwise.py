@@ -98,7 +98,8 @@ def test_captured_block_inputs_match_the_hf_forward(tiny_models):
         layers = adapter.decoder_layers(model)
         acts = layerwise.capture_block_inputs(model, adapter, layers, ids, torch.device("cpu"), config)
         assert {k[1] for k in acts.block_inputs} == {2, 1}  # kwargs per micro-batch size
-        assert not any("past_key_values" in kw for _, kw in acts.block_inputs.values())
+        assert not any(name in kw for _, kw in acts.block_inputs.values()
+                       for name in ("cache", "past_key_values", "past_key_value"))
         torch.testing.assert_close(acts.hidden, expected[0], rtol=0, atol=0)
         acts.propagate(layers[0], 0, torch.device("cpu"))
         torch.testing.assert_close(acts.hidden, expected[1], rtol=1e-5, atol=1e-5)

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from calib.rtn import quantize_weights_rtn
 from configs.recipe import QuantRecipe
 from models.adapter import adapter_for
+from models.decoding import cache_kwargs
 from pipeline.fake_quant import attach_quantizers
 from quant_layers.packed_kv_cache import PackedKVCache, StaticPackedKVCache
 from quant_layers.quantizer import QuantSpec
@@ -27,7 +28,7 @@ def quantized(path: str, recipe: QuantRecipe):
 
 
 def greedy(model, ids, cache=None):
-    out = model.generate(ids, max_new_tokens=20, do_sample=False, past_key_values=cache, output_scores=True,
+    out = model.generate(ids, max_new_tokens=20, do_sample=False, **cache_kwargs(model, cache), output_scores=True,
                          return_dict_in_generate=True, pad_token_id=0)
     return out.sequences, torch.stack(out.scores)
 
