@@ -225,8 +225,9 @@ ROW_TUNING_KEY = ("N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED"
 # E3M2's fused q/k/v (20.4 us against 15.8-16.4 us for these in four others; ``benchmarks/results/kernels_h200.md``,
 # nineteenth run). These are Llama-3-8B's decode shapes (N, KW) at their fastest FP6 E3M2 picks: on the H200 q/k/v,
 # o_proj and down_proj split four ways, gate/up two ways, 14336 x 4096 unsplit, on which the FP6 batch-1 step ran 1.50x
-# bf16 (``end_to_end_h200.md``, run 36; 1.47x on the tuner's picks, run 31); on the H100 its picks of 2026-12-05, the
-# same but gate/up unsplit and uncapped (51.2 us against 51.7 split four ways and capped). FP6 E2M3 reads the same
+# bf16 (``end_to_end_h200.md``, run 36; 1.47x on the tuner's picks, run 31); on the H100 the tuner's picks of
+# 2026-12-05 are the same but gate/up's, unsplit and uncapped (51.2 us against 51.7 split four ways and capped; its
+# autotune cache, ``kernel_bench_fpx_retimed_1_h100.md`` for 14336 x 4096). FP6 E2M3 reads the same
 # words through the same loop, its K step 0.7-2.5 % shorter in sm_90 SASS (``benchmarks/results/kernel_sass_fpx_row_``
 # ``e2m3_triton36_sm90.md``), and keeps E3M2's picks rather than tuning some 35 configs a shape cold.
 _FP6_ROW_PICKS = {
