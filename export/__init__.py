@@ -3,6 +3,7 @@
 from .checkpoint import (
     FORMAT,
     FORMAT_VERSION,
+    check_save_path,
     checkpoint_bytes,
     decode_weight_scale,
     export_quantized,
@@ -12,5 +13,5 @@ from .checkpoint import (
     read_quantization_config,
 )
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "checkpoint_bytes", "decode_weight_scale", "export_quantized",
+__all__ = ["FORMAT", "FORMAT_VERSION", "check_save_path", "checkpoint_bytes", "decode_weight_scale", "export_quantized",
            "has_tokenizer", "load_quantized", "packed_weight", "read_quantization_config"]

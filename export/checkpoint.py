@@ -226,11 +226,17 @@ def _default_permissions(directory: str) -> None:
         os.chmod(os.path.join(directory, name), 0o666 & ~umask)
 
 
+def check_save_path(path: str) -> None:
+    """Refuse a checkpoint directory that exists: a run checks before it loads the model (no calibration is spent
+    on a path it cannot write), the export again when it writes."""
+    if os.path.exists(path):
+        raise FileExistsError(f"--save_path {path} exists: choose a new directory (nothing was overwritten)")
+
+
 def export_quantized(model: nn.Module, tokenizer, recipe: QuantRecipe, path: str,
                      shard_bytes: int = DEFAULT_SHARD_BYTES) -> str:
     """Write the fake-quantized ``model`` as a real-quantized checkpoint directory at ``path``."""
-    if os.path.exists(path):
-        raise FileExistsError(f"--save_path {path} exists: choose a new directory (nothing was overwritten)")
+    check_save_path(path)
     adapter = adapter_for(model.config)
     modules, tensors = {}, {}
     packed_names = set()

@@ -21,7 +21,8 @@ from calib import fpq_search
 from calib.tensor_scale import calibrate_static_tensor_scales
 from configs import QuantRecipe, RunConfig
 from evaluation import MAX_WINDOWS, evaluate_tasks, evaluation_tokens, perplexity, prepare_tasks
-from export import checkpoint_bytes, export_quantized, has_tokenizer, load_quantized, read_quantization_config
+from export import (check_save_path, checkpoint_bytes, export_quantized, has_tokenizer, load_quantized,
+                    read_quantization_config)
 from models import adapter_for, load_config, load_model, load_tokenizer, resolve_device, resolve_dtype
 from models.loading import dtype_name, locate
 from models.placement import MemoryLimits, distribute, require_cuda
@@ -132,6 +133,8 @@ def run(cfg: RunConfig) -> RunResult | None:
     t_start = time.perf_counter()
     loc = locate(cfg.model, cfg.gguf_file)
     ppl_sources = _ppl_sources(cfg)
+    if cfg.save_path:
+        check_save_path(cfg.save_path)
     gptq = cfg.quant.method in ("gptq", "flatquant")  # the layer-by-layer runner
     fpq = cfg.quant.method == "fpq"
     static_scales = cfg.quant.activation is not None and cfg.quant.activation.static_tensor_scale

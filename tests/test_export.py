@@ -347,6 +347,26 @@ def test_main_quantized_save_default_path(tinystories_dir, data_dir, tmp_path):
     assert os.path.isfile(os.path.join(out, "quantized", "w4a4", "config.json"))
 
 
+def test_cli_refuses_an_existing_save_path_before_loading_the_model(tinystories_dir, data_dir, tmp_path, capsys,
+                                                                     monkeypatch):
+    """An existing --save_path stops the run before the weights load (a calibration would be spent for nothing),
+    with the export's message, and the directory is left as it was."""
+    import importlib
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(importlib.import_module("pipeline.run"), "load_model", no_load)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("keep")
+    assert model_quant.main(["--model", tinystories_dir, "--data_dir", data_dir, "--seqlen", "128", "--w_bits", "4",
+                             "--gptq", "--calib_dataset", "tinystories", "--nsamples", "2", "--real_quant",
+                             "--save_path", str(taken), "--output_dir", str(tmp_path / "runs")]) == 2
+    assert "exists: choose a new directory (nothing was overwritten)" in capsys.readouterr().err
+    assert os.listdir(taken) == ["mine.txt"] and (taken / "mine.txt").read_text() == "keep"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--real_quant"], "--real_quant and --save_path go together"),
     (["--load_quantized", "DIR", "--save_path", "x", "--real_quant"], "drop --save_path"),
