@@ -41,6 +41,21 @@ def _numbers(tree: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
+def check_output_dir(output_dir: str) -> None:
+    """Create ``output_dir`` and check that it takes files, before a run loads any weight: its results are written
+    at its end, after the quantization and evaluation they record."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir {output_dir} is a file: choose a directory for the run's results")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=output_dir, prefix=".tmp-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"--output_dir {output_dir} cannot hold the run's results ({err.strerror or err}): "
+                         f"choose a directory you can write") from err
+
+
 @dataclass
 class RunResult:
     """One run: recipe, model, metrics (e.g. ``{"ppl": {"wikitext2": 5.47}}``), timings."""

@@ -30,7 +30,7 @@ from transforms import apply_transform
 
 from .fake_quant import attach_quantizers
 from .fpq import calibrate_fpq, fpq_metadata, model_base
-from .results import RunResult, device_name
+from .results import RunResult, check_output_dir, device_name
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ def _ppl_sources(cfg: RunConfig) -> list:
 
 def run(cfg: RunConfig) -> RunResult | None:
     """Load, quantize, evaluate and record one run; ``None`` on the ranks other than 0 of a torchrun calibration."""
+    check_output_dir(cfg.output_dir)
     if cfg.load_quantized:
         return run_loaded(cfg)
     t_start = time.perf_counter()

@@ -184,6 +184,26 @@ def test_bad_input_fails_before_loading(args, message, tinystories_dir, tmp_path
     assert time.perf_counter() - start < 30
 
 
+@pytest.mark.parametrize("where, message", [("afile", "is a file: choose a directory"),
+                                            ("afile/runs", "cannot hold the run's results (Not a directory)")])
+def test_an_output_dir_that_cannot_hold_the_results_fails_before_loading(where, message, tinystories_dir, data_dir,
+                                                                         tmp_path, capsys, monkeypatch):
+    """Results are written at a run's end: a --output_dir that cannot take them is refused before the weights load."""
+    import importlib
+
+    import model_quant
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(importlib.import_module("pipeline.run"), "load_model", no_load)
+    (tmp_path / "afile").write_text("not a directory")
+    assert model_quant.main(["--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "tinystories",
+                             "--seqlen", "128", "--w_bits", "4", "--output_dir", str(tmp_path / where)]) == 2
+    assert message in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "not a directory"
+
+
 def test_unsupported_architecture_names_supported_ones(tmp_path, cli):
     from transformers import GPT2Config
 
