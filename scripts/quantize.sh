@@ -10,6 +10,11 @@ FORMAT=${FORMAT:-"int"}
 W_BITS=${W_BITS:-4}
 A_BITS=${A_BITS:-4}
 KV_BITS=${KV_BITS:-16}
+# FP exponent bits (FORMAT=fp; empty = the width's default, formats.DEFAULT_FP_EXP_BITS: E2M1 at 4 bits, E3M2 at 6);
+# W_BITS=6 W_EXP_BITS=2 A_BITS=16 is FP6 E2M3 weight-only
+W_EXP_BITS=${W_EXP_BITS:-""}
+A_EXP_BITS=${A_EXP_BITS:-""}
+KV_EXP_BITS=${KV_EXP_BITS:-""}
 W_GROUP_SIZE=${W_GROUP_SIZE:--1}
 A_GROUP_SIZE=${A_GROUP_SIZE:--1}
 KV_GROUP_SIZE=${KV_GROUP_SIZE:--1}
@@ -29,6 +34,15 @@ RESUME=${RESUME:-0}
 SAVE_PATH=${SAVE_PATH:-""}
 
 SCRIPT_ARGS=()
+if [[ -n $W_EXP_BITS ]]; then
+    SCRIPT_ARGS+=("--w_exp_bits" "${W_EXP_BITS}")
+fi
+if [[ -n $A_EXP_BITS ]]; then
+    SCRIPT_ARGS+=("--a_exp_bits" "${A_EXP_BITS}")
+fi
+if [[ -n $KV_EXP_BITS ]]; then
+    SCRIPT_ARGS+=("--kv_exp_bits" "${KV_EXP_BITS}")
+fi
 if [[ $KV_ASYM == 1 ]]; then
     SCRIPT_ARGS+=("--k_asym" "--v_asym")
 fi

@@ -477,7 +477,8 @@ def test_lm_eval_on_a_loaded_checkpoint(tinystories_dir, data_dir, tmp_path, cap
 
 
 @pytest.mark.parametrize("knobs", [{}, {"FORMAT": "nvfp", "A_STATIC_SCALE": "1", "CALIB_DATASET": "tinystories",
-                                      "NSAMPLES": "2"}])
+                                      "NSAMPLES": "2"},
+                                   {"FORMAT": "fp", "W_BITS": "6", "W_EXP_BITS": "2", "A_BITS": "16"}])
 def test_quantize_script_save_path_knob(knobs, tinystories_dir, data_dir, tmp_path):
     import subprocess
     import sys
@@ -489,7 +490,11 @@ def test_quantize_script_save_path_knob(knobs, tinystories_dir, data_dir, tmp_pa
            "PYTHON": sys.executable, **knobs}
     subprocess.run(["bash", os.path.join(root, "scripts", "quantize.sh")], env=env, check=True, capture_output=True)
     recipe = load_quantized(path)[2]["recipe"]
-    assert recipe["weight"]["bits"] == 4 and recipe["activation"]["static_tensor_scale"] == bool(knobs)
+    if "W_EXP_BITS" in knobs:  # FP6 E2M3 weight-only (6 bits default to E3M2)
+        assert (recipe["weight"]["bits"], recipe["weight"]["exp_bits"], recipe["activation"]) == (6, 2, None)
+    else:
+        assert recipe["weight"]["bits"] == 4
+        assert recipe["activation"]["static_tensor_scale"] == ("A_STATIC_SCALE" in knobs)
 
 
 def test_loading_a_checkpoint_without_tokenizer_fails_before_the_model_loads(saved, tmp_path, capsys):
