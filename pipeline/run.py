@@ -128,12 +128,12 @@ def _ppl_sources(cfg: RunConfig) -> list:
 
 def run(cfg: RunConfig) -> RunResult | None:
     """Load, quantize, evaluate and record one run; ``None`` on the ranks other than 0 of a torchrun calibration."""
-    check_output_dir(cfg.output_dir)
     if cfg.load_quantized:
         return run_loaded(cfg)
     t_start = time.perf_counter()
     loc = locate(cfg.model, cfg.gguf_file)
     ppl_sources = _ppl_sources(cfg)
+    check_output_dir(cfg.output_dir)
     if cfg.save_path:
         check_save_path(cfg.save_path)
     gptq = cfg.quant.method in ("gptq", "flatquant")  # the layer-by-layer runner
@@ -288,6 +288,7 @@ def run_loaded(cfg: RunConfig) -> RunResult:
     if not has_tokenizer(cfg.load_quantized):
         raise ValueError(f"{cfg.load_quantized} has no tokenizer files: export it again with its tokenizer")
     ppl_sources = _ppl_sources(cfg)
+    check_output_dir(cfg.output_dir)
     lm_eval_tasks = prepare_tasks(cfg.tasks, cfg.tasks_data_dir, cfg.num_fewshot) if cfg.tasks else None
     _check_processes(cfg, splits_calibration=False)
     device = resolve_device(cfg.device)

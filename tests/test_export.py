@@ -367,6 +367,24 @@ def test_cli_refuses_an_existing_save_path_before_loading_the_model(tinystories_
     assert os.listdir(taken) == ["mine.txt"] and (taken / "mine.txt").read_text() == "keep"
 
 
+def test_loading_with_an_output_dir_that_cannot_hold_the_results_fails_before_the_model_loads(
+        tinystories_dir, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    recipe = RECIPES["int4-w4a4"]
+    path = export_quantized(fake_quantized(tinystories_dir, recipe), AutoTokenizer.from_pretrained(tinystories_dir),
+                            recipe, str(tmp_path / "ckpt"))
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the checkpoint was loaded")
+
+    monkeypatch.setattr(importlib.import_module("pipeline.run"), "load_quantized", no_load)
+    (tmp_path / "afile").write_text("not a directory")
+    assert model_quant.main(["--load_quantized", path, "--ppl_datasets", "none", "--seqlen", "128",
+                             "--output_dir", str(tmp_path / "afile")]) == 2
+    assert "is a file: choose a directory for the run's results" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--real_quant"], "--real_quant and --save_path go together"),
     (["--load_quantized", "DIR", "--save_path", "x", "--real_quant"], "drop --save_path"),
