@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
@@ -54,6 +55,13 @@ def check_output_dir(output_dir: str) -> None:
     except OSError as err:
         raise ValueError(f"--output_dir {output_dir} cannot hold the run's results ({err.strerror or err}): "
                          f"choose a directory you can write") from err
+
+
+def check_wandb() -> None:
+    """``--log_wandb`` needs the wandb package: checked before a run loads any weight, since it logs at the end."""
+    if importlib.util.find_spec("wandb") is None:
+        raise ValueError("--log_wandb needs the wandb package: pip install wandb (WANDB_MODE=offline logs without an "
+                         "account), or drop --log_wandb")
 
 
 @dataclass

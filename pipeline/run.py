@@ -30,7 +30,7 @@ from transforms import apply_transform
 
 from .fake_quant import attach_quantizers
 from .fpq import calibrate_fpq, fpq_metadata, model_base
-from .results import RunResult, check_output_dir, device_name
+from .results import RunResult, check_output_dir, check_wandb, device_name
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,15 @@ def _ppl_sources(cfg: RunConfig) -> list:
     return [corpora.resolve(name, corpora.EVAL_SPLIT.get(name, "test"), cfg.data_dir) for name in cfg.ppl_datasets]
 
 
+def _check_outputs(cfg: RunConfig) -> None:
+    """Where the run's results go, checked before any weight loads: they are written at its end."""
+    check_output_dir(cfg.output_dir)
+    if cfg.save_path:
+        check_save_path(cfg.save_path)
+    if cfg.log_wandb:
+        check_wandb()
+
+
 def run(cfg: RunConfig) -> RunResult | None:
     """Load, quantize, evaluate and record one run; ``None`` on the ranks other than 0 of a torchrun calibration."""
     if cfg.load_quantized:
@@ -133,9 +142,7 @@ def run(cfg: RunConfig) -> RunResult | None:
     t_start = time.perf_counter()
     loc = locate(cfg.model, cfg.gguf_file)
     ppl_sources = _ppl_sources(cfg)
-    check_output_dir(cfg.output_dir)
-    if cfg.save_path:
-        check_save_path(cfg.save_path)
+    _check_outputs(cfg)
     gptq = cfg.quant.method in ("gptq", "flatquant")  # the layer-by-layer runner
     fpq = cfg.quant.method == "fpq"
     static_scales = cfg.quant.activation is not None and cfg.quant.activation.static_tensor_scale
@@ -288,7 +295,7 @@ def run_loaded(cfg: RunConfig) -> RunResult:
     if not has_tokenizer(cfg.load_quantized):
         raise ValueError(f"{cfg.load_quantized} has no tokenizer files: export it again with its tokenizer")
     ppl_sources = _ppl_sources(cfg)
-    check_output_dir(cfg.output_dir)
+    _check_outputs(cfg)
     lm_eval_tasks = prepare_tasks(cfg.tasks, cfg.tasks_data_dir, cfg.num_fewshot) if cfg.tasks else None
     _check_processes(cfg, splits_calibration=False)
     device = resolve_device(cfg.device)

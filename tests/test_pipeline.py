@@ -204,6 +204,23 @@ def test_an_output_dir_that_cannot_hold_the_results_fails_before_loading(where, 
     assert (tmp_path / "afile").read_text() == "not a directory"
 
 
+def test_log_wandb_without_wandb_fails_before_loading(tinystories_dir, data_dir, tmp_path, capsys, monkeypatch):
+    import importlib
+    import importlib.util
+
+    import model_quant
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.import_module("pipeline.run"), "load_model", no_load)
+    assert model_quant.main(["--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "tinystories",
+                             "--seqlen", "128", "--w_bits", "4", "--log_wandb", "--output_dir", str(tmp_path)]) == 2
+    assert "--log_wandb needs the wandb package: pip install wandb" in capsys.readouterr().err
+
+
 def test_unsupported_architecture_names_supported_ones(tmp_path, cli):
     from transformers import GPT2Config
 
