@@ -42,19 +42,19 @@ def _numbers(tree: dict, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def check_output_dir(output_dir: str) -> None:
-    """Create ``output_dir`` and check that it takes files, before a run loads any weight: its results are written
-    at its end, after the quantization and evaluation they record."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise ValueError(f"--output_dir {output_dir} is a file: choose a directory for the run's results")
+def check_writable_dir(path: str, flag: str = "--output_dir") -> None:
+    """Create the directory ``path`` (given as ``flag``) and check that it takes files, before a run loads any
+    weight: what goes there is written later, after the quantization and evaluation it records."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a file: choose a directory")
     try:
-        os.makedirs(output_dir, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=output_dir, prefix=".tmp-probe-")
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".tmp-probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise ValueError(f"--output_dir {output_dir} cannot hold the run's results ({err.strerror or err}): "
-                         f"choose a directory you can write") from err
+        raise ValueError(f"{flag} {path} cannot hold files ({err.strerror or err}): choose a directory you can "
+                         f"write") from err
 
 
 def check_wandb() -> None:

@@ -30,7 +30,7 @@ from transforms import apply_transform
 
 from .fake_quant import attach_quantizers
 from .fpq import calibrate_fpq, fpq_metadata, model_base
-from .results import RunResult, check_output_dir, check_wandb, device_name
+from .results import RunResult, check_wandb, check_writable_dir, device_name
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,11 @@ def _ppl_sources(cfg: RunConfig) -> list:
 
 
 def _check_outputs(cfg: RunConfig) -> None:
-    """Where the run's results go, checked before any weight loads: they are written at its end."""
-    check_output_dir(cfg.output_dir)
+    """Where the run's results, checkpoint and FlatQuant matrices go, checked before any weight loads: they are
+    written at its end or block by block."""
+    check_writable_dir(cfg.output_dir)
+    if cfg.save_matrix:
+        check_writable_dir(matrix_dir(cfg), "--matrix_path")
     if cfg.save_path:
         check_save_path(cfg.save_path)
     if cfg.log_wandb:

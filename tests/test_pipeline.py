@@ -184,11 +184,16 @@ def test_bad_input_fails_before_loading(args, message, tinystories_dir, tmp_path
     assert time.perf_counter() - start < 30
 
 
-@pytest.mark.parametrize("where, message", [("afile", "is a file: choose a directory"),
-                                            ("afile/runs", "cannot hold the run's results (Not a directory)")])
-def test_an_output_dir_that_cannot_hold_the_results_fails_before_loading(where, message, tinystories_dir, data_dir,
-                                                                         tmp_path, capsys, monkeypatch):
-    """Results are written at a run's end: a --output_dir that cannot take them is refused before the weights load."""
+@pytest.mark.parametrize("flags, message", [
+    (["--output_dir", "{tmp}/afile"], "--output_dir {tmp}/afile is a file: choose a directory"),
+    (["--output_dir", "{tmp}/afile/runs"], "--output_dir {tmp}/afile/runs cannot hold files (Not a directory)"),
+    (["--cali_trans", "--epochs", "1", "--calib_dataset", "tinystories", "--nsamples", "2", "--save_matrix",
+      "--matrix_path", "{tmp}/afile/m"], "--matrix_path {tmp}/afile/m cannot hold files (Not a directory)"),
+])
+def test_an_output_that_cannot_be_written_fails_before_loading(flags, message, tinystories_dir, data_dir, tmp_path,
+                                                               capsys, monkeypatch):
+    """Results are written at a run's end, FlatQuant's matrices block by block: a directory that cannot take them is
+    refused before the weights load."""
     import importlib
 
     import model_quant
@@ -198,9 +203,10 @@ def test_an_output_dir_that_cannot_hold_the_results_fails_before_loading(where, 
 
     monkeypatch.setattr(importlib.import_module("pipeline.run"), "load_model", no_load)
     (tmp_path / "afile").write_text("not a directory")
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
     assert model_quant.main(["--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "tinystories",
-                             "--seqlen", "128", "--w_bits", "4", "--output_dir", str(tmp_path / where)]) == 2
-    assert message in capsys.readouterr().err
+                             "--seqlen", "128", "--w_bits", "4", "--output_dir", str(tmp_path / "runs"), *flags]) == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "not a directory"
 
 
