@@ -235,6 +235,22 @@ def model_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+def decode_step_bytes(config, model_bytes: int, kv4: bool, batch: int, seqlen: int, steps: int) -> float:
+    """Bytes one graph decode step reads, estimated: every weight and buffer but the embedding table, of which each
+    sequence reads one row (the whole table is read where lm_head shares it), plus each sequence's K and V at the
+    decode's mean context, ``seqlen + (steps + 1) / 2`` positions: bfloat16, or for KV4 (``KV4``: per head) 4-bit
+    codes, an fp32 scale a head each and V's fp32 zero points. The attention kernels' reads past the context and
+    the activations are left out."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    embedding_row = config.hidden_size * 2  # bfloat16
+    weights = model_bytes
+    if not config.tie_word_embeddings:
+        weights -= (config.vocab_size - batch) * embedding_row
+    per_head = head_dim + 4 + 8 if kv4 else 2 * head_dim * 2  # K and V of one position of one KV head
+    kv = config.num_hidden_layers * config.num_key_value_heads * per_head * (seqlen + (steps + 1) / 2)
+    return weights + batch * kv
+
+
 def new_cache(model: nn.Module, mode: str):
     return PackedKVCache(model) if MODES[mode].kv4 else DynamicCache(config=model.config)
 
@@ -320,6 +336,8 @@ def bench_mode(config, mode: str, args, device: torch.device, time_ms) -> dict:
                 try:  # a capture that fails (a host sync in the step, e.g.) leaves the eager figure
                     row["graph_decode_tok_s"][batch] = graph_decode_tokens_per_s(
                         model, mode, batch, args.seqlen, args.decode_tokens, device, compile=args.compile)
+                    row.setdefault("graph_decode_step_bytes", {})[batch] = decode_step_bytes(
+                        config, row["model_bytes"], MODES[mode].kv4, batch, args.seqlen, args.decode_tokens)
                 except RuntimeError as err:  # recorded, not fatal: the eager figure stands
                     row.setdefault("graph_errors", {})[f"decode b{batch}"] = str(err).splitlines()[0][:200]
         if args.hf_generate and mode == "bf16":
@@ -373,6 +391,13 @@ def markdown(result: dict) -> str:
             cells.append(f"{r['decode_tok_s'][int(b)]:.1f}{ratio}")
         cells.append(f"{r['peak_bytes'] / 2**30:.2f}" if "peak_bytes" in r else "–")
         lines.append("| " + " | ".join(cells) + " |")
+    read = [f"{r['mode']} b{b}: {n / 1e9:.2f} GB in {b / r['graph_decode_tok_s'][b] * 1e3:.2f} ms, "
+            f"{n * r['graph_decode_tok_s'][b] / b / 1e9:.0f} GB/s"
+            for r in rows for b, n in r.get("graph_decode_step_bytes", {}).items()]
+    if read:
+        lines += ["", "Bytes a graph decode step reads (estimated: the weights and buffers less the embedding table, "
+                      "whose rows the tokens read, plus the K/V at the mean context; `decode_step_bytes`): "
+                  + "; ".join(read) + "."]
     hf = [r for r in rows if "hf_generate_tok_s" in r]
     if hf:
         lines += ["", f"HF `generate` (bf16, batch 1, dynamic cache): {hf[0]['hf_generate_tok_s']:.1f} tok/s."]

@@ -141,6 +141,33 @@ def test_bench_model_dry_run_writes_its_tables(tmp_path):
     assert "| w4a4kv4 |" in table and "| bf16_eager |" in table and "decode b2 eager (tok/s)" in table
 
 
+def test_decode_step_bytes_by_hand():
+    """The estimate behind bench_model's GB/s: Llama-3-8B's FP6 step as the forty-fourth session's write-up put it
+    (6.6 GB: 6.84 GiB of weights and buffers less the 1.05 GB embedding table, plus 0.28 GB of bf16 K/V), and a tiny
+    tied config's KV4 step counted by hand."""
+    from benchmarks.bench_model import build_config, decode_step_bytes
+
+    config = build_config("llama-3-8b", None, 2048)
+    step = decode_step_bytes(config, int(6.84 * 2**30), False, 1, 2048, 128)
+    kv = 32 * 8 * (2 * 128 * 2) * (2048 + 64.5)
+    assert step == int(6.84 * 2**30) - (128256 - 1) * 4096 * 2 + kv and 6.5e9 < step < 6.7e9
+    tiny = build_config("smollm2-135m", 2, 32)  # tied: lm_head reads the whole table, which model_bytes holds
+    per_position = 2 * 3 * (64 + 4 + 8)  # layers x KV heads x (K and V codes, K's and V's scales, V's zero points)
+    assert decode_step_bytes(tiny, 1000, True, 2, 32, 4) == 1000 + 2 * per_position * (32 + 2.5)
+
+
+def test_bench_model_table_reports_the_decode_steps_bandwidth():
+    from benchmarks.bench_model import markdown
+
+    row = {"mode": "fp6", "model_bytes": 2**30, "prefill_ms": {}, "graph_prefill_ms": {}, "decode_tok_s": {},
+           "graph_decode_tok_s": {1: 250.0, 8: 1000.0}, "graph_decode_step_bytes": {1: 6.5e9, 8: 7.0e9}}
+    result = {"config": "llama-3-8b", "layers": 32, "seqlen": 2048, "decode_tokens": 256, "compile": True,
+              "device": "GPU", "date": "today", "versions": {}, "command": "python benchmarks/bench_model.py",
+              "rows": [row]}
+    text = markdown(result)
+    assert "fp6 b1: 6.50 GB in 4.00 ms, 1625 GB/s; fp6 b8: 7.00 GB in 8.00 ms, 875 GB/s." in text
+
+
 def test_decode_match_compares_the_compiled_step_with_the_eager_one(tmp_path, capsys):
     """``decode_match.py`` on the CPU (both codes forms are the dp4a bytes there): the first decode step's logits
     eager and compiled within its tolerance, the greedy tokens compared, a table written; bad sizes refused."""
