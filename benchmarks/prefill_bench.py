@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   w_scale)
                 names = ("fp8 peer (_scaled_mm)", "fp8 path (widening + GEMM)")
             # the default path (and with it which kernel forms and linears are timed), or None: every one
-            default = quant_kernels.default_path(m, n, k, element, element) if args.default_paths_only else None
+            default = (quant_kernels.default_path(m, n, k, element, element, device=torch.cuda.get_device_name())
+                       if args.default_paths_only else None)
             flops = 2 * m * n * k
             bf16_ms = time_ms(lambda: x @ w.t())
             peer_ms = time_ms(peer)

@@ -77,6 +77,12 @@ E2M1_INT8_MAX_ROWS = 512
 # its wgmmas in flight while the next K step decodes), else the FP8 path: its linear ran 1.13-1.19x the FP8 path's
 # at 2048 rows and 0.94-0.99x at 8192 (one H200 call, ``prefill_e4m3_async_e2m1_h200.md``); 4096 lies between.
 E2M1_E4M3_MAX_ROWS = 4096
+# GPUs on which those paths (int8 for INT4 weights, e4m3 for E2M1) take every row from their first on, the FP8 path
+# none: on the H100 at 8192 rows their linears (activation codes included) ran 0.94-0.99x and 0.96x cuBLAS's FP8 GEMM
+# against the FP8 path's 0.82-0.89x at 14336 x 4096 and 4096 x 14336, and the int8 kernel 1.07x against the FP8
+# path's 0.97x at 4096 x 4096 (``benchmarks/results/prefill_{int4,e2m1}_retimed_8192_all_paths_h100.md``,
+# ``prefill_int4_retimed_8192_h100.md``).
+UNBOUNDED_ROWS_DEVICES = ("NVIDIA H100 80GB HBM3",)
 
 
 def e4m3_path_on() -> bool:
@@ -88,6 +94,11 @@ def e4m3_path_on() -> bool:
     return env_switch("PTQ_E4M3_PATH", False, {
         "0": f"the int8 and fp8 paths (e4m3 for E2M1 weights at {E2M1_INT8_MAX_ROWS + 1}-{E2M1_E4M3_MAX_ROWS} rows), "
              f"the default", "1": "the tensor-core kernel's one-dot FP8 form on E4M3 planes"})
+
+
+def _device_name(tensor: torch.Tensor) -> str | None:
+    """The name of the GPU ``tensor`` is on (None on the CPU)."""
+    return torch.cuda.get_device_name(tensor.device) if tensor.is_cuda else None
 
 
 def _use_triton(tensor: torch.Tensor, backend: str | None) -> bool:
@@ -246,9 +257,9 @@ def w4a4_linear(
     nibbles E4M3 operands, one dot a K step accumulating in wgmma: the decode launch up to ``TC_MAX_M`` rows, the
     prefill one above; the reference backend computes the int8 path's exact product).
     None picks ``int8`` for INT4 weights up to ``INT8_MAX_ROWS`` rows (E2M1 up to ``E2M1_INT8_MAX_ROWS``, then
-    ``e4m3`` up to ``E2M1_E4M3_MAX_ROWS``) and ``fp8`` otherwise in bfloat16 products of at least ``FP8_MIN_ROWS``
-    rows on the Triton backend where they fit, else ``packed``; with ``PTQ_E4M3_PATH=1`` ``e4m3`` in place of
-    ``int8`` and ``fp8`` wherever it fits.
+    ``e4m3`` up to ``E2M1_E4M3_MAX_ROWS``; on ``UNBOUNDED_ROWS_DEVICES`` at every size) and ``fp8`` otherwise in
+    bfloat16 products of at least ``FP8_MIN_ROWS`` rows on the Triton backend where they fit, else ``packed``; with
+    ``PTQ_E4M3_PATH=1`` ``e4m3`` in place of ``int8`` and ``fp8`` wherever it fits.
     """
     from .fp8_gemm import w4a4_matmul_fp8
 
@@ -271,7 +282,7 @@ def w4a4_linear(
                          f"{a_group}/{w_group}, {scale_kind} scales, K={k}: use path='packed'")
     if path is None:
         path = default_path(m, w_packed.shape[0], k, w_element, a_element, _use_triton(x, backend), out_dtype,
-                            a_group, w_group, scale_kind)
+                            a_group, w_group, scale_kind, _device_name(x))
     if path == "e4m3" and _use_triton(x, backend):
         from .w4a4_gemv import TC_MAX_M, w4a4_gemv_triton, w4a4_tc_prefill_triton
 
@@ -331,15 +342,16 @@ def _paths_fitting(m: int, n: int, k: int, w_element: str, a_element: str, a_gro
 
 def default_path(m: int, n: int, k: int, w_element: str, a_element: str, on_triton: bool = True,
                  out_dtype: torch.dtype = torch.bfloat16, a_group: int = 0, w_group: int = 0,
-                 scale_kind: str = "float") -> str:
+                 scale_kind: str = "float", device: str | None = None) -> str:
     """The path ``w4a4_linear`` takes for an (M, K) x (N, K) product when none is given (its docstring says which);
-    ``on_triton``: whether it runs on the Triton backend."""
+    ``on_triton``: whether it runs on the Triton backend; ``device``: the GPU's name (``UNBOUNDED_ROWS_DEVICES``)."""
     fits, int8_fits, e4m3_fits = _paths_fitting(m, n, k, w_element, a_element, a_group, w_group, scale_kind)
     large = on_triton and m >= FP8_MIN_ROWS and out_dtype == torch.bfloat16
-    int8_rows = {"int4": INT8_MAX_ROWS, "e2m1": E2M1_INT8_MAX_ROWS}.get(w_element, 0)
+    unbounded = device in UNBOUNDED_ROWS_DEVICES
+    int8_rows = {"int4": m if unbounded else INT8_MAX_ROWS, "e2m1": E2M1_INT8_MAX_ROWS}.get(w_element, 0)
     path = ("int8" if large and int8_fits and (m <= int8_rows or (w_element == "int4" and not fits))
             else "fp8" if large and fits else "packed")
-    e2m1_rows = w_element == "e2m1" and E2M1_INT8_MAX_ROWS < m <= E2M1_E4M3_MAX_ROWS
+    e2m1_rows = w_element == "e2m1" and E2M1_INT8_MAX_ROWS < m <= (m if unbounded else E2M1_E4M3_MAX_ROWS)
     if path in ("int8", "fp8") and e4m3_fits and (e4m3_path_on() or e2m1_rows):
         path = "e4m3"
     return path

@@ -960,6 +960,10 @@ def test_w4a4_linear_picks_its_path_by_element_and_rows(monkeypatch):
     assert taken == ["int8", "int8", "fp8", "int8", "int8", e4m3, e4m3, "fp8"]
     assert named == ["int8", "int8", "fp8", "int8", "int8", "e4m3", "e4m3", "fp8"]
     assert quant_kernels.default_path(quant_kernels.FP8_MIN_ROWS, 32, 64, "int4", "int4", on_triton=False) == "packed"
+    for device, paths in ((quant_kernels.UNBOUNDED_ROWS_DEVICES[0], ("int8", "e4m3")), ("NVIDIA H200", ("fp8",) * 2),
+                          (None, ("fp8",) * 2)):
+        assert tuple(quant_kernels.default_path(8192, 32, 64, element, element, device=device)
+                     for element in ("int4", "e2m1")) == paths, device
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
