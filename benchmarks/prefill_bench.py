@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu" if args.cpu_dry_run else "cuda")
     time_ms = make_timer(device, args.warmup, args.reps, True, not args.cpu_dry_run)
     gen = torch.Generator(device=device).manual_seed(0)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None  # picks the default path there
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "device": "CPU" if args.cpu_dry_run else torch.cuda.get_device_name(device),
               "versions": library_versions(),
@@ -187,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   w_scale)
                 names = ("fp8 peer (_scaled_mm)", "fp8 path (widening + GEMM)")
             # the default path (and with it which kernel forms and linears are timed), or None: every one
-            default = (quant_kernels.default_path(m, n, k, element, element, device=torch.cuda.get_device_name())
-                       if args.default_paths_only else None)
+            default = quant_kernels.default_path(m, n, k, element, element, device=gpu) if args.default_paths_only \
+                else None
             flops = 2 * m * n * k
             bf16_ms = time_ms(lambda: x @ w.t())
             peer_ms = time_ms(peer)
