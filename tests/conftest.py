@@ -85,6 +85,18 @@ def one_thread():
 
 
 @pytest.fixture
+def no_model_load(monkeypatch):
+    """A run that loads a model (``load_model``) or a checkpoint (``load_quantized``) fails the test: for the
+    checks that must refuse bad input before any weight is read."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the run loaded weights before refusing its input")
+
+    run = importlib.import_module("pipeline.run")  # the module: ``pipeline.run`` the attribute is its function
+    monkeypatch.setattr(run, "load_model", refuse)
+    monkeypatch.setattr(run, "load_quantized", refuse)
+
+
+@pytest.fixture
 def cli(capsys):
     """``cli("model_quant.py", *args)``: a script's ``main(argv)`` run in this process and reported as
     ``python script.py args`` would be (a ``CompletedProcess``: exit code, stdout, stderr), without

@@ -348,15 +348,9 @@ def test_main_quantized_save_default_path(tinystories_dir, data_dir, tmp_path):
 
 
 def test_cli_refuses_an_existing_save_path_before_loading_the_model(tinystories_dir, data_dir, tmp_path, capsys,
-                                                                     monkeypatch):
+                                                                     no_model_load):
     """An existing --save_path stops the run before the weights load (a calibration would be spent for nothing),
     with the export's message, and the directory is left as it was."""
-    import importlib
-
-    def no_load(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(importlib.import_module("pipeline.run"), "load_model", no_load)
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "mine.txt").write_text("keep")
@@ -368,17 +362,10 @@ def test_cli_refuses_an_existing_save_path_before_loading_the_model(tinystories_
 
 
 def test_loading_with_an_output_dir_that_cannot_hold_the_results_fails_before_the_model_loads(
-        tinystories_dir, tmp_path, capsys, monkeypatch):
-    import importlib
-
+        tinystories_dir, tmp_path, capsys, no_model_load):
     recipe = RECIPES["int4-w4a4"]
     path = export_quantized(fake_quantized(tinystories_dir, recipe), AutoTokenizer.from_pretrained(tinystories_dir),
                             recipe, str(tmp_path / "ckpt"))
-
-    def no_load(*args, **kwargs):
-        raise AssertionError("the checkpoint was loaded")
-
-    monkeypatch.setattr(importlib.import_module("pipeline.run"), "load_quantized", no_load)
     (tmp_path / "afile").write_text("not a directory")
     assert model_quant.main(["--load_quantized", path, "--ppl_datasets", "none", "--seqlen", "128",
                              "--output_dir", str(tmp_path / "afile")]) == 2

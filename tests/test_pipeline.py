@@ -191,17 +191,11 @@ def test_bad_input_fails_before_loading(args, message, tinystories_dir, tmp_path
       "--matrix_path", "{tmp}/afile/m"], "--matrix_path {tmp}/afile/m cannot hold files (Not a directory)"),
 ])
 def test_an_output_that_cannot_be_written_fails_before_loading(flags, message, tinystories_dir, data_dir, tmp_path,
-                                                               capsys, monkeypatch):
+                                                               capsys, no_model_load):
     """Results are written at a run's end, FlatQuant's matrices block by block: a directory that cannot take them is
     refused before the weights load."""
-    import importlib
-
     import model_quant
 
-    def no_load(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(importlib.import_module("pipeline.run"), "load_model", no_load)
     (tmp_path / "afile").write_text("not a directory")
     flags = [flag.format(tmp=tmp_path) for flag in flags]
     assert model_quant.main(["--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "tinystories",
@@ -210,18 +204,14 @@ def test_an_output_that_cannot_be_written_fails_before_loading(flags, message, t
     assert (tmp_path / "afile").read_text() == "not a directory"
 
 
-def test_log_wandb_without_wandb_fails_before_loading(tinystories_dir, data_dir, tmp_path, capsys, monkeypatch):
-    import importlib
+def test_log_wandb_without_wandb_fails_before_loading(tinystories_dir, data_dir, tmp_path, capsys, monkeypatch,
+                                                      no_model_load):
     import importlib.util
 
     import model_quant
 
-    def no_load(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
-    monkeypatch.setattr(importlib.import_module("pipeline.run"), "load_model", no_load)
     assert model_quant.main(["--model", tinystories_dir, "--data_dir", data_dir, "--ppl_datasets", "tinystories",
                              "--seqlen", "128", "--w_bits", "4", "--log_wandb", "--output_dir", str(tmp_path)]) == 2
     assert "--log_wandb needs the wandb package: pip install wandb" in capsys.readouterr().err
