@@ -49,6 +49,8 @@ hid it, ``tests/test_package_names.py``.)
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -97,8 +99,13 @@ def e4m3_path_on() -> bool:
 
 
 def _device_name(tensor: torch.Tensor) -> str | None:
-    """The name of the GPU ``tensor`` is on (None on the CPU)."""
-    return torch.cuda.get_device_name(tensor.device) if tensor.is_cuda else None
+    """The name of the GPU ``tensor`` is on (None on the CPU), looked up once a device: every product asks."""
+    return _gpu_name(tensor.device.index) if tensor.is_cuda else None
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
 
 
 def _use_triton(tensor: torch.Tensor, backend: str | None) -> bool:
@@ -348,10 +355,11 @@ def default_path(m: int, n: int, k: int, w_element: str, a_element: str, on_trit
     fits, int8_fits, e4m3_fits = _paths_fitting(m, n, k, w_element, a_element, a_group, w_group, scale_kind)
     large = on_triton and m >= FP8_MIN_ROWS and out_dtype == torch.bfloat16
     unbounded = device in UNBOUNDED_ROWS_DEVICES
-    int8_rows = {"int4": m if unbounded else INT8_MAX_ROWS, "e2m1": E2M1_INT8_MAX_ROWS}.get(w_element, 0)
+    int4_most, e2m1_most = (math.inf, math.inf) if unbounded else (INT8_MAX_ROWS, E2M1_E4M3_MAX_ROWS)
+    int8_rows = {"int4": int4_most, "e2m1": E2M1_INT8_MAX_ROWS}.get(w_element, 0)
     path = ("int8" if large and int8_fits and (m <= int8_rows or (w_element == "int4" and not fits))
             else "fp8" if large and fits else "packed")
-    e2m1_rows = w_element == "e2m1" and E2M1_INT8_MAX_ROWS < m <= (m if unbounded else E2M1_E4M3_MAX_ROWS)
+    e2m1_rows = w_element == "e2m1" and E2M1_INT8_MAX_ROWS < m <= e2m1_most
     if path in ("int8", "fp8") and e4m3_fits and (e4m3_path_on() or e2m1_rows):
         path = "e4m3"
     return path
