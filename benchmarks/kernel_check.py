@@ -468,6 +468,45 @@ def check_fpx_swap(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, d
     return check_fpx(m, n, k, element, x_dtype, device, config)
 
 
+# (M, N, K, element, x dtype, (BLOCK_N, BLOCK_KW, warps, PREFETCH, SPLIT_K) or None): gated products (gate's rows
+# then up's) on the row kernel: Llama-3-8B's fused gate/up at its pinned or tuned config, forced configs, a ragged one.
+GPU_FPX_GATED = [(1, 28672, 4096, "e3m2", torch.bfloat16, None), (1, 28672, 4096, "e2m3", torch.bfloat16, None),
+                 (3, 28672, 4096, "e3m2", torch.bfloat16, None), (1, 28672, 4096, "int4", torch.bfloat16, None),
+                 (1, 28672, 4096, "e3m2", torch.bfloat16, (64, 64, 8, False, 2)),
+                 (1, 80, 200, "e3m2", torch.float16, (16, 64, 4, True, 1))]
+DRY_FPX_GATED = [(1, 72, 128, "e3m2", torch.bfloat16, (16, 4, 1, False, 2)),
+                 (3, 40, 64, "int4", torch.float16, (8, 4, 1, False, 1))]
+
+
+def check_fpx_gated(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, device: torch.device,
+                    config: tuple | None) -> dict:
+    """A gated product (``fpx_matmul_triton(..., gated=True)``: silu(gate) * up in the row kernel's epilogue) into a
+    NaN-poisoned (M, N / 2) output against ``reference.silu_mul_ref`` of the same kernel's ungated product (the
+    same sums, out in fp32 and rounded by torch): within one rounding of the output dtype (the epilogue's
+    exponential is Triton's, the twin's torch's); ``codes_differ``: the share of outputs not equal."""
+    import triton
+
+    from quant_kernels.fpx_gemm import fpx_matmul_triton
+
+    fmt = element_named(element)
+    planes, scale = random_fpx_weight(n, k, fmt, device)
+    x = random_activations(m, k, x_dtype, device)
+    fixed, case = dict(row_kernel=True), f"{element} gated"
+    if config is not None:
+        block_n, block_kw, warps, prefetch, split = config
+        fixed["config"] = triton.Config(dict(BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch, LOOP_STAGES=1,
+                                             SPLIT_K=split), num_warps=warps, num_stages=2)
+        case += f" row {block_n}x{block_kw} w{warps}{' prefetch' if prefetch else ''} split{split}"
+    out = torch.full((m, n // 2), float("nan"), dtype=x_dtype, device=device)
+    fpx_matmul_triton(x, planes, scale, element=element, bits=fmt.bits, out=out, gated=True, **fixed)
+    product = fpx_matmul_triton(x, planes, scale, element=element, bits=fmt.bits, out_dtype=torch.float32, **fixed)
+    want = reference.silu_mul_ref(product.to(x_dtype))
+    rtol = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[x_dtype]
+    ok = not out.isnan().any().item() and torch.allclose(out.float(), want.float(), rtol=rtol, atol=0.0)
+    return {"kernel": "fpx_gemm", "case": case, "shape": f"M{m} N{n} K{k} {str(x_dtype).removeprefix('torch.')}",
+            "codes_differ": (out != want).float().mean().item(), "ok": ok}
+
+
 # (batch, K/V heads, query heads per K/V head, head dim, cache length, tokens written per row)
 GPU_DECODE_ATTENTION = [(1, 8, 4, 128, 2100, [2049]), (8, 8, 4, 128, 2100, [2049] * 8), (3, 4, 7, 64, 333, [1, 200, 333])]
 DRY_DECODE_ATTENTION = [(1, 2, 4, 64, 200, [130])]
@@ -706,7 +745,8 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
 
 CHECKS = (check_act, check_compiled_quantizer, check_gemm, check_linear, check_int8_linear, check_e4m3_linear,
           check_fp8_codes, check_fp8_linear,
-          check_fpx, check_fpx_split, check_fpx_swap, check_fpx_dequantized, check_dequant, check_fpx_groups,
+          check_fpx, check_fpx_split, check_fpx_swap, check_fpx_gated, check_fpx_dequantized, check_dequant,
+          check_fpx_groups,
           check_decode_attention, check_decode_attention_packed, check_kv_write, check_fused_decode, check_int8_decode,
           check_tc_decode)
 
@@ -811,6 +851,8 @@ def main(argv: list[str] | None = None) -> int:
         record(check_fpx_split, m, n, k, element, dtype, device, config)
     for m, n, k, element, dtype, config in DRY_FPX_SWAP if args.cpu_dry_run else GPU_FPX_SWAP:
         record(check_fpx_swap, m, n, k, element, dtype, device, config)
+    for m, n, k, element, dtype, config in DRY_FPX_GATED if args.cpu_dry_run else GPU_FPX_GATED:
+        record(check_fpx_gated, m, n, k, element, dtype, device, config)
     for m, n, k, element, dtype in DRY_FPX_DEQUANTIZED if args.cpu_dry_run else GPU_FPX_DEQUANTIZED:
         record(check_fpx_dequantized, m, n, k, element, dtype, device)
     for n, k, element, group, dtype in DRY_DEQUANT if args.cpu_dry_run else GPU_DEQUANT:

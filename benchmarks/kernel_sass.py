@@ -78,12 +78,13 @@ def add_group_arguments(signature: dict, constants: dict, group: int, exp_bias: 
         signature["gglobal_ptr"] = "constexpr"
 
 
-def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False, group: int = 0, scales: str = "fp32"):
+def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False, group: int = 0, scales: str = "fp32",
+                   gated: bool = False):
     """The FPx row kernel's ASTSource for one row of bfloat16 activations and one (BLOCK_N, BLOCK_KW, warps,
     stages, PREFETCH[, FOLD, LOOP_STAGES[, SPLIT_K[, MAXNREG]]]); ``mma``: its tensor-core form (``PTQ_FPX_MMA=1``);
-    ``group``: scales per ``group`` codes (INT4, E2M1), encoded as ``scales`` says (``add_group_arguments``). As at
-    Llama-3-8B's shapes: every tile whole (EVEN), and the
-    high plane interleaved for ``INTERLEAVED_BITS`` (the fp32 form)."""
+    ``group``: scales per ``group`` codes (INT4, E2M1), encoded as ``scales`` says (``add_group_arguments``);
+    ``gated``: silu(gate) * up in the epilogue (GATED, bfloat16 out). As at Llama-3-8B's shapes: every tile whole
+    (EVEN), and the high plane interleaved for ``INTERLEAVED_BITS`` (the fp32 form, ungated)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.fpx_gemm import (
@@ -94,7 +95,7 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False, gro
     fmt = element_named(element)
     _, man_bits, exp_bias = kernel_fields(element, fmt.bits)
     high = HIGH_PLANE_WIDTH[fmt.bits]
-    interleaved = fmt.bits in INTERLEAVED_BITS and not mma
+    interleaved = fmt.bits in INTERLEAVED_BITS and not mma and not gated
     pointers = ["*bf16", "*i32", "*i32" if interleaved else "*i16" if high == 2 else "*u8", "*fp32", "*bf16", "*bf16",
                 "*fp32", "*i32"]
     names = ["x_ptr", "low_ptr", "high_ptr", "scale_ptr", "bias_ptr", "out_ptr", "partial_ptr", "count_ptr", "M", "N",
@@ -104,7 +105,7 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False, gro
                      X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
                      LOOP_STAGES=config[6] if len(config) > 6 else 1, MMA=mma, UNIT_EXP=127 - exp_bias,
                      USE_ASM=True, SPLIT_K=config[7] if len(config) > 7 else 1, INTERLEAVED=interleaved,
-                     EVEN=True)
+                     EVEN=True, GATED=gated, ROUND_BF16=gated, ROUND_F16=False)
     signature.update({name: "constexpr" for name in constants})
     add_group_arguments(signature, constants, group, exp_bias, scales)
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] != "M"}
@@ -406,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="w4a4_gemv: with a residual and the norm tail of N-wide output rows (a decode layer's o_proj; "
                         "0: without)")
     p.add_argument("--mma", action="store_true", help="fpx_row: its tensor-core form for one row (PTQ_FPX_MMA=1)")
+    p.add_argument("--gated", action="store_true",
+                   help="fpx_row: a gated product (silu(gate) * up in the epilogue, as an MLP's fused gate/up)")
     p.add_argument("--group", type=int, default=0,
                    help="fpx_row, fpx_tile: scales per GROUP codes along K (INT4 or E2M1); the row kernel's on "
                         "ROW_GROUP_CONFIGS (0: per channel)")
@@ -449,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             configs = [c for c in configs if not c[4]]
 
         def build(case, config):
-            return fpx_row_source(case, config, args.mma, args.group, args.scales)
+            return fpx_row_source(case, config, args.mma, args.group, args.scales, args.gated)
     elif args.kernel == "fpx_tile":
         from quant_kernels.fpx_gemm import GPU_PAIRED_CONFIGS, GPU_SWAP_CONFIGS
 
@@ -504,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--norm_tail is for --kernel w4a4_gemv")
     if args.mma and args.kernel != "fpx_row":
         p.error("--mma is for --kernel fpx_row")
+    if args.gated and (args.kernel != "fpx_row" or args.mma):
+        p.error("--gated is for --kernel fpx_row in its fp32 form (no --mma)")
     if args.dtype != "bf16" and args.kernel != "fpx_tile":
         p.error(f"--dtype {args.dtype} is for --kernel fpx_tile (the other kernels compile for bfloat16 rows)")
     case = args.element + (f", K {args.k}" if args.kernel == "act_quant" else "")

@@ -35,7 +35,8 @@ for bit. Longer inputs (prefill), and layers whose parts do not fit (online rota
 those inputs, other activation schemes, unfused q/k/v or gate/up), keep HF's forward.
 
 ``fuse_decoder_layers(model)`` installs it by giving each eligible layer a subclass of its
-own class (its modules, state dict and hooks stay as they are).
+own class (its modules, state dict and hooks stay as they are); weight-only layers keep HF's forward, their MLP's
+gate/up product writing silu(gate) * up itself (``models.gated_mlp``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ import torch
 from torch import nn
 
 import quant_kernels
-from quant_layers.fused_linear import FusedGroup, FusedSlice
+from models.gated_mlp import gate_mlp, is_silu
+from quant_layers.fused_linear import FusedGroup, fused_group_of
 from quant_layers.real_linear import RealQuantLinear
 
 if TYPE_CHECKING:
@@ -61,8 +63,6 @@ RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 # a batch-1 step and put 85 us on a batch-8 one, where o_proj's own quantization of its rows runs a program a row
 # (``benchmarks/results/end_to_end_h200.md``, runs 22 and 24).
 ATTENTION_TAIL_MAX_ROWS = 1
-# transformers' SiLU module (``ACT2FN["silu"]``, ``F.silu``); older versions hand out ``nn.SiLU`` itself.
-SILU_ACTIVATIONS = ("SiLUActivation",)
 
 
 @torch.library.custom_op("ptq::rms_norm_quantize", mutates_args=())
@@ -142,11 +142,8 @@ def _takes_codes(linear: RealQuantLinear) -> bool:
 
 def _group_of(slices: list[nn.Module]) -> FusedGroup | None:
     """The FusedGroup these slices are parts 0, 1, ... of, in order, if it takes codes."""
-    if not all(isinstance(s, FusedSlice) for s in slices):
-        return None
-    group = slices[0].group
-    ok = all(s.group is group and s.index == i for i, s in enumerate(slices)) and len(group.widths) == len(slices)
-    return group if ok and _takes_codes(group.linear) else None
+    group = fused_group_of(slices)
+    return group if group is not None and _takes_codes(group.linear) else None
 
 
 def decode_plan(layer: nn.Module) -> DecodePlan | None:
@@ -160,9 +157,7 @@ def decode_plan(layer: nn.Module) -> DecodePlan | None:
     o_proj, down = getattr(attn, "o_proj", None), getattr(mlp, "down_proj", None)
     if qkv is None or gate_up is None or not isinstance(o_proj, RealQuantLinear) or o_proj.act_scheme is None:
         return None
-    act_fn = getattr(mlp, "act_fn", None)
-    silu = isinstance(act_fn, nn.SiLU) or type(act_fn).__name__ in SILU_ACTIVATIONS
-    fused_down = silu and isinstance(down, RealQuantLinear) and _takes_codes(down)
+    fused_down = is_silu(getattr(mlp, "act_fn", None)) and isinstance(down, RealQuantLinear) and _takes_codes(down)
     if not fused_down and not isinstance(down, RealQuantLinear):
         return None
     from quant_kernels.reference import NormTail
@@ -271,7 +266,8 @@ def _fused_class(base: type) -> type:
 
 
 def fuse_decoder_layers(model: nn.Module) -> int:
-    """Give every decoder layer that fits (``decode_plan``) the fused decode forward; returns how many.
+    """Give every decoder layer that fits (``decode_plan``) the fused decode forward, and every other one's weight-only
+    MLP the gated forward where it fits (``models.gated_mlp.gate_mlp``); returns how many layers took either.
 
     Call it after ``fuse_shared_input_linears`` (the plan needs q/k/v and gate/up fused)."""
     from models import adapter_for  # late: models imports this module's neighbours
@@ -281,6 +277,7 @@ def fuse_decoder_layers(model: nn.Module) -> int:
     for layer in layers:
         plan = decode_plan(layer)
         if plan is None:
+            fused += gate_mlp(getattr(layer, "mlp", None))
             continue
         if not hasattr(layer, "_decode_plan"):
             layer.__class__ = _fused_class(type(layer))

@@ -501,7 +501,7 @@ def dequantize_weight(
 def fpx_matmul(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-    group: int = 0, backend: str | None = None, w_global_scale: torch.Tensor | None = None,
+    group: int = 0, backend: str | None = None, w_global_scale: torch.Tensor | None = None, gated: bool = False,
 ) -> torch.Tensor:
     """out (..., N) = x @ (decode(w) * w_scale[:, None]).T (+ bias), fp32 accumulation; weight-only.
 
@@ -511,12 +511,16 @@ def fpx_matmul(
     ``element`` is an FP element of ``bits`` bits (``e2m1``, ``e3m0``, ``e2m2``, ``e3m1``,
     ``e2m3``, ``e3m2``, ...) or ``int4``; ``w_scale`` is (N,) or (N, 1), or (N, K // group) for INT4 and E2M1
     weights in groups of ``group``, fp32 or as NVFP4 and MXFP4 checkpoints encode them (``dequantize_weight``;
-    E4M3 with ``w_global_scale``), read so by the kernels. ``out_dtype`` defaults to x's.
+    E4M3 with ``w_global_scale``), read so by the kernels. ``out_dtype`` defaults to x's. ``gated``: the weight rows
+    are an MLP's gate rows then its up rows, and the result (..., N / 2) is silu(gate) * up of the product, rounded
+    as eager torch rounds HF's ``act_fn(gate) * up`` (``reference.silu_mul_ref``); at decode rows the row kernel's
+    epilogue computes it, which saves the launch of its own.
     """
     if x.dim() == 0:
         raise ValueError("activations must be (..., K), got a scalar")
     x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
-    kw = dict(element=element, bits=bits, bias=bias, out_dtype=out_dtype, group=group, w_global_scale=w_global_scale)
+    kw = dict(element=element, bits=bits, bias=bias, out_dtype=out_dtype, group=group, w_global_scale=w_global_scale,
+              gated=gated)
     if _use_triton(x, backend):
         from .fpx_gemm import fpx_matmul_triton
 

@@ -75,8 +75,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 from triton.language.standard import _sum_combine
 
 from .autotuning import autotune
-from .reference import check_fpx_args, check_out, fpx_element
-from .rounding import _round_to_dtype
+from .reference import check_fpx_args, check_out, fpx_element, silu_mul_ref
+from .rounding import _round_to_dtype, _silu_mul
 from .switches import env_switch
 from .tile_loads import _group_scales, _row_globals, _tile_load, group_scale_args
 from .w4a4_gemv import _words, keep_pinned, prune_decode_configs, split_k_buffer
@@ -218,7 +218,7 @@ ROW_GROUP_CONFIGS = [(64, 8, 4, 2, 1), (128, 8, 8, 2, 1), (64, 8, 4, 2, 4), (128
                      (64, 16, 4, 2, 4), (256, 16, 8, 2, 1), (32, 16, 4, 2, 4), (64, 32, 4, 2, 4), (64, 64, 8, 2, 4),
                      (64, 64, 8, 2, 2), (64, 64, 8, 2, 1)]
 # The one-row kernel's autotune key.
-ROW_TUNING_KEY = ("N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED")
+ROW_TUNING_KEY = ("N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED", "GATED")
 # Picks the one-row kernel keeps instead of tuning (``w4a4_gemv.keep_pinned``, ``PTQ_PINNED_CONFIGS=0`` tunes them
 # too), per device name and ROW_TUNING_KEY values: (BLOCK_N, BLOCK_KW, PREFETCH, LOOP_STAGES, SPLIT_K, warps, stages,
 # maxnreg). The tuner's draws differ between processes: on the H200 one process picked 16 x 64 words unsplit for FP6
@@ -229,7 +229,8 @@ ROW_TUNING_KEY = ("N", "KW", "BITS", "MAN_BITS", "BLOCK_M", "MMA", "INTERLEAVED"
 # 2026-12-05 are the same but gate/up's, unsplit and uncapped (51.2 us against 51.7 split four ways and capped; its
 # autotune cache, ``kernel_bench_fpx_retimed_1_h100.md`` for 14336 x 4096). FP6 E2M3 reads the same
 # words through the same loop, its K step 0.7-2.5 % shorter in sm_90 SASS (``benchmarks/results/kernel_sass_fpx_row_``
-# ``e2m3_triton36_sm90.md``), and keeps E3M2's picks rather than tuning some 35 configs a shape cold.
+# ``e2m3_triton36_sm90.md``), and keeps E3M2's picks rather than tuning some 35 configs a shape cold. A gated gate/up
+# product (GATED: silu(gate) * up in the epilogue) keeps the ungated pick: the same programs' tiles and words.
 _FP6_ROW_PICKS = {
     "NVIDIA H200": {
         (6144, 512): (64, 64, False, 1, 4, 8, 2, 80),
@@ -247,7 +248,8 @@ _FP6_ROW_PICKS = {
     },
 }
 PINNED_ROW_CONFIGS = {
-    device: {(n, kw, 6, man_bits, 1, False, False): pick for (n, kw), pick in picks.items() for man_bits in (2, 3)}
+    device: {(n, kw, 6, man_bits, 1, False, False, gated): pick for (n, kw), pick in picks.items()
+             for man_bits in (2, 3) for gated in (False, True)}
     for device, picks in _FP6_ROW_PICKS.items()
 }
 
@@ -457,8 +459,8 @@ def _fpx_kernel(
 
     if SWAP_AB:
         acc = tl.trans(acc)
-    _finish_products(acc, offs_m, offs_n, M, N, scale_ptr, bias_ptr, out_ptr, stride_om, partial_ptr, count_ptr,
-                     pid_m * tl.num_programs(1) + pid_n, tl.program_id(2), HAS_BIAS, SPLIT_K)
+    _finish_products(acc, offs_m, offs_n, offs_n < N, M, N, scale_ptr, bias_ptr, out_ptr, stride_om, partial_ptr,
+                     count_ptr, pid_m * tl.num_programs(1) + pid_n, tl.program_id(2), HAS_BIAS, SPLIT_K)
 
 
 @triton.jit
@@ -476,13 +478,14 @@ def _k_slice(K, STEP: tl.constexpr, SPLIT_K: tl.constexpr, AXIS: tl.constexpr):
 
 
 @triton.jit
-def _finish_products(out, rows, offs_n, M, N, scale_ptr, bias_ptr, out_ptr, stride_om, partial_ptr, count_ptr, tile,
-                     part, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
-    """Both kernels' epilogue for the unscaled (rows, offs_n) sums ``out`` of slice ``part`` of output tile ``tile``:
-    unsplit, ``_store_products``. Split, the sums go to slot ``part`` of ``partial_ptr`` (SPLIT_K, M, N fp32); the
-    tile's counter at ``count_ptr`` (zero between launches, which the last resets) tells the last program to
-    arrive, which adds the slots in slot order (the same sum whichever arrives last) and stores the result."""
-    n_ok = offs_n < N
+def _finish_products(out, rows, offs_n, n_ok, M, N, scale_ptr, bias_ptr, out_ptr, stride_om, partial_ptr, count_ptr,
+                     tile, part, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr, GATED: tl.constexpr = False,
+                     ROUND_BF16: tl.constexpr = False, ROUND_F16: tl.constexpr = False):
+    """Both kernels' epilogue for the unscaled (rows, offs_n) sums ``out`` of slice ``part`` of output tile ``tile``
+    (``n_ok``: which of the weight rows ``offs_n`` exist): unsplit, ``_store_products``. Split, the sums go to slot
+    ``part`` of ``partial_ptr`` (SPLIT_K, M, N fp32); the tile's counter at ``count_ptr`` (zero between launches,
+    which the last resets) tells the last program to arrive, which adds the slots in slot order (the same sum
+    whichever arrives last) and stores the result."""
     mn_ok = (rows < M)[:, None] & n_ok[None, :]
     if SPLIT_K > 1:
         slots = partial_ptr + rows[:, None] * N + offs_n[None, :]
@@ -493,17 +496,32 @@ def _finish_products(out, rows, offs_n, M, N, scale_ptr, bias_ptr, out_ptr, stri
             total = tl.load(slots, mask=mn_ok, other=0.0, cache_modifier=".cg")  # (from L2: other SMs' stores)
             for s in tl.static_range(1, SPLIT_K):
                 total += tl.load(slots + s * M * N, mask=mn_ok, other=0.0, cache_modifier=".cg")
-            _store_products(total, rows, offs_n, n_ok, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
+            _store_products(total, rows, offs_n, n_ok, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS,
+                            GATED, ROUND_BF16, ROUND_F16)
     else:
-        _store_products(out, rows, offs_n, n_ok, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
+        _store_products(out, rows, offs_n, n_ok, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS, GATED,
+                        ROUND_BF16, ROUND_F16)
 
 
 @triton.jit
-def _store_products(out, rows, offs_n, n_ok, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS: tl.constexpr):
-    """The (rows, offs_n) sums times the per-channel scales, plus the bias, stored in the output's dtype."""
+def _store_products(out, rows, offs_n, n_ok, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS: tl.constexpr,
+                    GATED: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr):
+    """The (rows, offs_n) sums times the per-channel scales, plus the bias, stored in the output's dtype. GATED (the
+    row kernel's): the tile's first half of columns are gate's rows and the second up's same rows (``offs_n``); the
+    products are rounded to the output's dtype (by hand: ROUND_BF16, ROUND_F16) and silu(gate) * up is stored, at
+    gate's columns, rounded as eager torch rounds an HF MLP's ``act_fn(gate) * up`` (``rounding._silu_mul``)."""
     out *= tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if GATED:
+        block_m: tl.constexpr = out.shape[0]
+        half: tl.constexpr = out.shape[1] // 2
+        gate, up = tl.split(tl.permute(tl.reshape(_round_to_dtype(out, ROUND_BF16, ROUND_F16), (block_m, 2, half)),
+                                       (0, 2, 1)))
+        out = _silu_mul(gate, up, ROUND_BF16, ROUND_F16)
+        offs_n, _ = tl.split(tl.permute(tl.reshape(offs_n, (2, half)), (1, 0)))  # gate's rows: the output columns
+        mn_ok, _ = tl.split(tl.permute(tl.reshape(mn_ok.to(tl.int32), (block_m, 2, half)), (0, 2, 1)))
+        mn_ok = mn_ok != 0
     tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty), mask=mn_ok)
 
 
@@ -824,7 +842,8 @@ def _fpx_row_kernel(
     PREFETCH: tl.constexpr, LOOP_STAGES: tl.constexpr, MMA: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0,
     USE_ASM: tl.constexpr = False, SPLIT_K: tl.constexpr = 1, INTERLEAVED: tl.constexpr = False,
     EVEN: tl.constexpr = False, gscale_ptr=None, stride_gs=0, GROUP: tl.constexpr = 0, G_UNIT: tl.constexpr = 1.0,
-    gglobal_ptr=None, SCALE_CODE: tl.constexpr = 0,
+    gglobal_ptr=None, SCALE_CODE: tl.constexpr = 0, GATED: tl.constexpr = False, ROUND_BF16: tl.constexpr = False,
+    ROUND_F16: tl.constexpr = False,
 ):
     """Up to ROW_MAX_M activation rows (decode) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
@@ -848,10 +867,20 @@ def _fpx_row_kernel(
     word), several rows' placed codes, are multiplied by their words' group scales times G_UNIT = 2^(127 - bias)
     less GROUP_UNIT_SHIFT's power (the placement's power of two folded in, ``unit`` taking the rest back;
     ``_word_units``; encoded as the tensor-core kernel takes them, SCALE_CODE); ``scale_ptr`` holds ones.
+    GATED (not MMA or INTERLEAVED): the weight rows are an MLP's gate rows (the first N / 2) then its up rows, and
+    the output (M, N / 2) is silu(gate) * up: a program takes BLOCK_N / 2 rows of each, the same outputs'
+    (``_store_products``), so that HF's ``act_fn(gate) * up`` needs no launch of its own at decode.
     """
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if GATED:
+        tl.static_assert(not MMA and not INTERLEAVED, "a gated product takes the row kernel's fp32 forms")
+        half = tl.arange(0, BLOCK_N) % (BLOCK_N // 2)
+        cols = tl.program_id(0) * (BLOCK_N // 2) + half
+        offs_n = cols + tl.arange(0, BLOCK_N) // (BLOCK_N // 2) * (N // 2)
+        n_ok = cols < N // 2
+    else:
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < N
     offs_w = tl.arange(0, BLOCK_KW)
-    n_ok = offs_n < N
     w_first, w_stop = _k_slice(KW, BLOCK_KW, SPLIT_K, 1)
     x_ptr += 8 * w_first
     low_ptr += w_first
@@ -987,8 +1016,9 @@ def _fpx_row_kernel(
             low_ptrs3 += BLOCK_KW
             high_ptrs3 += BLOCK_KW
         out = tl.reduce(acc3, 2, _sum_combine) * unit
-    _finish_products(out, tl.arange(0, BLOCK_M), offs_n, M, N, scale_ptr, bias_ptr, out_ptr, stride_om, partial_ptr,
-                     count_ptr, tl.program_id(0), tl.program_id(1), HAS_BIAS, SPLIT_K)
+    _finish_products(out, tl.arange(0, BLOCK_M), offs_n, n_ok, M, N, scale_ptr, bias_ptr, out_ptr, stride_om,
+                     partial_ptr, count_ptr, tl.program_id(0), tl.program_id(1), HAS_BIAS, SPLIT_K, GATED, ROUND_BF16,
+                     ROUND_F16)
 
 
 @triton.jit
@@ -1207,6 +1237,28 @@ def takes_row_kernel(m: int, k: int) -> bool:
     return m <= ROW_DEFAULT_MAX_M and k % 8 == 0 and not INTERPRET
 
 
+def _row_mma(m: int, dtype: torch.dtype, group: int) -> bool:
+    """Whether the row kernel takes these rows in its tensor-core form (MMA): one bfloat16 row, scales per channel,
+    ``row_mma_on``."""
+    return m == 1 and dtype == torch.bfloat16 and row_mma_on() and not group
+
+
+def _row_interleaved(m: int, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], bits: int) -> bool:
+    """Whether one row on the row kernel's fp32 form reads the high plane interleaved (``interleave_high``): where N
+    holds whole words and the plane counts its in-place writes (not one made under torch.inference_mode: a kept copy
+    could go stale)."""
+    return (m == 1 and len(planes) > 1 and planes[0].shape[0] % high_rows(bits) == 0 and row_interleave_on(bits)
+            and not planes[1].contiguous().is_inference())
+
+
+def _row_gates(m: int, dtype: torch.dtype, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], bits: int,
+               group: int) -> bool:
+    """Whether the row kernel writes a gated product's silu(gate) * up itself (GATED): in its fp32 forms; where it
+    takes the tensor-core or the interleaved form (FP5's one row, 23 % faster than without), gating follows the
+    product."""
+    return not _row_mma(m, dtype, group) and not _row_interleaved(m, planes, bits)
+
+
 def check_fixed_config(config: triton.Config, row_kernel: bool, k: int) -> None:
     """A clear error for a fixed config that names too little for its kernel, splits K too far or places words
     that K does not hold."""
@@ -1256,7 +1308,7 @@ def fpx_matmul_triton(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
     out: torch.Tensor | None = None, row_kernel: bool | None = None, config: triton.Config | None = None,
-    dequantize: bool | None = None, group: int = 0, w_global_scale: torch.Tensor | None = None,
+    dequantize: bool | None = None, group: int = 0, w_global_scale: torch.Tensor | None = None, gated: bool = False,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.fpx_matmul_ref`` (x 2-D); writes into ``out`` (M, N) when given.
 
@@ -1274,8 +1326,12 @@ def fpx_matmul_triton(
     DEQUANT_MIN_M; the scales as a checkpoint encodes them (NVFP4's E4M3 with their rows' ``w_global_scale``,
     MXFP4's E8M0) are read so, a quarter of fp32's bytes, and decoded as they load; on the tensor-core kernel with
     bfloat16 x they scale the codes' values exactly, the global scales multiplying the sums (``_fpx_kernel``).
+    ``gated``: the weight rows are an MLP's gate rows then its up rows, and the result (M, N / 2) is
+    ``reference.silu_mul_ref`` of the product in the output dtype (``out`` (M, N / 2) when given): written by the
+    row kernel's epilogue where it runs in its fp32 forms (``_fpx_row_kernel``'s GATED), else computed after the
+    product.
     """
-    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype, group, w_global_scale)
+    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype, group, w_global_scale, gated)
     if row_kernel and not (1 <= x.shape[0] <= ROW_MAX_M and x.shape[1] % 8 == 0):
         raise ValueError(f"the row kernel takes 1 to {ROW_MAX_M} activation rows and K a multiple of 8, got "
                          f"{x.shape[0]} rows and K={x.shape[1]}")
@@ -1283,11 +1339,17 @@ def fpx_matmul_triton(
     if dequantize is None:
         dequantize = row_kernel is None and config is None and takes_dequantized(m, x.dtype, out_dtype or x.dtype,
                                                                                  bias)
+    use_row_kernel = not dequantize and bool(row_kernel or (row_kernel is None and takes_row_kernel(m, k)))
+    if gated and not (use_row_kernel and _row_gates(m, x.dtype, planes, bits, group)):
+        check_out(out, m, planes[0].shape[0] // 2, out_dtype or x.dtype)
+        product = fpx_matmul_triton(x, planes, w_scale, element=element, bits=bits, bias=bias, out_dtype=out_dtype,
+                                    row_kernel=row_kernel, config=config, dequantize=dequantize, group=group,
+                                    w_global_scale=w_global_scale)
+        return silu_mul_ref(product) if out is None else out.copy_(silu_mul_ref(product))
     if dequantize:
         return _dequantized_product(x, planes, w_scale, element, bits, bias, out_dtype, out, row_kernel, config,
                                     group, w_global_scale)
     exp_bits, man_bits, exp_bias = kernel_fields(element, bits)
-    use_row_kernel = bool(row_kernel or (row_kernel is None and takes_row_kernel(m, k)))
     if config is not None:
         check_fixed_config(config, use_row_kernel, k)
         if group and not use_row_kernel and not config.kwargs["PAIRED"]:
@@ -1295,9 +1357,10 @@ def fpx_matmul_triton(
                              f"{config.kwargs}")
     n = planes[0].shape[0]
     out_dtype = out_dtype or x.dtype
-    check_out(out, m, n, out_dtype)
+    width = n // 2 if gated else n
+    check_out(out, m, width, out_dtype)
     if out is None:
-        out = torch.empty((m, n), dtype=out_dtype, device=x.device)
+        out = torch.empty((m, width), dtype=out_dtype, device=x.device)
     if out.numel() == 0:
         return out
     x = x.contiguous()
@@ -1332,11 +1395,8 @@ def fpx_matmul_triton(
             fixed = INTERPRET_ROW_CONFIG
         partials, counters = _split_k_slots(x.device, m, n, fixed["SPLIT_K"] if fixed else ROW_MAX_SPLIT_K,
                                             triton.cdiv(n, ROW_MIN_BLOCK_N))
-        mma = m == 1 and x.dtype == torch.bfloat16 and row_mma_on() and not group
-        # One row on the fp32 form takes the high plane interleaved (``interleave_high``) where N holds whole words and
-        # the plane counts its in-place writes (not one made under torch.inference_mode: a kept copy could go stale).
-        interleaved = (m == 1 and not mma and len(planes) > 1 and n % high_rows(bits) == 0 and row_interleave_on(bits)
-                       and not high.is_inference())
+        mma = _row_mma(m, x.dtype, group)
+        interleaved = not mma and _row_interleaved(m, planes, bits)
         row_high = interleaved_high(high, bits) if interleaved else high_words
         # In groups the placements' power of two goes with the group scales (G_UNIT), less GROUP_UNIT_SHIFT's.
         unit_exp = shift if group else 127 - exp_bias
@@ -1344,15 +1404,20 @@ def fpx_matmul_triton(
                     out.stride(0), low_words.stride(0), row_high.stride(0), 2.0 ** (unit_exp - ROW_X_SCALE_EXP))
         row_flags = dict(BITS=bits, MAN_BITS=man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                          X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m), MMA=mma,
-                         UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved)
+                         UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved, GATED=gated,
+                         ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16)
         row_flags.update(group_flags)
+
+        def programs(block_n: int) -> int:  # a gated program takes BLOCK_N / 2 output columns: as many rows of each
+            return triton.cdiv(width, block_n // 2) if gated else triton.cdiv(n, block_n)
+
         if fixed:
-            grid = (triton.cdiv(n, fixed["BLOCK_N"]), fixed["SPLIT_K"])
             even = _row_even(dict(N=n, KW=k // 8, **fixed))
-            _fpx_row_kernel[grid](*row_args, **row_flags, **fixed, EVEN=even, **launch)
+            _fpx_row_kernel[(programs(fixed["BLOCK_N"]), fixed["SPLIT_K"])](*row_args, **row_flags, **fixed,
+                                                                            EVEN=even, **launch)
         else:
             tuned = _fpx_row_group_autotuned if group else _fpx_row_autotuned
-            tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])](*row_args, **row_flags)
+            tuned[lambda meta: (programs(meta["BLOCK_N"]), meta["SPLIT_K"])](*row_args, **row_flags)
     else:
         if INTERPRET and not fixed:
             paired = (INTERPRET_CONFIG["PAIRED"] or bool(group)) and k % 8 == 0

@@ -470,10 +470,11 @@ def fpx_element(element: str, bits: int) -> NumberFormat:
 def check_fpx_args(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, element: str,
     bits: int, bias: torch.Tensor | None, out_dtype: torch.dtype | None, group: int = 0,
-    w_global_scale: torch.Tensor | None = None,
+    w_global_scale: torch.Tensor | None = None, gated: bool = False,
 ) -> None:
     """Raise ValueError unless ``fpx_matmul`` can take these arguments (x 2-D here; ``group``: the scales' group
-    along K, 0 for one a row; ``w_global_scale``: E4M3 scales' (``check_weight_scales``))."""
+    along K, 0 for one a row; ``w_global_scale``: E4M3 scales' (``check_weight_scales``); ``gated``: the weight rows
+    are gate's then up's, as many of each)."""
     if x.dim() != 2:
         raise ValueError(f"activations must be 2-D (tokens, features), got shape {tuple(x.shape)}")
     if x.dtype not in ACTIVATION_DTYPES:
@@ -505,6 +506,8 @@ def check_fpx_args(
                          f"with shape {tuple(bias.shape)}")
     if out_dtype is not None and out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be float16, bfloat16 or float32, got {out_dtype}")
+    if gated and n % 2:
+        raise ValueError(f"a gated product takes an MLP's gate rows then as many up rows: N must be even, got N={n}")
 
 
 def fpx_weight(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, element: str,
@@ -585,18 +588,21 @@ def packed_weight(planes: tuple[torch.Tensor, ...] | list[torch.Tensor], scale: 
 def fpx_matmul_ref(
     x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], w_scale: torch.Tensor, *,
     element: str, bits: int, bias: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-    group: int = 0, w_global_scale: torch.Tensor | None = None,
+    group: int = 0, w_global_scale: torch.Tensor | None = None, gated: bool = False,
 ) -> torch.Tensor:
     """``x.float() @ (decode(w) * w_scale).T (+ bias)`` in fp32, cast to ``out_dtype`` (default x's dtype).
 
     ``planes``: ``packing.pack_planes`` of the (N, K) weight codes; ``w_scale``: (N,) or (N, 1), or (N, K // group)
     for INT4 and E2M1 codes in groups (``packed_weight``), E4M3 ones times their rows' ``w_global_scale``.
+    ``gated``: the weight rows are an MLP's gate rows then its up rows; the result (M, N / 2) is ``silu_mul_ref``
+    of the product.
     """
-    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype, group, w_global_scale)
+    check_fpx_args(x, planes, w_scale, element, bits, bias, out_dtype, group, w_global_scale, gated)
     out = x.float() @ packed_weight(planes, w_scale, element, bits, group, w_global_scale).T
     if bias is not None:
         out = out + bias.float()
-    return out.to(out_dtype or x.dtype)
+    out = out.to(out_dtype or x.dtype)
+    return silu_mul_ref(out) if gated else out
 
 
 def dequantized_product_excess(got: torch.Tensor, x: torch.Tensor,

@@ -88,6 +88,15 @@ class FusedSlice(nn.Module):
         return self.group.output(self.index, x)
 
 
+def fused_group_of(slices: list[nn.Module | None]) -> FusedGroup | None:
+    """The FusedGroup these slices are parts 0, 1, ... of, in order and all of them, if they are."""
+    if not slices or not all(isinstance(s, FusedSlice) for s in slices):
+        return None
+    group = slices[0].group
+    whole = all(s.group is group and s.index == i for i, s in enumerate(slices)) and len(group.widths) == len(slices)
+    return group if whole else None
+
+
 def _fusable(parts: list[nn.Module]) -> bool:
     first = parts[0]
     return len(parts) > 1 and all(

@@ -267,6 +267,19 @@ class RealQuantLinear(nn.Module):
                                                self.schemes, getattr(self, "act_tensor_amax", None),
                                                getattr(self, "weight_global_scale", None))
 
+    def gated_product(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * up of this weight-only linear's product, its rows an MLP's gate rows then as many up rows:
+        (..., N / 2), rounded as HF's ``act_fn(gate_proj(x)) * up_proj(x)`` (``quant_kernels.fpx_matmul``'s
+        ``gated``)."""
+        if self.act_scheme is not None:
+            raise ValueError(f"a gated product is a weight-only linear's (FPx or W4A16 weights); this one quantizes "
+                             f"its activations ({self.act_scheme.element}): use the fused decoder layer's gating")
+        if self.input_transform is not None:
+            x = self.input_transform(x)
+        return torch.ops.ptq.real_quant_matmul(x, self.qweight, getattr(self, "qweight_high", None), self.weight_scale,
+                                               self.bias, None, self.schemes, None,
+                                               getattr(self, "weight_global_scale", None), True)
+
     def on_codes(self, a_bytes: torch.Tensor, a_scale: torch.Tensor, out_dtype: torch.dtype,
                  residual: torch.Tensor | None = None, gated: bool = False,
                  norm_tail: NormTail | None = None) -> torch.Tensor:
@@ -302,20 +315,24 @@ def parse_schemes(key: str) -> tuple[RealQuantScheme, RealQuantScheme | None]:
 def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tensor],
                       weight_scale: torch.Tensor, bias: Optional[torch.Tensor], residual: Optional[torch.Tensor],
                       schemes: str, act_tensor_amax: Optional[torch.Tensor] = None,
-                      weight_global_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      weight_global_scale: Optional[torch.Tensor] = None, gated: bool = False) -> torch.Tensor:
     """``RealQuantLinear``'s product, (..., K) -> (..., N) in x's dtype; plus ``residual`` (..., N) when given;
     ``act_tensor_amax``: NVFP4 activations' calibrated absmax (``RealQuantScheme.static_tensor_scale``);
-    ``weight_global_scale``: NVFP4 weights' rows' global scales, beside their E4M3 ``weight_scale``.
+    ``weight_global_scale``: NVFP4 weights' rows' global scales, beside their E4M3 ``weight_scale``; ``gated``
+    (weight-only, no residual): (..., N / 2) silu(gate) * up of it (``RealQuantLinear.gated_product``).
 
     A custom op so that ``torch.compile`` treats it as one opaque call: the kernels choose
     their path and autotune in Python, which is not for tracing, while everything around
     the linears (norms, RoPE, residuals) compiles and fuses.
     """
     weight, act = parse_schemes(schemes)
+    if gated and (act is not None or residual is not None):
+        raise ValueError("a gated product is a weight-only linear's, without a residual")
     if act is None:
         planes = (qweight, qweight_high) if qweight_high is not None else (qweight,)
         out = quant_kernels.fpx_matmul(x, planes, weight_scale, element=weight.element, bits=weight.bits, bias=bias,
-                                       out_dtype=x.dtype, group=weight.group, w_global_scale=weight_global_scale)
+                                       out_dtype=x.dtype, group=weight.group, w_global_scale=weight_global_scale,
+                                       gated=gated)
         return out if residual is None else residual + out
     rows = x.reshape(-1, x.shape[-1])
     if act.element == "int8":
@@ -367,8 +384,8 @@ def _w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Ten
 def _(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Optional[torch.Tensor], weight_scale: torch.Tensor,
       bias: Optional[torch.Tensor], residual: Optional[torch.Tensor], schemes: str,
       act_tensor_amax: Optional[torch.Tensor] = None,
-      weight_global_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], weight_scale.shape[0])
+      weight_global_scale: Optional[torch.Tensor] = None, gated: bool = False) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], weight_scale.shape[0] // 2 if gated else weight_scale.shape[0])
 
 
 @torch.library.custom_op("ptq::real_quant_matmul_norm", mutates_args=())

@@ -536,6 +536,73 @@ def test_row_kernel_split_k_equals_twin(name, split, prefetch, k, monkeypatch):
             assert not w4a4_gemv.split_k_buffer(out.device, 0, 0, 1)[0].any()  # the whole buffer, counters too
 
 
+def assert_gated_matches_twin(out: torch.Tensor, want: torch.Tensor) -> None:
+    """silu(gate) * up of products rounded to a half dtype: a product's sum in another order may round to the
+    neighbouring value, which moves the output by a few ulps of it."""
+    rtol = {torch.float32: 1e-5, torch.float16: 2.0**-8, torch.bfloat16: 2.0**-5}[out.dtype]
+    torch.testing.assert_close(out.float(), want.float(), rtol=rtol, atol=1e-5 * want.float().abs().max().item())
+
+
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("name, group", [("e3m2", 0), ("e2m3", 0), ("e3m1", 0), ("int4", 0), ("e2m1", 16)],
+                         ids=["e3m2", "e2m3", "e3m1", "int4", "e2m1-g16"])
+def test_row_kernel_gated_equals_twin(name, group, split, monkeypatch):
+    """``gated``: weight rows of an MLP's gate (36, ragged against the 8-row half tiles) then its up, and the row
+    kernel's epilogue writes silu(gate) * up (M, 36) at 1 and 3 rows, bfloat16, float16 and float32 out, split along
+    K or not, scales per channel or in groups: every output written, equal to the twin (silu of gate's rows times
+    up's, not up's times gate's), the split counters zero again."""
+    from quant_kernels import w4a4_gemv
+
+    monkeypatch.setitem(fpx_gemm.INTERPRET_ROW_CONFIG, "SPLIT_K", split)
+    bits = element_named(name).bits
+    for m in (1, 3):
+        x, planes, scale, _ = operands(name, m, 72, 128, torch.bfloat16, seed=m + split)
+        if group:
+            scale = scale.expand(72, 128 // group) * torch.linspace(0.5, 2.0, 128 // group)
+        spec = dict(element=name, bits=bits, group=group)
+        for out_dtype in (torch.bfloat16, torch.float16, torch.float32):
+            poisoned = torch.full((m, 36), float("nan"), dtype=out_dtype)
+            out = fpx_gemm.fpx_matmul_triton(x, planes, scale, **spec, out_dtype=out_dtype, row_kernel=True,
+                                             gated=True, out=poisoned)
+            assert out is poisoned and not out.isnan().any()
+            want = fpx_matmul_ref(x, planes, scale, **spec, out_dtype=out_dtype, gated=True)
+            product = fpx_matmul_ref(x, planes, scale, **spec, out_dtype=out_dtype)
+            assert torch.equal(want, F.silu(product[:, :36]) * product[:, 36:])
+            assert_gated_matches_twin(out, want)
+            assert not w4a4_gemv.split_k_buffer(out.device, 0, 0, 1)[0].any()
+
+
+def test_gated_product_on_every_path(monkeypatch):
+    """Where the row kernel does not gate (its tensor-core and interleaved forms, the tensor-core kernel, the
+    dequantized weight) the result is ``silu_mul_ref`` of that path's product, into ``out`` when given;
+    ``quant_kernels.fpx_matmul`` keeps x's leading dimensions; an odd N is refused."""
+    from quant_kernels.reference import silu_mul_ref
+
+    x, planes, scale, _ = operands("e3m2", 1, 48, 64, torch.bfloat16, seed=3)
+    x5, planes5, scale5, _ = operands("e2m2", 1, 48, 64, torch.bfloat16, seed=4)
+    fp6, fp5 = dict(element="e3m2", bits=6), dict(element="e2m2", bits=5)
+    monkeypatch.setenv("PTQ_FPX_MMA", "1")
+    assert not fpx_gemm._row_gates(1, torch.bfloat16, planes, 6, 0)
+    for operands_of, call in (((x, planes, scale), dict(**fp6, row_kernel=True)),
+                              ((x, planes, scale), dict(**fp6, row_kernel=False)),
+                              ((x, planes, scale), dict(**fp6, dequantize=True)),
+                              ((x5, planes5, scale5), dict(**fp5, row_kernel=True))):  # FP5's row: interleaved
+        out = torch.full((1, 24), float("nan"), dtype=torch.bfloat16)
+        assert fpx_gemm.fpx_matmul_triton(*operands_of, **call, gated=True, out=out) is out
+        assert torch.equal(out, silu_mul_ref(fpx_gemm.fpx_matmul_triton(*operands_of, **call)))
+        monkeypatch.delenv("PTQ_FPX_MMA", raising=False)
+    assert not fpx_gemm._row_gates(1, torch.bfloat16, planes5, 5, 0) and fpx_gemm._row_gates(1, torch.bfloat16,
+                                                                                             planes, 6, 0)
+    want = fpx_matmul_ref(x, planes, scale, **fp6, gated=True)
+    batched = x.expand(2, 3, 64)
+    got = quant_kernels.fpx_matmul(batched, planes, scale, **fp6, gated=True, backend="triton")
+    assert got.shape == (2, 3, 24)
+    assert_gated_matches_twin(got[1, 2:], want)
+    odd = pack_planes(torch.zeros(47, 64, dtype=torch.uint8), 6)
+    with pytest.raises(ValueError, match="N must be even, got N=47"):
+        quant_kernels.fpx_matmul(x, odd, scale[:47], element="e3m2", bits=6, gated=True)
+
+
 def test_a_fixed_config_replaces_the_interpreter_s():
     """``config`` replaces the interpreter's config of the kernel that runs (a split row config, a swapped tile, as a
     GPU check forces them); one that names too little, splits K too far or swaps off the PAIRED path is refused,
@@ -605,6 +672,18 @@ def test_kernel_check_forces_the_split_row_and_swapped_tile_configs(tmp_path):
     assert sum(" row " in c["case"] and "split" in c["case"] for c in checks) == len(DRY_FPX_SPLIT)
     assert sum(" tile " in c["case"] and "split" in c["case"] for c in checks) == 1
     assert sum("swapped" in c["case"] for c in checks) == len(DRY_FPX_SWAP)
+
+
+def test_kernel_check_runs_the_gated_products(tmp_path):
+    """``kernel_check --only fpx_gated``: the row kernel's gated products against silu(gate) * up of its ungated
+    ones, every case passing."""
+    import json
+
+    from benchmarks.kernel_check import DRY_FPX_GATED, main
+
+    assert main(["--cpu_dry_run", "--only", "fpx_gated", "--out", str(tmp_path / "gated")]) == 0
+    checks = json.loads((tmp_path / "gated.json").read_text())["checks"]
+    assert len(checks) == len(DRY_FPX_GATED) and all(c["ok"] and "gated" in c["case"] for c in checks)
 
 
 def test_kernel_check_runs_the_dequantized_prefill_path(tmp_path):

@@ -105,15 +105,59 @@ def test_fused_decode_layers_give_the_hf_layers_logits(model_type, dtype, groupe
                                                                                and batch <= tail_rows)}
 
 
-def test_layers_that_do_not_fit_keep_their_forward():
-    """Weight-only linears (no activation codes) and unfused q/k/v have no plan; refusing changes nothing."""
+def test_layers_that_do_not_fit_keep_their_forward(monkeypatch):
+    """Weight-only linears (no activation codes) and unfused q/k/v have no plan; refusing changes nothing (the
+    weight-only layers' MLPs are gated unless PTQ_FPX_GATED=0)."""
+    monkeypatch.setenv("PTQ_FPX_GATED", "0")
     weight_only = tiny_model("llama", act=None, weight=RealQuantScheme("e3m2", bits=6))
     assert fuse_decoder_layers(weight_only) == 0
+    assert type(weight_only.model.layers[0].mlp).__name__ == "LlamaMLP"
     config = AutoConfig.for_model("llama", hidden_size=64, intermediate_size=96, num_hidden_layers=1,
                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=128)
     dense = AutoModelForCausalLM.from_config(config)
     assert decode_plan(dense.model.layers[0]) is None
     assert type(dense.model.layers[0]).__name__ == "LlamaDecoderLayer"
+
+
+@pytest.mark.parametrize("model_type,dtype,weight", [
+    ("llama", torch.bfloat16, RealQuantScheme("e3m2", bits=6)), ("qwen2", torch.float32, RealQuantScheme("e2m3", bits=6)),
+    ("qwen3", torch.bfloat16, RealQuantScheme("int4", group=32))], ids=["llama-fp6", "qwen2-fp6-e2m3", "qwen3-w4a16-g32"])
+def test_weight_only_mlps_gate_in_their_product(model_type, dtype, weight, monkeypatch):
+    """Weight-only layers (FPx, W4A16 in groups) keep HF's forward, their MLP's fused gate/up product returning
+    silu(gate) * up (``models.gated_mlp``): one gated product an MLP, for decode rows and prompts alike, and the
+    logits of the model without it bit for bit; PTQ_FPX_GATED=0 installs none, a GELU MLP or unequal gate and up
+    widths are left as they are."""
+    from models.gated_mlp import gate_mlp, gated_group
+
+    model = tiny_model(model_type, dtype, act=None, weight=weight)
+    plain = copy.deepcopy(model)
+    monkeypatch.setenv("PTQ_FPX_GATED", "0")
+    assert fuse_decoder_layers(plain) == 0
+    monkeypatch.delenv("PTQ_FPX_GATED")
+    assert fuse_decoder_layers(model) == 2 and fuse_decoder_layers(model) == 2  # installed once, class kept
+    assert type(model.model.layers[0].mlp).__name__.startswith("Gated") and decode_plan(model.model.layers[0]) is None
+    gated = []
+    original = quant_kernels.fpx_matmul
+
+    def counted(*args, **kwargs):
+        gated.append(kwargs.get("gated", False))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(quant_kernels, "fpx_matmul", counted)
+    with torch.no_grad():
+        for batch, tokens in ((1, 1), (3, 1), (2, 12)):
+            ids = torch.randint(0, 128, (batch, tokens), generator=torch.Generator().manual_seed(batch))
+            gated.clear()
+            got = model(ids).logits
+            assert gated.count(True) == 2
+            assert torch.equal(got, plain(ids).logits)
+    mlp = copy.deepcopy(plain.model.layers[0].mlp)
+    assert gated_group(mlp) is not None
+    mlp.act_fn = torch.nn.GELU()
+    assert not gate_mlp(mlp) and type(mlp).__name__ == type(plain.model.layers[0].mlp).__name__
+    mlp = copy.deepcopy(plain.model.layers[0].mlp)
+    mlp.gate_proj.group.widths = [40, 56]
+    assert gated_group(mlp) is None
 
 
 def test_an_online_rotation_on_down_proj_keeps_the_mlp_forward(monkeypatch):
