@@ -4,8 +4,9 @@ HF's MLP computes ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``. With gate an
 weight-only linear (FPx or W4A16 weights, ``quant_layers.fused_linear``), a compiled decode step still
 launches a kernel of its own for silu(gate) * up between the two products: at batch 1 a launch, not its bytes,
 sets its time. ``gate_mlp`` gives such an MLP a forward whose gate/up product returns silu(gate) * up
-(``RealQuantLinear.gated_product``): at decode rows the FPx row kernel's epilogue computes it
-(``quant_kernels.fpx_matmul``'s ``gated``), elsewhere it follows the product. Each op rounds as the HF forward
+(``RealQuantLinear.gated_product``) where the product computes it in one launch: at decode rows on a GPU the FPx
+row kernel's epilogue (``quant_kernels.fpx_matmul``'s ``gated``), and the twin on the CPU; other rows keep HF's
+forward, whose silu(gate) * up a compiled step fuses into one kernel of its own. Each op rounds as the HF forward
 rounds it, so on the CPU the output is HF's bit for bit. ``PTQ_FPX_GATED=0`` leaves the MLPs as they are.
 """
 
@@ -43,7 +44,10 @@ def gated_group(mlp: nn.Module) -> FusedGroup | None:
 
 
 def _gated_forward(self, x: torch.Tensor) -> torch.Tensor:
-    return self.down_proj(self._gated_group.linear.gated_product(x))
+    linear = self._gated_group.linear
+    if not linear.gates_in_product(x):
+        return type(self).__mro__[1].forward(self, x)
+    return self.down_proj(linear.gated_product(x))
 
 
 @lru_cache(maxsize=None)

@@ -532,6 +532,18 @@ def fpx_matmul(
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
+def fpx_gates_in_product(x: torch.Tensor, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], *, bits: int,
+                         group: int = 0, backend: str | None = None) -> bool:
+    """Whether ``fpx_matmul(x, planes, ..., gated=True)`` computes silu(gate) * up with the product, in one launch:
+    the twin always; the Triton kernels where the row kernel takes x's rows in its fp32 forms (decode rows). Elsewhere
+    the gating follows the product inside the call, where a compiled caller's own fused kernel would cost less."""
+    if not _use_triton(x, backend):
+        return True
+    from .fpx_gemm import gates_in_kernel
+
+    return gates_in_kernel(x.numel() // x.shape[-1], planes[0].shape[0], x.shape[-1], x.dtype, bits, group)
+
+
 def decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None,
                      scale: float | None = None, *, norm_tail: NormTail | None = None,
                      backend: str | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

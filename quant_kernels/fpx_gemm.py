@@ -1243,20 +1243,24 @@ def _row_mma(m: int, dtype: torch.dtype, group: int) -> bool:
     return m == 1 and dtype == torch.bfloat16 and row_mma_on() and not group
 
 
-def _row_interleaved(m: int, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], bits: int) -> bool:
-    """Whether one row on the row kernel's fp32 form reads the high plane interleaved (``interleave_high``): where N
-    holds whole words and the plane counts its in-place writes (not one made under torch.inference_mode: a kept copy
-    could go stale)."""
-    return (m == 1 and len(planes) > 1 and planes[0].shape[0] % high_rows(bits) == 0 and row_interleave_on(bits)
-            and not planes[1].contiguous().is_inference())
+def _row_interleaves(m: int, n: int, bits: int) -> bool:
+    """Whether one row on the row kernel's fp32 form is to read the high plane interleaved (``interleave_high``):
+    ``row_interleave_on`` for these bits, and N whole words of rows (the plane must also count its in-place writes:
+    ``fpx_matmul_triton``)."""
+    return m == 1 and row_interleave_on(bits) and n % high_rows(bits) == 0
 
 
-def _row_gates(m: int, dtype: torch.dtype, planes: tuple[torch.Tensor, ...] | list[torch.Tensor], bits: int,
-               group: int) -> bool:
+def _row_gates(m: int, n: int, dtype: torch.dtype, bits: int, group: int) -> bool:
     """Whether the row kernel writes a gated product's silu(gate) * up itself (GATED): in its fp32 forms; where it
     takes the tensor-core or the interleaved form (FP5's one row, 23 % faster than without), gating follows the
-    product."""
-    return not _row_mma(m, dtype, group) and not _row_interleaved(m, planes, bits)
+    product. (No tensor is asked anything: a compiled caller traces this.)"""
+    return not _row_mma(m, dtype, group) and not _row_interleaves(m, n, bits)
+
+
+def gates_in_kernel(m: int, n: int, k: int, dtype: torch.dtype, bits: int, group: int) -> bool:
+    """Whether ``fpx_matmul_triton(..., gated=True)`` with its defaults writes silu(gate) * up in the row kernel's
+    epilogue for these rows of N weight rows."""
+    return takes_row_kernel(m, k) and _row_gates(m, n, dtype, bits, group)
 
 
 def check_fixed_config(config: triton.Config, row_kernel: bool, k: int) -> None:
@@ -1340,7 +1344,7 @@ def fpx_matmul_triton(
         dequantize = row_kernel is None and config is None and takes_dequantized(m, x.dtype, out_dtype or x.dtype,
                                                                                  bias)
     use_row_kernel = not dequantize and bool(row_kernel or (row_kernel is None and takes_row_kernel(m, k)))
-    if gated and not (use_row_kernel and _row_gates(m, x.dtype, planes, bits, group)):
+    if gated and not (use_row_kernel and _row_gates(m, planes[0].shape[0], x.dtype, bits, group)):
         check_out(out, m, planes[0].shape[0] // 2, out_dtype or x.dtype)
         product = fpx_matmul_triton(x, planes, w_scale, element=element, bits=bits, bias=bias, out_dtype=out_dtype,
                                     row_kernel=row_kernel, config=config, dequantize=dequantize, group=group,
@@ -1396,7 +1400,8 @@ def fpx_matmul_triton(
         partials, counters = _split_k_slots(x.device, m, n, fixed["SPLIT_K"] if fixed else ROW_MAX_SPLIT_K,
                                             triton.cdiv(n, ROW_MIN_BLOCK_N))
         mma = _row_mma(m, x.dtype, group)
-        interleaved = not mma and _row_interleaved(m, planes, bits)
+        # A plane made under torch.inference_mode counts no in-place writes: an interleaved copy of it could go stale.
+        interleaved = not mma and _row_interleaves(m, n, bits) and len(planes) > 1 and not high.is_inference()
         row_high = interleaved_high(high, bits) if interleaved else high_words
         # In groups the placements' power of two goes with the group scales (G_UNIT), less GROUP_UNIT_SHIFT's.
         unit_exp = shift if group else 127 - exp_bias

@@ -267,6 +267,13 @@ class RealQuantLinear(nn.Module):
                                                self.schemes, getattr(self, "act_tensor_amax", None),
                                                getattr(self, "weight_global_scale", None))
 
+    def gates_in_product(self, x: torch.Tensor) -> bool:
+        """Whether ``gated_product(x)`` computes silu(gate) * up with the product in one launch
+        (``quant_kernels.fpx_gates_in_product``): a weight-only linear at decode rows on a GPU, or on the CPU."""
+        planes = (self.qweight,) if getattr(self, "qweight_high", None) is None else (self.qweight, self.qweight_high)
+        return self.act_scheme is None and self.input_transform is None and quant_kernels.fpx_gates_in_product(
+            x, planes, bits=self.weight_scheme.bits, group=self.weight_scheme.group)
+
     def gated_product(self, x: torch.Tensor) -> torch.Tensor:
         """silu(gate) * up of this weight-only linear's product, its rows an MLP's gate rows then as many up rows:
         (..., N / 2), rounded as HF's ``act_fn(gate_proj(x)) * up_proj(x)`` (``quant_kernels.fpx_matmul``'s

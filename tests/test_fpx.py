@@ -582,7 +582,7 @@ def test_gated_product_on_every_path(monkeypatch):
     x5, planes5, scale5, _ = operands("e2m2", 1, 48, 64, torch.bfloat16, seed=4)
     fp6, fp5 = dict(element="e3m2", bits=6), dict(element="e2m2", bits=5)
     monkeypatch.setenv("PTQ_FPX_MMA", "1")
-    assert not fpx_gemm._row_gates(1, torch.bfloat16, planes, 6, 0)
+    assert not fpx_gemm._row_gates(1, 48, torch.bfloat16, 6, 0)
     for operands_of, call in (((x, planes, scale), dict(**fp6, row_kernel=True)),
                               ((x, planes, scale), dict(**fp6, row_kernel=False)),
                               ((x, planes, scale), dict(**fp6, dequantize=True)),
@@ -591,8 +591,17 @@ def test_gated_product_on_every_path(monkeypatch):
         assert fpx_gemm.fpx_matmul_triton(*operands_of, **call, gated=True, out=out) is out
         assert torch.equal(out, silu_mul_ref(fpx_gemm.fpx_matmul_triton(*operands_of, **call)))
         monkeypatch.delenv("PTQ_FPX_MMA", raising=False)
-    assert not fpx_gemm._row_gates(1, torch.bfloat16, planes5, 5, 0) and fpx_gemm._row_gates(1, torch.bfloat16,
-                                                                                             planes, 6, 0)
+    assert quant_kernels.fpx_gates_in_product(x, planes, bits=6)  # the twin
+    assert not quant_kernels.fpx_gates_in_product(x, planes, bits=6, backend="triton")  # the interpreter: no row kernel
+    monkeypatch.setattr(fpx_gemm, "INTERPRET", False)  # as a GPU picks: decode rows of the fp32 forms only
+    assert fpx_gemm.gates_in_kernel(1, 48, 64, torch.bfloat16, 6, 0)
+    assert fpx_gemm.gates_in_kernel(4, 48, 64, torch.float16, 6, 0)
+    assert not fpx_gemm.gates_in_kernel(5, 48, 64, torch.bfloat16, 6, 0)  # the tensor-core kernel's rows
+    assert not fpx_gemm.gates_in_kernel(1, 48, 64, torch.bfloat16, 5, 0)  # FP5's row: interleaved
+    assert fpx_gemm.gates_in_kernel(1, 46, 64, torch.bfloat16, 5, 0)  # (not where N is no whole words of rows)
+    monkeypatch.setenv("PTQ_FPX_MMA", "1")
+    assert not fpx_gemm.gates_in_kernel(1, 48, 64, torch.bfloat16, 6, 0)
+    monkeypatch.undo()
     want = fpx_matmul_ref(x, planes, scale, **fp6, gated=True)
     batched = x.expand(2, 3, 64)
     got = quant_kernels.fpx_matmul(batched, planes, scale, **fp6, gated=True, backend="triton")

@@ -124,9 +124,10 @@ def test_layers_that_do_not_fit_keep_their_forward(monkeypatch):
     ("qwen3", torch.bfloat16, RealQuantScheme("int4", group=32))], ids=["llama-fp6", "qwen2-fp6-e2m3", "qwen3-w4a16-g32"])
 def test_weight_only_mlps_gate_in_their_product(model_type, dtype, weight, monkeypatch):
     """Weight-only layers (FPx, W4A16 in groups) keep HF's forward, their MLP's fused gate/up product returning
-    silu(gate) * up (``models.gated_mlp``): one gated product an MLP, for decode rows and prompts alike, and the
-    logits of the model without it bit for bit; PTQ_FPX_GATED=0 installs none, a GELU MLP or unequal gate and up
-    widths are left as they are."""
+    silu(gate) * up (``models.gated_mlp``): one gated product an MLP where the product gates in one launch (the twin
+    here, for decode rows and prompts alike; HF's MLP forward where it would not), and the logits of the model
+    without it bit for bit; PTQ_FPX_GATED=0 installs none, a GELU MLP or unequal gate and up widths are left as they
+    are."""
     from models.gated_mlp import gate_mlp, gated_group
 
     model = tiny_model(model_type, dtype, act=None, weight=weight)
@@ -151,6 +152,11 @@ def test_weight_only_mlps_gate_in_their_product(model_type, dtype, weight, monke
             got = model(ids).logits
             assert gated.count(True) == 2
             assert torch.equal(got, plain(ids).logits)
+    monkeypatch.setattr(quant_kernels, "fpx_gates_in_product", lambda *args, **kwargs: False)
+    with torch.no_grad():
+        gated.clear()
+        ids = torch.randint(0, 128, (1, 1), generator=torch.Generator().manual_seed(5))
+        assert torch.equal(model(ids).logits, plain(ids).logits) and gated.count(True) == 0
     mlp = copy.deepcopy(plain.model.layers[0].mlp)
     assert gated_group(mlp) is not None
     mlp.act_fn = torch.nn.GELU()
