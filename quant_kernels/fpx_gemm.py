@@ -76,10 +76,10 @@ from triton.language.standard import _sum_combine
 
 from .autotuning import autotune
 from .reference import check_fpx_args, check_out, fpx_element, silu_mul_ref
-from .rounding import _round_to_dtype, _silu_mul
+from .rounding import _round_to_dtype
 from .switches import env_switch
 from .tile_loads import _group_scales, _row_globals, _tile_load, group_scale_args
-from .w4a4_gemv import _words, keep_pinned, prune_decode_configs, split_k_buffer
+from .w4a4_gemv import _gated_products, _gated_rows, _words, keep_pinned, prune_decode_configs, split_k_buffer
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran).
 INTERPRET = triton.knobs.runtime.interpret
@@ -486,8 +486,9 @@ def _finish_products(out, rows, offs_n, n_ok, M, N, scale_ptr, bias_ptr, out_ptr
     ``part`` of ``partial_ptr`` (SPLIT_K, M, N fp32); the tile's counter at ``count_ptr`` (zero between launches,
     which the last resets) tells the last program to arrive, which adds the slots in slot order (the same sum
     whichever arrives last) and stores the result."""
-    mn_ok = (rows < M)[:, None] & n_ok[None, :]
+    m_ok = rows < M
     if SPLIT_K > 1:
+        mn_ok = m_ok[:, None] & n_ok[None, :]
         slots = partial_ptr + rows[:, None] * N + offs_n[None, :]
         tl.store(slots + part * M * N, out, mask=mn_ok)
         tl.debug_barrier()  # every thread's sums are stored before the counter says so
@@ -496,33 +497,26 @@ def _finish_products(out, rows, offs_n, n_ok, M, N, scale_ptr, bias_ptr, out_ptr
             total = tl.load(slots, mask=mn_ok, other=0.0, cache_modifier=".cg")  # (from L2: other SMs' stores)
             for s in tl.static_range(1, SPLIT_K):
                 total += tl.load(slots + s * M * N, mask=mn_ok, other=0.0, cache_modifier=".cg")
-            _store_products(total, rows, offs_n, n_ok, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS,
+            _store_products(total, rows, offs_n, m_ok, n_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS,
                             GATED, ROUND_BF16, ROUND_F16)
     else:
-        _store_products(out, rows, offs_n, n_ok, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS, GATED,
+        _store_products(out, rows, offs_n, m_ok, n_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS, GATED,
                         ROUND_BF16, ROUND_F16)
 
 
 @triton.jit
-def _store_products(out, rows, offs_n, n_ok, mn_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS: tl.constexpr,
+def _store_products(out, rows, offs_n, m_ok, n_ok, scale_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS: tl.constexpr,
                     GATED: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr):
     """The (rows, offs_n) sums times the per-channel scales, plus the bias, stored in the output's dtype. GATED (the
-    row kernel's): the tile's first half of columns are gate's rows and the second up's same rows (``offs_n``); the
-    products are rounded to the output's dtype (by hand: ROUND_BF16, ROUND_F16) and silu(gate) * up is stored, at
-    gate's columns, rounded as eager torch rounds an HF MLP's ``act_fn(gate) * up`` (``rounding._silu_mul``)."""
+    row kernel's, ``w4a4_gemv._gated_rows``): silu(gate) * up of the products rounded to the output's dtype (by
+    hand: ROUND_BF16, ROUND_F16) is stored at gate's columns (``w4a4_gemv._gated_products``)."""
     out *= tl.load(scale_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
         out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if GATED:
-        block_m: tl.constexpr = out.shape[0]
-        half: tl.constexpr = out.shape[1] // 2
-        gate, up = tl.split(tl.permute(tl.reshape(_round_to_dtype(out, ROUND_BF16, ROUND_F16), (block_m, 2, half)),
-                                       (0, 2, 1)))
-        out = _silu_mul(gate, up, ROUND_BF16, ROUND_F16)
-        offs_n, _ = tl.split(tl.permute(tl.reshape(offs_n, (2, half)), (1, 0)))  # gate's rows: the output columns
-        mn_ok, _ = tl.split(tl.permute(tl.reshape(mn_ok.to(tl.int32), (block_m, 2, half)), (0, 2, 1)))
-        mn_ok = mn_ok != 0
-    tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty), mask=mn_ok)
+        out, offs_n, n_ok = _gated_products(out, offs_n, n_ok, ROUND_BF16, ROUND_F16)
+    tl.store(out_ptr + rows[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -873,10 +867,7 @@ def _fpx_row_kernel(
     """
     if GATED:
         tl.static_assert(not MMA and not INTERLEAVED, "a gated product takes the row kernel's fp32 forms")
-        half = tl.arange(0, BLOCK_N) % (BLOCK_N // 2)
-        cols = tl.program_id(0) * (BLOCK_N // 2) + half
-        offs_n = cols + tl.arange(0, BLOCK_N) // (BLOCK_N // 2) * (N // 2)
-        n_ok = cols < N // 2
+        offs_n, n_ok = _gated_rows(N, BLOCK_N)
     else:
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N

@@ -289,10 +289,7 @@ def _w4a4_gemv_kernel(
     launch_dependents(USE_GDC)
     offs_m = tl.arange(0, BLOCK_M)
     if GATED:
-        half = tl.arange(0, BLOCK_N) % (BLOCK_N // 2)
-        cols = tl.program_id(0) * (BLOCK_N // 2) + half
-        offs_n = cols + tl.arange(0, BLOCK_N) // (BLOCK_N // 2) * (N // 2)
-        n_ok = cols < N // 2
+        offs_n, n_ok = _gated_rows(N, BLOCK_N)
     else:
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N
@@ -352,6 +349,29 @@ def _w4a4_gemv_kernel(
 
 
 @triton.jit
+def _gated_rows(N, BLOCK_N: tl.constexpr):
+    """A gated program's BLOCK_N weight rows (the decode kernels' GATED: gate's rows are the first N / 2, up's the
+    rest): BLOCK_N / 2 of gate's and the same outputs' of up's, and which of them exist."""
+    half = tl.arange(0, BLOCK_N) % (BLOCK_N // 2)
+    cols = tl.program_id(0) * (BLOCK_N // 2) + half
+    return cols + tl.arange(0, BLOCK_N) // (BLOCK_N // 2) * (N // 2), cols < N // 2
+
+
+@triton.jit
+def _gated_products(out, offs_n, n_ok, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr):
+    """A gated tile's (BLOCK_M, BLOCK_N) products on ``_gated_rows``' rows, each rounded to the output dtype, as
+    silu(gate) * up rounded as eager torch rounds an HF MLP's ``act_fn(gate) * up`` (``rounding._silu_mul``), with
+    its output columns (gate's rows) and which of them exist."""
+    block_m: tl.constexpr = out.shape[0]
+    half: tl.constexpr = out.shape[1] // 2
+    out = _round_to_dtype(out, ROUND_BF16, ROUND_F16)
+    gate, up = tl.split(tl.permute(tl.reshape(out, (block_m, 2, half)), (0, 2, 1)))
+    offs_n, _ = tl.split(tl.permute(tl.reshape(offs_n, (2, half)), (1, 0)))  # gate's rows: the output columns
+    n_ok, _ = tl.split(tl.permute(tl.reshape(n_ok.to(tl.int32), (2, half)), (1, 0)))
+    return _silu_mul(gate, up, ROUND_BF16, ROUND_F16), offs_n, n_ok != 0
+
+
+@triton.jit
 def _store_products(total, offs_m, offs_n, m_ok, n_ok, a_scale_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr,
                     stride_asm, stride_wsn, stride_om, stride_rm, unit, HAS_BIAS: tl.constexpr,
                     HAS_RESIDUAL: tl.constexpr, ROUND_BF16: tl.constexpr, ROUND_F16: tl.constexpr,
@@ -371,14 +391,7 @@ def _store_products(total, offs_m, offs_n, m_ok, n_ok, a_scale_ptr, w_scale_ptr,
                                             mask=m_ok[:, None] & n_ok[None, :], other=0.0).to(tl.float32),
                               ROUND_BF16, ROUND_F16)
     if GATED:
-        block_m: tl.constexpr = out.shape[0]
-        half: tl.constexpr = out.shape[1] // 2
-        out = _round_to_dtype(out, ROUND_BF16, ROUND_F16)
-        gate, up = tl.split(tl.permute(tl.reshape(out, (block_m, 2, half)), (0, 2, 1)))
-        out = _silu_mul(gate, up, ROUND_BF16, ROUND_F16)
-        offs_n, _ = tl.split(tl.permute(tl.reshape(offs_n, (2, half)), (1, 0)))  # gate's rows: the output columns
-        n_ok, _ = tl.split(tl.permute(tl.reshape(n_ok.to(tl.int32), (2, half)), (1, 0)))
-        n_ok = n_ok != 0
+        out, offs_n, n_ok = _gated_products(out, offs_n, n_ok, ROUND_BF16, ROUND_F16)
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
 

@@ -391,13 +391,15 @@ def _row_candidates(configs: list, args: dict) -> list:
 
 def test_fp6_row_pins_are_shared_by_both_fp6_elements():
     """FP6 E2M3 keeps E3M2's one-row picks on every pinned device and shape: the same words
-    through the same loop."""
+    through the same loop; a gated product keeps the ungated one's (the same programs' tiles)."""
     from quant_kernels import fpx_gemm
 
     for device, pins in fpx_gemm.PINNED_ROW_CONFIGS.items():
         e3m2 = {key[:3] + key[4:]: pick for key, pick in pins.items() if key[2:4] == (6, 2)}
         e2m3 = {key[:3] + key[4:]: pick for key, pick in pins.items() if key[2:4] == (6, 3)}
         assert e3m2 and e2m3 == e3m2, device
+        gate = fpx_gemm.ROW_TUNING_KEY.index("GATED")
+        assert all(pins[key[:gate] + (True,) + key[gate + 1:]] == pick for key, pick in pins.items()), device
 
 
 @pytest.mark.parametrize("kernel", ["gemv", "tc", "fpx_row"])
@@ -414,7 +416,7 @@ def test_pinned_decode_configs_replace_tuning_on_their_device_and_key(monkeypatc
         "tc": (w4a4_gemv._tc_autotuned, w4a4_gemv.prune_tc_configs, w4a4_gemv.PINNED_TC_CONFIGS,
                w4a4_gemv.TC_TUNING_KEY, None, (8, 1024, 2048, False, False, 16, False, False, False), "a_ptr"),
         "fpx_row": (fpx_gemm._fpx_row_autotuned, fpx_gemm._prune_row_configs, fpx_gemm.PINNED_ROW_CONFIGS,
-                    fpx_gemm.ROW_TUNING_KEY, _row_candidates, (6144, 512, 5, 2, 1, False, False), "x_ptr"),
+                    fpx_gemm.ROW_TUNING_KEY, _row_candidates, (6144, 512, 5, 2, 1, False, False, False), "x_ptr"),
     }[kernel]
     configs = tuner.configs
     a = types.SimpleNamespace(device=torch.device("cuda"))  # pins are looked up for CUDA devices only

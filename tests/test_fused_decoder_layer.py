@@ -120,8 +120,10 @@ def test_layers_that_do_not_fit_keep_their_forward(monkeypatch):
 
 
 @pytest.mark.parametrize("model_type,dtype,weight", [
-    ("llama", torch.bfloat16, RealQuantScheme("e3m2", bits=6)), ("qwen2", torch.float32, RealQuantScheme("e2m3", bits=6)),
-    ("qwen3", torch.bfloat16, RealQuantScheme("int4", group=32))], ids=["llama-fp6", "qwen2-fp6-e2m3", "qwen3-w4a16-g32"])
+    ("llama", torch.bfloat16, RealQuantScheme("e3m2", bits=6)),
+    ("qwen2", torch.float32, RealQuantScheme("e2m3", bits=6)),
+    ("qwen3", torch.bfloat16, RealQuantScheme("int4", group=32))],
+    ids=["llama-fp6", "qwen2-fp6-e2m3", "qwen3-w4a16-g32"])
 def test_weight_only_mlps_gate_in_their_product(model_type, dtype, weight, monkeypatch):
     """Weight-only layers (FPx, W4A16 in groups) keep HF's forward, their MLP's fused gate/up product returning
     silu(gate) * up (``models.gated_mlp``): one gated product an MLP where the product gates in one launch (the twin
