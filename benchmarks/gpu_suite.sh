@@ -50,8 +50,8 @@
 #              (fp6_head), FP6 E2M3 (MODES; NAME names the result file; issue 10)
 #   fpx_b8     bf16 / FP6 compiled CUDA-graph decode at batch 8 (MODES; issue 10)
 #   fpx_gated  the row kernel's gated products (silu(gate) * up in its epilogue, models.gated_mlp) checked, then
-#              bf16 / FP6 (MODES) compiled CUDA-graph decode at batch 1, 256 tokens, gated (the default), and FP6 with
-#              PTQ_FPX_GATED=0 (HF's MLP forward) in a second process (issue 10)
+#              FP6 / bf16 (MODES) compiled CUDA-graph decode at batch 1, 256 tokens, gated (the default), and FP6
+#              (UNGATED_MODES) with PTQ_FPX_GATED=0 (HF's MLP forward) in a second process (issue 10)
 #   decode_b8  W4A4KV4 and bf16 (MODES) compiled CUDA-graph decode at batch 8, the tensor-core decode kernel's pinned
 #              8-row configs (issue 10)
 #   gemv       the W4A4 decode kernel on dp4a activation bytes: w4a4_linear checked against its twin, the
@@ -314,7 +314,7 @@ for section in "$@"; do
         --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 1 --decode_tokens 256 \
         --compile --no_eager --out "$OUT/bench_model_decode_compiled_fp6_gated_llama3_8b_${GPU}"
       step "${LIMIT_FPX_MODEL:-200}" bench_model_fp6_ungated env PTQ_FPX_GATED=0 python benchmarks/bench_model.py \
-        --random_mode --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 1 \
+        --random_mode --config llama-3-8b --modes "${UNGATED_MODES:-fp6}" --prefill_batches "" --decode_batches 1 \
         --decode_tokens 256 --compile --no_eager --out "$OUT/bench_model_decode_compiled_fp6_ungated_llama3_8b_${GPU}" ;;
     fpx_b8)
       step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b8 python benchmarks/bench_model.py --random_mode \
