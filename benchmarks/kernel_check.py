@@ -469,9 +469,11 @@ def check_fpx_swap(m: int, n: int, k: int, element: str, x_dtype: torch.dtype, d
 
 
 # (M, N, K, element, x dtype, (BLOCK_N, BLOCK_KW, warps, PREFETCH, SPLIT_K) or None): gated products (gate's rows
-# then up's) on the row kernel: Llama-3-8B's fused gate/up at its pinned or tuned config, forced configs, a ragged one.
+# then up's) on the row kernel: Llama-3-8B's fused gate/up at its config pinned for one FP6 row (None), forced configs
+# (split, several rows, INT4), a ragged one; forced, none waits for the tuner.
 GPU_FPX_GATED = [(1, 28672, 4096, "e3m2", torch.bfloat16, None), (1, 28672, 4096, "e2m3", torch.bfloat16, None),
-                 (3, 28672, 4096, "e3m2", torch.bfloat16, None), (1, 28672, 4096, "int4", torch.bfloat16, None),
+                 (3, 28672, 4096, "e3m2", torch.bfloat16, (32, 64, 8, False, 1)),
+                 (1, 28672, 4096, "int4", torch.bfloat16, (64, 64, 8, False, 1)),
                  (1, 28672, 4096, "e3m2", torch.bfloat16, (64, 64, 8, False, 2)),
                  (1, 80, 200, "e3m2", torch.float16, (16, 64, 4, True, 1))]
 DRY_FPX_GATED = [(1, 72, 128, "e3m2", torch.bfloat16, (16, 4, 1, False, 2)),
