@@ -166,6 +166,13 @@ def test_weight_only_mlps_gate_in_their_product(model_type, dtype, weight, monke
     mlp = copy.deepcopy(plain.model.layers[0].mlp)
     mlp.gate_proj.group.widths = [40, 56]
     assert gated_group(mlp) is None
+    linear, x = mlp.gate_proj.group.linear, torch.zeros(1, 64, dtype=dtype)
+    with pytest.raises(ValueError, match="a gated product is a weight-only linear's, without a residual"):
+        torch.ops.ptq.real_quant_matmul(x, linear.qweight, getattr(linear, "qweight_high", None), linear.weight_scale,
+                                        None, torch.zeros(1, 192, dtype=dtype), linear.schemes, None, None, True)
+    w4a4 = tiny_model("llama").model.layers[0].mlp.gate_proj.group.linear
+    with pytest.raises(ValueError, match="quantizes its activations .int4.: use the fused decoder layer's gating"):
+        w4a4.gated_product(torch.zeros(1, 64))
 
 
 def test_an_online_rotation_on_down_proj_keeps_the_mlp_forward(monkeypatch):
