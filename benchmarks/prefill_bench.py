@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator(device=device).manual_seed(0)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None  # picks the default path there
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "device": "CPU" if args.cpu_dry_run else torch.cuda.get_device_name(device),
+              "device": gpu or "CPU",
               "versions": library_versions(),
               "timing": (f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed"
                          if not args.cpu_dry_run else "CPU, Triton interpreter: not a speed measurement"),

@@ -1392,7 +1392,7 @@ def fpx_matmul_triton(
                                             triton.cdiv(n, ROW_MIN_BLOCK_N))
         mma = _row_mma(m, x.dtype, group)
         # A plane made under torch.inference_mode counts no in-place writes: an interleaved copy of it could go stale.
-        interleaved = not mma and _row_interleaves(m, n, bits) and len(planes) > 1 and not high.is_inference()
+        interleaved = not mma and _row_interleaves(m, n, bits) and not high.is_inference()
         row_high = interleaved_high(high, bits) if interleaved else high_words
         # In groups the placements' power of two goes with the group scales (G_UNIT), less GROUP_UNIT_SHIFT's.
         unit_exp = shift if group else 127 - exp_bias
