@@ -86,10 +86,12 @@
 #   targets9   issue 9's decode-size target measured again after the re-timing autotuner (quant_kernels/autotuning.py):
 #              the W4A4 kernels and linears at M = 1 and 16 (MS; INT4, E2M1; their default paths only) against cuBLAS
 #              bf16, each a lone CUDA-graph replay, then each inside a stream of 20 calls (without a lone replay's 5 µs
-#              launch floor, as in a captured model step); MS=128,512 NAME=128_512_ fills in the issue's middle rows
+#              launch floor, as in a captured model step); MS=128,512 NAME=128_512_ times the packed kernel at the
+#              issue's middle rows (the default path there is the int8 one: targets9_prefill with MS=128,512)
 #   targets9_prefill  issue 9's prefill targets so: prefill_bench at M = 2048 and 8192 (MS) for INT4 and E2M1
 #              weights (ELEMENTS; SHAPES), kernels and whole linears against bf16 and cuBLAS's FP8 GEMM: the default
-#              path's only (ALL_PATHS=1: every form, each autotuned, which cut a cold call at two shapes of four)
+#              path's only (ALL_PATHS=1: every form, each autotuned, which cut a cold call at two shapes of four);
+#              MS=128,512 the middle rows, on the int8 path from 65 rows (quant_kernels.INT8_MIN_ROWS)
 #   targets10  issue 10's FPx target measured again after the re-timing autotuner: FP6 E3M2 weight-only at 1, 64
 #              and 128 rows (MS) at the five Llama-3-8B decode shapes against torch bf16, every output checked
 #   ws_probe   the warp-specialization probe (ws_tile_probe.py): INT4 and FP6 E3M2 weight-only on split layouts,

@@ -9,10 +9,12 @@ before every repetition):
   timed; M is padded to a multiple of 16, as the row-wise kernels need);
 * ``int4``, ``e2m1`` (per-token activations x per-channel weights), ``nvfp4`` and
   ``mxfp4`` (16 / 32-element groups on both sides): our W4A4 GEMM alone (``gemm``: the
-  CUDA-core decode kernel ``w4a4_gemv`` at M <= 8 with per-row scales, else the
-  tensor-core kernel, split-K at M <= 16) and after the activation-quantization kernel
-  (``quant+gemm``); where the decode kernel ran, also the tensor-core kernel
-  (``dot gemm``), for comparison;
+  decode kernels of ``w4a4_gemv`` at the rows they take with per-row scales, up to 64, else
+  ``w4a4_gemm``'s tensor-core kernel on the packed codes, split-K at M <= 16, named ``packed gemm``)
+  and after the activation-quantization kernel (``quant+gemm``); where the decode kernel ran, also
+  the packed one (``dot gemm``), for comparison. Above the decode rows ``w4a4_linear`` takes the
+  packed kernel only where the int8, e4m3 and FP8 paths do not (groups, other elements):
+  ``benchmarks/prefill_bench.py --default_paths_only`` times the path it takes there;
 * for ``int4`` and ``e2m1``, the FP8 path (``quant_kernels.fp8_gemm``): cuBLAS's FP8 GEMM on
   codes widened to E4M3 alone (``fp8 gemm``, weight widened beforehand), with the weight
   widened in the timed call (``fp8 unpack+gemm``), and the whole linear
@@ -301,9 +303,10 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
         linear = functools.partial(quant_kernels.w4a4_linear, x, *wq, a_element=element, w_element=element,
                                    a_group=group, w_group=group, scale_kind=kind, out_dtype=torch.bfloat16, backend="triton",
                                    path="packed")
-        rows.append(row(n, m, k, f"{name} gemm", time_ms(gemm), weight_bytes, check))
+        kernel = name if decode else f"{name} packed"  # above the decode rows not the default path for every format
+        rows.append(row(n, m, k, f"{kernel} gemm", time_ms(gemm), weight_bytes, check))
         rows[-1]["config"] = tuned_config(m, k, group, w_element=element if decode else None)
-        rows.append(row(n, m, k, f"{name} quant+gemm", time_ms(linear), weight_bytes, check))
+        rows.append(row(n, m, k, f"{kernel} quant+gemm", time_ms(linear), weight_bytes, check))
         if decode and alternatives:
             dot = functools.partial(w4a4_matmul_triton, out_dtype=torch.bfloat16, gemv=False, **spec)
             rows.append(row(n, m, k, f"{name} dot gemm", time_ms(lambda: dot(*aq, *wq)), weight_bytes))
@@ -494,8 +497,10 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma list of the FPx weight-only elements to time, or of {', '.join(GROUPED_WEIGHT_ONLY)} "
                         "(scales in groups; each autotunes its own kernels: fewer keep a GPU call short)")
     p.add_argument("--default_paths_only", action="store_true",
-                   help="time each W4A4 format's default kernel and linear only, not the dot GEMM, FP8 and int8 paths "
-                        "beside them (each autotunes kernels of its own: most of a cold call's time at decode sizes)")
+                   help="time each W4A4 format's decode or packed kernel and linear only, not the dot GEMM, FP8 and "
+                        "int8 paths beside them (each autotunes kernels of its own: most of a cold call's time at "
+                        "decode sizes); above the decode rows prefill_bench.py --default_paths_only times the path "
+                        "w4a4_linear takes")
     p.add_argument("--reps", type=int, default=50, help="timed repetitions (the median is reported)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls first (the first ones autotune)")
     p.add_argument("--flush_l2", action="store_true", help="clear the L2 cache before every timed repetition")

@@ -65,12 +65,19 @@ __all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "
 
 BACKENDS = ("triton", "torch")
 PATHS = ("packed", "fp8", "int8", "e4m3")
-# From this many rows on, per-row-scaled bfloat16 products on a GPU take the int8 path (INT4 weights, up to
-# INT8_MAX_ROWS rows) or the FP8 path. On the H200 (Llama-3-8B shapes, activation codes included) the int8 path's
+# From this many rows on, per-row-scaled bfloat16 products on a GPU may take the FP8 path; INT4 weights keep the
+# int8 path up to INT8_MAX_ROWS rows. On the H200 (Llama-3-8B shapes, activation codes included) the int8 path's
 # linear ran 1.06-1.86x as fast as the FP8 path's at 256-2048 rows, 0.98-1.04x at 4096 and 0.91-1.01x at 8192
 # (``benchmarks/results/prefill_int8_h200.md``, ``prefill_int8_4096_8192_h200.md``).
 FP8_MIN_ROWS = 256
 INT8_MAX_ROWS = 4096
+# From this many rows (the first the tensor-core decode kernel, ``w4a4_gemv.TC_MAX_M``, leaves) INT4 and E2M1 weights
+# with per-row scales take the int8 path (E2M1 the e4m3 one where it would) in any output dtype. Below FP8_MIN_ROWS,
+# and in float16 at any size, they took ``w4a4_gemm``'s packed kernel, which ran 0.48-0.80x bf16 (INT4) and
+# 0.17-0.41x (E2M1) at 128 rows on the H100, inside a stream of calls, and 0.35-0.43x / 0.15-0.23x at 512
+# (``benchmarks/results/kernel_bench_decode_in_stream_retimed_128_512_h100.md``), where the int8 path's kernel ran
+# 0.93-1.52x bf16 at 256 rows on the H200 (``prefill_int8_h200.md``). 65-255 rows on the int8 path are untimed.
+INT8_MIN_ROWS = 65
 # E2M1 weights take the int8 path (as int8 operands of twice their values) up to this many rows: 1.13-1.49x the FP8
 # path's linear at 256 rows, 1.00-1.11x at 512 (but 0.77x at 4096 x 4096 in one of the two calls), 0.69-0.77x at 2048
 # and 0.59-0.61x at 8192 (two H200 calls, ``prefill_int8_e2m1_h200.md``, ``prefill_e4m3_e2m1_rejected_h200.md``).
@@ -263,10 +270,11 @@ def w4a4_linear(
     or ``e4m3`` (as ``int8``, INT4 or E2M1 activations too: the codes as E4M3 planes in that order, the weight's
     nibbles E4M3 operands, one dot a K step accumulating in wgmma: the decode launch up to ``TC_MAX_M`` rows, the
     prefill one above; the reference backend computes the int8 path's exact product).
-    None picks ``int8`` for INT4 weights up to ``INT8_MAX_ROWS`` rows (E2M1 up to ``E2M1_INT8_MAX_ROWS``, then
-    ``e4m3`` up to ``E2M1_E4M3_MAX_ROWS``; on ``UNBOUNDED_ROWS_DEVICES`` at every size) and ``fp8`` otherwise in
-    bfloat16 products of at least ``FP8_MIN_ROWS`` rows on the Triton backend where they fit, else ``packed``; with
-    ``PTQ_E4M3_PATH=1`` ``e4m3`` in place of ``int8`` and ``fp8`` wherever it fits.
+    None picks, on the Triton backend, ``int8`` for INT4 weights from ``INT8_MIN_ROWS`` to ``INT8_MAX_ROWS`` rows
+    (E2M1 up to ``E2M1_INT8_MAX_ROWS``, then ``e4m3`` up to ``E2M1_E4M3_MAX_ROWS``; on ``UNBOUNDED_ROWS_DEVICES`` at
+    every size) in any output dtype, ``fp8`` above them in bfloat16 products of at least ``FP8_MIN_ROWS`` rows where
+    it fits (where it does not, the int8 and e4m3 paths keep them), else ``packed``; with ``PTQ_E4M3_PATH=1``
+    ``e4m3`` in place of ``int8`` and ``fp8`` wherever it fits.
     """
     from .fp8_gemm import w4a4_matmul_fp8
 
@@ -353,16 +361,15 @@ def default_path(m: int, n: int, k: int, w_element: str, a_element: str, on_trit
     """The path ``w4a4_linear`` takes for an (M, K) x (N, K) product when none is given (its docstring says which);
     ``on_triton``: whether it runs on the Triton backend; ``device``: the GPU's name (``UNBOUNDED_ROWS_DEVICES``)."""
     fits, int8_fits, e4m3_fits = _paths_fitting(m, n, k, w_element, a_element, a_group, w_group, scale_kind)
-    large = on_triton and m >= FP8_MIN_ROWS and out_dtype == torch.bfloat16
-    unbounded = device in UNBOUNDED_ROWS_DEVICES
-    int4_most, e2m1_most = (math.inf, math.inf) if unbounded else (INT8_MAX_ROWS, E2M1_E4M3_MAX_ROWS)
-    int8_rows = {"int4": int4_most, "e2m1": E2M1_INT8_MAX_ROWS}.get(w_element, 0)
-    path = ("int8" if large and int8_fits and (m <= int8_rows or (w_element == "int4" and not fits))
-            else "fp8" if large and fits else "packed")
-    e2m1_rows = w_element == "e2m1" and E2M1_INT8_MAX_ROWS < m <= e2m1_most
-    if path in ("int8", "fp8") and e4m3_fits and (e4m3_path_on() or e2m1_rows):
-        path = "e4m3"
-    return path
+    tiled = on_triton and m >= INT8_MIN_ROWS and int8_fits and (w_element == "int4" or e4m3_fits)
+    fp8 = on_triton and m >= FP8_MIN_ROWS and fits and out_dtype == torch.bfloat16
+    most = math.inf if device in UNBOUNDED_ROWS_DEVICES else {"int4": INT8_MAX_ROWS}.get(w_element, E2M1_E4M3_MAX_ROWS)
+    if tiled and (m <= most or not fp8):
+        e2m1_rows = w_element == "e2m1" and m > E2M1_INT8_MAX_ROWS
+        return "e4m3" if e4m3_fits and (e4m3_path_on() or e2m1_rows) else "int8"
+    if fp8:
+        return "e4m3" if e4m3_fits and e4m3_path_on() else "fp8"
+    return "packed"
 
 
 def _with_norm_tail(out: torch.Tensor, norm_tail: NormTail | None, backend: str | None):

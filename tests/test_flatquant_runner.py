@@ -243,7 +243,7 @@ def test_kernel_bench_refuses_a_negative_in_stream_count(cli):
 def test_kernel_bench_default_paths_only_skips_the_alternatives(cli, tmp_path):
     """``--default_paths_only``: the kernel each format takes by default and its linear, checked, without the paths
     beside them (here the FP8 path's three rows, which the full table times; the interpreter takes no decode
-    kernel, so no dot GEMM is timed either way)."""
+    kernel, so the packed one runs, named so, and no dot GEMM is timed either way)."""
     prefix = str(tmp_path / "bench")
     tables = []
     for extra in ((), ("--default_paths_only",)):
@@ -253,7 +253,7 @@ def test_kernel_bench_default_paths_only_skips_the_alternatives(cli, tmp_path):
         tables.append(open(prefix + ".md").read())
     full, default_only = tables
     for table in tables:
-        assert "| 32x128 | 1 | int4 gemm |" in table and "| 32x128 | 1 | int4 quant+gemm |" in table
+        assert "| 32x128 | 1 | int4 packed gemm |" in table and "| 32x128 | 1 | int4 packed quant+gemm |" in table
     assert "| 32x128 | 1 | int4 fp8 gemm |" in full and "int4 fp8" not in default_only
     assert "MISMATCH" not in default_only
 

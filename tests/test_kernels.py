@@ -9,6 +9,7 @@ be imported by then (transformers imports it when other test modules import
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"
@@ -935,10 +936,12 @@ def test_w4a4_linear_path_choice_and_refusals():
 
 
 def test_w4a4_linear_picks_its_path_by_element_and_rows(monkeypatch):
-    """Auto on the Triton backend, bfloat16 out: INT4 weights take the int8 path from FP8_MIN_ROWS to INT8_MAX_ROWS
-    rows and the FP8 path above; E2M1 weights the int8 path up to E2M1_INT8_MAX_ROWS, the e4m3 path (the prefill
-    launch on E4M3 planes, one dot a step) up to E2M1_E4M3_MAX_ROWS, then the FP8 path; ``default_path`` names the
-    same paths (what the benchmarks time as the default)."""
+    """Auto on the Triton backend, bfloat16 out: INT4 weights take the int8 path from INT8_MIN_ROWS (the first row
+    the tensor-core decode kernel leaves) to INT8_MAX_ROWS rows and the FP8 path above; E2M1 weights the int8 path
+    up to E2M1_INT8_MAX_ROWS, the e4m3 path (the prefill launch on E4M3 planes, one dot a step) up to
+    E2M1_E4M3_MAX_ROWS, then the FP8 path; ``default_path`` names the same paths (what the benchmarks time as the
+    default)."""
+    from quant_kernels.w4a4_gemv import TC_MAX_M
     from quant_kernels import fp8_gemm, w4a4_gemv
 
     taken, named = [], []
@@ -948,22 +951,46 @@ def test_w4a4_linear_picks_its_path_by_element_and_rows(monkeypatch):
         "int8" if a.dtype == torch.int8 else ("e4m3", a.dtype, k["fp8_step_sums"])) or torch.zeros(1))
     monkeypatch.setattr(fp8_gemm, "w4a4_matmul_fp8", lambda *a, **k: taken.append("fp8") or torch.zeros(1))
     int8_most, e4m3_most = quant_kernels.E2M1_INT8_MAX_ROWS, quant_kernels.E2M1_E4M3_MAX_ROWS
-    for element, rows in (("int4", (quant_kernels.FP8_MIN_ROWS, quant_kernels.INT8_MAX_ROWS,
+    assert quant_kernels.INT8_MIN_ROWS == TC_MAX_M + 1
+    first = quant_kernels.INT8_MIN_ROWS
+    for element, rows in (("int4", (first, quant_kernels.FP8_MIN_ROWS, quant_kernels.INT8_MAX_ROWS,
                                     quant_kernels.INT8_MAX_ROWS + 1)),
-                          ("e2m1", (quant_kernels.FP8_MIN_ROWS, int8_most, int8_most + 1, e4m3_most, e4m3_most + 1))):
+                          ("e2m1", (first, int8_most, int8_most + 1, e4m3_most, e4m3_most + 1))):
         w, s = quantize_activations_ref(torch.randn(32, 64), element, 0, "float")
         for m in rows:
             quant_kernels.w4a4_linear(torch.randn(m, 64, dtype=torch.bfloat16), w, s, a_element=element,
                                       w_element=element, out_dtype=torch.bfloat16, backend="triton")
             named.append(quant_kernels.default_path(m, 32, 64, element, element))
     e4m3 = ("e4m3", torch.float8_e4m3fn, False)
-    assert taken == ["int8", "int8", "fp8", "int8", "int8", e4m3, e4m3, "fp8"]
-    assert named == ["int8", "int8", "fp8", "int8", "int8", "e4m3", "e4m3", "fp8"]
+    assert taken == ["int8", "int8", "int8", "fp8", "int8", "int8", e4m3, e4m3, "fp8"]
+    assert named == ["int8", "int8", "int8", "fp8", "int8", "int8", "e4m3", "e4m3", "fp8"]
+    assert [quant_kernels.default_path(first - 1, 32, 64, element, element) for element in ("int4", "e2m1")] == [
+        "packed"] * 2  # the decode kernels' rows (``w4a4_linear`` hands them on from the packed path)
     assert quant_kernels.default_path(quant_kernels.FP8_MIN_ROWS, 32, 64, "int4", "int4", on_triton=False) == "packed"
     for device, paths in ((quant_kernels.UNBOUNDED_ROWS_DEVICES[0], ("int8", "e4m3")), ("NVIDIA H200", ("fp8",) * 2),
                           (None, ("fp8",) * 2)):
         assert tuple(quant_kernels.default_path(8192, 32, 64, element, element, device=device)
                      for element in ("int4", "e2m1")) == paths, device
+
+
+def test_default_path_in_float16_keeps_the_tensor_core_paths(monkeypatch):
+    """The FP8 path writes bfloat16 only; in float16 (and float32) INT4 weights keep the int8 path and E2M1 weights
+    the int8 / e4m3 paths at every size from INT8_MIN_ROWS, where the FP8 path would have taken them in bfloat16;
+    INT8 activations with E2M1 weights, scales in groups and K not a multiple of 8 stay on the packed path, and FPx
+    elements the int8 kernel does not unpack take the FP8 path in bfloat16."""
+    monkeypatch.delenv("PTQ_E4M3_PATH", raising=False)
+    first, h200 = quant_kernels.INT8_MIN_ROWS, "NVIDIA H200"
+    for dtype in (torch.float16, torch.float32):
+        path = functools.partial(quant_kernels.default_path, out_dtype=dtype, device=h200)
+        assert [path(m, 32, 64, "int4", "int4") for m in (first, 8192)] == ["int8", "int8"]
+        assert [path(m, 32, 64, "e2m1", "e2m1") for m in (first, quant_kernels.E2M1_INT8_MAX_ROWS + 1, 8192)] == [
+            "int8", "e4m3", "e4m3"]
+        assert path(8192, 32, 64, "e2m1", "int8") == path(8192, 32, 64, "e3m0", "e3m0") == "packed"
+        assert path(first, 32, 64, "int4", "int4", a_group=16, w_group=16) == path(first, 32, 60, "int4", "int4") == \
+            "packed"
+    bf16 = functools.partial(quant_kernels.default_path, device=h200)
+    assert (bf16(8192, 32, 64, "int4", "int4"), bf16(8192, 32, 64, "e3m0", "e3m0")) == ("fp8", "fp8")
+    assert bf16(8192, 30, 64, "int4", "int4") == "int8" and bf16(8192, 30, 64, "e2m1", "e2m1") == "e4m3"  # no fp8 fit
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -1032,9 +1059,8 @@ def test_prefill_tiles_of_256_rows_are_the_one_dot_form_s_own():
 
 
 def test_auto_path_takes_e4m3_with_its_switch(monkeypatch):
-    """``PTQ_E4M3_PATH=1``: the auto path's int8 and FP8 choices (from FP8_MIN_ROWS rows, bfloat16 out) become the
-    e4m3 path, the prefill launch on E4M3 planes with the sums in wgmma; below FP8_MIN_ROWS nothing changes; a
-    value other than 0 or 1 is refused by name."""
+    """``PTQ_E4M3_PATH=1``: the auto path's int8 and FP8 choices (from INT8_MIN_ROWS rows) become the e4m3 path, the
+    prefill launch on E4M3 planes with the sums in wgmma; a value other than 0 or 1 is refused by name."""
     from quant_kernels import w4a4_gemv
 
     calls = []
