@@ -87,7 +87,8 @@
 #              the W4A4 kernels and linears at M = 1 and 16 (MS; INT4, E2M1; their default paths only) against cuBLAS
 #              bf16, each a lone CUDA-graph replay, then each inside a stream of 20 calls (without a lone replay's 5 µs
 #              launch floor, as in a captured model step); MS=128,512 NAME=128_512_ times the packed kernel at the
-#              issue's middle rows (the default path there is the int8 one: targets9_prefill with MS=128,512)
+#              issue's middle rows (the default path there is the int8 one: targets9_prefill with MS=128,512);
+#              FORMATS=nvfp4,mxfp4 the group-scaled W4A4 formats, which take the packed kernel at every M
 #   targets9_prefill  issue 9's prefill targets so: prefill_bench at M = 2048 and 8192 (MS) for INT4 and E2M1
 #              weights (ELEMENTS; SHAPES), kernels and whole linears against bf16 and cuBLAS's FP8 GEMM: the default
 #              path's only (ALL_PATHS=1: every form, each autotuned, which cut a cold call at two shapes of four);
@@ -422,10 +423,10 @@ for section in "$@"; do
         --decode_tokens 64 --compile --no_eager --out "$OUT/bench_model_decode_b8_b16_fp4_planes_llama3_8b_${GPU}" ;;
     targets9)
       step "${LIMIT_TARGET_DECODE:-300}" kernel_bench_targets9 python benchmarks/kernel_bench.py --flush_l2 \
-        --cuda_graph --formats int4,e2m1 --ms "${MS:-1,16}" --weight_only_ms "" --default_paths_only \
+        --cuda_graph --formats "${FORMATS:-int4,e2m1}" --ms "${MS:-1,16}" --weight_only_ms "" --default_paths_only \
         --out "$OUT/kernel_bench_decode_retimed_${NAME:-}${GPU}"
       step "${LIMIT_TARGET_STREAM:-150}" kernel_bench_targets9_in_stream python benchmarks/kernel_bench.py --flush_l2 \
-        --in_stream 20 --formats int4,e2m1 --ms "${MS:-1,16}" --weight_only_ms "" --default_paths_only \
+        --in_stream 20 --formats "${FORMATS:-int4,e2m1}" --ms "${MS:-1,16}" --weight_only_ms "" --default_paths_only \
         --out "$OUT/kernel_bench_decode_in_stream_retimed_${NAME:-}${GPU}"
       ;;
     targets9_prefill)

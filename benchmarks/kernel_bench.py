@@ -14,7 +14,9 @@ before every repetition):
   and after the activation-quantization kernel (``quant+gemm``); where the decode kernel ran, also
   the packed one (``dot gemm``), for comparison. Above the decode rows ``w4a4_linear`` takes the
   packed kernel only where the int8, e4m3 and FP8 paths do not (groups, other elements):
-  ``benchmarks/prefill_bench.py --default_paths_only`` times the path it takes there;
+  ``benchmarks/prefill_bench.py --default_paths_only`` times the path it takes there; from
+  ``quant_kernels.DEQUANTIZED_MIN_ROWS`` rows the group-scaled formats take the dequantized path (both
+  operands dequantized to bfloat16, then cuBLAS), timed beside the packed kernel (``dequantized quant+gemm``);
 * for ``int4`` and ``e2m1``, the FP8 path (``quant_kernels.fp8_gemm``): cuBLAS's FP8 GEMM on
   codes widened to E4M3 alone (``fp8 gemm``, weight widened beforehand), with the weight
   widened in the timed call (``fp8 unpack+gemm``), and the whole linear
@@ -187,6 +189,19 @@ def check_int8_path(x: torch.Tensor, wq: tuple) -> str:
     return "ok" if err <= 2.0**-7 else f"MISMATCH: elementwise rel err {err:.1e}"  # the interpreter truncates
 
 
+def check_dequantized_path(x: torch.Tensor, wq: tuple, element: str, group: int, kind: str) -> str:
+    """The dequantized path's linear (bfloat16 out) against the fp32 twin on the first CHECK_ROWS rows: both
+    operands rounded to bfloat16 once, so within 2^-6 of the largest output."""
+    rows = x[:CHECK_ROWS]
+    spec = dict(a_element=element, w_element=element, a_group=group, w_group=group)
+    got = quant_kernels.w4a4_linear(rows, *wq, **spec, scale_kind=kind, out_dtype=torch.bfloat16, backend="triton",
+                                    path="dequantized").float()
+    want = reference.w4a4_matmul_ref(*reference.quantize_activations_ref(rows, element, group, kind), *wq, **spec,
+                                     out_dtype=torch.float32)
+    err = ((got - want).abs().max() / want.abs().max()).item()
+    return "ok" if err <= 2.0**-6 else f"MISMATCH rel err {err:.1e}"
+
+
 def fp8_path_rows(n: int, m: int, k: int, x: torch.Tensor, wq: tuple, name: str, element: str, time_ms) -> list[dict]:
     """The FP8 path of a per-row format: GEMM alone, with the weight widening, with everything."""
     from quant_kernels.fp8_gemm import w4a4_matmul_fp8  # late: builds Triton kernels (TRITON_INTERPRET is set in main)
@@ -307,6 +322,11 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
         rows.append(row(n, m, k, f"{kernel} gemm", time_ms(gemm), weight_bytes, check))
         rows[-1]["config"] = tuned_config(m, k, group, w_element=element if decode else None)
         rows.append(row(n, m, k, f"{kernel} quant+gemm", time_ms(linear), weight_bytes, check))
+        if quant_kernels.default_path(m, n, k, element, element, True, torch.bfloat16, group, group, kind) == \
+                "dequantized":  # the default there: both operands dequantized, then cuBLAS
+            dequantized = functools.partial(linear, path="dequantized")
+            rows.append(row(n, m, k, f"{name} dequantized quant+gemm", time_ms(dequantized), weight_bytes,
+                            check_dequantized_path(x, wq, element, group, kind)))
         if decode and alternatives:
             dot = functools.partial(w4a4_matmul_triton, out_dtype=torch.bfloat16, gemv=False, **spec)
             rows.append(row(n, m, k, f"{name} dot gemm", time_ms(lambda: dot(*aq, *wq)), weight_bytes))

@@ -64,7 +64,7 @@ __all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "
            "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
-PATHS = ("packed", "fp8", "int8", "e4m3")
+PATHS = ("packed", "fp8", "int8", "e4m3", "dequantized")
 # From this many rows on, per-row-scaled bfloat16 products on a GPU may take the FP8 path; INT4 weights keep the
 # int8 path up to INT8_MAX_ROWS rows. On the H200 (Llama-3-8B shapes, activation codes included) the int8 path's
 # linear ran 1.06-1.86x as fast as the FP8 path's at 256-2048 rows, 0.98-1.04x at 4096 and 0.91-1.01x at 8192
@@ -92,6 +92,12 @@ E2M1_E4M3_MAX_ROWS = 4096
 # path's 0.97x at 4096 x 4096 (``benchmarks/results/prefill_{int4,e2m1}_retimed_8192_all_paths_h100.md``,
 # ``prefill_int4_retimed_8192_h100.md``).
 UNBOUNDED_ROWS_DEVICES = ("NVIDIA H100 80GB HBM3",)
+# From this many rows the products no tensor-core path takes (scales in groups: NVFP4, MXFP4, INT4 g128 W4A4; other
+# scale kinds) dequantize both operands into the output dtype and multiply them with cuBLAS (the ``dequantized`` path,
+# ``fpx_gemm.DEQUANT_MIN_M``'s threshold for the weight-only products): the packed kernel ran NVFP4 at 0.08x bf16 and
+# MXFP4 at 0.12x at 2048 and 8192 rows of 4096 x 4096 on the H200 (``kernel_bench_h200_4096_all_formats.md``), where
+# the dequantizing passes cost about what reading a bf16 weight and activation does (untimed so far).
+DEQUANTIZED_MIN_ROWS = 1024
 
 
 def e4m3_path_on() -> bool:
@@ -269,12 +275,15 @@ def w4a4_linear(
     values, ``w4a4_matmul_dp4a`` / ``w4a4_gemv.w4a4_tc_prefill_triton``; per-row float scales, K a multiple of 8)
     or ``e4m3`` (as ``int8``, INT4 or E2M1 activations too: the codes as E4M3 planes in that order, the weight's
     nibbles E4M3 operands, one dot a K step accumulating in wgmma: the decode launch up to ``TC_MAX_M`` rows, the
-    prefill one above; the reference backend computes the int8 path's exact product).
+    prefill one above; the reference backend computes the int8 path's exact product) or ``dequantized`` (any scales:
+    the activation codes and the weight dequantized into ``out_dtype``, each value rounded once as a fake-quantized
+    model of that dtype holds it, then ``torch.nn.functional.linear``).
     None picks, on the Triton backend, ``int8`` for INT4 weights from ``INT8_MIN_ROWS`` to ``INT8_MAX_ROWS`` rows
     (E2M1 up to ``E2M1_INT8_MAX_ROWS``, then ``e4m3`` up to ``E2M1_E4M3_MAX_ROWS``; on ``UNBOUNDED_ROWS_DEVICES`` at
     every size) in any output dtype, ``fp8`` above them in bfloat16 products of at least ``FP8_MIN_ROWS`` rows where
-    it fits (where it does not, the int8 and e4m3 paths keep them), else ``packed``; with ``PTQ_E4M3_PATH=1``
-    ``e4m3`` in place of ``int8`` and ``fp8`` wherever it fits.
+    it fits (where it does not, the int8 and e4m3 paths keep them), ``dequantized`` for the other bfloat16 and
+    float16 products of INT4 and E2M1 codes from ``DEQUANTIZED_MIN_ROWS`` rows, else ``packed``; with
+    ``PTQ_E4M3_PATH=1`` ``e4m3`` in place of ``int8`` and ``fp8`` wherever it fits.
     """
     from .fp8_gemm import w4a4_matmul_fp8
 
@@ -327,7 +336,7 @@ def w4a4_linear(
         codes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, fp8_codes=True, backend=backend)
         out = w4a4_matmul_fp8(codes, a_scale, unpack_fp8(w_packed, w_element, backend=backend), w_scale, bias)
         return _with_norm_tail(out if residual is None else residual + out, norm_tail, backend)
-    if _use_triton(x, backend) and x.is_cuda:
+    if path == "packed" and _use_triton(x, backend) and x.is_cuda:
         from .w4a4_gemm import takes_gemv
 
         if takes_gemv(m, k, a_group, w_group, w_element=w_element):  # the decode kernels, on their codes
@@ -339,9 +348,15 @@ def w4a4_linear(
                                     backend=backend)
     packed, a_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, tensor_amax=a_tensor_amax,
                                            backend=backend)
-    out = w4a4_matmul(packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
-                      a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend,
-                      w_global_scale=w_global_scale)
+    if path == "dequantized":  # both operands as a fake-quantized model of out_dtype holds them, then cuBLAS
+        x_q = dequantize_weight((packed,), a_scale, element=a_element, group=a_group, dtype=out_dtype, backend=backend)
+        w = dequantize_weight((w_packed,), w_scale, element=w_element, group=w_group, dtype=out_dtype,
+                              backend=backend, global_scale=w_global_scale)
+        out = torch.nn.functional.linear(x_q, w, None if bias is None else bias.to(out_dtype))
+    else:
+        out = w4a4_matmul(packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
+                          a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend,
+                          w_global_scale=w_global_scale)
     return _with_norm_tail(out if residual is None else residual + out, norm_tail, backend)
 
 
@@ -369,6 +384,9 @@ def default_path(m: int, n: int, k: int, w_element: str, a_element: str, on_trit
         return "e4m3" if e4m3_fits and (e4m3_path_on() or e2m1_rows) else "int8"
     if fp8:
         return "e4m3" if e4m3_fits and e4m3_path_on() else "fp8"
+    if on_triton and m >= DEQUANTIZED_MIN_ROWS and out_dtype in (torch.bfloat16, torch.float16) and \
+            {w_element, a_element} <= {"int4", "e2m1"}:
+        return "dequantized"
     return "packed"
 
 

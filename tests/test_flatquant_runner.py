@@ -258,6 +258,25 @@ def test_kernel_bench_default_paths_only_skips_the_alternatives(cli, tmp_path):
     assert "MISMATCH" not in default_only
 
 
+def test_kernel_bench_checks_the_dequantized_path_against_the_twin(monkeypatch):
+    """kernel_bench's check of the dequantized path (the default for group-scaled W4A4 at prefill rows): NVFP4 and
+    MXFP4 operands pass at bfloat16's operand rounding; a dequantization off by 5 % is caught."""
+    import quant_kernels
+    from benchmarks.kernel_bench import W4A4_FORMATS, check_dequantized_path
+
+    gen = torch.Generator().manual_seed(3)
+    operands = {}
+    for name in ("nvfp4", "mxfp4"):
+        element, group, kind = W4A4_FORMATS[name]
+        x, w = torch.randn(12, 128, generator=gen), torch.randn(24, 128, generator=gen) * 0.05
+        operands[name] = x, quant_kernels.quantize_activations(w, element, group, kind, backend="torch")
+        assert check_dequantized_path(*operands[name], element, group, kind) == "ok", name
+    dequantize = quant_kernels.dequantize_weight
+    monkeypatch.setattr(quant_kernels, "dequantize_weight", lambda *a, **k: dequantize(*a, **k) * 1.05)
+    for name, (x, wq) in operands.items():
+        assert check_dequantized_path(x, wq, *W4A4_FORMATS[name]).startswith("MISMATCH"), name
+
+
 def test_ws_tile_probe_layouts_by_hand():
     """The warp-specialization probe's layouts: the low four bits in halves (in each 128 codes, byte j holds code j low
     and code 64 + j high), FP6's top two bits in quarters (in each 256 codes, byte j holds those of codes j, 64 + j,

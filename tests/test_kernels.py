@@ -1131,6 +1131,56 @@ def test_w4a4_gemm_reads_encoded_weight_scales_as_their_fp32_values(encoding, w_
                                   backend="torch", **kw)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("case", ["nvfp4", "mxfp4", "int4-tok x int4-g128"])
+def test_dequantized_path_is_the_fake_quantized_product(case, backend):
+    """The dequantized path (groups, encoded scales): the activation codes and the weight dequantized into the output
+    dtype, each value rounded once, then one matmul with the bias, the residual added after; within bfloat16's
+    operand rounding of the exact product. NVFP4 weights bring E4M3 scales with their rows' global scales."""
+    from quant_kernels.reference import scale_values
+
+    a_el, a_group, a_kind, w_el, w_group, w_kind = GEMM_CASES[case]
+    gen = torch.Generator().manual_seed(a_group + w_group)
+    m, n, k = 37, 24, 256
+    x = (torch.randn(m, k, generator=gen) * 3).to(torch.bfloat16)
+    w_packed, w_scale = quantize_activations_ref(torch.randn(n, k, generator=gen) * 0.05, w_el, w_group, w_kind)
+    global_scale = None
+    if case == "nvfp4":  # as the checkpoint encodes them
+        global_scale = torch.rand(n, generator=gen) * 1e-3 + 1e-4
+        w_scale = (w_scale / global_scale[:, None]).to(torch.float8_e4m3fn)
+    bias, residual = torch.randn(n, generator=gen), torch.randn(m, n, generator=gen).to(torch.bfloat16)
+    kw = dict(a_element=a_el, w_element=w_el, a_group=a_group, w_group=w_group, scale_kind=a_kind, bias=bias,
+              out_dtype=torch.bfloat16, backend=backend, w_global_scale=global_scale)
+    got = quant_kernels.w4a4_linear(x, w_packed, w_scale, path="dequantized", **kw)
+    a_packed, a_scale = quantize_activations_ref(x, a_el, a_group, a_kind)
+    weight = scale_values(w_scale, global_scale) if case == "nvfp4" else w_scale
+    x_q = decode(unpack(a_packed), element_named(a_el)).reshape(m, -1, a_group or k) * a_scale[..., None]
+    w_q = decode(unpack(w_packed), element_named(w_el)).reshape(n, -1, w_group or k) * weight.reshape(n, -1, 1)
+    want = F.linear(x_q.reshape(m, k).to(torch.bfloat16), w_q.reshape(n, k).to(torch.bfloat16),
+                    bias.to(torch.bfloat16))
+    assert torch.equal(got, want)
+    exact = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.float32, bias=bias,
+                            w_global_scale=global_scale, **{key: kw[key] for key in ("a_element", "w_element",
+                                                                                     "a_group", "w_group")})
+    torch.testing.assert_close(got.float(), exact, rtol=2.0**-6, atol=2.0**-7 * exact.abs().max().item())
+    assert torch.equal(quant_kernels.w4a4_linear(x, w_packed, w_scale, path="dequantized", residual=residual, **kw),
+                       residual + got)
+
+
+def test_default_path_dequantizes_group_scaled_products_from_their_row_count():
+    """NVFP4 and MXFP4 (and INT4 in groups of 128) W4A4 products take the dequantized path from
+    DEQUANTIZED_MIN_ROWS rows in bfloat16 and float16 on the Triton backend; below, in float32 and on the reference
+    backend, the packed one."""
+    first = quant_kernels.DEQUANTIZED_MIN_ROWS
+    for case in ("nvfp4", "mxfp4", "int4-tok x int4-g128"):
+        a_el, a_group, a_kind, w_el, w_group, _ = GEMM_CASES[case]
+        path = functools.partial(quant_kernels.default_path, n=4096, k=4096, w_element=w_el, a_element=a_el,
+                                 a_group=a_group, w_group=w_group, scale_kind=a_kind)
+        assert [path(m, out_dtype=dtype) for m, dtype in ((first, torch.bfloat16), (8192, torch.float16))] == [
+            "dequantized"] * 2, case
+        assert {path(first - 1), path(first, out_dtype=torch.float32), path(8192, on_triton=False)} == {"packed"}
+
+
 def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
     configs = act_quant._act_quant_autotuned.configs
 
