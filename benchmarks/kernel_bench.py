@@ -15,8 +15,8 @@ before every repetition):
   the packed one (``dot gemm``), for comparison. Above the decode rows ``w4a4_linear`` takes the
   packed kernel only where the int8, e4m3 and FP8 paths do not (groups, other elements):
   ``benchmarks/prefill_bench.py --default_paths_only`` times the path it takes there; from
-  ``quant_kernels.DEQUANTIZED_MIN_ROWS`` rows the group-scaled formats take the dequantized path (both
-  operands dequantized to bfloat16, then cuBLAS), timed beside the packed kernel (``dequantized quant+gemm``);
+  ``quant_kernels.DEQUANTIZED_MIN_ROWS`` rows the group-scaled formats take the dequantized path (activations
+  dequantized to bfloat16, then the weight-only product), timed beside the packed kernel (``dequantized quant+gemm``);
 * for ``int4`` and ``e2m1``, the FP8 path (``quant_kernels.fp8_gemm``): cuBLAS's FP8 GEMM on
   codes widened to E4M3 alone (``fp8 gemm``, weight widened beforehand), with the weight
   widened in the timed call (``fp8 unpack+gemm``), and the whole linear
@@ -190,8 +190,9 @@ def check_int8_path(x: torch.Tensor, wq: tuple) -> str:
 
 
 def check_dequantized_path(x: torch.Tensor, wq: tuple, element: str, group: int, kind: str) -> str:
-    """The dequantized path's linear (bfloat16 out) against the fp32 twin on the first CHECK_ROWS rows: both
-    operands rounded to bfloat16 once, so within 2^-6 of the largest output."""
+    """The dequantized path's linear (bfloat16 out) against the fp32 twin on the first CHECK_ROWS rows: the
+    activations (and from ``fpx_gemm.DEQUANT_MIN_M`` rows the weight) rounded to bfloat16 once, so within 2^-6 of the
+    largest output."""
     rows = x[:CHECK_ROWS]
     spec = dict(a_element=element, w_element=element, a_group=group, w_group=group)
     got = quant_kernels.w4a4_linear(rows, *wq, **spec, scale_kind=kind, out_dtype=torch.bfloat16, backend="triton",

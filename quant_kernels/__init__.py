@@ -92,12 +92,13 @@ E2M1_E4M3_MAX_ROWS = 4096
 # path's 0.97x at 4096 x 4096 (``benchmarks/results/prefill_{int4,e2m1}_retimed_8192_all_paths_h100.md``,
 # ``prefill_int4_retimed_8192_h100.md``).
 UNBOUNDED_ROWS_DEVICES = ("NVIDIA H100 80GB HBM3",)
-# From this many rows the products no tensor-core path takes (scales in groups: NVFP4, MXFP4, INT4 g128 W4A4; other
-# scale kinds) dequantize both operands into the output dtype and multiply them with cuBLAS (the ``dequantized`` path,
-# ``fpx_gemm.DEQUANT_MIN_M``'s threshold for the weight-only products): the packed kernel ran NVFP4 at 0.08x bf16 and
-# MXFP4 at 0.12x at 2048 and 8192 rows of 4096 x 4096 on the H200 (``kernel_bench_h200_4096_all_formats.md``), where
-# the dequantizing passes cost about what reading a bf16 weight and activation does (untimed so far).
-DEQUANTIZED_MIN_ROWS = 1024
+# From this many rows (above the decode sizes) the INT4 and E2M1 products the int8, e4m3 and FP8 paths do not take
+# (scales in groups: NVFP4, MXFP4, INT4 g128 W4A4) take the ``dequantized`` path: the activation codes dequantized
+# into the output dtype, then the weight-only product of the packed weight (``fpx_matmul``: its tile kernel, and from
+# ``fpx_gemm.DEQUANT_MIN_M`` rows the weight dequantized once and cuBLAS). The packed kernel ran NVFP4 at 0.08x bf16
+# and MXFP4 at 0.12x at 2048 and 8192 rows of 4096 x 4096 on the H200 (``kernel_bench_h200_4096_all_formats.md``) and
+# per-row E2M1 at 0.17-0.41x at 128 rows on the H100; the dequantized path is untimed so far.
+DEQUANTIZED_MIN_ROWS = 65
 
 
 def e4m3_path_on() -> bool:
@@ -275,9 +276,9 @@ def w4a4_linear(
     values, ``w4a4_matmul_dp4a`` / ``w4a4_gemv.w4a4_tc_prefill_triton``; per-row float scales, K a multiple of 8)
     or ``e4m3`` (as ``int8``, INT4 or E2M1 activations too: the codes as E4M3 planes in that order, the weight's
     nibbles E4M3 operands, one dot a K step accumulating in wgmma: the decode launch up to ``TC_MAX_M`` rows, the
-    prefill one above; the reference backend computes the int8 path's exact product) or ``dequantized`` (any scales:
-    the activation codes and the weight dequantized into ``out_dtype``, each value rounded once as a fake-quantized
-    model of that dtype holds it, then ``torch.nn.functional.linear``).
+    prefill one above; the reference backend computes the int8 path's exact product) or ``dequantized`` (INT4 or
+    E2M1 weights, any scales: the activation codes dequantized into ``out_dtype``, each value rounded once as a
+    fake-quantized model of that dtype holds it, then ``fpx_matmul``'s weight-only product).
     None picks, on the Triton backend, ``int8`` for INT4 weights from ``INT8_MIN_ROWS`` to ``INT8_MAX_ROWS`` rows
     (E2M1 up to ``E2M1_INT8_MAX_ROWS``, then ``e4m3`` up to ``E2M1_E4M3_MAX_ROWS``; on ``UNBOUNDED_ROWS_DEVICES`` at
     every size) in any output dtype, ``fp8`` above them in bfloat16 products of at least ``FP8_MIN_ROWS`` rows where
@@ -348,11 +349,10 @@ def w4a4_linear(
                                     backend=backend)
     packed, a_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, tensor_amax=a_tensor_amax,
                                            backend=backend)
-    if path == "dequantized":  # both operands as a fake-quantized model of out_dtype holds them, then cuBLAS
+    if path == "dequantized":  # the activations as a fake-quantized model of out_dtype holds them, weight-only
         x_q = dequantize_weight((packed,), a_scale, element=a_element, group=a_group, dtype=out_dtype, backend=backend)
-        w = dequantize_weight((w_packed,), w_scale, element=w_element, group=w_group, dtype=out_dtype,
-                              backend=backend, global_scale=w_global_scale)
-        out = torch.nn.functional.linear(x_q, w, None if bias is None else bias.to(out_dtype))
+        out = fpx_matmul(x_q, (w_packed,), w_scale, element=w_element, bits=4, group=w_group, backend=backend,
+                         bias=None if bias is None else bias.to(out_dtype), w_global_scale=w_global_scale)
     else:
         out = w4a4_matmul(packed, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                           a_group=a_group, w_group=w_group, bias=bias, out_dtype=out_dtype, backend=backend,

@@ -976,8 +976,9 @@ def test_w4a4_linear_picks_its_path_by_element_and_rows(monkeypatch):
 def test_default_path_in_float16_keeps_the_tensor_core_paths(monkeypatch):
     """The FP8 path writes bfloat16 only; in float16 (and float32) INT4 weights keep the int8 path and E2M1 weights
     the int8 / e4m3 paths at every size from INT8_MIN_ROWS, where the FP8 path would have taken them in bfloat16;
-    INT8 activations with E2M1 weights, scales in groups and K not a multiple of 8 stay on the packed path, and FPx
-    elements the int8 kernel does not unpack take the FP8 path in bfloat16."""
+    scales in groups and K not a multiple of 8 take the dequantized path in float16 and the packed one in float32,
+    as do INT8 activations with E2M1 weights and FPx elements the int8 kernel does not unpack (which take the FP8
+    path in bfloat16)."""
     monkeypatch.delenv("PTQ_E4M3_PATH", raising=False)
     first, h200 = quant_kernels.INT8_MIN_ROWS, "NVIDIA H200"
     for dtype in (torch.float16, torch.float32):
@@ -987,7 +988,7 @@ def test_default_path_in_float16_keeps_the_tensor_core_paths(monkeypatch):
             "int8", "e4m3", "e4m3"]
         assert path(8192, 32, 64, "e2m1", "int8") == path(8192, 32, 64, "e3m0", "e3m0") == "packed"
         assert path(first, 32, 64, "int4", "int4", a_group=16, w_group=16) == path(first, 32, 60, "int4", "int4") == \
-            "packed"
+            ("dequantized" if dtype == torch.float16 else "packed")
     bf16 = functools.partial(quant_kernels.default_path, device=h200)
     assert (bf16(8192, 32, 64, "int4", "int4"), bf16(8192, 32, 64, "e3m0", "e3m0")) == ("fp8", "fp8")
     assert bf16(8192, 30, 64, "int4", "int4") == "int8" and bf16(8192, 30, 64, "e2m1", "e2m1") == "e4m3"  # no fp8 fit
@@ -1134,11 +1135,10 @@ def test_w4a4_gemm_reads_encoded_weight_scales_as_their_fp32_values(encoding, w_
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("case", ["nvfp4", "mxfp4", "int4-tok x int4-g128"])
 def test_dequantized_path_is_the_fake_quantized_product(case, backend):
-    """The dequantized path (groups, encoded scales): the activation codes and the weight dequantized into the output
-    dtype, each value rounded once, then one matmul with the bias, the residual added after; within bfloat16's
-    operand rounding of the exact product. NVFP4 weights bring E4M3 scales with their rows' global scales."""
-    from quant_kernels.reference import scale_values
-
+    """The dequantized path (groups, encoded scales): the activation codes dequantized into the output dtype, each
+    value rounded once, then the weight-only product of the packed weight with the bias, the residual added after;
+    within bfloat16's rounding of the activations of the exact product. NVFP4 weights bring E4M3 scales with their
+    rows' global scales."""
     a_el, a_group, a_kind, w_el, w_group, w_kind = GEMM_CASES[case]
     gen = torch.Generator().manual_seed(a_group + w_group)
     m, n, k = 37, 24, 256
@@ -1153,11 +1153,10 @@ def test_dequantized_path_is_the_fake_quantized_product(case, backend):
               out_dtype=torch.bfloat16, backend=backend, w_global_scale=global_scale)
     got = quant_kernels.w4a4_linear(x, w_packed, w_scale, path="dequantized", **kw)
     a_packed, a_scale = quantize_activations_ref(x, a_el, a_group, a_kind)
-    weight = scale_values(w_scale, global_scale) if case == "nvfp4" else w_scale
     x_q = decode(unpack(a_packed), element_named(a_el)).reshape(m, -1, a_group or k) * a_scale[..., None]
-    w_q = decode(unpack(w_packed), element_named(w_el)).reshape(n, -1, w_group or k) * weight.reshape(n, -1, 1)
-    want = F.linear(x_q.reshape(m, k).to(torch.bfloat16), w_q.reshape(n, k).to(torch.bfloat16),
-                    bias.to(torch.bfloat16))
+    want = quant_kernels.fpx_matmul(x_q.reshape(m, k).to(torch.bfloat16), (w_packed,), w_scale, element=w_el, bits=4,
+                                    group=w_group, bias=bias.to(torch.bfloat16), w_global_scale=global_scale,
+                                    backend=backend)
     assert torch.equal(got, want)
     exact = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.float32, bias=bias,
                             w_global_scale=global_scale, **{key: kw[key] for key in ("a_element", "w_element",
