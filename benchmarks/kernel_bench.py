@@ -14,9 +14,9 @@ before every repetition):
   and after the activation-quantization kernel (``quant+gemm``); where the decode kernel ran, also
   the packed one (``dot gemm``), for comparison. Above the decode rows ``w4a4_linear`` takes the
   packed kernel only where the int8, e4m3 and FP8 paths do not (groups, other elements):
-  ``benchmarks/prefill_bench.py --default_paths_only`` times the path it takes there; from
-  ``quant_kernels.DEQUANTIZED_MIN_ROWS`` rows the group-scaled formats take the dequantized path (activations
-  dequantized to bfloat16, then the weight-only product), timed beside the packed kernel (``dequantized quant+gemm``);
+  ``benchmarks/prefill_bench.py --default_paths_only`` times the path it takes there; the group-scaled formats
+  take the dequantized path (activations dequantized to bfloat16, then the weight-only product), timed beside the
+  packed kernel (``dequantized quant+gemm``);
 * for ``int4`` and ``e2m1``, the FP8 path (``quant_kernels.fp8_gemm``): cuBLAS's FP8 GEMM on
   codes widened to E4M3 alone (``fp8 gemm``, weight widened beforehand), with the weight
   widened in the timed call (``fp8 unpack+gemm``), and the whole linear

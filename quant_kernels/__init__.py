@@ -92,13 +92,6 @@ E2M1_E4M3_MAX_ROWS = 4096
 # path's 0.97x at 4096 x 4096 (``benchmarks/results/prefill_{int4,e2m1}_retimed_8192_all_paths_h100.md``,
 # ``prefill_int4_retimed_8192_h100.md``).
 UNBOUNDED_ROWS_DEVICES = ("NVIDIA H100 80GB HBM3",)
-# From this many rows (above the decode sizes) the INT4 and E2M1 products the int8, e4m3 and FP8 paths do not take
-# (scales in groups: NVFP4, MXFP4, INT4 g128 W4A4) take the ``dequantized`` path: the activation codes dequantized
-# into the output dtype, then the weight-only product of the packed weight (``fpx_matmul``: its tile kernel, and from
-# ``fpx_gemm.DEQUANT_MIN_M`` rows the weight dequantized once and cuBLAS). The packed kernel ran NVFP4 at 0.08x bf16
-# and MXFP4 at 0.12x at 2048 and 8192 rows of 4096 x 4096 on the H200 (``kernel_bench_h200_4096_all_formats.md``) and
-# per-row E2M1 at 0.17-0.41x at 128 rows on the H100; the dequantized path is untimed so far.
-DEQUANTIZED_MIN_ROWS = 65
 
 
 def e4m3_path_on() -> bool:
@@ -283,7 +276,7 @@ def w4a4_linear(
     (E2M1 up to ``E2M1_INT8_MAX_ROWS``, then ``e4m3`` up to ``E2M1_E4M3_MAX_ROWS``; on ``UNBOUNDED_ROWS_DEVICES`` at
     every size) in any output dtype, ``fp8`` above them in bfloat16 products of at least ``FP8_MIN_ROWS`` rows where
     it fits (where it does not, the int8 and e4m3 paths keep them), ``dequantized`` for the other bfloat16 and
-    float16 products of INT4 and E2M1 codes from ``DEQUANTIZED_MIN_ROWS`` rows, else ``packed``; with
+    float16 products of INT4 and E2M1 codes the decode kernels do not take (scales in groups), else ``packed``; with
     ``PTQ_E4M3_PATH=1`` ``e4m3`` in place of ``int8`` and ``fp8`` wherever it fits.
     """
     from .fp8_gemm import w4a4_matmul_fp8
@@ -384,7 +377,13 @@ def default_path(m: int, n: int, k: int, w_element: str, a_element: str, on_trit
         return "e4m3" if e4m3_fits and (e4m3_path_on() or e2m1_rows) else "int8"
     if fp8:
         return "e4m3" if e4m3_fits and e4m3_path_on() else "fp8"
-    if on_triton and m >= DEQUANTIZED_MIN_ROWS and out_dtype in (torch.bfloat16, torch.float16) and \
+    # The INT4 and E2M1 products no path above takes and the decode kernels do not (scales in groups: NVFP4, MXFP4,
+    # INT4 g128 W4A4): the activations dequantized, then the weight-only product. The packed kernel ran NVFP4 at
+    # 0.10-0.17x bf16 and MXFP4 at 0.12-0.19x at 1-512 rows of 4096 x 4096 on the H200, 0.08x and 0.12x at 2048-8192
+    # (``kernel_bench_h200_4096_all_formats.md``); NVFP4's weight-only product ran 1.54-1.85x bf16 at one row and
+    # 0.97-1.31x at 64 on the H100 (``kernel_bench_w4a16_groups_wide_rows*_h100.md``). This path is untimed.
+    decode_rows = int8_fits and m < INT8_MIN_ROWS  # ``w4a4_linear`` hands them on to the decode kernels
+    if on_triton and not decode_rows and out_dtype in (torch.bfloat16, torch.float16) and \
             {w_element, a_element} <= {"int4", "e2m1"}:
         return "dequantized"
     return "packed"

@@ -1166,18 +1166,19 @@ def test_dequantized_path_is_the_fake_quantized_product(case, backend):
                        residual + got)
 
 
-def test_default_path_dequantizes_group_scaled_products_from_their_row_count():
-    """NVFP4 and MXFP4 (and INT4 in groups of 128) W4A4 products take the dequantized path from
-    DEQUANTIZED_MIN_ROWS rows in bfloat16 and float16 on the Triton backend; below, in float32 and on the reference
-    backend, the packed one."""
-    first = quant_kernels.DEQUANTIZED_MIN_ROWS
+def test_default_path_dequantizes_group_scaled_products():
+    """NVFP4 and MXFP4 (and INT4 in groups of 128) W4A4 products take the dequantized path at every row count in
+    bfloat16 and float16 on the Triton backend, in float32 and on the reference backend the packed one; per-row
+    products the decode kernels take (at most INT8_MIN_ROWS - 1 rows) stay on the packed path, which hands them on."""
     for case in ("nvfp4", "mxfp4", "int4-tok x int4-g128"):
         a_el, a_group, a_kind, w_el, w_group, _ = GEMM_CASES[case]
         path = functools.partial(quant_kernels.default_path, n=4096, k=4096, w_element=w_el, a_element=a_el,
                                  a_group=a_group, w_group=w_group, scale_kind=a_kind)
-        assert [path(m, out_dtype=dtype) for m, dtype in ((first, torch.bfloat16), (8192, torch.float16))] == [
-            "dequantized"] * 2, case
-        assert {path(first - 1), path(first, out_dtype=torch.float32), path(8192, on_triton=False)} == {"packed"}
+        assert [path(m, out_dtype=dtype) for m in (1, 64, 8192) for dtype in (torch.bfloat16, torch.float16)] == [
+            "dequantized"] * 6, case
+        assert {path(1, out_dtype=torch.float32), path(8192, on_triton=False)} == {"packed"}
+    for element in ("int4", "e2m1"):
+        assert quant_kernels.default_path(quant_kernels.INT8_MIN_ROWS - 1, 4096, 4096, element, element) == "packed"
 
 
 def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
