@@ -12,11 +12,11 @@ before every repetition):
   decode kernels of ``w4a4_gemv`` at the rows they take with per-row scales, up to 64, else
   ``w4a4_gemm``'s tensor-core kernel on the packed codes, split-K at M <= 16, named ``packed gemm``)
   and after the activation-quantization kernel (``quant+gemm``); where the decode kernel ran, also
-  the packed one (``dot gemm``), for comparison. Above the decode rows ``w4a4_linear`` takes the
-  packed kernel only where the int8, e4m3 and FP8 paths do not (groups, other elements):
-  ``benchmarks/prefill_bench.py --default_paths_only`` times the path it takes there; the group-scaled formats
-  take the dequantized path (activations dequantized to bfloat16, then the weight-only product), timed beside the
-  packed kernel (``dequantized quant+gemm``);
+  the packed one (``dot gemm``), for comparison. ``w4a4_linear`` takes the packed kernel only in
+  float32 and for elements the other paths do not take: above the decode rows INT4 and E2M1 take the
+  int8, e4m3 or FP8 path (``benchmarks/prefill_bench.py --default_paths_only`` times the one it takes), and the
+  group-scaled formats take the dequantized path at every M (activations dequantized to bfloat16, then the
+  weight-only product), timed beside the packed kernel (``dequantized quant+gemm``);
 * for ``int4`` and ``e2m1``, the FP8 path (``quant_kernels.fp8_gemm``): cuBLAS's FP8 GEMM on
   codes widened to E4M3 alone (``fp8 gemm``, weight widened beforehand), with the weight
   widened in the timed call (``fp8 unpack+gemm``), and the whole linear
@@ -324,7 +324,7 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
         rows[-1]["config"] = tuned_config(m, k, group, w_element=element if decode else None)
         rows.append(row(n, m, k, f"{kernel} quant+gemm", time_ms(linear), weight_bytes, check))
         if quant_kernels.default_path(m, n, k, element, element, True, torch.bfloat16, group, group, kind) == \
-                "dequantized":  # the default there: both operands dequantized, then cuBLAS
+                "dequantized":  # the default there: the activations dequantized, then the weight-only product
             dequantized = functools.partial(linear, path="dequantized")
             rows.append(row(n, m, k, f"{name} dequantized quant+gemm", time_ms(dequantized), weight_bytes,
                             check_dequantized_path(x, wq, element, group, kind)))

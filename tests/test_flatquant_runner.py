@@ -258,6 +258,18 @@ def test_kernel_bench_default_paths_only_skips_the_alternatives(cli, tmp_path):
     assert "MISMATCH" not in default_only
 
 
+def test_kernel_bench_times_nvfp4_on_its_dequantized_path(cli, tmp_path):
+    """An NVFP4 row of kernel_bench: the packed kernel, named so, then the default path's linear (the activations
+    dequantized, the weight-only product), checked against the twin."""
+    prefix = str(tmp_path / "bench")
+    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--formats", "nvfp4", "--ms", "1", "--shapes", "32x128",
+              "--weight_only_ms", "", "--reps", "1", "--warmup", "0", "--default_paths_only", "--out", prefix)
+    assert out.returncode == 0, out.stderr
+    table = open(prefix + ".md").read()
+    assert "| 32x128 | 1 | nvfp4 packed gemm |" in table and "| 32x128 | 1 | nvfp4 packed quant+gemm |" in table
+    assert re.search(r"\| 32x128 \| 1 \| nvfp4 dequantized quant\+gemm \|.*\| ok \|", table), table
+
+
 def test_kernel_bench_checks_the_dequantized_path_against_the_twin(monkeypatch):
     """kernel_bench's check of the dequantized path (the default for group-scaled W4A4 at prefill rows): NVFP4 and
     MXFP4 operands pass at bfloat16's operand rounding; a dequantization off by 5 % is caught."""
