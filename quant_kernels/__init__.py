@@ -380,8 +380,9 @@ def default_path(m: int, n: int, k: int, w_element: str, a_element: str, on_trit
     # The INT4 and E2M1 products no path above takes and the decode kernels do not (scales in groups: NVFP4, MXFP4,
     # INT4 g128 W4A4): the activations dequantized, then the weight-only product. The packed kernel ran NVFP4 at
     # 0.10-0.17x bf16 and MXFP4 at 0.12-0.19x at 1-512 rows of 4096 x 4096 on the H200, 0.08x and 0.12x at 2048-8192
-    # (``kernel_bench_h200_4096_all_formats.md``); NVFP4's weight-only product ran 1.54-1.85x bf16 at one row and
-    # 0.97-1.31x at 64 on the H100 (``kernel_bench_w4a16_groups_wide_rows*_h100.md``). This path is untimed.
+    # (``kernel_bench_h200_4096_all_formats.md``, 2026-12-01, not timed since); NVFP4's weight-only product ran
+    # 1.54-1.85x bf16 at one row and 0.97-1.31x at 64 on the H100 (``kernel_bench_w4a16_groups_wide_rows*_h100.md``).
+    # This path is untimed.
     decode_rows = int8_fits and m < INT8_MIN_ROWS  # ``w4a4_linear`` hands them on to the decode kernels
     if on_triton and not decode_rows and out_dtype in (torch.bfloat16, torch.float16) and \
             {w_element, a_element} <= {"int4", "e2m1"}:
