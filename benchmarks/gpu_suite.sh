@@ -86,10 +86,9 @@
 #   targets9   issue 9's decode-size target measured again after the re-timing autotuner (quant_kernels/autotuning.py):
 #              the W4A4 kernels and linears at M = 1 and 16 (MS; INT4, E2M1; their default paths only) against cuBLAS
 #              bf16, each a lone CUDA-graph replay, then each inside a stream of 20 calls (without a lone replay's 5 µs
-#              launch floor, as in a captured model step); MS=128,512 NAME=128_512_ times the packed kernel at the
-#              issue's middle rows (the default path there is the int8 one: targets9_prefill with MS=128,512);
-#              FORMATS=nvfp4,mxfp4 the group-scaled W4A4 formats: the packed kernel beside their default path, the
-#              activations dequantized and the weight-only product
+#              launch floor, as in a captured model step); MS=128,512 NAME=128_512_ the issue's middle rows, the
+#              packed kernel beside the linear w4a4_linear takes there (int8 / e4m3); FORMATS=nvfp4,mxfp4 the
+#              group-scaled W4A4 formats, the packed kernel beside their dequantized path
 #   targets9_prefill  issue 9's prefill targets so: prefill_bench at M = 2048 and 8192 (MS) for INT4 and E2M1
 #              weights (ELEMENTS; SHAPES), kernels and whole linears against bf16 and cuBLAS's FP8 GEMM: the default
 #              path's only (ALL_PATHS=1: every form, each autotuned, which cut a cold call at two shapes of four);

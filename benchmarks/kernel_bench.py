@@ -14,9 +14,9 @@ before every repetition):
   and after the activation-quantization kernel (``quant+gemm``); where the decode kernel ran, also
   the packed one (``dot gemm``), for comparison. ``w4a4_linear`` takes the packed kernel only in
   float32 and for elements the other paths do not take: above the decode rows INT4 and E2M1 take the
-  int8, e4m3 or FP8 path (``benchmarks/prefill_bench.py --default_paths_only`` times the one it takes), and the
-  group-scaled formats take the dequantized path at every M (activations dequantized to bfloat16, then the
-  weight-only product), timed beside the packed kernel (``dequantized quant+gemm``);
+  int8, e4m3 or FP8 path, and the group-scaled formats take the dequantized path at every M (activations
+  dequantized to bfloat16, then the weight-only product); that linear is timed beside the packed kernel
+  (``<path> quant+gemm (default)``; ``benchmarks/prefill_bench.py`` times the int8 path's forms);
 * for ``int4`` and ``e2m1``, the FP8 path (``quant_kernels.fp8_gemm``): cuBLAS's FP8 GEMM on
   codes widened to E4M3 alone (``fp8 gemm``, weight widened beforehand), with the weight
   widened in the timed call (``fp8 unpack+gemm``), and the whole linear
@@ -189,14 +189,15 @@ def check_int8_path(x: torch.Tensor, wq: tuple) -> str:
     return "ok" if err <= 2.0**-7 else f"MISMATCH: elementwise rel err {err:.1e}"  # the interpreter truncates
 
 
-def check_dequantized_path(x: torch.Tensor, wq: tuple, element: str, group: int, kind: str) -> str:
-    """The dequantized path's linear (bfloat16 out) against the fp32 twin on the first CHECK_ROWS rows: the
-    activations (and from ``fpx_gemm.DEQUANT_MIN_M`` rows the weight) rounded to bfloat16 once, so within 2^-6 of the
-    largest output."""
-    rows = x[:CHECK_ROWS]
+def check_default_path(x: torch.Tensor, wq: tuple, element: str, group: int, kind: str, path: str) -> str:
+    """The linear on ``path`` (bfloat16 out) against the fp32 twin on x's first rows (enough to pass the decode
+    kernels' 64, so that the int8 and e4m3 paths run their prefill launch): within 2^-6 of the largest output (the
+    dequantized path rounds the activations to bfloat16 once, and from ``fpx_gemm.DEQUANT_MIN_M`` rows the weight;
+    FP8 accumulates at reduced precision)."""
+    rows = x[:quant_kernels.INT8_MIN_ROWS + CHECK_ROWS]
     spec = dict(a_element=element, w_element=element, a_group=group, w_group=group)
     got = quant_kernels.w4a4_linear(rows, *wq, **spec, scale_kind=kind, out_dtype=torch.bfloat16, backend="triton",
-                                    path="dequantized").float()
+                                    path=path).float()
     want = reference.w4a4_matmul_ref(*reference.quantize_activations_ref(rows, element, group, kind), *wq, **spec,
                                      out_dtype=torch.float32)
     err = ((got - want).abs().max() / want.abs().max()).item()
@@ -290,6 +291,7 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
     from quant_kernels.w4a4_gemv import TC_MAX_M, w4a4_gemv_triton
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None  # picks the default path there
     rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
     fp8_ok = True
     try:
@@ -323,11 +325,12 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
         rows.append(row(n, m, k, f"{kernel} gemm", time_ms(gemm), weight_bytes, check))
         rows[-1]["config"] = tuned_config(m, k, group, w_element=element if decode else None)
         rows.append(row(n, m, k, f"{kernel} quant+gemm", time_ms(linear), weight_bytes, check))
-        if quant_kernels.default_path(m, n, k, element, element, True, torch.bfloat16, group, group, kind) == \
-                "dequantized":  # the default there: the activations dequantized, then the weight-only product
-            dequantized = functools.partial(linear, path="dequantized")
-            rows.append(row(n, m, k, f"{name} dequantized quant+gemm", time_ms(dequantized), weight_bytes,
-                            check_dequantized_path(x, wq, element, group, kind)))
+        default = quant_kernels.default_path(m, n, k, element, element, True, torch.bfloat16, group, group, kind,
+                                             gpu)
+        if default != "packed":  # the linear w4a4_linear takes there (the decode kernels' rows take "packed")
+            rows.append(row(n, m, k, f"{name} {default} quant+gemm (default)", time_ms(
+                functools.partial(linear, path=default)), weight_bytes,
+                check_default_path(x, wq, element, group, kind, default)))
         if decode and alternatives:
             dot = functools.partial(w4a4_matmul_triton, out_dtype=torch.bfloat16, gemv=False, **spec)
             rows.append(row(n, m, k, f"{name} dot gemm", time_ms(lambda: dot(*aq, *wq)), weight_bytes))
@@ -518,10 +521,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma list of the FPx weight-only elements to time, or of {', '.join(GROUPED_WEIGHT_ONLY)} "
                         "(scales in groups; each autotunes its own kernels: fewer keep a GPU call short)")
     p.add_argument("--default_paths_only", action="store_true",
-                   help="time each W4A4 format's decode or packed kernel and linear only, not the dot GEMM, FP8 and "
-                        "int8 paths beside them (each autotunes kernels of its own: most of a cold call's time at "
-                        "decode sizes); above the decode rows prefill_bench.py --default_paths_only times the path "
-                        "w4a4_linear takes")
+                   help="time each W4A4 format's decode or packed kernel and linear, and the linear w4a4_linear "
+                        "takes by default where it is another, only: not the dot GEMM, FP8 and int8 paths beside "
+                        "them (each autotunes kernels of its own: most of a cold call's time at decode sizes)")
     p.add_argument("--reps", type=int, default=50, help="timed repetitions (the median is reported)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls first (the first ones autotune)")
     p.add_argument("--flush_l2", action="store_true", help="clear the L2 cache before every timed repetition")

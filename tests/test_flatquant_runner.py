@@ -267,26 +267,26 @@ def test_kernel_bench_times_nvfp4_on_its_dequantized_path(cli, tmp_path):
     assert out.returncode == 0, out.stderr
     table = open(prefix + ".md").read()
     assert "| 32x128 | 1 | nvfp4 packed gemm |" in table and "| 32x128 | 1 | nvfp4 packed quant+gemm |" in table
-    assert re.search(r"\| 32x128 \| 1 \| nvfp4 dequantized quant\+gemm \|.*\| ok \|", table), table
+    assert re.search(r"\| 32x128 \| 1 \| nvfp4 dequantized quant\+gemm \(default\) \|.*\| ok \|", table), table
 
 
-def test_kernel_bench_checks_the_dequantized_path_against_the_twin(monkeypatch):
-    """kernel_bench's check of the dequantized path (the default for group-scaled W4A4 at prefill rows): NVFP4 and
-    MXFP4 operands pass at bfloat16's operand rounding; a dequantization off by 5 % is caught."""
+def test_kernel_bench_checks_the_default_paths_against_the_twin(monkeypatch):
+    """kernel_bench's check of the default path's linear above the decode rows: NVFP4 and MXFP4 on the dequantized
+    path, INT4 and E2M1 on the int8 and e4m3 paths, pass; a dequantization off by 5 % is caught."""
     import quant_kernels
-    from benchmarks.kernel_bench import W4A4_FORMATS, check_dequantized_path
+    from benchmarks.kernel_bench import W4A4_FORMATS, check_default_path
 
     gen = torch.Generator().manual_seed(3)
     operands = {}
-    for name in ("nvfp4", "mxfp4"):
+    for name, path in (("nvfp4", "dequantized"), ("mxfp4", "dequantized"), ("int4", "int8"), ("e2m1", "e4m3")):
         element, group, kind = W4A4_FORMATS[name]
-        x, w = torch.randn(12, 128, generator=gen), torch.randn(24, 128, generator=gen) * 0.05
+        x, w = torch.randn(70, 128, generator=gen), torch.randn(24, 128, generator=gen) * 0.05
         operands[name] = x, quant_kernels.quantize_activations(w, element, group, kind, backend="torch")
-        assert check_dequantized_path(*operands[name], element, group, kind) == "ok", name
+        assert check_default_path(*operands[name], element, group, kind, path) == "ok", name
     dequantize = quant_kernels.dequantize_weight
     monkeypatch.setattr(quant_kernels, "dequantize_weight", lambda *a, **k: dequantize(*a, **k) * 1.05)
-    for name, (x, wq) in operands.items():
-        assert check_dequantized_path(x, wq, *W4A4_FORMATS[name]).startswith("MISMATCH"), name
+    for name in ("nvfp4", "mxfp4"):
+        assert check_default_path(*operands[name], *W4A4_FORMATS[name], "dequantized").startswith("MISMATCH"), name
 
 
 def test_ws_tile_probe_layouts_by_hand():
