@@ -14,7 +14,9 @@ and gate/up fused, as a loaded checkpoint does. Modes:
   (GPTQ's; the row kernel up to 4 rows, the tensor-core kernel above, the dequantized weight from 1024 rows),
   ``w4a16_nvfp4`` / ``w4a16_mxfp4`` E2M1 weights as NVFP4 / MXFP4 store them (groups of 16 with E4M3 scales and
   a global scale, of 32 with E8M0 ones), their scales held so (``RealQuantLinear.encoded_scales``);
-* ``w4a4``: INT4 weights per channel, INT4 activations per token (W4A4 GEMM);
+* ``w4a4``: INT4 weights per channel, INT4 activations per token (W4A4 GEMM); ``nvfp4a4`` / ``mxfp4a4``: weights
+  and activations in NVFP4 / MXFP4 (``quant_kernels.w4a4_linear``'s dequantized path on a GPU: the activations
+  dequantized, then the weight-only product);
 * ``w4a4kv4``: ``w4a4`` with K/V quantized to INT4 per head (V asymmetric), decoding from
   the packed KV4 cache (decode steps read its codes in the attention kernel);
 * ``w4a4kv4_head`` / ``w4a4kv4_head8`` / ``w4a4kv4_head_w8a8``: ``w4a4kv4`` with lm_head quantized
@@ -131,14 +133,18 @@ INT4 = RealQuantScheme("int4")
 INT8 = RealQuantScheme("int8", bits=8)
 E2M1 = RealQuantScheme("e2m1")
 FP6 = RealQuantScheme("e3m2", bits=6)
+NVFP4 = RealQuantScheme("e2m1", group=16, scale_kind="e4m3")
+MXFP4 = RealQuantScheme("e2m1", group=32, scale_kind="e8m0")
 MODES = {
     "bf16": BenchMode(),
     "bf16_eager": BenchMode(),
     "w4a16": BenchMode(E2M1),
     "w4a16_int4": BenchMode(INT4),
     "w4a16_int4_g128": BenchMode(RealQuantScheme("int4", group=128)),
-    "w4a16_nvfp4": BenchMode(RealQuantScheme("e2m1", group=16, scale_kind="e4m3")),
-    "w4a16_mxfp4": BenchMode(RealQuantScheme("e2m1", group=32, scale_kind="e8m0")),
+    "w4a16_nvfp4": BenchMode(NVFP4),
+    "w4a16_mxfp4": BenchMode(MXFP4),
+    "nvfp4a4": BenchMode(NVFP4, NVFP4),
+    "mxfp4a4": BenchMode(MXFP4, MXFP4),
     "w4a4": BenchMode(INT4, INT4),
     "w4a4kv4": BenchMode(INT4, INT4, kv4=True),
     "fp4a4kv4": BenchMode(E2M1, E2M1, kv4=True),

@@ -392,18 +392,21 @@ def test_pdl_check_refuses_an_unknown_mode(tmp_path, capsys):
     assert "unknown modes ['some'] in --modes: choose from all, gemv, off" in capsys.readouterr().err
 
 
-def test_bench_model_nvfp4_and_mxfp4_weight_only_modes_hold_encoded_scales():
+def test_bench_model_nvfp4_and_mxfp4_modes_hold_encoded_scales():
     """``w4a16_nvfp4`` / ``w4a16_mxfp4`` build linears with E4M3 scales and a global scale a row / E8M0 bytes, each
-    weight scaled by 0.02 / 6 (E8M0: the nearest power of two), and a model that runs to finite, varied logits."""
+    weight scaled by 0.02 / 6 (E8M0: the nearest power of two), and a model that runs to finite, varied logits;
+    ``nvfp4a4`` / ``mxfp4a4`` the same weights with activations in the same format."""
     from benchmarks.bench_model import build_config, build_model
     from quant_kernels.reference import scale_values
 
     config = build_config("smollm2-135m", 1, 16)
     ids = torch.randint(0, config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(0))
-    for mode, dtype, value in (("w4a16_nvfp4", torch.float8_e4m3fn, 0.02 / 6), ("w4a16_mxfp4", torch.uint8, 2.0**-8)):
+    for mode, dtype, value in (("w4a16_nvfp4", torch.float8_e4m3fn, 0.02 / 6), ("w4a16_mxfp4", torch.uint8, 2.0**-8),
+                               ("nvfp4a4", torch.float8_e4m3fn, 0.02 / 6), ("mxfp4a4", torch.uint8, 2.0**-8)):
         model = build_model(config, mode, torch.device("cpu"))
         down = model.model.layers[0].mlp.down_proj
         assert down.encoded_scales and down.weight_scale.dtype == dtype
+        assert down.act_scheme == (None if mode.startswith("w4a16") else down.weight_scheme), mode
         scales = scale_values(down.weight_scale, getattr(down, "weight_global_scale", None))
         torch.testing.assert_close(scales, torch.full_like(scales, value), rtol=1e-6, atol=0)
         with torch.no_grad():
