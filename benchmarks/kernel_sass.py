@@ -512,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dtype != "bf16" and args.kernel != "fpx_tile":
         p.error(f"--dtype {args.dtype} is for --kernel fpx_tile (the other kernels compile for bfloat16 rows)")
     case = args.element + (f", K {args.k}" if args.kernel == "act_quant" else "")
-    case += ", tensor cores" if args.mma else ""
+    case += ", tensor cores" if args.mma else ", gated (silu(gate) * up)" if args.gated else ""
     case += ", fp16 x" if args.dtype == "fp16" else ""
     case += f", {'' if args.scales == 'fp32' else args.scales.upper() + ' '}scales per {args.group} codes" \
         if args.group else ""

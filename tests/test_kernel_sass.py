@@ -75,6 +75,26 @@ def test_kernel_sass_compiles_the_fpx_row_kernel_s_tensor_core_form(tmp_path):
     assert done.returncode == 2 and "--mma is for --kernel fpx_row" in done.stderr
 
 
+def test_kernel_sass_compiles_the_fpx_row_kernel_gated(tmp_path):
+    """``--gated``: the FPx row kernel with silu(gate) * up in its epilogue compiles for sm_90, named so, with more
+    instructions than the same config ungated (the epilogue's exponential and products); the flag is for the row
+    kernel's fp32 form only."""
+    counts = {}
+    for flags in ((), ("--gated",)):
+        done = run_sass("--kernel", "fpx_row", "--element", "e3m2", *flags, "--limit", "1", "--out",
+                        str(tmp_path / f"s{len(flags)}"))
+        assert done.returncode == 0, done.stderr[-2000:]
+        result = json.loads((tmp_path / f"s{len(flags)}.json").read_text())
+        (row,) = result["configs"]
+        counts[flags] = row["instructions"]
+    assert result["case"] == "e3m2, gated (silu(gate) * up)"
+    assert counts[("--gated",)] > counts[()] and row["FFMA"] > 0
+    for flags in (("--kernel", "fpx_row", "--mma"), ("--kernel", "fpx_tile")):
+        done = run_sass(*flags, "--element", "e3m2", "--gated", "--out", str(tmp_path / "bad"))
+        assert done.returncode == 2 and "--gated is for --kernel fpx_row in its fp32 form (no --mma)" in done.stderr
+    assert not (tmp_path / "bad.json").exists()
+
+
 @pytest.mark.parametrize("kernel, element, group, multiply", [("fpx_row", "int4", "128", "FFMA"),
                                                             ("fpx_tile", "e2m1", "16", "HMMA")])
 def test_kernel_sass_compiles_the_fpx_kernels_with_scales_in_groups(tmp_path, kernel, element, group, multiply):
