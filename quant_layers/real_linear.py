@@ -270,7 +270,7 @@ class RealQuantLinear(nn.Module):
     def gates_in_product(self, x: torch.Tensor) -> bool:
         """Whether ``gated_product(x)`` computes silu(gate) * up with the product in one launch
         (``quant_kernels.fpx_gates_in_product``): a weight-only linear at decode rows on a GPU, or on the CPU."""
-        planes = (self.qweight,) if getattr(self, "qweight_high", None) is None else (self.qweight, self.qweight_high)
+        planes = weight_planes(self.qweight, getattr(self, "qweight_high", None))
         return self.act_scheme is None and self.input_transform is None and quant_kernels.fpx_gates_in_product(
             x, planes, bits=self.weight_scheme.bits, group=self.weight_scheme.group)
 
@@ -313,6 +313,12 @@ def schemes_key(weight: RealQuantScheme, act: RealQuantScheme | None) -> str:
 
 
 @lru_cache(maxsize=None)
+def weight_planes(qweight: torch.Tensor, qweight_high: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """A weight's bit planes as ``quant_kernels.fpx_matmul`` takes them: the 4-bit plane, then the 1- or 2-bit plane
+    of 5- and 6-bit codes where there is one."""
+    return (qweight,) if qweight_high is None else (qweight, qweight_high)
+
+
 def parse_schemes(key: str) -> tuple[RealQuantScheme, RealQuantScheme | None]:
     weight, act = json.loads(key)
     return RealQuantScheme(**weight), RealQuantScheme(**act) if act else None
@@ -336,10 +342,9 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
     if gated and (act is not None or residual is not None):
         raise ValueError("a gated product is a weight-only linear's, without a residual")
     if act is None:
-        planes = (qweight, qweight_high) if qweight_high is not None else (qweight,)
-        out = quant_kernels.fpx_matmul(x, planes, weight_scale, element=weight.element, bits=weight.bits, bias=bias,
-                                       out_dtype=x.dtype, group=weight.group, w_global_scale=weight_global_scale,
-                                       gated=gated)
+        out = quant_kernels.fpx_matmul(x, weight_planes(qweight, qweight_high), weight_scale, element=weight.element,
+                                       bits=weight.bits, bias=bias, out_dtype=x.dtype, group=weight.group,
+                                       w_global_scale=weight_global_scale, gated=gated)
         return out if residual is None else residual + out
     rows = x.reshape(-1, x.shape[-1])
     if act.element == "int8":
