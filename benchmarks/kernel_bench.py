@@ -158,14 +158,16 @@ def check_gemm(a: tuple, w: tuple, spec: dict) -> str:
     return "ok" if err <= 1e-5 else f"MISMATCH rel err {err:.1e}"
 
 
-def path_errors(x: torch.Tensor, wq: tuple, a_element: str, w_element: str, path: str,
-                floor: float) -> tuple[float, float]:
-    """``w4a4_linear`` on ``path`` (bfloat16 out) against the fp32 twin on ``x``'s rows: the largest elementwise
-    error relative to |want| plus ``floor`` times the largest |want|, and the largest error over the largest |want|."""
-    got = quant_kernels.w4a4_linear(x, *wq, a_element=a_element, w_element=w_element, out_dtype=torch.bfloat16,
-                                    backend="triton", path=path).float()
-    aq = reference.quantize_activations_ref(x, a_element, 0, "float")
-    want = reference.w4a4_matmul_ref(*aq, *wq, a_element=a_element, w_element=w_element, out_dtype=torch.float32)
+def path_errors(x: torch.Tensor, wq: tuple, a_element: str, w_element: str, path: str, floor: float, group: int = 0,
+                kind: str = "float") -> tuple[float, float]:
+    """``w4a4_linear`` on ``path`` (bfloat16 out; scales per ``group`` codes of ``kind`` on both sides) against the
+    fp32 twin on ``x``'s rows: the largest elementwise error relative to |want| plus ``floor`` times the largest
+    |want|, and the largest error over the largest |want|."""
+    spec = dict(a_element=a_element, w_element=w_element, a_group=group, w_group=group)
+    got = quant_kernels.w4a4_linear(x, *wq, **spec, scale_kind=kind, out_dtype=torch.bfloat16, backend="triton",
+                                    path=path).float()
+    aq = reference.quantize_activations_ref(x, a_element, group, kind)
+    want = reference.w4a4_matmul_ref(*aq, *wq, **spec, out_dtype=torch.float32)
     err = ((got - want).abs() / (want.abs() + floor * want.abs().max())).max().item()
     return err, ((got - want).abs().max() / want.abs().max()).item()
 
@@ -194,13 +196,7 @@ def check_default_path(x: torch.Tensor, wq: tuple, element: str, group: int, kin
     kernels' 64, so that the int8 and e4m3 paths run their prefill launch): within 2^-6 of the largest output (the
     dequantized path rounds the activations to bfloat16 once, and from ``fpx_gemm.DEQUANT_MIN_M`` rows the weight;
     FP8 accumulates at reduced precision)."""
-    rows = x[:quant_kernels.INT8_MIN_ROWS + CHECK_ROWS]
-    spec = dict(a_element=element, w_element=element, a_group=group, w_group=group)
-    got = quant_kernels.w4a4_linear(rows, *wq, **spec, scale_kind=kind, out_dtype=torch.bfloat16, backend="triton",
-                                    path=path).float()
-    want = reference.w4a4_matmul_ref(*reference.quantize_activations_ref(rows, element, group, kind), *wq, **spec,
-                                     out_dtype=torch.float32)
-    err = ((got - want).abs().max() / want.abs().max()).item()
+    _, err = path_errors(x[:quant_kernels.INT8_MIN_ROWS + CHECK_ROWS], wq, element, element, path, 0.0, group, kind)
     return "ok" if err <= 2.0**-6 else f"MISMATCH rel err {err:.1e}"
 
 
