@@ -1153,10 +1153,9 @@ def test_dequantized_path_is_the_fake_quantized_product(case, backend):
               out_dtype=torch.bfloat16, backend=backend, w_global_scale=global_scale)
     got = quant_kernels.w4a4_linear(x, w_packed, w_scale, path="dequantized", **kw)
     a_packed, a_scale = quantize_activations_ref(x, a_el, a_group, a_kind)
-    x_q = decode(unpack(a_packed), element_named(a_el)).reshape(m, -1, a_group or k) * a_scale[..., None]
-    want = quant_kernels.fpx_matmul(x_q.reshape(m, k).to(torch.bfloat16), (w_packed,), w_scale, element=w_el, bits=4,
-                                    group=w_group, bias=bias.to(torch.bfloat16), w_global_scale=global_scale,
-                                    backend=backend)
+    x_q = dequantize(a_packed, a_scale, a_el, a_group).to(torch.bfloat16)
+    want = quant_kernels.fpx_matmul(x_q, (w_packed,), w_scale, element=w_el, bits=4, group=w_group,
+                                    bias=bias.to(torch.bfloat16), w_global_scale=global_scale, backend=backend)
     assert torch.equal(got, want)
     exact = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, out_dtype=torch.float32, bias=bias,
                             w_global_scale=global_scale, **{key: kw[key] for key in ("a_element", "w_element",
