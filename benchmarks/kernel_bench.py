@@ -327,6 +327,10 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
             rows.append(row(n, m, k, f"{name} {default} quant+gemm (default)", time_ms(
                 functools.partial(linear, path=default)), weight_bytes,
                 check_default_path(x, wq, element, group, kind, default)))
+        if default == "fp8" and group:  # MXFP4 folded: beside the dequantized path below MX_FP8_MIN_ROWS
+            rows.append(row(n, m, k, f"{name} dequantized quant+gemm", time_ms(
+                functools.partial(linear, path="dequantized")), weight_bytes,
+                check_default_path(x, wq, element, group, kind, "dequantized")))
         if decode and alternatives:
             dot = functools.partial(w4a4_matmul_triton, out_dtype=torch.bfloat16, gemv=False, **spec)
             rows.append(row(n, m, k, f"{name} dot gemm", time_ms(lambda: dot(*aq, *wq)), weight_bytes))

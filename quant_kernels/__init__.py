@@ -76,7 +76,9 @@ INT8_MAX_ROWS = 4096
 # and in float16 at any size, they took ``w4a4_gemm``'s packed kernel, which ran 0.48-0.80x bf16 (INT4) and
 # 0.17-0.41x (E2M1) at 128 rows on the H100, inside a stream of calls, and 0.35-0.43x / 0.15-0.23x at 512
 # (``benchmarks/results/kernel_bench_decode_in_stream_retimed_128_512_h100.md``), where the int8 path's kernel ran
-# 0.93-1.52x bf16 at 256 rows on the H200 (``prefill_int8_h200.md``). 65-255 rows on the int8 path are untimed.
+# 0.93-1.52x bf16 at 256 rows on the H200 (``prefill_int8_h200.md``). At 128 and 512 rows on the H200 the int8
+# path's linear ran 2.2-5.4x the packed kernel's (INT4 0.85-1.69x bf16, E2M1 0.66-1.22x, in a stream;
+# ``kernel_bench_decode_in_stream_retimed_128_512_h200.md``).
 INT8_MIN_ROWS = 65
 # E2M1 weights take the int8 path (as int8 operands of twice their values) up to this many rows: 1.13-1.49x the FP8
 # path's linear at 256 rows, 1.00-1.11x at 512 (but 0.77x at 4096 x 4096 in one of the two calls), 0.69-0.77x at 2048
@@ -92,6 +94,12 @@ E2M1_E4M3_MAX_ROWS = 4096
 # path's 0.97x at 4096 x 4096 (``benchmarks/results/prefill_{int4,e2m1}_retimed_8192_all_paths_h100.md``,
 # ``prefill_int4_retimed_8192_h100.md``).
 UNBOUNDED_ROWS_DEVICES = ("NVIDIA H100 80GB HBM3",)
+# From this many rows MXFP4 W4A4 (E2M1, power-of-two scales per 32) in bfloat16 takes the FP8 path, its group scales
+# folded into E4M3 values (``fp8_gemm.fold_multipliers``): the rows from which the dequantized path widens the
+# weight to bfloat16 for cuBLAS (``fpx_gemm.DEQUANT_MIN_M``), where the fold writes one byte a weight instead of two
+# and the FP8 GEMM runs 1.65-1.75x cuBLAS bf16 at 2048 rows. The dequantized path's MXFP4 linear ran 0.69-0.89x bf16
+# there (H200, ``kernel_bench_decode_in_stream_retimed_groups_h200.md``); the folded one is untimed.
+MX_FP8_MIN_ROWS = 1024
 
 
 def e4m3_path_on() -> bool:
@@ -236,15 +244,17 @@ def decode_codes_like(x: torch.Tensor, m: int, k: int, w_element: str) -> torch.
     return x.new_empty(m, k, dtype=torch.float8_e4m3fn if fp8_codes else torch.int8)
 
 
-def unpack_fp8(packed: torch.Tensor, element: str, *, backend: str | None = None) -> torch.Tensor:
-    """(rows, K // 2) packed 4-bit codes -> (rows, K) float8_e4m3fn holding their values (exact)."""
+def unpack_fp8(packed: torch.Tensor, element: str, *, mult: torch.Tensor | None = None,
+               backend: str | None = None) -> torch.Tensor:
+    """(rows, K // 2) packed 4-bit codes -> (rows, K) float8_e4m3fn holding their values (exact); ``mult`` (rows,
+    groups): each value times its group's multiplier first (``fp8_gemm.fold_multipliers``), rounded to E4M3."""
     if _use_triton(packed, backend):
         from .fp8_gemm import unpack_fp8_triton
 
-        return unpack_fp8_triton(packed, element)
+        return unpack_fp8_triton(packed, element, mult)
     from .fp8_gemm import unpack_fp8_ref
 
-    return unpack_fp8_ref(packed, element)
+    return unpack_fp8_ref(packed, element, mult)
 
 
 def w4a4_linear(
@@ -262,12 +272,13 @@ def w4a4_linear(
     absmax (``quantize_activations``' ``tensor_amax``). Weight scales in groups may come encoded (``w4a4_matmul``;
     ``w_global_scale``).
 
-    ``path``: ``packed`` (4-bit activation codes, ``w4a4_matmul``), ``fp8`` (codes as
-    E4M3 bytes, weight widened by ``unpack_fp8``, cuBLAS's FP8 GEMM; per-row scales,
-    K and N multiples of 16, bfloat16 out) or ``int8`` (INT4 or E2M1 weights: codes as the int8 bytes of INT4
-    weights' dp4a order, the packed weight unpacked in registers for the int8 tensor cores, E2M1 as twice its
-    values, ``w4a4_matmul_dp4a`` / ``w4a4_gemv.w4a4_tc_prefill_triton``; per-row float scales, K a multiple of 8)
-    or ``e4m3`` (as ``int8``, INT4 or E2M1 activations too: the codes as E4M3 planes in that order, the weight's
+    ``path``: ``packed`` (4-bit activation codes, ``w4a4_matmul``), ``fp8`` (codes as E4M3 bytes, weight widened by
+    ``unpack_fp8``, cuBLAS's FP8 GEMM; per-row scales, or MXFP4's (E2M1 both sides, ``e8m0`` power-of-two scales in
+    groups of 32) folded into the E4M3 values, exact while a row's group scales span at most 2^14 (``fp8_gemm``); K
+    and N multiples of 16, bfloat16 out) or ``int8`` (INT4 or E2M1 weights: codes as the int8 bytes of INT4 weights'
+    dp4a order, the packed weight unpacked in registers for the int8 tensor cores, E2M1 as twice its values,
+    ``w4a4_matmul_dp4a`` / ``w4a4_gemv.w4a4_tc_prefill_triton``; per-row float scales, K a multiple of 8) or
+    ``e4m3`` (as ``int8``, INT4 or E2M1 activations too: the codes as E4M3 planes in that order, the weight's
     nibbles E4M3 operands, one dot a K step accumulating in wgmma: the decode launch up to ``TC_MAX_M`` rows, the
     prefill one above; the reference backend computes the int8 path's exact product) or ``dequantized`` (INT4 or
     E2M1 weights, any scales: the activation codes dequantized into ``out_dtype``, each value rounded once as a
@@ -275,9 +286,9 @@ def w4a4_linear(
     None picks, on the Triton backend, ``int8`` for INT4 weights from ``INT8_MIN_ROWS`` to ``INT8_MAX_ROWS`` rows
     (E2M1 up to ``E2M1_INT8_MAX_ROWS``, then ``e4m3`` up to ``E2M1_E4M3_MAX_ROWS``; on ``UNBOUNDED_ROWS_DEVICES`` at
     every size) in any output dtype, ``fp8`` above them in bfloat16 products of at least ``FP8_MIN_ROWS`` rows where
-    it fits (where it does not, the int8 and e4m3 paths keep them), ``dequantized`` for the other bfloat16 and
-    float16 products of INT4 and E2M1 codes the decode kernels do not take (scales in groups), else ``packed``; with
-    ``PTQ_E4M3_PATH=1`` ``e4m3`` in place of ``int8`` and ``fp8`` wherever it fits.
+    it fits (where it does not, the int8 and e4m3 paths keep them; MXFP4 from ``MX_FP8_MIN_ROWS``), ``dequantized``
+    for the other bfloat16 and float16 products of INT4 and E2M1 codes the decode kernels do not take (scales in
+    groups), else ``packed``; with ``PTQ_E4M3_PATH=1`` ``e4m3`` in place of ``int8`` and ``fp8`` wherever it fits.
     """
     from .fp8_gemm import w4a4_matmul_fp8
 
@@ -287,9 +298,9 @@ def w4a4_linear(
     fits, int8_fits, e4m3_fits = _paths_fitting(m, w_packed.shape[0], k, w_element, a_element, a_group, w_group,
                                                 scale_kind)
     if path == "fp8" and not (fits and out_dtype == torch.bfloat16):
-        raise ValueError(f"the fp8 path takes per-row scales (groups 0, float scales), K and N multiples of 16 and "
-                         f"bfloat16 output, got groups {a_group}/{w_group}, {scale_kind} scales, K={k}, "
-                         f"N={w_packed.shape[0]}, {out_dtype}: use path='packed'")
+        raise ValueError(f"the fp8 path takes per-row scales (groups 0, float scales) or MXFP4's (E2M1, groups of 32, "
+                         f"e8m0 scales), K and N multiples of 16 and bfloat16 output, got groups {a_group}/{w_group}, "
+                         f"{scale_kind} scales, K={k}, N={w_packed.shape[0]}, {out_dtype}: use path='packed'")
     if path == "int8" and not (int8_fits and w_element in ("int4", "e2m1")):
         raise ValueError(f"the int8 path takes INT4 or E2M1 weights, per-row float scales (groups 0) and K a multiple "
                          f"of 8, got {w_element} weights, groups {a_group}/{w_group}, {scale_kind} scales, K={k}: use "
@@ -326,6 +337,16 @@ def w4a4_linear(
         return w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                                 bias=bias, out_dtype=out_dtype, residual=residual, norm_tail=norm_tail,
                                 backend=backend)
+    if path == "fp8" and a_group:  # MXFP4: the group scales folded into the E4M3 values, the rows' to the GEMM
+        from .fp8_gemm import fold_multipliers
+        from .reference import scale_values
+
+        packed, a_group_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, backend=backend)
+        a_mult, a_scale = fold_multipliers(a_group_scale)
+        w_mult, w_row_scale = fold_multipliers(scale_values(w_scale))
+        out = w4a4_matmul_fp8(unpack_fp8(packed, a_element, mult=a_mult, backend=backend), a_scale,
+                              unpack_fp8(w_packed, w_element, mult=w_mult, backend=backend), w_row_scale, bias)
+        return _with_norm_tail(out if residual is None else residual + out, norm_tail, backend)
     if path == "fp8":
         codes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, fp8_codes=True, backend=backend)
         out = w4a4_matmul_fp8(codes, a_scale, unpack_fp8(w_packed, w_element, backend=backend), w_scale, bias)
@@ -355,10 +376,12 @@ def w4a4_linear(
 
 def _paths_fitting(m: int, n: int, k: int, w_element: str, a_element: str, a_group: int, w_group: int,
                    scale_kind: str) -> tuple[bool, bool, bool]:
-    """Whether an (M, K) x (N, K) product of these elements, groups and scales fits the fp8, int8 and e4m3 paths."""
+    """Whether an (M, K) x (N, K) product of these elements, groups and scales fits the fp8 (per-row scales, or
+    MXFP4's folded), int8 and e4m3 paths."""
     from .reference import fp8_path_fits
 
-    fits = fp8_path_fits(m, n, k, a_group, w_group) and scale_kind == "float"
+    mx = scale_kind == "e8m0" and a_group == w_group == 32 and a_element == w_element == "e2m1"
+    fits = fp8_path_fits(m, n, k, 0, 0) and (mx or scale_kind == "float" and a_group == w_group == 0)
     int8_fits = a_group == w_group == 0 and scale_kind == "float" and k % 8 == 0
     return fits, int8_fits, int8_fits and w_element in ("int4", "e2m1") and a_element in ("int4", "e2m1")
 
@@ -370,7 +393,7 @@ def default_path(m: int, n: int, k: int, w_element: str, a_element: str, on_trit
     ``on_triton``: whether it runs on the Triton backend; ``device``: the GPU's name (``UNBOUNDED_ROWS_DEVICES``)."""
     fits, int8_fits, e4m3_fits = _paths_fitting(m, n, k, w_element, a_element, a_group, w_group, scale_kind)
     tiled = on_triton and m >= INT8_MIN_ROWS and int8_fits and (w_element == "int4" or e4m3_fits)
-    fp8 = on_triton and m >= FP8_MIN_ROWS and fits and out_dtype == torch.bfloat16
+    fp8 = on_triton and m >= (MX_FP8_MIN_ROWS if a_group else FP8_MIN_ROWS) and fits and out_dtype == torch.bfloat16
     most = math.inf if device in UNBOUNDED_ROWS_DEVICES else {"int4": INT8_MAX_ROWS}.get(w_element, E2M1_E4M3_MAX_ROWS)
     if tiled and (m <= most or not fp8):
         e2m1_rows = w_element == "e2m1" and m > E2M1_INT8_MAX_ROWS
@@ -379,10 +402,9 @@ def default_path(m: int, n: int, k: int, w_element: str, a_element: str, on_trit
         return "e4m3" if e4m3_fits and e4m3_path_on() else "fp8"
     # The INT4 and E2M1 products no path above takes and the decode kernels do not (scales in groups: NVFP4, MXFP4,
     # INT4 g128 W4A4): the activations dequantized, then the weight-only product. The packed kernel ran NVFP4 at
-    # 0.10-0.17x bf16 and MXFP4 at 0.12-0.19x at 1-512 rows of 4096 x 4096 on the H200, 0.08x and 0.12x at 2048-8192
-    # (``kernel_bench_h200_4096_all_formats.md``, 2026-12-01, not timed since); NVFP4's weight-only product ran
-    # 1.54-1.85x bf16 at one row and 0.97-1.31x at 64 on the H100 (``kernel_bench_w4a16_groups_wide_rows*_h100.md``).
-    # This path is untimed.
+    # 0.33-0.40x bf16 at one row, 0.08-0.11x at 128 and 0.07-0.08x at 2048, MXFP4 at 0.35-0.41x, 0.13-0.17x and
+    # 0.12-0.14x, where this path ran NVFP4 at 0.92-1.19x, 0.54-0.78x and 0.64-0.78x, MXFP4 at 1.17-1.40x, 0.59-0.82x
+    # and 0.69-0.89x (H200, Llama-3-8B shapes, in a stream; ``kernel_bench_decode_in_stream_retimed_groups_h200.md``).
     decode_rows = int8_fits and m < INT8_MIN_ROWS  # ``w4a4_linear`` hands them on to the decode kernels
     if on_triton and not decode_rows and out_dtype in (torch.bfloat16, torch.float16) and \
             {w_element, a_element} <= {"int4", "e2m1"}:

@@ -40,7 +40,7 @@ from transforms.hadamard import sylvester_hadamard
 
 from .autotuning import autotune
 from .reference import PROLOGUES, SCALE_KIND_CODES, NormTail, check_activation_args, check_prologue_args
-from .rounding import _round_to_bf16, _round_to_dtype, _silu_mul
+from .rounding import _round_to_dtype, _silu_mul
 from .pdl import launch_dependents, pdl_flags, uses_pdl, wait_for_producer
 
 # Whether the kernels below were built for the interpreter (decided when triton.jit ran), and so whether they may

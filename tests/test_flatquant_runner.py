@@ -270,9 +270,25 @@ def test_kernel_bench_times_nvfp4_on_its_dequantized_path(cli, tmp_path):
     assert re.search(r"\| 32x128 \| 1 \| nvfp4 dequantized quant\+gemm \(default\) \|.*\| ok \|", table), table
 
 
+def test_kernel_bench_times_mxfp4_folded_beside_its_dequantized_path(cli, tmp_path):
+    """An MXFP4 row of kernel_bench from MX_FP8_MIN_ROWS: the default path's linear (the FP8 path, scales folded)
+    and the dequantized path it replaced there, both checked against the twin."""
+    import quant_kernels
+
+    prefix = str(tmp_path / "bench")
+    m = str(quant_kernels.MX_FP8_MIN_ROWS)
+    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--formats", "mxfp4", "--ms", m, "--shapes", "32x128",
+              "--weight_only_ms", "", "--reps", "1", "--warmup", "0", "--default_paths_only", "--out", prefix)
+    assert out.returncode == 0, out.stderr
+    table = open(prefix + ".md").read()
+    for method in ("mxfp4 fp8 quant\\+gemm \\(default\\)", "mxfp4 dequantized quant\\+gemm"):
+        assert re.search(rf"\\| 32x128 \\| {m} \\| {method} \\|.*\\| ok \\|", table), (method, table)
+
+
 def test_kernel_bench_checks_the_default_paths_against_the_twin(monkeypatch):
     """kernel_bench's check of the default path's linear above the decode rows: NVFP4 and MXFP4 on the dequantized
-    path, INT4 and E2M1 on the int8 and e4m3 paths, pass; a dequantization off by 5 % is caught."""
+    path, MXFP4 on the FP8 path (folded, its default from MX_FP8_MIN_ROWS), INT4 and E2M1 on the int8 and e4m3
+    paths, pass; a dequantization off by 5 % is caught."""
     import quant_kernels
     from benchmarks.kernel_bench import W4A4_FORMATS, check_default_path
 
@@ -283,6 +299,9 @@ def test_kernel_bench_checks_the_default_paths_against_the_twin(monkeypatch):
         x, w = torch.randn(70, 128, generator=gen), torch.randn(24, 128, generator=gen) * 0.05
         operands[name] = x, quant_kernels.quantize_activations(w, element, group, kind, backend="torch")
         assert check_default_path(*operands[name], element, group, kind, path) == "ok", name
+    w = quant_kernels.quantize_activations(torch.randn(32, 128, generator=gen) * 0.05, *W4A4_FORMATS["mxfp4"],
+                                           backend="torch")  # the FP8 GEMM's N: a multiple of 16
+    assert check_default_path(operands["mxfp4"][0], w, *W4A4_FORMATS["mxfp4"], "fp8") == "ok"
     dequantize = quant_kernels.dequantize_weight
     monkeypatch.setattr(quant_kernels, "dequantize_weight", lambda *a, **k: dequantize(*a, **k) * 1.05)
     for name in ("nvfp4", "mxfp4"):

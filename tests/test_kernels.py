@@ -918,6 +918,9 @@ def test_w4a4_linear_path_choice_and_refusals():
                                          "e4m3 scales, K=64"):
         quant_kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", a_group=16, w_group=16,
                                   scale_kind="e4m3", out_dtype=torch.bfloat16, path="int8")
+    with pytest.raises(ValueError, match="group multipliers must be \\(rows, groups\\) with the groups dividing K "
+                                         "into even groups, got \\(4, 3\\) for 4 rows of K=64"):
+        quant_kernels.unpack_fp8(torch.zeros(4, 32, dtype=torch.uint8), "e2m1", mult=torch.ones(4, 3), backend="triton")
     with pytest.raises(ValueError, match="fp8 path takes per-row scales"):
         quant_kernels.w4a4_linear(x, w_packed, w_scale, a_element="e2m1", w_element="e2m1", a_group=16, w_group=16,
                                   scale_kind="e4m3", out_dtype=torch.bfloat16, path="fp8")
@@ -933,6 +936,69 @@ def test_w4a4_linear_path_choice_and_refusals():
     a4, as4 = quantize_activations_ref(x, "int4", 0, "float")
     assert torch.equal(out, w4a4_matmul_ref(a4, as4, w4, s4, a_element="int4", w_element="int4",
                                             out_dtype=torch.float32))
+
+
+def _mxfp4_rows(spans: list[int], k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed E2M1 codes (rows, K // 2) and power-of-two scales per 32 (rows, K // 32): row r's largest group scale
+    2^base, its smallest 2^(base - spans[r]) (its codes begin with 0.5, the finest value), the others between."""
+    rows, groups = len(spans), k // 32
+    packed = torch.randint(0, 256, (rows, k // 2), generator=gen, dtype=torch.uint8)
+    exponents = torch.empty(rows, groups)
+    for r, span in enumerate(spans):
+        base = -127 + span if r == 0 else int(torch.randint(-20, 20, (1,), generator=gen))  # row 0 reaches 2^-127
+        exponents[r] = base - torch.randint(0, span + 1, (groups,), generator=gen)
+        exponents[r, 0], exponents[r, 1] = base, base - span
+        packed[r, 16:18] = 0x11  # 0.5, 0.5 in the smallest group
+    return packed, torch.pow(2.0, exponents)
+
+
+def test_fold_multipliers_fold_mxfp4_scales_into_e4m3_values():
+    """MXFP4's power-of-two group scales fold into E4M3 values times a scale per row: exact while a row's groups
+    span at most 2^14 (the E2M1 value 0.5 of a group 2^14 below the largest is E4M3's smallest subnormal, 2^-9),
+    E8M0's 2^-127 included; beyond that the smallest group's values round, by at most 2^-16 of the row's largest
+    scale. The Triton twin writes the same bytes (ragged rows and K)."""
+    from quant_kernels.fp8_gemm import FOLD_SHIFT, fold_multipliers
+
+    spans = [2, 0, 3, 13, 14, 15, 20]
+    packed, scale = _mxfp4_rows(spans, 224, torch.Generator().manual_seed(11))
+    mult, row_scale = fold_multipliers(scale)
+    assert torch.equal(mult * row_scale, scale) and torch.equal(mult.amax(dim=1), torch.full((7,), 2.0**FOLD_SHIFT))
+    assert row_scale[0].item() == 2.0**-125 * 2.0**-FOLD_SHIFT  # a subnormal fp32 scale, exact
+    folded = quant_kernels.unpack_fp8(packed, "e2m1", mult=mult, backend="torch")
+    values, want = folded.float() * row_scale, dequantize(packed, scale, "e2m1", 32)
+    for r, span in enumerate(spans):
+        if span <= 14:
+            assert torch.equal(values[r], want[r]), span
+        else:
+            error = (values[r] - want[r]).abs().max().item()
+            assert 0 < error <= 2.0**-16 * scale[r].max().item(), span
+    got = quant_kernels.unpack_fp8(packed, "e2m1", mult=mult, backend="triton")
+    assert torch.equal(got.view(torch.uint8), folded.view(torch.uint8))
+    assert torch.equal(fold_multipliers(torch.zeros(2, 3))[1], torch.ones(2, 1))  # zero rows keep scale 1
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+def test_fp8_path_takes_mxfp4_folded(encoded):
+    """MXFP4 W4A4 on the FP8 path (both sides' group scales folded, ``fp8_gemm``): the exact product within bfloat16
+    rounding, with the bias and the residual; the Triton twin's folds give the same output; E8M0 weight scales as a
+    checkpoint encodes them (uint8) give the same as their fp32 values."""
+    gen = torch.Generator().manual_seed(17)
+    x = (torch.randn(70, 256, generator=gen) * 3).to(torch.bfloat16)
+    w_packed, w_scale = quantize_activations_ref(torch.randn(48, 256, generator=gen) * 0.05, "e2m1", 32, "e8m0")
+    bias = torch.randn(48, generator=gen).to(torch.bfloat16).float()  # the FP8 GEMM adds a bfloat16 bias
+    residual = torch.randn(70, 48, generator=gen).to(torch.bfloat16)
+    scales = (torch.log2(w_scale) + 127).to(torch.uint8) if encoded else w_scale
+    kw = dict(a_element="e2m1", w_element="e2m1", a_group=32, w_group=32, scale_kind="e8m0", bias=bias,
+              out_dtype=torch.bfloat16, path="fp8")
+    got = quant_kernels.w4a4_linear(x, w_packed, scales, backend="torch", **kw)
+    a_packed, a_scale = quantize_activations_ref(x, "e2m1", 32, "e8m0")
+    exact = w4a4_matmul_ref(a_packed, a_scale, w_packed, w_scale, a_element="e2m1", w_element="e2m1", a_group=32,
+                            w_group=32, bias=bias, out_dtype=torch.float32)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), exact, rtol=2.0**-7, atol=1e-5 * exact.abs().max().item())
+    assert torch.equal(quant_kernels.w4a4_linear(x, w_packed, scales, backend="triton", **kw), got)
+    assert torch.equal(quant_kernels.w4a4_linear(x, w_packed, scales, backend="torch", residual=residual, **kw),
+                       residual + got)
 
 
 def test_w4a4_linear_picks_its_path_by_element_and_rows(monkeypatch):
@@ -1167,14 +1233,18 @@ def test_dequantized_path_is_the_fake_quantized_product(case, backend):
 
 def test_default_path_dequantizes_group_scaled_products():
     """NVFP4 and MXFP4 (and INT4 in groups of 128) W4A4 products take the dequantized path at every row count in
-    bfloat16 and float16 on the Triton backend, in float32 and on the reference backend the packed one; per-row
+    bfloat16 and float16 on the Triton backend (MXFP4 in bfloat16 the FP8 path, folded, from MX_FP8_MIN_ROWS), in
+    float32 and on the reference backend the packed one; per-row
     products the decode kernels take (at most INT8_MIN_ROWS - 1 rows) stay on the packed path, which hands them on."""
     for case in ("nvfp4", "mxfp4", "int4-tok x int4-g128"):
         a_el, a_group, a_kind, w_el, w_group, _ = GEMM_CASES[case]
         path = functools.partial(quant_kernels.default_path, n=4096, k=4096, w_element=w_el, a_element=a_el,
                                  a_group=a_group, w_group=w_group, scale_kind=a_kind)
-        assert [path(m, out_dtype=dtype) for m in (1, 64, 8192) for dtype in (torch.bfloat16, torch.float16)] == [
-            "dequantized"] * 6, case
+        rows = (1, 64, quant_kernels.MX_FP8_MIN_ROWS - 1, 8192)
+        folded = ["fp8"] if case == "mxfp4" else ["dequantized"]  # MXFP4 in bfloat16 from MX_FP8_MIN_ROWS
+        assert [path(m, out_dtype=dtype) for m in rows for dtype in (torch.bfloat16, torch.float16)] == [
+            "dequantized"] * 6 + folded + ["dequantized"], case
+        assert path(quant_kernels.MX_FP8_MIN_ROWS) == folded[0], case
         assert {path(1, out_dtype=torch.float32), path(8192, on_triton=False)} == {"packed"}
     for element in ("int4", "e2m1"):
         assert quant_kernels.default_path(quant_kernels.INT8_MIN_ROWS - 1, 4096, 4096, element, element) == "packed"
