@@ -354,15 +354,28 @@ def bench_mode(config, mode: str, args, device: torch.device, time_ms) -> dict:
     return row
 
 
+def _batches(rows: list[dict], *keys: str) -> list[str]:
+    """The batch sizes any row times under any of ``keys``, in order (rows merged from several runs may differ)."""
+    return [str(b) for b in sorted({int(b) for r in rows for key in keys for b in r.get(key, {})})]
+
+
+def _cell(value: float | None, base: float | None, higher_is_better: bool) -> str:
+    """A figure with its ratio to bf16's in parentheses (speed-up either way), or a dash where it was not timed."""
+    if value is None:
+        return "–"
+    ratio = f" ({(value / base if higher_is_better else base / value):.2f}×)" if base else ""
+    return f"{value:.1f}{ratio}"
+
+
 def markdown(result: dict) -> str:
     rows = result["rows"]
-    prefill = [str(b) for b in rows[0]["prefill_ms"]]
-    decode = [str(b) for b in {**rows[0]["graph_decode_tok_s"], **rows[0]["decode_tok_s"]}]
+    prefill = _batches(rows, "prefill_ms")
+    decode = _batches(rows, "graph_decode_tok_s", "decode_tok_s")
     eager = any(r["decode_tok_s"] for r in rows)
     base = next((r for r in rows if r["mode"] == "bf16"), None)  # wherever --modes put it
     graphs = any(r.get("graph_decode_tok_s") for r in rows)
     graph = "graph+compile" if result.get("compile") else "graph"
-    graph_prefill = [str(b) for b in rows[0].get("graph_prefill_ms", {})]
+    graph_prefill = _batches(rows, "graph_prefill_ms")
     compiled = "; the step torch.compile-d for every mode, each real-quantized linear one opaque op" \
         if result.get("compile") else ""
     header = (["mode", "weights+buffers (GiB)"] + [f"prefill b{b} (ms)" for b in prefill]
@@ -376,25 +389,23 @@ def markdown(result: dict) -> str:
              f"{result['seqlen']}-token prefill: 'graph' replays one captured CUDA-graph step per token (static "
              f"cache{compiled}), "
              f"'eager' runs one Python forward per token (dynamic cache, launch-bound).",
-             f"Command: `{result['command']}`", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             f"Command: `{result['command']}`"]
+    lines += [f"- run {i}: {run['date']}, `{run['command']}`" for i, run in enumerate(result.get("runs", []), 1)]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def figures(r: dict | None, key: str, b: str) -> float | None:
+        return (r or {}).get(key, {}).get(int(b))
+
     for r in rows:
         cells = [r["mode"], f"{r['model_bytes'] / 2**30:.2f}"]
-        for b in prefill:
-            ratio = f" ({base['prefill_ms'][int(b)] / r['prefill_ms'][int(b)]:.2f}×)" if base else ""
-            cells.append(f"{r['prefill_ms'][int(b)]:.1f}{ratio}")
-        for b in graph_prefill:
-            ms = r.get("graph_prefill_ms", {}).get(int(b))
-            base_ms = base and base.get("graph_prefill_ms", {}).get(int(b))
-            ratio = f" ({base_ms / ms:.2f}×)" if ms and base_ms else ""
-            cells.append(f"{ms:.1f}{ratio}" if ms else "–")
+        cells += [_cell(figures(r, "prefill_ms", b), figures(base, "prefill_ms", b), False) for b in prefill]
+        cells += [_cell(figures(r, "graph_prefill_ms", b), figures(base, "graph_prefill_ms", b), False)
+                  for b in graph_prefill]
         if graphs:
-            for b in decode:
-                tok_s, base_tok_s = r["graph_decode_tok_s"].get(int(b)), base and base["graph_decode_tok_s"].get(int(b))
-                ratio = f" ({tok_s / base_tok_s:.2f}×)" if tok_s and base_tok_s else ""
-                cells.append(f"{tok_s:.1f}{ratio}" if tok_s else "–")
-        for b in decode if eager else []:
-            ratio = f" ({r['decode_tok_s'][int(b)] / base['decode_tok_s'][int(b)]:.2f}×)" if base else ""
-            cells.append(f"{r['decode_tok_s'][int(b)]:.1f}{ratio}")
+            cells += [_cell(figures(r, "graph_decode_tok_s", b), figures(base, "graph_decode_tok_s", b), True)
+                      for b in decode]
+        cells += [_cell(figures(r, "decode_tok_s", b), figures(base, "decode_tok_s", b), True)
+                  for b in (decode if eager else [])]
         cells.append(f"{r['peak_bytes'] / 2**30:.2f}" if "peak_bytes" in r else "–")
         lines.append("| " + " | ".join(cells) + " |")
     read = [f"{r['mode']} b{b}: {n / 1e9:.2f} GB in {b / r['graph_decode_tok_s'][b] * 1e3:.2f} ms, "

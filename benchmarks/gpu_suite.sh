@@ -9,7 +9,7 @@
 #              mode and batch compiles its step (about a minute), so the modes take two calls: MODES=bf16,w4a4,w4a4kv4
 #              (the default), then MODES=bf16,w4a16,fp6,fp5,bf16_eager OUT=another folder; PREFILL_BATCHES (default
 #              1,4; issue 10 asks 1,4,16) and DECODE_BATCHES (default 1,8,64) split a mode across calls, NAME names
-#              the result file
+#              the result file; benchmarks/model_table.py merges the calls' JSON files into one table
 #   decode     decode-sized kernels (M = 1, 8, 16) and bf16 / W4A4 compiled CUDA-graph decode at batch 1 and 8;
 #              first the decode attention (bf16 and packed KV4), the K/V write kernel and w4a4_linear checked
 #              against their twins (issues 9, 10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -168,11 +169,59 @@ def test_bench_model_table_reports_the_decode_steps_bandwidth():
     assert "fp6 b1: 6.50 GB in 4.00 ms, 1625 GB/s; fp6 b8: 7.00 GB in 8.00 ms, 875 GB/s." in text
 
 
+def _bench_run(date: str, rows: list[dict], device: str = "GPU") -> dict:
+    """A bench_model.py result as its JSON file holds it (batch sizes as strings)."""
+    full = [{"prefill_ms": {}, "graph_prefill_ms": {}, "decode_tok_s": {}, "graph_decode_tok_s": {}, **row}
+            for row in rows]
+    return json.loads(json.dumps({"config": "llama-3-8b", "layers": 32, "seqlen": 2048, "decode_tokens": 256,
+                                  "compile": True, "device": device, "date": date, "versions": {"torch": "2.11"},
+                                  "command": f"python benchmarks/bench_model.py # {date}", "rows": full}))
+
+
+def test_model_table_merges_the_runs_of_one_machine(tmp_path, capsys):
+    """model_table.py: runs that each timed part of the table merge by mode, a later figure replacing an earlier
+    one, every ratio against bf16's figure in its column, a dash where no run timed it, every run named; runs of
+    another device and files that are no results are refused."""
+    from benchmarks.model_table import main
+
+    gib = 2**30
+    runs = [_bench_run("t1", [{"mode": "bf16", "model_bytes": 15 * gib, "graph_prefill_ms": {1: 60.0, 4: 240.0},
+                               "peak_bytes": 16 * gib},
+                              {"mode": "w4a4kv4", "model_bytes": 5 * gib, "graph_prefill_ms": {1: 40.0, 4: 200.0},
+                               "peak_bytes": 17 * gib}]),
+            _bench_run("t2", [{"mode": "bf16", "model_bytes": 15 * gib, "graph_decode_tok_s": {1: 150.0},
+                               "graph_decode_step_bytes": {1: 15e9}, "peak_bytes": 23 * gib},
+                              {"mode": "fp6", "model_bytes": 7 * gib, "graph_decode_tok_s": {1: 270.0}}]),
+            _bench_run("t3", [{"mode": "w4a4kv4", "model_bytes": 5 * gib, "graph_prefill_ms": {1: 39.0},
+                               "graph_decode_tok_s": {1: 405.0}, "peak_bytes": 32 * gib}])]
+    names = []
+    for i, run in enumerate(runs):
+        names.append(str(tmp_path / f"run{i}.json"))
+        with open(names[-1], "w") as f:
+            json.dump(run, f)
+    prefix = str(tmp_path / "table")
+    assert main([*names, "--out", prefix]) == 0
+    table = open(prefix + ".md").read()
+    assert "| bf16 | 15.00 | 60.0 (1.00×) | 240.0 (1.00×) | 150.0 (1.00×) | 23.00 |" in table
+    assert "| w4a4kv4 | 5.00 | 39.0 (1.54×) | 200.0 (1.20×) | 405.0 (2.70×) | 32.00 |" in table
+    assert "| fp6 | 7.00 | – | – | 270.0 (1.80×) | – |" in table
+    assert "- run 1: t1, `python benchmarks/bench_model.py # t1`" in table and "- run 3: t3" in table
+    assert "bf16 b1: 15.00 GB in 6.67 ms, 2250 GB/s" in table
+    assert json.load(open(prefix + ".json"))["rows"][1]["graph_prefill_ms"] == {"1": 39.0, "4": 200.0}
+    with open(names[1], "w") as f:
+        json.dump({**runs[1], "device": "another GPU"}, f)
+    with open(names[2], "w") as f:
+        f.write("{}")
+    for bad, message in ((names[:2], "the runs differ in device"), (names[2:], "is not a bench_model.py result")):
+        with pytest.raises(SystemExit) as stop:
+            main([*bad, "--out", str(tmp_path / "bad")])
+        assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "bad.md")
+
+
 def test_decode_match_compares_the_compiled_step_with_the_eager_one(tmp_path, capsys):
     """``decode_match.py`` on the CPU (both codes forms are the dp4a bytes there): the first decode step's logits
     eager and compiled within its tolerance, the greedy tokens compared, a table written; bad sizes refused."""
-    import json
-
     from benchmarks.decode_match import main
 
     prefix = str(tmp_path / "match")
