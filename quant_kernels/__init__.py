@@ -402,7 +402,7 @@ def default_path(m: int, n: int, k: int, w_element: str, a_element: str, on_trit
         return "e4m3" if e4m3_fits and e4m3_path_on() else "fp8"
     # The INT4 and E2M1 products no path above takes and the decode kernels do not (scales in groups: NVFP4, MXFP4,
     # INT4 g128 W4A4): the activations dequantized, then the weight-only product. The packed kernel ran NVFP4 at
-    # 0.33-0.40x bf16 at one row, 0.08-0.11x at 128 and 0.07-0.08x at 2048, MXFP4 at 0.35-0.41x, 0.13-0.17x and
+    # 0.33-0.40x bf16 at one row, 0.07-0.11x at 128 and 0.07-0.08x at 2048, MXFP4 at 0.33-0.41x, 0.10-0.17x and
     # 0.12-0.14x, where this path ran NVFP4 at 0.92-1.19x, 0.54-0.78x and 0.64-0.78x, MXFP4 at 1.17-1.40x, 0.59-0.82x
     # and 0.69-0.89x (H200, Llama-3-8B shapes, in a stream; ``kernel_bench_decode_in_stream_retimed_groups_h200.md``).
     decode_rows = int8_fits and m < INT8_MIN_ROWS  # ``w4a4_linear`` hands them on to the decode kernels
