@@ -312,13 +312,13 @@ def schemes_key(weight: RealQuantScheme, act: RealQuantScheme | None) -> str:
     return json.dumps([weight.to_dict(), act.to_dict() if act else None])
 
 
-@lru_cache(maxsize=None)
 def weight_planes(qweight: torch.Tensor, qweight_high: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """A weight's bit planes as ``quant_kernels.fpx_matmul`` takes them: the 4-bit plane, then the 1- or 2-bit plane
     of 5- and 6-bit codes where there is one."""
     return (qweight,) if qweight_high is None else (qweight, qweight_high)
 
 
+@lru_cache(maxsize=None)
 def parse_schemes(key: str) -> tuple[RealQuantScheme, RealQuantScheme | None]:
     weight, act = json.loads(key)
     return RealQuantScheme(**weight), RealQuantScheme(**act) if act else None

@@ -572,6 +572,24 @@ def test_row_kernel_gated_equals_twin(name, group, split, monkeypatch):
             assert not w4a4_gemv.split_k_buffer(out.device, 0, 0, 1)[0].any()
 
 
+def test_weight_planes_keep_no_weight_and_schemes_parse_once():
+    """``real_linear.weight_planes`` holds no reference to a weight once its caller lets go (a cache there would keep
+    every model's weights alive), while the custom op's schemes string is parsed once (``parse_schemes``)."""
+    import gc
+    import weakref
+
+    from quant_layers.real_linear import RealQuantScheme, parse_schemes, schemes_key, weight_planes
+
+    low, high = torch.zeros(4, 8, dtype=torch.uint8), torch.zeros(4, 4, dtype=torch.uint8)
+    assert weight_planes(low, None) == (low,) and weight_planes(low, high) == (low, high)
+    gone = weakref.ref(low)
+    del low
+    gc.collect()
+    assert gone() is None
+    key = schemes_key(RealQuantScheme("e3m2", bits=6), None)
+    assert parse_schemes(key) is parse_schemes(key)
+
+
 def test_gated_product_on_every_path(monkeypatch):
     """Where the row kernel does not gate (its tensor-core and interleaved forms, the tensor-core kernel, the
     dequantized weight) the result is ``silu_mul_ref`` of that path's product, into ``out`` when given;
