@@ -337,19 +337,22 @@ def w4a4_linear(
         return w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                                 bias=bias, out_dtype=out_dtype, residual=residual, norm_tail=norm_tail,
                                 backend=backend)
-    if path == "fp8" and a_group:  # MXFP4: the group scales folded into the E4M3 values, the rows' to the GEMM
-        from .fp8_gemm import fold_multipliers
-        from .reference import scale_values
-
-        packed, a_group_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, backend=backend)
-        a_mult, a_scale = fold_multipliers(a_group_scale)
-        w_mult, w_row_scale = fold_multipliers(scale_values(w_scale))
-        out = w4a4_matmul_fp8(unpack_fp8(packed, a_element, mult=a_mult, backend=backend), a_scale,
-                              unpack_fp8(w_packed, w_element, mult=w_mult, backend=backend), w_row_scale, bias)
-        return _with_norm_tail(out if residual is None else residual + out, norm_tail, backend)
     if path == "fp8":
-        codes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, fp8_codes=True, backend=backend)
-        out = w4a4_matmul_fp8(codes, a_scale, unpack_fp8(w_packed, w_element, backend=backend), w_scale, bias)
+        if a_group:  # MXFP4: the group scales folded into the E4M3 values, the rows' to the GEMM
+            from .fp8_gemm import fold_multipliers
+            from .reference import scale_values
+
+            packed, a_group_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio,
+                                                         backend=backend)
+            a_mult, a_scale = fold_multipliers(a_group_scale)
+            w_mult, w_scale = fold_multipliers(scale_values(w_scale))
+            codes = unpack_fp8(packed, a_element, mult=a_mult, backend=backend)
+            w_fp8 = unpack_fp8(w_packed, w_element, mult=w_mult, backend=backend)
+        else:
+            codes, a_scale = quantize_activations(x, a_element, 0, "float", clip_ratio, fp8_codes=True,
+                                                  backend=backend)
+            w_fp8 = unpack_fp8(w_packed, w_element, backend=backend)
+        out = w4a4_matmul_fp8(codes, a_scale, w_fp8, w_scale, bias)
         return _with_norm_tail(out if residual is None else residual + out, norm_tail, backend)
     if path == "packed" and _use_triton(x, backend) and x.is_cuda:
         from .w4a4_gemm import takes_gemv

@@ -96,7 +96,7 @@ def _group_of(packed: torch.Tensor, mult: torch.Tensor | None) -> int:
 
 def unpack_fp8_ref(packed: torch.Tensor, element: str, mult: torch.Tensor | None = None) -> torch.Tensor:
     """(rows, K // 2) packed codes -> (rows, K) their values as FP8 E4M3 (exact); with ``mult`` (rows, groups),
-    ``fold_multipliers``' first: each value times its group's multiplier first, rounded to E4M3."""
+    ``fold_multipliers``' first output: each value times its group's multiplier, rounded to E4M3."""
     values = packing.decode(packing.unpack(packed), w4a4_element(element))
     group = _group_of(packed, mult)
     if group:
