@@ -212,7 +212,9 @@ def test_model_table_merges_the_runs_of_one_machine(tmp_path, capsys):
         json.dump({**runs[1], "device": "another GPU"}, f)
     with open(names[2], "w") as f:
         f.write("{}")
-    for bad, message in ((names[:2], "the runs differ in device"), (names[2:], "is not a bench_model.py result")):
+    missing = str(tmp_path / "missing.json")
+    for bad, message in ((names[:2], "the runs differ in device"), (names[2:], "is not a bench_model.py result"),
+                         ([missing], f"cannot read {missing} as a bench_model.py result")):
         with pytest.raises(SystemExit) as stop:
             main([*bad, "--out", str(tmp_path / "bad")])
         assert stop.value.code == 2 and message in capsys.readouterr().err
