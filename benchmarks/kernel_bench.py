@@ -327,10 +327,11 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
             rows.append(row(n, m, k, f"{name} {default} quant+gemm (default)", time_ms(
                 functools.partial(linear, path=default)), weight_bytes,
                 check_default_path(x, wq, element, group, kind, default)))
-        if default == "fp8" and group:  # MXFP4 folded: beside the dequantized path below MX_FP8_MIN_ROWS
-            rows.append(row(n, m, k, f"{name} dequantized quant+gemm", time_ms(
-                functools.partial(linear, path="dequantized")), weight_bytes,
-                check_default_path(x, wq, element, group, kind, "dequantized")))
+        if kind == "e8m0" and default in ("fp8", "dequantized") and reference.fp8_path_fits(m, n, k, 0, 0):
+            other = "dequantized" if default == "fp8" else "fp8"  # MXFP4: the folded FP8 path and the dequantized
+            rows.append(row(n, m, k, f"{name} {other} quant+gemm", time_ms(  # one, either side of MX_FP8_MIN_ROWS
+                functools.partial(linear, path=other)), weight_bytes,
+                check_default_path(x, wq, element, group, kind, other)))
         if decode and alternatives:
             dot = functools.partial(w4a4_matmul_triton, out_dtype=torch.bfloat16, gemv=False, **spec)
             rows.append(row(n, m, k, f"{name} dot gemm", time_ms(lambda: dot(*aq, *wq)), weight_bytes))

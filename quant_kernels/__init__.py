@@ -94,12 +94,13 @@ E2M1_E4M3_MAX_ROWS = 4096
 # path's 0.97x at 4096 x 4096 (``benchmarks/results/prefill_{int4,e2m1}_retimed_8192_all_paths_h100.md``,
 # ``prefill_int4_retimed_8192_h100.md``).
 UNBOUNDED_ROWS_DEVICES = ("NVIDIA H100 80GB HBM3",)
-# From this many rows MXFP4 W4A4 (E2M1, power-of-two scales per 32) in bfloat16 takes the FP8 path, its group scales
-# folded into E4M3 values (``fp8_gemm.fold_multipliers``): the rows from which the dequantized path widens the
-# weight to bfloat16 for cuBLAS (``fpx_gemm.DEQUANT_MIN_M``), where the fold writes one byte a weight instead of two
-# and the FP8 GEMM runs 1.65-1.75x cuBLAS bf16 at 2048 rows. The dequantized path's MXFP4 linear ran 0.69-0.89x bf16
-# there (H200, ``kernel_bench_decode_in_stream_retimed_groups_h200.md``); the folded one is untimed.
-MX_FP8_MIN_ROWS = 1024
+# From this many rows MXFP4 W4A4 (E2M1, power-of-two scales per 32) in bfloat16 takes the FP8 path, its group
+# scales folded into E4M3 values (``fp8_gemm.fold_multipliers``), cuBLAS's FP8 GEMM multiplying them. On the H100
+# (Llama-3-8B shapes, in a stream) the folded linear ran 0.88-1.23x bf16 at 8192 rows against the dequantized
+# path's 0.89-1.02x (ahead at three shapes of four, level at 4096 x 4096), but 0.53-0.80x at 2048 rows against
+# 0.66-0.88x and 0.36-0.52x at 1024 against 0.53-0.66x: folding and widening both operands costs more there than the
+# FP8 GEMM saves (``kernel_bench_decode_in_stream_retimed_mx_fold_h100.md``; 4096 rows untimed).
+MX_FP8_MIN_ROWS = 8192
 
 
 def e4m3_path_on() -> bool:

@@ -271,18 +271,23 @@ def test_kernel_bench_times_nvfp4_on_its_dequantized_path(cli, tmp_path):
 
 
 def test_kernel_bench_times_mxfp4_folded_beside_its_dequantized_path(cli, tmp_path):
-    """An MXFP4 row of kernel_bench from MX_FP8_MIN_ROWS: the default path's linear (the FP8 path, scales folded)
-    and the dequantized path it replaced there, both checked against the twin."""
+    """MXFP4 rows of kernel_bench below MX_FP8_MIN_ROWS: the default path's linear (dequantized) and the FP8 path,
+    scales folded, beside it, both checked against the twin; nothing beside it where the fold does not fit (N not
+    a multiple of 16)."""
     import quant_kernels
 
+    assert quant_kernels.default_path(40, 32, 128, "e2m1", "e2m1", a_group=32, w_group=32,
+                                      scale_kind="e8m0") == "dequantized"
     prefix = str(tmp_path / "bench")
-    m = str(quant_kernels.MX_FP8_MIN_ROWS)
-    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--formats", "mxfp4", "--ms", m, "--shapes", "32x128",
-              "--weight_only_ms", "", "--reps", "1", "--warmup", "0", "--default_paths_only", "--out", prefix)
+    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--formats", "mxfp4", "--ms", "40", "--shapes",
+              "32x128,24x128", "--weight_only_ms", "", "--reps", "1", "--warmup", "0", "--default_paths_only",
+              "--out", prefix)
     assert out.returncode == 0, out.stderr
     table = open(prefix + ".md").read()
-    for method in ("mxfp4 fp8 quant\\+gemm \\(default\\)", "mxfp4 dequantized quant\\+gemm"):
-        assert re.search(rf"\\| 32x128 \\| {m} \\| {method} \\|.*\\| ok \\|", table), (method, table)
+    for method in ("mxfp4 dequantized quant\\+gemm \\(default\\)", "mxfp4 fp8 quant\\+gemm"):
+        assert re.search(rf"\| 32x128 \| 40 \| {method} \|.*\| ok \|", table), (method, table)
+    assert re.search(r"\| 24x128 \| 40 \| mxfp4 dequantized quant\+gemm \(default\) \|", table), table
+    assert not re.search(r"\| 24x128 \| 40 \| mxfp4 fp8", table), table
 
 
 def test_kernel_bench_checks_the_default_paths_against_the_twin(monkeypatch):
