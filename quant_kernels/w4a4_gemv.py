@@ -128,9 +128,14 @@ TC_MAX_M = 64
 # (BLOCK_N, BLOCK_KB, SPLIT_K, num_warps, num_stages) of the tensor-core kernel; BLOCK_KB counts packed weight
 # bytes (two codes each). The H200 probe's winners (tc_decode_probe_h200.md): 64 x 256 bytes unsplit where N
 # gives enough programs (14336 x 4096), 64 x 128 split four ways at N = 4096 (10 % faster at 4096 x 4096, 44 % at
-# 4096 x 14336 than unsplit).
+# 4096 x 14336 than unsplit). On the H100 INT4 at 16 rows of 4096 x 4096 took 32 x 256 unsplit, 128 programs for 132
+# SMs, and read its weight at 1.1 TB/s in a stream (``kernel_bench_decode_in_stream_retimed_h100.md``). The last
+# three (untimed) offer it more bytes in flight: 16 x 256 on 2 warps and 32 x 256 split in two make 256 programs,
+# 32 x 128 on 2 warps lets an SM hold more of its 128 (INT4 only: below 4 warps Triton has no warpgroup for wgmma
+# and multiplies FP8 on mma.sync in fp16, ``tc_config_fits``).
 TC_CONFIGS = [(32, 256, 1, 4, 3), (64, 128, 1, 4, 4), (64, 256, 1, 4, 3), (64, 128, 2, 4, 4), (64, 256, 2, 4, 3),
-              (64, 128, 4, 4, 4), (128, 128, 1, 8, 3), (128, 128, 2, 8, 3)]
+              (64, 128, 4, 4, 4), (128, 128, 1, 8, 3), (128, 128, 2, 8, 3), (16, 256, 1, 2, 3), (32, 128, 1, 2, 4),
+              (32, 256, 2, 4, 3)]
 INTERPRET_TC_CONFIG = dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=2)
 # The narrowest BLOCK_N of any tensor-core config: the split-K tile counters are sized for it.
 TC_MIN_BLOCK_N = 16
@@ -717,11 +722,12 @@ _gemv_autotuned = autotune(
 
 
 def tc_config_fits(block_n: int, num_warps: int, w_e2m1: bool) -> bool:
-    """Whether a tensor-core decode config multiplies on wgmma: FP8 dots (E2M1 weights) need 16 weight rows a
-    warp (a 64-row warpgroup tile), below which Triton 3.6 and 3.9 widen both operands to fp16 for mma.sync (1,840
-    SASS instructions at 32 x 256 against 728 at 64 x 128, ``benchmarks/kernel_sass.py``); int8 dots (INT4
-    weights) run on IMMA there, at about the speed of the wider tiles."""
-    return not w_e2m1 or block_n >= 16 * num_warps
+    """Whether a tensor-core decode config multiplies on wgmma: FP8 dots (E2M1 weights) need whole warpgroups
+    (warps a multiple of 4) and 16 weight rows a warp (a 64-row warpgroup tile), else Triton 3.6 and 3.9 widen both
+    operands to fp16 for mma.sync (1,840 SASS instructions at 32 x 256 on 4 warps against 728 at 64 x 128,
+    ``benchmarks/kernel_sass.py``; on 2 warps too); int8 dots (INT4 weights) run on IMMA there, at about the speed of
+    the wider tiles (``kernel_sass_w4a4_tc_int4_narrow.md``: 496-648 SASS instructions on 2 warps)."""
+    return not w_e2m1 or num_warps % 4 == 0 and block_n >= 16 * num_warps
 
 
 def prune_tc_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:

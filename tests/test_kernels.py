@@ -1729,15 +1729,18 @@ def test_tensor_core_decode_kernel_splits_k_exactly(split_k, block_kb):
 
 
 def test_tensor_core_configs_for_fp8_dots_fill_a_warpgroup():
-    """E2M1 weights (FP8 dots) and E4M3 activation planes keep the configs with 16 weight rows a warp, the wgmma
-    tile; INT4 keeps all."""
+    """E2M1 weights (FP8 dots) and E4M3 activation planes keep the configs of whole warpgroups with 16 weight
+    rows a warp, the wgmma tile; INT4 keeps all, those on fewer warps too."""
     from quant_kernels import w4a4_gemv
 
     configs = w4a4_gemv._tc_autotuned.configs
     args = dict(zip(w4a4_gemv.TC_TUNING_KEY, (16, 1024, 512, False, False, 16, True, False, False)),
                 a_ptr=torch.zeros(1))
     kept = w4a4_gemv.prune_tc_configs(configs, args)
-    assert 0 < len(kept) < len(configs) and all(c.kwargs["BLOCK_N"] >= 16 * c.num_warps for c in kept)
+    assert 0 < len(kept) < len(configs)
+    assert all(c.num_warps % 4 == 0 and c.kwargs["BLOCK_N"] >= 16 * c.num_warps for c in kept)
+    assert any(c.num_warps < 4 and c.kwargs["BLOCK_N"] >= 16 * c.num_warps for c in configs)
+    assert not w4a4_gemv.tc_config_fits(32, 2, True) and w4a4_gemv.tc_config_fits(32, 2, False)
     assert w4a4_gemv.prune_tc_configs(configs, args, W_E2M1=False, A_E4M3=True, A_E4M3_W_INT4=True) == kept
     assert w4a4_gemv.prune_tc_configs(configs, args, W_E2M1=False) == configs
 
