@@ -9,7 +9,8 @@
 #              mode and batch compiles its step (about a minute), so the modes take two calls: MODES=bf16,w4a4,w4a4kv4
 #              (the default), then MODES=bf16,w4a16,fp6,fp5,bf16_eager OUT=another folder; PREFILL_BATCHES (default
 #              1,4; issue 10 asks 1,4,16) and DECODE_BATCHES (default 1,8,64) split a mode across calls, NAME names
-#              the result file; benchmarks/model_table.py merges the calls' JSON files into one table
+#              the result file, HF_GENERATE=1 adds HF generate's bf16 decode (labelled, issue 10);
+#              benchmarks/model_table.py merges the calls' JSON files into one table
 #   decode     decode-sized kernels (M = 1, 8, 16) and bf16 / W4A4 compiled CUDA-graph decode at batch 1 and 8;
 #              first the decode attention (bf16 and packed KV4), the K/V write kernel and w4a4_linear checked
 #              against their twins (issues 9, 10)
@@ -194,7 +195,7 @@ for section in "$@"; do
       step "${LIMIT_MODEL:-560}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes "${MODES:-bf16,w4a4,w4a4kv4}" --prefill_batches "${PREFILL_BATCHES-1,4}" --graph_prefill \
         --decode_batches "${DECODE_BATCHES-1,8,64}" --decode_tokens 256 --compile --no_eager \
-        --out "$OUT/bench_model_llama3_8b_${NAME:-}${GPU}" ;;
+        $([ "${HF_GENERATE:-0}" = 1 ] && echo --hf_generate) --out "$OUT/bench_model_llama3_8b_${NAME:-}${GPU}" ;;
     prefill_graph)
       step "${LIMIT_PREFILL_GRAPH:-420}" bench_model_prefill_graph python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-bf16,w4a4,w4a4kv4}" --prefill_batches "${BATCHES:-1}" --decode_batches "" \
