@@ -148,8 +148,12 @@ TC_PREFILL_CONFIGS = [(128, 128, 64, 8, 3, 1), (128, 128, 64, 8, 4, 1), (128, 12
                       (128, 128, 64, 8, 3, 8), (128, 128, 64, 8, 4, 8)]
 # The one-dot FP8 form's own candidates (its wgmmas stay in flight, so a CTA an SM can keep the tensor cores busy):
 # 256 activation rows a tile decode each weight tile for twice the wgmma work (205 registers, one CTA of 8 warps an
-# SM; sm_90 SASS, Triton 3.6). The int8 and step-sum forms skip them (``prune_prefill_configs``).
-TC_PREFILL_ONE_DOT_CONFIGS = [(128, 256, 64, 8, 3, 1), (128, 256, 64, 8, 4, 1)]
+# SM; sm_90 SASS, Triton 3.6). The int8 and step-sum forms skip them (``prune_prefill_configs``). On the H100 E2M1 on
+# this form ran 0.93-0.97x cuBLAS's FP8 GEMM at 8192 rows on the ungrouped tiles, codes given
+# (``targets_h100.md``), where the int8 form's grouped tiles won at 14336 x 4096: the same tiles 8 row tiles a
+# group (untimed; ``kernel_sass_w4a4_tc_prefill_e4m3xe2m1_grouped.md``: 206 registers, no spills) join them.
+TC_PREFILL_ONE_DOT_CONFIGS = [(128, 256, 64, 8, 3, 1), (128, 256, 64, 8, 4, 1), (128, 256, 64, 8, 3, 8),
+                              (128, 256, 64, 8, 4, 8)]
 INTERPRET_TC_PREFILL_CONFIG = dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=32, SPLIT_K=1, GROUP_M=2)
 TC_PREFILL_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "W_E2M1_INT8", "A_E4M3", "FP8_STEP_SUMS",
                          "A_E4M3_W_INT4")
