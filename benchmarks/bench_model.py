@@ -76,7 +76,7 @@ from models import adapter_for, resolve_device  # noqa: E402
 from models.attention import use_grouped_decode_attention  # noqa: E402
 from models.decoding import StaticDecoder, cache_kwargs  # noqa: E402
 from models.fused_decoder_layer import fuse_decoder_layers  # noqa: E402
-from pipeline.results import device_name, library_versions  # noqa: E402
+from pipeline.results import device_name, device_uuid, library_versions  # noqa: E402
 from quant_layers import Quantizer, QuantSpec, install_kv_quantization  # noqa: E402
 from quant_layers.fused_linear import fuse_shared_input_linears  # noqa: E402
 from quant_layers.packed_kv_cache import PackedKVCache  # noqa: E402
@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     time_ms = make_timer(device, warmup=1, reps=args.reps, flush_l2=False, cuda_graph=False)
     result = {"config": args.config, "layers": config.num_hidden_layers, "seqlen": args.seqlen,
               "decode_tokens": args.decode_tokens, "compile": args.compile, "device": device_name(device),
-              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
+              "gpu_uuid": device_uuid(device), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
               "command": command_line("bench_model.py", argv if argv is not None else sys.argv[1:]),
               "rows": []}
     for mode in args.modes:  # the files are rewritten after each mode: a run cut short keeps the modes it finished

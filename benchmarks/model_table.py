@@ -4,8 +4,8 @@ Issue 10's table (bf16, W4A16, W4A4, W4A4KV4, FP6 and FP5; prefill at batch 1, 4
 64) takes more than one device call of ten minutes: each mode compiles a step per batch. Runs of one warm machine
 (``gpu_suite.sh model`` with ``MODES``, ``PREFILL_BATCHES`` and ``DECODE_BATCHES``) merge here into one table, each
 mode's figures from the runs that timed them (a later run's figure replaces an earlier one's), its ratios against
-bf16's figure in the same column. The runs must share the device, the versions and the sizes (model, sequence,
-decode steps, compilation); the table names every run.
+bf16's figure in the same column. The runs must share the device (its kind and, where the runs recorded it, the
+card's UUID), the versions and the sizes (model, sequence, decode steps, compilation); the table names every run.
 
 usage: python benchmarks/model_table.py RUN.json... --out PREFIX
 """
@@ -22,8 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_model import markdown  # noqa: E402
 from benchmarks.result_files import command_line, write_result_files  # noqa: E402
 
-# What every merged run must share, so that its figures belong in one table.
-SHARED = ("config", "layers", "seqlen", "decode_tokens", "compile", "device", "versions")
+# What every merged run must share, so that its figures belong in one table: the card itself too (``gpu_uuid``; runs
+# written before bench_model recorded it have none), since two machines of one kind time differently.
+SHARED = ("config", "layers", "seqlen", "decode_tokens", "compile", "device", "gpu_uuid", "versions")
 # A row's figures by batch size (JSON keeps the sizes as strings).
 BY_BATCH = ("prefill_ms", "graph_prefill_ms", "decode_tok_s", "graph_decode_tok_s", "graph_decode_step_bytes")
 

@@ -31,6 +31,15 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def device_uuid(device: torch.device) -> str | None:
+    """The GPU's UUID (which card, where ``device_name`` says only which kind), or None off CUDA or where this
+    torch does not report it."""
+    if device.type != "cuda":
+        return None
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    return None if uuid is None else str(uuid)
+
+
 def _numbers(tree: dict, prefix: str = "") -> dict[str, float]:
     """The numeric leaves of nested metrics, keyed by their path (``lm_eval/tasks/piqa/acc``)."""
     flat = {}

@@ -140,6 +140,21 @@ def test_bench_model_dry_run_writes_its_tables(tmp_path):
                  "--out", prefix]) == 0
     table = open(prefix + ".md").read()
     assert "| w4a4kv4 |" in table and "| bf16_eager |" in table and "decode b2 eager (tok/s)" in table
+    assert json.load(open(prefix + ".json"))["gpu_uuid"] is None  # no card on the CPU
+
+
+def test_device_uuid_names_the_card(monkeypatch):
+    """The UUID a CUDA device reports, as text (model_table.py refuses to merge runs of two cards); None on the CPU
+    or where torch reports none."""
+    import types
+
+    from pipeline.results import device_uuid
+
+    assert device_uuid(torch.device("cpu")) is None
+    for reported, want in (("4f2a-01", "4f2a-01"), (None, None)):
+        props = types.SimpleNamespace(name="H100") if reported is None else types.SimpleNamespace(uuid=reported)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _device, props=props: props)
+        assert device_uuid(torch.device("cuda", 0)) == want
 
 
 def test_decode_step_bytes_by_hand():
@@ -181,7 +196,7 @@ def _bench_run(date: str, rows: list[dict], device: str = "GPU") -> dict:
 def test_model_table_merges_the_runs_of_one_machine(tmp_path, capsys):
     """model_table.py: runs that each timed part of the table merge by mode, a later figure replacing an earlier
     one, every ratio against bf16's figure in its column, a dash where no run timed it, every run named; runs of
-    another device and files that are no results are refused."""
+    another device or another card of its kind and files that are no results are refused."""
     from benchmarks.model_table import main
 
     gib = 2**30
@@ -212,8 +227,14 @@ def test_model_table_merges_the_runs_of_one_machine(tmp_path, capsys):
         json.dump({**runs[1], "device": "another GPU"}, f)
     with open(names[2], "w") as f:
         f.write("{}")
+    other_card = str(tmp_path / "other_card.json")
+    with open(other_card, "w") as f:
+        json.dump({**runs[0], "gpu_uuid": "GPU-2"}, f)
+    with open(names[0], "w") as f:
+        json.dump({**runs[0], "gpu_uuid": "GPU-1"}, f)
     missing = str(tmp_path / "missing.json")
-    for bad, message in ((names[:2], "the runs differ in device"), (names[2:], "is not a bench_model.py result"),
+    for bad, message in ((names[:2], "the runs differ in device"), ([names[0], other_card], "differ in gpu_uuid"),
+                         (names[2:], "is not a bench_model.py result"),
                          ([missing], f"cannot read {missing} as a bench_model.py result")):
         with pytest.raises(SystemExit) as stop:
             main([*bad, "--out", str(tmp_path / "bad")])
