@@ -478,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     time_ms = make_timer(device, warmup=1, reps=args.reps, flush_l2=False, cuda_graph=False)
     result = {"config": args.config, "layers": config.num_hidden_layers, "seqlen": args.seqlen,
               "decode_tokens": args.decode_tokens, "compile": args.compile, "device": device_name(device),
-              "gpu_uuid": device_uuid(device), "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
+              "gpu_uuid": device_uuid(device), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "versions": library_versions(),
               "command": command_line("bench_model.py", argv if argv is not None else sys.argv[1:]),
               "rows": []}
     for mode in args.modes:  # the files are rewritten after each mode: a run cut short keeps the modes it finished
