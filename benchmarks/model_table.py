@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.error(str(err))
     merged["command"] = command_line("model_table.py", argv if argv is not None else sys.argv[1:])
-    write_result_files(args.out, merged, markdown(merged))
-    print(markdown(merged))
+    table = markdown(merged)
+    write_result_files(args.out, merged, table)
+    print(table)
     return 0
 
 
