@@ -71,7 +71,8 @@ def rms_norm_quantize(x: torch.Tensor, weight: torch.Tensor, eps: float, element
     """``quant_kernels.rms_norm_quantize`` as one opaque op for ``torch.compile``: (the codes the decode kernels take
     for ``dp4a_for`` weights at these rows, ``quant_kernels.decode_codes_form``; scales; normalised x)."""
     form, fp8_codes = quant_kernels.decode_codes_form(dp4a_for, x.shape[0], x.is_cuda)
-    return quant_kernels.rms_norm_quantize(x, weight, eps, element, clip_ratio, dp4a_for=form, fp8_codes=fp8_codes)
+    return quant_kernels.in_row_chunks(lambda rows: quant_kernels.rms_norm_quantize(
+        rows, weight, eps, element, clip_ratio, dp4a_for=form, fp8_codes=fp8_codes), (x,), x.shape[1])
 
 
 @rms_norm_quantize.register_fake
@@ -88,7 +89,8 @@ def silu_mul_quantize(x: torch.Tensor, element: str, clip_ratio: float,
     """``quant_kernels.silu_mul_quantize`` as one opaque op for ``torch.compile``: (codes, as
     ``rms_norm_quantize``'s; scales)."""
     form, fp8_codes = quant_kernels.decode_codes_form(dp4a_for, x.shape[0], x.is_cuda)
-    return quant_kernels.silu_mul_quantize(x, element, clip_ratio, dp4a_for=form, fp8_codes=fp8_codes)
+    return quant_kernels.in_row_chunks(lambda rows: quant_kernels.silu_mul_quantize(
+        rows, element, clip_ratio, dp4a_for=form, fp8_codes=fp8_codes), (x,), x.shape[1])
 
 
 @silu_mul_quantize.register_fake
@@ -102,7 +104,8 @@ def quantize_rows(x: torch.Tensor, element: str, clip_ratio: float, dp4a_for: st
     """``quant_kernels.quantize_activations`` per token, in the codes the decode kernels take (as
     ``rms_norm_quantize``'s), as one opaque op for ``torch.compile``."""
     form, fp8_codes = quant_kernels.decode_codes_form(dp4a_for, x.shape[0], x.is_cuda)
-    return quant_kernels.quantize_activations(x, element, 0, "float", clip_ratio, fp8_codes=fp8_codes, dp4a_for=form)
+    return quant_kernels.in_row_chunks(lambda rows: quant_kernels.quantize_activations(
+        rows, element, 0, "float", clip_ratio, fp8_codes=fp8_codes, dp4a_for=form), (x,), x.shape[1])
 
 
 @quantize_rows.register_fake

@@ -51,19 +51,24 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 import torch
 
 if TYPE_CHECKING:
     from .reference import NormTail
 
-__all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "decode_codes_form", "decode_codes_like",
-           "default_path", "dequantize_weight", "fpx_matmul", "quantize_activations", "rms_norm_quantize",
-           "silu_mul_quantize", "unpack_fp8", "w4a4_linear", "w4a4_matmul", "w4a4_matmul_dp4a", "w4a8_linear",
-           "w8a8_linear"]
+__all__ = ["BACKENDS", "PATHS", "decode_attention", "decode_attention_packed", "decode_codes_form",
+           "decode_codes_like", "default_path", "dequantize_weight", "fpx_matmul", "in_row_chunks",
+           "quantize_activations", "rms_norm_quantize", "silu_mul_quantize", "unpack_fp8", "w4a4_linear",
+           "w4a4_matmul", "w4a4_matmul_dp4a", "w4a8_linear", "w8a8_linear"]
 
 BACKENDS = ("triton", "torch")
+# The Triton kernels index with 32-bit offsets: a row-indexed tensor of 2^31 elements or more wraps them, and the
+# kernel reads and writes out of bounds (Llama-3-8B's gate/up product of 64 prefills of 2048 tokens, 131072 x 28672
+# values, was an illegal memory access on the H100). The models' row-wise products run such rows in chunks below it
+# (``in_row_chunks``).
+MAX_ROW_CHUNK_ELEMENTS = 2**31 - 1
 PATHS = ("packed", "fp8", "int8", "e4m3", "dequantized")
 # From this many rows on, per-row-scaled bfloat16 products on a GPU may take the FP8 path; INT4 weights keep the
 # int8 path up to INT8_MAX_ROWS rows. On the H200 (Llama-3-8B shapes, activation codes included) the int8 path's
@@ -136,6 +141,29 @@ def _use_triton(tensor: torch.Tensor, backend: str | None) -> bool:
             raise ValueError("the Triton backend needs CUDA tensors (or TRITON_INTERPRET=1 set before the kernels "
                              "are imported, to run them on CPU)")
     return backend == "triton"
+
+
+Result = TypeVar("Result", torch.Tensor, tuple)
+
+
+def row_chunk_rows(width: int) -> int:
+    """The most rows of ``width`` elements that one launch indexes below ``MAX_ROW_CHUNK_ELEMENTS``."""
+    return max(1, MAX_ROW_CHUNK_ELEMENTS // max(width, 1))
+
+
+def in_row_chunks(compute: Callable[..., Result], row_tensors: Sequence[torch.Tensor | None], width: int) -> Result:
+    """``compute(*row_tensors)`` (tensors of the same rows, or None), run on slices of at most ``row_chunk_rows(width)``
+    rows where there are more (``width``: the widest row of any tensor the computation reads or writes), its results
+    (a tensor, or a tuple of them, rows first) concatenated. ``compute`` must treat each row on its own."""
+    rows = next(t.shape[0] for t in row_tensors if t is not None)
+    step = row_chunk_rows(width)
+    if rows <= step:
+        return compute(*row_tensors)
+    parts = [compute(*(None if t is None else t[first:first + step] for t in row_tensors))
+             for first in range(0, rows, step)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(results) for results in zip(*parts))
+    return torch.cat(parts)
 
 
 def quantize_activations(
@@ -296,7 +324,7 @@ def w4a4_linear(
     if path is not None and path not in PATHS:
         raise ValueError(f"unknown path {path!r}: choose one of {', '.join(PATHS)} (or None for auto)")
     m, k = x.shape
-    fits, int8_fits, e4m3_fits = _paths_fitting(m, w_packed.shape[0], k, w_element, a_element, a_group, w_group,
+    fits, int8_fits, e4m3_fits = paths_fitting(m, w_packed.shape[0], k, w_element, a_element, a_group, w_group,
                                                 scale_kind)
     if path == "fp8" and not (fits and out_dtype == torch.bfloat16):
         raise ValueError(f"the fp8 path takes per-row scales (groups 0, float scales) or MXFP4's (E2M1, groups of 32, "
@@ -378,7 +406,7 @@ def w4a4_linear(
     return _with_norm_tail(out if residual is None else residual + out, norm_tail, backend)
 
 
-def _paths_fitting(m: int, n: int, k: int, w_element: str, a_element: str, a_group: int, w_group: int,
+def paths_fitting(m: int, n: int, k: int, w_element: str, a_element: str, a_group: int, w_group: int,
                    scale_kind: str) -> tuple[bool, bool, bool]:
     """Whether an (M, K) x (N, K) product of these elements, groups and scales fits the fp8 (per-row scales, or
     MXFP4's folded), int8 and e4m3 paths."""
@@ -395,7 +423,7 @@ def default_path(m: int, n: int, k: int, w_element: str, a_element: str, on_trit
                  scale_kind: str = "float", device: str | None = None) -> str:
     """The path ``w4a4_linear`` takes for an (M, K) x (N, K) product when none is given (its docstring says which);
     ``on_triton``: whether it runs on the Triton backend; ``device``: the GPU's name (``UNBOUNDED_ROWS_DEVICES``)."""
-    fits, int8_fits, e4m3_fits = _paths_fitting(m, n, k, w_element, a_element, a_group, w_group, scale_kind)
+    fits, int8_fits, e4m3_fits = paths_fitting(m, n, k, w_element, a_element, a_group, w_group, scale_kind)
     tiled = on_triton and m >= INT8_MIN_ROWS and int8_fits and (w_element == "int4" or e4m3_fits)
     fp8 = on_triton and m >= (MX_FP8_MIN_ROWS if a_group else FP8_MIN_ROWS) and fits and out_dtype == torch.bfloat16
     most = math.inf if device in UNBOUNDED_ROWS_DEVICES else {"int4": INT8_MAX_ROWS}.get(w_element, E2M1_E4M3_MAX_ROWS)

@@ -341,19 +341,28 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
     weight, act = parse_schemes(schemes)
     if gated and (act is not None or residual is not None):
         raise ValueError("a gated product is a weight-only linear's, without a residual")
-    if act is None:
-        out = quant_kernels.fpx_matmul(x, weight_planes(qweight, qweight_high), weight_scale, element=weight.element,
-                                       bits=weight.bits, bias=bias, out_dtype=x.dtype, group=weight.group,
-                                       w_global_scale=weight_global_scale, gated=gated)
-        return out if residual is None else residual + out
     rows = x.reshape(-1, x.shape[-1])
-    if act.element == "int8":
-        linear = quant_kernels.w8a8_linear if weight.element == "int8" else quant_kernels.w4a8_linear
-        out = linear(rows, qweight, weight_scale, clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype)
-        out = out.reshape(*x.shape[:-1], out.shape[-1])
-        return out if residual is None else residual + out
-    return _w4a4_linear(x, qweight, weight_scale, bias, residual, weight, act, a_tensor_amax=act_tensor_amax,
-                        w_global_scale=weight_global_scale)
+    residual_rows = None if residual is None else residual.reshape(rows.shape[0], -1)
+    width = max(rows.shape[1], weight_scale.shape[0])
+    if act is not None and act.scale_kind == "e4m3" and act_tensor_amax is None and \
+            rows.shape[0] > quant_kernels.row_chunk_rows(width):  # NVFP4's tensor scale: all rows', not a chunk's
+        act_tensor_amax = rows.abs().amax().float()
+
+    def product(x_rows: torch.Tensor, residual_rows: torch.Tensor | None) -> torch.Tensor:
+        if act is None:
+            out = quant_kernels.fpx_matmul(x_rows, weight_planes(qweight, qweight_high), weight_scale,
+                                           element=weight.element, bits=weight.bits, bias=bias, out_dtype=x.dtype,
+                                           group=weight.group, w_global_scale=weight_global_scale, gated=gated)
+        elif act.element == "int8":
+            linear = quant_kernels.w8a8_linear if weight.element == "int8" else quant_kernels.w4a8_linear
+            out = linear(x_rows, qweight, weight_scale, clip_ratio=act.clip_ratio, bias=bias, out_dtype=x.dtype)
+        else:
+            return _w4a4_linear(x_rows, qweight, weight_scale, bias, residual_rows, weight, act,
+                                a_tensor_amax=act_tensor_amax, w_global_scale=weight_global_scale)
+        return out if residual_rows is None else residual_rows + out
+
+    out = quant_kernels.in_row_chunks(product, (rows, residual_rows), width)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def _product_on_codes(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor,
@@ -414,11 +423,18 @@ def real_quant_matmul_norm(x: torch.Tensor, qweight: torch.Tensor, weight_scale:
     from quant_kernels.reference import NormTail  # late: quant_kernels.reference imports quant_layers
 
     weight, act = parse_schemes(schemes)
-    rows = x.numel() // x.shape[-1]
-    return _w4a4_linear(x, qweight, weight_scale, bias, residual, weight, act,
-                        NormTail(norm_weight, eps, element, clip_ratio,
-                                 *quant_kernels.decode_codes_form(dp4a_for, rows, x.is_cuda)),
-                        None if a_bytes is None else (a_bytes, a_scale), w_global_scale=weight_global_scale)
+    rows = x.reshape(-1, x.shape[-1])
+    tail = NormTail(norm_weight, eps, element, clip_ratio,
+                    *quant_kernels.decode_codes_form(dp4a_for, rows.shape[0], x.is_cuda))
+    residual_rows = None if residual is None else residual.reshape(rows.shape[0], -1)
+
+    def product(x_rows, residual_rows, a_bytes, a_scale):
+        return _w4a4_linear(x_rows, qweight, weight_scale, bias, residual_rows, weight, act, tail,
+                            None if a_bytes is None else (a_bytes, a_scale), w_global_scale=weight_global_scale)
+
+    out, codes, scales = quant_kernels.in_row_chunks(product, (rows, residual_rows, a_bytes, a_scale),
+                                                     max(rows.shape[1], weight_scale.shape[0]))
+    return out.reshape(*x.shape[:-1], out.shape[-1]), codes, scales
 
 
 @real_quant_matmul_norm.register_fake
@@ -439,8 +455,12 @@ def real_quant_gemv(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch
                     schemes: str, gated: bool = False) -> torch.Tensor:
     """``RealQuantLinear.on_codes``: (M, K) dp4a activation bytes -> (M, N), through
     ``quant_kernels.w4a4_matmul_dp4a``."""
-    return _product_on_codes(a_bytes, a_scale, qweight, weight_scale, bias, residual, out_dtype,
-                             *parse_schemes(schemes), gated=gated)
+    def product(a_bytes, a_scale, residual):
+        return _product_on_codes(a_bytes, a_scale, qweight, weight_scale, bias, residual, out_dtype,
+                                 *parse_schemes(schemes), gated=gated)
+
+    return quant_kernels.in_row_chunks(product, (a_bytes, a_scale, residual),
+                                       max(a_bytes.shape[1], weight_scale.shape[0]))
 
 
 @real_quant_gemv.register_fake
@@ -463,8 +483,13 @@ def real_quant_gemv_norm(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: 
 
     tail = NormTail(norm_weight, eps, element, clip_ratio,
                     *quant_kernels.decode_codes_form(dp4a_for, a_bytes.shape[0], a_bytes.is_cuda))
-    return _product_on_codes(a_bytes, a_scale, qweight, weight_scale, bias, residual, out_dtype,
-                             *parse_schemes(schemes), norm_tail=tail)
+
+    def product(a_bytes, a_scale, residual):
+        return _product_on_codes(a_bytes, a_scale, qweight, weight_scale, bias, residual, out_dtype,
+                                 *parse_schemes(schemes), norm_tail=tail)
+
+    return quant_kernels.in_row_chunks(product, (a_bytes, a_scale, residual),
+                                       max(a_bytes.shape[1], weight_scale.shape[0]))
 
 
 @real_quant_gemv_norm.register_fake
