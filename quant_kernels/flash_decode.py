@@ -101,7 +101,7 @@ def _partial_kernel(
     wait_for_producer(USE_GDC)
     pid_bh = tl.program_id(0)
     split = tl.program_id(1)
-    b = pid_bh // H_KV
+    b = (pid_bh // H_KV).to(tl.int64)  # a bf16 cache of 64 sequences of 32k tokens is past 2^31 elements
     h = pid_bh % H_KV
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, D)
