@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import W4A4_FORMATS, act_quant_bytes, in_stream_note  # noqa: E402
-from benchmarks.result_files import markdown_header, write_result_files  # noqa: E402
+from benchmarks.result_files import command_line, markdown_header, write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
               "timing": (f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed"
                          if not args.in_stream else f"median of {args.reps} after {args.warmup} warmup calls"
                          f"{in_stream_note(args.in_stream)}"),
-              "command": "python benchmarks/act_quant_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("act_quant_bench.py", argv if argv is not None else sys.argv[1:]),
               "rows": [], "configs": {}}
     for m, k in shapes:
         x = torch.randn(m, k, device=device, dtype=torch.bfloat16)

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import counts, parse_shapes  # noqa: E402
-from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.result_files import command_line, write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 
@@ -75,6 +75,23 @@ def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = 
         row["tensor_core_e4m3_rel_err"] = ((got - want).abs().max() / want.abs().max()).item()
         row["tensor_core_e4m3_config"] = str(getattr(w4a4_gemv._tc_autotuned, "best_config", ""))
         row["linear_e4m3_ms"] = time_ms(planes_linear)
+    if element == "e2m1" and w4a4_gemv.TC_MIN_M <= m <= w4a4_gemv.TC_MAX_M:  # the int8 form (PTQ_E2M1_INT8=1)
+        int4_order, int4_order_scale = quant_kernels.quantize_activations(x, element, dp4a_for="int4",
+                                                                          backend="triton")
+
+        def on_int8():
+            return w4a4_gemv.w4a4_gemv_triton(int4_order, int4_order_scale, w_packed, w_scale, **kw,
+                                              out_dtype=torch.float32, a_order="int4")
+
+        def int8_linear():
+            a, a_s = quant_kernels.quantize_activations(x, element, dp4a_for="int4", backend="triton")
+            return w4a4_gemv.w4a4_gemv_triton(a, a_s, w_packed, w_scale, **kw, out_dtype=torch.bfloat16,
+                                              a_order="int4")
+        got = on_int8()
+        row["tensor_core_int8_ms"] = time_ms(on_int8)
+        row["tensor_core_int8_rel_err"] = ((got - want).abs().max() / want.abs().max()).item()
+        row["tensor_core_int8_config"] = str(getattr(w4a4_gemv._tc_autotuned, "best_config", ""))
+        row["linear_int8_ms"] = time_ms(int8_linear)
     return row
 
 
@@ -91,20 +108,22 @@ def markdown(result: dict) -> str:
                  f"{max(v for r in result['rows'] for key, v in r.items() if key.endswith('rel_err')):.1e}."
                  if result["rows"] else "none run."), "",
              "| N x K | M | bf16 | linear (kernel) | CUDA-core kernel | tensor-core kernel | tensor-core kernel, "
-             "E4M3 planes | linear, E4M3 planes |",
-             "|---|---|---|---|---|---|---|---|"]
+             "E4M3 planes | linear, E4M3 planes | tensor-core kernel, int8 form | linear, int8 form |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(r: dict, key: str) -> str:
         return "–" if key not in r else f"{r[key] * 1e3:.1f} ({r['bf16_ms'] / r[key]:.2f}×)"
     for r in result["rows"]:
         lines.append(f"| {r['n']}x{r['k']} | {r['m']} | {r['bf16_ms'] * 1e3:.1f} | {cell(r, 'linear_ms')} "
                      f"{r['linear_kernel']} | {cell(r, 'cuda_core_ms')} | {cell(r, 'tensor_core_ms')} | "
-                     f"{cell(r, 'tensor_core_e4m3_ms')} | {cell(r, 'linear_e4m3_ms')} |")
+                     f"{cell(r, 'tensor_core_e4m3_ms')} | {cell(r, 'linear_e4m3_ms')} | "
+                     f"{cell(r, 'tensor_core_int8_ms')} | {cell(r, 'linear_int8_ms')} |")
     lines += ["", "Tuned configs:", ""]
     for r in result["rows"]:
         lines.append(f"- {r['n']}x{r['k']} M={r['m']}: CUDA-core `{r.get('cuda_core_config', '–')}`; tensor-core "
                      f"`{r.get('tensor_core_config', '–')}`; on E4M3 planes "
-                     f"`{r.get('tensor_core_e4m3_config', '–')}`")
+                     f"`{r.get('tensor_core_e4m3_config', '–')}`; int8 form "
+                     f"`{r.get('tensor_core_int8_config', '–')}`")
     return "\n".join(lines) + "\n"
 
 
@@ -123,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     time_ms = make_timer(device, warmup=3, reps=20, flush_l2=True, cuda_graph=True, in_stream=args.in_stream)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
               "versions": library_versions(),
-              "command": "python benchmarks/decode_rows_bench.py "
-                         + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("decode_rows_bench.py", argv if argv is not None else sys.argv[1:]),
               "rows": []}
     for n, k in parse_shapes(args.shapes):
         for m in args.ms:

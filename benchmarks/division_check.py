@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.result_files import command_line, write_result_files  # noqa: E402
 
 F32 = np.float32
 CHUNK = 1_000_000
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
              ("scales 2^-96 .. 2^96, float32 y within 2 ulps of a tie", (-96, 96), False, True),
              ("scales 2^-126 .. 2^-97 (divided element by element), y near a tie", (-126, -96), False, True)]
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "seed": args.seed, "samples": args.samples,
-              "command": "python benchmarks/division_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("division_check.py", argv if argv is not None else sys.argv[1:]),
               "cases": []}
     for name, exponents, bf16, near in cases:
         wrong = 0

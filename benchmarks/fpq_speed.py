@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.result_files import command_line, write_result_files  # noqa: E402
 
 import corpora  # noqa: E402
 from calib import LayerwiseConfig, calibrate_layerwise, calibration_windows  # noqa: E402
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "fpq_total_s": report.seconds, "fpq_round_s": report.round_seconds,
         "full_depth_estimate_s": {"gptq_pass": gptq_s * scale, "fpq_total": report.seconds * scale,
                                   "fpq_rounds": [r * scale for r in report.round_seconds]},
-        "command": "python benchmarks/fpq_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("fpq_speed.py", argv if argv is not None else sys.argv[1:]),
     }
     est = result["full_depth_estimate_s"]
     rows = [f"| GPTQ pass | {gptq_s:.1f} | {est['gptq_pass']:.0f} |",

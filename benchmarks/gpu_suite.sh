@@ -151,6 +151,9 @@
 #              PTQ_TC_E2M1=0 (the CUDA-core kernel to 8 rows, w4a4_gemm above) (issue 9)
 #   tc_e2m1_model  FP4 W4A4KV4 (E2M1 weights and activations) compiled CUDA-graph decode at batch 8 and 16, on
 #              the tensor-core decode kernel and with PTQ_TC_E2M1=0, then bf16 (issue 10)
+#   e2m1_int8  E2M1 weights' int8 form on the tensor-core decode kernel (INT4-ordered bytes, PTQ_E2M1_INT8=1):
+#              checked against the twin, timed across rows beside the E4M3 planes (decode_rows_bench), then the
+#              linears at MS rows in a stream with the switch on (issue 9's 3x target at 16 rows)
 # Each step has its own time limit (LIMIT_<SECTION>, seconds) so that one slow step leaves the others their
 # turn; every script writes its files as it goes, so a step that runs out still leaves its partial tables.
 # Autotuning: each new (kernel, shape) times every candidate config, compiling each (a few seconds apiece: most of a
@@ -503,6 +506,15 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_MODEL:-560}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes fp4a4kv4,fp4a4kv4_cuda_core,bf16 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile \
         --no_eager --out "$OUT/bench_model_decode_b8_b16_fp4_tc_llama3_8b_${GPU}" ;;
+    e2m1_int8)
+      step "${LIMIT_CHECK:-150}" kernel_check_tc_decode python benchmarks/kernel_check.py --only tc_decode \
+        --out "$OUT/kernel_check_tc_decode_${GPU}"
+      step "${LIMIT_BENCH:-300}" decode_rows_e2m1_int8 python benchmarks/decode_rows_bench.py --element e2m1 \
+        --shapes "${SHAPES:-4096x4096,14336x4096,4096x14336,6144x4096}" --ms "${MS:-8,16,64}" \
+        --out "$OUT/decode_rows_e2m1_int8_${GPU}"
+      step "${LIMIT_TARGET_STREAM:-200}" kernel_bench_e2m1_int8_in_stream env PTQ_E2M1_INT8=1 python \
+        benchmarks/kernel_bench.py --flush_l2 --in_stream 20 --formats e2m1 --ms "${MS:-16}" --weight_only_ms "" \
+        --default_paths_only --out "$OUT/kernel_bench_decode_in_stream_e2m1_int8_${GPU}" ;;
     gated)
       step "${LIMIT_PROBE:-290}" launch_cost_probe python benchmarks/launch_cost_probe.py \
         --variants control,down_untailed,attention_untailed,control --out "$OUT/launch_cost_probe_down_tail_${GPU}"

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.result_files import command_line, write_result_files  # noqa: E402
 from export import load_quantized  # noqa: E402
 from models import load_model, load_tokenizer, resolve_device  # noqa: E402
 from models.loading import locate  # noqa: E402
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         "reference_text": tokenizer.decode(want), "quantized_text": tokenizer.decode(got),
         "reference_s": reference_s, "quantized_s": quantized_s, "device": device_name(device),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
-        "command": "python benchmarks/greedy_match.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("greedy_match.py", argv if argv is not None else sys.argv[1:]),
     }
     md = "\n".join([
         f"# Greedy decoding: {args.load_quantized} against {args.model} ({args.dtype})", "",

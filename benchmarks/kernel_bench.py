@@ -55,7 +55,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_check import FP8_ACCUMULATION_OF_MAX  # noqa: E402
-from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.result_files import command_line, write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 import quant_kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
 from quant_kernels import reference  # noqa: E402
@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{', CUDA graph replays' if args.cuda_graph and not args.in_stream else ''}"
                   f"{in_stream_note(args.in_stream)}"
                   f"{' (CPU, Triton interpreter: not a speed measurement)' if args.cpu_dry_run else ''}",
-        "command": "python benchmarks/kernel_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command_line("kernel_bench.py", argv if argv is not None else sys.argv[1:]),
         "gemm": [], "act_quant": [], "weight_only": [],
     }
     act_done = set()

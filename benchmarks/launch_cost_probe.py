@@ -46,6 +46,7 @@ import quant_kernels.act_quant as act_quant  # noqa: E402
 import models.fused_decoder_layer as fused_decoder_layer  # noqa: E402
 from benchmarks.bench_model import build_config  # noqa: E402
 from benchmarks.decode_profile import profile_mode, tuned_configs  # noqa: E402
+from benchmarks.result_files import command_line  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 
 ORIGINAL = {name: getattr(quant_kernels, name) for name in ("rms_norm_quantize", "silu_mul_quantize",
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda")
     config = build_config("llama-3-8b", None, 2048)
     result = {"device": device_name(device), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "versions": library_versions(), "command": "python benchmarks/launch_cost_probe.py " + " ".join(
-                  argv or sys.argv[1:]), "rows": []}
+              "versions": library_versions(), "command": command_line("launch_cost_probe.py",
+                                                                           argv or sys.argv[1:]), "rows": []}
     digests: dict[str, str] = {}  # the first variant's logits digest per mode
     for variant in args.variants.split(","):
         patch(variant)

@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import LLAMA3_8B_SHAPES, counts, parse_shapes, parse_tiles  # noqa: E402
-from benchmarks.result_files import markdown_header, write_result_files  # noqa: E402
+from benchmarks.result_files import command_line, markdown_header, write_result_files  # noqa: E402
 from benchmarks.timing import make_timer  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
               "versions": library_versions(),
               "timing": (f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed"
                          if not args.cpu_dry_run else "CPU, Triton interpreter: not a speed measurement"),
-              "command": "python benchmarks/prefill_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("prefill_bench.py", argv if argv is not None else sys.argv[1:]),
               "element": args.element, "activations": args.activations, "rows": []}
     shapes = parse_shapes(args.shapes or ("48x128" if args.cpu_dry_run else LLAMA3_8B_SHAPES))
     element = args.element

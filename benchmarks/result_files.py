@@ -22,12 +22,13 @@ def markdown_header(title: str, result: dict) -> list[str]:
             f"Timing: {result['timing']}.", f"Command: `{result['command']}`", ""]
 
 
-# Environment variables that change what a benchmark measures: a recorded command carries them.
-MEASURED_ENV = ("PTQ_PDL",)
+# The prefix of the switches that change what a benchmark measures (PTQ_PDL, PTQ_E2M1_INT8, ...): a recorded
+# command carries every one set.
+MEASURED_ENV_PREFIX = "PTQ_"
 
 
 def command_line(script: str, argv: list[str]) -> str:
-    """The command that reproduces a run: ``python benchmarks/SCRIPT ARGS``, after the ``MEASURED_ENV`` settings
-    it ran under."""
-    env = [f"{name}={os.environ[name]}" for name in MEASURED_ENV if name in os.environ]
+    """The command that reproduces a run: ``python benchmarks/SCRIPT ARGS``, after the ``MEASURED_ENV_PREFIX``
+    settings it ran under, by name."""
+    env = [f"{name}={value}" for name, value in sorted(os.environ.items()) if name.startswith(MEASURED_ENV_PREFIX)]
     return " ".join([*env, "python", f"benchmarks/{script}", *argv])

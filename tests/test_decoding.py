@@ -472,14 +472,17 @@ def test_decode_profile_lists_the_autotuned_configs(monkeypatch):
     assert prefill.startswith("# Prefill profile") and "forward 10 us, kernels 8 us" in prefill
 
 
-def test_recorded_commands_carry_the_pdl_setting(monkeypatch):
+def test_recorded_commands_carry_the_ptq_switches(monkeypatch):
     from benchmarks.result_files import command_line
 
-    monkeypatch.delenv("PTQ_PDL", raising=False)
+    for name in [name for name in os.environ if name.startswith("PTQ_")]:
+        monkeypatch.delenv(name)
     assert command_line("decode_profile.py", ["--compile"]) == "python benchmarks/decode_profile.py --compile"
     monkeypatch.setenv("PTQ_PDL", "gemv")
+    monkeypatch.setenv("PTQ_E2M1_INT8", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # not a switch of ours
     assert (command_line("bench_model.py", ["--modes", "bf16"])
-            == "PTQ_PDL=gemv python benchmarks/bench_model.py --modes bf16")
+            == "PTQ_E2M1_INT8=1 PTQ_PDL=gemv python benchmarks/bench_model.py --modes bf16")
 
 
 def test_pdl_check_needs_a_gpu(tmp_path):
