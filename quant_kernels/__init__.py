@@ -330,7 +330,7 @@ def w4a4_linear(
         raise ValueError(f"unknown path {path!r}: choose one of {', '.join(PATHS)} (or None for auto)")
     m, k = x.shape
     fits, int8_fits, e4m3_fits = paths_fitting(m, w_packed.shape[0], k, w_element, a_element, a_group, w_group,
-                                                scale_kind)
+                                               scale_kind)
     if path == "fp8" and not (fits and out_dtype == torch.bfloat16):
         raise ValueError(f"the fp8 path takes per-row scales (groups 0, float scales) or MXFP4's (E2M1, groups of 32, "
                          f"e8m0 scales), K and N multiples of 16 and bfloat16 output, got groups {a_group}/{w_group}, "
@@ -412,7 +412,7 @@ def w4a4_linear(
 
 
 def paths_fitting(m: int, n: int, k: int, w_element: str, a_element: str, a_group: int, w_group: int,
-                   scale_kind: str) -> tuple[bool, bool, bool]:
+                  scale_kind: str) -> tuple[bool, bool, bool]:
     """Whether an (M, K) x (N, K) product of these elements, groups and scales fits the fp8 (per-row scales, or
     MXFP4's folded), int8 and e4m3 paths."""
     from .reference import fp8_path_fits

@@ -291,7 +291,8 @@ class RealQuantLinear(nn.Module):
                  residual: torch.Tensor | None = None, gated: bool = False,
                  norm_tail: NormTail | None = None) -> torch.Tensor:
         """The (M, N) product for activations already quantized as this linear quantizes them, given as the
-        decode kernel's dp4a bytes (M, K) and per-row scales (``quant_kernels.rms_norm_quantize`` and its kin with
+        decode kernel's codes (M, K) and per-row scales, in the form ``quant_kernels.decode_codes_form`` gives this
+        weight at M rows (as the fused layers' ``rms_norm_quantize`` and its kin write them for
         ``dp4a_for=weight_scheme.element``); ``residual`` (M, N) is added as in ``add_residual_to_next``.
         ``gated`` (an MLP's gate rows then its up rows): (M, N / 2) silu(gate) * up instead
         (``quant_kernels.w4a4_matmul_dp4a``). ``norm_tail`` (``takes_norm_tail``): the product also quantizes the
