@@ -151,6 +151,9 @@
 #              PTQ_TC_E2M1=0 (the CUDA-core kernel to 8 rows, w4a4_gemm above) (issue 9)
 #   tc_e2m1_model  FP4 W4A4KV4 (E2M1 weights and activations) compiled CUDA-graph decode at batch 8 and 16, on
 #              the tensor-core decode kernel and with PTQ_TC_E2M1=0, then bf16 (issue 10)
+#   attention  the decode attention kernels over a static bf16 and a packed KV4 cache (Llama-3-8B's heads, 2176 of
+#              2306 keys) at batch 1, 8 and 64, by programs per SM (PTQ_ATTENTION_PROGRAMS_PER_SM 2, 4, 8, 16;
+#              issue 10: W4A4KV4's batch-8 step trailed W4A4's)
 #   e2m1_int8  E2M1 weights' int8 form on the tensor-core decode kernel (INT4-ordered bytes, PTQ_E2M1_INT8=1):
 #              checked against the twin, timed across rows beside the E4M3 planes (decode_rows_bench), then the
 #              linears at MS rows in a stream with the switch on (issue 9's 3x target at 16 rows)
@@ -506,6 +509,9 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_MODEL:-560}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes fp4a4kv4,fp4a4kv4_cuda_core,bf16 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile \
         --no_eager --out "$OUT/bench_model_decode_b8_b16_fp4_tc_llama3_8b_${GPU}" ;;
+    attention)
+      step "${LIMIT_ATTENTION:-240}" attention_bench python benchmarks/attention_bench.py \
+        --batches "${BATCHES:-1,8,64}" --programs "${PROGRAMS:-2,4,8,16}" --out "$OUT/attention_bench_${GPU}" ;;
     e2m1_int8)
       step "${LIMIT_CHECK:-150}" kernel_check_tc_decode python benchmarks/kernel_check.py --only tc_decode \
         --out "$OUT/kernel_check_tc_decode_${GPU}"

@@ -36,6 +36,7 @@ from .fpx_gemm import _decode
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import PACKED_KV_ELEMENTS, NormTail, PackedOperand, check_norm_tail
 from .rounding import _round_to_bf16, _round_to_dtype
+from .switches import env_count
 from .w4a4_gemm import _unpack, code_operand
 from .w4a4_gemv import norm_tail_flags, norm_tail_operands, with_tail_outputs
 
@@ -182,10 +183,20 @@ def _combine_kernel(acc_ptr, ml_ptr, out_ptr, norm_ptr, codes_ptr, codes_scale_p
                             ROUND_BF16, ROUND_F16, TAIL_BLOCK)
 
 
+def programs_per_sm() -> int:
+    """The programs the partial kernel aims to give each SM (``PTQ_ATTENTION_PROGRAMS_PER_SM``, 2 by default): the
+    keys split so far. On the H100 the packed KV4 attention at batch 8 of 2306 cached tokens (5 slices, 320 programs
+    of 4 warps) read its cache at about 0.5 TB/s, W4A4KV4's step 0.34 ms behind W4A4's on a bf16 cache
+    (``model_table_llama3_8b_s50_h100.md``): more programs may hide its loads better (untimed)."""
+    return env_count("PTQ_ATTENTION_PROGRAMS_PER_SM", 2, "the decode attention's programs an SM is given")
+
+
 def _splits(length: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
-    """(split_len, n_splits): about two programs per SM, each slice a whole number of BLOCK_N keys."""
+    """(split_len, n_splits): about ``programs_per_sm()`` programs per SM, each slice a whole number of BLOCK_N
+    keys, at most MAX_SPLITS slices."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    wanted = max(1, min(triton.cdiv(2 * sms, programs_per_split), triton.cdiv(length, BLOCK_N), MAX_SPLITS))
+    wanted = max(1, min(triton.cdiv(programs_per_sm() * sms, programs_per_split), triton.cdiv(length, BLOCK_N),
+                        MAX_SPLITS))
     split_len = triton.cdiv(triton.cdiv(length, wanted), BLOCK_N) * BLOCK_N
     return split_len, triton.cdiv(length, split_len)
 

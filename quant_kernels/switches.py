@@ -1,4 +1,4 @@
-"""On/off environment switches of the kernels (``PTQ_...`` set to 0 or 1), read where they apply."""
+"""Environment switches of the kernels (``PTQ_...`` set to 0 or 1, or to a count), read where they apply."""
 
 from __future__ import annotations
 
@@ -13,3 +13,14 @@ def env_switch(name: str, default: bool, choices: dict[str, str]) -> bool:
         raise ValueError(f"{name}={flag!r}: choose " + " or ".join(f"{value} ({meaning})"
                                                                    for value, meaning in choices.items()))
     return flag == "1"
+
+
+def env_count(name: str, default: int, meaning: str) -> int:
+    """The whole number of at least 1 that ``name`` holds (``default`` when unset); any other value is a ValueError
+    saying what it sets (``meaning``)."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name}={text!r}: set a whole number of at least 1, {meaning} (default {default})")
+    return int(text)

@@ -57,6 +57,26 @@ def test_several_slices_are_combined():
     assert flash_decode._splits(300, 2, torch.device("cpu"))[1] > 1
 
 
+def test_more_programs_an_sm_split_the_keys_further_and_give_the_same_attention(monkeypatch):
+    """``PTQ_ATTENTION_PROGRAMS_PER_SM``: the CPU's stand-in 4 SMs at 2 programs each split 8 sequences' keys in
+    one, at 16 each in 4 of 128 keys (80 keys in 2 slices of 64, no more); the attention stays the twin's. Anything
+    but a whole number of at least 1 is refused."""
+    q, key, value = operands(8, 2, 4, 32, 500, torch.float32, seed=3)
+    mask = static_cache_mask(8, 500, [500, 321, 64, 1, 499, 200, 3, 77])
+    want = quant_kernels.decode_attention(q, key, value, mask, backend="torch")
+    monkeypatch.delenv("PTQ_ATTENTION_PROGRAMS_PER_SM", raising=False)
+    assert flash_decode._splits(500, 16, torch.device("cpu")) == (512, 1)
+    monkeypatch.setenv("PTQ_ATTENTION_PROGRAMS_PER_SM", "16")
+    assert flash_decode._splits(500, 16, torch.device("cpu")) == (128, 4)
+    assert flash_decode._splits(80, 16, torch.device("cpu")) == (64, 2)
+    torch.testing.assert_close(quant_kernels.decode_attention(q, key, value, mask, backend="triton"), want,
+                               rtol=1e-5, atol=1e-5)
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("PTQ_ATTENTION_PROGRAMS_PER_SM", bad)
+        with pytest.raises(ValueError, match=f"PTQ_ATTENTION_PROGRAMS_PER_SM='{bad}': set a whole number"):
+            flash_decode._splits(500, 16, torch.device("cpu"))
+
+
 def test_bfloat16_and_a_mask_shared_by_the_batch():
     q, key, value = operands(2, 2, 4, 64, 150, torch.bfloat16, seed=1)
     mask = static_cache_mask(1, 150, [97])
@@ -118,3 +138,36 @@ def test_kernel_check_compares_compiled_quantizers_with_eager_ones(tmp_path):
     text = open(prefix + ".md").read()
     assert "4 checks, 0 failed." in text
     assert "| compiled quantizer | int4-head-asym | 3x256 bfloat16 | 0.0 | 0.0 |" in text
+
+
+def test_attention_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
+    """benchmarks/attention_bench.py: refused without a GPU (or with more written keys than slots) before anything
+    is written; its bytes by hand; its table gives each cache's time, slices and bandwidth."""
+    from benchmarks.attention_bench import cache_bytes, markdown
+
+    done = cli("benchmarks/attention_bench.py", "--out", str(tmp_path / "attention"))
+    assert done.returncode == 2 and "no GPU here" in done.stderr and not (tmp_path / "attention.json").exists()
+    done = cli("benchmarks/attention_bench.py", "--context", "3000", "--out", str(tmp_path / "attention"))
+    assert done.returncode == 2 and "--context must be 1 to --length (2306) keys, got 3000" in done.stderr
+    assert cache_bytes(2, 8, 100, 128, False) == 2 * 8 * 100 * 512  # K and V, 128 bf16 values each
+    assert cache_bytes(2, 8, 100, 128, True) == 2 * 8 * 100 * (128 + 12)  # codes, K's scale, V's scale and zero
+    rows = [dict(batch=8, cache="KV4", programs_per_sm=4, splits=9, us=41.25, gb_s=1234.4, rel_err=3e-3)]
+    text = markdown(dict(device="GPU", date="d", versions={}, command="c", length=2306, context=2176, heads_kv=8,
+                         groups=4, dim=128, rows=rows))
+    assert "| 8 | KV4 | 4 | 9 | 41.2 | 1234 | 3.0e-03 |" in text and "2176 written keys of 2306 slots" in text
+
+
+def test_attention_bench_rows_on_the_interpreter(monkeypatch):
+    """bench() on the CPU (the kernels under the interpreter, a stand-in timer): a row per cache and programs per
+    SM, more slices at more programs, each output the twin's; the switch as it was after."""
+    import argparse
+
+    from benchmarks.attention_bench import PROGRAMS_ENV, bench
+
+    monkeypatch.setenv(PROGRAMS_ENV, "3")
+    args = argparse.Namespace(length=300, context=250, heads_kv=2, groups=4, dim=32, programs=[2, 16])
+    rows = bench(2, args, lambda call: (call(), 0.01)[1], torch.device("cpu"))
+    assert [(r["cache"], r["programs_per_sm"]) for r in rows] == [("bf16", 2), ("bf16", 16), ("KV4", 2), ("KV4", 16)]
+    assert rows[0]["splits"] < rows[1]["splits"] and all(r["rel_err"] < 1e-2 for r in rows)
+    assert rows[0]["gb_s"] == pytest.approx(2 * 2 * 250 * 128 / 1e-5 / 1e9)
+    assert os.environ[PROGRAMS_ENV] == "3"

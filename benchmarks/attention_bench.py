@@ -1,0 +1,143 @@
+"""Decode attention over a static cache: the bf16 cache's kernel and the packed KV4 cache's, across batch sizes and
+the programs each SM is given (``PTQ_ATTENTION_PROGRAMS_PER_SM``, which sets how far the keys are split).
+
+Llama-3-8B's attention by default (8 K/V heads, 4 query heads each, head dim 128): one query token a sequence over a
+cache of ``--length`` slots of which ``--context`` are written (bench_model's decode: 2306 slots, 2176 keys on
+average over its 256 steps after 2048). The KV4 cache is bench_model's (INT4 K, asymmetric INT4 V, a scale per
+token and head). Each call is timed in a stream of CUDA-graph calls with the L2 flushed before each
+(``benchmarks.timing``) and checked against the twin. GB/s counts the written keys' bytes (codes, scales and zero
+points for KV4), against about 3.0 TB/s of copy on the H100.
+
+    python benchmarks/attention_bench.py --out benchmarks/results/attention_bench_h100
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from contextlib import contextmanager
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.kernel_bench import counts  # noqa: E402
+from benchmarks.result_files import command_line, write_result_files  # noqa: E402
+from benchmarks.timing import make_timer  # noqa: E402
+from pipeline.results import device_name, library_versions  # noqa: E402
+
+PROGRAMS_ENV = "PTQ_ATTENTION_PROGRAMS_PER_SM"
+
+
+@contextmanager
+def programs_per_sm(value: int):
+    """``PTQ_ATTENTION_PROGRAMS_PER_SM`` set to ``value`` inside, as it was after."""
+    given = os.environ.get(PROGRAMS_ENV)
+    os.environ[PROGRAMS_ENV] = str(value)
+    try:
+        yield
+    finally:
+        if given is None:
+            os.environ.pop(PROGRAMS_ENV, None)
+        else:
+            os.environ[PROGRAMS_ENV] = given
+
+
+def cache_bytes(batch: int, heads_kv: int, context: int, dim: int, packed: bool) -> int:
+    """Bytes of K and V the written keys hold: bf16 values, or KV4's codes (half a byte each), an fp32 scale per
+    token and head for K and V and an fp32 zero point for V."""
+    per_key = dim // 2 * 2 + 4 * 3 if packed else dim * 2 * 2
+    return batch * heads_kv * context * per_key
+
+
+def bench(batch: int, args, time_ms, device: torch.device) -> list[dict]:
+    """One row per (cache, programs per SM) at this batch size."""
+    import quant_kernels
+    from quant_kernels import reference
+    from quant_kernels.flash_decode import _splits
+    from quant_layers.packed_kv_cache import _PackedTensor
+    from quant_layers.quantizer import QuantSpec, Quantizer
+
+    heads_kv, dim = args.heads_kv, args.dim
+    q = torch.randn(batch, heads_kv, args.groups, dim, device=device, dtype=torch.bfloat16)
+    key, value = (torch.randn(batch, heads_kv, args.length, dim, device=device, dtype=torch.bfloat16)
+                  for _ in range(2))
+    mask = (torch.arange(args.length, device=device) < args.context)[None, None, None, :]  # shared by the batch
+    specs = (QuantSpec("int", 4, granularity="head"), QuantSpec("int", 4, granularity="head", symmetric=False))
+    packed_key, packed_value = (_PackedTensor(Quantizer(spec, dim)) for spec in specs)
+    packed_key.append(key)
+    packed_value.append(value)
+    calls = {
+        "bf16": (lambda: quant_kernels.decode_attention(q, key, value, mask, backend="triton"),
+                 lambda: reference.decode_attention_ref(q.float(), key.float(), value.float(), mask, dim**-0.5)),
+        "KV4": (lambda: quant_kernels.decode_attention_packed(
+            q, packed_key.operand, packed_value.operand, mask, key_element=packed_key.kernel_element,
+            value_element=packed_value.kernel_element, backend="triton"),
+            lambda: reference.decode_attention_ref(q.float(), packed_key.dequantized(torch.bfloat16).float(),
+                                                   packed_value.dequantized(torch.bfloat16).float(), mask,
+                                                   dim**-0.5))}
+    rows = []
+    for cache, (call, twin) in calls.items():
+        want = twin()
+        for programs in args.programs:
+            with programs_per_sm(programs):
+                error = ((call().float() - want).abs().max() / want.abs().max()).item()
+                ms = time_ms(call)
+                splits = _splits(args.length, batch * heads_kv, device)[1]
+            total = cache_bytes(batch, heads_kv, args.context, dim, cache == "KV4")
+            rows.append({"batch": batch, "cache": cache, "programs_per_sm": programs, "splits": splits,
+                         "us": ms * 1e3, "gb_s": total / (ms * 1e-3) / 1e9, "rel_err": error})
+    return rows
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Decode attention over a static cache: bf16 and KV4, by programs per SM", "",
+             f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
+             f"Command: `{result['command']}`", "",
+             f"{result['heads_kv']} K/V heads, {result['groups']} query heads each, head dim {result['dim']}; "
+             f"{result['context']} written keys of {result['length']} slots. Median µs of one call in a stream of "
+             "CUDA-graph calls, the L2 flushed before each; GB/s of the written keys' bytes; largest error over the "
+             "largest output, against the twin (fp32).", "",
+             "| batch | cache | programs per SM | slices | µs | GB/s | error |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['batch']} | {r['cache']} | {r['programs_per_sm']} | {r['splits']} | {r['us']:.1f} | "
+                     f"{r['gb_s']:.0f} | {r['rel_err']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", type=counts, default=[1, 8, 64], help="sequences, one query token each")
+    p.add_argument("--programs", type=counts, default=[2, 4, 8, 16],
+                   help=f"programs per SM to try ({PROGRAMS_ENV}; 2 is the default)")
+    p.add_argument("--length", type=int, default=2306, help="cache slots (bench_model: 2048 + 256 + 2)")
+    p.add_argument("--context", type=int, default=2176, help="written keys (bench_model's mean context)")
+    p.add_argument("--heads_kv", type=int, default=8)
+    p.add_argument("--groups", type=int, default=4, help="query heads per K/V head")
+    p.add_argument("--dim", type=int, default=128, help="head dim")
+    p.add_argument("--in_stream", type=int, default=20, help="calls per timed CUDA graph")
+    p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
+    args = p.parse_args(argv)
+    if not 1 <= args.context <= args.length:
+        p.error(f"--context must be 1 to --length ({args.length}) keys, got {args.context}")
+    if not torch.cuda.is_available():
+        p.error("this benchmark times CUDA kernels: no GPU here")
+    device = torch.device("cuda")
+    time_ms = make_timer(device, warmup=3, reps=20, flush_l2=True, cuda_graph=True, in_stream=args.in_stream)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
+              "versions": library_versions(),
+              "command": command_line("attention_bench.py", argv if argv is not None else sys.argv[1:]),
+              **{name: getattr(args, name) for name in ("length", "context", "heads_kv", "groups", "dim")},
+              "rows": []}
+    for batch in args.batches:
+        result["rows"] += bench(batch, args, time_ms, device)
+        write_result_files(args.out, result, markdown(result))
+        print(result["rows"][-1], flush=True)
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
