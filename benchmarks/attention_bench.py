@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from contextlib import contextmanager
 
 import torch
@@ -24,9 +23,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import counts  # noqa: E402
-from benchmarks.result_files import command_line, write_result_files  # noqa: E402
-from benchmarks.timing import make_timer  # noqa: E402
-from pipeline.results import device_name, library_versions  # noqa: E402
+from benchmarks.result_files import run_header, write_result_files  # noqa: E402
+from benchmarks.timing import gpu_stream_timer  # noqa: E402
 
 PROGRAMS_ENV = "PTQ_ATTENTION_PROGRAMS_PER_SM"
 
@@ -122,13 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 1 <= args.context <= args.length:
         p.error(f"--context must be 1 to --length ({args.length}) keys, got {args.context}")
-    if not torch.cuda.is_available():
-        p.error("this benchmark times CUDA kernels: no GPU here")
-    device = torch.device("cuda")
-    time_ms = make_timer(device, warmup=3, reps=20, flush_l2=True, cuda_graph=True, in_stream=args.in_stream)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
-              "versions": library_versions(),
-              "command": command_line("attention_bench.py", argv if argv is not None else sys.argv[1:]),
+    device, time_ms = gpu_stream_timer(p, args.in_stream)
+    result = {**run_header("attention_bench.py", argv, device),
               **{name: getattr(args, name) for name in ("length", "context", "heads_kv", "groups", "dim")},
               "rows": []}
     for batch in args.batches:

@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import counts, parse_shapes  # noqa: E402
-from benchmarks.result_files import command_line, write_result_files  # noqa: E402
-from benchmarks.timing import make_timer  # noqa: E402
-from pipeline.results import device_name, library_versions  # noqa: E402
+from benchmarks.result_files import run_header, write_result_files  # noqa: E402
+from benchmarks.timing import gpu_stream_timer  # noqa: E402
 
 
 def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = "int4") -> dict:
@@ -136,14 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="weight and activation element (E2M1 weights off the tensor-core kernel with PTQ_TC_E2M1=0)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        p.error("this benchmark times CUDA kernels: no GPU here")
-    device = torch.device("cuda")
-    time_ms = make_timer(device, warmup=3, reps=20, flush_l2=True, cuda_graph=True, in_stream=args.in_stream)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
-              "versions": library_versions(),
-              "command": command_line("decode_rows_bench.py", argv if argv is not None else sys.argv[1:]),
-              "rows": []}
+    device, time_ms = gpu_stream_timer(p, args.in_stream)
+    result = {**run_header("decode_rows_bench.py", argv, device), "rows": []}
     for n, k in parse_shapes(args.shapes):
         for m in args.ms:
             result["rows"].append(bench(n, k, m, time_ms, device, args.element))

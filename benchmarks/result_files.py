@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
+
+import torch
 
 from calib.progress import atomic_write_text
+from pipeline.results import device_name, library_versions
 
 
 def write_result_files(prefix: str, data, markdown: str) -> None:
@@ -32,3 +37,10 @@ def command_line(script: str, argv: list[str]) -> str:
     settings it ran under, by name."""
     env = [f"{name}={value}" for name, value in sorted(os.environ.items()) if name.startswith(MEASURED_ENV_PREFIX)]
     return " ".join([*env, "python", f"benchmarks/{script}", *argv])
+
+
+def run_header(script: str, argv: list[str] | None, device: torch.device) -> dict:
+    """A result's first fields: the date, the device, the library versions and the command that reproduces the run
+    (``command_line``; ``argv`` None: this process's)."""
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device), "versions": library_versions(),
+            "command": command_line(script, argv if argv is not None else sys.argv[1:])}

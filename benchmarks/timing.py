@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from typing import Callable
@@ -68,3 +69,12 @@ def make_timer(
         return median_ms(captured(1, fn, False).replay if cuda_graph else fn, True)
 
     return time_ms
+
+
+def gpu_stream_timer(parser: argparse.ArgumentParser, in_stream: int) -> tuple[torch.device, Callable]:
+    """For a benchmark of CUDA kernels: the GPU (``parser``'s error without one) and ``make_timer``'s timer of one
+    call in a stream of ``in_stream`` CUDA-graph calls, the L2 flushed before each (3 warm-up calls, median of 20)."""
+    if not torch.cuda.is_available():
+        parser.error("this benchmark times CUDA kernels: no GPU here")
+    device = torch.device("cuda")
+    return device, make_timer(device, warmup=3, reps=20, flush_l2=True, cuda_graph=True, in_stream=in_stream)
