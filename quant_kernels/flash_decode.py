@@ -186,8 +186,9 @@ def _combine_kernel(acc_ptr, ml_ptr, out_ptr, norm_ptr, codes_ptr, codes_scale_p
 def programs_per_sm() -> int:
     """The programs the partial kernel aims to give each SM (``PTQ_ATTENTION_PROGRAMS_PER_SM``, 2 by default): the
     keys split so far. On the H100 the packed KV4 attention at batch 8 of 2306 cached tokens (5 slices, 320 programs
-    of 4 warps) read its cache at about 0.5 TB/s, W4A4KV4's step 0.34 ms behind W4A4's on a bf16 cache
-    (``model_table_llama3_8b_s50_h100.md``): more programs may hide its loads better (untimed)."""
+    of 4 warps) read its cache at 0.6 TB/s at most: W4A4KV4's step ran 0.34 ms behind W4A4's on a bf16 cache of
+    four times the bytes (``model_table_llama3_8b_s50_h100.md``). More programs may hide its loads better
+    (untimed)."""
     return env_count("PTQ_ATTENTION_PROGRAMS_PER_SM", 2, "the decode attention's programs an SM is given")
 
 
