@@ -16,6 +16,7 @@ accumulating in wgmma, its wgmmas left in flight), alone and after the activatio
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -46,50 +47,37 @@ def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = 
            "linear_kernel": ("tensor-core, E4M3 planes" if quant_kernels.decode_codes_form(element, m, True)[1] else
                              "tensor-core") if w4a4_gemv.takes_tensor_cores(m, element) else
            "CUDA-core" if m <= w4a4_gemv.max_rows(element) else "GEMM"}
-    for name, tc in (("cuda_core", False), ("tensor_core", True)):
-        if (tc and m > w4a4_gemv.TC_MAX_M) or (not tc and m > w4a4_gemv.GEMV_MAX_M):
-            continue
-
-        def call():
-            return w4a4_gemv.w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, **kw, out_dtype=torch.float32,
-                                              tensor_cores=tc)
+    def record(name: str, call, tuner) -> None:
+        """``name``'s time, its largest error against the twin and the config its autotuner picked."""
         got = call()
         row[f"{name}_ms"] = time_ms(call)
         row[f"{name}_rel_err"] = ((got - want).abs().max() / want.abs().max()).item()
-        tuner = w4a4_gemv._tc_autotuned if tc else w4a4_gemv._gemv_autotuned
         row[f"{name}_config"] = str(getattr(tuner, "best_config", ""))
-    if w4a4_gemv.TC_MIN_M <= m <= w4a4_gemv.TC_MAX_M:  # the one-dot FP8 form on E4M3 planes (path='e4m3')
-        planes, planes_scale = quant_kernels.quantize_activations(x, element, dp4a_for="int4", fp8_codes=True,
-                                                                  backend="triton")
 
-        def on_planes():
-            return w4a4_gemv.w4a4_gemv_triton(planes, planes_scale, w_packed, w_scale, **kw, out_dtype=torch.float32)
+    for name, tc in (("cuda_core", False), ("tensor_core", True)):
+        if (tc and m > w4a4_gemv.TC_MAX_M) or (not tc and m > w4a4_gemv.GEMV_MAX_M):
+            continue
+        record(name, functools.partial(w4a4_gemv.w4a4_gemv_triton, a_bytes, a_scale, w_packed, w_scale, **kw,
+                                       out_dtype=torch.float32, tensor_cores=tc),
+               w4a4_gemv._tc_autotuned if tc else w4a4_gemv._gemv_autotuned)
+    # The tensor-core kernel's other forms on codes in INT4 weights' order: the one-dot FP8 form on E4M3 planes
+    # (path='e4m3'), and for E2M1 weights the int8 form on int8 bytes (PTQ_E2M1_INT8=1); each also after the
+    # activation kernel that writes its codes.
+    forms = {"e4m3": (dict(fp8_codes=True), {}), "int8": (dict(), dict(a_order="int4"))}
+    for form, (codes_kw, order_kw) in forms.items():
+        if not w4a4_gemv.TC_MIN_M <= m <= w4a4_gemv.TC_MAX_M or (form == "int8" and element != "e2m1"):
+            continue
 
-        def planes_linear():
-            a, a_s = quant_kernels.quantize_activations(x, element, dp4a_for="int4", fp8_codes=True, backend="triton")
-            return w4a4_gemv.w4a4_gemv_triton(a, a_s, w_packed, w_scale, **kw, out_dtype=torch.bfloat16)
-        got = on_planes()
-        row["tensor_core_e4m3_ms"] = time_ms(on_planes)
-        row["tensor_core_e4m3_rel_err"] = ((got - want).abs().max() / want.abs().max()).item()
-        row["tensor_core_e4m3_config"] = str(getattr(w4a4_gemv._tc_autotuned, "best_config", ""))
-        row["linear_e4m3_ms"] = time_ms(planes_linear)
-    if element == "e2m1" and w4a4_gemv.TC_MIN_M <= m <= w4a4_gemv.TC_MAX_M:  # the int8 form (PTQ_E2M1_INT8=1)
-        int4_order, int4_order_scale = quant_kernels.quantize_activations(x, element, dp4a_for="int4",
-                                                                          backend="triton")
+        def quantized(codes_kw=codes_kw):
+            return quant_kernels.quantize_activations(x, element, dp4a_for="int4", **codes_kw, backend="triton")
 
-        def on_int8():
-            return w4a4_gemv.w4a4_gemv_triton(int4_order, int4_order_scale, w_packed, w_scale, **kw,
-                                              out_dtype=torch.float32, a_order="int4")
-
-        def int8_linear():
-            a, a_s = quant_kernels.quantize_activations(x, element, dp4a_for="int4", backend="triton")
-            return w4a4_gemv.w4a4_gemv_triton(a, a_s, w_packed, w_scale, **kw, out_dtype=torch.bfloat16,
-                                              a_order="int4")
-        got = on_int8()
-        row["tensor_core_int8_ms"] = time_ms(on_int8)
-        row["tensor_core_int8_rel_err"] = ((got - want).abs().max() / want.abs().max()).item()
-        row["tensor_core_int8_config"] = str(getattr(w4a4_gemv._tc_autotuned, "best_config", ""))
-        row["linear_int8_ms"] = time_ms(int8_linear)
+        def linear(order_kw=order_kw):
+            return w4a4_gemv.w4a4_gemv_triton(*quantized(), w_packed, w_scale, **kw, **order_kw,
+                                              out_dtype=torch.bfloat16)
+        record(f"tensor_core_{form}", functools.partial(w4a4_gemv.w4a4_gemv_triton, *quantized(), w_packed, w_scale,
+                                                        **kw, **order_kw, out_dtype=torch.float32),
+               w4a4_gemv._tc_autotuned)
+        row[f"linear_{form}_ms"] = time_ms(linear)
     return row
 
 

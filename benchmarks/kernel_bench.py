@@ -327,8 +327,8 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
             rows.append(row(n, m, k, f"{name} {default} quant+gemm (default)", time_ms(
                 functools.partial(linear, path=default)), weight_bytes,
                 check_default_path(x, wq, element, group, kind, default)))
-        fp8_fits = quant_kernels.paths_fitting(m, n, k, element, element, group, group, kind)[0]
-        if kind == "e8m0" and default in ("fp8", "dequantized") and fp8_fits:
+        if kind == "e8m0" and default in ("fp8", "dequantized") and \
+                quant_kernels.paths_fitting(m, n, k, element, element, group, group, kind)[0]:
             other = "dequantized" if default == "fp8" else "fp8"  # MXFP4: the folded FP8 path and the dequantized
             rows.append(row(n, m, k, f"{name} {other} quant+gemm", time_ms(  # one, either side of MX_FP8_MIN_ROWS
                 functools.partial(linear, path=other)), weight_bytes,

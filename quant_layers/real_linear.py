@@ -378,6 +378,19 @@ def _product_on_codes(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: tor
                                           gated=gated, norm_tail=norm_tail, a_order=order)
 
 
+def _product_on_codes_in_chunks(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor,
+                                weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
+                                residual: Optional[torch.Tensor], out_dtype: torch.dtype, schemes: str, **kwargs):
+    """The ``ptq::real_quant_gemv`` ops' ``_product_on_codes`` (``kwargs``: gated or norm_tail), in row chunks where
+    the rows are many (``quant_kernels.in_row_chunks``)."""
+    def product(a_bytes, a_scale, residual):
+        return _product_on_codes(a_bytes, a_scale, qweight, weight_scale, bias, residual, out_dtype,
+                                 *parse_schemes(schemes), **kwargs)
+
+    return quant_kernels.in_row_chunks(product, (a_bytes, a_scale, residual),
+                                       max(a_bytes.shape[1], weight_scale.shape[0]))
+
+
 def _w4a4_linear(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
                  residual: Optional[torch.Tensor], weight: RealQuantScheme, act: RealQuantScheme,
                  norm_tail: NormTail | None = None, given: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -457,12 +470,8 @@ def real_quant_gemv(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch
                     schemes: str, gated: bool = False) -> torch.Tensor:
     """``RealQuantLinear.on_codes``: (M, K) dp4a activation bytes -> (M, N), through
     ``quant_kernels.w4a4_matmul_dp4a``."""
-    def product(a_bytes, a_scale, residual):
-        return _product_on_codes(a_bytes, a_scale, qweight, weight_scale, bias, residual, out_dtype,
-                                 *parse_schemes(schemes), gated=gated)
-
-    return quant_kernels.in_row_chunks(product, (a_bytes, a_scale, residual),
-                                       max(a_bytes.shape[1], weight_scale.shape[0]))
+    return _product_on_codes_in_chunks(a_bytes, a_scale, qweight, weight_scale, bias, residual, out_dtype, schemes,
+                                       gated=gated)
 
 
 @real_quant_gemv.register_fake
@@ -485,13 +494,8 @@ def real_quant_gemv_norm(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: 
 
     tail = NormTail(norm_weight, eps, element, clip_ratio,
                     *quant_kernels.decode_codes_form(dp4a_for, a_bytes.shape[0], a_bytes.is_cuda))
-
-    def product(a_bytes, a_scale, residual):
-        return _product_on_codes(a_bytes, a_scale, qweight, weight_scale, bias, residual, out_dtype,
-                                 *parse_schemes(schemes), norm_tail=tail)
-
-    return quant_kernels.in_row_chunks(product, (a_bytes, a_scale, residual),
-                                       max(a_bytes.shape[1], weight_scale.shape[0]))
+    return _product_on_codes_in_chunks(a_bytes, a_scale, qweight, weight_scale, bias, residual, out_dtype, schemes,
+                                       norm_tail=tail)
 
 
 @real_quant_gemv_norm.register_fake
