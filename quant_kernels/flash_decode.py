@@ -183,20 +183,21 @@ def _combine_kernel(acc_ptr, ml_ptr, out_ptr, norm_ptr, codes_ptr, codes_scale_p
                             ROUND_BF16, ROUND_F16, TAIL_BLOCK)
 
 
-def programs_per_sm() -> int:
-    """The programs the partial kernel aims to give each SM (``PTQ_ATTENTION_PROGRAMS_PER_SM``, 2 by default): the
-    keys split so far. On the H100 the packed KV4 attention at batch 8 of 2306 cached tokens (5 slices, 320 programs
-    of 4 warps) read its cache at 0.6 TB/s at most: W4A4KV4's step ran 0.34 ms behind W4A4's on a bf16 cache of
-    four times the bytes (``model_table_llama3_8b_s50_h100.md``). More programs may hide its loads better
-    (untimed)."""
-    return env_count("PTQ_ATTENTION_PROGRAMS_PER_SM", 2, "the decode attention's programs an SM is given")
+def programs_per_sm(packed: bool) -> int:
+    """The programs the partial kernel aims to give each SM (``PTQ_ATTENTION_PROGRAMS_PER_SM``; by default 4 over a
+    packed KV4 cache, 2 over a bf16 one): the keys are split so far. On the H100, over 2176 written keys of 2306 slots
+    with Llama-3-8B's heads (``attention_bench_programs_per_sm_h100.md``), the KV4 kernel took 10.3 / 30.7 / 180.9 us
+    at batch 1 / 8 / 64 with 4 against 11.2 / 32.6 / 183.6 with 2; the bf16 one was fastest with 2 at batch 1 and 8
+    (10.5 and 36.6 us; 44.9 at batch 8 with 4), with 4 at batch 64 (211 against 230 us)."""
+    return env_count("PTQ_ATTENTION_PROGRAMS_PER_SM", 4 if packed else 2,
+                     "the decode attention's programs an SM is given")
 
 
-def _splits(length: int, programs_per_split: int, device: torch.device) -> tuple[int, int]:
-    """(split_len, n_splits): about ``programs_per_sm()`` programs per SM, each slice a whole number of BLOCK_N
+def _splits(length: int, programs_per_split: int, device: torch.device, packed: bool) -> tuple[int, int]:
+    """(split_len, n_splits): about ``programs_per_sm(packed)`` programs per SM, each slice a whole number of BLOCK_N
     keys, at most MAX_SPLITS slices."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    wanted = max(1, min(triton.cdiv(programs_per_sm() * sms, programs_per_split), triton.cdiv(length, BLOCK_N),
+    wanted = max(1, min(triton.cdiv(programs_per_sm(packed) * sms, programs_per_split), triton.cdiv(length, BLOCK_N),
                         MAX_SPLITS))
     split_len = triton.cdiv(triton.cdiv(length, wanted), BLOCK_N) * BLOCK_N
     return split_len, triton.cdiv(length, split_len)
@@ -241,7 +242,7 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         mask = mask.reshape(mask.shape[0], length)
         mask = (mask if mask.stride(-1) == 1 else mask.contiguous()).view(torch.uint8)
     block_g = max(16, triton.next_power_of_2(groups))
-    split_len, n_splits = _splits(length, batch * heads_kv, q.device)
+    split_len, n_splits = _splits(length, batch * heads_kv, q.device, packed)
     acc = torch.empty((batch * heads_kv * n_splits * block_g, dim), dtype=torch.float32, device=q.device)
     ml = torch.empty((batch * heads_kv * n_splits * block_g, 2), dtype=torch.float32, device=q.device)
     out = torch.empty((batch, heads_kv, groups, dim), dtype=q.dtype, device=q.device)

@@ -54,27 +54,30 @@ def test_hidden_slots_are_ignored_whatever_they_hold():
 
 
 def test_several_slices_are_combined():
-    assert flash_decode._splits(300, 2, torch.device("cpu"))[1] > 1
+    assert flash_decode._splits(300, 2, torch.device("cpu"), False)[1] > 1
 
 
 def test_more_programs_an_sm_split_the_keys_further_and_give_the_same_attention(monkeypatch):
-    """``PTQ_ATTENTION_PROGRAMS_PER_SM``: the CPU's stand-in 4 SMs at 2 programs each split 8 sequences' keys in
-    one, at 16 each in 4 of 128 keys (80 keys in 2 slices of 64, no more); the attention stays the twin's. Anything
-    but a whole number of at least 1 is refused."""
+    """``PTQ_ATTENTION_PROGRAMS_PER_SM``: the CPU's stand-in 4 SMs at 2 programs each (a bf16 cache's default) split
+    8 sequences' keys in one, at 16 each in 4 of 128 keys (80 keys in 2 slices of 64, no more); a packed cache's
+    default of 4 splits one sequence's keys in 8 where a bf16 cache's splits them in 4. The attention stays the
+    twin's. Anything but a whole number of at least 1 is refused."""
     q, key, value = operands(8, 2, 4, 32, 500, torch.float32, seed=3)
     mask = static_cache_mask(8, 500, [500, 321, 64, 1, 499, 200, 3, 77])
     want = quant_kernels.decode_attention(q, key, value, mask, backend="torch")
     monkeypatch.delenv("PTQ_ATTENTION_PROGRAMS_PER_SM", raising=False)
-    assert flash_decode._splits(500, 16, torch.device("cpu")) == (512, 1)
+    cpu = torch.device("cpu")
+    assert flash_decode._splits(500, 16, cpu, False) == (512, 1)
+    assert flash_decode._splits(500, 2, cpu, False) == (128, 4) and flash_decode._splits(500, 2, cpu, True) == (64, 8)
     monkeypatch.setenv("PTQ_ATTENTION_PROGRAMS_PER_SM", "16")
-    assert flash_decode._splits(500, 16, torch.device("cpu")) == (128, 4)
-    assert flash_decode._splits(80, 16, torch.device("cpu")) == (64, 2)
+    assert flash_decode._splits(500, 16, cpu, False) == (128, 4) == flash_decode._splits(500, 16, cpu, True)
+    assert flash_decode._splits(80, 16, cpu, False) == (64, 2)
     torch.testing.assert_close(quant_kernels.decode_attention(q, key, value, mask, backend="triton"), want,
                                rtol=1e-5, atol=1e-5)
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv("PTQ_ATTENTION_PROGRAMS_PER_SM", bad)
         with pytest.raises(ValueError, match=f"PTQ_ATTENTION_PROGRAMS_PER_SM='{bad}': set a whole number"):
-            flash_decode._splits(500, 16, torch.device("cpu"))
+            flash_decode._splits(500, 16, cpu, False)
 
 
 def test_bfloat16_and_a_mask_shared_by_the_batch():
