@@ -60,24 +60,16 @@ def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = 
         record(name, functools.partial(w4a4_gemv.w4a4_gemv_triton, a_bytes, a_scale, w_packed, w_scale, **kw,
                                        out_dtype=torch.float32, tensor_cores=tc),
                w4a4_gemv._tc_autotuned if tc else w4a4_gemv._gemv_autotuned)
-    # The tensor-core kernel's other forms on codes in INT4 weights' order: the one-dot FP8 form on E4M3 planes
-    # (path='e4m3'), and for E2M1 weights the int8 form on int8 bytes (PTQ_E2M1_INT8=1); each also after the
-    # activation kernel that writes its codes.
-    forms = {"e4m3": (dict(fp8_codes=True), {}), "int8": (dict(), dict(a_order="int4"))}
-    for form, (codes_kw, order_kw) in forms.items():
-        if not w4a4_gemv.TC_MIN_M <= m <= w4a4_gemv.TC_MAX_M or (form == "int8" and element != "e2m1"):
-            continue
+    if w4a4_gemv.TC_MIN_M <= m <= w4a4_gemv.TC_MAX_M:  # the one-dot FP8 form on E4M3 planes (path='e4m3')
 
-        def quantized(codes_kw=codes_kw):
-            return quant_kernels.quantize_activations(x, element, dp4a_for="int4", **codes_kw, backend="triton")
+        def quantized():
+            return quant_kernels.quantize_activations(x, element, dp4a_for="int4", fp8_codes=True, backend="triton")
 
-        def linear(order_kw=order_kw):
-            return w4a4_gemv.w4a4_gemv_triton(*quantized(), w_packed, w_scale, **kw, **order_kw,
-                                              out_dtype=torch.bfloat16)
-        record(f"tensor_core_{form}", functools.partial(w4a4_gemv.w4a4_gemv_triton, *quantized(), w_packed, w_scale,
-                                                        **kw, **order_kw, out_dtype=torch.float32),
-               w4a4_gemv._tc_autotuned)
-        row[f"linear_{form}_ms"] = time_ms(linear)
+        def linear():
+            return w4a4_gemv.w4a4_gemv_triton(*quantized(), w_packed, w_scale, **kw, out_dtype=torch.bfloat16)
+        record("tensor_core_e4m3", functools.partial(w4a4_gemv.w4a4_gemv_triton, *quantized(), w_packed, w_scale,
+                                                     **kw, out_dtype=torch.float32), w4a4_gemv._tc_autotuned)
+        row["linear_e4m3_ms"] = time_ms(linear)
     return row
 
 
@@ -94,22 +86,20 @@ def markdown(result: dict) -> str:
                  f"{max(v for r in result['rows'] for key, v in r.items() if key.endswith('rel_err')):.1e}."
                  if result["rows"] else "none run."), "",
              "| N x K | M | bf16 | linear (kernel) | CUDA-core kernel | tensor-core kernel | tensor-core kernel, "
-             "E4M3 planes | linear, E4M3 planes | tensor-core kernel, int8 form | linear, int8 form |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "E4M3 planes | linear, E4M3 planes |",
+             "|---|---|---|---|---|---|---|---|"]
 
     def cell(r: dict, key: str) -> str:
         return "–" if key not in r else f"{r[key] * 1e3:.1f} ({r['bf16_ms'] / r[key]:.2f}×)"
     for r in result["rows"]:
         lines.append(f"| {r['n']}x{r['k']} | {r['m']} | {r['bf16_ms'] * 1e3:.1f} | {cell(r, 'linear_ms')} "
                      f"{r['linear_kernel']} | {cell(r, 'cuda_core_ms')} | {cell(r, 'tensor_core_ms')} | "
-                     f"{cell(r, 'tensor_core_e4m3_ms')} | {cell(r, 'linear_e4m3_ms')} | "
-                     f"{cell(r, 'tensor_core_int8_ms')} | {cell(r, 'linear_int8_ms')} |")
+                     f"{cell(r, 'tensor_core_e4m3_ms')} | {cell(r, 'linear_e4m3_ms')} |")
     lines += ["", "Tuned configs:", ""]
     for r in result["rows"]:
         lines.append(f"- {r['n']}x{r['k']} M={r['m']}: CUDA-core `{r.get('cuda_core_config', '–')}`; tensor-core "
                      f"`{r.get('tensor_core_config', '–')}`; on E4M3 planes "
-                     f"`{r.get('tensor_core_e4m3_config', '–')}`; int8 form "
-                     f"`{r.get('tensor_core_int8_config', '–')}`")
+                     f"`{r.get('tensor_core_e4m3_config', '–')}`")
     return "\n".join(lines) + "\n"
 
 

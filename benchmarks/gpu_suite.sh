@@ -154,9 +154,9 @@
 #   attention  the decode attention kernels over a static bf16 and a packed KV4 cache (Llama-3-8B's heads, 2176 of
 #              2306 keys) at batch 1, 8 and 64, by programs per SM (PTQ_ATTENTION_PROGRAMS_PER_SM 2, 4, 8, 16;
 #              issue 10: W4A4KV4's batch-8 step trailed W4A4's)
-#   e2m1_int8  E2M1 weights' int8 form on the tensor-core decode kernel (INT4-ordered bytes, PTQ_E2M1_INT8=1):
-#              checked against the twin, timed across rows beside the E4M3 planes (decode_rows_bench), then the
-#              linears at MS rows in a stream with the switch on (issue 9's 3x target at 16 rows)
+#   kv4_profile  the compiled CUDA-graph decode step of W4A4 (bf16 cache) and W4A4KV4 at batch 8, each kernel's GPU
+#              time listed (decode_profile.py): where W4A4KV4's 0.34 ms a step over W4A4 goes, its attention kernel
+#              alone being the faster (attention_bench_programs_per_sm_h100.md) (issue 10)
 # Each step has its own time limit (LIMIT_<SECTION>, seconds) so that one slow step leaves the others their
 # turn; every script writes its files as it goes, so a step that runs out still leaves its partial tables.
 # Autotuning: each new (kernel, shape) times every candidate config, compiling each (a few seconds apiece: most of a
@@ -512,15 +512,10 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
     attention)
       step "${LIMIT_ATTENTION:-240}" attention_bench python benchmarks/attention_bench.py \
         --batches "${BATCHES:-1,8,64}" --programs "${PROGRAMS:-2,4,8,16}" --out "$OUT/attention_bench_${GPU}" ;;
-    e2m1_int8)
-      step "${LIMIT_CHECK:-150}" kernel_check_tc_decode python benchmarks/kernel_check.py --only tc_decode \
-        --out "$OUT/kernel_check_tc_decode_${GPU}"
-      step "${LIMIT_BENCH:-300}" decode_rows_e2m1_int8 python benchmarks/decode_rows_bench.py --element e2m1 \
-        --shapes "${SHAPES:-4096x4096,14336x4096,4096x14336,6144x4096}" --ms "${MS:-8,16,64}" \
-        --out "$OUT/decode_rows_e2m1_int8_${GPU}"
-      step "${LIMIT_TARGET_STREAM:-200}" kernel_bench_e2m1_int8_in_stream env PTQ_E2M1_INT8=1 python \
-        benchmarks/kernel_bench.py --flush_l2 --in_stream 20 --formats e2m1 --ms "${MS:-16}" --weight_only_ms "" \
-        --default_paths_only --out "$OUT/kernel_bench_decode_in_stream_e2m1_int8_${GPU}" ;;
+    kv4_profile)
+      step "${LIMIT_KV4_PROFILE:-400}" decode_profile_kv4_b8 python benchmarks/decode_profile.py --compile \
+        --modes w4a4,w4a4kv4 --batch "${BATCH:-8}" --top 40 \
+        --out "$OUT/decode_profile_kv4_b${BATCH:-8}_llama3_8b_${GPU}" ;;
     gated)
       step "${LIMIT_PROBE:-290}" launch_cost_probe python benchmarks/launch_cost_probe.py \
         --variants control,down_untailed,attention_untailed,control --out "$OUT/launch_cost_probe_down_tail_${GPU}"

@@ -47,7 +47,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.result_files import command_line, write_result_files  # noqa: E402
+from benchmarks.result_files import write_result_files  # noqa: E402
 import quant_kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
 from quant_kernels import reference  # noqa: E402
 from quant_kernels.int8_gemm import quantize_rows_int8  # noqa: E402
@@ -711,11 +711,10 @@ def check_int8_decode(m: int, n: int, k: int, w_element: str, dtype: torch.dtype
 
 
 def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, device: torch.device,
-                    split_k: int | None = None, w_element: str = "int4", a_order: str | None = None) -> dict:
+                    split_k: int | None = None, w_element: str = "int4") -> dict:
     """INT4 or E2M1 weights on the tensor-core decode kernel (``w4a4_gemv_triton(..., tensor_cores=True)``) with a
     bias and a residual, against the twin (``reference.w4a4_gemv_ref``) on the activation kernel's dp4a bytes; the
-    autotuner's config (split_k None) or 64 x 128 bytes split ``split_k`` ways (on the CPU: the interpreter's).
-    ``a_order="int4"`` with E2M1 weights: the bytes in INT4 weights' order, the kernel's int8 form."""
+    autotuner's config (split_k None) or 64 x 128 bytes split ``split_k`` ways (on the CPU: the interpreter's)."""
     import triton
 
     from quant_kernels.w4a4_gemv import INTERPRET, INTERPRET_TC_CONFIG, _tc_autotuned, w4a4_gemv_triton
@@ -724,11 +723,10 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
     w_codes, w_scale = quant_kernels.quantize_activations(torch.randn(n, k, device=device) * 0.02, w_element,
                                                           backend="triton")
     a_bytes, a_scale = quant_kernels.quantize_activations(x, a_element, clip_ratio=0.9 if a_element == "int4" else 1.0,
-                                                          dp4a_for=a_order or w_element, backend="triton")
+                                                          dp4a_for=w_element, backend="triton")
     bias = torch.randn(n, device=device)
     residual = random_activations(m, n, dtype, device)
-    kw = dict(a_element=a_element, w_element=w_element, bias=bias, out_dtype=dtype, residual=residual,
-              a_order=a_order)
+    kw = dict(a_element=a_element, w_element=w_element, bias=bias, out_dtype=dtype, residual=residual)
     out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
     config = None if split_k is None else triton.Config(
         dict(INTERPRET_TC_CONFIG, SPLIT_K=split_k) if INTERPRET else dict(BLOCK_N=64, BLOCK_KB=128, SPLIT_K=split_k),
@@ -742,8 +740,7 @@ def check_tc_decode(m: int, n: int, k: int, a_element: str, dtype: torch.dtype, 
     want = reference.w4a4_gemv_ref(a_bytes.cpu(), a_scale.cpu(), w_codes.cpu(), w_scale.cpu(),
                                    **{**kw, "bias": bias.cpu(), "residual": residual.cpu()}).to(device)
     ok, excess = close(out, want.float(), rounded_before=want.float() - residual.float())
-    form = ", int8 form" if a_order == "int4" and w_element == "e2m1" else ""
-    return {"kernel": "tensor-core decode", "case": f"{a_element} x {w_element}{form}, bias + residual, {label}",
+    return {"kernel": "tensor-core decode", "case": f"{a_element} x {w_element}, bias + residual, {label}",
             "shape": f"M{m} N{n} K{k} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess,
             "ok": ok and not out.isnan().any().item()}
 
@@ -807,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
               "versions": library_versions(),
-              "command": command_line("kernel_check.py", argv if argv is not None else sys.argv[1:]),
+              "command": "python benchmarks/kernel_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "checks": []}
     checks = result["checks"]
     decode_attention_cases = DRY_DECODE_ATTENTION if args.cpu_dry_run else GPU_DECODE_ATTENTION
@@ -875,10 +872,8 @@ def main(argv: list[str] | None = None) -> int:
         for a_element in ("int4", "e2m1", "int8"):
             record(check_tc_decode, m, n, k, a_element, OUT_DTYPES[i % 2], device)
         record(check_tc_decode, m, n, k, "int4", OUT_DTYPES[i % 2], device, 3)
-        for a_element in ("int4", "e2m1"):  # E2M1 weights on the FP8 tensor cores, then on the int8 form
+        for a_element in ("int4", "e2m1"):  # E2M1 weights on the FP8 tensor cores
             record(check_tc_decode, m, n, k, a_element, OUT_DTYPES[i % 2], device, 3, "e2m1")
-            for split_k in (None, 3):
-                record(check_tc_decode, m, n, k, a_element, OUT_DTYPES[i % 2], device, split_k, "e2m1", "int4")
     for m, n, k in DRY_INT8_DECODE_SHAPES if args.cpu_dry_run else GPU_INT8_DECODE_SHAPES:
         for w_element in ("int4", "int8"):
             for dtype in (torch.bfloat16, torch.float16):

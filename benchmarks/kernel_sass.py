@@ -36,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.result_files import command_line, write_result_files  # noqa: E402
+from benchmarks.result_files import write_result_files  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
 KERNELS = ("fpx_row", "fpx_tile", "w4a4_gemv", "w4a4_tc", "w4a4_tc_prefill", "act_quant")
@@ -186,8 +186,7 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     (BLOCK_N, BLOCK_KB, warps, stages), steps unmasked, K unsplit (a split adds only the atomic epilogue to the
     same loop); with a prefill tile's (BLOCK_N, BLOCK_KB, warps, stages, BLOCK_M, GROUP_M), the prefill launch's
     (``w4a4_tc_prefill_triton``: E2M1 weights as int8 operands, no programmatic dependent launch; 'e4m3xint4' and
-    'e4m3xe2m1': the weights as E4M3 operands against E4M3 activation planes, one dot a step accumulating in wgmma).
-    'A_ELEMENTxe2m1_int8': the decode launch's int8 form for E2M1 weights (``PTQ_E2M1_INT8=1``, IMMA or IGMMA)."""
+    'e4m3xe2m1': the weights as E4M3 operands against E4M3 activation planes, one dot a step accumulating in wgmma)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.w4a4_gemv import _w4a4_tc_kernel
@@ -197,16 +196,14 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
              "stride_om", "stride_rm", "unit"]
     types = ["*i8", "*fp32", "*u8", "*fp32", "*bf16", "*bf16", "*bf16", "*i32", "*i32"] + ["i32"] * 10 + ["fp32"]
     prefill = len(config) > 4
-    int8_form = pair.endswith("e2m1_int8")
-    e2m1 = pair.endswith("e2m1") or int8_form
+    e2m1 = pair.endswith("e2m1")
     e4m3 = prefill and pair.startswith("e4m3")  # E4M3 activation planes: one dot a step accumulating in wgmma
     types[0] = "*fp8e4nv" if e4m3 else types[0]
     signature = dict(zip(names, types))
     constants = dict(HAS_BIAS=False, HAS_RESIDUAL=False, USE_ASM=True, ROUND_BF16=True, ROUND_F16=False,
                      BLOCK_M=config[4] if prefill else 16, BLOCK_N=config[0], BLOCK_KB=config[1], SPLIT_K=1,
-                     W_E2M1=e2m1 and not (prefill or int8_form), EVEN=True, USE_GDC=not prefill,
-                     GROUP_M=config[5] if prefill else 1, W_E2M1_INT8=e2m1 and (prefill or int8_form) and not e4m3,
-                     A_E4M3=e4m3, FP8_STEP_SUMS=not e4m3,
+                     W_E2M1=e2m1 and not prefill, EVEN=True, USE_GDC=not prefill, GROUP_M=config[5] if prefill else 1,
+                     W_E2M1_INT8=e2m1 and prefill and not e4m3, A_E4M3=e4m3, FP8_STEP_SUMS=not e4m3,
                      A_E4M3_W_INT4=e4m3 and not e2m1)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
@@ -477,12 +474,10 @@ def main(argv: list[str] | None = None) -> int:
         from quant_kernels.w4a4_gemv import TC_CONFIGS, TC_PREFILL_CONFIGS, TC_PREFILL_ONE_DOT_CONFIGS, tc_config_fits
 
         pairs = ("int4xint4", "e2m1xint4", "int8xint4", "int4xe2m1", "e2m1xe2m1")
-        pairs += (("e4m3xint4", "e4m3xe2m1") if args.kernel == "w4a4_tc_prefill" else
-                  ("int4xe2m1_int8", "e2m1xe2m1_int8"))
-        if args.element not in pairs:
+        if args.element not in pairs + (("e4m3xint4", "e4m3xe2m1") if args.kernel == "w4a4_tc_prefill" else ()):
             p.error(f"--element for {args.kernel} is A_ELEMENTxint4 (int4, e2m1 or int8 activations) or "
-                    f"A_ELEMENTxe2m1 (int4 or e2m1 activations; e4m3 planes for w4a4_tc_prefill, "
-                    f"A_ELEMENTxe2m1_int8 for w4a4_tc's int8 form); got {args.element!r}")
+                    f"A_ELEMENTxe2m1 (int4 or e2m1 activations; e4m3 planes for w4a4_tc_prefill); "
+                    f"got {args.element!r}")
         if args.kernel == "w4a4_tc":
             configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in TC_CONFIGS
                                          if tc_config_fits(bn, w, args.element.endswith("e2m1"))))
@@ -524,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"kernel": args.kernel, "case": case + (f", norm tail N {args.norm_tail}" if args.norm_tail else ""),
               "arch": args.arch,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
-              "command": command_line("kernel_sass.py", argv if argv is not None else sys.argv[1:]),
+              "command": "python benchmarks/kernel_sass.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "configs": []}
     for config in configs[:args.limit]:
         result["configs"].append(sass_counts(build(args.element, config), config, args.arch,

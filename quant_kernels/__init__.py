@@ -253,9 +253,7 @@ def decode_codes_form(w_element: str, m: int, on_gpu: bool) -> tuple[str, bool]:
     (``w4a4_gemv.takes_tensor_cores``) take E4M3 planes in INT4 weights' order, its one-dot FP8 form: on the H200 its
     linear ran 1.20-1.89x the dp4a bytes' at 8, 16 and 64 rows of the Llama-3-8B shapes
     (``benchmarks/results/decode_rows_e4m3_e2m1_h200.md``; ``PTQ_E2M1_PLANES=0`` keeps the bytes); else the dp4a
-    bytes for ``w_element``. With ``PTQ_E2M1_INT8=1`` those rows take int8 bytes in INT4 weights' order instead, the
-    kernel's int8 form (E2M1 weights as int8 operands of twice their values, on IMMA, where the narrow 2-warp tiles
-    fit; untimed): consumers pass the form as ``a_order`` (``w4a4_matmul_dp4a``)."""
+    bytes for ``w_element``."""
     if on_gpu and w_element == "e2m1":
         from .switches import env_switch
         from .w4a4_gemv import takes_tensor_cores
@@ -263,11 +261,8 @@ def decode_codes_form(w_element: str, m: int, on_gpu: bool) -> tuple[str, bool]:
         planes = env_switch("PTQ_E2M1_PLANES", True, {
             "0": "dp4a bytes for E2M1 weights at every decode row", "1": "E4M3 planes for E2M1 weights at the "
             "tensor-core decode kernel's rows (the one-dot FP8 form), the default"})
-        int8_form = env_switch("PTQ_E2M1_INT8", False, {
-            "0": "E4M3 planes (PTQ_E2M1_PLANES) at the tensor-core rows, the default", "1": "int8 bytes in INT4 "
-            "weights' order there, E2M1 weights on the int8 tensor cores"})
-        if (planes or int8_form) and takes_tensor_cores(m, w_element):
-            return "int4", not int8_form
+        if planes and takes_tensor_cores(m, w_element):
+            return "int4", True
     return w_element, False
 
 
@@ -397,7 +392,7 @@ def w4a4_linear(
                                                     dp4a_for=dp4a_for, backend=backend)
             return w4a4_matmul_dp4a(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
                                     bias=bias, out_dtype=out_dtype, residual=residual, norm_tail=norm_tail,
-                                    backend=backend, a_order=dp4a_for)
+                                    backend=backend)
     packed, a_scale = quantize_activations(x, a_element, a_group, scale_kind, clip_ratio, tensor_amax=a_tensor_amax,
                                            backend=backend)
     if path == "dequantized":  # the activations as a fake-quantized model of out_dtype holds them, weight-only
@@ -506,7 +501,7 @@ def w4a4_matmul_dp4a(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
     residual: torch.Tensor | None = None, gated: bool = False, norm_tail: NormTail | None = None,
-    backend: str | None = None, a_order: str | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(M, N) = (values(a_bytes) * a_scale) @ (decode(w) * w_scale).T (+ bias) for 1..8 rows (1..64 with INT4
     or E2M1 weights, on the tensor cores from 5; E2M1 up to 8 with ``PTQ_TC_E2M1=0``; any number with INT4 weights,
@@ -520,26 +515,21 @@ def w4a4_matmul_dp4a(
     gate rows then its up rows, and the result is (M, N / 2) silu(gate) * up, computed in the kernel's epilogue, where
     the CUDA-core decode kernel takes the rows (``w4a4_gemv.takes_gated``). ``norm_tail`` (``reference.NormTail``):
     returns (the result, the next RMSNorm's dp4a bytes of it, their per-token scales), computed by the CUDA-core
-    decode kernel's last program where it takes the rows. ``a_order``: the weight element in whose dp4a order the
-    int8 bytes come (``reference.dp4a_order_of``; None: ``w_element``'s); E2M1 weights' bytes in INT4 weights' order
-    (``decode_codes_form`` with ``PTQ_E2M1_INT8=1``) take the tensor-core kernel's int8 form.
+    decode kernel's last program where it takes the rows.
     """
     if _use_triton(a_bytes, backend):
-        from .reference import dp4a_order_of
         from .w4a4_gemv import TC_MAX_M, w4a4_gemv_triton, w4a4_tc_prefill_triton
 
-        int4_order = dp4a_order_of(a_order, w_element, a_bytes.dtype == torch.float8_e4m3fn) == "int4"
-        if int4_order and w_element in ("int4", "e2m1") and a_bytes.shape[0] > TC_MAX_M and not gated:
-            out = w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element=a_element,
-                                         w_element=w_element, bias=bias, out_dtype=out_dtype, residual=residual)
+        if w_element == "int4" and a_bytes.shape[0] > TC_MAX_M and not gated:
+            out = w4a4_tc_prefill_triton(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, bias=bias,
+                                         out_dtype=out_dtype, residual=residual)
             return _with_norm_tail(out, norm_tail, backend)
         return w4a4_gemv_triton(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
-                                bias=bias, out_dtype=out_dtype, residual=residual, gated=gated, norm_tail=norm_tail,
-                                a_order=a_order)
+                                bias=bias, out_dtype=out_dtype, residual=residual, gated=gated, norm_tail=norm_tail)
     from .reference import w4a4_gemv_ref
 
     return w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element, bias=bias,
-                         out_dtype=out_dtype, residual=residual, gated=gated, norm_tail=norm_tail, a_order=a_order)
+                         out_dtype=out_dtype, residual=residual, gated=gated, norm_tail=norm_tail)
 
 
 def w4a4_matmul(

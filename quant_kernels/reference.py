@@ -340,22 +340,10 @@ def dp4a_values(a_bytes: torch.Tensor, element: str, w_element: str) -> torch.Te
     return values.float() / DP4A_BYTES_PER_UNIT[element]
 
 
-def dp4a_order_of(a_order: str | None, w_element: str, planes: bool = False) -> str:
-    """The weight element in whose dp4a order (``dp4a_bytes``) activation bytes come: ``a_order``, or by default
-    ``w_element``'s (E4M3 ``planes``: INT4 weights'). E2M1 weights also take INT4 weights' order (the tensor-core
-    decode kernel's int8 form); any other is a ValueError."""
-    default = "int4" if planes else w_element
-    if a_order not in (None, default) and not (a_order == "int4" and w_element == "e2m1"):
-        raise ValueError(f"activation bytes for {w_element} weights come in {default} weights' dp4a order (E2M1 "
-                         f"weights' may also come in INT4 weights'), got a_order={a_order!r}")
-    return a_order or default
-
-
 def w4a4_gemv_ref(
     a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, *,
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
     residual: torch.Tensor | None = None, gated: bool = False, norm_tail: NormTail | None = None,
-    a_order: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``w4a4_matmul_ref`` with the activation codes given as dp4a bytes (per-row scales): the decode
     kernel's twin. ``residual`` (M, N) of ``out_dtype`` is added to the rounded product (``residual + y``).
@@ -363,13 +351,12 @@ def w4a4_gemv_ref(
     ``silu_mul_ref`` of the rounded product. ``norm_tail``: (the result, ``norm_tail_ref`` of it).
     With INT8 activations (W4A8, W8A8) it is the W8A8 product of the levels (``int8_gemm.w8a8_matmul``), INT4
     weights widened to int8. E4M3 activation planes (``e4m3_planes``: INT4 weights' order whatever the weights, as
-    the tensor-core kernel's one-dot form takes them) give the product of the same codes. ``a_order``: the bytes'
-    order (``dp4a_order_of``), INT4 weights' with E2M1 weights as the tensor-core kernel's int8 form takes them."""
+    the tensor-core kernel's one-dot form takes them) give the product of the same codes."""
     planes = a_bytes.dtype == torch.float8_e4m3fn
-    order = dp4a_order_of(a_order, w_element, planes)
     if planes:
         check_e4m3_planes(a_element)
         a_bytes = a_bytes.float().to(torch.int8)  # exact: the planes hold the bytes' integer values
+    order = "int4" if planes else w_element
     check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, order, bias, out_dtype, residual, gated)
     if norm_tail is not None:
         check_norm_tail(norm_tail, a_bytes.shape[0], w_packed.shape[0], out_dtype, gated)

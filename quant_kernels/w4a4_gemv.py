@@ -67,7 +67,7 @@ from quant_layers.packing import element_named
 from .act_quant import DP4A_FOR_IDS, _code_values, _tail_quantize_rows, clamp_kind, norm_tail_triton
 from .autotuning import autotune
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
-from .reference import NormTail, check_dp4a_args, check_e4m3_planes, check_norm_tail, check_out, dp4a_order_of
+from .reference import NormTail, check_dp4a_args, check_e4m3_planes, check_norm_tail, check_out
 from .rounding import _round_to_dtype, _silu_mul
 from .switches import env_switch
 
@@ -179,18 +179,17 @@ PINNED_GEMV_CONFIGS = {
     },
 }
 # The tensor-core decode kernel's autotune key.
-TC_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1", "A_E4M3", "A_E4M3_W_INT4",
-                 "W_E2M1_INT8")
+TC_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1", "A_E4M3", "A_E4M3_W_INT4")
 # Its picks kept instead of tuning, as PINNED_GEMV_CONFIGS: (BLOCK_N, BLOCK_KB, SPLIT_K, warps, stages). On the H200
 # the batch-8 Llama-3-8B W4A4KV4 decode step (q/k/v, o_proj, gate/up, down on INT4 weights) ran 3.97 ms with one
 # process's draws (run 16), 4.77 and 5.96 ms with two others' (runs 24, 23) and 3.89 ms with these (run 26); pinned,
 # bench_model's batch 8 went from 0.99x bf16 (run 23) to 1.36x (run 28, ``benchmarks/results/end_to_end_h200.md``).
 PINNED_TC_CONFIGS = {
     "NVIDIA H200": {
-        (8, 6144, 2048, False, False, 16, False, False, False, False): (64, 256, 2, 4, 3),
-        (8, 4096, 2048, False, True, 16, False, False, False, False): (32, 256, 1, 4, 3),
-        (8, 28672, 2048, False, False, 16, False, False, False, False): (128, 128, 1, 8, 3),
-        (8, 4096, 7168, False, True, 16, False, False, False, False): (64, 128, 4, 4, 4),
+        (8, 6144, 2048, False, False, 16, False, False, False): (64, 256, 2, 4, 3),
+        (8, 4096, 2048, False, True, 16, False, False, False): (32, 256, 1, 4, 3),
+        (8, 28672, 2048, False, False, 16, False, False, False): (128, 128, 1, 8, 3),
+        (8, 4096, 7168, False, True, 16, False, False, False): (64, 128, 4, 4, 4),
     },
 }
 
@@ -941,7 +940,6 @@ def w4a4_gemv_triton(
     a_element: str, w_element: str, bias: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float16,
     out: torch.Tensor | None = None, config: triton.Config | None = None, residual: torch.Tensor | None = None,
     tensor_cores: bool | None = None, gated: bool = False, norm_tail: NormTail | None = None,
-    a_order: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``reference.w4a4_matmul_ref`` for 1..GEMV_MAX_M rows (TC_MAX_M on the tensor cores) with per-row scales,
     the activation codes given as their dp4a bytes for ``w_element`` weights (``reference.dp4a_bytes``, or
@@ -959,30 +957,20 @@ def w4a4_gemv_triton(
     and per-token scales of it), ``reference.w4a4_gemv_ref``'s; the CUDA-core kernel's last program computes them
     (NORM_TAIL), the tensor-core one leaves them to the activation kernel. E4M3 activation planes in INT4 weights'
     order (``quantize_activations(..., dp4a_for="int4", fp8_codes=True)``) take the tensor-core kernel's one-dot FP8
-    form, INT4 or E2M1 weights as E4M3 operands, the sums accumulating in wgmma (``w4a4_tc_prefill_triton``'s).
-    ``a_order``: the weight element in whose dp4a order the bytes come (``reference.w4a4_gemv_ref``'s): with E2M1
-    weights, ``"int4"`` takes the int8 form on the tensor cores (W_E2M1_INT8, E2M1 weights as int8 operands of twice
-    their values, exact int32 sums; ``decode_codes_form`` with ``PTQ_E2M1_INT8=1``)."""
+    form, INT4 or E2M1 weights as E4M3 operands, the sums accumulating in wgmma (``w4a4_tc_prefill_triton``'s)."""
     a_e4m3 = a_bytes.dtype == torch.float8_e4m3fn
-    order = dp4a_order_of(a_order, w_element, a_e4m3)
-    e2m1_int8 = w_element == "e2m1" and order == "int4" and not a_e4m3
-    if e2m1_int8 and (tensor_cores is False or gated):
-        raise ValueError("E2M1 weights with activation bytes in INT4 weights' order take the tensor-core decode "
-                         "kernel's int8 form: leave tensor_cores unset (or True) and gated False, or pass the dp4a "
-                         "bytes of quantize_activations(..., dp4a_for='e2m1')")
     if a_e4m3:
         check_e4m3_planes(a_element)
         if tensor_cores is False or gated:
             raise ValueError("E4M3 activation planes take the tensor-core decode kernel: leave tensor_cores unset "
                              "(or True) and gated False, or pass the dp4a bytes of quantize_activations(..., "
                              "dp4a_for=w_element)")
-    check_dp4a_args(a_bytes.view(torch.int8) if a_e4m3 else a_bytes, a_scale, w_packed, w_scale, a_element, order,
-                    bias, out_dtype, residual, gated)
+    check_dp4a_args(a_bytes.view(torch.int8) if a_e4m3 else a_bytes, a_scale, w_packed, w_scale, a_element,
+                    "int4" if a_e4m3 else w_element, bias, out_dtype, residual, gated)
     m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
     if norm_tail is not None:
         check_norm_tail(norm_tail, m, n, out_dtype, gated)
-    tc = a_e4m3 or e2m1_int8 or (takes_tensor_cores(m, w_element) if tensor_cores is None and config is None
-                                 else bool(tensor_cores))
+    tc = a_e4m3 or (takes_tensor_cores(m, w_element) if tensor_cores is None and config is None else bool(tensor_cores))
     if gated and tc:
         raise ValueError(f"a gated product (silu(gate) * up in the epilogue) runs on the CUDA-core decode kernel, "
                          f"up to {GEMV_MAX_M} rows and not on the tensor cores: got M={m} ({w_element} weights), "
@@ -1009,9 +997,8 @@ def w4a4_gemv_triton(
         a_b, w_b = a_words.view(a_bytes.dtype), w_words.view(torch.uint8)  # the same bytes, strides in bytes
         tc_args = (a_b, a_scale, w_b, w_scale, *outputs, *split_k_buffer(a_b.device, m, n), m, n, k // 2,
                    block_m, a_b.stride(0), w_b.stride(0), *trailing)
-        flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1" and not (a_e4m3 or e2m1_int8),
-                     A_E4M3=a_e4m3, FP8_STEP_SUMS=not a_e4m3, A_E4M3_W_INT4=a_e4m3 and w_element == "int4",
-                     W_E2M1_INT8=e2m1_int8)
+        flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1" and not a_e4m3, A_E4M3=a_e4m3,
+                     FP8_STEP_SUMS=not a_e4m3, A_E4M3_W_INT4=a_e4m3 and w_element == "int4")
         if config is not None or INTERPRET:
             fixed, launch = (config.kwargs, dict(num_warps=config.num_warps, num_stages=config.num_stages)) \
                 if config is not None else (INTERPRET_TC_CONFIG, {})

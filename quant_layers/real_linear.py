@@ -372,10 +372,9 @@ def _product_on_codes(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: tor
                       norm_tail: NormTail | None = None):
     """``quant_kernels.w4a4_matmul_dp4a`` of activation rows already quantized as ``act`` (dp4a bytes and per-row
     scales) by this weight."""
-    order = quant_kernels.decode_codes_form(weight.element, a_bytes.shape[0], a_bytes.is_cuda)[0]  # as written
     return quant_kernels.w4a4_matmul_dp4a(a_bytes, a_scale, qweight, weight_scale, a_element=act.element,
                                           w_element=weight.element, bias=bias, out_dtype=out_dtype, residual=residual,
-                                          gated=gated, norm_tail=norm_tail, a_order=order)
+                                          gated=gated, norm_tail=norm_tail)
 
 
 def _product_on_codes_in_chunks(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor,

@@ -479,10 +479,10 @@ def test_recorded_commands_carry_the_ptq_switches(monkeypatch):
         monkeypatch.delenv(name)
     assert command_line("decode_profile.py", ["--compile"]) == "python benchmarks/decode_profile.py --compile"
     monkeypatch.setenv("PTQ_PDL", "gemv")
-    monkeypatch.setenv("PTQ_E2M1_INT8", "1")
+    monkeypatch.setenv("PTQ_E2M1_PLANES", "0")
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # not a switch of ours
     assert (command_line("bench_model.py", ["--modes", "bf16"])
-            == "PTQ_E2M1_INT8=1 PTQ_PDL=gemv python benchmarks/bench_model.py --modes bf16")
+            == "PTQ_E2M1_PLANES=0 PTQ_PDL=gemv python benchmarks/bench_model.py --modes bf16")
 
 
 def test_pdl_check_needs_a_gpu(tmp_path):

@@ -109,9 +109,8 @@ def test_norm_and_silu_mul_kernels_write_e4m3_planes(element):
 
 def test_decode_codes_form_gives_e2m1_weights_e4m3_planes_at_the_tensor_core_rows(monkeypatch):
     """On a GPU, E2M1 weights at the tensor-core decode kernel's rows take E4M3 planes (dp4a_for 'int4'), other
-    rows and INT4 weights their dp4a bytes; off a GPU always the bytes; ``PTQ_E2M1_PLANES=0`` keeps the bytes,
-    ``PTQ_E2M1_INT8=1`` takes INT4-ordered bytes at those rows (the int8 form), a value other than 0 or 1 is
-    refused. The fake results take the same dtype."""
+    rows and INT4 weights their dp4a bytes; off a GPU always the bytes; ``PTQ_E2M1_PLANES=0`` keeps the bytes, a
+    value other than 0 or 1 is refused. The fake results take the same dtype."""
     from quant_kernels.w4a4_gemv import TC_MAX_M, takes_tensor_cores
 
     tc_rows = [m for m in range(1, TC_MAX_M + 2) if takes_tensor_cores(m, "e2m1")]
@@ -124,16 +123,8 @@ def test_decode_codes_form_gives_e2m1_weights_e4m3_planes_at_the_tensor_core_row
     assert quant_kernels.decode_codes_like(x, tc_rows[0], 16, "e2m1").dtype == torch.int8  # x on the CPU
     monkeypatch.setenv("PTQ_E2M1_PLANES", "0")
     assert form("e2m1", tc_rows[0], True) == ("e2m1", False)
-    monkeypatch.setenv("PTQ_E2M1_INT8", "1")  # the int8 form: INT4-ordered bytes at the tensor-core rows only
-    assert [form("e2m1", m, True) for m in (tc_rows[0] - 1, tc_rows[0], TC_MAX_M + 1)] == [
-        ("e2m1", False), ("int4", False), ("e2m1", False)]
-    assert form("e2m1", tc_rows[0], False) == ("e2m1", False) and form("int4", tc_rows[0], True) == ("int4", False)
     monkeypatch.setenv("PTQ_E2M1_PLANES", "yes")
     with pytest.raises(ValueError, match="PTQ_E2M1_PLANES='yes'"):
-        form("e2m1", tc_rows[0], True)
-    monkeypatch.setenv("PTQ_E2M1_PLANES", "1")
-    monkeypatch.setenv("PTQ_E2M1_INT8", "on")
-    with pytest.raises(ValueError, match="PTQ_E2M1_INT8='on'"):
         form("e2m1", tc_rows[0], True)
 
 
@@ -423,7 +414,7 @@ def test_pinned_decode_configs_replace_tuning_on_their_device_and_key(monkeypatc
                  w4a4_gemv.GEMV_TUNING_KEY, w4a4_gemv.prune_decode_configs,
                  (1, 1024, 512, True, False, 1, False, False), "a_ptr"),
         "tc": (w4a4_gemv._tc_autotuned, w4a4_gemv.prune_tc_configs, w4a4_gemv.PINNED_TC_CONFIGS,
-               w4a4_gemv.TC_TUNING_KEY, None, (8, 1024, 2048, False, False, 16, False, False, False, False), "a_ptr"),
+               w4a4_gemv.TC_TUNING_KEY, None, (8, 1024, 2048, False, False, 16, False, False, False), "a_ptr"),
         "fpx_row": (fpx_gemm._fpx_row_autotuned, fpx_gemm._prune_row_configs, fpx_gemm.PINNED_ROW_CONFIGS,
                     fpx_gemm.ROW_TUNING_KEY, _row_candidates, (6144, 512, 5, 2, 1, False, False, False), "x_ptr"),
     }[kernel]

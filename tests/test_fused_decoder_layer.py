@@ -375,14 +375,12 @@ class OpCalls(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("int8_form", [False, True], ids=["e4m3_planes", "int8_form"])
-def test_e4m3_planes_at_the_tensor_core_rows_give_the_dp4a_bytes_logits(int8_form, monkeypatch):
+def test_e4m3_planes_at_the_tensor_core_rows_give_the_dp4a_bytes_logits(monkeypatch):
     """As on a GPU (``decode_codes_form`` told it runs on one): at the tensor-core decode kernel's rows (16 sequences
     of one token) E2M1 weights' products take E4M3 planes from the RMSNorm and silu(gate) * up kernels, the
     attention's tail and the norm tails, and the twins give the dp4a bytes' logits bit for bit, eagerly and
     compiled (as one graph, against the bytes' compiled logits, whose fused glue rounds otherwise than eager's); the
-    fake of every custom op that writes codes gives the planes' dtype, as the op does (``opcheck``). ``int8_form``
-    (``PTQ_E2M1_INT8=1``): int8 bytes in INT4 weights' order instead, every product told so (``a_order``)."""
+    fake of every custom op that writes codes gives the planes' dtype, as the op does (``opcheck``)."""
     from torch._dynamo.utils import counters
 
     e2m1 = RealQuantScheme("e2m1")
@@ -396,11 +394,8 @@ def test_e4m3_planes_at_the_tensor_core_rows_give_the_dp4a_bytes_logits(int8_for
     form, product, codes = quant_kernels.decode_codes_form, quant_kernels.w4a4_matmul_dp4a, []
 
     def recorded(a_bytes, *args, **kwargs):
-        codes.append((a_bytes.dtype, kwargs.get("a_order")))
+        codes.append(a_bytes.dtype)
         return product(a_bytes, *args, **kwargs)
-
-    if int8_form:
-        monkeypatch.setenv("PTQ_E2M1_INT8", "1")
 
     monkeypatch.setattr(quant_kernels, "decode_codes_form", lambda w_element, m, on_gpu: form(w_element, m, True))
     monkeypatch.setattr(quant_kernels, "w4a4_matmul_dp4a", recorded)
@@ -411,8 +406,7 @@ def test_e4m3_planes_at_the_tensor_core_rows_give_the_dp4a_bytes_logits(int8_for
         counters.clear()
         compiled = torch.compile(forward)(ids)
     assert not counters["graph_break"], dict(counters["graph_break"])
-    form_written = (torch.int8 if int8_form else torch.float8_e4m3fn, "int4")
-    assert len(codes) >= 8 and set(codes) == {form_written}  # every product of both layers, in the form written
+    assert len(codes) >= 8 and set(codes) == {torch.float8_e4m3fn}  # every product of both layers, on planes
     assert torch.equal(got, want) and torch.equal(compiled, want_compiled)
     writers = {"rms_norm_quantize", "silu_mul_quantize", "decode_attention_codes", "real_quant_matmul_norm",
                "real_quant_gemv_norm"}

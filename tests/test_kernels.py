@@ -1602,15 +1602,6 @@ def test_kernel_check_int8_decode_dry_run(tmp_path):
     assert "8 checks, 0 failed." in open(prefix + ".md").read()
 
 
-def test_kernel_check_runs_the_tensor_core_decode_checks_with_the_int8_form(tmp_path):
-    from benchmarks.kernel_check import main
-
-    prefix = str(tmp_path / "check")
-    assert main(["--cpu_dry_run", "--only", "tc_decode", "--out", prefix]) == 0
-    report = open(prefix + ".md").read()
-    assert "20 checks, 0 failed." in report and report.count("e2m1, int8 form, bias + residual") == 8
-
-
 def test_kernel_check_skip_resumes_after_the_checks_a_cut_run_did(tmp_path):
     from benchmarks.kernel_check import main
 
@@ -1690,53 +1681,6 @@ def test_tensor_core_decode_kernel_takes_e4m3_planes(a_element, w_element, split
         w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, tensor_cores=False, **kw)
 
 
-@pytest.mark.parametrize("split_k", [1, 3])
-@pytest.mark.parametrize("a_element", ["int4", "e2m1"])
-def test_e2m1_weights_take_int4_ordered_bytes_on_the_int8_form(a_element, split_k):
-    """E2M1 weights with activation bytes in INT4 weights' order (``a_order="int4"``): the tensor-core kernel's int8
-    form (the weight as int8 operands of twice its values) on a 2-warp tile, K ragged and split, a bias and a
-    residual: the twin's result on the E2M1-ordered bytes of the same codes, bit for bit, as the twin's on the
-    INT4-ordered ones; through ``w4a4_matmul_dp4a`` too, whose rows above the decode kernel's take the prefill
-    launch. The CUDA-core kernel, a gated product and an order other than the two are refused."""
-    import triton
-
-    import quant_kernels
-    from quant_kernels import w4a4_gemv
-    from quant_kernels.reference import dp4a_order, w4a4_gemv_ref
-
-    m, n, k = 12, 40, 200
-    gen = torch.Generator().manual_seed(split_k)
-    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
-    w_scale = torch.rand(n, 1, generator=gen) / 64 + 1e-3
-    values = torch.randint(-8, 8, (80, k), generator=gen) if a_element == "int4" else \
-        torch.tensor([0, 1, 2, 3, 4, 6, 8, 12])[torch.randint(0, 8, (80, k), generator=gen)] * \
-        (1 - 2 * torch.randint(0, 2, (80, k), generator=gen))
-    int4_order, e2m1_order = (dp4a_order(values.to(torch.int8), order) for order in ("int4", "e2m1"))
-    a_scale = torch.rand(80, 1, generator=gen) + 0.5
-    kw = dict(a_element=a_element, w_element="e2m1", bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16)
-    residual = torch.randn(80, n, generator=gen).to(torch.bfloat16)
-    config = triton.Config(dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=split_k), num_warps=2)
-    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
-    got = w4a4_gemv.w4a4_gemv_triton(int4_order[:m], a_scale[:m], w_packed, w_scale, out=out, config=config,
-                                     residual=residual[:m], a_order="int4", **kw)
-    want = w4a4_gemv_ref(e2m1_order, a_scale, w_packed, w_scale, residual=residual, **kw)
-    assert got is out and torch.equal(got, want[:m])
-    assert torch.equal(w4a4_gemv_ref(int4_order, a_scale, w_packed, w_scale, residual=residual, a_order="int4",
-                                     **kw), want)
-    partial, counts = w4a4_gemv.split_k_buffer(int4_order.device, m, n)
-    assert not partial.any() and not counts.any()
-    for rows in (m, 80):  # the decode kernel's rows, then the prefill launch's
-        assert torch.equal(quant_kernels.w4a4_matmul_dp4a(int4_order[:rows], a_scale[:rows], w_packed, w_scale,
-                                                          residual=residual[:rows], a_order="int4", backend="triton",
-                                                          **kw), want[:rows])
-    with pytest.raises(ValueError, match="take the tensor-core decode kernel's int8 form"):
-        w4a4_gemv.w4a4_gemv_triton(int4_order[:m], a_scale[:m], w_packed, w_scale, tensor_cores=False,
-                                   a_order="int4", **kw)
-    for product in (w4a4_gemv.w4a4_gemv_triton, w4a4_gemv_ref):
-        with pytest.raises(ValueError, match="come in int4 weights' dp4a order .* got a_order='e2m1'"):
-            product(int4_order[:m], a_scale[:m], w_packed, w_scale, **{**kw, "w_element": "int4"}, a_order="e2m1")
-
-
 @pytest.mark.parametrize("a_element, w_element", [("int4", "int4"), ("int4", "e2m1"), ("e2m1", "e2m1")])
 def test_tensor_core_decode_kernel_decodes_every_code_pair(a_element, w_element):
     """All 16 x 16 code pairs (K = 256: each once), INT4's -8 and E2M1's -0 included, sum to the twin's values;
@@ -1790,7 +1734,7 @@ def test_tensor_core_configs_for_fp8_dots_fill_a_warpgroup():
     from quant_kernels import w4a4_gemv
 
     configs = w4a4_gemv._tc_autotuned.configs
-    args = dict(zip(w4a4_gemv.TC_TUNING_KEY, (16, 1024, 512, False, False, 16, True, False, False, False)),
+    args = dict(zip(w4a4_gemv.TC_TUNING_KEY, (16, 1024, 512, False, False, 16, True, False, False)),
                 a_ptr=torch.zeros(1))
     kept = w4a4_gemv.prune_tc_configs(configs, args)
     assert 0 < len(kept) < len(configs)
@@ -1853,14 +1797,13 @@ def test_decode_rows_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
     assert done.returncode == 2 and "no GPU here" in done.stderr and not (tmp_path / "rows.json").exists()
     rows = [dict(n=4096, k=4096, m=8, bf16_ms=0.0155, linear_ms=0.0088, linear_kernel="tensor-core",
                  cuda_core_ms=0.0127, cuda_core_rel_err=1e-7, tensor_core_ms=0.0077, tensor_core_rel_err=3e-7,
-                 tensor_core_e4m3_ms=0.0062, tensor_core_e4m3_rel_err=4e-7, linear_e4m3_ms=0.0081,
-                 tensor_core_int8_ms=0.0050, tensor_core_int8_rel_err=2e-7, linear_int8_ms=0.0062),
+                 tensor_core_e4m3_ms=0.0062, tensor_core_e4m3_rel_err=4e-7, linear_e4m3_ms=0.0081),
             dict(n=4096, k=4096, m=1, bf16_ms=0.0155, linear_ms=0.0068, linear_kernel="CUDA-core",
                  cuda_core_ms=0.0062, cuda_core_rel_err=1e-7)]
     text = markdown(dict(device="GPU", date="d", versions={}, command="c", rows=rows))
     assert ("| 4096x4096 | 8 | 15.5 | 8.8 (1.76×) tensor-core | 12.7 (1.22×) | 7.7 (2.01×) | 6.2 (2.50×) | "
-            "8.1 (1.91×) | 5.0 (3.10×) | 6.2 (2.50×) |") in text
-    assert "| 4096x4096 | 1 | 15.5 | 6.8 (2.28×) CUDA-core | 6.2 (2.50×) | – | – | – | – | – |" in text
+            "8.1 (1.91×) |") in text
+    assert "| 4096x4096 | 1 | 15.5 | 6.8 (2.28×) CUDA-core | 6.2 (2.50×) | – | – | – |" in text
     assert "4.0e-07" in text
 
 
