@@ -4,8 +4,10 @@ the programs each SM is given (``PTQ_ATTENTION_PROGRAMS_PER_SM``, which sets how
 Llama-3-8B's attention by default (8 K/V heads, 4 query heads each, head dim 128): one query token a sequence over a
 cache of ``--length`` slots of which ``--context`` are written (bench_model's decode: 2306 slots, 2176 keys on
 average over its 256 steps after 2048). The KV4 cache is bench_model's (INT4 K, asymmetric INT4 V, a scale per
-token and head). Each call is timed in a stream of CUDA-graph calls with the L2 flushed before each
-(``benchmarks.timing``) and checked against the twin. GB/s counts the written keys' bytes (codes, scales and zero
+token and head), read in two forms: each K and V tile dequantized as the cache does ("KV4"), or the codes taken
+by the dots and the scales applied to the scores and probabilities ("KV4 factored", ``PTQ_KV4_FACTORED=1``). Each
+call is timed in a stream of CUDA-graph calls with the L2 flushed before each (``benchmarks.timing``) and checked
+against attention in fp32 over the cache. GB/s counts the written keys' bytes (codes, scales and zero
 points for KV4), against about 3.0 TB/s of copy on the H100.
 
     python benchmarks/attention_bench.py --out benchmarks/results/attention_bench_h100
@@ -27,20 +29,24 @@ from benchmarks.result_files import run_header, write_result_files  # noqa: E402
 from benchmarks.timing import gpu_stream_timer  # noqa: E402
 
 PROGRAMS_ENV = "PTQ_ATTENTION_PROGRAMS_PER_SM"
+# The switches each timed form runs under: the KV4 cache dequantized tile by tile, or its scales factored out of
+# the dots (``flash_decode.factored``).
+FORM_SWITCHES = {"bf16": {}, "KV4": {"PTQ_KV4_FACTORED": "0"}, "KV4 factored": {"PTQ_KV4_FACTORED": "1"}}
 
 
 @contextmanager
-def programs_per_sm(value: int):
-    """``PTQ_ATTENTION_PROGRAMS_PER_SM`` set to ``value`` inside, as it was after."""
-    given = os.environ.get(PROGRAMS_ENV)
-    os.environ[PROGRAMS_ENV] = str(value)
+def switched(values: dict[str, str]):
+    """The environment variables ``values`` set inside, each as it was after."""
+    given = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if given is None:
-            os.environ.pop(PROGRAMS_ENV, None)
-        else:
-            os.environ[PROGRAMS_ENV] = given
+        for name, value in given.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def cache_bytes(batch: int, heads_kv: int, context: int, dim: int, packed: bool) -> int:
@@ -51,7 +57,7 @@ def cache_bytes(batch: int, heads_kv: int, context: int, dim: int, packed: bool)
 
 
 def bench(batch: int, args, time_ms, device: torch.device) -> list[dict]:
-    """One row per (cache, programs per SM) at this batch size."""
+    """One row per (cache form, programs per SM) at this batch size."""
     import quant_kernels
     from quant_kernels import reference
     from quant_kernels.flash_decode import _splits
@@ -67,37 +73,39 @@ def bench(batch: int, args, time_ms, device: torch.device) -> list[dict]:
     packed_key, packed_value = (_PackedTensor(Quantizer(spec, dim)) for spec in specs)
     packed_key.append(key)
     packed_value.append(value)
-    calls = {
-        "bf16": (lambda: quant_kernels.decode_attention(q, key, value, mask, backend="triton"),
-                 lambda: reference.decode_attention_ref(q.float(), key.float(), value.float(), mask, dim**-0.5)),
-        "KV4": (lambda: quant_kernels.decode_attention_packed(
-            q, packed_key.operand, packed_value.operand, mask, key_element=packed_key.kernel_element,
-            value_element=packed_value.kernel_element, backend="triton"),
-            lambda: reference.decode_attention_ref(q.float(), packed_key.dequantized(torch.bfloat16).float(),
-                                                   packed_value.dequantized(torch.bfloat16).float(), mask,
-                                                   dim**-0.5))}
+    def packed_call():
+        return quant_kernels.decode_attention_packed(q, packed_key.operand, packed_value.operand, mask,
+                                                     key_element=packed_key.kernel_element,
+                                                     value_element=packed_value.kernel_element, backend="triton")
+
+    bf16_twin = reference.decode_attention_ref(q.float(), key.float(), value.float(), mask, dim**-0.5)
+    kv4_twin = reference.decode_attention_ref(q.float(), packed_key.dequantized(torch.float32),
+                                              packed_value.dequantized(torch.float32), mask, dim**-0.5)
+    calls = {"bf16": (lambda: quant_kernels.decode_attention(q, key, value, mask, backend="triton"), bf16_twin),
+             "KV4": (packed_call, kv4_twin), "KV4 factored": (packed_call, kv4_twin)}
     rows = []
-    for cache, (call, twin) in calls.items():
-        want = twin()
+    for cache, (call, want) in calls.items():
+        packed = cache != "bf16"
         for programs in args.programs:
-            with programs_per_sm(programs):
+            with switched({PROGRAMS_ENV: str(programs), **FORM_SWITCHES[cache]}):
                 error = ((call().float() - want).abs().max() / want.abs().max()).item()
                 ms = time_ms(call)
-                splits = _splits(args.length, batch * heads_kv, device, cache == "KV4")[1]
-            total = cache_bytes(batch, heads_kv, args.context, dim, cache == "KV4")
+                splits = _splits(args.length, batch * heads_kv, device, packed)[1]
+            total = cache_bytes(batch, heads_kv, args.context, dim, packed)
             rows.append({"batch": batch, "cache": cache, "programs_per_sm": programs, "splits": splits,
                          "us": ms * 1e3, "gb_s": total / (ms * 1e-3) / 1e9, "rel_err": error})
     return rows
 
 
 def markdown(result: dict) -> str:
-    lines = ["# Decode attention over a static cache: bf16 and KV4, by programs per SM", "",
+    lines = ["# Decode attention over a static cache: bf16 and KV4 (its tiles dequantized, or its scales factored "
+             "out of the dots), by programs per SM", "",
              f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
              f"Command: `{result['command']}`", "",
              f"{result['heads_kv']} K/V heads, {result['groups']} query heads each, head dim {result['dim']}; "
              f"{result['context']} written keys of {result['length']} slots. Median µs of one call in a stream of "
              "CUDA-graph calls, the L2 flushed before each; GB/s of the written keys' bytes; largest error over the "
-             "largest output, against the twin (fp32).", "",
+             "largest output, against attention in fp32 over the cache (KV4: dequantized in fp32).", "",
              "| batch | cache | programs per SM | slices | µs | GB/s | error |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['batch']} | {r['cache']} | {r['programs_per_sm']} | {r['splits']} | {r['us']:.1f} | "

@@ -153,7 +153,8 @@
 #              the tensor-core decode kernel and with PTQ_TC_E2M1=0, then bf16 (issue 10)
 #   attention  the decode attention kernels over a static bf16 and a packed KV4 cache (Llama-3-8B's heads, 2176 of
 #              2306 keys) at batch 1, 8 and 64, by programs per SM (PTQ_ATTENTION_PROGRAMS_PER_SM 2, 4, 8, 16;
-#              issue 10: W4A4KV4's batch-8 step trailed W4A4's)
+#              issue 10: W4A4KV4's batch-8 step trailed W4A4's); the KV4 cache in both forms, its tiles dequantized
+#              and its scales factored out of the dots (PTQ_KV4_FACTORED)
 #   kv4_profile  the compiled CUDA-graph decode step of W4A4 (bf16 cache) and W4A4KV4 at batch 8, each kernel's GPU
 #              time listed (decode_profile.py): where W4A4KV4's 0.34 ms a step over W4A4 goes, its attention kernel
 #              alone being the faster (attention_bench_programs_per_sm_h100.md) (issue 10)

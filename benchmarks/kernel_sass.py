@@ -39,7 +39,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.result_files import write_result_files  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
-KERNELS = ("fpx_row", "fpx_tile", "w4a4_gemv", "w4a4_tc", "w4a4_tc_prefill", "act_quant")
+KERNELS = ("fpx_row", "fpx_tile", "w4a4_gemv", "w4a4_tc", "w4a4_tc_prefill", "act_quant", "attention")
+# attention --element: the decode attention's partial kernel over a bf16 cache, or a packed one of INT4 K and UINT4 V
+# (zero points) with a scale per token: each tile dequantized, or (``_factored``) its scales factored out of the dots.
+ATTENTION_CASES = ("bf16", "int4xuint4", "int4xuint4_factored")
 # act_quant --element: the activation element, whether its codes are written as E4M3 bytes (the FP8 path), its group
 # (0: per token), scale kind (reference.SCALE_KIND_CODES) and the weight element whose dp4a order it writes (None:
 # natural order; 'int4' with E4M3 bytes: the E4M3 planes of INT4 weights' order, the tensor-core kernel's FP8 forms).
@@ -208,6 +211,34 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)
+
+
+def attention_source(case: str, config: tuple[int, ...]):
+    """The decode attention's partial kernel (``flash_decode._partial_kernel``) for bfloat16 queries of Llama-3-8B's
+    heads (head dim 128, 4 query rows a K/V head, a boolean mask), ``case`` one of ATTENTION_CASES, and one
+    (BLOCK_N, head dim, warps, stages[, ..., MAXNREG]), its strides aligned."""
+    from triton.compiler import ASTSource
+
+    from quant_kernels.flash_decode import ELEMENT_IDS, OFFSET_CODES, _partial_kernel
+
+    import torch
+
+    packed = case != "bf16"
+    names = ["q_ptr", "k_ptr", "v_ptr", "mask_ptr", "acc_ptr", "ml_ptr", "k_scale_ptr", "k_zero_ptr", "v_scale_ptr",
+             "v_zero_ptr", "L", "H_KV", "G", "scale", "split_len", "n_splits", "stride_qb", "stride_qh", "stride_qg",
+             "stride_kb", "stride_kh", "stride_kl", "stride_vb", "stride_vh", "stride_vl", "stride_mb"]
+    cache = "*u8" if packed else "*bf16"
+    types = ["*bf16", cache, cache, "*u8"] + ["*fp32"] * 6 + ["i32"] * 3 + ["fp32"] + ["i32"] * 12
+    signature = dict(zip(names, types))
+    magic, base = OFFSET_CODES[torch.bfloat16]
+    constants = dict(D=config[1], BLOCK_G=16, BLOCK_N=config[0], HAS_MASK=True, DOT_F32=False, PACKED=packed,
+                     K_ELEMENT=ELEMENT_IDS["int4"], V_ELEMENT=ELEMENT_IDS["uint4"], K_GROUP=config[1],
+                     V_GROUP=config[1], K_ZERO=False, V_ZERO=packed, ROUND_BF16=False, USE_GDC=True,
+                     FACTORED=case.endswith("_factored"), MAGIC=magic, BASE=base)
+    signature.update({name: "constexpr" for name in constants})
+    aligned = {(i,): [["tt.divisibility", ALIGNED]] for i, name in enumerate(names)
+               if name.endswith("_ptr") or name.startswith("stride")}
+    return ASTSource(_partial_kernel, signature, constants, aligned)
 
 
 def act_quant_source(case: str, config: tuple[int, ...], k: int):
@@ -401,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="fpx_row: the weight element (e3m2, e2m3, e2m2, e3m1, e2m1, e3m0); w4a4_gemv: "
                         "A_ELEMENTxW_ELEMENT of int4 and e2m1, or int8xint4 / int8xint8, e.g. int4xint4; "
                         "w4a4_tc, w4a4_tc_prefill: A_ELEMENTxint4 or A_ELEMENTxe2m1; act_quant: "
-                        + ", ".join(ACT_ELEMENTS))
+                        + ", ".join(ACT_ELEMENTS) + "; attention: " + ", ".join(ATTENTION_CASES))
     p.add_argument("--k", type=int, default=4096, help="act_quant: the activation rows' width")
     p.add_argument("--norm_tail", type=int, default=0, metavar="N",
                    help="w4a4_gemv: with a residual and the norm tail of N-wide output rows (a decode layer's o_proj; "
@@ -485,6 +516,14 @@ def main(argv: list[str] | None = None) -> int:
             tiles = TC_PREFILL_CONFIGS + (TC_PREFILL_ONE_DOT_CONFIGS if args.element.startswith("e4m3") else [])
             configs = [(bn, bkb, w, s, bm, g) for bn, bm, bkb, w, s, g in tiles]
         build = w4a4_tc_source
+    elif args.kernel == "attention":
+        from quant_kernels.flash_decode import BLOCK_N
+
+        if args.element not in ATTENTION_CASES:
+            p.error(f"--element for attention is one of {', '.join(ATTENTION_CASES)}; got {args.element!r}")
+        # The launch's: 4 warps, Triton's default 3 stages; the factored form capped at 128 registers a thread.
+        configs = [(BLOCK_N, 128, 4, 3) + ((False, 1, 1, 1, 128) if args.element.endswith("_factored") else ())]
+        build = attention_source
     else:
         from quant_kernels.w4a4_gemv import (FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PIPELINED_CONFIGS,
                                              GEMV_PREFETCH_CONFIGS)

@@ -22,6 +22,12 @@ decoded and scaled in registers, exactly as ``_PackedTensor.dequantized`` does i
 dequantize-then-attention and only the loop's loads differ. On the H200 the packed kernel
 took the bf16 one's time (194 us a step) and the dequantization is gone
 (``end_to_end_h200.md`` run 4).
+
+On the H100 the packed kernel read its cache at 0.86 TB/s at batch 64 where the bf16 one read at 2.7
+(``attention_bench_programs_per_sm_h100.md``): its time goes to converting codes, not to bytes (a key tile takes
+1264 SASS instructions, 129 of them I2F at a quarter of the float rate, against the bf16 kernel's 616). With ``PTQ_KV4_FACTORED=1`` (``factored``), for
+INT4 / UINT4 codes with a scale per token, the dots take the codes themselves as half values and the scales move to
+the scores and probabilities, where there is one per key rather than one per element.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from .fpx_gemm import _decode
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import PACKED_KV_ELEMENTS, NormTail, PackedOperand, check_norm_tail
 from .rounding import _round_to_bf16, _round_to_dtype
-from .switches import env_count
+from .switches import env_count, env_switch
 from .w4a4_gemm import _unpack, code_operand
 from .w4a4_gemv import norm_tail_flags, norm_tail_operands, with_tail_outputs
 
@@ -87,6 +93,43 @@ def _tile(ptr, scale_ptr, zero_ptr, n, visible, stride_l, first_row, PACKED: tl.
 
 
 @triton.jit
+def _offset_codes(ptr, n, visible, stride_l, SIGNED: tl.constexpr, MAGIC: tl.constexpr, D: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+    """The int16 bits (BLOCK_N, D) of rows ``n`` of INT4 (SIGNED: two's complement) or UINT4 codes as half values
+    ``2^e + level (+ 8 when SIGNED)``: each code, its sign bit flipped when SIGNED, placed in the low mantissa bits
+    of MAGIC, the bits of 2^7 in bfloat16 or of 2^10 in float16. Exact, and no integer-to-float conversion (I2F,
+    a quarter of the float pipe's rate on Hopper) runs: each byte's two codes become one int32 word of two halves
+    (its low nibble in bits 0-3, its high one moved to bits 16-19), split into the halves in column order."""
+    packed = tl.load(ptr + n[:, None] * stride_l + tl.arange(0, D // 2)[None, :], mask=visible[:, None], other=0)
+    byte = packed.to(tl.int32)
+    flip = 0x00080008 if SIGNED else 0
+    words = ((byte | (byte << 12)) & 0x000F000F) ^ (flip | (MAGIC << 16) | MAGIC)
+    return tl.join(words.to(tl.int16), (words >> 16).to(tl.int16)).reshape(BLOCK_N, D)
+
+
+@triton.jit
+def _code_offsets(zero_ptr, rows, visible, SIGNED: tl.constexpr, HAS_ZERO: tl.constexpr, BASE: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+    """Per key of ``rows``: what its ``_offset_codes`` values exceed the dequantized level by, in fp32: BASE (2^7 or
+    2^10), + 8 when SIGNED, + its zero point (HAS_ZERO)."""
+    offset = tl.full((BLOCK_N,), BASE + 8.0 if SIGNED else BASE, tl.float32)
+    if HAS_ZERO:
+        offset = offset + tl.load(zero_ptr + rows, mask=visible, other=0.0)
+    return offset
+
+
+@triton.jit
+def _online_softmax(s, visible, m_i, l_i):
+    """One key tile's step of the online softmax: (its unnormalised probabilities, the factor the running output is
+    rescaled by, the new running max, the new running sum)."""
+    s = tl.where(visible[None, :], s, HIDDEN)
+    m_new = tl.maximum(m_i, tl.reduce(s, 1, _elementwise_max))
+    alpha = tl.exp(m_i - m_new)
+    p = tl.where(visible[None, :], tl.exp(s - m_new[:, None]), 0.0)
+    return p, alpha, m_new, l_i * alpha + tl.reduce(p, 1, _sum_combine)
+
+
+@triton.jit
 def _partial_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, acc_ptr, ml_ptr, k_scale_ptr, k_zero_ptr, v_scale_ptr, v_zero_ptr,
     L, H_KV, G, scale, split_len, n_splits,
@@ -94,10 +137,13 @@ def _partial_kernel(
     D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, DOT_F32: tl.constexpr,
     PACKED: tl.constexpr, K_ELEMENT: tl.constexpr, V_ELEMENT: tl.constexpr, K_GROUP: tl.constexpr,
     V_GROUP: tl.constexpr, K_ZERO: tl.constexpr, V_ZERO: tl.constexpr, ROUND_BF16: tl.constexpr,
-    USE_GDC: tl.constexpr,
+    USE_GDC: tl.constexpr, FACTORED: tl.constexpr = False, MAGIC: tl.constexpr = 0, BASE: tl.constexpr = 0.0,
 ):
     """K and V (PACKED) as codes, their scales and zero points under ``*_scale_ptr``, ``*_zero_ptr``.
-    USE_GDC: a programmatic dependent launch (``quant_kernels.pdl``)."""
+    USE_GDC: a programmatic dependent launch (``quant_kernels.pdl``). FACTORED (INT4 or UINT4 codes, a scale and
+    zero point per token): the dots take the codes as half values ``_offset_codes`` (MAGIC, BASE), and each key's
+    scale and offset apply to its scores, ``scale_n * (q . x_n - offset_n * sum(q))``, and to its probabilities,
+    ``p_n * scale_n`` (rounded to the query's dtype for the dot) less their offsets' share."""
     launch_dependents(USE_GDC)
     wait_for_producer(USE_GDC)
     pid_bh = tl.program_id(0)
@@ -110,6 +156,8 @@ def _partial_kernel(
                 other=0.0)
     if DOT_F32:
         q = q.to(tl.float32)
+    if FACTORED:
+        q_sum = tl.reduce(q.to(tl.float32), 1, _sum_combine)
     m_i = tl.full((BLOCK_G,), HIDDEN, tl.float32)
     l_i = tl.full((BLOCK_G,), 0, tl.float32)
     acc = tl.full((BLOCK_G, D), 0, tl.float32)
@@ -120,31 +168,51 @@ def _partial_kernel(
         visible = n < end
         if HAS_MASK:
             visible = visible & (tl.load(mask_ptr + b * stride_mb + n, mask=visible, other=0) != 0)
-        k = _tile(k_ptr + b * stride_kb + h * stride_kh, k_scale_ptr, k_zero_ptr, n, visible, stride_kl, pid_bh * L,
-                  PACKED, K_ELEMENT, K_GROUP, K_ZERO, D, BLOCK_N)
-        v = _tile(v_ptr + b * stride_vb + h * stride_vh, v_scale_ptr, v_zero_ptr, n, visible, stride_vl, pid_bh * L,
-                  PACKED, V_ELEMENT, V_GROUP, V_ZERO, D, BLOCK_N)
-        if ROUND_BF16:  # the interpreter casts fp32 to bfloat16 by truncation: round to nearest (even) first
-            k = _round_to_bf16(k)
-            v = _round_to_bf16(v)
-        # In the query's dtype, as attention reads the dequantized cache (a no-op unless PACKED).
-        k = k.to(q_ptr.dtype.element_ty)
-        v = v.to(q_ptr.dtype.element_ty)
-        if DOT_F32:  # fp32 operands: full fp32 products (a GPU's default for them is TF32)
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        if FACTORED:
+            rows = pid_bh * L + n
+            xk = _offset_codes(k_ptr + b * stride_kb + h * stride_kh, n, visible, stride_kl, K_ELEMENT == 0, MAGIC, D,
+                               BLOCK_N).to(q_ptr.dtype.element_ty, bitcast=True)
+            xv = _offset_codes(v_ptr + b * stride_vb + h * stride_vh, n, visible, stride_vl, V_ELEMENT == 0, MAGIC, D,
+                               BLOCK_N).to(q_ptr.dtype.element_ty, bitcast=True)
+            if DOT_F32:
+                s = tl.dot(q, tl.trans(xk.to(tl.float32)), input_precision="ieee")
+            else:
+                s = tl.dot(q, tl.trans(xk))
+            k_offset = _code_offsets(k_zero_ptr, rows, visible, K_ELEMENT == 0, K_ZERO, BASE, BLOCK_N)
+            s = (s - q_sum[:, None] * k_offset[None, :]) * (tl.load(k_scale_ptr + rows, mask=visible, other=0.0)
+                                                             * scale)[None, :]
+            p, alpha, m_new, l_i = _online_softmax(s, visible, m_i, l_i)
+            pv = p * tl.load(v_scale_ptr + rows, mask=visible, other=0.0)[None, :]
+            if DOT_F32:
+                product = tl.dot(pv, xv.to(tl.float32), input_precision="ieee")
+            else:
+                pv = pv.to(xv.dtype)
+                product = tl.dot(pv, xv)
+            v_offset = _code_offsets(v_zero_ptr, rows, visible, V_ELEMENT == 0, V_ZERO, BASE, BLOCK_N)
+            offsets = tl.reduce(pv.to(tl.float32) * v_offset[None, :], 1, _sum_combine)
+            acc = acc * alpha[:, None] + product - offsets[:, None]
         else:
-            s = tl.dot(q, tl.trans(k)) * scale
-        s = tl.where(visible[None, :], s, HIDDEN)
-        m_new = tl.maximum(m_i, tl.reduce(s, 1, _elementwise_max))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.where(visible[None, :], tl.exp(s - m_new[:, None]), 0.0)
-        l_i = l_i * alpha + tl.reduce(p, 1, _sum_combine)
-        if DOT_F32:
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            k = _tile(k_ptr + b * stride_kb + h * stride_kh, k_scale_ptr, k_zero_ptr, n, visible, stride_kl,
+                      pid_bh * L, PACKED, K_ELEMENT, K_GROUP, K_ZERO, D, BLOCK_N)
+            v = _tile(v_ptr + b * stride_vb + h * stride_vh, v_scale_ptr, v_zero_ptr, n, visible, stride_vl,
+                      pid_bh * L, PACKED, V_ELEMENT, V_GROUP, V_ZERO, D, BLOCK_N)
+            if ROUND_BF16:  # the interpreter casts fp32 to bfloat16 by truncation: round to nearest (even) first
+                k = _round_to_bf16(k)
+                v = _round_to_bf16(v)
+            # In the query's dtype, as attention reads the dequantized cache (a no-op unless PACKED).
+            k = k.to(q_ptr.dtype.element_ty)
+            v = v.to(q_ptr.dtype.element_ty)
+            if DOT_F32:  # fp32 operands: full fp32 products (a GPU's default for them is TF32)
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+                s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+            else:
+                s = tl.dot(q, tl.trans(k)) * scale
+            p, alpha, m_new, l_i = _online_softmax(s, visible, m_i, l_i)
+            if DOT_F32:
+                acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     row = (pid_bh * n_splits + split) * BLOCK_G + g
     tl.store(acc_ptr + row[:, None] * D + d[None, :], acc)
@@ -191,6 +259,24 @@ def programs_per_sm(packed: bool) -> int:
     (10.5 and 36.6 us; 44.9 at batch 8 with 4), with 4 at batch 64 (211 against 230 us)."""
     return env_count("PTQ_ATTENTION_PROGRAMS_PER_SM", 4 if packed else 2,
                      "the decode attention's programs an SM is given")
+
+
+# FACTORED's half values ``2^e + code``: (the bits of 2^e, 2^e) for each query dtype whose dots take them exactly.
+OFFSET_CODES = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0)}
+
+
+def factored(q_dtype: torch.dtype, dim: int, key_parameters: tuple, value_parameters: tuple) -> bool:
+    """Whether the partial kernel applies a packed cache's scales to the scores and probabilities (FACTORED) rather
+    than dequantizing each K and V tile: with ``PTQ_KV4_FACTORED=1``, for INT4 or UINT4 K and V with a scale (and
+    zero point) per token and a half query. Its result is not dequantize-then-attention's bit for bit: no K or V
+    value is rounded to the query's dtype, each probability times its value's scale is instead. Compiled for sm_90
+    (Triton 3.6; ``benchmarks/results/kernel_sass_attention_int4xuint4*.md``) a key tile of INT4 K and UINT4 V then
+    takes 957 instructions instead of 1264, one I2F instead of 129; untimed, hence off by default."""
+    wanted = env_switch("PTQ_KV4_FACTORED", False, {
+        "0": "dequantize each K and V tile as the cache does (dequantize-then-attention), the default",
+        "1": "apply per-token scales to the scores and probabilities, the codes the dots' operands"})
+    return (wanted and q_dtype in OFFSET_CODES
+            and all(element < 2 and group == dim for _, _, element, group, _ in (key_parameters, value_parameters)))
 
 
 def _splits(length: int, programs_per_split: int, device: torch.device, packed: bool) -> tuple[int, int]:
@@ -247,6 +333,11 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
     ml = torch.empty((batch * heads_kv * n_splits * block_g, 2), dtype=torch.float32, device=q.device)
     out = torch.empty((batch, heads_kv, groups, dim), dtype=q.dtype, device=q.device)
     dot_f32 = q.dtype == torch.float32 or INTERPRET
+    offset_codes = {}
+    if packed and factored(q.dtype, dim, key_parameters, value_parameters):
+        magic, base = OFFSET_CODES[q.dtype]
+        # 133 registers a thread uncapped (sm_90, Triton 3.6): three programs an SM; capped at 128 four fit, unspilled.
+        offset_codes = dict(FACTORED=True, MAGIC=magic, BASE=base, maxnreg=128)
     pdl = pdl_flags(q.device, "attention")
     k_scale, k_zero, k_element, k_group, k_has_zero = key_parameters
     v_scale, v_zero, v_element, v_group, v_has_zero = value_parameters
@@ -258,6 +349,7 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         D=dim, BLOCK_G=block_g, BLOCK_N=BLOCK_N, HAS_MASK=mask is not None, DOT_F32=dot_f32, PACKED=packed,
         K_ELEMENT=k_element, V_ELEMENT=v_element, K_GROUP=k_group, V_GROUP=v_group, K_ZERO=k_has_zero,
         V_ZERO=v_has_zero, ROUND_BF16=packed and q.dtype == torch.bfloat16 and INTERPRET, num_warps=4, **pdl,
+        **offset_codes,
     )
     tail_tensors, tail_args = norm_tail_operands(norm_tail, out, batch, width)
     _combine_kernel[(batch * heads_kv * groups,)](

@@ -161,16 +161,21 @@ def test_attention_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
 
 
 def test_attention_bench_rows_on_the_interpreter(monkeypatch):
-    """bench() on the CPU (the kernels under the interpreter, a stand-in timer): a row per cache and programs per
-    SM, more slices at more programs, each output the twin's; the switch as it was after."""
+    """bench() on the CPU (the kernels under the interpreter, a stand-in timer): a row per cache form and programs
+    per SM, more slices at more programs, each output the twin's; the switches as they were after."""
     import argparse
 
     from benchmarks.attention_bench import PROGRAMS_ENV, bench
 
     monkeypatch.setenv(PROGRAMS_ENV, "3")
+    monkeypatch.delenv("PTQ_KV4_FACTORED", raising=False)
+    forms, factored = [], flash_decode.factored
+    monkeypatch.setattr(flash_decode, "factored", lambda *given: forms.append(factored(*given)) or forms[-1])
     args = argparse.Namespace(length=300, context=250, heads_kv=2, groups=4, dim=32, programs=[2, 16])
     rows = bench(2, args, lambda call: (call(), 0.01)[1], torch.device("cpu"))
-    assert [(r["cache"], r["programs_per_sm"]) for r in rows] == [("bf16", 2), ("bf16", 16), ("KV4", 2), ("KV4", 16)]
+    assert [(r["cache"], r["programs_per_sm"]) for r in rows] == [
+        ("bf16", 2), ("bf16", 16), ("KV4", 2), ("KV4", 16), ("KV4 factored", 2), ("KV4 factored", 16)]
     assert rows[0]["splits"] < rows[1]["splits"] and all(r["rel_err"] < 1e-2 for r in rows)
     assert rows[0]["gb_s"] == pytest.approx(2 * 2 * 250 * 128 / 1e-5 / 1e9)
-    assert os.environ[PROGRAMS_ENV] == "3"
+    assert set(forms) == {False, True}  # the KV4 rows ran both forms
+    assert os.environ[PROGRAMS_ENV] == "3" and "PTQ_KV4_FACTORED" not in os.environ

@@ -129,11 +129,27 @@ def test_resource_usage_counts_the_warps_registers_allow():
                                                       ("w4a4_tc", "int8xe2m1", "A_ELEMENTxint4"),
                                                       ("w4a4_tc_prefill", "int8xe2m1",
                                                        "--element for w4a4_tc_prefill is A_ELEMENTxint4"),
-                                                      ("act_quant", "int8", "--element for act_quant is one of")])
+                                                      ("act_quant", "int8", "--element for act_quant is one of"),
+                                                      ("attention", "int4", "--element for attention is one of")])
 def test_kernel_sass_refuses_an_element_its_kernel_lacks(tmp_path, kernel, element, message):
     done = run_sass("--kernel", kernel, "--element", element, "--out", str(tmp_path / "sass"))
     assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "sass.json").exists()
+
+
+def test_kernel_sass_compiles_the_decode_attention_s_packed_forms(tmp_path):
+    """The packed KV4 attention's partial kernel: dequantizing each tile converts each code with an I2F; the factored
+    form (``PTQ_KV4_FACTORED``) places the codes in half values instead, in fewer instructions a step and within the
+    128 registers its launch caps it at."""
+    rows = {}
+    for element in ("int4xuint4", "int4xuint4_factored"):
+        done = run_sass("--kernel", "attention", "--element", element, "--out", str(tmp_path / element))
+        assert done.returncode == 0, done.stderr[-2000:]
+        (rows[element],) = json.loads((tmp_path / f"{element}.json").read_text())["configs"]
+    dequantized, factored = rows["int4xuint4"], rows["int4xuint4_factored"]
+    assert dequantized["I2F"] >= 64 and factored["I2F"] <= 1 and factored["HMMA"] == dequantized["HMMA"] > 0
+    assert factored["loop"] < dequantized["loop"] and factored["registers"] <= 128 and factored["local_bytes"] == 0
+    assert factored["config"].endswith("maxnreg128")
 
 
 def test_kernel_sass_act_quant_configs_and_width(tmp_path):

@@ -76,6 +76,51 @@ def test_packed_kernel_equals_dequantize_then_attention(batch, heads_kv, groups,
     torch.testing.assert_close(got.float(), twin.float(), rtol=4 * torch.finfo(dtype).eps, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("elements", [("int4", "uint4"), ("uint4", "int4"), ("int4", "int4")])
+def test_factored_kernel_is_attention_over_the_exact_dequantized_cache(elements, dtype, monkeypatch):
+    """``PTQ_KV4_FACTORED=1``: the codes as the dots' half operands (2^e + level), each key's scale and offset on its
+    scores and probabilities. Every byte's codes, per-token scales (and zero points), several slices, hidden slots
+    poisoned: within one rounding of the query's dtype of attention over the cache dequantized in fp32, and no
+    further from it than the dequantize-then-attention kernel."""
+    g = torch.Generator().manual_seed(11)
+    batch, heads_kv, groups, dim, length = 2, 2, 4, 64, 300
+    q = torch.randn(batch, heads_kv, groups, dim, generator=g).to(dtype)
+    key, value = (packed_operand(batch, heads_kv, length, dim, e, dim, g) for e in elements)
+    mask = (torch.arange(length)[None, :] < torch.tensor([200, 37])[:, None])[:, None, None, :]
+    exact = reference.decode_attention_ref(q.float(), reference.dequantize_kv(key, elements[0], torch.float32),
+                                           reference.dequantize_kv(value, elements[1], torch.float32), mask,
+                                           dim ** -0.5)
+    errors = {}
+    for switch in ("0", "1"):
+        monkeypatch.setenv("PTQ_KV4_FACTORED", switch)
+        got = flash_decode.decode_attention_packed_triton(q, poisoned(key, mask), poisoned(value, mask), mask,
+                                                          dim ** -0.5, *elements)
+        assert got.dtype == dtype and torch.isfinite(got).all()
+        errors[switch] = (got.float() - exact).abs().max().item()
+    assert errors["1"] <= torch.finfo(dtype).eps * exact.abs().max().item()
+    assert errors["1"] <= errors["0"]
+
+
+def test_the_factored_form_takes_per_token_integer_codes_and_half_queries(monkeypatch):
+    """``flash_decode.factored``: only with the switch on, for INT4 / UINT4 K and V with one scale per token and a
+    bfloat16 or float16 query; a switch value other than 0 or 1 is refused."""
+    per_token = (None, None, flash_decode.ELEMENT_IDS["int4"], 64, False)
+    zero_points = (None, None, flash_decode.ELEMENT_IDS["uint4"], 64, True)
+    monkeypatch.delenv("PTQ_KV4_FACTORED", raising=False)
+    assert not flash_decode.factored(torch.bfloat16, 64, per_token, zero_points)
+    monkeypatch.setenv("PTQ_KV4_FACTORED", "1")
+    assert flash_decode.factored(torch.bfloat16, 64, per_token, zero_points)
+    assert flash_decode.factored(torch.float16, 64, zero_points, per_token)
+    assert not flash_decode.factored(torch.float32, 64, per_token, zero_points)
+    assert not flash_decode.factored(torch.bfloat16, 64, per_token, (None, None, 1, 32, True))  # groups of 32
+    e2m1 = (None, None, flash_decode.ELEMENT_IDS["e2m1"], 64, False)
+    assert not flash_decode.factored(torch.bfloat16, 64, per_token, e2m1)
+    monkeypatch.setenv("PTQ_KV4_FACTORED", "yes")
+    with pytest.raises(ValueError, match="PTQ_KV4_FACTORED='yes'"):
+        flash_decode.factored(torch.bfloat16, 64, per_token, zero_points)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("element,group", [("int4", 16), ("uint4", 32), ("e2m1", 8)])
 def test_one_visible_key_gives_its_value_dequantized_bit_for_bit(element, group, dtype):
