@@ -24,10 +24,11 @@ took the bf16 one's time (194 us a step) and the dequantization is gone
 (``end_to_end_h200.md`` run 4).
 
 On the H100 the packed kernel read its cache at 0.86 TB/s at batch 64 where the bf16 one read at 2.7
-(``attention_bench_programs_per_sm_h100.md``): its time goes to converting codes, not to bytes (a key tile takes
-1264 SASS instructions, 129 of them I2F at a quarter of the float rate, against the bf16 kernel's 616). With ``PTQ_KV4_FACTORED=1`` (``factored``), for
-INT4 / UINT4 codes with a scale per token, the dots take the codes themselves as half values and the scales move to
-the scores and probabilities, where there is one per key rather than one per element.
+(``attention_bench_programs_per_sm_h100.md``): its time goes to converting codes, not to bytes (compiled for sm_90, a
+key tile takes 1264 SASS instructions, 129 of them I2F, which runs at a fraction of the float pipe's rate, against
+the bf16 kernel's 616). With ``PTQ_KV4_FACTORED=1`` (``factored``), for INT4 / UINT4 codes with a scale per token,
+the dots take the codes themselves as half values and the scales move to the scores and probabilities, where there
+is one per key rather than one per element.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ HIDDEN = tl.constexpr(-1e30)
 # The kernel's ids of the packed elements (``reference.PACKED_KV_ELEMENTS``): int4 two's complement, uint4 (the
 # code is the level, under a zero point), e2m1.
 ELEMENT_IDS = {name: i for i, name in enumerate(PACKED_KV_ELEMENTS)}
+INTEGER_ELEMENTS = (ELEMENT_IDS["int4"], ELEMENT_IDS["uint4"])  # what the factored form reads (``factored``)
 
 
 @triton.jit
@@ -98,7 +100,7 @@ def _offset_codes(ptr, n, visible, stride_l, SIGNED: tl.constexpr, MAGIC: tl.con
     """The int16 bits (BLOCK_N, D) of rows ``n`` of INT4 (SIGNED: two's complement) or UINT4 codes as half values
     ``2^e + level (+ 8 when SIGNED)``: each code, its sign bit flipped when SIGNED, placed in the low mantissa bits
     of MAGIC, the bits of 2^7 in bfloat16 or of 2^10 in float16. Exact, and no integer-to-float conversion (I2F,
-    a quarter of the float pipe's rate on Hopper) runs: each byte's two codes become one int32 word of two halves
+    a fraction of the float pipe's rate) runs: each byte's two codes become one int32 word of two halves
     (its low nibble in bits 0-3, its high one moved to bits 16-19), split into the halves in column order."""
     packed = tl.load(ptr + n[:, None] * stride_l + tl.arange(0, D // 2)[None, :], mask=visible[:, None], other=0)
     byte = packed.to(tl.int32)
@@ -276,7 +278,8 @@ def factored(q_dtype: torch.dtype, dim: int, key_parameters: tuple, value_parame
         "0": "dequantize each K and V tile as the cache does (dequantize-then-attention), the default",
         "1": "apply per-token scales to the scores and probabilities, the codes the dots' operands"})
     return (wanted and q_dtype in OFFSET_CODES
-            and all(element < 2 and group == dim for _, _, element, group, _ in (key_parameters, value_parameters)))
+            and all(element in INTEGER_ELEMENTS and group == dim
+                    for _, _, element, group, _ in (key_parameters, value_parameters)))
 
 
 def _splits(length: int, programs_per_split: int, device: torch.device, packed: bool) -> tuple[int, int]:
