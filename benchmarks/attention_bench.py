@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from contextlib import contextmanager
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.bench_model import environment  # noqa: E402
 from benchmarks.kernel_bench import counts  # noqa: E402
 from benchmarks.result_files import run_header, write_result_files  # noqa: E402
 from benchmarks.timing import gpu_stream_timer  # noqa: E402
@@ -31,22 +31,7 @@ from benchmarks.timing import gpu_stream_timer  # noqa: E402
 PROGRAMS_ENV = "PTQ_ATTENTION_PROGRAMS_PER_SM"
 # The switches each timed form runs under: the KV4 cache dequantized tile by tile, or its scales factored out of
 # the dots (``flash_decode.factored``).
-FORM_SWITCHES = {"bf16": {}, "KV4": {"PTQ_KV4_FACTORED": "0"}, "KV4 factored": {"PTQ_KV4_FACTORED": "1"}}
-
-
-@contextmanager
-def switched(values: dict[str, str]):
-    """The environment variables ``values`` set inside, each as it was after."""
-    given = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in given.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+FORM_SWITCHES = {"bf16": (), "KV4": (("PTQ_KV4_FACTORED", "0"),), "KV4 factored": (("PTQ_KV4_FACTORED", "1"),)}
 
 
 def cache_bytes(batch: int, heads_kv: int, context: int, dim: int, packed: bool) -> int:
@@ -87,7 +72,7 @@ def bench(batch: int, args, time_ms, device: torch.device) -> list[dict]:
     for cache, (call, want) in calls.items():
         packed = cache != "bf16"
         for programs in args.programs:
-            with switched({PROGRAMS_ENV: str(programs), **FORM_SWITCHES[cache]}):
+            with environment(((PROGRAMS_ENV, str(programs)), *FORM_SWITCHES[cache])):
                 error = ((call().float() - want).abs().max() / want.abs().max()).item()
                 ms = time_ms(call)
                 splits = _splits(args.length, batch * heads_kv, device, packed)[1]

@@ -344,6 +344,11 @@ def test_bench_model_head_mode_quantizes_lm_head_and_keeps_the_tied_embeddings()
     with environment(MODES["fp4a4kv4_cuda_core"].env):
         assert os.environ["PTQ_TC_E2M1"] == "0"
     assert os.environ.get("PTQ_TC_E2M1") == before  # restored
+    from quant_kernels.flash_decode import ELEMENT_IDS, factored
+
+    per_token = [(None, None, ELEMENT_IDS[element], 64, element == "uint4") for element in ("int4", "uint4")]
+    with environment(MODES["w4a4kv4_factored"].env):  # the KV4 benchmark's cache, read in the factored form
+        assert MODES["w4a4kv4_factored"].kv4 and factored(torch.bfloat16, 64, *per_token)
     head8 = build_model(config, "w4a4kv4_head8", cpu).lm_head
     assert head8.act_scheme.element == "int8" and head8.weight_scheme.element == "int4"
     head_w8a8 = build_model(config, "w4a4kv4_head_w8a8", cpu).lm_head
