@@ -532,7 +532,9 @@ def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: i
     """The KV4 benchmark's cache (INT4 K, asymmetric INT4 V, a scale per token and head) read as packed codes,
     against attention over the same K and V dequantized the cache's way; with o_proj's input quantization as the
     combining kernel's tail (``reference.NormTail`` without a norm): the same output bit for bit, and the dp4a
-    bytes and scales the activation kernel writes for its rows."""
+    bytes and scales the activation kernel writes for its rows. Half queries also in the factored form
+    (``PTQ_KV4_FACTORED=1``), against attention over K and V dequantized in fp32, within the same bound."""
+    from benchmarks.bench_model import environment
     from quant_kernels.flash_decode import decode_attention_packed_triton
     from quant_layers.packed_kv_cache import _PackedTensor
     from quant_layers.quantizer import QuantSpec, Quantizer
@@ -554,9 +556,19 @@ def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: i
     want_codes, want_scales = quant_kernels.quantize_activations(tailed.reshape(batch, -1), "int4", 0, "float", 1.0,
                                                                  dp4a_for="int4", backend="triton")
     tail_ok = torch.equal(tailed, out) and torch.equal(codes, want_codes) and torch.equal(scales, want_scales)
+    factored = ""
+    if dtype != torch.float32:
+        with environment((("PTQ_KV4_FACTORED", "1"),)):
+            out = decode_attention_packed_triton(q, key.operand, value.operand, mask, dim**-0.5, key.kernel_element,
+                                                 value.kernel_element)
+        exact = reference.decode_attention_ref(q.float(), key.dequantized(torch.float32),
+                                               value.dequantized(torch.float32), mask, dim**-0.5)
+        factored_ok, factored_excess = close(out, exact, of_max=2.0**-7)
+        ok, excess = ok and factored_ok, max(excess, factored_excess)
+        factored = f", the factored form ({'ok' if factored_ok else 'FAILED'})"
     return {"kernel": "decode_attention_packed",
             "case": f"KV4 int4 K, uint4 V, {groups} query heads per K/V head, {written[0]} of {length} keys, "
-                    f"o_proj's input tail ({'ok' if tail_ok else 'FAILED'})", "ok": ok and tail_ok,
+                    f"o_proj's input tail ({'ok' if tail_ok else 'FAILED'}){factored}", "ok": ok and tail_ok,
             "shape": f"B{batch} Hkv{heads_kv} D{dim} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess}
 
 

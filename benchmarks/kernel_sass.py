@@ -219,7 +219,7 @@ def attention_source(case: str, config: tuple[int, ...]):
     (BLOCK_N, head dim, warps, stages[, ..., MAXNREG]), its strides aligned."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.flash_decode import ELEMENT_IDS, OFFSET_CODES, _partial_kernel
+    from quant_kernels.flash_decode import ELEMENT_IDS, OFFSET_CODES, _partial_kernel, pair_words_asm
 
     import torch
 
@@ -234,7 +234,8 @@ def attention_source(case: str, config: tuple[int, ...]):
     constants = dict(D=config[1], BLOCK_G=16, BLOCK_N=config[0], HAS_MASK=True, DOT_F32=False, PACKED=packed,
                      K_ELEMENT=ELEMENT_IDS["int4"], V_ELEMENT=ELEMENT_IDS["uint4"], K_GROUP=config[1],
                      V_GROUP=config[1], K_ZERO=False, V_ZERO=packed, ROUND_BF16=False, USE_GDC=True,
-                     FACTORED=case.endswith("_factored"), MAGIC=magic, BASE=base)
+                     FACTORED=case.endswith("_factored"), MAGIC=magic, BASE=base,
+                     K_ASM=pair_words_asm(magic, True), V_ASM=pair_words_asm(magic, False))
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i, name in enumerate(names)
                if name.endswith("_ptr") or name.startswith("stride")}

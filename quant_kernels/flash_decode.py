@@ -94,18 +94,34 @@ def _tile(ptr, scale_ptr, zero_ptr, n, visible, stride_l, first_row, PACKED: tl.
     return out
 
 
+def pair_words_asm(magic: int, signed: bool) -> str:
+    """PTX for ``_offset_codes``' words, four bytes (one register, ``$4``) at a time: each byte's low nibble and its
+    high one (the register shifted right by 4) gathered into the two halves of an output word (``prmt``), then in one
+    ``lop3`` (``mask ? x ^ bits : bits``, LUT 0x6A) the nibbles kept, their sign bits flipped when ``signed`` and
+    ``magic`` set above them. Compiled for sm_90: a PRMT and a LOP3 a byte, against a byte extraction, an IMAD and
+    two LOP3s for the integer ops."""
+    bits = hex((magic << 16 | magic) ^ (0x00080008 if signed else 0))
+    return ("{\n.reg .b32 hi;\nshr.b32 hi, $4, 4;\n"
+            + "".join(f"prmt.b32 ${i}, $4, hi, 0x0{4 + i}0{i};\n" for i in range(4))
+            + "".join(f"lop3.b32 ${i}, ${i}, 0x000F000F, {bits}, 0x6A;\n" for i in range(4)) + "}")
+
+
 @triton.jit
-def _offset_codes(ptr, n, visible, stride_l, SIGNED: tl.constexpr, MAGIC: tl.constexpr, D: tl.constexpr,
-                  BLOCK_N: tl.constexpr):
+def _offset_codes(ptr, n, visible, stride_l, SIGNED: tl.constexpr, MAGIC: tl.constexpr, ASM: tl.constexpr,
+                  D: tl.constexpr, BLOCK_N: tl.constexpr):
     """The int16 bits (BLOCK_N, D) of rows ``n`` of INT4 (SIGNED: two's complement) or UINT4 codes as half values
     ``2^e + level (+ 8 when SIGNED)``: each code, its sign bit flipped when SIGNED, placed in the low mantissa bits
     of MAGIC, the bits of 2^7 in bfloat16 or of 2^10 in float16. Exact, and no integer-to-float conversion (I2F,
     a fraction of the float pipe's rate) runs: each byte's two codes become one int32 word of two halves
-    (its low nibble in bits 0-3, its high one moved to bits 16-19), split into the halves in column order."""
+    (its low nibble in bits 0-3, its high one moved to bits 16-19), split into the halves in column order. ASM
+    (``pair_words_asm``, compiled only; "" under the interpreter): the words by inline PTX, else by integer ops."""
     packed = tl.load(ptr + n[:, None] * stride_l + tl.arange(0, D // 2)[None, :], mask=visible[:, None], other=0)
-    byte = packed.to(tl.int32)
-    flip = 0x00080008 if SIGNED else 0
-    words = ((byte | (byte << 12)) & 0x000F000F) ^ (flip | (MAGIC << 16) | MAGIC)
+    if ASM != "":
+        words = tl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,r", [packed], dtype=tl.int32, is_pure=True, pack=4)
+    else:
+        byte = packed.to(tl.int32)
+        flip = 0x00080008 if SIGNED else 0
+        words = ((byte | (byte << 12)) & 0x000F000F) ^ (flip | (MAGIC << 16) | MAGIC)
     return tl.join(words.to(tl.int16), (words >> 16).to(tl.int16)).reshape(BLOCK_N, D)
 
 
@@ -140,10 +156,12 @@ def _partial_kernel(
     PACKED: tl.constexpr, K_ELEMENT: tl.constexpr, V_ELEMENT: tl.constexpr, K_GROUP: tl.constexpr,
     V_GROUP: tl.constexpr, K_ZERO: tl.constexpr, V_ZERO: tl.constexpr, ROUND_BF16: tl.constexpr,
     USE_GDC: tl.constexpr, FACTORED: tl.constexpr = False, MAGIC: tl.constexpr = 0, BASE: tl.constexpr = 0.0,
+    K_ASM: tl.constexpr = "", V_ASM: tl.constexpr = "",
 ):
     """K and V (PACKED) as codes, their scales and zero points under ``*_scale_ptr``, ``*_zero_ptr``.
     USE_GDC: a programmatic dependent launch (``quant_kernels.pdl``). FACTORED (INT4 or UINT4 codes, a scale and
-    zero point per token): the dots take the codes as half values ``_offset_codes`` (MAGIC, BASE), and each key's
+    zero point per token): the dots take the codes as half values ``_offset_codes`` (MAGIC, BASE; K_ASM and V_ASM
+    their inline PTX, ``pair_words_asm``), and each key's
     scale and offset apply to its scores, ``scale_n * (q . x_n - offset_n * sum(q))``, and to its probabilities,
     ``p_n * scale_n`` (rounded to the query's dtype for the dot) less their offsets' share."""
     launch_dependents(USE_GDC)
@@ -172,10 +190,10 @@ def _partial_kernel(
             visible = visible & (tl.load(mask_ptr + b * stride_mb + n, mask=visible, other=0) != 0)
         if FACTORED:
             rows = pid_bh * L + n
-            xk = _offset_codes(k_ptr + b * stride_kb + h * stride_kh, n, visible, stride_kl, K_ELEMENT == 0, MAGIC, D,
-                               BLOCK_N).to(q_ptr.dtype.element_ty, bitcast=True)
-            xv = _offset_codes(v_ptr + b * stride_vb + h * stride_vh, n, visible, stride_vl, V_ELEMENT == 0, MAGIC, D,
-                               BLOCK_N).to(q_ptr.dtype.element_ty, bitcast=True)
+            xk = _offset_codes(k_ptr + b * stride_kb + h * stride_kh, n, visible, stride_kl, K_ELEMENT == 0, MAGIC,
+                               K_ASM, D, BLOCK_N).to(q_ptr.dtype.element_ty, bitcast=True)
+            xv = _offset_codes(v_ptr + b * stride_vb + h * stride_vh, n, visible, stride_vl, V_ELEMENT == 0, MAGIC,
+                               V_ASM, D, BLOCK_N).to(q_ptr.dtype.element_ty, bitcast=True)
             if DOT_F32:
                 s = tl.dot(q, tl.trans(xk.to(tl.float32)), input_precision="ieee")
             else:
@@ -273,7 +291,8 @@ def factored(q_dtype: torch.dtype, dim: int, key_parameters: tuple, value_parame
     zero point) per token and a half query. Its result is not dequantize-then-attention's bit for bit: no K or V
     value is rounded to the query's dtype, each probability times its value's scale is instead. Compiled for sm_90
     (Triton 3.6; ``benchmarks/results/kernel_sass_attention_int4xuint4*.md``) a key tile of INT4 K and UINT4 V then
-    takes 957 instructions instead of 1264, one I2F instead of 129; untimed, hence off by default."""
+    takes 852 instructions instead of 1264 (957 without the inline PTX), one I2F instead of 129; untimed, hence off
+    by default."""
     wanted = env_switch("PTQ_KV4_FACTORED", False, {
         "0": "dequantize each K and V tile as the cache does (dequantize-then-attention), the default",
         "1": "apply per-token scales to the scores and probabilities, the codes the dots' operands"})
@@ -340,7 +359,9 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
     if packed and factored(q.dtype, dim, key_parameters, value_parameters):
         magic, base = OFFSET_CODES[q.dtype]
         # 133 registers a thread uncapped (sm_90, Triton 3.6): three programs an SM; capped at 128 four fit, unspilled.
-        offset_codes = dict(FACTORED=True, MAGIC=magic, BASE=base, maxnreg=128)
+        offset_codes = dict(FACTORED=True, MAGIC=magic, BASE=base, maxnreg=128, **{
+            f"{name}_ASM": "" if INTERPRET else pair_words_asm(magic, element == ELEMENT_IDS["int4"])
+            for name, element in (("K", key_parameters[2]), ("V", value_parameters[2]))})
     pdl = pdl_flags(q.device, "attention")
     k_scale, k_zero, k_element, k_group, k_has_zero = key_parameters
     v_scale, v_zero, v_element, v_group, v_has_zero = value_parameters

@@ -111,6 +111,21 @@ def test_kernel_check_runs_only_the_decode_attention(tmp_path):
     assert "3 checks, 0 failed." in open(prefix + ".md").read()
 
 
+def test_kernel_check_checks_the_packed_attention_in_both_forms(tmp_path):
+    """``decode_attention_packed``: half queries read the cache dequantized and factored (``PTQ_KV4_FACTORED``), each
+    within its bound; fp32 ones only dequantized."""
+    import json
+
+    from benchmarks.kernel_check import main
+
+    prefix = str(tmp_path / "check")
+    assert main(["--cpu_dry_run", "--only", "decode_attention_packed", "--out", prefix]) == 0
+    checks = json.load(open(prefix + ".json"))["checks"]
+    assert checks and all(c["ok"] for c in checks) and "PTQ_KV4_FACTORED" not in os.environ
+    assert {"float32" in c["shape"] or "the factored form (ok)" in c["case"] for c in checks} == {True}
+    assert any("the factored form" in c["case"] for c in checks)
+
+
 def test_kernel_check_refuses_an_unknown_check(tmp_path, capsys):
     from benchmarks.kernel_check import main
 

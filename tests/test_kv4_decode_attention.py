@@ -102,6 +102,42 @@ def test_factored_kernel_is_attention_over_the_exact_dequantized_cache(elements,
     assert errors["1"] <= errors["0"]
 
 
+def emulate_ptx(asm: str, word: int) -> list[int]:
+    """The outputs $0..$3 of ``flash_decode.pair_words_asm``'s PTX for the input register $4 = ``word``: its shr,
+    prmt (selector nibbles picking bytes of {b, a}) and lop3 (bit i of the LUT is F(a, b, c) for i = 4a + 2b + c)."""
+    import re
+
+    regs = {"$4": word}
+
+    def value(operand: str) -> int:
+        return regs[operand] if operand in regs else int(operand, 16)
+
+    for op, args in re.findall(r"^(shr\.b32|prmt\.b32|lop3\.b32) (.*);$", asm, re.MULTILINE):
+        d, *xs = [x.strip() for x in args.split(",")]
+        if op == "shr.b32":
+            regs[d] = value(xs[0]) >> int(xs[1])
+        elif op == "prmt.b32":
+            data = value(xs[0]) | value(xs[1]) << 32
+            regs[d] = sum(((data >> 8 * ((int(xs[2], 16) >> 4 * i) & 7)) & 0xFF) << 8 * i for i in range(4))
+        else:
+            a_, b_, c_, lut = (value(x) for x in xs)
+            regs[d] = sum(((lut >> (4 * (a_ >> i & 1) + 2 * (b_ >> i & 1) + (c_ >> i & 1))) & 1) << i
+                          for i in range(32))
+    return [regs[f"${i}"] for i in range(4)]
+
+
+@pytest.mark.parametrize("magic,signed", [(0x4300, True), (0x4300, False), (0x6400, True), (0x6400, False)])
+def test_the_factored_form_s_ptx_gives_the_integer_ops_words(magic, signed):
+    """The inline PTX that builds the factored form's half pairs on a GPU (``pair_words_asm``), emulated: every byte,
+    in each of a register's four places, gives the word the interpreter's integer ops give (``_offset_codes``)."""
+    asm = flash_decode.pair_words_asm(magic, signed)
+    bits = (magic << 16 | magic) ^ (0x00080008 if signed else 0)
+    for byte in range(256):
+        word = byte | (byte ^ 0x5A) << 8 | (255 - byte) << 16 | (byte * 7 & 0xFF) << 24
+        want = [((b | b << 12) & 0x000F000F) ^ bits for b in word.to_bytes(4, "little")]
+        assert emulate_ptx(asm, word) == want
+
+
 def test_the_factored_form_takes_per_token_integer_codes_and_half_queries(monkeypatch):
     """``flash_decode.factored``: only with the switch on, for INT4 / UINT4 K and V with one scale per token and a
     bfloat16 or float16 query; a switch value other than 0 or 1 is refused."""
