@@ -47,7 +47,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.result_files import command_line, write_result_files  # noqa: E402
 import quant_kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
 from quant_kernels import reference  # noqa: E402
 from quant_kernels.int8_gemm import quantize_rows_int8  # noqa: E402
@@ -816,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
               "versions": library_versions(),
-              "command": "python benchmarks/kernel_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("kernel_check.py", argv if argv is not None else sys.argv[1:]),
               "checks": []}
     checks = result["checks"]
     decode_attention_cases = DRY_DECODE_ATTENTION if args.cpu_dry_run else GPU_DECODE_ATTENTION

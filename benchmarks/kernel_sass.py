@@ -36,7 +36,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.result_files import write_result_files  # noqa: E402
+from benchmarks.result_files import command_line, write_result_files  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
 KERNELS = ("fpx_row", "fpx_tile", "w4a4_gemv", "w4a4_tc", "w4a4_tc_prefill", "act_quant", "attention")
@@ -559,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"kernel": args.kernel, "case": case + (f", norm tail N {args.norm_tail}" if args.norm_tail else ""),
               "arch": args.arch,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": library_versions(),
-              "command": "python benchmarks/kernel_sass.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("kernel_sass.py", argv if argv is not None else sys.argv[1:]),
               "configs": []}
     for config in configs[:args.limit]:
         result["configs"].append(sass_counts(build(args.element, config), config, args.arch,
