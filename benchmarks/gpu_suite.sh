@@ -155,9 +155,10 @@
 #              2306 keys) at batch 1, 8 and 64, by programs per SM (PTQ_ATTENTION_PROGRAMS_PER_SM 2, 4, 8, 16;
 #              issue 10: W4A4KV4's batch-8 step trailed W4A4's); the KV4 cache in both forms, its tiles dequantized
 #              and its scales factored out of the dots (PTQ_KV4_FACTORED)
-#   kv4_profile  the compiled CUDA-graph decode step of W4A4 (bf16 cache) and W4A4KV4 at batch 8, each kernel's GPU
-#              time listed (decode_profile.py): where W4A4KV4's 0.34 ms a step over W4A4 goes, its attention kernel
-#              alone being the faster (attention_bench_programs_per_sm_h100.md) (issue 10)
+#   kv4_profile  the compiled CUDA-graph decode step of W4A4 (bf16 cache) and W4A4KV4 at batch 8 in one process
+#              (the same autotuned picks), each kernel's GPU time listed (decode_profile.py): where W4A4KV4's 0.34 ms
+#              a step over W4A4 in separate runs went, its attention kernel alone being the faster
+#              (attention_bench_programs_per_sm_h100.md) (issue 10)
 # Each step has its own time limit (LIMIT_<SECTION>, seconds) so that one slow step leaves the others their
 # turn; every script writes its files as it goes, so a step that runs out still leaves its partial tables.
 # Autotuning: each new (kernel, shape) times every candidate config, compiling each (a few seconds apiece: most of a
