@@ -345,9 +345,7 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
     rows = x.reshape(-1, x.shape[-1])
     residual_rows = None if residual is None else residual.reshape(rows.shape[0], -1)
     width = max(rows.shape[1], weight_scale.shape[0])
-    if act is not None and act.scale_kind == "e4m3" and act_tensor_amax is None and \
-            rows.shape[0] > quant_kernels.row_chunk_rows(width):  # NVFP4's tensor scale: all rows', not a chunk's
-        act_tensor_amax = rows.abs().amax().float()
+    act_tensor_amax = _whole_rows_amax(rows, act, width, act_tensor_amax)
 
     def product(x_rows: torch.Tensor, residual_rows: torch.Tensor | None) -> torch.Tensor:
         if act is None:
@@ -364,6 +362,17 @@ def real_quant_matmul(x: torch.Tensor, qweight: torch.Tensor, qweight_high: Opti
 
     out = quant_kernels.in_row_chunks(product, (rows, residual_rows), width)
     return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _whole_rows_amax(rows: torch.Tensor, act: RealQuantScheme | None, width: int,
+                     given: torch.Tensor | None) -> torch.Tensor | None:
+    """NVFP4 activations' tensor absmax for a product run in row chunks (``quant_kernels.in_row_chunks``): all the
+    rows', which the kernel would otherwise take from each chunk alone; ``given`` (a calibrated one) or None
+    otherwise."""
+    if act is not None and act.scale_kind == "e4m3" and given is None and rows.shape[0] > \
+            quant_kernels.row_chunk_rows(width):
+        return rows.abs().amax().float()
+    return given
 
 
 def _product_on_codes(a_bytes: torch.Tensor, a_scale: torch.Tensor, qweight: torch.Tensor,
@@ -441,13 +450,15 @@ def real_quant_matmul_norm(x: torch.Tensor, qweight: torch.Tensor, weight_scale:
     tail = NormTail(norm_weight, eps, element, clip_ratio,
                     *quant_kernels.decode_codes_form(dp4a_for, rows.shape[0], x.is_cuda))
     residual_rows = None if residual is None else residual.reshape(rows.shape[0], -1)
+    width = max(rows.shape[1], weight_scale.shape[0])
+    act_tensor_amax = None if a_bytes is not None else _whole_rows_amax(rows, act, width, None)
 
     def product(x_rows, residual_rows, a_bytes, a_scale):
         return _w4a4_linear(x_rows, qweight, weight_scale, bias, residual_rows, weight, act, tail,
-                            None if a_bytes is None else (a_bytes, a_scale), w_global_scale=weight_global_scale)
+                            None if a_bytes is None else (a_bytes, a_scale), a_tensor_amax=act_tensor_amax,
+                            w_global_scale=weight_global_scale)
 
-    out, codes, scales = quant_kernels.in_row_chunks(product, (rows, residual_rows, a_bytes, a_scale),
-                                                     max(rows.shape[1], weight_scale.shape[0]))
+    out, codes, scales = quant_kernels.in_row_chunks(product, (rows, residual_rows, a_bytes, a_scale), width)
     return out.reshape(*x.shape[:-1], out.shape[-1]), codes, scales
 
 

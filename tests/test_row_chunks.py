@@ -107,6 +107,27 @@ def test_w4a4_products_with_norm_tails_and_on_codes_in_row_chunks(monkeypatch):
             torch.testing.assert_close(got[2], wanted[name][2], rtol=1e-5, atol=1e-7)
 
 
+def test_nvfp4_product_with_a_norm_tail_in_row_chunks_takes_all_the_rows_tensor_scale(monkeypatch):
+    """NVFP4 activations in the product that quantizes the next norm, in chunks of 3 rows: the unchunked output to
+    fp32 rounding, as in ``real_quant_matmul`` (the dynamic tensor scale is all the rows', not a chunk's)."""
+    linear = _linear(NVFP4, NVFP4, bias=False)
+    generator = torch.Generator().manual_seed(5)
+    x, residual = torch.randn(2, 20, 64, generator=generator), torch.randn(2, 20, 192, generator=generator)
+    x[1, 7] *= 50  # one row's absmax sets the tensor scale
+    norm = torch.rand(192, generator=generator) + 0.5
+
+    def call():
+        return torch.ops.ptq.real_quant_matmul_norm(x, linear.qweight, linear.weight_scale, None, residual, norm,
+                                                    1e-6, linear.schemes, "e2m1", 1.0, "e2m1", None, None,
+                                                    linear.weight_global_scale)
+
+    want = call()
+    counts = _in_chunks(monkeypatch)
+    got = call()
+    assert counts["chunks"] == 14
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+
+
 def test_decode_layer_quantizers_in_row_chunks_give_the_unchunked_codes(monkeypatch):
     """The fused decoder layer's row-wise quantizers (RMSNorm, silu(gate) * up, plain rows) in chunks: the
     unchunked codes, scales and norms exactly."""
