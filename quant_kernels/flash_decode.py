@@ -33,6 +33,8 @@ is one per key rather than one per element.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -71,13 +73,20 @@ def _per_group(ptr, rows, visible, D: tl.constexpr, GROUP: tl.constexpr, BLOCK_N
 
 
 @triton.jit
+def _cache_rows(ptr, n, visible, stride_l, WIDTH: tl.constexpr):
+    """Rows ``n`` (WIDTH elements each, ``stride_l`` apart) of one head's K or V as stored: values, or packed bytes;
+    hidden rows read as zeros."""
+    return tl.load(ptr + n[:, None] * stride_l + tl.arange(0, WIDTH)[None, :], mask=visible[:, None], other=0)
+
+
+@triton.jit
 def _tile(ptr, scale_ptr, zero_ptr, n, visible, stride_l, first_row, PACKED: tl.constexpr, ELEMENT: tl.constexpr,
           GROUP: tl.constexpr, HAS_ZERO: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
     """Keys or values ``n`` (BLOCK_N, D) of one head: as stored, or (PACKED) unpacked from their codes and
     dequantized in fp32 as ``_PackedTensor.dequantized`` does; ``first_row`` is the head's first row of the
     contiguous (B, H, L, D // GROUP) scales."""
     if PACKED:
-        packed = tl.load(ptr + n[:, None] * stride_l + tl.arange(0, D // 2)[None, :], mask=visible[:, None], other=0)
+        packed = _cache_rows(ptr, n, visible, stride_l, D // 2)
         codes = _unpack(packed, BLOCK_N, D)
         if ELEMENT == 0:  # int4: the two's complement nibble sign-extended
             levels = code_operand(codes, True, 0).to(tl.float32)
@@ -90,10 +99,11 @@ def _tile(ptr, scale_ptr, zero_ptr, n, visible, stride_l, first_row, PACKED: tl.
             levels = levels - _per_group(zero_ptr, rows, visible, D, GROUP, BLOCK_N)
         out = levels * _per_group(scale_ptr, rows, visible, D, GROUP, BLOCK_N)
     else:
-        out = tl.load(ptr + n[:, None] * stride_l + tl.arange(0, D)[None, :], mask=visible[:, None], other=0.0)
+        out = _cache_rows(ptr, n, visible, stride_l, D)
     return out
 
 
+@functools.cache
 def pair_words_asm(magic: int, signed: bool) -> str:
     """PTX for ``_offset_codes``' words, four bytes (one register, ``$4``) at a time: each byte's low nibble and its
     high one (the register shifted right by 4) gathered into the two halves of an output word (``prmt``), then in one
@@ -115,7 +125,7 @@ def _offset_codes(ptr, n, visible, stride_l, SIGNED: tl.constexpr, MAGIC: tl.con
     a fraction of the float pipe's rate) runs: each byte's two codes become one int32 word of two halves
     (its low nibble in bits 0-3, its high one moved to bits 16-19), split into the halves in column order. ASM
     (``pair_words_asm``, compiled only; "" under the interpreter): the words by inline PTX, else by integer ops."""
-    packed = tl.load(ptr + n[:, None] * stride_l + tl.arange(0, D // 2)[None, :], mask=visible[:, None], other=0)
+    packed = _cache_rows(ptr, n, visible, stride_l, D // 2)
     if ASM != "":
         words = tl.inline_asm_elementwise(ASM, "=r,=r,=r,=r,r", [packed], dtype=tl.int32, is_pure=True, pack=4)
     else:
