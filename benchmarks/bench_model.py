@@ -18,9 +18,9 @@ and gate/up fused, as a loaded checkpoint does. Modes:
   and activations in NVFP4 / MXFP4 (``quant_kernels.w4a4_linear``'s dequantized path on a GPU: the activations
   dequantized, then the weight-only product);
 * ``w4a4kv4``: ``w4a4`` with K/V quantized to INT4 per head (V asymmetric), decoding from
-  the packed KV4 cache (decode steps read its codes in the attention kernel); ``w4a4kv4_factored`` runs with
-  ``PTQ_KV4_FACTORED=1``: the attention applies the cache's per-token scales to scores and probabilities instead of
-  dequantizing each K and V tile (``quant_kernels.flash_decode.factored``);
+  the packed KV4 cache (decode steps read its codes in the attention kernel, which applies the cache's per-token
+  scales to scores and probabilities: ``quant_kernels.flash_decode.factored``); ``w4a4kv4_dequantized`` runs with
+  ``PTQ_KV4_FACTORED=0``: the attention dequantizes each K and V tile instead;
 * ``w4a4kv4_head`` / ``w4a4kv4_head8`` / ``w4a4kv4_head_w8a8``: ``w4a4kv4`` with lm_head quantized
   too (``--quantize_lm_head``): W4A4, W4A8 (``--lm_head_a_bits 8``: INT8 activations) or W8A8 (also
   ``--lm_head_w_bits 8``: INT8 weights), the last two on the decode kernel's byte products. QuaRot and
@@ -150,7 +150,7 @@ MODES = {
     "mxfp4a4": BenchMode(MXFP4, MXFP4),
     "w4a4": BenchMode(INT4, INT4),
     "w4a4kv4": BenchMode(INT4, INT4, kv4=True),
-    "w4a4kv4_factored": BenchMode(INT4, INT4, kv4=True, env=(("PTQ_KV4_FACTORED", "1"),)),
+    "w4a4kv4_dequantized": BenchMode(INT4, INT4, kv4=True, env=(("PTQ_KV4_FACTORED", "0"),)),
     "fp4a4kv4": BenchMode(E2M1, E2M1, kv4=True),
     "fp4a4kv4_cuda_core": BenchMode(E2M1, E2M1, kv4=True, env=(("PTQ_TC_E2M1", "0"),)),
     "w4a4kv4_head": BenchMode(INT4, INT4, kv4=True, lm_head=True),

@@ -39,6 +39,7 @@ interpreter (to exercise the script without a GPU).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -530,10 +531,11 @@ def check_decode_attention(batch: int, heads_kv: int, groups: int, dim: int, len
 def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: int, length: int, written: list[int],
                                   dtype: torch.dtype, device: torch.device) -> dict:
     """The KV4 benchmark's cache (INT4 K, asymmetric INT4 V, a scale per token and head) read as packed codes,
-    against attention over the same K and V dequantized the cache's way; with o_proj's input quantization as the
-    combining kernel's tail (``reference.NormTail`` without a norm): the same output bit for bit, and the dp4a
-    bytes and scales the activation kernel writes for its rows. Half queries also in the factored form
-    (``PTQ_KV4_FACTORED=1``), against attention over K and V dequantized in fp32, within the same bound."""
+    with o_proj's input quantization as the combining kernel's tail (``reference.NormTail`` without a norm), in
+    each form the kernel has: tiles dequantized (``PTQ_KV4_FACTORED=0``) against attention over K and V dequantized
+    the cache's way, and, for half queries, the scales factored out of the dots (``PTQ_KV4_FACTORED=1``, the default)
+    against attention over K and V dequantized in fp32, within the same bound. The tail's output equals the
+    untailed call's bit for bit, and its dp4a bytes and scales are those the activation kernel writes for its rows."""
     from benchmarks.bench_model import environment
     from quant_kernels.flash_decode import decode_attention_packed_triton
     from quant_layers.packed_kv_cache import _PackedTensor
@@ -545,30 +547,28 @@ def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: i
         packed.append(torch.randn(batch, heads_kv, length, dim, device=device).to(dtype))
     q = torch.randn(batch, heads_kv, groups, dim, device=device).to(dtype)
     mask = (torch.arange(length, device=device)[None, :] < torch.tensor(written, device=device)[:, None])[:, None, None]
-    out = decode_attention_packed_triton(q, key.operand, value.operand, mask, dim**-0.5, key.kernel_element,
-                                         value.kernel_element)
-    want = reference.decode_attention_ref(q.float(), key.dequantized(dtype).float(), value.dequantized(dtype).float(),
-                                          mask, dim**-0.5)
-    ok, excess = close(out, want, of_max=1e-5 if dtype == torch.float32 else 2.0**-7)
+    attention = functools.partial(decode_attention_packed_triton, q, key.operand, value.operand, mask, dim**-0.5,
+                                  key.kernel_element, value.kernel_element)
     tail = reference.NormTail(None, 0.0, "int4", 1.0, "int4")
-    tailed, codes, scales = decode_attention_packed_triton(q, key.operand, value.operand, mask, dim**-0.5,
-                                                           key.kernel_element, value.kernel_element, tail)
-    want_codes, want_scales = quant_kernels.quantize_activations(tailed.reshape(batch, -1), "int4", 0, "float", 1.0,
-                                                                 dp4a_for="int4", backend="triton")
-    tail_ok = torch.equal(tailed, out) and torch.equal(codes, want_codes) and torch.equal(scales, want_scales)
-    factored = ""
+    forms = {"dequantized tiles": ("0", dtype)}
     if dtype != torch.float32:
-        with environment((("PTQ_KV4_FACTORED", "1"),)):
-            out = decode_attention_packed_triton(q, key.operand, value.operand, mask, dim**-0.5, key.kernel_element,
-                                                 value.kernel_element)
-        exact = reference.decode_attention_ref(q.float(), key.dequantized(torch.float32),
-                                               value.dequantized(torch.float32), mask, dim**-0.5)
-        factored_ok, factored_excess = close(out, exact, of_max=2.0**-7)
-        ok, excess = ok and factored_ok, max(excess, factored_excess)
-        factored = f", the factored form ({'ok' if factored_ok else 'FAILED'})"
+        forms["the factored form"] = ("1", torch.float32)
+    ok, excess, cases = True, 0.0, []
+    for form, (switch, cache_dtype) in forms.items():
+        with environment((("PTQ_KV4_FACTORED", switch),)):
+            out = attention()
+            tailed, codes, scales = attention(tail)
+        want = reference.decode_attention_ref(q.float(), key.dequantized(cache_dtype).float(),
+                                              value.dequantized(cache_dtype).float(), mask, dim**-0.5)
+        form_ok, form_excess = close(out, want, of_max=1e-5 if dtype == torch.float32 else 2.0**-7)
+        want_codes, want_scales = quant_kernels.quantize_activations(tailed.reshape(batch, -1), "int4", 0, "float",
+                                                                     1.0, dp4a_for="int4", backend="triton")
+        tail_ok = torch.equal(tailed, out) and torch.equal(codes, want_codes) and torch.equal(scales, want_scales)
+        ok, excess = ok and form_ok and tail_ok, max(excess, form_excess)
+        cases.append(f"{form} ({'ok' if form_ok else 'FAILED'}, o_proj's input tail {'ok' if tail_ok else 'FAILED'})")
     return {"kernel": "decode_attention_packed",
-            "case": f"KV4 int4 K, uint4 V, {groups} query heads per K/V head, {written[0]} of {length} keys, "
-                    f"o_proj's input tail ({'ok' if tail_ok else 'FAILED'}){factored}", "ok": ok and tail_ok,
+            "case": f"KV4 int4 K, uint4 V, {groups} query heads per K/V head, {written[0]} of {length} keys: "
+                    + "; ".join(cases), "ok": ok,
             "shape": f"B{batch} Hkv{heads_kv} D{dim} {str(dtype).removeprefix('torch.')}", "error_over_bound": excess}
 
 

@@ -9,7 +9,8 @@ each program takes one K/V head of one sequence and one slice of the keys, keeps
 max and sum (online softmax) over its slice, and writes its unnormalised partial output; a
 second kernel weighs the slices' partials into the output (one program per query row, all
 its slices at once: 3.3 us a layer on the H200, ``end_to_end_h200.md`` run 4). Keys the
-boolean mask hides (the static cache's unwritten slots, padding) are neither read nor counted. Like the other
+boolean mask hides (the static cache's unwritten slots, padding) are not counted, and not read but in the factored
+form (below), which reads a slice's codes whatever the mask says. Like the other
 kernels it calls no ``triton.jit`` function of Triton's standard library (``tl.max``,
 ``tl.sum``, ``tl.zeros``), which the interpreter cannot run (``act_quant``'s docstring).
 
@@ -26,9 +27,12 @@ took the bf16 one's time (194 us a step) and the dequantization is gone
 On the H100 the packed kernel read its cache at 0.86 TB/s at batch 64 where the bf16 one read at 2.7
 (``attention_bench_programs_per_sm_h100.md``): its time goes to converting codes, not to bytes (compiled for sm_90, a
 key tile takes 1264 SASS instructions, 129 of them I2F, which runs at a fraction of the float pipe's rate, against
-the bf16 kernel's 616). With ``PTQ_KV4_FACTORED=1`` (``factored``), for INT4 / UINT4 codes with a scale per token,
-the dots take the codes themselves as half values and the scales move to the scores and probabilities, where there
-is one per key rather than one per element.
+the bf16 kernel's 616). So for INT4 / UINT4 codes with a scale per token the kernel by default (``factored``;
+``PTQ_KV4_FACTORED=0`` turns it off) has the dots take the codes themselves as half values and moves the scales to
+the scores and probabilities, where there is one per key rather than one per element: 0.97 TB/s at batch 64. Its
+codes' and scales' loads (pipelined through shared memory) are masked by the slice alone, so that they wait for no
+load of the mask (an i8 load, which Triton does not pipeline); the mask and V's zero points are loaded a tile
+ahead (offline: 796 instructions a key tile, 852 before).
 """
 
 from __future__ import annotations
@@ -147,6 +151,15 @@ def _code_offsets(zero_ptr, rows, visible, SIGNED: tl.constexpr, HAS_ZERO: tl.co
 
 
 @triton.jit
+def _visible(mask_row, n, end, HAS_MASK: tl.constexpr):
+    """Which keys ``n`` of the slice ending at ``end`` the attention sees: those the mask's row (HAS_MASK) shows."""
+    visible = n < end
+    if HAS_MASK:
+        visible = visible & (tl.load(mask_row + n, mask=visible, other=0) != 0)
+    return visible
+
+
+@triton.jit
 def _online_softmax(s, visible, m_i, l_i):
     """One key tile's step of the online softmax: (its unnormalised probabilities, the factor the running output is
     rescaled by, the new running max, the new running sum)."""
@@ -193,35 +206,50 @@ def _partial_kernel(
     acc = tl.full((BLOCK_G, D), 0, tl.float32)
     start = split * split_len
     end = tl.minimum(start + split_len, L)
+    mask_row = mask_ptr + b * stride_mb
+    if FACTORED:  # the first tile's mask and V offsets; the loop loads each next tile's while it works on this one
+        following = start + tl.arange(0, BLOCK_N)
+        next_visible = _visible(mask_row, following, end, HAS_MASK)
+        next_v_offset = _code_offsets(v_zero_ptr, pid_bh * L + following, following < end, V_ELEMENT == 0, V_ZERO,
+                                      BASE, BLOCK_N)
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        visible = n < end
-        if HAS_MASK:
-            visible = visible & (tl.load(mask_ptr + b * stride_mb + n, mask=visible, other=0) != 0)
         if FACTORED:
+            # The codes and scales of the slice's keys are read whether the mask hides them or not: their loads
+            # (pipelined) then wait for no load of the mask (an i8 load, not pipelined), and the hidden keys' scores
+            # and probabilities are dropped below. The mask and the V offsets (no dot's operand, so not pipelined
+            # either) are loaded a tile ahead.
+            in_slice = n < end
+            visible = next_visible
+            v_offset = tl.where(visible, next_v_offset, 0.0)
+            following = n + BLOCK_N
+            next_visible = _visible(mask_row, following, end, HAS_MASK)
+            next_v_offset = _code_offsets(v_zero_ptr, pid_bh * L + following, following < end, V_ELEMENT == 0,
+                                          V_ZERO, BASE, BLOCK_N)
             rows = pid_bh * L + n
-            xk = _offset_codes(k_ptr + b * stride_kb + h * stride_kh, n, visible, stride_kl, K_ELEMENT == 0, MAGIC,
+            xk = _offset_codes(k_ptr + b * stride_kb + h * stride_kh, n, in_slice, stride_kl, K_ELEMENT == 0, MAGIC,
                                K_ASM, D, BLOCK_N).to(q_ptr.dtype.element_ty, bitcast=True)
-            xv = _offset_codes(v_ptr + b * stride_vb + h * stride_vh, n, visible, stride_vl, V_ELEMENT == 0, MAGIC,
+            xv = _offset_codes(v_ptr + b * stride_vb + h * stride_vh, n, in_slice, stride_vl, V_ELEMENT == 0, MAGIC,
                                V_ASM, D, BLOCK_N).to(q_ptr.dtype.element_ty, bitcast=True)
             if DOT_F32:
                 s = tl.dot(q, tl.trans(xk.to(tl.float32)), input_precision="ieee")
             else:
                 s = tl.dot(q, tl.trans(xk))
-            k_offset = _code_offsets(k_zero_ptr, rows, visible, K_ELEMENT == 0, K_ZERO, BASE, BLOCK_N)
-            s = (s - q_sum[:, None] * k_offset[None, :]) * (tl.load(k_scale_ptr + rows, mask=visible, other=0.0)
+            k_offset = _code_offsets(k_zero_ptr, rows, in_slice, K_ELEMENT == 0, K_ZERO, BASE, BLOCK_N)
+            s = (s - q_sum[:, None] * k_offset[None, :]) * (tl.load(k_scale_ptr + rows, mask=in_slice, other=0.0)
                                                              * scale)[None, :]
             p, alpha, m_new, l_i = _online_softmax(s, visible, m_i, l_i)
-            pv = p * tl.load(v_scale_ptr + rows, mask=visible, other=0.0)[None, :]
+            v_scale = tl.load(v_scale_ptr + rows, mask=in_slice, other=0.0)
+            pv = p * tl.where(visible, v_scale, 0.0)[None, :]  # a hidden key's scale may be anything, even NaN
             if DOT_F32:
                 product = tl.dot(pv, xv.to(tl.float32), input_precision="ieee")
             else:
                 pv = pv.to(xv.dtype)
                 product = tl.dot(pv, xv)
-            v_offset = _code_offsets(v_zero_ptr, rows, visible, V_ELEMENT == 0, V_ZERO, BASE, BLOCK_N)
             offsets = tl.reduce(pv.to(tl.float32) * v_offset[None, :], 1, _sum_combine)
             acc = acc * alpha[:, None] + product - offsets[:, None]
         else:
+            visible = _visible(mask_row, n, end, HAS_MASK)
             k = _tile(k_ptr + b * stride_kb + h * stride_kh, k_scale_ptr, k_zero_ptr, n, visible, stride_kl,
                       pid_bh * L, PACKED, K_ELEMENT, K_GROUP, K_ZERO, D, BLOCK_N)
             v = _tile(v_ptr + b * stride_vb + h * stride_vh, v_scale_ptr, v_zero_ptr, n, visible, stride_vl,
@@ -297,15 +325,18 @@ OFFSET_CODES = {torch.bfloat16: (0x4300, 128.0), torch.float16: (0x6400, 1024.0)
 
 def factored(q_dtype: torch.dtype, dim: int, key_parameters: tuple, value_parameters: tuple) -> bool:
     """Whether the partial kernel applies a packed cache's scales to the scores and probabilities (FACTORED) rather
-    than dequantizing each K and V tile: with ``PTQ_KV4_FACTORED=1``, for INT4 or UINT4 K and V with a scale (and
-    zero point) per token and a half query. Its result is not dequantize-then-attention's bit for bit: no K or V
-    value is rounded to the query's dtype, each probability times its value's scale is instead. Compiled for sm_90
-    (Triton 3.6; ``benchmarks/results/kernel_sass_attention_int4xuint4*.md``) a key tile of INT4 K and UINT4 V then
-    takes 852 instructions instead of 1264 (957 without the inline PTX), one I2F instead of 129; untimed, hence off
-    by default."""
-    wanted = env_switch("PTQ_KV4_FACTORED", False, {
-        "0": "dequantize each K and V tile as the cache does (dequantize-then-attention), the default",
-        "1": "apply per-token scales to the scores and probabilities, the codes the dots' operands"})
+    than dequantizing each K and V tile: by default (``PTQ_KV4_FACTORED=0`` turns it off), for INT4 or UINT4 K and V
+    with a scale (and zero point) per token and a half query. Its result is not dequantize-then-attention's bit for
+    bit: no K or V value is rounded to the query's dtype, each probability times its value's scale is instead, so it
+    lies closer to attention over the cache dequantized in fp32. Compiled for sm_90 (Triton 3.6;
+    ``benchmarks/results/kernel_sass_attention_int4xuint4*.md``) a key tile of INT4 K and UINT4 V then takes 852
+    instructions instead of 1264 (957 without the inline PTX), one I2F instead of 129. On the H100 it took 161.6 us
+    at batch 64 where dequantized tiles took 180.9, 29.0 at batch 8 against 30.7, 9.8 at batch 1 against 10.3
+    (``attention_bench_factored_prefetch_h100.md``); W4A4KV4 decoded 7671 tok/s at batch 64 against 7253, 2018 at
+    batch 8 against 1974 (``bench_model_llama3_8b_s52_kv4_prefetch_h100.md``)."""
+    wanted = env_switch("PTQ_KV4_FACTORED", True, {
+        "0": "dequantize each K and V tile as the cache does (dequantize-then-attention)",
+        "1": "apply per-token scales to the scores and probabilities, the codes the dots' operands, the default"})
     return (wanted and q_dtype in OFFSET_CODES
             and all(element in INTEGER_ELEMENTS and group == dim
                     for _, _, element, group, _ in (key_parameters, value_parameters)))

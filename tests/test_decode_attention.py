@@ -113,7 +113,7 @@ def test_kernel_check_runs_only_the_decode_attention(tmp_path):
 
 def test_kernel_check_checks_the_packed_attention_in_both_forms(tmp_path):
     """``decode_attention_packed``: half queries read the cache dequantized and factored (``PTQ_KV4_FACTORED``), each
-    within its bound; fp32 ones only dequantized."""
+    within its bound and with o_proj's input tail; fp32 ones only dequantized."""
     import json
 
     from benchmarks.kernel_check import main
@@ -122,7 +122,9 @@ def test_kernel_check_checks_the_packed_attention_in_both_forms(tmp_path):
     assert main(["--cpu_dry_run", "--only", "decode_attention_packed", "--out", prefix]) == 0
     checks = json.load(open(prefix + ".json"))["checks"]
     assert checks and all(c["ok"] for c in checks) and "PTQ_KV4_FACTORED" not in os.environ
-    assert {"float32" in c["shape"] or "the factored form (ok)" in c["case"] for c in checks} == {True}
+    assert all("dequantized tiles (ok, o_proj's input tail ok)" in c["case"] for c in checks)
+    assert {"float32" in c["shape"] or "the factored form (ok, o_proj's input tail ok)" in c["case"]
+            for c in checks} == {True}
     assert any("the factored form" in c["case"] for c in checks)
 
 

@@ -347,8 +347,9 @@ def test_bench_model_head_mode_quantizes_lm_head_and_keeps_the_tied_embeddings()
     from quant_kernels.flash_decode import ELEMENT_IDS, factored
 
     per_token = [(None, None, ELEMENT_IDS[element], 64, element == "uint4") for element in ("int4", "uint4")]
-    with environment(MODES["w4a4kv4_factored"].env):  # the KV4 benchmark's cache, read in the factored form
-        assert MODES["w4a4kv4_factored"].kv4 and factored(torch.bfloat16, 64, *per_token)
+    assert factored(torch.bfloat16, 64, *per_token)  # the KV4 benchmark's cache, by default read in the factored form
+    with environment(MODES["w4a4kv4_dequantized"].env):  # its tiles dequantized
+        assert MODES["w4a4kv4_dequantized"].kv4 and not factored(torch.bfloat16, 64, *per_token)
     head8 = build_model(config, "w4a4kv4_head8", cpu).lm_head
     assert head8.act_scheme.element == "int8" and head8.weight_scheme.element == "int4"
     head_w8a8 = build_model(config, "w4a4kv4_head_w8a8", cpu).lm_head

@@ -38,9 +38,12 @@ def packed_operand(batch: int, heads_kv: int, length: int, dim: int, element: st
 
 
 def poisoned(operand: tuple, seen: torch.Tensor) -> tuple:
-    """The operand with NaN scales in the slots the mask hides: a kernel that read them would return NaN."""
+    """The operand with NaN scales and zero points in the slots the mask hides: a kernel that used them would return
+    NaN."""
     codes, scale, zero = operand
-    return codes, scale.masked_fill(~seen.reshape(seen.shape[0], 1, -1, 1), float("nan")), zero
+    hidden = ~seen.reshape(seen.shape[0], 1, -1, 1)
+    nan = float("nan")
+    return codes, scale.masked_fill(hidden, nan), None if zero is None else zero.masked_fill(hidden, nan)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
@@ -51,7 +54,10 @@ def poisoned(operand: tuple, seen: torch.Tensor) -> tuple:
     (2, 3, 4, 64, 129, [1, 129], ("e2m1", "e2m1"), 16, 32),  # FP4 E2M1 (NVFP4's and MXFP4's groups)
 ])
 def test_packed_kernel_equals_dequantize_then_attention(batch, heads_kv, groups, dim, length, written, elements,
-                                                        key_group, value_group, dtype):
+                                                        key_group, value_group, dtype, monkeypatch):
+    """With ``PTQ_KV4_FACTORED=0`` (the factored form's own test is below) each K and V tile is dequantized as the
+    cache does."""
+    monkeypatch.setenv("PTQ_KV4_FACTORED", "0")
     g = torch.Generator().manual_seed(length)
     q = torch.randn(batch, heads_kv, groups, dim, generator=g).to(dtype)
     key = packed_operand(batch, heads_kv, length, dim, elements[0], key_group, g)
@@ -139,11 +145,13 @@ def test_the_factored_form_s_ptx_gives_the_integer_ops_words(magic, signed):
 
 
 def test_the_factored_form_takes_per_token_integer_codes_and_half_queries(monkeypatch):
-    """``flash_decode.factored``: only with the switch on, for INT4 / UINT4 K and V with one scale per token and a
-    bfloat16 or float16 query; a switch value other than 0 or 1 is refused."""
+    """``flash_decode.factored``: by default or with the switch at 1, for INT4 / UINT4 K and V with one scale per
+    token and a bfloat16 or float16 query; off with the switch at 0; a switch value other than 0 or 1 is refused."""
     per_token = (None, None, flash_decode.ELEMENT_IDS["int4"], 64, False)
     zero_points = (None, None, flash_decode.ELEMENT_IDS["uint4"], 64, True)
     monkeypatch.delenv("PTQ_KV4_FACTORED", raising=False)
+    assert flash_decode.factored(torch.bfloat16, 64, per_token, zero_points)
+    monkeypatch.setenv("PTQ_KV4_FACTORED", "0")
     assert not flash_decode.factored(torch.bfloat16, 64, per_token, zero_points)
     monkeypatch.setenv("PTQ_KV4_FACTORED", "1")
     assert flash_decode.factored(torch.bfloat16, 64, per_token, zero_points)
