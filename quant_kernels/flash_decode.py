@@ -272,10 +272,11 @@ def _partial_kernel(
             else:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
+    # Only the G query rows: the combining kernel reads no padding row of the dots' BLOCK_G.
     row = (pid_bh * n_splits + split) * BLOCK_G + g
-    tl.store(acc_ptr + row[:, None] * D + d[None, :], acc)
-    tl.store(ml_ptr + row * 2, m_i)
-    tl.store(ml_ptr + row * 2 + 1, l_i)
+    tl.store(acc_ptr + row[:, None] * D + d[None, :], acc, mask=(g < G)[:, None])
+    tl.store(ml_ptr + row * 2, m_i, mask=g < G)
+    tl.store(ml_ptr + row * 2 + 1, l_i, mask=g < G)
 
 
 @triton.jit
