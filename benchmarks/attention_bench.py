@@ -1,5 +1,6 @@
-"""Decode attention over a static cache: the bf16 cache's kernel and the packed KV4 cache's, across batch sizes and
-the programs each SM is given (``PTQ_ATTENTION_PROGRAMS_PER_SM``, which sets how far the keys are split).
+"""Decode attention over a static cache: the bf16 cache's kernel and the packed KV4 cache's, across batch sizes, the
+programs each SM is given (``PTQ_ATTENTION_PROGRAMS_PER_SM``, which sets how far the keys are split) and, with
+``--tiles``, the partial kernel's tiles (``PTQ_ATTENTION_TILE``: keys a step, warps, stages, register cap).
 
 Llama-3-8B's attention by default (8 K/V heads, 4 query heads each, head dim 128): one query token a sequence over a
 cache of ``--length`` slots of which ``--context`` are written (bench_model's decode: 2306 slots, 2176 keys on
@@ -16,6 +17,7 @@ points for KV4), against about 3.0 TB/s of copy on the H100.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 
@@ -34,6 +36,19 @@ PROGRAMS_ENV = "PTQ_ATTENTION_PROGRAMS_PER_SM"
 FORM_SWITCHES = {"bf16": (), "KV4": (("PTQ_KV4_FACTORED", "0"),), "KV4 factored": (("PTQ_KV4_FACTORED", "1"),)}
 
 
+def tiles(text: str) -> list[str]:
+    """``--tiles``: a comma list of PTQ_ATTENTION_TILE values, each checked (``flash_decode.parse_tile``)."""
+    from quant_kernels.flash_decode import parse_tile
+
+    chosen = [part for part in text.split(",") if part]
+    for part in chosen:
+        try:
+            parse_tile(part)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return chosen
+
+
 def cache_bytes(batch: int, heads_kv: int, context: int, dim: int, packed: bool) -> int:
     """Bytes of K and V the written keys hold: bf16 values, or KV4's codes (half a byte each), an fp32 scale per
     token and head for K and V and an fp32 zero point for V."""
@@ -42,10 +57,10 @@ def cache_bytes(batch: int, heads_kv: int, context: int, dim: int, packed: bool)
 
 
 def bench(batch: int, args, time_ms, device: torch.device) -> list[dict]:
-    """One row per (cache form, programs per SM) at this batch size."""
+    """One row per (cache form, programs per SM, tile) at this batch size."""
     import quant_kernels
     from quant_kernels import reference
-    from quant_kernels.flash_decode import _splits
+    from quant_kernels.flash_decode import TILE_ENV, _splits, partial_tile
     from quant_layers.packed_kv_cache import _PackedTensor
     from quant_layers.quantizer import QuantSpec, Quantizer
 
@@ -71,30 +86,34 @@ def bench(batch: int, args, time_ms, device: torch.device) -> list[dict]:
     rows = []
     for cache, (call, want) in calls.items():
         packed = cache != "bf16"
-        for programs in args.programs:
-            with environment(((PROGRAMS_ENV, str(programs)), *FORM_SWITCHES[cache])):
+        for programs, tile_text in itertools.product(args.programs, args.tiles or [None]):
+            tile_switch = () if tile_text is None else ((TILE_ENV, tile_text),)
+            with environment(((PROGRAMS_ENV, str(programs)), *FORM_SWITCHES[cache], *tile_switch)):
                 error = ((call().float() - want).abs().max() / want.abs().max()).item()
                 ms = time_ms(call)
-                splits = _splits(args.length, batch * heads_kv, device, packed)[1]
+                tile = partial_tile(cache == "KV4 factored")
+                splits = _splits(args.length, batch * heads_kv, device, packed, tile.keys)[1]
             total = cache_bytes(batch, heads_kv, args.context, dim, packed)
-            rows.append({"batch": batch, "cache": cache, "programs_per_sm": programs, "splits": splits,
-                         "us": ms * 1e3, "gb_s": total / (ms * 1e-3) / 1e9, "rel_err": error})
+            rows.append({"batch": batch, "cache": cache, "programs_per_sm": programs, "tile": str(tile),
+                         "splits": splits, "us": ms * 1e3, "gb_s": total / (ms * 1e-3) / 1e9, "rel_err": error})
     return rows
 
 
 def markdown(result: dict) -> str:
     lines = ["# Decode attention over a static cache: bf16 and KV4 (its tiles dequantized, or its scales factored "
-             "out of the dots), by programs per SM", "",
+             "out of the dots), by programs per SM and tile", "",
              f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
              f"Command: `{result['command']}`", "",
              f"{result['heads_kv']} K/V heads, {result['groups']} query heads each, head dim {result['dim']}; "
              f"{result['context']} written keys of {result['length']} slots. Median µs of one call in a stream of "
              "CUDA-graph calls, the L2 flushed before each; GB/s of the written keys' bytes; largest error over the "
-             "largest output, against attention in fp32 over the cache (KV4: dequantized in fp32).", "",
-             "| batch | cache | programs per SM | slices | µs | GB/s | error |", "|---|---|---|---|---|---|---|"]
+             "largest output, against attention in fp32 over the cache (KV4: dequantized in fp32). Tile: the partial "
+             "kernel's keys a step x warps x stages (x its register cap).", "",
+             "| batch | cache | programs per SM | tile | slices | µs | GB/s | error |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['batch']} | {r['cache']} | {r['programs_per_sm']} | {r['splits']} | {r['us']:.1f} | "
-                     f"{r['gb_s']:.0f} | {r['rel_err']:.1e} |")
+        lines.append(f"| {r['batch']} | {r['cache']} | {r['programs_per_sm']} | {r['tile']} | {r['splits']} | "
+                     f"{r['us']:.1f} | {r['gb_s']:.0f} | {r['rel_err']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
@@ -103,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=counts, default=[1, 8, 64], help="sequences, one query token each")
     p.add_argument("--programs", type=counts, default=[2, 4, 8, 16],
                    help=f"programs per SM to try ({PROGRAMS_ENV}; by default 4 over KV4, 2 over bf16)")
+    p.add_argument("--tiles", type=tiles, default=[],
+                   help="comma list of partial-kernel tiles to try, each KEYSxWARPSxSTAGES[xMAXNREG] "
+                        "(PTQ_ATTENTION_TILE; by default the launch's own: 64x4x3, the factored form's 64x4x3x128)")
     p.add_argument("--length", type=int, default=2306, help="cache slots (bench_model: 2048 + 256 + 2)")
     p.add_argument("--context", type=int, default=2176, help="written keys (bench_model's mean context)")
     p.add_argument("--heads_kv", type=int, default=8)

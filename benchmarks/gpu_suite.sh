@@ -154,7 +154,8 @@
 #   attention  the decode attention kernels over a static bf16 and a packed KV4 cache (Llama-3-8B's heads, 2176 of
 #              2306 keys) at batch 1, 8 and 64, by programs per SM (PTQ_ATTENTION_PROGRAMS_PER_SM 2, 4, 8, 16;
 #              issue 10: W4A4KV4's batch-8 step trailed W4A4's); the KV4 cache in both forms, its tiles dequantized
-#              and its scales factored out of the dots (PTQ_KV4_FACTORED), both first checked by kernel_check
+#              and its scales factored out of the dots (PTQ_KV4_FACTORED), both first checked by kernel_check;
+#              TILES=64x4x3,128x8x3,... also sweeps the split kernel's tiles (PTQ_ATTENTION_TILE)
 #   kv4_profile  the compiled CUDA-graph decode step of W4A4 (bf16 cache) and W4A4KV4 at batch 8 in one process
 #              (the same autotuned picks), each kernel's GPU time listed (decode_profile.py): where W4A4KV4's 0.34 ms
 #              a step over W4A4 in separate runs went, its attention kernel alone being the faster
@@ -515,7 +516,8 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_CHECK:-240}" kernel_check_attention_packed python benchmarks/kernel_check.py \
         --only decode_attention_packed --out "$OUT/kernel_check_attention_packed_${GPU}"
       step "${LIMIT_ATTENTION:-240}" attention_bench python benchmarks/attention_bench.py \
-        --batches "${BATCHES:-1,8,64}" --programs "${PROGRAMS:-2,4,8,16}" --out "$OUT/attention_bench_${GPU}" ;;
+        --batches "${BATCHES:-1,8,64}" --programs "${PROGRAMS:-2,4,8,16}" --tiles "${TILES-}" \
+        --out "$OUT/attention_bench_${GPU}" ;;
     kv4_profile)
       step "${LIMIT_KV4_PROFILE:-400}" decode_profile_kv4_b8 python benchmarks/decode_profile.py --compile \
         --modes w4a4,w4a4kv4 --batch "${BATCH:-8}" --top 40 \

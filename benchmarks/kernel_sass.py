@@ -518,12 +518,12 @@ def main(argv: list[str] | None = None) -> int:
             configs = [(bn, bkb, w, s, bm, g) for bn, bm, bkb, w, s, g in tiles]
         build = w4a4_tc_source
     elif args.kernel == "attention":
-        from quant_kernels.flash_decode import BLOCK_N
+        from quant_kernels.flash_decode import partial_tile
 
         if args.element not in ATTENTION_CASES:
             p.error(f"--element for attention is one of {', '.join(ATTENTION_CASES)}; got {args.element!r}")
-        # The launch's: 4 warps, Triton's default 3 stages; the factored form capped at 128 registers a thread.
-        configs = [(BLOCK_N, 128, 4, 3) + ((False, 1, 1, 1, 128) if args.element.endswith("_factored") else ())]
+        tile = partial_tile(args.element.endswith("_factored"))  # the launch's (PTQ_ATTENTION_TILE sets another)
+        configs = [(tile.keys, 128, tile.warps, tile.stages) + ((False, 1, 1, 1, tile.maxnreg) if tile.maxnreg else ())]
         build = attention_source
     else:
         from quant_kernels.w4a4_gemv import (FOLD, GEMV_CONFIGS, GEMV_FOLDED_CONFIGS, GEMV_PIPELINED_CONFIGS,

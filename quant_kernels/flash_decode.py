@@ -37,7 +37,9 @@ ahead (offline: 796 instructions a key tile, 852 before).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 
 import torch
 import triton
@@ -54,7 +56,6 @@ from .w4a4_gemm import _unpack, code_operand
 from .w4a4_gemv import norm_tail_flags, norm_tail_operands, with_tail_outputs
 
 INTERPRET = triton.knobs.runtime.interpret
-BLOCK_N = 64  # keys per inner step
 MAX_SPLITS = 64  # the combining program holds (splits, head dim) partials in registers
 # Below this score a key is hidden (finite, so that a slice with no visible key gives exp(...) = 0, not NaN).
 HIDDEN = tl.constexpr(-1e30)
@@ -343,13 +344,65 @@ def factored(q_dtype: torch.dtype, dim: int, key_parameters: tuple, value_parame
                     for _, _, element, group, _ in (key_parameters, value_parameters)))
 
 
-def _splits(length: int, programs_per_split: int, device: torch.device, packed: bool) -> tuple[int, int]:
-    """(split_len, n_splits): about ``programs_per_sm(packed)`` programs per SM, each slice a whole number of BLOCK_N
-    keys, at most MAX_SPLITS slices."""
+TILE_ENV = "PTQ_ATTENTION_TILE"
+
+
+@dataclasses.dataclass(frozen=True)
+class PartialTile:
+    """The partial kernel's launch: keys a step (BLOCK_N), warps, software-pipeline stages, and a cap on a thread's
+    registers (0: none)."""
+
+    keys: int = 64
+    warps: int = 4
+    stages: int = 3
+    maxnreg: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.keys}x{self.warps}x{self.stages}" + (f"x{self.maxnreg}" if self.maxnreg else "")
+
+    def launch_options(self) -> dict:
+        """The launch's keyword arguments."""
+        return dict(BLOCK_N=self.keys, num_warps=self.warps, num_stages=self.stages,
+                    **({"maxnreg": self.maxnreg} if self.maxnreg else {}))
+
+
+def parse_tile(text: str) -> PartialTile:
+    """A PartialTile from ``KEYSxWARPSxSTAGES`` or ``KEYSxWARPSxSTAGESxMAXNREG`` (``64x4x3x128``); a ValueError
+    naming what is wrong otherwise."""
+    fields = text.split("x")
+    if not 3 <= len(fields) <= 4 or not all(field.isdigit() for field in fields):
+        raise ValueError(f"{TILE_ENV}={text!r}: set KEYSxWARPSxSTAGES or KEYSxWARPSxSTAGESxMAXNREG, e.g. 64x4x3x128")
+    tile = PartialTile(*map(int, fields))
+    powers = (1, 2, 4, 8, 16)
+    problems = [f"{what} {value} (allowed: {allowed})" for what, value, ok, allowed in (
+        ("keys", tile.keys, tile.keys in (16, 32, 64, 128, 256), "16, 32, 64, 128 or 256: the dots take 16 or more"),
+        ("warps", tile.warps, tile.warps in powers, "1, 2, 4, 8 or 16"),
+        ("stages", tile.stages, 1 <= tile.stages <= 8, "1 to 8"),
+        ("maxnreg", tile.maxnreg, tile.maxnreg == 0 or 24 <= tile.maxnreg <= 255, "0 for none, or 24 to 255"))
+        if not ok]
+    if problems:
+        raise ValueError(f"{TILE_ENV}={text!r}: " + "; ".join(problems))
+    return tile
+
+
+def partial_tile(factored_form: bool) -> PartialTile:
+    """The partial kernel's tile: ``PTQ_ATTENTION_TILE`` (``parse_tile``; attention_bench's ``--tiles`` sweeps it),
+    else 64 keys a step, 4 warps and 3 stages, the factored form capped at 128 registers a thread (133 uncapped on
+    sm_90 with Triton 3.6: three programs an SM; capped, four fit, unspilled)."""
+    text = os.environ.get(TILE_ENV)
+    if text is not None:
+        return parse_tile(text)
+    return PartialTile(maxnreg=128 if factored_form else 0)
+
+
+def _splits(length: int, programs_per_split: int, device: torch.device, packed: bool,
+            keys: int = PartialTile.keys) -> tuple[int, int]:
+    """(split_len, n_splits): about ``programs_per_sm(packed)`` programs per SM, each slice a whole number of
+    ``keys`` (the tile's keys a step), at most MAX_SPLITS slices."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    wanted = max(1, min(triton.cdiv(programs_per_sm(packed) * sms, programs_per_split), triton.cdiv(length, BLOCK_N),
+    wanted = max(1, min(triton.cdiv(programs_per_sm(packed) * sms, programs_per_split), triton.cdiv(length, keys),
                         MAX_SPLITS))
-    split_len = triton.cdiv(triton.cdiv(length, wanted), BLOCK_N) * BLOCK_N
+    split_len = triton.cdiv(triton.cdiv(length, wanted), keys) * keys
     return split_len, triton.cdiv(length, split_len)
 
 
@@ -392,16 +445,17 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         mask = mask.reshape(mask.shape[0], length)
         mask = (mask if mask.stride(-1) == 1 else mask.contiguous()).view(torch.uint8)
     block_g = max(16, triton.next_power_of_2(groups))
-    split_len, n_splits = _splits(length, batch * heads_kv, q.device, packed)
+    factored_form = packed and factored(q.dtype, dim, key_parameters, value_parameters)
+    tile = partial_tile(factored_form)
+    split_len, n_splits = _splits(length, batch * heads_kv, q.device, packed, tile.keys)
     acc = torch.empty((batch * heads_kv * n_splits * block_g, dim), dtype=torch.float32, device=q.device)
     ml = torch.empty((batch * heads_kv * n_splits * block_g, 2), dtype=torch.float32, device=q.device)
     out = torch.empty((batch, heads_kv, groups, dim), dtype=q.dtype, device=q.device)
     dot_f32 = q.dtype == torch.float32 or INTERPRET
     offset_codes = {}
-    if packed and factored(q.dtype, dim, key_parameters, value_parameters):
+    if factored_form:
         magic, base = OFFSET_CODES[q.dtype]
-        # 133 registers a thread uncapped (sm_90, Triton 3.6): three programs an SM; capped at 128 four fit, unspilled.
-        offset_codes = dict(FACTORED=True, MAGIC=magic, BASE=base, maxnreg=128, **{
+        offset_codes = dict(FACTORED=True, MAGIC=magic, BASE=base, **{
             f"{name}_ASM": "" if INTERPRET else pair_words_asm(magic, element == ELEMENT_IDS["int4"])
             for name, element in (("K", key_parameters[2]), ("V", value_parameters[2]))})
     pdl = pdl_flags(q.device, "attention")
@@ -412,10 +466,10 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         length, heads_kv, groups, scale, split_len, n_splits,
         q.stride(0), q.stride(1), q.stride(2), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), 0 if mask is None or mask.shape[0] == 1 else mask.stride(0),
-        D=dim, BLOCK_G=block_g, BLOCK_N=BLOCK_N, HAS_MASK=mask is not None, DOT_F32=dot_f32, PACKED=packed,
+        D=dim, BLOCK_G=block_g, HAS_MASK=mask is not None, DOT_F32=dot_f32, PACKED=packed,
         K_ELEMENT=k_element, V_ELEMENT=v_element, K_GROUP=k_group, V_GROUP=v_group, K_ZERO=k_has_zero,
-        V_ZERO=v_has_zero, ROUND_BF16=packed and q.dtype == torch.bfloat16 and INTERPRET, num_warps=4, **pdl,
-        **offset_codes,
+        V_ZERO=v_has_zero, ROUND_BF16=packed and q.dtype == torch.bfloat16 and INTERPRET, **tile.launch_options(),
+        **pdl, **offset_codes,
     )
     tail_tensors, tail_args = norm_tail_operands(norm_tail, out, batch, width)
     _combine_kernel[(batch * heads_kv * groups,)](

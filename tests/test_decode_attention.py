@@ -169,17 +169,22 @@ def test_attention_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
     assert done.returncode == 2 and "no GPU here" in done.stderr and not (tmp_path / "attention.json").exists()
     done = cli("benchmarks/attention_bench.py", "--context", "3000", "--out", str(tmp_path / "attention"))
     assert done.returncode == 2 and "--context must be 1 to --length (2306) keys, got 3000" in done.stderr
+    done = cli("benchmarks/attention_bench.py", "--tiles", "64x4x3,48x4x3", "--out", str(tmp_path / "attention"))
+    assert done.returncode == 2 and "PTQ_ATTENTION_TILE='48x4x3': keys 48" in done.stderr
+    assert not (tmp_path / "attention.json").exists()
     assert cache_bytes(2, 8, 100, 128, False) == 2 * 8 * 100 * 512  # K and V, 128 bf16 values each
     assert cache_bytes(2, 8, 100, 128, True) == 2 * 8 * 100 * (128 + 12)  # codes, K's scale, V's scale and zero
-    rows = [dict(batch=8, cache="KV4", programs_per_sm=4, splits=9, us=41.25, gb_s=1234.4, rel_err=3e-3)]
+    rows = [dict(batch=8, cache="KV4", programs_per_sm=4, tile="64x4x3", splits=9, us=41.25, gb_s=1234.4,
+                 rel_err=3e-3)]
     text = markdown(dict(device="GPU", date="d", versions={}, command="c", length=2306, context=2176, heads_kv=8,
                          groups=4, dim=128, rows=rows))
-    assert "| 8 | KV4 | 4 | 9 | 41.2 | 1234 | 3.0e-03 |" in text and "2176 written keys of 2306 slots" in text
+    assert "| 8 | KV4 | 4 | 64x4x3 | 9 | 41.2 | 1234 | 3.0e-03 |" in text and "2176 written keys of 2306 slots" in text
 
 
 def test_attention_bench_rows_on_the_interpreter(monkeypatch):
-    """bench() on the CPU (the kernels under the interpreter, a stand-in timer): a row per cache form and programs
-    per SM, more slices at more programs, each output the twin's; the switches as they were after."""
+    """bench() on the CPU (the kernels under the interpreter, a stand-in timer): a row per cache form, programs per
+    SM and tile, more slices at more programs or fewer keys a step, each output the twin's; the switches as they were
+    after."""
     import argparse
 
     from benchmarks.attention_bench import PROGRAMS_ENV, bench
@@ -188,11 +193,18 @@ def test_attention_bench_rows_on_the_interpreter(monkeypatch):
     monkeypatch.delenv("PTQ_KV4_FACTORED", raising=False)
     forms, factored = [], flash_decode.factored
     monkeypatch.setattr(flash_decode, "factored", lambda *given: forms.append(factored(*given)) or forms[-1])
-    args = argparse.Namespace(length=300, context=250, heads_kv=2, groups=4, dim=32, programs=[2, 16])
+    args = argparse.Namespace(length=300, context=250, heads_kv=2, groups=4, dim=32, programs=[2, 16], tiles=[])
     rows = bench(2, args, lambda call: (call(), 0.01)[1], torch.device("cpu"))
-    assert [(r["cache"], r["programs_per_sm"]) for r in rows] == [
-        ("bf16", 2), ("bf16", 16), ("KV4", 2), ("KV4", 16), ("KV4 factored", 2), ("KV4 factored", 16)]
+    assert [(r["cache"], r["programs_per_sm"], r["tile"]) for r in rows] == [
+        ("bf16", 2, "64x4x3"), ("bf16", 16, "64x4x3"), ("KV4", 2, "64x4x3"), ("KV4", 16, "64x4x3"),
+        ("KV4 factored", 2, "64x4x3x128"), ("KV4 factored", 16, "64x4x3x128")]
     assert rows[0]["splits"] < rows[1]["splits"] and all(r["rel_err"] < 1e-2 for r in rows)
+    args.programs, args.tiles = [16], ["16x2x2", "64x4x3"]
+    tiled = bench(2, args, lambda call: (call(), 0.01)[1], torch.device("cpu"))
+    assert [(r["cache"], r["tile"]) for r in tiled] == [(cache, tile) for cache in ("bf16", "KV4", "KV4 factored")
+                                                        for tile in ("16x2x2", "64x4x3")]
+    assert tiled[0]["splits"] > tiled[1]["splits"] and all(r["rel_err"] < 1e-2 for r in tiled)
+    assert "PTQ_ATTENTION_TILE" not in os.environ
     assert rows[0]["gb_s"] == pytest.approx(2 * 2 * 250 * 128 / 1e-5 / 1e9)
     assert set(forms) == {False, True}  # the KV4 rows ran both forms
     assert os.environ[PROGRAMS_ENV] == "3" and "PTQ_KV4_FACTORED" not in os.environ

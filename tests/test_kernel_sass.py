@@ -150,6 +150,12 @@ def test_kernel_sass_compiles_the_decode_attention_s_packed_forms(tmp_path):
     assert dequantized["I2F"] >= 64 and factored["I2F"] <= 1 and factored["HMMA"] == dequantized["HMMA"] > 0
     assert factored["loop"] < dequantized["loop"] and factored["registers"] <= 128 and factored["local_bytes"] == 0
     assert factored["config"].endswith("maxnreg128")
+    with pytest.MonkeyPatch.context() as patch:  # another tile (PTQ_ATTENTION_TILE), as the launch would take it
+        patch.setenv("PTQ_ATTENTION_TILE", "128x8x3")
+        done = run_sass("--kernel", "attention", "--element", "int4xuint4_factored", "--out", str(tmp_path / "tile"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    (tiled,) = json.loads((tmp_path / "tile.json").read_text())["configs"]
+    assert tiled["config"] == "128x128 w8 s3" and tiled["HMMA"] == factored["HMMA"]
 
 
 def test_kernel_sass_act_quant_configs_and_width(tmp_path):

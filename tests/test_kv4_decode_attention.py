@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 os.environ["TRITON_INTERPRET"] = "1"  # before the kernel module is imported (see tests/test_kernels.py)
 
@@ -163,6 +164,51 @@ def test_the_factored_form_takes_per_token_integer_codes_and_half_queries(monkey
     monkeypatch.setenv("PTQ_KV4_FACTORED", "yes")
     with pytest.raises(ValueError, match="PTQ_KV4_FACTORED='yes'"):
         flash_decode.factored(torch.bfloat16, 64, per_token, zero_points)
+
+
+@pytest.mark.parametrize("tile", ["16x1x1", "128x8x4x96"])
+@pytest.mark.parametrize("switch", ["0", "1"])
+def test_the_partial_kernel_s_tile_changes_no_result(tile, switch, monkeypatch):
+    """``PTQ_ATTENTION_TILE``: with fewer or more keys a step (and other warps, stages and register caps, which the
+    interpreter ignores) both packed forms stay within the same bound of attention over the cache dequantized in
+    fp32, hidden slots poisoned; the slices are whole tiles of the new size."""
+    g = torch.Generator().manual_seed(5)
+    batch, heads_kv, groups, dim, length = 2, 2, 4, 64, 300
+    q = torch.randn(batch, heads_kv, groups, dim, generator=g).to(torch.bfloat16)
+    key, value = (packed_operand(batch, heads_kv, length, dim, e, dim, g) for e in ("int4", "uint4"))
+    mask = (torch.arange(length)[None, :] < torch.tensor([290, 21])[:, None])[:, None, None, :]
+    exact = reference.decode_attention_ref(q.float(), reference.dequantize_kv(key, "int4", torch.float32),
+                                           reference.dequantize_kv(value, "uint4", torch.float32), mask, dim ** -0.5)
+    monkeypatch.setenv("PTQ_KV4_FACTORED", switch)
+    monkeypatch.setenv(flash_decode.TILE_ENV, tile)
+    got = flash_decode.decode_attention_packed_triton(q, poisoned(key, mask), poisoned(value, mask), mask,
+                                                      dim ** -0.5, "int4", "uint4")
+    assert torch.isfinite(got).all()
+    assert (got.float() - exact).abs().max() <= 2 * torch.finfo(torch.bfloat16).eps * exact.abs().max()
+    keys = flash_decode.parse_tile(tile).keys
+    split_len, n_splits = flash_decode._splits(length, batch * heads_kv, torch.device("cpu"), True, keys)
+    assert split_len % keys == 0 and (n_splits - 1) * split_len < length <= n_splits * split_len
+
+
+def test_the_partial_kernel_s_tile_by_default_and_from_the_environment(monkeypatch):
+    """``flash_decode.partial_tile``: 64 keys, 4 warps, 3 stages, the factored form capped at 128 registers; the
+    switch's tile otherwise, each bad field named with what is allowed."""
+    monkeypatch.delenv(flash_decode.TILE_ENV, raising=False)
+    assert str(flash_decode.partial_tile(False)) == "64x4x3" and str(flash_decode.partial_tile(True)) == "64x4x3x128"
+    assert flash_decode.partial_tile(True).launch_options() == dict(BLOCK_N=64, num_warps=4, num_stages=3,
+                                                                    maxnreg=128)
+    monkeypatch.setenv(flash_decode.TILE_ENV, "128x8x2")
+    assert flash_decode.partial_tile(True) == flash_decode.PartialTile(128, 8, 2, 0)
+    assert "maxnreg" not in flash_decode.partial_tile(True).launch_options()
+    for text, message in (("64x4", "set KEYSxWARPSxSTAGES or KEYSxWARPSxSTAGESxMAXNREG"),
+                          ("64x4x3x128x1", "set KEYSxWARPSxSTAGES"), ("64x-4x3", "set KEYSxWARPSxSTAGES"),
+                          ("8x4x3", "keys 8 (allowed: 16, 32, 64, 128 or 256"), ("64x3x3", "warps 3"),
+                          ("64x4x0", "stages 0 (allowed: 1 to 8)"), ("64x4x3x16", "maxnreg 16 (allowed: 0 for none"),
+                          ("100x4x9", "keys 100 (allowed: 16, 32, 64, 128 or 256: the dots take 16 or more); "
+                                      "stages 9")):
+        monkeypatch.setenv(flash_decode.TILE_ENV, text)
+        with pytest.raises(ValueError, match=re.escape(f"PTQ_ATTENTION_TILE={text!r}: ") + ".*" + re.escape(message)):
+            flash_decode.partial_tile(False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
