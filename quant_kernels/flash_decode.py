@@ -331,11 +331,12 @@ def factored(q_dtype: torch.dtype, dim: int, key_parameters: tuple, value_parame
     with a scale (and zero point) per token and a half query. Its result is not dequantize-then-attention's bit for
     bit: no K or V value is rounded to the query's dtype, each probability times its value's scale is instead, so it
     lies closer to attention over the cache dequantized in fp32. Compiled for sm_90 (Triton 3.6;
-    ``benchmarks/results/kernel_sass_attention_int4xuint4*.md``) a key tile of INT4 K and UINT4 V then takes 852
-    instructions instead of 1264 (957 without the inline PTX), one I2F instead of 129. On the H100 it took 161.6 us
-    at batch 64 where dequantized tiles took 180.9, 29.0 at batch 8 against 30.7, 9.8 at batch 1 against 10.3
-    (``attention_bench_factored_prefetch_h100.md``); W4A4KV4 decoded 7671 tok/s at batch 64 against 7253, 2018 at
-    batch 8 against 1974 (``bench_model_llama3_8b_s52_kv4_prefetch_h100.md``)."""
+    ``benchmarks/results/kernel_sass_attention_int4xuint4*.md``) a key tile of INT4 K and UINT4 V then takes 796
+    instructions instead of 1264 (852 before its loads stopped waiting on the mask's, 957 without the inline PTX),
+    one I2F instead of 129. On the H100 it took 161.6 us at batch 64 where dequantized tiles took 180.9, 29.0 at
+    batch 8 against 30.7, 9.8 at batch 1 against 10.3 (``attention_bench_factored_prefetch_h100.md``); W4A4KV4
+    decoded 7671 tok/s at batch 64 against 7253, 2018 at batch 8 against 1974
+    (``bench_model_llama3_8b_s52_kv4_prefetch_h100.md``)."""
     wanted = env_switch("PTQ_KV4_FACTORED", True, {
         "0": "dequantize each K and V tile as the cache does (dequantize-then-attention)",
         "1": "apply per-token scales to the scores and probabilities, the codes the dots' operands, the default"})
