@@ -157,9 +157,9 @@
 #              and its scales factored out of the dots (PTQ_KV4_FACTORED), both first checked by kernel_check;
 #              TILES=64x4x3,128x8x3,... also sweeps the split kernel's tiles (PTQ_ATTENTION_TILE)
 #   kv4_profile  the compiled CUDA-graph decode step of W4A4 (bf16 cache) and W4A4KV4 at batch 8 in one process
-#              (the same autotuned picks), each kernel's GPU time listed (decode_profile.py): where W4A4KV4's 0.34 ms
-#              a step over W4A4 in separate runs went, its attention kernel alone being the faster
-#              (attention_bench_programs_per_sm_h100.md) (issue 10)
+#              (the same autotuned picks), each kernel's GPU time listed (decode_profile.py): 3837 against 3976 us
+#              on the H100 (decode_profile_kv4_b8_llama3_8b_h100.md), where separate runs had put them 0.34 ms
+#              apart (issue 10)
 # Each step has its own time limit (LIMIT_<SECTION>, seconds) so that one slow step leaves the others their
 # turn; every script writes its files as it goes, so a step that runs out still leaves its partial tables.
 # Autotuning: each new (kernel, shape) times every candidate config, compiling each (a few seconds apiece: most of a
