@@ -156,6 +156,10 @@
 #              issue 10: W4A4KV4's batch-8 step trailed W4A4's); the KV4 cache in both forms, its tiles dequantized
 #              and its scales factored out of the dots (PTQ_KV4_FACTORED), both first checked by kernel_check;
 #              TILES=64x4x3,128x8x3,... also sweeps the split kernel's tiles (PTQ_ATTENTION_TILE)
+#   attention_tiles  attention_bench alone (no kernel_check: its error column checks each row against fp32
+#              attention on the GPU) over the split kernel's tiles (PTQ_ATTENTION_TILE): TILES, by default the
+#              defaults and the tiles of fewer warps a program that take a quarter fewer instructions a key offline
+#              (kernels_h200.md, fifty-second session), at PROGRAMS 4 and 8 an SM and BATCHES 1, 8, 64 (issue 10)
 #   kv4_profile  the compiled CUDA-graph decode step of W4A4 (bf16 cache) and W4A4KV4 at batch 8 in one process
 #              (the same autotuned picks), each kernel's GPU time listed (decode_profile.py): 3837 against 3976 us
 #              on the H100 (decode_profile_kv4_b8_llama3_8b_h100.md), where separate runs had put them 0.34 ms
@@ -518,6 +522,11 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ATTENTION:-240}" attention_bench python benchmarks/attention_bench.py \
         --batches "${BATCHES:-1,8,64}" --programs "${PROGRAMS:-2,4,8,16}" --tiles "${TILES-}" \
         --out "$OUT/attention_bench_${GPU}" ;;
+    attention_tiles)
+      step "${LIMIT_ATTENTION_TILES:-560}" attention_bench_tiles python benchmarks/attention_bench.py \
+        --batches "${BATCHES:-1,8,64}" --programs "${PROGRAMS:-4,8}" \
+        --tiles "${TILES:-64x4x3,64x4x3x128,128x8x3,128x4x3,64x2x3x168,32x1x3,64x1x3}" \
+        --out "$OUT/attention_bench_tiles_${GPU}" ;;
     kv4_profile)
       step "${LIMIT_KV4_PROFILE:-400}" decode_profile_kv4_b8 python benchmarks/decode_profile.py --compile \
         --modes w4a4,w4a4kv4 --batch "${BATCH:-8}" --top 40 \
@@ -531,6 +540,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done
