@@ -159,7 +159,8 @@
 #   attention_tiles  attention_bench alone (no kernel_check: its error column checks each row against fp32
 #              attention on the GPU) over the split kernel's tiles (PTQ_ATTENTION_TILE): TILES, by default the
 #              defaults and the tiles of fewer warps a program that take a quarter fewer instructions a key offline
-#              (kernels_h200.md, fifty-second session), at PROGRAMS 4 and 8 an SM and BATCHES 1, 8, 64 (issue 10)
+#              (kernels_h200.md, fifty-second session), at PROGRAMS 4 and 8 an SM (a one-warp program needs 8) and
+#              BATCHES 1 (where FP6's and bf16's steps meet it) and 64 (where KV4's is slowest) (issue 10)
 #   kv4_profile  the compiled CUDA-graph decode step of W4A4 (bf16 cache) and W4A4KV4 at batch 8 in one process
 #              (the same autotuned picks), each kernel's GPU time listed (decode_profile.py): 3837 against 3976 us
 #              on the H100 (decode_profile_kv4_b8_llama3_8b_h100.md), where separate runs had put them 0.34 ms
@@ -524,7 +525,7 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
         --out "$OUT/attention_bench_${GPU}" ;;
     attention_tiles)
       step "${LIMIT_ATTENTION_TILES:-560}" attention_bench_tiles python benchmarks/attention_bench.py \
-        --batches "${BATCHES:-1,8,64}" --programs "${PROGRAMS:-4,8}" \
+        --batches "${BATCHES:-1,64}" --programs "${PROGRAMS:-4,8}" \
         --tiles "${TILES:-64x4x3,64x4x3x128,128x8x3,128x4x3,64x2x3x168,32x1x3,64x1x3}" \
         --out "$OUT/attention_bench_tiles_${GPU}" ;;
     kv4_profile)
