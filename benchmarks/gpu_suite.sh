@@ -526,7 +526,7 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
     attention_tiles)
       step "${LIMIT_ATTENTION_TILES:-560}" attention_bench_tiles python benchmarks/attention_bench.py \
         --batches "${BATCHES:-1,64}" --programs "${PROGRAMS:-4,8}" \
-        --tiles "${TILES:-64x4x3,64x4x3x128,128x8x3,128x4x3,64x2x3x168,32x1x3,64x1x3}" \
+        --tiles "${TILES:-64x4x3,64x4x3x128,128x8x3x128,128x4x3,64x2x3x168,32x1x3,64x1x3}" \
         --out "$OUT/attention_bench_tiles_${GPU}" ;;
     kv4_profile)
       step "${LIMIT_KV4_PROFILE:-400}" decode_profile_kv4_b8 python benchmarks/decode_profile.py --compile \

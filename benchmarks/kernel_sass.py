@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.element not in ATTENTION_CASES:
             p.error(f"--element for attention is one of {', '.join(ATTENTION_CASES)}; got {args.element!r}")
-        tile = partial_tile(args.element.endswith("_factored"))  # the launch's (PTQ_ATTENTION_TILE sets another)
+        tile = partial_tile(args.element != "bf16")  # the launch's (PTQ_ATTENTION_TILE sets another)
         configs = [(tile.keys, 128, tile.warps, tile.stages) + ((False, 1, 1, 1, tile.maxnreg) if tile.maxnreg else ())]
         build = attention_source
     else:

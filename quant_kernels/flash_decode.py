@@ -32,7 +32,9 @@ the bf16 kernel's 616). So for INT4 / UINT4 codes with a scale per token the ker
 the scores and probabilities, where there is one per key rather than one per element: 0.97 TB/s at batch 64. Its
 codes' and scales' loads (pipelined through shared memory) are masked by the slice alone, so that they wait for no
 load of the mask (an i8 load, which Triton does not pipeline); the mask and V's zero points are loaded a tile
-ahead (offline: 796 instructions a key tile, 852 before).
+ahead (offline: 796 instructions a key tile, 852 before). Every form keeps its softmax sums per key until the loop
+ends (``_online_softmax``), sparing each tile a sum across warps: 764 instructions a tile in the factored form,
+601 over bf16 (616 before), untimed.
 """
 
 from __future__ import annotations
@@ -163,12 +165,14 @@ def _visible(mask_row, n, end, HAS_MASK: tl.constexpr):
 @triton.jit
 def _online_softmax(s, visible, m_i, l_i):
     """One key tile's step of the online softmax: (its unnormalised probabilities, the factor the running output is
-    rescaled by, the new running max, the new running sum)."""
+    rescaled by, the new running max, the new running sums). The sums stay one per row and key of the tile, summed
+    over the keys once after the loop (``l_i``: (BLOCK_G, BLOCK_N)): a row's keys lie across the warps, and a sum
+    over them a tile would cross warps through shared memory behind a barrier."""
     s = tl.where(visible[None, :], s, HIDDEN)
     m_new = tl.maximum(m_i, tl.reduce(s, 1, _elementwise_max))
     alpha = tl.exp(m_i - m_new)
     p = tl.where(visible[None, :], tl.exp(s - m_new[:, None]), 0.0)
-    return p, alpha, m_new, l_i * alpha + tl.reduce(p, 1, _sum_combine)
+    return p, alpha, m_new, l_i * alpha[:, None] + p
 
 
 @triton.jit
@@ -203,7 +207,7 @@ def _partial_kernel(
     if FACTORED:
         q_sum = tl.reduce(q.to(tl.float32), 1, _sum_combine)
     m_i = tl.full((BLOCK_G,), HIDDEN, tl.float32)
-    l_i = tl.full((BLOCK_G,), 0, tl.float32)
+    l_i = tl.full((BLOCK_G, BLOCK_N), 0, tl.float32)
     acc = tl.full((BLOCK_G, D), 0, tl.float32)
     start = split * split_len
     end = tl.minimum(start + split_len, L)
@@ -277,7 +281,7 @@ def _partial_kernel(
     row = (pid_bh * n_splits + split) * BLOCK_G + g
     tl.store(acc_ptr + row[:, None] * D + d[None, :], acc, mask=(g < G)[:, None])
     tl.store(ml_ptr + row * 2, m_i, mask=g < G)
-    tl.store(ml_ptr + row * 2 + 1, l_i, mask=g < G)
+    tl.store(ml_ptr + row * 2 + 1, tl.reduce(l_i, 1, _sum_combine), mask=g < G)
 
 
 @triton.jit
@@ -331,12 +335,12 @@ def factored(q_dtype: torch.dtype, dim: int, key_parameters: tuple, value_parame
     with a scale (and zero point) per token and a half query. Its result is not dequantize-then-attention's bit for
     bit: no K or V value is rounded to the query's dtype, each probability times its value's scale is instead, so it
     lies closer to attention over the cache dequantized in fp32. Compiled for sm_90 (Triton 3.6;
-    ``benchmarks/results/kernel_sass_attention_int4xuint4*.md``) a key tile of INT4 K and UINT4 V then takes 796
-    instructions instead of 1264 (852 before its loads stopped waiting on the mask's, 957 without the inline PTX),
-    one I2F instead of 129. On the H100 it took 161.6 us at batch 64 where dequantized tiles took 180.9, 29.0 at
-    batch 8 against 30.7, 9.8 at batch 1 against 10.3 (``attention_bench_factored_prefetch_h100.md``); W4A4KV4
-    decoded 7671 tok/s at batch 64 against 7253, 2018 at batch 8 against 1974
-    (``bench_model_llama3_8b_s52_kv4_prefetch_h100.md``)."""
+    ``benchmarks/results/kernel_sass_attention_int4xuint4*.md``) a key tile of INT4 K and UINT4 V then takes 764
+    instructions instead of 1261 (796 before its softmax sums were deferred, 852 before its loads stopped waiting on
+    the mask's, 957 without the inline PTX), one I2F instead of 129. On the H100, at 796 instructions, it took
+    161.6 us at batch 64 where dequantized tiles took 180.9, 29.0 at batch 8 against 30.7, 9.8 at batch 1 against
+    10.3 (``attention_bench_factored_prefetch_h100.md``); W4A4KV4 decoded 7671 tok/s at batch 64 against 7253, 2018
+    at batch 8 against 1974 (``bench_model_llama3_8b_s52_kv4_prefetch_h100.md``)."""
     wanted = env_switch("PTQ_KV4_FACTORED", True, {
         "0": "dequantize each K and V tile as the cache does (dequantize-then-attention)",
         "1": "apply per-token scales to the scores and probabilities, the codes the dots' operands, the default"})
@@ -386,14 +390,15 @@ def parse_tile(text: str) -> PartialTile:
     return tile
 
 
-def partial_tile(factored_form: bool) -> PartialTile:
+def partial_tile(packed: bool) -> PartialTile:
     """The partial kernel's tile: ``PTQ_ATTENTION_TILE`` (``parse_tile``; attention_bench's ``--tiles`` sweeps it),
-    else 64 keys a step, 4 warps and 3 stages, the factored form capped at 128 registers a thread (133 uncapped on
-    sm_90 with Triton 3.6: three programs an SM; capped, four fit, unspilled)."""
+    else 64 keys a step, 4 warps and 3 stages, over a packed cache capped at 128 registers a thread (uncapped on
+    sm_90 with Triton 3.6 the factored form takes 133 and dequantized tiles 157: three programs an SM; capped, four
+    fit, unspilled, in 764 and 1261 instructions a step against 780 and 1246)."""
     text = os.environ.get(TILE_ENV)
     if text is not None:
         return parse_tile(text)
-    return PartialTile(maxnreg=128 if factored_form else 0)
+    return PartialTile(maxnreg=128 if packed else 0)
 
 
 def _splits(length: int, programs_per_split: int, device: torch.device, packed: bool,
@@ -447,7 +452,7 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         mask = (mask if mask.stride(-1) == 1 else mask.contiguous()).view(torch.uint8)
     block_g = max(16, triton.next_power_of_2(groups))
     factored_form = packed and factored(q.dtype, dim, key_parameters, value_parameters)
-    tile = partial_tile(factored_form)
+    tile = partial_tile(packed)
     split_len, n_splits = _splits(length, batch * heads_kv, q.device, packed, tile.keys)
     acc = torch.empty((batch * heads_kv * n_splits * block_g, dim), dtype=torch.float32, device=q.device)
     ml = torch.empty((batch * heads_kv * n_splits * block_g, 2), dtype=torch.float32, device=q.device)

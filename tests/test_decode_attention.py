@@ -196,7 +196,7 @@ def test_attention_bench_rows_on_the_interpreter(monkeypatch):
     args = argparse.Namespace(length=300, context=250, heads_kv=2, groups=4, dim=32, programs=[2, 16], tiles=[])
     rows = bench(2, args, lambda call: (call(), 0.01)[1], torch.device("cpu"))
     assert [(r["cache"], r["programs_per_sm"], r["tile"]) for r in rows] == [
-        ("bf16", 2, "64x4x3"), ("bf16", 16, "64x4x3"), ("KV4", 2, "64x4x3"), ("KV4", 16, "64x4x3"),
+        ("bf16", 2, "64x4x3"), ("bf16", 16, "64x4x3"), ("KV4", 2, "64x4x3x128"), ("KV4", 16, "64x4x3x128"),
         ("KV4 factored", 2, "64x4x3x128"), ("KV4 factored", 16, "64x4x3x128")]
     assert rows[0]["splits"] < rows[1]["splits"] and all(r["rel_err"] < 1e-2 for r in rows)
     args.programs, args.tiles = [16], ["16x2x2", "64x4x3"]

@@ -191,7 +191,7 @@ def test_the_partial_kernel_s_tile_changes_no_result(tile, switch, monkeypatch):
 
 
 def test_the_partial_kernel_s_tile_by_default_and_from_the_environment(monkeypatch):
-    """``flash_decode.partial_tile``: 64 keys, 4 warps, 3 stages, the factored form capped at 128 registers; the
+    """``flash_decode.partial_tile``: 64 keys, 4 warps, 3 stages, over a packed cache capped at 128 registers; the
     switch's tile otherwise, each bad field named with what is allowed."""
     monkeypatch.delenv(flash_decode.TILE_ENV, raising=False)
     assert str(flash_decode.partial_tile(False)) == "64x4x3" and str(flash_decode.partial_tile(True)) == "64x4x3x128"
