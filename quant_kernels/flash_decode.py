@@ -393,8 +393,8 @@ def parse_tile(text: str) -> PartialTile:
 def partial_tile(packed: bool) -> PartialTile:
     """The partial kernel's tile: ``PTQ_ATTENTION_TILE`` (``parse_tile``; attention_bench's ``--tiles`` sweeps it),
     else 64 keys a step, 4 warps and 3 stages, over a packed cache capped at 128 registers a thread (uncapped on
-    sm_90 with Triton 3.6 the factored form takes 133 and dequantized tiles 157: three programs an SM; capped, four
-    fit, unspilled, in 764 and 1261 instructions a step against 780 and 1246)."""
+    sm_90 with Triton 3.6 the factored form takes 146 and dequantized tiles 157: three programs an SM; capped, four
+    fit, unspilled, in 764 and 1261 instructions a step against 764 and 1246)."""
     text = os.environ.get(TILE_ENV)
     if text is not None:
         return parse_tile(text)
