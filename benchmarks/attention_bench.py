@@ -91,7 +91,7 @@ def bench(batch: int, args, time_ms, device: torch.device) -> list[dict]:
             with environment(((PROGRAMS_ENV, str(programs)), *FORM_SWITCHES[cache], *tile_switch)):
                 error = ((call().float() - want).abs().max() / want.abs().max()).item()
                 ms = time_ms(call)
-                tile = partial_tile(packed)
+                tile = partial_tile(packed, cache == "KV4 factored", batch * heads_kv, args.length, device)
                 splits = _splits(args.length, batch * heads_kv, device, packed, tile.keys)[1]
             total = cache_bytes(batch, heads_kv, args.context, dim, packed)
             rows.append({"batch": batch, "cache": cache, "programs_per_sm": programs, "tile": str(tile),
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"programs per SM to try ({PROGRAMS_ENV}; by default 4 over KV4, 2 over bf16)")
     p.add_argument("--tiles", type=tiles, default=[],
                    help="comma list of partial-kernel tiles to try, each KEYSxWARPSxSTAGES[xMAXNREG] "
-                        "(PTQ_ATTENTION_TILE; by default the launch's own: 64x4x3, over a packed cache 64x4x3x128)")
+                        "(PTQ_ATTENTION_TILE; by default the launch's own, flash_decode.partial_tile)")
     p.add_argument("--length", type=int, default=2306, help="cache slots (bench_model: 2048 + 256 + 2)")
     p.add_argument("--context", type=int, default=2176, help="written keys (bench_model's mean context)")
     p.add_argument("--heads_kv", type=int, default=8)

@@ -518,11 +518,14 @@ def main(argv: list[str] | None = None) -> int:
             configs = [(bn, bkb, w, s, bm, g) for bn, bm, bkb, w, s, g in tiles]
         build = w4a4_tc_source
     elif args.kernel == "attention":
+        import torch
+
         from quant_kernels.flash_decode import partial_tile
 
         if args.element not in ATTENTION_CASES:
             p.error(f"--element for attention is one of {', '.join(ATTENTION_CASES)}; got {args.element!r}")
-        tile = partial_tile(args.element != "bf16")  # the launch's (PTQ_ATTENTION_TILE sets another)
+        # the launch's tile but for the factored form's one-warp tile (PTQ_ATTENTION_TILE=32x1x3 compiles that)
+        tile = partial_tile(args.element != "bf16", False, 1, 1, torch.device("cpu"))
         configs = [(tile.keys, 128, tile.warps, tile.stages) + ((False, 1, 1, 1, tile.maxnreg) if tile.maxnreg else ())]
         build = attention_source
     else:

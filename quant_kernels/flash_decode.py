@@ -390,24 +390,51 @@ def parse_tile(text: str) -> PartialTile:
     return tile
 
 
-def partial_tile(packed: bool) -> PartialTile:
-    """The partial kernel's tile: ``PTQ_ATTENTION_TILE`` (``parse_tile``; attention_bench's ``--tiles`` sweeps it),
-    else 64 keys a step, 4 warps and 3 stages, over a packed cache capped at 128 registers a thread (uncapped on
-    sm_90 with Triton 3.6 the factored form takes 146 and dequantized tiles 157: three programs an SM; capped, four
-    fit, unspilled, in 764 and 1261 instructions a step against 764 and 1246)."""
+# The partial kernel's tiles (``partial_tile`` says when each is taken).
+BF16_TILE = PartialTile(keys=32)
+PACKED_TILE = PartialTile(maxnreg=128)
+ONE_WARP_TILE = PartialTile(keys=32, warps=1, stages=3)
+ONE_WARP_PROGRAMS_PER_SM = 3
+
+
+def partial_tile(packed: bool, factored_form: bool, pairs: int, length: int, device: torch.device) -> PartialTile:
+    """The partial kernel's tile for ``pairs`` (sequence, K/V head) pairs over ``length`` cache slots:
+    ``PTQ_ATTENTION_TILE`` (``parse_tile``; attention_bench's ``--tiles`` sweeps it), else by the cache's form.
+
+    - bf16: ``BF16_TILE``, 32 keys a step, 4 warps, 3 stages.
+    - packed, the factored form (``factored``): ``ONE_WARP_TILE`` (32 keys, one warp, 3 stages) where its slices
+      give every SM at least ``ONE_WARP_PROGRAMS_PER_SM`` programs, else as dequantized tiles.
+    - packed, dequantized tiles: ``PACKED_TILE``, 64 keys a step, 4 warps, 3 stages, capped at 128 registers a
+      thread (uncapped on sm_90 with Triton 3.6 they take 157: three programs an SM; capped, four fit, unspilled).
+
+    On the H100 (``attention_bench_tiles_*_h100.md``: 2176 written keys of 2306, Llama-3-8B's heads and
+    Qwen2.5-7B's) the one-warp tile, 37 instructions a key against 50 offline, took the factored form from 27.8 to
+    25.5 us at 64 pairs (Llama-3-8B at batch 8), 52.5 to 47.3 at 128, 89.2 to 74.4 at 256 and 156.0 to 116.4 at
+    512; at 8 pairs, its 296 programs left the SMs short of warps (10.2 us against 9.6), and at 32 (Qwen2.5-7B at
+    batch 8) 16.7 against 17.4. Dequantized tiles gained from it at 512 pairs alone. The bf16 cache's 32-key tile
+    took 110.7 us against 121.1 at 256 pairs and 209.7 against 227.2 at 512, 10.0 against 10.6 at 8, and lost
+    0.4-0.5 us at 4 and 64."""
     text = os.environ.get(TILE_ENV)
     if text is not None:
         return parse_tile(text)
-    return PartialTile(maxnreg=128 if packed else 0)
+    if factored_form:
+        slices = _splits(length, pairs, device, packed, ONE_WARP_TILE.keys)[1]
+        if pairs * slices >= ONE_WARP_PROGRAMS_PER_SM * _sm_count(device):
+            return ONE_WARP_TILE
+    return PACKED_TILE if packed else BF16_TILE
+
+
+def _sm_count(device: torch.device) -> int:
+    """The device's SMs; 4 stand in for the CPU's (the interpreter's launches)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
 def _splits(length: int, programs_per_split: int, device: torch.device, packed: bool,
             keys: int = PartialTile.keys) -> tuple[int, int]:
     """(split_len, n_splits): about ``programs_per_sm(packed)`` programs per SM, each slice a whole number of
     ``keys`` (the tile's keys a step), at most MAX_SPLITS slices."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    wanted = max(1, min(triton.cdiv(programs_per_sm(packed) * sms, programs_per_split), triton.cdiv(length, keys),
-                        MAX_SPLITS))
+    wanted = max(1, min(triton.cdiv(programs_per_sm(packed) * _sm_count(device), programs_per_split),
+                        triton.cdiv(length, keys), MAX_SPLITS))
     split_len = triton.cdiv(triton.cdiv(length, wanted), keys) * keys
     return split_len, triton.cdiv(length, split_len)
 
@@ -452,7 +479,7 @@ def _decode_attention(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         mask = (mask if mask.stride(-1) == 1 else mask.contiguous()).view(torch.uint8)
     block_g = max(16, triton.next_power_of_2(groups))
     factored_form = packed and factored(q.dtype, dim, key_parameters, value_parameters)
-    tile = partial_tile(packed)
+    tile = partial_tile(packed, factored_form, batch * heads_kv, length, q.device)
     split_len, n_splits = _splits(length, batch * heads_kv, q.device, packed, tile.keys)
     acc = torch.empty((batch * heads_kv * n_splits * block_g, dim), dtype=torch.float32, device=q.device)
     ml = torch.empty((batch * heads_kv * n_splits * block_g, 2), dtype=torch.float32, device=q.device)

@@ -183,8 +183,8 @@ def test_attention_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
 
 def test_attention_bench_rows_on_the_interpreter(monkeypatch):
     """bench() on the CPU (the kernels under the interpreter, a stand-in timer): a row per cache form, programs per
-    SM and tile, more slices at more programs or fewer keys a step, each output the twin's; the switches as they were
-    after."""
+    SM and tile (the launch's: the factored form's one-warp tile where its slices make 12 programs or more), more
+    slices at more programs or fewer keys a step, each output the twin's; the switches as they were after."""
     import argparse
 
     from benchmarks.attention_bench import PROGRAMS_ENV, bench
@@ -196,8 +196,8 @@ def test_attention_bench_rows_on_the_interpreter(monkeypatch):
     args = argparse.Namespace(length=300, context=250, heads_kv=2, groups=4, dim=32, programs=[2, 16], tiles=[])
     rows = bench(2, args, lambda call: (call(), 0.01)[1], torch.device("cpu"))
     assert [(r["cache"], r["programs_per_sm"], r["tile"]) for r in rows] == [
-        ("bf16", 2, "64x4x3"), ("bf16", 16, "64x4x3"), ("KV4", 2, "64x4x3x128"), ("KV4", 16, "64x4x3x128"),
-        ("KV4 factored", 2, "64x4x3x128"), ("KV4 factored", 16, "64x4x3x128")]
+        ("bf16", 2, "32x4x3"), ("bf16", 16, "32x4x3"), ("KV4", 2, "64x4x3x128"), ("KV4", 16, "64x4x3x128"),
+        ("KV4 factored", 2, "64x4x3x128"), ("KV4 factored", 16, "32x1x3")]  # 16 programs an SM: 40 one-warp ones
     assert rows[0]["splits"] < rows[1]["splits"] and all(r["rel_err"] < 1e-2 for r in rows)
     args.programs, args.tiles = [16], ["16x2x2", "64x4x3"]
     tiled = bench(2, args, lambda call: (call(), 0.01)[1], torch.device("cpu"))

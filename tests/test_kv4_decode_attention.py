@@ -191,15 +191,25 @@ def test_the_partial_kernel_s_tile_changes_no_result(tile, switch, monkeypatch):
 
 
 def test_the_partial_kernel_s_tile_by_default_and_from_the_environment(monkeypatch):
-    """``flash_decode.partial_tile``: 64 keys, 4 warps, 3 stages, over a packed cache capped at 128 registers; the
-    switch's tile otherwise, each bad field named with what is allowed."""
+    """``flash_decode.partial_tile``: 32 keys, 4 warps, 3 stages over a bf16 cache; 64 keys capped at 128 registers
+    over a packed one, but for the factored form's one-warp tile once its slices give each SM 3 programs (the CPU
+    stands in 4 SMs: 12 programs; at 4 programs an SM of 32 keys, one pair's 300 keys split in 10 slices and 2306 in
+    15, 5 pairs' 64 in 2 (10 programs) and 6 pairs' in 2 (12), 8 pairs' 300 in 2); the switch's tile otherwise, each
+    bad field named with what is allowed."""
     monkeypatch.delenv(flash_decode.TILE_ENV, raising=False)
-    assert str(flash_decode.partial_tile(False)) == "64x4x3" and str(flash_decode.partial_tile(True)) == "64x4x3x128"
-    assert flash_decode.partial_tile(True).launch_options() == dict(BLOCK_N=64, num_warps=4, num_stages=3,
-                                                                    maxnreg=128)
+    monkeypatch.delenv("PTQ_ATTENTION_PROGRAMS_PER_SM", raising=False)
+    cpu = torch.device("cpu")
+    assert str(flash_decode.partial_tile(False, False, 1, 300, cpu)) == "32x4x3"
+    assert str(flash_decode.partial_tile(True, False, 64, 300, cpu)) == "64x4x3x128"
+    assert flash_decode.partial_tile(True, False, 1, 300, cpu).launch_options() == dict(
+        BLOCK_N=64, num_warps=4, num_stages=3, maxnreg=128)
+    for pairs, length, one_warp in ((1, 300, False), (1, 2306, True), (5, 64, False), (6, 64, True), (8, 300, True)):
+        tile = flash_decode.partial_tile(True, True, pairs, length, cpu)
+        assert tile == (flash_decode.ONE_WARP_TILE if one_warp else flash_decode.PACKED_TILE), (pairs, length)
+    assert str(flash_decode.ONE_WARP_TILE) == "32x1x3"
     monkeypatch.setenv(flash_decode.TILE_ENV, "128x8x2")
-    assert flash_decode.partial_tile(True) == flash_decode.PartialTile(128, 8, 2, 0)
-    assert "maxnreg" not in flash_decode.partial_tile(True).launch_options()
+    assert flash_decode.partial_tile(True, True, 8, 300, cpu) == flash_decode.PartialTile(128, 8, 2, 0)
+    assert "maxnreg" not in flash_decode.partial_tile(True, False, 1, 300, cpu).launch_options()
     for text, message in (("64x4", "set KEYSxWARPSxSTAGES or KEYSxWARPSxSTAGESxMAXNREG"),
                           ("64x4x3x128x1", "set KEYSxWARPSxSTAGES"), ("64x-4x3", "set KEYSxWARPSxSTAGES"),
                           ("8x4x3", "keys 8 (allowed: 16, 32, 64, 128 or 256"), ("64x3x3", "warps 3"),
@@ -208,7 +218,7 @@ def test_the_partial_kernel_s_tile_by_default_and_from_the_environment(monkeypat
                                       "stages 9")):
         monkeypatch.setenv(flash_decode.TILE_ENV, text)
         with pytest.raises(ValueError, match=re.escape(f"PTQ_ATTENTION_TILE={text!r}: ") + ".*" + re.escape(message)):
-            flash_decode.partial_tile(False)
+            flash_decode.partial_tile(False, False, 1, 300, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
