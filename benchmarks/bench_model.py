@@ -436,7 +436,8 @@ def markdown(result: dict) -> str:
     if errors:
         lines += ["", "CUDA-graph capture failed (eager figure only): " + "; ".join(errors) + "."]
     lines += ["", "Ratios in parentheses are against bf16 in the same column (prefill: bf16 time / mode time). "
-                  "KV4 graph decode reads a static packed cache, its codes dequantized inside the attention kernel."]
+                  "KV4 graph decode reads a static packed cache inside the attention kernel (by default its codes "
+                  "the dots' operands, its scales applied to scores and probabilities: flash_decode.factored)."]
     return "\n".join(lines) + "\n"
 
 

@@ -408,12 +408,13 @@ def partial_tile(packed: bool, factored_form: bool, pairs: int, length: int, dev
       thread (uncapped on sm_90 with Triton 3.6 they take 157: three programs an SM; capped, four fit, unspilled).
 
     On the H100 (``attention_bench_tiles_*_h100.md``: 2176 written keys of 2306, Llama-3-8B's heads and
-    Qwen2.5-7B's) the one-warp tile, 37 instructions a key against 50 offline, took the factored form from 27.8 to
+    Qwen2.5-7B's) the one-warp tile, 36.5 instructions a key against 47.8 offline, took the factored form from 27.8 to
     25.5 us at 64 pairs (Llama-3-8B at batch 8), 52.5 to 47.3 at 128, 89.2 to 74.4 at 256 and 156.0 to 116.4 at
-    512; at 8 pairs, its 296 programs left the SMs short of warps (10.2 us against 9.6), and at 32 (Qwen2.5-7B at
+    512; at 8 pairs, its 296 programs left the SMs short of warps (10.3 us against 9.8), and at 32 (Qwen2.5-7B at
     batch 8) 16.7 against 17.4. Dequantized tiles gained from it at 512 pairs alone. The bf16 cache's 32-key tile
     took 110.7 us against 121.1 at 256 pairs and 209.7 against 227.2 at 512, 10.0 against 10.6 at 8, and lost
-    0.4-0.5 us at 4 and 64."""
+    0.3-0.5 us at 4 and 64. W4A4KV4 then decoded 9087 tok/s at batch 64, 1.88x bf16's 4832 (7671, 1.65x, before;
+    ``model_table_llama3_8b_s53_h100.md``)."""
     text = os.environ.get(TILE_ENV)
     if text is not None:
         return parse_tile(text)
