@@ -158,9 +158,9 @@
 #              TILES=64x4x3,128x8x3,... also sweeps the split kernel's tiles (PTQ_ATTENTION_TILE)
 #   attention_tiles  attention_bench alone (no kernel_check: its error column checks each row against fp32
 #              attention on the GPU) over the split kernel's tiles (PTQ_ATTENTION_TILE): TILES, by default the
-#              defaults and the tiles of fewer warps a program that take a quarter fewer instructions a key offline
-#              (kernels_h200.md, fifty-second session), at PROGRAMS 4 and 8 an SM (a one-warp program needs 8) and
-#              BATCHES 1 (where FP6's and bf16's steps meet it) and 64 (where KV4's is slowest) (issue 10)
+#              fifty-second session's defaults and the tiles of fewer warps a program that take a quarter fewer
+#              instructions a key offline, at PROGRAMS 4 and 8 an SM and BATCHES 1 and 64: the first sweep of
+#              kernels_h200.md's fifty-third session, which chose flash_decode.partial_tile's tiles by batch (issue 10)
 #   kv4_profile  the compiled CUDA-graph decode step of W4A4 (bf16 cache) and W4A4KV4 at batch 8 in one process
 #              (the same autotuned picks), each kernel's GPU time listed (decode_profile.py): 3837 against 3976 us
 #              on the H100 (decode_profile_kv4_b8_llama3_8b_h100.md), where separate runs had put them 0.34 ms
