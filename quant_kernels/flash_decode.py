@@ -432,8 +432,7 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def _splits(length: int, programs_per_split: int, device: torch.device, packed: bool,
-            keys: int = PartialTile.keys) -> tuple[int, int]:
+def _splits(length: int, programs_per_split: int, device: torch.device, packed: bool, keys: int) -> tuple[int, int]:
     """(split_len, n_splits): about ``programs_per_sm(packed)`` programs per SM, each slice a whole number of
     ``keys`` (the tile's keys a step), at most MAX_SPLITS slices."""
     wanted = max(1, min(triton.cdiv(programs_per_sm(packed) * _sm_count(device), programs_per_split),

@@ -54,7 +54,7 @@ def test_hidden_slots_are_ignored_whatever_they_hold():
 
 
 def test_several_slices_are_combined():
-    assert flash_decode._splits(300, 2, torch.device("cpu"), False)[1] > 1
+    assert flash_decode._splits(300, 2, torch.device("cpu"), False, 64)[1] > 1
 
 
 def test_more_programs_an_sm_split_the_keys_further_and_give_the_same_attention(monkeypatch):
@@ -67,17 +67,18 @@ def test_more_programs_an_sm_split_the_keys_further_and_give_the_same_attention(
     want = quant_kernels.decode_attention(q, key, value, mask, backend="torch")
     monkeypatch.delenv("PTQ_ATTENTION_PROGRAMS_PER_SM", raising=False)
     cpu = torch.device("cpu")
-    assert flash_decode._splits(500, 16, cpu, False) == (512, 1)
-    assert flash_decode._splits(500, 2, cpu, False) == (128, 4) and flash_decode._splits(500, 2, cpu, True) == (64, 8)
+    assert flash_decode._splits(500, 16, cpu, False, 64) == (512, 1)
+    assert flash_decode._splits(500, 2, cpu, False, 64) == (128, 4)
+    assert flash_decode._splits(500, 2, cpu, True, 64) == (64, 8)
     monkeypatch.setenv("PTQ_ATTENTION_PROGRAMS_PER_SM", "16")
-    assert flash_decode._splits(500, 16, cpu, False) == (128, 4) == flash_decode._splits(500, 16, cpu, True)
-    assert flash_decode._splits(80, 16, cpu, False) == (64, 2)
+    assert flash_decode._splits(500, 16, cpu, False, 64) == (128, 4) == flash_decode._splits(500, 16, cpu, True, 64)
+    assert flash_decode._splits(80, 16, cpu, False, 64) == (64, 2)
     torch.testing.assert_close(quant_kernels.decode_attention(q, key, value, mask, backend="triton"), want,
                                rtol=1e-5, atol=1e-5)
     for bad in ("0", "two", "-1"):
         monkeypatch.setenv("PTQ_ATTENTION_PROGRAMS_PER_SM", bad)
         with pytest.raises(ValueError, match=f"PTQ_ATTENTION_PROGRAMS_PER_SM='{bad}': set a whole number"):
-            flash_decode._splits(500, 16, cpu, False)
+            flash_decode._splits(500, 16, cpu, False, 64)
 
 
 def test_bfloat16_and_a_mask_shared_by_the_batch():
