@@ -52,9 +52,6 @@
 #   fpx_b1     bf16 / FP6 compiled CUDA-graph decode at batch 1, 256 tokens: FP6 E3M2 with lm_head in bf16 and in FP6
 #              (fp6_head), FP6 E2M3 (MODES; NAME names the result file; issue 10)
 #   fpx_b8     bf16 / FP6 compiled CUDA-graph decode at batch 8 (MODES; issue 10)
-#   fpx_pdl    the FPx row kernel as a programmatic dependent launch (PTQ_PDL naming fpx): its one-row products
-#              checked against their twins so launched, then FP6 E3M2 / bf16 compiled CUDA-graph decode at batch 1,
-#              256 tokens, as by default, and FP6 with the row kernel so launched in a second process (issue 10)
 #   fpx_gated  the row kernel's gated products (silu(gate) * up in its epilogue, models.gated_mlp) checked, then
 #              FP6 / bf16 (MODES) compiled CUDA-graph decode at batch 1, 256 tokens, gated (the default), and FP6
 #              (UNGATED_MODES) with PTQ_FPX_GATED=0 (HF's MLP forward) in a second process (issue 10)
@@ -340,16 +337,6 @@ for section in "$@"; do
       step "${LIMIT_FPX_MODEL:-200}" bench_model_fp6_ungated env PTQ_FPX_GATED=0 python benchmarks/bench_model.py \
         --random_mode --config llama-3-8b --modes "${UNGATED_MODES:-fp6}" --prefill_batches "" --decode_batches 1 \
         --decode_tokens 256 --compile --no_eager --out "$OUT/bench_model_decode_compiled_fp6_ungated_llama3_8b_${GPU}" ;;
-    fpx_pdl)
-      with_fpx=act_quant,gemv,kv_write,attention,fpx
-      step "${LIMIT_FPX_CHECK:-120}" kernel_check_fpx_pdl env PTQ_PDL=$with_fpx python -u benchmarks/kernel_check.py \
-        --only fpx,fpx_gated --out "$OUT/kernel_check_fpx_row_pdl_${GPU}"
-      step "${LIMIT_FPX_MODEL:-200}" bench_model_fp6_default python benchmarks/bench_model.py --random_mode \
-        --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 1 --decode_tokens 256 \
-        --compile --no_eager --out "$OUT/bench_model_decode_compiled_fp6_default_pdl_llama3_8b_${GPU}"
-      step "${LIMIT_FPX_MODEL:-200}" bench_model_fp6_row_pdl env PTQ_PDL=$with_fpx python benchmarks/bench_model.py \
-        --random_mode --config llama-3-8b --modes fp6 --prefill_batches "" --decode_batches 1 --decode_tokens 256 \
-        --compile --no_eager --out "$OUT/bench_model_decode_compiled_fp6_row_pdl_llama3_8b_${GPU}" ;;
     fpx_b8)
       step "${LIMIT_FPX_MODEL:-400}" bench_model_fp6_b8 python benchmarks/bench_model.py --random_mode \
         --config llama-3-8b --modes "${MODES:-fp6,bf16}" --prefill_batches "" --decode_batches 8 --decode_tokens 64 \
@@ -554,6 +541,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_pdl, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

@@ -108,7 +108,7 @@ def fpx_row_source(element: str, config: tuple[int, ...], mma: bool = False, gro
                      X_SCALE=2.0**ROW_X_SCALE_EXP, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
                      LOOP_STAGES=config[6] if len(config) > 6 else 1, MMA=mma, UNIT_EXP=127 - exp_bias,
                      USE_ASM=True, SPLIT_K=config[7] if len(config) > 7 else 1, INTERLEAVED=interleaved,
-                     EVEN=True, GATED=gated, ROUND_BF16=gated, ROUND_F16=False, USE_GDC=False)
+                     EVEN=True, GATED=gated, ROUND_BF16=gated, ROUND_F16=False)
     signature.update({name: "constexpr" for name in constants})
     add_group_arguments(signature, constants, group, exp_bias, scales)
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(15) if names[i] != "M"}

@@ -75,7 +75,6 @@ from torch.utils.weak import WeakIdKeyDictionary
 from triton.language.standard import _sum_combine
 
 from .autotuning import autotune
-from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import check_fpx_args, check_out, fpx_element, silu_mul_ref
 from .rounding import _round_to_dtype
 from .switches import env_switch
@@ -838,7 +837,7 @@ def _fpx_row_kernel(
     USE_ASM: tl.constexpr = False, SPLIT_K: tl.constexpr = 1, INTERLEAVED: tl.constexpr = False,
     EVEN: tl.constexpr = False, gscale_ptr=None, stride_gs=0, GROUP: tl.constexpr = 0, G_UNIT: tl.constexpr = 1.0,
     gglobal_ptr=None, SCALE_CODE: tl.constexpr = 0, GATED: tl.constexpr = False, ROUND_BF16: tl.constexpr = False,
-    ROUND_F16: tl.constexpr = False, USE_GDC: tl.constexpr = False,
+    ROUND_F16: tl.constexpr = False,
 ):
     """Up to ROW_MAX_M activation rows (decode) on the CUDA cores: fp32 multiply-adds, one reduction at the end.
 
@@ -865,11 +864,7 @@ def _fpx_row_kernel(
     GATED (not MMA or INTERLEAVED): the weight rows are an MLP's gate rows (the first N / 2) then its up rows, and
     the output (M, N / 2) is silu(gate) * up: a program takes BLOCK_N / 2 rows of each, the same outputs'
     (``_store_products``), so that HF's ``act_fn(gate) * up`` needs no launch of its own at decode.
-    USE_GDC: a programmatic dependent launch (``quant_kernels.pdl``, where ``PTQ_PDL`` names ``fpx``), waiting for
-    the kernels before it ahead of any load.
     """
-    launch_dependents(USE_GDC)
-    wait_for_producer(USE_GDC)
     if GATED:
         tl.static_assert(not MMA and not INTERLEAVED, "a gated product takes the row kernel's fp32 forms")
         offs_n, n_ok = _gated_rows(N, BLOCK_N)
@@ -1406,8 +1401,7 @@ def fpx_matmul_triton(
         row_flags = dict(BITS=bits, MAN_BITS=man_bits, HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                          X_SCALE=2.0 ** ROW_X_SCALE_EXP, BLOCK_M=triton.next_power_of_2(m), MMA=mma,
                          UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET, INTERLEAVED=interleaved, GATED=gated,
-                         ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16,
-                         **pdl_flags(x.device, "fpx"))
+                         ROUND_BF16=out_dtype == torch.bfloat16, ROUND_F16=out_dtype == torch.float16)
         row_flags.update(group_flags)
 
         def programs(block_n: int) -> int:  # a gated program takes BLOCK_N / 2 output columns: as many rows of each

@@ -17,10 +17,10 @@ in the stream, launched as PDL or not, sees the writes of all kernels before it.
 product, the K/V write and both attention kernels; ``gemv`` only the decode product after
 the activation kernel (run 8's arrangement, ``benchmarks/results/end_to_end_h200.md``);
 ``off`` none; or a comma-separated list of ``PDL_KERNELS``. Under the interpreter and on the
-CPU nothing launches this way. The FPx one-row product (``fpx``) launches this way only where the list names it
-(``PTQ_PDL=act_quant,gemv,kv_write,attention,fpx``): launched so with its first words prefetched into L2 before it
-waited, it ran its batch-1 decode step 8 % slower (``kernels_h200.md``, nineteenth run); it now waits first and
-prefetches nothing, untimed (``benchmarks/gpu_suite.sh fpx_pdl`` times it against the default).
+CPU nothing launches this way. (The FPx one-row product launched this way, its first words
+prefetched into L2 before it waited, ran its batch-1 decode step 8 % slower: ``kernels_h200.md``,
+nineteenth run; waiting first and prefetching nothing, 5.4 % slower on the H100: 250.3 against 264.5 tok/s,
+fifty-fourth session.)
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ import triton
 import triton.language as tl
 
 INTERPRET = triton.knobs.runtime.interpret
-DEFAULT_PDL_KERNELS = ("act_quant", "gemv", "kv_write", "attention")
-PDL_KERNELS = DEFAULT_PDL_KERNELS + ("fpx",)
+PDL_KERNELS = ("act_quant", "gemv", "kv_write", "attention")
 # PTQ_PDL's named modes and the kernels each launches that way (any other value: a list of PDL_KERNELS).
-PDL_MODES = {"all": DEFAULT_PDL_KERNELS, "gemv": ("gemv",), "off": ()}
+PDL_MODES = {"all": PDL_KERNELS, "gemv": ("gemv",), "off": ()}
 
 
 def pdl_kernels() -> frozenset[str]:

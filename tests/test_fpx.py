@@ -320,20 +320,6 @@ def test_row_kernel_equals_twin(name, k, prefetch, stages, monkeypatch):
         row_kernel_outputs(name, m, k, seed=k + m)
 
 
-def test_row_kernel_asks_whether_to_launch_as_a_dependent_launch(monkeypatch):
-    """The row kernel's launch takes its programmatic-dependent-launch flags as ``fpx`` (``PTQ_PDL`` names it to
-    turn them on; the interpreter and the CPU launch plainly)."""
-    asked = []
-
-    def flags(device: torch.device, kernel: str) -> dict:
-        asked.append((device.type, kernel))
-        return {"USE_GDC": False}
-
-    monkeypatch.setattr(fpx_gemm, "pdl_flags", flags)
-    row_kernel_outputs("e3m2", 1, 64, seed=5)
-    assert asked == [("cpu", "fpx")] * 2
-
-
 def row_kernel_outputs(name: str, m: int, k: int, seed: int) -> list[tuple[dict, torch.Tensor]]:
     """The row kernel on random bfloat16 rows (N = 40), into a bfloat16 output with a bias and a float32 one
     without, each written whole and checked against the twin: (the call's arguments, its output) each."""

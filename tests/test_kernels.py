@@ -639,12 +639,9 @@ def test_programmatic_dependent_launch_is_for_compiled_kernels_on_a_gpu():
 
 @pytest.mark.parametrize("mode, kernels", [("all", {"act_quant", "gemv", "kv_write", "attention"}),
                                            ("gemv", {"gemv"}), ("off", set()),
-                                           ("attention, gemv", {"attention", "gemv"}),
-                                           ("act_quant,gemv,kv_write,attention,fpx",
-                                            {"act_quant", "gemv", "kv_write", "attention", "fpx"})])
+                                           ("attention, gemv", {"attention", "gemv"})])
 def test_ptq_pdl_chooses_the_kernels_launched_as_pdl(monkeypatch, mode, kernels):
-    """``PTQ_PDL``: all (but the FPx row kernel, which a list must name), the decode product only, none, or the
-    kernels named in a comma-separated list."""
+    """``PTQ_PDL``: all, the decode product only, none, or the kernels named in a comma-separated list."""
     from quant_kernels import pdl
 
     monkeypatch.setattr(pdl, "INTERPRET", False)
@@ -660,10 +657,10 @@ def test_ptq_pdl_refuses_an_unknown_mode_or_kernel(monkeypatch):
 
     monkeypatch.setenv("PTQ_PDL", "yes")
     with pytest.raises(ValueError, match=r"PTQ_PDL='yes': choose one of all, gemv, off or a comma-separated list "
-                                         r"of act_quant, gemv, kv_write, attention, fpx"):
+                                         r"of act_quant, gemv, kv_write, attention"):
         pdl.uses_pdl(torch.device("cpu"), "gemv")
-    monkeypatch.setenv("PTQ_PDL", "gemv,fpx_tile")
-    with pytest.raises(ValueError, match=r"PTQ_PDL='gemv,fpx_tile'"):
+    monkeypatch.setenv("PTQ_PDL", "gemv,fpx")
+    with pytest.raises(ValueError, match=r"PTQ_PDL='gemv,fpx'"):
         pdl.uses_pdl(torch.device("cpu"), "gemv")
     monkeypatch.delenv("PTQ_PDL")
     with pytest.raises(ValueError, match=r"unknown kernel 'gemm': choose one of act_quant"):
