@@ -1027,3 +1027,47 @@ def test_kernel_bench_names_a_tuned_config():
     assert described(None) == ""
     config = triton.Config(dict(BLOCK_N=32, BLOCK_KW=128), num_warps=8, num_stages=2)
     assert described(config) == "BLOCK_N=32 BLOCK_KW=128 warps=8 stages=2"
+
+
+def test_fpx_row_sweep_refuses_bad_configs_and_shapes_before_writing(cli, tmp_path):
+    """benchmarks/fpx_row_sweep.py: a malformed --extra config, a --gated shape not among --shapes, or no GPU are
+    refused before anything is written; its table marks the pinned config."""
+    from benchmarks.fpx_row_sweep import markdown, parse_config
+
+    out = str(tmp_path / "sweep")
+    done = cli("benchmarks/fpx_row_sweep.py", "--extra", "64x64x8x4", "--out", out)
+    assert done.returncode == 2 and "set BLOCK_NxBLOCK_KWxWARPSxSPLIT_KxMAXNREG" in done.stderr
+    done = cli("benchmarks/fpx_row_sweep.py", "--extra", "48x64x8x9x80", "--out", out)
+    assert done.returncode == 2 and "BLOCK_N 48 (a power of two, at least 8); SPLIT_K 9 (1 to 8)" in done.stderr
+    done = cli("benchmarks/fpx_row_sweep.py", "--shapes", "4096x4096", "--gated", "4096x4096,28672x4096", "--out",
+               out)
+    assert done.returncode == 2 and "--gated names shapes that --shapes does not: 28672x4096" in done.stderr
+    done = cli("benchmarks/fpx_row_sweep.py", "--out", out)
+    assert done.returncode == 2 and "no GPU here" in done.stderr and not (tmp_path / "sweep.json").exists()
+    config = parse_config("32x128x4x2x0p")
+    assert config.kwargs == dict(BLOCK_N=32, BLOCK_KW=128, PREFETCH=True, LOOP_STAGES=1, SPLIT_K=2)
+    assert (config.num_warps, config.num_stages, config.maxnreg) == (4, 2, None)
+    assert parse_config("64x64x8x4x80").maxnreg == 80
+    rows = [dict(shape="4096x4096", config="BLOCK_N=64 warps=8", pinned=True, us=9.87, gb_s=1268.4, x_bf16=1.784,
+                 rel_err=2e-3)]
+    text = markdown(dict(device="GPU", date="d", versions={}, timing="t", command="c", element="e3m2", rows=rows))
+    assert "| 4096x4096 | * BLOCK_N=64 warps=8 | 9.9 | 1268 | 1.78 | 2.0e-03 |" in text
+
+
+def test_fpx_row_sweep_times_each_config_that_fits_on_the_interpreter():
+    """bench_shape() on the CPU (the interpreter, a stand-in timer): bf16 first, then each config whose K slices
+    have two steps or more once (a repeated one once), fastest first, each output the twin's; gated shapes too."""
+    from benchmarks.fpx_row_sweep import bench_shape, parse_config
+
+    extra = [parse_config(text) for text in ("16x16x2x2x0", "16x16x2x2x0", "16x32x2x2x0", "32x16x4x1x0p")]
+    times = iter([0.004, 0.002, 0.001, 0.003])  # bf16, then the configs in order
+    for gated in (False, True):
+        rows = bench_shape(64, 512, gated, "e3m2", False, extra, lambda call: (call(), next(times))[1],
+                           torch.device("cpu"))
+        # K = 512 is 64 words: 16 x 32 split 2 would leave one step a slice
+        assert [r["config"].split(" PREFETCH")[0] for r in rows] == [
+            "bf16 torch.matmul", "BLOCK_N=32 BLOCK_KW=16", "BLOCK_N=16 BLOCK_KW=16"]
+        assert rows[0]["x_bf16"] == 1.0 and rows[1]["x_bf16"] == pytest.approx(4.0) and not rows[1]["pinned"]
+        assert rows[1]["shape"] == ("64x512 gated" if gated else "64x512")
+        assert all(r["rel_err"] < 1e-2 for r in rows)
+        times = iter([0.004, 0.002, 0.001])

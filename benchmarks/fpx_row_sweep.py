@@ -1,0 +1,169 @@
+"""Every candidate config of the one-row FPx kernel, timed where a decode step runs it: in a stream.
+
+The row kernel's tuner (``fpx_gemm._fpx_row_autotuned``) times each candidate alone, and the decode step keeps the
+picks ``fpx_gemm.PINNED_ROW_CONFIGS`` holds. Inside the step's CUDA graph a product runs between other kernels,
+where its launch overlaps the one before: kernel_bench's ``--in_stream`` timing. This sweep times one activation row
+against each weight shape (``--shapes``; ``--gated`` ones as an MLP's gate/up product with silu(gate) * up in the
+epilogue, as the model runs them) for every config the tuner would consider at that shape (``--tuner_configs``),
+the pinned one, and any ``--extra`` ones, each in a stream of CUDA-graph calls with the L2 flushed before each
+(``benchmarks.timing``), beside bf16 ``torch.matmul``. Each config's output is checked against the torch twin.
+
+    python benchmarks/fpx_row_sweep.py --tuner_configs --extra 32x64x4x4x80,64x32x8x8x80 \\
+        --out benchmarks/results/fpx_row_sweep_h100
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.kernel_bench import described, fpx_weight, in_stream_note, parse_shapes  # noqa: E402
+from benchmarks.result_files import markdown_header, run_header, write_result_files  # noqa: E402
+from benchmarks.timing import gpu_stream_timer  # noqa: E402
+from quant_layers.packing import element_named  # noqa: E402
+
+# Llama-3-8B's decode products (N x K): fused q/k/v, o_proj, fused gate/up (gated), down_proj.
+DEFAULT_SHAPES = "6144x4096,4096x4096,28672x4096,4096x14336"
+DEFAULT_GATED = "28672x4096"
+CONFIG_FORM = "BLOCK_NxBLOCK_KWxWARPSxSPLIT_KxMAXNREG (MAXNREG 0: uncapped), a trailing p to prefetch: 64x64x8x4x80"
+
+
+def parse_config(text: str):
+    """A fixed row-kernel config (two stages, an unpipelined loop) from ``CONFIG_FORM``; a ValueError naming what is
+    wrong otherwise."""
+    import triton
+
+    from quant_kernels.fpx_gemm import ROW_MAX_SPLIT_K, ROW_MIN_BLOCK_N
+
+    prefetch = text.endswith("p")
+    fields = (text[:-1] if prefetch else text).split("x")
+    if len(fields) != 5 or not all(field.isdigit() for field in fields):
+        raise ValueError(f"--extra {text!r}: set {CONFIG_FORM}")
+    block_n, block_kw, warps, split, cap = map(int, fields)
+    powers = [2**i for i in range(10)]
+    problems = [f"{what} {value} ({allowed})" for what, value, ok, allowed in (
+        ("BLOCK_N", block_n, block_n in powers and block_n >= ROW_MIN_BLOCK_N,
+         f"a power of two, at least {ROW_MIN_BLOCK_N}"),
+        ("BLOCK_KW", block_kw, block_kw in powers, "a power of two"),
+        ("WARPS", warps, warps in (1, 2, 4, 8, 16), "1, 2, 4, 8 or 16"),
+        ("SPLIT_K", split, 1 <= split <= ROW_MAX_SPLIT_K, f"1 to {ROW_MAX_SPLIT_K}"),
+        ("MAXNREG", cap, cap == 0 or 24 <= cap <= 255, "0 for none, or 24 to 255")) if not ok]
+    if problems:
+        raise ValueError(f"--extra {text!r}: " + "; ".join(problems))
+    return triton.Config(dict(BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch, LOOP_STAGES=1, SPLIT_K=split),
+                         num_warps=warps, num_stages=2, maxnreg=cap or None)
+
+
+def configs_arg(text: str) -> list:
+    """``--extra``: a comma list of ``parse_config`` configs."""
+    try:
+        return [parse_config(part) for part in text.split(",") if part]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def pinned_fields(n: int, kw: int, gated: bool, device: torch.device) -> tuple | None:
+    """The row config ``PINNED_ROW_CONFIGS`` holds for FP6 E3M2 at this shape on this device (``_row_fields``'
+    form), or None."""
+    from quant_kernels.fpx_gemm import PINNED_ROW_CONFIGS
+
+    if device.type != "cuda":
+        return None
+    return PINNED_ROW_CONFIGS.get(torch.cuda.get_device_name(device), {}).get((n, kw, 6, 2, 1, False, False, gated))
+
+
+def candidates(kw: int, tuner: bool, extra: list, pinned: tuple | None) -> list:
+    """The configs to time at ``kw`` words a row, each once: the tuner's that split K into slices of two steps or
+    more (``tuner``, else only the pinned one among them), then ``extra``'s that do."""
+    from quant_kernels.fpx_gemm import _fpx_row_autotuned, _row_fields, split_fits
+
+    tuner_configs = [c for c in _fpx_row_autotuned.configs if tuner or _row_fields(c) == pinned]
+    kept, seen = [], set()
+    for config in tuner_configs + extra:
+        fields = _row_fields(config)
+        if fields not in seen and split_fits(kw, config.kwargs["BLOCK_KW"], config.kwargs["SPLIT_K"]):
+            seen.add(fields)
+            kept.append(config)
+    return kept
+
+
+def bench_shape(n: int, k: int, gated: bool, element: str, tuner: bool, extra: list, time_ms,
+                device: torch.device) -> list[dict]:
+    """One row for bf16 ``torch.matmul`` and one per candidate config (fastest first) at one activation row."""
+    from quant_kernels import reference
+    from quant_kernels.fpx_gemm import _row_fields, fpx_matmul_triton
+
+    x = torch.randn(1, k, device=device, dtype=torch.bfloat16)
+    w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
+    planes, scale, _ = fpx_weight(w, element)
+    bits = element_named(element).bits
+    spec = dict(element=element, bits=bits, gated=gated)
+    want = reference.fpx_matmul_ref(x.float(), planes, scale, **spec, out_dtype=torch.float32)
+    weight_bytes = sum(p.numel() * p.element_size() for p in planes) + scale.numel() * scale.element_size()
+    shape = f"{n}x{k}" + (" gated" if gated else "")
+    bf16_ms = time_ms(lambda: torch.matmul(x, w.t()))
+    pinned = pinned_fields(n, k // 8, gated, device)
+    rows = []
+    for config in candidates(k // 8, tuner, extra, pinned):
+        def call(config=config):
+            return fpx_matmul_triton(x, planes, scale, **spec, row_kernel=True, config=config)
+
+        got = call().float()
+        rel_err = ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
+        ms = time_ms(call)
+        rows.append(dict(shape=shape, config=described(config), pinned=_row_fields(config) == pinned, us=ms * 1e3,
+                         gb_s=weight_bytes / ms / 1e6, x_bf16=bf16_ms / ms, rel_err=rel_err))
+    rows.sort(key=lambda r: r["us"])
+    return [dict(shape=shape, config="bf16 torch.matmul", pinned=False, us=bf16_ms * 1e3,
+                 gb_s=2 * n * k / bf16_ms / 1e6, x_bf16=1.0, rel_err=0.0)] + rows
+
+
+def markdown(result: dict) -> str:
+    lines = markdown_header(f"The one-row FPx kernel's configs in a stream: {result['element']} at one row", result)
+    lines += ["Fastest first under each shape's bf16 row; `*` marks the pinned pick (`fpx_gemm.PINNED_ROW_CONFIGS`). "
+              "GB/s counts the weight's planes and scales (bf16: its values); the error is the largest against the "
+              "largest output of the fp32 twin (the kernel's output is bfloat16).", "",
+              "| shape | config | µs | GB/s | x bf16 | error |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['shape']} | {'* ' if r['pinned'] else ''}{r['config']} | {r['us']:.1f} | "
+                     f"{r['gb_s']:.0f} | {r['x_bf16']:.2f} | {r['rel_err']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", type=parse_shapes, default=parse_shapes(DEFAULT_SHAPES), help="N x K weight shapes")
+    p.add_argument("--gated", type=parse_shapes, default=None,
+                   help="those of --shapes timed as a gated gate/up product (silu(gate) * up in the epilogue; "
+                        f"by default those of {DEFAULT_GATED})")
+    p.add_argument("--element", default="e3m2", help="weight-only element of 5 or 6 bits (default FP6 E3M2)")
+    p.add_argument("--tuner_configs", action="store_true",
+                   help="time every config the row kernel's tuner would consider (else the pinned one only)")
+    p.add_argument("--extra", type=configs_arg, default=[], help=f"comma list of configs to time too: {CONFIG_FORM}")
+    p.add_argument("--in_stream", type=int, default=20, help="calls per timed CUDA graph")
+    p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
+    args = p.parse_args(argv)
+    if args.gated is None:
+        args.gated = [shape for shape in parse_shapes(DEFAULT_GATED) if shape in args.shapes]
+    unknown = [f"{n}x{k}" for n, k in args.gated if (n, k) not in args.shapes]
+    if unknown:
+        p.error(f"--gated names shapes that --shapes does not: {', '.join(unknown)}")
+    device, time_ms = gpu_stream_timer(p, args.in_stream)
+    result = {**run_header("fpx_row_sweep.py", argv, device), "element": args.element,
+              "timing": "median of 20" + in_stream_note(args.in_stream), "rows": []}
+    for n, k in args.shapes:
+        result["rows"] += bench_shape(n, k, (n, k) in args.gated, args.element, args.tuner_configs, args.extra,
+                                      time_ms, device)
+        write_result_files(args.out, result, markdown(result))
+        print(markdown(result).splitlines()[-1], flush=True)
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
