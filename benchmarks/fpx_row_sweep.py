@@ -67,14 +67,16 @@ def configs_arg(text: str) -> list:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def pinned_fields(n: int, kw: int, gated: bool, device: torch.device) -> tuple | None:
-    """The row config ``PINNED_ROW_CONFIGS`` holds for FP6 E3M2 at this shape on this device (``_row_fields``'
-    form), or None."""
-    from quant_kernels.fpx_gemm import PINNED_ROW_CONFIGS
+def pinned_fields(n: int, kw: int, element: str, gated: bool, device: torch.device) -> tuple | None:
+    """The row config ``PINNED_ROW_CONFIGS`` holds for one row of ``element`` at this shape on this device
+    (``_row_fields``' form), or None."""
+    from quant_kernels.fpx_gemm import PINNED_ROW_CONFIGS, kernel_fields
 
     if device.type != "cuda":
         return None
-    return PINNED_ROW_CONFIGS.get(torch.cuda.get_device_name(device), {}).get((n, kw, 6, 2, 1, False, False, gated))
+    bits = element_named(element).bits
+    key = (n, kw, bits, kernel_fields(element, bits)[1], 1, False, False, gated)
+    return PINNED_ROW_CONFIGS.get(torch.cuda.get_device_name(device), {}).get(key)
 
 
 def candidates(kw: int, tuner: bool, extra: list, pinned: tuple | None) -> list:
@@ -107,7 +109,7 @@ def bench_shape(n: int, k: int, gated: bool, element: str, tuner: bool, extra: l
     weight_bytes = sum(p.numel() * p.element_size() for p in planes) + scale.numel() * scale.element_size()
     shape = f"{n}x{k}" + (" gated" if gated else "")
     bf16_ms = time_ms(lambda: torch.matmul(x, w.t()))
-    pinned = pinned_fields(n, k // 8, gated, device)
+    pinned = pinned_fields(n, k // 8, element, gated, device)
     rows = []
     for config in candidates(k // 8, tuner, extra, pinned):
         def call(config=config):

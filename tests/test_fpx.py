@@ -1060,8 +1060,8 @@ def test_fpx_row_sweep_times_each_config_that_fits_on_the_interpreter():
     from benchmarks.fpx_row_sweep import bench_shape, parse_config
 
     extra = [parse_config(text) for text in ("16x16x2x2x0", "16x16x2x2x0", "16x32x2x2x0", "32x16x4x1x0p")]
-    times = iter([0.004, 0.002, 0.001, 0.003])  # bf16, then the configs in order
     for gated in (False, True):
+        times = iter([0.004, 0.002, 0.001])  # bf16, then the configs that run, in order
         rows = bench_shape(64, 512, gated, "e3m2", False, extra, lambda call: (call(), next(times))[1],
                            torch.device("cpu"))
         # K = 512 is 64 words: 16 x 32 split 2 would leave one step a slice
@@ -1070,4 +1070,16 @@ def test_fpx_row_sweep_times_each_config_that_fits_on_the_interpreter():
         assert rows[0]["x_bf16"] == 1.0 and rows[1]["x_bf16"] == pytest.approx(4.0) and not rows[1]["pinned"]
         assert rows[1]["shape"] == ("64x512 gated" if gated else "64x512")
         assert all(r["rel_err"] < 1e-2 for r in rows)
-        times = iter([0.004, 0.002, 0.001])
+
+
+def test_fpx_row_sweep_marks_the_pick_of_the_element_it_times(monkeypatch):
+    """The sweep's pinned pick is the one ``PINNED_ROW_CONFIGS`` holds for the timed element's bits and mantissa on
+    this GPU: FP6 E3M2's and E2M3's (which share them), none for FP5 or off a GPU."""
+    from benchmarks.fpx_row_sweep import pinned_fields
+
+    gpu = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    pick = fpx_gemm._FP6_ROW_PICKS["NVIDIA H100 80GB HBM3"][(4096, 512)]
+    assert pinned_fields(4096, 512, "e3m2", False, gpu) == pick == pinned_fields(4096, 512, "e2m3", True, gpu)
+    assert pinned_fields(4096, 512, "e2m2", False, gpu) is None
+    assert pinned_fields(4096, 512, "e3m2", False, torch.device("cpu")) is None
