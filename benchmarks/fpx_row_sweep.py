@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernel_bench import described, fpx_weight, in_stream_note, parse_shapes  # noqa: E402
+from benchmarks.kernel_bench import FPX_FORMATS, described, fpx_weight, in_stream_note, parse_shapes  # noqa: E402
 from benchmarks.result_files import markdown_header, run_header, write_result_files  # noqa: E402
 from benchmarks.timing import gpu_stream_timer  # noqa: E402
 from quant_layers.packing import element_named  # noqa: E402
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gated", type=parse_shapes, default=None,
                    help="those of --shapes timed as a gated gate/up product (silu(gate) * up in the epilogue; "
                         f"by default those of {DEFAULT_GATED})")
-    p.add_argument("--element", default="e3m2", help="weight-only element of 5 or 6 bits (default FP6 E3M2)")
+    p.add_argument("--element", default="e3m2", choices=FPX_FORMATS,
+                   help="the weight-only element (default FP6 E3M2)")
     p.add_argument("--tuner_configs", action="store_true",
                    help="time every config the row kernel's tuner would consider (else the pinned one only)")
     p.add_argument("--extra", type=configs_arg, default=[], help=f"comma list of configs to time too: {CONFIG_FORM}")

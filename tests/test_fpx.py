@@ -1030,8 +1030,8 @@ def test_kernel_bench_names_a_tuned_config():
 
 
 def test_fpx_row_sweep_refuses_bad_configs_and_shapes_before_writing(cli, tmp_path):
-    """benchmarks/fpx_row_sweep.py: a malformed --extra config, a --gated shape not among --shapes, or no GPU are
-    refused before anything is written; its table marks the pinned config."""
+    """benchmarks/fpx_row_sweep.py: a malformed --extra config, a --gated shape not among --shapes, an element the FPx
+    kernels do not take, or no GPU are refused before anything is written; its table marks the pinned config."""
     from benchmarks.fpx_row_sweep import markdown, parse_config
 
     out = str(tmp_path / "sweep")
@@ -1042,6 +1042,8 @@ def test_fpx_row_sweep_refuses_bad_configs_and_shapes_before_writing(cli, tmp_pa
     done = cli("benchmarks/fpx_row_sweep.py", "--shapes", "4096x4096", "--gated", "4096x4096,28672x4096", "--out",
                out)
     assert done.returncode == 2 and "--gated names shapes that --shapes does not: 28672x4096" in done.stderr
+    done = cli("benchmarks/fpx_row_sweep.py", "--element", "e4m3", "--out", out)
+    assert done.returncode == 2 and "argument --element: invalid choice: 'e4m3'" in done.stderr
     done = cli("benchmarks/fpx_row_sweep.py", "--out", out)
     assert done.returncode == 2 and "no GPU here" in done.stderr and not (tmp_path / "sweep.json").exists()
     config = parse_config("32x128x4x2x0p")
