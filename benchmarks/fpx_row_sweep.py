@@ -8,8 +8,12 @@ epilogue, as the model runs them) for every config the tuner would consider at t
 the pinned one, and any ``--extra`` ones, each in a stream of CUDA-graph calls with the L2 flushed before each
 (``benchmarks.timing``), beside bf16 ``torch.matmul``. Each config's output is checked against the torch twin.
 
-    python benchmarks/fpx_row_sweep.py --tuner_configs --extra 32x64x4x4x80,64x32x8x8x80 \\
+    python benchmarks/fpx_row_sweep.py --tuner_configs --extra "32,64,4,2,0,4,1,80;64,32,8,2,0,8,1,80" \\
         --out benchmarks/results/fpx_row_sweep_h100
+
+(``--extra`` takes ``gemv_ncu.py``'s FPx row configs; up to commit 6ac4c4d it took ``BLOCK_NxBLOCK_KWxWARPSx``
+``SPLIT_KxMAXNREG`` with a trailing p to prefetch, two stages and no pipelining, as the result files of
+2026-12-06 record it.)
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.gemv_ncu import fpx_row_config, parse_fpx_configs  # noqa: E402
 from benchmarks.kernel_bench import FPX_FORMATS, described, fpx_weight, in_stream_note, parse_shapes  # noqa: E402
 from benchmarks.result_files import markdown_header, run_header, write_result_files  # noqa: E402
 from benchmarks.timing import gpu_stream_timer  # noqa: E402
@@ -30,39 +35,33 @@ from quant_layers.packing import element_named  # noqa: E402
 # Llama-3-8B's decode products (N x K): fused q/k/v, o_proj, fused gate/up (gated), down_proj.
 DEFAULT_SHAPES = "6144x4096,4096x4096,28672x4096,4096x14336"
 DEFAULT_GATED = "28672x4096"
-CONFIG_FORM = "BLOCK_NxBLOCK_KWxWARPSxSPLIT_KxMAXNREG (MAXNREG 0: uncapped), a trailing p to prefetch: 64x64x8x4x80"
 
 
-def parse_config(text: str):
-    """A fixed row-kernel config (two stages, an unpipelined loop) from ``CONFIG_FORM``; a ValueError naming what is
-    wrong otherwise."""
-    import triton
-
+def parse_configs(text: str) -> list:
+    """``--extra``: ``gemv_ncu.parse_fpx_configs``' configs, each checked, as fixed ``triton.Config``s
+    (``gemv_ncu.fpx_row_config``); a ValueError naming what is wrong otherwise."""
     from quant_kernels.fpx_gemm import ROW_MAX_SPLIT_K, ROW_MIN_BLOCK_N
 
-    prefetch = text.endswith("p")
-    fields = (text[:-1] if prefetch else text).split("x")
-    if len(fields) != 5 or not all(field.isdigit() for field in fields):
-        raise ValueError(f"--extra {text!r}: set {CONFIG_FORM}")
-    block_n, block_kw, warps, split, cap = map(int, fields)
     powers = [2**i for i in range(10)]
-    problems = [f"{what} {value} ({allowed})" for what, value, ok, allowed in (
-        ("BLOCK_N", block_n, block_n in powers and block_n >= ROW_MIN_BLOCK_N,
-         f"a power of two, at least {ROW_MIN_BLOCK_N}"),
-        ("BLOCK_KW", block_kw, block_kw in powers, "a power of two"),
-        ("WARPS", warps, warps in (1, 2, 4, 8, 16), "1, 2, 4, 8 or 16"),
-        ("SPLIT_K", split, 1 <= split <= ROW_MAX_SPLIT_K, f"1 to {ROW_MAX_SPLIT_K}"),
-        ("MAXNREG", cap, cap == 0 or 24 <= cap <= 255, "0 for none, or 24 to 255")) if not ok]
-    if problems:
-        raise ValueError(f"--extra {text!r}: " + "; ".join(problems))
-    return triton.Config(dict(BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch, LOOP_STAGES=1, SPLIT_K=split),
-                         num_warps=warps, num_stages=2, maxnreg=cap or None)
+    configs = parse_fpx_configs(text)
+    for config in configs:
+        block_n, block_kw, warps, _, _, split, _, cap = config
+        problems = [f"{what} {value} ({allowed})" for what, value, ok, allowed in (
+            ("BLOCK_N", block_n, block_n in powers and block_n >= ROW_MIN_BLOCK_N,
+             f"a power of two, at least {ROW_MIN_BLOCK_N}"),
+            ("BLOCK_KW", block_kw, block_kw in powers, "a power of two"),
+            ("warps", warps, warps in (1, 2, 4, 8, 16), "1, 2, 4, 8 or 16"),
+            ("split_k", split, 1 <= split <= ROW_MAX_SPLIT_K, f"1 to {ROW_MAX_SPLIT_K}"),
+            ("maxnreg", cap, cap == 0 or 24 <= cap <= 255, "0 for none, or 24 to 255")) if not ok]
+        if problems:
+            raise ValueError(f"--extra {','.join(str(int(v)) for v in config)}: " + "; ".join(problems))
+    return [fpx_row_config(config) for config in configs]
 
 
 def configs_arg(text: str) -> list:
-    """``--extra``: a comma list of ``parse_config`` configs."""
+    """``--extra`` for argparse: ``parse_configs``, its errors argparse's."""
     try:
-        return [parse_config(part) for part in text.split(",") if part]
+        return parse_configs(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -147,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the weight-only element (default FP6 E3M2)")
     p.add_argument("--tuner_configs", action="store_true",
                    help="time every config the row kernel's tuner would consider (else the pinned one only)")
-    p.add_argument("--extra", type=configs_arg, default=[], help=f"comma list of configs to time too: {CONFIG_FORM}")
+    p.add_argument("--extra", type=configs_arg, default=[],
+                   help="';'-separated FPx row configs to time too, as gemv_ncu.py takes them: "
+                        "BLOCK_N,BLOCK_KW,warps,stages,prefetch,split_k[,loop_stages[,maxnreg]] (maxnreg 0: uncapped)")
     p.add_argument("--in_stream", type=int, default=20, help="calls per timed CUDA graph")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)

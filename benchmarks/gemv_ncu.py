@@ -61,12 +61,19 @@ def parse_fpx_configs(text: str) -> list[tuple[int, int, int, int, bool, int, in
                         "[,loop_stages[,maxnreg]]", 6, (1, 0))
 
 
+def fpx_row_config(config: tuple[int, int, int, int, bool, int, int, int]):
+    """A ``parse_fpx_configs`` tuple as the FPx row kernel's fixed ``triton.Config`` (maxnreg 0: uncapped)."""
+    import triton
+
+    block_n, block_kw, warps, stages, prefetch, split_k, loop_stages, maxnreg = config
+    return triton.Config(dict(BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch, LOOP_STAGES=loop_stages,
+                              SPLIT_K=split_k), num_warps=warps, num_stages=stages, maxnreg=maxnreg or None)
+
+
 def launch_fpx(n: int, k: int, config: tuple[int, int, int, int, bool, int, int, int], element: str,
                launches: int, device: torch.device) -> torch.Tensor:
     """``launches`` calls of the FPx row kernel with ``config`` on one random bfloat16 row and random bit planes;
     returns the (1, n) output."""
-    import triton
-
     from quant_kernels.fpx_gemm import fpx_matmul_triton
     from quant_layers.packing import element_named, pack_planes
 
@@ -74,9 +81,7 @@ def launch_fpx(n: int, k: int, config: tuple[int, int, int, int, bool, int, int,
     planes = pack_planes(torch.randint(0, 2**bits, (n, k), dtype=torch.int32, device=device), bits)
     x = torch.randn(1, k, dtype=torch.bfloat16, device=device)
     w_scale = torch.rand(n, 1, device=device)
-    block_n, block_kw, warps, stages, prefetch, split_k, loop_stages, maxnreg = config
-    fixed = triton.Config(dict(BLOCK_N=block_n, BLOCK_KW=block_kw, PREFETCH=prefetch, LOOP_STAGES=loop_stages,
-                               SPLIT_K=split_k), num_warps=warps, num_stages=stages, maxnreg=maxnreg or None)
+    fixed = fpx_row_config(config)
     for _ in range(launches):
         out = fpx_matmul_triton(x, planes, w_scale, element=element, bits=bits, row_kernel=True, config=fixed)
     return out

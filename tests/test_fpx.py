@@ -1032,13 +1032,14 @@ def test_kernel_bench_names_a_tuned_config():
 def test_fpx_row_sweep_refuses_bad_configs_and_shapes_before_writing(cli, tmp_path):
     """benchmarks/fpx_row_sweep.py: a malformed --extra config, a --gated shape not among --shapes, an element the FPx
     kernels do not take, or no GPU are refused before anything is written; its table marks the pinned config."""
-    from benchmarks.fpx_row_sweep import markdown, parse_config
+    from benchmarks.fpx_row_sweep import markdown, parse_configs
 
     out = str(tmp_path / "sweep")
-    done = cli("benchmarks/fpx_row_sweep.py", "--extra", "64x64x8x4", "--out", out)
-    assert done.returncode == 2 and "set BLOCK_NxBLOCK_KWxWARPSxSPLIT_KxMAXNREG" in done.stderr
-    done = cli("benchmarks/fpx_row_sweep.py", "--extra", "48x64x8x9x80", "--out", out)
-    assert done.returncode == 2 and "BLOCK_N 48 (a power of two, at least 8); SPLIT_K 9 (1 to 8)" in done.stderr
+    done = cli("benchmarks/fpx_row_sweep.py", "--extra", "64,64,8,2,0", "--out", out)
+    assert done.returncode == 2 and "an FPx row config is BLOCK_N,BLOCK_KW,warps,stages,prefetch,split_k" in done.stderr
+    done = cli("benchmarks/fpx_row_sweep.py", "--extra", "64,64,8,2,0,4;48,64,8,2,0,9,1,80", "--out", out)
+    assert done.returncode == 2 and ("--extra 48,64,8,2,0,9,1,80: BLOCK_N 48 (a power of two, at least 8); split_k 9 "
+                                     "(1 to 8)") in done.stderr
     done = cli("benchmarks/fpx_row_sweep.py", "--shapes", "4096x4096", "--gated", "4096x4096,28672x4096", "--out",
                out)
     assert done.returncode == 2 and "--gated names shapes that --shapes does not: 28672x4096" in done.stderr
@@ -1046,10 +1047,10 @@ def test_fpx_row_sweep_refuses_bad_configs_and_shapes_before_writing(cli, tmp_pa
     assert done.returncode == 2 and "argument --element: invalid choice: 'e4m3'" in done.stderr
     done = cli("benchmarks/fpx_row_sweep.py", "--out", out)
     assert done.returncode == 2 and "no GPU here" in done.stderr and not (tmp_path / "sweep.json").exists()
-    config = parse_config("32x128x4x2x0p")
+    config, capped = parse_configs("32,128,4,2,1,2;64,64,8,3,0,4,2,80")
     assert config.kwargs == dict(BLOCK_N=32, BLOCK_KW=128, PREFETCH=True, LOOP_STAGES=1, SPLIT_K=2)
     assert (config.num_warps, config.num_stages, config.maxnreg) == (4, 2, None)
-    assert parse_config("64x64x8x4x80").maxnreg == 80
+    assert (capped.kwargs["LOOP_STAGES"], capped.num_stages, capped.maxnreg) == (2, 3, 80)
     rows = [dict(shape="4096x4096", config="BLOCK_N=64 warps=8", pinned=True, us=9.87, gb_s=1268.4, x_bf16=1.784,
                  rel_err=2e-3)]
     text = markdown(dict(device="GPU", date="d", versions={}, timing="t", command="c", element="e3m2", rows=rows))
@@ -1059,9 +1060,9 @@ def test_fpx_row_sweep_refuses_bad_configs_and_shapes_before_writing(cli, tmp_pa
 def test_fpx_row_sweep_times_each_config_that_fits_on_the_interpreter():
     """bench_shape() on the CPU (the interpreter, a stand-in timer): bf16 first, then each config whose K slices
     have two steps or more once (a repeated one once), fastest first, each output the twin's; gated shapes too."""
-    from benchmarks.fpx_row_sweep import bench_shape, parse_config
+    from benchmarks.fpx_row_sweep import bench_shape, parse_configs
 
-    extra = [parse_config(text) for text in ("16x16x2x2x0", "16x16x2x2x0", "16x32x2x2x0", "32x16x4x1x0p")]
+    extra = parse_configs("16,16,2,2,0,2;16,16,2,2,0,2;16,32,2,2,0,2;32,16,4,2,1,1")
     for gated in (False, True):
         times = iter([0.004, 0.002, 0.001])  # bf16, then the configs that run, in order
         rows = bench_shape(64, 512, gated, "e3m2", False, extra, lambda call: (call(), next(times))[1],
