@@ -69,12 +69,14 @@ def configs_arg(text: str) -> list:
 def pinned_fields(n: int, kw: int, element: str, gated: bool, device: torch.device) -> tuple | None:
     """The row config ``PINNED_ROW_CONFIGS`` holds for one row of ``element`` at this shape on this device
     (``_row_fields``' form), or None."""
-    from quant_kernels.fpx_gemm import PINNED_ROW_CONFIGS, kernel_fields
+    from quant_kernels.fpx_gemm import PINNED_ROW_CONFIGS, ROW_TUNING_KEY, kernel_fields
 
     if device.type != "cuda":
         return None
     bits = element_named(element).bits
-    key = (n, kw, bits, kernel_fields(element, bits)[1], 1, False, False, gated)
+    named = dict(N=n, KW=kw, BITS=bits, MAN_BITS=kernel_fields(element, bits)[1], BLOCK_M=1, MMA=False,
+                 INTERLEAVED=False, GATED=gated)
+    key = tuple(named[name] for name in ROW_TUNING_KEY)
     return PINNED_ROW_CONFIGS.get(torch.cuda.get_device_name(device), {}).get(key)
 
 
