@@ -1038,8 +1038,8 @@ def test_fpx_row_sweep_refuses_bad_configs_and_shapes_before_writing(cli, tmp_pa
     done = cli("benchmarks/fpx_row_sweep.py", "--extra", "64,64,8,2,0", "--out", out)
     assert done.returncode == 2 and "an FPx row config is BLOCK_N,BLOCK_KW,warps,stages,prefetch,split_k" in done.stderr
     done = cli("benchmarks/fpx_row_sweep.py", "--extra", "64,64,8,2,0,4;48,64,8,2,0,9,1,80", "--out", out)
-    assert done.returncode == 2 and ("--extra 48,64,8,2,0,9,1,80: BLOCK_N 48 (a power of two, at least 8); split_k 9 "
-                                     "(1 to 8)") in done.stderr
+    assert done.returncode == 2 and ("--extra: config 48,64,8,2,0,9,1,80: BLOCK_N 48 (a power of two, at least 8); "
+                                     "split_k 9 (1 to 8)") in done.stderr
     done = cli("benchmarks/fpx_row_sweep.py", "--shapes", "4096x4096", "--gated", "4096x4096,28672x4096", "--out",
                out)
     assert done.returncode == 2 and "--gated names shapes that --shapes does not: 28672x4096" in done.stderr
@@ -1051,10 +1051,49 @@ def test_fpx_row_sweep_refuses_bad_configs_and_shapes_before_writing(cli, tmp_pa
     assert config.kwargs == dict(BLOCK_N=32, BLOCK_KW=128, PREFETCH=True, LOOP_STAGES=1, SPLIT_K=2)
     assert (config.num_warps, config.num_stages, config.maxnreg) == (4, 2, None)
     assert (capped.kwargs["LOOP_STAGES"], capped.num_stages, capped.maxnreg) == (2, 3, 80)
-    rows = [dict(shape="4096x4096", config="BLOCK_N=64 warps=8", pinned=True, us=9.87, gb_s=1268.4, x_bf16=1.784,
+    rows = [dict(shape="4096x4096", config="BLOCK_N=64 warps=8", pick=True, us=9.87, gb_s=1268.4, x_bf16=1.784,
                  rel_err=2e-3)]
-    text = markdown(dict(device="GPU", date="d", versions={}, timing="t", command="c", element="e3m2", rows=rows))
+    text = markdown(dict(device="GPU", date="d", versions={}, timing="t, in a stream", command="c", element="e3m2",
+                         rows=rows))
     assert "| 4096x4096 | * BLOCK_N=64 warps=8 | 9.9 | 1268 | 1.78 | 2.0e-03 |" in text
+    assert "one-row FPx kernel's configs in a stream: e3m2 at 1 row\n" in text and "the pinned pick" in text
+    text = markdown(dict(device="GPU", date="d", versions={}, timing="t", command="c", element="e3m2", rows=rows,
+                         kernel="tile", rows_m=128))
+    assert "tile kernel's configs as lone CUDA-graph replays: e3m2 at 128 rows" in text
+    assert "the autotuner's pick" in text
+
+
+def test_fpx_row_sweep_refuses_bad_tile_sweeps_before_writing(cli, tmp_path):
+    """benchmarks/fpx_row_sweep.py --kernel tile: a malformed tile config, one the kernel refuses at a shape's K, too
+    many rows for the row kernel, a gated shape or a negative --in_stream are refused before anything is written;
+    the tile configs parse in GPU_SPLIT_CONFIGS' order."""
+    from benchmarks.fpx_row_sweep import parse_tile_configs
+
+    out = str(tmp_path / "sweep")
+    tile = ("benchmarks/fpx_row_sweep.py", "--kernel", "tile", "--rows", "128", "--out", out)
+    done = cli(*tile, "--extra", "128,64,128,4,3,1,1")
+    assert done.returncode == 2 and "a tile config is BLOCK_M,BLOCK_N,BLOCK_K,warps,stages,paired" in done.stderr
+    done = cli(*tile, "--extra", "128,64,128,4,3,1,1,4;96,64,64,4,3,1,0,5,300")
+    assert done.returncode == 2 and ("--extra: config 96,64,64,4,3,1,0,5,300: BLOCK_M 96 (a power of two, at least "
+                                     "16); BLOCK_K 64 (a power of two, at least 16; 128 when paired and not swapped "
+                                     "(eight dots of 16 a step)); split_k 5 (1 to 4); maxnreg 300 (0 for none, or 24 "
+                                     "to 255)") in done.stderr
+    done = cli(*tile, "--extra", "64,64,128,4,3,0,1,2")
+    assert done.returncode == 2 and "config 64,64,128,4,3,0,1,2: swap_ab 1 (0, or 1 when paired)" in done.stderr
+    done = cli(*tile, "--extra", "64,64,128,4,3,1,1,2", "--shapes", "4096x4100")
+    assert done.returncode == 2 and "PAIRED takes K a multiple of 8; got K=4100" in done.stderr
+    done = cli(*tile, "--shapes", "28672x4096", "--gated", "28672x4096")
+    assert done.returncode == 2 and "the tile kernel does not gate in its epilogue" in done.stderr
+    done = cli("benchmarks/fpx_row_sweep.py", "--rows", "16", "--out", out)
+    assert done.returncode == 2 and "--rows takes 1 to 8 for the row kernel" in done.stderr
+    done = cli(*tile, "--in_stream", "-1")
+    assert done.returncode == 2 and "--in_stream takes 0 (lone replays) or more" in done.stderr
+    done = cli(*tile, "--extra", "128,64,128,4,3,1,1,4,168")
+    assert done.returncode == 2 and "no GPU here" in done.stderr and not (tmp_path / "sweep.json").exists()
+    config, = parse_tile_configs("128,64,128,4,3,1,1,4,168")
+    assert config.kwargs == dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, PAIRED=True, SWAP_AB=True, SPLIT_K=4)
+    assert (config.num_warps, config.num_stages, config.maxnreg) == (4, 3, 168)
+    assert parse_tile_configs("16,32,128,4,4,0,0,2")[0].maxnreg is None
 
 
 def test_fpx_row_sweep_times_each_config_that_fits_on_the_interpreter():
@@ -1070,9 +1109,33 @@ def test_fpx_row_sweep_times_each_config_that_fits_on_the_interpreter():
         # K = 512 is 64 words: 16 x 32 split 2 would leave one step a slice
         assert [r["config"].split(" PREFETCH")[0] for r in rows] == [
             "bf16 torch.matmul", "BLOCK_N=32 BLOCK_KW=16", "BLOCK_N=16 BLOCK_KW=16"]
-        assert rows[0]["x_bf16"] == 1.0 and rows[1]["x_bf16"] == pytest.approx(4.0) and not rows[1]["pinned"]
+        assert rows[0]["x_bf16"] == 1.0 and rows[1]["x_bf16"] == pytest.approx(4.0) and not rows[1]["pick"]
         assert rows[1]["shape"] == ("64x512 gated" if gated else "64x512")
         assert all(r["rel_err"] < 1e-2 for r in rows)
+
+
+def test_fpx_row_sweep_times_tile_configs_on_the_interpreter(monkeypatch):
+    """bench_shape(tile=True) on the CPU: bf16 first, then each tile config whose K slices have two steps or more once,
+    fastest first, each output the twin's at a ragged row count, the autotuner's pick marked; with tuner_configs the
+    candidates are those the autotuner keeps at those rows."""
+    from benchmarks import fpx_row_sweep
+    from benchmarks.fpx_row_sweep import bench_shape, parse_tile_configs, tile_candidates
+
+    extra = parse_tile_configs("16,16,32,4,3,0,0,1;16,16,32,4,3,0,0,1;16,32,64,4,3,1,1,2;16,16,256,4,3,0,0,2")
+    monkeypatch.setattr(fpx_row_sweep, "tuned_pick", lambda call: (call(), extra[2])[1])
+    times = iter([0.004, 0.002, 0.001])  # bf16, the pick, then the other configs that run, in order
+    rows = bench_shape(64, 512, False, "e3m2", False, extra, lambda call: (call(), next(times))[1],
+                       torch.device("cpu"), rows=20, tile=True)
+    # K = 512 in 256-wide steps split 2 leaves one step a slice
+    assert [r["config"].split(" PAIRED")[0] for r in rows] == [
+        "bf16 torch.matmul", "BLOCK_M=16 BLOCK_N=16 BLOCK_K=32", "BLOCK_M=16 BLOCK_N=32 BLOCK_K=64"]
+    assert [r["pick"] for r in rows] == [False, False, True] and rows[1]["x_bf16"] == pytest.approx(4.0)
+    assert all(r["rel_err"] < 1e-2 for r in rows)
+    pruned = fpx_gemm._prune_configs(fpx_gemm._fpx_autotuned.configs, dict(M_BUCKET=fpx_gemm._m_bucket(128), K=4096))
+    tuned = tile_candidates(128, 4096, True, extra[:1], None)
+    assert len(tuned) == len(pruned) + 1 and any(c.kwargs["SWAP_AB"] for c in tuned)
+    assert tile_candidates(128, 4096, False, [], extra[2]) == [extra[2]]
+    assert tile_candidates(128, 4096, False, [], None) == []
 
 
 def test_fpx_row_sweep_marks_the_pick_of_the_element_it_times(monkeypatch):
