@@ -123,14 +123,18 @@ SWAP_MAX_M = 128
 # splits are the row kernel's remedy (``ROW_SPLIT_CONFIGS``) for those tiles. At 64 rows the pick was 32 unsplit
 # programs of 64 x 128 for N = 4096 on 132 SMs (FP6 0.69-0.78x bf16 at N = 4096 and 6144, 1.05x at 28672;
 # 2026-12-05, ``kernel_bench_fpx_tile_rows_h200.md``): the 64- and 128-row tiles split K too (0.84-0.98x at 64 rows
-# then, the tuner taking a split at three of four shapes, ``kernel_bench_fpx_tile_128_h200.md``).
+# then, the tuner taking a split at three of four shapes, ``kernel_bench_fpx_tile_128_h200.md``). Swept on an H100
+# (2026-12-06, ``benchmarks/results/fpx_tile_sweep_{64,128}_h100.md``), 64 x 64 tiles split four ways ran FP6 at 64
+# rows 1.12x bf16 at 4096 x 4096 and 1.29x at 6144 x 4096 against the tuner's picks' 1.00x and 1.13x, and the 128-row
+# 128 x 64 tile split four ways 0.86x at 4096 x 4096 against 0.82x: both joined the candidates.
 GPU_SPLIT_CONFIGS = [
     (16, 32, 128, 4, 4, False, False, 2), (16, 32, 128, 4, 4, False, False, 4),
     (16, 64, 128, 4, 3, True, True, 2), (16, 64, 128, 4, 3, True, True, 4),
     (16, 64, 256, 4, 3, True, True, 2), (16, 64, 256, 4, 3, True, True, 4),
     (16, 128, 128, 8, 3, True, True, 2), (32, 64, 256, 4, 3, True, True, 2),
-    (64, 64, 128, 4, 3, True, True, 2), (64, 128, 128, 8, 3, True, True, 2), (64, 128, 128, 8, 3, True, True, 4),
-    (128, 64, 128, 4, 3, True, True, 2), (128, 128, 128, 8, 3, True, True, 2), (128, 128, 128, 8, 3, True, True, 4),
+    (64, 64, 128, 4, 3, True, True, 2), (64, 64, 128, 4, 3, True, True, 4), (64, 128, 128, 8, 3, True, True, 2),
+    (64, 128, 128, 8, 3, True, True, 4), (128, 64, 128, 4, 3, True, True, 2), (128, 64, 128, 4, 3, True, True, 4),
+    (128, 128, 128, 8, 3, True, True, 2), (128, 128, 128, 8, 3, True, True, 4),
 ]
 TILE_MAX_SPLIT_K = 4
 
