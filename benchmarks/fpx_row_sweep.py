@@ -115,13 +115,15 @@ def config_fields(config) -> tuple:
 def pinned_fields(n: int, kw: int, element: str, gated: bool, device: torch.device, rows: int = 1) -> tuple | None:
     """The row config ``PINNED_ROW_CONFIGS`` holds for ``rows`` rows of ``element`` at this shape on this device
     (``_row_fields``' form), or None."""
+    import triton
+
     from quant_kernels.fpx_gemm import PINNED_ROW_CONFIGS, ROW_TUNING_KEY, kernel_fields
 
     if device.type != "cuda":
         return None
     bits = element_named(element).bits
     named = dict(N=n, KW=kw, BITS=bits, MAN_BITS=kernel_fields(element, bits)[1],
-                 BLOCK_M=1 << (rows - 1).bit_length(), MMA=False, INTERLEAVED=False, GATED=gated)
+                 BLOCK_M=triton.next_power_of_2(rows), MMA=False, INTERLEAVED=False, GATED=gated)
     key = tuple(named[name] for name in ROW_TUNING_KEY)
     return PINNED_ROW_CONFIGS.get(torch.cuda.get_device_name(device), {}).get(key)
 

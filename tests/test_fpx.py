@@ -1148,4 +1148,5 @@ def test_fpx_row_sweep_marks_the_pick_of_the_element_it_times(monkeypatch):
     pick = fpx_gemm._FP6_ROW_PICKS["NVIDIA H100 80GB HBM3"][(4096, 512)]
     assert pinned_fields(4096, 512, "e3m2", False, gpu) == pick == pinned_fields(4096, 512, "e2m3", True, gpu)
     assert pinned_fields(4096, 512, "e2m2", False, gpu) is None
+    assert pinned_fields(4096, 512, "e3m2", False, gpu, rows=2) is None  # the pins are one row's
     assert pinned_fields(4096, 512, "e3m2", False, torch.device("cpu")) is None
