@@ -185,15 +185,13 @@ def bench_shape(n: int, k: int, gated: bool, element: str, tuner: bool, extra: l
     weight_bytes = sum(p.numel() * p.element_size() for p in planes) + scale.numel() * scale.element_size()
     shape = f"{n}x{k}" + (" gated" if gated else "")
     bf16_ms = time_ms(lambda: torch.matmul(x, w.t()))
-    if tile:
+    if tile:  # a config's fields as the pick names it, the pick, the configs
         pick = tuned_pick(lambda: fpx_matmul_triton(x, planes, scale, **spec, row_kernel=False))
+        fields, picked = config_fields, None if pick is None else config_fields(pick)
         configs = tile_candidates(rows, k, tuner, extra, pick)
-        picked = None if pick is None else config_fields(pick)
-        is_pick = lambda config: config_fields(config) == picked  # noqa: E731
     else:
-        pinned = pinned_fields(n, k // 8, element, gated, device, rows)
-        configs = candidates(k // 8, tuner, extra, pinned)
-        is_pick = lambda config: _row_fields(config) == pinned  # noqa: E731
+        fields, picked = _row_fields, pinned_fields(n, k // 8, element, gated, device, rows)
+        configs = candidates(k // 8, tuner, extra, picked)
     timed = []
     for config in configs:
         def call(config=config):
@@ -202,7 +200,7 @@ def bench_shape(n: int, k: int, gated: bool, element: str, tuner: bool, extra: l
         got = call().float()
         rel_err = ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
         ms = time_ms(call)
-        timed.append(dict(shape=shape, config=described(config), pick=is_pick(config), us=ms * 1e3,
+        timed.append(dict(shape=shape, config=described(config), pick=fields(config) == picked, us=ms * 1e3,
                           gb_s=weight_bytes / ms / 1e6, x_bf16=bf16_ms / ms, rel_err=rel_err))
     timed.sort(key=lambda r: r["us"])
     return [dict(shape=shape, config="bf16 torch.matmul", pick=False, us=bf16_ms * 1e3,
@@ -260,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--gated: the tile kernel does not gate in its epilogue (the row kernel's GATED); leave it out")
     try:
         extra = parse_tile_configs(args.extra) if tile else parse_configs(args.extra)
-        for config in extra if tile else []:
+        for config in extra:
             for _, k in args.shapes:
-                check_fixed_config(config, False, k)
+                check_fixed_config(config, not tile, k)
     except ValueError as error:
         p.error(f"--extra: {error}")
     if args.gated is None:
