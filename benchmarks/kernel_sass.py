@@ -126,10 +126,11 @@ def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0, scale
     are the autotuner's, unswapped (``GPU_PAIRED_CONFIGS``) and swapped (``GPU_SWAP_CONFIGS``), the codes placed as
     values of x's dtype (``group``: scales per ``group`` codes, INT4 or E2M1, each step's sums scaled where it lies in
     one group, else each word's codes times its scales, as values of x's dtype (SCALED_VALUES) or placed in float32;
-    ``scales``: their encoding, ``add_group_arguments``), every tile whole (EVEN, as at Llama-3-8B's shapes)."""
+    ``scales``: their encoding, ``add_group_arguments``), every tile whole (EVEN, as at Llama-3-8B's shapes); swapped
+    bfloat16 tiles in the dot's register pairs as ``PTQ_FPX_LANE`` says, FP6's high words two a load (aligned)."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, _fpx_kernel, kernel_fields
+    from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, _fpx_kernel, kernel_fields, tile_lane_on
     from quant_layers.packing import element_named
 
     fmt = element_named(element)
@@ -144,7 +145,8 @@ def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0, scale
                      HAS_BIAS=False, DOT_F32=False, W_UNIT=2.0 ** (127 - exp_bias),
                      BLOCK_M=fpx_tile_rows(config), BLOCK_N=config[0], BLOCK_K=config[1], PAIRED=True,
                      SWAP_AB=bool(config[4]), VALUED_BF16=dtype == "bf16", UNIT_EXP=127 - exp_bias, USE_ASM=True,
-                     EVEN=True, ROUND_BF16=False, ROUND_F16=False)
+                     EVEN=True, ROUND_BF16=False, ROUND_F16=False, LANE_PAIRS=tile_lane_on(),
+                     HIGH_WORD_PAIRS=fmt.bits == 6)
     signature.update({name: "constexpr" for name in constants})
     signature.update(partial_ptr="*fp32", count_ptr="*i32", SPLIT_K="constexpr")
     add_group_arguments(signature, constants, group, exp_bias, scales)

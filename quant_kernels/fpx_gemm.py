@@ -113,8 +113,8 @@ GPU_PAIRED_CONFIGS = [
 # 132 SMs, one CTA an SM at 178 registers, so a 128 x 64 tile, two CTAs an SM at 186 registers, and a split of 4
 # joined the candidates, untimed).
 GPU_SWAP_CONFIGS = [(16, 64, 128, 4, 3), (16, 64, 256, 4, 3), (16, 128, 128, 8, 3), (16, 128, 256, 8, 3),
-                    (32, 64, 256, 4, 3), (64, 64, 128, 4, 3), (64, 128, 128, 8, 3), (128, 64, 128, 4, 3),
-                    (128, 128, 128, 8, 3)]
+                    (32, 64, 256, 4, 3), (64, 64, 128, 4, 3), (64, 64, 128, 4, 4), (64, 128, 128, 8, 3),
+                    (128, 64, 128, 4, 3), (128, 128, 128, 8, 3)]
 SWAP_MAX_M = 128
 # Decode-batch tiles (M_BUCKET <= SWAP_MAX_M) that split K among SPLIT_K programs a tile, every slice at least two
 # steps: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, PAIRED, SWAP_AB, SPLIT_K). Unsplit, the tuner's picks at
@@ -126,13 +126,18 @@ SWAP_MAX_M = 128
 # then, the tuner taking a split at three of four shapes, ``kernel_bench_fpx_tile_128_h200.md``). Swept on an H100
 # (2026-12-06, ``benchmarks/results/fpx_tile_sweep_{64,128}_h100.md``), 64 x 64 tiles split four ways ran FP6 at 64
 # rows 1.12x bf16 at 4096 x 4096 and 1.29x at 6144 x 4096 against the tuner's picks' 1.00x and 1.13x, and the 128-row
-# 128 x 64 tile split four ways 0.86x at 4096 x 4096 against 0.82x: both joined the candidates.
+# 128 x 64 tile split four ways 0.86x at 4096 x 4096 against 0.82x: both joined the candidates. With the codes
+# placed in the dot's register pairs (``_lane_tile``), four stages of the 64 x 64 x 128 tile, split two ways or
+# not, ran 128 rows of 4096 x 4096 in 23.7 us against the tuner's pick's 24.6 (bf16: 22.7; 2026-12-06,
+# ``fpx_tile_lane1_128_stages_h100.md``): both joined too. Splits of eight ran 0.59-0.66x there (the same at 64
+# rows: ``fpx_tile_lane0_128_h100.md``, ``fpx_tile_lane0_64_h100.md``), so TILE_MAX_SPLIT_K stays 4.
 GPU_SPLIT_CONFIGS = [
     (16, 32, 128, 4, 4, False, False, 2), (16, 32, 128, 4, 4, False, False, 4),
     (16, 64, 128, 4, 3, True, True, 2), (16, 64, 128, 4, 3, True, True, 4),
     (16, 64, 256, 4, 3, True, True, 2), (16, 64, 256, 4, 3, True, True, 4),
     (16, 128, 128, 8, 3, True, True, 2), (32, 64, 256, 4, 3, True, True, 2),
-    (64, 64, 128, 4, 3, True, True, 2), (64, 64, 128, 4, 3, True, True, 4), (64, 128, 128, 8, 3, True, True, 2),
+    (64, 64, 128, 4, 3, True, True, 2), (64, 64, 128, 4, 3, True, True, 4), (64, 64, 128, 4, 4, True, True, 2),
+    (64, 128, 128, 8, 3, True, True, 2),
     (64, 128, 128, 8, 3, True, True, 4), (128, 64, 128, 4, 3, True, True, 2), (128, 64, 128, 4, 3, True, True, 4),
     (128, 128, 128, 8, 3, True, True, 2), (128, 128, 128, 8, 3, True, True, 4),
 ]
@@ -318,7 +323,7 @@ def _fpx_kernel(
     VALUED_BF16: tl.constexpr = False, UNIT_EXP: tl.constexpr = 0, USE_ASM: tl.constexpr = False,
     EVEN: tl.constexpr = False, gscale_ptr=None, stride_gs=0, GROUP: tl.constexpr = 0, G_UNIT: tl.constexpr = 1.0,
     ROUND_BF16: tl.constexpr = False, ROUND_F16: tl.constexpr = False, gglobal_ptr=None,
-    SCALE_CODE: tl.constexpr = 0,
+    SCALE_CODE: tl.constexpr = 0, LANE_PAIRS: tl.constexpr = True, HIGH_WORD_PAIRS: tl.constexpr = False,
 ):
     """PAIRED (K a multiple of 8): the weight streams as the row kernel's words (``low_words_ptr``,
     ``high_words_ptr``), two codes at a time are placed into float32s with shifts and masks
@@ -326,7 +331,10 @@ def _fpx_kernel(
     code positions j takes its own dot against the activation columns 8w + j: no spreading of bit
     fields into a tile and no arithmetic decode; SWAP_AB (PAIRED only): the placed codes joined back into K order
     (``_placed_tile``) are one dot's first, wide operand a step (acc^T = W X^T), which Hopper's wgmma takes from
-    registers. VALUED_BF16 (bfloat16 x, both PAIRED forms): the codes become bfloat16 values (``_valued_pairs``, one
+    registers; with bfloat16 values (LANE_PAIRS, ``tile_lane_on``) each thread places the code pairs its part of that
+    operand holds instead (``_lane_tile``), no tile going through shared memory, FP6's 16-bit high words two an int32
+    load where HIGH_WORD_PAIRS (K a multiple of 16, the plane 4-byte aligned). VALUED_BF16 (bfloat16 x, both PAIRED
+    forms): the codes become bfloat16 values (``_valued_pairs``, one
     pair multiply for two codes where the float32 placement takes two multiplies and a conversion; ``_valued_tile``
     when swapped); fp16 x likewise fp16 values (``_placed_bits``' F16). Otherwise the planes are spread and
     decoded. SPLIT_K > 1: program (m, n, s) takes the s-th of SPLIT_K slices of K (whole steps) and
@@ -367,6 +375,10 @@ def _fpx_kernel(
         offs_w = tl.arange(0, BLOCK_K // 8)
         low_word_ptrs = low_words_ptr + k_first // 8 + offs_n[:, None] * stride_low_words + offs_w[None, :]
         high_word_ptrs = high_words_ptr + k_first // 8 + offs_n[:, None] * stride_high_words + offs_w[None, :]
+        # FP6's 16-bit high words two at a time (HIGH_WORD_PAIRS: K a multiple of 16, the plane 4-byte aligned).
+        offs_w2 = tl.arange(0, BLOCK_K // 16)
+        high_pair_ptrs = (high_words_ptr.to(tl.pointer_type(tl.int32)) + k_first // 16
+                          + offs_n[:, None] * (stride_high_words // 2) + offs_w2[None, :])
         xw_ptrs = x_ptr + k_first + offs_m[:, None] * stride_xm + 8 * offs_w[None, :]
         # Scales in groups: a step inside one group scales the step's sums once (STEP_SCALES, exact products as per
         # channel); otherwise each word's placed codes are scaled before the dot (WORD_SCALES: the float32 placement,
@@ -385,6 +397,8 @@ def _fpx_kernel(
         # sums are taken down by 2^-GROUP_UNIT_SHIFT after the loop, which the epilogue's scales undo (TAKEN_DOWN).
         LIFTED: tl.constexpr = WORD_SCALES and not VALUED and F16
         TAKEN_DOWN: tl.constexpr = LIFTED or SCALED_VALUES and F16
+        # Swapped bfloat16 values in the dot's register pairs (``_lane_tile``), where LANE_PAIRS allows.
+        LANE: tl.constexpr = LANE_PAIRS and SWAP_AB and VALUED and not F16
         UNIT: tl.constexpr = (W_UNIT / G_UNIT if LIFTED else 1.0) if WORD_SCALES else W_UNIT
         # A step's scales take 2^-GROUP_UNIT_SHIFT as the words' do (G_UNIT's part of W_UNIT; 1 for INT4), which the
         # epilogue's scales undo.
@@ -392,8 +406,17 @@ def _fpx_kernel(
         row_global = _row_globals(gglobal_ptr, offs_n, n_ok, SCALE_CODE == 1)
         for k0 in range(k_first, k_stop, BLOCK_K):
             w_ok = offs_w < (k_stop - k0) // 8
-            low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH,
-                                     USE_ASM, EVEN)
+            if LANE:  # (the high words as loaded, or two a word)
+                low = _tile_load(low_word_ptrs, n_ok[:, None] & w_ok[None, :], EVEN)
+                if HIGH_WORD_PAIRS:
+                    high = _tile_load(high_pair_ptrs, n_ok[:, None] & (offs_w2 < (k_stop - k0) // 16)[None, :], EVEN)
+                elif HIGH_WIDTH > 0:
+                    high = _tile_load(high_word_ptrs, n_ok[:, None] & w_ok[None, :], EVEN)
+                else:
+                    high = low
+            else:
+                low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH,
+                                         USE_ASM, EVEN)
             if WORD_SCALES:
                 # (fp16 values: the scales alone, G_UNIT's power of two held by the placement and TAKEN_DOWN)
                 units = _word_units(gscale_ptr, offs_n, n_ok, stride_gs, k0, (k_stop - k0) // 8, GROUP,
@@ -408,7 +431,10 @@ def _fpx_kernel(
             if SWAP_AB:  # one dot a step: the placed codes joined back into K order, x's columns as they lie
                 x_ok = m_ok[:, None] if EVEN else m_ok[:, None] & (offs_k < k_stop - k0)[None, :]
                 x = tl.load(x_ptrs, mask=x_ok, other=0.0)
-                if VALUED:
+                if LANE:
+                    tile = _lane_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, UNIT_EXP, USE_ASM,
+                                      SCALED_VALUES, unit_pairs[:, :, None] if SCALED_VALUES else 0, HIGH_WORD_PAIRS)
+                elif VALUED:
                     tile = _valued_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, UNIT_EXP, USE_ASM,
                                         SCALED_VALUES, unit_pairs, F16)
                 else:
@@ -442,6 +468,7 @@ def _fpx_kernel(
                 acc = sums
             low_word_ptrs += BLOCK_K // 8
             high_word_ptrs += BLOCK_K // 8
+            high_pair_ptrs += BLOCK_K // 16
             xw_ptrs += BLOCK_K
         if SCALED_VALUES and SCALE_CODE == 1:
             acc *= row_global[:, None] if SWAP_AB else row_global[None, :]
@@ -788,6 +815,62 @@ def _valued_tile(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WID
     a3, a7 = _halves_of(v3, F16)
     tile = tl.join(tl.join(tl.join(a0, a4), tl.join(a2, a6)), tl.join(tl.join(a1, a5), tl.join(a3, a7)))
     return tile.reshape(BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _lane_bits(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
+               USE_ASM: tl.constexpr, HIGH_WORD_PAIRS: tl.constexpr = False):
+    """Codes 2p (low half) and 2p + 1 (high half) of low-plane words and their high-plane words as loaded (int16 or
+    uint8; the low words again for FP4), for p = 0..3 along a new last axis, as ``_placed_bits``' bfloat16 bits
+    (codes J and J + 4 there): (N, W) words -> (N, W, 4) pairs. Each field pair is one byte of the low word (a
+    nibble a code) and two or four bits of the high word; one multiply lays both codes' copies of a field into
+    both halves, apart (no carries), and one mask keeps the copy each half wants."""
+    lane = tl.arange(0, 4)[None, None, :]
+    if USE_ASM:  # byte p of the word, zero-extended: one prmt.b32 (selector 0x4440 | p: the other bytes from 0)
+        words, selector = tl.broadcast(low[:, :, None], 0x4440 | lane)
+        byte = tl.inline_asm_elementwise("prmt.b32 $0, $1, 0, $2;", "=r,r,r", [words, selector], dtype=tl.uint32,
+                                         is_pure=True, pack=1)
+    else:
+        byte = ((low[:, :, None] >> (8 * lane)) & 0xFF).to(tl.uint32, bitcast=True)
+    if MAN_BITS == INT4_LEVELS:  # nibble 2p at bit 0, 2p + 1 at bit 16
+        bits = ((byte * 0x1001).to(tl.int32, bitcast=True) & 0x000F000F) ^ INT4_PLACED
+    else:
+        MAG_LOW: tl.constexpr = 4 if BITS > 4 else 3  # magnitude bits in the low nibble
+        TOP: tl.constexpr = 7 - MAN_BITS  # where the magnitude's bit 0 goes in a half
+        BOTH: tl.constexpr = (1 << 16) | 1
+        SIGNS: tl.constexpr = -2147450880  # bits 15 and 31
+        bits = (byte * ((1 << TOP) | (1 << (TOP + 12)))).to(tl.int32, bitcast=True) & (
+            (((1 << MAG_LOW) - 1) << TOP) * BOTH)
+        if BITS == 4:  # the nibbles' bit 3 is their sign
+            bits |= (byte * ((1 << 12) | (1 << 24))).to(tl.int32, bitcast=True) & SIGNS
+        elif HIGH_WIDTH == 1:  # a sign bit a code
+            signs = ((high.to(tl.int32)[:, :, None] >> (2 * lane)) & 3).to(tl.uint32, bitcast=True)
+            bits |= (signs * ((1 << 15) | (1 << 30))).to(tl.int32, bitcast=True) & SIGNS
+        else:  # (magnitude bit 4, sign) a code: to TOP + 4 and 15 of each half
+            if HIGH_WORD_PAIRS:  # words 2i and 2i + 1 in the low and high halves of int32 i
+                half = tl.arange(0, 2)[None, None, :, None]
+                fields = (high[:, :, None, None] >> (16 * half + 4 * tl.arange(0, 4)[None, None, None, :])) & 15
+                fields = fields.reshape(low.shape[0], low.shape[1], 4).to(tl.uint32, bitcast=True)
+            else:
+                fields = ((high.to(tl.int32)[:, :, None] >> (4 * lane)) & 15).to(tl.uint32, bitcast=True)
+            spread = fields * ((1 << (TOP + 4)) | (1 << 14) | (1 << (TOP + 18)) | (1 << 28))
+            bits |= spread.to(tl.int32, bitcast=True) & (((1 << (TOP + 4)) * BOTH) | SIGNS)
+    return bits
+
+
+@triton.jit
+def _lane_tile(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr,
+               SCALED: tl.constexpr = False, unit_pairs=0, HIGH_WORD_PAIRS: tl.constexpr = False):
+    """``_valued_tile`` for bfloat16 x in the pairs a wgmma register operand holds: a 32-bit register of it takes
+    codes 2p and 2p + 1 of a word, the four threads of a quad p = 0..3 (``_lane_bits``). Triton then places the
+    tile where the dot reads it, each word loaded by the four threads that take its pairs: no layout conversion
+    through shared memory a step (sm_90 SASS, Triton 3.6; ``_valued_tile``'s K-ordered joins hold a word's codes
+    in one thread). SCALED: ``unit_pairs``, (N, W, 1), scales each word's codes."""
+    bits = _lane_bits(low, high, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM, HIGH_WORD_PAIRS)
+    pairs = _valued_pairs(bits, MAN_BITS, UNIT_EXP, USE_ASM, SCALED, unit_pairs)
+    first, second = _halves_of(pairs)
+    return tl.join(first, second).reshape(BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -1206,6 +1289,13 @@ def tile_swap_on() -> bool:
                                                   f"rows, the default"})
 
 
+def tile_lane_on() -> bool:
+    """Whether the swapped tiles place bfloat16 codes in the dot's register pairs (``_lane_tile``; ``PTQ_FPX_LANE``:
+    1 by default; 0 K-ordered tiles, ``_valued_tile``)."""
+    return env_switch("PTQ_FPX_LANE", True, {"1": "codes in the dot's register pairs, the default",
+                                             "0": "K-ordered tiles"})
+
+
 def row_interleave_on(bits: int) -> bool:
     """Whether one row of ``bits``-bit codes on the fp32 form reads the interleaved high plane (``interleave_high``):
     for INTERLEAVED_BITS (``PTQ_FPX_INTERLEAVE``: 1 by default; 0 the 16- and 8-bit high words of the plane)."""
@@ -1384,7 +1474,9 @@ def fpx_matmul_triton(
     flags = dict(EXP_BITS=exp_bits, MAN_BITS=man_bits, EXP_BIAS=exp_bias,
                  HIGH_WIDTH=HIGH_PLANE_WIDTH[bits], HAS_BIAS=bias is not None,
                  DOT_F32=dot_f32, W_UNIT=2.0 ** (127 - exp_bias),
-                 VALUED_BF16=x.dtype == torch.bfloat16, UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET)
+                 VALUED_BF16=x.dtype == torch.bfloat16, UNIT_EXP=127 - exp_bias, USE_ASM=not INTERPRET,
+                 LANE_PAIRS=tile_lane_on(),
+                 HIGH_WORD_PAIRS=bits == 6 and k % 16 == 0 and high_words.data_ptr() % 4 == 0)
     # The group scales (in their encoding: ``_group_scales``) take the placements' power of two (G_UNIT).
     group_flags = dict(GROUP=group, G_UNIT=2.0 ** (127 - exp_bias - shift), gglobal_ptr=w_global_scale,
                        **group_scale_args(w_scale)) if group else {}

@@ -6,6 +6,7 @@ that the Triton kernel runs on CPU.
 
 from __future__ import annotations
 
+import collections
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"
@@ -777,6 +778,33 @@ def test_interleaved_high_plane_switch(monkeypatch):
     monkeypatch.setenv("PTQ_FPX_INTERLEAVE", "yes")
     with pytest.raises(ValueError, match="PTQ_FPX_INTERLEAVE='yes': choose 1 .*5-bit codes"):
         fpx_gemm.row_interleave_on(5)
+
+
+@pytest.mark.parametrize("k", [128, 200])
+@pytest.mark.parametrize("name", KERNEL_WEIGHTS)
+def test_swapped_tiles_in_both_placements_equal_twin(name, k, monkeypatch):
+    """``PTQ_FPX_LANE``: swapped tiles of bfloat16 rows place each thread's codes 2p and 2p + 1 of a word in the
+    dot's register pairs by default (``_lane_tile``; FP6's high words two a load where K is a multiple of 16), or
+    in K order with 0 (``_valued_tile``, which fp16 rows keep); both equal the twin on whole and ragged tiles, split
+    or not; anything else is refused, naming the choices."""
+    bits = tile_config(monkeypatch, name, k, PAIRED=True, SWAP_AB=True, SPLIT_K=2)
+    assert fpx_gemm.tile_lane_on()
+    x, planes, scale, bias = operands(name, 17, 48, k, torch.bfloat16, seed=k)
+    want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=bias)
+    for lane in ("1", "0"):
+        monkeypatch.setenv("PTQ_FPX_LANE", lane)
+        out = fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, bias=bias, row_kernel=False)
+        assert_matches_twin(out, want)
+    monkeypatch.setenv("PTQ_FPX_LANE", "pairs")
+    with pytest.raises(ValueError, match="PTQ_FPX_LANE='pairs': choose 1 .*register pairs"):
+        fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, row_kernel=False)
+    launches = []  # the flags each setting launches the kernel with
+    monkeypatch.setattr(fpx_gemm, "_fpx_kernel", collections.defaultdict(lambda: lambda *a, **kw: launches.append(kw)))
+    for lane in ("1", "0"):
+        monkeypatch.setenv("PTQ_FPX_LANE", lane)
+        fpx_gemm.fpx_matmul_triton(x, planes, scale, element=name, bits=bits, row_kernel=False)
+    assert [kw["LANE_PAIRS"] for kw in launches] == [True, False]
+    assert {kw["HIGH_WORD_PAIRS"] for kw in launches} == {bits == 6 and k % 16 == 0}
 
 
 def test_interleaved_high_plane_is_kept_until_the_plane_changes():

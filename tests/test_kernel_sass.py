@@ -305,6 +305,24 @@ def test_the_fpx_swapped_tile_keeps_its_wgmmas_in_flight():
     assert row["HGMMA"] == 16 and row["wgmma_serialized"] == "" and row["wgmma_wait"] >= 1
 
 
+def test_the_fpx_swapped_tile_places_codes_in_the_dot_s_register_pairs():
+    """The swapped FP6 tile of 16 x 64 x 256 compiled for sm_90 with bfloat16 rows: by default (``PTQ_FPX_LANE``)
+    each thread places the code pairs its wgmma register operand holds, so no layout conversion goes through shared
+    memory (no STS); in K order (``PTQ_FPX_LANE=0``) the joined tile does, with a barrier each."""
+    code = ("import json\nfrom benchmarks.kernel_sass import fpx_tile_source, sass_counts\n"
+            "config = (64, 256, 4, 3, True)\n"
+            "print(json.dumps(sass_counts(fpx_tile_source('e3m2', config), config, 90, 'swapped')))")
+    rows = {}
+    for lane in ("1", "0"):
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PTQ_FPX_LANE": lane}
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        rows[lane] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert rows["1"]["STS"] == 0 < rows["0"]["STS"] and rows["1"]["BAR"] < rows["0"]["BAR"]
+    assert rows["1"]["HGMMA"] == rows["0"]["HGMMA"] == 16
+
+
 @pytest.mark.parametrize("flags, case, refused, message", [
     (("--element", "e2m1", "--group", "16", "--scales", "e4m3"), "e2m1, E4M3 scales per 16 codes",
      ("--kernel", "fpx_row", "--element", "e2m1", "--scales", "e8m0"),
