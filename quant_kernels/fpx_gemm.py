@@ -216,6 +216,10 @@ INT4_PLACED = tl.constexpr(0x43084308)
 INT4_OFFSET = tl.constexpr(136.0)
 # The same for fp16 values (``_placed_bits``' F16): u as 1024 + (u ^ 8), less 1032.
 INT4_PLACED_F16 = tl.constexpr(0x64086408)
+# A code pair's 32-bit word (``_placed_bits``, ``_lane_bits``): a field mask times PAIR_HALVES is the mask in both
+# halves; PAIR_SIGNS holds their sign bits (15 and 31).
+PAIR_HALVES = tl.constexpr(65537)
+PAIR_SIGNS = tl.constexpr(-2147450880)
 # Row-kernel configs for scales in groups along K (BLOCK_N, BLOCK_KW, num_warps, num_stages, SPLIT_K). Each word's sums
 # are scaled by its group's scale (``_word_units``): steps of 8 and 16 words lie in one group of 64 or 128 codes (one
 # scale load a row a step), and more rows a program and split K make up the programs and the work a step that the
@@ -612,17 +616,15 @@ def _placed_bits(low, high, J: tl.constexpr, BITS: tl.constexpr, MAN_BITS: tl.co
     else:
         MAG_LOW: tl.constexpr = 4 if BITS > 4 else 3  # magnitude bits in the low nibble
         TOP: tl.constexpr = (10 if F16 else 7) - MAN_BITS  # where the magnitude's bit 0 goes in a half
-        BOTH: tl.constexpr = (1 << 16) | 1  # times a field mask: the mask in both halves
-        SIGNS: tl.constexpr = -2147450880  # bits 15 and 31
-        bits = _shifted(low, TOP - 4 * J) & ((((1 << MAG_LOW) - 1) << TOP) * BOTH)
+        bits = _shifted(low, TOP - 4 * J) & ((((1 << MAG_LOW) - 1) << TOP) * PAIR_HALVES)
         if BITS == 4:
-            bits |= _shifted(low, 15 - (4 * J + 3)) & SIGNS
+            bits |= _shifted(low, 15 - (4 * J + 3)) & PAIR_SIGNS
         elif HIGH_WIDTH == 1:
-            bits |= _shifted(high, 15 - J) & SIGNS
+            bits |= _shifted(high, 15 - J) & PAIR_SIGNS
         else:  # one multiply moves pair J's field (magnitude bit 4, sign) to TOP + 4 and 15, copies landing apart
-            fields = (high & ((3 << (2 * J)) * BOTH)).to(tl.uint32, bitcast=True)
+            fields = (high & ((3 << (2 * J)) * PAIR_HALVES)).to(tl.uint32, bitcast=True)
             spread = (fields * ((1 << (TOP + 4 - 2 * J)) + (1 << (14 - 2 * J)))).to(tl.int32, bitcast=True)
-            bits |= spread & (((1 << (TOP + 4)) * BOTH) | SIGNS)
+            bits |= spread & (((1 << (TOP + 4)) * PAIR_HALVES) | PAIR_SIGNS)
     return bits
 
 
@@ -837,15 +839,13 @@ def _lane_bits(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH
     else:
         MAG_LOW: tl.constexpr = 4 if BITS > 4 else 3  # magnitude bits in the low nibble
         TOP: tl.constexpr = 7 - MAN_BITS  # where the magnitude's bit 0 goes in a half
-        BOTH: tl.constexpr = (1 << 16) | 1
-        SIGNS: tl.constexpr = -2147450880  # bits 15 and 31
         bits = (byte * ((1 << TOP) | (1 << (TOP + 12)))).to(tl.int32, bitcast=True) & (
-            (((1 << MAG_LOW) - 1) << TOP) * BOTH)
+            (((1 << MAG_LOW) - 1) << TOP) * PAIR_HALVES)
         if BITS == 4:  # the nibbles' bit 3 is their sign
-            bits |= (byte * ((1 << 12) | (1 << 24))).to(tl.int32, bitcast=True) & SIGNS
+            bits |= (byte * ((1 << 12) | (1 << 24))).to(tl.int32, bitcast=True) & PAIR_SIGNS
         elif HIGH_WIDTH == 1:  # a sign bit a code
             signs = ((high.to(tl.int32)[:, :, None] >> (2 * lane)) & 3).to(tl.uint32, bitcast=True)
-            bits |= (signs * ((1 << 15) | (1 << 30))).to(tl.int32, bitcast=True) & SIGNS
+            bits |= (signs * ((1 << 15) | (1 << 30))).to(tl.int32, bitcast=True) & PAIR_SIGNS
         else:  # (magnitude bit 4, sign) a code: to TOP + 4 and 15 of each half
             if HIGH_WORD_PAIRS:  # words 2i and 2i + 1 in the low and high halves of int32 i
                 half = tl.arange(0, 2)[None, None, :, None]
@@ -854,7 +854,7 @@ def _lane_bits(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH
             else:
                 fields = ((high.to(tl.int32)[:, :, None] >> (4 * lane)) & 15).to(tl.uint32, bitcast=True)
             spread = fields * ((1 << (TOP + 4)) | (1 << 14) | (1 << (TOP + 18)) | (1 << 28))
-            bits |= spread.to(tl.int32, bitcast=True) & (((1 << (TOP + 4)) * BOTH) | SIGNS)
+            bits |= spread.to(tl.int32, bitcast=True) & (((1 << (TOP + 4)) * PAIR_HALVES) | PAIR_SIGNS)
     return bits
 
 
