@@ -379,10 +379,6 @@ def _fpx_kernel(
         offs_w = tl.arange(0, BLOCK_K // 8)
         low_word_ptrs = low_words_ptr + k_first // 8 + offs_n[:, None] * stride_low_words + offs_w[None, :]
         high_word_ptrs = high_words_ptr + k_first // 8 + offs_n[:, None] * stride_high_words + offs_w[None, :]
-        # FP6's 16-bit high words two at a time (HIGH_WORD_PAIRS: K a multiple of 16, the plane 4-byte aligned).
-        offs_w2 = tl.arange(0, BLOCK_K // 16)
-        high_pair_ptrs = (high_words_ptr.to(tl.pointer_type(tl.int32)) + k_first // 16
-                          + offs_n[:, None] * (stride_high_words // 2) + offs_w2[None, :])
         xw_ptrs = x_ptr + k_first + offs_m[:, None] * stride_xm + 8 * offs_w[None, :]
         # Scales in groups: a step inside one group scales the step's sums once (STEP_SCALES, exact products as per
         # channel); otherwise each word's placed codes are scaled before the dot (WORD_SCALES: the float32 placement,
@@ -401,8 +397,14 @@ def _fpx_kernel(
         # sums are taken down by 2^-GROUP_UNIT_SHIFT after the loop, which the epilogue's scales undo (TAKEN_DOWN).
         LIFTED: tl.constexpr = WORD_SCALES and not VALUED and F16
         TAKEN_DOWN: tl.constexpr = LIFTED or SCALED_VALUES and F16
-        # Swapped bfloat16 values in the dot's register pairs (``_lane_tile``), where LANE_PAIRS allows.
+        # Swapped bfloat16 values in the dot's register pairs (``_lane_tile``), where LANE_PAIRS allows; FP6's 16-bit
+        # high words two an int32 load there (HIGH_WORD_PAIRS: K a multiple of 16, the plane 4-byte aligned).
         LANE: tl.constexpr = LANE_PAIRS and SWAP_AB and VALUED and not F16
+        PAIRED_HIGH: tl.constexpr = LANE and HIGH_WORD_PAIRS
+        if PAIRED_HIGH:
+            offs_w2 = tl.arange(0, BLOCK_K // 16)
+            high_pair_ptrs = (high_words_ptr.to(tl.pointer_type(tl.int32)) + k_first // 16
+                              + offs_n[:, None] * (stride_high_words // 2) + offs_w2[None, :])
         UNIT: tl.constexpr = (W_UNIT / G_UNIT if LIFTED else 1.0) if WORD_SCALES else W_UNIT
         # A step's scales take 2^-GROUP_UNIT_SHIFT as the words' do (G_UNIT's part of W_UNIT; 1 for INT4), which the
         # epilogue's scales undo.
@@ -412,7 +414,7 @@ def _fpx_kernel(
             w_ok = offs_w < (k_stop - k0) // 8
             if LANE:  # (the high words as loaded, or two a word)
                 low = _tile_load(low_word_ptrs, n_ok[:, None] & w_ok[None, :], EVEN)
-                if HIGH_WORD_PAIRS:
+                if PAIRED_HIGH:
                     high = _tile_load(high_pair_ptrs, n_ok[:, None] & (offs_w2 < (k_stop - k0) // 16)[None, :], EVEN)
                 elif HIGH_WIDTH > 0:
                     high = _tile_load(high_word_ptrs, n_ok[:, None] & w_ok[None, :], EVEN)
@@ -437,7 +439,7 @@ def _fpx_kernel(
                 x = tl.load(x_ptrs, mask=x_ok, other=0.0)
                 if LANE:
                     tile = _lane_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, UNIT_EXP, USE_ASM,
-                                      SCALED_VALUES, unit_pairs[:, :, None] if SCALED_VALUES else 0, HIGH_WORD_PAIRS)
+                                      SCALED_VALUES, unit_pairs[:, :, None] if SCALED_VALUES else 0, PAIRED_HIGH)
                 elif VALUED:
                     tile = _valued_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, UNIT_EXP, USE_ASM,
                                         SCALED_VALUES, unit_pairs, F16)
@@ -472,7 +474,8 @@ def _fpx_kernel(
                 acc = sums
             low_word_ptrs += BLOCK_K // 8
             high_word_ptrs += BLOCK_K // 8
-            high_pair_ptrs += BLOCK_K // 16
+            if PAIRED_HIGH:
+                high_pair_ptrs += BLOCK_K // 16
             xw_ptrs += BLOCK_K
         if SCALED_VALUES and SCALE_CODE == 1:
             acc *= row_global[:, None] if SWAP_AB else row_global[None, :]
