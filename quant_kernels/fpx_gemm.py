@@ -137,9 +137,8 @@ GPU_SPLIT_CONFIGS = [
     (16, 64, 256, 4, 3, True, True, 2), (16, 64, 256, 4, 3, True, True, 4),
     (16, 128, 128, 8, 3, True, True, 2), (32, 64, 256, 4, 3, True, True, 2),
     (64, 64, 128, 4, 3, True, True, 2), (64, 64, 128, 4, 3, True, True, 4), (64, 64, 128, 4, 4, True, True, 2),
-    (64, 128, 128, 8, 3, True, True, 2),
-    (64, 128, 128, 8, 3, True, True, 4), (128, 64, 128, 4, 3, True, True, 2), (128, 64, 128, 4, 3, True, True, 4),
-    (128, 128, 128, 8, 3, True, True, 2), (128, 128, 128, 8, 3, True, True, 4),
+    (64, 128, 128, 8, 3, True, True, 2), (64, 128, 128, 8, 3, True, True, 4), (128, 64, 128, 4, 3, True, True, 2),
+    (128, 64, 128, 4, 3, True, True, 4), (128, 128, 128, 8, 3, True, True, 2), (128, 128, 128, 8, 3, True, True, 4),
 ]
 TILE_MAX_SPLIT_K = 4
 
@@ -412,17 +411,12 @@ def _fpx_kernel(
         row_global = _row_globals(gglobal_ptr, offs_n, n_ok, SCALE_CODE == 1)
         for k0 in range(k_first, k_stop, BLOCK_K):
             w_ok = offs_w < (k_stop - k0) // 8
-            if LANE:  # (the high words as loaded, or two a word)
+            if PAIRED_HIGH:  # (the high words two a word)
                 low = _tile_load(low_word_ptrs, n_ok[:, None] & w_ok[None, :], EVEN)
-                if PAIRED_HIGH:
-                    high = _tile_load(high_pair_ptrs, n_ok[:, None] & (offs_w2 < (k_stop - k0) // 16)[None, :], EVEN)
-                elif HIGH_WIDTH > 0:
-                    high = _tile_load(high_word_ptrs, n_ok[:, None] & w_ok[None, :], EVEN)
-                else:
-                    high = low
-            else:
+                high = _tile_load(high_pair_ptrs, n_ok[:, None] & (offs_w2 < (k_stop - k0) // 16)[None, :], EVEN)
+            else:  # (the register-pair tiles take the high words as loaded)
                 low, high = _plane_words(low_word_ptrs, high_word_ptrs, n_ok[:, None] & w_ok[None, :], HIGH_WIDTH,
-                                         USE_ASM, EVEN)
+                                         USE_ASM, EVEN, SPREAD=not LANE)
             if WORD_SCALES:
                 # (fp16 values: the scales alone, G_UNIT's power of two held by the placement and TAKEN_DOWN)
                 units = _word_units(gscale_ptr, offs_n, n_ok, stride_gs, k0, (k_stop - k0) // 8, GROUP,
@@ -852,7 +846,7 @@ def _lane_bits(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH
         else:  # (magnitude bit 4, sign) a code: to TOP + 4 and 15 of each half
             if HIGH_WORD_PAIRS:  # words 2i and 2i + 1 in the low and high halves of int32 i
                 half = tl.arange(0, 2)[None, None, :, None]
-                fields = (high[:, :, None, None] >> (16 * half + 4 * tl.arange(0, 4)[None, None, None, :])) & 15
+                fields = (high[:, :, None, None] >> (16 * half + 4 * lane[:, :, None, :])) & 15
                 fields = fields.reshape(low.shape[0], low.shape[1], 4).to(tl.uint32, bitcast=True)
             else:
                 fields = ((high.to(tl.int32)[:, :, None] >> (4 * lane)) & 15).to(tl.uint32, bitcast=True)
@@ -885,13 +879,15 @@ def _halves_of(words, F16: tl.constexpr = False):
 
 @triton.jit
 def _plane_words(low_ptrs, high_ptrs, mask, HIGH_WIDTH: tl.constexpr, USE_ASM: tl.constexpr,
-                 EVEN: tl.constexpr = False):
-    """One step's low-plane words and their ``_spread_high`` high-plane words (the low words again for FP4);
-    unmasked when EVEN."""
+                 EVEN: tl.constexpr = False, SPREAD: tl.constexpr = True):
+    """One step's low-plane words and their ``_spread_high`` high-plane words (as loaded without SPREAD; the low
+    words again for FP4); unmasked when EVEN."""
     low = _tile_load(low_ptrs, mask, EVEN)
     high = low
     if HIGH_WIDTH > 0:
-        high = _spread_high(_tile_load(high_ptrs, mask, EVEN), HIGH_WIDTH, USE_ASM)
+        high = _tile_load(high_ptrs, mask, EVEN)
+        if SPREAD:
+            high = _spread_high(high, HIGH_WIDTH, USE_ASM)
     return low, high
 
 
