@@ -31,6 +31,11 @@
 #   fpx_tile_rows  the FPx tensor-core kernel's tiles (paired, swapped, split) forced and checked against the twin,
 #              then FP6 E3M2 timed at M = 8, 16, 64 and 128 at the five Llama-3-8B decode shapes (issue 10: the FPx
 #              GEMM faster than bf16 at 1-128 rows)
+#   fpx_f16    the FPx tensor-core kernel's tiles forced and checked against the twin (swapped ones of every element
+#              in bfloat16 and fp16 rows), then FP6 E3M2 x fp16 against fp16 torch.matmul at M = 1, 16, 64 and 128 at
+#              the five Llama-3-8B decode shapes (issue 10: faster than fp16 at 1-128 rows)
+#   fpx_lane_fp5  FP5 E2M2 x bf16 at M = 16 and 128 (4096x4096, 28672x4096) with the codes in the dot's register
+#              pairs (PTQ_FPX_LANE=1) and in K order (0) (issue 10)
 #   fpx_ncu    the FPx row kernel under Nsight Compute at one FP6 E3M2 row (gemv_ncu.py --kernel fpx: the split and
 #              unsplit picks, with and without prefetching; then the tensor-core form), then FP6 E3M2 at M = 1 timed
 #              with the tensor-core form (PTQ_FPX_MMA=1) and the split configs among the tuner's candidates (issue 10)
@@ -271,6 +276,18 @@ for section in "$@"; do
       step "${LIMIT_FPX_BENCH:-420}" kernel_bench_fpx_tile_rows python benchmarks/kernel_bench.py --flush_l2 \
         --cuda_graph --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 \
         --weight_only_ms 8,16,64,128 --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_tile_rows_${GPU}" ;;
+    fpx_f16)
+      step "${LIMIT_FPX_CHECK:-100}" kernel_check_fpx_f16 python -u benchmarks/kernel_check.py --only fpx_swap \
+        --out "$OUT/kernel_check_fpx_f16_${GPU}"
+      step "${LIMIT_FPX_BENCH:-420}" kernel_bench_fpx_f16 python benchmarks/kernel_bench.py --flush_l2 --cuda_graph \
+        --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms 1,16,64,128 \
+        --weight_only_formats e3m2 --weight_only_dtype fp16 --out "$OUT/kernel_bench_fpx_f16_${GPU}" ;;
+    fpx_lane_fp5)
+      for lane in 1 0; do
+        step "${LIMIT_FPX_AB:-130}" "kernel_bench_fpx_fp5_lane$lane" env PTQ_FPX_LANE=$lane python \
+          benchmarks/kernel_bench.py --flush_l2 --cuda_graph --ms "" --shapes 4096x4096,28672x4096 \
+          --weight_only_ms 16,128 --weight_only_formats e2m2 --out "$OUT/kernel_bench_fpx_fp5_lane${lane}_${GPU}"
+      done ;;
     fpx_ncu)
       ncu_sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
                     --section SchedulerStats --section MemoryWorkloadAnalysis --section InstructionStats)
@@ -541,6 +558,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

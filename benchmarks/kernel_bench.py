@@ -27,8 +27,9 @@ before every repetition):
 
 the activation-quantization kernel alone, in GB/s, next to a device copy
 (``x.clone()``) of the same activations; and, for M in ``--weight_only_ms``, the FPx
-weight-only GEMM (bf16 activations, FP6 E3M2 / E2M3, FP5 E2M2 / E3M1, FP4 E2M1 weights
-in bit planes with per-channel scales) against bf16 ``torch.matmul``. Every kernel is
+weight-only GEMM (bf16 activations, or fp16 with ``--weight_only_dtype fp16``; FP6 E3M2 / E2M3,
+FP5 E2M2 / E3M1, FP4 E2M1 weights in bit planes with per-channel scales) against ``torch.matmul``
+in the activations' dtype. Every kernel is
 first checked against its torch twin on the same data (codes and scales exactly; GEMM
 within 1e-5 of the output's magnitude); the result of the check is in the tables.
 ``--shapes`` takes N x K pairs or a preset: ``llama3-8b`` (default), ``qwen2.5-7b``,
@@ -80,6 +81,8 @@ W4A4_FORMATS = {
     "mxfp4": ("e2m1", 32, "e8m0"),
 }
 FPX_FORMATS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "int4")  # weight-only elements of the FPx kernels
+# The FPx weight-only GEMM's activation dtypes (``--weight_only_dtype``).
+WEIGHT_ONLY_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Weight-only formats with scales in groups (``weight_only_format``): GPTQ's INT4 g128, E2M1 in NVFP4's and MXFP4's
 # groups with fp32 scales, and NVFP4 and MXFP4 with their scales as their checkpoints encode them.
 ENCODED_WEIGHT_ONLY = {"nvfp4": ("e2m1", 16, "nvfp"), "mxfp4": ("e2m1", 32, "mxfp")}
@@ -431,17 +434,18 @@ def check_fpx(x: torch.Tensor, planes: tuple[torch.Tensor, ...], scale: torch.Te
 
 
 def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms,
-                      formats: tuple[str, ...] = FPX_FORMATS) -> list[dict]:
-    """bf16 activations x FPx weights (``weight_only_format`` names: per-channel scales, or INT4 / E2M1 in groups)
-    against bf16 torch.matmul; for 2..ROW_MAX_M rows the kernel the default did not pick beside it (the tensor-core
-    kernel up to ROW_DEFAULT_MAX_M rows, where the CUDA-core row kernel is the default, the row kernel above), and
-    from PREFILL_COMPARE_M rows (every M for weights in groups) the path it did not pick of the kernels and the
-    dequantized weight times cuBLAS (``fpx_gemm.takes_dequantized``)."""
+                      formats: tuple[str, ...] = FPX_FORMATS, dtype: str = "bf16") -> list[dict]:
+    """``dtype`` (bf16 or fp16) activations x FPx weights (``weight_only_format`` names: per-channel scales, or
+    INT4 / E2M1 in groups) against torch.matmul in that dtype (the ratio ``x_<dtype>``); for 2..ROW_MAX_M rows the
+    kernel the default did not pick beside it (the tensor-core kernel up to ROW_DEFAULT_MAX_M rows, where the
+    CUDA-core row kernel is the default, the row kernel above), and from PREFILL_COMPARE_M rows (every M for weights
+    in groups) the path it did not pick of the kernels and the dequantized weight times cuBLAS
+    (``fpx_gemm.takes_dequantized``)."""
     from quant_kernels import fpx_gemm  # late: builds Triton kernels (see main)
 
-    x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
-    w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
-    rows = [row(n, m, k, "bf16", time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
+    x = torch.randn(m, k, device=device, dtype=WEIGHT_ONLY_DTYPES[dtype])
+    w = torch.randn(n, k, device=device, dtype=x.dtype) * 0.02
+    rows = [row(n, m, k, dtype, time_ms(lambda: torch.matmul(x, w.t())), 2 * n * k)]
     for name in formats:
         element, group, block_format = weight_only_format(name)
         planes, scale, global_scale = fpx_weight(w, element, group, block_format)
@@ -472,7 +476,7 @@ def bench_weight_only(n: int, k: int, m: int, device: torch.device, time_ms,
                             check_fpx(x, planes, scale, element, row_kernel=not by_default, **checked)))
             rows[-1]["config"] = fpx_tuned_config(not by_default, group)
     for r in rows:
-        r["x_bf16"] = rows[0]["ms"] / r["ms"]
+        r[f"x_{dtype}"] = rows[0]["ms"] / r["ms"]
     return rows
 
 
@@ -499,14 +503,15 @@ def markdown(result: dict) -> str:
     for r in result["act_quant"]:
         lines.append(f"| {r['M']} | {r['K']} | {r['kernel']} | {r['ms']:.4f} | {r['gbs']:.0f} | {r['check']} |")
     if result["weight_only"]:
-        lines += ["", "FPx weight-only GEMM (bf16 activations, per-channel scales, or fp32 scales per N codes for "
-                      "names ending _gN; weight GB/s counts planes and scales) vs bf16 torch.matmul:", "",
-                  "| N x K | M | method | ms | TFLOP/s | weight GB/s | x bf16 | check | tuned config |",
+        dtype = result.get("weight_only_dtype", "bf16")  # (bf16 in the files written before the option)
+        lines += ["", f"FPx weight-only GEMM ({dtype} activations, per-channel scales, or fp32 scales per N codes for "
+                      f"names ending _gN; weight GB/s counts planes and scales) vs {dtype} torch.matmul:", "",
+                  f"| N x K | M | method | ms | TFLOP/s | weight GB/s | x {dtype} | check | tuned config |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in result["weight_only"]:
             lines.append(f"| {r['N']}x{r['K']} | {r['M']} | {r['method']} | {fmt(r['ms'], '.4f')} | "
-                         f"{fmt(r['tflops'], '.1f')} | {fmt(r['weight_gbs'], '.0f')} | {fmt(r['x_bf16'], '.2f')} | "
-                         f"{r['check']} | {r.get('config', '')} |")
+                         f"{fmt(r['tflops'], '.1f')} | {fmt(r['weight_gbs'], '.0f')} | "
+                         f"{fmt(r[f'x_{dtype}'], '.2f')} | {r['check']} | {r.get('config', '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -522,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight_only_formats", default=",".join(FPX_FORMATS),
                    help=f"comma list of the FPx weight-only elements to time, or of {', '.join(GROUPED_WEIGHT_ONLY)} "
                         "(scales in groups; each autotunes its own kernels: fewer keep a GPU call short)")
+    p.add_argument("--weight_only_dtype", default="bf16", choices=sorted(WEIGHT_ONLY_DTYPES),
+                   help="the FPx weight-only GEMM's activations and its torch.matmul baseline (default: bf16)")
     p.add_argument("--default_paths_only", action="store_true",
                    help="time each W4A4 format's decode or packed kernel and linear, and the linear w4a4_linear "
                         "takes by default where it is another, only: not the dot GEMM, FP8 and int8 paths beside "
@@ -563,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{in_stream_note(args.in_stream)}"
                   f"{' (CPU, Triton interpreter: not a speed measurement)' if args.cpu_dry_run else ''}",
         "command": command_line("kernel_bench.py", argv if argv is not None else sys.argv[1:]),
-        "gemm": [], "act_quant": [], "weight_only": [],
+        "gemm": [], "act_quant": [], "weight_only": [], "weight_only_dtype": args.weight_only_dtype,
     }
     act_done = set()
     for n, k in shapes:
@@ -576,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"done N={n} K={k} M={m}", flush=True)
     for n, k in shapes:
         for m in weight_only_ms:
-            result["weight_only"] += bench_weight_only(n, k, m, device, time_ms, wo_formats)
+            result["weight_only"] += bench_weight_only(n, k, m, device, time_ms, wo_formats, args.weight_only_dtype)
             write_result_files(args.out, result, markdown(result))
             print(f"done weight-only N={n} K={k} M={m}", flush=True)
     print(markdown(result))  # the files were written after the last step

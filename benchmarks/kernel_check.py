@@ -442,8 +442,15 @@ DRY_FPX_SPLIT = [(1, 40, 200, "e3m2", torch.bfloat16, (16, 4, 1, True, 3)),
                  (1, 48, 256, "e2m2", torch.bfloat16, (16, 4, 1, False, 2))]
 # (M, N, K, element, x dtype, ("tile", BLOCK_M, BLOCK_N, BLOCK_K, warps, SWAP_AB, SPLIT_K)): the tensor-core
 # kernel's swapped PAIRED path forced at decode batches (and its unswapped twin once), ragged M and K included, and
-# with K split among programs.
+# with K split among programs; every element, in bfloat16 and fp16 rows.
 GPU_FPX_SWAP = [(8, 4096, 4096, "e3m2", torch.bfloat16, ("tile", 16, 64, 128, 4, True, 1)),
+                (128, 4096, 4096, "e3m2", torch.float16, ("tile", 64, 64, 128, 4, True, 2)),
+                (100, 6144, 4096, "e3m1", torch.bfloat16, ("tile", 128, 64, 128, 4, True, 1)),
+                (64, 4096, 4096, "e3m1", torch.float16, ("tile", 64, 64, 128, 4, True, 4)),
+                (16, 4096, 14336, "int4", torch.float16, ("tile", 16, 64, 256, 4, True, 2)),
+                (128, 4096, 4096, "int4", torch.bfloat16, ("tile", 128, 64, 128, 4, True, 1)),
+                (33, 4096, 4096, "e2m1", torch.float16, ("tile", 64, 64, 128, 4, True, 1)),
+                (8, 4096, 4096, "e2m3", torch.bfloat16, ("tile", 16, 64, 128, 4, True, 1)),
                 (16, 14336, 4096, "e2m3", torch.float16, ("tile", 16, 128, 256, 8, True, 1)),
                 (40, 4096, 14336, "e2m1", torch.bfloat16, ("tile", 64, 128, 128, 8, True, 1)),
                 (5, 40, 200, "e3m2", torch.bfloat16, ("tile", 16, 64, 128, 4, True, 1)),

@@ -403,12 +403,26 @@ def test_benchmarks_refuse_row_counts_below_one(cli, tmp_path, script, flag):
     assert not os.listdir(tmp_path)
 
 
-def weight_only_table(cli, prefix: str, m: str, shape: str, formats: str) -> str:
+def weight_only_table(cli, prefix: str, m: str, shape: str, formats: str, *extra: str) -> str:
     """The Markdown table of a CPU dry run of kernel_bench's weight-only GEMMs alone (M rows, one shape)."""
     out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--ms", "", "--weight_only_ms", m, "--shapes", shape,
-              "--weight_only_formats", formats, "--reps", "1", "--warmup", "0", "--out", prefix)
+              "--weight_only_formats", formats, "--reps", "1", "--warmup", "0", *extra, "--out", prefix)
     assert out.returncode == 0, out.stderr
     return open(prefix + ".md").read()
+
+
+def test_kernel_bench_times_fp16_activations_against_fp16_matmul(cli, tmp_path):
+    """``--weight_only_dtype fp16``: fp16 activations through the FPx kernels, checked against the twin, beside
+    fp16 torch.matmul, the ratio to it recorded as ``x_fp16``; the default stays bf16; other dtypes are refused."""
+    prefix = str(tmp_path / "bench")
+    table = weight_only_table(cli, prefix, "3", "40x128", "e3m2", "--weight_only_dtype", "fp16")
+    assert "(fp16 activations" in table and "vs fp16 torch.matmul" in table and "| x fp16 |" in table
+    assert "| 40x128 | 3 | fp16 |" in table and table.count("| ok |") == 2 and "MISMATCH" not in table
+    result = json.load(open(prefix + ".json"))
+    assert result["weight_only_dtype"] == "fp16" and all("x_fp16" in r for r in result["weight_only"])
+    assert "| 40x128 | 3 | bf16 |" in weight_only_table(cli, prefix, "3", "40x128", "e3m2")
+    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--weight_only_dtype", "fp32", "--out", prefix)
+    assert out.returncode == 2 and "--weight_only_dtype: invalid choice: 'fp32'" in out.stderr
 
 
 def test_kernel_bench_times_only_the_weight_only_formats_asked(cli, tmp_path):
