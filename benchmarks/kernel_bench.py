@@ -27,11 +27,11 @@ before every repetition):
 
 the activation-quantization kernel alone, in GB/s, next to a device copy
 (``x.clone()``) of the same activations; and, for M in ``--weight_only_ms``, the FPx
-weight-only GEMM (bf16 activations, or fp16 with ``--weight_only_dtype fp16``; FP6 E3M2 / E2M3,
-FP5 E2M2 / E3M1, FP4 E2M1 weights in bit planes with per-channel scales) against ``torch.matmul``
-in the activations' dtype. Every kernel is
-first checked against its torch twin on the same data (codes and scales exactly; GEMM
-within 1e-5 of the output's magnitude); the result of the check is in the tables.
+weight-only GEMM (bf16 activations, or fp16 with ``--weight_only_dtype fp16``; FP6 E3M2 /
+E2M3, FP5 E2M2 / E3M1, FP4 E2M1 weights in bit planes with per-channel scales) against
+``torch.matmul`` in the activations' dtype. Every kernel is first checked against its torch
+twin on the same data (codes and scales exactly; GEMM within 1e-5 of the output's magnitude);
+the result of the check is in the tables.
 ``--shapes`` takes N x K pairs or a preset: ``llama3-8b`` (default), ``qwen2.5-7b``,
 ``smollm2-1.7b``.
 
