@@ -336,9 +336,10 @@ def sass_counts(source, config: tuple[int, ...], arch: int, label: str) -> dict:
 
 
 def longest_loop(sass: str) -> list[str]:
-    """The instructions of the longest loop of an ``nvdisasm`` listing: from a backward branch's target label to the
-    branch, both included; none without one (a branch to itself, the idle loop after the kernel's exit, is none). In
-    these kernels that is one K step, the part that runs per weight."""
+    """The instructions of the longest loop of an ``nvdisasm`` listing: from a predicated backward branch's target
+    label to the branch, both included; none without one. In these kernels that is one K step, the part that runs per
+    weight. An unpredicated backward branch closes no loop: it returns from code placed out of line (a TMA barrier
+    wait's retries) to where that code was left, or it is the idle branch to itself after the kernel's exit."""
     labels: dict[str, int] = {}
     waiting: list[str] = []
     listing: list[tuple[int, str]] = []
@@ -354,7 +355,7 @@ def longest_loop(sass: str) -> list[str]:
             labels.update((name, address) for name in waiting)
             waiting = []
             listing.append((address, found.group(2)))
-            target = re.search(r"\bBRA\b.*?(\.L_x_\d+)", found.group(2))
+            target = re.search(r"^@!?U?P\w+\s+BRA\b.*?(\.L_x_\d+)", found.group(2))
             if target:
                 branches.append((address, target.group(1)))
     spans = [(labels[name], address) for address, name in branches if labels.get(name, address) < address]
