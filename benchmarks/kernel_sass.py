@@ -55,6 +55,7 @@ ACT_ELEMENTS = {"int4": ("int4", False, 0, "float", None), "e2m1": ("e2m1", Fals
 COLUMNS = ("LOP3", "IMAD", "SHF", "PRMT", "IADD3", "FFMA", "HMUL2", "I2F", "IDP", "HMMA", "IMMA", "HGMMA", "IGMMA",
            "QGMMA", "LDG", "LDGSTS", "LDS", "STS", "BAR")
 ALIGNED = 16  # the divisibility Triton's JIT assumes of an aligned pointer or size argument
+GUARD = r"@!?U?P\w+\s+"  # a SASS instruction's guard predicate (@P0, @!UP1, ...)
 
 
 def add_group_arguments(signature: dict, constants: dict, group: int, exp_bias: int, scales: str = "fp32") -> None:
@@ -322,7 +323,7 @@ def sass_counts(source, config: tuple[int, ...], arch: int, label: str) -> dict:
                                capture_output=True, text=True, check=True).stdout
     opcodes = collections.Counter()
     for line in sass.splitlines():
-        found = re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", line)
+        found = re.match(rf"\s+/\*[0-9a-f]{{4,}}\*/\s+(?:{GUARD})?([A-Z][A-Z0-9_]*)", line)
         if found:
             opcodes[found.group(1)] += 1
     loop = longest_loop(sass)
@@ -355,7 +356,7 @@ def longest_loop(sass: str) -> list[str]:
             labels.update((name, address) for name in waiting)
             waiting = []
             listing.append((address, found.group(2)))
-            target = re.search(r"^@!?U?P\w+\s+BRA\b.*?(\.L_x_\d+)", found.group(2))
+            target = re.search(rf"^{GUARD}BRA\b.*?(\.L_x_\d+)", found.group(2))
             if target:
                 branches.append((address, target.group(1)))
     spans = [(labels[name], address) for address, name in branches if labels.get(name, address) < address]
@@ -367,7 +368,7 @@ def wgmma_wait(loop: list[str]) -> int | None:
     """The fewest wgmma groups a K step lets stay in flight at its waits (``WARPGROUP.DEPBAR.LE gsb0, N``): 0 when
     some wgmma is waited for before anything else runs, so that the step's other work never overlaps it; None
     without a wgmma in the loop (or without a wait there: none is then held back)."""
-    if not any(re.match(r"(?:@!?U?P\w+\s+)?[A-Z]GMMA\.", text) for text in loop):
+    if not any(re.match(rf"(?:{GUARD})?[A-Z]GMMA\.", text) for text in loop):
         return None
     levels = [int(found.group(1), 16) for text in loop
               if (found := re.search(r"WARPGROUP\.DEPBAR\.LE\s+gsb0,\s*(0x[0-9a-f]+|\d+)", text))]
