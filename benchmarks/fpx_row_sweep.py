@@ -7,7 +7,8 @@ where its launch overlaps the one before: kernel_bench's ``--in_stream`` timing.
 against each weight shape (``--shapes``; ``--gated`` ones as an MLP's gate/up product with silu(gate) * up in the
 epilogue, as the model runs them) for every config the tuner would consider at that shape (``--tuner_configs``),
 the pinned one, and any ``--extra`` ones, each in a stream of CUDA-graph calls with the L2 flushed before each
-(``benchmarks.timing``), beside bf16 ``torch.matmul``. Each config's output is checked against the torch twin.
+(``benchmarks.timing``), beside ``torch.matmul`` in the activations' dtype (``--dtype``: bf16, or fp16). Each
+config's output is checked against the torch twin.
 
     python benchmarks/fpx_row_sweep.py --tuner_configs --extra "32,64,4,2,0,4,1,80;64,32,8,2,0,8,1,80" \\
         --out benchmarks/results/fpx_row_sweep_h100
@@ -38,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.gemv_ncu import fpx_row_config, parse_fpx_configs  # noqa: E402
 from benchmarks.kernel_bench import (  # noqa: E402
-    FPX_FORMATS, described, fpx_weight, in_stream_note, parse_shapes, parse_tiles,
+    FPX_FORMATS, WEIGHT_ONLY_DTYPES, described, fpx_weight, in_stream_note, parse_shapes, parse_tiles,
 )
 from benchmarks.result_files import markdown_header, run_header, write_result_files  # noqa: E402
 from benchmarks.timing import gpu_stream_timer  # noqa: E402
@@ -170,21 +171,23 @@ def tuned_pick(call):
 
 
 def bench_shape(n: int, k: int, gated: bool, element: str, tuner: bool, extra: list, time_ms,
-                device: torch.device, rows: int = 1, tile: bool = False) -> list[dict]:
-    """One row for bf16 ``torch.matmul`` and one per candidate config (fastest first) at ``rows`` activation rows:
-    the row kernel's configs, or the tile kernel's (``tile``); ``pick`` marks the pinned one, or the autotuner's."""
+                device: torch.device, rows: int = 1, tile: bool = False, dtype: str = "bf16") -> list[dict]:
+    """One row for ``torch.matmul`` and one per candidate config (fastest first) at ``rows`` activation rows of
+    ``dtype`` (``WEIGHT_ONLY_DTYPES``' names): the row kernel's configs, or the tile kernel's (``tile``); ``pick``
+    marks the pinned one, or the autotuner's. ``x_bf16`` is the ratio over ``torch.matmul`` in ``dtype`` (the key
+    ``kernel_bench.py`` writes for either dtype)."""
     from quant_kernels import reference
     from quant_kernels.fpx_gemm import _row_fields, fpx_matmul_triton
 
-    x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
-    w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
+    x = torch.randn(rows, k, device=device, dtype=WEIGHT_ONLY_DTYPES[dtype])
+    w = torch.randn(n, k, device=device, dtype=x.dtype) * 0.02
     planes, scale, _ = fpx_weight(w, element)
     bits = element_named(element).bits
     spec = dict(element=element, bits=bits, gated=gated)
     want = reference.fpx_matmul_ref(x.float(), planes, scale, **spec, out_dtype=torch.float32)
     weight_bytes = sum(p.numel() * p.element_size() for p in planes) + scale.numel() * scale.element_size()
     shape = f"{n}x{k}" + (" gated" if gated else "")
-    bf16_ms = time_ms(lambda: torch.matmul(x, w.t()))
+    matmul_ms = time_ms(lambda: torch.matmul(x, w.t()))
     if tile:  # a config's fields as the pick names it, the pick, the configs
         pick = tuned_pick(lambda: fpx_matmul_triton(x, planes, scale, **spec, row_kernel=False))
         fields, picked = config_fields, None if pick is None else config_fields(pick)
@@ -201,23 +204,24 @@ def bench_shape(n: int, k: int, gated: bool, element: str, tuner: bool, extra: l
         rel_err = ((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
         ms = time_ms(call)
         timed.append(dict(shape=shape, config=described(config), pick=fields(config) == picked, us=ms * 1e3,
-                          gb_s=weight_bytes / ms / 1e6, x_bf16=bf16_ms / ms, rel_err=rel_err))
+                          gb_s=weight_bytes / ms / 1e6, x_bf16=matmul_ms / ms, rel_err=rel_err))
     timed.sort(key=lambda r: r["us"])
-    return [dict(shape=shape, config="bf16 torch.matmul", pick=False, us=bf16_ms * 1e3,
-                 gb_s=2 * n * k / bf16_ms / 1e6, x_bf16=1.0, rel_err=0.0)] + timed
+    return [dict(shape=shape, config=f"{dtype} torch.matmul", pick=False, us=matmul_ms * 1e3,
+                 gb_s=2 * n * k / matmul_ms / 1e6, x_bf16=1.0, rel_err=0.0)] + timed
 
 
 def markdown(result: dict) -> str:
     tile, rows = result.get("kernel") == "tile", result.get("rows_m", 1)
+    dtype = result.get("dtype", "bf16")  # (bf16 in the files written before the option)
     kernel = "tensor-core tile kernel" if tile else "one-row FPx kernel"
     where = "in a stream" if "in a stream" in result["timing"] else "as lone CUDA-graph replays"
     lines = markdown_header(f"The {kernel}'s configs {where}: {result['element']} at {rows} "
                             f"row{'s' if rows > 1 else ''}", result)
     marked = "the autotuner's pick" if tile else "the pinned pick (`fpx_gemm.PINNED_ROW_CONFIGS`)"
-    lines += [f"Fastest first under each shape's bf16 row; `*` marks {marked}. "
-              "GB/s counts the weight's planes and scales (bf16: its values); the error is the largest against the "
-              "largest output of the fp32 twin (the kernel's output is bfloat16).", "",
-              "| shape | config | µs | GB/s | x bf16 | error |", "|---|---|---|---|---|---|"]
+    lines += [f"{dtype} activations. Fastest first under each shape's {dtype} row; `*` marks {marked}. "
+              f"GB/s counts the weight's planes and scales ({dtype}: its values); the error is the largest against "
+              f"the largest output of the fp32 twin (the kernel's output is {dtype}).", "",
+              f"| shape | config | µs | GB/s | x {dtype} | error |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['shape']} | {'* ' if r['pick'] else ''}{r['config']} | {r['us']:.1f} | "
                      f"{r['gb_s']:.0f} | {r['x_bf16']:.2f} | {r['rel_err']:.1e} |")
@@ -243,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="';'-separated configs to time too: the row kernel's as gemv_ncu.py takes them, "
                         "BLOCK_N,BLOCK_KW,warps,stages,prefetch,split_k[,loop_stages[,maxnreg]]; the tile kernel's "
                         "BLOCK_M,BLOCK_N,BLOCK_K,warps,stages,paired,swap_ab,split_k[,maxnreg] (maxnreg 0: uncapped)")
+    p.add_argument("--dtype", default="bf16", choices=sorted(WEIGHT_ONLY_DTYPES),
+                   help="the activations' dtype, and torch.matmul's that the configs are timed against (default bf16)")
     p.add_argument("--in_stream", type=int, default=20,
                    help="calls per timed CUDA graph (0: lone CUDA-graph replays, the L2 flushed before each)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
@@ -270,10 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--gated names shapes that --shapes does not: {', '.join(unknown)}")
     device, time_ms = gpu_stream_timer(p, args.in_stream)
     result = {**run_header("fpx_row_sweep.py", argv, device), "element": args.element, "kernel": args.kernel,
-              "rows_m": args.rows, "timing": "median of 20" + in_stream_note(args.in_stream), "rows": []}
+              "rows_m": args.rows, "dtype": args.dtype, "timing": "median of 20" + in_stream_note(args.in_stream),
+              "rows": []}
     for n, k in args.shapes:
         result["rows"] += bench_shape(n, k, (n, k) in args.gated, args.element, args.tuner_configs, extra,
-                                      time_ms, device, args.rows, tile)
+                                      time_ms, device, args.rows, tile, args.dtype)
         write_result_files(args.out, result, markdown(result))
         print(markdown(result).splitlines()[-1], flush=True)
     print(markdown(result))

@@ -688,8 +688,8 @@ def test_tile_kernel_split_k_equals_twin(name, split, paired, swap, k, monkeypat
 
 def test_kernel_check_forces_the_split_row_and_swapped_tile_configs(tmp_path):
     """``kernel_check --only fpx_split,fpx_swap`` runs the row kernel with its split configs and the tensor-core
-    kernel with swapped (and split) tiles fixed (the interpreter's small cases here, as a GPU runs the Llama-3-8B ones) and
-    every check passes."""
+    kernel with swapped (and split) tiles fixed (the interpreter's small cases here, as a GPU runs the Llama-3-8B
+    ones) and every check passes."""
     import json
 
     from benchmarks.kernel_check import DRY_FPX_SPLIT, DRY_FPX_SWAP, main
@@ -1088,7 +1088,10 @@ def test_fpx_row_sweep_refuses_bad_configs_and_shapes_before_writing(cli, tmp_pa
     text = markdown(dict(device="GPU", date="d", versions={}, timing="t", command="c", element="e3m2", rows=rows,
                          kernel="tile", rows_m=128))
     assert "tile kernel's configs as lone CUDA-graph replays: e3m2 at 128 rows" in text
-    assert "the autotuner's pick" in text
+    assert "the autotuner's pick" in text and "| x bf16 | error |" in text and "bf16 activations." in text
+    text = markdown(dict(device="GPU", date="d", versions={}, timing="t", command="c", element="e3m2", rows=rows,
+                         kernel="tile", rows_m=128, dtype="fp16"))
+    assert "| x fp16 | error |" in text and "fp16 activations." in text and "bf16" not in text
 
 
 def test_fpx_row_sweep_refuses_bad_tile_sweeps_before_writing(cli, tmp_path):
@@ -1116,6 +1119,8 @@ def test_fpx_row_sweep_refuses_bad_tile_sweeps_before_writing(cli, tmp_path):
     assert done.returncode == 2 and "--rows takes 1 to 8 for the row kernel" in done.stderr
     done = cli(*tile, "--in_stream", "-1")
     assert done.returncode == 2 and "--in_stream takes 0 (lone replays) or more" in done.stderr
+    done = cli(*tile, "--dtype", "fp32")
+    assert done.returncode == 2 and "argument --dtype: invalid choice: 'fp32'" in done.stderr
     done = cli(*tile, "--extra", "128,64,128,4,3,1,1,4,168")
     assert done.returncode == 2 and "no GPU here" in done.stderr and not (tmp_path / "sweep.json").exists()
     config, = parse_tile_configs("128,64,128,4,3,1,1,4,168")
@@ -1159,6 +1164,12 @@ def test_fpx_row_sweep_times_tile_configs_on_the_interpreter(monkeypatch):
         "bf16 torch.matmul", "BLOCK_M=16 BLOCK_N=16 BLOCK_K=32", "BLOCK_M=16 BLOCK_N=32 BLOCK_K=64"]
     assert [r["pick"] for r in rows] == [False, False, True] and rows[1]["x_bf16"] == pytest.approx(4.0)
     assert all(r["rel_err"] < 1e-2 for r in rows)
+    times, dtypes = iter([0.003, 0.001]), []  # fp16 x: torch.matmul in fp16, then the pick
+    rows = bench_shape(64, 512, False, "e3m2", False, [], lambda call: (dtypes.append(call().dtype), next(times))[1],
+                       torch.device("cpu"), rows=20, tile=True, dtype="fp16")
+    assert [r["config"].split(" PAIRED")[0] for r in rows] == ["fp16 torch.matmul", "BLOCK_M=16 BLOCK_N=32 BLOCK_K=64"]
+    assert dtypes == [torch.float16, torch.float16]  # both timed on fp16 x (the kernel writes x's dtype)
+    assert rows[1]["x_bf16"] == pytest.approx(3.0) and rows[1]["rel_err"] < 1e-2
     pruned = fpx_gemm._prune_configs(fpx_gemm._fpx_autotuned.configs, dict(M_BUCKET=fpx_gemm._m_bucket(128), K=4096))
     tuned = tile_candidates(128, 4096, True, extra[:1], None)
     assert len(tuned) == len(pruned) + 1 and any(c.kwargs["SWAP_AB"] for c in tuned)
