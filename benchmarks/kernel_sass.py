@@ -128,7 +128,7 @@ def fpx_tile_source(element: str, config: tuple[int, ...], group: int = 0, scale
     values of x's dtype (``group``: scales per ``group`` codes, INT4 or E2M1, each step's sums scaled where it lies in
     one group, else each word's codes times its scales, as values of x's dtype (SCALED_VALUES) or placed in float32;
     ``scales``: their encoding, ``add_group_arguments``), every tile whole (EVEN, as at Llama-3-8B's shapes); swapped
-    bfloat16 tiles in the dot's register pairs as ``PTQ_FPX_LANE`` says, FP6's high words two a load (aligned)."""
+    tiles in the dot's register pairs as ``PTQ_FPX_LANE`` says, FP6's high words two a load (aligned)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.fpx_gemm import HIGH_PLANE_WIDTH, _fpx_kernel, kernel_fields, tile_lane_on

@@ -334,7 +334,7 @@ def _fpx_kernel(
     code positions j takes its own dot against the activation columns 8w + j: no spreading of bit
     fields into a tile and no arithmetic decode; SWAP_AB (PAIRED only): the placed codes joined back into K order
     (``_placed_tile``) are one dot's first, wide operand a step (acc^T = W X^T), which Hopper's wgmma takes from
-    registers; with bfloat16 values (LANE_PAIRS, ``tile_lane_on``) each thread places the code pairs its part of that
+    registers; with half values (LANE_PAIRS, ``tile_lane_on``) each thread places the code pairs its part of that
     operand holds instead (``_lane_tile``), no tile going through shared memory, FP6's 16-bit high words two an int32
     load where HIGH_WORD_PAIRS (K a multiple of 16, the plane 4-byte aligned). VALUED_BF16 (bfloat16 x, both PAIRED
     forms): the codes become bfloat16 values (``_valued_pairs``, one
@@ -396,9 +396,9 @@ def _fpx_kernel(
         # sums are taken down by 2^-GROUP_UNIT_SHIFT after the loop, which the epilogue's scales undo (TAKEN_DOWN).
         LIFTED: tl.constexpr = WORD_SCALES and not VALUED and F16
         TAKEN_DOWN: tl.constexpr = LIFTED or SCALED_VALUES and F16
-        # Swapped bfloat16 values in the dot's register pairs (``_lane_tile``), where LANE_PAIRS allows; FP6's 16-bit
+        # Swapped half values in the dot's register pairs (``_lane_tile``), where LANE_PAIRS allows; FP6's 16-bit
         # high words two an int32 load there (HIGH_WORD_PAIRS: K a multiple of 16, the plane 4-byte aligned).
-        LANE: tl.constexpr = LANE_PAIRS and SWAP_AB and VALUED and not F16
+        LANE: tl.constexpr = LANE_PAIRS and SWAP_AB and VALUED
         PAIRED_HIGH: tl.constexpr = LANE and HIGH_WORD_PAIRS
         if PAIRED_HIGH:
             offs_w2 = tl.arange(0, BLOCK_K // 16)
@@ -433,7 +433,8 @@ def _fpx_kernel(
                 x = tl.load(x_ptrs, mask=x_ok, other=0.0)
                 if LANE:
                     tile = _lane_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, UNIT_EXP, USE_ASM,
-                                      SCALED_VALUES, unit_pairs[:, :, None] if SCALED_VALUES else 0, PAIRED_HIGH)
+                                      SCALED_VALUES, unit_pairs[:, :, None] if SCALED_VALUES else 0, PAIRED_HIGH,
+                                      F16)
                 elif VALUED:
                     tile = _valued_tile(low, high, BITS, MAN_BITS, HIGH_WIDTH, BLOCK_N, BLOCK_K, UNIT_EXP, USE_ASM,
                                         SCALED_VALUES, unit_pairs, F16)
@@ -818,12 +819,14 @@ def _valued_tile(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WID
 
 @triton.jit
 def _lane_bits(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
-               USE_ASM: tl.constexpr, HIGH_WORD_PAIRS: tl.constexpr = False):
+               USE_ASM: tl.constexpr, HIGH_WORD_PAIRS: tl.constexpr = False, F16: tl.constexpr = False):
     """Codes 2p (low half) and 2p + 1 (high half) of low-plane words and their high-plane words as loaded (int16 or
     uint8; the low words again for FP4), for p = 0..3 along a new last axis, as ``_placed_bits``' bfloat16 bits
-    (codes J and J + 4 there): (N, W) words -> (N, W, 4) pairs. Each field pair is one byte of the low word (a
-    nibble a code) and two or four bits of the high word; one multiply lays both codes' copies of a field into
-    both halves, apart (no carries), and one mask keeps the copy each half wants."""
+    (F16: its fp16 bits; codes J and J + 4 there): (N, W) words -> (N, W, 4) pairs. Each field pair is one byte of
+    the low word (a nibble a code) and two or four bits of the high word; one multiply lays both codes' copies of a
+    field into both halves, apart (no carries), and one mask keeps the copy each half wants. FP6's high field in
+    fp16 halves takes two: its magnitude bit sits 3 bits higher than in bfloat16, where one multiply's copies of
+    the magnitude and sign bits would overlap and carry."""
     lane = tl.arange(0, 4)[None, None, :]
     if USE_ASM:  # byte p of the word, zero-extended: one prmt.b32 (selector 0x4440 | p: the other bytes from 0)
         words, selector = tl.broadcast(low[:, :, None], 0x4440 | lane)
@@ -832,10 +835,10 @@ def _lane_bits(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH
     else:
         byte = ((low[:, :, None] >> (8 * lane)) & 0xFF).to(tl.uint32, bitcast=True)
     if MAN_BITS == INT4_LEVELS:  # nibble 2p at bit 0, 2p + 1 at bit 16
-        bits = ((byte * 0x1001).to(tl.int32, bitcast=True) & 0x000F000F) ^ INT4_PLACED
+        bits = ((byte * 0x1001).to(tl.int32, bitcast=True) & 0x000F000F) ^ (INT4_PLACED_F16 if F16 else INT4_PLACED)
     else:
         MAG_LOW: tl.constexpr = 4 if BITS > 4 else 3  # magnitude bits in the low nibble
-        TOP: tl.constexpr = 7 - MAN_BITS  # where the magnitude's bit 0 goes in a half
+        TOP: tl.constexpr = (10 if F16 else 7) - MAN_BITS  # where the magnitude's bit 0 goes in a half
         bits = (byte * ((1 << TOP) | (1 << (TOP + 12)))).to(tl.int32, bitcast=True) & (
             (((1 << MAG_LOW) - 1) << TOP) * PAIR_HALVES)
         if BITS == 4:  # the nibbles' bit 3 is their sign
@@ -850,23 +853,30 @@ def _lane_bits(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH
                 fields = fields.reshape(low.shape[0], low.shape[1], 4).to(tl.uint32, bitcast=True)
             else:
                 fields = ((high.to(tl.int32)[:, :, None] >> (4 * lane)) & 15).to(tl.uint32, bitcast=True)
-            spread = fields * ((1 << (TOP + 4)) | (1 << 14) | (1 << (TOP + 18)) | (1 << 28))
-            bits |= spread.to(tl.int32, bitcast=True) & (((1 << (TOP + 4)) * PAIR_HALVES) | PAIR_SIGNS)
+            if F16:  # the magnitude bits' copies at TOP + 4 .. TOP + 7 and 18 above, the signs' at 14 .. 17 and 28 ..
+                magnitudes = fields * ((1 << (TOP + 4)) | (1 << (TOP + 18)))
+                bits |= magnitudes.to(tl.int32, bitcast=True) & ((1 << (TOP + 4)) * PAIR_HALVES)
+                signs = fields * ((1 << 14) | (1 << 28))
+                bits |= signs.to(tl.int32, bitcast=True) & PAIR_SIGNS
+            else:
+                spread = fields * ((1 << (TOP + 4)) | (1 << 14) | (1 << (TOP + 18)) | (1 << 28))
+                bits |= spread.to(tl.int32, bitcast=True) & (((1 << (TOP + 4)) * PAIR_HALVES) | PAIR_SIGNS)
     return bits
 
 
 @triton.jit
 def _lane_tile(low, high, BITS: tl.constexpr, MAN_BITS: tl.constexpr, HIGH_WIDTH: tl.constexpr,
                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr,
-               SCALED: tl.constexpr = False, unit_pairs=0, HIGH_WORD_PAIRS: tl.constexpr = False):
-    """``_valued_tile`` for bfloat16 x in the pairs a wgmma register operand holds: a 32-bit register of it takes
-    codes 2p and 2p + 1 of a word, the four threads of a quad p = 0..3 (``_lane_bits``). Triton then places the
-    tile where the dot reads it, each word loaded by the four threads that take its pairs: no layout conversion
-    through shared memory a step (sm_90 SASS, Triton 3.6; ``_valued_tile``'s K-ordered joins hold a word's codes
-    in one thread). SCALED: ``unit_pairs``, (N, W, 1), scales each word's codes."""
-    bits = _lane_bits(low, high, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM, HIGH_WORD_PAIRS)
-    pairs = _valued_pairs(bits, MAN_BITS, UNIT_EXP, USE_ASM, SCALED, unit_pairs)
-    first, second = _halves_of(pairs)
+               SCALED: tl.constexpr = False, unit_pairs=0, HIGH_WORD_PAIRS: tl.constexpr = False,
+               F16: tl.constexpr = False):
+    """``_valued_tile`` for half x (F16: fp16, else bfloat16) in the pairs a wgmma register operand holds: a 32-bit
+    register of it takes codes 2p and 2p + 1 of a word, the four threads of a quad p = 0..3 (``_lane_bits``). Triton
+    then places the tile where the dot reads it, each word loaded by the four threads that take its pairs: no layout
+    conversion through shared memory a step (sm_90 SASS, Triton 3.6; ``_valued_tile``'s K-ordered joins hold a
+    word's codes in one thread). SCALED: ``unit_pairs``, (N, W, 1), scales each word's codes."""
+    bits = _lane_bits(low, high, BITS, MAN_BITS, HIGH_WIDTH, USE_ASM, HIGH_WORD_PAIRS, F16)
+    pairs = _valued_pairs(bits, MAN_BITS, UNIT_EXP, USE_ASM, SCALED, unit_pairs, F16)
+    first, second = _halves_of(pairs, F16)
     return tl.join(first, second).reshape(BLOCK_N, BLOCK_K)
 
 
@@ -1289,7 +1299,7 @@ def tile_swap_on() -> bool:
 
 
 def tile_lane_on() -> bool:
-    """Whether the swapped tiles place bfloat16 codes in the dot's register pairs (``_lane_tile``; ``PTQ_FPX_LANE``:
+    """Whether the swapped tiles place half values in the dot's register pairs (``_lane_tile``; ``PTQ_FPX_LANE``:
     1 by default; 0 K-ordered tiles, ``_valued_tile``)."""
     return env_switch("PTQ_FPX_LANE", True, {"1": "codes in the dot's register pairs, the default",
                                              "0": "K-ordered tiles"})

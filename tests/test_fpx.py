@@ -780,16 +780,17 @@ def test_interleaved_high_plane_switch(monkeypatch):
         fpx_gemm.row_interleave_on(5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("k", [128, 200])
 @pytest.mark.parametrize("name", KERNEL_WEIGHTS)
-def test_swapped_tiles_in_both_placements_equal_twin(name, k, monkeypatch):
-    """``PTQ_FPX_LANE``: swapped tiles of bfloat16 rows place each thread's codes 2p and 2p + 1 of a word in the
-    dot's register pairs by default (``_lane_tile``; FP6's high words two a load where K is a multiple of 16), or
-    in K order with 0 (``_valued_tile``, which fp16 rows keep); both equal the twin on whole and ragged tiles, split
-    or not; anything else is refused, naming the choices."""
+def test_swapped_tiles_in_both_placements_equal_twin(name, k, dtype, monkeypatch):
+    """``PTQ_FPX_LANE``: swapped tiles of bfloat16 or fp16 rows place each thread's codes 2p and 2p + 1 of a word in
+    the dot's register pairs by default (``_lane_tile``; FP6's high words two a load where K is a multiple of 16), or
+    in K order with 0 (``_valued_tile``); both equal the twin on whole and ragged tiles, split or not; anything else
+    is refused, naming the choices."""
     bits = tile_config(monkeypatch, name, k, PAIRED=True, SWAP_AB=True, SPLIT_K=2)
     assert fpx_gemm.tile_lane_on()
-    x, planes, scale, bias = operands(name, 17, 48, k, torch.bfloat16, seed=k)
+    x, planes, scale, bias = operands(name, 17, 48, k, dtype, seed=k)
     want = fpx_matmul_ref(x, planes, scale, element=name, bits=bits, bias=bias)
     for lane in ("1", "0"):
         monkeypatch.setenv("PTQ_FPX_LANE", lane)

@@ -296,12 +296,13 @@ def test_wgmma_wait_reads_the_fewest_groups_a_step_leaves_in_flight():
     assert serialization_reason(notes.split("\n")[1]) == ""
 
 
-def swapped_tile_counts(**env: str) -> dict:
-    """``sass_counts`` of the FPx tensor-core kernel's swapped FP6 tile of 16 x 64 x 256 (bfloat16 rows) for sm_90,
+def swapped_tile_counts(dtype: str = "bf16", **env: str) -> dict:
+    """``sass_counts`` of the FPx tensor-core kernel's swapped FP6 tile of 16 x 64 x 256 (``dtype`` rows) for sm_90,
     compiled in a process of its own with ``env`` added."""
     code = ("import json\nfrom benchmarks.kernel_sass import fpx_tile_source, sass_counts\n"
             "config = (64, 256, 4, 3, True)\n"
-            "print(json.dumps(sass_counts(fpx_tile_source('e3m2', config), config, 90, 'swapped')))")
+            f"source = fpx_tile_source('e3m2', config, dtype={dtype!r})\n"
+            "print(json.dumps(sass_counts(source, config, 90, 'swapped')))")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | env
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -317,11 +318,12 @@ def test_the_fpx_swapped_tile_keeps_its_wgmmas_in_flight():
     assert row["HGMMA"] == 16 and row["wgmma_serialized"] == "" and row["wgmma_wait"] >= 1
 
 
-def test_the_fpx_swapped_tile_places_codes_in_the_dot_s_register_pairs():
-    """The swapped FP6 tile of 16 x 64 x 256 compiled for sm_90 with bfloat16 rows: by default (``PTQ_FPX_LANE``)
-    each thread places the code pairs its wgmma register operand holds, so no layout conversion goes through shared
-    memory (no STS); in K order (``PTQ_FPX_LANE=0``) the joined tile does, with a barrier each."""
-    rows = {lane: swapped_tile_counts(PTQ_FPX_LANE=lane) for lane in ("1", "0")}
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_the_fpx_swapped_tile_places_codes_in_the_dot_s_register_pairs(dtype):
+    """The swapped FP6 tile of 16 x 64 x 256 compiled for sm_90 with bfloat16 or fp16 rows: by default
+    (``PTQ_FPX_LANE``) each thread places the code pairs its wgmma register operand holds, so no layout conversion
+    goes through shared memory (no STS); in K order (``PTQ_FPX_LANE=0``) the joined tile does, with a barrier each."""
+    rows = {lane: swapped_tile_counts(dtype, PTQ_FPX_LANE=lane) for lane in ("1", "0")}
     assert rows["1"]["STS"] == 0 < rows["0"]["STS"] and rows["1"]["BAR"] < rows["0"]["BAR"]
     assert rows["1"]["HGMMA"] == rows["0"]["HGMMA"] == 16
 
