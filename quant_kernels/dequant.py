@@ -7,7 +7,7 @@ went through fp32 tensors several times. The FPx tensor-core kernel, in groups, 
 does.
 
 Each program takes a (BLOCK_N, BLOCK_K) tile: the planes are spread into one code per element and decoded as
-the FPx tile kernel's unpaired path does (``fpx_gemm._plane_codes`` and ``_decode``, INT4's two's complement
+the FPx tile kernel's unpaired path does (``fpx_placement._plane_codes`` and ``_decode``, INT4's two's complement
 nibbles included), multiplied by the row's or the group's fp32 scale (NVFP4's E4M3 and MXFP4's E8M0 ones decoded as
 they load, ``tile_loads._group_scales``), and rounded to the output dtype once, to nearest (by hand for bfloat16,
 whose cast the interpreter truncates): the weight a fake-quantized model of that dtype holds,
@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .fpx_gemm import HIGH_PLANE_WIDTH, _decode, _plane_codes, kernel_fields
+from .fpx_gemm import HIGH_PLANE_WIDTH, kernel_fields
+from .fpx_placement import _decode, _plane_codes
 from .reference import check_packed_weight_args
 from .rounding import _round_to_dtype
 from .tile_loads import _group_scales, _row_globals, group_scale_args
@@ -36,7 +37,7 @@ def _dequant_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """out (N, K) = value(code) * scale in out's dtype: the FP element's values or INT4 levels (MAN_BITS =
-    ``fpx_gemm.INT4_LEVELS``); the scale per row (GROUP 0) or per GROUP columns (``stride_scale`` between rows),
+    ``fpx_placement.INT4_LEVELS``); the scale per row (GROUP 0) or per GROUP columns (``stride_scale`` between rows),
     encoded as ``tile_loads._group_scales`` takes them (SCALE_CODE), E4M3 ones times their row's global scale at
     ``global_ptr``."""
     HIGH_PER_BYTE: tl.constexpr = 8 // HIGH_WIDTH if HIGH_WIDTH > 0 else 8

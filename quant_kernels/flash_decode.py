@@ -51,7 +51,7 @@ import triton.language as tl
 from triton.language.standard import _elementwise_max, _sum_combine
 
 from .act_quant import _tail_quantize_rows
-from .fpx_gemm import _decode
+from .fpx_placement import _decode
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import PACKED_KV_ELEMENTS, NormTail, PackedOperand, check_norm_tail
 from .rounding import _round_to_bf16, _round_to_dtype

@@ -18,7 +18,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 import quant_kernels  # noqa: E402
-from quant_kernels import dequant, fpx_gemm  # noqa: E402
+from quant_kernels import dequant, fpx_gemm, fpx_placement  # noqa: E402
 from quant_kernels.reference import dequantized_product_excess, fpx_matmul_ref, fpx_weight  # noqa: E402
 from quant_layers import FPFormat, QuantSpec, Quantizer, fp_format  # noqa: E402
 from quant_layers.packing import (  # noqa: E402
@@ -185,7 +185,7 @@ def _decode_kernel(codes_ptr, out_ptr, n, EXP_BITS: tl.constexpr, MAN_BITS: tl.c
                    BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     codes = tl.load(codes_ptr + offs, mask=offs < n, other=0)
-    tl.store(out_ptr + offs, fpx_gemm._decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS), mask=offs < n)
+    tl.store(out_ptr + offs, fpx_placement._decode(codes, EXP_BITS, MAN_BITS, EXP_BIAS), mask=offs < n)
 
 
 @pytest.mark.parametrize("name", KERNEL_ELEMENTS + ["int4"])
