@@ -281,7 +281,8 @@ def _fpx_kernel(
     load where HIGH_WORD_PAIRS (K a multiple of 16, the plane 4-byte aligned). VALUED_BF16 (bfloat16 x, both PAIRED
     forms): the codes become bfloat16 values (``_valued_pairs``, one
     pair multiply for two codes where the float32 placement takes two multiplies and a conversion; ``_valued_tile``
-    when swapped); fp16 x likewise fp16 values (``_placed_bits``' F16). Otherwise the planes are spread and
+    when swapped); fp16 x likewise fp16 values (``_placed_bits``' F16), where the placement itself is the value
+    times 2^(bias - 15) and the sums take the power back (F16_PLACED). Otherwise the planes are spread and
     decoded. SPLIT_K > 1: program (m, n, s) takes the s-th of SPLIT_K slices of K (whole steps) and
     ``_finish_products`` adds the slices' sums, as in the row kernel. GROUP > 0 (INT4 or
     E2M1 codes, PAIRED): the scales come per GROUP codes along K, (N, K / GROUP) at ``gscale_ptr``. Where a step lies
@@ -338,6 +339,9 @@ def _fpx_kernel(
         # sums are taken down by 2^-GROUP_UNIT_SHIFT after the loop, which the epilogue's scales undo (TAKEN_DOWN).
         LIFTED: tl.constexpr = WORD_SCALES and not VALUED and F16
         TAKEN_DOWN: tl.constexpr = LIFTED or SCALED_VALUES and F16
+        # fp16 values of codes neither INT4 nor scaled in the tile are their placements (``_valued_f16_pairs``), 2^(bias
+        # - 15) times the values, exact: the sums take 2^(15 - bias) = 2^(UNIT_EXP - 112) back after the loop, exactly.
+        F16_PLACED: tl.constexpr = VALUED and F16 and not SCALED_VALUES and MAN_BITS != INT4_LEVELS
         # Swapped half values in the dot's register pairs (``_lane_tile``), where LANE_PAIRS allows; FP6's 16-bit
         # high words two an int32 load there (HIGH_WORD_PAIRS: K a multiple of 16, the plane 4-byte aligned).
         LANE: tl.constexpr = LANE_PAIRS and SWAP_AB and VALUED
@@ -418,6 +422,8 @@ def _fpx_kernel(
             acc *= row_global[:, None] if SWAP_AB else row_global[None, :]
         if TAKEN_DOWN and STEP_UNIT != 1.0:
             acc *= STEP_UNIT
+        if F16_PLACED:
+            acc *= 1 << (UNIT_EXP - 112)
     else:
         for k0 in range(k_first, k_stop, BLOCK_K):
             rest = k_stop - k0

@@ -166,7 +166,8 @@ def _valued_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM:
     (MAN_BITS = INT4_LEVELS): INT4_OFFSET subtracted instead (sub.rn.bf16x2), exact. SCALED (E2M1 codes): times
     ``unit_pairs`` instead (``_unit_pairs``: a group scale exact in bfloat16 times 2^UNIT_EXP, less
     ``fpx_gemm.GROUP_UNIT_SHIFT``'s power), the codes' values times their scale, exact for E4M3 and E8M0 scales (at
-    most 6 significant bits). F16 (``_placed_bits``' fp16 words): the same in fp16 halves (``_valued_f16_pairs``)."""
+    most 6 significant bits). F16 (``_placed_bits``' fp16 words): the same in fp16 halves (``_valued_f16_pairs``), but
+    codes neither INT4 nor SCALED stay their placement, 2^(bias - 15) times their values."""
     UNIT_BITS: tl.constexpr = (UNIT_EXP + 127) << 7  # bfloat16 2^UNIT_EXP
     if F16:
         out = _valued_f16_pairs(bits, MAN_BITS, UNIT_EXP, USE_ASM, SCALED, unit_pairs)
@@ -200,12 +201,17 @@ def _valued_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM:
 @triton.jit
 def _valued_f16_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_ASM: tl.constexpr,
                       SCALED: tl.constexpr, unit_pairs):
-    """``_valued_pairs`` for fp16 words: times 2^(UNIT_EXP - 112) = 2^(15 - bias) (INT4: less 1032), exact; SCALED
-    then times ``unit_pairs`` (fp16 E4M3 scales, ``_unit_pairs``), exact: a product of at most 6 significant bits
-    from 2^-10 to 2688. fp16 holds 2^(15 - bias) and the scale apart, not their product (448 x 2^14), so SCALED takes
-    two multiplies a pair where bfloat16 takes one. PTX mul.rn.f16x2 / sub.rn.f16x2; in fp32 without it."""
+    """``_valued_pairs`` for fp16 words, whose placement is already fp16 values: the codes' values times 2^(bias -
+    15), exact, subnormal placements included (at least 2^-17 of the formats' 2^-24), so the words return as they
+    are and the kernel's sums take 2^(15 - bias) back (``fpx_gemm``'s F16_PLACED). INT4: less 1032, exact. SCALED: times
+    2^(UNIT_EXP - 112) = 2^(15 - bias), then times ``unit_pairs`` (fp16 E4M3 scales, ``_unit_pairs``), exact: a product
+    of at most 6 significant bits from 2^-10 to 2688, which 2^(bias - 15) below would leave fp16's precision. fp16 holds
+    2^(15 - bias) and the scale apart, not their product (448 x 2^14), so SCALED takes two multiplies a pair where
+    bfloat16 takes one. PTX mul.rn.f16x2 / sub.rn.f16x2; in fp32 without it."""
     UNIT_BITS: tl.constexpr = (UNIT_EXP - 112 + 15) << 10  # fp16 2^(UNIT_EXP - 112)
-    if USE_ASM:
+    if MAN_BITS != INT4_LEVELS and not SCALED:
+        out = bits
+    elif USE_ASM:
         if MAN_BITS == INT4_LEVELS:
             out = tl.inline_asm_elementwise("sub.rn.f16x2 $0, $1, $2;", "=r,r,r",
                                             [bits, tl.full(bits.shape, INT4_PLACED_F16, tl.int32)], dtype=tl.int32,
@@ -222,7 +228,7 @@ def _valued_f16_pairs(bits, MAN_BITS: tl.constexpr, UNIT_EXP: tl.constexpr, USE_
         low, high = low.to(tl.float32), high.to(tl.float32)
         if MAN_BITS == INT4_LEVELS:
             low, high = low - 1032.0, high - 1032.0
-        else:
+        else:  # (SCALED)
             unit = tl.full(bits.shape, UNIT_BITS, tl.int32).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
             low, high = low * unit, high * unit
         if SCALED:

@@ -328,21 +328,22 @@ def test_the_fpx_swapped_tile_places_codes_in_the_dot_s_register_pairs(dtype):
     assert rows["1"]["HGMMA"] == rows["0"]["HGMMA"] == 16
 
 
-@pytest.mark.parametrize("flags, case, refused, message", [
-    (("--element", "e2m1", "--group", "16", "--scales", "e4m3"), "e2m1, E4M3 scales per 16 codes",
+@pytest.mark.parametrize("flags, case, multiplies, refused, message", [
+    (("--element", "e2m1", "--group", "16", "--scales", "e4m3"), "e2m1, E4M3 scales per 16 codes", True,
      ("--kernel", "fpx_row", "--element", "e2m1", "--scales", "e8m0"),
      "--scales e8m0 is an encoding of scales in groups: give --group"),
-    (("--element", "e3m2", "--dtype", "fp16"), "e3m2, fp16 x", ("--kernel", "fpx_row", "--element", "e3m2", "--dtype",
-                                                               "fp16"), "--dtype fp16 is for --kernel fpx_tile"),
+    (("--element", "e3m2", "--dtype", "fp16"), "e3m2, fp16 x", False,
+     ("--kernel", "fpx_row", "--element", "e3m2", "--dtype", "fp16"), "--dtype fp16 is for --kernel fpx_tile"),
 ], ids=["e4m3_scales", "fp16"])
-def test_kernel_sass_compiles_the_tile_kernel_s_half_pairs(tmp_path, flags, case, refused, message):
-    """The tensor-core kernel scaling codes in half pairs (HMUL2) compiles for sm_90: on NVFP4's E4M3 bytes
-    (``--scales e4m3``, bfloat16 pairs) and with fp16 rows (``--dtype fp16``, fp16 values); each flag is refused
-    without what it needs (``--scales`` without ``--group``, ``--dtype`` off the tile kernel)."""
+def test_kernel_sass_compiles_the_tile_kernel_s_half_pairs(tmp_path, flags, case, multiplies, refused, message):
+    """The tensor-core kernel placing codes in half pairs compiles for sm_90: on NVFP4's E4M3 bytes (``--scales
+    e4m3``), each bfloat16 pair scaled by a multiply (HMUL2), and with fp16 rows (``--dtype fp16``), whose
+    placements are already the fp16 values times 2^(bias - 15), no multiply; each flag is refused without what it
+    needs (``--scales`` without ``--group``, ``--dtype`` off the tile kernel)."""
     done = run_sass("--kernel", "fpx_tile", *flags, "--limit", "1", "--out", str(tmp_path / "t"))
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "t.json").read_text())
     (row,) = result["configs"]
-    assert result["case"] == case and row["HMUL2"] > 0 and row["loop"] > 0
+    assert result["case"] == case and (row["HMUL2"] > 0) == multiplies and row["loop"] > 0
     done = run_sass(*refused, "--out", str(tmp_path / "r"))
     assert done.returncode == 2 and message in done.stderr
