@@ -339,8 +339,8 @@ def _fpx_kernel(
         # sums are taken down by 2^-GROUP_UNIT_SHIFT after the loop, which the epilogue's scales undo (TAKEN_DOWN).
         LIFTED: tl.constexpr = WORD_SCALES and not VALUED and F16
         TAKEN_DOWN: tl.constexpr = LIFTED or SCALED_VALUES and F16
-        # fp16 values of codes neither INT4 nor scaled in the tile are their placements (``_valued_f16_pairs``), 2^(bias
-        # - 15) times the values, exact: the sums take 2^(15 - bias) = 2^(UNIT_EXP - 112) back after the loop, exactly.
+        # fp16 values of codes neither INT4 nor scaled in the tile are their placements (``_valued_f16_pairs``):
+        # 2^(bias - 15) times the values, exact; the sums take 2^(15 - bias) = 2^(UNIT_EXP - 112) back after the loop.
         F16_PLACED: tl.constexpr = VALUED and F16 and not SCALED_VALUES and MAN_BITS != INT4_LEVELS
         # Swapped half values in the dot's register pairs (``_lane_tile``), where LANE_PAIRS allows; FP6's 16-bit
         # high words two an int32 load there (HIGH_WORD_PAIRS: K a multiple of 16, the plane 4-byte aligned).

@@ -5,10 +5,9 @@ four bits, a 1-bit or 2-bit plane with the rest) and lays their fields with shif
 float's bits want them, two codes a 32-bit word: as float32s (``_placed_pair``, the row kernel's fp32 form), as
 bfloat16 pairs scaled to their values by one packed multiply or fp16 pairs that are their values times a power of
 two (``_valued_pairs``), joined in K order into a tile (``_placed_tile``, ``_valued_tile``) or in the pairs a wgmma
-register operand holds (``_lane_tile``). The older
-arithmetic decode of spread codes (``_spread``, ``_plane_codes``, ``_decode``) serves the unpaired tiles, the
-dequantization pass and the KV4 attention. ``fpx_gemm`` holds the kernels that call these and the reasons each
-placement was chosen.
+register operand holds (``_lane_tile``). The older arithmetic decode of spread codes (``_spread``, ``_plane_codes``,
+``_decode``) serves the unpaired tiles, the dequantization pass and the KV4 attention. ``fpx_gemm`` holds the
+kernels that call these and the reasons each placement was chosen.
 """
 
 from __future__ import annotations
