@@ -5,14 +5,16 @@ without the autotuner's trial runs. This driver calls the kernel with each confi
 ``config`` argument) for every ``--shapes`` x ``--configs`` pair, ``--launches`` times each, on
 random codes: ``--kernel w4a4`` the W4A4 decode kernel (``w4a4_gemv.w4a4_gemv_triton``, INT4 or
 E2M1 weights), ``--kernel fpx`` the FPx row kernel (``fpx_gemm.fpx_matmul_triton`` with
-``row_kernel=True``, a bfloat16 row; ``PTQ_FPX_MMA=1`` takes its tensor-core form). Profile it with,
-for example:
+``row_kernel=True``, a bfloat16 row; ``PTQ_FPX_MMA=1`` takes its tensor-core form), ``--kernel fpx_tile``
+the FPx tensor-core tile kernel at ``--rows`` activation rows of ``--dtype`` (``row_kernel=False``; its configs as
+``fpx_row_sweep.py --kernel tile --extra`` writes them). Profile it with, for example:
 
     ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \\
         --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:_w4a4_gemv_kernel \\
         python benchmarks/gemv_ncu.py --shapes 4096x4096,14336x4096
 
-(``-k regex:_fpx_row_kernel`` for the FPx kernel). ``benchmarks/results/kernels_h200.md`` (seventh run)
+(``-k regex:_fpx_row_kernel`` for the FPx row kernel, ``-k regex:_fpx_kernel`` for the tile kernel; ncu locks
+the clocks at base unless given ``--clock-control none``). ``benchmarks/results/kernels_h200.md`` (seventh run)
 holds what it showed on the H200 for the W4A4 kernel.
 ``--cpu_dry_run`` launches under the Triton interpreter on a tiny shape (to exercise the
 script without a GPU).
@@ -28,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernel_bench import parse_shapes, parse_tiles  # noqa: E402
+from benchmarks.kernel_bench import described, parse_shapes, parse_tiles  # noqa: E402
 
 # (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH[, FOLD[, LOOP_STAGES]]): the configs of the ncu run of
 # 2026-12-02, and one software-pipelined config.
@@ -37,8 +39,15 @@ DEFAULT_CONFIGS = "16,256,8,2,0;16,256,8,2,0,4;2,128,2,3,0;8,128,4,2,1;8,64,4,3,
 # picks for FP6 at one row (64 x 64 words split 4 at N = 4096, unsplit at N = 28672; ``kernels_h200.md``, sixteenth
 # run), their prefetching twins, the unsplit 32 x 128 pick before split K, and 64 x 64 split 4 capped at 80 registers.
 FPX_DEFAULT_CONFIGS = "64,64,8,2,0,4;64,64,8,2,1,4;64,64,8,2,0,1;64,64,8,2,1,1;32,128,8,2,0,1;64,64,8,2,0,4,1,80"
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, paired, swap_ab, split_k) of the FPx tile kernel: 64 x 64 swapped
+# unsplit on 4 stages and 128 x 64 split four ways, FP6's fastest tiles at 64 and 128 rows on the H100
+# (``kernels_h200.md``, sixty-second and sixty-third sessions).
+FPX_TILE_DEFAULT_CONFIGS = "64,64,128,4,4,1,1,1;128,64,128,4,3,1,1,4"
 DRY_SHAPE = (40, 256)
-KERNEL_ELEMENTS = {"w4a4": ("int4", "e2m1"), "fpx": ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")}
+DRY_ROWS = 20  # (the tile kernel's dry run: a ragged row tile)
+FPX_ELEMENTS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")
+KERNEL_ELEMENTS = {"w4a4": ("int4", "e2m1"), "fpx": FPX_ELEMENTS, "fpx_tile": FPX_ELEMENTS}
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _row_configs(text: str, form: str, required: int, defaults: tuple[int, ...]) -> list[tuple]:
@@ -70,21 +79,33 @@ def fpx_row_config(config: tuple[int, int, int, int, bool, int, int, int]):
                               SPLIT_K=split_k), num_warps=warps, num_stages=stages, maxnreg=maxnreg or None)
 
 
-def launch_fpx(n: int, k: int, config: tuple[int, int, int, int, bool, int, int, int], element: str,
-               launches: int, device: torch.device) -> torch.Tensor:
-    """``launches`` calls of the FPx row kernel with ``config`` on one random bfloat16 row and random bit planes;
-    returns the (1, n) output."""
+def launch_fpx(n: int, k: int, fixed, element: str, launches: int, device: torch.device, rows: int = 1,
+               dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """``launches`` calls of an FPx kernel with the fixed ``triton.Config`` ``fixed`` on random bit planes and
+    ``rows`` random activation rows of ``dtype``: the row kernel for a row config, the tile kernel for a tile config
+    (BLOCK_M in it). Returns the (rows, n) output."""
     from quant_kernels.fpx_gemm import fpx_matmul_triton
     from quant_layers.packing import element_named, pack_planes
 
     bits = element_named(element).bits
     planes = pack_planes(torch.randint(0, 2**bits, (n, k), dtype=torch.int32, device=device), bits)
-    x = torch.randn(1, k, dtype=torch.bfloat16, device=device)
+    x = torch.randn(rows, k, dtype=dtype, device=device)
     w_scale = torch.rand(n, 1, device=device)
-    fixed = fpx_row_config(config)
+    row_kernel = "BLOCK_M" not in fixed.kwargs
     for _ in range(launches):
-        out = fpx_matmul_triton(x, planes, w_scale, element=element, bits=bits, row_kernel=True, config=fixed)
+        out = fpx_matmul_triton(x, planes, w_scale, element=element, bits=bits, row_kernel=row_kernel, config=fixed)
     return out
+
+
+def dry_tile_config(config):
+    """A tile ``triton.Config`` shrunk for the interpreter's dry run: 16 x 16 tiles, steps of 32 codes (128 where
+    paired and unswapped), its form (paired, swapped) and a split of at most 2 kept."""
+    import triton
+
+    fields = config.kwargs
+    step = 128 if fields["PAIRED"] and not fields["SWAP_AB"] else 32
+    return triton.Config(dict(fields, BLOCK_M=16, BLOCK_N=16, BLOCK_K=step, SPLIT_K=min(fields["SPLIT_K"], 2)),
+                         num_warps=1, num_stages=1)
 
 
 def launch(n: int, k: int, config: tuple[int, int, int, int, bool, int, int], w_element: str, launches: int,
@@ -114,28 +135,44 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shapes", default="4096x4096,14336x4096",
                    help="N x K weight shapes, comma-separated, or a preset of kernel_bench.py")
     p.add_argument("--kernel", default="w4a4", choices=tuple(KERNEL_ELEMENTS),
-                   help="w4a4: the W4A4 decode kernel; fpx: the FPx row kernel (default: %(default)s)")
+                   help="w4a4: the W4A4 decode kernel; fpx: the FPx row kernel; fpx_tile: the FPx tensor-core tile "
+                        "kernel (default: %(default)s)")
     p.add_argument("--configs", default=None,
                    help=f"';'-separated configs: w4a4 BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold[,loop_stages]] "
                         f"(default {DEFAULT_CONFIGS}); fpx BLOCK_N,BLOCK_KW,warps,stages,prefetch,split_k"
-                        f"[,loop_stages[,maxnreg]] (default {FPX_DEFAULT_CONFIGS})")
+                        f"[,loop_stages[,maxnreg]] (default {FPX_DEFAULT_CONFIGS}); fpx_tile BLOCK_M,BLOCK_N,BLOCK_K,"
+                        f"warps,stages,paired,swap_ab,split_k[,maxnreg] (default {FPX_TILE_DEFAULT_CONFIGS})")
+    p.add_argument("--rows", type=int, default=128, help="fpx_tile: activation rows (default: %(default)s)")
+    p.add_argument("--dtype", default="bf16", choices=tuple(HALF_DTYPES),
+                   help="fpx_tile: the activations' dtype (default: %(default)s)")
     p.add_argument("--w_element", default=None,
                    help="the weight element: int4 or e2m1 (w4a4, default int4); an FPx element such as e3m2 "
                         "(fpx, the default), e2m3, e2m2, e3m1, e2m1, e3m0")
     p.add_argument("--launches", type=int, default=3, help="launches per shape and config")
     p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: the interpreter, a tiny shape")
     args = p.parse_args(argv)
-    fpx = args.kernel == "fpx"
+    if args.cpu_dry_run:  # (before the tile configs' parser imports the kernels)
+        os.environ["TRITON_INTERPRET"] = "1"
+    fpx, tile = args.kernel == "fpx", args.kernel == "fpx_tile"
     w_element = args.w_element or KERNEL_ELEMENTS[args.kernel][0]
     if w_element not in KERNEL_ELEMENTS[args.kernel]:
         p.error(f"--kernel {args.kernel} takes --w_element {', '.join(KERNEL_ELEMENTS[args.kernel])}, got {w_element}")
     try:
-        configs = (parse_fpx_configs(args.configs or FPX_DEFAULT_CONFIGS) if fpx
-                   else parse_configs(args.configs or DEFAULT_CONFIGS))
+        if tile:
+            from benchmarks.fpx_row_sweep import parse_tile_configs  # (late: that sweep imports this module)
+
+            configs = parse_tile_configs(args.configs or FPX_TILE_DEFAULT_CONFIGS)
+        else:
+            configs = (parse_fpx_configs(args.configs or FPX_DEFAULT_CONFIGS) if fpx
+                       else parse_configs(args.configs or DEFAULT_CONFIGS))
     except ValueError as err:
         p.error(str(err))
     if args.launches < 1:
         p.error(f"--launches must be at least 1, got {args.launches}")
+    if args.rows < 1:
+        p.error(f"--rows must be at least 1, got {args.rows}")
+    if not tile and (args.rows != p.get_default("rows") or args.dtype != p.get_default("dtype")):
+        p.error(f"--rows and --dtype are for --kernel fpx_tile (--kernel {args.kernel} takes one bfloat16 row)")
     try:
         shapes = parse_shapes(args.shapes)
     except SystemExit as err:
@@ -143,20 +180,29 @@ def main(argv: list[str] | None = None) -> int:
     if any(k % 8 for _, k in shapes):
         p.error(f"the decode kernel takes K a multiple of 8, got shapes {args.shapes}")
     if args.cpu_dry_run:
-        os.environ["TRITON_INTERPRET"] = "1"
         shapes = [DRY_SHAPE]
-        configs = [(8, 4, 1, 1, c[4], min(c[5], 4), c[6], c[7]) if fpx else (8, 4 * c[5], 1, 1, c[4], c[5], c[6])
-                   for c in configs]
+        if tile:  # (the interpreter's small tiles; a paired unswapped step takes eight dots of 16)
+            configs = [dry_tile_config(c) for c in configs]
+            args.rows = min(args.rows, DRY_ROWS)
+        else:
+            configs = [(8, 4, 1, 1, c[4], min(c[5], 4), c[6], c[7]) if fpx else (8, 4 * c[5], 1, 1, c[4], c[5], c[6])
+                       for c in configs]
     elif not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU (under ncu), or pass --cpu_dry_run")
     device = torch.device("cpu" if args.cpu_dry_run else "cuda")
     torch.manual_seed(0)
     for n, k in shapes:
         for config in configs:
-            out = (launch_fpx if fpx else launch)(n, k, config, w_element, args.launches, device)
+            if tile:
+                out = launch_fpx(n, k, config, w_element, args.launches, device, args.rows, HALF_DTYPES[args.dtype])
+            elif fpx:
+                out = launch_fpx(n, k, fpx_row_config(config), w_element, args.launches, device)
+            else:
+                out = launch(n, k, config, w_element, args.launches, device)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            print(f"N={n} K={k} config={config}: {args.launches} launches, output finite: "
+            shown = f"{described(config)}, {args.rows} {args.dtype} rows" if tile else config
+            print(f"N={n} K={k} config={shown}: {args.launches} launches, output finite: "
                   f"{bool(out.float().isfinite().all())}", flush=True)
     return 0
 

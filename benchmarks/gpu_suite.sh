@@ -39,6 +39,9 @@
 #   fpx_ncu    the FPx row kernel under Nsight Compute at one FP6 E3M2 row (gemv_ncu.py --kernel fpx: the split and
 #              unsplit picks, with and without prefetching; then the tensor-core form), then FP6 E3M2 at M = 1 timed
 #              with the tensor-core form (PTQ_FPX_MMA=1) and the split configs among the tuner's candidates (issue 10)
+#   fpx_tile_ncu  the FPx tensor-core tile kernel under Nsight Compute at boost clocks (--clock-control none, as the
+#              timings run): FP6 E3M2 x bf16, gemv_ncu.py --kernel fpx_tile's default tiles at 64 rows of 14336x4096
+#              and 128 rows of 4096x4096 (issue 10)
 #   fpx_capped the FPx row kernel's register-capped configs (maxnreg) under Nsight Compute beside their uncapped
 #              twins, with the warps' stall reasons, then FP6 E3M2 at M = 1 timed at the five Llama-3-8B decode shapes
 #              with them among the tuner's candidates (its picks, in triton_autotune.tgz, serve fpx_b1) (issue 10)
@@ -299,6 +302,14 @@ for section in "$@"; do
       step "${LIMIT_FPX_BENCH:-200}" kernel_bench_fpx_mma_split env PTQ_FPX_MMA=1 python benchmarks/kernel_bench.py \
         --flush_l2 --cuda_graph --ms "" --shapes 4096x4096,4096x14336,28672x4096 --weight_only_ms 1 \
         --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_mma_split_${GPU}" ;;
+    fpx_tile_ncu)
+      step "${LIMIT_FPX_NCU:-200}" ncu_fpx_tile ncu --clock-control none --section SpeedOfLight --section Occupancy \
+        --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:_fpx_kernel \
+        python -u benchmarks/gemv_ncu.py --kernel fpx_tile --shapes 14336x4096 --rows 64 --launches 2
+      step "${LIMIT_FPX_NCU:-200}" ncu_fpx_tile_128 ncu --clock-control none --section SpeedOfLight \
+        --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+        -k regex:_fpx_kernel python -u benchmarks/gemv_ncu.py --kernel fpx_tile --shapes 4096x4096 --rows 128 \
+        --launches 2 ;;
     fpx_capped)
       capped="64,64,8,2,0,4;64,64,8,2,0,4,1,80;64,64,8,2,0,1;64,64,8,2,0,1,1,80;32,128,8,2,0,1,1,80"
       step "${LIMIT_FPX_NCU:-120}" ncu_fpx_capped ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
@@ -558,6 +569,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

@@ -208,6 +208,28 @@ def test_gemv_ncu_launches_the_fpx_row_kernel_under_the_interpreter(capsys):
     assert gemv_ncu.parse_fpx_configs("64,64,8,2,1,1,3,80") == [(64, 64, 8, 2, True, 1, 3, 80)]
 
 
+def test_gemv_ncu_launches_the_fpx_tile_kernel_under_the_interpreter(capsys):
+    """``--kernel fpx_tile``: every tile config launched (swapped, paired, plain, split) at ``--rows`` rows of
+    ``--dtype``, a finite output; a malformed config, no rows, and rows or a dtype given to a row kernel are refused
+    by name."""
+    from benchmarks import gemv_ncu
+
+    configs = "64,64,128,4,4,1,1,1;64,64,128,4,3,1,0,2;32,32,64,4,3,0,0,1"
+    assert gemv_ncu.main(["--kernel", "fpx_tile", "--configs", configs, "--dtype", "fp16", "--w_element", "e2m2",
+                          "--rows", "7", "--cpu_dry_run", "--launches", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(line.endswith("7 fp16 rows: 1 launches, output finite: True") for line in lines)
+    assert "PAIRED=True SWAP_AB=False SPLIT_K=2" in lines[1] and "BLOCK_K=128" in lines[1]
+    assert gemv_ncu.main(["--kernel", "fpx_tile", "--cpu_dry_run", "--launches", "1"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(gemv_ncu.FPX_TILE_DEFAULT_CONFIGS.split(";"))
+    for argv, message in ((["--kernel", "fpx_tile", "--configs", "64,64"], "a tile config is BLOCK_M,"),
+                          (["--kernel", "fpx_tile", "--rows", "0"], "--rows must be at least 1, got 0"),
+                          (["--kernel", "fpx", "--dtype", "fp16"], "--rows and --dtype are for --kernel fpx_tile")):
+        with pytest.raises(SystemExit):
+            gemv_ncu.main([*argv, "--cpu_dry_run"])
+        assert message in capsys.readouterr().err
+
+
 def test_act_quant_ncu_measures_each_format_under_the_interpreter(capsys):
     """The activation kernel's ncu driver: every format, packed and as E4M3 bytes, called inside its NVTX range with
     finite scales; shapes and formats it cannot run are refused by name."""
