@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernel_bench import described, parse_shapes, parse_tiles  # noqa: E402
+from benchmarks.kernel_bench import WEIGHT_ONLY_DTYPES, described, parse_shapes, parse_tiles  # noqa: E402
 
 # (BLOCK_N, BLOCK_KW, num_warps, num_stages, PREFETCH[, FOLD[, LOOP_STAGES]]): the configs of the ncu run of
 # 2026-12-02, and one software-pipelined config.
@@ -47,7 +47,6 @@ DRY_SHAPE = (40, 256)
 DRY_ROWS = 20  # (the tile kernel's dry run: a ragged row tile)
 FPX_ELEMENTS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")
 KERNEL_ELEMENTS = {"w4a4": ("int4", "e2m1"), "fpx": FPX_ELEMENTS, "fpx_tile": FPX_ELEMENTS}
-HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _row_configs(text: str, form: str, required: int, defaults: tuple[int, ...]) -> list[tuple]:
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"[,loop_stages[,maxnreg]] (default {FPX_DEFAULT_CONFIGS}); fpx_tile BLOCK_M,BLOCK_N,BLOCK_K,"
                         f"warps,stages,paired,swap_ab,split_k[,maxnreg] (default {FPX_TILE_DEFAULT_CONFIGS})")
     p.add_argument("--rows", type=int, default=128, help="fpx_tile: activation rows (default: %(default)s)")
-    p.add_argument("--dtype", default="bf16", choices=tuple(HALF_DTYPES),
+    p.add_argument("--dtype", default="bf16", choices=tuple(WEIGHT_ONLY_DTYPES),
                    help="fpx_tile: the activations' dtype (default: %(default)s)")
     p.add_argument("--w_element", default=None,
                    help="the weight element: int4 or e2m1 (w4a4, default int4); an FPx element such as e3m2 "
@@ -194,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     for n, k in shapes:
         for config in configs:
             if tile:
-                out = launch_fpx(n, k, config, w_element, args.launches, device, args.rows, HALF_DTYPES[args.dtype])
+                out = launch_fpx(n, k, config, w_element, args.launches, device, args.rows,
+                                 WEIGHT_ONLY_DTYPES[args.dtype])
             elif fpx:
                 out = launch_fpx(n, k, fpx_row_config(config), w_element, args.launches, device)
             else:

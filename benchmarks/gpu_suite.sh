@@ -303,13 +303,12 @@ for section in "$@"; do
         --flush_l2 --cuda_graph --ms "" --shapes 4096x4096,4096x14336,28672x4096 --weight_only_ms 1 \
         --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_mma_split_${GPU}" ;;
     fpx_tile_ncu)
-      step "${LIMIT_FPX_NCU:-200}" ncu_fpx_tile ncu --clock-control none --section SpeedOfLight --section Occupancy \
-        --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:_fpx_kernel \
-        python -u benchmarks/gemv_ncu.py --kernel fpx_tile --shapes 14336x4096 --rows 64 --launches 2
-      step "${LIMIT_FPX_NCU:-200}" ncu_fpx_tile_128 ncu --clock-control none --section SpeedOfLight \
-        --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
-        -k regex:_fpx_kernel python -u benchmarks/gemv_ncu.py --kernel fpx_tile --shapes 4096x4096 --rows 128 \
-        --launches 2 ;;
+      tile_ncu=(ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats
+                --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:_fpx_kernel)
+      step "${LIMIT_FPX_NCU:-200}" ncu_fpx_tile "${tile_ncu[@]}" python -u benchmarks/gemv_ncu.py --kernel fpx_tile \
+        --shapes 14336x4096 --rows 64 --launches 2
+      step "${LIMIT_FPX_NCU:-200}" ncu_fpx_tile_128 "${tile_ncu[@]}" python -u benchmarks/gemv_ncu.py \
+        --kernel fpx_tile --shapes 4096x4096 --rows 128 --launches 2 ;;
     fpx_capped)
       capped="64,64,8,2,0,4;64,64,8,2,0,4,1,80;64,64,8,2,0,1;64,64,8,2,0,1,1,80;32,128,8,2,0,1,1,80"
       step "${LIMIT_FPX_NCU:-120}" ncu_fpx_capped ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
