@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -34,9 +35,10 @@ MEASURED_ENV_PREFIX = "PTQ_"
 
 def command_line(script: str, argv: list[str]) -> str:
     """The command that reproduces a run: ``python benchmarks/SCRIPT ARGS``, after the ``MEASURED_ENV_PREFIX``
-    settings it ran under, by name."""
-    env = [f"{name}={value}" for name, value in sorted(os.environ.items()) if name.startswith(MEASURED_ENV_PREFIX)]
-    return " ".join([*env, "python", f"benchmarks/{script}", *argv])
+    settings it ran under, by name; quoted for a shell, so an empty or ';'-separated argument pastes back whole."""
+    env = [f"{name}={shlex.quote(value)}" for name, value in sorted(os.environ.items())
+           if name.startswith(MEASURED_ENV_PREFIX)]
+    return " ".join([*env, "python", f"benchmarks/{script}", *map(shlex.quote, argv)])
 
 
 def run_header(script: str, argv: list[str] | None, device: torch.device) -> dict:

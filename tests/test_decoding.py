@@ -489,6 +489,10 @@ def test_recorded_commands_carry_the_ptq_switches(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # not a switch of ours
     assert (command_line("bench_model.py", ["--modes", "bf16"])
             == "PTQ_E2M1_PLANES=0 PTQ_PDL=gemv python benchmarks/bench_model.py --modes bf16")
+    monkeypatch.setenv("PTQ_PDL", "a b")
+    assert (command_line("fpx_row_sweep.py", ["--prefill_batches", "", "--extra", "1,2;3,4"])
+            == "PTQ_E2M1_PLANES=0 PTQ_PDL='a b' python benchmarks/fpx_row_sweep.py --prefill_batches '' "
+               "--extra '1,2;3,4'")
 
 
 def test_pdl_check_needs_a_gpu(tmp_path):
