@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import W4A4_FORMATS, act_quant_bytes, in_stream_note  # noqa: E402
 from benchmarks.result_files import command_line, markdown_header, write_result_files  # noqa: E402
-from benchmarks.timing import make_timer  # noqa: E402
+from benchmarks.timing import add_l2_flush_argument, flush_note, make_timer  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
 # name: (element, group size, scale kind, clip ratio): kernel_bench's formats, per-token INT4 clipped at 0.9
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                         "latency, a larger share of the smaller kernel's time, drops out (default 0: lone replays)")
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10)
+    add_l2_flush_argument(p)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
     formats = [f for f in args.formats.split(",") if f]
@@ -164,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.error(str(err))
     device = torch.device("cuda")
-    time_ms = make_timer(device, args.warmup, args.reps, True, True, args.in_stream)
+    time_ms = make_timer(device, args.warmup, args.reps, True, True, args.in_stream, args.l2_flush)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": torch.cuda.get_device_name(device),
               "versions": library_versions(),
-              "timing": (f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed"
-                         if not args.in_stream else f"median of {args.reps} after {args.warmup} warmup calls"
+              "timing": (f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, "
+                         f"{flush_note(args.l2_flush)}" if not args.in_stream
+                         else f"median of {args.reps} after {args.warmup} warmup calls, {flush_note(args.l2_flush)}"
                          f"{in_stream_note(args.in_stream)}"),
               "command": command_line("act_quant_bench.py", argv if argv is not None else sys.argv[1:]),
               "rows": [], "configs": {}}

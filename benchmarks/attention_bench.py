@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_model import environment  # noqa: E402
 from benchmarks.kernel_bench import counts  # noqa: E402
 from benchmarks.result_files import run_header, write_result_files  # noqa: E402
-from benchmarks.timing import gpu_stream_timer  # noqa: E402
+from benchmarks.timing import add_l2_flush_argument, flush_note, gpu_stream_timer  # noqa: E402
 
 PROGRAMS_ENV = "PTQ_ATTENTION_PROGRAMS_PER_SM"
 # The switches each timed form runs under: the KV4 cache dequantized tile by tile, or its scales factored out of
@@ -106,7 +106,8 @@ def markdown(result: dict) -> str:
              f"Command: `{result['command']}`", "",
              f"{result['heads_kv']} K/V heads, {result['groups']} query heads each, head dim {result['dim']}; "
              f"{result['context']} written keys of {result['length']} slots. Median µs of one call in a stream of "
-             "CUDA-graph calls, the L2 flushed before each; GB/s of the written keys' bytes; largest error over the "
+             f"CUDA-graph calls, the {flush_note(result['l2_flush'])} before each; GB/s of the written keys' bytes; "
+             "largest error over the "
              "largest output, against attention in fp32 over the cache (KV4: dequantized in fp32). Tile: the partial "
              "kernel's keys a step x warps x stages (x its register cap).", "",
              "| batch | cache | programs per SM | tile | slices | µs | GB/s | error |",
@@ -131,12 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--groups", type=int, default=4, help="query heads per K/V head")
     p.add_argument("--dim", type=int, default=128, help="head dim")
     p.add_argument("--in_stream", type=int, default=20, help="calls per timed CUDA graph")
+    add_l2_flush_argument(p)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
     if not 1 <= args.context <= args.length:
         p.error(f"--context must be 1 to --length ({args.length}) keys, got {args.context}")
-    device, time_ms = gpu_stream_timer(p, args.in_stream)
-    result = {**run_header("attention_bench.py", argv, device),
+    device, time_ms = gpu_stream_timer(p, args.in_stream, args.l2_flush)
+    result = {**run_header("attention_bench.py", argv, device), "l2_flush": args.l2_flush,
               **{name: getattr(args, name) for name in ("length", "context", "heads_kv", "groups", "dim")},
               "rows": []}
     for batch in args.batches:

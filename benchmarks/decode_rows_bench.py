@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import counts, parse_shapes  # noqa: E402
 from benchmarks.result_files import run_header, write_result_files  # noqa: E402
-from benchmarks.timing import gpu_stream_timer  # noqa: E402
+from benchmarks.timing import add_l2_flush_argument, flush_note, gpu_stream_timer  # noqa: E402
 
 
 def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = "int4") -> dict:
@@ -79,7 +79,8 @@ def markdown(result: dict) -> str:
              "across rows", "",
              f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
              f"Command: `{result['command']}`", "",
-             "Median µs of one call in a stream of CUDA-graph calls, the L2 flushed before each. `linear`: "
+             f"Median µs of one call in a stream of CUDA-graph calls, the {flush_note(result['l2_flush'])} before "
+             "each. `linear`: "
              "`quant_kernels.w4a4_linear` from bf16 rows (activation kernel + the decode kernel it picks); the kernel "
              "columns: that kernel alone on dp4a bytes. Ratios against cuBLAS bf16. Largest error of each kernel "
              "over the largest output, against the twin (fp32 out): " + (
@@ -110,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in_stream", type=int, default=20, help="calls per timed CUDA graph")
     p.add_argument("--element", choices=["int4", "e2m1"], default="int4",
                    help="weight and activation element (E2M1 weights off the tensor-core kernel with PTQ_TC_E2M1=0)")
+    add_l2_flush_argument(p)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
-    device, time_ms = gpu_stream_timer(p, args.in_stream)
-    result = {**run_header("decode_rows_bench.py", argv, device), "rows": []}
+    device, time_ms = gpu_stream_timer(p, args.in_stream, args.l2_flush)
+    result = {**run_header("decode_rows_bench.py", argv, device), "l2_flush": args.l2_flush, "rows": []}
     for n, k in parse_shapes(args.shapes):
         for m in args.ms:
             result["rows"].append(bench(n, k, m, time_ms, device, args.element))

@@ -42,7 +42,7 @@ from benchmarks.kernel_bench import (  # noqa: E402
     FPX_FORMATS, WEIGHT_ONLY_DTYPES, described, fpx_weight, in_stream_note, parse_shapes, parse_tiles,
 )
 from benchmarks.result_files import markdown_header, run_header, write_result_files  # noqa: E402
-from benchmarks.timing import gpu_stream_timer  # noqa: E402
+from benchmarks.timing import add_l2_flush_argument, flush_note, gpu_stream_timer  # noqa: E402
 from quant_layers.packing import element_named  # noqa: E402
 
 # Llama-3-8B's decode products (N x K): fused q/k/v, o_proj, fused gate/up (gated), down_proj.
@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the activations' dtype, and torch.matmul's that the configs are timed against (default bf16)")
     p.add_argument("--in_stream", type=int, default=20,
                    help="calls per timed CUDA graph (0: lone CUDA-graph replays, the L2 flushed before each)")
+    add_l2_flush_argument(p)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
     tile = args.kernel == "tile"
@@ -274,9 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [f"{n}x{k}" for n, k in args.gated if (n, k) not in args.shapes]
     if unknown:
         p.error(f"--gated names shapes that --shapes does not: {', '.join(unknown)}")
-    device, time_ms = gpu_stream_timer(p, args.in_stream)
+    device, time_ms = gpu_stream_timer(p, args.in_stream, args.l2_flush)
     result = {**run_header("fpx_row_sweep.py", argv, device), "element": args.element, "kernel": args.kernel,
-              "rows_m": args.rows, "dtype": args.dtype, "timing": "median of 20" + in_stream_note(args.in_stream),
+              "rows_m": args.rows, "dtype": args.dtype,
+              "timing": f"median of 20, {flush_note(args.l2_flush)} before each" + in_stream_note(args.in_stream),
               "rows": []}
     for n, k in args.shapes:
         result["rows"] += bench_shape(n, k, (n, k) in args.gated, args.element, args.tuner_configs, extra,

@@ -57,7 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_check import FP8_ACCUMULATION_OF_MAX  # noqa: E402
 from benchmarks.result_files import command_line, write_result_files  # noqa: E402
-from benchmarks.timing import make_timer  # noqa: E402
+from benchmarks.timing import add_l2_flush_argument, flush_note, make_timer  # noqa: E402
 import quant_kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
 from quant_kernels import reference  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
@@ -536,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=50, help="timed repetitions (the median is reported)")
     p.add_argument("--warmup", type=int, default=10, help="untimed calls first (the first ones autotune)")
     p.add_argument("--flush_l2", action="store_true", help="clear the L2 cache before every timed repetition")
+    add_l2_flush_argument(p)
     p.add_argument("--cuda_graph", action="store_true", help="time CUDA-graph replays (no host launch overhead)")
     p.add_argument("--in_stream", type=int, default=0, metavar="R",
                    help="time each call inside a stream of kernels: a CUDA graph of R calls (each after the L2 "
@@ -560,12 +561,12 @@ def main(argv: list[str] | None = None) -> int:
     wo_formats = tuple(parse_names(args.weight_only_formats, FPX_FORMATS + GROUPED_WEIGHT_ONLY,
                                    "--weight_only_formats"))
     time_ms = make_timer(device, args.warmup, args.reps, args.flush_l2, args.cuda_graph and not args.cpu_dry_run,
-                         args.in_stream)
+                         args.in_stream, args.l2_flush)
     torch.manual_seed(0)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device), "versions": library_versions(),
         "timing": f"median of {args.reps} after {args.warmup} warmup calls"
-                  f"{', L2 flushed before each' if args.flush_l2 else ''}"
+                  f"{', ' + flush_note(args.l2_flush) + ' before each' if args.flush_l2 else ''}"
                   f"{', CUDA graph replays' if args.cuda_graph and not args.in_stream else ''}"
                   f"{in_stream_note(args.in_stream)}"
                   f"{' (CPU, Triton interpreter: not a speed measurement)' if args.cpu_dry_run else ''}",

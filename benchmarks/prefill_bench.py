@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import LLAMA3_8B_SHAPES, counts, parse_shapes, parse_tiles  # noqa: E402
 from benchmarks.result_files import command_line, markdown_header, write_result_files  # noqa: E402
-from benchmarks.timing import make_timer  # noqa: E402
+from benchmarks.timing import add_l2_flush_argument, flush_note, make_timer  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
 
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="time only the default path's kernel and linear at each M and shape (and bf16, the peer)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
+    add_l2_flush_argument(p)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: the Triton interpreter on CPU, M = 70 and "
                                                                "48 x 128 unless given")
@@ -155,14 +156,15 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.backends.cuda.matmul.allow_tf32 = False
     device = torch.device("cpu" if args.cpu_dry_run else "cuda")
-    time_ms = make_timer(device, args.warmup, args.reps, True, not args.cpu_dry_run)
+    time_ms = make_timer(device, args.warmup, args.reps, True, not args.cpu_dry_run, flush_by=args.l2_flush)
     gen = torch.Generator(device=device).manual_seed(0)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None  # picks the default path there
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "device": gpu or "CPU",
               "versions": library_versions(),
-              "timing": (f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed"
-                         if not args.cpu_dry_run else "CPU, Triton interpreter: not a speed measurement"),
+              "timing": (f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, "
+                         f"{flush_note(args.l2_flush)}" if not args.cpu_dry_run
+                         else "CPU, Triton interpreter: not a speed measurement"),
               "command": command_line("prefill_bench.py", argv if argv is not None else sys.argv[1:]),
               "element": args.element, "activations": args.activations, "rows": []}
     shapes = parse_shapes(args.shapes or ("48x128" if args.cpu_dry_run else LLAMA3_8B_SHAPES))

@@ -10,10 +10,47 @@ from typing import Callable
 import torch
 
 L2_FLUSH_BYTES = 256 * 2**20
+L2_FLUSHES = ("read", "write")
+
+
+class L2Flush:
+    """Evicts the L2 cache by streaming ``L2_FLUSH_BYTES`` through it, by a read or by a write.
+
+    A write (``zero_``, as Triton's ``do_bench`` flushes) leaves the L2 full of dirty lines, whose write-backs the
+    timed kernel then shares DRAM with: on an H100 it made cuBLAS bf16's 128 x 4096 x 4096 product 26 % slower and
+    FP6's 4 %. A read leaves clean lines, as the weight reads of a model step's previous kernel do.
+    """
+
+    def __init__(self, device: torch.device, by: str = "read"):
+        if by not in L2_FLUSHES:
+            raise ValueError(f"the L2 is flushed by one of {', '.join(L2_FLUSHES)}, not {by!r}")
+        self.by = by
+        self.buffer = torch.ones(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+        self.largest = torch.empty((), dtype=torch.int32, device=device)
+
+    def __call__(self) -> None:
+        if self.by == "write":
+            self.buffer.zero_()
+        else:
+            torch.amax(self.buffer, dim=0, out=self.largest)
+
+
+def flush_note(by: str) -> str:
+    """The timing text's words for the flush ``by`` (an ``L2_FLUSHES`` name)."""
+    return f"L2 flushed by a {by} of {L2_FLUSH_BYTES // 2**20} MiB"
+
+
+def add_l2_flush_argument(parser: argparse.ArgumentParser) -> None:
+    """``--l2_flush {read,write}``: how the timers flush the L2 (``L2Flush``)."""
+    parser.add_argument("--l2_flush", default="read", choices=L2_FLUSHES,
+                        help="flush the L2 by reading a 256 MiB buffer (default: clean lines, as a model step's "
+                             "weight reads leave it) or by writing it (zero_, as Triton's do_bench: dirty lines "
+                             "whose write-backs the timed kernel shares DRAM with; earlier results used it)")
 
 
 def make_timer(
     device: torch.device, warmup: int, reps: int, flush_l2: bool, cuda_graph: bool, in_stream: int = 0,
+    flush_by: str = "read",
 ) -> Callable[[Callable[[], object]], float]:
     """A function timing a callable: median milliseconds (CUDA events on GPU, wall clock on CPU).
 
@@ -23,9 +60,9 @@ def make_timer(
     captured model step overlaps the kernel before. ``in_stream`` R (on a GPU) times the
     call inside a stream of kernels instead: one graph of R calls, each after the L2 flush
     when ``flush_l2``, minus one graph of the R flushes alone, per call (median of
-    ``reps`` replays of each).
+    ``reps`` replays of each). ``flush_by`` names the flush (``L2Flush``).
     """
-    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device) if flush_l2 and device.type == "cuda" else None
+    flush = L2Flush(device, flush_by) if flush_l2 and device.type == "cuda" else None
 
     def captured(calls: int, fn: Callable[[], object] | None, flush_each: bool) -> torch.cuda.CUDAGraph:
         """One CUDA graph of ``calls`` calls of ``fn`` (None: none), each after the L2 flush if ``flush_each``."""
@@ -33,7 +70,7 @@ def make_timer(
         with torch.cuda.graph(graph):
             for _ in range(calls):
                 if flush_each and flush is not None:
-                    flush.zero_()
+                    flush()
                 if fn is not None:
                     fn()
         return graph
@@ -43,7 +80,7 @@ def make_timer(
         events = []
         for _ in range(reps):
             if flush_first and flush is not None:
-                flush.zero_()
+                flush()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             run()
@@ -71,10 +108,12 @@ def make_timer(
     return time_ms
 
 
-def gpu_stream_timer(parser: argparse.ArgumentParser, in_stream: int) -> tuple[torch.device, Callable]:
+def gpu_stream_timer(parser: argparse.ArgumentParser, in_stream: int, flush_by: str) -> tuple[torch.device, Callable]:
     """For a benchmark of CUDA kernels: the GPU (``parser``'s error without one) and ``make_timer``'s timer of one
-    call in a stream of ``in_stream`` CUDA-graph calls, the L2 flushed before each (3 warm-up calls, median of 20)."""
+    call in a stream of ``in_stream`` CUDA-graph calls, the L2 flushed by ``flush_by`` before each (3 warm-up calls,
+    median of 20)."""
     if not torch.cuda.is_available():
         parser.error("this benchmark times CUDA kernels: no GPU here")
     device = torch.device("cuda")
-    return device, make_timer(device, warmup=3, reps=20, flush_l2=True, cuda_graph=True, in_stream=in_stream)
+    return device, make_timer(device, warmup=3, reps=20, flush_l2=True, cuda_graph=True, in_stream=in_stream,
+                              flush_by=flush_by)

@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import LLAMA3_8B_SHAPES, counts, fpx_weight, parse_names, parse_shapes  # noqa: E402
 from benchmarks.result_files import command_line, markdown_header, write_result_files  # noqa: E402
-from benchmarks.timing import make_timer  # noqa: E402
+from benchmarks.timing import add_l2_flush_argument, flush_note, make_timer  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 from quant_layers.packing import unpack_planes  # noqa: E402
 
@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds each warp-specialized config's first run (a child process, compiling included) may "
                         "take before it is killed and left out (default 90)")
     p.add_argument("--liveness_check", type=int, default=None, help=argparse.SUPPRESS)  # the child's config index
+    add_l2_flush_argument(p)
     p.add_argument("--out", help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
     if args.liveness_check is None and not args.out:
@@ -281,12 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     shapes = parse_shapes(args.shapes or ("40x512" if args.cpu_dry_run else LLAMA3_8B_SHAPES + ",28672x4096"))
     ms = args.ms or ([3] if args.cpu_dry_run else [16, 64, 128])
     elements = parse_names(args.elements, ELEMENTS, "--elements")
-    time_ms = make_timer(device, args.warmup, args.reps, True, not args.cpu_dry_run)
+    time_ms = make_timer(device, args.warmup, args.reps, True, not args.cpu_dry_run, flush_by=args.l2_flush)
     torch.manual_seed(0)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
               "versions": library_versions(),
-              "timing": f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, L2 flushed"
-                        if not args.cpu_dry_run else "CPU, Triton interpreter: not a speed measurement",
+              "timing": f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, "
+                        f"{flush_note(args.l2_flush)}" if not args.cpu_dry_run
+                        else "CPU, Triton interpreter: not a speed measurement",
               "command": command_line("ws_tile_probe.py", argv if argv is not None else sys.argv[1:]),
               "rows": []}
     configs, result["liveness"] = live_configs(configs, args.cpu_dry_run, args.liveness_timeout)

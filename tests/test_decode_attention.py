@@ -178,8 +178,9 @@ def test_attention_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
     rows = [dict(batch=8, cache="KV4", programs_per_sm=4, tile="64x4x3", splits=9, us=41.25, gb_s=1234.4,
                  rel_err=3e-3)]
     text = markdown(dict(device="GPU", date="d", versions={}, command="c", length=2306, context=2176, heads_kv=8,
-                         groups=4, dim=128, rows=rows))
+                         groups=4, dim=128, l2_flush="read", rows=rows))
     assert "| 8 | KV4 | 4 | 64x4x3 | 9 | 41.2 | 1234 | 3.0e-03 |" in text and "2176 written keys of 2306 slots" in text
+    assert "the L2 flushed by a read of 256 MiB before each" in text
 
 
 def test_attention_bench_rows_on_the_interpreter(monkeypatch):

@@ -1800,7 +1800,8 @@ def test_decode_rows_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
                  tensor_core_e4m3_ms=0.0062, tensor_core_e4m3_rel_err=4e-7, linear_e4m3_ms=0.0081),
             dict(n=4096, k=4096, m=1, bf16_ms=0.0155, linear_ms=0.0068, linear_kernel="CUDA-core",
                  cuda_core_ms=0.0062, cuda_core_rel_err=1e-7)]
-    text = markdown(dict(device="GPU", date="d", versions={}, command="c", rows=rows))
+    text = markdown(dict(device="GPU", date="d", versions={}, command="c", l2_flush="write", rows=rows))
+    assert "the L2 flushed by a write of 256 MiB before each" in text
     assert ("| 4096x4096 | 8 | 15.5 | 8.8 (1.76×) tensor-core | 12.7 (1.22×) | 7.7 (2.01×) | 6.2 (2.50×) | "
             "8.1 (1.91×) |") in text
     assert "| 4096x4096 | 1 | 15.5 | 6.8 (2.28×) CUDA-core | 6.2 (2.50×) | – | – | – |" in text
