@@ -9,30 +9,7 @@ from typing import Callable
 
 import torch
 
-L2_FLUSH_BYTES = 256 * 2**20
-L2_FLUSHES = ("read", "write")
-
-
-class L2Flush:
-    """Evicts the L2 cache by streaming ``L2_FLUSH_BYTES`` through it, by a read or by a write.
-
-    A write (``zero_``, as Triton's ``do_bench`` flushes) leaves the L2 full of dirty lines, whose write-backs the
-    timed kernel then shares DRAM with: on an H100 it made cuBLAS bf16's 128 x 4096 x 4096 product 26 % slower and
-    FP6's 4 %. A read leaves clean lines, as the weight reads of a model step's previous kernel do.
-    """
-
-    def __init__(self, device: torch.device, by: str = "read"):
-        if by not in L2_FLUSHES:
-            raise ValueError(f"the L2 is flushed by one of {', '.join(L2_FLUSHES)}, not {by!r}")
-        self.by = by
-        self.buffer = torch.ones(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=device)
-        self.largest = torch.empty((), dtype=torch.int32, device=device)
-
-    def __call__(self) -> None:
-        if self.by == "write":
-            self.buffer.zero_()
-        else:
-            torch.amax(self.buffer, dim=0, out=self.largest)
+from quant_kernels.l2_flush import L2_FLUSH_BYTES, L2_FLUSHES, L2Flush
 
 
 def flush_note(by: str) -> str:

@@ -7,9 +7,11 @@ config timed before or after the slow moment. ``RetimingAutotuner`` times the ``
 again in ``RETIME_ROUNDS`` short rounds, in turn within each round (starting at a different candidate each round),
 and picks the lowest median over the rounds: a slow moment now falls on every candidate alike.
 
-``PTQ_AUTOTUNE_RETIME=0`` keeps Triton's own pick. With ``TRITON_CACHE_AUTOTUNING=1`` the disk cache keeps the
-re-timed pick (``retimed_timings``), under a key that names the GPU (``device_name``): Triton's own key names only
-the architecture, so an H100's picks would otherwise be read back on an H200 sharing the cache folder.
+``PTQ_AUTOTUNE_RETIME=0`` keeps Triton's own pick. ``PTQ_AUTOTUNE_READ_FLUSH=1`` times the candidates with the L2
+flushed by a read (``l2_flush.do_bench_read_flush``) instead of Triton's write, as the benchmarks time them. With
+``TRITON_CACHE_AUTOTUNING=1`` the disk cache keeps the re-timed pick (``retimed_timings``), under a key that names the
+GPU (``device_name``) and a read flush: Triton's own key names only the architecture, so an H100's picks would
+otherwise be read back on an H200 sharing the cache folder.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Callable, Hashable, Sequence
 import triton
 from triton.runtime.autotuner import Autotuner
 
+from .l2_flush import do_bench_read_flush
 from .switches import env_switch
 
 RETIME_TOP = 4
@@ -43,6 +46,14 @@ def retime_on() -> bool:
     """Whether the autotuners time their fastest candidates again (``PTQ_AUTOTUNE_RETIME``, 1 by default)."""
     return env_switch("PTQ_AUTOTUNE_RETIME", True, {"1": f"the {RETIME_TOP} fastest candidates timed again side by "
                                                          f"side, the default", "0": "Triton's one sweep"})
+
+
+def read_flush_on() -> bool:
+    """Whether the autotuners flush the L2 by a read between timed calls (``PTQ_AUTOTUNE_READ_FLUSH``, 0 by
+    default: Triton's ``do_bench``, which flushes by a write)."""
+    return env_switch("PTQ_AUTOTUNE_READ_FLUSH", False, {
+        "0": "Triton's do_bench, the L2 flushed by a write, the default",
+        "1": "the L2 flushed by a read between timed calls, as the benchmarks flush it"})
 
 
 def retime_candidates(timings: dict[Hashable, Timing], top: int = RETIME_TOP) -> list:
@@ -92,7 +103,8 @@ class RetimingAutotuner(Autotuner):
     @property
     def do_bench(self) -> Callable:
         """The sweep's benchmark, or a round's shorter one while re-timing."""
-        bench = self._benchmarker or triton.runtime.driver.active.get_benchmarker()
+        bench = self._benchmarker or (do_bench_read_flush if read_flush_on()
+                                      else triton.runtime.driver.active.get_benchmarker())
         if self._round:
             return lambda kernel_call, quantiles: bench(kernel_call, warmup=ROUND_WARMUP_MS, rep=ROUND_REP_MS,
                                                         quantiles=quantiles)
@@ -115,7 +127,8 @@ class RetimingAutotuner(Autotuner):
         if not self._disk_cache:
             sweep_then_retime()
             return False
-        device_key = (*tuning_key, device_name())  # the picks of one GPU model are not another's
+        # the picks of one GPU model are not another's, nor those timed after a write flush those after a read
+        device_key = (*tuning_key, device_name(), *(("L2 flushed by a read",) if read_flush_on() else ()))
         found = super().check_disk_cache(device_key, configs, sweep_then_retime)
         if found:  # Triton filed the pick under the key it was given
             self.cache[tuning_key] = self.cache.pop(device_key)

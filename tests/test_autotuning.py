@@ -137,3 +137,32 @@ def test_disk_cache_keeps_the_retimed_pick_per_gpu(monkeypatch, tmp_path):
     gpu["name"] = "NVIDIA H200"
     tuner, bench, x, out = _tuned(monkeypatch, "1", disk_cache=True)
     assert any(in_round for _, in_round in bench.calls) and len(list(tmp_path.rglob("*.autotune.json"))) == 2
+    monkeypatch.setenv("PTQ_AUTOTUNE_READ_FLUSH", "1")  # picks timed after a read flush are filed apart
+    tuner, bench, x, out = _tuned(monkeypatch, "1", disk_cache=True)
+    assert any(in_round for _, in_round in bench.calls) and len(list(tmp_path.rglob("*.autotune.json"))) == 3
+    tuner, bench, x, out = _tuned(monkeypatch, "1", disk_cache=True)
+    assert bench.calls == [] and len(list(tmp_path.rglob("*.autotune.json"))) == 3
+
+
+def test_the_read_flush_switch_picks_the_benchmark(monkeypatch):
+    """``PTQ_AUTOTUNE_READ_FLUSH=1``: the sweep and the rounds time with ``do_bench_read_flush``; unset, with
+    Triton's benchmarker (its do_bench, a write flush); any other value is refused by name."""
+    import triton.runtime
+
+    used = []
+    monkeypatch.setattr(autotuning, "do_bench_read_flush", lambda fn, **kw: used.append(("read", kw)))
+    monkeypatch.setattr(triton.runtime, "driver", type("Driver", (), {"active": type("Active", (), {
+        "get_benchmarker": staticmethod(lambda: lambda fn, **kw: used.append(("triton", kw)))})}))
+    tuner = autotuning.RetimingAutotuner(_add_kernel, [triton.Config(dict(BLOCK=b)) for b in BLOCKS], ["n"])
+    monkeypatch.delenv("PTQ_AUTOTUNE_READ_FLUSH", raising=False)
+    tuner.do_bench(None, quantiles=(0.5,))
+    monkeypatch.setenv("PTQ_AUTOTUNE_READ_FLUSH", "1")
+    tuner.do_bench(None, quantiles=(0.5,))
+    tuner._round = True
+    tuner.do_bench(None, quantiles=(0.5,))
+    assert used == [("triton", {"quantiles": (0.5,)}), ("read", {"quantiles": (0.5,)}),
+                    ("read", {"warmup": autotuning.ROUND_WARMUP_MS, "rep": autotuning.ROUND_REP_MS,
+                              "quantiles": (0.5,)})]
+    monkeypatch.setenv("PTQ_AUTOTUNE_READ_FLUSH", "read")
+    with pytest.raises(ValueError, match="PTQ_AUTOTUNE_READ_FLUSH='read': choose 0 .*or 1"):
+        tuner.do_bench(None, quantiles=(0.5,))

@@ -1,5 +1,5 @@
-"""benchmarks.timing's L2 flush: by a read (the default; clean lines) or by a write (zero_; dirty lines), named in
-the results' timing text, and chosen with --l2_flush."""
+"""The L2 flush (quant_kernels.l2_flush): by a read (the default; clean lines) or by a write (zero_; dirty lines),
+named in the results' timing text, chosen with --l2_flush; and Triton's do_bench with the read, for the autotuners."""
 
 import argparse
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from benchmarks.timing import L2_FLUSH_BYTES, L2Flush, add_l2_flush_argument, flush_note, make_timer
+from quant_kernels import l2_flush
 
 
 def test_a_read_flush_streams_the_buffer_and_leaves_it_as_it_was():
@@ -48,3 +49,47 @@ def test_kernel_bench_names_its_flush(cli, tmp_path):
                   "--l2_flush", by, "--out", prefix)
         assert out.returncode == 0, out.stderr
         assert f"L2 flushed by a {by} of 256 MiB before each" in open(prefix + ".md").read()
+
+
+def test_do_bench_read_flush_times_each_call_after_a_read_flush(monkeypatch):
+    """Triton's method on a scripted clock (call i takes 1 + i % 4 ms): one untimed call, five calls to estimate
+    (2.4 ms), 25 / 2.4 -> 10 warm-up calls, 100 / 2.4 -> 41 timed calls, each right after a read flush."""
+    log, clock = [], {"ms": 0.0, "calls": 0}
+
+    def fn():
+        clock["ms"] += 1 + clock["calls"] % 4
+        clock["calls"] += 1
+        log.append("call")
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.ms = clock["ms"]
+            log.append("record")
+
+        def elapsed_time(self, end):
+            return end.ms - self.ms
+
+    class Flush:
+        by = "read"
+
+        def __call__(self):
+            log.append("flush")
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setitem(l2_flush._read_flushes, torch.device("cuda", 0), Flush())
+    times = l2_flush.do_bench_read_flush(fn, quantiles=[0.5, 0.2, 0.8])
+    durations = [1 + i % 4 for i in range(16, 16 + 41)]  # the calls after 1 + 5 + 10
+    assert clock["calls"] == 1 + 5 + 10 + 41 and log.count("flush") == 5 + 41
+    timed = "".join({"call": "c", "record": "r", "flush": "f"}[e] for e in log[-41 * 4 - 1:])
+    assert timed == "c" + "frcr" * 41  # the last warm-up call, then flush, start, call, end
+    expected = torch.quantile(torch.tensor(durations, dtype=torch.float64), torch.tensor([0.5, 0.2, 0.8],
+                                                                                         dtype=torch.float64))
+    assert times == expected.tolist() and times[1] < times[0] < times[2]
+    clock.update(ms=0.0, calls=0)
+    # at least one warm-up call and one timed call: call 7 (from 0), 4 ms; their mean without quantiles
+    assert l2_flush.do_bench_read_flush(fn, warmup=0, rep=1) == pytest.approx(4.0)
