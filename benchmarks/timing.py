@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from quant_kernels.l2_flush import L2_FLUSH_BYTES, L2_FLUSHES, L2Flush
+from quant_kernels.l2_flush import L2_FLUSH_BYTES, L2_FLUSHES, L2Flush, flushed_call_times
 
 
 def flush_note(by: str) -> str:
@@ -54,17 +54,7 @@ def make_timer(
 
     def median_ms(run: Callable[[], object], flush_first: bool) -> float:
         """Median of ``reps`` CUDA-event timings of ``run``, each after an untimed L2 flush if ``flush_first``."""
-        events = []
-        for _ in range(reps):
-            if flush_first and flush is not None:
-                flush()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            events.append((start, end))
-        torch.cuda.synchronize(device)
-        return statistics.median(s.elapsed_time(e) for s, e in events)
+        return statistics.median(flushed_call_times(run, reps, flush if flush_first else None))
 
     def time_ms(fn: Callable[[], object]) -> float:
         for _ in range(warmup):

@@ -33,6 +33,21 @@ class L2Flush:
             torch.amax(self.buffer, dim=0, out=self.largest)
 
 
+def flushed_call_times(fn: Callable[[], object], calls: int, flush: Callable[[], None] | None) -> list[float]:
+    """The milliseconds (CUDA events) of ``calls`` calls of ``fn``, each after an untimed ``flush`` (None: none)."""
+    events = []
+    for _ in range(calls):
+        if flush is not None:
+            flush()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        events.append((start, end))
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in events]
+
+
 _read_flushes: dict[torch.device, L2Flush] = {}
 
 
@@ -55,16 +70,7 @@ def do_bench_read_flush(fn: Callable[[], object], warmup: float = 25, rep: float
     estimate_ms = max(start.elapsed_time(end) / 5, 1e-6)
     for _ in range(max(1, int(warmup / estimate_ms))):
         fn()
-    events = []
-    for _ in range(max(1, int(rep / estimate_ms))):
-        flush()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        events.append((start, end))
-    torch.cuda.synchronize()
-    times = torch.tensor([s.elapsed_time(e) for s, e in events], dtype=torch.float64)
+    times = torch.tensor(flushed_call_times(fn, max(1, int(rep / estimate_ms)), flush), dtype=torch.float64)
     if quantiles is None:
         return times.mean().item()
     return torch.quantile(times, torch.tensor(quantiles, dtype=torch.float64)).tolist()
