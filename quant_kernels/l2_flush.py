@@ -57,7 +57,9 @@ def do_bench_read_flush(fn: Callable[[], object], warmup: float = 25, rep: float
     of calls, then ``rep`` ms of timed ones, each after a flush), the L2 flushed by a read instead of its write.
     Milliseconds: the ``quantiles`` of the timed calls, or their mean."""
     device = torch.device("cuda", torch.cuda.current_device())
-    flush = _read_flushes.get(device) or _read_flushes.setdefault(device, L2Flush(device))
+    if device not in _read_flushes:
+        _read_flushes[device] = L2Flush(device)
+    flush = _read_flushes[device]
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
