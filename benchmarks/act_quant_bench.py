@@ -168,10 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     time_ms = make_timer(device, args.warmup, args.reps, True, True, args.in_stream, args.l2_flush)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": torch.cuda.get_device_name(device),
               "versions": library_versions(),
-              "timing": (f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, "
-                         f"{flush_note(args.l2_flush)}" if not args.in_stream
-                         else f"median of {args.reps} after {args.warmup} warmup calls, {flush_note(args.l2_flush)}"
-                         f"{in_stream_note(args.in_stream)}"),
+              "timing": f"median of {args.reps} {'' if args.in_stream else 'CUDA-graph replays '}after "
+                        f"{args.warmup} warmup calls, {flush_note(args.l2_flush)}{in_stream_note(args.in_stream)}",
               "command": command_line("act_quant_bench.py", argv if argv is not None else sys.argv[1:]),
               "rows": [], "configs": {}}
     for m, k in shapes:
