@@ -557,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         DRY_RUN_MS if args.cpu_dry_run else WEIGHT_ONLY_MS)
     if args.in_stream < 0:
         p.error(f"--in_stream takes the calls per graph (0: off), got {args.in_stream}")
+    if args.l2_flush != p.get_default("l2_flush") and not args.flush_l2:
+        p.error(f"--l2_flush {args.l2_flush} says how --flush_l2 flushes: give --flush_l2 too")
     formats = parse_names(args.formats, W4A4_FORMATS, "--formats")
     wo_formats = tuple(parse_names(args.weight_only_formats, FPX_FORMATS + GROUPED_WEIGHT_ONLY,
                                    "--weight_only_formats"))

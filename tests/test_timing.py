@@ -2,6 +2,7 @@
 named in the results' timing text, chosen with --l2_flush; and Triton's do_bench with the read, for the autotuners."""
 
 import argparse
+import os
 
 import pytest
 import torch
@@ -49,6 +50,9 @@ def test_kernel_bench_names_its_flush(cli, tmp_path):
                   "--l2_flush", by, "--out", prefix)
         assert out.returncode == 0, out.stderr
         assert f"L2 flushed by a {by} of 256 MiB before each" in open(prefix + ".md").read()
+    out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--l2_flush", "write", "--out", prefix + "_unflushed")
+    assert out.returncode == 2 and "--l2_flush write says how --flush_l2 flushes: give --flush_l2 too" in out.stderr
+    assert not os.path.exists(prefix + "_unflushed.json")
 
 
 def test_do_bench_read_flush_times_each_call_after_a_read_flush(monkeypatch):
