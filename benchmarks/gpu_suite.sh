@@ -109,7 +109,8 @@
 #   targets_flush  the kernel targets that the L2 flush moves, timed with it by a write (zero_, every result before
 #              2026-12-07) and by a read (the default since): the W4A4 kernels and linears at M = 1 and 16 (INT4, E2M1;
 #              default paths) and FP6 E3M2 weight-only at 128 rows (DTYPE fp16 or bf16 rows), 4096x4096 and 6144x4096
-#              (SHAPES), each inside a stream of 20 calls (issues 9, 10)
+#              (SHAPES), each inside a stream of 20 calls; the first step (380 s) autotunes, the second (200 s)
+#              reads the picks back (issues 9, 10)
 #   autotune_flush  the autotuners' candidates timed after Triton's write flush (PTQ_AUTOTUNE_READ_FLUSH=0, the
 #              default) and after a read (1), each in its own process: FP6 E3M2 weight-only at 64 and 128 rows (MS;
 #              DTYPE fp16 or bf16 rows) at 4096x4096, 6144x4096 and 14336x4096 (SHAPES), timed by a read, the picks
@@ -494,11 +495,13 @@ for section in "$@"; do
         --ms "" --shapes 4096x4096,6144x4096,28672x4096,4096x14336,14336x4096 --weight_only_ms "${MS:-1,64,128}" \
         --weight_only_formats e3m2 --out "$OUT/kernel_bench_fpx_retimed_${GPU}" ;;
     targets_flush)
+      limit=${LIMIT_TARGET_FLUSH:-380}  # the first step autotunes cold: 270 s ran out on an H100 (2026-12-07)
       for flush in write read; do
-        step "${LIMIT_TARGET_FLUSH:-270}" "kernel_bench_targets_flush_$flush" python benchmarks/kernel_bench.py \
+        step "$limit" "kernel_bench_targets_flush_$flush" python benchmarks/kernel_bench.py \
           --flush_l2 --l2_flush "$flush" --in_stream 20 --formats int4,e2m1 --ms 1,16 --default_paths_only \
           --weight_only_ms 128 --weight_only_formats e3m2 --weight_only_dtype "${DTYPE:-fp16}" \
           --shapes "${SHAPES:-4096x4096,6144x4096}" --out "$OUT/kernel_bench_targets_flush_${flush}_${GPU}"
+        limit=${LIMIT_TARGET_FLUSH:-200}
       done ;;
     autotune_flush)
       for read in 0 1; do
