@@ -134,6 +134,9 @@
 #   act_capped the activation kernel's E2M1 per-token pick (one row, 2 warps at K = 4096, 4 at 14336) pinned, uncapped
 #              and with ptxas's register cap at 64, 80 and 96 (act_quant_bench --pin ...,maxnreg=N), every code checked
 #              against the twin: the rejected caps of kernels_h200.md's twenty-first run (issue 9)
+#   act_picks  the activation kernel's picks at 2048 x 4096 (SHAPES), where E2M1's pick differed in each process
+#              that tuned it (1, 4 or 8 warps; 12.0-14.5 us alone, kernels_h200.md's sixty-fifth session): six
+#              configs pinned, E2M1 and INT4 (FORMATS), timed alone and in a stream of 20, by a read (issue 9)
 #   prefill    W4A8 / W8A8 (300 rows among them) and the int8 path's linears (INT4 and E2M1 weights) checked against
 #              their twins, each check under its own limit (the linears' autotuning filled 200 s before), then
 #              W4A4 linears at prefill sizes (MS, default 256,512,2048,8192; ELEMENT int4 or e2m1 weights; ACTIVATIONS
@@ -426,6 +429,16 @@ for section in "$@"; do
       step "${LIMIT_ACT_PIN:-150}" act_quant_capped_14336 python benchmarks/act_quant_bench.py --formats e2m1 \
         --no_fp8_codes --shapes 8192x14336,2048x14336 --out "$OUT/act_quant_capped_14336_${GPU}" \
         --pin "$row,num_warps=4;$row,num_warps=4,maxnreg=64;$row,num_warps=4,maxnreg=80;$row,num_warps=4,maxnreg=96" ;;
+    act_picks)
+      row="BLOCK_M=1,CHUNK=0,ROW_STEPS=1,SPLIT=0"
+      picks="$row,num_warps=1;$row,num_warps=2;$row,num_warps=4;$row,num_warps=8"
+      picks="$picks;BLOCK_M=1,CHUNK=0,ROW_STEPS=4,SPLIT=0,num_warps=8;BLOCK_M=2,CHUNK=0,ROW_STEPS=1,SPLIT=0,num_warps=4"
+      for timing in alone in_stream; do
+        step "${LIMIT_ACT_PIN:-150}" "act_quant_picks_$timing" python benchmarks/act_quant_bench.py \
+          --formats "${FORMATS:-e2m1,int4}" --no_fp8_codes --shapes "${SHAPES:-2048x4096}" \
+          --in_stream "$([ $timing = in_stream ] && echo 20 || echo 0)" --pin "$picks" \
+          --out "$OUT/act_quant_picks_${timing}_${GPU}"
+      done ;;
     prefill)
       step "${LIMIT_PREFILL_DECODE_CHECK:-120}" kernel_check_int8_decode python benchmarks/kernel_check.py \
         --only int8_decode --out "$OUT/kernel_check_int8_decode_prefill_${GPU}"
@@ -594,6 +607,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done
