@@ -10,7 +10,10 @@ HEAD~3:quant_kernels/act_quant.py > /tmp/old.py``; its relative imports are made
 same process, with the same timer. ``--static_tensor_amax`` also times NVFP4 with a calibrated tensor amax (x's
 own, taken before timing; the current version only), which reads x once where its own absmax takes a launch of its
 own. ``--in_stream R`` times each call, and the copy, inside a CUDA graph of R calls (a lone replay's launch
-latency, several microseconds at 2048 rows, drops out, as inside a captured model step). The autotuned configs are
+latency, several microseconds at 2048 rows, drops out, as inside a captured model step; and each call pays for the
+lines it leaves dirty, which the next flush drains: replayed alone after a read, a copy of 2048 x 4096 left its 16.8
+MB of writes in the L2 unpaid, 12.8-13.0 us on an H100 against 16.1-16.4 in a stream or after a write, so the share
+of copy alone understates a kernel that writes a quarter as much). The autotuned configs are
 listed per key. ``--pin`` times one config (every ``_act_quant_kernel`` config
 field and num_warps, optionally maxnreg, e.g. ``BLOCK_M=1,CHUNK=0,ROW_STEPS=4,SPLIT=0,num_warps=8``) in every
 version instead of each tuner's pick: the picks alone moved the same kernel's share of copy by about +-5 points
