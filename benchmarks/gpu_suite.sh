@@ -115,6 +115,9 @@
 #              default) and after a read (1), each in its own process: FP6 E3M2 weight-only at 64 and 128 rows (MS;
 #              DTYPE fp16 or bf16 rows) at 4096x4096, 6144x4096 and 14336x4096 (SHAPES), timed by a read, the picks
 #              named (issue 10: the picks were not the fastest tiles in the sweeps)
+#   autotune_flush_w4a4  the same for the W4A4 decode kernels (default paths): INT4 and E2M1 (FORMATS) at 1 and 16
+#              rows (MS) at the four Llama-3-8B shapes (SHAPES), timed by a read in a stream of 20, the picks named:
+#              issue 9's 3x at M <= 16 by a read, whose 4096 x 14336 and 14336 x 4096 rows were last timed by a write
 #   ws_probe   the warp-specialization probe (ws_tile_probe.py): INT4 and FP6 E3M2 weight-only on split layouts,
 #              Triton's warp-specialized loop against the same kernel unspecialized, the library's weight-only product
 #              and cuBLAS bf16 at 64 and 128 rows (MS) of 4096 x 4096, 6144 x 4096 (where FP6 trails bf16 on the H100)
@@ -524,6 +527,14 @@ for section in "$@"; do
           --shapes "${SHAPES:-4096x4096,6144x4096,14336x4096}" \
           --out "$OUT/kernel_bench_fpx_autotune_read_flush_${read}_${GPU}"
       done ;;
+    autotune_flush_w4a4)
+      for read in 0 1; do
+        step "${LIMIT_AUTOTUNE_FLUSH:-270}" "kernel_bench_w4a4_autotune_read_flush_$read" \
+          env PTQ_AUTOTUNE_READ_FLUSH=$read python benchmarks/kernel_bench.py --flush_l2 --in_stream 20 \
+          --formats "${FORMATS:-int4,e2m1}" --ms "${MS:-1,16}" --default_paths_only --weight_only_ms "" \
+          --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" \
+          --out "$OUT/kernel_bench_w4a4_autotune_read_flush_${read}_${GPU}"
+      done ;;
     ws_probe)
       step "${LIMIT_WS_PROBE:-420}" ws_tile_probe python benchmarks/ws_tile_probe.py --ms "${MS:-64,128}" \
         --shapes "${SHAPES:-4096x4096,6144x4096,14336x4096}" --out "$OUT/ws_tile_probe_${GPU}" ;;
@@ -607,6 +618,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done
