@@ -20,8 +20,9 @@ def flush_note(by: str) -> str:
 def add_l2_flush_argument(parser: argparse.ArgumentParser) -> None:
     """``--l2_flush {read,write}``: how the timers flush the L2 (``L2Flush``)."""
     parser.add_argument("--l2_flush", default="read", choices=L2_FLUSHES,
-                        help="flush the L2 by reading a 256 MiB buffer (default: clean lines, as a model step's "
-                             "weight reads leave it) or by writing it (zero_, as Triton's do_bench: dirty lines "
+                        help=f"flush the L2 by reading a {L2_FLUSH_BYTES // 2**20} MiB buffer (default: clean lines, "
+                             "as a model step's weight reads leave it) or by writing it (zero_, as Triton's do_bench: "
+                             "dirty lines "
                              "whose write-backs the timed kernel shares DRAM with; earlier results used it; in a "
                              "stream it also credits a kernel that leaves DRAM idle with the write-backs that drain "
                              "while it runs)")
