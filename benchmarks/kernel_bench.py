@@ -9,13 +9,15 @@ before every repetition):
   timed; M is padded to a multiple of 16, as the row-wise kernels need);
 * ``int4``, ``e2m1`` (per-token activations x per-channel weights), ``nvfp4`` and
   ``mxfp4`` (16 / 32-element groups on both sides): our W4A4 GEMM alone (``gemm``: the
-  decode kernels of ``w4a4_gemv`` at the rows they take with per-row scales, up to 64, else
-  ``w4a4_gemm``'s tensor-core kernel on the packed codes, split-K at M <= 16, named ``packed gemm``)
+  decode kernels of ``w4a4_gemv`` at the rows they take with per-row scales, up to 64, on the codes
+  ``w4a4_linear`` writes for them (E4M3 planes for E2M1 weights at the tensor-core rows on a GPU, else dp4a
+  bytes), else ``w4a4_gemm``'s tensor-core kernel on the packed codes, split-K at M <= 16, named ``packed gemm``)
   and after the activation-quantization kernel (``quant+gemm``); where the decode kernel ran, also
-  the packed one (``dot gemm``), for comparison. ``w4a4_linear`` takes the packed kernel only in
-  float32 and for elements the other paths do not take: above the decode rows INT4 and E2M1 take the
-  int8, e4m3 or FP8 path, and the group-scaled formats take the dequantized path at every M (activations
-  dequantized to bfloat16, then the weight-only product); that linear is timed beside the packed kernel
+  the packed one (``dot gemm``) and, on E4M3 planes, the same kernel on dp4a bytes (``dp4a gemm``), for
+  comparison. ``w4a4_linear`` takes the packed kernel only in float32 and for elements the other paths do
+  not take: above the decode rows INT4 and E2M1 take the int8, e4m3 or FP8 path, and the group-scaled
+  formats take the dequantized path at every M (activations dequantized to bfloat16, then the weight-only
+  product); that linear is timed beside the packed kernel
   (``<path> quant+gemm (default)``; ``benchmarks/prefill_bench.py`` times the int8 path's forms);
 * for ``int4`` and ``e2m1``, the FP8 path (``quant_kernels.fp8_gemm``): cuBLAS's FP8 GEMM on
   codes widened to E4M3 alone (``fp8 gemm``, weight widened beforehand), with the weight
@@ -161,6 +163,24 @@ def check_gemm(a: tuple, w: tuple, spec: dict) -> str:
     return "ok" if err <= 1e-5 else f"MISMATCH rel err {err:.1e}"
 
 
+def decode_gemm(x: torch.Tensor, wq: tuple, element: str, form: tuple[str, bool]) -> tuple[functools.partial, str]:
+    """The decode kernel's product (bfloat16 out) of x's per-token codes in ``form``, (dp4a_for, fp8_codes) as
+    ``decode_codes_form`` gives the one ``w4a4_linear`` writes (on a GPU, E4M3 planes for E2M1 weights at the
+    tensor-core rows; else the dp4a bytes for ``element``), and its check: every row's fp32 product against the
+    twin's, within 1e-5 of the largest."""
+    from quant_kernels.w4a4_gemv import w4a4_gemv_triton  # late: builds Triton kernels (see main)
+
+    dp4a_for, fp8_codes = form
+    codes = quant_kernels.quantize_activations(x, element, dp4a_for=dp4a_for, fp8_codes=fp8_codes, backend="triton")
+    product = functools.partial(w4a4_gemv_triton, *codes, *wq, a_element=element, w_element=element)
+    want = reference.w4a4_matmul_ref(*reference.quantize_activations_ref(x, element, 0, "float"), *wq,
+                                     a_element=element, w_element=element, out_dtype=torch.float32)
+    err = ((product(out_dtype=torch.float32) - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
+    form = "E4M3 planes" if fp8_codes else "dp4a bytes"
+    return (functools.partial(product, out_dtype=torch.bfloat16),
+            f"ok on {form}" if err <= 1e-5 else f"MISMATCH on {form}, rel err {err:.1e}")
+
+
 def path_errors(x: torch.Tensor, wq: tuple, a_element: str, w_element: str, path: str, floor: float, group: int = 0,
                 kind: str = "float") -> tuple[float, float]:
     """``w4a4_linear`` on ``path`` (bfloat16 out; scales per ``group`` codes of ``kind`` on both sides) against the
@@ -287,7 +307,7 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
     """Every GEMM of one (N, K, M): the bf16 and fp8 baselines first, then the W4A4 formats: the kernel each takes by
     default and its whole linear, then (``alternatives``) the other kernels and paths the format could take."""
     from quant_kernels.w4a4_gemm import takes_gemv, w4a4_matmul_triton  # late: builds Triton kernels (see main)
-    from quant_kernels.w4a4_gemv import TC_MAX_M, w4a4_gemv_triton
+    from quant_kernels.w4a4_gemv import TC_MAX_M
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) * 0.02
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None  # picks the default path there
@@ -310,10 +330,10 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
                            check_gemm(aq, wq, spec)])
         weight_bytes = wq[0].numel() + 4 * wq[1].numel()
         decode = takes_gemv(m, k, group, group, w_element=element)
-        if decode:  # a decode kernel (CUDA-core, or tensor-core for INT4 and E2M1 weights), on the activation kernel's bytes
-            a_bytes = quant_kernels.quantize_activations(x, element, dp4a_for=element, backend="triton")
-            gemm = functools.partial(w4a4_gemv_triton, *a_bytes, *wq, a_element=element, w_element=element,
-                                     out_dtype=torch.bfloat16)
+        if decode:  # a decode kernel (CUDA-core, or tensor-core for INT4 and E2M1 weights), on the linear's codes
+            form = quant_kernels.decode_codes_form(element, m, gpu is not None)
+            gemm, decode_check = decode_gemm(x, wq, element, form)
+            check = f"{check}, {decode_check}"
         else:
             gemm = functools.partial(quant_kernels.w4a4_matmul, *aq, *wq, out_dtype=torch.bfloat16, backend="triton",
                                      **spec)
@@ -336,6 +356,10 @@ def bench_shape(n: int, k: int, m: int, device: torch.device, time_ms, formats: 
             rows.append(row(n, m, k, f"{name} {other} quant+gemm", time_ms(  # one, either side of MX_FP8_MIN_ROWS
                 functools.partial(linear, path=other)), weight_bytes,
                 check_default_path(x, wq, element, group, kind, other)))
+        if decode and alternatives and form[1]:
+            bytes_gemm, bytes_check = decode_gemm(x, wq, element, (element, False))
+            rows.append(row(n, m, k, f"{name} dp4a gemm", time_ms(bytes_gemm), weight_bytes, bytes_check))
+            rows[-1]["config"] = tuned_config(m, k, group, w_element=element)
         if decode and alternatives:
             dot = functools.partial(w4a4_matmul_triton, out_dtype=torch.bfloat16, gemv=False, **spec)
             rows.append(row(n, m, k, f"{name} dot gemm", time_ms(lambda: dot(*aq, *wq)), weight_bytes))

@@ -313,6 +313,32 @@ def test_kernel_bench_checks_the_default_paths_against_the_twin(monkeypatch):
         assert check_default_path(*operands[name], *W4A4_FORMATS[name], "dequantized").startswith("MISMATCH"), name
 
 
+def test_kernel_bench_times_the_decode_kernel_on_the_codes_the_linear_writes(monkeypatch):
+    """kernel_bench's decode GEMM row: E2M1 weights at the tensor-core rows on E4M3 planes when on a GPU (the
+    codes ``w4a4_linear`` writes there), on dp4a bytes otherwise and for INT4, each product checked on every row
+    against the twin, the bfloat16 one timed; a twin off by 5 % is caught."""
+    import quant_kernels
+    from benchmarks.kernel_bench import W4A4_FORMATS, decode_gemm
+    from quant_kernels import reference
+
+    gen = torch.Generator().manual_seed(4)
+    x, w = torch.randn(16, 128, generator=gen), torch.randn(24, 128, generator=gen) * 0.05
+    for element, on_gpu, form in (("e2m1", True, "E4M3 planes"), ("e2m1", False, "dp4a bytes"),
+                                  ("int4", True, "dp4a bytes")):
+        wq = quant_kernels.quantize_activations(w, *W4A4_FORMATS[element], backend="torch")
+        product, check = decode_gemm(x, wq, element, quant_kernels.decode_codes_form(element, 16, on_gpu))
+        assert check == f"ok on {form}", (element, on_gpu)
+        codes = product.args[0]
+        assert codes.dtype == (torch.float8_e4m3fn if form == "E4M3 planes" else torch.int8)
+        want = reference.w4a4_matmul_ref(*reference.quantize_activations_ref(x, element, 0, "float"), *wq,
+                                         a_element=element, w_element=element, out_dtype=torch.float32)
+        got = product()
+        assert got.dtype == torch.bfloat16 and torch.allclose(got.float(), want, rtol=1e-2, atol=1e-3)
+    ref = reference.w4a4_matmul_ref
+    monkeypatch.setattr(reference, "w4a4_matmul_ref", lambda *a, **k: ref(*a, **k) * 1.05)
+    assert decode_gemm(x, wq, "int4", ("int4", False))[1].startswith("MISMATCH on dp4a bytes")
+
+
 def test_ws_tile_probe_layouts_by_hand():
     """The warp-specialization probe's layouts: the low four bits in halves (in each 128 codes, byte j holds code j low
     and code 64 + j high), FP6's top two bits in quarters (in each 256 codes, byte j holds those of codes j, 64 + j,
