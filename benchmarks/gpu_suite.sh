@@ -115,9 +115,10 @@
 #              default) and after a read (1), each in its own process: FP6 E3M2 weight-only at 64 and 128 rows (MS;
 #              DTYPE fp16 or bf16 rows) at 4096x4096, 6144x4096 and 14336x4096 (SHAPES), timed by a read, the picks
 #              named (issue 10: the picks were not the fastest tiles in the sweeps)
-#   autotune_flush_w4a4  the same for the W4A4 decode kernels (default paths): INT4 and E2M1 (FORMATS) at 1 and 16
-#              rows (MS) at the four Llama-3-8B shapes (SHAPES), timed by a read in a stream of 20, the picks named:
-#              issue 9's 3x at M <= 16 by a read, whose 4096 x 14336 and 14336 x 4096 rows were last timed by a write
+#   autotune_flush_w4a4  the same for the W4A4 decode kernels (default paths), one flag a call (READ_FLUSH, 1 by
+#              default; tuning cold, both in one call's 540 s got through one shape, 2026-12-07): INT4 and E2M1
+#              (FORMATS) at 1 and 16 rows (MS) at the four Llama-3-8B shapes (SHAPES), timed by a read in a stream of
+#              20, the picks named (issue 9's 3x at M <= 16 by a read)
 #   ws_probe   the warp-specialization probe (ws_tile_probe.py): INT4 and FP6 E3M2 weight-only on split layouts,
 #              Triton's warp-specialized loop against the same kernel unspecialized, the library's weight-only product
 #              and cuBLAS bf16 at 64 and 128 rows (MS) of 4096 x 4096, 6144 x 4096 (where FP6 trails bf16 on the H100)
@@ -528,13 +529,12 @@ for section in "$@"; do
           --out "$OUT/kernel_bench_fpx_autotune_read_flush_${read}_${GPU}"
       done ;;
     autotune_flush_w4a4)
-      for read in 0 1; do
-        step "${LIMIT_AUTOTUNE_FLUSH:-270}" "kernel_bench_w4a4_autotune_read_flush_$read" \
-          env PTQ_AUTOTUNE_READ_FLUSH=$read python benchmarks/kernel_bench.py --flush_l2 --in_stream 20 \
-          --formats "${FORMATS:-int4,e2m1}" --ms "${MS:-1,16}" --default_paths_only --weight_only_ms "" \
-          --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" \
-          --out "$OUT/kernel_bench_w4a4_autotune_read_flush_${read}_${GPU}"
-      done ;;
+      read=${READ_FLUSH:-1}
+      step "${LIMIT_AUTOTUNE_FLUSH:-560}" "kernel_bench_w4a4_autotune_read_flush_$read" \
+        env PTQ_AUTOTUNE_READ_FLUSH="$read" python benchmarks/kernel_bench.py --flush_l2 --in_stream 20 \
+        --formats "${FORMATS:-int4,e2m1}" --ms "${MS:-1,16}" --default_paths_only --weight_only_ms "" \
+        --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" \
+        --out "$OUT/kernel_bench_w4a4_autotune_read_flush_${read}_${GPU}" ;;
     ws_probe)
       step "${LIMIT_WS_PROBE:-420}" ws_tile_probe python benchmarks/ws_tile_probe.py --ms "${MS:-64,128}" \
         --shapes "${SHAPES:-4096x4096,6144x4096,14336x4096}" --out "$OUT/ws_tile_probe_${GPU}" ;;

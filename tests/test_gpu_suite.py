@@ -27,20 +27,32 @@ def test_every_section_is_described_and_listed(tmp_path):
     assert "unknown section no_such_section" in done.stderr and sorted(listed) == sorted(labels)
 
 
+def stubbed_steps(tmp_path, section: str, **env) -> list[tuple[str, str, str]]:
+    """(step, limit, PTQ_AUTOTUNE_READ_FLUSH) of each step ``section`` runs, with a ``python`` that only reports
+    that flag (offline: no benchmark runs)."""
+    stub = tmp_path / "bin"
+    stub.mkdir(exist_ok=True)
+    (stub / "python").write_text('#!/bin/sh\necho "read flush: ${PTQ_AUTOTUNE_READ_FLUSH:-unset}"\n')
+    (stub / "python").chmod(0o755)
+    done = subprocess.run(["bash", SUITE, section], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
+                               "TRITON_CACHE_DIR": str(tmp_path / "cache"), **env})
+    assert done.returncode == 0, done.stderr
+    steps = re.findall(r"^== (\w+) \(limit (\d+)s\)$", done.stdout, re.MULTILINE)
+    flags = [open(tmp_path / "out" / f"{name}.log").read().split(": ")[1].strip() for name, _ in steps]
+    return [(name, limit, flag) for (name, limit), flag in zip(steps, flags)]
+
+
 def test_targets_flush_gives_the_cold_first_step_the_longer_limit(tmp_path):
     """The first flush's step autotunes from cold (270 s ran out on an H100), the second reads the picks back."""
-    stub = tmp_path / "bin"
-    stub.mkdir()
-    (stub / "python").write_text("#!/bin/sh\nexit 0\n")
-    (stub / "python").chmod(0o755)
+    assert stubbed_steps(tmp_path, "targets_flush") == [("kernel_bench_targets_flush_write", "380", "unset"),
+                                                        ("kernel_bench_targets_flush_read", "200", "unset")]
+    assert [limit for _, limit, _ in stubbed_steps(tmp_path, "targets_flush", LIMIT_TARGET_FLUSH="90")] == ["90", "90"]
 
-    def limits(**env):
-        done = subprocess.run(["bash", SUITE, "targets_flush"], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
-                                   "TRITON_CACHE_DIR": str(tmp_path / "cache"), **env})
-        assert done.returncode == 0, done.stderr
-        return re.findall(r"^== (kernel_bench_targets_flush_\w+) \(limit (\d+)s\)$", done.stdout, re.MULTILINE)
 
-    assert limits() == [("kernel_bench_targets_flush_write", "380"), ("kernel_bench_targets_flush_read", "200")]
-    assert limits(LIMIT_TARGET_FLUSH="90") == [("kernel_bench_targets_flush_write", "90"),
-                                               ("kernel_bench_targets_flush_read", "90")]
+def test_autotune_flush_w4a4_tunes_by_one_flush_a_call(tmp_path):
+    """Tuning the W4A4 decode kernels cold by both flushes overran one call (270 s each got through one shape): one
+    step a call, by a read unless READ_FLUSH names the write."""
+    assert stubbed_steps(tmp_path, "autotune_flush_w4a4") == [("kernel_bench_w4a4_autotune_read_flush_1", "560", "1")]
+    assert stubbed_steps(tmp_path, "autotune_flush_w4a4", READ_FLUSH="0", LIMIT_AUTOTUNE_FLUSH="300") == [
+        ("kernel_bench_w4a4_autotune_read_flush_0", "300", "0")]
