@@ -70,6 +70,10 @@ INTERPRET_SPLIT = False
 # autotuned for plain x), and the count the interpreter uses for plain x (tests set it).
 ROW_STEP_COUNTS = (4, 16)
 INTERPRET_ROW_STEPS = 1
+# The most rows (M bucket) a program of one warp is tuned for: at 2048 x 4096 on the H100 it ran 17-25 % slower than
+# 4 warps, INT4 and E2M1, alone and in a stream, and one tuning process of three picked it there
+# (``benchmarks/results/act_quant_picks_{alone,in_stream}_read_s66_h100.md``).
+ONE_WARP_MAX_M = 1024
 # The narrowest power-of-two piece a per-token row is held in (``row_pieces``): a whole number of dp4a words and of
 # 16-byte loads a thread.
 MIN_PIECE = 128
@@ -764,8 +768,9 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
     prologue; configs of several row blocks a program (``ROW_STEPS``) for plain x (no rotation, no prologue, not the
     amax launch) and at least that many rows, on 16 warps only for blocks of 8K elements or more (at K = 14336
     16 warps' registers hold a row twice, the current block and the next, where 8 warps' hold it once); on one or
-    two warps up to 128 elements a thread (a row a warp reduces its absmax without a barrier). Rows split among
-    programs (``SPLIT``) are plain per-token rows wider than the chunk, at most SPLIT_MAX_M of them.
+    two warps up to 128 elements a thread (a row a warp reduces its absmax without a barrier), on one only up to
+    ONE_WARP_MAX_M rows. Rows split among programs (``SPLIT``) are plain per-token rows wider than the chunk, at
+    most SPLIT_MAX_M of them.
     """
     args = {**named_args, **kwargs}
     whole = [c for c in configs if c.kwargs["CHUNK"] == 0 and c.kwargs["ROW_STEPS"] == 1]
@@ -784,7 +789,8 @@ def _prune_tiles(configs: list[triton.Config], named_args: dict, **kwargs) -> li
              and (c.kwargs["CHUNK"] == 0 or (chunkable and c.kwargs["CHUNK"] < args["BLOCK_K"]))
              and (c.kwargs["ROW_STEPS"] == 1 or plain)
              and (c.kwargs["ROW_STEPS"] == 1 or c.num_warps < 16 or c.kwargs["BLOCK_M"] * args["BLOCK_K"] >= 8192)
-             and (c.num_warps >= 4 or c.kwargs["BLOCK_M"] * args["BLOCK_K"] <= 128 * 32 * c.num_warps)]
+             and (c.num_warps >= 4 or c.kwargs["BLOCK_M"] * args["BLOCK_K"] <= 128 * 32 * c.num_warps)
+             and (c.num_warps > 1 or args["M_BUCKET"] <= ONE_WARP_MAX_M)]
     return kept or [c for c in whole if c.kwargs["BLOCK_M"] == 1]
 
 

@@ -1262,6 +1262,10 @@ def test_activation_tiles_tuned_on_a_gpu_fit_the_rows_and_registers():
     assert {(c.kwargs["BLOCK_M"], c.kwargs["CHUNK"], c.kwargs["ROW_STEPS"]) for c in per_token} == {
         (1, 0, 1), (2, 0, 1), (4, 0, 1), (8, 0, 1), (1, 2048, 1), (2, 2048, 1), (4, 2048, 1),  # 4096-wide chunks:
         (1, 0, 4), (2, 0, 4), (1, 0, 16), (2, 0, 16)}                                          # the whole row
+    # One warp a row up to ONE_WARP_MAX_M rows (at K = 4096, 128 elements a thread), two at any count.
+    warps = {m: {c.num_warps for c in pruned(m, 0, 4096)} for m in (1, act_quant.ONE_WARP_MAX_M, 2048, 4096)}
+    assert warps[1] >= {1, 2} and 1 in warps[act_quant.ONE_WARP_MAX_M] and 1 not in warps[2048] | warps[4096]
+    assert 2 in warps[4096] and 1 not in {c.num_warps for c in pruned(1, 0, 16384)}
     # Row blocks walked in turn: plain x only, and no more rows than the bucket holds.
     assert {c.kwargs["ROW_STEPS"] for c in pruned(4, 0, 4096)} == {1, 4}
     assert {c.kwargs["ROW_STEPS"] for c in pruned(2, 0, 4096) + pruned(4096, 0, 4096, amax_only=True)
