@@ -176,9 +176,9 @@ def decode_gemm(x: torch.Tensor, wq: tuple, element: str, form: tuple[str, bool]
     want = reference.w4a4_matmul_ref(*reference.quantize_activations_ref(x, element, 0, "float"), *wq,
                                      a_element=element, w_element=element, out_dtype=torch.float32)
     err = ((product(out_dtype=torch.float32) - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()
-    form = "E4M3 planes" if fp8_codes else "dp4a bytes"
+    named = "E4M3 planes" if fp8_codes else "dp4a bytes"
     return (functools.partial(product, out_dtype=torch.bfloat16),
-            f"ok on {form}" if err <= 1e-5 else f"MISMATCH on {form}, rel err {err:.1e}")
+            f"ok on {named}" if err <= 1e-5 else f"MISMATCH on {named}, rel err {err:.1e}")
 
 
 def path_errors(x: torch.Tensor, wq: tuple, a_element: str, w_element: str, path: str, floor: float, group: int = 0,
