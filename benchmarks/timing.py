@@ -17,6 +17,14 @@ def flush_note(by: str) -> str:
     return f"L2 flushed by a {by} of {L2_FLUSH_BYTES // 2**20} MiB"
 
 
+def replay_note(reps: int, warmup: int, flush_by: str, on_cpu: bool = False) -> str:
+    """The timing text of a benchmark that times CUDA-graph replays with the L2 flushed ``flush_by`` (or, ``on_cpu``,
+    runs under the Triton interpreter, which measures no speed)."""
+    if on_cpu:
+        return "CPU, Triton interpreter: not a speed measurement"
+    return f"median of {reps} CUDA-graph replays after {warmup} warmup calls, {flush_note(flush_by)}"
+
+
 def add_l2_flush_argument(parser: argparse.ArgumentParser) -> None:
     """``--l2_flush {read,write}``: how the timers flush the L2 (``L2Flush``)."""
     parser.add_argument("--l2_flush", default="read", choices=L2_FLUSHES,

@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_bench import LLAMA3_8B_SHAPES, counts, fpx_weight, parse_names, parse_shapes  # noqa: E402
 from benchmarks.result_files import command_line, markdown_header, write_result_files  # noqa: E402
-from benchmarks.timing import add_l2_flush_argument, flush_note, make_timer  # noqa: E402
+from benchmarks.timing import add_l2_flush_argument, make_timer, replay_note  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
 from quant_layers.packing import unpack_planes  # noqa: E402
 
@@ -286,9 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(device),
               "versions": library_versions(),
-              "timing": f"median of {args.reps} CUDA-graph replays after {args.warmup} warmup calls, "
-                        f"{flush_note(args.l2_flush)}" if not args.cpu_dry_run
-                        else "CPU, Triton interpreter: not a speed measurement",
+              "timing": replay_note(args.reps, args.warmup, args.l2_flush, args.cpu_dry_run),
               "command": command_line("ws_tile_probe.py", argv if argv is not None else sys.argv[1:]),
               "rows": []}
     configs, result["liveness"] = live_configs(configs, args.cpu_dry_run, args.liveness_timeout)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from benchmarks.timing import L2_FLUSH_BYTES, L2Flush, add_l2_flush_argument, flush_note, make_timer
+from benchmarks.timing import L2_FLUSH_BYTES, L2Flush, add_l2_flush_argument, flush_note, make_timer, replay_note
 from quant_kernels import l2_flush
 
 
@@ -40,6 +40,12 @@ def test_the_flag_defaults_to_a_read_and_refuses_other_words(capsys):
         parser.parse_args(["--l2_flush", "zero"])
     assert "invalid choice: 'zero'" in capsys.readouterr().err
     assert flush_note("read") == "L2 flushed by a read of 256 MiB"
+
+
+def test_replay_note_names_the_replays_and_the_flush_or_no_measurement():
+    want = "median of 30 CUDA-graph replays after 5 warmup calls, L2 flushed by a write of 256 MiB"
+    assert replay_note(30, 5, "write") == want
+    assert replay_note(30, 5, "read", on_cpu=True) == "CPU, Triton interpreter: not a speed measurement"
 
 
 def test_kernel_bench_names_its_flush(cli, tmp_path):
