@@ -11,6 +11,14 @@ kernel's one-dot FP8 form on E4M3 activation planes in INT4 weights' order (the 
 accumulating in wgmma, its wgmmas left in flight), alone and after the activation kernel that writes the planes.
 
     python benchmarks/decode_rows_bench.py --out benchmarks/results/decode_rows_h200
+
+``--tc_sweep`` times instead every config of the tensor-core decode kernel that fits the weights, fixed, at each
+shape and row count (on the codes the linear writes: E4M3 planes for E2M1 weights), without a residual, with one
+(``--residual 1``: a model's o_proj and down_proj add theirs, a tuning key of its own) or both, the autotuner's pick
+marked: the evidence for ``w4a4_gemv.PINNED_TC_CONFIGS``, whose picks one tuning process may draw differently from
+the next:
+
+    python benchmarks/decode_rows_bench.py --tc_sweep --ms 16 --residual both --out benchmarks/results/tc_sweep_h100
 """
 
 from __future__ import annotations
@@ -73,6 +81,79 @@ def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = 
     return row
 
 
+def tuned_tc_pick(call) -> object:
+    """The tensor-core decode kernel's autotuned (or pinned) config after ``call``, its autotuned launch, ran; None
+    under the interpreter, which runs a fixed config."""
+    from quant_kernels import w4a4_gemv
+
+    call()
+    return None if w4a4_gemv.INTERPRET else w4a4_gemv._tc_autotuned.best_config
+
+
+def tc_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element: str = "int4",
+             residual: bool = False) -> list[dict]:
+    """Every tensor-core decode config that fits the weights (``w4a4_gemv.TC_CONFIGS``, ``tc_config_fits``) at M x N
+    x K, fixed, on the codes ``w4a4_linear`` writes for them (``decode_codes_form``: E4M3 planes for E2M1 weights on a
+    GPU, else dp4a bytes), bfloat16 out, with a residual added (``residual``, as a model's o_proj and down_proj add
+    theirs: another tuning key) or not. Rows, bf16's first, then the configs fastest first: µs, weight GB/s, the ratio
+    to bf16, the largest error of the fp32 product against the twin's over its largest output, and whether the
+    autotuner (or ``PINNED_TC_CONFIGS``) picked it."""
+    import triton
+
+    import quant_kernels
+    from benchmarks.kernel_bench import described
+    from quant_kernels import reference, w4a4_gemv
+
+    x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
+    w16 = torch.randn(n, k, dtype=torch.bfloat16, device=device) * 0.02
+    w_packed, w_scale = quant_kernels.quantize_activations(w16, element, backend="triton")
+    dp4a_for, fp8_codes = quant_kernels.decode_codes_form(element, m, device.type == "cuda")
+    codes = quant_kernels.quantize_activations(x, element, dp4a_for=dp4a_for, fp8_codes=fp8_codes, backend="triton")
+    added = torch.randn(m, n, dtype=torch.bfloat16, device=device) if residual else None
+    want = reference.w4a4_matmul_ref(*reference.quantize_activations_ref(x, element, 0, "float"), w_packed, w_scale,
+                                     a_element=element, w_element=element, out_dtype=torch.float32)
+    product = functools.partial(w4a4_gemv.w4a4_gemv_triton, *codes, w_packed, w_scale, a_element=element,
+                                w_element=element, tensor_cores=True)
+    pick = tuned_tc_pick(lambda: product(out_dtype=torch.bfloat16, residual=added))
+    shape = dict(n=n, k=k, m=m, element=element, codes="E4M3 planes" if fp8_codes else "dp4a bytes",
+                 residual=residual)
+    bf16_ms = time_ms(lambda: x @ w16.T)
+    weight_bytes = w_packed.numel() + 4 * w_scale.numel()
+    timed = []
+    for bn, bkb, split, warps, stages in w4a4_gemv.TC_CONFIGS:
+        if not w4a4_gemv.tc_config_fits(bn, warps, element == "e2m1" or fp8_codes):
+            continue
+        config = triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=warps, num_stages=stages)
+        got = product(out_dtype=torch.float32, config=config)
+        ms = time_ms(lambda config=config: product(out_dtype=torch.bfloat16, residual=added, config=config))
+        timed.append(dict(shape, config=described(config), pick=pick is not None and described(pick) == described(
+            config), us=ms * 1e3, gb_s=weight_bytes / ms / 1e6, x_bf16=bf16_ms / ms,
+            rel_err=((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()))
+    return [dict(shape, config="bf16 x @ w.T", pick=False, us=bf16_ms * 1e3, gb_s=2 * n * k / bf16_ms / 1e6,
+                 x_bf16=1.0, rel_err=0.0)] + sorted(timed, key=lambda r: r["us"])
+
+
+def sweep_markdown(result: dict) -> str:
+    """The table of a ``--tc_sweep`` run."""
+    lines = [f"# The tensor-core decode kernel's configs, fixed, in a stream ({result['element'].upper()} x "
+             f"{result['element'].upper()}, per-row scales)", "",
+             f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
+             f"Command: `{result['command']}`", "",
+             f"Median µs of one call in a stream of CUDA-graph calls, the {flush_note(result['l2_flush'])} before "
+             "each; bfloat16 out, with a residual added where the column says so (a model's o_proj and down_proj "
+             "add theirs: a tuning key of its own). Each shape's bf16 `x @ w.T` first, then every config that fits "
+             "the weights (BLOCK_N x BLOCK_KB, the K split, warps, stages), fastest first; `*` marks the "
+             "autotuner's pick (or `PINNED_TC_CONFIGS`'). GB/s counts the packed weight and its scales. The error "
+             "is the fp32 product's largest against the twin's, over its largest output.", "",
+             "| N x K | M | codes | residual | config | µs | GB/s | x bf16 | error |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['n']}x{r['k']} | {r['m']} | {r['codes']} | {'yes' if r['residual'] else 'no'} | "
+                     f"{'* ' if r['pick'] else ''}{r['config']} | {r['us']:.1f} | {r['gb_s']:.0f} | "
+                     f"{r['x_bf16']:.2f} | {r['rel_err']:.1e} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(result: dict) -> str:
     elements = sorted({r.get("element", "int4").upper() for r in result["rows"]}) or ["INT4"]
     lines = [f"# Decode-sized W4A4 products ({', '.join(f'{e} x {e}' for e in elements)}, per-row scales) "
@@ -111,17 +192,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in_stream", type=int, default=20, help="calls per timed CUDA graph")
     p.add_argument("--element", choices=["int4", "e2m1"], default="int4",
                    help="weight and activation element (E2M1 weights off the tensor-core kernel with PTQ_TC_E2M1=0)")
+    p.add_argument("--tc_sweep", action="store_true",
+                   help="instead, time every tensor-core decode config that fits, fixed, at each shape and row count "
+                        "(TC_MIN_M to TC_MAX_M), the autotuner's pick marked: the evidence for PINNED_TC_CONFIGS")
+    p.add_argument("--residual", default="0", choices=["0", "1", "both"],
+                   help="--tc_sweep: the products without a residual (0, the default), with one added (1: a model's "
+                        "o_proj and down_proj, another tuning key), or both")
     add_l2_flush_argument(p)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
+    from quant_kernels.w4a4_gemv import TC_MAX_M, TC_MIN_M
+
+    if args.tc_sweep and not all(TC_MIN_M <= m <= TC_MAX_M for m in args.ms):
+        p.error(f"--tc_sweep times the tensor-core decode kernel, which takes {TC_MIN_M} to {TC_MAX_M} rows on a "
+                f"GPU: got --ms {','.join(map(str, args.ms))}")
     device, time_ms = gpu_stream_timer(p, args.in_stream, args.l2_flush)
-    result = {**run_header("decode_rows_bench.py", argv, device), "l2_flush": args.l2_flush, "rows": []}
+    result = {**run_header("decode_rows_bench.py", argv, device), "l2_flush": args.l2_flush, "rows": [],
+              "element": args.element}
+    residuals = {"0": [False], "1": [True], "both": [False, True]}[args.residual]
     for n, k in parse_shapes(args.shapes):
         for m in args.ms:
-            result["rows"].append(bench(n, k, m, time_ms, device, args.element))
-            write_result_files(args.out, result, markdown(result))
-            print(result["rows"][-1], flush=True)
-    print(markdown(result))
+            if args.tc_sweep:
+                for residual in residuals:
+                    result["rows"] += tc_sweep(n, k, m, time_ms, device, args.element, residual)
+                    write_result_files(args.out, result, sweep_markdown(result))
+                print(sweep_markdown(result).splitlines()[-1], flush=True)
+            else:
+                result["rows"].append(bench(n, k, m, time_ms, device, args.element))
+                write_result_files(args.out, result, markdown(result))
+                print(result["rows"][-1], flush=True)
+    print(sweep_markdown(result) if args.tc_sweep else markdown(result))
     return 0
 
 

@@ -170,6 +170,11 @@
 #              timed across rows against cuBLAS bf16 and the CUDA-core kernel (issue 9)
 #   tc_decode_model  bf16 / W4A4KV4 compiled CUDA-graph decode at batch 8 and 16, where the products take that
 #              kernel (about 370 s cold, issue 10)
+#   tc_sweep   every tensor-core decode config that fits, fixed, timed by a read in a stream (decode_rows_bench.py
+#              --tc_sweep), INT4 and E2M1 (ELEMENTS) at 16 rows (MS) at the four Llama-3-8B shapes (SHAPES), with and
+#              without a residual (RESIDUAL), the tuner's pick marked: which tiles to pin on the H100, where one
+#              process picked 16 x 256 on 2 warps for INT4 at 4096 x 4096 (7.1 us) and two others 32 x 256 split in two
+#              (7.8-8.0 us) (issue 9: 3x bf16 at M <= 16)
 #   tc_e2m1    E2M1 weights on the tensor-core decode kernel (FP8 E4M3): checked against the twin with
 #              a fixed three-way split, then timed at 8, 16 and 64 rows against cuBLAS bf16 and the path E2M1 takes with
 #              PTQ_TC_E2M1=0 (the CUDA-core kernel to 8 rows, w4a4_gemm above) (issue 9)
@@ -577,6 +582,12 @@ for section in "$@"; do
         --out "$OUT/kernel_check_tc_decode_${GPU}"
       step "${LIMIT_BENCH:-250}" decode_rows python benchmarks/decode_rows_bench.py \
         --shapes 4096x4096,14336x4096,4096x14336 --ms 1,8,16,64 --out "$OUT/decode_rows_${GPU}" ;;
+    tc_sweep)
+      for element in ${ELEMENTS:-int4 e2m1}; do
+        step "${LIMIT_TC_SWEEP:-280}" "tc_sweep_$element" python benchmarks/decode_rows_bench.py --tc_sweep \
+          --element "$element" --ms "${MS:-16}" --residual "${RESIDUAL:-both}" \
+          --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --out "$OUT/tc_sweep_${element}_${GPU}"
+      done ;;
     tc_decode_model)
       step "${LIMIT_MODEL:-540}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes w4a4kv4,bf16 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile --no_eager \
@@ -618,6 +629,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

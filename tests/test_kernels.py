@@ -1812,6 +1812,44 @@ def test_decode_rows_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
     assert "4.0e-07" in text
 
 
+@pytest.mark.parametrize("element", ["int4", "e2m1"])
+def test_decode_rows_bench_sweeps_every_tensor_core_config_that_fits(element, monkeypatch):
+    """decode_rows_bench's ``--tc_sweep`` rows: bf16 first, then each config of TC_CONFIGS that fits the weights
+    (E2M1's on E4M3 planes, as on a GPU: whole warpgroups only), fastest first, each product equal to the twin's, the
+    autotuner's pick marked; with a residual the same configs."""
+    import quant_kernels
+    from benchmarks import decode_rows_bench
+    from quant_kernels import w4a4_gemv
+
+    form = quant_kernels.decode_codes_form
+    monkeypatch.setattr(quant_kernels, "decode_codes_form", lambda e, m, on_gpu: form(e, m, True))
+    fitting = [c for c in w4a4_gemv.TC_CONFIGS if w4a4_gemv.tc_config_fits(c[0], c[3], element == "e2m1")]
+    picked = fitting[-1]
+    monkeypatch.setattr(decode_rows_bench, "tuned_tc_pick", lambda call: triton.Config(
+        dict(BLOCK_N=picked[0], BLOCK_KB=picked[1], SPLIT_K=picked[2]), num_warps=picked[3], num_stages=picked[4]))
+    times = iter(range(100, 0, -1))  # each call timed faster than the one before: the sweep's order reversed
+    torch.manual_seed(0)
+    rows = decode_rows_bench.tc_sweep(64, 512, 16, lambda call: (call(), next(times) / 1e3)[1], torch.device("cpu"),
+                                      element, residual=element == "e2m1")
+    assert rows[0]["config"] == "bf16 x @ w.T" and len(rows) == 1 + len(fitting)
+    assert 1 < len(fitting) < len(w4a4_gemv.TC_CONFIGS) if element == "e2m1" else len(fitting) == len(
+        w4a4_gemv.TC_CONFIGS)
+    assert {r["codes"] for r in rows} == {"E4M3 planes" if element == "e2m1" else "dp4a bytes"}
+    assert [r["us"] for r in rows[1:]] == sorted(r["us"] for r in rows[1:]) and rows[1]["pick"]
+    assert [r["pick"] for r in rows].count(True) == 1 and all(r["rel_err"] <= 1e-5 for r in rows)
+    assert rows[1]["config"].startswith(f"BLOCK_N={picked[0]} BLOCK_KB={picked[1]} SPLIT_K={picked[2]} ")
+    text = decode_rows_bench.sweep_markdown(dict(device="GPU", date="d", versions={}, command="c",
+                                                 l2_flush="read", element=element, rows=rows))
+    residual = "yes" if element == "e2m1" else "no"
+    assert f"| 64x512 | 16 | {rows[1]['codes']} | {residual} | * {rows[1]['config']} | " in text
+
+
+def test_decode_rows_bench_sweeps_only_the_tensor_core_rows(cli, tmp_path):
+    done = cli("benchmarks/decode_rows_bench.py", "--tc_sweep", "--ms", "1,16", "--out", str(tmp_path / "sweep"))
+    assert done.returncode == 2 and "takes 5 to 64 rows on a GPU: got --ms 1,16" in done.stderr
+    assert not (tmp_path / "sweep.json").exists()
+
+
 def test_tensor_core_decode_kernel_tiles_rows_over_its_third_grid_axis():
     """The tensor-core decode kernel launched over three tiles of 16 rows (the last ragged), as prefill_bench
     launches it, the tiles handed out in launch order and GROUP_M = 2 at a time: every fp32 output equals the exact
