@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernel_bench import counts, parse_shapes  # noqa: E402
-from benchmarks.result_files import run_header, write_result_files  # noqa: E402
+from benchmarks.kernel_bench import counts, in_stream_note, parse_shapes  # noqa: E402
+from benchmarks.result_files import markdown_header, run_header, write_result_files  # noqa: E402
 from benchmarks.timing import add_l2_flush_argument, flush_note, gpu_stream_timer  # noqa: E402
 
 
@@ -135,18 +135,16 @@ def tc_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element: str
 
 def sweep_markdown(result: dict) -> str:
     """The table of a ``--tc_sweep`` run."""
-    lines = [f"# The tensor-core decode kernel's configs, fixed, in a stream ({result['element'].upper()} x "
-             f"{result['element'].upper()}, per-row scales)", "",
-             f"Device: {result['device']}. Date: {result['date']}. Versions: {result['versions']}.",
-             f"Command: `{result['command']}`", "",
-             f"Median µs of one call in a stream of CUDA-graph calls, the {flush_note(result['l2_flush'])} before "
-             "each; bfloat16 out, with a residual added where the column says so (a model's o_proj and down_proj "
-             "add theirs: a tuning key of its own). Each shape's bf16 `x @ w.T` first, then every config that fits "
-             "the weights (BLOCK_N x BLOCK_KB, the K split, warps, stages), fastest first; `*` marks the "
-             "autotuner's pick (or `PINNED_TC_CONFIGS`'). GB/s counts the packed weight and its scales. The error "
-             "is the fp32 product's largest against the twin's, over its largest output.", "",
-             "| N x K | M | codes | residual | config | µs | GB/s | x bf16 | error |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    element = result["element"].upper()
+    lines = markdown_header(f"The tensor-core decode kernel's configs, fixed, in a stream ({element} x {element}, "
+                            "per-row scales)", result)
+    lines += ["bfloat16 out, with a residual added where the column says so (a model's o_proj and down_proj add "
+              "theirs: a tuning key of its own). Each shape's bf16 `x @ w.T` first, then every config that fits the "
+              "weights (BLOCK_N x BLOCK_KB, the K split, warps, stages), fastest first; `*` marks the autotuner's "
+              "pick (or `PINNED_TC_CONFIGS`'). GB/s counts the packed weight and its scales. The error is the fp32 "
+              "product's largest against the twin's, over its largest output.", "",
+              "| N x K | M | codes | residual | config | µs | GB/s | x bf16 | error |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['n']}x{r['k']} | {r['m']} | {r['codes']} | {'yes' if r['residual'] else 'no'} | "
                      f"{'* ' if r['pick'] else ''}{r['config']} | {r['us']:.1f} | {r['gb_s']:.0f} | "
@@ -208,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"GPU: got --ms {','.join(map(str, args.ms))}")
     device, time_ms = gpu_stream_timer(p, args.in_stream, args.l2_flush)
     result = {**run_header("decode_rows_bench.py", argv, device), "l2_flush": args.l2_flush, "rows": [],
-              "element": args.element}
+              "element": args.element,
+              "timing": f"median of 20 after 3 warmup calls, the {flush_note(args.l2_flush)} before each"
+                        f"{in_stream_note(args.in_stream)}"}
     residuals = {"0": [False], "1": [True], "both": [False, True]}[args.residual]
     for n, k in parse_shapes(args.shapes):
         for m in args.ms:

@@ -1838,7 +1838,7 @@ def test_decode_rows_bench_sweeps_every_tensor_core_config_that_fits(element, mo
     assert [r["us"] for r in rows[1:]] == sorted(r["us"] for r in rows[1:]) and rows[1]["pick"]
     assert [r["pick"] for r in rows].count(True) == 1 and all(r["rel_err"] <= 1e-5 for r in rows)
     assert rows[1]["config"].startswith(f"BLOCK_N={picked[0]} BLOCK_KB={picked[1]} SPLIT_K={picked[2]} ")
-    text = decode_rows_bench.sweep_markdown(dict(device="GPU", date="d", versions={}, command="c",
+    text = decode_rows_bench.sweep_markdown(dict(device="GPU", date="d", versions={}, command="c", timing="t",
                                                  l2_flush="read", element=element, rows=rows))
     residual = "yes" if element == "e2m1" else "no"
     assert f"| 64x512 | 16 | {rows[1]['codes']} | {residual} | * {rows[1]['config']} | " in text
