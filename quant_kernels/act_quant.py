@@ -70,8 +70,8 @@ INTERPRET_SPLIT = False
 # autotuned for plain x), and the count the interpreter uses for plain x (tests set it).
 ROW_STEP_COUNTS = (4, 16)
 INTERPRET_ROW_STEPS = 1
-# The most rows (M bucket) a program of one warp is tuned for: at 2048 x 4096 on the H100 it ran 17-25 % slower than
-# 4 warps, INT4 and E2M1, alone and in a stream, and one tuning process of three picked it there
+# The most rows (M bucket) a program of one warp is tuned for: at 2048 x 4096 on the H100 it took 1.19-1.36x the time
+# of 4 warps, INT4 and E2M1, alone and in a stream, and one tuning process of three picked it there
 # (``benchmarks/results/act_quant_picks_{alone,in_stream}_read_s66_h100.md``).
 ONE_WARP_MAX_M = 1024
 # The narrowest power-of-two piece a per-token row is held in (``row_pieces``): a whole number of dp4a words and of
