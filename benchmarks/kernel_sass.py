@@ -165,7 +165,7 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...], norm_tail: int = 0):
     from triton.compiler import ASTSource
 
     from quant_kernels.reference import NormTail
-    from quant_kernels.w4a4_gemv import _w4a4_gemv_kernel, norm_tail_flags
+    from quant_kernels.w4a4_gemv import _w4a4_gemv_kernel, e2m1_sign_bytes_on, norm_tail_flags
 
     a_element, w_element = pair.split("x")
     names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "norm_ptr",
@@ -179,7 +179,7 @@ def w4a4_gemv_source(pair: str, config: tuple[int, ...], norm_tail: int = 0):
                      HAS_RESIDUAL=tail is not None, USE_ASM=True, ROUND_BF16=True,
                      ROUND_F16=False, BLOCK_M=1, BLOCK_N=config[0], BLOCK_KW=config[1], PREFETCH=config[4],
                      FOLD=config[5], USE_GDC=True, LOOP_STAGES=config[6] if len(config) > 6 else 1, GATED=False,
-                     **norm_tail_flags(tail, norm_tail))
+                     E2M1_SIGN_BYTES=w_element == "e2m1" and e2m1_sign_bytes_on(), **norm_tail_flags(tail, norm_tail))
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i, name in enumerate(names)
                if signature[name] != "fp32" and name not in ("M", "M_BUCKET")}

@@ -76,6 +76,11 @@ INTERPRET = triton.knobs.runtime.interpret
 E2M1_POS_LOW, E2M1_POS_HIGH = tl.constexpr(0x03020100), tl.constexpr(0x0C080604)
 E2M1_NEG_LOW, E2M1_NEG_HIGH = tl.constexpr(0xFDFEFF00 - (1 << 32)), tl.constexpr(0xF4F8FAFC - (1 << 32))
 HIGH_NIBBLES = tl.constexpr(0xF0F0F0F0 - (1 << 32))
+# ``_e2m1_signed_bytes``' constants: the bias that keeps each byte's signed value within its byte while the word is
+# added as one integer, and the prmt selectors (sign-replicate mode, the nibble's msb set) that give codes 0..3 and
+# 4..7 their sign bytes from the packed bytes (index 0..3) and the bytes shifted left by four (index 4..7).
+BYTE_BIAS = tl.constexpr(0x80808080 - (1 << 32))
+SIGNS_LOW, SIGNS_HIGH = tl.constexpr(0x9D8C), tl.constexpr(0xBFAE)
 # ``_e2m1_nibbles_doubled``'s PTX for four packed bytes: their low (or high) nibbles gathered into the low 16 bits,
 # then the positive and negative doubled values looked up by magnitude and one picked by the sign bit (prmt).
 _E2M1_DOUBLED_PTX = ("{ .reg .b32 x, y, c, m, s, p, n, lo, hi; %s shr.b32 y, x, 4; or.b32 y, y, x; "
@@ -209,7 +214,8 @@ def _dp4a(a, b, acc, USE_ASM: tl.constexpr):
 
 @triton.jit
 def _prmt(lo, hi, selector, USE_ASM: tl.constexpr):
-    """Byte i of the result is byte (nibble i of selector, 0..7) of the 8 bytes hi:lo: PTX prmt, default mode."""
+    """Byte i of the result is byte (bits 0..2 of nibble i of selector, 0..7) of the 8 bytes hi:lo, or, where the
+    nibble's msb is set, that byte's sign (bit 7) replicated over the byte: PTX prmt, default mode."""
     if USE_ASM:
         out = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, $3;", "=r,r,r,r", [lo, hi, selector],
                                         dtype=tl.int32, is_pure=True, pack=1)
@@ -218,19 +224,22 @@ def _prmt(lo, hi, selector, USE_ASM: tl.constexpr):
         for i in tl.static_range(4):
             index = (selector >> (4 * i)) & 7
             byte = (tl.where(index < 4, lo, hi) >> ((index & 3) * 8)) & 0xFF
+            byte = tl.where(((selector >> (4 * i + 3)) & 1) == 1, tl.where(byte >= 0x80, 0xFF, 0), byte)
             out |= byte << (8 * i)
     return out
 
 
 @triton.jit
-def _weight_bytes(words, W_INT4: tl.constexpr, W_INT8: tl.constexpr, USE_ASM: tl.constexpr):
+def _weight_bytes(words, W_INT4: tl.constexpr, W_INT8: tl.constexpr, USE_ASM: tl.constexpr,
+                  E2M1_SIGN_BYTES: tl.constexpr = False):
     """A word's 8 codes as two words of 4 signed bytes each, the weight operands of dp4a.
 
     INT4: codes 0, 2, 4, 6 and 1, 3, 5, 7, each nibble moved to the top of its byte, so 16
     times the level (two instructions a word; the kernel's ``unit`` divides by 16). E2M1:
     codes 0..3 and 4..7 as twice their values, from byte tables: prmt looks up the
     magnitude among the positive and the negative values, and a third prmt picks one of the
-    two by the sign bit. INT8 (64-bit words): codes 0..3 and 4..7 are the word's halves already.
+    two by the sign bit; or (E2M1_SIGN_BYTES) ``_e2m1_signed_bytes``. INT8 (64-bit words): codes 0..3 and 4..7 are
+    the word's halves already.
     """
     if W_INT8:
         first = words.to(tl.int32)
@@ -238,10 +247,28 @@ def _weight_bytes(words, W_INT4: tl.constexpr, W_INT8: tl.constexpr, USE_ASM: tl
     elif W_INT4:
         first = (words << 4) & HIGH_NIBBLES
         second = words & HIGH_NIBBLES
+    elif E2M1_SIGN_BYTES:
+        shifted = words << 4
+        first = _e2m1_signed_bytes(words & 0x7777, words, shifted, SIGNS_LOW, USE_ASM)
+        second = _e2m1_signed_bytes((words >> 16) & 0x7777, words, shifted, SIGNS_HIGH, USE_ASM)
     else:
         first = _e2m1_bytes(words, USE_ASM)
         second = _e2m1_bytes(words >> 16, USE_ASM)
     return first, second
+
+
+@triton.jit
+def _e2m1_signed_bytes(magnitudes, words, shifted, signs: tl.constexpr, USE_ASM: tl.constexpr):
+    """Twice the E2M1 values of four codes of int32 words, as 4 signed bytes, from their magnitude codes (the low 16
+    bits' nibbles), one table lookup (prmt) and their signs: prmt's sign-replicate mode copies each code's sign bit,
+    bit 7 of a packed byte (odd codes) or of the byte shifted left by four (``shifted``: even codes), over its byte,
+    s = 0 or -1 (selector ``signs``). Then v = (m ^ s) - s for each byte, done on the whole word as one integer,
+    ``BYTE_BIAS`` + sum v_i 256^i, whose bytes are v_i + 128 (|v_i| <= 12: no carry), their top bits flipped back:
+    four instructions for the sign where the three-lookup form takes five and a second table."""
+    doubled = _prmt(tl.full(words.shape, E2M1_POS_LOW, tl.int32), tl.full(words.shape, E2M1_POS_HIGH, tl.int32),
+                    magnitudes, USE_ASM)
+    sign = _prmt(words, shifted, tl.full(words.shape, signs, tl.int32), USE_ASM)
+    return (BYTE_BIAS + (doubled ^ sign) - sign) ^ BYTE_BIAS
 
 
 @triton.jit
@@ -256,21 +283,23 @@ def _e2m1_bytes(words, USE_ASM: tl.constexpr):
 
 
 @triton.jit
-def _products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, W_INT8: tl.constexpr, USE_ASM: tl.constexpr):
+def _products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, W_INT8: tl.constexpr, USE_ASM: tl.constexpr,
+              E2M1_SIGN_BYTES: tl.constexpr = False):
     """acc plus the products of weight words (8 codes each) and their activation words, summed per word."""
-    w_first, w_second = _weight_bytes(w_words, W_INT4, W_INT8, USE_ASM)
+    w_first, w_second = _weight_bytes(w_words, W_INT4, W_INT8, USE_ASM, E2M1_SIGN_BYTES)
     return _dp4a(w_second, a_second, _dp4a(w_first, a_first, acc, USE_ASM), USE_ASM)
 
 
 @triton.jit
 def _folded_products(acc, w_words, a_first, a_second, W_INT4: tl.constexpr, W_INT8: tl.constexpr,
-                     USE_ASM: tl.constexpr, FOLD: tl.constexpr):
+                     USE_ASM: tl.constexpr, FOLD: tl.constexpr, E2M1_SIGN_BYTES: tl.constexpr = False):
     """``_products`` into an accumulator of 1/FOLD the words: each step's sums over FOLD neighbouring words
     (held by one thread) are added together first."""
     if FOLD == 1:
-        out = _products(acc, w_words, a_first, a_second, W_INT4, W_INT8, USE_ASM)
+        out = _products(acc, w_words, a_first, a_second, W_INT4, W_INT8, USE_ASM, E2M1_SIGN_BYTES)
     else:
-        step = _products(tl.full(w_words.shape, 0, tl.int32), w_words, a_first, a_second, W_INT4, W_INT8, USE_ASM)
+        step = _products(tl.full(w_words.shape, 0, tl.int32), w_words, a_first, a_second, W_INT4, W_INT8, USE_ASM,
+                         E2M1_SIGN_BYTES)
         out = acc + tl.reduce(tl.reshape(step, (acc.shape[0], acc.shape[1], FOLD)), 2, _sum_combine)
     return out
 
@@ -285,7 +314,7 @@ def _w4a4_gemv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KW: tl.constexpr, PREFETCH: tl.constexpr,
     FOLD: tl.constexpr, USE_GDC: tl.constexpr, LOOP_STAGES: tl.constexpr, GATED: tl.constexpr,
     NORM_TAIL: tl.constexpr, TAIL_NORM: tl.constexpr, TAIL_INT4: tl.constexpr, TAIL_CLAMP: tl.constexpr,
-    TAIL_DP4A_FOR: tl.constexpr, TAIL_BLOCK: tl.constexpr,
+    TAIL_DP4A_FOR: tl.constexpr, TAIL_BLOCK: tl.constexpr, E2M1_SIGN_BYTES: tl.constexpr,
 ):
     """a: the activation rows' dp4a bytes as int32 words (row r: KW words of the first plane, then KW of the
     second); w: the packed weight rows as int32 words (8 codes each), or INT8 weight bytes as int64 words (8
@@ -327,13 +356,14 @@ def _w4a4_gemv_kernel(
                 w_next = tl.load(w_ptrs + BLOCK_KW, mask=n_ok[:, None] & next_ok, other=0)
                 a_first_next = tl.load(a_ptrs + BLOCK_KW, mask=next_ok, other=0)
                 a_second_next = tl.load(a_ptrs + BLOCK_KW + KW, mask=next_ok, other=0)
-                acc = _folded_products(acc, w_words, a_first, a_second, W_INT4, W_INT8, USE_ASM, FOLD)
+                acc = _folded_products(acc, w_words, a_first, a_second, W_INT4, W_INT8, USE_ASM, FOLD,
+                                       E2M1_SIGN_BYTES)
                 w_words, a_first, a_second = w_next, a_first_next, a_second_next
             else:
                 w_ok = (offs_w < KW - start)[None, :]
                 acc = _folded_products(acc, tl.load(w_ptrs, mask=n_ok[:, None] & w_ok, other=0),
                                        tl.load(a_ptrs, mask=w_ok, other=0), tl.load(a_ptrs + KW, mask=w_ok, other=0),
-                                       W_INT4, W_INT8, USE_ASM, FOLD)
+                                       W_INT4, W_INT8, USE_ASM, FOLD, E2M1_SIGN_BYTES)
             a_ptrs += BLOCK_KW
             w_ptrs += BLOCK_KW
         total = tl.reduce(acc, 1, _sum_combine)[None, :]
@@ -346,7 +376,8 @@ def _w4a4_gemv_kernel(
             a_mask = m_ok[:, None] & w_ok[None, :]
             w_words = tl.load(w_ptrs, mask=n_ok[:, None] & w_ok[None, :], other=0)
             acc3 = _products(acc3, w_words[None, :, :], tl.load(a_ptrs, mask=a_mask, other=0)[:, None, :],
-                             tl.load(a_ptrs + KW, mask=a_mask, other=0)[:, None, :], W_INT4, W_INT8, USE_ASM)
+                             tl.load(a_ptrs + KW, mask=a_mask, other=0)[:, None, :], W_INT4, W_INT8, USE_ASM,
+                             E2M1_SIGN_BYTES)
             a_ptrs += BLOCK_KW
             w_ptrs += BLOCK_KW
         total = tl.reduce(acc3, 2, _sum_combine)
@@ -681,6 +712,16 @@ def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwarg
     return kept or [min(configs, key=acc_per_thread)]
 
 
+def e2m1_sign_bytes_on() -> bool:
+    """Whether the CUDA-core decode kernel decodes E2M1 weights by ``_e2m1_signed_bytes``, one table lookup and the
+    signs from the packed bytes (``PTQ_E2M1_SIGN_BYTES=1``; off by default: untimed), instead of three lookups. For
+    sm_90 (Triton 3.6) the three-lookup K step runs 12.0-16.8 SASS instructions a dp4a, INT4's 2.5-8.6
+    (``benchmarks/results/kernel_sass_w4a4_gemv_{e2m1,int4}_s66_sm90.md``)."""
+    return env_switch("PTQ_E2M1_SIGN_BYTES", False, {
+        "0": "three byte-table lookups a four E2M1 codes, the default",
+        "1": "one lookup and the signs by prmt's sign-replicate mode (untimed)"})
+
+
 def pinned_configs_on() -> bool:
     """Whether ``PINNED_GEMV_CONFIGS``, ``PINNED_TC_CONFIGS`` and ``fpx_gemm.PINNED_ROW_CONFIGS`` replace tuning
     (``PTQ_PINNED_CONFIGS``, 1 by default)."""
@@ -1012,7 +1053,7 @@ def w4a4_gemv_triton(
     args = (a_words, a_scale, w_words, w_scale, *outputs, *tail_tensors, m, n, k // 8, block_m, a_words.stride(0),
             w_words.stride(0), *trailing, *tail_args)
     flags.update(W_INT4=w_element == "int4", W_INT8=w_element == "int8", BLOCK_M=block_m, GATED=gated,
-                 **norm_tail_flags(norm_tail, n))
+                 E2M1_SIGN_BYTES=w_element == "e2m1" and e2m1_sign_bytes_on(), **norm_tail_flags(norm_tail, n))
 
     def programs(block_n: int) -> int:  # a gated program takes BLOCK_N / 2 output columns: as many rows of each
         return triton.cdiv(width, block_n // 2) if gated else triton.cdiv(n, block_n)

@@ -504,6 +504,69 @@ def test_gemv_decodes_every_code_pair():
                 assert torch.equal(got, want), (a_el, w_el)
 
 
+@triton.jit
+def _prmt_probe(lo_ptr, hi_ptr, selector_ptr, out_ptr):
+    from quant_kernels.w4a4_gemv import _prmt
+
+    offs = tl.arange(0, 2)
+    tl.store(out_ptr + offs, _prmt(tl.load(lo_ptr + offs), tl.load(hi_ptr + offs), tl.load(selector_ptr + offs),
+                                   False))
+
+
+def test_prmt_twin_replicates_the_sign_where_a_selector_nibble_has_its_msb():
+    """PTX prmt's default mode: nibble i's low three bits pick byte i from hi:lo, its msb sets the byte to the
+    picked byte's bit 7 repeated (0xFF or 0x00). Bytes 0..7: 00 81 02 83 | 84 05 86 07."""
+    as_int32 = lambda v: v - (1 << 32) if v >= 1 << 31 else v  # noqa: E731
+    lo, hi = torch.tensor([as_int32(0x83028100)] * 2), torch.tensor([0x07860584] * 2)
+    selector = torch.tensor([0xCA19, 0x3210], dtype=torch.int32)
+    out = torch.empty(2, dtype=torch.int32)
+    _prmt_probe[(1,)](lo, hi, selector, out)
+    assert [v & 0xFFFFFFFF for v in out.tolist()] == [0xFF0081FF, 0x83028100]
+
+
+@triton.jit
+def _no_bytes(magnitudes, words, shifted, signs: tl.constexpr, USE_ASM: tl.constexpr):
+    return words * 0
+
+
+@pytest.mark.parametrize("a_el", ["int4", "e2m1"])
+def test_gemv_decodes_e2m1_by_sign_bytes_when_asked(a_el, monkeypatch):
+    """``PTQ_E2M1_SIGN_BYTES=1``: E2M1 weights decoded by one table lookup and the packed bytes' own sign bits
+    (``_e2m1_signed_bytes``): every code pair, negative zero among them, at one row (plain, prefetching, folded) and
+    at three rows sums to the twin's; the switch is off by default and refuses other values."""
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_bytes
+
+    assert not w4a4_gemv.e2m1_sign_bytes_on()
+    monkeypatch.setenv("PTQ_E2M1_SIGN_BYTES", "1")
+    codes = torch.arange(16, dtype=torch.uint8)
+    pack = lambda c: (c[..., 0::2] | (c[..., 1::2] << 4)).reshape(c.shape[0], -1)  # noqa: E731
+    a_codes = codes.repeat_interleave(16).reshape(1, -1)  # K = 256: every (a, w) pair once in each weight row
+    gen = torch.Generator().manual_seed(11)
+    w_codes = torch.cat([torch.stack([codes.repeat(16), codes.flip(0).repeat(16)]),
+                         torch.randint(0, 16, (5, 256), generator=gen, dtype=torch.uint8)])
+    a_packed, w_packed = pack(a_codes), pack(w_codes)
+    rows = pack(torch.cat([a_codes, torch.randint(0, 16, (2, 256), generator=gen, dtype=torch.uint8)]))
+    scales, w_scale = torch.tensor([[0.5], [1.0], [2.0]]), torch.ones(7, 1)
+    for a, a_scale, config in ((a_packed, scales[:1], None), (rows, scales, None),
+                               (a_packed, scales[:1], triton.Config(dict(BLOCK_N=4, BLOCK_KW=8, PREFETCH=True, FOLD=1,
+                                                                           LOOP_STAGES=1), num_warps=1)),
+                               (a_packed, scales[:1], triton.Config(dict(BLOCK_N=4, BLOCK_KW=8, PREFETCH=False,
+                                                                           FOLD=4, LOOP_STAGES=1), num_warps=1))):
+        got = w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a, a_el, "e2m1"), a_scale, w_packed, w_scale, a_element=a_el,
+                                         w_element="e2m1", out_dtype=torch.float32, config=config)
+        want = w4a4_matmul_ref(a, a_scale, w_packed, w_scale, a_element=a_el, w_element="e2m1",
+                               out_dtype=torch.float32)
+        assert torch.equal(got, want), (a.shape, config)
+    monkeypatch.setattr(w4a4_gemv, "_e2m1_signed_bytes", _no_bytes)  # the interpreter looks the name up at run time
+    got = w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, a_el, "e2m1"), scales[:1], w_packed, w_scale,
+                                     a_element=a_el, w_element="e2m1", out_dtype=torch.float32)
+    assert not got.any()  # the switch took the kernel there
+    monkeypatch.setenv("PTQ_E2M1_SIGN_BYTES", "2")
+    with pytest.raises(ValueError, match="PTQ_E2M1_SIGN_BYTES='2': choose 0"):
+        w4a4_gemv.e2m1_sign_bytes_on()
+
+
 def test_gemv_takes_operands_that_start_mid_word():
     """Packed rows sliced out of a larger buffer (storage offsets not a multiple of 4 bytes)."""
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("int4xint4", 3, 16, 64)
