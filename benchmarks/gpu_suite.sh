@@ -175,6 +175,11 @@
 #              without a residual (RESIDUAL), the tuner's pick marked: which tiles to pin on the H100, where one
 #              process picked 16 x 256 on 2 warps for INT4 at 4096 x 4096 (7.1 us) and two others 32 x 256 split in two
 #              (7.8-8.0 us) (issue 9: 3x bf16 at M <= 16)
+#   e2m1_signs_ab  E2M1 at one row (MS) on the CUDA-core decode kernel, its weights decoded by three table lookups
+#              (PTQ_E2M1_SIGN_BYTES=0, the default) and by one lookup and the packed bytes' own sign bits (1: 10-14 %
+#              fewer SASS instructions a K step, kernel_sass_w4a4_gemv_e2m1_sign_bytes_s66_sm90.md), each in its own
+#              process, by a read in a stream of 20, every product checked, at the four Llama-3-8B shapes (SHAPES)
+#              (issue 9: E2M1 at one row ran 2.54-2.97x bf16 against the 3x target)
 #   tc_e2m1    E2M1 weights on the tensor-core decode kernel (FP8 E4M3): checked against the twin with
 #              a fixed three-way split, then timed at 8, 16 and 64 rows against cuBLAS bf16 and the path E2M1 takes with
 #              PTQ_TC_E2M1=0 (the CUDA-core kernel to 8 rows, w4a4_gemm above) (issue 9)
@@ -582,6 +587,13 @@ for section in "$@"; do
         --out "$OUT/kernel_check_tc_decode_${GPU}"
       step "${LIMIT_BENCH:-250}" decode_rows python benchmarks/decode_rows_bench.py \
         --shapes 4096x4096,14336x4096,4096x14336 --ms 1,8,16,64 --out "$OUT/decode_rows_${GPU}" ;;
+    e2m1_signs_ab)
+      for signs in 0 1; do
+        step "${LIMIT_SIGNS:-280}" "kernel_bench_e2m1_sign_bytes_$signs" env PTQ_E2M1_SIGN_BYTES=$signs \
+          python benchmarks/kernel_bench.py --flush_l2 --in_stream 20 --formats e2m1 --ms "${MS:-1}" \
+          --default_paths_only --weight_only_ms "" --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" \
+          --out "$OUT/kernel_bench_e2m1_sign_bytes_${signs}_${GPU}"
+      done ;;
     tc_sweep)
       for element in ${ELEMENTS:-int4 e2m1}; do
         step "${LIMIT_TC_SWEEP:-280}" "tc_sweep_$element" python benchmarks/decode_rows_bench.py --tc_sweep \
@@ -629,6 +641,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, e2m1_signs_ab, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

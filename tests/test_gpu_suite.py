@@ -27,12 +27,12 @@ def test_every_section_is_described_and_listed(tmp_path):
     assert "unknown section no_such_section" in done.stderr and sorted(listed) == sorted(labels)
 
 
-def stubbed_steps(tmp_path, section: str, **env) -> list[tuple[str, str, str]]:
-    """(step, limit, PTQ_AUTOTUNE_READ_FLUSH) of each step ``section`` runs, with a ``python`` that only reports
-    that flag (offline: no benchmark runs)."""
+def stubbed_steps(tmp_path, section: str, flag: str = "PTQ_AUTOTUNE_READ_FLUSH", **env) -> list[tuple[str, str, str]]:
+    """(step, limit, the switch ``flag``'s value) of each step ``section`` runs, with a ``python`` that only reports
+    that switch (offline: no benchmark runs)."""
     stub = tmp_path / "bin"
     stub.mkdir(exist_ok=True)
-    (stub / "python").write_text('#!/bin/sh\necho "read flush: ${PTQ_AUTOTUNE_READ_FLUSH:-unset}"\n')
+    (stub / "python").write_text(f'#!/bin/sh\necho "{flag}: ${{{flag}:-unset}}"\n')
     (stub / "python").chmod(0o755)
     done = subprocess.run(["bash", SUITE, section], cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
@@ -56,3 +56,8 @@ def test_autotune_flush_w4a4_tunes_by_one_flush_a_call(tmp_path):
     assert stubbed_steps(tmp_path, "autotune_flush_w4a4") == [("kernel_bench_w4a4_autotune_read_flush_1", "560", "1")]
     assert stubbed_steps(tmp_path, "autotune_flush_w4a4", READ_FLUSH="0", LIMIT_AUTOTUNE_FLUSH="300") == [
         ("kernel_bench_w4a4_autotune_read_flush_0", "300", "0")]
+
+
+def test_e2m1_signs_ab_times_each_decode_in_its_own_process(tmp_path):
+    assert stubbed_steps(tmp_path, "e2m1_signs_ab", "PTQ_E2M1_SIGN_BYTES") == [
+        ("kernel_bench_e2m1_sign_bytes_0", "280", "0"), ("kernel_bench_e2m1_sign_bytes_1", "280", "1")]
