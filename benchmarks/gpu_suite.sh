@@ -178,7 +178,9 @@
 #   e2m1_signs_ab  E2M1 at one row (MS) on the CUDA-core decode kernel, its weights decoded by three table lookups
 #              (PTQ_E2M1_SIGN_BYTES=0, the default) and by one lookup and the packed bytes' own sign bits (1: 10-14 %
 #              fewer SASS instructions a K step, kernel_sass_w4a4_gemv_e2m1_sign_bytes_s66_sm90.md), each in its own
-#              process, by a read in a stream of 20, every product checked, at the four Llama-3-8B shapes (SHAPES)
+#              process tuning afresh (the switch is not in the tuning key, so the disk cache would hand the second
+#              process the first's picks), by a read in a stream of 20, every product checked, at the four
+#              Llama-3-8B shapes (SHAPES)
 #              (issue 9: E2M1 at one row ran 2.54-2.97x bf16 against the 3x target)
 #   tc_e2m1    E2M1 weights on the tensor-core decode kernel (FP8 E4M3): checked against the twin with
 #              a fixed three-way split, then timed at 8, 16 and 64 rows against cuBLAS bf16 and the path E2M1 takes with
@@ -589,9 +591,10 @@ for section in "$@"; do
         --shapes 4096x4096,14336x4096,4096x14336 --ms 1,8,16,64 --out "$OUT/decode_rows_${GPU}" ;;
     e2m1_signs_ab)
       for signs in 0 1; do
-        step "${LIMIT_SIGNS:-280}" "kernel_bench_e2m1_sign_bytes_$signs" env PTQ_E2M1_SIGN_BYTES=$signs \
-          python benchmarks/kernel_bench.py --flush_l2 --in_stream 20 --formats e2m1 --ms "${MS:-1}" \
-          --default_paths_only --weight_only_ms "" --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" \
+        step "${LIMIT_SIGNS:-280}" "kernel_bench_e2m1_sign_bytes_$signs" \
+          env PTQ_E2M1_SIGN_BYTES=$signs TRITON_CACHE_AUTOTUNING=0 python benchmarks/kernel_bench.py --flush_l2 \
+          --in_stream 20 --formats e2m1 --ms "${MS:-1}" --default_paths_only --weight_only_ms "" \
+          --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" \
           --out "$OUT/kernel_bench_e2m1_sign_bytes_${signs}_${GPU}"
       done ;;
     tc_sweep)
