@@ -37,9 +37,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernel_bench import W4A4_FORMATS, act_quant_bytes, in_stream_note  # noqa: E402
+from benchmarks.kernel_bench import W4A4_FORMATS, act_quant_bytes  # noqa: E402
 from benchmarks.result_files import command_line, markdown_header, write_result_files  # noqa: E402
-from benchmarks.timing import add_l2_flush_argument, flush_note, make_timer  # noqa: E402
+from benchmarks.timing import add_l2_flush_argument, flush_note, in_stream_note, make_timer  # noqa: E402
 from pipeline.results import library_versions  # noqa: E402
 
 # name: (element, group size, scale kind, clip ratio): kernel_bench's formats, per-token INT4 clipped at 0.9

@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.kernel_bench import counts, in_stream_note, parse_shapes  # noqa: E402
+from benchmarks.kernel_bench import counts, parse_shapes  # noqa: E402
 from benchmarks.result_files import markdown_header, run_header, write_result_files  # noqa: E402
-from benchmarks.timing import add_l2_flush_argument, flush_note, gpu_stream_timer  # noqa: E402
+from benchmarks.timing import add_l2_flush_argument, flush_note, gpu_stream_timer, stream_timer_note  # noqa: E402
 
 
 def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = "int4") -> dict:
@@ -206,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"GPU: got --ms {','.join(map(str, args.ms))}")
     device, time_ms = gpu_stream_timer(p, args.in_stream, args.l2_flush)
     result = {**run_header("decode_rows_bench.py", argv, device), "l2_flush": args.l2_flush, "rows": [],
-              "element": args.element,
-              "timing": f"median of 20 after 3 warmup calls, the {flush_note(args.l2_flush)} before each"
-                        f"{in_stream_note(args.in_stream)}"}
+              "element": args.element, "timing": stream_timer_note(args.in_stream, args.l2_flush)}
     residuals = {"0": [False], "1": [True], "both": [False, True]}[args.residual]
     for n, k in parse_shapes(args.shapes):
         for m in args.ms:

@@ -39,10 +39,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.gemv_ncu import fpx_row_config, parse_fpx_configs  # noqa: E402
 from benchmarks.kernel_bench import (  # noqa: E402
-    FPX_FORMATS, WEIGHT_ONLY_DTYPES, described, fpx_weight, in_stream_note, parse_shapes, parse_tiles,
+    FPX_FORMATS, WEIGHT_ONLY_DTYPES, described, fpx_weight, parse_shapes, parse_tiles,
 )
 from benchmarks.result_files import markdown_header, run_header, write_result_files  # noqa: E402
-from benchmarks.timing import add_l2_flush_argument, flush_note, gpu_stream_timer  # noqa: E402
+from benchmarks.timing import add_l2_flush_argument, gpu_stream_timer, stream_timer_note  # noqa: E402
 from quant_layers.packing import element_named  # noqa: E402
 
 # Llama-3-8B's decode products (N x K): fused q/k/v, o_proj, fused gate/up (gated), down_proj.
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     device, time_ms = gpu_stream_timer(p, args.in_stream, args.l2_flush)
     result = {**run_header("fpx_row_sweep.py", argv, device), "element": args.element, "kernel": args.kernel,
               "rows_m": args.rows, "dtype": args.dtype,
-              "timing": f"median of 20, {flush_note(args.l2_flush)} before each" + in_stream_note(args.in_stream),
+              "timing": stream_timer_note(args.in_stream, args.l2_flush),
               "rows": []}
     for n, k in args.shapes:
         result["rows"] += bench_shape(n, k, (n, k) in args.gated, args.element, args.tuner_configs, extra,

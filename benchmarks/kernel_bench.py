@@ -59,7 +59,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.kernel_check import FP8_ACCUMULATION_OF_MAX  # noqa: E402
 from benchmarks.result_files import command_line, write_result_files  # noqa: E402
-from benchmarks.timing import add_l2_flush_argument, flush_note, make_timer  # noqa: E402
+from benchmarks.timing import add_l2_flush_argument, flush_note, in_stream_note, make_timer  # noqa: E402
 import quant_kernels  # noqa: E402  (imports no triton: TRITON_INTERPRET can still be set in main)
 from quant_kernels import reference  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
@@ -277,11 +277,6 @@ def fpx_tuned_config(row_kernel: bool, group: int = 0) -> str:
     tuners = {(True, False): fpx_gemm._fpx_row_autotuned, (False, False): fpx_gemm._fpx_autotuned,
               (True, True): fpx_gemm._fpx_row_group_autotuned, (False, True): fpx_gemm._fpx_group_autotuned}
     return described(getattr(tuners[row_kernel, bool(group)], "best_config", None))
-
-
-def in_stream_note(calls: int) -> str:
-    """How ``--in_stream`` timed, for the result's timing line."""
-    return f", in a stream: one CUDA graph of {calls} calls minus one of their L2 flushes, per call" if calls else ""
 
 
 def described(config) -> str:

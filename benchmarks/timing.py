@@ -17,6 +17,21 @@ def flush_note(by: str) -> str:
     return f"L2 flushed by a {by} of {L2_FLUSH_BYTES // 2**20} MiB"
 
 
+# ``gpu_stream_timer``'s warm-up calls and timed repetitions.
+STREAM_WARMUP, STREAM_REPS = 3, 20
+
+
+def in_stream_note(calls: int) -> str:
+    """How ``--in_stream`` timed, for the result's timing line."""
+    return f", in a stream: one CUDA graph of {calls} calls minus one of their L2 flushes, per call" if calls else ""
+
+
+def stream_timer_note(in_stream: int, flush_by: str) -> str:
+    """The timing text of ``gpu_stream_timer(parser, in_stream, flush_by)``'s timer."""
+    return (f"median of {STREAM_REPS} after {STREAM_WARMUP} warmup calls, the {flush_note(flush_by)} before each"
+            f"{in_stream_note(in_stream)}")
+
+
 def replay_note(reps: int, warmup: int, flush_by: str, on_cpu: bool = False) -> str:
     """The timing text of a benchmark that times CUDA-graph replays with the L2 flushed ``flush_by`` (or, ``on_cpu``,
     runs under the Triton interpreter, which measures no speed)."""
@@ -90,10 +105,10 @@ def make_timer(
 
 def gpu_stream_timer(parser: argparse.ArgumentParser, in_stream: int, flush_by: str) -> tuple[torch.device, Callable]:
     """For a benchmark of CUDA kernels: the GPU (``parser``'s error without one) and ``make_timer``'s timer of one
-    call in a stream of ``in_stream`` CUDA-graph calls, the L2 flushed by ``flush_by`` before each (3 warm-up calls,
-    median of 20)."""
+    call in a stream of ``in_stream`` CUDA-graph calls, the L2 flushed by ``flush_by`` before each (STREAM_WARMUP
+    warm-up calls, median of STREAM_REPS; ``stream_timer_note`` words it)."""
     if not torch.cuda.is_available():
         parser.error("this benchmark times CUDA kernels: no GPU here")
     device = torch.device("cuda")
-    return device, make_timer(device, warmup=3, reps=20, flush_l2=True, cuda_graph=True, in_stream=in_stream,
-                              flush_by=flush_by)
+    return device, make_timer(device, warmup=STREAM_WARMUP, reps=STREAM_REPS, flush_l2=True, cuda_graph=True,
+                              in_stream=in_stream, flush_by=flush_by)

@@ -42,6 +42,16 @@ def test_the_flag_defaults_to_a_read_and_refuses_other_words(capsys):
     assert flush_note("read") == "L2 flushed by a read of 256 MiB"
 
 
+def test_stream_timer_note_words_the_stream_timers_counts_and_flush():
+    from benchmarks.timing import STREAM_REPS, STREAM_WARMUP, stream_timer_note
+
+    assert (STREAM_WARMUP, STREAM_REPS) == (3, 20)
+    assert stream_timer_note(0, "read") == "median of 20 after 3 warmup calls, the L2 flushed by a read of 256 MiB " \
+                                           "before each"
+    assert stream_timer_note(20, "write").endswith("by a write of 256 MiB before each, in a stream: one CUDA graph "
+                                                   "of 20 calls minus one of their L2 flushes, per call")
+
+
 def test_replay_note_names_the_replays_and_the_flush_or_no_measurement():
     want = "median of 30 CUDA-graph replays after 5 warmup calls, L2 flushed by a write of 256 MiB"
     assert replay_note(30, 5, "write") == want
