@@ -172,9 +172,10 @@
 #              kernel (about 370 s cold, issue 10)
 #   tc_sweep   every tensor-core decode config that fits, fixed, timed by a read in a stream (decode_rows_bench.py
 #              --tc_sweep), INT4 and E2M1 (ELEMENTS) at 16 rows (MS) at the four Llama-3-8B shapes (SHAPES), with and
-#              without a residual (RESIDUAL), the tuner's pick marked: which tiles to pin on the H100, where one
-#              process picked 16 x 256 on 2 warps for INT4 at 4096 x 4096 (7.1 us) and two others 32 x 256 split in two
-#              (7.8-8.0 us) (issue 9: 3x bf16 at M <= 16)
+#              without a residual (RESIDUAL), the tuner's pick marked (or PINNED_TC_CONFIGS'): the evidence for the
+#              H100's pins (tc_sweep_{int4,e2m1}_s67_h100.md), where one process had picked 16 x 256 on 2 warps for
+#              INT4 at 4096 x 4096 (7.1 us) and two others 32 x 256 split in two (7.8-8.0 us) (issue 9: 3x bf16 at
+#              M <= 16)
 #   e2m1_signs_ab  E2M1 at one row (MS) on the CUDA-core decode kernel, its weights decoded by three table lookups
 #              (PTQ_E2M1_SIGN_BYTES=0, the default) and by one lookup and the packed bytes' own sign bits (1: 10-14 %
 #              fewer SASS instructions a K step, kernel_sass_w4a4_gemv_e2m1_sign_bytes_s66_sm90.md), each in its own
