@@ -177,12 +177,13 @@
 #              INT4 at 4096 x 4096 (7.1 us) and two others 32 x 256 split in two (7.8-8.0 us) (issue 9: 3x bf16 at
 #              M <= 16)
 #   e2m1_signs_ab  E2M1 at one row (MS) on the CUDA-core decode kernel, its weights decoded by three table lookups
-#              (PTQ_E2M1_SIGN_BYTES=0, the default) and by one lookup and the packed bytes' own sign bits (1: 10-14 %
+#              (PTQ_E2M1_SIGN_BYTES=0) and by one lookup and the packed bytes' own sign bits (1, the default: 10-14 %
 #              fewer SASS instructions a K step, kernel_sass_w4a4_gemv_e2m1_sign_bytes_s66_sm90.md), each in its own
 #              process tuning afresh (the switch is not in the tuning key, so the disk cache would hand the second
 #              process the first's picks), by a read in a stream of 20, every product checked, at the four
 #              Llama-3-8B shapes (SHAPES)
-#              (issue 9: E2M1 at one row ran 2.54-2.97x bf16 against the 3x target)
+#              (issue 9: E2M1 at one row ran 2.54-2.97x bf16 against the 3x target; on the H100, 2.69-3.25x on one
+#              lookup against 2.70-3.09x on three, kernel_bench_e2m1_sign_bytes_{0,1}_s67_h100.md)
 #   tc_e2m1    E2M1 weights on the tensor-core decode kernel (FP8 E4M3): checked against the twin with
 #              a fixed three-way split, then timed at 8, 16 and 64 rows against cuBLAS bf16 and the path E2M1 takes with
 #              PTQ_TC_E2M1=0 (the CUDA-core kernel to 8 rows, w4a4_gemm above) (issue 9)

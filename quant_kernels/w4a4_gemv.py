@@ -736,12 +736,14 @@ def prune_decode_configs(configs: list[triton.Config], named_args: dict, **kwarg
 
 def e2m1_sign_bytes_on() -> bool:
     """Whether the CUDA-core decode kernel decodes E2M1 weights by ``_e2m1_signed_bytes``, one table lookup and the
-    signs from the packed bytes (``PTQ_E2M1_SIGN_BYTES=1``; off by default: untimed), instead of three lookups. For
-    sm_90 (Triton 3.6) the three-lookup K step runs 12.0-16.8 SASS instructions a dp4a, INT4's 2.5-8.6
-    (``benchmarks/results/kernel_sass_w4a4_gemv_{e2m1,int4}_s66_sm90.md``)."""
-    return env_switch("PTQ_E2M1_SIGN_BYTES", False, {
-        "0": "three byte-table lookups a four E2M1 codes, the default",
-        "1": "one lookup and the signs by prmt's sign-replicate mode (untimed)"})
+    signs from the packed bytes (``PTQ_E2M1_SIGN_BYTES``, 1 by default), instead of three lookups (0). For sm_90
+    (Triton 3.6) the three-lookup K step runs 12.0-16.8 SASS instructions a dp4a, INT4's 2.5-8.6
+    (``benchmarks/results/kernel_sass_w4a4_gemv_{e2m1,int4}_s66_sm90.md``), the one-lookup step 10-14 % fewer; on
+    the H100 one row took 13.5 against 14.4 us at 4096 x 14336, 13.1 against 13.8 at 14336 x 4096, the same at
+    4096 x 4096 and 6144 x 4096 (``kernel_bench_e2m1_sign_bytes_{0,1}_s67_h100.md``)."""
+    return env_switch("PTQ_E2M1_SIGN_BYTES", True, {
+        "1": "one lookup and the signs by prmt's sign-replicate mode, the default",
+        "0": "three byte-table lookups a four E2M1 codes"})
 
 
 def pinned_configs_on() -> bool:

@@ -525,20 +525,27 @@ def test_prmt_twin_replicates_the_sign_where_a_selector_nibble_has_its_msb():
 
 
 @triton.jit
-def _no_bytes(magnitudes, words, shifted, signs: tl.constexpr, USE_ASM: tl.constexpr):
+def _no_signed_bytes(magnitudes, words, shifted, signs: tl.constexpr, USE_ASM: tl.constexpr):
     return words * 0
 
 
+@triton.jit
+def _no_table_bytes(words, USE_ASM: tl.constexpr):
+    return words * 0
+
+
+@pytest.mark.parametrize("signs", ["1", "0"])
 @pytest.mark.parametrize("a_el", ["int4", "e2m1"])
-def test_gemv_decodes_e2m1_by_sign_bytes_when_asked(a_el, monkeypatch):
-    """``PTQ_E2M1_SIGN_BYTES=1``: E2M1 weights decoded by one table lookup and the packed bytes' own sign bits
-    (``_e2m1_signed_bytes``): every code pair, negative zero among them, at one row (plain, prefetching, folded) and
-    at three rows sums to the twin's; the switch is off by default and refuses other values."""
+def test_gemv_decodes_e2m1_either_way(a_el, signs, monkeypatch):
+    """``PTQ_E2M1_SIGN_BYTES``: E2M1 weights decoded by one table lookup and the packed bytes' own sign bits
+    (``_e2m1_signed_bytes``, 1, the default) or by three lookups (``_e2m1_bytes``, 0): every code pair, negative zero
+    among them, at one row (plain, prefetching, folded) and at three rows sums to the twin's; the switch takes the
+    kernel to its decode and refuses other values."""
     from quant_kernels import w4a4_gemv
     from quant_kernels.reference import dp4a_bytes
 
-    assert not w4a4_gemv.e2m1_sign_bytes_on()
-    monkeypatch.setenv("PTQ_E2M1_SIGN_BYTES", "1")
+    assert w4a4_gemv.e2m1_sign_bytes_on()
+    monkeypatch.setenv("PTQ_E2M1_SIGN_BYTES", signs)
     codes = torch.arange(16, dtype=torch.uint8)
     pack = lambda c: (c[..., 0::2] | (c[..., 1::2] << 4)).reshape(c.shape[0], -1)  # noqa: E731
     a_codes = codes.repeat_interleave(16).reshape(1, -1)  # K = 256: every (a, w) pair once in each weight row
@@ -558,12 +565,13 @@ def test_gemv_decodes_e2m1_by_sign_bytes_when_asked(a_el, monkeypatch):
         want = w4a4_matmul_ref(a, a_scale, w_packed, w_scale, a_element=a_el, w_element="e2m1",
                                out_dtype=torch.float32)
         assert torch.equal(got, want), (a.shape, config)
-    monkeypatch.setattr(w4a4_gemv, "_e2m1_signed_bytes", _no_bytes)  # the interpreter looks the name up at run time
+    decode, stub = ("_e2m1_signed_bytes", _no_signed_bytes) if signs == "1" else ("_e2m1_bytes", _no_table_bytes)
+    monkeypatch.setattr(w4a4_gemv, decode, stub)  # the interpreter looks the name up at run time
     got = w4a4_gemv.w4a4_gemv_triton(dp4a_bytes(a_packed, a_el, "e2m1"), scales[:1], w_packed, w_scale,
                                      a_element=a_el, w_element="e2m1", out_dtype=torch.float32)
     assert not got.any()  # the switch took the kernel there
     monkeypatch.setenv("PTQ_E2M1_SIGN_BYTES", "2")
-    with pytest.raises(ValueError, match="PTQ_E2M1_SIGN_BYTES='2': choose 0"):
+    with pytest.raises(ValueError, match="PTQ_E2M1_SIGN_BYTES='2': choose 1"):
         w4a4_gemv.e2m1_sign_bytes_on()
 
 
