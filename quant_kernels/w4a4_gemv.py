@@ -169,18 +169,19 @@ MAX_ACC_PER_THREAD = 64
 # The CUDA-core decode kernel's autotune key.
 GEMV_TUNING_KEY = ("M_BUCKET", "N", "KW", "W_INT4", "W_INT8", "BLOCK_M", "GATED", "NORM_TAIL")
 # Picks the CUDA-core decode kernel keeps instead of tuning, per device name and GEMV_TUNING_KEY values:
-# (BLOCK_N, BLOCK_KW, PREFETCH, warps, stages). The tuner times each candidate alone, and its draws differ between
-# processes: on the H200 one draw's picks for a Llama-3-8B W4A4KV4 batch-1 decode step (q/k/v, o_proj with its norm
-# tail, gated gate/up, down) gave a 2130 us step, another's 2331 us (``benchmarks/results/end_to_end_h200.md``,
-# run 21); these are the faster draw's. down_proj with the next layer's input-norm tail (run 22 on) keeps untailed
-# down_proj's pick (the tail is the last program's work only). PTQ_PINNED_CONFIGS=0 tunes them too.
+# (BLOCK_N, BLOCK_KW, PREFETCH, FOLD, LOOP_STAGES, warps, stages). The tuner times each candidate alone, and its
+# draws differ between processes: on the H200 one draw's picks for a Llama-3-8B W4A4KV4 batch-1 decode step (q/k/v,
+# o_proj with its norm tail, gated gate/up, down) gave a 2130 us step, another's 2331 us
+# (``benchmarks/results/end_to_end_h200.md``, run 21); these are the faster draw's. down_proj with the next layer's
+# input-norm tail (run 22 on) keeps untailed down_proj's pick (the tail is the last program's work only).
+# PTQ_PINNED_CONFIGS=0 tunes them too.
 PINNED_GEMV_CONFIGS = {
     "NVIDIA H200": {
-        (1, 6144, 512, True, False, 1, False, False): (16, 128, True, 8, 2),
-        (1, 4096, 512, True, False, 1, False, True): (16, 512, False, 8, 2),
-        (1, 28672, 512, True, False, 1, True, False): (8, 128, True, 4, 2),
-        (1, 4096, 1792, True, False, 1, False, False): (16, 256, True, 8, 2),
-        (1, 4096, 1792, True, False, 1, False, True): (16, 256, True, 8, 2),
+        (1, 6144, 512, True, False, 1, False, False): (16, 128, True, 1, 1, 8, 2),
+        (1, 4096, 512, True, False, 1, False, True): (16, 512, False, 1, 1, 8, 2),
+        (1, 28672, 512, True, False, 1, True, False): (8, 128, True, 1, 1, 4, 2),
+        (1, 4096, 1792, True, False, 1, False, False): (16, 256, True, 1, 1, 8, 2),
+        (1, 4096, 1792, True, False, 1, False, True): (16, 256, True, 1, 1, 8, 2),
     },
 }
 # The tensor-core decode kernel's autotune key.
@@ -769,11 +770,10 @@ def keep_pinned(kept: list[triton.Config], pins: dict, key_names: tuple[str, ...
 
 def prune_gemv_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """``prune_decode_configs``, or the one config ``PINNED_GEMV_CONFIGS`` holds for this device and key when it is
-    among them (unfolded and unpipelined)."""
-    def fields(c: triton.Config) -> tuple | None:
-        plain = c.kwargs["FOLD"] == 1 and c.kwargs["LOOP_STAGES"] == 1
-        return (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["PREFETCH"], c.num_warps, c.num_stages) \
-            if plain else None
+    among them."""
+    def fields(c: triton.Config) -> tuple:
+        return (c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["PREFETCH"], c.kwargs["FOLD"],
+                c.kwargs["LOOP_STAGES"], c.num_warps, c.num_stages)
 
     return keep_pinned(prune_decode_configs(configs, named_args, **kwargs), PINNED_GEMV_CONFIGS, GEMV_TUNING_KEY,
                        {**named_args, **kwargs}, fields)

@@ -402,6 +402,22 @@ def test_fp6_row_pins_are_shared_by_both_fp6_elements():
         assert all(pins[key[:gate] + (True,) + key[gate + 1:]] == pick for key, pick in pins.items()), device
 
 
+@pytest.mark.parametrize("pin", [(16, 256, False, 4, 1, 8, 2), (4, 128, False, 1, 3, 4, 3),
+                                 (4, 128, False, 1, 1, 4, 3)])
+def test_pinned_cuda_core_decode_config_may_fold_or_pipeline(monkeypatch, pin):
+    """A CUDA-core decode pin names FOLD and LOOP_STAGES too: a folded or a pipelined pick is kept alone, and the
+    pipelined 4 x 128 is told from the plain one of the same tile, warps and stages."""
+    from quant_kernels import w4a4_gemv
+
+    key = (1, 4096, 512, True, False, 1, False, False)
+    monkeypatch.setattr(w4a4_gemv, "PINNED_GEMV_CONFIGS", {"NVIDIA H100 80GB HBM3": {key: pin}})
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device: "NVIDIA H100 80GB HBM3")
+    args = {**dict(zip(w4a4_gemv.GEMV_TUNING_KEY, key)), "a_ptr": types.SimpleNamespace(device=torch.device("cuda"))}
+    kept = w4a4_gemv.prune_gemv_configs(w4a4_gemv._gemv_autotuned.configs, args)
+    assert [(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KW"], c.kwargs["PREFETCH"], c.kwargs["FOLD"],
+             c.kwargs["LOOP_STAGES"], c.num_warps, c.num_stages) for c in kept] == [pin]
+
+
 @pytest.mark.parametrize("kernel", ["gemv", "tc", "fpx_row"])
 def test_pinned_decode_configs_replace_tuning_on_their_device_and_key(monkeypatch, kernel):
     """Every pinned config (the CUDA-core and the tensor-core decode kernel's, the FPx row kernel's) is one of the
