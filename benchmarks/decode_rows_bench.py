@@ -16,9 +16,11 @@ accumulating in wgmma, its wgmmas left in flight), alone and after the activatio
 shape and row count (on the codes the linear writes: E4M3 planes for E2M1 weights), without a residual, with one
 (``--residual 1``: a model's o_proj and down_proj add theirs, a tuning key of its own) or both, the autotuner's pick
 marked: the evidence for ``w4a4_gemv.PINNED_TC_CONFIGS``, whose picks one tuning process may draw differently from
-the next:
+the next. ``--gemv_sweep`` does the same for the CUDA-core decode kernel at 1 to ``GEMV_MAX_M`` rows (every
+candidate its pruning keeps, on dp4a bytes), the evidence for ``PINNED_GEMV_CONFIGS``:
 
     python benchmarks/decode_rows_bench.py --tc_sweep --ms 16 --residual both --out benchmarks/results/tc_sweep_h100
+    python benchmarks/decode_rows_bench.py --gemv_sweep --ms 1 --element e2m1 --out benchmarks/results/gemv_sweep_h100
 """
 
 from __future__ import annotations
@@ -81,25 +83,44 @@ def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = 
     return row
 
 
-def tuned_tc_pick(call) -> object:
-    """The tensor-core decode kernel's autotuned (or pinned) config after ``call``, its autotuned launch, ran; None
+# The decode kernels a sweep times: the name its rows and title give, and its pins' name in ``w4a4_gemv``.
+SWEPT_KERNELS = {"tc": ("tensor-core", "PINNED_TC_CONFIGS"), "cuda_core": ("CUDA-core", "PINNED_GEMV_CONFIGS")}
+
+
+def tuned_pick(call, kernel: str = "tc") -> object:
+    """The ``kernel`` decode kernel's autotuned (or pinned) config after ``call``, its autotuned launch, ran; None
     under the interpreter, which runs a fixed config."""
     from quant_kernels import w4a4_gemv
 
     call()
-    return None if w4a4_gemv.INTERPRET else w4a4_gemv._tc_autotuned.best_config
+    if w4a4_gemv.INTERPRET:
+        return None
+    return (w4a4_gemv._tc_autotuned if kernel == "tc" else w4a4_gemv._gemv_autotuned).best_config
 
 
-def tc_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element: str = "int4",
-             residual: bool = False) -> list[dict]:
-    """Every tensor-core decode config that fits the weights (``w4a4_gemv.TC_CONFIGS``, ``tc_config_fits``) at M x N
-    x K, fixed, on the codes ``w4a4_linear`` writes for them (``decode_codes_form``: E4M3 planes for E2M1 weights on a
-    GPU, else dp4a bytes), bfloat16 out, with a residual added (``residual``, as a model's o_proj and down_proj add
-    theirs: another tuning key) or not. Rows, bf16's first, then the configs fastest first: µs, weight GB/s, the ratio
-    to bf16, the largest error of the fp32 product against the twin's over its largest output, and whether the
-    autotuner (or ``PINNED_TC_CONFIGS``) picked it."""
+def sweep_candidates(kernel: str, m: int, fp8_operands: bool) -> list:
+    """The configs a sweep times: the tensor-core kernel's ``TC_CONFIGS`` that ``tc_config_fits`` (FP8 operands
+    for E2M1 weights or E4M3 planes), or every CUDA-core candidate that its pruning keeps at ``m`` rows."""
     import triton
 
+    from quant_kernels import w4a4_gemv
+
+    if kernel == "tc":
+        return [triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=warps, num_stages=stages)
+                for bn, bkb, split, warps, stages in w4a4_gemv.TC_CONFIGS
+                if w4a4_gemv.tc_config_fits(bn, warps, fp8_operands)]
+    return w4a4_gemv.prune_decode_configs(w4a4_gemv._gemv_autotuned.configs,
+                                          dict(BLOCK_M=triton.next_power_of_2(m)))
+
+
+def config_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element: str = "int4",
+                 residual: bool = False, kernel: str = "tc") -> list[dict]:
+    """Every config of a decode kernel (``kernel``: "tc", the tensor-core one, or "cuda_core"; ``sweep_candidates``)
+    at M x N x K, fixed, on the codes ``w4a4_linear`` writes for it (``decode_codes_form``: E4M3 planes for E2M1
+    weights on the tensor cores on a GPU, else dp4a bytes), bfloat16 out, with a residual added (``residual``, as a
+    model's o_proj and down_proj add theirs: another tensor-core tuning key) or not. Rows, bf16's first, then the
+    configs fastest first: µs, weight GB/s, the ratio to bf16, the largest error of the fp32 product against the
+    twin's over its largest output, and whether the autotuner (or the kernel's pins) picked it."""
     import quant_kernels
     from benchmarks.kernel_bench import described
     from quant_kernels import reference, w4a4_gemv
@@ -107,23 +128,21 @@ def tc_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element: str
     x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
     w16 = torch.randn(n, k, dtype=torch.bfloat16, device=device) * 0.02
     w_packed, w_scale = quant_kernels.quantize_activations(w16, element, backend="triton")
-    dp4a_for, fp8_codes = quant_kernels.decode_codes_form(element, m, device.type == "cuda")
+    dp4a_for, fp8_codes = quant_kernels.decode_codes_form(element, m, device.type == "cuda") if kernel == "tc" \
+        else (element, False)
     codes = quant_kernels.quantize_activations(x, element, dp4a_for=dp4a_for, fp8_codes=fp8_codes, backend="triton")
     added = torch.randn(m, n, dtype=torch.bfloat16, device=device) if residual else None
     want = reference.w4a4_matmul_ref(*reference.quantize_activations_ref(x, element, 0, "float"), w_packed, w_scale,
                                      a_element=element, w_element=element, out_dtype=torch.float32)
     product = functools.partial(w4a4_gemv.w4a4_gemv_triton, *codes, w_packed, w_scale, a_element=element,
-                                w_element=element, tensor_cores=True)
-    pick = tuned_tc_pick(lambda: product(out_dtype=torch.bfloat16, residual=added))
+                                w_element=element, tensor_cores=kernel == "tc")
+    pick = tuned_pick(lambda: product(out_dtype=torch.bfloat16, residual=added), kernel)
     shape = dict(n=n, k=k, m=m, element=element, codes="E4M3 planes" if fp8_codes else "dp4a bytes",
-                 residual=residual)
+                 residual=residual, kernel=kernel)
     bf16_ms = time_ms(lambda: x @ w16.T)
     weight_bytes = w_packed.numel() + 4 * w_scale.numel()
     timed = []
-    for bn, bkb, split, warps, stages in w4a4_gemv.TC_CONFIGS:
-        if not w4a4_gemv.tc_config_fits(bn, warps, element == "e2m1" or fp8_codes):
-            continue
-        config = triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=warps, num_stages=stages)
+    for config in sweep_candidates(kernel, m, element == "e2m1" or fp8_codes):
         got = product(out_dtype=torch.float32, config=config)
         ms = time_ms(lambda config=config: product(out_dtype=torch.bfloat16, residual=added, config=config))
         timed.append(dict(shape, config=described(config), pick=pick is not None and described(pick) == described(
@@ -134,14 +153,16 @@ def tc_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element: str
 
 
 def sweep_markdown(result: dict) -> str:
-    """The table of a ``--tc_sweep`` run."""
+    """The table of a ``--tc_sweep`` or ``--gemv_sweep`` run."""
     element = result["element"].upper()
-    lines = markdown_header(f"The tensor-core decode kernel's configs, fixed, in a stream ({element} x {element}, "
+    name, pins = SWEPT_KERNELS[result.get("kernel", "tc")]
+    configs = ("every config that fits the weights (BLOCK_N x BLOCK_KB, the K split, warps, stages)"
+               if result.get("kernel", "tc") == "tc" else "every candidate its pruning keeps at these rows")
+    lines = markdown_header(f"The {name} decode kernel's configs, fixed, in a stream ({element} x {element}, "
                             "per-row scales)", result)
     lines += ["bfloat16 out, with a residual added where the column says so (a model's o_proj and down_proj add "
-              "theirs: a tuning key of its own). Each shape's bf16 `x @ w.T` first, then every config that fits the "
-              "weights (BLOCK_N x BLOCK_KB, the K split, warps, stages), fastest first; `*` marks the autotuner's "
-              "pick (or `PINNED_TC_CONFIGS`'). GB/s counts the packed weight and its scales. The error is the fp32 "
+              f"theirs). Each shape's bf16 `x @ w.T` first, then {configs}, fastest first; `*` marks the "
+              f"autotuner's pick (or `{pins}`'). GB/s counts the packed weight and its scales. The error is the fp32 "
               "product's largest against the twin's, over its largest output.", "",
               "| N x K | M | codes | residual | config | µs | GB/s | x bf16 | error |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -193,33 +214,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tc_sweep", action="store_true",
                    help="instead, time every tensor-core decode config that fits, fixed, at each shape and row count "
                         "(TC_MIN_M to TC_MAX_M), the autotuner's pick marked: the evidence for PINNED_TC_CONFIGS")
+    p.add_argument("--gemv_sweep", action="store_true",
+                   help="instead, time every CUDA-core decode config its pruning keeps, fixed, at each shape and row "
+                        "count (1 to GEMV_MAX_M), on dp4a bytes, the autotuner's pick marked: the evidence for "
+                        "PINNED_GEMV_CONFIGS")
     p.add_argument("--residual", default="0", choices=["0", "1", "both"],
-                   help="--tc_sweep: the products without a residual (0, the default), with one added (1: a model's "
-                        "o_proj and down_proj, another tuning key), or both")
+                   help="--tc_sweep, --gemv_sweep: the products without a residual (0, the default), with one added "
+                        "(1: a model's o_proj and down_proj, another tensor-core tuning key), or both")
     add_l2_flush_argument(p)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
-    from quant_kernels.w4a4_gemv import TC_MAX_M, TC_MIN_M
+    from quant_kernels.w4a4_gemv import GEMV_MAX_M, TC_MAX_M, TC_MIN_M
 
-    if args.tc_sweep and not all(TC_MIN_M <= m <= TC_MAX_M for m in args.ms):
-        p.error(f"--tc_sweep times the tensor-core decode kernel, which takes {TC_MIN_M} to {TC_MAX_M} rows on a "
-                f"GPU: got --ms {','.join(map(str, args.ms))}")
+    if args.tc_sweep and args.gemv_sweep:
+        p.error("--tc_sweep and --gemv_sweep each time one kernel: choose one a run")
+    kernel = "tc" if args.tc_sweep else "cuda_core" if args.gemv_sweep else None
+    low, high = (TC_MIN_M, TC_MAX_M) if kernel == "tc" else (1, GEMV_MAX_M)
+    if kernel and not all(low <= m <= high for m in args.ms):
+        p.error(f"--{'tc' if kernel == 'tc' else 'gemv'}_sweep times the {SWEPT_KERNELS[kernel][0]} decode kernel, "
+                f"which takes {low} to {high} rows on a GPU: got --ms {','.join(map(str, args.ms))}")
     device, time_ms = gpu_stream_timer(p, args.in_stream, args.l2_flush)
     result = {**run_header("decode_rows_bench.py", argv, device), "l2_flush": args.l2_flush, "rows": [],
-              "element": args.element, "timing": stream_timer_note(args.in_stream, args.l2_flush)}
+              "element": args.element, "timing": stream_timer_note(args.in_stream, args.l2_flush),
+              **({"kernel": kernel} if kernel else {})}
     residuals = {"0": [False], "1": [True], "both": [False, True]}[args.residual]
     for n, k in parse_shapes(args.shapes):
         for m in args.ms:
-            if args.tc_sweep:
+            if kernel:
                 for residual in residuals:
-                    result["rows"] += tc_sweep(n, k, m, time_ms, device, args.element, residual)
+                    result["rows"] += config_sweep(n, k, m, time_ms, device, args.element, residual, kernel)
                     write_result_files(args.out, result, sweep_markdown(result))
                 print(sweep_markdown(result).splitlines()[-1], flush=True)
             else:
                 result["rows"].append(bench(n, k, m, time_ms, device, args.element))
                 write_result_files(args.out, result, markdown(result))
                 print(result["rows"][-1], flush=True)
-    print(sweep_markdown(result) if args.tc_sweep else markdown(result))
+    print(sweep_markdown(result) if kernel else markdown(result))
     return 0
 
 

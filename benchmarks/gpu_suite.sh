@@ -176,6 +176,11 @@
 #              H100's pins (tc_sweep_{int4,e2m1}_s67_h100.md), where one process had picked 16 x 256 on 2 warps for
 #              INT4 at 4096 x 4096 (7.1 us) and two others 32 x 256 split in two (7.8-8.0 us) (issue 9: 3x bf16 at
 #              M <= 16)
+#   gemv_sweep  every CUDA-core decode config its pruning keeps, fixed, timed by a read in a stream
+#              (decode_rows_bench.py --gemv_sweep), INT4 and E2M1 (ELEMENTS) at one row (MS) at the four Llama-3-8B
+#              shapes (SHAPES), the tuner's pick marked (or PINNED_GEMV_CONFIGS'): which one-row picks to pin on the
+#              H100, where E2M1 at one row moved 4-7 % with the process's draw (2.59-2.69x bf16 at 4096 x 4096,
+#              2.93-3.15x at 6144 x 4096, kernel_bench_pinned_rest_s67_h100.md) (issue 9: 3x bf16 at M <= 16)
 #   e2m1_signs_ab  E2M1 at one row (MS) on the CUDA-core decode kernel, its weights decoded by three table lookups
 #              (PTQ_E2M1_SIGN_BYTES=0) and by one lookup and the packed bytes' own sign bits (1, the default: 10-14 %
 #              fewer SASS instructions a K step, kernel_sass_w4a4_gemv_e2m1_sign_bytes_s66_sm90.md), each in its own
@@ -605,6 +610,12 @@ for section in "$@"; do
           --element "$element" --ms "${MS:-16}" --residual "${RESIDUAL:-both}" \
           --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --out "$OUT/tc_sweep_${element}_${GPU}"
       done ;;
+    gemv_sweep)
+      for element in ${ELEMENTS:-int4 e2m1}; do
+        step "${LIMIT_GEMV_SWEEP:-280}" "gemv_sweep_$element" python benchmarks/decode_rows_bench.py --gemv_sweep \
+          --element "$element" --ms "${MS:-1}" \
+          --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --out "$OUT/gemv_sweep_${element}_${GPU}"
+      done ;;
     tc_decode_model)
       step "${LIMIT_MODEL:-540}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes w4a4kv4,bf16 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile --no_eager \
@@ -646,6 +657,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, e2m1_signs_ab, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, gemv_sweep, e2m1_signs_ab, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

@@ -61,3 +61,10 @@ def test_autotune_flush_w4a4_tunes_by_one_flush_a_call(tmp_path):
 def test_e2m1_signs_ab_times_each_decode_in_its_own_process(tmp_path):
     assert stubbed_steps(tmp_path, "e2m1_signs_ab", "PTQ_E2M1_SIGN_BYTES") == [
         ("kernel_bench_e2m1_sign_bytes_0", "280", "0"), ("kernel_bench_e2m1_sign_bytes_1", "280", "1")]
+
+
+def test_gemv_sweep_times_each_element_in_its_own_step(tmp_path):
+    assert [step[:2] for step in stubbed_steps(tmp_path, "gemv_sweep")] == [("gemv_sweep_int4", "280"),
+                                                                           ("gemv_sweep_e2m1", "280")]
+    assert [step[:2] for step in stubbed_steps(tmp_path, "gemv_sweep", ELEMENTS="e2m1", LIMIT_GEMV_SWEEP="200")] == [
+        ("gemv_sweep_e2m1", "200")]

@@ -1896,12 +1896,12 @@ def test_decode_rows_bench_sweeps_every_tensor_core_config_that_fits(element, mo
     monkeypatch.setattr(quant_kernels, "decode_codes_form", lambda e, m, on_gpu: form(e, m, True))
     fitting = [c for c in w4a4_gemv.TC_CONFIGS if w4a4_gemv.tc_config_fits(c[0], c[3], element == "e2m1")]
     picked = fitting[-1]
-    monkeypatch.setattr(decode_rows_bench, "tuned_tc_pick", lambda call: triton.Config(
+    monkeypatch.setattr(decode_rows_bench, "tuned_pick", lambda call, kernel: triton.Config(
         dict(BLOCK_N=picked[0], BLOCK_KB=picked[1], SPLIT_K=picked[2]), num_warps=picked[3], num_stages=picked[4]))
     times = iter(range(100, 0, -1))  # each call timed faster than the one before: the sweep's order reversed
     torch.manual_seed(0)
-    rows = decode_rows_bench.tc_sweep(64, 512, 16, lambda call: (call(), next(times) / 1e3)[1], torch.device("cpu"),
-                                      element, residual=element == "e2m1")
+    rows = decode_rows_bench.config_sweep(64, 512, 16, lambda call: (call(), next(times) / 1e3)[1],
+                                          torch.device("cpu"), element, residual=element == "e2m1")
     assert rows[0]["config"] == "bf16 x @ w.T" and len(rows) == 1 + len(fitting)
     assert 1 < len(fitting) < len(w4a4_gemv.TC_CONFIGS) if element == "e2m1" else len(fitting) == len(
         w4a4_gemv.TC_CONFIGS)
@@ -1913,11 +1913,49 @@ def test_decode_rows_bench_sweeps_every_tensor_core_config_that_fits(element, mo
                                                  l2_flush="read", element=element, rows=rows))
     residual = "yes" if element == "e2m1" else "no"
     assert f"| 64x512 | 16 | {rows[1]['codes']} | {residual} | * {rows[1]['config']} | " in text
+    assert "tensor-core decode kernel's configs" in text and "`PINNED_TC_CONFIGS`'" in text
 
 
-def test_decode_rows_bench_sweeps_only_the_tensor_core_rows(cli, tmp_path):
-    done = cli("benchmarks/decode_rows_bench.py", "--tc_sweep", "--ms", "1,16", "--out", str(tmp_path / "sweep"))
-    assert done.returncode == 2 and "takes 5 to 64 rows on a GPU: got --ms 1,16" in done.stderr
+@pytest.mark.parametrize("m", [1, 6])
+def test_decode_rows_bench_sweeps_every_cuda_core_candidate(m, monkeypatch):
+    """decode_rows_bench's ``--gemv_sweep`` rows: bf16 first, then every CUDA-core candidate its pruning keeps at M
+    rows (the prefetching and folded ones at one row only), on dp4a bytes (also where the linear would write E4M3
+    planes, as for the tensor cores' rows on a GPU), fastest first, each E2M1 product equal to the twin's, the
+    autotuner's pick marked once."""
+    import quant_kernels
+    from benchmarks import decode_rows_bench
+    from benchmarks.kernel_bench import described
+    from quant_kernels import w4a4_gemv
+
+    monkeypatch.setattr(quant_kernels, "decode_codes_form", lambda e, rows, on_gpu: ("int4", True))
+    kept = w4a4_gemv.prune_decode_configs(w4a4_gemv._gemv_autotuned.configs, dict(BLOCK_M=triton.next_power_of_2(m)))
+    assert (len(kept) < len(w4a4_gemv._gemv_autotuned.configs)) == (m > 1)
+    picked = kept[len(kept) // 2]
+    monkeypatch.setattr(decode_rows_bench, "tuned_pick", lambda call, kernel: (call(), picked)[1]
+                        if kernel == "cuda_core" else None)
+    times = iter(range(len(kept) + 1, 0, -1))
+    torch.manual_seed(0)
+    rows = decode_rows_bench.config_sweep(16, 256, m, lambda call: (call(), next(times) / 1e3)[1],
+                                          torch.device("cpu"), "e2m1", kernel="cuda_core")
+    assert rows[0]["config"] == "bf16 x @ w.T" and len(rows) == 1 + len(kept)
+    assert {r["codes"] for r in rows} == {"dp4a bytes"} and {r["kernel"] for r in rows} == {"cuda_core"}
+    assert [r["us"] for r in rows[1:]] == sorted(r["us"] for r in rows[1:])
+    assert [r["pick"] for r in rows].count(True) == 1 and all(r["rel_err"] <= 1e-5 for r in rows)
+    assert [r["config"] for r in rows if r["pick"]] == [described(picked)]
+    text = decode_rows_bench.sweep_markdown(dict(device="GPU", date="d", versions={}, command="c", timing="t",
+                                                 l2_flush="read", element="e2m1", kernel="cuda_core", rows=rows))
+    assert "CUDA-core decode kernel's configs" in text and "`PINNED_GEMV_CONFIGS`'" in text
+
+
+@pytest.mark.parametrize("flags, said", [
+    (["--tc_sweep", "--ms", "1,16"], "--tc_sweep times the tensor-core decode kernel, which takes 5 to 64 rows on a "
+                                     "GPU: got --ms 1,16"),
+    (["--gemv_sweep", "--ms", "1,16"], "--gemv_sweep times the CUDA-core decode kernel, which takes 1 to 8 rows on a "
+                                       "GPU: got --ms 1,16"),
+    (["--gemv_sweep", "--tc_sweep", "--ms", "8"], "each time one kernel: choose one a run")])
+def test_decode_rows_bench_sweeps_only_its_kernels_rows(cli, tmp_path, flags, said):
+    done = cli("benchmarks/decode_rows_bench.py", *flags, "--out", str(tmp_path / "sweep"))
+    assert done.returncode == 2 and said in done.stderr
     assert not (tmp_path / "sweep.json").exists()
 
 
