@@ -595,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         "gemm": [], "act_quant": [], "weight_only": [], "weight_only_dtype": args.weight_only_dtype,
     }
     act_done = set()
+    started = time.monotonic()  # each shape's line tells how far in the run is: cold tuning dominates a first call
     for n, k in shapes:
         for m in ms:
             result["gemm"] += bench_shape(n, k, m, device, time_ms, formats, not args.default_paths_only)
@@ -602,12 +603,12 @@ def main(argv: list[str] | None = None) -> int:
                 act_done.add((m, k))
                 result["act_quant"] += bench_act_quant(m, k, device, time_ms, formats)
             write_result_files(args.out, result, markdown(result))  # partial results survive a time limit
-            print(f"done N={n} K={k} M={m}", flush=True)
+            print(f"done N={n} K={k} M={m} ({time.monotonic() - started:.0f} s in)", flush=True)
     for n, k in shapes:
         for m in weight_only_ms:
             result["weight_only"] += bench_weight_only(n, k, m, device, time_ms, wo_formats, args.weight_only_dtype)
             write_result_files(args.out, result, markdown(result))
-            print(f"done weight-only N={n} K={k} M={m}", flush=True)
+            print(f"done weight-only N={n} K={k} M={m} ({time.monotonic() - started:.0f} s in)", flush=True)
     print(markdown(result))  # the files were written after the last step
     return 0
 

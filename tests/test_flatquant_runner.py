@@ -250,6 +250,7 @@ def test_kernel_bench_default_paths_only_skips_the_alternatives(cli, tmp_path):
         out = cli("benchmarks/kernel_bench.py", "--cpu_dry_run", "--formats", "int4", "--ms", "1", "--shapes", "32x128",
                   "--weight_only_ms", "", "--reps", "1", "--warmup", "0", *extra, "--out", prefix)
         assert out.returncode == 0, out.stderr
+        assert re.search(r"^done N=32 K=128 M=1 \(\d+ s in\)$", out.stdout, re.MULTILINE), out.stdout
         tables.append(open(prefix + ".md").read())
     full, default_only = tables
     for table in tables:
