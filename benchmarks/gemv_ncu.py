@@ -7,13 +7,16 @@ random codes: ``--kernel w4a4`` the W4A4 decode kernel (``w4a4_gemv.w4a4_gemv_tr
 E2M1 weights), ``--kernel fpx`` the FPx row kernel (``fpx_gemm.fpx_matmul_triton`` with
 ``row_kernel=True``, a bfloat16 row; ``PTQ_FPX_MMA=1`` takes its tensor-core form), ``--kernel fpx_tile``
 the FPx tensor-core tile kernel at ``--rows`` activation rows of ``--dtype`` (``row_kernel=False``; its configs as
-``fpx_row_sweep.py --kernel tile --extra`` writes them). Profile it with, for example:
+``fpx_row_sweep.py --kernel tile --extra`` writes them), ``--kernel w4a4_tc`` the W4A4 tensor-core decode kernel
+(``tensor_cores=True``) at ``--rows`` rows on the codes ``w4a4_linear`` writes for them there (E4M3 planes for
+E2M1 weights, dp4a bytes for INT4). Profile it with, for example:
 
     ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \\
         --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:_w4a4_gemv_kernel \\
         python benchmarks/gemv_ncu.py --shapes 4096x4096,14336x4096
 
-(``-k regex:_fpx_row_kernel`` for the FPx row kernel, ``-k regex:_fpx_kernel`` for the tile kernel; ncu locks
+(``-k regex:_fpx_row_kernel`` for the FPx row kernel, ``-k regex:_fpx_kernel`` for the tile kernel,
+``-k regex:_w4a4_tc_kernel`` for the tensor-core decode kernel; ncu locks
 the clocks at base unless given ``--clock-control none``). ``benchmarks/results/kernels_h200.md`` (seventh run)
 holds what it showed on the H200 for the W4A4 kernel.
 ``--cpu_dry_run`` launches under the Triton interpreter on a tiny shape (to exercise the
@@ -43,10 +46,17 @@ FPX_DEFAULT_CONFIGS = "64,64,8,2,0,4;64,64,8,2,1,4;64,64,8,2,0,1;64,64,8,2,1,1;3
 # unsplit on 4 stages and 128 x 64 split four ways, FP6's fastest tiles at 64 and 128 rows on the H100
 # (``kernels_h200.md``, sixty-second and sixty-third sessions).
 FPX_TILE_DEFAULT_CONFIGS = "64,64,128,4,4,1,1,1;128,64,128,4,3,1,1,4"
+# (BLOCK_N, BLOCK_KB, SPLIT_K, warps, stages) of the W4A4 tensor-core decode kernel: INT4's pin at 16 rows of 4096 x
+# 4096 on the H100, E2M1's, and the split tile two processes' tuners picked there (7.8-8.0 us against 7.1;
+# ``tc_sweep_int4_s67_h100.md``).
+TC_DEFAULT_CONFIGS = "16,256,1,2,3;64,256,1,4,3;32,256,2,4,3"
 DRY_SHAPE = (40, 256)
 DRY_ROWS = 20  # (the tile kernel's dry run: a ragged row tile)
 FPX_ELEMENTS = ("e3m2", "e2m3", "e2m2", "e3m1", "e2m1", "e3m0")
-KERNEL_ELEMENTS = {"w4a4": ("int4", "e2m1"), "fpx": FPX_ELEMENTS, "fpx_tile": FPX_ELEMENTS}
+KERNEL_ELEMENTS = {"w4a4": ("int4", "e2m1"), "fpx": FPX_ELEMENTS, "fpx_tile": FPX_ELEMENTS,
+                   "w4a4_tc": ("int4", "e2m1")}
+# The activation rows a kernel of ``--rows`` takes unless told.
+DEFAULT_ROWS = {"fpx_tile": 128, "w4a4_tc": 16}
 
 
 def _row_configs(text: str, form: str, required: int, defaults: tuple[int, ...]) -> list[tuple]:
@@ -67,6 +77,35 @@ def parse_fpx_configs(text: str) -> list[tuple[int, int, int, int, bool, int, in
     maxnreg 0, no cap, when left out)."""
     return _row_configs(text, "an FPx row config is BLOCK_N,BLOCK_KW,warps,stages,prefetch,split_k"
                         "[,loop_stages[,maxnreg]]", 6, (1, 0))
+
+
+def parse_tc_configs(text: str) -> list[tuple[int, int, int, int, int]]:
+    """'BLOCK_N,BLOCK_KB,split_k,warps,stages;...' -> tuples."""
+    return parse_tiles(text, "a tensor-core decode config is BLOCK_N,BLOCK_KB,split_k,warps,stages", 5, 5)
+
+
+def launch_tc(n: int, k: int, config: tuple[int, int, int, int, int], element: str, launches: int,
+              device: torch.device, rows: int) -> torch.Tensor:
+    """``launches`` calls of the tensor-core decode kernel with ``config`` fixed on ``rows`` random bfloat16 rows'
+    codes, in the form ``w4a4_linear`` writes for ``element`` weights there (``decode_codes_form``), and random
+    weights of that element; returns the (rows, n) output."""
+    import triton
+
+    import quant_kernels
+    from quant_kernels.w4a4_gemv import w4a4_gemv_triton
+
+    block_n, block_kb, split_k, warps, stages = config
+    fixed = triton.Config(dict(BLOCK_N=block_n, BLOCK_KB=block_kb, SPLIT_K=split_k), num_warps=warps,
+                          num_stages=stages)
+    x = torch.randn(rows, k, dtype=torch.bfloat16, device=device)
+    dp4a_for, fp8_codes = quant_kernels.decode_codes_form(element, rows, device.type == "cuda")
+    codes = quant_kernels.quantize_activations(x, element, dp4a_for=dp4a_for, fp8_codes=fp8_codes, backend="triton")
+    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=device)
+    w_scale = torch.rand(n, 1, device=device)
+    for _ in range(launches):
+        out = w4a4_gemv_triton(*codes, w_packed, w_scale, a_element=element, w_element=element,
+                               out_dtype=torch.bfloat16, tensor_cores=True, config=fixed)
+    return out
 
 
 def fpx_row_config(config: tuple[int, int, int, int, bool, int, int, int]):
@@ -135,24 +174,26 @@ def main(argv: list[str] | None = None) -> int:
                    help="N x K weight shapes, comma-separated, or a preset of kernel_bench.py")
     p.add_argument("--kernel", default="w4a4", choices=tuple(KERNEL_ELEMENTS),
                    help="w4a4: the W4A4 decode kernel; fpx: the FPx row kernel; fpx_tile: the FPx tensor-core tile "
-                        "kernel (default: %(default)s)")
+                        "kernel; w4a4_tc: the W4A4 tensor-core decode kernel (default: %(default)s)")
     p.add_argument("--configs", default=None,
                    help=f"';'-separated configs: w4a4 BLOCK_N,BLOCK_KW,warps,stages,prefetch[,fold[,loop_stages]] "
                         f"(default {DEFAULT_CONFIGS}); fpx BLOCK_N,BLOCK_KW,warps,stages,prefetch,split_k"
                         f"[,loop_stages[,maxnreg]] (default {FPX_DEFAULT_CONFIGS}); fpx_tile BLOCK_M,BLOCK_N,BLOCK_K,"
-                        f"warps,stages,paired,swap_ab,split_k[,maxnreg] (default {FPX_TILE_DEFAULT_CONFIGS})")
-    p.add_argument("--rows", type=int, default=128, help="fpx_tile: activation rows (default: %(default)s)")
+                        f"warps,stages,paired,swap_ab,split_k[,maxnreg] (default {FPX_TILE_DEFAULT_CONFIGS}); "
+                        f"w4a4_tc BLOCK_N,BLOCK_KB,split_k,warps,stages (default {TC_DEFAULT_CONFIGS})")
+    p.add_argument("--rows", type=int, default=None,
+                   help="fpx_tile, w4a4_tc: activation rows (default: 128 and 16)")
     p.add_argument("--dtype", default="bf16", choices=tuple(WEIGHT_ONLY_DTYPES),
                    help="fpx_tile: the activations' dtype (default: %(default)s)")
     p.add_argument("--w_element", default=None,
-                   help="the weight element: int4 or e2m1 (w4a4, default int4); an FPx element such as e3m2 "
+                   help="the weight element: int4 or e2m1 (w4a4, w4a4_tc, default int4); an FPx element such as e3m2 "
                         "(fpx, the default), e2m3, e2m2, e3m1, e2m1, e3m0")
     p.add_argument("--launches", type=int, default=3, help="launches per shape and config")
     p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: the interpreter, a tiny shape")
     args = p.parse_args(argv)
     if args.cpu_dry_run:  # (before the tile configs' parser imports the kernels)
         os.environ["TRITON_INTERPRET"] = "1"
-    fpx, tile = args.kernel == "fpx", args.kernel == "fpx_tile"
+    fpx, tile, tc = args.kernel == "fpx", args.kernel == "fpx_tile", args.kernel == "w4a4_tc"
     w_element = args.w_element or KERNEL_ELEMENTS[args.kernel][0]
     if w_element not in KERNEL_ELEMENTS[args.kernel]:
         p.error(f"--kernel {args.kernel} takes --w_element {', '.join(KERNEL_ELEMENTS[args.kernel])}, got {w_element}")
@@ -161,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks.fpx_row_sweep import parse_tile_configs  # (late: that sweep imports this module)
 
             configs = parse_tile_configs(args.configs or FPX_TILE_DEFAULT_CONFIGS)
+        elif tc:
+            configs = parse_tc_configs(args.configs or TC_DEFAULT_CONFIGS)
         else:
             configs = (parse_fpx_configs(args.configs or FPX_DEFAULT_CONFIGS) if fpx
                        else parse_configs(args.configs or DEFAULT_CONFIGS))
@@ -168,10 +211,20 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(err))
     if args.launches < 1:
         p.error(f"--launches must be at least 1, got {args.launches}")
-    if args.rows < 1:
+    if args.rows is not None and args.rows < 1:
         p.error(f"--rows must be at least 1, got {args.rows}")
-    if not tile and (args.rows != p.get_default("rows") or args.dtype != p.get_default("dtype")):
-        p.error(f"--rows and --dtype are for --kernel fpx_tile (--kernel {args.kernel} takes one bfloat16 row)")
+    if args.kernel not in DEFAULT_ROWS and args.rows is not None or not tile and args.dtype != p.get_default("dtype"):
+        p.error(f"--rows is for --kernel fpx_tile and w4a4_tc, --dtype for fpx_tile (--kernel {args.kernel} takes "
+                "one bfloat16 row)")
+    if tc:
+        from quant_kernels.w4a4_gemv import TC_MAX_M, TC_MIN_BLOCK_N
+
+        if not 1 <= (args.rows or DEFAULT_ROWS["w4a4_tc"]) <= TC_MAX_M:
+            p.error(f"--kernel w4a4_tc takes 1 to {TC_MAX_M} rows, got --rows {args.rows}")
+        if any(c[0] < TC_MIN_BLOCK_N or c[2] < 1 for c in configs):
+            p.error(f"a tensor-core decode config takes BLOCK_N of at least {TC_MIN_BLOCK_N} and split_k of at least "
+                    f"1, got {args.configs}")
+    args.rows = args.rows or DEFAULT_ROWS.get(args.kernel, 1)
     try:
         shapes = parse_shapes(args.shapes)
     except SystemExit as err:
@@ -183,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         if tile:  # (the interpreter's small tiles; a paired unswapped step takes eight dots of 16)
             configs = [dry_tile_config(c) for c in configs]
             args.rows = min(args.rows, DRY_ROWS)
+        elif tc:  # (the interpreter's fixed tile, the split kept up to 2)
+            configs = [(16, 32, min(c[2], 2), 1, 1) for c in configs]
         else:
             configs = [(8, 4, 1, 1, c[4], min(c[5], 4), c[6], c[7]) if fpx else (8, 4 * c[5], 1, 1, c[4], c[5], c[6])
                        for c in configs]
@@ -195,13 +250,16 @@ def main(argv: list[str] | None = None) -> int:
             if tile:
                 out = launch_fpx(n, k, config, w_element, args.launches, device, args.rows,
                                  WEIGHT_ONLY_DTYPES[args.dtype])
+            elif tc:
+                out = launch_tc(n, k, config, w_element, args.launches, device, args.rows)
             elif fpx:
                 out = launch_fpx(n, k, fpx_row_config(config), w_element, args.launches, device)
             else:
                 out = launch(n, k, config, w_element, args.launches, device)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            shown = f"{described(config)}, {args.rows} {args.dtype} rows" if tile else config
+            shown = (f"{described(config)}, {args.rows} {args.dtype} rows" if tile else
+                     f"{config}, {args.rows} rows" if tc else config)
             print(f"N={n} K={k} config={shown}: {args.launches} launches, output finite: "
                   f"{bool(out.float().isfinite().all())}", flush=True)
     return 0

@@ -181,6 +181,11 @@
 #              shapes (SHAPES), the tuner's pick marked (or PINNED_GEMV_CONFIGS'): which one-row picks to pin on the
 #              H100, where E2M1 at one row moved 4-7 % with the process's draw (2.59-2.69x bf16 at 4096 x 4096,
 #              2.93-3.15x at 6144 x 4096, kernel_bench_pinned_rest_s67_h100.md) (issue 9: 3x bf16 at M <= 16)
+#   tc_ncu     the W4A4 tensor-core decode kernel under Nsight Compute at boost clocks (gemv_ncu.py --kernel w4a4_tc),
+#              16 rows (ROWS) at 4096 x 4096 and 14336 x 4096 (SHAPES): INT4 on its H100 pin, E2M1's and the split tile
+#              other draws picked; E2M1 (on E4M3 planes) on 64 x 256 and 64 x 128; DRAM and L2 bytes beside the
+#              sections: at 4096 x 4096 16 rows run 2.2x bf16 where 14336 x 4096 runs 3.2x, and a 16-wide tile reads
+#              the 16 rows' 64 KB of activation bytes per program, twice its weight bytes (issue 9: 3x at M <= 16)
 #   e2m1_signs_ab  E2M1 at one row (MS) on the CUDA-core decode kernel, its weights decoded by three table lookups
 #              (PTQ_E2M1_SIGN_BYTES=0) and by one lookup and the packed bytes' own sign bits (1, the default: 10-14 %
 #              fewer SASS instructions a K step, kernel_sass_w4a4_gemv_e2m1_sign_bytes_s66_sm90.md), each in its own
@@ -616,6 +621,15 @@ for section in "$@"; do
           --element "$element" --ms "${MS:-1}" \
           --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --out "$OUT/gemv_sweep_${element}_${GPU}"
       done ;;
+    tc_ncu)
+      tc_ncu=(ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats
+              --section SchedulerStats --section MemoryWorkloadAnalysis --metrics dram__bytes_read.sum,lts__t_bytes.sum
+              -k regex:_w4a4_tc_kernel)
+      step "${LIMIT_TC_NCU:-150}" ncu_tc_int4 "${tc_ncu[@]}" python -u benchmarks/gemv_ncu.py --kernel w4a4_tc \
+        --rows "${ROWS:-16}" --shapes "${SHAPES:-4096x4096,14336x4096}" --launches 1
+      step "${LIMIT_TC_NCU:-150}" ncu_tc_e2m1 "${tc_ncu[@]}" python -u benchmarks/gemv_ncu.py --kernel w4a4_tc \
+        --w_element e2m1 --rows "${ROWS:-16}" --shapes "${SHAPES:-4096x4096,14336x4096}" \
+        --configs "64,256,1,4,3;64,128,1,4,4" --launches 1 ;;
     tc_decode_model)
       step "${LIMIT_MODEL:-540}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes w4a4kv4,bf16 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile --no_eager \
@@ -657,6 +671,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, gemv_sweep, e2m1_signs_ab, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, gemv_sweep, tc_ncu, e2m1_signs_ab, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

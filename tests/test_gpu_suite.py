@@ -68,3 +68,16 @@ def test_gemv_sweep_times_each_element_in_its_own_step(tmp_path):
                                                                            ("gemv_sweep_e2m1", "280")]
     assert [step[:2] for step in stubbed_steps(tmp_path, "gemv_sweep", ELEMENTS="e2m1", LIMIT_GEMV_SWEEP="200")] == [
         ("gemv_sweep_e2m1", "200")]
+
+
+def test_tc_ncu_profiles_each_element_in_its_own_step(tmp_path):
+    """Each element's step runs ncu on the tensor-core decode kernel over gemv_ncu's launches of it (a stub ncu
+    reports its arguments)."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ncu").write_text('#!/bin/sh\necho "ncu: $*"\n')
+    (tmp_path / "bin" / "ncu").chmod(0o755)
+    assert [step[:2] for step in stubbed_steps(tmp_path, "tc_ncu")] == [("ncu_tc_int4", "150"), ("ncu_tc_e2m1", "150")]
+    for element in ("int4", "e2m1"):
+        called = open(tmp_path / "out" / f"ncu_tc_{element}.log").read()
+        assert "-k regex:_w4a4_tc_kernel python -u benchmarks/gemv_ncu.py --kernel w4a4_tc" in called
+        assert ("--w_element e2m1" in called) == (element == "e2m1") and "--rows 16" in called

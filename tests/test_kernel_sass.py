@@ -224,9 +224,40 @@ def test_gemv_ncu_launches_the_fpx_tile_kernel_under_the_interpreter(capsys):
     assert len(capsys.readouterr().out.splitlines()) == len(gemv_ncu.FPX_TILE_DEFAULT_CONFIGS.split(";"))
     for argv, message in ((["--kernel", "fpx_tile", "--configs", "64,64"], "a tile config is BLOCK_M,"),
                           (["--kernel", "fpx_tile", "--rows", "0"], "--rows must be at least 1, got 0"),
-                          (["--kernel", "fpx", "--dtype", "fp16"], "--rows and --dtype are for --kernel fpx_tile")):
+                          (["--kernel", "fpx", "--dtype", "fp16"], "--dtype for fpx_tile (--kernel fpx takes"),
+                          (["--kernel", "w4a4", "--rows", "4"], "--rows is for --kernel fpx_tile and w4a4_tc")):
         with pytest.raises(SystemExit):
             gemv_ncu.main([*argv, "--cpu_dry_run"])
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("element", ["int4", "e2m1"])
+def test_gemv_ncu_launches_the_tensor_core_decode_kernel_under_the_interpreter(element, capsys, monkeypatch):
+    """``--kernel w4a4_tc``: every tensor-core decode config launched (split or not) at ``--rows`` rows (16 unless
+    told) on the codes the linear writes for the weights there (E4M3 planes for E2M1 on a GPU), a finite output;
+    rows the kernel does not take, a narrow tile and a split of 0 are refused by name."""
+    import quant_kernels
+    from benchmarks import gemv_ncu
+
+    forms = []
+    form = quant_kernels.decode_codes_form
+    monkeypatch.setattr(quant_kernels, "decode_codes_form",
+                        lambda e, rows, on_gpu: forms.append((e, rows)) or form(e, rows, on_gpu))
+    assert gemv_ncu.main(["--kernel", "w4a4_tc", "--w_element", element, "--cpu_dry_run", "--launches", "1"]) == 0
+    assert gemv_ncu.main(["--kernel", "w4a4_tc", "--w_element", element, "--rows", "5", "--configs",
+                          "64,128,4,4,4", "--cpu_dry_run", "--launches", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(gemv_ncu.TC_DEFAULT_CONFIGS.split(";")) + 1
+    assert all(line.endswith("output finite: True") for line in lines)
+    assert [line.split("), ")[1].split(":")[0] for line in lines] == ["16 rows"] * (len(lines) - 1) + ["5 rows"]
+    assert "(16, 32, 2, 1, 1)" in lines[-1] and set(forms) == {(element, 16), (element, 5)}
+    assert gemv_ncu.parse_tc_configs("16,256,1,2,3") == [(16, 256, 1, 2, 3)]
+    for argv, message in ((["--rows", "65"], "--kernel w4a4_tc takes 1 to 64 rows, got --rows 65"),
+                          (["--configs", "8,256,1,2,3"], "BLOCK_N of at least 16 and split_k of at least 1"),
+                          (["--configs", "16,256,0,2,3"], "BLOCK_N of at least 16 and split_k of at least 1"),
+                          (["--configs", "16,256,1"], "a tensor-core decode config is BLOCK_N,BLOCK_KB")):
+        with pytest.raises(SystemExit):
+            gemv_ncu.main(["--kernel", "w4a4_tc", *argv, "--cpu_dry_run"])
         assert message in capsys.readouterr().err
 
 
