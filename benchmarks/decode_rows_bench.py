@@ -17,10 +17,13 @@ shape and row count (on the codes the linear writes: E4M3 planes for E2M1 weight
 (``--residual 1``: a model's o_proj and down_proj add theirs, a tuning key of its own) or both, the autotuner's pick
 marked: the evidence for ``w4a4_gemv.PINNED_TC_CONFIGS``, whose picks one tuning process may draw differently from
 the next. ``--gemv_sweep`` does the same for the CUDA-core decode kernel at 1 to ``GEMV_MAX_M`` rows (every
-candidate its pruning keeps, on dp4a bytes), the evidence for ``PINNED_GEMV_CONFIGS``:
+candidate its pruning keeps, on dp4a bytes), the evidence for ``PINNED_GEMV_CONFIGS``. ``--codes packed`` (or
+``both``) sweeps the tensor-core kernel on INT4 activations' packed codes too (its A_PACKED form, half the
+activation bytes; no default path writes them):
 
     python benchmarks/decode_rows_bench.py --tc_sweep --ms 16 --residual both --out benchmarks/results/tc_sweep_h100
     python benchmarks/decode_rows_bench.py --gemv_sweep --ms 1 --element e2m1 --out benchmarks/results/gemv_sweep_h100
+    python benchmarks/decode_rows_bench.py --tc_sweep --ms 16 --codes both --out benchmarks/results/tc_packed_h100
 """
 
 from __future__ import annotations
@@ -114,10 +117,11 @@ def sweep_candidates(kernel: str, m: int, fp8_operands: bool) -> list:
 
 
 def config_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element: str = "int4",
-                 residual: bool = False, kernel: str = "tc") -> list[dict]:
+                 residual: bool = False, kernel: str = "tc", packed: bool = False) -> list[dict]:
     """Every config of a decode kernel (``kernel``: "tc", the tensor-core one, or "cuda_core"; ``sweep_candidates``)
     at M x N x K, fixed, on the codes ``w4a4_linear`` writes for it (``decode_codes_form``: E4M3 planes for E2M1
-    weights on the tensor cores on a GPU, else dp4a bytes), bfloat16 out, with a residual added (``residual``, as a
+    weights on the tensor cores on a GPU, else dp4a bytes), or (``packed``, INT4 on the tensor cores) on the packed
+    codes, bfloat16 out, with a residual added (``residual``, as a
     model's o_proj and down_proj add theirs: another tensor-core tuning key) or not. Rows, bf16's first, then the
     configs fastest first: µs, weight GB/s, the ratio to bf16, the largest error of the fp32 product against the
     twin's over its largest output, and whether the autotuner (or the kernel's pins) picked it."""
@@ -128,8 +132,11 @@ def config_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element:
     x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
     w16 = torch.randn(n, k, dtype=torch.bfloat16, device=device) * 0.02
     w_packed, w_scale = quant_kernels.quantize_activations(w16, element, backend="triton")
+    if packed and (kernel, element) != ("tc", "int4"):
+        raise ValueError(f"packed activation codes take the tensor-core kernel's INT4 x INT4 form, got {element} on "
+                         f"the {SWEPT_KERNELS[kernel][0]} kernel")
     dp4a_for, fp8_codes = quant_kernels.decode_codes_form(element, m, device.type == "cuda") if kernel == "tc" \
-        else (element, False)
+        and not packed else (None if packed else element, False)
     codes = quant_kernels.quantize_activations(x, element, dp4a_for=dp4a_for, fp8_codes=fp8_codes, backend="triton")
     added = torch.randn(m, n, dtype=torch.bfloat16, device=device) if residual else None
     want = reference.w4a4_matmul_ref(*reference.quantize_activations_ref(x, element, 0, "float"), w_packed, w_scale,
@@ -137,8 +144,8 @@ def config_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element:
     product = functools.partial(w4a4_gemv.w4a4_gemv_triton, *codes, w_packed, w_scale, a_element=element,
                                 w_element=element, tensor_cores=kernel == "tc")
     pick = tuned_pick(lambda: product(out_dtype=torch.bfloat16, residual=added), kernel)
-    shape = dict(n=n, k=k, m=m, element=element, codes="E4M3 planes" if fp8_codes else "dp4a bytes",
-                 residual=residual, kernel=kernel)
+    shape = dict(n=n, k=k, m=m, element=element, residual=residual, kernel=kernel,
+                 codes="packed codes" if packed else "E4M3 planes" if fp8_codes else "dp4a bytes")
     bf16_ms = time_ms(lambda: x @ w16.T)
     weight_bytes = w_packed.numel() + 4 * w_scale.numel()
     timed = []
@@ -218,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead, time every CUDA-core decode config its pruning keeps, fixed, at each shape and row "
                         "count (1 to GEMV_MAX_M), on dp4a bytes, the autotuner's pick marked: the evidence for "
                         "PINNED_GEMV_CONFIGS")
+    p.add_argument("--codes", default="linear", choices=["linear", "packed", "both"],
+                   help="--tc_sweep with --element int4: the codes the linear writes (linear, the default), INT4 "
+                        "activations' packed codes (packed: the kernel's A_PACKED form, untimed), or both")
     p.add_argument("--residual", default="0", choices=["0", "1", "both"],
                    help="--tc_sweep, --gemv_sweep: the products without a residual (0, the default), with one added "
                         "(1: a model's o_proj and down_proj, another tensor-core tuning key), or both")
@@ -229,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tc_sweep and args.gemv_sweep:
         p.error("--tc_sweep and --gemv_sweep each time one kernel: choose one a run")
     kernel = "tc" if args.tc_sweep else "cuda_core" if args.gemv_sweep else None
+    if args.codes != "linear" and (kernel, args.element) != ("tc", "int4"):
+        p.error(f"--codes {args.codes} sweeps INT4 activations' packed codes on the tensor-core kernel: give "
+                "--tc_sweep and --element int4")
     low, high = (TC_MIN_M, TC_MAX_M) if kernel == "tc" else (1, GEMV_MAX_M)
     if kernel and not all(low <= m <= high for m in args.ms):
         p.error(f"--{'tc' if kernel == 'tc' else 'gemv'}_sweep times the {SWEPT_KERNELS[kernel][0]} decode kernel, "
@@ -238,12 +251,15 @@ def main(argv: list[str] | None = None) -> int:
               "element": args.element, "timing": stream_timer_note(args.in_stream, args.l2_flush),
               **({"kernel": kernel} if kernel else {})}
     residuals = {"0": [False], "1": [True], "both": [False, True]}[args.residual]
+    forms = {"linear": [False], "packed": [True], "both": [False, True]}[args.codes]
     for n, k in parse_shapes(args.shapes):
         for m in args.ms:
             if kernel:
                 for residual in residuals:
-                    result["rows"] += config_sweep(n, k, m, time_ms, device, args.element, residual, kernel)
-                    write_result_files(args.out, result, sweep_markdown(result))
+                    for packed in forms:
+                        result["rows"] += config_sweep(n, k, m, time_ms, device, args.element, residual, kernel,
+                                                       packed)
+                        write_result_files(args.out, result, sweep_markdown(result))
                 print(sweep_markdown(result).splitlines()[-1], flush=True)
             else:
                 result["rows"].append(bench(n, k, m, time_ms, device, args.element))

@@ -186,6 +186,11 @@
 #              other draws picked; E2M1 (on E4M3 planes) on 64 x 256 and 64 x 128; DRAM and L2 bytes beside the
 #              sections: at 4096 x 4096 16 rows run 2.2x bf16 where 14336 x 4096 runs 3.2x, and a 16-wide tile reads
 #              the 16 rows' 64 KB of activation bytes per program, twice its weight bytes (issue 9: 3x at M <= 16)
+#   tc_packed_ab  the INT4 tensor-core decode kernel's configs at 16 rows (MS) of the four Llama-3-8B shapes
+#              (SHAPES), each on the dp4a bytes the linear writes and on the activations' packed codes (A_PACKED:
+#              half the activation bytes, both nibbles moved up in registers; 16 x 256 on 2 warps: 300 SASS instructions
+#              a step against 229, 113 registers against 96, kernel_sass_w4a4_tc_int4_{packed,bytes}_s67_sm90.md),
+#              by a read in a stream (decode_rows_bench.py --tc_sweep --codes both) (issue 9: 3x at M <= 16)
 #   e2m1_signs_ab  E2M1 at one row (MS) on the CUDA-core decode kernel, its weights decoded by three table lookups
 #              (PTQ_E2M1_SIGN_BYTES=0) and by one lookup and the packed bytes' own sign bits (1, the default: 10-14 %
 #              fewer SASS instructions a K step, kernel_sass_w4a4_gemv_e2m1_sign_bytes_s66_sm90.md), each in its own
@@ -621,6 +626,10 @@ for section in "$@"; do
           --element "$element" --ms "${MS:-1}" \
           --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --out "$OUT/gemv_sweep_${element}_${GPU}"
       done ;;
+    tc_packed_ab)
+      step "${LIMIT_TC_PACKED:-300}" tc_packed_ab python benchmarks/decode_rows_bench.py --tc_sweep --element int4 \
+        --codes both --ms "${MS:-16}" --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" \
+        --out "$OUT/tc_packed_ab_${GPU}" ;;
     tc_ncu)
       tc_ncu=(ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats
               --section SchedulerStats --section MemoryWorkloadAnalysis --metrics dram__bytes_read.sum,lts__t_bytes.sum
@@ -671,6 +680,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, gemv_sweep, tc_ncu, e2m1_signs_ab, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, gemv_sweep, tc_ncu, tc_packed_ab, e2m1_signs_ab, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

@@ -290,6 +290,18 @@ def check_e4m3_planes(a_element: str) -> None:
                          f"pass the int8 bytes of quantize_activations(..., dp4a_for='int4') for INT8 activations")
 
 
+def check_packed_activations(a_packed: torch.Tensor, a_element: str, w_element: str) -> torch.Tensor:
+    """Raise ValueError unless activation codes given packed (two a byte, uint8, as ``quantize_activations`` writes
+    them without ``dp4a_for``) can take the decode path's packed form: a 2-D tensor of INT4 codes against INT4
+    weights. Returns an empty int8 (M, K) tensor standing in for them in ``check_dp4a_args`` (shapes only)."""
+    if a_packed.dim() != 2 or (a_element, w_element) != ("int4", "int4"):
+        raise ValueError(f"packed activation codes (uint8, two a byte) take INT4 activations against INT4 weights, as "
+                         f"a 2-D tensor: got {a_element} activations with {w_element} weights, shape "
+                         f"{tuple(a_packed.shape)}; pass the dp4a bytes of quantize_activations(..., dp4a_for="
+                         f"w_element) for other pairs")
+    return torch.empty(a_packed.shape[0], 2 * a_packed.shape[1], dtype=torch.int8)
+
+
 def e4m3_planes(dp4a_bytes: torch.Tensor) -> torch.Tensor:
     """INT4 weights' dp4a bytes (``dp4a_bytes``, ``w_element`` 'int4') as the E4M3 planes of the tensor-core
     kernel's FP8 forms: the same values in the same order, float8_e4m3fn (exact: |value| <= 12)."""
@@ -351,23 +363,27 @@ def w4a4_gemv_ref(
     ``silu_mul_ref`` of the rounded product. ``norm_tail``: (the result, ``norm_tail_ref`` of it).
     With INT8 activations (W4A8, W8A8) it is the W8A8 product of the levels (``int8_gemm.w8a8_matmul``), INT4
     weights widened to int8. E4M3 activation planes (``e4m3_planes``: INT4 weights' order whatever the weights, as
-    the tensor-core kernel's one-dot form takes them) give the product of the same codes."""
-    planes = a_bytes.dtype == torch.float8_e4m3fn
+    the tensor-core kernel's one-dot form takes them) give the product of the same codes, as do INT4 activations'
+    packed codes (uint8, ``check_packed_activations``) against INT4 weights."""
+    planes, packed = a_bytes.dtype == torch.float8_e4m3fn, a_bytes.dtype == torch.uint8
     if planes:
         check_e4m3_planes(a_element)
         a_bytes = a_bytes.float().to(torch.int8)  # exact: the planes hold the bytes' integer values
     order = "int4" if planes else w_element
-    check_dp4a_args(a_bytes, a_scale, w_packed, w_scale, a_element, order, bias, out_dtype, residual, gated)
+    check_dp4a_args(check_packed_activations(a_bytes, a_element, w_element) if packed else a_bytes, a_scale,
+                    w_packed, w_scale, a_element, order, bias, out_dtype, residual, gated)
     if norm_tail is not None:
         check_norm_tail(norm_tail, a_bytes.shape[0], w_packed.shape[0], out_dtype, gated)
-    values = dp4a_values(a_bytes, a_element, order)
-    if a_element == "int8":
+    if packed:
+        out = w4a4_matmul_ref(a_bytes, a_scale, w_packed, w_scale, a_element=a_element, w_element=w_element,
+                              bias=bias, out_dtype=out_dtype)
+    elif a_element == "int8":
         from .int8_gemm import w8a8_matmul
 
-        out = w8a8_matmul(values.to(torch.int8), a_scale, int8_weight_codes(w_packed, w_element), w_scale, bias,
-                          out_dtype)
+        levels = dp4a_values(a_bytes, a_element, order).to(torch.int8)
+        out = w8a8_matmul(levels, a_scale, int8_weight_codes(w_packed, w_element), w_scale, bias, out_dtype)
     else:
-        codes = packing.encode(values, w4a4_element(a_element))
+        codes = packing.encode(dp4a_values(a_bytes, a_element, order), w4a4_element(a_element))
         out = w4a4_matmul_ref(packing.pack(codes), a_scale, w_packed, w_scale, a_element=a_element,
                               w_element=w_element, bias=bias, out_dtype=out_dtype)
     if gated:

@@ -67,7 +67,8 @@ from quant_layers.packing import element_named
 from .act_quant import DP4A_FOR_IDS, _code_values, _tail_quantize_rows, clamp_kind, norm_tail_triton
 from .autotuning import autotune
 from .pdl import launch_dependents, pdl_flags, wait_for_producer
-from .reference import NormTail, check_dp4a_args, check_e4m3_planes, check_norm_tail, check_out
+from .reference import (NormTail, check_dp4a_args, check_e4m3_planes, check_norm_tail, check_out,
+                        check_packed_activations)
 from .rounding import _round_to_dtype, _silu_mul
 from .switches import env_switch
 
@@ -185,39 +186,40 @@ PINNED_GEMV_CONFIGS = {
     },
 }
 # The tensor-core decode kernel's autotune key.
-TC_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1", "A_E4M3", "A_E4M3_W_INT4")
+TC_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1", "A_E4M3", "A_E4M3_W_INT4",
+                 "A_PACKED")
 # Its picks kept instead of tuning, as PINNED_GEMV_CONFIGS: (BLOCK_N, BLOCK_KB, SPLIT_K, warps, stages). On the H200
 # the batch-8 Llama-3-8B W4A4KV4 decode step (q/k/v, o_proj, gate/up, down on INT4 weights) ran 3.97 ms with one
 # process's draws (run 16), 4.77 and 5.96 ms with two others' (runs 24, 23) and 3.89 ms with these (run 26); pinned,
 # bench_model's batch 8 went from 0.99x bf16 (run 23) to 1.36x (run 28, ``benchmarks/results/end_to_end_h200.md``).
 PINNED_TC_CONFIGS = {
     "NVIDIA H200": {
-        (8, 6144, 2048, False, False, 16, False, False, False): (64, 256, 2, 4, 3),
-        (8, 4096, 2048, False, True, 16, False, False, False): (32, 256, 1, 4, 3),
-        (8, 28672, 2048, False, False, 16, False, False, False): (128, 128, 1, 8, 3),
-        (8, 4096, 7168, False, True, 16, False, False, False): (64, 128, 4, 4, 4),
+        (8, 6144, 2048, False, False, 16, False, False, False, False): (64, 256, 2, 4, 3),
+        (8, 4096, 2048, False, True, 16, False, False, False, False): (32, 256, 1, 4, 3),
+        (8, 28672, 2048, False, False, 16, False, False, False, False): (128, 128, 1, 8, 3),
+        (8, 4096, 7168, False, True, 16, False, False, False, False): (64, 128, 4, 4, 4),
     },
     # 16 rows at the Llama-3-8B shapes, INT4 on dp4a bytes and E2M1 on E4M3 planes (A_E4M3), with and without the
     # residual: each key's fastest config of a sweep timed by a read in a stream, or the config that won the same
     # shape's other key where that was within 1 % (``tc_sweep_{int4,e2m1}_s67_h100.md``). One process's tuner had
     # picked 16 x 256 on 2 warps for INT4 at 4096 x 4096 (7.1 us), two others 32 x 256 split in two (7.8-8.0 us).
     "NVIDIA H100 80GB HBM3": {
-        (16, 4096, 2048, False, False, 16, False, False, False): (16, 256, 1, 2, 3),
-        (16, 4096, 2048, False, True, 16, False, False, False): (16, 256, 1, 2, 3),
-        (16, 4096, 7168, False, False, 16, False, False, False): (64, 128, 4, 4, 4),
-        (16, 4096, 7168, False, True, 16, False, False, False): (32, 256, 2, 4, 3),
-        (16, 14336, 2048, False, False, 16, False, False, False): (64, 256, 1, 4, 3),
-        (16, 14336, 2048, False, True, 16, False, False, False): (64, 256, 1, 4, 3),
-        (16, 6144, 2048, False, False, 16, False, False, False): (16, 256, 1, 2, 3),
-        (16, 6144, 2048, False, True, 16, False, False, False): (16, 256, 1, 2, 3),
-        (16, 4096, 2048, False, False, 16, False, True, False): (64, 256, 1, 4, 3),
-        (16, 4096, 2048, False, True, 16, False, True, False): (64, 256, 1, 4, 3),
-        (16, 4096, 7168, False, False, 16, False, True, False): (64, 128, 4, 4, 4),
-        (16, 4096, 7168, False, True, 16, False, True, False): (64, 128, 4, 4, 4),
-        (16, 14336, 2048, False, False, 16, False, True, False): (64, 256, 1, 4, 3),
-        (16, 14336, 2048, False, True, 16, False, True, False): (64, 256, 1, 4, 3),
-        (16, 6144, 2048, False, False, 16, False, True, False): (64, 256, 1, 4, 3),
-        (16, 6144, 2048, False, True, 16, False, True, False): (64, 256, 1, 4, 3),
+        (16, 4096, 2048, False, False, 16, False, False, False, False): (16, 256, 1, 2, 3),
+        (16, 4096, 2048, False, True, 16, False, False, False, False): (16, 256, 1, 2, 3),
+        (16, 4096, 7168, False, False, 16, False, False, False, False): (64, 128, 4, 4, 4),
+        (16, 4096, 7168, False, True, 16, False, False, False, False): (32, 256, 2, 4, 3),
+        (16, 14336, 2048, False, False, 16, False, False, False, False): (64, 256, 1, 4, 3),
+        (16, 14336, 2048, False, True, 16, False, False, False, False): (64, 256, 1, 4, 3),
+        (16, 6144, 2048, False, False, 16, False, False, False, False): (16, 256, 1, 2, 3),
+        (16, 6144, 2048, False, True, 16, False, False, False, False): (16, 256, 1, 2, 3),
+        (16, 4096, 2048, False, False, 16, False, True, False, False): (64, 256, 1, 4, 3),
+        (16, 4096, 2048, False, True, 16, False, True, False, False): (64, 256, 1, 4, 3),
+        (16, 4096, 7168, False, False, 16, False, True, False, False): (64, 128, 4, 4, 4),
+        (16, 4096, 7168, False, True, 16, False, True, False, False): (64, 128, 4, 4, 4),
+        (16, 14336, 2048, False, False, 16, False, True, False, False): (64, 256, 1, 4, 3),
+        (16, 14336, 2048, False, True, 16, False, True, False, False): (64, 256, 1, 4, 3),
+        (16, 6144, 2048, False, False, 16, False, True, False, False): (64, 256, 1, 4, 3),
+        (16, 6144, 2048, False, True, 16, False, True, False, False): (64, 256, 1, 4, 3),
     },
 }
 
@@ -558,7 +560,7 @@ def _w4a4_tc_kernel(
     ROUND_F16: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
     SPLIT_K: tl.constexpr, W_E2M1: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
     GROUP_M: tl.constexpr = 1, W_E2M1_INT8: tl.constexpr = False, A_E4M3: tl.constexpr = False,
-    FP8_STEP_SUMS: tl.constexpr = True, A_E4M3_W_INT4: tl.constexpr = False,
+    FP8_STEP_SUMS: tl.constexpr = True, A_E4M3_W_INT4: tl.constexpr = False, A_PACKED: tl.constexpr = False,
 ):
     """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
     a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
@@ -583,6 +585,9 @@ def _w4a4_tc_kernel(
     decoded (wgmma waits for 3 groups in sm_90 SASS), where a dot whose sums are used in the loop, or whose
     accumulator is int32, waits for its wgmmas before anything else runs. A_E4M3_W_INT4: INT4 weights there, E4M3
     operands of their levels times 2^-9 (``_int4_nibbles_e4m3``), in place of E2M1's.
+    A_PACKED (INT4 weights and activations, the int8 dots): ``a_ptr`` points at the activations' packed codes, two a
+    byte, whose nibbles become the two planes as the weight's do (16 times their levels: half the activation bytes
+    a step, at the cost of the same two instructions a four bytes).
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -629,6 +634,9 @@ def _w4a4_tc_kernel(
             a_ok = m_ok[:, None] & (b_ok if not ONE_DOT else (offs_j % BLOCK_KB < stop - start)[None, :])
         if ONE_DOT:
             a_both = tl.load(a_ptrs, mask=a_ok, other=0.0)
+        elif A_PACKED:
+            a_codes = tl.load(a_ptrs, mask=a_ok, other=0)
+            a_even, a_odd = _nibbles_up(a_codes, True, USE_ASM), _nibbles_up(a_codes, False, USE_ASM)
         else:
             a_even = tl.load(a_ptrs, mask=a_ok, other=0.0 if A_E4M3 else 0)
             a_odd = tl.load(a_ptrs + KB, mask=a_ok, other=0.0 if A_E4M3 else 0)
@@ -931,9 +939,10 @@ def _launch_operands(a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: tor
     and unit, and the flags; ``pdl_kernel`` names the launch for ``pdl_flags`` (None: a plain launch)."""
     a_words, w_words = _words(a_bytes), _words(w_packed, torch.int64 if w_element == "int8" else torch.int32)
     a_scale, w_scale = a_scale.float().contiguous(), w_scale.float().contiguous()
-    # Activation bytes count units of 1 (INT4, INT8) or 1/2 (E2M1); weight bytes 1/16 (INT4 nibbles at a byte's
-    # top), 1/2 (E2M1) or 1 (INT8).
-    unit = (0.5 if a_element == "e2m1" else 1.0) * {"int4": 1 / 16, "e2m1": 0.5, "int8": 1.0}[w_element]
+    # Activation bytes count units of 1 (INT4, INT8), 1/2 (E2M1) or 1/16 (packed INT4 codes, each nibble moved to
+    # its byte's top); weight bytes 1/16 (INT4 nibbles at a byte's top), 1/2 (E2M1) or 1 (INT8).
+    unit = ({"e2m1": 0.5}.get(a_element, 1.0) / (16 if a_bytes.dtype == torch.uint8 else 1)
+            * {"int4": 1 / 16, "e2m1": 0.5, "int8": 1.0}[w_element])
     if residual is not None and residual.stride(1) != 1:
         residual = residual.contiguous()
     # The kernels share their arguments but for the operands' units: words (CUDA cores) or bytes (tensor cores).
@@ -1022,20 +1031,25 @@ def w4a4_gemv_triton(
     and per-token scales of it), ``reference.w4a4_gemv_ref``'s; the CUDA-core kernel's last program computes them
     (NORM_TAIL), the tensor-core one leaves them to the activation kernel. E4M3 activation planes in INT4 weights'
     order (``quantize_activations(..., dp4a_for="int4", fp8_codes=True)``) take the tensor-core kernel's one-dot FP8
-    form, INT4 or E2M1 weights as E4M3 operands, the sums accumulating in wgmma (``w4a4_tc_prefill_triton``'s)."""
-    a_e4m3 = a_bytes.dtype == torch.float8_e4m3fn
+    form, INT4 or E2M1 weights as E4M3 operands, the sums accumulating in wgmma (``w4a4_tc_prefill_triton``'s).
+    INT4 activations' packed codes (uint8, two a byte: ``quantize_activations`` without ``dp4a_for``) against INT4
+    weights take the tensor-core kernel's packed form (A_PACKED: half the activation bytes; untimed, no default path
+    writes them)."""
+    a_e4m3, a_nibbles = a_bytes.dtype == torch.float8_e4m3fn, a_bytes.dtype == torch.uint8
     if a_e4m3:
         check_e4m3_planes(a_element)
-        if tensor_cores is False or gated:
-            raise ValueError("E4M3 activation planes take the tensor-core decode kernel: leave tensor_cores unset "
-                             "(or True) and gated False, or pass the dp4a bytes of quantize_activations(..., "
-                             "dp4a_for=w_element)")
-    check_dp4a_args(a_bytes.view(torch.int8) if a_e4m3 else a_bytes, a_scale, w_packed, w_scale, a_element,
+    stand_in = check_packed_activations(a_bytes, a_element, w_element) if a_nibbles else a_bytes
+    if (a_e4m3 or a_nibbles) and (tensor_cores is False or gated):
+        raise ValueError(f"{'E4M3 activation planes' if a_e4m3 else 'packed activation codes'} take the tensor-core "
+                         "decode kernel: leave tensor_cores unset (or True) and gated False, or pass the dp4a bytes "
+                         "of quantize_activations(..., dp4a_for=w_element)")
+    check_dp4a_args(a_bytes.view(torch.int8) if a_e4m3 else stand_in, a_scale, w_packed, w_scale, a_element,
                     "int4" if a_e4m3 else w_element, bias, out_dtype, residual, gated)
-    m, n, k = a_bytes.shape[0], w_packed.shape[0], a_bytes.shape[1]
+    m, n, k = a_bytes.shape[0], w_packed.shape[0], stand_in.shape[1]
     if norm_tail is not None:
         check_norm_tail(norm_tail, m, n, out_dtype, gated)
-    tc = a_e4m3 or (takes_tensor_cores(m, w_element) if tensor_cores is None and config is None else bool(tensor_cores))
+    tc = a_e4m3 or a_nibbles or (takes_tensor_cores(m, w_element) if tensor_cores is None and config is None
+                                 else bool(tensor_cores))
     if gated and tc:
         raise ValueError(f"a gated product (silu(gate) * up in the epilogue) runs on the CUDA-core decode kernel, "
                          f"up to {GEMV_MAX_M} rows and not on the tensor cores: got M={m} ({w_element} weights), "
@@ -1063,7 +1077,7 @@ def w4a4_gemv_triton(
         tc_args = (a_b, a_scale, w_b, w_scale, *outputs, *split_k_buffer(a_b.device, m, n), m, n, k // 2,
                    block_m, a_b.stride(0), w_b.stride(0), *trailing)
         flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1" and not a_e4m3, A_E4M3=a_e4m3,
-                     FP8_STEP_SUMS=not a_e4m3, A_E4M3_W_INT4=a_e4m3 and w_element == "int4")
+                     FP8_STEP_SUMS=not a_e4m3, A_E4M3_W_INT4=a_e4m3 and w_element == "int4", A_PACKED=a_nibbles)
         if config is not None or INTERPRET:
             fixed, launch = (config.kwargs, dict(num_warps=config.num_warps, num_stages=config.num_stages)) \
                 if config is not None else (INTERPRET_TC_CONFIG, {})

@@ -430,7 +430,8 @@ def test_pinned_decode_configs_replace_tuning_on_their_device_and_key(monkeypatc
                  w4a4_gemv.GEMV_TUNING_KEY, w4a4_gemv.prune_decode_configs,
                  (1, 1024, 512, True, False, 1, False, False), "a_ptr"),
         "tc": (w4a4_gemv._tc_autotuned, w4a4_gemv.prune_tc_configs, w4a4_gemv.PINNED_TC_CONFIGS,
-               w4a4_gemv.TC_TUNING_KEY, None, (8, 1024, 2048, False, False, 16, False, False, False), "a_ptr"),
+               w4a4_gemv.TC_TUNING_KEY, None, (8, 1024, 2048, False, False, 16, False, False, False, False),
+               "a_ptr"),
         "fpx_row": (fpx_gemm._fpx_row_autotuned, fpx_gemm._prune_row_configs, fpx_gemm.PINNED_ROW_CONFIGS,
                     fpx_gemm.ROW_TUNING_KEY, _row_candidates, (6144, 512, 5, 2, 1, False, False, False), "x_ptr"),
     }[kernel]

@@ -81,3 +81,7 @@ def test_tc_ncu_profiles_each_element_in_its_own_step(tmp_path):
         called = open(tmp_path / "out" / f"ncu_tc_{element}.log").read()
         assert "-k regex:_w4a4_tc_kernel python -u benchmarks/gemv_ncu.py --kernel w4a4_tc" in called
         assert ("--w_element e2m1" in called) == (element == "e2m1") and "--rows 16" in called
+
+
+def test_tc_packed_ab_sweeps_both_codes_in_one_step(tmp_path):
+    assert [step[:2] for step in stubbed_steps(tmp_path, "tc_packed_ab")] == [("tc_packed_ab", "300")]

@@ -21,6 +21,7 @@ def run_sass(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("kernel, element, multiply", [("fpx_row", "e3m2", "FFMA"), ("w4a4_gemv", "int4xe2m1", "IDP"),
                                                     ("w4a4_gemv", "int8xint8", "IDP"), ("w4a4_tc", "int4xint4", "IMMA"),
                                                     ("w4a4_tc", "e2m1xe2m1", "QGMMA"),
+                                                    ("w4a4_tc", "packedxint4", "IMMA"),
                                                     ("w4a4_tc_prefill", "e2m1xe2m1", "IGMMA"),
                                                     ("w4a4_tc_prefill", "e4m3xint4", "QGMMA"),
                                                     ("act_quant", "e2m1_e4m3", "FFMA"),
@@ -128,6 +129,8 @@ def test_resource_usage_counts_the_warps_registers_allow():
                                                       ("w4a4_gemv", "int4", "A_ELEMENTxW_ELEMENT"),
                                                       ("w4a4_tc", "int8xe2m1", "A_ELEMENTxint4"),
                                                       ("w4a4_tc_prefill", "int8xe2m1",
+                                                       "--element for w4a4_tc_prefill is A_ELEMENTxint4"),
+                                                      ("w4a4_tc_prefill", "packedxint4",
                                                        "--element for w4a4_tc_prefill is A_ELEMENTxint4"),
                                                       ("act_quant", "int8", "--element for act_quant is one of"),
                                                       ("attention", "int4", "--element for attention is one of")])

@@ -750,20 +750,29 @@ def test_gemv_refuses_a_folded_config_for_several_rows():
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
-def test_w4a4_matmul_dp4a_refuses_packed_codes(backend):
-    """Both the decode kernel and its twin want dp4a bytes, not packed codes."""
+def test_w4a4_matmul_dp4a_takes_packed_codes_for_int4_only(backend):
+    """Both the decode kernel and its twin take INT4 activations' packed codes against INT4 weights (the
+    tensor-core kernel's A_PACKED form) as they take their dp4a bytes; packed E2M1 codes are refused by name."""
+    from quant_kernels.reference import dp4a_bytes
+
     (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 1, 16, 64)
-    with pytest.raises(ValueError, match="a_bytes must be a 2-D int8 tensor of dp4a activation bytes"):
-        quant_kernels.w4a4_matmul_dp4a(a_packed, a_scale, w_packed, w_scale, a_element="int4", w_element="int4",
-                                       backend=backend)
+    kw = dict(a_element="int4", w_element="int4", backend=backend, out_dtype=torch.float32)
+    assert torch.equal(quant_kernels.w4a4_matmul_dp4a(a_packed, a_scale, w_packed, w_scale, **kw),
+                       quant_kernels.w4a4_matmul_dp4a(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed,
+                                                      w_scale, **kw))
+    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("e2m1xe2m1", 1, 16, 64)
+    with pytest.raises(ValueError, match="packed activation codes \\(uint8, two a byte\\) take INT4 activations"):
+        quant_kernels.w4a4_matmul_dp4a(a_packed, a_scale, w_packed, w_scale, **{**kw, "a_element": "e2m1",
+                                                                                 "w_element": "e2m1"})
 
 
-def test_gemv_refuses_packed_codes_for_bytes():
+def test_gemv_refuses_codes_that_are_not_bytes():
     from quant_kernels import w4a4_gemv
 
     (a_packed, a_scale), (w_packed, w_scale), kw = quantized_operands("int4xint4", 1, 16, 64)
     with pytest.raises(ValueError, match="a_bytes must be a 2-D int8 tensor of dp4a activation bytes"):
-        w4a4_gemv.w4a4_gemv_triton(a_packed, a_scale, w_packed, w_scale, a_element="int4", w_element="int4")
+        w4a4_gemv.w4a4_gemv_triton(a_packed.to(torch.int16), a_scale, w_packed, w_scale, a_element="int4",
+                                   w_element="int4")
     with pytest.raises(ValueError, match="a and w disagree on K"):
         w4a4_gemv.w4a4_gemv_triton(torch.zeros(1, 32, dtype=torch.int8), a_scale, w_packed, w_scale,
                                    a_element="int4", w_element="int4")
@@ -1756,6 +1765,49 @@ def test_tensor_core_decode_kernel_takes_e4m3_planes(a_element, w_element, split
         w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, tensor_cores=False, **kw)
 
 
+@pytest.mark.parametrize("m, split_k", [(5, 1), (12, 3), (40, 2)])
+def test_tensor_core_decode_kernel_takes_packed_int4_codes(m, split_k):
+    """INT4 activations' packed codes (uint8, two a byte) against INT4 weights: both nibbles of each activation byte
+    moved up as the weight's are (A_PACKED), every code pair (K = 256 columns of all 16 x 16), ragged K (100 bytes
+    against 32-byte steps) split or not, ragged rows, a bias and a residual: the twin's result bit for bit, as on the
+    dp4a bytes of the same codes; other pairs, 1-D codes, the CUDA-core kernel and a gated product refused."""
+    import triton
+
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_bytes, w4a4_gemv_ref
+
+    n, k = 40, 200
+    gen = torch.Generator().manual_seed(m + split_k)
+    codes = torch.arange(16, dtype=torch.uint8)
+    pack = lambda c: c[..., 0::2] | (c[..., 1::2] << 4)  # noqa: E731
+    w_packed = torch.cat([pack(codes.repeat(16)).reshape(1, 128)[:, :k // 2].repeat(n // 2, 1),
+                          torch.randint(0, 256, (n - n // 2, k // 2), dtype=torch.uint8, generator=gen)])
+    a_packed = torch.cat([pack(codes.repeat_interleave(16)).reshape(1, 128)[:, :k // 2],
+                          torch.randint(0, 256, (m - 1, k // 2), dtype=torch.uint8, generator=gen)])
+    w_scale = torch.rand(n, 1, generator=gen) / 64 + 1e-3
+    a_scale = torch.rand(m, 1, generator=gen) + 0.5
+    kw = dict(a_element="int4", w_element="int4", bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
+              residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
+    config = triton.Config(dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=split_k))
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
+    got = w4a4_gemv.w4a4_gemv_triton(a_packed, a_scale, w_packed, w_scale, out=out, config=config, **kw)
+    want = w4a4_gemv_ref(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale, **kw)
+    assert got is out and torch.equal(got, want)
+    assert torch.equal(w4a4_gemv_ref(a_packed, a_scale, w_packed, w_scale, **kw), want)  # the twin takes them too
+    assert torch.equal(w4a4_gemv.w4a4_gemv_triton(a_packed, a_scale, w_packed, w_scale, **kw), want)  # on its own
+    partial, counts = w4a4_gemv.split_k_buffer(a_packed.device, m, n)
+    assert not partial.any() and not counts.any()
+    for product in (w4a4_gemv.w4a4_gemv_triton, w4a4_gemv_ref):
+        for changed in ({"a_element": "e2m1"}, {"w_element": "e2m1"}):
+            with pytest.raises(ValueError, match="packed activation codes .* take INT4 activations against INT4"):
+                product(a_packed, a_scale, w_packed, w_scale, **{**kw, **changed})
+        with pytest.raises(ValueError, match="2-D tensor: got int4 activations with int4 weights, shape \\(100,\\)"):
+            product(a_packed[0], a_scale, w_packed, w_scale, **kw)
+    for refused in ({"tensor_cores": False}, {"gated": True}):
+        with pytest.raises(ValueError, match="packed activation codes take the tensor-core decode kernel"):
+            w4a4_gemv.w4a4_gemv_triton(a_packed, a_scale, w_packed, w_scale, **{**kw, "residual": None}, **refused)
+
+
 @pytest.mark.parametrize("a_element, w_element", [("int4", "int4"), ("int4", "e2m1"), ("e2m1", "e2m1")])
 def test_tensor_core_decode_kernel_decodes_every_code_pair(a_element, w_element):
     """All 16 x 16 code pairs (K = 256: each once), INT4's -8 and E2M1's -0 included, sum to the twin's values;
@@ -1809,7 +1861,7 @@ def test_tensor_core_configs_for_fp8_dots_fill_a_warpgroup():
     from quant_kernels import w4a4_gemv
 
     configs = w4a4_gemv._tc_autotuned.configs
-    args = dict(zip(w4a4_gemv.TC_TUNING_KEY, (16, 1024, 512, False, False, 16, True, False, False)),
+    args = dict(zip(w4a4_gemv.TC_TUNING_KEY, (16, 1024, 512, False, False, 16, True, False, False, False)),
                 a_ptr=torch.zeros(1))
     kept = w4a4_gemv.prune_tc_configs(configs, args)
     assert 0 < len(kept) < len(configs)
@@ -1916,6 +1968,24 @@ def test_decode_rows_bench_sweeps_every_tensor_core_config_that_fits(element, mo
     assert "tensor-core decode kernel's configs" in text and "`PINNED_TC_CONFIGS`'" in text
 
 
+def test_decode_rows_bench_sweeps_the_tensor_core_kernel_on_packed_codes(monkeypatch):
+    """``--codes packed``: the tensor-core kernel's configs on INT4 activations' packed codes (A_PACKED), each product
+    equal to the twin's, the rows named so; other elements and the CUDA-core kernel refused by name."""
+    from benchmarks import decode_rows_bench
+    from quant_kernels import w4a4_gemv
+
+    monkeypatch.setattr(decode_rows_bench, "tuned_pick", lambda call, kernel: (call(), None)[1])
+    torch.manual_seed(0)
+    rows = decode_rows_bench.config_sweep(64, 512, 16, lambda call: (call(), 1e-3)[1], torch.device("cpu"), "int4",
+                                          packed=True)
+    assert len(rows) == 1 + len(w4a4_gemv.TC_CONFIGS) and {r["codes"] for r in rows} == {"packed codes"}
+    assert all(r["rel_err"] <= 1e-5 for r in rows) and not any(r["pick"] for r in rows)
+    for element, kernel in (("e2m1", "tc"), ("int4", "cuda_core")):
+        with pytest.raises(ValueError, match="packed activation codes take the tensor-core kernel's INT4 x INT4"):
+            decode_rows_bench.config_sweep(64, 512, 16, lambda call: 1e-3, torch.device("cpu"), element,
+                                           kernel=kernel, packed=True)
+
+
 @pytest.mark.parametrize("m", [1, 6])
 def test_decode_rows_bench_sweeps_every_cuda_core_candidate(m, monkeypatch):
     """decode_rows_bench's ``--gemv_sweep`` rows: bf16 first, then every CUDA-core candidate its pruning keeps at M
@@ -1952,7 +2022,9 @@ def test_decode_rows_bench_sweeps_every_cuda_core_candidate(m, monkeypatch):
                                      "GPU: got --ms 1,16"),
     (["--gemv_sweep", "--ms", "1,16"], "--gemv_sweep times the CUDA-core decode kernel, which takes 1 to 8 rows on a "
                                        "GPU: got --ms 1,16"),
-    (["--gemv_sweep", "--tc_sweep", "--ms", "8"], "each time one kernel: choose one a run")])
+    (["--gemv_sweep", "--tc_sweep", "--ms", "8"], "each time one kernel: choose one a run"),
+    (["--tc_sweep", "--element", "e2m1", "--codes", "both", "--ms", "16"], "give --tc_sweep and --element int4"),
+    (["--codes", "packed", "--ms", "16"], "--codes packed sweeps INT4 activations' packed codes")])
 def test_decode_rows_bench_sweeps_only_its_kernels_rows(cli, tmp_path, flags, said):
     done = cli("benchmarks/decode_rows_bench.py", *flags, "--out", str(tmp_path / "sweep"))
     assert done.returncode == 2 and said in done.stderr
