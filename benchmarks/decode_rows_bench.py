@@ -135,8 +135,12 @@ def config_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element:
     if packed and (kernel, element) != ("tc", "int4"):
         raise ValueError(f"packed activation codes take the tensor-core kernel's INT4 x INT4 form, got {element} on "
                          f"the {SWEPT_KERNELS[kernel][0]} kernel")
-    dp4a_for, fp8_codes = quant_kernels.decode_codes_form(element, m, device.type == "cuda") if kernel == "tc" \
-        and not packed else (None if packed else element, False)
+    if packed:
+        dp4a_for, fp8_codes = None, False
+    elif kernel == "tc":
+        dp4a_for, fp8_codes = quant_kernels.decode_codes_form(element, m, device.type == "cuda")
+    else:
+        dp4a_for, fp8_codes = element, False
     codes = quant_kernels.quantize_activations(x, element, dp4a_for=dp4a_for, fp8_codes=fp8_codes, backend="triton")
     added = torch.randn(m, n, dtype=torch.bfloat16, device=device) if residual else None
     want = reference.w4a4_matmul_ref(*reference.quantize_activations_ref(x, element, 0, "float"), w_packed, w_scale,

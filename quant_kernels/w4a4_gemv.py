@@ -941,7 +941,7 @@ def _launch_operands(a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: tor
     a_scale, w_scale = a_scale.float().contiguous(), w_scale.float().contiguous()
     # Activation bytes count units of 1 (INT4, INT8), 1/2 (E2M1) or 1/16 (packed INT4 codes, each nibble moved to
     # its byte's top); weight bytes 1/16 (INT4 nibbles at a byte's top), 1/2 (E2M1) or 1 (INT8).
-    unit = ({"e2m1": 0.5}.get(a_element, 1.0) / (16 if a_bytes.dtype == torch.uint8 else 1)
+    unit = ((0.5 if a_element == "e2m1" else 1.0) / (16 if a_bytes.dtype == torch.uint8 else 1)
             * {"int4": 1 / 16, "e2m1": 0.5, "int8": 1.0}[w_element])
     if residual is not None and residual.stride(1) != 1:
         residual = residual.contiguous()
