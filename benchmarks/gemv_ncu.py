@@ -9,7 +9,8 @@ E2M1 weights), ``--kernel fpx`` the FPx row kernel (``fpx_gemm.fpx_matmul_triton
 the FPx tensor-core tile kernel at ``--rows`` activation rows of ``--dtype`` (``row_kernel=False``; its configs as
 ``fpx_row_sweep.py --kernel tile --extra`` writes them), ``--kernel w4a4_tc`` the W4A4 tensor-core decode kernel
 (``tensor_cores=True``) at ``--rows`` rows on the codes ``w4a4_linear`` writes for them there (E4M3 planes for
-E2M1 weights, dp4a bytes for INT4). Profile it with, for example:
+E2M1 weights, dp4a bytes for INT4; ``--packed_codes``: INT4 activations' packed codes, its A_PACKED form). Profile
+it with, for example:
 
     ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \\
         --section SchedulerStats --section MemoryWorkloadAnalysis -k regex:_w4a4_gemv_kernel \\
@@ -85,10 +86,10 @@ def parse_tc_configs(text: str) -> list[tuple[int, int, int, int, int]]:
 
 
 def launch_tc(n: int, k: int, config: tuple[int, int, int, int, int], element: str, launches: int,
-              device: torch.device, rows: int) -> torch.Tensor:
+              device: torch.device, rows: int, packed: bool = False) -> torch.Tensor:
     """``launches`` calls of the tensor-core decode kernel with ``config`` fixed on ``rows`` random bfloat16 rows'
-    codes, in the form ``w4a4_linear`` writes for ``element`` weights there (``decode_codes_form``), and random
-    weights of that element; returns the (rows, n) output."""
+    codes, in the form ``w4a4_linear`` writes for ``element`` weights there (``decode_codes_form``) or packed
+    (``packed``), and random weights of that element; returns the (rows, n) output."""
     import triton
 
     import quant_kernels
@@ -98,7 +99,8 @@ def launch_tc(n: int, k: int, config: tuple[int, int, int, int, int], element: s
     fixed = triton.Config(dict(BLOCK_N=block_n, BLOCK_KB=block_kb, SPLIT_K=split_k), num_warps=warps,
                           num_stages=stages)
     x = torch.randn(rows, k, dtype=torch.bfloat16, device=device)
-    dp4a_for, fp8_codes = quant_kernels.decode_codes_form(element, rows, device.type == "cuda")
+    dp4a_for, fp8_codes = (None, False) if packed else quant_kernels.decode_codes_form(element, rows,
+                                                                                         device.type == "cuda")
     codes = quant_kernels.quantize_activations(x, element, dp4a_for=dp4a_for, fp8_codes=fp8_codes, backend="triton")
     w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=device)
     w_scale = torch.rand(n, 1, device=device)
@@ -188,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--w_element", default=None,
                    help="the weight element: int4 or e2m1 (w4a4, w4a4_tc, default int4); an FPx element such as e3m2 "
                         "(fpx, the default), e2m3, e2m2, e3m1, e2m1, e3m0")
+    p.add_argument("--packed_codes", action="store_true",
+                   help="w4a4_tc with INT4 weights: INT4 activations' packed codes (the A_PACKED form) in place of "
+                        "the dp4a bytes")
     p.add_argument("--launches", type=int, default=3, help="launches per shape and config")
     p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: the interpreter, a tiny shape")
     args = p.parse_args(argv)
@@ -216,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.kernel not in DEFAULT_ROWS and args.rows is not None or not tile and args.dtype != p.get_default("dtype"):
         p.error(f"--rows is for --kernel fpx_tile and w4a4_tc, --dtype for fpx_tile (--kernel {args.kernel} takes "
                 "one bfloat16 row)")
+    if args.packed_codes and (not tc or w_element != "int4"):
+        p.error(f"--packed_codes is for --kernel w4a4_tc with INT4 weights, got --kernel {args.kernel} with "
+                f"{w_element} weights")
     if tc:
         from quant_kernels.w4a4_gemv import TC_MAX_M, TC_MIN_BLOCK_N
 
@@ -251,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 out = launch_fpx(n, k, config, w_element, args.launches, device, args.rows,
                                  WEIGHT_ONLY_DTYPES[args.dtype])
             elif tc:
-                out = launch_tc(n, k, config, w_element, args.launches, device, args.rows)
+                out = launch_tc(n, k, config, w_element, args.launches, device, args.rows, args.packed_codes)
             elif fpx:
                 out = launch_fpx(n, k, fpx_row_config(config), w_element, args.launches, device)
             else:
@@ -259,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             shown = (f"{described(config)}, {args.rows} {args.dtype} rows" if tile else
-                     f"{config}, {args.rows} rows" if tc else config)
+                     f"{config}, {args.rows} rows{' of packed codes' if args.packed_codes else ''}" if tc else config)
             print(f"N={n} K={k} config={shown}: {args.launches} launches, output finite: "
                   f"{bool(out.float().isfinite().all())}", flush=True)
     return 0

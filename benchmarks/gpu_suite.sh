@@ -183,9 +183,10 @@
 #              2.93-3.15x at 6144 x 4096, kernel_bench_pinned_rest_s67_h100.md) (issue 9: 3x bf16 at M <= 16)
 #   tc_ncu     the W4A4 tensor-core decode kernel under Nsight Compute at boost clocks (gemv_ncu.py --kernel w4a4_tc),
 #              16 rows (ROWS) at 4096 x 4096 and 14336 x 4096 (SHAPES): INT4 on its H100 pin, E2M1's and the split tile
-#              other draws picked; E2M1 (on E4M3 planes) on 64 x 256 and 64 x 128; DRAM and L2 bytes beside the
-#              sections: at 4096 x 4096 16 rows run 2.2x bf16 where 14336 x 4096 runs 3.2x, and a 16-wide tile reads
-#              the 16 rows' 64 KB of activation bytes per program, twice its weight bytes (issue 9: 3x at M <= 16)
+#              other draws picked, then the same on its packed codes (A_PACKED); E2M1 (on E4M3 planes) on 64 x 256
+#              and 64 x 128; DRAM and L2 bytes beside the sections: at 4096 x 4096 16 rows run 2.2x bf16 where
+#              14336 x 4096 runs 3.2x, and a 16-wide tile reads the 16 rows' 64 KB of activation bytes per program,
+#              twice its weight bytes (issue 9: 3x at M <= 16)
 #   tc_packed_ab  the INT4 tensor-core decode kernel's configs at 16 rows (MS) of the four Llama-3-8B shapes
 #              (SHAPES), each on the dp4a bytes the linear writes and on the activations' packed codes (A_PACKED:
 #              half the activation bytes, both nibbles moved up in registers; 16 x 256 on 2 warps: 300 SASS instructions
@@ -636,6 +637,8 @@ for section in "$@"; do
               -k regex:_w4a4_tc_kernel)
       step "${LIMIT_TC_NCU:-150}" ncu_tc_int4 "${tc_ncu[@]}" python -u benchmarks/gemv_ncu.py --kernel w4a4_tc \
         --rows "${ROWS:-16}" --shapes "${SHAPES:-4096x4096,14336x4096}" --launches 1
+      step "${LIMIT_TC_NCU:-150}" ncu_tc_int4_packed "${tc_ncu[@]}" python -u benchmarks/gemv_ncu.py --kernel w4a4_tc \
+        --packed_codes --rows "${ROWS:-16}" --shapes "${SHAPES:-4096x4096,14336x4096}" --launches 1
       step "${LIMIT_TC_NCU:-150}" ncu_tc_e2m1 "${tc_ncu[@]}" python -u benchmarks/gemv_ncu.py --kernel w4a4_tc \
         --w_element e2m1 --rows "${ROWS:-16}" --shapes "${SHAPES:-4096x4096,14336x4096}" \
         --configs "64,256,1,4,3;64,128,1,4,4" --launches 1 ;;
