@@ -18,7 +18,7 @@ shape and row count (on the codes the linear writes: E4M3 planes for E2M1 weight
 marked: the evidence for ``w4a4_gemv.PINNED_TC_CONFIGS``, whose picks one tuning process may draw differently from
 the next. ``--gemv_sweep`` does the same for the CUDA-core decode kernel at 1 to ``GEMV_MAX_M`` rows (every
 candidate its pruning keeps, on dp4a bytes), the evidence for ``PINNED_GEMV_CONFIGS``. ``--codes packed`` (or
-``both``) sweeps the tensor-core kernel on INT4 activations' packed codes too (its A_PACKED form, half the
+``both``) sweeps the tensor-core kernel on the activations' packed codes too (its A_PACKED form, half the
 activation bytes; no default path writes them):
 
     python benchmarks/decode_rows_bench.py --tc_sweep --ms 16 --residual both --out benchmarks/results/tc_sweep_h100
@@ -120,7 +120,7 @@ def config_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element:
                  residual: bool = False, kernel: str = "tc", packed: bool = False) -> list[dict]:
     """Every config of a decode kernel (``kernel``: "tc", the tensor-core one, or "cuda_core"; ``sweep_candidates``)
     at M x N x K, fixed, on the codes ``w4a4_linear`` writes for it (``decode_codes_form``: E4M3 planes for E2M1
-    weights on the tensor cores on a GPU, else dp4a bytes), or (``packed``, INT4 on the tensor cores) on the packed
+    weights on the tensor cores on a GPU, else dp4a bytes), or (``packed``, the tensor-core kernel) on the packed
     codes, bfloat16 out, with a residual added (``residual``, as a
     model's o_proj and down_proj add theirs: another tensor-core tuning key) or not. Rows, bf16's first, then the
     configs fastest first: µs, weight GB/s, the ratio to bf16, the largest error of the fp32 product against the
@@ -132,9 +132,9 @@ def config_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element:
     x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
     w16 = torch.randn(n, k, dtype=torch.bfloat16, device=device) * 0.02
     w_packed, w_scale = quant_kernels.quantize_activations(w16, element, backend="triton")
-    if packed and (kernel, element) != ("tc", "int4"):
-        raise ValueError(f"packed activation codes take the tensor-core kernel's INT4 x INT4 form, got {element} on "
-                         f"the {SWEPT_KERNELS[kernel][0]} kernel")
+    if packed and kernel != "tc":
+        raise ValueError(f"packed activation codes take the tensor-core kernel, not the {SWEPT_KERNELS[kernel][0]} "
+                         f"one")
     if packed:
         dp4a_for, fp8_codes = None, False
     elif kernel == "tc":
@@ -230,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                         "count (1 to GEMV_MAX_M), on dp4a bytes, the autotuner's pick marked: the evidence for "
                         "PINNED_GEMV_CONFIGS")
     p.add_argument("--codes", default="linear", choices=["linear", "packed", "both"],
-                   help="--tc_sweep with --element int4: the codes the linear writes (linear, the default), INT4 "
-                        "activations' packed codes (packed: the kernel's A_PACKED form, untimed), or both")
+                   help="--tc_sweep: the codes the linear writes (linear, the default), the activations' packed "
+                        "codes (packed: the kernel's A_PACKED form, untimed), or both")
     p.add_argument("--residual", default="0", choices=["0", "1", "both"],
                    help="--tc_sweep, --gemv_sweep: the products without a residual (0, the default), with one added "
                         "(1: a model's o_proj and down_proj, another tensor-core tuning key), or both")
@@ -243,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.tc_sweep and args.gemv_sweep:
         p.error("--tc_sweep and --gemv_sweep each time one kernel: choose one a run")
     kernel = "tc" if args.tc_sweep else "cuda_core" if args.gemv_sweep else None
-    if args.codes != "linear" and (kernel, args.element) != ("tc", "int4"):
-        p.error(f"--codes {args.codes} sweeps INT4 activations' packed codes on the tensor-core kernel: give "
-                "--tc_sweep and --element int4")
+    if args.codes != "linear" and kernel != "tc":
+        p.error(f"--codes {args.codes} sweeps the activations' packed codes on the tensor-core kernel: give "
+                "--tc_sweep")
     low, high = (TC_MIN_M, TC_MAX_M) if kernel == "tc" else (1, GEMV_MAX_M)
     if kernel and not all(low <= m <= high for m in args.ms):
         p.error(f"--{'tc' if kernel == 'tc' else 'gemv'}_sweep times the {SWEPT_KERNELS[kernel][0]} decode kernel, "

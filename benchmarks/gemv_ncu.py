@@ -9,7 +9,7 @@ E2M1 weights), ``--kernel fpx`` the FPx row kernel (``fpx_gemm.fpx_matmul_triton
 the FPx tensor-core tile kernel at ``--rows`` activation rows of ``--dtype`` (``row_kernel=False``; its configs as
 ``fpx_row_sweep.py --kernel tile --extra`` writes them), ``--kernel w4a4_tc`` the W4A4 tensor-core decode kernel
 (``tensor_cores=True``) at ``--rows`` rows on the codes ``w4a4_linear`` writes for them there (E4M3 planes for
-E2M1 weights, dp4a bytes for INT4; ``--packed_codes``: INT4 activations' packed codes, its A_PACKED form). Profile
+E2M1 weights, dp4a bytes for INT4; ``--packed_codes``: the activations' packed codes, its A_PACKED form). Profile
 it with, for example:
 
     ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \\
@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the weight element: int4 or e2m1 (w4a4, w4a4_tc, default int4); an FPx element such as e3m2 "
                         "(fpx, the default), e2m3, e2m2, e3m1, e2m1, e3m0")
     p.add_argument("--packed_codes", action="store_true",
-                   help="w4a4_tc with INT4 weights: INT4 activations' packed codes (the A_PACKED form) in place of "
-                        "the dp4a bytes")
+                   help="w4a4_tc: the activations' packed codes (the A_PACKED form) in place of the codes the "
+                        "linear writes")
     p.add_argument("--launches", type=int, default=3, help="launches per shape and config")
     p.add_argument("--cpu_dry_run", action="store_true", help="no GPU: the interpreter, a tiny shape")
     args = p.parse_args(argv)
@@ -221,9 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.kernel not in DEFAULT_ROWS and args.rows is not None or not tile and args.dtype != p.get_default("dtype"):
         p.error(f"--rows is for --kernel fpx_tile and w4a4_tc, --dtype for fpx_tile (--kernel {args.kernel} takes "
                 "one bfloat16 row)")
-    if args.packed_codes and (not tc or w_element != "int4"):
-        p.error(f"--packed_codes is for --kernel w4a4_tc with INT4 weights, got --kernel {args.kernel} with "
-                f"{w_element} weights")
+    if args.packed_codes and not tc:
+        p.error(f"--packed_codes is for --kernel w4a4_tc, got --kernel {args.kernel}")
     if tc:
         from quant_kernels.w4a4_gemv import TC_MAX_M, TC_MIN_BLOCK_N
 

@@ -183,15 +183,17 @@
 #              2.93-3.15x at 6144 x 4096, kernel_bench_pinned_rest_s67_h100.md) (issue 9: 3x bf16 at M <= 16)
 #   tc_ncu     the W4A4 tensor-core decode kernel under Nsight Compute at boost clocks (gemv_ncu.py --kernel w4a4_tc),
 #              16 rows (ROWS) at 4096 x 4096 and 14336 x 4096 (SHAPES): INT4 on its H100 pin, E2M1's and the split tile
-#              other draws picked, then the same on its packed codes (A_PACKED); E2M1 (on E4M3 planes) on 64 x 256
-#              and 64 x 128; DRAM and L2 bytes beside the sections: at 4096 x 4096 16 rows run 2.2x bf16 where
+#              other draws picked, then the same on its packed codes (A_PACKED); E2M1 on 64 x 256 and 64 x 128, on
+#              E4M3 planes and on packed codes; DRAM and L2 bytes beside the sections: at 4096 x 4096 16 rows run 2.2x bf16 where
 #              14336 x 4096 runs 3.2x, and a 16-wide tile reads the 16 rows' 64 KB of activation bytes per program,
 #              twice its weight bytes (issue 9: 3x at M <= 16)
-#   tc_packed_ab  the INT4 tensor-core decode kernel's configs at 16 rows (MS) of the four Llama-3-8B shapes
-#              (SHAPES), each on the dp4a bytes the linear writes and on the activations' packed codes (A_PACKED:
-#              half the activation bytes, both nibbles moved up in registers; 16 x 256 on 2 warps: 300 SASS instructions
-#              a step against 229, 113 registers against 96, kernel_sass_w4a4_tc_int4_{packed,bytes}_s67_sm90.md),
-#              by a read in a stream (decode_rows_bench.py --tc_sweep --codes both) (issue 9: 3x at M <= 16)
+#   tc_packed_ab  the tensor-core decode kernel's configs at 16 rows (MS) of the four Llama-3-8B shapes (SHAPES),
+#              INT4 and E2M1 (ELEMENTS), each on the codes the linear writes and on the activations' packed codes
+#              (A_PACKED: half the activation bytes, decoded in registers as the weight's; INT4 16 x 256 on 2 warps:
+#              300 SASS instructions a step against 229, 113 registers against 96; E2M1 64 x 128: 213 against 238, but
+#              its nibbles go to shared memory each step and the step waits for its wgmmas, where the planes leave 7
+#              groups in flight; kernel_sass_w4a4_tc_*_s67_sm90.md), by a read in a stream (decode_rows_bench.py
+#              --tc_sweep --codes both) (issue 9: 3x at M <= 16)
 #   e2m1_signs_ab  E2M1 at one row (MS) on the CUDA-core decode kernel, its weights decoded by three table lookups
 #              (PTQ_E2M1_SIGN_BYTES=0) and by one lookup and the packed bytes' own sign bits (1, the default: 10-14 %
 #              fewer SASS instructions a K step, kernel_sass_w4a4_gemv_e2m1_sign_bytes_s66_sm90.md), each in its own
@@ -628,20 +630,24 @@ for section in "$@"; do
           --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --out "$OUT/gemv_sweep_${element}_${GPU}"
       done ;;
     tc_packed_ab)
-      step "${LIMIT_TC_PACKED:-300}" tc_packed_ab python benchmarks/decode_rows_bench.py --tc_sweep --element int4 \
-        --codes both --ms "${MS:-16}" --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" \
-        --out "$OUT/tc_packed_ab_${GPU}" ;;
+      for element in ${ELEMENTS:-int4 e2m1}; do
+        step "${LIMIT_TC_PACKED:-280}" "tc_packed_ab_$element" python benchmarks/decode_rows_bench.py --tc_sweep \
+          --element "$element" --codes both --ms "${MS:-16}" \
+          --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --out "$OUT/tc_packed_ab_${element}_${GPU}"
+      done ;;
     tc_ncu)
       tc_ncu=(ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats
               --section SchedulerStats --section MemoryWorkloadAnalysis --metrics dram__bytes_read.sum,lts__t_bytes.sum
               -k regex:_w4a4_tc_kernel)
-      step "${LIMIT_TC_NCU:-150}" ncu_tc_int4 "${tc_ncu[@]}" python -u benchmarks/gemv_ncu.py --kernel w4a4_tc \
+      step "${LIMIT_TC_NCU:-140}" ncu_tc_int4 "${tc_ncu[@]}" python -u benchmarks/gemv_ncu.py --kernel w4a4_tc \
         --rows "${ROWS:-16}" --shapes "${SHAPES:-4096x4096,14336x4096}" --launches 1
-      step "${LIMIT_TC_NCU:-150}" ncu_tc_int4_packed "${tc_ncu[@]}" python -u benchmarks/gemv_ncu.py --kernel w4a4_tc \
+      step "${LIMIT_TC_NCU:-140}" ncu_tc_int4_packed "${tc_ncu[@]}" python -u benchmarks/gemv_ncu.py --kernel w4a4_tc \
         --packed_codes --rows "${ROWS:-16}" --shapes "${SHAPES:-4096x4096,14336x4096}" --launches 1
-      step "${LIMIT_TC_NCU:-150}" ncu_tc_e2m1 "${tc_ncu[@]}" python -u benchmarks/gemv_ncu.py --kernel w4a4_tc \
-        --w_element e2m1 --rows "${ROWS:-16}" --shapes "${SHAPES:-4096x4096,14336x4096}" \
-        --configs "64,256,1,4,3;64,128,1,4,4" --launches 1 ;;
+      for codes in "" --packed_codes; do
+        step "${LIMIT_TC_NCU:-140}" "ncu_tc_e2m1${codes:+_packed}" "${tc_ncu[@]}" python -u benchmarks/gemv_ncu.py \
+          --kernel w4a4_tc --w_element e2m1 $codes --rows "${ROWS:-16}" --shapes "${SHAPES:-4096x4096,14336x4096}" \
+          --configs "64,256,1,4,3;64,128,1,4,4" --launches 1
+      done ;;
     tc_decode_model)
       step "${LIMIT_MODEL:-540}" bench_model python benchmarks/bench_model.py --random_mode --config llama-3-8b \
         --modes w4a4kv4,bf16 --prefill_batches "" --decode_batches 8,16 --decode_tokens 64 --compile --no_eager \

@@ -192,8 +192,10 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     (BLOCK_N, BLOCK_KB, warps, stages), steps unmasked, K unsplit (a split adds only the atomic epilogue to the
     same loop); with a prefill tile's (BLOCK_N, BLOCK_KB, warps, stages, BLOCK_M, GROUP_M), the prefill launch's
     (``w4a4_tc_prefill_triton``: E2M1 weights as int8 operands, no programmatic dependent launch; 'e4m3xint4' and
-    'e4m3xe2m1': the weights as E4M3 operands against E4M3 activation planes, one dot a step accumulating in wgmma).
-    'packedxint4': INT4 activations' packed codes, both nibbles moved up in the kernel (A_PACKED)."""
+    'e4m3xe2m1': the weights as E4M3 operands against E4M3 activation planes, one dot a step accumulating in wgmma;
+    for the decode kernel 'e4m3xe2m1' only, the form its linear runs at 16 rows). 'packedxint4' and 'packedxe2m1':
+    the activations' packed codes, both nibbles decoded in the kernel as the weight's (A_PACKED; E2M1 on the one-dot
+    FP8 form)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.w4a4_gemv import _w4a4_tc_kernel
@@ -204,13 +206,14 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     types = ["*i8", "*fp32", "*u8", "*fp32", "*bf16", "*bf16", "*bf16", "*i32", "*i32"] + ["i32"] * 10 + ["fp32"]
     prefill = len(config) > 4
     e2m1 = pair.endswith("e2m1")
-    e4m3 = prefill and pair.startswith("e4m3")  # E4M3 activation planes: one dot a step accumulating in wgmma
-    packed = pair == "packedxint4"
-    types[0] = "*fp8e4nv" if e4m3 else "*u8" if packed else types[0]
+    packed = pair.startswith("packed")
+    e4m3 = pair.startswith("e4m3") or packed and e2m1  # the one-dot FP8 form, its wgmma accumulating the steps
+    types[0] = "*u8" if packed else "*fp8e4nv" if e4m3 else types[0]
     signature = dict(zip(names, types))
     constants = dict(HAS_BIAS=False, HAS_RESIDUAL=False, USE_ASM=True, ROUND_BF16=True, ROUND_F16=False,
                      BLOCK_M=config[4] if prefill else 16, BLOCK_N=config[0], BLOCK_KB=config[1], SPLIT_K=1,
-                     W_E2M1=e2m1 and not prefill, EVEN=True, USE_GDC=not prefill, GROUP_M=config[5] if prefill else 1,
+                     W_E2M1=e2m1 and not prefill and not e4m3, EVEN=True, USE_GDC=not prefill,
+                     GROUP_M=config[5] if prefill else 1,
                      W_E2M1_INT8=e2m1 and prefill and not e4m3, A_E4M3=e4m3, FP8_STEP_SUMS=not e4m3,
                      A_E4M3_W_INT4=e4m3 and not e2m1, A_PACKED=packed)
     signature.update({name: "constexpr" for name in constants})
@@ -438,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--element", default="e3m2",
                    help="fpx_row: the weight element (e3m2, e2m3, e2m2, e3m1, e2m1, e3m0); w4a4_gemv: "
                         "A_ELEMENTxW_ELEMENT of int4 and e2m1, or int8xint4 / int8xint8, e.g. int4xint4; "
-                        "w4a4_tc, w4a4_tc_prefill: A_ELEMENTxint4 or A_ELEMENTxe2m1 (w4a4_tc: packedxint4, INT4 "
-                        "activations' packed codes); act_quant: "
+                        "w4a4_tc, w4a4_tc_prefill: A_ELEMENTxint4 or A_ELEMENTxe2m1 (e4m3x...: planes; w4a4_tc: "
+                        "packedxint4, packedxe2m1, packed codes); act_quant: "
                         + ", ".join(ACT_ELEMENTS) + "; attention: " + ", ".join(ATTENTION_CASES))
     p.add_argument("--k", type=int, default=4096, help="act_quant: the activation rows' width")
     p.add_argument("--norm_tail", type=int, default=0, metavar="N",
@@ -513,11 +516,13 @@ def main(argv: list[str] | None = None) -> int:
         from quant_kernels.w4a4_gemv import TC_CONFIGS, TC_PREFILL_CONFIGS, TC_PREFILL_ONE_DOT_CONFIGS, tc_config_fits
 
         pairs = ("int4xint4", "e2m1xint4", "int8xint4", "int4xe2m1", "e2m1xe2m1")
-        extra = ("e4m3xint4", "e4m3xe2m1") if args.kernel == "w4a4_tc_prefill" else ("packedxint4",)
+        extra = ("e4m3xint4", "e4m3xe2m1") if args.kernel == "w4a4_tc_prefill" else ("e4m3xe2m1", "packedxint4",
+                                                                                      "packedxe2m1")
         if args.element not in pairs + extra:
             p.error(f"--element for {args.kernel} is A_ELEMENTxint4 (int4, e2m1 or int8 activations) or "
-                    f"A_ELEMENTxe2m1 (int4 or e2m1 activations; e4m3 planes for w4a4_tc_prefill; packedxint4, INT4 "
-                    f"activations' packed codes, for w4a4_tc); got {args.element!r}")
+                    f"A_ELEMENTxe2m1 (int4 or e2m1 activations; e4m3 planes, e4m3xint4 or e4m3xe2m1, for "
+                    f"w4a4_tc_prefill; e4m3xe2m1, packedxint4 or packedxe2m1, packed codes, for w4a4_tc); got "
+                    f"{args.element!r}")
         if args.kernel == "w4a4_tc":
             configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in TC_CONFIGS
                                          if tc_config_fits(bn, w, args.element.endswith("e2m1"))))

@@ -293,11 +293,12 @@ def check_e4m3_planes(a_element: str) -> None:
 def check_packed_activations(a_packed: torch.Tensor, a_element: str, w_element: str) -> torch.Tensor:
     """Raise ValueError unless activation codes given packed (two a byte, uint8, as ``quantize_activations`` writes
     them without ``dp4a_for``) can take the decode path's packed form: a 2-D tensor of INT4 codes against INT4
-    weights. Returns an empty int8 (M, K) tensor standing in for them in ``check_dp4a_args`` (shapes only)."""
-    if a_packed.dim() != 2 or (a_element, w_element) != ("int4", "int4"):
-        raise ValueError(f"packed activation codes (uint8, two a byte) take INT4 activations against INT4 weights, as "
-                         f"a 2-D tensor: got {a_element} activations with {w_element} weights, shape "
-                         f"{tuple(a_packed.shape)}; pass the dp4a bytes of quantize_activations(..., dp4a_for="
+    weights or E2M1 codes against E2M1 weights. Returns an empty int8 (M, K) tensor standing in for them in
+    ``check_dp4a_args`` (shapes only)."""
+    if a_packed.dim() != 2 or (a_element, w_element) not in (("int4", "int4"), ("e2m1", "e2m1")):
+        raise ValueError(f"packed activation codes (uint8, two a byte) take INT4 or E2M1 activations against weights "
+                         f"of their element, as a 2-D tensor: got {a_element} activations with {w_element} weights, "
+                         f"shape {tuple(a_packed.shape)}; pass the dp4a bytes of quantize_activations(..., dp4a_for="
                          f"w_element) for other pairs")
     return torch.empty(a_packed.shape[0], 2 * a_packed.shape[1], dtype=torch.int8)
 

@@ -585,9 +585,10 @@ def _w4a4_tc_kernel(
     decoded (wgmma waits for 3 groups in sm_90 SASS), where a dot whose sums are used in the loop, or whose
     accumulator is int32, waits for its wgmmas before anything else runs. A_E4M3_W_INT4: INT4 weights there, E4M3
     operands of their levels times 2^-9 (``_int4_nibbles_e4m3``), in place of E2M1's.
-    A_PACKED (INT4 weights and activations, the int8 dots): ``a_ptr`` points at the activations' packed codes, two a
-    byte, whose nibbles become the two planes as the weight's do (16 times their levels: half the activation bytes
-    a step, at the cost of the same two instructions a four bytes).
+    A_PACKED: ``a_ptr`` points at the activations' packed codes, two a byte, whose nibbles become the two planes as
+    the weight's do: INT4 x INT4 on the int8 dots (16 times their levels), E2M1 x E2M1 on the one-dot FP8 form
+    (A_E4M3: E4M3 of their values times 2^-6, ``_e2m1_nibbles_e4m3``). Half the activation bytes a step, at the cost
+    of the weight's decode instructions for them too.
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -614,7 +615,7 @@ def _w4a4_tc_kernel(
     ONE_DOT: tl.constexpr = A_E4M3 and not FP8_STEP_SUMS
     if ONE_DOT and SPLIT_K == 1:  # K > 0: else ptxas sees a path around the loop that sets the accumulators, and
         tl.assume(stop > first)   # serializes the wgmmas (its C7515 note)
-    if ONE_DOT:  # columns [start, start + BLOCK_KB) of the even plane, then the same of the odd plane
+    if ONE_DOT and not A_PACKED:  # columns [start, start + BLOCK_KB) of the even plane, then the same of the odd one
         offs_j = tl.arange(0, 2 * BLOCK_KB)
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + first + (offs_j % BLOCK_KB + offs_j // BLOCK_KB * KB)[None, :]
     else:
@@ -631,12 +632,17 @@ def _w4a4_tc_kernel(
         else:
             b_ok = (offs_b < stop - start)[None, :]
             w = tl.load(w_ptrs, mask=n_ok[:, None] & b_ok, other=0)
-            a_ok = m_ok[:, None] & (b_ok if not ONE_DOT else (offs_j % BLOCK_KB < stop - start)[None, :])
-        if ONE_DOT:
-            a_both = tl.load(a_ptrs, mask=a_ok, other=0.0)
+            a_ok = m_ok[:, None] & (b_ok if A_PACKED or not ONE_DOT else (offs_j % BLOCK_KB < stop - start)[None, :])
+        if A_PACKED and ONE_DOT:  # the even codes' E4M3 columns, then the odd ones', as the weight's below
+            a_codes = tl.load(a_ptrs, mask=a_ok, other=0)
+            a_both = tl.reshape(tl.permute(tl.join(_e2m1_nibbles_e4m3(a_codes, True, USE_ASM),
+                                                   _e2m1_nibbles_e4m3(a_codes, False, USE_ASM)), (0, 2, 1)),
+                                (BLOCK_M, 2 * BLOCK_KB))
         elif A_PACKED:
             a_codes = tl.load(a_ptrs, mask=a_ok, other=0)
             a_even, a_odd = _nibbles_up(a_codes, True, USE_ASM), _nibbles_up(a_codes, False, USE_ASM)
+        elif ONE_DOT:
+            a_both = tl.load(a_ptrs, mask=a_ok, other=0.0)
         else:
             a_even = tl.load(a_ptrs, mask=a_ok, other=0.0 if A_E4M3 else 0)
             a_odd = tl.load(a_ptrs + KB, mask=a_ok, other=0.0 if A_E4M3 else 0)
@@ -664,8 +670,9 @@ def _w4a4_tc_kernel(
         w_ptrs += BLOCK_KB
         a_ptrs += BLOCK_KB
     # In the int8 path's units: E2M1 weights' sums are multiples of 2^-7 (E2M1 times 2^-6, integer activation
-    # bytes), INT4 ones' of 2^-9, which the int8 path counts 16 times (nibbles at the top of their bytes)
-    E4M3_UNIT: tl.constexpr = 8192.0 if A_E4M3_W_INT4 else 128.0
+    # bytes; 2^-14 against packed activations, E2M1 times 2^-6 too), INT4 ones' of 2^-9, which the int8 path counts
+    # 16 times (nibbles at the top of their bytes)
+    E4M3_UNIT: tl.constexpr = 8192.0 if A_E4M3_W_INT4 else 16384.0 if A_PACKED and A_E4M3 else 128.0
     if W_E2M1 or A_E4M3:  # whole numbers in those units (wgmma's reduced precision drops low bits only)
         total = tl.trans((acc * E4M3_UNIT).to(tl.int32))
     else:
@@ -939,9 +946,11 @@ def _launch_operands(a_bytes: torch.Tensor, a_scale: torch.Tensor, w_packed: tor
     and unit, and the flags; ``pdl_kernel`` names the launch for ``pdl_flags`` (None: a plain launch)."""
     a_words, w_words = _words(a_bytes), _words(w_packed, torch.int64 if w_element == "int8" else torch.int32)
     a_scale, w_scale = a_scale.float().contiguous(), w_scale.float().contiguous()
-    # Activation bytes count units of 1 (INT4, INT8), 1/2 (E2M1) or 1/16 (packed INT4 codes, each nibble moved to
-    # its byte's top); weight bytes 1/16 (INT4 nibbles at a byte's top), 1/2 (E2M1) or 1 (INT8).
-    unit = ((0.5 if a_element == "e2m1" else 1.0) / (16 if a_bytes.dtype == torch.uint8 else 1)
+    # Activation bytes count units of 1 (INT4, INT8), 1/2 (E2M1; packed E2M1 codes too: the kernel counts their
+    # sums so) or 1/16 (packed INT4 codes, each nibble moved to its byte's top); weight bytes 1/16 (INT4 nibbles at a
+    # byte's top), 1/2 (E2M1) or 1 (INT8).
+    packed_int4 = a_bytes.dtype == torch.uint8 and a_element == "int4"
+    unit = ((0.5 if a_element == "e2m1" else 1.0) / (16 if packed_int4 else 1)
             * {"int4": 1 / 16, "e2m1": 0.5, "int8": 1.0}[w_element])
     if residual is not None and residual.stride(1) != 1:
         residual = residual.contiguous()
@@ -1032,9 +1041,9 @@ def w4a4_gemv_triton(
     (NORM_TAIL), the tensor-core one leaves them to the activation kernel. E4M3 activation planes in INT4 weights'
     order (``quantize_activations(..., dp4a_for="int4", fp8_codes=True)``) take the tensor-core kernel's one-dot FP8
     form, INT4 or E2M1 weights as E4M3 operands, the sums accumulating in wgmma (``w4a4_tc_prefill_triton``'s).
-    INT4 activations' packed codes (uint8, two a byte: ``quantize_activations`` without ``dp4a_for``) against INT4
-    weights take the tensor-core kernel's packed form (A_PACKED: half the activation bytes; untimed, no default path
-    writes them)."""
+    Packed activation codes (uint8, two a byte: ``quantize_activations`` without ``dp4a_for``), INT4 against INT4
+    weights or E2M1 against E2M1 ones (on the one-dot FP8 form), take the tensor-core kernel's packed form
+    (A_PACKED: half the activation bytes; untimed, no default path writes them)."""
     a_e4m3, a_nibbles = a_bytes.dtype == torch.float8_e4m3fn, a_bytes.dtype == torch.uint8
     if a_e4m3:
         check_e4m3_planes(a_element)
@@ -1076,8 +1085,9 @@ def w4a4_gemv_triton(
         a_b, w_b = a_words.view(a_bytes.dtype), w_words.view(torch.uint8)  # the same bytes, strides in bytes
         tc_args = (a_b, a_scale, w_b, w_scale, *outputs, *split_k_buffer(a_b.device, m, n), m, n, k // 2,
                    block_m, a_b.stride(0), w_b.stride(0), *trailing)
-        flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1" and not a_e4m3, A_E4M3=a_e4m3,
-                     FP8_STEP_SUMS=not a_e4m3, A_E4M3_W_INT4=a_e4m3 and w_element == "int4", A_PACKED=a_nibbles)
+        fp8_operands = a_e4m3 or (a_nibbles and w_element == "e2m1")  # the one-dot FP8 form
+        flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1" and not fp8_operands, A_E4M3=fp8_operands,
+                     FP8_STEP_SUMS=not fp8_operands, A_E4M3_W_INT4=a_e4m3 and w_element == "int4", A_PACKED=a_nibbles)
         if config is not None or INTERPRET:
             fixed, launch = (config.kwargs, dict(num_warps=config.num_warps, num_stages=config.num_stages)) \
                 if config is not None else (INTERPRET_TC_CONFIG, {})

@@ -76,14 +76,15 @@ def test_tc_ncu_profiles_each_element_in_its_own_step(tmp_path):
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "ncu").write_text('#!/bin/sh\necho "ncu: $*"\n')
     (tmp_path / "bin" / "ncu").chmod(0o755)
-    assert [step[:2] for step in stubbed_steps(tmp_path, "tc_ncu")] == [
-        ("ncu_tc_int4", "150"), ("ncu_tc_int4_packed", "150"), ("ncu_tc_e2m1", "150")]
-    for name in ("int4", "int4_packed", "e2m1"):
+    names = ["int4", "int4_packed", "e2m1", "e2m1_packed"]
+    assert [step[:2] for step in stubbed_steps(tmp_path, "tc_ncu")] == [(f"ncu_tc_{name}", "140") for name in names]
+    for name in names:
         called = open(tmp_path / "out" / f"ncu_tc_{name}.log").read()
-        assert "-k regex:_w4a4_tc_kernel python -u benchmarks/gemv_ncu.py --kernel w4a4_tc" in called
-        assert ("--w_element e2m1" in called) == (name == "e2m1") and "--rows 16" in called
-        assert ("--packed_codes" in called) == (name == "int4_packed")
+        assert "-k regex:_w4a4_tc_kernel python -u benchmarks/gemv_ncu.py" in called and "--kernel w4a4_tc" in called
+        assert ("--w_element e2m1" in called) == name.startswith("e2m1") and "--rows 16" in called
+        assert ("--packed_codes" in called) == name.endswith("packed")
 
 
-def test_tc_packed_ab_sweeps_both_codes_in_one_step(tmp_path):
-    assert [step[:2] for step in stubbed_steps(tmp_path, "tc_packed_ab")] == [("tc_packed_ab", "300")]
+def test_tc_packed_ab_sweeps_both_codes_of_each_element_in_its_own_step(tmp_path):
+    assert [step[:2] for step in stubbed_steps(tmp_path, "tc_packed_ab")] == [("tc_packed_ab_int4", "280"),
+                                                                             ("tc_packed_ab_e2m1", "280")]

@@ -254,16 +254,15 @@ def test_gemv_ncu_launches_the_tensor_core_decode_kernel_under_the_interpreter(e
     assert all(line.endswith("output finite: True") for line in lines)
     assert [line.split("), ")[1].split(":")[0] for line in lines] == ["16 rows"] * (len(lines) - 1) + ["5 rows"]
     assert "(16, 32, 2, 1, 1)" in lines[-1] and set(forms) == {(element, 16), (element, 5)}
-    if element == "int4":  # the A_PACKED form: the linear's form not asked for
-        forms.clear()
-        assert gemv_ncu.main(["--kernel", "w4a4_tc", "--packed_codes", "--cpu_dry_run", "--launches", "1"]) == 0
-        lines = capsys.readouterr().out.splitlines()
-        assert all(line.endswith("16 rows of packed codes: 1 launches, output finite: True") for line in lines)
-        assert len(lines) == 3 and not forms
-    else:
-        with pytest.raises(SystemExit):
-            gemv_ncu.main(["--kernel", "w4a4_tc", "--w_element", "e2m1", "--packed_codes", "--cpu_dry_run"])
-        assert "--packed_codes is for --kernel w4a4_tc with INT4 weights" in capsys.readouterr().err
+    forms.clear()  # the A_PACKED form: the linear's form not asked for
+    assert gemv_ncu.main(["--kernel", "w4a4_tc", "--w_element", element, "--packed_codes", "--cpu_dry_run",
+                          "--launches", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.endswith("16 rows of packed codes: 1 launches, output finite: True") for line in lines)
+    assert len(lines) == 3 and not forms
+    with pytest.raises(SystemExit):
+        gemv_ncu.main(["--kernel", "w4a4", "--packed_codes", "--cpu_dry_run"])
+    assert "--packed_codes is for --kernel w4a4_tc, got --kernel w4a4" in capsys.readouterr().err
     assert gemv_ncu.parse_tc_configs("16,256,1,2,3") == [(16, 256, 1, 2, 3)]
     for argv, message in ((["--rows", "65"], "--kernel w4a4_tc takes 1 to 64 rows, got --rows 65"),
                           (["--configs", "8,256,1,2,3"], "BLOCK_N of at least 16 and split_k of at least 1"),

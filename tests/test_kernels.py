@@ -750,20 +750,20 @@ def test_gemv_refuses_a_folded_config_for_several_rows():
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
-def test_w4a4_matmul_dp4a_takes_packed_codes_for_int4_only(backend):
-    """Both the decode kernel and its twin take INT4 activations' packed codes against INT4 weights (the
-    tensor-core kernel's A_PACKED form) as they take their dp4a bytes; packed E2M1 codes are refused by name."""
+def test_w4a4_matmul_dp4a_takes_packed_codes_of_the_weight_s_element(backend):
+    """Both the decode kernel and its twin take packed activation codes against weights of their element, INT4 or
+    E2M1 (the tensor-core kernel's A_PACKED form), as they take their dp4a bytes; a mixed pair is refused by name."""
     from quant_kernels.reference import dp4a_bytes
 
-    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xint4", 1, 16, 64)
-    kw = dict(a_element="int4", w_element="int4", backend=backend, out_dtype=torch.float32)
-    assert torch.equal(quant_kernels.w4a4_matmul_dp4a(a_packed, a_scale, w_packed, w_scale, **kw),
-                       quant_kernels.w4a4_matmul_dp4a(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed,
-                                                      w_scale, **kw))
-    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("e2m1xe2m1", 1, 16, 64)
-    with pytest.raises(ValueError, match="packed activation codes \\(uint8, two a byte\\) take INT4 activations"):
-        quant_kernels.w4a4_matmul_dp4a(a_packed, a_scale, w_packed, w_scale, **{**kw, "a_element": "e2m1",
-                                                                                 "w_element": "e2m1"})
+    for case in ("int4xint4", "e2m1xe2m1"):
+        (a_packed, a_scale), (w_packed, w_scale), spec = quantized_operands(case, 1, 16, 64)
+        kw = dict(a_element=spec["a_element"], w_element=spec["w_element"], backend=backend, out_dtype=torch.float32)
+        assert torch.equal(quant_kernels.w4a4_matmul_dp4a(a_packed, a_scale, w_packed, w_scale, **kw),
+                           quant_kernels.w4a4_matmul_dp4a(dp4a_bytes(a_packed, kw["a_element"], kw["w_element"]),
+                                                          a_scale, w_packed, w_scale, **kw))
+    (a_packed, a_scale), (w_packed, w_scale), _ = quantized_operands("int4xe2m1", 1, 16, 64)
+    with pytest.raises(ValueError, match="packed activation codes \\(uint8, two a byte\\) take INT4 or E2M1"):
+        quant_kernels.w4a4_matmul_dp4a(a_packed, a_scale, w_packed, w_scale, **{**kw, "a_element": "int4"})
 
 
 def test_gemv_refuses_codes_that_are_not_bytes():
@@ -1765,12 +1765,14 @@ def test_tensor_core_decode_kernel_takes_e4m3_planes(a_element, w_element, split
         w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, tensor_cores=False, **kw)
 
 
+@pytest.mark.parametrize("element", ["int4", "e2m1"])
 @pytest.mark.parametrize("m, split_k", [(5, 1), (12, 3), (40, 2)])
-def test_tensor_core_decode_kernel_takes_packed_int4_codes(m, split_k):
-    """INT4 activations' packed codes (uint8, two a byte) against INT4 weights: both nibbles of each activation byte
-    moved up as the weight's are (A_PACKED), every code pair (K = 256 columns of all 16 x 16), ragged K (100 bytes
-    against 32-byte steps) split or not, ragged rows, a bias and a residual: the twin's result bit for bit, as on the
-    dp4a bytes of the same codes; other pairs, 1-D codes, the CUDA-core kernel and a gated product refused."""
+def test_tensor_core_decode_kernel_takes_packed_codes(m, split_k, element):
+    """Packed activation codes (uint8, two a byte) against weights of their element: both nibbles of each
+    activation byte decoded as the weight's are (A_PACKED: INT4 moved up for the int8 dots, E2M1 to E4M3 for the
+    one-dot FP8 form), every code pair (K = 256 columns of all 16 x 16), ragged K (100 bytes against 32-byte steps)
+    split or not, ragged rows, a bias and a residual: the twin's result bit for bit, as on the dp4a bytes of the
+    same codes; mixed pairs, 1-D codes, the CUDA-core kernel and a gated product refused."""
     import triton
 
     from quant_kernels import w4a4_gemv
@@ -1786,22 +1788,24 @@ def test_tensor_core_decode_kernel_takes_packed_int4_codes(m, split_k):
                           torch.randint(0, 256, (m - 1, k // 2), dtype=torch.uint8, generator=gen)])
     w_scale = torch.rand(n, 1, generator=gen) / 64 + 1e-3
     a_scale = torch.rand(m, 1, generator=gen) + 0.5
-    kw = dict(a_element="int4", w_element="int4", bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
+    kw = dict(a_element=element, w_element=element, bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
               residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
     config = triton.Config(dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=split_k))
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
     got = w4a4_gemv.w4a4_gemv_triton(a_packed, a_scale, w_packed, w_scale, out=out, config=config, **kw)
-    want = w4a4_gemv_ref(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale, **kw)
+    want = w4a4_gemv_ref(dp4a_bytes(a_packed, element, element), a_scale, w_packed, w_scale, **kw)
     assert got is out and torch.equal(got, want)
     assert torch.equal(w4a4_gemv_ref(a_packed, a_scale, w_packed, w_scale, **kw), want)  # the twin takes them too
     assert torch.equal(w4a4_gemv.w4a4_gemv_triton(a_packed, a_scale, w_packed, w_scale, **kw), want)  # on its own
     partial, counts = w4a4_gemv.split_k_buffer(a_packed.device, m, n)
     assert not partial.any() and not counts.any()
+    other = "e2m1" if element == "int4" else "int4"
     for product in (w4a4_gemv.w4a4_gemv_triton, w4a4_gemv_ref):
-        for changed in ({"a_element": "e2m1"}, {"w_element": "e2m1"}):
-            with pytest.raises(ValueError, match="packed activation codes .* take INT4 activations against INT4"):
+        for changed in ({"a_element": other}, {"w_element": other}):
+            with pytest.raises(ValueError, match="packed activation codes .* against weights of their element"):
                 product(a_packed, a_scale, w_packed, w_scale, **{**kw, **changed})
-        with pytest.raises(ValueError, match="2-D tensor: got int4 activations with int4 weights, shape \\(100,\\)"):
+        with pytest.raises(ValueError, match=f"2-D tensor: got {element} activations with {element} weights, shape "
+                                             "\\(100,\\)"):
             product(a_packed[0], a_scale, w_packed, w_scale, **kw)
     for refused in ({"tensor_cores": False}, {"gated": True}):
         with pytest.raises(ValueError, match="packed activation codes take the tensor-core decode kernel"):
@@ -1968,22 +1972,23 @@ def test_decode_rows_bench_sweeps_every_tensor_core_config_that_fits(element, mo
     assert "tensor-core decode kernel's configs" in text and "`PINNED_TC_CONFIGS`'" in text
 
 
-def test_decode_rows_bench_sweeps_the_tensor_core_kernel_on_packed_codes(monkeypatch):
-    """``--codes packed``: the tensor-core kernel's configs on INT4 activations' packed codes (A_PACKED), each product
-    equal to the twin's, the rows named so; other elements and the CUDA-core kernel refused by name."""
+@pytest.mark.parametrize("element", ["int4", "e2m1"])
+def test_decode_rows_bench_sweeps_the_tensor_core_kernel_on_packed_codes(element, monkeypatch):
+    """``--codes packed``: the tensor-core kernel's configs (E2M1's: whole warpgroups) on the activations' packed
+    codes (A_PACKED), each product equal to the twin's, the rows named so; the CUDA-core kernel refused by name."""
     from benchmarks import decode_rows_bench
     from quant_kernels import w4a4_gemv
 
     monkeypatch.setattr(decode_rows_bench, "tuned_pick", lambda call, kernel: (call(), None)[1])
     torch.manual_seed(0)
-    rows = decode_rows_bench.config_sweep(64, 512, 16, lambda call: (call(), 1e-3)[1], torch.device("cpu"), "int4",
+    rows = decode_rows_bench.config_sweep(64, 512, 16, lambda call: (call(), 1e-3)[1], torch.device("cpu"), element,
                                           packed=True)
-    assert len(rows) == 1 + len(w4a4_gemv.TC_CONFIGS) and {r["codes"] for r in rows} == {"packed codes"}
+    fitting = [c for c in w4a4_gemv.TC_CONFIGS if w4a4_gemv.tc_config_fits(c[0], c[3], element == "e2m1")]
+    assert len(rows) == 1 + len(fitting) and {r["codes"] for r in rows} == {"packed codes"}
     assert all(r["rel_err"] <= 1e-5 for r in rows) and not any(r["pick"] for r in rows)
-    for element, kernel in (("e2m1", "tc"), ("int4", "cuda_core")):
-        with pytest.raises(ValueError, match="packed activation codes take the tensor-core kernel's INT4 x INT4"):
-            decode_rows_bench.config_sweep(64, 512, 16, lambda call: 1e-3, torch.device("cpu"), element,
-                                           kernel=kernel, packed=True)
+    with pytest.raises(ValueError, match="packed activation codes take the tensor-core kernel, not the CUDA-core"):
+        decode_rows_bench.config_sweep(64, 512, 1, lambda call: 1e-3, torch.device("cpu"), element,
+                                       kernel="cuda_core", packed=True)
 
 
 @pytest.mark.parametrize("m", [1, 6])
@@ -2023,8 +2028,9 @@ def test_decode_rows_bench_sweeps_every_cuda_core_candidate(m, monkeypatch):
     (["--gemv_sweep", "--ms", "1,16"], "--gemv_sweep times the CUDA-core decode kernel, which takes 1 to 8 rows on a "
                                        "GPU: got --ms 1,16"),
     (["--gemv_sweep", "--tc_sweep", "--ms", "8"], "each time one kernel: choose one a run"),
-    (["--tc_sweep", "--element", "e2m1", "--codes", "both", "--ms", "16"], "give --tc_sweep and --element int4"),
-    (["--codes", "packed", "--ms", "16"], "--codes packed sweeps INT4 activations' packed codes")])
+    (["--gemv_sweep", "--codes", "both", "--ms", "1"], "--codes both sweeps the activations' packed codes on the "
+                                                        "tensor-core kernel: give --tc_sweep"),
+    (["--codes", "packed", "--ms", "16"], "--codes packed sweeps the activations' packed codes")])
 def test_decode_rows_bench_sweeps_only_its_kernels_rows(cli, tmp_path, flags, said):
     done = cli("benchmarks/decode_rows_bench.py", *flags, "--out", str(tmp_path / "sweep"))
     assert done.returncode == 2 and said in done.stderr
