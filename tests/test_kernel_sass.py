@@ -22,6 +22,8 @@ def run_sass(*args: str) -> subprocess.CompletedProcess:
                                                     ("w4a4_gemv", "int8xint8", "IDP"), ("w4a4_tc", "int4xint4", "IMMA"),
                                                     ("w4a4_tc", "e2m1xe2m1", "QGMMA"),
                                                     ("w4a4_tc", "packedxint4", "IMMA"),
+                                                    ("w4a4_tc", "e4m3xe2m1", "QGMMA"),
+                                                    ("w4a4_tc", "packedxe2m1", "QGMMA"),
                                                     ("w4a4_tc_prefill", "e2m1xe2m1", "IGMMA"),
                                                     ("w4a4_tc_prefill", "e4m3xint4", "QGMMA"),
                                                     ("act_quant", "e2m1_e4m3", "FFMA"),
