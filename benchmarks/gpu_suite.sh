@@ -184,9 +184,9 @@
 #   tc_ncu     the W4A4 tensor-core decode kernel under Nsight Compute at boost clocks (gemv_ncu.py --kernel w4a4_tc),
 #              16 rows (ROWS) at 4096 x 4096 and 14336 x 4096 (SHAPES): INT4 on its H100 pin, E2M1's and the split tile
 #              other draws picked, then the same on its packed codes (A_PACKED); E2M1 on 64 x 256 and 64 x 128, on
-#              E4M3 planes and on packed codes; DRAM and L2 bytes beside the sections: at 4096 x 4096 16 rows run 2.2x bf16 where
-#              14336 x 4096 runs 3.2x, and a 16-wide tile reads the 16 rows' 64 KB of activation bytes per program,
-#              twice its weight bytes (issue 9: 3x at M <= 16)
+#              E4M3 planes and on packed codes; DRAM and L2 bytes beside the sections: at 4096 x 4096 16 rows run
+#              2.2x bf16 where 14336 x 4096 runs 3.2x, and a 16-wide tile reads the 16 rows' 64 KB of activation
+#              bytes per program, twice its weight bytes (issue 9: 3x at M <= 16)
 #   tc_packed_ab  the tensor-core decode kernel's configs at 16 rows (MS) of the four Llama-3-8B shapes (SHAPES),
 #              INT4 and E2M1 (ELEMENTS), each on the codes the linear writes and on the activations' packed codes
 #              (A_PACKED: half the activation bytes, decoded in registers as the weight's; INT4 16 x 256 on 2 warps:
