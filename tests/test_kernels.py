@@ -1724,6 +1724,23 @@ def test_tensor_core_decode_kernel_equals_twin(a_element, w_element, m, n, k):
     assert torch.equal(got, w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw))
 
 
+def fixed_tc_product(a: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
+                     a_element: str, w_element: str, split_k: int, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """The tensor-core decode kernel's bfloat16 product on a fixed 16 x 32-byte tile, K split ``split_k`` ways, a
+    random bias and residual added, into an output of NaNs that it must fill: (the product, the keyword arguments
+    its twin takes)."""
+    from quant_kernels import w4a4_gemv
+
+    m, n = a.shape[0], w_packed.shape[0]
+    kw = dict(a_element=a_element, w_element=w_element, bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
+              residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
+    got = w4a4_gemv.w4a4_gemv_triton(a, a_scale, w_packed, w_scale, out=out, **kw,
+                                     config=triton.Config(dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=split_k)))
+    assert got is out and not out.isnan().any()
+    return got, kw
+
+
 @pytest.mark.parametrize("split_k", [1, 3])
 @pytest.mark.parametrize("a_element, w_element", [("int4", "int4"), ("e2m1", "int4"), ("int4", "e2m1"),
                                                   ("e2m1", "e2m1")])
@@ -1733,8 +1750,6 @@ def test_tensor_core_decode_kernel_takes_e4m3_planes(a_element, w_element, split
     (3 slices: the last short), a bias and a residual: the twin's result bit for bit on the dp4a bytes of the same
     codes, as the twin gives on the planes themselves; the split-K buffer left zeroed; INT8 activations (kernel and
     twin), the CUDA-core kernel and a gated product refused."""
-    import triton
-
     from quant_kernels import w4a4_gemv
     from quant_kernels.reference import dp4a_order, w4a4_gemv_ref
 
@@ -1747,14 +1762,10 @@ def test_tensor_core_decode_kernel_takes_e4m3_planes(a_element, w_element, split
         (1 - 2 * torch.randint(0, 2, (m, k), generator=gen))
     planes = dp4a_order(values.to(torch.int8), "int4").float().to(torch.float8_e4m3fn)
     a_scale = torch.rand(m, 1, generator=gen) + 0.5
-    kw = dict(a_element=a_element, w_element=w_element, bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
-              residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
-    config = triton.Config(dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=split_k))
-    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
-    got = w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, out=out, config=config, **kw)
+    got, kw = fixed_tc_product(planes, a_scale, w_packed, w_scale, a_element, w_element, split_k, gen)
     a_bytes = dp4a_order(values.to(torch.int8), w_element)
     want = w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw)
-    assert got is out and torch.equal(got, want)
+    assert torch.equal(got, want)
     assert torch.equal(w4a4_gemv_ref(planes, a_scale, w_packed, w_scale, **kw), want)  # the twin takes planes too
     partial, counts = w4a4_gemv.split_k_buffer(planes.device, m, n)
     assert not partial.any() and not counts.any()
@@ -1773,8 +1784,6 @@ def test_tensor_core_decode_kernel_takes_packed_codes(m, split_k, element):
     one-dot FP8 form), every code pair (K = 256 columns of all 16 x 16), ragged K (100 bytes against 32-byte steps)
     split or not, ragged rows, a bias and a residual: the twin's result bit for bit, as on the dp4a bytes of the
     same codes; mixed pairs, 1-D codes, the CUDA-core kernel and a gated product refused."""
-    import triton
-
     from quant_kernels import w4a4_gemv
     from quant_kernels.reference import dp4a_bytes, w4a4_gemv_ref
 
@@ -1788,13 +1797,9 @@ def test_tensor_core_decode_kernel_takes_packed_codes(m, split_k, element):
                           torch.randint(0, 256, (m - 1, k // 2), dtype=torch.uint8, generator=gen)])
     w_scale = torch.rand(n, 1, generator=gen) / 64 + 1e-3
     a_scale = torch.rand(m, 1, generator=gen) + 0.5
-    kw = dict(a_element=element, w_element=element, bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
-              residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
-    config = triton.Config(dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=split_k))
-    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
-    got = w4a4_gemv.w4a4_gemv_triton(a_packed, a_scale, w_packed, w_scale, out=out, config=config, **kw)
+    got, kw = fixed_tc_product(a_packed, a_scale, w_packed, w_scale, element, element, split_k, gen)
     want = w4a4_gemv_ref(dp4a_bytes(a_packed, element, element), a_scale, w_packed, w_scale, **kw)
-    assert got is out and torch.equal(got, want)
+    assert torch.equal(got, want)
     assert torch.equal(w4a4_gemv_ref(a_packed, a_scale, w_packed, w_scale, **kw), want)  # the twin takes them too
     assert torch.equal(w4a4_gemv.w4a4_gemv_triton(a_packed, a_scale, w_packed, w_scale, **kw), want)  # on its own
     partial, counts = w4a4_gemv.split_k_buffer(a_packed.device, m, n)
