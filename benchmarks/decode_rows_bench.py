@@ -121,20 +121,20 @@ def config_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element:
     """Every config of a decode kernel (``kernel``: "tc", the tensor-core one, or "cuda_core"; ``sweep_candidates``)
     at M x N x K, fixed, on the codes ``w4a4_linear`` writes for it (``decode_codes_form``: E4M3 planes for E2M1
     weights on the tensor cores on a GPU, else dp4a bytes), or (``packed``, the tensor-core kernel) on the packed
-    codes, bfloat16 out, with a residual added (``residual``, as a
-    model's o_proj and down_proj add theirs: another tensor-core tuning key) or not. Rows, bf16's first, then the
-    configs fastest first: µs, weight GB/s, the ratio to bf16, the largest error of the fp32 product against the
-    twin's over its largest output, and whether the autotuner (or the kernel's pins) picked it."""
+    codes, bfloat16 out, with a residual added (``residual``, as a model's o_proj and down_proj add theirs: another
+    tensor-core tuning key) or not. Rows, bf16's first, then the configs fastest first: µs, weight GB/s, the ratio
+    to bf16, the largest error of the fp32 product against the twin's over its largest output, and whether the
+    autotuner (or the kernel's pins) picked it."""
     import quant_kernels
     from benchmarks.kernel_bench import described
     from quant_kernels import reference, w4a4_gemv
 
-    x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
-    w16 = torch.randn(n, k, dtype=torch.bfloat16, device=device) * 0.02
-    w_packed, w_scale = quant_kernels.quantize_activations(w16, element, backend="triton")
     if packed and kernel != "tc":
         raise ValueError(f"packed activation codes take the tensor-core kernel, not the {SWEPT_KERNELS[kernel][0]} "
                          f"one")
+    x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
+    w16 = torch.randn(n, k, dtype=torch.bfloat16, device=device) * 0.02
+    w_packed, w_scale = quant_kernels.quantize_activations(w16, element, backend="triton")
     if packed:
         dp4a_for, fp8_codes = None, False
     elif kernel == "tc":

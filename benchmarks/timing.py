@@ -45,10 +45,9 @@ def add_l2_flush_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--l2_flush", default="read", choices=L2_FLUSHES,
                         help=f"flush the L2 by reading a {L2_FLUSH_BYTES // 2**20} MiB buffer (default: clean lines, "
                              "as a model step's weight reads leave it) or by writing it (zero_, as Triton's do_bench: "
-                             "dirty lines "
-                             "whose write-backs the timed kernel shares DRAM with; earlier results used it; in a "
-                             "stream it also credits a kernel that leaves DRAM idle with the write-backs that drain "
-                             "while it runs)")
+                             "dirty lines whose write-backs the timed kernel shares DRAM with; earlier results used "
+                             "it; in a stream it also credits a kernel that leaves DRAM idle with the write-backs that "
+                             "drain while it runs)")
 
 
 def make_timer(

@@ -364,8 +364,8 @@ def w4a4_gemv_ref(
     ``silu_mul_ref`` of the rounded product. ``norm_tail``: (the result, ``norm_tail_ref`` of it).
     With INT8 activations (W4A8, W8A8) it is the W8A8 product of the levels (``int8_gemm.w8a8_matmul``), INT4
     weights widened to int8. E4M3 activation planes (``e4m3_planes``: INT4 weights' order whatever the weights, as
-    the tensor-core kernel's one-dot form takes them) give the product of the same codes, as do INT4 activations'
-    packed codes (uint8, ``check_packed_activations``) against INT4 weights."""
+    the tensor-core kernel's one-dot form takes them) give the product of the same codes, as do packed activation
+    codes (uint8, ``check_packed_activations``) against weights of their element, INT4 or E2M1."""
     planes, packed = a_bytes.dtype == torch.float8_e4m3fn, a_bytes.dtype == torch.uint8
     if planes:
         check_e4m3_planes(a_element)

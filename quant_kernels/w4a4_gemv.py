@@ -553,6 +553,14 @@ def _even_odd_planes(first, second, BLOCK_M: tl.constexpr, BLOCK_KB: tl.constexp
 
 
 @triton.jit
+def _side_by_side(low, high, ROWS: tl.constexpr, BLOCK_KB: tl.constexpr):
+    """A step's (ROWS, BLOCK_KB) operands of the low nibbles (codes 2j) and the high ones (2j + 1) as one (ROWS,
+    2 BLOCK_KB) operand, the low nibbles' columns first: the one-dot form's K order, weights and packed activations
+    alike."""
+    return tl.reshape(tl.permute(tl.join(low, high), (0, 2, 1)), (ROWS, 2 * BLOCK_KB))
+
+
+@triton.jit
 def _w4a4_tc_kernel(
     a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr, partial_ptr, count_ptr,
     M, N, KB, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, stride_rm, unit,
@@ -633,14 +641,13 @@ def _w4a4_tc_kernel(
             b_ok = (offs_b < stop - start)[None, :]
             w = tl.load(w_ptrs, mask=n_ok[:, None] & b_ok, other=0)
             a_ok = m_ok[:, None] & (b_ok if A_PACKED or not ONE_DOT else (offs_j % BLOCK_KB < stop - start)[None, :])
-        if A_PACKED and ONE_DOT:  # the even codes' E4M3 columns, then the odd ones', as the weight's below
+        if A_PACKED:
             a_codes = tl.load(a_ptrs, mask=a_ok, other=0)
-            a_both = tl.reshape(tl.permute(tl.join(_e2m1_nibbles_e4m3(a_codes, True, USE_ASM),
-                                                   _e2m1_nibbles_e4m3(a_codes, False, USE_ASM)), (0, 2, 1)),
-                                (BLOCK_M, 2 * BLOCK_KB))
-        elif A_PACKED:
-            a_codes = tl.load(a_ptrs, mask=a_ok, other=0)
-            a_even, a_odd = _nibbles_up(a_codes, True, USE_ASM), _nibbles_up(a_codes, False, USE_ASM)
+            if ONE_DOT:  # the even codes' E4M3 columns, then the odd ones', as the weight's below
+                a_both = _side_by_side(_e2m1_nibbles_e4m3(a_codes, True, USE_ASM),
+                                       _e2m1_nibbles_e4m3(a_codes, False, USE_ASM), BLOCK_M, BLOCK_KB)
+            else:
+                a_even, a_odd = _nibbles_up(a_codes, True, USE_ASM), _nibbles_up(a_codes, False, USE_ASM)
         elif ONE_DOT:
             a_both = tl.load(a_ptrs, mask=a_ok, other=0.0)
         else:
@@ -659,8 +666,7 @@ def _w4a4_tc_kernel(
             step = tl.dot(low, tl.trans(a_even), out_dtype=tl.float32)
             acc += tl.dot(high, tl.trans(a_odd), step, out_dtype=tl.float32)
         elif ONE_DOT:
-            both = tl.reshape(tl.permute(tl.join(low, high), (0, 2, 1)), (BLOCK_N, 2 * BLOCK_KB))
-            acc = tl.dot(both, tl.trans(a_both), acc, out_dtype=tl.float32)
+            acc = tl.dot(_side_by_side(low, high, BLOCK_N, BLOCK_KB), tl.trans(a_both), acc, out_dtype=tl.float32)
         elif W_E2M1_INT8:
             acc = tl.dot(_e2m1_nibbles_doubled(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.int32)
             acc = tl.dot(_e2m1_nibbles_doubled(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
