@@ -184,6 +184,20 @@ PINNED_GEMV_CONFIGS = {
         (1, 4096, 1792, True, False, 1, False, False): (16, 256, True, 1, 1, 8, 2),
         (1, 4096, 1792, True, False, 1, False, True): (16, 256, True, 1, 1, 8, 2),
     },
+    # One row at the Llama-3-8B shapes, INT4 and E2M1: each key's fastest candidate in a sweep of every one the
+    # pruning keeps, fixed, timed by a read in a stream (``gemv_sweep_{int4,e2m1}{,_rest}_s68_h100.md``). This process's
+    # tuner had picked 16 x 256 on 8 warps for INT4 at 4096 x 4096 (5.2 against 4.9 us) and 8 x 128 on 8 warps at
+    # 6144 x 4096 (6.6 against 6.0 us), and 8 x 128 prefetching for E2M1 at 14336 x 4096 (13.3 against 13.1 us).
+    "NVIDIA H100 80GB HBM3": {
+        (1, 4096, 512, True, False, 1, False, False): (8, 128, True, 1, 1, 4, 2),
+        (1, 6144, 512, True, False, 1, False, False): (8, 128, True, 1, 1, 4, 2),
+        (1, 4096, 1792, True, False, 1, False, False): (16, 256, True, 1, 1, 8, 2),
+        (1, 14336, 512, True, False, 1, False, False): (8, 64, False, 1, 1, 4, 3),
+        (1, 4096, 512, False, False, 1, False, False): (8, 512, False, 4, 1, 8, 2),
+        (1, 6144, 512, False, False, 1, False, False): (8, 128, True, 1, 1, 4, 2),
+        (1, 4096, 1792, False, False, 1, False, False): (16, 256, True, 1, 1, 8, 2),
+        (1, 14336, 512, False, False, 1, False, False): (8, 64, False, 1, 1, 4, 3),
+    },
 }
 # The tensor-core decode kernel's autotune key.
 TC_TUNING_KEY = ("M_BUCKET", "N", "KB", "HAS_BIAS", "HAS_RESIDUAL", "BLOCK_M", "W_E2M1", "A_E4M3", "A_E4M3_W_INT4",
