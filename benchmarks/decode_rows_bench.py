@@ -19,11 +19,14 @@ marked: the evidence for ``w4a4_gemv.PINNED_TC_CONFIGS``, whose picks one tuning
 the next. ``--gemv_sweep`` does the same for the CUDA-core decode kernel at 1 to ``GEMV_MAX_M`` rows (every
 candidate its pruning keeps, on dp4a bytes), the evidence for ``PINNED_GEMV_CONFIGS``. ``--codes packed`` (or
 ``both``) sweeps the tensor-core kernel on the activations' packed codes too (its A_PACKED form, half the
-activation bytes; no default path writes them):
+activation bytes; no default path writes them). ``--extra`` times tensor-core configs that are not autotuning
+candidates beside them:
 
     python benchmarks/decode_rows_bench.py --tc_sweep --ms 16 --residual both --out benchmarks/results/tc_sweep_h100
     python benchmarks/decode_rows_bench.py --gemv_sweep --ms 1 --element e2m1 --out benchmarks/results/gemv_sweep_h100
     python benchmarks/decode_rows_bench.py --tc_sweep --ms 16 --codes both --out benchmarks/results/tc_packed_h100
+    python benchmarks/decode_rows_bench.py --tc_sweep --ms 16 --extra "32,256,2,2,3;16,256,2,2,3" \
+        --out benchmarks/results/tc_split_narrow_h100
 """
 
 from __future__ import annotations
@@ -101,30 +104,53 @@ def tuned_pick(call, kernel: str = "tc") -> object:
     return (w4a4_gemv._tc_autotuned if kernel == "tc" else w4a4_gemv._gemv_autotuned).best_config
 
 
-def sweep_candidates(kernel: str, m: int, fp8_operands: bool) -> list:
-    """The configs a sweep times: the tensor-core kernel's ``TC_CONFIGS`` that ``tc_config_fits`` (FP8 operands
-    for E2M1 weights or E4M3 planes), or every CUDA-core candidate that its pruning keeps at ``m`` rows."""
+def sweep_candidates(kernel: str, m: int, fp8_operands: bool, extra: tuple = ()) -> list:
+    """The configs a sweep times: the tensor-core kernel's ``TC_CONFIGS``, then ``extra``'s (BLOCK_N, BLOCK_KB,
+    SPLIT_K, warps, stages) not among them, that ``tc_config_fits`` (FP8 operands for E2M1 weights or E4M3 planes);
+    or every CUDA-core candidate that its pruning keeps at ``m`` rows."""
     import triton
 
     from quant_kernels import w4a4_gemv
 
     if kernel == "tc":
         return [triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=warps, num_stages=stages)
-                for bn, bkb, split, warps, stages in w4a4_gemv.TC_CONFIGS
+                for bn, bkb, split, warps, stages in dict.fromkeys(list(w4a4_gemv.TC_CONFIGS) + list(extra))
                 if w4a4_gemv.tc_config_fits(bn, warps, fp8_operands)]
     return w4a4_gemv.prune_decode_configs(w4a4_gemv._gemv_autotuned.configs,
                                           dict(BLOCK_M=triton.next_power_of_2(m)))
 
 
+def extra_tc_configs(text: str, element: str) -> list[tuple[int, int, int, int, int]]:
+    """``--extra``'s tensor-core configs (``gemv_ncu.parse_tc_configs``), each checked: BLOCK_N a power of two of
+    at least ``TC_MIN_BLOCK_N`` (the split-K counters' tile), BLOCK_KB one of at least 32 (an int8 dot's K), warps a
+    power of two, SPLIT_K and stages at least 1, and for E2M1 weights whole warpgroups (``tc_config_fits``); else a
+    ValueError naming the config."""
+    from benchmarks.gemv_ncu import parse_tc_configs
+    from quant_kernels.w4a4_gemv import TC_MIN_BLOCK_N, tc_config_fits
+
+    configs = parse_tc_configs(text)
+    for block_n, block_kb, split, warps, stages in configs:
+        named = f"{block_n},{block_kb},{split},{warps},{stages}"
+        if (block_n < TC_MIN_BLOCK_N or block_kb < 32 or any(v & (v - 1) for v in (block_n, block_kb, warps))
+                or min(split, warps, stages) < 1):
+            raise ValueError(f"{named}: BLOCK_N must be a power of two of at least {TC_MIN_BLOCK_N}, BLOCK_KB one of "
+                             "at least 32, warps a power of two, split_k and stages at least 1")
+        if not tc_config_fits(block_n, warps, element == "e2m1"):
+            raise ValueError(f"{named}: E2M1 weights multiply on wgmma, which needs warps a multiple of 4 and 16 "
+                             "weight rows a warp")
+    return configs
+
+
 def config_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element: str = "int4",
-                 residual: bool = False, kernel: str = "tc", packed: bool = False) -> list[dict]:
+                 residual: bool = False, kernel: str = "tc", packed: bool = False, extra: tuple = ()) -> list[dict]:
     """Every config of a decode kernel (``kernel``: "tc", the tensor-core one, or "cuda_core"; ``sweep_candidates``)
     at M x N x K, fixed, on the codes ``w4a4_linear`` writes for it (``decode_codes_form``: E4M3 planes for E2M1
     weights on the tensor cores on a GPU, else dp4a bytes), or (``packed``, the tensor-core kernel) on the packed
     codes, bfloat16 out, with a residual added (``residual``, as a model's o_proj and down_proj add theirs: another
-    tensor-core tuning key) or not. Rows, bf16's first, then the configs fastest first: µs, weight GB/s, the ratio
-    to bf16, the largest error of the fp32 product against the twin's over its largest output, and whether the
-    autotuner (or the kernel's pins) picked it."""
+    tensor-core tuning key) or not; ``extra``: tensor-core configs to time beside the autotuner's candidates
+    (``sweep_candidates``). Rows, bf16's first, then the configs fastest first: µs, weight GB/s, the ratio to bf16,
+    the largest error of the fp32 product against the twin's over its largest output, whether the autotuner (or the
+    kernel's pins) picked it, and whether it is one of the autotuner's candidates."""
     import quant_kernels
     from benchmarks.kernel_bench import described
     from quant_kernels import reference, w4a4_gemv
@@ -153,14 +179,16 @@ def config_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element:
     bf16_ms = time_ms(lambda: x @ w16.T)
     weight_bytes = w_packed.numel() + 4 * w_scale.numel()
     timed = []
-    for config in sweep_candidates(kernel, m, element == "e2m1" or fp8_codes):
+    fp8_operands = element == "e2m1" or fp8_codes
+    candidates = {described(c) for c in sweep_candidates(kernel, m, fp8_operands)}
+    for config in sweep_candidates(kernel, m, fp8_operands, extra):
         got = product(out_dtype=torch.float32, config=config)
         ms = time_ms(lambda config=config: product(out_dtype=torch.bfloat16, residual=added, config=config))
         timed.append(dict(shape, config=described(config), pick=pick is not None and described(pick) == described(
-            config), us=ms * 1e3, gb_s=weight_bytes / ms / 1e6, x_bf16=bf16_ms / ms,
-            rel_err=((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()))
-    return [dict(shape, config="bf16 x @ w.T", pick=False, us=bf16_ms * 1e3, gb_s=2 * n * k / bf16_ms / 1e6,
-                 x_bf16=1.0, rel_err=0.0)] + sorted(timed, key=lambda r: r["us"])
+            config), candidate=described(config) in candidates, us=ms * 1e3, gb_s=weight_bytes / ms / 1e6,
+            x_bf16=bf16_ms / ms, rel_err=((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()))
+    return [dict(shape, config="bf16 x @ w.T", pick=False, candidate=True, us=bf16_ms * 1e3,
+                 gb_s=2 * n * k / bf16_ms / 1e6, x_bf16=1.0, rel_err=0.0)] + sorted(timed, key=lambda r: r["us"])
 
 
 def sweep_markdown(result: dict) -> str:
@@ -173,14 +201,15 @@ def sweep_markdown(result: dict) -> str:
                             "per-row scales)", result)
     lines += ["bfloat16 out, with a residual added where the column says so (a model's o_proj and down_proj add "
               f"theirs). Each shape's bf16 `x @ w.T` first, then {configs}, fastest first; `*` marks the "
-              f"autotuner's pick (or `{pins}`'). GB/s counts the packed weight and its scales. The error is the fp32 "
-              "product's largest against the twin's, over its largest output.", "",
+              f"autotuner's pick (or `{pins}`'), `+` a config timed beside its candidates (`--extra`). GB/s "
+              "counts the packed weight and its scales. The error is the fp32 product's largest against the twin's, "
+              "over its largest output.", "",
               "| N x K | M | codes | residual | config | µs | GB/s | x bf16 | error |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['n']}x{r['k']} | {r['m']} | {r['codes']} | {'yes' if r['residual'] else 'no'} | "
-                     f"{'* ' if r['pick'] else ''}{r['config']} | {r['us']:.1f} | {r['gb_s']:.0f} | "
-                     f"{r['x_bf16']:.2f} | {r['rel_err']:.1e} |")
+                     f"{'* ' if r['pick'] else ''}{'' if r.get('candidate', True) else '+ '}{r['config']} | "
+                     f"{r['us']:.1f} | {r['gb_s']:.0f} | {r['x_bf16']:.2f} | {r['rel_err']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
@@ -231,10 +260,13 @@ def main(argv: list[str] | None = None) -> int:
                         "PINNED_GEMV_CONFIGS")
     p.add_argument("--codes", default="linear", choices=["linear", "packed", "both"],
                    help="--tc_sweep: the codes the linear writes (linear, the default), the activations' packed "
-                        "codes (packed: the kernel's A_PACKED form, untimed), or both")
+                        "codes (packed: the kernel's A_PACKED form, no default path's), or both")
     p.add_argument("--residual", default="0", choices=["0", "1", "both"],
                    help="--tc_sweep, --gemv_sweep: the products without a residual (0, the default), with one added "
                         "(1: a model's o_proj and down_proj, another tensor-core tuning key), or both")
+    p.add_argument("--extra", default="",
+                   help="--tc_sweep: ';'-separated tensor-core configs BLOCK_N,BLOCK_KB,split_k,warps,stages to time "
+                        "beside the autotuner's candidates (marked + in the table)")
     add_l2_flush_argument(p)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
@@ -246,6 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.codes != "linear" and kernel != "tc":
         p.error(f"--codes {args.codes} sweeps the activations' packed codes on the tensor-core kernel: give "
                 "--tc_sweep")
+    if args.extra and kernel != "tc":
+        p.error("--extra times tensor-core configs beside the autotuner's: give --tc_sweep")
+    try:
+        extra = extra_tc_configs(args.extra, args.element)
+    except ValueError as error:
+        p.error(f"--extra: {error}")
     low, high = (TC_MIN_M, TC_MAX_M) if kernel == "tc" else (1, GEMV_MAX_M)
     if kernel and not all(low <= m <= high for m in args.ms):
         p.error(f"--{'tc' if kernel == 'tc' else 'gemv'}_sweep times the {SWEPT_KERNELS[kernel][0]} decode kernel, "
@@ -262,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 for residual in residuals:
                     for packed in forms:
                         result["rows"] += config_sweep(n, k, m, time_ms, device, args.element, residual, kernel,
-                                                       packed)
+                                                       packed, extra)
                         write_result_files(args.out, result, sweep_markdown(result))
                 print(sweep_markdown(result).splitlines()[-1], flush=True)
             else:

@@ -194,6 +194,14 @@
 #              its nibbles go to shared memory each step and the step waits for its wgmmas, where the planes leave 7
 #              groups in flight; kernel_sass_w4a4_tc_*_s67_sm90.md), by a read in a stream (decode_rows_bench.py
 #              --tc_sweep --codes both) (issue 9: 3x at M <= 16)
+#   tc_split_narrow  the tensor-core decode kernel's INT4 configs at 16 rows (MS) of 4096 x 4096, 6144 x 4096 and
+#              4096 x 14336 (SHAPES) with tiles that are not autotuning candidates beside them (EXTRA,
+#              decode_rows_bench.py --tc_sweep --extra): 32 x 256 and 32 x 128 on 2 warps split in two, 32 x 256 split in four, 16 x 256 on 2
+#              warps split in two. ncu found the 16 x 256 pin on 2 warps at 4096 x 4096 one warp a scheduler, issuing
+#              every 4.9 cycles (ncu_tc_int4_s68_h100.txt), and in its sm_90 SASS each warp runs all 32 IMMA and 97
+#              unpacking instructions of a step (the 16-row mma tile is replicated over the second warp); on 32-wide
+#              tiles the 2 warps take 16 rows each (242 instructions a step), and the split halves each warp's chain of
+#              steps (issue 9: 3x at M <= 16)
 #   e2m1_signs_ab  E2M1 at one row (MS) on the CUDA-core decode kernel, its weights decoded by three table lookups
 #              (PTQ_E2M1_SIGN_BYTES=0) and by one lookup and the packed bytes' own sign bits (1, the default: 10-14 %
 #              fewer SASS instructions a K step, kernel_sass_w4a4_gemv_e2m1_sign_bytes_s66_sm90.md), each in its own
@@ -635,6 +643,10 @@ for section in "$@"; do
           --element "$element" --codes both --ms "${MS:-16}" \
           --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --out "$OUT/tc_packed_ab_${element}_${GPU}"
       done ;;
+    tc_split_narrow)
+      step "${LIMIT_TC_SPLIT:-280}" tc_split_narrow python benchmarks/decode_rows_bench.py --tc_sweep --element int4 \
+        --ms "${MS:-16}" --extra "${EXTRA:-32,256,2,2,3;32,128,2,2,4;32,256,4,2,3;16,256,2,2,3}" \
+        --shapes "${SHAPES:-4096x4096,6144x4096,4096x14336}" --out "$OUT/tc_split_narrow_${GPU}" ;;
     tc_ncu)
       tc_ncu=(ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats
               --section SchedulerStats --section MemoryWorkloadAnalysis --metrics dram__bytes_read.sum,lts__t_bytes.sum
@@ -689,6 +701,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, gemv_sweep, tc_ncu, tc_packed_ab, e2m1_signs_ab, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, gemv_sweep, tc_split_narrow, tc_ncu, tc_packed_ab, e2m1_signs_ab, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

@@ -27,6 +27,16 @@ def test_every_section_is_described_and_listed(tmp_path):
     assert "unknown section no_such_section" in done.stderr and sorted(listed) == sorted(labels)
 
 
+def run_suite(tmp_path, section: str, **env) -> str:
+    """The suite's output for ``section``, run with tmp_path/bin (the stubs a test put there) first on the PATH and
+    its files under tmp_path/out."""
+    done = subprocess.run(["bash", SUITE, section], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+                               "OUT": str(tmp_path / "out"), "TRITON_CACHE_DIR": str(tmp_path / "cache"), **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def stubbed_steps(tmp_path, section: str, flag: str = "PTQ_AUTOTUNE_READ_FLUSH", **env) -> list[tuple[str, str, str]]:
     """(step, limit, the switch ``flag``'s value) of each step ``section`` runs, with a ``python`` that only reports
     that switch (offline: no benchmark runs)."""
@@ -34,11 +44,7 @@ def stubbed_steps(tmp_path, section: str, flag: str = "PTQ_AUTOTUNE_READ_FLUSH",
     stub.mkdir(exist_ok=True)
     (stub / "python").write_text(f'#!/bin/sh\necho "{flag}: ${{{flag}:-unset}}"\n')
     (stub / "python").chmod(0o755)
-    done = subprocess.run(["bash", SUITE, section], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
-                               "TRITON_CACHE_DIR": str(tmp_path / "cache"), **env})
-    assert done.returncode == 0, done.stderr
-    steps = re.findall(r"^== (\w+) \(limit (\d+)s\)$", done.stdout, re.MULTILINE)
+    steps = re.findall(r"^== (\w+) \(limit (\d+)s\)$", run_suite(tmp_path, section, **env), re.MULTILINE)
     flags = [open(tmp_path / "out" / f"{name}.log").read().split(": ")[1].strip() for name, _ in steps]
     return [(name, limit, flag) for (name, limit), flag in zip(steps, flags)]
 
@@ -88,3 +94,21 @@ def test_tc_ncu_profiles_each_element_in_its_own_step(tmp_path):
 def test_tc_packed_ab_sweeps_both_codes_of_each_element_in_its_own_step(tmp_path):
     assert [step[:2] for step in stubbed_steps(tmp_path, "tc_packed_ab")] == [("tc_packed_ab_int4", "280"),
                                                                              ("tc_packed_ab_e2m1", "280")]
+
+
+def test_tc_split_narrow_sweeps_its_extra_tiles_beside_the_candidates(tmp_path):
+    """The step hands decode_rows_bench --extra tiles its check takes and the autotuner does not hold (a stub python
+    reports its arguments); EXTRA replaces them."""
+    from benchmarks.decode_rows_bench import extra_tc_configs
+    from quant_kernels.w4a4_gemv import TC_CONFIGS
+
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "python").write_text('#!/bin/sh\nfor arg; do echo "$arg"; done\n')
+    (stub / "python").chmod(0o755)
+    for env, want in (({}, 4), ({"EXTRA": "16,128,2,2,4"}, 1)):
+        assert "== tc_split_narrow (limit 280s)" in run_suite(tmp_path, "tc_split_narrow", **env)
+        args = open(tmp_path / "out" / "tc_split_narrow.log").read().splitlines()
+        assert args[:2] == ["benchmarks/decode_rows_bench.py", "--tc_sweep"] and "--ms" in args
+        extra = extra_tc_configs(args[args.index("--extra") + 1], args[args.index("--element") + 1])
+        assert len(extra) == want and not set(extra) & set(TC_CONFIGS)

@@ -1996,6 +1996,26 @@ def test_decode_rows_bench_sweeps_the_tensor_core_kernel_on_packed_codes(element
                                        kernel="cuda_core", packed=True)
 
 
+def test_decode_rows_bench_times_extra_tensor_core_configs_beside_the_candidates(monkeypatch):
+    """``--extra``: its tensor-core configs timed after TC_CONFIGS' (one already among them timed once), each
+    product equal to the twin's, the ones outside the candidates marked ``+`` in the table."""
+    from benchmarks import decode_rows_bench
+    from quant_kernels import w4a4_gemv
+
+    monkeypatch.setattr(decode_rows_bench, "tuned_pick", lambda call, kernel: (call(), None)[1])
+    extra = decode_rows_bench.extra_tc_configs(f"32,256,2,2,3;{','.join(map(str, w4a4_gemv.TC_CONFIGS[0]))};"
+                                               "32,256,2,2,3", "int4")
+    torch.manual_seed(0)
+    rows = decode_rows_bench.config_sweep(64, 512, 16, lambda call: (call(), 1e-3)[1], torch.device("cpu"), "int4",
+                                          extra=extra)
+    assert len(rows) == 2 + len(w4a4_gemv.TC_CONFIGS) and all(r["rel_err"] <= 1e-5 for r in rows)
+    outside = [r["config"] for r in rows if not r["candidate"]]
+    assert outside == ["BLOCK_N=32 BLOCK_KB=256 SPLIT_K=2 warps=2 stages=3"]
+    text = decode_rows_bench.sweep_markdown(dict(device="GPU", date="d", versions={}, command="c", timing="t",
+                                                 l2_flush="read", element="int4", rows=rows))
+    assert text.count("| + ") == 1 and f"| + {outside[0]} |" in text
+
+
 @pytest.mark.parametrize("m", [1, 6])
 def test_decode_rows_bench_sweeps_every_cuda_core_candidate(m, monkeypatch):
     """decode_rows_bench's ``--gemv_sweep`` rows: bf16 first, then every CUDA-core candidate its pruning keeps at M
@@ -2035,7 +2055,16 @@ def test_decode_rows_bench_sweeps_every_cuda_core_candidate(m, monkeypatch):
     (["--gemv_sweep", "--tc_sweep", "--ms", "8"], "each time one kernel: choose one a run"),
     (["--gemv_sweep", "--codes", "both", "--ms", "1"], "--codes both sweeps the activations' packed codes on the "
                                                         "tensor-core kernel: give --tc_sweep"),
-    (["--codes", "packed", "--ms", "16"], "--codes packed sweeps the activations' packed codes")])
+    (["--codes", "packed", "--ms", "16"], "--codes packed sweeps the activations' packed codes"),
+    (["--gemv_sweep", "--extra", "32,256,2,2,3", "--ms", "1"], "--extra times tensor-core configs beside the "
+                                                                "autotuner's: give --tc_sweep"),
+    (["--tc_sweep", "--extra", "32,256,2", "--ms", "16"], "--extra: a tensor-core decode config is "
+                                                           "BLOCK_N,BLOCK_KB,split_k,warps,stages"),
+    (["--tc_sweep", "--extra", "16,256,2,2,3;24,256,1,2,3", "--ms", "16"], "--extra: 24,256,1,2,3: BLOCK_N must be "
+                                                                            "a power of two of at least 16"),
+    (["--tc_sweep", "--extra", "32,16,1,2,3", "--ms", "16"], "--extra: 32,16,1,2,3: BLOCK_N must be"),
+    (["--tc_sweep", "--element", "e2m1", "--extra", "32,256,2,2,3", "--ms", "16"],
+     "--extra: 32,256,2,2,3: E2M1 weights multiply on wgmma")])
 def test_decode_rows_bench_sweeps_only_its_kernels_rows(cli, tmp_path, flags, said):
     done = cli("benchmarks/decode_rows_bench.py", *flags, "--out", str(tmp_path / "sweep"))
     assert done.returncode == 2 and said in done.stderr
