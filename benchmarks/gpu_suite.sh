@@ -196,12 +196,12 @@
 #              --tc_sweep --codes both) (issue 9: 3x at M <= 16)
 #   tc_split_narrow  the tensor-core decode kernel's INT4 configs at 16 rows (MS) of 4096 x 4096, 6144 x 4096 and
 #              4096 x 14336 (SHAPES) with tiles that are not autotuning candidates beside them (EXTRA,
-#              decode_rows_bench.py --tc_sweep --extra): 32 x 256 and 32 x 128 on 2 warps split in two, 32 x 256 split in four, 16 x 256 on 2
-#              warps split in two. ncu found the 16 x 256 pin on 2 warps at 4096 x 4096 one warp a scheduler, issuing
-#              every 4.9 cycles (ncu_tc_int4_s68_h100.txt), and in its sm_90 SASS each warp runs all 32 IMMA and 97
-#              unpacking instructions of a step (the 16-row mma tile is replicated over the second warp); on 32-wide
-#              tiles the 2 warps take 16 rows each (242 instructions a step), and the split halves each warp's chain of
-#              steps (issue 9: 3x at M <= 16)
+#              decode_rows_bench.py --tc_sweep --extra): 32 x 256 and 32 x 128 on 2 warps split in two, 32 x 256
+#              split in four, 16 x 256 on 2 warps split in two. ncu found the 16 x 256 pin on 2 warps at
+#              4096 x 4096 one warp a scheduler, issuing every 4.9 cycles (ncu_tc_int4_s68_h100.txt), and in its
+#              sm_90 SASS each warp runs all 32 IMMA and 97 unpacking instructions of a step (the 16-row mma tile is
+#              replicated over the second warp); on 32-wide tiles the 2 warps take 16 rows each (242 instructions
+#              a step), and the split halves each warp's chain of steps (issue 9: 3x at M <= 16)
 #   e2m1_signs_ab  E2M1 at one row (MS) on the CUDA-core decode kernel, its weights decoded by three table lookups
 #              (PTQ_E2M1_SIGN_BYTES=0) and by one lookup and the packed bytes' own sign bits (1, the default: 10-14 %
 #              fewer SASS instructions a K step, kernel_sass_w4a4_gemv_e2m1_sign_bytes_s66_sm90.md), each in its own
