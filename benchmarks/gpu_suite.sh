@@ -197,7 +197,8 @@
 #   tc_split_narrow  the tensor-core decode kernel's INT4 configs at 16 rows (MS) of 4096 x 4096, 6144 x 4096 and
 #              4096 x 14336 (SHAPES) with tiles that are not autotuning candidates beside them (EXTRA,
 #              decode_rows_bench.py --tc_sweep --extra): 32 x 256 and 32 x 128 on 2 warps split in two, 32 x 256
-#              split in four, 16 x 256 on 2 warps split in two. ncu found the 16 x 256 pin on 2 warps at
+#              split in four, 16 x 256 on 2 warps split in two, and unsplit 32 x 256 on 2 warps and 16 x 256 on one
+#              (the rows shared out, or one warp, without the split). ncu found the 16 x 256 pin on 2 warps at
 #              4096 x 4096 one warp a scheduler, issuing every 4.9 cycles (ncu_tc_int4_s68_h100.txt), and in its
 #              sm_90 SASS each warp runs all 32 IMMA and 97 unpacking instructions of a step (the 16-row mma tile is
 #              replicated over the second warp); on 32-wide tiles the 2 warps take 16 rows each (242 instructions
@@ -645,8 +646,8 @@ for section in "$@"; do
       done ;;
     tc_split_narrow)
       step "${LIMIT_TC_SPLIT:-280}" tc_split_narrow python benchmarks/decode_rows_bench.py --tc_sweep --element int4 \
-        --ms "${MS:-16}" --extra "${EXTRA:-32,256,2,2,3;32,128,2,2,4;32,256,4,2,3;16,256,2,2,3}" \
-        --shapes "${SHAPES:-4096x4096,6144x4096,4096x14336}" --out "$OUT/tc_split_narrow_${GPU}" ;;
+        --ms "${MS:-16}" --shapes "${SHAPES:-4096x4096,6144x4096,4096x14336}" --out "$OUT/tc_split_narrow_${GPU}" \
+        --extra "${EXTRA:-32,256,2,2,3;32,128,2,2,4;32,256,4,2,3;16,256,2,2,3;32,256,1,2,3;16,256,1,1,3}" ;;
     tc_ncu)
       tc_ncu=(ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats
               --section SchedulerStats --section MemoryWorkloadAnalysis --metrics dram__bytes_read.sum,lts__t_bytes.sum

@@ -106,7 +106,7 @@ def test_tc_split_narrow_sweeps_its_extra_tiles_beside_the_candidates(tmp_path):
     stub.mkdir()
     (stub / "python").write_text('#!/bin/sh\nfor arg; do echo "$arg"; done\n')
     (stub / "python").chmod(0o755)
-    for env, want in (({}, 4), ({"EXTRA": "16,128,2,2,4"}, 1)):
+    for env, want in (({}, 6), ({"EXTRA": "16,128,2,2,4"}, 1)):
         assert "== tc_split_narrow (limit 280s)" in run_suite(tmp_path, "tc_split_narrow", **env)
         args = open(tmp_path / "out" / "tc_split_narrow.log").read().splitlines()
         assert args[:2] == ["benchmarks/decode_rows_bench.py", "--tc_sweep"] and "--ms" in args
