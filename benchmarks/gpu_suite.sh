@@ -202,7 +202,9 @@
 #              4096 x 4096 one warp a scheduler, issuing every 4.9 cycles (ncu_tc_int4_s68_h100.txt), and in its
 #              sm_90 SASS each warp runs all 32 IMMA and 97 unpacking instructions of a step (the 16-row mma tile is
 #              replicated over the second warp); on 32-wide tiles the 2 warps take 16 rows each (242 instructions
-#              a step), and the split halves each warp's chain of steps (issue 9: 3x at M <= 16)
+#              a step), and the split halves each warp's chain of steps; each sweep with one accumulator and with
+#              the odd nibbles' sums in their own (TWO_ACCS, PTQ_TC_TWO_ACC 0 and 1: four chains of 8 dependent IMMA
+#              a step for two of 16, kernel_sass_w4a4_tc_int4_two_acc_s68_sm90.md) (issue 9: 3x at M <= 16)
 #   e2m1_signs_ab  E2M1 at one row (MS) on the CUDA-core decode kernel, its weights decoded by three table lookups
 #              (PTQ_E2M1_SIGN_BYTES=0) and by one lookup and the packed bytes' own sign bits (1, the default: 10-14 %
 #              fewer SASS instructions a K step, kernel_sass_w4a4_gemv_e2m1_sign_bytes_s66_sm90.md), each in its own
@@ -645,9 +647,12 @@ for section in "$@"; do
           --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --out "$OUT/tc_packed_ab_${element}_${GPU}"
       done ;;
     tc_split_narrow)
-      step "${LIMIT_TC_SPLIT:-280}" tc_split_narrow python benchmarks/decode_rows_bench.py --tc_sweep --element int4 \
-        --ms "${MS:-16}" --shapes "${SHAPES:-4096x4096,6144x4096,4096x14336}" --out "$OUT/tc_split_narrow_${GPU}" \
-        --extra "${EXTRA:-32,256,2,2,3;32,128,2,2,4;32,256,4,2,3;16,256,2,2,3;32,256,1,2,3;16,256,1,1,3}" ;;
+      for two_acc in ${TWO_ACCS:-0 1}; do
+        PTQ_TC_TWO_ACC=$two_acc step "${LIMIT_TC_SPLIT:-280}" "tc_split_narrow_two_acc_$two_acc" python \
+          benchmarks/decode_rows_bench.py --tc_sweep --element int4 --ms "${MS:-16}" \
+          --shapes "${SHAPES:-4096x4096,6144x4096,4096x14336}" --out "$OUT/tc_split_narrow_two_acc_${two_acc}_${GPU}" \
+          --extra "${EXTRA:-32,256,2,2,3;32,128,2,2,4;32,256,4,2,3;16,256,2,2,3;32,256,1,2,3;16,256,1,1,3}"
+      done ;;
     tc_ncu)
       tc_ncu=(ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats
               --section SchedulerStats --section MemoryWorkloadAnalysis --metrics dram__bytes_read.sum,lts__t_bytes.sum

@@ -195,10 +195,11 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     'e4m3xe2m1': the weights as E4M3 operands against E4M3 activation planes, one dot a step accumulating in wgmma;
     for the decode kernel 'e4m3xe2m1' only, the form its linear runs at 16 rows). 'packedxint4' and 'packedxe2m1':
     the activations' packed codes, both nibbles decoded in the kernel as the weight's (A_PACKED; E2M1 on the one-dot
-    FP8 form)."""
+    FP8 form). INT4 weights on the int8 dots sum their odd nibbles apart where ``PTQ_TC_TWO_ACC=1`` says so, as the
+    launch does (``tc_two_accumulators_on``)."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.w4a4_gemv import _w4a4_tc_kernel
+    from quant_kernels.w4a4_gemv import _w4a4_tc_kernel, tc_two_accumulators_on
 
     names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "partial_ptr",
              "count_ptr", "M", "N", "KB", "M_BUCKET", "stride_am", "stride_wn", "stride_asm", "stride_wsn",
@@ -215,7 +216,8 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
                      W_E2M1=e2m1 and not prefill and not e4m3, EVEN=True, USE_GDC=not prefill,
                      GROUP_M=config[5] if prefill else 1,
                      W_E2M1_INT8=e2m1 and prefill and not e4m3, A_E4M3=e4m3, FP8_STEP_SUMS=not e4m3,
-                     A_E4M3_W_INT4=e4m3 and not e2m1, A_PACKED=packed)
+                     A_E4M3_W_INT4=e4m3 and not e2m1, A_PACKED=packed,
+                     TWO_ACC=not e2m1 and not e4m3 and not prefill and tc_two_accumulators_on())
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)

@@ -583,6 +583,7 @@ def _w4a4_tc_kernel(
     SPLIT_K: tl.constexpr, W_E2M1: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
     GROUP_M: tl.constexpr = 1, W_E2M1_INT8: tl.constexpr = False, A_E4M3: tl.constexpr = False,
     FP8_STEP_SUMS: tl.constexpr = True, A_E4M3_W_INT4: tl.constexpr = False, A_PACKED: tl.constexpr = False,
+    TWO_ACC: tl.constexpr = False,
 ):
     """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
     a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
@@ -611,6 +612,8 @@ def _w4a4_tc_kernel(
     the weight's do: INT4 x INT4 on the int8 dots (16 times their levels), E2M1 x E2M1 on the one-dot FP8 form
     (A_E4M3: E4M3 of their values times 2^-6, ``_e2m1_nibbles_e4m3``). Half the activation bytes a step, at the cost
     of the weight's decode instructions for them too.
+    TWO_ACC (INT4 weights on the int8 dots): the odd nibbles' sums go to an accumulator of their own, added at the
+    end, so that a step's IMMAs form twice the chains, each half as long (``tc_two_accumulators_on``).
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -646,6 +649,8 @@ def _w4a4_tc_kernel(
         acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.float32)
     else:
         acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.int32)
+    if TWO_ACC:  # the odd plane's int8 sums apart, their IMMA chains independent of the even plane's
+        acc_odd = tl.full((BLOCK_N, BLOCK_M), 0, tl.int32)
     wait_for_producer(USE_GDC)
     for start in range(first, stop, BLOCK_KB):
         if EVEN:
@@ -686,7 +691,10 @@ def _w4a4_tc_kernel(
             acc = tl.dot(_e2m1_nibbles_doubled(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
         else:
             acc = tl.dot(_nibbles_up(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.int32)
-            acc = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
+            if TWO_ACC:
+                acc_odd = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc_odd, out_dtype=tl.int32)
+            else:
+                acc = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
         w_ptrs += BLOCK_KB
         a_ptrs += BLOCK_KB
     # In the int8 path's units: E2M1 weights' sums are multiples of 2^-7 (E2M1 times 2^-6, integer activation
@@ -696,7 +704,7 @@ def _w4a4_tc_kernel(
     if W_E2M1 or A_E4M3:  # whole numbers in those units (wgmma's reduced precision drops low bits only)
         total = tl.trans((acc * E4M3_UNIT).to(tl.int32))
     else:
-        total = tl.trans(acc)
+        total = tl.trans(acc + acc_odd) if TWO_ACC else tl.trans(acc)
     if SPLIT_K > 1:
         partial_ptrs = partial_ptr + offs_m[:, None] * N + offs_n[None, :]
         mn_ok = m_ok[:, None] & n_ok[None, :]
@@ -780,6 +788,17 @@ def e2m1_sign_bytes_on() -> bool:
     return env_switch("PTQ_E2M1_SIGN_BYTES", True, {
         "1": "one lookup and the signs by prmt's sign-replicate mode, the default",
         "0": "three byte-table lookups a four E2M1 codes"})
+
+
+def tc_two_accumulators_on() -> bool:
+    """Whether the tensor-core decode kernel sums INT4 weights' odd nibbles in an accumulator of their own
+    (``PTQ_TC_TWO_ACC=1``; 0, the default, adds both planes' dots into one). In sm_90 SASS (Triton 3.6) the 16 x 256
+    tile on 2 warps then runs four chains of 8 dependent IMMA a step instead of two of 16, at 225 instructions a step
+    against 229 and 87 registers against 96; untimed. Not in ``TC_TUNING_KEY``: the disk cache hands one setting's
+    picks to the other."""
+    return env_switch("PTQ_TC_TWO_ACC", False, {
+        "0": "one accumulator for both planes' int8 dots, the default",
+        "1": "the odd plane's int8 dots summed apart (untimed)"})
 
 
 def pinned_configs_on() -> bool:
@@ -1108,7 +1127,8 @@ def w4a4_gemv_triton(
                    block_m, a_b.stride(0), w_b.stride(0), *trailing)
         fp8_operands = a_e4m3 or (a_nibbles and w_element == "e2m1")  # the one-dot FP8 form
         flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1" and not fp8_operands, A_E4M3=fp8_operands,
-                     FP8_STEP_SUMS=not fp8_operands, A_E4M3_W_INT4=a_e4m3 and w_element == "int4", A_PACKED=a_nibbles)
+                     FP8_STEP_SUMS=not fp8_operands, A_E4M3_W_INT4=a_e4m3 and w_element == "int4", A_PACKED=a_nibbles,
+                     TWO_ACC=w_element == "int4" and not a_e4m3 and tc_two_accumulators_on())
         if config is not None or INTERPRET:
             fixed, launch = (config.kwargs, dict(num_warps=config.num_warps, num_stages=config.num_stages)) \
                 if config is not None else (INTERPRET_TC_CONFIG, {})

@@ -97,8 +97,8 @@ def test_tc_packed_ab_sweeps_both_codes_of_each_element_in_its_own_step(tmp_path
 
 
 def test_tc_split_narrow_sweeps_its_extra_tiles_beside_the_candidates(tmp_path):
-    """The step hands decode_rows_bench --extra tiles its check takes and the autotuner does not hold (a stub python
-    reports its arguments); EXTRA replaces them."""
+    """Each step hands decode_rows_bench --extra tiles its check takes and the autotuner does not hold (a stub python
+    reports its arguments); EXTRA replaces them; one step a PTQ_TC_TWO_ACC setting."""
     from benchmarks.decode_rows_bench import extra_tc_configs
     from quant_kernels.w4a4_gemv import TC_CONFIGS
 
@@ -106,9 +106,13 @@ def test_tc_split_narrow_sweeps_its_extra_tiles_beside_the_candidates(tmp_path):
     stub.mkdir()
     (stub / "python").write_text('#!/bin/sh\nfor arg; do echo "$arg"; done\n')
     (stub / "python").chmod(0o755)
-    for env, want in (({}, 6), ({"EXTRA": "16,128,2,2,4"}, 1)):
-        assert "== tc_split_narrow (limit 280s)" in run_suite(tmp_path, "tc_split_narrow", **env)
-        args = open(tmp_path / "out" / "tc_split_narrow.log").read().splitlines()
-        assert args[:2] == ["benchmarks/decode_rows_bench.py", "--tc_sweep"] and "--ms" in args
-        extra = extra_tc_configs(args[args.index("--extra") + 1], args[args.index("--element") + 1])
-        assert len(extra) == want and not set(extra) & set(TC_CONFIGS)
+    for env, want in (({}, 6), ({"EXTRA": "16,128,2,2,4", "TWO_ACCS": "1"}, 1)):
+        said = run_suite(tmp_path, "tc_split_narrow", **env)
+        for two_acc in env.get("TWO_ACCS", "0 1").split():
+            assert f"== tc_split_narrow_two_acc_{two_acc} (limit 280s)" in said
+            args = open(tmp_path / "out" / f"tc_split_narrow_two_acc_{two_acc}.log").read().splitlines()
+            assert args[:2] == ["benchmarks/decode_rows_bench.py", "--tc_sweep"] and "--ms" in args
+            assert args[args.index("--out") + 1].endswith(f"tc_split_narrow_two_acc_{two_acc}_gpu")
+            extra = extra_tc_configs(args[args.index("--extra") + 1], args[args.index("--element") + 1])
+            assert len(extra) == want and not set(extra) & set(TC_CONFIGS)
+    assert [step[2] for step in stubbed_steps(tmp_path, "tc_split_narrow", "PTQ_TC_TWO_ACC")] == ["0", "1"]

@@ -1735,7 +1735,7 @@ def fixed_tc_product(a: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Ten
     kw = dict(a_element=a_element, w_element=w_element, bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
               residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
-    got = w4a4_gemv.w4a4_gemv_triton(a, a_scale, w_packed, w_scale, out=out, **kw,
+    got = w4a4_gemv.w4a4_gemv_triton(a, a_scale, w_packed, w_scale, out=out, **kw, tensor_cores=True,
                                      config=triton.Config(dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=split_k)))
     assert got is out and not out.isnan().any()
     return got, kw
@@ -1774,6 +1774,54 @@ def test_tensor_core_decode_kernel_takes_e4m3_planes(a_element, w_element, split
             product(planes, a_scale, w_packed, w_scale, **{**kw, "a_element": "int8"})
     with pytest.raises(ValueError, match="E4M3 activation planes take the tensor-core decode kernel"):
         w4a4_gemv.w4a4_gemv_triton(planes, a_scale, w_packed, w_scale, tensor_cores=False, **kw)
+
+
+@pytest.mark.parametrize("two_acc", ["0", "1"])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_tensor_core_decode_kernel_sums_int4_planes_in_one_or_two_accumulators(split_k, packed, two_acc,
+                                                                                monkeypatch):
+    """``PTQ_TC_TWO_ACC``: INT4 x INT4 on the int8 dots, dp4a bytes or packed codes, K ragged (100 bytes against
+    32-byte steps) and split or not, a bias and a residual: the twin's result bit for bit with the odd nibbles' sums
+    in one accumulator (0, the default) or their own (1); the switch reaches the kernel (for INT4 weights only, not
+    on the E4M3 planes) and refuses other values."""
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_bytes, w4a4_gemv_ref
+
+    assert not w4a4_gemv.tc_two_accumulators_on()
+    monkeypatch.setenv("PTQ_TC_TWO_ACC", two_acc)
+    launched = []
+    kernel = w4a4_gemv._tc_kernel_even
+    monkeypatch.setattr(w4a4_gemv, "_tc_kernel_even", _RecordingLaunch(kernel, launched))
+    m, n, k = 12, 40, 200
+    gen = torch.Generator().manual_seed(split_k + 7)
+    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
+    a_packed = torch.randint(0, 256, (m, k // 2), dtype=torch.uint8, generator=gen)
+    w_scale = torch.rand(n, 1, generator=gen) / 64 + 1e-3
+    a_scale = torch.rand(m, 1, generator=gen) + 0.5
+    a = a_packed if packed else dp4a_bytes(a_packed, "int4", "int4")
+    got, kw = fixed_tc_product(a, a_scale, w_packed, w_scale, "int4", "int4", split_k, gen)
+    assert torch.equal(got, w4a4_gemv_ref(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale, **kw))
+    assert [flags["TWO_ACC"] for flags in launched] == [two_acc == "1"]
+    planes = dp4a_bytes(a_packed, "int4", "int4").float().to(torch.float8_e4m3fn)
+    fixed_tc_product(planes, a_scale, w_packed, w_scale, "int4", "int4", split_k, gen)
+    assert launched[-1]["TWO_ACC"] is False  # the one-dot FP8 form keeps its one fp32 accumulator
+    monkeypatch.setenv("PTQ_TC_TWO_ACC", "2")
+    with pytest.raises(ValueError, match="PTQ_TC_TWO_ACC='2': choose 0"):
+        w4a4_gemv.tc_two_accumulators_on()
+
+
+class _RecordingLaunch:
+    """A kernel whose launches go through, their keyword arguments recorded in ``launched``."""
+
+    def __init__(self, kernel, launched: list):
+        self.kernel, self.launched = kernel, launched
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launched.append(kwargs)
+            return self.kernel[grid](*args, **kwargs)
+        return launch
 
 
 @pytest.mark.parametrize("element", ["int4", "e2m1"])
