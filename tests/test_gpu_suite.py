@@ -116,3 +116,19 @@ def test_tc_split_narrow_sweeps_its_extra_tiles_beside_the_candidates(tmp_path):
             extra = extra_tc_configs(args[args.index("--extra") + 1], args[args.index("--element") + 1])
             assert len(extra) == want and not set(extra) & set(TC_CONFIGS)
     assert [step[2] for step in stubbed_steps(tmp_path, "tc_split_narrow", "PTQ_TC_TWO_ACC")] == ["0", "1"]
+
+
+def test_tc_stalls_profiles_each_accumulator_setting_in_its_own_step(tmp_path):
+    """One ncu step a PTQ_TC_TWO_ACC setting, over gemv_ncu's launches of the tensor-core decode kernel on configs
+    its parser takes (a stub ncu reports its arguments and the switch)."""
+    from benchmarks.gemv_ncu import parse_tc_configs
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "ncu").write_text('#!/bin/sh\necho "ncu: $* TWO_ACC=$PTQ_TC_TWO_ACC"\n')
+    (tmp_path / "bin" / "ncu").chmod(0o755)
+    assert "== ncu_tc_stalls_two_acc_0 (limit 140s)" in run_suite(tmp_path, "tc_stalls")
+    for two_acc in "01":
+        called = open(tmp_path / "out" / f"ncu_tc_stalls_two_acc_{two_acc}.log").read()
+        assert called.endswith(f" TWO_ACC={two_acc}\n") and "--kernel w4a4_tc --rows 16" in called
+        assert "regex:smsp__average_warps_issue_stalled_" in called
+        assert len(parse_tc_configs(called.split("--configs ")[1].split()[0])) == 4
