@@ -121,23 +121,16 @@ def sweep_candidates(kernel: str, m: int, fp8_operands: bool, extra: tuple = ())
 
 
 def extra_tc_configs(text: str, element: str) -> list[tuple[int, int, int, int, int]]:
-    """``--extra``'s tensor-core configs (``gemv_ncu.parse_tc_configs``), each checked: BLOCK_N a power of two of
-    at least ``TC_MIN_BLOCK_N`` (the split-K counters' tile), BLOCK_KB one of at least 32 (an int8 dot's K), warps a
-    power of two, SPLIT_K and stages at least 1, and for E2M1 weights whole warpgroups (``tc_config_fits``); else a
-    ValueError naming the config."""
+    """``--extra``'s tensor-core configs, checked by ``gemv_ncu.parse_tc_configs`` and, for E2M1 weights, for whole
+    warpgroups (``tc_config_fits``); else a ValueError naming the config."""
     from benchmarks.gemv_ncu import parse_tc_configs
-    from quant_kernels.w4a4_gemv import TC_MIN_BLOCK_N, tc_config_fits
+    from quant_kernels.w4a4_gemv import tc_config_fits
 
     configs = parse_tc_configs(text)
     for block_n, block_kb, split, warps, stages in configs:
-        named = f"{block_n},{block_kb},{split},{warps},{stages}"
-        if (block_n < TC_MIN_BLOCK_N or block_kb < 32 or any(v & (v - 1) for v in (block_n, block_kb, warps))
-                or min(split, warps, stages) < 1):
-            raise ValueError(f"{named}: BLOCK_N must be a power of two of at least {TC_MIN_BLOCK_N}, BLOCK_KB one of "
-                             "at least 32, warps a power of two, split_k and stages at least 1")
         if not tc_config_fits(block_n, warps, element == "e2m1"):
-            raise ValueError(f"{named}: E2M1 weights multiply on wgmma, which needs warps a multiple of 4 and 16 "
-                             "weight rows a warp")
+            raise ValueError(f"{block_n},{block_kb},{split},{warps},{stages}: E2M1 weights multiply on wgmma, which "
+                             "needs warps a multiple of 4 and 16 weight rows a warp")
     return configs
 
 

@@ -81,8 +81,19 @@ def parse_fpx_configs(text: str) -> list[tuple[int, int, int, int, bool, int, in
 
 
 def parse_tc_configs(text: str) -> list[tuple[int, int, int, int, int]]:
-    """'BLOCK_N,BLOCK_KB,split_k,warps,stages;...' -> tuples."""
-    return parse_tiles(text, "a tensor-core decode config is BLOCK_N,BLOCK_KB,split_k,warps,stages", 5, 5)
+    """'BLOCK_N,BLOCK_KB,split_k,warps,stages;...' -> tuples, each checked: BLOCK_N a power of two of at least
+    ``TC_MIN_BLOCK_N`` (the split-K counters' tile), BLOCK_KB one of at least 32 (an int8 dot's K), warps a power of
+    two, split_k and stages at least 1; else a ValueError naming the config."""
+    from quant_kernels.w4a4_gemv import TC_MIN_BLOCK_N
+
+    configs = parse_tiles(text, "a tensor-core decode config is BLOCK_N,BLOCK_KB,split_k,warps,stages", 5, 5)
+    for block_n, block_kb, split, warps, stages in configs:
+        if (block_n < TC_MIN_BLOCK_N or block_kb < 32 or any(v & (v - 1) for v in (block_n, block_kb, warps))
+                or min(split, warps, stages) < 1):
+            raise ValueError(f"{block_n},{block_kb},{split},{warps},{stages}: BLOCK_N must be a power of two of at "
+                             f"least {TC_MIN_BLOCK_N}, BLOCK_KB one of at least 32, warps a power of two, split_k "
+                             "and stages at least 1")
+    return configs
 
 
 def launch_tc(n: int, k: int, config: tuple[int, int, int, int, int], element: str, launches: int,
@@ -224,13 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.packed_codes and not tc:
         p.error(f"--packed_codes is for --kernel w4a4_tc, got --kernel {args.kernel}")
     if tc:
-        from quant_kernels.w4a4_gemv import TC_MAX_M, TC_MIN_BLOCK_N
+        from quant_kernels.w4a4_gemv import TC_MAX_M
 
         if not 1 <= (args.rows or DEFAULT_ROWS["w4a4_tc"]) <= TC_MAX_M:
             p.error(f"--kernel w4a4_tc takes 1 to {TC_MAX_M} rows, got --rows {args.rows}")
-        if any(c[0] < TC_MIN_BLOCK_N or c[2] < 1 for c in configs):
-            p.error(f"a tensor-core decode config takes BLOCK_N of at least {TC_MIN_BLOCK_N} and split_k of at least "
-                    f"1, got {args.configs}")
     args.rows = args.rows or DEFAULT_ROWS.get(args.kernel, 1)
     try:
         shapes = parse_shapes(args.shapes)

@@ -267,8 +267,9 @@ def test_gemv_ncu_launches_the_tensor_core_decode_kernel_under_the_interpreter(e
     assert "--packed_codes is for --kernel w4a4_tc, got --kernel w4a4" in capsys.readouterr().err
     assert gemv_ncu.parse_tc_configs("16,256,1,2,3") == [(16, 256, 1, 2, 3)]
     for argv, message in ((["--rows", "65"], "--kernel w4a4_tc takes 1 to 64 rows, got --rows 65"),
-                          (["--configs", "8,256,1,2,3"], "BLOCK_N of at least 16 and split_k of at least 1"),
-                          (["--configs", "16,256,0,2,3"], "BLOCK_N of at least 16 and split_k of at least 1"),
+                          (["--configs", "8,256,1,2,3"], "8,256,1,2,3: BLOCK_N must be a power of two of at least 16"),
+                          (["--configs", "16,256,0,2,3"], "16,256,0,2,3: BLOCK_N must be a power of two of at least "
+                                                          "16"),
                           (["--configs", "16,256,1"], "a tensor-core decode config is BLOCK_N,BLOCK_KB")):
         with pytest.raises(SystemExit):
             gemv_ncu.main(["--kernel", "w4a4_tc", *argv, "--cpu_dry_run"])
