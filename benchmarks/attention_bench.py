@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_model import environment  # noqa: E402
 from benchmarks.kernel_bench import counts  # noqa: E402
 from benchmarks.result_files import run_header, write_result_files  # noqa: E402
 from benchmarks.timing import add_l2_flush_argument, flush_note, gpu_stream_timer  # noqa: E402
+from quant_kernels.switches import environment  # noqa: E402
 
 PROGRAMS_ENV = "PTQ_ATTENTION_PROGRAMS_PER_SM"
 # The switches each timed form runs under: the KV4 cache dequantized tile by tile, or its scales factored out of

@@ -63,7 +63,6 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +79,7 @@ from models.attention import use_grouped_decode_attention  # noqa: E402
 from models.decoding import StaticDecoder, cache_kwargs  # noqa: E402
 from models.fused_decoder_layer import fuse_decoder_layers  # noqa: E402
 from pipeline.results import device_name, device_uuid, library_versions  # noqa: E402
+from quant_kernels.switches import environment  # noqa: E402
 from quant_layers import Quantizer, QuantSpec, install_kv_quantization  # noqa: E402
 from quant_layers.fused_linear import fuse_shared_input_linears  # noqa: E402
 from quant_layers.packed_kv_cache import PackedKVCache  # noqa: E402
@@ -114,22 +114,6 @@ class BenchMode:
     lm_head_act: RealQuantScheme | None = None
     lm_head_weight: RealQuantScheme | None = None
     env: tuple[tuple[str, str], ...] = ()  # environment variables the mode is built and timed under
-
-
-@contextmanager
-def environment(env: tuple[tuple[str, str], ...]):
-    """Set these (name, value) environment variables (a mode's, for its build and timing), then restore the
-    caller's."""
-    saved = {name: os.environ.get(name) for name, _ in env}
-    os.environ.update(dict(env))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 INT4 = RealQuantScheme("int4")

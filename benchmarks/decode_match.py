@@ -28,12 +28,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_model import CONFIGS, MODES, build_config, build_model, environment, mode_list  # noqa: E402
+from benchmarks.bench_model import CONFIGS, MODES, build_config, build_model, mode_list  # noqa: E402
 from benchmarks.kernel_bench import counts  # noqa: E402
 from benchmarks.result_files import command_line, write_result_files  # noqa: E402
 from models import resolve_device  # noqa: E402
 from models.decoding import StaticDecoder, compile_options, keeping_cache_length  # noqa: E402
 from pipeline.results import device_name, library_versions  # noqa: E402
+from quant_kernels.switches import environment  # noqa: E402
 
 FORMS = {"default": "1", "bytes": "0"}  # PTQ_E2M1_PLANES for each codes form (1, E4M3 planes, is its default)
 

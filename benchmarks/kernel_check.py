@@ -543,7 +543,7 @@ def check_decode_attention_packed(batch: int, heads_kv: int, groups: int, dim: i
     the cache's way, and, for half queries, the scales factored out of the dots (``PTQ_KV4_FACTORED=1``, the default)
     against attention over K and V dequantized in fp32, within the same bound. The tail's output equals the
     untailed call's bit for bit, and its dp4a bytes and scales are those the activation kernel writes for its rows."""
-    from benchmarks.bench_model import environment
+    from quant_kernels.switches import environment
     from quant_kernels.flash_decode import decode_attention_packed_triton
     from quant_layers.packed_kv_cache import _PackedTensor
     from quant_layers.quantizer import QuantSpec, Quantizer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 
 def env_switch(name: str, default: bool, choices: dict[str, str]) -> bool:
@@ -13,6 +14,22 @@ def env_switch(name: str, default: bool, choices: dict[str, str]) -> bool:
         raise ValueError(f"{name}={flag!r}: choose " + " or ".join(f"{value} ({meaning})"
                                                                    for value, meaning in choices.items()))
     return flag == "1"
+
+
+@contextmanager
+def environment(env: tuple[tuple[str, str], ...]):
+    """Set these (name, value) environment variables (a benchmark mode's or sweep's switches, for its build and
+    timing), then restore the caller's."""
+    saved = {name: os.environ.get(name) for name, _ in env}
+    os.environ.update(dict(env))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def env_count(name: str, default: int, meaning: str) -> int:

@@ -338,7 +338,8 @@ def test_bench_model_head_mode_quantizes_lm_head_and_keeps_the_tied_embeddings()
     assert not isinstance(build_model(config, "w4a4kv4", cpu).lm_head, RealQuantLinear)
     fp4 = build_model(config, "fp4a4kv4", cpu).model.layers[0].mlp.down_proj
     assert fp4.weight_scheme.element == "e2m1" and fp4.act_scheme.element == "e2m1"
-    from benchmarks.bench_model import MODES, environment
+    from benchmarks.bench_model import MODES
+    from quant_kernels.switches import environment
 
     before = os.environ.get("PTQ_TC_E2M1")
     with environment(MODES["fp4a4kv4_cuda_core"].env):
