@@ -20,13 +20,15 @@ the next. ``--gemv_sweep`` does the same for the CUDA-core decode kernel at 1 to
 candidate its pruning keeps, on dp4a bytes), the evidence for ``PINNED_GEMV_CONFIGS``. ``--codes packed`` (or
 ``both``) sweeps the tensor-core kernel on the activations' packed codes too (its A_PACKED form, half the
 activation bytes; no default path writes them). ``--extra`` times tensor-core configs that are not autotuning
-candidates beside them:
+candidates beside them. ``--warp_split 1`` (or ``both``) times the configs that ``PTQ_TC_WARP_SPLIT=1`` changes
+(tiles of fewer than 16 weight rows a warp, their warps each taking a slice of a step's K) with it on:
 
     python benchmarks/decode_rows_bench.py --tc_sweep --ms 16 --residual both --out benchmarks/results/tc_sweep_h100
     python benchmarks/decode_rows_bench.py --gemv_sweep --ms 1 --element e2m1 --out benchmarks/results/gemv_sweep_h100
     python benchmarks/decode_rows_bench.py --tc_sweep --ms 16 --codes both --out benchmarks/results/tc_packed_h100
     python benchmarks/decode_rows_bench.py --tc_sweep --ms 16 --extra "32,256,2,2,3;16,256,2,2,3" \
         --out benchmarks/results/tc_split_narrow_h100
+    python benchmarks/decode_rows_bench.py --tc_sweep --ms 16 --warp_split both --out benchmarks/results/tc_warp_split
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.kernel_bench import counts, parse_shapes  # noqa: E402
 from benchmarks.result_files import markdown_header, run_header, write_result_files  # noqa: E402
 from benchmarks.timing import add_l2_flush_argument, flush_note, gpu_stream_timer, stream_timer_note  # noqa: E402
+from quant_kernels.switches import environment  # noqa: E402
 
 
 def bench(n: int, k: int, m: int, time_ms, device: torch.device, element: str = "int4") -> dict:
@@ -135,22 +138,32 @@ def extra_tc_configs(text: str, element: str) -> list[tuple[int, int, int, int, 
 
 
 def config_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element: str = "int4",
-                 residual: bool = False, kernel: str = "tc", packed: bool = False, extra: tuple = ()) -> list[dict]:
+                 residual: bool = False, kernel: str = "tc", packed: bool = False, extra: tuple = (),
+                 warp_split: bool = False) -> list[dict]:
     """Every config of a decode kernel (``kernel``: "tc", the tensor-core one, or "cuda_core"; ``sweep_candidates``)
     at M x N x K, fixed, on the codes ``w4a4_linear`` writes for it (``decode_codes_form``: E4M3 planes for E2M1
     weights on the tensor cores on a GPU, else dp4a bytes), or (``packed``, the tensor-core kernel) on the packed
     codes, bfloat16 out, with a residual added (``residual``, as a model's o_proj and down_proj add theirs: another
     tensor-core tuning key) or not; ``extra``: tensor-core configs to time beside the autotuner's candidates
-    (``sweep_candidates``). Rows, bf16's first, then the configs fastest first: µs, weight GB/s, the ratio to bf16,
-    the largest error of the fp32 product against the twin's over its largest output, whether the autotuner (or the
-    kernel's pins) picked it, and whether it is one of the autotuner's candidates."""
+    (``sweep_candidates``). ``warp_split``: only the tensor-core configs whose warps ``PTQ_TC_WARP_SPLIT=1`` has
+    split a step's K (``w4a4_gemv.tc_warp_slices``), timed with it on (else it is off). Rows, bf16's first, then the
+    configs fastest first: µs, weight GB/s, the ratio to bf16, the largest error of the fp32 product against the
+    twin's over its largest output, whether the autotuner (or the kernel's pins) picked it, and whether it is one of
+    the autotuner's candidates."""
+    if (packed or warp_split) and kernel != "tc":
+        raise ValueError(f"{'packed activation codes' if packed else 'the warps splitting K'} take the tensor-core "
+                         f"kernel, not the {SWEPT_KERNELS[kernel][0]} one")
+    with environment((("PTQ_TC_WARP_SPLIT", "1" if warp_split else "0"),)):
+        return timed_configs(n, k, m, time_ms, device, element, residual, kernel, packed, extra, warp_split)
+
+
+def timed_configs(n: int, k: int, m: int, time_ms, device: torch.device, element: str, residual: bool, kernel: str,
+                  packed: bool, extra: tuple, warp_split: bool) -> list[dict]:
+    """``config_sweep``'s rows, ``PTQ_TC_WARP_SPLIT`` set as ``warp_split`` says."""
     import quant_kernels
     from benchmarks.kernel_bench import described
     from quant_kernels import reference, w4a4_gemv
 
-    if packed and kernel != "tc":
-        raise ValueError(f"packed activation codes take the tensor-core kernel, not the {SWEPT_KERNELS[kernel][0]} "
-                         f"one")
     x = torch.randn(m, k, dtype=torch.bfloat16, device=device)
     w16 = torch.randn(n, k, dtype=torch.bfloat16, device=device) * 0.02
     w_packed, w_scale = quant_kernels.quantize_activations(w16, element, backend="triton")
@@ -168,19 +181,23 @@ def config_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element:
                                 w_element=element, tensor_cores=kernel == "tc")
     pick = tuned_pick(lambda: product(out_dtype=torch.bfloat16, residual=added), kernel)
     shape = dict(n=n, k=k, m=m, element=element, residual=residual, kernel=kernel,
-                 codes="packed codes" if packed else "E4M3 planes" if fp8_codes else "dp4a bytes")
+                 codes="packed codes" if packed else "E4M3 planes" if fp8_codes else "dp4a bytes",
+                 warp_split=warp_split)
     bf16_ms = time_ms(lambda: x @ w16.T)
     weight_bytes = w_packed.numel() + 4 * w_scale.numel()
     timed = []
     fp8_operands = element == "e2m1" or fp8_codes
     candidates = {described(c) for c in sweep_candidates(kernel, m, fp8_operands)}
     for config in sweep_candidates(kernel, m, fp8_operands, extra):
+        if warp_split and w4a4_gemv.tc_warp_slices(dict(config.kwargs, num_warps=config.num_warps,
+                                                        W_E2M1=fp8_operands, A_E4M3=False)) == 1:
+            continue
         got = product(out_dtype=torch.float32, config=config)
         ms = time_ms(lambda config=config: product(out_dtype=torch.bfloat16, residual=added, config=config))
         timed.append(dict(shape, config=described(config), pick=pick is not None and described(pick) == described(
             config), candidate=described(config) in candidates, us=ms * 1e3, gb_s=weight_bytes / ms / 1e6,
             x_bf16=bf16_ms / ms, rel_err=((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()))
-    return [dict(shape, config="bf16 x @ w.T", pick=False, candidate=True, us=bf16_ms * 1e3,
+    return [dict(shape, config="bf16 x @ w.T", pick=False, candidate=True, warp_split=False, us=bf16_ms * 1e3,
                  gb_s=2 * n * k / bf16_ms / 1e6, x_bf16=1.0, rel_err=0.0)] + sorted(timed, key=lambda r: r["us"])
 
 
@@ -194,14 +211,16 @@ def sweep_markdown(result: dict) -> str:
                             "per-row scales)", result)
     lines += ["bfloat16 out, with a residual added where the column says so (a model's o_proj and down_proj add "
               f"theirs). Each shape's bf16 `x @ w.T` first, then {configs}, fastest first; `*` marks the "
-              f"autotuner's pick (or `{pins}`'), `+` a config timed beside its candidates (`--extra`). GB/s "
+              f"autotuner's pick (or `{pins}`'), `+` a config timed beside its candidates (`--extra`); "
+              "`K over warps`: its warps each took a slice of a step's K (`PTQ_TC_WARP_SPLIT=1`). GB/s "
               "counts the packed weight and its scales. The error is the fp32 product's largest against the twin's, "
               "over its largest output.", "",
               "| N x K | M | codes | residual | config | µs | GB/s | x bf16 | error |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        split = ", K over warps" if r.get("warp_split") else ""
         lines.append(f"| {r['n']}x{r['k']} | {r['m']} | {r['codes']} | {'yes' if r['residual'] else 'no'} | "
-                     f"{'* ' if r['pick'] else ''}{'' if r.get('candidate', True) else '+ '}{r['config']} | "
+                     f"{'* ' if r['pick'] else ''}{'' if r.get('candidate', True) else '+ '}{r['config']}{split} | "
                      f"{r['us']:.1f} | {r['gb_s']:.0f} | {r['x_bf16']:.2f} | {r['rel_err']:.1e} |")
     return "\n".join(lines) + "\n"
 
@@ -260,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", default="",
                    help="--tc_sweep: ';'-separated tensor-core configs BLOCK_N,BLOCK_KB,split_k,warps,stages to time "
                         "beside the autotuner's candidates (marked + in the table)")
+    p.add_argument("--warp_split", default="0", choices=["0", "1", "both"],
+                   help="--tc_sweep: PTQ_TC_WARP_SPLIT off (0, the default), on for the configs it changes (1: tiles "
+                        "of fewer than 16 weight rows a warp, their warps each taking a slice of a step's K), or both")
     add_l2_flush_argument(p)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
@@ -273,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                 "--tc_sweep")
     if args.extra and kernel != "tc":
         p.error("--extra times tensor-core configs beside the autotuner's: give --tc_sweep")
+    if args.warp_split != "0" and kernel != "tc":
+        p.error(f"--warp_split {args.warp_split} splits the tensor-core kernel's steps over its warps: give "
+                "--tc_sweep")
     try:
         extra = extra_tc_configs(args.extra, args.element)
     except ValueError as error:
@@ -287,14 +312,16 @@ def main(argv: list[str] | None = None) -> int:
               **({"kernel": kernel} if kernel else {})}
     residuals = {"0": [False], "1": [True], "both": [False, True]}[args.residual]
     forms = {"linear": [False], "packed": [True], "both": [False, True]}[args.codes]
+    splits = {"0": [False], "1": [True], "both": [False, True]}[args.warp_split]
     for n, k in parse_shapes(args.shapes):
         for m in args.ms:
             if kernel:
                 for residual in residuals:
                     for packed in forms:
-                        result["rows"] += config_sweep(n, k, m, time_ms, device, args.element, residual, kernel,
-                                                       packed, extra)
-                        write_result_files(args.out, result, sweep_markdown(result))
+                        for warp_split in splits:
+                            result["rows"] += config_sweep(n, k, m, time_ms, device, args.element, residual, kernel,
+                                                           packed, extra, warp_split)
+                            write_result_files(args.out, result, sweep_markdown(result))
                 print(sweep_markdown(result).splitlines()[-1], flush=True)
             else:
                 result["rows"].append(bench(n, k, m, time_ms, device, args.element))

@@ -205,6 +205,14 @@
 #              a step), and the split halves each warp's chain of steps; each sweep with one accumulator and with
 #              the odd nibbles' sums in their own (TWO_ACCS, PTQ_TC_TWO_ACC 0 and 1: four chains of 8 dependent IMMA
 #              a step for two of 16, kernel_sass_w4a4_tc_int4_two_acc_s68_sm90.md) (issue 9: 3x at M <= 16)
+#   tc_warp_split  the tensor-core decode kernel's INT4 configs at 16 rows (MS) of 4096 x 4096, 6144 x 4096 and
+#              4096 x 14336 (SHAPES), with tiles beside the candidates (EXTRA), each tile of fewer than 16 weight rows
+#              a warp timed again in the same process with PTQ_TC_WARP_SPLIT=1 (decode_rows_bench.py --tc_sweep
+#              --warp_split both): its warps each take a slice of a step's K, a batched dot Triton lays one batch a
+#              warp, where without it the 16 x 256 pin's two warps each run the whole step. In sm_90 SASS a warp's
+#              step falls from 229 to 149 instructions (16 IMMA for 32) on 16 x 256, 2 warps, and from 216 to 133 on
+#              32 x 256, 4 warps (kernel_sass_w4a4_tc_int4_narrow_tiles{,_warp_split}_s69_sm90.md) (issue 9: 3x at
+#              M <= 16)
 #   tc_stalls  the warps' stall reasons (smsp__average_warps_issue_stalled_*) of the W4A4 tensor-core decode kernel
 #              under Nsight Compute at 16 rows (ROWS) of 4096 x 4096 (SHAPES), INT4, on the 16 x 256 pin and the
 #              32-wide 2-warp tiles of tc_split_narrow (CONFIGS), once a PTQ_TC_TWO_ACC setting (TWO_ACCS): ncu put
@@ -658,6 +666,11 @@ for section in "$@"; do
           --shapes "${SHAPES:-4096x4096,6144x4096,4096x14336}" --out "$OUT/tc_split_narrow_two_acc_${two_acc}_${GPU}" \
           --extra "${EXTRA:-32,256,2,2,3;32,128,2,2,4;32,256,4,2,3;16,256,2,2,3;32,256,1,2,3;16,256,1,1,3}"
       done ;;
+    tc_warp_split)
+      step "${LIMIT_TC_WARP_SPLIT:-420}" tc_warp_split python benchmarks/decode_rows_bench.py --tc_sweep --element int4 \
+        --ms "${MS:-16}" --warp_split both --shapes "${SHAPES:-4096x4096,6144x4096,4096x14336}" \
+        --out "$OUT/tc_warp_split_${GPU}" \
+        --extra "${EXTRA:-16,256,2,2,3;16,128,1,2,4;16,512,1,2,3;16,256,1,4,3;16,512,1,4,3;32,512,1,4,3}" ;;
     tc_stalls)
       for two_acc in ${TWO_ACCS:-0 1}; do
         PTQ_TC_TWO_ACC=$two_acc step "${LIMIT_TC_NCU:-140}" "ncu_tc_stalls_two_acc_$two_acc" ncu --clock-control none \
@@ -719,6 +732,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, gemv_sweep, tc_split_narrow, tc_stalls, tc_ncu, tc_packed_ab, e2m1_signs_ab, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, gemv_sweep, tc_split_narrow, tc_warp_split, tc_stalls, tc_ncu, tc_packed_ab, e2m1_signs_ab, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

@@ -195,11 +195,12 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     'e4m3xe2m1': the weights as E4M3 operands against E4M3 activation planes, one dot a step accumulating in wgmma;
     for the decode kernel 'e4m3xe2m1' only, the form its linear runs at 16 rows). 'packedxint4' and 'packedxe2m1':
     the activations' packed codes, both nibbles decoded in the kernel as the weight's (A_PACKED; E2M1 on the one-dot
-    FP8 form). INT4 weights on the int8 dots sum their odd nibbles apart where ``PTQ_TC_TWO_ACC=1`` says so, as the
-    launch does (``tc_two_accumulators_on``)."""
+    FP8 form). INT4 weights on the int8 dots sum their odd nibbles apart where ``PTQ_TC_TWO_ACC=1`` says so, and a
+    narrow tile's warps split its steps' K where ``PTQ_TC_WARP_SPLIT=1`` does, as the launch does
+    (``tc_two_accumulators_on``, ``tc_warp_slices``)."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.w4a4_gemv import _w4a4_tc_kernel, tc_two_accumulators_on
+    from quant_kernels.w4a4_gemv import _w4a4_tc_kernel, tc_two_accumulators_on, tc_warp_slices
 
     names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "partial_ptr",
              "count_ptr", "M", "N", "KB", "M_BUCKET", "stride_am", "stride_wn", "stride_asm", "stride_wsn",
@@ -218,6 +219,7 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
                      W_E2M1_INT8=e2m1 and prefill and not e4m3, A_E4M3=e4m3, FP8_STEP_SUMS=not e4m3,
                      A_E4M3_W_INT4=e4m3 and not e2m1, A_PACKED=packed,
                      TWO_ACC=not e2m1 and not e4m3 and not prefill and tc_two_accumulators_on())
+    constants["WARP_K"] = tc_warp_slices({**constants, "num_warps": config[2]})
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)
@@ -461,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16",
                    help="fpx_tile: the activations' dtype (fp16 places the codes as fp16 values)")
     p.add_argument("--arch", type=int, default=90, help="compute capability times ten (90: Hopper)")
+    p.add_argument("--configs", default="",
+                   help="w4a4_tc: ';'-separated BLOCK_N,BLOCK_KB,split_k,warps,stages to compile instead of "
+                        "TC_CONFIGS (gemv_ncu.py --configs' form; split_k adds only the atomic epilogue, and is "
+                        "compiled unsplit)")
     p.add_argument("--limit", type=int, help="only the first LIMIT configs (default: all)")
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
@@ -472,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"a multiple of 8 codes; got {args.kernel} of {args.element} in groups of {args.group}")
     if args.scales != "fp32" and not args.group:
         p.error(f"--scales {args.scales} is an encoding of scales in groups: give --group")
+    if args.configs and args.kernel != "w4a4_tc":
+        p.error(f"--configs names tensor-core decode configs: give --kernel w4a4_tc, not {args.kernel}")
     if args.kernel == "fpx_row":
         from quant_kernels.fpx_gemm import (
             ROW_CAPPED_CONFIGS, ROW_CONFIGS, ROW_GROUP_CONFIGS, ROW_PIPELINED_CONFIGS, ROW_SPLIT_CONFIGS,
@@ -526,8 +534,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"w4a4_tc_prefill; e4m3xe2m1, packedxint4 or packedxe2m1, packed codes, for w4a4_tc); got "
                     f"{args.element!r}")
         if args.kernel == "w4a4_tc":
-            configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in TC_CONFIGS
-                                         if tc_config_fits(bn, w, args.element.endswith("e2m1"))))
+            from benchmarks.decode_rows_bench import extra_tc_configs
+
+            e2m1 = args.element.endswith("e2m1")
+            try:  # gemv_ncu's checks, and whole warpgroups for E2M1
+                named = extra_tc_configs(args.configs, "e2m1" if e2m1 else "int4") if args.configs else TC_CONFIGS
+            except ValueError as error:
+                p.error(f"--configs: {error}")
+            configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in named if tc_config_fits(bn, w, e2m1)))
         else:
             tiles = TC_PREFILL_CONFIGS + (TC_PREFILL_ONE_DOT_CONFIGS if args.element.startswith("e4m3") else [])
             configs = [(bn, bkb, w, s, bm, g) for bn, bm, bkb, w, s, g in tiles]

@@ -147,6 +147,8 @@ TC_CONFIGS = [(32, 256, 1, 4, 3), (64, 128, 1, 4, 4), (64, 256, 1, 4, 3), (64, 1
 INTERPRET_TC_CONFIG = dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=2)
 # The narrowest BLOCK_N of any tensor-core config: the split-K tile counters are sized for it.
 TC_MIN_BLOCK_N = 16
+# A launch's warps where neither it nor its config names them.
+TRITON_DEFAULT_WARPS = 4
 # Prefill tiles of the tensor-core kernel (``w4a4_tc_prefill_triton``): (BLOCK_N weight rows, BLOCK_M activation
 # rows, BLOCK_KB packed bytes a step, warps, stages, GROUP_M), K unsplit. The probe's fastest, 128 x 128 x 64 on 8
 # warps (3 or 4 stages), neighbours it did not time (256-row and 128-byte tiles ran 25-35 % slower there), and the
@@ -511,6 +513,17 @@ def _e2m1_nibbles_doubled(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
 
 
 @triton.jit
+def _int8_nibbles(w, LOW: tl.constexpr, W_E2M1: tl.constexpr, USE_ASM: tl.constexpr):
+    """Packed weight bytes -> the int8 dots' operand of their low (LOW) or high nibbles: E2M1 weights' doubled
+    values (W_E2M1, ``_e2m1_nibbles_doubled``), INT4 ones' levels at the top of their bytes (``_nibbles_up``)."""
+    if W_E2M1:
+        out = _e2m1_nibbles_doubled(w, LOW, USE_ASM)
+    else:
+        out = _nibbles_up(w, LOW, USE_ASM)
+    return out
+
+
+@triton.jit
 def _e2m1_nibbles_e4m3(w, LOW: tl.constexpr, USE_ASM: tl.constexpr):
     """Packed E2M1 weight bytes -> float8 E4M3: the low (LOW) or the high nibble's value times 2^-6. The three
     magnitude bits moved to bits 2..4 are the E4M3 encoding of the E2M1 magnitude scaled by 2^-6 (1..3 as
@@ -575,6 +588,19 @@ def _side_by_side(low, high, ROWS: tl.constexpr, BLOCK_KB: tl.constexpr):
 
 
 @triton.jit
+def _warp_slices(x, ROWS: tl.constexpr, BLOCK_KB: tl.constexpr, WARP_K: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """A step's (ROWS, BLOCK_KB) int8 dot operand as WARP_K > 1 slices of K, (WARP_K, ROWS, BLOCK_KB / WARP_K)
+    (TRANSPOSE: (WARP_K, BLOCK_KB / WARP_K, ROWS), the second operand): a batched dot, which Triton lays one batch a
+    warp (mma warpsPerCTA [warps, 1, 1] in Triton 3.6's TTGIR). WARP_K = 1: the operand (transposed) as it is."""
+    if WARP_K == 1:
+        out = tl.trans(x) if TRANSPOSE else x
+    else:
+        sliced = tl.reshape(x, (ROWS, WARP_K, BLOCK_KB // WARP_K))
+        out = tl.permute(sliced, (1, 2, 0) if TRANSPOSE else (1, 0, 2))
+    return out
+
+
+@triton.jit
 def _w4a4_tc_kernel(
     a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr, partial_ptr, count_ptr,
     M, N, KB, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, stride_rm, unit,
@@ -583,7 +609,7 @@ def _w4a4_tc_kernel(
     SPLIT_K: tl.constexpr, W_E2M1: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
     GROUP_M: tl.constexpr = 1, W_E2M1_INT8: tl.constexpr = False, A_E4M3: tl.constexpr = False,
     FP8_STEP_SUMS: tl.constexpr = True, A_E4M3_W_INT4: tl.constexpr = False, A_PACKED: tl.constexpr = False,
-    TWO_ACC: tl.constexpr = False,
+    TWO_ACC: tl.constexpr = False, WARP_K: tl.constexpr = 1,
 ):
     """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
     a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
@@ -614,6 +640,9 @@ def _w4a4_tc_kernel(
     of the weight's decode instructions for them too.
     TWO_ACC (INT4 weights on the int8 dots): the odd nibbles' sums go to an accumulator of their own, added at the
     end, so that a step's IMMAs form twice the chains, each half as long (``tc_two_accumulators_on``).
+    WARP_K > 1 (int8 dots, WARP_K the program's warps, ``tc_warp_slices``): each warp takes its own slice of a step's
+    K into an accumulator of its own (``_warp_slices``), the slices' sums added once at the end; without it Triton
+    lays a tile of BLOCK_N < 16 x warps weight rows over the warps so that each runs the whole step.
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -647,10 +676,12 @@ def _w4a4_tc_kernel(
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + first + offs_b[None, :]
     if W_E2M1 or A_E4M3:
         acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.float32)
+    elif WARP_K > 1:
+        acc = tl.full((WARP_K, BLOCK_N, BLOCK_M), 0, tl.int32)
     else:
         acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.int32)
     if TWO_ACC:  # the odd plane's int8 sums apart, their IMMA chains independent of the even plane's
-        acc_odd = tl.full((BLOCK_N, BLOCK_M), 0, tl.int32)
+        acc_odd = tl.full(acc.shape, 0, tl.int32)
     wait_for_producer(USE_GDC)
     for start in range(first, stop, BLOCK_KB):
         if EVEN:
@@ -686,15 +717,15 @@ def _w4a4_tc_kernel(
             acc += tl.dot(high, tl.trans(a_odd), step, out_dtype=tl.float32)
         elif ONE_DOT:
             acc = tl.dot(_side_by_side(low, high, BLOCK_N, BLOCK_KB), tl.trans(a_both), acc, out_dtype=tl.float32)
-        elif W_E2M1_INT8:
-            acc = tl.dot(_e2m1_nibbles_doubled(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.int32)
-            acc = tl.dot(_e2m1_nibbles_doubled(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
-        else:
-            acc = tl.dot(_nibbles_up(w, True, USE_ASM), tl.trans(a_even), acc, out_dtype=tl.int32)
+        else:  # the int8 dots
+            acc = tl.dot(_warp_slices(_int8_nibbles(w, True, W_E2M1_INT8, USE_ASM), BLOCK_N, BLOCK_KB, WARP_K, False),
+                         _warp_slices(a_even, BLOCK_M, BLOCK_KB, WARP_K, True), acc, out_dtype=tl.int32)
+            high = _warp_slices(_int8_nibbles(w, False, W_E2M1_INT8, USE_ASM), BLOCK_N, BLOCK_KB, WARP_K, False)
             if TWO_ACC:
-                acc_odd = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc_odd, out_dtype=tl.int32)
+                acc_odd = tl.dot(high, _warp_slices(a_odd, BLOCK_M, BLOCK_KB, WARP_K, True), acc_odd,
+                                 out_dtype=tl.int32)
             else:
-                acc = tl.dot(_nibbles_up(w, False, USE_ASM), tl.trans(a_odd), acc, out_dtype=tl.int32)
+                acc = tl.dot(high, _warp_slices(a_odd, BLOCK_M, BLOCK_KB, WARP_K, True), acc, out_dtype=tl.int32)
         w_ptrs += BLOCK_KB
         a_ptrs += BLOCK_KB
     # In the int8 path's units: E2M1 weights' sums are multiples of 2^-7 (E2M1 times 2^-6, integer activation
@@ -704,7 +735,11 @@ def _w4a4_tc_kernel(
     if W_E2M1 or A_E4M3:  # whole numbers in those units (wgmma's reduced precision drops low bits only)
         total = tl.trans((acc * E4M3_UNIT).to(tl.int32))
     else:
-        total = tl.trans(acc + acc_odd) if TWO_ACC else tl.trans(acc)
+        if TWO_ACC:
+            acc += acc_odd
+        if WARP_K > 1:
+            acc = tl.reduce(acc, 0, _sum_combine)
+        total = tl.trans(acc)
     if SPLIT_K > 1:
         partial_ptrs = partial_ptr + offs_m[:, None] * N + offs_n[None, :]
         mn_ok = m_ok[:, None] & n_ok[None, :]
@@ -801,6 +836,27 @@ def tc_two_accumulators_on() -> bool:
         "1": "the odd plane's int8 dots summed apart (untimed)"})
 
 
+def tc_warp_split_on() -> bool:
+    """Whether the tensor-core decode kernel's int8 dots split a step's K over the warps of a tile narrower than 16
+    weight rows a warp (``PTQ_TC_WARP_SPLIT=1``, ``tc_warp_slices``; 0, the default, leaves Triton to lay the tile
+    over the warps, which for 16 x 256 on 2 warps has both run the whole step, 32 IMMA each in sm_90 SASS); untimed.
+    Not in ``TC_TUNING_KEY``: the disk cache hands one setting's picks to the other."""
+    return env_switch("PTQ_TC_WARP_SPLIT", False, {
+        "0": "each warp of a tile its share of the weight rows, the default",
+        "1": "the warps of a narrow tile each their slice of a step's K (untimed)"})
+
+
+def tc_warp_slices(args: dict) -> int:
+    """WARP_K of a tensor-core kernel launch, from its arguments and config as ``triton.heuristics`` sees them: the
+    launch's warps where ``tc_warp_split_on``, the dots are int8 (not W_E2M1 or A_E4M3), the tile's BLOCK_N weight
+    rows are fewer than 16 a warp (an mma.sync tile's rows) and each warp's slice of a step's BLOCK_KB bytes is at
+    least 32 (an int8 mma's K); 1 otherwise."""
+    warps = args.get("num_warps", TRITON_DEFAULT_WARPS)
+    split = (tc_warp_split_on() and not (args["W_E2M1"] or args["A_E4M3"]) and args["BLOCK_N"] < 16 * warps
+             and args["BLOCK_KB"] % (32 * warps) == 0)
+    return warps if split else 1
+
+
 def pinned_configs_on() -> bool:
     """Whether ``PINNED_GEMV_CONFIGS``, ``PINNED_TC_CONFIGS`` and ``fpx_gemm.PINNED_ROW_CONFIGS`` replace tuning
     (``PTQ_PINNED_CONFIGS``, 1 by default)."""
@@ -864,10 +920,11 @@ def prune_tc_configs(configs: list[triton.Config], named_args: dict, **kwargs) -
         c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KB"], c.kwargs["SPLIT_K"], c.num_warps, c.num_stages))
 
 
-# EVEN from the step and the sizes, for the interpreter's fixed config and every autotuned one alike.
+# EVEN from the step and the sizes, WARP_K from the config, for the interpreter's fixed config and every autotuned
+# one alike.
 _tc_kernel_even = triton.heuristics(
     dict(EVEN=lambda args: args["KB"] % (args["BLOCK_KB"] * args["SPLIT_K"]) == 0
-         and args["N"] % args["BLOCK_N"] == 0))(_w4a4_tc_kernel)
+         and args["N"] % args["BLOCK_N"] == 0, WARP_K=tc_warp_slices))(_w4a4_tc_kernel)
 _tc_autotuned = autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=w, num_stages=s)
              for bn, bkb, split, w, s in TC_CONFIGS],

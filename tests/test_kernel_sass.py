@@ -47,6 +47,35 @@ def test_kernel_sass_counts_the_first_config(tmp_path, kernel, element, multiply
     assert (tmp_path / "sass.md").read_text().count("\n| ") == 2  # header and one config
 
 
+def test_kernel_sass_compiles_a_narrow_tiles_warps_each_on_a_slice_of_k(tmp_path, monkeypatch):
+    """``PTQ_TC_WARP_SPLIT=1`` reaches the compiled tensor-core decode kernel: the 16 x 256 tile on 2 warps
+    (``--configs``, split_k compiled unsplit), fewer than 16 weight rows a warp, has each warp run half the IMMA of a
+    step and fewer instructions a step."""
+    rows = {}
+    for split in "01":
+        monkeypatch.setenv("PTQ_TC_WARP_SPLIT", split)
+        done = run_sass("--kernel", "w4a4_tc", "--element", "int4xint4", "--configs", "16,256,2,2,3", "--out",
+                        str(tmp_path / split))
+        assert done.returncode == 0, done.stderr[-2000:]
+        (rows[split],) = json.loads((tmp_path / f"{split}.json").read_text())["configs"]
+    assert rows["0"]["config"] == rows["1"]["config"] and rows["0"]["config"].startswith("16x256 w2")
+    assert rows["1"]["IMMA"] * 2 == rows["0"]["IMMA"] and rows["1"]["loop"] < rows["0"]["loop"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--kernel", "w4a4_gemv", "--element", "int4xint4", "--configs", "16,256,1,2,3"], "--configs names tensor-core "
+                                                                                        "decode configs: give --kernel "
+                                                                                        "w4a4_tc, not w4a4_gemv"),
+    (["--kernel", "w4a4_tc", "--element", "int4xint4", "--configs", "24,256,1,2,3"], "--configs: 24,256,1,2,3: "
+                                                                                      "BLOCK_N must be a power of two"),
+    (["--kernel", "w4a4_tc", "--element", "e2m1xe2m1", "--configs", "64,256,1,4,3;32,256,1,2,3"],
+     "--configs: 32,256,1,2,3: E2M1 weights multiply on wgmma")])
+def test_kernel_sass_refuses_configs_it_cannot_compile(tmp_path, argv, message):
+    done = run_sass(*argv, "--out", str(tmp_path / "sass"))
+    assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "sass.json").exists()
+
+
 def test_kernel_sass_compiles_the_norm_tail(tmp_path):
     """The decode kernel with o_proj's norm tail compiles for sm_90: the K loop's dp4a count unchanged, the tail's
     RMSNorm and quantization (a reciprocal square root, divisions) added once; widths it cannot take are refused."""

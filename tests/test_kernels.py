@@ -1811,6 +1811,85 @@ def test_tensor_core_decode_kernel_sums_int4_planes_in_one_or_two_accumulators(s
         w4a4_gemv.tc_two_accumulators_on()
 
 
+@pytest.mark.parametrize("two_acc", ["0", "1"])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_tensor_core_decode_kernel_splits_a_narrow_tiles_steps_over_its_warps(split_k, packed, two_acc, monkeypatch):
+    """``PTQ_TC_WARP_SPLIT=1``: a 16 x 64 tile on 2 warps (fewer than 16 weight rows a warp) takes each step's K in
+    two slices, one a warp (WARP_K = 2, ``tc_warp_slices``), INT4 x INT4 on dp4a bytes or packed codes, K ragged
+    (100 bytes against 64-byte steps) and split or not, one or two accumulators, a bias and a residual: the twin's
+    result bit for bit; the E4M3 planes' FP8 dots keep WARP_K = 1."""
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_bytes, w4a4_gemv_ref
+
+    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
+    monkeypatch.setenv("PTQ_TC_TWO_ACC", two_acc)
+    slices = []
+    heuristics = w4a4_gemv._tc_kernel_even.values
+    monkeypatch.setitem(heuristics, "WARP_K", lambda args, rule=heuristics["WARP_K"]: slices.append(rule(args))
+                        or slices[-1])
+    m, n, k = 12, 40, 200
+    gen = torch.Generator().manual_seed(split_k + 11)
+    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
+    a_packed = torch.randint(0, 256, (m, k // 2), dtype=torch.uint8, generator=gen)
+    w_scale = torch.rand(n, 1, generator=gen) / 64 + 1e-3
+    a_scale = torch.rand(m, 1, generator=gen) + 0.5
+    kw = dict(a_element="int4", w_element="int4", bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
+              residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
+    config = triton.Config(dict(BLOCK_N=16, BLOCK_KB=64, SPLIT_K=split_k), num_warps=2)
+    a_bytes = dp4a_bytes(a_packed, "int4", "int4")
+    for a in (a_packed if packed else a_bytes, a_bytes.float().to(torch.float8_e4m3fn)):
+        out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
+        w4a4_gemv.w4a4_gemv_triton(a, a_scale, w_packed, w_scale, out=out, config=config, tensor_cores=True, **kw)
+        assert torch.equal(out, w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw))
+    assert slices == [2, 1]
+
+
+def test_tensor_core_prefill_launch_splits_a_narrow_tiles_steps_over_its_warps(monkeypatch):
+    """The prefill launch's int8 dots (E2M1 weights as twice their values) on a 16 x 16 x 64 tile of 2 warps under
+    ``PTQ_TC_WARP_SPLIT=1``: WARP_K = 2, every fp32 output the exact product's over two row tiles, K ragged."""
+    from quant_kernels import w4a4_gemv
+    from quant_layers import packing
+
+    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
+    slices = []
+    heuristics = w4a4_gemv._tc_kernel_even.values
+    monkeypatch.setitem(heuristics, "WARP_K", lambda args, rule=heuristics["WARP_K"]: slices.append(rule(args))
+                        or slices[-1])
+    m, n, k = 20, 40, 200
+    gen = torch.Generator().manual_seed(5)
+    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
+    levels = torch.randint(-8, 8, (m, k), generator=gen, dtype=torch.int8)
+    planes = torch.cat([levels[:, 0::2], levels[:, 1::2]], dim=1).contiguous()  # INT4 weights' order
+    a_scale, w_scale = torch.rand(m, 1, generator=gen) + 0.5, torch.rand(n, 1, generator=gen) + 0.5
+    got = w4a4_gemv.w4a4_tc_prefill_triton(planes, a_scale, w_packed, w_scale, a_element="int4", w_element="e2m1",
+                                           out_dtype=torch.float32, config=triton.Config(
+                                               dict(BLOCK_N=16, BLOCK_M=16, BLOCK_KB=64, SPLIT_K=1, GROUP_M=1),
+                                               num_warps=2))
+    assert slices == [2]
+    values = packing.decode(packing.unpack(w_packed), packing.element_named("e2m1"))
+    assert torch.equal(got, (levels.float() @ values.t()) * a_scale * w_scale.t())
+
+
+@pytest.mark.parametrize("args, slices", [
+    (dict(BLOCK_N=16, BLOCK_KB=256, num_warps=2), 2), (dict(BLOCK_N=32, BLOCK_KB=256, num_warps=4), 4),
+    (dict(BLOCK_N=16, BLOCK_KB=128), 4),  # Triton's default 4 warps where the launch names none
+    (dict(BLOCK_N=32, BLOCK_KB=256, num_warps=2), 1),  # 16 rows a warp: no warp repeats another's work
+    (dict(BLOCK_N=16, BLOCK_KB=32, num_warps=2), 1),  # slices of 16 bytes: narrower than an int8 mma's K
+    (dict(BLOCK_N=16, BLOCK_KB=256, num_warps=2, W_E2M1=True), 1),
+    (dict(BLOCK_N=16, BLOCK_KB=256, num_warps=2, A_E4M3=True), 1)])
+def test_tc_warp_slices_split_only_a_narrow_tiles_int8_dots(args, slices, monkeypatch):
+    from quant_kernels import w4a4_gemv
+
+    args = dict(dict(W_E2M1=False, A_E4M3=False), **args)
+    assert w4a4_gemv.tc_warp_slices(args) == 1  # off by default
+    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
+    assert w4a4_gemv.tc_warp_slices(args) == slices
+    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "yes")
+    with pytest.raises(ValueError, match="PTQ_TC_WARP_SPLIT='yes': choose 0"):
+        w4a4_gemv.tc_warp_slices(args)
+
+
 class _RecordingLaunch:
     """A kernel whose launches go through, their keyword arguments recorded in ``launched``."""
 
@@ -2064,6 +2143,34 @@ def test_decode_rows_bench_times_extra_tensor_core_configs_beside_the_candidates
     assert text.count("| + ") == 1 and f"| + {outside[0]} |" in text
 
 
+def test_decode_rows_bench_times_the_configs_whose_warps_split_k_with_the_switch_on(monkeypatch):
+    """``--warp_split 1``: only the tensor-core configs PTQ_TC_WARP_SPLIT=1 changes (fewer than 16 weight rows a warp),
+    timed with it on, each product equal to the twin's and named so in the table; the switch the caller had is back
+    after; 0 times every config with it off; the CUDA-core kernel refused by name."""
+    from benchmarks import decode_rows_bench
+    from quant_kernels import w4a4_gemv
+
+    monkeypatch.setattr(decode_rows_bench, "tuned_pick", lambda call, kernel: (call(), None)[1])
+    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
+    switched = []
+    monkeypatch.setattr(decode_rows_bench, "timed_configs", lambda *args, timed=decode_rows_bench.timed_configs: (
+        switched.append(w4a4_gemv.tc_warp_split_on()), timed(*args))[1])
+    narrow = [c for c in w4a4_gemv.TC_CONFIGS if c[0] < 16 * c[3] and c[1] % (32 * c[3]) == 0]
+    torch.manual_seed(0)
+    rows = {split: decode_rows_bench.config_sweep(64, 512, 16, lambda call: (call(), 1e-3)[1], torch.device("cpu"),
+                                                  "int4", warp_split=split) for split in (True, False)}
+    assert switched == [True, False] and w4a4_gemv.tc_warp_split_on()
+    assert 0 < len(narrow) == len(rows[True]) - 1 and len(rows[False]) == 1 + len(w4a4_gemv.TC_CONFIGS)
+    assert [r["warp_split"] for r in rows[True]] == [False] + [True] * len(narrow) and not rows[False][1]["warp_split"]
+    assert all(r["rel_err"] <= 1e-5 for r in rows[True] + rows[False])
+    text = decode_rows_bench.sweep_markdown(dict(device="GPU", date="d", versions={}, command="c", timing="t",
+                                                 l2_flush="read", element="int4", rows=rows[True] + rows[False]))
+    assert text.count(", K over warps |") == len(narrow)
+    with pytest.raises(ValueError, match="the warps splitting K take the tensor-core kernel, not the CUDA-core"):
+        decode_rows_bench.config_sweep(64, 512, 1, lambda call: 1e-3, torch.device("cpu"), "int4",
+                                       kernel="cuda_core", warp_split=True)
+
+
 @pytest.mark.parametrize("m", [1, 6])
 def test_decode_rows_bench_sweeps_every_cuda_core_candidate(m, monkeypatch):
     """decode_rows_bench's ``--gemv_sweep`` rows: bf16 first, then every CUDA-core candidate its pruning keeps at M
@@ -2112,7 +2219,9 @@ def test_decode_rows_bench_sweeps_every_cuda_core_candidate(m, monkeypatch):
                                                                             "a power of two of at least 16"),
     (["--tc_sweep", "--extra", "32,16,1,2,3", "--ms", "16"], "--extra: 32,16,1,2,3: BLOCK_N must be"),
     (["--tc_sweep", "--element", "e2m1", "--extra", "32,256,2,2,3", "--ms", "16"],
-     "--extra: 32,256,2,2,3: E2M1 weights multiply on wgmma")])
+     "--extra: 32,256,2,2,3: E2M1 weights multiply on wgmma"),
+    (["--gemv_sweep", "--warp_split", "both", "--ms", "1"], "--warp_split both splits the tensor-core kernel's steps "
+                                                             "over its warps: give --tc_sweep")])
 def test_decode_rows_bench_sweeps_only_its_kernels_rows(cli, tmp_path, flags, said):
     done = cli("benchmarks/decode_rows_bench.py", *flags, "--out", str(tmp_path / "sweep"))
     assert done.returncode == 2 and said in done.stderr
