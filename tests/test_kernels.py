@@ -1725,10 +1725,11 @@ def test_tensor_core_decode_kernel_equals_twin(a_element, w_element, m, n, k):
 
 
 def fixed_tc_product(a: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
-                     a_element: str, w_element: str, split_k: int, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """The tensor-core decode kernel's bfloat16 product on a fixed 16 x 32-byte tile, K split ``split_k`` ways, a
-    random bias and residual added, into an output of NaNs that it must fill: (the product, the keyword arguments
-    its twin takes)."""
+                     a_element: str, w_element: str, split_k: int, gen: torch.Generator, block_kb: int = 32,
+                     warps: int = 4) -> tuple[torch.Tensor, dict]:
+    """The tensor-core decode kernel's bfloat16 product on a fixed tile of 16 weight rows and ``block_kb`` bytes a
+    step on ``warps`` warps, K split ``split_k`` ways, a random bias and residual added, into an output of NaNs that
+    it must fill: (the product, the keyword arguments its twin takes)."""
     from quant_kernels import w4a4_gemv
 
     m, n = a.shape[0], w_packed.shape[0]
@@ -1736,7 +1737,8 @@ def fixed_tc_product(a: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Ten
               residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
     got = w4a4_gemv.w4a4_gemv_triton(a, a_scale, w_packed, w_scale, out=out, **kw, tensor_cores=True,
-                                     config=triton.Config(dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=split_k)))
+                                     config=triton.Config(dict(BLOCK_N=16, BLOCK_KB=block_kb, SPLIT_K=split_k),
+                                                          num_warps=warps))
     assert got is out and not out.isnan().any()
     return got, kw
 
@@ -1793,12 +1795,8 @@ def test_tensor_core_decode_kernel_sums_int4_planes_in_one_or_two_accumulators(s
     launched = []
     kernel = w4a4_gemv._tc_kernel_even
     monkeypatch.setattr(w4a4_gemv, "_tc_kernel_even", _RecordingLaunch(kernel, launched))
-    m, n, k = 12, 40, 200
     gen = torch.Generator().manual_seed(split_k + 7)
-    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
-    a_packed = torch.randint(0, 256, (m, k // 2), dtype=torch.uint8, generator=gen)
-    w_scale = torch.rand(n, 1, generator=gen) / 64 + 1e-3
-    a_scale = torch.rand(m, 1, generator=gen) + 0.5
+    w_packed, a_packed, w_scale, a_scale = int4_decode_operands(gen)
     a = a_packed if packed else dp4a_bytes(a_packed, "int4", "int4")
     got, kw = fixed_tc_product(a, a_scale, w_packed, w_scale, "int4", "int4", split_k, gen)
     assert torch.equal(got, w4a4_gemv_ref(dp4a_bytes(a_packed, "int4", "int4"), a_scale, w_packed, w_scale, **kw))
@@ -1819,29 +1817,17 @@ def test_tensor_core_decode_kernel_splits_a_narrow_tiles_steps_over_its_warps(sp
     two slices, one a warp (WARP_K = 2, ``tc_warp_slices``), INT4 x INT4 on dp4a bytes or packed codes, K ragged
     (100 bytes against 64-byte steps) and split or not, one or two accumulators, a bias and a residual: the twin's
     result bit for bit; the E4M3 planes' FP8 dots keep WARP_K = 1."""
-    from quant_kernels import w4a4_gemv
     from quant_kernels.reference import dp4a_bytes, w4a4_gemv_ref
 
     monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
     monkeypatch.setenv("PTQ_TC_TWO_ACC", two_acc)
-    slices = []
-    heuristics = w4a4_gemv._tc_kernel_even.values
-    monkeypatch.setitem(heuristics, "WARP_K", lambda args, rule=heuristics["WARP_K"]: slices.append(rule(args))
-                        or slices[-1])
-    m, n, k = 12, 40, 200
+    slices = recorded_warp_slices(monkeypatch)
     gen = torch.Generator().manual_seed(split_k + 11)
-    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
-    a_packed = torch.randint(0, 256, (m, k // 2), dtype=torch.uint8, generator=gen)
-    w_scale = torch.rand(n, 1, generator=gen) / 64 + 1e-3
-    a_scale = torch.rand(m, 1, generator=gen) + 0.5
-    kw = dict(a_element="int4", w_element="int4", bias=torch.randn(n, generator=gen), out_dtype=torch.bfloat16,
-              residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
-    config = triton.Config(dict(BLOCK_N=16, BLOCK_KB=64, SPLIT_K=split_k), num_warps=2)
+    w_packed, a_packed, w_scale, a_scale = int4_decode_operands(gen)
     a_bytes = dp4a_bytes(a_packed, "int4", "int4")
     for a in (a_packed if packed else a_bytes, a_bytes.float().to(torch.float8_e4m3fn)):
-        out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
-        w4a4_gemv.w4a4_gemv_triton(a, a_scale, w_packed, w_scale, out=out, config=config, tensor_cores=True, **kw)
-        assert torch.equal(out, w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw))
+        got, kw = fixed_tc_product(a, a_scale, w_packed, w_scale, "int4", "int4", split_k, gen, block_kb=64, warps=2)
+        assert torch.equal(got, w4a4_gemv_ref(a_bytes, a_scale, w_packed, w_scale, **kw))
     assert slices == [2, 1]
 
 
@@ -1852,10 +1838,7 @@ def test_tensor_core_prefill_launch_splits_a_narrow_tiles_steps_over_its_warps(m
     from quant_layers import packing
 
     monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
-    slices = []
-    heuristics = w4a4_gemv._tc_kernel_even.values
-    monkeypatch.setitem(heuristics, "WARP_K", lambda args, rule=heuristics["WARP_K"]: slices.append(rule(args))
-                        or slices[-1])
+    slices = recorded_warp_slices(monkeypatch)
     m, n, k = 20, 40, 200
     gen = torch.Generator().manual_seed(5)
     w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
@@ -1888,6 +1871,26 @@ def test_tc_warp_slices_split_only_a_narrow_tiles_int8_dots(args, slices, monkey
     monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "yes")
     with pytest.raises(ValueError, match="PTQ_TC_WARP_SPLIT='yes': choose 0"):
         w4a4_gemv.tc_warp_slices(args)
+
+
+def int4_decode_operands(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Random packed INT4 weights (40 rows), packed activation codes (12 rows), K = 200 (100 bytes a row: ragged
+    against 32- and 64-byte steps), and their per-row scales: (w_packed, a_packed, w_scale, a_scale)."""
+    m, n, k = 12, 40, 200
+    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
+    a_packed = torch.randint(0, 256, (m, k // 2), dtype=torch.uint8, generator=gen)
+    return w_packed, a_packed, torch.rand(n, 1, generator=gen) / 64 + 1e-3, torch.rand(m, 1, generator=gen) + 0.5
+
+
+def recorded_warp_slices(monkeypatch) -> list[int]:
+    """The WARP_K the tensor-core kernel's heuristic gives each launch from now on, in launch order."""
+    from quant_kernels import w4a4_gemv
+
+    slices = []
+    heuristics = w4a4_gemv._tc_kernel_even.values
+    monkeypatch.setitem(heuristics, "WARP_K", lambda args, rule=heuristics["WARP_K"]: slices.append(rule(args))
+                        or slices[-1])
+    return slices
 
 
 class _RecordingLaunch:
