@@ -107,10 +107,11 @@ def tuned_pick(call, kernel: str = "tc") -> object:
     return (w4a4_gemv._tc_autotuned if kernel == "tc" else w4a4_gemv._gemv_autotuned).best_config
 
 
-def sweep_candidates(kernel: str, m: int, fp8_operands: bool, extra: tuple = ()) -> list:
+def sweep_candidates(kernel: str, m: int, flags: dict, extra: tuple = ()) -> list:
     """The configs a sweep times: the tensor-core kernel's ``TC_CONFIGS``, then ``extra``'s (BLOCK_N, BLOCK_KB,
-    SPLIT_K, warps, stages) not among them, that ``tc_config_fits`` (FP8 operands for E2M1 weights or E4M3 planes);
-    or every CUDA-core candidate that its pruning keeps at ``m`` rows."""
+    SPLIT_K, warps, stages) not among them, that its launch in the form ``flags`` says (``tc_decode_flags``) takes
+    (``tc_config_takes``: FP8 operands for E2M1 weights or E4M3 planes need whole warpgroups); or every CUDA-core
+    candidate that its pruning keeps at ``m`` rows."""
     import triton
 
     from quant_kernels import w4a4_gemv
@@ -118,22 +119,23 @@ def sweep_candidates(kernel: str, m: int, fp8_operands: bool, extra: tuple = ())
     if kernel == "tc":
         return [triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=warps, num_stages=stages)
                 for bn, bkb, split, warps, stages in dict.fromkeys(list(w4a4_gemv.TC_CONFIGS) + list(extra))
-                if w4a4_gemv.tc_config_fits(bn, warps, fp8_operands)]
+                if w4a4_gemv.tc_config_takes(dict(flags, BLOCK_N=bn, BLOCK_KB=bkb, num_warps=warps))]
     return w4a4_gemv.prune_decode_configs(w4a4_gemv._gemv_autotuned.configs,
                                           dict(BLOCK_M=triton.next_power_of_2(m)))
 
 
 def extra_tc_configs(text: str, element: str) -> list[tuple[int, int, int, int, int]]:
     """``--extra``'s tensor-core configs, checked by ``gemv_ncu.parse_tc_configs`` and, for E2M1 weights, for whole
-    warpgroups (``tc_config_fits``); else a ValueError naming the config."""
+    warpgroups (a tile of fewer than 16 weight rows a warp then runs only with ``PTQ_TC_WARP_SPLIT=1``, its K slices
+    stacked into the warpgroup's rows: ``sweep_candidates`` keeps it only so); else a ValueError naming the
+    config."""
     from benchmarks.gemv_ncu import parse_tc_configs
-    from quant_kernels.w4a4_gemv import tc_config_fits
 
     configs = parse_tc_configs(text)
     for block_n, block_kb, split, warps, stages in configs:
-        if not tc_config_fits(block_n, warps, element == "e2m1"):
+        if element == "e2m1" and warps % 4:
             raise ValueError(f"{block_n},{block_kb},{split},{warps},{stages}: E2M1 weights multiply on wgmma, which "
-                             "needs warps a multiple of 4 and 16 weight rows a warp")
+                             "needs warps a multiple of 4")
     return configs
 
 
@@ -186,11 +188,10 @@ def timed_configs(n: int, k: int, m: int, time_ms, device: torch.device, element
     bf16_ms = time_ms(lambda: x @ w16.T)
     weight_bytes = w_packed.numel() + 4 * w_scale.numel()
     timed = []
-    fp8_operands = element == "e2m1" or fp8_codes
-    candidates = {described(c) for c in sweep_candidates(kernel, m, fp8_operands)}
-    for config in sweep_candidates(kernel, m, fp8_operands, extra):
-        if warp_split and w4a4_gemv.tc_warp_slices(dict(config.kwargs, num_warps=config.num_warps,
-                                                        W_E2M1=fp8_operands, A_E4M3=False)) == 1:
+    flags = w4a4_gemv.tc_decode_flags(element, fp8_codes, packed)
+    candidates = {described(c) for c in sweep_candidates(kernel, m, flags)}
+    for config in sweep_candidates(kernel, m, flags, extra):
+        if warp_split and w4a4_gemv.tc_warp_slices(dict(flags, **config.kwargs, num_warps=config.num_warps)) == 1:
             continue
         got = product(out_dtype=torch.float32, config=config)
         ms = time_ms(lambda config=config: product(out_dtype=torch.bfloat16, residual=added, config=config))

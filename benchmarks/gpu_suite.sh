@@ -205,14 +205,16 @@
 #              a step), and the split halves each warp's chain of steps; each sweep with one accumulator and with
 #              the odd nibbles' sums in their own (TWO_ACCS, PTQ_TC_TWO_ACC 0 and 1: four chains of 8 dependent IMMA
 #              a step for two of 16, kernel_sass_w4a4_tc_int4_two_acc_s68_sm90.md) (issue 9: 3x at M <= 16)
-#   tc_warp_split  the tensor-core decode kernel's INT4 configs at 16 rows (MS) of 4096 x 4096, 6144 x 4096 and
-#              4096 x 14336 (SHAPES), with tiles beside the candidates (EXTRA), each tile of fewer than 16 weight rows
-#              a warp timed again in the same process with PTQ_TC_WARP_SPLIT=1 (decode_rows_bench.py --tc_sweep
-#              --warp_split both): its warps each take a slice of a step's K, a batched dot Triton lays one batch a
-#              warp, where without it the 16 x 256 pin's two warps each run the whole step. In sm_90 SASS a warp's
-#              step falls from 229 to 149 instructions (16 IMMA for 32) on 16 x 256, 2 warps, and from 216 to 133 on
-#              32 x 256, 4 warps (kernel_sass_w4a4_tc_int4_narrow_tiles{,_warp_split}_s69_sm90.md) (issue 9: 3x at
-#              M <= 16)
+#   tc_warp_split  the tensor-core decode kernel's configs at 16 rows (MS) of 4096 x 4096, 6144 x 4096 and
+#              4096 x 14336 (SHAPES), INT4 and E2M1 (ELEMENTS, a step each), with tiles beside the candidates (EXTRA,
+#              EXTRA_E2M1), each tile of fewer than 16 weight rows a warp timed again in the same process with
+#              PTQ_TC_WARP_SPLIT=1 (decode_rows_bench.py --tc_sweep --warp_split both): INT4's warps each take a
+#              slice of a step's K, a batched dot Triton lays one batch a warp, where without it the 16 x 256 pin's two
+#              warps each run the whole step (in sm_90 SASS a warp's step falls from 229 to 149 instructions, 16 IMMA
+#              for 32; kernel_sass_w4a4_tc_int4_narrow_tiles{,_warp_split}_s69_sm90.md); E2M1's tiles of 16 or 32 rows
+#              on 4 warps, which FP8 wgmma takes only whole (64 rows a warpgroup), stack their K slices as the
+#              warpgroup's rows (140 instructions a warp's step on 16 x 256 against 439 on the 64 x 256 pin, four
+#              times the programs; kernel_sass_w4a4_tc_e2m1_narrow_tiles_sliced_s69_sm90.md) (issue 9: 3x at M <= 16)
 #   tc_stalls  the warps' stall reasons (smsp__average_warps_issue_stalled_*) of the W4A4 tensor-core decode kernel
 #              under Nsight Compute at 16 rows (ROWS) of 4096 x 4096 (SHAPES), INT4, on the 16 x 256 pin and the
 #              32-wide 2-warp tiles of tc_split_narrow (CONFIGS), once a switch setting (SETTINGS: PTQ_TC_TWO_ACC 0
@@ -668,10 +670,16 @@ for section in "$@"; do
           --extra "${EXTRA:-32,256,2,2,3;32,128,2,2,4;32,256,4,2,3;16,256,2,2,3;32,256,1,2,3;16,256,1,1,3}"
       done ;;
     tc_warp_split)
-      step "${LIMIT_TC_WARP_SPLIT:-420}" tc_warp_split python benchmarks/decode_rows_bench.py --tc_sweep --element int4 \
-        --ms "${MS:-16}" --warp_split both --shapes "${SHAPES:-4096x4096,6144x4096,4096x14336}" \
-        --out "$OUT/tc_warp_split_${GPU}" \
-        --extra "${EXTRA:-16,256,2,2,3;16,128,1,2,4;16,512,1,2,3;16,256,1,4,3;16,512,1,4,3;32,512,1,4,3}" ;;
+      for element in ${ELEMENTS:-int4 e2m1}; do
+        if [ "$element" = e2m1 ]; then
+          extra=${EXTRA_E2M1:-16,256,1,4,3;16,512,1,4,3;16,128,1,4,4;16,256,2,4,3;32,512,1,4,3;16,1024,1,4,3}
+        else
+          extra=${EXTRA:-16,256,2,2,3;16,128,1,2,4;16,512,1,2,3;16,256,1,4,3;16,512,1,4,3;32,512,1,4,3}
+        fi
+        step "${LIMIT_TC_WARP_SPLIT:-420}" "tc_warp_split_$element" python benchmarks/decode_rows_bench.py --tc_sweep \
+          --element "$element" --ms "${MS:-16}" --warp_split both --shapes "${SHAPES:-4096x4096,6144x4096,4096x14336}" \
+          --out "$OUT/tc_warp_split_${element}_${GPU}" --extra "$extra"
+      done ;;
     tc_stalls)
       for setting in ${SETTINGS:-PTQ_TC_TWO_ACC=0 PTQ_TC_TWO_ACC=1 PTQ_TC_WARP_SPLIT=1}; do
         name=$(echo "${setting#PTQ_TC_}" | tr 'A-Z=' 'a-z_')

@@ -523,7 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         def build(case, config):
             return act_quant_source(case, config, args.k)
     elif args.kernel in ("w4a4_tc", "w4a4_tc_prefill"):
-        from quant_kernels.w4a4_gemv import TC_CONFIGS, TC_PREFILL_CONFIGS, TC_PREFILL_ONE_DOT_CONFIGS, tc_config_fits
+        from quant_kernels.w4a4_gemv import (
+            TC_CONFIGS, TC_PREFILL_CONFIGS, TC_PREFILL_ONE_DOT_CONFIGS, tc_config_takes, tc_decode_flags,
+        )
 
         pairs = ("int4xint4", "e2m1xint4", "int8xint4", "int4xe2m1", "e2m1xe2m1")
         extra = ("e4m3xint4", "e4m3xe2m1") if args.kernel == "w4a4_tc_prefill" else ("e4m3xe2m1", "packedxint4",
@@ -536,12 +538,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.kernel == "w4a4_tc":
             from benchmarks.decode_rows_bench import extra_tc_configs
 
-            e2m1 = args.element.endswith("e2m1")
+            w_element = "e2m1" if args.element.endswith("e2m1") else "int4"
             try:  # gemv_ncu's checks, and whole warpgroups for E2M1
-                named = extra_tc_configs(args.configs, "e2m1" if e2m1 else "int4") if args.configs else TC_CONFIGS
+                named = extra_tc_configs(args.configs, w_element) if args.configs else TC_CONFIGS
             except ValueError as error:
                 p.error(f"--configs: {error}")
-            configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in named if tc_config_fits(bn, w, e2m1)))
+            flags = tc_decode_flags(w_element, args.element.startswith("e4m3"), args.element.startswith("packed"))
+            taken = [c for c in named if tc_config_takes(dict(flags, BLOCK_N=c[0], BLOCK_KB=c[1], num_warps=c[3]))]
+            if args.configs and len(taken) < len(named):
+                bad = next(c for c in named if c not in taken)
+                p.error(f"--configs: {','.join(map(str, bad))}: fewer than 16 weight rows a warp on FP8 dots run only "
+                        "with their K in slices (PTQ_TC_WARP_SPLIT=1, E4M3 planes: --element e4m3xe2m1)")
+            configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in taken))
         else:
             tiles = TC_PREFILL_CONFIGS + (TC_PREFILL_ONE_DOT_CONFIGS if args.element.startswith("e4m3") else [])
             configs = [(bn, bkb, w, s, bm, g) for bn, bm, bkb, w, s, g in tiles]

@@ -601,6 +601,16 @@ def _warp_slices(x, ROWS: tl.constexpr, BLOCK_KB: tl.constexpr, WARP_K: tl.const
 
 
 @triton.jit
+def _diagonal_sum(x, SLICES: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """The sum of the SLICES diagonal (ROWS, COLS) blocks of x (SLICES ROWS, SLICES COLS): each K slice's rows
+    against its own activation rows, the off-diagonal blocks (slice against another's columns) dropped."""
+    blocks = tl.reshape(x, (SLICES, ROWS, SLICES, COLS))
+    s = tl.arange(0, SLICES)
+    own = s[:, None, None, None] == s[None, None, :, None]
+    return tl.reduce(tl.reduce(tl.where(own, blocks, 0), 2, _sum_combine), 0, _sum_combine)
+
+
+@triton.jit
 def _w4a4_tc_kernel(
     a_ptr, a_scale_ptr, w_ptr, w_scale_ptr, bias_ptr, residual_ptr, out_ptr, partial_ptr, count_ptr,
     M, N, KB, M_BUCKET, stride_am, stride_wn, stride_asm, stride_wsn, stride_om, stride_rm, unit,
@@ -640,9 +650,13 @@ def _w4a4_tc_kernel(
     of the weight's decode instructions for them too.
     TWO_ACC (INT4 weights on the int8 dots): the odd nibbles' sums go to an accumulator of their own, added at the
     end, so that a step's IMMAs form twice the chains, each half as long (``tc_two_accumulators_on``).
-    WARP_K > 1 (int8 dots, WARP_K the program's warps, ``tc_warp_slices``): each warp takes its own slice of a step's
-    K into an accumulator of its own (``_warp_slices``), the slices' sums added once at the end; without it Triton
-    lays a tile of BLOCK_N < 16 x warps weight rows over the warps so that each runs the whole step.
+    WARP_K > 1 (``tc_warp_slices``): a step's K in WARP_K slices. On the int8 dots (WARP_K the program's warps) each
+    warp takes its own slice into an accumulator of its own (``_warp_slices``), the slices' sums added once at the
+    end; without it Triton lays a tile of BLOCK_N < 16 x warps weight rows over the warps so that each runs the
+    whole step. On the one-dot FP8 form (SLICED) the slices are stacked as the wgmma's rows, WARP_K BLOCK_N of them a
+    warpgroup's 16 a warp, against the activation rows' slices stacked as its columns, and the product's diagonal
+    blocks are summed at the end (the off-diagonal ones, WARP_K - 1 of WARP_K of the tensor cores' work, dropped):
+    the narrow tile fits wgmma, each warp decoding its own slice.
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -669,13 +683,26 @@ def _w4a4_tc_kernel(
     ONE_DOT: tl.constexpr = A_E4M3 and not FP8_STEP_SUMS
     if ONE_DOT and SPLIT_K == 1:  # K > 0: else ptxas sees a path around the loop that sets the accumulators, and
         tl.assume(stop > first)   # serializes the wgmmas (its C7515 note)
-    if ONE_DOT and not A_PACKED:  # columns [start, start + BLOCK_KB) of the even plane, then the same of the odd one
+    # The one-dot form's K in WARP_K slices stacked as the dot's rows (``tc_warp_slices``): row s BLOCK_N + i of the
+    # weight operand is weight row i's s-th slice of a step's bytes, row s BLOCK_M + r of the activation operand is
+    # activation row r's; the product's diagonal blocks hold the slices' sums (``_diagonal_sum``)
+    SLICED: tl.constexpr = ONE_DOT and WARP_K > 1
+    SLICE: tl.constexpr = BLOCK_KB // WARP_K
+    if SLICED:
+        rows_w, rows_a, offs_j = tl.arange(0, WARP_K * BLOCK_N), tl.arange(0, WARP_K * BLOCK_M), tl.arange(0, 2 * SLICE)
+        w_cols = (rows_w // BLOCK_N * SLICE)[:, None] + tl.arange(0, SLICE)[None, :]
+        a_cols = (rows_a // BLOCK_M * SLICE)[:, None] + (offs_j % SLICE)[None, :]
+        w_rows, a_rows = tile * BLOCK_N + rows_w % BLOCK_N, row_tile * BLOCK_M + rows_a % BLOCK_M
+        w_ptrs = w_ptr + w_rows[:, None] * stride_wn + first + w_cols
+        a_ptrs = a_ptr + a_rows[:, None] * stride_am + first + a_cols + (offs_j // SLICE * KB)[None, :]
+        w_rows_ok, a_rows_ok = (w_rows < N)[:, None], (a_rows < M)[:, None]
+    elif ONE_DOT and not A_PACKED:  # columns [start, start + BLOCK_KB) of the even plane, then the same of the odd one
         offs_j = tl.arange(0, 2 * BLOCK_KB)
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + first + (offs_j % BLOCK_KB + offs_j // BLOCK_KB * KB)[None, :]
     else:
         a_ptrs = a_ptr + offs_m[:, None] * stride_am + first + offs_b[None, :]
     if W_E2M1 or A_E4M3:
-        acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.float32)
+        acc = tl.full((WARP_K * BLOCK_N, WARP_K * BLOCK_M), 0, tl.float32)
     elif WARP_K > 1:
         acc = tl.full((WARP_K, BLOCK_N, BLOCK_M), 0, tl.int32)
     else:
@@ -686,7 +713,10 @@ def _w4a4_tc_kernel(
     for start in range(first, stop, BLOCK_KB):
         if EVEN:
             w = tl.load(w_ptrs)
-            a_ok = m_ok[:, None]
+            a_ok = a_rows_ok if SLICED else m_ok[:, None]
+        elif SLICED:
+            w = tl.load(w_ptrs, mask=w_rows_ok & (w_cols < stop - start), other=0)
+            a_ok = a_rows_ok & (a_cols < stop - start)
         else:
             b_ok = (offs_b < stop - start)[None, :]
             w = tl.load(w_ptrs, mask=n_ok[:, None] & b_ok, other=0)
@@ -716,7 +746,8 @@ def _w4a4_tc_kernel(
             step = tl.dot(low, tl.trans(a_even), out_dtype=tl.float32)
             acc += tl.dot(high, tl.trans(a_odd), step, out_dtype=tl.float32)
         elif ONE_DOT:
-            acc = tl.dot(_side_by_side(low, high, BLOCK_N, BLOCK_KB), tl.trans(a_both), acc, out_dtype=tl.float32)
+            acc = tl.dot(_side_by_side(low, high, WARP_K * BLOCK_N, SLICE), tl.trans(a_both), acc,
+                         out_dtype=tl.float32)
         else:  # the int8 dots
             acc = tl.dot(_warp_slices(_int8_nibbles(w, True, W_E2M1_INT8, USE_ASM), BLOCK_N, BLOCK_KB, WARP_K, False),
                          _warp_slices(a_even, BLOCK_M, BLOCK_KB, WARP_K, True), acc, out_dtype=tl.int32)
@@ -733,7 +764,10 @@ def _w4a4_tc_kernel(
     # 16 times (nibbles at the top of their bytes)
     E4M3_UNIT: tl.constexpr = 8192.0 if A_E4M3_W_INT4 else 16384.0 if A_PACKED and A_E4M3 else 128.0
     if W_E2M1 or A_E4M3:  # whole numbers in those units (wgmma's reduced precision drops low bits only)
-        total = tl.trans((acc * E4M3_UNIT).to(tl.int32))
+        units = (acc * E4M3_UNIT).to(tl.int32)
+        if SLICED:
+            units = _diagonal_sum(units, WARP_K, BLOCK_N, BLOCK_M)
+        total = tl.trans(units)
     else:
         if TWO_ACC:
             acc += acc_odd
@@ -837,24 +871,48 @@ def tc_two_accumulators_on() -> bool:
 
 
 def tc_warp_split_on() -> bool:
-    """Whether the tensor-core decode kernel's int8 dots split a step's K over the warps of a tile narrower than 16
-    weight rows a warp (``PTQ_TC_WARP_SPLIT=1``, ``tc_warp_slices``; 0, the default, leaves Triton to lay the tile
-    over the warps, which for 16 x 256 on 2 warps has both run the whole step, 32 IMMA each in sm_90 SASS); untimed.
-    Not in ``TC_TUNING_KEY``: the disk cache hands one setting's picks to the other."""
+    """Whether the tensor-core decode kernel splits a step's K over the warps of a tile narrower than 16 weight rows a
+    warp (``PTQ_TC_WARP_SPLIT=1``, ``tc_warp_slices``; 0, the default, leaves Triton to lay the tile over the warps,
+    which for 16 x 256 on 2 warps has both run the whole step, 32 IMMA each in sm_90 SASS, and keeps the FP8 dots to
+    whole warpgroup tiles); untimed. Not in ``TC_TUNING_KEY``: the disk cache hands one setting's picks to the
+    other."""
     return env_switch("PTQ_TC_WARP_SPLIT", False, {
         "0": "each warp of a tile its share of the weight rows, the default",
         "1": "the warps of a narrow tile each their slice of a step's K (untimed)"})
 
 
 def tc_warp_slices(args: dict) -> int:
-    """WARP_K of a tensor-core kernel launch, from its arguments and config as ``triton.heuristics`` sees them: the
-    launch's warps where ``tc_warp_split_on``, the dots are int8 (not W_E2M1 or A_E4M3), the tile's BLOCK_N weight
-    rows are fewer than 16 a warp (an mma.sync tile's rows) and each warp's slice of a step's BLOCK_KB bytes is at
-    least 32 (an int8 mma's K); 1 otherwise."""
+    """WARP_K of a tensor-core kernel launch, from its arguments and config as ``triton.heuristics`` sees them, where
+    ``tc_warp_split_on`` and the tile's BLOCK_N weight rows are fewer than 16 a warp: on the int8 dots (neither W_E2M1
+    nor A_E4M3) the launch's warps, where each warp's slice of a step's BLOCK_KB bytes is at least 32 (an int8 mma's
+    K); on the one-dot FP8 form (A_E4M3 without FP8_STEP_SUMS, E4M3 planes given) on whole warpgroups, the slices
+    that stack BLOCK_N rows into 16 a warp, where each slice is at least 16 bytes (a wgmma's K of 32 codes). 1
+    otherwise (the FP8 step-sums forms and packed codes keep whole warpgroup tiles)."""
     warps = args.get("num_warps", TRITON_DEFAULT_WARPS)
-    split = (tc_warp_split_on() and not (args["W_E2M1"] or args["A_E4M3"]) and args["BLOCK_N"] < 16 * warps
-             and args["BLOCK_KB"] % (32 * warps) == 0)
-    return warps if split else 1
+    block_n, block_kb = args["BLOCK_N"], args["BLOCK_KB"]
+    if not tc_warp_split_on() or block_n >= 16 * warps:
+        return 1
+    if not (args["W_E2M1"] or args["A_E4M3"]):
+        return warps if block_kb % (32 * warps) == 0 else 1
+    slices = 16 * warps // block_n
+    one_dot = args["A_E4M3"] and not args["FP8_STEP_SUMS"] and not args.get("A_PACKED", False)
+    return slices if one_dot and warps % 4 == 0 and block_kb % (16 * slices) == 0 else 1
+
+
+def tc_decode_flags(w_element: str, a_e4m3: bool, a_nibbles: bool) -> dict:
+    """The tensor-core decode launch's form flags for ``w_element`` weights against E4M3 activation planes
+    (``a_e4m3``), packed activation codes (``a_nibbles``) or dp4a bytes: E4M3 planes, and E2M1's packed codes, take
+    the one-dot FP8 form (A_E4M3, no FP8_STEP_SUMS); E2M1 weights on dp4a bytes the FP8 step-sums form (W_E2M1)."""
+    fp8_operands = a_e4m3 or (a_nibbles and w_element == "e2m1")
+    return dict(W_E2M1=w_element == "e2m1" and not fp8_operands, A_E4M3=fp8_operands, FP8_STEP_SUMS=not fp8_operands,
+                A_E4M3_W_INT4=a_e4m3 and w_element == "int4", A_PACKED=a_nibbles)
+
+
+def tc_config_takes(args: dict) -> bool:
+    """Whether a tensor-core decode config (its fields, with num_warps, beside the launch's flags) multiplies as it
+    should: it ``tc_config_fits``, or its FP8 dots' K slices stack it into a warpgroup's rows (``tc_warp_slices``)."""
+    return (tc_config_fits(args["BLOCK_N"], args.get("num_warps", TRITON_DEFAULT_WARPS),
+                           args["W_E2M1"] or args["A_E4M3"]) or tc_warp_slices(args) > 1)
 
 
 def pinned_configs_on() -> bool:
@@ -912,10 +970,10 @@ def tc_config_fits(block_n: int, num_warps: int, w_e2m1: bool) -> bool:
 
 
 def prune_tc_configs(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """The tensor-core decode configs that ``tc_config_fits`` the weights, or the one ``PINNED_TC_CONFIGS`` holds
+    """The tensor-core decode configs the launch takes (``tc_config_takes``), or the one ``PINNED_TC_CONFIGS`` holds
     for this device and key when it is among them."""
     args = {**named_args, **kwargs}
-    kept = [c for c in configs if tc_config_fits(c.kwargs["BLOCK_N"], c.num_warps, args["W_E2M1"] or args["A_E4M3"])]
+    kept = [c for c in configs if tc_config_takes({**args, **c.kwargs, "num_warps": c.num_warps})]
     return keep_pinned(kept, PINNED_TC_CONFIGS, TC_TUNING_KEY, args, lambda c: (
         c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KB"], c.kwargs["SPLIT_K"], c.num_warps, c.num_stages))
 
@@ -1182,9 +1240,7 @@ def w4a4_gemv_triton(
         a_b, w_b = a_words.view(a_bytes.dtype), w_words.view(torch.uint8)  # the same bytes, strides in bytes
         tc_args = (a_b, a_scale, w_b, w_scale, *outputs, *split_k_buffer(a_b.device, m, n), m, n, k // 2,
                    block_m, a_b.stride(0), w_b.stride(0), *trailing)
-        fp8_operands = a_e4m3 or (a_nibbles and w_element == "e2m1")  # the one-dot FP8 form
-        flags.update(BLOCK_M=max(16, block_m), W_E2M1=w_element == "e2m1" and not fp8_operands, A_E4M3=fp8_operands,
-                     FP8_STEP_SUMS=not fp8_operands, A_E4M3_W_INT4=a_e4m3 and w_element == "int4", A_PACKED=a_nibbles,
+        flags.update(BLOCK_M=max(16, block_m), **tc_decode_flags(w_element, a_e4m3, a_nibbles),
                      TWO_ACC=w_element == "int4" and not a_e4m3 and tc_two_accumulators_on())
         if config is not None or INTERPRET:
             fixed, launch = (config.kwargs, dict(num_warps=config.num_warps, num_stages=config.num_stages)) \

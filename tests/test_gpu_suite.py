@@ -118,27 +118,32 @@ def test_tc_split_narrow_sweeps_its_extra_tiles_beside_the_candidates(tmp_path):
     assert [step[2] for step in stubbed_steps(tmp_path, "tc_split_narrow", "PTQ_TC_TWO_ACC")] == ["0", "1"]
 
 
-def test_tc_warp_split_times_each_narrow_tile_both_ways_in_one_step(tmp_path, monkeypatch):
-    """One step hands decode_rows_bench --tc_sweep --warp_split both extra tiles its check takes, the autotuner does
-    not hold, and PTQ_TC_WARP_SPLIT=1 changes (a stub python reports its arguments); EXTRA replaces them."""
+def test_tc_warp_split_times_each_narrow_tile_both_ways_in_one_step_an_element(tmp_path, monkeypatch):
+    """A step an element hands decode_rows_bench --tc_sweep --warp_split both extra tiles its check takes, the
+    autotuner does not hold, and PTQ_TC_WARP_SPLIT=1 changes for E4M3 planes' FP8 dots or INT4's int8 ones (a stub
+    python reports its arguments); EXTRA and EXTRA_E2M1 replace them."""
     from benchmarks.decode_rows_bench import extra_tc_configs
-    from quant_kernels.w4a4_gemv import TC_CONFIGS, tc_warp_slices
+    from quant_kernels.w4a4_gemv import TC_CONFIGS, tc_decode_flags, tc_warp_slices
 
     stub = tmp_path / "bin"
     stub.mkdir()
     (stub / "python").write_text('#!/bin/sh\nfor arg; do echo "$arg"; done\n')
     (stub / "python").chmod(0o755)
-    for env, want in (({}, 6), ({"EXTRA": "16,128,2,2,4"}, 1)):
-        assert "== tc_warp_split (limit 420s)" in run_suite(tmp_path, "tc_warp_split", **env)
-        args = open(tmp_path / "out" / "tc_warp_split.log").read().splitlines()
-        assert args[:2] == ["benchmarks/decode_rows_bench.py", "--tc_sweep"]
-        assert args[args.index("--warp_split") + 1] == "both" and args[args.index("--ms") + 1] == "16"
-        extra = extra_tc_configs(args[args.index("--extra") + 1], args[args.index("--element") + 1])
-        assert len(extra) == want and not set(extra) & set(TC_CONFIGS)
-        with monkeypatch.context() as switched:
-            switched.setenv("PTQ_TC_WARP_SPLIT", "1")
-            assert all(tc_warp_slices(dict(BLOCK_N=bn, BLOCK_KB=bkb, num_warps=warps, W_E2M1=False, A_E4M3=False)) > 1
-                       for bn, bkb, _, warps, _ in extra)
+    for env, want in (({}, (6, 6)), ({"EXTRA": "16,128,2,2,4", "EXTRA_E2M1": "16,128,1,4,4"}, (1, 1))):
+        said = run_suite(tmp_path, "tc_warp_split", **env)
+        for element, count in zip(("int4", "e2m1"), want):
+            assert f"== tc_warp_split_{element} (limit 420s)" in said
+            args = open(tmp_path / "out" / f"tc_warp_split_{element}.log").read().splitlines()
+            assert args[:2] == ["benchmarks/decode_rows_bench.py", "--tc_sweep"]
+            assert args[args.index("--element") + 1] == element and args[args.index("--warp_split") + 1] == "both"
+            assert args[args.index("--out") + 1].endswith(f"tc_warp_split_{element}_gpu")
+            extra = extra_tc_configs(args[args.index("--extra") + 1], element)
+            assert len(extra) == count and not set(extra) & set(TC_CONFIGS)
+            flags = tc_decode_flags(element, element == "e2m1", False)  # E2M1's linear writes E4M3 planes on a GPU
+            with monkeypatch.context() as switched:
+                switched.setenv("PTQ_TC_WARP_SPLIT", "1")
+                assert all(tc_warp_slices(dict(flags, BLOCK_N=bn, BLOCK_KB=bkb, num_warps=warps)) > 1
+                           for bn, bkb, _, warps, _ in extra)
 
 
 def test_tc_stalls_profiles_each_switch_setting_in_its_own_step(tmp_path):

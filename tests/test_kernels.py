@@ -1726,10 +1726,10 @@ def test_tensor_core_decode_kernel_equals_twin(a_element, w_element, m, n, k):
 
 def fixed_tc_product(a: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor,
                      a_element: str, w_element: str, split_k: int, gen: torch.Generator, block_kb: int = 32,
-                     warps: int = 4) -> tuple[torch.Tensor, dict]:
-    """The tensor-core decode kernel's bfloat16 product on a fixed tile of 16 weight rows and ``block_kb`` bytes a
-    step on ``warps`` warps, K split ``split_k`` ways, a random bias and residual added, into an output of NaNs that
-    it must fill: (the product, the keyword arguments its twin takes)."""
+                     warps: int = 4, block_n: int = 16) -> tuple[torch.Tensor, dict]:
+    """The tensor-core decode kernel's bfloat16 product on a fixed tile of ``block_n`` weight rows and ``block_kb``
+    bytes a step on ``warps`` warps, K split ``split_k`` ways, a random bias and residual added, into an output of
+    NaNs that it must fill: (the product, the keyword arguments its twin takes)."""
     from quant_kernels import w4a4_gemv
 
     m, n = a.shape[0], w_packed.shape[0]
@@ -1737,7 +1737,7 @@ def fixed_tc_product(a: torch.Tensor, a_scale: torch.Tensor, w_packed: torch.Ten
               residual=torch.randn(m, n, generator=gen).to(torch.bfloat16))
     out = torch.full((m, n), float("nan"), dtype=torch.bfloat16)
     got = w4a4_gemv.w4a4_gemv_triton(a, a_scale, w_packed, w_scale, out=out, **kw, tensor_cores=True,
-                                     config=triton.Config(dict(BLOCK_N=16, BLOCK_KB=block_kb, SPLIT_K=split_k),
+                                     config=triton.Config(dict(BLOCK_N=block_n, BLOCK_KB=block_kb, SPLIT_K=split_k),
                                                           num_warps=warps))
     assert got is out and not out.isnan().any()
     return got, kw
@@ -1831,6 +1831,31 @@ def test_tensor_core_decode_kernel_splits_a_narrow_tiles_steps_over_its_warps(sp
     assert slices == [2, 1]
 
 
+@pytest.mark.parametrize("w_element", ["int4", "e2m1"])
+@pytest.mark.parametrize("block_n, block_kb, m", [(16, 64, 12), (32, 64, 20), (16, 128, 5)])
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_tensor_core_decode_kernel_stacks_a_narrow_fp8_tiles_k_slices_into_a_warpgroup(w_element, block_n, block_kb,
+                                                                                       m, split_k, monkeypatch):
+    """``PTQ_TC_WARP_SPLIT=1`` on the one-dot FP8 form (E4M3 planes, INT4 or E2M1 weights): a tile of 16 or 32
+    weight rows on 4 warps takes its K in 4 or 2 slices stacked as one warpgroup's 64 rows, the product's diagonal
+    blocks summed; 12, 20 or 5 activation rows (one or two 16-row tiles' worth), K ragged (100 bytes) and split or
+    not, a bias and a residual: the twin's result bit for bit."""
+    from quant_kernels.reference import dp4a_order, w4a4_gemv_ref
+
+    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
+    slices = recorded_warp_slices(monkeypatch)
+    n, k = 40, 200
+    gen = torch.Generator().manual_seed(split_k + m)
+    w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
+    values = torch.randint(-8, 8, (m, k), generator=gen).to(torch.int8)
+    planes = dp4a_order(values, "int4").float().to(torch.float8_e4m3fn)
+    w_scale, a_scale = torch.rand(n, 1, generator=gen) / 64 + 1e-3, torch.rand(m, 1, generator=gen) + 0.5
+    got, kw = fixed_tc_product(planes, a_scale, w_packed, w_scale, "int4", w_element, split_k, gen,
+                               block_n=block_n, block_kb=block_kb)
+    assert torch.equal(got, w4a4_gemv_ref(dp4a_order(values, w_element), a_scale, w_packed, w_scale, **kw))
+    assert slices == [64 // block_n]
+
+
 def test_tensor_core_prefill_launch_splits_a_narrow_tiles_steps_over_its_warps(monkeypatch):
     """The prefill launch's int8 dots (E2M1 weights as twice their values) on a 16 x 16 x 64 tile of 2 warps under
     ``PTQ_TC_WARP_SPLIT=1``: WARP_K = 2, every fp32 output the exact product's over two row tiles, K ragged."""
@@ -1859,18 +1884,42 @@ def test_tensor_core_prefill_launch_splits_a_narrow_tiles_steps_over_its_warps(m
     (dict(BLOCK_N=16, BLOCK_KB=128), 4),  # Triton's default 4 warps where the launch names none
     (dict(BLOCK_N=32, BLOCK_KB=256, num_warps=2), 1),  # 16 rows a warp: no warp repeats another's work
     (dict(BLOCK_N=16, BLOCK_KB=32, num_warps=2), 1),  # slices of 16 bytes: narrower than an int8 mma's K
-    (dict(BLOCK_N=16, BLOCK_KB=256, num_warps=2, W_E2M1=True), 1),
-    (dict(BLOCK_N=16, BLOCK_KB=256, num_warps=2, A_E4M3=True), 1)])
-def test_tc_warp_slices_split_only_a_narrow_tiles_int8_dots(args, slices, monkeypatch):
+    (dict(BLOCK_N=16, BLOCK_KB=256, num_warps=4, W_E2M1=True, FP8_STEP_SUMS=True), 1),  # FP8 step sums: two dots
+    # the one-dot FP8 form: slices stacking the tile into 16 rows a warp of whole warpgroups, at least 16 bytes each
+    (dict(BLOCK_N=16, BLOCK_KB=256, num_warps=4, A_E4M3=True), 4), (dict(BLOCK_N=32, BLOCK_KB=64, num_warps=4,
+                                                                       A_E4M3=True), 2),
+    (dict(BLOCK_N=16, BLOCK_KB=256, num_warps=2, A_E4M3=True), 1), (dict(BLOCK_N=64, BLOCK_KB=256, A_E4M3=True), 1),
+    (dict(BLOCK_N=16, BLOCK_KB=32, num_warps=4, A_E4M3=True), 1),
+    (dict(BLOCK_N=16, BLOCK_KB=256, num_warps=4, A_E4M3=True, A_PACKED=True), 1),
+    (dict(BLOCK_N=16, BLOCK_KB=256, num_warps=4, A_E4M3=True, FP8_STEP_SUMS=True), 1)])
+def test_tc_warp_slices_split_only_a_narrow_tiles_int8_or_one_fp8_dot(args, slices, monkeypatch):
+    """WARP_K where PTQ_TC_WARP_SPLIT=1 splits a tile's steps; a narrow FP8 tile is taken only when it does."""
     from quant_kernels import w4a4_gemv
 
-    args = dict(dict(W_E2M1=False, A_E4M3=False), **args)
-    assert w4a4_gemv.tc_warp_slices(args) == 1  # off by default
+    args = dict(dict(W_E2M1=False, A_E4M3=False, FP8_STEP_SUMS=False), **args)
+    fp8 = args["W_E2M1"] or args["A_E4M3"]
+    wide = w4a4_gemv.tc_config_fits(args["BLOCK_N"], args.get("num_warps", 4), fp8)
+    assert w4a4_gemv.tc_warp_slices(args) == 1 and w4a4_gemv.tc_config_takes(args) == wide  # off by default
     monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
     assert w4a4_gemv.tc_warp_slices(args) == slices
+    assert w4a4_gemv.tc_config_takes(args) == (wide or slices > 1) and (fp8 or wide)
     monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "yes")
     with pytest.raises(ValueError, match="PTQ_TC_WARP_SPLIT='yes': choose 0"):
         w4a4_gemv.tc_warp_slices(args)
+
+
+def test_tensor_core_tuner_keeps_narrow_fp8_tiles_only_with_their_k_sliced(monkeypatch):
+    """The one-dot FP8 form's pruning: 4-warp tiles of fewer than 16 weight rows a warp join the whole-warpgroup ones
+    under PTQ_TC_WARP_SPLIT=1 (K sliced into the warpgroup's rows) and are dropped without it."""
+    from quant_kernels import w4a4_gemv
+
+    configs = w4a4_gemv._tc_autotuned.configs
+    args = dict(w4a4_gemv.tc_decode_flags("e2m1", True, False), a_ptr=torch.empty(1))  # on the CPU: no pins
+    narrow = [c for c in configs if c.num_warps % 4 == 0 and c.kwargs["BLOCK_N"] < 16 * c.num_warps]
+    off = w4a4_gemv.prune_tc_configs(configs, args)
+    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
+    on = w4a4_gemv.prune_tc_configs(configs, args)
+    assert narrow and not [c for c in narrow if c in off] and on == [c for c in configs if c in off or c in narrow]
 
 
 def int4_decode_operands(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -2172,6 +2221,29 @@ def test_decode_rows_bench_times_the_configs_whose_warps_split_k_with_the_switch
     with pytest.raises(ValueError, match="the warps splitting K take the tensor-core kernel, not the CUDA-core"):
         decode_rows_bench.config_sweep(64, 512, 1, lambda call: 1e-3, torch.device("cpu"), "int4",
                                        kernel="cuda_core", warp_split=True)
+
+
+def test_decode_rows_bench_times_narrow_e2m1_tiles_only_with_their_k_sliced(monkeypatch):
+    """E2M1 on E4M3 planes (the linear's codes on a GPU): a tile of fewer than 16 weight rows a warp (a 4-warp
+    ``--extra`` one, and TC_CONFIGS' 32-wide 4-warp ones) is timed only with PTQ_TC_WARP_SPLIT=1, its K slices
+    stacked into the warpgroup's rows, each product equal to the twin's; without it only the whole-warpgroup tiles."""
+    import quant_kernels
+    from benchmarks import decode_rows_bench
+    from quant_kernels import w4a4_gemv
+
+    form = quant_kernels.decode_codes_form
+    monkeypatch.setattr(quant_kernels, "decode_codes_form", lambda e, m, on_gpu: form(e, m, True))
+    monkeypatch.setattr(decode_rows_bench, "tuned_pick", lambda call, kernel: (call(), None)[1])
+    extra = decode_rows_bench.extra_tc_configs("16,256,1,4,3", "e2m1")
+    torch.manual_seed(0)
+    rows = {split: decode_rows_bench.config_sweep(64, 512, 16, lambda call: (call(), 1e-3)[1], torch.device("cpu"),
+                                                  "e2m1", extra=extra, warp_split=split) for split in (True, False)}
+    wide = [c for c in w4a4_gemv.TC_CONFIGS if w4a4_gemv.tc_config_fits(c[0], c[3], True)]
+    narrow = [c for c in w4a4_gemv.TC_CONFIGS if c[3] % 4 == 0 and c[0] < 16 * c[3]]
+    assert len(rows[False]) == 1 + len(wide) and len(rows[True]) == 2 + len(narrow) > 2
+    assert {r["codes"] for r in rows[True]} == {"E4M3 planes"} and all(r["rel_err"] <= 1e-5 for r in rows[True])
+    assert [r["config"] for r in rows[True] if not r["candidate"]] == [
+        "BLOCK_N=16 BLOCK_KB=256 SPLIT_K=1 warps=4 stages=3"]
 
 
 @pytest.mark.parametrize("m", [1, 6])
