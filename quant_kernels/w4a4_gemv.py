@@ -653,8 +653,8 @@ def _w4a4_tc_kernel(
     WARP_K > 1 (``tc_warp_slices``): a step's K in WARP_K slices. On the int8 dots (WARP_K the program's warps) each
     warp takes its own slice into an accumulator of its own (``_warp_slices``), the slices' sums added once at the
     end; without it Triton lays a tile of BLOCK_N < 16 x warps weight rows over the warps so that each runs the
-    whole step. On the one-dot FP8 form (SLICED) the slices are stacked as the wgmma's rows, WARP_K BLOCK_N of them a
-    warpgroup's 16 a warp, against the activation rows' slices stacked as its columns, and the product's diagonal
+    whole step. On the one-dot FP8 form (SLICED) the slices are stacked as the wgmma's WARP_K x BLOCK_N rows (a
+    warpgroup's 64, 16 a warp) against the activation rows' slices stacked as its columns, and the product's diagonal
     blocks are summed at the end (the off-diagonal ones, WARP_K - 1 of WARP_K of the tensor cores' work, dropped):
     the narrow tile fits wgmma, each warp decoding its own slice.
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
