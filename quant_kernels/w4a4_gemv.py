@@ -687,6 +687,7 @@ def _w4a4_tc_kernel(
     # weight operand is weight row i's s-th slice of a step's bytes, row s BLOCK_M + r of the activation operand is
     # activation row r's; the product's diagonal blocks hold the slices' sums (``_diagonal_sum``)
     SLICED: tl.constexpr = ONE_DOT and WARP_K > 1
+    tl.static_assert(not (SLICED and A_PACKED), "sliced K takes E4M3 planes, not packed codes")
     SLICE: tl.constexpr = BLOCK_KB // WARP_K
     if SLICED:
         rows_w, rows_a, offs_j = tl.arange(0, WARP_K * BLOCK_N), tl.arange(0, WARP_K * BLOCK_M), tl.arange(0, 2 * SLICE)
