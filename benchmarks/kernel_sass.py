@@ -200,7 +200,7 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     (``tc_two_accumulators_on``, ``tc_warp_slices``)."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.w4a4_gemv import _w4a4_tc_kernel, tc_two_accumulators_on, tc_warp_slices
+    from quant_kernels.w4a4_gemv import _w4a4_tc_kernel, tc_decode_flags, tc_two_accumulators_on, tc_warp_slices
 
     names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "partial_ptr",
              "count_ptr", "M", "N", "KB", "M_BUCKET", "stride_am", "stride_wn", "stride_asm", "stride_wsn",
@@ -209,16 +209,16 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     prefill = len(config) > 4
     e2m1 = pair.endswith("e2m1")
     packed = pair.startswith("packed")
-    e4m3 = pair.startswith("e4m3") or packed and e2m1  # the one-dot FP8 form, its wgmma accumulating the steps
+    flags = tc_decode_flags("e2m1" if e2m1 else "int4", pair.startswith("e4m3"), packed)  # the launch's form
+    e4m3 = flags["A_E4M3"]  # the one-dot FP8 form, its wgmma accumulating the steps
     types[0] = "*u8" if packed else "*fp8e4nv" if e4m3 else types[0]
     signature = dict(zip(names, types))
     constants = dict(HAS_BIAS=False, HAS_RESIDUAL=False, USE_ASM=True, ROUND_BF16=True, ROUND_F16=False,
                      BLOCK_M=config[4] if prefill else 16, BLOCK_N=config[0], BLOCK_KB=config[1], SPLIT_K=1,
-                     W_E2M1=e2m1 and not prefill and not e4m3, EVEN=True, USE_GDC=not prefill,
-                     GROUP_M=config[5] if prefill else 1,
-                     W_E2M1_INT8=e2m1 and prefill and not e4m3, A_E4M3=e4m3, FP8_STEP_SUMS=not e4m3,
-                     A_E4M3_W_INT4=e4m3 and not e2m1, A_PACKED=packed,
+                     EVEN=True, USE_GDC=not prefill, GROUP_M=config[5] if prefill else 1, **flags,
                      TWO_ACC=not e2m1 and not e4m3 and not prefill and tc_two_accumulators_on())
+    # the prefill launch takes E2M1 weights off the E4M3 planes as int8 operands of twice their values
+    constants.update(W_E2M1=flags["W_E2M1"] and not prefill, W_E2M1_INT8=flags["W_E2M1"] and prefill)
     constants["WARP_K"] = tc_warp_slices({**constants, "num_warps": config[2]})
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
