@@ -20,8 +20,9 @@ the next. ``--gemv_sweep`` does the same for the CUDA-core decode kernel at 1 to
 candidate its pruning keeps, on dp4a bytes), the evidence for ``PINNED_GEMV_CONFIGS``. ``--codes packed`` (or
 ``both``) sweeps the tensor-core kernel on the activations' packed codes too (its A_PACKED form, half the
 activation bytes; no default path writes them). ``--extra`` times tensor-core configs that are not autotuning
-candidates beside them. ``--warp_split 1`` (or ``both``) times the configs that ``PTQ_TC_WARP_SPLIT=1`` changes
-(tiles of fewer than 16 weight rows a warp, their warps each taking a slice of a step's K) with it on:
+candidates beside them. The tensor-core sweep runs with ``PTQ_TC_WARP_SPLIT`` on (``--warp_split 1``, the
+kernel's default: tiles of fewer than 16 weight rows a warp have their warps each take a slice of a step's K), off
+(0), or off and then on for the configs it changes (``both``):
 
     python benchmarks/decode_rows_bench.py --tc_sweep --ms 16 --residual both --out benchmarks/results/tc_sweep_h100
     python benchmarks/decode_rows_bench.py --gemv_sweep --ms 1 --element e2m1 --out benchmarks/results/gemv_sweep_h100
@@ -141,27 +142,27 @@ def extra_tc_configs(text: str, element: str) -> list[tuple[int, int, int, int, 
 
 def config_sweep(n: int, k: int, m: int, time_ms, device: torch.device, element: str = "int4",
                  residual: bool = False, kernel: str = "tc", packed: bool = False, extra: tuple = (),
-                 warp_split: bool = False) -> list[dict]:
+                 warp_split: bool = True, split_only: bool = False) -> list[dict]:
     """Every config of a decode kernel (``kernel``: "tc", the tensor-core one, or "cuda_core"; ``sweep_candidates``)
     at M x N x K, fixed, on the codes ``w4a4_linear`` writes for it (``decode_codes_form``: E4M3 planes for E2M1
     weights on the tensor cores on a GPU, else dp4a bytes), or (``packed``, the tensor-core kernel) on the packed
     codes, bfloat16 out, with a residual added (``residual``, as a model's o_proj and down_proj add theirs: another
     tensor-core tuning key) or not; ``extra``: tensor-core configs to time beside the autotuner's candidates
-    (``sweep_candidates``). ``warp_split``: only the tensor-core configs whose warps ``PTQ_TC_WARP_SPLIT=1`` has
-    split a step's K (``w4a4_gemv.tc_warp_slices``), timed with it on (else it is off). Rows, bf16's first, then the
+    (``sweep_candidates``). ``warp_split``: ``PTQ_TC_WARP_SPLIT`` on (the default) or off; ``split_only``: only the
+    tensor-core configs whose warps it splits a step's K (``w4a4_gemv.tc_warp_slices``). Rows, bf16's first, then the
     configs fastest first: µs, weight GB/s, the ratio to bf16, the largest error of the fp32 product against the
     twin's over its largest output, whether the autotuner (or the kernel's pins) picked it, and whether it is one of
-    the autotuner's candidates."""
-    if (packed or warp_split) and kernel != "tc":
+    the autotuner's candidates, and whether its warps split K."""
+    if (packed or split_only) and kernel != "tc":
         raise ValueError(f"{'packed activation codes' if packed else 'the warps splitting K'} take the tensor-core "
                          f"kernel, not the {SWEPT_KERNELS[kernel][0]} one")
     with environment((("PTQ_TC_WARP_SPLIT", "1" if warp_split else "0"),)):
-        return timed_configs(n, k, m, time_ms, device, element, residual, kernel, packed, extra, warp_split)
+        return timed_configs(n, k, m, time_ms, device, element, residual, kernel, packed, extra, split_only)
 
 
 def timed_configs(n: int, k: int, m: int, time_ms, device: torch.device, element: str, residual: bool, kernel: str,
-                  packed: bool, extra: tuple, warp_split: bool) -> list[dict]:
-    """``config_sweep``'s rows, ``PTQ_TC_WARP_SPLIT`` set as ``warp_split`` says."""
+                  packed: bool, extra: tuple, split_only: bool) -> list[dict]:
+    """``config_sweep``'s rows, ``PTQ_TC_WARP_SPLIT`` set as its caller says."""
     import quant_kernels
     from benchmarks.kernel_bench import described
     from quant_kernels import reference, w4a4_gemv
@@ -183,20 +184,22 @@ def timed_configs(n: int, k: int, m: int, time_ms, device: torch.device, element
                                 w_element=element, tensor_cores=kernel == "tc")
     pick = tuned_pick(lambda: product(out_dtype=torch.bfloat16, residual=added), kernel)
     shape = dict(n=n, k=k, m=m, element=element, residual=residual, kernel=kernel,
-                 codes="packed codes" if packed else "E4M3 planes" if fp8_codes else "dp4a bytes",
-                 warp_split=warp_split)
+                 codes="packed codes" if packed else "E4M3 planes" if fp8_codes else "dp4a bytes")
     bf16_ms = time_ms(lambda: x @ w16.T)
     weight_bytes = w_packed.numel() + 4 * w_scale.numel()
     timed = []
     flags = w4a4_gemv.tc_decode_flags(element, fp8_codes, packed)
     candidates = {described(c) for c in sweep_candidates(kernel, m, flags)}
     for config in sweep_candidates(kernel, m, flags, extra):
-        if warp_split and w4a4_gemv.tc_warp_slices(dict(flags, **config.kwargs, num_warps=config.num_warps)) == 1:
+        split = kernel == "tc" and w4a4_gemv.tc_warp_slices(dict(flags, **config.kwargs,
+                                                                  num_warps=config.num_warps)) > 1
+        if split_only and not split:
             continue
         got = product(out_dtype=torch.float32, config=config)
         ms = time_ms(lambda config=config: product(out_dtype=torch.bfloat16, residual=added, config=config))
-        timed.append(dict(shape, config=described(config), pick=pick is not None and described(pick) == described(
-            config), candidate=described(config) in candidates, us=ms * 1e3, gb_s=weight_bytes / ms / 1e6,
+        name = described(config)
+        timed.append(dict(shape, warp_split=split, config=name, pick=pick is not None and described(pick) == name,
+            candidate=name in candidates, us=ms * 1e3, gb_s=weight_bytes / ms / 1e6,
             x_bf16=bf16_ms / ms, rel_err=((got - want).abs().max() / want.abs().max().clamp(min=1e-30)).item()))
     return [dict(shape, config="bf16 x @ w.T", pick=False, candidate=True, warp_split=False, us=bf16_ms * 1e3,
                  gb_s=2 * n * k / bf16_ms / 1e6, x_bf16=1.0, rel_err=0.0)] + sorted(timed, key=lambda r: r["us"])
@@ -280,9 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra", default="",
                    help="--tc_sweep: ';'-separated tensor-core configs BLOCK_N,BLOCK_KB,split_k,warps,stages to time "
                         "beside the autotuner's candidates (marked + in the table)")
-    p.add_argument("--warp_split", default="0", choices=["0", "1", "both"],
-                   help="--tc_sweep: PTQ_TC_WARP_SPLIT off (0, the default), on for the configs it changes (1: tiles "
-                        "of fewer than 16 weight rows a warp, their warps each taking a slice of a step's K), or both")
+    p.add_argument("--warp_split", default="1", choices=["0", "1", "both"],
+                   help="--tc_sweep: PTQ_TC_WARP_SPLIT on (1, the default: tiles of fewer than 16 weight rows a warp "
+                        "have their warps each take a slice of a step's K), off (0), or off and then on for the "
+                        "configs it changes (both)")
     add_l2_flush_argument(p)
     p.add_argument("--out", required=True, help="output prefix: PREFIX.json and PREFIX.md")
     args = p.parse_args(argv)
@@ -296,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--tc_sweep")
     if args.extra and kernel != "tc":
         p.error("--extra times tensor-core configs beside the autotuner's: give --tc_sweep")
-    if args.warp_split != "0" and kernel != "tc":
-        p.error(f"--warp_split {args.warp_split} splits the tensor-core kernel's steps over its warps: give "
+    if args.warp_split != "1" and kernel != "tc":
+        p.error(f"--warp_split {args.warp_split} sets how the tensor-core kernel's warps share a step: give "
                 "--tc_sweep")
     try:
         extra = extra_tc_configs(args.extra, args.element)
@@ -313,15 +317,15 @@ def main(argv: list[str] | None = None) -> int:
               **({"kernel": kernel} if kernel else {})}
     residuals = {"0": [False], "1": [True], "both": [False, True]}[args.residual]
     forms = {"linear": [False], "packed": [True], "both": [False, True]}[args.codes]
-    splits = {"0": [False], "1": [True], "both": [False, True]}[args.warp_split]
+    splits = {"0": [(False, False)], "1": [(True, False)], "both": [(False, False), (True, True)]}[args.warp_split]
     for n, k in parse_shapes(args.shapes):
         for m in args.ms:
             if kernel:
                 for residual in residuals:
                     for packed in forms:
-                        for warp_split in splits:
+                        for warp_split, split_only in splits:
                             result["rows"] += config_sweep(n, k, m, time_ms, device, args.element, residual, kernel,
-                                                           packed, extra, warp_split)
+                                                           packed, extra, warp_split, split_only)
                             write_result_files(args.out, result, sweep_markdown(result))
                 print(sweep_markdown(result).splitlines()[-1], flush=True)
             else:

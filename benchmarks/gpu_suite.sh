@@ -172,10 +172,11 @@
 #              kernel (about 370 s cold, issue 10)
 #   tc_sweep   every tensor-core decode config that fits, fixed, timed by a read in a stream (decode_rows_bench.py
 #              --tc_sweep), INT4 and E2M1 (ELEMENTS) at 16 rows (MS) at the four Llama-3-8B shapes (SHAPES), with and
-#              without a residual (RESIDUAL), the tuner's pick marked (or PINNED_TC_CONFIGS'): the evidence for the
-#              H100's pins (tc_sweep_{int4,e2m1}_s67_h100.md), where one process had picked 16 x 256 on 2 warps for
-#              INT4 at 4096 x 4096 (7.1 us) and two others 32 x 256 split in two (7.8-8.0 us) (issue 9: 3x bf16 at
-#              M <= 16)
+#              without a residual (RESIDUAL), tiles beside the candidates where EXTRA (INT4) or EXTRA_E2M1 name them,
+#              the tuner's pick marked (or PINNED_TC_CONFIGS'): the evidence for the H100's pins
+#              (tc_sweep_{int4,e2m1}_s67_h100.md, then _s70_ with the warps splitting narrow tiles' K), where one
+#              process had picked 16 x 256 on 2 warps for INT4 at 4096 x 4096 (7.1 us) and two others 32 x 256 split
+#              in two (7.8-8.0 us) (issue 9: 3x bf16 at M <= 16)
 #   gemv_sweep  every CUDA-core decode config its pruning keeps, fixed, timed by a read in a stream
 #              (decode_rows_bench.py --gemv_sweep), INT4 and E2M1 (ELEMENTS) at one row (MS) at the four Llama-3-8B
 #              shapes (SHAPES), the tuner's pick marked (or PINNED_GEMV_CONFIGS'): which one-row picks to pin on the
@@ -207,14 +208,16 @@
 #              a step for two of 16, kernel_sass_w4a4_tc_int4_two_acc_s68_sm90.md) (issue 9: 3x at M <= 16)
 #   tc_warp_split  the tensor-core decode kernel's configs at 16 rows (MS) of 4096 x 4096, 6144 x 4096 and
 #              4096 x 14336 (SHAPES), INT4 and E2M1 (ELEMENTS, a step each), with tiles beside the candidates (EXTRA,
-#              EXTRA_E2M1), each tile of fewer than 16 weight rows a warp timed again in the same process with
-#              PTQ_TC_WARP_SPLIT=1 (decode_rows_bench.py --tc_sweep --warp_split both): INT4's warps each take a
-#              slice of a step's K, a batched dot Triton lays one batch a warp, where without it the 16 x 256 pin's two
-#              warps each run the whole step (in sm_90 SASS a warp's step falls from 229 to 149 instructions, 16 IMMA
-#              for 32; kernel_sass_w4a4_tc_int4_narrow_tiles{,_warp_split}_s69_sm90.md); E2M1's tiles of 16 or 32 rows
-#              on 4 warps, which FP8 wgmma takes only whole (64 rows a warpgroup), stack their K slices as the
-#              warpgroup's rows (140 instructions a warp's step on 16 x 256 against 439 on the 64 x 256 pin, four
-#              times the programs; kernel_sass_w4a4_tc_e2m1_narrow_tiles_sliced_s69_sm90.md) (issue 9: 3x at M <= 16)
+#              EXTRA_E2M1), first with PTQ_TC_WARP_SPLIT=0, then each tile of fewer than 16 weight rows a warp
+#              again with it on, the default since it won there (decode_rows_bench.py --tc_sweep --warp_split both,
+#              tc_warp_split_{int4,e2m1}_s70_h100.md: 6.5 against 6.9 us for INT4 at 4096 x 4096): INT4's warps
+#              each take a slice of a step's K, a batched dot Triton lays one batch a warp, where without it the
+#              16 x 256 tile's two warps each run the whole step (in sm_90 SASS a warp's step falls from 229 to 149
+#              instructions, 16 IMMA for 32; kernel_sass_w4a4_tc_int4_narrow_tiles{,_warp_split}_s69_sm90.md); E2M1's
+#              tiles of 16 or 32 rows on 4 warps, which FP8 wgmma takes only whole (64 rows a warpgroup), stack their
+#              K slices as the warpgroup's rows (140 instructions a warp's step on 16 x 256 against 439 on the 64 x 256
+#              pin, four times the programs; kernel_sass_w4a4_tc_e2m1_narrow_tiles_sliced_s69_sm90.md) (issue 9: 3x
+#              at M <= 16)
 #   tc_stalls  the warps' stall reasons (smsp__average_warps_issue_stalled_*) of the W4A4 tensor-core decode kernel
 #              under Nsight Compute at 16 rows (ROWS) of 4096 x 4096 (SHAPES), INT4, on the 16 x 256 pin and the
 #              32-wide 2-warp tiles of tc_split_narrow (CONFIGS), once a switch setting (SETTINGS: PTQ_TC_TWO_ACC 0
@@ -646,8 +649,9 @@ for section in "$@"; do
       done ;;
     tc_sweep)
       for element in ${ELEMENTS:-int4 e2m1}; do
+        if [ "$element" = e2m1 ]; then extra=${EXTRA_E2M1:-}; else extra=${EXTRA:-}; fi
         step "${LIMIT_TC_SWEEP:-280}" "tc_sweep_$element" python benchmarks/decode_rows_bench.py --tc_sweep \
-          --element "$element" --ms "${MS:-16}" --residual "${RESIDUAL:-both}" \
+          --element "$element" --ms "${MS:-16}" --residual "${RESIDUAL:-both}" ${extra:+--extra "$extra"} \
           --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --out "$OUT/tc_sweep_${element}_${GPU}"
       done ;;
     gemv_sweep)
@@ -672,9 +676,9 @@ for section in "$@"; do
     tc_warp_split)
       for element in ${ELEMENTS:-int4 e2m1}; do
         if [ "$element" = e2m1 ]; then
-          extra=${EXTRA_E2M1:-16,256,1,4,3;16,512,1,4,3;16,128,1,4,4;16,256,2,4,3;32,512,1,4,3;16,1024,1,4,3}
+          extra=${EXTRA_E2M1:-16,256,1,4,3;16,128,1,4,4;16,256,2,4,3;16,512,2,4,3;16,1024,1,4,3;32,1024,1,4,3}
         else
-          extra=${EXTRA:-16,256,2,2,3;16,128,1,2,4;16,512,1,2,3;16,256,1,4,3;16,512,1,4,3;32,512,1,4,3}
+          extra=${EXTRA:-16,256,2,2,3;16,128,1,2,4;16,256,1,4,3;16,512,2,2,3;16,1024,1,2,3;32,1024,1,4,3}
         fi
         step "${LIMIT_TC_WARP_SPLIT:-420}" "tc_warp_split_$element" python benchmarks/decode_rows_bench.py --tc_sweep \
           --element "$element" --ms "${MS:-16}" --warp_split both --shapes "${SHAPES:-4096x4096,6144x4096,4096x14336}" \

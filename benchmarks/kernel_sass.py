@@ -196,7 +196,7 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     for the decode kernel 'e4m3xe2m1' only, the form its linear runs at 16 rows). 'packedxint4' and 'packedxe2m1':
     the activations' packed codes, both nibbles decoded in the kernel as the weight's (A_PACKED; E2M1 on the one-dot
     FP8 form). INT4 weights on the int8 dots sum their odd nibbles apart where ``PTQ_TC_TWO_ACC=1`` says so, and a
-    narrow tile's warps split its steps' K where ``PTQ_TC_WARP_SPLIT=1`` does, as the launch does
+    narrow tile's warps split its steps' K unless ``PTQ_TC_WARP_SPLIT=0``, as the launch's do
     (``tc_two_accumulators_on``, ``tc_warp_slices``)."""
     from triton.compiler import ASTSource
 
@@ -548,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.configs and len(taken) < len(named):
                 bad = next(c for c in named if c not in taken)
                 p.error(f"--configs: {','.join(map(str, bad))}: fewer than 16 weight rows a warp on FP8 dots run only "
-                        "with their K in slices (PTQ_TC_WARP_SPLIT=1, E4M3 planes: --element e4m3xe2m1)")
+                        "with their K in slices (not with PTQ_TC_WARP_SPLIT=0; on E4M3 planes: --element e4m3xe2m1)")
             configs = list(dict.fromkeys((bn, bkb, w, s) for bn, bkb, _, w, s in taken))
         else:
             tiles = TC_PREFILL_CONFIGS + (TC_PREFILL_ONE_DOT_CONFIGS if args.element.startswith("e4m3") else [])

@@ -140,10 +140,12 @@ TC_MAX_M = 64
 # 2 warps lets an SM hold more of its 128 (INT4 only: below 4 warps Triton has no warpgroup for wgmma and multiplies
 # FP8 on mma.sync in fp16, ``tc_config_fits``). The H100's tuner took 16 x 256 on 2 warps at 4096 x 4096 and
 # 6144 x 4096: 2.38x and 3.05x bf16 at 16 rows in a stream (2.32x before at 4096 x 4096;
-# ``kernel_bench_decode_in_stream_retimed_narrow_h100.md``).
+# ``kernel_bench_decode_in_stream_retimed_narrow_h100.md``). The last three, 512 bytes a step, are narrow tiles whose
+# warps split each step's K (``tc_warp_slices``; E2M1 runs the 4-warp ones only so): the fastest at 16 rows of every
+# Llama-3-8B shape the H100 swept, INT4 and E2M1 (``tc_warp_split_{int4,e2m1}_s70_h100.md``).
 TC_CONFIGS = [(32, 256, 1, 4, 3), (64, 128, 1, 4, 4), (64, 256, 1, 4, 3), (64, 128, 2, 4, 4), (64, 256, 2, 4, 3),
               (64, 128, 4, 4, 4), (128, 128, 1, 8, 3), (128, 128, 2, 8, 3), (16, 256, 1, 2, 3), (32, 128, 1, 2, 4),
-              (32, 256, 2, 4, 3)]
+              (32, 256, 2, 4, 3), (16, 512, 1, 2, 3), (16, 512, 1, 4, 3), (32, 512, 1, 4, 3)]
 INTERPRET_TC_CONFIG = dict(BLOCK_N=16, BLOCK_KB=32, SPLIT_K=2)
 # The narrowest BLOCK_N of any tensor-core config: the split-K tile counters are sized for it.
 TC_MIN_BLOCK_N = 16
@@ -873,13 +875,14 @@ def tc_two_accumulators_on() -> bool:
 
 def tc_warp_split_on() -> bool:
     """Whether the tensor-core decode kernel splits a step's K over the warps of a tile narrower than 16 weight rows a
-    warp (``PTQ_TC_WARP_SPLIT=1``, ``tc_warp_slices``; 0, the default, leaves Triton to lay the tile over the warps,
+    warp (``PTQ_TC_WARP_SPLIT=1``, the default, ``tc_warp_slices``; 0 leaves Triton to lay the tile over the warps,
     which for 16 x 256 on 2 warps has both run the whole step, 32 IMMA each in sm_90 SASS, and keeps the FP8 dots to
-    whole warpgroup tiles); untimed. Not in ``TC_TUNING_KEY``: the disk cache hands one setting's picks to the
-    other."""
-    return env_switch("PTQ_TC_WARP_SPLIT", False, {
-        "0": "each warp of a tile its share of the weight rows, the default",
-        "1": "the warps of a narrow tile each their slice of a step's K (untimed)"})
+    whole warpgroup tiles). On the H100 at 16 rows the fastest tile of each Llama-3-8B shape ran 3-9 % faster with it,
+    INT4 and E2M1 (``tc_warp_split_{int4,e2m1}_s70_h100.md``). Not in ``TC_TUNING_KEY``: the disk cache hands one
+    setting's picks to the other."""
+    return env_switch("PTQ_TC_WARP_SPLIT", True, {
+        "1": "the warps of a narrow tile each their slice of a step's K, the default",
+        "0": "each warp of a tile its share of the weight rows"})
 
 
 def tc_warp_slices(args: dict) -> int:

@@ -1893,32 +1893,35 @@ def test_tensor_core_prefill_launch_splits_a_narrow_tiles_steps_over_its_warps(m
     (dict(BLOCK_N=16, BLOCK_KB=256, num_warps=4, A_E4M3=True, A_PACKED=True), 1),
     (dict(BLOCK_N=16, BLOCK_KB=256, num_warps=4, A_E4M3=True, FP8_STEP_SUMS=True), 1)])
 def test_tc_warp_slices_split_only_a_narrow_tiles_int8_or_one_fp8_dot(args, slices, monkeypatch):
-    """WARP_K where PTQ_TC_WARP_SPLIT=1 splits a tile's steps; a narrow FP8 tile is taken only when it does."""
+    """WARP_K where PTQ_TC_WARP_SPLIT (on by default) splits a tile's steps; a narrow FP8 tile is taken only when it
+    does; with the switch 0 nothing is split."""
     from quant_kernels import w4a4_gemv
 
     args = dict(dict(W_E2M1=False, A_E4M3=False, FP8_STEP_SUMS=False), **args)
     fp8 = args["W_E2M1"] or args["A_E4M3"]
     wide = w4a4_gemv.tc_config_fits(args["BLOCK_N"], args.get("num_warps", 4), fp8)
-    assert w4a4_gemv.tc_warp_slices(args) == 1 and w4a4_gemv.tc_config_takes(args) == wide  # off by default
-    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
+    monkeypatch.delenv("PTQ_TC_WARP_SPLIT", raising=False)
     assert w4a4_gemv.tc_warp_slices(args) == slices
     assert w4a4_gemv.tc_config_takes(args) == (wide or slices > 1) and (fp8 or wide)
+    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "0")
+    assert w4a4_gemv.tc_warp_slices(args) == 1 and w4a4_gemv.tc_config_takes(args) == wide
     monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "yes")
-    with pytest.raises(ValueError, match="PTQ_TC_WARP_SPLIT='yes': choose 0"):
+    with pytest.raises(ValueError, match="PTQ_TC_WARP_SPLIT='yes': choose 1"):
         w4a4_gemv.tc_warp_slices(args)
 
 
 def test_tensor_core_tuner_keeps_narrow_fp8_tiles_only_with_their_k_sliced(monkeypatch):
     """The one-dot FP8 form's pruning: 4-warp tiles of fewer than 16 weight rows a warp join the whole-warpgroup ones
-    under PTQ_TC_WARP_SPLIT=1 (K sliced into the warpgroup's rows) and are dropped without it."""
+    under PTQ_TC_WARP_SPLIT, the default (K sliced into the warpgroup's rows), and are dropped with it 0."""
     from quant_kernels import w4a4_gemv
 
     configs = w4a4_gemv._tc_autotuned.configs
     args = dict(w4a4_gemv.tc_decode_flags("e2m1", True, False), a_ptr=torch.empty(1))  # on the CPU: no pins
     narrow = [c for c in configs if c.num_warps % 4 == 0 and c.kwargs["BLOCK_N"] < 16 * c.num_warps]
-    off = w4a4_gemv.prune_tc_configs(configs, args)
-    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
+    monkeypatch.delenv("PTQ_TC_WARP_SPLIT", raising=False)
     on = w4a4_gemv.prune_tc_configs(configs, args)
+    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "0")
+    off = w4a4_gemv.prune_tc_configs(configs, args)
     assert narrow and not [c for c in narrow if c in off] and on == [c for c in configs if c in off or c in narrow]
 
 
@@ -2043,11 +2046,14 @@ def test_tensor_core_decode_kernel_splits_k_exactly(split_k, block_kb):
                                    config=triton.Config(dict(BLOCK_N=16, BLOCK_KB=32)), **kw)
 
 
-def test_tensor_core_configs_for_fp8_dots_fill_a_warpgroup():
+def test_tensor_core_configs_for_fp8_dots_fill_a_warpgroup(monkeypatch):
     """E2M1 weights (FP8 dots) and E4M3 activation planes keep the configs of whole warpgroups with 16 weight
-    rows a warp, the wgmma tile; INT4 keeps all, those on fewer warps too."""
+    rows a warp, the wgmma tile, with PTQ_TC_WARP_SPLIT=0 (on, narrower tiles stack their K slices into one:
+    ``test_tensor_core_tuner_keeps_narrow_fp8_tiles_only_with_their_k_sliced``); INT4 keeps all, those on fewer
+    warps too."""
     from quant_kernels import w4a4_gemv
 
+    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "0")
     configs = w4a4_gemv._tc_autotuned.configs
     args = dict(zip(w4a4_gemv.TC_TUNING_KEY, (16, 1024, 512, False, False, 16, True, False, False, False)),
                 a_ptr=torch.zeros(1))
@@ -2125,16 +2131,18 @@ def test_decode_rows_bench_needs_a_gpu_and_writes_its_table(cli, tmp_path):
 
 @pytest.mark.parametrize("element", ["int4", "e2m1"])
 def test_decode_rows_bench_sweeps_every_tensor_core_config_that_fits(element, monkeypatch):
-    """decode_rows_bench's ``--tc_sweep`` rows: bf16 first, then each config of TC_CONFIGS that fits the weights
-    (E2M1's on E4M3 planes, as on a GPU: whole warpgroups only), fastest first, each product equal to the twin's, the
-    autotuner's pick marked; with a residual the same configs."""
+    """decode_rows_bench's ``--tc_sweep`` rows: bf16 first, then each config of TC_CONFIGS that the launch takes
+    (E2M1's on E4M3 planes, as on a GPU: whole warpgroups, or 4-warp tiles whose K slices stack into one), fastest
+    first, each product equal to the twin's, the autotuner's pick marked; with a residual the same configs."""
     import quant_kernels
     from benchmarks import decode_rows_bench
     from quant_kernels import w4a4_gemv
 
     form = quant_kernels.decode_codes_form
     monkeypatch.setattr(quant_kernels, "decode_codes_form", lambda e, m, on_gpu: form(e, m, True))
-    fitting = [c for c in w4a4_gemv.TC_CONFIGS if w4a4_gemv.tc_config_fits(c[0], c[3], element == "e2m1")]
+    flags = w4a4_gemv.tc_decode_flags(element, element == "e2m1", False)
+    fitting = [c for c in w4a4_gemv.TC_CONFIGS
+               if w4a4_gemv.tc_config_takes(dict(flags, BLOCK_N=c[0], BLOCK_KB=c[1], num_warps=c[3]))]
     picked = fitting[-1]
     monkeypatch.setattr(decode_rows_bench, "tuned_pick", lambda call, kernel: triton.Config(
         dict(BLOCK_N=picked[0], BLOCK_KB=picked[1], SPLIT_K=picked[2]), num_warps=picked[3], num_stages=picked[4]))
@@ -2152,7 +2160,8 @@ def test_decode_rows_bench_sweeps_every_tensor_core_config_that_fits(element, mo
     text = decode_rows_bench.sweep_markdown(dict(device="GPU", date="d", versions={}, command="c", timing="t",
                                                  l2_flush="read", element=element, rows=rows))
     residual = "yes" if element == "e2m1" else "no"
-    assert f"| 64x512 | 16 | {rows[1]['codes']} | {residual} | * {rows[1]['config']} | " in text
+    split = ", K over warps" if rows[1]["warp_split"] else ""
+    assert f"| 64x512 | 16 | {rows[1]['codes']} | {residual} | * {rows[1]['config']}{split} | " in text
     assert "tensor-core decode kernel's configs" in text and "`PINNED_TC_CONFIGS`'" in text
 
 
@@ -2195,38 +2204,47 @@ def test_decode_rows_bench_times_extra_tensor_core_configs_beside_the_candidates
     assert text.count("| + ") == 1 and f"| + {outside[0]} |" in text
 
 
-def test_decode_rows_bench_times_the_configs_whose_warps_split_k_with_the_switch_on(monkeypatch):
-    """``--warp_split 1``: only the tensor-core configs PTQ_TC_WARP_SPLIT=1 changes (fewer than 16 weight rows a warp),
-    timed with it on, each product equal to the twin's and named so in the table; the switch the caller had is back
-    after; 0 times every config with it off; the CUDA-core kernel refused by name."""
+def test_decode_rows_bench_times_the_configs_with_the_warp_split_switch_as_asked(monkeypatch):
+    """``--warp_split``: 1 (the default) times every tensor-core config with PTQ_TC_WARP_SPLIT on, those with fewer
+    than 16 weight rows a warp named as splitting K in the table; 0 every config with it off, none so named; ``both``'s
+    second pass (split_only) only the configs it changes. Each product equals the twin's; the switch the caller had is
+    back after; split_only on the CUDA-core kernel refused by name."""
     from benchmarks import decode_rows_bench
+    from benchmarks.kernel_bench import described
     from quant_kernels import w4a4_gemv
 
     monkeypatch.setattr(decode_rows_bench, "tuned_pick", lambda call, kernel: (call(), None)[1])
-    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
+    monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "0")
     switched = []
     monkeypatch.setattr(decode_rows_bench, "timed_configs", lambda *args, timed=decode_rows_bench.timed_configs: (
         switched.append(w4a4_gemv.tc_warp_split_on()), timed(*args))[1])
-    narrow = [c for c in w4a4_gemv.TC_CONFIGS if c[0] < 16 * c[3] and c[1] % (32 * c[3]) == 0]
+    narrow = {c for c in w4a4_gemv.TC_CONFIGS if c[0] < 16 * c[3] and c[1] % (32 * c[3]) == 0}
     torch.manual_seed(0)
-    rows = {split: decode_rows_bench.config_sweep(64, 512, 16, lambda call: (call(), 1e-3)[1], torch.device("cpu"),
-                                                  "int4", warp_split=split) for split in (True, False)}
-    assert switched == [True, False] and w4a4_gemv.tc_warp_split_on()
-    assert 0 < len(narrow) == len(rows[True]) - 1 and len(rows[False]) == 1 + len(w4a4_gemv.TC_CONFIGS)
-    assert [r["warp_split"] for r in rows[True]] == [False] + [True] * len(narrow) and not rows[False][1]["warp_split"]
-    assert all(r["rel_err"] <= 1e-5 for r in rows[True] + rows[False])
+    rows = {(split, only): decode_rows_bench.config_sweep(64, 512, 16, lambda call: (call(), 1e-3)[1],
+                                                          torch.device("cpu"), "int4", warp_split=split,
+                                                          split_only=only)
+            for split, only in ((True, False), (False, False), (True, True))}
+    assert switched == [True, False, True] and not w4a4_gemv.tc_warp_split_on()
+    every = {described(triton.Config(dict(BLOCK_N=c[0], BLOCK_KB=c[1], SPLIT_K=c[2]), num_warps=c[3],
+                                     num_stages=c[4])): c in narrow for c in w4a4_gemv.TC_CONFIGS}
+    assert 0 < len(narrow) < len(every)
+    assert {r["config"]: r["warp_split"] for r in rows[True, False][1:]} == every
+    assert len(rows[False, False]) == 1 + len(every) and not any(r["warp_split"] for r in rows[False, False])
+    assert len(rows[True, True]) == 1 + len(narrow) and all(r["warp_split"] for r in rows[True, True][1:])
+    assert all(r["rel_err"] <= 1e-5 for r in sum(rows.values(), []))
     text = decode_rows_bench.sweep_markdown(dict(device="GPU", date="d", versions={}, command="c", timing="t",
-                                                 l2_flush="read", element="int4", rows=rows[True] + rows[False]))
-    assert text.count(", K over warps |") == len(narrow)
+                                                 l2_flush="read", element="int4", rows=sum(rows.values(), [])))
+    assert text.count(", K over warps |") == 2 * len(narrow)
     with pytest.raises(ValueError, match="the warps splitting K take the tensor-core kernel, not the CUDA-core"):
         decode_rows_bench.config_sweep(64, 512, 1, lambda call: 1e-3, torch.device("cpu"), "int4",
-                                       kernel="cuda_core", warp_split=True)
+                                       kernel="cuda_core", split_only=True)
 
 
 def test_decode_rows_bench_times_narrow_e2m1_tiles_only_with_their_k_sliced(monkeypatch):
     """E2M1 on E4M3 planes (the linear's codes on a GPU): a tile of fewer than 16 weight rows a warp (a 4-warp
-    ``--extra`` one, and TC_CONFIGS' 32-wide 4-warp ones) is timed only with PTQ_TC_WARP_SPLIT=1, its K slices
-    stacked into the warpgroup's rows, each product equal to the twin's; without it only the whole-warpgroup tiles."""
+    ``--extra`` one, and TC_CONFIGS' narrow 4-warp ones) is timed only with PTQ_TC_WARP_SPLIT on, its K slices
+    stacked into the warpgroup's rows, each product equal to the twin's; with it off only the whole-warpgroup
+    tiles."""
     import quant_kernels
     from benchmarks import decode_rows_bench
     from quant_kernels import w4a4_gemv
@@ -2240,7 +2258,8 @@ def test_decode_rows_bench_times_narrow_e2m1_tiles_only_with_their_k_sliced(monk
                                                   "e2m1", extra=extra, warp_split=split) for split in (True, False)}
     wide = [c for c in w4a4_gemv.TC_CONFIGS if w4a4_gemv.tc_config_fits(c[0], c[3], True)]
     narrow = [c for c in w4a4_gemv.TC_CONFIGS if c[3] % 4 == 0 and c[0] < 16 * c[3]]
-    assert len(rows[False]) == 1 + len(wide) and len(rows[True]) == 2 + len(narrow) > 2
+    assert len(rows[False]) == 1 + len(wide) and len(rows[True]) == 2 + len(wide) + len(narrow) and narrow
+    assert [r["warp_split"] for r in rows[True]].count(True) == 1 + len(narrow)
     assert {r["codes"] for r in rows[True]} == {"E4M3 planes"} and all(r["rel_err"] <= 1e-5 for r in rows[True])
     assert [r["config"] for r in rows[True] if not r["candidate"]] == [
         "BLOCK_N=16 BLOCK_KB=256 SPLIT_K=1 warps=4 stages=3"]
@@ -2295,8 +2314,8 @@ def test_decode_rows_bench_sweeps_every_cuda_core_candidate(m, monkeypatch):
     (["--tc_sweep", "--extra", "32,16,1,2,3", "--ms", "16"], "--extra: 32,16,1,2,3: BLOCK_N must be"),
     (["--tc_sweep", "--element", "e2m1", "--extra", "32,256,2,2,3", "--ms", "16"],
      "--extra: 32,256,2,2,3: E2M1 weights multiply on wgmma"),
-    (["--gemv_sweep", "--warp_split", "both", "--ms", "1"], "--warp_split both splits the tensor-core kernel's steps "
-                                                             "over its warps: give --tc_sweep")])
+    (["--gemv_sweep", "--warp_split", "0", "--ms", "1"], "--warp_split 0 sets how the tensor-core kernel's warps "
+                                                          "share a step: give --tc_sweep")])
 def test_decode_rows_bench_sweeps_only_its_kernels_rows(cli, tmp_path, flags, said):
     done = cli("benchmarks/decode_rows_bench.py", *flags, "--out", str(tmp_path / "sweep"))
     assert done.returncode == 2 and said in done.stderr
