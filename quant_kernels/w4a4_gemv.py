@@ -221,19 +221,23 @@ PINNED_TC_CONFIGS = {
     # residual: each key's fastest config of a sweep timed by a read in a stream, or the config that won the same
     # shape's other key where that was within 1 % (``tc_sweep_{int4,e2m1}_s67_h100.md``). One process's tuner had
     # picked 16 x 256 on 2 warps for INT4 at 4096 x 4096 (7.1 us), two others 32 x 256 split in two (7.8-8.0 us).
+    # At 4096 x 4096 and 4096 x 14336 the narrow tiles whose warps split K (``tc_warp_slices``) won since, without
+    # the residual (``tc_warp_split_{int4,e2m1}_s70_h100.md``: INT4 16 x 512 on 2 warps, 6.5 and 13.7 us against the
+    # pins' 6.9 and 15.1; E2M1 32 x 512 and 16 x 512 on 4, 6.9 and 14.5 against 7.6 and 15.1); the residual's keys
+    # take the same tiles (the residual adds the same epilogue to every unsplit tile).
     "NVIDIA H100 80GB HBM3": {
-        (16, 4096, 2048, False, False, 16, False, False, False, False): (16, 256, 1, 2, 3),
-        (16, 4096, 2048, False, True, 16, False, False, False, False): (16, 256, 1, 2, 3),
-        (16, 4096, 7168, False, False, 16, False, False, False, False): (64, 128, 4, 4, 4),
-        (16, 4096, 7168, False, True, 16, False, False, False, False): (32, 256, 2, 4, 3),
+        (16, 4096, 2048, False, False, 16, False, False, False, False): (16, 512, 1, 2, 3),
+        (16, 4096, 2048, False, True, 16, False, False, False, False): (16, 512, 1, 2, 3),
+        (16, 4096, 7168, False, False, 16, False, False, False, False): (16, 512, 1, 2, 3),
+        (16, 4096, 7168, False, True, 16, False, False, False, False): (16, 512, 1, 2, 3),
         (16, 14336, 2048, False, False, 16, False, False, False, False): (64, 256, 1, 4, 3),
         (16, 14336, 2048, False, True, 16, False, False, False, False): (64, 256, 1, 4, 3),
         (16, 6144, 2048, False, False, 16, False, False, False, False): (16, 256, 1, 2, 3),
         (16, 6144, 2048, False, True, 16, False, False, False, False): (16, 256, 1, 2, 3),
-        (16, 4096, 2048, False, False, 16, False, True, False, False): (64, 256, 1, 4, 3),
-        (16, 4096, 2048, False, True, 16, False, True, False, False): (64, 256, 1, 4, 3),
-        (16, 4096, 7168, False, False, 16, False, True, False, False): (64, 128, 4, 4, 4),
-        (16, 4096, 7168, False, True, 16, False, True, False, False): (64, 128, 4, 4, 4),
+        (16, 4096, 2048, False, False, 16, False, True, False, False): (32, 512, 1, 4, 3),
+        (16, 4096, 2048, False, True, 16, False, True, False, False): (32, 512, 1, 4, 3),
+        (16, 4096, 7168, False, False, 16, False, True, False, False): (16, 512, 1, 4, 3),
+        (16, 4096, 7168, False, True, 16, False, True, False, False): (16, 512, 1, 4, 3),
         (16, 14336, 2048, False, False, 16, False, True, False, False): (64, 256, 1, 4, 3),
         (16, 14336, 2048, False, True, 16, False, True, False, False): (64, 256, 1, 4, 3),
         (16, 6144, 2048, False, False, 16, False, True, False, False): (64, 256, 1, 4, 3),

@@ -441,22 +441,27 @@ def test_pinned_decode_configs_replace_tuning_on_their_device_and_key(monkeypatc
     def every_candidate(args: dict) -> list:
         if unpinned is not None:
             return unpinned(configs, args)
-        return [c for c in configs
-                if w4a4_gemv.tc_config_fits(c.kwargs["BLOCK_N"], c.num_warps, args["W_E2M1"] or args["A_E4M3"])]
+        return [c for c in configs if w4a4_gemv.tc_config_takes({**args, **c.kwargs, "num_warps": c.num_warps})]
+
+    def launch_args(key: tuple) -> dict:
+        """The key's values as the launch passes them; the tensor-core launch's FP8 step sums where not E4M3 planes
+        (``tc_decode_flags``)."""
+        args = {**dict(zip(key_names, key)), pointer: a}
+        return {**args, "FP8_STEP_SUMS": not args["A_E4M3"]} if kernel == "tc" else args
 
     for device, pinned in pins.items():
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device, name=device: name)
         for key in pinned:
-            args = {**dict(zip(key_names, key)), pointer: a}
+            args = launch_args(key)
             kept = prune(configs, args)
             assert len(kept) == 1, (device, key)
             monkeypatch.setenv("PTQ_PINNED_CONFIGS", "0")
             assert prune(configs, args) == every_candidate(args)
             monkeypatch.delenv("PTQ_PINNED_CONFIGS")
-        other = {**dict(zip(key_names, other_key)), pointer: a}
+        other = launch_args(other_key)
         assert prune(configs, other) == every_candidate(other)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device: "NVIDIA A100-SXM4-80GB")
-    args = {**dict(zip(key_names, next(iter(pins["NVIDIA H200"])))), pointer: a}
+    args = launch_args(next(iter(pins["NVIDIA H200"])))
     assert len(prune(configs, args)) > 1
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device: "NVIDIA H200")
     assert len(prune(configs, {**args, pointer: torch.zeros(1)})) > 1  # a CPU tensor (the interpreter): no pins
