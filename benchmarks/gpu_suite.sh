@@ -218,6 +218,12 @@
 #              K slices as the warpgroup's rows (140 instructions a warp's step on 16 x 256 against 439 on the 64 x 256
 #              pin, four times the programs; kernel_sass_w4a4_tc_e2m1_narrow_tiles_sliced_s69_sm90.md) (issue 9: 3x
 #              at M <= 16)
+#   tc_tma_ab  every INT4 tensor-core decode tile at 16 rows (MS) of 4096 x 4096, 6144 x 4096 and 4096 x 14336
+#              (SHAPES), fixed, by a read in a stream, its int8 dots' operands loaded by 16-byte copies
+#              (PTQ_TC_TMA=0, the default) and by the tensor memory accelerator (1), each in its own process: in
+#              sm_90 SASS the 16 x 512 pin's warp step falls from 284 to 246 instructions, its registers from 150 to
+#              93 (kernel_sass_w4a4_tc_int4_{copies,tma}_s70_sm90.md), each program making its two descriptors first
+#              (issue 9: 3x at M <= 16)
 #   tc_stalls  the warps' stall reasons (smsp__average_warps_issue_stalled_*) of the W4A4 tensor-core decode kernel
 #              under Nsight Compute at 16 rows (ROWS) of 4096 x 4096 (SHAPES), INT4, on the 16 x 256 pin and the
 #              32-wide 2-warp tiles of tc_split_narrow (CONFIGS), once a switch setting (SETTINGS: PTQ_TC_TWO_ACC 0
@@ -647,6 +653,12 @@ for section in "$@"; do
           --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" \
           --out "$OUT/kernel_bench_e2m1_sign_bytes_${signs}_${GPU}"
       done ;;
+    tc_tma_ab)
+      for tma in 0 1; do
+        step "${LIMIT_TC_TMA:-200}" "tc_tma_ab_$tma" env PTQ_TC_TMA=$tma python benchmarks/decode_rows_bench.py \
+          --tc_sweep --element int4 --ms "${MS:-16}" --shapes "${SHAPES:-4096x4096,6144x4096,4096x14336}" \
+          --out "$OUT/tc_tma_${tma}_${GPU}"
+      done ;;
     tc_sweep)
       for element in ${ELEMENTS:-int4 e2m1}; do
         if [ "$element" = e2m1 ]; then extra=${EXTRA_E2M1:-}; else extra=${EXTRA:-}; fi
@@ -747,6 +759,6 @@ for m, n, k, dtype in ((8, 4096, 4096, torch.bfloat16), (16, 14336, 4096, torch.
       step "${LIMIT_ROUNDTRIP:-400}" real_quant_roundtrip python benchmarks/real_quant_roundtrip.py \
         --model "${SMOLLM2:?set SMOLLM2}" --data_dir "${DATA:?set DATA}" --device cuda --windows 40 \
         --out "$OUT/real_quant_roundtrip_smollm2_${GPU}" ;;
-    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, gemv_sweep, tc_split_narrow, tc_warp_split, tc_stalls, tc_ncu, tc_packed_ab, e2m1_signs_ab, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
+    *) echo "unknown section $section: choose kernels, calib, model, prefill_graph, decode, fpx, fpx_mma, fpx_split, fpx_swap, fpx_tile_split, fpx_tile_rows, fpx_f16, fpx_lane_fp5, fpx_ncu, fpx_tile_ncu, fpx_capped, fpx_interleaved, fpx_interleave_ab, fpx_prmt, fpx_b1, fpx_gated, fpx_b8, decode_b8, gemv, decode_b1, rounding, prefill_profile, gemv_fold, profile, act_quant, act_groups, act_capped, act_picks, prefill, prefill_async, decode_async, fpx_prefill, w4a16_int4, w4a16_groups, decode_planes, targets9, targets9_prefill, targets10, targets_flush, autotune_flush, autotune_flush_w4a4, ws_probe, casts_ab, decode_match, act_ncu, lm_head, int8_head, int8_head_profile, tc_decode, tc_sweep, gemv_sweep, tc_split_narrow, tc_warp_split, tc_tma_ab, tc_stalls, tc_ncu, tc_packed_ab, e2m1_signs_ab, tc_decode_model, tc_e2m1, tc_e2m1_model, attention, attention_tiles, kv4_profile, gated, roundtrip" >&2; exit 2 ;;
   esac
 done

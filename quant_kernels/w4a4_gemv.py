@@ -57,6 +57,8 @@ their first step) and wait before the first read of the activation bytes and any
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import triton
 import triton.language as tl
@@ -625,7 +627,7 @@ def _w4a4_tc_kernel(
     SPLIT_K: tl.constexpr, W_E2M1: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
     GROUP_M: tl.constexpr = 1, W_E2M1_INT8: tl.constexpr = False, A_E4M3: tl.constexpr = False,
     FP8_STEP_SUMS: tl.constexpr = True, A_E4M3_W_INT4: tl.constexpr = False, A_PACKED: tl.constexpr = False,
-    TWO_ACC: tl.constexpr = False, WARP_K: tl.constexpr = 1,
+    TWO_ACC: tl.constexpr = False, WARP_K: tl.constexpr = 1, TMA: tl.constexpr = False,
 ):
     """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
     a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
@@ -663,6 +665,9 @@ def _w4a4_tc_kernel(
     warpgroup's 64, 16 a warp) against the activation rows' slices stacked as its columns, and the product's diagonal
     blocks are summed at the end (the off-diagonal ones, WARP_K - 1 of WARP_K of the tensor cores' work, dropped):
     the narrow tile fits wgmma, each warp decoding its own slice.
+    TMA (the int8 dots on dp4a bytes, ``tc_tma_loads``): a step's weight tile and activation planes arrive by the
+    Hopper tensor memory accelerator, through descriptors this program makes, rows and bytes past the operands read
+    as zeros, instead of 16-byte copies whose addresses every thread computes and advances each step.
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -716,9 +721,16 @@ def _w4a4_tc_kernel(
         acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.int32)
     if TWO_ACC:  # the odd plane's int8 sums apart, their IMMA chains independent of the even plane's
         acc_odd = tl.full(acc.shape, 0, tl.int32)
+    if TMA:  # the planes as a (M, 2, KB) tensor: a box of one plane's BLOCK_KB bytes reads zeros past KB
+        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, KB], strides=[stride_wn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_KB])
+        a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, 2, KB], strides=[stride_am, KB, 1],
+                                           block_shape=[BLOCK_M, 1, BLOCK_KB])
     wait_for_producer(USE_GDC)
     for start in range(first, stop, BLOCK_KB):
-        if EVEN:
+        if TMA:
+            w = w_desc.load([tile * BLOCK_N, start])
+        elif EVEN:
             w = tl.load(w_ptrs)
             a_ok = a_rows_ok if SLICED else m_ok[:, None]
         elif SLICED:
@@ -737,6 +749,9 @@ def _w4a4_tc_kernel(
                 a_even, a_odd = _nibbles_up(a_codes, True, USE_ASM), _nibbles_up(a_codes, False, USE_ASM)
         elif ONE_DOT:
             a_both = tl.load(a_ptrs, mask=a_ok, other=0.0)
+        elif TMA:
+            a_even = tl.reshape(a_desc.load([row_tile * BLOCK_M, 0, start]), (BLOCK_M, BLOCK_KB))
+            a_odd = tl.reshape(a_desc.load([row_tile * BLOCK_M, 1, start]), (BLOCK_M, BLOCK_KB))
         else:
             a_even = tl.load(a_ptrs, mask=a_ok, other=0.0 if A_E4M3 else 0)
             a_odd = tl.load(a_ptrs + KB, mask=a_ok, other=0.0 if A_E4M3 else 0)
@@ -907,6 +922,60 @@ def tc_warp_slices(args: dict) -> int:
     return slices if one_dot and warps % 4 == 0 and block_kb % (16 * slices) == 0 else 1
 
 
+def tc_tma_on() -> bool:
+    """Whether the tensor-core kernel's int8 dots load their operands by the tensor memory accelerator
+    (``PTQ_TC_TMA=1``, ``tc_tma_loads``; 0, the default, by 16-byte copies). In sm_90 SASS (Triton 3.6) the copies
+    cost the 16 x 512 INT4 tile on 2 warps 24 LDGSTS a warp's step and the 48 IADD3 that advance their addresses, of
+    284 instructions; untimed. Not in ``TC_TUNING_KEY``: the disk cache hands one setting's picks to the other."""
+    return env_switch("PTQ_TC_TMA", False, {
+        "0": "16-byte copies, each thread's addresses advanced every step, the default",
+        "1": "the int8 dots' operands by the tensor memory accelerator (untimed)"})
+
+
+TMA_ALIGNMENT = 16  # bytes: a tensor descriptor's base address and strides
+# The tensor descriptors' global memory: a ring of buffers a device, each launch the next (``_tma_scratch``).
+TMA_SCRATCH_SLOTS = 4
+_tma_slots: dict[int, list[torch.Tensor | None]] = {}
+_tma_launches = itertools.count()
+
+
+def tc_tma_form(flags: dict) -> bool:
+    """Whether a tensor-core launch of these form flags loads by TMA wherever its operands are aligned:
+    ``tc_tma_on`` and the int8 dots on dp4a bytes (neither FP8 operands nor packed activation codes)."""
+    return tc_tma_on() and not (flags["W_E2M1"] or flags.get("A_E4M3", False) or flags.get("A_PACKED", False))
+
+
+def tc_tma_loads(args: dict) -> bool:
+    """TMA of a tensor-core kernel launch, from its arguments as ``triton.heuristics`` sees them: its form takes it
+    (``tc_tma_form``), and the weight's and the activation planes' base addresses and row strides, and the planes'
+    offset KB, are multiples of TMA_ALIGNMENT bytes. (Under the interpreter the pointers are CPU tensors, as aligned
+    as torch allocates them.)"""
+    if not tc_tma_form(args):
+        return False
+    sizes = (args["a_ptr"].data_ptr(), args["w_ptr"].data_ptr(), args["stride_am"], args["stride_wn"], args["KB"])
+    return all(size % TMA_ALIGNMENT == 0 for size in sizes)
+
+
+def _tma_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    """Global memory for the tensor descriptors a kernel makes (``triton.set_allocator``), the next buffer of the
+    current device's ring, kept between launches: a programmatic dependent launch makes its descriptors while the
+    kernel before it may still read its own (``quant_kernels.pdl``), so launches in a row must not share one, as
+    blocks freed back to torch's allocator would be."""
+    device = torch.cuda.current_device()
+    slots = _tma_slots.setdefault(device, [None] * TMA_SCRATCH_SLOTS)
+    turn = next(_tma_launches) % TMA_SCRATCH_SLOTS
+    if slots[turn] is None or slots[turn].numel() < size:
+        slots[turn] = torch.empty(max(size, alignment), dtype=torch.int8, device=device)
+    return slots[turn][:size]
+
+
+def ready_tma() -> None:
+    """Before a tensor-core launch: where ``tc_tma_on`` on a GPU, give Triton the global memory the kernel's tensor
+    descriptors are made in."""
+    if tc_tma_on() and not INTERPRET:
+        triton.set_allocator(_tma_scratch)
+
+
 def tc_decode_flags(w_element: str, a_e4m3: bool, a_nibbles: bool) -> dict:
     """The tensor-core decode launch's form flags for ``w_element`` weights against E4M3 activation planes
     (``a_e4m3``), packed activation codes (``a_nibbles``) or dp4a bytes: E4M3 planes, and E2M1's packed codes, take
@@ -990,7 +1059,7 @@ def prune_tc_configs(configs: list[triton.Config], named_args: dict, **kwargs) -
 # one alike.
 _tc_kernel_even = triton.heuristics(
     dict(EVEN=lambda args: args["KB"] % (args["BLOCK_KB"] * args["SPLIT_K"]) == 0
-         and args["N"] % args["BLOCK_N"] == 0, WARP_K=tc_warp_slices))(_w4a4_tc_kernel)
+         and args["N"] % args["BLOCK_N"] == 0, WARP_K=tc_warp_slices, TMA=tc_tma_loads))(_w4a4_tc_kernel)
 _tc_autotuned = autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=w, num_stages=s)
              for bn, bkb, split, w, s in TC_CONFIGS],
@@ -1167,6 +1236,7 @@ def w4a4_tc_prefill_triton(
             w_b.stride(0), *trailing)
     flags.update(W_E2M1=False, W_E2M1_INT8=w_element == "e2m1" and not a_e4m3, A_E4M3=a_e4m3,
                  FP8_STEP_SUMS=fp8_step_sums, A_E4M3_W_INT4=a_e4m3 and w_element == "int4")
+    ready_tma()
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(n, meta["BLOCK_N"]), 1, triton.cdiv(m, meta["BLOCK_M"])
@@ -1250,6 +1320,7 @@ def w4a4_gemv_triton(
                    block_m, a_b.stride(0), w_b.stride(0), *trailing)
         flags.update(BLOCK_M=max(16, block_m), **tc_decode_flags(w_element, a_e4m3, a_nibbles),
                      TWO_ACC=w_element == "int4" and not a_e4m3 and tc_two_accumulators_on())
+        ready_tma()
         if config is not None or INTERPRET:
             fixed, launch = (config.kwargs, dict(num_warps=config.num_warps, num_stages=config.num_stages)) \
                 if config is not None else (INTERPRET_TC_CONFIG, {})

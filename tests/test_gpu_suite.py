@@ -64,6 +64,11 @@ def test_autotune_flush_w4a4_tunes_by_one_flush_a_call(tmp_path):
         ("kernel_bench_w4a4_autotune_read_flush_0", "300", "0")]
 
 
+def test_tc_tma_ab_sweeps_the_tiles_with_each_load_in_its_own_process(tmp_path):
+    assert stubbed_steps(tmp_path, "tc_tma_ab", "PTQ_TC_TMA") == [("tc_tma_ab_0", "200", "0"),
+                                                                  ("tc_tma_ab_1", "200", "1")]
+
+
 def test_e2m1_signs_ab_times_each_decode_in_its_own_process(tmp_path):
     assert stubbed_steps(tmp_path, "e2m1_signs_ab", "PTQ_E2M1_SIGN_BYTES") == [
         ("kernel_bench_e2m1_sign_bytes_0", "280", "0"), ("kernel_bench_e2m1_sign_bytes_1", "280", "1")]

@@ -10,6 +10,7 @@ be imported by then (transformers imports it when other test modules import
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 
 os.environ["TRITON_INTERPRET"] = "1"
@@ -1821,7 +1822,7 @@ def test_tensor_core_decode_kernel_splits_a_narrow_tiles_steps_over_its_warps(sp
 
     monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
     monkeypatch.setenv("PTQ_TC_TWO_ACC", two_acc)
-    slices = recorded_warp_slices(monkeypatch)
+    slices = recorded_heuristic(monkeypatch)
     gen = torch.Generator().manual_seed(split_k + 11)
     w_packed, a_packed, w_scale, a_scale = int4_decode_operands(gen)
     a_bytes = dp4a_bytes(a_packed, "int4", "int4")
@@ -1843,7 +1844,7 @@ def test_tensor_core_decode_kernel_stacks_a_narrow_fp8_tiles_k_slices_into_a_war
     from quant_kernels.reference import dp4a_order, w4a4_gemv_ref
 
     monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
-    slices = recorded_warp_slices(monkeypatch)
+    slices = recorded_heuristic(monkeypatch)
     n, k = 40, 200
     gen = torch.Generator().manual_seed(split_k + m)
     w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
@@ -1863,7 +1864,7 @@ def test_tensor_core_prefill_launch_splits_a_narrow_tiles_steps_over_its_warps(m
     from quant_layers import packing
 
     monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
-    slices = recorded_warp_slices(monkeypatch)
+    slices = recorded_heuristic(monkeypatch)
     m, n, k = 20, 40, 200
     gen = torch.Generator().manual_seed(5)
     w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
@@ -1925,24 +1926,80 @@ def test_tensor_core_tuner_keeps_narrow_fp8_tiles_only_with_their_k_sliced(monke
     assert narrow and not [c for c in narrow if c in off] and on == [c for c in configs if c in off or c in narrow]
 
 
-def int4_decode_operands(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Random packed INT4 weights (40 rows), packed activation codes (12 rows), K = 200 (100 bytes a row: ragged
-    against 32- and 64-byte steps), and their per-row scales: (w_packed, a_packed, w_scale, a_scale)."""
-    m, n, k = 12, 40, 200
+def int4_decode_operands(gen: torch.Generator, k: int = 200) -> tuple[torch.Tensor, ...]:
+    """Random packed INT4 weights (40 rows), packed activation codes (12 rows), K codes (200: 100 bytes a row,
+    ragged against 32- and 64-byte steps), and their per-row scales: (w_packed, a_packed, w_scale, a_scale)."""
+    m, n = 12, 40
     w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
     a_packed = torch.randint(0, 256, (m, k // 2), dtype=torch.uint8, generator=gen)
     return w_packed, a_packed, torch.rand(n, 1, generator=gen) / 64 + 1e-3, torch.rand(m, 1, generator=gen) + 0.5
 
 
-def recorded_warp_slices(monkeypatch) -> list[int]:
-    """The WARP_K the tensor-core kernel's heuristic gives each launch from now on, in launch order."""
+def recorded_heuristic(monkeypatch, name: str = "WARP_K") -> list:
+    """The value the tensor-core kernel's heuristic ``name`` gives each launch from now on, in launch order."""
     from quant_kernels import w4a4_gemv
 
-    slices = []
+    values = []
     heuristics = w4a4_gemv._tc_kernel_even.values
-    monkeypatch.setitem(heuristics, "WARP_K", lambda args, rule=heuristics["WARP_K"]: slices.append(rule(args))
-                        or slices[-1])
-    return slices
+    monkeypatch.setitem(heuristics, name, lambda args, rule=heuristics[name]: values.append(rule(args))
+                        or values[-1])
+    return values
+
+
+@pytest.mark.parametrize("warps", [2, 4])
+@pytest.mark.parametrize("split_k", [1, 3])
+def test_tensor_core_decode_kernel_loads_int8_operands_by_tma(split_k, warps, monkeypatch):
+    """``PTQ_TC_TMA=1``: the int8 dots' weight tile and activation planes arrive through tensor descriptors
+    (TMA, ``tc_tma_loads``), INT4 x INT4 on dp4a bytes, 12 of a tile's 16 rows, 40 weight rows in 16-row tiles, K
+    ragged (112 bytes against 64-byte steps) and split or not, on 2 warps (each its slice of a step's K) or 4, a
+    bias and a residual: the twin's result bit for bit. Off by default; with the planes' offset not a multiple of
+    16 bytes (K = 200), packed codes or E4M3 planes the copies load them."""
+    from quant_kernels import w4a4_gemv
+    from quant_kernels.reference import dp4a_bytes, w4a4_gemv_ref
+
+    tma = recorded_heuristic(monkeypatch, "TMA")
+    gen = torch.Generator().manual_seed(split_k + warps)
+    w_packed, a_packed, w_scale, a_scale = int4_decode_operands(gen, k=224)
+    ragged = int4_decode_operands(gen)
+    cases = [(dp4a_bytes(a_packed, "int4", "int4"), w_packed, a_scale, w_scale)] * 2 + [
+        (dp4a_bytes(ragged[1], "int4", "int4"), ragged[0], ragged[3], ragged[2]),
+        (a_packed, w_packed, a_scale, w_scale),
+        (dp4a_bytes(a_packed, "int4", "int4").float().to(torch.float8_e4m3fn), w_packed, a_scale, w_scale)]
+    for i, (a, w, a_s, w_s) in enumerate(cases):
+        if i == 1:
+            monkeypatch.setenv("PTQ_TC_TMA", "1")
+        got, kw = fixed_tc_product(a, a_s, w, w_s, "int4", "int4", split_k, gen, block_kb=64, warps=warps)
+        a_bytes = a if a.dtype == torch.int8 else dp4a_bytes(a_packed, "int4", "int4")
+        assert torch.equal(got, w4a4_gemv_ref(a_bytes, a_s, w, w_s, **kw))
+    assert tma == [False, True, False, False, False]
+    monkeypatch.setenv("PTQ_TC_TMA", "yes")
+    with pytest.raises(ValueError, match="PTQ_TC_TMA='yes': choose 0"):
+        w4a4_gemv.tc_tma_on()
+
+
+def test_tma_descriptors_of_launches_in_a_row_never_share_memory(monkeypatch):
+    """The tensor descriptors' memory (``_tma_scratch``, Triton's allocator under PTQ_TC_TMA=1): TMA_SCRATCH_SLOTS
+    launches in a row each get a buffer of their own, kept (a programmatic dependent launch makes its descriptors
+    while the kernel before it may still read its own), the next launch the first one's again, a larger request a
+    larger buffer; each device its own ring."""
+    from quant_kernels import w4a4_gemv
+
+    device = [0]
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: device[0])
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda size, dtype, device: empty(size, dtype=dtype))
+    monkeypatch.setattr(w4a4_gemv, "_tma_slots", {})
+    monkeypatch.setattr(w4a4_gemv, "_tma_launches", itertools.count())
+    slots = w4a4_gemv.TMA_SCRATCH_SLOTS
+    first = [w4a4_gemv._tma_scratch(256, 128, None) for _ in range(slots)]
+    assert len({b.data_ptr() for b in first}) == slots and all(b.numel() == 256 for b in first)
+    again = w4a4_gemv._tma_scratch(128, 128, None)
+    assert again.data_ptr() == first[0].data_ptr() and again.numel() == 128
+    grown = w4a4_gemv._tma_scratch(1024, 128, None)
+    assert grown.numel() == 1024 and grown.data_ptr() not in {b.data_ptr() for b in first}
+    device[0] = 1
+    other = w4a4_gemv._tma_scratch(256, 128, None)
+    assert other.data_ptr() not in {b.data_ptr() for b in first} and set(w4a4_gemv._tma_slots) == {0, 1}
 
 
 class _RecordingLaunch:
