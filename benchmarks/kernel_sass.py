@@ -196,8 +196,8 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     for the decode kernel 'e4m3xe2m1' only, the form its linear runs at 16 rows). 'packedxint4' and 'packedxe2m1':
     the activations' packed codes, both nibbles decoded in the kernel as the weight's (A_PACKED; E2M1 on the one-dot
     FP8 form). INT4 weights on the int8 dots sum their odd nibbles apart where ``PTQ_TC_TWO_ACC=1`` says so, and a
-    narrow tile's warps split its steps' K unless ``PTQ_TC_WARP_SPLIT=0``, and the int8 dots load by TMA where
-    ``PTQ_TC_TMA=1``, as the launch's do (``tc_two_accumulators_on``, ``tc_warp_slices``, ``tc_tma_form``)."""
+    narrow tile's warps split its steps' K unless ``PTQ_TC_WARP_SPLIT=0``, and the decode kernel's int8 dots load by
+    TMA where ``PTQ_TC_TMA=1``, as the launches' do (``tc_two_accumulators_on``, ``tc_warp_slices``, ``tc_tma_form``)."""
     from triton.compiler import ASTSource
 
     from quant_kernels.w4a4_gemv import (_w4a4_tc_kernel, tc_decode_flags, tc_tma_form, tc_two_accumulators_on,
@@ -221,7 +221,8 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     # the prefill launch takes E2M1 weights off the E4M3 planes as int8 operands of twice their values
     constants.update(W_E2M1=flags["W_E2M1"] and not prefill, W_E2M1_INT8=flags["W_E2M1"] and prefill)
     constants["WARP_K"] = tc_warp_slices({**constants, "num_warps": config[2]})
-    constants["TMA"] = tc_tma_form(constants)  # the operands aligned, as ``aligned`` below declares them
+    # the decode launch's operands aligned, as ``aligned`` below declares them; the prefill launch copies
+    constants["TMA"] = not prefill and tc_tma_form(constants)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)

@@ -665,9 +665,9 @@ def _w4a4_tc_kernel(
     warpgroup's 64, 16 a warp) against the activation rows' slices stacked as its columns, and the product's diagonal
     blocks are summed at the end (the off-diagonal ones, WARP_K - 1 of WARP_K of the tensor cores' work, dropped):
     the narrow tile fits wgmma, each warp decoding its own slice.
-    TMA (the int8 dots on dp4a bytes, ``tc_tma_loads``): a step's weight tile and activation planes arrive by the
-    Hopper tensor memory accelerator, through descriptors this program makes, rows and bytes past the operands read
-    as zeros, instead of 16-byte copies whose addresses every thread computes and advances each step.
+    TMA (the decode launch's int8 dots on dp4a bytes, ``tc_tma_loads``): a step's weight tile and activation planes
+    arrive by the Hopper tensor memory accelerator, through descriptors this program makes, rows and bytes past the
+    operands read as zeros, instead of 16-byte copies whose addresses every thread computes and advances each step.
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -896,7 +896,7 @@ def tc_warp_split_on() -> bool:
     """Whether the tensor-core decode kernel splits a step's K over the warps of a tile narrower than 16 weight rows a
     warp (``PTQ_TC_WARP_SPLIT=1``, the default, ``tc_warp_slices``; 0 leaves Triton to lay the tile over the warps,
     which for 16 x 256 on 2 warps has both run the whole step, 32 IMMA each in sm_90 SASS, and keeps the FP8 dots to
-    whole warpgroup tiles). On the H100 at 16 rows the fastest tile of each Llama-3-8B shape ran 3-9 % faster with it,
+    whole warpgroup tiles). On the H100 at 16 rows the fastest tile of each Llama-3-8B shape ran 1-9 % faster with it,
     INT4 and E2M1 (``tc_warp_split_{int4,e2m1}_s70_h100.md``). Not in ``TC_TUNING_KEY``: the disk cache hands one
     setting's picks to the other."""
     return env_switch("PTQ_TC_WARP_SPLIT", True, {
@@ -945,15 +945,16 @@ def tc_tma_form(flags: dict) -> bool:
     return tc_tma_on() and not (flags["W_E2M1"] or flags.get("A_E4M3", False) or flags.get("A_PACKED", False))
 
 
-def tc_tma_loads(args: dict) -> bool:
-    """TMA of a tensor-core kernel launch, from its arguments as ``triton.heuristics`` sees them: its form takes it
-    (``tc_tma_form``), and the weight's and the activation planes' base addresses and row strides, and the planes'
-    offset KB, are multiples of TMA_ALIGNMENT bytes. (Under the interpreter the pointers are CPU tensors, as aligned
-    as torch allocates them.)"""
-    if not tc_tma_form(args):
-        return False
-    sizes = (args["a_ptr"].data_ptr(), args["w_ptr"].data_ptr(), args["stride_am"], args["stride_wn"], args["KB"])
-    return all(size % TMA_ALIGNMENT == 0 for size in sizes)
+def tc_tma_loads(flags: dict, a_bytes: torch.Tensor, w_bytes: torch.Tensor, kb: int) -> bool:
+    """TMA of a tensor-core decode launch of these form flags on the activation planes ``a_bytes`` (a row's two
+    planes of ``kb`` bytes) and the weight bytes ``w_bytes``: its form takes it (``tc_tma_form``), and both
+    operands' base addresses and row strides, and kb, are multiples of TMA_ALIGNMENT bytes. Where it is on, the
+    launch also readies Triton's allocator (``_tma_scratch``) on a GPU. The prefill launch keeps its copies."""
+    sizes = (a_bytes.data_ptr(), w_bytes.data_ptr(), a_bytes.stride(0), w_bytes.stride(0), kb)
+    tma = tc_tma_form(flags) and all(size % TMA_ALIGNMENT == 0 for size in sizes)
+    if tma and not INTERPRET:
+        triton.set_allocator(_tma_scratch)
+    return tma
 
 
 def _tma_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
@@ -967,13 +968,6 @@ def _tma_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
     if slots[turn] is None or slots[turn].numel() < size:
         slots[turn] = torch.empty(max(size, alignment), dtype=torch.int8, device=device)
     return slots[turn][:size]
-
-
-def ready_tma() -> None:
-    """Before a tensor-core launch: where ``tc_tma_on`` on a GPU, give Triton the global memory the kernel's tensor
-    descriptors are made in."""
-    if tc_tma_on() and not INTERPRET:
-        triton.set_allocator(_tma_scratch)
 
 
 def tc_decode_flags(w_element: str, a_e4m3: bool, a_nibbles: bool) -> dict:
@@ -1059,7 +1053,7 @@ def prune_tc_configs(configs: list[triton.Config], named_args: dict, **kwargs) -
 # one alike.
 _tc_kernel_even = triton.heuristics(
     dict(EVEN=lambda args: args["KB"] % (args["BLOCK_KB"] * args["SPLIT_K"]) == 0
-         and args["N"] % args["BLOCK_N"] == 0, WARP_K=tc_warp_slices, TMA=tc_tma_loads))(_w4a4_tc_kernel)
+         and args["N"] % args["BLOCK_N"] == 0, WARP_K=tc_warp_slices))(_w4a4_tc_kernel)
 _tc_autotuned = autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=w, num_stages=s)
              for bn, bkb, split, w, s in TC_CONFIGS],
@@ -1236,7 +1230,6 @@ def w4a4_tc_prefill_triton(
             w_b.stride(0), *trailing)
     flags.update(W_E2M1=False, W_E2M1_INT8=w_element == "e2m1" and not a_e4m3, A_E4M3=a_e4m3,
                  FP8_STEP_SUMS=fp8_step_sums, A_E4M3_W_INT4=a_e4m3 and w_element == "int4")
-    ready_tma()
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return triton.cdiv(n, meta["BLOCK_N"]), 1, triton.cdiv(m, meta["BLOCK_M"])
@@ -1320,7 +1313,7 @@ def w4a4_gemv_triton(
                    block_m, a_b.stride(0), w_b.stride(0), *trailing)
         flags.update(BLOCK_M=max(16, block_m), **tc_decode_flags(w_element, a_e4m3, a_nibbles),
                      TWO_ACC=w_element == "int4" and not a_e4m3 and tc_two_accumulators_on())
-        ready_tma()
+        flags.update(TMA=tc_tma_loads(flags, a_b, w_b, k // 2))
         if config is not None or INTERPRET:
             fixed, launch = (config.kwargs, dict(num_warps=config.num_warps, num_stages=config.num_stages)) \
                 if config is not None else (INTERPRET_TC_CONFIG, {})

@@ -1822,7 +1822,7 @@ def test_tensor_core_decode_kernel_splits_a_narrow_tiles_steps_over_its_warps(sp
 
     monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
     monkeypatch.setenv("PTQ_TC_TWO_ACC", two_acc)
-    slices = recorded_heuristic(monkeypatch)
+    slices = recorded_warp_slices(monkeypatch)
     gen = torch.Generator().manual_seed(split_k + 11)
     w_packed, a_packed, w_scale, a_scale = int4_decode_operands(gen)
     a_bytes = dp4a_bytes(a_packed, "int4", "int4")
@@ -1844,7 +1844,7 @@ def test_tensor_core_decode_kernel_stacks_a_narrow_fp8_tiles_k_slices_into_a_war
     from quant_kernels.reference import dp4a_order, w4a4_gemv_ref
 
     monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
-    slices = recorded_heuristic(monkeypatch)
+    slices = recorded_warp_slices(monkeypatch)
     n, k = 40, 200
     gen = torch.Generator().manual_seed(split_k + m)
     w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
@@ -1864,7 +1864,7 @@ def test_tensor_core_prefill_launch_splits_a_narrow_tiles_steps_over_its_warps(m
     from quant_layers import packing
 
     monkeypatch.setenv("PTQ_TC_WARP_SPLIT", "1")
-    slices = recorded_heuristic(monkeypatch)
+    slices = recorded_warp_slices(monkeypatch)
     m, n, k = 20, 40, 200
     gen = torch.Generator().manual_seed(5)
     w_packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, generator=gen)
@@ -1935,15 +1935,15 @@ def int4_decode_operands(gen: torch.Generator, k: int = 200) -> tuple[torch.Tens
     return w_packed, a_packed, torch.rand(n, 1, generator=gen) / 64 + 1e-3, torch.rand(m, 1, generator=gen) + 0.5
 
 
-def recorded_heuristic(monkeypatch, name: str = "WARP_K") -> list:
-    """The value the tensor-core kernel's heuristic ``name`` gives each launch from now on, in launch order."""
+def recorded_warp_slices(monkeypatch) -> list[int]:
+    """The WARP_K the tensor-core kernel's heuristic gives each launch from now on, in launch order."""
     from quant_kernels import w4a4_gemv
 
-    values = []
+    slices = []
     heuristics = w4a4_gemv._tc_kernel_even.values
-    monkeypatch.setitem(heuristics, name, lambda args, rule=heuristics[name]: values.append(rule(args))
-                        or values[-1])
-    return values
+    monkeypatch.setitem(heuristics, "WARP_K", lambda args, rule=heuristics["WARP_K"]: slices.append(rule(args))
+                        or slices[-1])
+    return slices
 
 
 @pytest.mark.parametrize("warps", [2, 4])
@@ -1957,7 +1957,8 @@ def test_tensor_core_decode_kernel_loads_int8_operands_by_tma(split_k, warps, mo
     from quant_kernels import w4a4_gemv
     from quant_kernels.reference import dp4a_bytes, w4a4_gemv_ref
 
-    tma = recorded_heuristic(monkeypatch, "TMA")
+    launched = []
+    monkeypatch.setattr(w4a4_gemv, "_tc_kernel_even", _RecordingLaunch(w4a4_gemv._tc_kernel_even, launched))
     gen = torch.Generator().manual_seed(split_k + warps)
     w_packed, a_packed, w_scale, a_scale = int4_decode_operands(gen, k=224)
     ragged = int4_decode_operands(gen)
@@ -1971,7 +1972,7 @@ def test_tensor_core_decode_kernel_loads_int8_operands_by_tma(split_k, warps, mo
         got, kw = fixed_tc_product(a, a_s, w, w_s, "int4", "int4", split_k, gen, block_kb=64, warps=warps)
         a_bytes = a if a.dtype == torch.int8 else dp4a_bytes(a_packed, "int4", "int4")
         assert torch.equal(got, w4a4_gemv_ref(a_bytes, a_s, w, w_s, **kw))
-    assert tma == [False, True, False, False, False]
+    assert [kwargs["TMA"] for kwargs in launched] == [False, True, False, False, False]
     monkeypatch.setenv("PTQ_TC_TMA", "yes")
     with pytest.raises(ValueError, match="PTQ_TC_TMA='yes': choose 0"):
         w4a4_gemv.tc_tma_on()
