@@ -225,11 +225,12 @@
 #              93 (kernel_sass_w4a4_tc_int4_{copies,tma}_s70_sm90.md), each program making its two descriptors first
 #              (issue 9: 3x at M <= 16)
 #   tc_stalls  the warps' stall reasons (smsp__average_warps_issue_stalled_*) of the W4A4 tensor-core decode kernel
-#              under Nsight Compute at 16 rows (ROWS) of 4096 x 4096 (SHAPES), INT4, on the 16 x 256 pin and the
-#              32-wide 2-warp tiles of tc_split_narrow (CONFIGS), once a switch setting (SETTINGS: PTQ_TC_TWO_ACC 0
-#              and 1, PTQ_TC_WARP_SPLIT=1, each a step): ncu put the pin's warps at an issue every 4.9 cycles, 1.6 of
-#              them on L1TEX, the rest unnamed (ncu_tc_int4_s68_h100.txt); chains of dependent IMMA would show as wait
-#              stalls, and the pin's warps splitting K as fewer instructions issued (issue 9: 3x at M <= 16)
+#              under Nsight Compute at 16 rows (ROWS) of 4096 x 4096 (SHAPES), INT4, on the 16 x 512 and 16 x 256
+#              pins and the 32-wide 2-warp tiles of tc_split_narrow (CONFIGS), once a switch setting (SETTINGS:
+#              PTQ_TC_WARP_SPLIT 0 and 1, PTQ_TC_TMA=1, PTQ_TC_TWO_ACC=1, each a step): ncu put the 16 x 256 pin's
+#              warps, before they split K, at an issue every 4.9 cycles, 1.6 of them on L1TEX, the rest unnamed
+#              (ncu_tc_int4_s68_h100.txt); chains of dependent IMMA would show as wait stalls, the warps splitting K
+#              and TMA as fewer instructions issued (issue 9: 3x at M <= 16)
 #   e2m1_signs_ab  E2M1 at one row (MS) on the CUDA-core decode kernel, its weights decoded by three table lookups
 #              (PTQ_E2M1_SIGN_BYTES=0) and by one lookup and the packed bytes' own sign bits (1, the default: 10-14 %
 #              fewer SASS instructions a K step, kernel_sass_w4a4_gemv_e2m1_sign_bytes_s66_sm90.md), each in its own
@@ -697,13 +698,13 @@ for section in "$@"; do
           --out "$OUT/tc_warp_split_${element}_${GPU}" --extra "$extra"
       done ;;
     tc_stalls)
-      for setting in ${SETTINGS:-PTQ_TC_TWO_ACC=0 PTQ_TC_TWO_ACC=1 PTQ_TC_WARP_SPLIT=1}; do
+      for setting in ${SETTINGS:-PTQ_TC_WARP_SPLIT=0 PTQ_TC_WARP_SPLIT=1 PTQ_TC_TMA=1 PTQ_TC_TWO_ACC=1}; do
         name=$(echo "${setting#PTQ_TC_}" | tr 'A-Z=' 'a-z_')
         (export "$setting"
          step "${LIMIT_TC_NCU:-140}" "ncu_tc_stalls_$name" ncu --clock-control none \
            --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" -k regex:_w4a4_tc_kernel \
            python -u benchmarks/gemv_ncu.py --kernel w4a4_tc --rows "${ROWS:-16}" --shapes "${SHAPES:-4096x4096}" \
-           --configs "${CONFIGS:-16,256,1,2,3;32,256,2,2,3;32,128,2,2,4;32,256,1,2,3}" --launches 1)
+           --configs "${CONFIGS:-16,512,1,2,3;16,256,1,2,3;32,256,2,2,3;32,128,2,2,4}" --launches 1)
       done ;;
     tc_ncu)
       tc_ncu=(ncu --clock-control none --section SpeedOfLight --section Occupancy --section WarpStateStats

@@ -152,22 +152,26 @@ def test_tc_warp_split_times_each_narrow_tile_both_ways_in_one_step_an_element(t
 
 
 def test_tc_stalls_profiles_each_switch_setting_in_its_own_step(tmp_path):
-    """One ncu step a switch setting (PTQ_TC_TWO_ACC 0 and 1, PTQ_TC_WARP_SPLIT=1; SETTINGS replaces them), over
+    """One ncu step a switch setting (PTQ_TC_WARP_SPLIT 0 and 1, PTQ_TC_TMA=1, PTQ_TC_TWO_ACC=1; SETTINGS replaces
+    them), over
     gemv_ncu's launches of the tensor-core decode kernel on configs its parser takes (a stub ncu reports its
     arguments and the switches)."""
     from benchmarks.gemv_ncu import parse_tc_configs
 
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "ncu").write_text(
-        '#!/bin/sh\necho "ncu: $* TWO_ACC=${PTQ_TC_TWO_ACC:-unset} WARP_SPLIT=${PTQ_TC_WARP_SPLIT:-unset}"\n')
+        '#!/bin/sh\necho "ncu: $* TWO_ACC=${PTQ_TC_TWO_ACC:-unset} WARP_SPLIT=${PTQ_TC_WARP_SPLIT:-unset}'
+        ' TMA=${PTQ_TC_TMA:-unset}"\n')
     (tmp_path / "bin" / "ncu").chmod(0o755)
     said = run_suite(tmp_path, "tc_stalls")
-    for name, switches in (("two_acc_0", "TWO_ACC=0 WARP_SPLIT=unset"), ("two_acc_1", "TWO_ACC=1 WARP_SPLIT=unset"),
-                           ("warp_split_1", "TWO_ACC=unset WARP_SPLIT=1")):
+    for name, switches in (("warp_split_0", "TWO_ACC=unset WARP_SPLIT=0 TMA=unset"),
+                           ("warp_split_1", "TWO_ACC=unset WARP_SPLIT=1 TMA=unset"),
+                           ("tma_1", "TWO_ACC=unset WARP_SPLIT=unset TMA=1"),
+                           ("two_acc_1", "TWO_ACC=1 WARP_SPLIT=unset TMA=unset")):
         assert f"== ncu_tc_stalls_{name} (limit 140s)" in said
         called = open(tmp_path / "out" / f"ncu_tc_stalls_{name}.log").read()
         assert called.endswith(f" {switches}\n") and "--kernel w4a4_tc --rows 16" in called
         assert "regex:smsp__average_warps_issue_stalled_" in called
         assert len(parse_tc_configs(called.split("--configs ")[1].split()[0])) == 4
-    said = run_suite(tmp_path, "tc_stalls", SETTINGS="PTQ_TC_WARP_SPLIT=0")
-    assert re.findall(r"^== (\w+) \(limit", said, re.MULTILINE) == ["ncu_tc_stalls_warp_split_0"]
+    said = run_suite(tmp_path, "tc_stalls", SETTINGS="PTQ_TC_TWO_ACC=0")
+    assert re.findall(r"^== (\w+) \(limit", said, re.MULTILINE) == ["ncu_tc_stalls_two_acc_0"]
