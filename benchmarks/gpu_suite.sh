@@ -287,6 +287,9 @@ step() {  # step LIMIT NAME COMMAND...
   echo "== $name exit $? after ${SECONDS}s"
   tail -n 4 "$OUT/$name.log"
 }
+element_extra() {  # element_extra ELEMENT [INT4_TILES [E2M1_TILES]]: a sweep's --extra tiles, EXTRA or EXTRA_E2M1
+  if [ "$1" = e2m1 ]; then echo "${EXTRA_E2M1:-${3:-}}"; else echo "${EXTRA:-${2:-}}"; fi
+}
 for section in "$@"; do
   case $section in
     kernels)
@@ -662,7 +665,7 @@ for section in "$@"; do
       done ;;
     tc_sweep)
       for element in ${ELEMENTS:-int4 e2m1}; do
-        if [ "$element" = e2m1 ]; then extra=${EXTRA_E2M1:-}; else extra=${EXTRA:-}; fi
+        extra=$(element_extra "$element")
         step "${LIMIT_TC_SWEEP:-280}" "tc_sweep_$element" python benchmarks/decode_rows_bench.py --tc_sweep \
           --element "$element" --ms "${MS:-16}" --residual "${RESIDUAL:-both}" ${extra:+--extra "$extra"} \
           --shapes "${SHAPES:-4096x4096,4096x14336,14336x4096,6144x4096}" --out "$OUT/tc_sweep_${element}_${GPU}"
@@ -688,11 +691,9 @@ for section in "$@"; do
       done ;;
     tc_warp_split)
       for element in ${ELEMENTS:-int4 e2m1}; do
-        if [ "$element" = e2m1 ]; then
-          extra=${EXTRA_E2M1:-16,256,1,4,3;16,128,1,4,4;16,256,2,4,3;16,512,2,4,3;16,1024,1,4,3;32,1024,1,4,3}
-        else
-          extra=${EXTRA:-16,256,2,2,3;16,128,1,2,4;16,256,1,4,3;16,512,2,2,3;16,1024,1,2,3;32,1024,1,4,3}
-        fi
+        extra=$(element_extra "$element" \
+          "16,256,2,2,3;16,128,1,2,4;16,256,1,4,3;16,512,2,2,3;16,1024,1,2,3;32,1024,1,4,3" \
+          "16,256,1,4,3;16,128,1,4,4;16,256,2,4,3;16,512,2,4,3;16,1024,1,4,3;32,1024,1,4,3")
         step "${LIMIT_TC_WARP_SPLIT:-420}" "tc_warp_split_$element" python benchmarks/decode_rows_bench.py --tc_sweep \
           --element "$element" --ms "${MS:-16}" --warp_split both --shapes "${SHAPES:-4096x4096,6144x4096,4096x14336}" \
           --out "$OUT/tc_warp_split_${element}_${GPU}" --extra "$extra"

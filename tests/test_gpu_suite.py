@@ -101,6 +101,21 @@ def test_tc_packed_ab_sweeps_both_codes_of_each_element_in_its_own_step(tmp_path
                                                                              ("tc_packed_ab_e2m1", "280")]
 
 
+def test_tc_sweep_hands_each_element_its_own_extra_tiles(tmp_path):
+    """tc_sweep times only the candidates unless EXTRA (INT4) or EXTRA_E2M1 names tiles, each for its element."""
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "python").write_text('#!/bin/sh\nfor arg; do echo "$arg"; done\n')
+    (stub / "python").chmod(0o755)
+    for env, want in (({}, {"int4": None, "e2m1": None}),
+                      ({"EXTRA": "16,1024,1,2,3", "EXTRA_E2M1": "32,1024,1,4,3"},
+                       {"int4": "16,1024,1,2,3", "e2m1": "32,1024,1,4,3"})):
+        run_suite(tmp_path, "tc_sweep", **env)
+        for element, tiles in want.items():
+            args = open(tmp_path / "out" / f"tc_sweep_{element}.log").read().splitlines()
+            assert (args[args.index("--extra") + 1] if "--extra" in args else None) == tiles
+
+
 def test_tc_split_narrow_sweeps_its_extra_tiles_beside_the_candidates(tmp_path):
     """Each step hands decode_rows_bench --extra tiles its check takes and the autotuner does not hold (a stub python
     reports its arguments); EXTRA replaces them; one step a PTQ_TC_TWO_ACC setting."""
