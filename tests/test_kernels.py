@@ -1961,17 +1961,18 @@ def test_tensor_core_decode_kernel_loads_int8_operands_by_tma(split_k, warps, mo
     monkeypatch.setattr(w4a4_gemv, "_tc_kernel_even", _RecordingLaunch(w4a4_gemv._tc_kernel_even, launched))
     gen = torch.Generator().manual_seed(split_k + warps)
     w_packed, a_packed, w_scale, a_scale = int4_decode_operands(gen, k=224)
-    ragged = int4_decode_operands(gen)
-    cases = [(dp4a_bytes(a_packed, "int4", "int4"), w_packed, a_scale, w_scale)] * 2 + [
-        (dp4a_bytes(ragged[1], "int4", "int4"), ragged[0], ragged[3], ragged[2]),
-        (a_packed, w_packed, a_scale, w_scale),
-        (dp4a_bytes(a_packed, "int4", "int4").float().to(torch.float8_e4m3fn), w_packed, a_scale, w_scale)]
-    for i, (a, w, a_s, w_s) in enumerate(cases):
+    ragged_w, ragged_a, ragged_w_scale, ragged_a_scale = int4_decode_operands(gen)
+    a_bytes, ragged_bytes = dp4a_bytes(a_packed, "int4", "int4"), dp4a_bytes(ragged_a, "int4", "int4")
+    # (the launch's activations, their dp4a bytes for the twin, weights, scales)
+    cases = [(a_bytes, a_bytes, w_packed, a_scale, w_scale)] * 2 + [
+        (ragged_bytes, ragged_bytes, ragged_w, ragged_a_scale, ragged_w_scale),
+        (a_packed, a_bytes, w_packed, a_scale, w_scale),
+        (a_bytes.float().to(torch.float8_e4m3fn), a_bytes, w_packed, a_scale, w_scale)]
+    for i, (a, twin_bytes, w, a_s, w_s) in enumerate(cases):
         if i == 1:
             monkeypatch.setenv("PTQ_TC_TMA", "1")
         got, kw = fixed_tc_product(a, a_s, w, w_s, "int4", "int4", split_k, gen, block_kb=64, warps=warps)
-        a_bytes = a if a.dtype == torch.int8 else dp4a_bytes(a_packed, "int4", "int4")
-        assert torch.equal(got, w4a4_gemv_ref(a_bytes, a_s, w, w_s, **kw))
+        assert torch.equal(got, w4a4_gemv_ref(twin_bytes, a_s, w, w_s, **kw))
     assert [kwargs["TMA"] for kwargs in launched] == [False, True, False, False, False]
     monkeypatch.setenv("PTQ_TC_TMA", "yes")
     with pytest.raises(ValueError, match="PTQ_TC_TMA='yes': choose 0"):
