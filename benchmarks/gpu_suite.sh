@@ -220,9 +220,11 @@
 #              at M <= 16)
 #   tc_tma_ab  every INT4 tensor-core decode tile at 16 rows (MS) of 4096 x 4096, 6144 x 4096 and 4096 x 14336
 #              (SHAPES), fixed, by a read in a stream, its int8 dots' operands loaded by 16-byte copies
-#              (PTQ_TC_TMA=0, the default) and by the tensor memory accelerator (1), each in its own process: in
+#              (PTQ_TC_TMA=0, the default) and by the tensor memory accelerator through descriptors each program
+#              makes (1) or the launch builds on the host (host), each setting (TMA_SETTINGS) in its own process: in
 #              sm_90 SASS the 16 x 512 pin's warp step falls from 284 to 246 instructions, its registers from 150 to
-#              93 (kernel_sass_w4a4_tc_int4_{copies,tma}_s70_sm90.md), each program making its two descriptors first
+#              93 (kernel_sass_w4a4_tc_int4_{copies,tma}_s70_sm90.md), each program making its two descriptors first;
+#              host's kernel drops that prologue (128 instructions) but its step keeps 283
 #              (issue 9: 3x at M <= 16)
 #   tc_stalls  the warps' stall reasons (smsp__average_warps_issue_stalled_*) of the W4A4 tensor-core decode kernel
 #              under Nsight Compute at 16 rows (ROWS) of 4096 x 4096 (SHAPES), INT4, on the 16 x 512 and 16 x 256
@@ -658,7 +660,7 @@ for section in "$@"; do
           --out "$OUT/kernel_bench_e2m1_sign_bytes_${signs}_${GPU}"
       done ;;
     tc_tma_ab)
-      for tma in 0 1; do
+      for tma in ${TMA_SETTINGS:-0 1 host}; do
         step "${LIMIT_TC_TMA:-200}" "tc_tma_ab_$tma" env PTQ_TC_TMA=$tma python benchmarks/decode_rows_bench.py \
           --tc_sweep --element int4 --ms "${MS:-16}" --shapes "${SHAPES:-4096x4096,6144x4096,4096x14336}" \
           --out "$OUT/tc_tma_${tma}_${GPU}"

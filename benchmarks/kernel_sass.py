@@ -197,11 +197,12 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     the activations' packed codes, both nibbles decoded in the kernel as the weight's (A_PACKED; E2M1 on the one-dot
     FP8 form). INT4 weights on the int8 dots sum their odd nibbles apart where ``PTQ_TC_TWO_ACC=1`` says so, and a
     narrow tile's warps split its steps' K unless ``PTQ_TC_WARP_SPLIT=0``, and the decode kernel's int8 dots load by
-    TMA where ``PTQ_TC_TMA=1``, as the launches' do (``tc_two_accumulators_on``, ``tc_warp_slices``, ``tc_tma_form``)."""
+    TMA where ``PTQ_TC_TMA`` is 1 or host, as the launches' do (``tc_two_accumulators_on``, ``tc_warp_slices``,
+    ``tc_tma_form``; host: descriptor parameters in the signature)."""
     from triton.compiler import ASTSource
 
-    from quant_kernels.w4a4_gemv import (_w4a4_tc_kernel, tc_decode_flags, tc_tma_form, tc_two_accumulators_on,
-                                         tc_warp_slices)
+    from quant_kernels.w4a4_gemv import (TMA_COPIES, TMA_HOST, _w4a4_tc_kernel, tc_decode_flags, tc_tma_form,
+                                         tc_two_accumulators_on, tc_warp_slices)
 
     names = ["a_ptr", "a_scale_ptr", "w_ptr", "w_scale_ptr", "bias_ptr", "residual_ptr", "out_ptr", "partial_ptr",
              "count_ptr", "M", "N", "KB", "M_BUCKET", "stride_am", "stride_wn", "stride_asm", "stride_wsn",
@@ -222,7 +223,12 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     constants.update(W_E2M1=flags["W_E2M1"] and not prefill, W_E2M1_INT8=flags["W_E2M1"] and prefill)
     constants["WARP_K"] = tc_warp_slices({**constants, "num_warps": config[2]})
     # the decode launch's operands aligned, as ``aligned`` below declares them; the prefill launch copies
-    constants["TMA"] = not prefill and tc_tma_form(constants)
+    constants["TMA"] = TMA_COPIES if prefill else tc_tma_form(constants)
+    if constants["TMA"] == TMA_HOST:
+        signature.update(w_desc=f"tensordesc<u8[{config[0]}, {config[1]}]>",
+                         a_desc=f"tensordesc<{types[0][1:]}[16, 1, {config[1]}]>")
+    else:
+        constants.update(w_desc=None, a_desc=None)
     signature.update({name: "constexpr" for name in constants})
     aligned = {(i,): [["tt.divisibility", ALIGNED]] for i in range(19) if names[i] not in ("M", "M_BUCKET")}
     return ASTSource(_w4a4_tc_kernel, signature, constants, aligned)

@@ -6,14 +6,20 @@ import os
 from contextlib import contextmanager
 
 
-def env_switch(name: str, default: bool, choices: dict[str, str]) -> bool:
-    """Whether the switch ``name`` is on: its value "1" or "0" (``default`` when unset); any other value is a
-    ValueError naming each choice with what it does (``choices``: value -> meaning, in the order given)."""
-    flag = os.environ.get(name, "1" if default else "0")
-    if flag not in ("0", "1"):
+def env_choice(name: str, default: str, choices: dict[str, str]) -> str:
+    """The value of the switch ``name``, one of ``choices`` (value -> meaning, in the order given; ``default`` when
+    unset); any other value is a ValueError naming each choice with what it does."""
+    flag = os.environ.get(name, default)
+    if flag not in choices:
         raise ValueError(f"{name}={flag!r}: choose " + " or ".join(f"{value} ({meaning})"
                                                                    for value, meaning in choices.items()))
-    return flag == "1"
+    return flag
+
+
+def env_switch(name: str, default: bool, choices: dict[str, str]) -> bool:
+    """Whether the switch ``name`` is on: its value "1" or "0" (``default`` when unset; ``choices`` says what each
+    does, ``env_choice``)."""
+    return env_choice(name, "1" if default else "0", choices) == "1"
 
 
 @contextmanager

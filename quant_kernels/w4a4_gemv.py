@@ -63,6 +63,7 @@ import torch
 import triton
 import triton.language as tl
 from triton.language.standard import _sum_combine
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from quant_layers.packing import element_named
 
@@ -72,7 +73,7 @@ from .pdl import launch_dependents, pdl_flags, wait_for_producer
 from .reference import (NormTail, check_dp4a_args, check_e4m3_planes, check_norm_tail, check_out,
                         check_packed_activations)
 from .rounding import _round_to_dtype, _silu_mul
-from .switches import env_switch
+from .switches import env_choice, env_switch
 
 INTERPRET = triton.knobs.runtime.interpret
 # Byte tables for prmt (as int32): twice the E2M1 magnitudes 0, 1, 2, 3 | 4, 6, 8, 12, then their negatives.
@@ -627,7 +628,7 @@ def _w4a4_tc_kernel(
     SPLIT_K: tl.constexpr, W_E2M1: tl.constexpr, EVEN: tl.constexpr, USE_GDC: tl.constexpr,
     GROUP_M: tl.constexpr = 1, W_E2M1_INT8: tl.constexpr = False, A_E4M3: tl.constexpr = False,
     FP8_STEP_SUMS: tl.constexpr = True, A_E4M3_W_INT4: tl.constexpr = False, A_PACKED: tl.constexpr = False,
-    TWO_ACC: tl.constexpr = False, WARP_K: tl.constexpr = 1, TMA: tl.constexpr = False,
+    TWO_ACC: tl.constexpr = False, WARP_K: tl.constexpr = 1, TMA: tl.constexpr = 0, w_desc=None, a_desc=None,
 ):
     """INT4 weights on the int8 tensor cores, for TC_MIN_M..TC_MAX_M rows of dp4a bytes (INT4 weights' order:
     a row's K / 2 bytes of even codes, then K / 2 of odd codes). A step's packed weight bytes (BLOCK_N, BLOCK_KB)
@@ -666,8 +667,9 @@ def _w4a4_tc_kernel(
     blocks are summed at the end (the off-diagonal ones, WARP_K - 1 of WARP_K of the tensor cores' work, dropped):
     the narrow tile fits wgmma, each warp decoding its own slice.
     TMA (the decode launch's int8 dots on dp4a bytes, ``tc_tma_loads``): a step's weight tile and activation planes
-    arrive by the Hopper tensor memory accelerator, through descriptors this program makes, rows and bytes past the
-    operands read as zeros, instead of 16-byte copies whose addresses every thread computes and advances each step.
+    arrive by the Hopper tensor memory accelerator, rows and bytes past the operands read as zeros, instead of
+    16-byte copies whose addresses every thread computes and advances each step; through descriptors this program
+    makes (TMA_DEVICE) or the launch's ``w_desc`` and ``a_desc``, built on the host (TMA_HOST, ``tc_host_descriptor``).
     EVEN: K / 2 is a multiple of SPLIT_K steps and N of BLOCK_N (no masks). A third grid axis walks tiles of BLOCK_M
     rows (unsplit only: the split-K counters are per N tile); GROUP_M > 1 hands the programs out GROUP_M row tiles
     at a time for each weight tile, in launch order (the tiles in flight share weight and activation tiles in L2)."""
@@ -721,7 +723,7 @@ def _w4a4_tc_kernel(
         acc = tl.full((BLOCK_N, BLOCK_M), 0, tl.int32)
     if TWO_ACC:  # the odd plane's int8 sums apart, their IMMA chains independent of the even plane's
         acc_odd = tl.full(acc.shape, 0, tl.int32)
-    if TMA:  # the planes as a (M, 2, KB) tensor: a box of one plane's BLOCK_KB bytes reads zeros past KB
+    if TMA == 1:  # TMA_DEVICE; the planes as a (M, 2, KB) tensor, as on the host: one plane's box reads zeros past KB
         w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, KB], strides=[stride_wn, 1],
                                            block_shape=[BLOCK_N, BLOCK_KB])
         a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, 2, KB], strides=[stride_am, KB, 1],
@@ -922,14 +924,22 @@ def tc_warp_slices(args: dict) -> int:
     return slices if one_dot and warps % 4 == 0 and block_kb % (16 * slices) == 0 else 1
 
 
-def tc_tma_on() -> bool:
-    """Whether the tensor-core kernel's int8 dots load their operands by the tensor memory accelerator
-    (``PTQ_TC_TMA=1``, ``tc_tma_loads``; 0, the default, by 16-byte copies). In sm_90 SASS (Triton 3.6) the copies
-    cost the 16 x 512 INT4 tile on 2 warps 24 LDGSTS a warp's step and the 48 IADD3 that advance their addresses, of
-    284 instructions; untimed. Not in ``TC_TUNING_KEY``: the disk cache hands one setting's picks to the other."""
-    return env_switch("PTQ_TC_TMA", False, {
+# The tensor-core kernel's TMA: its int8 dots' operands by 16-byte copies, or by the tensor memory accelerator
+# through descriptors each program makes or the launch builds on the host
+TMA_COPIES, TMA_DEVICE, TMA_HOST = 0, 1, 2
+
+
+def tc_tma_mode() -> int:
+    """How the tensor-core kernel's int8 dots load their operands (``tc_tma_loads``): PTQ_TC_TMA=0, the default, by
+    16-byte copies (TMA_COPIES); 1 by the tensor memory accelerator through descriptors each program makes
+    (TMA_DEVICE); host through descriptors the launch builds (TMA_HOST), passed as kernel parameters. In sm_90 SASS
+    (Triton 3.6) the copies cost the 16 x 512 INT4 tile on 2 warps 24 LDGSTS a warp's step and the 48 IADD3 that
+    advance their addresses, of 284 instructions; untimed. Not in ``TC_TUNING_KEY``: the disk cache hands one
+    setting's picks to the others."""
+    return {"0": TMA_COPIES, "1": TMA_DEVICE, "host": TMA_HOST}[env_choice("PTQ_TC_TMA", "0", {
         "0": "16-byte copies, each thread's addresses advanced every step, the default",
-        "1": "the int8 dots' operands by the tensor memory accelerator (untimed)"})
+        "1": "the int8 dots' operands by the tensor memory accelerator, each program making its descriptors (untimed)",
+        "host": "the same through descriptors built on the host (untimed)"})]
 
 
 TMA_ALIGNMENT = 16  # bytes: a tensor descriptor's base address and strides
@@ -939,22 +949,37 @@ _tma_slots: dict[int, list[torch.Tensor | None]] = {}
 _tma_launches = itertools.count()
 
 
-def tc_tma_form(flags: dict) -> bool:
-    """Whether a tensor-core launch of these form flags loads by TMA wherever its operands are aligned:
-    ``tc_tma_on`` and the int8 dots on dp4a bytes (neither FP8 operands nor packed activation codes)."""
-    return tc_tma_on() and not (flags["W_E2M1"] or flags.get("A_E4M3", False) or flags.get("A_PACKED", False))
+def tc_tma_form(flags: dict) -> int:
+    """The TMA mode a tensor-core launch of these form flags takes wherever its operands are aligned:
+    ``tc_tma_mode`` for the int8 dots on dp4a bytes, TMA_COPIES for FP8 operands and packed activation codes."""
+    fp8_or_packed = flags["W_E2M1"] or flags.get("A_E4M3", False) or flags.get("A_PACKED", False)
+    return TMA_COPIES if fp8_or_packed else tc_tma_mode()
 
 
-def tc_tma_loads(flags: dict, a_bytes: torch.Tensor, w_bytes: torch.Tensor, kb: int) -> bool:
-    """TMA of a tensor-core decode launch of these form flags on the activation planes ``a_bytes`` (a row's two
-    planes of ``kb`` bytes) and the weight bytes ``w_bytes``: its form takes it (``tc_tma_form``), and both
-    operands' base addresses and row strides, and kb, are multiples of TMA_ALIGNMENT bytes. Where it is on, the
-    launch also readies Triton's allocator (``_tma_scratch``) on a GPU. The prefill launch keeps its copies."""
+def tc_tma_loads(flags: dict, a_bytes: torch.Tensor, w_bytes: torch.Tensor, kb: int) -> int:
+    """The TMA mode of a tensor-core decode launch of these form flags on the activation planes ``a_bytes`` (a row's
+    two planes of ``kb`` bytes) and the weight bytes ``w_bytes``: its form's (``tc_tma_form``) where both operands'
+    base addresses and row strides, and kb, are multiples of TMA_ALIGNMENT bytes, else TMA_COPIES. Under TMA_DEVICE
+    the launch also readies Triton's allocator (``_tma_scratch``) on a GPU. The prefill launch keeps its copies."""
     sizes = (a_bytes.data_ptr(), w_bytes.data_ptr(), a_bytes.stride(0), w_bytes.stride(0), kb)
-    tma = tc_tma_form(flags) and all(size % TMA_ALIGNMENT == 0 for size in sizes)
-    if tma and not INTERPRET:
+    tma = tc_tma_form(flags) if all(size % TMA_ALIGNMENT == 0 for size in sizes) else TMA_COPIES
+    if tma == TMA_DEVICE and not INTERPRET:
         triton.set_allocator(_tma_scratch)
     return tma
+
+
+def tc_host_descriptor(args: dict, operand: str) -> TensorDescriptor | None:
+    """The TMA_HOST launch's descriptor of ``operand`` ('w': the (N, KB) weight bytes in boxes of BLOCK_N x
+    BLOCK_KB; 'a': the activation planes as an (M, 2, KB) tensor in boxes of one plane's BLOCK_M x BLOCK_KB, zeros
+    past KB and M) from the launch's arguments and config as ``triton.heuristics`` sees them (the prefill launch's
+    leave TMA unset); None otherwise."""
+    if args.get("TMA", TMA_COPIES) != TMA_HOST:
+        return None
+    if operand == "w":
+        return TensorDescriptor(args["w_ptr"], [args["N"], args["KB"]], [args["stride_wn"], 1],
+                                [args["BLOCK_N"], args["BLOCK_KB"]])
+    return TensorDescriptor(args["a_ptr"], [args["M"], 2, args["KB"]], [args["stride_am"], args["KB"], 1],
+                            [args["BLOCK_M"], 1, args["BLOCK_KB"]])
 
 
 def _tma_scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
@@ -1049,11 +1074,13 @@ def prune_tc_configs(configs: list[triton.Config], named_args: dict, **kwargs) -
         c.kwargs["BLOCK_N"], c.kwargs["BLOCK_KB"], c.kwargs["SPLIT_K"], c.num_warps, c.num_stages))
 
 
-# EVEN from the step and the sizes, WARP_K from the config, for the interpreter's fixed config and every autotuned
-# one alike.
+# EVEN from the step and the sizes, WARP_K from the config, TMA_HOST's descriptors from both, for the interpreter's
+# fixed config and every autotuned one alike.
 _tc_kernel_even = triton.heuristics(
     dict(EVEN=lambda args: args["KB"] % (args["BLOCK_KB"] * args["SPLIT_K"]) == 0
-         and args["N"] % args["BLOCK_N"] == 0, WARP_K=tc_warp_slices))(_w4a4_tc_kernel)
+         and args["N"] % args["BLOCK_N"] == 0, WARP_K=tc_warp_slices,
+         w_desc=lambda args: tc_host_descriptor(args, "w"), a_desc=lambda args: tc_host_descriptor(args, "a")))(
+    _w4a4_tc_kernel)
 _tc_autotuned = autotune(
     configs=[triton.Config(dict(BLOCK_N=bn, BLOCK_KB=bkb, SPLIT_K=split), num_warps=w, num_stages=s)
              for bn, bkb, split, w, s in TC_CONFIGS],

@@ -66,7 +66,10 @@ def test_autotune_flush_w4a4_tunes_by_one_flush_a_call(tmp_path):
 
 def test_tc_tma_ab_sweeps_the_tiles_with_each_load_in_its_own_process(tmp_path):
     assert stubbed_steps(tmp_path, "tc_tma_ab", "PTQ_TC_TMA") == [("tc_tma_ab_0", "200", "0"),
-                                                                  ("tc_tma_ab_1", "200", "1")]
+                                                                  ("tc_tma_ab_1", "200", "1"),
+                                                                  ("tc_tma_ab_host", "200", "host")]
+    assert stubbed_steps(tmp_path, "tc_tma_ab", "PTQ_TC_TMA", TMA_SETTINGS="host") == [
+        ("tc_tma_ab_host", "200", "host")]
 
 
 def test_e2m1_signs_ab_times_each_decode_in_its_own_process(tmp_path):

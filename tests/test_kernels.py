@@ -1946,14 +1946,16 @@ def recorded_warp_slices(monkeypatch) -> list[int]:
     return slices
 
 
+@pytest.mark.parametrize("tma", ["1", "host"])
 @pytest.mark.parametrize("warps", [2, 4])
 @pytest.mark.parametrize("split_k", [1, 3])
-def test_tensor_core_decode_kernel_loads_int8_operands_by_tma(split_k, warps, monkeypatch):
-    """``PTQ_TC_TMA=1``: the int8 dots' weight tile and activation planes arrive through tensor descriptors
-    (TMA, ``tc_tma_loads``), INT4 x INT4 on dp4a bytes, 12 of a tile's 16 rows, 40 weight rows in 16-row tiles, K
-    ragged (112 bytes against 64-byte steps) and split or not, on 2 warps (each its slice of a step's K) or 4, a
-    bias and a residual: the twin's result bit for bit. Off by default; with the planes' offset not a multiple of
-    16 bytes (K = 200), packed codes or E4M3 planes the copies load them."""
+def test_tensor_core_decode_kernel_loads_int8_operands_by_tma(split_k, warps, tma, monkeypatch):
+    """``PTQ_TC_TMA`` 1 and host: the int8 dots' weight tile and activation planes arrive through tensor
+    descriptors (TMA, ``tc_tma_loads``) that each program makes or the launch builds on the host, INT4 x INT4 on
+    dp4a bytes, 12 of a tile's 16 rows, 40 weight rows in 16-row tiles, K ragged (112 bytes against 64-byte steps)
+    and split or not, on 2 warps (each its slice of a step's K) or 4, a bias and a residual: the twin's result bit
+    for bit. Off by default; with the planes' offset not a multiple of 16 bytes (K = 200), packed codes or E4M3
+    planes the copies load them."""
     from quant_kernels import w4a4_gemv
     from quant_kernels.reference import dp4a_bytes, w4a4_gemv_ref
 
@@ -1970,13 +1972,14 @@ def test_tensor_core_decode_kernel_loads_int8_operands_by_tma(split_k, warps, mo
         (a_bytes.float().to(torch.float8_e4m3fn), a_bytes, w_packed, a_scale, w_scale)]
     for i, (a, twin_bytes, w, a_s, w_s) in enumerate(cases):
         if i == 1:
-            monkeypatch.setenv("PTQ_TC_TMA", "1")
+            monkeypatch.setenv("PTQ_TC_TMA", tma)
         got, kw = fixed_tc_product(a, a_s, w, w_s, "int4", "int4", split_k, gen, block_kb=64, warps=warps)
         assert torch.equal(got, w4a4_gemv_ref(twin_bytes, a_s, w, w_s, **kw))
-    assert [kwargs["TMA"] for kwargs in launched] == [False, True, False, False, False]
+    mode = w4a4_gemv.TMA_HOST if tma == "host" else w4a4_gemv.TMA_DEVICE
+    assert [kwargs["TMA"] for kwargs in launched] == [0, mode, 0, 0, 0]
     monkeypatch.setenv("PTQ_TC_TMA", "yes")
-    with pytest.raises(ValueError, match="PTQ_TC_TMA='yes': choose 0"):
-        w4a4_gemv.tc_tma_on()
+    with pytest.raises(ValueError, match="PTQ_TC_TMA='yes': choose 0 .* or 1 .* or host "):
+        w4a4_gemv.tc_tma_mode()
 
 
 def test_tma_descriptors_of_launches_in_a_row_never_share_memory(monkeypatch):
