@@ -128,8 +128,8 @@ def sweep_candidates(kernel: str, m: int, flags: dict, extra: tuple = ()) -> lis
 def extra_tc_configs(text: str, element: str) -> list[tuple[int, int, int, int, int]]:
     """``--extra``'s tensor-core configs, checked by ``gemv_ncu.parse_tc_configs`` and, for E2M1 weights, for whole
     warpgroups (a tile of fewer than 16 weight rows a warp then runs only with its K slices stacked into the
-    warpgroup's rows, as ``PTQ_TC_WARP_SPLIT`` does unless 0: ``sweep_candidates`` keeps it only so); else a ValueError naming the
-    config."""
+    warpgroup's rows, as ``PTQ_TC_WARP_SPLIT`` does unless 0: ``sweep_candidates`` keeps it only so); else a
+    ValueError naming the config."""
     from benchmarks.gemv_ncu import parse_tc_configs
 
     configs = parse_tc_configs(text)

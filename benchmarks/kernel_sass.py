@@ -226,7 +226,7 @@ def w4a4_tc_source(pair: str, config: tuple[int, ...]):
     constants["TMA"] = TMA_COPIES if prefill else tc_tma_form(constants)
     if constants["TMA"] == TMA_HOST:
         signature.update(w_desc=f"tensordesc<u8[{config[0]}, {config[1]}]>",
-                         a_desc=f"tensordesc<{types[0][1:]}[16, 1, {config[1]}]>")
+                         a_desc=f"tensordesc<{types[0][1:]}[{constants['BLOCK_M']}, 1, {config[1]}]>")
     else:
         constants.update(w_desc=None, a_desc=None)
     signature.update({name: "constexpr" for name in constants})

@@ -171,9 +171,8 @@ def test_tc_warp_split_times_each_narrow_tile_both_ways_in_one_step_an_element(t
 
 def test_tc_stalls_profiles_each_switch_setting_in_its_own_step(tmp_path):
     """One ncu step a switch setting (PTQ_TC_WARP_SPLIT 0 and 1, PTQ_TC_TMA=1, PTQ_TC_TWO_ACC=1; SETTINGS replaces
-    them), over
-    gemv_ncu's launches of the tensor-core decode kernel on configs its parser takes (a stub ncu reports its
-    arguments and the switches)."""
+    them), over gemv_ncu's launches of the tensor-core decode kernel on configs its parser takes (a stub ncu reports
+    its arguments and the switches)."""
     from benchmarks.gemv_ncu import parse_tc_configs
 
     (tmp_path / "bin").mkdir()
